@@ -1,0 +1,32 @@
+"""convcli: torch-exact 2D convolution on OpenCL with a NumPy fallback."""
+
+from __future__ import annotations
+
+from convcli.api import ALGOS, Conv2d, RunInfo, conv2d
+from convcli.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConvcliError,
+    ConvTypeError,
+    ConvValueError,
+    InputError,
+)
+from convcli.spec import PADDING_MODES, ConvSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGOS",
+    "PADDING_MODES",
+    "BackendError",
+    "BackendUnavailable",
+    "Conv2d",
+    "ConvSpec",
+    "ConvTypeError",
+    "ConvValueError",
+    "ConvcliError",
+    "InputError",
+    "RunInfo",
+    "__version__",
+    "conv2d",
+]

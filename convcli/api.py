@@ -1,0 +1,407 @@
+"""The public API: :func:`conv2d` and the :class:`Conv2d` layer.
+
+A call goes validate (``spec.make_spec``) -> plan (backend, tiles) -> run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convcli import backends
+from convcli.backends.numpy_backend import compute_dtype, gather_rows
+from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
+from convcli.spec import (
+    ConvSpec,
+    IntPair,
+    Padding,
+    make_spec,
+    normalize_dilation,
+    normalize_groups,
+    normalize_kernel_size,
+    normalize_padding_mode,
+    normalize_stride,
+    resolve_padding,
+)
+
+ALGOS: tuple[str, ...] = ("auto", "direct", "separable", "fft", "gemm")
+
+
+@dataclass
+class RunInfo:
+    """What a call did, filled in by :func:`conv2d` when passed as ``info=``.
+
+    ``timings`` holds seconds per stage: ``build`` (OpenCL program builds), ``upload``,
+    ``compute`` (kernel time from OpenCL profiling events on that backend), ``download``
+    and ``total`` (wall time of the whole call). ``notices`` holds one-line messages,
+    e.g. why ``backend="auto"`` fell back to NumPy.
+    """
+
+    backend: str = ""
+    device: str = ""
+    algo: str = ""
+    tiles: int = 0
+    flops: int = 0
+    notices: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, other: RunInfo) -> None:
+        """Accumulate another call's info (used when summing a batch)."""
+        self.backend = self.backend or other.backend
+        self.device = self.device or other.device
+        self.algo = self.algo or other.algo
+        self.tiles += other.tiles
+        self.flops += other.flops
+        for note in other.notices:
+            if note not in self.notices:
+                self.notices.append(note)
+        for key, value in other.timings.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+
+
+def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo):
+    if name not in backends.BACKEND_NAMES:
+        raise ConvValueError(
+            f"backend must be one of {list(backends.BACKEND_NAMES)}, but got backend='{name}'"
+        )
+    if name == "numpy":
+        return backends.numpy_backend()
+    try:
+        cl = backends.opencl_backend(device)
+        reason = cl.supports(spec)
+        if reason is not None:
+            raise BackendError(reason)
+        return cl
+    except BackendError as exc:
+        if name == "opencl":
+            raise
+        info.notices.append(f"OpenCL unavailable ({exc}); using NumPy")
+        return backends.numpy_backend()
+
+
+def _memory_limit(backend: object, max_memory: int | None) -> int | None:
+    limits = [m for m in (max_memory, getattr(backend, "max_alloc_bytes", None)) if m]
+    return min(limits) if limits else None
+
+
+def _call_bytes(spec: ConvSpec, itemsize: int) -> tuple[int, int]:
+    """Bytes of one image's input and of one output row (all channels)."""
+    image = spec.c_in * spec.h * spec.w * itemsize
+    out_row = spec.c_out * spec.w_out * itemsize
+    return image, out_row
+
+
+def _run_tiled(
+    backend: object,
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    algo: str,
+    limit: int | None,
+    info: RunInfo,
+) -> np.ndarray:
+    """Run ``spec`` on ``backend`` in pieces whose input+output fit ``limit`` bytes.
+
+    Splits the batch first, then output rows into bands; a band's input rows carry the
+    halo the kernel needs and its vertical padding is gathered on the host, so every
+    output pixel is computed from the same values as in the untiled call.
+    """
+    itemsize = compute_dtype(spec.dtype).itemsize
+    image_bytes, out_row = _call_bytes(spec, itemsize)
+    whole = spec.n * (image_bytes + out_row * spec.h_out)
+    if limit is None or whole <= limit or spec.n == 0:
+        info.tiles += 1
+        return backend.run(x, weight, bias, spec, algo=algo, timings=info.timings)
+    if spec.n > 1:
+        per = max(1, limit // max(1, image_bytes + out_row * spec.h_out))
+        parts = [
+            _run_tiled(
+                backend,
+                x[i : i + per],
+                weight,
+                bias,
+                spec.with_batch(min(per, spec.n - i)),
+                algo,
+                limit,
+                info,
+            )
+            for i in range(0, spec.n, per)
+        ]
+        return np.concatenate(parts, axis=0)
+    sh = spec.stride[0]
+    ekh = spec.dilation[0] * (spec.kh - 1) + 1
+    in_row = spec.c_in * spec.w * itemsize
+    # rows r of output need (r-1)*sh + ekh input rows
+    per_out_row = sh * in_row + out_row
+    rows = max(1, (limit - max(0, ekh - sh) * in_row) // max(1, per_out_row))
+    if rows >= spec.h_out:
+        rows = max(1, math.ceil(spec.h_out / 2))
+    parts = []
+    for r0 in range(0, spec.h_out, rows):
+        r1 = min(spec.h_out, r0 + rows)
+        p0, p1 = r0 * sh, (r1 - 1) * sh + ekh
+        band = gather_rows(x, spec, p0, p1)
+        band_spec = spec.with_rows(p1 - p0, 0, 0)
+        info.tiles += 1
+        parts.append(backend.run(band, weight, bias, band_spec, algo=algo, timings=info.timings))
+    return np.concatenate(parts, axis=2)
+
+
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    algo: str = "auto",
+    max_memory: int | None = None,
+    info: RunInfo | None = None,
+) -> np.ndarray:
+    """2D convolution (cross-correlation) with exactly ``torch.nn.Conv2d``'s semantics.
+
+    Parameters
+    ----------
+    x : ndarray
+        ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; float16/32/64 or complex64/128.
+    weight : ndarray
+        ``(C_out, C_in/groups, kH, kW)``, same dtype as ``x``. Not flipped.
+    bias : ndarray, optional
+        ``(C_out,)``, same dtype as ``x``.
+    stride, dilation : int or (int, int)
+        Per axis (height, width); positive.
+    padding : int, (int, int), 'valid' or 'same'
+        Implicit padding on both sides; ``'same'`` puts the odd extra pixel right/bottom.
+    groups : int
+        Blocked connections; must divide ``C_in`` and ``C_out``.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular', 'symmetric'}
+        torch's modes, plus ``'symmetric'`` (edge-inclusive mirror, scipy's ``reflect``).
+    backend : {'auto', 'opencl', 'numpy'}
+        ``'auto'`` uses OpenCL when a device initialises, else NumPy (with a notice in
+        ``info``).
+    device : str, optional
+        OpenCL device: ``'P:D'`` indices or a name substring; default from
+        ``CONVCLI_DEVICE`` / ``PYOPENCL_CTX``, GPUs first.
+    algo : {'auto', 'direct', 'separable', 'fft', 'gemm'}
+        Algorithm; ``'auto'`` lets the backend's cost model choose.
+    max_memory : int, optional
+        Bytes one piece of work may use; larger problems run in tiles (same results).
+    info : RunInfo, optional
+        Filled with the backend, device, algorithm, notices and stage timings.
+
+    Returns
+    -------
+    ndarray
+        Output of torch's shape and the input's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    >>> w = np.ones((1, 1, 2, 2), dtype=np.float32)
+    >>> conv2d(x, w, backend="numpy")
+    array([[[10., 14., 18.],
+            [26., 30., 34.],
+            [42., 46., 50.]]], dtype=float32)
+    """
+    t0 = time.perf_counter()
+    if info is None:
+        info = RunInfo()
+    spec = make_spec(
+        x,
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+    )
+    if algo not in ALGOS:
+        raise ConvValueError(f"algo must be one of {list(ALGOS)}, but got algo='{algo}'")
+    if max_memory is not None and max_memory <= 0:
+        raise ConvValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    be = _select_backend(backend, device, spec, info)
+    xb = x if spec.batched else x[None]
+    xb = np.ascontiguousarray(xb)
+    weight = np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias)
+    try:
+        out = _run_tiled(be, xb, weight, bias, spec, algo, _memory_limit(be, max_memory), info)
+    except BackendError as exc:
+        if backend != "auto" or be is backends.numpy_backend():
+            raise
+        info.notices.append(f"OpenCL failed ({exc}); using NumPy")
+        be = backends.numpy_backend()
+        out = _run_tiled(be, xb, weight, bias, spec, algo, max_memory, info)
+    info.backend = be.name
+    info.device = be.device_name
+    info.algo = info.algo or ("direct" if algo == "auto" else algo)
+    info.flops += 2 * spec.macs
+    out = out.astype(spec.dtype, copy=False)
+    if not spec.batched:
+        out = out[0]
+    info.timings["total"] = info.timings.get("total", 0.0) + time.perf_counter() - t0
+    return out
+
+
+class Conv2d:
+    """A convolution layer like ``torch.nn.Conv2d``, holding NumPy weights.
+
+    ``weight`` is ``(out_channels, in_channels/groups, kH, kW)`` and ``bias``
+    ``(out_channels,)`` or None, both drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
+    ``fan_in = in_channels/groups * kH * kW`` using ``numpy.random.default_rng(seed)``.
+
+    Examples
+    --------
+    >>> layer = Conv2d(3, 8, 3, padding=1, seed=0)
+    >>> layer
+    Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+    >>> layer(np.zeros((3, 5, 5), dtype=np.float32), backend="numpy").shape
+    (8, 5, 5)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: Padding = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        dtype: str | np.dtype = "float32",
+        seed: int | None = None,
+    ) -> None:
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = normalize_kernel_size(kernel_size)
+        self.stride = normalize_stride(stride)
+        self.dilation = normalize_dilation(dilation)
+        self.groups = normalize_groups(groups)
+        self.padding_mode = normalize_padding_mode(padding_mode)
+        if self.in_channels <= 0 or self.out_channels <= 0:
+            raise ConvValueError("in_channels and out_channels must be positive")
+        if self.in_channels % self.groups:
+            raise ConvValueError("in_channels must be divisible by groups")
+        if self.out_channels % self.groups:
+            raise ConvValueError("out_channels must be divisible by groups")
+        if isinstance(padding, str):
+            resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
+            self.padding: tuple[int, int] | str = padding
+        else:
+            pad = resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
+            self.padding = (pad[0], pad[2])
+        self.dtype = np.dtype(dtype)
+        if self.dtype.name not in ("float16", "float32", "float64", "complex64", "complex128"):
+            raise ConvTypeError(f"unsupported dtype {self.dtype}")
+        rng = np.random.default_rng(seed)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        wshape = (self.out_channels, self.in_channels // self.groups, kh, kw)
+        self.weight = self._uniform(rng, wshape, bound)
+        self.bias = self._uniform(rng, (self.out_channels,), bound) if bias else None
+
+    def _uniform(self, rng: np.random.Generator, shape: tuple[int, ...], bound: float):
+        values = rng.uniform(-bound, bound, size=shape)
+        if self.dtype.kind == "c":
+            values = values + 1j * rng.uniform(-bound, bound, size=shape)
+        return values.astype(self.dtype)
+
+    def __call__(self, x: np.ndarray, **options) -> np.ndarray:
+        """Apply the layer; ``options`` go to :func:`conv2d` (backend, device, info...)."""
+        return conv2d(
+            x,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            **options,
+        )
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}",
+            f"stride={self.stride}",
+        ]
+        if self.padding != (0, 0):
+            parts.append(f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={self.dilation}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.bias is None:
+            parts.append("bias=False")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode}")
+        return f"Conv2d({', '.join(parts)})"
+
+    def save(self, path: str | Path) -> None:
+        """Save weights and configuration to an ``.npz`` file."""
+        arrays = {"weight": self.weight}
+        if self.bias is not None:
+            arrays["bias"] = self.bias
+        padding = self.padding if isinstance(self.padding, str) else np.array(self.padding)
+        np.savez(
+            path,
+            **arrays,
+            stride=np.array(self.stride),
+            padding=np.array(padding),
+            dilation=np.array(self.dilation),
+            groups=np.array(self.groups),
+            padding_mode=np.array(self.padding_mode),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Conv2d:
+        """Load a layer saved by :meth:`save` (or any ``.npz`` with a 4-D ``weight``)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                weight = data["weight"]
+                bias = data.get("bias", None)
+                cfg = {k: data[k] for k in data.files if k not in ("weight", "bias")}
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{path}: cannot load Conv2d weights ({exc})") from exc
+        if weight.ndim != 4:
+            raise InputError(f"{path}: weight must be 4-D, got shape {weight.shape}")
+        groups = int(cfg["groups"]) if "groups" in cfg else 1
+        padding = cfg.get("padding", np.array(0))
+        padding = (
+            str(padding)
+            if padding.dtype.kind == "U"
+            else tuple(int(v) for v in np.atleast_1d(padding))
+        )
+        layer = cls(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            weight.shape[2:],
+            stride=tuple(int(v) for v in cfg.get("stride", (1, 1))),
+            padding=padding,
+            dilation=tuple(int(v) for v in cfg.get("dilation", (1, 1))),
+            groups=groups,
+            bias=bias is not None,
+            padding_mode=str(cfg.get("padding_mode", "zeros")),
+            dtype=weight.dtype,
+        )
+        layer.weight = weight
+        layer.bias = bias
+        return layer

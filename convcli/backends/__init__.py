@@ -1,0 +1,39 @@
+"""Backends: NumPy (reference, always available) and OpenCL (lazy pyopencl).
+
+A backend object has ``name``, ``device_name``, ``supports(spec) -> str | None`` (a
+reason it cannot run ``spec``) and ``run(x, weight, bias, spec, *, algo, timings)``
+taking a batched array and returning the batched result in the compute dtype.
+Backends never see paths or user options, only arrays and a :class:`ConvSpec`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from convcli.backends.numpy_backend import NumpyBackend
+from convcli.errors import BackendError
+
+BackendName = Literal["auto", "opencl", "numpy"]
+BACKEND_NAMES: tuple[str, ...] = ("auto", "opencl", "numpy")
+
+_NUMPY = NumpyBackend()
+_OPENCL: dict[str | None, object] = {}
+
+
+def numpy_backend() -> NumpyBackend:
+    return _NUMPY
+
+
+def opencl_backend(device: str | None = None):
+    """The OpenCL backend for ``device`` (cached); raises BackendUnavailable."""
+    if device not in _OPENCL:
+        from convcli.backends.opencl_backend import OpenCLBackend
+
+        try:
+            _OPENCL[device] = OpenCLBackend.create(device)
+        except BackendError as exc:  # remember the failure: init is slow to retry
+            _OPENCL[device] = exc
+    found = _OPENCL[device]
+    if isinstance(found, BaseException):
+        raise found
+    return found

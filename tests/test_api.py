@@ -1,0 +1,153 @@
+"""API-level behaviour: shapes, dtypes, validation messages, Conv2d, tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from naive import naive_conv2d
+
+from convcli import Conv2d, ConvTypeError, ConvValueError, RunInfo, conv2d
+
+
+def _rand(rng, shape, dtype):
+    a = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular", "symmetric"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
+def test_matches_naive(backend, mode, dtype):
+    rng = np.random.default_rng(1)
+    x = _rand(rng, (2, 4, 9, 11), dtype)
+    w = _rand(rng, (6, 2, 3, 4), dtype)
+    b = _rand(rng, (6,), dtype)
+    y = conv2d(
+        x,
+        w,
+        b,
+        stride=(2, 1),
+        padding=(2, 3),
+        dilation=(1, 2),
+        groups=2,
+        padding_mode=mode,
+        backend=backend,
+    )
+    ref = naive_conv2d(x, w, b, (2, 1), (2, 2, 3, 3), (1, 2), 2, mode)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, ref, dtype)
+
+
+def test_same_padding_puts_extra_pixel_bottom_right(backend):
+    x = np.zeros((1, 5, 5), np.float32)
+    x[0, 0, 0] = 1.0
+    w = np.zeros((1, 1, 2, 2), np.float32)
+    w[0, 0, 1, 1] = 1.0  # picks pixel (i+1, j+1): total pad 1 goes bottom/right
+    y = conv2d(x, w, padding="same", backend=backend)
+    assert y.shape == (1, 5, 5)
+    assert y[0, 0, 0] == 0.0 and y[0, 4, 4] == 0.0
+    # with the extra pixel at the bottom/right the top-left input lands at (-1,-1): gone
+    assert y.sum() == 0.0
+    x[0, 1, 1] = 2.0
+    y = conv2d(x, w, padding="same", backend=backend)
+    assert y[0, 0, 0] == 2.0
+
+
+def test_no_kernel_flip(backend):
+    x = np.zeros((1, 3, 3), np.float32)
+    x[0, 1, 1] = 1.0
+    w = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    y = conv2d(x, w, padding=1, backend=backend)
+    # correlation: out[i, j] = sum w[a, b] x[i+a-1, j+b-1] -> the kernel appears flipped
+    np.testing.assert_array_equal(y[0], w[0, 0, ::-1, ::-1])
+
+
+def test_float16_accumulates_in_float32(backend):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 16, 16)).astype(np.float16)
+    w = rng.standard_normal((3, 3, 5, 5)).astype(np.float16)
+    y = conv2d(x, w, padding=2, backend=backend)
+    assert y.dtype == np.float16
+    ref = naive_conv2d(x[None].astype(np.float64), w.astype(np.float64), pad=(2, 2, 2, 2))[0]
+    assert_close(y.astype(np.float64), ref, "float16")
+
+
+def test_zero_batch(backend):
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    y = conv2d(x, w, padding=1, backend=backend)
+    assert y.shape == (0, 4, 8, 8) and y.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"groups": 2}, "expected input[1, 3, 8, 8] to have 6 channels"),
+        ({"stride": 2, "padding": "same"}, "padding='same' is not supported for strided"),
+        ({"stride": 0}, "non-positive stride is not supported"),
+        ({"dilation": 0}, "dilation should be greater than zero"),
+        ({"groups": 0}, "non-positive groups is not supported"),
+        ({"padding": -1}, "negative padding is not supported"),
+        ({"padding": "full"}, "Invalid padding string 'full'"),
+        ({"padding_mode": "mirror"}, "padding_mode must be one of"),
+        ({"padding": 8, "padding_mode": "reflect"}, "Padding size should be less than"),
+        ({"padding": 9, "padding_mode": "circular"}, "wrapping around more than once"),
+        ({"dilation": 5}, "Kernel size can't be greater than actual input size"),
+    ],
+)
+def test_validation_messages(kwargs, message):
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ConvValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        conv2d(x, w, backend="numpy", **kwargs)
+
+
+def test_validation_types():
+    x = np.zeros((3, 8, 8), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ConvTypeError, match="Input type \\(Float\\) and weight type \\(Double"):
+        conv2d(x, w.astype(np.float64))
+    with pytest.raises(ConvValueError, match="expected bias to be 1-dimensional with 4"):
+        conv2d(x, w, np.zeros(3, np.float32))
+    with pytest.raises(ConvValueError, match="Expected 3D \\(unbatched\\) or 4D"):
+        conv2d(x[0], w)
+    with pytest.raises(ConvTypeError, match="supported dtypes"):
+        conv2d(x.astype(np.int32), w.astype(np.int32))
+
+
+def test_conv2d_layer_init_repr_and_save(tmp_path):
+    layer = Conv2d(16, 33, (3, 5), stride=(2, 1), padding=(4, 2), dilation=(3, 1), seed=0)
+    assert repr(layer) == (
+        "Conv2d(16, 33, kernel_size=(3, 5), stride=(2, 1), padding=(4, 2), dilation=(3, 1))"
+    )
+    assert layer.weight.shape == (33, 16, 3, 5) and layer.bias.shape == (33,)
+    bound = 1 / np.sqrt(16 * 3 * 5)
+    assert np.abs(layer.weight).max() <= bound and np.abs(layer.weight).max() > 0.9 * bound
+    x = np.random.default_rng(0).standard_normal((2, 16, 20, 30)).astype(np.float32)
+    y = layer(x, backend="numpy")
+    assert y.shape == (2, 33, 11, 30)  # (20+8-6-1)//2+1, (30+4-4-1)+1
+    layer.save(tmp_path / "layer.npz")
+    again = Conv2d.load(tmp_path / "layer.npz")
+    assert repr(again) == repr(layer)
+    np.testing.assert_array_equal(again(x, backend="numpy"), y)
+    assert repr(Conv2d(4, 4, 3, groups=4, bias=False, padding="same", padding_mode="reflect")) == (
+        "Conv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), padding=same, groups=4, "
+        "bias=False, padding_mode=reflect)"
+    )
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular", "symmetric"])
+def test_tiled_equals_untiled(backend, mode):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 37, 29)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 5, 3)).astype(np.float32)
+    kw = dict(
+        stride=(2, 1), padding=(3, 1), dilation=(2, 1), groups=3, padding_mode=mode, backend=backend
+    )
+    whole = conv2d(x, w, **kw)
+    info = RunInfo()
+    tiled = conv2d(x, w, max_memory=4000, info=info, **kw)
+    assert info.tiles > 2
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
