@@ -1,0 +1,32 @@
+"""Backend-neutral planning helpers: kernel structure the algorithms exploit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# A rank-1 factorisation is accepted when it reproduces the kernel to this fraction of
+# max|kernel| in float64: far below float32 rounding of the convolution itself.
+SEPARABLE_RTOL = 1e-7
+
+
+def separable_factors(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rank-1 factors of every 2-D kernel in ``weight``, or None if one is not rank 1.
+
+    ``weight`` is ``(C_out, C_in/groups, kH, kW)``. Returns ``(col, row)`` of shapes
+    ``(C_out, C_in/groups, kH)`` and ``(C_out, C_in/groups, kW)`` (in float64 or
+    complex128) with ``weight[o, i] == outer(col[o, i], row[o, i])`` within
+    ``SEPARABLE_RTOL``. Gaussian, box, Sobel, Prewitt and binomial kernels are rank 1.
+    """
+    w = np.asarray(weight)
+    work = np.complex128 if np.iscomplexobj(w) else np.float64
+    w = w.astype(work).reshape(-1, w.shape[2], w.shape[3])
+    u, s, vh = np.linalg.svd(w, full_matrices=False)
+    scale = np.sqrt(s[:, 0])[:, None]
+    col = u[:, :, 0] * scale
+    row = vh[:, 0, :] * scale
+    approx = col[:, :, None] * row[:, None, :]
+    tol = SEPARABLE_RTOL * max(float(np.abs(w).max()), np.finfo(np.float64).tiny)
+    if float(np.abs(approx - w).max()) > tol:
+        return None
+    shape = weight.shape
+    return col.reshape(shape[0], shape[1], shape[2]), row.reshape(shape[0], shape[1], shape[3])
