@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convcli.api import ALGOS, Conv2d, RunInfo, conv2d
+from convcli.api import ALGOS, Conv2d, conv2d
 from convcli.errors import (
     BackendError,
     BackendUnavailable,
@@ -11,6 +11,7 @@ from convcli.errors import (
     ConvValueError,
     InputError,
 )
+from convcli.runinfo import RunInfo
 from convcli.spec import PADDING_MODES, ConvSpec
 
 __version__ = "0.1.0"

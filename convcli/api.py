@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from convcli import backends
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
+from convcli.runinfo import RunInfo
 from convcli.spec import (
     ConvSpec,
     IntPair,
@@ -29,38 +29,6 @@ from convcli.spec import (
 )
 
 ALGOS: tuple[str, ...] = ("auto", "direct", "separable", "fft", "gemm")
-
-
-@dataclass
-class RunInfo:
-    """What a call did, filled in by :func:`conv2d` when passed as ``info=``.
-
-    ``timings`` holds seconds per stage: ``build`` (OpenCL program builds), ``upload``,
-    ``compute`` (kernel time from OpenCL profiling events on that backend), ``download``
-    and ``total`` (wall time of the whole call). ``notices`` holds one-line messages,
-    e.g. why ``backend="auto"`` fell back to NumPy.
-    """
-
-    backend: str = ""
-    device: str = ""
-    algo: str = ""
-    tiles: int = 0
-    flops: int = 0
-    notices: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def add(self, other: RunInfo) -> None:
-        """Accumulate another call's info (used when summing a batch)."""
-        self.backend = self.backend or other.backend
-        self.device = self.device or other.device
-        self.algo = self.algo or other.algo
-        self.tiles += other.tiles
-        self.flops += other.flops
-        for note in other.notices:
-            if note not in self.notices:
-                self.notices.append(note)
-        for key, value in other.timings.items():
-            self.timings[key] = self.timings.get(key, 0.0) + value
 
 
 def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo):
@@ -116,7 +84,7 @@ def _run_tiled(
     whole = spec.n * (image_bytes + out_row * spec.h_out)
     if limit is None or whole <= limit or spec.n == 0:
         info.tiles += 1
-        return backend.run(x, weight, bias, spec, algo=algo, timings=info.timings)
+        return backend.run(x, weight, bias, spec, algo=algo, info=info)
     if spec.n > 1:
         per = max(1, limit // max(1, image_bytes + out_row * spec.h_out))
         parts = [
@@ -148,7 +116,7 @@ def _run_tiled(
         band = gather_rows(x, spec, p0, p1)
         band_spec = spec.with_rows(p1 - p0, 0, 0)
         info.tiles += 1
-        parts.append(backend.run(band, weight, bias, band_spec, algo=algo, timings=info.timings))
+        parts.append(backend.run(band, weight, bias, band_spec, algo=algo, info=info))
     return np.concatenate(parts, axis=2)
 
 
@@ -246,7 +214,6 @@ def conv2d(
         out = _run_tiled(be, xb, weight, bias, spec, algo, max_memory, info)
     info.backend = be.name
     info.device = be.device_name
-    info.algo = info.algo or ("direct" if algo == "auto" else algo)
     info.flops += 2 * spec.macs
     out = out.astype(spec.dtype, copy=False)
     if not spec.batched:

@@ -1,8 +1,12 @@
 """Backends: NumPy (reference, always available) and OpenCL (lazy pyopencl).
 
 A backend object has ``name``, ``device_name``, ``supports(spec) -> str | None`` (a
-reason it cannot run ``spec``) and ``run(x, weight, bias, spec, *, algo, timings)``
-taking a batched array and returning the batched result in the compute dtype.
+reason it cannot run ``spec``) and ``run(x, weight, bias, spec, *, algo, info)``
+taking a batched array and returning the batched result in the compute dtype; ``run``
+sets ``info.algo`` to the algorithm it used and adds seconds to ``info.timings`` under
+``build``, ``upload``, ``compute`` and ``download``. A forced ``algo`` a backend cannot
+apply (e.g. ``separable`` on a rank-2 kernel) raises ConvValueError; failures of the
+device raise BackendError (``auto`` then falls back to NumPy).
 Backends never see paths or user options, only arrays and a :class:`ConvSpec`.
 """
 

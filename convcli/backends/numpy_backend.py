@@ -12,9 +12,12 @@ complex inputs use the weight as is (no conjugation).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
@@ -115,14 +118,16 @@ class NumpyBackend:
         bias: np.ndarray | None,
         spec: ConvSpec,
         *,
-        algo: str = "direct",
-        timings: dict[str, float] | None = None,
+        algo: str = "auto",
+        info: RunInfo,
     ) -> np.ndarray:
-        """Convolve batched ``x``; returns the result in the compute dtype."""
-        import time
+        """Convolve batched ``x``; returns the result in the compute dtype.
 
+        Records the algorithm used in ``info.algo`` and its time under
+        ``info.timings["compute"]``.
+        """
         t0 = time.perf_counter()
         out = conv2d_direct(x, weight, bias, spec)
-        if timings is not None:
-            timings["compute"] = timings.get("compute", 0.0) + time.perf_counter() - t0
+        info.algo = "direct"
+        info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
         return out
