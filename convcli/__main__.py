@@ -1,0 +1,8 @@
+"""``python -m convcli``: the same command as the ``convcli`` script."""
+
+from __future__ import annotations
+
+from convcli.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,708 @@
+"""Run one convolution over many image files: plan the outputs, then read, convolve, write.
+
+This is the library side of ``convcli apply`` and ``convcli batch``. It prints nothing:
+it returns a :class:`BatchResult` and reports progress through an optional callback.
+
+Pipeline: a small thread pool reads and decodes the next images while the calling
+thread convolves the current one, and a second pool maps and encodes finished results
+(Pillow and the OpenCL queue release the GIL), with bounded queues so memory stays at a
+few images. Every output is written atomically by :func:`convcli.io.write_image`, so an
+error or an interrupt never leaves a partial file.
+
+Rules that keep data safe (see README "Safety rules"):
+
+- Inputs are listed before anything is written, and files under the output folder are
+  never inputs, so outputs are never picked up again.
+- An output path equal to its input is refused, except in ``apply`` with
+  ``--overwrite`` (the user named that file and asked to replace it). ``batch`` never
+  replaces an input.
+- In ``batch`` an existing output is a failure unless ``skip_existing`` (left untouched)
+  or ``overwrite`` (replaced) says what to do; ``apply`` replaces outputs it is told to
+  write, like ``cp``.
+- A full disk or a read-only/unwritable output folder stops the run (it would fail for
+  every file) with one clear message.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from convcli import io as cio
+from convcli.api import conv2d
+from convcli.errors import BackendError, ConvcliError, ConvValueError, InputError
+from convcli.runinfo import RunInfo
+from convcli.spec import make_spec, normalize_dilation, normalize_stride
+
+Existing = Literal["fail", "skip", "replace"]
+
+# Suffixes picked up by ``batch`` when no --glob is given (what read_image decodes).
+IMAGE_SUFFIXES: frozenset[str] = frozenset(cio.IMAGE_SUFFIXES)
+# Suffixes write_image encodes; other inputs (gif) default to PNG outputs.
+WRITABLE_SUFFIXES: frozenset[str] = frozenset(cio.WRITE_FORMATS)
+# Formats that only hold 8 bits per channel.
+_EIGHT_BIT_SUFFIXES = frozenset({".jpg", ".jpeg", ".webp", ".bmp"})
+# errnos that will fail for every later output too: stop instead of failing each file.
+_FATAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
+)
+
+
+# ---------------------------------------------------------------------------- the filter
+@dataclass(frozen=True)
+class Filter:
+    """The convolution applied to every image, in :func:`convcli.conv2d`'s words.
+
+    Parameters
+    ----------
+    weight : ndarray
+        A 2-D ``(kH, kW)`` kernel applied to every channel (depthwise: weight
+        ``(C, C/groups, kH, kW)`` filled with it, ``groups=C`` by default) or a 4-D weight
+        in torch's layout ``(C_out, C_in/groups, kH, kW)`` used as it is.
+    bias : ndarray, optional
+        One value for every output channel, or one per output channel.
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), 'same', 'valid' or None
+        None means the image-filter default: ``'same'`` (the size is kept) when the
+        stride is 1, otherwise ``dilation * (k - 1) // 2`` on each side (centred).
+    groups : int, optional
+        None infers it: ``C`` for a 2-D kernel, ``C_in / weight.shape[1]`` for 4-D.
+    padding_mode : str
+        One of :data:`convcli.PADDING_MODES`.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] | str | None = None
+    dilation: int | tuple[int, int] = 1
+    groups: int | None = None
+    padding_mode: str = "replicate"
+
+    @property
+    def depthwise(self) -> bool:
+        return self.weight.ndim == 2
+
+    def resolved_padding(self) -> int | tuple[int, int] | str:
+        """The padding passed to conv2d (the default made explicit)."""
+        if self.padding is not None:
+            return self.padding
+        stride = normalize_stride(self.stride)
+        if stride == (1, 1):
+            return "same"
+        dil = normalize_dilation(self.dilation)
+        kh, kw = self.weight.shape[-2:]
+        return (dil[0] * (kh - 1) // 2, dil[1] * (kw - 1) // 2)
+
+    def for_channels(self, channels: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Weight, bias and groups for an image with ``channels`` channels.
+
+        Raises
+        ------
+        ConvValueError
+            When the weight cannot take that many channels (the message says why).
+        """
+        w = self.weight
+        if w.ndim == 2:
+            groups = self.groups if self.groups is not None else channels
+            if groups <= 0 or channels % groups:
+                raise ConvValueError(
+                    f"groups={groups} does not divide the image's {channels} channels"
+                )
+            full = np.broadcast_to(w, (channels, channels // groups, *w.shape))
+            weight = np.ascontiguousarray(full, dtype=np.float32)
+        else:
+            per = w.shape[1]
+            if self.groups is not None:
+                groups = self.groups
+            elif channels % per == 0:
+                groups = channels // per
+            else:
+                raise ConvValueError(
+                    f"the weight takes groups x {per} input channels "
+                    f"(shape {tuple(w.shape)}), but the image has {channels} channels"
+                )
+            if per * groups != channels:
+                raise ConvValueError(
+                    f"the weight with groups={groups} takes {per * groups} input channels "
+                    f"(shape {tuple(w.shape)}), but the image has {channels} channels"
+                )
+            weight = np.ascontiguousarray(w, dtype=np.float32)
+        c_out = weight.shape[0]
+        bias = None
+        if self.bias is not None:
+            b = np.asarray(self.bias, dtype=np.float32).ravel()
+            if b.size == 1:
+                bias = np.full(c_out, b[0], dtype=np.float32)
+            elif b.size == c_out:
+                bias = b
+            else:
+                raise ConvValueError(
+                    f"bias has {b.size} values but the convolution has {c_out} output channels"
+                )
+        return weight, bias, groups
+
+    def check(self, channels: int = 3) -> None:
+        """Validate the convolution arguments once, before any file is read.
+
+        Uses a small zero image with ``channels`` channels (or the weight's own input
+        channels for a 4-D weight) so that argument mistakes (``'same'`` with a stride, a
+        bad padding mode) fail once instead of once per file.
+        """
+        if not self.depthwise:
+            channels = self.weight.shape[1] * (self.groups or 1)
+        weight, bias, groups = self.for_channels(channels)
+        dil = normalize_dilation(self.dilation)
+        kh, kw = weight.shape[-2:]
+        probe = np.zeros((channels, dil[0] * (kh - 1) + 2, dil[1] * (kw - 1) + 2), np.float32)
+        make_spec(
+            probe,
+            weight,
+            bias,
+            stride=self.stride,
+            padding=self.resolved_padding(),
+            dilation=self.dilation,
+            groups=groups,
+            padding_mode=self.padding_mode,
+        )
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where and how conv2d runs (its keyword-only arguments)."""
+
+    backend: str = "auto"
+    device: str | None = None
+    algo: str = "auto"
+    max_memory: int | None = None
+
+
+def apply_filter(
+    x: np.ndarray, filt: Filter, engine: Engine = Engine(), info: RunInfo | None = None
+) -> np.ndarray:
+    """Convolve one ``(C, H, W)`` float32 image with ``filt`` through :func:`conv2d`."""
+    weight, bias, groups = filt.for_channels(x.shape[0])
+    return conv2d(
+        x,
+        weight,
+        bias,
+        stride=filt.stride,
+        padding=filt.resolved_padding(),
+        dilation=filt.dilation,
+        groups=groups,
+        padding_mode=filt.padding_mode,
+        backend=engine.backend,
+        device=engine.device,
+        algo=engine.algo,
+        max_memory=engine.max_memory,
+        info=info,
+    )
+
+
+@dataclass(frozen=True)
+class Output:
+    """How results become files.
+
+    ``out_map`` / ``scale`` / ``offset`` go to :func:`convcli.io.map_output`; for ``.npy``
+    outputs they apply only when ``raw_npy`` is False (the raw float result is written by
+    default). ``bit_depth`` None keeps the input's where the format holds it.
+    """
+
+    out_map: str = "clip"
+    scale: float = 1.0
+    offset: float = 0.0
+    bit_depth: int | None = None
+    quality: int = 95
+    alpha: str = "premultiply"
+    raw_npy: bool = True
+
+
+def default_bit_depth(input_depth: int, suffix: str) -> int:
+    """The input's bit depth where the output format holds it, else the closest one."""
+    suffix = suffix.lower()
+    if suffix in _EIGHT_BIT_SUFFIXES:
+        return 8
+    if suffix == ".png":
+        return min(input_depth, 16)
+    return input_depth
+
+
+# ---------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class Task:
+    """One input file and the output it becomes."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be processed, and why (one line)."""
+
+    path: Path
+    reason: str
+
+    def line(self) -> str:
+        """``path: reason`` (the reason alone when it already names the file)."""
+        text = str(self.path)
+        return self.reason if text in self.reason else f"{text}: {self.reason}"
+
+
+@dataclass
+class Plan:
+    """Tasks to run, plus inputs refused while planning."""
+
+    tasks: list[Task] = field(default_factory=list)
+    refused: list[Failure] = field(default_factory=list)
+
+
+def _suffix_for(src: Path, fmt: str | None) -> str:
+    if fmt:
+        return "." + fmt.lower().lstrip(".")
+    suffix = src.suffix.lower()
+    return suffix if suffix in WRITABLE_SUFFIXES else ".png"
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
+    """Refuse a second input that would write the same output as an earlier one."""
+    claimed: dict[Path, Path] = {}
+    for task in tasks:
+        key = task.dst.resolve()
+        if key in claimed:
+            plan.refused.append(
+                Failure(task.src, f"output {task.dst} is already written from {claimed[key]}")
+            )
+            continue
+        claimed[key] = task.src
+        plan.tasks.append(task)
+
+
+def list_inputs(
+    in_dir: str | Path,
+    *,
+    recursive: bool = False,
+    glob: str | None = None,
+    exclude: Sequence[str | Path] = (),
+) -> list[Path]:
+    """Input files of a batch, sorted, listed before anything is written.
+
+    Without ``glob`` the files with an image suffix (:data:`IMAGE_SUFFIXES`) are taken;
+    with it every file matching it. Hidden files and folders (name starting with ``.``,
+    e.g. macOS ``._IMG.JPG`` companions and our own temporary files) are skipped, and so
+    is everything under ``exclude`` (the output folder when it lies inside ``in_dir``).
+    """
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    excluded = [Path(p).resolve() for p in exclude]
+    pattern = glob or "*"
+    found = root.rglob(pattern) if recursive else root.glob(pattern)
+    files = []
+    for path in found:
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if not path.is_file():
+            continue
+        if glob is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        resolved = path.resolve()
+        if any(_is_within(resolved, ex) for ex in excluded):
+            continue
+        files.append(path)
+    return sorted(files)
+
+
+def plan_batch(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    recursive: bool = False,
+    glob: str | None = None,
+    fmt: str | None = None,
+) -> Plan:
+    """Map every input under ``in_dir`` to its output under ``out_dir``.
+
+    ``recursive`` mirrors the sub-folders; the output keeps the input's stem and takes
+    ``fmt`` as suffix (default: the input's, PNG for formats we do not write). Outputs
+    that would replace their input are refused (``batch`` never replaces an input).
+
+    Raises
+    ------
+    InputError
+        If ``in_dir`` is not a folder or ``out_dir`` is the same folder.
+    """
+    src_root, dst_root = Path(in_dir), Path(out_dir)
+    if src_root.is_dir() and dst_root.resolve() == src_root.resolve():
+        raise InputError(
+            f"{dst_root}: the output folder must differ from the input folder "
+            "(outputs would mix with inputs)"
+        )
+    inputs = list_inputs(src_root, recursive=recursive, glob=glob, exclude=[dst_root])
+    plan = Plan()
+    tasks = []
+    for src in inputs:
+        rel = src.relative_to(src_root) if recursive else Path(src.name)
+        dst = dst_root / rel.with_suffix(_suffix_for(src, fmt))
+        if _same_file(src, dst):
+            plan.refused.append(Failure(src, "output would replace the input; not written"))
+            continue
+        tasks.append(Task(src, dst))
+    _dedupe(tasks, plan)
+    return plan
+
+
+def plan_files(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    fmt: str | None = None,
+    overwrite: bool = False,
+) -> Plan:
+    """Outputs for ``apply``: ``output`` is a file for one input, a folder for several.
+
+    ``output`` is a folder when there are several inputs, when it is an existing folder,
+    or when it ends with a path separator. A file output's format comes from its suffix
+    (``fmt`` is used when it has none). An output equal to its input is refused unless
+    ``overwrite`` is True.
+    """
+    out = Path(output)
+    text = str(output)
+    as_folder = len(inputs) > 1 or out.is_dir() or text.endswith(("/", os.sep))
+    tasks = []
+    plan = Plan()
+    for item in inputs:
+        src = Path(item)
+        if as_folder:
+            dst = out / (src.stem + _suffix_for(src, fmt))
+        elif out.suffix:
+            dst = out
+        else:
+            dst = out.with_suffix(_suffix_for(src, fmt))
+        if _same_file(src, dst) and not overwrite:
+            plan.refused.append(
+                Failure(src, "output is the input file; pass --overwrite to replace it")
+            )
+            continue
+        tasks.append(Task(src, dst))
+    _dedupe(tasks, plan)
+    return plan
+
+
+# ---------------------------------------------------------------------------- running
+EventKind = Literal["done", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress report for one finished task (sent from the calling thread)."""
+
+    kind: EventKind
+    task: Task
+    reason: str = ""
+    megapixels: float = 0.0
+
+
+@dataclass
+class BatchResult:
+    """What a run did.
+
+    ``timings`` holds seconds: ``read`` and ``write`` summed over worker threads,
+    ``upload``/``build``/``compute``/``download`` from conv2d, ``convolve`` (conv2d wall
+    time) and ``total`` (wall time of the run; stages overlap, so they may sum to more).
+    """
+
+    done: list[Task] = field(default_factory=list)
+    skipped: list[Task] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    fatal: str | None = None
+    interrupted: bool = False
+    info: RunInfo = field(default_factory=RunInfo)
+    timings: dict[str, float] = field(default_factory=dict)
+    megapixels: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.fatal is None and not self.interrupted
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready record of the run (also the ``--report`` file's content)."""
+        total = self.timings.get("total", 0.0)
+        compute = self.timings.get("compute", 0.0) or self.timings.get("convolve", 0.0)
+        return {
+            "done": len(self.done),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "interrupted": self.interrupted,
+            "fatal": self.fatal,
+            "failures": [{"file": str(f.path), "reason": f.reason} for f in self.failed],
+            "outputs": [str(t.dst) for t in self.done],
+            "backend": self.info.backend,
+            "device": self.info.device,
+            "algo": self.info.algo,
+            "tiles": self.info.tiles,
+            "notices": list(self.info.notices),
+            "timings_s": {k: round(v, 6) for k, v in self.timings.items()},
+            "megapixels": round(self.megapixels, 6),
+            "megapixels_per_s": round(self.megapixels / total, 3) if total > 0 else None,
+            "gflops": round(self.info.flops / 1e9, 6),
+            "gflops_per_s": round(self.info.flops / compute / 1e9, 3) if compute > 0 else None,
+        }
+
+
+@dataclass
+class _Loaded:
+    image: cio.Image
+    channels: np.ndarray
+    kept_alpha: np.ndarray | None
+    seconds: float
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the library said
+
+
+def _oserror(exc: BaseException) -> OSError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _fatal_errno(exc: BaseException) -> int | None:
+    err = _oserror(exc)
+    if err is not None:
+        return err.errno if err.errno in _FATAL_ERRNOS else None
+    # io.atomic_write re-raises OS errors as InputError("<path>: cannot write: <strerror>")
+    text = str(exc).lower()
+    if "cannot write" not in text:
+        return None
+    for code in _FATAL_ERRNOS:
+        if os.strerror(code).lower() in text:
+            return code
+    return None
+
+
+def _fatal_write(exc: BaseException, dst: Path) -> str | None:
+    code = _fatal_errno(exc)
+    if code is None:
+        return None
+    folder = dst.parent
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"{folder}: no space left on the device; stopped (no partial file written)"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{folder}: output folder is not writable ({os.strerror(code)}); stopped"
+    return f"{dst}: {os.strerror(code)}; stopped"
+
+
+def _read(task: Task, max_pixels: int | None, alpha: str) -> _Loaded:
+    t0 = time.perf_counter()
+    image = cio.read_image(task.src, max_pixels=max_pixels)
+    channels, kept = cio.prepare_alpha(image, alpha)
+    channels = np.ascontiguousarray(channels, dtype=np.float32)
+    return _Loaded(image, channels, kept, time.perf_counter() - t0)
+
+
+def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
+    t0 = time.perf_counter()
+    image = loaded.image
+    data = cio.finish_alpha(result, loaded.kept_alpha, out.alpha, has_alpha=image.has_alpha)
+    suffix = task.dst.suffix.lower()
+    if suffix != ".npy" or not out.raw_npy:
+        data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
+    depth = out.bit_depth or default_bit_depth(image.bit_depth, suffix)
+    task.dst.parent.mkdir(parents=True, exist_ok=True)
+    cio.write_image(task.dst, data, bit_depth=depth, overwrite=True, quality=out.quality)
+    return time.perf_counter() - t0
+
+
+def run_tasks(
+    tasks: Sequence[Task],
+    filt: Filter,
+    *,
+    engine: Engine = Engine(),
+    output: Output = Output(),
+    max_pixels: int | None = cio.DEFAULT_MAX_PIXELS,
+    existing: Existing = "replace",
+    workers: int | None = None,
+    stop: threading.Event | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> BatchResult:
+    """Read, convolve and write every task; failures are recorded, not raised.
+
+    Parameters
+    ----------
+    tasks : sequence of Task
+        From :func:`plan_batch` or :func:`plan_files`.
+    filt, engine, output
+        The convolution, where it runs, and how results become files.
+    max_pixels : int, optional
+        Images whose header claims more pixels are refused (decompression bombs).
+    existing : {'fail', 'skip', 'replace'}
+        What to do with an output file that already exists.
+    workers : int, optional
+        Threads for reading and for writing (each); default: CPU count, at least 2.
+    stop : threading.Event, optional
+        Set it (e.g. from a signal handler) to stop after the image being convolved:
+        reads not yet used are dropped, results already computed are written, and the
+        result has ``interrupted=True``.
+    on_event : callable, optional
+        Called in the calling thread with an :class:`Event` per finished task.
+
+    Returns
+    -------
+    BatchResult
+        Done, skipped and failed files, a fatal reason if the run stopped early, the
+        summed :class:`RunInfo` and stage timings.
+    """
+    t_start = time.perf_counter()
+    result = BatchResult()
+    workers = max(2, workers or os.cpu_count() or 2)
+    stop = stop or threading.Event()
+    timings = {"read": 0.0, "write": 0.0, "convolve": 0.0}
+    lookahead = workers + 1
+    pending = deque(tasks)
+    reads: deque[tuple[Task, Future]] = deque()
+    writes: deque[tuple[Task, Future, float]] = deque()
+
+    def emit(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+
+    def fail(task: Task, exc: BaseException | str) -> None:
+        reason = exc if isinstance(exc, str) else _reason(exc)
+        failure = Failure(task.src, reason)
+        result.failed.append(failure)
+        emit(Event("failed", task, failure.line()))
+
+    def should_skip(task: Task) -> bool:
+        """Decide about an existing output before spending a read on it."""
+        if not os.path.lexists(task.dst):
+            return False
+        if task.dst.is_dir():
+            fail(task, f"output {task.dst} is a folder")
+            return True
+        if existing == "skip":
+            result.skipped.append(task)
+            emit(Event("skipped", task, "output exists"))
+            return True
+        if existing == "fail":
+            fail(
+                task,
+                f"output {task.dst} exists (pass --overwrite to replace it, "
+                "--skip-existing to keep it)",
+            )
+            return True
+        return False
+
+    def finish_write(task: Task, fut: Future, mp: float) -> None:
+        try:
+            timings["write"] += fut.result()
+        except Exception as exc:  # every failure becomes a report line
+            fatal = _fatal_write(exc, task.dst)
+            if fatal is not None and result.fatal is None:
+                result.fatal = fatal
+            fail(task, fatal or exc)
+            return
+        result.done.append(task)
+        result.megapixels += mp
+        emit(Event("done", task, megapixels=mp))
+
+    def drain_writes(block_over: int) -> None:
+        while writes and (len(writes) > block_over or writes[0][1].done()):
+            task, fut, mp = writes.popleft()
+            finish_write(task, fut, mp)
+
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="convcli-read") as readers,
+        ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers,
+    ):
+
+        def fill() -> None:
+            while pending and len(reads) < lookahead and not stop.is_set() and not result.fatal:
+                task = pending.popleft()
+                if should_skip(task):
+                    continue
+                reads.append((task, readers.submit(_read, task, max_pixels, output.alpha)))
+
+        try:
+            fill()
+            while reads and not stop.is_set() and result.fatal is None:
+                task, fut = reads.popleft()
+                fill()
+                try:
+                    loaded = fut.result()
+                except Exception as exc:  # a bad file is a report line
+                    fail(task, exc)
+                    continue
+                timings["read"] += loaded.seconds
+                info = RunInfo()
+                t0 = time.perf_counter()
+                try:
+                    out = apply_filter(loaded.channels, filt, engine, info)
+                except BackendError as exc:
+                    # the device is gone or refused: every later file would fail the same way
+                    result.fatal = f"backend failed: {_reason(exc)}"
+                    fail(task, exc)
+                    break
+                except (ConvcliError, ValueError, MemoryError) as exc:
+                    fail(task, exc)
+                    continue
+                finally:
+                    timings["convolve"] += time.perf_counter() - t0
+                result.info.add(info)
+                h, w = loaded.channels.shape[-2:]
+                loaded.channels = np.empty(0, np.float32)  # free the input early
+                writes.append(
+                    (task, writers.submit(_write, task, out, loaded, output), h * w / 1e6)
+                )
+                drain_writes(block_over=workers)
+        finally:
+            # Interrupted or stopped: drop reads not yet used (they wrote nothing) and
+            # finish the writes of results already computed (each is atomic).
+            for _, fut in reads:
+                fut.cancel()
+            drain_writes(block_over=0)
+    if stop.is_set() and (pending or reads):
+        result.interrupted = True
+    elif stop.is_set():
+        result.interrupted = len(result.done) + len(result.skipped) + len(result.failed) < len(
+            tasks
+        )
+    for key in ("upload", "build", "compute", "download"):
+        timings[key] = result.info.timings.get(key, 0.0)
+    timings["total"] = time.perf_counter() - t_start
+    result.timings = timings
+    return result
