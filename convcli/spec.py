@@ -194,7 +194,9 @@ def resolve_padding(
 ) -> tuple[int, int, int, int]:
     """Turn ``padding`` into ``(top, bottom, left, right)``.
 
-    ``'same'`` gives ``total // 2`` before and the rest after on each axis.
+    ``'same'`` gives ``total // 2`` before and the rest after on each axis. Negative
+    amounts are returned as they are: torch rejects them only in ``zeros`` mode (the
+    other modes crop, as ``F.pad`` does), which :func:`make_spec` checks.
     """
     if isinstance(padding, str):
         if padding == "valid":
@@ -211,8 +213,6 @@ def resolve_padding(
             f"Invalid padding string '{padding}', should be one of {{'valid', 'same'}}"
         )
     ph, pw = _pair(padding, "padding")
-    if min(ph, pw) < 0:
-        raise ConvValueError("negative padding is not supported")
     return (ph, ph, pw, pw)
 
 
@@ -286,6 +286,9 @@ def make_spec(
     groups_i = normalize_groups(groups)
     mode = normalize_padding_mode(padding_mode)
     pad = resolve_padding(padding, (kh, kw), stride_t, dilation_t)
+    if mode == "zeros" and min(pad) < 0:
+        # torch's padding modes go through F.pad, which crops on negative amounts
+        raise ConvValueError("negative padding is not supported")
 
     if min(kh, kw, cin_g) <= 0 or c_out <= 0:
         raise ConvValueError(
