@@ -252,11 +252,14 @@ class Failure:
 
     path: Path
     reason: str
+    output: Path | None = None
 
     def line(self) -> str:
         """``path: reason`` (the reason alone when it already names the file)."""
-        text = str(self.path)
-        return self.reason if text in self.reason else f"{text}: {self.reason}"
+        names = [str(p) for p in (self.path, self.output) if p is not None]
+        if any(name in self.reason for name in names):
+            return self.reason
+        return f"{self.path}: {self.reason}"
 
 
 @dataclass
@@ -603,7 +606,7 @@ def run_tasks(
 
     def fail(task: Task, exc: BaseException | str) -> None:
         reason = exc if isinstance(exc, str) else _reason(exc)
-        failure = Failure(task.src, reason)
+        failure = Failure(task.src, reason, task.dst)
         result.failed.append(failure)
         emit(Event("failed", task, failure.line()))
 

@@ -39,11 +39,18 @@ DEFAULT_PADDING_MODE = "replicate"
 
 
 # ---------------------------------------------------------------------------- output
-def _console(**kwargs: Any):
-    """A rich console on stderr (looked up at call time so CliRunner captures it)."""
+def _console(stdout: bool = False):
+    """A rich console on stderr or stdout, looked up at call time (CliRunner swaps them).
+
+    Piped output gets a wide virtual terminal so tables are not folded at 80 columns.
+    """
     from rich.console import Console
 
-    return Console(file=sys.stderr, **kwargs)
+    stream = sys.stdout if stdout else sys.stderr
+    console = Console(file=stream)
+    if not console.is_terminal:
+        console = Console(file=stream, width=200)
+    return console
 
 
 def _err(message: str, kind: str = "error") -> None:
@@ -560,7 +567,8 @@ def _run(
             _err(_one_line(note), "notice")
     if result.fatal:
         _err(result.fatal)
-    if not quiet and (result.done or result.failed):
+    # the table is for runs that did something; an error stays the only line
+    if not quiet and result.done and (len(plan.tasks) > 1 or not result.failed):
         _timing_table(result)
     if opts["timings"]:
         _write_json(opts["timings"], _timings_record(result))
@@ -604,7 +612,7 @@ def _timing_table(result: cbatch.BatchResult) -> None:
     table.add_row("backend", s["backend"] or "-")
     table.add_row("device", s["device"] or "-")
     table.add_row("algo", s["algo"] or "-")
-    if result.info.tiles > len(result.done):
+    if result.info.tiles > max(1, len(result.done)):
         table.add_row("tiles", str(result.info.tiles))
     _console().print(table)
 
@@ -755,7 +763,6 @@ def presets_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_preset_record(p) for p in items], indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="presets (NAME or NAME:key=value,...)", title_justify="left")
@@ -764,7 +771,7 @@ def presets_list(as_json: bool) -> None:
     for p in items:
         rec = _preset_record(p)
         table.add_row(rec["name"], rec["size"], _params_text(p.params), rec["description"])
-    Console(file=sys.stdout).print(table)
+    _console(stdout=True).print(table)
 
 
 def _params_text(params: Any) -> str:
@@ -874,7 +881,6 @@ def devices(as_json: bool) -> int:
     if not found:
         _err(f"{why}; convcli uses the NumPy backend", "notice")
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="OpenCL devices (* = used by --backend auto)", title_justify="left")
@@ -904,7 +910,7 @@ def devices(as_json: bool) -> int:
             "yes" if d.fp64 else "no",
             "yes" if d.fp16 else "no",
         )
-    Console(file=sys.stdout).print(table)
+    _console(stdout=True).print(table)
     return 0
 
 
@@ -1012,7 +1018,6 @@ def bench(
 
 
 def _bench_table(rows: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="convcli bench (float32, median of runs)", title_justify="left")
@@ -1040,7 +1045,7 @@ def _bench_table(rows: list[Any]) -> None:
             f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else "-",
             (r.note or "") if r.ok else f"FAILED {r.note or ''}",
         )
-    Console(file=sys.stdout).print(table)
+    _console(stdout=True).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,355 @@
+"""``convcli batch`` and the library runner (convcli.batch): bad files, trees, resume,
+interrupts, faults. Outputs are checked through the API against the naive reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from naive import naive_conv2d
+
+from convcli import batch as cbatch
+from convcli import io as cio
+from convcli.cli import cli
+from convcli.errors import ConvValueError, InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVEL = 1 / 255 + 1e-6
+BOX3 = np.full((3, 3), 1 / 9)
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def real_image(seed: int, shape=(3, 24, 32)) -> np.ndarray:
+    """A crop of a real sample (varied per seed) as float data in [0, 1]."""
+    from PIL import Image
+
+    names = ["astronaut.png", "coffee.png", "camera.png", "horse.png"]
+    with Image.open(ROOT / "samples" / names[seed % 4]) as im:
+        im = im.convert("RGB" if shape[0] == 3 else "L")
+        h, w = shape[1:]
+        x0, y0 = 20 + 7 * seed % 200, 30 + 5 * seed % 150
+        arr = np.asarray(im.crop((x0, y0, x0 + w, y0 + h)), np.float32) / 255
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def make_tree(root: Path) -> dict[str, Path]:
+    """Good images (png, jpg, 16-bit png, gray) and broken files side by side."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    good = {
+        "a.png": root / "a.png",
+        "b.jpg": root / "b.jpg",
+        "gray.png": root / "gray.png",
+        "sub/c16.png": root / "sub" / "c16.png",
+        "sub/deeper/d.tif": root / "sub" / "deeper" / "d.tif",
+    }
+    cio.write_image(good["a.png"], real_image(0))
+    cio.write_image(good["b.jpg"], real_image(1), quality=95)
+    cio.write_image(good["gray.png"], real_image(2, (1, 20, 18)))
+    cio.write_image(good["sub/c16.png"], real_image(3), bit_depth=16)
+    cio.write_image(good["sub/deeper/d.tif"], real_image(4))
+    png = (root / "a.png").read_bytes()
+    (root / "empty.png").write_bytes(b"")
+    (root / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "text.jpg").write_text("this is not a JPEG\n")
+    (root / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    (root / "notes.txt").write_text("ignored: not an image suffix\n")
+    (root / ".hidden.png").write_bytes(png)
+    return good
+
+
+def reference(path: Path, kernel=BOX3, mode="replicate") -> np.ndarray:
+    x = cio.read_image(path).data.astype(np.float64)
+    c = x.shape[0]
+    k = np.asarray(kernel, np.float64)
+    th, tw = k.shape[0] - 1, k.shape[1] - 1
+    pad = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    w = np.broadcast_to(k, (c, 1, *k.shape))
+    return np.clip(naive_conv2d(x[None], w, None, (1, 1), pad, (1, 1), c, mode)[0].real, 0, 1)
+
+
+def check_output(src: Path, dst: Path, kernel=BOX3, tol=LEVEL) -> None:
+    out = cio.read_image(dst)
+    ref = reference(src, kernel)
+    assert out.data.shape == ref.shape
+    assert float(np.max(np.abs(out.data - ref))) <= tol, dst
+
+
+# ---------------------------------------------------------------------------- CLI batches
+def test_batch_with_broken_files_mixed_in(tmp_path):
+    good = make_tree(tmp_path / "in")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    res = run("batch", tmp_path / "in", out, "--preset", "box", "--report", report,
+              "--backend", "numpy")  # fmt: skip
+    assert res.exit_code == 1
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("convcli: error:")]
+    assert len(errors) == 3
+    for name in ("empty.png", "truncated.png", "text.jpg"):
+        assert sum(name in ln for ln in errors) == 1, (name, errors)
+    assert "Traceback" not in res.output
+    assert "3 done, 0 skipped, 3 failed" in res.stderr
+    for name in ("a.png", "b.jpg", "gray.png"):
+        check_output(good[name], out / name, tol=LEVEL if name != "b.jpg" else 3 / 255)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg", "gray.png"]
+    data = json.loads(report.read_text())
+    assert data["done"] == 3 and data["failed"] == 3 and data["skipped"] == 0
+    assert sorted(Path(f["file"]).name for f in data["failures"]) == [
+        "empty.png", "text.jpg", "truncated.png",
+    ]  # fmt: skip
+    assert all(f["reason"] for f in data["failures"])
+
+
+def test_recursive_mirrors_tree_and_keeps_formats(tmp_path):
+    good = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    res = run("batch", tmp_path / "in", out, "--recursive", "--kernel", "1,1,1;1,1,1;1,1,1",
+              "--normalize-kernel", "--backend", "numpy", "-q")  # fmt: skip
+    assert res.exit_code == 1  # the broken files
+    assert "broken.jpg" in res.stderr
+    for rel, src in good.items():
+        dst = out / rel
+        assert dst.exists(), rel
+        check_output(src, dst, tol=LEVEL if not rel.endswith("jpg") else 3 / 255)
+    assert cio.read_image(out / "sub" / "c16.png").bit_depth == 16
+    assert not (out / ".hidden.png").exists() and not (out / "notes.txt").exists()
+
+
+def test_glob_and_format(tmp_path):
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    res = run("batch", tmp_path / "in", out, "--glob", "*.png", "--format", "tif",
+              "--preset", "gaussian", "--backend", "numpy", "-q")  # fmt: skip
+    assert res.exit_code == 1  # empty.png and truncated.png still fail
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "gray.tif"]
+
+
+def test_output_inside_input_is_not_read_back(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    cio.write_image(src / "a.png", real_image(0))
+    cio.write_image(src / "b.png", real_image(1))
+    out = src / "out"
+    for _ in range(2):  # the second run must not pick up out/a.png as an input
+        res = run("batch", src, out, "--recursive", "--preset", "box", "--overwrite",
+                  "--backend", "numpy", "-q")  # fmt: skip
+        assert res.exit_code == 0, res.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["a.png", "b.png"]
+
+
+def test_same_folder_is_refused(tmp_path):
+    cio.write_image(tmp_path / "a.png", real_image(0))
+    before = (tmp_path / "a.png").read_bytes()
+    res = run("batch", tmp_path, tmp_path, "--preset", "box", "--overwrite")
+    assert res.exit_code == 1
+    assert "output folder must differ" in res.stderr
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_existing_outputs_skip_overwrite_or_fail(tmp_path):
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    run("batch", tmp_path / "in", out, "--preset", "box", "--backend", "numpy", "-q")
+    files = sorted(out.iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    old = 1_000_000_000
+    for p in files:
+        os.utime(p, ns=(old, old))
+    res = run("batch", tmp_path / "in", out, "--preset", "sharpen", "--skip-existing",
+              "--backend", "numpy")  # fmt: skip
+    assert "0 done, 3 skipped, 3 failed" in res.stderr
+    assert all(p.stat().st_mtime_ns == old for p in files)
+    res = run("batch", tmp_path / "in", out, "--preset", "box", "--backend", "numpy")
+    assert res.exit_code == 1 and "exists" in res.stderr
+    assert all(p.stat().st_mtime_ns == old for p in files)
+    res = run("batch", tmp_path / "in", out, "--preset", "box", "--overwrite",
+              "--backend", "numpy")  # fmt: skip
+    assert all(p.stat().st_mtime_ns != old for p in files)
+    assert stamps  # outputs were there to begin with
+    both = run("batch", tmp_path / "in", out, "--preset", "box", "--overwrite",
+               "--skip-existing")  # fmt: skip
+    assert both.exit_code == 2
+
+
+def test_max_pixels_refuses_large_images(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    cio.write_image(src / "small.png", real_image(0, (3, 10, 10)))
+    cio.write_image(src / "large.png", real_image(1, (3, 40, 40)))
+    res = run("batch", src, tmp_path / "out", "--preset", "box", "--max-pixels", "500",
+              "--backend", "numpy", "-q")  # fmt: skip
+    assert res.exit_code == 1
+    assert "large.png" in res.stderr and "--max-pixels" in res.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["small.png"]
+
+
+def test_max_memory_tiles_give_the_same_result(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    cio.write_image(src / "a.png", real_image(0, (3, 64, 48)))
+    run("batch", src, tmp_path / "whole", "--preset", "gaussian:sigma=2", "-q", "--backend",
+        "numpy")  # fmt: skip
+    res = run("batch", src, tmp_path / "tiled", "--preset", "gaussian:sigma=2", "--backend",
+              "numpy", "--max-memory", "20K", "--timings", tmp_path / "t.json", "-q")  # fmt: skip
+    assert res.exit_code == 0
+    assert json.loads((tmp_path / "t.json").read_text())["tiles"] > 1
+    whole = cio.read_image(tmp_path / "whole" / "a.png").data
+    tiled = cio.read_image(tmp_path / "tiled" / "a.png").data
+    assert np.array_equal(whole, tiled)
+
+
+def test_empty_folder_is_not_an_error(tmp_path):
+    (tmp_path / "in").mkdir()
+    res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box")
+    assert res.exit_code == 0
+    assert "no images found" in res.stderr
+
+
+def test_missing_input_folder(tmp_path):
+    res = run("batch", tmp_path / "nope", tmp_path / "out", "--preset", "box")
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0] and lines[0].startswith("convcli: error:")
+
+
+# ---------------------------------------------------------------------------- library
+def test_filter_for_channels_infers_groups():
+    f = cbatch.Filter(weight=np.ones((3, 3), np.float32), bias=np.array([0.5], np.float32))
+    w, b, g = f.for_channels(4)
+    assert w.shape == (4, 1, 3, 3) and g == 4 and b.tolist() == [0.5] * 4
+    f4 = cbatch.Filter(weight=np.ones((6, 1, 3, 3), np.float32))
+    assert f4.for_channels(3)[2] == 3
+    with pytest.raises(ConvValueError, match="2 channels"):
+        cbatch.Filter(weight=np.ones((6, 3, 3, 3), np.float32)).for_channels(2)
+    with pytest.raises(ConvValueError, match="bias has 2 values"):
+        cbatch.Filter(weight=np.ones((3, 3), np.float32), bias=np.ones(2)).for_channels(3)
+    assert cbatch.Filter(weight=np.ones((3, 5)), stride=2).resolved_padding() == (1, 2)
+    assert cbatch.Filter(weight=np.ones((3, 5))).resolved_padding() == "same"
+
+
+def test_plan_files_refuses_input_and_duplicates(tmp_path):
+    a = tmp_path / "a.png"
+    cio.write_image(a, real_image(0))
+    plan = cbatch.plan_files([a], a)
+    assert not plan.tasks and "--overwrite" in plan.refused[0].reason
+    assert cbatch.plan_files([a], a, overwrite=True).tasks[0].dst == a
+    (tmp_path / "x").mkdir()
+    cio.write_image(tmp_path / "x" / "a.jpg", real_image(1))
+    plan = cbatch.plan_files([a, tmp_path / "x" / "a.jpg"], tmp_path / "out", fmt="png")
+    assert len(plan.tasks) == 1 and "already written" in plan.refused[0].reason
+
+
+def _tasks(tmp_path: Path, n: int) -> list[cbatch.Task]:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    tasks = []
+    for i in range(n):
+        src = tmp_path / "in" / f"{i:02d}.png"
+        cio.write_image(src, real_image(i))
+        tasks.append(cbatch.Task(src, tmp_path / "out" / src.name))
+    return tasks
+
+
+def test_stop_event_finishes_current_image_only(tmp_path):
+    tasks = _tasks(tmp_path, 8)
+    stop = threading.Event()
+
+    def on_event(event):
+        if event.kind == "done":
+            stop.set()
+
+    filt = cbatch.Filter(weight=BOX3.astype(np.float32))
+    result = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine(backend="numpy"), stop=stop,
+                              on_event=on_event, workers=2)  # fmt: skip
+    assert result.interrupted
+    assert 1 <= len(result.done) < 8 and not result.failed
+    written = sorted((tmp_path / "out").iterdir())
+    assert written == sorted(t.dst for t in result.done)
+    for task in result.done:
+        check_output(task.src, task.dst)
+
+
+def test_full_disk_stops_the_batch(tmp_path, monkeypatch):
+    tasks = _tasks(tmp_path, 6)
+    real_write = cio.write_image
+    calls = []
+
+    def failing_write(path, data, **kw):
+        calls.append(path)
+        if len(calls) >= 2:
+            raise InputError(f"{path}: cannot write: no space left on device")
+        return real_write(path, data, **kw)
+
+    monkeypatch.setattr(cio, "write_image", failing_write)
+    filt = cbatch.Filter(weight=BOX3.astype(np.float32))
+    result = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine(backend="numpy"), workers=2)
+    assert result.fatal is not None and "no space left" in result.fatal
+    assert not result.ok
+    assert len(result.done) + len(result.failed) < 6  # stopped early
+    assert sorted((tmp_path / "out").iterdir()) == sorted(t.dst for t in result.done)
+
+
+def test_bad_channel_count_is_one_failure(tmp_path):
+    tasks = _tasks(tmp_path, 2)
+    gray = tmp_path / "in" / "gray.png"
+    cio.write_image(gray, real_image(2, (1, 16, 16)))
+    tasks.append(cbatch.Task(gray, tmp_path / "out" / "gray.png"))
+    filt = cbatch.Filter(weight=np.full((3, 3, 3, 3), 1 / 27, np.float32))  # RGB only
+    result = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine(backend="numpy"))
+    assert len(result.done) == 2
+    assert len(result.failed) == 1 and "1 channels" in result.failed[0].reason
+
+
+# ---------------------------------------------------------------------------- signals
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_then_resume_with_skip_existing(tmp_path, signum, code):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(40):
+        cio.write_image(src / f"img{i:02d}.png", real_image(i, (3, 160, 200)))
+    cmd = [sys.executable, "-m", "convcli", "batch", str(src), str(out), "--kernel",
+           ";".join([",".join(["1"] * 9)] * 9), "--normalize-kernel", "--algo", "direct",
+           "--backend", "numpy", "--workers", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    done = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    if proc.returncode == 0:  # finished before the signal landed: nothing to resume
+        assert len(done) == 40
+    else:
+        assert proc.returncode == code, stderr
+        assert "interrupted" in stderr and "--skip-existing" in stderr
+        assert 1 <= len(done) < 40
+    kernel = np.full((9, 9), 1 / 81)
+    for p in done:  # every output written before the stop is complete and right
+        check_output(src / p.name, p, kernel)
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    again = subprocess.run([*cmd, "--skip-existing"], capture_output=True, text=True, env=env,
+                           timeout=300, cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert f"{40 - len(done)} done, {len(done)} skipped, 0 failed" in again.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    final = sorted(out.iterdir())
+    assert len(final) == 40
+    for p in final[:: max(1, len(final) // 8)]:
+        check_output(src / p.name, p, kernel)

@@ -1,0 +1,482 @@
+"""The ``convcli`` command through click's CliRunner, checked through the Python API.
+
+Outputs are read back with :func:`convcli.io.read_image` and compared with an
+independent reference (tests/naive.py, torch where importable) on the same float image,
+within one 8-bit level (1/255) plus rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from naive import naive_conv2d
+
+from convcli import __version__
+from convcli import io as cio
+from convcli.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+LEVEL = 1 / 255 + 1e-6  # one 8-bit level
+
+
+# ---------------------------------------------------------------------------- helpers
+def run(*args: object, ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, (result.exit_code, result.output)
+    return result
+
+
+def sample(tmp_path: Path, name: str = "astronaut.png", *, size=(40, 32), mode=None,
+           suffix=".png", bits=8) -> Path:  # fmt: skip
+    """A small crop of a real sample image, saved as ``suffix`` (16-bit via io)."""
+    from PIL import Image
+
+    with Image.open(SAMPLES / name) as im:
+        w, h = size
+        im = im.crop((150, 120, 150 + w, 120 + h))
+        if mode:
+            im = im.convert(mode)
+        im.load()
+    stem = Path(name).stem + (f"_{mode}" if mode else "")
+    out = tmp_path / f"{stem}{suffix}"
+    if bits == 16:
+        data = np.asarray(im, np.float32) / 255
+        data = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+        # spread to 16-bit values that 8 bits cannot hold
+        data = np.clip(data + np.linspace(0, 1 / 300, data.shape[-1], dtype=np.float32), 0, 1)
+        cio.write_image(out, data, bit_depth=16)
+    else:
+        im.save(out, quality=95) if suffix in (".jpg", ".jpeg") else im.save(out)
+    return out
+
+
+def same_pad(k: tuple[int, int], dilation=(1, 1)) -> tuple[int, int, int, int]:
+    th, tw = dilation[0] * (k[0] - 1), dilation[1] * (k[1] - 1)
+    return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+
+
+def reference(path: Path, kernel: np.ndarray, *, stride=(1, 1), pad=None, dilation=(1, 1),
+              mode="replicate", bias=None, clip=True) -> np.ndarray:  # fmt: skip
+    """Depthwise 2-D kernel on every channel, by the naive reference, clipped to [0, 1]."""
+    x = cio.read_image(path).data.astype(np.float64)
+    c = x.shape[0]
+    k = np.asarray(kernel, np.float64)
+    w = np.broadcast_to(k, (c, 1, *k.shape))
+    b = None if bias is None else np.full(c, bias)
+    pad = same_pad(k.shape, dilation) if pad is None else pad
+    y = naive_conv2d(x[None], w, b, stride, pad, dilation, c, mode)[0].real
+    return np.clip(y, 0, 1) if clip else y
+
+
+def assert_image(path: Path, expected: np.ndarray, tol: float = LEVEL) -> cio.Image:
+    img = cio.read_image(path)
+    assert img.data.shape == expected.shape
+    err = float(np.max(np.abs(img.data - expected)))
+    assert err <= tol, f"{path.name}: max error {err * 255:.2f} levels"
+    return img
+
+
+def one_error_line(result, *needles: str) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("convcli: error: "), line
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+BOX3 = np.full((3, 3), 1 / 9)
+BINOMIAL = np.outer([1, 2, 1], [1, 2, 1]) / 16
+
+
+# ---------------------------------------------------------------------------- apply
+def test_version():
+    assert run("--version").output.strip() == f"convcli {__version__}"
+
+
+def test_help_lists_commands():
+    out = run("--help").output
+    for name in ("apply", "batch", "presets", "devices", "bench"):
+        assert name in out
+
+
+def test_apply_rgb_weights_file_matches_reference(tmp_path):
+    src = sample(tmp_path)
+    k = np.arange(15, dtype=np.float32).reshape(3, 5) / 105
+    np.save(tmp_path / "k.npy", k)
+    out = tmp_path / "out.png"
+    res = run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--backend", "numpy")
+    assert res.stdout.strip() == str(out)
+    assert_image(out, reference(src, k))
+
+
+def test_apply_default_backend_on_gray_matches_reference(tmp_path):
+    src = sample(tmp_path, "camera.png")
+    np.save(tmp_path / "k.npy", BINOMIAL.astype(np.float32))
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "-q")
+    img = assert_image(out, reference(src, BINOMIAL))
+    assert img.mode == "L"
+
+
+def test_apply_matches_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    src = sample(tmp_path, "coffee.png")
+    k = np.random.default_rng(3).uniform(-0.2, 0.4, (5, 5)).astype(np.float32)
+    np.save(tmp_path / "k.npy", k)
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--padding-mode", "reflect",
+        "--dilation", "1,2", "--backend", "numpy")  # fmt: skip
+    x = torch.from_numpy(cio.read_image(src).data)[None]
+    layer = torch.nn.Conv2d(3, 3, 5, padding="same", dilation=(1, 2), groups=3, bias=False,
+                            padding_mode="reflect")  # fmt: skip
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.broadcast_to(k, (3, 1, 5, 5)).copy()))
+        y = layer(x)[0].numpy()
+    assert_image(out, np.clip(y, 0, 1))
+
+
+def test_sixteen_bit_in_sixteen_bit_out(tmp_path):
+    src = sample(tmp_path, "coffee.png", bits=16)
+    assert cio.read_image(src).bit_depth == 16
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--backend", "numpy")
+    img = assert_image(out, reference(src, BOX3), tol=2 / 65535 + 1e-6)
+    assert img.bit_depth == 16
+
+
+def test_jpeg_in_tiff_out_with_stride_and_padding(tmp_path):
+    src = sample(tmp_path, suffix=".jpg")
+    np.save(tmp_path / "k.npy", BINOMIAL.astype(np.float32))
+    out = tmp_path / "out.tif"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--stride", "2",
+        "--padding", "1,0", "--padding-mode", "zeros", "--backend", "numpy")  # fmt: skip
+    assert_image(out, reference(src, BINOMIAL, stride=(2, 2), pad=(1, 1, 0, 0), mode="zeros"))
+
+
+def test_stride_without_padding_defaults_to_centred_halo(tmp_path):
+    src = sample(tmp_path)
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--stride", "2",
+        "--backend", "numpy")  # fmt: skip
+    assert_image(out, reference(src, BOX3, stride=(2, 2), pad=(1, 1, 1, 1)))
+
+
+def test_npy_output_is_raw_and_bias_applies(tmp_path):
+    src = sample(tmp_path, "camera.png")
+    k = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+    np.save(tmp_path / "k.npy", k)
+    out = tmp_path / "out.npy"
+    run("apply", src, "--weights", tmp_path / "k.npy", "--bias", "0.25", "-o", out,
+        "--backend", "numpy")  # fmt: skip
+    got = np.load(out)
+    ref = reference(src, k, bias=0.25, clip=False)
+    assert got.min() < 0 < got.max()  # not clipped
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_out_map_abs_and_flip(tmp_path):
+    src = sample(tmp_path, "camera.png")
+    k = np.array([[1, 2, 3], [0, 0, 0], [-3, -2, -1]], np.float32)
+    np.save(tmp_path / "k.npy", k)
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "--flip", "--out-map", "abs",
+        "-o", out, "--backend", "numpy")  # fmt: skip
+    ref = reference(src, k[::-1, ::-1], clip=False)
+    assert_image(out, np.clip(np.abs(ref), 0, 1))
+
+
+def test_four_d_weight_infers_groups_and_rejects_png_for_odd_channels(tmp_path):
+    src = sample(tmp_path)
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-0.3, 0.3, (5, 3, 3, 3)).astype(np.float32)
+    b = rng.uniform(0, 0.1, 5).astype(np.float32)
+    np.savez(tmp_path / "w.npz", weight=w, bias=b)
+    bad = tmp_path / "out.png"
+    res = run("apply", src, "--weights", tmp_path / "w.npz", "-o", bad, "--backend", "numpy",
+              ok=False)  # fmt: skip
+    assert res.exit_code == 1
+    line = one_error_line(res, ".npy")
+    assert ".tif" in line
+    assert not bad.exists()
+    out = tmp_path / "out.npy"
+    run("apply", src, "--weights", tmp_path / "w.npz", "-o", out, "--backend", "numpy")
+    x = cio.read_image(src).data.astype(np.float64)[None]
+    ref = naive_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1, "replicate")[0].real
+    np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+
+
+def test_rgba_premultiplied_alpha_does_not_bleed(tmp_path):
+    data = np.zeros((4, 8, 8), np.float32)
+    data[0, :, :4] = 1.0  # red, opaque on the left; "green" hidden under alpha 0 right
+    data[1, :, 4:] = 1.0
+    data[3, :, :4] = 1.0
+    src = tmp_path / "rgba.png"
+    cio.write_image(src, data)
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--backend", "numpy")
+    img = cio.read_image(out)
+    assert img.mode == "RGBA"
+    visible = img.data[3] > 0
+    assert np.all(img.data[1][visible] < LEVEL)  # no green bled into visible pixels
+
+
+def test_several_inputs_go_to_a_folder(tmp_path):
+    a, b = sample(tmp_path), sample(tmp_path, "camera.png")
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    res = run("apply", a, b, "--weights", tmp_path / "k.npy", "-o", tmp_path / "out",
+              "--format", "jpg", "--backend", "numpy")  # fmt: skip
+    outs = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in outs] == ["astronaut.jpg", "camera.jpg"]
+    assert sorted(res.stdout.split()) == [str(p) for p in outs]
+
+
+def test_timings_json_and_quiet(tmp_path):
+    src = sample(tmp_path)
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    res = run("apply", src, "--weights", tmp_path / "k.npy", "-o", tmp_path / "o.png", "-q",
+              "--timings", tmp_path / "t.json", "--backend", "numpy")  # fmt: skip
+    assert res.stderr == "" and res.stdout == ""
+    t = json.loads((tmp_path / "t.json").read_text())
+    for stage in ("read", "upload", "build", "compute", "download", "write", "total"):
+        assert stage in t["timings_s"]
+    assert t["backend"] == "numpy" and t["done"] == 1
+    assert t["megapixels"] == pytest.approx(40 * 32 / 1e6)
+    assert t["megapixels_per_s"] > 0
+
+
+def test_timing_summary_on_stderr(tmp_path):
+    src = sample(tmp_path)
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    res = run("apply", src, "--weights", tmp_path / "k.npy", "-o", tmp_path / "o.png",
+              "--backend", "numpy", "--max-memory", "64K")  # fmt: skip
+    for word in ("read", "compute", "write", "total", "megapixels/s", "GFLOP/s", "numpy"):
+        assert word in res.stderr
+    assert res.stdout.strip() == str(tmp_path / "o.png")
+
+
+def test_output_equal_to_input_needs_overwrite(tmp_path):
+    src = sample(tmp_path)
+    before = src.read_bytes()
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    res = run("apply", src, "--weights", tmp_path / "k.npy", "-o", src, "--backend", "numpy",
+              ok=False)  # fmt: skip
+    assert res.exit_code == 1
+    one_error_line(res, str(src), "--overwrite")
+    assert src.read_bytes() == before
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", src, "--overwrite",
+        "--backend", "numpy")  # fmt: skip
+    assert src.read_bytes() != before
+
+
+# ---------------------------------------------------------------------------- presets
+def _preset_names() -> list[str]:
+    data = json.loads(run("presets", "list", "--json").stdout)
+    return [p["name"] for p in data]
+
+
+def test_presets_list_table_and_json():
+    names = _preset_names()
+    assert len(names) >= 30
+    for expected in ("gaussian", "sobel", "laplacian", "unsharp", "motion-blur", "box"):
+        assert expected in names
+    table = run("presets", "list").stdout
+    for name in names:
+        assert name in table
+
+
+def test_every_preset_applies_to_a_real_image(tmp_path):
+    from convcli.presets import get_preset
+
+    src = sample(tmp_path, size=(24, 20))
+    for name in _preset_names():
+        out = tmp_path / f"{name}.png"
+        run("apply", src, "--preset", name, "-o", out, "--backend", "numpy", "-q")
+        k = np.asarray(get_preset(name).kernel, np.float64)
+        assert_image(out, reference(src, k))
+
+
+def test_preset_parameters_and_show(tmp_path):
+    from convcli.presets import get_preset
+
+    res = run("presets", "show", "gaussian:sigma=2")
+    k = np.asarray(get_preset("gaussian:sigma=2").kernel)
+    assert "separable: yes" in res.stdout
+    assert re.search(r"sum: 1\b", res.stdout)
+    assert len([ln for ln in res.stdout.splitlines() if ln.startswith("  ")]) == k.shape[0]
+    shown = json.loads(run("presets", "show", "gaussian:sigma=2", "--json").stdout)
+    np.testing.assert_allclose(shown["kernel"], k)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".json", ".txt"])
+def test_export_then_weights_equals_preset(tmp_path, suffix):
+    src = sample(tmp_path, size=(24, 20))
+    weights = tmp_path / f"w{suffix}"
+    run("presets", "export", "motion-blur:length=5,angle=30", "-o", weights)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    run("apply", src, "--preset", "motion-blur:length=5,angle=30", "-o", a, "--backend",
+        "numpy")  # fmt: skip
+    run("apply", src, "--weights", weights, "-o", b, "--backend", "numpy")
+    assert np.array_equal(cio.read_image(a).data, cio.read_image(b).data)
+
+
+def test_inline_kernel_and_normalize(tmp_path):
+    src = sample(tmp_path, "camera.png")
+    out = tmp_path / "out.png"
+    run("apply", src, "--kernel", "1,2,1;2,4,2;1,2,1", "--normalize-kernel", "-o", out,
+        "--backend", "numpy")  # fmt: skip
+    assert_image(out, reference(src, BINOMIAL))
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("case", "needle", "code"),
+    [
+        ("missing", "missing.png", 1),
+        ("not-an-image", "notes.png", 1),
+        ("empty", "empty.png", 1),
+        ("bad-kernel", "1,2;3", 1),
+        ("unknown-preset", "no-such-preset", 1),
+        ("same-with-stride", "same", 1),
+        ("two-kernels", "--preset", 2),
+        ("no-kernel", "--weights", 2),
+        ("bad-stride", "stride", 2),
+        ("nan-weights", "nan.npy", 1),
+        ("bad-max-memory", "max-memory", 2),
+    ],
+)
+def test_bad_input_one_line_no_output(tmp_path, case, needle, code):
+    src = sample(tmp_path)
+    (tmp_path / "notes.png").write_text("just some text, not a PNG\n")
+    (tmp_path / "empty.png").write_bytes(b"")
+    np.save(tmp_path / "nan.npy", np.array([[1, np.nan], [0, 1]], np.float32))
+    out = tmp_path / "out.png"
+    args = {
+        "missing": [tmp_path / "missing.png", "--preset", "box"],
+        "not-an-image": [tmp_path / "notes.png", "--kernel", "1"],
+        "empty": [tmp_path / "empty.png", "--kernel", "1"],
+        "bad-kernel": [src, "--kernel", "1,2;3"],
+        "unknown-preset": [src, "--preset", "no-such-preset"],
+        "same-with-stride": [src, "--kernel", "1,1;1,1", "--padding", "same", "--stride", "2"],
+        "two-kernels": [src, "--preset", "box", "--kernel", "1"],
+        "no-kernel": [src],
+        "bad-stride": [src, "--kernel", "1", "--stride", "two"],
+        "nan-weights": [src, "--weights", tmp_path / "nan.npy"],
+        "bad-max-memory": [src, "--kernel", "1", "--max-memory", "lots"],
+    }[case]
+    res = run("apply", *args, "-o", out, "--backend", "numpy", ok=False)
+    assert res.exit_code == code, res.output
+    one_error_line(res, needle)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unknown_option_is_a_usage_error():
+    res = run("apply", "x.png", "--no-such-option", ok=False)
+    assert res.exit_code == 2
+    one_error_line(res, "--no-such-option")
+
+
+# ---------------------------------------------------------------------------- devices, bench
+def test_devices_lists_or_says_none():
+    res = run("devices")
+    data = json.loads(run("devices", "--json").stdout)
+    if data:
+        assert sum(d["default"] for d in data) == 1
+        for d in data:
+            assert d["name"] in res.stdout or d["name"][:20] in res.stdout
+    else:
+        assert "NumPy" in res.stderr
+
+
+def test_bench_renders_rows(monkeypatch, tmp_path):
+    cbench = pytest.importorskip("convcli.bench")
+
+    row_type = cbench.BenchRow
+    rows = [
+        row_type(workload="W1", description="RGB 2048^2 dw 3x3", system="convcli-opencl",
+                 mode="end-to-end", median_ms=12.5, min_ms=12.0, gflops=6.0, ratio=1.1,
+                 max_rel_err=1e-7, ok=True, note=""),
+        row_type(workload="W1", description="RGB 2048^2 dw 3x3", system="opencv",
+                 mode="end-to-end", median_ms=13.7, min_ms=13.0, gflops=5.5, ratio=None,
+                 max_rel_err=2e-7, ok=True, note="filter2D"),
+    ]  # fmt: skip
+    seen = {}
+
+    def fake_run_suite(**kwargs):
+        seen.update(kwargs)
+        return rows
+
+    monkeypatch.setattr(cbench, "run_suite", fake_run_suite)
+    res = run("bench", "--suite", "quick", "--compare", "opencv", "--repeat", "2",
+              "--json", tmp_path / "b.json", "--csv", tmp_path / "b.csv")  # fmt: skip
+    assert seen["suite"] == "quick" and seen["repeat"] == 2
+    assert tuple(seen["compare"]) == ("opencv",)
+    assert "convcli-opencl" in res.stdout and "12.50" in res.stdout and "1.10" in res.stdout
+    assert json.loads((tmp_path / "b.json").read_text())
+    assert "W1" in (tmp_path / "b.csv").read_text()
+
+
+# ---------------------------------------------------------------------------- docs, script
+def _commands_and_options():
+    import click
+
+    found = []
+
+    def walk(cmd: click.Command, path: list[str]):
+        found.append((" ".join(path), None))
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                found.append((" ".join(path), max(param.opts, key=len)))
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+
+    walk(cli, ["convcli"])
+    return found
+
+
+def test_readme_documents_every_command_and_option():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = []
+    for command, option in _commands_and_options():
+        if option is None:
+            if command not in readme:
+                missing.append(command)
+        elif option not in ("--help",) and not re.search(re.escape(option) + r"\b", readme):
+            missing.append(f"{command} {option}")
+    assert not missing, f"README.md does not mention: {missing}"
+
+
+def test_installed_console_script(tmp_path):
+    exe = shutil.which("convcli")
+    if exe is None:
+        pytest.skip("convcli is not installed on PATH")
+    out = tmp_path / "camera_blur.png"
+    proc = subprocess.run(
+        [exe, "apply", str(SAMPLES / "camera.png"), "--preset", "gaussian:sigma=1.5", "-o",
+         str(out), "--backend", "numpy", "-q"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from convcli.presets import get_preset
+
+    k = np.asarray(get_preset("gaussian:sigma=1.5").kernel)
+    assert_image(out, reference(SAMPLES / "camera.png", k))
+    ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert ver.stdout.strip() == f"convcli {__version__}"
