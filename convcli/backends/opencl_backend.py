@@ -1,0 +1,871 @@
+"""The OpenCL backend: pyopencl, kernels from ``kernels_cl/*.cl``, any GPU or CPU device.
+
+pyopencl is imported only inside this module's functions, and this module only when
+OpenCL is requested, so ``import convcli`` and the NumPy backend work without OpenCL.
+
+Device choice (:meth:`OpenCLBackend.create`, :func:`list_devices`), first that applies:
+
+1. the ``device`` argument: ``"P:D"`` (platform and device indices), ``"D"`` (device D of
+   platform 0) or a case-insensitive substring of the device, platform or type name
+   (``"pthread"``, ``"nvidia"``, ``"gpu"``);
+2. the environment variable ``CONVCLI_DEVICE``, same syntax;
+3. ``PYOPENCL_CTX`` as pyopencl reads it (``"P"`` or ``"P:D"``, indices or substrings);
+4. GPUs before accelerators before CPUs, first in platform order.
+
+Programs are built from ``data_dir("kernels_cl") / f"{name}.cl"`` with ``-D NAME=VALUE``
+options (never fast-math), cached per context and ``(name, sorted defines)`` in-process;
+PoCL additionally keeps compiled binaries on disk, so a second process builds quickly.
+Build seconds (and the first-launch JIT PoCL does per kernel) go to
+``RunInfo.timings["build"]``, kernel seconds from profiling events to ``["compute"]``,
+host-device transfers to ``["upload"]`` / ``["download"]``. On CPU devices the arrays
+are wrapped with ``USE_HOST_PTR`` and the result is mapped, not copied.
+
+Every pyopencl error (and ``MemoryError``) during a build or a run becomes a one-line
+:class:`~convcli.errors.BackendError` naming the OpenCL error, so that ``backend="auto"``
+falls back to NumPy and ``backend="opencl"`` reports it.
+
+Fault injection (tests of the fallback paths): the environment variable
+``CONVCLI_FAULT`` holds a comma-separated list of steps that then fail as the OpenCL
+driver would fail them, checked at every call:
+
+``init``
+    device/context creation fails (``clCreateContext``, ``DEVICE_NOT_AVAILABLE``);
+    :func:`convcli.backends.opencl_backend` remembers that failure for the process.
+``build``
+    every program request fails (``clBuildProgram``, ``BUILD_PROGRAM_FAILURE``), cached
+    programs included.
+``alloc``
+    every buffer creation fails (``clCreateBuffer``, ``MEM_OBJECT_ALLOCATION_FAILURE``).
+``run``
+    every kernel launch fails (``clEnqueueNDRangeKernel``, ``OUT_OF_RESOURCES``).
+``lost``
+    every kernel launch fails as on a lost device (``DEVICE_NOT_AVAILABLE``).
+
+``alloc``, ``run`` and ``lost`` are also checked when :meth:`OpenCLBackend.run` starts,
+so they hit every algorithm, whichever helpers its path uses.
+
+The specialised kernels of :mod:`convcli.backends.opencl_fast` use this object's
+helpers (:meth:`OpenCLBackend.kernel`, :meth:`~OpenCLBackend.input_buffer`,
+:meth:`~OpenCLBackend.output`, :meth:`~OpenCLBackend.launch`, ...), so timings and fault
+injection cover them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sys
+import threading
+import time
+import types
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from convcli.errors import BackendError, BackendUnavailable, ConvValueError
+from convcli.resources import data_dir
+from convcli.runinfo import RunInfo
+from convcli.spec import ConvSpec
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; pyopencl is imported lazily
+    import pyopencl as cl
+
+PADDING_MODE_IDS = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3, "symmetric": 4}
+FAULT_ENV = "CONVCLI_FAULT"
+DEVICE_ENV = "CONVCLI_DEVICE"
+# One local size for every launch of the generic kernel: PoCL JIT-compiles each new
+# local size at first launch, and on CPUs the size barely matters (notes, item 6).
+LOCAL_SIZE = (8, 4, 1)
+_PAGE = 4096
+_WEIGHT_CACHE_SIZE = 32
+_TYPE_RANK = {"GPU": 0, "ACCELERATOR": 1, "CPU": 2}
+
+
+def _import_cl():
+    """pyopencl, imported on first use; BackendUnavailable when it cannot be imported."""
+    try:
+        import pyopencl as cl
+    except ImportError as exc:  # also OSError-like failures surface as ImportError
+        raise BackendUnavailable(f"pyopencl is not importable ({exc})") from exc
+    return cl
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_line(exc: BaseException) -> str:
+    """A one-line description naming the OpenCL error (``routine failed: NAME``)."""
+    code = getattr(exc, "code", None)
+    routine = getattr(exc, "routine", None)
+    name = None
+    if isinstance(code, int):
+        try:
+            cl = _import_cl()
+            name = cl.status_code.to_string(code)
+        except (BackendError, ValueError, KeyError):
+            name = None
+    if name and routine:
+        text = f"{routine} failed: {name}"
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MemoryError) and not name:
+        text = f"out of host memory ({text})"
+    # a build failure's log: keep its first error line, it says what went wrong
+    what = str(getattr(exc, "what", "") or "")
+    for line in what.splitlines():
+        if "error" in line.lower() and line.strip() not in text:
+            text += f" ({line.strip()[:200]})"
+            break
+    return " ".join(text.split())
+
+
+def _fault_steps() -> set[str]:
+    return {s.strip().lower() for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
+
+
+_FAULTS = {
+    "init": ("clCreateContext", "DEVICE_NOT_AVAILABLE", "RuntimeError"),
+    "build": ("clBuildProgram", "BUILD_PROGRAM_FAILURE", "RuntimeError"),
+    "alloc": ("clCreateBuffer", "MEM_OBJECT_ALLOCATION_FAILURE", "MemoryError"),
+    "run": ("clEnqueueNDRangeKernel", "OUT_OF_RESOURCES", "RuntimeError"),
+    "lost": ("clEnqueueNDRangeKernel", "DEVICE_NOT_AVAILABLE", "RuntimeError"),
+}
+
+
+def inject_fault(step: str) -> None:
+    """Raise the pyopencl error of ``step`` when ``CONVCLI_FAULT`` names it (see module doc).
+
+    ``run`` and ``lost`` are both checked by the ``"run"`` step (kernel launches).
+    """
+    steps = _fault_steps()
+    names = [step] + (["lost"] if step == "run" else [])
+    for name in names:
+        if name in steps:
+            cl = _import_cl()
+            routine, status, kind = _FAULTS[name]
+            code = getattr(cl.status_code, status)
+            record = cl._cl._ErrorRecord(routine, code, f"{routine} failed: {status} (injected)")
+            raise getattr(cl, kind)(record)
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn pyopencl errors and MemoryError inside the block into one-line BackendError."""
+    cl = _import_cl()
+    try:
+        yield
+    except (cl.Error, MemoryError) as exc:
+        raise BackendError(f"{what}: {_error_line(exc)}") from exc
+
+
+# ------------------------------------------------------------------------ devices
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One OpenCL device as ``convcli devices`` lists it."""
+
+    index: str  # "P:D"
+    platform: str
+    name: str
+    type: str  # "GPU", "CPU", "ACCELERATOR", ...
+    compute_units: int
+    global_mem_bytes: int
+    max_alloc_bytes: int
+    fp64: bool
+    fp16: bool
+    default: bool
+
+
+@dataclass(frozen=True)
+class _Found:
+    pi: int
+    di: int
+    platform: Any
+    device: Any
+
+    @property
+    def type(self) -> str:
+        return _type_name(self.device)
+
+    @property
+    def label(self) -> str:
+        return f"{self.pi}:{self.di} {self.device.name.strip()}"
+
+
+def _type_name(device: Any) -> str:
+    cl = _import_cl()
+    t = int(device.type)
+    for name in ("GPU", "ACCELERATOR", "CPU", "CUSTOM"):
+        if t & int(getattr(cl.device_type, name, 0)):
+            return name
+    return "OTHER"
+
+
+def _all_devices() -> list[_Found]:
+    """Every device of every platform; [] when there is no platform (no ICD)."""
+    cl = _import_cl()
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:
+        return []
+    found = []
+    for pi, plat in enumerate(platforms):
+        try:
+            devices = plat.get_devices()
+        except cl.Error:  # a platform without devices raises DEVICE_NOT_FOUND
+            continue
+        found += [_Found(pi, di, plat, dev) for di, dev in enumerate(devices)]
+    return found
+
+
+def _preferred(found: Sequence[_Found]) -> list[_Found]:
+    return sorted(found, key=lambda f: (_TYPE_RANK.get(f.type, 3), f.pi, f.di))
+
+
+def _matches(f: _Found, needle: str) -> bool:
+    hay = f"{f.device.name} {f.platform.name} {f.platform.vendor} {f.type}".lower()
+    return needle.lower() in hay
+
+
+def _pick(found: Sequence[_Found], spec: str, source: str) -> _Found:
+    """Resolve a ``P:D`` / ``D`` / substring device spec."""
+    text = spec.strip()
+    if re.fullmatch(r"\d+:\d+", text):
+        pi, di = (int(v) for v in text.split(":"))
+        hits = [f for f in found if f.pi == pi and f.di == di]
+    elif re.fullmatch(r"\d+", text):
+        hits = [f for f in found if f.pi == 0 and f.di == int(text)]
+    else:
+        hits = _preferred([f for f in found if _matches(f, text)]) if text else []
+    if not hits:
+        have = ", ".join(f.label for f in found) or "none"
+        raise BackendUnavailable(
+            f"no OpenCL device matches {spec!r} (from {source}); devices: {have}"
+        )
+    return hits[0]
+
+
+def _pick_pyopencl_ctx(found: Sequence[_Found], value: str) -> _Found:
+    """pyopencl's ``PYOPENCL_CTX``: ``P`` or ``P:D``, each an index or a name substring."""
+    parts = value.split(":")
+    plats = sorted({(f.pi, f.platform.name) for f in found})
+    p = parts[0].strip()
+    if p.isdigit():
+        chosen = [pi for pi, _ in plats if pi == int(p)]
+    else:
+        chosen = [pi for pi, name in plats if p.lower() in name.lower()]
+    if not chosen:
+        raise BackendUnavailable(f"no OpenCL platform matches PYOPENCL_CTX={value!r}")
+    in_plat = [f for f in found if f.pi == chosen[0]]
+    if len(parts) < 2 or not parts[1].strip():
+        return _preferred(in_plat)[0]
+    d = parts[1].strip()
+    hits = (
+        [f for f in in_plat if f.di == int(d)]
+        if d.isdigit()
+        else [f for f in in_plat if d.lower() in f.device.name.lower()]
+    )
+    if not hits:
+        raise BackendUnavailable(f"no OpenCL device matches PYOPENCL_CTX={value!r}")
+    return hits[0]
+
+
+def _select(found: Sequence[_Found], device: str | None) -> _Found:
+    if not found:
+        raise BackendUnavailable("no OpenCL platform or device found")
+    if device is not None and str(device).strip():
+        return _pick(found, str(device), "device argument")
+    env = os.environ.get(DEVICE_ENV, "").strip()
+    if env:
+        return _pick(found, env, DEVICE_ENV)
+    ctx_env = os.environ.get("PYOPENCL_CTX", "").strip()
+    if ctx_env:
+        return _pick_pyopencl_ctx(found, ctx_env)
+    return _preferred(found)[0]
+
+
+def _has_fp64(device: Any) -> bool:
+    if "cl_khr_fp64" in device.extensions:
+        return True
+    try:
+        return int(device.double_fp_config) != 0
+    except Exception:  # older drivers raise INVALID_VALUE for the query
+        return False
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every OpenCL device, with the one ``backend="auto"`` would pick marked ``default``.
+
+    Returns [] when pyopencl is not importable or there is no platform; never raises
+    for that.
+    """
+    try:
+        found = _all_devices()
+    except BackendError:
+        return []
+    try:
+        chosen = _select(found, None) if found else None
+    except BackendError:
+        chosen = None
+    out = []
+    for f in found:
+        d = f.device
+        out.append(
+            DeviceInfo(
+                index=f"{f.pi}:{f.di}",
+                platform=f.platform.name.strip(),
+                name=d.name.strip(),
+                type=f.type,
+                compute_units=int(d.max_compute_units),
+                global_mem_bytes=int(d.global_mem_size),
+                max_alloc_bytes=int(d.max_mem_alloc_size),
+                fp64=_has_fp64(d),
+                fp16="cl_khr_fp16" in d.extensions,
+                default=chosen is not None and (f.pi, f.di) == (chosen.pi, chosen.di),
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def aligned_empty(shape: Sequence[int], dtype: np.dtype | str, align: int = _PAGE) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align`` boundary.
+
+    PoCL uses a ``USE_HOST_PTR`` buffer in place when its memory is well aligned.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _real_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float64) if dtype in (np.float64, np.complex128) else np.dtype(np.float32)
+
+
+def compute_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The dtype results come back in (float16 is computed and returned as float32)."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _define_text(value: int | float | str | bool) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# ------------------------------------------------------------------------ backend
+
+
+class OpenCLBackend:
+    """Runs convolutions on one OpenCL device (one context and one profiling queue).
+
+    Use :meth:`create`; attributes ``device_name``, ``ctx``, ``queue``, ``device``,
+    ``is_cpu``, ``has_fp64`` and ``max_alloc_bytes`` describe the device.
+    """
+
+    name = "opencl"
+
+    def __init__(self, cl_module: Any, platform: Any, device: Any, ctx: Any, queue: Any) -> None:
+        self._cl = cl_module
+        self.platform = platform
+        self.device = device
+        self.ctx = ctx
+        self.queue = queue
+        self.device_name = f"{device.name.strip()} ({platform.name.strip()})"
+        self.is_cpu = bool(int(device.type) & int(cl_module.device_type.CPU))
+        self.has_fp64 = _has_fp64(device)
+        self.max_alloc_bytes = int(device.max_mem_alloc_size)
+        self._programs: dict[tuple, Any] = {}
+        self._kernels: dict[tuple, Any] = {}
+        self._launched: set[int] = set()
+        self._weights: OrderedDict[tuple, Any] = OrderedDict()
+        self._scratch: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._info: RunInfo | None = None
+
+    # ---- creation -------------------------------------------------------------
+    @classmethod
+    def create(cls, device: str | None = None) -> OpenCLBackend:
+        """Open a context and a profiling queue on the selected device.
+
+        Raises
+        ------
+        BackendUnavailable
+            pyopencl not importable, no platform, no device matching ``device`` (or the
+            environment's choice), or the context cannot be created. One line.
+        """
+        cl = _import_cl()
+        found = _all_devices()
+        chosen = _select(found, device)
+        try:
+            inject_fault("init")
+            ctx = cl.Context([chosen.device])
+            queue = cl.CommandQueue(
+                ctx, chosen.device, properties=cl.command_queue_properties.PROFILING_ENABLE
+            )
+        except (cl.Error, MemoryError) as exc:
+            raise BackendUnavailable(
+                f"cannot open OpenCL device {chosen.label}: {_error_line(exc)}"
+            ) from exc
+        return cls(cl, chosen.platform, chosen.device, ctx, queue)
+
+    def __repr__(self) -> str:
+        return f"OpenCLBackend({self.device_name!r})"
+
+    # ---- capability -----------------------------------------------------------
+    def supports(self, spec: ConvSpec) -> str | None:
+        """Reason why ``spec`` cannot run on this device, or None."""
+        if spec.dtype in ("float64", "complex128") and not self.has_fp64:
+            return f"{self.device_name} has no fp64 support, needed for {spec.dtype}"
+        # the kernels index a plane and an output plane with 32-bit ints
+        limit = 2**31 - 1
+        if spec.h * spec.w >= limit or spec.h_out * spec.w_out >= limit:
+            return "an image plane of 2**31 pixels or more is beyond 32-bit kernel indexing"
+        return None
+
+    # ---- programs and kernels -------------------------------------------------
+    @contextlib.contextmanager
+    def current(self, info: RunInfo | None) -> Iterator[None]:
+        """Account builds without an explicit ``info`` to ``info`` inside the block."""
+        with self._lock:
+            previous, self._info = self._info, info
+            try:
+                yield
+            finally:
+                self._info = previous
+
+    def _add(self, info: RunInfo | None, key: str, seconds: float) -> None:
+        info = info if info is not None else self._info
+        if info is not None:
+            info.timings[key] = info.timings.get(key, 0.0) + seconds
+
+    def program(
+        self,
+        name: str,
+        defines: dict[str, int | float | str] | None = None,
+        info: RunInfo | None = None,
+    ) -> cl.Program:
+        """The program ``kernels_cl/{name}.cl`` built with ``-D K=V`` for ``defines``.
+
+        Cached per ``(name, sorted defines)``; build seconds go to ``info`` (or the
+        RunInfo of the current :meth:`run`) under ``timings["build"]``. Raises
+        BackendError when the build fails.
+        """
+        defines = dict(defines or {})
+        key = (name, tuple(sorted((k, _define_text(v)) for k, v in defines.items())))
+        with translate_errors(f"building OpenCL program {name}"):
+            inject_fault("build")
+            with self._lock:
+                prg = self._programs.get(key)
+                if prg is None:
+                    t0 = time.perf_counter()
+                    prg = self._build(name, key[1])
+                    self._add(info, "build", time.perf_counter() - t0)
+                    self._programs[key] = prg
+        return prg
+
+    def _build(self, name: str, defines: tuple[tuple[str, str], ...]) -> Any:
+        path = data_dir("kernels_cl") / f"{name}.cl"
+        try:
+            source = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BackendError(f"OpenCL kernel source {path} cannot be read ({exc})") from exc
+        options = [f"-D{k}={v}" for k, v in defines]
+        if any(k == "REAL" and v == "double" for k, v in defines):
+            options.append("-DUSE_FP64=1")
+        prg = self._build_once(source, options)
+        if not prg.kernel_names.strip():
+            # PoCL's disk cache has returned programs without kernels; a distinct option
+            # string bypasses the bad cache entry.
+            prg = self._build_once(source, [*options, f"-DCONVCLI_REBUILD={os.getpid()}"])
+            if not prg.kernel_names.strip():
+                raise BackendError(f"OpenCL program {name} built without any kernel")
+        return prg
+
+    def _build_once(self, source: str, options: list[str]) -> Any:
+        cl = self._cl
+        with warnings.catch_warnings():
+            # a non-empty build log is a warning in pyopencl; pytest makes warnings errors
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            return cl.Program(self.ctx, source).build(options=options)
+
+    def kernel(
+        self,
+        name: str,
+        defines: dict[str, int | float | str] | None = None,
+        info: RunInfo | None = None,
+        kernel_name: str | None = None,
+    ) -> cl.Kernel:
+        """The kernel ``kernel_name`` (default: ``name``) of :meth:`program`, fetched once."""
+        defines = dict(defines or {})
+        prg = self.program(name, defines, info)
+        key = (id(prg), kernel_name or name)
+        with self._lock:
+            knl = self._kernels.get(key)
+            if knl is None:
+                with translate_errors(f"creating OpenCL kernel {kernel_name or name}"):
+                    knl = getattr(prg, kernel_name or name)
+                self._kernels[key] = knl
+        return knl
+
+    def launch(
+        self,
+        kernel: cl.Kernel,
+        global_size: Sequence[int],
+        local_size: Sequence[int] | None,
+        args: Sequence[Any],
+        info: RunInfo | None = None,
+        *,
+        wait: bool = True,
+    ) -> cl.Event:
+        """Enqueue ``kernel``; kernel seconds (profiling) go to ``timings["compute"]``.
+
+        With ``wait`` (the default) the call waits for the kernel; the wall time of a
+        kernel's first launch beyond its run time is PoCL's JIT and is added to
+        ``timings["build"]``.
+        """
+        with translate_errors("running OpenCL kernel " + kernel.function_name):
+            inject_fault("run")
+            first = id(kernel) not in self._launched
+            t0 = time.perf_counter()
+            event = kernel(self.queue, tuple(global_size), local_size and tuple(local_size), *args)
+            if wait:
+                event.wait()
+                wall = time.perf_counter() - t0
+                seconds = self.event_seconds(event)
+                self._add(info, "compute", seconds)
+                if first:
+                    self._launched.add(id(kernel))
+                    self._add(info, "build", max(0.0, wall - seconds))
+        return event
+
+    @staticmethod
+    def event_seconds(event: Any) -> float:
+        """Run time of a finished event from its profiling counters."""
+        return (event.profile.end - event.profile.start) * 1e-9
+
+    # ---- buffers --------------------------------------------------------------
+    def _buffer(self, flags: int, size: int = 0, hostbuf: np.ndarray | None = None) -> Any:
+        inject_fault("alloc")
+        if hostbuf is not None:
+            return self._cl.Buffer(self.ctx, flags, hostbuf=hostbuf)
+        return self._cl.Buffer(self.ctx, flags, max(1, int(size)))
+
+    def input_buffer(self, array: np.ndarray, info: RunInfo | None = None) -> cl.Buffer:
+        """A read-only device buffer holding ``array`` (C-contiguous).
+
+        CPU devices wrap the array itself (``USE_HOST_PTR``, no copy; keep ``array``
+        alive and unchanged until the kernels finished); other devices copy it into a
+        reusable scratch buffer. Seconds go to ``timings["upload"]``.
+        """
+        mf = self._cl.mem_flags
+        t0 = time.perf_counter()
+        with translate_errors("uploading to the OpenCL device"):
+            if self.is_cpu and array.flags.c_contiguous and array.flags.writeable:
+                buf = self._buffer(mf.READ_ONLY | mf.USE_HOST_PTR, hostbuf=array)
+            elif self.is_cpu:
+                data = np.ascontiguousarray(array)
+                buf = self._buffer(mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=data)
+            else:
+                buf = self.scratch("input", array.nbytes)
+                data = np.ascontiguousarray(array)
+                self._cl.enqueue_copy(self.queue, buf, data, is_blocking=True)
+        self._add(info, "upload", time.perf_counter() - t0)
+        return buf
+
+    def constant_buffer(
+        self, key: tuple, make: Callable[[], np.ndarray], info: RunInfo | None = None
+    ) -> cl.Buffer:
+        """A cached read-only buffer of ``make()`` (packed weights, bias) under ``key``.
+
+        ``key`` must identify the content (see :meth:`content_key`); the last
+        ``_WEIGHT_CACHE_SIZE`` buffers are kept, so tiles and repeated layers upload once.
+        """
+        with self._lock:
+            buf = self._weights.get(key)
+            if buf is not None:
+                self._weights.move_to_end(key)
+                return buf
+        t0 = time.perf_counter()
+        data = np.ascontiguousarray(make())
+        mf = self._cl.mem_flags
+        with translate_errors("uploading to the OpenCL device"):
+            buf = self._buffer(mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=data)
+        with self._lock:
+            self._weights[key] = buf
+            while len(self._weights) > _WEIGHT_CACHE_SIZE:
+                self._weights.popitem(last=False)
+        self._add(info, "upload", time.perf_counter() - t0)
+        return buf
+
+    @staticmethod
+    def content_key(*arrays: np.ndarray | None) -> tuple:
+        """A key for :meth:`constant_buffer` from the dtypes, shapes and bytes of arrays."""
+        h = hashlib.blake2b(digest_size=16)
+        parts: list[Any] = []
+        for a in arrays:
+            if a is None:
+                parts.append(None)
+                continue
+            a = np.ascontiguousarray(a)
+            parts.append((a.dtype.str, a.shape))
+            h.update(memoryview(a).cast("B"))
+        return (tuple(parts), h.hexdigest())
+
+    def scratch(self, role: str, nbytes: int) -> cl.Buffer:
+        """A device buffer of at least ``nbytes`` reused across calls for ``role``."""
+        with self._lock:
+            buf = self._scratch.get(role)
+            if buf is None or buf.size < nbytes:
+                self._scratch.pop(role, None)
+                buf = self._buffer(self._cl.mem_flags.READ_WRITE, size=nbytes)
+                self._scratch[role] = buf
+        return buf
+
+    def output(self, shape: Sequence[int], dtype: np.dtype | str) -> tuple[np.ndarray, cl.Buffer]:
+        """A host result array and the device buffer kernels write it through.
+
+        On CPU devices the buffer wraps the (page-aligned) array; elsewhere it is a
+        reusable scratch buffer. Call :meth:`fetch` after the kernels.
+        """
+        out = aligned_empty(shape, dtype)
+        mf = self._cl.mem_flags
+        with translate_errors("allocating OpenCL output"):
+            if self.is_cpu:
+                buf = self._buffer(mf.WRITE_ONLY | mf.USE_HOST_PTR, hostbuf=out)
+            else:
+                buf = self.scratch("output", out.nbytes)
+        return out, buf
+
+    def fetch(self, out: np.ndarray, buf: cl.Buffer, info: RunInfo | None = None) -> np.ndarray:
+        """Bring the result of :meth:`output` to ``out`` (map on CPUs, copy elsewhere)."""
+        cl = self._cl
+        t0 = time.perf_counter()
+        with translate_errors("downloading from the OpenCL device"):
+            if out.size == 0:
+                pass
+            elif self.is_cpu:
+                # mapping a USE_HOST_PTR buffer makes the host memory current, no copy
+                mapped, _ev = cl.enqueue_map_buffer(
+                    self.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype, is_blocking=True
+                )
+                if mapped.ctypes.data != out.ctypes.data:  # driver used its own memory
+                    out[...] = mapped
+                mapped.base.release(self.queue)
+                self.queue.finish()
+            else:
+                cl.enqueue_copy(self.queue, out, buf, is_blocking=True)
+        self._add(info, "download", time.perf_counter() - t0)
+        return out
+
+    # ---- running --------------------------------------------------------------
+    def run(
+        self,
+        x: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        spec: ConvSpec,
+        *,
+        algo: str = "auto",
+        info: RunInfo,
+    ) -> np.ndarray:
+        """Convolve batched ``x``; returns ``(N, C_out, Ho, Wo)`` in the compute dtype.
+
+        Tries :mod:`convcli.backends.opencl_fast` first; when no fast path applies, runs
+        the generic direct kernel. Raises ConvValueError for a forced ``algo`` that
+        cannot run this convolution, BackendError for device failures.
+        """
+        with self.current(info), translate_errors("OpenCL"):
+            # the fault switches act on every run, whichever path allocates and launches
+            inject_fault("alloc")
+            inject_fault("run")
+            out = None
+            fast = _fast_module()
+            if fast is not None:
+                out = fast.run(self, x, weight, bias, spec, algo=algo, info=info)
+            if out is None:
+                if algo not in ("auto", "direct"):
+                    raise ConvValueError(
+                        f"algo='{algo}' is not available on the OpenCL backend for this "
+                        f"convolution (kernel {spec.kh}x{spec.kw}, groups={spec.groups}, "
+                        f"dtype {spec.dtype})"
+                    )
+                out = self.run_direct(x, weight, bias, spec, info=info)
+            return out
+
+    def run_direct(
+        self,
+        x: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        spec: ConvSpec,
+        *,
+        info: RunInfo,
+    ) -> np.ndarray:
+        """The generic kernel ``conv2d_direct``: every stride, dilation, group, mode, dtype."""
+        reason = self.supports(spec)
+        if reason is not None:
+            raise BackendError(reason)
+        info.algo = "direct"
+        dtype = np.dtype(spec.dtype)
+        work = compute_dtype(dtype)
+        shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+        if spec.n == 0:
+            return np.empty(shape, dtype=work)
+        with self.current(info), translate_errors("OpenCL direct convolution"):
+            cfg = _direct_config(spec, dtype)
+            knl = self.kernel("conv2d_direct", cfg.defines, info)
+            wkey = ("conv2d_direct", cfg.cb, work.str, self.content_key(weight))
+            wbuf = self.constant_buffer(
+                wkey, lambda: _pack_weight(weight, spec, cfg.cb, work), info
+            )
+            bbuf = None
+            if bias is not None:
+                bkey = ("conv2d_direct bias", cfg.cb, work.str, self.content_key(bias))
+                bbuf = self.constant_buffer(
+                    bkey, lambda: _pack_bias(bias, spec, cfg.cb, work), info
+                )
+            xbuf = self.input_buffer(np.ascontiguousarray(x), info)
+            out, ybuf = self.output(shape, work)
+            i32 = np.int32
+            args = (
+                xbuf,
+                wbuf,
+                bbuf,
+                ybuf,
+                i32(spec.h),
+                i32(spec.w),
+                i32(spec.h_out),
+                i32(spec.w_out),
+                i32(spec.cin_g),
+                i32(spec.cout_g),
+                i32(cfg.n_cob),
+                i32(spec.groups),
+                i32(spec.pad[0]),
+                i32(spec.pad[2]),
+            )
+            lx, ly, _ = LOCAL_SIZE
+            strips = _ceil_div(spec.w_out, cfg.wb)
+            gx = _ceil_div(strips, lx) * lx
+            gy = _ceil_div(spec.h_out, ly) * ly
+            gz = spec.n * spec.groups * cfg.n_cob
+            self.launch(knl, (gx, gy, gz), LOCAL_SIZE, args, info)
+            out = self.fetch(out, ybuf, info)
+        return out
+
+
+@dataclass(frozen=True)
+class _DirectConfig:
+    cb: int
+    wb: int
+    n_cob: int
+    defines: dict[str, int | str]
+
+
+def _direct_config(spec: ConvSpec, dtype: np.dtype) -> _DirectConfig:
+    """Block sizes and build defines of ``conv2d_direct`` for ``spec``.
+
+    Register budget (16 AVX2 registers of 8 floats): CB accumulators of WB lanes, twice
+    for complex. float32 takes 8 channels x 8 columns; double and complex use 4 channels,
+    double 4 columns.
+    """
+    real = _real_dtype(dtype)
+    complex_ = dtype.kind == "c"
+    wide = real == np.float64
+    cb_max = 4 if (wide or complex_) else 8
+    # 256-bit vectors at most: PoCL compiles for AVX2 here, and double8 arguments of the
+    # vload/vstore builtins change the ABI without AVX-512 (the kernel crashed)
+    wb_max = 4 if wide else 8
+    # the fewest blocks of at most cb_max channels, then equal-sized blocks (no waste)
+    n_cob = -(-spec.cout_g // cb_max)
+    cb = -(-spec.cout_g // n_cob)
+    n_cob = -(-spec.cout_g // cb)
+    wb = wb_max if spec.w_out >= wb_max else (4 if spec.w_out >= 4 else 2)
+    defines: dict[str, int | str] = {
+        "REAL": "double" if wide else "float",
+        "COMPLEX": int(complex_),
+        "IN_HALF": int(dtype == np.float16),
+        "KH": spec.kh,
+        "KW": spec.kw,
+        "SH": spec.stride[0],
+        "SW": spec.stride[1],
+        "DH": spec.dilation[0],
+        "DW": spec.dilation[1],
+        "MODE": PADDING_MODE_IDS[spec.padding_mode],
+        "CB": cb,
+        "WB": wb,
+        "HAS_BIAS": int(spec.has_bias),
+    }
+    return _DirectConfig(cb=cb, wb=wb, n_cob=n_cob, defines=defines)
+
+
+def _pack_weight(weight: np.ndarray, spec: ConvSpec, cb: int, work: np.dtype) -> np.ndarray:
+    """``(C_out, cin_g, kh, kw)`` -> ``(G, n_cob, cin_g, kh, kw, CB)``, zero past cout_g."""
+    g, cout_g = spec.groups, spec.cout_g
+    n_cob = -(-cout_g // cb)
+    w = np.asarray(weight, dtype=work).reshape(g, cout_g, spec.cin_g, spec.kh, spec.kw)
+    packed = np.zeros((g, n_cob * cb, spec.cin_g, spec.kh, spec.kw), dtype=work)
+    packed[:, :cout_g] = w
+    packed = packed.reshape(g, n_cob, cb, spec.cin_g, spec.kh, spec.kw)
+    packed = np.ascontiguousarray(packed.transpose(0, 1, 3, 4, 5, 2))
+    return packed.view(_real_dtype(work)) if work.kind == "c" else packed
+
+
+def _pack_bias(bias: np.ndarray, spec: ConvSpec, cb: int, work: np.dtype) -> np.ndarray:
+    """``(C_out,)`` -> ``(G, n_cob, CB)``, zero past cout_g."""
+    g, cout_g = spec.groups, spec.cout_g
+    n_cob = -(-cout_g // cb)
+    packed = np.zeros((g, n_cob * cb), dtype=work)
+    packed[:, :cout_g] = np.asarray(bias, dtype=work).reshape(g, cout_g)
+    return packed.view(_real_dtype(work)) if work.kind == "c" else packed
+
+
+def _fast_module() -> Any:
+    """``convcli.backends.opencl_fast`` when it exists, else None."""
+    try:
+        from convcli.backends import opencl_fast
+    except ModuleNotFoundError as exc:
+        if exc.name != "convcli.backends.opencl_fast":
+            raise
+        return None
+    return opencl_fast
+
+
+def _stay_callable() -> None:
+    """Keep ``convcli.backends.opencl_backend(device)`` callable after this import.
+
+    The package has a function named like this module; importing a submodule makes
+    Python bind the package attribute to the module, replacing the function. Until the
+    function is renamed, the module object forwards calls to the function it replaced.
+    """
+    package = sys.modules.get("convcli.backends")
+    function = getattr(package, "opencl_backend", None)
+    if function is None or isinstance(function, types.ModuleType) or not callable(function):
+        return
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+    sys.modules[__name__].__class__ = _CallableModule
+
+
+_stay_callable()

@@ -1,0 +1,316 @@
+/* conv2d_direct: the generic direct 2-D convolution (cross-correlation, no kernel flip)
+ * with exactly torch.nn.Conv2d's semantics. It runs every case the API accepts; the
+ * specialised fast kernels (dw_*, dense_*, sep_*) take over where they apply.
+ *
+ * Layouts (C order):
+ *   x   input   (N, C_in, H, W)     IN_T: REAL, or half when IN_HALF (read with vload_half,
+ *                                   so no cl_khr_fp16 is needed; arithmetic in float)
+ *   wp  weights packed on the host  (G, n_cob, cin_g, KH, KW, CB): the CB output channels of
+ *                                   one channel block, contiguous per tap; zero past cout_g
+ *   bp  bias packed on the host     (G, n_cob, CB), or NULL when HAS_BIAS is 0
+ *   y   output  (N, C_out, Ho, Wo)  REAL
+ *   With COMPLEX every element is (re, im) interleaved (float2/double2 memory); products
+ *   are complex products of the weight as given (no conjugation, like torch).
+ *
+ * Work-item mapping: global size (ceil(Wo/WB) rounded up to LX, Ho rounded up to LY,
+ *   N*G*n_cob). Work-item (i, oy, z), z = (n*G + g)*n_cob + cob, computes output columns
+ *   [i*WB, i*WB + WB) of row oy for output channels g*cout_g + cob*CB + [0, CB) of image n.
+ *   Its accumulators are CB vectors of WB lanes (REAL##WB; separate re/im vectors when
+ *   COMPLEX), kept in registers by fully unrolled channel loops.
+ *
+ * Padding is never materialised: a padded coordinate p maps to a source index by MODE,
+ * the same map as convcli.spec.source_index (reflect: mirror without the edge; symmetric:
+ * mirror with the edge, any pad size; circular: wrap; replicate: clamp; zeros: skip the
+ * tap). A work-item whose receptive field lies inside the input (the vast majority on
+ * images) takes a path without any index mapping; only border work-items map indices.
+ *
+ * Geometry is fixed at build time (-D KH KW SH SW DH DW MODE CB WB HAS_BIAS and the
+ * dtype switches REAL COMPLEX IN_HALF); sizes and pads are runtime arguments, so tiles
+ * and layers of other sizes reuse the build. No fma()/mad() builtins (out-of-line calls on
+ * PoCL); plain a * b + c is contracted by the compiler where the target has FMA.
+ */
+
+#ifndef REAL
+#define REAL float
+#endif
+#ifndef COMPLEX
+#define COMPLEX 0
+#endif
+#ifndef IN_HALF
+#define IN_HALF 0
+#endif
+#ifndef KH
+#define KH 3
+#endif
+#ifndef KW
+#define KW 3
+#endif
+#ifndef SH
+#define SH 1
+#endif
+#ifndef SW
+#define SW 1
+#endif
+#ifndef DH
+#define DH 1
+#endif
+#ifndef DW
+#define DW 1
+#endif
+#ifndef MODE
+#define MODE 0
+#endif
+#ifndef CB
+#define CB 1
+#endif
+#ifndef WB
+#define WB 8
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0
+#endif
+
+#define MODE_ZEROS 0
+#define MODE_REFLECT 1
+#define MODE_REPLICATE 2
+#define MODE_CIRCULAR 3
+#define MODE_SYMMETRIC 4
+
+#ifdef USE_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define RV CAT(REAL, WB)
+#define VLOADW CAT(vload, WB)
+#define VSTOREW CAT(vstore, WB)
+
+#if COMPLEX
+#define CPLX 2
+#else
+#define CPLX 1
+#endif
+
+#if IN_HALF
+#define IN_T half
+#define LOAD1(p, i) vload_half((i), (p))
+#define LOADW(p, i) CAT(vload_half, WB)(0, (p) + (i))
+#else
+#define IN_T REAL
+#define LOAD1(p, i) ((p)[i])
+#define LOADW(p, i) VLOADW(0, (p) + (i))
+#endif
+
+/* Full unrolling keeps the accumulators in registers; very wide kernels unroll
+ * partially so that a 31x31 filter does not explode the code size. */
+#if KW * CB <= 64
+#define KX_UNROLL _Pragma("unroll")
+#else
+#define KX_UNROLL _Pragma("unroll 4")
+#endif
+
+/* Source index of padded coordinate p on an axis of n pixels; -1 = zero padding. */
+inline int src_index(int p, const int n)
+{
+#if MODE == MODE_ZEROS
+    return (p >= 0 && p < n) ? p : -1;
+#elif MODE == MODE_REPLICATE
+    return clamp(p, 0, n - 1);
+#elif MODE == MODE_CIRCULAR
+    int q = p % n;
+    return q < 0 ? q + n : q;
+#elif MODE == MODE_REFLECT
+    if (n == 1)
+        return 0;
+    const int period = 2 * n - 2;
+    int q = p % period;
+    if (q < 0)
+        q += period;
+    return q < n ? q : period - q;
+#else /* MODE_SYMMETRIC */
+    const int period = 2 * n;
+    int q = p % period;
+    if (q < 0)
+        q += period;
+    return q < n ? q : period - 1 - q;
+#endif
+}
+
+__kernel void conv2d_direct(__global const IN_T *restrict x,
+                            __global const REAL *restrict wp,
+                            __global const REAL *restrict bp,
+                            __global REAL *restrict y,
+                            const int H, const int W, const int Ho, const int Wo,
+                            const int cin_g, const int cout_g, const int n_cob,
+                            const int groups, const int pad_top, const int pad_left)
+{
+    const int ox0 = (int)get_global_id(0) * WB;
+    const int oy = (int)get_global_id(1);
+    if (ox0 >= Wo || oy >= Ho)
+        return;
+    const int z = (int)get_global_id(2);
+    const int cob = z % n_cob;
+    const int ng = z / n_cob;
+    const int g = ng % groups;
+    const int n = ng / groups;
+    const size_t plane = (size_t)H * (size_t)W;
+    const size_t c_in = (size_t)cin_g * (size_t)groups;
+    const size_t c_out = (size_t)cout_g * (size_t)groups;
+    __global const IN_T *xg = x + ((size_t)n * c_in + (size_t)g * cin_g) * plane * CPLX;
+    __global const REAL *wg = wp + (size_t)(g * n_cob + cob) * cin_g * (KH * KW * CB * CPLX);
+
+    /* Offsets of the KH source rows inside a plane; -1 marks a zero-padding row. */
+    const int iy0 = oy * SH - pad_top;
+    const int rows_inside = iy0 >= 0 && iy0 + DH * (KH - 1) < H;
+    int roff[KH];
+    for (int ky = 0; ky < KH; ++ky) {
+        int iy = iy0 + ky * DH;
+        if (!rows_inside)
+            iy = src_index(iy, H);
+        roff[ky] = iy < 0 ? -1 : iy * W;
+    }
+
+    /* Columns: inside -> plain offsets; border -> one mapped index per tap and lane. */
+    const int ix0 = ox0 * SW - pad_left;
+    const int cols_inside = ix0 >= 0 && ix0 + SW * (WB - 1) + DW * (KW - 1) < W;
+    int coff[KW * WB];
+    if (!cols_inside) {
+        for (int kx = 0; kx < KW; ++kx)
+            for (int j = 0; j < WB; ++j)
+                coff[kx * WB + j] = src_index(ix0 + kx * DW + j * SW, W);
+    }
+
+    RV acc[CB];
+#if COMPLEX
+    RV acci[CB];
+#endif
+#pragma unroll
+    for (int cb = 0; cb < CB; ++cb) {
+        acc[cb] = (RV)(0);
+#if COMPLEX
+        acci[cb] = (RV)(0);
+#endif
+    }
+
+    for (int ci = 0; ci < cin_g; ++ci) {
+        __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
+        __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
+        for (int ky = 0; ky < KH; ++ky) {
+            const int ro = roff[ky];
+#if MODE == MODE_ZEROS
+            if (ro < 0)
+                continue;
+#endif
+            __global const IN_T *row = xp + (size_t)ro * CPLX;
+            __global const REAL *wr = wc + ky * (KW * CB * CPLX);
+            KX_UNROLL
+            for (int kx = 0; kx < KW; ++kx) {
+                /* ---- load WB input values (re and im vectors when COMPLEX) ---- */
+#if COMPLEX
+                RV vr, vi;
+                if (cols_inside) {
+                    const int i0 = ix0 + kx * DW;
+#if SW == 1
+                    const RV a = VLOADW(0, row + 2 * i0);
+                    const RV b = VLOADW(0, row + 2 * i0 + WB);
+                    vr = (RV)(a.even, b.even);
+                    vi = (RV)(a.odd, b.odd);
+#else
+                    REAL tr[WB], ti[WB];
+#pragma unroll
+                    for (int j = 0; j < WB; ++j) {
+                        tr[j] = row[2 * (i0 + j * SW)];
+                        ti[j] = row[2 * (i0 + j * SW) + 1];
+                    }
+                    vr = VLOADW(0, tr);
+                    vi = VLOADW(0, ti);
+#endif
+                } else {
+                    REAL tr[WB], ti[WB];
+#pragma unroll
+                    for (int j = 0; j < WB; ++j) {
+                        const int c = coff[kx * WB + j];
+                        tr[j] = c < 0 ? (REAL)0 : row[2 * c];
+                        ti[j] = c < 0 ? (REAL)0 : row[2 * c + 1];
+                    }
+                    vr = VLOADW(0, tr);
+                    vi = VLOADW(0, ti);
+                }
+                __global const REAL *wk = wr + kx * (CB * 2);
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb) {
+                    const REAL a = wk[2 * cb];
+                    const REAL b = wk[2 * cb + 1];
+                    acc[cb] += a * vr - b * vi;
+                    acci[cb] += a * vi + b * vr;
+                }
+#else
+                RV v;
+                if (cols_inside) {
+                    const int i0 = ix0 + kx * DW;
+#if SW == 1
+                    v = LOADW(row, i0);
+#else
+                    REAL t[WB];
+#pragma unroll
+                    for (int j = 0; j < WB; ++j)
+                        t[j] = LOAD1(row, i0 + j * SW);
+                    v = VLOADW(0, t);
+#endif
+                } else {
+                    REAL t[WB];
+#pragma unroll
+                    for (int j = 0; j < WB; ++j) {
+                        const int c = coff[kx * WB + j];
+                        t[j] = c < 0 ? (REAL)0 : LOAD1(row, c);
+                    }
+                    v = VLOADW(0, t);
+                }
+                __global const REAL *wk = wr + kx * CB;
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb)
+                    acc[cb] += wk[cb] * v;
+#endif
+            }
+        }
+    }
+
+    /* ---- bias and store (partial strips and channel blocks store only what exists) ---- */
+    const int nw = min(WB, Wo - ox0);
+#pragma unroll
+    for (int cb = 0; cb < CB; ++cb) {
+        if (cob * CB + cb >= cout_g)
+            break;
+        const size_t co = (size_t)g * cout_g + (size_t)(cob * CB + cb);
+        __global REAL *yo = y + (((size_t)n * c_out + co) * Ho + oy) * (size_t)Wo * CPLX +
+                            (size_t)ox0 * CPLX;
+        RV r = acc[cb];
+#if COMPLEX
+        RV ri = acci[cb];
+#if HAS_BIAS
+        r += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb)]);
+        ri += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb) + 1]);
+#endif
+        REAL tr[WB], ti[WB];
+        VSTOREW(r, 0, tr);
+        VSTOREW(ri, 0, ti);
+        for (int j = 0; j < nw; ++j) {
+            yo[2 * j] = tr[j];
+            yo[2 * j + 1] = ti[j];
+        }
+#else
+#if HAS_BIAS
+        r += (RV)(bp[(g * n_cob + cob) * CB + cb]);
+#endif
+        if (nw == WB) {
+            VSTOREW(r, 0, yo);
+        } else {
+            REAL t[WB];
+            VSTOREW(r, 0, t);
+            for (int j = 0; j < nw; ++j)
+                yo[j] = t[j];
+        }
+#endif
+    }
+}
