@@ -490,6 +490,44 @@ def _tiff_ifd(blob: bytes, name: str) -> tuple[str, dict[int, tuple[Any, ...]]]:
     return endian, tags
 
 
+def _lzw_decode(data: bytes, name: str) -> bytes:
+    """TIFF LZW (MSB-first codes of 9-12 bits, early change). Pure Python: Pillow only
+    decodes LZW through libtiff, into 8-bit samples for 16-bit colour."""
+    table: list[bytes] = [bytes([i]) for i in range(256)] + [b"", b""]
+    out = bytearray()
+    nbits = 9
+    pos = 0
+    total = len(data) * 8
+    padded = data + b"\x00\x00\x00"
+    prev = b""
+    while pos + nbits <= total:
+        i = pos >> 3
+        window = (padded[i] << 16) | (padded[i + 1] << 8) | padded[i + 2]
+        code = (window >> (24 - (pos & 7) - nbits)) & ((1 << nbits) - 1)
+        pos += nbits
+        if code == 256:  # clear
+            del table[258:]
+            nbits = 9
+            prev = b""
+            continue
+        if code == 257:  # end of information
+            break
+        if code < len(table):
+            entry = table[code]
+            if prev:
+                table.append(prev + entry[:1])
+        elif code == len(table) and prev:
+            entry = prev + prev[:1]
+            table.append(entry)
+        else:
+            raise InputError(f"{name}: corrupt image data (LZW)")
+        out += entry
+        prev = entry
+        if len(table) >= (1 << nbits) - 1 and nbits < 12:
+            nbits += 1
+    return bytes(out)
+
+
 def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     """Decode TIFFs Pillow would truncate: 16-bit or float colour / extra channels.
 
@@ -518,13 +556,14 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     planar = tags.get(284, (1,))[0]
     uniform = len(set(bits)) == 1
     depth = bits[0]
-    lossy_in_pil = (spp > 1 and depth in (16, 32)) or spp > 4 or (spp == 2 and depth == 16)
-    if not (uniform and lossy_in_pil and depth in (16, 32)):
+    # Pillow keeps 8-bit L/LA/RGB/RGBA and 16-bit/float gray; everything else is ours.
+    lossy_in_pil = spp > 4 or (spp > 1 and depth in (16, 32))
+    if not (uniform and lossy_in_pil and depth in (8, 16, 32)):
         return None
     if (
         fmt not in (1, 3)
         or (fmt == 3) != (depth == 32)
-        or compression not in (1, 8, 32946)
+        or compression not in (1, 5, 8, 32946)
         or planar != 1
         or 273 not in tags
         or photometric not in (0, 1, 2)
@@ -539,7 +578,9 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
         chunk = blob[off : off + cnt]
         if len(chunk) < cnt:
             raise InputError(f"{name}: truncated image data")
-        if compression != 1:
+        if compression == 5:
+            chunk = _lzw_decode(chunk, name)
+        elif compression != 1:
             try:
                 chunk = zlib.decompress(chunk)
             except zlib.error:
@@ -550,23 +591,25 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     need = width * height * spp * itemsize
     if len(raw) < need:
         raise InputError(f"{name}: truncated image data")
-    dtype = np.dtype(endian + ("f4" if fmt == 3 else "u2"))
+    dtype = np.dtype(endian + {8: "u1", 16: "u2", 32: "f4"}[depth])
     arr = np.frombuffer(raw, dtype, width * height * spp).reshape(height, width, spp)
     if predictor == 2 and fmt == 1:
-        arr = np.cumsum(arr.astype(np.uint16), axis=1, dtype=np.uint16)
+        native = np.uint8 if depth == 8 else np.uint16
+        arr = np.cumsum(arr.astype(native), axis=1, dtype=native)
     elif predictor not in (1, 2):
         return None
     data = np.moveaxis(arr.astype(np.float32), -1, 0)
+    top = np.float32((1 << depth) - 1) if fmt == 1 else np.float32(1)
     if photometric == 0 and fmt == 1:
-        data = np.float32(65535) - data
+        data = top - data
     extra = tags.get(338, ())
     has_alpha = bool(extra) and extra[0] in (1, 2) and spp in (2, 4)
     if fmt == 1:
-        data = data / np.float32(65535)
+        data = data / top
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(spp, f"I{spp}")
         if spp in (2, 4) and not has_alpha:
             mode = f"I{spp}"
-        bit_depth = 16
+        bit_depth = depth
     else:
         if not np.isfinite(data).all():
             raise InputError(f"{name}: float image contains NaN or Inf")
@@ -841,6 +884,8 @@ def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int, has_alpha: bool
     options: dict[str, Any] = {}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = int(min(max(quality, 1), 100))
+    if fmt == "JPEG" and quality >= 90:
+        options["subsampling"] = 0  # 4:4:4 at high quality, as ImageMagick does
     im.save(tmp, format=fmt, **options)
 
 

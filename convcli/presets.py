@@ -167,9 +167,13 @@ def parse_kernel_text(text: str) -> np.ndarray:
     values: list[list[float]] = []
     for row in rows:
         tokens = _split_values(row)
+        if not tokens:  # a row of only separators (",") holds nothing
+            continue
         if len(values) * (len(tokens) or 1) > _MAX_TEXT_ELEMENTS:
             raise InputError(f"{_label(text)}: kernel too large")
         values.append([_parse_number(t, text, missing_ok=False) for t in tokens])
+    if not values:
+        raise InputError(f"{_label(text)}: empty kernel")
     widths = {len(r) for r in values}
     if len(widths) != 1:
         lengths = ", ".join(str(len(r)) for r in values[:10])

@@ -1,0 +1,632 @@
+"""convcli.io: image and weight files <-> arrays, against independent decoders."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image as PILImage
+
+from convcli import io as cio
+from convcli.errors import InputError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def sample(name: str, size: tuple[int, int] = (48, 40)) -> PILImage.Image:
+    """A crop of a real sample image (natural statistics, small and fast)."""
+    with PILImage.open(SAMPLES / name) as im:
+        im.load()
+        return im.crop((100, 100, 100 + size[0], 100 + size[1]))
+
+
+def chw(im: PILImage.Image) -> np.ndarray:
+    a = np.asarray(im)
+    return a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+
+
+def quantized(x: np.ndarray, bits: int) -> np.ndarray:
+    top = (1 << bits) - 1
+    return np.rint(np.clip(x.astype(np.float64), 0, 1) * top) / top
+
+
+def smooth(c: int, h: int = 33, w: int = 47, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    planes = [0.5 + 0.45 * np.sin(6 * xx * (i + 1) + 4 * yy + rng.random()) for i in range(c)]
+    return np.stack(planes).astype(np.float32)
+
+
+# ----------------------------------------------------------------- read, real files
+
+
+def test_read_sample_png_matches_pillow():
+    im = cio.read_image(SAMPLES / "astronaut.png")
+    ref = chw(PILImage.open(SAMPLES / "astronaut.png").convert("RGB")).astype(np.float32) / 255
+    assert im.mode == "RGB" and im.bit_depth == 8 and not im.has_alpha
+    assert im.data.dtype == np.float32 and im.data.shape == ref.shape
+    np.testing.assert_array_equal(im.data, ref)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_png_tiff_round_trip_exact(tmp_path, channels, bits, suffix):
+    x = np.random.default_rng(channels * bits).random((channels, 29, 31)).astype(np.float32)
+    path = cio.write_image(tmp_path / f"x{suffix}", x, bit_depth=bits)
+    im = cio.read_image(path)
+    assert im.bit_depth == bits
+    assert im.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    assert im.has_alpha == (channels in (2, 4))
+    np.testing.assert_array_equal(im.data.astype(np.float64), quantized(x, bits).astype(np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_colour_matches_opencv(tmp_path, suffix):
+    """Our own 16-bit colour codecs against an independent one (OpenCV, libpng/libtiff),
+    both ways: OpenCV files use adaptive PNG filters (Sub/Up/Average/Paeth) and LZW TIFF."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(1)
+    a = (rng.random((41, 57, 3)) * 65535).astype(np.uint16)
+    a[:20] = np.linspace(0, 65535, 57)[None, :, None].astype(np.uint16)  # smooth rows
+    ext = tmp_path / f"cv{suffix}"
+    assert cv2.imwrite(str(ext), a)
+    im = cio.read_image(ext)
+    assert im.bit_depth == 16 and im.mode == "RGB"
+    np.testing.assert_array_equal(np.rint(im.data * 65535), a[..., ::-1].transpose(2, 0, 1))
+    ours = cio.write_image(tmp_path / f"ours{suffix}", im.data, bit_depth=16)
+    back = cv2.imread(str(ours), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back, a)
+
+
+def test_png_paeth_and_average_rows(tmp_path):
+    """Hand-made 16-bit RGBA PNG using every filter type, decoded by our unfilter."""
+    rng = np.random.default_rng(2)
+    h, w, bpp = 9, 13, 8
+    pix = rng.integers(0, 256, (h, w * bpp), dtype=np.int64)
+    rows = []
+    for y in range(h):
+        kind = y % 5
+        prev = pix[y - 1] if y else np.zeros(w * bpp, np.int64)
+        out = []
+        for i in range(w * bpp):
+            a = pix[y, i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            p = a + b - c
+            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            paeth = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+            pred = [0, a, b, (a + b) // 2, paeth][kind]
+            out.append((pix[y, i] - pred) % 256)
+        rows.append(bytes([kind]) + bytes(out))
+
+    def chunk(t: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body))
+
+    blob = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 6, 0, 0, 0))
+    blob += chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+    path = tmp_path / "filters.png"
+    path.write_bytes(blob)
+    im = cio.read_image(path)
+    expect = pix.astype(np.uint8).view(">u2").reshape(h, w, 4).transpose(2, 0, 1)
+    np.testing.assert_array_equal(np.rint(im.data * 65535), expect)
+
+
+def test_gray16_png_written_by_pillow(tmp_path):
+    a = (np.random.default_rng(3).random((20, 30)) * 65535).astype(np.uint16)
+    PILImage.fromarray(a).save(tmp_path / "g.png")
+    im = cio.read_image(tmp_path / "g.png")
+    assert im.bit_depth == 16 and im.mode == "L"
+    np.testing.assert_array_equal(np.rint(im.data[0] * 65535), a)
+
+
+def test_jpeg_close_and_alpha_dropped(tmp_path):
+    x = smooth(4)
+    path = cio.write_image(tmp_path / "x.jpg", x, quality=95)
+    im = cio.read_image(path)
+    assert im.mode == "RGB" and im.bit_depth == 8 and im.data.shape == (3, 33, 47)
+    assert np.abs(im.data - x[:3]).mean() < 0.01
+
+
+def test_jpeg_gray(tmp_path):
+    x = smooth(1)
+    im = cio.read_image(cio.write_image(tmp_path / "x.jpeg", x))
+    assert im.mode == "L" and np.abs(im.data - x).max() < 0.05
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".bmp"])
+def test_other_formats(tmp_path, suffix):
+    x = smooth(3)
+    im = cio.read_image(cio.write_image(tmp_path / f"x{suffix}", x, quality=100))
+    assert im.data.shape == x.shape
+    assert np.abs(im.data - x).mean() < 0.02
+
+
+def test_exif_orientation_applied(tmp_path):
+    base = sample("astronaut.png", (40, 24)).convert("RGB")
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rot.jpg"
+    base.save(path, quality=98, exif=exif)
+    im = cio.read_image(path)
+    assert im.data.shape == (3, 40, 24)
+    expect = chw(base.transpose(PILImage.Transpose.ROTATE_270)).astype(np.float32) / 255
+    assert np.abs(im.data - expect).mean() < 0.02
+
+
+def test_palette_and_transparency(tmp_path):
+    rgb = sample("coffee.png").convert("RGB")
+    pal = rgb.quantize(16)
+    pal.save(tmp_path / "p.png")
+    im = cio.read_image(tmp_path / "p.png")
+    assert im.mode == "RGB" and im.data.shape[0] == 3
+    np.testing.assert_array_equal(im.data, chw(pal.convert("RGB")) / np.float32(255))
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pt.png", transparency=0)
+    im = cio.read_image(tmp_path / "pt.png")
+    assert im.mode == "RGBA" and im.has_alpha
+
+
+def test_cmyk_and_la(tmp_path):
+    rgb = sample("coffee.png").convert("RGB")
+    cmyk = rgb.convert("CMYK")
+    cmyk.save(tmp_path / "c.tif")
+    im = cio.read_image(tmp_path / "c.tif")
+    assert im.mode == "RGB"
+    np.testing.assert_array_equal(im.data, chw(cmyk.convert("RGB")) / np.float32(255))
+    la = rgb.convert("LA")
+    la.save(tmp_path / "la.png")
+    im = cio.read_image(tmp_path / "la.png")
+    assert im.mode == "LA" and im.has_alpha and im.data.shape[0] == 2
+
+
+def test_float_tiff_and_npy(tmp_path):
+    f = (np.random.default_rng(4).random((12, 14)) * 3 - 1).astype(np.float32)
+    PILImage.fromarray(f, "F").save(tmp_path / "f.tif")
+    im = cio.read_image(tmp_path / "f.tif")
+    assert im.mode == "F" and im.bit_depth == 32
+    np.testing.assert_array_equal(im.data[0], f)
+    np.save(tmp_path / "a.npy", f)
+    np.testing.assert_array_equal(cio.read_image(tmp_path / "a.npy").data, f[None])
+    x3 = np.stack([f, f * 2, -f])
+    path = cio.write_image(tmp_path / "f3.tif", x3, bit_depth=32)
+    np.testing.assert_array_equal(cio.read_image(path).data, x3)
+
+
+def test_npy_write_is_raw(tmp_path):
+    x = np.array([[[-2.5, 0.5, 7.0]]], np.float32)
+    path = cio.write_image(tmp_path / "r.npy", x)
+    np.testing.assert_array_equal(np.load(path), x)
+
+
+def test_int32_image_scaled(tmp_path):
+    a = np.array([[0, 70000, 2**31 - 1]], np.int32)
+    PILImage.fromarray(a, "I").save(tmp_path / "i.tif")
+    im = cio.read_image(tmp_path / "i.tif")
+    np.testing.assert_allclose(im.data[0, 0], a[0] / (2**31 - 1), rtol=1e-6)
+
+
+# ----------------------------------------------------------------- bad inputs
+
+
+def test_missing_and_empty(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.png: no such file"):
+        cio.read_image(tmp_path / "nope.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.png: empty file"):
+        cio.read_image(tmp_path / "empty.png")
+
+
+def test_text_as_png(tmp_path):
+    (tmp_path / "notes.png").write_text("this is not an image\n")
+    with pytest.raises(InputError, match=r"^.*notes\.png: not an image"):
+        cio.read_image(tmp_path / "notes.png")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated(tmp_path, suffix):
+    full = tmp_path / f"full{suffix}"
+    sample("astronaut.png", (120, 90)).convert("RGB").save(full)
+    blob = full.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(InputError, match=rf"cut\{suffix}: truncated image data"):
+        cio.read_image(cut)
+
+
+def test_truncated_16bit_png(tmp_path):
+    path = cio.write_image(tmp_path / "x.png", smooth(3), bit_depth=16)
+    blob = path.read_bytes()
+    (tmp_path / "cut.png").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(InputError, match=r"cut\.png: truncated"):
+        cio.read_image(tmp_path / "cut.png")
+
+
+def test_decompression_bomb(tmp_path):
+    path = cio.write_image(tmp_path / "big.png", smooth(3, 30, 40))
+    with pytest.raises(
+        InputError,
+        match=r"big\.png: 1200 pixels exceeds the limit of 1000 \(raise it with --max-pixels\)",
+    ):
+        cio.read_image(path, max_pixels=1000)
+    assert cio.read_image(path, max_pixels=1200).data.shape == (3, 30, 40)
+    assert cio.read_image(path, max_pixels=None).data.shape == (3, 30, 40)
+    p16 = cio.write_image(tmp_path / "big16.png", smooth(3, 30, 40), bit_depth=16)
+    with pytest.raises(InputError, match="exceeds the limit"):
+        cio.read_image(p16, max_pixels=1000)
+
+
+def test_bomb_header_beyond_pillow_limit(tmp_path):
+    """A PNG header claiming 100000 x 100000 pixels is refused before any decoding,
+    without Pillow's own warning or error leaking out."""
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    idat = zlib.compress(b"\x00" * 64)
+    chunk += struct.pack(">I", len(idat)) + b"IDAT" + idat
+    chunk += struct.pack(">I", zlib.crc32(b"IDAT" + idat)) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    with pytest.raises(InputError, match=r"bomb\.png: 10000000000 pixels exceeds"):
+        cio.read_image(tmp_path / "bomb.png")
+
+
+def test_bad_npy(tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros((2, 3, 4, 5)))
+    with pytest.raises(InputError, match=r"c\.npy: .npy image must be"):
+        cio.read_image(tmp_path / "c.npy")
+    np.save(tmp_path / "n.npy", np.array([[np.nan, 1.0]]))
+    with pytest.raises(InputError, match="NaN"):
+        cio.read_image(tmp_path / "n.npy")
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"junk\.npy: not a readable"):
+        cio.read_image(tmp_path / "junk.npy")
+
+
+# ----------------------------------------------------------------- writing
+
+
+def test_channels_no_mode_holds(tmp_path):
+    x = np.zeros((5, 4, 4), np.float32)
+    with pytest.raises(InputError, match=r"x\.png: 5 channels.*\.npy or \.tif"):
+        cio.write_image(tmp_path / "x.png", x)
+    with pytest.raises(InputError, match=r"x\.jpg: 2 channels|x\.jpg: 5 channels"):
+        cio.write_image(tmp_path / "x.jpg", x)
+    assert cio.read_image(cio.write_image(tmp_path / "x.tif", x)).data.shape == (5, 4, 4)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_overwrite_refused(tmp_path):
+    path = cio.write_image(tmp_path / "o.png", smooth(1))
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"o\.png: already exists"):
+        cio.write_image(path, smooth(3), overwrite=False)
+    assert path.read_bytes() == before
+
+
+def test_unknown_suffix(tmp_path):
+    with pytest.raises(InputError, match=r"x\.xyz: unknown output format"):
+        cio.write_image(tmp_path / "x.xyz", smooth(1))
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "keep.png"
+    cio.write_image(target, smooth(3))
+    before = target.read_bytes()
+
+    def boom(*args, **kwargs):
+        Path(args[0]).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cio, "_save_pil", boom)
+    with pytest.raises(InputError, match=r"keep\.png: cannot write: no space left on device"):
+        cio.write_image(target, smooth(3, seed=9))
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+    with pytest.raises(InputError, match="cannot write"):
+        cio.write_image(tmp_path / "new.png", smooth(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+
+
+def test_atomic_write_interrupt_cleans_up(tmp_path):
+    def interrupted(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cio.atomic_write(tmp_path / "x.bin", interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores modes")
+def test_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(InputError, match=r"x\.png: cannot write: permission denied"):
+            cio.write_image(folder / "x.png", smooth(1))
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(stat.S_IRWXU)
+
+
+def test_read_only_folder_simulated(tmp_path, monkeypatch):
+    """As root the folder mode is ignored, so simulate the OS refusing the temp file."""
+    real_open = os.open
+
+    def deny(path, flags, mode=0o777, *a, **k):
+        if str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode, *a, **k)
+
+    monkeypatch.setattr(cio.os, "open", deny)
+    with pytest.raises(InputError, match=r"x\.png: cannot write: permission denied"):
+        cio.write_image(tmp_path / "x.png", smooth(1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_file_mode_follows_umask(tmp_path):
+    path = cio.write_image(tmp_path / "m.png", smooth(1))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------- alpha, mapping
+
+
+def test_premultiply_round_trip_and_no_bleed():
+    rgb = np.stack([np.full((4, 4), 1.0), np.zeros((4, 4)), np.zeros((4, 4))])
+    alpha = np.zeros((1, 4, 4))
+    alpha[:, :, :2] = 1.0
+    image = cio.Image(np.concatenate([rgb, alpha]).astype(np.float32), "RGBA", 8, True)
+    image.data[1, :, 2:] = 1.0  # hidden green under transparent pixels
+    ch, kept = cio.prepare_alpha(image, "premultiply")
+    assert kept is None and ch.shape == (4, 4, 4)
+    assert float(ch[1].max()) == 0.0  # the invisible green is gone
+    blurred = (ch + np.roll(ch, 1, axis=2)) / 2  # average with the left neighbour
+    out = cio.finish_alpha(blurred, None, "premultiply", has_alpha=True)
+    # Where alpha > 0 the colour is pure red: no green bled in from transparent pixels.
+    visible = out[3] > 0
+    np.testing.assert_allclose(out[0][visible], 1.0)
+    np.testing.assert_allclose(out[1][visible], 0.0)
+
+
+def test_alpha_keep_filter_drop():
+    data = np.random.default_rng(5).random((4, 3, 5)).astype(np.float32)
+    image = cio.Image(data, "RGBA", 8, True)
+    ch, kept = cio.prepare_alpha(image, "keep")
+    assert ch.shape == (3, 3, 5) and kept is not None
+    np.testing.assert_array_equal(cio.finish_alpha(ch, kept, "keep", has_alpha=True), data)
+    with pytest.raises(InputError, match="alpha is not resampled"):
+        cio.finish_alpha(ch[:, ::2, ::2], kept, "keep", has_alpha=True)
+    ch, kept = cio.prepare_alpha(image, "filter")
+    np.testing.assert_array_equal(ch, data)
+    ch, kept = cio.prepare_alpha(image, "drop")
+    assert ch.shape[0] == 3 and kept is None
+    gray = cio.Image(data[:1], "L", 8, False)
+    assert cio.prepare_alpha(gray, "premultiply")[0] is gray.data
+
+
+def test_map_output_modes():
+    x = np.array([[[-0.5, 0.0, 0.25, 2.0]]], np.float32)
+    np.testing.assert_array_equal(cio.map_output(x, "clip"), [[[0, 0, 0.25, 1]]])
+    np.testing.assert_array_equal(cio.map_output(x, "abs"), [[[0.5, 0, 0.25, 1]]])
+    np.testing.assert_array_equal(cio.map_output(x, "offset"), [[[0, 0.5, 0.75, 1]]])
+    np.testing.assert_allclose(cio.map_output(x, "normalize"), [[[0, 0.2, 0.3, 1]]])
+    np.testing.assert_allclose(
+        cio.map_output(x, "clip", scale=0.5, offset=0.25), [[[0, 0.25, 0.375, 1]]]
+    )
+    np.testing.assert_array_equal(
+        cio.map_output(np.ones((1, 2, 2)), "normalize"), np.zeros((1, 2, 2))
+    )
+    with pytest.raises(InputError):
+        cio.map_output(x, "wrap")
+
+
+# ----------------------------------------------------------------- weights
+
+
+K3 = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]], np.float32)
+W4 = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 10
+B2 = np.array([0.5, -1.0], np.float32)
+
+
+def _check(got, weight, bias=None):
+    w, b = got
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(w, weight)
+    if bias is None:
+        assert b is None
+    else:
+        np.testing.assert_array_equal(b, bias)
+
+
+def test_weights_npy_npz(tmp_path):
+    np.save(tmp_path / "k.npy", K3.astype(np.float64))
+    _check(cio.load_weights(tmp_path / "k.npy"), K3)
+    np.savez(tmp_path / "w.npz", weight=W4, bias=B2)
+    _check(cio.load_weights(tmp_path / "w.npz"), W4, B2)
+    np.savez(tmp_path / "named.npz", **{"conv1.weight": W4, "conv1.bias": B2, "x.weight": K3})
+    _check(cio.load_weights(tmp_path / "named.npz", key="conv1"), W4, B2)
+    with pytest.raises(InputError, match=r"named\.npz: holds several tensors.*--key"):
+        cio.load_weights(tmp_path / "named.npz")
+    with pytest.raises(InputError, match=r"no tensor 'conv9'"):
+        cio.load_weights(tmp_path / "named.npz", key="conv9")
+
+
+def test_weights_safetensors(tmp_path):
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    st_numpy.save_file({"conv1.weight": W4, "conv1.bias": B2}, str(tmp_path / "w.safetensors"))
+    _check(cio.load_weights(tmp_path / "w.safetensors", key="conv1"), W4, B2)
+    _check(cio.load_weights(tmp_path / "w.safetensors"), W4, B2)  # the only .weight
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match=r"bad\.safetensors: not a readable"):
+        cio.load_weights(tmp_path / "bad.safetensors")
+
+
+def test_weights_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    conv = torch.nn.Conv2d(3, 2, 3)
+    torch.save({"conv1." + k: v for k, v in conv.state_dict().items()}, tmp_path / "m.pt")
+    w, b = cio.load_weights(tmp_path / "m.pt", key="conv1")
+    np.testing.assert_array_equal(w, conv.weight.detach().numpy())
+    np.testing.assert_array_equal(b, conv.bias.detach().numpy())
+    torch.save(torch.tensor(K3), tmp_path / "t.pt")
+    _check(cio.load_weights(tmp_path / "t.pt"), K3)
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match=r"junk\.pt: not a readable torch file"):
+        cio.load_weights(tmp_path / "junk.pt")
+
+
+def test_weights_text_and_json(tmp_path):
+    (tmp_path / "k.txt").write_text("# sobel\n1 2 1\n0 0 0\n-1 -2 -1\n")
+    _check(cio.load_weights(tmp_path / "k.txt"), K3)
+    (tmp_path / "k.csv").write_text("1,2,1\n0,0,0\n-1,-2,-1\n")
+    _check(cio.load_weights(tmp_path / "k.csv"), K3)
+    (tmp_path / "im.txt").write_text("3x3: 1,2,1\n 0,0,0\n -1,-2,-1\n")
+    _check(cio.load_weights(tmp_path / "im.txt"), K3)
+    (tmp_path / "k.json").write_text(json.dumps(K3.tolist()))
+    _check(cio.load_weights(tmp_path / "k.json"), K3)
+    (tmp_path / "w.json").write_text(json.dumps({"weight": W4.tolist(), "bias": B2.tolist()}))
+    _check(cio.load_weights(tmp_path / "w.json"), W4, B2)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nan.npy", np.array([[1.0, np.nan]]), "NaN or Inf"),
+        ("inf.npy", np.array([[1.0, np.inf]]), "NaN or Inf"),
+        ("big.npy", np.array([[1e39]]), "beyond float32"),
+        ("3d.npy", np.zeros((2, 3, 3)), "3-D weight .* is ambiguous"),
+        ("1d.npy", np.zeros(3), "must be 2-D"),
+        ("empty.npy", np.zeros((0, 3)), "empty"),
+        ("str.npy", np.array([["a"]]), "not a numeric array"),
+        ("cplx.npy", np.ones((2, 2), np.complex64), "complex"),
+        ("nan.txt", "1 nan\n2 3\n", "NaN/Inf"),
+        ("ragged.txt", "1 2 3\n4 5\n", "different lengths"),
+        ("words.csv", "a,b\n", "not a number"),
+        ("ragged.json", "[[1, 2], [3]]", "not a rectangular array"),
+        ("obj.json", '{"w": 1}', "must be 2-D"),
+        ("two.json", '{"a": [[1]], "b": [[2]]}', "holds several tensors"),
+        ("bad.json", "{", "not valid JSON"),
+        ("nanb.json", '{"weight": [[1]], "bias": [NaN]}', "bias contains NaN"),
+        ("bias.npz", {"weight": W4, "bias": np.zeros(3)}, "bias has 3 values"),
+        ("k.xyz", "1", "unknown weight file type"),
+    ],
+)
+def test_weights_rejected(tmp_path, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, dict):
+        np.savez(path, **content)
+    elif isinstance(content, np.ndarray):
+        np.save(path, content)
+    else:
+        path.write_text(content)
+    with pytest.raises(InputError, match=message) as info:
+        cio.load_weights(path)
+    assert str(info.value).startswith(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_weights_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"w\.npy: no such file"):
+        cio.load_weights(tmp_path / "w.npy")
+
+
+# ----------------------------------------------------------------- property tests
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    blob=st.binary(max_size=400),
+    suffix=st.sampled_from([".npy", ".npz", ".json", ".txt", ".csv", ".pt", ".safetensors"]),
+)
+def test_load_weights_fuzz(tmp_path, blob, suffix):
+    """Arbitrary bytes: a valid float32 array or InputError, never anything else."""
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(blob)
+    try:
+        w, _ = cio.load_weights(path)
+    except InputError as exc:
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+        return
+    assert w.dtype == np.float32 and w.ndim in (2, 4) and np.isfinite(w).all()
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5)),
+            min_size=0,
+            max_size=4,
+        ),
+        min_size=0,
+        max_size=4,
+    )
+)
+def test_load_weights_json_fuzz(tmp_path, rows):
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps(rows))
+    try:
+        w, _ = cio.load_weights(path)
+    except InputError:
+        return
+    assert w.ndim == 2 and np.isfinite(w).all()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    blob=st.binary(min_size=1, max_size=300),
+    suffix=st.sampled_from([".png", ".jpg", ".tif", ".npy", ".bmp"]),
+)
+def test_read_image_fuzz(tmp_path, blob, suffix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(blob)
+    try:
+        im = cio.read_image(path)
+    except InputError as exc:
+        assert str(exc).startswith(str(path))
+        return
+    assert im.data.dtype == np.float32 and im.data.ndim == 3
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(0, 2000),
+    bits=st.sampled_from([8, 16]),
+    suffix=st.sampled_from([".png", ".tif"]),
+)
+def test_read_corrupted_real_files(tmp_path, cut, bits, suffix):
+    """Real files cut or with a flipped byte: decoded or InputError, never a crash."""
+    src = tmp_path / f"src{bits}{suffix}"
+    if not src.exists():
+        cio.write_image(src, smooth(3, 24, 30), bit_depth=bits)
+    blob = bytearray(src.read_bytes())
+    pos = cut % len(blob)
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(
+        bytes(blob[:pos])
+        if cut % 2
+        else bytes(blob[:pos]) + bytes([blob[pos] ^ 0x5A]) + bytes(blob[pos + 1 :])
+    )
+    try:
+        cio.read_image(bad)
+    except InputError as exc:
+        assert str(exc).startswith(str(bad))
