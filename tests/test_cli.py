@@ -480,3 +480,15 @@ def test_installed_console_script(tmp_path):
     assert_image(out, reference(SAMPLES / "camera.png", k))
     ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert ver.stdout.strip() == f"convcli {__version__}"
+
+
+def test_readme_presets_table_matches_list_presets():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mri", ROOT / "tools" / "make_readme_images.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert tool.readme_with_table(text) == text, "run tools/make_readme_images.py"
+    for stem, *_ in tool.PICTURES:
+        assert (ROOT / "docs" / "images" / f"astronaut_{stem}.jpg").is_file()
