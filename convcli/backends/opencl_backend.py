@@ -117,10 +117,13 @@ def _error_line(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) and not name:
         text = f"out of host memory ({text})"
     # a build failure's log: keep its first error line, it says what went wrong
-    what = str(getattr(exc, "what", "") or "")
+    record = getattr(exc, "what", None)
+    what = record.what() if callable(getattr(record, "what", None)) else str(record or "")
     for line in what.splitlines():
-        if "error" in line.lower() and line.strip() not in text:
-            text += f" ({line.strip()[:200]})"
+        found = re.match(r"\s*error:\s*(?:\S+?:(\d+:\d+):)?\s*(.*)", line)
+        if found:
+            where = f"line {found.group(1)}: " if found.group(1) else ""
+            text += f" ({where}{found.group(2).strip()[:200]})"
             break
     return " ".join(text.split())
 
