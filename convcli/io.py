@@ -258,7 +258,9 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
         if "truncated" in text or isinstance(exc, EOFError):
             raise InputError(f"{name}: truncated image data") from None
         raise InputError(f"{name}: cannot decode image ({text})") from None
-    except (ValueError, TypeError, KeyError, IndexError, struct.error, MemoryError) as exc:
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode this image") from None
+    except Exception as exc:  # Pillow plugins raise many types on corrupt data
         raise InputError(f"{name}: cannot decode image ({_reason(exc)})") from None
 
 
@@ -490,6 +492,39 @@ def _tiff_ifd(blob: bytes, name: str) -> tuple[str, dict[int, tuple[Any, ...]]]:
     return endian, tags
 
 
+def _decode_strips_with_libtiff(
+    chunks: list[bytes], row_bytes: int, height: int, rows_per_strip: int, compression: int
+) -> bytes | None:
+    """Decompress TIFF strips with Pillow's libtiff by presenting them as an 8-bit gray
+    image ``row_bytes`` wide: the compressed byte stream is the same, and Pillow keeps
+    8-bit gray exactly. Predictors are undone by the caller. None if that fails."""
+    import io as _stdio
+
+    from PIL import Image as PILImage
+
+    entries = [
+        (256, 4, [row_bytes]),
+        (257, 4, [height]),
+        (258, 3, [8]),
+        (259, 3, [compression]),
+        (262, 3, [1]),
+        (277, 3, [1]),
+        (278, 4, [rows_per_strip]),
+        (284, 3, [1]),
+    ]
+    try:
+        with (
+            _pil_no_bomb_limit(),
+            PILImage.open(_stdio.BytesIO(_tiff_bytes(chunks, entries))) as im,
+        ):
+            im.load()
+            if im.mode != "L" or im.size != (row_bytes, height):
+                return None
+            return np.asarray(im, dtype=np.uint8).tobytes()
+    except Exception:  # any libtiff/Pillow failure: the pure-Python decoder decides
+        return None
+
+
 def _lzw_decode(data: bytes, name: str) -> bytes:
     """TIFF LZW (MSB-first codes of 9-12 bits, early change). Pure Python: Pillow only
     decodes LZW through libtiff, into 8-bit samples for 16-bit colour."""
@@ -563,7 +598,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     if (
         fmt not in (1, 3)
         or (fmt == 3) != (depth == 32)
-        or compression not in (1, 5, 8, 32946)
+        or compression not in (1, 5, 8, 32773, 32946, 34925, 50000)
         or planar != 1
         or 273 not in tags
         or photometric not in (0, 1, 2)
@@ -573,19 +608,33 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     offsets, counts = tags[273], tags.get(279, ())
     if len(counts) != len(offsets):
         raise InputError(f"{name}: corrupt TIFF (strip tables differ in length)")
-    parts = []
+    chunks = []
     for off, cnt in zip(offsets, counts, strict=True):
         chunk = blob[off : off + cnt]
         if len(chunk) < cnt:
             raise InputError(f"{name}: truncated image data")
-        if compression == 5:
-            chunk = _lzw_decode(chunk, name)
-        elif compression != 1:
-            try:
-                chunk = zlib.decompress(chunk)
-            except zlib.error:
-                raise InputError(f"{name}: corrupt image data (zlib)") from None
-        parts.append(chunk)
+        chunks.append(chunk)
+    row_bytes = width * spp * (depth // 8)
+    rows_per_strip = min(tags.get(278, (height,))[0], height)
+    parts = []
+    if compression not in (1, 8, 32946):  # LZW, PackBits, LZMA, Zstd: libtiff's job
+        decoded = _decode_strips_with_libtiff(
+            chunks, row_bytes, height, rows_per_strip, compression
+        )
+        if decoded is not None:
+            parts = [decoded]
+        elif compression == 5:
+            parts = [_lzw_decode(c, name) for c in chunks]
+        else:
+            return None
+    else:
+        for chunk in chunks:
+            if compression != 1:
+                try:
+                    chunk = zlib.decompress(chunk)
+                except zlib.error:
+                    raise InputError(f"{name}: corrupt image data (zlib)") from None
+            parts.append(chunk)
     raw = b"".join(parts)
     itemsize = depth // 8
     need = width * height * spp * itemsize
@@ -603,7 +652,9 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     if photometric == 0 and fmt == 1:
         data = top - data
     extra = tags.get(338, ())
-    has_alpha = bool(extra) and extra[0] in (1, 2) and spp in (2, 4)
+    # Alpha: declared (ExtraSamples 1 or 2) or, as writers like OpenCV leave it out, a
+    # 2nd/4th channel with no declaration at all. ExtraSamples=0 means "not alpha".
+    has_alpha = spp in (2, 4) and (not extra or extra[0] in (1, 2))
     if fmt == 1:
         data = data / top
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(spp, f"I{spp}")
@@ -861,10 +912,14 @@ def _save_npy(tmp: Path, arr: np.ndarray) -> None:
 
 
 def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Round [0, 1] data to integer levels, in float64 so the nearest level is exact."""
     top = (1 << bits) - 1
-    work = np.nan_to_num(np.asarray(arr, np.float64), nan=0.0)
-    q = np.rint(np.clip(work, 0.0, 1.0) * top)
-    return q.astype(np.uint8 if bits == 8 else np.uint16)
+    work = np.array(arr, dtype=np.float64)
+    np.nan_to_num(work, copy=False, nan=0.0)
+    np.clip(work, 0.0, 1.0, out=work)
+    work *= top
+    np.rint(work, out=work)
+    return work.astype(np.uint8 if bits == 8 else np.uint16)
 
 
 def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int, has_alpha: bool | None) -> None:
@@ -940,7 +995,27 @@ def _write_tiff(tmp: Path, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> 
     strips = []
     for y in range(0, height, rows_per_strip):
         strips.append(zlib.compress(hwc[y : y + rows_per_strip].tobytes(), 6))
-    # Layout: header, strips, then the IFD and its out-of-line values.
+    entries: list[tuple[int, int, list[int]]] = [
+        (256, 4, [width]),
+        (257, 4, [height]),
+        (258, 3, [bits] * channels),
+        (259, 3, [8]),
+        (262, 3, [photometric]),
+        (277, 3, [channels]),
+        (278, 4, [rows_per_strip]),
+        (284, 3, [1]),
+        (339, 3, [sample_format] * channels),
+    ]
+    if extra:
+        kind = 2 if has_alpha and channels in (2, 4) else 0
+        entries.append((338, 3, [kind] + [0] * (extra - 1)))
+    with open(tmp, "wb") as fh:
+        fh.write(_tiff_bytes(strips, entries))
+
+
+def _tiff_bytes(strips: list[bytes], entries: list[tuple[int, int, list[int]]]) -> bytes:
+    """A little-endian TIFF: header, the strips, then one IFD (StripOffsets and
+    StripByteCounts are added here) with its out-of-line values."""
     out = bytearray(b"II*\x00\x00\x00\x00\x00")
     strip_offsets = []
     for s in strips:
@@ -948,23 +1023,7 @@ def _write_tiff(tmp: Path, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> 
         out += s
         if len(out) % 2:
             out += b"\x00"
-    entries: list[tuple[int, int, list[int]]] = [
-        (256, 4, [width]),
-        (257, 4, [height]),
-        (258, 3, [bits] * channels),
-        (259, 3, [8]),
-        (262, 3, [photometric]),
-        (273, 4, strip_offsets),
-        (277, 3, [channels]),
-        (278, 4, [rows_per_strip]),
-        (279, 4, [len(s) for s in strips]),
-        (284, 3, [1]),
-        (339, 3, [sample_format] * channels),
-    ]
-    if extra:
-        kind = 2 if has_alpha and channels in (2, 4) else 0
-        entries.append((338, 3, [kind] + [0] * (extra - 1)))
-    entries.sort()
+    entries = sorted([*entries, (273, 4, strip_offsets), (279, 4, [len(s) for s in strips])])
     ifd_offset = len(out)
     struct.pack_into("<I", out, 4, ifd_offset)
     data_area = ifd_offset + 2 + 12 * len(entries) + 4
@@ -981,10 +1040,7 @@ def _write_tiff(tmp: Path, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> 
             if len(extra_data) % 2:
                 extra_data += b"\x00"
     ifd += struct.pack("<I", 0)
-    with open(tmp, "wb") as fh:
-        fh.write(out)
-        fh.write(ifd)
-        fh.write(extra_data)
+    return bytes(out + ifd + extra_data)
 
 
 # ------------------------------------------------------------------ weight files

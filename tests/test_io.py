@@ -87,6 +87,19 @@ def test_16bit_colour_matches_opencv(tmp_path, suffix):
     np.testing.assert_array_equal(back, a)
 
 
+def test_pure_python_lzw_matches_libtiff(tmp_path, monkeypatch):
+    """The fallback LZW decoder (used when libtiff is unavailable) on an OpenCV LZW TIFF."""
+    cv2 = pytest.importorskip("cv2")
+    a = (np.random.default_rng(7).random((23, 37, 4)) * 65535).astype(np.uint16)
+    a[:10] = 1234
+    assert cv2.imwrite(str(tmp_path / "lzw.tif"), a)
+    monkeypatch.setattr(cio, "_decode_strips_with_libtiff", lambda *args: None)
+    im = cio.read_image(tmp_path / "lzw.tif")
+    assert im.mode == "RGBA" and im.bit_depth == 16
+    expect = a[..., [2, 1, 0, 3]].transpose(2, 0, 1)
+    np.testing.assert_array_equal(np.rint(im.data * 65535), expect)
+
+
 def test_png_paeth_and_average_rows(tmp_path):
     """Hand-made 16-bit RGBA PNG using every filter type, decoded by our unfilter."""
     rng = np.random.default_rng(2)
