@@ -1,13 +1,34 @@
-"""The NumPy backend: the reference implementation and the fallback.
+"""The NumPy backend: the reference implementation and the fallback, with fast paths.
 
-The direct algorithm is im2col + matmul per group, computed in bands of output rows
-(and, for large batches, of images) so that the column matrix never exceeds
-``CHUNK_BYTES``: a 31x31 kernel on a 4096x4096 RGB image stays within tens of MB.
-Padding is applied by gathering rows and columns through the index maps of
-:func:`convcli.spec.source_index`, so no padded copy of the whole input is made.
+Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost model):
 
-float16 is computed in float32 and rounded once at the end (torch's CPU behaviour);
-complex inputs use the weight as is (no conjugation).
+``direct``
+    Every output from the kernel taps, no transform of the kernel. Dense layers use
+    :func:`conv2d_direct`, the reference im2col + matmul per group (the column matrix is
+    a gathered ``(pixels, C_in/groups*kH*kW)`` copy). Depthwise layers (``C_in/groups ==
+    1``: image filters) accumulate ``weight[tap] * shifted input`` in cache-sized pieces.
+``gemm``
+    The convolution as one matrix product over (channels x taps) per group, without the
+    reference's gather: the padded input is split into ``stride`` phases and flattened,
+    so the column matrix for every tap is a *contiguous* slice (a memcpy), and outputs
+    are computed on a grid ``kW-1`` columns wider than the output, then cropped.  A 1x1
+    kernel with stride 1 and no padding is a single matmul over channels with no copy.
+    (``direct`` on dense layers is also a GEMM; ``gemm`` names the formulation whose
+    cost is dominated by the matrix product rather than by the gather.)
+``separable``
+    Rank-1 kernels (:func:`convcli.plan.separable_factors`: Gaussian, box, Sobel) as two
+    1-D passes, each a small banded-Toeplitz matmul per block of outputs, so a 31-tap
+    pass runs at BLAS speed. Works for every padding mode, stride, dilation and groups.
+``fft``
+    Large non-separable kernels: overlap-save by bands of output rows (memory bounded),
+    ``numpy.fft.rfft2`` in float32 for float32 input (``fft2`` for complex), the kernel
+    dilated with zeros and flipped (correlation), the stride applied by subsampling.
+
+Every algorithm gathers padding through the index maps of
+:func:`convcli.spec.source_index` by bands of output rows, so no padded copy of a whole
+large input is made and memory stays within tens of MB (``CHUNK_BYTES``) whatever the
+image size. float16 is computed in float32 and rounded once at the end (torch's CPU
+behaviour); complex inputs use the weight as is (no conjugation).
 """
 
 from __future__ import annotations
@@ -17,10 +38,16 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from convcli.errors import ConvValueError
+from convcli.plan import separable_factors
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
+# column-matrix bands of the gemm path (near the cache: see _gemm)
+GEMM_BYTES = 8 * 2**20
+# flat positions per piece of the depthwise tap loop (x channels): stays in L2
+TAP_PIECE = 48 * 1024
 
 
 def compute_dtype(dtype: np.dtype | str) -> np.dtype:
@@ -101,8 +128,438 @@ def conv2d_direct(
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# Padding by index maps, for any arithmetic sequence of padded positions
+
+
+def _axis_map(pos: np.ndarray, size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Source index and validity for unpadded coordinates ``pos`` (may lie outside)."""
+    before = max(0, -int(pos.min()))
+    after = max(0, int(pos.max()) - size + 1)
+    idx, valid = source_index(size, before, after, mode)
+    return idx[pos + before], valid[pos + before]
+
+
+def _interior(pos: np.ndarray, size: int) -> tuple[int, int]:
+    """The contiguous range of ``pos`` (monotonic) that lies inside ``0..size-1``."""
+    inside = np.flatnonzero((pos >= 0) & (pos < size))
+    if inside.size == 0:
+        return 0, 0
+    return int(inside[0]), int(inside[-1]) + 1
+
+
+def _gather2d(
+    x: np.ndarray, rpos: np.ndarray, cpos: np.ndarray, mode: str, out: np.ndarray
+) -> None:
+    """``out[..., r, c] = padded x at (rpos[r], cpos[c])`` (unpadded coordinates).
+
+    ``rpos``/``cpos`` are increasing arithmetic sequences. The interior is one strided
+    slice copy; only the border rows and columns go through the index maps (fancy
+    indexing is 5-10x slower than a slice copy, and W1 is memory-bound).
+    """
+    h, w = x.shape[-2:]
+    ridx, rval = _axis_map(rpos, h, mode)
+    cidx, cval = _axis_map(cpos, w, mode)
+    r0, r1 = _interior(rpos, h)
+    c0, c1 = _interior(cpos, w)
+    rs = int(rpos[1] - rpos[0]) if rpos.size > 1 else 1
+    cs = int(cpos[1] - cpos[0]) if cpos.size > 1 else 1
+    rows = slice(int(rpos[r0]), int(rpos[r1 - 1]) + 1, rs) if r1 > r0 else slice(0, 0)
+    if r1 > r0 and c1 > c0:
+        out[..., r0:r1, c0:c1] = x[..., rows, int(cpos[c0]) : int(cpos[c1 - 1]) + 1 : cs]
+    border_c = np.r_[0:c0, c1 : cpos.size]
+    if border_c.size and r1 > r0:
+        vals = x[..., rows, :][..., cidx[border_c]]
+        vals[..., ~cval[border_c]] = 0
+        out[..., r0:r1, border_c] = vals
+    border_r = np.r_[0:r0, r1 : rpos.size]
+    if border_r.size:
+        vals = x[..., ridx[border_r], :][..., cidx]
+        vals[..., ~rval[border_r], :] = 0
+        vals[..., ~cval] = 0
+        out[..., border_r, :] = vals
+
+
+class _Phases:
+    """The padded input of a band of output rows, split by stride phase and flattened.
+
+    Output ``(r, c)`` of the band reads tap ``(i, j)`` at ``flat[:, :, phase, off + r*wq
+    + c]``: every tap is a contiguous slice of length ``rows * wq`` (columns ``wo..wq-1``
+    of each row are junk and cropped by the caller).
+    """
+
+    def __init__(self, spec: ConvSpec) -> None:
+        sh, sw = spec.stride
+        dh, dw = spec.dilation
+        self.spec = spec
+        taps = []
+        phases: dict[tuple[int, int], int] = {}
+        for i in range(spec.kh):
+            for j in range(spec.kw):
+                ph = ((i * dh) % sh, (j * dw) % sw)
+                phases.setdefault(ph, len(phases))
+                taps.append((phases[ph], (i * dh) // sh, (j * dw) // sw))
+        self.phases = list(phases)
+        self.row_off = (spec.kh - 1) * dh // sh
+        self.col_off = (spec.kw - 1) * dw // sw
+        self.wq = spec.w_out + self.col_off
+        self.taps = [(p, ro * self.wq + co) for p, ro, co in taps]
+
+    def rows_needed(self, rows: int) -> int:
+        # +1: the junk columns of the last row read up to col_off past its end
+        return rows + self.row_off + 1
+
+    def gather(self, x: np.ndarray, r0: int, r1: int, work: np.dtype) -> np.ndarray:
+        """``(N, C, n_phases, rows_needed * wq)`` for output rows ``r0:r1``."""
+        spec = self.spec
+        sh, sw = spec.stride
+        nr = self.rows_needed(r1 - r0)
+        flat = np.empty((x.shape[0], x.shape[1], len(self.phases), nr, self.wq), dtype=work)
+        for k, (a, b) in enumerate(self.phases):
+            rpos = (r0 * sh + a - spec.pad[0]) + sh * np.arange(nr)
+            cpos = (b - spec.pad[2]) + sw * np.arange(self.wq)
+            _gather2d(x, rpos, cpos, spec.padding_mode, flat[:, :, k])
+        return flat.reshape(x.shape[0], x.shape[1], len(self.phases), nr * self.wq)
+
+
+def _band_rows(spec: ConvSpec, bytes_per_row: int, budget: int) -> int:
+    return max(1, min(spec.h_out, budget // max(1, bytes_per_row)))
+
+
+# ---------------------------------------------------------------------------------------
+# gemm
+
+
+def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
+        # one matmul over channels straight on the input: no copy at all
+        wm = weight.reshape(g, cout_g, cin_g)
+        xs = x.reshape(n, g, cin_g, spec.h * spec.w)
+        return np.matmul(wm, xs).reshape(n, spec.c_out, ho, wo)
+    ph = _Phases(spec)
+    taps = len(ph.taps)
+    wm = weight.reshape(g, cout_g, cin_g * taps)
+    out = np.empty((n, spec.c_out, ho, wo), dtype=work)
+    # column matrix of one image's output row; bands sized so that it stays near the
+    # cache (measured: 8 MB bands ran W5/W6 1.2x faster than 64 MB ones)
+    per_row = spec.c_in * taps * ph.wq * work.itemsize
+    per_image = per_row * ho
+    nn = max(1, min(n, GEMM_BYTES // max(1, per_image)))
+    rows = ho if nn > 1 else _band_rows(spec, per_row, GEMM_BYTES)
+    for n0 in range(0, n, nn):
+        xs = x[n0 : n0 + nn]
+        m = xs.shape[0]
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            flat = ph.gather(xs, r0, r1, work)
+            length = (r1 - r0) * ph.wq
+            cols = np.empty((m, spec.c_in, taps, length), dtype=work)
+            for t, (p, off) in enumerate(ph.taps):
+                cols[:, :, t] = flat[:, :, p, off : off + length]
+            res = np.matmul(wm, cols.reshape(m, g, cin_g * taps, length))
+            out[n0 : n0 + m, :, r0:r1] = res.reshape(m, spec.c_out, r1 - r0, ph.wq)[..., :wo]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# direct, depthwise: tap accumulation
+
+
+def _direct_depthwise(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype
+) -> np.ndarray:
+    g, cout_g = spec.groups, spec.cout_g
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    ph = _Phases(spec)
+    wt = weight.reshape(g, cout_g, 1, len(ph.taps))
+    out = np.empty((n, spec.c_out, ho, wo), dtype=work)
+    per_row = spec.c_in * len(ph.phases) * ph.wq * work.itemsize
+    rows = _band_rows(spec, per_row, CHUNK_BYTES // 4)
+    # pieces of flat positions small enough for the accumulator to stay in L2
+    piece = max(256, TAP_PIECE // max(1, spec.c_out))
+    for b in range(n):
+        xb = x[b : b + 1]
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            flat = ph.gather(xb, r0, r1, work)[0].reshape(g, 1, len(ph.phases), -1)
+            length = (r1 - r0) * ph.wq
+            acc = np.empty((g, cout_g, length), dtype=work)
+            tmp = np.empty((g, cout_g, min(piece, length)), dtype=work)
+            for q0 in range(0, length, piece):
+                q1 = min(length, q0 + piece)
+                a = acc[:, :, q0:q1]
+                tm = tmp[:, :, : q1 - q0]
+                for t, (p, off) in enumerate(ph.taps):
+                    src = flat[:, :, p, off + q0 : off + q1]
+                    if t == 0:
+                        np.multiply(src, wt[:, :, :, 0], out=a)
+                    else:
+                        np.multiply(src, wt[:, :, :, t], out=tm)
+                        a += tm
+            out[b, :, r0:r1] = acc.reshape(spec.c_out, r1 - r0, ph.wq)[..., :wo]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# separable: two banded-Toeplitz passes
+
+
+def _toeplitz(taps: np.ndarray, block: int, step: int, dil: int, work: np.dtype) -> np.ndarray:
+    """``(block, L)`` with ``T[o, o*step + t*dil] = taps[t]``; ``L`` covers the block."""
+    span = (block - 1) * step + (taps.size - 1) * dil + 1
+    mat = np.zeros((block, span), dtype=work)
+    o = np.arange(block)[:, None]
+    mat[o, o * step + np.arange(taps.size)[None, :] * dil] = taps.astype(work)[None, :]
+    return mat
+
+
+def _block(k_eff: int, vertical: bool) -> int:
+    # measured on RGB 2048^2 (float32): vertical passes like short blocks (16 rows for 5
+    # taps, 64 for 31), horizontal ones longer blocks (64 for 5 taps, 128 for 31)
+    if vertical:
+        return 16 if k_eff <= 8 else 64
+    return 64 if k_eff <= 8 else 128
+
+
+def _separable(
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    factors: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    colf, rowf = factors  # (C_out, cin_g, kH), (C_out, cin_g, kW)
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    ekh = dh * (spec.kh - 1) + 1
+    ekw = dw * (spec.kw - 1) + 1
+    bv, bh = _block(ekh, True), _block(ekw, False)
+    nbh = -(-wo // bh)
+    # horizontal input width, rounded up so that every block has a full window
+    wy = (nbh * bh - 1) * sw + ekw
+    out = np.zeros((n, spec.c_out, ho, wo), dtype=work)
+    cols_needed = (wo - 1) * sw + ekw
+    per_row = spec.c_in * sh * wy * work.itemsize
+    rows = _band_rows(spec, per_row, CHUNK_BYTES // 4)
+    rows = max(bv, rows // bv * bv)
+    tv = {}
+    th = {}
+    for o in range(spec.c_out):
+        for c in range(spec.cin_g):
+            tv[o, c] = _toeplitz(colf[o, c], bv, sh, dh, work)
+            th[o, c] = np.ascontiguousarray(_toeplitz(rowf[o, c], bh, sw, dw, work).T)
+    lv = tv[0, 0].shape[1]
+    lh = th[0, 0].shape[0]
+    cpos = np.arange(cols_needed) - spec.pad[2]
+    for r0 in range(0, ho, rows):
+        r1 = min(ho, r0 + rows)
+        nbv = -(-(r1 - r0) // bv)
+        in_rows = (nbv * bv - 1) * sh + ekh
+        band = np.zeros((n, spec.c_in, in_rows, wy), dtype=work)
+        used = min(in_rows, (r1 - 1) * sh + ekh - r0 * sh)
+        rpos = np.arange(r0 * sh, r0 * sh + used) - spec.pad[0]
+        _gather2d(x, rpos, cpos, spec.padding_mode, band[:, :, :used, :cols_needed])
+        mid = np.zeros((nbv * bv, wy), dtype=work)
+        res = np.empty((r1 - r0, nbh * bh), dtype=work)
+        for b in range(n):
+            for o in range(spec.c_out):
+                gi = o // spec.cout_g
+                for c in range(spec.cin_g):
+                    src = band[b, gi * spec.cin_g + c]
+                    for k in range(nbv):
+                        s0 = k * bv * sh
+                        np.matmul(tv[o, c], src[s0 : s0 + lv], out=mid[k * bv : (k + 1) * bv])
+                    for k in range(nbh):
+                        s0 = k * bh * sw
+                        np.matmul(
+                            mid[: r1 - r0, s0 : s0 + lh],
+                            th[o, c],
+                            out=res[:, k * bh : (k + 1) * bh],
+                        )
+                    out[b, o, r0:r1] += res[:, :wo]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# fft: overlap-save by bands of output rows
+
+
+def _good_size(n: int) -> int:
+    """Smallest 2-3-5-smooth integer >= n (fast sizes for pocketfft)."""
+    best = n
+    while True:
+        m = best
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return best
+        best += 1
+
+
+def _fft_plan(spec: ConvSpec) -> tuple[int, int, int, int]:
+    """(output rows per band, fft height, fft width, spectrum bytes of the kernel)."""
+    sh, sw = spec.stride
+    ekh = spec.dilation[0] * (spec.kh - 1) + 1
+    ekw = spec.dilation[1] * (spec.kw - 1) + 1
+    fw = _good_size((spec.w_out - 1) * sw + ekw)
+    # bands about 4 kernel heights tall (>= 256 rows): overlap (ekh-1) stays < 25 %
+    target = max(256, 4 * ekh)
+    rows = max(1, min(spec.h_out, (target - ekh) // sh + 1))
+    fh = _good_size((rows - 1) * sh + ekh)
+    cplx = np.dtype(compute_dtype(spec.dtype)).kind == "c"
+    width = fw if cplx else fw // 2 + 1
+    itemsize = (
+        2 * compute_dtype(spec.dtype).itemsize if not cplx else compute_dtype(spec.dtype).itemsize
+    )
+    kbytes = spec.c_out * spec.cin_g * fh * width * itemsize
+    return rows, fh, fw, kbytes
+
+
+def _fft(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    ekh = dh * (spec.kh - 1) + 1
+    ekw = dw * (spec.kw - 1) + 1
+    rows, fh, fw, _ = _fft_plan(spec)
+    cplx = work.kind == "c"
+    fwd = np.fft.fft2 if cplx else np.fft.rfft2
+    # correlation = convolution with the flipped kernel; dilation = zeros between taps
+    kern = np.zeros((spec.c_out, spec.cin_g, ekh, ekw), dtype=work)
+    kern[:, :, ::dh, ::dw] = weight
+    kf = fwd(kern[:, :, ::-1, ::-1], s=(fh, fw))
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    cols_needed = (wo - 1) * sw + ekw
+    cpos = np.arange(cols_needed) - spec.pad[2]
+    out = np.empty((n, spec.c_out, ho, wo), dtype=work)
+    for r0 in range(0, ho, rows):
+        r1 = min(ho, r0 + rows)
+        in_rows = (r1 - 1 - r0) * sh + ekh
+        band = np.empty((n, spec.c_in, in_rows, cols_needed), dtype=work)
+        rpos = np.arange(r0 * sh, r0 * sh + in_rows) - spec.pad[0]
+        _gather2d(x, rpos, cpos, spec.padding_mode, band)
+        xf = fwd(band, s=(fh, fw)).reshape(n, g, cin_g, fh, -1)
+        if cin_g == 1:
+            prod = xf * kf.reshape(g, cout_g, fh, -1)  # (n, g, cout_g, fh, fw')
+        else:
+            prod = np.einsum("goc...,ngc...->ngo...", kf.reshape(g, cout_g, cin_g, fh, -1), xf)
+        prod = prod.reshape(n, spec.c_out, fh, -1)
+        y = np.fft.ifft2(prod, s=(fh, fw)) if cplx else np.fft.irfft2(prod, s=(fh, fw))
+        sub = y[:, :, ekh - 1 : ekh - 1 + (r1 - r0 - 1) * sh + 1 : sh]
+        out[:, :, r0:r1] = sub[:, :, :, ekw - 1 : ekw - 1 + (wo - 1) * sw + 1 : sw]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# cost model
+
+NUMPY_ALGOS: tuple[str, ...] = ("direct", "gemm", "separable", "fft")
+
+# Throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), measured with
+# benchmarks/numpy_crossover.py; only their ratios matter for the choice.
+GEMM_FLOPS = 100e9  # sgemm with K >= 64: 90-150 GFLOP/s
+TOEPLITZ_FLOPS = 60e9  # small banded matmuls (K = block + taps): 50-80 GFLOP/s
+TAP_ELEMS = 1.5e9  # in-cache multiply + add per element and tap
+COPY_BYTES = 8e9  # slice copies into the column matrix (read + write)
+GATHER_ELEMS = 0.25e9  # the reference im2col's 6-D transpose gather, elements/s
+FFT_ELEMS = 0.12e9  # complex64 rfft2+irfft2: elements * log2(size) per second
+FFT_KERNEL_BYTES = 256 * 2**20
+
+
+def algo_reason(spec: ConvSpec, algo: str, factors: object = True) -> str | None:
+    """Why ``algo`` cannot run ``spec`` on NumPy, or None (``factors``: the rank-1 check)."""
+    if algo not in NUMPY_ALGOS:
+        return f"unknown algo {algo!r}; NumPy runs {list(NUMPY_ALGOS)}"
+    if algo == "separable" and factors is None:
+        return "algo='separable' needs rank-1 kernels, but a kernel of this weight is not rank 1"
+    if algo == "fft":
+        kbytes = _fft_plan(spec)[3]
+        if kbytes > FFT_KERNEL_BYTES:
+            return (
+                f"algo='fft' would hold {kbytes / 2**20:.0f} MiB of kernel spectra "
+                f"({spec.c_out}x{spec.cin_g} kernels); use 'gemm' or 'direct'"
+            )
+    return None
+
+
+def estimate_seconds(spec: ConvSpec, algo: str) -> float:
+    """Rough time of ``algo`` on ``spec`` (comparable between algorithms only)."""
+    sh, sw = spec.stride
+    ekh = spec.dilation[0] * (spec.kh - 1) + 1
+    ekw = spec.dilation[1] * (spec.kw - 1) + 1
+    taps = spec.kh * spec.kw
+    wq = spec.w_out + (ekw - 1) // sw
+    grid = spec.n * spec.h_out * wq  # outputs computed incl. junk columns
+    item = compute_dtype(spec.dtype).itemsize
+    inputs = spec.n * spec.c_in * spec.h * spec.w
+    cplx = 4.0 if np.dtype(spec.dtype).kind == "c" else 1.0
+    if algo == "gemm":
+        flops = 2.0 * grid * spec.c_out * spec.cin_g * taps * cplx
+        copies = grid * spec.c_in * taps * item * 2
+        if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
+            copies = 0
+        # a matmul with one or two output rows per group runs at matrix-vector speed
+        eff = min(1.0, spec.cout_g / 16) * min(1.0, spec.cin_g * taps / 32)
+        return (
+            flops / (GEMM_FLOPS * max(eff, 0.02)) + copies / COPY_BYTES + inputs * item / COPY_BYTES
+        )
+    if algo == "direct":
+        if spec.cin_g == 1:
+            return 2.0 * grid * spec.c_out * taps * cplx / TAP_ELEMS + inputs * item / COPY_BYTES
+        pix = spec.n * spec.h_out * spec.w_out
+        return 2.0 * spec.macs * cplx / GEMM_FLOPS + pix * spec.c_in * taps / GATHER_ELEMS
+    if algo == "separable":
+        bv, bh = _block(ekh, True), _block(ekw, False)
+        lv = (bv - 1) * sh + ekh
+        lh = (bh - 1) * sw + ekw
+        pairs = spec.n * spec.c_out * spec.cin_g
+        wp = (spec.w_out - 1) * sw + ekw
+        flops = 2.0 * pairs * spec.h_out * (wp * lv + spec.w_out * lh) * cplx
+        calls = pairs * (spec.h_out / bv + spec.w_out / bh) * 2e-6
+        return flops / TOEPLITZ_FLOPS + calls + inputs * item / COPY_BYTES
+    if algo == "fft":
+        rows, fh, fw, _ = _fft_plan(spec)
+        bands = -(-spec.h_out // rows)
+        size = fh * fw
+        per = size * np.log2(size)
+        ffts = spec.n * (spec.c_in + spec.c_out) * bands * per
+        mults = spec.n * spec.c_out * spec.cin_g * bands * size * 4 / GEMM_FLOPS
+        return ffts / FFT_ELEMS + mults
+    raise ValueError(algo)
+
+
+def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
+    """The cheapest applicable algorithm by :func:`estimate_seconds`, and the factors.
+
+    The rank-1 check (an SVD per kernel) runs only when ``separable`` would win, so that
+    a 256x128 1x1 layer does not pay for 32768 tiny SVDs.
+    """
+    costs = {}
+    for algo in ("gemm", "direct", "fft"):
+        if algo == "direct" and spec.cin_g > 1:
+            continue  # gemm computes the same products without the slow gather
+        if algo_reason(spec, algo) is None:
+            costs[algo] = estimate_seconds(spec, algo)
+    best = min(costs, key=costs.__getitem__)
+    if spec.kh * spec.kw > 1 and estimate_seconds(spec, "separable") < costs[best]:
+        factors = separable_factors(weight)
+        if factors is not None:
+            return "separable", factors
+    return best, None
+
+
 class NumpyBackend:
-    """Runs convolutions with NumPy on the host."""
+    """Runs convolutions with NumPy on the host.
+
+    ``algo`` is one of ``auto``, ``direct``, ``separable``, ``fft`` and ``gemm`` (see the
+    module docstring); ``auto`` takes the cheapest by :func:`estimate_seconds`. A forced
+    algorithm that cannot apply raises :class:`~convcli.errors.ConvValueError` with the
+    reason.
+    """
 
     name = "numpy"
     device_name = "host CPU (NumPy)"
@@ -127,7 +584,37 @@ class NumpyBackend:
         ``info.timings["compute"]``.
         """
         t0 = time.perf_counter()
-        out = conv2d_direct(x, weight, bias, spec)
-        info.algo = "direct"
+        work = compute_dtype(spec.dtype)
+        factors = None
+        if spec.n == 0:
+            algo = "direct" if algo == "auto" else algo
+        elif algo == "auto":
+            algo, factors = choose_algo(spec, weight)
+        else:
+            if algo == "separable":
+                factors = separable_factors(weight)
+            reason = algo_reason(spec, algo, factors)
+            if reason is not None:
+                raise ConvValueError(reason)
+        out = self._run(x, weight, spec, algo, work, factors)
+        if bias is not None:
+            out += np.asarray(bias, dtype=work)[None, :, None, None]
+        info.algo = algo
         info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
         return out
+
+    @staticmethod
+    def _run(x, weight, spec, algo, work, factors) -> np.ndarray:
+        if spec.n == 0:
+            return np.empty((0, spec.c_out, spec.h_out, spec.w_out), dtype=work)
+        xw = np.asarray(x, dtype=work)
+        ww = np.asarray(weight, dtype=work)
+        if algo == "direct":
+            if spec.cin_g == 1:
+                return _direct_depthwise(xw, ww, spec, work)
+            return conv2d_direct(xw, ww, None, spec)
+        if algo == "gemm":
+            return _gemm(xw, ww, spec, work)
+        if algo == "separable":
+            return _separable(xw, ww, spec, work, factors)
+        return _fft(xw, ww, spec, work)

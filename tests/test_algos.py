@@ -1,0 +1,222 @@
+"""Every NumPy algorithm against the independent naive reference (tests/naive.py).
+
+Covers every padding mode (incl. symmetric), strides, dilations, groups, even and odd
+kernels, unbatched input, float64/complex64, the cost model's choices and the errors of
+forced algorithms that cannot apply. No timing here: speed lives in ``convcli bench``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from naive import naive_conv2d
+
+from convcli import ConvValueError, RunInfo, conv2d
+from convcli.spec import PADDING_MODES, make_spec
+
+# the module (convcli.backends.numpy_backend() is the function returning the backend)
+nb = importlib.import_module("convcli.backends.numpy_backend")
+
+ALGOS = ("direct", "gemm", "separable", "fft")
+
+# (x shape, weight shape, stride, padding (h, w), dilation, groups)
+CASES = [
+    ((2, 3, 13, 12), (3, 1, 3, 3), (1, 1), (1, 1), (1, 1), 3),  # depthwise 3x3
+    ((1, 2, 17, 15), (4, 1, 4, 5), (2, 1), (2, 3), (1, 2), 2),  # multiplier 2, even kH
+    ((2, 4, 11, 14), (6, 2, 3, 4), (2, 3), (2, 1), (2, 1), 2),  # grouped dense
+    ((1, 3, 16, 16), (5, 3, 2, 2), (1, 1), (1, 0), (3, 3), 1),  # dense even, dilation 3
+    ((2, 4, 9, 10), (6, 4, 1, 1), (2, 2), (1, 1), (1, 1), 1),  # 1x1, stride, padding
+    ((2, 4, 9, 10), (6, 2, 1, 1), (1, 1), (0, 0), (1, 1), 2),  # 1x1 pure channel matmul
+    ((1, 1, 40, 37), (1, 1, 9, 7), (3, 2), (4, 3), (1, 1), 1),  # large kernel, strides
+]
+
+
+def _rand(rng, shape, dtype):
+    a = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+def _rank1(rng, shape, dtype):
+    """A weight whose every 2-D kernel is rank 1 (so 'separable' applies)."""
+    c_out, cin_g, kh, kw = shape
+    if dtype == "float16":
+        # small integers: the products are exact in float16, so the kernel stays rank 1
+        col = rng.integers(-4, 5, (c_out, cin_g, kh, 1))
+        row = rng.integers(-4, 5, (c_out, cin_g, 1, kw))
+        return (col * row).astype(dtype)
+    col = _rand(rng, (c_out, cin_g, kh, 1), dtype)
+    return (col * _rand(rng, (c_out, cin_g, 1, kw), dtype)).astype(dtype)
+
+
+def _check(x, w, b, stride, pad, dilation, groups, mode, algo, dtype):
+    if mode == "reflect" and (pad[0] >= x.shape[-2] or pad[1] >= x.shape[-1]):
+        pytest.skip("reflect needs padding < size")
+    info = RunInfo()
+    y = conv2d(
+        x,
+        w,
+        b,
+        stride=stride,
+        padding=pad,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=mode,
+        backend="numpy",
+        algo=algo,
+        info=info,
+    )
+    ref = naive_conv2d(
+        x if x.ndim == 4 else x[None],
+        w,
+        b,
+        stride,
+        (pad[0], pad[0], pad[1], pad[1]),
+        dilation,
+        groups,
+        mode,
+    )
+    if x.ndim == 3:
+        ref = ref[0]
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, ref, dtype)
+    assert info.algo == algo or algo == "auto"
+    return info
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_algo_matches_naive_float32(case, algo, mode):
+    xs, ws, stride, pad, dilation, groups = CASES[case]
+    rng = np.random.default_rng(case)
+    x = _rand(rng, xs, "float32")
+    w = _rank1(rng, ws, "float32") if algo == "separable" else _rand(rng, ws, "float32")
+    b = _rand(rng, (ws[0],), "float32")
+    _check(x, w, b, stride, pad, dilation, groups, mode, algo, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex64", "complex128", "float16"])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "symmetric"])
+def test_algo_other_dtypes(algo, dtype, mode):
+    rng = np.random.default_rng(7)
+    x = _rand(rng, (2, 4, 12, 11), dtype)
+    shape = (4, 2, 3, 5)
+    w = _rank1(rng, shape, dtype) if algo == "separable" else _rand(rng, shape, dtype)
+    b = _rand(rng, (4,), dtype)
+    if dtype == "float16":
+        # float16 is computed in float32: compare with the reference of the float16 values
+        info = RunInfo()
+        y = conv2d(
+            x,
+            w,
+            b,
+            padding=(1, 2),
+            groups=2,
+            padding_mode=mode,
+            backend="numpy",
+            algo=algo,
+            info=info,
+        )
+        ref = naive_conv2d(x, w, b, (1, 1), (1, 1, 2, 2), (1, 1), 2, mode)
+        assert y.dtype == np.float16 and info.algo == algo
+        assert_close(y.astype(np.float64), ref, "float16")
+        return
+    _check(x, w, b, (1, 2), (1, 2), (1, 1), 2, mode, algo, dtype)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_unbatched_same_padding(algo):
+    rng = np.random.default_rng(3)
+    x = _rand(rng, (3, 20, 19), "float32")
+    shape = (3, 1, 4, 6)  # even kernel: the odd extra pixel goes bottom/right
+    w = _rank1(rng, shape, "float32") if algo == "separable" else _rand(rng, shape, "float32")
+    y = conv2d(x, w, padding="same", groups=3, padding_mode="reflect", backend="numpy", algo=algo)
+    spec = make_spec(x, w, None, padding="same", groups=3)
+    ref = naive_conv2d(x[None], w, None, (1, 1), spec.pad, (1, 1), 3, "reflect")[0]
+    assert y.shape == (3, 20, 19)
+    assert_close(y, ref, "float32")
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_bands_cover_the_image(monkeypatch, algo):
+    """Tiny band budgets force many bands: seams must not show."""
+    monkeypatch.setattr(nb, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(nb, "GEMM_BYTES", 2048)
+    monkeypatch.setattr(nb, "TAP_PIECE", 100)
+    rng = np.random.default_rng(4)
+    x = _rand(rng, (2, 2, 70, 33), "float32")
+    shape = (4, 1, 7, 5)
+    w = _rank1(rng, shape, "float32") if algo == "separable" else _rand(rng, shape, "float32")
+    _check(x, w, None, (2, 1), (3, 2), (1, 2), 2, "circular", algo, "float32")
+
+
+def test_fft_long_image_many_bands():
+    rng = np.random.default_rng(5)
+    x = _rand(rng, (1, 1, 700, 40), "float32")
+    w = _rand(rng, (1, 1, 11, 11), "float32")
+    _check(x, w, None, (1, 1), (5, 5), (1, 1), 1, "replicate", "fft", "float32")
+
+
+def test_separable_rejects_rank2_kernel():
+    x = np.ones((1, 1, 8, 8), np.float32)
+    w = np.eye(3, dtype=np.float32)[None, None]
+    with pytest.raises(ConvValueError, match="rank 1"):
+        conv2d(x, w, backend="numpy", algo="separable")
+
+
+def test_fft_rejects_huge_spectra(monkeypatch):
+    monkeypatch.setattr(nb, "FFT_KERNEL_BYTES", 1000)
+    x = np.ones((1, 8, 16, 16), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    with pytest.raises(ConvValueError, match="kernel spectra"):
+        conv2d(x, w, backend="numpy", algo="fft")
+
+
+def test_unknown_algo_is_rejected():
+    x = np.ones((1, 1, 8, 8), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(ConvValueError, match="algo"):
+        conv2d(x, w, backend="numpy", algo="winograd")
+
+
+@pytest.mark.parametrize(
+    ("xs", "ws", "groups", "padding", "expected"),
+    [
+        ((1, 3, 256, 256), (3, 1, 31, 31), 3, 15, "separable"),  # Gaussian-like, rank 1
+        ((1, 3, 256, 256), (3, 1, 31, 31), 3, 15, "fft"),  # the same size, rank 2+
+        ((1, 3, 256, 256), (3, 1, 3, 3), 3, 1, "direct"),  # small depthwise
+        ((2, 64, 28, 28), (64, 64, 3, 3), 1, 1, "gemm"),  # dense layer
+        ((2, 64, 28, 28), (128, 64, 1, 1), 1, 0, "gemm"),  # 1x1
+    ],
+)
+def test_auto_choice(xs, ws, groups, padding, expected):
+    """The cost model's choices on clear-cut cases, and the result is still right."""
+    rng = np.random.default_rng(6)
+    x = _rand(rng, xs, "float32")
+    w = _rank1(rng, ws, "float32") if expected == "separable" else _rand(rng, ws, "float32")
+    info = _check(
+        x, w, None, (1, 1), (padding, padding), (1, 1), groups, "zeros", "auto", "float32"
+    )
+    assert info.algo == expected
+
+
+def test_large_kernel_on_large_image_is_bounded():
+    """A 31x31 kernel on a tall image runs in bands: the work arrays stay small."""
+    spec = make_spec(
+        np.empty((1, 3, 4096, 4096), np.float32),
+        np.empty((3, 1, 31, 31), np.float32),
+        None,
+        padding=15,
+        groups=3,
+    )
+    rows, fh, fw, kbytes = nb._fft_plan(spec)
+    band_bytes = spec.c_in * fh * (fw // 2 + 1) * 8
+    assert rows < spec.h_out and band_bytes < 64 * 2**20 and kbytes < 64 * 2**20
+    per_row = spec.c_in * (4096 + 30) * 4
+    assert nb._band_rows(spec, per_row, nb.CHUNK_BYTES // 4) < spec.h_out
