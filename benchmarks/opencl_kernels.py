@@ -1,0 +1,208 @@
+"""Micro-benchmark of the fast OpenCL paths (convcli.backends.opencl_fast) vs the peers.
+
+Usage::
+
+    python benchmarks/opencl_kernels.py [W1 W2 ...] [--repeat 7] [--standin]
+
+Times, side by side in one run, ``opencl_fast.run`` end to end (buffers, kernel, map;
+kernel time from profiling events) and the peers: torch CPU (NCHW) for the CNN layers
+W5-W9 and OpenCV's best per channel (filter2D / sepFilter2D) for the image filters
+W1-W4. Every result is checked against the NumPy backend. ``--standin`` uses a minimal
+stand-in for the OpenCL backend (own context and program cache) instead of
+``convcli.backends.opencl_backend``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convcli.backends import opencl_fast
+from convcli.backends.numpy_backend import conv2d_direct
+from convcli.resources import data_dir
+from convcli.runinfo import RunInfo
+from convcli.spec import make_spec
+
+
+class StandIn:
+    """The attributes of OpenCLBackend that opencl_fast uses, on the first device."""
+
+    def __init__(self) -> None:
+        import pyopencl as cl
+
+        self.cl = cl
+        self.device = cl.get_platforms()[0].get_devices()[0]
+        self.ctx = cl.Context([self.device])
+        self.queue = cl.CommandQueue(
+            self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE
+        )
+        self.is_cpu = bool(self.device.type & cl.device_type.CPU)
+        self.has_fp64 = bool(self.device.double_fp_config)
+        self.max_alloc_bytes = int(self.device.max_mem_alloc_size)
+        self._programs: dict = {}
+
+    def program(self, name: str, defines: dict, info: RunInfo | None = None):
+        key = (name, tuple(sorted(defines.items())))
+        if key not in self._programs:
+            t0 = time.perf_counter()
+            src = (data_dir("kernels_cl") / f"{name}.cl").read_text()
+            opts = [f"-D{k}={v}" for k, v in sorted(defines.items())]
+            self._programs[key] = self.cl.Program(self.ctx, src).build(options=opts)
+            if info is not None:
+                info.timings["build"] = info.timings.get("build", 0.0) + time.perf_counter() - t0
+        return self._programs[key]
+
+
+def gaussian(k: int, sigma: float) -> np.ndarray:
+    t = np.arange(k) - (k - 1) / 2
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    g /= g.sum()
+    return np.outer(g, g)
+
+
+def workloads(rng: np.random.Generator) -> dict[str, tuple]:
+    """id -> (x, weight, bias, conv options); the suite of issue 5 (float32)."""
+    img = rng.random((1, 3, 2048, 2048), dtype=np.float32)
+
+    def dw(k2d: np.ndarray) -> np.ndarray:
+        return np.repeat(k2d[None, None].astype(np.float32), 3, axis=0)
+
+    def layer(n, cin, cout, hw, k, groups=1):
+        x = rng.standard_normal((n, cin, hw, hw), dtype=np.float32)
+        w = rng.standard_normal((cout, cin // groups, k, k), dtype=np.float32) * 0.1
+        return x, w, rng.standard_normal(cout, dtype=np.float32)
+
+    w1 = rng.standard_normal((3, 1, 3, 3), dtype=np.float32)
+    return {
+        "W1": (img, w1, None, dict(padding=1, groups=3)),
+        "W2": (
+            img,
+            dw(gaussian(5, 1.1)),
+            None,
+            dict(padding="same", groups=3, padding_mode="reflect"),
+        ),
+        "W3": (
+            img,
+            dw(np.full((15, 15), 1 / 225)),
+            None,
+            dict(padding=7, groups=3, padding_mode="replicate"),
+        ),
+        "W4": (img, dw(gaussian(31, 5.0)), None, dict(padding=15, groups=3)),
+        "W5": (*layer(8, 64, 64, 56, 3), dict(padding=1)),
+        "W6": (*layer(1, 256, 256, 28, 3), dict(padding=1)),
+        "W7": (*layer(4, 64, 128, 64, 3, 4), dict(stride=2, dilation=2, groups=4, padding=2)),
+        "W8": (*layer(8, 128, 256, 56, 1), {}),
+        "W9": (*layer(1, 3, 16, 1024, 7), dict(stride=2, padding=3)),
+    }
+
+
+def median_ms(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def opencv_peer(x, w, opts):
+    import cv2
+
+    border = {
+        "zeros": cv2.BORDER_CONSTANT,
+        "reflect": cv2.BORDER_REFLECT_101,
+        "replicate": cv2.BORDER_REPLICATE,
+    }[opts.get("padding_mode", "zeros")]
+    k2d = w[0, 0]
+    u, s, vt = np.linalg.svd(k2d.astype(np.float64))
+    separable = s[1] < 1e-7 * s[0]
+    col = (u[:, 0] * np.sqrt(s[0])).astype(np.float32)
+    row = (vt[0] * np.sqrt(s[0])).astype(np.float32)
+
+    def fn():
+        out = []
+        for c in range(x.shape[1]):
+            plane = x[0, c]
+            if separable:
+                out.append(cv2.sepFilter2D(plane, -1, row, col, borderType=border))
+            else:
+                out.append(cv2.filter2D(plane, -1, w[c, 0], borderType=border))
+        return out
+
+    return fn
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("ids", nargs="*")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--standin", action="store_true")
+    ap.add_argument("--algo", default="auto")
+    ap.add_argument("--no-peer", action="store_true")
+    args = ap.parse_args(argv)
+    if args.standin:
+        backend = StandIn()
+    else:
+        from convcli.backends import opencl_backend
+
+        backend = opencl_backend(None)
+    rng = np.random.default_rng(0)
+    suite = workloads(rng)
+    for wid in args.ids or list(suite):
+        x, w, b, opts = suite[wid]
+        spec = make_spec(x, w, b, **opts)
+        info = RunInfo()
+        out = opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=info)
+        if out is None:
+            print(f"{wid}: no fast path")
+            continue
+        ref = conv2d_direct(x, w, b, spec)
+        err = float(np.abs(out - ref).max() / np.abs(ref).max())
+        first = dict(info.timings)
+        infos = []
+
+        def ours(infos=infos, x=x, w=w, b=b, spec=spec):
+            i = RunInfo()
+            opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=i)
+            infos.append(i)
+
+        ms = median_ms(ours, args.repeat)
+        kern = statistics.median(i.timings["compute"] for i in infos[1:]) * 1e3
+        peer_ms, peer = float("nan"), "-"
+        if not args.no_peer:
+            if wid in ("W1", "W2", "W3", "W4"):
+                peer = "opencv"
+                peer_ms = median_ms(opencv_peer(x, w, opts), args.repeat)
+            else:
+                import torch
+
+                torch.set_num_threads(2)
+                tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+                tb = None if b is None else torch.from_numpy(b)
+                peer = "torch"
+                with torch.no_grad():
+                    peer_ms = median_ms(
+                        lambda tx=tx, tw=tw, tb=tb, opts=opts: torch.nn.functional.conv2d(
+                            tx, tw, tb, **{k: v for k, v in opts.items() if k != "padding_mode"}
+                        ),
+                        args.repeat,
+                    )
+        gflops = 2 * spec.macs / (ms * 1e-3) / 1e9
+        print(
+            f"{wid}: algo={info.algo:9s} e2e {ms:8.2f} ms  kernel {kern:8.2f} ms  "
+            f"{gflops:6.1f} GFLOP/s  {peer} {peer_ms:8.2f} ms  ratio {peer_ms / ms:5.2f}  "
+            f"build {first.get('build', 0):.2f}s  err {err:.1e}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,536 @@
+"""Fast OpenCL paths: separable passes, a float8 depthwise kernel, a register-blocked GEMM.
+
+:func:`run` is called by the OpenCL backend before its generic direct kernel. It picks
+an algorithm by a small cost model (or honours a forced one), runs it and returns the
+result, or returns None when no fast path applies so that the generic kernel runs.
+
+The kernels follow what was measured on PoCL (see ``kernels_cl/*.cl`` headers): float8
+vectors written by hand, taps unrolled with shapes as ``-D`` defines, no ``fma()``
+builtins, no ``float16`` vectors, one fixed local size per kernel, no ``__local`` tiling.
+Padding modes are applied inside the kernels through index maps built by
+:func:`convcli.spec.source_index`, never by a padded copy of the input.
+
+On CPU devices input and output are wrapped with ``USE_HOST_PTR`` (the output in a
+page-aligned array) and the result is mapped, so no host copies are made.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convcli.errors import ConvValueError
+from convcli.plan import separable_factors
+from convcli.runinfo import RunInfo
+from convcli.spec import ConvSpec, source_index
+
+# Work-items per work-group along the width. Programs are specialised per shape anyway,
+# so a fixed size per kernel costs no extra JIT; PoCL's per-group overhead made 8 items
+# per group 2.5x slower than 64 on a memory-bound kernel.
+LOCAL = (64, 1, 1)
+_PAGE = 4096
+# Outputs smaller than this are not pooled (their page faults cost little).
+_POOL_MIN_BYTES = 1 << 20
+
+
+@dataclass
+class Plan:
+    """What :func:`run` will do for a spec: algorithm, kernel and its defines."""
+
+    algo: str
+    kernel: str
+    defines: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+
+
+def _dense_blocking(cout_g: int, kh: int, kw: int) -> tuple[int, int]:
+    """(COB float8 channel vectors, XB columns) per work-item for dense_gemm.
+
+    4 x 2 was the best tile for wide layers on PoCL/AVX2 (14 of 16 ymm registers);
+    narrow groups trade channel vectors for columns to keep the tile as large.
+    """
+    vecs = math.ceil(cout_g / 8)
+    if vecs >= 4:
+        return 4, 2
+    if vecs == 3:
+        return 3, 3
+    if vecs == 2:
+        return 2, 4
+    return 1, 6
+
+
+# Kernel taps are fully unrolled (accumulators in registers): beyond these sizes the
+# unrolled bodies take seconds to compile and the generic kernel runs instead.
+DW_MAX_TAPS = 256
+DENSE_MAX_TAPS = 64
+# Unrolled multiply-adds per dw_direct item: ROWS output rows share loaded input rows.
+_DW_MAX_BODY = 1024
+
+
+def _dw_rows(kh: int, kw: int) -> int:
+    """Output rows per dw_direct work-item: 4 independent chains where the body allows."""
+    for rows in (4, 2):
+        if rows * kh * kw <= _DW_MAX_BODY:
+            return rows
+    return 1
+
+
+def choose(
+    spec: ConvSpec, weight: np.ndarray, algo: str = "auto"
+) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Pick the fast path for ``spec`` (and the separable factors when it is used).
+
+    Returns ``(None, None)`` when the generic direct kernel should run. Raises
+    ConvValueError when ``algo`` is forced to something no OpenCL path can do.
+    """
+    if algo not in ("auto", "direct", "separable", "gemm", "fft"):
+        raise ConvValueError(f"unknown algo='{algo}'")
+    if algo == "fft":
+        raise ConvValueError("algo='fft' is not available on the OpenCL backend")
+    why_not = None
+    if spec.dtype not in ("float32", "float16"):
+        why_not = f"supports float32 and float16 only, got {spec.dtype}"
+    elif min(spec.pad) < 0:
+        why_not = "does not support negative padding"
+    if why_not is not None:
+        if algo in ("separable", "gemm"):
+            raise ConvValueError(f"algo='{algo}' on the OpenCL backend {why_not}")
+        return None, None
+    depthwise = spec.cin_g == 1
+    taps = spec.kh * spec.kw
+    if algo == "separable":
+        if not depthwise:
+            raise ConvValueError(
+                "algo='separable' needs a depthwise convolution (one input channel per group)"
+            )
+        if max(spec.kh, spec.kw) > DW_MAX_TAPS:
+            raise ConvValueError(f"algo='separable' supports kernels up to {DW_MAX_TAPS} taps")
+        factors = separable_factors(weight)
+        if factors is None:
+            raise ConvValueError("algo='separable' needs a rank-1 kernel")
+        return Plan("separable", "dw_direct"), factors
+    if algo == "gemm":
+        if taps > DENSE_MAX_TAPS:
+            raise ConvValueError(
+                f"algo='gemm' on the OpenCL backend supports kernels up to {DENSE_MAX_TAPS} taps"
+            )
+        return Plan("gemm", "dense_gemm"), None
+    if depthwise:
+        # Separable passes cost ~kh+kw taps plus a round trip of the intermediate
+        # through the caches; they pay from 5x5 on (3x3: direct is faster).
+        pays = taps >= 16 and min(spec.kh, spec.kw) > 1 and max(spec.kh, spec.kw) <= DW_MAX_TAPS
+        if algo == "auto" and pays:
+            factors = separable_factors(weight)
+            if factors is not None:
+                return Plan("separable", "dw_direct"), factors
+        if taps <= DW_MAX_TAPS:
+            return Plan("direct", "dw_direct"), None
+        return None, None
+    if algo == "auto" and spec.cout_g >= 4 and taps <= DENSE_MAX_TAPS:
+        # Channel-heavy layers: implicit GEMM with a register tile of channel vectors.
+        return Plan("gemm", "dense_gemm"), None
+    if taps <= DW_MAX_TAPS:
+        # Forced 'direct', or few output channels per group: vectorise along the width.
+        return Plan("direct", "dw_direct"), None
+    return None, None
+
+
+# --------------------------------------------------------------------------- buffers
+
+
+_LOCK = threading.RLock()
+_MAPS: dict[tuple, tuple[Any, Any]] = {}
+_SCRATCH: dict[int, tuple[Any, Any]] = {}
+_KERNELS: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _index_map(cl, backend, size: int, before: int, after: int, mode: str):
+    """Device buffer with the padded -> source index map (-1 where zeros pad)."""
+    key = (id(backend.ctx), size, before, after, mode)
+    hit = _MAPS.get(key)
+    if hit is not None:
+        return hit[1]
+    idx, valid = source_index(size, before, after, mode)
+    arr = np.where(valid, idx, -1).astype(np.int32)
+    buf = cl.Buffer(backend.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=arr)
+    if len(_MAPS) > 256:
+        _MAPS.clear()
+    _MAPS[key] = (backend.ctx, buf)
+    return buf
+
+
+def _scratch(cl, backend, nbytes: int):
+    """A device buffer of at least ``nbytes`` reused across calls (no page faults)."""
+    hit = _SCRATCH.get(id(backend.ctx))
+    if hit is not None and hit[1].size >= nbytes:
+        return hit[1]
+    buf = cl.Buffer(backend.ctx, cl.mem_flags.READ_WRITE, size=max(4, nbytes))
+    _SCRATCH[id(backend.ctx)] = (backend.ctx, buf)
+    return buf
+
+
+def _kernel(backend, name: str, defines: dict[str, int], info: RunInfo):
+    prg = backend.program(name, defines, info)
+    key = (id(prg), name)
+    hit = _KERNELS.get(key)
+    if hit is None:
+        if len(_KERNELS) > 512:
+            _KERNELS.clear()
+        hit = (prg, getattr(prg, name))
+        _KERNELS[key] = hit
+    return hit[1]
+
+
+def _input_buffer(cl, backend, arr: np.ndarray, info: RunInfo):
+    t0 = time.perf_counter()
+    flags = cl.mem_flags.READ_ONLY
+    if backend.is_cpu:
+        flags |= cl.mem_flags.USE_HOST_PTR
+    else:
+        flags |= cl.mem_flags.COPY_HOST_PTR
+    buf = cl.Buffer(backend.ctx, flags, hostbuf=arr if arr.size else np.zeros(1, arr.dtype))
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    return buf
+
+
+# Output arrays recycled once the caller has dropped them: a fresh 50 MB array costs
+# 10-40 ms of page faults inside the kernel (glibc maps blocks over 32 MB afresh every
+# time), more than a whole 3x3 filter. An entry is reused only when nothing but this
+# pool refers to its memory (no view, no base chain), so a result a caller still holds
+# is never overwritten.
+_POOL: dict[int, list[list[Any]]] = {}
+_POOL_SIZE = 3
+
+
+def _output_buffer(cl, backend, shape: tuple[int, ...]):
+    nbytes = int(np.prod(shape)) * 4
+    entries = _POOL.setdefault(id(backend.ctx), [])
+    for entry in entries:
+        # entry[1] is not bound to a local name here, so idle means exactly idle_refs
+        if (
+            entry[0] is backend.ctx
+            and entry[2].size >= nbytes
+            and sys.getrefcount(entry[1]) <= entry[3]
+        ):
+            return _view(entry[1], shape), entry[2]
+    owner = np.empty(max(4, nbytes) + _PAGE, dtype=np.uint8)
+    off = (-owner.ctypes.data) % _PAGE
+    raw = owner[off : off + max(4, nbytes)]
+    if backend.is_cpu:
+        buf = cl.Buffer(
+            backend.ctx, cl.mem_flags.WRITE_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=raw
+        )
+    else:
+        buf = cl.Buffer(backend.ctx, cl.mem_flags.WRITE_ONLY, size=raw.nbytes)
+    del raw
+    out = _view(owner, shape)
+    if nbytes >= _POOL_MIN_BYTES:
+        entry = [backend.ctx, owner, buf, 0]
+        # References while idle (the entry, the buffer's host view, the call argument),
+        # measured rather than assumed: numpy collapses view chains to the owner.
+        del out
+        entry[3] = sys.getrefcount(owner) - 1  # less this function's local name
+        entries.insert(0, entry)
+        del entries[_POOL_SIZE:]
+        out = _view(owner, shape)
+    return out, buf
+
+
+def _view(owner: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 array of ``shape`` at the page-aligned start of ``owner``."""
+    off = (-owner.ctypes.data) % _PAGE
+    count = int(np.prod(shape))
+    return owner[off : off + count * 4].view(np.float32).reshape(shape)
+
+
+def _fetch(cl, backend, out: np.ndarray, buf, info: RunInfo) -> np.ndarray:
+    """Make the kernel's result visible in ``out`` (a map on CPUs, a copy elsewhere)."""
+    t0 = time.perf_counter()
+    if backend.is_cpu:
+        mapped, _ev = cl.enqueue_map_buffer(
+            backend.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype, is_blocking=True
+        )
+        del mapped  # unmaps; with USE_HOST_PTR the data already lives in ``out``
+    else:
+        cl.enqueue_copy(backend.queue, out, buf, is_blocking=True)
+    info.timings["download"] = info.timings.get("download", 0.0) + time.perf_counter() - t0
+    return out
+
+
+def _launch(cl, backend, kernel, global_size: tuple[int, int, int], args: list) -> Any:
+    gs = tuple(math.ceil(g / loc) * loc for g, loc in zip(global_size, LOCAL, strict=True))
+    return kernel(backend.queue, gs, LOCAL, *args)
+
+
+def _add_compute(info: RunInfo, events: list) -> None:
+    total = 0.0
+    for ev in events:
+        ev.wait()
+        total += (ev.profile.end - ev.profile.start) * 1e-9
+    info.timings["compute"] = info.timings.get("compute", 0.0) + total
+
+
+def _const(cl, backend, arr: np.ndarray):
+    return cl.Buffer(
+        backend.ctx,
+        cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+        hostbuf=np.ascontiguousarray(arr, dtype=np.float32),
+    )
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _run_dw(
+    cl,
+    backend,
+    xbuf,
+    in_shape: tuple[int, int, int, int],
+    taps: np.ndarray,
+    bias: np.ndarray | None,
+    out_buf,
+    out_shape: tuple[int, int, int, int],
+    *,
+    csum: int,
+    cmult: int,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    mode: str,
+    info: RunInfo,
+):
+    """Enqueue one dw_direct launch; returns its event."""
+    n, c_in, h, w = in_shape
+    _, c_out, ho, wo = out_shape
+    rows = _dw_rows(kh, kw)
+    defines = {
+        "N": n,
+        "C_IN": c_in,
+        "C_OUT": c_out,
+        "CSUM": csum,
+        "CMULT": cmult,
+        "H": h,
+        "W": w,
+        "HO": ho,
+        "WO": wo,
+        "WP": w + pad[2] + pad[3],
+        "KH": kh,
+        "KW": kw,
+        "SH": stride[0],
+        "SW": stride[1],
+        "DH": dilation[0],
+        "DW": dilation[1],
+        "HP": h + pad[0] + pad[1],
+        "PADT": pad[0],
+        "PADL": pad[2],
+        "HAS_BIAS": 1 if bias is not None else 0,
+        "ROWS": rows,
+    }
+    kernel = _kernel(backend, "dw_direct", defines, info)
+    rmap = _index_map(cl, backend, h, pad[0], pad[1], mode)
+    cmap = _index_map(cl, backend, w, pad[2], pad[3], mode)
+    wbuf = _const(cl, backend, taps)
+    bbuf = _const(cl, backend, bias if bias is not None else np.zeros(1, np.float32))
+    gsize = (math.ceil(wo / 8), math.ceil(ho / rows), n * c_out)
+    return _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, out_buf])
+
+
+def _pack_dense(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    step = cob * 8
+    nblk = math.ceil(cout_g / step)
+    w = np.zeros((g, nblk * step, cin_g, spec.kh, spec.kw), dtype=np.float32)
+    w[:, :cout_g] = weight.astype(np.float32).reshape(g, cout_g, cin_g, spec.kh, spec.kw)
+    # (G, NBLK, STEP, CIN_G, KH, KW) -> (G, NBLK, CIN_G, KH, KW, STEP)
+    wp = w.reshape(g, nblk, step, cin_g, spec.kh, spec.kw).transpose(0, 1, 3, 4, 5, 2)
+    b = np.zeros((g, nblk * step), dtype=np.float32)
+    if bias is not None:
+        b[:, :cout_g] = bias.astype(np.float32).reshape(g, cout_g)
+    return np.ascontiguousarray(wp), b, nblk
+
+
+def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    cob, xb = _dense_blocking(spec.cout_g, spec.kh, spec.kw)
+    wp, bp, nblk = _pack_dense(weight, bias, spec, cob)
+    ho, wo = spec.h_out, spec.w_out
+    defines = {
+        "N": spec.n,
+        "G": spec.groups,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        "H": spec.h,
+        "W": spec.w,
+        "HO": ho,
+        "WO": wo,
+        "WP": spec.w + spec.pad[2] + spec.pad[3],
+        "KH": spec.kh,
+        "KW": spec.kw,
+        "SH": spec.stride[0],
+        "SW": spec.stride[1],
+        "DH": spec.dilation[0],
+        "DW": spec.dilation[1],
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+        "COB": cob,
+        "XB": xb,
+        "NBLK": nblk,
+    }
+    kernel = _kernel(backend, "dense_gemm", defines, info)
+    xbuf = _input_buffer(cl, backend, x, info)
+    t0 = time.perf_counter()
+    wbuf, bbuf = _const(cl, backend, wp), _const(cl, backend, bp)
+    rmap = _index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
+    cmap = _index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    gsize = (math.ceil(wo / xb), ho, spec.n * spec.groups * nblk)
+    ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
+    _add_compute(info, [ev])
+    return _fetch(cl, backend, out, obuf, info)
+
+
+def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    xbuf = _input_buffer(cl, backend, x, info)
+    out_shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    out, obuf = _output_buffer(cl, backend, out_shape)
+    ev = _run_dw(
+        cl,
+        backend,
+        xbuf,
+        (spec.n, spec.c_in, spec.h, spec.w),
+        weight.reshape(spec.c_out, -1),
+        bias,
+        obuf,
+        out_shape,
+        csum=spec.cin_g,
+        cmult=spec.cout_g,
+        kh=spec.kh,
+        kw=spec.kw,
+        stride=spec.stride,
+        dilation=spec.dilation,
+        pad=spec.pad,
+        mode=spec.padding_mode,
+        info=info,
+    )
+    _add_compute(info, [ev])
+    return _fetch(cl, backend, out, obuf, info)
+
+
+def _run_separable(
+    cl, backend, x, bias, spec: ConvSpec, factors: tuple[np.ndarray, np.ndarray], info
+) -> np.ndarray:
+    """Vertical pass (rows through the row map) into scratch, then horizontal pass."""
+    col, row = factors  # (C_out, 1, kH), (C_out, 1, kW)
+    ho, wo = spec.h_out, spec.w_out
+    xbuf = _input_buffer(cl, backend, x, info)
+    tmp_shape = (spec.n, spec.c_out, ho, spec.w)
+    tmp = _scratch(cl, backend, 4 * int(np.prod(tmp_shape)))
+    ev1 = _run_dw(
+        cl,
+        backend,
+        xbuf,
+        (spec.n, spec.c_in, spec.h, spec.w),
+        col.reshape(spec.c_out, spec.kh).astype(np.float32),
+        None,
+        tmp,
+        tmp_shape,
+        csum=1,
+        cmult=spec.cout_g,
+        kh=spec.kh,
+        kw=1,
+        stride=(spec.stride[0], 1),
+        dilation=(spec.dilation[0], 1),
+        pad=(spec.pad[0], spec.pad[1], 0, 0),
+        mode=spec.padding_mode,
+        info=info,
+    )
+    out_shape = (spec.n, spec.c_out, ho, wo)
+    out, obuf = _output_buffer(cl, backend, out_shape)
+    ev2 = _run_dw(
+        cl,
+        backend,
+        tmp,
+        tmp_shape,
+        row.reshape(spec.c_out, spec.kw).astype(np.float32),
+        bias,
+        obuf,
+        out_shape,
+        csum=1,
+        cmult=1,
+        kh=1,
+        kw=spec.kw,
+        stride=(1, spec.stride[1]),
+        dilation=(1, spec.dilation[1]),
+        pad=(0, 0, spec.pad[2], spec.pad[3]),
+        mode=spec.padding_mode,
+        info=info,
+    )
+    _add_compute(info, [ev1, ev2])
+    return _fetch(cl, backend, out, obuf, info)
+
+
+def run(
+    backend,
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    *,
+    algo: str,
+    info: RunInfo,
+) -> np.ndarray | None:
+    """Run ``spec`` on a fast OpenCL path, or return None for the generic kernel.
+
+    Parameters
+    ----------
+    backend : OpenCLBackend
+        Provides ``ctx``, ``queue`` (profiling enabled), ``is_cpu`` and ``program()``.
+    x : ndarray
+        Batched ``(N, C_in, H, W)`` input, contiguous, of ``spec.dtype``.
+    weight, bias : ndarray
+        As given to :func:`convcli.conv2d`.
+    spec : ConvSpec
+        The validated problem.
+    algo : {'auto', 'direct', 'separable', 'gemm', 'fft'}
+        ``'auto'`` chooses by a cost model; a forced algorithm no path here can do
+        raises ConvValueError (``'direct'`` then returns None for the generic kernel).
+    info : RunInfo
+        ``algo`` is set; seconds are added under ``build``, ``upload``, ``compute``
+        (profiling events) and ``download``.
+
+    Returns
+    -------
+    ndarray or None
+        ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
+    """
+    plan, factors = choose(spec, weight, algo)
+    if plan is None:
+        return None
+    import pyopencl as cl
+
+    if spec.n == 0:
+        info.algo = plan.algo
+        return np.zeros((0, spec.c_out, spec.h_out, spec.w_out), dtype=np.float32)
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    wf = np.ascontiguousarray(weight, dtype=np.float32)
+    bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    # One call at a time: kernel objects (set_args) and the pools are shared.
+    with _LOCK:
+        if plan.algo == "separable":
+            out = _run_separable(cl, backend, xf, bf, spec, factors, info)
+        elif plan.kernel == "dense_gemm":
+            out = _run_dense(cl, backend, xf, wf, bf, spec, info)
+        else:
+            out = _run_direct(cl, backend, xf, wf, bf, spec, info)
+    info.algo = plan.algo
+    return out

@@ -1,0 +1,204 @@
+/* dense_gemm: register-blocked implicit GEMM for multi-channel (CNN) layers.
+ *
+ * The layer is a GEMM with M = output channels of a group, N = output pixels,
+ * K = C_in/groups * KH * KW, the K columns gathered implicitly from the input. Each
+ * work-item keeps a COB x XB tile of float8 accumulators: COB vectors of 8 consecutive
+ * output channels times XB output columns of one output row, and for every tap does an
+ * outer product of COB float8 weight vectors with XB broadcast input values. Fully
+ * unrolled so the accumulators stay in registers (AVX2: 16 ymm registers).
+ *
+ * Layouts (row-major, contiguous):
+ *   x     (N, G*CIN_G, H, W)
+ *   wp    (G, NBLK, CIN_G, KH, KW, COB*8)   weights packed on the host, zero past COUT_G
+ *   bp    (G, NBLK, COB*8)                  bias packed likewise (zeros without bias)
+ *   rmap  (HP,) int   padded row -> source row, -1 = zero (every padding mode)
+ *   cmap  (WP,) int   padded column -> source column, -1 = zero
+ *   out   (N, G*COUT_G, HO, WO)
+ * Work-item (gx, gy, gz): output columns XB*gx.., output row gy, and
+ * gz = (n*G + g)*NBLK + blk, the block of COB*8 output channels of group g.
+ * Items whose window lies inside the image address the input directly; border items
+ * go through rmap/cmap. The global size is rounded up to a fixed local size.
+ * No fma()/mad()/vload8()/vstore8() builtins (PoCL leaves them as calls that spill the
+ * accumulators); packed weights are 32-byte aligned, so they are read as float8 directly,
+ * and `acc += a * b` is fused by the compiler.
+ */
+
+#ifndef N
+#define N 1
+#endif
+#ifndef G
+#define G 1
+#endif
+#ifndef CIN_G
+#define CIN_G 1
+#endif
+#ifndef COUT_G
+#define COUT_G 8
+#endif
+#ifndef H
+#define H 1
+#endif
+#ifndef W
+#define W 1
+#endif
+#ifndef HO
+#define HO 1
+#endif
+#ifndef WO
+#define WO 1
+#endif
+#ifndef WP
+#define WP 1
+#endif
+#ifndef KH
+#define KH 1
+#endif
+#ifndef KW
+#define KW 1
+#endif
+#ifndef SH
+#define SH 1
+#endif
+#ifndef SW
+#define SW 1
+#endif
+#ifndef DH
+#define DH 1
+#endif
+#ifndef DW
+#define DW 1
+#endif
+#ifndef PADT
+#define PADT 0
+#endif
+#ifndef PADL
+#define PADL 0
+#endif
+#ifndef COB
+#define COB 4
+#endif
+#ifndef XB
+#define XB 2
+#endif
+#ifndef NBLK
+#define NBLK 1
+#endif
+
+#define TAPS (KH * KW)
+#define WSTEP (COB * 8)
+
+__kernel void dense_gemm(__global const float *restrict x, __global const float *restrict wp,
+                         __global const float *restrict bp, __global const int *restrict rmap,
+                         __global const int *restrict cmap, __global float *restrict out) {
+    const int xo0 = get_global_id(0) * XB;
+    const int yo = get_global_id(1);
+    const int gz = get_global_id(2);
+    if (xo0 >= WO || yo >= HO || gz >= N * G * NBLK) return;
+    const int blk = gz % NBLK;
+    const int ng = gz / NBLK; /* n*G + g */
+    const int g = ng % G;
+
+    float8 acc[COB][XB];
+    __global const float8 *b = (__global const float8 *)bp + (gz % (G * NBLK)) * COB;
+#pragma unroll
+    for (int v = 0; v < COB; ++v) {
+        const float8 bv = b[v];
+#pragma unroll
+        for (int c = 0; c < XB; ++c) acc[v][c] = bv;
+    }
+
+    __global const float *xg = x + (size_t)ng * CIN_G * (H * W);
+    __global const float8 *wg = (__global const float8 *)wp + (size_t)(g * NBLK + blk) * (CIN_G * TAPS * COB);
+    const int r0 = yo * SH - PADT;
+    const int c0 = xo0 * SW - PADL;
+    const bool interior = r0 >= 0 && r0 + (KH - 1) * DH < H && c0 >= 0 && xo0 + XB <= WO &&
+                          c0 + (XB - 1) * SW + (KW - 1) * DW < W;
+
+    if (interior) {
+        __global const float *xp = xg + r0 * W + c0;
+        for (int ci = 0; ci < CIN_G; ++ci) {
+#pragma unroll
+            for (int i = 0; i < KH; ++i) {
+#pragma unroll
+                for (int j = 0; j < KW; ++j) {
+                    float8 wv[COB];
+#pragma unroll
+                    for (int v = 0; v < COB; ++v) wv[v] = wg[(i * KW + j) * COB + v];
+#pragma unroll
+                    for (int c = 0; c < XB; ++c) {
+                        const float xv = xp[i * DH * W + j * DW + c * SW];
+#pragma unroll
+                        for (int v = 0; v < COB; ++v) acc[v][c] += wv[v] * xv;
+                    }
+                }
+            }
+            xp += H * W;
+            wg += TAPS * COB;
+        }
+    } else {
+        /* Border item: row offsets and column indices through the padding maps. */
+        int roff[KH];
+        int cidx[KW][XB];
+#pragma unroll
+        for (int i = 0; i < KH; ++i) {
+            const int r = rmap[yo * SH + i * DH];
+            roff[i] = r < 0 ? -1 : r * W;
+        }
+#pragma unroll
+        for (int j = 0; j < KW; ++j) {
+#pragma unroll
+            for (int c = 0; c < XB; ++c) {
+                const int pc = (xo0 + c) * SW + j * DW;
+                cidx[j][c] = cmap[pc < WP ? pc : WP - 1];
+            }
+        }
+        __global const float *xp = xg;
+        for (int ci = 0; ci < CIN_G; ++ci) {
+#pragma unroll
+            for (int i = 0; i < KH; ++i) {
+                if (roff[i] < 0) continue;
+                __global const float *xr = xp + roff[i];
+#pragma unroll
+                for (int j = 0; j < KW; ++j) {
+                    float8 wv[COB];
+#pragma unroll
+                    for (int v = 0; v < COB; ++v) wv[v] = wg[(i * KW + j) * COB + v];
+#pragma unroll
+                    for (int c = 0; c < XB; ++c) {
+                        const int m = cidx[j][c];
+                        const float xv = m >= 0 ? xr[m] : 0.0f;
+#pragma unroll
+                        for (int v = 0; v < COB; ++v) acc[v][c] += wv[v] * xv;
+                    }
+                }
+            }
+            xp += H * W;
+            wg += TAPS * COB;
+        }
+    }
+
+    /* Scatter the tile to NCHW: XB contiguous columns per output channel. */
+    const int n = ng / G;
+    const int ob = blk * WSTEP; /* first channel of the block within the group */
+    __global float *dst = out + (((size_t)n * G + g) * COUT_G) * (HO * WO) + yo * WO + xo0;
+#pragma unroll
+    for (int v = 0; v < COB; ++v) {
+        float t[XB][8];
+#pragma unroll
+        for (int c = 0; c < XB; ++c) {
+            const float8 a = acc[v][c];
+            t[c][0] = a.s0; t[c][1] = a.s1; t[c][2] = a.s2; t[c][3] = a.s3;
+            t[c][4] = a.s4; t[c][5] = a.s5; t[c][6] = a.s6; t[c][7] = a.s7;
+        }
+#pragma unroll
+        for (int l = 0; l < 8; ++l) {
+            const int o = ob + v * 8 + l;
+            if (o < COUT_G) {
+                __global float *d = dst + (size_t)o * (HO * WO);
+#pragma unroll
+                for (int c = 0; c < XB; ++c)
+                    if (xo0 + c < WO) d[c] = t[c][l];
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+/* dw_direct: direct convolution vectorised along the output width (float8), for
+ * depthwise layers and image filters, and (with KW = 1 or KH = 1) the two passes of a
+ * separable convolution.
+ *
+ * Layouts (row-major, contiguous):
+ *   x     (N, C_IN, H, W)              input planes
+ *   wt    (C_OUT, CSUM, KH, KW)        scalar taps per output plane
+ *   bias  (C_OUT,)                     read only when HAS_BIAS
+ *   rmap  (HP,) int                    padded row -> source row, -1 = zero row
+ *   cmap  (WP,) int                    padded column -> source column, -1 = zero
+ *   out   (N, C_OUT, HO, WO)
+ * Output plane o of image n sums CSUM input planes starting at (o / CMULT) * CSUM:
+ * depthwise with multiplier K is CSUM = 1, CMULT = K; a grouped layer is
+ * CSUM = C_in/groups, CMULT = C_out/groups.
+ *
+ * Work-item (gx, gy, gz): 8 consecutive output columns 8*gx.., output rows
+ * gy*ROWS .. gy*ROWS+ROWS-1 (ROWS independent accumulator chains, input rows loaded once
+ * for all of them), plane gz = n*C_OUT + o. The global size is rounded up to the local
+ * size, so items past the edge return at once.
+ * Interior items address rows and float8 column vectors directly; items touching a
+ * border go through rmap / cmap, which apply every padding mode by index arithmetic. No fma()/mad()/vload8()/vstore8() builtins: PoCL
+ * (LLVM 14) leaves them as out-of-line calls, which spill the accumulators (3-4x slower);
+ * `acc += a * b` through an unaligned float8 pointer type compiles to vfmadd + vmovups.
+ */
+
+/* float8 with 4-byte alignment: unaligned vector loads/stores without vload8/vstore8. */
+typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
+#define LD8(p) (*(__global const f8u *)(p))
+#define ST8(p, v) (*(__global f8u *)(p) = (v))
+
+#ifndef N
+#define N 1
+#endif
+#ifndef C_IN
+#define C_IN 1
+#endif
+#ifndef C_OUT
+#define C_OUT 1
+#endif
+#ifndef CSUM
+#define CSUM 1
+#endif
+#ifndef CMULT
+#define CMULT 1
+#endif
+#ifndef H
+#define H 1
+#endif
+#ifndef W
+#define W 8
+#endif
+#ifndef HO
+#define HO 1
+#endif
+#ifndef WO
+#define WO 8
+#endif
+#ifndef WP
+#define WP 8
+#endif
+#ifndef KH
+#define KH 1
+#endif
+#ifndef KW
+#define KW 1
+#endif
+#ifndef SH
+#define SH 1
+#endif
+#ifndef SW
+#define SW 1
+#endif
+#ifndef DH
+#define DH 1
+#endif
+#ifndef DW
+#define DW 1
+#endif
+#ifndef PADL
+#define PADL 0
+#endif
+#ifndef HP
+#define HP 1
+#endif
+#ifndef PADT
+#define PADT 0
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0
+#endif
+#ifndef ROWS
+#define ROWS 1
+#endif
+
+/* Offset of the last element an interior float8 load touches, past its first. */
+#if SW == 1
+#define LAST_OFF 7
+#define LOADV(p) LD8(p)
+#elif SW == 2
+#define LAST_OFF 15
+#define LOADV(p) ((float8)(LD8(p).even, LD8((p) + 8).even))
+#else
+#define LAST_OFF (7 * SW)
+#define LOADV(p)                                                                   \
+    ((float8)((p)[0], (p)[SW], (p)[2 * SW], (p)[3 * SW], (p)[4 * SW], (p)[5 * SW], \
+              (p)[6 * SW], (p)[7 * SW]))
+#endif
+
+#define HP_LAST (HP - 1)
+/* Input rows a work-item touches: ROWS output rows share them (each loaded once). */
+#define TROWS ((ROWS - 1) * SH + (KH - 1) * DH + 1)
+
+inline float8 gather8(__global const float *xr, __global const int *cmap, int pc0) {
+    float t[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int pc = pc0 + k * SW;
+        const int m = cmap[pc < WP ? pc : WP - 1];
+        t[k] = m >= 0 ? xr[m] : 0.0f;
+    }
+    return (float8)(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+}
+
+/* Add the taps of one summed input plane to the ROWS accumulators. Input row t (of
+ * TROWS) is loaded once per horizontal tap and feeds every output row q it belongs to;
+ * the conditions on t, q are compile-time constants after unrolling. rows_direct and
+ * cols_direct select plain addressing (interior) or the padding maps (border). */
+__attribute__((always_inline)) inline void accumulate(
+    float8 *acc, __global const float *xc, __global const float *wc,
+    __global const int *rmap, __global const int *cmap, const int row0, const int prow0,
+    const int cs0, const int pc0, const bool rows_direct, const bool cols_direct) {
+#pragma unroll
+    for (int t = 0; t < TROWS; ++t) {
+        int r;
+        if (rows_direct) {
+            r = row0 + t;
+        } else {
+            const int pr = prow0 + t;
+            r = rmap[pr < HP ? pr : HP_LAST];
+            if (r < 0) continue;
+        }
+        __global const float *xr = xc + r * W;
+#pragma unroll
+        for (int j = 0; j < KW; ++j) {
+            const float8 v = cols_direct ? LOADV(xr + cs0 + j * DW) : gather8(xr, cmap, pc0 + j * DW);
+#pragma unroll
+            for (int q = 0; q < ROWS; ++q) {
+                const int d = t - q * SH;
+                if (d >= 0 && d % DH == 0 && d / DH < KH) acc[q] += v * wc[(d / DH) * KW + j];
+            }
+        }
+    }
+}
+
+__kernel void dw_direct(__global const float *restrict x, __global const float *restrict wt,
+                        __global const float *restrict bias, __global const int *restrict rmap,
+                        __global const int *restrict cmap, __global float *restrict out) {
+    const int xo0 = get_global_id(0) * 8;
+    const int yo0 = get_global_id(1) * ROWS;
+    const int plane = get_global_id(2);
+    if (xo0 >= WO || yo0 >= HO || plane >= N * C_OUT) return;
+    const int n = plane / C_OUT;
+    const int o = plane - n * C_OUT;
+    const int in0 = n * C_IN + (o / CMULT) * CSUM;
+    const int pc0 = xo0 * SW; /* padded column of lane 0, tap 0 */
+    const int cs0 = pc0 - PADL;
+    const int prow0 = yo0 * SH; /* padded row of output row yo0, tap 0 */
+    const int row0 = prow0 - PADT;
+    const bool cols_direct = cs0 >= 0 && xo0 + 8 <= WO && cs0 + (KW - 1) * DW + LAST_OFF < W;
+    const bool rows_direct = row0 >= 0 && yo0 + ROWS <= HO && row0 + TROWS <= H;
+    __global const float *wo = wt + o * (CSUM * KH * KW);
+
+    float8 acc[ROWS];
+#pragma unroll
+    for (int q = 0; q < ROWS; ++q) {
+#if HAS_BIAS
+        acc[q] = (float8)(bias[o]);
+#else
+        acc[q] = (float8)(0.0f);
+#endif
+    }
+    for (int c = 0; c < CSUM; ++c) {
+        __global const float *xc = x + (size_t)(in0 + c) * (H * W);
+        __global const float *wc = wo + c * (KH * KW);
+        if (rows_direct && cols_direct)
+            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, true, true);
+        else if (cols_direct)
+            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, false, true);
+        else
+            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, false, false);
+    }
+#pragma unroll
+    for (int q = 0; q < ROWS; ++q) {
+        if (yo0 + q < HO) {
+            __global float *dst = out + ((size_t)plane * HO + yo0 + q) * WO + xo0;
+            if (xo0 + 8 <= WO) {
+                ST8(dst, acc[q]);
+            } else {
+                const float8 a = acc[q];
+                const float t[8] = {a.s0, a.s1, a.s2, a.s3, a.s4, a.s5, a.s6, a.s7};
+                for (int k = 0; k < WO - xo0; ++k) dst[k] = t[k];
+            }
+        }
+    }
+}

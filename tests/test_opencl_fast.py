@@ -1,0 +1,363 @@
+"""The fast OpenCL paths (separable, dw_direct, dense_gemm) against the naive reference.
+
+Each test calls :func:`convcli.backends.opencl_fast.run` directly, so it knows which
+path ran (``info.algo``) and cannot pass through the generic kernel by accident; a few
+go through :func:`convcli.conv2d` end to end. Runs on whatever OpenCL device exists
+(PoCL's CPU device in CI); skips only where there is none.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convcli import backends, conv2d
+from convcli.errors import BackendError, ConvValueError
+from convcli.runinfo import RunInfo
+from convcli.spec import make_spec
+from tests.conftest import assert_close
+from tests.naive import naive_conv2d
+
+MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ocl():
+    try:
+        return backends.opencl_backend(None)
+    except (BackendError, ImportError):
+        pytest.skip("no OpenCL device")
+
+
+def fast(ocl, x, w, b=None, *, algo="auto", **opts):
+    """Run the fast path; returns (result, reference, info)."""
+    from convcli.backends import opencl_fast
+
+    spec = make_spec(x, w, b, **opts)
+    info = RunInfo()
+    out = opencl_fast.run(ocl, x, w, b, spec, algo=algo, info=info)
+    ref = naive_conv2d(
+        x,
+        w,
+        b,
+        stride=spec.stride,
+        pad=spec.pad,
+        dilation=spec.dilation,
+        groups=spec.groups,
+        padding_mode=spec.padding_mode,
+    )
+    return out, ref, info
+
+
+def gaussian(k: int, sigma: float) -> np.ndarray:
+    t = np.arange(k) - (k - 1) / 2
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    return np.outer(g, g) / g.sum() ** 2
+
+
+def rng_arrays(seed, xshape, wshape, bias=True, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[0]).astype(dtype) if bias else None
+    return x, w, b
+
+
+# ---------------------------------------------------------------- dw_direct (depthwise)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "hw, k, stride, dilation, padding",
+    [
+        ((19, 29), (3, 3), 1, 1, 1),
+        ((17, 37), (5, 3), (2, 1), 1, (2, 1)),
+        ((21, 26), (3, 5), (1, 2), (2, 1), (2, 4)),
+        ((16, 40), (3, 3), 3, 2, 2),
+        ((9, 11), (2, 4), 1, 1, "same"),
+    ],
+)
+def test_dw_direct_matches_naive(ocl, mode, hw, k, stride, dilation, padding):
+    x, w, b = rng_arrays(1, (2, 3, *hw), (6, 1, *k))  # multiplier 2
+    out, ref, info = fast(
+        ocl,
+        x,
+        w,
+        b,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=3,
+        padding_mode=mode,
+    )
+    assert info.algo == "direct"
+    assert out.dtype == np.float32
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "hw, k, padding",
+    [((1, 1), (1, 1), 0), ((1, 7), (1, 3), (0, 1)), ((5, 3), (3, 3), 1), ((2, 9), (3, 3), 1)],
+)
+@pytest.mark.parametrize("mode", ["zeros", "replicate", "circular"])
+def test_dw_direct_tiny_images(ocl, hw, k, padding, mode):
+    # widths below and just above one float8 vector, single rows
+    x, w, b = rng_arrays(2, (1, 2, *hw), (2, 1, *k))
+    out, ref, info = fast(ocl, x, w, b, padding=padding, groups=2, padding_mode=mode)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize("groups, cin, cout", [(1, 3, 2), (2, 8, 4), (1, 5, 3)])
+def test_forced_direct_on_grouped_layers(ocl, groups, cin, cout):
+    # dw_direct sums C_in/groups planes when 'direct' is forced on a multi-channel layer
+    x, w, b = rng_arrays(3, (2, cin, 13, 21), (cout, cin // groups, 3, 3))
+    out, ref, info = fast(ocl, x, w, b, algo="direct", padding=1, groups=groups)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
+
+
+# ---------------------------------------------------------------- separable
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "k, stride, dilation, padding",
+    [(5, 1, 1, "same"), (7, 2, 1, 3), (5, (1, 2), (2, 1), (4, 2)), (4, 1, 1, "same")],
+)
+def test_separable_matches_naive(ocl, mode, k, stride, dilation, padding):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 23, 35)).astype(np.float32)
+    col = rng.standard_normal((3, 1, k, 1))
+    row = rng.standard_normal((3, 1, 1, k))
+    w = (col * row).astype(np.float32)  # rank 1 per channel, different per channel
+    b = rng.standard_normal(3).astype(np.float32)
+    out, ref, info = fast(
+        ocl,
+        x,
+        w,
+        b,
+        algo="separable",
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=3,
+        padding_mode=mode,
+    )
+    assert info.algo == "separable"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate"])
+def test_auto_picks_separable_for_gaussian_and_box(ocl, mode):
+    rng = np.random.default_rng(5)
+    x = rng.random((1, 3, 40, 45)).astype(np.float32)
+    for k2d in (gaussian(5, 1.1), np.full((7, 7), 1 / 49)):
+        w = np.repeat(k2d[None, None], 3, axis=0).astype(np.float32)
+        out, ref, info = fast(ocl, x, w, padding="same", groups=3, padding_mode=mode)
+        assert info.algo == "separable"
+        assert_close(out, ref, "float32")
+
+
+def test_separable_depth_multiplier_and_single_channel(ocl):
+    rng = np.random.default_rng(6)
+    x = rng.random((1, 1, 30, 17)).astype(np.float32)
+    w = np.stack([gaussian(9, s) for s in (1.0, 2.0, 3.0)])[:, None].astype(np.float32)
+    out, ref, info = fast(ocl, x, w, padding=4, padding_mode="reflect")
+    assert info.algo == "separable"
+    assert_close(out, ref, "float32")
+
+
+# ---------------------------------------------------------------- dense_gemm
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "cin, cout, groups, k, stride, dilation, padding",
+    [
+        (16, 40, 1, (3, 3), 1, 1, 1),  # 40 = one full and one partial block of 32
+        (8, 16, 2, (3, 3), 2, 2, 2),  # groups, stride and dilation
+        (3, 16, 1, (7, 7), 2, 1, 3),  # W9's shape, smaller image
+        (6, 12, 1, (2, 3), (1, 2), (2, 1), (1, 2)),
+        (12, 24, 3, (1, 1), 1, 1, 0),  # 1x1 with groups
+    ],
+)
+def test_dense_gemm_matches_naive(ocl, mode, cin, cout, groups, k, stride, dilation, padding):
+    x, w, b = rng_arrays(7, (2, cin, 15, 19), (cout, cin // groups, *k))
+    out, ref, info = fast(
+        ocl,
+        x,
+        w,
+        b,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=groups,
+        padding_mode=mode,
+    )
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (3, 2), (4, 9)])
+def test_dense_gemm_tiny_images(ocl, hw):
+    x, w, b = rng_arrays(8, (1, 8, *hw), (8, 8, 3, 3))
+    out, ref, info = fast(ocl, x, w, b, padding=1, padding_mode="replicate")
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+def test_forced_gemm_on_depthwise(ocl):
+    x, w, b = rng_arrays(9, (1, 4, 11, 13), (4, 1, 3, 3))
+    out, ref, info = fast(ocl, x, w, b, algo="gemm", padding=1, groups=4)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+def test_dense_1x1_no_bias(ocl):
+    x, w, _ = rng_arrays(10, (3, 32, 9, 10), (64, 32, 1, 1), bias=False)
+    out, ref, info = fast(ocl, x, w)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+# ---------------------------------------------------------------- dtypes and choices
+
+
+def test_float16_computed_in_float32(ocl):
+    x, w, b = rng_arrays(11, (1, 3, 20, 21), (3, 1, 3, 3), dtype=np.float16)
+    out, ref, info = fast(ocl, x, w, b, padding=1, groups=3)
+    assert info.algo == "direct"
+    assert out.dtype == np.float32
+    assert_close(out, ref, "float32")
+
+
+def test_other_dtypes_fall_back(ocl):
+    from convcli.backends import opencl_fast
+
+    x, w, b = rng_arrays(12, (1, 3, 10, 10), (3, 1, 3, 3), dtype=np.float64)
+    spec = make_spec(x, w, b, padding=1, groups=3)
+    assert opencl_fast.run(ocl, x, w, b, spec, algo="auto", info=RunInfo()) is None
+    assert opencl_fast.run(ocl, x, w, b, spec, algo="direct", info=RunInfo()) is None
+
+
+@pytest.mark.parametrize(
+    "algo, groups, weight, message",
+    [
+        ("separable", 3, np.arange(27, dtype=np.float32).reshape(3, 1, 3, 3) % 5, "rank-1"),
+        ("separable", 1, np.ones((2, 3, 3, 3), np.float32), "depthwise"),
+        ("fft", 3, np.ones((3, 1, 3, 3), np.float32), "fft"),
+    ],
+)
+def test_forced_algo_errors(ocl, algo, groups, weight, message):
+    from convcli.backends import opencl_fast
+
+    x = np.ones((1, 3, 8, 8), np.float32)
+    spec = make_spec(x, weight, None, padding=1, groups=groups)
+    with pytest.raises(ConvValueError, match=message):
+        opencl_fast.run(ocl, x, weight, None, spec, algo=algo, info=RunInfo())
+
+
+def test_forced_separable_float64_is_an_error(ocl):
+    from convcli.backends import opencl_fast
+
+    x = np.ones((1, 3, 8, 8))
+    w = np.ones((3, 1, 3, 3))
+    spec = make_spec(x, w, None, padding=1, groups=3)
+    with pytest.raises(ConvValueError, match="float32"):
+        opencl_fast.run(ocl, x, w, None, spec, algo="separable", info=RunInfo())
+
+
+def test_through_conv2d_reports_algo_and_timings(ocl):
+    rng = np.random.default_rng(13)
+    x = rng.random((3, 64, 70)).astype(np.float32)
+    w = np.repeat(gaussian(5, 1.0)[None, None], 3, axis=0).astype(np.float32)
+    info = RunInfo()
+    y = conv2d(x, w, padding="same", groups=3, padding_mode="reflect", backend="opencl", info=info)
+    assert info.algo == "separable"
+    assert info.timings["compute"] > 0
+    ref = naive_conv2d(x[None], w, pad=(2, 2, 2, 2), groups=3, padding_mode="reflect")[0]
+    assert_close(y, ref, "float32")
+
+
+def test_results_held_by_the_caller_are_not_reused(ocl):
+    # outputs come from a pool; one the caller still holds must never be overwritten
+    rng = np.random.default_rng(14)
+    w = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    xs = [rng.random((1, 3, 300, 300)).astype(np.float32) for _ in range(4)]
+    outs = [conv2d(x, w, padding=1, groups=3, backend="opencl") for x in xs]
+    views = [conv2d(x, w, padding=1, groups=3, backend="opencl")[0, 1] for x in xs]
+    for x, out, view in zip(xs, outs, views, strict=True):
+        ref = naive_conv2d(x, w, pad=(1, 1, 1, 1), groups=3)
+        assert_close(out, ref, "float32")
+        assert_close(view, ref[0, 1], "float32")
+
+
+# ---------------------------------------------------------------- PoCL's disk cache
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    from convcli import backends
+    from convcli.backends import opencl_fast
+    from convcli.runinfo import RunInfo
+    from convcli.spec import make_spec
+    from tests.naive import naive_conv2d
+
+    ocl = backends.opencl_backend(None)
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.random((1, 3, 37, 53), dtype=np.float32), np.ones((3, 1, 5, 5), np.float32) / 25,
+         dict(padding=2, groups=3, padding_mode="reflect")),
+        (rng.random((1, 3, 37, 53), dtype=np.float32),
+         rng.standard_normal((3, 1, 3, 3)).astype(np.float32), dict(padding=1, groups=3)),
+        (rng.random((2, 8, 21, 23), dtype=np.float32),
+         rng.standard_normal((16, 8, 3, 3)).astype(np.float32), dict(padding=1)),
+    ]
+    for x, w, opts in cases:
+        spec = make_spec(x, w, None, **opts)
+        info = RunInfo()
+        out = opencl_fast.run(ocl, x, w, None, spec, algo="auto", info=info)
+        ref = naive_conv2d(x, w, pad=spec.pad, groups=spec.groups,
+                           padding_mode=spec.padding_mode)
+        err = float(np.abs(out - ref).max() / np.abs(ref).max())
+        print(info.algo, "%.3e" % err, "%.6f" % float(out.astype(np.float64).sum()))
+    """
+)
+
+
+def test_second_process_uses_pocl_cache(ocl, tmp_path):
+    # PoCL has returned cached programs without kernels for some vector types; build in
+    # one process, then run from the disk cache in another and compare.
+    script = tmp_path / "run.py"
+    script.write_text(_SCRIPT.format(root=str(ROOT)))
+    env = dict(os.environ, POCL_CACHE_DIR=str(tmp_path / "kcache"))
+    runs = [
+        subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for _ in range(2)
+    ]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    first, second = (r.stdout.split("\n") for r in runs)
+    assert first == second
+    lines = [line.split() for line in first if line]
+    assert [a for a, _, _ in lines] == ["separable", "direct", "gemm"]
+    assert all(float(err) < 2e-5 for _, err, _ in lines)
+    if ocl.device.platform.name.startswith("Portable"):
+        assert any((tmp_path / "kcache").rglob("*")), "PoCL wrote no cache entries"
