@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -152,21 +152,26 @@ class Filter:
                 )
         return weight, bias, groups
 
-    def check(self, channels: int = 3) -> None:
+    def check(self) -> None:
         """Validate the convolution arguments once, before any file is read.
 
-        Uses a small zero image with ``channels`` channels (or the weight's own input
-        channels for a 4-D weight) so that argument mistakes (``'same'`` with a stride, a
-        bad padding mode) fail once instead of once per file.
+        Uses a small zero image with as few channels as the weight takes, so that
+        argument mistakes (``'same'`` with a stride, a bad padding mode) fail once
+        instead of once per file; what depends on an image's channels is checked per file.
         """
-        if not self.depthwise:
+        probe = self
+        if self.depthwise:
+            channels = self.groups or 1  # any multiple of groups is a valid image
+            if self.bias is not None and np.asarray(self.bias).size > 1:
+                probe = replace(self, bias=None)  # checked against each image's channels
+        else:
             channels = self.weight.shape[1] * (self.groups or 1)
-        weight, bias, groups = self.for_channels(channels)
-        dil = normalize_dilation(self.dilation)
-        kh, kw = weight.shape[-2:]
-        probe = np.zeros((channels, dil[0] * (kh - 1) + 2, dil[1] * (kw - 1) + 2), np.float32)
+        weight, bias, groups = probe.for_channels(channels)
+        # a zero-strided view: large enough for any padding, no memory
+        big = 1 << 30
+        probe_x = np.broadcast_to(np.float32(0), (channels, big, big))
         make_spec(
-            probe,
+            probe_x,
             weight,
             bias,
             stride=self.stride,
@@ -295,9 +300,20 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
-    """Refuse a second input that would write the same output as an earlier one."""
+    """Refuse a second input that would write the same output as an earlier one, and
+    outputs in a format we cannot write (before any time is spent on them)."""
     claimed: dict[Path, Path] = {}
     for task in tasks:
+        if task.dst.suffix.lower() not in WRITABLE_SUFFIXES:
+            plan.refused.append(
+                Failure(
+                    task.src,
+                    f"output {task.dst}: unknown format {task.dst.suffix or '(no suffix)'!r}; "
+                    f"use one of {', '.join(sorted(WRITABLE_SUFFIXES))}",
+                    task.dst,
+                )
+            )
+            continue
         key = task.dst.resolve()
         if key in claimed:
             plan.refused.append(
@@ -543,7 +559,11 @@ def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> floa
     image = loaded.image
     data = cio.finish_alpha(result, loaded.kept_alpha, out.alpha, has_alpha=image.has_alpha)
     suffix = task.dst.suffix.lower()
-    if suffix != ".npy" or not out.raw_npy:
+    plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
+    if suffix == ".npy":
+        if not out.raw_npy:
+            data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
+    elif not plain_clip:  # write_image clips and rounds by itself: skip a full-image copy
         data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
     depth = out.bit_depth or default_bit_depth(image.bit_depth, suffix)
     task.dst.parent.mkdir(parents=True, exist_ok=True)
