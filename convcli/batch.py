@@ -168,7 +168,7 @@ class Filter:
             channels = self.weight.shape[1] * (self.groups or 1)
         weight, bias, groups = probe.for_channels(channels)
         # a zero-strided view: large enough for any padding, no memory
-        big = 1 << 30
+        big = 1 << 24  # channels x big^2 must still fit a 64-bit size
         probe_x = np.broadcast_to(np.float32(0), (channels, big, big))
         make_spec(
             probe_x,
