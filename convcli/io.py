@@ -59,6 +59,28 @@ WRITE_FORMATS: dict[str, str] = {
     ".npy": "NPY",
 }
 
+# Raster formats Pillow may open. Leaving out EPS/PDF-like plugins means a file with an
+# image suffix can never make Pillow start Ghostscript or other external programs.
+PIL_FORMATS: tuple[str, ...] = (
+    "PNG",
+    "JPEG",
+    "TIFF",
+    "WEBP",
+    "BMP",
+    "DIB",
+    "GIF",
+    "PPM",
+    "TGA",
+    "ICO",
+    "PCX",
+    "SGI",
+    "QOI",
+    "DDS",
+    "PSD",
+    "JPEG2000",
+    "AVIF",
+)
+
 AlphaMode = Literal["premultiply", "keep", "filter", "drop"]
 ALPHA_MODES: tuple[str, ...] = ("premultiply", "keep", "filter", "drop")
 OutMap = Literal["clip", "abs", "normalize", "offset"]
@@ -244,7 +266,13 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
 
     name = _name(path)
     try:
-        with _pil_no_bomb_limit(), PILImage.open(path) as im:
+        with _pil_no_bomb_limit():
+            # Only the header is parsed here (Pillow's bomb check runs in open()), so
+            # the lock around the global limit is held briefly, not for the decode.
+            PILImage.init()
+            formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
+            opened = PILImage.open(path, formats=formats)
+        with opened as im:
             _check_pixels(name, im.size[0] * im.size[1], max_pixels)
             im.load()  # decode fully inside the try: truncation shows up here
             im = ImageOps.exif_transpose(im)

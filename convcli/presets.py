@@ -640,7 +640,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "2-D Gaussian blur, normalised; ImageMagick Gaussian:radius x sigma",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma", 1.0, float, _nonneg, ">= 0 (0 = identity)"),
+            _Param("sigma", 1.0, float, _nonneg, ">= 0, 0 = identity"),
         ),
         _k_gaussian,
         True,
