@@ -993,6 +993,16 @@ def bench(
     """
     from convcli import bench as cbench
 
+    backends, peers = _csv_list(backend), _csv_list(compare)
+    for names, allowed, option in (
+        (backends, ("opencl", "numpy"), "--backend"),
+        (peers, ("torch", "opencv", "scipy"), "--compare"),
+    ):
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise click.BadParameter(
+                f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
+            )
     console = _console()
 
     def progress(*args: Any) -> None:
@@ -1001,8 +1011,8 @@ def bench(
 
     rows = cbench.run_suite(
         suite=suite,
-        backends=_csv_list(backend),
-        compare=_csv_list(compare),
+        backends=backends,
+        compare=peers,
         repeat=repeat,
         progress=progress,
     )
@@ -1033,7 +1043,9 @@ def _bench_table(rows: list[Any]) -> None:
         ("note", "left"),
     ):
         table.add_column(col, justify=just)
+    described: dict[str, str] = {}
     for r in rows:
+        described.setdefault(r.workload, r.description)
         table.add_row(
             r.workload,
             r.system,
@@ -1045,6 +1057,8 @@ def _bench_table(rows: list[Any]) -> None:
             f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else "-",
             (r.note or "") if r.ok else f"FAILED {r.note or ''}",
         )
+    table.caption = "; ".join(f"{w}: {d}" for w, d in described.items())
+    table.caption_justify = "left"
     _console(stdout=True).print(table)
 
 
