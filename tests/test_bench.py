@@ -1,0 +1,142 @@
+"""The benchmark harness: the quick suite runs, every row is checked, JSON/CSV are sound.
+
+No timing is asserted (speed is what ``convcli bench`` reports, not what tests check).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+
+import numpy as np
+import pytest
+from naive import naive_conv2d
+
+from convcli import bench
+
+
+@pytest.fixture(scope="module")
+def quick_rows() -> list[bench.BenchRow]:
+    messages: list[str] = []
+    rows = bench.run_suite(
+        suite="quick",
+        backends=("opencl", "numpy"),
+        compare=("torch", "opencv", "scipy"),
+        repeat=1,
+        progress=lambda *args: messages.append(" ".join(map(str, args))),
+    )
+    assert messages  # progress is reported through the callback only
+    return rows
+
+
+def test_standard_suite_is_issue_5():
+    suite = {w.id: w for w in bench.SUITES["standard"]}
+    assert list(suite) == [f"W{i}" for i in range(1, 10)]
+    w1, w2, w4 = suite["W1"], suite["W2"], suite["W4"]
+    assert w1.x_shape == (1, 3, 2048, 2048) and w1.w_shape == (3, 1, 3, 3) and w1.padding == 1
+    assert w2.padding == "same" and w2.padding_mode == "reflect" and w2.w_shape[2:] == (5, 5)
+    assert suite["W3"].padding_mode == "replicate" and suite["W3"].padding == 7
+    assert w4.w_shape == (3, 1, 31, 31) and w4.padding == 15 and w4.padding_mode == "zeros"
+    w7 = suite["W7"]
+    assert (w7.x_shape, w7.w_shape) == ((4, 64, 64, 64), (128, 16, 3, 3))
+    assert (w7.stride, w7.dilation, w7.groups, w7.padding) == (2, 2, 4, 2)
+    assert suite["W8"].w_shape == (256, 128, 1, 1) and suite["W8"].x_shape[0] == 8
+    assert suite["W9"].x_shape == (1, 3, 1024, 1024) and suite["W9"].stride == 2
+    for w in suite.values():
+        x, weight = w.arrays()
+        assert x.dtype == weight.dtype == np.float32
+        assert weight.shape == w.w_shape
+
+
+def test_image_kernels_are_what_the_descriptions_say():
+    _, w2 = bench.SUITES["quick"][1].arrays()
+    _, w3 = bench.SUITES["quick"][2].arrays()
+    np.testing.assert_allclose(w2[0, 0].sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w3, 1 / 225, rtol=1e-6)
+    assert np.linalg.matrix_rank(bench.SUITES["quick"][0].arrays()[1][0, 0]) == 2
+
+
+def test_quick_suite_rows(quick_rows):
+    by = {(r.workload, r.system, r.mode): r for r in quick_rows}
+    ids = [f"W{i}" for i in range(1, 10)]
+    for wid in ids:
+        numpy_row = by[(wid, "convcli-numpy", "end-to-end")]
+        assert numpy_row.ok and numpy_row.max_rel_err <= bench.TOLERANCE
+        assert numpy_row.note.startswith("algo=")
+    for r in quick_rows:
+        assert r.mode in ("end-to-end", "kernel")
+        assert r.median_ms > 0 and r.min_ms > 0 and r.min_ms <= r.median_ms + 1e-9
+        assert r.ok, r  # every system agrees with the NumPy reference
+        assert r.gflops is not None and r.gflops > 0
+        if r.system in bench.PEERS:
+            assert r.ratio is None
+        if r.mode == "kernel":
+            assert r.system == "convcli-opencl"
+    # peers: torch everywhere, OpenCV and SciPy only on the image filters
+    if importlib.util.find_spec("torch") is not None:
+        assert all((wid, "torch", "end-to-end") in by for wid in ids)
+    for peer in ("opencv", "scipy"):
+        present = {r.workload for r in quick_rows if r.system == peer}
+        assert present <= {"W1", "W2", "W3", "W4"}
+    # ratios: the best correct peer's time over ours
+    for wid in ids:
+        peers = [r.median_ms for r in quick_rows if r.workload == wid and r.system in bench.PEERS]
+        row = by[(wid, "convcli-numpy", "end-to-end")]
+        if peers:
+            assert row.ratio == pytest.approx(min(peers) / row.median_ms)
+
+
+def test_gflops_counts_direct_multiply_adds(quick_rows):
+    row = next(r for r in quick_rows if r.workload == "W5" and r.system == "convcli-numpy")
+    wl = bench.SUITES["quick"][4]
+    n, _, h, w = wl.x_shape
+    macs = n * 64 * h * w * 64 * 9
+    assert row.gflops == pytest.approx(2 * macs / (row.median_ms * 1e-3) / 1e9)
+
+
+def test_json_and_csv_shape(quick_rows):
+    names = [f.name for f in bench.fields(bench.BenchRow)]
+    data = json.loads(bench.rows_to_json(quick_rows))
+    assert len(data) == len(quick_rows) and all(list(d) == names for d in data)
+    assert data[0]["workload"] == quick_rows[0].workload
+    parsed = list(csv.DictReader(io.StringIO(bench.rows_to_csv(quick_rows))))
+    assert len(parsed) == len(quick_rows) and list(parsed[0]) == names
+    peer = next(p for p in parsed if p["system"] in bench.PEERS)
+    assert peer["ratio"] == ""  # None is an empty cell
+    assert float(parsed[0]["median_ms"]) == pytest.approx(quick_rows[0].median_ms)
+
+
+def test_wrong_peer_result_is_flagged(monkeypatch):
+    """A system whose result disagrees with the reference is shown, with ok=False."""
+
+    def broken_torch(wl, x, w, spec):
+        return (lambda info: np.zeros(spec.out_shape, np.float32) + 1.0), "broken"
+
+    monkeypatch.setattr(bench, "_torch", broken_torch)
+    monkeypatch.setattr(bench, "SUITES", {"quick": bench.SUITES["quick"][4:5]})
+    rows = bench.run_suite("quick", backends=("numpy",), compare=("torch",), repeat=1)
+    peer = next(r for r in rows if r.system == "torch")
+    assert not peer.ok and peer.max_rel_err > bench.TOLERANCE
+    # a failing peer is not the one convcli is compared with
+    assert next(r for r in rows if r.system == "convcli-numpy").ratio is None
+
+
+def test_reference_is_right():
+    """The bench's reference (NumPy direct) itself matches the naive loops."""
+    wl = bench.SUITES["quick"][6]  # W7: stride, dilation, groups
+    x, w = wl.arrays()
+    x = x[:, :, :12, :12]
+    from convcli import conv2d
+
+    ref = naive_conv2d(x, w, None, (2, 2), (2, 2, 2, 2), (2, 2), 4)
+    y = conv2d(x, w, backend="numpy", algo="direct", **wl.options())
+    np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="suite"):
+        bench.run_suite("huge")
+    with pytest.raises(ValueError, match="repeat"):
+        bench.run_suite("quick", repeat=0)
