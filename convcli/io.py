@@ -880,7 +880,7 @@ def write_image(
         JPEG/WebP quality (1-100).
     has_alpha : bool or None
         Whether the last channel of a 2- or 4-channel array is alpha (default: yes).
-        JPEG cannot hold alpha: it is dropped.
+        JPEG and BMP do not keep alpha: it is dropped.
 
     Returns
     -------
@@ -911,13 +911,14 @@ def write_image(
     if bit_depth not in (8, 16, 32):
         raise InputError(f"{name}: bit depth must be 8, 16 or 32, got {bit_depth}")
     channels = arr.shape[0]
-    if fmt == "JPEG":
+    if fmt in ("JPEG", "BMP"):
         if channels in (2, 4) and has_alpha is not False:
-            arr = arr[:-1]  # JPEG has no alpha channel
+            # JPEG has no alpha; BMP alpha is not read back by most programs (Pillow too)
+            arr = arr[:-1]
             channels -= 1
         if channels not in (1, 3):
             raise InputError(
-                f"{name}: {channels} channels cannot be stored as JPEG; write .npy or .tif instead"
+                f"{name}: {channels} channels cannot be stored as {fmt}; write .npy or .tif instead"
             )
     elif fmt != "TIFF" and channels > 4:
         raise InputError(

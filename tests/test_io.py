@@ -643,3 +643,50 @@ def test_read_corrupted_real_files(tmp_path, cut, bits, suffix):
         cio.read_image(bad)
     except InputError as exc:
         assert str(exc).startswith(str(bad))
+
+
+def test_exif_orientation_16bit_png(tmp_path):
+    """Our own 16-bit PNG decoder honours an eXIf chunk like Pillow's exif_transpose."""
+    x = smooth(3, 10, 16)
+    path = cio.write_image(tmp_path / "o.png", x, bit_depth=16)
+    blob = path.read_bytes()
+    exif = PILImage.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
+    body = exif.tobytes()
+    body = body[6:] if body.startswith(b"Exif\x00\x00") else body
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    at = blob.index(b"IDAT") - 4
+    (tmp_path / "r.png").write_bytes(blob[:at] + chunk + blob[at:])
+    im = cio.read_image(tmp_path / "r.png")
+    expect = np.rot90(quantized(x, 16), 1, axes=(1, 2))
+    np.testing.assert_array_equal(im.data, expect.astype(np.float32))
+
+
+def test_big_endian_16bit_gray_tiff(tmp_path):
+    a = (np.random.default_rng(8).random((5, 6)) * 65535).astype(np.uint16)
+    PILImage.frombytes("I;16B", (6, 5), a.astype(">u2").tobytes()).save(tmp_path / "be.tif")
+    im = cio.read_image(tmp_path / "be.tif")
+    assert im.mode == "L" and im.bit_depth == 16
+    np.testing.assert_array_equal(np.rint(im.data[0] * 65535), a)
+
+
+def test_bmp_drops_alpha(tmp_path):
+    x = smooth(4)
+    im = cio.read_image(cio.write_image(tmp_path / "x.bmp", x))
+    assert im.mode == "RGB"
+    np.testing.assert_array_equal(im.data, quantized(x[:3], 8).astype(np.float32))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillow(orientation):
+    from PIL import ImageOps
+
+    a = np.random.default_rng(orientation).integers(0, 256, (5, 7), dtype=np.uint8)
+    pim = PILImage.fromarray(a)
+    exif = pim.getexif()
+    exif[0x0112] = orientation
+    pim.info["exif"] = exif.tobytes()
+    expect = np.asarray(ImageOps.exif_transpose(pim))
+    got = cio._orient(cio.Image(a[None].astype(np.float32), "L", 8, False), orientation)
+    np.testing.assert_array_equal(got.data[0], expect)
