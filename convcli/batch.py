@@ -442,7 +442,11 @@ EventKind = Literal["done", "skipped", "failed"]
 
 @dataclass(frozen=True)
 class Event:
-    """Progress report for one finished task (sent from the calling thread)."""
+    """Progress report for one finished task (sent from the calling thread).
+
+    ``reason`` is the one-line failure message; empty for a failure that stopped the
+    run (reported once as :attr:`BatchResult.fatal`).
+    """
 
     kind: EventKind
     task: Task
@@ -624,11 +628,12 @@ def run_tasks(
         if on_event is not None:
             on_event(event)
 
-    def fail(task: Task, exc: BaseException | str) -> None:
+    def fail(task: Task, exc: BaseException | str, *, quiet: bool = False) -> None:
         reason = exc if isinstance(exc, str) else _reason(exc)
         failure = Failure(task.src, reason, task.dst)
         result.failed.append(failure)
-        emit(Event("failed", task, failure.line()))
+        # a fatal failure is reported once, by ``result.fatal``, not also per file
+        emit(Event("failed", task, "" if quiet else failure.line()))
 
     def should_skip(task: Task) -> bool:
         """Decide about an existing output before spending a read on it."""
@@ -657,7 +662,7 @@ def run_tasks(
             fatal = _fatal_write(exc, task.dst)
             if fatal is not None and result.fatal is None:
                 result.fatal = fatal
-            fail(task, fatal or exc)
+            fail(task, fatal or exc, quiet=fatal is not None)
             return
         result.done.append(task)
         result.megapixels += mp
@@ -697,8 +702,8 @@ def run_tasks(
                     out = apply_filter(loaded.channels, filt, engine, info)
                 except BackendError as exc:
                     # the device is gone or refused: every later file would fail the same way
-                    result.fatal = f"backend failed: {_reason(exc)}"
-                    fail(task, exc)
+                    result.fatal = _reason(exc)
+                    fail(task, exc, quiet=True)
                     break
                 except (ConvcliError, ValueError, MemoryError) as exc:
                     fail(task, exc)

@@ -539,7 +539,7 @@ def _run(
         bar = progress.add_task(label, total=len(plan.tasks))
 
         def on_event(event: cbatch.Event) -> None:
-            if event.kind == "failed":
+            if event.kind == "failed" and event.reason:
                 progress.console.print(
                     f"{PROG}: error: {event.reason}", markup=False, highlight=False, soft_wrap=True
                 )
