@@ -497,3 +497,98 @@ def test_user_preset_errors(tmp_path, text, message):
     assert str(f) in str(info.value)
     with pytest.raises(InputError, match="no such preset file"):
         cp.get_preset(str(tmp_path / "missing.toml"))
+
+
+# ----------------------------------------------------------------- against ImageMagick
+
+
+def _imagemagick() -> list[str] | None:
+    """A command that prints IM kernels (IM7 `magick` or IM6 `convert`), or None."""
+    import shutil
+    import subprocess
+
+    for exe in ("magick", "convert-im6.q16", "convert"):
+        path = shutil.which(exe)
+        if not path:
+            continue
+        try:
+            out = subprocess.run(
+                [path, "-version"], capture_output=True, text=True, timeout=20
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if "ImageMagick" in out:
+            return [path]
+    return None
+
+
+def _im_kernel(cmd: list[str], spec: str) -> np.ndarray:
+    import re
+    import subprocess
+
+    args = ["xc:", "-precision", "17", "-define", "morphology:showkernel=1"]
+    args += ["-morphology", "Convolve:0", spec, "null:"]
+    err = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60).stderr
+    size = re.search(r"of size (\d+)x(\d+)", err)
+    assert size, err
+    h = int(size.group(2))
+    rows = [m.group(1).split() for m in re.finditer(r"^\s*\d+:\s+(.*)$", err, re.M)]
+    return np.array([[float(v) for v in r] for r in rows[:h]])
+
+
+_IM_CASES = (
+    [
+        ("unity", "Unity"),
+        ("gaussian:radius=3,sigma=1.5", "Gaussian:3x1.5"),
+        ("gaussian:sigma=2", "Gaussian:0x2"),
+        ("gaussian:sigma=0.5", "Gaussian:0x0.5"),
+        ("blur:sigma=1.5", "Blur:0x1.5"),
+        ("blur:radius=4,sigma=1,angle=90", "Blur:4x1+90"),
+        ("comet:sigma=2", "Comet:0x2"),
+        ("comet:width=6,sigma=2,angle=90", "Comet:6x2+90"),
+        ("dog", "DoG:0x1+1.6"),
+        ("dog:radius=4,sigma1=2,sigma2=1", "DoG:4x2+1"),
+        ("log", "LoG:0x1.4"),
+        ("log:radius=3,sigma=1", "LoG:3x1"),
+        ("binomial:2", "Binomial:2"),
+        ("diamond:3", "Diamond:3"),
+        ("square:2", "Square:2"),
+        ("octagon", "Octagon"),
+        ("octagon:4", "Octagon:4"),
+        ("disk", "Disk"),
+        ("plus:3", "Plus:3"),
+        ("cross", "Cross"),
+        ("rectangle:width=5,height=3", "Rectangle:5x3"),
+        ("ring", "Ring"),
+    ]
+    + [(f"laplacian:{t}", f"Laplacian:{t}") for t in (0, 1, 2, 3, 5, 7, 15, 19)]
+    + [
+        (f"{name.lower()}:{a}", f"{name}:{a}")
+        for name in ("Sobel", "Roberts", "Prewitt", "Compass", "Kirsch")
+        for a in (45, 90, 135, 180, 270)
+    ]
+    + [
+        (f"frei-chen:type={t},angle={a}", f"FreiChen:{t},{a}")
+        for t in (0, 1, 2, 11, 12, 13, 14, 15, 16, 17, 18, 19)
+        for a in (0, 90)
+    ]
+)
+
+
+@pytest.mark.parametrize(("ours", "im_spec"), _IM_CASES)
+def test_matches_installed_imagemagick(ours, im_spec):
+    """Kernel values equal `convert -define morphology:showkernel=1` where IM exists.
+
+    (Fractional shape radii are left out: IM 6.9 sizes those kernels one pixel too wide
+    and fills the extra row with uninitialised memory; we follow IM 7's source.)"""
+    cmd = _imagemagick()
+    if cmd is None:
+        pytest.skip("ImageMagick not installed")
+    ref = np.nan_to_num(_im_kernel(cmd, im_spec), nan=0.0)  # nan: outside the shape
+    k = cp.get_preset(ours).kernel
+    if ours.startswith("comet"):  # IM's origin is the first value; ours is centred
+        k = k[:, (k.shape[1] - 1) // 2 :] if k.shape[0] == 1 else k[(k.shape[0] - 1) // 2 :]
+    if cp.get_preset(ours).normalized and ours.split(":")[0] not in ("gaussian", "blur", "comet"):
+        ref = ref / ref.sum()  # our shapes and binomial are normalised on purpose
+    assert k.shape == ref.shape
+    np.testing.assert_allclose(k, ref, rtol=1e-9, atol=1e-15)
