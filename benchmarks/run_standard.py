@@ -1,0 +1,77 @@
+"""Run ``convcli.bench.run_suite`` and write the rows (JSON, CSV) and a Markdown table.
+
+The table is the one in ``docs/PERFORMANCE.md``: one line per workload and system, with
+median ms, GFLOP/s (2 x multiply-adds of the direct convolution / time), the ratio to
+the best correct peer (convcli rows; above 1 = convcli faster) and the fraction of the
+machine's float32 peak. Usage::
+
+    python benchmarks/run_standard.py [--suite standard] [--repeat 5] [--out DIR]
+
+Writes ``DIR/<suite>.json``, ``DIR/<suite>.csv`` and ``DIR/<suite>.md`` (default DIR:
+``benchmarks/results``) and prints the Markdown table; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+from convcli import bench
+
+PEAK_GFLOPS = 210.0  # float32 peak of this machine kind (200-220 GFLOP/s measured)
+MEMORY_FLOOR_MS = {"W1": 4.0, "W2": 4.0}  # read + write of the image at ~26 GB/s
+
+
+def markdown(rows: list[bench.BenchRow]) -> str:
+    lines = [
+        "| W | system | mode | median ms | min ms | GFLOP/s | % peak | ratio | max rel err "
+        "| ok | note |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        gf = f"{r.gflops:.1f}" if r.gflops is not None else "-"
+        peak = f"{100 * r.gflops / PEAK_GFLOPS:.0f} %" if r.gflops is not None else "-"
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        err = f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else "-"
+        lines.append(
+            f"| {r.workload} | {r.system} | {r.mode} | {r.median_ms:.1f} | {r.min_ms:.1f} | "
+            f"{gf} | {peak} | {ratio} | {err} | {'yes' if r.ok else 'NO'} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", default="standard", choices=sorted(bench.SUITES))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--backends", default="opencl,numpy")
+    ap.add_argument("--compare", default="torch,opencv,scipy")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    rows = bench.run_suite(
+        suite=args.suite,
+        backends=tuple(b for b in args.backends.split(",") if b),
+        compare=tuple(c for c in args.compare.split(",") if c),
+        repeat=args.repeat,
+        progress=lambda *a: print(*a, file=sys.stderr, flush=True),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.suite}.json").write_text(bench.rows_to_json(rows))
+    (out / f"{args.suite}.csv").write_text(bench.rows_to_csv(rows))
+    header = (
+        f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}, "
+        f"{time.time() - t0:.0f} s, repeat={args.repeat}, python {platform.python_version()} -->"
+    )
+    table = header + "\n" + markdown(rows)
+    (out / f"{args.suite}.md").write_text(table + "\n")
+    print(table)
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
