@@ -723,12 +723,9 @@ def run_tasks(
             for _, fut in reads:
                 fut.cancel()
             drain_writes(block_over=0)
-    if stop.is_set() and (pending or reads):
-        result.interrupted = True
-    elif stop.is_set():
-        result.interrupted = len(result.done) + len(result.skipped) + len(result.failed) < len(
-            tasks
-        )
+    # interrupted = stopped with work left (a stop after the last image changes nothing)
+    finished = len(result.done) + len(result.skipped) + len(result.failed)
+    result.interrupted = stop.is_set() and finished < len(tasks)
     for key in ("upload", "build", "compute", "download"):
         timings[key] = result.info.timings.get(key, 0.0)
     timings["total"] = time.perf_counter() - t_start

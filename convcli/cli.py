@@ -528,7 +528,8 @@ def _run(
     *,
     existing: cbatch.Existing,
     label: str,
-) -> cbatch.BatchResult:
+) -> tuple[cbatch.BatchResult, int | None]:
+    """Run the plan with progress, signals and the summary; returns (result, signal)."""
     quiet = opts["quiet"]
     stop = threading.Event()
     received: list[int] = []
@@ -561,7 +562,6 @@ def _run(
                 on_event=on_event,
             )
     result.failed[:0] = plan.refused
-    result.signal = received[0] if received else None  # type: ignore[attr-defined]
     if not quiet:
         for note in result.info.notices:
             _err(_one_line(note), "notice")
@@ -572,7 +572,7 @@ def _run(
         _timing_table(result)
     if opts["timings"]:
         _write_json(opts["timings"], _timings_record(result))
-    return result
+    return result, (received[0] if received else None)
 
 
 def _timings_record(result: cbatch.BatchResult) -> dict[str, Any]:
@@ -617,8 +617,7 @@ def _timing_table(result: cbatch.BatchResult) -> None:
     _console().print(table)
 
 
-def _exit_code(result: cbatch.BatchResult) -> int:
-    signum = getattr(result, "signal", None)
+def _exit_code(result: cbatch.BatchResult, signum: int | None) -> int:
     if result.interrupted and signum is not None:
         return 128 + signum
     return 0 if result.ok else 1
@@ -674,11 +673,13 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
         raise click.UsageError(f"--format {fmt} disagrees with the output suffix of {output}")
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
     label = Path(inputs[0]).name if len(inputs) == 1 else "images"
-    result = _run(plan, filt, engine, out, opts, existing="replace", label=label)
+    result, signum = _run(plan, filt, engine, out, opts, existing="replace", label=label)
     for task in result.done:
         if not opts["quiet"]:
             click.echo(str(task.dst))
-    return _exit_code(result)
+    if result.interrupted:
+        _err(f"interrupted; {len(result.done)} of {len(inputs)} outputs written", "summary")
+    return _exit_code(result, signum)
 
 
 @cli.command()
@@ -728,7 +729,7 @@ def batch(
         if report:
             _write_json(report, cbatch.BatchResult().summary())
         return 0
-    result = _run(plan, filt, engine, out, opts, existing=existing, label="batch")
+    result, signum = _run(plan, filt, engine, out, opts, existing=existing, label="batch")
     summary = result.summary()
     if report:
         _write_json(report, summary)
@@ -738,13 +739,15 @@ def batch(
         f"{len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed"
         f" in {total:.2f} s ({rate:.1f} images/s)"
     )
-    if result.interrupted:
-        not_run = len(plan.tasks) - len(result.done) - len(result.skipped) - len(result.failed)
-        line += f"; interrupted, {not_run + len(plan.refused)} not processed (rerun with "
-        line += "--skip-existing to finish)"
+    # result.failed includes the inputs refused while planning
+    seen = len(result.done) + len(result.skipped) + len(result.failed)
+    not_run = len(plan.tasks) + len(plan.refused) - seen
+    if result.interrupted or result.fatal:
+        why = "interrupted" if result.interrupted else "stopped"
+        line += f"; {why}, {not_run} not processed (rerun with --skip-existing to finish)"
     if not opts["quiet"] or not result.ok:
         _err(line, "summary")
-    return _exit_code(result)
+    return _exit_code(result, signum)
 
 
 # ---------------------------------------------------------------------------- presets

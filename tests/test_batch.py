@@ -353,3 +353,19 @@ def test_interrupt_then_resume_with_skip_existing(tmp_path, signum, code):
     assert len(final) == 40
     for p in final[:: max(1, len(final) // 8)]:
         check_output(src / p.name, p, kernel)
+
+
+def test_full_disk_message_through_the_cli(tmp_path, monkeypatch):
+    _tasks(tmp_path, 5)
+
+    def no_space(path, data, **kw):
+        raise InputError(f"{path}: cannot write: no space left on device")
+
+    monkeypatch.setattr(cio, "write_image", no_space)
+    res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "--backend",
+              "numpy", "--workers", "2")  # fmt: skip
+    assert res.exit_code == 1
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("convcli: error:")]
+    assert len(errors) == 1 and "no space left" in errors[0], res.stderr
+    assert "stopped" in res.stderr and "not processed" in res.stderr
+    assert not any((tmp_path / "out").rglob("*.png"))
