@@ -913,21 +913,33 @@ def _user_folders() -> list[Path]:
     return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
 
 
-def _user_families() -> dict[str, _Family]:
+def _user_families() -> tuple[dict[str, _Family], dict[str, InputError]]:
+    """User presets by name, and the errors of broken files by their stem's key."""
     families: dict[str, _Family] = {}
+    broken: dict[str, InputError] = {}
     for folder in _user_folders():
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.toml")):
-            fam = _family_from_toml(path, os.fspath(path))
+            try:
+                fam = _family_from_toml(path, os.fspath(path))
+            except InputError as exc:
+                broken.setdefault(_key(path.stem), exc)
+                continue
             families.setdefault(fam.name, fam)  # earlier folders win, like PATH
-    return families
+    return families, broken
 
 
 def _all_families() -> dict[str, _Family]:
     families = dict(_builtin_families())
-    families.update(_user_families())  # a user preset replaces a built-in of that name
+    families.update(_user_families()[0])  # a user preset replaces a built-in of that name
     return families
+
+
+def preset_errors() -> list[str]:
+    """One line per user preset file (``CONVCLI_PRESET_PATH``) that cannot be loaded;
+    :func:`list_presets` leaves those out, :func:`get_preset` raises their error."""
+    return [str(exc) for exc in _user_families()[1].values()]
 
 
 def _lookup(name: str, families: Mapping[str, _Family]) -> _Family:
@@ -987,8 +999,13 @@ def _parse_args(spec: str, args: str, fam: _Family) -> dict[str, ParamValue]:
         return values
     by_key = {_key(p.name): p for p in fam.params}
     if "=" not in args:
-        # ImageMagick geometry style: "gaussian:0x2", "laplacian:5", "dog:0,1,2".
-        items = [t for t in re.split(r"[,x]", args) if t.strip()]
+        # ImageMagick geometry style: "gaussian:0x2", "laplacian:5", "dog:0,1,2",
+        # "blur:0x1+90" (IM's RxS+X+Y: values in the family's parameter order).
+        number = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+        items = re.findall(number, args)
+        leftover = re.sub(number, "", args)
+        if re.sub(r"[x,\s]", "", leftover):
+            items = [t for t in re.split(r"[,x]", args) if t.strip()]
         if len(items) > len(fam.params):
             raise InputError(
                 f"preset {spec!r}: {len(items)} values for {len(fam.params)} parameters; "
@@ -1065,7 +1082,10 @@ def get_preset(spec: str) -> Preset:
     name, args = _split_spec(spec)
     if not name:
         raise InputError(f"preset {spec!r}: missing name before ':'")
-    fam = _lookup(name, _all_families())
+    families, broken = _user_families()
+    if _key(name) in broken and not any(_key(f) == _key(name) for f in families):
+        raise broken[_key(name)]
+    fam = _lookup(name, {**_builtin_families(), **families})
     return _make(fam, _parse_args(spec, args, fam), spec)
 
 

@@ -395,6 +395,10 @@ def test_spec_forms_and_names():
     assert cp.get_preset("MotionBlur:length=3").name == "motion-blur"
     assert cp.get_preset("DoG:0,1,2").params == {"radius": 0.0, "sigma1": 1.0, "sigma2": 2.0}
     assert cp.get_preset("gaussian:0x2").params == {"radius": 0.0, "sigma": 2.0}
+    assert cp.get_preset("Blur:0x1+90").params == {"radius": 0.0, "sigma": 1.0, "angle": 90.0}
+    assert cp.get_preset("comet:5x2-90").params["angle"] == -90.0
+    with pytest.raises(InputError, match="is invalid"):
+        cp.get_preset("gaussian:0xabc")
     assert cp.get_preset(" gaussian : sigma = 2 ").params["sigma"] == 2.0
     p = cp.get_preset("motion-blur:length=15,angle=30")
     assert p.params == {"length": 15.0, "angle": 30.0} and p.normalized
@@ -477,6 +481,12 @@ def test_user_preset_from_path_and_env(tmp_path, monkeypatch):
     np.testing.assert_array_equal(cp.get_preset("ridge:angle=90").kernel, [[0, 1, 0]] * 3)
     with pytest.raises(InputError, match="unknown parameter"):
         cp.get_preset("my-blur:sigma=2")
+    # A broken file is left out of the list (and reported), and raises when asked for.
+    (other / "broken.toml").write_text("kernel = [[1, 2], [3]]\n")
+    assert "broken" not in {q.name for q in cp.list_presets()}
+    assert any("broken.toml" in e for e in cp.preset_errors())
+    with pytest.raises(InputError, match=r"broken\.toml: kernel must be"):
+        cp.get_preset("broken")
 
 
 @pytest.mark.parametrize(
