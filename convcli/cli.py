@@ -609,12 +609,13 @@ def _timing_table(result: cbatch.BatchResult) -> None:
     gfs = s["gflops_per_s"]
     table.add_row("megapixels/s", "-" if mps is None else f"{mps:.2f}")
     table.add_row("GFLOP/s", "-" if gfs is None else f"{gfs:.2f}")
-    table.add_row("backend", s["backend"] or "-")
-    table.add_row("device", s["device"] or "-")
-    table.add_row("algo", s["algo"] or "-")
     if result.info.tiles > max(1, len(result.done)):
         table.add_row("tiles", str(result.info.tiles))
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    # long device names go below the table so the numbers stay in a narrow column
+    where = f"backend {s['backend'] or '-'}, device {s['device'] or '-'}, algo {s['algo'] or '-'}"
+    console.print(f" {where}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _exit_code(result: cbatch.BatchResult, signum: int | None) -> int:
