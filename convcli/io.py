@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import mmap
 import os
 import secrets
 import struct
@@ -507,6 +508,8 @@ def _tiff_ifd(blob: bytes, name: str) -> tuple[str, dict[int, tuple[Any, ...]]]:
             if fmt is None or fmt == "s":
                 continue
             size = struct.calcsize(fmt) * n
+            if size > len(blob):  # a corrupt count must not build a huge format string
+                raise InputError(f"{name}: corrupt TIFF directory")
             if size <= 4:
                 raw = entry[8 : 8 + size]
             else:
@@ -600,9 +603,18 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     """
     name = _name(path)
     try:
-        blob = path.read_bytes()
-    except OSError as exc:
+        # Memory-mapped: only the IFD (and, if it is ours to decode, the strips) is
+        # read, not a whole large TIFF that Pillow will decode anyway.
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+            return _read_tiff_blob(path, blob, max_pixels)
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
+
+
+def _read_tiff_blob(path: Path, blob: Any, max_pixels: int | None) -> Image | None:
+    name = _name(path)
     if len(blob) < 8:
         raise InputError(f"{name}: truncated image data")
     endian, tags = _tiff_ifd(blob, name)
