@@ -492,3 +492,18 @@ def test_readme_presets_table_matches_list_presets():
     assert tool.readme_with_table(text) == text, "run tools/make_readme_images.py"
     for stem, *_ in tool.PICTURES:
         assert (ROOT / "docs" / "images" / f"astronaut_{stem}.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    ("preset", "bits"), [("gaussian:sigma=2", 16), ("sharpen", 8), ("motion-blur:length=7", 8)]
+)
+def test_default_backend_matches_reference(tmp_path, preset, bits):
+    """The path a new user takes: --backend auto (OpenCL where a device works)."""
+    from convcli.presets import get_preset
+
+    src = sample(tmp_path, "coffee.png", size=(64, 48), bits=bits)
+    out = tmp_path / "out.png"
+    run("apply", src, "--preset", preset, "-o", out, "-q")
+    k = np.asarray(get_preset(preset).kernel, np.float64)
+    tol = LEVEL if bits == 8 else 2 / 65535 + 1e-5
+    assert assert_image(out, reference(src, k), tol=tol).bit_depth == bits
