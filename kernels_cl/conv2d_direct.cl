@@ -3,8 +3,7 @@
  * specialised fast kernels (dw_*, dense_*, sep_*) take over where they apply.
  *
  * Layouts (C order):
- *   x   input   (N, C_in, H, W)     IN_T: REAL, or half when IN_HALF (read with vload_half,
- *                                   so no cl_khr_fp16 is needed; arithmetic in float)
+ *   x   input   (N, C_in, H, W)     REAL (float16 input is converted to float on the host)
  *   wp  weights packed on the host  (G, n_cob, cin_g, KH, KW, CB): the CB output channels of
  *                                   one channel block, contiguous per tap; zero past cout_g
  *   bp  bias packed on the host     (G, n_cob, CB), or NULL when HAS_BIAS is 0
@@ -25,9 +24,14 @@
  * images) takes a path without any index mapping; only border work-items map indices.
  *
  * Geometry is fixed at build time (-D KH KW SH SW DH DW MODE CB WB HAS_BIAS and the
- * dtype switches REAL COMPLEX IN_HALF); sizes and pads are runtime arguments, so tiles
- * and layers of other sizes reuse the build. No fma()/mad() builtins (out-of-line calls on
- * PoCL); plain a * b + c is contracted by the compiler where the target has FMA.
+ * dtype switches REAL COMPLEX); sizes and pads are runtime arguments, so tiles and layers
+ * of other sizes reuse the build.
+ *
+ * PoCL (LLVM 14) leaves many builtins as out-of-line calls: fma/mad, vloadn/vstoren and
+ * even min/clamp. A call inside the tap loop spills every accumulator to the stack (the
+ * first version of this kernel ran 2-3x slower for that), so vectors are read and written
+ * through an element-aligned vector type (LOADV/STOREV: one unaligned access), a * b + c
+ * is written out (contracted to FMA by the compiler), and integer clamps are ternaries.
  */
 
 #ifndef REAL
@@ -35,9 +39,6 @@
 #endif
 #ifndef COMPLEX
 #define COMPLEX 0
-#endif
-#ifndef IN_HALF
-#define IN_HALF 0
 #endif
 #ifndef KH
 #define KH 3
@@ -83,8 +84,23 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define RV CAT(REAL, WB)
-#define VLOADW CAT(vload, WB)
-#define VSTOREW CAT(vstore, WB)
+
+/* LOADV(p) / STOREV(v, p): WB consecutive values at global p through a vector type of
+ * element alignment: one unaligned vector access, no builtin call (see above).
+ * GATHER(a): a vector of a private array's WB values. */
+typedef RV RV_U __attribute__((aligned(sizeof(REAL))));
+#define LOADV(p) (*(__global const RV_U *)(p))
+#define STOREV(v, p) (*(__global RV_U *)(p) = (v))
+#define STOREV_PRIVATE(v, p) (*(__private RV_U *)(p) = (v))
+#if WB == 8
+#define GATHER(a) ((RV)((a)[0], (a)[1], (a)[2], (a)[3], (a)[4], (a)[5], (a)[6], (a)[7]))
+#elif WB == 4
+#define GATHER(a) ((RV)((a)[0], (a)[1], (a)[2], (a)[3]))
+#elif WB == 2
+#define GATHER(a) ((RV)((a)[0], (a)[1]))
+#else
+#error "WB must be 2, 4 or 8"
+#endif
 
 #if COMPLEX
 #define CPLX 2
@@ -92,15 +108,7 @@
 #define CPLX 1
 #endif
 
-#if IN_HALF
-#define IN_T half
-#define LOAD1(p, i) vload_half((i), (p))
-#define LOADW(p, i) CAT(vload_half, WB)(0, (p) + (i))
-#else
 #define IN_T REAL
-#define LOAD1(p, i) ((p)[i])
-#define LOADW(p, i) VLOADW(0, (p) + (i))
-#endif
 
 /* Full unrolling keeps the accumulators in registers; very wide kernels unroll
  * partially so that a 31x31 filter does not explode the code size. */
@@ -110,13 +118,91 @@
 #define KX_UNROLL _Pragma("unroll 4")
 #endif
 
+#if KH * KW * CB <= 96
+#define KY_UNROLL _Pragma("unroll")
+#else
+#define KY_UNROLL
+#endif
+
+/* DECL_V declares the input vector(s) of one tap; LOAD_INSIDE(row, i0) loads the WB
+ * strip values starting at column i0 (stride SW), LOAD_BORDER(row, cols) through the
+ * mapped columns cols[0..WB) (-1 = zero); ACCUM(wk) adds the CB products. */
+#if COMPLEX
+#define DECL_V RV vr, vi
+#if SW == 1
+#define LOAD_INSIDE(row, i0)                                                               \
+    do {                                                                                   \
+        const RV a_ = LOADV((row) + 2 * (i0));                                             \
+        const RV b_ = LOADV((row) + 2 * (i0) + WB);                                        \
+        vr = (RV)(a_.even, b_.even);                                                       \
+        vi = (RV)(a_.odd, b_.odd);                                                         \
+    } while (0)
+#else
+#define LOAD_INSIDE(row, i0)                                                               \
+    do {                                                                                   \
+        REAL tr_[WB], ti_[WB];                                                             \
+        _Pragma("unroll") for (int j_ = 0; j_ < WB; ++j_) {                                \
+            tr_[j_] = (row)[2 * ((i0) + j_ * SW)];                                         \
+            ti_[j_] = (row)[2 * ((i0) + j_ * SW) + 1];                                     \
+        }                                                                                  \
+        vr = GATHER(tr_);                                                                  \
+        vi = GATHER(ti_);                                                                  \
+    } while (0)
+#endif
+#define LOAD_BORDER(row, cols)                                                             \
+    do {                                                                                   \
+        REAL tr_[WB], ti_[WB];                                                             \
+        _Pragma("unroll") for (int j_ = 0; j_ < WB; ++j_) {                                \
+            const int c_ = (cols)[j_];                                                     \
+            tr_[j_] = c_ < 0 ? (REAL)0 : (row)[2 * c_];                                    \
+            ti_[j_] = c_ < 0 ? (REAL)0 : (row)[2 * c_ + 1];                                \
+        }                                                                                  \
+        vr = GATHER(tr_);                                                                  \
+        vi = GATHER(ti_);                                                                  \
+    } while (0)
+#define ACCUM(wk)                                                                          \
+    do {                                                                                   \
+        _Pragma("unroll") for (int cb = 0; cb < CB; ++cb) {                               \
+            const REAL a_ = (wk)[2 * cb];                                                  \
+            const REAL b_ = (wk)[2 * cb + 1];                                              \
+            acc[cb] += a_ * vr - b_ * vi;                                                  \
+            acci[cb] += a_ * vi + b_ * vr;                                                 \
+        }                                                                                  \
+    } while (0)
+#else
+#define DECL_V RV v
+#if SW == 1
+#define LOAD_INSIDE(row, i0) v = LOADV((row) + (i0))
+#else
+#define LOAD_INSIDE(row, i0)                                                               \
+    do {                                                                                   \
+        REAL t_[WB];                                                                       \
+        _Pragma("unroll") for (int j_ = 0; j_ < WB; ++j_) t_[j_] = (row)[(i0) + j_ * SW];  \
+        v = GATHER(t_);                                                                    \
+    } while (0)
+#endif
+#define LOAD_BORDER(row, cols)                                                             \
+    do {                                                                                   \
+        REAL t_[WB];                                                                       \
+        _Pragma("unroll") for (int j_ = 0; j_ < WB; ++j_) {                                \
+            const int c_ = (cols)[j_];                                                     \
+            t_[j_] = c_ < 0 ? (REAL)0 : (row)[c_];                                         \
+        }                                                                                  \
+        v = GATHER(t_);                                                                    \
+    } while (0)
+#define ACCUM(wk)                                                                          \
+    do {                                                                                   \
+        _Pragma("unroll") for (int cb = 0; cb < CB; ++cb) acc[cb] += (wk)[cb] * v;         \
+    } while (0)
+#endif
+
 /* Source index of padded coordinate p on an axis of n pixels; -1 = zero padding. */
 inline int src_index(int p, const int n)
 {
 #if MODE == MODE_ZEROS
     return (p >= 0 && p < n) ? p : -1;
 #elif MODE == MODE_REPLICATE
-    return clamp(p, 0, n - 1);
+    return p < 0 ? 0 : (p >= n ? n - 1 : p);
 #elif MODE == MODE_CIRCULAR
     int q = p % n;
     return q < 0 ? q + n : q;
@@ -160,26 +246,11 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
     __global const IN_T *xg = x + ((size_t)n * c_in + (size_t)g * cin_g) * plane * CPLX;
     __global const REAL *wg = wp + (size_t)(g * n_cob + cob) * cin_g * (KH * KW * CB * CPLX);
 
-    /* Offsets of the KH source rows inside a plane; -1 marks a zero-padding row. */
+    /* Is the whole receptive field of this strip inside the input? */
     const int iy0 = oy * SH - pad_top;
     const int rows_inside = iy0 >= 0 && iy0 + DH * (KH - 1) < H;
-    int roff[KH];
-    for (int ky = 0; ky < KH; ++ky) {
-        int iy = iy0 + ky * DH;
-        if (!rows_inside)
-            iy = src_index(iy, H);
-        roff[ky] = iy < 0 ? -1 : iy * W;
-    }
-
-    /* Columns: inside -> plain offsets; border -> one mapped index per tap and lane. */
     const int ix0 = ox0 * SW - pad_left;
     const int cols_inside = ix0 >= 0 && ix0 + SW * (WB - 1) + DW * (KW - 1) < W;
-    int coff[KW * WB];
-    if (!cols_inside) {
-        for (int kx = 0; kx < KW; ++kx)
-            for (int j = 0; j < WB; ++j)
-                coff[kx * WB + j] = src_index(ix0 + kx * DW + j * SW, W);
-    }
 
     RV acc[CB];
 #if COMPLEX
@@ -193,91 +264,63 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
 #endif
     }
 
-    for (int ci = 0; ci < cin_g; ++ci) {
-        __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
-        __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
+    if (rows_inside && cols_inside) {
+        /* interior: no index mapping, no zero taps; the common case on images */
+        for (int ci = 0; ci < cin_g; ++ci) {
+            __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
+            __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
+            KY_UNROLL
+            for (int ky = 0; ky < KH; ++ky) {
+                __global const IN_T *row = xp + (size_t)((iy0 + ky * DH) * W) * CPLX;
+                __global const REAL *wr = wc + ky * (KW * CB * CPLX);
+                KX_UNROLL
+                for (int kx = 0; kx < KW; ++kx) {
+                    DECL_V;
+                    LOAD_INSIDE(row, ix0 + kx * DW);
+                    ACCUM(wr + kx * (CB * CPLX));
+                }
+            }
+        }
+    } else {
+        /* border: rows and columns through the padding map */
+        int roff[KH]; /* row offsets inside a plane; -1 marks a zero-padding row */
         for (int ky = 0; ky < KH; ++ky) {
-            const int ro = roff[ky];
-#if MODE == MODE_ZEROS
-            if (ro < 0)
-                continue;
-#endif
-            __global const IN_T *row = xp + (size_t)ro * CPLX;
-            __global const REAL *wr = wc + ky * (KW * CB * CPLX);
-            KX_UNROLL
-            for (int kx = 0; kx < KW; ++kx) {
-                /* ---- load WB input values (re and im vectors when COMPLEX) ---- */
-#if COMPLEX
-                RV vr, vi;
-                if (cols_inside) {
-                    const int i0 = ix0 + kx * DW;
-#if SW == 1
-                    const RV a = VLOADW(0, row + 2 * i0);
-                    const RV b = VLOADW(0, row + 2 * i0 + WB);
-                    vr = (RV)(a.even, b.even);
-                    vi = (RV)(a.odd, b.odd);
-#else
-                    REAL tr[WB], ti[WB];
-#pragma unroll
-                    for (int j = 0; j < WB; ++j) {
-                        tr[j] = row[2 * (i0 + j * SW)];
-                        ti[j] = row[2 * (i0 + j * SW) + 1];
+            int iy = iy0 + ky * DH;
+            if (!rows_inside)
+                iy = src_index(iy, H);
+            roff[ky] = iy < 0 ? -1 : iy * W;
+        }
+        int coff[KW * WB]; /* mapped column per tap and lane; -1 = zero padding */
+        if (!cols_inside) {
+            for (int kx = 0; kx < KW; ++kx)
+                for (int j = 0; j < WB; ++j)
+                    coff[kx * WB + j] = src_index(ix0 + kx * DW + j * SW, W);
+        }
+        for (int ci = 0; ci < cin_g; ++ci) {
+            __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
+            __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
+            for (int ky = 0; ky < KH; ++ky) {
+                const int ro = roff[ky];
+                if (ro < 0)
+                    continue;
+                __global const IN_T *row = xp + (size_t)ro * CPLX;
+                __global const REAL *wr = wc + ky * (KW * CB * CPLX);
+                KX_UNROLL
+                for (int kx = 0; kx < KW; ++kx) {
+                    DECL_V;
+                    if (cols_inside) {
+                        LOAD_INSIDE(row, ix0 + kx * DW);
+                    } else {
+                        LOAD_BORDER(row, coff + kx * WB);
                     }
-                    vr = VLOADW(0, tr);
-                    vi = VLOADW(0, ti);
-#endif
-                } else {
-                    REAL tr[WB], ti[WB];
-#pragma unroll
-                    for (int j = 0; j < WB; ++j) {
-                        const int c = coff[kx * WB + j];
-                        tr[j] = c < 0 ? (REAL)0 : row[2 * c];
-                        ti[j] = c < 0 ? (REAL)0 : row[2 * c + 1];
-                    }
-                    vr = VLOADW(0, tr);
-                    vi = VLOADW(0, ti);
+                    ACCUM(wr + kx * (CB * CPLX));
                 }
-                __global const REAL *wk = wr + kx * (CB * 2);
-#pragma unroll
-                for (int cb = 0; cb < CB; ++cb) {
-                    const REAL a = wk[2 * cb];
-                    const REAL b = wk[2 * cb + 1];
-                    acc[cb] += a * vr - b * vi;
-                    acci[cb] += a * vi + b * vr;
-                }
-#else
-                RV v;
-                if (cols_inside) {
-                    const int i0 = ix0 + kx * DW;
-#if SW == 1
-                    v = LOADW(row, i0);
-#else
-                    REAL t[WB];
-#pragma unroll
-                    for (int j = 0; j < WB; ++j)
-                        t[j] = LOAD1(row, i0 + j * SW);
-                    v = VLOADW(0, t);
-#endif
-                } else {
-                    REAL t[WB];
-#pragma unroll
-                    for (int j = 0; j < WB; ++j) {
-                        const int c = coff[kx * WB + j];
-                        t[j] = c < 0 ? (REAL)0 : LOAD1(row, c);
-                    }
-                    v = VLOADW(0, t);
-                }
-                __global const REAL *wk = wr + kx * CB;
-#pragma unroll
-                for (int cb = 0; cb < CB; ++cb)
-                    acc[cb] += wk[cb] * v;
-#endif
             }
         }
     }
 
     /* ---- bias and store (partial strips and channel blocks store only what exists) ---- */
-    const int nw = min(WB, Wo - ox0);
+    const int nw = Wo - ox0 < WB ? Wo - ox0 : WB;
 #pragma unroll
     for (int cb = 0; cb < CB; ++cb) {
         if (cob * CB + cb >= cout_g)
@@ -293,8 +336,8 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
         ri += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb) + 1]);
 #endif
         REAL tr[WB], ti[WB];
-        VSTOREW(r, 0, tr);
-        VSTOREW(ri, 0, ti);
+        STOREV_PRIVATE(r, tr);
+        STOREV_PRIVATE(ri, ti);
         for (int j = 0; j < nw; ++j) {
             yo[2 * j] = tr[j];
             yo[2 * j + 1] = ti[j];
@@ -304,10 +347,10 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
         r += (RV)(bp[(g * n_cob + cob) * CB + cb]);
 #endif
         if (nw == WB) {
-            VSTOREW(r, 0, yo);
+            STOREV(r, yo);
         } else {
             REAL t[WB];
-            VSTOREW(r, 0, t);
+            STOREV_PRIVATE(r, t);
             for (int j = 0; j < nw; ++j)
                 yo[j] = t[j];
         }
