@@ -78,6 +78,8 @@ def _write_json(path: str | Path, data: object) -> None:
 
 # ---------------------------------------------------------------------------- errors
 _DEBUG_HINT = " (set CONVCLI_DEBUG=1 to see the traceback)"
+# click >= 8.2 raises this usage error for a group called without a command
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class _Group(click.Group):
@@ -88,6 +90,9 @@ class _Group(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name or PROG, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # bare `convcli` / `convcli presets`: the help
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(0)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _err(_one_line(exc.format_message()) + hint)

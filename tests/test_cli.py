@@ -507,3 +507,9 @@ def test_default_backend_matches_reference(tmp_path, preset, bits):
     k = np.asarray(get_preset(preset).kernel, np.float64)
     tol = LEVEL if bits == 8 else 2 / 65535 + 1e-5
     assert assert_image(out, reference(src, k), tol=tol).bit_depth == bits
+
+
+def test_bare_group_prints_help():
+    for args in ((), ("presets",)):
+        res = run(*args)
+        assert res.stdout.startswith("Usage:") and "Commands:" in res.stdout
