@@ -20,6 +20,7 @@ import json
 import math
 import mmap
 import os
+import re
 import secrets
 import struct
 import threading
@@ -216,7 +217,7 @@ def read_image(
         special = _read_tiff(path, max_pixels)
         if special is not None:
             return special
-    return _read_with_pil(path, max_pixels)
+    return _read_with_pil(path, max_pixels, tiff=head[:4] in (b"II*\x00", b"MM\x00*"))
 
 
 def _read_npy_image(path: Path, max_pixels: int | None) -> np.ndarray:
@@ -261,23 +262,72 @@ def _pil_no_bomb_limit():
             PILImage.MAX_IMAGE_PIXELS = saved
 
 
-def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
+_STDERR_LOCK = threading.Lock()
+# libtiff reports through its C error handler straight to file descriptor 2 as
+# "Module: message" lines (ZIPDecode, LZWDecode, TIFFReadDirectory, <file>.tif, ...).
+_LIBTIFF_LINE = re.compile(
+    rb"^(?:_?TIFF\w*|\w*(?:Decode|Encode|Fax3|JPEG|LZMA|ZSTD|WebP|Deflate)\w*|[^\x1b:]*\.tiff?)"
+    rb": ",
+    re.IGNORECASE,
+)
+
+
+@contextlib.contextmanager
+def _libtiff_messages(messages: list[str]):
+    """Collect libtiff's C-level stderr lines so a broken TIFF gives one line of ours
+    (with libtiff's reason in it) instead of extra unprefixed lines. Anything else
+    written to stderr meanwhile (another thread, a progress bar) is passed through."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to protect
+        yield
+        return
+    import sys
+    import tempfile
+
+    with _STDERR_LOCK, tempfile.TemporaryFile() as cap:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(cap.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            cap.seek(0)
+            passthrough = []
+            for line in cap.read().splitlines(keepends=True):
+                if _LIBTIFF_LINE.match(line):
+                    messages.append(line.decode("utf-8", "replace").strip())
+                else:
+                    passthrough.append(line)
+            if passthrough:
+                with contextlib.suppress(OSError):
+                    os.write(2, b"".join(passthrough))
+
+
+def _read_with_pil(path: Path, max_pixels: int | None, *, tiff: bool = False) -> Image:
     from PIL import Image as PILImage
     from PIL import ImageOps, UnidentifiedImageError
 
     name = _name(path)
+    messages: list[str] = []
+    quiet = _libtiff_messages(messages) if tiff else contextlib.nullcontext()
     try:
-        with _pil_no_bomb_limit():
-            # Only the header is parsed here (Pillow's bomb check runs in open()), so
-            # the lock around the global limit is held briefly, not for the decode.
-            PILImage.init()
-            formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
-            opened = PILImage.open(path, formats=formats)
-        with opened as im:
-            _check_pixels(name, im.size[0] * im.size[1], max_pixels)
-            im.load()  # decode fully inside the try: truncation shows up here
-            im = ImageOps.exif_transpose(im)
-            return _from_pil(im, path)
+        with quiet:
+            with _pil_no_bomb_limit():
+                # Only the header is parsed here (Pillow's bomb check runs in open()),
+                # so the lock around the global limit is held briefly, not for decoding.
+                PILImage.init()
+                formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
+                opened = PILImage.open(path, formats=formats)
+            with opened as im:
+                _check_pixels(name, im.size[0] * im.size[1], max_pixels)
+                im.load()  # decode fully inside the try: truncation shows up here
+                im = ImageOps.exif_transpose(im)
+        return _from_pil(im, path)
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -286,6 +336,8 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
         text = _reason(exc)
         if "truncated" in text or isinstance(exc, EOFError):
             raise InputError(f"{name}: truncated image data") from None
+        if messages:
+            text = f"{text}; libtiff: {_one_line(messages[0])}"
         raise InputError(f"{name}: cannot decode image ({text})") from None
     except MemoryError:
         raise InputError(f"{name}: not enough memory to decode this image") from None
@@ -545,6 +597,7 @@ def _decode_strips_with_libtiff(
     ]
     try:
         with (
+            _libtiff_messages([]),
             _pil_no_bomb_limit(),
             PILImage.open(_stdio.BytesIO(_tiff_bytes(chunks, entries))) as im,
         ):

@@ -690,3 +690,24 @@ def test_orientation_matches_pillow(orientation):
     expect = np.asarray(ImageOps.exif_transpose(pim))
     got = cio._orient(cio.Image(a[None].astype(np.float32), "L", 8, False), orientation)
     np.testing.assert_array_equal(got.data[0], expect)
+
+
+def test_broken_tiff_is_one_line_of_ours(tmp_path, capfd):
+    """libtiff prints its own C-level lines; they end up inside our one-line error."""
+    path = cio.write_image(tmp_path / "x.tif", smooth(3, 40, 50))
+    blob = bytearray(path.read_bytes())
+    blob[100] ^= 0xFF  # inside the Deflate strip
+    (tmp_path / "bad.tif").write_bytes(bytes(blob))
+    capfd.readouterr()
+    with pytest.raises(InputError, match=r"bad\.tif: cannot decode image .*libtiff: ") as info:
+        cio.read_image(tmp_path / "bad.tif")
+    assert "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""
+
+
+def test_libtiff_capture_passes_other_output_through(capfd):
+    messages: list[str] = []
+    with cio._libtiff_messages(messages):
+        os.write(2, b"ZIPDecode: Decoding error at scanline 0.\nprogress 50%\n")
+    assert messages == ["ZIPDecode: Decoding error at scanline 0."]
+    assert capfd.readouterr().err == "progress 50%\n"
