@@ -278,8 +278,8 @@ class Plan:
 def _suffix_for(src: Path, fmt: str | None) -> str:
     if fmt:
         return "." + fmt.lower().lstrip(".")
-    suffix = src.suffix.lower()
-    return suffix if suffix in WRITABLE_SUFFIXES else ".png"
+    # keep the input's spelling (IMG_0001.JPG -> IMG_0001.JPG) where we can write it
+    return src.suffix if src.suffix.lower() in WRITABLE_SUFFIXES else ".png"
 
 
 def _is_within(path: Path, folder: Path) -> bool:
