@@ -124,25 +124,36 @@ inline float8 gather8(__global const float *xr, __global const int *cmap, int pc
 /* Add the taps of one summed input plane to the ROWS accumulators. Input row t (of
  * TROWS) is loaded once per horizontal tap and feeds every output row q it belongs to;
  * the conditions on t, q are compile-time constants after unrolling. rows_direct and
- * cols_direct select plain addressing (interior) or the padding maps (border). */
+ * cols_direct select plain addressing (interior) or the padding maps (border); loops run
+ * tap-major so that one broadcast weight serves all ROWS rows. (Pairing the symmetric
+ * taps of Gaussian/box kernels was measured: no gain.) */
+#define LOADC(p, j) \
+    (cols_direct ? LOADV((p) + cs0 + (j) * DW) : gather8((p), cmap, pc0 + (j) * DW))
+
 __attribute__((always_inline)) inline void accumulate(
     float8 *acc, __global const float *xc, __global const float *wc,
     __global const int *rmap, __global const int *cmap, const int row0, const int prow0,
     const int cs0, const int pc0, const bool rows_direct, const bool cols_direct) {
+    __global const float *rp[TROWS];
+    bool ok[TROWS];
 #pragma unroll
     for (int t = 0; t < TROWS; ++t) {
-        int r;
-        if (rows_direct) {
-            r = row0 + t;
-        } else {
+        int r = row0 + t;
+        ok[t] = true;
+        if (!rows_direct) {
             const int pr = prow0 + t;
             r = rmap[pr < HP ? pr : HP_LAST];
-            if (r < 0) continue;
+            ok[t] = r >= 0;
+            r = r < 0 ? 0 : r; /* a legal row; its value is discarded */
         }
-        __global const float *xr = xc + r * W;
+        rp[t] = xc + r * W;
+    }
 #pragma unroll
-        for (int j = 0; j < KW; ++j) {
-            const float8 v = cols_direct ? LOADV(xr + cs0 + j * DW) : gather8(xr, cmap, pc0 + j * DW);
+    for (int j = 0; j < KW; ++j) {
+#pragma unroll
+        for (int t = 0; t < TROWS; ++t) {
+            if (!ok[t]) continue;
+            const float8 v = LOADC(rp[t], j);
 #pragma unroll
             for (int q = 0; q < ROWS; ++q) {
                 const int d = t - q * SH;

@@ -166,6 +166,20 @@ def test_auto_picks_separable_for_gaussian_and_box(ocl, mode):
         assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("hw, k, stride", [((45, 37), 9, 1), ((70, 13), 15, 1), ((20, 30), 5, 2)])
+def test_box_running_sums(ocl, mode, hw, k, stride):
+    # constant column factor: the vertical pass runs by running sums (sep_boxsum), which
+    # restart every 32 rows; signed data exercises the cancellation
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 2, *hw)).astype(np.float32)
+    w = np.stack([np.full((k, k), 1 / k**2), np.full((k, k), -2.0)])[:, None]
+    w = w.astype(np.float32)
+    out, ref, info = fast(ocl, x, w, stride=stride, padding=k // 2, groups=2, padding_mode=mode)
+    assert info.algo == "separable"
+    assert_close(out, ref, "float32")
+
+
 def test_separable_depth_multiplier_and_single_channel(ocl):
     rng = np.random.default_rng(6)
     x = rng.random((1, 1, 30, 17)).astype(np.float32)

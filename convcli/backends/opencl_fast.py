@@ -74,8 +74,12 @@ _DW_MAX_BODY = 1024
 
 
 def _dw_rows(kh: int, kw: int) -> int:
-    """Output rows per dw_direct work-item: 4 independent chains where the body allows."""
-    for rows in (4, 2):
+    """Output rows per dw_direct work-item (independent chains sharing loaded rows).
+
+    Vertical passes (kw == 1) reuse each loaded row for up to 8 outputs: 8 rows were
+    1.3-1.5x faster than 4 there; 2-D kernels keep 4 (accumulators + taps in registers).
+    """
+    for rows in (8, 4, 2) if kw == 1 else (4, 2):
         if rows * kh * kw <= _DW_MAX_BODY:
             return rows
     return 1
@@ -426,6 +430,39 @@ def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> 
     return _fetch(cl, backend, out, obuf, info)
 
 
+def _is_box(col: np.ndarray) -> bool:
+    """Every column factor constant (box filters): running sums apply."""
+    if col.shape[1] < 4:
+        return False
+    spread = np.abs(col - col[:, :1]).max()
+    return bool(spread <= 1e-6 * max(float(np.abs(col).max()), 1e-30))
+
+
+# Rows per sep_boxsum item: the running sum restarts every BOX_ROWS rows.
+BOX_ROWS = 32
+
+
+def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: RunInfo):
+    """Vertical box pass by running sums into ``tmp`` ``(N, C_out, H_out, W)``."""
+    defines = {
+        "N": spec.n,
+        "C_IN": spec.c_in,
+        "C_OUT": spec.c_out,
+        "CMULT": spec.cout_g,
+        "H": spec.h,
+        "W": spec.w,
+        "HO": spec.h_out,
+        "HP": spec.h + spec.pad[0] + spec.pad[1],
+        "KH": spec.kh,
+        "RB": BOX_ROWS,
+    }
+    kernel = _kernel(backend, "sep_boxsum", defines, info)
+    rmap = _index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
+    wbuf = _const(cl, backend, taps)
+    gsize = (math.ceil(spec.w / 8), math.ceil(spec.h_out / BOX_ROWS), spec.n * spec.c_out)
+    return _launch(cl, backend, kernel, gsize, [xbuf, wbuf, rmap, tmp])
+
+
 def _run_separable(
     cl, backend, x, bias, spec: ConvSpec, factors: tuple[np.ndarray, np.ndarray], info
 ) -> np.ndarray:
@@ -435,25 +472,29 @@ def _run_separable(
     xbuf = _input_buffer(cl, backend, x, info)
     tmp_shape = (spec.n, spec.c_out, ho, spec.w)
     tmp = _scratch(cl, backend, 4 * int(np.prod(tmp_shape)))
-    ev1 = _run_dw(
-        cl,
-        backend,
-        xbuf,
-        (spec.n, spec.c_in, spec.h, spec.w),
-        col.reshape(spec.c_out, spec.kh).astype(np.float32),
-        None,
-        tmp,
-        tmp_shape,
-        csum=1,
-        cmult=spec.cout_g,
-        kh=spec.kh,
-        kw=1,
-        stride=(spec.stride[0], 1),
-        dilation=(spec.dilation[0], 1),
-        pad=(spec.pad[0], spec.pad[1], 0, 0),
-        mode=spec.padding_mode,
-        info=info,
-    )
+    col = col.reshape(spec.c_out, spec.kh).astype(np.float32)
+    if _is_box(col) and spec.stride[0] == 1 and spec.dilation[0] == 1:
+        ev1 = _run_boxsum(cl, backend, xbuf, col[:, 0].copy(), tmp, spec, info)
+    else:
+        ev1 = _run_dw(
+            cl,
+            backend,
+            xbuf,
+            (spec.n, spec.c_in, spec.h, spec.w),
+            col,
+            None,
+            tmp,
+            tmp_shape,
+            csum=1,
+            cmult=spec.cout_g,
+            kh=spec.kh,
+            kw=1,
+            stride=(spec.stride[0], 1),
+            dilation=(spec.dilation[0], 1),
+            pad=(spec.pad[0], spec.pad[1], 0, 0),
+            mode=spec.padding_mode,
+            info=info,
+        )
     out_shape = (spec.n, spec.c_out, ho, wo)
     out, obuf = _output_buffer(cl, backend, out_shape)
     ev2 = _run_dw(

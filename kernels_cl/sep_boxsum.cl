@@ -1,0 +1,94 @@
+/* sep_boxsum: vertical pass of a separable convolution whose column factor is constant
+ * (box filters), by running sums: out[y] = WV * sum_{i<KH} x[y + i], each new row costing
+ * one added and one subtracted row instead of KH multiply-adds.
+ *
+ * Layouts (row-major, contiguous):
+ *   x     (N, C_IN, H, W)       input planes
+ *   wv    (C_OUT,)              the constant tap of each output plane
+ *   rmap  (HP,) int             padded row -> source row, -1 = zero row (every mode)
+ *   out   (N, C_OUT, HO, W)     stride 1, dilation 1 (the host checks)
+ * Output plane o reads input plane o / CMULT (depthwise with multiplier CMULT).
+ * Work-item (gx, gy, gz): 8 columns 8*gx.., output rows gy*RB .. gy*RB+RB-1 (the sum is
+ * restarted every RB rows, which bounds the rounding drift of the running sum to RB
+ * additions), plane gz = n*C_OUT + o. Unaligned float8 through an aligned(4) pointer
+ * type: PoCL leaves vload8/vstore8 as out-of-line calls.
+ */
+
+#ifndef N
+#define N 1
+#endif
+#ifndef C_IN
+#define C_IN 1
+#endif
+#ifndef C_OUT
+#define C_OUT 1
+#endif
+#ifndef CMULT
+#define CMULT 1
+#endif
+#ifndef H
+#define H 1
+#endif
+#ifndef W
+#define W 8
+#endif
+#ifndef HO
+#define HO 1
+#endif
+#ifndef HP
+#define HP 1
+#endif
+#ifndef KH
+#define KH 1
+#endif
+#ifndef RB
+#define RB 32
+#endif
+
+typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
+
+/* Padded row pr of the plane at columns xo0.. (zeros where the map says so). */
+inline float8 row8(__global const float *xc, __global const int *rmap, int pr, int xo0,
+                   bool full) {
+    const int r = rmap[pr];
+    if (r < 0) return (float8)(0.0f);
+    __global const float *p = xc + r * W + xo0;
+    if (full) return *(__global const f8u *)p;
+    float t[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) t[k] = xo0 + k < W ? p[k] : 0.0f;
+    return (float8)(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+}
+
+inline void store8(__global float *dst, float8 v, int xo0, bool full) {
+    if (full) {
+        *(__global f8u *)dst = v;
+    } else {
+        const float t[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
+        for (int k = 0; k < W - xo0; ++k) dst[k] = t[k];
+    }
+}
+
+__kernel void sep_boxsum(__global const float *restrict x, __global const float *restrict wv,
+                         __global const int *restrict rmap, __global float *restrict out) {
+    const int xo0 = get_global_id(0) * 8;
+    const int yo0 = get_global_id(1) * RB;
+    const int plane = get_global_id(2);
+    if (xo0 >= W || yo0 >= HO || plane >= N * C_OUT) return;
+    const int n = plane / C_OUT;
+    const int o = plane - n * C_OUT;
+    __global const float *xc = x + (size_t)(n * C_IN + o / CMULT) * (H * W);
+    __global float *dst = out + ((size_t)plane * HO + yo0) * W + xo0;
+    const bool full = xo0 + 8 <= W;
+    const float c = wv[o];
+    const int y1 = yo0 + RB < HO ? yo0 + RB : HO;
+
+    float8 s = (float8)(0.0f);
+    for (int i = 0; i < KH; ++i) s += row8(xc, rmap, yo0 + i, xo0, full);
+    store8(dst, s * c, xo0, full);
+    for (int y = yo0 + 1; y < y1; ++y) {
+        s += row8(xc, rmap, y + KH - 1, xo0, full) - row8(xc, rmap, y - 1, xo0, full);
+        dst += W;
+        store8(dst, s * c, xo0, full);
+    }
+}
