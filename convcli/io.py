@@ -27,7 +27,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +113,9 @@ class Image:
         Whether the last channel is alpha (LA, RGBA).
     path : pathlib.Path or None
         Where it was read from.
+    notes : list of str
+        Things worth telling the user that did not stop the read (Pillow warnings such
+        as corrupt EXIF, an orientation that could not be applied).
     """
 
     data: np.ndarray
@@ -120,6 +123,7 @@ class Image:
     bit_depth: int
     has_alpha: bool
     path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -314,6 +318,7 @@ def _read_with_pil(path: Path, max_pixels: int | None, *, tiff: bool = False) ->
 
     name = _name(path)
     messages: list[str] = []
+    notes: list[str] = []
     quiet = _libtiff_messages(messages) if tiff else contextlib.nullcontext()
     try:
         with quiet:
@@ -323,11 +328,20 @@ def _read_with_pil(path: Path, max_pixels: int | None, *, tiff: bool = False) ->
                 PILImage.init()
                 formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
                 opened = PILImage.open(path, formats=formats)
-            with opened as im:
+            with opened as im, warnings.catch_warnings(record=True) as caught:
+                # Pillow warns about e.g. corrupt EXIF on images that decode fine: keep
+                # those as notes instead of printing (or failing under -W error).
+                warnings.simplefilter("always")
                 _check_pixels(name, im.size[0] * im.size[1], max_pixels)
                 im.load()  # decode fully inside the try: truncation shows up here
-                im = ImageOps.exif_transpose(im)
-        return _from_pil(im, path)
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception as exc:  # a broken EXIF block must not lose the pixels
+                    notes.append(f"EXIF orientation ignored ({_reason(exc)})")
+        notes.extend(_one_line(w.message) for w in caught)
+        image = _from_pil(im, path)
+        image.notes.extend(notes)
+        return image
     except InputError:
         raise
     except UnidentifiedImageError:
