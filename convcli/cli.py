@@ -109,6 +109,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _err("interrupted")
             sys.exit(130)
+        except BrokenPipeError:  # `convcli presets list | head`: the reader left, no fuss
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:  # e.g. --timings into a folder we cannot write
             name = f"{exc.filename}: " if exc.filename else ""
             _err(_one_line(f"{name}{exc.strerror or exc}"))
