@@ -205,26 +205,35 @@ def read_image(
     name = _name(path)
     _check_file(path)
     if path.suffix.lower() == ".npy":
-        data = _read_npy_image(path, max_pixels)
+        data, depth = _read_npy_image(path, max_pixels)
         mode = "F" if data.shape[0] == 1 else f"F{data.shape[0]}"
-        return Image(data, mode, 32, False, path)
+        return Image(data, mode, depth, False, path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
+    notes: list[str] = []
+    is_tiff = head[:4] in (b"II*\x00", b"MM\x00*")
     if head.startswith(_PNG_SIG) and _png_needs_own_decoder(head):
         special = _read_png16(path, max_pixels)
         if special is not None:
             return special
-    elif head[:4] in (b"II*\x00", b"MM\x00*"):
-        special = _read_tiff(path, max_pixels)
+    elif head.startswith(_PNG_SIG) and len(head) >= 29 and head[24] == 16 and head[28]:
+        if head[25] in (2, 4, 6):
+            notes.append("interlaced 16-bit colour PNG: read with 8-bit precision")
+    elif is_tiff:
+        special = _read_tiff(path, max_pixels, notes)
         if special is not None:
             return special
-    return _read_with_pil(path, max_pixels, tiff=head[:4] in (b"II*\x00", b"MM\x00*"))
+    image = _read_with_pil(path, max_pixels, tiff=is_tiff)
+    image.notes[:0] = notes
+    return image
 
 
-def _read_npy_image(path: Path, max_pixels: int | None) -> np.ndarray:
+def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int]:
+    """A ``.npy`` image and its bit depth: uint8/uint16 arrays are scaled like image
+    samples (/255, /65535), every other real dtype is taken as float values."""
     name = _name(path)
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -247,7 +256,11 @@ def _read_npy_image(path: Path, max_pixels: int | None) -> np.ndarray:
         raise InputError(f"{name}: truncated .npy data ({_reason(exc)})") from None
     if not np.isfinite(data).all():
         raise InputError(f"{name}: .npy image contains NaN or Inf")
-    return data
+    if arr.dtype == np.uint8:
+        return data / np.float32(255), 8
+    if arr.dtype == np.uint16:
+        return data / np.float32(65535), 16
+    return data, 32
 
 
 @contextlib.contextmanager
@@ -661,7 +674,7 @@ def _lzw_decode(data: bytes, name: str) -> bytes:
     return bytes(out)
 
 
-def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
+def _read_tiff(path: Path, max_pixels: int | None, notes: list[str]) -> Image | None:
     """Decode TIFFs Pillow would truncate: 16-bit or float colour / extra channels.
 
     Handles strip-organised, chunky, uncompressed or Deflate data with or without the
@@ -673,14 +686,16 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
         # Memory-mapped: only the IFD (and, if it is ours to decode, the strips) is
         # read, not a whole large TIFF that Pillow will decode anyway.
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as blob:
-            return _read_tiff_blob(path, blob, max_pixels)
+            return _read_tiff_blob(path, blob, max_pixels, notes)
     except InputError:
         raise
     except (OSError, ValueError) as exc:
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
 
 
-def _read_tiff_blob(path: Path, blob: Any, max_pixels: int | None) -> Image | None:
+def _read_tiff_blob(
+    path: Path, blob: Any, max_pixels: int | None, notes: list[str]
+) -> Image | None:
     name = _name(path)
     if len(blob) < 8:
         raise InputError(f"{name}: truncated image data")
@@ -710,6 +725,8 @@ def _read_tiff_blob(path: Path, blob: Any, max_pixels: int | None) -> Image | No
         or 273 not in tags
         or photometric not in (0, 1, 2)
     ):
+        # Tiled, planar, JPEG-compressed...: Pillow decodes it, at 8 bits for colour.
+        notes.append(f"{depth}-bit {spp}-channel TIFF layout not decoded here: read by Pillow")
         return None
     _check_pixels(name, width * height, max_pixels)
     offsets, counts = tags[273], tags.get(279, ())

@@ -711,3 +711,13 @@ def test_libtiff_capture_passes_other_output_through(capfd):
         os.write(2, b"ZIPDecode: Decoding error at scanline 0.\nprogress 50%\n")
     assert messages == ["ZIPDecode: Decoding error at scanline 0."]
     assert capfd.readouterr().err == "progress 50%\n"
+
+
+def test_integer_npy_scaled_like_images(tmp_path):
+    np.save(tmp_path / "u8.npy", np.array([[0, 51, 255]], np.uint8))
+    im = cio.read_image(tmp_path / "u8.npy")
+    assert im.bit_depth == 8
+    np.testing.assert_allclose(im.data, [[[0, 0.2, 1]]])
+    np.save(tmp_path / "u16.npy", np.array([[[0, 65535]]], np.uint16))
+    im = cio.read_image(tmp_path / "u16.npy")
+    assert im.bit_depth == 16 and im.data.tolist() == [[[0.0, 1.0]]]
