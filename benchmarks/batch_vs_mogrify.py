@@ -68,8 +68,13 @@ def make_images(folder: Path, count: int, quality: int = 90) -> list[Path]:
 
 
 def _timed(cmd: list[str]) -> float:
+    # PYTHONPATH: `python -m convcli` works from a checkout without installing
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}):\n{proc.stderr}")

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convcli import RunInfo, conv2d
 from convcli.errors import ConvValueError

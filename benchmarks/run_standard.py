@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from convcli import bench
 
 PEAK_GFLOPS = 210.0  # float32 peak of this machine kind (200-220 GFLOP/s measured)

@@ -478,14 +478,21 @@ def _fft(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> n
 
 NUMPY_ALGOS: tuple[str, ...] = ("direct", "gemm", "separable", "fft")
 
-# Throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), measured with
-# benchmarks/numpy_crossover.py; only their ratios matter for the choice.
+# Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
+# benchmarks/numpy_crossover.py (RGB 1024^2, one BLAS thread because the machine was
+# shared; only the ratios matter). They include each path's overheads, hence low values.
+# Measured crossovers (ms, direct / separable / fft): rank-1 kernels 3x3 61/95/310,
+# 5x5 71/71/243, 7x7 160/87/347, 21x21 725/65/156 -> separable from 5x5 up; rank-2
+# kernels 9x9 159/-/227, 11x11 344/-/142, 15x15 257/-/140 -> fft from about 11x11.
+# Dense layers: gemm beat the reference im2col on all of W5-W9 (1.2-2.4x).
 GEMM_FLOPS = 100e9  # sgemm with K >= 64: 90-150 GFLOP/s
-TOEPLITZ_FLOPS = 60e9  # small banded matmuls (K = block + taps): 50-80 GFLOP/s
-TAP_ELEMS = 1.5e9  # in-cache multiply + add per element and tap
+TOEPLITZ_FLOPS = 40e9  # the banded matmuls of the separable passes
+SEPARABLE_PASSES = 20  # memory passes over each channel plane (gathers, zeroing, sums)
+TAP_ELEMS = 3e9  # tap loop: multiply + add per output element and tap, in cache
 COPY_BYTES = 8e9  # slice copies into the column matrix (read + write)
 GATHER_ELEMS = 0.25e9  # the reference im2col's 6-D transpose gather, elements/s
-FFT_ELEMS = 0.12e9  # complex64 rfft2+irfft2: elements * log2(size) per second
+FFT_ELEMS = 0.75e9  # complex64 rfft2+irfft2: elements * log2(size) per second
+FFT_MAC_FLOPS = 5e9  # complex multiply-accumulate of spectra over input channels
 FFT_KERNEL_BYTES = 256 * 2**20
 
 
@@ -540,14 +547,16 @@ def estimate_seconds(spec: ConvSpec, algo: str) -> float:
         wp = (spec.w_out - 1) * sw + ekw
         flops = 2.0 * pairs * spec.h_out * (wp * lv + spec.w_out * m * bh * sw) * cplx
         calls = pairs * (spec.h_out / bv) * 2e-6
-        return flops / TOEPLITZ_FLOPS + calls + inputs * item / COPY_BYTES
+        passes = pairs * spec.h_out * wp * item * SEPARABLE_PASSES / COPY_BYTES
+        return flops / TOEPLITZ_FLOPS + calls + passes
     if algo == "fft":
         rows, fh, fw, _ = _fft_plan(spec)
         bands = -(-spec.h_out // rows)
         size = fh * fw
         per = size * np.log2(size)
         ffts = spec.n * (spec.c_in + spec.c_out) * bands * per
-        mults = spec.n * spec.c_out * spec.cin_g * bands * size * 4 / GEMM_FLOPS
+        # the per-frequency channel sum (einsum on complex64) runs far below GEMM speed
+        mults = spec.n * spec.c_out * spec.cin_g * bands * size * 8 / FFT_MAC_FLOPS
         return ffts / FFT_ELEMS + mults
     raise ValueError(algo)
 
@@ -562,6 +571,8 @@ def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
     for algo in ("gemm", "direct", "fft"):
         if algo == "direct" and spec.cin_g > 1:
             continue  # gemm computes the same products without the slow gather
+        if algo == "gemm" and spec.cin_g == 1 and spec.cout_g < 4:
+            continue  # a matrix-vector product over a copied column matrix: never pays
         if algo_reason(spec, algo) is None:
             costs[algo] = estimate_seconds(spec, algo)
     best = min(costs, key=costs.__getitem__)
