@@ -11,9 +11,11 @@
  *   With COMPLEX every element is (re, im) interleaved (float2/double2 memory); products
  *   are complex products of the weight as given (no conjugation, like torch).
  *
- * Work-item mapping: global size (ceil(Wo/WB) rounded up to LX, Ho rounded up to LY,
- *   N*G*n_cob). Work-item (i, oy, z), z = (n*G + g)*n_cob + cob, computes output columns
- *   [i*WB, i*WB + WB) of row oy for output channels g*cout_g + cob*CB + [0, CB) of image n.
+ * Work-item mapping: global size (ceil(Wo/WB) rounded up to LX, ceil(Ho/RB) rounded up
+ *   to LY, N*G*n_cob). Work-item (i, j, z), z = (n*G + g)*n_cob + cob, computes output
+ *   columns [i*WB, i*WB + WB) of rows [j*RB, j*RB + RB) for output channels
+ *   g*cout_g + cob*CB + [0, CB) of image n, one row after the other (RB amortises the
+ *   index set-up, which has integer divisions, over more taps).
  *   Its accumulators are CB vectors of WB lanes (REAL##WB; separate re/im vectors when
  *   COMPLEX), kept in registers by fully unrolled channel loops.
  *
@@ -70,6 +72,9 @@
 #ifndef HAS_BIAS
 #define HAS_BIAS 0
 #endif
+#ifndef RB
+#define RB 1
+#endif
 
 #define MODE_ZEROS 0
 #define MODE_REFLECT 1
@@ -124,6 +129,13 @@ typedef RV RV_U __attribute__((aligned(sizeof(REAL))));
 #define KY_UNROLL
 #endif
 
+/* Input columns one strip reads per tap (SW == 2 reads two whole vectors). */
+#if SW == 2 && !COMPLEX
+#define STRIP_SPAN (2 * WB)
+#else
+#define STRIP_SPAN (SW * (WB - 1) + 1)
+#endif
+
 /* DECL_V declares the input vector(s) of one tap; LOAD_INSIDE(row, i0) loads the WB
  * strip values starting at column i0 (stride SW), LOAD_BORDER(row, cols) through the
  * mapped columns cols[0..WB) (-1 = zero); ACCUM(wk) adds the CB products. */
@@ -173,6 +185,13 @@ typedef RV RV_U __attribute__((aligned(sizeof(REAL))));
 #define DECL_V RV v
 #if SW == 1
 #define LOAD_INSIDE(row, i0) v = LOADV((row) + (i0))
+#elif SW == 2
+#define LOAD_INSIDE(row, i0)                                                               \
+    do {                                                                                   \
+        const RV a_ = LOADV((row) + (i0));                                                 \
+        const RV b_ = LOADV((row) + (i0) + WB);                                            \
+        v = (RV)(a_.even, b_.even);                                                        \
+    } while (0)
 #else
 #define LOAD_INSIDE(row, i0)                                                               \
     do {                                                                                   \
@@ -232,8 +251,8 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
                             const int groups, const int pad_top, const int pad_left)
 {
     const int ox0 = (int)get_global_id(0) * WB;
-    const int oy = (int)get_global_id(1);
-    if (ox0 >= Wo || oy >= Ho)
+    const int oy0 = (int)get_global_id(1) * RB;
+    if (ox0 >= Wo || oy0 >= Ho)
         return;
     const int z = (int)get_global_id(2);
     const int cob = z % n_cob;
@@ -246,114 +265,117 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
     __global const IN_T *xg = x + ((size_t)n * c_in + (size_t)g * cin_g) * plane * CPLX;
     __global const REAL *wg = wp + (size_t)(g * n_cob + cob) * cin_g * (KH * KW * CB * CPLX);
 
-    /* Is the whole receptive field of this strip inside the input? */
-    const int iy0 = oy * SH - pad_top;
-    const int rows_inside = iy0 >= 0 && iy0 + DH * (KH - 1) < H;
-    const int ix0 = ox0 * SW - pad_left;
-    const int cols_inside = ix0 >= 0 && ix0 + SW * (WB - 1) + DW * (KW - 1) < W;
+#pragma unroll 1
+    for (int oy = oy0; oy < oy0 + RB && oy < Ho; ++oy) {
+        /* Is the whole receptive field of this strip inside the input? */
+        const int iy0 = oy * SH - pad_top;
+        const int rows_inside = iy0 >= 0 && iy0 + DH * (KH - 1) < H;
+        const int ix0 = ox0 * SW - pad_left;
+        const int cols_inside = ix0 >= 0 && ix0 + DW * (KW - 1) + STRIP_SPAN - 1 < W;
 
-    RV acc[CB];
+        RV acc[CB];
 #if COMPLEX
-    RV acci[CB];
+        RV acci[CB];
 #endif
 #pragma unroll
-    for (int cb = 0; cb < CB; ++cb) {
-        acc[cb] = (RV)(0);
+        for (int cb = 0; cb < CB; ++cb) {
+            acc[cb] = (RV)(0);
 #if COMPLEX
-        acci[cb] = (RV)(0);
+            acci[cb] = (RV)(0);
 #endif
-    }
+        }
 
-    if (rows_inside && cols_inside) {
-        /* interior: no index mapping, no zero taps; the common case on images */
-        for (int ci = 0; ci < cin_g; ++ci) {
-            __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
-            __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
-            KY_UNROLL
-            for (int ky = 0; ky < KH; ++ky) {
-                __global const IN_T *row = xp + (size_t)((iy0 + ky * DH) * W) * CPLX;
-                __global const REAL *wr = wc + ky * (KW * CB * CPLX);
-                KX_UNROLL
-                for (int kx = 0; kx < KW; ++kx) {
-                    DECL_V;
-                    LOAD_INSIDE(row, ix0 + kx * DW);
-                    ACCUM(wr + kx * (CB * CPLX));
-                }
-            }
-        }
-    } else {
-        /* border: rows and columns through the padding map */
-        int roff[KH]; /* row offsets inside a plane; -1 marks a zero-padding row */
-        for (int ky = 0; ky < KH; ++ky) {
-            int iy = iy0 + ky * DH;
-            if (!rows_inside)
-                iy = src_index(iy, H);
-            roff[ky] = iy < 0 ? -1 : iy * W;
-        }
-        int coff[KW * WB]; /* mapped column per tap and lane; -1 = zero padding */
-        if (!cols_inside) {
-            for (int kx = 0; kx < KW; ++kx)
-                for (int j = 0; j < WB; ++j)
-                    coff[kx * WB + j] = src_index(ix0 + kx * DW + j * SW, W);
-        }
-        for (int ci = 0; ci < cin_g; ++ci) {
-            __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
-            __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
-            for (int ky = 0; ky < KH; ++ky) {
-                const int ro = roff[ky];
-                if (ro < 0)
-                    continue;
-                __global const IN_T *row = xp + (size_t)ro * CPLX;
-                __global const REAL *wr = wc + ky * (KW * CB * CPLX);
-                KX_UNROLL
-                for (int kx = 0; kx < KW; ++kx) {
-                    DECL_V;
-                    if (cols_inside) {
+        if (rows_inside && cols_inside) {
+            /* interior: no index mapping, no zero taps; the common case on images */
+            for (int ci = 0; ci < cin_g; ++ci) {
+                __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
+                __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
+                KY_UNROLL
+                for (int ky = 0; ky < KH; ++ky) {
+                    __global const IN_T *row = xp + (size_t)((iy0 + ky * DH) * W) * CPLX;
+                    __global const REAL *wr = wc + ky * (KW * CB * CPLX);
+                    KX_UNROLL
+                    for (int kx = 0; kx < KW; ++kx) {
+                        DECL_V;
                         LOAD_INSIDE(row, ix0 + kx * DW);
-                    } else {
-                        LOAD_BORDER(row, coff + kx * WB);
+                        ACCUM(wr + kx * (CB * CPLX));
                     }
-                    ACCUM(wr + kx * (CB * CPLX));
+                }
+            }
+        } else {
+            /* border: rows and columns through the padding map */
+            int roff[KH]; /* row offsets inside a plane; -1 marks a zero-padding row */
+            for (int ky = 0; ky < KH; ++ky) {
+                int iy = iy0 + ky * DH;
+                if (!rows_inside)
+                    iy = src_index(iy, H);
+                roff[ky] = iy < 0 ? -1 : iy * W;
+            }
+            int coff[KW * WB]; /* mapped column per tap and lane; -1 = zero padding */
+            if (!cols_inside) {
+                for (int kx = 0; kx < KW; ++kx)
+                    for (int j = 0; j < WB; ++j)
+                        coff[kx * WB + j] = src_index(ix0 + kx * DW + j * SW, W);
+            }
+            for (int ci = 0; ci < cin_g; ++ci) {
+                __global const IN_T *xp = xg + (size_t)ci * plane * CPLX;
+                __global const REAL *wc = wg + (size_t)ci * (KH * KW * CB * CPLX);
+                for (int ky = 0; ky < KH; ++ky) {
+                    const int ro = roff[ky];
+                    if (ro < 0)
+                        continue;
+                    __global const IN_T *row = xp + (size_t)ro * CPLX;
+                    __global const REAL *wr = wc + ky * (KW * CB * CPLX);
+                    KX_UNROLL
+                    for (int kx = 0; kx < KW; ++kx) {
+                        DECL_V;
+                        if (cols_inside) {
+                            LOAD_INSIDE(row, ix0 + kx * DW);
+                        } else {
+                            LOAD_BORDER(row, coff + kx * WB);
+                        }
+                        ACCUM(wr + kx * (CB * CPLX));
+                    }
                 }
             }
         }
-    }
 
-    /* ---- bias and store (partial strips and channel blocks store only what exists) ---- */
-    const int nw = Wo - ox0 < WB ? Wo - ox0 : WB;
+        /* ---- bias and store (partial strips and channel blocks store only what exists) ---- */
+        const int nw = Wo - ox0 < WB ? Wo - ox0 : WB;
 #pragma unroll
-    for (int cb = 0; cb < CB; ++cb) {
-        if (cob * CB + cb >= cout_g)
-            break;
-        const size_t co = (size_t)g * cout_g + (size_t)(cob * CB + cb);
-        __global REAL *yo = y + (((size_t)n * c_out + co) * Ho + oy) * (size_t)Wo * CPLX +
-                            (size_t)ox0 * CPLX;
-        RV r = acc[cb];
+        for (int cb = 0; cb < CB; ++cb) {
+            if (cob * CB + cb >= cout_g)
+                break;
+            const size_t co = (size_t)g * cout_g + (size_t)(cob * CB + cb);
+            __global REAL *yo = y + (((size_t)n * c_out + co) * Ho + oy) * (size_t)Wo * CPLX +
+                                (size_t)ox0 * CPLX;
+            RV r = acc[cb];
 #if COMPLEX
-        RV ri = acci[cb];
+            RV ri = acci[cb];
 #if HAS_BIAS
-        r += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb)]);
-        ri += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb) + 1]);
+            r += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb)]);
+            ri += (RV)(bp[2 * ((g * n_cob + cob) * CB + cb) + 1]);
 #endif
-        REAL tr[WB], ti[WB];
-        STOREV_PRIVATE(r, tr);
-        STOREV_PRIVATE(ri, ti);
-        for (int j = 0; j < nw; ++j) {
-            yo[2 * j] = tr[j];
-            yo[2 * j + 1] = ti[j];
-        }
+            REAL tr[WB], ti[WB];
+            STOREV_PRIVATE(r, tr);
+            STOREV_PRIVATE(ri, ti);
+            for (int j = 0; j < nw; ++j) {
+                yo[2 * j] = tr[j];
+                yo[2 * j + 1] = ti[j];
+            }
 #else
 #if HAS_BIAS
-        r += (RV)(bp[(g * n_cob + cob) * CB + cb]);
+            r += (RV)(bp[(g * n_cob + cob) * CB + cb]);
 #endif
-        if (nw == WB) {
-            STOREV(r, yo);
-        } else {
-            REAL t[WB];
-            STOREV_PRIVATE(r, t);
-            for (int j = 0; j < nw; ++j)
-                yo[j] = t[j];
+            if (nw == WB) {
+                STOREV(r, yo);
+            } else {
+                REAL t[WB];
+                STOREV_PRIVATE(r, t);
+                for (int j = 0; j < nw; ++j)
+                    yo[j] = t[j];
+            }
+#endif
         }
-#endif
-    }
+    } /* rows */
 }

@@ -403,7 +403,7 @@ _CHILD = """
 import json, sys
 import numpy as np
 from convcli import RunInfo
-from convcli.backends.opencl_backend import OpenCLBackend
+from convcli.backends.opencl_backend import OpenCLBackend, _direct_config
 from convcli.spec import make_spec
 dtype = sys.argv[1]
 rng = np.random.default_rng(11)
@@ -413,7 +413,7 @@ spec = make_spec(x, w, None, padding=(2, 1), groups=3, padding_mode="reflect")
 be = OpenCLBackend.create(None)
 info = RunInfo()
 y = be.run_direct(x, w, None, spec, info=info)
-cfg = __import__("convcli.backends.opencl_backend", fromlist=["x"])._direct_config(spec, x.dtype)
+cfg = _direct_config(spec, x.dtype, be.is_cpu)
 names = be.program("conv2d_direct", cfg.defines).kernel_names
 print(json.dumps({"y": y.astype(np.float64).ravel().tolist(), "kernels": names,
                   "build": info.timings.get("build", 0.0)}))

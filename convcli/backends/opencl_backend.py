@@ -735,7 +735,7 @@ class OpenCLBackend:
             return np.empty(shape, dtype=work)
         xin = x
         with self.current(info), translate_errors("OpenCL direct convolution"):
-            cfg = _direct_config(spec, dtype)
+            cfg = _direct_config(spec, dtype, self.is_cpu)
             knl = self.kernel("conv2d_direct", cfg.defines, info)
             wkey = ("conv2d_direct", cfg.cb, work.str, self.content_key(weight))
             wbuf = self.constant_buffer(
@@ -776,7 +776,7 @@ class OpenCLBackend:
             lx, ly, _ = LOCAL_SIZE
             strips = _ceil_div(spec.w_out, cfg.wb)
             gx = _ceil_div(strips, lx) * lx
-            gy = _ceil_div(spec.h_out, ly) * ly
+            gy = _ceil_div(_ceil_div(spec.h_out, int(cfg.defines["RB"])), ly) * ly
             gz = spec.n * spec.groups * cfg.n_cob
             self.launch(knl, (gx, gy, gz), LOCAL_SIZE, args, info)
             out = self.fetch(out, ybuf, info)
@@ -791,7 +791,7 @@ class _DirectConfig:
     defines: dict[str, int | str]
 
 
-def _direct_config(spec: ConvSpec, dtype: np.dtype) -> _DirectConfig:
+def _direct_config(spec: ConvSpec, dtype: np.dtype, is_cpu: bool = True) -> _DirectConfig:
     """Block sizes and build defines of ``conv2d_direct`` for ``spec``.
 
     Register budget (16 AVX2 registers of 8 floats): CB accumulators of WB lanes, twice
@@ -823,6 +823,8 @@ def _direct_config(spec: ConvSpec, dtype: np.dtype) -> _DirectConfig:
         "CB": cb,
         "WB": wb,
         "HAS_BIAS": int(spec.has_bias),
+        # rows per work-item: amortises the set-up on CPUs; GPUs want the parallelism
+        "RB": 4 if is_cpu else 1,
     }
     return _DirectConfig(cb=cb, wb=wb, n_cob=n_cob, defines=defines)
 
