@@ -1027,8 +1027,20 @@ def write_image(
     if fmt == "PNG" and bit_depth in (16, 32):
         q16 = _quantize(arr, 16)
         return atomic_write(path, lambda tmp: _write_png(tmp, q16))
+    if has_alpha is False and channels in (2, 4):
+        raise InputError(
+            f"{name}: {channels} channels without alpha fit no {fmt} image mode; "
+            "write .npy or .tif instead"
+        )
     q8 = _quantize(arr, 8)
-    return atomic_write(path, lambda tmp: _save_pil(tmp, q8, fmt, quality, has_alpha))
+
+    def save(tmp: Path) -> None:
+        try:
+            _save_pil(tmp, q8, fmt, quality)
+        except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
+            raise InputError(f"{name}: cannot write: {_reason(exc)}") from None
+
+    return atomic_write(path, save)
 
 
 def _save_npy(tmp: Path, arr: np.ndarray) -> None:
@@ -1047,20 +1059,14 @@ def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
     return work.astype(np.uint8 if bits == 8 else np.uint16)
 
 
-def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int, has_alpha: bool | None) -> None:
+def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int) -> None:
     from PIL import Image as PILImage
 
-    channels = q8.shape[0]
-    if has_alpha is False and channels in (2, 4):
-        raise InputError(
-            f"{channels} channels without alpha fit no {fmt} image mode; write .npy or .tif instead"
-        )
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    if fmt in ("BMP", "WEBP") and mode == "LA":
-        mode = "RGBA"
+    if fmt == "WEBP" and q8.shape[0] == 2:  # WebP has no gray + alpha mode
         q8 = np.concatenate([q8[:1], q8[:1], q8[:1], q8[1:]])
     hwc = np.ascontiguousarray(np.moveaxis(q8, 0, -1))
-    im = PILImage.fromarray(hwc[..., 0] if channels == 1 else hwc, mode)
+    # uint8 (H, W) -> L, (H, W, 2/3/4) -> LA/RGB/RGBA: Pillow infers the mode.
+    im = PILImage.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
     options: dict[str, Any] = {}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = int(min(max(quality, 1), 100))

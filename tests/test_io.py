@@ -337,7 +337,7 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
         Path(args[0]).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cio, "_save_pil", boom)
+    monkeypatch.setattr(cio, "_save_pil", boom)  # fails after writing part of the file
     with pytest.raises(InputError, match=r"keep\.png: cannot write: no space left on device"):
         cio.write_image(target, smooth(3, seed=9))
     assert target.read_bytes() == before
@@ -721,3 +721,11 @@ def test_integer_npy_scaled_like_images(tmp_path):
     np.save(tmp_path / "u16.npy", np.array([[[0, 65535]]], np.uint16))
     im = cio.read_image(tmp_path / "u16.npy")
     assert im.bit_depth == 16 and im.data.tolist() == [[[0.0, 1.0]]]
+
+
+def test_pillow_value_errors_become_input_errors(tmp_path):
+    with pytest.raises(InputError, match=r"wide\.webp: cannot write: .*16383"):
+        cio.write_image(tmp_path / "wide.webp", np.zeros((3, 2, 17000), np.float32))
+    with pytest.raises(InputError, match=r"x\.png: 2 channels without alpha"):
+        cio.write_image(tmp_path / "x.png", np.zeros((2, 2, 2)), has_alpha=False)
+    assert list(tmp_path.iterdir()) == []
