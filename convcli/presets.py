@@ -1,10 +1,13 @@
 """Named and parametric kernels, and the inline kernel-text parser.
 
 Presets follow ImageMagick's built-in kernels (``-morphology Convolve <name>:<args>``,
-``AcquireKernelBuiltIn`` in MagickCore/morphology.c): the same parameters, defaults and
-values, so ``gaussian:radius=0,sigma=2`` equals IM's ``Gaussian:0x2``. Kernels are given
-as IM shows them with ``-define morphology:showKernel=1``; convcli applies them like
-torch, as cross-correlation (``--flip`` gives IM's ``Convolve``, which rotates 180°).
+``AcquireKernelBuiltIn`` in MagickCore/morphology.c): the same parameters in the same
+order and the same values, so ``gaussian:radius=0,sigma=2`` (or ``Gaussian:0x2``) equals
+IM's ``Gaussian:0x2`` (tests compare them with an installed ImageMagick). Shape kernels
+(diamond, disk, ring...) and binomial are normalised to sum 1 here, so they average.
+Kernels are given as IM shows them with ``-define morphology:showKernel=1``; convcli
+applies them like torch, as cross-correlation (``--flip`` gives IM's ``Convolve``, which
+rotates the kernel 180°).
 
 Fixed kernels are data files (``presets/<name>.toml``, one per preset); parametric
 families (Gaussian, DoG, shapes, motion blur...) are generated here. User presets use the
@@ -1043,7 +1046,6 @@ def _make(fam: _Family, values: dict[str, ParamValue], spec: str) -> Preset:
     if kernel.ndim != 2 or kernel.size == 0 or not np.isfinite(kernel).all():
         raise InputError(f"preset {spec!r}: the parameters give no usable kernel")
     normalized = fam.normalized and bool(abs(kernel.sum() - 1.0) < 1e-9)
-    kernel.setflags(write=False)
     return Preset(fam.name, fam.description, dict(values), kernel, normalized, fam.source)
 
 
