@@ -223,6 +223,17 @@ def test_direct_read_only_input_and_reused_weights(ocl):
     assert_close(second, 2 * ref, "float32")
 
 
+def test_direct_copy_path_as_on_gpus(ocl):
+    """Non-CPU devices copy through reusable scratch buffers and run one row per item."""
+    from convcli.backends.opencl_backend import OpenCLBackend
+
+    other = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    other.is_cpu = False
+    for hw in [(14, 30), (9, 12), (16, 33)]:  # smaller, then larger: scratch reused, regrown
+        _check(other, "float32", hw=hw, pad=(1, 2, 2, 1), mode="reflect", groups=2)
+    _check(other, "complex64", hw=(7, 9), pad=(1, 1, 1, 1), mode="circular")
+
+
 # -------------------------------------------------------------------- through the API
 
 
