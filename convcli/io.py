@@ -348,7 +348,8 @@ def _read_with_pil(path: Path, max_pixels: int | None, *, tiff: bool = False) ->
                 _check_pixels(name, im.size[0] * im.size[1], max_pixels)
                 im.load()  # decode fully inside the try: truncation shows up here
                 try:
-                    im = ImageOps.exif_transpose(im)
+                    # in place: no copy of the (possibly huge) decoded image
+                    ImageOps.exif_transpose(im, in_place=True)
                 except Exception as exc:  # a broken EXIF block must not lose the pixels
                     notes.append(f"EXIF orientation ignored ({_reason(exc)})")
         notes.extend(_one_line(w.message) for w in caught)
@@ -377,7 +378,8 @@ def _from_pil(im: Any, path: Path) -> Image:
     name = _name(path)
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(im).astype(np.float32) / np.float32(65535)
+        arr = np.asarray(im).astype(np.float32)
+        arr /= np.float32(65535)
         return Image(arr[None], "L", 16, False, path)
     if mode == "I":
         raw = np.asarray(im)
@@ -404,7 +406,8 @@ def _from_pil(im: Any, path: Path) -> Image:
         raise InputError(f"{name}: unsupported image mode {mode!r}")
     arr = np.asarray(im, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    data = arr.astype(np.float32) / np.float32(255)
+    data = arr.astype(np.float32)  # (C, H, W) copy, then scaled in place
+    data /= np.float32(255)
     return Image(data, im.mode, 8, im.mode in ("LA", "RGBA"), path)
 
 
