@@ -220,3 +220,17 @@ def test_large_kernel_on_large_image_is_bounded():
     assert rows < spec.h_out and band_bytes < 64 * 2**20 and kbytes < 64 * 2**20
     per_row = spec.c_in * (4096 + 30) * 4
     assert nb._band_rows(spec, per_row, nb.CHUNK_BYTES // 4) < spec.h_out
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("small_bands", [False, True])
+def test_separable_one_kernel_for_every_channel(monkeypatch, mode, small_bands):
+    """Image filters (the same kernel on every channel) take the side-by-side path."""
+    if small_bands:
+        monkeypatch.setattr(nb, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(8)
+    x = _rand(rng, (2, 3, 41, 37), "float32")
+    k = _rank1(rng, (1, 1, 5, 7), "float32")
+    w = np.ascontiguousarray(np.broadcast_to(k, (3, 1, 5, 7)))
+    b = _rand(rng, (3,), "float32")
+    _check(x, w, b, (2, 1), (3, 4), (1, 2), 3, mode, "separable", "float32")

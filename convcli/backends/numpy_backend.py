@@ -315,32 +315,54 @@ def _toeplitz(taps: np.ndarray, block: int, step: int, dil: int, work: np.dtype)
     return mat
 
 
-def _block(k_eff: int, vertical: bool) -> int:
-    # measured on RGB 2048^2 (float32): vertical passes like short blocks (16 rows for 5
-    # taps, 64 for 31); the horizontal pass is one GEMM whose K is a block of inputs, so
-    # its block is just wide enough for the kernel span (see _separable)
-    if vertical:
-        return 16 if k_eff <= 8 else 64
+def _block(k_eff: int) -> int:
+    """Outputs per Toeplitz block: just wide enough for the kernel span.
+
+    Each pass is one GEMM whose K is a block of ``block*stride`` inputs and whose N (or M)
+    covers every block of the band, so the matmul does ``2 * m * block * stride`` flops
+    per output (``m`` = 2 slabs when the block spans the kernel).
+    """
     return max(16, -(-k_eff // 16) * 16)
 
 
-def _horizontal_matrix(th: np.ndarray, bh: int, sw: int) -> tuple[np.ndarray, int]:
-    """Toeplitz ``(L, bh)`` cut into ``m`` slabs of ``P = bh*sw`` rows, side by side.
+def _slabs(
+    taps: np.ndarray, block: int, step: int, dil: int, work: np.dtype
+) -> tuple[np.ndarray, int]:
+    """Toeplitz ``(block, L)`` cut into ``m`` slabs of ``P = block*step`` columns.
 
-    Output block ``k`` reads input columns ``k*P .. k*P+L-1``, i.e. slab ``j`` of input
-    block ``k+j``: so one GEMM of the input viewed as ``(rows*blocks, P)`` by this
-    ``(P, m*bh)`` matrix gives every partial product, and the horizontal pass costs one
-    BLAS call per band instead of one per block (hundreds of small calls made OpenBLAS's
-    threads spin when the machine was busy: 17 s instead of 0.6 s on a 4096^2 image).
+    Output block ``k`` reads inputs ``k*P .. k*P+L-1``, i.e. slab ``j`` of input block
+    ``k+j``. Returned stacked as ``(m*block, P)``: one GEMM against the input viewed as
+    ``(P, blocks*...)`` gives every partial product, so a pass costs one BLAS call per
+    band instead of one per block (hundreds of small calls made OpenBLAS's threads spin
+    when the machine was busy: 17 s instead of 0.6 s on a 4096^2 image).
     """
-    span, width = th.shape
-    p = bh * sw
+    mat = _toeplitz(taps, block, step, dil, work)
+    span = mat.shape[1]
+    p = block * step
     m = -(-span // p)
-    padded = np.zeros((m * p, width), dtype=th.dtype)
-    padded[:span] = th
+    padded = np.zeros((block, m * p), dtype=work)
+    padded[:, :span] = mat
     return np.ascontiguousarray(
-        padded.reshape(m, p, width).transpose(1, 0, 2).reshape(p, m * width)
+        padded.reshape(block, m, p).transpose(1, 0, 2).reshape(m * block, p)
     ), m
+
+
+def _pass(src: np.ndarray, stack: np.ndarray, m: int, block: int, nblocks: int) -> np.ndarray:
+    """One 1-D pass along axis 0 of ``src`` ``(nbx*P, S)``: returns ``(block, nblocks, S)``.
+
+    Row ``i`` of block ``k`` of the result is output ``k*block + i`` (blocks stay
+    interleaved: the other pass does not care about the order of its rows).
+    """
+    p = stack.shape[1]
+    nbx = src.shape[0] // p
+    width = src.shape[1]
+    # (P, nbx*S): the contraction axis first, one row copy of the band
+    y = np.ascontiguousarray(src.reshape(nbx, p, width).swapaxes(0, 1)).reshape(p, nbx * width)
+    z = (stack @ y).reshape(m, block, nbx, width)
+    res = z[0, :, :nblocks].copy()
+    for j in range(1, m):
+        res += z[j, :, j : j + nblocks]
+    return res
 
 
 def _separable(
@@ -356,49 +378,62 @@ def _separable(
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     ekh = dh * (spec.kh - 1) + 1
     ekw = dw * (spec.kw - 1) + 1
-    bv, bh = _block(ekh, True), _block(ekw, False)
+    bv, bh = _block(ekh), _block(ekw)
     nbh = -(-wo // bh)
-    tv = {}
-    th = {}
-    for o in range(spec.c_out):
-        for c in range(spec.cin_g):
-            tv[o, c] = _toeplitz(colf[o, c], bv, sh, dh, work)
-            th[o, c], m = _horizontal_matrix(
-                np.ascontiguousarray(_toeplitz(rowf[o, c], bh, sw, dw, work).T), bh, sw
-            )
-    lv = tv[0, 0].shape[1]
-    p = bh * sw
-    nbx = nbh + m - 1  # input blocks the horizontal GEMM reads
-    wy = nbx * p
-    out = np.zeros((n, spec.c_out, ho, wo), dtype=work)
+    # one kernel for every plane (an image filter): all planes go side by side through
+    # the same two GEMMs per band
+    shared = spec.cin_g == 1 and spec.cout_g == 1 and bool(np.all(weight == weight[:1]))
+    pairs = [(0, 0)] if shared else [(o, c) for o in range(spec.c_out) for c in range(spec.cin_g)]
+    tv, th = {}, {}
+    for o, c in pairs:
+        tv[o, c], mv = _slabs(colf[o, c], bv, sh, dh, work)
+        stack, mh = _slabs(rowf[o, c], bh, sw, dw, work)
+        th[o, c] = np.ascontiguousarray(stack.T)
+    pv, ph = bv * sh, bh * sw
+    wy = (nbh + mh - 1) * ph  # input columns the horizontal GEMM reads
     cols_needed = min(wy, (wo - 1) * sw + ekw)
-    per_row = spec.c_in * sh * wy * work.itemsize
+    cpos = np.arange(cols_needed) - spec.pad[2]
+    per_row = n * spec.c_in * sh * wy * work.itemsize * 3
     rows = _band_rows(spec, per_row, CHUNK_BYTES // 4)
     rows = max(bv, rows // bv * bv)
-    cpos = np.arange(cols_needed) - spec.pad[2]
+    out = np.zeros((n, spec.c_out, ho, wo), dtype=work)
+
+    def both(src: np.ndarray, key: tuple[int, int], nr: int, nbv: int) -> np.ndarray:
+        """``src`` ``(in_rows, S)`` with S = planes*wy -> ``(nr, planes, wo)``."""
+        planes = src.shape[1] // wy
+        mid = _pass(src, tv[key], mv, bv, nbv)  # (bv, nbv, planes*wy)
+        # horizontal: the contraction axis is contiguous, so the input is a free view
+        # (rows*blocks, P_h) and the slabs sit side by side in th: (P_h, mh*bh)
+        nbx = nbh + mh - 1
+        z = (mid.reshape(-1, ph) @ th[key]).reshape(bv, nbv, planes, nbx, mh, bh)
+        res = z[:, :, :, :nbh, 0].copy()
+        for j in range(1, mh):
+            res += z[:, :, :, j : j + nbh, j]
+        # (bv, nbv, planes, nbh, bh) -> (nbv, bv, planes, nbh*bh): outputs in order
+        res = res.transpose(1, 0, 2, 3, 4).reshape(nbv * bv, planes, nbh * bh)
+        return res[:nr, :, :wo]
+
     for r0 in range(0, ho, rows):
         r1 = min(ho, r0 + rows)
         nr = r1 - r0
         nbv = -(-nr // bv)
-        in_rows = (nbv * bv - 1) * sh + ekh
-        band = np.zeros((n, spec.c_in, in_rows, wy), dtype=work)
+        in_rows = (nbv + mv - 1) * pv
         used = min(in_rows, (r1 - 1) * sh + ekh - r0 * sh)
         rpos = np.arange(r0 * sh, r0 * sh + used) - spec.pad[0]
-        _gather2d(x, rpos, cpos, spec.padding_mode, band[:, :, :used, :cols_needed])
-        mid = np.zeros((nbv * bv, wy), dtype=work)
+        buf = np.zeros((in_rows, n, spec.c_in, wy), dtype=work)
+        _gather2d(
+            x, rpos, cpos, spec.padding_mode, buf.transpose(1, 2, 0, 3)[:, :, :used, :cols_needed]
+        )
+        if shared:
+            res = both(buf.reshape(in_rows, -1), (0, 0), nr, nbv)
+            out[:, :, r0:r1] = res.reshape(nr, n, spec.c_out, wo).transpose(1, 2, 0, 3)
+            continue
         for b in range(n):
             for o in range(spec.c_out):
                 gi = o // spec.cout_g
                 for c in range(spec.cin_g):
-                    src = band[b, gi * spec.cin_g + c]
-                    for k in range(nbv):
-                        s0 = k * bv * sh
-                        np.matmul(tv[o, c], src[s0 : s0 + lv], out=mid[k * bv : (k + 1) * bv])
-                    z = (mid[:nr].reshape(nr * nbx, p) @ th[o, c]).reshape(nr, nbx, m, bh)
-                    res = z[:, :nbh, 0].copy()
-                    for j in range(1, m):
-                        res += z[:, j : j + nbh, j]
-                    out[b, o, r0:r1] += res.reshape(nr, nbh * bh)[:, :wo]
+                    src = buf[:, b, gi * spec.cin_g + c]
+                    out[b, o, r0:r1] += both(src, (o, c), nr, nbv)[:, 0]
     return out
 
 
@@ -539,16 +574,14 @@ def estimate_seconds(spec: ConvSpec, algo: str) -> float:
         pix = spec.n * spec.h_out * spec.w_out
         return 2.0 * spec.macs * cplx / GEMM_FLOPS + pix * spec.c_in * taps / GATHER_ELEMS
     if algo == "separable":
-        bv, bh = _block(ekh, True), _block(ekw, False)
-        lv = (bv - 1) * sh + ekh
-        lh = (bh - 1) * sw + ekw
-        m = -(-lh // (bh * sw))
+        bv, bh = _block(ekh), _block(ekw)
+        mv = -(-((bv - 1) * sh + ekh) // (bv * sh))
+        mh = -(-((bh - 1) * sw + ekw) // (bh * sw))
         pairs = spec.n * spec.c_out * spec.cin_g
         wp = (spec.w_out - 1) * sw + ekw
-        flops = 2.0 * pairs * spec.h_out * (wp * lv + spec.w_out * m * bh * sw) * cplx
-        calls = pairs * (spec.h_out / bv) * 2e-6
+        flops = 2.0 * pairs * spec.h_out * (wp * mv * bv * sh + spec.w_out * mh * bh * sw) * cplx
         passes = pairs * spec.h_out * wp * item * SEPARABLE_PASSES / COPY_BYTES
-        return flops / TOEPLITZ_FLOPS + calls + passes
+        return flops / TOEPLITZ_FLOPS + passes
     if algo == "fft":
         rows, fh, fw, _ = _fft_plan(spec)
         bands = -(-spec.h_out // rows)
