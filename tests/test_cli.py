@@ -7,6 +7,7 @@ within one 8-bit level (1/255) plus rounding.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from naive import naive_conv2d
 
 from convcli import __version__
@@ -513,3 +516,59 @@ def test_bare_group_prints_help():
     for args in ((), ("presets",)):
         res = run(*args)
         assert res.stdout.startswith("Usage:") and "Commands:" in res.stdout
+
+
+# ---------------------------------------------------------------------------- option parsers
+@given(st.integers(1, 10**6), st.sampled_from(["", "K", "M", "G", "k", "MB", "MiB", "GB"]))
+def test_parse_bytes_units(n, unit):
+    import click
+
+    from convcli.cli import parse_bytes
+
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[unit[:1].upper()]
+    assert parse_bytes(f"{n}{unit}") == n * scale
+    with pytest.raises(click.BadParameter):
+        parse_bytes(f"{n}{unit}x")
+
+
+@given(st.text(max_size=12))
+def test_option_parsers_never_crash(text):
+    """Any text either parses or raises click's BadParameter (a usage error, exit 2)."""
+    import click
+
+    from convcli.cli import parse_bytes, parse_count, parse_floats, parse_pair
+
+    for parse in (parse_bytes, parse_count, parse_floats, parse_pair):
+        with contextlib.suppress(click.BadParameter):
+            parse(text)
+
+
+@given(st.integers(0, 99), st.integers(0, 99))
+def test_parse_pair_values(a, b):
+    from convcli.cli import parse_pair
+
+    assert parse_pair(str(a)) == a
+    assert parse_pair(f"{a}, {b}") == (a, b)
+    assert parse_pair(" Same ", words=("same", "valid")) == "same"
+
+
+@pytest.mark.parametrize(("alpha", "mode"), [("keep", "RGBA"), ("drop", "RGB"), ("filter", "RGBA")])
+def test_alpha_modes(tmp_path, alpha, mode):
+    rng = np.random.default_rng(5)
+    data = rng.random((4, 12, 10)).astype(np.float32)
+    src = tmp_path / "rgba.png"
+    cio.write_image(src, data)
+    np.save(tmp_path / "k.npy", BOX3.astype(np.float32))
+    out = tmp_path / "out.png"
+    run("apply", src, "--weights", tmp_path / "k.npy", "-o", out, "--alpha", alpha,
+        "--backend", "numpy")  # fmt: skip
+    img = cio.read_image(out)
+    assert img.mode == mode
+    x = cio.read_image(src).data.astype(np.float64)
+    c = 4 if alpha == "filter" else 3
+    w = np.broadcast_to(BOX3, (c, 1, 3, 3))
+    ref = np.clip(naive_conv2d(x[None, :c], w, None, (1, 1), (1, 1, 1, 1), (1, 1), c,
+                               "replicate")[0].real, 0, 1)  # fmt: skip
+    if alpha == "keep":
+        ref = np.concatenate([ref, x[3:]])
+    assert float(np.max(np.abs(img.data - ref))) <= LEVEL
