@@ -601,6 +601,7 @@ def run_tasks(
         What to do with an output file that already exists.
     workers : int, optional
         Threads for reading and for writing (each); default: CPU count, at least 2.
+        ``workers + 1`` images are decoded ahead (one when ``engine.max_memory`` is set).
     stop : threading.Event, optional
         Set it (e.g. from a signal handler) to stop after the image being convolved:
         reads not yet used are dropped, results already computed are written, and the
@@ -619,7 +620,9 @@ def run_tasks(
     workers = max(2, workers or os.cpu_count() or 2)
     stop = stop or threading.Event()
     timings = {"read": 0.0, "write": 0.0, "convolve": 0.0}
-    lookahead = workers + 1
+    # Decoded images waiting for the convolution. Under a memory cap (max_memory: huge
+    # images) keep one, so memory holds about one input and one result at a time.
+    lookahead = 1 if engine.max_memory else workers + 1
     pending = deque(tasks)
     reads: deque[tuple[Task, Future]] = deque()
     writes: deque[tuple[Task, Future, float]] = deque()
@@ -716,7 +719,7 @@ def run_tasks(
                 writes.append(
                     (task, writers.submit(_write, task, out, loaded, output), h * w / 1e6)
                 )
-                drain_writes(block_over=workers)
+                drain_writes(block_over=1 if engine.max_memory else workers)
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and
             # finish the writes of results already computed (each is atomic).
