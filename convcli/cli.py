@@ -681,6 +681,8 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
     if fmt and single_file and out_suffix != fmt.lower():
         raise click.UsageError(f"--format {fmt} disagrees with the output suffix of {output}")
+    if len(inputs) > 1 and Path(output).exists() and not Path(output).is_dir():
+        raise click.UsageError(f"-o {output}: several inputs need an output folder")
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
     label = Path(inputs[0]).name if len(inputs) == 1 else "images"
     result, signum = _run(plan, filt, engine, out, opts, existing="replace", label=label)
