@@ -12,6 +12,7 @@ same key words; elsewhere shapes and dtypes must match and values lie within con
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -27,6 +28,13 @@ DTYPES = ("float32", "float64", "complex64")
 WIDE = {"float32": torch.float64, "float64": torch.float64, "complex64": torch.complex128}
 N_CONFIGS = 300
 SEED = 20260
+# OpenCL builds one program per kernel geometry (0.3-1.5 s each on a cold PoCL cache,
+# and nearly every configuration is a new geometry): it runs every third configuration,
+# NumPy all of them; CONVCLI_FULL_SWEEP=1 runs all of them on OpenCL too.
+OPENCL_EVERY = 1 if os.environ.get("CONVCLI_FULL_SWEEP") else 3
+SWEEP = [("numpy", i) for i in range(N_CONFIGS)] + [
+    ("opencl", i) for i in range(0, N_CONFIGS, OPENCL_EVERY)
+]
 
 # Phrases of torch's messages that ours must repeat when torch's message has them.
 KEY_PHRASES = (
@@ -155,7 +163,12 @@ def _describe(index: int) -> str:
     )
 
 
-@pytest.mark.parametrize("index", range(N_CONFIGS), ids=_describe)
+@pytest.mark.parametrize(
+    ("backend", "index"),
+    SWEEP,
+    indirect=["backend"],
+    ids=[f"{backend}-{_describe(index)}" for backend, index in SWEEP],
+)
 def test_sweep_matches_torch(backend, index):
     config = make_config(index)
     try:
