@@ -592,3 +592,51 @@ def test_layer_matches_torch_module(backend, dtype):
     y = layer(x, backend=backend)
     assert y.dtype == np.dtype(dtype)
     assert_close(y, torch_conv(config), dtype)
+
+
+LAYERS = [
+    ((16, 33, (3, 5)), {"stride": (2, 1), "padding": (4, 2), "dilation": (3, 1)}),
+    ((3, 8, 3), {"padding": "same", "padding_mode": "reflect", "bias": False}),
+    ((4, 8, 3), {"groups": 4, "padding": 1}),
+    ((2, 2, 1), {}),
+    ((2, 4, (2, 3)), {"padding": "valid", "stride": 2}),
+    ((2, 4, 3), {"padding_mode": "circular"}),
+    ((6, 9, (4, 2)), {"groups": 3, "padding": "same", "dilation": 2, "padding_mode": "replicate"}),
+]
+
+
+@pytest.mark.parametrize(("args", "keywords"), LAYERS)
+def test_layer_repr_and_init_like_torch(args, keywords):
+    theirs = torch.nn.Conv2d(*args, **keywords)
+    mine = Conv2d(*args, **keywords, seed=1)
+    assert repr(mine) == repr(theirs)
+    assert mine.weight.shape == tuple(theirs.weight.shape)
+    assert (mine.bias is None) == (theirs.bias is None)
+    # the same U(-b, b) bound: torch's kaiming_uniform(a=sqrt(5)) gives b = 1/sqrt(fan_in)
+    in_channels, _, kernel = args
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    bound = 1 / np.sqrt(in_channels // keywords.get("groups", 1) * kh * kw)
+    for ours_, torch_ in ((mine.weight, theirs.weight), (mine.bias, theirs.bias)):
+        if ours_ is None:
+            continue
+        assert np.abs(ours_).max() <= bound
+        assert torch_.detach().abs().max().item() <= bound
+        if ours_.size >= 50:  # many draws reach near the bound
+            assert np.abs(ours_).max() > 0.8 * bound
+
+
+@pytest.mark.parametrize(
+    ("args", "keywords", "phrase"),
+    [
+        ((4, 6, 3), {"groups": 4}, "out_channels must be divisible by groups"),
+        ((4, 6, 3), {"groups": 3}, "in_channels must be divisible by groups"),
+        ((4, 6, 3), {"padding": "same", "stride": 2}, "padding='same' is not supported"),
+        ((4, 6, 3), {"padding": "full"}, "Invalid padding string 'full'"),
+        ((4, 6, 3), {"padding_mode": "mirror"}, "padding_mode must be one of"),
+    ],
+)
+def test_layer_constructor_raises_like_torch(args, keywords, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        torch.nn.Conv2d(*args, **keywords)
+    with pytest.raises(ConvValueError, match=phrase):
+        Conv2d(*args, **keywords)
