@@ -640,3 +640,27 @@ def test_layer_constructor_raises_like_torch(args, keywords, phrase):
         torch.nn.Conv2d(*args, **keywords)
     with pytest.raises(ConvValueError, match=phrase):
         Conv2d(*args, **keywords)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_views_match_torch(backend, dtype):
+    """Strided, reversed and Fortran-ordered arrays give torch's result for the values."""
+    rng = np.random.default_rng(11)
+    x = _random(rng, (2, 6, 9, 16), dtype)[:, ::2, ::-1, ::2]  # (2, 3, 9, 8), no copy
+    weight = np.asfortranarray(_random(rng, (4, 3, 3, 2), dtype))
+    bias = _random(rng, (8,), dtype)[::2]
+    assert not (x.flags.c_contiguous or weight.flags.c_contiguous or bias.flags.c_contiguous)
+    config = {
+        "dtype": dtype,
+        "x": np.ascontiguousarray(x),
+        "weight": np.ascontiguousarray(weight),
+        "bias": np.ascontiguousarray(bias),
+        "stride": 1,
+        "padding": (1, 2),
+        "dilation": 1,
+        "groups": 1,
+        "padding_mode": "reflect",
+    }
+    y = conv2d(x, weight, bias, padding=(1, 2), padding_mode="reflect", backend=backend)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, torch_conv(config), dtype)
