@@ -560,6 +560,24 @@ class OpenCLBackend:
                     self._add(info, "build", max(0.0, wall - seconds))
         return event
 
+    def local_size(self, kernel: cl.Kernel, wanted: Sequence[int]) -> tuple[int, ...] | None:
+        """``wanted`` if the device runs work-groups that large for ``kernel``, else None.
+
+        A register-hungry kernel can be limited below the device maximum on GPUs; None
+        lets the driver choose (global sizes here are multiples of ``wanted`` anyway).
+        """
+        key = ("wg", id(kernel))
+        limit = self._kernels.get(key)
+        if limit is None:
+            with translate_errors("querying OpenCL kernel"):
+                limit = int(
+                    kernel.get_work_group_info(
+                        self._cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device
+                    )
+                )
+            self._kernels[key] = limit
+        return tuple(wanted) if int(np.prod(wanted)) <= limit else None
+
     @staticmethod
     def event_seconds(event: Any) -> float:
         """Run time of a finished event from its profiling counters."""
@@ -778,7 +796,7 @@ class OpenCLBackend:
             gx = _ceil_div(strips, lx) * lx
             gy = _ceil_div(_ceil_div(spec.h_out, int(cfg.defines["RB"])), ly) * ly
             gz = spec.n * spec.groups * cfg.n_cob
-            self.launch(knl, (gx, gy, gz), LOCAL_SIZE, args, info)
+            self.launch(knl, (gx, gy, gz), self.local_size(knl, LOCAL_SIZE), args, info)
             out = self.fetch(out, ybuf, info)
         return out
 
