@@ -664,3 +664,32 @@ def test_non_contiguous_views_match_torch(backend, dtype):
     y = conv2d(x, weight, bias, padding=(1, 2), padding_mode="reflect", backend=backend)
     assert y.dtype == np.dtype(dtype)
     assert_close(y, torch_conv(config), dtype)
+
+
+# Larger than the sweep's: channel blocks with remainders, rows wider than a vector block.
+MODERATE = [
+    ("float32", (2, 8, 33, 37), (20, 8, 3, 3), {"padding": "same", "padding_mode": "reflect"}),
+    ("float32", (1, 3, 64, 61), (16, 3, 7, 7), {"stride": 2, "padding": 3}),
+    ("float32", (2, 12, 40, 45), (24, 1, 5, 5), {"groups": 12, "dilation": 2, "padding": 4,
+                                                 "padding_mode": "circular"}),
+    ("float32", (2, 16, 20, 20), (24, 16, 1, 1), {}),
+    ("float64", (1, 6, 30, 29), (9, 2, 4, 3), {"groups": 3, "padding": "same", "dilation": (2, 1),
+                                               "padding_mode": "replicate"}),
+    ("complex64", (2, 4, 25, 27), (6, 4, 3, 5), {"stride": (1, 2), "padding": (1, 2)}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dtype", "xshape", "wshape", "keywords"), MODERATE)
+def test_moderate_sizes_match_torch(backend, dtype, xshape, wshape, keywords):
+    rng = np.random.default_rng(5)
+    config = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
+    config.update(keywords)
+    config.update(
+        dtype=dtype,
+        x=_random(rng, xshape, dtype),
+        weight=_random(rng, wshape, dtype),
+        bias=_random(rng, (wshape[0],), dtype),
+    )
+    y = ours(config, backend)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, torch_conv(config), dtype)
