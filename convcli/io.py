@@ -144,9 +144,11 @@ def _one_line(text: object) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    """A short one-line reason (libraries sometimes explain over several paragraphs)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
-    return _one_line(exc) or type(exc).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", _one_line(exc)) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # --------------------------------------------------------------------------- reading
@@ -1349,7 +1351,18 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
     try:
         obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors of every kind
-        raise InputError(f"{name}: not a readable torch file ({_reason(exc)})") from None
+        text = _reason(exc)
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives since 1.6
+            raise InputError(f"{name}: not a readable torch file (not a zip archive)") from None
+        if "weights only load failed" in text.lower():
+            # A pickled whole model: unpickling it could run arbitrary code.
+            raise InputError(
+                f"{name}: holds more than tensors (a pickled model?); save its state_dict "
+                "(torch.save(model.state_dict(), ...)) and load that"
+            ) from None
+        raise InputError(f"{name}: not a readable torch file ({text})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
 

@@ -494,6 +494,9 @@ def test_weights_torch(tmp_path):
     np.testing.assert_array_equal(b, conv.bias.detach().numpy())
     torch.save(torch.tensor(K3), tmp_path / "t.pt")
     _check(cio.load_weights(tmp_path / "t.pt"), K3)
+    torch.save(torch.nn.Sequential(conv), tmp_path / "model.pt")  # a pickled module
+    with pytest.raises(InputError, match=r"model\.pt: holds more than tensors.*state_dict"):
+        cio.load_weights(tmp_path / "model.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(InputError, match=r"junk\.pt: not a readable torch file"):
         cio.load_weights(tmp_path / "junk.pt")
