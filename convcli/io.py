@@ -281,7 +281,7 @@ def _pil_no_bomb_limit():
             PILImage.MAX_IMAGE_PIXELS = saved
 
 
-_STDERR_LOCK = threading.Lock()
+_STDERR_LOCK = threading.RLock()  # re-entrant: a nested capture must not deadlock
 # libtiff reports through its C error handler straight to file descriptor 2 as
 # "Module: message" lines (ZIPDecode, LZWDecode, TIFFReadDirectory, <file>.tif, ...).
 _LIBTIFF_LINE = re.compile(
