@@ -205,6 +205,47 @@ def test_direct_geometries(ocl, name):
     _check(ocl, dtype, **kw)
 
 
+def _random_case(seed: int) -> dict:
+    """A random valid problem: every knob at once, pads asymmetric and mode-legal."""
+    rng = np.random.default_rng(1000 + seed)
+    mode = MODES[seed % len(MODES)]
+    dtype = ["float32", "float32", "float64", "complex64", "complex128", "float16"][seed % 6]
+    groups = int(rng.choice([1, 2, 3]))
+    c_in = groups * int(rng.integers(1, 4))
+    c_out = groups * int(rng.integers(1, 6))
+    k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    hw = (int(rng.integers(3, 20)), int(rng.integers(3, 45)))
+    limit = {"reflect": lambda n: n - 1, "circular": lambda n: n}.get(mode, lambda n: 9)
+    pad = tuple(int(rng.integers(0, min(limit(n), 4) + 1)) for n in (hw[0], hw[0], hw[1], hw[1]))
+    for axis in (0, 1):  # the kernel must fit the padded input
+        need = dilation[axis] * (k[axis] - 1) + 1
+        if hw[axis] + pad[2 * axis] + pad[2 * axis + 1] < need:
+            hw = tuple(need if a == axis else v for a, v in enumerate(hw))
+    return dict(
+        n=int(rng.integers(1, 3)),
+        c_in=c_in,
+        c_out=c_out,
+        hw=hw,
+        k=k,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        pad=pad,
+        mode=mode,
+        dtype=dtype,
+        bias=bool(seed % 3),
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_direct_random_configurations(ocl, seed):
+    kw = _random_case(seed)
+    _check(ocl, kw.pop("dtype"), **kw)
+
+
 def test_direct_zero_batch(ocl):
     x, w, b, spec, _ = _problem(n=0, hw=(5, 6), pad=(1, 1, 1, 1))
     y = ocl.run_direct(x, w, b, spec, info=RunInfo())
