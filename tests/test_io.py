@@ -732,3 +732,47 @@ def test_pillow_value_errors_become_input_errors(tmp_path):
     with pytest.raises(InputError, match=r"x\.png: 2 channels without alpha"):
         cio.write_image(tmp_path / "x.png", np.zeros((2, 2, 2)), has_alpha=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    channels=st.sampled_from([2, 4]),
+)
+def test_premultiply_identity_round_trip(seed, channels):
+    """An identity filter through premultiply/unpremultiply returns the colour wherever
+    alpha > 0 (and 0 colour where alpha is 0), and the alpha unchanged."""
+    rng = np.random.default_rng(seed)
+    data = rng.random((channels, 6, 7)).astype(np.float32)
+    data[-1][rng.random((6, 7)) < 0.3] = 0.0
+    image = cio.Image(data, {2: "LA", 4: "RGBA"}[channels], 8, True)
+    ch, kept = cio.prepare_alpha(image, "premultiply")
+    out = cio.finish_alpha(ch.copy(), kept, "premultiply", has_alpha=True)
+    alpha = data[-1]
+    np.testing.assert_array_equal(out[-1], alpha)
+    visible = alpha > 0
+    np.testing.assert_allclose(out[:-1][:, visible], data[:-1][:, visible], rtol=1e-6)
+    assert (out[:-1][:, ~visible] == 0).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=20),
+    out_map=st.sampled_from(cio.OUT_MAPS),
+    scale=st.floats(-10, 10, allow_nan=False),
+    offset=st.floats(-2, 2, allow_nan=False),
+)
+def test_map_output_always_in_unit_range(values, out_map, scale, offset):
+    x = np.array(values, np.float32)[None, None]
+    y = cio.map_output(x, out_map, scale=scale, offset=offset)
+    assert y.shape == x.shape and (y >= 0).all() and (y <= 1).all()
+
+
+def test_atomic_write_non_os_error_cleans_up(tmp_path):
+    def broken(tmp: Path) -> None:
+        tmp.write_bytes(b"x")
+        raise InputError("something else")
+
+    with pytest.raises(InputError, match="something else"):
+        cio.atomic_write(tmp_path / "y.bin", broken)
+    assert list(tmp_path.iterdir()) == []
