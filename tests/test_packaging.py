@@ -3,8 +3,10 @@ into a fresh virtual environment, and works there from outside the checkout."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import site
 import subprocess
 import sys
 import zipfile
@@ -54,9 +56,15 @@ def _run(*args: object, cwd: Path, env: dict | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel, built from the checkout without network (hatchling is installed)."""
+    """The wheel, built from the checkout.
+
+    Without network where hatchling is importable; otherwise (a venv with only the test
+    extras, as in CI) in build's isolated environment, which fetches hatchling the way
+    installing the package did.
+    """
     out = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, cwd=ROOT)
+    isolation = ["--no-isolation"] if importlib.util.find_spec("hatchling") else []
+    _run(sys.executable, "-m", "build", "--wheel", *isolation, "--outdir", out, cwd=ROOT)
     (found,) = out.glob("convcli-*.whl")
     return found
 
@@ -78,9 +86,17 @@ def test_wheel_contains_kernels_and_presets(wheel):
 
 def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
     venv = tmp_path / "venv"
-    # system site-packages provide numpy/pyopencl (no network); the wheel goes on top
+    # numpy, pyopencl and PoCL come from the environment running the tests (no network):
+    # its base interpreter's site-packages by --system-site-packages, and, when that
+    # environment is itself a venv (CI), its site-packages through a .pth file. They come
+    # after the venv's own site-packages, so the wheel's convcli wins over any checkout.
     _run(sys.executable, "-m", "venv", "--system-site-packages", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
+    purelib = _run(
+        python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=tmp_path
+    )
+    lines = [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages()]
+    (Path(purelib.strip()) / "_test_parent_env.pth").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     _run(
         python,
