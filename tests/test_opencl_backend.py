@@ -8,6 +8,7 @@ where there is none.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -27,6 +28,13 @@ from convcli.spec import make_spec
 pytestmark = pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    # by module path: the package attribute of that name is also a function
+    return importlib.import_module("convcli.backends.opencl_backend")
+
+
 MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
 DTYPES = ["float32", "float64", "complex64", "complex128", "float16"]
 
@@ -300,7 +308,7 @@ def test_api_zero_batch():
 
 
 def test_run_uses_generic_kernel_without_fast_module(ocl, monkeypatch):
-    from convcli.backends import opencl_backend
+    opencl_backend = _module()
 
     monkeypatch.setattr(opencl_backend, "_fast_module", lambda: None)
     x, w, b, spec, ref = _problem(hw=(10, 12), pad=(1, 1, 1, 1))
@@ -400,7 +408,7 @@ def test_bad_device_through_api(monkeypatch):
 
 
 def test_without_pyopencl(monkeypatch):
-    from convcli.backends import opencl_backend
+    opencl_backend = _module()
 
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # import raises ImportError
     assert opencl_backend.list_devices() == []
