@@ -228,6 +228,18 @@ def test_dense_gemm_tiny_images(ocl, hw):
     assert_close(out, ref, "float32")
 
 
+def test_weights_edited_in_place_are_not_served_stale(ocl):
+    # packed weights are cached on the device while the caller passes equal weights
+    x, w, b = rng_arrays(16, (1, 8, 9, 9), (16, 8, 3, 3))
+    first, ref, _ = fast(ocl, x, w, b, padding=1)
+    assert_close(first, ref, "float32")
+    w[3, 2, 1, 1] += 5.0
+    b[0] -= 1.0
+    second, ref2, _ = fast(ocl, x, w, b, padding=1)
+    assert_close(second, ref2, "float32")
+    assert not np.allclose(second, first)
+
+
 def test_forced_gemm_on_depthwise(ocl):
     x, w, b = rng_arrays(9, (1, 4, 11, 13), (4, 1, 3, 3))
     out, ref, info = fast(ocl, x, w, b, algo="gemm", padding=1, groups=4)
