@@ -254,6 +254,26 @@ def test_direct_random_configurations(ocl, seed):
     _check(ocl, kw.pop("dtype"), **kw)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular", "symmetric"])
+@pytest.mark.parametrize("pad", [(-1, 2, 1, -2), (-2, -1, -3, 0), (2, -2, 0, 3)])
+def test_direct_negative_padding_crops(ocl, mode, pad):
+    """Negative padding (torch crops, in the non-zero modes) gives the NumPy backend's map."""
+    from convcli.backends.numpy_backend import conv2d_direct
+
+    x, w, b, spec, _ = _problem(hw=(9, 21), pad=(0, 0, 0, 0), mode=mode, groups=2)
+    spec = dataclasses.replace(spec, pad=pad)
+    y = ocl.run_direct(x, w, b, spec, info=RunInfo())
+    assert_close(y, conv2d_direct(x, w, b, spec).astype(np.float64), "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_api_negative_padding_matches_numpy(dtype):
+    x, w, b, _, _ = _problem(hw=(10, 19), dtype=dtype)
+    kw = dict(padding=(-1, 2), padding_mode="circular")
+    y = convcli.conv2d(x, w, b, backend="opencl", **kw)
+    assert_close(y, convcli.conv2d(x, w, b, backend="numpy", **kw).astype(np.float64), dtype)
+
+
 def test_direct_zero_batch(ocl):
     x, w, b, spec, _ = _problem(n=0, hw=(5, 6), pad=(1, 1, 1, 1))
     y = ocl.run_direct(x, w, b, spec, info=RunInfo())
