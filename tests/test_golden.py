@@ -1,10 +1,11 @@
 """Committed golden outputs from torch 2.13 (``tools/make_golden.py``) on every backend.
 
-The cases are the Conv2d configurations of torch's own test suite, each for float32,
-float64 and complex64 inputs. Outputs are compared with torch's result computed in
-float64/complex128 from the same input values, within conftest's ``RTOL`` of the
-output's magnitude (float32/complex64 2e-5, float64 1e-10: stricter than the issue's
-2e-4 and 1e-9); shapes and dtypes must equal torch's.
+The cases are the Conv2d configurations of torch's own test suite, each for float16,
+float32, float64, complex64 and complex128 inputs. Outputs are compared with torch's
+result computed in float64/complex128 from the same input values, within conftest's
+``RTOL`` of the output's magnitude (float32/complex64 2e-5, float64/complex128 1e-10:
+stricter than the issue's 2e-4 and 1e-9; float16 2e-3); shapes and dtypes must equal
+torch's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from conftest import assert_close
 from convcli import Conv2d, conv2d
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-DTYPES = ("float32", "float64", "complex64")
+DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
 
 
 class Case(NamedTuple):

@@ -14,7 +14,7 @@ The cases are the Conv2d configurations torch's own test suite uses:
   dilation: the asymmetric 'same' split);
 
 plus 'same' with even kernels and dilation under each non-zero padding mode. Every case
-is stored for float32, float64 and complex64 inputs.
+is stored for float16, float32, float64, complex64 and complex128 inputs.
 
 Inputs come from NumPy's seeded generator (not torch's, so that the files do not depend
 on torch's RNG), torch runs single-threaded and deterministic, and the ``.npz`` files are
@@ -45,8 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-DTYPES = ("float32", "float64", "complex64")
-WIDE = {"float32": "float64", "float64": "float64", "complex64": "complex128"}
+DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
+WIDE = {
+    "float16": "float64",
+    "float32": "float64",
+    "float64": "float64",
+    "complex64": "complex128",
+    "complex128": "complex128",
+}
 
 # (name, source, api, input shape, weight shape, has bias, keywords)
 # For module cases the constructor is Conv2d(C_in, C_out, kernel, **keywords, bias=...).
