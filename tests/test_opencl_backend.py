@@ -471,6 +471,30 @@ def test_program_and_kernel_cached_in_process(ocl):
     assert prg.kernel_names.strip() == "conv2d_direct"
 
 
+def test_program_without_kernels_is_rebuilt(ocl, monkeypatch):
+    """A cache hit with no kernels (seen with PoCL) is rebuilt under other options."""
+    from types import SimpleNamespace
+
+    from convcli.backends.opencl_backend import OpenCLBackend
+
+    fresh = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    real = fresh._build_once
+    calls = []
+
+    def first_empty(source, options):
+        calls.append(options)
+        return SimpleNamespace(kernel_names="") if len(calls) == 1 else real(source, options)
+
+    monkeypatch.setattr(fresh, "_build_once", first_empty)
+    prg = fresh.program("conv2d_direct", {"KH": 1, "KW": 2})
+    assert prg.kernel_names.strip() == "conv2d_direct"
+    assert len(calls) == 2 and any("CONVCLI_REBUILD" in o for o in calls[1])
+
+    monkeypatch.setattr(fresh, "_build_once", lambda s, o: SimpleNamespace(kernel_names=""))
+    with pytest.raises(BackendError, match="without any kernel"):
+        fresh.program("conv2d_direct", {"KH": 2, "KW": 1})
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
