@@ -180,6 +180,20 @@ def test_box_running_sums(ocl, mode, hw, k, stride):
     assert_close(out, ref, "float32")
 
 
+def test_box_running_sums_in_several_strips(ocl, monkeypatch):
+    # images wider than one item's strip (4096 columns) split into strips; force it small
+    from convcli.backends import opencl_fast
+
+    monkeypatch.setattr(opencl_fast, "BOX_MAX_XV", 2)
+    monkeypatch.setattr(opencl_fast, "BOX_ROWS", 5)
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((2, 3, 23, 37)).astype(np.float32)
+    w = np.full((3, 1, 7, 3), 0.25, np.float32)
+    out, ref, info = fast(ocl, x, w, padding=(3, 1), groups=3, padding_mode="reflect")
+    assert info.algo == "separable"
+    assert_close(out, ref, "float32")
+
+
 def test_separable_depth_multiplier_and_single_channel(ocl):
     rng = np.random.default_rng(6)
     x = rng.random((1, 1, 30, 17)).astype(np.float32)
