@@ -14,6 +14,7 @@ Writes ``DIR/<suite>.json``, ``DIR/<suite>.csv`` and ``DIR/<suite>.md`` (default
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     t0 = time.time()
+    load0 = os.getloadavg()
     rows = bench.run_suite(
         suite=args.suite,
         backends=tuple(b for b in args.backends.split(",") if b),
@@ -66,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.suite}.json").write_text(bench.rows_to_json(rows))
     (out / f"{args.suite}.csv").write_text(bench.rows_to_csv(rows))
+    # the load average says how busy the (shared) machine was while the suite ran
     header = (
         f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}, "
-        f"{time.time() - t0:.0f} s, repeat={args.repeat}, python {platform.python_version()} -->"
+        f"{time.time() - t0:.0f} s, repeat={args.repeat}, python {platform.python_version()}, "
+        f"load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} -->"
     )
     table = header + "\n" + markdown(rows)
     (out / f"{args.suite}.md").write_text(table + "\n")
