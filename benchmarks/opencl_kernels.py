@@ -140,6 +140,29 @@ def opencv_peer(x, w, opts):
     return fn
 
 
+def calibrate(backend, repeat: int = 5) -> tuple[float, float]:
+    """(GFLOP/s of a float8 multiply-add kernel, GB/s of a float8 copy) right now."""
+    cl = __import__("pyopencl")
+    src = (Path(__file__).with_name("calibrate.cl")).read_text()
+    prg = cl.Program(backend.ctx, src).build()
+    n = 3 * 2048 * 2048
+    mf = cl.mem_flags
+    x = np.full(n, 0.5, np.float32)
+    xb = cl.Buffer(backend.ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=x)
+    ob = cl.Buffer(backend.ctx, mf.READ_WRITE, size=x.nbytes)
+    items = 1 << 18
+    fma, copy = prg.fma_peak, prg.copy8
+    best_f = best_c = float("inf")
+    for _ in range(repeat):
+        ev = fma(backend.queue, (items,), (64,), xb, ob)
+        ev.wait()
+        best_f = min(best_f, (ev.profile.end - ev.profile.start) * 1e-9)
+        ev = copy(backend.queue, (n // 8,), (64,), xb, ob, np.float32(2.0))
+        ev.wait()
+        best_c = min(best_c, (ev.profile.end - ev.profile.start) * 1e-9)
+    return items * 8192 / best_f / 1e9, 2 * x.nbytes / best_c / 1e9
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("ids", nargs="*")
@@ -154,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         from convcli.backends import opencl_backend
 
         backend = opencl_backend(None)
+    gf, gb = calibrate(backend)
+    print(f"device now: float8 FMA kernel {gf:.0f} GFLOP/s, copy kernel {gb:.1f} GB/s", flush=True)
     rng = np.random.default_rng(0)
     suite = workloads(rng)
     for wid in args.ids or list(suite):
@@ -202,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
             f"build {first.get('build', 0):.2f}s  err {err:.1e}",
             flush=True,
         )
+    gf, gb = calibrate(backend)
+    print(f"device now: float8 FMA kernel {gf:.0f} GFLOP/s, copy kernel {gb:.1f} GB/s", flush=True)
 
 
 if __name__ == "__main__":
