@@ -574,7 +574,7 @@ def test_fault_injection_opencl_raises_auto_falls_back(ocl, monkeypatch, fault, 
     monkeypatch.setenv("CONVCLI_FAULT", fault)
     with pytest.raises(BackendError, match=status) as err:
         ocl.run(x, w, b, spec, info=RunInfo())
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "injected by CONVCLI_FAULT" in str(err.value)
     with pytest.raises(BackendError, match=status):
         convcli.conv2d(x, w, b, backend="opencl", **kw)
     info = RunInfo()

@@ -119,6 +119,8 @@ def _error_line(exc: BaseException) -> str:
     # a build failure's log: keep its first error line, it says what went wrong
     record = getattr(exc, "what", None)
     what = record.what() if callable(getattr(record, "what", None)) else str(record or "")
+    if _INJECTED in what:  # say so: a forgotten CONVCLI_FAULT must not look like a bug
+        text += f" {_INJECTED}"
     for line in what.splitlines():
         found = re.match(r"\s*error:\s*(?:\S+?:(\d+:\d+):)?\s*(.*)", line)
         if found:
@@ -132,6 +134,7 @@ def _fault_steps() -> set[str]:
     return {s.strip().lower() for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
 
 
+_INJECTED = "(injected by CONVCLI_FAULT)"
 _FAULTS = {
     "init": ("clCreateContext", "DEVICE_NOT_AVAILABLE", "RuntimeError"),
     "build": ("clBuildProgram", "BUILD_PROGRAM_FAILURE", "RuntimeError"),
@@ -153,7 +156,7 @@ def inject_fault(step: str) -> None:
             cl = _import_cl()
             routine, status, kind = _FAULTS[name]
             code = getattr(cl.status_code, status)
-            record = cl._cl._ErrorRecord(routine, code, f"{routine} failed: {status} (injected)")
+            record = cl._cl._ErrorRecord(routine, code, f"{routine} failed: {status} {_INJECTED}")
             raise getattr(cl, kind)(record)
 
 
