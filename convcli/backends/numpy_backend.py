@@ -17,8 +17,10 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     cost is dominated by the matrix product rather than by the gather.)
 ``separable``
     Rank-1 kernels (:func:`convcli.plan.separable_factors`: Gaussian, box, Sobel) as two
-    1-D passes, each a small banded-Toeplitz matmul per block of outputs, so a 31-tap
-    pass runs at BLAS speed. Works for every padding mode, stride, dilation and groups.
+    1-D passes, each one GEMM per band of rows against slabs of a banded Toeplitz
+    matrix, so a 31-tap pass runs at BLAS speed; image filters (one kernel for every
+    channel) put all planes side by side in the same GEMMs. Works for every padding
+    mode, stride, dilation and groups.
 ``fft``
     Large non-separable kernels: overlap-save by bands of output rows (memory bounded),
     ``numpy.fft.rfft2`` in float32 for float32 input (``fft2`` for complex), the kernel
