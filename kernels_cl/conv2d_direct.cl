@@ -14,20 +14,22 @@
  * Work-item mapping: global size (ceil(Wo/WB) rounded up to LX, ceil(Ho/RB) rounded up
  *   to LY, N*G*n_cob). Work-item (i, j, z), z = (n*G + g)*n_cob + cob, computes output
  *   columns [i*WB, i*WB + WB) of rows [j*RB, j*RB + RB) for output channels
- *   g*cout_g + cob*CB + [0, CB) of image n, one row after the other (RB amortises the
- *   index set-up, which has integer divisions, over more taps).
+ *   g*cout_g + cob*CB + [0, CB) of image n, one row after the other (the rows share the
+ *   index decoding; RB is 4 on CPUs, 1 on GPUs, which want the parallelism).
  *   Its accumulators are CB vectors of WB lanes (REAL##WB; separate re/im vectors when
  *   COMPLEX), kept in registers by fully unrolled channel loops.
  *
  * Padding is never materialised: a padded coordinate p maps to a source index by MODE,
  * the same map as convcli.spec.source_index (reflect: mirror without the edge; symmetric:
  * mirror with the edge, any pad size; circular: wrap; replicate: clamp; zeros: skip the
- * tap). A work-item whose receptive field lies inside the input (the vast majority on
- * images) takes a path without any index mapping; only border work-items map indices.
+ * tap); negative pads (crops, non-zero modes only) need no special case. A work-item
+ * whose receptive field lies inside the input (the vast majority on images) takes a
+ * path without any index mapping; only border work-items map indices.
  *
- * Geometry is fixed at build time (-D KH KW SH SW DH DW MODE CB WB HAS_BIAS and the
+ * Geometry is fixed at build time (-D KH KW SH SW DH DW MODE CB WB RB HAS_BIAS and the
  * dtype switches REAL COMPLEX); sizes and pads are runtime arguments, so tiles and layers
- * of other sizes reuse the build.
+ * of other sizes reuse the build. Vectors are at most 256 bits (double4, float8): PoCL
+ * targets AVX2 here, and double8 arguments changed the ABI and crashed the kernel.
  *
  * PoCL (LLVM 14) leaves many builtins as out-of-line calls: fma/mad, vloadn/vstoren and
  * even min/clamp. A call inside the tap loop spills every accumulator to the stack (the
