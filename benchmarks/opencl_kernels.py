@@ -9,7 +9,8 @@ kernel time from profiling events) and the peers: torch CPU (NCHW) for the CNN l
 W5-W9 and OpenCV's best per channel (filter2D / sepFilter2D) for the image filters
 W1-W4. Every result is checked against the NumPy backend. ``--standin`` uses a minimal
 stand-in for the OpenCL backend (own context and program cache) instead of
-``convcli.backends.opencl_backend``.
+``convcli.backends.opencl_backend``; ``--api`` times ``convcli.conv2d(...,
+backend="opencl")`` instead of the fast path alone.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from convcli import conv2d
 from convcli.backends import opencl_fast
 from convcli.backends.numpy_backend import conv2d_direct
 from convcli.resources import data_dir
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--standin", action="store_true")
     ap.add_argument("--algo", default="auto")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--api", action="store_true", help="time convcli.conv2d end to end")
     args = ap.parse_args(argv)
     if args.standin:
         backend = StandIn()
@@ -194,9 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         first = dict(info.timings)
         infos = []
 
-        def ours(infos=infos, x=x, w=w, b=b, spec=spec):
+        def ours(infos=infos, x=x, w=w, b=b, spec=spec, opts=opts):
             i = RunInfo()
-            opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=i)
+            if args.api:  # as a user calls it: validation, backend wrapper, fast path
+                conv2d(x, w, b, **opts, backend="opencl", algo=args.algo, info=i)
+            else:
+                opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=i)
             infos.append(i)
 
         ms = median_ms(ours, args.repeat)

@@ -4,14 +4,29 @@
 an algorithm by a small cost model (or honours a forced one), runs it and returns the
 result, or returns None when no fast path applies so that the generic kernel runs.
 
-The kernels follow what was measured on PoCL (see ``kernels_cl/*.cl`` headers): float8
-vectors written by hand, taps unrolled with shapes as ``-D`` defines, no ``fma()``
-builtins, no ``float16`` vectors, one fixed local size per kernel, no ``__local`` tiling.
-Padding modes are applied inside the kernels through index maps built by
-:func:`convcli.spec.source_index`, never by a padded copy of the input.
+Algorithms (``info.algo``):
 
-On CPU devices input and output are wrapped with ``USE_HOST_PTR`` (the output in a
-page-aligned array) and the result is mapped, so no host copies are made.
+* ``separable``: rank-1 depthwise kernels (Gaussian, box, Sobel...) as a vertical pass
+  into a reused scratch buffer, then a horizontal pass (``dw_direct.cl`` with KW = 1 and
+  KH = 1); constant column factors (box filters) run the vertical pass by running sums
+  (``sep_boxsum.cl``).
+* ``direct``: ``dw_direct.cl``, float8 along the output width, several output rows per
+  work-item sharing loaded input rows; depthwise layers and image filters (and forced
+  ``direct`` on any layer).
+* ``gemm``: ``dense_gemm.cl``, an implicit GEMM with a register tile of float8
+  output-channel vectors x output columns and weights packed on the host; multi-channel
+  layers, 1x1 included.
+
+The kernels follow what was measured on PoCL (see the ``.cl`` headers): float8 vectors
+written by hand, taps fully unrolled with shapes as ``-D`` defines, no ``fma()``,
+``vload8()`` or ``vstore8()`` builtins (PoCL leaves them as out-of-line calls), no
+``float16`` vectors, no ``__local`` tiling, no fast-math. Padding modes are applied
+inside the kernels through index maps built by :func:`convcli.spec.source_index`, never
+by a padded copy of the input.
+
+On CPU devices the input is wrapped with ``USE_HOST_PTR`` and the output is a
+page-aligned array wrapped the same way and mapped, so no host copies are made; output
+arrays are recycled from a small pool once the caller has dropped them.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ import math
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,17 +55,15 @@ _PAGE = 4096
 _POOL_MIN_BYTES = 1 << 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What :func:`run` will do for a spec: algorithm, kernel and its defines."""
+    """What :func:`run` will do for a spec: the algorithm and the kernel that runs it."""
 
     algo: str
     kernel: str
-    defines: dict[str, int] = field(default_factory=dict)
-    reason: str = ""
 
 
-# (COB, XB) override for experiments (benchmarks/opencl_kernels.py --tile).
+# (COB, XB) override for A/B experiments; None = the measured defaults below.
 DENSE_TILE: tuple[int, int] | None = None
 
 
