@@ -252,9 +252,13 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
                             const int cin_g, const int cout_g, const int n_cob,
                             const int groups, const int pad_top, const int pad_left)
 {
-    const int ox0 = (int)get_global_id(0) * WB;
+    /* The last strip is shifted left to end at Wo (overlapping its neighbour, which
+     * writes the same values): every strip is then full, and a strip that ends inside
+     * the input never counts as a border strip because of lanes past Wo. */
+    const int ox_start = (int)get_global_id(0) * WB;
+    const int ox0 = (Wo >= WB && ox_start > Wo - WB) ? Wo - WB : ox_start;
     const int oy0 = (int)get_global_id(1) * RB;
-    if (ox0 >= Wo || oy0 >= Ho)
+    if (ox_start >= Wo || oy0 >= Ho)
         return;
     const int z = (int)get_global_id(2);
     const int cob = z % n_cob;
@@ -331,7 +335,9 @@ __kernel void conv2d_direct(__global const IN_T *restrict x,
                     KX_UNROLL
                     for (int kx = 0; kx < KW; ++kx) {
                         DECL_V;
-                        if (cols_inside) {
+                        /* taps of a border strip that stay inside load as a vector */
+                        const int i0 = ix0 + kx * DW;
+                        if (i0 >= 0 && i0 + STRIP_SPAN - 1 < W) {
                             LOAD_INSIDE(row, ix0 + kx * DW);
                         } else {
                             LOAD_BORDER(row, coff + kx * WB);
