@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.standin:
         backend = StandIn()
     else:
-        from convcli.backends import opencl_backend
+        from convcli.backends import get_backend
 
-        backend = opencl_backend(None)
+        backend = get_backend("opencl")
     gf, gb = calibrate(backend)
     print(f"device now: float8 FMA kernel {gf:.0f} GFLOP/s, copy kernel {gb:.1f} GB/s", flush=True)
     rng = np.random.default_rng(0)

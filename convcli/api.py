@@ -37,9 +37,9 @@ def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo
             f"backend must be one of {list(backends.BACKEND_NAMES)}, but got backend='{name}'"
         )
     if name == "numpy":
-        return backends.numpy_backend()
+        return backends.get_backend("numpy")
     try:
-        cl = backends.opencl_backend(device)
+        cl = backends.get_backend("opencl", device)
         reason = cl.supports(spec)
         if reason is not None:
             raise BackendError(reason)
@@ -48,7 +48,7 @@ def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo
         if name == "opencl":
             raise
         info.notices.append(f"OpenCL unavailable ({exc}); using NumPy")
-        return backends.numpy_backend()
+        return backends.get_backend("numpy")
 
 
 def _memory_limit(backend: object, max_memory: int | None) -> int | None:
@@ -207,10 +207,10 @@ def conv2d(
     try:
         out = _run_tiled(be, xb, weight, bias, spec, algo, _memory_limit(be, max_memory), info)
     except BackendError as exc:
-        if backend != "auto" or be is backends.numpy_backend():
+        if backend != "auto" or be is backends.get_backend("numpy"):
             raise
         info.notices.append(f"OpenCL failed ({exc}); using NumPy")
-        be = backends.numpy_backend()
+        be = backends.get_backend("numpy")
         out = _run_tiled(be, xb, weight, bias, spec, algo, max_memory, info)
     info.backend = be.name
     info.device = be.device_name

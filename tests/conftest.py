@@ -20,7 +20,7 @@ RTOL = {
 
 def opencl_available() -> bool:
     try:
-        backends.opencl_backend(None)
+        backends.get_backend("opencl")
     except (BackendError, ImportError):
         return False
     return True

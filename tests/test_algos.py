@@ -7,18 +7,14 @@ forced algorithms that cannot apply. No timing here: speed lives in ``convcli be
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 from conftest import assert_close
 from naive import naive_conv2d
 
 from convcli import ConvValueError, RunInfo, conv2d
+from convcli.backends import numpy_backend as nb
 from convcli.spec import PADDING_MODES, make_spec
-
-# the module (convcli.backends.numpy_backend() is the function returning the backend)
-nb = importlib.import_module("convcli.backends.numpy_backend")
 
 ALGOS = ("direct", "gemm", "separable", "fft")
 

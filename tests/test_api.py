@@ -151,3 +151,15 @@ def test_tiled_equals_untiled(backend, mode):
     tiled = conv2d(x, w, max_memory=4000, info=info, **kw)
     assert info.tiles > 2
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
+
+
+def test_backend_registry_survives_submodule_imports(backend):
+    # the registry function is not named like a submodule: importing the submodules
+    # (as the backends themselves do) must not shadow it
+    import convcli.backends.numpy_backend
+    import convcli.backends.opencl_backend  # noqa: F401
+    from convcli import backends
+
+    first = backends.get_backend(backend)
+    assert backends.get_backend(backend) is first
+    assert first.name == backend

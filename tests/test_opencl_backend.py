@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    # by module path: the package attribute of that name is also a function
+    # imported on demand: pyopencl loads only when the OpenCL tests run
     return importlib.import_module("convcli.backends.opencl_backend")
 
 

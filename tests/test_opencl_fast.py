@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ocl():
     try:
-        return backends.opencl_backend(None)
+        return backends.get_backend("opencl")
     except (BackendError, ImportError):
         pytest.skip("no OpenCL device")
 
@@ -353,7 +353,7 @@ _SCRIPT = textwrap.dedent(
     from convcli.spec import make_spec
     from tests.naive import naive_conv2d
 
-    ocl = backends.opencl_backend(None)
+    ocl = backends.get_backend("opencl")
     rng = np.random.default_rng(0)
     cases = [
         (rng.random((1, 3, 37, 53), dtype=np.float32), np.ones((3, 1, 5, 5), np.float32) / 25,

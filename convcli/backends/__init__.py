@@ -24,18 +24,22 @@ _NUMPY = NumpyBackend()
 _OPENCL: dict[str | None, object] = {}
 
 
-def numpy_backend() -> NumpyBackend:
-    return _NUMPY
+def get_backend(name: str, device: str | None = None):
+    """The backend called ``name`` ("numpy" or "opencl"); OpenCL ones cached per device.
 
-
-def opencl_backend(device: str | None = None):
-    """The OpenCL backend for ``device`` (cached); raises BackendUnavailable."""
+    Raises BackendUnavailable when the OpenCL device cannot be initialised (the failure
+    is cached too: initialising is slow to retry).
+    """
+    if name == "numpy":
+        return _NUMPY
+    if name != "opencl":
+        raise ValueError(f"unknown backend {name!r}")
     if device not in _OPENCL:
         from convcli.backends.opencl_backend import OpenCLBackend
 
         try:
             _OPENCL[device] = OpenCLBackend.create(device)
-        except BackendError as exc:  # remember the failure: init is slow to retry
+        except BackendError as exc:
             _OPENCL[device] = exc
     found = _OPENCL[device]
     if isinstance(found, BaseException):

@@ -56,10 +56,8 @@ import contextlib
 import hashlib
 import os
 import re
-import sys
 import threading
 import time
-import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -880,25 +878,3 @@ def _fast_module() -> Any:
             raise
         return None
     return opencl_fast
-
-
-def _stay_callable() -> None:
-    """Keep ``convcli.backends.opencl_backend(device)`` callable after this import.
-
-    The package has a function named like this module; importing a submodule makes
-    Python bind the package attribute to the module, replacing the function. Until the
-    function is renamed, the module object forwards calls to the function it replaced.
-    """
-    package = sys.modules.get("convcli.backends")
-    function = getattr(package, "opencl_backend", None)
-    if function is None or isinstance(function, types.ModuleType) or not callable(function):
-        return
-
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            return function(*args, **kwargs)
-
-    sys.modules[__name__].__class__ = _CallableModule
-
-
-_stay_callable()
