@@ -192,6 +192,97 @@ class Engine:
     max_memory: int | None = None
 
 
+def _keeps_size(filt: Filter, channels: int, size: tuple[int, int]) -> bool:
+    """Whether the convolution of a ``(channels, *size)`` image has the image's size."""
+    try:
+        weight, bias, groups = filt.for_channels(channels)
+        spec = make_spec(
+            np.broadcast_to(np.float32(0), (channels, *size)),
+            weight,
+            bias,
+            stride=filt.stride,
+            padding=filt.resolved_padding(),
+            dilation=filt.dilation,
+            groups=groups,
+            padding_mode=filt.padding_mode,
+        )
+    except (ConvcliError, ValueError, TypeError):
+        return False
+    return (spec.h_out, spec.w_out) == tuple(size)
+
+
+def alpha_rule(
+    filt: Filter, channels: int, alpha: str, size: tuple[int, int] | None = None
+) -> tuple[str, str | None]:
+    """The alpha mode to use for an image with alpha, and a note when it differs.
+
+    ``premultiply`` and ``keep`` assume the result has the input's colour channels plus
+    alpha. A 4-D weight that changes the channel count breaks that assumption, so:
+
+    - the weight takes every channel (alpha included) and keeps their count:
+      ``premultiply`` as asked (the last output channel is the alpha);
+    - the weight takes the colour channels only (``channels - 1``): alpha is not
+      convolved; it is kept unfiltered (``keep``) when the result has the colour
+      channels and the image's size, otherwise dropped;
+    - the weight takes every channel but changes their count: alpha is filtered as a
+      plain channel (``filter``), as the weight's author meant it.
+
+    2-D kernels (one kernel per channel) never change the channel count.
+
+    Parameters
+    ----------
+    filt : Filter
+    channels : int
+        The image's channels, alpha included.
+    alpha : str
+        The requested mode (:data:`convcli.io.ALPHA_MODES`).
+    size : (int, int), optional
+        The image's ``(height, width)``; without it alpha is only kept when the
+        padding is ``'same'``.
+
+    Returns
+    -------
+    (mode, note)
+        The mode for :func:`convcli.io.prepare_alpha` and ``finish_alpha``, and a
+        one-line note for the user when it is not the requested one (else None).
+    """
+    if filt.depthwise or alpha != "premultiply" or channels < 2:
+        return alpha, None
+    w = filt.weight
+    c_out, per = int(w.shape[0]), int(w.shape[1])
+
+    def takes(n: int) -> bool:
+        groups = filt.groups if filt.groups is not None else (n // per if n % per == 0 else 0)
+        return groups > 0 and per * groups == n and c_out % groups == 0
+
+    if takes(channels) and c_out == channels:
+        return alpha, None
+    if takes(channels - 1):
+        colour = channels - 1
+        same = (
+            _keeps_size(filt, colour, size)
+            if size is not None
+            else filt.resolved_padding() == "same"
+        )
+        if c_out == colour and same:
+            return (
+                "keep",
+                f"alpha kept unfiltered (the weight takes the {colour} colour channels only)",
+            )
+        why = (
+            f"the weight maps the {colour} colour channels to {c_out}"
+            if c_out != colour
+            else "the weight takes the colour channels only and the result's size differs"
+        )
+        return "drop", f"alpha dropped ({why})"
+    if takes(channels):
+        return "filter", (
+            f"alpha filtered as a plain channel (the weight maps {channels} channels to "
+            f"{c_out}, so there is no alpha to divide by)"
+        )
+    return alpha, None  # the weight does not fit: for_channels says why
+
+
 def apply_filter(
     x: np.ndarray, filt: Filter, engine: Engine = Engine(), info: RunInfo | None = None
 ) -> np.ndarray:
@@ -445,19 +536,23 @@ class Event:
     """Progress report for one finished task (sent from the calling thread).
 
     ``reason`` is the one-line failure message; empty for a failure that stopped the
-    run (reported once as :attr:`BatchResult.fatal`).
+    run (reported once as :attr:`BatchResult.fatal`). ``notes`` (done events) are
+    one-line remarks about this file's result: what :attr:`convcli.io.Image.notes`
+    said while reading (e.g. a 16-bit file read at 8 bits) and alpha rules applied.
     """
 
     kind: EventKind
     task: Task
     reason: str = ""
     megapixels: float = 0.0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
 class BatchResult:
     """What a run did.
 
+    ``notes`` pairs each file with a remark about its result (see :class:`Event`).
     ``timings`` holds seconds: ``read`` and ``write`` summed over worker threads,
     ``upload``/``build``/``compute``/``download`` from conv2d, ``convolve`` (conv2d wall
     time) and ``total`` (wall time of the run; stages overlap, so they may sum to more).
@@ -466,6 +561,7 @@ class BatchResult:
     done: list[Task] = field(default_factory=list)
     skipped: list[Task] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)
     fatal: str | None = None
     interrupted: bool = False
     info: RunInfo = field(default_factory=RunInfo)
@@ -487,6 +583,7 @@ class BatchResult:
             "interrupted": self.interrupted,
             "fatal": self.fatal,
             "failures": [{"file": str(f.path), "reason": f.reason} for f in self.failed],
+            "file_notes": [{"file": str(p), "note": n} for p, n in self.notes],
             "outputs": [str(t.dst) for t in self.done],
             "backend": self.info.backend,
             "device": self.info.device,
@@ -507,6 +604,8 @@ class _Loaded:
     channels: np.ndarray
     kept_alpha: np.ndarray | None
     seconds: float
+    alpha: str  # the mode used for this image (see alpha_rule)
+    notes: list[str]
 
 
 def _reason(exc: BaseException) -> str:
@@ -550,18 +649,23 @@ def _fatal_write(exc: BaseException, dst: Path) -> str | None:
     return f"{dst}: {os.strerror(code)}; stopped"
 
 
-def _read(task: Task, max_pixels: int | None, alpha: str) -> _Loaded:
+def _read(task: Task, max_pixels: int | None, alpha: str, filt: Filter) -> _Loaded:
     t0 = time.perf_counter()
     image = cio.read_image(task.src, max_pixels=max_pixels)
+    notes = [" ".join(str(n).split()) for n in image.notes]
+    if image.has_alpha:
+        alpha, note = alpha_rule(filt, image.channels, alpha, image.size)
+        if note:
+            notes.append(note)
     channels, kept = cio.prepare_alpha(image, alpha)
     channels = np.ascontiguousarray(channels, dtype=np.float32)
-    return _Loaded(image, channels, kept, time.perf_counter() - t0)
+    return _Loaded(image, channels, kept, time.perf_counter() - t0, alpha, notes)
 
 
 def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
     t0 = time.perf_counter()
     image = loaded.image
-    data = cio.finish_alpha(result, loaded.kept_alpha, out.alpha, has_alpha=image.has_alpha)
+    data = cio.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
     suffix = task.dst.suffix.lower()
     plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
     if suffix == ".npy":
@@ -625,7 +729,7 @@ def run_tasks(
     lookahead = 1 if engine.max_memory else workers + 1
     pending = deque(tasks)
     reads: deque[tuple[Task, Future]] = deque()
-    writes: deque[tuple[Task, Future, float]] = deque()
+    writes: deque[tuple[Task, Future, float, tuple[str, ...]]] = deque()
 
     def emit(event: Event) -> None:
         if on_event is not None:
@@ -658,7 +762,7 @@ def run_tasks(
             return True
         return False
 
-    def finish_write(task: Task, fut: Future, mp: float) -> None:
+    def finish_write(task: Task, fut: Future, mp: float, notes: tuple[str, ...]) -> None:
         try:
             timings["write"] += fut.result()
         except Exception as exc:  # every failure becomes a report line
@@ -669,12 +773,12 @@ def run_tasks(
             return
         result.done.append(task)
         result.megapixels += mp
-        emit(Event("done", task, megapixels=mp))
+        result.notes.extend((task.src, n) for n in notes)
+        emit(Event("done", task, megapixels=mp, notes=notes))
 
     def drain_writes(block_over: int) -> None:
         while writes and (len(writes) > block_over or writes[0][1].done()):
-            task, fut, mp = writes.popleft()
-            finish_write(task, fut, mp)
+            finish_write(*writes.popleft())
 
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="convcli-read") as readers,
@@ -686,7 +790,7 @@ def run_tasks(
                 task = pending.popleft()
                 if should_skip(task):
                     continue
-                reads.append((task, readers.submit(_read, task, max_pixels, output.alpha)))
+                reads.append((task, readers.submit(_read, task, max_pixels, output.alpha, filt)))
 
         try:
             fill()
@@ -716,9 +820,8 @@ def run_tasks(
                 result.info.add(info)
                 h, w = loaded.channels.shape[-2:]
                 loaded.channels = np.empty(0, np.float32)  # free the input early
-                writes.append(
-                    (task, writers.submit(_write, task, out, loaded, output), h * w / 1e6)
-                )
+                job = writers.submit(_write, task, out, loaded, output)
+                writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))
                 drain_writes(block_over=1 if engine.max_memory else workers)
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and

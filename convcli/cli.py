@@ -428,7 +428,8 @@ def _kernel_options(f: Callable) -> Callable:
             "-q",
             "--quiet",
             is_flag=True,
-            help="No progress bar, timing summary or notices (errors still show).",
+            help="No progress bar, output paths, timing summary or notices; errors and "
+            "warnings about a file's result (e.g. read at 8 bits) still show.",
         ),
     ]
     for option in reversed(options):
@@ -452,10 +453,21 @@ _FILTER_KEYS = (
 )
 
 
+def _preset_warnings(kind: str = "warning") -> None:
+    """One line per user preset file (CONVCLI_PRESET_PATH) that could not be loaded."""
+    from convcli import presets as cpresets
+
+    for line in cpresets.preset_errors():
+        _err(_one_line(line) + " (left out of the presets)", kind)
+
+
 def _setup(opts: dict[str, Any], ctx: click.Context):
     """Options -> (Filter, Engine, Output); argument mistakes fail before any file is read."""
     filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS})
     filt.check()
+    # after the build: a broken file that is the preset asked for is the error itself
+    if opts["preset"] is not None and not opts["quiet"]:
+        _preset_warnings("notice")
     engine = cbatch.Engine(
         backend=opts["backend"],
         device=opts["device"],
@@ -552,6 +564,15 @@ def _run(
             if event.kind == "failed" and event.reason:
                 progress.console.print(
                     f"{PROG}: error: {event.reason}", markup=False, highlight=False, soft_wrap=True
+                )
+            # remarks about a file's result (read at 8 bits, alpha dropped) show even
+            # with -q: the output differs from what the user may expect
+            for note in event.notes:
+                progress.console.print(
+                    f"{PROG}: warning: {event.task.src}: {_one_line(note)}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
                 )
             progress.advance(bar)
 
@@ -775,6 +796,7 @@ def presets_list(as_json: bool) -> None:
     from convcli import presets as cpresets
 
     items = cpresets.list_presets()
+    _preset_warnings()
     if as_json:
         click.echo(json.dumps([_preset_record(p) for p in items], indent=2))
         return

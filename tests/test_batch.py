@@ -369,3 +369,74 @@ def test_full_disk_message_through_the_cli(tmp_path, monkeypatch):
     assert len(errors) == 1 and "no space left" in errors[0], res.stderr
     assert "stopped" in res.stderr and "not processed" in res.stderr
     assert not any((tmp_path / "out").rglob("*.png"))
+
+
+def _rgba(seed: int = 3, size=(14, 11)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = rng.random((4, *size)).astype(np.float32)
+    data[3, :, : size[1] // 2] = 0.0  # a transparent half
+    return data
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride", "mode", "note"),
+    [
+        ((4, 4, 3, 3), 1, "premultiply", None),
+        ((3, 4, 3, 3), 1, "filter", "alpha filtered as a plain channel"),
+        ((1, 4, 3, 3), 1, "filter", "alpha filtered as a plain channel"),
+        ((3, 3, 3, 3), 1, "keep", "alpha kept unfiltered"),
+        ((3, 3, 3, 3), 2, "drop", "alpha dropped"),
+        ((1, 3, 3, 3), 1, "drop", "alpha dropped"),
+        ((2, 2, 3, 3), 1, "filter", "alpha filtered as a plain channel"),
+    ],
+)
+def test_alpha_rule_for_channel_changing_weights(tmp_path, shape, stride, mode, note):
+    """RGBA image, 4-D weight: the rule picked, its note, and the written result."""
+    rng = np.random.default_rng(7)
+    w = (rng.random(shape) / np.prod(shape[1:])).astype(np.float32)
+    filt = cbatch.Filter(weight=w, stride=stride, padding_mode="reflect")
+    data = _rgba()
+    got_mode, got_note = cbatch.alpha_rule(filt, 4, "premultiply", data.shape[1:])
+    assert got_mode == mode
+    assert (got_note is None) if note is None else got_note.startswith(note)
+    src, dst = tmp_path / "in.png", tmp_path / "out.npy"
+    cio.write_image(src, data)
+    x = cio.read_image(src).data.astype(np.float64)
+    events = []
+    res = cbatch.run_tasks(
+        [cbatch.Task(src, dst)], filt, engine=cbatch.Engine("numpy"), on_event=events.append
+    )
+    assert res.ok, res.failed
+    assert events[0].notes == (() if note is None else (got_note,))
+    assert res.summary()["file_notes"] == (
+        [] if note is None else [{"file": str(src), "note": got_note}]
+    )
+    pad = filt.resolved_padding()
+    pad4 = (1, 1, 1, 1) if pad == "same" else (pad[0], pad[0], pad[1], pad[1])
+    groups = 4 // shape[1] if mode in ("premultiply", "filter") else 3 // shape[1]
+
+    def conv(inp):
+        return naive_conv2d(
+            inp[None], w.astype(np.float64), None, (stride, stride), pad4, (1, 1), groups,
+            "reflect",
+        )[0].real  # fmt: skip
+
+    if mode == "premultiply":
+        y = conv(np.concatenate([x[:3] * x[3:], x[3:]]))
+        a = y[3:]
+        ref = np.concatenate([np.where(a > 0, y[:3] / np.where(a > 0, a, 1), 0), a])
+    elif mode == "filter":
+        ref = conv(x)
+    elif mode == "keep":
+        ref = np.concatenate([conv(x[:3]), x[3:]])
+    else:
+        ref = conv(x[:3])
+    np.testing.assert_allclose(np.load(dst), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_alpha_rule_leaves_depthwise_and_explicit_modes_alone():
+    box = cbatch.Filter(weight=BOX3.astype(np.float32))
+    assert cbatch.alpha_rule(box, 4, "premultiply") == ("premultiply", None)
+    w = np.ones((3, 4, 3, 3), np.float32)
+    for alpha in ("keep", "filter", "drop"):
+        assert cbatch.alpha_rule(cbatch.Filter(weight=w), 4, alpha) == (alpha, None)

@@ -572,3 +572,43 @@ def test_alpha_modes(tmp_path, alpha, mode):
     if alpha == "keep":
         ref = np.concatenate([ref, x[3:]])
     assert float(np.max(np.abs(img.data - ref))) <= LEVEL
+
+
+def test_read_notes_show_as_warnings_even_with_quiet(tmp_path, monkeypatch):
+    src = sample(tmp_path)
+    real_read = cio.read_image
+
+    def read_with_note(path, **kw):
+        image = real_read(path, **kw)
+        image.notes.append("interlaced 16-bit colour PNG:\n read with 8-bit precision")
+        return image
+
+    monkeypatch.setattr(cio, "read_image", read_with_note)
+    out = tmp_path / "out.png"
+    res = run("apply", src, "--preset", "box", "-o", out, "-q", "--backend", "numpy")
+    assert res.stdout == ""  # -q: no output path
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        f"convcli: warning: {src}: interlaced 16-bit colour PNG: read with 8-bit precision"
+    ]
+    assert_image(out, reference(src, np.full((3, 3), 1 / 9)))
+
+
+def test_broken_user_preset_files_are_reported(tmp_path, monkeypatch):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "broken.toml").write_text("this = = not toml\n")
+    monkeypatch.setenv("CONVCLI_PRESET_PATH", str(folder))
+    res = run("presets", "list", "--json")
+    names = [p["name"] for p in json.loads(res.stdout)]
+    assert "broken" not in names and "gaussian" in names
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert line.startswith("convcli: warning: ") and "broken.toml" in line
+    src = sample(tmp_path)
+    res = run("apply", src, "--preset", "box", "-o", tmp_path / "o.png", "--backend", "numpy")
+    assert "convcli: notice: " in res.stderr and "broken.toml" in res.stderr
+    res = run("apply", src, "--preset", "box", "-o", tmp_path / "o.png", "-q")
+    assert "broken.toml" not in res.stderr  # it does not change this result
+    res = run("apply", src, "--preset", "broken", "-o", tmp_path / "b.png", ok=False)
+    assert res.exit_code == 1 and "broken.toml" in one_error_line(res)
+    assert not (tmp_path / "b.png").exists()
