@@ -46,8 +46,8 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
-# column-matrix bands of the gemm path (near the cache: see _gemm)
-GEMM_BYTES = 8 * 2**20
+# column-matrix bands of the gemm path: near the cache (see _gemm)
+GEMM_BYTES = 2 * 2**20
 # flat positions per piece of the depthwise tap loop (x channels): stays in L2
 TAP_PIECE = 48 * 1024
 
@@ -245,23 +245,32 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
     wm = weight.reshape(g, cout_g, cin_g * taps)
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
     # column matrix of one image's output row; bands sized so that it stays near the
-    # cache (measured: 8 MB bands ran W5/W6 1.2x faster than 64 MB ones)
+    # cache (measured on one BLAS thread: 2 MB bands ran W9 1.6-1.9x and W5 1.0-1.2x
+    # faster than 8 MB ones, W6 the same within noise)
     per_row = spec.c_in * taps * ph.wq * work.itemsize
     per_image = per_row * ho
     nn = max(1, min(n, GEMM_BYTES // max(1, per_image)))
     rows = ho if nn > 1 else _band_rows(spec, per_row, GEMM_BYTES)
+    # the padded, phase-split input is gathered in larger bands than the GEMM's (a
+    # gather costs a few index-map calls per phase whatever its size: W9 made 76 of them)
+    per_in_row = nn * spec.c_in * len(ph.phases) * ph.wq * work.itemsize
+    gather_rows = max(rows, _band_rows(spec, per_in_row, CHUNK_BYTES // 4) // rows * rows)
     for n0 in range(0, n, nn):
         xs = x[n0 : n0 + nn]
         m = xs.shape[0]
-        for r0 in range(0, ho, rows):
-            r1 = min(ho, r0 + rows)
-            flat = ph.gather(xs, r0, r1, work)
-            length = (r1 - r0) * ph.wq
-            cols = np.empty((m, spec.c_in, taps, length), dtype=work)
-            for t, (p, off) in enumerate(ph.taps):
-                cols[:, :, t] = flat[:, :, p, off : off + length]
-            res = np.matmul(wm, cols.reshape(m, g, cin_g * taps, length))
-            out[n0 : n0 + m, :, r0:r1] = res.reshape(m, spec.c_out, r1 - r0, ph.wq)[..., :wo]
+        for g0 in range(0, ho, gather_rows):
+            g1 = min(ho, g0 + gather_rows)
+            flat = ph.gather(xs, g0, g1, work)
+            for r0 in range(g0, g1, rows):
+                r1 = min(g1, r0 + rows)
+                base = (r0 - g0) * ph.wq
+                length = (r1 - r0) * ph.wq
+                cols = np.empty((m, spec.c_in, taps, length), dtype=work)
+                for t, (p, off) in enumerate(ph.taps):
+                    cols[:, :, t] = flat[:, :, p, base + off : base + off + length]
+                res = np.matmul(wm, cols.reshape(m, g, cin_g * taps, length))
+                res = res.reshape(m, spec.c_out, r1 - r0, ph.wq)
+                out[n0 : n0 + m, :, r0:r1] = res[..., :wo]
     return out
 
 
