@@ -177,10 +177,12 @@ __kernel void dense_gemm(__global const float *restrict x, __global const float 
         }
     }
 
-    /* Scatter the tile to NCHW: XB contiguous columns per output channel. */
+    /* Scatter the tile to NCHW: XB contiguous columns per output channel. Items whose
+     * block is full and whose columns are all inside the row store without checks. */
     const int n = ng / G;
     const int ob = blk * WSTEP; /* first channel of the block within the group */
     __global float *dst = out + (((size_t)n * G + g) * COUT_G) * (HO * WO) + yo * WO + xo0;
+    const bool full = ob + WSTEP <= COUT_G && xo0 + XB <= WO;
 #pragma unroll
     for (int v = 0; v < COB; ++v) {
         float t[XB][8];
@@ -190,14 +192,23 @@ __kernel void dense_gemm(__global const float *restrict x, __global const float 
             t[c][0] = a.s0; t[c][1] = a.s1; t[c][2] = a.s2; t[c][3] = a.s3;
             t[c][4] = a.s4; t[c][5] = a.s5; t[c][6] = a.s6; t[c][7] = a.s7;
         }
+        if (full) {
 #pragma unroll
-        for (int l = 0; l < 8; ++l) {
-            const int o = ob + v * 8 + l;
-            if (o < COUT_G) {
-                __global float *d = dst + (size_t)o * (HO * WO);
+            for (int l = 0; l < 8; ++l) {
+                __global float *d = dst + (size_t)(ob + v * 8 + l) * (HO * WO);
 #pragma unroll
-                for (int c = 0; c < XB; ++c)
-                    if (xo0 + c < WO) d[c] = t[c][l];
+                for (int c = 0; c < XB; ++c) d[c] = t[c][l];
+            }
+        } else {
+#pragma unroll
+            for (int l = 0; l < 8; ++l) {
+                const int o = ob + v * 8 + l;
+                if (o < COUT_G) {
+                    __global float *d = dst + (size_t)o * (HO * WO);
+#pragma unroll
+                    for (int c = 0; c < XB; ++c)
+                        if (xo0 + c < WO) d[c] = t[c][l];
+                }
             }
         }
     }
