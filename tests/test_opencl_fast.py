@@ -315,6 +315,22 @@ def test_forced_separable_float64_is_an_error(ocl):
         opencl_fast.run(ocl, x, w, None, spec, algo="separable", info=RunInfo())
 
 
+def test_a_fast_kernel_that_does_not_build_falls_back(ocl, monkeypatch):
+    # a device whose compiler rejects a fast kernel still runs 'auto' (generic kernel)
+    # and reports the failure for a forced algorithm
+    from convcli.backends import opencl_fast
+
+    def broken(name, defines, info=None):
+        raise BackendError(f"building OpenCL program {name}: CL_BUILD_PROGRAM_FAILURE")
+
+    monkeypatch.setattr(ocl, "program", broken)
+    x, w, b = rng_arrays(18, (1, 3, 9, 10), (3, 1, 3, 3))
+    spec = make_spec(x, w, b, padding=1, groups=3)
+    assert opencl_fast.run(ocl, x, w, b, spec, algo="auto", info=RunInfo()) is None
+    with pytest.raises(BackendError, match="BUILD_PROGRAM_FAILURE"):
+        opencl_fast.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+
+
 def test_through_conv2d_reports_algo_and_timings(ocl):
     rng = np.random.default_rng(13)
     x = rng.random((3, 64, 70)).astype(np.float32)

@@ -199,15 +199,23 @@ def _scratch(cl, backend, nbytes: int):
     return buf
 
 
+class _BuildFailed(Exception):
+    """A fast kernel did not build on this device (e.g. a compiler without clang's
+    vector attributes); under ``algo='auto'`` the generic kernel runs instead."""
+
+
 def _kernel(backend, name: str, defines: dict[str, int], info: RunInfo):
-    prg = backend.program(name, defines, info)
-    key = (id(prg), name)
-    hit = _KERNELS.get(key)
-    if hit is None:
-        if len(_KERNELS) > 512:
-            _KERNELS.clear()
-        hit = (prg, getattr(prg, name))
-        _KERNELS[key] = hit
+    try:
+        prg = backend.program(name, defines, info)
+        key = (id(prg), name)
+        hit = _KERNELS.get(key)
+        if hit is None:
+            if len(_KERNELS) > 512:
+                _KERNELS.clear()
+            hit = (prg, getattr(prg, name))
+            _KERNELS[key] = hit
+    except Exception as exc:  # BackendError from the core, pyopencl errors otherwise
+        raise _BuildFailed(name) from exc
     return hit[1]
 
 
@@ -637,11 +645,16 @@ def run(
     bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     # One call at a time: kernel objects (set_args) and the pools are shared.
     with _LOCK:
-        if plan.algo == "separable":
-            out = _run_separable(cl, backend, xf, bf, spec, factors, info)
-        elif plan.kernel == "dense_gemm":
-            out = _run_dense(cl, backend, xf, wf, bf, spec, info)
-        else:
-            out = _run_direct(cl, backend, xf, wf, bf, spec, info)
+        try:
+            if plan.algo == "separable":
+                out = _run_separable(cl, backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "dense_gemm":
+                out = _run_dense(cl, backend, xf, wf, bf, spec, info)
+            else:
+                out = _run_direct(cl, backend, xf, wf, bf, spec, info)
+        except _BuildFailed as exc:
+            if algo in ("auto", "direct"):
+                return None  # the generic kernel can run this
+            raise exc.__cause__ from None
     info.algo = plan.algo
     return out
