@@ -662,6 +662,26 @@ def _read(task: Task, max_pixels: int | None, alpha: str, filt: Filter) -> _Load
     return _Loaded(image, channels, kept, time.perf_counter() - t0, alpha, notes)
 
 
+def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> list[str]:
+    """What the output format will lose, said before it is written."""
+    suffix = task.dst.suffix.lower()
+    if suffix not in _EIGHT_BIT_SUFFIXES:
+        return []
+    notes = []
+    kind = suffix.lstrip(".").upper().replace("JPG", "JPEG")
+    if out.bit_depth is not None and out.bit_depth > 8:
+        notes.append(f"{kind} holds 8 bits per channel: written at 8 bits, not {out.bit_depth}")
+    carries_alpha = loaded.alpha in ("premultiply", "keep") or (
+        loaded.alpha == "filter" and result.shape[0] == loaded.image.channels
+    )
+    if loaded.image.has_alpha and carries_alpha and suffix != ".webp":
+        notes.append(
+            f"{kind} has no alpha channel: alpha dropped after filtering (write .png to "
+            "keep it, or pass --alpha drop to filter the colour alone and silence this)"
+        )
+    return notes
+
+
 def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
     t0 = time.perf_counter()
     image = loaded.image
@@ -820,6 +840,7 @@ def run_tasks(
                 result.info.add(info)
                 h, w = loaded.channels.shape[-2:]
                 loaded.channels = np.empty(0, np.float32)  # free the input early
+                loaded.notes.extend(_write_notes(task, out, loaded, output))
                 job = writers.submit(_write, task, out, loaded, output)
                 writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))
                 drain_writes(block_over=1 if engine.max_memory else workers)

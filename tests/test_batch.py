@@ -440,3 +440,37 @@ def test_alpha_rule_leaves_depthwise_and_explicit_modes_alone():
     w = np.ones((3, 4, 3, 3), np.float32)
     for alpha in ("keep", "filter", "drop"):
         assert cbatch.alpha_rule(cbatch.Filter(weight=w), 4, alpha) == (alpha, None)
+
+
+def test_eight_bit_formats_warn_about_what_they_lose(tmp_path):
+    src = tmp_path / "in.png"
+    cio.write_image(src, _rgba())
+    filt = cbatch.Filter(weight=BOX3.astype(np.float32))
+    events = []
+    tasks = [cbatch.Task(src, tmp_path / "o.jpg"), cbatch.Task(src, tmp_path / "o.png")]
+    res = cbatch.run_tasks(
+        tasks,
+        filt,
+        engine=cbatch.Engine("numpy"),
+        output=cbatch.Output(bit_depth=16),
+        on_event=events.append,
+    )
+    assert res.ok
+    notes = {e.task.dst.suffix: e.notes for e in events}
+    assert notes[".png"] == ()
+    assert [n.split(":")[0] for n in notes[".jpg"]] == [
+        "JPEG holds 8 bits per channel",
+        "JPEG has no alpha channel",
+    ]
+    assert cio.read_image(tmp_path / "o.jpg").mode == "RGB"
+    assert cio.read_image(tmp_path / "o.png").bit_depth == 16
+    events.clear()
+    cbatch.run_tasks(
+        tasks[:1],
+        filt,
+        engine=cbatch.Engine("numpy"),
+        output=cbatch.Output(alpha="drop"),
+        existing="replace",
+        on_event=events.append,
+    )
+    assert events[0].kind == "done" and events[0].notes == ()
