@@ -18,9 +18,10 @@
  * for all of them), plane gz = n*C_OUT + o. The global size is rounded up to the local
  * size, so items past the edge return at once.
  * Interior items address rows and float8 column vectors directly; items touching a
- * border go through rmap / cmap, which apply every padding mode by index arithmetic. No fma()/mad()/vload8()/vstore8() builtins: PoCL
- * (LLVM 14) leaves them as out-of-line calls, which spill the accumulators (3-4x slower);
- * `acc += a * b` through an unaligned float8 pointer type compiles to vfmadd + vmovups.
+ * border go through rmap / cmap, which apply every padding mode by index arithmetic.
+ * No fma()/mad()/vload8()/vstore8() builtins: PoCL (LLVM 14) leaves them as out-of-line
+ * calls, which spill the accumulators (3-4x slower); `acc += a * b` through an
+ * unaligned float8 pointer type compiles to vfmadd + vmovups.
  */
 
 /* float8 with 4-byte alignment: unaligned vector loads/stores without vload8/vstore8. */
