@@ -500,9 +500,9 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
         return
 
     def handler(signum, frame):
+        received.append(signum)
         if stop.is_set():
             raise KeyboardInterrupt
-        received.append(signum)
         stop.set()
         notify("stopping after the current image (press Ctrl-C again to abort now)")
 
@@ -510,8 +510,10 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
     try:
         yield
     finally:
+        # once stopping, the run is over and we only report: a late second signal must
+        # not kill the process mid-summary (exit status -2 instead of 130)
         for s, h in saved.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if stop.is_set() else h)
 
 
 def _progress(total: int, quiet: bool):
@@ -579,18 +581,28 @@ def _run(
         def notify(text: str) -> None:
             progress.console.print(f"{PROG}: {text}", markup=False, highlight=False)
 
-        with _signals(stop, received, notify):
-            result = cbatch.run_tasks(
-                plan.tasks,
-                filt,
-                engine=engine,
-                output=output,
-                max_pixels=opts["max_pixels"],
-                existing=existing,
-                workers=opts["workers"],
-                stop=stop,
-                on_event=on_event,
+        try:
+            with _signals(stop, received, notify):
+                result = cbatch.run_tasks(
+                    plan.tasks,
+                    filt,
+                    engine=engine,
+                    output=output,
+                    max_pixels=opts["max_pixels"],
+                    existing=existing,
+                    workers=opts["workers"],
+                    stop=stop,
+                    on_event=on_event,
+                )
+        except KeyboardInterrupt:  # a second signal: stop now (writes are atomic)
+            progress.stop()
+            _err(
+                "aborted; outputs already written are complete, no partial file "
+                "(rerun with --skip-existing to finish)",
+                "summary",
             )
+            code = 128 + (received[-1] if received else signal.SIGINT)
+            raise click.exceptions.Exit(code) from None
     result.failed[:0] = plan.refused
     if not quiet:
         for note in result.info.notices:

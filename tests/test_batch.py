@@ -474,3 +474,38 @@ def test_eight_bit_formats_warn_about_what_they_lose(tmp_path):
         on_event=events.append,
     )
     assert events[0].kind == "done" and events[0].notes == ()
+
+
+@pytest.mark.slow
+def test_second_interrupt_aborts_at_once_without_partial_files(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(30):
+        cio.write_image(src / f"img{i:02d}.png", real_image(i, (3, 160, 200)))
+    cmd = [sys.executable, "-m", "convcli", "batch", str(src), str(out), "--kernel",
+           ";".join([",".join(["1"] * 9)] * 9), "--normalize-kernel", "--algo", "direct",
+           "--backend", "numpy", "--workers", "2", "-q"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    done = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    if proc.returncode == 130 and "aborted" in stderr:
+        assert "convcli: summary: aborted" in stderr and "--skip-existing" in stderr
+        assert [ln for ln in stderr.splitlines() if not ln.strip()] == []  # no blank line
+    else:  # the first stop finished before the second signal landed
+        assert proc.returncode in (0, 130), stderr
+    kernel = np.full((9, 9), 1 / 81)
+    for p in done:
+        check_output(src / p.name, p, kernel)
