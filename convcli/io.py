@@ -293,8 +293,9 @@ def _scaled(samples: np.ndarray, top: float, *, channels_last: bool = True) -> n
     else:
         chw = np.moveaxis(samples, -1, 0) if channels_last else samples
     out = np.empty(chw.shape, np.float32)
-    divisor = np.float32(top) if chw.dtype.itemsize <= 2 else np.float64(top)
-    np.divide(chw, divisor, out=out, casting="same_kind")
+    # dtype= fixes the loop: NumPy < 2 would pick one from the divisor's value (float16).
+    loop = np.float32 if chw.dtype.itemsize <= 2 else np.float64
+    np.divide(chw, top, out=out, dtype=loop, casting="same_kind")
     return out
 
 
@@ -909,7 +910,7 @@ def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
     buf = np.empty((min(rows, height), width, channels), np.float64)
     for y in range(0, height, rows):
         work = buf[: min(rows, height - y)]
-        np.multiply(src[y : y + rows], np.float64(top), out=work)
+        np.multiply(src[y : y + rows], top, out=work, dtype=np.float64)
         np.fmax(work, 0, out=work)  # NaN -> 0 (fmax ignores NaN), -inf -> 0
         np.fmin(work, top, out=work)
         np.rint(work, out=work)

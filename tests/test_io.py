@@ -899,13 +899,18 @@ def test_jpeg_compressed_tiff(tmp_path):
     assert np.abs(im.data - rgb.transpose(2, 0, 1) / 255).mean() < 0.02
 
 
-def test_12bit_and_miniswhite_tiff(tmp_path):
+def test_12bit_tiff_scaled_by_its_depth(tmp_path):
     a = np.random.default_rng(12).integers(0, 4096, (9, 11), dtype=np.uint16)
-    im = cio.read_image(
-        tiff_16bit(tmp_path, "12.tif", a, photometric="minisblack", bitspersample=12)
-    )
+    try:
+        path = tiff_16bit(tmp_path, "12.tif", a, photometric="minisblack", bitspersample=12)
+    except NotImplementedError:  # older imagecodecs (2024.6.1) cannot pack 12-bit samples
+        pytest.skip("this imagecodecs cannot write 12-bit TIFF")
+    im = cio.read_image(path)
     assert im.mode == "L" and im.bit_depth == 16
     np.testing.assert_array_equal(im.data[0], (a / np.float32(4095)).astype(np.float32))
+
+
+def test_miniswhite_tiff(tmp_path):
     w = np.random.default_rng(13).integers(0, 65536, (9, 11, 2), dtype=np.uint16)
     path = tiff_16bit(
         tmp_path, "w.tif", w, photometric="miniswhite", planarconfig="contig", extrasamples=[2]
