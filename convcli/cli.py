@@ -770,7 +770,10 @@ def batch(
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
     if not plan.tasks and not plan.refused:
         if not opts["quiet"]:
-            _err(f"no images found in {in_dir}", "notice")
+            what = f"no files matching {glob!r}" if glob else "no images"
+            deeper = not recursive and any(p.is_dir() for p in Path(in_dir).iterdir())
+            hint = " (sub-folders are read with --recursive)" if deeper else ""
+            _err(f"{what} found in {in_dir}{hint}", "notice")
         if report:
             _write_json(report, cbatch.BatchResult().summary())
         return 0

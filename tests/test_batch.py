@@ -509,3 +509,17 @@ def test_second_interrupt_aborts_at_once_without_partial_files(tmp_path):
     kernel = np.full((9, 9), 1 / 81)
     for p in done:
         check_output(src / p.name, p, kernel)
+
+
+def test_nothing_found_says_why(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    cio.write_image(tmp_path / "in" / "sub" / "a.png", real_image(0))
+    res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box")
+    assert res.exit_code == 0
+    assert "no images found" in res.stderr and "--recursive" in res.stderr
+    res = run(
+        "batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "-r", "--glob", "*.jpg"
+    )
+    assert res.exit_code == 0 and "no files matching '*.jpg'" in res.stderr
+    assert "--recursive" not in res.stderr
+    assert not (tmp_path / "out").exists()
