@@ -839,7 +839,11 @@ def run_tasks(
                     timings["convolve"] += time.perf_counter() - t0
                 result.info.add(info)
                 h, w = loaded.channels.shape[-2:]
-                loaded.channels = np.empty(0, np.float32)  # free the input early
+                # free the input early (the image's data is the same array when there is
+                # no alpha); the writer needs only the image's metadata
+                loaded.channels = np.empty(0, np.float32)
+                c_in = loaded.image.channels
+                loaded.image = replace(loaded.image, data=np.empty((c_in, 0, 0), np.float32))
                 loaded.notes.extend(_write_notes(task, out, loaded, output))
                 job = writers.submit(_write, task, out, loaded, output)
                 writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))

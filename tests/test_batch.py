@@ -523,3 +523,22 @@ def test_nothing_found_says_why(tmp_path):
     assert res.exit_code == 0 and "no files matching '*.jpg'" in res.stderr
     assert "--recursive" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_writer_does_not_hold_the_decoded_input(tmp_path, monkeypatch):
+    """Memory: a result waiting to be encoded no longer pins its decoded input."""
+    tasks = _tasks(tmp_path, 3)
+    seen = []
+    real_write = cbatch._write
+
+    def spy(task, result, loaded, out):
+        seen.append((loaded.image.data.size, loaded.channels.size, loaded.image.channels))
+        return real_write(task, result, loaded, out)
+
+    monkeypatch.setattr(cbatch, "_write", spy)
+    res = cbatch.run_tasks(tasks, cbatch.Filter(weight=BOX3.astype(np.float32)),
+                           engine=cbatch.Engine("numpy"))  # fmt: skip
+    assert res.ok and len(res.done) == 3
+    assert seen == [(0, 0, 3)] * 3
+    for t in tasks:
+        check_output(t.src, t.dst, BOX3)
