@@ -428,8 +428,9 @@ def _kernel_options(f: Callable) -> Callable:
             "-q",
             "--quiet",
             is_flag=True,
-            help="No progress bar, output paths, timing summary or notices; errors and "
-            "warnings about a file's result (e.g. read at 8 bits) still show.",
+            help="No progress bar, output paths or timing summary. Errors, warnings "
+            "(e.g. a file read at 8 bits) and notices (e.g. OpenCL failed, NumPy used) "
+            "still show.",
         ),
     ]
     for option in reversed(options):
@@ -466,7 +467,7 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
     filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS})
     filt.check()
     # after the build: a broken file that is the preset asked for is the error itself
-    if opts["preset"] is not None and not opts["quiet"]:
+    if opts["preset"] is not None:
         _preset_warnings("notice")
     engine = cbatch.Engine(
         backend=opts["backend"],
@@ -604,9 +605,10 @@ def _run(
             code = 128 + (received[-1] if received else signal.SIGINT)
             raise click.exceptions.Exit(code) from None
     result.failed[:0] = plan.refused
-    if not quiet:
-        for note in result.info.notices:
-            _err(_one_line(note), "notice")
+    # notices say the run went differently than asked (an OpenCL fault, NumPy used):
+    # shown even with -q, which silences only what the user asked to see
+    for note in result.info.notices:
+        _err(_one_line(note), "notice")
     if result.fatal:
         _err(result.fatal)
     # the table is for runs that did something; an error stays the only line
@@ -769,11 +771,10 @@ def batch(
     filt, engine, out = _setup(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
     if not plan.tasks and not plan.refused:
-        if not opts["quiet"]:
-            what = f"no files matching {glob!r}" if glob else "no images"
-            deeper = not recursive and any(p.is_dir() for p in Path(in_dir).iterdir())
-            hint = " (sub-folders are read with --recursive)" if deeper else ""
-            _err(f"{what} found in {in_dir}{hint}", "notice")
+        what = f"no files matching {glob!r}" if glob else "no images"
+        deeper = not recursive and any(p.is_dir() for p in Path(in_dir).iterdir())
+        hint = " (sub-folders are read with --recursive)" if deeper else ""
+        _err(f"{what} found in {in_dir}{hint}", "notice")
         if report:
             _write_json(report, cbatch.BatchResult().summary())
         return 0

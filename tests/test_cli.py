@@ -608,7 +608,32 @@ def test_broken_user_preset_files_are_reported(tmp_path, monkeypatch):
     res = run("apply", src, "--preset", "box", "-o", tmp_path / "o.png", "--backend", "numpy")
     assert "convcli: notice: " in res.stderr and "broken.toml" in res.stderr
     res = run("apply", src, "--preset", "box", "-o", tmp_path / "o.png", "-q")
-    assert "broken.toml" not in res.stderr  # it does not change this result
+    assert res.stdout == "" and "broken.toml" in res.stderr  # -q keeps notices
     res = run("apply", src, "--preset", "broken", "-o", tmp_path / "b.png", ok=False)
     assert res.exit_code == 1 and "broken.toml" in one_error_line(res)
     assert not (tmp_path / "b.png").exists()
+
+
+@pytest.mark.parametrize("step", ["build", "alloc", "run"])
+def test_opencl_fault_falls_back_under_auto_and_fails_under_opencl(tmp_path, monkeypatch, step):
+    pytest.importorskip("pyopencl")
+    from convcli.backends.opencl_backend import list_devices
+
+    if not list_devices():
+        pytest.skip("no OpenCL device")
+    monkeypatch.setenv("CONVCLI_FAULT", step)
+    src = sample(tmp_path, "camera.png", mode="L")
+    out = tmp_path / "auto.png"
+    res = run("apply", src, "--preset", "sharpen", "-o", out, "--backend", "auto", "-q")
+    assert res.stdout == ""
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert line.startswith("convcli: notice: OpenCL failed") and "using NumPy" in line
+    from convcli.presets import get_preset
+
+    k = np.asarray(get_preset("sharpen").kernel)
+    assert_image(out, reference(src, k))
+    bad = tmp_path / "opencl.png"
+    res = run("apply", src, "--preset", "sharpen", "-o", bad, "--backend", "opencl", ok=False)
+    assert res.exit_code == 1 and res.stdout == ""
+    one_error_line(res, "OpenCL")
+    assert not bad.exists() and not list(tmp_path.glob(".*.tmp"))
