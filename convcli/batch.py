@@ -59,6 +59,10 @@ _FATAL_ERRNOS = frozenset(
 
 
 # ---------------------------------------------------------------------------- the filter
+def _n_channels(n: int) -> str:
+    return f"{n} channel" if n == 1 else f"{n} channels"
+
+
 @dataclass(frozen=True)
 class Filter:
     """The convolution applied to every image, in :func:`convcli.conv2d`'s words.
@@ -117,7 +121,7 @@ class Filter:
             groups = self.groups if self.groups is not None else channels
             if groups <= 0 or channels % groups:
                 raise ConvValueError(
-                    f"groups={groups} does not divide the image's {channels} channels"
+                    f"groups={groups} does not divide the image's {_n_channels(channels)}"
                 )
             full = np.broadcast_to(w, (channels, channels // groups, *w.shape))
             weight = np.ascontiguousarray(full, dtype=np.float32)
@@ -130,12 +134,12 @@ class Filter:
             else:
                 raise ConvValueError(
                     f"the weight takes groups x {per} input channels "
-                    f"(shape {tuple(w.shape)}), but the image has {channels} channels"
+                    f"(shape {tuple(w.shape)}), but the image has {_n_channels(channels)}"
                 )
             if per * groups != channels:
                 raise ConvValueError(
                     f"the weight with groups={groups} takes {per * groups} input channels "
-                    f"(shape {tuple(w.shape)}), but the image has {channels} channels"
+                    f"(shape {tuple(w.shape)}), but the image has {_n_channels(channels)}"
                 )
             weight = np.ascontiguousarray(w, dtype=np.float32)
         c_out = weight.shape[0]
@@ -833,7 +837,14 @@ def run_tasks(
                     fail(task, exc, quiet=True)
                     break
                 except (ConvcliError, ValueError, MemoryError) as exc:
-                    fail(task, exc)
+                    reason = _reason(exc)
+                    if loaded.alpha in ("keep", "drop") and loaded.image.has_alpha:
+                        # the user sees an RGBA file; say where the alpha channel went
+                        reason += (
+                            f" (--alpha {loaded.alpha} sets alpha aside; --alpha filter "
+                            "passes it to the weight)"
+                        )
+                    fail(task, reason)
                     continue
                 finally:
                     timings["convolve"] += time.perf_counter() - t0

@@ -307,7 +307,7 @@ def test_bad_channel_count_is_one_failure(tmp_path):
     filt = cbatch.Filter(weight=np.full((3, 3, 3, 3), 1 / 27, np.float32))  # RGB only
     result = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine(backend="numpy"))
     assert len(result.done) == 2
-    assert len(result.failed) == 1 and "1 channels" in result.failed[0].reason
+    assert len(result.failed) == 1 and "has 1 channel" in result.failed[0].reason
 
 
 # ---------------------------------------------------------------------------- signals
@@ -542,3 +542,14 @@ def test_writer_does_not_hold_the_decoded_input(tmp_path, monkeypatch):
     assert seen == [(0, 0, 3)] * 3
     for t in tasks:
         check_output(t.src, t.dst, BOX3)
+
+
+def test_alpha_set_aside_is_named_when_the_weight_wants_it(tmp_path):
+    src = tmp_path / "in.png"
+    cio.write_image(src, _rgba())
+    filt = cbatch.Filter(weight=np.full((3, 4, 3, 3), 1 / 36, np.float32))
+    res = cbatch.run_tasks([cbatch.Task(src, tmp_path / "o.png")], filt,
+                           engine=cbatch.Engine("numpy"), output=cbatch.Output(alpha="keep"))  # fmt: skip
+    (failure,) = res.failed
+    assert "has 3 channels" in failure.reason and "--alpha keep sets alpha aside" in failure.reason
+    assert not (tmp_path / "o.png").exists()
