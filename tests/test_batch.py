@@ -548,8 +548,9 @@ def test_alpha_set_aside_is_named_when_the_weight_wants_it(tmp_path):
     src = tmp_path / "in.png"
     cio.write_image(src, _rgba())
     filt = cbatch.Filter(weight=np.full((3, 4, 3, 3), 1 / 36, np.float32))
-    res = cbatch.run_tasks([cbatch.Task(src, tmp_path / "o.png")], filt,
-                           engine=cbatch.Engine("numpy"), output=cbatch.Output(alpha="keep"))  # fmt: skip
+    task = cbatch.Task(src, tmp_path / "o.png")
+    engine, output = cbatch.Engine("numpy"), cbatch.Output(alpha="keep")
+    res = cbatch.run_tasks([task], filt, engine=engine, output=output)
     (failure,) = res.failed
     assert "has 3 channels" in failure.reason and "--alpha keep sets alpha aside" in failure.reason
     assert not (tmp_path / "o.png").exists()
