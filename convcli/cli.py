@@ -529,14 +529,23 @@ def _progress(total: int, quiet: bool):
     )
 
     console = _console()
+    # One image: conv2d reports no progress inside a call, so a bar and an ETA would sit
+    # at 0/1 and "-:--:--"; a spinner with the elapsed time is honest.
+    columns = (
+        [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+        if total == 1
+        else [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
+    )
     return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        *columns,
         console=console,
         transient=True,
         disable=quiet or not console.is_terminal,

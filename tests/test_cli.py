@@ -637,3 +637,14 @@ def test_opencl_fault_falls_back_under_auto_and_fails_under_opencl(tmp_path, mon
     assert res.exit_code == 1 and res.stdout == ""
     one_error_line(res, "OpenCL")
     assert not bad.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_progress_for_one_image_is_a_spinner_with_elapsed_time():
+    from rich.progress import BarColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from convcli.cli import _progress
+
+    one = {type(c) for c in _progress(1, quiet=False).columns}
+    many = {type(c) for c in _progress(5, quiet=False).columns}
+    assert TimeElapsedColumn in one and not one & {BarColumn, TimeRemainingColumn}
+    assert {BarColumn, TimeElapsedColumn, TimeRemainingColumn} <= many
