@@ -46,8 +46,8 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
-# column-matrix bands of the gemm path: near the cache (see _gemm)
-GEMM_BYTES = 2 * 2**20
+# column-matrix bands of the gemm path (see _gemm for the trade-off)
+GEMM_BYTES = 8 * 2**20
 # flat positions per piece of the depthwise tap loop (x channels): stays in L2
 TAP_PIECE = 48 * 1024
 
@@ -244,9 +244,10 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
     taps = len(ph.taps)
     wm = weight.reshape(g, cout_g, cin_g * taps)
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
-    # column matrix of one image's output row; bands sized so that it stays near the
-    # cache (measured on one BLAS thread: 2 MB bands ran W9 1.6-1.9x and W5 1.0-1.2x
-    # faster than 8 MB ones, W6 the same within noise)
+    # column matrix of one image's output row, in bands of GEMM_BYTES. Measured: on one
+    # BLAS thread 2 MB bands ran W9 1.6-1.9x faster than 8 MB ones (cache), but with
+    # OpenBLAS's two threads on the busy machine every extra call waits for a parked
+    # thread and 2 MB bands ran W5/W9 3x slower: 8 MB keeps the calls few
     per_row = spec.c_in * taps * ph.wq * work.itemsize
     per_image = per_row * ho
     nn = max(1, min(n, GEMM_BYTES // max(1, per_image)))
