@@ -10,6 +10,7 @@ stdout; progress, notices, the timing summary and errors to stderr. ``click`` an
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -134,7 +135,10 @@ def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
     if not m:
         raise click.BadParameter(f"{text!r} is not a size like 512M, 2G or 1000000")
-    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    number = float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    if not math.isfinite(number):  # 400 digits: int(inf) would raise OverflowError
+        raise click.BadParameter(f"{text!r} is too large")
+    value = int(number)
     if value <= 0:
         raise click.BadParameter("must be positive")
     return value
@@ -147,7 +151,10 @@ def parse_count(text: str) -> int | None:
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMG]?)\s*", str(text), re.IGNORECASE)
     if not m:
         raise click.BadParameter(f"{text!r} is not a count like 200M or 1000000")
-    return int(float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2).upper()])
+    number = float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2).upper()]
+    if not math.isfinite(number):
+        raise click.BadParameter(f"{text!r} is too large")
+    return int(number)
 
 
 def parse_pair(text: str, *, words: tuple[str, ...] = ()) -> int | tuple[int, int] | str:
@@ -174,8 +181,9 @@ def parse_floats(text: str) -> np.ndarray:
         values = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a number or a comma-separated list") from None
-    if not values or not np.all(np.isfinite(values)):
-        raise click.BadParameter(f"{text!r} must be finite numbers")
+    big = float(np.finfo(np.float32).max)  # results are float32: larger values overflow
+    if not values or not all(np.isfinite(v) and abs(v) <= big for v in values):
+        raise click.BadParameter(f"{text!r} must be finite float32 numbers")
     return np.asarray(values, dtype=np.float32)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from naive import naive_conv2d
 
@@ -532,6 +532,8 @@ def test_parse_bytes_units(n, unit):
 
 
 @given(st.text(max_size=12))
+@example("1E100")  # float32 overflow in --bias (was a RuntimeWarning)
+@example("9" * 400)  # int(inf) in --max-memory / --max-pixels (was OverflowError)
 def test_option_parsers_never_crash(text):
     """Any text either parses or raises click's BadParameter (a usage error, exit 2)."""
     import click
