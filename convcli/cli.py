@@ -187,6 +187,13 @@ def parse_floats(text: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+def _finite32(ctx, param, value: float) -> float:
+    """--scale / --offset: results are float32, so larger values (or NaN) cannot work."""
+    if not (math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)):
+        raise click.BadParameter(f"{value!r} must be a finite float32 number")
+    return value
+
+
 def _callback(fn: Callable[[str], Any]) -> Callable:
     def convert(ctx, param, value):
         return None if value is None else fn(value)
@@ -409,6 +416,7 @@ def _kernel_options(f: Callable) -> Callable:
             "--scale",
             type=float,
             default=1.0,
+            callback=_finite32,
             show_default=True,
             help="Multiply results before mapping.",
         ),
@@ -416,6 +424,7 @@ def _kernel_options(f: Callable) -> Callable:
             "--offset",
             type=float,
             default=0.0,
+            callback=_finite32,
             show_default=True,
             help="Add to results before mapping.",
         ),

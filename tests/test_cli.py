@@ -650,3 +650,13 @@ def test_progress_for_one_image_is_a_spinner_with_elapsed_time():
     many = {type(c) for c in _progress(5, quiet=False).columns}
     assert TimeElapsedColumn in one and not one & {BarColumn, TimeRemainingColumn}
     assert {BarColumn, TimeElapsedColumn, TimeRemainingColumn} <= many
+
+
+@pytest.mark.parametrize(("option", "value"), [("--scale", "1e39"), ("--offset", "nan"),
+                                               ("--scale", "-inf")])  # fmt: skip
+def test_scale_and_offset_must_be_finite_float32(tmp_path, option, value):
+    out = tmp_path / "o.png"
+    res = run("apply", sample(tmp_path), "--preset", "box", option, value, "-o", out, ok=False)
+    assert res.exit_code == 2
+    one_error_line(res, option, "finite float32")
+    assert not out.exists()
