@@ -29,7 +29,7 @@ from convcli import __version__
 from convcli import batch as cbatch
 from convcli import io as cio
 from convcli.api import ALGOS
-from convcli.errors import ConvcliError
+from convcli.errors import ConvcliError, InputError
 from convcli.spec import PADDING_MODES
 
 PROG = "convcli"
@@ -255,6 +255,12 @@ def build_filter(
             w = np.stack(flat).reshape(w.shape)
     if flip:  # true convolution = correlation with the kernel rotated by 180 degrees
         w = w[..., ::-1, ::-1]
+    big = float(np.finfo(np.float32).max)
+    if not np.all(np.isfinite(w)) or np.abs(w).max(initial=0.0) > big:
+        source = given[0] + (f" {weights}" if weights is not None else "")
+        raise InputError(
+            f"{source}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
+        )
     if bias is None and file_bias is not None:
         bias = np.asarray(file_bias, dtype=np.float32)
     return cbatch.Filter(

@@ -660,3 +660,11 @@ def test_scale_and_offset_must_be_finite_float32(tmp_path, option, value):
     assert res.exit_code == 2
     one_error_line(res, option, "finite float32")
     assert not out.exists()
+
+
+def test_kernel_beyond_float32_is_one_error_line(tmp_path):
+    out = tmp_path / "o.png"
+    res = run("apply", sample(tmp_path), "--kernel", "1,1e39,1", "-o", out, ok=False)
+    assert res.exit_code == 1
+    one_error_line(res, "--kernel", "float32")
+    assert not out.exists()
