@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
                 opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=i)
             infos.append(i)
 
+        # torch's OpenMP workers spin for a while after each call and would steal the
+        # two cores from whatever runs next: let them go to sleep between systems
+        time.sleep(0.5)
         ms = median_ms(ours, args.repeat)
         kern = statistics.median(i.timings["compute"] for i in infos[1:]) * 1e3
         peer_ms, peer = float("nan"), "-"
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                         ),
                         args.repeat,
                     )
+        time.sleep(0.5)
         gflops = 2 * spec.macs / (ms * 1e-3) / 1e9
         print(
             f"{wid}: algo={info.algo:9s} e2e {ms:8.2f} ms  kernel {kern:8.2f} ms  "
