@@ -748,8 +748,12 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
     if fmt and single_file and out_suffix != fmt.lower():
         raise click.UsageError(f"--format {fmt} disagrees with the output suffix of {output}")
-    if len(inputs) > 1 and Path(output).exists() and not Path(output).is_dir():
-        raise click.UsageError(f"-o {output}: several inputs need an output folder")
+    several = len(inputs) > 1 and not Path(output).is_dir()
+    if several and (Path(output).exists() or f".{out_suffix}" in cbatch.WRITABLE_SUFFIXES):
+        # `-o out.png` with two inputs would create a folder named out.png
+        raise click.UsageError(
+            f"-o {output}: several inputs need an output folder (e.g. -o {Path(output).stem}/)"
+        )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
     label = Path(inputs[0]).name if len(inputs) == 1 else "images"
     result, signum = _run(plan, filt, engine, out, opts, existing="replace", label=label)

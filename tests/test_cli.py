@@ -668,3 +668,11 @@ def test_kernel_beyond_float32_is_one_error_line(tmp_path):
     assert res.exit_code == 1
     one_error_line(res, "--kernel", "float32")
     assert not out.exists()
+
+
+def test_several_inputs_with_an_image_file_name_is_a_usage_error(tmp_path):
+    a, b = sample(tmp_path), sample(tmp_path, "camera.png")
+    res = run("apply", a, b, "--preset", "box", "-o", tmp_path / "out.png", ok=False)
+    assert res.exit_code == 2
+    one_error_line(res, "several inputs need an output folder")
+    assert not (tmp_path / "out.png").exists()
