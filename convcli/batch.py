@@ -480,6 +480,8 @@ def plan_batch(
             f"{dst_root}: the output folder must differ from the input folder "
             "(outputs would mix with inputs)"
         )
+    if dst_root.exists() and not dst_root.is_dir():
+        raise InputError(f"{dst_root}: the output folder is a file")
     inputs = list_inputs(src_root, recursive=recursive, glob=glob, exclude=[dst_root])
     plan = Plan()
     tasks = []
@@ -686,6 +688,15 @@ def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -
     return notes
 
 
+def _make_folder(folder: Path) -> None:
+    """mkdir -p with a message that names what is in the way (not '[Errno 17]')."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = next((p for p in [folder, *folder.parents] if p.is_file()), folder)
+        raise InputError(f"cannot create the output folder {folder}: {blocker} is a file") from exc
+
+
 def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
     t0 = time.perf_counter()
     image = loaded.image
@@ -698,7 +709,7 @@ def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> floa
     elif not plain_clip:  # write_image clips and rounds by itself: skip a full-image copy
         data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
     depth = out.bit_depth or default_bit_depth(image.bit_depth, suffix)
-    task.dst.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(task.dst.parent)
     cio.write_image(task.dst, data, bit_depth=depth, overwrite=True, quality=out.quality)
     return time.perf_counter() - t0
 

@@ -554,3 +554,21 @@ def test_alpha_set_aside_is_named_when_the_weight_wants_it(tmp_path):
     (failure,) = res.failed
     assert "has 3 channels" in failure.reason and "--alpha keep sets alpha aside" in failure.reason
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_file_where_the_output_folder_should_be(tmp_path):
+    _tasks(tmp_path, 2)
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    res = run("batch", tmp_path / "in", blocker, "--preset", "box")
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"convcli: error: {blocker}: the output folder is a file"
+    src = tmp_path / "in" / "00.png"
+    res = run("apply", src, "--preset", "box", "-o", blocker / "x.png", "--backend", "numpy")
+    assert res.exit_code == 1
+    (line,) = res.stderr.strip().splitlines()
+    assert (
+        line
+        == f"convcli: error: {src}: cannot create the output folder {blocker}: {blocker} is a file"
+    )
+    assert blocker.read_text() == "not a folder"
