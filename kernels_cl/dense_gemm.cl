@@ -83,6 +83,12 @@
 #ifndef NBLK
 #define NBLK 1
 #endif
+#ifndef STRIP
+#define STRIP 1
+#endif
+#ifndef CI_CHUNK
+#define CI_CHUNK CIN_G
+#endif
 
 #define TAPS (KH * KW)
 #define WSTEP (COB * 8)
@@ -90,93 +96,111 @@
 __kernel void dense_gemm(__global const float *restrict x, __global const float *restrict wp,
                          __global const float *restrict bp, __global const int *restrict rmap,
                          __global const int *restrict cmap, __global float *restrict out) {
-    const int xo0 = get_global_id(0) * XB;
+    const int xs0 = get_global_id(0) * (XB * STRIP);
     const int yo = get_global_id(1);
     const int gz = get_global_id(2);
-    if (xo0 >= WO || yo >= HO || gz >= N * G * NBLK) return;
+    if (xs0 >= WO || yo >= HO || gz >= N * G * NBLK) return;
     const int blk = gz % NBLK;
     const int ng = gz / NBLK; /* n*G + g */
     const int g = ng % G;
-
-    float8 acc[COB][XB];
     __global const float8 *b = (__global const float8 *)bp + (gz % (G * NBLK)) * COB;
-#pragma unroll
-    for (int v = 0; v < COB; ++v) {
-        const float8 bv = b[v];
-#pragma unroll
-        for (int c = 0; c < XB; ++c) acc[v][c] = bv;
-    }
-
     __global const float *xg = x + (size_t)ng * CIN_G * (H * W);
-    __global const float8 *wg = (__global const float8 *)wp + (size_t)(g * NBLK + blk) * (CIN_G * TAPS * COB);
+    __global const float8 *wg0 =
+        (__global const float8 *)wp + (size_t)(g * NBLK + blk) * (CIN_G * TAPS * COB);
     const int r0 = yo * SH - PADT;
-    const int c0 = xo0 * SW - PADL;
-    const bool interior = r0 >= 0 && r0 + (KH - 1) * DH < H && c0 >= 0 && xo0 + XB <= WO &&
-                          c0 + (XB - 1) * SW + (KW - 1) * DW < W;
+    const bool rows_in = r0 >= 0 && r0 + (KH - 1) * DH < H;
+    int roff[KH]; /* row offsets through the map, for border items */
+#pragma unroll
+    for (int i = 0; i < KH; ++i) {
+        const int r = rmap[yo * SH + i * DH];
+        roff[i] = r < 0 ? -1 : r * W;
+    }
+    const int left = (WO - xs0 + XB - 1) / XB;
+    const int npairs = left < STRIP ? left : STRIP;
+    /* Partial sums of the strip while a chunk of CI_CHUNK input channels' weights is
+     * reused from L1 by every column group of the strip. */
+    float8 part[STRIP][COB][XB];
 
-    if (interior) {
-        __global const float *xp = xg + r0 * W + c0;
-        for (int ci = 0; ci < CIN_G; ++ci) {
+    for (int ci0 = 0; ci0 < CIN_G; ci0 += CI_CHUNK) {
+        const int cn = CIN_G - ci0 < CI_CHUNK ? CIN_G - ci0 : CI_CHUNK;
+        for (int p = 0; p < npairs; ++p) {
+            const int xo0 = xs0 + p * XB;
+            float8 acc[COB][XB];
 #pragma unroll
-            for (int i = 0; i < KH; ++i) {
+            for (int v = 0; v < COB; ++v) {
+#pragma unroll
+                for (int c = 0; c < XB; ++c) acc[v][c] = ci0 == 0 ? b[v] : part[p][v][c];
+            }
+            __global const float8 *wg = wg0 + ci0 * (TAPS * COB);
+            const int c0 = xo0 * SW - PADL;
+            const bool interior = rows_in && c0 >= 0 && xo0 + XB <= WO &&
+                                  c0 + (XB - 1) * SW + (KW - 1) * DW < W;
+            if (interior) {
+                __global const float *xp = xg + ci0 * (H * W) + r0 * W + c0;
+                for (int ci = 0; ci < cn; ++ci) {
+#pragma unroll
+                    for (int i = 0; i < KH; ++i) {
+#pragma unroll
+                        for (int j = 0; j < KW; ++j) {
+                            float8 wv[COB];
+#pragma unroll
+                            for (int v = 0; v < COB; ++v) wv[v] = wg[(i * KW + j) * COB + v];
+#pragma unroll
+                            for (int c = 0; c < XB; ++c) {
+                                const float xv = xp[i * DH * W + j * DW + c * SW];
+#pragma unroll
+                                for (int v = 0; v < COB; ++v) acc[v][c] += wv[v] * xv;
+                            }
+                        }
+                    }
+                    xp += H * W;
+                    wg += TAPS * COB;
+                }
+            } else {
+                /* Border group: column indices through the padding map. */
+                int cidx[KW][XB];
 #pragma unroll
                 for (int j = 0; j < KW; ++j) {
-                    float8 wv[COB];
-#pragma unroll
-                    for (int v = 0; v < COB; ++v) wv[v] = wg[(i * KW + j) * COB + v];
 #pragma unroll
                     for (int c = 0; c < XB; ++c) {
-                        const float xv = xp[i * DH * W + j * DW + c * SW];
-#pragma unroll
-                        for (int v = 0; v < COB; ++v) acc[v][c] += wv[v] * xv;
+                        const int pc = (xo0 + c) * SW + j * DW;
+                        cidx[j][c] = cmap[pc < WP ? pc : WP - 1];
                     }
                 }
-            }
-            xp += H * W;
-            wg += TAPS * COB;
-        }
-    } else {
-        /* Border item: row offsets and column indices through the padding maps. */
-        int roff[KH];
-        int cidx[KW][XB];
+                __global const float *xp = xg + ci0 * (H * W);
+                for (int ci = 0; ci < cn; ++ci) {
 #pragma unroll
-        for (int i = 0; i < KH; ++i) {
-            const int r = rmap[yo * SH + i * DH];
-            roff[i] = r < 0 ? -1 : r * W;
-        }
+                    for (int i = 0; i < KH; ++i) {
+                        if (roff[i] < 0) continue;
+                        __global const float *xr = xp + roff[i];
 #pragma unroll
-        for (int j = 0; j < KW; ++j) {
+                        for (int j = 0; j < KW; ++j) {
+                            float8 wv[COB];
 #pragma unroll
-            for (int c = 0; c < XB; ++c) {
-                const int pc = (xo0 + c) * SW + j * DW;
-                cidx[j][c] = cmap[pc < WP ? pc : WP - 1];
-            }
-        }
-        __global const float *xp = xg;
-        for (int ci = 0; ci < CIN_G; ++ci) {
+                            for (int v = 0; v < COB; ++v) wv[v] = wg[(i * KW + j) * COB + v];
 #pragma unroll
-            for (int i = 0; i < KH; ++i) {
-                if (roff[i] < 0) continue;
-                __global const float *xr = xp + roff[i];
+                            for (int c = 0; c < XB; ++c) {
+                                const int m = cidx[j][c];
+                                const float xv = m >= 0 ? xr[m] : 0.0f;
 #pragma unroll
-                for (int j = 0; j < KW; ++j) {
-                    float8 wv[COB];
-#pragma unroll
-                    for (int v = 0; v < COB; ++v) wv[v] = wg[(i * KW + j) * COB + v];
-#pragma unroll
-                    for (int c = 0; c < XB; ++c) {
-                        const int m = cidx[j][c];
-                        const float xv = m >= 0 ? xr[m] : 0.0f;
-#pragma unroll
-                        for (int v = 0; v < COB; ++v) acc[v][c] += wv[v] * xv;
+                                for (int v = 0; v < COB; ++v) acc[v][c] += wv[v] * xv;
+                            }
+                        }
                     }
+                    xp += H * W;
+                    wg += TAPS * COB;
                 }
             }
-            xp += H * W;
-            wg += TAPS * COB;
+#pragma unroll
+            for (int v = 0; v < COB; ++v) {
+#pragma unroll
+                for (int c = 0; c < XB; ++c) part[p][v][c] = acc[v][c];
+            }
         }
     }
 
+    for (int p = 0; p < npairs; ++p) {
+    const int xo0 = xs0 + p * XB;
     /* Scatter the tile to NCHW: XB contiguous columns per output channel. Items whose
      * block is full and whose columns are all inside the row store without checks. */
     const int n = ng / G;
@@ -188,7 +212,7 @@ __kernel void dense_gemm(__global const float *restrict x, __global const float 
         float t[XB][8];
 #pragma unroll
         for (int c = 0; c < XB; ++c) {
-            const float8 a = acc[v][c];
+            const float8 a = part[p][v][c];
             t[c][0] = a.s0; t[c][1] = a.s1; t[c][2] = a.s2; t[c][3] = a.s3;
             t[c][4] = a.s4; t[c][5] = a.s5; t[c][6] = a.s6; t[c][7] = a.s7;
         }
@@ -211,5 +235,6 @@ __kernel void dense_gemm(__global const float *restrict x, __global const float 
                 }
             }
         }
+    }
     }
 }

@@ -234,6 +234,41 @@ def test_dense_gemm_matches_naive(ocl, mode, cin, cout, groups, k, stride, dilat
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize(
+    "cin, cout, groups, k, stride, dilation, padding, wd",
+    [
+        (10, 40, 1, (3, 3), 1, 1, 1, 19),  # 3 input-channel chunks of 4, 3 and 3
+        (8, 16, 2, (3, 3), 2, 2, 2, 23),
+        (6, 24, 3, (1, 1), 1, 1, 0, 7),
+        (3, 8, 1, (5, 3), (1, 2), 1, (2, 1), 30),
+    ],
+)
+def test_dense_gemm_strips_and_channel_chunks(
+    ocl, monkeypatch, mode, cin, cout, groups, k, stride, dilation, padding, wd
+):
+    # layers whose weights exceed L1 run in strips of column groups and channel chunks;
+    # force them on small layers (strip of 3 groups, chunks of a few channels)
+    from convcli.backends import opencl_fast
+
+    monkeypatch.setattr(opencl_fast, "DENSE_STRIP", 3)
+    monkeypatch.setattr(opencl_fast, "DENSE_L1_BYTES", 4 * 1024)
+    x, w, b = rng_arrays(19, (2, cin, 11, wd), (cout, cin // groups, *k))
+    out, ref, info = fast(
+        ocl,
+        x,
+        w,
+        b,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=groups,
+        padding_mode=mode,
+    )
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
 @pytest.mark.parametrize("hw", [(1, 1), (1, 5), (3, 2), (4, 9)])
 def test_dense_gemm_tiny_images(ocl, hw):
     x, w, b = rng_arrays(8, (1, 8, *hw), (8, 8, 3, 3))

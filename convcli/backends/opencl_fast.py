@@ -93,6 +93,28 @@ DENSE_MAX_TAPS = 64
 _DW_MAX_BODY = 1024
 
 
+# Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1).
+DENSE_L1_BYTES = 16 * 1024
+# Column groups per dense_gemm item when weights do not fit L1 (None = choose).
+DENSE_STRIP: int | None = None
+
+
+def _dense_strip(spec: ConvSpec, cob: int, xb: int) -> tuple[int, int]:
+    """(STRIP column groups per item, CI_CHUNK input channels per weight chunk).
+
+    A block's weights (C_in/groups x taps x COB float8) stream from L2 once per item;
+    when they exceed L1, an item takes a strip of column groups and walks the input
+    channels in chunks whose weights stay in L1 for the whole strip.
+    """
+    per_ci = spec.kh * spec.kw * cob * 32
+    chunks = math.ceil(spec.cin_g * per_ci / DENSE_L1_BYTES)
+    groups = math.ceil(spec.w_out / xb)
+    strip = DENSE_STRIP if DENSE_STRIP is not None else (1 if chunks <= 1 else min(8, groups))
+    if strip <= 1:
+        return 1, spec.cin_g
+    return strip, math.ceil(spec.cin_g / chunks)
+
+
 def _dw_rows(kh: int, kw: int) -> int:
     """Output rows per dw_direct work-item (independent chains sharing loaded rows).
 
@@ -453,6 +475,9 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
         "XB": xb,
         "NBLK": nblk,
     }
+    strip, chunk = _dense_strip(spec, cob, xb)
+    defines["STRIP"] = strip
+    defines["CI_CHUNK"] = chunk
     kernel = _kernel(backend, "dense_gemm", defines, info)
     xbuf = _input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
@@ -461,7 +486,7 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     cmap = _index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
-    gsize = (math.ceil(wo / xb), ho, spec.n * spec.groups * nblk)
+    gsize = (math.ceil(wo / (xb * strip)), ho, spec.n * spec.groups * nblk)
     ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
     _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
