@@ -77,7 +77,9 @@ def _run_tiled(
 
     Splits the batch first, then output rows into bands; a band's input rows carry the
     halo the kernel needs and its vertical padding is gathered on the host, so every
-    output pixel is computed from the same values as in the untiled call.
+    output pixel is computed from the same values, by the same algorithm, as in the
+    untiled call. OpenCL kernels then give bit-identical results; NumPy's GEMM-based
+    paths may round differently by an ulp, as BLAS blocks a smaller matrix differently.
     """
     itemsize = compute_dtype(spec.dtype).itemsize
     image_bytes, out_row = _call_bytes(spec, itemsize)
@@ -85,6 +87,10 @@ def _run_tiled(
     if limit is None or whole <= limit or spec.n == 0:
         info.tiles += 1
         return backend.run(x, weight, bias, spec, algo=algo, info=info)
+    if algo == "auto":
+        # every tile runs the algorithm the whole problem would: a smaller tile could
+        # tip the cost model to another algorithm with other rounding
+        algo = backend.plan_algo(spec, weight)
     if spec.n > 1:
         per = max(1, limit // max(1, image_bytes + out_row * spec.h_out))
         parts = [

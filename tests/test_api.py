@@ -163,3 +163,24 @@ def test_backend_registry_survives_submodule_imports(backend):
     first = backends.get_backend(backend)
     assert backends.get_backend(backend) is first
     assert first.name == backend
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular", "symmetric"])
+def test_tiles_run_the_algorithm_of_the_whole(backend, mode):
+    # a 9x9 Gaussian on a tall image: the whole picks a fast path; row bands alone could
+    # tip the cost model elsewhere. OpenCL tiles are bit-identical; NumPy's passes are
+    # BLAS GEMMs whose rounding depends on the band's matrix shape: within 2 float32 ulps.
+    rng = np.random.default_rng(4)
+    x = rng.random((3, 300, 64)).astype(np.float32)
+    g = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2)
+    w = np.tile((np.outer(g, g) / np.outer(g, g).sum()).astype(np.float32), (3, 1, 1, 1))
+    kw = dict(padding="same", groups=3, padding_mode=mode, backend=backend)
+    whole_info, tiled_info = RunInfo(), RunInfo()
+    whole = conv2d(x, w, info=whole_info, **kw)
+    tiled = conv2d(x, w, max_memory=60_000, info=tiled_info, **kw)
+    assert tiled_info.tiles > 2
+    assert tiled_info.algo == whole_info.algo
+    if backend == "opencl":
+        np.testing.assert_array_equal(tiled, whole)
+    else:
+        np.testing.assert_allclose(tiled, whole, rtol=0, atol=2 * np.finfo(np.float32).eps)

@@ -644,6 +644,10 @@ class NumpyBackend:
         """Reason why ``spec`` cannot run here, or None (NumPy runs everything)."""
         return None
 
+    def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
+        """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
+        return "direct" if spec.n == 0 else choose_algo(spec, weight)[0]
+
     def run(
         self,
         x: np.ndarray,

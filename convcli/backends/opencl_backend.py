@@ -445,6 +445,12 @@ class OpenCLBackend:
             return "an image plane of 2**31 pixels or more is beyond 32-bit kernel indexing"
         return None
 
+    def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
+        """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
+        fast = _fast_module()
+        plan = fast.choose(spec, weight, "auto")[0] if fast is not None else None
+        return "direct" if plan is None else plan.algo
+
     # ---- programs and kernels -------------------------------------------------
     @contextlib.contextmanager
     def current(self, info: RunInfo | None) -> Iterator[None]:
