@@ -2,13 +2,17 @@
  * depthwise layers and image filters, and (with KW = 1 or KH = 1) the two passes of a
  * separable convolution.
  *
+ * Geometry (kernel size, stride, dilation, leading padding, channel layout, ROWS) comes
+ * as -D defines; image sizes are runtime arguments (n images, h x w input, ho x wo output,
+ * hp x wp padded input), so one build serves every image size with the same filter.
+ *
  * Layouts (row-major, contiguous):
- *   x     (N, C_IN, H, W)              input planes
+ *   x     (n, C_IN, h, w)              input planes
  *   wt    (C_OUT, CSUM, KH, KW)        scalar taps per output plane
  *   bias  (C_OUT,)                     read only when HAS_BIAS
- *   rmap  (HP,) int                    padded row -> source row, -1 = zero row
- *   cmap  (WP,) int                    padded column -> source column, -1 = zero
- *   out   (N, C_OUT, HO, WO)
+ *   rmap  (hp,) int                    padded row -> source row, -1 = zero row
+ *   cmap  (wp,) int                    padded column -> source column, -1 = zero
+ *   out   (n, C_OUT, ho, wo)
  * Output plane o of image n sums CSUM input planes starting at (o / CMULT) * CSUM:
  * depthwise with multiplier K is CSUM = 1, CMULT = K; a grouped layer is
  * CSUM = C_in/groups, CMULT = C_out/groups.
@@ -29,9 +33,6 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #define LD8(p) (*(__global const f8u *)(p))
 #define ST8(p, v) (*(__global f8u *)(p) = (v))
 
-#ifndef N
-#define N 1
-#endif
 #ifndef C_IN
 #define C_IN 1
 #endif
@@ -43,21 +44,6 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #endif
 #ifndef CMULT
 #define CMULT 1
-#endif
-#ifndef H
-#define H 1
-#endif
-#ifndef W
-#define W 8
-#endif
-#ifndef HO
-#define HO 1
-#endif
-#ifndef WO
-#define WO 8
-#endif
-#ifndef WP
-#define WP 8
 #endif
 #ifndef KH
 #define KH 1
@@ -79,9 +65,6 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #endif
 #ifndef PADL
 #define PADL 0
-#endif
-#ifndef HP
-#define HP 1
 #endif
 #ifndef PADT
 #define PADT 0
@@ -107,16 +90,16 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
               (p)[6 * SW], (p)[7 * SW]))
 #endif
 
-#define HP_LAST (HP - 1)
 /* Input rows a work-item touches: ROWS output rows share them (each loaded once). */
 #define TROWS ((ROWS - 1) * SH + (KH - 1) * DH + 1)
 
-inline float8 gather8(__global const float *xr, __global const int *cmap, int pc0) {
+inline float8 gather8(__global const float *xr, __global const int *cmap, int pc0,
+                      const int wp) {
     float t[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         const int pc = pc0 + k * SW;
-        const int m = cmap[pc < WP ? pc : WP - 1];
+        const int m = cmap[pc < wp ? pc : wp - 1];
         t[k] = m >= 0 ? xr[m] : 0.0f;
     }
     return (float8)(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
@@ -129,12 +112,13 @@ inline float8 gather8(__global const float *xr, __global const int *cmap, int pc
  * tap-major so that one broadcast weight serves all ROWS rows. (Pairing the symmetric
  * taps of Gaussian/box kernels was measured: no gain.) */
 #define LOADC(p, j) \
-    (cols_direct ? LOADV((p) + cs0 + (j) * DW) : gather8((p), cmap, pc0 + (j) * DW))
+    (cols_direct ? LOADV((p) + cs0 + (j) * DW) : gather8((p), cmap, pc0 + (j) * DW, wp))
 
 __attribute__((always_inline)) inline void accumulate(
     float8 *acc, __global const float *xc, __global const float *wc,
     __global const int *rmap, __global const int *cmap, const int row0, const int prow0,
-    const int cs0, const int pc0, const bool rows_direct, const bool cols_direct) {
+    const int cs0, const int pc0, const int w, const int hp, const int wp,
+    const bool rows_direct, const bool cols_direct) {
     __global const float *rp[TROWS];
     bool ok[TROWS];
 #pragma unroll
@@ -143,11 +127,11 @@ __attribute__((always_inline)) inline void accumulate(
         ok[t] = true;
         if (!rows_direct) {
             const int pr = prow0 + t;
-            r = rmap[pr < HP ? pr : HP_LAST];
+            r = rmap[pr < hp ? pr : hp - 1];
             ok[t] = r >= 0;
             r = r < 0 ? 0 : r; /* a legal row; its value is discarded */
         }
-        rp[t] = xc + r * W;
+        rp[t] = xc + r * w;
     }
 #pragma unroll
     for (int j = 0; j < KW; ++j) {
@@ -166,11 +150,13 @@ __attribute__((always_inline)) inline void accumulate(
 
 __kernel void dw_direct(__global const float *restrict x, __global const float *restrict wt,
                         __global const float *restrict bias, __global const int *restrict rmap,
-                        __global const int *restrict cmap, __global float *restrict out) {
+                        __global const int *restrict cmap, __global float *restrict out,
+                        const int n_img, const int h, const int w, const int ho, const int wo,
+                        const int hp, const int wp) {
     const int xo0 = get_global_id(0) * 8;
     const int yo0 = get_global_id(1) * ROWS;
     const int plane = get_global_id(2);
-    if (xo0 >= WO || yo0 >= HO || plane >= N * C_OUT) return;
+    if (xo0 >= wo || yo0 >= ho || plane >= n_img * C_OUT) return;
     const int n = plane / C_OUT;
     const int o = plane - n * C_OUT;
     const int in0 = n * C_IN + (o / CMULT) * CSUM;
@@ -178,9 +164,9 @@ __kernel void dw_direct(__global const float *restrict x, __global const float *
     const int cs0 = pc0 - PADL;
     const int prow0 = yo0 * SH; /* padded row of output row yo0, tap 0 */
     const int row0 = prow0 - PADT;
-    const bool cols_direct = cs0 >= 0 && xo0 + 8 <= WO && cs0 + (KW - 1) * DW + LAST_OFF < W;
-    const bool rows_direct = row0 >= 0 && yo0 + ROWS <= HO && row0 + TROWS <= H;
-    __global const float *wo = wt + o * (CSUM * KH * KW);
+    const bool cols_direct = cs0 >= 0 && xo0 + 8 <= wo && cs0 + (KW - 1) * DW + LAST_OFF < w;
+    const bool rows_direct = row0 >= 0 && yo0 + ROWS <= ho && row0 + TROWS <= h;
+    __global const float *wt_o = wt + o * (CSUM * KH * KW);
 
     float8 acc[ROWS];
 #pragma unroll
@@ -192,25 +178,25 @@ __kernel void dw_direct(__global const float *restrict x, __global const float *
 #endif
     }
     for (int c = 0; c < CSUM; ++c) {
-        __global const float *xc = x + (size_t)(in0 + c) * (H * W);
-        __global const float *wc = wo + c * (KH * KW);
+        __global const float *xc = x + (size_t)(in0 + c) * h * w;
+        __global const float *wc = wt_o + c * (KH * KW);
         if (rows_direct && cols_direct)
-            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, true, true);
+            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, w, hp, wp, true, true);
         else if (cols_direct)
-            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, false, true);
+            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, w, hp, wp, false, true);
         else
-            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, false, false);
+            accumulate(acc, xc, wc, rmap, cmap, row0, prow0, cs0, pc0, w, hp, wp, false, false);
     }
 #pragma unroll
     for (int q = 0; q < ROWS; ++q) {
-        if (yo0 + q < HO) {
-            __global float *dst = out + ((size_t)plane * HO + yo0 + q) * WO + xo0;
-            if (xo0 + 8 <= WO) {
+        if (yo0 + q < ho) {
+            __global float *dst = out + ((size_t)plane * ho + yo0 + q) * wo + xo0;
+            if (xo0 + 8 <= wo) {
                 ST8(dst, acc[q]);
             } else {
                 const float8 a = acc[q];
                 const float t[8] = {a.s0, a.s1, a.s2, a.s3, a.s4, a.s5, a.s6, a.s7};
-                for (int k = 0; k < WO - xo0; ++k) dst[k] = t[k];
+                for (int k = 0; k < wo - xo0; ++k) dst[k] = t[k];
             }
         }
     }

@@ -194,6 +194,44 @@ def test_box_running_sums_in_several_strips(ocl, monkeypatch):
     assert_close(out, ref, "float32")
 
 
+# ------------------------------------------------- one build per filter, any image size
+
+
+@pytest.mark.parametrize(
+    "k2d, algo, programs",
+    [
+        (gaussian(5, 1.1), "separable", 2),  # vertical + horizontal dw_direct pass
+        (np.full((7, 7), 1 / 49), "separable", 2),  # sep_boxsum + horizontal pass
+        (np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]]), "direct", 1),
+    ],
+)
+@pytest.mark.parametrize("mode", ["reflect", "zeros"])
+def test_image_sizes_share_one_build(k2d, algo, programs, mode):
+    # Image sizes are kernel arguments, not build defines: portrait, landscape and a
+    # batch of another size reuse the first image's programs (a fresh backend, so the
+    # count is this test's alone).
+    from convcli.backends import opencl_fast
+    from convcli.backends.opencl_backend import OpenCLBackend
+
+    try:
+        be = OpenCLBackend.create()
+    except (BackendError, ImportError):
+        pytest.skip("no OpenCL device")
+    rng = np.random.default_rng(23)
+    w = np.repeat(np.asarray(k2d, np.float32)[None, None], 3, axis=0)
+    for i, shape in enumerate([(1, 37, 70), (1, 70, 37), (2, 53, 91), (1, 9, 4100)]):
+        n, h, wd = shape
+        x = rng.random((n, 3, h, wd), dtype=np.float32)
+        spec = make_spec(x, w, None, padding="same", groups=3, padding_mode=mode)
+        info = RunInfo()
+        out = opencl_fast.run(be, x, w, None, spec, algo="auto", info=info)
+        assert info.algo == algo
+        assert len(be._programs) == programs
+        assert (info.timings.get("build", 0.0) > 0) == (i == 0)
+        ref = naive_conv2d(x, w, None, pad=spec.pad, groups=3, padding_mode=mode)
+        assert_close(out, ref, "float32")
+
+
 def test_separable_depth_multiplier_and_single_channel(ocl):
     rng = np.random.default_rng(6)
     x = rng.random((1, 1, 30, 17)).astype(np.float32)

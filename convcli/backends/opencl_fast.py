@@ -18,9 +18,12 @@ Algorithms (``info.algo``):
   layers, 1x1 included.
 
 The kernels follow what was measured on PoCL (see the ``.cl`` headers): float8 vectors
-written by hand, taps fully unrolled with shapes as ``-D`` defines, no ``fma()``,
-``vload8()`` or ``vstore8()`` builtins (PoCL leaves them as out-of-line calls), no
-``float16`` vectors, no ``__local`` tiling, no fast-math. Padding modes are applied
+written by hand, taps fully unrolled with the kernel geometry as ``-D`` defines, no
+``fma()``, ``vload8()`` or ``vstore8()`` builtins (PoCL leaves them as out-of-line
+calls), no ``float16`` vectors, no ``__local`` tiling, no fast-math. The image filters
+(``dw_direct``, ``sep_boxsum``) take image sizes as kernel arguments, so images of any
+size with the same filter share one build (``dense_gemm`` still bakes them in: its
+layers repeat one size). Padding modes are applied
 inside the kernels through index maps built by :func:`convcli.spec.source_index`, never
 by a padded copy of the input.
 
@@ -46,9 +49,10 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 # Work-items per work-group along the width: 64, or the next power of two above the
-# row's item count when a row has fewer (no groups of mostly idle items). Programs are
-# specialised per shape, so this costs no extra JIT; PoCL's per-group overhead made 8
-# items per group 2.5x slower than 64 on a memory-bound kernel.
+# row's item count when a row has fewer (no groups of mostly idle items). Images wider
+# than 504 columns all use 64; narrower ones cost PoCL one work-group JIT per power of
+# two (not a program build). PoCL's per-group overhead made 8 items per group 2.5x
+# slower than 64 on a memory-bound kernel.
 LOCAL_X = 64
 _PAGE = 4096
 # Outputs smaller than this are not pooled (their page faults cost little).
@@ -372,24 +376,19 @@ def _run_dw(
     n, c_in, h, w = in_shape
     _, c_out, ho, wo = out_shape
     rows = _dw_rows(kh, kw)
+    # Geometry only: image sizes are kernel arguments, so every image size with the same
+    # filter shares one build (a folder of mixed sizes built each size anew, 0.3-1.5 s).
     defines = {
-        "N": n,
         "C_IN": c_in,
         "C_OUT": c_out,
         "CSUM": csum,
         "CMULT": cmult,
-        "H": h,
-        "W": w,
-        "HO": ho,
-        "WO": wo,
-        "WP": w + pad[2] + pad[3],
         "KH": kh,
         "KW": kw,
         "SH": stride[0],
         "SW": stride[1],
         "DH": dilation[0],
         "DW": dilation[1],
-        "HP": h + pad[0] + pad[1],
         "PADT": pad[0],
         "PADL": pad[2],
         "HAS_BIAS": 1 if bias is not None else 0,
@@ -401,7 +400,9 @@ def _run_dw(
     wbuf = _const(cl, backend, taps)
     bbuf = _const(cl, backend, bias if bias is not None else np.zeros(1, np.float32))
     gsize = (math.ceil(wo / 8), math.ceil(ho / rows), n * c_out)
-    return _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, out_buf])
+    sizes = [n, h, w, ho, wo, h + pad[0] + pad[1], w + pad[2] + pad[3]]
+    args = [xbuf, wbuf, bbuf, rmap, cmap, out_buf, *(np.int32(v) for v in sizes)]
+    return _launch(cl, backend, kernel, gsize, args)
 
 
 def _pack_dense(
@@ -541,18 +542,15 @@ def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: 
     """Vertical box pass by running sums into ``tmp`` ``(N, C_out, H_out, W)``."""
     strips = math.ceil(spec.w / (8 * BOX_MAX_XV))
     xv = math.ceil(spec.w / (8 * strips))
+    # Image sizes (and xv, which follows the width) are kernel arguments; the running-sum
+    # array is sized for the widest strip, so one build serves every image size.
     defines = {
-        "N": spec.n,
         "C_IN": spec.c_in,
         "C_OUT": spec.c_out,
         "CMULT": spec.cout_g,
-        "H": spec.h,
-        "W": spec.w,
-        "HO": spec.h_out,
-        "HP": spec.h + spec.pad[0] + spec.pad[1],
         "KH": spec.kh,
         "RB": BOX_ROWS,
-        "XV": xv,
+        "XV_MAX": BOX_MAX_XV,
     }
     kernel = _kernel(backend, "sep_boxsum", defines, info)
     rmap = _index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
@@ -562,7 +560,8 @@ def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: 
         math.ceil(spec.h_out / BOX_ROWS),
         spec.n * spec.c_out,
     )
-    return _launch(cl, backend, kernel, gsize, [xbuf, wbuf, rmap, tmp])
+    sizes = (spec.n, spec.h, spec.w, spec.h_out, xv)
+    return _launch(cl, backend, kernel, gsize, [xbuf, wbuf, rmap, tmp, *map(np.int32, sizes)])
 
 
 def _run_separable(
