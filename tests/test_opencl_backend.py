@@ -471,6 +471,28 @@ def test_program_and_kernel_cached_in_process(ocl):
     assert prg.kernel_names.strip() == "conv2d_direct"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_generic_kernel_builds_once_for_every_image_size(dtype):
+    # conv2d_direct takes image sizes as arguments: portrait, landscape and another
+    # batch size reuse one build (a fresh backend, so the count is this test's alone)
+    from convcli.backends.opencl_backend import OpenCLBackend
+
+    be = OpenCLBackend.create(None)
+    if dtype == "float64" and not be.has_fp64:
+        pytest.skip("no fp64 on this device")
+    rng = np.random.default_rng(29)
+    w = _rand(rng, (4, 2, 3, 5), dtype)
+    for i, shape in enumerate([(1, 4, 23, 41), (1, 4, 41, 23), (2, 4, 17, 30)]):
+        x = _rand(rng, shape, dtype)
+        spec = make_spec(x, w, None, padding=(1, 2), groups=2, padding_mode="reflect")
+        info = RunInfo()
+        out = be.run_direct(x, w, None, spec, info=info)
+        assert len(be._programs) == 1
+        assert (info.timings.get("build", 0.0) > 0) == (i == 0)
+        ref = naive_conv2d(x, w, None, pad=spec.pad, groups=2, padding_mode="reflect")
+        assert_close(out, ref, dtype)
+
+
 def test_program_without_kernels_is_rebuilt(ocl, monkeypatch):
     """A cache hit with no kernels (seen with PoCL) is rebuilt under other options."""
     from types import SimpleNamespace
