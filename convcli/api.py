@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,10 @@ from convcli.spec import (
 )
 
 ALGOS: tuple[str, ...] = ("auto", "direct", "separable", "fft", "gemm")
+# with a progress callback, problems of this many FLOPs (about a second on NumPy) or
+# more run in about PROGRESS_STEPS tiles so that the callback can report as they finish
+PROGRESS_MIN_FLOPS = 4 * 10**9
+PROGRESS_STEPS = 16
 
 
 def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo):
@@ -72,8 +77,11 @@ def _run_tiled(
     algo: str,
     limit: int | None,
     info: RunInfo,
+    report: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Run ``spec`` on ``backend`` in pieces whose input+output fit ``limit`` bytes.
+
+    ``report(rows)`` is called after each piece with the output rows (times images) done.
 
     Splits the batch first, then output rows into bands; a band's input rows carry the
     halo the kernel needs and its vertical padding is gathered on the host, so every
@@ -86,7 +94,10 @@ def _run_tiled(
     whole = spec.n * (image_bytes + out_row * spec.h_out)
     if limit is None or whole <= limit or spec.n == 0:
         info.tiles += 1
-        return backend.run(x, weight, bias, spec, algo=algo, info=info)
+        out = backend.run(x, weight, bias, spec, algo=algo, info=info)
+        if report is not None:
+            report(spec.n * spec.h_out)
+        return out
     if algo == "auto":
         # every tile runs the algorithm the whole problem would: a smaller tile could
         # tip the cost model to another algorithm with other rounding
@@ -103,6 +114,7 @@ def _run_tiled(
                 algo,
                 limit,
                 info,
+                report,
             )
             for i in range(0, spec.n, per)
         ]
@@ -123,7 +135,34 @@ def _run_tiled(
         band_spec = spec.with_rows(p1 - p0, 0, 0)
         info.tiles += 1
         parts.append(backend.run(band, weight, bias, band_spec, algo=algo, info=info))
+        if report is not None:
+            report(r1 - r0)
     return np.concatenate(parts, axis=2)
+
+
+def _progress_limit(spec: ConvSpec, limit: int | None) -> int | None:
+    """A tile size that gives a progress callback about PROGRESS_STEPS reports.
+
+    Only problems of PROGRESS_MIN_FLOPS or more are split: below that a call is quick
+    and the extra pieces would only cost time.
+    """
+    if 2 * spec.macs < PROGRESS_MIN_FLOPS:
+        return limit
+    itemsize = compute_dtype(spec.dtype).itemsize
+    image_bytes, out_row = _call_bytes(spec, itemsize)
+    step = max(1, spec.n * (image_bytes + out_row * spec.h_out) // PROGRESS_STEPS)
+    return step if limit is None else min(limit, step)
+
+
+class _Tracker:
+    """Adds up the rows the pieces report and passes (done, total) to the callback."""
+
+    def __init__(self, total: int, callback: Callable[[int, int], None]) -> None:
+        self.total, self.done, self.callback = total, 0, callback
+
+    def __call__(self, rows: int) -> None:
+        self.done += rows
+        self.callback(self.done, self.total)
 
 
 def conv2d(
@@ -141,6 +180,7 @@ def conv2d(
     algo: str = "auto",
     max_memory: int | None = None,
     info: RunInfo | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """2D convolution (cross-correlation) with exactly ``torch.nn.Conv2d``'s semantics.
 
@@ -172,6 +212,10 @@ def conv2d(
         Bytes one piece of work may use; larger problems run in tiles (same results).
     info : RunInfo, optional
         Filled with the backend, device, algorithm, notices and stage timings.
+    progress : callable, optional
+        ``progress(done, total)`` in output rows (times images), called as pieces finish.
+        Large problems then run in about 16 tiles (same results as untiled: see
+        ``max_memory``), so that a caller can show a bar with an ETA.
 
     Returns
     -------
@@ -210,14 +254,23 @@ def conv2d(
     xb = np.ascontiguousarray(xb)
     weight = np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias)
+
+    def attempt(be: object) -> np.ndarray:
+        limit = _memory_limit(be, max_memory)
+        tracker = None
+        if progress is not None:
+            tracker = _Tracker(spec.n * spec.h_out, progress)
+            limit = _progress_limit(spec, limit)
+        return _run_tiled(be, xb, weight, bias, spec, algo, limit, info, tracker)
+
     try:
-        out = _run_tiled(be, xb, weight, bias, spec, algo, _memory_limit(be, max_memory), info)
+        out = attempt(be)
     except BackendError as exc:
         if backend != "auto" or be is backends.get_backend("numpy"):
             raise
         info.notices.append(f"OpenCL failed ({exc}); using NumPy")
         be = backends.get_backend("numpy")
-        out = _run_tiled(be, xb, weight, bias, spec, algo, max_memory, info)
+        out = attempt(be)
     info.backend = be.name
     info.device = be.device_name
     info.flops += 2 * spec.macs

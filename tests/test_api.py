@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -184,3 +186,30 @@ def test_tiles_run_the_algorithm_of_the_whole(backend, mode):
         np.testing.assert_array_equal(tiled, whole)
     else:
         np.testing.assert_allclose(tiled, whole, rtol=0, atol=2 * np.finfo(np.float32).eps)
+
+
+def test_progress_reports_rows_and_keeps_results(backend, monkeypatch):
+    import convcli.api
+
+    # split this small problem the way a large one is split
+    monkeypatch.setattr(convcli.api, "PROGRESS_MIN_FLOPS", 1)
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 3, 400, 300)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 7, 7)).astype(np.float32)
+    seen: list[tuple[int, int]] = []
+    info = RunInfo()
+    y = conv2d(x, w, padding=3, backend=backend, info=info, progress=lambda *a: seen.append(a))
+    whole = conv2d(x, w, padding=3, backend=backend)
+    assert info.tiles >= 8 and len(seen) == info.tiles
+    assert seen[-1] == (2 * 400, 2 * 400)
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))
+    assert_close(y, whole)
+
+
+def test_progress_leaves_small_problems_whole():
+    x = np.ones((3, 32, 32), np.float32)
+    w = np.ones((3, 1, 3, 3), np.float32)
+    seen = []
+    info = RunInfo()
+    conv2d(x, w, groups=3, backend="numpy", info=info, progress=lambda d, t: seen.append((d, t)))
+    assert info.tiles == 1 and seen == [(30, 30)]
