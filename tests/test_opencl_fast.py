@@ -62,6 +62,16 @@ def gaussian(k: int, sigma: float) -> np.ndarray:
     return np.outer(g, g) / g.sum() ** 2
 
 
+@pytest.fixture(params=["runtime sizes", "fixed sizes"])
+def dw_sizes(request, monkeypatch):
+    """Run dw_direct with image sizes as kernel arguments, then as build defines."""
+    from convcli.backends import opencl_fast
+
+    limit = 0 if request.param == "runtime sizes" else 1 << 62
+    monkeypatch.setattr(opencl_fast, "DW_FIXED_PIXELS", limit)
+    return request.param
+
+
 def rng_arrays(seed, xshape, wshape, bias=True, dtype=np.float32):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(xshape).astype(dtype)
@@ -84,7 +94,7 @@ def rng_arrays(seed, xshape, wshape, bias=True, dtype=np.float32):
         ((9, 11), (2, 4), 1, 1, "same"),
     ],
 )
-def test_dw_direct_matches_naive(ocl, mode, hw, k, stride, dilation, padding):
+def test_dw_direct_matches_naive(ocl, dw_sizes, mode, hw, k, stride, dilation, padding):
     x, w, b = rng_arrays(1, (2, 3, *hw), (6, 1, *k))  # multiplier 2
     out, ref, info = fast(
         ocl,
@@ -107,7 +117,7 @@ def test_dw_direct_matches_naive(ocl, mode, hw, k, stride, dilation, padding):
     [((1, 1), (1, 1), 0), ((1, 7), (1, 3), (0, 1)), ((5, 3), (3, 3), 1), ((2, 9), (3, 3), 1)],
 )
 @pytest.mark.parametrize("mode", ["zeros", "replicate", "circular"])
-def test_dw_direct_tiny_images(ocl, hw, k, padding, mode):
+def test_dw_direct_tiny_images(ocl, dw_sizes, hw, k, padding, mode):
     # widths below and just above one float8 vector, single rows
     x, w, b = rng_arrays(2, (1, 2, *hw), (2, 1, *k))
     out, ref, info = fast(ocl, x, w, b, padding=padding, groups=2, padding_mode=mode)
@@ -132,7 +142,7 @@ def test_forced_direct_on_grouped_layers(ocl, groups, cin, cout):
     "k, stride, dilation, padding",
     [(5, 1, 1, "same"), (7, 2, 1, 3), (5, (1, 2), (2, 1), (4, 2)), (4, 1, 1, "same")],
 )
-def test_separable_matches_naive(ocl, mode, k, stride, dilation, padding):
+def test_separable_matches_naive(ocl, dw_sizes, mode, k, stride, dilation, padding):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 23, 35)).astype(np.float32)
     col = rng.standard_normal((3, 1, k, 1))
@@ -168,7 +178,7 @@ def test_auto_picks_separable_for_gaussian_and_box(ocl, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("hw, k, stride", [((45, 37), 9, 1), ((70, 13), 15, 1), ((20, 30), 5, 2)])
-def test_box_running_sums(ocl, mode, hw, k, stride):
+def test_box_running_sums(ocl, dw_sizes, mode, hw, k, stride):
     # constant column factor: the vertical pass runs by running sums (sep_boxsum), which
     # restart every 32 rows; signed data exercises the cancellation
     rng = np.random.default_rng(15)
@@ -206,12 +216,14 @@ def test_box_running_sums_in_several_strips(ocl, monkeypatch):
     ],
 )
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
-def test_image_sizes_share_one_build(k2d, algo, programs, mode):
+def test_image_sizes_share_one_build(k2d, algo, programs, mode, monkeypatch):
     # Image sizes are kernel arguments, not build defines: portrait, landscape and a
     # batch of another size reuse the first image's programs (a fresh backend, so the
-    # count is this test's alone).
+    # count is this test's alone). Small planes as large ones, to keep the test fast.
     from convcli.backends import opencl_fast
     from convcli.backends.opencl_backend import OpenCLBackend
+
+    monkeypatch.setattr(opencl_fast, "DW_FIXED_PIXELS", 0)
 
     try:
         be = OpenCLBackend.create()
@@ -229,6 +241,29 @@ def test_image_sizes_share_one_build(k2d, algo, programs, mode):
         assert len(be._programs) == programs
         assert (info.timings.get("build", 0.0) > 0) == (i == 0)
         ref = naive_conv2d(x, w, None, pad=spec.pad, groups=3, padding_mode=mode)
+        assert_close(out, ref, "float32")
+
+
+def test_photo_sizes_share_one_build_by_default():
+    # Planes over DW_FIXED_PIXELS (photos) take sizes as arguments; smaller ones (CNN
+    # feature maps, sizes repeat) get a build per size with constant sizes.
+    from convcli.backends import opencl_fast
+    from convcli.backends.opencl_backend import OpenCLBackend
+
+    try:
+        be = OpenCLBackend.create()
+    except (BackendError, ImportError):
+        pytest.skip("no OpenCL device")
+    rng = np.random.default_rng(31)
+    w = np.repeat(gaussian(5, 1.1)[None, None], 3, axis=0).astype(np.float32)
+    side = int(opencl_fast.DW_FIXED_PIXELS**0.5)
+    shapes = [(side + 9, side + 40), (side + 40, side + 9), (20, 30), (30, 20)]
+    for shape, count in zip(shapes, [2, 2, 4, 6], strict=True):
+        x = rng.random((1, 3, *shape), dtype=np.float32)
+        spec = make_spec(x, w, None, padding="same", groups=3, padding_mode="reflect")
+        out = opencl_fast.run(be, x, w, None, spec, algo="auto", info=RunInfo())
+        assert len(be._programs) == count
+        ref = conv2d(x, w, padding="same", groups=3, padding_mode="reflect", backend="numpy")
         assert_close(out, ref, "float32")
 
 

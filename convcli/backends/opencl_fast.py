@@ -49,11 +49,19 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 # Work-items per work-group along the width: 64, or the next power of two above the
-# row's item count when a row has fewer (no groups of mostly idle items). Images wider
-# than 504 columns all use 64; narrower ones cost PoCL one work-group JIT per power of
-# two (not a program build). PoCL's per-group overhead made 8 items per group 2.5x
-# slower than 64 on a memory-bound kernel.
+# row's item count when a row has fewer (no groups of mostly idle items: 64 on a 7x7
+# depthwise layer ran 2.4x slower than 1). dw_direct with runtime sizes builds once for
+# every image size, and PoCL JIT-compiles each new local size at first launch (0.4 s
+# per pass, measured), so it uses 64 from DW_FIXED_ITEMS items per row on. PoCL's
+# per-group overhead made 8 items per group 2.5x slower than 64 on a memory-bound
+# kernel.
 LOCAL_X = 64
+DW_FIXED_ITEMS = 17
+# dw_direct bakes image sizes into the build for input planes up to this many pixels:
+# CNN feature maps, whose sizes repeat, ran 3-15% faster with constant sizes (A/B in
+# one process, 7x7 to 136x136 depthwise 3x3). Larger planes (photos, whose sizes vary)
+# take sizes as arguments, within noise of constants on 2048x2048.
+DW_FIXED_PIXELS = 256 * 256
 _PAGE = 4096
 # Outputs smaller than this are not pooled (their page faults cost little).
 _POOL_MIN_BYTES = 1 << 20
@@ -325,8 +333,15 @@ def _fetch(cl, backend, out: np.ndarray, buf, info: RunInfo) -> np.ndarray:
     return out
 
 
-def _launch(cl, backend, kernel, global_size: tuple[int, int, int], args: list) -> Any:
-    lx = min(LOCAL_X, 1 << max(0, global_size[0] - 1).bit_length())
+def _launch(
+    cl, backend, kernel, global_size: tuple[int, int, int], args: list, *, fixed_from: int = 0
+) -> Any:
+    """Enqueue ``kernel``; from ``fixed_from`` items per row on, the local size is 64."""
+    items = global_size[0]
+    if fixed_from and items >= fixed_from:
+        lx = LOCAL_X
+    else:
+        lx = min(LOCAL_X, 1 << max(0, items - 1).bit_length())
     local = (lx, 1, 1)
     gs = (math.ceil(global_size[0] / lx) * lx, global_size[1], global_size[2])
     return kernel(backend.queue, gs, local, *args)
@@ -378,6 +393,8 @@ def _run_dw(
     rows = _dw_rows(kh, kw)
     # Geometry only: image sizes are kernel arguments, so every image size with the same
     # filter shares one build (a folder of mixed sizes built each size anew, 0.3-1.5 s).
+    # Small planes (CNN feature maps: sizes repeat) get them as constants too.
+    fixed = h * w <= DW_FIXED_PIXELS
     defines = {
         "C_IN": c_in,
         "C_OUT": c_out,
@@ -394,15 +411,19 @@ def _run_dw(
         "HAS_BIAS": 1 if bias is not None else 0,
         "ROWS": rows,
     }
+    sizes = [n, h, w, ho, wo, h + pad[0] + pad[1], w + pad[2] + pad[3]]
+    if fixed:
+        defines["FIXED_SIZES"] = 1
+        defines.update(zip(("N", "H", "W", "HO", "WO", "HP", "WP"), sizes, strict=True))
     kernel = _kernel(backend, "dw_direct", defines, info)
     rmap = _index_map(cl, backend, h, pad[0], pad[1], mode)
     cmap = _index_map(cl, backend, w, pad[2], pad[3], mode)
     wbuf = _const(cl, backend, taps)
     bbuf = _const(cl, backend, bias if bias is not None else np.zeros(1, np.float32))
     gsize = (math.ceil(wo / 8), math.ceil(ho / rows), n * c_out)
-    sizes = [n, h, w, ho, wo, h + pad[0] + pad[1], w + pad[2] + pad[3]]
     args = [xbuf, wbuf, bbuf, rmap, cmap, out_buf, *(np.int32(v) for v in sizes)]
-    return _launch(cl, backend, kernel, gsize, args)
+    fixed_from = 0 if fixed else DW_FIXED_ITEMS
+    return _launch(cl, backend, kernel, gsize, args, fixed_from=fixed_from)
 
 
 def _pack_dense(
