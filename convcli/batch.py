@@ -288,9 +288,16 @@ def alpha_rule(
 
 
 def apply_filter(
-    x: np.ndarray, filt: Filter, engine: Engine = Engine(), info: RunInfo | None = None
+    x: np.ndarray,
+    filt: Filter,
+    engine: Engine = Engine(),
+    info: RunInfo | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Convolve one ``(C, H, W)`` float32 image with ``filt`` through :func:`conv2d`."""
+    """Convolve one ``(C, H, W)`` float32 image with ``filt`` through :func:`conv2d`.
+
+    ``progress(done, total)`` goes to :func:`conv2d` (output rows of this image).
+    """
     weight, bias, groups = filt.for_channels(x.shape[0])
     return conv2d(
         x,
@@ -306,6 +313,7 @@ def apply_filter(
         algo=engine.algo,
         max_memory=engine.max_memory,
         info=info,
+        progress=progress,
     )
 
 
@@ -725,6 +733,7 @@ def run_tasks(
     workers: int | None = None,
     stop: threading.Event | None = None,
     on_event: Callable[[Event], None] | None = None,
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Read, convolve and write every task; failures are recorded, not raised.
 
@@ -747,6 +756,9 @@ def run_tasks(
         result has ``interrupted=True``.
     on_event : callable, optional
         Called in the calling thread with an :class:`Event` per finished task.
+    on_rows : callable, optional
+        ``on_rows(done, total)``: output rows of the image being convolved, as its tiles
+        finish (large images only; see :func:`convcli.conv2d`'s ``progress``).
 
     Returns
     -------
@@ -841,7 +853,7 @@ def run_tasks(
                 info = RunInfo()
                 t0 = time.perf_counter()
                 try:
-                    out = apply_filter(loaded.channels, filt, engine, info)
+                    out = apply_filter(loaded.channels, filt, engine, info, on_rows)
                 except BackendError as exc:
                     # the device is gone or refused: every later file would fail the same way
                     result.fatal = _reason(exc)

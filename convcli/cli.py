@@ -546,27 +546,24 @@ def _progress(total: int, quiet: bool):
         MofNCompleteColumn,
         Progress,
         SpinnerColumn,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
     console = _console()
-    # One image: conv2d reports no progress inside a call, so a bar and an ETA would sit
-    # at 0/1 and "-:--:--"; a spinner with the elapsed time is honest.
-    columns = (
-        [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
-        if total == 1
-        else [
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        ]
-    )
+    # One image: the bar counts output rows, which conv2d reports as the tiles of a
+    # large image finish (a small image is one step); several: the bar counts images.
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn() if total == 1 else MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     return Progress(
         *columns,
         console=console,
@@ -590,6 +587,7 @@ def _run(
     stop = threading.Event()
     received: list[int] = []
     progress = _progress(len(plan.tasks), quiet)
+    single = len(plan.tasks) == 1
     for failure in plan.refused:
         _err(failure.line())
     with progress:
@@ -609,7 +607,14 @@ def _run(
                     highlight=False,
                     soft_wrap=True,
                 )
-            progress.advance(bar)
+            if single:
+                progress.update(bar, completed=1)
+            else:
+                progress.advance(bar)
+
+        def on_rows(done: int, total: int) -> None:
+            # the single image's bar runs from 0 to 1: its rows as a fraction
+            progress.update(bar, completed=done / total)
 
         def notify(text: str) -> None:
             progress.console.print(f"{PROG}: {text}", markup=False, highlight=False)
@@ -626,6 +631,7 @@ def _run(
                     workers=opts["workers"],
                     stop=stop,
                     on_event=on_event,
+                    on_rows=on_rows if single else None,
                 )
         except KeyboardInterrupt:  # a second signal: stop now (writes are atomic)
             progress.stop()

@@ -572,3 +572,22 @@ def test_a_file_where_the_output_folder_should_be(tmp_path):
         == f"convcli: error: {src}: cannot create the output folder {blocker}: {blocker} is a file"
     )
     assert blocker.read_text() == "not a folder"
+
+
+def test_run_tasks_reports_rows_of_a_large_single_image(tmp_path, monkeypatch):
+    import convcli.api
+
+    monkeypatch.setattr(convcli.api, "PROGRESS_MIN_FLOPS", 1)  # treat it as large
+    src = tmp_path / "in.png"
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    cio.write_image(src, rgb.transpose(2, 0, 1) / 255.0)
+    filt = cbatch.Filter(weight=BOX3.astype(np.float32))
+    tasks = cbatch.plan_files([src], tmp_path / "out.png").tasks
+    rows: list[tuple[int, int]] = []
+    result = cbatch.run_tasks(tasks, filt, on_rows=lambda *a: rows.append(a))
+    assert len(result.done) == 1 and len(rows) > 4
+    assert rows[-1] == (120, 120)
+    back = cio.read_image(tmp_path / "out.png").data
+    ref = naive_conv2d(rgb.transpose(2, 0, 1)[:, None] / 255.0, BOX3[None, None],
+                       pad=(1, 1, 1, 1), padding_mode="replicate")[:, 0]  # fmt: skip
+    assert np.abs(back - ref).max() <= LEVEL
