@@ -42,7 +42,7 @@ from convcli import io as cio
 from convcli.api import conv2d
 from convcli.errors import BackendError, ConvcliError, ConvValueError, InputError
 from convcli.runinfo import RunInfo
-from convcli.spec import make_spec, normalize_dilation, normalize_stride
+from convcli.spec import ConvSpec, make_spec, normalize_dilation, normalize_stride
 
 Existing = Literal["fail", "skip", "replace"]
 
@@ -156,6 +156,29 @@ class Filter:
                 )
         return weight, bias, groups
 
+    def spec_for(self, shape: tuple[int, ...]) -> ConvSpec:
+        """The validated :class:`ConvSpec` of this filter on a ``(C, H, W)`` image shape.
+
+        Checks on a zero-strided view, so no memory is touched whatever the shape.
+        """
+        weight, bias, groups = self.for_channels(shape[0])
+        return make_spec(
+            np.broadcast_to(np.float32(0), shape),
+            weight,
+            bias,
+            **self.conv_options(groups),
+        )
+
+    def conv_options(self, groups: int) -> dict[str, object]:
+        """The convolution keywords of :func:`conv2d` (and ``make_spec``) for this filter."""
+        return {
+            "stride": self.stride,
+            "padding": self.resolved_padding(),
+            "dilation": self.dilation,
+            "groups": groups,
+            "padding_mode": self.padding_mode,
+        }
+
     def check(self) -> None:
         """Validate the convolution arguments once, before any file is read.
 
@@ -170,20 +193,9 @@ class Filter:
                 probe = replace(self, bias=None)  # checked against each image's channels
         else:
             channels = self.weight.shape[1] * (self.groups or 1)
-        weight, bias, groups = probe.for_channels(channels)
-        # a zero-strided view: large enough for any padding, no memory
-        big = 1 << 24  # channels x big^2 must still fit a 64-bit size
-        probe_x = np.broadcast_to(np.float32(0), (channels, big, big))
-        make_spec(
-            probe_x,
-            weight,
-            bias,
-            stride=self.stride,
-            padding=self.resolved_padding(),
-            dilation=self.dilation,
-            groups=groups,
-            padding_mode=self.padding_mode,
-        )
+        # large enough for any padding; channels x big^2 must still fit a 64-bit size
+        big = 1 << 24
+        probe.spec_for((channels, big, big))
 
 
 @dataclass(frozen=True)
@@ -199,17 +211,7 @@ class Engine:
 def _keeps_size(filt: Filter, channels: int, size: tuple[int, int]) -> bool:
     """Whether the convolution of a ``(channels, *size)`` image has the image's size."""
     try:
-        weight, bias, groups = filt.for_channels(channels)
-        spec = make_spec(
-            np.broadcast_to(np.float32(0), (channels, *size)),
-            weight,
-            bias,
-            stride=filt.stride,
-            padding=filt.resolved_padding(),
-            dilation=filt.dilation,
-            groups=groups,
-            padding_mode=filt.padding_mode,
-        )
+        spec = filt.spec_for((channels, *size))
     except (ConvcliError, ValueError, TypeError):
         return False
     return (spec.h_out, spec.w_out) == tuple(size)
@@ -303,11 +305,7 @@ def apply_filter(
         x,
         weight,
         bias,
-        stride=filt.stride,
-        padding=filt.resolved_padding(),
-        dilation=filt.dilation,
-        groups=groups,
-        padding_mode=filt.padding_mode,
+        **filt.conv_options(groups),
         backend=engine.backend,
         device=engine.device,
         algo=engine.algo,
