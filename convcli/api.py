@@ -86,8 +86,10 @@ def _run_tiled(
     Splits the batch first, then output rows into bands; a band's input rows carry the
     halo the kernel needs and its vertical padding is gathered on the host, so every
     output pixel is computed from the same values, by the same algorithm, as in the
-    untiled call. OpenCL kernels then give bit-identical results; NumPy's GEMM-based
-    paths may round differently by an ulp, as BLAS blocks a smaller matrix differently.
+    untiled call. OpenCL's direct, separable and gemm kernels then give bit-identical
+    results; its FFT tiles and NumPy's GEMM-based paths may round differently by an ulp
+    or two (the FFT's tile grid starts at the band, BLAS blocks a smaller matrix
+    differently).
     """
     itemsize = compute_dtype(spec.dtype).itemsize
     image_bytes, out_row = _call_bytes(spec, itemsize)

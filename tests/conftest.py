@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -43,3 +48,26 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: str | None = N
     assert err <= RTOL[dtype] * max(scale, 1e-30) + 1e-30, (
         f"max abs error {err:.3g} > {RTOL[dtype]} x {scale:.3g}"
     )
+
+
+def run_twice_with_one_pocl_cache(script: str, tmp_path: Path) -> tuple[str, str]:
+    """Run ``script`` (Python source) in two fresh processes sharing one empty PoCL
+    cache; returns both stdouts. The first builds, the second loads PoCL's cached
+    binaries (which have come back without kernels for some programs)."""
+    path = tmp_path / "run.py"
+    path.write_text(script)
+    env = dict(os.environ, POCL_CACHE_DIR=str(tmp_path / "kcache"))
+    root = Path(__file__).resolve().parents[1]
+    outs = []
+    for _ in range(2):
+        r = subprocess.run(
+            [sys.executable, str(path)],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    return outs[0], outs[1]
