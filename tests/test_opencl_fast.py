@@ -376,6 +376,82 @@ def test_dense_1x1_no_bias(ocl):
     assert_close(out, ref, "float32")
 
 
+# ---------------------------------------------------------------- winograd (3x3 gemm)
+
+
+@pytest.fixture
+def winograd(monkeypatch):
+    """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation."""
+    from convcli.backends import opencl_fast
+
+    monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
+    return opencl_fast
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "n, cin, cout, groups, hw, sd, padding",
+    [
+        (2, 16, 40, 1, (15, 19), 1, 1),  # odd output sizes, a partial channel block
+        (1, 8, 16, 2, (16, 23), 2, 2),  # stride = dilation = 2 (W7's kind), groups
+        (2, 6, 4, 1, (9, 12), 1, (2, 0)),  # fewer output channels than one vector
+        (1, 12, 24, 3, (20, 17), (1, 3), (1, 3)),  # per-axis stride = dilation
+        (3, 8, 8, 1, (7, 8), 1, "same"),
+        (1, 4, 8, 1, (5, 40), 1, 0),  # no padding, rows of more than 8 tiles
+    ],
+)
+def test_winograd_matches_naive(winograd, ocl, mode, n, cin, cout, groups, hw, sd, padding):
+    x, w, b = rng_arrays(21, (n, cin, *hw), (cout, cin // groups, 3, 3))
+    opts = dict(stride=sd, dilation=sd, padding=padding, groups=groups, padding_mode=mode)
+    assert winograd.choose(make_spec(x, w, b, **opts), w)[0].kernel == "winograd"
+    out, ref, info = fast(ocl, x, w, b, **opts)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (3, 2), (2, 9)])
+def test_winograd_tiny_images(winograd, ocl, hw):
+    x, w, b = rng_arrays(22, (2, 8, *hw), (8, 8, 3, 3))
+    out, ref, _ = fast(ocl, x, w, b, padding=1, padding_mode="replicate")
+    assert_close(out, ref, "float32")
+
+
+def test_winograd_chunks_are_bit_identical(winograd, ocl, monkeypatch):
+    # large images run in chunks of tile rows; each tile is computed the same way
+    x, w, b = rng_arrays(23, (3, 8, 13, 21), (16, 8, 3, 3))
+    whole, ref, _ = fast(ocl, x, w, b, padding=1, padding_mode="reflect")
+    monkeypatch.setattr(winograd, "WINO_CHUNK_BYTES", 1)  # one tile row per chunk
+    rows, _, _ = fast(ocl, x, w, b, padding=1, padding_mode="reflect")
+    assert_close(whole, ref, "float32")
+    np.testing.assert_array_equal(rows, whole)
+
+
+def test_winograd_wide_layer_is_accurate(ocl):
+    # the layer kind auto runs as Winograd (W6's channels): well inside the tolerance
+    from convcli.backends import opencl_fast
+
+    x, w, b = rng_arrays(24, (1, 256, 12, 10), (256, 256, 3, 3))
+    spec = make_spec(x, w, b, padding=1)
+    assert opencl_fast.choose(spec, w)[0].kernel == "winograd"
+    out, ref, info = fast(ocl, x, w, b, padding=1)
+    assert info.algo == "gemm"
+    err = np.abs(out - ref).max() / np.abs(ref).max()
+    assert err < 2e-6
+
+
+@pytest.mark.parametrize(
+    "k, stride, dilation, cin",
+    [((3, 3), 2, 1, 256), ((3, 3), 1, 2, 256), ((5, 5), 1, 1, 256), ((3, 3), 1, 1, 16)],
+)
+def test_winograd_only_where_it_applies_and_pays(ocl, k, stride, dilation, cin):
+    from convcli.backends import opencl_fast
+
+    x = np.ones((1, cin, 12, 12), np.float32)
+    w = np.ones((256, cin, *k), np.float32)
+    spec = make_spec(x, w, None, padding=1, stride=stride, dilation=dilation)
+    assert opencl_fast.choose(spec, w)[0].kernel == "dense_gemm"
+
+
 # ---------------------------------------------------------------- dtypes and choices
 
 
@@ -487,14 +563,18 @@ _SCRIPT = textwrap.dedent(
         (rng.random((2, 8, 21, 23), dtype=np.float32),
          rng.standard_normal((16, 8, 3, 3)).astype(np.float32), dict(padding=1)),
     ]
-    for x, w, opts in cases:
+    # the last case again as Winograd (three kernels)
+    cases.append(cases[-1] + (True,))
+    for x, w, opts, *wino in cases:
+        opencl_fast.WINOGRAD = bool(wino)
         spec = make_spec(x, w, None, **opts)
         info = RunInfo()
         out = opencl_fast.run(ocl, x, w, None, spec, algo="auto", info=info)
         ref = naive_conv2d(x, w, pad=spec.pad, groups=spec.groups,
                            padding_mode=spec.padding_mode)
         err = float(np.abs(out - ref).max() / np.abs(ref).max())
-        print(info.algo, "%.3e" % err, "%.6f" % float(out.astype(np.float64).sum()))
+        kernel = opencl_fast.choose(spec, w)[0].kernel
+        print(info.algo + "/" + kernel, "%.3e" % err, "%.6f" % float(out.astype(np.float64).sum()))
     """
 )
 
@@ -521,7 +601,12 @@ def test_second_process_uses_pocl_cache(ocl, tmp_path):
     first, second = (r.stdout.split("\n") for r in runs)
     assert first == second
     lines = [line.split() for line in first if line]
-    assert [a for a, _, _ in lines] == ["separable", "direct", "gemm"]
+    assert [a for a, _, _ in lines] == [
+        "separable/dw_direct",
+        "direct/dw_direct",
+        "gemm/dense_gemm",
+        "gemm/winograd",
+    ]
     assert all(float(err) < 2e-5 for _, err, _ in lines)
     if ocl.device.platform.name.startswith("Portable"):
         assert any((tmp_path / "kcache").rglob("*")), "PoCL wrote no cache entries"

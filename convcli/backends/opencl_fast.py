@@ -1,4 +1,4 @@
-"""Fast OpenCL paths: separable passes, a float8 depthwise kernel, a register-blocked GEMM.
+"""Fast OpenCL paths: separable passes, a float8 depthwise kernel, register-blocked GEMMs.
 
 :func:`run` is called by the OpenCL backend before its generic direct kernel. It picks
 an algorithm by a small cost model (or honours a forced one), runs it and returns the
@@ -15,7 +15,12 @@ Algorithms (``info.algo``):
   ``direct`` on any layer).
 * ``gemm``: ``dense_gemm.cl``, an implicit GEMM with a register tile of float8
   output-channel vectors x output columns and weights packed on the host; multi-channel
-  layers, 1x1 included.
+  layers, 1x1 included. 3x3 layers whose stride equals their dilation (a stride-1 3x3
+  on the grid of every stride-th row and column) run it in Winograd F(2x2, 3x3) form
+  when the cost model says so: ``winograd_input.cl`` (V = B^T d B per 4x4 tile),
+  ``winograd_gemm.cl`` (16 GEMMs per group, 2.25x fewer multiply-adds) and
+  ``winograd_output.cl`` (Y = A^T M A + bias), in chunks of tile rows. Still reported
+  as ``gemm``: it is the same GEMM, reassociated.
 
 The kernels follow what was measured on PoCL (see the ``.cl`` headers): float8 vectors
 written by hand, taps fully unrolled with the kernel geometry as ``-D`` defines, no
@@ -139,6 +144,42 @@ def _dw_rows(kh: int, kw: int) -> int:
     return 1
 
 
+# Winograd F(2x2, 3x3) override for A/B experiments and tests: None = the cost model.
+WINOGRAD: bool | None = None
+# (COB float8 channel vectors, XB tiles) per winograd_gemm work-item: 2 x 6 (12
+# accumulators, 2 weight vectors, 1 broadcast: 15 of 16 ymm registers) ran the W6 GEMMs
+# at ~205 GFLOP/s; dense_gemm's 4 x 2 ran them 1.5-2x slower, as each item's weights
+# (CIN_G x 128 bytes) overflow L1 on wide layers.
+WINO_TILE = (2, 6)
+# Winograd cuts multiply-adds 2.25x but writes and reads 16 transformed planes per input
+# channel and per output channel; it pays once each tile's GEMMs are deep and wide.
+WINO_MIN_CIN = 128
+WINO_MIN_COUT = 128
+# Bytes of transformed input and GEMM output planes per chunk of tile rows.
+WINO_CHUNK_BYTES = 8 << 20
+
+
+def winograd_applies(spec: ConvSpec) -> bool:
+    """3x3 with stride equal to dilation per axis: a stride-1 3x3 on a virtual grid."""
+    return (
+        spec.kh == 3
+        and spec.kw == 3
+        and spec.stride[0] == spec.dilation[0]
+        and spec.stride[1] == spec.dilation[1]
+    )
+
+
+def _winograd_pays(spec: ConvSpec) -> bool:
+    """Whether a 'gemm' layer runs as Winograd. Depends on the layer only (channels,
+    kernel, stride, dilation), never on the image or batch size, so row bands and batch
+    pieces of a tiled call run the same kernels as the whole."""
+    if not winograd_applies(spec):
+        return False
+    if WINOGRAD is not None:
+        return WINOGRAD
+    return spec.cin_g >= WINO_MIN_CIN and spec.cout_g >= WINO_MIN_COUT
+
+
 def choose(
     spec: ConvSpec, weight: np.ndarray, algo: str = "auto"
 ) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
@@ -178,7 +219,7 @@ def choose(
             raise ConvValueError(
                 f"algo='gemm' on the OpenCL backend supports kernels up to {DENSE_MAX_TAPS} taps"
             )
-        return Plan("gemm", "dense_gemm"), None
+        return Plan("gemm", "winograd" if _winograd_pays(spec) else "dense_gemm"), None
     if depthwise:
         # Separable passes cost ~kh+kw taps plus a round trip of the intermediate
         # through the caches; they pay from 5x5 on (3x3: direct is faster).
@@ -191,8 +232,9 @@ def choose(
             return Plan("direct", "dw_direct"), None
         return None, None
     if algo == "auto" and spec.cout_g >= 4 and taps <= DENSE_MAX_TAPS:
-        # Channel-heavy layers: implicit GEMM with a register tile of channel vectors.
-        return Plan("gemm", "dense_gemm"), None
+        # Channel-heavy layers: implicit GEMM with a register tile of channel vectors,
+        # or its Winograd form for wide 3x3 layers.
+        return Plan("gemm", "winograd" if _winograd_pays(spec) else "dense_gemm"), None
     if taps <= DW_MAX_TAPS:
         # Forced 'direct', or few output channels per group: vectorise along the width.
         return Plan("direct", "dw_direct"), None
@@ -204,18 +246,28 @@ def choose(
 
 _LOCK = threading.RLock()
 _MAPS: dict[tuple, tuple[Any, Any]] = {}
-_SCRATCH: dict[int, tuple[Any, Any]] = {}
+_SCRATCH: dict[tuple[int, str], tuple[Any, Any]] = {}
 _KERNELS: dict[tuple[int, str], tuple[Any, Any]] = {}
 
 
-def _index_map(cl, backend, size: int, before: int, after: int, mode: str):
-    """Device buffer with the padded -> source index map (-1 where zeros pad)."""
-    key = (id(backend.ctx), size, before, after, mode)
+def _index_map(
+    cl, backend, size: int, before: int, after: int, mode: str, step: int = 1, length: int = 0
+):
+    """Device buffer with the padded -> source index map (-1 where zeros pad).
+
+    With ``step``/``length``: entry v maps padded index ``v * step`` (a layer whose
+    stride equals its dilation reads only those), -1 past the padded edge.
+    """
+    key = (id(backend.ctx), size, before, after, mode, step, length)
     hit = _MAPS.get(key)
     if hit is not None:
         return hit[1]
     idx, valid = source_index(size, before, after, mode)
     arr = np.where(valid, idx, -1).astype(np.int32)
+    if length:
+        full = np.full(length * step, -1, dtype=np.int32)
+        full[: min(arr.size, full.size)] = arr[: full.size]
+        arr = np.ascontiguousarray(full[::step])
     buf = cl.Buffer(backend.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=arr)
     if len(_MAPS) > 256:
         _MAPS.clear()
@@ -223,13 +275,14 @@ def _index_map(cl, backend, size: int, before: int, after: int, mode: str):
     return buf
 
 
-def _scratch(cl, backend, nbytes: int):
+def _scratch(cl, backend, nbytes: int, slot: str = "tmp"):
     """A device buffer of at least ``nbytes`` reused across calls (no page faults)."""
-    hit = _SCRATCH.get(id(backend.ctx))
+    key = (id(backend.ctx), slot)
+    hit = _SCRATCH.get(key)
     if hit is not None and hit[1].size >= nbytes:
         return hit[1]
     buf = cl.Buffer(backend.ctx, cl.mem_flags.READ_WRITE, size=max(4, nbytes))
-    _SCRATCH[id(backend.ctx)] = (backend.ctx, buf)
+    _SCRATCH[key] = (backend.ctx, buf)
     return buf
 
 
@@ -426,20 +479,44 @@ def _run_dw(
     return _launch(cl, backend, kernel, gsize, args, fixed_from=fixed_from)
 
 
-def _pack_dense(
-    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _channel_blocks(w: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int):
+    """Per-group taps ``w`` ``(C_out, CIN_G, T)`` in blocks of COB*8 output channels.
+
+    Returns ``(G, NBLK, CIN_G, T, COB*8)`` float32 (zeros past C_out/groups, so every
+    block is full) and the bias as ``(G, NBLK*COB*8)`` (zeros without bias).
+    """
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     step = cob * 8
     nblk = math.ceil(cout_g / step)
-    w = np.zeros((g, nblk * step, cin_g, spec.kh, spec.kw), dtype=np.float32)
-    w[:, :cout_g] = weight.astype(np.float32).reshape(g, cout_g, cin_g, spec.kh, spec.kw)
-    # (G, NBLK, STEP, CIN_G, KH, KW) -> (G, NBLK, CIN_G, KH, KW, STEP)
-    wp = w.reshape(g, nblk, step, cin_g, spec.kh, spec.kw).transpose(0, 1, 3, 4, 5, 2)
+    taps = w.shape[-1]
+    blocks = np.zeros((g, nblk * step, cin_g, taps), dtype=np.float32)
+    blocks[:, :cout_g] = w.reshape(g, cout_g, cin_g, taps)
     b = np.zeros((g, nblk * step), dtype=np.float32)
     if bias is not None:
         b[:, :cout_g] = bias.astype(np.float32).reshape(g, cout_g)
-    return np.ascontiguousarray(wp), b, nblk
+    # (G, NBLK, STEP, CIN_G, T) -> (G, NBLK, CIN_G, T, STEP)
+    return blocks.reshape(g, nblk, step, cin_g, taps).transpose(0, 1, 3, 4, 2), b
+
+
+def _pack_dense(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights as dense_gemm reads them: ``(G, NBLK, CIN_G, KH*KW, COB*8)``."""
+    wp, b = _channel_blocks(weight.reshape(spec.c_out, spec.cin_g, -1), bias, spec, cob)
+    return np.ascontiguousarray(wp), b
+
+
+# Winograd F(2x2, 3x3) weight transform G (4x3).
+_WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _pack_winograd(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """U = G g G^T (in float64, rounded once) as ``(G, 16, NBLK, CIN_G, COB*8)``."""
+    u = np.einsum("ai,ocij,bj->ocab", _WINO_G, weight.astype(np.float64), _WINO_G)
+    wp, b = _channel_blocks(u.reshape(spec.c_out, spec.cin_g, 16), bias, spec, cob)
+    return np.ascontiguousarray(wp.transpose(0, 3, 1, 2, 4)), b
 
 
 # Packed weights on the device, reused while the caller passes equal weights: packing
@@ -450,8 +527,9 @@ _PACKED: list[tuple] = []
 _PACKED_SIZE = 8
 
 
-def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int):
-    key = (id(backend.ctx), weight.shape, spec.groups, cob)
+def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int, pack=_pack_dense):
+    """Device buffers of ``pack(weight, bias, spec, cob)``, cached while weights are equal."""
+    key = (id(backend.ctx), pack.__name__, weight.shape, spec.groups, cob)
     for entry in _PACKED:
         k, w_copy, b_copy, wbuf, bbuf = entry
         if (
@@ -463,7 +541,7 @@ def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int):
             _PACKED.remove(entry)
             _PACKED.insert(0, entry)
             return wbuf, bbuf
-    wp, bp, _ = _pack_dense(weight, bias, spec, cob)
+    wp, bp = pack(weight, bias, spec, cob)
     wbuf, bbuf = _const(cl, backend, wp), _const(cl, backend, bp)
     b_copy = None if bias is None else bias.copy()
     _PACKED.insert(0, (key, weight.copy(), b_copy, wbuf, bbuf))
@@ -512,6 +590,68 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
     _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
+    return out
+
+
+def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """Winograd F(2x2, 3x3): input transform, 16 x groups GEMMs, output transform.
+
+    Runs in chunks of tile rows whose transformed planes (V and M) take at most
+    WINO_CHUNK_BYTES; every tile is computed the same way whatever the chunking.
+    """
+    cob, xb = WINO_TILE
+    kv_total = math.ceil(spec.cout_g / (cob * 8)) * cob
+    nblk = kv_total // cob
+    ho, wo = spec.h_out, spec.w_out
+    th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
+    rows_total = spec.n * th
+    row_bytes = 16 * 4 * tw * (spec.c_in + spec.groups * kv_total * 8)
+    chunk = max(1, min(rows_total, WINO_CHUNK_BYTES // row_bytes))
+    pp = math.ceil(chunk * tw / xb) * xb
+    common = {"N": spec.n, "G": spec.groups, "PP": pp, "TH": th, "TW": tw}
+    k_in = _kernel(
+        backend,
+        "winograd_input",
+        {**common, "CIN_G": spec.cin_g, "H": spec.h, "W": spec.w},
+        info,
+    )
+    k_mm = _kernel(
+        backend,
+        "winograd_gemm",
+        {"G": spec.groups, "CIN_G": spec.cin_g, "PP": pp, "COB": cob, "XB": xb, "NBLK": nblk},
+        info,
+    )
+    k_out = _kernel(
+        backend,
+        "winograd_output",
+        {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KV": kv_total},
+        info,
+    )
+    xbuf = _input_buffer(cl, backend, x, info)
+    t0 = time.perf_counter()
+    ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, cob, _pack_winograd)
+    mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
+    vrow = _index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
+    # the last item of a row reads up to 8 tiles (18 virtual columns) from its first
+    vcol_len = 16 * math.ceil(tw / 8) + 2
+    vcol = _index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    vbuf = _scratch(cl, backend, 4 * 16 * spec.c_in * pp, "winograd_v")
+    mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * pp * kv_total * 8, "winograd_m")
+    out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    events = []
+    for row0 in range(0, rows_total, chunk):
+        rows = min(chunk, rows_total - row0)
+        tiles = rows * tw
+        r0 = np.int32(row0)
+        gin = (math.ceil(tw / 8), rows, spec.c_in)
+        gmm = (math.ceil(tiles / xb), nblk, 16 * spec.groups)
+        gout = (tiles, kv_total, spec.groups)
+        events.append(_launch(cl, backend, k_in, gin, [xbuf, vrow, vcol, vbuf, r0]))
+        events.append(_launch(cl, backend, k_mm, gmm, [ubuf, vbuf, mbuf]))
+        events.append(_launch(cl, backend, k_out, gout, [mbuf, bbuf, obuf, r0]))
+    _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for every launch
+    _add_compute(info, events)
     return out
 
 
@@ -693,6 +833,8 @@ def run(
         try:
             if plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "winograd":
+                out = _run_winograd(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dense_gemm":
                 out = _run_dense(cl, backend, xf, wf, bf, spec, info)
             else:

@@ -1,0 +1,116 @@
+/* winograd_input: input transform of Winograd F(2x2, 3x3), V = B^T d B per 4x4 tile.
+ *
+ * First of three launches (winograd_input, winograd_gemm, winograd_output) that run a
+ * 3x3 layer whose stride equals its dilation (1 and 1, or 2 and 2 ...) with 2.25x fewer
+ * multiply-adds than the direct GEMM. Such a layer only reads padded rows and columns
+ * at multiples of the stride: a "virtual" grid v -> padded index v*stride makes it a
+ * stride-1, dilation-1 3x3 convolution, and vrow/vcol map the virtual grid straight to
+ * source rows/columns (every padding mode; -1 = zero, also past the padded edge, where
+ * only outputs beyond HO/WO would read). Output tile (ty, tx) covers outputs
+ * 2ty..2ty+1 x 2tx..2tx+1 and reads virtual rows 2ty..2ty+3, columns 2tx..2tx+3.
+ *
+ * Layouts (row-major, contiguous):
+ *   x     (N, G*CIN_G, H, W)
+ *   vrow  (2*TH+2,) int     virtual row -> source row, -1 = zero
+ *   vcol  (2*TW+2,) int     virtual column -> source column, -1 = zero
+ *   v     (G, 16, CIN_G, PP) tile p = (n*TH + ty)*TW + tx (P = N*TH*TW <= PP)
+ * Work-item (gx, ty, n*C + c): tiles 8gx..8gx+7 of tile row ty, one per float8 lane, of
+ * input channel c of image n (all 16 transformed values, stored as float8 runs).
+ * vcol covers 2*ceil(TW/8)*8 + 2 virtual columns (-1 past the edge). Tiles P..PP-1 are left as they are: their
+ * GEMM columns are never read by winograd_output.
+ * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. The transform is exact in the sense
+ * that an output row never depends on the 4th tile row (see winograd_output), so
+ * tiles past an odd edge cost nothing but zeros.
+ */
+
+#ifndef N
+#define N 1
+#endif
+#ifndef G
+#define G 1
+#endif
+#ifndef CIN_G
+#define CIN_G 1
+#endif
+#ifndef H
+#define H 1
+#endif
+#ifndef W
+#define W 1
+#endif
+#ifndef TH
+#define TH 1
+#endif
+#ifndef TW
+#define TW 1
+#endif
+#ifndef PP
+#define PP 1
+#endif
+
+typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
+#define ST8(p, v) (*(__global f8u *)(p) = (v))
+
+#define TX 8 /* tiles per work-item, one per float8 lane */
+#define NC (2 * TX + 2) /* virtual columns they read */
+
+__kernel void winograd_input(__global const float *restrict x, __global const int *restrict vrow,
+                             __global const int *restrict vcol, __global float *restrict v,
+                             const int row0) {
+    const int tx0 = get_global_id(0) * TX;
+    const int q = row0 + get_global_id(1); /* tile row n*TH + ty */
+    const int c = get_global_id(2);
+    if (tx0 >= TW || q >= N * TH || c >= G * CIN_G) return;
+    const int n = q / TH;
+    const int ty = q % TH;
+    __global const float *plane = x + ((size_t)n * (G * CIN_G) + c) * (H * W);
+    int cc[NC];
+#pragma unroll
+    for (int k = 0; k < NC; ++k) cc[k] = vcol[2 * tx0 + k];
+    /* d[a][b]: row a, column b of the 4x4 tiles of the 8 lanes; B^T along rows first */
+    float8 d[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        const int r = vrow[2 * ty + a];
+        __global const float *row = plane + (r < 0 ? 0 : r) * W;
+        float e[NC];
+#pragma unroll
+        for (int k = 0; k < NC; ++k) e[k] = (r >= 0 && cc[k] >= 0) ? row[cc[k]] : 0.0f;
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+            d[a][b] = (float8)(e[b], e[b + 2], e[b + 4], e[b + 6], e[b + 8], e[b + 10],
+                               e[b + 12], e[b + 14]);
+    }
+    float8 t[4][4]; /* B^T d */
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+        t[0][b] = d[0][b] - d[2][b];
+        t[1][b] = d[1][b] + d[2][b];
+        t[2][b] = d[2][b] - d[1][b];
+        t[3][b] = d[1][b] - d[3][b];
+    }
+    float8 vv[16]; /* (B^T d) B, xi = 4a + b */
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        vv[4 * a + 0] = t[a][0] - t[a][2];
+        vv[4 * a + 1] = t[a][1] + t[a][2];
+        vv[4 * a + 2] = t[a][2] - t[a][1];
+        vv[4 * a + 3] = t[a][1] - t[a][3];
+    }
+    __global float *dst = v + ((size_t)(c / CIN_G) * 16 * CIN_G + (c % CIN_G)) * PP +
+                          (q - row0) * TW + tx0;
+    if (tx0 + TX <= TW) {
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) ST8(dst + (size_t)xi * CIN_G * PP, vv[xi]);
+    } else {
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) {
+            float l[8];
+            l[0] = vv[xi].s0; l[1] = vv[xi].s1; l[2] = vv[xi].s2; l[3] = vv[xi].s3;
+            l[4] = vv[xi].s4; l[5] = vv[xi].s5; l[6] = vv[xi].s6; l[7] = vv[xi].s7;
+#pragma unroll
+            for (int k = 0; k < TX; ++k)
+                if (tx0 + k < TW) dst[(size_t)xi * CIN_G * PP + k] = l[k];
+        }
+    }
+}
