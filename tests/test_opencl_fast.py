@@ -290,7 +290,12 @@ def test_separable_depth_multiplier_and_single_channel(ocl):
         (12, 24, 3, (1, 1), 1, 1, 0),  # 1x1 with groups
     ],
 )
-def test_dense_gemm_matches_naive(ocl, mode, cin, cout, groups, k, stride, dilation, padding):
+def test_dense_gemm_matches_naive(
+    ocl, monkeypatch, mode, cin, cout, groups, k, stride, dilation, padding
+):
+    from convcli.backends import opencl_fast
+
+    monkeypatch.setattr(opencl_fast, "WINOGRAD", False)  # the direct GEMM, not its Winograd form
     x, w, b = rng_arrays(7, (2, cin, 15, 19), (cout, cin // groups, *k))
     out, ref, info = fast(
         ocl,
@@ -324,6 +329,7 @@ def test_dense_gemm_strips_and_channel_chunks(
     # force them on small layers (strip of 3 groups, chunks of a few channels)
     from convcli.backends import opencl_fast
 
+    monkeypatch.setattr(opencl_fast, "WINOGRAD", False)
     monkeypatch.setattr(opencl_fast, "DENSE_STRIP", 3)
     monkeypatch.setattr(opencl_fast, "DENSE_L1_BYTES", 4 * 1024)
     x, w, b = rng_arrays(19, (2, cin, 11, wd), (cout, cin // groups, *k))
@@ -350,8 +356,12 @@ def test_dense_gemm_tiny_images(ocl, hw):
     assert_close(out, ref, "float32")
 
 
-def test_weights_edited_in_place_are_not_served_stale(ocl):
+@pytest.mark.parametrize("wino", [False, True])
+def test_weights_edited_in_place_are_not_served_stale(ocl, monkeypatch, wino):
     # packed weights are cached on the device while the caller passes equal weights
+    from convcli.backends import opencl_fast
+
+    monkeypatch.setattr(opencl_fast, "WINOGRAD", wino)
     x, w, b = rng_arrays(16, (1, 8, 9, 9), (16, 8, 3, 3))
     first, ref, _ = fast(ocl, x, w, b, padding=1)
     assert_close(first, ref, "float32")
@@ -440,16 +450,25 @@ def test_winograd_wide_layer_is_accurate(ocl):
 
 
 @pytest.mark.parametrize(
-    "k, stride, dilation, cin",
-    [((3, 3), 2, 1, 256), ((3, 3), 1, 2, 256), ((5, 5), 1, 1, 256), ((3, 3), 1, 1, 16)],
+    "k, stride, dilation, cin, cout, groups, kernel",
+    [
+        ((3, 3), 2, 2, 64, 128, 4, "winograd"),  # W7
+        ((3, 3), 1, 1, 16, 32, 1, "winograd"),
+        ((3, 3), 2, 1, 256, 256, 1, "dense_gemm"),  # stride != dilation
+        ((3, 3), 1, 2, 256, 256, 1, "dense_gemm"),
+        ((5, 5), 1, 1, 256, 256, 1, "dense_gemm"),
+        ((3, 3), 1, 1, 16, 16, 1, "dense_gemm"),  # too few channels to pay
+        ((3, 3), 1, 1, 3, 64, 1, "dense_gemm"),
+        ((3, 3), 1, 1, 32, 32, 8, "dense_gemm"),
+    ],
 )
-def test_winograd_only_where_it_applies_and_pays(ocl, k, stride, dilation, cin):
+def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout, groups, kernel):
     from convcli.backends import opencl_fast
 
     x = np.ones((1, cin, 12, 12), np.float32)
-    w = np.ones((256, cin, *k), np.float32)
-    spec = make_spec(x, w, None, padding=1, stride=stride, dilation=dilation)
-    assert opencl_fast.choose(spec, w)[0].kernel == "dense_gemm"
+    w = np.ones((cout, cin // groups, *k), np.float32)
+    spec = make_spec(x, w, None, padding=1, stride=stride, dilation=dilation, groups=groups)
+    assert opencl_fast.choose(spec, w)[0].kernel == kernel
 
 
 # ---------------------------------------------------------------- dtypes and choices
