@@ -1,20 +1,23 @@
 /* winograd_gemm: the 16 (x G groups) GEMMs of Winograd F(2x2, 3x3), M = U V.
  *
  * For every transform position xi (16) and group g: M[xi] (COUT_G x P) = U[xi]
- * (COUT_G x CIN_G) times V[xi] (CIN_G x P). Same register tile as dense_gemm: each
- * work-item keeps COB float8 vectors of 8 output channels x XB tiles of accumulators,
- * and for every input channel does an outer product of COB float8 weights with XB
- * broadcast values of V, fully unrolled so the accumulators stay in registers. There
- * are no borders here (winograd_input zero-fills tiles P..PP-1).
+ * (COUT_G x CIN_G) times V[xi] (CIN_G x P). Each work-item keeps a register tile of
+ * KB output channels x XV float8 vectors of 8 consecutive tiles, and for every input
+ * channel does an outer product of KB broadcast weights with XV float8 rows of V, fully
+ * unrolled so the accumulators stay in registers (6 x 2: 12 accumulators, 2 loaded
+ * vectors, 1 broadcast of 16 ymm registers). Tiles run along the vector lanes, so M
+ * comes out with tiles contiguous and winograd_output can store rows of outputs as
+ * vectors. There are no borders: PP is a multiple of 8*XV and the columns past the
+ * chunk's tiles hold whatever the scratch buffer held (never read back).
  *
  * Layouts (row-major, contiguous):
- *   u   (G*16, NBLK, CIN_G, COB*8)   transformed weights G g G^T, packed on the host,
- *                                    zero past COUT_G
- *   v   (G*16, CIN_G, PP)            from winograd_input, PP a multiple of XB
- *   m   (G*16, PP, NBLK*COB*8)       read by winograd_output
- * Work-item (gx, blk, z): tiles XB*gx.., block blk of COB*8 output channels, z = g*16 + xi.
- * No fma()/mad()/vload8()/vstore8() builtins (see dense_gemm); u and m are 32-byte
- * aligned float8 arrays.
+ *   u   (G*16, NBLK, CIN_G, KB)   transformed weights G g G^T, packed on the host,
+ *                                 zero past COUT_G
+ *   v   (G*16, CIN_G, PP)         from winograd_input
+ *   m   (G*16, NBLK*KB, PP)       read by winograd_output
+ * Work-item (gx, blk, z): tiles 8*XV*gx.., channels KB*blk.., z = g*16 + xi.
+ * No fma()/mad()/vload8()/vstore8() builtins (see dense_gemm); v and m rows start at
+ * multiples of 8 floats, so they are read and written as aligned float8.
  */
 
 #ifndef G
@@ -24,49 +27,51 @@
 #define CIN_G 1
 #endif
 #ifndef PP
-#define PP 1
+#define PP 16
 #endif
-#ifndef COB
-#define COB 4
+#ifndef KB
+#define KB 6
 #endif
-#ifndef XB
-#define XB 2
+#ifndef XV
+#define XV 2
 #endif
 #ifndef NBLK
 #define NBLK 1
 #endif
 
-__kernel void winograd_gemm(__global const float8 *restrict u, __global const float *restrict v,
+#define PV (PP / 8) /* float8 vectors per row of v and m */
+
+__kernel void winograd_gemm(__global const float *restrict u, __global const float8 *restrict v,
                             __global float8 *restrict m) {
-    const int p0 = get_global_id(0) * XB;
+    const int pv0 = get_global_id(0) * XV;
     const int blk = get_global_id(1);
     const int z = get_global_id(2);
-    if (p0 >= PP || blk >= NBLK || z >= G * 16) return;
-    __global const float8 *up = u + ((size_t)z * NBLK + blk) * (CIN_G * COB);
-    __global const float *vp = v + (size_t)z * CIN_G * PP + p0;
-    float8 acc[COB][XB];
+    if (pv0 >= PV || blk >= NBLK || z >= G * 16) return;
+    __global const float *up = u + ((size_t)z * NBLK + blk) * (CIN_G * KB);
+    __global const float8 *vp = v + (size_t)z * CIN_G * PV + pv0;
+    float8 acc[KB][XV];
 #pragma unroll
-    for (int o = 0; o < COB; ++o) {
+    for (int k = 0; k < KB; ++k) {
 #pragma unroll
-        for (int c = 0; c < XB; ++c) acc[o][c] = (float8)(0.0f);
+        for (int t = 0; t < XV; ++t) acc[k][t] = (float8)(0.0f);
     }
     for (int ci = 0; ci < CIN_G; ++ci) {
-        float8 wv[COB];
+        float8 xv[XV];
 #pragma unroll
-        for (int o = 0; o < COB; ++o) wv[o] = up[o];
+        for (int t = 0; t < XV; ++t) xv[t] = vp[t];
 #pragma unroll
-        for (int c = 0; c < XB; ++c) {
-            const float xv = vp[c];
+        for (int k = 0; k < KB; ++k) {
+            const float wk = up[k];
 #pragma unroll
-            for (int o = 0; o < COB; ++o) acc[o][c] += wv[o] * xv;
+            for (int t = 0; t < XV; ++t) acc[k][t] += wk * xv[t];
         }
-        up += COB;
-        vp += PP;
+        up += KB;
+        vp += PV;
     }
-    __global float8 *dst = m + ((size_t)z * PP + p0) * (NBLK * COB) + blk * COB;
+    __global float8 *dst = m + ((size_t)z * (NBLK * KB) + blk * KB) * PV + pv0;
 #pragma unroll
-    for (int c = 0; c < XB; ++c) {
+    for (int k = 0; k < KB; ++k) {
 #pragma unroll
-        for (int o = 0; o < COB; ++o) dst[c * (NBLK * COB) + o] = acc[o][c];
+        for (int t = 0; t < XV; ++t) dst[k * PV + t] = acc[k][t];
     }
 }

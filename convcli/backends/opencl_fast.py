@@ -146,11 +146,8 @@ def _dw_rows(kh: int, kw: int) -> int:
 
 # Winograd F(2x2, 3x3) override for A/B experiments and tests: None = the cost model.
 WINOGRAD: bool | None = None
-# (COB float8 channel vectors, XB tiles) per winograd_gemm work-item: 2 x 6 (12
-# accumulators, 2 weight vectors, 1 broadcast: 15 of 16 ymm registers) ran the W6 GEMMs
-# at ~205 GFLOP/s; dense_gemm's 4 x 2 ran them 1.5-2x slower, as each item's weights
-# (CIN_G x 128 bytes) overflow L1 on wide layers.
-WINO_TILE = (2, 6)
+# (KB output channels, XV float8 vectors of 8 tiles) per winograd_gemm work-item.
+WINO_TILE = (6, 2)
 # Winograd cuts multiply-adds 2.25x (saving ~ CIN_G*COUT_G per tile and group) but
 # writes and reads 16 transformed values per tile and input or output channel (cost ~
 # CIN_G + COUT_G). Kernel time ratios dense/Winograd measured on PoCL (in->out per
@@ -482,14 +479,13 @@ def _run_dw(
     return _launch(cl, backend, kernel, gsize, args, fixed_from=fixed_from)
 
 
-def _channel_blocks(w: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int):
-    """Per-group taps ``w`` ``(C_out, CIN_G, T)`` in blocks of COB*8 output channels.
+def _channel_blocks(w: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: int):
+    """Per-group taps ``w`` ``(C_out, CIN_G, T)`` in blocks of ``step`` output channels.
 
-    Returns ``(G, NBLK, CIN_G, T, COB*8)`` float32 (zeros past C_out/groups, so every
-    block is full) and the bias as ``(G, NBLK*COB*8)`` (zeros without bias).
+    Returns ``(G, NBLK, CIN_G, T, step)`` float32 (zeros past C_out/groups, so every
+    block is full) and the bias as ``(G, NBLK*step)`` (zeros without bias).
     """
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
-    step = cob * 8
     nblk = math.ceil(cout_g / step)
     taps = w.shape[-1]
     blocks = np.zeros((g, nblk * step, cin_g, taps), dtype=np.float32)
@@ -505,7 +501,8 @@ def _pack_dense(
     weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weights as dense_gemm reads them: ``(G, NBLK, CIN_G, KH*KW, COB*8)``."""
-    wp, b = _channel_blocks(weight.reshape(spec.c_out, spec.cin_g, -1), bias, spec, cob)
+    w = weight.reshape(spec.c_out, spec.cin_g, -1)
+    wp, b = _channel_blocks(w, bias, spec, cob * 8)
     return np.ascontiguousarray(wp), b
 
 
@@ -514,11 +511,13 @@ _WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
 def _pack_winograd(
-    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, kb: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """U = G g G^T (in float64, rounded once) as ``(G, 16, NBLK, CIN_G, COB*8)``."""
+    """U = G g G^T (in float64, rounded once) as ``(G, 16, NBLK, CIN_G, KB)``; the bias
+    as ``(C_out,)`` (zeros without bias)."""
     u = np.einsum("ai,ocij,bj->ocab", _WINO_G, weight.astype(np.float64), _WINO_G)
-    wp, b = _channel_blocks(u.reshape(spec.c_out, spec.cin_g, 16), bias, spec, cob)
+    wp, _ = _channel_blocks(u.reshape(spec.c_out, spec.cin_g, 16), None, spec, kb)
+    b = np.zeros(spec.c_out, np.float32) if bias is None else bias.astype(np.float32)
     return np.ascontiguousarray(wp.transpose(0, 3, 1, 2, 4)), b
 
 
@@ -602,15 +601,15 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     Runs in chunks of tile rows whose transformed planes (V and M) take at most
     WINO_CHUNK_BYTES; every tile is computed the same way whatever the chunking.
     """
-    cob, xb = WINO_TILE
-    kv_total = math.ceil(spec.cout_g / (cob * 8)) * cob
-    nblk = kv_total // cob
+    kb, xv = WINO_TILE
+    nblk = math.ceil(spec.cout_g / kb)
+    kp = nblk * kb
     ho, wo = spec.h_out, spec.w_out
     th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
     rows_total = spec.n * th
-    row_bytes = 16 * 4 * tw * (spec.c_in + spec.groups * kv_total * 8)
+    row_bytes = 16 * 4 * tw * (spec.c_in + spec.groups * kp)
     chunk = max(1, min(rows_total, WINO_CHUNK_BYTES // row_bytes))
-    pp = math.ceil(chunk * tw / xb) * xb
+    pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
     common = {"N": spec.n, "G": spec.groups, "PP": pp, "TH": th, "TW": tw}
     k_in = _kernel(
         backend,
@@ -621,18 +620,18 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     k_mm = _kernel(
         backend,
         "winograd_gemm",
-        {"G": spec.groups, "CIN_G": spec.cin_g, "PP": pp, "COB": cob, "XB": xb, "NBLK": nblk},
+        {"G": spec.groups, "CIN_G": spec.cin_g, "PP": pp, "KB": kb, "XV": xv, "NBLK": nblk},
         info,
     )
     k_out = _kernel(
         backend,
         "winograd_output",
-        {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KV": kv_total},
+        {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp},
         info,
     )
     xbuf = _input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
-    ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, cob, _pack_winograd)
+    ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
     vrow = _index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
     # the last item of a row reads up to 8 tiles (18 virtual columns) from its first
@@ -640,7 +639,7 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     vcol = _index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     vbuf = _scratch(cl, backend, 4 * 16 * spec.c_in * pp, "winograd_v")
-    mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * pp * kv_total * 8, "winograd_m")
+    mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * kp * pp, "winograd_m")
     out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
     events = []
     for row0 in range(0, rows_total, chunk):
@@ -648,11 +647,12 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         tiles = rows * tw
         r0 = np.int32(row0)
         gin = (math.ceil(tw / 8), rows, spec.c_in)
-        gmm = (math.ceil(tiles / xb), nblk, 16 * spec.groups)
-        gout = (tiles, kv_total, spec.groups)
+        gmm = (math.ceil(tiles / (8 * xv)), nblk, 16 * spec.groups)
+        gout = (math.ceil(tiles / 8), spec.cout_g, spec.groups)
         events.append(_launch(cl, backend, k_in, gin, [xbuf, vrow, vcol, vbuf, r0]))
         events.append(_launch(cl, backend, k_mm, gmm, [ubuf, vbuf, mbuf]))
-        events.append(_launch(cl, backend, k_out, gout, [mbuf, bbuf, obuf, r0]))
+        args = [mbuf, bbuf, obuf, r0, np.int32(tiles)]
+        events.append(_launch(cl, backend, k_out, gout, args))
     _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for every launch
     _add_compute(info, events)
     return out
