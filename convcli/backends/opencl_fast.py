@@ -631,7 +631,6 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     )
     xbuf = _input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
-    ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
     vrow = _index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
     # the last item of a row reads up to 8 tiles (18 virtual columns) from its first
@@ -642,6 +641,7 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * kp * pp, "winograd_m")
     out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
     events = []
+    ubuf = bbuf = None
     for row0 in range(0, rows_total, chunk):
         rows = min(chunk, rows_total - row0)
         tiles = rows * tw
@@ -650,6 +650,12 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         gmm = (math.ceil(tiles / (8 * xv)), nblk, 16 * spec.groups)
         gout = (math.ceil(tiles / 8), spec.cout_g, spec.groups)
         events.append(_launch(cl, backend, k_in, gin, [xbuf, vrow, vcol, vbuf, r0]))
+        if ubuf is None:
+            # the exact weight check (a read of the weights and of their copy) runs
+            # while the device transforms the first chunk's input
+            t0 = time.perf_counter()
+            ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
+            info.timings["upload"] += time.perf_counter() - t0
         events.append(_launch(cl, backend, k_mm, gmm, [ubuf, vbuf, mbuf]))
         args = [mbuf, bbuf, obuf, r0, np.int32(tiles)]
         events.append(_launch(cl, backend, k_out, gout, args))
