@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/opencl_kernels.py [W1 W2 ...] [--repeat 7] [--standin]
+        [--api] [--winograd auto|on|off]
 
 Times, side by side in one run, ``opencl_fast.run`` end to end (buffers, kernel, map;
 kernel time from profiling events) and the peers: torch CPU (NCHW) for the CNN layers
@@ -173,7 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--algo", default="auto")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--api", action="store_true", help="time convcli.conv2d end to end")
+    ap.add_argument(
+        "--winograd",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="Winograd F(2x2,3x3) for eligible 3x3 layers: cost model, forced, or never",
+    )
     args = ap.parse_args(argv)
+    opencl_fast.WINOGRAD = {"auto": None, "on": True, "off": False}[args.winograd]
     if args.standin:
         backend = StandIn()
     else:
@@ -230,11 +238,16 @@ def main(argv: list[str] | None = None) -> None:
                         args.repeat,
                     )
         time.sleep(0.5)
+        # GFLOP/s count the direct convolution's multiply-adds (2 flops each), also for
+        # Winograd, which does 2.25x fewer: comparable across algorithms and peers
         gflops = 2 * spec.macs / (ms * 1e-3) / 1e9
+        kernel_gflops = 2 * spec.macs / (kern * 1e-3) / 1e9
+        kernel = opencl_fast.choose(spec, w, args.algo)[0].kernel
         print(
-            f"{wid}: algo={info.algo:9s} e2e {ms:8.2f} ms  kernel {kern:8.2f} ms  "
-            f"{gflops:6.1f} GFLOP/s  {peer} {peer_ms:8.2f} ms  ratio {peer_ms / ms:5.2f}  "
-            f"build {first.get('build', 0):.2f}s  err {err:.1e}",
+            f"{wid}: algo={info.algo:9s} ({kernel:10s}) e2e {ms:8.2f} ms  kernel {kern:8.2f} ms"
+            f"  {gflops:6.1f} / {kernel_gflops:6.1f} GFLOP/s (e2e / kernel)  {peer} "
+            f"{peer_ms:8.2f} ms  ratio {peer_ms / ms:5.2f}  build {first.get('build', 0):.2f}s"
+            f"  err {err:.1e}",
             flush=True,
         )
     gf, gb = calibrate(backend)

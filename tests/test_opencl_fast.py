@@ -402,7 +402,9 @@ def winograd(monkeypatch):
 @pytest.mark.parametrize(
     "n, cin, cout, groups, hw, sd, padding",
     [
-        (2, 16, 40, 1, (15, 19), 1, 1),  # odd output sizes, a partial channel block
+        (2, 16, 40, 1, (15, 19), 1, 1),  # odd output sizes, blocks of 4 channels
+        (1, 12, 42, 1, (11, 13), 1, 1),  # blocks of 6 channels
+        (1, 5, 11, 1, (10, 18), 1, 1),  # a partial channel block
         (1, 8, 16, 2, (16, 23), 2, 2),  # stride = dilation = 2 (W7's kind), groups
         (2, 6, 4, 1, (9, 12), 1, (2, 0)),  # fewer output channels than one vector
         (1, 12, 24, 3, (20, 17), (1, 3), (1, 3)),  # per-axis stride = dilation
