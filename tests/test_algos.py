@@ -230,3 +230,98 @@ def test_separable_one_kernel_for_every_channel(monkeypatch, mode, small_bands):
     w = np.ascontiguousarray(np.broadcast_to(k, (3, 1, 5, 7)))
     b = _rand(rng, (3,), "float32")
     _check(x, w, b, (2, 1), (3, 4), (1, 2), 3, mode, "separable", "float32")
+
+
+# ---------------------------------------------------------------------------------------
+# the gemm path: phase grids, tasks on threads, junk columns, padded row strides
+
+GRID_CASES = [
+    # (x shape, weight shape, stride, padding, dilation, groups)
+    ((4, 8, 20, 18), (8, 2, 3, 3), (2, 2), (2, 2), (2, 2), 4),  # W7's shape: one phase
+    ((1, 3, 33, 30), (4, 3, 7, 7), (2, 2), (3, 3), (1, 1), 1),  # W9's shape: four phases
+    ((2, 4, 23, 25), (6, 4, 4, 5), (3, 2), (1, 2), (2, 3), 1),  # uneven phases, gcd > 1
+    ((3, 6, 15, 16), (9, 2, 3, 2), (1, 2), (0, 1), (1, 1), 3),  # stride on one axis
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("junk_below", [0, 10**6])
+@pytest.mark.parametrize("case", range(len(GRID_CASES)))
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
+def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
+    """Many tasks and gather chunks on 1-3 threads, with and without junk columns."""
+    monkeypatch.setattr(nb, "THREADS", threads)
+    monkeypatch.setattr(nb, "JUNK_BELOW", junk_below)
+    monkeypatch.setattr(nb, "GEMM_BYTES", 3000)
+    monkeypatch.setattr(nb, "GEMM_MIN_PIXELS", 1)
+    monkeypatch.setattr(nb, "CHUNK_BYTES", 40000)
+    xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
+    rng = np.random.default_rng(10 + case)
+    x = _rand(rng, xs, "float32")
+    w = _rand(rng, ws, "float32")
+    b = _rand(rng, (ws[0],), "float32")
+    _check(x, w, b, stride, pad, dilation, groups, mode, "gemm", "float32")
+
+
+def test_gemm_plan_splits_work_over_threads():
+    """At least one task per thread, equal row bands, a gather chunk of whole tasks."""
+    x = np.empty((1, 3, 1024, 1024), np.float32)
+    spec = make_spec(x, np.empty((16, 3, 7, 7), np.float32), None, stride=2, padding=3)
+    lw, m, rows, mc, crows = nb._gemm_plan(spec, 4, 2)
+    assert lw == spec.w_out and m == 1 and mc == 1
+    assert spec.c_in * 49 * lw * rows * 4 <= max(nb.GEMM_BYTES, nb.GEMM_MIN_PIXELS * 4 * 147)
+    assert (crows == spec.h_out or crows % rows == 0) and -(-spec.h_out // rows) >= 2
+    # W7: one image per task, narrow outputs computed with junk columns
+    x = np.empty((4, 64, 64, 64), np.float32)
+    spec = make_spec(
+        x, np.empty((128, 16, 3, 3), np.float32), None, stride=2, padding=2, dilation=2, groups=4
+    )
+    assert len(nb._Phases(spec).phases) == 1
+    lw, m, rows, mc, crows = nb._gemm_plan(spec, 4, 2)
+    assert lw == spec.w_out + 2 and m == 1 and mc == 4 and crows == spec.h_out
+
+
+@pytest.mark.parametrize("itemsize", [4, 8, 16])
+def test_lead_is_an_odd_number_of_cache_lines(itemsize):
+    for length in [1, 15, 16, 512, 1024, 1536, 3000, 4096]:
+        lead = nb._lead(length, itemsize)
+        assert lead >= length
+        assert (lead * itemsize) % 128 == 64
+
+
+def test_one_thread_blas_is_restored():
+    """BLAS runs one thread inside the gemm path and gets the caller's setting back."""
+    blas = nb._ONE_THREAD_BLAS
+    if not blas.available:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS we can find")
+    get = blas._api[0]
+    before = get()
+    with blas:
+        assert get() == 1
+        with blas:  # nested (a second thread's call) keeps it at one
+            assert get() == 1
+        assert get() == 1
+    assert get() == before
+
+
+def test_gemm_from_concurrent_threads(monkeypatch):
+    """Two user threads in the gemm path at once: right results, BLAS setting restored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(nb, "THREADS", 2)
+    rng = np.random.default_rng(12)
+    x = _rand(rng, (2, 8, 40, 36), "float32")
+    w = _rand(rng, (8, 8, 3, 3), "float32")
+    ref = naive_conv2d(x, w, None, (2, 2), (1, 1, 1, 1), (1, 1), 1, "zeros")
+    blas = nb._ONE_THREAD_BLAS
+    before = blas._api[0]() if blas.available else None
+
+    def call(_):
+        return conv2d(x, w, stride=2, padding=1, backend="numpy", algo="gemm")
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, range(12)))
+    for y in results:
+        assert_close(y, ref, "float32")
+    if blas.available:
+        assert blas._api[0]() == before

@@ -35,7 +35,16 @@ behaviour); complex inputs use the weight as is (no conjugation).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import itertools
+import math
+import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -46,8 +55,14 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
-# column-matrix bands of the gemm path (see _gemm for the trade-off)
-GEMM_BYTES = 8 * 2**20
+# column matrix per gemm task (one band of output rows on one thread): in L2
+GEMM_BYTES = 2**20
+# at least this many output pixels per gemm task (the GEMM's N)
+GEMM_MIN_PIXELS = 512
+# outputs narrower than this compute junk columns instead of short copies (_gemm_plan)
+JUNK_BELOW = 64
+# worker threads of the gemm path; None: the CPUs this process may run on
+THREADS: int | None = None
 # flat positions per piece of the depthwise tap loop (x channels): stays in L2
 TAP_PIECE = 48 * 1024
 
@@ -188,6 +203,11 @@ class _Phases:
     Output ``(r, c)`` of the band reads tap ``(i, j)`` at ``flat[:, :, phase, off + r*wq
     + c]``: every tap is a contiguous slice of length ``rows * wq`` (columns ``wo..wq-1``
     of each row are junk and cropped by the caller).
+
+    Within one phase the taps form a grid: kernel rows ``i0, i0+mi, ...`` read phase rows
+    ``ro0, ro0+step, ...`` (likewise columns), so one strided view of the phase covers
+    all its taps (``grids``). With stride 2, dilation 2 and even padding every tap lands
+    in one phase: the layer is a dense stride-1 3x3 on the even rows and columns.
     """
 
     def __init__(self, spec: ConvSpec) -> None:
@@ -206,22 +226,61 @@ class _Phases:
         self.col_off = (spec.kw - 1) * dw // sw
         self.wq = spec.w_out + self.col_off
         self.taps = [(p, ro * self.wq + co) for p, ro, co in taps]
+        rows, cols = _axis_grids(spec.kh, sh, dh), _axis_grids(spec.kw, sw, dw)
+        # (phase, kernel rows, first phase row, row step, kernel cols, first col, col step)
+        self.grids = [
+            (phases[(a, b)], ii, ro, rs, jj, co, cs)
+            for a, ii, ro, rs in rows
+            for b, jj, co, cs in cols
+        ]
 
     def rows_needed(self, rows: int) -> int:
         # +1: the junk columns of the last row read up to col_off past its end
         return rows + self.row_off + 1
 
-    def gather(self, x: np.ndarray, r0: int, r1: int, work: np.dtype) -> np.ndarray:
-        """``(N, C, n_phases, rows_needed * wq)`` for output rows ``r0:r1``."""
+    def weights(self, weight: np.ndarray) -> np.ndarray:
+        """``(G, C_out/G, K)`` weight matrices with K in the grids' column order."""
+        s = self.spec
+        w5 = weight.reshape(s.groups, s.cout_g, s.cin_g, s.kh, s.kw)
+        parts = []
+        for _, ii, _, _, jj, _, _ in self.grids:
+            # a phase's taps are every m-th kernel row/column: a strided view, no gather
+            rows = slice(ii[0], ii[-1] + 1, ii[1] - ii[0] if len(ii) > 1 else 1)
+            cols = slice(jj[0], jj[-1] + 1, jj[1] - jj[0] if len(jj) > 1 else 1)
+            parts.append(w5[..., rows, cols].reshape(s.groups, s.cout_g, -1))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+    def fill(
+        self, x: np.ndarray, r0: int, flat: np.ndarray, part: tuple[int, int] | None = None
+    ) -> None:
+        """Phase rows from output row ``r0`` on into ``flat`` ``(N, C, n_phases, R, wq)``.
+
+        ``part``: only rows ``part[0]:part[1]`` of ``flat`` (for threads sharing a fill).
+        """
         spec = self.spec
         sh, sw = spec.stride
+        i0, i1 = part or (0, flat.shape[3])
+        for k, (a, b) in enumerate(self.phases):
+            rpos = (r0 * sh + a - spec.pad[0]) + sh * np.arange(i0, i1)
+            cpos = (b - spec.pad[2]) + sw * np.arange(self.wq)
+            _gather2d(x, rpos, cpos, spec.padding_mode, flat[:, :, k, i0:i1])
+
+    def gather(self, x: np.ndarray, r0: int, r1: int, work: np.dtype) -> np.ndarray:
+        """``(N, C, n_phases, rows_needed * wq)`` for output rows ``r0:r1``."""
         nr = self.rows_needed(r1 - r0)
         flat = np.empty((x.shape[0], x.shape[1], len(self.phases), nr, self.wq), dtype=work)
-        for k, (a, b) in enumerate(self.phases):
-            rpos = (r0 * sh + a - spec.pad[0]) + sh * np.arange(nr)
-            cpos = (b - spec.pad[2]) + sw * np.arange(self.wq)
-            _gather2d(x, rpos, cpos, spec.padding_mode, flat[:, :, k])
+        self.fill(x, r0, flat)
         return flat.reshape(x.shape[0], x.shape[1], len(self.phases), nr * self.wq)
+
+
+def _axis_grids(k: int, stride: int, dil: int) -> list[tuple[int, list[int], int, int]]:
+    """Per phase of one axis: (phase, kernel taps, first phase offset, offset step)."""
+    taps: dict[int, list[int]] = {}
+    for i in range(k):
+        taps.setdefault((i * dil) % stride, []).append(i)
+    # consecutive taps of a phase are stride/gcd apart, i.e. dil/gcd phase positions
+    step = dil // math.gcd(stride, dil)
+    return [(a, ii, (ii[0] * dil) // stride, step) for a, ii in sorted(taps.items())]
 
 
 def _band_rows(spec: ConvSpec, bytes_per_row: int, budget: int) -> int:
@@ -229,7 +288,166 @@ def _band_rows(spec: ConvSpec, bytes_per_row: int, budget: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# threads: bands side by side, BLAS on one thread each
+
+
+def _threads() -> int:
+    """Worker threads for the gemm path (``THREADS``, else the CPUs we may run on)."""
+    if THREADS is not None:
+        return max(1, THREADS)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _OneThreadBlas:
+    """Puts NumPy's OpenBLAS on one thread while our own threads run GEMMs side by side.
+
+    Why: OpenBLAS splits each GEMM over its threads and its idle threads spin for about
+    0.1 s after each call, so on two cores the column copies of a band could not run
+    beside the GEMM of another (they fought the spinning thread), and two GEMMs from two
+    threads wait for each other's BLAS threads. One BLAS thread per band, bands on our
+    threads, keeps both cores busy with copies and GEMMs alike (W7: 2.8 -> 1.4 ms).
+
+    The setting is process-wide, so it is changed for as short as possible: set when the
+    first concurrent call enters, restored to the caller's value when the last one
+    leaves. Only NumPy's own OpenBLAS is touched, found among the libraries the process
+    has mapped; where there is none (MKL, Accelerate, no ``/proc``), ``available`` is
+    False and the gemm path runs on one thread with BLAS's own threading.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = 0
+        self._api: tuple[object, object] | bool | None = False  # False: not looked up yet
+
+    def _lookup(self) -> tuple[object, object] | None:
+        try:
+            blas = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
+            with open("/proc/self/maps") as maps:
+                paths = {ln.split()[-1] for ln in maps if "openblas" in ln.lower() and "/" in ln}
+        except (AttributeError, KeyError, TypeError, OSError):
+            return None
+        if "openblas" not in str(blas).lower():
+            return None
+        # numpy's wheel keeps its OpenBLAS in numpy.libs; SciPy's own copy is not ours
+        paths = sorted((p for p in paths if "scipy" not in p.split("/")[-2]), key=len)
+        paths.sort(key=lambda p: "numpy" not in p)
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", ""):
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    if get is not None and put is not None:
+                        return get, put
+        return None
+
+    @property
+    def available(self) -> bool:
+        if self._api is False:
+            self._api = self._lookup()
+        return self._api is not None
+
+    def __enter__(self) -> None:
+        if not self.available:
+            return
+        get, put = self._api
+        with self._lock:
+            if self._users == 0:
+                self._saved = int(get())
+                put(1)
+            self._users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.available:
+            return
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._api[1](self._saved)
+
+
+_ONE_THREAD_BLAS = _OneThreadBlas()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _run_parallel(work: Callable[[int], None], threads: int) -> None:
+    """``work(k)`` for ``k`` in ``range(threads)``: ``k = 0`` on the calling thread."""
+    global _POOL
+    if threads == 1:
+        work(0)
+        return
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < threads - 1:
+            _POOL = ThreadPoolExecutor(threads - 1, thread_name_prefix="convcli-numpy")
+        pool = _POOL
+    futures = [pool.submit(work, k) for k in range(1, threads)]
+    try:
+        work(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+# ---------------------------------------------------------------------------------------
 # gemm
+
+
+def _gemm_plan(spec: ConvSpec, itemsize: int, threads: int) -> tuple[int, int, int, int, int]:
+    """(column matrix row width, images per task, rows per task, images, rows per gather).
+
+    A task (one GEMM) covers ``m`` images x ``rows`` output rows, its column matrix
+    within ``GEMM_BYTES``; there are at least ``threads`` tasks where the problem allows.
+    The phase-split input is gathered once per chunk of tasks (within ``CHUNK_BYTES/4``),
+    as a gather costs a few index-map calls whatever its size.
+
+    Junk columns (``wq = wo + col_off`` wide rows) make each tap's copy one long
+    contiguous run; without them the GEMM writes straight into the output. Narrow outputs
+    (W7: 32 columns) take the junk and crop, as short runs cost more.
+    """
+    n, ho = spec.n, spec.h_out
+    wq = spec.w_out + (spec.kw - 1) * spec.dilation[1] // spec.stride[1]
+    lw = wq if spec.w_out < JUNK_BELOW else spec.w_out
+    per_row = spec.c_in * spec.kh * spec.kw * lw * itemsize
+    m = max(1, min(n, GEMM_BYTES // max(1, per_row * ho)))
+    if n >= threads:
+        m = min(m, n // threads)
+    rows = ho
+    if m == 1:
+        # a GEMM over fewer pixels re-reads the weights for little work (W6: 256x2304)
+        rows = max(_band_rows(spec, per_row, GEMM_BYTES), -(-GEMM_MIN_PIXELS // lw))
+        if n < threads:
+            rows = min(rows, -(-ho // -(-threads // n)))
+        rows = -(-ho // -(-ho // rows))  # equal bands
+    # the gather chunk: whole images where they fit, else bands of whole tasks
+    nph = len({((i * spec.dilation[0]) % spec.stride[0]) for i in range(spec.kh)}) * len(
+        {((j * spec.dilation[1]) % spec.stride[1]) for j in range(spec.kw)}
+    )
+    in_row = spec.c_in * nph * wq * itemsize
+    budget = CHUNK_BYTES // 4
+    per_image = in_row * (ho + (spec.kh - 1) * spec.dilation[0] // spec.stride[0] + 1)
+    if per_image * m <= budget:
+        mc = max(m, budget // per_image // m * m)
+        return lw, m, rows, min(n, mc), ho
+    return lw, m, rows, m, max(rows, budget // max(1, in_row * m) // rows * rows)
+
+
+def _lead(length: int, itemsize: int) -> int:
+    """A row stride >= ``length`` that is an odd number of cache lines (64 B).
+
+    Rows a multiple of 2-4 KiB apart share L1 sets: measured with one BLAS thread, a
+    (16, 147) x (147, L) product ran at 43-65 GFLOP/s for L = 1024, 1536, 2048, 3072,
+    4096, 6144, 8192 and at 73-79 with an odd number of cache lines per row.
+    """
+    line = max(1, 64 // itemsize)
+    return -(-length // (2 * line)) * 2 * line + line
 
 
 def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
@@ -240,38 +458,85 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
         wm = weight.reshape(g, cout_g, cin_g)
         xs = x.reshape(n, g, cin_g, spec.h * spec.w)
         return np.matmul(wm, xs).reshape(n, spec.c_out, ho, wo)
+    threads = _threads() if _ONE_THREAD_BLAS.available else 1
     ph = _Phases(spec)
-    taps = len(ph.taps)
-    wm = weight.reshape(g, cout_g, cin_g * taps)
+    k_all = cin_g * spec.kh * spec.kw
+    # weight columns in the order the phase grids lay out the column matrix
+    wm = ph.weights(weight)
+    lw, m, rows, mc, crows = _gemm_plan(spec, work.itemsize, threads)
+    junk = lw != wo
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
-    # column matrix of one image's output row, in bands of GEMM_BYTES. Measured: on one
-    # BLAS thread 2 MB bands ran W9 1.6-1.9x faster than 8 MB ones (cache), but with
-    # OpenBLAS's two threads on the busy machine every extra call waits for a parked
-    # thread and 2 MB bands ran W5/W9 3x slower: 8 MB keeps the calls few
-    per_row = spec.c_in * taps * ph.wq * work.itemsize
-    per_image = per_row * ho
-    nn = max(1, min(n, GEMM_BYTES // max(1, per_image)))
-    rows = ho if nn > 1 else _band_rows(spec, per_row, GEMM_BYTES)
-    # the padded, phase-split input is gathered in larger bands than the GEMM's (a
-    # gather costs a few index-map calls per phase whatever its size: W9 made 76 of them)
-    per_in_row = nn * spec.c_in * len(ph.phases) * ph.wq * work.itemsize
-    gather_rows = max(rows, _band_rows(spec, per_in_row, CHUNK_BYTES // 4) // rows * rows)
-    for n0 in range(0, n, nn):
-        xs = x[n0 : n0 + nn]
-        m = xs.shape[0]
-        for g0 in range(0, ho, gather_rows):
-            g1 = min(ho, g0 + gather_rows)
-            flat = ph.gather(xs, g0, g1, work)
-            for r0 in range(g0, g1, rows):
-                r1 = min(g1, r0 + rows)
-                base = (r0 - g0) * ph.wq
-                length = (r1 - r0) * ph.wq
-                cols = np.empty((m, spec.c_in, taps, length), dtype=work)
-                for t, (p, off) in enumerate(ph.taps):
-                    cols[:, :, t] = flat[:, :, p, base + off : base + off + length]
-                res = np.matmul(wm, cols.reshape(m, g, cin_g * taps, length))
-                res = res.reshape(m, spec.c_out, r1 - r0, ph.wq)
-                out[n0 : n0 + m, :, r0:r1] = res[..., :wo]
+    out_g = out.reshape(n, g, cout_g, ho * wo)
+    flat = np.empty((mc, spec.c_in, len(ph.phases), ph.rows_needed(crows), ph.wq), dtype=work)
+    fs = flat.strides
+    buffers = threading.local()
+    lock = threading.Lock()
+
+    def task(n0: int, c0: int, t0: int, r0: int) -> None:
+        """Output rows ``r0..`` of images ``n0..``; ``flat`` holds chunk ``(c0, t0)``."""
+        if not hasattr(buffers, "cols"):
+            # per-thread buffers, reused by every task this thread takes
+            buffers.cols = np.empty((m, g, k_all, _lead(rows * lw, work.itemsize)), dtype=work)
+            buffers.res = np.empty((m, g, cout_g, rows * lw), dtype=work) if junk else None
+        cols, res = buffers.cols, buffers.res
+        mm, nr = min(m, n - n0), min(rows, ho - r0)
+        k0 = 0
+        for p, ii, ro, rs, jj, co, cs in ph.grids:
+            kk = cin_g * len(ii) * len(jj)
+            shape = (mm, g, cin_g, len(ii), len(jj), nr, lw)
+            # every tap of the phase in one strided view (junk columns run into the next
+            # row; the buffer's extra row keeps that in bounds, which ndarray checks)
+            src = np.ndarray(
+                shape,
+                dtype=work,
+                buffer=flat,
+                offset=(n0 - c0) * fs[0] + p * fs[2] + (r0 - t0 + ro) * fs[3] + co * fs[4],
+                strides=(fs[0], cin_g * fs[1], fs[1], rs * fs[3], cs * fs[4], fs[3], fs[4]),
+            )
+            cols[:mm, :, k0 : k0 + kk, : nr * lw].reshape(shape)[...] = src
+            k0 += kk
+        c = cols[:mm, :, :, : nr * lw]
+        if junk:
+            r = np.matmul(wm, c, out=res[:mm, :, :, : nr * lw])
+            out[n0 : n0 + mm, :, r0 : r0 + nr] = r.reshape(mm, spec.c_out, nr, lw)[..., :wo]
+        else:
+            np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
+
+    def run(jobs: list[Callable[[], None]]) -> None:
+        pending = iter(jobs)
+
+        def worker(_: int) -> None:
+            while True:
+                with lock:
+                    job = next(pending, None)
+                if job is None:
+                    return
+                job()
+
+        _run_parallel(worker, min(threads, len(jobs)))
+
+    with _ONE_THREAD_BLAS if threads > 1 else contextlib.nullcontext():
+        for c0 in range(0, n, mc):
+            xs = x[c0 : c0 + mc]
+            cm = xs.shape[0]
+            for t0 in range(0, ho, crows):
+                t1 = min(ho, t0 + crows)
+                need = ph.rows_needed(t1 - t0)
+                # the gather split by rows over the threads, then the tasks of the chunk
+                cuts = np.linspace(0, need, min(threads, need) + 1).astype(int)
+                run(
+                    [
+                        functools.partial(ph.fill, xs, t0, flat[:cm, :, :, :need], (int(a), int(b)))
+                        for a, b in itertools.pairwise(cuts)
+                    ]
+                )
+                run(
+                    [
+                        functools.partial(task, n0, c0, t0, r0)
+                        for n0 in range(c0, c0 + cm, m)
+                        for r0 in range(t0, t1, rows)
+                    ]
+                )
     return out
 
 
@@ -573,13 +838,14 @@ def estimate_seconds(spec: ConvSpec, algo: str) -> float:
     if algo == "gemm":
         flops = 2.0 * grid * spec.c_out * spec.cin_g * taps * cplx
         copies = grid * spec.c_in * taps * item * 2
+        # bands run side by side on our threads (BLAS threads its own single matmul)
+        par = _threads() if _ONE_THREAD_BLAS.available else 1
         if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-            copies = 0
+            copies, par = 0, 1
         # a matmul with one or two output rows per group runs at matrix-vector speed
         eff = min(1.0, spec.cout_g / 16) * min(1.0, spec.cin_g * taps / 32)
-        return (
-            flops / (GEMM_FLOPS * max(eff, 0.02)) + copies / COPY_BYTES + inputs * item / COPY_BYTES
-        )
+        whole = flops / (GEMM_FLOPS * max(eff, 0.02)) + (copies + inputs * item) / COPY_BYTES
+        return whole / min(par, spec.n * spec.h_out)
     if algo == "direct":
         if spec.cin_g == 1:
             return 2.0 * grid * spec.c_out * taps * cplx / TAP_ELEMS + inputs * item / COPY_BYTES
