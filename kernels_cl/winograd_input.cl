@@ -11,13 +11,16 @@
  *
  * Layouts (row-major, contiguous):
  *   x     (N, G*CIN_G, H, W)
- *   vrow  (2*TH+2,) int     virtual row -> source row, -1 = zero
- *   vcol  (2*TW+2,) int     virtual column -> source column, -1 = zero
- *   v     (G, 16, CIN_G, PP) tile p = (n*TH + ty)*TW + tx (P = N*TH*TW <= PP)
- * Work-item (gx, ty, n*C + c): tiles 8gx..8gx+7 of tile row ty, one per float8 lane, of
- * input channel c of image n (all 16 transformed values, stored as float8 runs).
- * vcol covers 2*ceil(TW/8)*8 + 2 virtual columns (-1 past the edge). Tiles P..PP-1 are left as they are: their
- * GEMM columns are never read by winograd_output.
+ *   vrow  (2*TH+2,) int          virtual row -> source row, -1 = zero
+ *   vcol  (16*ceil(TW/8)+2,) int virtual column -> source column, -1 = zero (also past
+ *                                the edge: the last item of a row reads 18 columns)
+ *   v     (G, 16, CIN_G, PP)     tile p = (q - row0)*TW + tx of tile row q = n*TH + ty
+ * One launch covers the rows tile rows from row0 (runtime arguments): a chunk, so the
+ * transformed planes stay bounded (and cache-sized) for any image. Columns of v past the
+ * chunk's tiles are left as they are: winograd_output never reads their GEMM results.
+ * Work-item ((q - row0)*TXG + gx, c): tiles 8gx..8gx+7 of tile row q (one per float8
+ * lane; TXG = ceil(TW/8)) of input channel c, all 16 transformed values, stored as
+ * float8 runs.
  * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. The transform is exact in the sense
  * that an output row never depends on the 4th tile row (see winograd_output), so
  * tiles past an odd edge cost nothing but zeros.
@@ -52,15 +55,19 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #define ST8(p, v) (*(__global f8u *)(p) = (v))
 
 #define TX 8 /* tiles per work-item, one per float8 lane */
+#define TXG ((TW + TX - 1) / TX) /* work-items per tile row */
 #define NC (2 * TX + 2) /* virtual columns they read */
 
 __kernel void winograd_input(__global const float *restrict x, __global const int *restrict vrow,
                              __global const int *restrict vcol, __global float *restrict v,
-                             const int row0) {
-    const int tx0 = get_global_id(0) * TX;
-    const int q = row0 + get_global_id(1); /* tile row n*TH + ty */
-    const int c = get_global_id(2);
-    if (tx0 >= TW || q >= N * TH || c >= G * CIN_G) return;
+                             const int row0, const int rows) {
+    /* x runs over (tile row of the chunk, group of 8 tiles): enough items for full
+     * work-groups even when a row has one or two groups (tiny work-groups cost PoCL
+     * far more than idle items) */
+    const int tx0 = (get_global_id(0) % TXG) * TX;
+    const int q = row0 + get_global_id(0) / TXG; /* tile row n*TH + ty */
+    const int c = get_global_id(1);
+    if (q >= row0 + rows || q >= N * TH || c >= G * CIN_G) return;
     const int n = q / TH;
     const int ty = q % TH;
     __global const float *plane = x + ((size_t)n * (G * CIN_G) + c) * (H * W);

@@ -659,10 +659,11 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         rows = min(chunk, rows_total - row0)
         tiles = rows * tw
         r0 = np.int32(row0)
-        gin = (math.ceil(tw / 8), rows, spec.c_in)
+        gin = (math.ceil(tw / 8) * rows, spec.c_in, 1)
         gmm = (math.ceil(tiles / (8 * xv)), nblk, 16 * spec.groups)
         gout = (math.ceil(tiles / 8), spec.cout_g, spec.groups)
-        events.append(_launch(cl, backend, k_in, gin, [xbuf, vrow, vcol, vbuf, r0]))
+        args = [xbuf, vrow, vcol, vbuf, r0, np.int32(rows)]
+        events.append(_launch(cl, backend, k_in, gin, args))
         if ubuf is None:
             # the exact weight check (a read of the weights and of their copy) runs
             # while the device transforms the first chunk's input
