@@ -372,6 +372,16 @@ def test_weights_edited_in_place_are_not_served_stale(ocl, monkeypatch, wino):
     assert not np.allclose(second, first)
 
 
+def test_weights_cache_returns_to_earlier_weights(ocl):
+    # an entry found behind others of the same shape moves to the front (this raised
+    # "truth value of an array is ambiguous" when list.remove compared the entries)
+    x, w1, b = rng_arrays(17, (1, 8, 9, 9), (16, 8, 3, 3))
+    w2 = w1 + 1.0
+    for w in (w1, w2, w1, w2):
+        out, ref, _ = fast(ocl, x, w, b, padding=1)
+        assert_close(out, ref, "float32")
+
+
 def test_forced_gemm_on_depthwise(ocl):
     x, w, b = rng_arrays(9, (1, 4, 11, 13), (4, 1, 3, 3))
     out, ref, info = fast(ocl, x, w, b, algo="gemm", padding=1, groups=4)

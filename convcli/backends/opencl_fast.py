@@ -545,7 +545,7 @@ _PACKED_SIZE = 8
 def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int, pack=_pack_dense):
     """Device buffers of ``pack(weight, bias, spec, cob)``, cached while weights are equal."""
     key = (id(backend.ctx), pack.__name__, weight.shape, spec.groups, cob)
-    for entry in _PACKED:
+    for i, entry in enumerate(_PACKED):
         k, w_copy, b_copy, wbuf, bbuf = entry
         if (
             k == key
@@ -553,8 +553,8 @@ def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int, pack=_p
             and (b_copy is None) == (bias is None)
             and (bias is None or np.array_equal(b_copy, bias))
         ):
-            _PACKED.remove(entry)
-            _PACKED.insert(0, entry)
+            # by index: list.remove would compare the entries' arrays with ==
+            _PACKED.insert(0, _PACKED.pop(i))
             return wbuf, bbuf
     wp, bp = pack(weight, bias, spec, cob)
     wbuf, bbuf = _const(cl, backend, wp), _const(cl, backend, bp)
