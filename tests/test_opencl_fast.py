@@ -399,12 +399,14 @@ def test_dense_1x1_no_bias(ocl):
 # ---------------------------------------------------------------- winograd (3x3 gemm)
 
 
-@pytest.fixture
-def winograd(monkeypatch):
-    """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation."""
+@pytest.fixture(params=["split", "fused"])
+def winograd(request, monkeypatch):
+    """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation,
+    with the GEMMs and the output transform as two kernels, then as one."""
     from convcli.backends import opencl_fast
 
     monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
+    monkeypatch.setattr(opencl_fast, "WINO_FUSED", request.param == "fused")
     return opencl_fast
 
 
@@ -594,10 +596,11 @@ _SCRIPT = textwrap.dedent(
         (rng.random((2, 8, 21, 23), dtype=np.float32),
          rng.standard_normal((16, 8, 3, 3)).astype(np.float32), dict(padding=1)),
     ]
-    # the last case again as Winograd (three kernels)
-    cases.append(cases[-1] + (True,))
-    for x, w, opts, *wino in cases:
-        opencl_fast.WINOGRAD = bool(wino)
+    # the last case again as Winograd: three kernels, then two (GEMMs + output fused)
+    cases += [cases[-1] + (False,), cases[-1] + (True,)]
+    for x, w, opts, *fused in cases:
+        opencl_fast.WINOGRAD = bool(fused)
+        opencl_fast.WINO_FUSED = fused[0] if fused else None
         spec = make_spec(x, w, None, **opts)
         info = RunInfo()
         out = opencl_fast.run(ocl, x, w, None, spec, algo="auto", info=info)
@@ -636,6 +639,7 @@ def test_second_process_uses_pocl_cache(ocl, tmp_path):
         "separable/dw_direct",
         "direct/dw_direct",
         "gemm/dense_gemm",
+        "gemm/winograd",
         "gemm/winograd",
     ]
     assert all(float(err) < 2e-5 for _, err, _ in lines)

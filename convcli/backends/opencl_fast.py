@@ -19,8 +19,10 @@ Algorithms (``info.algo``):
   on the grid of every stride-th row and column) run it in Winograd F(2x2, 3x3) form
   when the cost model says so: ``winograd_input.cl`` (V = B^T d B per 4x4 tile),
   ``winograd_gemm.cl`` (16 GEMMs per group, 2.25x fewer multiply-adds) and
-  ``winograd_output.cl`` (Y = A^T M A + bias), in chunks of tile rows. Still reported
-  as ``gemm``: it is the same GEMM, reassociated.
+  ``winograd_output.cl`` (Y = A^T M A + bias), in chunks of tile rows; with few input
+  channels per group ``winograd_gemm_out.cl`` does the GEMMs and the output transform
+  in one item, so M never goes to memory. Still reported as ``gemm``: it is the same
+  GEMM, reassociated.
 
 The kernels follow what was measured on PoCL (see the ``.cl`` headers): float8 vectors
 written by hand, taps fully unrolled with the kernel geometry as ``-D`` defines, no
@@ -149,6 +151,17 @@ WINOGRAD: bool | None = None
 # (KB output channels, XV float8 vectors of 8 tiles) per winograd_gemm work-item; None =
 # _wino_tile's choice.
 WINO_TILE: tuple[int, int] | None = None
+# GEMMs and output transform in one kernel (winograd_gemm_out) for layers with few
+# input channels per group, whose 16 GEMM results per tile and output channel are
+# traffic rather than work; None = the rule in _wino_fused.
+WINO_FUSED: bool | None = None
+WINO_FUSED_MAX_CIN = 32
+
+
+def _wino_fused(spec: ConvSpec) -> bool:
+    if WINO_FUSED is not None:
+        return WINO_FUSED
+    return spec.cin_g <= WINO_FUSED_MAX_CIN
 
 
 def _wino_tile(cout_g: int) -> tuple[int, int]:
@@ -620,7 +633,9 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     ho, wo = spec.h_out, spec.w_out
     th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
     rows_total = spec.n * th
-    row_bytes = 16 * 4 * tw * (spec.c_in + spec.groups * kp)
+    fused = _wino_fused(spec)
+    # V, and M unless fused, per tile row
+    row_bytes = 16 * 4 * tw * (spec.c_in + (0 if fused else spec.groups * kp))
     chunk = max(1, min(rows_total, WINO_CHUNK_BYTES // row_bytes))
     pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
     common = {"N": spec.n, "G": spec.groups, "PP": pp, "TH": th, "TW": tw}
@@ -642,6 +657,10 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp},
         info,
     )
+    if fused:
+        defs = {**common, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g, "HO": ho, "WO": wo}
+        defs.update({"KB": kb, "XV": xv, "NBLK": nblk})
+        k_fused = _kernel(backend, "winograd_gemm_out", defs, info)
     xbuf = _input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
@@ -670,6 +689,11 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
             t0 = time.perf_counter()
             ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
             info.timings["upload"] += time.perf_counter() - t0
+        if fused:
+            args = [ubuf, vbuf, bbuf, obuf, r0, np.int32(tiles)]
+            gs = (nblk, math.ceil(tiles / (8 * xv)), spec.groups)
+            events.append(_launch(cl, backend, k_fused, gs, args))
+            continue
         events.append(_launch(cl, backend, k_mm, gmm, [ubuf, vbuf, mbuf]))
         args = [mbuf, bbuf, obuf, r0, np.int32(tiles)]
         events.append(_launch(cl, backend, k_out, gout, args))
