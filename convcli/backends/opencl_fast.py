@@ -156,6 +156,9 @@ WINO_TILE: tuple[int, int] | None = None
 # traffic rather than work; None = the rule in _wino_fused.
 WINO_FUSED: bool | None = None
 WINO_FUSED_MAX_CIN = 32
+# V per chunk for the fused kernel, which reads it back in its own, slower walk: W7 ran
+# 2 chunks of 2 MB at 1.82-1.85 ms CPU per call against 1.93-1.95 for one of 4 MB.
+WINO_FUSED_CHUNK_BYTES = 2 << 20
 
 
 def _wino_fused(spec: ConvSpec) -> bool:
@@ -636,7 +639,8 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     fused = _wino_fused(spec)
     # V, and M unless fused, per tile row
     row_bytes = 16 * 4 * tw * (spec.c_in + (0 if fused else spec.groups * kp))
-    chunk = max(1, min(rows_total, WINO_CHUNK_BYTES // row_bytes))
+    budget = min(WINO_CHUNK_BYTES, WINO_FUSED_CHUNK_BYTES) if fused else WINO_CHUNK_BYTES
+    chunk = max(1, min(rows_total, budget // row_bytes))
     pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
     common = {"N": spec.n, "G": spec.groups, "PP": pp, "TH": th, "TW": tw}
     k_in = _kernel(
