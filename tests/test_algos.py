@@ -251,6 +251,7 @@ GRID_CASES = [
 def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
     """Many tasks and gather chunks on 1-3 threads, with and without junk columns."""
     monkeypatch.setattr(nb, "THREADS", threads)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
     monkeypatch.setattr(nb, "JUNK_BELOW", junk_below)
     monkeypatch.setattr(nb, "GEMM_BYTES", 3000)
     monkeypatch.setattr(nb, "GEMM_MIN_PIXELS", 1)
@@ -264,21 +265,35 @@ def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
 
 
 def test_gemm_plan_splits_work_over_threads():
-    """At least one task per thread, equal row bands, a gather chunk of whole tasks."""
+    """About two chunks per thread, each a whole number of GEMM bands."""
     x = np.empty((1, 3, 1024, 1024), np.float32)
     spec = make_spec(x, np.empty((16, 3, 7, 7), np.float32), None, stride=2, padding=3)
-    lw, m, rows, mc, crows = nb._gemm_plan(spec, 4, 2)
-    assert lw == spec.w_out and m == 1 and mc == 1
+    lw, m, rows, crows = nb._gemm_plan(spec, 4, 2)
+    assert lw == spec.w_out and m == 1
     assert spec.c_in * 49 * lw * rows * 4 <= max(nb.GEMM_BYTES, nb.GEMM_MIN_PIXELS * 4 * 147)
-    assert (crows == spec.h_out or crows % rows == 0) and -(-spec.h_out // rows) >= 2
-    # W7: one image per task, narrow outputs computed with junk columns
+    assert crows % rows == 0 and -(-spec.h_out // crows) == 4
+    # W7: one image per chunk, narrow outputs computed with junk columns
     x = np.empty((4, 64, 64, 64), np.float32)
     spec = make_spec(
         x, np.empty((128, 16, 3, 3), np.float32), None, stride=2, padding=2, dilation=2, groups=4
     )
     assert len(nb._Phases(spec).phases) == 1
-    lw, m, rows, mc, crows = nb._gemm_plan(spec, 4, 2)
-    assert lw == spec.w_out + 2 and m == 1 and mc == 4 and crows == spec.h_out
+    lw, m, rows, crows = nb._gemm_plan(spec, 4, 2)
+    assert lw == spec.w_out + 2 and m == 1 and crows >= spec.h_out
+
+
+def test_small_problems_leave_threads_to_blas(monkeypatch):
+    monkeypatch.setattr(nb, "THREADS", 2)
+    small = make_spec(
+        np.empty((1, 8, 16, 16), np.float32), np.empty((8, 8, 3, 3), np.float32), None
+    )
+    assert nb._gemm_threads(small) == 1
+    big = make_spec(
+        np.empty((1, 3, 1024, 1024), np.float32), np.empty((16, 3, 7, 7), np.float32), None
+    )
+    assert nb._gemm_threads(big) == (2 if nb._ONE_THREAD_BLAS.available else 1)
+    # one thread: fewer, larger GEMMs (BLAS threads each)
+    assert nb._gemm_plan(big, 4, 1)[2] > nb._gemm_plan(big, 4, 2)[2]
 
 
 @pytest.mark.parametrize("itemsize", [4, 8, 16])
@@ -309,6 +324,7 @@ def test_gemm_from_concurrent_threads(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr(nb, "THREADS", 2)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
     rng = np.random.default_rng(12)
     x = _rand(rng, (2, 8, 40, 36), "float32")
     w = _rand(rng, (8, 8, 3, 3), "float32")

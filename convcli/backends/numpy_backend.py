@@ -35,10 +35,7 @@ behaviour); complex inputs use the weight as is (no conjugation).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import functools
-import itertools
 import math
 import os
 import threading
@@ -55,12 +52,17 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
-# column matrix per gemm task (one band of output rows on one thread): in L2
+# column matrix per GEMM: in L2 when bands run on our threads, larger when BLAS threads
 GEMM_BYTES = 2**20
+BLAS_GEMM_BYTES = 16 * 2**20
+# problems smaller than this leave the threading to BLAS (see _gemm_threads)
+THREADED_MIN_FLOPS = 10**9
 # at least this many output pixels per gemm task (the GEMM's N)
 GEMM_MIN_PIXELS = 512
 # outputs narrower than this compute junk columns instead of short copies (_gemm_plan)
 JUNK_BELOW = 64
+# largest per-thread work array the gemm path keeps between calls (see _scratch)
+SCRATCH_KEEP = 32 * 2**20
 # worker threads of the gemm path; None: the CPUs this process may run on
 THREADS: int | None = None
 # flat positions per piece of the depthwise tap loop (x channels): stays in L2
@@ -175,8 +177,6 @@ def _gather2d(
     indexing is 5-10x slower than a slice copy, and W1 is memory-bound).
     """
     h, w = x.shape[-2:]
-    ridx, rval = _axis_map(rpos, h, mode)
-    cidx, cval = _axis_map(cpos, w, mode)
     r0, r1 = _interior(rpos, h)
     c0, c1 = _interior(cpos, w)
     rs = int(rpos[1] - rpos[0]) if rpos.size > 1 else 1
@@ -184,6 +184,16 @@ def _gather2d(
     rows = slice(int(rpos[r0]), int(rpos[r1 - 1]) + 1, rs) if r1 > r0 else slice(0, 0)
     if r1 > r0 and c1 > c0:
         out[..., r0:r1, c0:c1] = x[..., rows, int(cpos[c0]) : int(cpos[c1 - 1]) + 1 : cs]
+    if mode == "zeros":
+        # every position outside the image is a zero: slices, no index maps (a W7 image
+        # took 0.14 ms through the maps, most of its gather)
+        out[..., :r0, :] = 0
+        out[..., r1:, :] = 0
+        out[..., r0:r1, :c0] = 0
+        out[..., r0:r1, c1:] = 0
+        return
+    ridx, rval = _axis_map(rpos, h, mode)
+    cidx, cval = _axis_map(cpos, w, mode)
     border_c = np.r_[0:c0, c1 : cpos.size]
     if border_c.size and r1 > r0:
         vals = x[..., rows, :][..., cidx[border_c]]
@@ -250,20 +260,14 @@ class _Phases:
             parts.append(w5[..., rows, cols].reshape(s.groups, s.cout_g, -1))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
-    def fill(
-        self, x: np.ndarray, r0: int, flat: np.ndarray, part: tuple[int, int] | None = None
-    ) -> None:
-        """Phase rows from output row ``r0`` on into ``flat`` ``(N, C, n_phases, R, wq)``.
-
-        ``part``: only rows ``part[0]:part[1]`` of ``flat`` (for threads sharing a fill).
-        """
+    def fill(self, x: np.ndarray, r0: int, flat: np.ndarray) -> None:
+        """Phase rows from output row ``r0`` on into ``flat`` ``(N, C, n_phases, R, wq)``."""
         spec = self.spec
         sh, sw = spec.stride
-        i0, i1 = part or (0, flat.shape[3])
         for k, (a, b) in enumerate(self.phases):
-            rpos = (r0 * sh + a - spec.pad[0]) + sh * np.arange(i0, i1)
+            rpos = (r0 * sh + a - spec.pad[0]) + sh * np.arange(flat.shape[3])
             cpos = (b - spec.pad[2]) + sw * np.arange(self.wq)
-            _gather2d(x, rpos, cpos, spec.padding_mode, flat[:, :, k, i0:i1])
+            _gather2d(x, rpos, cpos, spec.padding_mode, flat[:, :, k])
 
     def gather(self, x: np.ndarray, r0: int, r1: int, work: np.dtype) -> np.ndarray:
         """``(N, C, n_phases, rows_needed * wq)`` for output rows ``r0:r1``."""
@@ -374,7 +378,7 @@ class _OneThreadBlas:
 
 
 _ONE_THREAD_BLAS = _OneThreadBlas()
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # (pool, its workers)
 _POOL_LOCK = threading.Lock()
 
 
@@ -385,9 +389,14 @@ def _run_parallel(work: Callable[[int], None], threads: int) -> None:
         work(0)
         return
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < threads - 1:
-            _POOL = ThreadPoolExecutor(threads - 1, thread_name_prefix="convcli-numpy")
-        pool = _POOL
+        if _POOL is None or _POOL[1] < threads - 1:
+            if _POOL is not None:
+                _POOL[0].shutdown(wait=False)
+            _POOL = (
+                ThreadPoolExecutor(threads - 1, thread_name_prefix="convcli-numpy"),
+                threads - 1,
+            )
+        pool = _POOL[0]
     futures = [pool.submit(work, k) for k in range(1, threads)]
     try:
         work(0)
@@ -400,13 +409,26 @@ def _run_parallel(work: Callable[[int], None], threads: int) -> None:
 # gemm
 
 
-def _gemm_plan(spec: ConvSpec, itemsize: int, threads: int) -> tuple[int, int, int, int, int]:
-    """(column matrix row width, images per task, rows per task, images, rows per gather).
+def _gemm_threads(spec: ConvSpec) -> int:
+    """Our threads for the gemm path; 1 leaves the threading to BLAS.
 
-    A task (one GEMM) covers ``m`` images x ``rows`` output rows, its column matrix
-    within ``GEMM_BYTES``; there are at least ``threads`` tasks where the problem allows.
-    The phase-split input is gathered once per chunk of tasks (within ``CHUNK_BYTES/4``),
-    as a gather costs a few index-map calls whatever its size.
+    Below ``THREADED_MIN_FLOPS`` BLAS's own threads win: they spin between calls, while
+    a parked thread of ours took 0.2-3 ms to wake on the shared machine (W7 runs in 2).
+    """
+    if not _ONE_THREAD_BLAS.available or 2 * spec.macs < THREADED_MIN_FLOPS:
+        return 1
+    return _threads()
+
+
+def _gemm_plan(spec: ConvSpec, itemsize: int, threads: int) -> tuple[int, int, int, int]:
+    """(column matrix row width, images per GEMM, rows per GEMM, rows per chunk).
+
+    A GEMM covers ``m`` images x ``rows`` output rows, its column matrix within
+    ``GEMM_BYTES`` but at least ``GEMM_MIN_PIXELS`` wide. A chunk (``m`` images x
+    ``crows`` rows, a multiple of ``rows``) is the unit the threads share: each gathers
+    its own phase-split input (within ``CHUNK_BYTES/4``), then runs its GEMMs. About two
+    chunks per thread let a thread that starts late (a parked thread took 0.5 ms to wake
+    on the shared machine) take fewer, without a barrier between gather and GEMMs.
 
     Junk columns (``wq = wo + col_off`` wide rows) make each tap's copy one long
     contiguous run; without them the GEMM writes straight into the output. Narrow outputs
@@ -416,27 +438,45 @@ def _gemm_plan(spec: ConvSpec, itemsize: int, threads: int) -> tuple[int, int, i
     wq = spec.w_out + (spec.kw - 1) * spec.dilation[1] // spec.stride[1]
     lw = wq if spec.w_out < JUNK_BELOW else spec.w_out
     per_row = spec.c_in * spec.kh * spec.kw * lw * itemsize
-    m = max(1, min(n, GEMM_BYTES // max(1, per_row * ho)))
+    # one thread: few large GEMMs, which BLAS threads itself
+    budget = GEMM_BYTES if threads > 1 else BLAS_GEMM_BYTES
+    m = max(1, min(n, budget // max(1, per_row * ho)))
     if n >= threads:
-        m = min(m, n // threads)
+        m = min(m, max(1, n // (2 * threads)))
     rows = ho
     if m == 1:
         # a GEMM over fewer pixels re-reads the weights for little work (W6: 256x2304)
-        rows = max(_band_rows(spec, per_row, GEMM_BYTES), -(-GEMM_MIN_PIXELS // lw))
-        if n < threads:
-            rows = min(rows, -(-ho // -(-threads // n)))
+        rows = max(_band_rows(spec, per_row, budget), -(-GEMM_MIN_PIXELS // lw))
         rows = -(-ho // -(-ho // rows))  # equal bands
-    # the gather chunk: whole images where they fit, else bands of whole tasks
-    nph = len({((i * spec.dilation[0]) % spec.stride[0]) for i in range(spec.kh)}) * len(
-        {((j * spec.dilation[1]) % spec.stride[1]) for j in range(spec.kw)}
+    nph = len({(i * spec.dilation[0]) % spec.stride[0] for i in range(spec.kh)}) * len(
+        {(j * spec.dilation[1]) % spec.stride[1] for j in range(spec.kw)}
     )
-    in_row = spec.c_in * nph * wq * itemsize
-    budget = CHUNK_BYTES // 4
-    per_image = in_row * (ho + (spec.kh - 1) * spec.dilation[0] // spec.stride[0] + 1)
-    if per_image * m <= budget:
-        mc = max(m, budget // per_image // m * m)
-        return lw, m, rows, min(n, mc), ho
-    return lw, m, rows, m, max(rows, budget // max(1, in_row * m) // rows * rows)
+    in_row = m * spec.c_in * nph * wq * itemsize
+    halo = (spec.kh - 1) * spec.dilation[0] // spec.stride[0] + 1
+    fits = max(rows, ((CHUNK_BYTES // 4) // max(1, in_row) - halo) // rows * rows)
+    # about two chunks per thread where the images alone do not give them
+    share = -(-ho * -(-n // m) // (2 * threads))
+    return lw, m, rows, min(fits, -(-share // rows) * rows, -(-ho // rows) * rows)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A work array of this thread, kept between calls when under ``SCRATCH_KEEP`` bytes.
+
+    Fresh memory costs a page fault per 4 KiB at first touch: W7's ~4 MB of column
+    matrices and phase copies per call took as long as its GEMMs, and an 8 MB band
+    allocated per call made the gemm path 3x slower once the allocator handed pages back.
+    """
+    size = math.prod(shape) * dtype.itemsize
+    kept = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = kept.get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1), dtype=np.uint8)
+        if size <= SCRATCH_KEEP:
+            kept[key] = buf
+    return buf[:size].view(dtype).reshape(shape)
 
 
 def _lead(length: int, itemsize: int) -> int:
@@ -458,85 +498,71 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
         wm = weight.reshape(g, cout_g, cin_g)
         xs = x.reshape(n, g, cin_g, spec.h * spec.w)
         return np.matmul(wm, xs).reshape(n, spec.c_out, ho, wo)
-    threads = _threads() if _ONE_THREAD_BLAS.available else 1
+    threads = _gemm_threads(spec)
     ph = _Phases(spec)
     k_all = cin_g * spec.kh * spec.kw
     # weight columns in the order the phase grids lay out the column matrix
     wm = ph.weights(weight)
-    lw, m, rows, mc, crows = _gemm_plan(spec, work.itemsize, threads)
+    lw, m, rows, crows = _gemm_plan(spec, work.itemsize, threads)
     junk = lw != wo
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
     out_g = out.reshape(n, g, cout_g, ho * wo)
-    flat = np.empty((mc, spec.c_in, len(ph.phases), ph.rows_needed(crows), ph.wq), dtype=work)
-    fs = flat.strides
-    buffers = threading.local()
+
+    def buffers() -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        # per-thread buffers, reused by every chunk the thread takes
+        flat = _scratch("flat", (m, spec.c_in, len(ph.phases), ph.rows_needed(crows), ph.wq), work)
+        cols = _scratch("cols", (m, g, k_all, _lead(rows * lw, work.itemsize)), work)
+        res = _scratch("res", (m, g, cout_g, rows * lw), work) if junk else None
+        return flat, cols, res
+
+    def chunk(n0: int, t0: int) -> None:
+        """Images ``n0..n0+m``, output rows ``t0..t0+crows``: gather, then the GEMMs."""
+        flat, cols, res = buffers()
+        mm, t1 = min(m, n - n0), min(ho, t0 + crows)
+        ph.fill(x[n0 : n0 + mm], t0, flat[:mm, :, :, : ph.rows_needed(t1 - t0)])
+        fs = flat.strides
+        for r0 in range(t0, t1, rows):
+            nr = min(rows, t1 - r0)
+            k0 = 0
+            for p, ii, ro, rs, jj, co, cs in ph.grids:
+                kk = cin_g * len(ii) * len(jj)
+                shape = (mm, g, cin_g, len(ii), len(jj), nr, lw)
+                # every tap of the phase in one strided view (junk columns run into the
+                # next row; the buffer's extra row keeps that in bounds, ndarray checks)
+                src = np.ndarray(
+                    shape,
+                    dtype=work,
+                    buffer=flat,
+                    offset=p * fs[2] + (r0 - t0 + ro) * fs[3] + co * fs[4],
+                    strides=(fs[0], cin_g * fs[1], fs[1], rs * fs[3], cs * fs[4], fs[3], fs[4]),
+                )
+                cols[:mm, :, k0 : k0 + kk, : nr * lw].reshape(shape)[...] = src
+                k0 += kk
+            c = cols[:mm, :, :, : nr * lw]
+            if junk:
+                r = np.matmul(wm, c, out=res[:mm, :, :, : nr * lw])
+                out[n0 : n0 + mm, :, r0 : r0 + nr] = r.reshape(mm, spec.c_out, nr, lw)[..., :wo]
+            else:
+                np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
+
+    pending = iter([(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)])
     lock = threading.Lock()
 
-    def task(n0: int, c0: int, t0: int, r0: int) -> None:
-        """Output rows ``r0..`` of images ``n0..``; ``flat`` holds chunk ``(c0, t0)``."""
-        if not hasattr(buffers, "cols"):
-            # per-thread buffers, reused by every task this thread takes
-            buffers.cols = np.empty((m, g, k_all, _lead(rows * lw, work.itemsize)), dtype=work)
-            buffers.res = np.empty((m, g, cout_g, rows * lw), dtype=work) if junk else None
-        cols, res = buffers.cols, buffers.res
-        mm, nr = min(m, n - n0), min(rows, ho - r0)
-        k0 = 0
-        for p, ii, ro, rs, jj, co, cs in ph.grids:
-            kk = cin_g * len(ii) * len(jj)
-            shape = (mm, g, cin_g, len(ii), len(jj), nr, lw)
-            # every tap of the phase in one strided view (junk columns run into the next
-            # row; the buffer's extra row keeps that in bounds, which ndarray checks)
-            src = np.ndarray(
-                shape,
-                dtype=work,
-                buffer=flat,
-                offset=(n0 - c0) * fs[0] + p * fs[2] + (r0 - t0 + ro) * fs[3] + co * fs[4],
-                strides=(fs[0], cin_g * fs[1], fs[1], rs * fs[3], cs * fs[4], fs[3], fs[4]),
-            )
-            cols[:mm, :, k0 : k0 + kk, : nr * lw].reshape(shape)[...] = src
-            k0 += kk
-        c = cols[:mm, :, :, : nr * lw]
-        if junk:
-            r = np.matmul(wm, c, out=res[:mm, :, :, : nr * lw])
-            out[n0 : n0 + mm, :, r0 : r0 + nr] = r.reshape(mm, spec.c_out, nr, lw)[..., :wo]
-        else:
-            np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
+    def worker(_: int) -> None:
+        # chunks are taken as threads come free: a late thread simply takes fewer
+        while True:
+            with lock:
+                job = next(pending, None)
+            if job is None:
+                return
+            chunk(*job)
 
-    def run(jobs: list[Callable[[], None]]) -> None:
-        pending = iter(jobs)
-
-        def worker(_: int) -> None:
-            while True:
-                with lock:
-                    job = next(pending, None)
-                if job is None:
-                    return
-                job()
-
-        _run_parallel(worker, min(threads, len(jobs)))
-
-    with _ONE_THREAD_BLAS if threads > 1 else contextlib.nullcontext():
-        for c0 in range(0, n, mc):
-            xs = x[c0 : c0 + mc]
-            cm = xs.shape[0]
-            for t0 in range(0, ho, crows):
-                t1 = min(ho, t0 + crows)
-                need = ph.rows_needed(t1 - t0)
-                # the gather split by rows over the threads, then the tasks of the chunk
-                cuts = np.linspace(0, need, min(threads, need) + 1).astype(int)
-                run(
-                    [
-                        functools.partial(ph.fill, xs, t0, flat[:cm, :, :, :need], (int(a), int(b)))
-                        for a, b in itertools.pairwise(cuts)
-                    ]
-                )
-                run(
-                    [
-                        functools.partial(task, n0, c0, t0, r0)
-                        for n0 in range(c0, c0 + cm, m)
-                        for r0 in range(t0, t1, rows)
-                    ]
-                )
+    count = -(-n // m) * -(-ho // crows)
+    if threads > 1 and count > 1:
+        with _ONE_THREAD_BLAS:
+            _run_parallel(worker, min(threads, count))
+    else:
+        worker(0)
     return out
 
 
@@ -838,10 +864,10 @@ def estimate_seconds(spec: ConvSpec, algo: str) -> float:
     if algo == "gemm":
         flops = 2.0 * grid * spec.c_out * spec.cin_g * taps * cplx
         copies = grid * spec.c_in * taps * item * 2
-        # bands run side by side on our threads (BLAS threads its own single matmul)
-        par = _threads() if _ONE_THREAD_BLAS.available else 1
+        # every core works: bands on our threads, or BLAS's threads on fewer, larger GEMMs
+        par = _threads()
         if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-            copies, par = 0, 1
+            copies = 0
         # a matmul with one or two output rows per group runs at matrix-vector speed
         eff = min(1.0, spec.cout_g / 16) * min(1.0, spec.cin_g * taps / 32)
         whole = flops / (GEMM_FLOPS * max(eff, 0.02)) + (copies + inputs * item) / COPY_BYTES
