@@ -2,12 +2,16 @@
 
 Times every applicable NumPy algorithm (direct, gemm, separable, fft) on depthwise image
 filters of growing size (rank-1 Gaussian and rank-2 random kernels, RGB image) and on a
-few dense layers, next to what ``algo="auto"`` picks. Usage::
+few dense layers (W5-W9 of the standard suite among them), next to what ``algo="auto"``
+picks. Usage::
 
-    python benchmarks/numpy_crossover.py [--side 1024] [--repeat 3]
+    python benchmarks/numpy_crossover.py [--side 1024] [--repeat 3] [--threads N] [--layers]
 
-Prints one line per problem: median ms per algorithm, the fastest, and auto's choice.
-The crossover points are written next to the constants in
+Prints one line per problem: median ms per algorithm, the fastest, and auto's choice;
+for layers also the gemm path's threads (1: BLAS threads its GEMMs) and plan (column
+row width, images and rows per GEMM, rows per chunk). ``--threads`` sets the gemm
+path's thread count (default: the CPUs this process may use); ``--layers`` skips the
+image filters. The crossover points are written next to the constants in
 ``convcli/backends/numpy_backend.py``.
 """
 
@@ -25,7 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convcli import RunInfo, conv2d
+from convcli.backends import numpy_backend
 from convcli.errors import ConvValueError
+from convcli.spec import make_spec
 
 ALGOS = ("direct", "gemm", "separable", "fft")
 
@@ -61,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--side", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--layers", action="store_true")
     args = ap.parse_args(argv)
+    numpy_backend.THREADS = args.threads
     rng = np.random.default_rng(0)
     x = rng.random((1, 3, args.side, args.side), dtype=np.float32)
-    for k in (3, 5, 7, 9, 11, 15, 21, 31):
+    for k in () if args.layers else (3, 5, 7, 9, 11, 15, 21, 31):
         g = np.exp(-(((np.arange(k) - k // 2) / max(k / 6, 0.5)) ** 2) / 2)
         gauss = np.broadcast_to(np.outer(g, g) / g.sum() ** 2, (3, 1, k, k)).astype(np.float32)
         rand = rng.standard_normal((3, 1, k, k)).astype(np.float32)
@@ -83,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     for xs, ws, opts in layers:
         xl = rng.random(xs, dtype=np.float32)
         wl = rng.standard_normal(ws).astype(np.float32)
-        print(_line(f"{xs}x{ws}", xl, wl, args.repeat, **opts), flush=True)
+        spec = make_spec(xl, wl, None, **opts)
+        threads = numpy_backend._gemm_threads(spec)
+        plan = numpy_backend._gemm_plan(spec, 4, threads)
+        line = _line(f"{xs}x{ws}", xl, wl, args.repeat, **opts)
+        print(f"{line} gemm threads={threads} plan={plan}", flush=True)
     return 0
 
 

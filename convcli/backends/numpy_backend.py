@@ -9,12 +9,17 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     1``: image filters) accumulate ``weight[tap] * shifted input`` in cache-sized pieces.
 ``gemm``
     The convolution as one matrix product over (channels x taps) per group, without the
-    reference's gather: the padded input is split into ``stride`` phases and flattened,
-    so the column matrix for every tap is a *contiguous* slice (a memcpy), and outputs
-    are computed on a grid ``kW-1`` columns wider than the output, then cropped.  A 1x1
-    kernel with stride 1 and no padding is a single matmul over channels with no copy.
-    (``direct`` on dense layers is also a GEMM; ``gemm`` names the formulation whose
-    cost is dominated by the matrix product rather than by the gather.)
+    reference's gather: the padded input is split into ``stride`` phases and flattened.
+    Within a phase the taps form a grid, so one strided view per phase copies every tap
+    of a band into the column matrix (stride 2 with dilation 2, W7, is a single phase:
+    a dense stride-1 layer on the even rows and columns). Narrow outputs are computed
+    on a grid ``col_off`` columns wider, then cropped, so each copy is one long run;
+    wide ones are written straight into the output. A 1x1 kernel with stride 1 and no
+    padding is a single matmul over channels with no copy. Layers of a GFLOP or more
+    run as chunks of bands on a small thread pool with NumPy's OpenBLAS held at one
+    thread for the call (see :class:`_OneThreadBlas`); smaller ones leave the threading
+    to BLAS. (``direct`` on dense layers is also a GEMM; ``gemm`` names the formulation
+    whose cost is dominated by the matrix product rather than by the gather.)
 ``separable``
     Rank-1 kernels (:func:`convcli.plan.separable_factors`: Gaussian, box, Sobel) as two
     1-D passes, each one GEMM per band of rows against slabs of a banded Toeplitz
@@ -441,7 +446,7 @@ def _gemm_plan(spec: ConvSpec, itemsize: int, threads: int) -> tuple[int, int, i
     # one thread: few large GEMMs, which BLAS threads itself
     budget = GEMM_BYTES if threads > 1 else BLAS_GEMM_BYTES
     m = max(1, min(n, budget // max(1, per_row * ho)))
-    if n >= threads:
+    if n >= threads > 1:
         m = min(m, max(1, n // (2 * threads)))
     rows = ho
     if m == 1:
