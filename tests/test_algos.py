@@ -292,6 +292,16 @@ def test_small_problems_leave_threads_to_blas(monkeypatch):
         np.empty((1, 3, 1024, 1024), np.float32), np.empty((16, 3, 7, 7), np.float32), None
     )
     assert nb._gemm_threads(big) == (2 if nb._ONE_THREAD_BLAS.available else 1)
+    if nb._ONE_THREAD_BLAS.available:
+        # without THREADS, a process that limited BLAS to one thread gets one here too
+        monkeypatch.setattr(nb, "THREADS", None)
+        get, put = nb._ONE_THREAD_BLAS._api
+        before = get()
+        put(1)
+        try:
+            assert nb._gemm_threads(big) == 1
+        finally:
+            put(before)
     # one thread: fewer, larger GEMMs (BLAS threads each)
     assert nb._gemm_plan(big, 4, 1)[2] > nb._gemm_plan(big, 4, 2)[2]
 

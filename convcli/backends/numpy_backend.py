@@ -357,6 +357,11 @@ class _OneThreadBlas:
                         return get, put
         return None
 
+    def threads(self) -> int:
+        """BLAS's thread count outside our calls (while one runs: the caller's saved one)."""
+        with self._lock:
+            return self._saved if self._users else int(self._api[0]())
+
     @property
     def available(self) -> bool:
         if self._api is False:
@@ -422,6 +427,9 @@ def _gemm_threads(spec: ConvSpec) -> int:
     """
     if not _ONE_THREAD_BLAS.available or 2 * spec.macs < THREADED_MIN_FLOPS:
         return 1
+    if THREADS is None:
+        # a process that limited BLAS's threads (OPENBLAS_NUM_THREADS=1) gets no more here
+        return max(1, min(_threads(), _ONE_THREAD_BLAS.threads()))
     return _threads()
 
 
