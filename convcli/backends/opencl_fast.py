@@ -148,7 +148,16 @@ def _dw_rows(kh: int, kw: int) -> int:
 
 # Winograd F(2x2, 3x3) override for A/B experiments and tests: None = the cost model.
 WINOGRAD: bool | None = None
-# (KB output channels, XV float8 vectors of 8 tiles) per winograd_gemm work-item; None =
+# Winograd cuts multiply-adds 2.25x (saving ~ CIN_G*COUT_G per tile and group) but
+# writes and reads 16 transformed values per tile and input or output channel (cost ~
+# CIN_G + COUT_G). Kernel time ratios dense/Winograd measured on PoCL (in->out per
+# group): 16->16 0.87, 32->8 0.65, 8->16 0.31, 16->32 1.27, W7's 16->32 stride 2 1.1,
+# 32->32 1.33, 64->64 1.47, 256->256 1.66. It runs when CIN_G*COUT_G/(CIN_G+COUT_G)
+# reaches this (16->32: 10.7, 16->16: 8).
+WINO_MIN_RATIO = 10.0
+# Bytes of transformed input and GEMM output planes per chunk of tile rows.
+WINO_CHUNK_BYTES = 8 << 20
+# (KB output channels, XV float8 vectors of 8 tiles) per GEMM work-item; None =
 # _wino_tile's choice.
 WINO_TILE: tuple[int, int] | None = None
 # GEMMs and output transform in one kernel (winograd_gemm_out) for layers with few
@@ -161,34 +170,7 @@ WINO_FUSED_MAX_CIN = 32
 WINO_FUSED_CHUNK_BYTES = 2 << 20
 
 
-def _wino_fused(spec: ConvSpec) -> bool:
-    if WINO_FUSED is not None:
-        return WINO_FUSED
-    return spec.cin_g <= WINO_FUSED_MAX_CIN
-
-
-def _wino_tile(cout_g: int) -> tuple[int, int]:
-    """6 x 2 (12 accumulators, 2 vector loads + 6 broadcasts per input channel: the 6x16
-    BLIS shape) unless 4 x 2 pads fewer channels: KB = 6 computes 36 channels for 32
-    (W7: its GEMMs ran 10 % faster with KB = 4; W6 within noise)."""
-    if WINO_TILE is not None:
-        return WINO_TILE
-    pad6, pad4 = -cout_g % 6, -cout_g % 4
-    return (4, 2) if pad4 < pad6 else (6, 2)
-
-
-# Winograd cuts multiply-adds 2.25x (saving ~ CIN_G*COUT_G per tile and group) but
-# writes and reads 16 transformed values per tile and input or output channel (cost ~
-# CIN_G + COUT_G). Kernel time ratios dense/Winograd measured on PoCL (in->out per
-# group): 16->16 0.87, 32->8 0.65, 8->16 0.31, 16->32 1.27, W7's 16->32 stride 2 1.1,
-# 32->32 1.33, 64->64 1.47, 256->256 1.66. It runs when CIN_G*COUT_G/(CIN_G+COUT_G)
-# reaches this (16->32: 10.7, 16->16: 8).
-WINO_MIN_RATIO = 10.0
-# Bytes of transformed input and GEMM output planes per chunk of tile rows.
-WINO_CHUNK_BYTES = 8 << 20
-
-
-def winograd_applies(spec: ConvSpec) -> bool:
+def _winograd_applies(spec: ConvSpec) -> bool:
     """3x3 with stride equal to dilation per axis: a stride-1 3x3 on a virtual grid."""
     return (
         spec.kh == 3
@@ -202,11 +184,28 @@ def _winograd_pays(spec: ConvSpec) -> bool:
     """Whether a 'gemm' layer runs as Winograd. Depends on the layer only (channels,
     kernel, stride, dilation), never on the image or batch size, so row bands and batch
     pieces of a tiled call run the same kernels as the whole."""
-    if not winograd_applies(spec):
+    if not _winograd_applies(spec):
         return False
     if WINOGRAD is not None:
         return WINOGRAD
     return spec.cin_g * spec.cout_g >= WINO_MIN_RATIO * (spec.cin_g + spec.cout_g)
+
+
+def _wino_fused(spec: ConvSpec) -> bool:
+    """Whether the GEMMs and the output transform run as one kernel (layer-only too)."""
+    if WINO_FUSED is not None:
+        return WINO_FUSED
+    return spec.cin_g <= WINO_FUSED_MAX_CIN
+
+
+def _wino_tile(cout_g: int) -> tuple[int, int]:
+    """6 x 2 (12 accumulators, 2 vector loads + 6 broadcasts per input channel: the 6x16
+    BLIS shape) unless 4 x 2 pads fewer channels: KB = 6 computes 36 channels for 32
+    (W7: its GEMMs ran 10 % faster with KB = 4; W6 within noise)."""
+    if WINO_TILE is not None:
+        return WINO_TILE
+    pad6, pad4 = -cout_g % 6, -cout_g % 4
+    return (4, 2) if pad4 < pad6 else (6, 2)
 
 
 def choose(
