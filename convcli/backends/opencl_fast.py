@@ -624,10 +624,12 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
 
 
 def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
-    """Winograd F(2x2, 3x3): input transform, 16 x groups GEMMs, output transform.
+    """Winograd F(2x2, 3x3): input transform, 16 x groups GEMMs, output transform
+    (the last two as one kernel when :func:`_wino_fused`).
 
-    Runs in chunks of tile rows whose transformed planes (V and M) take at most
-    WINO_CHUNK_BYTES; every tile is computed the same way whatever the chunking.
+    Runs in chunks of tile rows whose transformed planes (V, and M unless fused) take at
+    most WINO_CHUNK_BYTES (WINO_FUSED_CHUNK_BYTES fused); every tile is computed the
+    same way whatever the chunking.
     """
     kb, xv = _wino_tile(spec.cout_g)
     nblk = math.ceil(spec.cout_g / kb)
@@ -648,22 +650,15 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         {**common, "CIN_G": spec.cin_g, "H": spec.h, "W": spec.w},
         info,
     )
-    k_mm = _kernel(
-        backend,
-        "winograd_gemm",
-        {"G": spec.groups, "CIN_G": spec.cin_g, "PP": pp, "KB": kb, "XV": xv, "NBLK": nblk},
-        info,
-    )
-    k_out = _kernel(
-        backend,
-        "winograd_output",
-        {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp},
-        info,
-    )
     if fused:
         defs = {**common, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g, "HO": ho, "WO": wo}
         defs.update({"KB": kb, "XV": xv, "NBLK": nblk})
         k_fused = _kernel(backend, "winograd_gemm_out", defs, info)
+    else:
+        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "PP": pp, "KB": kb, "XV": xv}
+        k_mm = _kernel(backend, "winograd_gemm", {**defs, "NBLK": nblk}, info)
+        defs = {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp}
+        k_out = _kernel(backend, "winograd_output", defs, info)
     xbuf = _input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
@@ -673,7 +668,8 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     vcol = _index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     vbuf = _scratch(cl, backend, 4 * 16 * spec.c_in * pp, "winograd_v")
-    mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * kp * pp, "winograd_m")
+    if not fused:
+        mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * kp * pp, "winograd_m")
     out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
     events = []
     ubuf = bbuf = None
