@@ -351,3 +351,18 @@ def test_gemm_from_concurrent_threads(monkeypatch):
         assert_close(y, ref, "float32")
     if blas.available:
         assert blas._api[0]() == before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("junk_below", [0, 10**6])
+def test_gemm_several_images_per_product(monkeypatch, threads, junk_below):
+    """Images side by side in one GEMM's columns, then transposed into the output."""
+    monkeypatch.setattr(nb, "THREADS", threads)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    monkeypatch.setattr(nb, "JUNK_BELOW", junk_below)
+    rng = np.random.default_rng(13)
+    x = _rand(rng, (9, 6, 11, 13), "float32")
+    w = _rand(rng, (8, 3, 3, 2), "float32")
+    spec = make_spec(x, w, None, stride=(2, 1), padding=1, groups=2)
+    assert nb._gemm_plan(spec, 4, threads)[1] > 1
+    _check(x, w, None, (2, 1), (1, 1), (1, 1), 2, "replicate", "gemm", "float32")
