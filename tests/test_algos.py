@@ -356,7 +356,7 @@ def test_gemm_from_concurrent_threads(monkeypatch):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("junk_below", [0, 10**6])
 def test_gemm_several_images_per_product(monkeypatch, threads, junk_below):
-    """Images side by side in one GEMM's columns, then transposed into the output."""
+    """Several images per GEMM task (one batched product), threaded and not."""
     monkeypatch.setattr(nb, "THREADS", threads)
     monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
     monkeypatch.setattr(nb, "JUNK_BELOW", junk_below)
