@@ -298,6 +298,13 @@ def _im_rotate(k: np.ndarray, angle: float, kind: str = "") -> np.ndarray:
     return k
 
 
+def _check_sigma_fits(sigma: float) -> None:
+    """A sigma of MAX_KERNEL_SIZE or more keeps edge weights near 1 at any allowed width
+    (and a huge one overflows the width search's arithmetic): refuse it up front."""
+    if abs(sigma) >= MAX_KERNEL_SIZE:
+        raise InputError(f"sigma={sigma:g} needs a kernel larger than {MAX_KERNEL_SIZE}")
+
+
 def _optimal_width_2d(radius: float, sigma: float) -> int:
     """IM's GetOptimalKernelWidth2D: widen until the edge weight is below 1/65535."""
     if radius > _MAGICK_EPSILON:
@@ -305,6 +312,7 @@ def _optimal_width_2d(radius: float, sigma: float) -> int:
     gamma = abs(sigma)
     if gamma <= _MAGICK_EPSILON:
         return 3
+    _check_sigma_fits(sigma)
     alpha = 1.0 / (2.0 * gamma * gamma)
     beta = 1.0 / (2.0 * math.pi * gamma * gamma)
     width = 5
@@ -329,6 +337,7 @@ def _optimal_width_1d(radius: float, sigma: float) -> int:
     gamma = abs(sigma)
     if gamma <= _MAGICK_EPSILON:
         return 3
+    _check_sigma_fits(sigma)
     alpha = 1.0 / (2.0 * gamma * gamma)
     beta = 1.0 / (math.sqrt(2.0 * math.pi) * gamma)
     width = 5
@@ -620,6 +629,15 @@ def _nonneg(v: float) -> bool:
     return v >= 0
 
 
+# Larger sigmas change no float32 weight of any allowed kernel size (the Gaussian is flat
+# to 1e-7 across 1001 pixels) but overflow sigma^2 in the formulas: refused.
+MAX_SIGMA = 1e6
+
+
+def _sigma(v: float) -> bool:
+    return 0 <= v <= MAX_SIGMA
+
+
 def _pos(v: float) -> bool:
     return v > 0
 
@@ -643,7 +661,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "2-D Gaussian blur, normalised; ImageMagick Gaussian:radius x sigma",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma", 1.0, float, _nonneg, ">= 0, 0 = identity"),
+            _Param("sigma", 1.0, float, _sigma, ">= 0, <= 1e6, 0 = identity"),
         ),
         _k_gaussian,
         True,
@@ -653,7 +671,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "1-D Gaussian blur (row; angle=90 gives a column), normalised; ImageMagick Blur",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma", 1.0, float, _nonneg, ">= 0"),
+            _Param("sigma", 1.0, float, _sigma, ">= 0, <= 1e6"),
             _angle(),
         ),
         _k_blur,
@@ -664,7 +682,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "Half a 1-D Gaussian: blur trailing one way (a comet tail); ImageMagick Comet",
         (
             _Param("width", 0.0, float, _nonneg, "pixels, 0 = derived from sigma"),
-            _Param("sigma", 1.0, float, _nonneg, ">= 0"),
+            _Param("sigma", 1.0, float, _sigma, ">= 0, <= 1e6"),
             _angle(),
         ),
         _k_comet,
@@ -676,8 +694,8 @@ _FAMILIES: tuple[_Family, ...] = (
         "ImageMagick DoG",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma1", 1.0, float, _nonneg, ">= 0"),
-            _Param("sigma2", 1.6, float, _nonneg, ">= 0"),
+            _Param("sigma1", 1.0, float, _sigma, ">= 0, <= 1e6"),
+            _Param("sigma2", 1.6, float, _sigma, ">= 0, <= 1e6"),
         ),
         _k_dog,
         False,
@@ -687,7 +705,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "Laplacian of Gaussian (Mexican hat), zero-sum; ImageMagick LoG",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma", 1.4, float, _nonneg, ">= 0"),
+            _Param("sigma", 1.4, float, _sigma, ">= 0, <= 1e6"),
         ),
         _k_log,
         False,
@@ -780,7 +798,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "Unsharp mask: (1+amount) identity - amount x Gaussian (sum 1)",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma", 1.0, float, _nonneg, ">= 0"),
+            _Param("sigma", 1.0, float, _sigma, ">= 0, <= 1e6"),
             _Param("amount", 1.0, float, math.isfinite, "finite"),
         ),
         _k_unsharp,
@@ -791,7 +809,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "High-pass: identity - Gaussian, zero-sum (use --out-map offset to view)",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
-            _Param("sigma", 2.0, float, _nonneg, ">= 0"),
+            _Param("sigma", 2.0, float, _sigma, ">= 0, <= 1e6"),
         ),
         _k_high_pass,
         False,

@@ -602,3 +602,20 @@ def test_matches_installed_imagemagick(ours, im_spec):
         ref = ref / ref.sum()  # our shapes and binomial are normalised on purpose
     assert k.shape == ref.shape
     np.testing.assert_allclose(k, ref, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["dog:sigma1=5.3489414707557125e+153", "gaussian:radius=3,sigma=1e200", "log:sigma=1e300"],
+)
+def test_huge_sigma_is_a_clear_error(spec):
+    # found by the fuzz test: sigma^2 overflowed (division by zero, a zero kernel)
+    with pytest.raises(InputError, match="<= 1e6"):
+        cp.get_preset(spec)
+
+
+def test_largest_sigma_gives_a_flat_normalised_kernel():
+    k = cp.get_preset("gaussian:radius=3,sigma=1e6").kernel
+    np.testing.assert_allclose(k, np.full((7, 7), 1 / 49), rtol=1e-9)
+    with pytest.raises(InputError, match="larger than"):
+        cp.get_preset("blur:sigma=2000")  # no radius: the derived width cannot fit
