@@ -295,13 +295,13 @@ def test_small_problems_leave_threads_to_blas(monkeypatch):
     if nb._ONE_THREAD_BLAS.available:
         # without THREADS, a process that limited BLAS to one thread gets one here too
         monkeypatch.setattr(nb, "THREADS", None)
-        get, put = nb._ONE_THREAD_BLAS._api
-        before = get()
-        put(1)
+        blas = nb._ONE_THREAD_BLAS
+        before = blas.get()
+        blas.put(1)
         try:
             assert nb._gemm_threads(big) == 1
         finally:
-            put(before)
+            blas.put(before)
     # one thread: fewer, larger GEMMs (BLAS threads each)
     assert nb._gemm_plan(big, 4, 1)[2] > nb._gemm_plan(big, 4, 2)[2]
 
@@ -318,8 +318,8 @@ def test_one_thread_blas_is_restored():
     """BLAS runs one thread inside the gemm path and gets the caller's setting back."""
     blas = nb._ONE_THREAD_BLAS
     if not blas.available:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS we can find")
-    get = blas._api[0]
+        pytest.skip("threadpoolctl finds no BLAS library")
+    get = blas.get
     before = get()
     with blas:
         assert get() == 1
@@ -340,7 +340,7 @@ def test_gemm_from_concurrent_threads(monkeypatch):
     w = _rand(rng, (8, 8, 3, 3), "float32")
     ref = naive_conv2d(x, w, None, (2, 2), (1, 1, 1, 1), (1, 1), 1, "zeros")
     blas = nb._ONE_THREAD_BLAS
-    before = blas._api[0]() if blas.available else None
+    before = blas.get() if blas.available else None
 
     def call(_):
         return conv2d(x, w, stride=2, padding=1, backend="numpy", algo="gemm")
@@ -350,7 +350,7 @@ def test_gemm_from_concurrent_threads(monkeypatch):
     for y in results:
         assert_close(y, ref, "float32")
     if blas.available:
-        assert blas._api[0]() == before
+        assert blas.get() == before
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -16,8 +16,8 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     on a grid ``col_off`` columns wider, then cropped, so each copy is one long run;
     wide ones are written straight into the output. A 1x1 kernel with stride 1 and no
     padding is a single matmul over channels with no copy. Layers of a GFLOP or more
-    run as chunks of bands on a small thread pool with NumPy's OpenBLAS held at one
-    thread for the call (see :class:`_OneThreadBlas`); smaller ones leave the threading
+    run as chunks of bands on a small thread pool with BLAS held at one thread for the
+    call (through ``threadpoolctl``) (see :class:`_OneThreadBlas`); smaller ones leave the threading
     to BLAS. (``direct`` on dense layers is also a GEMM; ``gemm`` names the formulation
     whose cost is dominated by the matrix product rather than by the gather.)
 ``separable``
@@ -40,7 +40,6 @@ behaviour); complex inputs use the weight as is (no conjugation).
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import threading
@@ -311,7 +310,7 @@ def _threads() -> int:
 
 
 class _OneThreadBlas:
-    """Puts NumPy's OpenBLAS on one thread while our own threads run GEMMs side by side.
+    """Puts BLAS on one thread while our own threads run GEMMs side by side.
 
     Why: OpenBLAS splits each GEMM over its threads and its idle threads spin for about
     0.1 s after each call, so on two cores the column copies of a band could not run
@@ -320,62 +319,52 @@ class _OneThreadBlas:
     threads, keeps both cores busy with copies and GEMMs alike (W7: 2.8 -> 1.4 ms).
 
     The setting is process-wide, so it is changed for as short as possible: set when the
-    first concurrent call enters, restored to the caller's value when the last one
-    leaves. Only NumPy's own OpenBLAS is touched, found among the libraries the process
-    has mapped; where there is none (MKL, Accelerate, no ``/proc``), ``available`` is
-    False and the gemm path runs on one thread with BLAS's own threading.
+    first concurrent call enters, restored to each library's own value when the last one
+    leaves. The BLAS libraries the process has loaded are found and set by
+    ``threadpoolctl`` (OpenBLAS, MKL, BLIS, on every platform); where it finds none,
+    ``available`` is False and the gemm path runs on one thread with BLAS's own threading.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._saved = 0
-        self._api: tuple[object, object] | bool | None = False  # False: not looked up yet
+        self._saved: list[int] = []
+        self._libs: list | None = None  # None: not looked up yet
 
-    def _lookup(self) -> tuple[object, object] | None:
+    def _lookup(self) -> list:
         try:
-            blas = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
-            with open("/proc/self/maps") as maps:
-                paths = {ln.split()[-1] for ln in maps if "openblas" in ln.lower() and "/" in ln}
-        except (AttributeError, KeyError, TypeError, OSError):
-            return None
-        if "openblas" not in str(blas).lower():
-            return None
-        # numpy's wheel keeps its OpenBLAS in numpy.libs; SciPy's own copy is not ours
-        paths = sorted((p for p in paths if "scipy" not in p.split("/")[-2]), key=len)
-        paths.sort(key=lambda p: "numpy" not in p)
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", ""):
-                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    if get is not None and put is not None:
-                        return get, put
-        return None
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # a dependency, but the backend must work without it
+            return []
+        return [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+
+    @property
+    def available(self) -> bool:
+        if self._libs is None:
+            self._libs = self._lookup()
+        return bool(self._libs)
+
+    def get(self) -> int:
+        """BLAS's thread count now (the largest over the loaded BLAS libraries)."""
+        return max(int(lc.get_num_threads()) for lc in self._libs)
+
+    def put(self, threads: int) -> None:
+        """Set every loaded BLAS library to ``threads``."""
+        for lc in self._libs:
+            lc.set_num_threads(threads)
 
     def threads(self) -> int:
         """BLAS's thread count outside our calls (while one runs: the caller's saved one)."""
         with self._lock:
-            return self._saved if self._users else int(self._api[0]())
-
-    @property
-    def available(self) -> bool:
-        if self._api is False:
-            self._api = self._lookup()
-        return self._api is not None
+            return max(self._saved) if self._users else self.get()
 
     def __enter__(self) -> None:
         if not self.available:
             return
-        get, put = self._api
         with self._lock:
             if self._users == 0:
-                self._saved = int(get())
-                put(1)
+                self._saved = [int(lc.get_num_threads()) for lc in self._libs]
+                self.put(1)
             self._users += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -384,7 +373,8 @@ class _OneThreadBlas:
         with self._lock:
             self._users -= 1
             if self._users == 0:
-                self._api[1](self._saved)
+                for lc, threads in zip(self._libs, self._saved, strict=True):
+                    lc.set_num_threads(threads)
 
 
 _ONE_THREAD_BLAS = _OneThreadBlas()
