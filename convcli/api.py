@@ -129,6 +129,9 @@ def _run_tiled(
     rows = max(1, (limit - max(0, ekh - sh) * in_row) // max(1, per_out_row))
     if rows >= spec.h_out:
         rows = max(1, math.ceil(spec.h_out / 2))
+    # bands start at even output rows where they can: OpenCL's Winograd path computes
+    # 2x2 output tiles, so a band starting at an odd row would round differently
+    rows = rows - rows % 2 if rows > 1 else rows
     parts = []
     for r0 in range(0, spec.h_out, rows):
         r1 = min(spec.h_out, r0 + rows)

@@ -213,3 +213,30 @@ def test_progress_leaves_small_problems_whole():
     info = RunInfo()
     conv2d(x, w, groups=3, backend="numpy", info=info, progress=lambda d, t: seen.append((d, t)))
     assert info.tiles == 1 and seen == [(30, 30)]
+
+
+def test_opencl_tiles_of_a_winograd_layer_are_bit_identical():
+    # Winograd computes 2x2 output tiles: bands must start at even output rows, whatever
+    # height the memory limit gives them (odd heights rounded down)
+    from conftest import opencl_available
+
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    from convcli.backends import get_backend, opencl_fast
+    from convcli.spec import make_spec
+
+    rng = np.random.default_rng(9)
+    x = rng.random((1, 32, 41, 30)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    spec = make_spec(x, w, None, padding=1)
+    assert opencl_fast.choose(spec, w)[0].kernel == "winograd"
+    assert get_backend("opencl").plan_algo(spec, w) == "gemm"
+    whole = conv2d(x, w, padding=1, backend="opencl")
+    row_bytes = 32 * 30 * 4  # one row of all channels, input and output alike
+    for rows in (3, 5, 7):  # limits that give bands of this many rows, before rounding
+        info = RunInfo()
+        tiled = conv2d(
+            x, w, padding=1, backend="opencl", max_memory=(rows + 1) * 2 * row_bytes, info=info
+        )
+        assert info.tiles > 2
+        np.testing.assert_array_equal(tiled, whole)
