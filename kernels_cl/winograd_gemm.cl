@@ -40,6 +40,8 @@
 #endif
 
 #define PV (PP / 8) /* float8 vectors per row of v and m */
+#define WINO_GEMM
+#include "winograd_common.clh"
 
 __kernel void winograd_gemm(__global const float *restrict u, __global const float8 *restrict v,
                             __global float8 *restrict m) {
@@ -50,24 +52,7 @@ __kernel void winograd_gemm(__global const float *restrict u, __global const flo
     __global const float *up = u + ((size_t)z * NBLK + blk) * (CIN_G * KB);
     __global const float8 *vp = v + (size_t)z * CIN_G * PV + pv0;
     float8 acc[KB][XV];
-#pragma unroll
-    for (int k = 0; k < KB; ++k) {
-#pragma unroll
-        for (int t = 0; t < XV; ++t) acc[k][t] = (float8)(0.0f);
-    }
-    for (int ci = 0; ci < CIN_G; ++ci) {
-        float8 xv[XV];
-#pragma unroll
-        for (int t = 0; t < XV; ++t) xv[t] = vp[t];
-#pragma unroll
-        for (int k = 0; k < KB; ++k) {
-            const float wk = up[k];
-#pragma unroll
-            for (int t = 0; t < XV; ++t) acc[k][t] += wk * xv[t];
-        }
-        up += KB;
-        vp += PV;
-    }
+    wino_gemm_tile(up, vp, acc);
     __global float8 *dst = m + ((size_t)z * (NBLK * KB) + blk * KB) * PV + pv0;
 #pragma unroll
     for (int k = 0; k < KB; ++k) {

@@ -4,11 +4,9 @@
  * 16 x KB x XV float8 results of the GEMMs wait in a private array (L1) for the
  * transform.
  *
- * For each transform position xi the item runs winograd_gemm's register tile: KB output
- * channels x XV float8 vectors of 8 tiles, an outer product of KB broadcast weights with
- * XV rows of V per input channel, fully unrolled. Then, per channel and vector of 8
- * tiles, Y = A^T M A + bias and winograd_output's stores (two float8 per output row
- * when the 8 tiles lie in one tile row inside the image, lane by lane otherwise).
+ * For each transform position xi the item runs winograd_gemm's register tile
+ * (wino_gemm_tile: KB output channels x XV float8 vectors of 8 tiles). Then, per channel
+ * and vector of 8 tiles, winograd_output's transform and stores (wino_output_store).
  * Work-items along x are the channel blocks of one block of tiles, so consecutive items
  * reuse the same rows of V from the caches.
  *
@@ -20,9 +18,6 @@
  * Work-item (blk, gy, g): channels KB*blk.. of group g, tiles 8*XV*gy.. (< ntiles) of
  * the chunk starting at tile row row0.
  */
-
-typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
-#define ST8(p, v) (*(__global f8u *)(p) = (v))
 
 #ifndef N
 #define N 1
@@ -62,6 +57,9 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #endif
 
 #define PV (PP / 8)
+#define WINO_GEMM
+#define WINO_OUTPUT
+#include "winograd_common.clh"
 
 __kernel void winograd_gemm_out(__global const float *restrict u,
                                 __global const float8 *restrict v,
@@ -77,24 +75,7 @@ __kernel void winograd_gemm_out(__global const float *restrict u,
         __global const float *up = u + ((size_t)z * NBLK + blk) * (CIN_G * KB);
         __global const float8 *vp = v + (size_t)z * CIN_G * PV + pv0;
         float8 acc[KB][XV];
-#pragma unroll
-        for (int k = 0; k < KB; ++k) {
-#pragma unroll
-            for (int t = 0; t < XV; ++t) acc[k][t] = (float8)(0.0f);
-        }
-        for (int ci = 0; ci < CIN_G; ++ci) {
-            float8 xv[XV];
-#pragma unroll
-            for (int t = 0; t < XV; ++t) xv[t] = vp[t];
-#pragma unroll
-            for (int k = 0; k < KB; ++k) {
-                const float wk = up[k];
-#pragma unroll
-                for (int t = 0; t < XV; ++t) acc[k][t] += wk * xv[t];
-            }
-            up += KB;
-            vp += PV;
-        }
+        wino_gemm_tile(up, vp, acc);
 #pragma unroll
         for (int k = 0; k < KB; ++k) {
 #pragma unroll
@@ -104,70 +85,14 @@ __kernel void winograd_gemm_out(__global const float *restrict u,
     for (int k = 0; k < KB; ++k) {
         const int ch = blk * KB + k;
         if (ch >= COUT_G) break;
-        const float bk = bias[g * COUT_G + ch];
         __global float *plane = out + ((size_t)g * COUT_G + ch) * (HO * WO);
         for (int t = 0; t < XV; ++t) {
             const int p0 = (pv0 + t) * 8;
             if (p0 >= ntiles) break;
-            float8 s[2][4]; /* A^T M */
+            float8 mt[16];
 #pragma unroll
-            for (int b = 0; b < 4; ++b) {
-                const float8 m0 = m[0 + b][k][t];
-                const float8 m1 = m[4 + b][k][t];
-                const float8 m2 = m[8 + b][k][t];
-                const float8 m3 = m[12 + b][k][t];
-                s[0][b] = m0 + m1 + m2;
-                s[1][b] = m1 - m2 - m3;
-            }
-            float8 y[2][2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                y[r][0] = s[r][0] + s[r][1] + s[r][2] + bk;
-                y[r][1] = s[r][1] - s[r][2] - s[r][3] + bk;
-            }
-            const int q0 = row0 + p0 / TW;
-            const int tx0 = p0 % TW;
-            const int ty0 = q0 % TH;
-            if (tx0 + 8 <= TW && 2 * tx0 + 16 <= WO && 2 * ty0 + 2 <= HO) {
-                __global float *dst = plane + (size_t)(q0 / TH) * (G * COUT_G) * (HO * WO) +
-                                      2 * ty0 * WO + 2 * tx0;
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const float8 e = y[r][0], o = y[r][1];
-                    ST8(dst + r * WO,
-                        ((float8)(e.s0, o.s0, e.s1, o.s1, e.s2, o.s2, e.s3, o.s3)));
-                    ST8(dst + r * WO + 8,
-                        ((float8)(e.s4, o.s4, e.s5, o.s5, e.s6, o.s6, e.s7, o.s7)));
-                }
-            } else {
-                float l[2][2][8];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-#pragma unroll
-                    for (int c = 0; c < 2; ++c) {
-                        const float8 a = y[r][c];
-                        l[r][c][0] = a.s0; l[r][c][1] = a.s1; l[r][c][2] = a.s2;
-                        l[r][c][3] = a.s3; l[r][c][4] = a.s4; l[r][c][5] = a.s5;
-                        l[r][c][6] = a.s6; l[r][c][7] = a.s7;
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    if (p0 + i < ntiles) {
-                        const int q = row0 + (p0 + i) / TW;
-                        const int yo = 2 * (q % TH);
-                        const int xo = 2 * ((p0 + i) % TW);
-                        __global float *dst =
-                            plane + (size_t)(q / TH) * (G * COUT_G) * (HO * WO) + yo * WO + xo;
-#pragma unroll
-                        for (int r = 0; r < 2; ++r) {
-#pragma unroll
-                            for (int c = 0; c < 2; ++c)
-                                if (yo + r < HO && xo + c < WO) dst[r * WO + c] = l[r][c][i];
-                        }
-                    }
-                }
-            }
+            for (int xi = 0; xi < 16; ++xi) mt[xi] = m[xi][k][t];
+            wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, row0, ntiles);
         }
     }
 }

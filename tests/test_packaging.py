@@ -71,7 +71,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_kernels_and_presets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    kernels = {n for n in names if n.startswith("convcli/kernels_cl/") and n.endswith(".cl")}
+    kernels = {
+        n for n in names if n.startswith("convcli/kernels_cl/") and n.endswith((".cl", ".clh"))
+    }
     presets = {n for n in names if n.startswith("convcli/presets/") and not n.endswith("/")}
     assert kernels, sorted(names)
     assert presets, sorted(names)

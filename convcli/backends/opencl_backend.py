@@ -62,6 +62,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -503,11 +504,7 @@ class OpenCLBackend:
         return prg
 
     def _build(self, name: str, defines: tuple[tuple[str, str], ...]) -> Any:
-        path = data_dir("kernels_cl") / f"{name}.cl"
-        try:
-            source = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BackendError(f"OpenCL kernel source {path} cannot be read ({exc})") from exc
+        source = _kernel_source(data_dir("kernels_cl") / f"{name}.cl")
         options = [f"-D{k}={v}" for k, v in defines]
         if any(k == "REAL" and v == "double" for k, v in defines):
             options.append("-DUSE_FP64=1")
@@ -896,3 +893,20 @@ def _fast_module() -> Any:
             raise
         return None
     return opencl_fast
+
+
+_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_]+\.clh)"[ \t]*$', re.MULTILINE)
+
+
+def _kernel_source(path: Path) -> str:
+    """The text of a kernel file with its ``#include "x.clh"`` lines (files beside it)
+    pasted in, so the program handed to the driver, and cached by PoCL under its text,
+    is complete: no include path, no stale cache entry when a header changes."""
+
+    def read(p: Path) -> str:
+        try:
+            return p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BackendError(f"OpenCL kernel source {p} cannot be read ({exc})") from exc
+
+    return _INCLUDE.sub(lambda m: read(path.parent / m.group(1)), read(path))
