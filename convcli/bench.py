@@ -48,6 +48,12 @@ from convcli.spec import ConvSpec, make_spec
 TOLERANCE = 2e-5
 # a warm-up run slower than this is used as the only measurement
 SLOW_S = 5.0
+# Seconds of quiet before each system's warm-up, per suite. The thread pools of the
+# system timed before (torch's OpenMP, OpenBLAS, PoCL) keep spinning after their last
+# call and slowed whichever system came next by up to 2x (W5-W9, measured: 5 ms of
+# pause was not enough, 0.5 s was); every system, peers and convcli alike, is timed
+# from rest, then warm from its own runs.
+SETTLE_S = {"standard": 0.5, "quick": 0.05}
 
 SYSTEMS = ("convcli-opencl", "convcli-numpy", "torch", "opencv", "scipy")
 PEERS = ("torch", "opencv", "scipy")
@@ -184,8 +190,10 @@ class _Timed:
     kernel_s: list[float]
 
 
-def _time(fn: Callable[[RunInfo], np.ndarray], repeat: int) -> _Timed:
-    """Warm up once, then time ``repeat`` runs (or keep the warm-up if it was slow)."""
+def _time(fn: Callable[[RunInfo], np.ndarray], repeat: int, settle: float = 0.0) -> _Timed:
+    """After ``settle`` seconds of quiet, warm up once, then time ``repeat`` runs (or
+    keep the warm-up if it was slow)."""
+    time.sleep(settle)
     info = RunInfo()
     t0 = time.perf_counter()
     result = fn(info)
@@ -395,6 +403,7 @@ def _run_workload(
     compare: Sequence[str],
     repeat: int,
     say: Progress,
+    settle: float = 0.0,
 ) -> list[BenchRow]:
     x, w = wl.arrays()
     spec = wl.spec(x, w)
@@ -417,7 +426,7 @@ def _run_workload(
         except BackendError as exc:
             say(f"{wl.id} {system}: skipped ({exc})")
             continue
-        timed = _time(fn, repeat)
+        timed = _time(fn, repeat, settle)
         err = _max_rel_err(timed.result, ref)
         note = note_runs(timed, f"algo={probe.algo}" if probe.algo else "")
         rows.append(_row(wl, system, "end-to-end", timed.median_s, timed.min_s, macs, err, note))
@@ -456,7 +465,7 @@ def _run_workload(
         # correct one, naming it in the note
         best: tuple[_Timed, str, float] | None = None
         for name, fn in variants.items():
-            timed = _time(fn, repeat)
+            timed = _time(fn, repeat, settle)
             err = _max_rel_err(timed.result, ref)
             key = (err > TOLERANCE, timed.median_s)
             if best is None or key < (best[2] > TOLERANCE, best[0].median_s):
@@ -524,7 +533,7 @@ def run_suite(
     say = progress or (lambda *args: None)
     rows: list[BenchRow] = []
     for wl in SUITES[suite]:
-        rows += _run_workload(wl, tuple(backends), tuple(compare), repeat, say)
+        rows += _run_workload(wl, tuple(backends), tuple(compare), repeat, say, SETTLE_S[suite])
     return rows
 
 
