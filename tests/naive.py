@@ -56,3 +56,17 @@ def naive_conv2d(
         if bias is not None:
             out[:, co] += bias[co]
     return out
+
+
+def naive_for_spec(x, weight, bias, spec):
+    """:func:`naive_conv2d` with the geometry of a validated ``ConvSpec``."""
+    return naive_conv2d(
+        x,
+        weight,
+        bias,
+        stride=spec.stride,
+        pad=spec.pad,
+        dilation=spec.dilation,
+        groups=spec.groups,
+        padding_mode=spec.padding_mode,
+    )

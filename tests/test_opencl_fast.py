@@ -8,9 +8,6 @@ go through :func:`convcli.conv2d` end to end. Runs on whatever OpenCL device exi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,8 +18,8 @@ from convcli import backends, conv2d
 from convcli.errors import BackendError, ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
-from tests.conftest import assert_close
-from tests.naive import naive_conv2d
+from tests.conftest import assert_close, run_twice_with_one_pocl_cache
+from tests.naive import naive_conv2d, naive_for_spec
 
 MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +40,7 @@ def fast(ocl, x, w, b=None, *, algo="auto", **opts):
     spec = make_spec(x, w, b, **opts)
     info = RunInfo()
     out = opencl_fast.run(ocl, x, w, b, spec, algo=algo, info=info)
-    ref = naive_conv2d(
-        x,
-        w,
-        b,
-        stride=spec.stride,
-        pad=spec.pad,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        padding_mode=spec.padding_mode,
-    )
+    ref = naive_for_spec(x, w, b, spec)
     return out, ref, info
 
 
@@ -597,7 +585,7 @@ _SCRIPT = textwrap.dedent(
     from convcli.backends import opencl_fast
     from convcli.runinfo import RunInfo
     from convcli.spec import make_spec
-    from tests.naive import naive_conv2d
+    from tests.naive import naive_conv2d, naive_for_spec
 
     ocl = backends.get_backend("opencl")
     rng = np.random.default_rng(0)
@@ -629,23 +617,8 @@ _SCRIPT = textwrap.dedent(
 def test_second_process_uses_pocl_cache(ocl, tmp_path):
     # PoCL has returned cached programs without kernels for some vector types; build in
     # one process, then run from the disk cache in another and compare.
-    script = tmp_path / "run.py"
-    script.write_text(_SCRIPT.format(root=str(ROOT)))
-    env = dict(os.environ, POCL_CACHE_DIR=str(tmp_path / "kcache"))
-    runs = [
-        subprocess.run(
-            [sys.executable, str(script)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        for _ in range(2)
-    ]
-    for r in runs:
-        assert r.returncode == 0, r.stderr
-    first, second = (r.stdout.split("\n") for r in runs)
+    outs = run_twice_with_one_pocl_cache(_SCRIPT.format(root=str(ROOT)), tmp_path)
+    first, second = (out.split("\n") for out in outs)
     assert first == second
     lines = [line.split() for line in first if line]
     assert [a for a, _, _ in lines] == [

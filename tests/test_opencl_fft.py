@@ -19,7 +19,7 @@ from convcli.errors import BackendError, ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
 from tests.conftest import assert_close, run_twice_with_one_pocl_cache
-from tests.naive import naive_conv2d
+from tests.naive import naive_conv2d, naive_for_spec
 
 MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,16 +39,7 @@ def fft(ocl, x, w, b=None, **opts):
     info = RunInfo()
     out = opencl_fft.run(ocl, x, w, b, spec, info=info)
     assert info.algo == "fft"
-    ref = naive_conv2d(
-        x,
-        w,
-        b,
-        stride=spec.stride,
-        pad=spec.pad,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        padding_mode=spec.padding_mode,
-    )
+    ref = naive_for_spec(x, w, b, spec)
     return out, ref, spec
 
 
@@ -201,7 +192,7 @@ _SCRIPT = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from convcli import conv2d
     from convcli.runinfo import RunInfo
-    from tests.naive import naive_conv2d
+    from tests.naive import naive_conv2d, naive_for_spec
 
     rng = np.random.default_rng(0)
     x = rng.random((1, 3, 70, 90), dtype=np.float32)
