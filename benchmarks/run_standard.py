@@ -67,38 +67,18 @@ def markdown(rows: list[bench.BenchRow]) -> str:
     return "\n".join(lines)
 
 
-# issue 5's targets: (system, peer, minimum ratio) per workload group
-TARGETS = {
-    ("W1", "W2", "W3", "W4"): [("convcli-opencl", "opencv", 1.0), ("convcli-numpy", "scipy", 1.0)],
-    ("W5", "W6", "W7", "W8", "W9"): [
-        ("convcli-opencl", "torch", 0.8),
-        ("convcli-numpy", "torch", 0.5),
-    ],
-}
-
-
 def targets(rows: list[bench.BenchRow]) -> str:
     """The issue-5 target ratios (end-to-end), by medians and by minimums."""
     lines = [
         "| W | system | vs | target | ratio (medians) | ratio (minimums) | met |",
         "| --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
-    by = {(r.workload, r.system, r.mode): r for r in rows}
-    for group, checks in TARGETS.items():
-        for wid in group:
-            for system, peer, goal in checks:
-                ours, theirs = (
-                    by.get((wid, system, "end-to-end")),
-                    by.get((wid, peer, "end-to-end")),
-                )
-                if ours is None or theirs is None:
-                    continue
-                med = theirs.median_ms / ours.median_ms
-                low = theirs.min_ms / ours.min_ms
-                met = "yes" if med >= goal and ours.ok else ("by minimums" if low >= goal else "no")
-                lines.append(
-                    f"| {wid} | {system} | {peer} | {goal:.1f} | {med:.2f} | {low:.2f} | {met} |"
-                )
+    for c in bench.target_checks(rows):
+        met = "yes" if c.met else ("by minimums" if c.ratio_of_mins >= c.target else "no")
+        lines.append(
+            f"| {c.workload} | {c.system} | {c.peer} | {c.target:.1f} | {c.ratio:.2f} | "
+            f"{c.ratio_of_mins:.2f} | {met} |"
+        )
     return "\n".join(lines)
 
 

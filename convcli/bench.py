@@ -537,6 +537,48 @@ def run_suite(
     return rows
 
 
+# issue 5's targets: (convcli system, peer, minimum ratio of end-to-end medians) for the
+# workloads of the standard suite (the quick suite's have the same ids and geometry)
+TARGETS: dict[tuple[str, ...], list[tuple[str, str, float]]] = {
+    ("W1", "W2", "W3", "W4"): [("convcli-opencl", "opencv", 1.0), ("convcli-numpy", "scipy", 1.0)],
+    ("W5", "W6", "W7", "W8", "W9"): [
+        ("convcli-opencl", "torch", 0.8),
+        ("convcli-numpy", "torch", 0.5),
+    ],
+}
+
+
+@dataclass
+class TargetCheck:
+    """One target of issue 5 read off a run: ours against the named peer."""
+
+    workload: str
+    system: str
+    peer: str
+    target: float
+    ratio: float  # peer median / our median
+    ratio_of_mins: float  # peer minimum / our minimum (the least disturbed runs)
+    met: bool  # by medians, with a correct result
+
+
+def target_checks(rows: Sequence[BenchRow]) -> list[TargetCheck]:
+    """The issue-5 targets that ``rows`` hold both sides of (end-to-end rows)."""
+    by = {(r.workload, r.system, r.mode): r for r in rows}
+    checks = []
+    for group, pairs in TARGETS.items():
+        for wid in group:
+            for system, peer, goal in pairs:
+                ours = by.get((wid, system, "end-to-end"))
+                theirs = by.get((wid, peer, "end-to-end"))
+                if ours is None or theirs is None or ours.median_ms <= 0 or ours.min_ms <= 0:
+                    continue
+                ratio = theirs.median_ms / ours.median_ms
+                low = theirs.min_ms / ours.min_ms
+                ok = ratio >= goal and ours.ok and theirs.ok
+                checks.append(TargetCheck(wid, system, peer, goal, ratio, low, ok))
+    return checks
+
+
 def rows_to_json(rows: Sequence[BenchRow]) -> str:
     """Rows as a JSON array of objects (keys are the :class:`BenchRow` fields)."""
     return json.dumps([asdict(r) for r in rows], indent=2)

@@ -1084,7 +1084,8 @@ def bench(
     """Time the benchmark suite against the peers and print a table.
 
     GFLOP/s counts 2 x multiply-adds of the direct convolution; ratio is the peer's time
-    over ours against the best peer (above 1 = convcli faster).
+    over ours against the best peer (above 1 = convcli faster). A second table reads off
+    issue 5's targets, each against its own peer (NumPy W1-W4 against SciPy).
     """
     from convcli import bench as cbench
 
@@ -1119,6 +1120,8 @@ def bench(
             cio.atomic_write(Path(target), lambda tmp, t=text: Path(tmp).write_text(t))
     if "-" not in (json_file, csv_file):
         _bench_table(rows)
+        if suite == "standard":  # the targets are set for the standard sizes
+            _targets_table(cbench.target_checks(rows))
     return 0 if all(r.ok for r in rows) else 1
 
 
@@ -1154,6 +1157,29 @@ def _bench_table(rows: list[Any]) -> None:
         )
     table.caption = "; ".join(f"{w}: {d}" for w, d in described.items())
     table.caption_justify = "left"
+    _console(stdout=True).print(table)
+
+
+def _targets_table(checks: list[Any]) -> None:
+    if not checks:
+        return
+    from rich.table import Table
+
+    table = Table(
+        title="issue 5 targets (end-to-end; ratio = peer's time / ours)", title_justify="left"
+    )
+    for col in ("workload", "system", "vs", "target", "ratio", "ratio of mins", "met"):
+        table.add_column(col, justify="right" if col.startswith(("target", "ratio")) else "left")
+    for c in checks:
+        table.add_row(
+            c.workload,
+            c.system,
+            c.peer,
+            f"{c.target:.1f}",
+            f"{c.ratio:.2f}",
+            f"{c.ratio_of_mins:.2f}",
+            "yes" if c.met else "no",
+        )
     _console(stdout=True).print(table)
 
 

@@ -140,3 +140,34 @@ def test_bad_arguments():
         bench.run_suite("huge")
     with pytest.raises(ValueError, match="repeat"):
         bench.run_suite("quick", repeat=0)
+
+
+def _row(wid, system, median, low, ok=True):
+    return bench.BenchRow(wid, "", system, "end-to-end", median, low, None, None, 0.0, ok)
+
+
+def test_targets_use_each_targets_own_peer():
+    # NumPy on image filters is held against SciPy, not the faster OpenCV
+    rows = [
+        _row("W2", "convcli-opencl", 10.0, 9.0),
+        _row("W2", "convcli-numpy", 100.0, 90.0),
+        _row("W2", "opencv", 15.0, 14.0),
+        _row("W2", "scipy", 200.0, 180.0),
+        _row("W7", "convcli-opencl", 2.0, 1.0),
+        _row("W7", "torch", 1.0, 0.9),
+        _row("W7", "convcli-numpy", 1.0, 1.0, ok=False),
+    ]
+    got = {(c.workload, c.system): c for c in bench.target_checks(rows)}
+    assert set(got) == {
+        ("W2", "convcli-opencl"),
+        ("W2", "convcli-numpy"),
+        ("W7", "convcli-opencl"),
+        ("W7", "convcli-numpy"),
+    }
+    numpy_w2 = got[("W2", "convcli-numpy")]
+    assert numpy_w2.peer == "scipy" and numpy_w2.ratio == pytest.approx(2.0) and numpy_w2.met
+    assert got[("W2", "convcli-opencl")].ratio == pytest.approx(1.5)
+    w7 = got[("W7", "convcli-opencl")]
+    assert w7.target == 0.8 and w7.ratio == pytest.approx(0.5) and not w7.met
+    assert w7.ratio_of_mins == pytest.approx(0.9)
+    assert not got[("W7", "convcli-numpy")].met  # fast but wrong is not met

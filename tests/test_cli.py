@@ -426,13 +426,19 @@ def test_bench_renders_rows(monkeypatch, tmp_path):
         return rows
 
     monkeypatch.setattr(cbench, "run_suite", fake_run_suite)
-    res = run("bench", "--suite", "quick", "--compare", "opencv", "--repeat", "2",
+    res = run("bench", "--suite", "standard", "--compare", "opencv", "--repeat", "2",
               "--json", tmp_path / "b.json", "--csv", tmp_path / "b.csv")  # fmt: skip
-    assert seen["suite"] == "quick" and seen["repeat"] == 2
+    assert seen["suite"] == "standard" and seen["repeat"] == 2
     assert tuple(seen["compare"]) == ("opencv",)
     assert "convcli-opencl" in res.stdout and "12.50" in res.stdout and "1.10" in res.stdout
+    # the targets table: OpenCL W1 against OpenCV, 13.7 / 12.5 = 1.10 >= 1.0
+    targets = res.stdout[res.stdout.index("issue 5 targets") :]
+    assert "opencv" in targets and "1.10" in targets and "yes" in targets
     assert json.loads((tmp_path / "b.json").read_text())
     assert "W1" in (tmp_path / "b.csv").read_text()
+    # the quick suite's sizes have no targets: no targets table
+    quick = run("bench", "--suite", "quick", "--compare", "opencv", "--repeat", "1")
+    assert "convcli-opencl" in quick.stdout and "issue 5 targets" not in quick.stdout
 
 
 # ---------------------------------------------------------------------------- docs, script
