@@ -281,7 +281,7 @@ _SCRATCH: dict[tuple[int, str], tuple[Any, Any]] = {}
 _KERNELS: dict[tuple[int, str], tuple[Any, Any]] = {}
 
 
-def _index_map(
+def index_map(
     cl, backend, size: int, before: int, after: int, mode: str, step: int = 1, length: int = 0
 ):
     """Device buffer with the padded -> source index map (-1 where zeros pad).
@@ -337,7 +337,7 @@ def _kernel(backend, name: str, defines: dict[str, int], info: RunInfo):
     return hit[1]
 
 
-def _input_buffer(cl, backend, arr: np.ndarray, info: RunInfo):
+def input_buffer(cl, backend, arr: np.ndarray, info: RunInfo):
     t0 = time.perf_counter()
     flags = cl.mem_flags.READ_ONLY
     if backend.is_cpu:
@@ -358,7 +358,7 @@ _POOL: dict[int, list[list[Any]]] = {}
 _POOL_SIZE = 3
 
 
-def _output_buffer(cl, backend, shape: tuple[int, ...]):
+def output_buffer(cl, backend, shape: tuple[int, ...]):
     nbytes = int(np.prod(shape)) * 4
     entries = _POOL.setdefault(id(backend.ctx), [])
     for entry in entries:
@@ -399,7 +399,7 @@ def _view(owner: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return owner[off : off + count * 4].view(np.float32).reshape(shape)
 
 
-def _fetch(cl, backend, out: np.ndarray, buf, info: RunInfo) -> np.ndarray:
+def fetch(cl, backend, out: np.ndarray, buf, info: RunInfo) -> np.ndarray:
     """Make the kernel's result visible in ``out`` (a map on CPUs, a copy elsewhere).
 
     Blocks until the queued kernels are done; ``download`` gets the map/copy command's
@@ -500,8 +500,8 @@ def _run_dw(
         defines["FIXED_SIZES"] = 1
         defines.update(zip(("N", "H", "W", "HO", "WO", "HP", "WP"), sizes, strict=True))
     kernel = _kernel(backend, "dw_direct", defines, info)
-    rmap = _index_map(cl, backend, h, pad[0], pad[1], mode)
-    cmap = _index_map(cl, backend, w, pad[2], pad[3], mode)
+    rmap = index_map(cl, backend, h, pad[0], pad[1], mode)
+    cmap = index_map(cl, backend, w, pad[2], pad[3], mode)
     wbuf = _const(cl, backend, taps)
     bbuf = _const(cl, backend, bias if bias is not None else np.zeros(1, np.float32))
     gsize = (math.ceil(wo / 8), math.ceil(ho / rows), n * c_out)
@@ -612,16 +612,16 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     defines["STRIP"] = strip
     defines["CI_CHUNK"] = chunk
     kernel = _kernel(backend, "dense_gemm", defines, info)
-    xbuf = _input_buffer(cl, backend, x, info)
+    xbuf = input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
     wbuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, cob)
-    rmap = _index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
-    cmap = _index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
+    rmap = index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
+    cmap = index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
-    out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    out, obuf = output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
     gsize = (math.ceil(wo / (xb * strip)), ho, spec.n * spec.groups * nblk)
     ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
-    _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
+    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
     return out
 
@@ -662,18 +662,18 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         k_mm = _kernel(backend, "winograd_gemm", {**defs, "NBLK": nblk}, info)
         defs = {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp}
         k_out = _kernel(backend, "winograd_output", defs, info)
-    xbuf = _input_buffer(cl, backend, x, info)
+    xbuf = input_buffer(cl, backend, x, info)
     t0 = time.perf_counter()
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
-    vrow = _index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
+    vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
     # the last item of a row reads up to 8 tiles (18 virtual columns) from its first
     vcol_len = 16 * math.ceil(tw / 8) + 2
-    vcol = _index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
+    vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     vbuf = _scratch(cl, backend, 4 * 16 * spec.c_in * pp, "winograd_v")
     if not fused:
         mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * kp * pp, "winograd_m")
-    out, obuf = _output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    out, obuf = output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
     events = []
     ubuf = bbuf = None
     if weight.nbytes < WINO_OVERLAP_BYTES:
@@ -705,15 +705,15 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         events.append(_launch(cl, backend, k_mm, gmm, [ubuf, vbuf, mbuf]))
         args = [mbuf, bbuf, obuf, r0, np.int32(tiles)]
         events.append(_launch(cl, backend, k_out, gout, args))
-    _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for every launch
+    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for every launch
     _add_compute(info, events)
     return out
 
 
 def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
-    xbuf = _input_buffer(cl, backend, x, info)
+    xbuf = input_buffer(cl, backend, x, info)
     out_shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
-    out, obuf = _output_buffer(cl, backend, out_shape)
+    out, obuf = output_buffer(cl, backend, out_shape)
     ev = _run_dw(
         cl,
         backend,
@@ -733,7 +733,7 @@ def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> 
         mode=spec.padding_mode,
         info=info,
     )
-    _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
+    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
     return out
 
@@ -769,7 +769,7 @@ def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: 
         "XV_MAX": BOX_MAX_XV,
     }
     kernel = _kernel(backend, "sep_boxsum", defines, info)
-    rmap = _index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
+    rmap = index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
     wbuf = _const(cl, backend, taps)
     gsize = (
         strips,
@@ -786,7 +786,7 @@ def _run_separable(
     """Vertical pass (rows through the row map) into scratch, then horizontal pass."""
     col, row = factors  # (C_out, 1, kH), (C_out, 1, kW)
     ho, wo = spec.h_out, spec.w_out
-    xbuf = _input_buffer(cl, backend, x, info)
+    xbuf = input_buffer(cl, backend, x, info)
     tmp_shape = (spec.n, spec.c_out, ho, spec.w)
     tmp = _scratch(cl, backend, 4 * int(np.prod(tmp_shape)))
     col = col.reshape(spec.c_out, spec.kh).astype(np.float32)
@@ -813,7 +813,7 @@ def _run_separable(
             info=info,
         )
     out_shape = (spec.n, spec.c_out, ho, wo)
-    out, obuf = _output_buffer(cl, backend, out_shape)
+    out, obuf = output_buffer(cl, backend, out_shape)
     ev2 = _run_dw(
         cl,
         backend,
@@ -833,7 +833,7 @@ def _run_separable(
         mode=spec.padding_mode,
         info=info,
     )
-    _fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for both passes
+    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for both passes
     _add_compute(info, [ev1, ev2])
     return out
 

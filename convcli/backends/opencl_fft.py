@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convcli.backends import opencl_fast as fast
 from convcli.errors import ConvValueError
 from convcli.runinfo import RunInfo
-from convcli.spec import ConvSpec, source_index
+from convcli.spec import ConvSpec
 
 # Tile sides the kernel is built for: T/8 vectors per row must be a power of two, and a
 # tile pair (T*T complex float32) must fit a work-group's local memory.
@@ -177,14 +178,6 @@ def spectra(weight: np.ndarray, spec: ConvSpec, t: int) -> np.ndarray:
 # --------------------------------------------------------------------------- running
 
 
-def _index_map(backend, size: int, before: int, after: int, mode: str, info: RunInfo):
-    def make() -> np.ndarray:
-        idx, valid = source_index(size, before, after, mode)
-        return np.where(valid, idx, -1).astype(np.int32)
-
-    return backend.constant_buffer(("fft-map", size, before, after, mode), make, info)
-
-
 def run(
     backend,
     x: np.ndarray,
@@ -218,10 +211,12 @@ def run(
         "SW": spec.stride[1],
         "HAS_BIAS": int(bias is not None),
     }
+    import pyopencl as cl
+
     kernel = backend.kernel("fft_conv", defines, info)
     xf = np.ascontiguousarray(x, dtype=np.float32)
     wf = np.ascontiguousarray(weight, dtype=np.float32)
-    xbuf = backend.input_buffer(xf, info)
+    xbuf = fast.input_buffer(cl, backend, xf, info)
     key = ("fft-spec", p.t, spec.dilation, backend.content_key(wf))
     sbuf = backend.constant_buffer(key, lambda: spectra(wf, spec, p.t), info)
     tw, twr = _twiddles(p.t)
@@ -231,11 +226,12 @@ def run(
     bbuf = backend.constant_buffer(("fft-bias", backend.content_key(b)), lambda: b, info)
     hp = spec.h + spec.pad[0] + spec.pad[1]
     wp = spec.w + spec.pad[2] + spec.pad[3]
-    rmap = _index_map(backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode, info)
-    cmap = _index_map(backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode, info)
-    out, obuf = backend.output(shape, np.float32)
+    # the index maps and the pooled, page-aligned outputs of the other fast paths
+    rmap = fast.index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
+    cmap = fast.index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
+    out, obuf = fast.output_buffer(cl, backend, shape)
     sizes = (spec.h, spec.w, hp, wp, spec.pad[2], spec.h_out, spec.w_out, p.tiles_x)
     args = [xbuf, sbuf, twrbuf, twbuf, bbuf, rmap, cmap, obuf, *map(np.int32, sizes)]
     args.append(np.int32(p.tiles_y * p.tiles_x))
     backend.launch(kernel, (p.pairs, spec.n * spec.c_out), (1, 1), args, info)
-    return backend.fetch(out, obuf, info)
+    return fast.fetch(cl, backend, out, obuf, info)
