@@ -311,24 +311,33 @@ def test_bad_channel_count_is_one_failure(tmp_path):
 
 
 # ---------------------------------------------------------------------------- signals
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_then_resume_with_skip_existing(tmp_path, signum, code):
+_CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _start_slow_batch(tmp_path, images: int, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    """A 9x9 box-blur batch of ``images`` PNGs in a subprocess, returned once its first
+    output exists (or it ended): (process, input folder, output folder)."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    for i in range(40):
+    for i in range(images):
         cio.write_image(src / f"img{i:02d}.png", real_image(i, (3, 160, 200)))
     cmd = [sys.executable, "-m", "convcli", "batch", str(src), str(out), "--kernel",
            ";".join([",".join(["1"] * 9)] * 9), "--normalize-kernel", "--algo", "direct",
-           "--backend", "numpy", "--workers", "2"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+           "--backend", "numpy", "--workers", "2", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tmp_path)  # fmt: skip
+                            env=_CHILD_ENV, cwd=tmp_path)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
             break
         time.sleep(0.01)
+    return proc, src, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_then_resume_with_skip_existing(tmp_path, signum, code):
+    proc, src, out = _start_slow_batch(tmp_path, 40)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert "Traceback" not in stderr
@@ -344,8 +353,8 @@ def test_interrupt_then_resume_with_skip_existing(tmp_path, signum, code):
     for p in done:  # every output written before the stop is complete and right
         check_output(src / p.name, p, kernel)
     stamps = {p: p.stat().st_mtime_ns for p in done}
-    again = subprocess.run([*cmd, "--skip-existing"], capture_output=True, text=True, env=env,
-                           timeout=300, cwd=tmp_path)  # fmt: skip
+    again = subprocess.run([*proc.args, "--skip-existing"], capture_output=True, text=True,
+                           env=_CHILD_ENV, timeout=300, cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert f"{40 - len(done)} done, {len(done)} skipped, 0 failed" in again.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
@@ -478,21 +487,7 @@ def test_eight_bit_formats_warn_about_what_they_lose(tmp_path):
 
 @pytest.mark.slow
 def test_second_interrupt_aborts_at_once_without_partial_files(tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    for i in range(30):
-        cio.write_image(src / f"img{i:02d}.png", real_image(i, (3, 160, 200)))
-    cmd = [sys.executable, "-m", "convcli", "batch", str(src), str(out), "--kernel",
-           ";".join([",".join(["1"] * 9)] * 9), "--normalize-kernel", "--algo", "direct",
-           "--backend", "numpy", "--workers", "2", "-q"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tmp_path)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
-            break
-        time.sleep(0.01)
+    proc, src, out = _start_slow_batch(tmp_path, 30, "-q")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     if proc.poll() is None:
