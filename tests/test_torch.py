@@ -63,6 +63,24 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.
     return values.astype(dtype)
 
 
+# torch.nn.functional.conv2d's defaults, and Conv2d's padding_mode
+_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
+
+
+def _random_config(seed: int, dtype: str, xshape, wshape, keywords: dict) -> dict:
+    """A config for :func:`torch_conv` / :func:`ours`: the defaults, ``keywords``, and
+    random input, weight and bias of ``dtype``."""
+    rng = np.random.default_rng(seed)
+    return {
+        **_DEFAULTS,
+        **keywords,
+        "dtype": dtype,
+        "x": _random(rng, xshape, dtype),
+        "weight": _random(rng, wshape, dtype),
+        "bias": _random(rng, (wshape[0],), dtype),
+    }
+
+
 def _pair_or_int(rng: np.random.Generator, low: int, high: int) -> int | tuple[int, int]:
     if rng.random() < 0.5:
         return int(rng.integers(low, high + 1))
@@ -473,8 +491,7 @@ INVALID = [
 
 
 def _torch_call(x, weight, bias, keywords) -> None:
-    config = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
-    config.update(keywords)
+    config = {**_DEFAULTS, **keywords}
     tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
     tb = None if bias is None else torch.from_numpy(bias)
     conv_keywords = {k: config[k] for k in ("stride", "padding", "dilation", "groups")}
@@ -556,15 +573,7 @@ VALID_EDGES = [
 )
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_valid_edges_match_torch(backend, xshape, wshape, keywords, dtype):
-    rng = np.random.default_rng(7)
-    config = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
-    config.update(keywords)
-    config.update(
-        dtype=dtype,
-        x=_random(rng, xshape, dtype),
-        weight=_random(rng, wshape, dtype),
-        bias=_random(rng, (wshape[0],), dtype),
-    )
+    config = _random_config(7, dtype, xshape, wshape, keywords)
     expected = torch_conv(config)
     y = ours(config, backend)
     assert y.dtype == np.dtype(dtype)
@@ -681,15 +690,7 @@ MODERATE = [
 
 @pytest.mark.parametrize(("dtype", "xshape", "wshape", "keywords"), MODERATE)
 def test_moderate_sizes_match_torch(backend, dtype, xshape, wshape, keywords):
-    rng = np.random.default_rng(5)
-    config = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
-    config.update(keywords)
-    config.update(
-        dtype=dtype,
-        x=_random(rng, xshape, dtype),
-        weight=_random(rng, wshape, dtype),
-        bias=_random(rng, (wshape[0],), dtype),
-    )
+    config = _random_config(5, dtype, xshape, wshape, keywords)
     y = ours(config, backend)
     assert y.dtype == np.dtype(dtype)
     assert_close(y, torch_conv(config), dtype)
