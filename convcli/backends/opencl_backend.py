@@ -67,9 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convcli.backends import opencl_fft
 from convcli.errors import BackendError, BackendUnavailable, ConvValueError
-from convcli.plan import separable_factors
 from convcli.resources import data_dir
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec
@@ -450,17 +448,9 @@ class OpenCLBackend:
 
     def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
-        if self._fft_pays(spec, weight):
-            return "fft"
         fast = _fast_module()
-        plan = fast.choose(spec, weight, "auto")[0] if fast is not None else None
+        plan = fast.choose(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
         return "direct" if plan is None else plan.algo
-
-    def _fft_pays(self, spec: ConvSpec, weight: np.ndarray) -> bool:
-        """Whether ``algo="auto"`` runs ``spec`` by FFT tiles: a large depthwise kernel
-        that is not separable (separable passes beat FFT tiles at every size), on a CPU
-        device (a GPU would run each tile on one thread: forced ``algo="fft"`` only)."""
-        return self.is_cpu and opencl_fft.pays(spec) and separable_factors(weight) is None
 
     # ---- programs and kernels -------------------------------------------------
     @contextlib.contextmanager
@@ -732,8 +722,6 @@ class OpenCLBackend:
             # the fault switches act on every run, whichever path allocates and launches
             inject_fault("alloc")
             inject_fault("run")
-            if algo == "fft" or (algo == "auto" and self._fft_pays(spec, weight)):
-                return opencl_fft.run(self, x, weight, bias, spec, info=info)
             out = None
             fast = _fast_module()
             if fast is not None:

@@ -23,6 +23,9 @@ Algorithms (``info.algo``):
   channels per group ``winograd_gemm_out.cl`` does the GEMMs and the output transform
   in one item, so M never goes to memory. Still reported as ``gemm``: it is the same
   GEMM, reassociated.
+* ``fft``: :mod:`convcli.backends.opencl_fft` (``fft_conv.cl``), overlap-save FFT tiles
+  for large depthwise kernels that are not separable; ``auto`` picks it on CPU devices
+  when its estimate beats direct taps (one SVD decides both this and ``separable``).
 
 The kernels follow what was measured on PoCL (see the ``.cl`` headers): float8 vectors
 written by hand, taps fully unrolled with the kernel geometry as ``-D`` defines, no
@@ -212,17 +215,23 @@ def _wino_tile(cout_g: int) -> tuple[int, int]:
 
 
 def choose(
-    spec: ConvSpec, weight: np.ndarray, algo: str = "auto"
+    spec: ConvSpec, weight: np.ndarray, algo: str = "auto", *, cpu: bool = True
 ) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
     """Pick the fast path for ``spec`` (and the separable factors when it is used).
 
     Returns ``(None, None)`` when the generic direct kernel should run. Raises
-    ConvValueError when ``algo`` is forced to something no OpenCL path can do.
+    ConvValueError when ``algo`` is forced to something no OpenCL path can do. ``cpu``:
+    the device is a CPU (``auto`` runs FFT tiles only there: one tile per work-item).
     """
+    from convcli.backends import opencl_fft  # it uses this module's buffers
+
     if algo not in ("auto", "direct", "separable", "gemm", "fft"):
         raise ConvValueError(f"unknown algo='{algo}'")
     if algo == "fft":
-        raise ConvValueError("algo='fft' is not available on the OpenCL backend")
+        reason = opencl_fft.why_not(spec)
+        if reason is not None:
+            raise ConvValueError(f"algo='fft' is not available on the OpenCL backend: it {reason}")
+        return Plan("fft", "fft_conv"), None
     why_not = None
     if spec.dtype not in ("float32", "float16"):
         why_not = f"supports float32 and float16 only, got {spec.dtype}"
@@ -253,12 +262,16 @@ def choose(
         return Plan("gemm", "winograd" if _winograd_pays(spec) else "dense_gemm"), None
     if depthwise:
         # Separable passes cost ~kh+kw taps plus a round trip of the intermediate
-        # through the caches; they pay from 5x5 on (3x3: direct is faster).
+        # through the caches; they pay from 5x5 on (3x3: direct is faster). FFT tiles
+        # pay for large kernels that are not separable.
         pays = taps >= 16 and min(spec.kh, spec.kw) > 1 and max(spec.kh, spec.kw) <= DW_MAX_TAPS
-        if algo == "auto" and pays:
-            factors = separable_factors(weight)
-            if factors is not None:
+        fft = algo == "auto" and cpu and opencl_fft.pays(spec)
+        if algo == "auto" and (pays or fft):
+            factors = separable_factors(weight)  # once, for both choices
+            if pays and factors is not None:
                 return Plan("separable", "dw_direct"), factors
+            if fft and factors is None:
+                return Plan("fft", "fft_conv"), None
         if taps <= DW_MAX_TAPS:
             return Plan("direct", "dw_direct"), None
         return None, None
@@ -872,7 +885,7 @@ def run(
     ndarray or None
         ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
     """
-    plan, factors = choose(spec, weight, algo)
+    plan, factors = choose(spec, weight, algo, cpu=backend.is_cpu)
     if plan is None:
         return None
     import pyopencl as cl
@@ -886,6 +899,10 @@ def run(
     # One call at a time: kernel objects (set_args) and the pools are shared.
     with _LOCK:
         try:
+            if plan.algo == "fft":
+                from convcli.backends import opencl_fft
+
+                return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
             if plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
             elif plan.kernel == "winograd":
