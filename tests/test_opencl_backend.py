@@ -445,6 +445,52 @@ def test_import_convcli_does_not_import_pyopencl():
     assert out.stdout.strip() == "False"
 
 
+def test_pin_pocl_threads_only_when_free_to(monkeypatch):
+    opencl_backend = _module()
+    every = set(range(os.cpu_count() or 1))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: every, raising=False)
+    env: dict[str, str] = {}
+    assert opencl_backend.pin_pocl_threads(env) is True
+    assert env == {"POCL_AFFINITY": "1"}
+    assert opencl_backend.pin_pocl_threads(env) is False  # already chosen
+    env = {"POCL_AFFINITY": "0"}  # the user's choice stands
+    assert opencl_backend.pin_pocl_threads(env) is False
+    assert env == {"POCL_AFFINITY": "0"}
+    # under taskset or a cpuset PoCL's pins to CPUs 0..n-1 would escape the limit
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {max(every)} | {99}, raising=False)
+    env = {}
+    assert opencl_backend.pin_pocl_threads(env) is False
+    assert env == {}
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+    reason="PoCL pins threads on Linux, and only matters with 2+ CPUs",
+)
+def test_pocl_workers_are_pinned_in_a_fresh_process():
+    code = (
+        "import glob, os, convcli\n"
+        "from convcli.backends.opencl_backend import OpenCLBackend\n"
+        "b = OpenCLBackend.create(None)\n"
+        "print(b.platform.name, b.device.max_compute_units, os.environ.get('POCL_AFFINITY'))\n"
+        "for t in glob.glob(f'/proc/{os.getpid()}/task/*/status'):\n"
+        "    print([l.split()[-1] for l in open(t) if l.startswith('Cpus_allowed_list')][0])\n"
+    )
+    env = _child_env()
+    env.pop("POCL_AFFINITY", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    head, *threads = out.stdout.split("\n")
+    if "Portable Computing Language" not in head or os.sched_getaffinity(0) != set(
+        range(os.cpu_count() or 1)
+    ):
+        pytest.skip(f"not PoCL's CPU device with every CPU free: {head}")
+    cus = int(head.split()[-2])
+    assert head.split()[-1] == "1"
+    # one worker pinned to each CPU 0..CUs-1 (the main thread keeps the full set)
+    assert {t for t in threads if t} >= {str(i) for i in range(cus)}
+
+
 def test_supports_reports_missing_fp64(ocl):
     from convcli.backends.opencl_backend import OpenCLBackend
 
