@@ -51,12 +51,8 @@
 #define PP 1
 #endif
 
-typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
-#define ST8(p, v) (*(__global f8u *)(p) = (v))
-
-#define TX 8 /* tiles per work-item, one per float8 lane */
-#define TXG ((TW + TX - 1) / TX) /* work-items per tile row */
-#define NC (2 * TX + 2) /* virtual columns they read */
+#define WINO_INPUT
+#include "winograd_common.clh"
 
 __kernel void winograd_input(__global const float *restrict x, __global const int *restrict vrow,
                              __global const int *restrict vcol, __global float *restrict v,
@@ -69,41 +65,9 @@ __kernel void winograd_input(__global const float *restrict x, __global const in
     const int c = get_global_id(1);
     if (q >= row0 + rows || q >= N * TH || c >= G * CIN_G) return;
     const int n = q / TH;
-    const int ty = q % TH;
     __global const float *plane = x + ((size_t)n * (G * CIN_G) + c) * (H * W);
-    int cc[NC];
-#pragma unroll
-    for (int k = 0; k < NC; ++k) cc[k] = vcol[2 * tx0 + k];
-    /* d[a][b]: row a, column b of the 4x4 tiles of the 8 lanes; B^T along rows first */
-    float8 d[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; ++a) {
-        const int r = vrow[2 * ty + a];
-        __global const float *row = plane + (r < 0 ? 0 : r) * W;
-        float e[NC];
-#pragma unroll
-        for (int k = 0; k < NC; ++k) e[k] = (r >= 0 && cc[k] >= 0) ? row[cc[k]] : 0.0f;
-#pragma unroll
-        for (int b = 0; b < 4; ++b)
-            d[a][b] = (float8)(e[b], e[b + 2], e[b + 4], e[b + 6], e[b + 8], e[b + 10],
-                               e[b + 12], e[b + 14]);
-    }
-    float8 t[4][4]; /* B^T d */
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-        t[0][b] = d[0][b] - d[2][b];
-        t[1][b] = d[1][b] + d[2][b];
-        t[2][b] = d[2][b] - d[1][b];
-        t[3][b] = d[1][b] - d[3][b];
-    }
-    float8 vv[16]; /* (B^T d) B, xi = 4a + b */
-#pragma unroll
-    for (int a = 0; a < 4; ++a) {
-        vv[4 * a + 0] = t[a][0] - t[a][2];
-        vv[4 * a + 1] = t[a][1] + t[a][2];
-        vv[4 * a + 2] = t[a][2] - t[a][1];
-        vv[4 * a + 3] = t[a][1] - t[a][3];
-    }
+    float8 vv[16];
+    wino_input_tiles(plane, vrow, vcol, q % TH, tx0, vv);
     __global float *dst = v + ((size_t)(c / CIN_G) * 16 * CIN_G + (c % CIN_G)) * PP +
                           (q - row0) * TW + tx0;
     if (tx0 + TX <= TW) {

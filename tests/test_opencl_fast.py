@@ -387,14 +387,16 @@ def test_dense_1x1_no_bias(ocl):
 # ---------------------------------------------------------------- winograd (3x3 gemm)
 
 
-@pytest.fixture(params=["split", "fused"])
+@pytest.fixture(params=["split", "fused", "whole"])
 def winograd(request, monkeypatch):
-    """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation,
-    with the GEMMs and the output transform as two kernels, then as one."""
+    """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation:
+    input transform, GEMMs and output transform as three kernels, as two (GEMMs and
+    output fused), then as one (winograd_fused)."""
     from convcli.backends import opencl_fast
 
     monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
     monkeypatch.setattr(opencl_fast, "WINO_FUSED", request.param == "fused")
+    monkeypatch.setattr(opencl_fast, "WINO_WHOLE", request.param == "whole")
     return opencl_fast
 
 
@@ -484,6 +486,18 @@ def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout,
     w = np.ones((cout, cin // groups, *k), np.float32)
     spec = make_spec(x, w, None, padding=1, stride=stride, dilation=dilation, groups=groups)
     assert opencl_fast.choose(spec, w)[0].kernel == kernel
+
+
+@pytest.mark.parametrize(
+    "cin, cout, groups, whole",
+    [(64, 128, 4, True), (16, 64, 1, True), (32, 64, 1, False), (256, 256, 1, False)],
+)
+def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, whole):
+    from convcli.backends import opencl_fast
+
+    x = np.ones((1, cin, 12, 12), np.float32)
+    w = np.ones((cout, cin // groups, 3, 3), np.float32)
+    assert opencl_fast._wino_whole(make_spec(x, w, None, padding=1, groups=groups)) is whole
 
 
 # ---------------------------------------------------------------- dtypes and choices
@@ -598,11 +612,12 @@ _SCRIPT = textwrap.dedent(
         (rng.random((2, 8, 21, 23), dtype=np.float32),
          rng.standard_normal((16, 8, 3, 3)).astype(np.float32), dict(padding=1)),
     ]
-    # the last case again as Winograd: three kernels, then two (GEMMs + output fused)
-    cases += [cases[-1] + (False,), cases[-1] + (True,)]
-    for x, w, opts, *fused in cases:
-        opencl_fast.WINOGRAD = bool(fused)
-        opencl_fast.WINO_FUSED = fused[0] if fused else None
+    # the last case again as Winograd: three kernels, two (GEMMs + output fused), one
+    cases += [cases[-1] + (kind,) for kind in ("split", "fused", "whole")]
+    for x, w, opts, *kind in cases:
+        opencl_fast.WINOGRAD = bool(kind)
+        opencl_fast.WINO_FUSED = kind == ["fused"]
+        opencl_fast.WINO_WHOLE = kind == ["whole"]
         spec = make_spec(x, w, None, **opts)
         info = RunInfo()
         out = opencl_fast.run(ocl, x, w, None, spec, algo="auto", info=info)
@@ -626,6 +641,7 @@ def test_second_process_uses_pocl_cache(ocl, tmp_path):
         "separable/dw_direct",
         "direct/dw_direct",
         "gemm/dense_gemm",
+        "gemm/winograd",
         "gemm/winograd",
         "gemm/winograd",
     ]

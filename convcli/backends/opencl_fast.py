@@ -204,6 +204,27 @@ def _wino_fused(spec: ConvSpec) -> bool:
     return spec.cin_g <= WINO_FUSED_MAX_CIN
 
 
+# The whole layer as one winograd_fused launch (input transform into private memory,
+# GEMMs, output transform) for up to WINO_WHOLE_MAX_CIN input channels per group, whose
+# 16 x CIN_G x 2 float8 of transformed input (16 KB) stay in L1. Wall time against
+# winograd_input + winograd_gemm_out (ms, PoCL, 2 cores): W7 0.86 vs 1.24, N1 16->64
+# 112^2 0.99 vs 1.19, N1 16->32 56^2 0.32 vs 0.41; with 32 input channels (one float8
+# of tiles per item) it was a tie or worse (N1 32->64 56^2 0.72 vs 0.68). None = that
+# rule; True/False force it for tests and A/B runs.
+WINO_WHOLE: bool | None = None
+WINO_WHOLE_MAX_CIN = 16
+# Items per work-group: each item is heavy (16 tiles x every output channel), and
+# 64-item groups left one of two cores idle on small layers (a 56^2 layer had one group).
+WINO_WHOLE_LOCAL = 4
+
+
+def _wino_whole(spec: ConvSpec) -> bool:
+    """Whether the whole Winograd layer runs as one winograd_fused launch."""
+    if WINO_WHOLE is not None:
+        return WINO_WHOLE
+    return spec.cin_g <= WINO_WHOLE_MAX_CIN
+
+
 def _wino_tile(cout_g: int) -> tuple[int, int]:
     """6 x 2 (12 accumulators, 2 vector loads + 6 broadcasts per input channel: the 6x16
     BLIS shape) unless 4 x 2 pads fewer channels: KB = 6 computes 36 channels for 32
@@ -639,6 +660,36 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     return out
 
 
+def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo):
+    """Winograd F(2x2, 3x3) as one launch of winograd_fused (see _wino_whole)."""
+    kb, _ = _wino_tile(spec.cout_g)
+    xv = 2
+    nblk = math.ceil(spec.cout_g / kb)
+    ho, wo = spec.h_out, spec.w_out
+    th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
+    defines = {"N": spec.n, "G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
+    defines.update({"H": spec.h, "W": spec.w, "HO": ho, "WO": wo, "TH": th, "TW": tw})
+    defines.update({"KB": kb, "XV": xv, "NBLK": nblk})
+    kernel = _kernel(backend, "winograd_fused", defines, info)
+    xbuf = input_buffer(cl, backend, x, info)
+    t0 = time.perf_counter()
+    mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
+    vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
+    vcol_len = 16 * math.ceil(tw / 8) + 2
+    vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
+    ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    out, obuf = output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    nvec = spec.n * th * math.ceil(tw / 8)
+    items = math.ceil(nvec / xv)
+    gsize = (math.ceil(items / WINO_WHOLE_LOCAL) * WINO_WHOLE_LOCAL, spec.groups, 1)
+    args = [xbuf, vrow, vcol, ubuf, bbuf, obuf]
+    ev = kernel(backend.queue, gsize, (WINO_WHOLE_LOCAL, 1, 1), *args)
+    fetch(cl, backend, out, obuf, info)
+    _add_compute(info, [ev])
+    return out
+
+
 def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """Winograd F(2x2, 3x3): input transform, 16 x groups GEMMs, output transform
     (the last two as one kernel when :func:`_wino_fused`).
@@ -905,6 +956,8 @@ def run(
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
             if plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "winograd" and _wino_whole(spec):
+                out = _run_winograd_whole(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "winograd":
                 out = _run_winograd(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dense_gemm":
