@@ -264,6 +264,56 @@ def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
     _check(x, w, b, stride, pad, dilation, groups, mode, "gemm", "float32")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("band_bytes", [1, 2**20])
+@pytest.mark.parametrize("case", [0, 1, 3])
+@pytest.mark.parametrize("mode", PADDING_MODES)
+def test_gemm_shared_rows(monkeypatch, threads, band_bytes, case, mode):
+    """One GEMM per output row over columns the rows share: one-row bands to whole
+    images, 1-2 threads, stride phases along the columns, dilation dividing the stride."""
+    monkeypatch.setattr(nb, "SHARED_ROWS", True)
+    monkeypatch.setattr(nb, "SHARED_ROWS_BYTES", band_bytes)
+    monkeypatch.setattr(nb, "THREADS", threads)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
+    rng = np.random.default_rng(20 + case)
+    x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")
+    spec = make_spec(x, w, None, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    assert nb._shared_rows(spec)
+    _check(x, w, b, stride, pad, dilation, groups, mode, "gemm", "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex64", "float16"])
+def test_gemm_shared_rows_other_dtypes(monkeypatch, dtype):
+    monkeypatch.setattr(nb, "SHARED_ROWS", True)
+    rng = np.random.default_rng(30)
+    x, w = _rand(rng, (2, 4, 12, 11), dtype), _rand(rng, (6, 2, 3, 5), dtype)
+    if dtype == "float16":
+        y = conv2d(x, w, padding=(1, 2), groups=2, backend="numpy", algo="gemm")
+        ref = naive_conv2d(x, w, None, (1, 1), (1, 1, 2, 2), (1, 1), 2, "zeros")
+        assert y.dtype == np.float16
+        assert_close(y.astype(np.float64), ref, "float16")
+        return
+    _check(x, w, None, (1, 1), (1, 2), (1, 1), 2, "reflect", "gemm", dtype)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, stride, dilation, shared",
+    [
+        ((1, 3, 1024, 1024), (16, 3, 7, 7), 2, 1, True),  # W9: wide, few output channels
+        ((1, 3, 540, 960), (16, 3, 3, 3), 1, 1, True),
+        ((1, 64, 224, 224), (64, 64, 3, 3), 1, 1, False),  # copies are cheap beside GEMMs
+        ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, False),  # W5: narrow rows, small GEMMs
+        ((1, 3, 1024, 1024), (16, 3, 3, 3), 1, 2, False),  # dilation 2 does not divide 1
+        ((1, 3, 1024, 1024), (16, 3, 1, 7), 1, 1, False),  # one kernel row: nothing shared
+    ],
+)
+def test_shared_rows_where_it_pays(xs, ws, stride, dilation, shared):
+    x, w = np.empty(xs, np.float32), np.empty(ws, np.float32)
+    spec = make_spec(x, w, None, stride=stride, dilation=dilation, padding=1)
+    assert nb._shared_rows(spec) is shared
+
+
 def test_gemm_plan_splits_work_over_threads():
     """About two chunks per thread, each a whole number of GEMM bands."""
     x = np.empty((1, 3, 1024, 1024), np.float32)

@@ -14,7 +14,10 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     of a band into the column matrix (stride 2 with dilation 2, W7, is a single phase:
     a dense stride-1 layer on the even rows and columns). Narrow outputs are computed
     on a grid ``col_off`` columns wider, then cropped, so each copy is one long run;
-    wide ones are written straight into the output. A 1x1 kernel with stride 1 and no
+    wide ones are written straight into the output. Wide outputs with few output
+    channels (W9) instead keep each input row once per column tap and run one GEMM per
+    output row over rows the output rows share (:func:`_gemm_shared_rows`): kH times
+    fewer copies. A 1x1 kernel with stride 1 and no
     padding is a single matmul over channels with no copy. Layers of a GFLOP or more
     run as chunks of bands on a small thread pool with BLAS held at one thread for the
     call (through ``threadpoolctl``) (see :class:`_OneThreadBlas`); smaller ones leave the threading
@@ -501,6 +504,8 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
         wm = weight.reshape(g, cout_g, cin_g)
         xs = x.reshape(n, g, cin_g, spec.h * spec.w)
         return np.matmul(wm, xs).reshape(n, spec.c_out, ho, wo)
+    if _shared_rows(spec):
+        return _gemm_shared_rows(x, weight, spec, work)
     threads = _gemm_threads(spec)
     ph = _Phases(spec)
     k_all = cin_g * spec.kh * spec.kw
@@ -548,24 +553,130 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
             else:
                 np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
 
-    pending = iter([(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)])
+    _run_jobs(chunk, [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)], threads)
+    return out
+
+
+def _run_jobs(job: Callable[..., None], args: list[tuple], threads: int) -> None:
+    """``job(*a)`` for every ``a`` in ``args`` on up to ``threads`` threads (BLAS on one
+    thread each while more than one runs). Jobs are taken as threads come free: a
+    thread that starts late simply takes fewer."""
+    pending = iter(args)
     lock = threading.Lock()
 
     def worker(_: int) -> None:
-        # chunks are taken as threads come free: a late thread simply takes fewer
         while True:
             with lock:
-                job = next(pending, None)
-            if job is None:
+                a = next(pending, None)
+            if a is None:
                 return
-            chunk(*job)
+            job(*a)
 
-    count = -(-n // m) * -(-ho // crows)
-    if threads > 1 and count > 1:
+    threads = min(threads, len(args))
+    if threads > 1:
         with _ONE_THREAD_BLAS:
-            _run_parallel(worker, min(threads, count))
+            _run_parallel(worker, threads)
     else:
         worker(0)
+
+
+# GEMMs per output row over columns that the rows share (see _gemm_shared_rows); None:
+# the rule in _shared_rows, True/False force it where it applies (tests, A/B runs).
+SHARED_ROWS: bool | None = None
+# It pays where copies weigh against the GEMMs (few output channels per group) and rows
+# are wide (each output row is one GEMM of N = W_out columns). Measured against the
+# column matrix of every tap (ms, 2 cores): W9 12.2-15.2 vs 14.9-16.9, 3->16 3x3 on
+# 960x540 8.4 vs 9.1, 16->16 5x5 on 512^2 31.1 vs 34.3; but 64->64 3x3 on 224^2 26.0 vs
+# 25.1, a 3->64 7x7 stem (112 wide) 2.7 vs 2.3, W5 (56 wide) 14.9 vs 13.7.
+SHARED_ROWS_MIN_WIDTH = 128
+SHARED_ROWS_MAX_COUT = 32
+# column bytes per band (per thread): W9 took 14.5, 13.4, 12.2, 12.6 and 14.2 ms with
+# 0.5, 1, 2, 4 and 8 MiB
+SHARED_ROWS_BYTES = 2 * 2**20
+
+
+def _shared_rows_apply(spec: ConvSpec) -> bool:
+    """Kernel rows ``i*dh`` of output row ``r`` (padded row ``sh*r + i*dh``) lie on one
+    grid of step ``dh`` for every row when ``dh`` divides ``sh``, so that consecutive
+    (kernel row, channel, column tap) columns are equally spaced (see
+    :func:`_gemm_shared_rows`)."""
+    return spec.kh > 1 and spec.stride[0] % spec.dilation[0] == 0
+
+
+def _shared_rows(spec: ConvSpec) -> bool:
+    if not _shared_rows_apply(spec):
+        return False
+    if SHARED_ROWS is not None:
+        return SHARED_ROWS
+    return spec.w_out >= SHARED_ROWS_MIN_WIDTH and spec.cout_g <= SHARED_ROWS_MAX_COUT
+
+
+def _gemm_shared_rows(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype
+) -> np.ndarray:
+    """The gemm path with one column matrix per band that every output row shares.
+
+    The column matrix of every tap holds each input row ``kH`` times (once per kernel
+    row). Here a band keeps each padded input row once, as ``C_in/groups x kW`` copies
+    shifted by the column taps (``C[g, u, c, j, :]`` = padded row ``y0 + u*dh``, columns
+    ``sw*p + j*dw``), each ``L`` elements long. Output row ``r`` needs rows ``u = r*sh/dh
+    + i`` for kernel rows ``i``: with the (kernel row, channel, column tap) order those
+    are ``kH*C_in/groups*kW`` rows exactly ``L`` apart, i.e. an ordinary strided matrix
+    starting ``r*sh/dh`` rows in, and one GEMM per output row (batched by ``np.matmul``)
+    reads it in place and writes its output row in place. W9 copies 7x less, and its
+    GEMMs ran 77-80 GFLOP/s per thread (``L`` an odd number of cache lines).
+    """
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    step = sh // dh  # grid rows between consecutive output rows
+    item = work.itemsize
+    lead = _lead(wo, item)
+    kc = cin_g * spec.kw
+    # (G, 1, C_out/G, K) with K in (kernel row, channel, column tap) order
+    w5 = weight.reshape(g, cout_g, cin_g, spec.kh, spec.kw)
+    wm = np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).reshape(g, 1, cout_g, -1)
+    # column taps by phase: tap j reads phase (j*dw) % sw from phase column (j*dw) // sw
+    phases: dict[int, list[tuple[int, int]]] = {}
+    for j in range(spec.kw):
+        phases.setdefault((j * dw) % sw, []).append((j, (j * dw) // sw))
+    wq = wo + max(off for taps in phases.values() for _, off in taps)
+    per_row = spec.c_in * spec.kw * lead * item * step
+    rows = max(1, min(ho, SHARED_ROWS_BYTES // max(1, per_row)))
+    rows = -(-ho // -(-ho // rows))  # equal bands
+    nu_max = step * (rows - 1) + spec.kh
+    out = np.empty((n, spec.c_out, ho, wo), dtype=work)
+
+    def band(i: int, r0: int) -> None:
+        nr = min(rows, ho - r0)
+        nu = step * (nr - 1) + spec.kh
+        cols = _scratch("shared_cols", (g, nu_max, kc, lead), work)
+        phase = _scratch("shared_phase", (spec.c_in, nu_max, wq), work)
+        rpos = sh * r0 - spec.pad[0] + dh * np.arange(nu)
+        dst = cols[:, :nu].reshape(g, nu, cin_g, spec.kw, lead)
+        for b, taps in phases.items():
+            cpos = b - spec.pad[2] + sw * np.arange(wq)
+            _gather2d(x[i], rpos, cpos, spec.padding_mode, phase[:, :nu])
+            src = phase[:, :nu].reshape(g, cin_g, nu, wq).transpose(0, 2, 1, 3)
+            for j, off in taps:
+                dst[:, :, :, j, :wo] = src[..., off : off + wo]
+        cs = cols.strides
+        b_view = np.ndarray(
+            (g, nr, spec.kh * kc, wo),
+            dtype=work,
+            buffer=cols,
+            strides=(cs[0], step * cs[1], cs[2], item),
+        )
+        o_view = np.ndarray(
+            (g, nr, cout_g, wo),
+            dtype=work,
+            buffer=out,
+            offset=(i * spec.c_out * ho + r0) * wo * item,
+            strides=(cout_g * ho * wo * item, wo * item, ho * wo * item, item),
+        )
+        np.matmul(wm, b_view, out=o_view)
+
+    _run_jobs(band, [(i, r0) for i in range(n) for r0 in range(0, ho, rows)], _gemm_threads(spec))
     return out
 
 
