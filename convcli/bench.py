@@ -54,6 +54,12 @@ SLOW_S = 5.0
 # pause was not enough, 0.5 s was); every system, peers and convcli alike, is timed
 # from rest, then warm from its own runs.
 SETTLE_S = {"standard": 0.5, "quick": 0.05}
+# Every system is timed in this many rounds, the systems of a workload in turn within
+# each round: the machine has slow spells (both vCPUs busy at half speed for seconds,
+# measured with /proc/stat: no steal time, the same work taking 2x), and timing one
+# system's runs back to back let a spell land on one system only (W5's OpenCL kernel
+# read 7.1-7.5 ms for seconds, then 13.4-14.0 for the next 10 runs).
+ROUNDS = 3
 
 SYSTEMS = ("convcli-opencl", "convcli-numpy", "torch", "opencv", "scipy")
 PEERS = ("torch", "opencv", "scipy")
@@ -181,36 +187,53 @@ SUITES: dict[str, list[Workload]] = {"standard": _suite(False), "quick": _suite(
 # timing
 
 
-@dataclass
-class _Timed:
-    median_s: float
-    min_s: float
-    result: np.ndarray
-    runs: int
-    kernel_s: list[float]
+class _Timer:
+    """The runs of one system (or one way to run a peer) on one workload, gathered over
+    interleaved rounds (see :func:`_run_workload`)."""
 
+    def __init__(self, fn: Callable[[RunInfo], np.ndarray]) -> None:
+        self.fn = fn
+        self.times: list[float] = []
+        self.kernel_s: list[float] = []
+        self.result: np.ndarray | None = None
+        self.single = False  # the warm-up took over SLOW_S: it is the only run
 
-def _time(fn: Callable[[RunInfo], np.ndarray], repeat: int, settle: float = 0.0) -> _Timed:
-    """After ``settle`` seconds of quiet, warm up once, then time ``repeat`` runs (or
-    keep the warm-up if it was slow)."""
-    time.sleep(settle)
-    info = RunInfo()
-    t0 = time.perf_counter()
-    result = fn(info)
-    first = time.perf_counter() - t0
-    if first > SLOW_S:
-        kernel = [info.timings["compute"]] if "compute" in info.timings else []
-        return _Timed(first, first, result, 1, kernel)
-    times: list[float] = []
-    kernel_s: list[float] = []
-    for _ in range(repeat):
+    def round(self, runs: int, settle: float) -> None:
+        """After ``settle`` seconds of quiet, one untimed warm-up run, then ``runs``
+        timed ones; a warm-up slower than SLOW_S is kept as the only measurement."""
+        if self.single:
+            return
+        time.sleep(settle)
         info = RunInfo()
         t0 = time.perf_counter()
-        result = fn(info)
-        times.append(time.perf_counter() - t0)
-        if "compute" in info.timings:
-            kernel_s.append(info.timings["compute"])
-    return _Timed(statistics.median(times), min(times), result, len(times), kernel_s)
+        self.result = self.fn(info)
+        first = time.perf_counter() - t0
+        if first > SLOW_S and not self.times:
+            self.single = True
+            self.times = [first]
+            self.kernel_s = [info.timings["compute"]] if "compute" in info.timings else []
+            return
+        for _ in range(runs):
+            info = RunInfo()
+            t0 = time.perf_counter()
+            self.result = self.fn(info)
+            self.times.append(time.perf_counter() - t0)
+            if "compute" in info.timings:
+                self.kernel_s.append(info.timings["compute"])
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times)
+
+
+def _rounds(repeat: int) -> list[int]:
+    """Timed runs per round: ``repeat`` split as evenly as possible over ROUNDS."""
+    rounds = min(repeat, ROUNDS)
+    return [repeat // rounds + (1 if i < repeat % rounds else 0) for i in range(rounds)]
 
 
 def _max_rel_err(y: np.ndarray, ref: np.ndarray) -> float:
@@ -405,20 +428,19 @@ def _run_workload(
     say: Progress,
     settle: float = 0.0,
 ) -> list[BenchRow]:
+    """Time every system on ``wl``: the convcli backends, then each way of running each
+    peer, in ROUNDS interleaved rounds, so that a slow spell of the machine (one of its
+    two vCPUs lost for seconds at a time) falls on every system alike instead of on
+    whichever one it happens to meet."""
     x, w = wl.arrays()
     spec = wl.spec(x, w)
     macs = spec.macs
     ref = conv2d(x, w, backend="numpy", algo="direct", **wl.options()).astype(np.float64)
-    rows: list[BenchRow] = []
-
-    def note_runs(timed: _Timed, note: str) -> str:
-        if timed.runs == 1 and repeat > 1:
-            return (note + "; " if note else "") + f"1 run (> {SLOW_S:.0f} s)"
-        return note
-
+    # (system, way of running it, timer); a peer may have several ways (filter2D...)
+    entries: list[tuple[str, str, _Timer]] = []
+    algos: dict[str, str] = {}
     for backend in backends:
         system = f"convcli-{backend}"
-        say(f"{wl.id} {system} ...")
         fn = _convcli(backend, wl, x, w)
         try:
             probe = RunInfo()
@@ -426,28 +448,9 @@ def _run_workload(
         except BackendError as exc:
             say(f"{wl.id} {system}: skipped ({exc})")
             continue
-        timed = _time(fn, repeat, settle)
-        err = _max_rel_err(timed.result, ref)
-        note = note_runs(timed, f"algo={probe.algo}" if probe.algo else "")
-        rows.append(_row(wl, system, "end-to-end", timed.median_s, timed.min_s, macs, err, note))
-        if backend == "opencl" and timed.kernel_s:
-            ks = timed.kernel_s
-            rows.append(
-                _row(
-                    wl,
-                    system,
-                    "kernel",
-                    statistics.median(ks),
-                    min(ks),
-                    macs,
-                    err,
-                    "OpenCL profiling events",
-                )
-            )
-        say(f"{wl.id} {system}: {timed.median_s * 1e3:.2f} ms, err {err:.1e}")
-
+        algos[system] = f"algo={probe.algo}" if probe.algo else ""
+        entries.append((system, "", _Timer(fn)))
     for peer in compare:
-        say(f"{wl.id} {peer} ...")
         try:
             if peer == "torch":
                 fn, note = _torch(wl, x, w, spec)
@@ -461,24 +464,51 @@ def _run_workload(
         except _Skip as exc:
             say(f"{wl.id} {peer}: skipped ({exc})")
             continue
+        entries += [(peer, name, _Timer(fn)) for name, fn in variants.items()]
+    plan = _rounds(repeat)
+    for k, runs in enumerate(plan):
+        for system, name, timer in entries:
+            say(f"{wl.id} {system}{' ' + name if name else ''} (round {k + 1}/{len(plan)}) ...")
+            timer.round(runs, settle)
+
+    def note_runs(timer: _Timer, note: str) -> str:
+        if timer.single and repeat > 1:
+            return (note + "; " if note else "") + f"1 run (> {SLOW_S:.0f} s)"
+        return note
+
+    rows: list[BenchRow] = []
+    for system, _, timer in entries:
+        if not system.startswith("convcli-"):
+            continue
+        err = _max_rel_err(timer.result, ref)
+        note = note_runs(timer, algos[system])
+        rows.append(_row(wl, system, "end-to-end", timer.median_s, timer.min_s, macs, err, note))
+        if system == "convcli-opencl" and timer.kernel_s:
+            ks = timer.kernel_s
+            kernel = (statistics.median(ks), min(ks), macs, err, "OpenCL profiling events")
+            rows.append(_row(wl, system, "kernel", *kernel))
+        say(f"{wl.id} {system}: {timer.median_s * 1e3:.2f} ms, err {err:.1e}")
+    for peer in compare:
         # several ways to run a peer (filter2D or sepFilter2D...): report the fastest
         # correct one, naming it in the note
-        best: tuple[_Timed, str, float] | None = None
-        for name, fn in variants.items():
-            timed = _time(fn, repeat, settle)
-            err = _max_rel_err(timed.result, ref)
-            key = (err > TOLERANCE, timed.median_s)
+        best: tuple[_Timer, str, float] | None = None
+        for system, name, timer in entries:
+            if system != peer:
+                continue
+            err = _max_rel_err(timer.result, ref)
+            key = (err > TOLERANCE, timer.median_s)
             if best is None or key < (best[2] > TOLERANCE, best[0].median_s):
-                best = (timed, name, err)
-        assert best is not None
-        timed, name, err = best
+                best = (timer, name, err)
+        if best is None:
+            continue
+        timer, name, err = best
         rows.append(
             _row(
-                wl, peer, "end-to-end", timed.median_s, timed.min_s, macs, err,
-                note_runs(timed, name),
+                wl, peer, "end-to-end", timer.median_s, timer.min_s, macs, err,
+                note_runs(timer, name),
             )
         )  # fmt: skip
-        say(f"{wl.id} {peer}: {timed.median_s * 1e3:.2f} ms ({name}), err {err:.1e}")
+        say(f"{wl.id} {peer}: {timer.median_s * 1e3:.2f} ms ({name}), err {err:.1e}")
 
     peers_ok = [r.median_ms for r in rows if r.system in PEERS and r.ok]
     if peers_ok:
@@ -508,7 +538,8 @@ def run_suite(
         Peers, each timed only where importable and applicable (OpenCV and SciPy: the
         depthwise image filters W1-W4).
     repeat : int
-        Timed runs after one warm-up (median and minimum reported).
+        Timed runs per system, split over up to ROUNDS rounds in which the systems take
+        turns, each round after a pause and one warm-up run (median and minimum reported).
     progress : callable, optional
         Called with one-line messages as the suite runs.
 

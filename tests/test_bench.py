@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from naive import naive_conv2d
 
-from convcli import bench
+from convcli import bench, conv2d
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,29 @@ def test_targets_use_each_targets_own_peer():
     assert w7.target == 0.8 and w7.ratio == pytest.approx(0.5) and not w7.met
     assert w7.ratio_of_mins == pytest.approx(0.9)
     assert not got[("W7", "convcli-numpy")].met  # fast but wrong is not met
+
+
+def test_systems_take_turns_in_rounds(monkeypatch):
+    """Each system's runs are spread over rounds in which the systems alternate, so a
+    slow spell of the machine cannot fall on one system only."""
+    calls: list[str] = []
+    real = bench._convcli
+
+    def convcli(backend, wl, x, w):
+        fn = real(backend, wl, x, w)
+        return lambda info: (calls.append(backend), fn(info))[1]
+
+    def torch(wl, x, w, spec):
+        ref = conv2d(x, w, backend="numpy", **wl.options())
+        return (lambda info: (calls.append("torch"), ref)[1]), "recorded"
+
+    monkeypatch.setattr(bench, "_convcli", convcli)
+    monkeypatch.setattr(bench, "_torch", torch)
+    monkeypatch.setattr(bench, "SUITES", {"quick": bench.SUITES["quick"][4:5]})
+    rows = bench.run_suite("quick", backends=("numpy",), compare=("torch",), repeat=4)
+    assert bench._rounds(4) == [2, 1, 1] and bench._rounds(7) == [3, 2, 2]
+    assert bench._rounds(1) == [1]
+    # a probe, then per round one warm-up and the round's runs, system after system
+    runs = ["numpy"] + ["numpy"] * 3 + ["torch"] * 3 + (["numpy"] * 2 + ["torch"] * 2) * 2
+    assert calls == runs
+    assert [r.system for r in rows] == ["convcli-numpy", "torch"]
