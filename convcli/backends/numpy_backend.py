@@ -60,8 +60,9 @@ from convcli.spec import ConvSpec, source_index
 
 CHUNK_BYTES = 64 * 2**20
 # column matrix per GEMM: in L2 when bands run on our threads, larger when BLAS threads
+# it (W7 with 2, 3, 6 and 16 MiB: 2.42, 1.92, 1.83 and 2.18 ms; W6 within noise)
 GEMM_BYTES = 2**20
-BLAS_GEMM_BYTES = 16 * 2**20
+BLAS_GEMM_BYTES = 6 * 2**20
 # problems smaller than this leave the threading to BLAS (see _gemm_threads)
 THREADED_MIN_FLOPS = 10**9
 # at least this many output pixels per gemm task (the GEMM's N)
