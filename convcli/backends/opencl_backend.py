@@ -54,8 +54,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -82,6 +84,9 @@ DEVICE_ENV = "CONVCLI_DEVICE"
 # local size at first launch, and on CPUs the size barely matters (notes, item 6).
 LOCAL_SIZE = (8, 4, 1)
 _PAGE = 4096
+# outputs this large are pooled (see OpenCLBackend.output), this many per backend
+POOL_MIN_BYTES = 1 << 20
+POOL_SIZE = 3
 _WEIGHT_CACHE_SIZE = 32
 _TYPE_RANK = {"GPU": 0, "ACCELERATOR": 1, "CPU": 2}
 
@@ -382,6 +387,13 @@ def aligned_empty(shape: Sequence[int], dtype: np.dtype | str, align: int = _PAG
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def _page_view(owner: np.ndarray, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """The array of ``shape`` and ``dtype`` at the first page boundary of ``owner``."""
+    off = (-owner.ctypes.data) % _PAGE
+    count = math.prod(shape) * dtype.itemsize
+    return owner[off : off + count].view(dtype).reshape(shape)
+
+
 def _real_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype in (np.float64, np.complex128) else np.dtype(np.float32)
 
@@ -431,6 +443,8 @@ class OpenCLBackend:
         self._launched: set[int] = set()
         self._weights: OrderedDict[tuple, Any] = OrderedDict()
         self._scratch: dict[str, Any] = {}
+        # pooled outputs: [owner array, device buffer, references to owner while idle]
+        self._pool: list[list[Any]] = []
         self._lock = threading.RLock()
         self._info: RunInfo | None = None
 
@@ -696,37 +710,60 @@ class OpenCLBackend:
     def output(self, shape: Sequence[int], dtype: np.dtype | str) -> tuple[np.ndarray, cl.Buffer]:
         """A host result array and the device buffer kernels write it through.
 
-        On CPU devices the buffer wraps the (page-aligned) array; elsewhere it is a
-        reusable scratch buffer. Call :meth:`fetch` after the kernels.
+        On CPU devices the buffer wraps the page-aligned array itself; elsewhere it is a
+        device buffer of the same size. Call :meth:`fetch` after the kernels. Outputs of
+        ``POOL_MIN_BYTES`` or more come from a small pool and are reused once the caller
+        has dropped them: a fresh 50 MB array cost 10-40 ms of page faults inside the
+        kernel (glibc maps blocks over 32 MB afresh every time), more than a whole 3x3
+        filter. An entry is reused only when nothing but the pool refers to its memory
+        (no view, no base chain), so a result a caller still holds is never overwritten.
         """
-        out = aligned_empty(shape, dtype)
-        mf = self._cl.mem_flags
-        with translate_errors("allocating OpenCL output"):
-            if self.is_cpu:
-                buf = self._buffer(mf.WRITE_ONLY | mf.USE_HOST_PTR, hostbuf=out)
-            else:
-                buf = self.scratch("output", out.nbytes)
-        return out, buf
+        dtype = np.dtype(dtype)
+        nbytes = max(1, math.prod(shape) * dtype.itemsize)
+        with self._lock:
+            for entry in self._pool:
+                # entry[0] is not bound to a local name here: idle means exactly entry[2]
+                if entry[1].size >= nbytes and sys.getrefcount(entry[0]) <= entry[2]:
+                    return _page_view(entry[0], shape, dtype), entry[1]
+            owner = np.empty(nbytes + _PAGE, dtype=np.uint8)
+            raw = _page_view(owner, (nbytes,), np.dtype(np.uint8))
+            mf = self._cl.mem_flags
+            with translate_errors("allocating OpenCL output"):
+                if self.is_cpu:
+                    buf = self._buffer(mf.WRITE_ONLY | mf.USE_HOST_PTR, hostbuf=raw)
+                else:
+                    buf = self._buffer(mf.WRITE_ONLY, size=nbytes)
+            del raw
+            if nbytes >= POOL_MIN_BYTES:
+                entry = [owner, buf, 0]
+                # references while idle (the entry, the buffer's host view, the call
+                # argument), measured rather than assumed: numpy collapses view chains
+                entry[2] = sys.getrefcount(owner) - 1  # less this function's local name
+                self._pool.insert(0, entry)
+                del self._pool[POOL_SIZE:]
+            return _page_view(owner, shape, dtype), buf
 
     def fetch(self, out: np.ndarray, buf: cl.Buffer, info: RunInfo | None = None) -> np.ndarray:
-        """Bring the result of :meth:`output` to ``out`` (map on CPUs, copy elsewhere)."""
+        """Bring the result of :meth:`output` to ``out`` (a map on CPUs, a copy elsewhere).
+
+        Blocks until every queued kernel is done; ``timings["download"]`` gets the map or
+        copy command's own time from its profiling event, not the wait for the kernels.
+        """
         cl = self._cl
-        t0 = time.perf_counter()
+        if out.size == 0:
+            return out
         with translate_errors("downloading from the OpenCL device"):
-            if out.size == 0:
-                pass
-            elif self.is_cpu:
+            if self.is_cpu:
                 # mapping a USE_HOST_PTR buffer makes the host memory current, no copy
-                mapped, _ev = cl.enqueue_map_buffer(
+                mapped, event = cl.enqueue_map_buffer(
                     self.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype, is_blocking=True
                 )
-                if mapped.ctypes.data != out.ctypes.data:  # driver used its own memory
+                if mapped.ctypes.data != out.ctypes.data:  # the driver used its own memory
                     out[...] = mapped
                 mapped.base.release(self.queue)
-                self.queue.finish()
             else:
-                cl.enqueue_copy(self.queue, out, buf, is_blocking=True)
-        self._add(info, "download", time.perf_counter() - t0)
+                event = cl.enqueue_copy(self.queue, out, buf, is_blocking=True)
+        self._add(info, "download", self.event_seconds(event))
         return out
 
     # ---- running --------------------------------------------------------------

@@ -39,13 +39,14 @@ by a padded copy of the input.
 
 On CPU devices the input is wrapped with ``USE_HOST_PTR`` and the output is a
 page-aligned array wrapped the same way and mapped, so no host copies are made; output
-arrays are recycled from a small pool once the caller has dropped them.
+arrays are recycled from a small pool once the caller has dropped them (the backend's
+:meth:`~convcli.backends.opencl_backend.OpenCLBackend.output`, shared with the generic
+kernel).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -72,9 +73,6 @@ DW_FIXED_ITEMS = 17
 # one process, 7x7 to 136x136 depthwise 3x3). Larger planes (photos, whose sizes vary)
 # take sizes as arguments, within noise of constants on 2048x2048.
 DW_FIXED_PIXELS = 256 * 256
-_PAGE = 4096
-# Outputs smaller than this are not pooled (their page faults cost little).
-_POOL_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -311,7 +309,6 @@ def choose(
 
 _LOCK = threading.RLock()
 _MAPS: dict[tuple, tuple[Any, Any]] = {}
-_SCRATCH: dict[tuple[int, str], tuple[Any, Any]] = {}
 _KERNELS: dict[tuple[int, str], tuple[Any, Any]] = {}
 
 
@@ -340,17 +337,6 @@ def index_map(
     return buf
 
 
-def _scratch(cl, backend, nbytes: int, slot: str = "tmp"):
-    """A device buffer of at least ``nbytes`` reused across calls (no page faults)."""
-    key = (id(backend.ctx), slot)
-    hit = _SCRATCH.get(key)
-    if hit is not None and hit[1].size >= nbytes:
-        return hit[1]
-    buf = cl.Buffer(backend.ctx, cl.mem_flags.READ_WRITE, size=max(4, nbytes))
-    _SCRATCH[key] = (backend.ctx, buf)
-    return buf
-
-
 class _BuildFailed(Exception):
     """A fast kernel did not build on this device (e.g. a compiler without clang's
     vector attributes); under ``algo='auto'`` the generic kernel runs instead."""
@@ -369,86 +355,6 @@ def _kernel(backend, name: str, defines: dict[str, int], info: RunInfo):
     except Exception as exc:  # BackendError from the core, pyopencl errors otherwise
         raise _BuildFailed(name) from exc
     return hit[1]
-
-
-def input_buffer(cl, backend, arr: np.ndarray, info: RunInfo):
-    t0 = time.perf_counter()
-    flags = cl.mem_flags.READ_ONLY
-    if backend.is_cpu:
-        flags |= cl.mem_flags.USE_HOST_PTR
-    else:
-        flags |= cl.mem_flags.COPY_HOST_PTR
-    buf = cl.Buffer(backend.ctx, flags, hostbuf=arr if arr.size else np.zeros(1, arr.dtype))
-    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
-    return buf
-
-
-# Output arrays recycled once the caller has dropped them: a fresh 50 MB array costs
-# 10-40 ms of page faults inside the kernel (glibc maps blocks over 32 MB afresh every
-# time), more than a whole 3x3 filter. An entry is reused only when nothing but this
-# pool refers to its memory (no view, no base chain), so a result a caller still holds
-# is never overwritten.
-_POOL: dict[int, list[list[Any]]] = {}
-_POOL_SIZE = 3
-
-
-def output_buffer(cl, backend, shape: tuple[int, ...]):
-    nbytes = int(np.prod(shape)) * 4
-    entries = _POOL.setdefault(id(backend.ctx), [])
-    for entry in entries:
-        # entry[1] is not bound to a local name here, so idle means exactly idle_refs
-        if (
-            entry[0] is backend.ctx
-            and entry[2].size >= nbytes
-            and sys.getrefcount(entry[1]) <= entry[3]
-        ):
-            return _view(entry[1], shape), entry[2]
-    owner = np.empty(max(4, nbytes) + _PAGE, dtype=np.uint8)
-    off = (-owner.ctypes.data) % _PAGE
-    raw = owner[off : off + max(4, nbytes)]
-    if backend.is_cpu:
-        buf = cl.Buffer(
-            backend.ctx, cl.mem_flags.WRITE_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=raw
-        )
-    else:
-        buf = cl.Buffer(backend.ctx, cl.mem_flags.WRITE_ONLY, size=raw.nbytes)
-    del raw
-    out = _view(owner, shape)
-    if nbytes >= _POOL_MIN_BYTES:
-        entry = [backend.ctx, owner, buf, 0]
-        # References while idle (the entry, the buffer's host view, the call argument),
-        # measured rather than assumed: numpy collapses view chains to the owner.
-        del out
-        entry[3] = sys.getrefcount(owner) - 1  # less this function's local name
-        entries.insert(0, entry)
-        del entries[_POOL_SIZE:]
-        out = _view(owner, shape)
-    return out, buf
-
-
-def _view(owner: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 array of ``shape`` at the page-aligned start of ``owner``."""
-    off = (-owner.ctypes.data) % _PAGE
-    count = int(np.prod(shape))
-    return owner[off : off + count * 4].view(np.float32).reshape(shape)
-
-
-def fetch(cl, backend, out: np.ndarray, buf, info: RunInfo) -> np.ndarray:
-    """Make the kernel's result visible in ``out`` (a map on CPUs, a copy elsewhere).
-
-    Blocks until the queued kernels are done; ``download`` gets the map/copy command's
-    own time from its profiling event, not the wait for the kernels.
-    """
-    if backend.is_cpu:
-        mapped, ev = cl.enqueue_map_buffer(
-            backend.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype, is_blocking=True
-        )
-        del mapped  # unmaps; with USE_HOST_PTR the data already lives in ``out``
-    else:
-        ev = cl.enqueue_copy(backend.queue, out, buf, is_blocking=True)
-    seconds = (ev.profile.end - ev.profile.start) * 1e-9
-    info.timings["download"] = info.timings.get("download", 0.0) + seconds
-    return out
 
 
 def _launch(
@@ -646,16 +552,16 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     defines["STRIP"] = strip
     defines["CI_CHUNK"] = chunk
     kernel = _kernel(backend, "dense_gemm", defines, info)
-    xbuf = input_buffer(cl, backend, x, info)
+    xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
     wbuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, cob)
     rmap = index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
     cmap = index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
-    out, obuf = output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
     gsize = (math.ceil(wo / (xb * strip)), ho, spec.n * spec.groups * nblk)
     ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
-    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
     return out
 
@@ -671,7 +577,7 @@ def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunI
     defines.update({"H": spec.h, "W": spec.w, "HO": ho, "WO": wo, "TH": th, "TW": tw})
     defines.update({"KB": kb, "XV": xv, "NBLK": nblk})
     kernel = _kernel(backend, "winograd_fused", defines, info)
-    xbuf = input_buffer(cl, backend, x, info)
+    xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
     vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
@@ -679,13 +585,13 @@ def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunI
     vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
     ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
-    out, obuf = output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+    out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
     nvec = spec.n * th * math.ceil(tw / 8)
     items = math.ceil(nvec / xv)
     gsize = (math.ceil(items / WINO_WHOLE_LOCAL) * WINO_WHOLE_LOCAL, spec.groups, 1)
     args = [xbuf, vrow, vcol, ubuf, bbuf, obuf]
     ev = kernel(backend.queue, gsize, (WINO_WHOLE_LOCAL, 1, 1), *args)
-    fetch(cl, backend, out, obuf, info)
+    backend.fetch(out, obuf, info)
     _add_compute(info, [ev])
     return out
 
@@ -726,7 +632,7 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         k_mm = _kernel(backend, "winograd_gemm", {**defs, "NBLK": nblk}, info)
         defs = {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp}
         k_out = _kernel(backend, "winograd_output", defs, info)
-    xbuf = input_buffer(cl, backend, x, info)
+    xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
     mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
     vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
@@ -734,10 +640,10 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     vcol_len = 16 * math.ceil(tw / 8) + 2
     vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
-    vbuf = _scratch(cl, backend, 4 * 16 * spec.c_in * pp, "winograd_v")
+    vbuf = backend.scratch("winograd_v", 4 * 16 * spec.c_in * pp)
     if not fused:
-        mbuf = _scratch(cl, backend, 4 * 16 * spec.groups * kp * pp, "winograd_m")
-    out, obuf = output_buffer(cl, backend, (spec.n, spec.c_out, ho, wo))
+        mbuf = backend.scratch("winograd_m", 4 * 16 * spec.groups * kp * pp)
+    out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
     events = []
     ubuf = bbuf = None
     if weight.nbytes < WINO_OVERLAP_BYTES:
@@ -769,15 +675,15 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         events.append(_launch(cl, backend, k_mm, gmm, [ubuf, vbuf, mbuf]))
         args = [mbuf, bbuf, obuf, r0, np.int32(tiles)]
         events.append(_launch(cl, backend, k_out, gout, args))
-    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for every launch
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for every launch
     _add_compute(info, events)
     return out
 
 
 def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
-    xbuf = input_buffer(cl, backend, x, info)
+    xbuf = backend.input_buffer(x, info)
     out_shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
-    out, obuf = output_buffer(cl, backend, out_shape)
+    out, obuf = backend.output(out_shape, np.float32)
     ev = _run_dw(
         cl,
         backend,
@@ -797,7 +703,7 @@ def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> 
         mode=spec.padding_mode,
         info=info,
     )
-    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for the kernel
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
     return out
 
@@ -850,9 +756,9 @@ def _run_separable(
     """Vertical pass (rows through the row map) into scratch, then horizontal pass."""
     col, row = factors  # (C_out, 1, kH), (C_out, 1, kW)
     ho, wo = spec.h_out, spec.w_out
-    xbuf = input_buffer(cl, backend, x, info)
+    xbuf = backend.input_buffer(x, info)
     tmp_shape = (spec.n, spec.c_out, ho, spec.w)
-    tmp = _scratch(cl, backend, 4 * int(np.prod(tmp_shape)))
+    tmp = backend.scratch("separable_tmp", 4 * int(np.prod(tmp_shape)))
     col = col.reshape(spec.c_out, spec.kh).astype(np.float32)
     if _is_box(col) and spec.stride[0] == 1 and spec.dilation[0] == 1:
         ev1 = _run_boxsum(cl, backend, xbuf, col[:, 0].copy(), tmp, spec, info)
@@ -877,7 +783,7 @@ def _run_separable(
             info=info,
         )
     out_shape = (spec.n, spec.c_out, ho, wo)
-    out, obuf = output_buffer(cl, backend, out_shape)
+    out, obuf = backend.output(out_shape, np.float32)
     ev2 = _run_dw(
         cl,
         backend,
@@ -897,7 +803,7 @@ def _run_separable(
         mode=spec.padding_mode,
         info=info,
     )
-    fetch(cl, backend, out, obuf, info)  # the one blocking call: waits for both passes
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for both passes
     _add_compute(info, [ev1, ev2])
     return out
 

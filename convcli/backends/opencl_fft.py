@@ -216,7 +216,7 @@ def run(
     kernel = backend.kernel("fft_conv", defines, info)
     xf = np.ascontiguousarray(x, dtype=np.float32)
     wf = np.ascontiguousarray(weight, dtype=np.float32)
-    xbuf = fast.input_buffer(cl, backend, xf, info)
+    xbuf = backend.input_buffer(xf, info)
     key = ("fft-spec", p.t, spec.dilation, backend.content_key(wf))
     sbuf = backend.constant_buffer(key, lambda: spectra(wf, spec, p.t), info)
     tw, twr = _twiddles(p.t)
@@ -226,12 +226,12 @@ def run(
     bbuf = backend.constant_buffer(("fft-bias", backend.content_key(b)), lambda: b, info)
     hp = spec.h + spec.pad[0] + spec.pad[1]
     wp = spec.w + spec.pad[2] + spec.pad[3]
-    # the index maps and the pooled, page-aligned outputs of the other fast paths
+    # the fast paths' index maps, and the backend's pooled, page-aligned outputs
     rmap = fast.index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
     cmap = fast.index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
-    out, obuf = fast.output_buffer(cl, backend, shape)
+    out, obuf = backend.output(shape, np.float32)
     sizes = (spec.h, spec.w, hp, wp, spec.pad[2], spec.h_out, spec.w_out, p.tiles_x)
     args = [xbuf, sbuf, twrbuf, twbuf, bbuf, rmap, cmap, obuf, *map(np.int32, sizes)]
     args.append(np.int32(p.tiles_y * p.tiles_x))
     backend.launch(kernel, (p.pairs, spec.n * spec.c_out), (1, 1), args, info)
-    return fast.fetch(cl, backend, out, obuf, info)
+    return backend.fetch(out, obuf, info)
