@@ -412,6 +412,7 @@ def winograd(request, monkeypatch):
         (1, 12, 24, 3, (20, 17), (1, 3), (1, 3)),  # per-axis stride = dilation
         (3, 8, 8, 1, (7, 8), 1, "same"),
         (1, 4, 8, 1, (5, 40), 1, 0),  # no padding, rows of more than 8 tiles
+        (2, 64, 24, 1, (9, 11), 1, 1),  # 64 input channels: 64 KB private per item
     ],
 )
 def test_winograd_matches_naive(winograd, ocl, mode, n, cin, cout, groups, hw, sd, padding):
@@ -489,15 +490,23 @@ def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout,
 
 
 @pytest.mark.parametrize(
-    "cin, cout, groups, whole",
-    [(64, 128, 4, True), (16, 64, 1, True), (32, 64, 1, False), (256, 256, 1, False)],
+    "cin, cout, groups, on_cpu, elsewhere",
+    [
+        (64, 128, 4, True, True),  # W7
+        (16, 64, 1, True, True),
+        (64, 64, 1, True, False),  # W5: 64 KB of private memory per item
+        (128, 128, 1, False, False),
+        (256, 256, 1, False, False),  # W6
+    ],
 )
-def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, whole):
+def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, on_cpu, elsewhere):
     from convcli.backends import opencl_fast
 
     x = np.ones((1, cin, 12, 12), np.float32)
     w = np.ones((cout, cin // groups, 3, 3), np.float32)
-    assert opencl_fast._wino_whole(make_spec(x, w, None, padding=1, groups=groups)) is whole
+    spec = make_spec(x, w, None, padding=1, groups=groups)
+    assert opencl_fast._wino_whole(spec, cpu=True) is on_cpu
+    assert opencl_fast._wino_whole(spec, cpu=False) is elsewhere
 
 
 # ---------------------------------------------------------------- dtypes and choices

@@ -203,24 +203,28 @@ def _wino_fused(spec: ConvSpec) -> bool:
 
 
 # The whole layer as one winograd_fused launch (input transform into private memory,
-# GEMMs, output transform) for up to WINO_WHOLE_MAX_CIN input channels per group, whose
-# 16 x CIN_G x 2 float8 of transformed input (16 KB) stay in L1. Wall time against
-# winograd_input + winograd_gemm_out (ms, PoCL, 2 cores): W7 0.86 vs 1.24, N1 16->64
-# 112^2 0.99 vs 1.19, N1 16->32 56^2 0.32 vs 0.41; with 32 input channels (one float8
-# of tiles per item) it was a tie or worse (N1 32->64 56^2 0.72 vs 0.68). None = that
-# rule; True/False force it for tests and A/B runs.
+# GEMMs, output transform) for up to WINO_WHOLE_MAX_CIN input channels per group on CPU
+# devices, WINO_WHOLE_MAX_CIN_OTHER elsewhere (16 x CIN_G x 2 float8 of transformed input
+# per item: 16 KB at 16 channels, 64 KB at 64, which a GPU would spill). Wall time
+# against the two- or three-kernel forms (ms, PoCL, 2 cores, A/B in one process): W7
+# 0.86 vs 1.24, N1 16->64 112^2 0.99 vs 1.19, N1 32->32 56^2 0.64 vs 0.70, N2 48->48
+# 40^2 0.92 vs 1.14, W5 (64->64) 7.7 vs 8.6 and 10.5 vs 12.0, N1 64->128 28^2 0.70 vs
+# 0.80; but N1 128->128 28^2 1.41 vs 1.29 (W6, 256 channels, was within 5 %). None =
+# that rule; True/False force it for tests and A/B runs.
 WINO_WHOLE: bool | None = None
-WINO_WHOLE_MAX_CIN = 16
+WINO_WHOLE_MAX_CIN = 64
+WINO_WHOLE_MAX_CIN_OTHER = 16
 # Items per work-group: each item is heavy (16 tiles x every output channel), and
 # 64-item groups left one of two cores idle on small layers (a 56^2 layer had one group).
 WINO_WHOLE_LOCAL = 4
 
 
-def _wino_whole(spec: ConvSpec) -> bool:
-    """Whether the whole Winograd layer runs as one winograd_fused launch."""
+def _wino_whole(spec: ConvSpec, cpu: bool = True) -> bool:
+    """Whether the whole Winograd layer runs as one winograd_fused launch (``cpu``: the
+    device is a CPU, whose caches hold the larger private arrays)."""
     if WINO_WHOLE is not None:
         return WINO_WHOLE
-    return spec.cin_g <= WINO_WHOLE_MAX_CIN
+    return spec.cin_g <= (WINO_WHOLE_MAX_CIN if cpu else WINO_WHOLE_MAX_CIN_OTHER)
 
 
 def _wino_tile(cout_g: int) -> tuple[int, int]:
@@ -862,7 +866,7 @@ def run(
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
             if plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
-            elif plan.kernel == "winograd" and _wino_whole(spec):
+            elif plan.kernel == "winograd" and _wino_whole(spec, backend.is_cpu):
                 out = _run_winograd_whole(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "winograd":
                 out = _run_winograd(cl, backend, xf, wf, bf, spec, info)
