@@ -54,12 +54,14 @@ SLOW_S = 5.0
 # pause was not enough, 0.5 s was); every system, peers and convcli alike, is timed
 # from rest, then warm from its own runs.
 SETTLE_S = {"standard": 0.5, "quick": 0.05}
-# Every system is timed in this many rounds, the systems of a workload in turn within
-# each round: the machine has slow spells (both vCPUs busy at half speed for seconds,
-# measured with /proc/stat: no steal time, the same work taking 2x), and timing one
-# system's runs back to back let a spell land on one system only (W5's OpenCL kernel
-# read 7.1-7.5 ms for seconds, then 13.4-14.0 for the next 10 runs).
-ROUNDS = 3
+# Every system is timed in up to this many rounds, the systems of a workload in turn
+# within each round: the machine has slow spells (both vCPUs busy at half speed for
+# seconds, measured with /proc/stat: no steal time, the same work taking 2x), and timing
+# one system's runs back to back let a spell land on one system only (W5's OpenCL kernel
+# read 7.1-7.5 ms for seconds, then 13.4-14.0 for the next 10 runs). With one timed run
+# per round (--repeat 7), a spell of a few seconds touches one or two of a system's
+# seven runs and leaves the median alone; with three rounds it took three at once.
+ROUNDS = 7
 
 SYSTEMS = ("convcli-opencl", "convcli-numpy", "torch", "opencv", "scipy")
 PEERS = ("torch", "opencv", "scipy")
@@ -429,7 +431,7 @@ def _run_workload(
     settle: float = 0.0,
 ) -> list[BenchRow]:
     """Time every system on ``wl``: the convcli backends, then each way of running each
-    peer, in ROUNDS interleaved rounds, so that a slow spell of the machine (one of its
+    peer, in up to ROUNDS interleaved rounds, so that a slow spell of the machine (one of its
     two vCPUs lost for seconds at a time) falls on every system alike instead of on
     whichever one it happens to meet."""
     x, w = wl.arrays()

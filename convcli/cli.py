@@ -1067,7 +1067,7 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     type=click.IntRange(min=1),
     default=5,
     show_default=True,
-    help="Timed runs per system, over 3 interleaved rounds (median and min reported).",
+    help="Timed runs per system, in up to 7 interleaved rounds (median and min reported).",
 )
 @click.option("--json", "json_file", metavar="FILE", help="Write rows as JSON ('-': stdout).")
 @click.option("--csv", "csv_file", metavar="FILE", help="Write rows as CSV ('-': stdout).")

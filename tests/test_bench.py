@@ -190,10 +190,13 @@ def test_systems_take_turns_in_rounds(monkeypatch):
     monkeypatch.setattr(bench, "_convcli", convcli)
     monkeypatch.setattr(bench, "_torch", torch)
     monkeypatch.setattr(bench, "SUITES", {"quick": bench.SUITES["quick"][4:5]})
+    monkeypatch.setattr(bench, "ROUNDS", 3)
     rows = bench.run_suite("quick", backends=("numpy",), compare=("torch",), repeat=4)
     assert bench._rounds(4) == [2, 1, 1] and bench._rounds(7) == [3, 2, 2]
     assert bench._rounds(1) == [1]
     # a probe, then per round one warm-up and the round's runs, system after system
     runs = ["numpy"] + ["numpy"] * 3 + ["torch"] * 3 + (["numpy"] * 2 + ["torch"] * 2) * 2
     assert calls == runs
+    monkeypatch.setattr(bench, "ROUNDS", 7)
+    assert bench._rounds(7) == [1] * 7 and bench._rounds(9) == [2, 2, 1, 1, 1, 1, 1]
     assert [r.system for r in rows] == ["convcli-numpy", "torch"]
