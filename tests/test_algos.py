@@ -416,3 +416,17 @@ def test_gemm_several_images_per_product(monkeypatch, threads, junk_below):
     spec = make_spec(x, w, None, stride=(2, 1), padding=1, groups=2)
     assert nb._gemm_plan(spec, 4, threads)[1] > 1
     _check(x, w, None, (2, 1), (1, 1), (1, 1), 2, "replicate", "gemm", "float32")
+
+
+@pytest.mark.parametrize(
+    "xs, ws, groups, junk",
+    [
+        ((4, 64, 34, 34), (128, 16, 3, 3), 4, True),  # W7 (after its stride phase): 32 wide
+        ((1, 256, 28, 28), (256, 256, 3, 3), 1, False),  # W6: GEMM work outweighs copies
+        ((1, 16, 100, 100), (16, 16, 3, 3), 1, False),  # wide rows: long copies anyway
+    ],
+)
+def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk):
+    spec = make_spec(np.empty(xs, np.float32), np.empty(ws, np.float32), None, groups=groups)
+    lw = nb._gemm_plan(spec, 4, 1)[0]
+    assert lw == (spec.w_out + 2 if junk else spec.w_out)
