@@ -203,9 +203,11 @@ def _wino_fused(spec: ConvSpec) -> bool:
 
 
 # The whole layer as one winograd_fused launch (input transform into private memory,
-# GEMMs, output transform) for up to WINO_WHOLE_MAX_CIN input channels per group on CPU
-# devices, WINO_WHOLE_MAX_CIN_OTHER elsewhere (16 x CIN_G x 2 float8 of transformed input
-# per item: 16 KB at 16 channels, 64 KB at 64, which a GPU would spill). Wall time
+# GEMMs, output transform) for up to WINO_WHOLE_MAX_CIN input channels per group, on CPU
+# devices only: 16 x CIN_G x 2 float8 of transformed input per item (16 KB at 16
+# channels, 64 KB at 64) would spill on a GPU, and one item per 16 tiles and group gives
+# W7 256 items, far too few for a GPU; the split kernels keep their many items there
+# (untested on a GPU: none was lent). Wall time
 # against the two- or three-kernel forms (ms, PoCL, 2 cores, A/B in one process): W7
 # 0.86 vs 1.24, N1 16->64 112^2 0.99 vs 1.19, N1 32->32 56^2 0.64 vs 0.70, N2 48->48
 # 40^2 0.92 vs 1.14, W5 (64->64) 7.7 vs 8.6 and 10.5 vs 12.0, N1 64->128 28^2 0.70 vs
@@ -213,7 +215,6 @@ def _wino_fused(spec: ConvSpec) -> bool:
 # that rule; True/False force it for tests and A/B runs.
 WINO_WHOLE: bool | None = None
 WINO_WHOLE_MAX_CIN = 64
-WINO_WHOLE_MAX_CIN_OTHER = 16
 # Items per work-group: each item is heavy (16 tiles x every output channel), and
 # 64-item groups left one of two cores idle on small layers (a 56^2 layer had one group).
 WINO_WHOLE_LOCAL = 4
@@ -224,7 +225,7 @@ def _wino_whole(spec: ConvSpec, cpu: bool = True) -> bool:
     device is a CPU, whose caches hold the larger private arrays)."""
     if WINO_WHOLE is not None:
         return WINO_WHOLE
-    return spec.cin_g <= (WINO_WHOLE_MAX_CIN if cpu else WINO_WHOLE_MAX_CIN_OTHER)
+    return cpu and spec.cin_g <= WINO_WHOLE_MAX_CIN
 
 
 def _wino_tile(cout_g: int) -> tuple[int, int]:
