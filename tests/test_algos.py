@@ -265,14 +265,16 @@ def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("band_bytes", [1, 2**20])
+@pytest.mark.parametrize("band_bytes, piece", [(1, 3), (2**20, 256)])
 @pytest.mark.parametrize("case", [0, 1, 3])
 @pytest.mark.parametrize("mode", PADDING_MODES)
-def test_gemm_shared_rows(monkeypatch, threads, band_bytes, case, mode):
-    """One GEMM per output row over columns the rows share: one-row bands to whole
-    images, 1-2 threads, stride phases along the columns, dilation dividing the stride."""
+def test_gemm_shared_rows(monkeypatch, threads, band_bytes, piece, case, mode):
+    """GEMMs per output row (in pieces of columns, and a rest) over columns the rows
+    share: one-row bands to whole images, 1-2 threads, stride phases along the
+    columns, dilation dividing the stride."""
     monkeypatch.setattr(nb, "SHARED_ROWS", True)
     monkeypatch.setattr(nb, "SHARED_ROWS_BYTES", band_bytes)
+    monkeypatch.setattr(nb, "SHARED_ROWS_PIECE", piece)
     monkeypatch.setattr(nb, "THREADS", threads)
     monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
     xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
@@ -286,6 +288,7 @@ def test_gemm_shared_rows(monkeypatch, threads, band_bytes, case, mode):
 @pytest.mark.parametrize("dtype", ["float64", "complex64", "float16"])
 def test_gemm_shared_rows_other_dtypes(monkeypatch, dtype):
     monkeypatch.setattr(nb, "SHARED_ROWS", True)
+    monkeypatch.setattr(nb, "SHARED_ROWS_PIECE", 4)
     rng = np.random.default_rng(30)
     x, w = _rand(rng, (2, 4, 12, 11), dtype), _rand(rng, (6, 2, 3, 5), dtype)
     if dtype == "float16":

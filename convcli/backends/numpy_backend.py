@@ -600,6 +600,10 @@ SHARED_ROWS_MAX_COUT = 32
 # column bytes per band (per thread): W9 took 14.5, 13.4, 12.2, 12.6 and 14.2 ms with
 # 0.5, 1, 2, 4 and 8 MiB
 SHARED_ROWS_BYTES = 2 * 2**20
+# output columns per GEMM: OpenBLAS ran (16 x 147) x (147 x N) at 108, 94, 101, 77 and 67
+# GFLOP/s per thread for N = 64, 128, 256, 512 and 1024; W9 took 12.9, 10.7, 10.7 and
+# 11.1 ms with pieces of 512, 256, 128 and 64
+SHARED_ROWS_PIECE = 256
 
 
 def _shared_rows_apply(spec: ConvSpec) -> bool:
@@ -616,6 +620,14 @@ def _shared_rows(spec: ConvSpec) -> bool:
     if SHARED_ROWS is not None:
         return SHARED_ROWS
     return spec.w_out >= SHARED_ROWS_MIN_WIDTH and spec.cout_g <= SHARED_ROWS_MAX_COUT
+
+
+def _pieces(width: int) -> list[tuple[int, int, int]]:
+    """(first column, piece width, pieces) covering ``width`` columns: pieces of
+    SHARED_ROWS_PIECE columns, then one for the rest."""
+    piece = min(width, SHARED_ROWS_PIECE)
+    count, rest = divmod(width, piece)
+    return [(0, piece, count)] + ([(count * piece, rest, 1)] if rest else [])
 
 
 def _gemm_shared_rows(
@@ -642,7 +654,7 @@ def _gemm_shared_rows(
     kc = cin_g * spec.kw
     # (G, 1, C_out/G, K) with K in (kernel row, channel, column tap) order
     w5 = weight.reshape(g, cout_g, cin_g, spec.kh, spec.kw)
-    wm = np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).reshape(g, 1, cout_g, -1)
+    wm = np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).reshape(g, 1, 1, cout_g, -1)
     # column taps by phase: tap j reads phase (j*dw) % sw from phase column (j*dw) // sw
     phases: dict[int, list[tuple[int, int]]] = {}
     for j in range(spec.kw):
@@ -668,20 +680,24 @@ def _gemm_shared_rows(
             for j, off in taps:
                 dst[:, :, :, j, :wo] = src[..., off : off + wo]
         cs = cols.strides
-        b_view = np.ndarray(
-            (g, nr, spec.kh * kc, wo),
-            dtype=work,
-            buffer=cols,
-            strides=(cs[0], step * cs[1], cs[2], item),
-        )
-        o_view = np.ndarray(
-            (g, nr, cout_g, wo),
-            dtype=work,
-            buffer=out,
-            offset=(i * spec.c_out * ho + r0) * wo * item,
-            strides=(cout_g * ho * wo * item, wo * item, ho * wo * item, item),
-        )
-        np.matmul(wm, b_view, out=o_view)
+        # each output row in pieces of `piece` columns: OpenBLAS runs these small
+        # products faster than one long one (see SHARED_ROWS_PIECE), then the rest
+        for c0, width, count in _pieces(wo):
+            b_view = np.ndarray(
+                (g, nr, count, spec.kh * kc, width),
+                dtype=work,
+                buffer=cols,
+                offset=c0 * item,
+                strides=(cs[0], step * cs[1], width * item, cs[2], item),
+            )
+            o_view = np.ndarray(
+                (g, nr, count, cout_g, width),
+                dtype=work,
+                buffer=out,
+                offset=((i * spec.c_out * ho + r0) * wo + c0) * item,
+                strides=(cout_g * ho * wo * item, wo * item, width * item, ho * wo * item, item),
+            )
+            np.matmul(wm, b_view, out=o_view)
 
     _run_jobs(band, [(i, r0) for i in range(n) for r0 in range(0, ho, rows)], _gemm_threads(spec))
     return out
