@@ -7,6 +7,8 @@ forced algorithms that cannot apply. No timing here: speed lives in ``convcli be
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -357,6 +359,39 @@ def test_small_problems_leave_threads_to_blas(monkeypatch):
             blas.put(before)
     # one thread: fewer, larger GEMMs (BLAS threads each)
     assert nb._gemm_plan(big, 4, 1)[2] > nb._gemm_plan(big, 4, 2)[2]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and 2+ CPUs",
+)
+def test_parallel_work_keeps_each_thread_on_its_own_cpu():
+    """During a parallel call the caller stays on its CPU and each worker takes another;
+    afterwards the caller's own affinity is back as it was."""
+    import ctypes
+
+    getcpu = ctypes.CDLL(None).sched_getcpu
+    before = os.sched_getaffinity(0)
+    seen: dict[int, tuple[set[int], int]] = {}
+
+    def work(k: int) -> None:
+        seen[k] = (os.sched_getaffinity(0), getcpu())
+
+    nb._run_parallel(work, 2)
+    assert os.sched_getaffinity(0) == before
+    (mask0, cpu0), (mask1, cpu1) = seen[0], seen[1]
+    assert len(mask0) == len(mask1) == 1 and mask0 != mask1
+    assert {cpu0} == mask0 and {cpu1} == mask1 and mask0 | mask1 <= before
+    # a caller limited to one CPU is left alone
+    only = min(before)
+    os.sched_setaffinity(0, {only})
+    try:
+        seen.clear()
+        nb._run_parallel(work, 2)
+        # ...and its workers may not leave its CPUs either
+        assert os.sched_getaffinity(0) == {only} and seen[0][0] == seen[1][0] == {only}
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @pytest.mark.parametrize("itemsize", [4, 8, 16])

@@ -43,6 +43,7 @@ behaviour); complex inputs use the weight as is (no conjugation).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -64,7 +65,7 @@ CHUNK_BYTES = 64 * 2**20
 GEMM_BYTES = 2**20
 BLAS_GEMM_BYTES = 6 * 2**20
 # problems smaller than this leave the threading to BLAS (see _gemm_threads)
-THREADED_MIN_FLOPS = 10**9
+THREADED_MIN_FLOPS = 10**8
 # at least this many output pixels per gemm task (the GEMM's N)
 GEMM_MIN_PIXELS = 512
 # outputs narrower than this compute junk columns instead of short copies (_gemm_plan),
@@ -77,6 +78,8 @@ JUNK_MAX_COUT = 64
 SCRATCH_KEEP = 32 * 2**20
 # worker threads of the gemm path; None: the CPUs this process may run on
 THREADS: int | None = None
+# move each worker of the gemm path to a CPU other than the caller's (_spread_plan)
+SPREAD_WORKERS = True
 # flat positions per piece of the depthwise tap loop (x channels): stays in L2
 TAP_PIECE = 48 * 1024
 
@@ -405,12 +408,82 @@ def _run_parallel(work: Callable[[int], None], threads: int) -> None:
                 threads - 1,
             )
         pool = _POOL[0]
-    futures = [pool.submit(work, k) for k in range(1, threads)]
+    plan = _spread_plan()
+    if plan is not None:
+        # the caller stays on its CPU for the call (its own setting is restored after)
+        here, cpus, mask = plan
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {here})
+        places = [{cpus[(k - 1) % len(cpus)]} for k in range(1, threads)]
+    else:
+        # no spreading: the workers may run wherever the caller may
+        places = [_affinity()] * (threads - 1)
     try:
-        work(0)
+        futures = [pool.submit(_on_own_cpu, work, k, places[k - 1]) for k in range(1, threads)]
+        try:
+            work(0)
+        finally:
+            for f in futures:
+                f.result()
     finally:
-        for f in futures:
-            f.result()
+        if plan is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, mask)
+
+
+def _current_cpu() -> int | None:
+    """The CPU the calling thread runs on (glibc's ``sched_getcpu``), or None."""
+    global _SCHED_GETCPU
+    if _SCHED_GETCPU is None:
+        try:
+            import ctypes
+
+            _SCHED_GETCPU = ctypes.CDLL(None).sched_getcpu
+        except (OSError, AttributeError):  # not glibc: no spreading
+            _SCHED_GETCPU = False
+    if not _SCHED_GETCPU:
+        return None
+    cpu = int(_SCHED_GETCPU())
+    return cpu if cpu >= 0 else None
+
+
+_SCHED_GETCPU = None
+
+
+def _spread_plan() -> tuple[int, list[int], set[int]] | None:
+    """(the caller's CPU, the CPUs our workers take in order, the caller's affinity),
+    or None to leave the threads where the scheduler puts them.
+
+    Why: the threads hand Python's GIL back and forth between NumPy calls, and Linux
+    often wakes a thread on the CPU of the thread that woke it, so the caller and a
+    worker ended up sharing one CPU: after 0.5 s of idle, W9's first three calls took
+    19-25 ms against 12-14 ms for the next ones, and in the slow calls the caller had
+    moved onto the worker's CPU. Pinned for the call, each keeps its own CPU.
+    """
+    mask = _affinity()
+    if not SPREAD_WORKERS or mask is None:
+        return None
+    here = _current_cpu()
+    if here is None or here not in mask or len(mask) < 2:
+        return None
+    return here, [c for c in sorted(mask) if c != here], mask
+
+
+def _affinity() -> set[int] | None:
+    """The calling thread's CPUs, or None where that cannot be known (not Linux)."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:
+        return None
+
+
+def _on_own_cpu(work: Callable[[int], None], k: int, place: set[int] | None) -> None:
+    """``work(k)`` on a worker, first moved to the CPUs ``place`` (if known)."""
+    if place:
+        # OSError: the CPU went away (hotplug, cgroup change): run where we are
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, place)
+    work(k)
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,8 +493,11 @@ def _run_parallel(work: Callable[[int], None], threads: int) -> None:
 def _gemm_threads(spec: ConvSpec) -> int:
     """Our threads for the gemm path; 1 leaves the threading to BLAS.
 
-    Below ``THREADED_MIN_FLOPS`` BLAS's own threads win: they spin between calls, while
-    a parked thread of ours took 0.2-3 ms to wake on the shared machine (W7 runs in 2).
+    Below ``THREADED_MIN_FLOPS`` BLAS's own threads win: waking ours costs about 0.25
+    ms. Above it ours win now that each keeps its own CPU for the call (see
+    :func:`_spread_plan`): as the bench times them (0.5 s of idle, a warm-up, one run),
+    W6 took 6.4-7.0 ms on our threads against 8.1-9.6 on BLAS's, W7 2.5-2.95 against
+    3.5-4.1, because BLAS's threads, woken after idle, shared a CPU with the caller.
     """
     if not _ONE_THREAD_BLAS.available or 2 * spec.macs < THREADED_MIN_FLOPS:
         return 1
