@@ -18,9 +18,10 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     channels (W9) instead keep each input row once per column tap and run one GEMM per
     output row over rows the output rows share (:func:`_gemm_shared_rows`): kH times
     fewer copies. A 1x1 kernel with stride 1 and no
-    padding is a single matmul over channels with no copy. Layers of a GFLOP or more
-    run as chunks of bands on a small thread pool with BLAS held at one thread for the
-    call (through ``threadpoolctl``) (see :class:`_OneThreadBlas`); smaller ones leave the threading
+    padding is a single matmul over channels with no copy. Layers of 0.1 GFLOP or more
+    run as chunks of bands on a small thread pool, each thread on its own CPU for the
+    call, with BLAS held at one thread (through ``threadpoolctl``; see
+    :class:`_OneThreadBlas` and :func:`_spread_plan`); smaller ones leave the threading
     to BLAS. (``direct`` on dense layers is also a GEMM; ``gemm`` names the formulation
     whose cost is dominated by the matrix product rather than by the gather.)
 ``separable``
