@@ -315,10 +315,8 @@ def _threads() -> int:
     """Worker threads for the gemm path (``THREADS``, else the CPUs we may run on)."""
     if THREADS is not None:
         return max(1, THREADS)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    mask = _affinity()
+    return max(1, len(mask)) if mask is not None else os.cpu_count() or 1
 
 
 class _OneThreadBlas:
@@ -732,11 +730,10 @@ def _gemm_shared_rows(
     # (G, 1, C_out/G, K) with K in (kernel row, channel, column tap) order
     w5 = weight.reshape(g, cout_g, cin_g, spec.kh, spec.kw)
     wm = np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).reshape(g, 1, 1, cout_g, -1)
-    # column taps by phase: tap j reads phase (j*dw) % sw from phase column (j*dw) // sw
-    phases: dict[int, list[tuple[int, int]]] = {}
-    for j in range(spec.kw):
-        phases.setdefault((j * dw) % sw, []).append((j, (j * dw) // sw))
-    wq = wo + max(off for taps in phases.values() for _, off in taps)
+    # column taps by stride phase: a phase's taps are every `jstep`-th kernel column and
+    # read the phase's columns `cstep` apart from `c0` on
+    grids = _axis_grids(spec.kw, sw, dw)
+    wq = wo + max(c0 + (len(jj) - 1) * cstep for _, jj, c0, cstep in grids)
     per_row = spec.c_in * spec.kw * lead * item * step
     rows = max(1, min(ho, SHARED_ROWS_BYTES // max(1, per_row)))
     rows = -(-ho // -(-ho // rows))  # equal bands
@@ -750,12 +747,20 @@ def _gemm_shared_rows(
         phase = _scratch("shared_phase", (spec.c_in, nu_max, wq), work)
         rpos = sh * r0 - spec.pad[0] + dh * np.arange(nu)
         dst = cols[:, :nu].reshape(g, nu, cin_g, spec.kw, lead)
-        for b, taps in phases.items():
+        for b, jj, c0, cstep in grids:
             cpos = b - spec.pad[2] + sw * np.arange(wq)
             _gather2d(x[i], rpos, cpos, spec.padding_mode, phase[:, :nu])
-            src = phase[:, :nu].reshape(g, cin_g, nu, wq).transpose(0, 2, 1, 3)
-            for j, off in taps:
-                dst[:, :, :, j, :wo] = src[..., off : off + wo]
+            # every tap of the phase in one strided view, as in _gemm
+            ps = phase.strides
+            src = np.ndarray(
+                (g, nu, cin_g, len(jj), wo),
+                dtype=work,
+                buffer=phase,
+                offset=c0 * item,
+                strides=(cin_g * ps[0], ps[1], ps[0], cstep * item, item),
+            )
+            jstep = jj[1] - jj[0] if len(jj) > 1 else 1
+            dst[:, :, :, jj[0] : jj[-1] + 1 : jstep, :wo] = src
         cs = cols.strides
         # each output row in pieces of `piece` columns: OpenBLAS runs these small
         # products faster than one long one (see SHARED_ROWS_PIECE), then the rest
