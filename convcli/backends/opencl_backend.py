@@ -53,6 +53,7 @@ injection cover them too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -118,9 +119,16 @@ def pin_pocl_threads(environ: dict[str, str] | os._Environ = os.environ) -> bool
     return True
 
 
+@functools.cache
+def _pin_once() -> None:
+    """:func:`pin_pocl_threads` for this process, once: only its first call can act
+    before PoCL starts, and ``_import_cl`` runs on every OpenCL call."""
+    pin_pocl_threads()
+
+
 def _import_cl():
     """pyopencl, imported on first use; BackendUnavailable when it cannot be imported."""
-    pin_pocl_threads()
+    _pin_once()
     try:
         import pyopencl as cl
     except ImportError as exc:  # also OSError-like failures surface as ImportError

@@ -571,6 +571,17 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     return out
 
 
+def _virtual_maps(cl, backend, spec: ConvSpec, th: int, tw: int):
+    """The virtual-grid row and column index maps that the Winograd input transform
+    reads (``vrow``, ``vcol`` in winograd_input.cl) for ``th`` x ``tw`` tiles."""
+    mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
+    vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
+    # the last item of a row reads up to 8 tiles (18 virtual columns) from its first
+    vcol_len = 16 * math.ceil(tw / 8) + 2
+    vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
+    return vrow, vcol
+
+
 def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo):
     """Winograd F(2x2, 3x3) as one launch of winograd_fused (see _wino_whole)."""
     kb, _ = _wino_tile(spec.cout_g)
@@ -584,10 +595,7 @@ def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunI
     kernel = _kernel(backend, "winograd_fused", defines, info)
     xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
-    mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
-    vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
-    vcol_len = 16 * math.ceil(tw / 8) + 2
-    vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
+    vrow, vcol = _virtual_maps(cl, backend, spec, th, tw)
     ubuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, kb, _pack_winograd)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
@@ -639,11 +647,7 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
         k_out = _kernel(backend, "winograd_output", defs, info)
     xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
-    mode, pad, stride = spec.padding_mode, spec.pad, spec.stride
-    vrow = index_map(cl, backend, spec.h, pad[0], pad[1], mode, stride[0], 2 * th + 2)
-    # the last item of a row reads up to 8 tiles (18 virtual columns) from its first
-    vcol_len = 16 * math.ceil(tw / 8) + 2
-    vcol = index_map(cl, backend, spec.w, pad[2], pad[3], mode, stride[1], vcol_len)
+    vrow, vcol = _virtual_maps(cl, backend, spec, th, tw)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     vbuf = backend.scratch("winograd_v", 4 * 16 * spec.c_in * pp)
     if not fused:
