@@ -384,6 +384,93 @@ def test_dense_1x1_no_bias(ocl):
     assert_close(out, ref, "float32")
 
 
+# ---------------------------------------------------------------- pointwise (1x1 gemm)
+
+
+@pytest.fixture
+def pointwise(monkeypatch):
+    """Run every 1x1 stride-1 unpadded layer on pointwise.cl, small ones included."""
+    from convcli.backends import opencl_fast
+
+    monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_CIN", 1)
+    monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_PIXELS", 1)
+    return opencl_fast
+
+
+def misaligned(x: np.ndarray, floats: int) -> np.ndarray:
+    """A contiguous copy of ``x`` starting ``floats`` float32s past a 64-byte boundary."""
+    raw = np.empty(x.size + 32, np.float32)
+    start = ((-raw.ctypes.data) % 64) // 4 + floats
+    out = raw[start : start + x.size].reshape(x.shape)
+    out[...] = x
+    return out
+
+
+@pytest.mark.parametrize(
+    "n, cin, cout, groups, hw",
+    [
+        (2, 16, 40, 1, (8, 8)),  # 40 channels: six full blocks of 6 and one of 4
+        (3, 12, 18, 3, (7, 9)),  # groups; 63 pixels: a masked last group
+        (1, 8, 4, 1, (5, 6)),  # fewer output channels than a block
+        (2, 5, 7, 1, (1, 1)),
+        (1, 24, 12, 2, (16, 17)),  # a plane of 272 pixels, a multiple of 8 and 16
+        (2, 9, 13, 1, (3, 8)),  # a plane of 24 pixels, a multiple of 8 but not 16
+    ],
+)
+@pytest.mark.parametrize("floats", [0, 1, 4, 7])
+def test_pointwise_matches_naive(pointwise, ocl, n, cin, cout, groups, hw, floats):
+    # the input at every alignment: pixel groups and the output follow its cache lines
+    x, w, b = rng_arrays(21, (n, cin, *hw), (cout, cin // groups, 1, 1))
+    x = misaligned(x, floats)
+    spec = make_spec(x, w, b, groups=groups)
+    assert pointwise.choose(spec, w)[0].kernel == "pointwise"
+    out, ref, info = fast(ocl, x, w, b, groups=groups)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+    if (hw[0] * hw[1]) % 8 == 0:
+        assert out.ctypes.data % 64 == x.ctypes.data % 64
+
+
+def test_pointwise_read_only_input_and_no_bias(pointwise, ocl):
+    # a read-only input is copied, not wrapped: no alignment to follow
+    x, w, _ = rng_arrays(22, (2, 16, 12, 12), (24, 16, 1, 1), bias=False)
+    x = misaligned(x, 4)
+    x.flags.writeable = False
+    out, ref, _ = fast(ocl, x, w)
+    assert_close(out, ref, "float32")
+
+
+def test_pointwise_results_held_are_not_reused(pointwise, ocl):
+    # pooled outputs start at the input's offset; a held one must not be overwritten
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((32, 16, 1, 1)).astype(np.float32)
+    x = rng.standard_normal((2, 16, 128, 128)).astype(np.float32)
+    xs = [misaligned(x * (i + 1), f) for i, f in enumerate((4, 0, 4, 2))]
+    outs = [conv2d(x, w, backend="opencl") for x in xs]
+    for x, out in zip(xs, outs, strict=True):
+        assert_close(out, naive_conv2d(x, w), "float32")
+
+
+@pytest.mark.parametrize(
+    "cin, hw, stride, padding, kernel",
+    [
+        (128, (56, 56), 1, 0, "pointwise"),  # W8
+        (256, (32, 32), 1, 0, "pointwise"),
+        (64, (56, 56), 1, 0, "dense_gemm"),  # too few input channels to pay
+        (256, (14, 14), 1, 0, "dense_gemm"),  # too few pixels
+        (128, (56, 56), 2, 0, "dense_gemm"),  # strided
+        (128, (56, 56), 1, 1, "dense_gemm"),  # padded
+    ],
+)
+def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kernel):
+    from convcli.backends import opencl_fast
+
+    x = np.ones((1, cin, *hw), np.float32)
+    w = np.ones((64, cin, 1, 1), np.float32)
+    spec = make_spec(x, w, None, stride=stride, padding=padding)
+    assert opencl_fast.choose(spec, w)[0].kernel == kernel
+
+
 # ---------------------------------------------------------------- winograd (3x3 gemm)
 
 
@@ -623,10 +710,14 @@ _SCRIPT = textwrap.dedent(
     ]
     # the last case again as Winograd: three kernels, two (GEMMs + output fused), one
     cases += [cases[-1] + (kind,) for kind in ("split", "fused", "whole")]
+    # and a 1x1 layer on pointwise.cl
+    cases.append((rng.random((2, 8, 9, 16), dtype=np.float32),
+                  rng.standard_normal((12, 8, 1, 1)).astype(np.float32), dict(), "pointwise"))
     for x, w, opts, *kind in cases:
-        opencl_fast.WINOGRAD = bool(kind)
+        opencl_fast.WINOGRAD = kind not in ([], ["pointwise"])
         opencl_fast.WINO_FUSED = kind == ["fused"]
         opencl_fast.WINO_WHOLE = kind == ["whole"]
+        opencl_fast.POINTWISE_MIN_CIN = opencl_fast.POINTWISE_MIN_PIXELS = 1
         spec = make_spec(x, w, None, **opts)
         info = RunInfo()
         out = opencl_fast.run(ocl, x, w, None, spec, algo="auto", info=info)
@@ -653,6 +744,7 @@ def test_second_process_uses_pocl_cache(ocl, tmp_path):
         "gemm/winograd",
         "gemm/winograd",
         "gemm/winograd",
+        "gemm/pointwise",
     ]
     assert all(float(err) < 2e-5 for _, err, _ in lines)
     if ocl.device.platform.name.startswith("Portable"):

@@ -395,9 +395,12 @@ def aligned_empty(shape: Sequence[int], dtype: np.dtype | str, align: int = _PAG
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def _page_view(owner: np.ndarray, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """The array of ``shape`` and ``dtype`` at the first page boundary of ``owner``."""
-    off = (-owner.ctypes.data) % _PAGE
+def _page_view(
+    owner: np.ndarray, shape: Sequence[int], dtype: np.dtype, offset: int = 0
+) -> np.ndarray:
+    """The array of ``shape`` and ``dtype`` ``offset`` bytes past the first page
+    boundary of ``owner``."""
+    off = (-owner.ctypes.data) % _PAGE + offset
     count = math.prod(shape) * dtype.itemsize
     return owner[off : off + count].view(dtype).reshape(shape)
 
@@ -644,6 +647,9 @@ class OpenCLBackend:
             return self._cl.Buffer(self.ctx, flags, hostbuf=hostbuf)
         return self._cl.Buffer(self.ctx, flags, max(1, int(size)))
 
+    def _wraps(self, array: np.ndarray) -> bool:
+        return self.is_cpu and array.flags.c_contiguous and array.flags.writeable
+
     def input_buffer(self, array: np.ndarray, info: RunInfo | None = None) -> cl.Buffer:
         """A read-only device buffer holding ``array`` (C-contiguous).
 
@@ -654,7 +660,7 @@ class OpenCLBackend:
         mf = self._cl.mem_flags
         t0 = time.perf_counter()
         with translate_errors("uploading to the OpenCL device"):
-            if self.is_cpu and array.flags.c_contiguous and array.flags.writeable:
+            if self._wraps(array):
                 buf = self._buffer(mf.READ_ONLY | mf.USE_HOST_PTR, hostbuf=array)
             elif self.is_cpu:
                 data = np.ascontiguousarray(array)
@@ -665,6 +671,11 @@ class OpenCLBackend:
                 self._cl.enqueue_copy(self.queue, buf, data, is_blocking=True)
         self._add(info, "upload", time.perf_counter() - t0)
         return buf
+
+    def wrapped_offset(self, array: np.ndarray, line: int = 64) -> int:
+        """Bytes past a ``line``-byte boundary at which :meth:`input_buffer`'s buffer of
+        ``array`` starts: the array's own misalignment when it is wrapped, else 0."""
+        return array.ctypes.data % line if self._wraps(array) else 0
 
     def constant_buffer(
         self, key: tuple, make: Callable[[], np.ndarray], info: RunInfo | None = None
@@ -715,11 +726,16 @@ class OpenCLBackend:
                 self._scratch[role] = buf
         return buf
 
-    def output(self, shape: Sequence[int], dtype: np.dtype | str) -> tuple[np.ndarray, cl.Buffer]:
+    def output(
+        self, shape: Sequence[int], dtype: np.dtype | str, offset: int = 0
+    ) -> tuple[np.ndarray, cl.Buffer]:
         """A host result array and the device buffer kernels write it through.
 
         On CPU devices the buffer wraps the page-aligned array itself; elsewhere it is a
-        device buffer of the same size. Call :meth:`fetch` after the kernels. Outputs of
+        device buffer of the same size. With ``offset`` (bytes, under a page) the array
+        starts that far into the buffer, where kernels must write it (a kernel can then
+        give its output the cache-line alignment of its input, see
+        :meth:`wrapped_offset`). Call :meth:`fetch` after the kernels. Outputs of
         ``POOL_MIN_BYTES`` or more come from a small pool and are reused once the caller
         has dropped them: a fresh 50 MB array cost 10-40 ms of page faults inside the
         kernel (glibc maps blocks over 32 MB afresh every time), more than a whole 3x3
@@ -727,12 +743,12 @@ class OpenCLBackend:
         (no view, no base chain), so a result a caller still holds is never overwritten.
         """
         dtype = np.dtype(dtype)
-        nbytes = max(1, math.prod(shape) * dtype.itemsize)
+        nbytes = max(1, math.prod(shape) * dtype.itemsize) + offset
         with self._lock:
             for entry in self._pool:
                 # entry[0] is not bound to a local name here: idle means exactly entry[2]
                 if entry[1].size >= nbytes and sys.getrefcount(entry[0]) <= entry[2]:
-                    return _page_view(entry[0], shape, dtype), entry[1]
+                    return _page_view(entry[0], shape, dtype, offset), entry[1]
             owner = np.empty(nbytes + _PAGE, dtype=np.uint8)
             raw = _page_view(owner, (nbytes,), np.dtype(np.uint8))
             mf = self._cl.mem_flags
@@ -749,10 +765,13 @@ class OpenCLBackend:
                 entry[2] = sys.getrefcount(owner) - 1  # less this function's local name
                 self._pool.insert(0, entry)
                 del self._pool[POOL_SIZE:]
-            return _page_view(owner, shape, dtype), buf
+            return _page_view(owner, shape, dtype, offset), buf
 
-    def fetch(self, out: np.ndarray, buf: cl.Buffer, info: RunInfo | None = None) -> np.ndarray:
-        """Bring the result of :meth:`output` to ``out`` (a map on CPUs, a copy elsewhere).
+    def fetch(
+        self, out: np.ndarray, buf: cl.Buffer, info: RunInfo | None = None, offset: int = 0
+    ) -> np.ndarray:
+        """Bring the result of :meth:`output` to ``out`` (a map on CPUs, a copy elsewhere);
+        ``offset`` as given to :meth:`output`.
 
         Blocks until every queued kernel is done; ``timings["download"]`` gets the map or
         copy command's own time from its profiling event, not the wait for the kernels.
@@ -763,14 +782,15 @@ class OpenCLBackend:
         with translate_errors("downloading from the OpenCL device"):
             if self.is_cpu:
                 # mapping a USE_HOST_PTR buffer makes the host memory current, no copy
+                flags = cl.map_flags.READ
                 mapped, event = cl.enqueue_map_buffer(
-                    self.queue, buf, cl.map_flags.READ, 0, out.shape, out.dtype, is_blocking=True
+                    self.queue, buf, flags, offset, out.shape, out.dtype, is_blocking=True
                 )
                 if mapped.ctypes.data != out.ctypes.data:  # the driver used its own memory
                     out[...] = mapped
                 mapped.base.release(self.queue)
             else:
-                event = cl.enqueue_copy(self.queue, out, buf, is_blocking=True)
+                event = cl.enqueue_copy(self.queue, out, buf, src_offset=offset, is_blocking=True)
         self._add(info, "download", self.event_seconds(event))
         return out
 

@@ -15,7 +15,9 @@ Algorithms (``info.algo``):
   ``direct`` on any layer).
 * ``gemm``: ``dense_gemm.cl``, an implicit GEMM with a register tile of float8
   output-channel vectors x output columns and weights packed on the host; multi-channel
-  layers, 1x1 included. 3x3 layers whose stride equals their dilation (a stride-1 3x3
+  layers, 1x1 included. Wide 1x1 layers with stride 1 and no padding run
+  ``pointwise.cl`` instead: a plain GEMM whose float8 vectors run along the contiguous
+  pixels. 3x3 layers whose stride equals their dilation (a stride-1 3x3
   on the grid of every stride-th row and column) run it in Winograd F(2x2, 3x3) form
   when the cost model says so: ``winograd_input.cl`` (V = B^T d B per 4x4 tile),
   ``winograd_gemm.cl`` (16 GEMMs per group, 2.25x fewer multiply-adds) and
@@ -238,6 +240,30 @@ def _wino_tile(cout_g: int) -> tuple[int, int]:
     return (4, 2) if pad4 < pad6 else (6, 2)
 
 
+# pointwise.cl from these sizes on. Below them dense_gemm measured faster: 64 input
+# channels per group ran 1.7-2.1 ms against 1.5-1.7 (N=8 64->64 56x56), and 14x14
+# planes 1.27-1.39 ms against 1.12-1.14 (N=8 256->256 and 512->128).
+POINTWISE_MIN_CIN = 128
+POINTWISE_MIN_PIXELS = 1024
+
+
+def _pointwise(spec: ConvSpec) -> bool:
+    """1x1, stride 1, no padding, enough input channels and pixels: a plain GEMM over
+    contiguous pixels (pointwise.cl)."""
+    return (
+        (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1))
+        and not any(spec.pad)
+        and spec.cin_g >= POINTWISE_MIN_CIN
+        and spec.h * spec.w >= POINTWISE_MIN_PIXELS
+    )
+
+
+def _gemm_kernel(spec: ConvSpec) -> str:
+    if _pointwise(spec):
+        return "pointwise"
+    return "winograd" if _winograd_pays(spec) else "dense_gemm"
+
+
 def choose(
     spec: ConvSpec, weight: np.ndarray, algo: str = "auto", *, cpu: bool = True
 ) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
@@ -283,7 +309,7 @@ def choose(
             raise ConvValueError(
                 f"algo='gemm' on the OpenCL backend supports kernels up to {DENSE_MAX_TAPS} taps"
             )
-        return Plan("gemm", "winograd" if _winograd_pays(spec) else "dense_gemm"), None
+        return Plan("gemm", _gemm_kernel(spec)), None
     if depthwise:
         # Separable passes cost ~kh+kw taps plus a round trip of the intermediate
         # through the caches; they pay from 5x5 on (3x3: direct is faster). FFT tiles
@@ -301,8 +327,8 @@ def choose(
         return None, None
     if algo == "auto" and spec.cout_g >= 4 and taps <= DENSE_MAX_TAPS:
         # Channel-heavy layers: implicit GEMM with a register tile of channel vectors,
-        # or its Winograd form for wide 3x3 layers.
-        return Plan("gemm", "winograd" if _winograd_pays(spec) else "dense_gemm"), None
+        # its Winograd form for wide 3x3 layers, or a plain GEMM for pointwise layers.
+        return Plan("gemm", _gemm_kernel(spec)), None
     if taps <= DW_MAX_TAPS:
         # Forced 'direct', or few output channels per group: vectorise along the width.
         return Plan("direct", "dw_direct"), None
@@ -567,6 +593,62 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
     gsize = (math.ceil(wo / (xb * strip)), ho, spec.n * spec.groups * nblk)
     ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
     backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
+    _add_compute(info, [ev])
+    return out
+
+
+# Output channels x float8 pixel vectors per pointwise item: 6 x 2 (12 accumulators of
+# 16 ymm registers) ran W8 in 8.8-9.4 ms; 4 x 2 in 9.6-11.1, 8 x 1 in 10.3, 4 x 3 in 13.7.
+POINTWISE_TILE = (6, 2)
+# Items per work-group: every channel block of a pixel group (so the group's input stays
+# in L1 while each block reads it), and more pixel groups while that is under 64; 16 and
+# 256 timed within noise of 64.
+POINTWISE_ITEMS = 64
+
+
+def _pack_pointwise(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cot: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights as pointwise.cl reads them: ``(G, NCB, CIN_G, COT)``."""
+    wp, b = _channel_blocks(weight.reshape(spec.c_out, spec.cin_g, 1), bias, spec, cot)
+    return np.ascontiguousarray(wp), b
+
+
+def _run_pointwise(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    cot, pv = POINTWISE_TILE
+    cot = min(cot, spec.cout_g)
+    ncb = math.ceil(spec.cout_g / cot)
+    plane = spec.h * spec.w
+    defines = {
+        "G": spec.groups,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        "P": plane,
+        "COT": cot,
+        "PV": pv,
+        "NCB": ncb,
+    }
+    kernel = _kernel(backend, "pointwise", defines, info)
+    xbuf = backend.input_buffer(x, info)
+    t0 = time.perf_counter()
+    wbuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, cot, _pack_pointwise)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    # Pixel groups start on the input's cache lines, and the output array is given the
+    # input's alignment, so no load or store straddles two lines (stores shared by two
+    # items would bounce between cores): 9.9-11.1 ms on W8 against 11.2-12.1 with the
+    # input 16 bytes off its lines, as NumPy leaves large arrays.
+    offset = backend.wrapped_offset(x) if plane % 8 == 0 else 0
+    offset = offset if offset % 4 == 0 else 0
+    out, obuf = backend.output((spec.n, spec.c_out, spec.h, spec.w), np.float32, offset)
+    shift = offset // 4
+    gsize = (ncb, math.ceil((plane + shift) / (8 * pv)), spec.n * spec.groups)
+    args = [xbuf, wbuf, bbuf, obuf, np.int32(shift), np.int32(shift)]
+    lx = min(LOCAL_X, 1 << (ncb - 1).bit_length())
+    ly = max(1, POINTWISE_ITEMS // lx)
+    local = (lx, ly, 1)
+    gs = (math.ceil(gsize[0] / lx) * lx, math.ceil(gsize[1] / ly) * ly, gsize[2])
+    ev = kernel(backend.queue, gs, local, *args)
+    backend.fetch(out, obuf, info, offset)  # the one blocking call: waits for the kernel
     _add_compute(info, [ev])
     return out
 
@@ -877,6 +959,8 @@ def run(
                 out = _run_winograd(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dense_gemm":
                 out = _run_dense(cl, backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "pointwise":
+                out = _run_pointwise(cl, backend, xf, wf, bf, spec, info)
             else:
                 out = _run_direct(cl, backend, xf, wf, bf, spec, info)
         except _BuildFailed as exc:
