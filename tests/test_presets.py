@@ -407,6 +407,15 @@ def test_spec_forms_and_names():
 _NAMES = [p.name for p in cp.list_presets()]
 
 
+@pytest.mark.parametrize("radius", ["1.3407807929942597e+154", "1e200", "1e300"])
+def test_huge_radii_are_input_errors(radius):
+    # found by the fuzz test below: radius**2 overflowed before the width was checked
+    with pytest.raises(InputError, match="wider than"):
+        cp.get_preset(f"disk:radius={radius}")
+    with pytest.raises(InputError, match="wider than"):
+        cp.get_preset(f"ring:radius1=1,radius2={radius}")
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     name=st.sampled_from([*_NAMES, "nosuch", "Gaussian", "FREI-CHEN"]),
