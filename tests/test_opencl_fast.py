@@ -431,6 +431,16 @@ def test_pointwise_matches_naive(pointwise, ocl, n, cin, cout, groups, hw, float
         assert out.ctypes.data % 64 == x.ctypes.data % 64
 
 
+@pytest.mark.parametrize("dilation", [2, (1, 3)])
+def test_pointwise_ignores_dilation(pointwise, ocl, dilation):
+    # a 1x1 kernel has one tap: dilation changes nothing, and the layer stays pointwise
+    x, w, b = rng_arrays(24, (2, 16, 9, 11), (20, 16, 1, 1))
+    spec = make_spec(x, w, b, dilation=dilation)
+    assert pointwise.choose(spec, w)[0].kernel == "pointwise"
+    out, ref, _ = fast(ocl, x, w, b, dilation=dilation)
+    assert_close(out, ref, "float32")
+
+
 def test_pointwise_read_only_input_and_no_bias(pointwise, ocl):
     # a read-only input is copied, not wrapped: no alignment to follow
     x, w, _ = rng_arrays(22, (2, 16, 12, 12), (24, 16, 1, 1), bias=False)
