@@ -510,11 +510,14 @@ def _k_octagon(p: Mapping[str, Any]) -> np.ndarray:
 
 def _k_disk(p: Mapping[str, Any]) -> np.ndarray:
     radius = abs(p["radius"])
-    width = 9 if p["radius"] < 0.4 else int(radius) * 2 + 1
-    # checked before squaring: radius**2 overflows to inf for radius > 1.3e154
-    if width > MAX_KERNEL_SIZE:
-        raise InputError(f"radius={radius:g} gives a kernel wider than {MAX_KERNEL_SIZE}")
-    limit = 18 if p["radius"] < 0.4 else int(radius * radius)
+    if p["radius"] < 0.4:
+        width, limit = 9, 18
+    else:
+        width = int(radius) * 2 + 1
+        # checked before squaring: radius**2 overflows to inf for radius > 1.3e154
+        if width > MAX_KERNEL_SIZE:
+            raise InputError(f"radius={radius:g} gives a kernel wider than {MAX_KERNEL_SIZE}")
+        limit = int(radius * radius)
     v, u = _grid(width)
     return _shape(u * u + v * v <= limit)
 
@@ -542,13 +545,12 @@ def _k_ring(p: Mapping[str, Any]) -> np.ndarray:
     r1, r2 = p["radius1"], p["radius2"]
     lo, hi = min(r1, r2), max(r1, r2)
     width = int(hi) * 2 + 1
-    # squares clamped beyond any pixel's distance: a radius over 1.3e154 squares to inf
-    cap = float(2 * MAX_KERNEL_SIZE**2)
-    limit1, limit2 = int(min(lo * lo, cap)), int(min(hi * hi, cap))
-    if limit2 <= 0:
-        width, limit1, limit2 = 7, 7, 11
+    # checked before squaring, as in _k_disk (radii are >= 0, so lo <= hi bounds both)
     if width > MAX_KERNEL_SIZE:
         raise InputError(f"radius={hi:g} gives a kernel wider than {MAX_KERNEL_SIZE}")
+    limit1, limit2 = int(lo * lo), int(hi * hi)
+    if limit2 <= 0:
+        width, limit1, limit2 = 7, 7, 11
     v, u = _grid(width)
     d = u * u + v * v
     mask = (limit1 < d) & (d <= limit2)
