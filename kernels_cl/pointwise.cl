@@ -16,13 +16,14 @@
  *   bp    (G, NCB*COT)           bias packed likewise (zeros without bias)
  *   out   (N, G*COUT_G, P)
  * Work-item (cb, pg, ng): channels cb*COT.. of group g = ng % G of image n = ng / G,
- * pixels pg*PV*8 - shift... The channel blocks vary fastest, so a work-group runs every
+ * pixels pg*PV*8 - lead... The channel blocks vary fastest, so a work-group runs every
  * block over the same pixels while they sit in L1. Vectors are gathered from and stored
  * as scalars, which LLVM merges into unaligned vector moves (P need not be a multiple of
  * 8); the first and last pixel groups of a plane load and store lane by lane.
- * The host picks `shift` (pixels) so that the pixel groups start on the input's cache
- * lines, and gives the output the same alignment `out_offset` floats into its buffer:
- * then no load or store straddles two lines.
+ * `lead`: the floats by which the input lies past a cache line. The host places the
+ * output array as far into its buffer, and pixel groups start `lead` pixels before the
+ * plane, so that they start on the cache lines of both: no load or store straddles
+ * two lines.
  */
 
 #ifndef G
@@ -58,9 +59,9 @@
 
 __kernel void pointwise(__global const float *restrict x, __global const float *restrict wp,
                         __global const float *restrict bp, __global float *restrict out,
-                        const int out_offset, const int shift) {
+                        const int lead) {
     const int cb = get_global_id(0);
-    const int p0 = get_global_id(1) * (PV * 8) - shift;
+    const int p0 = get_global_id(1) * (PV * 8) - lead;
     const int ng = get_global_id(2);
     if (cb >= NCB || p0 >= P) return;
     const int g = ng % G;
@@ -98,7 +99,7 @@ __kernel void pointwise(__global const float *restrict x, __global const float *
             w += COT;
         }
     }
-    __global float *dst = out + out_offset + ((size_t)ng * COUT_G + cb * COT) * P + p0;
+    __global float *dst = out + lead + ((size_t)ng * COUT_G + cb * COT) * P + p0;
 #pragma unroll
     for (int o = 0; o < COT; ++o) {
         if (cb * COT + o >= COUT_G) break;
