@@ -399,9 +399,10 @@ def pointwise(monkeypatch):
 
 def misaligned(x: np.ndarray, floats: int) -> np.ndarray:
     """A contiguous copy of ``x`` starting ``floats`` float32s past a 64-byte boundary."""
-    raw = np.empty(x.size + 32, np.float32)
-    start = ((-raw.ctypes.data) % 64) // 4 + floats
-    out = raw[start : start + x.size].reshape(x.shape)
+    from convcli.backends.opencl_backend import aligned_empty
+
+    raw = aligned_empty((x.size + floats,), np.float32, align=64)
+    out = raw[floats:].reshape(x.shape)
     out[...] = x
     return out
 
