@@ -18,7 +18,10 @@ Rules that keep data safe (see README "Safety rules"):
   replaces an input.
 - In ``batch`` an existing output is a failure unless ``skip_existing`` (left untouched)
   or ``overwrite`` (replaced) says what to do; ``apply`` replaces outputs it is told to
-  write, like ``cp``.
+  write, like ``cp``. Without ``overwrite`` an output is created only if its name is
+  free, in one atomic step (:func:`convcli.publish.publish`): when two runs write into
+  one folder, each file is reported done by the run that wrote it, and a failure (or a
+  skip) by the other.
 - A full disk or a read-only/unwritable output folder stops the run (it would fail for
   every file) with one clear message.
 """
@@ -40,7 +43,13 @@ import numpy as np
 
 from convcli import io as cio
 from convcli.api import conv2d
-from convcli.errors import BackendError, ConvcliError, ConvValueError, InputError
+from convcli.errors import (
+    BackendError,
+    ConvcliError,
+    ConvValueError,
+    InputError,
+    OutputExistsError,
+)
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, normalize_dilation, normalize_stride
 
@@ -703,7 +712,9 @@ def _make_folder(folder: Path) -> None:
         raise InputError(f"cannot create the output folder {folder}: {blocker} is a file") from exc
 
 
-def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
+def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool) -> float:
+    """Encode and publish one result: ``replace`` swaps it in for an existing file,
+    otherwise it is created only if the name is still free (OutputExistsError)."""
     t0 = time.perf_counter()
     image = loaded.image
     data = cio.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
@@ -716,7 +727,7 @@ def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> floa
         data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
     depth = out.bit_depth or default_bit_depth(image.bit_depth, suffix)
     _make_folder(task.dst.parent)
-    cio.write_image(task.dst, data, bit_depth=depth, overwrite=True, quality=out.quality)
+    cio.write_image(task.dst, data, bit_depth=depth, overwrite=replace, quality=out.quality)
     return time.perf_counter() - t0
 
 
@@ -788,7 +799,10 @@ def run_tasks(
         emit(Event("failed", task, "" if quiet else failure.line()))
 
     def should_skip(task: Task) -> bool:
-        """Decide about an existing output before spending a read on it."""
+        """Decide about an existing output before spending a read on it. Only a saving:
+        with ``fail`` and ``skip`` the write itself creates the file only if the name is
+        still free, so an output that another process creates meanwhile is never
+        replaced, nor reported as done here (see ``finish_write``)."""
         if not os.path.lexists(task.dst):
             return False
         if task.dst.is_dir():
@@ -810,6 +824,13 @@ def run_tasks(
     def finish_write(task: Task, fut: Future, mp: float, notes: tuple[str, ...]) -> None:
         try:
             timings["write"] += fut.result()
+        except OutputExistsError as exc:  # another process wrote it while we worked
+            if existing == "skip":
+                result.skipped.append(task)
+                emit(Event("skipped", task, "output exists"))
+            else:
+                fail(task, exc)
+            return
         except Exception as exc:  # every failure becomes a report line
             fatal = _fatal_write(exc, task.dst)
             if fatal is not None and result.fatal is None:
@@ -877,7 +898,9 @@ def run_tasks(
                 c_in = loaded.image.channels
                 loaded.image = replace(loaded.image, data=np.empty((c_in, 0, 0), np.float32))
                 loaded.notes.extend(_write_notes(task, out, loaded, output))
-                job = writers.submit(_write, task, out, loaded, output)
+                job = writers.submit(
+                    _write, task, out, loaded, output, replace=existing == "replace"
+                )
                 writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))
                 drain_writes(block_over=1 if engine.max_memory else workers)
         finally:

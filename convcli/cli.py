@@ -15,12 +15,11 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import numpy as np
@@ -30,6 +29,7 @@ from convcli import batch as cbatch
 from convcli import io as cio
 from convcli.api import ALGOS
 from convcli.errors import ConvcliError, InputError
+from convcli.publish import publish, write_bytes
 from convcli.spec import PADDING_MODES
 
 PROG = "convcli"
@@ -62,19 +62,108 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _write_json(path: str | Path, data: object) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
+    """Publish a side file (report, timings, rows, kernel) in one step: created when
+    absent, replaced only with ``overwrite`` (see :func:`convcli.publish.publish`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
+
+
+def _write_json(path: str | Path, data: object, *, overwrite: bool) -> None:
+    _write_text(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
+
+
+def _kernel_files(opts: dict[str, Any]) -> list[Path]:
+    """The files the kernel options read (inputs of the run, like the images)."""
+    files = [Path(opts["weights"])] if opts.get("weights") else []
+    preset_file = _preset_file(opts.get("preset"))
+    return files + ([preset_file] if preset_file else [])
+
+
+def _preset_file(spec: str | None) -> Path | None:
+    """The TOML file a ``--preset`` reads, if any (the rule of presets.get_preset)."""
+    if not spec:
+        return None
+    cut = spec.lower().rfind(".toml")
+    if cut >= 0 and (cut + 5 == len(spec) or spec[cut + 5] == ":"):
+        return Path(spec[: cut + 5])
+    return None
+
+
+def _check_side_files(
+    files: dict[str, str | None],
+    *,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    outputs: Iterable[str | os.PathLike[str]] = (),
+    folders: dict[str, str | os.PathLike[str]] | None = None,
+    overwrite: bool,
+) -> None:
+    """Side files (``--report``, ``--timings``, ``--json``/``--csv``, ``-o``) follow the
+    outputs' rules, checked before any work: never an input of the run (same path after
+    symbolic links, or the same file through a hard link), never an output of it or a
+    folder it writes into, never two of them the same file, and an existing file only
+    with ``--overwrite``. ``-`` (stdout) is no file. A refusal is a usage error (exit 2)
+    naming the file and the problem.
+    """
+    named = [(flag, Path(v)) for flag, v in files.items() if v is not None and v != "-"]
+    if not named:
+        return
+
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def matcher(paths: Iterable[str | os.PathLike[str]]) -> Callable[[str, Path], bool]:
+        paths = list(paths)
+        real = {os.path.realpath(p) for p in paths}
+        ids: set[tuple[int, int]] | None = None
+
+        def hits(key: str, path: Path) -> bool:
+            nonlocal ids
+            if key in real:
+                return True
+            ident = identity(path)
+            if ident is None:
+                return False
+            if ids is None:  # hard links: compared only when the side file exists
+                ids = {i for i in map(identity, map(Path, paths)) if i is not None}
+            return ident in ids
+
+        return hits
+
+    is_input, is_output = matcher(inputs), matcher(outputs)
+    outs = list(outputs)
+    # folders the outputs go into (a side file there would block them)
+    out_folders = {os.path.realpath(Path(o).parent) for o in outs}
+    out_folders |= {str(a) for f in list(out_folders) for a in Path(f).parents}
+    folder_keys = {os.path.realpath(v): what for what, v in (folders or {}).items()}
+    seen: list[tuple[str, tuple[int, int] | None, str]] = []
+    for flag, path in named:
+        key, ident = os.path.realpath(path), identity(path)
+
+        def refuse(problem: str, path: Path = path) -> NoReturn:
+            raise click.UsageError(f"{path}: {problem}; nothing was done")
+
+        for other_key, other_ident, other in seen:
+            if key == other_key or (ident is not None and ident == other_ident):
+                refuse(f"{other} and {flag} name the same file")
+        seen.append((key, ident, flag))
+        if is_input(key, path):
+            refuse(f"{flag} names an input of this run")
+        if is_output(key, path):
+            refuse(f"{flag} names an output of this run")
+        if key in folder_keys:
+            refuse(f"{flag} names the {folder_keys[key]}")
+        if key in out_folders:
+            refuse(f"{flag} names a folder this run writes into")
+        if os.path.isdir(path):
+            refuse(f"{flag} names a folder")
+        if os.path.lexists(path) and not overwrite:
+            refuse(f"{flag} file exists (pass --overwrite to replace it)")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -581,8 +670,13 @@ def _run(
     *,
     existing: cbatch.Existing,
     label: str,
+    overwrite: bool,
 ) -> tuple[cbatch.BatchResult, int | None]:
-    """Run the plan with progress, signals and the summary; returns (result, signal)."""
+    """Run the plan with progress, signals and the summary; returns (result, signal).
+
+    ``overwrite``: an existing ``--timings`` file may be replaced (checked before by
+    :func:`_check_side_files`; the write itself creates the file only if it is absent).
+    """
     quiet = opts["quiet"]
     stop = threading.Event()
     received: list[int] = []
@@ -653,7 +747,7 @@ def _run(
     if not quiet and result.done and (len(plan.tasks) > 1 or not result.failed):
         _timing_table(result)
     if opts["timings"]:
-        _write_json(opts["timings"], _timings_record(result))
+        _write_json(opts["timings"], _timings_record(result), overwrite=overwrite)
     return result, (received[0] if received else None)
 
 
@@ -737,7 +831,8 @@ def cli() -> None:
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Allow OUTPUT to be the input file itself (replaced atomically).",
+    help="Allow OUTPUT to be the input file itself (replaced atomically), and replace "
+    "an existing --timings file.",
 )
 @_kernel_options
 @click.pass_context
@@ -761,8 +856,16 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             f"-o {output}: several inputs need an output folder (e.g. -o {Path(output).stem}/)"
         )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
+    _check_side_files(
+        {"--timings": opts["timings"]},
+        inputs=[*inputs, *_kernel_files(opts)],
+        outputs=[task.dst for task in plan.tasks],
+        overwrite=overwrite,
+    )
     label = Path(inputs[0]).name if len(inputs) == 1 else "images"
-    result, signum = _run(plan, filt, engine, out, opts, existing="replace", label=label)
+    result, signum = _run(
+        plan, filt, engine, out, opts, existing="replace", label=label, overwrite=overwrite
+    )
     for task in result.done:
         if not opts["quiet"]:
             click.echo(str(task.dst))
@@ -784,7 +887,10 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     help="Leave outputs that exist untouched (resume an interrupted batch).",
 )
 @click.option(
-    "--overwrite", is_flag=True, help="Replace outputs that exist (inputs are never replaced)."
+    "--overwrite",
+    is_flag=True,
+    help="Replace outputs, and a --report or --timings file, that exist (inputs are never "
+    "replaced).",
 )
 @click.option(
     "--report", metavar="FILE.json", help="Write counts and every failure (file + reason) as JSON."
@@ -812,18 +918,31 @@ def batch(
     existing = _existing_policy(skip_existing, overwrite)
     filt, engine, out = _setup(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
+    _check_side_files(
+        {"--report": report, "--timings": opts["timings"]},
+        inputs=[
+            *(task.src for task in plan.tasks),
+            *(failure.path for failure in plan.refused),
+            *_kernel_files(opts),
+        ],
+        outputs=[task.dst for task in plan.tasks],
+        folders={"input folder": in_dir, "output folder": out_dir},
+        overwrite=overwrite,
+    )
     if not plan.tasks and not plan.refused:
         what = f"no files matching {glob!r}" if glob else "no images"
         deeper = not recursive and any(p.is_dir() for p in Path(in_dir).iterdir())
         hint = " (sub-folders are read with --recursive)" if deeper else ""
         _err(f"{what} found in {in_dir}{hint}", "notice")
         if report:
-            _write_json(report, cbatch.BatchResult().summary())
+            _write_json(report, cbatch.BatchResult().summary(), overwrite=overwrite)
         return 0
-    result, signum = _run(plan, filt, engine, out, opts, existing=existing, label="batch")
+    result, signum = _run(
+        plan, filt, engine, out, opts, existing=existing, label="batch", overwrite=overwrite
+    )
     summary = result.summary()
     if report:
-        _write_json(report, summary)
+        _write_json(report, summary, overwrite=overwrite)
     total = result.timings.get("total", 0.0)
     rate = len(result.done) / total if total > 0 else 0.0
     line = (
@@ -930,30 +1049,35 @@ def presets_show(spec: str, as_json: bool) -> None:
     metavar="FILE",
     help="weights.npy (2-D float32), .npz (weight), .json or .txt.",
 )
-def presets_export(spec: str, output: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
+def presets_export(spec: str, output: str, overwrite: bool) -> None:
     """Write a preset's kernel to a weight file usable with --weights."""
     from convcli import presets as cpresets
 
-    k = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float32)
     path = Path(output)
     suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        # through a file handle: np.save/np.savez would append a suffix to the temp name
-        def save(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                if suffix == ".npy":
-                    np.save(fh, k, allow_pickle=False)
-                else:
-                    np.savez(fh, weight=k)
-
-        cio.atomic_write(path, save)
-    elif suffix == ".json":
-        _write_json(path, k.astype(np.float64).tolist())
-    elif suffix == ".txt":
-        text = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in k) + "\n"
-        cio.atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    else:
+    if suffix not in (".npy", ".npz", ".json", ".txt"):
         raise click.UsageError(f"{output}: use a .npy, .npz, .json or .txt file")
+    preset_file = _preset_file(spec)
+    _check_side_files(
+        {"-o": output}, inputs=[preset_file] if preset_file else [], overwrite=overwrite
+    )
+    k = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float32)
+    if suffix in (".npy", ".npz"):
+
+        def save(fh: Any) -> None:
+            if suffix == ".npy":
+                np.save(fh, k, allow_pickle=False)
+            else:
+                np.savez(fh, weight=k)
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        publish(path, save, mode="replace" if overwrite else "create")
+    elif suffix == ".json":
+        _write_json(path, k.astype(np.float64).tolist(), overwrite=overwrite)
+    else:
+        text = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in k) + "\n"
+        _write_text(path, text, overwrite=overwrite)
     click.echo(str(path))
 
 
@@ -1071,6 +1195,7 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
 )
 @click.option("--json", "json_file", metavar="FILE", help="Write rows as JSON ('-': stdout).")
 @click.option("--csv", "csv_file", metavar="FILE", help="Write rows as CSV ('-': stdout).")
+@click.option("--overwrite", is_flag=True, help="Replace --json/--csv files that exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(
     suite: str,
@@ -1079,6 +1204,7 @@ def bench(
     repeat: int,
     json_file: str | None,
     csv_file: str | None,
+    overwrite: bool,
     quiet: bool,
 ) -> int:
     """Time the benchmark suite against the peers and print a table.
@@ -1099,6 +1225,7 @@ def bench(
             raise click.BadParameter(
                 f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
             )
+    _check_side_files({"--json": json_file, "--csv": csv_file}, overwrite=overwrite)
     console = _console()
 
     def progress(*args: Any) -> None:
@@ -1116,8 +1243,7 @@ def bench(
         if target == "-":
             click.echo(render(rows))
         elif target:
-            text = render(rows)
-            cio.atomic_write(Path(target), lambda tmp, t=text: Path(tmp).write_text(t))
+            _write_text(target, render(rows), overwrite=overwrite)
     if "-" not in (json_file, csv_file):
         _bench_table(rows)
         if suite == "standard":  # the targets are set for the standard sizes

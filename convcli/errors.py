@@ -29,3 +29,8 @@ class BackendUnavailable(BackendError):
 
 class InputError(ConvcliError, ValueError):
     """A file given by the user cannot be read or used (names the file)."""
+
+
+class OutputExistsError(InputError):
+    """A file to be created exists: it was there already, or another process created it
+    while this one was writing (the write is then discarded, the file left as it is)."""

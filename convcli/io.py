@@ -1,4 +1,5 @@
-"""Files <-> arrays: images, weight files, bit depths, alpha and atomic writes.
+"""Files <-> arrays: images, weight files, bit depths and alpha (files are written through
+:func:`convcli.publish.publish`).
 
 Dtype policy: every image becomes a ``(C, H, W)`` float32 array. 8-bit samples are
 divided by 255, 16-bit samples by 65535 (other integer TIFF depths by 2**bits - 1),
@@ -25,17 +26,17 @@ import logging
 import math
 import os
 import re
-import secrets
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from convcli.errors import InputError
+from convcli.errors import InputError, OutputExistsError
+from convcli.publish import PublishMode, publish
 
 # Pillow's own decompression-bomb limit (89478485) warns and 2x that raises; we use a
 # single limit of that 2x value, adjustable per call (``--max-pixels``).
@@ -759,39 +760,6 @@ def map_output(
 # ------------------------------------------------------------------------ writing
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Create ``path`` atomically: ``write(tmp)`` into a temporary file beside it, then
-    ``os.replace``. On any failure (including KeyboardInterrupt) the temporary file is
-    removed and ``path`` is untouched; OS errors (disk full, read-only folder) become
-    :class:`InputError` naming ``path`` and the reason, chained to the ``OSError``
-    (``__cause__``) so callers can tell a full disk by its ``errno``.
-    """
-    path = Path(path)
-    name = _name(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputError(f"{name}: cannot write: folder {_name(folder)} does not exist")
-    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        # O_EXCL: never clobber a file; mode 0o666 so the umask applies as for open().
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        os.close(fd)
-    except OSError as exc:
-        raise InputError(f"{name}: cannot write: {_reason(exc)}") from exc
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise InputError(f"{name}: cannot write: {_reason(exc)}") from exc
-        raise
-    return path
-
-
 def write_image(
     path: str | os.PathLike[str],
     data: np.ndarray,
@@ -816,7 +784,9 @@ def write_image(
         16 for PNG and TIFF (gray and colour); 32 writes float32 TIFF (16-bit PNG).
         JPEG, WebP and BMP are always 8-bit.
     overwrite : bool
-        False: refuse an existing ``path``.
+        True: replace an existing ``path`` in one step. False: create ``path`` only
+        if it does not exist, in one step: when another process creates it meanwhile,
+        that file is kept and :class:`~convcli.errors.OutputExistsError` is raised.
     quality : int
         JPEG/WebP quality (1-100).
     has_alpha : bool or None
@@ -826,7 +796,8 @@ def write_image(
     Returns
     -------
     pathlib.Path
-        The written file, created atomically (see :func:`atomic_write`). PNG is
+        The written file, published atomically (see :func:`convcli.publish.publish`):
+        it appears complete or not at all, whatever happens while writing. PNG is
         zlib level 2 with the Up filter, TIFF Deflate level 1 with a predictor.
     """
     path = Path(path)
@@ -838,8 +809,9 @@ def write_image(
             f"{name}: unknown output format {path.suffix or '(no suffix)'!r}; use one of "
             f"{', '.join(sorted(WRITE_FORMATS))}"
         )
-    if not overwrite and path.exists():
-        raise InputError(f"{name}: already exists (use --overwrite to replace it)")
+    mode: PublishMode = "replace" if overwrite else "create"
+    if not overwrite and os.path.lexists(path):  # before the encoding work
+        raise OutputExistsError(f"{name}: already exists")
     arr = np.asarray(data)
     if arr.ndim == 2:
         arr = arr[None]
@@ -849,13 +821,13 @@ def write_image(
         raise InputError(f"{name}: cannot write {arr.dtype} data as an image")
     if fmt == "NPY":
         out = np.ascontiguousarray(arr, np.float32)
-        return atomic_write(path, lambda tmp: _save_npy(tmp, out))
+        return publish(path, lambda fh: _save_npy(fh, out), mode=mode)
     if bit_depth not in (8, 16, 32):
         raise InputError(f"{name}: bit depth must be 8, 16 or 32, got {bit_depth}")
     channels = arr.shape[0]
     if fmt == "TIFF":
         tiff_alpha = has_alpha if has_alpha is not None else channels in (2, 4)
-        return atomic_write(path, lambda tmp: _write_tiff(tmp, arr, bit_depth, tiff_alpha))
+        return publish(path, lambda fh: _write_tiff(fh, arr, bit_depth, tiff_alpha), mode=mode)
     if fmt in ("JPEG", "BMP"):
         if channels in (2, 4) and has_alpha is not False:
             # JPEG has no alpha; BMP alpha is not read back by most programs (Pillow too)
@@ -876,21 +848,20 @@ def write_image(
         )
     if fmt == "PNG":
         samples = _quantize(arr, 16 if bit_depth in (16, 32) else 8)
-        return atomic_write(path, lambda tmp: _write_png(tmp, samples))
+        return publish(path, lambda fh: _write_png(fh, samples), mode=mode)
     q8 = _quantize(arr, 8)
 
-    def save(tmp: Path) -> None:
+    def save(fh: BinaryIO) -> None:
         try:
-            _save_pil(tmp, q8, fmt, quality)
+            _save_pil(fh, q8, fmt, quality)
         except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
             raise InputError(f"{name}: cannot write: {_reason(exc)}") from None
 
-    return atomic_write(path, save)
+    return publish(path, save, mode=mode)
 
 
-def _save_npy(tmp: Path, arr: np.ndarray) -> None:
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
+def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
+    np.save(fh, arr, allow_pickle=False)
 
 
 def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
@@ -918,18 +889,17 @@ def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def _write_png(tmp: Path, samples: np.ndarray) -> None:
+def _write_png(fh: BinaryIO, samples: np.ndarray) -> None:
     """PNG of 1-4 channels, 8 or 16 bits, through libpng (see ``_PNG_LEVEL``)."""
     import imagecodecs
 
     if samples.shape[-1] == 1:
         samples = samples[..., 0]
     encoded = imagecodecs.png_encode(samples, level=_PNG_LEVEL, filter=imagecodecs.PNG.FILTER.UP)
-    with open(tmp, "wb") as fh:
-        fh.write(encoded)
+    fh.write(encoded)
 
 
-def _write_tiff(tmp: Path, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> None:
+def _write_tiff(fh: BinaryIO, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> None:
     """TIFF of any channel count through tifffile: 8/16-bit unsigned or 32-bit float
     samples, chunky strips, Deflate with a predictor. Gray for 1-2 channels, RGB for 3 or
     more; extra channels are marked unassociated alpha (2 and 4 channels with alpha) or
@@ -949,7 +919,7 @@ def _write_tiff(tmp: Path, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> 
         first = 2 if has_alpha and channels in (2, 4) else 0
         extrasamples = [first] + [0] * (extra - 1)
     tifffile.imwrite(
-        tmp,
+        fh,
         samples[..., 0] if channels == 1 else samples,
         photometric="minisblack" if colour == 1 else "rgb",
         planarconfig="contig" if channels > 1 else None,
@@ -961,7 +931,7 @@ def _write_tiff(tmp: Path, arr: np.ndarray, bit_depth: int, has_alpha: bool) -> 
     )
 
 
-def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int) -> None:
+def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:
     """JPEG, WebP or BMP from ``(H, W, C)`` uint8 samples through Pillow."""
     from PIL import Image as PILImage
 
@@ -974,7 +944,7 @@ def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int) -> None:
         options["quality"] = int(min(max(quality, 1), 100))
     if fmt == "JPEG" and quality >= 90:
         options["subsampling"] = 0  # 4:4:4 at high quality, as ImageMagick does
-    im.save(tmp, format=fmt, **options)
+    im.save(fh, format=fmt, **options)
 
 
 # ------------------------------------------------------------------ weight files

@@ -526,9 +526,9 @@ def test_writer_does_not_hold_the_decoded_input(tmp_path, monkeypatch):
     seen = []
     real_write = cbatch._write
 
-    def spy(task, result, loaded, out):
+    def spy(task, result, loaded, out, **kwargs):
         seen.append((loaded.image.data.size, loaded.channels.size, loaded.image.channels))
-        return real_write(task, result, loaded, out)
+        return real_write(task, result, loaded, out, **kwargs)
 
     monkeypatch.setattr(cbatch, "_write", spy)
     res = cbatch.run_tasks(tasks, cbatch.Filter(weight=BOX3.astype(np.float32)),

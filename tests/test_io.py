@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 
 from convcli import io as cio
 from convcli.errors import InputError
+from convcli.publish import publish
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -380,8 +381,8 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
     cio.write_image(target, smooth(3))
     before = target.read_bytes()
 
-    def boom(*args, **kwargs):
-        Path(args[0]).write_bytes(b"partial")
+    def boom(fh, *args, **kwargs):
+        fh.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cio, "_write_png", boom)  # fails after writing part of the file
@@ -395,12 +396,12 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_atomic_write_interrupt_cleans_up(tmp_path):
-    def interrupted(tmp: Path) -> None:
-        tmp.write_bytes(b"half")
+    def interrupted(fh) -> None:
+        fh.write(b"half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        cio.atomic_write(tmp_path / "x.bin", interrupted)
+        publish(tmp_path / "x.bin", interrupted)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -417,12 +418,16 @@ def test_read_only_folder(tmp_path):
         folder.chmod(stat.S_IRWXU)
 
 
-def test_read_only_folder_simulated(tmp_path, monkeypatch):
-    """As root the folder mode is ignored, so simulate the OS refusing the temp file."""
+@pytest.mark.parametrize("no_tmpfile", ["0", "1"])
+def test_read_only_folder_simulated(tmp_path, monkeypatch, no_tmpfile):
+    """As root the folder mode is ignored, so simulate the OS refusing the temp file
+    (unnamed O_TMPFILE or named)."""
+    monkeypatch.setenv("CONVCLI_NO_TMPFILE", no_tmpfile)
     real_open = os.open
+    creating = os.O_CREAT | getattr(os, "O_TMPFILE", 0)
 
     def deny(path, flags, mode=0o777, *a, **k):
-        if str(path).endswith(".tmp"):
+        if flags & creating:
             raise PermissionError(13, "Permission denied")
         return real_open(path, flags, mode, *a, **k)
 
@@ -841,12 +846,12 @@ def test_map_output_always_in_unit_range(values, out_map, scale, offset):
 
 
 def test_atomic_write_non_os_error_cleans_up(tmp_path):
-    def broken(tmp: Path) -> None:
-        tmp.write_bytes(b"x")
+    def broken(fh) -> None:
+        fh.write(b"x")
         raise InputError("something else")
 
     with pytest.raises(InputError, match="something else"):
-        cio.atomic_write(tmp_path / "y.bin", broken)
+        publish(tmp_path / "y.bin", broken)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -992,11 +997,11 @@ def test_atomic_write_keeps_errno(tmp_path):
     """batch tells a full disk from other failures by the OSError's errno."""
     import errno
 
-    def full(tmp: Path) -> None:
+    def full(fh) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(InputError, match="no space left on device") as info:
-        cio.atomic_write(tmp_path / "x.bin", full)
+        publish(tmp_path / "x.bin", full)
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
