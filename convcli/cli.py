@@ -98,15 +98,21 @@ def _check_side_files(
     outputs: Iterable[str | os.PathLike[str]] = (),
     folders: dict[str, str | os.PathLike[str]] | None = None,
     overwrite: bool,
+    dash_is_stdout: bool = False,
+    exists_hint: str = "pass --overwrite to replace it",
 ) -> None:
     """Side files (``--report``, ``--timings``, ``--json``/``--csv``, ``-o``) follow the
     outputs' rules, checked before any work: never an input of the run (same path after
     symbolic links, or the same file through a hard link), never an output of it or a
     folder it writes into, never two of them the same file, and an existing file only
-    with ``--overwrite``. ``-`` (stdout) is no file. A refusal is a usage error (exit 2)
-    naming the file and the problem.
+    with ``--overwrite``. ``-`` is stdout, no file, where ``dash_is_stdout``. A refusal
+    is a usage error (exit 2) naming the file and the problem.
     """
-    named = [(flag, Path(v)) for flag, v in files.items() if v is not None and v != "-"]
+    named = [
+        (flag, Path(v))
+        for flag, v in files.items()
+        if v is not None and not (dash_is_stdout and v == "-")
+    ]
     if not named:
         return
 
@@ -163,7 +169,7 @@ def _check_side_files(
         if os.path.isdir(path):
             refuse(f"{flag} names a folder")
         if os.path.lexists(path) and not overwrite:
-            refuse(f"{flag} file exists (pass --overwrite to replace it)")
+            refuse(f"{flag} file exists ({exists_hint})")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -928,6 +934,9 @@ def batch(
         outputs=[task.dst for task in plan.tasks],
         folders={"input folder": in_dir, "output folder": out_dir},
         overwrite=overwrite,
+        exists_hint="name a new file: --skip-existing keeps existing files"
+        if skip_existing
+        else "pass --overwrite to replace it",
     )
     if not plan.tasks and not plan.refused:
         what = f"no files matching {glob!r}" if glob else "no images"
@@ -1225,7 +1234,9 @@ def bench(
             raise click.BadParameter(
                 f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
             )
-    _check_side_files({"--json": json_file, "--csv": csv_file}, overwrite=overwrite)
+    _check_side_files(
+        {"--json": json_file, "--csv": csv_file}, overwrite=overwrite, dash_is_stdout=True
+    )
     console = _console()
 
     def progress(*args: Any) -> None:

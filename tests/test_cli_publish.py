@@ -1,0 +1,308 @@
+"""The CLI's file-safety rules (issue 11 items 1, 3, 4), through the real command:
+side files never clobber inputs, outputs or existing files; two batches into one folder
+never both claim a file; a killed run leaves no temporary file, or the next run removes
+it. Outputs are checked against the naive reference."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from naive import naive_conv2d
+
+from convcli import io as cio
+from convcli import publish as cpub
+from convcli.cli import cli
+from convcli.presets import get_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV.pop(cpub.NO_TMPFILE_ENV, None)
+LEVEL = 1 / 255 + 1e-6
+
+
+def convcli(*args: object, env=None, **kwargs) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "convcli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, timeout=300,
+                          **kwargs)  # fmt: skip
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def error_line(stderr: str, *needles: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("convcli: error: ") and "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def image(seed: int, size=(24, 32)) -> np.ndarray:
+    """A crop of a real sample, varied per seed, as (3, H, W) floats."""
+    from PIL import Image
+
+    names = ["astronaut.png", "coffee.png", "camera.png", "horse.png"]
+    with Image.open(ROOT / "samples" / names[seed % 4]) as im:
+        h, w = size
+        x0, y0 = 10 + 13 * seed % 150, 20 + 7 * seed % 100
+        arr = np.asarray(im.convert("RGB").crop((x0, y0, x0 + w, y0 + h)), np.float32) / 255
+    return np.moveaxis(arr, -1, 0)
+
+
+def make_inputs(folder: Path, count: int, size=(24, 32)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [cio.write_image(folder / f"m{i:03d}.png", image(i, size)) for i in range(count)]
+
+
+def reference(src: Path, kernel: np.ndarray) -> np.ndarray:
+    """'same' padding, replicate border, every channel, clipped: the CLI's defaults."""
+    x = cio.read_image(src).data.astype(np.float64)
+    k = np.asarray(kernel, np.float64)
+    th, tw = k.shape[0] - 1, k.shape[1] - 1
+    pad = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    w = np.broadcast_to(k, (x.shape[0], 1, *k.shape))
+    y = naive_conv2d(x[None], w, None, (1, 1), pad, (1, 1), x.shape[0], "replicate")[0]
+    return np.clip(y.real, 0, 1)
+
+
+def matches(dst: Path, src: Path, kernel: np.ndarray) -> bool:
+    return float(np.max(np.abs(cio.read_image(dst).data - reference(src, kernel)))) <= LEVEL
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ------------------------------------------------------------------ item 1: side files
+def test_side_file_naming_an_input_is_refused_and_the_input_kept(tmp_path):
+    src = tmp_path / "in"
+    photo, photo2 = make_inputs(src, 2)
+    before = snapshot(tmp_path)
+    res = convcli("apply", photo, "--preset", "box", "-o", tmp_path / "x.png",
+                  "--timings", photo, "--backend", "numpy")  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    error_line(res.stderr, str(photo), "--timings names an input of this run")
+    res = convcli("batch", src, tmp_path / "out", "--preset", "box",
+                  "--report", photo2, "--backend", "numpy")  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    error_line(res.stderr, str(photo2), "--report names an input of this run")
+    assert snapshot(tmp_path) == before  # inputs as they were, no output, no report
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_side_file_linked_to_an_input_is_refused(tmp_path, link):
+    (photo,) = make_inputs(tmp_path / "in", 1)
+    alias = tmp_path / "alias.json"
+    alias.symlink_to(photo) if link == "symlink" else os.link(photo, alias)
+    before = photo.read_bytes()
+    for overwrite in ([], ["--overwrite"]):  # --overwrite never allows an input
+        res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box",
+                  "--report", alias, "--backend", "numpy", *overwrite)  # fmt: skip
+        assert res.exit_code == 2
+        error_line(res.stderr, "alias.json", "names an input")
+    assert photo.read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_side_file_naming_an_output_or_another_side_file_is_refused(tmp_path):
+    make_inputs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    common = ("batch", tmp_path / "in", out, "--preset", "box", "--backend", "numpy")
+    cases = [
+        (["--report", out / "m001.png"], "--report names an output of this run"),
+        (["--timings", out / "m000.png", "--overwrite"], "--timings names an output"),
+        (["--report", tmp_path / "r.json", "--timings", tmp_path / "r.json"],
+         "--report and --timings name the same file"),
+        (["--report", out], "--report names the output folder"),
+        (["--report", tmp_path / "in"], "--report names the input folder"),
+    ]  # fmt: skip
+    for extra, needle in cases:
+        res = run(*common, *extra)
+        assert res.exit_code == 2, res.output
+        error_line(res.stderr, needle)
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+    # apply: --timings equal to -o, or to the --weights file
+    (photo, _) = sorted((tmp_path / "in").iterdir())
+    np.save(tmp_path / "w.npy", np.full((3, 3), 1 / 9, np.float32))
+    res = run("apply", photo, "--preset", "box", "-o", tmp_path / "o.png",
+              "--timings", tmp_path / "o.png")  # fmt: skip
+    assert res.exit_code == 2
+    error_line(res.stderr, "--timings names an output of this run")
+    res = run("apply", photo, "--weights", tmp_path / "w.npy", "-o", tmp_path / "o.png",
+              "--timings", tmp_path / "w.npy", "--overwrite")  # fmt: skip
+    assert res.exit_code == 2
+    error_line(res.stderr, "--timings names an input of this run")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_existing_side_files_need_overwrite(tmp_path):
+    (photo,) = make_inputs(tmp_path / "in", 1)
+    report, timings = tmp_path / "report.json", tmp_path / "t.json"
+    report.write_text("mine")
+    timings.write_text("mine too")
+    res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "--report", report)
+    assert res.exit_code == 2
+    error_line(res.stderr, str(report), "--report file exists (pass --overwrite")
+    res = run("apply", photo, "--preset", "box", "-o", tmp_path / "o.png", "--timings", timings)
+    assert res.exit_code == 2
+    error_line(res.stderr, str(timings), "--timings file exists")
+    assert report.read_text() == "mine" and timings.read_text() == "mine too"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o.png").exists()
+    res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "--report",
+              report, "--overwrite", "--backend", "numpy", "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(report.read_text())["outputs"] == [str(tmp_path / "out" / "m000.png")]
+    res = run("apply", photo, "--preset", "box", "-o", tmp_path / "o.png", "--timings",
+              timings, "--overwrite", "--backend", "numpy", "-q")  # fmt: skip
+    assert res.exit_code == 0 and json.loads(timings.read_text())["done"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bench_and_presets_export_refuse_existing_files(tmp_path):
+    rows = tmp_path / "rows.json"
+    rows.write_text("keep")
+    res = run("bench", "--suite", "quick", "--json", rows)  # refused before any timing
+    assert res.exit_code == 2
+    error_line(res.stderr, str(rows), "--json file exists")
+    res = run("bench", "--suite", "quick", "--json", tmp_path / "r", "--csv", tmp_path / "r")
+    assert res.exit_code == 2
+    error_line(res.stderr, "--json and --csv name the same file")
+    assert rows.read_text() == "keep" and not (tmp_path / "r").exists()
+
+    kernel = tmp_path / "k.npy"
+    kernel.write_bytes(b"mine")
+    res = run("presets", "export", "box", "-o", kernel)
+    assert res.exit_code == 2
+    error_line(res.stderr, str(kernel), "-o file exists")
+    assert kernel.read_bytes() == b"mine"
+    assert run("presets", "export", "box", "-o", kernel, "--overwrite").exit_code == 0
+    np.testing.assert_array_equal(np.load(kernel), np.float32(get_preset("box").kernel))
+    toml = tmp_path / "my.toml"
+    toml.write_text('description = "mine"\nkernel = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]\n')
+    before = toml.read_bytes()
+    alias = tmp_path / "alias.txt"  # -o takes no .toml: reach the preset file by a link
+    alias.symlink_to(toml)
+    res = run("presets", "export", str(toml), "-o", alias, "--overwrite")
+    assert res.exit_code == 2
+    error_line(res.stderr, "-o names an input of this run")
+    assert toml.read_bytes() == before
+
+
+# ------------------------------------------------------ item 3: two batches, one folder
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_two_batches_into_one_folder_claim_each_file_once(tmp_path, policy):
+    srcs = make_inputs(tmp_path / "in", 24, size=(64, 64))
+    out = tmp_path / "out"
+    presets = {"a": "box:size=5", "b": "sharpen"}
+    kernels = {k: np.asarray(get_preset(v).kernel) for k, v in presets.items()}
+    extra = ["--skip-existing"] if policy == "skip" else []
+
+    def start(k: str, preset: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "convcli", "batch", str(tmp_path / "in"), str(out),
+               "--preset", preset, "--backend", "numpy", "--workers", "2", "-q",
+               "--report", str(tmp_path / f"{k}.json"), *extra]  # fmt: skip
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=ENV)  # fmt: skip
+
+    procs = {k: start(k, preset) for k, preset in presets.items()}
+    results = {k: p.communicate(timeout=300) for k, p in procs.items()}
+    reports = {k: json.loads((tmp_path / f"{k}.json").read_text()) for k in presets}
+    claimed = {k: set(r["outputs"]) for k, r in reports.items()}
+    assert not claimed["a"] & claimed["b"]  # never both 'done'
+    assert claimed["a"] | claimed["b"] == {str(out / s.name) for s in srcs}
+    for k, outputs in claimed.items():  # each file holds the result of the run claiming it
+        for dst in outputs:
+            assert matches(Path(dst), tmp_path / "in" / Path(dst).name, kernels[k]), (k, dst)
+        others = len(srcs) - len(outputs)
+        stderr = results[k][1]
+        assert "Traceback" not in stderr
+        if policy == "skip":
+            assert procs[k].returncode == 0, stderr
+            assert (reports[k]["skipped"], reports[k]["failed"]) == (others, 0)
+        else:
+            assert procs[k].returncode == (1 if others else 0), stderr
+            assert (reports[k]["skipped"], reports[k]["failed"]) == (0, others)
+            assert all("exists" in f["reason"] for f in reports[k]["failures"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------- item 4: killed runs, temporary files
+def _kill_mid_write(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """Start a batch of large PNGs and SIGKILL it while it is writing an output (an
+    unnamed file open in OUT, or a named temporary file there). Returns (in, out)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_inputs(src, 6, size=(384, 512))
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convcli", "batch", str(src), str(out), "--preset", "box",
+         "--backend", "numpy", "--workers", "2", "-q", "--bit-depth", "16"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    fds = Path(f"/proc/{proc.pid}/fd")
+
+    def writing() -> bool:
+        if any(p.name.startswith(".") for p in out.iterdir()):
+            return True  # a named temporary file
+        for fd in list(fds.glob("*")) if fds.is_dir() else []:
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith(f"{out}/#") and target.endswith("(deleted)"):
+                    return True  # an unnamed O_TMPFILE file in OUT
+        return False
+
+    deadline = time.monotonic() + 120
+    caught = False
+    while not caught and time.monotonic() < deadline and proc.poll() is None:
+        if writing():
+            proc.send_signal(signal.SIGSTOP)  # frozen: still writing after the check?
+            caught = writing()
+            if not caught:
+                proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert caught and proc.returncode == -signal.SIGKILL, "the batch ended before a write"
+    return src, out
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not cpub._tmpfile_usable(),
+    reason="unnamed files need Linux O_TMPFILE",
+)
+def test_sigkill_mid_write_leaves_no_temporary_file(tmp_path):
+    src, out = _kill_mid_write(tmp_path, ENV)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    box = np.asarray(get_preset("box").kernel)
+    for dst in out.iterdir():  # what is there is complete and right
+        assert matches(dst, src / dst.name, box)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="PIDs are checked with kill(pid, 0)")
+def test_next_run_removes_temporary_files_of_a_killed_run(tmp_path):
+    src, out = _kill_mid_write(tmp_path, {**ENV, cpub.NO_TMPFILE_ENV: "1"})
+    stale = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert stale and all(".convcli-" in n for n in stale)
+    live = out / f".z.png.convcli-{cpub._host_tag()}-{os.getpid()}-0123abcd.tmp"
+    older = out / ".m000.png.1a2b3c4d.tmp"  # an earlier version's name: left alone
+    live.write_bytes(b"still writing")
+    older.write_bytes(b"?")
+    res = convcli("batch", src, out, "--preset", "box", "--backend", "numpy", "-q",
+                  "--skip-existing", "--bit-depth", "16")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted(
+        [live.name, older.name]
+    )
+    box = np.asarray(get_preset("box").kernel)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in src.iterdir())
+    for dst in out.glob("*.png"):
+        assert matches(dst, src / dst.name, box)
