@@ -648,7 +648,7 @@ def _fatal_errno(exc: BaseException) -> int | None:
     err = _oserror(exc)
     if err is not None:
         return err.errno if err.errno in _FATAL_ERRNOS else None
-    # io.atomic_write re-raises OS errors as InputError("<path>: cannot write: <strerror>")
+    # publish() re-raises OS errors as InputError("<path>: cannot write: <strerror>")
     text = str(exc).lower()
     if "cannot write" not in text:
         return None

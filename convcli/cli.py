@@ -541,7 +541,11 @@ def _kernel_options(f: Callable) -> Callable:
             type=click.IntRange(min=1),
             help="Threads reading and writing images (default: CPU count, min 2).",
         ),
-        click.option("--timings", metavar="FILE.json", help="Write the timing summary as JSON."),
+        click.option(
+            "--timings",
+            metavar="FILE.json",
+            help="Write the timing summary as JSON (a new file; --overwrite replaces one).",
+        ),
         click.option(
             "-q",
             "--quiet",
@@ -899,7 +903,10 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     "replaced).",
 )
 @click.option(
-    "--report", metavar="FILE.json", help="Write counts and every failure (file + reason) as JSON."
+    "--report",
+    metavar="FILE.json",
+    help="Write counts and every failure (file + reason) as JSON (a new file; --overwrite "
+    "replaces one).",
 )
 @_kernel_options
 @click.pass_context
