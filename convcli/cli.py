@@ -168,6 +168,9 @@ def _check_side_files(
             refuse(f"{flag} names a folder this run writes into")
         if os.path.isdir(path):
             refuse(f"{flag} names a folder")
+        blocker = next((a for a in path.absolute().parents if os.path.exists(a)), None)
+        if blocker is not None and not os.path.isdir(blocker):
+            refuse(f"{flag} cannot be created: {blocker} is a file, not a folder")
         if os.path.lexists(path) and not overwrite:
             refuse(f"{flag} file exists ({exists_hint})")
 

@@ -56,8 +56,7 @@ NO_TMPFILE_ENV = "CONVCLI_NO_TMPFILE"
 # open(O_TMPFILE) fails with these where the kernel or the filesystem lacks it (old
 # kernels see O_DIRECTORY | O_RDWR: EISDIR).
 _NO_TMPFILE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL})
-# link() fails with these on filesystems without hard links (FAT, some network shares);
-# EXDEV: a link() that did not follow /proc/self/fd's magic link.
+# link() fails with these on filesystems without hard links (FAT, some network shares).
 _NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 # Our temporary names: .NAME.convcli-HOST-PID-RANDOM.tmp (NAME cut to 40 characters, so
@@ -212,7 +211,9 @@ def _publish_unnamed(path: Path, write: Callable[[BinaryIO], None], mode: str) -
             except FileExistsError:
                 raise _exists(path) from None
             except OSError as exc:
-                if exc.errno in _NO_LINK_ERRNOS or exc.errno == errno.EXDEV:
+                # EXDEV: link() did not follow the magic link; ENOENT: /proc is not
+                # this process's (some containers). A named file still works there.
+                if exc.errno in _NO_LINK_ERRNOS or exc.errno in (errno.EXDEV, errno.ENOENT):
                     raise _Unsupported from exc
                 raise
             if mode == "replace":

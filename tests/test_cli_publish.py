@@ -126,6 +126,7 @@ def test_side_file_naming_an_output_or_another_side_file_is_refused(tmp_path):
          "--report and --timings name the same file"),
         (["--report", out], "--report names the output folder"),
         (["--report", tmp_path / "in"], "--report names the input folder"),
+        (["--timings", tmp_path / "in" / "m000.png" / "t.json"], "m000.png is a file, not a"),
     ]  # fmt: skip
     for extra, needle in cases:
         res = run(*common, *extra)
