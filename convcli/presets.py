@@ -1,13 +1,15 @@
 """Named and parametric kernels, and the inline kernel-text parser.
 
-Presets follow ImageMagick's built-in kernels (``-morphology Convolve <name>:<args>``,
-``AcquireKernelBuiltIn`` in MagickCore/morphology.c): the same parameters in the same
-order and the same values, so ``gaussian:radius=0,sigma=2`` (or ``Gaussian:0x2``) equals
-IM's ``Gaussian:0x2`` (tests compare them with an installed ImageMagick). Shape kernels
-(diamond, disk, ring...) and binomial are normalised to sum 1 here, so they average.
-Kernels are given as IM shows them with ``-define morphology:showKernel=1``; convcli
-applies them like torch, as cross-correlation (``--flip`` gives IM's ``Convolve``, which
-rotates the kernel 180°).
+Presets follow ImageMagick's built-in kernels (``AcquireKernelBuiltIn`` in
+MagickCore/morphology.c): the same parameters in the same order and the same values, so
+``gaussian:radius=0,sigma=2`` (or ``Gaussian:0x2``) equals IM's ``Gaussian:0x2`` (tests
+compare them with an installed ImageMagick). Shape kernels (diamond, disk, ring...) and
+binomial are normalised to sum 1 here, so they average. Kernels are given as IM shows
+them with ``-define morphology:showKernel=1``; convcli applies them like torch, as
+cross-correlation, which is IM's ``-morphology Correlate <name>:<args>``; IM's
+``-morphology Convolve`` rotates the kernel 180° (convcli's ``--flip``), which mirrors
+asymmetric kernels (sobel, emboss, comet). :meth:`Preset.imagemagick_args` gives the IM
+arguments for each preset.
 
 Fixed kernels are data files (``presets/<name>.toml``, one per preset); parametric
 families (Gaussian, DoG, shapes, motion blur...) are generated here. User presets use the
