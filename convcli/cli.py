@@ -309,8 +309,8 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--flip",
             is_flag=True,
-            help="Rotate the kernel 180 degrees: true convolution instead of torch's "
-            "cross-correlation.",
+            help="Rotate the kernel 180 degrees: true convolution (ImageMagick's "
+            "-morphology Convolve) instead of torch's cross-correlation (Correlate).",
         ),
         click.option(
             "--bias",
@@ -396,8 +396,9 @@ def _kernel_options(f: Callable) -> Callable:
             type=click.Choice(ALPHA_MODES),
             default="premultiply",
             show_default=True,
-            help="Alpha channel: premultiply (transparent pixels do not bleed), keep "
-            "(unfiltered), filter (as a plain channel), drop.",
+            help="Alpha channel: premultiply (transparent pixels do not bleed; alpha "
+            "filtered by kernels that sum to 1, else kept), keep (unfiltered), filter "
+            "(as a plain channel), drop.",
         ),
         click.option(
             "--format",
