@@ -776,11 +776,26 @@ def _make_folder(folder: Path) -> None:
 def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
     """The output mapping; with ``alpha`` (the last channel is the image's alpha, kept
     or filtered with the colour) only the colour is mapped and alpha is clipped, so
-    ``offset`` does not make transparent pixels half opaque."""
+    ``offset`` does not make transparent pixels half opaque.
+
+    ``normalize`` then stretches the range of colour x alpha (what a viewer sees):
+    an edge kernel's colour divided by a nearly transparent alpha can be huge, and
+    its min..max would squeeze every visible pixel into one grey."""
     if not alpha or data.shape[0] < 2:
         return cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
-    colour = cio.map_output(data[:-1], out.out_map, scale=out.scale, offset=out.offset)
-    return np.concatenate([colour, cio.map_output(data[-1:], "clip")])
+    a = cio.map_output(data[-1:], "clip")
+    if out.out_map != "normalize":
+        colour = cio.map_output(data[:-1], out.out_map, scale=out.scale, offset=out.offset)
+        return np.concatenate([colour, a])
+    colour = cio.map_output(data[:-1], "clip", scale=out.scale, offset=out.offset, clip=False)
+    shown = colour * a
+    finite = shown[np.isfinite(shown) & (a > 0)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if hi > lo:
+        colour = cio.map_output(colour, "clip", scale=1 / (hi - lo), offset=-lo / (hi - lo))
+    else:
+        colour = np.zeros_like(colour)
+    return np.concatenate([colour, a])
 
 
 def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:

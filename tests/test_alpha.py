@@ -196,3 +196,30 @@ def test_alpha_keep_works_with_a_stride(tmp_path):
     x = cio.read_image(src).data
     got = cio.read_image(out).data
     np.testing.assert_array_equal(got[3], x[3, ::2, ::2])
+
+
+def test_out_map_normalize_stretches_what_is_visible(tmp_path):
+    """An edge kernel's colour divided by a nearly transparent alpha is huge; normalize
+    used to stretch that range, leaving every visible pixel one flat grey. It stretches
+    the range of colour x alpha (what a viewer sees) instead."""
+    src, dst = tmp_path / "rgba.png", tmp_path / "out.png"
+    cio.write_image(src, _cutout())
+    x = cio.read_image(src).data.astype(np.float64)
+    k = cpresets.get_preset("sobel").kernel
+    filt = cbatch.Filter(weight=k.astype(np.float32))
+    res = cbatch.run_tasks(
+        [cbatch.Task(src, dst)], filt, engine=cbatch.Engine("numpy"),
+        output=cbatch.Output(out_map="normalize"),
+    )  # fmt: skip
+    assert res.ok, res.failed
+    got = cio.read_image(dst).data
+    a = x[3]
+    np.testing.assert_array_equal(got[3], a)
+    y = np.stack([_correlate(c * a, k) for c in x[:3]])
+    colour = np.where(a > 0, y / np.where(a > 0, a, 1), 0)
+    shown = (colour * a)[:, a > 0]
+    lo, hi = shown.min(), shown.max()
+    ref = np.clip((colour - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(got[:3], ref, atol=LEVEL)
+    opaque = got[:3][:, a == 1]
+    assert opaque.max() - opaque.min() > 0.5  # a stretched edge image, not one grey
