@@ -51,7 +51,13 @@ from convcli.errors import (
     OutputExistsError,
 )
 from convcli.runinfo import RunInfo
-from convcli.spec import ConvSpec, make_spec, normalize_dilation, normalize_stride
+from convcli.spec import (
+    ConvSpec,
+    make_spec,
+    normalize_dilation,
+    normalize_stride,
+    source_index,
+)
 
 Existing = Literal["fail", "skip", "replace"]
 
@@ -61,6 +67,8 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(cio.IMAGE_SUFFIXES)
 WRITABLE_SUFFIXES: frozenset[str] = frozenset(cio.WRITE_FORMATS)
 # Formats that only hold 8 bits per channel.
 _EIGHT_BIT_SUFFIXES = frozenset({".jpg", ".jpeg", ".webp", ".bmp"})
+# Alpha modes after which the result's last channel is the image's alpha.
+_ALPHA_KEPT_OR_FILTERED = frozenset({"premultiply", "premultiply-keep", "keep"})
 # errnos that will fail for every later output too: stop instead of failing each file.
 _FATAL_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
@@ -217,32 +225,62 @@ class Engine:
     max_memory: int | None = None
 
 
-def _keeps_size(filt: Filter, channels: int, size: tuple[int, int]) -> bool:
-    """Whether the convolution of a ``(channels, *size)`` image has the image's size."""
-    try:
-        spec = filt.spec_for((channels, *size))
-    except (ConvcliError, ValueError, TypeError):
-        return False
-    return (spec.h_out, spec.w_out) == tuple(size)
+def _alpha_taps(filt: Filter, channels: int) -> float | None:
+    """Sum of the taps and bias of the filter making the last output channel (the
+    alpha) of a ``channels``-channel image; None when the filter does not fit the image
+    (the convolution then says why)."""
+    w = filt.weight
+    if filt.depthwise:
+        groups = filt.groups if filt.groups is not None else channels
+        if groups <= 0 or channels % groups:
+            return None
+        c_out = channels
+        total = (channels // groups) * float(w.sum(dtype=np.float64))
+    else:
+        c_out = int(w.shape[0])
+        total = float(w[-1].sum(dtype=np.float64))
+    if filt.bias is not None:
+        b = np.asarray(filt.bias, dtype=np.float64).ravel()
+        if b.size not in (1, c_out):
+            return None
+        total += float(b[-1])
+    return total
 
 
-def alpha_rule(
-    filt: Filter, channels: int, alpha: str, size: tuple[int, int] | None = None
-) -> tuple[str, str | None]:
+def _sum_rule(filt: Filter, channels: int, what: str) -> tuple[str, str | None]:
+    total = _alpha_taps(filt, channels)
+    if total is None or cio.filters_alpha(total):
+        return "premultiply", None
+    shown = "0" if abs(total) < 1e-6 else f"{total:.4g}"  # float rounding of a zero sum
+    return (
+        "premultiply-keep",
+        f"alpha kept unfiltered ({what} sums to {shown}, not 1)",
+    )
+
+
+def alpha_rule(filt: Filter, channels: int, alpha: str) -> tuple[str, str | None]:
     """The alpha mode to use for an image with alpha, and a note when it differs.
 
-    ``premultiply`` and ``keep`` assume the result has the input's colour channels plus
-    alpha. A 4-D weight that changes the channel count breaks that assumption, so:
+    Under ``premultiply`` the colour is always multiplied by alpha before the
+    convolution (transparent pixels add nothing) and divided by the result's alpha
+    after it. Which alpha that is depends on the filter that makes the alpha channel:
 
-    - the weight takes every channel (alpha included) and keeps their count:
-      ``premultiply`` as asked (the last output channel is the alpha);
+    - its taps (and bias) sum to 1 (blurs, sharpen, unsharp, emboss, motion blur; see
+      :func:`convcli.io.filters_alpha`): alpha is filtered with the colour
+      (``premultiply``);
+    - any other sum (0 for edge kernels, Laplacians, DoG, LoG, high-pass): filtering
+      would make alpha 0 wherever the image is opaque, so the original alpha is kept
+      (``premultiply-keep``), sampled at each output pixel's kernel centre.
+
+    For a 2-D kernel that filter is the kernel (times the channels per group); for a
+    4-D weight it is the weight's last output channel, all its taps. A 4-D weight that
+    changes the channel count has no alpha output:
+
     - the weight takes the colour channels only (``channels - 1``): alpha is not
       convolved; it is kept unfiltered (``keep``) when the result has the colour
-      channels and the image's size, otherwise dropped;
+      channels, otherwise dropped;
     - the weight takes every channel but changes their count: alpha is filtered as a
       plain channel (``filter``), as the weight's author meant it.
-
-    2-D kernels (one kernel per channel) never change the channel count.
 
     Parameters
     ----------
@@ -250,19 +288,20 @@ def alpha_rule(
     channels : int
         The image's channels, alpha included.
     alpha : str
-        The requested mode (:data:`convcli.io.ALPHA_MODES`).
-    size : (int, int), optional
-        The image's ``(height, width)``; without it alpha is only kept when the
-        padding is ``'same'``.
+        The requested mode (:data:`convcli.io.ALPHA_MODES`); only ``premultiply``
+        is adapted.
 
     Returns
     -------
     (mode, note)
-        The mode for :func:`convcli.io.prepare_alpha` and ``finish_alpha``, and a
-        one-line note for the user when it is not the requested one (else None).
+        The mode for :func:`convcli.io.prepare_alpha` and ``finish_alpha`` (one of
+        :data:`convcli.io.ALPHA_STEPS`), and a one-line note for the user when alpha
+        is not filtered as the colour is (else None).
     """
-    if filt.depthwise or alpha != "premultiply" or channels < 2:
+    if alpha != "premultiply" or channels < 2:
         return alpha, None
+    if filt.depthwise:
+        return _sum_rule(filt, channels, "the kernel")
     w = filt.weight
     c_out, per = int(w.shape[0]), int(w.shape[1])
 
@@ -271,31 +310,62 @@ def alpha_rule(
         return groups > 0 and per * groups == n and c_out % groups == 0
 
     if takes(channels) and c_out == channels:
-        return alpha, None
+        return _sum_rule(filt, channels, "the weight's alpha output channel")
     if takes(channels - 1):
         colour = channels - 1
-        same = (
-            _keeps_size(filt, colour, size)
-            if size is not None
-            else filt.resolved_padding() == "same"
-        )
-        if c_out == colour and same:
+        if c_out == colour:
             return (
                 "keep",
                 f"alpha kept unfiltered (the weight takes the {colour} colour channels only)",
             )
-        why = (
-            f"the weight maps the {colour} colour channels to {c_out}"
-            if c_out != colour
-            else "the weight takes the colour channels only and the result's size differs"
-        )
-        return "drop", f"alpha dropped ({why})"
+        return "drop", f"alpha dropped (the weight maps the {colour} colour channels to {c_out})"
     if takes(channels):
         return "filter", (
             f"alpha filtered as a plain channel (the weight maps {channels} channels to "
             f"{c_out}, so there is no alpha to divide by)"
         )
     return alpha, None  # the weight does not fit: for_channels says why
+
+
+def sample_alpha(alpha: np.ndarray, filt: Filter) -> np.ndarray:
+    """The ``(1, H, W)`` alpha at each output pixel of ``filt``: the input pixel under
+    the kernel's centre tap (origin ``((kH-1)//2, (kW-1)//2)``), through the padding.
+
+    The alpha itself where the output keeps the input's size with stride 1 (``'same'``
+    or the symmetric padding that keeps the size); a subsampled or padded alpha for
+    other strides and paddings. The filter must fit a 1-channel image of that size
+    (the geometry does not depend on the channels).
+    """
+    h, w = alpha.shape[-2:]
+    # a 2-D kernel of the weight's size on one channel: the same output geometry
+    probe = replace(
+        filt, weight=np.zeros(filt.weight.shape[-2:], np.float32), bias=None, groups=None
+    )
+    conv = probe.spec_for((1, h, w))
+    rows = _centre_index(h, conv.pad[0], conv.pad[1], conv.kh, conv.dilation[0],
+                         conv.stride[0], conv.h_out, conv.padding_mode)  # fmt: skip
+    cols = _centre_index(w, conv.pad[2], conv.pad[3], conv.kw, conv.dilation[1],
+                         conv.stride[1], conv.w_out, conv.padding_mode)  # fmt: skip
+    (ri, rok), (ci, cok) = rows, cols
+    if (
+        rok.all()
+        and cok.all()
+        and np.array_equal(ri, np.arange(h))
+        and np.array_equal(ci, np.arange(w))
+    ):
+        return alpha
+    out = alpha[:, ri][:, :, ci]
+    if not (rok.all() and cok.all()):
+        out = out * (rok[:, None] & cok[None, :])
+    return np.ascontiguousarray(out, dtype=alpha.dtype)
+
+
+def _centre_index(
+    size: int, before: int, after: int, k: int, dil: int, stride: int, n_out: int, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    index, valid = source_index(size, before, after, mode)
+    at = dil * ((k - 1) // 2) + stride * np.arange(n_out)
+    return index[at], valid[at]
 
 
 def apply_filter(
@@ -675,7 +745,7 @@ def _read(task: Task, max_pixels: int | None, alpha: str, filt: Filter) -> _Load
     image = cio.read_image(task.src, max_pixels=max_pixels)
     notes = [" ".join(str(n).split()) for n in image.notes]
     if image.has_alpha:
-        alpha, note = alpha_rule(filt, image.channels, alpha, image.size)
+        alpha, note = alpha_rule(filt, image.channels, alpha)
         if note:
             notes.append(note)
     channels, kept = cio.prepare_alpha(image, alpha)
@@ -692,7 +762,7 @@ def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -
     kind = suffix.lstrip(".").upper().replace("JPG", "JPEG")
     if out.bit_depth is not None and out.bit_depth > 8:
         notes.append(f"{kind} holds 8 bits per channel: written at 8 bits, not {out.bit_depth}")
-    carries_alpha = loaded.alpha in ("premultiply", "keep") or (
+    carries_alpha = loaded.alpha in _ALPHA_KEPT_OR_FILTERED or (
         loaded.alpha == "filter" and result.shape[0] == loaded.image.channels
     )
     if loaded.image.has_alpha and carries_alpha and suffix != ".webp":
@@ -712,6 +782,31 @@ def _make_folder(folder: Path) -> None:
         raise InputError(f"cannot create the output folder {folder}: {blocker} is a file") from exc
 
 
+def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
+    """The output mapping; with ``alpha`` (the last channel is the image's alpha, kept
+    or filtered with the colour) only the colour is mapped and alpha is clipped, so
+    ``offset`` does not make transparent pixels half opaque.
+
+    ``normalize`` then stretches the range of colour x alpha (what a viewer sees):
+    an edge kernel's colour divided by a nearly transparent alpha can be huge, and
+    its min..max would squeeze every visible pixel into one grey."""
+    if not alpha or data.shape[0] < 2:
+        return cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
+    a = cio.map_output(data[-1:], "clip")
+    if out.out_map != "normalize":
+        colour = cio.map_output(data[:-1], out.out_map, scale=out.scale, offset=out.offset)
+        return np.concatenate([colour, a])
+    colour = cio.map_output(data[:-1], "clip", scale=out.scale, offset=out.offset, clip=False)
+    shown = colour * a
+    finite = shown[np.isfinite(shown) & (a > 0)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if hi > lo:
+        colour = cio.map_output(colour, "clip", scale=1 / (hi - lo), offset=-lo / (hi - lo))
+    else:
+        colour = np.zeros_like(colour)
+    return np.concatenate([colour, a])
+
+
 def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool) -> float:
     """Encode and publish one result: ``replace`` swaps it in for an existing file,
     otherwise it is created only if the name is still free (OutputExistsError)."""
@@ -720,11 +815,9 @@ def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, repl
     data = cio.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
     suffix = task.dst.suffix.lower()
     plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
-    if suffix == ".npy":
-        if not out.raw_npy:
-            data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
-    elif not plain_clip:  # write_image clips and rounds by itself: skip a full-image copy
-        data = cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
+    if (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip):
+        # write_image clips and rounds by itself: a plain clip skips a full-image copy
+        data = _map(data, out, alpha=image.has_alpha and loaded.alpha in _ALPHA_KEPT_OR_FILTERED)
     depth = out.bit_depth or default_bit_depth(image.bit_depth, suffix)
     _make_folder(task.dst.parent)
     cio.write_image(task.dst, data, bit_depth=depth, overwrite=replace, quality=out.quality)
@@ -891,6 +984,8 @@ def run_tasks(
                 finally:
                     timings["convolve"] += time.perf_counter() - t0
                 result.info.add(info)
+                if loaded.kept_alpha is not None:  # after the convolution checked the sizes
+                    loaded.kept_alpha = sample_alpha(loaded.kept_alpha, filt)
                 h, w = loaded.channels.shape[-2:]
                 # free the input early (the image's data is the same array when there is
                 # no alpha); the writer needs only the image's metadata

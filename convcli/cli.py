@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -406,8 +407,8 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--flip",
             is_flag=True,
-            help="Rotate the kernel 180 degrees: true convolution instead of torch's "
-            "cross-correlation.",
+            help="Rotate the kernel 180 degrees: true convolution (ImageMagick's "
+            "-morphology Convolve) instead of torch's cross-correlation (Correlate).",
         ),
         click.option(
             "--bias",
@@ -493,8 +494,9 @@ def _kernel_options(f: Callable) -> Callable:
             type=click.Choice(ALPHA_MODES),
             default="premultiply",
             show_default=True,
-            help="Alpha channel: premultiply (transparent pixels do not bleed), keep "
-            "(unfiltered), filter (as a plain channel), drop.",
+            help="Alpha channel: premultiply (transparent pixels do not bleed; alpha "
+            "filtered by kernels that sum to 1, else kept), keep (unfiltered), filter "
+            "(as a plain channel), drop.",
         ),
         click.option(
             "--format",
@@ -1016,14 +1018,26 @@ def _params_text(params: Any) -> str:
 
 
 def _preset_record(p: Any) -> dict[str, Any]:
-    k = np.asarray(p.kernel)
+    k = np.asarray(p.kernel, dtype=np.float64)
+    total = float(k.sum())
     return {
         "name": p.name,
         "size": f"{k.shape[1]}x{k.shape[0]}",
         "parameters": dict(p.params) if isinstance(p.params, dict) else list(p.params or []),
         "description": p.description,
         "normalized": bool(p.normalized),
+        "sum": total,
+        # under --alpha premultiply (the default) on images with alpha
+        "alpha": "filtered" if cio.filters_alpha(total) else "kept",
+        "convention": "correlate",
+        "symmetric": p.symmetric,
+        "imagemagick": shlex.join(p.imagemagick_args("Correlate")),
+        "imagemagick_flip": shlex.join(p.imagemagick_args("Convolve")),
     }
+
+
+def _sum_text(total: float) -> str:
+    return "0" if abs(total) < 1e-12 else f"{total:.6g}"
 
 
 def _format_kernel(k: np.ndarray) -> list[str]:
@@ -1042,12 +1056,9 @@ def presets_show(spec: str, as_json: bool) -> None:
     p = cpresets.get_preset(spec)
     k = np.asarray(p.kernel, dtype=np.float64)
     separable = bool(cpresets.is_separable(k))
+    rec = _preset_record(p)
     if as_json:
-        rec = _preset_record(p) | {
-            "kernel": k.tolist(),
-            "sum": float(k.sum()),
-            "separable": separable,
-        }
+        rec |= {"kernel": k.tolist(), "separable": separable}
         click.echo(json.dumps(rec, indent=2))
         return
     click.echo(f"{p.name} ({k.shape[1]}x{k.shape[0]}): {p.description}")
@@ -1055,8 +1066,22 @@ def presets_show(spec: str, as_json: bool) -> None:
         click.echo(f"parameters: {_params_text(p.params)}")
     for line in _format_kernel(k):
         click.echo("  " + line)
-    click.echo(f"sum: {k.sum():.6g}")
+    total = _sum_text(rec["sum"])
+    click.echo(f"sum: {total}")
     click.echo(f"separable: {'yes' if separable else 'no'}")
+    if rec["alpha"] == "filtered":
+        click.echo("alpha: filtered (sums to 1; with --alpha premultiply, the default)")
+    else:
+        click.echo(f"alpha: kept (sum {total}, not 1; with --alpha premultiply, the default)")
+    click.echo(f"convention: correlate (torch's; no flip), as ImageMagick {rec['imagemagick']}")
+    if rec["symmetric"]:
+        click.echo("symmetric: yes (--flip changes nothing)")
+    else:
+        click.echo(
+            f"symmetric: no (mirrored by --flip, which gives ImageMagick {rec['imagemagick_flip']})"
+        )
+    if k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
+        click.echo("even size: ImageMagick's Convolve also moves the origin, one pixel off --flip")
 
 
 @presets.command("export")

@@ -88,6 +88,9 @@ PIL_FORMATS: tuple[str, ...] = (
 
 AlphaMode = Literal["premultiply", "keep", "filter", "drop"]
 ALPHA_MODES: tuple[str, ...] = ("premultiply", "keep", "filter", "drop")
+# What prepare_alpha/finish_alpha do: the modes, plus "premultiply-keep", the form
+# premultiply takes for a kernel that does not sum to 1 (see filters_alpha).
+ALPHA_STEPS: tuple[str, ...] = (*ALPHA_MODES, "premultiply-keep")
 OutMap = Literal["clip", "abs", "normalize", "offset"]
 OUT_MAPS: tuple[str, ...] = ("clip", "abs", "normalize", "offset")
 
@@ -642,37 +645,69 @@ def _tiff_cmyk(chw: np.ndarray, bits: int, extra: tuple[int, ...]) -> Image:
 # ------------------------------------------------------------------------- alpha
 
 
+# The sum of the taps (and bias) of the filter that makes the alpha channel, within
+# this of 1: the filter averages (or sharpens) and an opaque area stays opaque, so alpha
+# is filtered with the colour. Other sums (0 for edge kernels) would make alpha 0 where
+# the image is opaque: alpha is kept instead. Float32 rounding of a normalised kernel
+# stays far below this; a kernel typed with three decimals (0.111 x 9) does not.
+ALPHA_SUM_TOLERANCE = 1e-4
+
+
+def filters_alpha(total: float) -> bool:
+    """Whether ``premultiply`` filters alpha with a filter whose taps sum to ``total``.
+
+    True for sums of 1 (blurs, sharpen, unsharp, emboss, motion blur): an opaque area
+    stays opaque. Other sums (0: edge, Laplacian, DoG, LoG, high-pass; or a scaled
+    kernel) would turn alpha into an edge map, mostly 0 (an invisible image), so alpha
+    is kept as it is and only the premultiplied colour is filtered.
+
+    >>> filters_alpha(1.0), filters_alpha(0.0), filters_alpha(3.0)
+    (True, False, False)
+    """
+    return bool(abs(float(total) - 1.0) <= ALPHA_SUM_TOLERANCE)
+
+
 def prepare_alpha(image: Image, alpha: str = "premultiply") -> tuple[np.ndarray, np.ndarray | None]:
     """Split an image into the channels to convolve and the alpha to re-attach.
 
     Parameters
     ----------
     image : Image
-    alpha : {"premultiply", "keep", "filter", "drop"}
+    alpha : {"premultiply", "premultiply-keep", "keep", "filter", "drop"}
         ``premultiply`` (default): colour times alpha, and alpha itself is filtered
-        too, so transparent pixels do not bleed into the result. ``keep``: filter the
-        colour only and keep the original alpha. ``filter``: alpha is a plain channel.
-        ``drop``: remove alpha. Images without alpha are returned unchanged.
+        too, so transparent pixels do not bleed into the result. ``premultiply-keep``:
+        the same channels (colour times alpha, then alpha), but the original alpha is
+        returned to replace the filtered one (for kernels that do not sum to 1, see
+        :func:`filters_alpha`). ``keep``: filter the colour only and keep the original
+        alpha. ``filter``: alpha is a plain channel. ``drop``: remove alpha. Images
+        without alpha are returned unchanged.
 
     Returns
     -------
     (channels, kept_alpha)
         ``channels`` is ``(C', H, W)`` float32; ``kept_alpha`` is ``(1, H, W)`` for
-        ``keep`` and None otherwise.
+        ``keep`` and ``premultiply-keep``, None otherwise.
     """
-    if alpha not in ALPHA_MODES:
+    if alpha not in ALPHA_STEPS:
         raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
     data = image.data
     if not image.has_alpha or data.shape[0] < 2:
         return data, None
     colour, a = data[:-1], data[-1:]
-    if alpha == "premultiply":
-        return np.concatenate([colour * a, a]).astype(np.float32, copy=False), None
+    if alpha in ("premultiply", "premultiply-keep"):
+        channels = np.concatenate([colour * a, a]).astype(np.float32, copy=False)
+        return channels, (a.copy() if alpha == "premultiply-keep" else None)
     if alpha == "keep":
         return np.ascontiguousarray(colour), a.copy()
     if alpha == "drop":
         return np.ascontiguousarray(colour), None
     return data, None
+
+
+def _unpremultiply(colour: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Colour divided by alpha where alpha > 0, 0 where it is not."""
+    safe = np.where(a > 0, a, 1).astype(colour.dtype)
+    return np.where(a > 0, colour / safe, 0).astype(colour.dtype, copy=False)
 
 
 def finish_alpha(
@@ -681,8 +716,13 @@ def finish_alpha(
     """Undo :func:`prepare_alpha` on a convolution result.
 
     ``premultiply``: divide colour by the filtered alpha where it is > 0 (0 elsewhere).
-    ``keep``: append the original alpha; only possible when the result has the input's
-    spatial size (stride/padding that change it raise :class:`InputError`).
+    ``premultiply-keep``: the result's last channel is replaced by ``kept_alpha`` and
+    the colour divided by it, so the premultiplied colour a viewer shows is the filtered
+    premultiplied colour, over the original coverage.
+    ``keep``: append the original alpha.
+    Both ``kept_alpha`` must have the result's height and width (the caller samples it
+    at the output pixels when stride or padding change the size); else
+    :class:`InputError`.
     """
     if not has_alpha or alpha in ("filter", "drop"):
         return result
@@ -690,20 +730,20 @@ def finish_alpha(
         if result.shape[0] < 2:
             return result
         colour, a = result[:-1], result[-1:]
-        safe = np.where(a > 0, a, 1).astype(result.dtype)
-        colour = np.where(a > 0, colour / safe, 0)
-        return np.concatenate([colour, a]).astype(result.dtype, copy=False)
-    if alpha == "keep":
+        return np.concatenate([_unpremultiply(colour, a), a]).astype(result.dtype, copy=False)
+    if alpha in ("keep", "premultiply-keep"):
         if kept_alpha is None:
             return result
         if kept_alpha.shape[1:] != result.shape[1:]:
             raise InputError(
-                f"--alpha keep: the result is {result.shape[2]}x{result.shape[1]} but the "
-                f"original alpha is {kept_alpha.shape[2]}x{kept_alpha.shape[1]}; alpha is "
-                "not resampled, use --alpha premultiply, filter or drop with this "
-                "stride/padding"
+                f"the result is {result.shape[2]}x{result.shape[1]} but the kept alpha is "
+                f"{kept_alpha.shape[2]}x{kept_alpha.shape[1]}"
             )
-        return np.concatenate([result, kept_alpha.astype(result.dtype)])
+        a = kept_alpha.astype(result.dtype, copy=False)
+        if alpha == "keep":
+            return np.concatenate([result, a])
+        colour = _unpremultiply(result[:-1], a)
+        return np.concatenate([colour, a]).astype(result.dtype, copy=False)
     raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
 
 

@@ -1,13 +1,15 @@
 """Named and parametric kernels, and the inline kernel-text parser.
 
-Presets follow ImageMagick's built-in kernels (``-morphology Convolve <name>:<args>``,
-``AcquireKernelBuiltIn`` in MagickCore/morphology.c): the same parameters in the same
-order and the same values, so ``gaussian:radius=0,sigma=2`` (or ``Gaussian:0x2``) equals
-IM's ``Gaussian:0x2`` (tests compare them with an installed ImageMagick). Shape kernels
-(diamond, disk, ring...) and binomial are normalised to sum 1 here, so they average.
-Kernels are given as IM shows them with ``-define morphology:showKernel=1``; convcli
-applies them like torch, as cross-correlation (``--flip`` gives IM's ``Convolve``, which
-rotates the kernel 180°).
+Presets follow ImageMagick's built-in kernels (``AcquireKernelBuiltIn`` in
+MagickCore/morphology.c): the same parameters in the same order and the same values, so
+``gaussian:radius=0,sigma=2`` (or ``Gaussian:0x2``) equals IM's ``Gaussian:0x2`` (tests
+compare them with an installed ImageMagick). Shape kernels (diamond, disk, ring...) and
+binomial are normalised to sum 1 here, so they average. Kernels are given as IM shows
+them with ``-define morphology:showKernel=1``; convcli applies them like torch, as
+cross-correlation, which is IM's ``-morphology Correlate <name>:<args>``; IM's
+``-morphology Convolve`` rotates the kernel 180° (convcli's ``--flip``), which mirrors
+asymmetric kernels (sobel, emboss, comet). :meth:`Preset.imagemagick_args` gives the IM
+arguments for each preset.
 
 Fixed kernels are data files (``presets/<name>.toml``, one per preset); parametric
 families (Gaussian, DoG, shapes, motion blur...) are generated here. User presets use the
@@ -22,6 +24,8 @@ TOML format::
     scale = 1.0                         # optional factor applied to the values
     rotatable = true                    # optional: adds an `angle` param (IM rotation)
     aliases = ["outline"]               # optional other names
+    imagemagick = "Sobel"               # optional: IM's kernel with these values; the
+                                        # parameters follow in order (Sobel:angle)
     # or, for a fixed family selected by an integer `type` (laplacian, frei-chen):
     [variants.0]
     kernel = [[...]]
@@ -76,6 +80,14 @@ class Preset:
         The kernel already sums to 1.
     source : str
         ``"built-in"`` or the path of a user preset file.
+    im_kernel : str
+        The ImageMagick kernel that has these values: a built-in (``Sobel:0``,
+        ``Gaussian:0,2``) where one matches, else the values as IM's ``"WxH: v,..."``
+        text. Empty for a preset built without one.
+    im_scale : str or None
+        IM's ``convolve:scale`` define that turns the built-in into these values
+        (``!`` for our normalised shapes, ``a,1`` for sharpen's identity + a x
+        Laplacian), or None.
     """
 
     name: str
@@ -84,10 +96,34 @@ class Preset:
     kernel: np.ndarray = field(repr=False)
     normalized: bool
     source: str = "built-in"
+    im_kernel: str = ""
+    im_scale: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         return int(self.kernel.shape[0]), int(self.kernel.shape[1])
+
+    @property
+    def symmetric(self) -> bool:
+        """The kernel equals itself rotated by 180 degrees: flipping it (true
+        convolution, ImageMagick's ``Convolve``) changes nothing."""
+        k = self.kernel
+        return bool(np.allclose(k, k[::-1, ::-1], rtol=0, atol=1e-12 * np.abs(k).max(initial=0)))
+
+    def imagemagick_args(self, method: str = "Correlate") -> list[str]:
+        """ImageMagick arguments applying this kernel: ``method="Correlate"`` gives
+        convcli's result (torch's cross-correlation, no flip), ``"Convolve"`` rotates
+        the kernel by 180 degrees like convcli's flip. Border handling: IM's default
+        ``-virtual-pixel edge`` is convcli's default ``replicate`` padding.
+
+        >>> get_preset("sobel").imagemagick_args()
+        ['-morphology', 'Correlate', 'Sobel:0']
+        >>> get_preset("disk:radius=2").imagemagick_args("Convolve")
+        ['-define', 'convolve:scale=!', '-morphology', 'Convolve', 'Disk:2']
+        """
+        kernel = self.im_kernel or _im_values(self.kernel)
+        define = ["-define", f"convolve:scale={self.im_scale}"] if self.im_scale else []
+        return [*define, "-morphology", method, kernel]
 
 
 # ------------------------------------------------------------------- kernel text
@@ -607,6 +643,59 @@ def _k_motion_blur(p: Mapping[str, Any]) -> np.ndarray:
     return w / w.sum()
 
 
+def _im_num(v: float) -> str:
+    """Shortest text that reads back as ``v`` (``1`` for 1.0, ``0.1``, ``-2.5e-07``)."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _im_values(k: np.ndarray) -> str:
+    """IM's user kernel text ``"WxH: v,v,..."`` (origin at its default, the centre,
+    ``((W-1)/2, (H-1)/2)`` rounded down, as ours)."""
+    h, w = k.shape
+    return f"{w}x{h}: " + ",".join(_im_num(v) for v in k.ravel())
+
+
+# What a family is in ImageMagick: (kernel, convolve:scale define or None) for the
+# parameters, or None where no built-in has these values (the values are spelt out).
+ImSpec = Callable[[Mapping[str, Any]], "tuple[str, str | None] | None"]
+
+
+def _im(name: str, *keys: str, scale: str | None = None, sep: str = ",") -> ImSpec:
+    """A built-in taking our parameters ``keys`` in IM's order, e.g. ``DoG:0,1,1.6``."""
+
+    def spec(p: Mapping[str, Any]) -> tuple[str, str | None]:
+        args = sep.join(_im_num(p[k]) for k in keys)
+        return (f"{name}:{args}" if keys else name), scale
+
+    return spec
+
+
+def _im_unity(p: Mapping[str, Any]) -> tuple[str, str | None]:
+    return "Unity", None if p["scale"] == 1 else _im_num(p["scale"])
+
+
+def _im_box(p: Mapping[str, Any]) -> tuple[str, str | None]:
+    return f"Rectangle:{int(p['size'])}x{int(p['size'])}", "!"
+
+
+def _im_sharpen(p: Mapping[str, Any]) -> tuple[str, str | None]:
+    # identity + amount x Laplacian:1 = IM scale "amount,1" (scale, then add unity)
+    return "Laplacian:1", f"{_im_num(p['amount'])},1"
+
+
+def _im_unsharp(p: Mapping[str, Any]) -> tuple[str, str | None]:
+    a = float(p["amount"])
+    return (
+        f"Gaussian:{_im_num(p['radius'])},{_im_num(p['sigma'])}",
+        f"{_im_num(-a)},{_im_num(1 + a)}",
+    )
+
+
+def _im_high_pass(p: Mapping[str, Any]) -> tuple[str, str | None]:
+    return f"Gaussian:{_im_num(p['radius'])},{_im_num(p['sigma'])}", "-1,1"
+
+
 @dataclass(frozen=True)
 class _Param:
     name: str
@@ -626,6 +715,7 @@ class _Family:
     normalized: bool
     aliases: tuple[str, ...] = ()
     source: str = "built-in"
+    imagemagick: ImSpec | None = None
 
 
 def _nonneg(v: float) -> bool:
@@ -658,6 +748,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("scale", 1.0, float, math.isfinite, "finite"),),
         _k_unity,
         False,
+        imagemagick=_im_unity,
     ),
     _Family(
         "gaussian",
@@ -668,6 +759,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_gaussian,
         True,
+        imagemagick=_im("Gaussian", "radius", "sigma"),
     ),
     _Family(
         "blur",
@@ -679,6 +771,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_blur,
         True,
+        imagemagick=_im("Blur", "radius", "sigma", "angle"),
     ),
     _Family(
         "comet",
@@ -702,6 +795,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_dog,
         False,
+        imagemagick=_im("DoG", "radius", "sigma1", "sigma2"),
     ),
     _Family(
         "log",
@@ -712,6 +806,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_log,
         False,
+        imagemagick=_im("LoG", "radius", "sigma"),
     ),
     _Family(
         "binomial",
@@ -719,6 +814,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 1, int, _pos, ">= 1"),),
         _k_binomial,
         True,
+        imagemagick=_im("Binomial", "radius", scale="!"),
     ),
     _Family(
         "diamond",
@@ -726,6 +822,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 1.0, float, _nonneg, "pixels (< 1 = 1)"),),
         _k_diamond,
         True,
+        imagemagick=_im("Diamond", "radius", scale="!"),
     ),
     _Family(
         "square",
@@ -733,6 +830,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 1.0, float, _nonneg, "pixels (< 1 = 1)"),),
         _k_square,
         True,
+        imagemagick=_im("Square", "radius", scale="!"),
     ),
     _Family(
         "octagon",
@@ -740,6 +838,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 2.0, float, _nonneg, "pixels (< 1 = 2)"),),
         _k_octagon,
         True,
+        imagemagick=_im("Octagon", "radius", scale="!"),
     ),
     _Family(
         "disk",
@@ -747,6 +846,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 4.3, float, _nonneg, "pixels, may be fractional"),),
         _k_disk,
         True,
+        imagemagick=_im("Disk", "radius", scale="!"),
     ),
     _Family(
         "plus",
@@ -754,6 +854,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 2.0, float, _nonneg, "pixels (< 1 = 2)"),),
         _k_plus,
         True,
+        imagemagick=_im("Plus", "radius", scale="!"),
     ),
     _Family(
         "cross",
@@ -761,6 +862,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("radius", 2.0, float, _nonneg, "pixels (< 1 = 2)"),),
         _k_cross,
         True,
+        imagemagick=_im("Cross", "radius", scale="!"),
     ),
     _Family(
         "rectangle",
@@ -771,6 +873,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_rectangle,
         True,
+        imagemagick=_im("Rectangle", "width", "height", scale="!", sep="x"),
     ),
     _Family(
         "ring",
@@ -781,6 +884,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_ring,
         True,
+        imagemagick=_im("Ring", "radius1", "radius2", scale="!"),
     ),
     _Family(
         "box",
@@ -788,6 +892,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("size", 3, int, _pos, ">= 1"),),
         _k_box,
         True,
+        imagemagick=_im_box,
     ),
     _Family(
         "sharpen",
@@ -795,6 +900,7 @@ _FAMILIES: tuple[_Family, ...] = (
         (_Param("amount", 1.0, float, math.isfinite, "finite"),),
         _k_sharpen,
         True,
+        imagemagick=_im_sharpen,
     ),
     _Family(
         "unsharp",
@@ -806,6 +912,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_unsharp,
         True,
+        imagemagick=_im_unsharp,
     ),
     _Family(
         "high-pass",
@@ -817,6 +924,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_high_pass,
         False,
         ("highpass",),
+        imagemagick=_im_high_pass,
     ),
     _Family(
         "motion-blur",
@@ -871,6 +979,9 @@ def _family_from_toml(path: Path, source: str) -> _Family:
     scale = doc.get("scale", 1.0)
     if not isinstance(scale, int | float) or not math.isfinite(scale):
         raise InputError(f"{where}: scale must be a finite number")
+    im_name = doc.get("imagemagick")
+    if im_name is not None and (not isinstance(im_name, str) or not im_name.strip()):
+        raise InputError(f"{where}: imagemagick must be the name of an ImageMagick kernel")
     rotatable = bool(doc.get("rotatable", False))
     aliases = tuple(str(a) for a in doc.get("aliases", ()))
     params: list[_Param] = []
@@ -911,7 +1022,10 @@ def _family_from_toml(path: Path, source: str) -> _Family:
 
     probe = build({q.name: q.default for q in params})
     normalized = bool(abs(probe.sum() - 1.0) < 1e-9)
-    return _Family(_canonical(name), description, tuple(params), build, normalized, aliases, source)
+    im = _im(im_name.strip(), *(q.name for q in params)) if im_name else None
+    return _Family(
+        _canonical(name), description, tuple(params), build, normalized, aliases, source, im
+    )
 
 
 def _canonical(name: str) -> str:
@@ -1067,7 +1181,11 @@ def _make(fam: _Family, values: dict[str, ParamValue], spec: str) -> Preset:
     if kernel.ndim != 2 or kernel.size == 0 or not np.isfinite(kernel).all():
         raise InputError(f"preset {spec!r}: the parameters give no usable kernel")
     normalized = fam.normalized and bool(abs(kernel.sum() - 1.0) < 1e-9)
-    return Preset(fam.name, fam.description, dict(values), kernel, normalized, fam.source)
+    im = fam.imagemagick(values) if fam.imagemagick is not None else None
+    im_kernel, im_scale = im if im is not None else (_im_values(kernel), None)
+    return Preset(
+        fam.name, fam.description, dict(values), kernel, normalized, fam.source, im_kernel, im_scale
+    )
 
 
 def _split_spec(spec: str) -> tuple[str, str]:

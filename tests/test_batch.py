@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -391,25 +392,33 @@ def _rgba(seed: int = 3, size=(14, 11)) -> np.ndarray:
     ("shape", "stride", "mode", "note"),
     [
         ((4, 4, 3, 3), 1, "premultiply", None),
+        ((4, 4, 3, 3), 2, "premultiply", None),
+        ((4, 4, 3, 3), 1, "premultiply-keep", "alpha kept unfiltered (the weight's alpha"),
+        ((4, 4, 3, 3), 2, "premultiply-keep", "alpha kept unfiltered (the weight's alpha"),
+        ((4, 1, 3, 3), 1, "premultiply-keep", "alpha kept unfiltered (the weight's alpha"),
         ((3, 4, 3, 3), 1, "filter", "alpha filtered as a plain channel"),
         ((1, 4, 3, 3), 1, "filter", "alpha filtered as a plain channel"),
-        ((3, 3, 3, 3), 1, "keep", "alpha kept unfiltered"),
-        ((3, 3, 3, 3), 2, "drop", "alpha dropped"),
+        ((3, 3, 3, 3), 1, "keep", "alpha kept unfiltered (the weight takes"),
+        ((3, 3, 3, 3), 2, "keep", "alpha kept unfiltered (the weight takes"),
         ((1, 3, 3, 3), 1, "drop", "alpha dropped"),
         ((2, 2, 3, 3), 1, "filter", "alpha filtered as a plain channel"),
     ],
 )
-def test_alpha_rule_for_channel_changing_weights(tmp_path, shape, stride, mode, note):
-    """RGBA image, 4-D weight: the rule picked, its note, and the written result."""
+def test_alpha_rule_for_4d_weights(tmp_path, shape, stride, mode, note):
+    """RGBA image, 4-D weight: the rule picked, its note, and the written result.
+
+    Random weights: the alpha output's taps sum to about 0.5 (kept); for the
+    ``premultiply`` cases they are scaled to sum 1 (filtered)."""
     rng = np.random.default_rng(7)
     w = (rng.random(shape) / np.prod(shape[1:])).astype(np.float32)
+    if mode == "premultiply":
+        w[-1] /= w[-1].sum(dtype=np.float64)
     filt = cbatch.Filter(weight=w, stride=stride, padding_mode="reflect")
-    data = _rgba()
-    got_mode, got_note = cbatch.alpha_rule(filt, 4, "premultiply", data.shape[1:])
+    got_mode, got_note = cbatch.alpha_rule(filt, 4, "premultiply")
     assert got_mode == mode
-    assert (got_note is None) if note is None else got_note.startswith(note)
+    assert (got_note is None) if note is None else got_note.startswith(note), got_note
     src, dst = tmp_path / "in.png", tmp_path / "out.npy"
-    cio.write_image(src, data)
+    cio.write_image(src, _rgba())
     x = cio.read_image(src).data.astype(np.float64)
     events = []
     res = cbatch.run_tasks(
@@ -420,35 +429,58 @@ def test_alpha_rule_for_channel_changing_weights(tmp_path, shape, stride, mode, 
     assert res.summary()["file_notes"] == (
         [] if note is None else [{"file": str(src), "note": got_note}]
     )
-    pad = filt.resolved_padding()
-    pad4 = (1, 1, 1, 1) if pad == "same" else (pad[0], pad[0], pad[1], pad[1])
-    groups = 4 // shape[1] if mode in ("premultiply", "filter") else 3 // shape[1]
+    groups = (
+        4 // shape[1] if mode in ("premultiply", "premultiply-keep", "filter") else 3 // shape[1]
+    )
 
     def conv(inp):
         return naive_conv2d(
-            inp[None], w.astype(np.float64), None, (stride, stride), pad4, (1, 1), groups,
-            "reflect",
+            inp[None], w.astype(np.float64), None, (stride, stride), (1, 1, 1, 1), (1, 1),
+            groups, "reflect",
         )[0].real  # fmt: skip
 
+    # the kernel's centre over the input: with padding 1 that is every stride-th pixel
+    kept = x[3:, ::stride, ::stride]
+    premultiplied = np.concatenate([x[:3] * x[3:], x[3:]])
     if mode == "premultiply":
-        y = conv(np.concatenate([x[:3] * x[3:], x[3:]]))
+        y = conv(premultiplied)
         a = y[3:]
         ref = np.concatenate([np.where(a > 0, y[:3] / np.where(a > 0, a, 1), 0), a])
+    elif mode == "premultiply-keep":
+        y = conv(premultiplied)
+        colour = np.where(kept > 0, y[:3] / np.where(kept > 0, kept, 1), 0)
+        ref = np.concatenate([colour, kept])
     elif mode == "filter":
         ref = conv(x)
     elif mode == "keep":
-        ref = np.concatenate([conv(x[:3]), x[3:]])
+        ref = np.concatenate([conv(x[:3]), kept])
     else:
         ref = conv(x[:3])
     np.testing.assert_allclose(np.load(dst), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_alpha_rule_leaves_depthwise_and_explicit_modes_alone():
+def test_alpha_rule_for_2d_kernels_and_explicit_modes():
     box = cbatch.Filter(weight=BOX3.astype(np.float32))
     assert cbatch.alpha_rule(box, 4, "premultiply") == ("premultiply", None)
+    assert cbatch.alpha_rule(box, 2, "premultiply") == ("premultiply", None)
+    # a bias counts: box + 0.5 maps an opaque area to 1.5
+    biased = cbatch.Filter(weight=BOX3.astype(np.float32), bias=np.float32(0.5))
+    assert cbatch.alpha_rule(biased, 4, "premultiply")[0] == "premultiply-keep"
+    # groups=1: every output sums the 4 channels, so the alpha's filter sums to 4
+    assert cbatch.alpha_rule(replace(box, groups=1), 4, "premultiply") == (
+        "premultiply-keep",
+        "alpha kept unfiltered (the kernel sums to 4, not 1)",
+    )
+    sobel = cbatch.Filter(weight=np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32))
+    assert cbatch.alpha_rule(sobel, 4, "premultiply") == (
+        "premultiply-keep",
+        "alpha kept unfiltered (the kernel sums to 0, not 1)",
+    )
+    assert cbatch.alpha_rule(sobel, 1, "premultiply") == ("premultiply", None)
     w = np.ones((3, 4, 3, 3), np.float32)
     for alpha in ("keep", "filter", "drop"):
         assert cbatch.alpha_rule(cbatch.Filter(weight=w), 4, alpha) == (alpha, None)
+        assert cbatch.alpha_rule(sobel, 4, alpha) == (alpha, None)
 
 
 def test_eight_bit_formats_warn_about_what_they_lose(tmp_path):
