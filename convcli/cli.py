@@ -75,6 +75,32 @@ def _write_json(path: str | Path, data: object, *, overwrite: bool) -> None:
     _write_text(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
 
 
+# keys every --report and --timings record holds (BatchResult.summary, _timings_record)
+_RECORD_KEYS = frozenset({"done", "failed", "timings_s"})
+_RECORD_MAX_BYTES = 64 * 2**20
+
+
+def _is_own_record(path: str | Path) -> bool:
+    """Whether ``path`` is a report or timings record that convcli wrote: a rerun (the
+    resume of a batch with --skip-existing) replaces it without --overwrite. Any other
+    file, JSON or not, is the user's and keeps the outputs' rule."""
+    try:
+        if not os.path.isfile(path) or os.path.islink(path):
+            return False
+        if os.path.getsize(path) > _RECORD_MAX_BYTES:
+            return False
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.keys() >= _RECORD_KEYS
+
+
+def _write_record(path: str | Path, data: object, *, overwrite: bool) -> None:
+    """A --report or --timings record: replaces an earlier record, else as _write_json."""
+    _write_json(path, data, overwrite=overwrite or _is_own_record(path))
+
+
 def _kernel_files(opts: dict[str, Any]) -> list[Path]:
     """The files the kernel options read (inputs of the run, like the images)."""
     files = [Path(opts["weights"])] if opts.get("weights") else []
@@ -101,14 +127,19 @@ def _check_side_files(
     overwrite: bool,
     dash_is_stdout: bool = False,
     exists_hint: str = "pass --overwrite to replace it",
+    records: Iterable[str] = (),
 ) -> None:
     """Side files (``--report``, ``--timings``, ``--json``/``--csv``, ``-o``) follow the
     outputs' rules, checked before any work: never an input of the run (same path after
     symbolic links, or the same file through a hard link), never an output of it or a
     folder it writes into, never two of them the same file, and an existing file only
-    with ``--overwrite``. ``-`` is stdout, no file, where ``dash_is_stdout``. A refusal
-    is a usage error (exit 2) naming the file and the problem.
+    with ``--overwrite``, except that the flags in ``records`` (``--report``,
+    ``--timings``) replace a record convcli wrote before (:func:`_is_own_record`), so a
+    rerun of the same command works. ``-`` is stdout, no file, where
+    ``dash_is_stdout``. A refusal is a usage error (exit 2) naming the file and the
+    problem.
     """
+    records = frozenset(records)
     named = [
         (flag, Path(v))
         for flag, v in files.items()
@@ -173,6 +204,8 @@ def _check_side_files(
         if blocker is not None and not os.path.isdir(blocker):
             refuse(f"{flag} cannot be created: {blocker} is a file, not a folder")
         if os.path.lexists(path) and not overwrite:
+            if flag in records and _is_own_record(path):
+                continue
             refuse(f"{flag} file exists ({exists_hint})")
 
 
@@ -762,7 +795,7 @@ def _run(
     if not quiet and result.done and (len(plan.tasks) > 1 or not result.failed):
         _timing_table(result)
     if opts["timings"]:
-        _write_json(opts["timings"], _timings_record(result), overwrite=overwrite)
+        _write_record(opts["timings"], _timings_record(result), overwrite=overwrite)
     return result, (received[0] if received else None)
 
 
@@ -876,6 +909,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
         inputs=[*inputs, *_kernel_files(opts)],
         outputs=[task.dst for task in plan.tasks],
         overwrite=overwrite,
+        records=("--timings",),
     )
     label = Path(inputs[0]).name if len(inputs) == 1 else "images"
     result, signum = _run(
@@ -949,6 +983,7 @@ def batch(
         exists_hint="name a new file: --skip-existing keeps existing files"
         if skip_existing
         else "pass --overwrite to replace it",
+        records=("--report", "--timings"),
     )
     if not plan.tasks and not plan.refused:
         what = f"no files matching {glob!r}" if glob else "no images"
@@ -956,14 +991,14 @@ def batch(
         hint = " (sub-folders are read with --recursive)" if deeper else ""
         _err(f"{what} found in {in_dir}{hint}", "notice")
         if report:
-            _write_json(report, cbatch.BatchResult().summary(), overwrite=overwrite)
+            _write_record(report, cbatch.BatchResult().summary(), overwrite=overwrite)
         return 0
     result, signum = _run(
         plan, filt, engine, out, opts, existing=existing, label="batch", overwrite=overwrite
     )
     summary = result.summary()
     if report:
-        _write_json(report, summary, overwrite=overwrite)
+        _write_record(report, summary, overwrite=overwrite)
     total = result.timings.get("total", 0.0)
     rate = len(result.done) / total if total > 0 else 0.0
     line = (

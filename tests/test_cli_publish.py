@@ -170,6 +170,29 @@ def test_existing_side_files_need_overwrite(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_rerun_replaces_its_own_report_but_not_other_json(tmp_path):
+    """The README's resume command (--skip-existing --report r.json) works twice: a
+    record convcli wrote is replaced; a user's JSON, even a near miss, is not."""
+    make_inputs(tmp_path / "in", 2)
+    report, timings = tmp_path / "r.json", tmp_path / "t.json"
+    args = ("batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "--backend",
+            "numpy", "-q", "--skip-existing", "--report", report, "--timings", timings)  # fmt: skip
+    assert run(*args).exit_code == 0
+    assert json.loads(report.read_text())["done"] == 2
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    second = json.loads(report.read_text())
+    assert (second["done"], second["skipped"]) == (0, 2)
+    assert json.loads(timings.read_text())["skipped"] == 2
+    near_miss = {"done": 1, "failed": 0}  # no timings_s: not a record we wrote
+    for content in (json.dumps(near_miss), "[1, 2]", "{not json"):
+        report.write_text(content)
+        res = run(*args)
+        assert res.exit_code == 2
+        error_line(res.stderr, str(report), "--report file exists")
+        assert report.read_text() == content
+
+
 def test_bench_and_presets_export_refuse_existing_files(tmp_path):
     rows = tmp_path / "rows.json"
     rows.write_text("keep")
