@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 from convcli import io as cio
+from convcli import notes as cnotes
 from convcli.api import conv2d
 from convcli.errors import BackendError, ConvcliError, ConvValueError, InputError
 from convcli.runinfo import RunInfo
@@ -621,8 +622,8 @@ class _Loaded:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())  # one line, whatever the library said
+    # kept as it is (a file name may hold any character); the CLI escapes what it prints
+    return str(exc).strip() or type(exc).__name__
 
 
 def _oserror(exc: BaseException) -> OSError | None:
@@ -703,7 +704,44 @@ def _make_folder(folder: Path) -> None:
         raise InputError(f"cannot create the output folder {folder}: {blocker} is a file") from exc
 
 
-def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
+def _overflow_note(result: np.ndarray) -> str | None:
+    """A note when the result holds inf or NaN: inputs and weights are finite, so the
+    sums overflowed float32."""
+    # a float64 sum of float32 values cannot overflow: it is finite iff every value is
+    if np.isfinite(np.sum(result, dtype=np.float64)):
+        return None
+    bad = int(result.size - np.count_nonzero(np.isfinite(result)))
+    return (
+        f"the result overflowed float32: {bad} of {result.size} values are inf or NaN "
+        "(image formats clip them, .npy keeps them); scale the kernel down"
+    )
+
+
+def _convolve_notes(result: np.ndarray, caught: list) -> list[str]:
+    """Notes about one convolution: an overflow, and what the backend warned about
+    (NumPy's own overflow warnings say less than the overflow note)."""
+    note = _overflow_note(result)
+    notes = [note] if note else []
+    for w in caught:
+        if note and issubclass(w.category, RuntimeWarning):
+            continue
+        text = cnotes.text(w)
+        if text not in notes:
+            notes.append(text)
+    return notes
+
+
+def _write(
+    task: Task, result: np.ndarray, loaded: _Loaded, out: Output
+) -> tuple[float, list[str]]:
+    """Write one result; returns (seconds, notes from what the encoders warned about)."""
+    caught: list = []
+    with cnotes.collect(caught):
+        seconds = _write_file(task, result, loaded, out)
+    return seconds, list(dict.fromkeys(cnotes.text(w) for w in caught))
+
+
+def _write_file(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> float:
     t0 = time.perf_counter()
     image = loaded.image
     data = cio.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
@@ -809,7 +847,9 @@ def run_tasks(
 
     def finish_write(task: Task, fut: Future, mp: float, notes: tuple[str, ...]) -> None:
         try:
-            timings["write"] += fut.result()
+            seconds, write_notes = fut.result()
+            timings["write"] += seconds
+            notes = (*notes, *write_notes)
         except Exception as exc:  # every failure becomes a report line
             fatal = _fatal_write(exc, task.dst)
             if fatal is not None and result.fatal is None:
@@ -850,8 +890,11 @@ def run_tasks(
                 timings["read"] += loaded.seconds
                 info = RunInfo()
                 t0 = time.perf_counter()
+                caught: list = []
                 try:
-                    out = apply_filter(loaded.channels, filt, engine, info, on_rows)
+                    # the backend's helper threads warn here too (they have no collector)
+                    with cnotes.collect(caught, every_thread=True):
+                        out = apply_filter(loaded.channels, filt, engine, info, on_rows)
                 except BackendError as exc:
                     # the device is gone or refused: every later file would fail the same way
                     result.fatal = _reason(exc)
@@ -876,6 +919,7 @@ def run_tasks(
                 loaded.channels = np.empty(0, np.float32)
                 c_in = loaded.image.channels
                 loaded.image = replace(loaded.image, data=np.empty((c_in, 0, 0), np.float32))
+                loaded.notes.extend(_convolve_notes(out, caught))
                 loaded.notes.extend(_write_notes(task, out, loaded, output))
                 job = writers.submit(_write, task, out, loaded, output)
                 writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))

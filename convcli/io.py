@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from convcli import notes as cnotes
 from convcli.errors import InputError
 
 # Pillow's own decompression-bomb limit (89478485) warns and 2x that raises; we use a
@@ -232,6 +233,14 @@ def read_image(
         Missing, empty, truncated or unsupported file, or too many pixels.
     """
     path = Path(path)
+    caught: list[warnings.WarningMessage] = []
+    with cnotes.collect(caught):
+        image = _read_image(path, max_pixels)
+    image.notes.extend(cnotes.text(w) for w in caught)
+    return image
+
+
+def _read_image(path: Path, max_pixels: int | None) -> Image:
     name = _name(path)
     _check_file(path)
     if path.suffix.lower() == ".npy":
@@ -338,10 +347,8 @@ def _pil_no_bomb_limit():
     with _PIL_LOCK:
         saved = PILImage.MAX_IMAGE_PIXELS
         PILImage.MAX_IMAGE_PIXELS = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-                yield
+        try:  # with no limit Pillow neither warns nor raises about the size
+            yield
         finally:
             PILImage.MAX_IMAGE_PIXELS = saved
 
@@ -359,10 +366,9 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
             PILImage.init()
             formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
             opened = PILImage.open(path, formats=formats)
-        with opened as im, warnings.catch_warnings(record=True) as caught:
-            # Pillow warns about e.g. corrupt EXIF on images that decode fine: keep
-            # those as notes instead of printing (or failing under -W error).
-            warnings.simplefilter("always")
+        # Pillow warns about e.g. corrupt EXIF on images that decode fine (while opening
+        # and decoding): read_image keeps those as notes instead of printing them.
+        with opened as im:
             _check_pixels(name, im.size[0] * im.size[1], max_pixels)
             im.load()  # decode fully inside the try: truncation shows up here
             try:
@@ -370,7 +376,6 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
                 ImageOps.exif_transpose(im, in_place=True)
             except Exception as exc:  # a broken EXIF block must not lose the pixels
                 notes.append(f"EXIF orientation ignored ({_reason(exc)})")
-        notes.extend(_one_line(w.message) for w in caught)
         image = _from_pil(im, path)
         image.notes.extend(notes)
         return image
@@ -480,13 +485,11 @@ def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
     try:
         with _pil_no_bomb_limit():
             opened = PILImage.open(_stdio.BytesIO(blob), formats=["PNG"])
-        with opened as im, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with opened as im:  # warnings become notes (read_image collects them)
             raw = im.info.get("exif")
             exif = PILImage.Exif()
             if raw:
                 exif.load(raw)
-        notes.extend(_one_line(w.message) for w in caught)
         return int(exif.get(0x0112, 1))
     except Exception as exc:  # a broken EXIF block must not lose the pixels
         notes.append(f"EXIF orientation ignored ({_reason(exc)})")
@@ -889,8 +892,19 @@ def write_image(
 
 
 def _save_npy(tmp: Path, arr: np.ndarray) -> None:
+    """``np.save`` through a plain file write: NumPy's ``tofile`` reports a full disk as
+    a bare OSError ("480000 requested and 40928 written") without its errno, which the
+    file object's own write keeps (ENOSPC: "no space left on device")."""
+    arr = np.ascontiguousarray(arr)
+    header = np.lib.format.header_data_from_array_1_0(arr)
     with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
+        try:
+            np.lib.format.write_array_header_1_0(fh, header)  # what np.save writes
+        except ValueError:  # a header over 64 KiB (thousands of dimensions)
+            fh.seek(0)
+            fh.truncate()
+            np.lib.format.write_array_header_2_0(fh, header)
+        fh.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
 def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
@@ -981,7 +995,7 @@ def _save_pil(tmp: Path, q8: np.ndarray, fmt: str, quality: int) -> None:
 
 
 def load_weights(
-    path: str | os.PathLike[str], *, key: str | None = None
+    path: str | os.PathLike[str], *, key: str | None = None, notes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load a convolution weight (and optional bias) from a file.
 
@@ -996,6 +1010,9 @@ def load_weights(
         object with ``weight`` and optional ``bias``).
     key : str or None
         Tensor name or prefix inside ``.npz``/``.safetensors``/``.pt``.
+    notes : list of str, optional
+        Receives one line per thing worth telling the user that did not stop the load
+        (what torch or NumPy warned about while reading the file).
 
     Returns
     -------
@@ -1009,6 +1026,15 @@ def load_weights(
         Unreadable file, missing tensor, wrong rank, empty, NaN/Inf or non-numbers.
     """
     path = Path(path)
+    caught: list[warnings.WarningMessage] = []
+    with cnotes.collect(caught):
+        weight, bias = _load_weights(path, key)
+    if notes is not None:
+        notes.extend(cnotes.text(w) for w in caught)
+    return weight, bias
+
+
+def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     name = _name(path)
     _check_file(path)
     suffix = path.suffix.lower()
@@ -1154,6 +1180,12 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
 
         if not zipfile.is_zipfile(path):  # torch.save writes zip archives since 1.6
             raise InputError(f"{name}: not a readable torch file (not a zip archive)") from None
+        if "unsupported operand" in str(exc).lower():  # e.g. FRAME (149) of protocol >= 4
+            raise InputError(
+                f"{name}: written with a pickle protocol that torch's safe loader cannot "
+                "read (4 or newer); save it with torch.save(..., pickle_protocol=2) or as "
+                ".safetensors"
+            ) from None
         if "weights only load failed" in text.lower():
             # A pickled whole model: unpickling it could run arbitrary code.
             raise InputError(
@@ -1165,11 +1197,21 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
         obj = obj["state_dict"]
 
     def to_numpy(t: Any) -> Any:
-        if isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.layout != torch.strided:  # sparse COO/CSR..., which numpy cannot hold
+            raise InputError(
+                f"{name}: holds a {str(t.layout).removeprefix('torch.')} tensor; save it "
+                "dense (tensor.to_dense()) and load that"
+            )
+        try:
             if t.is_complex():
                 return t.detach().cpu().numpy()
             return t.detach().cpu().to(torch.float64).numpy()
-        return t
+        except Exception as exc:  # quantized, meta or other tensors with no plain values
+            raise InputError(
+                f"{name}: a {t.dtype} tensor that cannot be read as numbers ({_reason(exc)})"
+            ) from None
 
     if isinstance(obj, torch.Tensor):
         return to_numpy(obj), None
@@ -1214,8 +1256,10 @@ def _load_text(path: Path) -> np.ndarray:
 def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
     name = _name(path)
     try:
-        obj = json.loads(_read_text(path))
-    except (json.JSONDecodeError, RecursionError) as exc:
+        # integers as floats: Python refuses to convert those of over 4300 digits, and a
+        # kernel value is a float anyway (a huge one is then reported as beyond float32)
+        obj = json.loads(_read_text(path), parse_int=float)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InputError(f"{name}: not valid JSON ({_reason(exc)})") from None
     if isinstance(obj, dict):
         return _pick(obj, key, name)
