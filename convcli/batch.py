@@ -26,6 +26,7 @@ Rules that keep data safe (see README "Safety rules"):
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import threading
 import time
@@ -426,39 +427,116 @@ def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
         plan.tasks.append(task)
 
 
+def check_pattern(glob: str) -> tuple[str, ...]:
+    """The components of a file pattern, checked: relative to the input folder, with no
+    ``..`` and ``**`` only in front (any depth).
+
+    Raises
+    ------
+    InputError
+        For an empty or absolute pattern, ``..``, or ``**`` after another component.
+    """
+    if not glob.strip():
+        raise InputError("the file pattern is empty; give one like '*.png'")
+    if os.path.isabs(glob):
+        raise InputError(
+            f"file pattern {glob!r} is an absolute path; patterns are matched inside the "
+            "input folder (e.g. '*.png' or 'sub/*.png')"
+        )
+    parts = tuple(p for p in glob.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise InputError(f"file pattern {glob!r} leaves the input folder ('..')")
+    lead = 0
+    while lead < len(parts) and parts[lead] == "**":
+        lead += 1
+    if "**" in parts[lead:] or lead == len(parts):
+        raise InputError(
+            f"file pattern {glob!r}: '**' (any sub-folder) may only lead the pattern and "
+            "must be followed by a file pattern, e.g. '**/*.png'"
+        )
+    return parts
+
+
+def _matches(rel: tuple[str, ...], parts: tuple[str, ...], any_depth: bool) -> bool:
+    """Whether a file's path below the input folder matches the pattern's components:
+    all of them (one level each), or its last ones (``any_depth``, like ``rglob``)."""
+    if len(rel) < len(parts) or (not any_depth and len(rel) != len(parts)):
+        return False
+    tail = rel[len(rel) - len(parts) :]
+    return all(fnmatch.fnmatchcase(name, pat) for name, pat in zip(tail, parts, strict=True))
+
+
 def list_inputs(
     in_dir: str | Path,
     *,
     recursive: bool = False,
     glob: str | None = None,
     exclude: Sequence[str | Path] = (),
+    errors: list[Failure] | None = None,
 ) -> list[Path]:
     """Input files of a batch, sorted, listed before anything is written.
 
     Without ``glob`` the files with an image suffix (:data:`IMAGE_SUFFIXES`) are taken;
-    with it every file matching it. Hidden files and folders (name starting with ``.``,
-    e.g. macOS ``._IMG.JPG`` companions and our own temporary files) are skipped, and so
-    is everything under ``exclude`` (the output folder when it lies inside ``in_dir``).
+    with it every file matching it (see :func:`check_pattern`; ``recursive`` matches its
+    last components at any depth, as :meth:`pathlib.Path.rglob` does). Hidden files and
+    folders (name starting with ``.``, e.g. macOS ``._IMG.JPG`` companions and our own
+    temporary files) are skipped, and so is everything under ``exclude`` (the output
+    folder when it lies inside ``in_dir``). Symbolic links to files are inputs; links to
+    folders are not followed (no loops, no walking out of ``in_dir``).
+
+    A sub-folder that cannot be read is appended to ``errors`` as a :class:`Failure`
+    (raised as InputError when ``errors`` is None): its images would be missing from
+    the batch without a word.
+
+    Raises
+    ------
+    InputError
+        If ``in_dir`` is not a folder or cannot be read, or for a bad ``glob``.
     """
     root = Path(in_dir)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
+    parts = check_pattern(glob) if glob is not None else ("*",)
+    any_depth = recursive or parts[0] == "**"
+    parts = tuple(p for p in parts if p != "**")
     excluded = [Path(p).resolve() for p in exclude]
-    pattern = glob or "*"
-    found = root.rglob(pattern) if recursive else root.glob(pattern)
-    files = []
-    for path in found:
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if not path.is_file():
-            continue
-        if glob is None and path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        resolved = path.resolve()
-        if any(_is_within(resolved, ex) for ex in excluded):
-            continue
-        files.append(path)
+    files: list[Path] = []
+
+    def walk(folder: Path, rel: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError as exc:
+            reason = f"cannot read the folder: {cio._reason(exc)}"
+            if not rel:
+                raise InputError(f"{folder}: {reason}") from None
+            if errors is None:
+                raise InputError(f"{folder}: {reason}") from None
+            errors.append(Failure(folder, f"{reason}; the images in it were not processed"))
+            return
+        for entry in found:
+            if entry.name.startswith("."):
+                continue
+            path, sub = folder / entry.name, (*rel, entry.name)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file()  # a link to a file is an input
+            except OSError:
+                continue
+            if is_dir:
+                deeper = any_depth or len(sub) < len(parts)
+                if deeper and not any(_is_within(path.resolve(), ex) for ex in excluded):
+                    walk(path, sub)
+                continue
+            if not is_file or not _matches(sub, parts, any_depth):
+                continue
+            if glob is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if excluded and any(_is_within(path.resolve(), ex) for ex in excluded):
+                continue
+            files.append(path)
+
+    walk(root, ())
     return sorted(files)
 
 
@@ -489,8 +567,10 @@ def plan_batch(
         )
     if dst_root.exists() and not dst_root.is_dir():
         raise InputError(f"{dst_root}: the output folder is a file")
-    inputs = list_inputs(src_root, recursive=recursive, glob=glob, exclude=[dst_root])
     plan = Plan()
+    inputs = list_inputs(
+        src_root, recursive=recursive, glob=glob, exclude=[dst_root], errors=plan.refused
+    )
     tasks = []
     for src in inputs:
         rel = src.relative_to(src_root) if recursive else Path(src.name)
@@ -731,9 +811,7 @@ def _convolve_notes(result: np.ndarray, caught: list) -> list[str]:
     return notes
 
 
-def _write(
-    task: Task, result: np.ndarray, loaded: _Loaded, out: Output
-) -> tuple[float, list[str]]:
+def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> tuple[float, list[str]]:
     """Write one result; returns (seconds, notes from what the encoders warned about)."""
     caught: list = []
     with cnotes.collect(caught):

@@ -744,7 +744,9 @@ def _timing_table(result: cbatch.BatchResult) -> None:
 
 
 def _exit_code(result: cbatch.BatchResult, signum: int | None) -> int:
-    if result.interrupted and signum is not None:
+    """128 + the signal when SIGINT/SIGTERM arrived, even during the last image (which
+    is still finished and written): the caller asked to stop and must be able to tell."""
+    if signum is not None:
         return 128 + signum
     return 0 if result.ok else 1
 
@@ -809,7 +811,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     for task in result.done:
         if not opts["quiet"]:
             click.echo(safe_text(task.dst))
-    if result.interrupted:
+    if result.interrupted or signum is not None:
         _err(f"interrupted; {len(result.done)} of {len(inputs)} outputs written", "summary")
     return _exit_code(result, signum)
 
@@ -853,6 +855,11 @@ def batch(
     current image (exit 130/143), and a rerun with --skip-existing completes the rest.
     """
     existing = _existing_policy(skip_existing, overwrite)
+    if glob is not None:
+        try:
+            cbatch.check_pattern(glob)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--glob'") from None
     filt, engine, out = _setup(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
     if not plan.tasks and not plan.refused:
@@ -880,7 +887,9 @@ def batch(
     if result.interrupted or result.fatal:
         why = "interrupted" if result.interrupted else "stopped"
         line += f"; {why}, {not_run} not processed (rerun with --skip-existing to finish)"
-    if not opts["quiet"] or not result.ok:
+    elif signum is not None:  # the signal came during the last image, which was finished
+        line += "; interrupted during the last image, which was finished"
+    if not opts["quiet"] or not result.ok or signum is not None:
         _err(line, "summary")
     return _exit_code(result, signum)
 

@@ -224,8 +224,13 @@ def read_image(
     Image
         EXIF orientation applied; palette images become RGB(A), CMYK and other colour
         spaces RGB, 16-bit gray and colour keep 16 bits (PNG: interlaced too; TIFF:
-        every compression, strips or tiles, any channel count), 32-bit integer images
-        are scaled by 65535 when they fit 16 bits or by 2**31 - 1 otherwise.
+        every compression, strips or tiles, any channel count). Integer TIFF samples
+        wider than 16 bits, or signed, are divided by their declared type's largest
+        value (uint32: 2**32 - 1, int32: 2**31 - 1; a smaller MaxSampleValue tag wins),
+        whatever the values. Pillow's 32-bit mode "I" from other formats (e.g. 16-bit
+        PGM), which does not say its range, is divided by 65535 when its values fit 16
+        bits, else by 2**31 - 1. Multi-frame files (animated GIF/WebP/PNG, multi-page
+        TIFF) give their first frame, with a note saying how many there are.
 
     Raises
     ------
@@ -370,6 +375,9 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
         # and decoding): read_image keeps those as notes instead of printing them.
         with opened as im:
             _check_pixels(name, im.size[0] * im.size[1], max_pixels)
+            frames = int(getattr(im, "n_frames", 1) or 1)  # animated GIF/WebP/PNG, TIFF
+            if frames > 1:
+                notes.append(_frames_note(frames, "frames"))
             im.load()  # decode fully inside the try: truncation shows up here
             try:
                 # in place: no copy of the (possibly huge) decoded image
@@ -502,6 +510,9 @@ def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
 _JPEG = 7
 _ORIENTATION = 274
+_MAX_SAMPLE_VALUE = 281
+# NewSubfileType bit 0: a reduced-resolution copy (thumbnail, pyramid level), not a frame
+_REDUCED = 1
 
 
 def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
@@ -520,6 +531,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
                 raise InputError(f"{name}: truncated or corrupt TIFF (no image directory)")
             page = tif.pages[0]
             _check_pixels(name, int(page.imagelength) * int(page.imagewidth), max_pixels)
+            frames = _tiff_frames(tif)
             if not _tiff_for_tifffile(page):
                 return None
             size = tif.filehandle.size
@@ -536,8 +548,23 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
         raise InputError(f"{name}: cannot decode image ({_codec_reason(exc)})") from None
     image.path = path
     image.notes.extend(notes)
+    if frames > 1:
+        image.notes.append(_frames_note(frames, "pages"))
     tag = page.tags.get(_ORIENTATION)
     return _orient(image, int(tag.value) if tag is not None else 1)
+
+
+def _tiff_frames(tif: Any) -> int:
+    """Full-resolution pages of a TIFF (thumbnails and pyramid levels left out)."""
+    count = 0
+    for page in tif.pages:
+        subfile = int(getattr(page, "subfiletype", 0) or 0)
+        count += not subfile & _REDUCED
+    return count
+
+
+def _frames_note(frames: int, what: str) -> str:
+    return f"{frames} {what}; only the first is filtered (the others are not in the output)"
 
 
 def _tiff_for_tifffile(page: Any) -> bool:
@@ -592,12 +619,22 @@ def _tiff_image(page: Any, samples: np.ndarray, name: str) -> Image:
             chw[0] = ~chw[0] if kind == "b" else top - chw[0]
         data = _scaled(chw, top, channels_last=False)
         depth = 8 if bits <= 8 else 16
-    else:  # wider or signed integers, as Pillow's mode "I": 16-bit if they fit
-        fits = chw.size and chw.min() >= 0 and chw.max() <= 65535
-        data = _scaled(chw, 65535 if fits else 2**31 - 1, channels_last=False)
-        if not fits:
+    else:
+        # Wider or signed integers: divided by the largest value of the type the file
+        # declares (SampleFormat, BitsPerSample): 2**32 - 1 for uint32, 2**31 - 1 for
+        # int32 (negatives stay negative), or by a smaller MaxSampleValue when the file
+        # states one. Never by the values found: one bright pixel must not rescale the
+        # whole image (it did, by 32768x, when 16-bit-range data "fit" 16 bits).
+        top = float(np.iinfo(chw.dtype).max)
+        declared = page.tags.get(_MAX_SAMPLE_VALUE)
+        if kind == "u" and declared is not None:
+            stated = int(np.max(np.atleast_1d(declared.value)))
+            if 0 < stated < top:
+                top = float(stated)
+        data = _scaled(chw, top, channels_last=False)
+        if bits > 16:
             return Image(data, "F" if channels == 1 else f"F{channels}", 32, has_alpha)
-        depth = 16
+        depth = 8 if bits <= 8 else 16
     if has_alpha and extra and extra[0] == 1:
         # Associated (premultiplied) alpha: store straight colour like Pillow does.
         alpha = data[-1:]
