@@ -555,12 +555,14 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
 
 
 def _tiff_frames(tif: Any) -> int:
-    """Full-resolution pages of a TIFF (thumbnails and pyramid levels left out)."""
+    """Full-resolution pages of a TIFF (thumbnails and pyramid levels left out); a
+    broken chain of later pages ends the count (the first page is what is read)."""
     count = 0
-    for page in tif.pages:
-        subfile = int(getattr(page, "subfiletype", 0) or 0)
-        count += not subfile & _REDUCED
-    return count
+    with contextlib.suppress(Exception):
+        for page in tif.pages:
+            subfile = int(getattr(page, "subfiletype", 0) or 0)
+            count += not subfile & _REDUCED
+    return max(count, 1)
 
 
 def _frames_note(frames: int, what: str) -> str:
