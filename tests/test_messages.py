@@ -215,14 +215,16 @@ def test_bad_glob_is_a_usage_error_not_an_internal_error(tmp_path, pattern, need
 # ---------------------------------------------------------------- item 6: signals
 def _slow_apply(tmp_path: Path, inputs: list[Path], out: str) -> subprocess.Popen:
     """``convcli apply`` in a child that writes START to stderr as each convolution
-    begins (the signal must land while one runs)."""
+    begins and then waits 0.5 s inside it, so a signal sent on START lands while that
+    image is being convolved, however fast the machine."""
     kernel = np.random.default_rng(1).random((31, 31)).astype(np.float32) / 400
     np.save(tmp_path / "k.npy", kernel)
     script = (
-        "import os, sys, convcli.batch as b\n"
+        "import os, sys, time, convcli.batch as b\n"
         "f = b.apply_filter\n"
         "def marked(*a, **k):\n"
         "    os.write(2, b'START\\n')\n"
+        "    time.sleep(0.5)\n"
         "    return f(*a, **k)\n"
         "b.apply_filter = marked\n"
         "from convcli.cli import main\n"
@@ -247,7 +249,7 @@ def _wait_for_start(proc: subprocess.Popen, starts: int = 1) -> list[str]:
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_the_only_image_exits_128_plus_signal(tmp_path, signum, code):
     big = tmp_path / "big.npy"
-    data = np.random.default_rng(0).random((1, 1200, 1200), dtype=np.float32)
+    data = np.random.default_rng(0).random((1, 600, 600), dtype=np.float32)
     np.save(big, data)
     proc = _slow_apply(tmp_path, [big], "o.npy")
     _wait_for_start(proc)
@@ -263,7 +265,7 @@ def test_signal_during_the_only_image_exits_128_plus_signal(tmp_path, signum, co
     assert res.shape == data.shape and out == ""  # -q: no output paths
     k = np.load(tmp_path / "k.npy").astype(np.float64)
     pad = np.pad(data[0].astype(np.float64), 15, mode="edge")
-    for y, x in ((0, 0), (599, 17), (1199, 1199), (40, 1100)):
+    for y, x in ((0, 0), (299, 17), (599, 599), (40, 550)):
         assert res[0, y, x] == pytest.approx((pad[y : y + 31, x : x + 31] * k).sum(), rel=1e-5)
 
 
@@ -271,7 +273,7 @@ def test_signal_during_the_only_image_exits_128_plus_signal(tmp_path, signum, co
 def test_signal_during_the_last_image_exits_130(tmp_path):
     small = image(tmp_path / "small.png", size=(8, 8))
     big = tmp_path / "big.npy"
-    np.save(big, np.random.default_rng(0).random((1, 900, 900), dtype=np.float32))
+    np.save(big, np.random.default_rng(0).random((1, 300, 300), dtype=np.float32))
     proc = _slow_apply(tmp_path, [small, big], "outs/")
     _wait_for_start(proc, starts=2)
     proc.send_signal(signal.SIGINT)
