@@ -635,9 +635,10 @@ def _run(
         bar = progress.add_task(label, total=len(plan.tasks))
 
         def on_event(event: cbatch.Event) -> None:
+            # file names print as they are: no markup, no highlighting, no :emoji: codes
             if event.kind == "failed" and event.reason:
                 progress.console.print(
-                    _line(event.reason), markup=False, highlight=False, soft_wrap=True
+                    _line(event.reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
             # remarks about a file's result (read at 8 bits, alpha dropped) show even
             # with -q: the output differs from what the user may expect
@@ -645,6 +646,7 @@ def _run(
                 progress.console.print(
                     _line(f"{event.task.src}: {_one_line(note)}", "warning"),
                     markup=False,
+                    emoji=False,
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -345,6 +345,15 @@ def test_crafted_names_stay_on_one_line(tmp_path):
     assert (tmp_path / "o\n.png").is_file()
 
 
+def test_names_print_as_they_are_not_as_rich_markup_or_emoji(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "b:smile:[bold]x[red].png").write_bytes(b"not an image")
+    r = run("batch", src, tmp_path / "out", "--preset", "box", "-q")
+    assert r.exit_code == 1
+    assert lines(r.stderr)[0].startswith(f"convcli: error: {src}/b:smile:[bold]x[red].png: ")
+
+
 def _jpeg_with_corrupt_exif(path: Path, seed: int = 0) -> Path:
     import io
     import struct
