@@ -17,6 +17,7 @@ threads), else to where it would have gone without convcli.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -59,7 +60,12 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
     if sink is None and _EVERY_THREAD:
         sink = _EVERY_THREAD[-1]
     if sink is None:
-        show = _SAVED_SHOW or warnings._showwarning_orig  # type: ignore[attr-defined]
+        show = _SAVED_SHOW or getattr(warnings, "_showwarning_orig", None)
+        if show is None or show is _show:  # a stale copy of our hook: print as Python does
+            text = warnings.formatwarning(message, category, filename, lineno, line)
+            with contextlib.suppress(Exception):
+                (file or sys.stderr).write(text)
+            return
         show(message, category, filename, lineno, file, line)
         return
     sink(warnings.WarningMessage(message, category, filename, lineno, file, line))
