@@ -29,6 +29,7 @@ Rules that keep data safe (see README "Safety rules"):
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ from typing import Literal
 import numpy as np
 
 from convcli import io as cio
+from convcli import notes as cnotes
 from convcli.api import conv2d
 from convcli.errors import (
     BackendError,
@@ -504,39 +506,116 @@ def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
         plan.tasks.append(task)
 
 
+def check_pattern(glob: str) -> tuple[str, ...]:
+    """The components of a file pattern, checked: relative to the input folder, with no
+    ``..`` and ``**`` only in front (any depth).
+
+    Raises
+    ------
+    InputError
+        For an empty or absolute pattern, ``..``, or ``**`` after another component.
+    """
+    if not glob.strip():
+        raise InputError("the file pattern is empty; give one like '*.png'")
+    if os.path.isabs(glob):
+        raise InputError(
+            f"file pattern {glob!r} is an absolute path; patterns are matched inside the "
+            "input folder (e.g. '*.png' or 'sub/*.png')"
+        )
+    parts = tuple(p for p in glob.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise InputError(f"file pattern {glob!r} leaves the input folder ('..')")
+    lead = 0
+    while lead < len(parts) and parts[lead] == "**":
+        lead += 1
+    if "**" in parts[lead:] or lead == len(parts):
+        raise InputError(
+            f"file pattern {glob!r}: '**' (any sub-folder) may only lead the pattern and "
+            "must be followed by a file pattern, e.g. '**/*.png'"
+        )
+    return parts
+
+
+def _matches(rel: tuple[str, ...], parts: tuple[str, ...], any_depth: bool) -> bool:
+    """Whether a file's path below the input folder matches the pattern's components:
+    all of them (one level each), or its last ones (``any_depth``, like ``rglob``)."""
+    if len(rel) < len(parts) or (not any_depth and len(rel) != len(parts)):
+        return False
+    tail = rel[len(rel) - len(parts) :]
+    return all(fnmatch.fnmatchcase(name, pat) for name, pat in zip(tail, parts, strict=True))
+
+
 def list_inputs(
     in_dir: str | Path,
     *,
     recursive: bool = False,
     glob: str | None = None,
     exclude: Sequence[str | Path] = (),
+    errors: list[Failure] | None = None,
 ) -> list[Path]:
     """Input files of a batch, sorted, listed before anything is written.
 
     Without ``glob`` the files with an image suffix (:data:`IMAGE_SUFFIXES`) are taken;
-    with it every file matching it. Hidden files and folders (name starting with ``.``,
-    e.g. macOS ``._IMG.JPG`` companions and our own temporary files) are skipped, and so
-    is everything under ``exclude`` (the output folder when it lies inside ``in_dir``).
+    with it every file matching it (see :func:`check_pattern`; ``recursive`` matches its
+    last components at any depth, as :meth:`pathlib.Path.rglob` does). Hidden files and
+    folders (name starting with ``.``, e.g. macOS ``._IMG.JPG`` companions and our own
+    temporary files) are skipped, and so is everything under ``exclude`` (the output
+    folder when it lies inside ``in_dir``). Symbolic links to files are inputs; links to
+    folders are not followed (no loops, no walking out of ``in_dir``).
+
+    A sub-folder that cannot be read is appended to ``errors`` as a :class:`Failure`
+    (raised as InputError when ``errors`` is None): its images would be missing from
+    the batch without a word.
+
+    Raises
+    ------
+    InputError
+        If ``in_dir`` is not a folder or cannot be read, or for a bad ``glob``.
     """
     root = Path(in_dir)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
+    parts = check_pattern(glob) if glob is not None else ("*",)
+    any_depth = recursive or parts[0] == "**"
+    parts = tuple(p for p in parts if p != "**")
     excluded = [Path(p).resolve() for p in exclude]
-    pattern = glob or "*"
-    found = root.rglob(pattern) if recursive else root.glob(pattern)
-    files = []
-    for path in found:
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if not path.is_file():
-            continue
-        if glob is None and path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        resolved = path.resolve()
-        if any(_is_within(resolved, ex) for ex in excluded):
-            continue
-        files.append(path)
+    files: list[Path] = []
+
+    def walk(folder: Path, rel: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError as exc:
+            reason = f"cannot read the folder: {cio._reason(exc)}"
+            if not rel:
+                raise InputError(f"{folder}: {reason}") from None
+            if errors is None:
+                raise InputError(f"{folder}: {reason}") from None
+            errors.append(Failure(folder, f"{reason}; the images in it were not processed"))
+            return
+        for entry in found:
+            if entry.name.startswith("."):
+                continue
+            path, sub = folder / entry.name, (*rel, entry.name)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file()  # a link to a file is an input
+            except OSError:
+                continue
+            if is_dir:
+                deeper = any_depth or len(sub) < len(parts)
+                if deeper and not any(_is_within(path.resolve(), ex) for ex in excluded):
+                    walk(path, sub)
+                continue
+            if not is_file or not _matches(sub, parts, any_depth):
+                continue
+            if glob is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if excluded and any(_is_within(path.resolve(), ex) for ex in excluded):
+                continue
+            files.append(path)
+
+    walk(root, ())
     return sorted(files)
 
 
@@ -567,8 +646,10 @@ def plan_batch(
         )
     if dst_root.exists() and not dst_root.is_dir():
         raise InputError(f"{dst_root}: the output folder is a file")
-    inputs = list_inputs(src_root, recursive=recursive, glob=glob, exclude=[dst_root])
     plan = Plan()
+    inputs = list_inputs(
+        src_root, recursive=recursive, glob=glob, exclude=[dst_root], errors=plan.refused
+    )
     tasks = []
     for src in inputs:
         rel = src.relative_to(src_root) if recursive else Path(src.name)
@@ -700,8 +781,8 @@ class _Loaded:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())  # one line, whatever the library said
+    # kept as it is (a file name may hold any character); the CLI escapes what it prints
+    return str(exc).strip() or type(exc).__name__
 
 
 def _oserror(exc: BaseException) -> OSError | None:
@@ -807,9 +888,48 @@ def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
     return np.concatenate([colour, a])
 
 
-def _write(task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool) -> float:
+def _overflow_note(result: np.ndarray) -> str | None:
+    """A note when the result holds inf or NaN: inputs and weights are finite, so the
+    sums overflowed float32."""
+    # a float64 sum of float32 values cannot overflow: it is finite iff every value is
+    if np.isfinite(np.sum(result, dtype=np.float64)):
+        return None
+    bad = int(result.size - np.count_nonzero(np.isfinite(result)))
+    return (
+        f"the result overflowed float32: {bad} of {result.size} values are inf or NaN "
+        "(image formats clip them, .npy keeps them); scale the kernel down"
+    )
+
+
+def _convolve_notes(result: np.ndarray, caught: list) -> list[str]:
+    """Notes about one convolution: an overflow, and what the backend warned about
+    (NumPy's own overflow warnings say less than the overflow note)."""
+    note = _overflow_note(result)
+    notes = [note] if note else []
+    for w in caught:
+        if note and issubclass(w.category, RuntimeWarning):
+            continue
+        text = cnotes.text(w)
+        if text not in notes:
+            notes.append(text)
+    return notes
+
+
+def _write(
+    task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool
+) -> tuple[float, list[str]]:
     """Encode and publish one result: ``replace`` swaps it in for an existing file,
-    otherwise it is created only if the name is still free (OutputExistsError)."""
+    otherwise it is created only if the name is still free (OutputExistsError).
+    Returns (seconds, notes from what the encoders warned about)."""
+    caught: list = []
+    with cnotes.collect(caught):
+        seconds = _write_file(task, result, loaded, out, replace=replace)
+    return seconds, list(dict.fromkeys(cnotes.text(w) for w in caught))
+
+
+def _write_file(
+    task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool
+) -> float:
     t0 = time.perf_counter()
     image = loaded.image
     data = cio.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
@@ -916,7 +1036,9 @@ def run_tasks(
 
     def finish_write(task: Task, fut: Future, mp: float, notes: tuple[str, ...]) -> None:
         try:
-            timings["write"] += fut.result()
+            seconds, write_notes = fut.result()
+            timings["write"] += seconds
+            notes = (*notes, *write_notes)
         except OutputExistsError as exc:  # another process wrote it while we worked
             if existing == "skip":
                 result.skipped.append(task)
@@ -964,8 +1086,11 @@ def run_tasks(
                 timings["read"] += loaded.seconds
                 info = RunInfo()
                 t0 = time.perf_counter()
+                caught: list = []
                 try:
-                    out = apply_filter(loaded.channels, filt, engine, info, on_rows)
+                    # the backend's helper threads warn here too (they have no collector)
+                    with cnotes.collect(caught, every_thread=True):
+                        out = apply_filter(loaded.channels, filt, engine, info, on_rows)
                 except BackendError as exc:
                     # the device is gone or refused: every later file would fail the same way
                     result.fatal = _reason(exc)
@@ -992,6 +1117,7 @@ def run_tasks(
                 loaded.channels = np.empty(0, np.float32)
                 c_in = loaded.image.channels
                 loaded.image = replace(loaded.image, data=np.empty((c_in, 0, 0), np.float32))
+                loaded.notes.extend(_convolve_notes(out, caught))
                 loaded.notes.extend(_write_notes(task, out, loaded, output))
                 job = writers.submit(
                     _write, task, out, loaded, output, replace=existing == "replace"

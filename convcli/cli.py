@@ -28,6 +28,7 @@ import numpy as np
 from convcli import __version__
 from convcli import batch as cbatch
 from convcli import io as cio
+from convcli import notes as cnotes
 from convcli.api import ALGOS
 from convcli.errors import ConvcliError, InputError
 from convcli.publish import publish, write_bytes
@@ -55,12 +56,44 @@ def _console(stdout: bool = False):
     return console
 
 
-def _err(message: str, kind: str = "error") -> None:
-    click.echo(f"{PROG}: {kind}: {message}", err=True)
+# Characters that would break a line or drive the terminal: C0 and C1 controls, DEL,
+# Unicode line/paragraph separators, and the lone surrogates that stand for the bytes of
+# a file name that is not valid UTF-8 (which would also fail to encode).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _one_line(text: str) -> str:
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    code = ord(c)
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: object) -> str:
+    """``text`` with control characters escaped (``a\\nb.png`` for a newline), so that
+    every line convcli prints is one line of its own, whatever a file name holds."""
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def _line(message: object, kind: str = "error") -> str:
+    return f"{PROG}: {kind}: {safe_text(message)}"
+
+
+def _err(message: object, kind: str = "error") -> None:
+    click.echo(_line(message, kind), err=True)
+
+
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+def _print_warning(w: Any) -> None:
+    """A library warning raised outside any file's collector: still one convcli line."""
+    _err(cnotes.text(w), "warning")
 
 
 def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
@@ -222,7 +255,8 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            rv = super().main(args, prog_name or PROG, complete_var, False, **extra)
+            with cnotes.collect(_print_warning, every_thread=True):
+                rv = super().main(args, prog_name or PROG, complete_var, False, **extra)
         except _NO_ARGS_IS_HELP as exc:  # bare `convcli` / `convcli presets`: the help
             click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
             sys.exit(0)
@@ -236,8 +270,8 @@ class _Group(click.Group):
         except click.exceptions.Abort:
             _err("aborted")
             sys.exit(130)
-        except ConvcliError as exc:
-            _err(_one_line(exc))
+        except ConvcliError as exc:  # one line: _err escapes a newline in a file name
+            _err(str(exc).strip())
             sys.exit(1)
         except KeyboardInterrupt:
             _err("interrupted")
@@ -248,7 +282,7 @@ class _Group(click.Group):
             sys.exit(1)
         except OSError as exc:  # e.g. --timings into a folder we cannot write
             name = f"{exc.filename}: " if exc.filename else ""
-            _err(_one_line(f"{name}{exc.strerror or exc}"))
+            _err(f"{name}{_one_line(exc.strerror or exc)}")
             sys.exit(1)
         except Exception as exc:  # a bug: still one line, the traceback on request
             if os.environ.get("CONVCLI_DEBUG"):
@@ -348,10 +382,12 @@ def build_filter(
     dilation: int | tuple[int, int] = 1,
     groups: int | None = None,
     padding_mode: str = DEFAULT_PADDING_MODE,
+    notes: list[str] | None = None,
 ) -> cbatch.Filter:
     """Assemble the filter from exactly one of --preset / --kernel / --weights.
 
     The one place apply and batch turn kernel options into a :class:`batch.Filter`.
+    ``notes`` receives what the weight file's readers warned about.
     """
     given = [
         name
@@ -375,7 +411,7 @@ def build_filter(
 
         w = np.asarray(cpresets.parse_kernel_text(kernel), dtype=np.float64)
     else:
-        w, file_bias = cio.load_weights(weights, key=key)
+        w, file_bias = cio.load_weights(weights, key=key, notes=notes)
         w = np.asarray(w, dtype=np.float64)
     if normalize_kernel:
         from convcli import presets as cpresets
@@ -624,7 +660,12 @@ def _preset_warnings(kind: str = "warning") -> None:
 
 def _setup(opts: dict[str, Any], ctx: click.Context):
     """Options -> (Filter, Engine, Output); argument mistakes fail before any file is read."""
-    filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS})
+    notes: list[str] = []
+    filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS}, notes=notes)
+    # (file, note) pairs for --report; shown now, even with -q, like a file's notes
+    ctx.meta["convcli.notes"] = [(Path(opts["weights"]), n) for n in notes]
+    for note in notes:
+        _err(f"{opts['weights']}: {note}", "warning")
     filt.check()
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
@@ -736,16 +777,18 @@ def _run(
         bar = progress.add_task(label, total=len(plan.tasks))
 
         def on_event(event: cbatch.Event) -> None:
+            # file names print as they are: no markup, no highlighting, no :emoji: codes
             if event.kind == "failed" and event.reason:
                 progress.console.print(
-                    f"{PROG}: error: {event.reason}", markup=False, highlight=False, soft_wrap=True
+                    _line(event.reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
             # remarks about a file's result (read at 8 bits, alpha dropped) show even
             # with -q: the output differs from what the user may expect
             for note in event.notes:
                 progress.console.print(
-                    f"{PROG}: warning: {event.task.src}: {_one_line(note)}",
+                    _line(f"{event.task.src}: {_one_line(note)}", "warning"),
                     markup=False,
+                    emoji=False,
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -759,7 +802,9 @@ def _run(
             progress.update(bar, completed=done / total)
 
         def notify(text: str) -> None:
-            progress.console.print(f"{PROG}: {text}", markup=False, highlight=False)
+            progress.console.print(
+                f"{PROG}: {safe_text(text)}", markup=False, highlight=False, soft_wrap=True
+            )
 
         try:
             with _signals(stop, received, notify):
@@ -843,7 +888,9 @@ def _timing_table(result: cbatch.BatchResult) -> None:
 
 
 def _exit_code(result: cbatch.BatchResult, signum: int | None) -> int:
-    if result.interrupted and signum is not None:
+    """128 + the signal when SIGINT/SIGTERM arrived, even during the last image (which
+    is still finished and written): the caller asked to stop and must be able to tell."""
+    if signum is not None:
         return 128 + signum
     return 0 if result.ok else 1
 
@@ -917,8 +964,8 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     )
     for task in result.done:
         if not opts["quiet"]:
-            click.echo(str(task.dst))
-    if result.interrupted:
+            click.echo(safe_text(task.dst))
+    if result.interrupted or signum is not None:
         _err(f"interrupted; {len(result.done)} of {len(inputs)} outputs written", "summary")
     return _exit_code(result, signum)
 
@@ -968,6 +1015,11 @@ def batch(
     current image (exit 130/143), and a rerun with --skip-existing completes the rest.
     """
     existing = _existing_policy(skip_existing, overwrite)
+    if glob is not None:
+        try:
+            cbatch.check_pattern(glob)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--glob'") from None
     filt, engine, out = _setup(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
     _check_side_files(
@@ -996,6 +1048,7 @@ def batch(
     result, signum = _run(
         plan, filt, engine, out, opts, existing=existing, label="batch", overwrite=overwrite
     )
+    result.notes[:0] = ctx.meta.get("convcli.notes", [])
     summary = result.summary()
     if report:
         _write_record(report, summary, overwrite=overwrite)
@@ -1011,7 +1064,9 @@ def batch(
     if result.interrupted or result.fatal:
         why = "interrupted" if result.interrupted else "stopped"
         line += f"; {why}, {not_run} not processed (rerun with --skip-existing to finish)"
-    if not opts["quiet"] or not result.ok:
+    elif signum is not None:  # the signal came during the last image, which was finished
+        line += "; interrupted during the last image, which was finished"
+    if not opts["quiet"] or not result.ok or signum is not None:
         _err(line, "summary")
     return _exit_code(result, signum)
 
@@ -1157,7 +1212,7 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     else:
         text = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in k) + "\n"
         _write_text(path, text, overwrite=overwrite)
-    click.echo(str(path))
+    click.echo(safe_text(path))
 
 
 # ---------------------------------------------------------------------------- devices

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from convcli import notes as cnotes
 from convcli.errors import InputError, OutputExistsError
 from convcli.publish import PublishMode, publish
 
@@ -227,8 +228,13 @@ def read_image(
     Image
         EXIF orientation applied; palette images become RGB(A), CMYK and other colour
         spaces RGB, 16-bit gray and colour keep 16 bits (PNG: interlaced too; TIFF:
-        every compression, strips or tiles, any channel count), 32-bit integer images
-        are scaled by 65535 when they fit 16 bits or by 2**31 - 1 otherwise.
+        every compression, strips or tiles, any channel count). Integer TIFF samples
+        wider than 16 bits, or signed, are divided by their declared type's largest
+        value (uint32: 2**32 - 1, int32: 2**31 - 1; a smaller MaxSampleValue tag wins),
+        whatever the values. Pillow's 32-bit mode "I" from other formats (e.g. 16-bit
+        PGM), which does not say its range, is divided by 65535 when its values fit 16
+        bits, else by 2**31 - 1. Multi-frame files (animated GIF/WebP/PNG, multi-page
+        TIFF) give their first frame, with a note saying how many there are.
 
     Raises
     ------
@@ -236,6 +242,14 @@ def read_image(
         Missing, empty, truncated or unsupported file, or too many pixels.
     """
     path = Path(path)
+    caught: list[warnings.WarningMessage] = []
+    with cnotes.collect(caught):
+        image = _read_image(path, max_pixels)
+    image.notes.extend(cnotes.text(w) for w in caught)
+    return image
+
+
+def _read_image(path: Path, max_pixels: int | None) -> Image:
     name = _name(path)
     _check_file(path)
     if path.suffix.lower() == ".npy":
@@ -342,10 +356,8 @@ def _pil_no_bomb_limit():
     with _PIL_LOCK:
         saved = PILImage.MAX_IMAGE_PIXELS
         PILImage.MAX_IMAGE_PIXELS = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-                yield
+        try:  # with no limit Pillow neither warns nor raises about the size
+            yield
         finally:
             PILImage.MAX_IMAGE_PIXELS = saved
 
@@ -363,18 +375,19 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
             PILImage.init()
             formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
             opened = PILImage.open(path, formats=formats)
-        with opened as im, warnings.catch_warnings(record=True) as caught:
-            # Pillow warns about e.g. corrupt EXIF on images that decode fine: keep
-            # those as notes instead of printing (or failing under -W error).
-            warnings.simplefilter("always")
+        # Pillow warns about e.g. corrupt EXIF on images that decode fine (while opening
+        # and decoding): read_image keeps those as notes instead of printing them.
+        with opened as im:
             _check_pixels(name, im.size[0] * im.size[1], max_pixels)
+            frames = int(getattr(im, "n_frames", 1) or 1)  # animated GIF/WebP/PNG, TIFF
+            if frames > 1:
+                notes.append(_frames_note(frames, "frames"))
             im.load()  # decode fully inside the try: truncation shows up here
             try:
                 # in place: no copy of the (possibly huge) decoded image
                 ImageOps.exif_transpose(im, in_place=True)
             except Exception as exc:  # a broken EXIF block must not lose the pixels
                 notes.append(f"EXIF orientation ignored ({_reason(exc)})")
-        notes.extend(_one_line(w.message) for w in caught)
         image = _from_pil(im, path)
         image.notes.extend(notes)
         return image
@@ -484,13 +497,11 @@ def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
     try:
         with _pil_no_bomb_limit():
             opened = PILImage.open(_stdio.BytesIO(blob), formats=["PNG"])
-        with opened as im, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with opened as im:  # warnings become notes (read_image collects them)
             raw = im.info.get("exif")
             exif = PILImage.Exif()
             if raw:
                 exif.load(raw)
-        notes.extend(_one_line(w.message) for w in caught)
         return int(exif.get(0x0112, 1))
     except Exception as exc:  # a broken EXIF block must not lose the pixels
         notes.append(f"EXIF orientation ignored ({_reason(exc)})")
@@ -503,6 +514,9 @@ def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
 _JPEG = 7
 _ORIENTATION = 274
+_MAX_SAMPLE_VALUE = 281
+# NewSubfileType bit 0: a reduced-resolution copy (thumbnail, pyramid level), not a frame
+_REDUCED = 1
 
 
 def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
@@ -521,6 +535,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
                 raise InputError(f"{name}: truncated or corrupt TIFF (no image directory)")
             page = tif.pages[0]
             _check_pixels(name, int(page.imagelength) * int(page.imagewidth), max_pixels)
+            frames = _tiff_frames(tif)
             if not _tiff_for_tifffile(page):
                 return None
             size = tif.filehandle.size
@@ -537,8 +552,25 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
         raise InputError(f"{name}: cannot decode image ({_codec_reason(exc)})") from None
     image.path = path
     image.notes.extend(notes)
+    if frames > 1:
+        image.notes.append(_frames_note(frames, "pages"))
     tag = page.tags.get(_ORIENTATION)
     return _orient(image, int(tag.value) if tag is not None else 1)
+
+
+def _tiff_frames(tif: Any) -> int:
+    """Full-resolution pages of a TIFF (thumbnails and pyramid levels left out); a
+    broken chain of later pages ends the count (the first page is what is read)."""
+    count = 0
+    with contextlib.suppress(Exception):
+        for page in tif.pages:
+            subfile = int(getattr(page, "subfiletype", 0) or 0)
+            count += not subfile & _REDUCED
+    return max(count, 1)
+
+
+def _frames_note(frames: int, what: str) -> str:
+    return f"{frames} {what}; only the first is filtered (the others are not in the output)"
 
 
 def _tiff_for_tifffile(page: Any) -> bool:
@@ -593,12 +625,22 @@ def _tiff_image(page: Any, samples: np.ndarray, name: str) -> Image:
             chw[0] = ~chw[0] if kind == "b" else top - chw[0]
         data = _scaled(chw, top, channels_last=False)
         depth = 8 if bits <= 8 else 16
-    else:  # wider or signed integers, as Pillow's mode "I": 16-bit if they fit
-        fits = chw.size and chw.min() >= 0 and chw.max() <= 65535
-        data = _scaled(chw, 65535 if fits else 2**31 - 1, channels_last=False)
-        if not fits:
+    else:
+        # Wider or signed integers: divided by the largest value of the type the file
+        # declares (SampleFormat, BitsPerSample): 2**32 - 1 for uint32, 2**31 - 1 for
+        # int32 (negatives stay negative), or by a smaller MaxSampleValue when the file
+        # states one. Never by the values found: one bright pixel must not rescale the
+        # whole image (it did, by 32768x, when 16-bit-range data "fit" 16 bits).
+        top = float(np.iinfo(chw.dtype).max)
+        declared = page.tags.get(_MAX_SAMPLE_VALUE)
+        if kind == "u" and declared is not None:
+            stated = int(np.max(np.atleast_1d(declared.value)))
+            if 0 < stated < top:
+                top = float(stated)
+        data = _scaled(chw, top, channels_last=False)
+        if bits > 16:
             return Image(data, "F" if channels == 1 else f"F{channels}", 32, has_alpha)
-        depth = 16
+        depth = 8 if bits <= 8 else 16
     if has_alpha and extra and extra[0] == 1:
         # Associated (premultiplied) alpha: store straight colour like Pillow does.
         alpha = data[-1:]
@@ -901,7 +943,19 @@ def write_image(
 
 
 def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
-    np.save(fh, arr, allow_pickle=False)
+    """``np.save`` through a plain file write: NumPy's ``tofile`` reports a full disk as
+    a bare OSError ("480000 requested and 40928 written") without its errno, which the
+    file object's own write keeps (ENOSPC: "no space left on device")."""
+    arr = np.ascontiguousarray(arr)
+    header = np.lib.format.header_data_from_array_1_0(arr)
+    start = fh.tell()
+    try:
+        np.lib.format.write_array_header_1_0(fh, header)  # what np.save writes
+    except ValueError:  # a header over 64 KiB (thousands of dimensions)
+        fh.seek(start)
+        fh.truncate()
+        np.lib.format.write_array_header_2_0(fh, header)
+    fh.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
 def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
@@ -991,7 +1045,7 @@ def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:
 
 
 def load_weights(
-    path: str | os.PathLike[str], *, key: str | None = None
+    path: str | os.PathLike[str], *, key: str | None = None, notes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load a convolution weight (and optional bias) from a file.
 
@@ -1006,6 +1060,9 @@ def load_weights(
         object with ``weight`` and optional ``bias``).
     key : str or None
         Tensor name or prefix inside ``.npz``/``.safetensors``/``.pt``.
+    notes : list of str, optional
+        Receives one line per thing worth telling the user that did not stop the load
+        (what torch or NumPy warned about while reading the file).
 
     Returns
     -------
@@ -1019,6 +1076,15 @@ def load_weights(
         Unreadable file, missing tensor, wrong rank, empty, NaN/Inf or non-numbers.
     """
     path = Path(path)
+    caught: list[warnings.WarningMessage] = []
+    with cnotes.collect(caught):
+        weight, bias = _load_weights(path, key)
+    if notes is not None:
+        notes.extend(cnotes.text(w) for w in caught)
+    return weight, bias
+
+
+def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     name = _name(path)
     _check_file(path)
     suffix = path.suffix.lower()
@@ -1164,6 +1230,12 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
 
         if not zipfile.is_zipfile(path):  # torch.save writes zip archives since 1.6
             raise InputError(f"{name}: not a readable torch file (not a zip archive)") from None
+        if "unsupported operand" in str(exc).lower():  # e.g. FRAME (149) of protocol >= 4
+            raise InputError(
+                f"{name}: written with a pickle protocol that torch's safe loader cannot "
+                "read (4 or newer); save it with torch.save(..., pickle_protocol=2) or as "
+                ".safetensors"
+            ) from None
         if "weights only load failed" in text.lower():
             # A pickled whole model: unpickling it could run arbitrary code.
             raise InputError(
@@ -1175,11 +1247,21 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
         obj = obj["state_dict"]
 
     def to_numpy(t: Any) -> Any:
-        if isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.layout != torch.strided:  # sparse COO/CSR..., which numpy cannot hold
+            raise InputError(
+                f"{name}: holds a {str(t.layout).removeprefix('torch.')} tensor; save it "
+                "dense (tensor.to_dense()) and load that"
+            )
+        try:
             if t.is_complex():
                 return t.detach().cpu().numpy()
             return t.detach().cpu().to(torch.float64).numpy()
-        return t
+        except Exception as exc:  # quantized, meta or other tensors with no plain values
+            raise InputError(
+                f"{name}: a {t.dtype} tensor that cannot be read as numbers ({_reason(exc)})"
+            ) from None
 
     if isinstance(obj, torch.Tensor):
         return to_numpy(obj), None
@@ -1224,8 +1306,10 @@ def _load_text(path: Path) -> np.ndarray:
 def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
     name = _name(path)
     try:
-        obj = json.loads(_read_text(path))
-    except (json.JSONDecodeError, RecursionError) as exc:
+        # integers as floats: Python refuses to convert those of over 4300 digits, and a
+        # kernel value is a float anyway (a huge one is then reported as beyond float32)
+        obj = json.loads(_read_text(path), parse_int=float)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InputError(f"{name}: not valid JSON ({_reason(exc)})") from None
     if isinstance(obj, dict):
         return _pick(obj, key, name)

@@ -59,6 +59,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -430,6 +431,33 @@ def _define_text(value: int | float | str | bool) -> str:
 # ------------------------------------------------------------------------ backend
 
 
+@contextlib.contextmanager
+def _compiler_stderr() -> Iterator[None]:
+    """Keep the OpenCL compiler off the user's terminal while a program builds.
+
+    PoCL's clang writes its diagnostics summary ("6 warnings and 2 errors generated.")
+    straight to file descriptor 2, even for a build that fails and falls back to another
+    kernel; the diagnostics themselves are in the build log (and the error). File
+    descriptor 2 points at a scratch file for the build (builds are rare and cached);
+    anything another thread writes to stderr meanwhile goes there too.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (or no sys.stderr): nothing to hide
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class OpenCLBackend:
     """Runs convolutions on one OpenCL device (one context and one profiling queue).
 
@@ -562,7 +590,7 @@ class OpenCLBackend:
 
     def _build_once(self, source: str, options: list[str]) -> Any:
         cl = self._cl
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _compiler_stderr():
             # a non-empty build log is a warning in pyopencl; pytest makes warnings errors
             warnings.simplefilter("ignore", cl.CompilerWarning)
             return cl.Program(self.ctx, source).build(options=options)
