@@ -773,6 +773,7 @@ def _run(
     single = len(plan.tasks) == 1
     for failure in plan.refused:
         _err(failure.line())
+    repeats: dict[str, int] = {}  # note text -> files that had it
     with progress:
         bar = progress.add_task(label, total=len(plan.tasks))
 
@@ -783,10 +784,16 @@ def _run(
                     _line(event.reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
             # remarks about a file's result (read at 8 bits, alpha dropped) show even
-            # with -q: the output differs from what the user may expect
+            # with -q: the output differs from what the user may expect. A remark that
+            # recurs (the same kernel on every RGBA file) prints for the first few
+            # files, then is counted; the --report keeps every file's notes.
             for note in event.notes:
+                text = _one_line(note)
+                repeats[text] = repeats.get(text, 0) + 1
+                if repeats[text] > _NOTE_REPEATS:
+                    continue
                 progress.console.print(
-                    _line(f"{event.task.src}: {_one_line(note)}", "warning"),
+                    _line(f"{event.task.src}: {text}", "warning"),
                     markup=False,
                     emoji=False,
                     highlight=False,
@@ -830,6 +837,11 @@ def _run(
             code = 128 + (received[-1] if received else signal.SIGINT)
             raise click.exceptions.Exit(code) from None
     result.failed[:0] = plan.refused
+    for text, count in repeats.items():
+        if count > _NOTE_REPEATS:
+            more = count - _NOTE_REPEATS
+            files = "file" if more == 1 else "files"
+            _err(f"the same for {more} more {files}: {text}", "warning")
     # notices say the run went differently than asked (an OpenCL fault, NumPy used):
     # shown even with -q, which silences only what the user asked to see
     for note in result.info.notices:
@@ -842,6 +854,10 @@ def _run(
     if opts["timings"]:
         _write_record(opts["timings"], _timings_record(result), overwrite=overwrite)
     return result, (received[0] if received else None)
+
+
+# a per-file remark prints for this many files, then only a count follows the run
+_NOTE_REPEATS = 3
 
 
 def _timings_record(result: cbatch.BatchResult) -> dict[str, Any]:

@@ -223,3 +223,26 @@ def test_out_map_normalize_stretches_what_is_visible(tmp_path):
     np.testing.assert_allclose(got[:3], ref, atol=LEVEL)
     opaque = got[:3][:, a == 1]
     assert opaque.max() - opaque.min() > 0.5  # a stretched edge image, not one grey
+
+
+def test_a_note_every_file_shares_prints_once_then_a_count(tmp_path):
+    """A batch of RGBA files under an edge kernel: a warning for each of the first
+    three files and one line counting the others (not a line per file); the report
+    keeps all."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        cio.write_image(folder / f"c{i}.png", _cutout(seed=i))
+    report = tmp_path / "r.json"
+    res = _cli("batch", folder, tmp_path / "out", "--preset", "sobel", "--backend", "numpy",
+               "-q", "--report", report)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    note = "alpha kept unfiltered (the kernel sums to 0, not 1)"
+    assert res.stderr.splitlines() == [
+        *(f"convcli: warning: {folder / f'c{i}.png'}: {note}" for i in range(3)),
+        f"convcli: warning: the same for 3 more files: {note}",
+    ]
+    import json
+
+    notes = json.loads(report.read_text())["file_notes"]
+    assert sorted(n["file"] for n in notes) == [str(folder / f"c{i}.png") for i in range(6)]
