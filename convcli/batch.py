@@ -1039,12 +1039,14 @@ def run_tasks(
             seconds, write_notes = fut.result()
             timings["write"] += seconds
             notes = (*notes, *write_notes)
-        except OutputExistsError as exc:  # another process wrote it while we worked
+        except OutputExistsError:  # another process wrote it while we worked
             if existing == "skip":
                 result.skipped.append(task)
                 emit(Event("skipped", task, "output exists"))
             else:
-                fail(task, exc)
+                fail(
+                    task, f"output {task.dst} exists: another run wrote it meanwhile; not replaced"
+                )
             return
         except Exception as exc:  # every failure becomes a report line
             fatal = _fatal_write(exc, task.dst)
