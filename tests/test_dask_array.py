@@ -335,3 +335,39 @@ def test_dask_weights_are_computed():
     w = _random(rng, (1, 2, 3, 3))
     y = conv2d(da.from_array(x, chunks=4), da.from_array(w), padding=1)
     assert_close(y.compute(), conv2d(x, w, padding=1, backend="numpy"))
+
+
+@pytest.mark.slow
+def test_on_a_local_cluster_of_worker_processes(tmp_path):
+    """A real scheduler and worker processes on loopback: the graph pickles, the blocks
+    run in other processes, and zarr_conv2d goes through the active client."""
+    distributed = pytest.importorskip("distributed")
+    zarr = pytest.importorskip("zarr")
+    from convcli import zarr_conv2d
+
+    rng = np.random.default_rng(12)
+    x = _random(rng, (2, 3, 60, 50))
+    w = _random(rng, (4, 3, 5, 5))
+    b = _random(rng, (4,))
+    kw = {"padding": "same", "padding_mode": "circular"}
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        y = conv2d(da.from_array(x, chunks=(1, 3, 16, 16)), w, b, backend="numpy", **kw)
+        out = client.compute(y).result()
+        src = tmp_path / "in.zarr"
+        z = zarr.open_array(
+            store=str(src), mode="w", shape=x[0].shape, chunks=(3, 16, 16), dtype="f4"
+        )
+        z[...] = x[0]
+        zarr_conv2d(src, tmp_path / "out.zarr", w, b, backend="numpy", scheduler=None, **kw)
+        pids = set(client.run(lambda: __import__("os").getpid()).values())
+    import os
+
+    assert len(pids) == 2 and os.getpid() not in pids
+    expected = naive_for_spec(x, w, b, make_spec(x, w, b, **kw))
+    assert_close(out, expected)
+    assert_close(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...], expected[0])
