@@ -97,6 +97,14 @@ class _AxisWindow:
     take: np.ndarray
     valid: np.ndarray
 
+    @property
+    def span(self) -> slice | None:
+        """``take`` as a slice where it is one (no padding mode folds it back)."""
+        t = self.take
+        if t.size and t[-1] - t[0] == t.size - 1 and (np.diff(t) == 1).all():
+            return slice(int(t[0]), int(t[-1]) + 1)
+        return None
+
 
 def _axis_windows(
     size: int,
@@ -178,7 +186,11 @@ def _assemble(
                 x0 += cr.size
             y0 += rr.size
         c0 += cs
-    window = compact[:, :, rows.take][:, :, :, cols.take]
+    # where no padding folds the window back, it is the compact array itself (a view of
+    # this block's own copy: zeroing it below touches nothing shared)
+    rspan, cspan = rows.span, cols.span
+    window = compact[:, :, rows.take] if rspan is None else compact[:, :, rspan]
+    window = window[:, :, :, cols.take] if cspan is None else window[:, :, :, cspan]
     if not rows.valid.all():
         window[:, :, ~rows.valid, :] = 0
     if not cols.valid.all():
