@@ -209,7 +209,8 @@ def zarr_conv2d(
         Read chunks (``dask.array.from_zarr``'s ``chunks``, in the stored array's axis
         order); default the store's. Output chunks follow them (``ceil(chunk / stride)``).
     overwrite : bool
-        Replace an existing ``dst`` (only once the new store is complete).
+        Replace an existing ``dst``, even ``src`` itself: only once the new store is
+        complete (every read of ``src`` is done by then).
     backend, device, algo, max_memory
         As :func:`convcli.conv2d`, for each block.
     scheduler, num_workers
@@ -225,7 +226,7 @@ def zarr_conv2d(
     Raises
     ------
     InputError
-        ``src`` is not a readable zarr image, ``dst`` exists, or ``dst`` is ``src``.
+        ``src`` is not a readable zarr image, or ``dst`` exists (without ``overwrite``).
     ConvValueError, ConvTypeError
         Invalid convolution arguments (before any work is done).
     """
@@ -233,9 +234,9 @@ def zarr_conv2d(
     from convcli.dask_array import conv2d
 
     src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise InputError(f"{dst}: the output would replace its own input")
     if (dst.exists() or dst.is_symlink()) and not overwrite:
+        if dst.resolve() == src.resolve():
+            raise InputError(f"{dst}: the output would replace its own input")
         raise InputError(f"{dst}: already exists")
     x, in_layout, meta = open_image(src, layout, chunks)
     weight = np.asarray(weight)
