@@ -252,3 +252,56 @@ def test_bad_inputs(tmp_path):
         zarr_conv2d(tmp_path / "in3.zarr", tmp_path / "out.zarr", w, layout="HWC")
     assert not (tmp_path / "out.zarr").exists()
     assert _leftovers(tmp_path) == []
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_apply_zarr_to_zarr(tmp_path, rng):
+    from convcli.presets import get_preset
+
+    img = rng.integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    _store(tmp_path / "in.zarr", img, (16, 16, 3))
+    out = tmp_path / "out.zarr"
+    r = _cli("apply", tmp_path / "in.zarr", "-o", out, "--preset", "gaussian:sigma=1.5",
+             "--backend", "numpy")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == str(out)
+    k = np.asarray(get_preset("gaussian:sigma=1.5").kernel, dtype=np.float64)
+    w = np.broadcast_to(k, (3, 1, *k.shape))
+    top, left = (k.shape[0] - 1) // 2, (k.shape[1] - 1) // 2
+    pad = (top, k.shape[0] - 1 - top, left, k.shape[1] - 1 - left)
+    expected = naive_conv2d(
+        img.transpose(2, 0, 1)[None].astype(np.float64), w, pad=pad, groups=3,
+        padding_mode="replicate",
+    )[0].transpose(1, 2, 0)  # fmt: skip
+    z = _read(out)
+    assert z.dtype == np.float32 and z.chunks == (16, 16, 3)
+    assert_close(z[...], expected, "float32")
+    # apply replaces an existing output (as for image files), never its input unasked
+    r = _cli("apply", tmp_path / "in.zarr", "-o", out, "--kernel", "0,1,0", "--backend", "numpy")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(_read(out)[...], img[:, :, :].astype(np.float32))
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "in.zarr", "--preset", "sharpen")
+    assert r.exit_code == 1
+    assert "replace its own input (add --overwrite)" in r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("convcli: error: ")
+    np.testing.assert_array_equal(_read(tmp_path / "in.zarr")[...], img)
+    assert _leftovers(tmp_path) == []
+
+
+def test_cli_apply_zarr_refuses_image_options(tmp_path):
+    _store(tmp_path / "in.zarr", np.zeros((8, 8), dtype="float32"), (4, 4))
+    for extra in (["--bit-depth", "16"], ["--out-map", "clip"], ["--format", "png"]):
+        r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "o.zarr", "--preset", "sharpen",
+                 *extra)  # fmt: skip
+        assert r.exit_code == 2, r.output
+        assert "does not apply to a zarr store" in r.output
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "o.png", "--preset", "sharpen")
+    assert r.exit_code == 2 and "writes a zarr store" in r.output
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.png").exists()
