@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -259,14 +260,57 @@ def zarr_conv2d(
     y = y[0] if out_layout == "HW" else y.transpose(["CHW".index(a) for a in out_layout])
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.convcli-{uuid.uuid4().hex[:12]}.tmp")
+    guard = None
     try:
         target = _create(zarr, tmp, y, meta, out_layout, stride)
+        if scheduler in _LOCAL_SCHEDULERS:
+            guard = target = _Guarded(target)
         da.store(y, target, lock=False, scheduler=scheduler, num_workers=num_workers)
         _publish(tmp, dst, overwrite)
     except BaseException:
+        if guard is not None:
+            guard.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+# dask's local schedulers: their threads share this process (and its locks)
+_LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded")
+
+
+class _Guarded:
+    """A zarr array whose writes stop once :meth:`close` returns.
+
+    When a task fails (or Ctrl-C), dask's threaded scheduler raises at once while tasks
+    already running finish on its threads; their writes would land in the temporary
+    store after it was removed. ``close`` waits for writes in progress and turns later
+    ones into no-ops, so the removal is final.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self._cond = threading.Condition()
+        self._writing = 0
+        self._closed = False
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._writing += 1
+        try:
+            self.array[key] = value
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._writing == 0)
 
 
 def _create(zarr: Any, path: Path, y: Any, meta: dict, layout: str, stride: IntPair) -> Any:

@@ -231,6 +231,34 @@ def test_failure_mid_write_leaves_nothing_partial(tmp_path, rng, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
+def test_failure_on_threads_leaves_no_temporary_store(tmp_path, rng, monkeypatch):
+    """Tasks still running when one fails finish after dask raised: their writes must
+    not recreate the removed temporary store."""
+    import time
+
+    from convcli import dask_array
+
+    img = rng.standard_normal((1, 64, 64)).astype("float32")
+    _store(tmp_path / "in.zarr", img, (1, 8, 8))
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    calls = []
+    original = dask_array._block
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("device lost")
+        time.sleep(0.02)  # others are mid-flight when the failure is raised
+        return original(*args)
+
+    monkeypatch.setattr(dask_array, "_block", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, num_workers=4)
+    time.sleep(0.3)  # let the scheduler's threads run out
+    assert not (tmp_path / "out.zarr").exists()
+    assert _leftovers(tmp_path) == []
+
+
 def test_bad_inputs(tmp_path):
     w = np.ones((1, 1, 3, 3), dtype="float32")
     with pytest.raises(InputError, match=r"missing\.zarr: no such zarr store"):
