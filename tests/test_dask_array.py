@@ -73,6 +73,9 @@ def test_same_padding_odd_extra_pixel_and_dilation(mode):
     # totals 3*(4-1)=9 and 2*(2-1)=2: the odd extra row goes to the bottom
     y = _check(x, w, chunks=(1, 3, 5, 6), padding="same", dilation=(3, 2), padding_mode=mode)
     assert y.chunks[2:] == ((5,) * 6 + (3,), (6,) * 4 + (5,))  # chunked as the input
+    # the split written out: 9 = 4 top + 5 bottom, 2 = 1 left + 1 right
+    explicit = naive_conv2d(x, w, pad=(4, 5, 1, 1), dilation=(3, 2), padding_mode=mode)
+    assert_close(y.compute(scheduler="sync"), explicit)
 
 
 @pytest.mark.parametrize("mode", MODES)
