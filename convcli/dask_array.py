@@ -123,11 +123,13 @@ def _axis_windows(
     r0 = 0
     for rows in out_chunks:
         r1 = r0 + rows
-        # padded positions, counted from the first padded position
-        q0, q1 = r0 * stride, (r1 - 1) * stride + reach if rows else r0 * stride
+        # padded positions, counted from the first padded position (rows >= 1: an
+        # output axis is never empty)
+        q0, q1 = r0 * stride, (r1 - 1) * stride + reach
         src, ok = index[q0:q1], valid[q0:q1]
         needed = np.unique(src[ok])
         take = np.searchsorted(needed, src) if needed.size else np.zeros_like(src)
+        # zero-padded positions may sort past the last needed index: any index will do
         take = np.minimum(take, max(needed.size - 1, 0))
         windows.append(_AxisWindow(_runs(needed, bounds), take, ok.copy()))
         r0 = r1
