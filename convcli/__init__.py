@@ -13,6 +13,7 @@ from convcli.errors import (
 )
 from convcli.runinfo import RunInfo
 from convcli.spec import PADDING_MODES, ConvSpec
+from convcli.zarr_store import zarr_conv2d
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,5 @@ __all__ = [
     "RunInfo",
     "__version__",
     "conv2d",
+    "zarr_conv2d",
 ]

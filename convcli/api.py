@@ -14,6 +14,7 @@ import numpy as np
 
 from convcli import backends
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
+from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
 from convcli.runinfo import RunInfo
 from convcli.spec import (
@@ -191,8 +192,11 @@ def conv2d(
 
     Parameters
     ----------
-    x : ndarray
+    x : ndarray or dask.array.Array
         ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; float16/32/64 or complex64/128.
+        A dask array gives a lazy dask array, computed block by block with the same
+        values (see :func:`convcli.dask_array.conv2d`; ``info`` and ``progress`` do not
+        apply).
     weight : ndarray
         ``(C_out, C_in/groups, kH, kW)``, same dtype as ``x``. Not flipped.
     bias : ndarray, optional
@@ -224,8 +228,8 @@ def conv2d(
 
     Returns
     -------
-    ndarray
-        Output of torch's shape and the input's dtype.
+    ndarray or dask.array.Array
+        Output of torch's shape and the input's dtype (a dask array for a dask input).
 
     Examples
     --------
@@ -237,6 +241,28 @@ def conv2d(
             [26., 30., 34.],
             [42., 46., 50.]]], dtype=float32)
     """
+    if is_dask_array(x):
+        if info is not None or progress is not None:
+            raise ConvValueError(
+                "info and progress report an eager run; a dask array's blocks run when "
+                "the result is computed (use dask's diagnostics or dashboard)"
+            )
+        from convcli import dask_array
+
+        return dask_array.conv2d(
+            x,
+            weight,
+            bias,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            padding_mode=padding_mode,
+            backend=backend,
+            device=device,
+            algo=algo,
+            max_memory=max_memory,
+        )
     t0 = time.perf_counter()
     if info is None:
         info = RunInfo()

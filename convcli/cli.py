@@ -953,8 +953,12 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     The kernel comes from exactly one of --preset, --kernel or --weights. A 2-D kernel is
     applied to every channel; the default padding keeps the image size ('same') and the
     border repeats the edge pixels (--padding-mode replicate). Output paths go to stdout.
+    A zarr store as the one INPUT is convolved into a zarr store (-o NAME.zarr) as
+    float32, chunk by chunk (needs convcli[dask]).
     """
     filt, engine, out = _setup(opts, ctx)
+    if len(inputs) == 1 and _is_zarr(inputs[0]):
+        return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
@@ -984,6 +988,50 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     if result.interrupted or signum is not None:
         _err(f"interrupted; {len(result.done)} of {len(inputs)} outputs written", "summary")
     return _exit_code(result, signum)
+
+
+# options about image files that have no meaning for a zarr store (written as float32)
+_IMAGE_ONLY = ("alpha", "fmt", "bit_depth", "out_map", "scale", "offset", "quality")
+_IMAGE_ONLY += ("max_pixels", "timings")
+
+
+def _is_zarr(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
+
+
+def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
+    """``apply in.zarr -o out.zarr``: the dask path, in bounded memory (convcli[dask])."""
+    from convcli.zarr_store import open_image, zarr_conv2d
+
+    for name in _IMAGE_ONLY:
+        source = ctx.get_parameter_source(name)
+        if source not in (None, click.core.ParameterSource.DEFAULT):
+            flag = "--format" if name == "fmt" else "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} does not apply to a zarr store (written as float32)")
+    if Path(output).suffix.lower() != ".zarr":
+        raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
+    same = Path(output).resolve() == Path(src).resolve()
+    if same and not overwrite:
+        raise InputError(f"{output}: the output would replace its own input (add --overwrite)")
+    x, _, _ = open_image(src)
+    weight, bias, groups = filt.for_channels(x.shape[0])
+    zarr_conv2d(
+        src,
+        output,
+        weight,
+        bias,
+        **filt.conv_options(groups),
+        overwrite=True,  # apply replaces an existing output, as it does image files
+        backend=engine.backend,
+        device=engine.device,
+        algo=engine.algo,
+        max_memory=engine.max_memory,
+        num_workers=opts["workers"],
+    )
+    if not opts["quiet"]:
+        click.echo(output)
+    return 0
 
 
 @cli.command()

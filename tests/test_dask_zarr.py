@@ -1,0 +1,335 @@
+"""zarr_conv2d: zarr arrays and OME-Zarr level 0 in, a chunk-aligned zarr store out,
+values equal to the naive reference, never a partial or clobbered destination.
+Skipped where dask or zarr is not installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from naive import naive_conv2d
+
+from convcli import zarr_conv2d
+from convcli.errors import ConvValueError, InputError
+
+pytest.importorskip("dask.array")
+zarr = pytest.importorskip("zarr")
+ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
+
+
+def _fmt(version: int) -> dict:
+    return {"zarr_format": version} if ZARR3 else {}
+
+
+def _store(path, data, chunks, version=2 if not ZARR3 else 3, dtype=None):
+    z = zarr.open_array(
+        store=str(path),
+        mode="w",
+        shape=data.shape,
+        chunks=chunks,
+        dtype=dtype or data.dtype,
+        **_fmt(version),
+    )
+    z[...] = data
+    return z
+
+
+def _read(path, component=None):
+    node = zarr.open(str(path), mode="r")
+    return node if component is None else node[component]
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if ".convcli-" in p.name)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_hwc_same_padding_keeps_chunks_and_layout(tmp_path, rng):
+    img = rng.standard_normal((70, 61, 3)).astype("float32")
+    _store(tmp_path / "in.zarr", img, (32, 24, 3))
+    w = rng.standard_normal((3, 1, 7, 4)).astype("float32")
+    out = zarr_conv2d(
+        tmp_path / "in.zarr",
+        tmp_path / "out.zarr",
+        w,
+        padding="same",
+        groups=3,
+        padding_mode="reflect",
+        backend="numpy",
+    )
+    assert out == tmp_path / "out.zarr"
+    z = _read(out)
+    assert z.shape == (70, 61, 3) and z.chunks == (32, 24, 3) and z.dtype == np.float32
+    # 'same' with kernel 7x4: (3, 3) rows, (1, 2) cols: the odd extra column on the right
+    expected = naive_conv2d(
+        img.transpose(2, 0, 1)[None], w, pad=(3, 3, 1, 2), groups=3, padding_mode="reflect"
+    )[0].transpose(1, 2, 0)
+    assert_close(z[...], expected)
+    assert _leftovers(tmp_path) == []
+
+
+def test_chw_strided_circular_with_read_chunks(tmp_path, rng):
+    img = rng.standard_normal((2, 50, 45)).astype("float64")
+    _store(tmp_path / "in.zarr", img, (2, 50, 45))  # one stored chunk, read in pieces
+    w = rng.standard_normal((4, 2, 3, 3))
+    b = rng.standard_normal(4)
+    zarr_conv2d(
+        tmp_path / "in.zarr",
+        tmp_path / "out.zarr",
+        w,
+        b,
+        stride=(2, 3),
+        padding=4,
+        padding_mode="circular",
+        chunks=(2, 16, 13),
+        backend="numpy",
+    )
+    z = _read(tmp_path / "out.zarr")
+    expected = naive_conv2d(img[None], w, b, stride=(2, 3), pad=(4,) * 4, padding_mode="circular")
+    assert z.chunks == (4, 8, 5)  # ceil(16/2), ceil(13/3)
+    assert_close(z[...], expected[0])
+
+
+def test_hw_to_several_channels_and_integer_input(tmp_path, rng):
+    img = rng.integers(0, 65535, (40, 33), dtype=np.uint16)
+    _store(tmp_path / "in.zarr", img, (16, 16))
+    w = rng.standard_normal((2, 1, 3, 3)).astype("float32")
+    zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, padding=1, backend="numpy")
+    z = _read(tmp_path / "out.zarr")
+    assert z.shape == (2, 40, 33) and z.dtype == np.float32  # HW in, CHW out
+    assert_close(z[...], naive_conv2d(img[None, None].astype("float64"), w, pad=(1,) * 4)[0])
+    # one output channel stays HW
+    zarr_conv2d(tmp_path / "in.zarr", tmp_path / "one.zarr", w[:1], padding=1, backend="numpy")
+    assert _read(tmp_path / "one.zarr").shape == (40, 33)
+
+
+def _ome(path, data, version, axes, scale):
+    """An OME-Zarr image: level 0 ``data``, level 1 a decoy of another shape."""
+    group = zarr.open_group(str(path), mode="w", **_fmt(version))
+    multiscales = [
+        {
+            "version": "0.4" if version == 2 else "0.5",
+            "axes": [
+                {"name": a, "type": {"c": "channel", "t": "time"}.get(a, "space")} for a in axes
+            ],
+            "datasets": [
+                {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": scale}]},
+                {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": scale}]},
+            ],
+        }
+    ]
+    if version == 2:
+        group.attrs["multiscales"] = multiscales
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+    for name, arr in (("s0", data), ("s1", data[..., ::2, ::2])):
+        z = zarr.open_array(
+            store=str(path),
+            path=name,
+            mode="w",
+            shape=arr.shape,
+            chunks=(1,) * (arr.ndim - 2) + (24, 24),
+            dtype=arr.dtype,
+            **_fmt(version),
+        )
+        z[...] = arr
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_ome_zarr_level0(tmp_path, rng, version):
+    if version == 3 and not ZARR3:
+        pytest.skip("zarr 3 writes format 3")
+    data = rng.standard_normal((1, 2, 1, 60, 50)).astype("float32")
+    _ome(tmp_path / "img.zarr", data, version, "tczyx", [1.0, 1.0, 2.0, 0.5, 0.25])
+    w = rng.standard_normal((2, 1, 5, 5)).astype("float32")
+    zarr_conv2d(
+        tmp_path / "img.zarr",
+        tmp_path / "out.zarr",
+        w,
+        stride=2,
+        padding=2,
+        groups=2,
+        padding_mode="symmetric",
+        backend="numpy",
+    )
+    group = _read(tmp_path / "out.zarr")
+    attrs = dict(group.attrs)
+    ms = attrs["multiscales"] if version == 2 else attrs["ome"]["multiscales"]
+    assert [a["name"] for a in ms[0]["axes"]] == ["c", "y", "x"]
+    assert ms[0]["datasets"] == [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 0.5]}]}
+    ]
+    out = group["0"]
+    expected = naive_conv2d(
+        data[:, :, 0], w, stride=(2, 2), pad=(2,) * 4, groups=2, padding_mode="symmetric"
+    )[0]
+    assert out.shape == expected.shape == (2, 30, 25)
+    assert_close(out[...], expected)
+
+
+def test_ome_axis_with_several_planes_is_refused(tmp_path, rng):
+    data = rng.standard_normal((3, 20, 20)).astype("float32")
+    _ome(tmp_path / "img.zarr", data, 2, "zyx", [1.0, 1.0, 1.0])
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    with pytest.raises(InputError, match="axis 'z' has 3 planes"):
+        zarr_conv2d(tmp_path / "img.zarr", tmp_path / "out.zarr", w)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_existing_destination_is_kept_unless_overwrite(tmp_path, rng):
+    img = rng.standard_normal((1, 20, 20)).astype("float32")
+    _store(tmp_path / "in.zarr", img, (1, 8, 8))
+    old = _store(tmp_path / "out.zarr", np.zeros((3, 3), dtype="float32"), (3, 3))
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    with pytest.raises(InputError, match=r"out\.zarr: already exists"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, backend="numpy")
+    assert _read(tmp_path / "out.zarr").shape == old.shape
+    with pytest.raises(InputError, match="replace its own input"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "in.zarr", w)
+    zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, overwrite=True, backend="numpy")
+    assert_close(_read(tmp_path / "out.zarr")[...], naive_conv2d(img[None], w)[0])
+    # the input itself, when asked: read whole before the new store takes its place
+    zarr_conv2d(tmp_path / "in.zarr", tmp_path / "in.zarr", w, overwrite=True, backend="numpy")
+    assert_close(_read(tmp_path / "in.zarr")[...], naive_conv2d(img[None], w)[0])
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_mid_write_leaves_nothing_partial(tmp_path, rng, monkeypatch):
+    from convcli import dask_array
+
+    img = rng.standard_normal((1, 40, 40)).astype("float32")
+    _store(tmp_path / "in.zarr", img, (1, 8, 8))
+    _store(tmp_path / "old.zarr", np.ones((2, 2), dtype="float32"), (2, 2))
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    calls = []
+    original = dask_array._block
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("device lost")
+        return original(*args)
+
+    monkeypatch.setattr(dask_array, "_block", failing)
+    for dst, overwrite in (("new.zarr", False), ("old.zarr", True)):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="device lost"):
+            zarr_conv2d(
+                tmp_path / "in.zarr",
+                tmp_path / dst,
+                w,
+                overwrite=overwrite,
+                backend="numpy",
+                scheduler="sync",
+            )
+    assert not (tmp_path / "new.zarr").exists()
+    np.testing.assert_array_equal(_read(tmp_path / "old.zarr")[...], np.ones((2, 2)))
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_on_threads_leaves_no_temporary_store(tmp_path, rng, monkeypatch):
+    """Tasks still running when one fails finish after dask raised: their writes must
+    not recreate the removed temporary store."""
+    import time
+
+    from convcli import dask_array
+
+    img = rng.standard_normal((1, 64, 64)).astype("float32")
+    _store(tmp_path / "in.zarr", img, (1, 8, 8))
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    calls = []
+    original = dask_array._block
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("device lost")
+        time.sleep(0.02)  # others are mid-flight when the failure is raised
+        return original(*args)
+
+    monkeypatch.setattr(dask_array, "_block", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, num_workers=4)
+    time.sleep(0.3)  # let the scheduler's threads run out
+    assert not (tmp_path / "out.zarr").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_bad_inputs(tmp_path):
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    with pytest.raises(InputError, match=r"missing\.zarr: no such zarr store"):
+        zarr_conv2d(tmp_path / "missing.zarr", tmp_path / "out.zarr", w)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "file.txt").write_text("not zarr")
+    with pytest.raises(InputError, match="plain: not a zarr array or group"):
+        zarr_conv2d(tmp_path / "plain", tmp_path / "out.zarr", w)
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    with pytest.raises(InputError, match="without OME-Zarr multiscales"):
+        zarr_conv2d(tmp_path / "group.zarr", tmp_path / "out.zarr", w)
+    _store(tmp_path / "in.zarr", np.zeros((4, 4, 4, 4), dtype="float32"), (4, 4, 4, 4))
+    with pytest.raises(InputError, match=r"shape \(4, 4, 4, 4\) is not an image"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w)
+    _store(tmp_path / "in3.zarr", np.zeros((8, 8, 3), dtype="float32"), (8, 8, 3))
+    with pytest.raises(ConvValueError, match="layout must be one of"):
+        zarr_conv2d(tmp_path / "in3.zarr", tmp_path / "out.zarr", w, layout="WHC")
+    with pytest.raises(ConvValueError, match="but got 3 channels instead"):
+        zarr_conv2d(tmp_path / "in3.zarr", tmp_path / "out.zarr", w, layout="HWC")
+    assert not (tmp_path / "out.zarr").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_apply_zarr_to_zarr(tmp_path, rng):
+    from convcli.presets import get_preset
+
+    img = rng.integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    _store(tmp_path / "in.zarr", img, (16, 16, 3))
+    out = tmp_path / "out.zarr"
+    r = _cli("apply", tmp_path / "in.zarr", "-o", out, "--preset", "gaussian:sigma=1.5",
+             "--backend", "numpy")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == str(out)
+    k = np.asarray(get_preset("gaussian:sigma=1.5").kernel, dtype=np.float64)
+    w = np.broadcast_to(k, (3, 1, *k.shape))
+    top, left = (k.shape[0] - 1) // 2, (k.shape[1] - 1) // 2
+    pad = (top, k.shape[0] - 1 - top, left, k.shape[1] - 1 - left)
+    expected = naive_conv2d(
+        img.transpose(2, 0, 1)[None].astype(np.float64), w, pad=pad, groups=3,
+        padding_mode="replicate",
+    )[0].transpose(1, 2, 0)  # fmt: skip
+    z = _read(out)
+    assert z.dtype == np.float32 and z.chunks == (16, 16, 3)
+    assert_close(z[...], expected, "float32")
+    # apply replaces an existing output (as for image files), never its input unasked
+    r = _cli("apply", tmp_path / "in.zarr", "-o", out, "--kernel", "0,1,0", "--backend", "numpy")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(_read(out)[...], img[:, :, :].astype(np.float32))
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "in.zarr", "--preset", "sharpen")
+    assert r.exit_code == 1
+    assert "replace its own input (add --overwrite)" in r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("convcli: error: ")
+    np.testing.assert_array_equal(_read(tmp_path / "in.zarr")[...], img)
+    assert _leftovers(tmp_path) == []
+
+
+def test_cli_apply_zarr_refuses_image_options(tmp_path):
+    _store(tmp_path / "in.zarr", np.zeros((8, 8), dtype="float32"), (4, 4))
+    for extra in (["--bit-depth", "16"], ["--out-map", "clip"], ["--format", "png"]):
+        r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "o.zarr", "--preset", "sharpen",
+                 *extra)  # fmt: skip
+        assert r.exit_code == 2, r.output
+        assert "does not apply to a zarr store" in r.output
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "o.png", "--preset", "sharpen")
+    assert r.exit_code == 2 and "writes a zarr store" in r.output
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.png").exists()
