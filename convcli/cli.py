@@ -29,7 +29,7 @@ from convcli import __version__
 from convcli import batch as cbatch
 from convcli import io as cio
 from convcli.api import ALGOS
-from convcli.errors import ConvcliError, InputError
+from convcli.errors import ConvcliError, InputError, LimitError
 from convcli.spec import PADDING_MODES
 
 PROG = "convcli"
@@ -378,8 +378,9 @@ def _kernel_options(f: Callable) -> Callable:
             "--max-memory",
             metavar="SIZE",
             callback=_callback(parse_bytes),
-            help="Memory one piece of work may use, e.g. 512M or 2G; larger images "
-            "run in tiles (same result).",
+            help="Memory the run may use for its images, results and work arrays, "
+            "e.g. 512M or 2G (default: what the machine has free); the convolution runs "
+            "in tiles to fit (same result), a file that cannot fit is refused.",
         ),
         click.option(
             "--max-pixels",
@@ -387,8 +388,8 @@ def _kernel_options(f: Callable) -> Callable:
             default=str(cio.DEFAULT_MAX_PIXELS),
             show_default=True,
             callback=_callback(parse_count),
-            help="Refuse images with more pixels (decompression bombs), e.g. 500M; "
-            "'none' for no limit.",
+            help="Refuse images, or results, with more pixels (decompression bombs, "
+            "absurd padding), e.g. 500M; 'none' for no limit.",
         ),
         click.option(
             "--alpha",
@@ -488,7 +489,10 @@ def _preset_warnings(kind: str = "warning") -> None:
 def _setup(opts: dict[str, Any], ctx: click.Context):
     """Options -> (Filter, Engine, Output); argument mistakes fail before any file is read."""
     filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS})
-    filt.check()
+    try:
+        filt.check(max_memory=opts["max_memory"], max_pixels=opts["max_pixels"], budget=True)
+    except LimitError as exc:
+        raise click.ClickException(_limit_line(exc, opts)) from None
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
         _preset_warnings("notice")
@@ -513,6 +517,37 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
         raw_npy=not explicit_map,
     )
     return filt, engine, output
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _size_text(n: int) -> str:
+    for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
+    """A library limit refusal with the option to change spelled as a flag."""
+    arg = exc.argument
+    if arg is None:
+        return exc.render()
+    if arg == "kernel_size":
+        source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
+        if source is None:
+            return exc.render()
+        return exc.render(f"--{source} {opts[source]}")
+    value = opts.get(arg)
+    if arg == "max_memory" and value is not None:
+        shown = _size_text(value)
+    else:
+        shown = _flag_value(value if value is not None else exc.value)
+    return exc.render(f"--{arg.replace('_', '-')} {shown}")
 
 
 # ---------------------------------------------------------------------------- running
@@ -595,8 +630,13 @@ def _run(
 
         def on_event(event: cbatch.Event) -> None:
             if event.kind == "failed" and event.reason:
+                reason = event.reason
+                if isinstance(event.error, LimitError):
+                    reason = _limit_line(event.error, opts)
+                    if event.error.name is None:
+                        reason = f"{event.task.src}: {reason}"
                 progress.console.print(
-                    f"{PROG}: error: {event.reason}", markup=False, highlight=False, soft_wrap=True
+                    f"{PROG}: error: {reason}", markup=False, highlight=False, soft_wrap=True
                 )
             # remarks about a file's result (read at 8 bits, alpha dropped) show even
             # with -q: the output differs from what the user may expect
