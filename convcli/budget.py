@@ -245,7 +245,9 @@ def conv_need(
     cols_in = (wo - 1) * sw + ekw
     parts = [("output piece", images * spec.c_out * rows * wo * it)]
     if tiled:
+        # the band of input rows gathered on the host, through maps of every padded row
         parts.append(("input band", images * spec.c_in * rows_in * spec.w * it))
+        parts.append(("row maps", _MAP_BYTES * (spec.h + spec.pad[0] + spec.pad[1])))
     parts.append(("index maps", _MAP_BYTES * (rows_in + cols_in)))
     if algo is None:  # what every algorithm needs
         return Need(tuple(parts))
@@ -280,19 +282,21 @@ def conv_need(
     if algo == "fft":
         work = _fft_workspace(spec, images, rows, cols_in)
     elif algo == "gemm":
+        # column matrices: per thread within _NUMPY_GEMM, but at least one output row
         cols_row = spec.c_in * taps * (wo + (ekw - 1) // sw) * it
         threads = max(1, min(os.cpu_count() or 1, 64))
-        work = band + threads * max(_NUMPY_GEMM, cols_row) + band
+        cols = min(images * rows * cols_row, threads * max(_NUMPY_GEMM, cols_row))
+        work = 2 * band + cols
     elif algo == "separable":
-        work = 3 * min(
-            full, max(_NUMPY_CHUNK // 4, one_row + images * spec.c_in * 16 * cols_in * it)
-        )
-    elif spec.cin_g == 1:  # direct, tap accumulation
+        # the band, its transposed copy, the slab products and partial sums of both passes
+        block = images * spec.c_in * 16 * cols_in * it  # Toeplitz blocks of 16 rows
+        work = 8 * min(full, max(_NUMPY_CHUNK // 4, one_row + block))
+    elif spec.cin_g == 1:  # direct, tap accumulation: phase copies, border gathers, sums
         acc_rows = max(1, min(rows, band // max(1, spec.c_in * cols_in * it)))
-        work = band + spec.c_out * acc_rows * (wo + (ekw - 1) // sw) * it
+        work = 2 * band + spec.c_out * acc_rows * (wo + (ekw - 1) // sw) * it
     else:  # direct reference: im2col rows
         cols_row = images * wo * spec.c_in * taps * it
-        work = band + max(_NUMPY_CHUNK, cols_row)
+        work = 2 * band + min(rows * cols_row, max(_NUMPY_CHUNK, cols_row))
     return Need((*parts, ("workspace", work)))
 
 
@@ -379,7 +383,7 @@ def check_call(
         Naming the argument that makes it too large (``padding``, ``dilation``,
         ``kernel_size``), else ``max_memory`` when the machine has more, else the input.
     """
-    if budget is None:
+    if budget is None or spec.n == 0:  # an empty batch allocates nothing
         return
     need = smallest_need(spec, algo, backend)
     if need.total <= budget:
