@@ -331,3 +331,22 @@ def test_a_large_non_separable_kernel_skips_the_svd(monkeypatch):
     monkeypatch.setattr(plan.np.linalg, "svd", lambda *a, **k: calls.append(1))
     w = np.random.default_rng(7).random((1, 1, 301, 301))
     assert plan.separable_factors(w) is None and not calls
+
+
+def test_opencl_leaves_strides_beyond_32_bits_to_numpy():
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    from convcli.errors import BackendError
+
+    rng = np.random.default_rng(8)
+    x = rng.random((1, 3, 20, 20)).astype(np.float32)
+    w = rng.random((3, 1, 3, 3)).astype(np.float32)
+    kw = dict(stride=3 * 10**9, padding=1, groups=3)
+    # int32 in the kernels: the stride wrapped negative and the kernel ran for minutes
+    with pytest.raises(BackendError, match="32-bit"):
+        conv2d(x, w, backend="opencl", **kw)
+    info = RunInfo()
+    y = conv2d(x, w, backend="auto", info=info, **kw)
+    assert info.backend == "numpy" and y.shape == (1, 3, 1, 1)
+    ref = (np.pad(x[0, :, :2, :2], ((0, 0), (1, 0), (1, 0))) * w[:, 0]).sum(axis=(1, 2))
+    np.testing.assert_allclose(y[0, :, 0, 0], ref, rtol=1e-6)
