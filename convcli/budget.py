@@ -273,6 +273,9 @@ def conv_need(
             inter = images * spec.c_out * rows_in * wo * it if algo == "separable" else 0
             weights = spec.c_out * spec.cin_g * taps * it * 2
             work = max(inter, _OPENCL_CHUNK) + weights
+        # the runtime's copies of host buffers it cannot use in place, and the pooled
+        # output the backend keeps for the next call
+        work += images * spec.c_in * rows_in * spec.w * it + parts[0][1]
         return Need((*parts, ("workspace", work)))
     # NumPy: direct/gemm/separable gather the padded band in chunks of about
     # _NUMPY_CHUNK / 4, but never less than the rows one output row needs
