@@ -1077,6 +1077,21 @@ def run_tasks(
                     result.fatal = _reason(exc)
                     fail(task, exc, quiet=True)
                     break
+                except LimitError as exc:
+                    if exc.argument == "max_memory" and exc.need and loaded.conv_memory:
+                        # conv2d saw only what the image left of max_memory: say so
+                        exc = LimitError(
+                            f"the convolution needs at least {format_bytes(exc.need)} even "
+                            f"one output row at a time, more than the "
+                            f"{format_bytes(loaded.conv_memory)} left of max_memory "
+                            f"({format_bytes(engine.max_memory)}) once the image is held",
+                            argument="max_memory",
+                            value=format_bytes(engine.max_memory),
+                            need=exc.need,
+                        )
+                    fail(task, exc)
+                    fill()
+                    continue
                 except (ConvcliError, ValueError, MemoryError) as exc:
                     reason = _reason(exc)
                     if loaded.alpha in ("keep", "drop") and loaded.image.has_alpha:
@@ -1085,7 +1100,7 @@ def run_tasks(
                             f" (--alpha {loaded.alpha} sets alpha aside; --alpha filter "
                             "passes it to the weight)"
                         )
-                    fail(task, exc if isinstance(exc, LimitError) else reason)
+                    fail(task, reason)
                     fill()
                     continue
                 finally:

@@ -352,9 +352,10 @@ def _blame(
 
 
 def _dominant(need: int, without: Callable[[ConvSpec], int]) -> Callable[[ConvSpec], bool]:
-    """A test for :func:`_blame`: the variant fits, and the argument it neutralises made
-    most of the need (a 13x13 kernel under a tight max_memory is not the kernel's fault)."""
-    return lambda variant: 2 * without(variant) < need
+    """A test for :func:`_blame`: the argument the variant neutralises makes the need at
+    least ten times larger (a 13x13 kernel under a tight max_memory is not the kernel's
+    fault: the limit is)."""
+    return lambda variant: 10 * without(variant) <= need
 
 
 def _shown(name: str, spec: ConvSpec, padding: object) -> str:
@@ -413,6 +414,7 @@ def check_call(
                 f"the convolution needs {detail} even one output row at a time, more than {where}",
                 argument="max_memory",
                 value=format_bytes(max_memory),
+                need=need.total,
             )
     raise LimitError(
         f"the convolution of a {spec.c_in}x{spec.h}x{spec.w} input needs {detail} even "

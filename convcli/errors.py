@@ -38,7 +38,8 @@ class LimitError(ConvValueError):
     ``groups``, ``max_memory``, ``max_pixels``), what to change, and ``value`` its value
     as shown; ``problem`` is the rest of the message and ``name`` the file, if any. The
     message reads ``[name: ][argument=value: ]problem``, so a front end can put its own
-    spelling of the argument (a command-line flag) in its place.
+    spelling of the argument (a command-line flag) in its place. ``need`` is the bytes
+    the refused work needed, where known.
     """
 
     def __init__(
@@ -48,11 +49,13 @@ class LimitError(ConvValueError):
         argument: str | None = None,
         value: object = None,
         name: str | None = None,
+        need: int | None = None,
     ) -> None:
         self.problem = problem
         self.argument = argument
         self.value = value
         self.name = name
+        self.need = need  # bytes the refused work needed, where known
         super().__init__(self.render())
 
     def render(self, argument: str | None = None) -> str:
@@ -65,4 +68,6 @@ class LimitError(ConvValueError):
 
     def with_name(self, name: str) -> LimitError:
         """The same refusal naming the file it is about."""
-        return LimitError(self.problem, argument=self.argument, value=self.value, name=name)
+        return LimitError(
+            self.problem, argument=self.argument, value=self.value, name=name, need=self.need
+        )
