@@ -14,7 +14,7 @@ import numpy as np
 
 from convcli import backends
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
-from convcli.budget import check_call, conv_need, memory_budget, output_bytes
+from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
 from convcli.runinfo import RunInfo
 from convcli.spec import (
@@ -265,13 +265,14 @@ def conv2d(
     weight = np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias)
 
-    budget = memory_budget(max_memory)
-
     def attempt(be: object) -> np.ndarray:
         # the output and the index maps are needed whatever the algorithm: a padding of
         # 10**9 is refused here, before the cost model prices FFT sizes for it
+        least = call_need(spec, None, be.name).total
+        budget = memory_budget(max_memory, least)
         check_call(spec, None, be.name, padding=padding, max_memory=max_memory, budget=budget)
         planned = algo if algo != "auto" or spec.n == 0 else be.plan_algo(spec, weight)
+        budget = memory_budget(max_memory, call_need(spec, planned, be.name).total)
         check_call(spec, planned, be.name, padding=padding, max_memory=max_memory, budget=budget)
         alloc = getattr(be, "max_alloc_bytes", None)
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -129,17 +131,39 @@ def available_memory() -> int | None:
     """Bytes the machine can give this process now, or None when nothing tells.
 
     ``MemAvailable`` (Linux's estimate of memory available without swapping), lowered to
-    the room under a cgroup v2 limit; elsewhere ``os.sysconf``'s available pages.
+    the room under a cgroup v2 limit; elsewhere ``os.sysconf``'s available pages. Read
+    at most every :data:`_FRESH` seconds (three files per small call cost more than the
+    call).
     """
+    now = time.monotonic()
+    with _AVAILABLE_LOCK:
+        if now - _AVAILABLE[0] < _FRESH:
+            return _AVAILABLE[1]
     found = [v for v in (_meminfo_available(), _cgroup_room()) if v is not None]
     if not found:
         found = [v for v in (_sysconf_available(),) if v is not None]
-    return min(found) if found else None
+    value = min(found) if found else None
+    with _AVAILABLE_LOCK:
+        _AVAILABLE[:] = [now, value]
+    return value
 
 
-def memory_budget(max_memory: int | None) -> int | None:
-    """``max_memory`` when given, else :func:`available_memory`."""
-    return max_memory if max_memory is not None else available_memory()
+_FRESH = 0.25
+_AVAILABLE: list = [-1e9, None]
+_AVAILABLE_LOCK = threading.Lock()
+
+
+def memory_budget(max_memory: int | None, need: int | None = None) -> int | None:
+    """``max_memory`` when given, else :func:`available_memory`; None (no check) for a
+    ``need`` under :data:`SMALL_NEED` bytes, which any machine that runs Python has."""
+    if max_memory is not None:
+        return max_memory
+    if need is not None and need <= SMALL_NEED:
+        return None
+    return available_memory()
+
+
+SMALL_NEED = 64 * 2**20
 
 
 def budget_text(budget: int, max_memory: int | None) -> str:

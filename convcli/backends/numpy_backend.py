@@ -45,6 +45,7 @@ behaviour); complex inputs use the weight as is (no conjugation).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -963,6 +964,7 @@ def _separable(
 # fft: overlap-save by bands of output rows
 
 
+@functools.lru_cache(maxsize=4096)
 def _good_size(n: int) -> int:
     """Smallest 2-3-5-smooth integer >= n (fast sizes for pocketfft).
 
