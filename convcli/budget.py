@@ -337,18 +337,6 @@ def smallest_need(spec: ConvSpec, algo: str | None, backend: str) -> Need:
     return call_need(spec, algo, backend, rows=1, images=1, tiled=spec.h_out > 1 or spec.n > 1)
 
 
-def band_rows(spec: ConvSpec, fits: Callable[[int], bool]) -> int:
-    """The most output rows (at least 1) for which ``fits(rows)`` holds (it is monotone)."""
-    lo, hi = 1, max(1, spec.h_out)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 # ---------------------------------------------------------------------------- refusals
 def _blame(
     spec: ConvSpec,
