@@ -10,6 +10,7 @@ from convcli.errors import (
     ConvTypeError,
     ConvValueError,
     InputError,
+    LimitError,
 )
 from convcli.runinfo import RunInfo
 from convcli.spec import PADDING_MODES, ConvSpec
@@ -28,6 +29,7 @@ __all__ = [
     "ConvValueError",
     "ConvcliError",
     "InputError",
+    "LimitError",
     "RunInfo",
     "__version__",
     "conv2d",

@@ -14,6 +14,7 @@ import numpy as np
 
 from convcli import backends
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
+from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
 from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
 from convcli.runinfo import RunInfo
@@ -57,16 +58,24 @@ def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo
         return backends.get_backend("numpy")
 
 
-def _memory_limit(backend: object, max_memory: int | None) -> int | None:
-    limits = [m for m in (max_memory, getattr(backend, "max_alloc_bytes", None)) if m]
-    return min(limits) if limits else None
+def _halo_rows(spec: ConvSpec) -> int:
+    """Output rows whose band is at least as tall as the rows it shares with the next."""
+    ekh = spec.dilation[0] * (spec.kh - 1) + 1
+    return max(1, -(-max(0, ekh - spec.stride[0]) // spec.stride[0]))
 
 
-def _call_bytes(spec: ConvSpec, itemsize: int) -> tuple[int, int]:
-    """Bytes of one image's input and of one output row (all channels)."""
-    image = spec.c_in * spec.h * spec.w * itemsize
-    out_row = spec.c_out * spec.w_out * itemsize
-    return image, out_row
+def _largest(fits: Callable[[int], bool], most: int) -> int:
+    """The largest ``k`` in ``1..most`` with ``fits(k)`` (monotone), or 0."""
+    if most < 1 or not fits(1):
+        return 0
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _run_tiled(
@@ -76,88 +85,79 @@ def _run_tiled(
     bias: np.ndarray | None,
     spec: ConvSpec,
     algo: str,
-    limit: int | None,
+    planned: str,
+    fits: Callable[[int, int, bool], bool],
     info: RunInfo,
     report: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Run ``spec`` on ``backend`` in pieces whose input+output fit ``limit`` bytes.
+    """Run ``spec`` on ``backend`` in pieces for which ``fits(images, rows, tiled)``.
 
-    ``report(rows)`` is called after each piece with the output rows (times images) done.
+    ``report(rows)`` is called after each piece with the output rows (times images) done;
+    with it, large problems run in about PROGRESS_STEPS pieces so that it reports as
+    they finish (never in bands shorter than the kernel's overlap: a large kernel's
+    halo would be computed over and over).
 
     Splits the batch first, then output rows into bands; a band's input rows carry the
     halo the kernel needs and its vertical padding is gathered on the host, so every
-    output pixel is computed from the same values, by the same algorithm, as in the
-    untiled call. OpenCL's direct, separable and gemm kernels then give bit-identical
-    results; its FFT tiles and NumPy's GEMM-based paths may round differently by an ulp
-    or two (the FFT's tile grid starts at the band, BLAS blocks a smaller matrix
-    differently).
+    output pixel is computed from the same values, by the same algorithm (``planned``,
+    the one the whole problem would run: a smaller tile could tip the cost model to
+    another algorithm with other rounding), as in the untiled call. OpenCL's direct,
+    separable and gemm kernels then give bit-identical results; its FFT tiles and
+    NumPy's GEMM-based paths may round differently by an ulp or two (the FFT's tile grid
+    starts at the band, BLAS blocks a smaller matrix differently). Pieces are written
+    into one output array as they finish: the call holds the output once.
     """
-    itemsize = compute_dtype(spec.dtype).itemsize
-    image_bytes, out_row = _call_bytes(spec, itemsize)
-    whole = spec.n * (image_bytes + out_row * spec.h_out)
-    if limit is None or whole <= limit or spec.n == 0:
+    steps = None
+    if report is not None and 2 * spec.macs >= PROGRESS_MIN_FLOPS:
+        steps = PROGRESS_STEPS
+    if spec.n == 0 or (steps is None and fits(spec.n, spec.h_out, False)):
         info.tiles += 1
         out = backend.run(x, weight, bias, spec, algo=algo, info=info)
         if report is not None:
             report(spec.n * spec.h_out)
         return out
-    if algo == "auto":
-        # every tile runs the algorithm the whole problem would: a smaller tile could
-        # tip the cost model to another algorithm with other rounding
-        algo = backend.plan_algo(spec, weight)
-    if spec.n > 1:
-        per = max(1, limit // max(1, image_bytes + out_row * spec.h_out))
-        parts = [
-            _run_tiled(
-                backend,
-                x[i : i + per],
-                weight,
-                bias,
-                spec.with_batch(min(per, spec.n - i)),
-                algo,
-                limit,
-                info,
-                report,
-            )
-            for i in range(0, spec.n, per)
-        ]
-        return np.concatenate(parts, axis=0)
+    rows = spec.h_out
+    per = _largest(lambda k: fits(k, spec.h_out, False), spec.n)
+    if steps is not None:
+        if spec.n >= steps:
+            per = min(per, -(-spec.n // steps))
+        else:
+            per = min(per, 1)
+            rows = max(-(-spec.n * spec.h_out // steps), _halo_rows(spec))
+    if per == 0 or rows < spec.h_out:
+        per = 1
+        rows = min(rows, _largest(lambda r: fits(1, r, True), spec.h_out) or 1)
+        # bands start at even output rows where they can: OpenCL's Winograd path
+        # computes 2x2 output tiles, so a band starting at an odd row would round
+        # differently
+        rows = rows - rows % 2 if 1 < rows < spec.h_out else rows
+    out = np.empty((spec.n, spec.c_out, spec.h_out, spec.w_out), compute_dtype(spec.dtype))
     sh = spec.stride[0]
     ekh = spec.dilation[0] * (spec.kh - 1) + 1
-    in_row = spec.c_in * spec.w * itemsize
-    # rows r of output need (r-1)*sh + ekh input rows
-    per_out_row = sh * in_row + out_row
-    rows = max(1, (limit - max(0, ekh - sh) * in_row) // max(1, per_out_row))
-    if rows >= spec.h_out:
-        rows = max(1, math.ceil(spec.h_out / 2))
-    # bands start at even output rows where they can: OpenCL's Winograd path computes
-    # 2x2 output tiles, so a band starting at an odd row would round differently
-    rows = rows - rows % 2 if rows > 1 else rows
-    parts = []
-    for r0 in range(0, spec.h_out, rows):
-        r1 = min(spec.h_out, r0 + rows)
-        p0, p1 = r0 * sh, (r1 - 1) * sh + ekh
-        band = gather_rows(x, spec, p0, p1)
-        band_spec = spec.with_rows(p1 - p0, 0, 0)
-        info.tiles += 1
-        parts.append(backend.run(band, weight, bias, band_spec, algo=algo, info=info))
-        if report is not None:
-            report(r1 - r0)
-    return np.concatenate(parts, axis=2)
-
-
-def _progress_limit(spec: ConvSpec, limit: int | None) -> int | None:
-    """A tile size that gives a progress callback about PROGRESS_STEPS reports.
-
-    Only problems of PROGRESS_MIN_FLOPS or more are split: below that a call is quick
-    and the extra pieces would only cost time.
-    """
-    if 2 * spec.macs < PROGRESS_MIN_FLOPS:
-        return limit
-    itemsize = compute_dtype(spec.dtype).itemsize
-    image_bytes, out_row = _call_bytes(spec, itemsize)
-    step = max(1, spec.n * (image_bytes + out_row * spec.h_out) // PROGRESS_STEPS)
-    return step if limit is None else min(limit, step)
+    for i in range(0, spec.n, per):
+        k = min(per, spec.n - i)
+        part_spec = spec.with_batch(k)
+        if rows >= spec.h_out:
+            info.tiles += 1
+            out[i : i + k] = backend.run(
+                x[i : i + k], weight, bias, part_spec, algo=planned, info=info
+            )
+            if report is not None:
+                report(k * spec.h_out)
+            continue
+        for r0 in range(0, spec.h_out, rows):
+            r1 = min(spec.h_out, r0 + rows)
+            p0, p1 = r0 * sh, (r1 - 1) * sh + ekh
+            band = gather_rows(x[i : i + k], part_spec, p0, p1)
+            band_spec = part_spec.with_rows(p1 - p0, 0, 0)
+            info.tiles += 1
+            out[i : i + k, :, r0:r1] = backend.run(
+                band, weight, bias, band_spec, algo=planned, info=info
+            )
+            del band
+            if report is not None:
+                report(k * (r1 - r0))
+    return out
 
 
 class _Tracker:
@@ -218,13 +218,18 @@ def conv2d(
     algo : {'auto', 'direct', 'separable', 'fft', 'gemm'}
         Algorithm; ``'auto'`` lets the backend's cost model choose.
     max_memory : int, optional
-        Bytes one piece of work may use; larger problems run in tiles (same results).
+        Bytes the call may allocate (its output, the band of padded input a backend
+        materialises, the algorithm's workspace; see :mod:`convcli.budget`); larger
+        problems run in tiles (same results). Default: the memory the machine has free.
+        A call whose output and smallest band (one output row) do not fit is refused
+        with :class:`~convcli.errors.LimitError` before anything is allocated.
     info : RunInfo, optional
         Filled with the backend, device, algorithm, notices and stage timings.
     progress : callable, optional
         ``progress(done, total)`` in output rows (times images), called as pieces finish.
         Large problems then run in about 16 tiles (same results as untiled: see
-        ``max_memory``), so that a caller can show a bar with an ETA.
+        ``max_memory``; never in bands shorter than the kernel's overlap), so that a
+        caller can show a bar with an ETA.
 
     Returns
     -------
@@ -287,12 +292,24 @@ def conv2d(
     bias = None if bias is None else np.ascontiguousarray(bias)
 
     def attempt(be: object) -> np.ndarray:
-        limit = _memory_limit(be, max_memory)
-        tracker = None
-        if progress is not None:
-            tracker = _Tracker(spec.n * spec.h_out, progress)
-            limit = _progress_limit(spec, limit)
-        return _run_tiled(be, xb, weight, bias, spec, algo, limit, info, tracker)
+        # the output and the index maps are needed whatever the algorithm: a padding of
+        # 10**9 is refused here, before the cost model prices FFT sizes for it
+        least = call_need(spec, None, be.name).total
+        budget = memory_budget(max_memory, least)
+        check_call(spec, None, be.name, padding=padding, max_memory=max_memory, budget=budget)
+        planned = algo if algo != "auto" or spec.n == 0 else be.plan_algo(spec, weight)
+        budget = memory_budget(max_memory, call_need(spec, planned, be.name).total)
+        check_call(spec, planned, be.name, padding=padding, max_memory=max_memory, budget=budget)
+        alloc = getattr(be, "max_alloc_bytes", None)
+
+        def fits(images: int, rows: int, tiled: bool) -> bool:
+            piece = conv_need(spec, planned, be.name, rows=rows, images=images, tiled=tiled)
+            if alloc and piece.largest()[1] > alloc:
+                return False
+            return budget is None or output_bytes(spec) + piece.total <= budget
+
+        tracker = None if progress is None else _Tracker(spec.n * spec.h_out, progress)
+        return _run_tiled(be, xb, weight, bias, spec, algo, planned, fits, info, tracker)
 
     try:
         out = attempt(be)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import math
 import os
 import threading
 import time
@@ -45,11 +46,22 @@ import numpy as np
 from convcli import io as cio
 from convcli import notes as cnotes
 from convcli.api import conv2d
+from convcli.budget import (
+    Need,
+    budget_text,
+    check_call,
+    check_kernel_shape,
+    file_need,
+    format_bytes,
+    memory_budget,
+    smallest_need,
+)
 from convcli.errors import (
     BackendError,
     ConvcliError,
     ConvValueError,
     InputError,
+    LimitError,
     OutputExistsError,
 )
 from convcli.runinfo import RunInfo
@@ -57,7 +69,9 @@ from convcli.spec import (
     ConvSpec,
     make_spec,
     normalize_dilation,
+    normalize_padding_mode,
     normalize_stride,
+    resolve_padding,
     source_index,
 )
 
@@ -112,6 +126,11 @@ class Filter:
     groups: int | None = None
     padding_mode: str = "replicate"
 
+    def __post_init__(self) -> None:
+        # every kernel source (preset, kernel text, weight file, a caller's array)
+        # meets the one size cap here
+        check_kernel_shape(np.shape(self.weight), "weight")
+
     @property
     def depthwise(self) -> bool:
         return self.weight.ndim == 2
@@ -127,8 +146,13 @@ class Filter:
         kh, kw = self.weight.shape[-2:]
         return (dil[0] * (kh - 1) // 2, dil[1] * (kw - 1) // 2)
 
-    def for_channels(self, channels: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    def for_channels(
+        self, channels: int, *, view: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """Weight, bias and groups for an image with ``channels`` channels.
+
+        ``view=True`` returns zero-strided views instead of arrays (shape checks: no
+        memory is touched, whatever ``groups`` or the channel count).
 
         Raises
         ------
@@ -142,8 +166,10 @@ class Filter:
                 raise ConvValueError(
                     f"groups={groups} does not divide the image's {_n_channels(channels)}"
                 )
-            full = np.broadcast_to(w, (channels, channels // groups, *w.shape))
-            weight = np.ascontiguousarray(full, dtype=np.float32)
+            full = np.broadcast_to(
+                np.asarray(w, dtype=np.float32), (channels, channels // groups, *w.shape)
+            )
+            weight = full if view else np.ascontiguousarray(full)
         else:
             per = w.shape[1]
             if self.groups is not None:
@@ -160,13 +186,14 @@ class Filter:
                     f"the weight with groups={groups} takes {per * groups} input channels "
                     f"(shape {tuple(w.shape)}), but the image has {_n_channels(channels)}"
                 )
-            weight = np.ascontiguousarray(w, dtype=np.float32)
+            weight = np.asarray(w, dtype=np.float32)
+            weight = weight if view else np.ascontiguousarray(weight)
         c_out = weight.shape[0]
         bias = None
         if self.bias is not None:
             b = np.asarray(self.bias, dtype=np.float32).ravel()
             if b.size == 1:
-                bias = np.full(c_out, b[0], dtype=np.float32)
+                bias = np.broadcast_to(b, (c_out,)) if view else np.full(c_out, b[0], np.float32)
             elif b.size == c_out:
                 bias = b
             else:
@@ -178,15 +205,38 @@ class Filter:
     def spec_for(self, shape: tuple[int, ...]) -> ConvSpec:
         """The validated :class:`ConvSpec` of this filter on a ``(C, H, W)`` image shape.
 
-        Checks on a zero-strided view, so no memory is touched whatever the shape.
+        Checks on zero-strided views, so no memory is touched whatever the shape.
         """
-        weight, bias, groups = self.for_channels(shape[0])
+        weight, bias, groups = self.for_channels(shape[0], view=True)
         return make_spec(
             np.broadcast_to(np.float32(0), shape),
             weight,
             bias,
             **self.conv_options(groups),
         )
+
+    def weight_bytes(self, channels: int) -> int:
+        """Bytes of the float32 weight :meth:`for_channels` builds for ``channels``."""
+        weight = self.for_channels(channels, view=True)[0]
+        return int(np.prod(weight.shape, dtype=np.float64)) * 4
+
+    def smallest_image(self, channels: int) -> tuple[int, int, int]:
+        """The smallest ``(C, H, W)`` image this filter takes with ``channels`` (sizes
+        from the kernel's extent and the padding alone: no image is built)."""
+        kh, kw = self.weight.shape[-2:]
+        stride = normalize_stride(self.stride)
+        dilation = normalize_dilation(self.dilation)
+        pad = resolve_padding(self.resolved_padding(), (kh, kw), stride, dilation)
+        mode = normalize_padding_mode(self.padding_mode)
+        sizes = []
+        for k, d, before, after in ((kh, dilation[0], *pad[:2]), (kw, dilation[1], *pad[2:])):
+            size = max(1, d * (k - 1) + 1 - before - after)
+            if mode == "reflect":
+                size = max(size, max(before, after) + 1)
+            elif mode == "circular":
+                size = max(size, max(before, after))
+            sizes.append(size)
+        return channels, sizes[0], sizes[1]
 
     def conv_options(self, groups: int) -> dict[str, object]:
         """The convolution keywords of :func:`conv2d` (and ``make_spec``) for this filter."""
@@ -198,12 +248,24 @@ class Filter:
             "padding_mode": self.padding_mode,
         }
 
-    def check(self) -> None:
+    def check(
+        self, *, max_memory: int | None = None, max_pixels: int | None = None, budget: bool = False
+    ) -> None:
         """Validate the convolution arguments once, before any file is read.
 
-        Uses a small zero image with as few channels as the weight takes, so that
+        Uses a zero-strided image with as few channels as the weight takes, so that
         argument mistakes (``'same'`` with a stride, a bad padding mode) fail once
         instead of once per file; what depends on an image's channels is checked per file.
+        With ``budget``, also refuses arguments that no image could be filtered with:
+        the smallest image's result over ``max_pixels``, or its weight, output and index
+        maps over the memory budget (``max_memory``, else the machine's free memory).
+
+        Raises
+        ------
+        ConvValueError
+            A bad argument; :class:`~convcli.errors.LimitError` naming the argument
+            (``padding``, ``dilation``, ``kernel_size``, ``groups``, ``max_pixels`` or
+            ``max_memory``) for a limit.
         """
         probe = self
         if self.depthwise:
@@ -212,9 +274,58 @@ class Filter:
                 probe = replace(self, bias=None)  # checked against each image's channels
         else:
             channels = self.weight.shape[1] * (self.groups or 1)
-        # large enough for any padding; channels x big^2 must still fit a 64-bit size
-        big = 1 << 24
-        probe.spec_for((channels, big, big))
+        smallest = probe.smallest_image(channels)
+        if budget and max_pixels is not None and smallest[1] * smallest[2] > max_pixels:
+            dil = normalize_dilation(self.dilation)
+            raise LimitError(
+                f"the kernel spans {smallest[2]}x{smallest[1]} pixels: no image of at most "
+                f"{max_pixels} pixels is large enough for it",
+                argument="dilation" if max(dil) > 1 else "max_pixels",
+                value=(dil[0] if dil[0] == dil[1] else dil) if max(dil) > 1 else max_pixels,
+            )
+        spec = probe.spec_for(smallest)  # the arguments' mistakes, as conv2d words them
+        if not budget:
+            return
+        _check_out_pixels(spec, max_pixels, self.resolved_padding())
+        room = memory_budget(max_memory)
+        if room is None:
+            return
+        weight = self.weight_bytes(channels)
+        if weight > room:
+            culprit = "groups" if self.depthwise and channels > 1 else None
+            raise LimitError(
+                f"the weight for {_n_channels(channels)} would need "
+                f"{format_bytes(weight)}, more than {budget_text(room, max_memory)}",
+                argument=culprit,
+                value=channels,
+            )
+        image = math.prod(smallest) * 4
+        check_call(
+            spec,
+            "least",
+            "numpy",
+            padding=self.resolved_padding(),
+            max_memory=max_memory,
+            budget=max(0, room - weight - image),
+        )
+
+
+def _check_out_pixels(spec: ConvSpec, max_pixels: int | None, padding: object) -> None:
+    """Refuse a result of more than ``max_pixels`` pixels per image (as input images).
+
+    Blames ``padding`` when the result would fit without it, else ``max_pixels``.
+    """
+    pixels = spec.h_out * spec.w_out
+    if max_pixels is None or pixels <= max_pixels:
+        return
+    unpadded = replace(spec, pad=(0, 0, 0, 0))
+    blame_padding = not isinstance(padding, str) and unpadded.h_out * unpadded.w_out <= max_pixels
+    raise LimitError(
+        f"the result would have {pixels} pixels ({spec.w_out}x{spec.h_out}), more than the "
+        f"limit of {max_pixels} pixels",
+        argument="padding" if blame_padding else "max_pixels",
+        value=padding if blame_padding else max_pixels,
+    )
 
 
 @dataclass(frozen=True)
@@ -718,6 +829,7 @@ class Event:
     reason: str = ""
     megapixels: float = 0.0
     notes: tuple[str, ...] = ()
+    error: BaseException | None = None  # what failed, for a front end's own wording
 
 
 @dataclass
@@ -778,6 +890,7 @@ class _Loaded:
     seconds: float
     alpha: str  # the mode used for this image (see alpha_rule)
     notes: list[str]
+    conv_memory: int | None = None  # what conv2d may allocate under max_memory
 
 
 def _reason(exc: BaseException) -> str:
@@ -821,8 +934,98 @@ def _fatal_write(exc: BaseException, dst: Path) -> str | None:
     return f"{dst}: {os.strerror(code)}; stopped"
 
 
-def _read(task: Task, max_pixels: int | None, alpha: str, filt: Filter) -> _Loaded:
+def _out_sample_bytes(out: Output, suffix: str, input_bytes: int) -> int:
+    if suffix.lower() == ".npy":
+        return 4
+    return (out.bit_depth or default_bit_depth(8 * input_bytes, suffix)) // 8
+
+
+def check_file(
+    task: Task,
+    filt: Filter,
+    engine: Engine,
+    output: Output,
+    max_pixels: int | None,
+) -> int | None:
+    """Refuse a file, from its header, before decoding it; returns the memory left for
+    the convolution when ``engine.max_memory`` is set (else None: conv2d checks the
+    machine's free memory itself).
+
+    The result counts against ``max_pixels`` like an input does, and the whole file's
+    peak (:func:`convcli.budget.file_need`: decode, float copy, result and its smallest
+    band, encoding) against the budget.
+
+    Raises
+    ------
+    LimitError
+        Naming the file and the argument to change.
+    """
+    name = str(task.src)
+    shape = cio.probe_image(task.src)
+    if shape is None:
+        return None
+    try:
+        spec = filt.spec_for((shape.channels, shape.height, shape.width))
+    except (ConvcliError, ValueError, TypeError):
+        return None  # e.g. channels the weight does not take: conv2d says so, by name
+    try:
+        _check_out_pixels(spec, max_pixels, filt.resolved_padding())
+        room = memory_budget(engine.max_memory)
+        if room is None:
+            return None
+        weight = filt.weight_bytes(shape.channels)
+        as_float = shape.channels * shape.height * shape.width * 4
+        copies = 2 if output.alpha == "premultiply" and shape.channels in (2, 4) else 1
+        held = copies * as_float + weight
+        conv = smallest_need(spec, "least", "numpy") + Need((("weight", weight),))
+        stages = file_need(
+            shape,
+            conv,
+            out_channels=spec.c_out,
+            out_size=(spec.h_out, spec.w_out),
+            out_sample_bytes=_out_sample_bytes(output, task.dst.suffix, shape.sample_bytes),
+            float_copies=copies,
+        )
+        peak = max(stages.values())
+        if peak > room:
+            # an argument that makes the convolution absurd is named first
+            try:
+                check_call(
+                    spec,
+                    "least",
+                    "numpy",
+                    padding=filt.resolved_padding(),
+                    max_memory=engine.max_memory,
+                    budget=max(0, room - held),
+                )
+            except LimitError as exc:
+                if exc.argument not in (None, "max_memory"):
+                    raise
+    except LimitError as exc:
+        raise exc.with_name(name) from None
+    if peak > room:
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in stages.items())
+        raise LimitError(
+            f"filtering this {shape.width}x{shape.height} image needs about "
+            f"{format_bytes(peak)} at its peak ({parts}), more than "
+            + ("this limit" if engine.max_memory is not None else budget_text(room, None)),
+            argument="max_memory" if engine.max_memory is not None else None,
+            value=format_bytes(room),
+            name=name,
+        )
+    return room - held if engine.max_memory is not None else None
+
+
+def _read(
+    task: Task,
+    max_pixels: int | None,
+    alpha: str,
+    filt: Filter,
+    engine: Engine = Engine(),
+    output: Output | None = None,
+) -> _Loaded:
     t0 = time.perf_counter()
+    conv_memory = check_file(task, filt, engine, output or Output(alpha=alpha), max_pixels)
     image = cio.read_image(task.src, max_pixels=max_pixels)
     notes = [" ".join(str(n).split()) for n in image.notes]
     if image.has_alpha:
@@ -831,7 +1034,7 @@ def _read(task: Task, max_pixels: int | None, alpha: str, filt: Filter) -> _Load
             notes.append(note)
     channels, kept = cio.prepare_alpha(image, alpha)
     channels = np.ascontiguousarray(channels, dtype=np.float32)
-    return _Loaded(image, channels, kept, time.perf_counter() - t0, alpha, notes)
+    return _Loaded(image, channels, kept, time.perf_counter() - t0, alpha, notes, conv_memory)
 
 
 def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> list[str]:
@@ -993,9 +1196,11 @@ def run_tasks(
     workers = max(2, workers or os.cpu_count() or 2)
     stop = stop or threading.Event()
     timings = {"read": 0.0, "write": 0.0, "convolve": 0.0}
-    # Decoded images waiting for the convolution. Under a memory cap (max_memory: huge
-    # images) keep one, so memory holds about one input and one result at a time.
-    lookahead = 1 if engine.max_memory else workers + 1
+    # Decoded images waiting for the convolution. Under a memory cap (max_memory) one
+    # file at a time goes through read, convolve and write, so the cap holds for the
+    # whole process (check_file prices one file).
+    sequential = engine.max_memory is not None
+    lookahead = 1 if sequential else workers + 1
     pending = deque(tasks)
     reads: deque[tuple[Task, Future]] = deque()
     writes: deque[tuple[Task, Future, float, tuple[str, ...]]] = deque()
@@ -1009,7 +1214,8 @@ def run_tasks(
         failure = Failure(task.src, reason, task.dst)
         result.failed.append(failure)
         # a fatal failure is reported once, by ``result.fatal``, not also per file
-        emit(Event("failed", task, "" if quiet else failure.line()))
+        error = exc if isinstance(exc, BaseException) else None
+        emit(Event("failed", task, "" if quiet else failure.line(), error=error))
 
     def should_skip(task: Task) -> bool:
         """Decide about an existing output before spending a read on it. Only a saving:
@@ -1073,31 +1279,56 @@ def run_tasks(
                 task = pending.popleft()
                 if should_skip(task):
                     continue
-                reads.append((task, readers.submit(_read, task, max_pixels, output.alpha, filt)))
+                reads.append(
+                    (
+                        task,
+                        readers.submit(_read, task, max_pixels, output.alpha, filt, engine, output),
+                    )
+                )
 
         try:
             fill()
             while reads and not stop.is_set() and result.fatal is None:
                 task, fut = reads.popleft()
-                fill()
+                if not sequential:
+                    fill()
                 try:
                     loaded = fut.result()
                 except Exception as exc:  # a bad file is a report line
                     fail(task, exc)
+                    fill()
                     continue
                 timings["read"] += loaded.seconds
                 info = RunInfo()
                 t0 = time.perf_counter()
+                run_engine = engine
+                if loaded.conv_memory is not None:
+                    run_engine = replace(engine, max_memory=max(1, loaded.conv_memory))
                 caught: list = []
                 try:
                     # the backend's helper threads warn here too (they have no collector)
                     with cnotes.collect(caught, every_thread=True):
-                        out = apply_filter(loaded.channels, filt, engine, info, on_rows)
+                        out = apply_filter(loaded.channels, filt, run_engine, info, on_rows)
                 except BackendError as exc:
                     # the device is gone or refused: every later file would fail the same way
                     result.fatal = _reason(exc)
                     fail(task, exc, quiet=True)
                     break
+                except LimitError as exc:
+                    if exc.argument == "max_memory" and exc.need and loaded.conv_memory:
+                        # conv2d saw only what the image left of max_memory: say so
+                        exc = LimitError(
+                            f"the convolution needs at least {format_bytes(exc.need)} even "
+                            f"one output row at a time, more than the "
+                            f"{format_bytes(loaded.conv_memory)} left of max_memory "
+                            f"({format_bytes(engine.max_memory)}) once the image is held",
+                            argument="max_memory",
+                            value=format_bytes(engine.max_memory),
+                            need=exc.need,
+                        )
+                    fail(task, exc)
+                    fill()
+                    continue
                 except (ConvcliError, ValueError, MemoryError) as exc:
                     reason = _reason(exc)
                     if loaded.alpha in ("keep", "drop") and loaded.image.has_alpha:
@@ -1107,6 +1338,7 @@ def run_tasks(
                             "passes it to the weight)"
                         )
                     fail(task, reason)
+                    fill()
                     continue
                 finally:
                     timings["convolve"] += time.perf_counter() - t0
@@ -1125,7 +1357,8 @@ def run_tasks(
                     _write, task, out, loaded, output, replace=existing == "replace"
                 )
                 writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))
-                drain_writes(block_over=1 if engine.max_memory else workers)
+                drain_writes(block_over=0 if sequential else workers)
+                fill()
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and
             # finish the writes of results already computed (each is atomic).

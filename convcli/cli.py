@@ -30,7 +30,7 @@ from convcli import batch as cbatch
 from convcli import io as cio
 from convcli import notes as cnotes
 from convcli.api import ALGOS
-from convcli.errors import ConvcliError, InputError
+from convcli.errors import ConvcliError, InputError, LimitError
 from convcli.publish import publish, write_bytes
 from convcli.spec import PADDING_MODES
 
@@ -546,8 +546,9 @@ def _kernel_options(f: Callable) -> Callable:
             "--max-memory",
             metavar="SIZE",
             callback=_callback(parse_bytes),
-            help="Memory one piece of work may use, e.g. 512M or 2G; larger images "
-            "run in tiles (same result).",
+            help="Memory the run may use for its images, results and work arrays, "
+            "e.g. 512M or 2G (default: what the machine has free); the convolution runs "
+            "in tiles to fit (same result), a file that cannot fit is refused.",
         ),
         click.option(
             "--max-pixels",
@@ -555,8 +556,8 @@ def _kernel_options(f: Callable) -> Callable:
             default=str(cio.DEFAULT_MAX_PIXELS),
             show_default=True,
             callback=_callback(parse_count),
-            help="Refuse images with more pixels (decompression bombs), e.g. 500M; "
-            "'none' for no limit.",
+            help="Refuse images, or results, with more pixels (decompression bombs, "
+            "absurd padding), e.g. 500M; 'none' for no limit.",
         ),
         click.option(
             "--alpha",
@@ -666,7 +667,10 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
     ctx.meta["convcli.notes"] = [(Path(opts["weights"]), n) for n in notes]
     for note in notes:
         _err(f"{opts['weights']}: {note}", "warning")
-    filt.check()
+    try:
+        filt.check(max_memory=opts["max_memory"], max_pixels=opts["max_pixels"], budget=True)
+    except LimitError as exc:
+        raise click.ClickException(_limit_line(exc, opts)) from None
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
         _preset_warnings("notice")
@@ -691,6 +695,37 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
         raw_npy=not explicit_map,
     )
     return filt, engine, output
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _size_text(n: int) -> str:
+    for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
+    """A library limit refusal with the option to change spelled as a flag."""
+    arg = exc.argument
+    if arg is None:
+        return exc.render()
+    if arg == "kernel_size":
+        source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
+        if source is None:
+            return exc.render()
+        return exc.render(f"--{source} {opts[source]}")
+    value = opts.get(arg)
+    if arg == "max_memory" and value is not None:
+        shown = _size_text(value)
+    else:
+        shown = _flag_value(value if value is not None else exc.value)
+    return exc.render(f"--{arg.replace('_', '-')} {shown}")
 
 
 # ---------------------------------------------------------------------------- running
@@ -780,8 +815,13 @@ def _run(
         def on_event(event: cbatch.Event) -> None:
             # file names print as they are: no markup, no highlighting, no :emoji: codes
             if event.kind == "failed" and event.reason:
+                reason = event.reason
+                if isinstance(event.error, LimitError):
+                    reason = _limit_line(event.error, opts)
+                    if event.error.name is None:
+                        reason = f"{event.task.src}: {reason}"
                 progress.console.print(
-                    _line(event.reason), markup=False, highlight=False, emoji=False, soft_wrap=True
+                    _line(reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
             # remarks about a file's result (read at 8 bits, alpha dropped) show even
             # with -q: the output differs from what the user may expect. A remark that

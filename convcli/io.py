@@ -31,13 +31,17 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 
 from convcli import notes as cnotes
+from convcli.budget import check_kernel_shape
 from convcli.errors import InputError, OutputExistsError
 from convcli.publish import PublishMode, publish
+
+if TYPE_CHECKING:
+    from convcli.budget import FileShape
 
 # Pillow's own decompression-bomb limit (89478485) warns and 2x that raises; we use a
 # single limit of that 2x value, adjustable per call (``--max-pixels``).
@@ -97,8 +101,6 @@ OUT_MAPS: tuple[str, ...] = ("clip", "abs", "normalize", "offset")
 
 # Largest weight file we parse as text/JSON; bigger ones belong in .npy.
 _MAX_TEXT_BYTES = 64 * 1024 * 1024
-# Largest number of kernel elements a weight file may hold (1 GiB of float32).
-_MAX_WEIGHT_ELEMENTS = 1 << 28
 
 _PIL_LOCK = threading.Lock()
 
@@ -268,6 +270,61 @@ def _read_image(path: Path, max_pixels: int | None) -> Image:
         if image is not None:
             return image
     return _read_with_pil(path, max_pixels)
+
+
+def probe_image(path: str | os.PathLike[str]) -> FileShape | None:
+    """What the header of an image file says, read without decoding its pixels.
+
+    Returns the channels, size, native sample size and the reader :func:`read_image`
+    will use (for :func:`convcli.budget.file_need`), or None when the header cannot be
+    read (:func:`read_image` then says why).
+    """
+    from convcli.budget import FileShape
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+            shape = (1, *arr.shape) if arr.ndim == 2 else tuple(arr.shape)
+            if len(shape) != 3:
+                return None
+            return FileShape(*map(int, shape), max(4, arr.dtype.itemsize), "npy", size)
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+        if head.startswith(_PNG_SIG) and len(head) > 25 and head[12:16] == b"IHDR":
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            depth, colour = head[24], head[25]
+            channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)
+            kind = "png16" if depth == 16 else "pil"
+            return FileShape(channels, height, width, 2 if depth == 16 else 1, kind, size)
+        if head[:4] in _TIFF_MAGIC:
+            import tifffile
+
+            with _codec_notes([]), cnotes.collect([]), tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                bits = int(page.bitspersample)
+                return FileShape(
+                    int(page.samplesperpixel),
+                    int(page.imagelength),
+                    int(page.imagewidth),
+                    max(1, -(-bits // 8)),
+                    "tiff",
+                    size,
+                )
+        from PIL import Image as PILImage
+
+        # what Pillow warns about while parsing (corrupt EXIF) is reported by the read
+        # that follows, with the file's name: the probe keeps it to itself
+        with _pil_no_bomb_limit(), cnotes.collect([]):
+            PILImage.init()
+            formats = [f for f in PIL_FORMATS if f in PILImage.OPEN]
+            with PILImage.open(path, formats=formats) as im:
+                bands = len(im.getbands()) + (1 if im.mode == "P" else 0)
+                sample = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith("I;16") else 1
+                return FileShape(max(bands, 1), im.size[1], im.size[0], sample, "pil", size)
+    except Exception:  # the decoder reports a bad file with the right words
+        return None
 
 
 def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int]:
@@ -1124,8 +1181,7 @@ def _check_weight(weight: Any, bias: Any, name: str) -> tuple[np.ndarray, np.nda
     w = _as_real_array(weight, name, "weight")
     if w.size == 0:
         raise InputError(f"{name}: weight is empty (shape {tuple(w.shape)})")
-    if w.size > _MAX_WEIGHT_ELEMENTS:
-        raise InputError(f"{name}: weight has {w.size} elements, more than convcli accepts")
+    check_kernel_shape(w.shape, name)
     if w.ndim == 3:
         raise InputError(
             f"{name}: 3-D weight of shape {tuple(w.shape)} is ambiguous; save it as 2-D "
@@ -1162,7 +1218,14 @@ def _check_weight(weight: Any, bias: Any, name: str) -> tuple[np.ndarray, np.nda
 
 def _load_npy_weight(path: Path) -> np.ndarray:
     try:
+        # the header first: a kernel over the size cap is refused before it is read
+        head = np.load(path, allow_pickle=False, mmap_mode="r")
+        if head.ndim >= 2:
+            check_kernel_shape(head.shape, _name(path))
+        del head
         return np.load(path, allow_pickle=False)
+    except InputError:
+        raise
     except Exception as exc:  # ValueError, OSError, EOFError, UnpicklingError...
         raise InputError(f"{_name(path)}: not a readable .npy array ({_reason(exc)})") from None
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 # A rank-1 factorisation is accepted when it reproduces the kernel to this fraction of
@@ -9,7 +13,49 @@ import numpy as np
 SEPARABLE_RTOL = 1e-7
 
 
+# A kernel whose rank-1 guess (its largest entry's row times its column) misses by more
+# than this fraction of max|kernel| is not rank 1 within SEPARABLE_RTOL: no SVD is run
+# (an SVD of a 1001x1001 kernel takes seconds; the guess is O(kH*kW)).
+_QUICK_REJECT = 1e-4
+_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray] | None] = OrderedDict()
+_CACHE_SIZE = 8
+_LOCK = threading.Lock()
+
+
+def _clearly_not_rank1(w: np.ndarray) -> bool:
+    """Whether some 2-D kernel of ``w`` ``(K, kH, kW)`` is far from rank 1."""
+    for k in w:
+        i, j = np.unravel_index(int(np.argmax(np.abs(k))), k.shape)
+        pivot = k[i, j]
+        if pivot == 0:
+            continue
+        guess = np.outer(k[:, j], k[i, :] / pivot)
+        if float(np.abs(guess - k).max()) > _QUICK_REJECT * abs(pivot):
+            return True
+    return False
+
+
 def separable_factors(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rank-1 factors of every 2-D kernel in ``weight``, or None if one is not rank 1.
+
+    Cached by the weight's content (the cost model, tiles and the run ask for the same
+    weight in turn).
+    """
+    w = np.ascontiguousarray(weight)
+    key = (w.shape, w.dtype.str, hashlib.blake2b(w.tobytes(), digest_size=16).digest())
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    factors = _separable_factors(w)
+    with _LOCK:
+        _CACHE[key] = factors
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return factors
+
+
+def _separable_factors(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Rank-1 factors of every 2-D kernel in ``weight``, or None if one is not rank 1.
 
     ``weight`` is ``(C_out, C_in/groups, kH, kW)``. Returns ``(col, row)`` of shapes
@@ -20,6 +66,8 @@ def separable_factors(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     w = np.asarray(weight)
     work = np.complex128 if np.iscomplexobj(w) else np.float64
     w = w.astype(work).reshape(-1, w.shape[2], w.shape[3])
+    if _clearly_not_rank1(w):
+        return None
     u, s, vh = np.linalg.svd(w, full_matrices=False)
     scale = np.sqrt(s[:, 0])[:, None]
     col = u[:, :, 0] * scale

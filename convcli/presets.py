@@ -47,13 +47,14 @@ from typing import Any
 
 import numpy as np
 
+from convcli.budget import MAX_KERNEL_SIDE, check_kernel_shape
 from convcli.errors import InputError
 from convcli.plan import separable_factors
 from convcli.resources import data_dir
 
-# Kernels wider than this (per side) are refused: a mistyped radius must not allocate
-# gigabytes. 1001 x 1001 is already far beyond what a convolution preset needs.
-MAX_KERNEL_SIZE = 1001
+# Kernels wider than this (per side) are refused, whatever their source: one rule for
+# presets, kernel text and weight files (convcli.budget.check_kernel_shape).
+MAX_KERNEL_SIZE = MAX_KERNEL_SIDE
 # ImageMagick's GetOptimalKernelWidth stops when the edge weight drops below one 16-bit
 # level (QuantumScale of a Q16 build) or below MagickEpsilon.
 _QUANTUM_SCALE = 1.0 / 65535.0
@@ -248,11 +249,7 @@ def _parse_im_kernel(text: str, header: re.Match[str]) -> np.ndarray:
 
 
 def _check_size(shape: tuple[int, ...], what: str) -> None:
-    if max(shape) > MAX_KERNEL_SIZE:
-        raise InputError(
-            f"{_label(what)}: {shape[-1]}x{shape[0]} is larger than the "
-            f"{MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE} convcli accepts"
-        )
+    check_kernel_shape(shape, _label(what))
 
 
 # ------------------------------------------------------------------ normalisation

@@ -71,3 +71,19 @@ def run_twice_with_one_pocl_cache(script: str, tmp_path: Path) -> tuple[str, str
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     return outs[0], outs[1]
+
+
+def band_budget(x, w, rows: int, **conv_kwargs) -> int:
+    """A ``max_memory`` under which conv2d runs bands of ``rows`` output rows of one
+    image (the whole output plus such a band, by convcli.budget's estimate)."""
+    from convcli.budget import call_need
+    from convcli.spec import make_spec
+
+    kw = {k: v for k, v in conv_kwargs.items() if k not in ("backend", "device", "algo")}
+    backend = conv_kwargs.get("backend", "numpy")
+    xb = x if x.ndim == 4 else x[None]
+    spec = make_spec(xb, w, kw.pop("bias", None), **kw)
+    be = backends.get_backend(backend)
+    algo = conv_kwargs.get("algo", "auto")
+    planned = be.plan_algo(spec, w) if algo == "auto" else algo
+    return call_need(spec, planned, be.name, rows=rows, images=1, tiled=True).total

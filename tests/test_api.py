@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, band_budget
 from naive import naive_conv2d
 
 from convcli import Conv2d, ConvTypeError, ConvValueError, RunInfo, conv2d
@@ -150,7 +150,7 @@ def test_tiled_equals_untiled(backend, mode):
     )
     whole = conv2d(x, w, **kw)
     info = RunInfo()
-    tiled = conv2d(x, w, max_memory=4000, info=info, **kw)
+    tiled = conv2d(x, w, max_memory=band_budget(x, w, 4, **kw), info=info, **kw)
     assert info.tiles > 2
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
 
@@ -179,7 +179,8 @@ def test_tiles_run_the_algorithm_of_the_whole(backend, mode):
     kw = dict(padding="same", groups=3, padding_mode=mode, backend=backend)
     whole_info, tiled_info = RunInfo(), RunInfo()
     whole = conv2d(x, w, info=whole_info, **kw)
-    tiled = conv2d(x, w, max_memory=60_000, info=tiled_info, **kw)
+    budget = band_budget(x, w, 50, **kw)
+    tiled = conv2d(x, w, max_memory=budget, info=tiled_info, **kw)
     assert tiled_info.tiles > 2
     assert tiled_info.algo == whole_info.algo
     if backend == "opencl":
@@ -232,11 +233,9 @@ def test_opencl_tiles_of_a_winograd_layer_are_bit_identical():
     assert opencl_fast.choose(spec, w)[0].kernel == "winograd"
     assert get_backend("opencl").plan_algo(spec, w) == "gemm"
     whole = conv2d(x, w, padding=1, backend="opencl")
-    row_bytes = 32 * 30 * 4  # one row of all channels, input and output alike
     for rows in (3, 5, 7):  # limits that give bands of this many rows, before rounding
         info = RunInfo()
-        tiled = conv2d(
-            x, w, padding=1, backend="opencl", max_memory=(rows + 1) * 2 * row_bytes, info=info
-        )
+        budget = band_budget(x, w, rows, padding=1, backend="opencl")
+        tiled = conv2d(x, w, padding=1, backend="opencl", max_memory=budget, info=info)
         assert info.tiles > 2
         np.testing.assert_array_equal(tiled, whole)

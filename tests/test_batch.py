@@ -202,7 +202,7 @@ def test_max_memory_tiles_give_the_same_result(tmp_path):
     run("batch", src, tmp_path / "whole", "--preset", "gaussian:sigma=2", "-q", "--backend",
         "numpy")  # fmt: skip
     res = run("batch", src, tmp_path / "tiled", "--preset", "gaussian:sigma=2", "--backend",
-              "numpy", "--max-memory", "20K", "--timings", tmp_path / "t.json", "-q")  # fmt: skip
+              "numpy", "--max-memory", "256K", "--timings", tmp_path / "t.json", "-q")  # fmt: skip
     assert res.exit_code == 0
     assert json.loads((tmp_path / "t.json").read_text())["tiles"] > 1
     whole = cio.read_image(tmp_path / "whole" / "a.png").data

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_close, opencl_available
+from conftest import assert_close, band_budget, opencl_available
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from naive import naive_conv2d
@@ -152,6 +152,10 @@ def run(problem: dict, backend: str, **options) -> np.ndarray:
     )
 
 
+def keywords(problem: dict) -> dict:
+    return {**problem["keywords"], "bias": problem["bias"]}
+
+
 def _check(y: np.ndarray, problem: dict) -> None:
     assert y.dtype == np.dtype(problem["dtype"])
     ref = naive(problem)
@@ -204,7 +208,14 @@ def test_tiling_does_not_change_results(backend):
     @given(problem=problems(dtypes=("float32", "float64", "complex64")), data=st.data())
     def check(problem, data):
         whole = run(problem, backend)
-        budget = data.draw(st.integers(64, 4096), label="max_memory")
+        # from the least the call can run in (one output row) to the whole call
+        least = band_budget(
+            problem["x"], problem["weight"], 1, backend=backend, **keywords(problem)
+        )
+        most = band_budget(
+            problem["x"], problem["weight"], 10**9, backend=backend, **keywords(problem)
+        )
+        budget = data.draw(st.integers(least, max(least, most)), label="max_memory")
         tiled = run(problem, backend, max_memory=budget)
         assert tiled.shape == whole.shape and tiled.dtype == whole.dtype
         assert_close(tiled, whole.astype(np.complex128), problem["dtype"])

@@ -45,6 +45,7 @@ behaviour); complex inputs use the weight as is (no conjugation).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -963,17 +964,27 @@ def _separable(
 # fft: overlap-save by bands of output rows
 
 
+@functools.lru_cache(maxsize=4096)
 def _good_size(n: int) -> int:
-    """Smallest 2-3-5-smooth integer >= n (fast sizes for pocketfft)."""
-    best = n
-    while True:
-        m = best
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return best
-        best += 1
+    """Smallest 2-3-5-smooth integer >= n (fast sizes for pocketfft).
+
+    Enumerates the products 2^a 3^b 5^c instead of stepping up from ``n``: near 10**9
+    smooth numbers lie millions apart, and a cost model may price absurd sizes.
+    """
+    if n <= 1:
+        return 1
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def _fft_plan(spec: ConvSpec) -> tuple[int, int, int, int]:
@@ -1051,6 +1062,15 @@ GATHER_ELEMS = 0.25e9  # the reference im2col's 6-D transpose gather, elements/s
 FFT_ELEMS = 0.75e9  # complex64 rfft2+irfft2: elements * log2(size) per second
 FFT_MAC_FLOPS = 5e9  # complex multiply-accumulate of spectra over input channels
 FFT_KERNEL_BYTES = 256 * 2**20
+# LAPACK's SVD (the rank-1 check of a kernel that passed plan's quick test): about 22 k^3
+# flops for a k x k kernel at ~4 GFLOP/s (three 1001x1001 kernels took 18 s).
+SVD_FLOPS = 4e9
+
+
+def svd_seconds(spec: ConvSpec) -> float:
+    """Rough time of the rank-1 check's SVDs, one per kernel of the weight."""
+    small, large = sorted((spec.kh, spec.kw))
+    return spec.c_out * spec.cin_g * 22.0 * small * small * large / SVD_FLOPS
 
 
 def algo_reason(spec: ConvSpec, algo: str, factors: object = True) -> str | None:
@@ -1132,7 +1152,8 @@ def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
         if algo_reason(spec, algo) is None:
             costs[algo] = estimate_seconds(spec, algo)
     best = min(costs, key=costs.__getitem__)
-    if spec.kh * spec.kw > 1 and estimate_seconds(spec, "separable") < costs[best]:
+    separable = estimate_seconds(spec, "separable") + svd_seconds(spec)
+    if spec.kh * spec.kw > 1 and separable < costs[best]:
         factors = separable_factors(weight)
         if factors is not None:
             return "separable", factors

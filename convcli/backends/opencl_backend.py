@@ -525,6 +525,12 @@ class OpenCLBackend:
         limit = 2**31 - 1
         if spec.h * spec.w >= limit or spec.h_out * spec.w_out >= limit:
             return "an image plane of 2**31 pixels or more is beyond 32-bit kernel indexing"
+        # strides, dilations and padded sizes are 32-bit ints in the kernels too (a
+        # stride of 3e9 wrapped negative and the kernel ran for minutes)
+        padded = (spec.h + spec.pad[0] + spec.pad[1], spec.w + spec.pad[2] + spec.pad[3])
+        extents = (spec.dilation[0] * (spec.kh - 1) + 1, spec.dilation[1] * (spec.kw - 1) + 1)
+        if max(*padded, *extents, *spec.stride, *map(abs, spec.pad)) >= limit:
+            return "a stride, dilation or padding of 2**31 or more is beyond 32-bit kernel indexing"
         return None
 
     def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:

@@ -28,6 +28,9 @@ Algorithms (``info.algo``):
 * ``fft``: :mod:`convcli.backends.opencl_fft` (``fft_conv.cl``), overlap-save FFT tiles
   for large depthwise kernels that are not separable; ``auto`` picks it on CPU devices
   when its estimate beats direct taps (one SVD decides both this and ``separable``).
+  Kernels wider than the tiles hold (over 128 pixels across) go to NumPy's FFT on the
+  host, with a notice: under ``auto`` when it is estimated well below the direct taps (a
+  1001x1001 kernel: seconds instead of minutes), and always under a forced ``fft``.
 
 The kernels follow what was measured on PoCL (see the ``.cl`` headers): float8 vectors
 written by hand, taps fully unrolled with the kernel geometry as ``-D`` defines, no
@@ -51,7 +54,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -279,6 +282,8 @@ def choose(
         raise ConvValueError(f"unknown algo='{algo}'")
     if algo == "fft":
         reason = opencl_fft.why_not(spec)
+        if reason is not None and _too_wide_for_tiles(spec):
+            return Plan("fft", "host_fft"), None
         if reason is not None:
             raise ConvValueError(f"algo='fft' is not available on the OpenCL backend: it {reason}")
         return Plan("fft", "fft_conv"), None
@@ -322,9 +327,13 @@ def choose(
                 return Plan("separable", "dw_direct"), factors
             if fft and factors is None:
                 return Plan("fft", "fft_conv"), None
+        if algo == "auto" and _host_fft_pays(spec):
+            return Plan("fft", "host_fft"), None
         if taps <= DW_MAX_TAPS:
             return Plan("direct", "dw_direct"), None
         return None, None
+    if algo == "auto" and _host_fft_pays(spec):
+        return Plan("fft", "host_fft"), None
     if algo == "auto" and spec.cout_g >= 4 and taps <= DENSE_MAX_TAPS:
         # Channel-heavy layers: implicit GEMM with a register tile of channel vectors,
         # its Winograd form for wide 3x3 layers, or a plain GEMM for pointwise layers.
@@ -333,6 +342,27 @@ def choose(
         # Forced 'direct', or few output channels per group: vectorise along the width.
         return Plan("direct", "dw_direct"), None
     return None, None
+
+
+def _too_wide_for_tiles(spec: ConvSpec) -> bool:
+    """Whether only the kernel's extent keeps the device's FFT tiles from ``spec``."""
+    from convcli.backends import opencl_fft
+
+    point = replace(spec, kh=1, kw=1, dilation=(1, 1))
+    return opencl_fft.why_not(spec) is not None and opencl_fft.why_not(point) is None
+
+
+def _host_fft_pays(spec: ConvSpec) -> bool:
+    """Whether ``auto`` should run NumPy's FFT on the host: the kernel is too wide for the
+    device's FFT tiles, and the host's FFT is estimated well below the direct taps."""
+    from convcli.backends import numpy_backend, opencl_fft
+
+    if spec.kh * spec.kw < 64 or not _too_wide_for_tiles(spec):
+        return False
+    if numpy_backend.algo_reason(spec, "fft") is not None:
+        return False
+    direct = opencl_fft.direct_seconds(spec) * spec.cin_g
+    return numpy_backend.estimate_seconds(spec, "fft") < opencl_fft._MARGIN * direct
 
 
 # --------------------------------------------------------------------------- buffers
@@ -950,6 +980,16 @@ def run(
     if spec.n == 0:
         info.algo = plan.algo
         return np.zeros((0, spec.c_out, spec.h_out, spec.w_out), dtype=np.float32)
+    if plan.kernel == "host_fft":
+        from convcli.backends.numpy_backend import NumpyBackend
+
+        note = (
+            f"a {spec.kh}x{spec.kw} kernel is too wide for the device's FFT tiles: "
+            "its FFT ran on the host (NumPy)"
+        )
+        if note not in info.notices:
+            info.notices.append(note)
+        return NumpyBackend().run(x, weight, bias, spec, algo="fft", info=info)
     xf = np.ascontiguousarray(x, dtype=np.float32)
     wf = np.ascontiguousarray(weight, dtype=np.float32)
     bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
