@@ -802,7 +802,7 @@ def plan_files(
             dst = out.with_suffix(_suffix_for(src, fmt))
         if _same_file(src, dst) and not overwrite:
             plan.refused.append(
-                Failure(src, "output is the input file; pass --overwrite to replace it")
+                Failure(src, "output is the input file; pass overwrite=True to replace it")
             )
             continue
         tasks.append(Task(src, dst))
@@ -1052,7 +1052,7 @@ def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -
     if loaded.image.has_alpha and carries_alpha and suffix != ".webp":
         notes.append(
             f"{kind} has no alpha channel: alpha dropped after filtering (write .png to "
-            "keep it, or pass --alpha drop to filter the colour alone and silence this)"
+            "keep it, or pass alpha='drop' to filter the colour alone and silence this)"
         )
     return notes
 
@@ -1234,8 +1234,8 @@ def run_tasks(
         if existing == "fail":
             fail(
                 task,
-                f"output {task.dst} exists (pass --overwrite to replace it, "
-                "--skip-existing to keep it)",
+                f"output {task.dst} exists (pass existing='replace' to replace it, "
+                "existing='skip' to keep it)",
             )
             return True
         return False
@@ -1334,7 +1334,7 @@ def run_tasks(
                     if loaded.alpha in ("keep", "drop") and loaded.image.has_alpha:
                         # the user sees an RGBA file; say where the alpha channel went
                         reason += (
-                            f" (--alpha {loaded.alpha} sets alpha aside; --alpha filter "
+                            f" (alpha={loaded.alpha!r} sets alpha aside; alpha='filter' "
                             "passes it to the weight)"
                         )
                     fail(task, reason)

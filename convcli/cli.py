@@ -80,7 +80,34 @@ def safe_text(text: object) -> str:
 
 
 def _line(message: object, kind: str = "error") -> str:
-    return f"{PROG}: {kind}: {safe_text(message)}"
+    return f"{PROG}: {kind}: {safe_text(cli_words(str(message)))}"
+
+
+# The library names what to change in its own words (``overwrite=True``,
+# ``alpha='drop'``, ``existing='skip'``); the command line shows its flags instead.
+_KEYWORD = re.compile(
+    r"\b(overwrite|skip_existing|existing|alpha|out_map|key|max_pixels|max_memory)"
+    r"(?:=('[^'\s]*'|True|[A-Z_]+)|\b)"
+)
+_EXISTING_FLAGS = {"'replace'": "--overwrite", "'skip'": "--skip-existing"}
+
+
+def cli_words(text: str) -> str:
+    """``pass overwrite=True`` -> ``pass --overwrite``, ``alpha='drop'`` ->
+    ``--alpha drop``, ``raise max_pixels`` -> ``raise --max-pixels``."""
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if name == "existing":
+            return _EXISTING_FLAGS.get(value or "", m.group(0))
+        if value is None and name not in ("max_pixels", "max_memory"):
+            return m.group(0)  # a plain word ("key", "alpha"), not an argument
+        option = "--" + name.replace("_", "-")
+        if value is None or value == "True":
+            return option
+        return f"{option} {value.strip(chr(39))}"
+
+    return _KEYWORD.sub(flag, text)
 
 
 def _err(message: object, kind: str = "error") -> None:
@@ -1218,7 +1245,7 @@ def _preset_record(p: Any) -> dict[str, Any]:
         "name": p.name,
         "size": f"{k.shape[1]}x{k.shape[0]}",
         "parameters": dict(p.params) if isinstance(p.params, dict) else list(p.params or []),
-        "description": p.description,
+        "description": cli_words(p.description),
         "normalized": bool(p.normalized),
         "sum": total,
         # under --alpha premultiply (the default) on images with alpha
@@ -1255,7 +1282,7 @@ def presets_show(spec: str, as_json: bool) -> None:
         rec |= {"kernel": k.tolist(), "separable": separable}
         click.echo(json.dumps(rec, indent=2))
         return
-    click.echo(f"{p.name} ({k.shape[1]}x{k.shape[0]}): {p.description}")
+    click.echo(f"{p.name} ({k.shape[1]}x{k.shape[0]}): {cli_words(p.description)}")
     if p.params:
         click.echo(f"parameters: {_params_text(p.params)}")
     for line in _format_kernel(k):

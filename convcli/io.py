@@ -206,8 +206,7 @@ def _check_file(path: Path) -> None:
 def _check_pixels(name: str, pixels: int, max_pixels: int | None) -> None:
     if max_pixels is not None and pixels > max_pixels:
         raise InputError(
-            f"{name}: {pixels} pixels exceeds the limit of {max_pixels} "
-            "(raise it with --max-pixels)"
+            f"{name}: {pixels} pixels exceeds the limit of {max_pixels} (raise max_pixels)"
         )
 
 
@@ -1273,7 +1272,7 @@ def _pick(tensors: dict[str, Any], key: str | None, name: str) -> tuple[Any, Any
         return next(iter(tensors.values())), None
     if not tensors:
         raise InputError(f"{name}: holds no tensors")
-    raise InputError(f"{name}: holds several tensors, pick one with --key; found: {available}")
+    raise InputError(f"{name}: holds several tensors, pick one with key=NAME; found: {available}")
 
 
 def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:

@@ -913,7 +913,7 @@ _FAMILIES: tuple[_Family, ...] = (
     ),
     _Family(
         "high-pass",
-        "High-pass: identity - Gaussian, zero-sum (use --out-map offset to view)",
+        "High-pass: identity - Gaussian, zero-sum (use out_map='offset' to view)",
         (
             _Param("radius", 0.0, float, _nonneg, _RADIUS_AUTO),
             _Param("sigma", 2.0, float, _sigma, ">= 0, <= 1e6"),

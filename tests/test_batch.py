@@ -243,7 +243,7 @@ def test_plan_files_refuses_input_and_duplicates(tmp_path):
     a = tmp_path / "a.png"
     cio.write_image(a, real_image(0))
     plan = cbatch.plan_files([a], a)
-    assert not plan.tasks and "--overwrite" in plan.refused[0].reason
+    assert not plan.tasks and "overwrite=True" in plan.refused[0].reason
     assert cbatch.plan_files([a], a, overwrite=True).tasks[0].dst == a
     (tmp_path / "x").mkdir()
     cio.write_image(tmp_path / "x" / "a.jpg", real_image(1))
@@ -579,7 +579,7 @@ def test_alpha_set_aside_is_named_when_the_weight_wants_it(tmp_path):
     engine, output = cbatch.Engine("numpy"), cbatch.Output(alpha="keep")
     res = cbatch.run_tasks([task], filt, engine=engine, output=output)
     (failure,) = res.failed
-    assert "has 3 channels" in failure.reason and "--alpha keep sets alpha aside" in failure.reason
+    assert "has 3 channels" in failure.reason and "alpha='keep' sets alpha aside" in failure.reason
     assert not (tmp_path / "o.png").exists()
 
 

@@ -689,3 +689,38 @@ def test_several_inputs_with_an_image_file_name_is_a_usage_error(tmp_path):
     assert res.exit_code == 2
     one_error_line(res, "several inputs need an output folder")
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("library", "shown"),
+    [
+        ("output is the input file; pass overwrite=True to replace it",
+         "output is the input file; pass --overwrite to replace it"),
+        ("exists (pass existing='replace' to replace it, existing='skip' to keep it)",
+         "exists (pass --overwrite to replace it, --skip-existing to keep it)"),
+        ("(alpha='keep' sets alpha aside; alpha='filter' passes it to the weight)",
+         "(--alpha keep sets alpha aside; --alpha filter passes it to the weight)"),
+        ("exceeds the limit of 1000 (raise max_pixels)",
+         "exceeds the limit of 1000 (raise --max-pixels)"),
+        ("pick one with key=NAME; found: a, b", "pick one with --key NAME; found: a, b"),
+        ("the alpha key and the keys stay words", "the alpha key and the keys stay words"),
+    ],
+)  # fmt: skip
+def test_library_words_become_flags_on_the_command_line(library, shown):
+    """The library names arguments in API words; the CLI shows its flags (one place)."""
+    from convcli.cli import cli_words
+
+    assert cli_words(library) == shown
+
+
+def test_a_library_hint_reaches_the_user_as_a_flag(tmp_path):
+    src, weights = tmp_path / "a.png", tmp_path / "two.npz"
+    cio.write_image(src, np.full((1, 8, 8), 0.5, np.float32))
+    np.savez(weights, a=np.ones((3, 3)), b=np.ones((3, 3)))
+    res = CliRunner().invoke(
+        cli, ["apply", str(src), "--weights", str(weights), "-o", str(tmp_path / "o.png")]
+    )
+    assert res.exit_code == 1
+    assert res.output == (
+        f"convcli: error: {weights}: holds several tensors, pick one with --key NAME; found: a, b\n"
+    )

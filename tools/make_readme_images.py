@@ -37,6 +37,7 @@ PICTURES = [
 
 def presets_table() -> str:
     """The Markdown table of built-in presets (name, size, parameters, description)."""
+    from convcli.cli import cli_words  # the README speaks the command line's words
     from convcli.presets import list_presets
 
     rows = [
@@ -48,7 +49,7 @@ def presets_table() -> str:
             continue
         kh, kw = p.size
         params = ", ".join(f"`{k}={v}`" for k, v in p.params.items()) or "-"
-        desc = p.description.replace("|", "\\|")
+        desc = cli_words(p.description).replace("|", "\\|")
         rows.append(f"| `{p.name}` | {kw}x{kh} | {params} | {desc} |")
     return "\n".join(rows)
 
