@@ -45,6 +45,7 @@ behaviour); complex inputs use the weight as is (no conjugation).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -291,6 +292,12 @@ class _Phases:
         flat = np.empty((x.shape[0], x.shape[1], len(self.phases), nr, self.wq), dtype=work)
         self.fill(x, r0, flat)
         return flat.reshape(x.shape[0], x.shape[1], len(self.phases), nr * self.wq)
+
+
+@functools.lru_cache(maxsize=256)
+def _phases(spec: ConvSpec) -> _Phases:
+    """The :class:`_Phases` of ``spec``, built once (it holds only spec geometry)."""
+    return _Phases(spec)
 
 
 def _axis_grids(k: int, stride: int, dil: int) -> list[tuple[int, list[int], int, int]]:
@@ -589,7 +596,7 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
     if _shared_rows(spec):
         return _gemm_shared_rows(x, weight, spec, work)
     threads = _gemm_threads(spec)
-    ph = _Phases(spec)
+    ph = _phases(spec)
     k_all = cin_g * spec.kh * spec.kw
     # weight columns in the order the phase grids lay out the column matrix
     wm = ph.weights(weight)
@@ -794,7 +801,7 @@ def _direct_depthwise(
 ) -> np.ndarray:
     g, cout_g = spec.groups, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
-    ph = _Phases(spec)
+    ph = _phases(spec)
     wt = weight.reshape(g, cout_g, 1, len(ph.taps))
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
     per_row = spec.c_in * len(ph.phases) * ph.wq * work.itemsize
@@ -1117,12 +1124,27 @@ def estimate_seconds(spec: ConvSpec, algo: str) -> float:
     raise ValueError(algo)
 
 
-def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
-    """The cheapest applicable algorithm by :func:`estimate_seconds`, and the factors.
+def _tuning() -> tuple:
+    """The module values the cost model reads (tests and A/B runs patch them)."""
+    return (
+        _threads(),
+        GEMM_FLOPS,
+        TOEPLITZ_FLOPS,
+        SEPARABLE_PASSES,
+        TAP_ELEMS,
+        COPY_BYTES,
+        GATHER_ELEMS,
+        FFT_ELEMS,
+        FFT_MAC_FLOPS,
+        FFT_KERNEL_BYTES,
+    )
 
-    The rank-1 check (an SVD per kernel) runs only when ``separable`` would win, so that
-    a 256x128 1x1 layer does not pay for 32768 tiny SVDs.
-    """
+
+@functools.lru_cache(maxsize=1024)
+def _cheapest(spec: ConvSpec, tuning: tuple) -> tuple[str, bool]:
+    """(cheapest algorithm but separable, whether separable would beat it) for ``spec``:
+    what :func:`choose_algo` decides before it looks at the weights. Cached per spec and
+    tuning: the estimates took about a third of a small layer's call."""
     costs = {}
     for algo in ("gemm", "direct", "fft"):
         if algo == "direct" and spec.cin_g > 1:
@@ -1132,7 +1154,18 @@ def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
         if algo_reason(spec, algo) is None:
             costs[algo] = estimate_seconds(spec, algo)
     best = min(costs, key=costs.__getitem__)
-    if spec.kh * spec.kw > 1 and estimate_seconds(spec, "separable") < costs[best]:
+    separable = spec.kh * spec.kw > 1 and estimate_seconds(spec, "separable") < costs[best]
+    return best, separable
+
+
+def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
+    """The cheapest applicable algorithm by :func:`estimate_seconds`, and the factors.
+
+    The rank-1 check (an SVD per kernel) runs only when ``separable`` would win, so that
+    a 256x128 1x1 layer does not pay for 32768 tiny SVDs.
+    """
+    best, separable = _cheapest(spec, _tuning())
+    if separable:
         factors = separable_factors(weight)
         if factors is not None:
             return "separable", factors
