@@ -470,3 +470,57 @@ def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk)
     spec = make_spec(np.empty(xs, np.float32), np.empty(ws, np.float32), None, groups=groups)
     lw = nb._gemm_plan(spec, 4, 1)[0]
     assert lw == (spec.w_out + 2 if junk else spec.w_out)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "xs, ws, groups",
+    [
+        ((1, 12, 9, 11), (10, 12, 1, 1), 1),  # one image: pieces of pixels
+        ((5, 8, 4, 6), (6, 4, 1, 1), 2),  # images, groups; a plane under one piece
+        ((2, 6, 17, 16), (3, 6, 1, 1), 1),
+    ],
+)
+def test_pointwise_pieces_on_threads(monkeypatch, threads, xs, ws, groups):
+    """1x1 layers: matmuls straight on the input, in pieces of images and pixels."""
+    monkeypatch.setattr(nb, "THREADS", threads)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    rng = np.random.default_rng(sum(xs))
+    x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")
+    _check(x, w, b, (1, 1), (0, 0), (1, 1), groups, "zeros", "gemm", "float32")
+
+
+class _Recorder:
+    available = True
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "xs, ws, pad",
+    [
+        ((1, 240, 14, 14), (40, 240, 1, 1), 0),  # pointwise: 1.9M multiply-adds
+        ((1, 16, 24, 24), (16, 16, 3, 3), 1),  # the gemm path's single thread
+    ],
+)
+def test_single_threaded_calls_keep_blas_on_one_thread(monkeypatch, xs, ws, pad):
+    """OpenBLAS's threads spin for about 0.1 s after a threaded GEMM, taxing whatever the
+    caller runs next: a call whose GEMMs run on one of our threads puts BLAS on one
+    thread for the call, except tiny ones (which OpenBLAS keeps on one thread anyway)."""
+    recorder = _Recorder()
+    monkeypatch.setattr(nb, "_ONE_THREAD_BLAS", recorder)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 10**12)  # one thread of ours
+    rng = np.random.default_rng(3)
+    x, w = _rand(rng, xs, "float32"), _rand(rng, ws, "float32")
+    y = conv2d(x, w, padding=pad, backend="numpy", algo="gemm")
+    assert recorder.entered == 1
+    assert_close(y, naive_conv2d(x, w, None, (1, 1), (pad,) * 4), "float32")
+    tiny = conv2d(x[:, :, :2, :2], w, padding=pad, backend="numpy", algo="gemm")
+    assert recorder.entered == 1 and tiny.shape[-1] == 2

@@ -66,8 +66,12 @@ CHUNK_BYTES = 64 * 2**20
 # it (W7 with 2, 3, 6 and 16 MiB: 2.42, 1.92, 1.83 and 2.18 ms; W6 within noise)
 GEMM_BYTES = 2**20
 BLAS_GEMM_BYTES = 6 * 2**20
-# problems smaller than this leave the threading to BLAS (see _gemm_threads)
+# problems smaller than this run on one thread (see _gemm_threads)
 THREADED_MIN_FLOPS = 10**8
+# From this many multiply-adds on, a call that runs its GEMMs on one thread puts BLAS on
+# one thread too (see _quiet_blas). OpenBLAS runs GEMMs below 2**18 M*N*K on one
+# thread anyway, and the switch costs about 16 us.
+QUIET_BLAS_MACS = 2**18
 # at least this many output pixels per gemm task (the GEMM's N)
 GEMM_MIN_PIXELS = 512
 # outputs narrower than this compute junk columns instead of short copies (_gemm_plan),
@@ -589,10 +593,7 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-        # one matmul over channels straight on the input: no copy at all
-        wm = weight.reshape(g, cout_g, cin_g)
-        xs = x.reshape(n, g, cin_g, spec.h * spec.w)
-        return np.matmul(wm, xs).reshape(n, spec.c_out, ho, wo)
+        return _pointwise(x, weight, spec, work)
     if _shared_rows(spec):
         return _gemm_shared_rows(x, weight, spec, work)
     threads = _gemm_threads(spec)
@@ -642,14 +643,57 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
             else:
                 np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
 
-    _run_jobs(chunk, [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)], threads)
+    jobs = [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)]
+    _run_jobs(chunk, jobs, threads, spec)
     return out
 
 
-def _run_jobs(job: Callable[..., None], args: list[tuple], threads: int) -> None:
+def _pointwise(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
+    """1x1, stride 1, no padding: matmuls over channels straight on the input (no copy),
+    in pieces of images and pixels on our threads (each GEMM on one BLAS thread)."""
+    g, cin_g, cout_g, n = spec.groups, spec.cin_g, spec.cout_g, spec.n
+    hw = spec.h * spec.w
+    wm = weight.reshape(g, cout_g, cin_g)
+    xs = x.reshape(n, g, cin_g, hw)
+    out = np.empty((n, g, cout_g, hw), dtype=work)
+    threads = _gemm_threads(spec)
+    # about two pieces per thread, whole images where there are enough of them
+    pieces = max(1, -(-2 * threads // n)) if threads > 1 else 1
+    step = -(-hw // pieces)
+    step = min(hw, -(-step // 16) * 16)
+
+    def piece(i: int, p0: int) -> None:
+        np.matmul(wm, xs[i, :, :, p0 : p0 + step], out=out[i, :, :, p0 : p0 + step])
+
+    if threads == 1:
+        with _quiet_blas(spec):
+            np.matmul(wm, xs, out=out)
+    else:
+        _run_jobs(piece, [(i, p0) for i in range(n) for p0 in range(0, hw, step)], threads)
+    return out.reshape(n, spec.c_out, spec.h, spec.w)
+
+
+def _quiet_blas(spec: ConvSpec) -> contextlib.AbstractContextManager:
+    """One BLAS thread for a call that runs its GEMMs on one thread of ours.
+
+    OpenBLAS's idle threads spin for about 0.1 s after each threaded call: a 240->40 1x1
+    layer on a 14x14 map left 8 ms of CPU burnt in the 20 ms after the call returned,
+    taken from whatever the caller ran next (torch, OpenCV, its own NumPy). Our own
+    threads sleep on a lock when idle. Tiny problems skip the switch (see
+    QUIET_BLAS_MACS).
+    """
+    if spec.macs < QUIET_BLAS_MACS:
+        return contextlib.nullcontext()
+    return _ONE_THREAD_BLAS
+
+
+def _run_jobs(
+    job: Callable[..., None], args: list[tuple], threads: int, spec: ConvSpec | None = None
+) -> None:
     """``job(*a)`` for every ``a`` in ``args`` on up to ``threads`` threads (BLAS on one
-    thread each while more than one runs). Jobs are taken as threads come free: a
-    thread that starts late simply takes fewer."""
+    thread each while more than one runs; on one thread also with ``spec``, see
+    :func:`_quiet_blas`). Jobs are taken as threads come free: a thread that starts late
+    simply takes fewer."""
     pending = iter(args)
     lock = threading.Lock()
 
@@ -665,6 +709,9 @@ def _run_jobs(job: Callable[..., None], args: list[tuple], threads: int) -> None
     if threads > 1:
         with _ONE_THREAD_BLAS:
             _run_parallel(worker, threads)
+    elif spec is not None:
+        with _quiet_blas(spec):
+            worker(0)
     else:
         worker(0)
 
@@ -788,7 +835,8 @@ def _gemm_shared_rows(
             )
             np.matmul(wm, b_view, out=o_view)
 
-    _run_jobs(band, [(i, r0) for i in range(n) for r0 in range(0, ho, rows)], _gemm_threads(spec))
+    jobs = [(i, r0) for i in range(n) for r0 in range(0, ho, rows)]
+    _run_jobs(band, jobs, _gemm_threads(spec), spec)
     return out
 
 
