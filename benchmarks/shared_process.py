@@ -13,8 +13,10 @@ the layers at a time, in three kinds of process, each a fresh one, in turns:
   call of that layer took in ``shared`` (torch's own threads go idle between calls
   either way: this separates that from what convcli's threads do).
 
-Prints torch's median ms per pass in each, and the ratio to ``alone``; issue 15's
-target is shared/alone <= 1.25. Usage::
+Prints torch's median ms per pass in each (wall time, and the process's CPU time during
+torch's calls: on a loaded machine the wall time of torch's two OpenMP threads swings by
+10x and more, CPU time much less), and the ratio to ``alone``; issue 15's target is
+shared/alone <= 1.25. Usage::
 
     python benchmarks/shared_process.py [--network mobilenet_v3_small] [--passes 15]
         [--rounds 3] [--backend opencl] [--env POCL_AFFINITY=0 ...]
@@ -62,11 +64,11 @@ def child(mode: str, network: str, passes: int, backend: str, gaps: list[float])
         (torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b))
         for x, w, b in arrays
     ]
-    totals = []
+    totals, cpu_totals = [], []
     ours = [[] for _ in layers]
     with torch.no_grad():
         for p in range(passes + 1):  # the first pass warms up
-            spent = 0.0
+            spent = cpu = 0.0
             for i, layer in enumerate(layers):
                 if conv is not None:
                     t0 = time.perf_counter()
@@ -75,13 +77,15 @@ def child(mode: str, network: str, passes: int, backend: str, gaps: list[float])
                 elif gaps:
                     time.sleep(gaps[i])
                 tx, tw, tb = tensors[i]
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 F.conv2d(tx, tw, tb, layer.stride, layer.padding, layer.dilation, layer.groups)
                 spent += time.perf_counter() - t0
+                cpu += time.process_time() - c0
             if p:
                 totals.append(spent * 1e3)
+                cpu_totals.append(cpu * 1e3)
     gaps_out = [statistics.median(t) if t else 0.0 for t in ours]
-    print(json.dumps({"totals": totals, "gaps": gaps_out}))
+    print(json.dumps({"totals": totals, "cpu": cpu_totals, "gaps": gaps_out}))
 
 
 def main() -> None:
@@ -99,6 +103,7 @@ def main() -> None:
         return
     extra = dict(item.split("=", 1) for item in args.env)
     results: dict[str, list[float]] = {"alone": [], "shared": [], "idle": [], "after": []}
+    cpu: dict[str, list[float]] = {mode: [] for mode in results}
     gaps: list[float] = []
     for _ in range(args.rounds):
         for mode in results:
@@ -111,16 +116,20 @@ def main() -> None:
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             got = json.loads(out.stdout.strip().splitlines()[-1])
             results[mode] += got["totals"]
+            cpu[mode] += got["cpu"]
             if mode == "shared":
                 gaps = got["gaps"]
     alone = statistics.median(results["alone"])
+    alone_cpu = statistics.median(cpu["alone"])
     print(f"torch on {args.network} (batch 1, 2 threads), ms per pass over its conv layers")
     print(f"convcli processes' extra environment: {extra or 'none'}")
     for mode, values in results.items():
         med = statistics.median(values)
+        cmed = statistics.median(cpu[mode])
         print(
-            f"{mode:7s} median {med:7.2f}  min {min(values):7.2f}  "
-            f"ratio to alone {med / alone:5.2f}  ({len(values)} passes)"
+            f"{mode:7s} wall: median {med:7.2f}  min {min(values):7.2f}  "
+            f"ratio to alone {med / alone:5.2f} | CPU: median {cmed:7.2f}  "
+            f"ratio to alone {cmed / alone_cpu:5.2f}  ({len(values)} passes)"
         )
 
 
