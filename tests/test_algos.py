@@ -524,3 +524,32 @@ def test_single_threaded_calls_keep_blas_on_one_thread(monkeypatch, xs, ws, pad)
     assert_close(y, naive_conv2d(x, w, None, (1, 1), (pad,) * 4), "float32")
     tiny = conv2d(x[:, :, :2, :2], w, padding=pad, backend="numpy", algo="gemm")
     assert recorder.entered == 1 and tiny.shape[-1] == 2
+
+
+@pytest.mark.parametrize("band", [1, 2**20])  # one-row bands, whole images
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "float16"])
+@pytest.mark.parametrize(
+    "xs, k, stride, pad, dilation",
+    [
+        ((2, 5, 7, 7), (5, 5), (1, 1), (2, 2), (1, 1)),  # a 7x7 map, 'same'
+        ((1, 6, 11, 9), (3, 2), (2, 1), (1, 0), (1, 2)),  # strides, dilation, odd kernel
+        ((3, 4, 6, 8), (7, 7), (1, 1), (3, 3), (1, 1)),  # kernel larger than half the map
+    ],
+)
+def test_depthwise_channels_last(monkeypatch, band, dtype, xs, k, stride, pad, dilation):
+    """Many-channel depthwise layers run with the channels innermost (forced here on a
+    few channels): the same taps in the same order as the planar loop."""
+    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
+    monkeypatch.setattr(nb, "CHANNELS_LAST_BAND", band)
+    rng = np.random.default_rng(sum(xs) + len(dtype))
+    c = xs[1]
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert nb._channels_last_pays(spec)
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+    # bit for bit what the planar loop gives
+    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 10**9)
+    planar = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
+    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
+    last = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
+    assert np.array_equal(planar, last)
