@@ -6,7 +6,9 @@ A call goes validate (``spec.make_spec``) -> plan (backend, tiles) -> run.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from convcli.backends.numpy_backend import compute_dtype, gather_rows
 from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
 from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
+from convcli.plan import frozen_copy
 from convcli.runinfo import RunInfo
 from convcli.spec import (
     ConvSpec,
@@ -36,6 +39,54 @@ ALGOS: tuple[str, ...] = ("auto", "direct", "separable", "fft", "gemm")
 # more run in about PROGRESS_STEPS tiles so that the callback can report as they finish
 PROGRESS_MIN_FLOPS = 4 * 10**9
 PROGRESS_STEPS = 16
+# validated specs of recent calls, keyed by what the validation reads (see _cached_spec)
+SPEC_CACHE_SIZE = 256
+_SPECS: OrderedDict[tuple, ConvSpec] = OrderedDict()
+_SPECS_LOCK = threading.Lock()
+
+
+def _plain(value: object) -> bool:
+    """An int, a str or a tuple of ints, exactly: the values whose equality means the
+    same validation (True == 1 and np.int64(1) == 1, but bools are rejected)."""
+    kind = type(value)
+    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+
+
+def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
+    """``make_spec(x, weight, bias, **options)``, from a cache on a repeated call.
+
+    ``make_spec`` reads only types, shapes and dtypes, so a call with the same plain
+    arrays' shapes and dtypes and the same plain option values gets the same spec (or the
+    same error: errors are not cached). Anything else (array subclasses, lists, numpy
+    integers) is validated afresh.
+    """
+    key = None
+    if (
+        type(x) is np.ndarray
+        and type(weight) is np.ndarray
+        and (bias is None or type(bias) is np.ndarray)
+        and all(_plain(v) for v in options.values())
+    ):
+        key = (
+            x.shape,
+            x.dtype,
+            weight.shape,
+            weight.dtype,
+            None if bias is None else (bias.shape, bias.dtype),
+            *options.values(),
+        )
+        with _SPECS_LOCK:
+            spec = _SPECS.get(key)
+            if spec is not None:
+                _SPECS.move_to_end(key)
+                return spec
+    spec = make_spec(x, weight, bias, **options)
+    if key is not None:
+        with _SPECS_LOCK:
+            _SPECS[key] = spec
+            while len(_SPECS) > SPEC_CACHE_SIZE:
+                _SPECS.popitem(last=False)
+    return spec
 
 
 def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo):
@@ -271,16 +322,14 @@ def conv2d(
     t0 = time.perf_counter()
     if info is None:
         info = RunInfo()
-    spec = make_spec(
-        x,
-        weight,
-        bias,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-    )
+    options = {
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "padding_mode": padding_mode,
+    }
+    spec = _cached_spec(x, weight, bias, options)
     if algo not in ALGOS:
         raise ConvValueError(f"algo must be one of {list(ALGOS)}, but got algo='{algo}'")
     if max_memory is not None and max_memory <= 0:
@@ -336,6 +385,12 @@ class Conv2d:
     ``(out_channels,)`` or None, both drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
     ``fan_in = in_channels/groups * kH * kW`` using ``numpy.random.default_rng(seed)``.
 
+    The layer keeps read-only copies of the arrays assigned to ``weight`` and ``bias``
+    (:func:`convcli.plan.frozen_copy`): assign a new array to change them
+    (``layer.weight = w``); an in-place write raises ``ValueError``. Because they cannot
+    change in place, a backend keeps what it derived from them (packed OpenCL weights)
+    across calls without comparing them again.
+
     Examples
     --------
     >>> layer = Conv2d(3, 8, 3, padding=1, seed=0)
@@ -389,6 +444,24 @@ class Conv2d:
         wshape = (self.out_channels, self.in_channels // self.groups, kh, kw)
         self.weight = self._uniform(rng, wshape, bound)
         self.bias = self._uniform(rng, (self.out_channels,), bound) if bias else None
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``(out_channels, in_channels/groups, kH, kW)``, read-only (assign to change)."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: np.ndarray) -> None:
+        self._weight = frozen_copy(np.asarray(value))
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """``(out_channels,)`` or None, read-only (assign to change)."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value: np.ndarray | None) -> None:
+        self._bias = None if value is None else frozen_copy(np.asarray(value))
 
     def _uniform(self, rng: np.random.Generator, shape: tuple[int, ...], bound: float):
         values = rng.uniform(-bound, bound, size=shape)

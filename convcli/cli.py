@@ -1432,10 +1432,11 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
 @cli.command()
 @click.option(
     "--suite",
-    type=click.Choice(["quick", "standard"]),
+    type=click.Choice(["quick", "standard", "cnn"]),
     default="standard",
     show_default=True,
-    help="Workloads to time (quick: small, a smoke test).",
+    help="Workloads to time (quick: small, a smoke test; cnn: the conv layers of public "
+    "networks, each system in a process of its own).",
 )
 @click.option(
     "--backend",
@@ -1499,6 +1500,20 @@ def bench(
         if not quiet:
             console.print(" ".join(str(a) for a in args), markup=False, highlight=False)
 
+    if suite == "cnn":
+        from convcli import cli_cnn
+
+        out = _console(stdout=True)
+        return cli_cnn.bench_cnn(
+            backends,
+            peers,
+            repeat,
+            json_file,
+            csv_file,
+            progress,
+            out,
+            write=lambda target, text: _write_text(target, text, overwrite=overwrite),
+        )
     rows = cbench.run_suite(
         suite=suite,
         backends=backends,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -78,3 +79,27 @@ def _separable_factors(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | No
         return None
     shape = weight.shape
     return col.reshape(shape[0], shape[1], shape[2]), row.reshape(shape[0], shape[1], shape[3])
+
+
+# Arrays made by frozen_copy, by id (the weak values drop out with the arrays).
+_FROZEN: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
+def frozen_copy(array: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous copy of ``array`` that :func:`is_frozen` recognises.
+
+    The copy is made read-only before anyone holds a view of it, so no writable view of
+    its memory exists: while it stays read-only its contents cannot change, and a cache
+    may keep what it derived from it (packed weights) without comparing contents again.
+    ``Conv2d`` keeps its weights so.
+    """
+    copy = np.array(array, copy=True, order="C")
+    copy.flags.writeable = False
+    _FROZEN[id(copy)] = copy
+    return copy
+
+
+def is_frozen(array: np.ndarray) -> bool:
+    """Whether ``array`` came from :func:`frozen_copy` and is still read-only (its owner
+    can make it writable again; then it is compared like any other array)."""
+    return not array.flags.writeable and _FROZEN.get(id(array)) is array

@@ -470,3 +470,86 @@ def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk)
     spec = make_spec(np.empty(xs, np.float32), np.empty(ws, np.float32), None, groups=groups)
     lw = nb._gemm_plan(spec, 4, 1)[0]
     assert lw == (spec.w_out + 2 if junk else spec.w_out)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "xs, ws, groups",
+    [
+        ((1, 12, 9, 11), (10, 12, 1, 1), 1),  # one image: pieces of pixels
+        ((5, 8, 4, 6), (6, 4, 1, 1), 2),  # images, groups; a plane under one piece
+        ((2, 6, 17, 16), (3, 6, 1, 1), 1),
+    ],
+)
+def test_pointwise_pieces_on_threads(monkeypatch, threads, xs, ws, groups):
+    """1x1 layers: matmuls straight on the input, in pieces of images and pixels."""
+    monkeypatch.setattr(nb, "THREADS", threads)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    rng = np.random.default_rng(sum(xs))
+    x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")
+    _check(x, w, b, (1, 1), (0, 0), (1, 1), groups, "zeros", "gemm", "float32")
+
+
+class _Recorder:
+    available = True
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "xs, ws, pad",
+    [
+        ((1, 240, 14, 14), (40, 240, 1, 1), 0),  # pointwise: 1.9M multiply-adds
+        ((1, 16, 24, 24), (16, 16, 3, 3), 1),  # the gemm path's single thread
+    ],
+)
+def test_single_threaded_calls_keep_blas_on_one_thread(monkeypatch, xs, ws, pad):
+    """OpenBLAS's threads spin for about 0.1 s after a threaded GEMM, taxing whatever the
+    caller runs next: a call whose GEMMs run on one of our threads puts BLAS on one
+    thread for the call, except tiny ones (which OpenBLAS keeps on one thread anyway)."""
+    recorder = _Recorder()
+    monkeypatch.setattr(nb, "_ONE_THREAD_BLAS", recorder)
+    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 10**12)  # one thread of ours
+    rng = np.random.default_rng(3)
+    x, w = _rand(rng, xs, "float32"), _rand(rng, ws, "float32")
+    y = conv2d(x, w, padding=pad, backend="numpy", algo="gemm")
+    assert recorder.entered == 1
+    assert_close(y, naive_conv2d(x, w, None, (1, 1), (pad,) * 4), "float32")
+    tiny = conv2d(x[:, :, :2, :2], w, padding=pad, backend="numpy", algo="gemm")
+    assert recorder.entered == 1 and tiny.shape[-1] == 2
+
+
+@pytest.mark.parametrize("band", [1, 2**20])  # one-row bands, whole images
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "float16"])
+@pytest.mark.parametrize(
+    "xs, k, stride, pad, dilation",
+    [
+        ((2, 5, 7, 7), (5, 5), (1, 1), (2, 2), (1, 1)),  # a 7x7 map, 'same'
+        ((1, 6, 11, 9), (3, 2), (2, 1), (1, 0), (1, 2)),  # strides, dilation, odd kernel
+        ((3, 4, 6, 8), (7, 7), (1, 1), (3, 3), (1, 1)),  # kernel larger than half the map
+    ],
+)
+def test_depthwise_channels_last(monkeypatch, band, dtype, xs, k, stride, pad, dilation):
+    """Many-channel depthwise layers run with the channels innermost (forced here on a
+    few channels): the same taps in the same order as the planar loop."""
+    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
+    monkeypatch.setattr(nb, "CHANNELS_LAST_BAND", band)
+    rng = np.random.default_rng(sum(xs) + len(dtype))
+    c = xs[1]
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert nb._channels_last_pays(spec)
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+    # bit for bit what the planar loop gives
+    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 10**9)
+    planar = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
+    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
+    last = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
+    assert np.array_equal(planar, last)

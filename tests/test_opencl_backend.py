@@ -681,7 +681,23 @@ def test_fault_injection_init(monkeypatch):
 
 
 def test_output_is_page_aligned_on_cpu(ocl):
-    out, _ = ocl.output((2, 3, 5, 7), np.float32)
-    assert out.shape == (2, 3, 5, 7) and out.flags.c_contiguous
+    from convcli.backends.opencl_backend import SMALL_OUTPUT_BYTES
+
+    shape = (2, 3, 64, SMALL_OUTPUT_BYTES // 256)  # past the small outputs' size
+    out, _ = ocl.output(shape, np.float32)
+    assert out.shape == shape and out.flags.c_contiguous
     if ocl.is_cpu:
         assert out.ctypes.data % 4096 == 0
+
+
+def test_small_results_of_repeated_calls_stay_apart(ocl):
+    """Small outputs come out of one kept device buffer: each call's result is its own
+    array, not overwritten by the next call."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    xs = [rng.standard_normal((1, 3, 6, 6)).astype(np.float32) for _ in range(3)]
+    ys = [convcli.conv2d(x, w, padding=1, backend="opencl") for x in xs]
+    assert ys[0].nbytes < 4096
+    for x, y in zip(xs, ys, strict=True):
+        ref = naive_conv2d(x, w, None, (1, 1), (1, 1, 1, 1))
+        assert_close(y, ref, "float32")

@@ -83,6 +83,8 @@ def test_wheel_contains_kernels_and_presets(wheel):
             if path.is_file() and not path.name.startswith("."):
                 assert f"convcli/{folder}/{path.name}" in shipped, path
     assert "convcli/__init__.py" in names
+    # the layer shapes of bench --suite cnn live inside the package
+    assert "convcli/data/cnn_layers.json" in names
     assert not any(n.startswith(("tests/", "tools/")) for n in names)
 
 

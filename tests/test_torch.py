@@ -590,8 +590,9 @@ def test_layer_matches_torch_module(backend, dtype):
     config = {
         "dtype": dtype,
         "x": x,
-        "weight": layer.weight,
-        "bias": layer.bias,
+        # writable copies: the layer's own arrays are read-only, which torch warns about
+        "weight": np.array(layer.weight),
+        "bias": None if layer.bias is None else np.array(layer.bias),
         "stride": (2, 1),
         "padding": (4, 2),
         "dilation": (3, 1),

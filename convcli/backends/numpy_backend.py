@@ -66,8 +66,12 @@ CHUNK_BYTES = 64 * 2**20
 # it (W7 with 2, 3, 6 and 16 MiB: 2.42, 1.92, 1.83 and 2.18 ms; W6 within noise)
 GEMM_BYTES = 2**20
 BLAS_GEMM_BYTES = 6 * 2**20
-# problems smaller than this leave the threading to BLAS (see _gemm_threads)
+# problems smaller than this run on one thread (see _gemm_threads)
 THREADED_MIN_FLOPS = 10**8
+# From this many multiply-adds on, a call that runs its GEMMs on one thread puts BLAS on
+# one thread too (see _quiet_blas). OpenBLAS runs GEMMs below 2**18 M*N*K on one
+# thread anyway, and the switch costs about 16 us.
+QUIET_BLAS_MACS = 2**18
 # at least this many output pixels per gemm task (the GEMM's N)
 GEMM_MIN_PIXELS = 512
 # outputs narrower than this compute junk columns instead of short copies (_gemm_plan),
@@ -292,6 +296,12 @@ class _Phases:
         flat = np.empty((x.shape[0], x.shape[1], len(self.phases), nr, self.wq), dtype=work)
         self.fill(x, r0, flat)
         return flat.reshape(x.shape[0], x.shape[1], len(self.phases), nr * self.wq)
+
+
+@functools.lru_cache(maxsize=256)
+def _phases(spec: ConvSpec) -> _Phases:
+    """The :class:`_Phases` of ``spec``, built once (it holds only spec geometry)."""
+    return _Phases(spec)
 
 
 def _axis_grids(k: int, stride: int, dil: int) -> list[tuple[int, list[int], int, int]]:
@@ -583,14 +593,11 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-        # one matmul over channels straight on the input: no copy at all
-        wm = weight.reshape(g, cout_g, cin_g)
-        xs = x.reshape(n, g, cin_g, spec.h * spec.w)
-        return np.matmul(wm, xs).reshape(n, spec.c_out, ho, wo)
+        return _pointwise(x, weight, spec, work)
     if _shared_rows(spec):
         return _gemm_shared_rows(x, weight, spec, work)
     threads = _gemm_threads(spec)
-    ph = _Phases(spec)
+    ph = _phases(spec)
     k_all = cin_g * spec.kh * spec.kw
     # weight columns in the order the phase grids lay out the column matrix
     wm = ph.weights(weight)
@@ -636,14 +643,57 @@ def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> 
             else:
                 np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
 
-    _run_jobs(chunk, [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)], threads)
+    jobs = [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)]
+    _run_jobs(chunk, jobs, threads, spec)
     return out
 
 
-def _run_jobs(job: Callable[..., None], args: list[tuple], threads: int) -> None:
+def _pointwise(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
+    """1x1, stride 1, no padding: matmuls over channels straight on the input (no copy),
+    in pieces of images and pixels on our threads (each GEMM on one BLAS thread)."""
+    g, cin_g, cout_g, n = spec.groups, spec.cin_g, spec.cout_g, spec.n
+    hw = spec.h * spec.w
+    wm = weight.reshape(g, cout_g, cin_g)
+    xs = x.reshape(n, g, cin_g, hw)
+    out = np.empty((n, g, cout_g, hw), dtype=work)
+    threads = _gemm_threads(spec)
+    # about two pieces per thread, whole images where there are enough of them
+    pieces = max(1, -(-2 * threads // n)) if threads > 1 else 1
+    step = -(-hw // pieces)
+    step = min(hw, -(-step // 16) * 16)
+
+    def piece(i: int, p0: int) -> None:
+        np.matmul(wm, xs[i, :, :, p0 : p0 + step], out=out[i, :, :, p0 : p0 + step])
+
+    if threads == 1:
+        with _quiet_blas(spec):
+            np.matmul(wm, xs, out=out)
+    else:
+        _run_jobs(piece, [(i, p0) for i in range(n) for p0 in range(0, hw, step)], threads)
+    return out.reshape(n, spec.c_out, spec.h, spec.w)
+
+
+def _quiet_blas(spec: ConvSpec) -> contextlib.AbstractContextManager:
+    """One BLAS thread for a call that runs its GEMMs on one thread of ours.
+
+    OpenBLAS's idle threads spin for about 0.1 s after each threaded call: a 240->40 1x1
+    layer on a 14x14 map left 8 ms of CPU burnt in the 20 ms after the call returned,
+    taken from whatever the caller ran next (torch, OpenCV, its own NumPy). Our own
+    threads sleep on a lock when idle. Tiny problems skip the switch (see
+    QUIET_BLAS_MACS).
+    """
+    if spec.macs < QUIET_BLAS_MACS:
+        return contextlib.nullcontext()
+    return _ONE_THREAD_BLAS
+
+
+def _run_jobs(
+    job: Callable[..., None], args: list[tuple], threads: int, spec: ConvSpec | None = None
+) -> None:
     """``job(*a)`` for every ``a`` in ``args`` on up to ``threads`` threads (BLAS on one
-    thread each while more than one runs). Jobs are taken as threads come free: a
-    thread that starts late simply takes fewer."""
+    thread each while more than one runs; on one thread also with ``spec``, see
+    :func:`_quiet_blas`). Jobs are taken as threads come free: a thread that starts late
+    simply takes fewer."""
     pending = iter(args)
     lock = threading.Lock()
 
@@ -659,6 +709,9 @@ def _run_jobs(job: Callable[..., None], args: list[tuple], threads: int) -> None
     if threads > 1:
         with _ONE_THREAD_BLAS:
             _run_parallel(worker, threads)
+    elif spec is not None:
+        with _quiet_blas(spec):
+            worker(0)
     else:
         worker(0)
 
@@ -782,7 +835,8 @@ def _gemm_shared_rows(
             )
             np.matmul(wm, b_view, out=o_view)
 
-    _run_jobs(band, [(i, r0) for i in range(n) for r0 in range(0, ho, rows)], _gemm_threads(spec))
+    jobs = [(i, r0) for i in range(n) for r0 in range(0, ho, rows)]
+    _run_jobs(band, jobs, _gemm_threads(spec), spec)
     return out
 
 
@@ -790,12 +844,73 @@ def _gemm_shared_rows(
 # direct, depthwise: tap accumulation
 
 
+# Depthwise layers with this many channels or more (one per group, zero padding) run
+# channels-last (see _depthwise_channels_last): CPU ms against the planar tap loop,
+# 1152 channels 7x7 5x5 0.70 vs 2.11, 768 7x7 7x7 0.90 vs 2.92, N=8 384 14x14 7x7 15.0
+# vs 37.4, 96 56x56 7x7 7.2 vs 12.3, 32 112x112 3x3 3.1 vs 3.9; N=8 58 56x56 3x3 s2
+# 4.1 vs 3.4.
+CHANNELS_LAST_MIN = 64
+# bytes of one band's accumulator in the channels-last loop (stays in L2)
+CHANNELS_LAST_BAND = 256 * 1024
+
+
+def _channels_last_pays(spec: ConvSpec) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.c_out >= CHANNELS_LAST_MIN
+        and spec.padding_mode == "zeros"
+    )
+
+
+def _depthwise_channels_last(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype
+) -> np.ndarray:
+    """Depthwise taps with the channels innermost: each tap is one multiply-add over
+    ``(rows, W_out, C)``, whose rows of ``W_out * C`` contiguous values vectorise well
+    whatever the map size (planar loops ran ``W_out``-long rows: 7 values on a 7x7 map).
+    The taps accumulate in the same order as :func:`_direct_depthwise`'s."""
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=work)
+    xp[:, top : top + h, left : left + w, :] = x.transpose(0, 2, 3, 1)
+    taps = np.ascontiguousarray(weight.reshape(c, kh * kw).T.astype(work, copy=False))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    rows = max(1, min(ho, CHANNELS_LAST_BAND // max(1, wo * c * work.itemsize)))
+    acc = np.empty((rows, wo, c), dtype=work)
+    tmp = np.empty_like(acc)
+    for b in range(n):
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            a, t = acc[: r1 - r0], tmp[: r1 - r0]
+            for i in range(kh):
+                y0 = r0 * sh + i * dh
+                for j in range(kw):
+                    x0 = j * dw
+                    src = xp[
+                        b, y0 : y0 + (r1 - r0 - 1) * sh + 1 : sh, x0 : x0 + (wo - 1) * sw + 1 : sw
+                    ]
+                    if i == j == 0:
+                        np.multiply(src, taps[0], out=a)
+                    else:
+                        np.multiply(src, taps[i * kw + j], out=t)
+                        a += t
+            out[b, :, r0:r1] = a.transpose(2, 0, 1)
+    return out
+
+
 def _direct_depthwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype
 ) -> np.ndarray:
+    if _channels_last_pays(spec):
+        return _depthwise_channels_last(x, weight, spec, work)
     g, cout_g = spec.groups, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
-    ph = _Phases(spec)
+    ph = _phases(spec)
     wt = weight.reshape(g, cout_g, 1, len(ph.taps))
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
     per_row = spec.c_in * len(ph.phases) * ph.wq * work.itemsize
@@ -1137,12 +1252,27 @@ def estimate_seconds(spec: ConvSpec, algo: str) -> float:
     raise ValueError(algo)
 
 
-def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
-    """The cheapest applicable algorithm by :func:`estimate_seconds`, and the factors.
+def _tuning() -> tuple:
+    """The module values the cost model reads (tests and A/B runs patch them)."""
+    return (
+        _threads(),
+        GEMM_FLOPS,
+        TOEPLITZ_FLOPS,
+        SEPARABLE_PASSES,
+        TAP_ELEMS,
+        COPY_BYTES,
+        GATHER_ELEMS,
+        FFT_ELEMS,
+        FFT_MAC_FLOPS,
+        FFT_KERNEL_BYTES,
+    )
 
-    The rank-1 check (an SVD per kernel) runs only when ``separable`` would win, so that
-    a 256x128 1x1 layer does not pay for 32768 tiny SVDs.
-    """
+
+@functools.lru_cache(maxsize=1024)
+def _cheapest(spec: ConvSpec, tuning: tuple) -> tuple[str, bool]:
+    """(cheapest algorithm but separable, whether separable would beat it) for ``spec``:
+    what :func:`choose_algo` decides before it looks at the weights. Cached per spec and
+    tuning: the estimates took about a third of a small layer's call."""
     costs = {}
     for algo in ("gemm", "direct", "fft"):
         if algo == "direct" and spec.cin_g > 1:
@@ -1152,8 +1282,20 @@ def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
         if algo_reason(spec, algo) is None:
             costs[algo] = estimate_seconds(spec, algo)
     best = min(costs, key=costs.__getitem__)
-    separable = estimate_seconds(spec, "separable") + svd_seconds(spec)
-    if spec.kh * spec.kw > 1 and separable < costs[best]:
+    separable = spec.kh * spec.kw > 1 and (
+        estimate_seconds(spec, "separable") + svd_seconds(spec) < costs[best]
+    )
+    return best, separable
+
+
+def choose_algo(spec: ConvSpec, weight: np.ndarray) -> tuple[str, object]:
+    """The cheapest applicable algorithm by :func:`estimate_seconds`, and the factors.
+
+    The rank-1 check (an SVD per kernel) runs only when ``separable`` would win, so that
+    a 256x128 1x1 layer does not pay for 32768 tiny SVDs.
+    """
+    best, separable = _cheapest(spec, _tuning())
+    if separable:
         factors = separable_factors(weight)
         if factors is not None:
             return "separable", factors

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from convcli.errors import ConvValueError
-from convcli.plan import separable_factors
+from convcli.plan import is_frozen, separable_factors
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
@@ -571,24 +571,44 @@ _PACKED: list[tuple] = []
 _PACKED_SIZE = 8
 
 
+def _same(kept: np.ndarray | None, given: np.ndarray | None) -> bool:
+    """Whether ``given`` holds what ``kept`` (see :func:`_kept`) held when it was kept.
+
+    A frozen array (``Conv2d``'s weights, see :func:`convcli.plan.frozen_copy`) is its
+    own record and needs no comparison while it stays frozen; any other array is
+    compared in full with the copy: an in-place change of a weight array must never
+    give stale results.
+    """
+    if kept is None or given is None:
+        return kept is given
+    if kept is given:
+        return is_frozen(given)
+    if kept.shape != given.shape or kept.dtype != given.dtype:
+        return False
+    if kept.nbytes <= 1 << 16:
+        return kept.tobytes() == given.tobytes()  # one memcmp: 2 us, not array_equal's 7
+    return bool(np.array_equal(kept, given))
+
+
+def _kept(a: np.ndarray | None) -> np.ndarray | None:
+    """What :func:`_same` compares with later: a frozen array itself, else a copy."""
+    if a is None or is_frozen(a):
+        return a
+    return a.copy()
+
+
 def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int, pack=_pack_dense):
     """Device buffers of ``pack(weight, bias, spec, cob)``, cached while weights are equal."""
     key = (id(backend.ctx), pack.__name__, weight.shape, spec.groups, cob)
     for i, entry in enumerate(_PACKED):
         k, w_copy, b_copy, wbuf, bbuf = entry
-        if (
-            k == key
-            and np.array_equal(w_copy, weight)
-            and (b_copy is None) == (bias is None)
-            and (bias is None or np.array_equal(b_copy, bias))
-        ):
+        if k == key and _same(w_copy, weight) and _same(b_copy, bias):
             # by index: list.remove would compare the entries' arrays with ==
             _PACKED.insert(0, _PACKED.pop(i))
             return wbuf, bbuf
     wp, bp = pack(weight, bias, spec, cob)
     wbuf, bbuf = _const(cl, backend, wp), _const(cl, backend, bp)
-    b_copy = None if bias is None else bias.copy()
-    _PACKED.insert(0, (key, weight.copy(), b_copy, wbuf, bbuf))
+    _PACKED.insert(0, (key, _kept(weight), _kept(bias), wbuf, bbuf))
     del _PACKED[_PACKED_SIZE:]
     return wbuf, bbuf
 

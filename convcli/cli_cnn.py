@@ -1,0 +1,137 @@
+"""``convcli bench --suite cnn``: runs :func:`convcli.bench_cnn.run_cnn_suite` and renders
+its result (network totals, issue 15's targets, the layers that lose most against torch).
+
+Part of the CLI layer: the only place besides :mod:`convcli.cli` that imports rich.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+
+def bench_cnn(
+    backends: Sequence[str],
+    peers: Sequence[str],
+    repeat: int,
+    json_file: str | None,
+    csv_file: str | None,
+    progress: Callable[..., None],
+    console: Any,
+    write: Callable[[str, str], None],
+) -> int:
+    """Run the suite with the bench command's options; returns the exit code.
+
+    ``write(path, text)`` publishes a ``--json``/``--csv`` file under the side-file rules
+    the bench command checked before the run."""
+    from convcli import bench_cnn as cnn
+
+    systems = [f"convcli-{b}" for b in backends]
+    if "torch" in peers:
+        systems.insert(0, "torch")
+    result = cnn.run_cnn_suite(systems=systems, repeat=repeat, progress=progress)
+    for target, render in ((json_file, result.to_json), (csv_file, result.to_csv)):
+        if target == "-":
+            click.echo(render())
+        elif target:
+            write(target, render())
+    if "-" not in (json_file, csv_file):
+        _print_result(result, console)
+    return 0 if all(r.ok for r in result.rows) else 1
+
+
+def _ms(v: float) -> str:
+    return "-" if v != v else f"{v:.2f}"
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _print_result(result: Any, console: Any) -> None:
+    """Tables on ``console`` (a rich Console on stdout)."""
+    from rich.table import Table
+
+    systems = list(result.workers)
+    totals = Table(
+        title="convcli bench --suite cnn: conv-layer totals per network (ms, sum of per-layer "
+        "medians; ratio = torch's time / ours)",
+        title_justify="left",
+    )
+    totals.add_column("network")
+    totals.add_column("N", justify="right")
+    totals.add_column("layers", justify="right")
+    for s in systems:
+        totals.add_column(s, justify="right")
+        if s != "torch":
+            totals.add_column("ratio", justify="right")
+    by = {(t.network, t.batch, t.system): t for t in result.totals}
+    for net, batch in dict.fromkeys((t.network, t.batch) for t in result.totals):
+        cells = [net, str(batch)]
+        first = by[(net, batch, systems[0])]
+        cells.append(str(first.count))
+        for s in systems:
+            t = by[(net, batch, s)]
+            cells.append(_ms(t.median_ms) + ("" if t.ok else " FAILED"))
+            if s != "torch":
+                cells.append(_ratio(t.ratio))
+        totals.add_row(*cells)
+    notes = [f"layers: {result.source}", "workers: " + ", ".join(
+        f"{s} pid {p}" for s, p in result.workers.items())]  # fmt: skip
+    notes += [f"{s} skipped: {why}" for s, why in result.skipped.items()]
+    totals.caption = "; ".join(notes)
+    totals.caption_justify = "left"
+    console.print(totals)
+
+    checks = result.target_checks()
+    if checks:
+        table = Table(
+            title="issue 15 targets (network totals; ratio = torch's time / ours)",
+            title_justify="left",
+        )
+        for col in ("network", "N", "system", "target", "ratio", "ratio of mins", "met"):
+            table.add_column(col, justify="right" if col in ("N", "target", "ratio") else "left")
+        for c in checks:
+            table.add_row(
+                c.network,
+                str(c.batch),
+                c.system,
+                f"{c.target:.1f}",
+                f"{c.ratio:.2f}",
+                f"{c.ratio_of_mins:.2f}",
+                "yes" if c.met else "no",
+            )
+        console.print(table)
+
+    if "torch" not in systems:
+        return
+    by_layer = {(r.network, r.batch, r.layer, r.system): r for r in result.rows}
+    for s in systems:
+        if s == "torch":
+            continue
+        table = Table(
+            title=f"{s}: the layers that lose most time against torch, per network "
+            "(x count = occurrences)",
+            title_justify="left",
+        )
+        cols = ("network", "N", "layer", "x", "torch ms", "ours ms", "ratio", "lost ms", "note")
+        for col in cols:
+            left = col in ("network", "layer", "note")
+            table.add_column(col, justify="left" if left else "right")
+        for r in result.slowest(s):
+            ref = by_layer[(r.network, r.batch, r.layer, "torch")]
+            lost = (r.median_ms - ref.median_ms) * r.count
+            table.add_row(
+                r.network,
+                str(r.batch),
+                r.description,
+                str(r.count),
+                _ms(ref.median_ms),
+                _ms(r.median_ms),
+                _ratio(r.ratio),
+                _ms(lost),
+                r.note if r.ok else f"FAILED {r.note}",
+            )
+        console.print(table)

@@ -1,0 +1,187 @@
+"""The cnn suite: layer data, worker processes, rows, totals, ratios, exactness, CLI.
+
+A made-up network of three small layers keeps it fast; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from naive import naive_conv2d
+
+from convcli import bench_cnn
+from convcli.bench import TOLERANCE
+from convcli.bench_cnn import CnnLayer
+from convcli.cli import cli
+from convcli.spec import make_spec
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+TINY = [
+    CnnLayer(4, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1, 9, 9, True, "conv1"),
+    CnnLayer(8, 8, 3, 3, (2, 2), (1, 1), (1, 1), 8, 9, 9, False, "dw"),
+    CnnLayer(8, 8, 3, 3, (2, 2), (1, 1), (1, 1), 8, 9, 9, False, "dw again"),
+]
+
+
+def _systems() -> tuple[str, ...]:
+    return bench_cnn.SYSTEMS if HAS_TORCH else bench_cnn.SYSTEMS[1:]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> bench_cnn.CnnResult:
+    messages: list[str] = []
+    result = bench_cnn.run_cnn_suite(
+        {"tiny": TINY},
+        batches=(1, 2),
+        systems=_systems(),
+        repeat=3,
+        rounds=2,
+        settle=0.0,
+        progress=messages.append,
+    )
+    assert messages
+    return result
+
+
+def test_layer_file_holds_the_networks():
+    nets, source = bench_cnn.load_networks()
+    assert "torchvision" in source
+    counts = {name: len(layers) for name, layers in nets.items()}
+    # conv layers of torchvision's definitions (Conv2d modules, counted by hand from the
+    # architectures: resnet18 = stem + 16 block convs + 3 downsample 1x1s)
+    assert counts["resnet18"] == 20 and counts["resnet50"] == 53
+    assert counts["mobilenet_v3_small"] == 52 and counts["efficientnet_b0"] == 81
+    assert counts["convnext_tiny"] == 22 and counts["regnet_y_400mf"] == 85
+    assert counts["shufflenet_v2_x1_0"] == 56
+    stem = nets["resnet18"][0]
+    assert (stem.c_in, stem.c_out, stem.kh, stem.stride, stem.padding) == (3, 64, 7, (2, 2), (3, 3))
+    assert (stem.h, stem.w, stem.bias) == (224, 224, False)
+    # convnext: a 4x4 stride-4 stem, then 7x7 depthwise layers on 56^2 .. 7^2
+    dw = [layer for layer in nets["convnext_tiny"] if layer.kh == 7]
+    assert {(d.c_in, d.h) for d in dw} == {(96, 56), (192, 28), (384, 14), (768, 7)}
+    assert all(d.groups == d.c_in == d.c_out and d.padding == (3, 3) for d in dw)
+    for layers in nets.values():
+        for layer in layers:  # every layer is a valid convolution of its input
+            x = np.empty((1, layer.c_in, layer.h, layer.w), np.float32)
+            make_spec(x, np.empty(layer.w_shape(), np.float32), None, **layer.options())
+
+
+def test_rows_totals_and_ratios(tiny):
+    systems = [s for s in _systems() if s not in tiny.skipped]
+    assert list(tiny.workers) == systems
+    for batch in (1, 2):
+        for s in systems:
+            mine = [r for r in tiny.rows if (r.batch, r.system) == (batch, s)]
+            # the repeated depthwise layer is timed once and counted twice
+            assert [(r.layer, r.count) for r in mine] == [(0, 1), (1, 2)]
+            assert all(r.ok and 0 < r.min_ms <= r.median_ms for r in mine), mine
+            total = next(t for t in tiny.totals if (t.batch, t.system) == (batch, s))
+            assert total.layer is None and total.count == 3 and total.ok
+            assert total.median_ms == pytest.approx(sum(r.median_ms * r.count for r in mine))
+            assert total.min_ms == pytest.approx(sum(r.min_ms * r.count for r in mine))
+            if "torch" in systems and s != "torch":
+                ref = next(t for t in tiny.totals if (t.batch, t.system) == (batch, "torch"))
+                assert total.ratio == pytest.approx(ref.median_ms / total.median_ms)
+                layer_ref = next(
+                    r for r in tiny.rows if (r.batch, r.system, r.layer) == (batch, "torch", 1)
+                )
+                assert mine[1].ratio == pytest.approx(layer_ref.median_ms / mine[1].median_ms)
+            else:
+                assert total.ratio is None
+    checks = tiny.target_checks()
+    if "torch" in systems:
+        assert {(c.system, c.target) for c in checks} >= {("convcli-numpy", 0.5)}
+        for c in checks:
+            t = next(t for t in tiny.totals if (t.batch, t.system) == (c.batch, c.system))
+            assert c.ratio == pytest.approx(t.ratio) and c.met == (c.ratio >= c.target)
+
+
+def test_every_system_ran_in_a_process_of_its_own(tiny):
+    pids = list(tiny.workers.values())
+    assert len(set(pids)) == len(pids) and os.getpid() not in pids
+    for pid in pids:  # and the workers have ended
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_results_are_exact(tiny):
+    """Every system agrees with the reference (torch's result, or NumPy direct)."""
+    for r in tiny.rows:
+        assert r.max_rel_err is not None and r.max_rel_err <= TOLERANCE, r
+    # the workers' inputs: the same seeded arrays, whose convolution the naive loops give
+    layer = TINY[1]
+    x, w, b = layer.arrays(2)
+    assert b is None and x.shape == (2, 8, 9, 9) and w.shape == (8, 1, 3, 3)
+    x2, w2, _ = layer.arrays(2)
+    assert np.array_equal(x, x2) and np.array_equal(w, w2)
+    ref = naive_conv2d(x, w, None, (2, 2), (1, 1, 1, 1), (1, 1), 8)
+    got = bench_cnn._reference(layer, 2)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * np.max(np.abs(ref))
+    if HAS_TORCH:
+        import torch
+
+        y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, 2, 1, 1, 8)
+        assert np.max(np.abs(y.numpy() - ref)) <= 1e-5 * np.max(np.abs(ref))
+
+
+def test_json_and_csv(tiny):
+    data = json.loads(tiny.to_json())
+    assert {"totals", "layers", "targets", "workers", "source"} <= set(data)
+    assert len(data["layers"]) == len(tiny.rows) and data["totals"][0]["layer"] is None
+    parsed = list(csv.DictReader(io.StringIO(tiny.to_csv())))
+    assert len(parsed) == len(tiny.totals) + len(tiny.rows)
+    assert parsed[0]["layer"] == "" and float(parsed[0]["median_ms"]) == pytest.approx(
+        tiny.totals[0].median_ms
+    )
+
+
+def test_slowest_layers_are_worst_first(tiny):
+    if "torch" not in tiny.workers:
+        pytest.skip("needs torch")
+    by = {(r.batch, r.layer, r.system): r for r in tiny.rows}
+    worst = tiny.slowest("convcli-numpy", per_network=2)
+    assert len(worst) == 4  # 2 per (network, batch)
+
+    def lost(r):
+        return (r.median_ms - by[(r.batch, r.layer, "torch")].median_ms) * r.count
+
+    for batch in (1, 2):
+        mine = [r for r in worst if r.batch == batch]
+        assert lost(mine[0]) >= lost(mine[1])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="repeat"):
+        bench_cnn.run_cnn_suite({"tiny": TINY}, repeat=0)
+    with pytest.raises(ValueError, match="unknown network"):
+        bench_cnn.run_cnn_suite(["lenet"])
+    with pytest.raises(ValueError, match="systems"):
+        bench_cnn.run_cnn_suite({"tiny": TINY}, systems=("tensorflow",))
+
+
+def test_cli_renders_the_suite(monkeypatch, tiny):
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        return tiny
+
+    monkeypatch.setattr(bench_cnn, "run_cnn_suite", fake)
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--repeat", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    assert calls[0]["repeat"] == 2
+    assert "conv-layer totals" in res.output and "tiny" in res.output
+    if "torch" in tiny.workers:
+        assert "issue 15 targets" in res.output and "lose most time" in res.output
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--json", "-", "-q"])
+    assert res.exit_code == 0
+    assert math.isclose(json.loads(res.output)["totals"][0]["median_ms"], tiny.totals[0].median_ms)

@@ -1,0 +1,121 @@
+"""The warm path's caches (validated specs, packed weights, Conv2d's frozen weights) never
+change an answer: a repeated call validates what it must and sees changed weights.
+
+No timing is asserted (the overhead is measured by benchmarks/call_overhead.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, opencl_available
+from naive import naive_conv2d
+
+import convcli
+from convcli import api
+from convcli.errors import ConvTypeError, ConvValueError
+from convcli.plan import frozen_copy, is_frozen
+
+BACKENDS = ["numpy", pytest.param("opencl", marks=pytest.mark.skipif(
+    not opencl_available(), reason="no OpenCL device"))]  # fmt: skip
+
+
+def _ref(x, w, b=None, pad=1):
+    return naive_conv2d(x, w, b, (1, 1), (pad, pad, pad, pad))
+
+
+def test_cached_spec_still_rejects_what_validation_rejects():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    convcli.conv2d(x, w, stride=1, padding=1, backend="numpy")  # now cached
+    # True == 1 and hashes alike, but a bool is not a stride
+    with pytest.raises(ConvTypeError, match="stride"):
+        convcli.conv2d(x, w, stride=True, padding=1, backend="numpy")
+    with pytest.raises(ConvTypeError, match="stride"):
+        convcli.conv2d(x, w, stride=(1, True), padding=1, backend="numpy")
+    with pytest.raises(ConvTypeError, match="weight type"):
+        convcli.conv2d(x, w.astype(np.float64), padding=1, backend="numpy")
+    with pytest.raises(ConvValueError, match="channels"):
+        convcli.conv2d(np.zeros((1, 3, 5, 5), np.float32), w, padding=1, backend="numpy")
+    # lists and numpy integers are validated afresh, with the same outcome
+    y = convcli.conv2d(x, w, stride=[1, 1], padding=np.int64(1), backend="numpy")
+    assert y.shape == (1, 3, 5, 5)
+
+
+def test_cached_spec_matches_a_fresh_one():
+    x = np.zeros((2, 4, 9, 7), np.float32)
+    w = np.zeros((6, 2, 3, 2), np.float32)
+    opts = {"stride": 2, "padding": "valid", "dilation": 1, "groups": 2, "padding_mode": "zeros"}
+    first = api._cached_spec(x, w, None, opts)
+    again = api._cached_spec(x, w, None, opts)
+    assert again is first  # from the cache
+    assert first == convcli.spec.make_spec(x, w, None, **opts)
+    # another shape or dtype is another entry
+    other = api._cached_spec(x[:1], w, None, opts)
+    assert other.n == 1 and other is not first
+    assert api._cached_spec(x, w, np.zeros(6, np.float32), opts).has_bias
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("c", [8, 96])  # weights under and over the memcmp size
+def test_in_place_weight_change_is_seen(backend, c):
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((1, c, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    y0 = convcli.conv2d(x, w, b, padding=1, backend=backend)
+    assert_close(y0, _ref(x, w, b), "float32")
+    w[0, 0, 1, 1] += 1.0  # one value, in place
+    b[-1] -= 2.0
+    y1 = convcli.conv2d(x, w, b, padding=1, backend=backend)
+    assert_close(y1, _ref(x, w, b), "float32")
+    assert not np.allclose(y0, y1)
+
+
+def test_frozen_copies():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    f = frozen_copy(a)
+    assert is_frozen(f) and not is_frozen(a) and np.array_equal(f, a)
+    a[0, 0] = 7  # the copy is its own memory
+    assert f[0, 0] == 0
+    with pytest.raises(ValueError, match="read-only"):
+        f[0, 0] = 1
+    assert not is_frozen(f[:1])  # a view is not the frozen array
+    f.flags.writeable = True  # its owner may thaw it: then it is compared as usual
+    assert not is_frozen(f)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_layer_weights_are_frozen_and_assignment_is_seen(backend):
+    layer = convcli.Conv2d(16, 16, 3, padding=1, seed=3)
+    x = np.random.default_rng(0).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    assert is_frozen(layer.weight) and is_frozen(layer.bias)
+    with pytest.raises(ValueError, match="read-only"):
+        layer.weight[0, 0, 0, 0] = 1.0
+    y0 = layer(x, backend=backend)
+    assert_close(y0, _ref(x, layer.weight, layer.bias), "float32")
+    new = layer.weight * 2
+    layer.weight = new
+    new[...] = 0  # the layer keeps a copy
+    y1 = layer(x, backend=backend)
+    assert_close(y1, _ref(x, layer.weight, layer.bias), "float32")
+    assert np.abs(layer.weight).max() > 0
+    layer.bias = None
+    y2 = layer(x, backend=backend)
+    assert_close(y2, _ref(x, layer.weight), "float32")
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_conv2d_layer_keeps_its_packed_weights():
+    """The packed-weight cache holds the layer's frozen weight itself (no copy to compare
+    with); a thawed and changed weight is packed again."""
+    from convcli.backends import opencl_fast
+
+    layer = convcli.Conv2d(32, 32, 3, padding=1, seed=4)
+    x = np.random.default_rng(1).standard_normal((1, 32, 8, 8)).astype(np.float32)
+    layer(x, backend="opencl")
+    assert any(entry[1] is layer.weight for entry in opencl_fast._PACKED)
+    w = layer.weight
+    w.flags.writeable = True
+    w[...] *= -1
+    assert_close(layer(x, backend="opencl"), _ref(x, w, layer.bias), "float32")
