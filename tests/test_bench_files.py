@@ -222,3 +222,34 @@ def test_sizes_and_arguments():
         bf.run_files_suite(bf.TINY, compare=("gimp",))
     with pytest.raises(ValueError, match="backends"):
         bf.run_files_suite(bf.TINY, backends=("cuda",))
+
+
+def test_cli_renders_the_library_rows(monkeypatch):
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    rows = [_row("F4", "png", "convcli", 0.2), _row("F4", "png", "imagemagick", 0.25)]
+    rows[0].ratio = 1.25
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        return rows
+
+    monkeypatch.setattr(bf, "run_files_suite", fake)
+    result = CliRunner().invoke(cli, ["bench", "--suite", "files", "-q", "--tiled-mp", "1000"])
+    assert result.exit_code == 0, result.output
+    assert "issue 12 targets" in result.output and "ImageMagick convert" in result.output
+    assert "1.25" in result.output
+    assert seen["backends"] == ("auto",) and seen["repeat"] == 3
+    assert seen["compare"] == ("opencv", "vips", "imagemagick")
+    assert abs(seen["sizes"].tiled[0] ** 2 / 1e9 - 1) < 0.01
+    result = CliRunner().invoke(cli, ["bench", "--suite", "files", "--json", "-"])
+    assert json.loads(result.output)[0]["system"] == "convcli"
+    rows[0].ok = False  # a wrong convcli result fails the run; a failing peer does not
+    assert CliRunner().invoke(cli, ["bench", "--suite", "files", "-q"]).exit_code == 1
+    rows[0].ok, rows[1].ok = True, False
+    assert CliRunner().invoke(cli, ["bench", "--suite", "files", "-q"]).exit_code == 0
+    bad = CliRunner().invoke(cli, ["bench", "--suite", "files", "--compare", "torch"])
+    assert bad.exit_code == 2 and "--compare" in bad.output
