@@ -5,7 +5,7 @@ measurement in a process of its own:
 
 * wall time of the operation (minimum and median of up to ``--repeat`` runs, at most
   ``--budget`` seconds per measurement), imports and input preparation excluded;
-* peak RSS of the process after the single-threaded runs (``getrusage(RUSAGE_SELF)``), and
+* peak RSS of the process during the single-threaded runs (VmHWM, reset after setup), and
   the RSS before the first run (imports and, for encoders, the input array), so that
   ``peak - base`` is what the operation itself held at its peak;
 * whether the GIL is released: the same operation on two threads at once (2-thread
@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -122,6 +121,11 @@ def make_images(work: Path, only: set[str]) -> None:
 
 
 # --------------------------------------------------------------------------- operations
+# Encoders write what convcli writes: JPEG quality 95 without chroma subsampling, PNG
+# zlib level 2 with the Up filter where the library lets us choose, TIFF Deflate level 1
+# with the horizontal predictor.
+PNG_LEVEL = 2
+
 # Each factory takes (input path, work folder) and returns a no-argument callable doing
 # the operation once; encoders get their input array decoded beforehand (by tifffile or
 # Pillow), so it counts in the base RSS, not in the operation.
@@ -134,6 +138,7 @@ def _load_array(path: Path) -> np.ndarray:
         return tifffile.imread(path)
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -235,8 +240,8 @@ def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
             raise RuntimeError("Pillow cannot write 16-bit RGB")
         im = Image.fromarray(a)
         kw = {
-            "jpeg": {"quality": 95},
-            "png": {"compress_level": 6},
+            "jpeg": {"quality": 95, "subsampling": 0},
+            "png": {"compress_level": PNG_LEVEL},  # adaptive filters: no other choice
             "tiff": {"compression": "tiff_adobe_deflate"},
         }
         if tiled:
@@ -251,12 +256,12 @@ def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
             if a.dtype == np.uint16:
                 im = im.copy(interpretation="rgb16")
             if fmt == "jpeg":
-                im.jpegsave(str(dst), Q=95)
+                im.jpegsave(str(dst), Q=95, subsample_mode="off")
             elif fmt == "png":
-                im.pngsave(str(dst), compression=6)
+                im.pngsave(str(dst), compression=PNG_LEVEL, filter="up")
             else:
                 im.tiffsave(
-                    str(dst), compression="deflate", predictor="horizontal",
+                    str(dst), compression="deflate", predictor="horizontal", level=1,
                     tile=tiled, tile_width=256, tile_height=256,
                 )  # fmt: skip
 
@@ -268,8 +273,13 @@ def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
         if tiled:
             raise RuntimeError("cv2.imwrite writes no tiled TIFF")
         params = {
-            "jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
-            "png": [cv2.IMWRITE_PNG_COMPRESSION, 6],
+            "jpeg": [
+                cv2.IMWRITE_JPEG_QUALITY,
+                95,
+                cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+            ],
+            "png": [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL],
             "tiff": [cv2.IMWRITE_TIFF_COMPRESSION, 8],  # 8 = deflate
         }[fmt]
         return lambda: cv2.imwrite(str(dst), bgr, params)
@@ -277,9 +287,10 @@ def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
         import imagecodecs
 
         if fmt == "jpeg":
-            return lambda: dst.write_bytes(imagecodecs.jpeg8_encode(a, level=95))
-        if fmt == "png":
-            return lambda: dst.write_bytes(imagecodecs.png_encode(a, level=6))
+            return lambda: dst.write_bytes(imagecodecs.jpeg8_encode(a, level=95, subsampling="444"))
+        if fmt == "png":  # what convcli writes PNG with
+            up = imagecodecs.PNG.FILTER.UP
+            return lambda: dst.write_bytes(imagecodecs.png_encode(a, level=PNG_LEVEL, filter=up))
         raise RuntimeError("TIFF goes through tifffile")
     if lib == "simplejpeg":
         import simplejpeg
@@ -288,18 +299,21 @@ def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
             raise RuntimeError("JPEG only")
         return lambda: dst.write_bytes(simplejpeg.encode_jpeg(a, quality=95, colorspace="RGB"))
     if lib == "turbojpeg":
-        from turbojpeg import TJPF_RGB, TurboJPEG
+        from turbojpeg import TJPF_RGB, TJSAMP_444, TurboJPEG
 
         if fmt != "jpeg":
             raise RuntimeError("JPEG only")
         tj = TurboJPEG()
-        return lambda: dst.write_bytes(tj.encode(a, quality=95, pixel_format=TJPF_RGB))
+        return lambda: dst.write_bytes(
+            tj.encode(a, quality=95, pixel_format=TJPF_RGB, jpeg_subsample=TJSAMP_444)
+        )
     if lib in ("tifffile", "tifffile-mt"):
         import tifffile
 
         if not fmt.startswith(("tif", "tiled")):
             raise RuntimeError("TIFF only")
         kw: dict[str, Any] = {"photometric": "rgb", "compression": "zlib", "predictor": True}
+        kw["compressionargs"] = {"level": 1}  # convcli's TIFF writer
         kw["maxworkers"] = None if lib == "tifffile-mt" else 1
         if tiled:
             kw["tile"] = (256, 256)
@@ -338,7 +352,13 @@ KIND = {
 
 # ------------------------------------------------------------------------ child process
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process since it started (VmHWM). Not ``ru_maxrss``: that
+    carries over the high-water mark of the process this one was forked from (the
+    parent made the test images and held 2 GB; every child read 2172 MB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _current_rss_mb() -> float:
@@ -396,6 +416,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         run = STREAMING[lib](path, work)
     base = _current_rss_mb()
+    # forget the setup's peak (decoding an encoder's input): the kernel resets VmHWM to
+    # the current RSS when "5" is written to clear_refs (Linux 4.0+)
+    Path("/proc/self/clear_refs").write_text("5")
     times: list[float] = []
     deadline = time.perf_counter() + spec["budget"]
     result = None
@@ -474,16 +497,19 @@ def _png_stream_source(shape: tuple[int, int, int], dtype: np.dtype, strips: Any
         yield chunk(b"IDAT", z.flush()) + chunk(b"IEND", b"")
 
     parts = stream()
-    pending = bytearray()
+    buf, pos = b"", 0
 
     def read(size: int) -> bytes:
-        nonlocal pending
-        while len(pending) < size:
+        # a short read is fine: libvips asks again (slicing a whole pending strip per
+        # call made this quadratic: 70 s for 192 MP)
+        nonlocal buf, pos
+        while pos >= len(buf):
             part = next(parts, None)
             if part is None:
-                break
-            pending += part
-        out, pending = bytes(pending[:size]), pending[size:]
+                return b""
+            buf, pos = part, 0
+        out = buf[pos : pos + size]
+        pos += len(out)
         return out
 
     source = pyvips.SourceCustom()
