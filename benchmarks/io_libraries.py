@@ -12,7 +12,9 @@ measurement in a process of its own:
   speedup over running them one after the other, 2.0 = fully parallel on 2 cores), and
   the progress of a pure-Python loop on the main thread while the operation runs on
   another (``py%``: iterations per second relative to an idle loop; near 100 % = the
-  GIL is free, near 0 = held). Both read low when other processes hold the CPUs.
+  GIL is free, near 0 = held). Both read low when other processes hold the CPUs; so
+  also the longest wait of a thread for the GIL during one run (``GIL wait``: about the
+  run's time if the library holds the GIL throughout, a few ms if it releases it).
 
 Then streaming probes (``--streaming``): strip-wise reads and writes that never hold
 the whole image, with their peak RSS:
@@ -403,7 +405,35 @@ def _gil_probes(run: Callable[[], Any], one_s: float) -> dict[str, float]:
     worker.start()
     busy_rate = _busy_loop(done)
     worker.join()
-    return {"speedup_2t": speedup, "py_progress": busy_rate / idle_rate}
+    return {
+        "speedup_2t": speedup,
+        "py_progress": busy_rate / idle_rate,
+        "gil_wait_s": _gil_wait(run),
+    }
+
+
+def _gil_wait(run: Callable[[], Any]) -> float:
+    """The longest a Python thread waited for the GIL while ``run`` worked on the main
+    thread: a thread sleeping 1 ms at a time measures how late it wakes. Near the whole
+    operation's time: the GIL was held throughout; a few ms: released. Unlike the
+    speedups, this does not need idle CPUs."""
+    done = threading.Event()
+    worst = 0.0
+
+    def ticker() -> None:
+        nonlocal worst
+        while not done.is_set():
+            t0 = time.perf_counter()
+            time.sleep(0.001)
+            worst = max(worst, time.perf_counter() - t0 - 0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    time.sleep(0.01)
+    run()
+    done.set()
+    t.join()
+    return worst
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -690,12 +720,13 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 continue
             lines += [f"#### {op}: {IMAGES[image][1]}", ""]
             lines += [
-                "| library | min | median | peak RSS | peak - base | 2 threads | py% | note |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+                "| library | min | median | peak RSS | peak - base | 2 threads | py% | GIL wait "
+                "| note |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
             ]
             for r in sorted(sel, key=lambda r: r.get("min_s", 1e9)):
                 if "error" in r:
-                    lines.append(f"| {r['lib']} | - | - | - | - | - | - | {r['error']} |")
+                    lines.append(f"| {r['lib']} | - | - | - | - | - | - | - | {r['error']} |")
                     continue
                 note = r.get("result", "")
                 if "out_bytes" in r:
@@ -704,7 +735,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     f"| {r['lib']} | {_fmt_s(r['min_s'])} | {_fmt_s(r['median_s'])} "
                     f"| {r['peak_mb']:.0f} MB | {r['peak_mb'] - r['base_mb']:.0f} MB "
                     f"| {r.get('speedup_2t', float('nan')):.2f}x "
-                    f"| {100 * r.get('py_progress', float('nan')):.0f} % | {note} |"
+                    f"| {100 * r.get('py_progress', float('nan')):.0f} % "
+                    f"| {_fmt_s(r.get('gil_wait_s'))} | {note} |"
                 )
             lines.append("")
     sel = [r for r in rows if r["op"] == "stream"]
