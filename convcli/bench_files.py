@@ -321,7 +321,13 @@ if kind == "box":
     out = cv2.blur(im, (int(p), int(p)), borderType=cv2.BORDER_REPLICATE)
 else:
     out = cv2.GaussianBlur(im, (0, 0), p, borderType=cv2.BORDER_REPLICATE)
-params = [cv2.IMWRITE_JPEG_QUALITY, 95] if dst.endswith(".jpg") else []
+params = []
+if dst.endswith(".jpg"):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+elif dst.endswith(".tif"):  # what convcli writes: Deflate level 1, horizontal predictor
+    params = [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE,
+              cv2.IMWRITE_TIFF_COMPRESSION_LEVEL, 1,
+              cv2.IMWRITE_TIFF_PREDICTOR, cv2.IMWRITE_TIFF_PREDICTOR_HORIZONTAL]
 if not cv2.imwrite(dst, out, params):
     sys.exit("cv2.imwrite failed")
 """
@@ -448,11 +454,14 @@ def _systems(
             systems.append(_System("opencv", argv, dst, note=note))
         elif peer == "vips":
             vips, has_pyvips = shutil.which("vips"), _has_module("pyvips")
-            opts = {".jpg": "[Q=95]", ".tif": "[compression=deflate]"}.get(ext, "")
+            # TIFF as convcli writes it (Deflate level 1, horizontal predictor): libvips
+            # 8.14's tiffsave ignores the level for Deflate, so TIFF goes through pyvips
+            # where it is installed
+            opts = {".jpg": "[Q=95]", ".tif": "[compression=deflate,level=1]"}.get(ext, "")
             if wl.kind == "tiled":
-                opts = "[tile,compression=deflate]"
+                opts = "[tile,compression=deflate,level=1]"
             dst = out / f"vips{ext}"
-            if vips and wl.kind in ("photo", "tiff16", "png"):
+            if vips and (wl.kind in ("photo", "png") or (wl.kind == "tiff16" and not has_pyvips)):
                 argv = [vips, "gaussblur", str(src), str(dst) + opts, param]
                 note = f"vips gaussblur {param}"
             elif has_pyvips and wl.kind == "folder":

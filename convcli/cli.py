@@ -1081,6 +1081,9 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     type=click.Path(file_okay=False),
     help="files suite: keep inputs and outputs here instead of a temporary folder.",
 )
+@click.option(
+    "--only", metavar="IDS", help="files suite: workloads to run, e.g. F3,F4 (default: all)."
+)
 @click.option("--json", "json_file", metavar="FILE", help="Write rows as JSON ('-': stdout).")
 @click.option("--csv", "csv_file", metavar="FILE", help="Write rows as CSV ('-': stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
@@ -1091,6 +1094,7 @@ def bench(
     repeat: int | None,
     tiled_mp: float,
     workdir: str | None,
+    only: str | None,
     json_file: str | None,
     csv_file: str | None,
     quiet: bool,
@@ -1134,6 +1138,7 @@ def bench(
             compare=peers,
             repeat=repeat or 3,
             work_dir=workdir,
+            only=_csv_list(only),
             progress=progress,
         )
     else:
