@@ -232,7 +232,7 @@ def _dec_tifffile_mt(path: Path, out: Path) -> Callable[[], Any]:
 def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
     a = _load_array(src)
     dst = out / f"enc-{lib}-{fmt}-{os.getpid()}{'.jpg' if fmt == 'jpeg' else '.' + fmt[:3]}"
-    if fmt.startswith("tif"):
+    if fmt in ("tiff", "tiled"):
         dst = dst.with_suffix(".tif")
     tiled = fmt == "tiled"
     if lib == "pillow":
@@ -246,8 +246,8 @@ def _encoder(lib: str, fmt: str, src: Path, out: Path) -> Callable[[], Any]:
             "png": {"compress_level": PNG_LEVEL},  # adaptive filters: no other choice
             "tiff": {"compression": "tiff_adobe_deflate"},
         }
-        if tiled:
-            kw["tiled"] = {"compression": "tiff_adobe_deflate", "tile": (256, 256)}
+        if tiled:  # checked: Pillow 13 accepts tile=(256, 256) and writes strips
+            raise RuntimeError("Pillow writes no tiled TIFF")
         opts = kw[fmt]
         return lambda: im.save(dst, **opts)
     if lib == "pyvips":
