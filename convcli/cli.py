@@ -1432,32 +1432,47 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
 @cli.command()
 @click.option(
     "--suite",
-    type=click.Choice(["quick", "standard", "cnn"]),
+    type=click.Choice(["quick", "standard", "cnn", "files"]),
     default="standard",
     show_default=True,
     help="Workloads to time (quick: small, a smoke test; cnn: the conv layers of public "
-    "networks, each system in a process of its own).",
+    "networks, each system in a process of its own; files: whole processes, files in, "
+    "files out).",
 )
 @click.option(
     "--backend",
-    default="opencl,numpy",
-    show_default=True,
+    default=None,
     metavar="LIST",
-    help="convcli backends to time, comma-separated.",
+    help="convcli backends to time, comma-separated. Default: opencl,numpy; files: auto.",
 )
 @click.option(
     "--compare",
-    default="torch,opencv,scipy",
-    show_default=True,
+    default=None,
     metavar="LIST",
-    help="Peers to time when importable; '' for none.",
+    help="Peers to time when installed; '' for none. Default: torch,opencv,scipy; "
+    "files: opencv,vips,imagemagick.",
 )
 @click.option(
     "--repeat",
     type=click.IntRange(min=1),
-    default=5,
+    default=None,
+    help="Timed runs per system, in interleaved rounds (median and min reported). "
+    "Default: 5; files: 3.",
+)
+@click.option(
+    "--tiled-mp",
+    type=click.FloatRange(min=0.1),
+    default=100.0,
     show_default=True,
-    help="Timed runs per system, in up to 7 interleaved rounds (median and min reported).",
+    help="files suite: megapixels of the tiled TIFF (e.g. 1000 for a gigapixel).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="files suite: keep inputs and outputs here instead of a temporary folder.",
+)
+@click.option(
+    "--only", metavar="IDS", help="files suite: workloads to run, e.g. F3,F4 (default: all)."
 )
 @click.option("--json", "json_file", metavar="FILE", help="Write rows as JSON ('-': stdout).")
 @click.option("--csv", "csv_file", metavar="FILE", help="Write rows as CSV ('-': stdout).")
@@ -1465,9 +1480,12 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(
     suite: str,
-    backend: str,
-    compare: str,
-    repeat: int,
+    backend: str | None,
+    compare: str | None,
+    repeat: int | None,
+    tiled_mp: float,
+    workdir: str | None,
+    only: str | None,
     json_file: str | None,
     csv_file: str | None,
     overwrite: bool,
@@ -1477,14 +1495,22 @@ def bench(
 
     GFLOP/s counts 2 x multiply-adds of the direct convolution; ratio is the peer's time
     over ours against the best peer (above 1 = convcli faster). A second table reads off
-    issue 5's targets, each against its own peer (NumPy W1-W4 against SciPy).
+    issue 5's targets, each against its own peer (NumPy W1-W4 against SciPy). The files
+    suite times whole processes (start to file written) with their peak memory, and
+    reads off issue 12's targets.
     """
-    from convcli import bench as cbench
+    if suite == "files":
+        from convcli import bench_files as cbench
+    else:
+        from convcli import bench as cbench  # type: ignore[no-redef]
 
-    backends, peers = _csv_list(backend), _csv_list(compare)
+    files = suite == "files"
+    backends = _csv_list(backend if backend is not None else "auto" if files else "opencl,numpy")
+    default_peers = ",".join(cbench.PEERS)
+    peers = _csv_list(compare if compare is not None else default_peers)
     for names, allowed, option in (
-        (backends, ("opencl", "numpy"), "--backend"),
-        (peers, ("torch", "opencv", "scipy"), "--compare"),
+        (backends, ("auto", "opencl", "numpy") if files else ("opencl", "numpy"), "--backend"),
+        (peers, cbench.PEERS, "--compare"),
     ):
         unknown = [n for n in names if n not in allowed]
         if unknown:
@@ -1507,30 +1533,102 @@ def bench(
         return cli_cnn.bench_cnn(
             backends,
             peers,
-            repeat,
+            repeat or 5,
             json_file,
             csv_file,
             progress,
             out,
             write=lambda target, text: _write_text(target, text, overwrite=overwrite),
         )
-    rows = cbench.run_suite(
-        suite=suite,
-        backends=backends,
-        compare=peers,
-        repeat=repeat,
-        progress=progress,
-    )
+    if files:
+        rows = cbench.run_files_suite(
+            sizes=cbench.Sizes.with_tiled_megapixels(tiled_mp),
+            backends=backends,
+            compare=peers,
+            repeat=repeat or 3,
+            work_dir=workdir,
+            only=_csv_list(only),
+            progress=progress,
+        )
+    else:
+        rows = cbench.run_suite(
+            suite=suite,
+            backends=backends,
+            compare=peers,
+            repeat=repeat or 5,
+            progress=progress,
+        )
     for target, render in ((json_file, cbench.rows_to_json), (csv_file, cbench.rows_to_csv)):
         if target == "-":
             click.echo(render(rows))
         elif target:
             _write_text(target, render(rows), overwrite=overwrite)
     if "-" not in (json_file, csv_file):
-        _bench_table(rows)
-        if suite == "standard":  # the targets are set for the standard sizes
-            _targets_table(cbench.target_checks(rows))
+        if files:
+            _files_table(rows)
+            _files_targets_table(cbench.target_checks(rows))
+        else:
+            _bench_table(rows)
+            if suite == "standard":  # the targets are set for the standard sizes
+                _targets_table(cbench.target_checks(rows))
+    if files:  # a peer that fails is shown, not an error of ours
+        return 0 if all(r.ok for r in rows if r.system.startswith("convcli")) else 1
     return 0 if all(r.ok for r in rows) else 1
+
+
+def _files_table(rows: list[Any]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title="convcli bench --suite files (whole processes, median of runs)",
+        title_justify="left",
+    )
+    for col in ("workload", "system", "s", "min s", "img/s", "peak MiB", "ratio", "max err",
+                "mean err", "note"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("workload", "system", "note") else "right")
+    described: dict[str, str] = {}
+    for r in rows:
+        described.setdefault(r.workload, r.description)
+        timed = r.runs > 0
+        table.add_row(
+            r.workload,
+            r.system,
+            f"{r.median_s:.2f}" if timed else "-",
+            f"{r.min_s:.2f}" if timed else "-",
+            f"{r.images_per_s:.1f}" if timed and r.images > 1 else "-",
+            f"{r.peak_mib:.0f}" if r.peak_mib else "-",
+            f"{r.ratio:.2f}" if r.ratio is not None else "-",
+            f"{r.max_err:.2f}" if r.max_err is not None else "-",
+            f"{r.mean_err:.2f}" if r.mean_err is not None else "-",
+            (r.note or "") if r.ok else f"FAILED {r.note or ''}",
+        )
+    table.caption = (
+        "; ".join(f"{w}: {d}" for w, d in described.items())
+        + ". ratio: the fastest correct peer's time / ours. err: output levels from the "
+        "float64 result (peers: their own filters and encoders, a rough check)."
+    )
+    table.caption_justify = "left"
+    _console(stdout=True).print(table)
+
+
+def _files_targets_table(checks: list[Any]) -> None:
+    if not checks:
+        return
+    from rich.table import Table
+
+    table = Table(title="issue 12 targets", title_justify="left")
+    for col in ("workload", "system", "measure", "target", "value", "met"):
+        table.add_column(col, justify="right" if col in ("target", "value") else "left")
+    for c in checks:
+        table.add_row(
+            c.workload,
+            c.system,
+            c.measure,
+            f"{'<=' if c.at_most else '>='} {c.target:g}",
+            f"{c.value:.2f}",
+            "yes" if c.met else "no",
+        )
+    _console(stdout=True).print(table)
 
 
 def _bench_table(rows: list[Any]) -> None:
