@@ -54,6 +54,9 @@ from convcli.budget import (
     file_need,
     format_bytes,
     memory_budget,
+    opencl_reserve,
+    process_bytes,
+    release_freed_memory,
     smallest_need,
 )
 from convcli.errors import (
@@ -891,6 +894,7 @@ class _Loaded:
     alpha: str  # the mode used for this image (see alpha_rule)
     notes: list[str]
     conv_memory: int | None = None  # what conv2d may allocate under max_memory
+    backend: str | None = None  # "numpy" when only NumPy fits max_memory (auto)
 
 
 def _reason(exc: BaseException) -> str:
@@ -940,16 +944,37 @@ def _out_sample_bytes(out: Output, suffix: str, input_bytes: int) -> int:
     return (out.bit_depth or default_bit_depth(8 * input_bytes, suffix)) // 8
 
 
+_HEADROOM = 8  # an eighth of max_memory is kept free
+_PEAK_MARGIN = 16  # a sixteenth of the estimate...
+_PEAK_SLACK = 8 * 2**20  # ...and 8 MiB on top
+
+
+@dataclass(frozen=True)
+class FileBudget:
+    """What :func:`check_file` allows a file: the bytes conv2d may allocate (None: no
+    max_memory, conv2d checks the machine itself) and the backend to use instead of the
+    engine's (None: the engine's), with a note saying why."""
+
+    conv_memory: int | None = None
+    backend: str | None = None
+    note: str | None = None
+
+
 def check_file(
     task: Task,
     filt: Filter,
     engine: Engine,
     output: Output,
     max_pixels: int | None,
-) -> int | None:
-    """Refuse a file, from its header, before decoding it; returns the memory left for
-    the convolution when ``engine.max_memory`` is set (else None: conv2d checks the
-    machine's free memory itself).
+) -> FileBudget:
+    """Refuse a file, from its header, before decoding it; returns what the convolution
+    may use.
+
+    Under ``engine.max_memory`` the whole process counts: the bytes it holds already
+    (:func:`convcli.budget.process_bytes`: interpreter, modules, a started runtime) and
+    the room an OpenCL runtime not started yet will take
+    (:func:`convcli.budget.opencl_reserve`) come off the limit. With ``backend='auto'``
+    a file that fits only without that runtime runs on NumPy.
 
     The result counts against ``max_pixels`` like an input does, and the whole file's
     peak (:func:`convcli.budget.file_need`: decode, float copy, result and its smallest
@@ -963,16 +988,24 @@ def check_file(
     name = str(task.src)
     shape = cio.probe_image(task.src)
     if shape is None:
-        return None
+        return FileBudget()
     try:
         spec = filt.spec_for((shape.channels, shape.height, shape.width))
     except (ConvcliError, ValueError, TypeError):
-        return None  # e.g. channels the weight does not take: conv2d says so, by name
+        return FileBudget()  # e.g. channels the weight does not take: conv2d says so
+    reserve = own = 0
     try:
         _check_out_pixels(spec, max_pixels, filt.resolved_padding())
         room = memory_budget(engine.max_memory)
         if room is None:
-            return None
+            return FileBudget()
+        if engine.max_memory is not None:
+            # an eighth of the limit is headroom for what no estimate sees (allocator
+            # pages, BLAS and thread buffers): measured peaks ran up to 10 % over
+            own = process_bytes()
+            room -= own + engine.max_memory // _HEADROOM
+            if engine.backend in ("auto", "opencl"):
+                reserve = opencl_reserve(engine.device)
         weight = filt.weight_bytes(shape.channels)
         as_float = shape.channels * shape.height * shape.width * 4
         copies = 2 if output.alpha == "premultiply" and shape.channels in (2, 4) else 1
@@ -986,7 +1019,10 @@ def check_file(
             out_sample_bytes=_out_sample_bytes(output, task.dst.suffix, shape.sample_bytes),
             float_copies=copies,
         )
+        # measured peaks ran up to 6 % over the stages' sum (allocator slack, thread
+        # stacks, encoder buffers): the limit holds only with that margin
         peak = max(stages.values())
+        peak += peak // _PEAK_MARGIN + _PEAK_SLACK
         if peak > room:
             # an argument that makes the convolution absurd is named first
             try:
@@ -1003,8 +1039,20 @@ def check_file(
                     raise
     except LimitError as exc:
         raise exc.with_name(name) from None
-    if peak > room:
+    backend = note = None
+    if reserve and peak + reserve > room and peak <= room and engine.backend == "auto":
+        backend = "numpy"
+        note = (
+            f"NumPy used: the OpenCL runtime (about {format_bytes(reserve)}) does not fit "
+            f"max_memory beside this image"
+        )
+        reserve = 0
+    if peak + reserve > room:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in stages.items())
+        if reserve:
+            parts += f"; the OpenCL runtime about {format_bytes(reserve)} more"
+        if own:
+            parts += f"; convcli itself holds {format_bytes(own)}"
         raise LimitError(
             f"filtering this {shape.width}x{shape.height} image needs about "
             f"{format_bytes(peak)} at its peak ({parts}), more than "
@@ -1013,7 +1061,9 @@ def check_file(
             value=format_bytes(room),
             name=name,
         )
-    return room - held if engine.max_memory is not None else None
+    if engine.max_memory is None:
+        return FileBudget()
+    return FileBudget(room - reserve - held, backend, note)
 
 
 def _read(
@@ -1025,16 +1075,21 @@ def _read(
     output: Output | None = None,
 ) -> _Loaded:
     t0 = time.perf_counter()
-    conv_memory = check_file(task, filt, engine, output or Output(alpha=alpha), max_pixels)
+    allowed = check_file(task, filt, engine, output or Output(alpha=alpha), max_pixels)
     image = cio.read_image(task.src, max_pixels=max_pixels)
     notes = [" ".join(str(n).split()) for n in image.notes]
+    if allowed.note:
+        notes.append(allowed.note)
     if image.has_alpha:
         alpha, note = alpha_rule(filt, image.channels, alpha)
         if note:
             notes.append(note)
     channels, kept = cio.prepare_alpha(image, alpha)
     channels = np.ascontiguousarray(channels, dtype=np.float32)
-    return _Loaded(image, channels, kept, time.perf_counter() - t0, alpha, notes, conv_memory)
+    seconds = time.perf_counter() - t0
+    return _Loaded(
+        image, channels, kept, seconds, alpha, notes, allowed.conv_memory, allowed.backend
+    )
 
 
 def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> list[str]:
@@ -1304,6 +1359,8 @@ def run_tasks(
                 run_engine = engine
                 if loaded.conv_memory is not None:
                     run_engine = replace(engine, max_memory=max(1, loaded.conv_memory))
+                if loaded.backend is not None:
+                    run_engine = replace(run_engine, backend=loaded.backend)
                 caught: list = []
                 try:
                     # the backend's helper threads warn here too (they have no collector)
@@ -1357,7 +1414,12 @@ def run_tasks(
                     _write, task, out, loaded, output, replace=existing == "replace"
                 )
                 writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))
+                # the writer holds the result: it must not live on here through the next
+                # file's read and convolution (max_memory counts one file at a time)
+                del out
                 drain_writes(block_over=0 if sequential else workers)
+                if sequential:
+                    release_freed_memory()
                 fill()
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and

@@ -165,6 +165,57 @@ def memory_budget(max_memory: int | None, need: int | None = None) -> int | None
 
 SMALL_NEED = 64 * 2**20
 
+# What an OpenCL runtime adds to the process once started, measured on PoCL 3.0 (2 CPU
+# cores): its context 107 MiB, the first program build (LLVM) 132 MiB more, with a
+# tenth of margin. A file run under max_memory keeps this room for a runtime that has
+# not started yet; once it has, the process's own size (process_bytes) counts it.
+OPENCL_CONTEXT_BYTES = 118 * 2**20
+OPENCL_BUILD_BYTES = 146 * 2**20
+
+
+def process_bytes() -> int:
+    """Bytes this process holds now (resident set: interpreter, modules, runtimes), or
+    0 where the system does not tell (then only the work is counted)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last file back to the system (glibc keeps freed arrays
+    under 32 MiB in its heap, where they would count as the process's own size for the
+    next file); nothing where the C library has no ``malloc_trim``."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
+def opencl_reserve(device: str | None) -> int:
+    """Bytes an OpenCL runtime for ``device`` will still add when it is used: nothing
+    once it has built a program (the process's size holds it) or when it failed to
+    start (NumPy runs instead), its build once the context exists, else both."""
+    from convcli import backends
+
+    started = backends.started_opencl(device)
+    if started is None:
+        return OPENCL_CONTEXT_BYTES + OPENCL_BUILD_BYTES
+    if started is False:
+        return 0
+    return 0 if started.built_any() else OPENCL_BUILD_BYTES
+
 
 def budget_text(budget: int, max_memory: int | None) -> str:
     """How a message names the budget it compares with (``budget`` may be what is left

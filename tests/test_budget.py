@@ -16,6 +16,7 @@ import pytest
 from conftest import RTOL, opencl_available
 
 from convcli import RunInfo, conv2d
+from convcli import batch as cbatch
 from convcli import io as cio
 from convcli.backends import numpy_backend
 from convcli.batch import Filter
@@ -27,6 +28,7 @@ from convcli.budget import (
     smallest_need,
 )
 from convcli.errors import InputError, LimitError
+from convcli.presets import get_preset
 from convcli.spec import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,19 +126,76 @@ def test_max_memory_refuses_a_file_it_cannot_hold(tmp_path):
     assert rss < MAX_RSS_KB
 
 
-def test_max_memory_that_holds_the_file_tiles_it_with_the_same_result(tmp_path):
+def test_max_memory_that_holds_the_file_tiles_it_with_the_same_result(tmp_path, monkeypatch):
+    """What the file leaves of max_memory bounds conv2d, which then tiles: same values.
+    (The process's own size is pinned to 0 here, so the numbers do not depend on it.)"""
     rng = np.random.default_rng(2)
     src = tmp_path / "a.png"
-    cio.write_image(src, rng.random((3, 240, 200)).astype(np.float32), bit_depth=8)
-    common = ("--preset", "gaussian:sigma=2", "--backend", "numpy", "-q")
-    whole, tiled = tmp_path / "whole.npy", tmp_path / "tiled.npy"
-    assert cli("apply", src, *common, "-o", whole)[0] == 0
-    code, _, stderr, _ = cli(
-        "apply", src, *common, "-o", tiled, "--max-memory", "2M", "--timings", tmp_path / "t.json"
+    cio.write_image(src, rng.random((3, 1200, 1000)).astype(np.float32), bit_depth=8)
+    monkeypatch.setattr(cbatch, "process_bytes", lambda: 0)
+    filt = cbatch.Filter(weight=get_preset("gaussian:sigma=2").kernel.astype(np.float32))
+    results = {}
+    for name, limit in (("whole", None), ("tiled", 64 * 2**20)):
+        task = cbatch.Task(src, tmp_path / f"{name}.npy")
+        res = cbatch.run_tasks(
+            [task], filt, engine=cbatch.Engine(backend="numpy", max_memory=limit)
+        )
+        assert res.ok, res.failed
+        results[name] = (np.load(task.dst), res.info.tiles)
+    assert results["whole"][1] == 1 and results["tiled"][1] > 1
+    np.testing.assert_allclose(results["tiled"][0], results["whole"][0], rtol=0, atol=1e-6)
+
+
+def _photo(path: Path, size: int) -> Path:
+    rng = np.random.default_rng(size)
+    cio.write_image(path, rng.random((3, size, size)).astype(np.float32), bit_depth=8)
+    return path
+
+
+def test_max_memory_bounds_the_whole_process_numpy_and_auto(tmp_path):
+    """--max-memory 200M: the interpreter and modules count too, and an OpenCL runtime
+    (about 264 MiB on PoCL) cannot fit beside the image, so auto runs NumPy and says so;
+    the child's peak stays under the limit."""
+    src = _photo(tmp_path / "p.png", 1500)
+    for backend in ("numpy", "auto"):
+        out = tmp_path / f"{backend}.png"
+        code, _, stderr, rss = cli("apply", src, "--preset", "gaussian:sigma=2", "--backend",
+                                   backend, "--max-memory", "200M", "-q", "-o", out)  # fmt: skip
+        assert code == 0, stderr
+        assert rss <= 200 * 1024, (backend, rss)
+        if backend == "auto":
+            assert stderr.splitlines() == [
+                f"convcli: warning: {src}: NumPy used: the OpenCL runtime (about 264.0 MiB) "
+                "does not fit --max-memory beside this image"
+            ]
+    np.testing.assert_array_equal(
+        cio.read_image(tmp_path / "numpy.png").data, cio.read_image(tmp_path / "auto.png").data
     )
+
+
+def test_max_memory_refuses_opencl_when_its_runtime_cannot_fit(tmp_path):
+    src = _photo(tmp_path / "p.png", 1500)
+    code, _, stderr, rss = cli("apply", src, "--preset", "box", "--backend", "opencl",
+                               "--max-memory", "200M", "-o", tmp_path / "o.png")  # fmt: skip
+    assert code == 1 and not (tmp_path / "o.png").exists()
+    (line,) = stderr.splitlines()
+    assert line.startswith(f"convcli: error: {src}: --max-memory 200M: filtering this 1500x1500")
+    assert "the OpenCL runtime about 264.0 MiB more" in line and "convcli itself holds" in line
+    assert rss < MAX_RSS_KB
+
+
+def test_a_batch_under_max_memory_holds_one_file_at_a_time(tmp_path):
+    """Three files in a row under 160M: the result of one must not live on through the
+    next file's convolution (it did: 547 MB under 512M)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        _photo(folder / f"p{i}.png", 1400 + i)
+    code, _, stderr, rss = cli("batch", folder, tmp_path / "out", "--preset", "sobel",
+                               "--backend", "numpy", "--max-memory", "160M", "-q")  # fmt: skip
     assert code == 0, stderr
-    assert json.loads((tmp_path / "t.json").read_text())["tiles"] > 1
-    np.testing.assert_allclose(np.load(tiled), np.load(whole), rtol=0, atol=1e-6)
+    assert len(list((tmp_path / "out").iterdir())) == 3
+    assert rss <= 160 * 1024
 
 
 # ------------------------------------------------------------------------ library

@@ -24,6 +24,15 @@ _NUMPY = NumpyBackend()
 _OPENCL: dict[str | None, object] = {}
 
 
+def started_opencl(device: str | None = None):
+    """The OpenCL backend already started for ``device``; False when it failed to start;
+    None when it has not been asked for yet (nothing is started here)."""
+    found = _OPENCL.get(device)
+    if found is None and device not in _OPENCL:
+        return None
+    return False if isinstance(found, BaseException) else found
+
+
 def get_backend(name: str, device: str | None = None):
     """The backend called ``name`` ("numpy" or "opencl"); OpenCL ones cached per device.
 

@@ -560,6 +560,11 @@ class OpenCLBackend:
         if info is not None:
             info.timings[key] = info.timings.get(key, 0.0) + seconds
 
+    def built_any(self) -> bool:
+        """Whether this backend has built (or loaded) a program: the runtime's compiler
+        memory is then part of the process."""
+        return bool(self._programs)
+
     def program(
         self,
         name: str,
