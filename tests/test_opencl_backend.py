@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close, opencl_available
+from conftest import assert_close, opencl_available, require_device
 from naive import naive_conv2d
 
 import convcli
@@ -91,6 +91,7 @@ def _problem(
 
 
 def _check(ocl, dtype, **kw):
+    require_device(dtype=dtype)
     x, w, b, spec, ref = _problem(dtype=dtype, **kw)
     info = RunInfo()
     y = ocl.run_direct(x, w, b, spec, info=info)
@@ -268,6 +269,7 @@ def test_direct_negative_padding_crops(ocl, mode, pad):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_api_negative_padding_matches_numpy(dtype):
+    require_device(dtype=dtype)
     x, w, b, _, _ = _problem(hw=(10, 19), dtype=dtype)
     kw = dict(padding=(-1, 2), padding_mode="circular")
     y = convcli.conv2d(x, w, b, backend="opencl", **kw)
@@ -308,6 +310,7 @@ def test_direct_copy_path_as_on_gpus(ocl):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_api_unbatched_same_padding(dtype):
+    require_device(dtype=dtype)
     rng = np.random.default_rng(5)
     x = _rand(rng, (3, 17, 26), dtype)
     w = _rand(rng, (4, 3, 4, 2), dtype)
@@ -523,9 +526,8 @@ def test_generic_kernel_builds_once_for_every_image_size(dtype):
     # batch size reuse one build (a fresh backend, so the count is this test's alone)
     from convcli.backends.opencl_backend import OpenCLBackend
 
+    require_device(dtype=dtype)
     be = OpenCLBackend.create(None)
-    if dtype == "float64" and not be.has_fp64:
-        pytest.skip("no fp64 on this device")
     rng = np.random.default_rng(29)
     w = _rand(rng, (4, 2, 3, 5), dtype)
     for i, shape in enumerate([(1, 4, 23, 41), (1, 4, 41, 23), (2, 4, 17, 30)]):

@@ -398,18 +398,17 @@ def _launch(
     fixed_from: int = 0,
     fill_to: int = 0,
 ) -> Any:
-    """Enqueue ``kernel``; from ``fixed_from`` items per row on, the local size is 64.
-    With ``fill_to``, a work-group also takes several rows (dimension 1) until it has
-    about that many items."""
+    """Enqueue ``kernel``; from ``fixed_from`` items per row on, the local size wanted
+    is LOCAL_X. With ``fill_to``, a work-group also takes several rows (dimension 1)
+    until it has about that many items. The backend fits the size to the device and the
+    kernel and rounds the global size up to it (:meth:`OpenCLBackend.enqueue`)."""
     items = global_size[0]
     if fixed_from and items >= fixed_from:
         lx = LOCAL_X
     else:
         lx = min(LOCAL_X, 1 << max(0, items - 1).bit_length())
     ly = max(1, fill_to // lx)
-    local = (lx, ly, 1)
-    gs = (math.ceil(items / lx) * lx, math.ceil(global_size[1] / ly) * ly, global_size[2])
-    return kernel(backend.queue, gs, local, *args)
+    return backend.enqueue(kernel, global_size, (lx, ly, 1), args)
 
 
 def _add_compute(info: RunInfo, events: list) -> None:
@@ -692,9 +691,8 @@ def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunI
     out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
     nvec = spec.n * th * math.ceil(tw / 8)
     items = math.ceil(nvec / xv)
-    gsize = (math.ceil(items / WINO_WHOLE_LOCAL) * WINO_WHOLE_LOCAL, spec.groups, 1)
     args = [xbuf, vrow, vcol, ubuf, bbuf, obuf]
-    ev = kernel(backend.queue, gsize, (WINO_WHOLE_LOCAL, 1, 1), *args)
+    ev = backend.enqueue(kernel, (items, spec.groups, 1), (WINO_WHOLE_LOCAL, 1, 1), args)
     backend.fetch(out, obuf, info)
     _add_compute(info, [ev])
     return out
@@ -976,5 +974,12 @@ def run(
             if algo in ("auto", "direct"):
                 return None  # the generic kernel can run this
             raise exc.__cause__ from None
+        except cl.Error as exc:
+            from convcli.backends.opencl_backend import launch_refused
+
+            if algo in ("auto", "direct") and launch_refused(exc):
+                # refused even with one item per group: the generic kernel may fit
+                return None
+            raise
     info.algo = plan.algo
     return out
