@@ -428,7 +428,7 @@ def test_pointwise_matches_naive(pointwise, ocl, n, cin, cout, groups, hw, float
     out, ref, info = fast(ocl, x, w, b, groups=groups)
     assert info.algo == "gemm"
     assert_close(out, ref, "float32")
-    if (hw[0] * hw[1]) % 8 == 0:
+    if (hw[0] * hw[1]) % 8 == 0 and ocl.is_cpu:  # elsewhere the output is a device copy
         assert out.ctypes.data % 64 == x.ctypes.data % 64
 
 
