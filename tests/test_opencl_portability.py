@@ -187,6 +187,7 @@ class _Refusing:
 
     def __init__(self, ocl, limit: int, code: str = "INVALID_WORK_GROUP_SIZE"):
         self.cl, self.limit, self.code, self.calls = ocl._cl, limit, code, []
+        self.event = SimpleNamespace(wait=lambda: None, profile=SimpleNamespace(start=0, end=0))
 
     def __call__(self, queue, gsize, local, *args):
         self.calls.append((gsize, local))
@@ -195,7 +196,7 @@ class _Refusing:
             raise self.cl.LogicError(
                 self.cl._cl._ErrorRecord("clEnqueueNDRangeKernel", code, "refused")
             )
-        return "event"
+        return self.event
 
     def get_work_group_info(self, what, device):
         return 256
@@ -208,7 +209,7 @@ def test_a_refused_launch_is_retried_smaller_and_remembered(ocl, code):
     # a device that claims more than the driver then runs
     other = _small(ocl, 4096, (4096, 4096, 4096), [])
     kernel = _Refusing(ocl, 8, code)
-    assert other.enqueue(kernel, (100, 3, 1), (64, 1, 1), []) == "event"
+    assert other.enqueue(kernel, (100, 3, 1), (64, 1, 1), []) is kernel.event
     # 64 refused, 32, 16 refused, 8 runs over a global size rounded up to it
     assert [c[1] for c in kernel.calls] == [(64, 1, 1), (32, 1, 1), (16, 1, 1), (8, 1, 1)]
     assert kernel.calls[-1][0] == (104, 3, 1)
@@ -229,10 +230,10 @@ def test_a_fast_path_refused_at_one_item_runs_the_generic_kernel(ocl, monkeypatc
 
     real = ob.OpenCLBackend.enqueue
 
-    def refuse_fast(self, kernel, gsize, local, args):
+    def refuse_fast(self, kernel, gsize, local, args, info=None):
         if kernel.function_name != "conv2d_direct":
-            return real(self, _Refusing(self, 0, "OUT_OF_RESOURCES"), gsize, local, args)
-        return real(self, kernel, gsize, local, args)
+            kernel = _Refusing(self, 0, "OUT_OF_RESOURCES")
+        return real(self, kernel, gsize, local, args, info)
 
     other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     monkeypatch.setattr(ob.OpenCLBackend, "enqueue", refuse_fast)
@@ -323,3 +324,36 @@ def test_devices_check_renders_the_library_result(monkeypatch):
     assert data[0]["local_mem_bytes"] == 65536 and data[0]["max_work_item_sizes"] == [256, 256, 64]
     monkeypatch.setattr(ob, "check_devices", lambda: checks[:1])
     assert CliRunner().invoke(cli, ["devices", "--check"]).exit_code == 0
+
+
+def test_first_launches_of_fast_kernels_count_as_build(ocl, monkeypatch):
+    # the driver's compile at a kernel's first launch (PoCL JIT-compiles then) is build
+    # time: one entry per program build and one per kernel's first launch, none again
+    from convcli.backends import opencl_fast
+    from convcli.spec import make_spec
+
+    monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
+    monkeypatch.setattr(opencl_fast, "WINO_WHOLE", False)
+    monkeypatch.setattr(opencl_fast, "WINO_FUSED", False)
+    other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    added: list = []
+    real = other._add
+
+    def spy(info, key, seconds):
+        added.append((key, seconds))
+        real(info, key, seconds)
+
+    monkeypatch.setattr(other, "_add", spy)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 16, 10, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    spec = make_spec(x, w, None, padding=1)
+    info = RunInfo()
+    y = other.run(x, w, None, spec, info=info)
+    assert_close(y, naive_conv2d(x, w, None, pad=(1, 1, 1, 1)), "float32")
+    builds = [s for k, s in added if k == "build"]
+    assert len(builds) == 6  # input, GEMM and output transforms: 3 builds, 3 first launches
+    assert info.timings["build"] == pytest.approx(sum(builds))
+    added.clear()
+    other.run(x, w, None, spec, info=RunInfo())
+    assert [k for k, _ in added if k == "build"] == []

@@ -729,22 +729,13 @@ class OpenCLBackend:
         """:meth:`enqueue` ``kernel``; kernel seconds (profiling) go to
         ``timings["compute"]``.
 
-        With ``wait`` (the default) the call waits for the kernel; the wall time of a
-        kernel's first launch beyond its run time is PoCL's JIT and is added to
-        ``timings["build"]``.
+        With ``wait`` (the default) the call waits for the kernel.
         """
         with translate_errors("running OpenCL kernel " + kernel.function_name):
-            first = id(kernel) not in self._launched
-            t0 = time.perf_counter()
-            event = self.enqueue(kernel, global_size, local_size, args)
+            event = self.enqueue(kernel, global_size, local_size, args, info)
             if wait:
                 event.wait()
-                wall = time.perf_counter() - t0
-                seconds = self.event_seconds(event)
-                self._add(info, "compute", seconds)
-                if first:
-                    self._launched.add(id(kernel))
-                    self._add(info, "build", max(0.0, wall - seconds))
+                self._add(info, "compute", self.event_seconds(event))
         return event
 
     def local_size(self, kernel: cl.Kernel, wanted: Sequence[int]) -> tuple[int, ...]:
@@ -775,6 +766,7 @@ class OpenCLBackend:
         global_size: Sequence[int],
         wanted_local: Sequence[int] | None,
         args: Sequence[Any],
+        info: RunInfo | None = None,
     ) -> cl.Event:
         """Enqueue ``kernel`` over at least ``global_size`` items in work-groups of at
         most ``wanted_local`` (None: one item per group, the kernels' only assumption
@@ -786,6 +778,10 @@ class OpenCLBackend:
         query did not show) is retried with half the work-group, and the smaller limit
         is kept for the kernel; at one item the error is raised (pyopencl's, for
         :func:`translate_errors`).
+
+        A kernel's first launch waits for it: its wall time beyond its run time is the
+        driver's compile at first launch (PoCL JIT-compiles each kernel and local size
+        then), added to ``timings["build"]`` of ``info`` (or of the current run).
         """
         inject_fault("run")
         wanted = tuple(int(v) for v in (wanted_local or (1,) * len(global_size)))
@@ -793,8 +789,18 @@ class OpenCLBackend:
             local = self.local_size(kernel, wanted)
             pairs = zip(global_size, local, strict=True)
             gsize = tuple(_ceil_div(int(g), lv) * lv for g, lv in pairs)
+            first = id(kernel) not in self._launched
             try:
-                return kernel(self.queue, gsize, local, *args)
+                if first:
+                    self.queue.finish()  # the wait below must not include earlier kernels
+                t0 = time.perf_counter()
+                event = kernel(self.queue, gsize, local, *args)
+                if first:
+                    event.wait()
+                    wall = time.perf_counter() - t0
+                    self._launched.add(id(kernel))
+                    self._add(info, "build", max(0.0, wall - self.event_seconds(event)))
+                return event
             except self._cl.Error as exc:
                 items = math.prod(local)
                 if not launch_refused(exc) or items <= 1:
