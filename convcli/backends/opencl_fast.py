@@ -121,17 +121,20 @@ DENSE_L1_BYTES = 16 * 1024
 DENSE_STRIP: int | None = None
 
 
-def _dense_strip(spec: ConvSpec, cob: int, xb: int) -> tuple[int, int]:
+def _dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool = True) -> tuple[int, int]:
     """(STRIP column groups per item, CI_CHUNK input channels per weight chunk).
 
     A block's weights (C_in/groups x taps x COB float8) stream from L2 once per item;
     when they exceed L1, an item takes a strip of column groups and walks the input
-    channels in chunks whose weights stay in L1 for the whole strip.
+    channels in chunks whose weights stay in L1 for the whole strip. CPUs only (``cpu``):
+    the strip's partial sums (``part[STRIP][COB][XB]``, up to 2 KB per item) are private
+    memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
     """
     per_ci = spec.kh * spec.kw * cob * 32
     chunks = math.ceil(spec.cin_g * per_ci / DENSE_L1_BYTES)
     groups = math.ceil(spec.w_out / xb)
-    strip = DENSE_STRIP if DENSE_STRIP is not None else (1 if chunks <= 1 else min(8, groups))
+    wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
+    strip = DENSE_STRIP if DENSE_STRIP is not None else wanted
     if strip <= 1:
         return 1, spec.cin_g
     return strip, math.ceil(spec.cin_g / chunks)
@@ -197,11 +200,16 @@ def _winograd_pays(spec: ConvSpec) -> bool:
     return spec.cin_g * spec.cout_g >= WINO_MIN_RATIO * (spec.cin_g + spec.cout_g)
 
 
-def _wino_fused(spec: ConvSpec) -> bool:
-    """Whether the GEMMs and the output transform run as one kernel (layer-only too)."""
+def _wino_fused(spec: ConvSpec, cpu: bool = True) -> bool:
+    """Whether the GEMMs and the output transform run as one kernel (layer-only too).
+
+    CPU devices only (``cpu``): the item's 16 x KB x XV float8 GEMM results (about 6 KB)
+    wait in private memory, which stays in a CPU's L1 but spills on GPUs; the split
+    kernels keep a 12-accumulator tile (untested on a GPU: none was lent).
+    """
     if WINO_FUSED is not None:
         return WINO_FUSED
-    return spec.cin_g <= WINO_FUSED_MAX_CIN
+    return cpu and spec.cin_g <= WINO_FUSED_MAX_CIN
 
 
 # The whole layer as one winograd_fused launch (input transform into private memory,
@@ -588,7 +596,7 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
         "XB": xb,
         "NBLK": nblk,
     }
-    strip, chunk = _dense_strip(spec, cob, xb)
+    strip, chunk = _dense_strip(spec, cob, xb, backend.is_cpu)
     defines["STRIP"] = strip
     defines["CI_CHUNK"] = chunk
     kernel = _kernel(backend, "dense_gemm", defines, info)
@@ -712,7 +720,7 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     ho, wo = spec.h_out, spec.w_out
     th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
     rows_total = spec.n * th
-    fused = _wino_fused(spec)
+    fused = _wino_fused(spec, backend.is_cpu)
     # V, and M unless fused, per tile row
     row_bytes = 16 * 4 * tw * (spec.c_in + (0 if fused else spec.groups * kp))
     budget = min(WINO_CHUNK_BYTES, WINO_FUSED_CHUNK_BYTES) if fused else WINO_CHUNK_BYTES
