@@ -509,8 +509,16 @@ def test_supports_reports_missing_fp64(ocl):
 # --------------------------------------------------------------------- program cache
 
 
+def _direct_defines(**changes) -> dict:
+    """Every define conv2d_direct requires (a missing one is a build error)."""
+    defines = dict(REAL="float", COMPLEX=0, KH=3, KW=3, SH=1, SW=1, DH=1, DW=1, MODE=0)
+    defines.update(CB=1, WB=8, HAS_BIAS=0, RB=1)
+    defines.update(changes)
+    return defines
+
+
 def test_program_and_kernel_cached_in_process(ocl):
-    defines = {"KH": 2, "KW": 5, "CB": 3, "WB": 4, "MODE": 4}
+    defines = _direct_defines(KH=2, KW=5, CB=3, WB=4, MODE=4)
     info = RunInfo()
     prg = ocl.program("conv2d_direct", defines, info)
     again = RunInfo()
@@ -556,13 +564,13 @@ def test_program_without_kernels_is_rebuilt(ocl, monkeypatch):
         return SimpleNamespace(kernel_names="") if len(calls) == 1 else real(source, options)
 
     monkeypatch.setattr(fresh, "_build_once", first_empty)
-    prg = fresh.program("conv2d_direct", {"KH": 1, "KW": 2})
+    prg = fresh.program("conv2d_direct", _direct_defines(KH=1, KW=2))
     assert prg.kernel_names.strip() == "conv2d_direct"
     assert len(calls) == 2 and any("CONVCLI_REBUILD" in o for o in calls[1])
 
     monkeypatch.setattr(fresh, "_build_once", lambda s, o: SimpleNamespace(kernel_names=""))
     with pytest.raises(BackendError, match="without any kernel"):
-        fresh.program("conv2d_direct", {"KH": 2, "KW": 1})
+        fresh.program("conv2d_direct", _direct_defines(KH=2, KW=1))
 
 
 def _child_env() -> dict[str, str]:
@@ -621,10 +629,20 @@ def test_second_process_reuses_the_compiled_program(ocl, dtype):
 
 def test_build_error_is_one_line_backend_error(ocl):
     with pytest.raises(BackendError) as err:
-        ocl.program("conv2d_direct", {"KH": "1+"})
+        ocl.program("conv2d_direct", _direct_defines(KH="1+"))
     message = str(err.value)
     assert "BUILD_PROGRAM_FAILURE" in message and "\n" not in message
     assert "(line " in message  # where the compiler's first error is
+
+
+@pytest.mark.parametrize(
+    "name", ["conv2d_direct", "dw_direct", "dense_gemm", "pointwise", "winograd_input"]
+)
+def test_a_missing_define_is_a_build_error_naming_it(ocl, name):
+    # no silent default geometry: a host that forgets a define gets an error, not a
+    # kernel for another shape
+    with pytest.raises(BackendError, match=r"BUILD_PROGRAM_FAILURE.*-D \w+=\.\.\. is required"):
+        ocl.program(name, {})
     with pytest.raises(BackendError, match="cannot be read"):
         ocl.program("no_such_kernel_file", {})
 
