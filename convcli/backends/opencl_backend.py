@@ -351,7 +351,7 @@ def _all_devices() -> list[_Found]:
 
 
 def _kind(device: Any, platform: Any) -> str:
-    """ "software", "discrete" or "integrated" (GPUs), or "" (see DeviceInfo.kind)."""
+    """The device's kind: software, discrete or integrated GPU, or "" (DeviceInfo.kind)."""
     names = f"{device.name} {platform.name}".lower()
     if any(word in names for word in _SOFTWARE):
         return "software"
