@@ -61,7 +61,8 @@ from convcli.plan import separable_factors
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
-# Work-items per work-group along the width: 64, or the next power of two above the
+# Work-items per work-group wanted along the width (the backend shrinks it to what the
+# device and kernel allow, OpenCLBackend.enqueue): 64, or the next power of two above the
 # row's item count when a row has fewer (no groups of mostly idle items: 64 on a 7x7
 # depthwise layer ran 2.4x slower than 1). dw_direct with runtime sizes builds once for
 # every image size, and PoCL JIT-compiles each new local size at first launch (0.4 s
