@@ -39,43 +39,43 @@
  */
 
 #ifndef REAL
-#define REAL float
+#error "-D REAL=... is required (set by the host)"
 #endif
 #ifndef COMPLEX
-#define COMPLEX 0
+#error "-D COMPLEX=... is required (set by the host)"
 #endif
 #ifndef KH
-#define KH 3
+#error "-D KH=... is required (set by the host)"
 #endif
 #ifndef KW
-#define KW 3
+#error "-D KW=... is required (set by the host)"
 #endif
 #ifndef SH
-#define SH 1
+#error "-D SH=... is required (set by the host)"
 #endif
 #ifndef SW
-#define SW 1
+#error "-D SW=... is required (set by the host)"
 #endif
 #ifndef DH
-#define DH 1
+#error "-D DH=... is required (set by the host)"
 #endif
 #ifndef DW
-#define DW 1
+#error "-D DW=... is required (set by the host)"
 #endif
 #ifndef MODE
-#define MODE 0
+#error "-D MODE=... is required (set by the host)"
 #endif
 #ifndef CB
-#define CB 1
+#error "-D CB=... is required (set by the host)"
 #endif
 #ifndef WB
-#define WB 8
+#error "-D WB=... is required (set by the host)"
 #endif
 #ifndef HAS_BIAS
-#define HAS_BIAS 0
+#error "-D HAS_BIAS=... is required (set by the host)"
 #endif
 #ifndef RB
-#define RB 1
+#error "-D RB=... is required (set by the host)"
 #endif
 
 #define MODE_ZEROS 0

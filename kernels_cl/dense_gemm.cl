@@ -24,70 +24,70 @@
  */
 
 #ifndef N
-#define N 1
+#error "-D N=... is required (set by the host)"
 #endif
 #ifndef G
-#define G 1
+#error "-D G=... is required (set by the host)"
 #endif
 #ifndef CIN_G
-#define CIN_G 1
+#error "-D CIN_G=... is required (set by the host)"
 #endif
 #ifndef COUT_G
-#define COUT_G 8
+#error "-D COUT_G=... is required (set by the host)"
 #endif
 #ifndef H
-#define H 1
+#error "-D H=... is required (set by the host)"
 #endif
 #ifndef W
-#define W 1
+#error "-D W=... is required (set by the host)"
 #endif
 #ifndef HO
-#define HO 1
+#error "-D HO=... is required (set by the host)"
 #endif
 #ifndef WO
-#define WO 1
+#error "-D WO=... is required (set by the host)"
 #endif
 #ifndef WP
-#define WP 1
+#error "-D WP=... is required (set by the host)"
 #endif
 #ifndef KH
-#define KH 1
+#error "-D KH=... is required (set by the host)"
 #endif
 #ifndef KW
-#define KW 1
+#error "-D KW=... is required (set by the host)"
 #endif
 #ifndef SH
-#define SH 1
+#error "-D SH=... is required (set by the host)"
 #endif
 #ifndef SW
-#define SW 1
+#error "-D SW=... is required (set by the host)"
 #endif
 #ifndef DH
-#define DH 1
+#error "-D DH=... is required (set by the host)"
 #endif
 #ifndef DW
-#define DW 1
+#error "-D DW=... is required (set by the host)"
 #endif
 #ifndef PADT
-#define PADT 0
+#error "-D PADT=... is required (set by the host)"
 #endif
 #ifndef PADL
-#define PADL 0
+#error "-D PADL=... is required (set by the host)"
 #endif
 #ifndef COB
-#define COB 4
+#error "-D COB=... is required (set by the host)"
 #endif
 #ifndef XB
-#define XB 2
+#error "-D XB=... is required (set by the host)"
 #endif
 #ifndef NBLK
-#define NBLK 1
+#error "-D NBLK=... is required (set by the host)"
 #endif
 #ifndef STRIP
-#define STRIP 1
+#error "-D STRIP=... is required (set by the host)"
 #endif
 #ifndef CI_CHUNK
-#define CI_CHUNK CIN_G
+#error "-D CI_CHUNK=... is required (set by the host)"
 #endif
 
 #define TAPS (KH * KW)

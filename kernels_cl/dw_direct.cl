@@ -35,46 +35,46 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #define ST8(p, v) (*(__global f8u *)(p) = (v))
 
 #ifndef C_IN
-#define C_IN 1
+#error "-D C_IN=... is required (set by the host)"
 #endif
 #ifndef C_OUT
-#define C_OUT 1
+#error "-D C_OUT=... is required (set by the host)"
 #endif
 #ifndef CSUM
-#define CSUM 1
+#error "-D CSUM=... is required (set by the host)"
 #endif
 #ifndef CMULT
-#define CMULT 1
+#error "-D CMULT=... is required (set by the host)"
 #endif
 #ifndef KH
-#define KH 1
+#error "-D KH=... is required (set by the host)"
 #endif
 #ifndef KW
-#define KW 1
+#error "-D KW=... is required (set by the host)"
 #endif
 #ifndef SH
-#define SH 1
+#error "-D SH=... is required (set by the host)"
 #endif
 #ifndef SW
-#define SW 1
+#error "-D SW=... is required (set by the host)"
 #endif
 #ifndef DH
-#define DH 1
+#error "-D DH=... is required (set by the host)"
 #endif
 #ifndef DW
-#define DW 1
+#error "-D DW=... is required (set by the host)"
 #endif
 #ifndef PADL
-#define PADL 0
+#error "-D PADL=... is required (set by the host)"
 #endif
 #ifndef PADT
-#define PADT 0
+#error "-D PADT=... is required (set by the host)"
 #endif
 #ifndef HAS_BIAS
-#define HAS_BIAS 0
+#error "-D HAS_BIAS=... is required (set by the host)"
 #endif
 #ifndef ROWS
-#define ROWS 1
+#error "-D ROWS=... is required (set by the host)"
 #endif
 
 /* Image sizes: the arguments, or with FIXED_SIZES the defines N, H, W, HO, WO, HP, WP

@@ -42,31 +42,31 @@
  */
 
 #ifndef T
-#define T 128
+#error "-D T=... is required (set by the host)"
 #endif
 #ifndef C_IN
-#define C_IN 1
+#error "-D C_IN=... is required (set by the host)"
 #endif
 #ifndef C_OUT
-#define C_OUT 1
+#error "-D C_OUT=... is required (set by the host)"
 #endif
 #ifndef CMULT
-#define CMULT 1
+#error "-D CMULT=... is required (set by the host)"
 #endif
 #ifndef KEH
-#define KEH 1
+#error "-D KEH=... is required (set by the host)"
 #endif
 #ifndef KEW
-#define KEW 1
+#error "-D KEW=... is required (set by the host)"
 #endif
 #ifndef SH
-#define SH 1
+#error "-D SH=... is required (set by the host)"
 #endif
 #ifndef SW
-#define SW 1
+#error "-D SW=... is required (set by the host)"
 #endif
 #ifndef HAS_BIAS
-#define HAS_BIAS 0
+#error "-D HAS_BIAS=... is required (set by the host)"
 #endif
 
 #define TV (T / 8)

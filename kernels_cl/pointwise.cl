@@ -27,25 +27,25 @@
  */
 
 #ifndef G
-#define G 1
+#error "-D G=... is required (set by the host)"
 #endif
 #ifndef CIN_G
-#define CIN_G 1
+#error "-D CIN_G=... is required (set by the host)"
 #endif
 #ifndef COUT_G
-#define COUT_G 1
+#error "-D COUT_G=... is required (set by the host)"
 #endif
 #ifndef P
-#define P 1
+#error "-D P=... is required (set by the host)"
 #endif
 #ifndef COT
-#define COT 6
+#error "-D COT=... is required (set by the host)"
 #endif
 #ifndef PV
-#define PV 2
+#error "-D PV=... is required (set by the host)"
 #endif
 #ifndef NCB
-#define NCB 1
+#error "-D NCB=... is required (set by the host)"
 #endif
 
 #define LOAD8(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))

@@ -20,22 +20,22 @@
  */
 
 #ifndef C_IN
-#define C_IN 1
+#error "-D C_IN=... is required (set by the host)"
 #endif
 #ifndef C_OUT
-#define C_OUT 1
+#error "-D C_OUT=... is required (set by the host)"
 #endif
 #ifndef CMULT
-#define CMULT 1
+#error "-D CMULT=... is required (set by the host)"
 #endif
 #ifndef KH
-#define KH 1
+#error "-D KH=... is required (set by the host)"
 #endif
 #ifndef RB
-#define RB 32
+#error "-D RB=... is required (set by the host)"
 #endif
 #ifndef XV_MAX
-#define XV_MAX 512
+#error "-D XV_MAX=... is required (set by the host)"
 #endif
 
 typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));

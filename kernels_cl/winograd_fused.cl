@@ -22,43 +22,43 @@
  */
 
 #ifndef N
-#define N 1
+#error "-D N=... is required (set by the host)"
 #endif
 #ifndef G
-#define G 1
+#error "-D G=... is required (set by the host)"
 #endif
 #ifndef CIN_G
-#define CIN_G 1
+#error "-D CIN_G=... is required (set by the host)"
 #endif
 #ifndef COUT_G
-#define COUT_G 1
+#error "-D COUT_G=... is required (set by the host)"
 #endif
 #ifndef H
-#define H 1
+#error "-D H=... is required (set by the host)"
 #endif
 #ifndef W
-#define W 1
+#error "-D W=... is required (set by the host)"
 #endif
 #ifndef HO
-#define HO 1
+#error "-D HO=... is required (set by the host)"
 #endif
 #ifndef WO
-#define WO 1
+#error "-D WO=... is required (set by the host)"
 #endif
 #ifndef TH
-#define TH 1
+#error "-D TH=... is required (set by the host)"
 #endif
 #ifndef TW
-#define TW 1
+#error "-D TW=... is required (set by the host)"
 #endif
 #ifndef KB
-#define KB 4
+#error "-D KB=... is required (set by the host)"
 #endif
 #ifndef XV
-#define XV 2
+#error "-D XV=... is required (set by the host)"
 #endif
 #ifndef NBLK
-#define NBLK 1
+#error "-D NBLK=... is required (set by the host)"
 #endif
 
 #define WINO_INPUT

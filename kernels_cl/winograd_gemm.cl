@@ -21,22 +21,22 @@
  */
 
 #ifndef G
-#define G 1
+#error "-D G=... is required (set by the host)"
 #endif
 #ifndef CIN_G
-#define CIN_G 1
+#error "-D CIN_G=... is required (set by the host)"
 #endif
 #ifndef PP
-#define PP 16
+#error "-D PP=... is required (set by the host)"
 #endif
 #ifndef KB
-#define KB 6
+#error "-D KB=... is required (set by the host)"
 #endif
 #ifndef XV
-#define XV 2
+#error "-D XV=... is required (set by the host)"
 #endif
 #ifndef NBLK
-#define NBLK 1
+#error "-D NBLK=... is required (set by the host)"
 #endif
 
 #define PV (PP / 8) /* float8 vectors per row of v and m */

@@ -27,28 +27,28 @@
  */
 
 #ifndef N
-#define N 1
+#error "-D N=... is required (set by the host)"
 #endif
 #ifndef G
-#define G 1
+#error "-D G=... is required (set by the host)"
 #endif
 #ifndef CIN_G
-#define CIN_G 1
+#error "-D CIN_G=... is required (set by the host)"
 #endif
 #ifndef H
-#define H 1
+#error "-D H=... is required (set by the host)"
 #endif
 #ifndef W
-#define W 1
+#error "-D W=... is required (set by the host)"
 #endif
 #ifndef TH
-#define TH 1
+#error "-D TH=... is required (set by the host)"
 #endif
 #ifndef TW
-#define TW 1
+#error "-D TW=... is required (set by the host)"
 #endif
 #ifndef PP
-#define PP 1
+#error "-D PP=... is required (set by the host)"
 #endif
 
 #define WINO_INPUT

@@ -15,31 +15,31 @@
  */
 
 #ifndef N
-#define N 1
+#error "-D N=... is required (set by the host)"
 #endif
 #ifndef G
-#define G 1
+#error "-D G=... is required (set by the host)"
 #endif
 #ifndef COUT_G
-#define COUT_G 1
+#error "-D COUT_G=... is required (set by the host)"
 #endif
 #ifndef HO
-#define HO 1
+#error "-D HO=... is required (set by the host)"
 #endif
 #ifndef WO
-#define WO 1
+#error "-D WO=... is required (set by the host)"
 #endif
 #ifndef TH
-#define TH 1
+#error "-D TH=... is required (set by the host)"
 #endif
 #ifndef TW
-#define TW 1
+#error "-D TW=... is required (set by the host)"
 #endif
 #ifndef PP
-#define PP 8
+#error "-D PP=... is required (set by the host)"
 #endif
 #ifndef KP
-#define KP 1
+#error "-D KP=... is required (set by the host)"
 #endif
 
 #define PV (PP / 8)

@@ -23,12 +23,71 @@ RTOL = {
 }
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--opencl-icd",
+        default=None,
+        help="run the OpenCL tests on this implementation only: an .icd file or a driver "
+        "library (sets OCL_ICD_VENDORS, which pyopencl's bundled loader honours)",
+    )
+
+
+def pytest_configure(config) -> None:
+    icd = config.getoption("--opencl-icd")
+    if icd:
+        # before pyopencl is first imported (convcli imports it lazily); child processes
+        # of the tests inherit it
+        os.environ["OCL_ICD_VENDORS"] = str(Path(icd).resolve())
+
+
+def pytest_report_header(config) -> str:
+    limits = opencl_limits()
+    if limits is None:
+        return "OpenCL: no device (OpenCL tests skip)"
+    be = backends.get_backend("opencl")
+    return (
+        f"OpenCL: {be.device_name}, {limits.type} {limits.kind}, fp64 {limits.fp64}, "
+        f"local memory {limits.local_mem_bytes} B, work-group <= {limits.max_work_group_size}, "
+        f"items <= {limits.max_work_item_sizes}"
+    )
+
+
 def opencl_available() -> bool:
     try:
         backends.get_backend("opencl")
     except (BackendError, ImportError):
         return False
     return True
+
+
+def opencl_limits():
+    """The default OpenCL device's :class:`DeviceLimits`, or None without a device."""
+    if not opencl_available():
+        return None
+    return backends.get_backend("opencl").limits
+
+
+_FP64 = ("float64", "complex128")
+
+
+def require_device(
+    *, dtype: str | None = None, fp64: bool = False, local_mem: int = 0, cpu: bool = False
+) -> None:
+    """Skip the calling test, saying why, where the OpenCL device lacks what it needs:
+    fp64 (also implied by a float64/complex128 ``dtype``), ``local_mem`` bytes of local
+    memory, or a CPU device (tests of CPU-only choices and PoCL behaviour)."""
+    limits = opencl_limits()
+    if limits is None:
+        pytest.skip("no OpenCL device")
+    if (fp64 or str(np.dtype(dtype) if dtype else "") in _FP64) and not limits.fp64:
+        pytest.skip(f"the OpenCL device has no fp64 (needed for {dtype or 'this test'})")
+    if local_mem > limits.local_mem_bytes:
+        pytest.skip(
+            f"needs {local_mem} bytes of local memory, the OpenCL device has "
+            f"{limits.local_mem_bytes}"
+        )
+    if cpu and not limits.is_cpu:
+        pytest.skip(f"needs a CPU device, the OpenCL device is a {limits.type}")
 
 
 @pytest.fixture(params=["numpy", "opencl"])

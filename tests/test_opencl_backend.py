@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close, opencl_available
+from conftest import assert_close, opencl_available, require_device
 from naive import naive_conv2d
 
 import convcli
@@ -91,6 +91,7 @@ def _problem(
 
 
 def _check(ocl, dtype, **kw):
+    require_device(dtype=dtype)
     x, w, b, spec, ref = _problem(dtype=dtype, **kw)
     info = RunInfo()
     y = ocl.run_direct(x, w, b, spec, info=info)
@@ -268,6 +269,7 @@ def test_direct_negative_padding_crops(ocl, mode, pad):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_api_negative_padding_matches_numpy(dtype):
+    require_device(dtype=dtype)
     x, w, b, _, _ = _problem(hw=(10, 19), dtype=dtype)
     kw = dict(padding=(-1, 2), padding_mode="circular")
     y = convcli.conv2d(x, w, b, backend="opencl", **kw)
@@ -308,6 +310,7 @@ def test_direct_copy_path_as_on_gpus(ocl):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_api_unbatched_same_padding(dtype):
+    require_device(dtype=dtype)
     rng = np.random.default_rng(5)
     x = _rand(rng, (3, 17, 26), dtype)
     w = _rand(rng, (4, 3, 4, 2), dtype)
@@ -506,8 +509,16 @@ def test_supports_reports_missing_fp64(ocl):
 # --------------------------------------------------------------------- program cache
 
 
+def _direct_defines(**changes) -> dict:
+    """Every define conv2d_direct requires (a missing one is a build error)."""
+    defines = dict(REAL="float", COMPLEX=0, KH=3, KW=3, SH=1, SW=1, DH=1, DW=1, MODE=0)
+    defines.update(CB=1, WB=8, HAS_BIAS=0, RB=1)
+    defines.update(changes)
+    return defines
+
+
 def test_program_and_kernel_cached_in_process(ocl):
-    defines = {"KH": 2, "KW": 5, "CB": 3, "WB": 4, "MODE": 4}
+    defines = _direct_defines(KH=2, KW=5, CB=3, WB=4, MODE=4)
     info = RunInfo()
     prg = ocl.program("conv2d_direct", defines, info)
     again = RunInfo()
@@ -523,9 +534,8 @@ def test_generic_kernel_builds_once_for_every_image_size(dtype):
     # batch size reuse one build (a fresh backend, so the count is this test's alone)
     from convcli.backends.opencl_backend import OpenCLBackend
 
+    require_device(dtype=dtype)
     be = OpenCLBackend.create(None)
-    if dtype == "float64" and not be.has_fp64:
-        pytest.skip("no fp64 on this device")
     rng = np.random.default_rng(29)
     w = _rand(rng, (4, 2, 3, 5), dtype)
     for i, shape in enumerate([(1, 4, 23, 41), (1, 4, 41, 23), (2, 4, 17, 30)]):
@@ -554,13 +564,13 @@ def test_program_without_kernels_is_rebuilt(ocl, monkeypatch):
         return SimpleNamespace(kernel_names="") if len(calls) == 1 else real(source, options)
 
     monkeypatch.setattr(fresh, "_build_once", first_empty)
-    prg = fresh.program("conv2d_direct", {"KH": 1, "KW": 2})
+    prg = fresh.program("conv2d_direct", _direct_defines(KH=1, KW=2))
     assert prg.kernel_names.strip() == "conv2d_direct"
     assert len(calls) == 2 and any("CONVCLI_REBUILD" in o for o in calls[1])
 
     monkeypatch.setattr(fresh, "_build_once", lambda s, o: SimpleNamespace(kernel_names=""))
     with pytest.raises(BackendError, match="without any kernel"):
-        fresh.program("conv2d_direct", {"KH": 2, "KW": 1})
+        fresh.program("conv2d_direct", _direct_defines(KH=2, KW=1))
 
 
 def _child_env() -> dict[str, str]:
@@ -619,10 +629,20 @@ def test_second_process_reuses_the_compiled_program(ocl, dtype):
 
 def test_build_error_is_one_line_backend_error(ocl):
     with pytest.raises(BackendError) as err:
-        ocl.program("conv2d_direct", {"KH": "1+"})
+        ocl.program("conv2d_direct", _direct_defines(KH="1+"))
     message = str(err.value)
     assert "BUILD_PROGRAM_FAILURE" in message and "\n" not in message
     assert "(line " in message  # where the compiler's first error is
+
+
+@pytest.mark.parametrize(
+    "name", ["conv2d_direct", "dw_direct", "dense_gemm", "pointwise", "winograd_input"]
+)
+def test_a_missing_define_is_a_build_error_naming_it(ocl, name):
+    # no silent default geometry: a host that forgets a define gets an error, not a
+    # kernel for another shape
+    with pytest.raises(BackendError, match=r"BUILD_PROGRAM_FAILURE.*-D \w+=\.\.\. is required"):
+        ocl.program(name, {})
     with pytest.raises(BackendError, match="cannot be read"):
         ocl.program("no_such_kernel_file", {})
 

@@ -428,7 +428,7 @@ def test_pointwise_matches_naive(pointwise, ocl, n, cin, cout, groups, hw, float
     out, ref, info = fast(ocl, x, w, b, groups=groups)
     assert info.algo == "gemm"
     assert_close(out, ref, "float32")
-    if (hw[0] * hw[1]) % 8 == 0:
+    if (hw[0] * hw[1]) % 8 == 0 and ocl.is_cpu:  # elsewhere the output is a device copy
         assert out.ctypes.data % 64 == x.ctypes.data % 64
 
 
@@ -605,6 +605,31 @@ def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, on_cpu
     spec = make_spec(x, w, None, padding=1, groups=groups)
     assert opencl_fast._wino_whole(spec, cpu=True) is on_cpu
     assert opencl_fast._wino_whole(spec, cpu=False) is elsewhere
+
+
+@pytest.mark.parametrize("cin, on_cpu", [(16, True), (32, True), (64, False)])
+def test_winograd_gemm_and_output_fused_on_cpus_only(cin, on_cpu):
+    # the fused kernel's ~6 KB of private GEMM results per item would spill on a GPU
+    from convcli.backends import opencl_fast
+
+    spec = make_spec(
+        np.ones((1, cin, 8, 8), np.float32), np.ones((32, cin, 3, 3), np.float32), None
+    )
+    assert opencl_fast._wino_fused(spec, cpu=True) is on_cpu
+    assert opencl_fast._wino_fused(spec, cpu=False) is False
+
+
+def test_dense_strips_of_partial_sums_on_cpus_only():
+    # 256 input channels of 3x3 weights exceed L1: a strip of column groups on CPUs,
+    # none on GPUs (the strip's partial sums would be private memory)
+    from convcli.backends import opencl_fast
+
+    spec = make_spec(
+        np.ones((1, 256, 8, 64), np.float32), np.ones((32, 256, 3, 3), np.float32), None
+    )
+    strip, chunk = opencl_fast._dense_strip(spec, 4, 2, cpu=True)
+    assert strip > 1 and chunk < 256
+    assert opencl_fast._dense_strip(spec, 4, 2, cpu=False) == (1, 256)
 
 
 # ---------------------------------------------------------------- dtypes and choices

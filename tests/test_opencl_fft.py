@@ -18,7 +18,12 @@ from convcli.backends import opencl_fft
 from convcli.errors import BackendError, ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
-from tests.conftest import assert_close, band_budget, run_twice_with_one_pocl_cache
+from tests.conftest import (
+    assert_close,
+    band_budget,
+    require_device,
+    run_twice_with_one_pocl_cache,
+)
 from tests.naive import naive_conv2d, naive_for_spec
 
 MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
@@ -61,6 +66,7 @@ def disk(k: int) -> np.ndarray:
     ],
 )
 def test_matches_reference(ocl, monkeypatch, mode, shape, k, stride, dilation, tile):
+    require_device(local_mem=opencl_fft._tile_bytes(tile))
     monkeypatch.setattr(opencl_fft, "TILES", (tile,))
     rng = np.random.default_rng(sum(shape) + k[0])
     x = rng.standard_normal(shape).astype(np.float32)
@@ -77,6 +83,7 @@ def test_matches_reference(ocl, monkeypatch, mode, shape, k, stride, dilation, t
 
 @pytest.mark.parametrize("tile", [32, 64, 128, 256])
 def test_every_tile_side(ocl, monkeypatch, tile):
+    require_device(local_mem=opencl_fft._tile_bytes(tile))  # 512 KB for 256: not on GPUs
     # one tile side per build: each transform length (T/8 vectors per row) is exercised
     monkeypatch.setattr(opencl_fft, "TILES", (tile,))
     rng = np.random.default_rng(tile)
@@ -110,6 +117,7 @@ def test_float16_is_computed_in_float32(ocl):
 
 
 def test_large_kernel_image_filter_end_to_end(ocl):
+    require_device(cpu=True)  # auto runs FFT tiles (one work-item each) on CPUs only
     # the case the path exists for: a big disk blur of an RGB image, chosen by auto
     rng = np.random.default_rng(5)
     x = rng.random((1, 3, 300, 260)).astype(np.float32)
@@ -122,6 +130,7 @@ def test_large_kernel_image_filter_end_to_end(ocl):
 
 
 def test_tiles_keep_the_fft_and_its_accuracy(ocl):
+    require_device(cpu=True)  # auto picks FFT tiles on CPUs only
     # row bands of a tiled call start their own FFT tile grid: same algorithm, results
     # within float32 rounding of the whole (not bit-identical, unlike the direct kernels)
     rng = np.random.default_rng(6)
@@ -147,6 +156,8 @@ def test_tiles_keep_the_fft_and_its_accuracy(ocl):
     ],
 )
 def test_auto_choice(ocl, w, groups, expect):
+    if expect == "fft":
+        require_device(cpu=True)  # auto picks FFT tiles on CPUs only
     x = np.zeros((1, 3, 512, 512), np.float32)
     spec = make_spec(x, w, None, padding=w.shape[-1] // 2, groups=groups)
     assert ocl.plan_algo(spec, w) == expect
@@ -169,6 +180,8 @@ def test_estimates_favour_fft_only_for_large_kernels():
     ],
 )
 def test_forced_fft_errors(ocl, x_shape, w_shape, dtype, message):
+    # without fp64 the backend refuses float64 before any algorithm is considered
+    require_device(dtype=np.dtype(dtype).name)
     x, w = np.ones(x_shape, dtype), np.ones(w_shape, dtype)
     with pytest.raises(ConvValueError, match="algo='fft' is not available") as err:
         conv2d(x, w, backend="opencl", algo="fft")

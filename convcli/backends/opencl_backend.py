@@ -10,7 +10,16 @@ Device choice (:meth:`OpenCLBackend.create`, :func:`list_devices`), first that a
    (``"pthread"``, ``"nvidia"``, ``"gpu"``);
 2. the environment variable ``CONVCLI_DEVICE``, same syntax;
 3. ``PYOPENCL_CTX`` as pyopencl reads it (``"P"`` or ``"P:D"``, indices or substrings);
-4. GPUs before accelerators before CPUs, first in platform order.
+4. the best device by :func:`device_rank`: discrete GPUs, then integrated GPUs, then
+   accelerators, then CPUs, and simulators or software rasterisers (Oclgrind, Mesa's
+   llvmpipe) last, so they run only when named or when nothing else exists; ties in
+   platform order.
+
+Launch sizes come from the device and the kernel (:func:`fit_local_size`): a wanted
+work-group size is shrunk to ``CL_KERNEL_WORK_GROUP_SIZE`` and
+``CL_DEVICE_MAX_WORK_ITEM_SIZES``, and a launch the driver still refuses
+(``INVALID_WORK_GROUP_SIZE``, ``INVALID_WORK_ITEM_SIZE``, ``OUT_OF_RESOURCES``) is retried
+with half the work-group, down to one item (:meth:`OpenCLBackend.enqueue`).
 
 Programs are built from ``data_dir("kernels_cl") / f"{name}.cl"`` with ``-D NAME=VALUE``
 options (never fast-math), cached per context and ``(name, sorted defines)`` in-process;
@@ -92,7 +101,9 @@ POOL_SIZE = 3
 # outputs up to this size are copied out of a kept device buffer (OpenCLBackend.output)
 SMALL_OUTPUT_BYTES = 64 * 1024
 _WEIGHT_CACHE_SIZE = 32
-_TYPE_RANK = {"GPU": 0, "ACCELERATOR": 1, "CPU": 2}
+# Devices that run OpenCL in software for testing or display, not for speed: matched
+# (lower case) against the device and platform names.
+_SOFTWARE = ("oclgrind", "llvmpipe", "softpipe", "swiftshader", "lavapipe")
 
 
 AFFINITY_ENV = "POCL_AFFINITY"
@@ -164,13 +175,34 @@ def _error_line(exc: BaseException) -> str:
     what = record.what() if callable(getattr(record, "what", None)) else str(record or "")
     if _INJECTED in what:  # say so: a forgotten CONVCLI_FAULT must not look like a bug
         text += f" {_INJECTED}"
-    for line in what.splitlines():
-        found = re.match(r"\s*error:\s*(?:\S+?:(\d+:\d+):)?\s*(.*)", line)
-        if found:
-            where = f"line {found.group(1)}: " if found.group(1) else ""
-            text += f" ({where}{found.group(2).strip()[:200]})"
-            break
+    first = build_log_error(what)
+    if first is not None:
+        text += f" ({first})"
     return " ".join(text.split())
+
+
+# The first error of a build log, as each compiler writes it: PoCL
+# "error: <file>:12:3: msg", clang-based drivers "<file>:12:3: error: msg" (rusticl's
+# file is "input.cl", Oclgrind's "<source>"), Intel's CPU runtime "1:12:3: error: msg"
+# (a source index first), and a bare "error: msg".
+_LOG_ERRORS = (
+    re.compile(r"^\s*error:\s*(?:\S*?:)?(?P<line>\d+):(?P<col>\d+):\s*(?P<msg>.*)"),
+    re.compile(r"^\s*(?:\S*?:)?(?P<line>\d+):(?P<col>\d+):\s*(?:fatal\s+)?error:\s*(?P<msg>.*)"),
+    re.compile(r"^\s*(?:fatal\s+)?error:\s*(?P<msg>.*)"),
+)
+
+
+def build_log_error(log: str) -> str | None:
+    """``"line L:C: message"`` (or the bare message) of a build log's first error line,
+    or None when the log names no error."""
+    for line in log.splitlines():
+        for pattern in _LOG_ERRORS:
+            found = pattern.match(line)
+            if found:
+                fields = found.groupdict()
+                where = f"line {fields['line']}:{fields['col']}: " if fields.get("line") else ""
+                return f"{where}{found.group('msg').strip()[:200]}"
+    return None
 
 
 def _fault_steps() -> set[str]:
@@ -185,6 +217,19 @@ _FAULTS = {
     "run": ("clEnqueueNDRangeKernel", "OUT_OF_RESOURCES", "RuntimeError"),
     "lost": ("clEnqueueNDRangeKernel", "DEVICE_NOT_AVAILABLE", "RuntimeError"),
 }
+
+
+_REFUSED = ("INVALID_WORK_GROUP_SIZE", "INVALID_WORK_ITEM_SIZE", "OUT_OF_RESOURCES")
+
+
+def launch_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a driver refusing a launch for its size or resources (not one
+    injected by ``CONVCLI_FAULT``): a smaller work-group or another kernel may run."""
+    code = getattr(exc, "code", None)
+    if not isinstance(code, int) or _INJECTED in str(exc):
+        return False
+    cl = _import_cl()
+    return code in {int(getattr(cl.status_code, name, -9999)) for name in _REFUSED}
 
 
 def inject_fault(step: str) -> None:
@@ -230,6 +275,40 @@ class DeviceInfo:
     fp64: bool
     fp16: bool
     default: bool
+    local_mem_bytes: int = 0
+    max_work_group_size: int = 1
+    max_work_item_sizes: tuple[int, ...] = (1, 1, 1)
+    # "discrete", "integrated" (GPUs sharing host memory), "software" (a simulator or
+    # software rasteriser) or "" (CPUs, accelerators)
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What a device can run: the limits launches and tests are sized by."""
+
+    type: str  # "GPU", "CPU", ...
+    kind: str  # as DeviceInfo.kind
+    fp64: bool
+    local_mem_bytes: int
+    max_work_group_size: int
+    max_work_item_sizes: tuple[int, ...]
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.type == "CPU"
+
+    @classmethod
+    def of(cls, device: Any, platform: Any) -> DeviceLimits:
+        sizes = tuple(int(v) for v in device.max_work_item_sizes)
+        return cls(
+            type=_type_name(device),
+            kind=_kind(device, platform),
+            fp64=_has_fp64(device),
+            local_mem_bytes=int(device.local_mem_size),
+            max_work_group_size=int(device.max_work_group_size),
+            max_work_item_sizes=(*sizes, 1, 1, 1)[:3],
+        )
 
 
 @dataclass(frozen=True)
@@ -274,8 +353,36 @@ def _all_devices() -> list[_Found]:
     return found
 
 
+def _kind(device: Any, platform: Any) -> str:
+    """The device's kind: software, discrete or integrated GPU, or "" (DeviceInfo.kind)."""
+    names = f"{device.name} {platform.name}".lower()
+    if any(word in names for word in _SOFTWARE):
+        return "software"
+    if _type_name(device) != "GPU":
+        return ""
+    try:
+        unified = bool(device.host_unified_memory)
+    except Exception:  # deprecated in OpenCL 2.0: a driver may refuse the query
+        unified = False
+    return "integrated" if unified else "discrete"
+
+
+def device_rank(type_name: str, kind: str) -> int:
+    """Preference of a device for ``backend="auto"`` (lower first): discrete GPUs,
+    integrated GPUs, accelerators, CPUs, other types, then simulators and software
+    rasterisers, which report GPUs but run slower than any CPU device."""
+    if kind == "software":
+        return 9
+    if type_name == "GPU":
+        return 0 if kind == "discrete" else 1
+    return {"ACCELERATOR": 2, "CPU": 3}.get(type_name, 4)
+
+
 def _preferred(found: Sequence[_Found]) -> list[_Found]:
-    return sorted(found, key=lambda f: (_TYPE_RANK.get(f.type, 3), f.pi, f.di))
+    def key(f: _Found) -> tuple[int, int, int]:
+        return (device_rank(f.type, _kind(f.device, f.platform)), f.pi, f.di)
+
+    return sorted(found, key=key)
 
 
 def _matches(f: _Found, needle: str) -> bool:
@@ -366,6 +473,7 @@ def list_devices() -> list[DeviceInfo]:
     out = []
     for f in found:
         d = f.device
+        limits = DeviceLimits.of(d, f.platform)
         out.append(
             DeviceInfo(
                 index=f"{f.pi}:{f.di}",
@@ -378,6 +486,10 @@ def list_devices() -> list[DeviceInfo]:
                 fp64=_has_fp64(d),
                 fp16="cl_khr_fp16" in d.extensions,
                 default=chosen is not None and (f.pi, f.di) == (chosen.pi, chosen.di),
+                local_mem_bytes=limits.local_mem_bytes,
+                max_work_group_size=limits.max_work_group_size,
+                max_work_item_sizes=limits.max_work_item_sizes,
+                kind=limits.kind,
             )
         )
     return out
@@ -420,6 +532,22 @@ def compute_dtype(dtype: np.dtype | str) -> np.dtype:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def fit_local_size(
+    wanted: Sequence[int], group_limit: int, item_sizes: Sequence[int]
+) -> tuple[int, ...]:
+    """The local size to launch for ``wanted``: each dimension at most the device's
+    ``item_sizes`` and the product at most ``group_limit``, halving the largest
+    dimension until both hold (so a power-of-two request stays one)."""
+    local = [max(1, int(v)) for v in wanted]
+    for d, cap in enumerate(item_sizes[: len(local)]):
+        while local[d] > max(1, int(cap)):
+            local[d] = _ceil_div(local[d], 2)
+    while math.prod(local) > max(1, group_limit):
+        d = max(range(len(local)), key=lambda i: local[i])
+        local[d] = _ceil_div(local[d], 2)
+    return tuple(local)
 
 
 def _define_text(value: int | float | str | bool) -> str:
@@ -476,8 +604,10 @@ class OpenCLBackend:
         self.ctx = ctx
         self.queue = queue
         self.device_name = f"{device.name.strip()} ({platform.name.strip()})"
-        self.is_cpu = bool(int(device.type) & int(cl_module.device_type.CPU))
-        self.has_fp64 = _has_fp64(device)
+        self.limits = DeviceLimits.of(device, platform)
+        # by the type the device is ranked by: Oclgrind sets every type bit, CPU too
+        self.is_cpu = self.limits.is_cpu
+        self.has_fp64 = self.limits.fp64
         self.max_alloc_bytes = int(device.max_mem_alloc_size)
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
@@ -648,44 +778,87 @@ class OpenCLBackend:
         *,
         wait: bool = True,
     ) -> cl.Event:
-        """Enqueue ``kernel``; kernel seconds (profiling) go to ``timings["compute"]``.
+        """:meth:`enqueue` ``kernel``; kernel seconds (profiling) go to
+        ``timings["compute"]``.
 
-        With ``wait`` (the default) the call waits for the kernel; the wall time of a
-        kernel's first launch beyond its run time is PoCL's JIT and is added to
-        ``timings["build"]``.
+        With ``wait`` (the default) the call waits for the kernel.
         """
         with translate_errors("running OpenCL kernel " + kernel.function_name):
-            inject_fault("run")
-            first = id(kernel) not in self._launched
-            t0 = time.perf_counter()
-            event = kernel(self.queue, tuple(global_size), local_size and tuple(local_size), *args)
+            event = self.enqueue(kernel, global_size, local_size, args, info)
             if wait:
                 event.wait()
-                wall = time.perf_counter() - t0
-                seconds = self.event_seconds(event)
-                self._add(info, "compute", seconds)
-                if first:
-                    self._launched.add(id(kernel))
-                    self._add(info, "build", max(0.0, wall - seconds))
+                self._add(info, "compute", self.event_seconds(event))
         return event
 
-    def local_size(self, kernel: cl.Kernel, wanted: Sequence[int]) -> tuple[int, ...] | None:
-        """``wanted`` if the device runs work-groups that large for ``kernel``, else None.
+    def local_size(self, kernel: cl.Kernel, wanted: Sequence[int]) -> tuple[int, ...]:
+        """``wanted`` shrunk to what the device runs for ``kernel`` (see
+        :func:`fit_local_size`): ``CL_KERNEL_WORK_GROUP_SIZE`` (a register-hungry kernel
+        can be limited below the device maximum on GPUs), the device's work-item sizes,
+        and any smaller size a refused launch of this kernel has taught."""
+        return fit_local_size(wanted, self._group_limit(kernel), self.limits.max_work_item_sizes)
 
-        A register-hungry kernel can be limited below the device maximum on GPUs; None
-        lets the driver choose (global sizes here are multiples of ``wanted`` anyway).
-        """
+    def _group_limit(self, kernel: cl.Kernel) -> int:
         key = ("wg", id(kernel))
-        limit = self._kernels.get(key)
-        if limit is None:
-            with translate_errors("querying OpenCL kernel"):
-                limit = int(
-                    kernel.get_work_group_info(
-                        self._cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device
+        with self._lock:
+            limit = self._kernels.get(key)
+            if limit is None:
+                with translate_errors("querying OpenCL kernel"):
+                    limit = int(
+                        kernel.get_work_group_info(
+                            self._cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device
+                        )
                     )
-                )
-            self._kernels[key] = limit
-        return tuple(wanted) if int(np.prod(wanted)) <= limit else None
+                limit = max(1, min(limit, self.limits.max_work_group_size))
+                self._kernels[key] = limit
+        return limit
+
+    def enqueue(
+        self,
+        kernel: cl.Kernel,
+        global_size: Sequence[int],
+        wanted_local: Sequence[int] | None,
+        args: Sequence[Any],
+        info: RunInfo | None = None,
+    ) -> cl.Event:
+        """Enqueue ``kernel`` over at least ``global_size`` items in work-groups of at
+        most ``wanted_local`` (None: one item per group, the kernels' only assumption
+        being that items past ``global_size`` return at once).
+
+        The local size is :meth:`local_size`'s fit; the global size is rounded up to a
+        multiple of it. A launch the driver refuses for its size (``INVALID_WORK_GROUP_SIZE``,
+        ``INVALID_WORK_ITEM_SIZE``, ``OUT_OF_RESOURCES``: registers or local memory a
+        query did not show) is retried with half the work-group, and the smaller limit
+        is kept for the kernel; at one item the error is raised (pyopencl's, for
+        :func:`translate_errors`).
+
+        A kernel's first launch waits for it: its wall time beyond its run time is the
+        driver's compile at first launch (PoCL JIT-compiles each kernel and local size
+        then), added to ``timings["build"]`` of ``info`` (or of the current run).
+        """
+        inject_fault("run")
+        wanted = tuple(int(v) for v in (wanted_local or (1,) * len(global_size)))
+        while True:
+            local = self.local_size(kernel, wanted)
+            pairs = zip(global_size, local, strict=True)
+            gsize = tuple(_ceil_div(int(g), lv) * lv for g, lv in pairs)
+            first = id(kernel) not in self._launched
+            try:
+                if first:
+                    self.queue.finish()  # the wait below must not include earlier kernels
+                t0 = time.perf_counter()
+                event = kernel(self.queue, gsize, local, *args)
+                if first:
+                    event.wait()
+                    wall = time.perf_counter() - t0
+                    self._launched.add(id(kernel))
+                    self._add(info, "build", max(0.0, wall - self.event_seconds(event)))
+                return event
+            except self._cl.Error as exc:
+                items = math.prod(local)
+                if not launch_refused(exc) or items <= 1:
+                    raise
+                with self._lock:
+                    self._kernels[("wg", id(kernel))] = max(1, items // 2)
 
     @staticmethod
     def event_seconds(event: Any) -> float:
@@ -954,12 +1127,10 @@ class OpenCLBackend:
                 i32(spec.pad[0]),
                 i32(spec.pad[2]),
             )
-            lx, ly, _ = LOCAL_SIZE
-            strips = _ceil_div(spec.w_out, cfg.wb)
-            gx = _ceil_div(strips, lx) * lx
-            gy = _ceil_div(_ceil_div(spec.h_out, int(cfg.defines["RB"])), ly) * ly
+            gx = _ceil_div(spec.w_out, cfg.wb)
+            gy = _ceil_div(spec.h_out, int(cfg.defines["RB"]))
             gz = spec.n * spec.groups * cfg.n_cob
-            self.launch(knl, (gx, gy, gz), self.local_size(knl, LOCAL_SIZE), args, info)
+            self.launch(knl, (gx, gy, gz), LOCAL_SIZE, args, info)
             out = self.fetch(out, ybuf, info)
         return out
 
@@ -1057,3 +1228,118 @@ def _kernel_source(path: Path) -> str:
             raise BackendError(f"OpenCL kernel source {p} cannot be read ({exc})") from exc
 
     return _INCLUDE.sub(lambda m: read(path.parent / m.group(1)), read(path))
+
+
+# ---------------------------------------------------------------------- self-test
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """The self-test of one device (:func:`check_device`)."""
+
+    index: str  # "P:D"
+    name: str
+    passed: int  # cases within tolerance of NumPy
+    total: int
+    build_seconds: float  # program builds and first-launch compiles of every case
+    seconds: float  # the whole check, builds included
+    failures: tuple[str, ...]  # "case: what went wrong"
+
+    @property
+    def ok(self) -> bool:
+        return self.total > 0 and self.passed == self.total
+
+
+def _check_cases(limits: DeviceLimits) -> list[tuple[str, dict[str, Any]]]:
+    """Small convolutions covering each kernel family the device would run."""
+    t = np.exp(-(np.linspace(-2.0, 2.0, 5) ** 2))
+    gauss = np.tile(np.outer(t, t)[None, None], (3, 1, 1, 1))
+    disk = (np.hypot(*np.mgrid[-4:5, -4:5]) <= 4.2).astype(np.float64)
+    cases = [
+        # (name, {x: shape, w: shape or taps, options})
+        ("generic complex64", dict(x=(1, 2, 9, 13), w=(3, 2, 3, 2), dtype="complex64", pad=1)),
+        ("depthwise 3x3", dict(x=(1, 3, 12, 40), w=(3, 1, 3, 3), groups=3, pad=1)),
+        ("separable 5x5", dict(x=(1, 3, 12, 40), w=gauss, groups=3, pad=2, mode="reflect")),
+        ("dense 3x3", dict(x=(2, 4, 10, 21), w=(8, 4, 3, 3), pad=1, stride=2)),
+        ("winograd 3x3", dict(x=(1, 32, 10, 18), w=(32, 32, 3, 3), pad=1)),
+        ("pointwise 1x1", dict(x=(1, 128, 32, 33), w=(8, 128, 1, 1))),
+    ]
+    if _fft_fits(limits):
+        fft_w = np.tile(disk[None, None], (2, 1, 1, 1))
+        cases.append(("fft 9x9", dict(x=(1, 2, 30, 41), w=fft_w, groups=2, pad=4, algo="fft")))
+    if limits.fp64:
+        cases.append(("generic float64", dict(x=(1, 2, 9, 13), w=(3, 2, 2, 3), dtype="float64")))
+    return cases
+
+
+def _fft_fits(limits: DeviceLimits) -> bool:
+    from convcli.backends import opencl_fft
+
+    return bool(opencl_fft._tiles(limits.local_mem_bytes))
+
+
+def check_device(index: str) -> DeviceCheck:
+    """Run a few small convolutions on device ``index`` (``"P:D"``) and compare them
+    with the NumPy backend: one per kernel family (generic, depthwise, separable, dense,
+    Winograd, pointwise, FFT where local memory allows, float64 where the device has
+    it). Never raises for a device failure: it is reported in ``failures``."""
+    from convcli.backends.numpy_backend import NumpyBackend
+    from convcli.spec import make_spec
+
+    t_start = time.perf_counter()
+    try:
+        be = OpenCLBackend.create(index)
+    except BackendError as exc:
+        return DeviceCheck(index, "?", 0, 1, 0.0, time.perf_counter() - t_start, (str(exc),))
+    numpy_be = NumpyBackend()
+    rng = np.random.default_rng(0)
+    passed, build, failures = 0, 0.0, []
+    cases = _check_cases(be.limits)
+    for name, c in cases:
+        dtype = np.dtype(c.get("dtype", "float32"))
+        x = rng.standard_normal(c["x"])
+        w = c["w"] if isinstance(c["w"], np.ndarray) else rng.standard_normal(c["w"])
+        if dtype.kind == "c":
+            x = x + 1j * rng.standard_normal(x.shape)
+            w = w + 1j * rng.standard_normal(w.shape)
+        x, w = x.astype(dtype), w.astype(dtype)
+        b = rng.standard_normal(w.shape[0]).astype(dtype)
+        spec = make_spec(
+            x,
+            w,
+            b,
+            stride=c.get("stride", 1),
+            padding=c.get("pad", 0),
+            groups=c.get("groups", 1),
+            padding_mode=c.get("mode", "zeros"),
+        )
+        info = RunInfo()
+        try:
+            y = be.run(x, w, b, spec, algo=c.get("algo", "auto"), info=info)
+        except (BackendError, ConvValueError) as exc:
+            failures.append(f"{name}: {exc}")
+            continue
+        finally:
+            build += info.timings.get("build", 0.0)
+        ref = numpy_be.run(x, w, b, spec, algo="direct", info=RunInfo())
+        scale = float(np.max(np.abs(ref))) or 1.0
+        err = float(np.max(np.abs(y.astype(np.complex128) - ref))) / scale
+        tol = 1e-10 if dtype in (np.float64, np.complex128) else 1e-5
+        if err <= tol:
+            passed += 1
+        else:
+            failures.append(f"{name}: error {err:.2g} of the largest value (over {tol:g})")
+    return DeviceCheck(
+        index=index,
+        name=be.device_name,
+        passed=passed,
+        total=len(cases),
+        build_seconds=build,
+        seconds=time.perf_counter() - t_start,
+        failures=tuple(failures),
+    )
+
+
+def check_devices() -> list[DeviceCheck]:
+    """:func:`check_device` on every device :func:`list_devices` lists."""
+    return [check_device(d.index) for d in list_devices()]

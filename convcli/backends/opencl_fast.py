@@ -64,7 +64,8 @@ from convcli.plan import is_frozen, separable_factors
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
 
-# Work-items per work-group along the width: 64, or the next power of two above the
+# Work-items per work-group wanted along the width (the backend shrinks it to what the
+# device and kernel allow, OpenCLBackend.enqueue): 64, or the next power of two above the
 # row's item count when a row has fewer (no groups of mostly idle items: 64 on a 7x7
 # depthwise layer ran 2.4x slower than 1). dw_direct with runtime sizes builds once for
 # every image size, and PoCL JIT-compiles each new local size at first launch (0.4 s
@@ -124,17 +125,20 @@ DENSE_L1_BYTES = 16 * 1024
 DENSE_STRIP: int | None = None
 
 
-def _dense_strip(spec: ConvSpec, cob: int, xb: int) -> tuple[int, int]:
+def _dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool = True) -> tuple[int, int]:
     """(STRIP column groups per item, CI_CHUNK input channels per weight chunk).
 
     A block's weights (C_in/groups x taps x COB float8) stream from L2 once per item;
     when they exceed L1, an item takes a strip of column groups and walks the input
-    channels in chunks whose weights stay in L1 for the whole strip.
+    channels in chunks whose weights stay in L1 for the whole strip. CPUs only (``cpu``):
+    the strip's partial sums (``part[STRIP][COB][XB]``, up to 2 KB per item) are private
+    memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
     """
     per_ci = spec.kh * spec.kw * cob * 32
     chunks = math.ceil(spec.cin_g * per_ci / DENSE_L1_BYTES)
     groups = math.ceil(spec.w_out / xb)
-    strip = DENSE_STRIP if DENSE_STRIP is not None else (1 if chunks <= 1 else min(8, groups))
+    wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
+    strip = DENSE_STRIP if DENSE_STRIP is not None else wanted
     if strip <= 1:
         return 1, spec.cin_g
     return strip, math.ceil(spec.cin_g / chunks)
@@ -200,11 +204,16 @@ def _winograd_pays(spec: ConvSpec) -> bool:
     return spec.cin_g * spec.cout_g >= WINO_MIN_RATIO * (spec.cin_g + spec.cout_g)
 
 
-def _wino_fused(spec: ConvSpec) -> bool:
-    """Whether the GEMMs and the output transform run as one kernel (layer-only too)."""
+def _wino_fused(spec: ConvSpec, cpu: bool = True) -> bool:
+    """Whether the GEMMs and the output transform run as one kernel (layer-only too).
+
+    CPU devices only (``cpu``): the item's 16 x KB x XV float8 GEMM results (about 6 KB)
+    wait in private memory, which stays in a CPU's L1 but spills on GPUs; the split
+    kernels keep a 12-accumulator tile (untested on a GPU: none was lent).
+    """
     if WINO_FUSED is not None:
         return WINO_FUSED
-    return spec.cin_g <= WINO_FUSED_MAX_CIN
+    return cpu and spec.cin_g <= WINO_FUSED_MAX_CIN
 
 
 # The whole layer as one winograd_fused launch (input transform into private memory,
@@ -428,18 +437,17 @@ def _launch(
     fixed_from: int = 0,
     fill_to: int = 0,
 ) -> Any:
-    """Enqueue ``kernel``; from ``fixed_from`` items per row on, the local size is 64.
-    With ``fill_to``, a work-group also takes several rows (dimension 1) until it has
-    about that many items."""
+    """Enqueue ``kernel``; from ``fixed_from`` items per row on, the local size wanted
+    is LOCAL_X. With ``fill_to``, a work-group also takes several rows (dimension 1)
+    until it has about that many items. The backend fits the size to the device and the
+    kernel and rounds the global size up to it (:meth:`OpenCLBackend.enqueue`)."""
     items = global_size[0]
     if fixed_from and items >= fixed_from:
         lx = LOCAL_X
     else:
         lx = min(LOCAL_X, 1 << max(0, items - 1).bit_length())
     ly = max(1, fill_to // lx)
-    local = (lx, ly, 1)
-    gs = (math.ceil(items / lx) * lx, math.ceil(global_size[1] / ly) * ly, global_size[2])
-    return kernel(backend.queue, gs, local, *args)
+    return backend.enqueue(kernel, global_size, (lx, ly, 1), args)
 
 
 def _add_compute(info: RunInfo, events: list) -> None:
@@ -639,7 +647,7 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
         "XB": xb,
         "NBLK": nblk,
     }
-    strip, chunk = _dense_strip(spec, cob, xb)
+    strip, chunk = _dense_strip(spec, cob, xb, backend.is_cpu)
     defines["STRIP"] = strip
     defines["CI_CHUNK"] = chunk
     kernel = _kernel(backend, "dense_gemm", defines, info)
@@ -742,9 +750,8 @@ def _run_winograd_whole(cl, backend, x, weight, bias, spec: ConvSpec, info: RunI
     out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
     nvec = spec.n * th * math.ceil(tw / 8)
     items = math.ceil(nvec / xv)
-    gsize = (math.ceil(items / WINO_WHOLE_LOCAL) * WINO_WHOLE_LOCAL, spec.groups, 1)
     args = [xbuf, vrow, vcol, ubuf, bbuf, obuf]
-    ev = kernel(backend.queue, gsize, (WINO_WHOLE_LOCAL, 1, 1), *args)
+    ev = backend.enqueue(kernel, (items, spec.groups, 1), (WINO_WHOLE_LOCAL, 1, 1), args)
     backend.fetch(out, obuf, info)
     _add_compute(info, [ev])
     return out
@@ -764,7 +771,7 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     ho, wo = spec.h_out, spec.w_out
     th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
     rows_total = spec.n * th
-    fused = _wino_fused(spec)
+    fused = _wino_fused(spec, backend.is_cpu)
     # V, and M unless fused, per tile row
     row_bytes = 16 * 4 * tw * (spec.c_in + (0 if fused else spec.groups * kp))
     budget = min(WINO_CHUNK_BYTES, WINO_FUSED_CHUNK_BYTES) if fused else WINO_CHUNK_BYTES
@@ -1036,5 +1043,12 @@ def run(
             if algo in ("auto", "direct"):
                 return None  # the generic kernel can run this
             raise exc.__cause__ from None
+        except cl.Error as exc:
+            from convcli.backends.opencl_backend import launch_refused
+
+            if algo in ("auto", "direct") and launch_refused(exc):
+                # refused even with one item per group: the generic kernel may fit
+                return None
+            raise
     info.algo = plan.algo
     return out
