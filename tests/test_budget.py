@@ -168,8 +168,13 @@ def test_max_memory_bounds_the_whole_process_numpy_and_auto(tmp_path):
                 f"convcli: warning: {src}: NumPy used: the OpenCL runtime (about 264.0 MiB) "
                 "does not fit --max-memory beside this image"
             ]
-    np.testing.assert_array_equal(
-        cio.read_image(tmp_path / "numpy.png").data, cio.read_image(tmp_path / "auto.png").data
+    # both ran NumPy, in tiles cut from what each process left of the limit: NumPy's
+    # BLAS passes may round a tile's float32 by an ulp, so within one 8-bit level
+    np.testing.assert_allclose(
+        cio.read_image(tmp_path / "numpy.png").data,
+        cio.read_image(tmp_path / "auto.png").data,
+        rtol=0,
+        atol=1 / 255 + 1e-6,
     )
 
 
