@@ -293,7 +293,7 @@ class Filter:
         room = memory_budget(max_memory)
         if room is None:
             return
-        weight = self.weight_bytes(channels)
+        weight = probe.weight_bytes(channels)
         if weight > room:
             culprit = "groups" if self.depthwise and channels > 1 else None
             raise LimitError(

@@ -192,6 +192,20 @@ def test_npy_output_is_raw_and_bias_applies(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_per_channel_bias_with_a_2d_kernel(tmp_path):
+    # the budget check before any file is read sized the weight for one channel
+    # with the three-value bias still attached: every per-channel --bias failed
+    src = sample(tmp_path)  # RGB
+    k = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 16
+    np.save(tmp_path / "k.npy", k)
+    out = tmp_path / "out.npy"
+    run("apply", src, "--weights", tmp_path / "k.npy", "--bias", "0.1,-0.2,0.3", "-o", out,
+        "--backend", "numpy")  # fmt: skip
+    got = np.load(out)
+    ref = reference(src, k, clip=False) + np.array([0.1, -0.2, 0.3])[:, None, None]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
 def test_out_map_abs_and_flip(tmp_path):
     src = sample(tmp_path, "camera.png")
     k = np.array([[1, 2, 3], [0, 0, 0], [-3, -2, -1]], np.float32)
