@@ -1367,10 +1367,13 @@ def _load_text(path: Path) -> np.ndarray:
 
 def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
     name = _name(path)
+    # read outside the try: its InputError ("cannot read: permission denied", "not
+    # UTF-8") is a ValueError, and is not a JSON syntax error
+    text = _read_text(path)
     try:
         # integers as floats: Python refuses to convert those of over 4300 digits, and a
         # kernel value is a float anyway (a huge one is then reported as beyond float32)
-        obj = json.loads(_read_text(path), parse_int=float)
+        obj = json.loads(text, parse_int=float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InputError(f"{name}: not valid JSON ({_reason(exc)})") from None
     if isinstance(obj, dict):

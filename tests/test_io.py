@@ -604,6 +604,20 @@ def test_weights_rejected(tmp_path, name, content, message):
     assert "\n" not in str(info.value)
 
 
+def test_weights_json_that_cannot_be_read_is_not_called_invalid_json(tmp_path):
+    # _read_text's InputError is a ValueError: it was reported as "not valid JSON (...)"
+    path = tmp_path / "k.json"
+    path.write_bytes(b"\xff\xfe\x00[[1]]\x80")
+    with pytest.raises(InputError) as info:
+        cio.load_weights(path)
+    assert str(info.value) == f"{path}: not a text file (not UTF-8)"
+    folder = tmp_path / "dir.json"
+    folder.mkdir()
+    with pytest.raises(InputError) as info:
+        cio.load_weights(folder)
+    assert "JSON" not in str(info.value) and str(info.value).startswith(f"{folder}: ")
+
+
 def test_weights_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"w\.npy: no such file"):
         cio.load_weights(tmp_path / "w.npy")
