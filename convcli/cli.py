@@ -1327,7 +1327,15 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     _check_side_files(
         {"-o": output}, inputs=[preset_file] if preset_file else [], overwrite=overwrite
     )
-    k = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float32)
+    k64 = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float64)
+    big = float(np.finfo(np.float32).max)
+    if not np.all(np.isfinite(k64)) or np.abs(k64).max(initial=0.0) > big:
+        # as --preset refuses it: float32 would hold inf (NumPy's overflow warning, and a
+        # JSON 'Infinity' that no JSON reader, --weights included, accepts)
+        raise InputError(
+            f"preset {spec!r}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
+        )
+    k = k64.astype(np.float32)
     if suffix in (".npy", ".npz"):
 
         def save(fh: Any) -> None:

@@ -352,6 +352,21 @@ def test_export_then_weights_equals_preset(tmp_path, suffix):
     assert np.array_equal(cio.read_image(a).data, cio.read_image(b).data)
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".json", ".txt"])
+def test_export_refuses_what_apply_refuses(tmp_path, suffix):
+    # unity:scale=1e39 is inf in float32: export wrote JSON 'Infinity' (or an inf .npy)
+    # with NumPy's raw "overflow encountered in cast" warning, and exit 0
+    out = tmp_path / f"u{suffix}"
+    res = run("presets", "export", "unity:scale=1e39", "-o", out, ok=False)
+    assert res.exit_code == 1 and not out.exists() and res.stdout == ""
+    one_error_line(res, "unity:scale=1e39", "finite float32")
+    res = run("apply", sample(tmp_path), "--preset", "unity:scale=1e39", "-o", tmp_path / "a.png",
+              ok=False)  # fmt: skip
+    one_error_line(res, "finite float32")
+    run("presets", "export", "unity:scale=3e38", "-o", out)  # the largest that fits
+    assert float(np.ravel(cio.load_weights(out)[0])[0]) == np.float32(3e38)
+
+
 def test_inline_kernel_and_normalize(tmp_path):
     src = sample(tmp_path, "camera.png")
     out = tmp_path / "out.png"
