@@ -1559,6 +1559,20 @@ def bench(
             raise click.BadParameter(
                 f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
             )
+    if json_file == "-" and csv_file == "-":
+        # both on stdout: JSON then CSV, which no reader of either can parse
+        raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
+    if only is not None:
+        if not files:
+            raise click.UsageError("--only picks workloads of --suite files")
+        known = [wl.id for wl in cbench.workloads()]
+        unknown = [i for i in _csv_list(only) if i not in known]
+        if unknown or not _csv_list(only):
+            # an unknown ID ran nothing and exited 0 with an empty table
+            raise click.BadParameter(
+                f"{', '.join(unknown) or repr(only)} not in {', '.join(known)}",
+                param_hint="--only",
+            )
     _check_side_files(
         {"--json": json_file, "--csv": csv_file}, overwrite=overwrite, dash_is_stdout=True
     )
