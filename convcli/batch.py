@@ -619,11 +619,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _file_key(path: Path) -> object:
+    """What identifies a file: device and inode when it exists (hard links, symbolic
+    links and other spellings agree), else its resolved path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path.resolve()
+    return (st.st_dev, st.st_ino)
+
+
 def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
-    """Refuse a second input that would write the same output as an earlier one, and
-    outputs in a format we cannot write (before any time is spent on them)."""
+    """Refuse an output that is another input of the run, a second input that would
+    write the same output as an earlier one, and outputs in a format we cannot write
+    (before any time is spent on them)."""
     claimed: dict[Path, Path] = {}
+    tasks = list(tasks)
+    inputs = {_file_key(task.src): task.src for task in tasks}
     for task in tasks:
+        other = inputs.get(_file_key(task.dst))
+        if other is not None and _file_key(other) != _file_key(task.src):
+            # another input of this run (apply a/sub/x.png a/x.png -o a, or a batch into
+            # a parent of IN_DIR): replacing it would lose that input, whatever --overwrite
+            plan.refused.append(
+                Failure(task.src, f"output {task.dst} is another input of this run; not written")
+            )
+            continue
         if task.dst.suffix.lower() not in WRITABLE_SUFFIXES:
             plan.refused.append(
                 Failure(
@@ -716,7 +737,10 @@ def list_inputs(
     parts = check_pattern(glob) if glob is not None else ("*",)
     any_depth = recursive or parts[0] == "**"
     parts = tuple(p for p in parts if p != "**")
-    excluded = [Path(p).resolve() for p in exclude]
+    # only what lies inside in_dir: an output folder that holds in_dir (batch photos .)
+    # would otherwise exclude every input ("no images found", exit 0)
+    top = root.resolve()
+    excluded = [e for e in (Path(p).resolve() for p in exclude) if _is_within(e, top)]
     files: list[Path] = []
 
     def walk(folder: Path, rel: tuple[str, ...]) -> None:
