@@ -320,6 +320,15 @@ class _Group(click.Group):
 
 
 # ---------------------------------------------------------------------------- parsing
+def _not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Refuse an empty path: Path('') is '.', so `-o ""` wrote into the current folder
+    and `batch "" out` filtered every image there."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is not None and str(v) == "":
+            raise click.BadParameter("an empty path; give a file or folder name")
+    return value
+
+
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -487,6 +496,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--weights",
             metavar="FILE",
+            callback=_not_empty,
             help="Weight file: .npy, .npz (weight, bias), .safetensors, .pt, text or "
             "JSON. 2-D = one kernel for every channel; 4-D = torch layout.",
         ),
@@ -646,6 +656,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--timings",
             metavar="FILE.json",
+            callback=_not_empty,
             help="Write the timing summary as JSON (a new file; --overwrite replaces one).",
         ),
         click.option(
@@ -998,12 +1009,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", callback=_not_empty)
 @click.option(
     "-o",
     "--output",
     required=True,
     metavar="OUTPUT",
+    callback=_not_empty,
     help="Output file for one input; a folder for several (created).",
 )
 @click.option(
@@ -1102,8 +1114,8 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
 
 
 @cli.command()
-@click.argument("in_dir", metavar="IN_DIR")
-@click.argument("out_dir", metavar="OUT_DIR")
+@click.argument("in_dir", metavar="IN_DIR", callback=_not_empty)
+@click.argument("out_dir", metavar="OUT_DIR", callback=_not_empty)
 @click.option("--recursive", "-r", is_flag=True, help="Include sub-folders, mirrored in OUT_DIR.")
 @click.option(
     "--glob", metavar="PAT", help="Input file pattern, e.g. '*.jpg' (default: every image suffix)."
@@ -1122,6 +1134,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
 @click.option(
     "--report",
     metavar="FILE.json",
+    callback=_not_empty,
     help="Write counts and every failure (file + reason) as JSON (a new file; --overwrite "
     "replaces one).",
 )
@@ -1312,6 +1325,7 @@ def presets_show(spec: str, as_json: bool) -> None:
     "--output",
     required=True,
     metavar="FILE",
+    callback=_not_empty,
     help="weights.npy (2-D float32), .npz (weight), .json or .txt.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
@@ -1516,8 +1530,14 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
 @click.option(
     "--only", metavar="IDS", help="files suite: workloads to run, e.g. F3,F4 (default: all)."
 )
-@click.option("--json", "json_file", metavar="FILE", help="Write rows as JSON ('-': stdout).")
-@click.option("--csv", "csv_file", metavar="FILE", help="Write rows as CSV ('-': stdout).")
+@click.option(
+    "--json", "json_file", metavar="FILE", callback=_not_empty,
+    help="Write rows as JSON ('-': stdout).",
+)  # fmt: skip
+@click.option(
+    "--csv", "csv_file", metavar="FILE", callback=_not_empty,
+    help="Write rows as CSV ('-': stdout).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace --json/--csv files that exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(

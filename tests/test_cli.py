@@ -367,6 +367,33 @@ def test_export_refuses_what_apply_refuses(tmp_path, suffix):
     assert float(np.ravel(cio.load_weights(out)[0])[0]) == np.float32(3e38)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", "{src}", "--preset", "box", "-o", ""],  # wrote ./NAME.png
+        ["apply", "", "--preset", "box", "-o", "{tmp}/o.png"],
+        ["batch", "", "{tmp}/o", "--preset", "box"],  # filtered every image in '.'
+        ["batch", "{tmp}/in", "", "--preset", "box"],
+        ["apply", "{src}", "--weights", "", "-o", "{tmp}/o.png"],
+        ["apply", "{src}", "--preset", "box", "-o", "{tmp}/o.png", "--timings", ""],
+        ["batch", "{tmp}/in", "{tmp}/o", "--preset", "box", "--report", ""],
+        ["presets", "export", "box", "-o", ""],
+        ["bench", "--json", ""],
+    ],
+)
+def test_an_empty_path_is_a_usage_error(tmp_path, monkeypatch, args):
+    # Path("") is ".": an empty argument meant the current folder
+    (tmp_path / "in").mkdir()
+    src = sample(tmp_path / "in")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    res = run(*[a.format(src=src, tmp=tmp_path) for a in args], ok=False)
+    assert res.exit_code == 2
+    one_error_line(res, "an empty path")
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "o").exists()
+
+
 def test_inline_kernel_and_normalize(tmp_path):
     src = sample(tmp_path, "camera.png")
     out = tmp_path / "out.png"
