@@ -263,6 +263,9 @@ def _check_side_files(
         blocker = next((a for a in path.absolute().parents if os.path.exists(a)), None)
         if blocker is not None and not os.path.isdir(blocker):
             refuse(f"{flag} cannot be created: {blocker} is a file, not a folder")
+        if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+            # found now, not after the whole run (a bench suite, a batch) has been done
+            refuse(f"{flag} cannot be written: no permission to write in {blocker}")
         if os.path.lexists(path) and not overwrite:
             if flag in records and _is_own_record(path):
                 continue

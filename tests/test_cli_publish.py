@@ -260,6 +260,33 @@ def test_batch_into_a_folder_that_holds_in_dir(tmp_path):
     assert snapshot(in_dir) == before
 
 
+def test_a_side_file_in_a_folder_we_cannot_write_is_refused_before_the_run(tmp_path, monkeypatch):
+    # found only after the whole run (a bench suite, a batch), which was then lost
+    src = tmp_path / "in"
+    make_inputs(src, 2)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: deny as the kernel would for a user
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw)
+        )
+    try:
+        for args in (
+            ["batch", src, tmp_path / "out", "--preset", "box", "--report", locked / "r.json"],
+            ["apply", src / "m000.png", "--preset", "box", "-o", tmp_path / "o.png",
+             "--timings", locked / "t.json"],
+            ["presets", "export", "box", "-o", locked / "k.npy"],
+        ):  # fmt: skip
+            res = run(*args)
+            assert res.exit_code == 2, res.output
+            error_line(res.stderr, f"no permission to write in {locked}", "nothing was done")
+        assert not (tmp_path / "out").exists() and not (tmp_path / "o.png").exists()
+    finally:
+        locked.chmod(0o755)
+
+
 # ------------------------------------------------------ item 3: two batches, one folder
 @pytest.mark.parametrize("policy", ["fail", "skip"])
 def test_two_batches_into_one_folder_claim_each_file_once(tmp_path, policy):
