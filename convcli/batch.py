@@ -220,6 +220,11 @@ class Filter:
 
     def weight_bytes(self, channels: int) -> int:
         """Bytes of the float32 weight :meth:`for_channels` builds for ``channels``."""
+        groups = self.groups if self.groups is not None else channels
+        if self.depthwise and groups > 0 and channels % groups == 0:
+            # counted, not broadcast: a channel count past NumPy's largest dimension
+            # (--groups 10**22) is still a size to refuse, not a ValueError
+            return channels * (channels // groups) * math.prod(self.weight.shape) * 4
         weight = self.for_channels(channels, view=True)[0]
         return int(np.prod(weight.shape, dtype=np.float64)) * 4
 
@@ -240,6 +245,20 @@ class Filter:
                 size = max(size, max(before, after))
             sizes.append(size)
         return channels, sizes[0], sizes[1]
+
+    def _check_weight(self, channels: int, max_memory: int | None) -> int:
+        """The weight's bytes for ``channels``; LimitError when over the budget."""
+        room = memory_budget(max_memory)
+        weight = self.weight_bytes(channels)
+        if room is not None and weight > room:
+            culprit = "groups" if self.depthwise and channels > 1 else None
+            raise LimitError(
+                f"the weight for {_n_channels(channels)} would need "
+                f"{format_bytes(weight)}, more than {budget_text(room, max_memory)}",
+                argument=culprit,
+                value=channels,
+            )
+        return weight
 
     def conv_options(self, groups: int) -> dict[str, object]:
         """The convolution keywords of :func:`conv2d` (and ``make_spec``) for this filter."""
@@ -276,8 +295,21 @@ class Filter:
             if self.bias is not None and np.asarray(self.bias).size > 1:
                 probe = replace(self, bias=None)  # checked against each image's channels
         else:
+            c_out = self.weight.shape[0]
+            if self.groups is not None and c_out % self.groups:
+                # conv2d's own check, before a probe image of weight.shape[1] * groups
+                # channels that NumPy cannot describe (--groups 10**22)
+                raise ConvValueError(
+                    f"Given groups={self.groups}, expected weight to be divisible by "
+                    f"{self.groups} at dimension 0, but got weight of size "
+                    f"{list(map(int, self.weight.shape))} instead"
+                )
             channels = self.weight.shape[1] * (self.groups or 1)
         smallest = probe.smallest_image(channels)
+        if budget and self.depthwise and channels > 1:
+            # a depthwise weight grows with the channel count: refuse an absurd --groups
+            # before spec_for broadcasts it to a shape NumPy cannot describe
+            self._check_weight(channels, max_memory)
         if budget and max_pixels is not None and smallest[1] * smallest[2] > max_pixels:
             dil = normalize_dilation(self.dilation)
             raise LimitError(
@@ -293,15 +325,7 @@ class Filter:
         room = memory_budget(max_memory)
         if room is None:
             return
-        weight = self.weight_bytes(channels)
-        if weight > room:
-            culprit = "groups" if self.depthwise and channels > 1 else None
-            raise LimitError(
-                f"the weight for {_n_channels(channels)} would need "
-                f"{format_bytes(weight)}, more than {budget_text(room, max_memory)}",
-                argument=culprit,
-                value=channels,
-            )
+        weight = probe._check_weight(channels, max_memory)
         image = math.prod(smallest) * 4
         check_call(
             spec,
@@ -595,11 +619,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _file_key(path: Path) -> object:
+    """What identifies a file: device and inode when it exists (hard links, symbolic
+    links and other spellings agree), else its resolved path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path.resolve()
+    return (st.st_dev, st.st_ino)
+
+
 def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
-    """Refuse a second input that would write the same output as an earlier one, and
-    outputs in a format we cannot write (before any time is spent on them)."""
+    """Refuse an output that is another input of the run, a second input that would
+    write the same output as an earlier one, and outputs in a format we cannot write
+    (before any time is spent on them)."""
     claimed: dict[Path, Path] = {}
+    tasks = list(tasks)
+    inputs = {_file_key(task.src): task.src for task in tasks}
     for task in tasks:
+        other = inputs.get(_file_key(task.dst))
+        if other is not None and _file_key(other) != _file_key(task.src):
+            # another input of this run (apply a/sub/x.png a/x.png -o a, or a batch into
+            # a parent of IN_DIR): replacing it would lose that input, whatever --overwrite
+            plan.refused.append(
+                Failure(task.src, f"output {task.dst} is another input of this run; not written")
+            )
+            continue
         if task.dst.suffix.lower() not in WRITABLE_SUFFIXES:
             plan.refused.append(
                 Failure(
@@ -692,7 +737,10 @@ def list_inputs(
     parts = check_pattern(glob) if glob is not None else ("*",)
     any_depth = recursive or parts[0] == "**"
     parts = tuple(p for p in parts if p != "**")
-    excluded = [Path(p).resolve() for p in exclude]
+    # only what lies inside in_dir: an output folder that holds in_dir (batch photos .)
+    # would otherwise exclude every input ("no images found", exit 0)
+    top = root.resolve()
+    excluded = [e for e in (Path(p).resolve() for p in exclude) if _is_within(e, top)]
     files: list[Path] = []
 
     def walk(folder: Path, rel: tuple[str, ...]) -> None:

@@ -263,6 +263,9 @@ def _check_side_files(
         blocker = next((a for a in path.absolute().parents if os.path.exists(a)), None)
         if blocker is not None and not os.path.isdir(blocker):
             refuse(f"{flag} cannot be created: {blocker} is a file, not a folder")
+        if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+            # found now, not after the whole run (a bench suite, a batch) has been done
+            refuse(f"{flag} cannot be written: no permission to write in {blocker}")
         if os.path.lexists(path) and not overwrite:
             if flag in records and _is_own_record(path):
                 continue
@@ -320,6 +323,15 @@ class _Group(click.Group):
 
 
 # ---------------------------------------------------------------------------- parsing
+def _not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Refuse an empty path: Path('') is '.', so `-o ""` wrote into the current folder
+    and `batch "" out` filtered every image there."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is not None and str(v) == "":
+            raise click.BadParameter("an empty path; give a file or folder name")
+    return value
+
+
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -487,6 +499,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--weights",
             metavar="FILE",
+            callback=_not_empty,
             help="Weight file: .npy, .npz (weight, bias), .safetensors, .pt, text or "
             "JSON. 2-D = one kernel for every channel; 4-D = torch layout.",
         ),
@@ -646,6 +659,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--timings",
             metavar="FILE.json",
+            callback=_not_empty,
             help="Write the timing summary as JSON (a new file; --overwrite replaces one).",
         ),
         click.option(
@@ -998,12 +1012,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", callback=_not_empty)
 @click.option(
     "-o",
     "--output",
     required=True,
     metavar="OUTPUT",
+    callback=_not_empty,
     help="Output file for one input; a folder for several (created).",
 )
 @click.option(
@@ -1102,8 +1117,8 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
 
 
 @cli.command()
-@click.argument("in_dir", metavar="IN_DIR")
-@click.argument("out_dir", metavar="OUT_DIR")
+@click.argument("in_dir", metavar="IN_DIR", callback=_not_empty)
+@click.argument("out_dir", metavar="OUT_DIR", callback=_not_empty)
 @click.option("--recursive", "-r", is_flag=True, help="Include sub-folders, mirrored in OUT_DIR.")
 @click.option(
     "--glob", metavar="PAT", help="Input file pattern, e.g. '*.jpg' (default: every image suffix)."
@@ -1122,6 +1137,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
 @click.option(
     "--report",
     metavar="FILE.json",
+    callback=_not_empty,
     help="Write counts and every failure (file + reason) as JSON (a new file; --overwrite "
     "replaces one).",
 )
@@ -1312,6 +1328,7 @@ def presets_show(spec: str, as_json: bool) -> None:
     "--output",
     required=True,
     metavar="FILE",
+    callback=_not_empty,
     help="weights.npy (2-D float32), .npz (weight), .json or .txt.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
@@ -1327,7 +1344,15 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     _check_side_files(
         {"-o": output}, inputs=[preset_file] if preset_file else [], overwrite=overwrite
     )
-    k = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float32)
+    k64 = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float64)
+    big = float(np.finfo(np.float32).max)
+    if not np.all(np.isfinite(k64)) or np.abs(k64).max(initial=0.0) > big:
+        # as --preset refuses it: float32 would hold inf (NumPy's overflow warning, and a
+        # JSON 'Infinity' that no JSON reader, --weights included, accepts)
+        raise InputError(
+            f"preset {spec!r}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
+        )
+    k = k64.astype(np.float32)
     if suffix in (".npy", ".npz"):
 
         def save(fh: Any) -> None:
@@ -1508,8 +1533,14 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
 @click.option(
     "--only", metavar="IDS", help="files suite: workloads to run, e.g. F3,F4 (default: all)."
 )
-@click.option("--json", "json_file", metavar="FILE", help="Write rows as JSON ('-': stdout).")
-@click.option("--csv", "csv_file", metavar="FILE", help="Write rows as CSV ('-': stdout).")
+@click.option(
+    "--json", "json_file", metavar="FILE", callback=_not_empty,
+    help="Write rows as JSON ('-': stdout).",
+)  # fmt: skip
+@click.option(
+    "--csv", "csv_file", metavar="FILE", callback=_not_empty,
+    help="Write rows as CSV ('-': stdout).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace --json/--csv files that exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(
@@ -1550,6 +1581,20 @@ def bench(
         if unknown:
             raise click.BadParameter(
                 f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
+            )
+    if json_file == "-" and csv_file == "-":
+        # both on stdout: JSON then CSV, which no reader of either can parse
+        raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
+    if only is not None:
+        if not files:
+            raise click.UsageError("--only picks workloads of --suite files")
+        known = [wl.id for wl in cbench.workloads()]
+        unknown = [i for i in _csv_list(only) if i not in known]
+        if unknown or not _csv_list(only):
+            # an unknown ID ran nothing and exited 0 with an empty table
+            raise click.BadParameter(
+                f"{', '.join(unknown) or repr(only)} not in {', '.join(known)}",
+                param_hint="--only",
             )
     _check_side_files(
         {"--json": json_file, "--csv": csv_file}, overwrite=overwrite, dash_is_stdout=True

@@ -1248,9 +1248,44 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         return dict(load_file(os.fspath(path)))
     except Exception as exc:  # safetensors raises its own SafetensorError and others
+        odd = _safetensors_dtypes(path) & _NO_NUMPY_DTYPES
+        if not odd:
+            raise InputError(
+                f"{_name(path)}: not a readable .safetensors file ({_reason(exc)})"
+            ) from None
+    # BF16 (most published model weights) and FP8 have no NumPy dtype: torch reads them
+    kinds = ", ".join(sorted(odd))
+    try:
+        import torch
+        from safetensors.torch import load_file as load_torch
+    except ImportError:
+        raise InputError(
+            f"{_name(path)}: holds {kinds} tensors, which NumPy cannot hold; install torch "
+            "to read them, or save the weights as float32"
+        ) from None
+    try:
+        return {k: v.to(torch.float64).numpy() for k, v in load_torch(os.fspath(path)).items()}
+    except Exception as exc:
         raise InputError(
             f"{_name(path)}: not a readable .safetensors file ({_reason(exc)})"
         ) from None
+
+
+# safetensors dtypes that safetensors.numpy cannot load (no NumPy dtype)
+_NO_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"})
+
+
+def _safetensors_dtypes(path: Path) -> set[str]:
+    """The dtypes a .safetensors header names (empty when the header is unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size <= 100 * 2**20:
+                return set()
+            header = json.loads(fh.read(size))
+        return {str(v.get("dtype")) for v in header.values() if isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def _pick(tensors: dict[str, Any], key: str | None, name: str) -> tuple[Any, Any]:
@@ -1316,6 +1351,16 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
                 f"{name}: holds a {str(t.layout).removeprefix('torch.')} tensor; save it "
                 "dense (tensor.to_dense()) and load that"
             )
+        if t.is_meta:
+            raise InputError(
+                f"{name}: holds a meta tensor (a shape with no values); save the real one"
+            )
+        if t.is_nested:
+            raise InputError(
+                f"{name}: holds a nested tensor (several sizes); save one plain tensor"
+            )
+        if t.is_quantized:  # its real values: what the quantized layer computes with
+            t = t.dequantize()
         try:
             if t.is_complex():
                 return t.detach().cpu().numpy()
@@ -1367,10 +1412,13 @@ def _load_text(path: Path) -> np.ndarray:
 
 def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
     name = _name(path)
+    # read outside the try: its InputError ("cannot read: permission denied", "not
+    # UTF-8") is a ValueError, and is not a JSON syntax error
+    text = _read_text(path)
     try:
         # integers as floats: Python refuses to convert those of over 4300 digits, and a
         # kernel value is a float anyway (a huge one is then reported as beyond float32)
-        obj = json.loads(_read_text(path), parse_int=float)
+        obj = json.loads(text, parse_int=float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InputError(f"{name}: not valid JSON ({_reason(exc)})") from None
     if isinstance(obj, dict):

@@ -137,9 +137,12 @@ _IM_HEADER = re.compile(
 _MAX_TEXT_ELEMENTS = MAX_KERNEL_SIZE * MAX_KERNEL_SIZE
 
 
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _label(text: str) -> str:
-    shown = text if len(text) <= 60 else text[:57] + "..."
-    return f"kernel {shown!r}"
+    return f"kernel {_shorten(text, 60)!r}"
 
 
 def _parse_number(token: str, text: str, *, missing_ok: bool) -> float:
@@ -149,10 +152,11 @@ def _parse_number(token: str, text: str, *, missing_ok: bool) -> float:
     if not _NUMBER.match(token):
         if low in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
             raise InputError(f"{_label(text)}: NaN/Inf value {token!r} is not allowed")
-        raise InputError(f"{_label(text)}: {token!r} is not a number")
+        # a token is the user's text: a 5000-character one is not echoed whole
+        raise InputError(f"{_label(text)}: {_shorten(token, 30)!r} is not a number")
     value = float(token)
     if not math.isfinite(value):
-        raise InputError(f"{_label(text)}: value {token!r} overflows")
+        raise InputError(f"{_label(text)}: value {_shorten(token, 30)!r} overflows")
     return value
 
 

@@ -255,3 +255,27 @@ def test_cli_renders_the_library_rows(monkeypatch):
     assert CliRunner().invoke(cli, ["bench", "--suite", "files", "-q"]).exit_code == 0
     bad = CliRunner().invoke(cli, ["bench", "--suite", "files", "--compare", "torch"])
     assert bad.exit_code == 2 and "--compare" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--suite", "files", "--only", "F99"], "F99 not in F1"),  # ran nothing, exit 0
+        (["--suite", "files", "--only", "F1,f2"], "f2 not in F1"),
+        (["--suite", "quick", "--only", "F1"], "--only picks workloads of --suite files"),
+        (["--suite", "files", "--json", "-", "--csv", "-"], "both write to stdout"),
+    ],
+)
+def test_cli_refuses_options_that_would_run_nothing_or_mix_stdout(monkeypatch, args, needle):
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    def never(**kwargs):
+        raise AssertionError("the suite ran")
+
+    monkeypatch.setattr(bf, "run_files_suite", never)
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convcli: error: ") and needle in lines[0]

@@ -27,7 +27,7 @@ from convcli.budget import (
     format_bytes,
     smallest_need,
 )
-from convcli.errors import InputError, LimitError
+from convcli.errors import ConvValueError, InputError, LimitError
 from convcli.presets import get_preset
 from convcli.spec import make_spec
 
@@ -78,6 +78,8 @@ def img64(tmp_path: Path) -> Path:
         (["--dilation", "1000000000"], "--dilation 1000000000"),
         (["--dilation", "1000000000", "--padding", "0"], "--dilation 1000000000"),
         (["--groups", "1000000000"], "--groups 1000000000"),
+        # past NumPy's largest dimension (was: internal error: ValueError)
+        (["--groups", "1" + "0" * 22], "--groups 1" + "0" * 22),
         (["--padding", "50000"], "--padding 50000"),  # the result's pixels
         (["--padding", "3000", "--max-memory", "64M"], "--padding 3000"),
         (["--max-memory", "10K"], "--max-memory 10K"),
@@ -226,6 +228,17 @@ def test_groups_are_checked_without_building_the_weight():
     with pytest.raises(LimitError) as err:
         filt.check(budget=True, max_memory=2**30)
     assert err.value.argument == "groups" and "1000000000 channels" in str(err.value)
+
+
+def test_groups_past_numpy_dimensions_are_refused_with_conv2d_words():
+    # was ValueError "Maximum allowed dimension exceeded" from np.broadcast_to
+    depthwise = Filter(weight=np.ones((3, 3), np.float32), groups=10**22)
+    with pytest.raises(LimitError) as err:
+        depthwise.check(budget=True, max_memory=2**30)
+    assert err.value.argument == "groups" and f"{10**22} channels" in str(err.value)
+    full = Filter(weight=np.ones((3, 1, 3, 3), np.float32), groups=10**22)
+    with pytest.raises(ConvValueError, match=r"groups=10{22}, expected weight to be divisible"):
+        full.check(budget=True)
 
 
 def test_format_bytes():

@@ -192,6 +192,20 @@ def test_npy_output_is_raw_and_bias_applies(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_per_channel_bias_with_a_2d_kernel(tmp_path):
+    # the budget check before any file is read sized the weight for one channel
+    # with the three-value bias still attached: every per-channel --bias failed
+    src = sample(tmp_path)  # RGB
+    k = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 16
+    np.save(tmp_path / "k.npy", k)
+    out = tmp_path / "out.npy"
+    run("apply", src, "--weights", tmp_path / "k.npy", "--bias", "0.1,-0.2,0.3", "-o", out,
+        "--backend", "numpy")  # fmt: skip
+    got = np.load(out)
+    ref = reference(src, k, clip=False) + np.array([0.1, -0.2, 0.3])[:, None, None]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
 def test_out_map_abs_and_flip(tmp_path):
     src = sample(tmp_path, "camera.png")
     k = np.array([[1, 2, 3], [0, 0, 0], [-3, -2, -1]], np.float32)
@@ -336,6 +350,48 @@ def test_export_then_weights_equals_preset(tmp_path, suffix):
         "numpy")  # fmt: skip
     run("apply", src, "--weights", weights, "-o", b, "--backend", "numpy")
     assert np.array_equal(cio.read_image(a).data, cio.read_image(b).data)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".json", ".txt"])
+def test_export_refuses_what_apply_refuses(tmp_path, suffix):
+    # unity:scale=1e39 is inf in float32: export wrote JSON 'Infinity' (or an inf .npy)
+    # with NumPy's raw "overflow encountered in cast" warning, and exit 0
+    out = tmp_path / f"u{suffix}"
+    res = run("presets", "export", "unity:scale=1e39", "-o", out, ok=False)
+    assert res.exit_code == 1 and not out.exists() and res.stdout == ""
+    one_error_line(res, "unity:scale=1e39", "finite float32")
+    res = run("apply", sample(tmp_path), "--preset", "unity:scale=1e39", "-o", tmp_path / "a.png",
+              ok=False)  # fmt: skip
+    one_error_line(res, "finite float32")
+    run("presets", "export", "unity:scale=3e38", "-o", out)  # the largest that fits
+    assert float(np.ravel(cio.load_weights(out)[0])[0]) == np.float32(3e38)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", "{src}", "--preset", "box", "-o", ""],  # wrote ./NAME.png
+        ["apply", "", "--preset", "box", "-o", "{tmp}/o.png"],
+        ["batch", "", "{tmp}/o", "--preset", "box"],  # filtered every image in '.'
+        ["batch", "{tmp}/in", "", "--preset", "box"],
+        ["apply", "{src}", "--weights", "", "-o", "{tmp}/o.png"],
+        ["apply", "{src}", "--preset", "box", "-o", "{tmp}/o.png", "--timings", ""],
+        ["batch", "{tmp}/in", "{tmp}/o", "--preset", "box", "--report", ""],
+        ["presets", "export", "box", "-o", ""],
+        ["bench", "--json", ""],
+    ],
+)
+def test_an_empty_path_is_a_usage_error(tmp_path, monkeypatch, args):
+    # Path("") is ".": an empty argument meant the current folder
+    (tmp_path / "in").mkdir()
+    src = sample(tmp_path / "in")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    res = run(*[a.format(src=src, tmp=tmp_path) for a in args], ok=False)
+    assert res.exit_code == 2
+    one_error_line(res, "an empty path")
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "o").exists()
 
 
 def test_inline_kernel_and_normalize(tmp_path):

@@ -223,6 +223,70 @@ def test_bench_and_presets_export_refuse_existing_files(tmp_path):
     assert toml.read_bytes() == before
 
 
+def test_an_output_that_is_another_input_is_refused_even_with_overwrite(tmp_path):
+    # apply a/sub/x.png a/x.png -o a --overwrite replaced a/x.png with sub/x.png's
+    # result, then failed a/x.png itself: that input was lost
+    box = np.asarray(get_preset("box").kernel)
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    top = cio.write_image(tmp_path / "a" / "x.png", image(0))
+    sub = cio.write_image(tmp_path / "a" / "sub" / "x.png", image(1))
+    expected, sub_bytes = reference(top, box), sub.read_bytes()  # x.png's own result
+    res = convcli("apply", sub, top, "-o", tmp_path / "a", "--overwrite", "--preset", "box",
+                  "--backend", "numpy", "-q")  # fmt: skip
+    assert res.returncode == 1
+    error_line(res.stderr, str(sub), f"output {top} is another input of this run")
+    assert sub.read_bytes() == sub_bytes
+    # replaced in place (--overwrite) from its own data, not from sub/x.png's
+    assert float(np.max(np.abs(cio.read_image(top).data - expected))) <= LEVEL
+
+
+def test_batch_into_a_folder_that_holds_in_dir(tmp_path):
+    # the output folder excluded everything under it, in_dir included: "no images
+    # found", exit 0, nothing done
+    box = np.asarray(get_preset("box").kernel)
+    in_dir = tmp_path / "in"
+    make_inputs(in_dir, 2)
+    make_inputs(in_dir / "in", 1)  # in/in/m000.png -> in/m000.png with -r: an input
+    before = snapshot(in_dir)
+    res = convcli("batch", in_dir, tmp_path, "--preset", "box", "--backend", "numpy", "-q")
+    assert res.returncode == 0, res.stderr
+    for name in ("m000.png", "m001.png"):
+        assert matches(tmp_path / name, in_dir / name, box)
+    res = convcli("batch", in_dir, tmp_path, "-r", "--overwrite", "--preset", "box",
+                  "--backend", "numpy", "-q")  # fmt: skip
+    assert res.returncode == 1
+    error_line(res.stderr.split("convcli: summary:")[0], "in/in/m000.png: output",
+               "is another input of this run")  # fmt: skip
+    assert snapshot(in_dir) == before
+
+
+def test_a_side_file_in_a_folder_we_cannot_write_is_refused_before_the_run(tmp_path, monkeypatch):
+    # found only after the whole run (a bench suite, a batch), which was then lost
+    src = tmp_path / "in"
+    make_inputs(src, 2)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: deny as the kernel would for a user
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw)
+        )
+    try:
+        for args in (
+            ["batch", src, tmp_path / "out", "--preset", "box", "--report", locked / "r.json"],
+            ["apply", src / "m000.png", "--preset", "box", "-o", tmp_path / "o.png",
+             "--timings", locked / "t.json"],
+            ["presets", "export", "box", "-o", locked / "k.npy"],
+        ):  # fmt: skip
+            res = run(*args)
+            assert res.exit_code == 2, res.output
+            error_line(res.stderr, f"no permission to write in {locked}", "nothing was done")
+        assert not (tmp_path / "out").exists() and not (tmp_path / "o.png").exists()
+    finally:
+        locked.chmod(0o755)
+
+
 # ------------------------------------------------------ item 3: two batches, one folder
 @pytest.mark.parametrize("policy", ["fail", "skip"])
 def test_two_batches_into_one_folder_claim_each_file_once(tmp_path, policy):

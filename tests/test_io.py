@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import stat
 import struct
+import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -537,6 +540,42 @@ def test_weights_safetensors(tmp_path):
         cio.load_weights(tmp_path / "bad.safetensors")
 
 
+def _bf16_safetensors(path: Path, values: np.ndarray) -> None:
+    """A .safetensors file of one BF16 tensor, written by hand (no torch needed)."""
+    bits = (values.astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+    header = {"weight": {"dtype": "BF16", "shape": list(values.shape),
+                         "data_offsets": [0, bits.nbytes]}}  # fmt: skip
+    head = json.dumps(header).encode()
+    path.write_bytes(len(head).to_bytes(8, "little") + head + bits.tobytes())
+
+
+def test_weights_safetensors_bf16(tmp_path, monkeypatch):
+    # BF16 (most published weights) was "not a readable .safetensors file (data type
+    # 'bfloat16' not understood)": NumPy has no bfloat16, torch reads it
+    pytest.importorskip("safetensors.numpy")
+    k = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -0.125], [8.0, 0.0, 1.5]], np.float32)
+    path = tmp_path / "w.safetensors"
+    _bf16_safetensors(path, k)  # every value exact in bfloat16
+    if importlib.util.find_spec("torch") is not None:
+        _check(cio.load_weights(path), k)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as installed without torch
+    with pytest.raises(InputError, match=r"w\.safetensors: holds BF16 tensors, which NumPy "):
+        cio.load_weights(path)
+
+
+def test_weights_torch_quantized_and_meta(tmp_path):
+    torch = pytest.importorskip("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensors (still loads)
+        q = torch.quantize_per_tensor(torch.tensor(K3), 0.5, 0, torch.qint8)
+        torch.save({"weight": q}, tmp_path / "q.pt")
+        # was "a torch.qint8 tensor that cannot be read as numbers"
+        _check(cio.load_weights(tmp_path / "q.pt"), q.dequantize().numpy())
+    torch.save(torch.empty(3, 3, device="meta"), tmp_path / "meta.pt")
+    with pytest.raises(InputError, match=r"meta\.pt: holds a meta tensor"):
+        cio.load_weights(tmp_path / "meta.pt")
+
+
 def test_weights_torch(tmp_path):
     torch = pytest.importorskip("torch")
     conv = torch.nn.Conv2d(3, 2, 3)
@@ -602,6 +641,20 @@ def test_weights_rejected(tmp_path, name, content, message):
         cio.load_weights(path)
     assert str(info.value).startswith(str(path))
     assert "\n" not in str(info.value)
+
+
+def test_weights_json_that_cannot_be_read_is_not_called_invalid_json(tmp_path):
+    # _read_text's InputError is a ValueError: it was reported as "not valid JSON (...)"
+    path = tmp_path / "k.json"
+    path.write_bytes(b"\xff\xfe\x00[[1]]\x80")
+    with pytest.raises(InputError) as info:
+        cio.load_weights(path)
+    assert str(info.value) == f"{path}: not a text file (not UTF-8)"
+    folder = tmp_path / "dir.json"
+    folder.mkdir()
+    with pytest.raises(InputError) as info:
+        cio.load_weights(folder)
+    assert "JSON" not in str(info.value) and str(info.value).startswith(f"{folder}: ")
 
 
 def test_weights_missing_file(tmp_path):

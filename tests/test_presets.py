@@ -92,12 +92,15 @@ def test_parse_kernel_text_im_forms():
         ("3x3+0+0: 1 2 3 4 5 6 7 8 9", "not the centre"),
         ("3: 1 1 1 1 1 1 1 1 1; 3: 1 1 1 1 1 1 1 1 1", "several kernels"),
         ("2000x1: 1", "larger than"),
+        ("9" * 5000, "'9{27}\\.\\.\\.' overflows"),  # was echoed whole: a 5000-char line
+        ("1," + "x" * 5000, "'x{27}\\.\\.\\.' is not a number"),
     ],
 )
 def test_parse_kernel_text_errors(text, message):
     with pytest.raises(InputError, match=message) as info:
         cp.parse_kernel_text(text)
     assert str(info.value).startswith("kernel ") and "\n" not in str(info.value)
+    assert len(str(info.value)) < 200
 
 
 @settings(max_examples=400, deadline=None)
