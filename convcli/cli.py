@@ -770,9 +770,15 @@ def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- running
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 @contextmanager
 def _signals(stop: threading.Event, received: list[int], notify: Callable[[str], None]):
-    """SIGINT/SIGTERM set ``stop`` (finish the current image); a second one aborts."""
+    """SIGINT/SIGTERM/SIGHUP set ``stop`` (finish the current image); a second one
+    aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -784,7 +790,8 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
         stop.set()
         notify("stopping after the current image (press Ctrl-C again to abort now)")
 
-    saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal or a dropped ssh session ends the run as cleanly
+    saved = {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
     try:
         yield
     finally:
@@ -985,7 +992,7 @@ def _timing_table(result: cbatch.BatchResult) -> None:
 
 
 def _exit_code(result: cbatch.BatchResult, signum: int | None) -> int:
-    """128 + the signal when SIGINT/SIGTERM arrived, even during the last image (which
+    """128 + the signal when SIGINT/SIGTERM/SIGHUP arrived, even during the last image (which
     is still finished and written): the caller asked to stop and must be able to tell."""
     if signum is not None:
         return 128 + signum
@@ -1158,8 +1165,9 @@ def batch(
 
     Bad files get one line each and the batch goes on; the exit code is 1 if anything
     failed. Outputs are written atomically; an existing output is an error unless
-    --skip-existing or --overwrite says what to do; Ctrl-C or SIGTERM stops after the
-    current image (exit 130/143), and a rerun with --skip-existing completes the rest.
+    --skip-existing or --overwrite says what to do; Ctrl-C, SIGTERM or SIGHUP stops after
+    the current image (exit 130/143/129), and a rerun with --skip-existing completes the
+    rest.
     """
     existing = _existing_policy(skip_existing, overwrite)
     if glob is not None:

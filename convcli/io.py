@@ -189,7 +189,7 @@ def _codec_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, what: str = "an image file") -> None:
     name = _name(path)
     try:
         st = path.stat()
@@ -198,7 +198,7 @@ def _check_file(path: Path) -> None:
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
     if path.is_dir():
-        raise InputError(f"{name}: is a folder, not an image file")
+        raise InputError(f"{name}: is a folder, not {what}")
     if st.st_size == 0:
         raise InputError(f"{name}: empty file")
 
@@ -1142,7 +1142,7 @@ def load_weights(
 
 def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     name = _name(path)
-    _check_file(path)
+    _check_file(path, "a weight file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         weight, bias = _load_npy_weight(path), None

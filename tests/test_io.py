@@ -1058,3 +1058,10 @@ def test_atomic_write_keeps_errno(tmp_path):
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_weights_folder_is_named_as_a_folder_not_an_image(tmp_path):
+    folder = tmp_path / "w.npy"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"w\.npy: is a folder, not a weight file$"):
+        cio.load_weights(folder)

@@ -246,7 +246,9 @@ def _wait_for_start(proc: subprocess.Popen, starts: int = 1) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signal_during_the_only_image_exits_128_plus_signal(tmp_path, signum, code):
     big = tmp_path / "big.npy"
     data = np.random.default_rng(0).random((1, 600, 600), dtype=np.float32)
