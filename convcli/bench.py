@@ -612,15 +612,17 @@ def target_checks(rows: Sequence[BenchRow]) -> list[TargetCheck]:
     return checks
 
 
-def rows_to_json(rows: Sequence[BenchRow]) -> str:
-    """Rows as a JSON array of objects (keys are the :class:`BenchRow` fields)."""
+def rows_to_json(rows: Sequence[Any]) -> str:
+    """Dataclass rows (:class:`BenchRow` or another suite's) as a JSON array of objects
+    keyed by their fields."""
     return json.dumps([asdict(r) for r in rows], indent=2)
 
 
-def rows_to_csv(rows: Sequence[BenchRow]) -> str:
-    """Rows as CSV with a header line (empty cells for None)."""
+def rows_to_csv(rows: Sequence[Any], row_type: type = BenchRow) -> str:
+    """Dataclass rows of ``row_type`` as CSV with a header line (empty cells for None);
+    every suite writes its rows through this."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(BenchRow)])
+    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(row_type)])
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})

@@ -31,8 +31,6 @@ worker builds the same arrays without passing them around.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -43,13 +41,13 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convcli.bench import TOLERANCE, _max_rel_err
+from convcli.bench import TOLERANCE, _max_rel_err, rows_to_csv
 from convcli.errors import BackendError, ConvValueError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
@@ -255,12 +253,7 @@ class CnnResult:
 
     def to_csv(self) -> str:
         """Totals, then layer rows, one CSV table (``layer`` empty on totals)."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(CnnRow)])
-        writer.writeheader()
-        for r in [*self.totals, *self.rows]:
-            writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
-        return buf.getvalue()
+        return rows_to_csv([*self.totals, *self.rows], CnnRow)
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,10 +31,7 @@ A library module: it prints nothing; progress goes to an optional callback.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
-import json
 import math
 import os
 import shutil
@@ -43,11 +40,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from convcli import bench
 
 # A first run quicker than this is a warm-up (page cache, imports); a slower one counts.
 WARMUP_MAX_S = 5.0
@@ -853,16 +852,9 @@ def _checks_of(ours: FilesRow, group: list[FilesRow]) -> list[FilesTarget]:
     return out
 
 
-def rows_to_json(rows: Sequence[FilesRow]) -> str:
-    """Rows as a JSON array of objects (keys are the :class:`FilesRow` fields)."""
-    return json.dumps([asdict(r) for r in rows], indent=2)
+rows_to_json = bench.rows_to_json  # keys are the FilesRow fields
 
 
 def rows_to_csv(rows: Sequence[FilesRow]) -> str:
     """Rows as CSV with a header line (empty cells for None)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(FilesRow)])
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
-    return buf.getvalue()
+    return bench.rows_to_csv(rows, FilesRow)

@@ -7,6 +7,7 @@ timing is asserted (speed is what ``convcli bench --suite files`` reports).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
@@ -203,7 +204,7 @@ def test_targets_of_issue_12():
 
 
 def test_json_and_csv(tiny_rows):
-    names = [f.name for f in bf.fields(bf.FilesRow)]
+    names = [f.name for f in dataclasses.fields(bf.FilesRow)]
     data = json.loads(bf.rows_to_json(tiny_rows))
     assert len(data) == len(tiny_rows) and all(list(d) == names for d in data)
     parsed = list(csv.DictReader(io.StringIO(bf.rows_to_csv(tiny_rows))))
