@@ -27,6 +27,7 @@ Estimates
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -187,20 +188,20 @@ def release_freed_memory() -> None:
     """Hand memory freed by the last file back to the system (glibc keeps freed arrays
     under 32 MiB in its heap, where they would count as the process's own size for the
     next file); nothing where the C library has no ``malloc_trim``."""
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_TRIM = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def opencl_reserve(device: str | None) -> int:
