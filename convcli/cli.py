@@ -1482,13 +1482,9 @@ def _device_record(d: Any, check: Any = None) -> dict[str, Any]:
 
 
 def _human_bytes(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    from convcli.budget import format_bytes
+
+    return format_bytes(n) if n else "-"
 
 
 # ---------------------------------------------------------------------------- bench
