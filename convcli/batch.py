@@ -19,7 +19,7 @@ Rules that keep data safe (see README "Safety rules"):
 - In ``batch`` an existing output is a failure unless ``skip_existing`` (left untouched)
   or ``overwrite`` (replaced) says what to do; ``apply`` replaces outputs it is told to
   write, like ``cp``. Without ``overwrite`` an output is created only if its name is
-  free, in one atomic step (:func:`convcli.publish.publish`): when two runs write into
+  free, in one atomic step (:func:`convcli.io.publish.publish`): when two runs write into
   one folder, each file is reported done by the run that wrote it, and a failure (or a
   skip) by the other.
 - A full disk or a read-only/unwritable output folder stops the run (it would fail for
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import math
 import os
 import threading
 import time
@@ -45,12 +44,12 @@ import numpy as np
 
 from convcli import io as cio
 from convcli import notes as cnotes
+from convcli import pixels
 from convcli.api import conv2d
 from convcli.budget import (
     Need,
     budget_text,
     check_call,
-    check_kernel_shape,
     file_need,
     format_bytes,
     memory_budget,
@@ -62,19 +61,14 @@ from convcli.budget import (
 from convcli.errors import (
     BackendError,
     ConvcliError,
-    ConvValueError,
     InputError,
     LimitError,
     OutputExistsError,
 )
+from convcli.filters import Filter, check_out_pixels
+from convcli.io._common import reason as one_line_reason
 from convcli.runinfo import RunInfo
 from convcli.spec import (
-    ConvSpec,
-    make_spec,
-    normalize_dilation,
-    normalize_padding_mode,
-    normalize_stride,
-    resolve_padding,
     source_index,
 )
 
@@ -95,266 +89,6 @@ _FATAL_ERRNOS = frozenset(
 
 
 # ---------------------------------------------------------------------------- the filter
-def _n_channels(n: int) -> str:
-    return f"{n} channel" if n == 1 else f"{n} channels"
-
-
-@dataclass(frozen=True)
-class Filter:
-    """The convolution applied to every image, in :func:`convcli.conv2d`'s words.
-
-    Parameters
-    ----------
-    weight : ndarray
-        A 2-D ``(kH, kW)`` kernel applied to every channel (depthwise: weight
-        ``(C, C/groups, kH, kW)`` filled with it, ``groups=C`` by default) or a 4-D weight
-        in torch's layout ``(C_out, C_in/groups, kH, kW)`` used as it is.
-    bias : ndarray, optional
-        One value for every output channel, or one per output channel.
-    stride, dilation : int or (int, int)
-    padding : int, (int, int), 'same', 'valid' or None
-        None means the image-filter default: ``'same'`` (the size is kept) when the
-        stride is 1, otherwise ``dilation * (k - 1) // 2`` on each side (centred).
-    groups : int, optional
-        None infers it: ``C`` for a 2-D kernel, ``C_in / weight.shape[1]`` for 4-D.
-    padding_mode : str
-        One of :data:`convcli.PADDING_MODES`.
-    """
-
-    weight: np.ndarray
-    bias: np.ndarray | None = None
-    stride: int | tuple[int, int] = 1
-    padding: int | tuple[int, int] | str | None = None
-    dilation: int | tuple[int, int] = 1
-    groups: int | None = None
-    padding_mode: str = "replicate"
-
-    def __post_init__(self) -> None:
-        # every kernel source (preset, kernel text, weight file, a caller's array)
-        # meets the one size cap here
-        check_kernel_shape(np.shape(self.weight), "weight")
-
-    @property
-    def depthwise(self) -> bool:
-        return self.weight.ndim == 2
-
-    def resolved_padding(self) -> int | tuple[int, int] | str:
-        """The padding passed to conv2d (the default made explicit)."""
-        if self.padding is not None:
-            return self.padding
-        stride = normalize_stride(self.stride)
-        if stride == (1, 1):
-            return "same"
-        dil = normalize_dilation(self.dilation)
-        kh, kw = self.weight.shape[-2:]
-        return (dil[0] * (kh - 1) // 2, dil[1] * (kw - 1) // 2)
-
-    def for_channels(
-        self, channels: int, *, view: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """Weight, bias and groups for an image with ``channels`` channels.
-
-        ``view=True`` returns zero-strided views instead of arrays (shape checks: no
-        memory is touched, whatever ``groups`` or the channel count).
-
-        Raises
-        ------
-        ConvValueError
-            When the weight cannot take that many channels (the message says why).
-        """
-        w = self.weight
-        if w.ndim == 2:
-            groups = self.groups if self.groups is not None else channels
-            if groups <= 0 or channels % groups:
-                raise ConvValueError(
-                    f"groups={groups} does not divide the image's {_n_channels(channels)}"
-                )
-            full = np.broadcast_to(
-                np.asarray(w, dtype=np.float32), (channels, channels // groups, *w.shape)
-            )
-            weight = full if view else np.ascontiguousarray(full)
-        else:
-            per = w.shape[1]
-            if self.groups is not None:
-                groups = self.groups
-            elif channels % per == 0:
-                groups = channels // per
-            else:
-                raise ConvValueError(
-                    f"the weight takes groups x {per} input channels "
-                    f"(shape {tuple(w.shape)}), but the image has {_n_channels(channels)}"
-                )
-            if per * groups != channels:
-                raise ConvValueError(
-                    f"the weight with groups={groups} takes {per * groups} input channels "
-                    f"(shape {tuple(w.shape)}), but the image has {_n_channels(channels)}"
-                )
-            weight = np.asarray(w, dtype=np.float32)
-            weight = weight if view else np.ascontiguousarray(weight)
-        c_out = weight.shape[0]
-        bias = None
-        if self.bias is not None:
-            b = np.asarray(self.bias, dtype=np.float32).ravel()
-            if b.size == 1:
-                bias = np.broadcast_to(b, (c_out,)) if view else np.full(c_out, b[0], np.float32)
-            elif b.size == c_out:
-                bias = b
-            else:
-                raise ConvValueError(
-                    f"bias has {b.size} values but the convolution has {c_out} output channels"
-                )
-        return weight, bias, groups
-
-    def spec_for(self, shape: tuple[int, ...]) -> ConvSpec:
-        """The validated :class:`ConvSpec` of this filter on a ``(C, H, W)`` image shape.
-
-        Checks on zero-strided views, so no memory is touched whatever the shape.
-        """
-        weight, bias, groups = self.for_channels(shape[0], view=True)
-        return make_spec(
-            np.broadcast_to(np.float32(0), shape),
-            weight,
-            bias,
-            **self.conv_options(groups),
-        )
-
-    def weight_bytes(self, channels: int) -> int:
-        """Bytes of the float32 weight :meth:`for_channels` builds for ``channels``."""
-        groups = self.groups if self.groups is not None else channels
-        if self.depthwise and groups > 0 and channels % groups == 0:
-            # counted, not broadcast: a channel count past NumPy's largest dimension
-            # (--groups 10**22) is still a size to refuse, not a ValueError
-            return channels * (channels // groups) * math.prod(self.weight.shape) * 4
-        weight = self.for_channels(channels, view=True)[0]
-        return int(np.prod(weight.shape, dtype=np.float64)) * 4
-
-    def smallest_image(self, channels: int) -> tuple[int, int, int]:
-        """The smallest ``(C, H, W)`` image this filter takes with ``channels`` (sizes
-        from the kernel's extent and the padding alone: no image is built)."""
-        kh, kw = self.weight.shape[-2:]
-        stride = normalize_stride(self.stride)
-        dilation = normalize_dilation(self.dilation)
-        pad = resolve_padding(self.resolved_padding(), (kh, kw), stride, dilation)
-        mode = normalize_padding_mode(self.padding_mode)
-        sizes = []
-        for k, d, before, after in ((kh, dilation[0], *pad[:2]), (kw, dilation[1], *pad[2:])):
-            size = max(1, d * (k - 1) + 1 - before - after)
-            if mode == "reflect":
-                size = max(size, max(before, after) + 1)
-            elif mode == "circular":
-                size = max(size, max(before, after))
-            sizes.append(size)
-        return channels, sizes[0], sizes[1]
-
-    def _check_weight(self, channels: int, max_memory: int | None) -> int:
-        """The weight's bytes for ``channels``; LimitError when over the budget."""
-        room = memory_budget(max_memory)
-        weight = self.weight_bytes(channels)
-        if room is not None and weight > room:
-            culprit = "groups" if self.depthwise and channels > 1 else None
-            raise LimitError(
-                f"the weight for {_n_channels(channels)} would need "
-                f"{format_bytes(weight)}, more than {budget_text(room, max_memory)}",
-                argument=culprit,
-                value=channels,
-            )
-        return weight
-
-    def conv_options(self, groups: int) -> dict[str, object]:
-        """The convolution keywords of :func:`conv2d` (and ``make_spec``) for this filter."""
-        return {
-            "stride": self.stride,
-            "padding": self.resolved_padding(),
-            "dilation": self.dilation,
-            "groups": groups,
-            "padding_mode": self.padding_mode,
-        }
-
-    def check(
-        self, *, max_memory: int | None = None, max_pixels: int | None = None, budget: bool = False
-    ) -> None:
-        """Validate the convolution arguments once, before any file is read.
-
-        Uses a zero-strided image with as few channels as the weight takes, so that
-        argument mistakes (``'same'`` with a stride, a bad padding mode) fail once
-        instead of once per file; what depends on an image's channels is checked per file.
-        With ``budget``, also refuses arguments that no image could be filtered with:
-        the smallest image's result over ``max_pixels``, or its weight, output and index
-        maps over the memory budget (``max_memory``, else the machine's free memory).
-
-        Raises
-        ------
-        ConvValueError
-            A bad argument; :class:`~convcli.errors.LimitError` naming the argument
-            (``padding``, ``dilation``, ``kernel_size``, ``groups``, ``max_pixels`` or
-            ``max_memory``) for a limit.
-        """
-        probe = self
-        if self.depthwise:
-            channels = self.groups or 1  # any multiple of groups is a valid image
-            if self.bias is not None and np.asarray(self.bias).size > 1:
-                probe = replace(self, bias=None)  # checked against each image's channels
-        else:
-            c_out = self.weight.shape[0]
-            if self.groups is not None and c_out % self.groups:
-                # conv2d's own check, before a probe image of weight.shape[1] * groups
-                # channels that NumPy cannot describe (--groups 10**22)
-                raise ConvValueError(
-                    f"Given groups={self.groups}, expected weight to be divisible by "
-                    f"{self.groups} at dimension 0, but got weight of size "
-                    f"{list(map(int, self.weight.shape))} instead"
-                )
-            channels = self.weight.shape[1] * (self.groups or 1)
-        smallest = probe.smallest_image(channels)
-        if budget and self.depthwise and channels > 1:
-            # a depthwise weight grows with the channel count: refuse an absurd --groups
-            # before spec_for broadcasts it to a shape NumPy cannot describe
-            self._check_weight(channels, max_memory)
-        if budget and max_pixels is not None and smallest[1] * smallest[2] > max_pixels:
-            dil = normalize_dilation(self.dilation)
-            raise LimitError(
-                f"the kernel spans {smallest[2]}x{smallest[1]} pixels: no image of at most "
-                f"{max_pixels} pixels is large enough for it",
-                argument="dilation" if max(dil) > 1 else "max_pixels",
-                value=(dil[0] if dil[0] == dil[1] else dil) if max(dil) > 1 else max_pixels,
-            )
-        spec = probe.spec_for(smallest)  # the arguments' mistakes, as conv2d words them
-        if not budget:
-            return
-        _check_out_pixels(spec, max_pixels, self.resolved_padding())
-        room = memory_budget(max_memory)
-        if room is None:
-            return
-        weight = probe._check_weight(channels, max_memory)
-        image = math.prod(smallest) * 4
-        check_call(
-            spec,
-            "least",
-            "numpy",
-            padding=self.resolved_padding(),
-            max_memory=max_memory,
-            budget=max(0, room - weight - image),
-        )
-
-
-def _check_out_pixels(spec: ConvSpec, max_pixels: int | None, padding: object) -> None:
-    """Refuse a result of more than ``max_pixels`` pixels per image (as input images).
-
-    Blames ``padding`` when the result would fit without it, else ``max_pixels``.
-    """
-    pixels = spec.h_out * spec.w_out
-    if max_pixels is None or pixels <= max_pixels:
-        return
-    unpadded = replace(spec, pad=(0, 0, 0, 0))
-    blame_padding = not isinstance(padding, str) and unpadded.h_out * unpadded.w_out <= max_pixels
-    raise LimitError(
-        f"the result would have {pixels} pixels ({spec.w_out}x{spec.h_out}), more than the "
-        f"limit of {max_pixels} pixels",
-        argument="padding" if blame_padding else "max_pixels",
-        value=padding if blame_padding else max_pixels,
-    )
-
-
 @dataclass(frozen=True)
 class Engine:
     """Where and how conv2d runs (its keyword-only arguments)."""
@@ -389,7 +123,7 @@ def _alpha_taps(filt: Filter, channels: int) -> float | None:
 
 def _sum_rule(filt: Filter, channels: int, what: str) -> tuple[str, str | None]:
     total = _alpha_taps(filt, channels)
-    if total is None or cio.filters_alpha(total):
+    if total is None or pixels.filters_alpha(total):
         return "premultiply", None
     shown = "0" if abs(total) < 1e-6 else f"{total:.4g}"  # float rounding of a zero sum
     return (
@@ -748,7 +482,7 @@ def list_inputs(
             with os.scandir(folder) as entries:
                 found = list(entries)
         except OSError as exc:
-            reason = f"cannot read the folder: {cio._reason(exc)}"
+            reason = f"cannot read the folder: {one_line_reason(exc)}"
             if not rel:
                 raise InputError(f"{folder}: {reason}") from None
             if errors is None:
@@ -1043,7 +777,7 @@ def check_file(
         return FileBudget()  # e.g. channels the weight does not take: conv2d says so
     reserve = own = 0
     try:
-        _check_out_pixels(spec, max_pixels, filt.resolved_padding())
+        check_out_pixels(spec, max_pixels, filt.resolved_padding())
         room = memory_budget(engine.max_memory)
         if room is None:
             return FileBudget()
@@ -1132,7 +866,7 @@ def _read(
         alpha, note = alpha_rule(filt, image.channels, alpha)
         if note:
             notes.append(note)
-    channels, kept = cio.prepare_alpha(image, alpha)
+    channels, kept = pixels.prepare_alpha(image, alpha)
     channels = np.ascontiguousarray(channels, dtype=np.float32)
     seconds = time.perf_counter() - t0
     return _Loaded(
@@ -1178,17 +912,17 @@ def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
     an edge kernel's colour divided by a nearly transparent alpha can be huge, and
     its min..max would squeeze every visible pixel into one grey."""
     if not alpha or data.shape[0] < 2:
-        return cio.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
-    a = cio.map_output(data[-1:], "clip")
+        return pixels.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
+    a = pixels.map_output(data[-1:], "clip")
     if out.out_map != "normalize":
-        colour = cio.map_output(data[:-1], out.out_map, scale=out.scale, offset=out.offset)
+        colour = pixels.map_output(data[:-1], out.out_map, scale=out.scale, offset=out.offset)
         return np.concatenate([colour, a])
-    colour = cio.map_output(data[:-1], "clip", scale=out.scale, offset=out.offset, clip=False)
+    colour = pixels.map_output(data[:-1], "clip", scale=out.scale, offset=out.offset, clip=False)
     shown = colour * a
     finite = shown[np.isfinite(shown) & (a > 0)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     if hi > lo:
-        colour = cio.map_output(colour, "clip", scale=1 / (hi - lo), offset=-lo / (hi - lo))
+        colour = pixels.map_output(colour, "clip", scale=1 / (hi - lo), offset=-lo / (hi - lo))
     else:
         colour = np.zeros_like(colour)
     return np.concatenate([colour, a])
@@ -1238,7 +972,7 @@ def _write_file(
 ) -> float:
     t0 = time.perf_counter()
     image = loaded.image
-    data = cio.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
+    data = pixels.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
     suffix = task.dst.suffix.lower()
     plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
     if (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip):

@@ -25,13 +25,13 @@ from typing import Any, NoReturn
 import click
 import numpy as np
 
-from convcli import __version__
+from convcli import __version__, pixels
 from convcli import batch as cbatch
 from convcli import io as cio
 from convcli import notes as cnotes
 from convcli.api import ALGOS
 from convcli.errors import ConvcliError, InputError, LimitError
-from convcli.publish import publish, write_bytes
+from convcli.io.publish import publish, write_bytes
 from convcli.spec import PADDING_MODES
 
 PROG = "convcli"
@@ -125,7 +125,7 @@ def _print_warning(w: Any) -> None:
 
 def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
     """Publish a side file (report, timings, rows, kernel) in one step: created when
-    absent, replaced only with ``overwrite`` (see :func:`convcli.publish.publish`)."""
+    absent, replaced only with ``overwrite`` (see :func:`convcli.io.publish.publish`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
@@ -1273,7 +1273,7 @@ def _preset_record(p: Any) -> dict[str, Any]:
         "normalized": bool(p.normalized),
         "sum": total,
         # under --alpha premultiply (the default) on images with alpha
-        "alpha": "filtered" if cio.filters_alpha(total) else "kept",
+        "alpha": "filtered" if pixels.filters_alpha(total) else "kept",
         "convention": "correlate",
         "symmetric": p.symmetric,
         "imagemagick": shlex.join(p.imagemagick_args("Correlate")),

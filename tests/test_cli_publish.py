@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from naive import naive_conv2d
 
 from convcli import io as cio
-from convcli import publish as cpub
 from convcli.cli import cli
+from convcli.io import publish as cpub
 from convcli.presets import get_preset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from convcli import io as cio
+from convcli import pixels
 from convcli.errors import InputError
-from convcli.publish import publish
+from convcli.io import images as cimages
+from convcli.io.publish import publish
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -388,7 +390,7 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
         fh.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cio, "_write_png", boom)  # fails after writing part of the file
+    monkeypatch.setattr(cimages, "_write_png", boom)  # fails after writing part of the file
     with pytest.raises(InputError, match=r"keep\.png: cannot write: no space left on device"):
         cio.write_image(target, smooth(3, seed=9))
     assert target.read_bytes() == before
@@ -434,7 +436,7 @@ def test_read_only_folder_simulated(tmp_path, monkeypatch, no_tmpfile):
             raise PermissionError(13, "Permission denied")
         return real_open(path, flags, mode, *a, **k)
 
-    monkeypatch.setattr(cio.os, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(InputError, match=r"x\.png: cannot write: permission denied"):
         cio.write_image(tmp_path / "x.png", smooth(1))
     assert list(tmp_path.iterdir()) == []
@@ -796,7 +798,7 @@ def test_orientation_matches_pillow(orientation):
     exif[0x0112] = orientation
     pim.info["exif"] = exif.tobytes()
     expect = np.asarray(ImageOps.exif_transpose(pim))
-    got = cio._orient(cio.Image(a[None].astype(np.float32), "L", 8, False), orientation)
+    got = cimages._orient(cio.Image(a[None].astype(np.float32), "L", 8, False), orientation)
     np.testing.assert_array_equal(got.data[0], expect)
 
 
@@ -992,7 +994,9 @@ def test_tiff_orientation_tag(tmp_path):
     a = np.random.default_rng(14).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     path = tiff_16bit(tmp_path, "o.tif", a, photometric="rgb", extratags=[(274, 3, 1, 6, True)])
     im = cio.read_image(path)
-    expect = cio._orient(cio.Image(a.transpose(2, 0, 1).astype(np.float32), "RGB", 16, False), 6)
+    expect = cimages._orient(
+        cio.Image(a.transpose(2, 0, 1).astype(np.float32), "RGB", 16, False), 6
+    )
     assert im.data.shape == (3, 7, 5)
     np.testing.assert_array_equal(np.rint(im.data * 65535), expect.data)
 
@@ -1021,9 +1025,9 @@ def test_quantize_matches_float64_on_every_16bit_level():
     16 bits, and to the float64-rounded value at 8 bits."""
     levels = np.arange(65536, dtype=np.uint16)
     x = (levels.astype(np.float32) / np.float32(65535)).reshape(1, 256, 256)
-    np.testing.assert_array_equal(cio._quantize(x, 16)[..., 0], levels.reshape(256, 256))
+    np.testing.assert_array_equal(pixels.quantize(x, 16)[..., 0], levels.reshape(256, 256))
     ref8 = np.rint(x.astype(np.float64) * 255).astype(np.uint8)
-    np.testing.assert_array_equal(cio._quantize(x, 8)[..., 0], ref8[0])
+    np.testing.assert_array_equal(pixels.quantize(x, 8)[..., 0], ref8[0])
 
 
 @settings(max_examples=40, deadline=None)
@@ -1043,7 +1047,7 @@ def test_quantize_matches_float64_everywhere(seed, bits):
         ]
     ).reshape(1, 1, -1)
     ref = np.rint(np.clip(np.nan_to_num(x.astype(np.float64), nan=0.0), 0, 1) * top)
-    np.testing.assert_array_equal(cio._quantize(x, bits)[0, :, 0], ref[0, 0])
+    np.testing.assert_array_equal(pixels.quantize(x, bits)[0, :, 0], ref[0, 0])
 
 
 def test_atomic_write_keeps_errno(tmp_path):

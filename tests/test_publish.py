@@ -1,4 +1,4 @@
-"""convcli.publish: files appear complete or not at all, ``create`` never clobbers, and
+"""convcli.io.publish: files appear complete or not at all, ``create`` never clobbers, and
 stale temporary files of dead writers are removed. Every test runs both code paths: the
 unnamed O_TMPFILE file (Linux) and the named temporary file (forced fallback)."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from convcli import publish as cpub
 from convcli.errors import InputError, OutputExistsError
-from convcli.publish import publish, remove_stale_temps
+from convcli.io import publish as cpub
+from convcli.io.publish import publish, remove_stale_temps
 
 HAS_TMPFILE = cpub._tmpfile_usable() if not os.environ.get(cpub.NO_TMPFILE_ENV) else False
 

@@ -1,5 +1,5 @@
 """Files <-> arrays: images, weight files, bit depths and alpha (files are written through
-:func:`convcli.publish.publish`).
+:func:`convcli.io.publish.publish`).
 
 Dtype policy: every image becomes a ``(C, H, W)`` float32 array. 8-bit samples are
 divided by 255, 16-bit samples by 65535 (other integer TIFF depths by 2**bits - 1),
@@ -21,24 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import io as _stdio
-import json
 import logging
-import math
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from convcli import notes as cnotes
-from convcli.budget import check_kernel_shape
 from convcli.errors import InputError, OutputExistsError
-from convcli.publish import PublishMode, publish
+from convcli.io._common import check_file, codec_reason, name_of, one_line, reason
+from convcli.io.publish import PublishMode, publish
+from convcli.pixels import quantize
 
 if TYPE_CHECKING:
     from convcli.budget import FileShape
@@ -91,17 +89,6 @@ PIL_FORMATS: tuple[str, ...] = (
     "AVIF",
 )
 
-AlphaMode = Literal["premultiply", "keep", "filter", "drop"]
-ALPHA_MODES: tuple[str, ...] = ("premultiply", "keep", "filter", "drop")
-# What prepare_alpha/finish_alpha do: the modes, plus "premultiply-keep", the form
-# premultiply takes for a kernel that does not sum to 1 (see filters_alpha).
-ALPHA_STEPS: tuple[str, ...] = (*ALPHA_MODES, "premultiply-keep")
-OutMap = Literal["clip", "abs", "normalize", "offset"]
-OUT_MAPS: tuple[str, ...] = ("clip", "abs", "normalize", "offset")
-
-# Largest weight file we parse as text/JSON; bigger ones belong in .npy.
-_MAX_TEXT_BYTES = 64 * 1024 * 1024
-
 _PIL_LOCK = threading.Lock()
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -114,8 +101,6 @@ _PNG_LEVEL = 2
 # TIFF: Deflate level 1 with the horizontal (floats: floating-point) predictor. The
 # predictor makes Deflate both faster and 20-45% smaller than level 6 without one.
 _TIFF_DEFLATE_LEVEL = 1
-# Values per block when rounding to integer levels (512 KiB of float64: stays in cache).
-_QUANTIZE_BLOCK = 1 << 16
 
 # Loggers through which imagecodecs and tifffile report odd but readable files.
 _CODEC_LOGGERS = ("imagecodecs", "tifffile")
@@ -162,45 +147,6 @@ class Image:
     def size(self) -> tuple[int, int]:
         """``(height, width)``."""
         return int(self.data.shape[1]), int(self.data.shape[2])
-
-
-def _name(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _reason(exc: BaseException) -> str:
-    """A short one-line reason (libraries sometimes explain over several paragraphs)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
-    text = re.sub(r"\x1b\[[0-9;]*m", "", _one_line(exc)) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _codec_reason(exc: BaseException) -> str:
-    """A codec's reason with its error type (``DeflateError: ...``): codec messages are
-    terse, and a bare ``IndexError`` text may be just ``0``."""
-    return f"{type(exc).__name__}: {_reason(exc)}"
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _check_file(path: Path, what: str = "an image file") -> None:
-    name = _name(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
-    if path.is_dir():
-        raise InputError(f"{name}: is a folder, not {what}")
-    if st.st_size == 0:
-        raise InputError(f"{name}: empty file")
 
 
 def _check_pixels(name: str, pixels: int, max_pixels: int | None) -> None:
@@ -251,8 +197,8 @@ def read_image(
 
 
 def _read_image(path: Path, max_pixels: int | None) -> Image:
-    name = _name(path)
-    _check_file(path)
+    name = name_of(path)
+    check_file(path)
     if path.suffix.lower() == ".npy":
         data, depth = _read_npy_image(path, max_pixels)
         mode = "F" if data.shape[0] == 1 else f"F{data.shape[0]}"
@@ -261,7 +207,7 @@ def _read_image(path: Path, max_pixels: int | None) -> Image:
         with open(path, "rb") as fh:
             head = fh.read(32)
     except OSError as exc:
-        raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
+        raise InputError(f"{name}: cannot read: {reason(exc)}") from None
     if head.startswith(_PNG_SIG) and len(head) > 24 and head[24] == 16:
         return _read_png16(path, max_pixels)
     if head[:4] in _TIFF_MAGIC:
@@ -329,11 +275,11 @@ def probe_image(path: str | os.PathLike[str]) -> FileShape | None:
 def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int]:
     """A ``.npy`` image and its bit depth: uint8/uint16 arrays are scaled like image
     samples (/255, /65535), every other real dtype is taken as float values."""
-    name = _name(path)
+    name = name_of(path)
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except Exception as exc:  # numpy raises ValueError/OSError/EOFError/UnpicklingError
-        raise InputError(f"{name}: not a readable .npy array ({_reason(exc)})") from None
+        raise InputError(f"{name}: not a readable .npy array ({reason(exc)})") from None
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{name}: .npy dtype {arr.dtype} is not a real number type")
     if arr.ndim == 2:
@@ -348,7 +294,7 @@ def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int
     try:
         data = np.ascontiguousarray(arr, dtype=np.float32)
     except (ValueError, OSError) as exc:
-        raise InputError(f"{name}: truncated .npy data ({_reason(exc)})") from None
+        raise InputError(f"{name}: truncated .npy data ({reason(exc)})") from None
     if not np.isfinite(data).all():
         raise InputError(f"{name}: .npy image contains NaN or Inf")
     if arr.dtype == np.uint8:
@@ -384,7 +330,7 @@ class _NoteHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread != self.thread:
             return
-        text = _one_line(record.getMessage())
+        text = one_line(record.getMessage())
         if not any(quiet in text for quiet in _QUIET_CODEC_MESSAGES):
             self.notes.append(text)
 
@@ -422,7 +368,7 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
     from PIL import Image as PILImage
     from PIL import ImageOps, UnidentifiedImageError
 
-    name = _name(path)
+    name = name_of(path)
     notes: list[str] = []
     try:
         with _pil_no_bomb_limit():
@@ -443,7 +389,7 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
                 # in place: no copy of the (possibly huge) decoded image
                 ImageOps.exif_transpose(im, in_place=True)
             except Exception as exc:  # a broken EXIF block must not lose the pixels
-                notes.append(f"EXIF orientation ignored ({_reason(exc)})")
+                notes.append(f"EXIF orientation ignored ({reason(exc)})")
         image = _from_pil(im, path)
         image.notes.extend(notes)
         return image
@@ -452,19 +398,19 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, EOFError) as exc:
-        text = _reason(exc)
+        text = reason(exc)
         if "truncated" in text or isinstance(exc, EOFError):
             raise InputError(f"{name}: truncated image data") from None
         raise InputError(f"{name}: cannot decode image ({text})") from None
     except MemoryError:
         raise InputError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # Pillow plugins raise many types on corrupt data
-        raise InputError(f"{name}: cannot decode image ({_reason(exc)})") from None
+        raise InputError(f"{name}: cannot decode image ({reason(exc)})") from None
 
 
 def _from_pil(im: Any, path: Path) -> Image:
     """Convert a loaded Pillow image to our float layout, keeping its bit depth."""
-    name = _name(path)
+    name = name_of(path)
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return Image(_scaled(np.asarray(im), 65535), "L", 16, False, path)
@@ -518,11 +464,11 @@ def _read_png16(path: Path, max_pixels: int | None) -> Image:
     Pillow would truncate colour to 8 bits. A tRNS colour key becomes an alpha channel."""
     import imagecodecs
 
-    name = _name(path)
+    name = name_of(path)
     try:
         blob = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
+        raise InputError(f"{name}: cannot read: {reason(exc)}") from None
     if blob[12:16] == b"IHDR":  # the header's size, before anything is decoded
         width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
         _check_pixels(name, width * height, max_pixels)
@@ -533,10 +479,10 @@ def _read_png16(path: Path, max_pixels: int | None) -> Image:
     except MemoryError:
         raise InputError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # PngError (libpng's message) or ValueError
-        text = _reason(exc)
+        text = reason(exc)
         if "too small" in text or "not enough image data" in text.lower():
             raise InputError(f"{name}: truncated image data") from None
-        raise InputError(f"{name}: cannot decode image ({_codec_reason(exc)})") from None
+        raise InputError(f"{name}: cannot decode image ({codec_reason(exc)})") from None
     channels = 1 if samples.ndim == 2 else samples.shape[2]
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     image = Image(_scaled(samples, 65535), mode, 16, channels in (2, 4), path, notes)
@@ -560,7 +506,7 @@ def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
                 exif.load(raw)
         return int(exif.get(0x0112, 1))
     except Exception as exc:  # a broken EXIF block must not lose the pixels
-        notes.append(f"EXIF orientation ignored ({_reason(exc)})")
+        notes.append(f"EXIF orientation ignored ({reason(exc)})")
         return 1
 
 
@@ -583,7 +529,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     """
     import tifffile
 
-    name = _name(path)
+    name = name_of(path)
     notes: list[str] = []
     try:
         with _codec_notes(notes), tifffile.TiffFile(path) as tif:
@@ -605,7 +551,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
     except MemoryError:
         raise InputError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # tifffile and imagecodecs raise many types on bad files
-        raise InputError(f"{name}: cannot decode image ({_codec_reason(exc)})") from None
+        raise InputError(f"{name}: cannot decode image ({codec_reason(exc)})") from None
     image.path = path
     image.notes.extend(notes)
     if frames > 1:
@@ -743,158 +689,6 @@ def _tiff_cmyk(chw: np.ndarray, bits: int, extra: tuple[int, ...]) -> Image:
 # ------------------------------------------------------------------------- alpha
 
 
-# The sum of the taps (and bias) of the filter that makes the alpha channel, within
-# this of 1: the filter averages (or sharpens) and an opaque area stays opaque, so alpha
-# is filtered with the colour. Other sums (0 for edge kernels) would make alpha 0 where
-# the image is opaque: alpha is kept instead. Float32 rounding of a normalised kernel
-# stays far below this; a kernel typed with three decimals (0.111 x 9) does not.
-ALPHA_SUM_TOLERANCE = 1e-4
-
-
-def filters_alpha(total: float) -> bool:
-    """Whether ``premultiply`` filters alpha with a filter whose taps sum to ``total``.
-
-    True for sums of 1 (blurs, sharpen, unsharp, emboss, motion blur): an opaque area
-    stays opaque. Other sums (0: edge, Laplacian, DoG, LoG, high-pass; or a scaled
-    kernel) would turn alpha into an edge map, mostly 0 (an invisible image), so alpha
-    is kept as it is and only the premultiplied colour is filtered.
-
-    >>> filters_alpha(1.0), filters_alpha(0.0), filters_alpha(3.0)
-    (True, False, False)
-    """
-    return bool(abs(float(total) - 1.0) <= ALPHA_SUM_TOLERANCE)
-
-
-def prepare_alpha(image: Image, alpha: str = "premultiply") -> tuple[np.ndarray, np.ndarray | None]:
-    """Split an image into the channels to convolve and the alpha to re-attach.
-
-    Parameters
-    ----------
-    image : Image
-    alpha : {"premultiply", "premultiply-keep", "keep", "filter", "drop"}
-        ``premultiply`` (default): colour times alpha, and alpha itself is filtered
-        too, so transparent pixels do not bleed into the result. ``premultiply-keep``:
-        the same channels (colour times alpha, then alpha), but the original alpha is
-        returned to replace the filtered one (for kernels that do not sum to 1, see
-        :func:`filters_alpha`). ``keep``: filter the colour only and keep the original
-        alpha. ``filter``: alpha is a plain channel. ``drop``: remove alpha. Images
-        without alpha are returned unchanged.
-
-    Returns
-    -------
-    (channels, kept_alpha)
-        ``channels`` is ``(C', H, W)`` float32; ``kept_alpha`` is ``(1, H, W)`` for
-        ``keep`` and ``premultiply-keep``, None otherwise.
-    """
-    if alpha not in ALPHA_STEPS:
-        raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
-    data = image.data
-    if not image.has_alpha or data.shape[0] < 2:
-        return data, None
-    colour, a = data[:-1], data[-1:]
-    if alpha in ("premultiply", "premultiply-keep"):
-        channels = np.concatenate([colour * a, a]).astype(np.float32, copy=False)
-        return channels, (a.copy() if alpha == "premultiply-keep" else None)
-    if alpha == "keep":
-        return np.ascontiguousarray(colour), a.copy()
-    if alpha == "drop":
-        return np.ascontiguousarray(colour), None
-    return data, None
-
-
-def _unpremultiply(colour: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Colour divided by alpha where alpha > 0, 0 where it is not."""
-    safe = np.where(a > 0, a, 1).astype(colour.dtype)
-    return np.where(a > 0, colour / safe, 0).astype(colour.dtype, copy=False)
-
-
-def finish_alpha(
-    result: np.ndarray, kept_alpha: np.ndarray | None, alpha: str, *, has_alpha: bool
-) -> np.ndarray:
-    """Undo :func:`prepare_alpha` on a convolution result.
-
-    ``premultiply``: divide colour by the filtered alpha where it is > 0 (0 elsewhere).
-    ``premultiply-keep``: the result's last channel is replaced by ``kept_alpha`` and
-    the colour divided by it, so the premultiplied colour a viewer shows is the filtered
-    premultiplied colour, over the original coverage.
-    ``keep``: append the original alpha.
-    Both ``kept_alpha`` must have the result's height and width (the caller samples it
-    at the output pixels when stride or padding change the size); else
-    :class:`InputError`.
-    """
-    if not has_alpha or alpha in ("filter", "drop"):
-        return result
-    if alpha == "premultiply":
-        if result.shape[0] < 2:
-            return result
-        colour, a = result[:-1], result[-1:]
-        return np.concatenate([_unpremultiply(colour, a), a]).astype(result.dtype, copy=False)
-    if alpha in ("keep", "premultiply-keep"):
-        if kept_alpha is None:
-            return result
-        if kept_alpha.shape[1:] != result.shape[1:]:
-            raise InputError(
-                f"the result is {result.shape[2]}x{result.shape[1]} but the kept alpha is "
-                f"{kept_alpha.shape[2]}x{kept_alpha.shape[1]}"
-            )
-        a = kept_alpha.astype(result.dtype, copy=False)
-        if alpha == "keep":
-            return np.concatenate([result, a])
-        colour = _unpremultiply(result[:-1], a)
-        return np.concatenate([colour, a]).astype(result.dtype, copy=False)
-    raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
-
-
-# ------------------------------------------------------------------ output mapping
-
-
-def map_output(
-    data: np.ndarray,
-    out_map: str = "clip",
-    *,
-    scale: float = 1.0,
-    offset: float = 0.0,
-    clip: bool = True,
-) -> np.ndarray:
-    """Map a convolution result to the [0, 1] range an image file holds.
-
-    ``data * scale + offset`` first, then ``out_map``: ``clip`` (nothing more), ``abs``
-    (magnitude, for edge kernels), ``normalize`` (min..max stretched to 0..1 over the
-    whole image), ``offset`` (adds 0.5, ImageMagick's bias 50%, so zero maps to mid
-    gray); finally clip to [0, 1] (NaN to 0) unless ``clip=False``.
-
-    Works in float32 (the dtype of every decoded image), float64 only for float64 data:
-    the result is rounded to at most 16 bits, far coarser than float32's 24.
-
-    >>> map_output(np.array([[[-0.5, 0.25, 2.0]]]), "offset").tolist()
-    [[[0.0, 0.75, 1.0]]]
-    """
-    if out_map not in OUT_MAPS:
-        raise InputError(f"out_map must be one of {list(OUT_MAPS)}, got {out_map!r}")
-    if not (math.isfinite(scale) and math.isfinite(offset)):
-        raise InputError(f"scale and offset must be finite, got {scale} and {offset}")
-    out = np.asarray(data)
-    work = np.float64 if out.dtype == np.float64 else np.float32
-    out = out.astype(work, copy=True)
-    if scale != 1.0:
-        out *= work(scale)
-    if offset != 0.0:
-        out += work(offset)
-    if out_map == "abs":
-        np.abs(out, out=out)
-    elif out_map == "offset":
-        out += work(0.5)
-    elif out_map == "normalize" and out.size:
-        finite = out[np.isfinite(out)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        out = (out - work(lo)) / work(hi - lo) if hi > lo else np.zeros_like(out)
-    if clip:
-        # fmax/fmin ignore NaN, so NaN becomes 0 in the same two passes as the clip.
-        np.fmax(out, 0, out=out)
-        np.fmin(out, 1, out=out)
-    return out
-
-
 # ------------------------------------------------------------------------ writing
 
 
@@ -934,12 +728,12 @@ def write_image(
     Returns
     -------
     pathlib.Path
-        The written file, published atomically (see :func:`convcli.publish.publish`):
+        The written file, published atomically (see :func:`convcli.io.publish.publish`):
         it appears complete or not at all, whatever happens while writing. PNG is
         zlib level 2 with the Up filter, TIFF Deflate level 1 with a predictor.
     """
     path = Path(path)
-    name = _name(path)
+    name = name_of(path)
     suffix = path.suffix.lower()
     fmt = WRITE_FORMATS.get(suffix)
     if fmt is None:
@@ -985,15 +779,15 @@ def write_image(
             "write .npy or .tif instead"
         )
     if fmt == "PNG":
-        samples = _quantize(arr, 16 if bit_depth in (16, 32) else 8)
+        samples = quantize(arr, 16 if bit_depth in (16, 32) else 8)
         return publish(path, lambda fh: _write_png(fh, samples), mode=mode)
-    q8 = _quantize(arr, 8)
+    q8 = quantize(arr, 8)
 
     def save(fh: BinaryIO) -> None:
         try:
             _save_pil(fh, q8, fmt, quality)
         except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
-            raise InputError(f"{name}: cannot write: {_reason(exc)}") from None
+            raise InputError(f"{name}: cannot write: {reason(exc)}") from None
 
     return publish(path, save, mode=mode)
 
@@ -1014,31 +808,6 @@ def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
     fh.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
-def _quantize(arr: np.ndarray, bits: int) -> np.ndarray:
-    """Round ``(C, H, W)`` data in [0, 1] to integer levels, as ``(H, W, C)`` samples
-    (the layout every encoder takes). NaN becomes 0, values outside [0, 1] are clipped.
-
-    The product x * top is exact in float64 but not in float32, where about 0.1% of
-    random float32 inputs land one 16-bit level off (those within 2**-9 of a half
-    level), so the rounding stays float64; done in blocks of ``_QUANTIZE_BLOCK``
-    values that stay in cache, it costs what a whole-image float32 pass would.
-    """
-    top = (1 << bits) - 1
-    channels, height, width = arr.shape
-    out = np.empty((height, width, channels), np.uint8 if bits == 8 else np.uint16)
-    src = np.moveaxis(arr, 0, -1)
-    rows = max(1, _QUANTIZE_BLOCK // (width * channels))
-    buf = np.empty((min(rows, height), width, channels), np.float64)
-    for y in range(0, height, rows):
-        work = buf[: min(rows, height - y)]
-        np.multiply(src[y : y + rows], top, out=work, dtype=np.float64)
-        np.fmax(work, 0, out=work)  # NaN -> 0 (fmax ignores NaN), -inf -> 0
-        np.fmin(work, top, out=work)
-        np.rint(work, out=work)
-        out[y : y + rows] = work
-    return out
-
-
 def _write_png(fh: BinaryIO, samples: np.ndarray) -> None:
     """PNG of 1-4 channels, 8 or 16 bits, through libpng (see ``_PNG_LEVEL``)."""
     import imagecodecs
@@ -1054,14 +823,19 @@ def _write_tiff(fh: BinaryIO, arr: np.ndarray, bit_depth: int, has_alpha: bool) 
     samples, chunky strips, Deflate with a predictor. Gray for 1-2 channels, RGB for 3 or
     more; extra channels are marked unassociated alpha (2 and 4 channels with alpha) or
     unspecified."""
-    import tifffile
-
-    channels = arr.shape[0]
     if bit_depth == 32:
         samples = np.ascontiguousarray(np.moveaxis(arr, 0, -1), dtype=np.float32)
         np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     else:
-        samples = _quantize(arr, bit_depth)
+        samples = quantize(arr, bit_depth)
+    _write_tiff_samples(fh, samples, has_alpha)
+
+
+def _write_tiff_samples(fh: BinaryIO, samples: np.ndarray, has_alpha: bool) -> None:
+    """:func:`_write_tiff` of ``(H, W, C)`` samples already in their stored type."""
+    import tifffile
+
+    channels = samples.shape[-1]
     colour = 1 if channels < 3 else 3
     extra = channels - colour
     extrasamples = None
@@ -1095,344 +869,3 @@ def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:
     if fmt == "JPEG" and quality >= 90:
         options["subsampling"] = 0  # 4:4:4 at high quality, as ImageMagick does
     im.save(fh, format=fmt, **options)
-
-
-# ------------------------------------------------------------------ weight files
-
-
-def load_weights(
-    path: str | os.PathLike[str], *, key: str | None = None, notes: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load a convolution weight (and optional bias) from a file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        ``.npy`` (weight), ``.npz`` (``weight`` + optional ``bias``), ``.safetensors``
-        and torch ``.pt``/``.pth`` state dicts (``key`` picks a prefix: ``conv1`` reads
-        ``conv1.weight`` and ``conv1.bias``), ``.txt``/``.csv`` (a matrix: rows on lines,
-        values split by commas or spaces, or the kernel-text syntax of
-        :func:`convcli.presets.parse_kernel_text`), ``.json`` (a nested list, or an
-        object with ``weight`` and optional ``bias``).
-    key : str or None
-        Tensor name or prefix inside ``.npz``/``.safetensors``/``.pt``.
-    notes : list of str, optional
-        Receives one line per thing worth telling the user that did not stop the load
-        (what torch or NumPy warned about while reading the file).
-
-    Returns
-    -------
-    (weight, bias)
-        float32 arrays; ``weight`` is 2-D ``(kH, kW)`` or 4-D
-        ``(C_out, C_in/groups, kH, kW)``; ``bias`` is 1-D or None.
-
-    Raises
-    ------
-    InputError
-        Unreadable file, missing tensor, wrong rank, empty, NaN/Inf or non-numbers.
-    """
-    path = Path(path)
-    caught: list[warnings.WarningMessage] = []
-    with cnotes.collect(caught):
-        weight, bias = _load_weights(path, key)
-    if notes is not None:
-        notes.extend(cnotes.text(w) for w in caught)
-    return weight, bias
-
-
-def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    name = _name(path)
-    _check_file(path, "a weight file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        weight, bias = _load_npy_weight(path), None
-    elif suffix == ".npz":
-        weight, bias = _pick(_load_npz(path), key, name)
-    elif suffix == ".safetensors":
-        weight, bias = _pick(_load_safetensors(path), key, name)
-    elif suffix in (".pt", ".pth", ".bin"):
-        weight, bias = _load_torch(path, key)
-    elif suffix in (".txt", ".csv", ".tsv", ".kernel"):
-        weight, bias = _load_text(path), None
-    elif suffix == ".json":
-        weight, bias = _load_json(path, key)
-    else:
-        raise InputError(
-            f"{name}: unknown weight file type {path.suffix or '(no suffix)'!r}; use .npy, "
-            ".npz, .safetensors, .pt, .txt, .csv or .json"
-        )
-    return _check_weight(weight, bias, name)
-
-
-def _as_real_array(value: Any, name: str, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InputError(f"{name}: {what} is not a numeric array ({_reason(exc)})") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        if arr.dtype.kind == "c":
-            raise InputError(f"{name}: {what} is complex; only real weights are supported")
-        raise InputError(f"{name}: {what} is not a numeric array (dtype {arr.dtype})")
-    return arr
-
-
-def _check_weight(weight: Any, bias: Any, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    w = _as_real_array(weight, name, "weight")
-    if w.size == 0:
-        raise InputError(f"{name}: weight is empty (shape {tuple(w.shape)})")
-    check_kernel_shape(w.shape, name)
-    if w.ndim == 3:
-        raise InputError(
-            f"{name}: 3-D weight of shape {tuple(w.shape)} is ambiguous; save it as 2-D "
-            "(kH, kW) to apply one kernel to every channel, or 4-D "
-            "(C_out, C_in/groups, kH, kW) in torch's layout"
-        )
-    if w.ndim not in (2, 4):
-        raise InputError(
-            f"{name}: weight must be 2-D (kH, kW) or 4-D (C_out, C_in/groups, kH, kW), "
-            f"got shape {tuple(w.shape)}"
-        )
-    with np.errstate(over="ignore", invalid="ignore"):
-        w32 = w.astype(np.float32)
-    if not np.isfinite(w32).all():
-        raise InputError(f"{name}: weight contains NaN or Inf (or values beyond float32)")
-    b32 = None
-    if bias is not None:
-        b = _as_real_array(bias, name, "bias")
-        if b.ndim == 0:
-            b = b.reshape(1)
-        if b.ndim != 1:
-            raise InputError(f"{name}: bias must be 1-D, got shape {tuple(b.shape)}")
-        if w.ndim == 4 and b.shape[0] != w.shape[0]:
-            raise InputError(
-                f"{name}: bias has {b.shape[0]} values but the weight has "
-                f"{w.shape[0]} output channels"
-            )
-        with np.errstate(over="ignore", invalid="ignore"):
-            b32 = b.astype(np.float32)
-        if not np.isfinite(b32).all():
-            raise InputError(f"{name}: bias contains NaN or Inf (or values beyond float32)")
-    return np.ascontiguousarray(w32), b32
-
-
-def _load_npy_weight(path: Path) -> np.ndarray:
-    try:
-        # the header first: a kernel over the size cap is refused before it is read
-        head = np.load(path, allow_pickle=False, mmap_mode="r")
-        if head.ndim >= 2:
-            check_kernel_shape(head.shape, _name(path))
-        del head
-        return np.load(path, allow_pickle=False)
-    except InputError:
-        raise
-    except Exception as exc:  # ValueError, OSError, EOFError, UnpicklingError...
-        raise InputError(f"{_name(path)}: not a readable .npy array ({_reason(exc)})") from None
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise InputError(f"{_name(path)}: not a readable .npz archive ({_reason(exc)})") from None
-
-
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    try:
-        from safetensors.numpy import load_file
-    except ImportError:
-        raise InputError(
-            f"{_name(path)}: reading .safetensors needs the safetensors package "
-            "(pip install 'convcli[safetensors]')"
-        ) from None
-    try:
-        return dict(load_file(os.fspath(path)))
-    except Exception as exc:  # safetensors raises its own SafetensorError and others
-        odd = _safetensors_dtypes(path) & _NO_NUMPY_DTYPES
-        if not odd:
-            raise InputError(
-                f"{_name(path)}: not a readable .safetensors file ({_reason(exc)})"
-            ) from None
-    # BF16 (most published model weights) and FP8 have no NumPy dtype: torch reads them
-    kinds = ", ".join(sorted(odd))
-    try:
-        import torch
-        from safetensors.torch import load_file as load_torch
-    except ImportError:
-        raise InputError(
-            f"{_name(path)}: holds {kinds} tensors, which NumPy cannot hold; install torch "
-            "to read them, or save the weights as float32"
-        ) from None
-    try:
-        return {k: v.to(torch.float64).numpy() for k, v in load_torch(os.fspath(path)).items()}
-    except Exception as exc:
-        raise InputError(
-            f"{_name(path)}: not a readable .safetensors file ({_reason(exc)})"
-        ) from None
-
-
-# safetensors dtypes that safetensors.numpy cannot load (no NumPy dtype)
-_NO_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"})
-
-
-def _safetensors_dtypes(path: Path) -> set[str]:
-    """The dtypes a .safetensors header names (empty when the header is unreadable)."""
-    try:
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            if not 0 < size <= 100 * 2**20:
-                return set()
-            header = json.loads(fh.read(size))
-        return {str(v.get("dtype")) for v in header.values() if isinstance(v, dict)}
-    except (OSError, ValueError, AttributeError):
-        return set()
-
-
-def _pick(tensors: dict[str, Any], key: str | None, name: str) -> tuple[Any, Any]:
-    """Find weight and bias in a name -> tensor mapping (``key`` = name or prefix)."""
-    available = ", ".join(sorted(tensors)[:12]) + (" ..." if len(tensors) > 12 else "")
-    if key:
-        if f"{key}.weight" in tensors:
-            return tensors[f"{key}.weight"], tensors.get(f"{key}.bias")
-        if key in tensors:
-            return tensors[key], None
-        raise InputError(f"{name}: no tensor {key!r} or {key + '.weight'!r}; found: {available}")
-    if "weight" in tensors:
-        return tensors["weight"], tensors.get("bias")
-    weights = [k for k in tensors if k.endswith(".weight")]
-    if len(weights) == 1:
-        prefix = weights[0][: -len(".weight")]
-        return tensors[weights[0]], tensors.get(f"{prefix}.bias")
-    if len(tensors) == 1:
-        return next(iter(tensors.values())), None
-    if not tensors:
-        raise InputError(f"{name}: holds no tensors")
-    raise InputError(f"{name}: holds several tensors, pick one with key=NAME; found: {available}")
-
-
-def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
-    name = _name(path)
-    try:
-        import torch
-    except ImportError:
-        raise InputError(
-            f"{name}: reading torch files needs torch installed; save the weight as "
-            ".npy, .npz or .safetensors instead"
-        ) from None
-    try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors of every kind
-        text = _reason(exc)
-        import zipfile
-
-        if not zipfile.is_zipfile(path):  # torch.save writes zip archives since 1.6
-            raise InputError(f"{name}: not a readable torch file (not a zip archive)") from None
-        if "unsupported operand" in str(exc).lower():  # e.g. FRAME (149) of protocol >= 4
-            raise InputError(
-                f"{name}: written with a pickle protocol that torch's safe loader cannot "
-                "read (4 or newer); save it with torch.save(..., pickle_protocol=2) or as "
-                ".safetensors"
-            ) from None
-        if "weights only load failed" in text.lower():
-            # A pickled whole model: unpickling it could run arbitrary code.
-            raise InputError(
-                f"{name}: holds more than tensors (a pickled model?); save its state_dict "
-                "(torch.save(model.state_dict(), ...)) and load that"
-            ) from None
-        raise InputError(f"{name}: not a readable torch file ({text})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-
-    def to_numpy(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        if t.layout != torch.strided:  # sparse COO/CSR..., which numpy cannot hold
-            raise InputError(
-                f"{name}: holds a {str(t.layout).removeprefix('torch.')} tensor; save it "
-                "dense (tensor.to_dense()) and load that"
-            )
-        if t.is_meta:
-            raise InputError(
-                f"{name}: holds a meta tensor (a shape with no values); save the real one"
-            )
-        if t.is_nested:
-            raise InputError(
-                f"{name}: holds a nested tensor (several sizes); save one plain tensor"
-            )
-        if t.is_quantized:  # its real values: what the quantized layer computes with
-            t = t.dequantize()
-        try:
-            if t.is_complex():
-                return t.detach().cpu().numpy()
-            return t.detach().cpu().to(torch.float64).numpy()
-        except Exception as exc:  # quantized, meta or other tensors with no plain values
-            raise InputError(
-                f"{name}: a {t.dtype} tensor that cannot be read as numbers ({_reason(exc)})"
-            ) from None
-
-    if isinstance(obj, torch.Tensor):
-        return to_numpy(obj), None
-    if isinstance(obj, dict):
-        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        weight, bias = _pick(tensors, key, name)
-        return to_numpy(weight), to_numpy(bias) if bias is not None else None
-    raise InputError(f"{name}: holds a {type(obj).__name__}, not a tensor or state_dict")
-
-
-def _read_text(path: Path) -> str:
-    name = _name(path)
-    try:
-        if path.stat().st_size > _MAX_TEXT_BYTES:
-            raise InputError(f"{name}: text weight file too large; use .npy")
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{name}: not a text file (not UTF-8)") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
-
-
-def _load_text(path: Path) -> np.ndarray:
-    from convcli.presets import parse_kernel_text
-
-    name = _name(path)
-    lines = []
-    for line in _read_text(path).splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            lines.append(line)
-    if not lines:
-        raise InputError(f"{name}: no numbers in the file")
-    try:
-        return parse_kernel_text("\n".join(lines))
-    except InputError as exc:
-        # Re-label: the file name first, then the parser's reason.
-        reason = str(exc).split(": ", 1)[-1]
-        raise InputError(f"{name}: {reason}") from None
-
-
-def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
-    name = _name(path)
-    # read outside the try: its InputError ("cannot read: permission denied", "not
-    # UTF-8") is a ValueError, and is not a JSON syntax error
-    text = _read_text(path)
-    try:
-        # integers as floats: Python refuses to convert those of over 4300 digits, and a
-        # kernel value is a float anyway (a huge one is then reported as beyond float32)
-        obj = json.loads(text, parse_int=float)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise InputError(f"{name}: not valid JSON ({_reason(exc)})") from None
-    if isinstance(obj, dict):
-        return _pick(obj, key, name)
-    if isinstance(obj, list):
-        return _json_array(obj, name), None
-    raise InputError(f"{name}: JSON must be a nested list or an object with 'weight'")
-
-
-def _json_array(value: Any, name: str) -> np.ndarray:
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InputError(
-            f"{name}: weight is not a rectangular array of numbers ({_reason(exc)})"
-        ) from None
-    return arr

@@ -1,0 +1,46 @@
+"""What the readers and writers of :mod:`convcli.io` share: file names and one-line
+reasons in messages, and the checks every input file gets first."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from convcli.errors import InputError
+
+
+def name_of(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def reason(exc: BaseException) -> str:
+    """A short one-line reason (libraries sometimes explain over several paragraphs)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
+    text = re.sub(r"\x1b\[[0-9;]*m", "", one_line(exc)) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def codec_reason(exc: BaseException) -> str:
+    """A codec's reason with its error type (``DeflateError: ...``): codec messages are
+    terse, and a bare ``IndexError`` text may be just ``0``."""
+    return f"{type(exc).__name__}: {reason(exc)}"
+
+
+def check_file(path: Path, what: str = "an image file") -> None:
+    name = name_of(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {reason(exc)}") from None
+    if path.is_dir():
+        raise InputError(f"{name}: is a folder, not {what}")
+    if st.st_size == 0:
+        raise InputError(f"{name}: empty file")
