@@ -323,6 +323,20 @@ class _Group(click.Group):
 
 
 # ---------------------------------------------------------------------------- parsing
+def _megapixels(text: str) -> list[float]:
+    """``--photo-mp 24,192`` as numbers; a usage error names the bad item."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (0.01 <= value <= 10_000):
+            raise click.BadParameter(f"{item.strip()!r} is not a size in megapixels (0.01-10000)")
+        values.append(value)
+    return values
+
+
 def _not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Refuse an empty path: Path('') is '.', so `-o ""` wrote into the current folder
     and `batch "" out` filtered every image there."""
@@ -1530,6 +1544,13 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     help="files suite: megapixels of the tiled TIFF (e.g. 1000 for a gigapixel).",
 )
 @click.option(
+    "--photo-mp",
+    metavar="LIST",
+    default="12,50",
+    show_default=True,
+    help="files suite: megapixels of the JPEG photos, comma-separated (3:2), e.g. 24,192.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False),
     help="files suite: keep inputs and outputs here instead of a temporary folder.",
@@ -1553,6 +1574,7 @@ def bench(
     compare: str | None,
     repeat: int | None,
     tiled_mp: float,
+    photo_mp: str,
     workdir: str | None,
     only: str | None,
     json_file: str | None,
@@ -1589,10 +1611,13 @@ def bench(
     if json_file == "-" and csv_file == "-":
         # both on stdout: JSON then CSV, which no reader of either can parse
         raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
+    sizes = None
+    if files:
+        sizes = cbench.Sizes().scaled(tiled_mp=tiled_mp, photo_mp=_megapixels(photo_mp))
     if only is not None:
         if not files:
             raise click.UsageError("--only picks workloads of --suite files")
-        known = [wl.id for wl in cbench.workloads()]
+        known = [wl.id for wl in cbench.workloads(sizes)]
         unknown = [i for i in _csv_list(only) if i not in known]
         if unknown or not _csv_list(only):
             # an unknown ID ran nothing and exited 0 with an empty table
@@ -1625,7 +1650,7 @@ def bench(
         )
     if files:
         rows = cbench.run_files_suite(
-            sizes=cbench.Sizes.with_tiled_megapixels(tiled_mp),
+            sizes=sizes,
             backends=backends,
             compare=peers,
             repeat=repeat or 3,
