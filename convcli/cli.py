@@ -31,6 +31,7 @@ from convcli import io as cio
 from convcli import notes as cnotes
 from convcli.api import ALGOS
 from convcli.errors import ConvcliError, InputError, LimitError
+from convcli.filters import Filter
 from convcli.io.publish import publish, write_bytes
 from convcli.spec import PADDING_MODES
 
@@ -422,11 +423,12 @@ def build_filter(
     groups: int | None = None,
     padding_mode: str = DEFAULT_PADDING_MODE,
     notes: list[str] | None = None,
-) -> cbatch.Filter:
-    """Assemble the filter from exactly one of --preset / --kernel / --weights.
+) -> Filter:
+    """The filter of exactly one of --preset / --kernel / --weights: one
+    :class:`~convcli.filters.Filter` constructor each (the library checks the kernel).
 
-    The one place apply and batch turn kernel options into a :class:`batch.Filter`.
-    ``notes`` receives what the weight file's readers warned about.
+    The one place apply and batch turn kernel options into a filter. ``notes``
+    receives what the weight file's readers warned about.
     """
     given = [
         name
@@ -440,45 +442,21 @@ def build_filter(
         )
     if key is not None and weights is None:
         raise click.UsageError("--key picks a tensor in a --weights file")
-    file_bias = None
+    options: dict[str, Any] = {
+        "normalize_kernel": normalize_kernel,
+        "flip": flip,
+        "bias": bias,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "padding_mode": padding_mode,
+    }
     if preset is not None:
-        from convcli import presets as cpresets
-
-        w = np.asarray(cpresets.get_preset(preset).kernel, dtype=np.float64)
-    elif kernel is not None:
-        from convcli import presets as cpresets
-
-        w = np.asarray(cpresets.parse_kernel_text(kernel), dtype=np.float64)
-    else:
-        w, file_bias = cio.load_weights(weights, key=key, notes=notes)
-        w = np.asarray(w, dtype=np.float64)
-    if normalize_kernel:
-        from convcli import presets as cpresets
-
-        if w.ndim == 2:
-            w = np.asarray(cpresets.normalize_kernel(w), dtype=np.float64)
-        else:  # each output channel's whole filter sums to 1
-            flat = [np.asarray(cpresets.normalize_kernel(f.reshape(-1, w.shape[-1]))) for f in w]
-            w = np.stack(flat).reshape(w.shape)
-    if flip:  # true convolution = correlation with the kernel rotated by 180 degrees
-        w = w[..., ::-1, ::-1]
-    big = float(np.finfo(np.float32).max)
-    if not np.all(np.isfinite(w)) or np.abs(w).max(initial=0.0) > big:
-        source = given[0] + (f" {weights}" if weights is not None else "")
-        raise InputError(
-            f"{source}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
-        )
-    if bias is None and file_bias is not None:
-        bias = np.asarray(file_bias, dtype=np.float32)
-    return cbatch.Filter(
-        weight=np.ascontiguousarray(w, dtype=np.float32),
-        bias=bias,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-    )
+        return Filter.from_preset(preset, **options)
+    if kernel is not None:
+        return Filter.from_text(kernel, **options)
+    return Filter.from_file(weights, key=key, notes=notes, **options)
 
 
 # ---------------------------------------------------------------------------- options
@@ -1342,8 +1320,6 @@ def presets_show(spec: str, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
 def presets_export(spec: str, output: str, overwrite: bool) -> None:
     """Write a preset's kernel to a weight file usable with --weights."""
-    from convcli import presets as cpresets
-
     path = Path(output)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".json", ".txt"):
@@ -1352,15 +1328,9 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     _check_side_files(
         {"-o": output}, inputs=[preset_file] if preset_file else [], overwrite=overwrite
     )
-    k64 = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float64)
-    big = float(np.finfo(np.float32).max)
-    if not np.all(np.isfinite(k64)) or np.abs(k64).max(initial=0.0) > big:
-        # as --preset refuses it: float32 would hold inf (NumPy's overflow warning, and a
-        # JSON 'Infinity' that no JSON reader, --weights included, accepts)
-        raise InputError(
-            f"preset {spec!r}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
-        )
-    k = k64.astype(np.float32)
+    # the kernel --preset uses, refused as --preset refuses it (a value past float32
+    # would be written as inf: a JSON 'Infinity' that no JSON reader accepts)
+    k = Filter.from_preset(spec).weight
     if suffix in (".npy", ".npz"):
 
         def save(fh: Any) -> None:

@@ -735,7 +735,8 @@ def test_kernel_beyond_float32_is_one_error_line(tmp_path):
     out = tmp_path / "o.png"
     res = run("apply", sample(tmp_path), "--kernel", "1,1e39,1", "-o", out, ok=False)
     assert res.exit_code == 1
-    one_error_line(res, "--kernel", "float32")
+    # the library's words, as kernel text's other mistakes: the value names the source
+    one_error_line(res, "kernel '1,1e39,1': kernel values must be finite float32")
     assert not out.exists()
 
 
