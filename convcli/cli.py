@@ -1276,6 +1276,8 @@ def presets_show(spec: str, as_json: bool) -> None:
     """Print a preset's kernel grid, its sum and whether it is separable."""
     from convcli import presets as cpresets
 
+    # the kernel apply would use, with apply's checks: show refuses what apply refuses
+    Filter.from_preset(spec)
     p = cpresets.get_preset(spec)
     k = np.asarray(p.kernel, dtype=np.float64)
     separable = bool(cpresets.is_separable(k))

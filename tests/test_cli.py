@@ -352,6 +352,26 @@ def test_export_then_weights_equals_preset(tmp_path, suffix):
     assert np.array_equal(cio.read_image(a).data, cio.read_image(b).data)
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("spec", ["unity:scale=1e39", "sharpen:amount=1e38", "USER"])
+def test_show_refuses_what_apply_refuses(tmp_path, monkeypatch, spec, as_json):
+    # show printed 1e+39 (exit 0) for a kernel that apply then refused
+    if spec == "USER":  # a user preset file whose values float32 cannot hold
+        (tmp_path / "huge.toml").write_text('name = "huge"\nkernel = [[1, 5e38, 1]]\n')
+        monkeypatch.setenv("CONVCLI_PRESET_PATH", str(tmp_path))
+        spec = "huge"
+    src = sample(tmp_path)
+    applied = run("apply", src, "--preset", spec, "-o", tmp_path / "a.png", ok=False)
+    shown = run("presets", "show", spec, *(["--json"] if as_json else []), ok=False)
+    assert applied.exit_code == shown.exit_code == 1 and shown.stdout == ""
+    line = one_error_line(shown, f"preset {spec!r}", "finite float32")
+    assert line == one_error_line(applied)
+    # the largest kernel that fits is shown and applied alike
+    ok = "unity:scale=3e38"
+    assert "3e+38" in run("presets", "show", ok).stdout
+    run("apply", src, "--preset", ok, "-o", tmp_path / "b.png", "--backend", "numpy")
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".json", ".txt"])
 def test_export_refuses_what_apply_refuses(tmp_path, suffix):
     # unity:scale=1e39 is inf in float32: export wrote JSON 'Infinity' (or an inf .npy)
