@@ -30,7 +30,7 @@ from convcli import batch as cbatch
 from convcli import io as cio
 from convcli import notes as cnotes
 from convcli.api import ALGOS
-from convcli.errors import ConvcliError, InputError, LimitError
+from convcli.errors import ConvcliError, ConvValueError, InputError, LimitError
 from convcli.filters import Filter
 from convcli.io.publish import publish, write_bytes
 from convcli.spec import PADDING_MODES
@@ -87,28 +87,44 @@ def _line(message: object, kind: str = "error") -> str:
 # The library names what to change in its own words (``overwrite=True``,
 # ``alpha='drop'``, ``existing='skip'``); the command line shows its flags instead.
 _KEYWORD = re.compile(
-    r"\b(overwrite|skip_existing|existing|alpha|out_map|key|max_pixels|max_memory)"
+    r"\b(overwrite|skip_existing|existing|alpha|out_map|key|max_pixels|max_memory|recursive)"
     r"(?:=('[^'\s]*'|True|[A-Z_]+)|\b)"
 )
+# library arguments whose flag is not their name with dashes (--name-like-this)
+_FLAG_NAMES = {"fmt": "--format"}
+# existing= takes values that are flags of their own
 _EXISTING_FLAGS = {"'replace'": "--overwrite", "'skip'": "--skip-existing"}
+
+
+def flag(argument: str, value: object = None) -> str:
+    """The command line's spelling of a library argument (one vocabulary: the flag is
+    the keyword with dashes): ``padding_mode`` -> ``--padding-mode``, with a value
+    ``--padding-mode reflect``; ``(2, 1)`` shows as ``2,1``."""
+    name = _FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
+    if value is None or value is True:
+        return name
+    if isinstance(value, tuple | list | np.ndarray):
+        shown = ",".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in value)
+    else:
+        shown = str(value)
+    return f"{name} {shown}"
 
 
 def cli_words(text: str) -> str:
     """``pass overwrite=True`` -> ``pass --overwrite``, ``alpha='drop'`` ->
     ``--alpha drop``, ``raise max_pixels`` -> ``raise --max-pixels``."""
 
-    def flag(m: re.Match) -> str:
+    def spell(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
         if name == "existing":
             return _EXISTING_FLAGS.get(value or "", m.group(0))
         if value is None and name not in ("max_pixels", "max_memory"):
             return m.group(0)  # a plain word ("key", "alpha"), not an argument
-        option = "--" + name.replace("_", "-")
         if value is None or value == "True":
-            return option
-        return f"{option} {value.strip(chr(39))}"
+            return flag(name)
+        return flag(name, value.strip(chr(39)))
 
-    return _KEYWORD.sub(flag, text)
+    return _KEYWORD.sub(spell, text)
 
 
 def _err(message: object, kind: str = "error") -> None:
@@ -690,6 +706,8 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
         filt.check(max_memory=opts["max_memory"], max_pixels=opts["max_pixels"], budget=True)
     except LimitError as exc:
         raise click.ClickException(_limit_line(exc, opts)) from None
+    except ConvValueError as exc:
+        raise click.ClickException(str(exc) + _conv_hint(str(exc), opts)) from None
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
         _preset_warnings("notice")
@@ -716,12 +734,6 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
     return filt, engine, output
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
 def _size_text(n: int) -> str:
     for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
         if n % size == 0:
@@ -729,22 +741,56 @@ def _size_text(n: int) -> str:
     return str(n)
 
 
+def _option_text(argument: str, opts: dict[str, Any], fallback: object = None) -> str | None:
+    """``--name value`` for a library argument, the value as the user gave it (else
+    ``fallback``); ``kernel_size`` is the kernel's own option. None: no such option."""
+    if argument == "kernel_size":
+        source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
+        return None if source is None else flag(source, opts[source])
+    if argument not in opts and fallback is None:
+        return None
+    value = opts.get(argument)
+    if argument == "max_memory" and value is not None:
+        return flag(argument, _size_text(value))
+    return flag(argument, value if value is not None else fallback)
+
+
 def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
     """A library limit refusal with the option to change spelled as a flag."""
-    arg = exc.argument
-    if arg is None:
+    if exc.argument is None:
         return exc.render()
-    if arg == "kernel_size":
-        source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
-        if source is None:
-            return exc.render()
-        return exc.render(f"--{source} {opts[source]}")
-    value = opts.get(arg)
-    if arg == "max_memory" and value is not None:
-        shown = _size_text(value)
-    else:
-        shown = _flag_value(value if value is not None else exc.value)
-    return exc.render(f"--{arg.replace('_', '-')} {shown}")
+    return exc.render(_option_text(exc.argument, opts, exc.value))
+
+
+# conv2d words its refusals like torch (searchable, and the same as torch's own), and
+# the filter's channel checks speak of the weight and the image: neither names an
+# option, so these are the options that each message is about.
+_CONV_MESSAGES = (
+    (re.compile(r"groups=\d+ does not divide the image's"), ("groups",)),
+    (re.compile(r"the weight (takes groups x|with groups=\d+ takes)"), ("groups",)),
+    (re.compile(r"bias has \d+ values but the convolution has"), ("bias",)),
+    (re.compile(r"Given groups=\d+, expected weight"), ("groups",)),
+    (re.compile(r"Given groups=\d+, weight of size"), ("groups",)),
+    (re.compile(r"Given weight of size .* expected bias"), ("bias",)),
+    (re.compile(r"non-positive stride"), ("stride",)),
+    (re.compile(r"dilation should be greater than zero"), ("dilation",)),
+    (re.compile(r"negative padding|Invalid padding string"), ("padding",)),
+    (re.compile(r"padding='same' is not supported for strided"), ("padding", "stride")),
+    (re.compile(r"Padding size should be less than"), ("padding", "padding_mode")),
+    (re.compile(r"Kernel size can't be greater than actual input size"), ("padding", "dilation")),
+)
+
+
+def _conv_hint(message: str, opts: dict[str, Any]) -> str:
+    """`` (--groups 3)``: the options a convolution's refusal (:data:`_CONV_MESSAGES`) is
+    about, as given (``(see --groups)`` when none was); empty for other messages."""
+    for pattern, arguments in _CONV_MESSAGES:
+        if pattern.search(message):
+            given = [flag(a, opts[a]) for a in arguments if opts.get(a) is not None]
+            if given:
+                return f" ({', '.join(given)})"
+            return f" (see {', '.join(flag(a) for a in arguments)})"
+    return ""
 
 
 # ---------------------------------------------------------------------------- running
@@ -846,6 +892,9 @@ def _run(
                     reason = _limit_line(event.error, opts)
                     if event.error.name is None:
                         reason = f"{event.task.src}: {reason}"
+                elif event.error is None or isinstance(event.error, ConvValueError):
+                    # run_tasks reports a failed convolution by its reason text alone
+                    reason += _conv_hint(reason, opts)
                 progress.console.print(
                     _line(reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
@@ -1025,7 +1074,12 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     """
     filt, engine, out = _setup(opts, ctx)
     if len(inputs) == 1 and _is_zarr(inputs[0]):
-        return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
+        try:
+            return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
+        except LimitError as exc:
+            raise click.ClickException(_limit_line(exc, opts)) from None
+        except ConvValueError as exc:
+            raise click.ClickException(str(exc) + _conv_hint(str(exc), opts)) from None
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()

@@ -801,3 +801,81 @@ def test_a_library_hint_reaches_the_user_as_a_flag(tmp_path):
     assert res.output == (
         f"convcli: error: {weights}: holds several tensors, pick one with --key NAME; found: a, b\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "weight", "line"),
+    [
+        (["--groups", "3"], (4, 2, 3, 3),
+         "Given groups=3, expected weight to be divisible by 3 at dimension 0, but got weight "
+         "of size [4, 2, 3, 3] instead (--groups 3)"),
+        ([], (4, 2, 3, 3),
+         "{src}: the weight takes groups x 2 input channels (shape (4, 2, 3, 3)), but the "
+         "image has 3 channels (see --groups)"),
+        (["--preset", "box", "--stride", "2", "--padding", "same"], None,
+         "padding='same' is not supported for strided convolutions (--padding same, --stride 2)"),
+        (["--preset", "box", "--stride", "0"], None,
+         "non-positive stride is not supported (--stride 0)"),
+        (["--preset", "box", "--dilation", "0,1"], None,
+         "dilation should be greater than zero (--dilation 0,1)"),
+        (["--preset", "box", "--padding-mode", "reflect", "--padding", "40"], None,
+         "{src}: Padding size should be less than the corresponding input dimension, but got: "
+         "padding (40, 40) at dimension 2 of input [1, 3, 32, 40] "
+         "(--padding 40, --padding-mode reflect)"),
+        (["--preset", "box", "--padding", "valid", "--dilation", "20"], None,
+         "{src}: Calculated padded input size per channel: (32 x 40). Kernel size: (41 x 41). "
+         "Kernel size can't be greater than actual input size (--padding valid, --dilation 20)"),
+        (["--preset", "box", "--groups", "2"], None,
+         "{src}: groups=2 does not divide the image's 3 channels (--groups 2)"),
+        (["--preset", "box", "--bias", "0.5,1.5"], None,
+         "{src}: bias has 2 values but the convolution has 3 output channels (--bias 0.5,1.5)"),
+    ],
+)  # fmt: skip
+def test_a_convolution_refusal_names_the_options_it_is_about(tmp_path, args, weight, line):
+    # torch's wording (and the channel checks') named no option: exit 1 and no hint
+    src, out = sample(tmp_path), tmp_path / "o.png"
+    if weight is not None:
+        np.save(tmp_path / "w.npy", np.ones(weight, np.float32))
+        args = ["--weights", tmp_path / "w.npy", *args]
+    res = run("apply", src, *args, "-o", out, "--backend", "numpy", ok=False)
+    assert res.exit_code == 1 and not out.exists()
+    assert one_error_line(res) == "convcli: error: " + line.format(src=src)
+
+
+def test_flags_are_the_library_words_with_dashes():
+    from convcli.cli import flag
+
+    assert flag("padding_mode") == "--padding-mode"
+    assert flag("padding_mode", "reflect") == "--padding-mode reflect"
+    assert flag("dilation", (2, 1)) == "--dilation 2,1"
+    assert flag("bias", np.array([0.5, 2], np.float32)) == "--bias 0.5,2"
+    assert flag("fmt", "png") == "--format png"
+    assert flag("overwrite", True) == "--overwrite"
+
+
+def test_library_messages_name_no_command_line_flag():
+    """Messages raised or warned by the library use API words; only the CLI modules
+    (and the bench that runs the CLI as a peer) spell flags."""
+    import ast
+
+    flag_like = re.compile(r"(?<![\w-])--[a-z]")
+    skip = {"cli.py", "cli_cnn.py", "bench_files.py"}
+    found = []
+    for path in sorted((ROOT / "convcli").rglob("*.py")):
+        if path.name in skip:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("warn", "append", "notice")
+            ):
+                found += [
+                    f"{path.name}:{sub.lineno}: {sub.value!r}"
+                    for sub in ast.walk(node)
+                    if isinstance(sub, ast.Constant)
+                    and isinstance(sub.value, str)
+                    and flag_like.search(sub.value)
+                ]
+    assert found == []
