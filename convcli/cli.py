@@ -611,7 +611,8 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--bit-depth",
             type=click.Choice(["8", "16", "32"]),
-            help="Output bits per channel (default: the input's where the format holds it).",
+            help="Output bits per channel (default: the input's where the format holds it); "
+            "32 is float32, for .tif and .npy.",
         ),
         click.option(
             "--out-map",
@@ -668,6 +669,30 @@ def _kernel_options(f: Callable) -> Callable:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+# formats that hold integer samples only, and their deepest
+_INTEGER_DEPTHS = {".png": 16, ".jpg": 8, ".jpeg": 8, ".webp": 8, ".bmp": 8}
+
+
+def _check_float_output(plan: cbatch.Plan, bit_depth: str | None) -> None:
+    """Refuse ``--bit-depth 32`` into a format that cannot hold float32 samples.
+
+    The writer would round to the format's deepest integer samples (PNG 16 bits) with
+    no word. 32 is not a finer integer depth but another kind of sample (unrounded
+    floats), so no PNG or JPEG can honour it: refuse before any file is read, and name
+    the formats that can. (16 into JPEG stays a note: that format is lossy by choice.)
+    """
+    if bit_depth != "32":
+        return
+    for task in plan.tasks:
+        deepest = _INTEGER_DEPTHS.get(task.dst.suffix.lower())
+        if deepest is not None:
+            kind = task.dst.suffix.lstrip(".").upper().replace("JPG", "JPEG")
+            raise click.UsageError(
+                f"--bit-depth 32 writes float32 samples, which {kind} cannot hold "
+                f"({safe_text(task.dst)}): write .tif or .npy, or pass --bit-depth {deepest}"
+            )
 
 
 _FILTER_KEYS = (
@@ -1092,6 +1117,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             f"-o {output}: several inputs need an output folder (e.g. -o {Path(output).stem}/)"
         )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
+    _check_float_output(plan, opts["bit_depth"])
     _check_side_files(
         {"--timings": opts["timings"]},
         inputs=[*inputs, *_kernel_files(opts)],
@@ -1209,6 +1235,7 @@ def batch(
             raise click.BadParameter(str(exc), param_hint="'--glob'") from None
     filt, engine, out = _setup(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
+    _check_float_output(plan, opts["bit_depth"])
     _check_side_files(
         {"--report": report, "--timings": opts["timings"]},
         inputs=[

@@ -879,3 +879,27 @@ def test_library_messages_name_no_command_line_flag():
                     and flag_like.search(sub.value)
                 ]
     assert found == []
+
+
+@pytest.mark.parametrize(("suffix", "kind", "deepest"), [(".png", "PNG", 16), (".jpg", "JPEG", 8)])
+def test_bit_depth_32_into_an_integer_format_is_refused(tmp_path, suffix, kind, deepest):
+    # PNG was written at 16 bits without a word, though 32 asks for float samples
+    src, out = sample(tmp_path), tmp_path / f"o{suffix}"
+    res = run("apply", src, "--preset", "box", "--bit-depth", "32", "-o", out, ok=False)
+    assert res.exit_code == 2 and not out.exists() and res.stdout == ""
+    one_error_line(res, f"--bit-depth 32 writes float32 samples, which {kind} cannot hold",
+                   f"pass --bit-depth {deepest}")  # fmt: skip
+    folder = tmp_path / "outs"
+    res = run("batch", tmp_path, folder, "--glob", "*.png", "--format", suffix[1:],
+              "--preset", "box", "--bit-depth", "32", ok=False)  # fmt: skip
+    assert res.exit_code == 2 and not folder.exists()
+    one_error_line(res, f"which {kind} cannot hold")
+
+
+def test_bit_depth_32_writes_float32_where_the_format_holds_it(tmp_path):
+    src, out = sample(tmp_path), tmp_path / "o.tif"
+    run("apply", src, "--kernel", "0,1,0", "--bit-depth", "32", "-o", out, "--backend", "numpy")
+    got = cio.read_image(out)
+    assert got.bit_depth == 32
+    # the identity kernel: the input's 8-bit levels, unrounded floats
+    np.testing.assert_array_equal(got.data, cio.read_image(src).data)
