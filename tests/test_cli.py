@@ -903,3 +903,29 @@ def test_bit_depth_32_writes_float32_where_the_format_holds_it(tmp_path):
     assert got.bit_depth == 32
     # the identity kernel: the input's 8-bit levels, unrounded floats
     np.testing.assert_array_equal(got.data, cio.read_image(src).data)
+
+
+def test_a_flattening_glob_never_lets_two_files_write_one_output(tmp_path):
+    # '**/*.png' without -r puts every sub-folder's files in OUT_DIR: same names collide
+    src = tmp_path / "in"
+    for i, rel in enumerate(["a/x.png", "b/x.png", "x.png", "b/y.png"]):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        cio.write_image(src / rel, np.full((1, 6, 5), (i + 1) * 40 / 255, np.float32))
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    res = run("batch", src, out, "--glob", "**/*.png", "--kernel", "1", "--report", report,
+              "--backend", "numpy", "-q", ok=False)  # fmt: skip
+    assert res.exit_code == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["x.png", "y.png"]
+    # the first in sorted order wrote x.png; its value, not another file's
+    assert np.all(cio.read_image(out / "x.png").data == np.float32(40 / 255))
+    assert np.all(cio.read_image(out / "y.png").data == np.float32(160 / 255))
+    refused = {f["file"]: f["reason"] for f in json.loads(report.read_text())["failures"]}
+    hint = "(--recursive mirrors the sub-folders)"
+    for other in ("b/x.png", "x.png"):
+        assert f"already written from {src / 'a/x.png'}" in refused[str(src / other)]
+        assert f"{src / other}: output {out / 'x.png'} is already written" in res.stderr
+    assert res.stderr.count(hint) == 2
+    # with -r each keeps its folder: nothing refused
+    run("batch", src, tmp_path / "mirrored", "--glob", "**/*.png", "-r", "--kernel", "1",
+        "--backend", "numpy", "-q")  # fmt: skip
+    assert len(list((tmp_path / "mirrored").rglob("*.png"))) == 4
