@@ -50,7 +50,11 @@ def check_weight_values(weight: np.ndarray, what: str = "weight") -> None:
         Starting with ``what`` (a file name, ``preset 'NAME'``, ``kernel '...'``).
     """
     w = np.asarray(weight)
-    if w.size and (not np.all(np.isfinite(w)) or float(np.abs(w).max()) > _FLOAT32_MAX):
+    if w.size == 0:
+        return
+    # min and max propagate NaN and need no temporary the size of the weight
+    lo, hi = float(w.min()), float(w.max())
+    if not (math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= _FLOAT32_MAX):
         raise InputError(
             f"{what}: kernel values must be finite float32 numbers (|v| <= {_FLOAT32_MAX:.4g})"
         )

@@ -780,6 +780,7 @@ def test_several_inputs_with_an_image_file_name_is_a_usage_error(tmp_path):
         ("exceeds the limit of 1000 (raise max_pixels)",
          "exceeds the limit of 1000 (raise --max-pixels)"),
         ("pick one with key=NAME; found: a, b", "pick one with --key NAME; found: a, b"),
+        ("(recursive=True mirrors the sub-folders)", "(--recursive mirrors the sub-folders)"),
         ("the alpha key and the keys stay words", "the alpha key and the keys stay words"),
     ],
 )  # fmt: skip
