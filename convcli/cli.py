@@ -96,7 +96,7 @@ _FLAG_NAMES = {"fmt": "--format"}
 _EXISTING_FLAGS = {"'replace'": "--overwrite", "'skip'": "--skip-existing"}
 
 
-def flag(argument: str, value: object = None) -> str:
+def flag_for(argument: str, value: object = None) -> str:
     """The command line's spelling of a library argument (one vocabulary: the flag is
     the keyword with dashes): ``padding_mode`` -> ``--padding-mode``, with a value
     ``--padding-mode reflect``; ``(2, 1)`` shows as ``2,1``."""
@@ -121,8 +121,8 @@ def cli_words(text: str) -> str:
         if value is None and name not in ("max_pixels", "max_memory"):
             return m.group(0)  # a plain word ("key", "alpha"), not an argument
         if value is None or value == "True":
-            return flag(name)
-        return flag(name, value.strip(chr(39)))
+            return flag_for(name)
+        return flag_for(name, value.strip(chr(39)))
 
     return _KEYWORD.sub(spell, text)
 
@@ -771,13 +771,13 @@ def _option_text(argument: str, opts: dict[str, Any], fallback: object = None) -
     ``fallback``); ``kernel_size`` is the kernel's own option. None: no such option."""
     if argument == "kernel_size":
         source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
-        return None if source is None else flag(source, opts[source])
+        return None if source is None else flag_for(source, opts[source])
     if argument not in opts and fallback is None:
         return None
     value = opts.get(argument)
     if argument == "max_memory" and value is not None:
-        return flag(argument, _size_text(value))
-    return flag(argument, value if value is not None else fallback)
+        return flag_for(argument, _size_text(value))
+    return flag_for(argument, value if value is not None else fallback)
 
 
 def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
@@ -811,10 +811,10 @@ def _conv_hint(message: str, opts: dict[str, Any]) -> str:
     about, as given (``(see --groups)`` when none was); empty for other messages."""
     for pattern, arguments in _CONV_MESSAGES:
         if pattern.search(message):
-            given = [flag(a, opts[a]) for a in arguments if opts.get(a) is not None]
+            given = [flag_for(a, opts[a]) for a in arguments if opts.get(a) is not None]
             if given:
                 return f" ({', '.join(given)})"
-            return f" (see {', '.join(flag(a) for a in arguments)})"
+            return f" (see {', '.join(flag_for(a) for a in arguments)})"
     return ""
 
 
@@ -1154,8 +1154,9 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
     for name in _IMAGE_ONLY:
         source = ctx.get_parameter_source(name)
         if source not in (None, click.core.ParameterSource.DEFAULT):
-            flag = "--format" if name == "fmt" else "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} does not apply to a zarr store (written as float32)")
+            raise click.UsageError(
+                f"{flag_for(name)} does not apply to a zarr store (written as float32)"
+            )
     if Path(output).suffix.lower() != ".zarr":
         raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
     same = Path(output).resolve() == Path(src).resolve()

@@ -844,14 +844,14 @@ def test_a_convolution_refusal_names_the_options_it_is_about(tmp_path, args, wei
 
 
 def test_flags_are_the_library_words_with_dashes():
-    from convcli.cli import flag
+    from convcli.cli import flag_for
 
-    assert flag("padding_mode") == "--padding-mode"
-    assert flag("padding_mode", "reflect") == "--padding-mode reflect"
-    assert flag("dilation", (2, 1)) == "--dilation 2,1"
-    assert flag("bias", np.array([0.5, 2], np.float32)) == "--bias 0.5,2"
-    assert flag("fmt", "png") == "--format png"
-    assert flag("overwrite", True) == "--overwrite"
+    assert flag_for("padding_mode") == "--padding-mode"
+    assert flag_for("padding_mode", "reflect") == "--padding-mode reflect"
+    assert flag_for("dilation", (2, 1)) == "--dilation 2,1"
+    assert flag_for("bias", np.array([0.5, 2], np.float32)) == "--bias 0.5,2"
+    assert flag_for("fmt", "png") == "--format png"
+    assert flag_for("overwrite", True) == "--overwrite"
 
 
 def test_library_messages_name_no_command_line_flag():
