@@ -12,6 +12,7 @@ from convcli.errors import (
     InputError,
     LimitError,
 )
+from convcli.filters import Filter
 from convcli.runinfo import RunInfo
 from convcli.spec import PADDING_MODES, ConvSpec
 from convcli.zarr_store import zarr_conv2d
@@ -28,6 +29,7 @@ __all__ = [
     "ConvTypeError",
     "ConvValueError",
     "ConvcliError",
+    "Filter",
     "InputError",
     "LimitError",
     "RunInfo",
