@@ -98,29 +98,22 @@ class ArraySource:
 def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     """Open an image file for reading by rows.
 
+    JPEG, 8/16-bit PNG and WebP are read through libvips when ``pyvips`` loads
+    (sequential), striped and tiled TIFF through tifffile and ``.npy`` through a memory
+    map (random access); other files and variants are decoded whole at their stored
+    depth (:func:`convcli.io.images.read_native`). Rows divided by ``info.top`` are
+    :func:`convcli.io.read_image`'s data, value for value. ``max_pixels`` applies to
+    the images that are decoded whole.
+
     Raises
     ------
     InputError
         Missing, empty, truncated or unsupported file, or too many pixels for a format
         that must be decoded whole.
     """
-    # first version: the whole-image readers, their float samples as the source
-    from convcli.io.images import read_image
+    from convcli.io.sources import open_source as _open
 
-    image = read_image(path, max_pixels=max_pixels)
-    channels, height, width = image.data.shape
-    info = ImageInfo(
-        height,
-        width,
-        channels,
-        image.data.dtype,
-        None,
-        image.bit_depth,
-        image.mode,
-        image.has_alpha,
-        list(image.notes),
-    )
-    return ArraySource(np.moveaxis(image.data, 0, -1), info)
+    return _open(path, max_pixels=max_pixels)
 
 
 @dataclass(frozen=True)
