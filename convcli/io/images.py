@@ -896,7 +896,17 @@ def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
     a bare OSError ("480000 requested and 40928 written") without its errno, which the
     file object's own write keeps (ENOSPC: "no space left on device")."""
     arr = np.ascontiguousarray(arr)
-    header = np.lib.format.header_data_from_array_1_0(arr)
+    _write_npy_header(fh, arr.shape, arr.dtype)
+    fh.write(memoryview(arr.reshape(-1)).cast("B"))
+
+
+def _write_npy_header(fh: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The header ``np.save`` writes for a C-ordered array of ``shape`` and ``dtype``."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(n) for n in shape),
+    }
     start = fh.tell()
     try:
         np.lib.format.write_array_header_1_0(fh, header)  # what np.save writes
@@ -904,7 +914,6 @@ def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
         fh.seek(start)
         fh.truncate()
         np.lib.format.write_array_header_2_0(fh, header)
-    fh.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
 def _write_png(fh: BinaryIO, samples: np.ndarray) -> None:
@@ -934,24 +943,34 @@ def _write_tiff_samples(fh: BinaryIO, samples: np.ndarray, has_alpha: bool) -> N
     """:func:`_write_tiff` of ``(H, W, C)`` samples already in their stored type."""
     import tifffile
 
+    from convcli.io.sinks import tiff_bigtiff
+
     channels = samples.shape[-1]
+    tifffile.imwrite(
+        fh,
+        samples[..., 0] if channels == 1 else samples,
+        bigtiff=tiff_bigtiff(*samples.shape, samples.dtype.itemsize),
+        **_tiff_tags(channels, has_alpha),
+    )
+
+
+def _tiff_tags(channels: int, has_alpha: bool) -> dict[str, Any]:
+    """tifffile's arguments for convcli's TIFF of ``channels`` samples."""
     colour = 1 if channels < 3 else 3
     extra = channels - colour
     extrasamples = None
     if extra:
         first = 2 if has_alpha and channels in (2, 4) else 0
         extrasamples = [first] + [0] * (extra - 1)
-    tifffile.imwrite(
-        fh,
-        samples[..., 0] if channels == 1 else samples,
-        photometric="minisblack" if colour == 1 else "rgb",
-        planarconfig="contig" if channels > 1 else None,
-        extrasamples=extrasamples,
-        compression="zlib",
-        compressionargs={"level": _TIFF_DEFLATE_LEVEL},
-        predictor=True,  # horizontal differencing; floating-point for float32
-        metadata=None,  # no tifffile JSON description
-    )
+    return {
+        "photometric": "minisblack" if colour == 1 else "rgb",
+        "planarconfig": "contig" if channels > 1 else None,
+        "extrasamples": extrasamples,
+        "compression": "zlib",
+        "compressionargs": {"level": _TIFF_DEFLATE_LEVEL},
+        "predictor": True,  # horizontal differencing; floating-point for float32
+        "metadata": None,  # no tifffile JSON description
+    }
 
 
 def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:

@@ -240,9 +240,7 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
     notes: list[str] = []
     try:
         with _noted(notes):
-            image = pyvips.Image.new_from_file(
-                str(path), access="sequential", fail_on="truncated"
-            )
+            image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
             fields = set(image.get_fields())
             orientation = image.get("orientation") if "orientation" in fields else 1
             pages = image.get("n-pages") if "n-pages" in fields else 1

@@ -19,9 +19,6 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from convcli.errors import InputError
-from convcli.io._common import name_of
-
 
 @dataclass
 class ImageInfo:
@@ -133,25 +130,17 @@ def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name
     """Encode ``rows`` (``(n, W, C)`` blocks of ``target.dtype``, top to bottom,
     ``target.height`` rows in all) into ``fh`` as ``target.fmt``.
 
-    ``.npy`` is written as the ``(C, H, W)`` array of the samples.
+    ``.npy`` is written as the ``(C, H, W)`` array of the samples. TIFF and ``.npy``
+    are written as the blocks arrive (memory: a strip); PNG, JPEG, WebP and BMP gather
+    the rows into one buffer of the stored samples, then encode it. The files are the
+    ones :func:`convcli.io.write_image` writes for the same samples (a JPEG: the same
+    encoder settings).
 
     Raises
     ------
     InputError
         A format that cannot hold the samples (its message names ``name``).
     """
-    # first version: gather the rows, then the whole-image encoders
-    from convcli.io import images
+    from convcli.io.sinks import write_rows as _write
 
-    blocks = list(rows)
-    samples = np.concatenate(blocks) if blocks else np.empty((0, target.width, target.channels))
-    if samples.shape != (target.height, target.width, target.channels):
-        raise InputError(f"{name_of(name)}: got rows of shape {samples.shape} for {target}")
-    if target.fmt == "NPY":
-        images._save_npy(fh, np.ascontiguousarray(np.moveaxis(samples, -1, 0), np.float32))
-    elif target.fmt == "PNG":
-        images._write_png(fh, samples)
-    elif target.fmt == "TIFF":
-        images._write_tiff_samples(fh, samples, target.has_alpha)
-    else:
-        images._save_pil(fh, samples, target.fmt, target.quality)
+    _write(fh, rows, target, name=name)
