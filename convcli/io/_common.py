@@ -3,8 +3,10 @@ reasons in messages, and the checks every input file gets first."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from convcli.errors import InputError
@@ -44,3 +46,11 @@ def check_file(path: Path, what: str = "an image file") -> None:
         raise InputError(f"{name}: is a folder, not {what}")
     if st.st_size == 0:
         raise InputError(f"{name}: empty file")
+
+
+@functools.cache
+def codec_pool() -> ThreadPoolExecutor:
+    """Threads for the strips and tiles of one file (the codecs release the GIL)."""
+    return ThreadPoolExecutor(
+        max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="convcli-codec"
+    )

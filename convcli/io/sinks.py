@@ -15,14 +15,16 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from convcli.errors import InputError
 from convcli.io import images as _im
-from convcli.io._common import name_of, reason
+from convcli.io._common import codec_pool, name_of, reason
 
 if TYPE_CHECKING:
     from convcli.io.stream import Target
@@ -92,7 +94,7 @@ def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target)
     predict = tifffile.TIFF.PREDICTORS[predictor_tag]
     compress = tifffile.TIFF.COMPRESSORS[8]  # Deflate (zlib)
 
-    def encoded() -> Iterator[bytes]:
+    def strips() -> Iterator[np.ndarray]:
         strip = np.empty((rps, target.width, target.channels), dtype)
         filled = 0
         for block in blocks:
@@ -103,10 +105,30 @@ def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target)
                 filled += n
                 at += n
                 if filled == rps:
-                    yield compress(predict(strip, axis=-2), level=_im._TIFF_DEFLATE_LEVEL)
+                    yield strip
+                    strip = np.empty_like(strip)  # the last one may still be encoding
                     filled = 0
         if filled:
-            yield compress(predict(strip[:filled], axis=-2), level=_im._TIFF_DEFLATE_LEVEL)
+            yield strip[:filled]
+
+    def encode(strip: np.ndarray) -> bytes:
+        return compress(predict(strip, axis=-2), level=_im._TIFF_DEFLATE_LEVEL)
+
+    def encoded() -> Iterator[bytes]:
+        # strips encode on the codec threads, a few ahead, and are written in order
+        pool = codec_pool()
+        ahead = 2 * pool._max_workers
+        pending: deque[Future[bytes]] = deque()
+        try:
+            for strip in strips():
+                pending.append(pool.submit(encode, strip))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
     channels = target.channels
     shape = (

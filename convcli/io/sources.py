@@ -32,7 +32,7 @@ import numpy as np
 from convcli import notes as cnotes
 from convcli.errors import InputError
 from convcli.io import images as _im
-from convcli.io._common import check_file, codec_reason, name_of, reason
+from convcli.io._common import check_file, codec_pool, codec_reason, name_of, reason
 from convcli.io.stream import ArraySource, ImageInfo, Source
 
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -371,25 +371,39 @@ class TiffSource:
         band = np.zeros((rows, info.width, info.channels), self._stored)
         fh = self._tif.filehandle
         tables = page.jpegtables
+        wanted = []
         for p in range(self._planes):
             for j in range(self._across):
                 index = p * self._down * self._across + k * self._across + j
                 offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
-                if not offset or not count:
-                    continue  # an empty segment reads as 0, as tifffile fills it
-                with self._lock:
-                    fh.seek(offset)
-                    data = fh.read(count)
-                segment = page.decode(data, index, jpegtables=tables)[0]
-                if segment is None:
-                    continue
-                x = j * self._tile_w
-                w = min(self._tile_w, info.width - x)
-                block = segment[0, :rows, :w]
-                if self._planes > 1:
-                    band[:, x : x + w, p] = block[..., 0]
-                else:
-                    band[:, x : x + w] = block
+                if offset and count:  # an empty segment reads as 0, as tifffile fills it
+                    wanted.append((p, j, index, offset, count))
+        with self._lock:
+            chunks = []
+            for _, _, _, offset, count in wanted:
+                fh.seek(offset)
+                chunks.append(fh.read(count))
+
+        def place(item: tuple[tuple[int, int, int, int, int], bytes]) -> None:
+            (p, j, index, _, _), data = item
+            segment = page.decode(data, index, jpegtables=tables)[0]
+            if segment is None:
+                return
+            x = j * self._tile_w
+            w = min(self._tile_w, info.width - x)
+            block = segment[0, :rows, :w]
+            if self._planes > 1:
+                band[:, x : x + w, p] = block[..., 0]
+            else:
+                band[:, x : x + w] = block
+
+        items = list(zip(wanted, chunks, strict=True))
+        if len(items) > 1:
+            # the codecs release the GIL: a band's tiles decode on several cores
+            list(codec_pool().map(place, items))
+        else:
+            for item in items:
+                place(item)
         self._cache = {k: band}
         return band
 
