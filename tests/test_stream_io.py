@@ -511,18 +511,19 @@ def test_wrong_rows_refused():
 
 @pytest.mark.parametrize("fmt", ["TIFF", "NPY"])
 def test_streamed_writer_memory_is_a_strip(tmp_path, fmt):
-    """A 12 MB image written from 16-row blocks made on the fly: the writer holds about
+    """A 24 MB image written from 16-row blocks made on the fly: the writer holds about
     a strip (tracemalloc counts NumPy buffers and the encoded strips)."""
-    height, width = 2000, 2000
+    height, width = 4000, 2000
     dtype = np.dtype(np.uint8 if fmt == "TIFF" else np.float32)
     channels = 3 if fmt == "TIFF" else 1
     size = height * width * channels * dtype.itemsize
 
+    ramp = np.arange(16)[:, None, None] * 7 + np.arange(width)[None, :, None] * 3
+    pattern = ((ramp + np.arange(channels)) % 251).astype(dtype)
+
     def blocks():
-        for y in range(0, height, 16):
-            yy = np.arange(y, y + 16, dtype=np.uint32)[:, None, None]
-            xx = np.arange(width, dtype=np.uint32)[None, :, None]
-            yield ((yy * 7 + xx * 3 + np.arange(channels)) % 251).astype(dtype)
+        for k in range(height // 16):
+            yield pattern + dtype.type(k % 5)
 
     target = Target(fmt, height, width, channels, dtype, False)
     path = tmp_path / f"big.{fmt.lower()}"

@@ -117,7 +117,7 @@ def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target)
     def encoded() -> Iterator[bytes]:
         # strips encode on the codec threads, a few ahead, and are written in order
         pool = codec_pool()
-        ahead = 2 * pool._max_workers
+        ahead = pool._max_workers + 1
         pending: deque[Future[bytes]] = deque()
         try:
             for strip in strips():
