@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,25 @@ def test_png_exif_orientation(tmp_path):
     base.save(tmp_path / "o.png", exif=exif)
     src = assert_same(tmp_path / "o.png")
     assert (src.info.height, src.info.width) == (30, 20)
+
+
+@vips_only
+def test_png16_exif_orientation(tmp_path):
+    """An eXIf chunk in a 16-bit PNG (read_image: libpng + Pillow's EXIF parser)."""
+    path = cio.write_image(
+        tmp_path / "o.png", np.random.default_rng(3).random((3, 10, 16)), bit_depth=16
+    )
+    blob = path.read_bytes()
+    exif = PILImage.Exif()
+    exif[0x0112] = 8
+    body = exif.tobytes()
+    body = body[6:] if body.startswith(b"Exif\x00\x00") else body
+    chunk = len(body).to_bytes(4, "big") + b"eXIf" + body
+    chunk += zlib.crc32(b"eXIf" + body).to_bytes(4, "big")
+    at = blob.index(b"IDAT") - 4
+    (tmp_path / "r.png").write_bytes(blob[:at] + chunk + blob[at:])
+    src = assert_same(tmp_path / "r.png")
+    assert (src.info.height, src.info.width, src.info.dtype) == (16, 10, np.uint16)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])

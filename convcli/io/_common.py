@@ -6,10 +6,13 @@ from __future__ import annotations
 import functools
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from convcli.errors import InputError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 
 def name_of(path: str | os.PathLike[str]) -> str:
@@ -51,6 +54,8 @@ def check_file(path: Path, what: str = "an image file") -> None:
 @functools.cache
 def codec_pool() -> ThreadPoolExecutor:
     """Threads for the strips and tiles of one file (the codecs release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     return ThreadPoolExecutor(
         max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="convcli-codec"
     )

@@ -102,8 +102,8 @@ _PNG_LEVEL = 2
 # predictor makes Deflate both faster and 20-45% smaller than level 6 without one.
 _TIFF_DEFLATE_LEVEL = 1
 
-# Loggers through which imagecodecs and tifffile report odd but readable files.
-_CODEC_LOGGERS = ("imagecodecs", "tifffile")
+# Loggers through which imagecodecs, tifffile and libvips report odd but readable files.
+_CODEC_LOGGERS = ("imagecodecs", "tifffile", "pyvips")
 # libpng warns on every interlaced image it is asked to read in one call, then
 # de-interlaces it correctly: nothing to tell the user.
 _QUIET_CODEC_MESSAGES = ("Interlace handling should be turned on",)
