@@ -9,8 +9,8 @@
 - PNG, JPEG, WebP, BMP: encoders of whole images; the rows are gathered into one
   buffer of the output's samples (no list of blocks, no concatenated copy), then
   encoded once. PNG through libpng (imagecodecs), JPEG through libvips where pyvips
-  loads (3x faster than Pillow here, the same libjpeg-turbo with the same quantisation
-  and sampling: the same pixels decode back), else Pillow; WebP and BMP through Pillow.
+  loads (faster than Pillow; the same libjpeg-turbo with the same quantisation and
+  sampling: the same pixels decode back), else Pillow; WebP and BMP through Pillow.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 by rows, and how.
 
 - JPEG, 8/16-bit PNG and WebP: libvips (``pyvips`` with the ``pyvips-binary`` wheel),
-  opened for sequential access and read strip by strip (``crop`` +
-  ``write_to_memory``, which decodes on libvips' threads: 1.2-1.4 s and 178 MB for a
-  192 MP JPEG here against 2.4-3.4 s and 270 MB through ``Region.fetch``). libvips and
-  Pillow run the same libjpeg-turbo, libpng and libwebp decoders with the same settings:
-  the samples are the ones :func:`convcli.io.read_image` gives, bit for bit.
+  opened for sequential access and read strip by strip (``crop`` + ``write_to_memory``,
+  which decodes on libvips' threads; faster and smaller than ``Region.fetch``, see
+  docs/IO-LIBRARIES.md). libvips and Pillow run the same libjpeg-turbo, libpng and
+  libwebp decoders with the same settings: the samples are the ones
+  :func:`convcli.io.read_image` gives, bit for bit.
 - Striped and tiled TIFF, BigTIFF, chunky or planar: tifffile, decoding only the strips
   or tiles that overlap the rows asked for (random access).
 - ``.npy``: a memory map, random access.
