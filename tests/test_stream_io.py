@@ -105,7 +105,9 @@ def test_png_depths_and_modes(tmp_path, channels, bits):
     assert src.info.top == (255 if bits == 8 else 65535)
 
 
-@pytest.mark.parametrize("variant", ["palette", "palette-trns", "gray-trns", "rgb-trns", "1bit"])
+@pytest.mark.parametrize(
+    "variant", ["palette", "palette-trns", "gray-trns", "rgb-trns", "1bit", "animated"]
+)
 def test_png_variants(tmp_path, variant):
     rgb = crop("coffee.png")
     path = tmp_path / "v.png"
@@ -116,9 +118,12 @@ def test_png_variants(tmp_path, variant):
         rgb.convert("L").save(path, transparency=17)
     elif variant == "rgb-trns":
         rgb.save(path, transparency=(1, 2, 3))
+    elif variant == "animated":  # the first frame, and a note about the others
+        rgb.save(path, save_all=True, append_images=[rgb.rotate(180)])
     else:
         rgb.convert("1").save(path)
-    assert_same(path)
+    src = assert_same(path)
+    assert ("2 frames" in " ".join(src.info.notes)) == (variant == "animated")
 
 
 @vips_only

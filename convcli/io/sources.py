@@ -112,14 +112,14 @@ def _pyvips() -> Any | None:
     return pyvips
 
 
-def _png_layout(path: Path) -> tuple[int, int, bool, bool] | None:
-    """A PNG's bit depth, colour type, whether it has a tRNS chunk and whether it is
-    animated or interlaced, from the chunks before the first IDAT (no pixels read)."""
+def _png_layout(path: Path) -> tuple[int, int, bool, bool, bool] | None:
+    """A PNG's bit depth, colour type, and whether it has a tRNS chunk, is interlaced,
+    is animated, from the chunks before the first IDAT (no pixels read)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(8)
             depth = colour = -1
-            trns = special = False
+            trns = interlaced = animated = False
             while True:
                 head = fh.read(8)
                 if len(head) < 8:
@@ -129,13 +129,13 @@ def _png_layout(path: Path) -> tuple[int, int, bool, bool] | None:
                     body = fh.read(13)
                     if len(body) < 13:
                         return None
-                    depth, colour, special = body[8], body[9], body[12] != 0
+                    depth, colour, interlaced = body[8], body[9], body[12] != 0
                     fh.seek(size - 13 + 4, 1)
                     continue
                 if kind == b"IDAT":
-                    return depth, colour, trns, special
+                    return depth, colour, trns, interlaced, animated
                 trns |= kind == b"tRNS"
-                special |= kind == b"acTL"
+                animated |= kind == b"acTL"
                 fh.seek(size + 4, 1)
     except OSError:
         return None
@@ -145,13 +145,15 @@ def _open_png(path: Path, max_pixels: int | None) -> Source | None:
     layout = _png_layout(path)
     if layout is None:
         return None
-    depth, colour, trns, special = layout
+    depth, colour, trns, interlaced, animated = layout
+    if animated:
+        return None  # the whole-image reader notes the frames it leaves out
     if colour == 3:  # palette: RGB, or RGBA with a tRNS chunk, as Pillow converts it
         pass
     elif depth not in (8, 16) or trns or colour not in (0, 2, 4, 6):
         return None  # low bit depths, colour keys: the whole-image readers' rules
-    # interlaced and animated PNG are decoded whole: held to max_pixels there
-    return _open_vips(path, "png", None if special else max_pixels, whole=special)
+    # an interlaced PNG is decoded whole, and held to max_pixels like the others
+    return _open_vips(path, "png", max_pixels, whole=interlaced)
 
 
 # A sequential libvips load decodes in strips of a fixed height (16 rows by default) and
