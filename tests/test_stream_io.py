@@ -532,6 +532,12 @@ def test_wrong_rows_refused():
         written(target, np.zeros((10, 5, 1), np.uint8))
     with pytest.raises(InputError, match="out: got uint16 rows"):
         written(target, np.zeros((10, 4, 1), np.uint16))
+    with pytest.raises(InputError, match="out: 2 channels without alpha fit no PNG"):
+        written(Target("PNG", 3, 4, 2, np.dtype(np.uint8), False), np.zeros((3, 4, 2), np.uint8))
+    with pytest.raises(InputError, match="out: 5 channels fit no PNG"):
+        written(Target("PNG", 3, 4, 5, np.dtype(np.uint8), False), np.zeros((3, 4, 5), np.uint8))
+    with pytest.raises(InputError, match=r"out: \.npy output holds float32 samples"):
+        written(Target("NPY", 3, 4, 1, np.dtype(np.uint8), False), np.zeros((3, 4, 1), np.uint8))
 
 
 @pytest.mark.parametrize("fmt", ["TIFF", "NPY"])

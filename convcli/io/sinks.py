@@ -42,7 +42,7 @@ def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name
     if target.fmt == "TIFF":
         _write_tiff_rows(fh, blocks, target)
     elif target.fmt == "NPY":
-        _write_npy_rows(fh, blocks, target)
+        _write_npy_rows(fh, blocks, target, name)
     elif target.fmt in ("PNG", "JPEG", "WEBP", "BMP"):
         samples = _gather(blocks, target)
         _encode_whole(fh, samples, target, name)
@@ -149,12 +149,12 @@ def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target)
 # ---------------------------------------------------------------------------- .npy
 
 
-def _write_npy_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target) -> None:
+def _write_npy_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target, name: str) -> None:
     """The ``(C, H, W)`` float32 array, each block's rows stored at their place in
     every channel plane (``fh`` must be seekable: a file, or :func:`publish`'s)."""
     dtype = np.dtype(np.float32)
     if np.dtype(target.dtype) != dtype:
-        raise InputError(f".npy output holds float32 samples, not {target.dtype}")
+        raise InputError(f"{name_of(name)}: .npy output holds float32 samples, not {target.dtype}")
     channels, height, width = target.channels, target.height, target.width
     _im._write_npy_header(fh, (channels, height, width), dtype)
     start = fh.tell()
@@ -198,6 +198,11 @@ def _encode_whole(fh: BinaryIO, samples: np.ndarray, target: Target, name: str) 
     if channels > 4:
         raise InputError(
             f"{name_of(name)}: {channels} channels fit no {fmt} image mode; "
+            "write .npy or .tif instead"
+        )
+    if fmt in ("PNG", "WEBP") and channels in (2, 4) and not target.has_alpha:
+        raise InputError(
+            f"{name_of(name)}: {channels} channels without alpha fit no {fmt} image mode; "
             "write .npy or .tif instead"
         )
     if fmt != "PNG" and samples.dtype != np.uint8:
