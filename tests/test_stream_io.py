@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from convcli import io as cio
@@ -568,3 +570,56 @@ def test_streamed_writer_memory_is_a_strip(tmp_path, fmt):
     expect = np.concatenate(list(blocks()))
     back = tifffile.imread(path) if fmt == "TIFF" else np.moveaxis(np.load(path), 0, -1)
     np.testing.assert_array_equal(back.reshape(expect.shape), expect)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(0, 4000),
+    suffix=st.sampled_from([".png", ".jpg", ".tif", ".webp", ".npy"]),
+    bits=st.sampled_from([8, 16]),
+)
+def test_corrupted_files_give_input_errors(tmp_path, cut, suffix, bits):
+    """Real files cut short or with a flipped byte: rows, or InputError naming the
+    file (from open_source or read_rows), never another exception."""
+    src_path = tmp_path / f"src{bits}{suffix}"
+    if not src_path.exists():
+        x = np.random.default_rng(bits).random((3, 40, 50)).astype(np.float32)
+        if suffix in (".jpg", ".webp"):
+            cio.write_image(src_path, x, quality=90)
+        else:
+            cio.write_image(src_path, x, bit_depth=bits)
+    blob = bytearray(src_path.read_bytes())
+    pos = cut % len(blob)
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(
+        bytes(blob[:pos])
+        if cut % 2
+        else bytes(blob[:pos]) + bytes([blob[pos] ^ 0x5A]) + bytes(blob[pos + 1 :])
+    )
+    try:
+        src = open_source(bad, max_pixels=None)
+        try:
+            for y in range(0, src.info.height, 16):
+                rows = src.read_rows(y, min(y + 16, src.info.height))
+                assert rows.shape[1:] == (src.info.width, src.info.channels)
+        finally:
+            src.close()
+    except InputError as exc:
+        assert str(exc).startswith(str(bad)) and "\n" not in str(exc)
+
+
+def test_header_without_pixels(tmp_path):
+    """A TIFF whose header says 0 columns: one line, not an empty array (read_image
+    returned data of shape (0,) for it)."""
+    path = cio.write_image(tmp_path / "z.tif", np.zeros((3, 40, 50)))
+    with tifffile.TiffFile(path) as tif:
+        where = tif.pages[0].tags[256].valueoffset  # ImageWidth
+    blob = bytearray(path.read_bytes())
+    blob[where : where + 4] = bytes(4)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(InputError, match=r"z\.tif: the image has no pixels"):
+        cio.read_image(path)
+    with pytest.raises(InputError, match=r"z\.tif: the image has no pixels"):
+        open_source(path, max_pixels=None)

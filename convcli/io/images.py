@@ -274,6 +274,8 @@ def read_native(
     with cnotes.collect(caught):
         native = _read_native(path, max_pixels)
     native.notes.extend(cnotes.text(w) for w in caught)
+    if native.samples.ndim != 3 or 0 in native.samples.shape:  # a corrupt header
+        raise InputError(f"{name_of(path)}: the image has no pixels (corrupt header?)")
     return native
 
 

@@ -519,6 +519,8 @@ def _tiff_source(tif: Any, page: Any, name: str, notes: list[str]) -> TiffSource
         return None
     if photometric == _im._MINISWHITE and kind != "u":
         return None
+    if not int(page.imagelength) or not int(page.imagewidth):
+        return None  # the whole-image reader says what is wrong
     size = tif.filehandle.size
     ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
     if ends.size and int(ends.max()) > size:
