@@ -264,6 +264,11 @@ def test_max_pixels_only_for_whole_decodes(opened, tmp_path):
     if HAVE_VIPS:
         crop("coffee.png", 40, 30).save(tmp_path / "x.jpg")
         assert opened(tmp_path / "x.jpg", max_pixels=1000).info.width == 40
+        # progressive: libjpeg holds the whole image's coefficients
+        crop("coffee.png", 40, 30).save(tmp_path / "p.jpg", progressive=True)
+        with pytest.raises(InputError, match=r"p\.jpg: 1200 pixels exceeds the limit of 1000"):
+            opened(tmp_path / "p.jpg", max_pixels=1000)
+        assert opened(tmp_path / "p.jpg", max_pixels=1200).info.width == 40
 
 
 # ---------------------------------------------------------------------------- TIFF

@@ -246,6 +246,7 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
             fields = set(image.get_fields())
             orientation = image.get("orientation") if "orientation" in fields else 1
             pages = image.get("n-pages") if "n-pages" in fields else 1
+            interlaced = bool(image.get("interlaced")) if "interlaced" in fields else False
     except pyvips.Error:
         return None  # the whole-image readers say what is wrong with it
     bands, fmt = image.bands, image.format
@@ -254,6 +255,10 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
         return None
     if kind == "jpeg" and bands not in (1, 3):
         return None
+    if interlaced:
+        # a progressive JPEG or interlaced PNG is decoded through a buffer of the
+        # whole image (libjpeg's coefficients): held to max_pixels (bombs)
+        _im._check_pixels(name, image.width * image.height, max_pixels)
     depth = 16 if dtype == np.uint16 else 8
     info = ImageInfo(
         image.height,
