@@ -256,11 +256,15 @@ def test_not_an_image(tmp_path):
 def test_max_pixels_only_for_whole_decodes(opened, tmp_path):
     crop("coffee.png", 40, 30).save(tmp_path / "x.bmp")
     crop("coffee.png", 40, 30).save(tmp_path / "x.webp")
-    cio.write_image(tmp_path / "x.tif", np.zeros((3, 30, 40)))
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros((30, 40, 3), np.uint8), rowsperstrip=8)
     for whole in ("x.bmp", "x.webp"):
         with pytest.raises(InputError, match=r"1200 pixels exceeds the limit of 1000"):
             opened(tmp_path / whole, max_pixels=1000)
     assert opened(tmp_path / "x.tif", max_pixels=1000).info.height == 30
+    # a TIFF of one strip is decoded whole
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((30, 40), np.uint8), rowsperstrip=30)
+    with pytest.raises(InputError, match=r"one\.tif: 1200 pixels exceeds the limit of 1000"):
+        opened(tmp_path / "one.tif", max_pixels=1000)
     if HAVE_VIPS:
         crop("coffee.png", 40, 30).save(tmp_path / "x.jpg")
         assert opened(tmp_path / "x.jpg", max_pixels=1000).info.width == 40

@@ -65,7 +65,7 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
         raise InputError(f"{name}: cannot read: {reason(exc)}") from None
     source: Source | None = None
     if head[:4] in _im._TIFF_MAGIC:
-        source = _open_tiff(path)
+        source = _open_tiff(path, max_pixels)
     elif head.startswith(_JPEG_SIG):
         source = _open_vips(path, "jpeg", max_pixels)
     elif head.startswith(_im._PNG_SIG):
@@ -454,7 +454,7 @@ class TiffSource:
 _OJPEG = 6
 
 
-def _open_tiff(path: Path) -> Source | None:
+def _open_tiff(path: Path, max_pixels: int | None) -> Source | None:
     """A :class:`TiffSource` for the first page of a TIFF whose samples read_image would
     only divide (gray/RGB with or without unassociated alpha, any channel count, 8/16-bit
     unsigned, uint32/int32, float), upright; None for the rest (the whole-image readers
@@ -470,7 +470,7 @@ def _open_tiff(path: Path) -> Source | None:
             if not len(tif.pages):
                 raise InputError(f"{name}: truncated or corrupt TIFF (no image directory)")
             page = tif.pages[0]
-            source = _tiff_source(tif, page, name, notes)
+            source = _tiff_source(tif, page, name, notes, max_pixels)
             if source is None:
                 tif.close()
             return source
@@ -484,7 +484,9 @@ def _open_tiff(path: Path) -> Source | None:
         return None
 
 
-def _tiff_source(tif: Any, page: Any, name: str, notes: list[str]) -> TiffSource | None:
+def _tiff_source(
+    tif: Any, page: Any, name: str, notes: list[str], max_pixels: int | None
+) -> TiffSource | None:
     photometric = int(page.photometric)
     extra = tuple(int(e) for e in page.extrasamples)
     tag = page.tags.get(_im._ORIENTATION)
@@ -526,6 +528,13 @@ def _tiff_source(tif: Any, page: Any, name: str, notes: list[str]) -> TiffSource
         return None
     if not int(page.imagelength) or not int(page.imagewidth):
         return None  # the whole-image reader says what is wrong
+    # what is decoded at once (one strip, or a row of tiles) is held to max_pixels: a
+    # file of one strip is a whole-image decode
+    if page.is_tiled:
+        band = int(page.tilelength) * max(int(page.imagewidth), int(page.tilewidth))
+    else:
+        band = min(int(page.rowsperstrip), int(page.imagelength)) * int(page.imagewidth)
+    _im._check_pixels(name, band, max_pixels)
     size = tif.filehandle.size
     ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
     if ends.size and int(ends.max()) > size:
