@@ -53,7 +53,10 @@ def check_file(path: Path, what: str = "an image file") -> None:
 
 @functools.cache
 def codec_pool() -> ThreadPoolExecutor:
-    """Threads for the strips and tiles of one file (the codecs release the GIL)."""
+    """Threads for the strips and tiles of one file (the codecs release the GIL).
+
+    Its tasks are leaves (one decode or encode each): waiting on the pool from one of
+    its own threads could deadlock, so readers and writers are called from elsewhere."""
     from concurrent.futures import ThreadPoolExecutor
 
     return ThreadPoolExecutor(

@@ -68,6 +68,9 @@ class Source(Protocol):
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0 <= y < y1`` as a ``(y1 - y0, W, C)`` array of ``info.dtype``.
 
+        The array may be read-only, a strided view (a mirrored or planar image) and
+        share memory with the source: copy it before changing it.
+
         Raises InputError naming the file for a file that turns out to be bad."""
         ...
 
