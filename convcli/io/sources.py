@@ -369,36 +369,39 @@ class TiffSource:
         self._stored = np.dtype(page.dtype)
         self._cache: dict[int, np.ndarray] = {}
 
-    def _band(self, k: int) -> np.ndarray:
-        band = self._cache.get(k)
-        if band is not None:
-            return band
+    def _bands(self, ks: list[int]) -> dict[int, np.ndarray]:
+        """Bands ``ks`` (rows of strips or tiles), their segments decoded together on
+        the codec threads."""
         page, info = self._page, self.info
-        rows = min(self._band_h, info.height - k * self._band_h)
-        band = np.zeros((rows, info.width, info.channels), self._stored)
-        fh = self._tif.filehandle
-        tables = page.jpegtables
+        bands: dict[int, np.ndarray] = {}
         wanted = []
-        for p in range(self._planes):
-            for j in range(self._across):
-                index = p * self._down * self._across + k * self._across + j
-                offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
-                if offset and count:  # an empty segment reads as 0, as tifffile fills it
-                    wanted.append((p, j, index, offset, count))
+        for k in ks:
+            rows = min(self._band_h, info.height - k * self._band_h)
+            bands[k] = np.zeros((rows, info.width, info.channels), self._stored)
+            for p in range(self._planes):
+                for j in range(self._across):
+                    index = p * self._down * self._across + k * self._across + j
+                    offset = int(page.dataoffsets[index])
+                    count = int(page.databytecounts[index])
+                    if offset and count:  # an empty segment reads as 0, as tifffile fills it
+                        wanted.append((k, p, j, index, offset, count))
+        fh = self._tif.filehandle
         with self._lock:
             chunks = []
-            for _, _, _, offset, count in wanted:
+            for *_, offset, count in wanted:
                 fh.seek(offset)
                 chunks.append(fh.read(count))
+        tables = page.jpegtables
 
-        def place(item: tuple[tuple[int, int, int, int, int], bytes]) -> None:
-            (p, j, index, _, _), data = item
+        def place(item: tuple[tuple[int, ...], bytes]) -> None:
+            (k, p, j, index, _, _), data = item
             segment = page.decode(data, index, jpegtables=tables)[0]
             if segment is None:
                 return
+            band = bands[k]
             x = j * self._tile_w
             w = min(self._tile_w, info.width - x)
-            block = segment[0, :rows, :w]
+            block = segment[0, : band.shape[0], :w]
             if self._planes > 1:
                 band[:, x : x + w, p] = block[..., 0]
             else:
@@ -406,32 +409,36 @@ class TiffSource:
 
         items = list(zip(wanted, chunks, strict=True))
         if len(items) > 1:
-            # the codecs release the GIL: a band's tiles decode on several cores
             list(codec_pool().map(place, items))
         else:
             for item in items:
                 place(item)
-        self._cache = {k: band}
-        return band
+        return bands
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         info = self.info
         if not 0 <= y0 <= y1 <= info.height:
             raise ValueError(f"rows {y0}:{y1} outside 0:{info.height}")
         out = np.empty((y1 - y0, info.width, info.channels), self._stored)
+        ks = list(range(y0 // self._band_h, -(-y1 // self._band_h)))
+        cache = self._cache  # one snapshot: another thread may replace it
         try:
             with _noted(info.notes):
-                for k in range(y0 // self._band_h, -(-y1 // self._band_h)):
-                    top = k * self._band_h
-                    band = self._band(k)
-                    a, b = max(y0, top), min(y1, top + band.shape[0])
-                    out[a - y0 : b - y0] = band[a - top : b - top]
+                bands = self._bands([k for k in ks if k not in cache])
         except InputError:
             raise
         except MemoryError:
             raise InputError(f"{self._name}: not enough memory to decode this image") from None
         except Exception as exc:  # tifffile and imagecodecs raise many types on bad data
             raise InputError(f"{self._name}: cannot decode image ({codec_reason(exc)})") from None
+        bands.update((k, band) for k, band in cache.items() if k in ks)
+        for k in ks:
+            top = k * self._band_h
+            band = bands[k]
+            a, b = max(y0, top), min(y1, top + band.shape[0])
+            out[a - y0 : b - y0] = band[a - top : b - top]
+        if ks:  # the next strip asked for usually starts in the last band (a halo)
+            self._cache = {ks[-1]: bands[ks[-1]]}
         if self._invert:  # MinIsWhite: 0 is white (the gray channel only)
             out[..., 0] = np.asarray(info.top, out.dtype) - out[..., 0]
         if out.dtype.kind == "f":
