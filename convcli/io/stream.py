@@ -102,8 +102,10 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     (sequential), striped and tiled TIFF through tifffile and ``.npy`` through a memory
     map (random access); other files and variants are decoded whole at their stored
     depth (:func:`convcli.io.images.read_native`). Rows divided by ``info.top`` are
-    :func:`convcli.io.read_image`'s data, value for value. ``max_pixels`` applies to
-    the images that are decoded whole.
+    :func:`convcli.io.read_image`'s data, value for value. ``max_pixels`` (against
+    decompression bombs) applies to what is decoded at once: images decoded whole,
+    progressive JPEG and interlaced PNG, a TIFF's strip or row of tiles; a streamed
+    image may have any size.
 
     Raises
     ------
