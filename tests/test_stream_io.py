@@ -163,6 +163,29 @@ def test_jpeg_exif_orientation(tmp_path, orientation):
     assert (src.info.height, src.info.width) == ((24, 40) if orientation < 5 else (40, 24))
 
 
+@pytest.mark.parametrize("where", ["exif-0", "exif-9", "xmp-6", "xmp-under-exif-1"])
+def test_orientation_as_pillow_reads_it(tmp_path, where):
+    """An EXIF orientation out of 1-8 is ignored; an XMP tiff:Orientation counts when
+    the EXIF has none (Pillow's exif_transpose)."""
+    base = crop("astronaut.png", 40, 24)
+    exif = PILImage.Exif()
+    options = {}
+    if where.startswith("exif"):
+        exif[0x0112] = int(where[-1])
+    elif where == "xmp-under-exif-1":
+        exif[0x0112] = 1
+    if where.startswith("xmp"):
+        options["xmp"] = (
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+            b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
+            b' tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+        )
+    path = tmp_path / "o.jpg"
+    base.save(path, quality=95, exif=exif, **options)
+    src = assert_same(path)
+    assert src.info.height == (40 if where == "xmp-6" else 24)
+
+
 @vips_only
 def test_png_exif_orientation(tmp_path):
     base = crop("coffee.png", 30, 20)

@@ -22,6 +22,7 @@ pyvips, tifffile and imagecodecs are imported when a file needs them.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,6 +232,23 @@ def _vips_problem(exc: Any) -> str:
     return f"cannot decode image ({detail[:200] or reason(exc)})"
 
 
+def _vips_orientation(image: Any, fields: set[str]) -> int:
+    """The orientation Pillow's ``exif_transpose`` applies: the EXIF tag as stored
+    (libvips' ``orientation`` clamps 0 or 9 to 1..8, Pillow leaves those unrotated),
+    else a ``tiff:Orientation`` in the XMP packet."""
+    if "exif-ifd0-Orientation" in fields:
+        # "6 (Right-top, Short, 1 components, 2 bytes)"
+        text = str(image.get("exif-ifd0-Orientation")).split(" ", 1)[0]
+        value = int(text) if text.isdigit() else 1
+        return value if 1 <= value <= 8 else 1
+    if "xmp-data" in fields:
+        match = re.search(rb'tiff:Orientation(="|>)([0-9])', bytes(image.get("xmp-data")))
+        if match:
+            value = int(match[2])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
 def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = False):
     """A :class:`VipsSource` for a JPEG, PNG or WebP file; None where libvips is missing
     or cannot open the file, or for layouts whose reading the whole-image readers
@@ -244,7 +262,7 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
         with _noted(notes):
             image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
             fields = set(image.get_fields())
-            orientation = image.get("orientation") if "orientation" in fields else 1
+            orientation = _vips_orientation(image, fields)
             pages = image.get("n-pages") if "n-pages" in fields else 1
             interlaced = bool(image.get("interlaced")) if "interlaced" in fields else False
     except pyvips.Error:
