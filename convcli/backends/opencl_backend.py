@@ -672,6 +672,10 @@ class OpenCLBackend:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
         fast = _fast_module()
         plan = fast.choose(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
+        if plan is not None:
+            from convcli.backends import opencl_gpu
+
+            plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
         return "direct" if plan is None else plan.algo
 
     # ---- programs and kernels -------------------------------------------------

@@ -1,0 +1,183 @@
+"""The GPU-shaped OpenCL path: direct convolution tiled through local memory.
+
+:mod:`convcli.backends.opencl_fast`'s kernels are shaped for a CPU device (float8
+vectors, register tiles of up to 96 floats per item, a Winograd form whose items keep
+kilobytes of private results, no ``__local`` memory: a CPU's caches did better than
+explicit tiles there). On a GPU those private arrays spill, and a work-group that does
+not share its input through local memory reads each input value once per tap from
+global memory. On GPU-type devices :func:`device_plan` therefore replaces the direct and
+GEMM-family kernels with ``direct_local.cl``: a work-group loads an input tile with its
+halo (and its block's taps) into local memory once per input channel and accumulates
+from there, each item keeping RX x COB scalar accumulators (at most 32). Depthwise
+layers and channel multipliers are the same kernel with one input channel per group and
+the multiplier as the channel block, so each input tile is loaded once.
+
+Algorithm choices are kept: separable passes for rank-1 image filters, the FFT and the
+host FFT where the planner picks them, and a forced ``algo='gemm'`` still runs the GEMM
+kernels (the user asked for them).
+
+Which devices get it: GPU-type devices (Oclgrind included, which reports a GPU), or
+every device when :data:`GPU_KERNELS` (tests, A/B runs) or the environment variable
+``CONVCLI_GPU_KERNELS`` (``1``/``0``) says so. None of this has run on a real GPU: the
+shapes follow the usual GPU rules (coalesced loads and stores, bank-conflict-free local
+reads, few registers), not a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+
+from convcli.runinfo import RunInfo
+from convcli.spec import ConvSpec
+
+# None: GPU-type devices only; True/False: every device / none (tests, A/B runs).
+GPU_KERNELS: bool | None = None
+GPU_KERNELS_ENV = "CONVCLI_GPU_KERNELS"
+# Items per work-group wanted (the backend shrinks it to the device's and the kernel's
+# limits): 256, a common GPU size, 16 along a row (64 output columns with RX = 4).
+LOCAL_ITEMS = 256
+LOCAL_X = 16
+# Output channels per work-group block: dense layers take up to 8 (8 x RX = 32
+# accumulators per item), depthwise multipliers up to 8 too (their tile is loaded once).
+LOCAL_COB = 8
+# Taps are looped, not unrolled into one body, but the generic kernel still takes the
+# very large kernels (as dw_direct's limit).
+LOCAL_MAX_TAPS = 256
+
+_CPU_SHAPED = ("dw_direct", "dense_gemm", "winograd", "pointwise")
+
+
+class NoFit(Exception):
+    """The tile does not fit the device's local memory even for one item: the caller
+    runs the generic kernel."""
+
+
+def gpu_kernels(cpu: bool) -> bool:
+    """Whether the GPU-shaped kernels run on a device (``cpu``: it is a CPU)."""
+    if GPU_KERNELS is not None:
+        return GPU_KERNELS
+    env = os.environ.get(GPU_KERNELS_ENV, "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return not cpu
+
+
+def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool):
+    """``plan`` (an ``opencl_fast.Plan`` or None) as the device should run it: on
+    GPU-shaped devices the CPU-shaped direct kernel (``auto`` or forced ``direct``) and
+    the GEMM family under ``auto`` become ``direct_local``."""
+    if plan is None or not gpu_kernels(cpu) or spec.kh * spec.kw > LOCAL_MAX_TAPS:
+        return plan
+    if plan.kernel not in _CPU_SHAPED or (plan.algo == "gemm" and algo != "auto"):
+        return plan
+    return type(plan)("direct", "direct_local")
+
+
+def blocking(spec: ConvSpec) -> tuple[int, int, int]:
+    """(COB channels per block, NBLK blocks per group, RX columns per item).
+
+    The fewest blocks of at most LOCAL_COB channels, equal-sized (no wasted channels);
+    RX from the width, so narrow outputs do not leave most items idle.
+    """
+    nblk = math.ceil(spec.cout_g / LOCAL_COB)
+    cob = math.ceil(spec.cout_g / nblk)
+    nblk = math.ceil(spec.cout_g / cob)
+    wo = spec.w_out
+    rx = 4 if wo >= 4 * LOCAL_X else 2 if wo >= 16 else 1
+    return cob, nblk, rx
+
+
+def tile_bytes(spec: ConvSpec, cob: int, rx: int, local: tuple[int, ...]) -> int:
+    """Local memory of one work-group of ``local`` items: input tile + halo, and taps."""
+    lx, ly = local[0], local[1]
+    th = (ly - 1) * spec.stride[0] + (spec.kh - 1) * spec.dilation[0] + 1
+    tw = (lx * rx - 1) * spec.stride[1] + (spec.kw - 1) * spec.dilation[1] + 1
+    return 4 * (th * tw + spec.kh * spec.kw * cob)
+
+
+def wanted_local(spec: ConvSpec, rx: int) -> tuple[int, int, int]:
+    """The work-group asked for: up to LOCAL_X items along a row (powers of two, at
+    least 4) and rows up to LOCAL_ITEMS items, fewer when the output is smaller."""
+    items_x = math.ceil(spec.w_out / rx)
+    lx = min(LOCAL_X, max(4, 1 << max(0, items_x - 1).bit_length()))
+    ly = min(LOCAL_ITEMS // lx, 1 << max(0, spec.h_out - 1).bit_length())
+    return lx, ly, 1
+
+
+def fit_local(backend, kernel, spec: ConvSpec, cob: int, rx: int) -> tuple[tuple[int, ...], int]:
+    """The local size to launch and the bytes of local memory it needs: the backend's fit
+    of :func:`wanted_local` to the device and kernel, shrunk (rows first) until the tile
+    fits ``CL_DEVICE_LOCAL_MEM_SIZE`` less the kernel's own local memory. Raises NoFit
+    when even one item's tile does not fit."""
+    limit = backend.limits.local_mem_bytes - _static_local(backend, kernel)
+    lx, ly, _ = wanted_local(spec, rx)
+    while True:
+        local = backend.local_size(kernel, (lx, ly, 1))
+        need = tile_bytes(spec, cob, rx, local)
+        if need <= limit:
+            return local, need
+        if local[0] == 1 and local[1] == 1:
+            raise NoFit(f"a {need}-byte tile exceeds the device's {limit} bytes of local memory")
+        lx, ly = (local[0], max(1, local[1] // 2)) if local[1] > 1 else (local[0] // 2, 1)
+
+
+def _static_local(backend, kernel) -> int:
+    """``CL_KERNEL_LOCAL_MEM_SIZE`` (0 when the driver does not say)."""
+    cl = backend._cl
+    try:
+        return int(
+            kernel.get_work_group_info(cl.kernel_work_group_info.LOCAL_MEM_SIZE, backend.device)
+        )
+    except cl.Error:
+        return 0
+
+
+def _pack(weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int):
+    """Weights as direct_local reads them: ``(G, NBLK, CIN_G, KH*KW, COB)``; bias
+    ``(G, NBLK*COB)``."""
+    from convcli.backends.opencl_fast import _channel_blocks
+
+    wp, b = _channel_blocks(weight.reshape(spec.c_out, spec.cin_g, -1), bias, spec, cob)
+    return np.ascontiguousarray(wp), b
+
+
+def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """``direct_local.cl`` over the whole batch (float32 ``x``, weights and bias)."""
+    from convcli.backends import opencl_fast as fast
+
+    cob, nblk, rx = blocking(spec)
+    defines = {
+        "KH": spec.kh,
+        "KW": spec.kw,
+        "SH": spec.stride[0],
+        "SW": spec.stride[1],
+        "DH": spec.dilation[0],
+        "DW": spec.dilation[1],
+        "COB": cob,
+        "RX": rx,
+        "HAS_BIAS": int(bias is not None),
+    }
+    kernel = fast._kernel(backend, "direct_local", defines, info)
+    local, need = fit_local(backend, kernel, spec, cob, rx)
+    xbuf = backend.input_buffer(x, info)
+    t0 = time.perf_counter()
+    wbuf, bbuf = fast._packed_weights(cl, backend, weight, bias, spec, cob, _pack)
+    mode = spec.padding_mode
+    rmap = fast.index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], mode)
+    cmap = fast.index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], mode)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    ho, wo = spec.h_out, spec.w_out
+    out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
+    hp = spec.h + spec.pad[0] + spec.pad[1]
+    wp = spec.w + spec.pad[2] + spec.pad[3]
+    sizes = (spec.n, spec.h, spec.w, ho, wo, hp, wp, spec.cin_g, spec.cout_g, spec.groups, nblk)
+    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, cl.LocalMemory(need), *map(np.int32, sizes)]
+    gsize = (math.ceil(wo / rx), ho, spec.n * spec.groups * nblk)
+    ev = backend.enqueue(kernel, gsize, local, args)
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
+    fast._add_compute(info, [ev])
+    return out
