@@ -72,8 +72,10 @@ def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool):
     the GEMM family under ``auto`` become ``direct_local``."""
     if plan is None or not gpu_kernels(cpu) or spec.kh * spec.kw > LOCAL_MAX_TAPS:
         return plan
-    if plan.kernel not in _CPU_SHAPED or (plan.algo == "gemm" and algo != "auto"):
-        return plan
+    if plan.kernel not in _CPU_SHAPED or plan.algo not in ("direct", "gemm"):
+        return plan  # separable passes keep dw_direct: the algorithm, not the kernel
+    if plan.algo == "gemm" and algo != "auto":
+        return plan  # a forced GEMM
     return type(plan)("direct", "direct_local")
 
 
