@@ -143,6 +143,39 @@ def test_layers_match_naive(ocl, gpu, name, x, w, opts):
     assert [n for n, _, _ in launched] == ["direct_local"]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_gemm_random_configurations_match_naive(ocl, gpu, seed):
+    # 1x1 layers, stride 1, no padding, 16 or more input channels per group (a K chunk
+    # and a remainder), channel counts that are not multiples of the tile, odd planes
+    rng = np.random.default_rng(100 + seed)
+    groups = int(rng.integers(1, 4))
+    cin_g, cout_g = int(rng.integers(16, 41)), int(rng.integers(1, 41))
+    h, w = (int(v) for v in rng.integers(1, 14, 2))
+    f = np.float32
+    x = rng.standard_normal((int(rng.integers(1, 3)), groups * cin_g, h, w)).astype(f)
+    wt = rng.standard_normal((groups * cout_g, cin_g, 1, 1)).astype(f)
+    b = rng.standard_normal(groups * cout_g).astype(f) if seed % 3 else None
+    spec = make_spec(x, wt, b, groups=groups)
+    launched: list = []
+    small = dict(max_work_group_size=8, max_work_item_sizes=(4, 2, 1)) if seed % 2 else {}
+    y, info = _run(_backend(ocl, launched, **small), x, wt, b, spec)
+    assert_close(y, naive_for_spec(x, wt, b, spec), "float32")
+    assert info.algo == "gemm" and [n for n, _, _ in launched] == ["gemm_local"]
+
+
+def test_gemm_tiles_follow_the_devices_local_memory(ocl, gpu):
+    # 16 x 16 items need 8 KiB of K-chunk tiles; in 2 KiB the work-group shrinks
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 20, 9, 30)).astype(np.float32)
+    w = rng.standard_normal((40, 20, 1, 1)).astype(np.float32)
+    spec = make_spec(x, w, None)
+    launched: list = []
+    y, _ = _run(_backend(ocl, launched, local_mem_bytes=2048), x, w, None, spec)
+    assert_close(y, naive_for_spec(x, w, None, spec), "float32")
+    ((name, local, mem),) = launched
+    assert name == "gemm_local" and mem == opencl_gpu.gemm_bytes(local) <= 2048
+
+
 @pytest.mark.parametrize("group, items", [(32, (32, 32, 32)), (8, (2, 8, 1))])
 def test_work_group_and_local_memory_follow_the_device(ocl, gpu, group, items):
     # a small GPU: few items per group, 2 KiB of local memory (a 3x3 dilated 2 tile of
@@ -199,13 +232,27 @@ def _plan(x, w, cpu: bool, algo: str = "auto", **opts):
         ((1, 3, 64, 64), np.ones((3, 1, 3, 3)), dict(groups=3), "auto", "dw_direct"),
         ((1, 16, 28, 28), np.ones((16, 16, 3, 3)), {}, "auto", "dense_gemm"),
         ((1, 64, 28, 28), np.ones((64, 64, 3, 3)), {}, "auto", "winograd"),
-        ((1, 128, 32, 32), np.ones((16, 128, 1, 1)), {}, "auto", "pointwise"),
+        ((1, 8, 32, 32), np.ones((16, 8, 1, 1)), {}, "auto", "dense_gemm"),
         ((1, 16, 28, 28), np.ones((16, 16, 3, 3)), {}, "direct", "dw_direct"),
+        ((1, 32, 28, 28), np.ones((16, 32, 1, 1)), {}, "direct", "dw_direct"),
     ],
 )
 def test_gpu_devices_run_direct_local_in_place_of_cpu_shaped_kernels(x, w, opts, algo, cpu_kernel):
     assert _plan(x, w, cpu=True, algo=algo, **opts).kernel == cpu_kernel
     assert _plan(x, w, cpu=False, algo=algo, **opts) == opencl_fast.Plan("direct", "direct_local")
+
+
+@pytest.mark.parametrize(
+    "x, w, opts, cpu_kernel",
+    [
+        ((1, 128, 32, 32), np.ones((16, 128, 1, 1)), {}, "pointwise"),
+        ((1, 32, 8, 8), np.ones((64, 16, 1, 1)), dict(groups=2), "dense_gemm"),
+        ((1, 16, 8, 8), np.ones((2, 16, 1, 1)), {}, "dw_direct"),
+    ],
+)
+def test_gpu_devices_run_1x1_layers_as_a_local_memory_gemm(x, w, opts, cpu_kernel):
+    assert _plan(x, w, cpu=True, **opts).kernel == cpu_kernel
+    assert _plan(x, w, cpu=False, **opts) == opencl_fast.Plan("gemm", "gemm_local")
 
 
 @pytest.mark.parametrize(

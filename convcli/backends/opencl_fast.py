@@ -1032,6 +1032,8 @@ def run(
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
             if plan.kernel == "direct_local":
                 out = opencl_gpu.run_local(cl, backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "gemm_local":
+                out = opencl_gpu.run_gemm(cl, backend, xf, wf, bf, spec, info)
             elif plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
             elif plan.kernel == "winograd" and _wino_whole(spec, backend.is_cpu):

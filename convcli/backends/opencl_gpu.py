@@ -48,6 +48,15 @@ LOCAL_COB = 8
 # very large kernels (as dw_direct's limit).
 LOCAL_MAX_TAPS = 256
 
+# gemm_local.cl (1x1 layers, stride 1, no padding, from this many input channels per
+# group: a K chunk is GEMM_TK channels): a TM x TN output tile per work-group, K in chunks
+# of GEMM_TK through local memory, GEMM_RM x GEMM_RN accumulators per item. Below
+# GEMM_MIN_CIN channels direct_local runs them (one barrier pair per channel is cheap there).
+GEMM_TK = 16
+GEMM_RM = 4
+GEMM_RN = 4
+GEMM_MIN_CIN = 16
+
 _CPU_SHAPED = ("dw_direct", "dense_gemm", "winograd", "pointwise")
 
 
@@ -76,7 +85,19 @@ def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool):
         return plan  # separable passes keep dw_direct: the algorithm, not the kernel
     if plan.algo == "gemm" and algo != "auto":
         return plan  # a forced GEMM
+    if algo == "auto" and gemm_applies(spec):
+        return type(plan)("gemm", "gemm_local")
     return type(plan)("direct", "direct_local")
+
+
+def gemm_applies(spec: ConvSpec) -> bool:
+    """1x1, stride 1, no padding, a group of at least GEMM_MIN_CIN input channels: a
+    plain GEMM over contiguous pixels (gemm_local.cl)."""
+    return (
+        (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1))
+        and not any(spec.pad)
+        and spec.cin_g >= GEMM_MIN_CIN
+    )
 
 
 def blocking(spec: ConvSpec) -> tuple[int, int, int]:
@@ -110,20 +131,20 @@ def wanted_local(spec: ConvSpec, rx: int) -> tuple[int, int, int]:
     return lx, ly, 1
 
 
-def fit_local(backend, kernel, spec: ConvSpec, cob: int, rx: int) -> tuple[tuple[int, ...], int]:
-    """The local size to launch and the bytes of local memory it needs: the backend's fit
-    of :func:`wanted_local` to the device and kernel, shrunk (rows first) until the tile
-    fits ``CL_DEVICE_LOCAL_MEM_SIZE`` less the kernel's own local memory. Raises NoFit
-    when even one item's tile does not fit."""
+def fit_local(backend, kernel, wanted: tuple[int, int, int], need) -> tuple[tuple[int, ...], int]:
+    """The local size to launch and the bytes of local memory it needs (``need(local)``):
+    the backend's fit of ``wanted`` to the device and kernel, shrunk (rows first) until
+    ``need`` fits ``CL_DEVICE_LOCAL_MEM_SIZE`` less the kernel's own local memory. Raises
+    NoFit when even one item's tiles do not fit."""
     limit = backend.limits.local_mem_bytes - _static_local(backend, kernel)
-    lx, ly, _ = wanted_local(spec, rx)
+    lx, ly, _ = wanted
     while True:
         local = backend.local_size(kernel, (lx, ly, 1))
-        need = tile_bytes(spec, cob, rx, local)
-        if need <= limit:
-            return local, need
+        nbytes = need(local)
+        if nbytes <= limit:
+            return local, nbytes
         if local[0] == 1 and local[1] == 1:
-            raise NoFit(f"a {need}-byte tile exceeds the device's {limit} bytes of local memory")
+            raise NoFit(f"{nbytes} bytes of tiles exceed the device's {limit} of local memory")
         lx, ly = (local[0], max(1, local[1] // 2)) if local[1] > 1 else (local[0] // 2, 1)
 
 
@@ -164,7 +185,8 @@ def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
         "HAS_BIAS": int(bias is not None),
     }
     kernel = fast._kernel(backend, "direct_local", defines, info)
-    local, need = fit_local(backend, kernel, spec, cob, rx)
+    wanted = wanted_local(spec, rx)
+    local, need = fit_local(backend, kernel, wanted, lambda lo: tile_bytes(spec, cob, rx, lo))
     xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
     wbuf, bbuf = fast._packed_weights(cl, backend, weight, bias, spec, cob, _pack)
@@ -183,3 +205,45 @@ def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
     backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
     fast._add_compute(info, [ev])
     return out
+
+
+def _gemm_weights(weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, _: int):
+    """gemm_local reads the weights as given, ``(C_out, CIN_G)``; bias ``(C_out,)``."""
+    b = np.zeros(spec.c_out, np.float32) if bias is None else bias
+    return weight.reshape(spec.c_out, spec.cin_g), b
+
+
+def gemm_bytes(local: tuple[int, ...]) -> int:
+    """Local memory of gemm_local's two K-chunk tiles for a work-group of ``local``."""
+    return 4 * GEMM_TK * (local[1] * GEMM_RM + local[0] * GEMM_RN)
+
+
+def run_gemm(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """``gemm_local.cl`` over the whole batch (see :func:`gemm_applies`)."""
+    from convcli.backends import opencl_fast as fast
+
+    defines = {"TK": GEMM_TK, "RM": GEMM_RM, "RN": GEMM_RN, "HAS_BIAS": int(bias is not None)}
+    kernel = fast._kernel(backend, "gemm_local", defines, info)
+    plane = spec.h * spec.w
+    # rows of items along the channels (RM each) up to 16, pixels (RN each) for the rest
+    ly = min(16, _pow2(math.ceil(spec.cout_g / GEMM_RM)))
+    lx = min(LOCAL_ITEMS // ly, max(4, _pow2(math.ceil(plane / GEMM_RN))))
+    local, need = fit_local(backend, kernel, (lx, ly, 1), gemm_bytes)
+    xbuf = backend.input_buffer(x, info)
+    t0 = time.perf_counter()
+    wbuf, bbuf = fast._packed_weights(cl, backend, weight, bias, spec, 0, _gemm_weights)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    out, obuf = backend.output((spec.n, spec.c_out, spec.h, spec.w), np.float32)
+    sizes = (spec.n, spec.groups, spec.cin_g, spec.cout_g, plane)
+    args = [xbuf, wbuf, bbuf, obuf, cl.LocalMemory(need), *map(np.int32, sizes)]
+    # items, not groups: the backend rounds up to the local size (a shrunk one included)
+    gsize = (math.ceil(plane / GEMM_RN), math.ceil(spec.cout_g / GEMM_RM), spec.n * spec.groups)
+    ev = backend.enqueue(kernel, gsize, local, args)
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
+    fast._add_compute(info, [ev])
+    return out
+
+
+def _pow2(v: int) -> int:
+    """The least power of two >= ``v`` (1 for v <= 1)."""
+    return 1 << max(0, v - 1).bit_length()
