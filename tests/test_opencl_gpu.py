@@ -284,3 +284,27 @@ def test_plan_algo_reports_what_runs(ocl, gpu):
     w = np.ones((16, 16, 3, 3), np.float32)
     spec = make_spec(np.zeros((1, 16, 8, 8), np.float32), w, None)
     assert ocl.plan_algo(spec, w) == "direct"
+
+
+def test_each_new_local_size_counts_its_first_launch_as_build(ocl, gpu, monkeypatch):
+    # drivers compile per kernel and work-group size at first launch (PoCL does): one
+    # build entry for the program, one per new local size, none on a repeat
+    other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    added: list = []
+    real = other._add
+
+    def spy(info, key, seconds):
+        added.append(key)
+        real(info, key, seconds)
+
+    monkeypatch.setattr(other, "_add", spy)
+    w = np.random.default_rng(9).standard_normal((2, 1, 3, 3)).astype(np.float32)
+    counts = []
+    for h in (4, 8, 8):  # 16 x 4, then 16 x 8 items per work-group
+        x = np.random.default_rng(h).standard_normal((1, 2, h, 20)).astype(np.float32)
+        spec = make_spec(x, w, None, padding=1, groups=2)
+        added.clear()
+        y, _ = _run(other, x, w, None, spec)
+        assert_close(y, naive_for_spec(x, w, None, spec), "float32")
+        counts.append(added.count("build"))
+    assert counts == [2, 1, 0]
