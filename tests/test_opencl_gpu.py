@@ -253,6 +253,8 @@ def test_gpu_devices_run_direct_local_in_place_of_cpu_shaped_kernels(x, w, opts,
 def test_gpu_devices_run_1x1_layers_as_a_local_memory_gemm(x, w, opts, cpu_kernel):
     assert _plan(x, w, cpu=True, **opts).kernel == cpu_kernel
     assert _plan(x, w, cpu=False, **opts) == opencl_fast.Plan("gemm", "gemm_local")
+    # a forced GEMM too (a tiled call forces the whole's algorithm on its bands)
+    assert _plan(x, w, cpu=False, algo="gemm", **opts) == opencl_fast.Plan("gemm", "gemm_local")
 
 
 @pytest.mark.parametrize(
@@ -308,3 +310,34 @@ def test_each_new_local_size_counts_its_first_launch_as_build(ocl, gpu, monkeypa
         assert_close(y, naive_for_spec(x, w, None, spec), "float32")
         counts.append(added.count("build"))
     assert counts == [2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "x, w, opts",
+    [
+        ((1, 3, 30, 21), (6, 1, 5, 3), dict(stride=(2, 1), padding=(3, 1), groups=3)),
+        ((2, 20, 25, 9), (7, 20, 1, 1), {}),
+    ],
+    ids=["depthwise", "1x1"],
+)
+def test_row_bands_of_a_tiled_call_run_the_gpu_kernels(ocl, gpu, monkeypatch, x, w, opts):
+    from tests.conftest import band_budget
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal(x).astype(np.float32)
+    w = rng.standard_normal(w).astype(np.float32)
+    kw = dict(backend="opencl", padding_mode="reflect" if opts else "zeros", **opts)
+    names: list = []
+    real = ob.OpenCLBackend.enqueue
+
+    def spy(self, kernel, *args, **kwargs):
+        names.append(kernel.function_name)
+        return real(self, kernel, *args, **kwargs)
+
+    monkeypatch.setattr(ob.OpenCLBackend, "enqueue", spy)
+    info = RunInfo()
+    y = conv2d(x, w, max_memory=band_budget(x, w, 4, **kw), info=info, **kw)
+    assert info.tiles > 2
+    spec = make_spec(x, w, None, **{k: v for k, v in kw.items() if k != "backend"})
+    assert_close(y, naive_for_spec(x, w, None, spec), "float32")
+    assert set(names) == {"direct_local" if opts else "gemm_local"}

@@ -76,17 +76,20 @@ def gpu_kernels(cpu: bool) -> bool:
 
 
 def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool):
-    """``plan`` (an ``opencl_fast.Plan`` or None) as the device should run it: on
-    GPU-shaped devices the CPU-shaped direct kernel (``auto`` or forced ``direct``) and
-    the GEMM family under ``auto`` become ``direct_local``."""
+    """``plan`` (an ``opencl_fast.Plan`` or None) as the device should run it.
+
+    On GPU-shaped devices 1x1 layers that :func:`gemm_applies` to run ``gemm_local``
+    under ``auto`` or ``gemm`` (so the row bands of a tiled call, which force the whole's
+    algorithm, run it too); the CPU-shaped direct kernel and, under ``auto``, the rest
+    of the GEMM family run ``direct_local``."""
     if plan is None or not gpu_kernels(cpu) or spec.kh * spec.kw > LOCAL_MAX_TAPS:
         return plan
     if plan.kernel not in _CPU_SHAPED or plan.algo not in ("direct", "gemm"):
         return plan  # separable passes keep dw_direct: the algorithm, not the kernel
-    if plan.algo == "gemm" and algo != "auto":
-        return plan  # a forced GEMM
-    if algo == "auto" and gemm_applies(spec):
+    if gemm_applies(spec) and (algo == "auto" or plan.algo == "gemm"):
         return type(plan)("gemm", "gemm_local")
+    if plan.algo == "gemm" and algo != "auto":
+        return plan  # a forced GEMM of a KxK layer: only the CPU-shaped GEMMs do that
     return type(plan)("direct", "direct_local")
 
 
