@@ -260,8 +260,10 @@ def test_gpu_devices_run_1x1_layers_as_a_local_memory_gemm(x, w, opts, cpu_kerne
 @pytest.mark.parametrize(
     "x, w, opts, algo, kernel",
     [
-        # algorithm choices stay: separable for a rank-1 filter, a forced GEMM
-        ((1, 3, 64, 64), np.ones((3, 1, 5, 5)), dict(groups=3), "auto", "dw_direct"),
+        # algorithm choices stay: separable for a rank-1 filter (its passes on the GPU
+        # kernel), a forced GEMM of a KxK layer
+        ((1, 3, 64, 64), np.ones((3, 1, 5, 5)), dict(groups=3), "auto", "direct_local"),
+        ((1, 3, 64, 64), np.ones((3, 1, 31, 31)), dict(groups=3), "separable", "direct_local"),
         ((1, 16, 28, 28), np.ones((16, 16, 3, 3)), {}, "gemm", "dense_gemm"),
     ],
 )
@@ -341,3 +343,32 @@ def test_row_bands_of_a_tiled_call_run_the_gpu_kernels(ocl, gpu, monkeypatch, x,
     spec = make_spec(x, w, None, **{k: v for k, v in kw.items() if k != "backend"})
     assert_close(y, naive_for_spec(x, w, None, spec), "float32")
     assert set(names) == {"direct_local" if opts else "gemm_local"}
+
+
+@pytest.mark.parametrize(
+    "k, opts",
+    [
+        # W2-W4's kinds: a Gaussian with 'same' reflect padding, a box (running sums on a
+        # CPU), a wide Gaussian; strides, dilations and a channel multiplier
+        (5, dict(padding="same", padding_mode="reflect")),
+        (7, dict(padding=3, padding_mode="replicate", box=True)),
+        (31, dict(padding=15)),
+        (5, dict(stride=(2, 3), dilation=(1, 2), padding=(2, 4), padding_mode="circular")),
+        (4, dict(padding=(1, 2), padding_mode="symmetric", multiplier=2)),
+    ],
+)
+def test_separable_passes_match_naive(ocl, gpu, k, opts):
+    opts = dict(opts)
+    box, mult = opts.pop("box", False), opts.pop("multiplier", 1)
+    rng = np.random.default_rng(11)
+    t = np.ones(k) if box else np.exp(-((np.arange(k) - k / 2) ** 2) / k)
+    w = np.stack([np.outer(t, t * (1 + i)) for i in range(3 * mult)])[:, None]
+    w = w.astype(np.float32)
+    x = rng.standard_normal((1, 3, 23, 41)).astype(np.float32)
+    b = rng.standard_normal(3 * mult).astype(np.float32)
+    spec = make_spec(x, w, b, groups=3, **opts)
+    launched: list = []
+    y, info = _run(_backend(ocl, launched), x, w, b, spec)
+    assert_close(y, naive_for_spec(x, w, b, spec), "float32")
+    assert info.algo == "separable"
+    assert [n for n, _, _ in launched] == ["direct_local", "direct_local"]

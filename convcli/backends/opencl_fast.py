@@ -1030,7 +1030,9 @@ def run(
                 from convcli.backends import opencl_fft
 
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
-            if plan.kernel == "direct_local":
+            if plan.kernel == "direct_local" and plan.algo == "separable":
+                out = opencl_gpu.run_separable(cl, backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "direct_local":
                 out = opencl_gpu.run_local(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "gemm_local":
                 out = opencl_gpu.run_gemm(cl, backend, xf, wf, bf, spec, info)

@@ -12,9 +12,11 @@ from there, each item keeping RX x COB scalar accumulators (at most 32). Depthwi
 layers and channel multipliers are the same kernel with one input channel per group and
 the multiplier as the channel block, so each input tile is loaded once.
 
-Algorithm choices are kept: separable passes for rank-1 image filters, the FFT and the
-host FFT where the planner picks them, and a forced ``algo='gemm'`` still runs the GEMM
-kernels (the user asked for them).
+1x1 layers run ``gemm_local.cl`` instead: a GEMM tile through local memory. Algorithm
+choices are kept: rank-1 image filters still run as two separable passes (each a
+``direct_local`` launch), the FFT and the host FFT where the planner picks them, and a
+forced ``algo='gemm'`` on a KxK layer still runs the CPU-shaped GEMMs (no GPU GEMM does
+those).
 
 Which devices get it: GPU-type devices (Oclgrind included, which reports a GPU), or
 every device when :data:`GPU_KERNELS` (tests, A/B runs) or the environment variable
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -81,11 +84,16 @@ def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool):
     On GPU-shaped devices 1x1 layers that :func:`gemm_applies` to run ``gemm_local``
     under ``auto`` or ``gemm`` (so the row bands of a tiled call, which force the whole's
     algorithm, run it too); the CPU-shaped direct kernel and, under ``auto``, the rest
-    of the GEMM family run ``direct_local``."""
-    if plan is None or not gpu_kernels(cpu) or spec.kh * spec.kw > LOCAL_MAX_TAPS:
+    of the GEMM family run ``direct_local``; separable plans run their two passes with
+    it (:func:`run_separable`)."""
+    if plan is None or not gpu_kernels(cpu) or plan.kernel not in _CPU_SHAPED:
         return plan
-    if plan.kernel not in _CPU_SHAPED or plan.algo not in ("direct", "gemm"):
-        return plan  # separable passes keep dw_direct: the algorithm, not the kernel
+    if plan.algo == "separable":
+        if max(spec.kh, spec.kw) > LOCAL_MAX_TAPS:
+            return plan
+        return type(plan)("separable", "direct_local")
+    if plan.algo not in ("direct", "gemm") or spec.kh * spec.kw > LOCAL_MAX_TAPS:
+        return plan
     if gemm_applies(spec) and (algo == "auto" or plan.algo == "gemm"):
         return type(plan)("gemm", "gemm_local")
     if plan.algo == "gemm" and algo != "auto":
@@ -175,6 +183,56 @@ def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
     """``direct_local.cl`` over the whole batch (float32 ``x``, weights and bias)."""
     from convcli.backends import opencl_fast as fast
 
+    xbuf = backend.input_buffer(x, info)
+    out, obuf = backend.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    ev = _launch_local(cl, backend, xbuf, weight, bias, spec, obuf, info)
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
+    fast._add_compute(info, [ev])
+    return out
+
+
+def run_separable(cl, backend, x, bias, spec: ConvSpec, factors, info: RunInfo) -> np.ndarray:
+    """A rank-1 depthwise kernel as two ``direct_local`` passes: KH x 1 into a scratch
+    buffer ``(N, C_out, H_out, W)``, then 1 x KW (bias there). Every padding mode maps
+    rows and columns separately, so each pass pads its own axis. In place of the CPU
+    passes (dw_direct's float8 rows; sep_boxsum's running sums keep ``float8 s[512]``,
+    16 KB of private memory per item)."""
+    from convcli.backends import opencl_fast as fast
+
+    col, row = factors  # (C_out, 1, KH), (C_out, 1, KW)
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    vertical = replace(
+        spec, kw=1, stride=(sh, 1), dilation=(dh, 1), pad=(*spec.pad[:2], 0, 0), has_bias=False
+    )
+    horizontal = replace(
+        spec,
+        c_in=spec.c_out,
+        h=vertical.h_out,
+        kh=1,
+        groups=spec.c_out,
+        stride=(1, sw),
+        dilation=(1, dw),
+        pad=(0, 0, *spec.pad[2:]),
+    )
+    f32 = np.float32
+    col = np.ascontiguousarray(col, dtype=f32).reshape(spec.c_out, 1, spec.kh, 1)
+    row = np.ascontiguousarray(row, dtype=f32).reshape(spec.c_out, 1, 1, spec.kw)
+    xbuf = backend.input_buffer(x, info)
+    tmp = backend.scratch("separable_tmp", 4 * spec.n * spec.c_out * vertical.h_out * spec.w)
+    out, obuf = backend.output((spec.n, spec.c_out, spec.h_out, spec.w_out), f32)
+    ev1 = _launch_local(cl, backend, xbuf, col, None, vertical, tmp, info)
+    ev2 = _launch_local(cl, backend, tmp, row, bias, horizontal, obuf, info)
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for both passes
+    fast._add_compute(info, [ev1, ev2])
+    return out
+
+
+def _launch_local(cl, backend, xbuf, weight, bias, spec: ConvSpec, obuf, info: RunInfo):
+    """Enqueue ``direct_local.cl`` from ``xbuf`` into ``obuf`` (both laid out as
+    ``spec`` says); returns its event. Raises NoFit before anything is enqueued."""
+    from convcli.backends import opencl_fast as fast
+
     cob, nblk, rx = blocking(spec)
     defines = {
         "KH": spec.kh,
@@ -190,7 +248,6 @@ def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
     kernel = fast._kernel(backend, "direct_local", defines, info)
     wanted = wanted_local(spec, rx)
     local, need = fit_local(backend, kernel, wanted, lambda lo: tile_bytes(spec, cob, rx, lo))
-    xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
     wbuf, bbuf = fast._packed_weights(cl, backend, weight, bias, spec, cob, _pack)
     mode = spec.padding_mode
@@ -198,16 +255,12 @@ def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
     cmap = fast.index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], mode)
     info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
     ho, wo = spec.h_out, spec.w_out
-    out, obuf = backend.output((spec.n, spec.c_out, ho, wo), np.float32)
     hp = spec.h + spec.pad[0] + spec.pad[1]
     wp = spec.w + spec.pad[2] + spec.pad[3]
     sizes = (spec.n, spec.h, spec.w, ho, wo, hp, wp, spec.cin_g, spec.cout_g, spec.groups, nblk)
     args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, cl.LocalMemory(need), *map(np.int32, sizes)]
     gsize = (math.ceil(wo / rx), ho, spec.n * spec.groups * nblk)
-    ev = backend.enqueue(kernel, gsize, local, args)
-    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
-    fast._add_compute(info, [ev])
-    return out
+    return backend.enqueue(kernel, gsize, local, args)
 
 
 def _gemm_weights(weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, _: int):
