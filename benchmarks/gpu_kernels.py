@@ -5,8 +5,8 @@ Usage::
 
     python benchmarks/gpu_kernels.py [--quick] [--repeat 5] [W1 W5 ...]
 
-For each workload of ``convcli.bench``'s suite (W2-W4 are left out: their separable and
-FFT plans are algorithm choices, the same on GPUs) it runs the backend with
+For each workload of ``convcli.bench``'s suite (its inputs and filters) it runs the
+backend with
 ``opencl_gpu.GPU_KERNELS`` False (the CPU-shaped plan) and True (the GPU-shaped plan),
 checks both against the NumPy backend, and prints the median kernel time (profiling
 events) and the median wall time of ``OpenCLBackend.run`` after a warm-up call. On a CPU
@@ -31,8 +31,6 @@ from convcli.backends.numpy_backend import NumpyBackend
 from convcli.bench import SUITES
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
-
-SKIP = ("W2", "W3", "W4")
 
 
 def _time(be, x, w, b, spec, repeat: int) -> tuple[float, float, str, np.ndarray]:
@@ -59,11 +57,9 @@ def main() -> None:
     print(f"{'id':4} {'workload':44} {'plan':>14} {'kernel ms':>10} {'wall ms':>9}  error")
     rng = np.random.default_rng(0)
     for wl in SUITES["quick" if args.quick else "standard"]:
-        if wl.id in SKIP or (args.ids and wl.id not in args.ids):
+        if args.ids and wl.id not in args.ids:
             continue
-        # random weights: W1's sharpen kernel as random taps is not separable either
-        x = rng.standard_normal(wl.x_shape).astype(np.float32)
-        w = rng.standard_normal(wl.w_shape).astype(np.float32)
+        x, w = wl.arrays()
         b = rng.standard_normal(wl.w_shape[0]).astype(np.float32)
         spec = make_spec(x, w, b, **wl.options())
         ref = NumpyBackend().run(x, w, b, spec, algo="auto", info=RunInfo())
