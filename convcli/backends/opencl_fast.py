@@ -999,7 +999,10 @@ def run(
     ndarray or None
         ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
     """
+    from convcli.backends import opencl_gpu
+
     plan, factors = choose(spec, weight, algo, cpu=backend.is_cpu)
+    plan = opencl_gpu.device_plan(plan, spec, algo, backend.is_cpu)
     if plan is None:
         return None
     import pyopencl as cl
@@ -1027,7 +1030,13 @@ def run(
                 from convcli.backends import opencl_fft
 
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
-            if plan.algo == "separable":
+            if plan.kernel == "direct_local" and plan.algo == "separable":
+                out = opencl_gpu.run_separable(cl, backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "direct_local":
+                out = opencl_gpu.run_local(cl, backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "gemm_local":
+                out = opencl_gpu.run_gemm(cl, backend, xf, wf, bf, spec, info)
+            elif plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
             elif plan.kernel == "winograd" and _wino_whole(spec, backend.is_cpu):
                 out = _run_winograd_whole(cl, backend, xf, wf, bf, spec, info)
@@ -1039,6 +1048,8 @@ def run(
                 out = _run_pointwise(cl, backend, xf, wf, bf, spec, info)
             else:
                 out = _run_direct(cl, backend, xf, wf, bf, spec, info)
+        except opencl_gpu.NoFit:
+            return None  # auto or direct (all it serves): the generic kernel runs it
         except _BuildFailed as exc:
             if algo in ("auto", "direct"):
                 return None  # the generic kernel can run this
