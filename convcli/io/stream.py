@@ -15,12 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
 
 from convcli.errors import InputError
 from convcli.io._common import name_of
+
+if TYPE_CHECKING:
+    from convcli.budget import FileShape
 
 
 @dataclass
@@ -121,6 +124,33 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
         list(image.notes),
     )
     return ArraySource(np.moveaxis(image.data, 0, -1), info)
+
+
+def source_bytes(shape: FileShape) -> tuple[int, int]:
+    """Bytes :func:`open_source` takes for a file of this header: (its peak while
+    opening, what the source holds while rows are read). A reader that decodes by strips
+    holds a few of them; one that decodes whole holds the image."""
+    # first version: the whole-image readers, as convcli.budget priced them, then the
+    # float32 image held
+    pixels = shape.channels * shape.height * shape.width
+    native = pixels * shape.sample_bytes
+    as_float = pixels * 4
+    if shape.kind == "pil":
+        decode = 2 * native + as_float
+    elif shape.kind == "png16":
+        decode = shape.file_bytes + native + as_float
+    else:
+        decode = native + as_float
+    return decode, as_float
+
+
+def sink_bytes(target: Target) -> tuple[int, int]:
+    """Bytes :func:`write_rows` holds besides the block it is given: (while blocks
+    come in, at its end). An encoder that takes the whole image gathers the samples,
+    then holds them and the encoded file; one that encodes by strips holds a few."""
+    # first version: the blocks, then their concatenation and the encoder's buffers
+    samples = target.height * target.width * target.channels * np.dtype(target.dtype).itemsize
+    return samples, 3 * samples
 
 
 @dataclass(frozen=True)
