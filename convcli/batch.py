@@ -3,11 +3,13 @@
 This is the library side of ``convcli apply`` and ``convcli batch``. It prints nothing:
 it returns a :class:`BatchResult` and reports progress through an optional callback.
 
-Pipeline: a small thread pool reads and decodes the next images while the calling
-thread convolves the current one, and a second pool maps and encodes finished results
-(Pillow and the OpenCL queue release the GIL), with bounded queues so memory stays at a
-few images. Every output is written atomically by :func:`convcli.io.write_image`, so an
-error or an interrupt never leaves a partial file.
+Pipeline: each image flows through :mod:`convcli.pipeline` in strips of rows (decoded,
+convolved and encoded on three threads, a few strips in memory); the next images are
+opened (and, for formats decoded whole, decoded) ahead while the calling thread
+convolves the current one, and a pool of writers finishes encoding results while the
+next image is convolved. Every output is published atomically
+(:func:`convcli.io.publish.publish`), so an error or an interrupt never leaves a
+partial file.
 
 Rules that keep data safe (see README "Safety rules"):
 
@@ -1156,6 +1158,7 @@ def run_tasks(
     stop: threading.Event | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
+    strip_rows: int | None = None,
 ) -> BatchResult:
     """Read, convolve and write every task; failures are recorded, not raised.
 
@@ -1170,8 +1173,9 @@ def run_tasks(
     existing : {'fail', 'skip', 'replace'}
         What to do with an output file that already exists.
     workers : int, optional
-        Threads for reading and for writing (each); default: CPU count, at least 2.
-        ``workers + 1`` images are decoded ahead (one when ``engine.max_memory`` is set).
+        Writer threads; default: CPU count, at least 2. ``workers + 1`` images are
+        opened ahead, each in a thread of its own (one when ``engine.max_memory`` is
+        set: one file at a time).
     stop : threading.Event, optional
         Set it (e.g. from a signal handler) to stop after the image being convolved:
         reads not yet used are dropped, results already computed are written, and the
@@ -1181,6 +1185,11 @@ def run_tasks(
     on_rows : callable, optional
         ``on_rows(done, total)``: output rows of the image being convolved, as its tiles
         finish (large images only; see :func:`convcli.conv2d`'s ``progress``).
+    strip_rows : int, optional
+        Output rows per strip (see :mod:`convcli.pipeline`; rounded up to what the
+        algorithm needs to give the whole image's values). Default: about
+        :data:`convcli.pipeline.STRIP_BYTES` of input per strip, shorter where
+        ``engine.max_memory`` needs it.
 
     Returns
     -------
@@ -1274,6 +1283,7 @@ def run_tasks(
                 if should_skip(task):
                     continue
                 job = _job(task, filt, engine, output, max_pixels)
+                job.strip_request = strip_rows
                 job.start()
                 reads.append((task, job))
 

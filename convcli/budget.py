@@ -508,8 +508,8 @@ class FileShape:
 # Strips in flight in the file pipeline (convcli.pipeline): float32 input buffers being
 # gathered, waiting or convolved; result strips queued for the encoder, being mapped
 # (the result, alpha divided out, mapped: three arrays) and rounded.
-STRIP_INPUTS = 3
-STRIP_RESULTS = 6
+STRIP_INPUTS = 2
+STRIP_RESULTS = 5
 
 
 def file_need(

@@ -24,9 +24,12 @@ strip and keeps only its min and max, a second (the source opened again) writes.
 Every output pixel is computed from the same float32 values, by the same algorithm, as
 when the whole image is convolved at once. Strips start at output rows that keep the
 algorithm's internal blocks where they are (NumPy's separable pass works in blocks of
-16 or more output rows; OpenCL's Winograd tiles are 2 rows), so the direct, separable
-and GEMM paths give the whole image's values bit for bit; an FFT's last band may round
-an ulp apart.
+16 or more output rows; OpenCL's Winograd tiles are 2 rows, its box sums restart every
+32), so NumPy's direct (one kernel per channel) and separable paths and OpenCL's direct
+and separable paths give the whole image's values bit for bit. BLAS-based paths (a
+weight over several channels per group: NumPy's gemm and im2col direct) block a strip's
+matrices differently, and an FFT's last band has its own size: those round an ulp or
+two apart in float32 (at most one level once stored).
 """
 
 from __future__ import annotations
@@ -57,12 +60,12 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, source_index
 
 # Float32 input per strip: large enough that per-call overhead and the halo stay small,
-# small enough to stay a few tens of MB with the queues full.
-STRIP_BYTES = 16 * 2**20
+# small enough that the strips in flight stay a few tens of MB.
+STRIP_BYTES = 2 * 2**20
 # Input strips in flight (being gathered, waiting, being convolved), and results
 # waiting for the encoder.
 BUFFERS = STRIP_INPUTS
-RESULTS_QUEUED = 2  # (convcli.budget.STRIP_RESULTS counts them and the ones being mapped)
+RESULTS_QUEUED = 1  # (convcli.budget.STRIP_RESULTS counts them and the ones being mapped)
 # Strips are at least this many times the rows they share with the next (the halo).
 HALO_FACTOR = 4
 # How long a blocked queue waits before it looks whether the other side has failed.
@@ -106,8 +109,12 @@ class Geometry:
 def strip_alignment(spec: ConvSpec, backend: str, algo: str) -> int:
     """Output rows a strip's start must be a multiple of, so that ``algo`` computes each
     row as it does on the whole image (its internal blocks stay where they are)."""
-    align = 2  # OpenCL's Winograd tiles of 2x2 outputs
-    if algo == "separable" and backend == "numpy":
+    align = 2 if backend == "opencl" else 1  # OpenCL's Winograd tiles of 2x2 outputs
+    if algo == "separable" and backend == "opencl":
+        from convcli.backends.opencl_fast import BOX_ROWS
+
+        align = math.lcm(align, BOX_ROWS)  # a box's running sums restart every BOX_ROWS
+    elif algo == "separable" and backend == "numpy":
         from convcli.backends.numpy_backend import _block
 
         align = math.lcm(align, _block(spec.dilation[0] * (spec.kh - 1) + 1))
@@ -119,13 +126,14 @@ def strip_alignment(spec: ConvSpec, backend: str, algo: str) -> int:
 
 
 def strip_rows(
-    spec: ConvSpec, *, align: int = 1, target: int = STRIP_BYTES, rows: int | None = None
+    spec: ConvSpec, *, align: int = 1, target: int | None = None, rows: int | None = None
 ) -> int:
     """Output rows per strip: about ``target`` bytes of float32 input, at least
     :data:`HALO_FACTOR` times the halo, a multiple of ``align`` (or ``rows`` exactly,
     for tests, rounded up to ``align``)."""
     ho = max(1, spec.h_out)
     if rows is None:
+        target = STRIP_BYTES if target is None else target
         sh = spec.stride[0]
         ekh = spec.dilation[0] * (spec.kh - 1) + 1
         row_bytes = spec.c_in * (spec.w + spec.pad[2] + spec.pad[3]) * 4
