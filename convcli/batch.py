@@ -1014,11 +1014,11 @@ def _process(
 ) -> tuple[Task, Future, float, tuple[str, ...]]:
     """Convolve one opened image strip by strip while a writer encodes it; returns what
     ``finish_write`` takes. Raises what the convolution raises (no file is left)."""
-    job.prepare()
-    info = job.source.info
     allowed = job.allowed if isinstance(job.allowed, FileBudget) else FileBudget()
     if allowed.note:
         job.run.read_notes.append(allowed.note)
+    job.prepare()
+    info = job.source.info
     conv_memory = None if allowed.conv_memory is None else max(1, allowed.conv_memory)
     if allowed.strip_rows is not None and job.strip_request is None:
         job.strip_request = allowed.strip_rows

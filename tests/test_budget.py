@@ -129,8 +129,9 @@ def test_max_memory_refuses_a_file_it_cannot_hold(tmp_path):
 
 
 def test_max_memory_that_holds_the_file_tiles_it_with_the_same_result(tmp_path, monkeypatch):
-    """What the file leaves of max_memory bounds conv2d, which then tiles: same values.
-    (The process's own size is pinned to 0 here, so the numbers do not depend on it.)"""
+    """What the file leaves of max_memory makes the strips shorter (more conv2d calls,
+    each bounded): same values. (The process's own size is pinned to 0 here, so the
+    numbers do not depend on it.)"""
     rng = np.random.default_rng(2)
     src = tmp_path / "a.png"
     cio.write_image(src, rng.random((3, 1200, 1000)).astype(np.float32), bit_depth=8)
@@ -144,7 +145,7 @@ def test_max_memory_that_holds_the_file_tiles_it_with_the_same_result(tmp_path, 
         )
         assert res.ok, res.failed
         results[name] = (np.load(task.dst), res.info.tiles)
-    assert results["whole"][1] == 1 and results["tiled"][1] > 1
+    assert results["tiled"][1] > results["whole"][1] >= 1
     np.testing.assert_allclose(results["tiled"][0], results["whole"][0], rtol=0, atol=1e-6)
 
 
