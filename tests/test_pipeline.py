@@ -427,3 +427,16 @@ def test_strips_are_short_under_a_memory_limit(tmp_path, monkeypatch):
     _new(src, tmp_path / "o.png", filt, cbatch.Engine("numpy", max_memory=40 * 2**20),
          cbatch.Output())  # fmt: skip
     np.testing.assert_array_equal(_stored(tmp_path / "o.png"), _stored(tmp_path / "old.png"))
+
+
+def test_a_result_no_larger_than_its_input_is_not_refused_by_max_pixels(tmp_path):
+    """The reader guards the input (a format decoded whole, against max_pixels); the
+    result goes out by strips: only a result larger than its input (a huge padding) is
+    refused from the header."""
+    src = _photo(tmp_path / "in.png", h=100, w=80)
+    task = cbatch.Task(src, tmp_path / "o.png")
+    box = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    assert cbatch.check_file(task, box, cbatch.Engine("numpy"), cbatch.Output(), 5000)
+    padded = replace(box, padding=40)
+    with pytest.raises(cbatch.LimitError, match="more than the limit of 5000 pixels"):
+        cbatch.check_file(task, padded, cbatch.Engine("numpy"), cbatch.Output(), 5000)
