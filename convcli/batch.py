@@ -784,13 +784,12 @@ def check_file(
         return FileBudget()  # e.g. channels the weight does not take: conv2d says so
     reserve = own = 0
     try:
-        if max_pixels is not None:
-            # a result no larger than its input passes: the reader guards the input
-            # (a format decoded whole against max_pixels; one read by strips needs no
-            # guard), and the result goes out by strips too. A larger one (a huge
-            # padding) is refused past max_pixels.
-            if spec.h_out * spec.w_out > shape.height * shape.width:
-                check_out_pixels(spec, max_pixels, filt.resolved_padding())
+        # a result no larger than its input passes: the reader guards the input (a
+        # format decoded whole against max_pixels; one read by strips needs no guard),
+        # and the result goes out by strips too. A larger one (a huge padding) is
+        # refused past max_pixels.
+        if max_pixels is not None and spec.h_out * spec.w_out > shape.height * shape.width:
+            check_out_pixels(spec, max_pixels, filt.resolved_padding())
         room = memory_budget(engine.max_memory)
         if room is None:
             return FileBudget()
