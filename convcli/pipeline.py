@@ -233,6 +233,15 @@ class RowReader:
         whi = self.wlo + len(self.window)
         # keep the window rows from lo on; read what is missing up to hi
         keep = self.window[max(0, lo - self.wlo) :] if lo < whi else self.window[:0]
+        if self.source.sequential and whi < lo:
+            # rows no window reads (a stride past the kernel): skipped, except those
+            # padding takes from there, which a sequential source gives only now
+            gap = [r for r in self.extra if whi <= r < lo and r not in self.store]
+            if gap:
+                block = self.source.read_rows(whi, max(gap) + 1)
+                for r in gap:
+                    self.store[r] = np.array(block[r - whi])
+                whi = max(gap) + 1
         start = max(lo, whi)
         new = self.source.read_rows(start, hi) if hi > start else self.window[:0]
         if len(new) != max(0, hi - start):
@@ -586,9 +595,13 @@ class ImageJob:
                 self.stop.put(ready, _END)
             except Aborted:
                 pass
-            except BaseException as exc:  # handed to the caller's thread
-                self.stop.event.set()
-                ready.put(exc)
+            except BaseException as exc:  # handed to the caller's thread, which stops
+                while not self.stop.event.is_set():
+                    try:
+                        ready.put(exc, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
             finally:
                 self.run.read_notes.extend(cnotes.text(w) for w in caught)
 

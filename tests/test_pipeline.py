@@ -287,6 +287,28 @@ def test_a_sequential_source_is_read_once_forward(tmp_path, monkeypatch, mode):
     assert len(opened) == (2 if mode == "circular" else 1)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_a_stride_past_the_kernel_skips_rows_of_a_sequential_source(tmp_path, monkeypatch, mode):
+    """Stride 5 over a 2-row kernel: the rows between windows are never gathered (one
+    output row a strip), and a sequential source is still read forward."""
+    src = _photo(tmp_path / "in.png", h=47, w=23)
+    filt = cbatch.Filter(weight=np.full((2, 3), 1 / 6, np.float32), stride=(5, 2),
+                         padding=(3, 1), padding_mode=mode)  # fmt: skip
+    engine = cbatch.Engine("numpy", algo="direct")
+    old_path(src, tmp_path / "old.npy", filt, engine, cbatch.Output())
+    opened: list[list] = []
+    real = stream.open_source
+
+    def sequential(path, **kw):
+        opened.append([])
+        return SequentialSource(real(path, **kw), opened[-1])
+
+    monkeypatch.setattr(stream, "open_source", sequential)
+    _new(src, tmp_path / "new.npy", filt, engine, cbatch.Output())
+    np.testing.assert_array_equal(np.load(tmp_path / "new.npy"), np.load(tmp_path / "old.npy"))
+    assert sum(y1 - y0 for y0, y1 in opened[-1]) < 47  # gaps skipped
+
+
 @pytest.mark.parametrize("alpha", pixels.ALPHA_MODES)
 def test_normalize_takes_two_passes_and_the_whole_range(tmp_path, monkeypatch, alpha):
     src = tmp_path / "in.png"
