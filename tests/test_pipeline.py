@@ -462,3 +462,39 @@ def test_a_result_no_larger_than_its_input_is_not_refused_by_max_pixels(tmp_path
     padded = replace(box, padding=40)
     with pytest.raises(cbatch.LimitError, match="more than the limit of 5000 pixels"):
         cbatch.check_file(task, padded, cbatch.Engine("numpy"), cbatch.Output(), 5000)
+
+
+def test_a_file_that_breaks_while_streaming_is_one_failure_and_no_file(tmp_path, monkeypatch):
+    """A decoder that fails in the middle (a truncated JPEG read by strips): its message
+    is the file's failure, the next file is done, no partial output."""
+    bad, good = _photo(tmp_path / "bad.png", h=60), _photo(tmp_path / "good.png", seed=1)
+    real = stream.open_source
+
+    class Breaks:
+        sequential = False
+
+        def __init__(self, inner):
+            self.inner, self.info = inner, inner.info
+
+        def read_rows(self, y0, y1):
+            if y1 > 30:
+                raise cbatch.InputError(f"{bad}: truncated image data")
+            return self.inner.read_rows(y0, y1)
+
+        def close(self):
+            self.inner.close()
+
+    def opener(path, **kw):
+        source = real(path, **kw)
+        return Breaks(source) if Path(path) == bad else source
+
+    monkeypatch.setattr(stream, "open_source", opener)
+    tasks = [
+        cbatch.Task(bad, tmp_path / "o" / "bad.png"),
+        cbatch.Task(good, tmp_path / "o" / "good.png"),
+    ]
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    res = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine("numpy"), strip_rows=8)
+    assert [f.reason for f in res.failed] == [f"{bad}: truncated image data"]
+    assert res.done == tasks[1:]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good.png"]
