@@ -551,8 +551,10 @@ class ImageJob:
             spec, self.weight, backend=backend, device=engine.device, algo=engine.algo, info=info
         )
         self.run.info.add(info)
-        if backend == "auto" and be_name == "numpy":
-            backend = "numpy"
+        # every strip on the whole image's backend (a cost model could send a short
+        # strip elsewhere, with other rounding); auto still falls back below
+        fallback = backend == "auto"
+        backend = be_name
         align = strip_alignment(spec, be_name, algo)
         rows = strip_rows(spec, align=align, rows=self.strip_request)
         geo = plan_geometry(spec, rows)
@@ -628,10 +630,10 @@ class ImageJob:
                                     backend=backend, device=engine.device, algo=algo,
                                     max_memory=conv_memory, info=part,
                                     progress=progress)  # fmt: skip
-                except BackendError:
-                    if engine.backend != "auto" or backend == "numpy":
+                except BackendError as exc:
+                    if not fallback or backend == "numpy":
                         raise
-                    part.notices.append("OpenCL failed; using NumPy")
+                    part.notices.append(f"OpenCL failed ({exc}); using NumPy")
                     backend = "numpy"
                     result = conv2d(conv_in, self.weight, self.bias, **_no_padding(self.options),
                                     backend="numpy", algo=_numpy_algo(algo),

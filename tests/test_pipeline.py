@@ -498,3 +498,26 @@ def test_a_file_that_breaks_while_streaming_is_one_failure_and_no_file(tmp_path,
     assert [f.reason for f in res.failed] == [f"{bad}: truncated image data"]
     assert res.done == tasks[1:]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good.png"]
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_auto_goes_on_with_numpy_when_opencl_fails_mid_image(tmp_path, monkeypatch):
+    src = _photo(tmp_path / "in.png", h=40, w=30)
+    real = pipeline.conv2d
+    seen = []
+
+    def flaky(*a, backend, **k):
+        seen.append(backend)
+        if backend == "opencl" and len(seen) == 2:
+            raise pipeline.BackendError("device lost")
+        return real(*a, backend=backend, **k)
+
+    monkeypatch.setattr(pipeline, "conv2d", flaky)
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    res = _new(src, tmp_path / "o.npy", filt, cbatch.Engine("auto"), cbatch.Output(), strip_rows=10)
+    assert seen == ["opencl", "opencl", "numpy", "numpy", "numpy"]
+    assert "OpenCL failed (device lost); using NumPy" in res.info.notices
+    old_path(src, tmp_path / "old.npy", filt, cbatch.Engine("numpy"), cbatch.Output())
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o.npy"), np.load(tmp_path / "old.npy"), atol=1e-6
+    )
