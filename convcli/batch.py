@@ -827,7 +827,8 @@ def check_file(
             peak = max(stages(rows).values())
             return peak + peak // _PEAK_MARGIN + _PEAK_SLACK
 
-        most = pipeline.strip_rows(spec, align=align)
+        least_rows = pipeline.strip_least(spec, "numpy", "separable")
+        most = pipeline.strip_rows(spec, align=align, least=least_rows)
         least = min(most, align)
         rows = most
         if engine.max_memory is not None and peak_of(most) > room:
