@@ -327,29 +327,14 @@ def _pad_columns(out: np.ndarray, geo: Geometry) -> None:
 
 
 # ---------------------------------------------------------------------------- one image
-@dataclass(frozen=True)
-class Mapping:
-    """How a result becomes stored samples (what :func:`convcli.io.write_image` did)."""
-
-    out_map: str = "clip"
-    scale: float = 1.0
-    offset: float = 0.0
-    map_it: bool = False  # else a plain clip (or the raw .npy floats)
-    alpha_in_result: bool = False  # the last channel is the image's alpha
-
-
 @dataclass
 class ImageRun:
     """What one image's run did: stage seconds (each stage's own work), notes, info."""
 
     read: float = 0.0
     convolve: float = 0.0
-    write: float = 0.0
     read_notes: list[str] = field(default_factory=list)
-    convolve_notes: list[str] = field(default_factory=list)
-    write_notes: list[str] = field(default_factory=list)
     info: RunInfo = field(default_factory=RunInfo)
-    megapixels: float = 0.0
 
 
 def target_for(
