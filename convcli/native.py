@@ -45,15 +45,21 @@ CL_XV = 4
 # tile) and output rows per block: a block's float32 staging stays within L2.
 NUMPY_TILE_VALUES = 4096
 NUMPY_BLOCK_ROWS = 32
-# Rough costs for backend="auto" (seconds), measured on the 2-core project machine:
-# the first build of the program in a process (PoCL, cold disk cache: ~1.5 s; warm
-# about 0.1 s), and per output value and tap, NumPy's and OpenCL's rate.
-CL_BUILD_SECONDS = 1.5
-NUMPY_SECONDS_PER_VALUE = 2.0e-9
-NUMPY_SECONDS_PER_TAP = 0.35e-9
-CL_SECONDS_PER_VALUE = 0.5e-9
-CL_SECONDS_PER_TAP = 0.12e-9
-CL_LAUNCH_SECONDS = 2e-4
+# Rough costs for backend="auto" (seconds), fitted to strips of 16x64 to 256x6000 RGB
+# pixels on the 2-core project machine under load (benchmarks/native_strips.py):
+# the program's build plus its two first launches with a cold PoCL cache (1.1 + 1.3 s
+# for a 5x5 or a 23x23 kernel; 0.15 s from PoCL's disk cache, which we cannot see);
+# per output value: NumPy's direct taps, NumPy's Toeplitz GEMMs (per Toeplitz column
+# of both passes), OpenCL per tap; and each backend's fixed cost per strip.
+CL_BUILD_SECONDS = 2.5
+NUMPY_SECONDS_PER_VALUE = 1.0e-9
+NUMPY_SECONDS_PER_TAP = 0.8e-9
+NUMPY_SEPARABLE_PER_VALUE = 2.6e-9
+NUMPY_SEPARABLE_PER_COLUMN = 0.1e-9
+CL_SECONDS_PER_VALUE = 1.0e-9
+CL_SECONDS_PER_TAP = 0.3e-9
+CL_LAUNCH_SECONDS = 3e-4
+NUMPY_CALL_SECONDS = 1e-4
 
 
 def filter_strip(
@@ -125,18 +131,15 @@ def filter_strip(
     plan = _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, out_top, out)
     if plan is None:
         return None
-    if backend == "auto":
-        backend = choose_backend(plan, device, strips)
-    if backend == "opencl":
-        result = _run_opencl(plan, device)
-        if result is None:
-            return None
-    elif backend == "numpy":
-        result = _run_numpy(plan)
-        if result is None:
-            return None
-    else:
+    if backend not in ("auto", "opencl", "numpy"):
         raise ValueError(f"backend must be 'auto', 'opencl' or 'numpy', got {backend!r}")
+    chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
+    result = _run_opencl(plan, device) if chosen == "opencl" else None
+    if chosen == "numpy" or (result is None and backend == "auto"):
+        # auto: a device that failed (or a program that did not build) leaves NumPy
+        result = _run_numpy(plan)
+    if result is None:
+        return None
     if out is not None and result is not out:
         out[...] = result
         return out
@@ -271,17 +274,28 @@ def _cl_separable(plan: _Plan) -> bool:
 
 def estimate_seconds(plan: _Plan, backend: str, built: bool = True) -> float:
     """Rough time of one strip on ``backend`` (comparable between the two only)."""
-    taps_np = plan.kh + plan.kw if plan.separable else plan.taps
     if backend == "numpy":
-        per = NUMPY_SECONDS_PER_VALUE + NUMPY_SECONDS_PER_TAP * taps_np * 8
         if plan.separable:
-            # the Toeplitz GEMMs do block-sized work per value whatever the taps
-            per = NUMPY_SECONDS_PER_VALUE + NUMPY_SECONDS_PER_TAP * 64
-        return plan.values * per
-    taps_cl = plan.kh + plan.kw if _cl_separable(plan) else plan.taps
-    per = CL_SECONDS_PER_VALUE + CL_SECONDS_PER_TAP * taps_cl
-    seconds = CL_LAUNCH_SECONDS + plan.values * per
+            per = NUMPY_SEPARABLE_PER_VALUE + NUMPY_SEPARABLE_PER_COLUMN * _toeplitz_columns(plan)
+        else:
+            taps = int(np.count_nonzero(plan.kernel))
+            per = NUMPY_SECONDS_PER_VALUE + NUMPY_SECONDS_PER_TAP * taps
+        return NUMPY_CALL_SECONDS + plan.values * per
+    taps = plan.kh + plan.kw if _cl_separable(plan) else plan.taps
+    seconds = CL_LAUNCH_SECONDS + plan.values * (CL_SECONDS_PER_VALUE + CL_SECONDS_PER_TAP * taps)
     return seconds if built else seconds + CL_BUILD_SECONDS
+
+
+def _toeplitz_columns(plan: _Plan) -> int:
+    """Multiply-adds per output value of NumPy's two Toeplitz passes (see _SeparableJob)."""
+    from convcli.backends.numpy_backend import _block
+
+    ekh = plan.dh * (plan.kh - 1) + 1
+    ekw = (plan.kw - 1) * plan.dw * plan.c + 1
+    bv, bh = _block(ekh), _block(ekw)
+    mv = -(-((bv - 1) * plan.sh + ekh) // (bv * plan.sh))
+    mh = -(-(bh - 1 + ekw) // bh)
+    return mv * bv * plan.sh + mh * bh * plan.sw
 
 
 def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> str:
@@ -323,6 +337,7 @@ def _defines(plan: _Plan) -> dict[str, int | str]:
         "ABS": int(plan.abs),
         "ROWS": CL_ROWS,
         "XV": CL_XV,
+        "SEPARABLE": int(_cl_separable(plan)),
     }
 
 

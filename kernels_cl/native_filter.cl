@@ -3,7 +3,9 @@
  * cross-correlation (one 2-D kernel for every channel), the output mapping and the
  * rounding all happen here, so the host moves 1-2 bytes per sample each way.
  *
- * Three kernels:
+ * Three kernels; SEPARABLE=1 builds the first two, SEPARABLE=0 the third (a build
+ * compiles only what it runs: the unrolled direct kernel of a 23x23 Gaussian alone
+ * took seconds to compile):
  *   native_filter_h       horizontal pass of a rank-1 kernel: native in -> float tmp
  *   native_filter_v       vertical pass of a rank-1 kernel: float tmp -> native out
  *   native_filter_direct  every tap of a 2-D kernel: native in -> native out
@@ -73,6 +75,9 @@
 #ifndef XV
 #error "-D XV=... is required (set by the host)"
 #endif
+#ifndef SEPARABLE
+#error "-D SEPARABLE=0|1 is required (set by the host)"
+#endif
 
 typedef IN_T in8 __attribute__((ext_vector_type(8), aligned(1)));
 typedef OUT_T out8 __attribute__((ext_vector_type(8), aligned(1)));
@@ -132,6 +137,8 @@ inline void store_levels(__global OUT_T *dst, float8 acc, const float bias_top,
         for (int k = 0; k < n_out - q; ++k) dst[k] = t[k];
     }
 }
+
+#if SEPARABLE
 
 __kernel void native_filter_h(__global const IN_T *restrict x, __global const float *restrict taps,
                               __global float *restrict tmp, const int rows_in,
@@ -194,6 +201,8 @@ __kernel void native_filter_v(__global const float *restrict tmp, __global const
     }
 }
 
+#else /* SEPARABLE */
+
 __kernel void native_filter_direct(__global const IN_T *restrict x,
                                    __global const float *restrict taps,
                                    __global OUT_T *restrict out, const int rows_in,
@@ -229,3 +238,5 @@ __kernel void native_filter_direct(__global const IN_T *restrict x,
             store_levels(out + (size_t)(y0 + p) * o_pitch + q, acc[p], bias_top, top, q, n_out);
     }
 }
+
+#endif /* SEPARABLE */
