@@ -52,6 +52,8 @@ NUMPY_BLOCK_ROWS = 32
 # per output value: NumPy's direct taps, NumPy's Toeplitz GEMMs (per Toeplitz column
 # of both passes), OpenCL per tap; and each backend's fixed cost per strip.
 CL_BUILD_SECONDS = 2.5
+# importing pyopencl and opening the context when no OpenCL backend is started yet
+CL_START_SECONDS = 0.6
 NUMPY_SECONDS_PER_VALUE = 1.0e-9
 NUMPY_SECONDS_PER_TAP = 0.8e-9
 NUMPY_SEPARABLE_PER_VALUE = 2.6e-9
@@ -305,6 +307,8 @@ def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> s
     from convcli.backends import started_opencl
 
     numpy_s = estimate_seconds(plan, "numpy")
+    if not plan.separable and plan.taps > NUMPY_DIRECT_MAX_TAPS:
+        numpy_s = math.inf  # NumPy leaves it to the float path
     if plan.taps > OPENCL_DIRECT_MAX_TAPS and not _cl_separable(plan):
         return "numpy"
     started = started_opencl(device)
@@ -312,8 +316,8 @@ def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> s
         return "numpy"
     built = started is not None and _program_built(started, plan)
     per_strip = estimate_seconds(plan, "opencl", built=True)
-    build = 0.0 if built else CL_BUILD_SECONDS / max(1, strips)
-    return "opencl" if per_strip + build < numpy_s else "numpy"
+    once = (0.0 if built else CL_BUILD_SECONDS) + (CL_START_SECONDS if started is None else 0.0)
+    return "opencl" if per_strip + once / max(1, strips) < numpy_s else "numpy"
 
 
 # ---------------------------------------------------------------------------------------

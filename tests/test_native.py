@@ -216,3 +216,14 @@ def test_opencl_program_from_pocl_cache(tmp_path):
     )
     first, second = run_twice_with_one_pocl_cache(script, tmp_path)
     assert first == second and first.strip() != ""
+
+
+def test_auto_takes_opencl_for_a_large_strip_once_built():
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    k = np.outer(_g, _g)
+    small = np.zeros((20, 20, 3), np.uint8)
+    assert filter_strip(small, top=255.0, kernel=k, backend="opencl") is not None  # builds
+    big = np.zeros((262, 3006, 3), np.uint8)
+    plan = native._plan(big, 255.0, k, (1, 1), (1, 1), 0.0, 1.0, 0.0, "clip", 255, None)
+    assert native.choose_backend(plan, strips=1) == "opencl"
