@@ -227,3 +227,13 @@ def test_auto_takes_opencl_for_a_large_strip_once_built():
     big = np.zeros((262, 3006, 3), np.uint8)
     plan = native._plan(big, 255.0, k, (1, 1), (1, 1), 0.0, 1.0, 0.0, "clip", 255, None)
     assert native.choose_backend(plan, strips=1) == "opencl"
+
+
+def test_twelve_bit_input_to_eight_bit_output(be):
+    # a 12-bit image held in uint16 samples: top is 4095, not the dtype's maximum
+    strip, _ = _strip((30, 41, 3), np.uint16, seed=7)
+    strip >>= 4
+    k = KERNELS["gaussian"]
+    got = filter_strip(strip, top=4095.0, kernel=k, out_top=255, backend=be)
+    check(got, reference(strip, 4095.0, k), 255)
+    assert got.max() > 200  # the range is used: 4095 maps to 255
