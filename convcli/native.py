@@ -38,9 +38,13 @@ NUMPY_DIRECT_MAX_TAPS = 49
 # OpenCL's direct kernel unrolls every tap for ROWS rows: larger kernels that are not
 # rank 1 compile slowly and run no faster than the float path's FFT.
 OPENCL_DIRECT_MAX_TAPS = 121
-# The OpenCL kernels' rows per item (v, direct) and float8 vectors per item (h).
+# The OpenCL kernels' output rows per item (vertical pass; direct), float8 vectors per
+# item (horizontal pass) and the work-group size wanted (one for every launch: each new
+# size costs PoCL a compile at first launch).
+CL_ROWS_V = 8
 CL_ROWS = 4
 CL_XV = 4
+CL_LOCAL = (64, 1)
 # Float values per row of a NumPy block (x channels: the staging rows of one column
 # tile) and output rows per block: a block's float32 staging stays within L2.
 NUMPY_TILE_VALUES = 4096
@@ -339,7 +343,7 @@ def _defines(plan: _Plan) -> dict[str, int | str]:
         "DH": plan.dh,
         "DW": plan.dw,
         "ABS": int(plan.abs),
-        "ROWS": CL_ROWS,
+        "ROWS": CL_ROWS_V if _cl_separable(plan) else CL_ROWS,
         "XV": CL_XV,
         "SEPARABLE": int(_cl_separable(plan)),
     }
@@ -380,38 +384,32 @@ def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
         result, obuf = be.output((plan.rows_out, plan.w_out, c), plan.out_dtype)
         top = f32(plan.out_top)
         bias_top = f32(plan.bias_top)
-        groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / CL_ROWS))
+        rows = defines["ROWS"]
+        groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
         if _cl_separable(plan):
-            kh_ = be.kernel("native_filter", defines, kernel_name="native_filter_h")
             kv_ = be.kernel("native_filter", defines, kernel_name="native_filter_v")
-            # one float row per input row, its pitch rounded to whole float8 vectors
-            t_pitch = -(-n_out // 8) * 8
-            tmp = be.scratch("native_filter_tmp", 4 * rows_in * t_pitch)
-            hbuf = _taps_buffer(be, plan.row.astype(f32))
+            kh_ = be.kernel("native_filter", defines, kernel_name="native_filter_h")
+            # vertical results: one float row per output row, every input column, the
+            # pitch rounded to whole float8 vectors
+            n_in = w_in * c
+            t_pitch = -(-n_in // 8) * 8
+            tmp = be.scratch("native_filter_tmp", 4 * plan.rows_out * t_pitch)
             vbuf = _taps_buffer(be, (plan.col * plan.gain).astype(f32))
+            hbuf = _taps_buffer(be, plan.row.astype(f32))
             ev1 = be.enqueue(
-                kh_,
-                (math.ceil(n_out / (8 * CL_XV)), rows_in),
-                (16, 4),
-                [xbuf, hbuf, tmp, i32(rows_in), i32(w_in * c), i32(n_out), i32(t_pitch)],
-            )
-            ev2 = be.enqueue(
                 kv_,
-                groups_v,
-                (16, 4),
-                [
-                    tmp,
-                    vbuf,
-                    obuf,
-                    i32(rows_in),
-                    i32(plan.rows_out),
-                    i32(t_pitch),
-                    i32(n_out),
-                    i32(n_out),
-                    bias_top,
-                    top,
-                ],
-            )
+                (math.ceil(n_in / 8), math.ceil(plan.rows_out / rows)),
+                CL_LOCAL,
+                [xbuf, vbuf, tmp, i32(rows_in), i32(plan.rows_out), i32(n_in), i32(n_in),
+                 i32(t_pitch)],
+            )  # fmt: skip
+            ev2 = be.enqueue(
+                kh_,
+                (math.ceil(n_out / (8 * CL_XV)), plan.rows_out),
+                CL_LOCAL,
+                [tmp, hbuf, obuf, i32(plan.rows_out), i32(t_pitch), i32(n_out), i32(n_out),
+                 bias_top, top],
+            )  # fmt: skip
             events = [ev1, ev2]
         else:
             kd = be.kernel("native_filter", defines, kernel_name="native_filter_direct")
@@ -420,7 +418,7 @@ def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
                 be.enqueue(
                     kd,
                     groups_v,
-                    (16, 4),
+                    CL_LOCAL,
                     [
                         xbuf,
                         tbuf,
