@@ -237,3 +237,23 @@ def test_twelve_bit_input_to_eight_bit_output(be):
     got = filter_strip(strip, top=4095.0, kernel=k, out_top=255, backend=be)
     check(got, reference(strip, 4095.0, k), 255)
     assert got.max() > 200  # the range is used: 4095 maps to 255
+
+
+@pytest.mark.parametrize("name", ["gaussian", "emboss"])
+def test_strips_are_seamless(be, name):
+    # the image filtered whole and as two strips (each with its halo) gives the same
+    # levels, within the one-level rounding rule
+    image, top = _strip((90, 77, 3), np.uint8, seed=8)
+    k = KERNELS[name]
+    halo = k.shape[0] - 1
+    whole = filter_strip(image, top=top, kernel=k, backend=be)
+    cut = 37
+    parts = [
+        filter_strip(image[: cut + halo], top=top, kernel=k, backend=be),
+        filter_strip(image[cut:], top=top, kernel=k, backend=be),
+    ]
+    joined = np.concatenate(parts)
+    assert joined.shape == whole.shape
+    diff = np.abs(joined.astype(np.int64) - whole)
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
+    check(joined, reference(image, top, k), 255)
