@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from convcli.errors import BackendError
 from convcli.plan import separable_factors
+from convcli.runinfo import RunInfo
 
 NativeBackend = Literal["auto", "opencl", "numpy"]
 NATIVE_MAPS: tuple[str, ...] = ("clip", "offset", "abs")
@@ -50,22 +52,22 @@ CL_LOCAL = (64, 1)
 NUMPY_TILE_VALUES = 4096
 NUMPY_BLOCK_ROWS = 32
 # Rough costs for backend="auto" (seconds), fitted to strips of 16x64 to 256x6000 RGB
-# pixels on the 2-core project machine under load (benchmarks/native_strips.py):
-# the program's build plus its two first launches with a cold PoCL cache (1.1 + 1.3 s
-# for a 5x5 or a 23x23 kernel; 0.15 s from PoCL's disk cache, which we cannot see);
-# per output value: NumPy's direct taps, NumPy's Toeplitz GEMMs (per Toeplitz column
-# of both passes), OpenCL per tap; and each backend's fixed cost per strip.
+# pixels on the 2-core project machine (benchmarks/native_strips.py; /tmp-free runs of
+# filter_strip with each backend): the program's build plus its first launches with a
+# cold PoCL cache (1.1 + 1.3 s under load; 0.15 s from PoCL's disk cache, which we
+# cannot see), and opening OpenCL; per output value: NumPy's direct taps (per nonzero
+# tap), NumPy's Toeplitz GEMMs (per Toeplitz column of both passes), OpenCL (per tap
+# of its passes); and each backend's fixed cost per strip.
 CL_BUILD_SECONDS = 2.5
-# importing pyopencl and opening the context when no OpenCL backend is started yet
 CL_START_SECONDS = 0.6
-NUMPY_SECONDS_PER_VALUE = 1.0e-9
-NUMPY_SECONDS_PER_TAP = 0.8e-9
-NUMPY_SEPARABLE_PER_VALUE = 2.6e-9
-NUMPY_SEPARABLE_PER_COLUMN = 0.1e-9
-CL_SECONDS_PER_VALUE = 1.0e-9
-CL_SECONDS_PER_TAP = 0.3e-9
+NUMPY_SECONDS_PER_VALUE = 0.5e-9
+NUMPY_SECONDS_PER_TAP = 0.7e-9
+NUMPY_SEPARABLE_PER_VALUE = 3.3e-9
+NUMPY_SEPARABLE_PER_COLUMN = 0.05e-9
+NUMPY_CALL_SECONDS = 1.5e-4
+CL_SECONDS_PER_VALUE = 1.2e-9
+CL_SECONDS_PER_TAP = 0.05e-9
 CL_LAUNCH_SECONDS = 3e-4
-NUMPY_CALL_SECONDS = 1e-4
 
 
 def filter_strip(
@@ -84,6 +86,7 @@ def filter_strip(
     backend: NativeBackend = "auto",
     device: str | None = None,
     strips: int = 1,
+    info: RunInfo | None = None,
 ) -> np.ndarray | None:
     """Filter a padded native strip and round the result to output levels.
 
@@ -118,6 +121,10 @@ def filter_strip(
     strips : int
         How many strips of this size the caller will filter with the same kernel:
         ``auto`` spreads the build cost over them.
+    info : RunInfo, optional
+        Gets the backend, device and algorithm (``native-separable`` or
+        ``native-direct``), and seconds under ``build``, ``upload``, ``compute`` (kernel
+        time on OpenCL, the whole call on NumPy), ``download`` and ``total``.
 
     Returns
     -------
@@ -140,12 +147,18 @@ def filter_strip(
     if backend not in ("auto", "opencl", "numpy"):
         raise ValueError(f"backend must be 'auto', 'opencl' or 'numpy', got {backend!r}")
     chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
-    result = _run_opencl(plan, device) if chosen == "opencl" else None
+    t0 = time.perf_counter()
+    part = RunInfo()
+    result = _run_opencl(plan, device, part) if chosen == "opencl" else None
     if chosen == "numpy" or (result is None and backend == "auto"):
         # auto: a device that failed (or a program that did not build) leaves NumPy
-        result = _run_numpy(plan)
+        part = RunInfo()
+        result = _run_numpy(plan, part)
     if result is None:
         return None
+    if info is not None:
+        part.timings["total"] = time.perf_counter() - t0
+        info.add(part)
     if out is not None and result is not out:
         out[...] = result
         return out
@@ -354,7 +367,7 @@ def _program_built(backend: Any, plan: _Plan) -> bool:
     return key in getattr(backend, "_given", {})
 
 
-def _run_opencl(plan: _Plan, device: str | None) -> np.ndarray | None:
+def _run_opencl(plan: _Plan, device: str | None, info: RunInfo) -> np.ndarray | None:
     """The strip on the OpenCL device, or None where it cannot run there."""
     from convcli.backends import get_backend
 
@@ -366,12 +379,15 @@ def _run_opencl(plan: _Plan, device: str | None) -> np.ndarray | None:
         return None
     try:
         with _CL_LOCK:
-            return _opencl_strip(be, plan)
+            result = _opencl_strip(be, plan, info)
     except BackendError:
         return None
+    info.backend, info.device = "opencl", be.device_name
+    info.algo = "native-separable" if _cl_separable(plan) else "native-direct"
+    return result
 
 
-def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
+def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
     from convcli.backends.opencl_backend import translate_errors
 
     strip = np.ascontiguousarray(plan.strip)
@@ -380,15 +396,15 @@ def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
     defines = _defines(plan)
     i32, f32 = np.int32, np.float32
     with translate_errors("native filter on OpenCL"):
-        xbuf = be.input_buffer(strip)
+        xbuf = be.input_buffer(strip, info)
         result, obuf = be.output((plan.rows_out, plan.w_out, c), plan.out_dtype)
         top = f32(plan.out_top)
         bias_top = f32(plan.bias_top)
         rows = defines["ROWS"]
         groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
         if _cl_separable(plan):
-            kv_ = be.kernel("native_filter", defines, kernel_name="native_filter_v")
-            kh_ = be.kernel("native_filter", defines, kernel_name="native_filter_h")
+            kv_ = be.kernel("native_filter", defines, info, kernel_name="native_filter_v")
+            kh_ = be.kernel("native_filter", defines, info, kernel_name="native_filter_h")
             # vertical results: one float row per output row, every input column, the
             # pitch rounded to whole float8 vectors
             n_in = w_in * c
@@ -402,6 +418,7 @@ def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
                 CL_LOCAL,
                 [xbuf, vbuf, tmp, i32(rows_in), i32(plan.rows_out), i32(n_in), i32(n_in),
                  i32(t_pitch)],
+                info,
             )  # fmt: skip
             ev2 = be.enqueue(
                 kh_,
@@ -409,10 +426,11 @@ def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
                 CL_LOCAL,
                 [tmp, hbuf, obuf, i32(plan.rows_out), i32(t_pitch), i32(n_out), i32(n_out),
                  bias_top, top],
+                info,
             )  # fmt: skip
             events = [ev1, ev2]
         else:
-            kd = be.kernel("native_filter", defines, kernel_name="native_filter_direct")
+            kd = be.kernel("native_filter", defines, info, kernel_name="native_filter_direct")
             tbuf = _taps_buffer(be, (plan.kernel * plan.gain).astype(f32).ravel())
             events = [
                 be.enqueue(
@@ -431,11 +449,13 @@ def _opencl_strip(be: Any, plan: _Plan) -> np.ndarray:
                         bias_top,
                         top,
                     ],
+                    info,
                 )
             ]
-        be.fetch(result, obuf)
+        be.fetch(result, obuf, info)
         for ev in events:
             ev.wait()
+            info.timings["compute"] = info.timings.get("compute", 0.0) + be.event_seconds(ev)
     del strip  # the wrapped input must outlive the kernels: it did, fetch waited
     return result
 
@@ -465,7 +485,7 @@ def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
-def _run_numpy(plan: _Plan) -> np.ndarray | None:
+def _run_numpy(plan: _Plan, info: RunInfo) -> np.ndarray | None:
     from convcli.backends import numpy_backend as nb
 
     if not plan.separable and plan.taps > NUMPY_DIRECT_MAX_TAPS:
@@ -478,8 +498,12 @@ def _run_numpy(plan: _Plan) -> np.ndarray | None:
     threads = nb._threads() if plan.values * (plan.kh + plan.kw) >= 2_000_000 else 1
     # BLAS on one thread also when we run on one: OpenBLAS's own threads on these small
     # GEMMs spun against each other (a 256x6000 strip: 0.55 s against 0.13 s)
+    t0 = time.perf_counter()
     with nb._ONE_THREAD_BLAS:
         nb._run_jobs(job, jobs, threads)
+    info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
+    info.backend, info.device = "numpy", "host CPU (NumPy)"
+    info.algo = "native-separable" if plan.separable else "native-direct"
     return result
 
 

@@ -257,3 +257,14 @@ def test_strips_are_seamless(be, name):
     diff = np.abs(joined.astype(np.int64) - whole)
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
     check(joined, reference(image, top, k), 255)
+
+
+def test_info_records_backend_algorithm_and_times(be):
+    from convcli.runinfo import RunInfo
+
+    strip, top = _strip((40, 50, 3), np.uint8)
+    for name, algo in (("gaussian", "native-separable"), ("emboss", "native-direct")):
+        info = RunInfo()
+        assert filter_strip(strip, top=top, kernel=KERNELS[name], backend=be, info=info) is not None
+        assert (info.backend, info.algo) == (be, algo)
+        assert info.timings["compute"] > 0 and info.timings["total"] >= info.timings["compute"]
