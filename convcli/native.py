@@ -52,8 +52,8 @@ CL_LOCAL = (64, 1)
 NUMPY_TILE_VALUES = 4096
 NUMPY_BLOCK_ROWS = 32
 # Rough costs for backend="auto" (seconds), fitted to strips of 16x64 to 256x6000 RGB
-# pixels on the 2-core project machine (benchmarks/native_strips.py; /tmp-free runs of
-# filter_strip with each backend): the program's build plus its first launches with a
+# pixels on the 2-core project machine (filter_strip timed per backend, medians of
+# interleaved runs): the program's build plus its first launches with a
 # cold PoCL cache (1.1 + 1.3 s under load; 0.15 s from PoCL's disk cache, which we
 # cannot see), and opening OpenCL; per output value: NumPy's direct taps (per nonzero
 # tap), NumPy's Toeplitz GEMMs (per Toeplitz column of both passes), OpenCL (per tap
