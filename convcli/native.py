@@ -165,6 +165,43 @@ def filter_strip(
     return result
 
 
+def shared_kernel(
+    weight: np.ndarray, bias: np.ndarray | float | None, groups: int | None, channels: int
+) -> tuple[np.ndarray, float] | None:
+    """The ``(kH, kW)`` kernel and the scalar bias of a convolution that applies one
+    kernel to every channel (what :func:`filter_strip` computes), or None.
+
+    ``weight`` is a 2-D kernel (every channel, ``groups`` None or ``channels``) or a 4-D
+    weight ``(channels, 1, kH, kW)`` with ``groups == channels`` whose kernels are all
+    equal; ``bias`` None, a scalar, or equal values.
+
+    >>> k, b = shared_kernel(np.ones((3, 1, 2, 2)), np.zeros(3), 3, 3)
+    >>> k.shape, b
+    ((2, 2), 0.0)
+    >>> shared_kernel(np.ones((3, 3, 2, 2)), None, 1, 3) is None
+    True
+    """
+    w = np.asarray(weight)
+    if w.ndim == 2:
+        if groups not in (None, channels):
+            return None
+        kernel = w
+    elif w.ndim == 4:
+        if groups != channels or w.shape[:2] != (channels, 1) or not np.all(w == w[:1]):
+            return None
+        kernel = w[0, 0]
+    else:
+        return None
+    if bias is None:
+        value = 0.0
+    else:
+        b = np.asarray(bias).ravel()
+        if b.size == 0 or not np.all(b == b[0]) or b.size not in (1, channels):
+            return None
+        value = float(b[0])
+    return np.asarray(kernel), value
+
+
 # ---------------------------------------------------------------------------------------
 # the plan: what both backends compute
 

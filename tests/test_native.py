@@ -268,3 +268,16 @@ def test_info_records_backend_algorithm_and_times(be):
         assert filter_strip(strip, top=top, kernel=KERNELS[name], backend=be, info=info) is not None
         assert (info.backend, info.algo) == (be, algo)
         assert info.timings["compute"] > 0 and info.timings["total"] >= info.timings["compute"]
+
+
+def test_shared_kernel_accepts_only_one_kernel_for_every_channel():
+    k = np.arange(6.0).reshape(2, 3)
+    got = native.shared_kernel(np.repeat(k[None, None], 4, axis=0), np.full(4, 0.5), 4, 4)
+    assert got is not None and np.array_equal(got[0], k) and got[1] == 0.5
+    assert native.shared_kernel(k, None, None, 3)[1] == 0.0
+    differ = np.repeat(k[None, None], 4, axis=0)
+    differ[2] += 1
+    assert native.shared_kernel(differ, None, 4, 4) is None  # one kernel per channel
+    assert native.shared_kernel(np.ones((4, 4, 3, 3)), None, 1, 4) is None  # dense
+    assert native.shared_kernel(k, np.array([0.0, 1.0, 0.0]), None, 3) is None  # biases
+    assert native.shared_kernel(k, None, 1, 3) is None  # 2-D kernel but groups 1
