@@ -1074,6 +1074,17 @@ def _process(
         for part in spans:
             span = pixels.join_spans(span, part)
         job.reopen()
+    if span is None and not drop:
+        # an image filter into 8 or 16 bits: converted, convolved, mapped and rounded
+        # in one fused step on the native samples (None: the float path below)
+        job.native = pipeline.native_step(
+            job,
+            out_map=out.out_map if map_it else "clip",
+            scale=out.scale if map_it else 1.0,
+            offset=out.offset if map_it else 0.0,
+            bits=bits,
+            algo=engine.algo,
+        )
     results: queue.Queue = queue.Queue(pipeline.RESULTS_QUEUED)
 
     def strips() -> Iterator[np.ndarray]:
@@ -1081,6 +1092,9 @@ def _process(
             item = job.stop.get(results)
             if item is _STRIPS_END:
                 return
+            if job.native is not None:  # the samples, rounded already
+                yield item[0]
+                continue
             t0 = time.perf_counter()
             result, kept = item
             data = finish(result, kept)
@@ -1112,7 +1126,8 @@ def _process(
     job_write = writers.submit(write)
 
     def send(r0: int, r1: int, result: np.ndarray, kept: np.ndarray | None) -> None:
-        count(result)
+        if job.native is None:
+            count(result)
         job.stop.put(results, (result, kept))
 
     try:

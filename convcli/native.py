@@ -131,8 +131,14 @@ def filter_strip(
     ndarray or None
         ``(rows_out, W_out, C)`` uint8 (``out_top`` 255) or uint16 (65535), or None
         when this case is not covered (other dtypes or mappings, non-finite values, a
-        strip smaller than the kernel, a large kernel that is not rank 1, OpenCL asked
-        for but not available): the caller then takes its float path.
+        strip smaller than the kernel, a large kernel that is not rank 1): the caller
+        then takes its float path.
+
+    Raises
+    ------
+    BackendError
+        ``backend="opencl"`` and the device failed (``auto`` runs NumPy instead, with a
+        notice in ``info``).
 
     Examples
     --------
@@ -149,10 +155,21 @@ def filter_strip(
     chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
     t0 = time.perf_counter()
     part = RunInfo()
-    result = _run_opencl(plan, device, part) if chosen == "opencl" else None
+    result = None
+    if chosen == "opencl":
+        try:
+            result = _run_opencl(plan, device, part)
+        except BackendError as exc:
+            if backend != "auto":
+                raise
+            # auto: a device that failed (or a program that did not build) leaves NumPy,
+            # and says so as conv2d does
+            part = RunInfo()
+            part.notices.append(f"OpenCL failed ({exc}); using NumPy")
     if chosen == "numpy" or (result is None and backend == "auto"):
-        # auto: a device that failed (or a program that did not build) leaves NumPy
+        notices = part.notices
         part = RunInfo()
+        part.notices.extend(notices)
         result = _run_numpy(plan, part)
     if result is None:
         return None
@@ -410,15 +427,9 @@ def _run_opencl(plan: _Plan, device: str | None, info: RunInfo) -> np.ndarray | 
 
     if plan.taps > OPENCL_DIRECT_MAX_TAPS and not _cl_separable(plan):
         return None
-    try:
-        be = get_backend("opencl", device)
-    except BackendError:
-        return None
-    try:
-        with _CL_LOCK:
-            result = _opencl_strip(be, plan, info)
-    except BackendError:
-        return None
+    be = get_backend("opencl", device)  # BackendError: no device, or it failed
+    with _CL_LOCK:
+        result = _opencl_strip(be, plan, info)
     info.backend, info.device = "opencl", be.device_name
     info.algo = "native-separable" if _cl_separable(plan) else "native-direct"
     return result

@@ -306,7 +306,7 @@ def _convert(native: np.ndarray, top: float | None, out: np.ndarray) -> None:
     samples divided by ``top`` as :func:`convcli.io.images._scaled` does (float32 up to
     16 bits, float64 for wider ones), float samples cast."""
     chw = np.moveaxis(native, -1, 0)
-    if top is None:
+    if top is None or out.dtype == native.dtype:  # float samples; a native strip
         np.copyto(out, chw, casting="same_kind")
         return
     loop = np.float32 if chw.dtype.itemsize <= 2 else np.float64
@@ -324,6 +324,53 @@ def _pad_columns(out: np.ndarray, geo: Geometry) -> None:
     zero = pad & ~geo.cvalid
     if zero.any():
         out[:, :, zero] = 0
+
+
+@dataclass(frozen=True)
+class NativeStep:
+    """What :func:`convcli.native.filter_strip` needs besides the strip: the image's
+    filter applies one kernel to every channel, and the result is mapped and rounded
+    to integer levels in the same step (see :func:`native_step`)."""
+
+    kernel: np.ndarray
+    bias: float
+    scale: float
+    offset: float
+    out_map: str
+    out_top: int
+
+
+def native_step(
+    job: ImageJob, *, out_map: str, scale: float, offset: float, bits: int, algo: str
+) -> NativeStep | None:
+    """The fused native-depth step for this image, or None where the float path runs:
+    integer samples of at most 16 bits without alpha, one kernel for every channel, a
+    clip/offset/abs mapping into 8 or 16 bits, the engine's own algorithm choice, and a
+    kernel the step covers (rank 1, or at most 49 taps)."""
+    from convcli import native
+
+    info = job.source.info
+    if info.top is None or info.dtype.kind != "u" or info.dtype.itemsize > 2:
+        return None
+    if info.has_alpha or bits not in (8, 16) or algo != "auto":
+        return None
+    if out_map not in native.NATIVE_MAPS:
+        return None
+    shared = native.shared_kernel(job.weight, job.bias, job.spec.groups, job.conv_channels)
+    if shared is None:
+        return None
+    kernel, bias = shared
+    spec = job.spec
+    probe = np.zeros(
+        (spec.dilation[0] * (spec.kh - 1) + 1, spec.dilation[1] * (spec.kw - 1) + 1, 1),
+        info.dtype,
+    )
+    out_top = (1 << bits) - 1
+    plan = native._plan(probe, info.top, kernel, spec.stride, spec.dilation, bias, scale,
+                        offset, out_map, out_top, None)  # fmt: skip
+    if plan is None or (not plan.separable and plan.taps > native.NUMPY_DIRECT_MAX_TAPS):
+        return None
+    return NativeStep(np.asarray(kernel, np.float32), bias, scale, offset, out_map, out_top)
 
 
 # ---------------------------------------------------------------------------- one image
@@ -469,6 +516,9 @@ class ImageJob:
         self.opened = threading.Event()
         self.open_error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        #: set before convolve_strips: strips go through the fused native-depth step
+        #: and on_strip gets the rounded samples (no result, no kept alpha)
+        self.native: NativeStep | None = None
 
     # ---- opening (in a reader thread, ahead of the convolution)
     def start(self) -> None:
@@ -555,6 +605,7 @@ class ImageJob:
         # every strip on the whole image's backend (a cost model could send a short
         # strip elsewhere, with other rounding); auto still falls back below
         fallback = backend == "auto"
+        native_backend = backend  # the native step chooses for itself under auto
         backend = be_name
         align = strip_alignment(spec, be_name, algo)
         least = strip_least(spec, be_name, algo)
@@ -563,9 +614,10 @@ class ImageJob:
         src_info = self.source.info
         channels = src_info.channels
         flat = channels * geo.padded_rows(0, min(rows, spec.h_out))[1] * geo.padded_width
+        step = self.native
         free: queue.Queue = queue.Queue()
         for _ in range(BUFFERS):
-            free.put(np.empty(flat, np.float32))
+            free.put(np.empty(flat, src_info.dtype if step is not None else np.float32))
         ready: queue.Queue = queue.Queue(BUFFERS)
         reader = RowReader(self.source, geo, self._reopen, name_of(self.src))
         kh, kw = spec.kh, spec.kw
@@ -585,6 +637,10 @@ class ImageJob:
                             channels, p1 - p0, geo.padded_width
                         )
                         reader.strip(k, x)
+                        if step is not None:  # native samples, no alpha
+                            self.run.read += time.perf_counter() - t0
+                            self.stop.put(ready, (r0, r1, buf, x, None))
+                            continue
                         conv_in, kept = pixels.split_alpha(
                             x, self.alpha, has_alpha=src_info.has_alpha, in_place=True
                         )
@@ -627,6 +683,23 @@ class ImageJob:
                     def progress(done: int, total: int, r0: int = r0) -> None:
                         on_rows(r0 + done, spec.h_out)
 
+                if step is not None:
+                    result, native_backend = self._native_strip(
+                        conv_in,
+                        src_info.top,
+                        step,
+                        native_backend,
+                        engine.device,
+                        len(geo.strips()),
+                        part,
+                    )
+                    self.run.info.add(part)
+                    self.run.convolve += time.perf_counter() - t0
+                    free.put(buf)
+                    on_strip(r0, r1, result, None)
+                    if on_rows is not None:
+                        on_rows(r1, spec.h_out)
+                    continue
                 try:
                     result = conv2d(conv_in, self.weight, self.bias, **_no_padding(self.options),
                                     backend=backend, device=engine.device, algo=algo,
@@ -650,6 +723,33 @@ class ImageJob:
             raise
         finally:
             producer.join()
+
+    def _native_strip(
+        self,
+        x: np.ndarray,
+        top: float,
+        step: NativeStep,
+        backend: str,
+        device: str | None,
+        strips: int,
+        part: RunInfo,
+    ) -> tuple[np.ndarray, str]:
+        """One strip through :func:`convcli.native.filter_strip`; returns the samples
+        and the backend that ran it (the next strips take the same one)."""
+        from convcli import native
+
+        spec = self.spec
+        strip = np.ascontiguousarray(np.moveaxis(x, 0, -1))
+        samples = native.filter_strip(
+            strip, top=top,
+            kernel=step.kernel, stride=spec.stride, dilation=spec.dilation, bias=step.bias,
+            scale=step.scale, offset=step.offset, out_map=step.out_map,
+            out_top=step.out_top, backend=backend, device=device, strips=strips, info=part,
+        )  # fmt: skip
+        part.tiles += 1  # one bounded call per strip, as conv2d counts its tiles
+        if samples is None:  # native_step checked what the step covers
+            raise BackendError("the native-depth step declined a strip it was planned for")
+        return samples, part.backend or backend
 
     def _reopen(self) -> stream.Source:
         return stream.open_source(self.src, max_pixels=self.max_pixels)

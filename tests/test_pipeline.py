@@ -16,6 +16,7 @@ from convcli import batch as cbatch
 from convcli import io as cio
 from convcli import pipeline, pixels
 from convcli.io import stream
+from convcli.presets import get_preset
 from convcli.spec import source_index
 
 MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
@@ -342,9 +343,20 @@ def test_an_interrupt_in_the_middle_of_an_image_leaves_no_file(tmp_path, monkeyp
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return real(*a, **k)  # pragma: no cover (the native step runs this image)
 
     monkeypatch.setattr(pipeline, "conv2d", interrupted)
+    from convcli import native
+
+    real_native = native.filter_strip
+
+    def interrupted_native(*a, **k):  # the fused native-depth step computes this image
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_native(*a, **k)
+
+    monkeypatch.setattr(native, "filter_strip", interrupted_native)
     filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
     with pytest.raises(KeyboardInterrupt):
         cbatch.run_tasks([cbatch.Task(src, dst)], filt, engine=cbatch.Engine("numpy"),
@@ -521,3 +533,47 @@ def test_auto_goes_on_with_numpy_when_opencl_fails_mid_image(tmp_path, monkeypat
     np.testing.assert_allclose(
         np.load(tmp_path / "o.npy"), np.load(tmp_path / "old.npy"), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "opencl"])
+def test_native_depth_step_gives_the_float_path_within_one_level(tmp_path, backend):
+    """Integer images without alpha, one kernel for every channel, into 8 or 16 bits:
+    the fused native-depth step computes them (info says so), within one stored level
+    of the whole-image float path, for the mappings, strides and padding modes it
+    takes; what it does not take (normalize, alpha) runs the float path exactly."""
+    if backend == "opencl" and not opencl_available():
+        pytest.skip("no OpenCL device")
+    rng = np.random.default_rng(11)
+    kernels = [
+        np.asarray(get_preset("gaussian:sigma=2").kernel, np.float32),
+        np.full((5, 5), 1 / 25, np.float32),
+        np.asarray(get_preset("sharpen").kernel, np.float32),
+        rng.normal(size=(3, 4)).astype(np.float32),
+    ]
+    checked = 0
+    for i in range(10):
+        depth = int(rng.choice([8, 16]))
+        channels = int(rng.choice([1, 3]))
+        src = tmp_path / f"in{i}.{rng.choice(['png', 'tif'])}"
+        cio.write_image(src, rng.random((channels, 41, 67)).astype(np.float32), bit_depth=depth)
+        filt = cbatch.Filter(weight=kernels[i % len(kernels)], stride=int(rng.choice([1, 2])),
+                             padding_mode=str(rng.choice(MODES)))  # fmt: skip
+        # sharpen's integer taps times 0.7 land on exact half levels (ties, which
+        # float32 rounding noise breaks either way in both paths): a few percent of
+        # such values may round apart, never by more than one level
+        out = cbatch.Output(out_map=str(rng.choice(["clip", "abs", "offset"])),
+                            scale=float(rng.choice([1.0, 0.7, 3.0])),
+                            offset=float(rng.choice([0.0, 0.23])))  # fmt: skip
+        suffix = str(rng.choice([".png", ".tif", ".jpg"]))
+        old, new = tmp_path / f"old{i}{suffix}", tmp_path / f"new{i}{suffix}"
+        old_path(src, old, filt, cbatch.Engine("numpy"), out)
+        res = _new(src, new, filt, cbatch.Engine(backend), out, strip_rows=int(rng.choice([3, 16])))
+        assert res.info.algo.startswith("native"), res.info.algo
+        if suffix == ".jpg":  # lossy: the decoded pixels of two near-equal images
+            assert np.abs(_stored(new) - _stored(old)).max() <= 3 / 255
+        else:
+            levels = 65535 if depth == 16 and suffix != ".jpg" else 255
+            diff = np.abs(np.rint(_stored(new) * levels) - np.rint(_stored(old) * levels))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.03, (i, (diff > 0).mean())
+        checked += 1
+    assert checked == 10
