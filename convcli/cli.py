@@ -801,7 +801,55 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
             signal.signal(s, signal.SIG_IGN if stop.is_set() else h)
 
 
+class _PlainConsole:
+    """What the run prints through a progress bar's console, without rich: one line at
+    a time on stderr (a hidden bar draws nothing else)."""
+
+    @staticmethod
+    def print(text: object, **_: Any) -> None:
+        click.echo(str(text), err=True)
+
+
+class _NoProgress:
+    """A progress bar that is never shown (``-q``, or stderr is not a terminal): the
+    interface :func:`_run` uses, without importing rich (about 40 ms of start-up)."""
+
+    console = _PlainConsole()
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+
+def _stderr_may_be_terminal() -> bool:
+    """Whether rich could take stderr for a terminal (else its bar would be disabled
+    anyway): a tty, or the variables that make rich treat any stream as one."""
+    if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except (OSError, ValueError):
+        return False
+
+
 def _progress(total: int, quiet: bool):
+    if quiet or not _stderr_may_be_terminal():
+        return _NoProgress()
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
