@@ -20,6 +20,7 @@ from convcli.backends.numpy_backend import compute_dtype, gather_rows
 from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
 from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
+from convcli.names import ALGOS
 from convcli.plan import frozen_copy
 from convcli.runinfo import RunInfo
 from convcli.spec import (
@@ -35,7 +36,6 @@ from convcli.spec import (
     resolve_padding,
 )
 
-ALGOS: tuple[str, ...] = ("auto", "direct", "separable", "fft", "gemm")
 # with a progress callback, problems of this many FLOPs (about a second on NumPy) or
 # more run in about PROGRESS_STEPS tiles so that the callback can report as they finish
 PROGRESS_MIN_FLOPS = 4 * 10**9

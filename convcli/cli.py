@@ -9,6 +9,7 @@ stdout; progress, notices, the timing summary and errors to stderr. ``click`` an
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -20,19 +21,39 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import numpy as np
 
-from convcli import __version__, pixels
-from convcli import batch as cbatch
-from convcli import io as cio
+from convcli import __version__
 from convcli import notes as cnotes
-from convcli.api import ALGOS
 from convcli.errors import ConvcliError, InputError, LimitError
-from convcli.io.publish import publish, write_bytes
-from convcli.spec import PADDING_MODES
+from convcli.names import ALGOS, DEFAULT_MAX_PIXELS, PADDING_MODES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from convcli import batch as cbatch
+    from convcli import io as cio
+    from convcli import pixels
+    from convcli.io import publish as cpublish
+else:
+
+    class _OnFirstUse:
+        """A module imported when one of its attributes is first read: ``--help`` and
+        usage errors answer without NumPy, the backends and the image codecs."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(self._name), attr)
+
+    np = _OnFirstUse("numpy")
+    cbatch = _OnFirstUse("convcli.batch")
+    cio = _OnFirstUse("convcli.io")
+    pixels = _OnFirstUse("convcli.pixels")
+    cpublish = _OnFirstUse("convcli.io.publish")
 
 PROG = "convcli"
 ALPHA_MODES = ("premultiply", "keep", "filter", "drop")
@@ -128,7 +149,7 @@ def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
     absent, replaced only with ``overwrite`` (see :func:`convcli.io.publish.publish`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
+    cpublish.write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
 
 
 def _write_json(path: str | Path, data: object, *, overwrite: bool) -> None:
@@ -593,7 +614,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--max-pixels",
             metavar="N",
-            default=str(cio.DEFAULT_MAX_PIXELS),
+            default=str(DEFAULT_MAX_PIXELS),
             show_default=True,
             callback=_callback(parse_count),
             help="Refuse images, or results, with more pixels (decompression bombs, "
@@ -1418,7 +1439,7 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
                 np.savez(fh, weight=k)
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        publish(path, save, mode="replace" if overwrite else "create")
+        cpublish.publish(path, save, mode="replace" if overwrite else "create")
     elif suffix == ".json":
         _write_json(path, k.astype(np.float64).tolist(), overwrite=overwrite)
     else:

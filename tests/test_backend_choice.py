@@ -204,34 +204,3 @@ def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel
     assert sorted(built) == sorted((n, _defines_key(d)) for n, d in predicted)
     ref = naive_conv2d(x, w, pad=spec.pad, groups=groups, padding_mode="replicate")
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
-
-
-_CLI = """
-import atexit, json, runpy, sys
-LAZY = ("pyopencl", "rich", "tifffile", "scipy", "torch", "zarr", "dask", "pyvips",
-        "convcli.backends.opencl_backend", "convcli.backends.opencl_fast")
-atexit.register(lambda: print(json.dumps([m for m in LAZY if m in sys.modules])))
-sys.argv = ["convcli", *sys.argv[1:]]
-runpy.run_module("convcli", run_name="__main__")
-"""
-
-
-def test_one_small_image_quietly_imports_only_what_it_uses(tmp_path):
-    """`convcli apply small.png -q`: NumPy runs it (auto), no progress bar is shown (-q,
-    and stderr is a pipe), so neither OpenCL nor rich nor other peers are imported."""
-    from PIL import Image
-
-    src, out = tmp_path / "in.png", tmp_path / "out.png"
-    rng = np.random.default_rng(5)
-    Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(src)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = ["apply", str(src), "-o", str(out), "--preset", "gaussian:sigma=2", "-q"]
-    done = subprocess.run([sys.executable, "-c", _CLI, *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
-    x = np.asarray(Image.open(src), np.float64).transpose(2, 0, 1) / 255
-    ref = naive_conv2d(x[None], _depthwise(_gaussian(2), 3), pad=(7, 7, 7, 7), groups=3,
-                       padding_mode="replicate")[0]  # fmt: skip
-    got = np.asarray(Image.open(out), np.float64).transpose(2, 0, 1) / 255
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1 / 255 + 1e-6)
