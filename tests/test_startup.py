@@ -55,3 +55,17 @@ def test_help_answers_without_numpy_or_the_backends():
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode == (2 if args == ["apply", "in.png"] else 0), done.stderr
         assert json.loads(done.stdout.strip().splitlines()[-1]) == [], args
+
+
+def test_a_builtin_preset_is_found_without_parsing_files_and_as_the_files_would():
+    from convcli import presets
+
+    names = [n for f in presets._FAMILIES for n in (f.name, *f.aliases)]
+    names += [p.stem for p in presets.data_dir("presets").glob("*.toml")]
+    quick = 0
+    for name in names + [n.upper() for n in names]:
+        found = presets._python_family(name)
+        if found is not None:
+            quick += 1
+            assert found is presets._lookup(name, presets._builtin_families()), name
+    assert presets._python_family("gaussian") is not None and quick >= len(presets._FAMILIES)
