@@ -125,7 +125,9 @@ def test_an_uncached_build_is_counted_until_it_has_paid(monkeypatch):
     w = _depthwise(_gaussian(2), 3)
     spec = make_spec(x, w, None, padding="same", groups=3, padding_mode="replicate")
     monkeypatch.setattr(backends, "started_opencl", lambda device=None: None)
-    monkeypatch.setattr(build_index, "load_device", lambda device=None: _record())
+    # a device on which every program without a marker was compiled
+    record = _record(unmarked=198, compiled=198)
+    monkeypatch.setattr(build_index, "load_device", lambda device=None: record)
     monkeypatch.setattr(build_index, "is_built", lambda key: True)
     assert not choice.numpy_first(spec, w, None, "auto")  # cached: OpenCL
     monkeypatch.setattr(build_index, "is_built", lambda key: False)
@@ -136,6 +138,13 @@ def test_an_uncached_build_is_counted_until_it_has_paid(monkeypatch):
     flips = runs.index(False)
     assert runs[:flips] == [True] * flips
     assert abs(flips - 2 * choice.BUILD_S / gain) <= 1.5
+    # a device whose programs without a marker came from the driver's cache (filled
+    # before the index): a missing marker is then no reason to stay on NumPy
+    record = _record(unmarked=40, compiled=0)
+    assert not choice.numpy_first(spec, w, None, "auto")
+    # ...unless the driver's cache is off: then every build compiles
+    monkeypatch.setenv("POCL_KERNEL_CACHE", "0")
+    assert choice.numpy_first(spec, w, None, "auto")
 
 
 def test_startup_alone_decides_small_jobs_before_importing_opencl_modules(monkeypatch):

@@ -11,7 +11,9 @@ reads it:
 - ``devices/<request>.json``: for a device request (the ``device`` argument and the
   environment that picks a device), the device it resolved to: a fingerprint (platform,
   device, driver versions), whether it is a CPU, its local memory, how long start-up and
-  an uncached build took;
+  a compile took, and how many programs built without a marker were compiled rather
+  than loaded from the driver's cache (a cache filled before the index, after an upgrade
+  for instance: the model then learns that a missing marker rarely means a compile);
 - ``built/<key>``: an empty marker per program built on a device, keyed by the device's
   fingerprint, the program's complete source and its build options, so a marker is
   found exactly when the driver's cache holds that binary (unless the driver's cache was
@@ -70,8 +72,17 @@ class DeviceRecord:
     is_cpu: bool
     local_mem: int
     startup_s: float
-    build_s: float | None = None  # mean of the uncached builds seen, None: none seen
+    build_s: float | None = None  # mean of the compiles seen, None: none seen
     builds: int = 0  # how many went into build_s
+    # programs built without a marker, and how many of those the driver compiled (the
+    # rest came from its cache, filled before this index knew of them): the chance that
+    # a program without a marker needs a compile
+    unmarked: int = 0
+    compiled: int = 0
+
+    def compile_chance(self) -> float:
+        """Chance that a program without a marker is compiled (Laplace's rule)."""
+        return (self.compiled + 1) / (self.unmarked + 2)
 
 
 def _device_path(request: str) -> Path:
@@ -99,20 +110,26 @@ def save_device(device: str | None, record: DeviceRecord) -> None:
     """Remember what ``device`` resolved to (keeping the build time learnt before on the
     same device)."""
     old = load_device(device)
-    if old is not None and old.fingerprint == record.fingerprint and record.build_s is None:
-        record = DeviceRecord(**{**asdict(record), "build_s": old.build_s, "builds": old.builds})
+    if old is not None and old.fingerprint == record.fingerprint:
+        learnt = ("build_s", "builds", "unmarked", "compiled")
+        record = DeviceRecord(**{**asdict(record), **{k: getattr(old, k) for k in learnt}})
     _write_atomic(_device_path(request_key(device)), json.dumps(asdict(record)))
 
 
-def note_build(device: str | None, fingerprint: str, seconds: float) -> None:
-    """Fold an uncached build's ``seconds`` into the record's mean build time."""
+def note_build(device: str | None, fingerprint: str, seconds: float, compiled: bool) -> None:
+    """Count a build of a program without a marker; a ``compiled`` one's ``seconds`` go
+    into the record's mean build time."""
     old = load_device(device)
     if old is None or old.fingerprint != fingerprint:
         return
-    n = min(old.builds, 19)  # a running mean over about the last 20 builds
-    mean = seconds if old.build_s is None else (old.build_s * n + seconds) / (n + 1)
-    new = DeviceRecord(**{**asdict(old), "build_s": mean, "builds": old.builds + 1})
-    _write_atomic(_device_path(request_key(device)), json.dumps(asdict(new)))
+    new = asdict(old)
+    new["unmarked"] += 1
+    if compiled:
+        n = min(old.builds, 19)  # a running mean over about the last 20 compiles
+        new["build_s"] = seconds if old.build_s is None else (old.build_s * n + seconds) / (n + 1)
+        new["builds"] += 1
+        new["compiled"] += 1
+    _write_atomic(_device_path(request_key(device)), json.dumps(new))
 
 
 def program_key(fingerprint: str, source: str, options: list[str] | tuple[str, ...]) -> str:

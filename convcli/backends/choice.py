@@ -11,7 +11,10 @@ The choice compares NumPy's estimated seconds (:func:`convcli.backends.numpy_bac
 estimate_seconds`) with what OpenCL would add: the start-up when this process has not
 started it, and each program the run needs (:func:`convcli.backends.opencl_fast.programs`)
 that the backend does not hold, priced by whether the build index says the driver has
-cached it (:mod:`convcli.backends.build_index`). OpenCL's own run time is taken as
+cached it (:mod:`convcli.backends.build_index`); a program the index has no marker for
+costs a compile times the chance that such a program was compiled before on this device
+(after an upgrade the driver's cache is full of binaries the index never saw, and the
+model learns that from the first few fast builds). OpenCL's own run time is taken as
 NumPy's divided by :data:`OPENCL_SPEEDUP`.
 
 A build is paid once and then cached, so a job that NumPy runs only because of an
@@ -73,13 +76,19 @@ def _build_seconds(
     from convcli.backends import opencl_backend, opencl_fast
 
     if backend is not None:
-        cpu, local_mem = backend.is_cpu, backend.limits.local_mem_bytes
-        fingerprint, build_s = backend.fingerprint, record.build_s if record else None
+        cpu, fingerprint = backend.is_cpu, backend.fingerprint
+        local_mem = backend.limits.local_mem_bytes
     elif record is not None:
-        cpu, local_mem = record.is_cpu, record.local_mem
-        fingerprint, build_s = record.fingerprint, record.build_s
+        cpu, local_mem, fingerprint = record.is_cpu, record.local_mem, record.fingerprint
     else:  # never started here: the most common device, nothing known to be built
-        cpu, local_mem, fingerprint, build_s = True, None, None, None
+        cpu, local_mem, fingerprint = True, None, None
+    if record is None or record.fingerprint != fingerprint:
+        record = build_index.DeviceRecord(fingerprint or "", "", cpu, local_mem or 0, STARTUP_S)
+    # a program without a marker: compiled with the chance seen on this device, else
+    # loaded from the driver's cache
+    chance = 1.0 if build_index.driver_cache_off() else record.compile_chance()
+    build_s = BUILD_S if record.build_s is None else record.build_s
+    unmarked = chance * build_s + (1 - chance) * CACHED_BUILD_S
     needed = opencl_fast.programs(spec, weight, algo, cpu=cpu, local_mem=local_mem)
     if needed is None:
         return 0.0, 0.0, []
@@ -88,13 +97,13 @@ def _build_seconds(
     for name, defines in needed:
         if backend is not None and backend.has_program(name, defines):
             continue
-        key = (
-            None if fingerprint is None else opencl_backend.program_key(fingerprint, name, defines)
-        )
+        key = None
+        if fingerprint is not None:
+            key = opencl_backend.program_key(fingerprint, name, defines)
         if key is not None and build_index.is_built(key):
             cached += CACHED_BUILD_S
         else:
-            uncached += BUILD_S if build_s is None else build_s
+            uncached += unmarked
             keys.append(key or name)
     return cached, uncached, keys
 

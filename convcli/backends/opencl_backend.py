@@ -790,10 +790,10 @@ class OpenCLBackend:
         if not cached:
             build_index.mark_built(key)
             seconds = time.perf_counter() - t0
-            # a driver's cache hit the index did not know of (it came after the driver's
-            # cache) takes tens of ms: only real compiles teach the build time
-            if seconds > REAL_BUILD_S:
-                build_index.note_build(self.request, self.fingerprint, seconds)
+            # a driver's cache hit the index did not know of takes tens of ms: only
+            # real compiles teach the build time
+            compiled = seconds > REAL_BUILD_S
+            build_index.note_build(self.request, self.fingerprint, seconds, compiled)
         return prg
 
     def _build_once(self, source: str, options: list[str]) -> Any:
