@@ -71,7 +71,7 @@ class DeviceRecord:
     label: str
     is_cpu: bool
     local_mem: int
-    startup_s: float
+    startup_s: float | None  # None: not measured (not the process's first start)
     build_s: float | None = None  # mean of the compiles seen, None: none seen
     builds: int = 0  # how many went into build_s
     # programs built without a marker, and how many of those the driver compiled (the
@@ -111,7 +111,9 @@ def save_device(device: str | None, record: DeviceRecord) -> None:
     same device)."""
     old = load_device(device)
     if old is not None and old.fingerprint == record.fingerprint:
-        learnt = ("build_s", "builds", "unmarked", "compiled")
+        learnt = ["build_s", "builds", "unmarked", "compiled"]
+        if record.startup_s is None:
+            learnt.append("startup_s")
         record = DeviceRecord(**{**asdict(record), **{k: getattr(old, k) for k in learnt}})
     _write_atomic(_device_path(request_key(device)), json.dumps(asdict(record)))
 

@@ -48,6 +48,10 @@ CACHED_BUILD_S = 0.05
 # images of 256^2-4096^2 with Gaussian, box and 3x3 kernels (the low end for large
 # separable kernels)
 OPENCL_SPEEDUP = 4.0
+# NumPy's estimates are throughputs fitted to choose among its own algorithms (idle
+# machine, one BLAS thread: only their ratios mattered); whole runs took 2.2-4x them
+# here (RGB 512^2-4096^2 Gaussian blurs, more on a busy machine)
+NUMPY_SCALE = 2.5
 FAULT_ENV = "CONVCLI_FAULT"
 
 
@@ -60,7 +64,7 @@ def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> float | Non
         algo, _ = nb.choose_algo(spec, weight)
     elif nb.algo_reason(spec, algo) is not None:
         return None
-    return nb.estimate_seconds(spec, algo)
+    return nb.estimate_seconds(spec, algo) * NUMPY_SCALE
 
 
 def _build_seconds(
@@ -124,9 +128,13 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
     record = build_index.load_device(device)
     startup = 0.0
     if started is None:
-        startup = record.startup_s if record is not None else STARTUP_S
+        startup = STARTUP_S if record is None or record.startup_s is None else record.startup_s
         if gain <= startup:
             return True  # decided before any OpenCL module is imported
+        if record is None:
+            # never started with this index: nothing known of the device or its
+            # cache; the first job worth the start-up starts it, and the index learns
+            return False
     cached, uncached, keys = _build_seconds(
         spec, weight, algo, backend=started or None, record=record
     )

@@ -661,6 +661,10 @@ class OpenCLBackend:
             environment's choice), or the context cannot be created. One line.
         """
         t0 = time.perf_counter()
+        # a fresh process's start-up (pyopencl's import, the driver's first platform
+        # query) is what the cost model weighs; a later context in the same process
+        # opens in microseconds and teaches nothing
+        fresh = "pyopencl" not in sys.modules
         cl = _import_cl()
         found = _all_devices()
         chosen = _select(found, device)
@@ -684,7 +688,7 @@ class OpenCLBackend:
                 label=backend.device_name,
                 is_cpu=backend.is_cpu,
                 local_mem=backend.limits.local_mem_bytes,
-                startup_s=time.perf_counter() - t0,
+                startup_s=time.perf_counter() - t0 if fresh else None,
             ),
         )
         return backend
