@@ -214,3 +214,22 @@ def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel
     assert sorted(built) == sorted((n, _defines_key(d)) for n, d in predicted)
     ref = naive_conv2d(x, w, pad=spec.pad, groups=groups, padding_mode="replicate")
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
+@pytest.mark.skipif(not _opencl_device(), reason="no OpenCL device")
+def test_a_warm_call_whose_programs_are_held_is_not_priced_again(monkeypatch):
+    import convcli
+
+    x = np.random.default_rng(2).random((1, 16, 24, 24), np.float32)
+    w = np.random.default_rng(3).random((16, 16, 3, 3), np.float32)
+    convcli.conv2d(x, w, padding=1, backend="opencl")  # started, programs built
+    priced = []
+    real = choice._build_seconds
+    monkeypatch.setattr(choice, "_build_seconds", lambda *a, **k: priced.append(1) or real(*a, **k))
+    for _ in range(3):
+        info = convcli.RunInfo()
+        y = convcli.conv2d(x, w, padding=1, backend="auto", info=info)
+        assert info.backend == "opencl"
+    assert len(priced) == 1
+    ref = naive_conv2d(x, w, pad=(1, 1, 1, 1))
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))

@@ -89,13 +89,29 @@ def _device_path(request: str) -> Path:
     return cache_dir() / "devices" / f"{request}.json"
 
 
+# records read in this process, by (folder, request): a small call must not read a file
+_READ: dict[tuple[Path, str], DeviceRecord | None] = {}
+
+
 def load_device(device: str | None) -> DeviceRecord | None:
-    """The record of the device ``device`` (and the environment) resolved to last time."""
+    """The record of the device ``device`` (and the environment) resolved to last time
+    (read once per process; this process's own updates are seen)."""
+    where = (cache_dir(), request_key(device))
+    if where in _READ:
+        return _READ[where]
     try:
-        data = json.loads(_device_path(request_key(device)).read_text(encoding="utf-8"))
-        return DeviceRecord(**data)
+        data = json.loads(_device_path(where[1]).read_text(encoding="utf-8"))
+        record = DeviceRecord(**data)
     except (OSError, ValueError, TypeError):
-        return None
+        record = None
+    _READ[where] = record
+    return record
+
+
+def _store(device: str | None, record: DeviceRecord) -> None:
+    request = request_key(device)
+    _READ[(cache_dir(), request)] = record
+    _write_atomic(_device_path(request), json.dumps(asdict(record)))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -115,7 +131,7 @@ def save_device(device: str | None, record: DeviceRecord) -> None:
         if record.startup_s is None:
             learnt.append("startup_s")
         record = DeviceRecord(**{**asdict(record), **{k: getattr(old, k) for k in learnt}})
-    _write_atomic(_device_path(request_key(device)), json.dumps(asdict(record)))
+    _store(device, record)
 
 
 def note_build(device: str | None, fingerprint: str, seconds: float, compiled: bool) -> None:
@@ -131,7 +147,7 @@ def note_build(device: str | None, fingerprint: str, seconds: float, compiled: b
         new["build_s"] = seconds if old.build_s is None else (old.build_s * n + seconds) / (n + 1)
         new["builds"] += 1
         new["compiled"] += 1
-    _write_atomic(_device_path(request_key(device)), json.dumps(new))
+    _store(device, DeviceRecord(**new))
 
 
 def program_key(fingerprint: str, source: str, options: list[str] | tuple[str, ...]) -> str:

@@ -53,6 +53,9 @@ OPENCL_SPEEDUP = 4.0
 # here (RGB 512^2-4096^2 Gaussian blurs, more on a busy machine)
 NUMPY_SCALE = 2.5
 FAULT_ENV = "CONVCLI_FAULT"
+# calls whose programs the started backend holds: OpenCL without pricing again (a warm
+# call of a small layer spent 100 us on the pricing)
+_HELD: set[tuple] = set()
 
 
 def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> float | None:
@@ -121,6 +124,9 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
     started = backends.started_opencl(device)
     if started is False:
         return False  # it failed to start: the usual fallback says so
+    held = (spec, algo, device, id(weight), id(started))
+    if started is not None and held in _HELD:
+        return False  # the started backend holds every program this needs
     numpy_s = _numpy_seconds(spec, weight, algo)
     if numpy_s is None:
         return False
@@ -139,6 +145,13 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
         spec, weight, algo, backend=started or None, record=record
     )
     if gain > startup + cached + uncached:
+        if started is not None and cached == uncached == 0.0:
+            # stays so while the backend lives (its programs are never dropped); a
+            # weight changed in place at the same address at worst costs an unpriced
+            # build, as every build did before this choice existed
+            if len(_HELD) >= 4096:
+                _HELD.clear()
+            _HELD.add(held)
         return False
     if gain <= startup + cached or not keys:
         return True
