@@ -233,3 +233,36 @@ def test_a_warm_call_whose_programs_are_held_is_not_priced_again(monkeypatch):
     assert len(priced) == 1
     ref = naive_conv2d(x, w, pad=(1, 1, 1, 1))
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
+@pytest.mark.skipif(not _opencl_device(), reason="no OpenCL device")
+def test_a_kernels_first_launch_with_a_new_work_group_size_counts_as_build(monkeypatch):
+    # PoCL compiles a kernel for each work-group size at its first launch with it: a
+    # narrow image (16 items a row) and then a wide one (64) share dw_direct's program
+    # (sizes are runtime arguments above 256x256 pixels) but not the compile
+    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.runinfo import RunInfo
+
+    backend = OpenCLBackend.create(None)
+    rng = np.random.default_rng(4)
+    w = _depthwise(rng.random((3, 3), np.float32), 2)
+    seen = []
+    real = OpenCLBackend.enqueue
+
+    def enqueue(self, kernel, global_size, wanted_local, args, info=None):
+        seen.append(tuple(wanted_local))
+        return real(self, kernel, global_size, wanted_local, args, info)
+
+    monkeypatch.setattr(OpenCLBackend, "enqueue", enqueue)
+    for shape in ((2, 1100, 70), (2, 60, 1200), (2, 1000, 1200)):
+        x = rng.random((1, *shape), np.float32)
+        spec = make_spec(x, w, None, padding=1, groups=2)
+        info = RunInfo()
+        y = backend.run(x, w, None, spec, info=info)
+        ref = naive_conv2d(x, w, pad=(1, 1, 1, 1), groups=2)
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
+        if shape[2] == 1200 and shape[1] == 1000:
+            assert info.timings.get("build", 0.0) == 0.0  # nothing new: no build
+        else:
+            assert info.timings["build"] > 0.0, shape  # a new work-group size
+    assert seen[0] != seen[1] == seen[2]

@@ -639,7 +639,7 @@ class OpenCLBackend:
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
         self._kernels: dict[tuple, Any] = {}
-        self._launched: set[int] = set()
+        self._launched: set[tuple[int, tuple[int, ...]]] = set()
         self._weights: OrderedDict[tuple, Any] = OrderedDict()
         self._scratch: dict[str, Any] = {}
         # pooled outputs: [owner array, device buffer, references to owner while idle]
@@ -889,9 +889,10 @@ class OpenCLBackend:
         is kept for the kernel; at one item the error is raised (pyopencl's, for
         :func:`translate_errors`).
 
-        A kernel's first launch waits for it: its wall time beyond its run time is the
-        driver's compile at first launch (PoCL JIT-compiles each kernel and local size
-        then), added to ``timings["build"]`` of ``info`` (or of the current run).
+        A kernel's first launch with a work-group size waits for it: its wall time
+        beyond its run time is the driver's compile at first launch (PoCL JIT-compiles
+        each kernel and local size then), added to ``timings["build"]`` of ``info`` (or
+        of the current run).
         """
         inject_fault("run")
         wanted = tuple(int(v) for v in (wanted_local or (1,) * len(global_size)))
@@ -899,7 +900,9 @@ class OpenCLBackend:
             local = self.local_size(kernel, wanted)
             pairs = zip(global_size, local, strict=True)
             gsize = tuple(_ceil_div(int(g), lv) * lv for g, lv in pairs)
-            first = id(kernel) not in self._launched
+            # PoCL compiles a kernel for each work-group size it is first launched with
+            launched = (id(kernel), local)
+            first = launched not in self._launched
             try:
                 if first:
                     self.queue.finish()  # the wait below must not include earlier kernels
@@ -908,7 +911,7 @@ class OpenCLBackend:
                 if first:
                     event.wait()
                     wall = time.perf_counter() - t0
-                    self._launched.add(id(kernel))
+                    self._launched.add(launched)
                     self._add(info, "build", max(0.0, wall - self.event_seconds(event)))
                 return event
             except self._cl.Error as exc:
