@@ -23,6 +23,7 @@ from convcli.runinfo import RunInfo
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names are, for type checkers
     from convcli.api import Conv2d, conv2d
+    from convcli.filters import Filter
     from convcli.spec import ConvSpec
     from convcli.zarr_store import zarr_conv2d
 
@@ -32,6 +33,7 @@ _LAZY = {
     "Conv2d": "convcli.api",
     "conv2d": "convcli.api",
     "ConvSpec": "convcli.spec",
+    "Filter": "convcli.filters",
     "zarr_conv2d": "convcli.zarr_store",
 }
 
@@ -45,6 +47,7 @@ __all__ = [
     "ConvTypeError",
     "ConvValueError",
     "ConvcliError",
+    "Filter",
     "InputError",
     "LimitError",
     "RunInfo",

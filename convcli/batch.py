@@ -363,10 +363,12 @@ def _file_key(path: Path) -> object:
     return (st.st_dev, st.st_ino)
 
 
-def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
+def _dedupe(tasks: Iterable[Task], plan: Plan, *, flattened: bool = False) -> None:
     """Refuse an output that is another input of the run, a second input that would
     write the same output as an earlier one, and outputs in a format we cannot write
-    (before any time is spent on them)."""
+    (before any time is spent on them). ``flattened``: sub-folders' files were put in
+    one folder (a batch's ``**`` pattern without ``recursive``), which a collision of
+    files from different folders then points to."""
     claimed: dict[Path, Path] = {}
     tasks = list(tasks)
     inputs = {_file_key(task.src): task.src for task in tasks}
@@ -391,8 +393,11 @@ def _dedupe(tasks: Iterable[Task], plan: Plan) -> None:
             continue
         key = task.dst.resolve()
         if key in claimed:
+            hint = ""
+            if flattened and claimed[key].parent != task.src.parent:
+                hint = " (recursive=True mirrors the sub-folders)"
             plan.refused.append(
-                Failure(task.src, f"output {task.dst} is already written from {claimed[key]}")
+                Failure(task.src, f"output {task.dst} is already written from {claimed[key]}{hint}")
             )
             continue
         claimed[key] = task.src
@@ -554,7 +559,7 @@ def plan_batch(
             plan.refused.append(Failure(src, "output would replace the input; not written"))
             continue
         tasks.append(Task(src, dst))
-    _dedupe(tasks, plan)
+    _dedupe(tasks, plan, flattened=not recursive)
     return plan
 
 

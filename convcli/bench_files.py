@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,24 @@ class Sizes:
     @classmethod
     def with_tiled_megapixels(cls, megapixels: float) -> Sizes:
         """The default sizes with a square tiled TIFF of about ``megapixels`` MP."""
-        side = max(256, round(math.sqrt(megapixels * 1e6) / 16) * 16)
-        return cls(tiled=(side, side))
+        return cls().scaled(tiled_mp=megapixels)
+
+    def scaled(
+        self, *, tiled_mp: float | None = None, photo_mp: Sequence[float] | None = None
+    ) -> Sizes:
+        """These sizes with a square tiled TIFF of about ``tiled_mp`` MP and 3:2 photos
+        of about ``photo_mp`` MP each (sides multiples of 16)."""
+        sizes = self
+        if tiled_mp is not None:
+            side = max(256, round(math.sqrt(tiled_mp * 1e6) / 16) * 16)
+            sizes = replace(sizes, tiled=(side, side))
+        if photo_mp is not None:
+            photos = []
+            for mp in photo_mp:
+                h = max(16, round(math.sqrt(mp * 1e6 / 1.5) / 16) * 16)
+                photos.append((h, max(16, round(h * 1.5 / 16) * 16)))
+            sizes = replace(sizes, photos=tuple(photos))
+        return sizes
 
 
 TINY = Sizes(

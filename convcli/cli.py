@@ -27,13 +27,14 @@ import click
 
 from convcli import __version__
 from convcli import notes as cnotes
-from convcli.errors import ConvcliError, InputError, LimitError
+from convcli.errors import ConvcliError, ConvValueError, InputError, LimitError
 from convcli.names import ALGOS, DEFAULT_MAX_PIXELS, PADDING_MODES
 
 if TYPE_CHECKING:
     import numpy as np
 
     from convcli import batch as cbatch
+    from convcli import filters as cfilters
     from convcli import io as cio
     from convcli import pixels
     from convcli.io import publish as cpublish
@@ -54,6 +55,7 @@ else:
     cio = _OnFirstUse("convcli.io")
     pixels = _OnFirstUse("convcli.pixels")
     cpublish = _OnFirstUse("convcli.io.publish")
+    cfilters = _OnFirstUse("convcli.filters")
 
 PROG = "convcli"
 ALPHA_MODES = ("premultiply", "keep", "filter", "drop")
@@ -107,28 +109,44 @@ def _line(message: object, kind: str = "error") -> str:
 # The library names what to change in its own words (``overwrite=True``,
 # ``alpha='drop'``, ``existing='skip'``); the command line shows its flags instead.
 _KEYWORD = re.compile(
-    r"\b(overwrite|skip_existing|existing|alpha|out_map|key|max_pixels|max_memory)"
+    r"\b(overwrite|skip_existing|existing|alpha|out_map|key|max_pixels|max_memory|recursive)"
     r"(?:=('[^'\s]*'|True|[A-Z_]+)|\b)"
 )
+# library arguments whose flag is not their name with dashes (--name-like-this)
+_FLAG_NAMES = {"fmt": "--format"}
+# existing= takes values that are flags of their own
 _EXISTING_FLAGS = {"'replace'": "--overwrite", "'skip'": "--skip-existing"}
+
+
+def flag_for(argument: str, value: object = None) -> str:
+    """The command line's spelling of a library argument (one vocabulary: the flag is
+    the keyword with dashes): ``padding_mode`` -> ``--padding-mode``, with a value
+    ``--padding-mode reflect``; ``(2, 1)`` shows as ``2,1``."""
+    name = _FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
+    if value is None or value is True:
+        return name
+    if isinstance(value, tuple | list | np.ndarray):
+        shown = ",".join(f"{v:g}" if isinstance(v, float | np.floating) else str(v) for v in value)
+    else:
+        shown = str(value)
+    return f"{name} {shown}"
 
 
 def cli_words(text: str) -> str:
     """``pass overwrite=True`` -> ``pass --overwrite``, ``alpha='drop'`` ->
     ``--alpha drop``, ``raise max_pixels`` -> ``raise --max-pixels``."""
 
-    def flag(m: re.Match) -> str:
+    def spell(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
         if name == "existing":
             return _EXISTING_FLAGS.get(value or "", m.group(0))
         if value is None and name not in ("max_pixels", "max_memory"):
             return m.group(0)  # a plain word ("key", "alpha"), not an argument
-        option = "--" + name.replace("_", "-")
         if value is None or value == "True":
-            return option
-        return f"{option} {value.strip(chr(39))}"
+            return flag_for(name)
+        return flag_for(name, value.strip(chr(39)))
 
-    return _KEYWORD.sub(flag, text)
+    return _KEYWORD.sub(spell, text)
 
 
 def _err(message: object, kind: str = "error") -> None:
@@ -344,6 +362,20 @@ class _Group(click.Group):
 
 
 # ---------------------------------------------------------------------------- parsing
+def _megapixels(text: str) -> list[float]:
+    """``--photo-mp 24,192`` as numbers; a usage error names the bad item."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (0.01 <= value <= 10_000):
+            raise click.BadParameter(f"{item.strip()!r} is not a size in megapixels (0.01-10000)")
+        values.append(value)
+    return values
+
+
 def _not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Refuse an empty path: Path('') is '.', so `-o ""` wrote into the current folder
     and `batch "" out` filtered every image there."""
@@ -443,11 +475,12 @@ def build_filter(
     groups: int | None = None,
     padding_mode: str = DEFAULT_PADDING_MODE,
     notes: list[str] | None = None,
-) -> cbatch.Filter:
-    """Assemble the filter from exactly one of --preset / --kernel / --weights.
+) -> cfilters.Filter:
+    """The filter of exactly one of --preset / --kernel / --weights: one
+    :class:`~convcli.filters.Filter` constructor each (the library checks the kernel).
 
-    The one place apply and batch turn kernel options into a :class:`batch.Filter`.
-    ``notes`` receives what the weight file's readers warned about.
+    The one place apply and batch turn kernel options into a filter. ``notes``
+    receives what the weight file's readers warned about.
     """
     given = [
         name
@@ -461,45 +494,21 @@ def build_filter(
         )
     if key is not None and weights is None:
         raise click.UsageError("--key picks a tensor in a --weights file")
-    file_bias = None
+    options: dict[str, Any] = {
+        "normalize_kernel": normalize_kernel,
+        "flip": flip,
+        "bias": bias,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "padding_mode": padding_mode,
+    }
     if preset is not None:
-        from convcli import presets as cpresets
-
-        w = np.asarray(cpresets.get_preset(preset).kernel, dtype=np.float64)
-    elif kernel is not None:
-        from convcli import presets as cpresets
-
-        w = np.asarray(cpresets.parse_kernel_text(kernel), dtype=np.float64)
-    else:
-        w, file_bias = cio.load_weights(weights, key=key, notes=notes)
-        w = np.asarray(w, dtype=np.float64)
-    if normalize_kernel:
-        from convcli import presets as cpresets
-
-        if w.ndim == 2:
-            w = np.asarray(cpresets.normalize_kernel(w), dtype=np.float64)
-        else:  # each output channel's whole filter sums to 1
-            flat = [np.asarray(cpresets.normalize_kernel(f.reshape(-1, w.shape[-1]))) for f in w]
-            w = np.stack(flat).reshape(w.shape)
-    if flip:  # true convolution = correlation with the kernel rotated by 180 degrees
-        w = w[..., ::-1, ::-1]
-    big = float(np.finfo(np.float32).max)
-    if not np.all(np.isfinite(w)) or np.abs(w).max(initial=0.0) > big:
-        source = given[0] + (f" {weights}" if weights is not None else "")
-        raise InputError(
-            f"{source}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
-        )
-    if bias is None and file_bias is not None:
-        bias = np.asarray(file_bias, dtype=np.float32)
-    return cbatch.Filter(
-        weight=np.ascontiguousarray(w, dtype=np.float32),
-        bias=bias,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        padding_mode=padding_mode,
-    )
+        return cfilters.Filter.from_preset(preset, **options)
+    if kernel is not None:
+        return cfilters.Filter.from_text(kernel, **options)
+    return cfilters.Filter.from_file(weights, key=key, notes=notes, **options)
 
 
 # ---------------------------------------------------------------------------- options
@@ -638,7 +647,8 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--bit-depth",
             type=click.Choice(["8", "16", "32"]),
-            help="Output bits per channel (default: the input's where the format holds it).",
+            help="Output bits per channel (default: the input's where the format holds it); "
+            "32 is float32, for .tif and .npy.",
         ),
         click.option(
             "--out-map",
@@ -697,6 +707,30 @@ def _kernel_options(f: Callable) -> Callable:
     return f
 
 
+# formats that hold integer samples only, and their deepest
+_INTEGER_DEPTHS = {".png": 16, ".jpg": 8, ".jpeg": 8, ".webp": 8, ".bmp": 8}
+
+
+def _check_float_output(plan: cbatch.Plan, bit_depth: str | None) -> None:
+    """Refuse ``--bit-depth 32`` into a format that cannot hold float32 samples.
+
+    The writer would round to the format's deepest integer samples (PNG 16 bits) with
+    no word. 32 is not a finer integer depth but another kind of sample (unrounded
+    floats), so no PNG or JPEG can honour it: refuse before any file is read, and name
+    the formats that can. (16 into JPEG stays a note: that format is lossy by choice.)
+    """
+    if bit_depth != "32":
+        return
+    for task in plan.tasks:
+        deepest = _INTEGER_DEPTHS.get(task.dst.suffix.lower())
+        if deepest is not None:
+            kind = task.dst.suffix.lstrip(".").upper().replace("JPG", "JPEG")
+            raise click.UsageError(
+                f"--bit-depth 32 writes float32 samples, which {kind} cannot hold "
+                f"({safe_text(task.dst)}): write .tif or .npy, or pass --bit-depth {deepest}"
+            )
+
+
 _FILTER_KEYS = (
     "preset",
     "kernel",
@@ -733,6 +767,8 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
         filt.check(max_memory=opts["max_memory"], max_pixels=opts["max_pixels"], budget=True)
     except LimitError as exc:
         raise click.ClickException(_limit_line(exc, opts)) from None
+    except ConvValueError as exc:
+        raise click.ClickException(str(exc) + _conv_hint(str(exc), opts)) from None
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
         _preset_warnings("notice")
@@ -759,12 +795,6 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
     return filt, engine, output
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
 def _size_text(n: int) -> str:
     for unit, size in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
         if n % size == 0:
@@ -772,22 +802,56 @@ def _size_text(n: int) -> str:
     return str(n)
 
 
+def _option_text(argument: str, opts: dict[str, Any], fallback: object = None) -> str | None:
+    """``--name value`` for a library argument, the value as the user gave it (else
+    ``fallback``); ``kernel_size`` is the kernel's own option. None: no such option."""
+    if argument == "kernel_size":
+        source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
+        return None if source is None else flag_for(source, opts[source])
+    if argument not in opts and fallback is None:
+        return None
+    value = opts.get(argument)
+    if argument == "max_memory" and value is not None:
+        return flag_for(argument, _size_text(value))
+    return flag_for(argument, value if value is not None else fallback)
+
+
 def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
     """A library limit refusal with the option to change spelled as a flag."""
-    arg = exc.argument
-    if arg is None:
+    if exc.argument is None:
         return exc.render()
-    if arg == "kernel_size":
-        source = next((k for k in ("preset", "kernel", "weights") if opts.get(k)), None)
-        if source is None:
-            return exc.render()
-        return exc.render(f"--{source} {opts[source]}")
-    value = opts.get(arg)
-    if arg == "max_memory" and value is not None:
-        shown = _size_text(value)
-    else:
-        shown = _flag_value(value if value is not None else exc.value)
-    return exc.render(f"--{arg.replace('_', '-')} {shown}")
+    return exc.render(_option_text(exc.argument, opts, exc.value))
+
+
+# conv2d words its refusals like torch (searchable, and the same as torch's own), and
+# the filter's channel checks speak of the weight and the image: neither names an
+# option, so these are the options that each message is about.
+_CONV_MESSAGES = (
+    (re.compile(r"groups=\d+ does not divide the image's"), ("groups",)),
+    (re.compile(r"the weight (takes groups x|with groups=\d+ takes)"), ("groups",)),
+    (re.compile(r"bias has \d+ values but the convolution has"), ("bias",)),
+    (re.compile(r"Given groups=\d+, expected weight"), ("groups",)),
+    (re.compile(r"Given groups=\d+, weight of size"), ("groups",)),
+    (re.compile(r"Given weight of size .* expected bias"), ("bias",)),
+    (re.compile(r"non-positive stride"), ("stride",)),
+    (re.compile(r"dilation should be greater than zero"), ("dilation",)),
+    (re.compile(r"negative padding|Invalid padding string"), ("padding",)),
+    (re.compile(r"padding='same' is not supported for strided"), ("padding", "stride")),
+    (re.compile(r"Padding size should be less than"), ("padding", "padding_mode")),
+    (re.compile(r"Kernel size can't be greater than actual input size"), ("padding", "dilation")),
+)
+
+
+def _conv_hint(message: str, opts: dict[str, Any]) -> str:
+    """`` (--groups 3)``: the options a convolution's refusal (:data:`_CONV_MESSAGES`) is
+    about, as given (``(see --groups)`` when none was); empty for other messages."""
+    for pattern, arguments in _CONV_MESSAGES:
+        if pattern.search(message):
+            given = [flag_for(a, opts[a]) for a in arguments if opts.get(a) is not None]
+            if given:
+                return f" ({', '.join(given)})"
+            return f" (see {', '.join(flag_for(a) for a in arguments)})"
+    return ""
 
 
 # ---------------------------------------------------------------------------- running
@@ -937,6 +1001,9 @@ def _run(
                     reason = _limit_line(event.error, opts)
                     if event.error.name is None:
                         reason = f"{event.task.src}: {reason}"
+                elif event.error is None or isinstance(event.error, ConvValueError):
+                    # run_tasks reports a failed convolution by its reason text alone
+                    reason += _conv_hint(reason, opts)
                 progress.console.print(
                     _line(reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
@@ -1116,7 +1183,12 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     """
     filt, engine, out = _setup(opts, ctx)
     if len(inputs) == 1 and _is_zarr(inputs[0]):
-        return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
+        try:
+            return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
+        except LimitError as exc:
+            raise click.ClickException(_limit_line(exc, opts)) from None
+        except ConvValueError as exc:
+            raise click.ClickException(str(exc) + _conv_hint(str(exc), opts)) from None
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
@@ -1129,6 +1201,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             f"-o {output}: several inputs need an output folder (e.g. -o {Path(output).stem}/)"
         )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
+    _check_float_output(plan, opts["bit_depth"])
     _check_side_files(
         {"--timings": opts["timings"]},
         inputs=[*inputs, *_kernel_files(opts)],
@@ -1165,8 +1238,9 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
     for name in _IMAGE_ONLY:
         source = ctx.get_parameter_source(name)
         if source not in (None, click.core.ParameterSource.DEFAULT):
-            flag = "--format" if name == "fmt" else "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} does not apply to a zarr store (written as float32)")
+            raise click.UsageError(
+                f"{flag_for(name)} does not apply to a zarr store (written as float32)"
+            )
     if Path(output).suffix.lower() != ".zarr":
         raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
     same = Path(output).resolve() == Path(src).resolve()
@@ -1246,6 +1320,7 @@ def batch(
             raise click.BadParameter(str(exc), param_hint="'--glob'") from None
     filt, engine, out = _setup(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
+    _check_float_output(plan, opts["bit_depth"])
     _check_side_files(
         {"--report": report, "--timings": opts["timings"]},
         inputs=[
@@ -1367,6 +1442,8 @@ def presets_show(spec: str, as_json: bool) -> None:
     """Print a preset's kernel grid, its sum and whether it is separable."""
     from convcli import presets as cpresets
 
+    # the kernel apply would use, with apply's checks: show refuses what apply refuses
+    cfilters.Filter.from_preset(spec)
     p = cpresets.get_preset(spec)
     k = np.asarray(p.kernel, dtype=np.float64)
     separable = bool(cpresets.is_separable(k))
@@ -1411,8 +1488,6 @@ def presets_show(spec: str, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
 def presets_export(spec: str, output: str, overwrite: bool) -> None:
     """Write a preset's kernel to a weight file usable with --weights."""
-    from convcli import presets as cpresets
-
     path = Path(output)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".json", ".txt"):
@@ -1421,15 +1496,9 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     _check_side_files(
         {"-o": output}, inputs=[preset_file] if preset_file else [], overwrite=overwrite
     )
-    k64 = np.asarray(cpresets.get_preset(spec).kernel, dtype=np.float64)
-    big = float(np.finfo(np.float32).max)
-    if not np.all(np.isfinite(k64)) or np.abs(k64).max(initial=0.0) > big:
-        # as --preset refuses it: float32 would hold inf (NumPy's overflow warning, and a
-        # JSON 'Infinity' that no JSON reader, --weights included, accepts)
-        raise InputError(
-            f"preset {spec!r}: kernel values must be finite float32 numbers (|v| <= {big:.4g})"
-        )
-    k = k64.astype(np.float32)
+    # the kernel --preset uses, refused as --preset refuses it (a value past float32
+    # would be written as inf: a JSON 'Infinity' that no JSON reader accepts)
+    k = cfilters.Filter.from_preset(spec).weight
     if suffix in (".npy", ".npz"):
 
         def save(fh: Any) -> None:
@@ -1599,6 +1668,13 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     help="files suite: megapixels of the tiled TIFF (e.g. 1000 for a gigapixel).",
 )
 @click.option(
+    "--photo-mp",
+    metavar="LIST",
+    default="12,50",
+    show_default=True,
+    help="files suite: megapixels of the JPEG photos, comma-separated (3:2), e.g. 24,192.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False),
     help="files suite: keep inputs and outputs here instead of a temporary folder.",
@@ -1622,6 +1698,7 @@ def bench(
     compare: str | None,
     repeat: int | None,
     tiled_mp: float,
+    photo_mp: str,
     workdir: str | None,
     only: str | None,
     json_file: str | None,
@@ -1658,10 +1735,13 @@ def bench(
     if json_file == "-" and csv_file == "-":
         # both on stdout: JSON then CSV, which no reader of either can parse
         raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
+    sizes = None
+    if files:
+        sizes = cbench.Sizes().scaled(tiled_mp=tiled_mp, photo_mp=_megapixels(photo_mp))
     if only is not None:
         if not files:
             raise click.UsageError("--only picks workloads of --suite files")
-        known = [wl.id for wl in cbench.workloads()]
+        known = [wl.id for wl in cbench.workloads(sizes)]
         unknown = [i for i in _csv_list(only) if i not in known]
         if unknown or not _csv_list(only):
             # an unknown ID ran nothing and exited 0 with an empty table
@@ -1694,7 +1774,7 @@ def bench(
         )
     if files:
         rows = cbench.run_files_suite(
-            sizes=cbench.Sizes.with_tiled_megapixels(tiled_mp),
+            sizes=sizes,
             backends=backends,
             compare=peers,
             repeat=repeat or 3,

@@ -1,10 +1,17 @@
 """The filter a run applies to every image: a kernel or weight, its bias, and
-:func:`convcli.conv2d`'s convolution arguments, with the checks that need no image."""
+:func:`convcli.conv2d`'s convolution arguments, with the checks that need no image.
+
+:class:`Filter` is built the way ``convcli apply`` builds it from ``--preset``,
+``--kernel`` or ``--weights`` by :meth:`Filter.from_preset`, :meth:`Filter.from_text` and
+:meth:`Filter.from_file` (normalisation, flip, value checks, a weight file's bias).
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +22,7 @@ from convcli.budget import (
     format_bytes,
     memory_budget,
 )
-from convcli.errors import ConvValueError, LimitError
+from convcli.errors import ConvValueError, InputError, LimitError
 from convcli.spec import (
     ConvSpec,
     make_spec,
@@ -28,6 +35,29 @@ from convcli.spec import (
 
 def n_channels_text(n: int) -> str:
     return f"{n} channel" if n == 1 else f"{n} channels"
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_weight_values(weight: np.ndarray, what: str = "weight") -> None:
+    """Refuse NaN, Inf and values that float32 cannot hold (the convolution runs in
+    float32: a larger value would become Inf there).
+
+    Raises
+    ------
+    InputError
+        Starting with ``what`` (a file name, ``preset 'NAME'``, ``kernel '...'``).
+    """
+    w = np.asarray(weight)
+    if w.size == 0:
+        return
+    # min and max propagate NaN and need no temporary the size of the weight
+    lo, hi = float(w.min()), float(w.max())
+    if not (math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= _FLOAT32_MAX):
+        raise InputError(
+            f"{what}: kernel values must be finite float32 numbers (|v| <= {_FLOAT32_MAX:.4g})"
+        )
 
 
 @dataclass(frozen=True)
@@ -62,8 +92,170 @@ class Filter:
 
     def __post_init__(self) -> None:
         # every kernel source (preset, kernel text, weight file, a caller's array)
-        # meets the one size cap here
+        # meets the one size cap and the one value rule here
         check_kernel_shape(np.shape(self.weight), "weight")
+        check_weight_values(self.weight, "weight")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_array(
+        cls,
+        weight: Any,
+        *,
+        normalize_kernel: bool = False,
+        flip: bool = False,
+        label: str = "weight",
+        **conv_options: Any,
+    ) -> Filter:
+        """A filter from a kernel or weight array, as the command line builds it.
+
+        Parameters
+        ----------
+        weight : array_like
+            A 2-D ``(kH, kW)`` kernel (applied to every channel) or a 4-D weight in
+            torch's layout ``(C_out, C_in/groups, kH, kW)``.
+        normalize_kernel : bool
+            Scale the kernel to sum 1 (a kernel summing to zero: its positive values to
+            sum 1 and its negative ones to sum -1), as ImageMagick's ``!`` does; for a
+            4-D weight, each output channel's filter is scaled on its own.
+        flip : bool
+            Rotate the kernel by 180 degrees: true convolution (ImageMagick's
+            ``-morphology Convolve``) instead of torch's cross-correlation.
+        label : str
+            What the messages call the weight (``preset 'box'``, a file name).
+        **conv_options
+            ``bias``, ``stride``, ``padding``, ``dilation``, ``groups`` and
+            ``padding_mode``, as the :class:`Filter` fields of those names.
+
+        Returns
+        -------
+        Filter
+            With a C-contiguous float32 weight.
+
+        Raises
+        ------
+        InputError
+            A kernel that cannot be normalised (all zeros), values that float32 cannot
+            hold (after normalisation), or a kernel over the size cap.
+
+        Examples
+        --------
+        >>> f = Filter.from_array([[1.0, 3.0]], normalize_kernel=True, flip=True)
+        >>> f.weight.tolist()
+        [[0.75, 0.25]]
+        """
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim not in (2, 4):
+            raise InputError(
+                f"{label}: a weight must be 2-D (kH, kW) or 4-D (C_out, C_in/groups, kH, kW), "
+                f"got shape {tuple(w.shape)}"
+            )
+        check_kernel_shape(w.shape, label)  # before any work on an absurd shape
+        if normalize_kernel:
+            w = _normalized(w, label)
+        if flip:  # true convolution = correlation with the kernel rotated by 180 degrees
+            w = w[..., ::-1, ::-1]
+        check_weight_values(w, label)
+        return cls(weight=np.ascontiguousarray(w, dtype=np.float32), **conv_options)
+
+    @classmethod
+    def from_preset(
+        cls, spec: str, *, normalize_kernel: bool = False, flip: bool = False, **conv_options: Any
+    ) -> Filter:
+        """A filter from a named kernel, ``NAME[:key=value,...]`` (see
+        :func:`convcli.presets.get_preset`); the command line's ``--preset``.
+
+        Options as :meth:`from_array`.
+
+        Raises
+        ------
+        InputError
+            An unknown preset or parameter, or a kernel :meth:`from_array` refuses.
+
+        Examples
+        --------
+        >>> Filter.from_preset("box:size=2", padding_mode="reflect").weight.tolist()
+        [[0.25, 0.25], [0.25, 0.25]]
+        """
+        from convcli.presets import get_preset
+
+        return cls.from_array(
+            get_preset(spec).kernel,
+            normalize_kernel=normalize_kernel,
+            flip=flip,
+            label=f"preset {spec!r}",
+            **conv_options,
+        )
+
+    @classmethod
+    def from_text(
+        cls, text: str, *, normalize_kernel: bool = False, flip: bool = False, **conv_options: Any
+    ) -> Filter:
+        """A filter from kernel text: rows by ``;``, values by ``,`` (``"1,2,1;2,4,2;1,2,1"``)
+        or ImageMagick's ``"WxH: v,v,..."`` (see :func:`convcli.presets.parse_kernel_text`);
+        the command line's ``--kernel``.
+
+        Options as :meth:`from_array`.
+
+        Examples
+        --------
+        >>> Filter.from_text("1,2,1", normalize_kernel=True).weight.tolist()
+        [[0.25, 0.5, 0.25]]
+        """
+        from convcli.presets import _label, parse_kernel_text
+
+        return cls.from_array(
+            parse_kernel_text(text),
+            normalize_kernel=normalize_kernel,
+            flip=flip,
+            label=_label(text),
+            **conv_options,
+        )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key: str | None = None,
+        notes: list[str] | None = None,
+        normalize_kernel: bool = False,
+        flip: bool = False,
+        **conv_options: Any,
+    ) -> Filter:
+        """A filter from a weight file (see :func:`convcli.io.load_weights` for the
+        formats); the command line's ``--weights``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        key : str, optional
+            Tensor name or prefix inside the file (``conv1`` reads ``conv1.weight`` and
+            ``conv1.bias``).
+        notes : list of str, optional
+            Receives one line per thing the file's readers warned about.
+        normalize_kernel, flip, **conv_options
+            As :meth:`from_array`. The file's bias is used unless ``bias`` is given
+            (and not None).
+
+        Raises
+        ------
+        InputError
+            An unreadable file, a missing tensor, or a weight :meth:`from_array` refuses
+            (the message starts with the file name).
+        """
+        from convcli.io import load_weights
+
+        weight, file_bias = load_weights(path, key=key, notes=notes)
+        if conv_options.get("bias") is None and file_bias is not None:
+            conv_options["bias"] = np.asarray(file_bias, dtype=np.float32)
+        return cls.from_array(
+            weight,
+            normalize_kernel=normalize_kernel,
+            flip=flip,
+            label=os.fspath(path),
+            **conv_options,
+        )
 
     @property
     def depthwise(self) -> bool:
@@ -266,6 +458,20 @@ class Filter:
             max_memory=max_memory,
             budget=max(0, room - weight - image),
         )
+
+
+def _normalized(w: np.ndarray, label: str) -> np.ndarray:
+    """``w`` scaled by :func:`convcli.presets.normalize_kernel`: a 2-D kernel as it is,
+    a 4-D weight per output channel (each output channel's whole filter sums to 1)."""
+    from convcli.presets import normalize_kernel
+
+    try:
+        if w.ndim == 2:
+            return np.asarray(normalize_kernel(w), dtype=np.float64)
+        flat = [np.asarray(normalize_kernel(f.reshape(-1, w.shape[-1]))) for f in w]
+        return np.stack(flat).reshape(w.shape)
+    except InputError as exc:
+        raise InputError(f"{label}: {exc}") from None
 
 
 def check_out_pixels(spec: ConvSpec, max_pixels: int | None, padding: object) -> None:

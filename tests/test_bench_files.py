@@ -280,3 +280,21 @@ def test_cli_refuses_options_that_would_run_nothing_or_mix_stdout(monkeypatch, a
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("convcli: error: ") and needle in lines[0]
+
+
+def test_sizes_scaled_gives_3_to_2_photos_and_a_square_tiff():
+    sizes = bf.Sizes().scaled(tiled_mp=1000, photo_mp=[24, 192])
+    assert sizes.photos == ((4000, 6000), (11312, 16960))
+    assert sizes.tiled == (31616, 31616)
+    ids = [wl.id for wl in bf.workloads(sizes)]
+    assert ids[:3] == ["F1", "F2", "F3"] and len(ids) == 6
+
+
+def test_photo_mp_rejects_a_bad_item():
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    r = CliRunner().invoke(cli, ["bench", "--suite", "files", "--photo-mp", "24,big"])
+    assert r.exit_code == 2
+    assert "'big' is not a size in megapixels" in r.output

@@ -352,6 +352,26 @@ def test_export_then_weights_equals_preset(tmp_path, suffix):
     assert np.array_equal(cio.read_image(a).data, cio.read_image(b).data)
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("spec", ["unity:scale=1e39", "sharpen:amount=1e38", "USER"])
+def test_show_refuses_what_apply_refuses(tmp_path, monkeypatch, spec, as_json):
+    # show printed 1e+39 (exit 0) for a kernel that apply then refused
+    if spec == "USER":  # a user preset file whose values float32 cannot hold
+        (tmp_path / "huge.toml").write_text('name = "huge"\nkernel = [[1, 5e38, 1]]\n')
+        monkeypatch.setenv("CONVCLI_PRESET_PATH", str(tmp_path))
+        spec = "huge"
+    src = sample(tmp_path)
+    applied = run("apply", src, "--preset", spec, "-o", tmp_path / "a.png", ok=False)
+    shown = run("presets", "show", spec, *(["--json"] if as_json else []), ok=False)
+    assert applied.exit_code == shown.exit_code == 1 and shown.stdout == ""
+    line = one_error_line(shown, f"preset {spec!r}", "finite float32")
+    assert line == one_error_line(applied)
+    # the largest kernel that fits is shown and applied alike
+    ok = "unity:scale=3e38"
+    assert "3e+38" in run("presets", "show", ok).stdout
+    run("apply", src, "--preset", ok, "-o", tmp_path / "b.png", "--backend", "numpy")
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".json", ".txt"])
 def test_export_refuses_what_apply_refuses(tmp_path, suffix):
     # unity:scale=1e39 is inf in float32: export wrote JSON 'Infinity' (or an inf .npy)
@@ -736,7 +756,8 @@ def test_kernel_beyond_float32_is_one_error_line(tmp_path):
     out = tmp_path / "o.png"
     res = run("apply", sample(tmp_path), "--kernel", "1,1e39,1", "-o", out, ok=False)
     assert res.exit_code == 1
-    one_error_line(res, "--kernel", "float32")
+    # the library's words, as kernel text's other mistakes: the value names the source
+    one_error_line(res, "kernel '1,1e39,1': kernel values must be finite float32")
     assert not out.exists()
 
 
@@ -760,6 +781,7 @@ def test_several_inputs_with_an_image_file_name_is_a_usage_error(tmp_path):
         ("exceeds the limit of 1000 (raise max_pixels)",
          "exceeds the limit of 1000 (raise --max-pixels)"),
         ("pick one with key=NAME; found: a, b", "pick one with --key NAME; found: a, b"),
+        ("(recursive=True mirrors the sub-folders)", "(--recursive mirrors the sub-folders)"),
         ("the alpha key and the keys stay words", "the alpha key and the keys stay words"),
     ],
 )  # fmt: skip
@@ -781,3 +803,131 @@ def test_a_library_hint_reaches_the_user_as_a_flag(tmp_path):
     assert res.output == (
         f"convcli: error: {weights}: holds several tensors, pick one with --key NAME; found: a, b\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "weight", "line"),
+    [
+        (["--groups", "3"], (4, 2, 3, 3),
+         "Given groups=3, expected weight to be divisible by 3 at dimension 0, but got weight "
+         "of size [4, 2, 3, 3] instead (--groups 3)"),
+        ([], (4, 2, 3, 3),
+         "{src}: the weight takes groups x 2 input channels (shape (4, 2, 3, 3)), but the "
+         "image has 3 channels (see --groups)"),
+        (["--preset", "box", "--stride", "2", "--padding", "same"], None,
+         "padding='same' is not supported for strided convolutions (--padding same, --stride 2)"),
+        (["--preset", "box", "--stride", "0"], None,
+         "non-positive stride is not supported (--stride 0)"),
+        (["--preset", "box", "--dilation", "0,1"], None,
+         "dilation should be greater than zero (--dilation 0,1)"),
+        (["--preset", "box", "--padding-mode", "reflect", "--padding", "40"], None,
+         "{src}: Padding size should be less than the corresponding input dimension, but got: "
+         "padding (40, 40) at dimension 2 of input [1, 3, 32, 40] "
+         "(--padding 40, --padding-mode reflect)"),
+        (["--preset", "box", "--padding", "valid", "--dilation", "20"], None,
+         "{src}: Calculated padded input size per channel: (32 x 40). Kernel size: (41 x 41). "
+         "Kernel size can't be greater than actual input size (--padding valid, --dilation 20)"),
+        (["--preset", "box", "--groups", "2"], None,
+         "{src}: groups=2 does not divide the image's 3 channels (--groups 2)"),
+        (["--preset", "box", "--bias", "0.5,1.5"], None,
+         "{src}: bias has 2 values but the convolution has 3 output channels (--bias 0.5,1.5)"),
+    ],
+)  # fmt: skip
+def test_a_convolution_refusal_names_the_options_it_is_about(tmp_path, args, weight, line):
+    # torch's wording (and the channel checks') named no option: exit 1 and no hint
+    src, out = sample(tmp_path), tmp_path / "o.png"
+    if weight is not None:
+        np.save(tmp_path / "w.npy", np.ones(weight, np.float32))
+        args = ["--weights", tmp_path / "w.npy", *args]
+    res = run("apply", src, *args, "-o", out, "--backend", "numpy", ok=False)
+    assert res.exit_code == 1 and not out.exists()
+    assert one_error_line(res) == "convcli: error: " + line.format(src=src)
+
+
+def test_flags_are_the_library_words_with_dashes():
+    from convcli.cli import flag_for
+
+    assert flag_for("padding_mode") == "--padding-mode"
+    assert flag_for("padding_mode", "reflect") == "--padding-mode reflect"
+    assert flag_for("dilation", (2, 1)) == "--dilation 2,1"
+    assert flag_for("bias", np.array([0.5, 2], np.float32)) == "--bias 0.5,2"
+    assert flag_for("fmt", "png") == "--format png"
+    assert flag_for("overwrite", True) == "--overwrite"
+
+
+def test_library_messages_name_no_command_line_flag():
+    """Messages raised or warned by the library use API words; only the CLI modules
+    (and the bench that runs the CLI as a peer) spell flags."""
+    import ast
+
+    flag_like = re.compile(r"(?<![\w-])--[a-z]")
+    skip = {"cli.py", "cli_cnn.py", "bench_files.py"}
+    found = []
+    for path in sorted((ROOT / "convcli").rglob("*.py")):
+        if path.name in skip:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("warn", "append", "notice")
+            ):
+                found += [
+                    f"{path.name}:{sub.lineno}: {sub.value!r}"
+                    for sub in ast.walk(node)
+                    if isinstance(sub, ast.Constant)
+                    and isinstance(sub.value, str)
+                    and flag_like.search(sub.value)
+                ]
+    assert found == []
+
+
+@pytest.mark.parametrize(("suffix", "kind", "deepest"), [(".png", "PNG", 16), (".jpg", "JPEG", 8)])
+def test_bit_depth_32_into_an_integer_format_is_refused(tmp_path, suffix, kind, deepest):
+    # PNG was written at 16 bits without a word, though 32 asks for float samples
+    src, out = sample(tmp_path), tmp_path / f"o{suffix}"
+    res = run("apply", src, "--preset", "box", "--bit-depth", "32", "-o", out, ok=False)
+    assert res.exit_code == 2 and not out.exists() and res.stdout == ""
+    one_error_line(res, f"--bit-depth 32 writes float32 samples, which {kind} cannot hold",
+                   f"pass --bit-depth {deepest}")  # fmt: skip
+    folder = tmp_path / "outs"
+    res = run("batch", tmp_path, folder, "--glob", "*.png", "--format", suffix[1:],
+              "--preset", "box", "--bit-depth", "32", ok=False)  # fmt: skip
+    assert res.exit_code == 2 and not folder.exists()
+    one_error_line(res, f"which {kind} cannot hold")
+
+
+def test_bit_depth_32_writes_float32_where_the_format_holds_it(tmp_path):
+    src, out = sample(tmp_path), tmp_path / "o.tif"
+    run("apply", src, "--kernel", "0,1,0", "--bit-depth", "32", "-o", out, "--backend", "numpy")
+    got = cio.read_image(out)
+    assert got.bit_depth == 32
+    # the identity kernel: the input's 8-bit levels, unrounded floats
+    np.testing.assert_array_equal(got.data, cio.read_image(src).data)
+
+
+def test_a_flattening_glob_never_lets_two_files_write_one_output(tmp_path):
+    # '**/*.png' without -r puts every sub-folder's files in OUT_DIR: same names collide
+    src = tmp_path / "in"
+    for i, rel in enumerate(["a/x.png", "b/x.png", "x.png", "b/y.png"]):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        cio.write_image(src / rel, np.full((1, 6, 5), (i + 1) * 40 / 255, np.float32))
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    res = run("batch", src, out, "--glob", "**/*.png", "--kernel", "1", "--report", report,
+              "--backend", "numpy", "-q", ok=False)  # fmt: skip
+    assert res.exit_code == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["x.png", "y.png"]
+    # the first in sorted order wrote x.png; its value, not another file's
+    assert np.all(cio.read_image(out / "x.png").data == np.float32(40 / 255))
+    assert np.all(cio.read_image(out / "y.png").data == np.float32(160 / 255))
+    refused = {f["file"]: f["reason"] for f in json.loads(report.read_text())["failures"]}
+    hint = "(--recursive mirrors the sub-folders)"
+    for other in ("b/x.png", "x.png"):
+        assert f"already written from {src / 'a/x.png'}" in refused[str(src / other)]
+        assert f"{src / other}: output {out / 'x.png'} is already written" in res.stderr
+    assert res.stderr.count(hint) == 2
+    # with -r each keeps its folder: nothing refused
+    run("batch", src, tmp_path / "mirrored", "--glob", "**/*.png", "-r", "--kernel", "1",
+        "--backend", "numpy", "-q")  # fmt: skip
+    assert len(list((tmp_path / "mirrored").rglob("*.png"))) == 4

@@ -25,6 +25,15 @@ MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def cpu_shaped_kernels(monkeypatch):
+    """This file tests the CPU-shaped kernels, on every device: GPU-type devices (Oclgrind
+    in CI) would otherwise run the GPU-shaped ones (tests/test_opencl_gpu.py)."""
+    from convcli.backends import opencl_gpu
+
+    monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", False)
+
+
 @pytest.fixture(scope="module")
 def ocl():
     try:

@@ -639,7 +639,7 @@ class OpenCLBackend:
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
         self._kernels: dict[tuple, Any] = {}
-        self._launched: set[tuple[int, tuple[int, ...]]] = set()
+        self._launched: set[tuple] = set()  # (kernel, local size) launched once
         self._weights: OrderedDict[tuple, Any] = OrderedDict()
         self._scratch: dict[str, Any] = {}
         # pooled outputs: [owner array, device buffer, references to owner while idle]
@@ -717,6 +717,10 @@ class OpenCLBackend:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
         fast = _fast_module()
         plan = fast.choose(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
+        if plan is not None:
+            from convcli.backends import opencl_gpu
+
+            plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
         return "direct" if plan is None else plan.algo
 
     # ---- programs and kernels -------------------------------------------------
@@ -889,10 +893,10 @@ class OpenCLBackend:
         is kept for the kernel; at one item the error is raised (pyopencl's, for
         :func:`translate_errors`).
 
-        A kernel's first launch with a work-group size waits for it: its wall time
-        beyond its run time is the driver's compile at first launch (PoCL JIT-compiles
-        each kernel and local size then), added to ``timings["build"]`` of ``info`` (or
-        of the current run).
+        A kernel's first launch with each local size waits for it: its wall time beyond
+        its run time is the driver's compile at first launch (PoCL JIT-compiles each
+        kernel and local size then), added to ``timings["build"]`` of ``info`` (or of the
+        current run).
         """
         inject_fault("run")
         wanted = tuple(int(v) for v in (wanted_local or (1,) * len(global_size)))
@@ -900,9 +904,7 @@ class OpenCLBackend:
             local = self.local_size(kernel, wanted)
             pairs = zip(global_size, local, strict=True)
             gsize = tuple(_ceil_div(int(g), lv) * lv for g, lv in pairs)
-            # PoCL compiles a kernel for each work-group size it is first launched with
-            launched = (id(kernel), local)
-            first = launched not in self._launched
+            first = (id(kernel), local) not in self._launched
             try:
                 if first:
                     self.queue.finish()  # the wait below must not include earlier kernels
@@ -911,7 +913,7 @@ class OpenCLBackend:
                 if first:
                     event.wait()
                     wall = time.perf_counter() - t0
-                    self._launched.add(launched)
+                    self._launched.add((id(kernel), local))
                     self._add(info, "build", max(0.0, wall - self.event_seconds(event)))
                 return event
             except self._cl.Error as exc:

@@ -1016,15 +1016,21 @@ def programs(
     found without the device: what the cost model prices before starting OpenCL.
 
     ``cpu`` and ``local_mem`` describe the device (from its record when it is not
-    started). None when this cannot be told (Winograd paths, an ``algo`` that no path
-    here runs): the caller then assumes nothing is built.
+    started). None when this cannot be told (Winograd paths, the GPU kernels of
+    :mod:`convcli.backends.opencl_gpu`, an ``algo`` that no path here runs): the caller
+    then assumes nothing is built.
     """
+    from convcli.backends import opencl_gpu
+
     try:
         plan, factors = choose(spec, weight, algo, cpu=cpu)
+        plan = opencl_gpu.device_plan(plan, spec, algo, cpu)
     except ConvValueError:
         return None
     if spec.n == 0:
         return []
+    if plan is not None and plan.kernel in ("direct_local", "gemm_local"):
+        return None  # the GPU kernels' builds are not predicted
     if plan is None:
         from convcli.backends.opencl_backend import _direct_config
 
@@ -1100,7 +1106,10 @@ def run(
     ndarray or None
         ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
     """
+    from convcli.backends import opencl_gpu
+
     plan, factors = choose(spec, weight, algo, cpu=backend.is_cpu)
+    plan = opencl_gpu.device_plan(plan, spec, algo, backend.is_cpu)
     if plan is None:
         return None
     import pyopencl as cl
@@ -1128,7 +1137,13 @@ def run(
                 from convcli.backends import opencl_fft
 
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
-            if plan.algo == "separable":
+            if plan.kernel == "direct_local" and plan.algo == "separable":
+                out = opencl_gpu.run_separable(cl, backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "direct_local":
+                out = opencl_gpu.run_local(cl, backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "gemm_local":
+                out = opencl_gpu.run_gemm(cl, backend, xf, wf, bf, spec, info)
+            elif plan.algo == "separable":
                 out = _run_separable(cl, backend, xf, bf, spec, factors, info)
             elif plan.kernel == "winograd" and _wino_whole(spec, backend.is_cpu):
                 out = _run_winograd_whole(cl, backend, xf, wf, bf, spec, info)
@@ -1140,6 +1155,8 @@ def run(
                 out = _run_pointwise(cl, backend, xf, wf, bf, spec, info)
             else:
                 out = _run_direct(cl, backend, xf, wf, bf, spec, info)
+        except opencl_gpu.NoFit:
+            return None  # auto or direct (all it serves): the generic kernel runs it
         except _BuildFailed as exc:
             if algo in ("auto", "direct"):
                 return None  # the generic kernel can run this

@@ -3,11 +3,16 @@ reasons in messages, and the checks every input file gets first."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from convcli.errors import InputError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 
 def name_of(path: str | os.PathLike[str]) -> str:
@@ -44,3 +49,16 @@ def check_file(path: Path, what: str = "an image file") -> None:
         raise InputError(f"{name}: is a folder, not {what}")
     if st.st_size == 0:
         raise InputError(f"{name}: empty file")
+
+
+@functools.cache
+def codec_pool() -> ThreadPoolExecutor:
+    """Threads for the strips and tiles of one file (the codecs release the GIL).
+
+    Its tasks are leaves (one decode or encode each): waiting on the pool from one of
+    its own threads could deadlock, so readers and writers are called from elsewhere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(
+        max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="convcli-codec"
+    )

@@ -100,8 +100,8 @@ _PNG_LEVEL = 2
 # predictor makes Deflate both faster and 20-45% smaller than level 6 without one.
 _TIFF_DEFLATE_LEVEL = 1
 
-# Loggers through which imagecodecs and tifffile report odd but readable files.
-_CODEC_LOGGERS = ("imagecodecs", "tifffile")
+# Loggers through which imagecodecs, tifffile and libvips report odd but readable files.
+_CODEC_LOGGERS = ("imagecodecs", "tifffile", "pyvips")
 # libpng warns on every interlaced image it is asked to read in one call, then
 # de-interlaces it correctly: nothing to tell the user.
 _QUIET_CODEC_MESSAGES = ("Interlace handling should be turned on",)
@@ -147,6 +147,67 @@ class Image:
         return int(self.data.shape[1]), int(self.data.shape[2])
 
 
+# Integer sample types a reader hands out as they are; rarer ones (int8, int16, 64-bit)
+# become float32 divided by their top, as read_image gives them.
+_NATIVE_INTS = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.int32))
+
+
+@dataclass
+class Native:
+    """A decoded image at the depth it is stored in: what :func:`read_native` returns.
+
+    Attributes
+    ----------
+    samples : numpy.ndarray
+        ``(H, W, C)``: uint8, uint16, uint32 or int32 samples, or float32 values.
+    top : float or None
+        Integer samples divided by this are :attr:`Image.data` (255, 65535, a TIFF's
+        ``2**bits - 1`` or MaxSampleValue...); None for float32 samples, used as they are.
+    mode, bit_depth, has_alpha, notes
+        As :class:`Image`.
+    """
+
+    samples: np.ndarray
+    top: float | None
+    mode: str
+    bit_depth: int
+    has_alpha: bool
+    notes: list[str] = field(default_factory=list)
+
+    def as_float(self) -> np.ndarray:
+        """The ``(C, H, W)`` float32 data :func:`read_image` returns."""
+        if self.top is None:
+            return np.ascontiguousarray(np.moveaxis(self.samples, -1, 0), dtype=np.float32)
+        return _scaled(self.samples, self.top)
+
+
+def _native(
+    samples: np.ndarray,
+    top: float | None,
+    mode: str,
+    bit_depth: int,
+    has_alpha: bool,
+    *,
+    channels_last: bool = True,
+) -> Native:
+    """``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` samples as a :class:`Native`: bool
+    samples become uint8, rare integer types float32 already divided by ``top``."""
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    elif not channels_last:
+        samples = np.moveaxis(samples, 0, -1)
+    if top is None:
+        return Native(samples, None, mode, bit_depth, has_alpha)
+    if samples.dtype == np.bool_:
+        samples = samples.view(np.uint8)
+    elif not samples.dtype.isnative:
+        samples = samples.astype(samples.dtype.newbyteorder("="))
+    if samples.dtype not in _NATIVE_INTS:
+        data = _scaled(samples, top)
+        return Native(np.moveaxis(data, 0, -1), None, mode, bit_depth, has_alpha)
+    return Native(samples, float(top), mode, bit_depth, has_alpha)
+
+
 def _check_pixels(name: str, pixels: int, max_pixels: int | None) -> None:
     if max_pixels is not None and pixels > max_pixels:
         raise InputError(
@@ -187,20 +248,38 @@ def read_image(
         Missing, empty, truncated or unsupported file, or too many pixels.
     """
     path = Path(path)
-    caught: list[warnings.WarningMessage] = []
-    with cnotes.collect(caught):
-        image = _read_image(path, max_pixels)
-    image.notes.extend(cnotes.text(w) for w in caught)
-    return image
-
-
-def _read_image(path: Path, max_pixels: int | None) -> Image:
-    name = name_of(path)
-    check_file(path)
     if path.suffix.lower() == ".npy":
+        check_file(path)
         data, depth = _read_npy_image(path, max_pixels)
         mode = "F" if data.shape[0] == 1 else f"F{data.shape[0]}"
         return Image(data, mode, depth, False, path)
+    native = read_native(path, max_pixels=max_pixels)
+    data = native.as_float()
+    native.samples = None  # type: ignore[assignment]  # freed before the caller's next step
+    return Image(data, native.mode, native.bit_depth, native.has_alpha, path, native.notes)
+
+
+def read_native(
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Native:
+    """Decode a whole image file (not ``.npy``) at its stored depth.
+
+    :func:`read_image` is this plus the division by :attr:`Native.top`; the same
+    readers, rules, notes and errors.
+    """
+    path = Path(path)
+    caught: list[warnings.WarningMessage] = []
+    with cnotes.collect(caught):
+        native = _read_native(path, max_pixels)
+    native.notes.extend(cnotes.text(w) for w in caught)
+    if native.samples.ndim != 3 or 0 in native.samples.shape:  # a corrupt header
+        raise InputError(f"{name_of(path)}: the image has no pixels (corrupt header?)")
+    return native
+
+
+def _read_native(path: Path, max_pixels: int | None) -> Native:
+    name = name_of(path)
+    check_file(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
@@ -209,9 +288,9 @@ def _read_image(path: Path, max_pixels: int | None) -> Image:
     if head.startswith(_PNG_SIG) and len(head) > 24 and head[24] == 16:
         return _read_png16(path, max_pixels)
     if head[:4] in _TIFF_MAGIC:
-        image = _read_tiff(path, max_pixels)
-        if image is not None:
-            return image
+        native = _read_tiff(path, max_pixels)
+        if native is not None:
+            return native
     return _read_with_pil(path, max_pixels)
 
 
@@ -362,7 +441,7 @@ def _pil_no_bomb_limit():
             PILImage.MAX_IMAGE_PIXELS = saved
 
 
-def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
+def _read_with_pil(path: Path, max_pixels: int | None) -> Native:
     from PIL import Image as PILImage
     from PIL import ImageOps, UnidentifiedImageError
 
@@ -388,9 +467,9 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
                 ImageOps.exif_transpose(im, in_place=True)
             except Exception as exc:  # a broken EXIF block must not lose the pixels
                 notes.append(f"EXIF orientation ignored ({reason(exc)})")
-        image = _from_pil(im, path)
-        image.notes.extend(notes)
-        return image
+        native = _from_pil(im, path)
+        native.notes.extend(notes)
+        return native
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -406,22 +485,22 @@ def _read_with_pil(path: Path, max_pixels: int | None) -> Image:
         raise InputError(f"{name}: cannot decode image ({reason(exc)})") from None
 
 
-def _from_pil(im: Any, path: Path) -> Image:
-    """Convert a loaded Pillow image to our float layout, keeping its bit depth."""
+def _from_pil(im: Any, path: Path) -> Native:
+    """A loaded Pillow image as samples at its bit depth."""
     name = name_of(path)
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return Image(_scaled(np.asarray(im), 65535), "L", 16, False, path)
+        return _native(np.asarray(im), 65535, "L", 16, False)
     if mode == "I":
         raw = np.asarray(im)
         if raw.size and raw.min() >= 0 and raw.max() <= 65535:
-            return Image(_scaled(raw, 65535), "L", 16, False, path)
-        return Image(_scaled(raw, 2**31 - 1), "F", 32, False, path)
+            return _native(raw, 65535, "L", 16, False)
+        return _native(raw, 2**31 - 1, "F", 32, False)
     if mode == "F":
         arr = np.asarray(im, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise InputError(f"{name}: float image contains NaN or Inf")
-        return Image(arr[None].copy(), "F", 32, False, path)
+        return _native(arr.copy(), None, "F", 32, False)
     if mode == "1":
         im = im.convert("L")
     elif mode in ("P", "PA"):
@@ -433,31 +512,42 @@ def _from_pil(im: Any, path: Path) -> Image:
         im = im.convert("RGBA" if mode == "RGBa" else "RGB")
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
         raise InputError(f"{name}: unsupported image mode {mode!r}")
-    data = _scaled(np.asarray(im, dtype=np.uint8), 255)
-    return Image(data, im.mode, 8, im.mode in ("LA", "RGBA"), path)
+    return _native(np.asarray(im, dtype=np.uint8), 255, im.mode, 8, im.mode in ("LA", "RGBA"))
 
 
 def _orient(image: Image, orientation: int) -> Image:
     """Apply an EXIF/TIFF orientation (1-8) like Pillow's ``ImageOps.exif_transpose``."""
-    d = image.data
+    upright = _oriented(np.moveaxis(image.data, 0, -1), orientation)
+    image.data = np.ascontiguousarray(np.moveaxis(upright, -1, 0))
+    return image
+
+
+def _oriented(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """``(H, W, ...)`` samples in EXIF/TIFF orientation ``orientation`` (1-8) turned
+    upright, as Pillow's ``ImageOps.exif_transpose`` does (a contiguous copy)."""
     ops = {
-        2: lambda a: a[:, :, ::-1],
-        3: lambda a: a[:, ::-1, ::-1],
-        4: lambda a: a[:, ::-1, :],
-        5: lambda a: np.swapaxes(a, 1, 2),
-        6: lambda a: np.swapaxes(a[:, ::-1, :], 1, 2),
-        7: lambda a: np.swapaxes(a[:, ::-1, :], 1, 2)[:, ::-1, :],
-        8: lambda a: np.swapaxes(a, 1, 2)[:, ::-1, :],
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1, :],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.swapaxes(a[::-1, :], 0, 1),
+        7: lambda a: np.swapaxes(a[::-1, :], 0, 1)[::-1, :],
+        8: lambda a: np.swapaxes(a, 0, 1)[::-1, :],
     }
     if orientation in ops:
-        image.data = np.ascontiguousarray(ops[orientation](d))
-    return image
+        return np.ascontiguousarray(ops[orientation](samples))
+    return samples
+
+
+def _orient_native(native: Native, orientation: int) -> Native:
+    native.samples = _oriented(native.samples, orientation)
+    return native
 
 
 # ---------------------------------------------------------------------- 16-bit PNG
 
 
-def _read_png16(path: Path, max_pixels: int | None) -> Image:
+def _read_png16(path: Path, max_pixels: int | None) -> Native:
     """16-bit PNG (gray, gray + alpha, RGB, RGBA; interlaced or not) through libpng:
     Pillow would truncate colour to 8 bits. A tRNS colour key becomes an alpha channel."""
     import imagecodecs
@@ -483,10 +573,11 @@ def _read_png16(path: Path, max_pixels: int | None) -> Image:
         raise InputError(f"{name}: cannot decode image ({codec_reason(exc)})") from None
     channels = 1 if samples.ndim == 2 else samples.shape[2]
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    image = Image(_scaled(samples, 65535), mode, 16, channels in (2, 4), path, notes)
+    native = _native(samples, 65535, mode, 16, channels in (2, 4))
+    native.notes = notes
     if b"eXIf" in blob:
-        _orient(image, _png_exif_orientation(blob, notes))
-    return image
+        _orient_native(native, _png_exif_orientation(blob, notes))
+    return native
 
 
 def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
@@ -519,7 +610,7 @@ _MAX_SAMPLE_VALUE = 281
 _REDUCED = 1
 
 
-def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
+def _read_tiff(path: Path, max_pixels: int | None) -> Native | None:
     """The first image of a TIFF through tifffile, at its full bit depth.
 
     Returns None for colour spaces left to Pillow (YCbCr other than in JPEG, CIE L*a*b*,
@@ -543,19 +634,18 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Image | None:
             if any(offset + count > size for offset, count in extents):
                 raise InputError(f"{name}: truncated image data")
             samples = page.asarray()
-            image = _tiff_image(page, samples, name)
+            native = _tiff_native(page, samples, name)
     except InputError:
         raise
     except MemoryError:
         raise InputError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # tifffile and imagecodecs raise many types on bad files
         raise InputError(f"{name}: cannot decode image ({codec_reason(exc)})") from None
-    image.path = path
-    image.notes.extend(notes)
+    native.notes.extend(notes)
     if frames > 1:
-        image.notes.append(_frames_note(frames, "pages"))
+        native.notes.append(_frames_note(frames, "pages"))
     tag = page.tags.get(_ORIENTATION)
-    return _orient(image, int(tag.value) if tag is not None else 1)
+    return _orient_native(native, int(tag.value) if tag is not None else 1)
 
 
 def _tiff_frames(tif: Any) -> int:
@@ -584,8 +674,8 @@ def _tiff_for_tifffile(page: Any) -> bool:
     return photometric == _SEPARATED and int(page.samplesperpixel) - extra == 4
 
 
-def _tiff_image(page: Any, samples: np.ndarray, name: str) -> Image:
-    """Decoded TIFF samples (tifffile's layout) -> our ``(C, H, W)`` float image."""
+def _tiff_native(page: Any, samples: np.ndarray, name: str) -> Native:
+    """Decoded TIFF samples (tifffile's layout) -> our ``(H, W, C)`` samples."""
     axes = page.axes
     if axes == "YX":
         chw = samples[None]
@@ -615,7 +705,8 @@ def _tiff_image(page: Any, samples: np.ndarray, name: str) -> Image:
             data = np.ascontiguousarray(chw, dtype=np.float32)
         if not np.isfinite(data).all():
             raise InputError(f"{name}: float image contains NaN or Inf")
-        return Image(data, "F" if channels == 1 else f"F{channels}", 32, has_alpha)
+        mode = "F" if channels == 1 else f"F{channels}"
+        return _native(data, None, mode, 32, has_alpha, channels_last=False)
     if kind in "bu" and bits <= 16:
         top = (1 << bits) - 1
         if bits not in (1, 8, 16) and chw.max(initial=0) > top:
@@ -623,7 +714,6 @@ def _tiff_image(page: Any, samples: np.ndarray, name: str) -> Image:
         if photometric == _MINISWHITE:  # 0 is white: invert the gray channel only
             chw = chw.copy()
             chw[0] = ~chw[0] if kind == "b" else top - chw[0]
-        data = _scaled(chw, top, channels_last=False)
         depth = 8 if bits <= 8 else 16
     else:
         # Wider or signed integers: divided by the largest value of the type the file
@@ -637,20 +727,23 @@ def _tiff_image(page: Any, samples: np.ndarray, name: str) -> Image:
             stated = int(np.max(np.atleast_1d(declared.value)))
             if 0 < stated < top:
                 top = float(stated)
-        data = _scaled(chw, top, channels_last=False)
         if bits > 16:
-            return Image(data, "F" if channels == 1 else f"F{channels}", 32, has_alpha)
+            mode = "F" if channels == 1 else f"F{channels}"
+            return _native(chw, top, mode, 32, has_alpha, channels_last=False)
         depth = 8 if bits <= 8 else 16
-    if has_alpha and extra and extra[0] == 1:
-        # Associated (premultiplied) alpha: store straight colour like Pillow does.
-        alpha = data[-1:]
-        data[:-1] = np.where(alpha > 0, data[:-1] / np.maximum(alpha, 1e-30), 0)
     modes = {(1, False): "L", (2, True): "LA", (3, False): "RGB", (4, True): "RGBA"}
     mode = modes.get((channels, has_alpha), f"I{channels}")
-    return Image(data, mode, depth, has_alpha)
+    if has_alpha and extra and extra[0] == 1:
+        # Associated (premultiplied) alpha: store straight colour like Pillow does
+        # (float results: no stored depth holds them).
+        data = _scaled(chw, top, channels_last=False)
+        alpha = data[-1:]
+        data[:-1] = np.where(alpha > 0, data[:-1] / np.maximum(alpha, 1e-30), 0)
+        return _native(data, None, mode, depth, has_alpha, channels_last=False)
+    return _native(chw, top, mode, depth, has_alpha, channels_last=False)
 
 
-def _tiff_palette(page: Any, index: np.ndarray, name: str) -> Image:
+def _tiff_palette(page: Any, index: np.ndarray, name: str) -> Native:
     """Palette TIFF -> RGB. The colour map holds 16-bit values; maps of 8-bit levels
     (v * 257, or v * 256 as Pillow writes them: both read back as v = value // 256, as
     Pillow does; or writers that stored 0-255 as they are) stay 8-bit."""
@@ -663,25 +756,33 @@ def _tiff_palette(page: Any, index: np.ndarray, name: str) -> Image:
         depth = 8
     elif not (cmap % 256).any() or not (cmap % 257).any():
         cmap, depth = cmap // 256, 8
-    rgb = np.take(cmap, index, axis=1, mode="clip")
-    return Image(
-        _scaled(rgb, 255 if depth == 8 else 65535, channels_last=False), "RGB", depth, False
-    )
+    if depth == 8:
+        cmap = cmap.astype(np.uint8)
+    rgb = np.take(cmap.T, index, axis=0, mode="clip")  # (H, W, 3)
+    return _native(rgb, 255 if depth == 8 else 65535, "RGB", depth, False)
 
 
-def _tiff_cmyk(chw: np.ndarray, bits: int, extra: tuple[int, ...]) -> Image:
+def _tiff_cmyk(chw: np.ndarray, bits: int, extra: tuple[int, ...]) -> Native:
     """CMYK -> RGB as Pillow converts it: R = (1 - C)(1 - K), rounded to the sample
     depth (bit-exact with Pillow at 8 bits)."""
     top = float((1 << bits) - 1) if chw.dtype.kind in "bu" else 1.0
     cmy, k = chw[:3].astype(np.float64), chw[3:4].astype(np.float64)
     rgb = (top - cmy) * (top - k) / top
     has_alpha = chw.shape[0] == 5 and bool(extra) and extra[0] in (1, 2)
+    mode = "RGBA" if has_alpha else "RGB"
+    depth = 32 if top == 1.0 else 8 if bits <= 8 else 16
+    if chw.dtype in (np.uint8, np.uint16) and bits in (8, 16):
+        # rint(rgb) fits the sample type: divided by top, the same float32 values as the
+        # float64 quotient rounded to float32
+        parts = [np.rint(rgb).astype(chw.dtype)]
+        if has_alpha:
+            parts.append(chw[4:5])
+        return _native(np.concatenate(parts), top, mode, depth, has_alpha, channels_last=False)
     parts = [np.rint(rgb) if top > 1 else rgb]
     if has_alpha:
         parts.append(chw[4:5].astype(np.float64))
     data = (np.concatenate(parts) / top).astype(np.float32)
-    depth = 32 if top == 1.0 else 8 if bits <= 8 else 16
-    return Image(data, "RGBA" if has_alpha else "RGB", depth, has_alpha)
+    return _native(data, None, mode, depth, has_alpha, channels_last=False)
 
 
 # ------------------------------------------------------------------------- alpha
@@ -795,7 +896,17 @@ def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
     a bare OSError ("480000 requested and 40928 written") without its errno, which the
     file object's own write keeps (ENOSPC: "no space left on device")."""
     arr = np.ascontiguousarray(arr)
-    header = np.lib.format.header_data_from_array_1_0(arr)
+    _write_npy_header(fh, arr.shape, arr.dtype)
+    fh.write(memoryview(arr.reshape(-1)).cast("B"))
+
+
+def _write_npy_header(fh: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The header ``np.save`` writes for a C-ordered array of ``shape`` and ``dtype``."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(n) for n in shape),
+    }
     start = fh.tell()
     try:
         np.lib.format.write_array_header_1_0(fh, header)  # what np.save writes
@@ -803,7 +914,6 @@ def _save_npy(fh: BinaryIO, arr: np.ndarray) -> None:
         fh.seek(start)
         fh.truncate()
         np.lib.format.write_array_header_2_0(fh, header)
-    fh.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
 def _write_png(fh: BinaryIO, samples: np.ndarray) -> None:
@@ -833,24 +943,34 @@ def _write_tiff_samples(fh: BinaryIO, samples: np.ndarray, has_alpha: bool) -> N
     """:func:`_write_tiff` of ``(H, W, C)`` samples already in their stored type."""
     import tifffile
 
+    from convcli.io.sinks import tiff_bigtiff
+
     channels = samples.shape[-1]
+    tifffile.imwrite(
+        fh,
+        samples[..., 0] if channels == 1 else samples,
+        bigtiff=tiff_bigtiff(*samples.shape, samples.dtype.itemsize),
+        **_tiff_tags(channels, has_alpha),
+    )
+
+
+def _tiff_tags(channels: int, has_alpha: bool) -> dict[str, Any]:
+    """tifffile's arguments for convcli's TIFF of ``channels`` samples."""
     colour = 1 if channels < 3 else 3
     extra = channels - colour
     extrasamples = None
     if extra:
         first = 2 if has_alpha and channels in (2, 4) else 0
         extrasamples = [first] + [0] * (extra - 1)
-    tifffile.imwrite(
-        fh,
-        samples[..., 0] if channels == 1 else samples,
-        photometric="minisblack" if colour == 1 else "rgb",
-        planarconfig="contig" if channels > 1 else None,
-        extrasamples=extrasamples,
-        compression="zlib",
-        compressionargs={"level": _TIFF_DEFLATE_LEVEL},
-        predictor=True,  # horizontal differencing; floating-point for float32
-        metadata=None,  # no tifffile JSON description
-    )
+    return {
+        "photometric": "minisblack" if colour == 1 else "rgb",
+        "planarconfig": "contig" if channels > 1 else None,
+        "extrasamples": extrasamples,
+        "compression": "zlib",
+        "compressionargs": {"level": _TIFF_DEFLATE_LEVEL},
+        "predictor": True,  # horizontal differencing; floating-point for float32
+        "metadata": None,  # no tifffile JSON description
+    }
 
 
 def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:

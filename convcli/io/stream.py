@@ -19,9 +19,6 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from convcli.errors import InputError
-from convcli.io._common import name_of
-
 
 @dataclass
 class ImageInfo:
@@ -71,6 +68,9 @@ class Source(Protocol):
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0 <= y < y1`` as a ``(y1 - y0, W, C)`` array of ``info.dtype``.
 
+        The array may be read-only, a strided view (a mirrored or planar image) and
+        share memory with the source: copy it before changing it.
+
         Raises InputError naming the file for a file that turns out to be bad."""
         ...
 
@@ -98,29 +98,24 @@ class ArraySource:
 def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     """Open an image file for reading by rows.
 
+    JPEG, 8/16-bit PNG and WebP are read through libvips when ``pyvips`` loads
+    (sequential), striped and tiled TIFF through tifffile and ``.npy`` through a memory
+    map (random access); other files and variants are decoded whole at their stored
+    depth (:func:`convcli.io.images.read_native`). Rows divided by ``info.top`` are
+    :func:`convcli.io.read_image`'s data, value for value. ``max_pixels`` (against
+    decompression bombs) applies to what is decoded at once: images decoded whole,
+    progressive JPEG and interlaced PNG, a TIFF's strip or row of tiles; a streamed
+    image may have any size.
+
     Raises
     ------
     InputError
         Missing, empty, truncated or unsupported file, or too many pixels for a format
         that must be decoded whole.
     """
-    # first version: the whole-image readers, their float samples as the source
-    from convcli.io.images import read_image
+    from convcli.io.sources import open_source as _open
 
-    image = read_image(path, max_pixels=max_pixels)
-    channels, height, width = image.data.shape
-    info = ImageInfo(
-        height,
-        width,
-        channels,
-        image.data.dtype,
-        None,
-        image.bit_depth,
-        image.mode,
-        image.has_alpha,
-        list(image.notes),
-    )
-    return ArraySource(np.moveaxis(image.data, 0, -1), info)
+    return _open(path, max_pixels=max_pixels)
 
 
 @dataclass(frozen=True)
@@ -140,25 +135,17 @@ def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name
     """Encode ``rows`` (``(n, W, C)`` blocks of ``target.dtype``, top to bottom,
     ``target.height`` rows in all) into ``fh`` as ``target.fmt``.
 
-    ``.npy`` is written as the ``(C, H, W)`` array of the samples.
+    ``.npy`` is written as the ``(C, H, W)`` array of the samples. TIFF and ``.npy``
+    are written as the blocks arrive (memory: a strip); PNG, JPEG, WebP and BMP gather
+    the rows into one buffer of the stored samples, then encode it. The files are the
+    ones :func:`convcli.io.write_image` writes for the same samples (a JPEG: the same
+    encoder settings).
 
     Raises
     ------
     InputError
         A format that cannot hold the samples (its message names ``name``).
     """
-    # first version: gather the rows, then the whole-image encoders
-    from convcli.io import images
+    from convcli.io.sinks import write_rows as _write
 
-    blocks = list(rows)
-    samples = np.concatenate(blocks) if blocks else np.empty((0, target.width, target.channels))
-    if samples.shape != (target.height, target.width, target.channels):
-        raise InputError(f"{name_of(name)}: got rows of shape {samples.shape} for {target}")
-    if target.fmt == "NPY":
-        images._save_npy(fh, np.ascontiguousarray(np.moveaxis(samples, -1, 0), np.float32))
-    elif target.fmt == "PNG":
-        images._write_png(fh, samples)
-    elif target.fmt == "TIFF":
-        images._write_tiff_samples(fh, samples, target.has_alpha)
-    else:
-        images._save_pil(fh, samples, target.fmt, target.quality)
+    _write(fh, rows, target, name=name)

@@ -1,0 +1,246 @@
+"""The writers behind :func:`convcli.io.stream.write_rows`.
+
+- TIFF: strips encoded as they arrive (Deflate level 1 with the predictor, as
+  :func:`convcli.io.write_image` writes them) and handed to tifffile as encoded
+  segments: memory is one strip, and the file is the one the whole-image writer gives.
+  BigTIFF when the samples could make the file pass 4 GB.
+- ``.npy``: the header, then each block's rows stored into the ``(C, H, W)`` planes
+  where they belong: memory is one block.
+- PNG, JPEG, WebP, BMP: encoders of whole images; the rows are gathered into one
+  buffer of the output's samples (no list of blocks, no concatenated copy), then
+  encoded once. PNG through libpng (imagecodecs), JPEG through libvips where pyvips
+  loads (faster than Pillow; the same libjpeg-turbo with the same quantisation and
+  sampling: the same pixels decode back), else Pillow; WebP and BMP through Pillow.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from convcli.errors import InputError
+from convcli.io import images as _im
+from convcli.io._common import codec_pool, name_of, reason
+
+if TYPE_CHECKING:
+    from convcli.io.stream import Target
+
+# tifffile's default strip size for compressed data (rowsperstrip = 256 KiB // row):
+# the streamed file is laid out as the whole-image writer's
+_STRIP_BYTES = 262144
+# tifffile's threshold for BigTIFF (4 GiB less 32 MiB for the directories)
+_BIGTIFF_BYTES = 2**32 - 2**25
+
+
+def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name: str) -> None:
+    """See :func:`convcli.io.stream.write_rows`."""
+    blocks = _blocks(rows, target, name)
+    if target.fmt == "TIFF":
+        _write_tiff_rows(fh, blocks, target)
+    elif target.fmt == "NPY":
+        _write_npy_rows(fh, blocks, target, name)
+    elif target.fmt in ("PNG", "JPEG", "WEBP", "BMP"):
+        samples = _gather(blocks, target)
+        _encode_whole(fh, samples, target, name)
+    else:
+        raise InputError(f"{name_of(name)}: cannot write {target.fmt} files")
+
+
+def _blocks(rows: Iterable[np.ndarray], target: Target, name: str) -> Iterator[np.ndarray]:
+    """The blocks of ``rows``, checked against ``target`` (each ``(n, W, C)`` of its
+    dtype, ``target.height`` rows in all)."""
+    shape = (target.width, target.channels)
+    dtype = np.dtype(target.dtype)
+    done = 0
+    for block in rows:
+        block = np.asarray(block)
+        if block.ndim != 3 or block.shape[1:] != shape or done + block.shape[0] > target.height:
+            raise InputError(
+                f"{name_of(name)}: got a block of shape {block.shape} at row {done} for {target}"
+            )
+        if block.dtype != dtype:
+            raise InputError(f"{name_of(name)}: got {block.dtype} rows for {target}")
+        done += block.shape[0]
+        yield block
+    if done != target.height:
+        raise InputError(f"{name_of(name)}: got {done} rows for {target}")
+
+
+# ---------------------------------------------------------------------------- TIFF
+
+
+def _tiff_rowsperstrip(target: Target) -> int:
+    row = target.width * target.channels * np.dtype(target.dtype).itemsize
+    return min(max(_STRIP_BYTES // row, 1), target.height)
+
+
+def tiff_bigtiff(height: int, width: int, channels: int, itemsize: int) -> bool:
+    """Whether a Deflate TIFF of these samples is written as BigTIFF: when the samples
+    exceed tifffile's threshold (compressed data can be as large; tifffile itself only
+    switches for uncompressed data and would fail past 4 GB)."""
+    return height * width * channels * itemsize > _BIGTIFF_BYTES
+
+
+def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target) -> None:
+    import tifffile
+
+    dtype = np.dtype(target.dtype)
+    rps = _tiff_rowsperstrip(target)
+    predictor_tag = 3 if dtype.kind == "f" else 2
+    predict = tifffile.TIFF.PREDICTORS[predictor_tag]
+    compress = tifffile.TIFF.COMPRESSORS[8]  # Deflate (zlib)
+
+    def strips() -> Iterator[np.ndarray]:
+        strip = np.empty((rps, target.width, target.channels), dtype)
+        filled = 0
+        for block in blocks:
+            at = 0
+            while at < block.shape[0]:
+                n = min(rps - filled, block.shape[0] - at)
+                strip[filled : filled + n] = block[at : at + n]
+                filled += n
+                at += n
+                if filled == rps:
+                    yield strip
+                    strip = np.empty_like(strip)  # the last one may still be encoding
+                    filled = 0
+        if filled:
+            yield strip[:filled]
+
+    def encode(strip: np.ndarray) -> bytes:
+        return compress(predict(strip, axis=-2), level=_im._TIFF_DEFLATE_LEVEL)
+
+    def encoded() -> Iterator[bytes]:
+        # strips encode on the codec threads, a few ahead, and are written in order
+        pool = codec_pool()
+        ahead = pool._max_workers + 1
+        pending: deque[Future[bytes]] = deque()
+        try:
+            for strip in strips():
+                pending.append(pool.submit(encode, strip))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    channels = target.channels
+    shape = (
+        (target.height, target.width) if channels == 1 else (target.height, target.width, channels)
+    )
+    bigtiff = tiff_bigtiff(target.height, target.width, channels, dtype.itemsize)
+    tifffile.imwrite(
+        fh,
+        encoded(),
+        shape=shape,
+        dtype=dtype,
+        rowsperstrip=rps,
+        bigtiff=bigtiff,
+        **_im._tiff_tags(channels, target.has_alpha),
+    )
+
+
+# ---------------------------------------------------------------------------- .npy
+
+
+def _write_npy_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target, name: str) -> None:
+    """The ``(C, H, W)`` float32 array, each block's rows stored at their place in
+    every channel plane (``fh`` must be seekable: a file, or :func:`publish`'s)."""
+    dtype = np.dtype(np.float32)
+    if np.dtype(target.dtype) != dtype:
+        raise InputError(f"{name_of(name)}: .npy output holds float32 samples, not {target.dtype}")
+    channels, height, width = target.channels, target.height, target.width
+    _im._write_npy_header(fh, (channels, height, width), dtype)
+    start = fh.tell()
+    plane = height * width * dtype.itemsize
+    row = width * dtype.itemsize
+    fh.truncate(start + channels * plane)
+    y = 0
+    for block in blocks:
+        n = block.shape[0]
+        for c in range(channels):
+            fh.seek(start + c * plane + y * row)
+            fh.write(memoryview(np.ascontiguousarray(block[..., c])).cast("B"))
+        y += n
+    fh.seek(start + channels * plane)
+
+
+# ------------------------------------------------------------- whole-image encoders
+
+
+def _gather(blocks: Iterator[np.ndarray], target: Target) -> np.ndarray:
+    """One ``(H, W, C)`` buffer of the samples the format stores (JPEG and BMP drop
+    alpha), filled block by block."""
+    channels = target.channels
+    if target.fmt in ("JPEG", "BMP") and target.has_alpha and channels in (2, 4):
+        channels -= 1
+    samples = np.empty((target.height, target.width, channels), target.dtype)
+    y = 0
+    for block in blocks:
+        samples[y : y + block.shape[0]] = block[..., :channels]
+        y += block.shape[0]
+    return samples
+
+
+def _encode_whole(fh: BinaryIO, samples: np.ndarray, target: Target, name: str) -> None:
+    fmt, channels = target.fmt, samples.shape[-1]
+    if fmt in ("JPEG", "BMP") and channels not in (1, 3):
+        raise InputError(
+            f"{name_of(name)}: {channels} channels cannot be stored as {fmt}; "
+            "write .npy or .tif instead"
+        )
+    if channels > 4:
+        raise InputError(
+            f"{name_of(name)}: {channels} channels fit no {fmt} image mode; "
+            "write .npy or .tif instead"
+        )
+    if fmt in ("PNG", "WEBP") and channels in (2, 4) and not target.has_alpha:
+        raise InputError(
+            f"{name_of(name)}: {channels} channels without alpha fit no {fmt} image mode; "
+            "write .npy or .tif instead"
+        )
+    if fmt != "PNG" and samples.dtype != np.uint8:
+        raise InputError(f"{name_of(name)}: {fmt} holds 8-bit samples, not {samples.dtype}")
+    if fmt == "PNG":
+        _im._write_png(fh, samples)
+        return
+    if fmt == "JPEG" and _jpeg_vips(fh, samples, target.quality):
+        return
+    try:
+        _im._save_pil(fh, samples, fmt, target.quality)
+    except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
+        raise InputError(f"{name_of(name)}: cannot write: {reason(exc)}") from None
+
+
+def _jpeg_vips(fh: BinaryIO, q8: np.ndarray, quality: int) -> bool:
+    """JPEG through libvips with :func:`convcli.io.images._save_pil`'s settings
+    (quality clamped to 1-100, no chroma subsampling from 90 up, 4:2:0 below; baseline,
+    standard Huffman tables); False where pyvips does not load."""
+    from convcli.io.sources import _pyvips
+
+    pyvips: Any = _pyvips()
+    if pyvips is None:
+        return False
+    q8 = np.ascontiguousarray(q8)
+    height, width, bands = q8.shape
+    image = pyvips.Image.new_from_memory(q8.data, width, height, bands, "uchar")
+    quality = int(min(max(quality, 1), 100))
+    try:
+        data = image.write_to_buffer(
+            ".jpg",
+            Q=quality,
+            subsample_mode="off" if quality >= 90 else "on",
+            optimize_coding=False,
+            interlace=False,
+            keep="none",
+        )
+    except pyvips.Error:
+        return False  # Pillow says what is wrong
+    fh.write(data)
+    return True

@@ -1,0 +1,590 @@
+"""The readers behind :func:`convcli.io.stream.open_source`: which decoder reads a file
+by rows, and how.
+
+- JPEG, 8/16-bit PNG and WebP: libvips (``pyvips`` with the ``pyvips-binary`` wheel),
+  opened for sequential access and read strip by strip (``crop`` + ``write_to_memory``,
+  which decodes on libvips' threads; faster and smaller than ``Region.fetch``, see
+  docs/IO-LIBRARIES.md). libvips and Pillow run the same libjpeg-turbo, libpng and
+  libwebp decoders with the same settings: the samples are the ones
+  :func:`convcli.io.read_image` gives, bit for bit.
+- Striped and tiled TIFF, BigTIFF, chunky or planar: tifffile, decoding only the strips
+  or tiles that overlap the rows asked for (random access).
+- ``.npy``: a memory map, random access.
+- Everything else, files libvips cannot open, and the odd variants (palette, CMYK,
+  rotated, premultiplied, animated...): :func:`convcli.io.images.read_native` decodes the
+  whole image at its stored depth into an :class:`~convcli.io.stream.ArraySource`.
+  Only these whole-image decodes are held to ``max_pixels`` (decompression bombs);
+  a streamed image of any size is allowed.
+
+pyvips, tifffile and imagecodecs are imported when a file needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convcli import notes as cnotes
+from convcli.errors import InputError
+from convcli.io import images as _im
+from convcli.io._common import check_file, codec_pool, codec_reason, name_of, reason
+from convcli.io.stream import ArraySource, ImageInfo, Source
+
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_JPEG_SIG = b"\xff\xd8\xff"
+_WEBP = (b"RIFF", b"WEBP")
+
+
+@contextlib.contextmanager
+def _noted(notes: list[str]) -> Iterator[None]:
+    """What the codecs log or warn while they work becomes ``notes`` (never stderr)."""
+    caught: list[Any] = []
+    try:
+        with _im._codec_notes(notes), cnotes.collect(caught):
+            yield
+    finally:
+        notes.extend(cnotes.text(w) for w in caught)
+
+
+def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
+    """See :func:`convcli.io.stream.open_source`."""
+    path = Path(path)
+    name = name_of(path)
+    check_file(path)
+    if path.suffix.lower() == ".npy":
+        return _open_npy(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {reason(exc)}") from None
+    source: Source | None = None
+    if head[:4] in _im._TIFF_MAGIC:
+        source = _open_tiff(path, max_pixels)
+    elif head.startswith(_JPEG_SIG):
+        source = _open_vips(path, "jpeg", max_pixels)
+    elif head.startswith(_im._PNG_SIG):
+        source = _open_png(path, max_pixels)
+    elif head[:4] == _WEBP[0] and head[8:12] == _WEBP[1]:
+        source = _open_vips(path, "webp", max_pixels)
+    if source is not None:
+        return source
+    native = _im.read_native(path, max_pixels=max_pixels)
+    return _array_source(native)
+
+
+def _array_source(native: _im.Native) -> ArraySource:
+    height, width, channels = native.samples.shape
+    info = ImageInfo(
+        height,
+        width,
+        channels,
+        native.samples.dtype,
+        native.top,
+        native.bit_depth,
+        native.mode,
+        native.has_alpha,
+        native.notes,
+    )
+    return ArraySource(native.samples, info)
+
+
+# ------------------------------------------------------------------------- libvips
+
+
+def _pyvips() -> Any | None:
+    """pyvips with libvips loaded, or None where it is not installed or will not load
+    (then the whole-image readers do the work)."""
+    try:
+        import pyvips
+    except Exception:  # ImportError, or OSError/cffi errors from loading libvips
+        return None
+    if not getattr(_pyvips, "configured", False):
+        # libvips caches opened files by name: a file rewritten between two reads in
+        # one process would come back stale
+        pyvips.cache_set_max(0)
+        _pyvips.configured = True  # type: ignore[attr-defined]
+    return pyvips
+
+
+def _png_layout(path: Path) -> tuple[int, int, bool, bool, bool] | None:
+    """A PNG's bit depth, colour type, and whether it has a tRNS chunk, is interlaced,
+    is animated, from the chunks before the first IDAT (no pixels read)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(8)
+            depth = colour = -1
+            trns = interlaced = animated = False
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                size, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"IHDR":
+                    body = fh.read(13)
+                    if len(body) < 13:
+                        return None
+                    depth, colour, interlaced = body[8], body[9], body[12] != 0
+                    fh.seek(size - 13 + 4, 1)
+                    continue
+                if kind == b"IDAT":
+                    return depth, colour, trns, interlaced, animated
+                trns |= kind == b"tRNS"
+                animated |= kind == b"acTL"
+                fh.seek(size + 4, 1)
+    except OSError:
+        return None
+
+
+def _open_png(path: Path, max_pixels: int | None) -> Source | None:
+    layout = _png_layout(path)
+    if layout is None:
+        return None
+    depth, colour, trns, interlaced, animated = layout
+    if animated:
+        return None  # the whole-image reader notes the frames it leaves out
+    if colour == 3:  # palette: RGB, or RGBA with a tRNS chunk, as Pillow converts it
+        pass
+    elif depth not in (8, 16) or trns or colour not in (0, 2, 4, 6):
+        return None  # low bit depths, colour keys: the whole-image readers' rules
+    # an interlaced PNG is decoded whole, and held to max_pixels like the others
+    return _open_vips(path, "png", max_pixels, whole=interlaced)
+
+
+# A sequential libvips load decodes in strips of a fixed height (16 rows by default) and
+# refuses a request that starts inside a strip it has passed; requests that start on a
+# multiple of this (a multiple of every such height) never do.
+_VIPS_ALIGN = 256
+
+
+class VipsSource:
+    """Rows from a sequential libvips load: each row decoded once, top to bottom.
+
+    Rows are decoded in runs that start on multiples of ``_VIPS_ALIGN`` (``crop`` +
+    ``write_to_memory``, on libvips' threads); the rows of a run beyond the ones asked
+    for are kept for the next call."""
+
+    sequential = True
+
+    def __init__(self, image: Any, info: ImageInfo, name: str, mirror: bool) -> None:
+        self._image = image
+        self.info = info
+        self._name = name
+        self._mirror = mirror
+        self._next = 0  # the first row the caller may still ask for
+        self._carry = np.empty((0, info.width, info.channels), info.dtype)
+        self._carry_y0 = 0  # the row self._carry starts at; it ends at the decoded row
+
+    def _decode(self, y0: int, y1: int) -> np.ndarray:
+        import pyvips
+
+        info = self.info
+        try:
+            with _noted(info.notes):
+                data = self._image.crop(0, y0, info.width, y1 - y0).write_to_memory()
+        except pyvips.Error as exc:
+            raise InputError(f"{self._name}: {_vips_problem(exc)}") from None
+        except MemoryError:
+            raise InputError(f"{self._name}: not enough memory to decode this image") from None
+        return np.frombuffer(data, info.dtype).reshape(y1 - y0, info.width, info.channels)
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        info = self.info
+        if not 0 <= y0 <= y1 <= info.height:
+            raise ValueError(f"rows {y0}:{y1} outside 0:{info.height}")
+        if y0 < self._next:
+            raise ValueError(
+                f"sequential source: rows {y0}:{y1} asked for after row {self._next} "
+                "(keep the rows needed again)"
+            )
+        carry, c0 = self._carry, self._carry_y0
+        decoded = c0 + carry.shape[0]
+        if y1 > decoded:
+            start = max(decoded, y0 - y0 % _VIPS_ALIGN)  # skip whole runs not asked for
+            end = min(-(-y1 // _VIPS_ALIGN) * _VIPS_ALIGN, info.height)
+            fresh = self._decode(start, end)
+            kept = carry[max(y0 - c0, 0) :] if start == decoded else carry[:0]
+            if kept.shape[0]:
+                carry, c0 = np.concatenate([kept, fresh]), max(y0, c0)
+            else:
+                carry, c0 = fresh, start
+        rows = carry[y0 - c0 : y1 - c0]
+        self._carry, self._carry_y0 = carry[y1 - c0 :], y1
+        self._next = y1
+        return rows[:, ::-1] if self._mirror else rows
+
+    def close(self) -> None:
+        self._image = None
+        self._carry = self._carry[:0]
+
+
+def _vips_problem(exc: Any) -> str:
+    detail = " ".join(str(getattr(exc, "detail", "") or exc).split())
+    low = detail.lower()
+    if any(w in low for w in ("premature", "truncated", "end of", "read error", "out of data")):
+        return "truncated image data"
+    return f"cannot decode image ({detail[:200] or reason(exc)})"
+
+
+def _vips_orientation(image: Any, fields: set[str]) -> int:
+    """The orientation Pillow's ``exif_transpose`` applies: the EXIF tag as stored
+    (libvips' ``orientation`` clamps 0 or 9 to 1..8, Pillow leaves those unrotated),
+    else a ``tiff:Orientation`` in the XMP packet."""
+    if "exif-ifd0-Orientation" in fields:
+        # "6 (Right-top, Short, 1 components, 2 bytes)"
+        text = str(image.get("exif-ifd0-Orientation")).split(" ", 1)[0]
+        value = int(text) if text.isdigit() else 1
+        return value if 1 <= value <= 8 else 1
+    if "xmp-data" in fields:
+        match = re.search(rb'tiff:Orientation(="|>)([0-9])', bytes(image.get("xmp-data")))
+        if match:
+            value = int(match[2])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = False):
+    """A :class:`VipsSource` for a JPEG, PNG or WebP file; None where libvips is missing
+    or cannot open the file, or for layouts whose reading the whole-image readers
+    define (CMYK JPEG, animated WebP), which then read it."""
+    pyvips = _pyvips()
+    if pyvips is None:
+        return None
+    name = name_of(path)
+    notes: list[str] = []
+    try:
+        with _noted(notes):
+            image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
+            fields = set(image.get_fields())
+            orientation = _vips_orientation(image, fields)
+            pages = image.get("n-pages") if "n-pages" in fields else 1
+            interlaced = bool(image.get("interlaced")) if "interlaced" in fields else False
+    except pyvips.Error:
+        return None  # the whole-image readers say what is wrong with it
+    bands, fmt = image.bands, image.format
+    dtype = {"uchar": np.uint8, "ushort": np.uint16}.get(fmt)
+    if dtype is None or bands not in _MODES or pages > 1:
+        return None
+    if kind == "jpeg" and bands not in (1, 3):
+        return None
+    if interlaced:
+        # a progressive JPEG or interlaced PNG is decoded through a buffer of the
+        # whole image (libjpeg's coefficients): held to max_pixels (bombs)
+        _im._check_pixels(name, image.width * image.height, max_pixels)
+    depth = 16 if dtype == np.uint16 else 8
+    info = ImageInfo(
+        image.height,
+        image.width,
+        bands,
+        np.dtype(dtype),
+        65535.0 if depth == 16 else 255.0,
+        depth,
+        _MODES[bands],
+        bands in (2, 4),
+        notes,
+    )
+    if kind == "webp" or whole or orientation not in (1, 2):
+        # decoded whole (WebP always is; a rotation needs every row): held to
+        # max_pixels like the other whole-image decodes
+        _im._check_pixels(name, image.width * image.height, max_pixels)
+        source = VipsSource(image, info, name, orientation == 2)
+        samples = source.read_rows(0, image.height)
+        source.close()
+        samples = _im._oriented(samples, orientation if orientation != 2 else 1)
+        native = _im.Native(samples, info.top, info.mode, depth, info.has_alpha, notes)
+        return _array_source(native)
+    return VipsSource(image, info, name, orientation == 2)
+
+
+# --------------------------------------------------------------------------- .npy
+
+
+class NpySource:
+    """Rows of a ``(C, H, W)`` or ``(H, W)`` ``.npy`` array through a memory map."""
+
+    sequential = False
+
+    def __init__(self, arr: np.ndarray, info: ImageInfo, name: str) -> None:
+        self._arr = arr
+        self.info = info
+        self._name = name
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        block = np.moveaxis(self._arr[:, y0:y1], 0, -1)
+        out = np.empty(block.shape, self.info.dtype)
+        try:
+            np.copyto(out, block, casting="unsafe")
+        except OSError as exc:  # the file shrank under the map
+            raise InputError(f"{self._name}: cannot read: {reason(exc)}") from None
+        if self.info.top is None and not np.isfinite(out).all():
+            raise InputError(f"{self._name}: .npy image contains NaN or Inf")
+        return out
+
+    def close(self) -> None:
+        self._arr = None  # type: ignore[assignment]
+
+
+def _open_npy(path: Path) -> NpySource:
+    """The checks and the scaling of :func:`convcli.io.read_image` (uint8 / uint16
+    samples divided by 255 / 65535, every other real type taken as float32 values),
+    the NaN check strip by strip."""
+    name = name_of(path)
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except Exception as exc:  # numpy raises ValueError/OSError/EOFError/UnpicklingError
+        raise InputError(f"{name}: not a readable .npy array ({reason(exc)})") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{name}: .npy dtype {arr.dtype} is not a real number type")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(
+            f"{name}: .npy image must be (C, H, W) or (H, W), got shape {tuple(arr.shape)}"
+        )
+    if 0 in arr.shape:
+        raise InputError(f"{name}: .npy image is empty (shape {tuple(arr.shape)})")
+    channels, height, width = map(int, arr.shape)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):
+        depth, top = 8 * arr.dtype.itemsize, float(256**arr.dtype.itemsize - 1)
+        dtype = np.dtype(np.uint8 if depth == 8 else np.uint16)
+    else:
+        depth, top, dtype = 32, None, np.dtype(np.float32)
+    mode = "F" if channels == 1 else f"F{channels}"
+    info = ImageInfo(height, width, channels, dtype, top, depth, mode, False)
+    return NpySource(arr, info, name)
+
+
+# ---------------------------------------------------------------------------- TIFF
+
+
+class TiffSource:
+    """Rows of a striped or tiled TIFF page, decoding only the strips or tiles that
+    overlap them (the last band of strips/tiles is kept for the next, overlapping ask)."""
+
+    sequential = False
+
+    def __init__(self, tif: Any, page: Any, info: ImageInfo, name: str, invert: bool) -> None:
+        self._tif = tif
+        self._page = page
+        self.info = info
+        self._name = name
+        self._invert = invert
+        self._lock = threading.Lock()
+        planes, _, _, _, self._contig = (int(v) for v in page.shaped)
+        self._planes = planes
+        if page.is_tiled:
+            self._band_h, self._tile_w = int(page.tilelength), int(page.tilewidth)
+        else:
+            self._band_h, self._tile_w = min(int(page.rowsperstrip), info.height), info.width
+        self._across = -(-info.width // self._tile_w)
+        self._down = -(-info.height // self._band_h)
+        self._stored = np.dtype(page.dtype)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _bands(self, ks: list[int]) -> dict[int, np.ndarray]:
+        """Bands ``ks`` (rows of strips or tiles), their segments decoded together on
+        the codec threads."""
+        page, info = self._page, self.info
+        bands: dict[int, np.ndarray] = {}
+        wanted = []
+        for k in ks:
+            rows = min(self._band_h, info.height - k * self._band_h)
+            bands[k] = np.zeros((rows, info.width, info.channels), self._stored)
+            for p in range(self._planes):
+                for j in range(self._across):
+                    index = p * self._down * self._across + k * self._across + j
+                    offset = int(page.dataoffsets[index])
+                    count = int(page.databytecounts[index])
+                    if offset and count:  # an empty segment reads as 0, as tifffile fills it
+                        wanted.append((k, p, j, index, offset, count))
+        fh = self._tif.filehandle
+        with self._lock:
+            chunks = []
+            for *_, offset, count in wanted:
+                fh.seek(offset)
+                chunks.append(fh.read(count))
+        tables = page.jpegtables
+
+        def place(item: tuple[tuple[int, ...], bytes]) -> None:
+            (k, p, j, index, _, _), data = item
+            segment = page.decode(data, index, jpegtables=tables)[0]
+            if segment is None:
+                return
+            band = bands[k]
+            x = j * self._tile_w
+            w = min(self._tile_w, info.width - x)
+            block = segment[0, : band.shape[0], :w]
+            if self._planes > 1:
+                band[:, x : x + w, p] = block[..., 0]
+            else:
+                band[:, x : x + w] = block
+
+        items = list(zip(wanted, chunks, strict=True))
+        if len(items) > 1:
+            list(codec_pool().map(place, items))
+        else:
+            for item in items:
+                place(item)
+        return bands
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        info = self.info
+        if not 0 <= y0 <= y1 <= info.height:
+            raise ValueError(f"rows {y0}:{y1} outside 0:{info.height}")
+        out = np.empty((y1 - y0, info.width, info.channels), self._stored)
+        ks = list(range(y0 // self._band_h, -(-y1 // self._band_h)))
+        cache = self._cache  # one snapshot: another thread may replace it
+        try:
+            with _noted(info.notes):
+                bands = self._bands([k for k in ks if k not in cache])
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError(f"{self._name}: not enough memory to decode this image") from None
+        except Exception as exc:  # tifffile and imagecodecs raise many types on bad data
+            raise InputError(f"{self._name}: cannot decode image ({codec_reason(exc)})") from None
+        bands.update((k, band) for k, band in cache.items() if k in ks)
+        for k in ks:
+            top = k * self._band_h
+            band = bands[k]
+            a, b = max(y0, top), min(y1, top + band.shape[0])
+            out[a - y0 : b - y0] = band[a - top : b - top]
+        if ks:  # the next strip asked for usually starts in the last band (a halo)
+            self._cache = {ks[-1]: bands[ks[-1]]}
+        if self._invert:  # MinIsWhite: 0 is white (the gray channel only)
+            out[..., 0] = np.asarray(info.top, out.dtype) - out[..., 0]
+        if out.dtype.kind == "f":
+            if out.dtype != info.dtype:
+                with np.errstate(over="ignore"):
+                    out = out.astype(info.dtype)
+            if not np.isfinite(out).all():
+                raise InputError(f"{self._name}: float image contains NaN or Inf")
+        return out
+
+    def close(self) -> None:
+        self._cache = {}
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+
+# compression schemes whose segments tifffile decodes one at a time without the
+# whole-page context (old-style JPEG, 6, needs it)
+_OJPEG = 6
+
+
+def _open_tiff(path: Path, max_pixels: int | None) -> Source | None:
+    """A :class:`TiffSource` for the first page of a TIFF whose samples read_image would
+    only divide (gray/RGB with or without unassociated alpha, any channel count, 8/16-bit
+    unsigned, uint32/int32, float), upright; None for the rest (the whole-image readers
+    convert them)."""
+    import tifffile
+
+    name = name_of(path)
+    notes: list[str] = []
+    tif = None
+    try:
+        with _noted(notes):
+            tif = tifffile.TiffFile(path)
+            if not len(tif.pages):
+                raise InputError(f"{name}: truncated or corrupt TIFF (no image directory)")
+            page = tif.pages[0]
+            source = _tiff_source(tif, page, name, notes, max_pixels)
+            if source is None:
+                tif.close()
+            return source
+    except InputError:
+        if tif is not None:
+            tif.close()
+        raise
+    except Exception:  # a bad file: the whole-image reader says what is wrong
+        if tif is not None:
+            tif.close()
+        return None
+
+
+def _tiff_source(
+    tif: Any, page: Any, name: str, notes: list[str], max_pixels: int | None
+) -> TiffSource | None:
+    photometric = int(page.photometric)
+    extra = tuple(int(e) for e in page.extrasamples)
+    tag = page.tags.get(_im._ORIENTATION)
+    orientation = int(tag.value) if tag is not None else 1
+    dtype = page.dtype
+    bits = int(page.bitspersample)
+    if (
+        dtype is None
+        or orientation != 1
+        or int(page.compression) == _OJPEG
+        or page.axes not in ("YX", "YXS", "SYX")
+        or int(page.shaped[1]) != 1
+        or (extra and extra[0] == 1)  # premultiplied: divided out in float
+    ):
+        return None
+    dtype = np.dtype(dtype)
+    if photometric == _im._YCBCR:
+        if int(page.compression) != _im._JPEG:
+            return None
+    elif photometric not in (_im._MINISBLACK, _im._MINISWHITE, _im._RGB):
+        return None
+    kind = dtype.kind
+    if kind == "u" and dtype.itemsize in (1, 2) and bits == 8 * dtype.itemsize:
+        top: float | None = float((1 << bits) - 1)
+        depth = bits
+    elif dtype in (np.dtype(np.uint32), np.dtype(np.int32)) and bits == 32:
+        top = float(np.iinfo(dtype).max)
+        declared = page.tags.get(_im._MAX_SAMPLE_VALUE)
+        if kind == "u" and declared is not None:
+            stated = int(np.max(np.atleast_1d(declared.value)))
+            if 0 < stated < top:
+                top = float(stated)
+        depth = 32
+    elif kind == "f" and dtype.itemsize in (2, 4, 8):
+        top, depth = None, 32
+    else:
+        return None
+    if photometric == _im._MINISWHITE and kind != "u":
+        return None
+    if not int(page.imagelength) or not int(page.imagewidth):
+        return None  # the whole-image reader says what is wrong
+    # what is decoded at once (one strip, or a row of tiles) is held to max_pixels: a
+    # file of one strip is a whole-image decode
+    if page.is_tiled:
+        band = int(page.tilelength) * max(int(page.imagewidth), int(page.tilewidth))
+    else:
+        band = min(int(page.rowsperstrip), int(page.imagelength)) * int(page.imagewidth)
+    _im._check_pixels(name, band, max_pixels)
+    size = tif.filehandle.size
+    ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
+    if ends.size and int(ends.max()) > size:
+        raise InputError(f"{name}: truncated image data")
+    channels = int(page.shaped[0]) * int(page.shaped[4])
+    colour = 1 if photometric in (_im._MINISWHITE, _im._MINISBLACK) else 3
+    has_alpha = channels == colour + 1 and (not extra or extra[0] in (1, 2))
+    if depth == 32:
+        mode = "F" if channels == 1 else f"F{channels}"
+    else:
+        modes = {(1, False): "L", (2, True): "LA", (3, False): "RGB", (4, True): "RGBA"}
+        mode = modes.get((channels, has_alpha), f"I{channels}")
+    frames = _im._tiff_frames(tif)
+    if frames > 1:
+        notes.append(_im._frames_note(frames, "pages"))
+    out_dtype = np.dtype(np.float32) if kind == "f" else dtype
+    info = ImageInfo(
+        int(page.imagelength),
+        int(page.imagewidth),
+        channels,
+        out_dtype,
+        top,
+        depth,
+        mode,
+        has_alpha,
+        notes,
+    )
+    return TiffSource(tif, page, info, name, photometric == _im._MINISWHITE)
