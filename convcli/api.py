@@ -120,6 +120,26 @@ def _select_backend(
         return backends.get_backend("numpy")
 
 
+def plan_call(
+    spec: ConvSpec,
+    weight: np.ndarray,
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    algo: str = "auto",
+    info: RunInfo | None = None,
+) -> tuple[str, str]:
+    """The backend and algorithm :func:`conv2d` runs the whole of ``spec`` with.
+
+    A caller that convolves an image strip by strip passes both to every strip, so that
+    each strip is computed by the whole image's algorithm (a short strip could tip the
+    cost model to another one, with other rounding), as :func:`_run_tiled` does.
+    """
+    be = _select_backend(backend, device, spec, info if info is not None else RunInfo())
+    planned = algo if algo != "auto" or spec.n == 0 else be.plan_algo(spec, weight)
+    return be.name, planned
+
+
 def _halo_rows(spec: ConvSpec) -> int:
     """Output rows whose band is at least as tall as the rows it shares with the next."""
     ekh = spec.dilation[0] * (spec.kh - 1) + 1

@@ -3,11 +3,13 @@
 This is the library side of ``convcli apply`` and ``convcli batch``. It prints nothing:
 it returns a :class:`BatchResult` and reports progress through an optional callback.
 
-Pipeline: a small thread pool reads and decodes the next images while the calling
-thread convolves the current one, and a second pool maps and encodes finished results
-(Pillow and the OpenCL queue release the GIL), with bounded queues so memory stays at a
-few images. Every output is written atomically by :func:`convcli.io.write_image`, so an
-error or an interrupt never leaves a partial file.
+Pipeline: each image flows through :mod:`convcli.pipeline` in strips of rows (decoded,
+convolved and encoded on three threads, a few strips in memory); the next images are
+opened (and, for formats decoded whole, decoded) ahead while the calling thread
+convolves the current one, and a pool of writers finishes encoding results while the
+next image is convolved. Every output is published atomically
+(:func:`convcli.io.publish.publish`), so an error or an interrupt never leaves a
+partial file.
 
 Rules that keep data safe (see README "Safety rules"):
 
@@ -28,13 +30,15 @@ Rules that keep data safe (see README "Safety rules"):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,19 +48,20 @@ import numpy as np
 
 from convcli import io as cio
 from convcli import notes as cnotes
-from convcli import pixels
+from convcli import pipeline, pixels
 from convcli.api import conv2d
 from convcli.budget import (
-    Need,
+    STRIP_INPUTS,
+    STRIP_RESULTS,
     budget_text,
     check_call,
+    conv_need,
     file_need,
     format_bytes,
     memory_budget,
     opencl_reserve,
     process_bytes,
     release_freed_memory,
-    smallest_need,
 )
 from convcli.errors import (
     BackendError,
@@ -66,6 +71,7 @@ from convcli.errors import (
     OutputExistsError,
 )
 from convcli.filters import Filter, check_out_pixels
+from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
 from convcli.runinfo import RunInfo
 from convcli.spec import (
@@ -672,18 +678,6 @@ class BatchResult:
         }
 
 
-@dataclass
-class _Loaded:
-    image: cio.Image
-    channels: np.ndarray
-    kept_alpha: np.ndarray | None
-    seconds: float
-    alpha: str  # the mode used for this image (see alpha_rule)
-    notes: list[str]
-    conv_memory: int | None = None  # what conv2d may allocate under max_memory
-    backend: str | None = None  # "numpy" when only NumPy fits max_memory (auto)
-
-
 def _reason(exc: BaseException) -> str:
     # kept as it is (a file name may hold any character); the CLI escapes what it prints
     return str(exc).strip() or type(exc).__name__
@@ -738,13 +732,23 @@ _PEAK_SLACK = 8 * 2**20  # ...and 8 MiB on top
 
 @dataclass(frozen=True)
 class FileBudget:
-    """What :func:`check_file` allows a file: the bytes conv2d may allocate (None: no
-    max_memory, conv2d checks the machine itself) and the backend to use instead of the
-    engine's (None: the engine's), with a note saying why."""
+    """What :func:`check_file` allows a file: the bytes conv2d may allocate per strip
+    (None: no max_memory, conv2d checks the machine itself), the output rows per strip
+    (None: the pipeline's default) and the backend to use instead of the engine's
+    (None: the engine's), with a note saying why."""
 
     conv_memory: int | None = None
     backend: str | None = None
     note: str | None = None
+    strip_rows: int | None = None
+
+
+def _strip_bytes(spec, rows: int) -> tuple[int, int]:
+    """Float32 bytes of one input strip (halo and padding included) and its result."""
+    rows = max(1, min(rows, spec.h_out))
+    rows_in = (rows - 1) * spec.stride[0] + spec.dilation[0] * (spec.kh - 1) + 1
+    padded_w = spec.w + spec.pad[2] + spec.pad[3]
+    return spec.c_in * rows_in * padded_w * 4, spec.c_out * rows * spec.w_out * 4
 
 
 def check_file(
@@ -763,9 +767,12 @@ def check_file(
     (:func:`convcli.budget.opencl_reserve`) come off the limit. With ``backend='auto'``
     a file that fits only without that runtime runs on NumPy.
 
-    The result counts against ``max_pixels`` like an input does, and the whole file's
-    peak (:func:`convcli.budget.file_need`: decode, float copy, result and its smallest
-    band, encoding) against the budget.
+    The result counts against ``max_pixels`` like an input does, and the file's peak
+    through the strips (:func:`convcli.budget.file_need`: the reader, the strips in
+    flight with one strip's convolution, the encoder) against the budget. Under
+    ``max_memory`` the strips are made as short as the limit needs (down to one output
+    row); a reader that decodes by strips holds no whole image, so a huge image runs
+    in little memory.
 
     Raises
     ------
@@ -782,7 +789,12 @@ def check_file(
         return FileBudget()  # e.g. channels the weight does not take: conv2d says so
     reserve = own = 0
     try:
-        check_out_pixels(spec, max_pixels, filt.resolved_padding())
+        # a result no larger than its input passes: the reader guards the input (a
+        # format decoded whole against max_pixels; one read by strips needs no guard),
+        # and the result goes out by strips too. A larger one (a huge padding) is
+        # refused past max_pixels.
+        if max_pixels is not None and spec.h_out * spec.w_out > shape.height * shape.width:
+            check_out_pixels(spec, max_pixels, filt.resolved_padding())
         room = memory_budget(engine.max_memory)
         if room is None:
             return FileBudget()
@@ -794,22 +806,41 @@ def check_file(
             if engine.backend in ("auto", "opencl"):
                 reserve = opencl_reserve(engine.device)
         weight = filt.weight_bytes(shape.channels)
-        as_float = shape.channels * shape.height * shape.width * 4
-        copies = 2 if output.alpha == "premultiply" and shape.channels in (2, 4) else 1
-        held = copies * as_float + weight
-        conv = smallest_need(spec, "least", "numpy") + Need((("weight", weight),))
-        stages = file_need(
-            shape,
-            conv,
-            out_channels=spec.c_out,
-            out_size=(spec.h_out, spec.w_out),
-            out_sample_bytes=_out_sample_bytes(output, task.dst.suffix, shape.sample_bytes),
-            float_copies=copies,
+        opening, held = stream.source_bytes(shape)
+        suffix = task.dst.suffix.lower()
+        sample = _out_sample_bytes(output, suffix, shape.sample_bytes)
+        target = stream.Target(
+            cio.WRITE_FORMATS.get(suffix, "PNG"),
+            spec.h_out,
+            spec.w_out,
+            spec.c_out,
+            np.dtype({1: np.uint8, 2: np.uint16}.get(sample, np.float32)),
+            False,
         )
-        # measured peaks ran up to 6 % over the stages' sum (allocator slack, thread
-        # stacks, encoder buffers): the limit holds only with that margin
-        peak = max(stages.values())
-        peak += peak // _PEAK_MARGIN + _PEAK_SLACK
+        sink = stream.sink_bytes(target)
+        align = pipeline.strip_alignment(spec, "numpy", "separable")
+
+        def stages(rows: int) -> dict[str, int]:
+            strip_in, strip_out = _strip_bytes(spec, rows)
+            conv = conv_need(spec, "least", "numpy", rows=rows, images=1)
+            return file_need(opening, held + weight, sink, conv, strip_in=strip_in,
+                             strip_out=strip_out)  # fmt: skip
+
+        def peak_of(rows: int) -> int:
+            # measured peaks ran up to 6 % over the stages' sum (allocator slack, thread
+            # stacks, encoder buffers): the limit holds only with that margin
+            peak = max(stages(rows).values())
+            return peak + peak // _PEAK_MARGIN + _PEAK_SLACK
+
+        least_rows = pipeline.strip_least(spec, "numpy", "separable")
+        most = pipeline.strip_rows(spec, align=align, least=least_rows)
+        least = min(most, align)
+        rows = most
+        if engine.max_memory is not None and peak_of(most) > room:
+            # shorter strips: the largest multiple of the alignment that fits
+            steps = _largest_fit(lambda k: peak_of(k * align) <= room, max(1, most // align))
+            rows = steps * align if steps else least
+        peak = peak_of(rows)
         if peak > room:
             # an argument that makes the convolution absurd is named first
             try:
@@ -819,7 +850,7 @@ def check_file(
                     "numpy",
                     padding=filt.resolved_padding(),
                     max_memory=engine.max_memory,
-                    budget=max(0, room - held),
+                    budget=max(0, room - held - weight),
                 )
             except LimitError as exc:
                 if exc.argument not in (None, "max_memory"):
@@ -835,7 +866,7 @@ def check_file(
         )
         reserve = 0
     if peak + reserve > room:
-        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in stages.items())
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in stages(rows).items())
         if reserve:
             parts += f"; the OpenCL runtime about {format_bytes(reserve)} more"
         if own:
@@ -850,37 +881,30 @@ def check_file(
         )
     if engine.max_memory is None:
         return FileBudget()
-    return FileBudget(room - reserve - held, backend, note)
+    strip_in, strip_out = _strip_bytes(spec, rows)
+    others = held + weight + sink[0] + STRIP_INPUTS * strip_in + STRIP_RESULTS * strip_out
+    return FileBudget(room - reserve - others, backend, note, rows)
 
 
-def _read(
-    task: Task,
-    max_pixels: int | None,
-    alpha: str,
-    filt: Filter,
-    engine: Engine = Engine(),
-    output: Output | None = None,
-) -> _Loaded:
-    t0 = time.perf_counter()
-    allowed = check_file(task, filt, engine, output or Output(alpha=alpha), max_pixels)
-    image = cio.read_image(task.src, max_pixels=max_pixels)
-    notes = [" ".join(str(n).split()) for n in image.notes]
-    if allowed.note:
-        notes.append(allowed.note)
-    if image.has_alpha:
-        alpha, note = alpha_rule(filt, image.channels, alpha)
-        if note:
-            notes.append(note)
-    channels, kept = pixels.prepare_alpha(image, alpha)
-    channels = np.ascontiguousarray(channels, dtype=np.float32)
-    seconds = time.perf_counter() - t0
-    return _Loaded(
-        image, channels, kept, seconds, alpha, notes, allowed.conv_memory, allowed.backend
-    )
+def _largest_fit(fits: Callable[[int], bool], most: int) -> int:
+    """The largest ``k`` in ``1..most`` with ``fits(k)`` (monotone), or 0."""
+    if most < 1 or not fits(1):
+        return 0
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
-def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -> list[str]:
-    """What the output format will lose, said before it is written."""
+def _write_notes(
+    task: Task, out: Output, alpha: str, c_out: int, channels: int, has_alpha: bool
+) -> list[str]:
+    """What the output format will lose, said before it is written (``c_out``: the
+    convolution's output channels; ``channels``, ``has_alpha``: the input's)."""
     suffix = task.dst.suffix.lower()
     if suffix not in _EIGHT_BIT_SUFFIXES:
         return []
@@ -888,10 +912,8 @@ def _write_notes(task: Task, result: np.ndarray, loaded: _Loaded, out: Output) -
     kind = suffix.lstrip(".").upper().replace("JPG", "JPEG")
     if out.bit_depth is not None and out.bit_depth > 8:
         notes.append(f"{kind} holds 8 bits per channel: written at 8 bits, not {out.bit_depth}")
-    carries_alpha = loaded.alpha in _ALPHA_KEPT_OR_FILTERED or (
-        loaded.alpha == "filter" and result.shape[0] == loaded.image.channels
-    )
-    if loaded.image.has_alpha and carries_alpha and suffix != ".webp":
+    carries_alpha = alpha in _ALPHA_KEPT_OR_FILTERED or (alpha == "filter" and c_out == channels)
+    if has_alpha and carries_alpha and suffix != ".webp":
         notes.append(
             f"{kind} has no alpha channel: alpha dropped after filtering (write .png to "
             "keep it, or pass alpha='drop' to filter the colour alone and silence this)"
@@ -909,47 +931,30 @@ def _make_folder(folder: Path) -> None:
 
 
 def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
-    """The output mapping; with ``alpha`` (the last channel is the image's alpha, kept
-    or filtered with the colour) only the colour is mapped and alpha is clipped, so
-    ``offset`` does not make transparent pixels half opaque.
-
-    ``normalize`` then stretches the range of colour x alpha (what a viewer sees):
-    an edge kernel's colour divided by a nearly transparent alpha can be huge, and
-    its min..max would squeeze every visible pixel into one grey."""
-    if not alpha or data.shape[0] < 2:
-        return pixels.map_output(data, out.out_map, scale=out.scale, offset=out.offset)
-    a = pixels.map_output(data[-1:], "clip")
-    if out.out_map != "normalize":
-        colour = pixels.map_output(data[:-1], out.out_map, scale=out.scale, offset=out.offset)
-        return np.concatenate([colour, a])
-    colour = pixels.map_output(data[:-1], "clip", scale=out.scale, offset=out.offset, clip=False)
-    shown = colour * a
-    finite = shown[np.isfinite(shown) & (a > 0)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    if hi > lo:
-        colour = pixels.map_output(colour, "clip", scale=1 / (hi - lo), offset=-lo / (hi - lo))
-    else:
-        colour = np.zeros_like(colour)
-    return np.concatenate([colour, a])
+    """The output mapping of a whole result (see :func:`convcli.pixels.map_result`)."""
+    span = None
+    if out.out_map == "normalize":
+        span = pixels.result_span(data, scale=out.scale, offset=out.offset, alpha=alpha)
+    return pixels.map_result(
+        data, out.out_map, scale=out.scale, offset=out.offset, alpha=alpha, span=span
+    )
 
 
-def _overflow_note(result: np.ndarray) -> str | None:
-    """A note when the result holds inf or NaN: inputs and weights are finite, so the
-    sums overflowed float32."""
-    # a float64 sum of float32 values cannot overflow: it is finite iff every value is
-    if np.isfinite(np.sum(result, dtype=np.float64)):
+def _overflow_note(bad: int, size: int) -> str | None:
+    """A note when ``bad`` of the result's ``size`` values are inf or NaN: inputs and
+    weights are finite, so the sums overflowed float32."""
+    if not bad:
         return None
-    bad = int(result.size - np.count_nonzero(np.isfinite(result)))
     return (
-        f"the result overflowed float32: {bad} of {result.size} values are inf or NaN "
+        f"the result overflowed float32: {bad} of {size} values are inf or NaN "
         "(image formats clip them, .npy keeps them); scale the kernel down"
     )
 
 
-def _convolve_notes(result: np.ndarray, caught: list) -> list[str]:
+def _convolve_notes(bad: int, size: int, caught: list) -> list[str]:
     """Notes about one convolution: an overflow, and what the backend warned about
     (NumPy's own overflow warnings say less than the overflow note)."""
-    note = _overflow_note(result)
+    note = _overflow_note(bad, size)
     notes = [note] if note else []
     for w in caught:
         if note and issubclass(w.category, RuntimeWarning):
@@ -960,33 +965,196 @@ def _convolve_notes(result: np.ndarray, caught: list) -> list[str]:
     return notes
 
 
-def _write(
-    task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool
-) -> tuple[float, list[str]]:
-    """Encode and publish one result: ``replace`` swaps it in for an existing file,
-    otherwise it is created only if the name is still free (OutputExistsError).
-    Returns (seconds, notes from what the encoders warned about)."""
-    caught: list = []
-    with cnotes.collect(caught):
-        seconds = _write_file(task, result, loaded, out, replace=replace)
-    return seconds, list(dict.fromkeys(cnotes.text(w) for w in caught))
+def _job(
+    task: Task, filt: Filter, engine: Engine, output: Output, max_pixels: int | None
+) -> pipeline.ImageJob:
+    return pipeline.ImageJob(
+        task.src,
+        task.dst,
+        filt,
+        alpha=output.alpha,
+        alpha_rule=alpha_rule,
+        max_pixels=max_pixels,
+        check=lambda: check_file(task, filt, engine, output, max_pixels),
+    )
 
 
-def _write_file(
-    task: Task, result: np.ndarray, loaded: _Loaded, out: Output, *, replace: bool
-) -> float:
-    t0 = time.perf_counter()
-    image = loaded.image
-    data = pixels.finish_alpha(result, loaded.kept_alpha, loaded.alpha, has_alpha=image.has_alpha)
+def _result_channels(c_out: int, channels: int, has_alpha: bool, alpha: str) -> int:
+    """Channels after :func:`convcli.pixels.finish_alpha`."""
+    if has_alpha and channels >= 2 and alpha == "keep":
+        return c_out + 1
+    return c_out
+
+
+def _conv_reason(exc: BaseException, job: pipeline.ImageJob, engine: Engine) -> str | BaseException:
+    """What a failed convolution reports (the exception itself for a LimitError, so
+    the front end can word it)."""
+    allowed = job.allowed
+    if isinstance(exc, LimitError):
+        conv_memory = getattr(allowed, "conv_memory", None)
+        if exc.argument == "max_memory" and exc.need and conv_memory:
+            # conv2d saw only what the image left of max_memory: say so
+            return LimitError(
+                f"the convolution needs at least {format_bytes(exc.need)} even "
+                f"one output row at a time, more than the "
+                f"{format_bytes(conv_memory)} left of max_memory "
+                f"({format_bytes(engine.max_memory)}) once the image is held",
+                argument="max_memory",
+                value=format_bytes(engine.max_memory),
+                need=exc.need,
+            )
+        return exc
+    reason = _reason(exc)
+    source = job.source
+    alpha = getattr(job, "alpha", None)
+    if alpha in ("keep", "drop") and source is not None and source.info.has_alpha:
+        # the user sees an RGBA file; say where the alpha channel went
+        reason += f" (alpha={alpha!r} sets alpha aside; alpha='filter' passes it to the weight)"
+    return reason
+
+
+def _process(
+    task: Task,
+    job: pipeline.ImageJob,
+    filt: Filter,
+    engine: Engine,
+    out: Output,
+    existing: Existing,
+    writers: ThreadPoolExecutor,
+    on_rows: Callable[[int, int], None] | None,
+) -> tuple[Task, Future, float, tuple[str, ...]]:
+    """Convolve one opened image strip by strip while a writer encodes it; returns what
+    ``finish_write`` takes. Raises what the convolution raises (no file is left)."""
+    allowed = job.allowed if isinstance(job.allowed, FileBudget) else FileBudget()
+    if allowed.note:
+        job.run.read_notes.append(allowed.note)
+    job.prepare()
+    info = job.source.info
+    conv_memory = None if allowed.conv_memory is None else max(1, allowed.conv_memory)
+    if allowed.strip_rows is not None and job.strip_request is None:
+        job.strip_request = allowed.strip_rows
+    backend = allowed.backend or engine.backend
+    spec = job.spec
     suffix = task.dst.suffix.lower()
+    alpha = job.alpha
+    has_alpha = info.has_alpha
+    channels = _result_channels(spec.c_out, info.channels, has_alpha, alpha)
+    depth = out.bit_depth or default_bit_depth(info.bit_depth, suffix)
     plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
-    if (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip):
-        # write_image clips and rounds by itself: a plain clip skips a full-image copy
-        data = _map(data, out, alpha=image.has_alpha and loaded.alpha in _ALPHA_KEPT_OR_FILTERED)
-    depth = out.bit_depth or default_bit_depth(image.bit_depth, suffix)
-    _make_folder(task.dst.parent)
-    cio.write_image(task.dst, data, bit_depth=depth, overwrite=replace, quality=out.quality)
-    return time.perf_counter() - t0
+    map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
+    alpha_in_result = has_alpha and alpha in _ALPHA_KEPT_OR_FILTERED
+    target, bits, drop = pipeline.target_for(
+        task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
+    )
+    overflow = [0, 0]  # values that are inf or NaN, values
+
+    def finish(result: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+        return pixels.finish_alpha(result, kept, alpha, has_alpha=has_alpha)
+
+    def count(result: np.ndarray) -> None:
+        overflow[1] += result.size
+        # a float64 sum of float32 values cannot overflow: it is finite iff every value is
+        if not np.isfinite(np.sum(result, dtype=np.float64)):
+            overflow[0] += int(result.size - np.count_nonzero(np.isfinite(result)))
+
+    caught: list = []
+    span = None
+    if map_it and out.out_map == "normalize":
+        # the whole result's range first (results dropped), then a second pass writes
+        spans: list = []
+
+        def measure(r0: int, r1: int, result: np.ndarray, kept: np.ndarray | None) -> None:
+            data = finish(result, kept)
+            spans.append(pixels.result_span(data, scale=out.scale, offset=out.offset,
+                                            alpha=alpha_in_result))  # fmt: skip
+
+        with cnotes.collect(caught, every_thread=True):
+            job.convolve_strips(engine=engine, conv_memory=conv_memory, backend=backend,
+                                on_strip=measure)  # fmt: skip
+        for part in spans:
+            span = pixels.join_spans(span, part)
+        job.reopen()
+    results: queue.Queue = queue.Queue(pipeline.RESULTS_QUEUED)
+
+    def strips() -> Iterator[np.ndarray]:
+        while True:
+            item = job.stop.get(results)
+            if item is _STRIPS_END:
+                return
+            t0 = time.perf_counter()
+            result, kept = item
+            data = finish(result, kept)
+            if map_it:
+                data = pixels.map_result(data, out.out_map, scale=out.scale, offset=out.offset,
+                                         alpha=alpha_in_result, span=span)  # fmt: skip
+            samples = pipeline.to_samples(data, bits, drop, target.fmt)
+            spent[0] += time.perf_counter() - t0
+            yield samples
+
+    spent = [0.0]
+
+    def write() -> tuple[float, list[str]]:
+        t0 = time.perf_counter()
+        wait = [0.0]
+        notes: list = []
+        try:
+            with cnotes.collect(notes):
+                _make_folder(task.dst.parent)
+                pipeline.encode(task.dst, target, _timed(strips(), wait),
+                                replace=existing == "replace")  # fmt: skip
+        except BaseException:
+            job.stop.event.set()  # the convolution gives up too
+            raise
+        # its own work: the mapping and encoding, not the waits for strips
+        seconds = time.perf_counter() - t0 - wait[0] + spent[0]
+        return seconds, list(dict.fromkeys(cnotes.text(w) for w in notes))
+
+    job_write = writers.submit(write)
+
+    def send(r0: int, r1: int, result: np.ndarray, kept: np.ndarray | None) -> None:
+        count(result)
+        job.stop.put(results, (result, kept))
+
+    try:
+        # the backend's helper threads warn here too (they have no collector)
+        with cnotes.collect(caught, every_thread=True):
+            job.convolve_strips(engine=engine, conv_memory=conv_memory, backend=backend,
+                                on_strip=send, on_rows=on_rows)  # fmt: skip
+        job.stop.put(results, _STRIPS_END)
+    except pipeline.Aborted:
+        # the writer failed: its error is the file's (reported by finish_write)
+        pass
+    except BaseException:
+        job.stop.event.set()
+        _wait_quietly(job_write)
+        raise
+    notes = list(job.run.read_notes)
+    notes.extend(_convolve_notes(*overflow, caught))
+    notes.extend(_write_notes(task, out, alpha, spec.c_out, info.channels, has_alpha))
+    return task, job_write, info.height * info.width / 1e6, tuple(notes)
+
+
+_STRIPS_END = object()
+
+
+def _timed(items: Iterator[np.ndarray], wait: list[float]) -> Iterator[np.ndarray]:
+    """``items``, adding the time spent waiting for each to ``wait[0]`` (what a stage
+    waits for another is not its own work)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            wait[0] += time.perf_counter() - t0
+        yield item
+
+
+def _wait_quietly(fut: Future) -> None:
+    # the writer gave up because the convolution did: its error says nothing new
+    with contextlib.suppress(BaseException):
+        fut.result()
 
 
 def run_tasks(
@@ -1001,6 +1169,7 @@ def run_tasks(
     stop: threading.Event | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
+    strip_rows: int | None = None,
 ) -> BatchResult:
     """Read, convolve and write every task; failures are recorded, not raised.
 
@@ -1015,8 +1184,9 @@ def run_tasks(
     existing : {'fail', 'skip', 'replace'}
         What to do with an output file that already exists.
     workers : int, optional
-        Threads for reading and for writing (each); default: CPU count, at least 2.
-        ``workers + 1`` images are decoded ahead (one when ``engine.max_memory`` is set).
+        Writer threads; default: CPU count, at least 2. ``workers + 1`` images are
+        opened ahead, each in a thread of its own (one when ``engine.max_memory`` is
+        set: one file at a time).
     stop : threading.Event, optional
         Set it (e.g. from a signal handler) to stop after the image being convolved:
         reads not yet used are dropped, results already computed are written, and the
@@ -1026,6 +1196,11 @@ def run_tasks(
     on_rows : callable, optional
         ``on_rows(done, total)``: output rows of the image being convolved, as its tiles
         finish (large images only; see :func:`convcli.conv2d`'s ``progress``).
+    strip_rows : int, optional
+        Output rows per strip (see :mod:`convcli.pipeline`; rounded up to what the
+        algorithm needs to give the whole image's values). Default: about
+        :data:`convcli.pipeline.STRIP_BYTES` of input per strip, shorter where
+        ``engine.max_memory`` needs it.
 
     Returns
     -------
@@ -1111,99 +1286,48 @@ def run_tasks(
         while writes and (len(writes) > block_over or writes[0][1].done()):
             finish_write(*writes.popleft())
 
-    with (
-        ThreadPoolExecutor(workers, thread_name_prefix="convcli-read") as readers,
-        ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers,
-    ):
+    with ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers:
 
         def fill() -> None:
             while pending and len(reads) < lookahead and not stop.is_set() and not result.fatal:
                 task = pending.popleft()
                 if should_skip(task):
                     continue
-                reads.append(
-                    (
-                        task,
-                        readers.submit(_read, task, max_pixels, output.alpha, filt, engine, output),
-                    )
-                )
+                job = _job(task, filt, engine, output, max_pixels)
+                job.strip_request = strip_rows
+                job.start()
+                reads.append((task, job))
 
         try:
             fill()
             while reads and not stop.is_set() and result.fatal is None:
-                task, fut = reads.popleft()
+                task, job = reads.popleft()
                 if not sequential:
                     fill()
                 try:
-                    loaded = fut.result()
+                    job.wait_open()
                 except Exception as exc:  # a bad file is a report line
+                    timings["read"] += job.run.read
                     fail(task, exc)
                     fill()
                     continue
-                timings["read"] += loaded.seconds
-                info = RunInfo()
-                t0 = time.perf_counter()
-                run_engine = engine
-                if loaded.conv_memory is not None:
-                    run_engine = replace(engine, max_memory=max(1, loaded.conv_memory))
-                if loaded.backend is not None:
-                    run_engine = replace(run_engine, backend=loaded.backend)
-                caught: list = []
                 try:
-                    # the backend's helper threads warn here too (they have no collector)
-                    with cnotes.collect(caught, every_thread=True):
-                        out = apply_filter(loaded.channels, filt, run_engine, info, on_rows)
+                    write = _process(task, job, filt, engine, output, existing, writers, on_rows)
                 except BackendError as exc:
                     # the device is gone or refused: every later file would fail the same way
                     result.fatal = _reason(exc)
                     fail(task, exc, quiet=True)
                     break
-                except LimitError as exc:
-                    if exc.argument == "max_memory" and exc.need and loaded.conv_memory:
-                        # conv2d saw only what the image left of max_memory: say so
-                        exc = LimitError(
-                            f"the convolution needs at least {format_bytes(exc.need)} even "
-                            f"one output row at a time, more than the "
-                            f"{format_bytes(loaded.conv_memory)} left of max_memory "
-                            f"({format_bytes(engine.max_memory)}) once the image is held",
-                            argument="max_memory",
-                            value=format_bytes(engine.max_memory),
-                            need=exc.need,
-                        )
-                    fail(task, exc)
-                    fill()
-                    continue
                 except (ConvcliError, ValueError, MemoryError) as exc:
-                    reason = _reason(exc)
-                    if loaded.alpha in ("keep", "drop") and loaded.image.has_alpha:
-                        # the user sees an RGBA file; say where the alpha channel went
-                        reason += (
-                            f" (alpha={loaded.alpha!r} sets alpha aside; alpha='filter' "
-                            "passes it to the weight)"
-                        )
-                    fail(task, reason)
+                    fail(task, _conv_reason(exc, job, engine))
                     fill()
                     continue
                 finally:
-                    timings["convolve"] += time.perf_counter() - t0
-                result.info.add(info)
-                if loaded.kept_alpha is not None:  # after the convolution checked the sizes
-                    loaded.kept_alpha = sample_alpha(loaded.kept_alpha, filt)
-                h, w = loaded.channels.shape[-2:]
-                # free the input early (the image's data is the same array when there is
-                # no alpha); the writer needs only the image's metadata
-                loaded.channels = np.empty(0, np.float32)
-                c_in = loaded.image.channels
-                loaded.image = replace(loaded.image, data=np.empty((c_in, 0, 0), np.float32))
-                loaded.notes.extend(_convolve_notes(out, caught))
-                loaded.notes.extend(_write_notes(task, out, loaded, output))
-                job = writers.submit(
-                    _write, task, out, loaded, output, replace=existing == "replace"
-                )
-                writes.append((task, job, h * w / 1e6, tuple(loaded.notes)))
-                # the writer holds the result: it must not live on here through the next
-                # file's read and convolution (max_memory counts one file at a time)
-                del out
+                    job.close()
+                    timings["read"] += job.run.read
+                    timings["convolve"] += job.run.convolve
+                    result.info.add(job.run.info)
+                writes.append(write)
                 drain_writes(block_over=0 if sequential else workers)
                 if sequential:
                     release_freed_memory()
@@ -1211,8 +1335,8 @@ def run_tasks(
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and
             # finish the writes of results already computed (each is atomic).
-            for _, fut in reads:
-                fut.cancel()
+            for _, job in reads:
+                job.cancel()
             drain_writes(block_over=0)
     # interrupted = stopped with work left (a stop after the last image changes nothing)
     finished = len(result.done) + len(result.skipped) + len(result.failed)

@@ -21,8 +21,7 @@ Estimates
     passes, OpenCL staging). :func:`conv_need` prices a piece of ``rows`` output rows of
     ``images`` images, so the tiling can size its bands and the smallest band (one output
     row of one image) decides whether a call can run at all. :func:`file_need` prices one
-    file through today's whole-image pipeline (decode, float copy, result, encoding), per
-    reader kind, for the streaming pipeline to refine.
+    file through the strip pipeline (the reader, the strips in flight, the encoder).
 """
 
 from __future__ import annotations
@@ -504,41 +503,42 @@ class FileShape:
     sample_bytes: int
     kind: str
     file_bytes: int = 0
+    #: rows the reader holds at once when it reads by strips; 0: it decodes whole
+    streamed_rows: int = 0
+
+
+# Strips in flight in the file pipeline (convcli.pipeline): float32 input buffers being
+# gathered, waiting or convolved; result strips queued for the encoder, being mapped
+# (the result, alpha divided out, mapped: three arrays) and rounded.
+STRIP_INPUTS = 2
+STRIP_RESULTS = 5
 
 
 def file_need(
-    shape: FileShape,
+    opening: int,
+    held: int,
+    sink: tuple[int, int],
     conv: Need,
     *,
-    out_channels: int,
-    out_size: tuple[int, int],
-    out_sample_bytes: int,
-    float_copies: int = 1,
+    strip_in: int,
+    strip_out: int,
 ) -> dict[str, int]:
-    """Peak bytes of one file through today's whole-image pipeline, by stage.
+    """Peak bytes of one file through the strip pipeline, by stage.
 
-    ``conv`` is the convolution's need (whole output plus its smallest band, or the band
-    it will run in); ``float_copies`` counts the float32 images held while convolving
-    (2 when alpha is premultiplied into a new array). Returns the stages
-    ``{'decode', 'convolve', 'encode'}``; the peak is their maximum, as the stages of
-    one file run one after another.
-
-    Readers: Pillow decodes into its own buffer and NumPy copies it (two native
-    images) before the float32 conversion; libpng (16-bit PNG) holds the file and one
-    native image; tifffile and ``.npy`` one native image.
+    ``opening`` and ``held`` are what the reader takes while it opens the file and
+    while rows are read (:func:`convcli.io.stream.source_bytes`: a few strips for a
+    reader that decodes by strips, the image for one that decodes whole; the reader is
+    closed once the last strip is read), ``sink`` what the encoder holds while strips
+    come in and at its end (:func:`convcli.io.stream.sink_bytes`), ``conv`` the
+    convolution of one strip (its output piece and workspace), ``strip_in`` and
+    ``strip_out`` the float32 bytes of one input strip (with its halo and padding) and
+    one result strip. Returns the stages ``{'decode', 'convolve', 'encode'}``; the peak
+    is their maximum. Strips in flight: :data:`STRIP_INPUTS` inputs and
+    :data:`STRIP_RESULTS` results; the sink fills while strips are convolved.
     """
-    pixels = shape.channels * shape.height * shape.width
-    native = pixels * shape.sample_bytes
-    as_float = pixels * 4
-    if shape.kind == "pil":
-        decode = 2 * native + as_float
-    elif shape.kind == "png16":
-        decode = shape.file_bytes + native + as_float
-    else:
-        decode = native + as_float
-    out_pixels = out_channels * out_size[0] * out_size[1]
-    quantized = out_pixels * out_sample_bytes
-    convolve = float_copies * as_float + conv.total
-    # the float result, its rounding to the output depth and the encoder's buffer
-    encode = out_pixels * 4 + 2 * quantized
-    return {"decode": decode, "convolve": convolve, "encode": encode}
+    strips = STRIP_INPUTS * strip_in + STRIP_RESULTS * strip_out
+    return {
+        "decode": opening,
+        "convolve": held + strips + conv.total + sink[0],
+        "encode": sink[1] + STRIP_RESULTS * strip_out,
+    }

@@ -626,8 +626,10 @@ def _kernel_options(f: Callable) -> Callable:
             default=str(DEFAULT_MAX_PIXELS),
             show_default=True,
             callback=_callback(parse_count),
-            help="Refuse images, or results, with more pixels (decompression bombs, "
-            "absurd padding), e.g. 500M; 'none' for no limit.",
+            help="Refuse images that must be decoded whole (a WebP, a progressive JPEG, "
+            "a TIFF strip or row of tiles), and results larger than their input, with "
+            "more pixels (decompression bombs, absurd padding), e.g. 500M; 'none' for "
+            "no limit. Images read by strips stream whatever their size.",
         ),
         click.option(
             "--alpha",

@@ -70,10 +70,31 @@ def prepare_alpha(image: Image, alpha: str = "premultiply") -> tuple[np.ndarray,
     """
     if alpha not in ALPHA_STEPS:
         raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
-    data = image.data
-    if not image.has_alpha or data.shape[0] < 2:
+    return split_alpha(image.data, alpha, has_alpha=image.has_alpha)
+
+
+def split_alpha(
+    data: np.ndarray, alpha: str, *, has_alpha: bool, in_place: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`prepare_alpha` on a ``(C, H, W)`` float32 array (a whole image or a strip
+    of rows: every step is per pixel).
+
+    ``in_place``: premultiply into ``data`` itself and return views of it (the kept
+    alpha is then a view too: the caller copies what it keeps), so a strip costs no
+    copy; the values are the same as the copying form's.
+    """
+    if alpha not in ALPHA_STEPS:
+        raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
+    if not has_alpha or data.shape[0] < 2:
         return data, None
     colour, a = data[:-1], data[-1:]
+    if in_place:
+        if alpha in ("premultiply", "premultiply-keep"):
+            np.multiply(colour, a, out=colour)
+            return data, (a if alpha == "premultiply-keep" else None)
+        if alpha in ("keep", "drop"):
+            return colour, (a if alpha == "keep" else None)
+        return data, None
     if alpha in ("premultiply", "premultiply-keep"):
         channels = np.concatenate([colour * a, a]).astype(np.float32, copy=False)
         return channels, (a.copy() if alpha == "premultiply-keep" else None)
@@ -137,13 +158,16 @@ def map_output(
     scale: float = 1.0,
     offset: float = 0.0,
     clip: bool = True,
+    span: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Map a convolution result to the [0, 1] range an image file holds.
 
     ``data * scale + offset`` first, then ``out_map``: ``clip`` (nothing more), ``abs``
     (magnitude, for edge kernels), ``normalize`` (min..max stretched to 0..1 over the
     whole image), ``offset`` (adds 0.5, ImageMagick's bias 50%, so zero maps to mid
-    gray); finally clip to [0, 1] (NaN to 0) unless ``clip=False``.
+    gray); finally clip to [0, 1] (NaN to 0) unless ``clip=False``. ``span`` gives
+    ``normalize`` the ``(lo, hi)`` of the finite values of ``data * scale + offset``
+    found over the whole image (:func:`finite_span`) when ``data`` is a strip of it.
 
     Works in float32 (the dtype of every decoded image), float64 only for float64 data:
     the result is rounded to at most 16 bits, far coarser than float32's 24.
@@ -167,14 +191,78 @@ def map_output(
     elif out_map == "offset":
         out += work(0.5)
     elif out_map == "normalize" and out.size:
-        finite = out[np.isfinite(out)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        lo, hi = span if span is not None else finite_span(out) or (0.0, 0.0)
         out = (out - work(lo)) / work(hi - lo) if hi > lo else np.zeros_like(out)
     if clip:
         # fmax/fmin ignore NaN, so NaN becomes 0 in the same two passes as the clip.
         np.fmax(out, 0, out=out)
         np.fmin(out, 1, out=out)
     return out
+
+
+def finite_span(values: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float] | None:
+    """``(min, max)`` of the finite values (and ``where`` True), None when there are none."""
+    keep = np.isfinite(values)
+    if where is not None:
+        keep &= where
+    finite = values[keep]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
+def join_spans(a: tuple[float, float] | None, b: tuple[float, float] | None):
+    """The span covering both (either may be None: no finite value)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def result_span(
+    data: np.ndarray, *, scale: float = 1.0, offset: float = 0.0, alpha: bool = False
+) -> tuple[float, float] | None:
+    """What ``normalize`` stretches, over ``data`` (a strip or the whole result): the
+    finite ``data * scale + offset``, or with ``alpha`` (the last channel is the image's
+    alpha) the finite colour x alpha where alpha > 0 (see :func:`map_result`)."""
+    if not alpha or data.shape[0] < 2:
+        return finite_span(map_output(data, "clip", scale=scale, offset=offset, clip=False))
+    a = map_output(data[-1:], "clip")
+    colour = map_output(data[:-1], "clip", scale=scale, offset=offset, clip=False)
+    shown = colour * a
+    return finite_span(shown, np.broadcast_to(a > 0, shown.shape))
+
+
+def map_result(
+    data: np.ndarray,
+    out_map: str = "clip",
+    *,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    alpha: bool = False,
+    span: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The output mapping of a result (or a strip of it); with ``alpha`` (the last
+    channel is the image's alpha, kept or filtered with the colour) only the colour is
+    mapped and alpha is clipped, so ``offset`` does not make transparent pixels half
+    opaque.
+
+    ``normalize`` stretches ``span`` (:func:`result_span` of the whole result; None:
+    no finite value) to 0..1. With alpha that is the range of colour x alpha (what a
+    viewer sees): an edge kernel's colour divided by a nearly transparent alpha can be
+    huge, and its min..max would squeeze every visible pixel into one grey."""
+    if out_map == "normalize" and span is None:
+        span = (0.0, 0.0)
+    if not alpha or data.shape[0] < 2:
+        return map_output(data, out_map, scale=scale, offset=offset, span=span)
+    a = map_output(data[-1:], "clip")
+    if out_map != "normalize":
+        colour = map_output(data[:-1], out_map, scale=scale, offset=offset)
+        return np.concatenate([colour, a])
+    colour = map_output(data[:-1], "clip", scale=scale, offset=offset, clip=False)
+    lo, hi = span
+    if hi > lo:
+        colour = map_output(colour, "clip", scale=1 / (hi - lo), offset=-lo / (hi - lo))
+    else:
+        colour = np.zeros_like(colour)
+    return np.concatenate([colour, a])
 
 
 def quantize(arr: np.ndarray, bits: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from naive import naive_conv2d
 
 from convcli import batch as cbatch
 from convcli import io as cio
+from convcli import pipeline
 from convcli.cli import cli
 from convcli.errors import ConvValueError, InputError
 
@@ -183,16 +184,20 @@ def test_existing_outputs_skip_overwrite_or_fail(tmp_path):
     assert both.exit_code == 2
 
 
-def test_max_pixels_refuses_large_images(tmp_path):
+def test_max_pixels_refuses_large_images_decoded_whole(tmp_path):
+    """max_pixels guards the formats decoded whole (WebP here: decompression bombs);
+    a PNG read by strips streams whatever its size."""
     src = tmp_path / "in"
     src.mkdir()
-    cio.write_image(src / "small.png", real_image(0, (3, 10, 10)))
-    cio.write_image(src / "large.png", real_image(1, (3, 40, 40)))
+    cio.write_image(src / "small.webp", real_image(0, (3, 10, 10)))
+    cio.write_image(src / "large.webp", real_image(1, (3, 40, 40)))
+    cio.write_image(src / "streamed.png", real_image(2, (3, 40, 40)))
     res = run("batch", src, tmp_path / "out", "--preset", "box", "--max-pixels", "500",
               "--backend", "numpy", "-q")  # fmt: skip
     assert res.exit_code == 1
-    assert "large.png" in res.stderr and "--max-pixels" in res.stderr
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["small.png"]
+    assert "large.webp" in res.stderr and "--max-pixels" in res.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["small.webp", "streamed.png"]
 
 
 def test_max_memory_tiles_give_the_same_result(tmp_path, monkeypatch):
@@ -287,16 +292,16 @@ def test_stop_event_finishes_current_image_only(tmp_path):
 
 def test_full_disk_stops_the_batch(tmp_path, monkeypatch):
     tasks = _tasks(tmp_path, 6)
-    real_write = cio.write_image
+    real_publish = pipeline.publish
     calls = []
 
-    def failing_write(path, data, **kw):
+    def failing_publish(path, write, **kw):
         calls.append(path)
         if len(calls) >= 2:
             raise InputError(f"{path}: cannot write: no space left on device")
-        return real_write(path, data, **kw)
+        return real_publish(path, write, **kw)
 
-    monkeypatch.setattr(cio, "write_image", failing_write)
+    monkeypatch.setattr(pipeline, "publish", failing_publish)
     filt = cbatch.Filter(weight=BOX3.astype(np.float32))
     result = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine(backend="numpy"), workers=2)
     assert result.fatal is not None and "no space left" in result.fatal
@@ -373,10 +378,10 @@ def test_interrupt_then_resume_with_skip_existing(tmp_path, signum, code):
 def test_full_disk_message_through_the_cli(tmp_path, monkeypatch):
     _tasks(tmp_path, 5)
 
-    def no_space(path, data, **kw):
+    def no_space(path, write, **kw):
         raise InputError(f"{path}: cannot write: no space left on device")
 
-    monkeypatch.setattr(cio, "write_image", no_space)
+    monkeypatch.setattr(pipeline, "publish", no_space)
     res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "--backend",
               "numpy", "--workers", "2")  # fmt: skip
     assert res.exit_code == 1
@@ -555,25 +560,6 @@ def test_nothing_found_says_why(tmp_path):
     assert res.exit_code == 0 and "no files matching '*.jpg'" in res.stderr
     assert "--recursive" not in res.stderr
     assert not (tmp_path / "out").exists()
-
-
-def test_writer_does_not_hold_the_decoded_input(tmp_path, monkeypatch):
-    """Memory: a result waiting to be encoded no longer pins its decoded input."""
-    tasks = _tasks(tmp_path, 3)
-    seen = []
-    real_write = cbatch._write
-
-    def spy(task, result, loaded, out, **kwargs):
-        seen.append((loaded.image.data.size, loaded.channels.size, loaded.image.channels))
-        return real_write(task, result, loaded, out, **kwargs)
-
-    monkeypatch.setattr(cbatch, "_write", spy)
-    res = cbatch.run_tasks(tasks, cbatch.Filter(weight=BOX3.astype(np.float32)),
-                           engine=cbatch.Engine("numpy"))  # fmt: skip
-    assert res.ok and len(res.done) == 3
-    assert seen == [(0, 0, 3)] * 3
-    for t in tasks:
-        check_output(t.src, t.dst, BOX3)
 
 
 def test_alpha_set_aside_is_named_when_the_weight_wants_it(tmp_path):

@@ -129,22 +129,23 @@ def test_max_memory_refuses_a_file_it_cannot_hold(tmp_path):
 
 
 def test_max_memory_that_holds_the_file_tiles_it_with_the_same_result(tmp_path, monkeypatch):
-    """What the file leaves of max_memory bounds conv2d, which then tiles: same values.
-    (The process's own size is pinned to 0 here, so the numbers do not depend on it.)"""
+    """What the file leaves of max_memory makes the strips shorter (more conv2d calls,
+    each bounded): same values. (The process's own size is pinned to 0 here, so the
+    numbers do not depend on it.)"""
     rng = np.random.default_rng(2)
     src = tmp_path / "a.png"
     cio.write_image(src, rng.random((3, 1200, 1000)).astype(np.float32), bit_depth=8)
     monkeypatch.setattr(cbatch, "process_bytes", lambda: 0)
     filt = cbatch.Filter(weight=get_preset("gaussian:sigma=2").kernel.astype(np.float32))
     results = {}
-    for name, limit in (("whole", None), ("tiled", 64 * 2**20)):
+    for name, limit in (("whole", None), ("tiled", 32 * 2**20)):
         task = cbatch.Task(src, tmp_path / f"{name}.npy")
         res = cbatch.run_tasks(
             [task], filt, engine=cbatch.Engine(backend="numpy", max_memory=limit)
         )
         assert res.ok, res.failed
         results[name] = (np.load(task.dst), res.info.tiles)
-    assert results["whole"][1] == 1 and results["tiled"][1] > 1
+    assert results["tiled"][1] > results["whole"][1] >= 1
     np.testing.assert_allclose(results["tiled"][0], results["whole"][0], rtol=0, atol=1e-6)
 
 

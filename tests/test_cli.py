@@ -25,6 +25,7 @@ from naive import naive_conv2d
 from convcli import __version__
 from convcli import io as cio
 from convcli.cli import cli
+from convcli.io import stream
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -660,14 +661,14 @@ def test_alpha_modes(tmp_path, alpha, mode):
 
 def test_read_notes_show_as_warnings_even_with_quiet(tmp_path, monkeypatch):
     src = sample(tmp_path)
-    real_read = cio.read_image
+    real_open = stream.open_source
 
-    def read_with_note(path, **kw):
-        image = real_read(path, **kw)
-        image.notes.append("interlaced 16-bit colour PNG:\n read with 8-bit precision")
-        return image
+    def open_with_note(path, **kw):
+        source = real_open(path, **kw)
+        source.info.notes.append("interlaced 16-bit colour PNG:\n read with 8-bit precision")
+        return source
 
-    monkeypatch.setattr(cio, "read_image", read_with_note)
+    monkeypatch.setattr(stream, "open_source", open_with_note)
     out = tmp_path / "out.png"
     res = run("apply", src, "--preset", "box", "-o", out, "-q", "--backend", "numpy")
     assert res.stdout == ""  # -q: no output path

@@ -214,19 +214,20 @@ def test_bad_glob_is_a_usage_error_not_an_internal_error(tmp_path, pattern, need
 
 # ---------------------------------------------------------------- item 6: signals
 def _slow_apply(tmp_path: Path, inputs: list[Path], out: str) -> subprocess.Popen:
-    """``convcli apply`` in a child that writes START to stderr as each convolution
-    begins and then waits 0.5 s inside it, so a signal sent on START lands while that
-    image is being convolved, however fast the machine."""
+    """``convcli apply`` in a child that writes START to stderr as each convolution (of
+    a strip; these images are one strip each) begins and then waits 0.5 s inside it, so
+    a signal sent on START lands while that image is being convolved, however fast the
+    machine."""
     kernel = np.random.default_rng(1).random((31, 31)).astype(np.float32) / 400
     np.save(tmp_path / "k.npy", kernel)
     script = (
-        "import os, sys, time, convcli.batch as b\n"
-        "f = b.apply_filter\n"
+        "import os, sys, time, convcli.pipeline as p\n"
+        "f = p.conv2d\n"
         "def marked(*a, **k):\n"
         "    os.write(2, b'START\\n')\n"
         "    time.sleep(0.5)\n"
         "    return f(*a, **k)\n"
-        "b.apply_filter = marked\n"
+        "p.conv2d = marked\n"
         "from convcli.cli import main\n"
         "main(sys.argv[1:])\n"
     )

@@ -20,6 +20,7 @@ codecs log about odd but readable files becomes :attr:`Image.notes`, not stderr 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io as _stdio
 import logging
 import os
@@ -301,9 +302,17 @@ def probe_image(path: str | os.PathLike[str]) -> FileShape | None:
     will use (for :func:`convcli.budget.file_need`), or None when the header cannot be
     read (:func:`read_image` then says why).
     """
+    shape = _probe_header(Path(path))
+    if shape is None:
+        return None
+    from convcli.io.sources import streamed_rows
+
+    return dataclasses.replace(shape, streamed_rows=streamed_rows(path))
+
+
+def _probe_header(path: Path) -> FileShape | None:
     from convcli.budget import FileShape
 
-    path = Path(path)
     try:
         size = path.stat().st_size
         if path.suffix.lower() == ".npy":

@@ -95,6 +95,63 @@ def _array_source(native: _im.Native) -> ArraySource:
     return ArraySource(native.samples, info)
 
 
+def streamed_rows(path: str | Path) -> int:
+    """About how many rows :func:`open_source` holds at once for this file: a few
+    runs of rows for a file it reads by strips, 0 for one it decodes whole (for
+    :func:`convcli.io.stream.source_bytes`). Reads headers only."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return 1  # a memory map: pages of the file, not memory of ours
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        if head[:4] in _im._TIFF_MAGIC:
+            return _tiff_band_rows(path)
+        if head.startswith(_im._PNG_SIG):
+            layout = _png_layout(path)
+            if layout is None:
+                return 0
+            depth, colour, trns, interlaced, animated = layout
+            plain = colour == 3 or (depth in (8, 16) and not trns and colour in (0, 2, 4, 6))
+            if animated or interlaced or not plain:
+                return 0
+        elif not head.startswith(_JPEG_SIG):
+            return 0  # WebP and the rest are decoded whole
+        pyvips = _pyvips()
+        if pyvips is None:
+            return 0
+        image = pyvips.Image.new_from_file(str(path), access="sequential")
+        fields = set(image.get_fields())
+        if "interlaced" in fields and image.get("interlaced"):
+            return 0
+        if _vips_orientation(image, fields) not in (1, 2):
+            return 0
+        # the run being decoded, the one kept, and the carried rows joined to them
+        return 3 * _VIPS_ALIGN
+    except Exception:  # the reader says what is wrong with the file
+        return 0
+
+
+def _tiff_band_rows(path: Path) -> int:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        tag = page.tags.get(_im._ORIENTATION)
+        extra = tuple(int(e) for e in page.extrasamples)
+        photometric = int(page.photometric)
+        if (
+            (tag is not None and int(tag.value) != 1)
+            or int(page.compression) == _OJPEG
+            or (extra and extra[0] == 1)
+            or photometric not in (_im._MINISBLACK, _im._MINISWHITE, _im._RGB, _im._YCBCR)
+        ):
+            return 0
+        band = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip)
+        # the band being decoded and the one kept for the next strip's halo
+        return 2 * min(max(band, 1), int(page.imagelength))
+
+
 # ------------------------------------------------------------------------- libvips
 
 
@@ -232,6 +289,20 @@ def _vips_problem(exc: Any) -> str:
     return f"cannot decode image ({detail[:200] or reason(exc)})"
 
 
+def _check_exif(blob: bytes, notes: list[str]) -> None:
+    """Parse an EXIF block as Pillow does, for what it warns about (within
+    :func:`_noted`, the warnings become notes); a block it cannot parse at all is
+    a note too."""
+    from PIL import Image as PILImage
+
+    try:
+        exif = PILImage.Exif()
+        exif.load(blob)
+        exif.get_ifd(0x8769)  # the Exif sub-IFD, which Pillow reads with the orientation
+    except Exception as exc:
+        notes.append(f"EXIF data ignored ({reason(exc)})")
+
+
 def _vips_orientation(image: Any, fields: set[str]) -> int:
     """The orientation Pillow's ``exif_transpose`` applies: the EXIF tag as stored
     (libvips' ``orientation`` clamps 0 or 9 to 1..8, Pillow leaves those unrotated),
@@ -263,6 +334,10 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
             image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
             fields = set(image.get_fields())
             orientation = _vips_orientation(image, fields)
+            if "exif-data" in fields:
+                # Pillow's parse of the same block: its warnings about a corrupt one
+                # become notes, as the whole-image reader gives them
+                _check_exif(bytes(image.get("exif-data")), notes)
             pages = image.get("n-pages") if "n-pages" in fields else 1
             interlaced = bool(image.get("interlaced")) if "interlaced" in fields else False
     except pyvips.Error:

@@ -15,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from convcli.budget import FileShape
 
 
 @dataclass
@@ -116,6 +119,38 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     from convcli.io.sources import open_source as _open
 
     return _open(path, max_pixels=max_pixels)
+
+
+def source_bytes(shape: FileShape) -> tuple[int, int]:
+    """Bytes :func:`open_source` takes for a file of this header: (its peak while
+    opening, what the source holds while rows are read). A reader that decodes by strips
+    holds a few of them (``shape.streamed_rows``); one that decodes whole holds the
+    native samples."""
+    row = shape.channels * shape.width * shape.sample_bytes
+    if shape.streamed_rows:
+        held = shape.streamed_rows * row
+        return held, held
+    native = shape.height * row
+    if shape.kind == "pil":
+        return 2 * native, native  # Pillow's image and its samples as an array
+    if shape.kind == "png16":
+        return shape.file_bytes + native, native
+    return native, native
+
+
+def sink_bytes(target: Target) -> tuple[int, int]:
+    """Bytes :func:`write_rows` holds besides the block it is given: (while blocks
+    come in, at its end). TIFF and ``.npy`` are written by strips (a few encoded strips
+    in flight); PNG, JPEG, WebP and BMP gather the samples, then hold them and the
+    encoded file (at most about the samples' size again)."""
+    row = target.width * target.channels * np.dtype(target.dtype).itemsize
+    samples = target.height * row
+    if target.fmt in ("TIFF", "NPY"):
+        from convcli.io.sinks import _STRIP_BYTES
+
+        strips = 4 * max(_STRIP_BYTES, row)  # raw and encoded strips on the codec pool
+        return strips, strips
+    return samples, 2 * samples
 
 
 @dataclass(frozen=True)
