@@ -135,7 +135,8 @@ def plan_call(
     each strip is computed by the whole image's algorithm (a short strip could tip the
     cost model to another one, with other rounding), as :func:`_run_tiled` does.
     """
-    be = _select_backend(backend, device, spec, info if info is not None else RunInfo())
+    info = info if info is not None else RunInfo()
+    be = _select_backend(backend, device, spec, info, weight, algo)
     planned = algo if algo != "auto" or spec.n == 0 else be.plan_algo(spec, weight)
     return be.name, planned
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _CLI = """
 import atexit, json, runpy, sys
-LAZY = ("pyopencl", "rich", "tifffile", "scipy", "torch", "zarr", "dask", "pyvips",
+LAZY = ("pyopencl", "rich", "tifffile", "scipy", "torch", "zarr", "dask",
         "convcli.backends.opencl_backend", "convcli.backends.opencl_fast")
 atexit.register(lambda: print(json.dumps([m for m in LAZY if m in sys.modules])))
 sys.argv = ["convcli", *sys.argv[1:]]
@@ -28,7 +28,8 @@ runpy.run_module("convcli", run_name="__main__")
 
 def test_one_small_image_quietly_imports_only_what_it_uses(tmp_path):
     """`convcli apply small.png -q`: NumPy runs it (auto), no progress bar is shown (-q,
-    and stderr is a pipe), so neither OpenCL nor rich nor other peers are imported."""
+    and stderr is a pipe), so neither OpenCL nor rich nor other peers are imported (the
+    image readers and writers import their codecs: pyvips, imagecodecs)."""
     from PIL import Image
 
     src, out = tmp_path / "in.png", tmp_path / "out.png"
