@@ -1,8 +1,14 @@
-"""convcli: torch-exact 2D convolution on OpenCL with a NumPy fallback."""
+"""convcli: torch-exact 2D convolution on OpenCL with a NumPy fallback.
+
+The API is imported on first use (PEP 562), so that the command line's ``--help`` and
+option errors answer without loading NumPy and the backends.
+"""
 
 from __future__ import annotations
 
-from convcli.api import ALGOS, Conv2d, conv2d
+import importlib
+from typing import TYPE_CHECKING
+
 from convcli.errors import (
     BackendError,
     BackendUnavailable,
@@ -12,12 +18,24 @@ from convcli.errors import (
     InputError,
     LimitError,
 )
-from convcli.filters import Filter
+from convcli.names import ALGOS, PADDING_MODES
 from convcli.runinfo import RunInfo
-from convcli.spec import PADDING_MODES, ConvSpec
-from convcli.zarr_store import zarr_conv2d
+
+if TYPE_CHECKING:  # pragma: no cover - what the lazy names are, for type checkers
+    from convcli.api import Conv2d, conv2d
+    from convcli.filters import Filter
+    from convcli.spec import ConvSpec
+    from convcli.zarr_store import zarr_conv2d
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Conv2d": "convcli.api",
+    "conv2d": "convcli.api",
+    "ConvSpec": "convcli.spec",
+    "Filter": "convcli.filters",
+    "zarr_conv2d": "convcli.zarr_store",
+}
 
 __all__ = [
     "ALGOS",
@@ -37,3 +55,16 @@ __all__ = [
     "conv2d",
     "zarr_conv2d",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convcli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

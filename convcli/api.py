@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from convcli import backends
+from convcli.backends import choice
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
 from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
 from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
+from convcli.names import ALGOS
 from convcli.plan import frozen_copy
 from convcli.runinfo import RunInfo
 from convcli.spec import (
@@ -34,7 +36,6 @@ from convcli.spec import (
     resolve_padding,
 )
 
-ALGOS: tuple[str, ...] = ("auto", "direct", "separable", "fft", "gemm")
 # with a progress callback, problems of this many FLOPs (about a second on NumPy) or
 # more run in about PROGRESS_STEPS tiles so that the callback can report as they finish
 PROGRESS_MIN_FLOPS = 4 * 10**9
@@ -89,12 +90,22 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
     return spec
 
 
-def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo):
+def _select_backend(
+    name: str,
+    device: str | None,
+    spec: ConvSpec,
+    info: RunInfo,
+    weight: np.ndarray | None = None,
+    algo: str = "auto",
+):
     if name not in backends.BACKEND_NAMES:
         raise ConvValueError(
             f"backend must be one of {list(backends.BACKEND_NAMES)}, but got backend='{name}'"
         )
     if name == "numpy":
+        return backends.get_backend("numpy")
+    if name == "auto" and weight is not None and choice.numpy_first(spec, weight, device, algo):
+        # NumPy finishes before OpenCL would have started (and built): not a fallback
         return backends.get_backend("numpy")
     try:
         cl = backends.get_backend("opencl", device)
@@ -124,7 +135,8 @@ def plan_call(
     each strip is computed by the whole image's algorithm (a short strip could tip the
     cost model to another one, with other rounding), as :func:`_run_tiled` does.
     """
-    be = _select_backend(backend, device, spec, info if info is not None else RunInfo())
+    info = info if info is not None else RunInfo()
+    be = _select_backend(backend, device, spec, info, weight, algo)
     planned = algo if algo != "auto" or spec.n == 0 else be.plan_algo(spec, weight)
     return be.name, planned
 
@@ -354,7 +366,7 @@ def conv2d(
         raise ConvValueError(f"algo must be one of {list(ALGOS)}, but got algo='{algo}'")
     if max_memory is not None and max_memory <= 0:
         raise ConvValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
-    be = _select_backend(backend, device, spec, info)
+    be = _select_backend(backend, device, spec, info, weight, algo)
     xb = x if spec.batched else x[None]
     xb = np.ascontiguousarray(xb)
     weight = np.ascontiguousarray(weight)

@@ -9,6 +9,7 @@ stdout; progress, notices, the timing summary and errors to stderr. ``click`` an
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -20,20 +21,41 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import numpy as np
 
-from convcli import __version__, pixels
-from convcli import batch as cbatch
-from convcli import io as cio
+from convcli import __version__
 from convcli import notes as cnotes
-from convcli.api import ALGOS
 from convcli.errors import ConvcliError, ConvValueError, InputError, LimitError
-from convcli.filters import Filter
-from convcli.io.publish import publish, write_bytes
-from convcli.spec import PADDING_MODES
+from convcli.names import ALGOS, DEFAULT_MAX_PIXELS, PADDING_MODES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from convcli import batch as cbatch
+    from convcli import filters as cfilters
+    from convcli import io as cio
+    from convcli import pixels
+    from convcli.io import publish as cpublish
+else:
+
+    class _OnFirstUse:
+        """A module imported when one of its attributes is first read: ``--help`` and
+        usage errors answer without NumPy, the backends and the image codecs."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(self._name), attr)
+
+    np = _OnFirstUse("numpy")
+    cbatch = _OnFirstUse("convcli.batch")
+    cio = _OnFirstUse("convcli.io")
+    pixels = _OnFirstUse("convcli.pixels")
+    cpublish = _OnFirstUse("convcli.io.publish")
+    cfilters = _OnFirstUse("convcli.filters")
 
 PROG = "convcli"
 ALPHA_MODES = ("premultiply", "keep", "filter", "drop")
@@ -145,7 +167,7 @@ def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
     absent, replaced only with ``overwrite`` (see :func:`convcli.io.publish.publish`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
+    cpublish.write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
 
 
 def _write_json(path: str | Path, data: object, *, overwrite: bool) -> None:
@@ -453,7 +475,7 @@ def build_filter(
     groups: int | None = None,
     padding_mode: str = DEFAULT_PADDING_MODE,
     notes: list[str] | None = None,
-) -> Filter:
+) -> cfilters.Filter:
     """The filter of exactly one of --preset / --kernel / --weights: one
     :class:`~convcli.filters.Filter` constructor each (the library checks the kernel).
 
@@ -483,10 +505,10 @@ def build_filter(
         "padding_mode": padding_mode,
     }
     if preset is not None:
-        return Filter.from_preset(preset, **options)
+        return cfilters.Filter.from_preset(preset, **options)
     if kernel is not None:
-        return Filter.from_text(kernel, **options)
-    return Filter.from_file(weights, key=key, notes=notes, **options)
+        return cfilters.Filter.from_text(kernel, **options)
+    return cfilters.Filter.from_file(weights, key=key, notes=notes, **options)
 
 
 # ---------------------------------------------------------------------------- options
@@ -601,7 +623,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--max-pixels",
             metavar="N",
-            default=str(cio.DEFAULT_MAX_PIXELS),
+            default=str(DEFAULT_MAX_PIXELS),
             show_default=True,
             callback=_callback(parse_count),
             help="Refuse images that must be decoded whole (a WebP, a progressive JPEG, "
@@ -866,7 +888,55 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
             signal.signal(s, signal.SIG_IGN if stop.is_set() else h)
 
 
+class _PlainConsole:
+    """What the run prints through a progress bar's console, without rich: one line at
+    a time on stderr (a hidden bar draws nothing else)."""
+
+    @staticmethod
+    def print(text: object, **_: Any) -> None:
+        click.echo(str(text), err=True)
+
+
+class _NoProgress:
+    """A progress bar that is never shown (``-q``, or stderr is not a terminal): the
+    interface :func:`_run` uses, without importing rich (about 40 ms of start-up)."""
+
+    console = _PlainConsole()
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+
+def _stderr_may_be_terminal() -> bool:
+    """Whether rich could take stderr for a terminal (else its bar would be disabled
+    anyway): a tty, or the variables that make rich treat any stream as one."""
+    if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except (OSError, ValueError):
+        return False
+
+
 def _progress(total: int, quiet: bool):
+    if quiet or not _stderr_may_be_terminal():
+        return _NoProgress()
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -1375,7 +1445,7 @@ def presets_show(spec: str, as_json: bool) -> None:
     from convcli import presets as cpresets
 
     # the kernel apply would use, with apply's checks: show refuses what apply refuses
-    Filter.from_preset(spec)
+    cfilters.Filter.from_preset(spec)
     p = cpresets.get_preset(spec)
     k = np.asarray(p.kernel, dtype=np.float64)
     separable = bool(cpresets.is_separable(k))
@@ -1430,7 +1500,7 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     )
     # the kernel --preset uses, refused as --preset refuses it (a value past float32
     # would be written as inf: a JSON 'Infinity' that no JSON reader accepts)
-    k = Filter.from_preset(spec).weight
+    k = cfilters.Filter.from_preset(spec).weight
     if suffix in (".npy", ".npz"):
 
         def save(fh: Any) -> None:
@@ -1440,7 +1510,7 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
                 np.savez(fh, weight=k)
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        publish(path, save, mode="replace" if overwrite else "create")
+        cpublish.publish(path, save, mode="replace" if overwrite else "create")
     elif suffix == ".json":
         _write_json(path, k.astype(np.float64).tolist(), overwrite=overwrite)
     else:

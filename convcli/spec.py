@@ -26,9 +26,9 @@ from typing import Literal
 import numpy as np
 
 from convcli.errors import ConvTypeError, ConvValueError
+from convcli.names import PADDING_MODES
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular", "symmetric"]
-PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular", "symmetric")
 TORCH_PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 
 SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,12 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_configure(config) -> None:
+    # backend='auto' reads and writes a build index (backends/build_index.py): one per
+    # session, so the user's index neither steers the tests nor fills with theirs
+    if "CONVCLI_CACHE_DIR" not in os.environ:
+        index = tempfile.mkdtemp(prefix="convcli-index-")
+        os.environ["CONVCLI_CACHE_DIR"] = index
+        config.add_cleanup(lambda: shutil.rmtree(index, ignore_errors=True))
     icd = config.getoption("--opencl-icd")
     if icd:
         # before pyopencl is first imported (convcli imports it lazily); child processes

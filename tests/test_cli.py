@@ -728,7 +728,8 @@ def test_opencl_fault_falls_back_under_auto_and_fails_under_opencl(tmp_path, mon
     assert not bad.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_progress_bars_have_an_eta_for_one_image_and_for_many():
+def test_progress_bars_have_an_eta_for_one_image_and_for_many(monkeypatch):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # what a terminal gets (rich's switch)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

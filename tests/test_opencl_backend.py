@@ -659,6 +659,9 @@ def test_a_missing_define_is_a_build_error_naming_it(ocl, name):
 def test_fault_injection_opencl_raises_auto_falls_back(ocl, monkeypatch, fault, status):
     x, w, b, spec, ref = _problem(hw=(10, 14), pad=(1, 1, 1, 1), mode="replicate")
     kw = dict(padding=1, padding_mode="replicate")
+    # built first: auto weighs an unbuilt program against NumPy, which wins on a problem
+    # this small; with the program held, auto runs OpenCL (and meets the faults)
+    convcli.conv2d(x, w, b, backend="opencl", **kw)
     monkeypatch.setenv("CONVCLI_FAULT", fault)
     with pytest.raises(BackendError, match=status) as err:
         ocl.run(x, w, b, spec, info=RunInfo())

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from convcli.backends import build_index
 from convcli.errors import BackendError, BackendUnavailable, ConvValueError
 from convcli.resources import data_dir
 from convcli.runinfo import RunInfo
@@ -100,6 +101,8 @@ POOL_MIN_BYTES = 1 << 20
 POOL_SIZE = 3
 # outputs up to this size are copied out of a kept device buffer (OpenCLBackend.output)
 SMALL_OUTPUT_BYTES = 64 * 1024
+# a program build slower than this was a compile, not a load from the driver's cache
+REAL_BUILD_S = 0.25
 _WEIGHT_CACHE_SIZE = 32
 # Devices that run OpenCL in software for testing or display, not for speed: matched
 # (lower case) against the device and platform names.
@@ -558,6 +561,24 @@ def _define_text(value: int | float | str | bool) -> str:
     return str(value)
 
 
+def _defines_key(defines: dict[str, int | float | str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, _define_text(v)) for k, v in defines.items()))
+
+
+def _build_options(defines: tuple[tuple[str, str], ...]) -> list[str]:
+    options = [f"-D{k}={v}" for k, v in defines]
+    if any(k == "REAL" and v == "double" for k, v in defines):
+        options.append("-DUSE_FP64=1")
+    return options
+
+
+def program_key(fingerprint: str, name: str, defines: dict[str, int | float | str]) -> str:
+    """The build index's key of ``kernels_cl/{name}.cl`` built with ``defines`` on the
+    device with ``fingerprint`` (see :mod:`convcli.backends.build_index`)."""
+    source = _kernel_source(data_dir("kernels_cl") / f"{name}.cl")
+    return build_index.program_key(fingerprint, source, _build_options(_defines_key(defines)))
+
+
 # ------------------------------------------------------------------------ backend
 
 
@@ -609,6 +630,12 @@ class OpenCLBackend:
         self.is_cpu = self.limits.is_cpu
         self.has_fp64 = self.limits.fp64
         self.max_alloc_bytes = int(device.max_mem_alloc_size)
+        # what a driver's binary cache is keyed by, besides the source and options
+        self.fingerprint = "|".join(
+            str(v).strip()
+            for v in (platform.name, platform.version, device.name, device.driver_version)
+        )
+        self.request: str | None = None  # the device argument it was created for
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
         self._kernels: dict[tuple, Any] = {}
@@ -633,6 +660,11 @@ class OpenCLBackend:
             pyopencl not importable, no platform, no device matching ``device`` (or the
             environment's choice), or the context cannot be created. One line.
         """
+        t0 = time.perf_counter()
+        # a fresh process's start-up (pyopencl's import, the driver's first platform
+        # query) is what the cost model weighs; a later context in the same process
+        # opens in microseconds and teaches nothing
+        fresh = "pyopencl" not in sys.modules
         cl = _import_cl()
         found = _all_devices()
         chosen = _select(found, device)
@@ -646,7 +678,20 @@ class OpenCLBackend:
             raise BackendUnavailable(
                 f"cannot open OpenCL device {chosen.label}: {_error_line(exc)}"
             ) from exc
-        return cls(cl, chosen.platform, chosen.device, ctx, queue)
+        backend = cls(cl, chosen.platform, chosen.device, ctx, queue)
+        backend.request = device
+        # what the next process's cost model needs before it starts OpenCL
+        build_index.save_device(
+            device,
+            build_index.DeviceRecord(
+                fingerprint=backend.fingerprint,
+                label=backend.device_name,
+                is_cpu=backend.is_cpu,
+                local_mem=backend.limits.local_mem_bytes,
+                startup_s=time.perf_counter() - t0 if fresh else None,
+            ),
+        )
+        return backend
 
     def __repr__(self) -> str:
         return f"OpenCLBackend({self.device_name!r})"
@@ -721,7 +766,7 @@ class OpenCLBackend:
             prg = self._given.get(given)
             if prg is not None:
                 return prg
-            key = (name, tuple(sorted((k, _define_text(v)) for k, v in defines.items())))
+            key = (name, _defines_key(defines))
             with self._lock:
                 prg = self._programs.get(key)
                 if prg is None:
@@ -732,11 +777,16 @@ class OpenCLBackend:
                 self._given[given] = prg
         return prg
 
+    def has_program(self, name: str, defines: dict[str, int | float | str]) -> bool:
+        """Whether :meth:`program` holds ``name`` built with ``defines`` already."""
+        return (name, _defines_key(defines)) in self._programs
+
     def _build(self, name: str, defines: tuple[tuple[str, str], ...]) -> Any:
         source = _kernel_source(data_dir("kernels_cl") / f"{name}.cl")
-        options = [f"-D{k}={v}" for k, v in defines]
-        if any(k == "REAL" and v == "double" for k, v in defines):
-            options.append("-DUSE_FP64=1")
+        options = _build_options(defines)
+        key = build_index.program_key(self.fingerprint, source, options)
+        cached = build_index.is_built(key)
+        t0 = time.perf_counter()
         prg = self._build_once(source, options)
         if not prg.kernel_names.strip():
             # PoCL's disk cache has returned programs without kernels; a distinct option
@@ -744,6 +794,14 @@ class OpenCLBackend:
             prg = self._build_once(source, [*options, f"-DCONVCLI_REBUILD={os.getpid()}"])
             if not prg.kernel_names.strip():
                 raise BackendError(f"OpenCL program {name} built without any kernel")
+            return prg
+        if not cached:
+            build_index.mark_built(key)
+            seconds = time.perf_counter() - t0
+            # a driver's cache hit the index did not know of takes tens of ms: only
+            # real compiles teach the build time
+            compiled = seconds > REAL_BUILD_S
+            build_index.note_build(self.request, self.fingerprint, seconds, compiled)
         return prg
 
     def _build_once(self, source: str, options: list[str]) -> Any:

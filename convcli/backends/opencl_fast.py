@@ -470,6 +470,48 @@ def _const(cl, backend, arr: np.ndarray):
 # --------------------------------------------------------------------------- paths
 
 
+def _dw_defines(
+    in_shape: tuple[int, int, int, int],
+    out_shape: tuple[int, int, int, int],
+    *,
+    csum: int,
+    cmult: int,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    has_bias: bool,
+) -> dict[str, int]:
+    """The build defines of one dw_direct launch (see :func:`_run_dw`)."""
+    n, c_in, h, w = in_shape
+    _, c_out, ho, wo = out_shape
+    # Geometry only: image sizes are kernel arguments, so every image size with the same
+    # filter shares one build (a folder of mixed sizes built each size anew, 0.3-1.5 s).
+    # Small planes (CNN feature maps: sizes repeat) get them as constants too.
+    defines = {
+        "C_IN": c_in,
+        "C_OUT": c_out,
+        "CSUM": csum,
+        "CMULT": cmult,
+        "KH": kh,
+        "KW": kw,
+        "SH": stride[0],
+        "SW": stride[1],
+        "DH": dilation[0],
+        "DW": dilation[1],
+        "PADT": pad[0],
+        "PADL": pad[2],
+        "HAS_BIAS": 1 if has_bias else 0,
+        "ROWS": _dw_rows(kh, kw),
+    }
+    if h * w <= DW_FIXED_PIXELS:
+        sizes = [n, h, w, ho, wo, h + pad[0] + pad[1], w + pad[2] + pad[3]]
+        defines["FIXED_SIZES"] = 1
+        defines.update(zip(("N", "H", "W", "HO", "WO", "HP", "WP"), sizes, strict=True))
+    return defines
+
+
 def _run_dw(
     cl,
     backend,
@@ -491,33 +533,14 @@ def _run_dw(
     info: RunInfo,
 ):
     """Enqueue one dw_direct launch; returns its event."""
-    n, c_in, h, w = in_shape
+    n, _, h, w = in_shape
     _, c_out, ho, wo = out_shape
     rows = _dw_rows(kh, kw)
-    # Geometry only: image sizes are kernel arguments, so every image size with the same
-    # filter shares one build (a folder of mixed sizes built each size anew, 0.3-1.5 s).
-    # Small planes (CNN feature maps: sizes repeat) get them as constants too.
     fixed = h * w <= DW_FIXED_PIXELS
-    defines = {
-        "C_IN": c_in,
-        "C_OUT": c_out,
-        "CSUM": csum,
-        "CMULT": cmult,
-        "KH": kh,
-        "KW": kw,
-        "SH": stride[0],
-        "SW": stride[1],
-        "DH": dilation[0],
-        "DW": dilation[1],
-        "PADT": pad[0],
-        "PADL": pad[2],
-        "HAS_BIAS": 1 if bias is not None else 0,
-        "ROWS": rows,
-    }
     sizes = [n, h, w, ho, wo, h + pad[0] + pad[1], w + pad[2] + pad[3]]
-    if fixed:
-        defines["FIXED_SIZES"] = 1
-        defines.update(zip(("N", "H", "W", "HO", "WO", "HP", "WP"), sizes, strict=True))
+    defines = _dw_defines(in_shape, out_shape, csum=csum, cmult=cmult, kh=kh, kw=kw,
+                          stride=stride, dilation=dilation, pad=pad,
+                          has_bias=bias is not None)  # fmt: skip
     kernel = _kernel(backend, "dw_direct", defines, info)
     rmap = index_map(cl, backend, h, pad[0], pad[1], mode)
     cmap = index_map(cl, backend, w, pad[2], pad[3], mode)
@@ -621,7 +644,8 @@ def _packed_weights(cl, backend, weight, bias, spec: ConvSpec, cob: int, pack=_p
     return wbuf, bbuf
 
 
-def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+def _dense_defines(spec: ConvSpec, cpu: bool) -> dict[str, int]:
+    """The build defines of dense_gemm for ``spec``."""
     cob, xb = _dense_blocking(spec.cout_g, spec.kh, spec.kw)
     nblk = math.ceil(spec.cout_g / (cob * 8))
     ho, wo = spec.h_out, spec.w_out
@@ -647,9 +671,18 @@ def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> n
         "XB": xb,
         "NBLK": nblk,
     }
-    strip, chunk = _dense_strip(spec, cob, xb, backend.is_cpu)
+    strip, chunk = _dense_strip(spec, cob, xb, cpu)
     defines["STRIP"] = strip
     defines["CI_CHUNK"] = chunk
+    return defines
+
+
+def _run_dense(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    cob, xb = _dense_blocking(spec.cout_g, spec.kh, spec.kw)
+    nblk = math.ceil(spec.cout_g / (cob * 8))
+    ho, wo = spec.h_out, spec.w_out
+    defines = _dense_defines(spec, backend.is_cpu)
+    strip = defines["STRIP"]
     kernel = _kernel(backend, "dense_gemm", defines, info)
     xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
@@ -682,20 +715,27 @@ def _pack_pointwise(
     return np.ascontiguousarray(wp), b
 
 
+def _pointwise_defines(spec: ConvSpec) -> dict[str, int]:
+    """The build defines of pointwise for ``spec``."""
+    cot, pv = POINTWISE_TILE
+    cot = min(cot, spec.cout_g)
+    return {
+        "G": spec.groups,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        "P": spec.h * spec.w,
+        "COT": cot,
+        "PV": pv,
+        "NCB": math.ceil(spec.cout_g / cot),
+    }
+
+
 def _run_pointwise(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     cot, pv = POINTWISE_TILE
     cot = min(cot, spec.cout_g)
     ncb = math.ceil(spec.cout_g / cot)
     plane = spec.h * spec.w
-    defines = {
-        "G": spec.groups,
-        "CIN_G": spec.cin_g,
-        "COUT_G": spec.cout_g,
-        "P": plane,
-        "COT": cot,
-        "PV": pv,
-        "NCB": ncb,
-    }
+    defines = _pointwise_defines(spec)
     kernel = _kernel(backend, "pointwise", defines, info)
     xbuf = backend.input_buffer(x, info)
     t0 = time.perf_counter()
@@ -881,13 +921,11 @@ BOX_ROWS = 32
 BOX_MAX_XV = 512
 
 
-def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: RunInfo):
-    """Vertical box pass by running sums into ``tmp`` ``(N, C_out, H_out, W)``."""
-    strips = math.ceil(spec.w / (8 * BOX_MAX_XV))
-    xv = math.ceil(spec.w / (8 * strips))
+def _boxsum_defines(spec: ConvSpec) -> dict[str, int]:
+    """The build defines of sep_boxsum for ``spec``."""
     # Image sizes (and xv, which follows the width) are kernel arguments; the running-sum
     # array is sized for the widest strip, so one build serves every image size.
-    defines = {
+    return {
         "C_IN": spec.c_in,
         "C_OUT": spec.c_out,
         "CMULT": spec.cout_g,
@@ -895,7 +933,13 @@ def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: 
         "RB": BOX_ROWS,
         "XV_MAX": BOX_MAX_XV,
     }
-    kernel = _kernel(backend, "sep_boxsum", defines, info)
+
+
+def _run_boxsum(cl, backend, xbuf, taps: np.ndarray, tmp, spec: ConvSpec, info: RunInfo):
+    """Vertical box pass by running sums into ``tmp`` ``(N, C_out, H_out, W)``."""
+    strips = math.ceil(spec.w / (8 * BOX_MAX_XV))
+    xv = math.ceil(spec.w / (8 * strips))
+    kernel = _kernel(backend, "sep_boxsum", _boxsum_defines(spec), info)
     rmap = index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
     wbuf = _const(cl, backend, taps)
     gsize = (
@@ -963,6 +1007,69 @@ def _run_separable(
     backend.fetch(out, obuf, info)  # the one blocking call: waits for both passes
     _add_compute(info, [ev1, ev2])
     return out
+
+
+def programs(
+    spec: ConvSpec, weight: np.ndarray, algo: str, *, cpu: bool, local_mem: int | None
+) -> list[tuple[str, dict[str, int | str]]] | None:
+    """The programs (kernel file, build defines) a run of ``spec`` builds on a device,
+    found without the device: what the cost model prices before starting OpenCL.
+
+    ``cpu`` and ``local_mem`` describe the device (from its record when it is not
+    started). None when this cannot be told (Winograd paths, the GPU kernels of
+    :mod:`convcli.backends.opencl_gpu`, an ``algo`` that no path here runs): the caller
+    then assumes nothing is built.
+    """
+    from convcli.backends import opencl_gpu
+
+    try:
+        plan, factors = choose(spec, weight, algo, cpu=cpu)
+        plan = opencl_gpu.device_plan(plan, spec, algo, cpu)
+    except ConvValueError:
+        return None
+    if spec.n == 0:
+        return []
+    if plan is not None and plan.kernel in ("direct_local", "gemm_local"):
+        return None  # the GPU kernels' builds are not predicted
+    if plan is None:
+        from convcli.backends.opencl_backend import _direct_config
+
+        return [("conv2d_direct", _direct_config(spec, np.dtype(spec.dtype), cpu).defines)]
+    if plan.kernel == "host_fft":
+        return []
+    if plan.algo == "fft":
+        from convcli.backends import opencl_fft
+
+        return [("fft_conv", opencl_fft.build_defines(spec, local_mem, spec.has_bias))]
+    dims = (spec.n, spec.c_in, spec.h, spec.w)
+    out = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    if plan.algo == "separable":
+        col = factors[0].reshape(spec.c_out, spec.kh).astype(np.float32)
+        tmp = (spec.n, spec.c_out, spec.h_out, spec.w)
+        if _is_box(col) and spec.stride[0] == 1 and spec.dilation[0] == 1:
+            first = ("sep_boxsum", _boxsum_defines(spec))
+        else:
+            first = ("dw_direct", _dw_defines(
+                dims, tmp, csum=1, cmult=spec.cout_g, kh=spec.kh, kw=1,
+                stride=(spec.stride[0], 1), dilation=(spec.dilation[0], 1),
+                pad=(spec.pad[0], spec.pad[1], 0, 0), has_bias=False,
+            ))  # fmt: skip
+        second = ("dw_direct", _dw_defines(
+            tmp, out, csum=1, cmult=1, kh=1, kw=spec.kw, stride=(1, spec.stride[1]),
+            dilation=(1, spec.dilation[1]), pad=(0, 0, spec.pad[2], spec.pad[3]),
+            has_bias=spec.has_bias,
+        ))  # fmt: skip
+        return [first, second]
+    if plan.kernel == "winograd":
+        return None
+    if plan.kernel == "dense_gemm":
+        return [("dense_gemm", _dense_defines(spec, cpu))]
+    if plan.kernel == "pointwise":
+        return [("pointwise", _pointwise_defines(spec))]
+    return [("dw_direct", _dw_defines(
+        dims, out, csum=spec.cin_g, cmult=spec.cout_g, kh=spec.kh, kw=spec.kw,
+        stride=spec.stride, dilation=spec.dilation, pad=spec.pad, has_bias=spec.has_bias,
+    ))]  # fmt: skip
 
 
 def run(

@@ -178,6 +178,22 @@ def spectra(weight: np.ndarray, spec: ConvSpec, t: int) -> np.ndarray:
 # --------------------------------------------------------------------------- running
 
 
+def build_defines(spec: ConvSpec, local_mem: int | None, has_bias: bool) -> dict[str, int]:
+    """The build defines of fft_conv for ``spec`` on a device with ``local_mem``."""
+    p = plan(spec, local_mem)
+    return {
+        "T": p.t,
+        "C_IN": spec.c_in,
+        "C_OUT": spec.c_out,
+        "CMULT": spec.cout_g,
+        "KEH": p.keh,
+        "KEW": p.kew,
+        "SH": spec.stride[0],
+        "SW": spec.stride[1],
+        "HAS_BIAS": int(has_bias),
+    }
+
+
 def run(
     backend,
     x: np.ndarray,
@@ -200,17 +216,7 @@ def run(
     if spec.n == 0 or 0 in shape:
         return np.zeros(shape, dtype=np.float32)
     p = plan(spec, local_mem)
-    defines = {
-        "T": p.t,
-        "C_IN": spec.c_in,
-        "C_OUT": spec.c_out,
-        "CMULT": spec.cout_g,
-        "KEH": p.keh,
-        "KEW": p.kew,
-        "SH": spec.stride[0],
-        "SW": spec.stride[1],
-        "HAS_BIAS": int(bias is not None),
-    }
+    defines = build_defines(spec, local_mem, bias is not None)
     import pyopencl as cl
 
     kernel = backend.kernel("fft_conv", defines, info)

@@ -37,14 +37,12 @@ from convcli import notes as cnotes
 from convcli.errors import InputError, OutputExistsError
 from convcli.io._common import check_file, codec_reason, name_of, one_line, reason
 from convcli.io.publish import PublishMode, publish
+from convcli.names import DEFAULT_MAX_PIXELS
 from convcli.pixels import quantize
 
 if TYPE_CHECKING:
     from convcli.budget import FileShape
 
-# Pillow's own decompression-bomb limit (89478485) warns and 2x that raises; we use a
-# single limit of that 2x value, adjustable per call (``--max-pixels``).
-DEFAULT_MAX_PIXELS: int = 178_956_970
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png",

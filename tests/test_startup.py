@@ -1,0 +1,72 @@
+"""Start-up: what a command imports before it does its work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.naive import naive_conv2d
+from tests.test_backend_choice import _depthwise, _gaussian
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+_CLI = """
+import atexit, json, runpy, sys
+LAZY = ("pyopencl", "rich", "tifffile", "scipy", "torch", "zarr", "dask",
+        "convcli.backends.opencl_backend", "convcli.backends.opencl_fast")
+atexit.register(lambda: print(json.dumps([m for m in LAZY if m in sys.modules])))
+sys.argv = ["convcli", *sys.argv[1:]]
+runpy.run_module("convcli", run_name="__main__")
+"""
+
+
+def test_one_small_image_quietly_imports_only_what_it_uses(tmp_path):
+    """`convcli apply small.png -q`: NumPy runs it (auto), no progress bar is shown (-q,
+    and stderr is a pipe), so neither OpenCL nor rich nor other peers are imported (the
+    image readers and writers import their codecs: pyvips, imagecodecs)."""
+    from PIL import Image
+
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    rng = np.random.default_rng(5)
+    Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(src)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = ["apply", str(src), "-o", str(out), "--preset", "gaussian:sigma=2", "-q"]
+    done = subprocess.run([sys.executable, "-c", _CLI, *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    x = np.asarray(Image.open(src), np.float64).transpose(2, 0, 1) / 255
+    ref = naive_conv2d(x[None], _depthwise(_gaussian(2), 3), pad=(7, 7, 7, 7), groups=3,
+                       padding_mode="replicate")[0]  # fmt: skip
+    got = np.asarray(Image.open(out), np.float64).transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1 / 255 + 1e-6)
+
+
+def test_help_answers_without_numpy_or_the_backends():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = _CLI.replace("LAZY = (", 'LAZY = ("numpy", "convcli.api", "convcli.batch", "PIL", ')
+    for args in (["--help"], ["apply", "--help"], ["apply", "in.png"]):  # the last: usage error
+        done = subprocess.run([sys.executable, "-c", script, *args], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == (2 if args == ["apply", "in.png"] else 0), done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [], args
+
+
+def test_a_builtin_preset_is_found_without_parsing_files_and_as_the_files_would():
+    from convcli import presets
+
+    names = [n for f in presets._FAMILIES for n in (f.name, *f.aliases)]
+    names += [p.stem for p in presets.data_dir("presets").glob("*.toml")]
+    quick = 0
+    for name in names + [n.upper() for n in names]:
+        found = presets._python_family(name)
+        if found is not None:
+            quick += 1
+            assert found is presets._lookup(name, presets._builtin_families()), name
+    assert presets._python_family("gaussian") is not None and quick >= len(presets._FAMILIES)
