@@ -165,8 +165,10 @@ def connect(cluster: Cluster | str | None, *, timeout: float = CONNECT_TIMEOUT_S
     Raises
     ------
     ClusterError
-        Dask missing, a malformed address, or no scheduler answering in ``timeout`` s.
+        Dask missing, a malformed address, or no scheduler answering in ``timeout`` s
+        (default :data:`CONNECT_TIMEOUT_S`).
     """
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     if not isinstance(cluster, Cluster):
         cluster = parse_cluster(cluster)
     distributed = require_dask()
@@ -179,7 +181,7 @@ def connect(cluster: Cluster | str | None, *, timeout: float = CONNECT_TIMEOUT_S
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",  # 8787 may be taken: no warning
                 silence_logs=logging.CRITICAL,
             ) as local,
             distributed.Client(local) as client,
@@ -253,6 +255,17 @@ class _Outcome:
     info: RunInfo = field(default_factory=RunInfo)
     limit: dict[str, Any] | None = None  # a LimitError's fields (rebuilt on the client)
     names: tuple[str, str] | None = None  # the worker's temporary input and output paths
+
+
+def _job(task: cbatch.Task, shared_fs: bool) -> _Job:
+    """The job for one task: its paths (``shared_fs``), else its bytes and file names."""
+    if shared_fs:
+        return _Job(task.src.name, task.dst.name, src=str(task.src), dst=str(task.dst))
+    try:
+        data = task.src.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{task.src}: cannot read: {io_reason(exc)}") from None
+    return _Job(task.src.name, task.dst.name, data=data)
 
 
 def _worker_name() -> str:
@@ -424,7 +437,7 @@ def run_tasks(
     existing: cbatch.Existing = "replace",
     in_flight: int | None = None,
     retries: int = DEFAULT_RETRIES,
-    timeout: float = CONNECT_TIMEOUT_S,
+    timeout: float | None = None,
     stop: threading.Event | None = None,
     on_event: Callable[[cbatch.Event], None] | None = None,
     **_local: Any,
@@ -446,8 +459,8 @@ def run_tasks(
         Files sent to the cluster and not yet back (default: twice its threads).
     retries : int
         Reruns of a task that raised on a worker.
-    timeout : float
-        Seconds to wait for a scheduler to answer.
+    timeout : float, optional
+        Seconds to wait for a scheduler to answer (default :data:`CONNECT_TIMEOUT_S`).
     **_local
         Options of the local run that have no meaning here (``workers``, ``on_rows``).
 
@@ -552,15 +565,6 @@ def _run(
             return False
         return True
 
-    def job_for(task: cbatch.Task) -> _Job:
-        if shared_fs:
-            return _Job(task.src.name, task.dst.name, src=str(task.src), dst=str(task.dst))
-        try:
-            data = task.src.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{task.src}: cannot read: {io_reason(exc)}") from None
-        return _Job(task.src.name, task.dst.name, data=data)
-
     def refresh_cap() -> None:
         nonlocal threads_at, cap
         now = time.perf_counter()
@@ -581,7 +585,7 @@ def _run(
             if should_skip(task):
                 continue
             try:
-                job = job_for(task)
+                job = _job(task, shared_fs)
             except InputError as exc:
                 fail(task, str(exc))
                 continue
@@ -668,6 +672,17 @@ def _run(
             return
         done(task, outcome)
 
+    def take() -> int:
+        """Handle the files back from the cluster; returns how many. (The futures are
+        released on return: the scheduler forgets a file as soon as it is handled.)"""
+        if not ac.has_ready():
+            return 0
+        ready = ac.next_batch(block=False)
+        for fut, value in ready:
+            if fut in flight:
+                finished(fut, value)
+        return len(ready)
+
     def drain_writes(block_over: int) -> None:
         while writes and (len(writes) > block_over or writes[0][1].done()):
             finish_write(*writes.popleft())
@@ -677,12 +692,10 @@ def _run(
         try:
             fill()
             while (flight or writes) and not stop.is_set() and result.fatal is None:
-                ready = ac.next_batch(block=False) if ac.has_ready() else []
-                for fut, value in ready:
-                    finished(fut, value)
+                got = take()
                 drain_writes(block_over=cap)
                 fill()
-                if not ready:
+                if not got:
                     if not flight and writes:
                         drain_writes(block_over=0)
                     else:
@@ -690,10 +703,8 @@ def _run(
         finally:
             # stopped, a fatal failure, or an abort: files in flight are dropped (nothing
             # of theirs was published); results already back are published, each whole
-            if result.fatal is None and ac.has_ready():
-                for fut, value in ac.next_batch(block=False):
-                    if fut in flight:
-                        finished(fut, value)
+            if result.fatal is None:
+                take()
             if flight:
                 client.cancel(list(flight))
                 flight.clear()
