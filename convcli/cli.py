@@ -1258,10 +1258,15 @@ def _dask_runner(address: str | None, shared_fs: bool) -> Callable[..., Any] | N
         if shared_fs:
             raise click.UsageError("--shared-fs goes with --dask")
         return None
+    import logging
+
     from convcli import dask_batch
 
     cluster = dask_batch.parse_cluster(address)
     dask_batch.require_dask()
+    # Dask logs a lost connection or a restarted worker with tracebacks; what matters
+    # reaches the result (a failure line, a fatal reason), one line each
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     return functools.partial(dask_batch.run_tasks, cluster=cluster, shared_fs=shared_fs)
 
 

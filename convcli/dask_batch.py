@@ -70,6 +70,10 @@ _FATAL_ERRNOS = frozenset(
 )
 # schemes distributed's comm layer knows; HOST:PORT alone means tcp
 _SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+# a scheduler or worker without convcli (or another version of it)
+_ENVIRONMENT_RE = re.compile(
+    r"deserializ|No module named '?convcli|ModuleNotFoundError|cannot import name", re.I
+)
 _ADDRESS_RE = re.compile(
     r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[^\]]+\]|[^\s:/\[\]]+):(?P<port>\d+)"
 )
@@ -197,10 +201,11 @@ def connect(cluster: Cluster | str | None, *, timeout: float = CONNECT_TIMEOUT_S
     try:
         client = distributed.Client(cluster.address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
-        raise ClusterError(
-            f"cannot reach the Dask scheduler at {cluster.address} "
-            f"({_one_line(exc) or 'timed out'}; waited {timeout:g} s)"
-        ) from None
+        why = _one_line(exc)
+        if not why or "timed out" in why.lower():
+            why = f"no answer in {timeout:g} s"
+        where = cluster.address
+        raise ClusterError(f"cannot reach the Dask scheduler at {where} ({why})") from None
     except ValueError as exc:
         raise ClusterError(
             f"Dask scheduler address {cluster.address!r}: {_one_line(exc)}"
@@ -547,13 +552,13 @@ def _run(
             on_event(event)
 
     def count(outcome: _Outcome | None, kind: str) -> None:
-        name = outcome.worker if outcome is not None else "(none)"
-        c = result.workers.setdefault(name, WorkerCount())
-        if outcome is not None:
-            c.busy_s += outcome.seconds
+        if outcome is None:  # lost on the way: no worker returned it
+            return
+        c = result.workers.setdefault(outcome.worker, WorkerCount())
+        c.busy_s += outcome.seconds
         if kind == "done":
             c.done += 1
-            c.megapixels += outcome.megapixels if outcome is not None else 0.0
+            c.megapixels += outcome.megapixels
         elif kind == "skipped":
             c.skipped += 1
         else:
@@ -591,10 +596,20 @@ def _run(
         now = time.perf_counter()
         if in_flight is not None:
             cap = max(1, in_flight)
-        elif now - threads_at >= _THREADS_EVERY_S:
+        elif now - threads_at >= _THREADS_EVERY_S and connected():
             threads_at = now
-            result.threads = max(result.threads, sum(client.nthreads().values()))
-            cap = max(2, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
+            threads = sum(client.nthreads().values())
+            result.threads = max(result.threads, threads)
+            cap = max(2, IN_FLIGHT_PER_THREAD * threads)
+
+    def connected() -> bool:
+        """False (and the run stops) once the client has lost the scheduler: every file
+        in flight is lost with it, and no other file can be sent."""
+        if client.status == "running":
+            return True
+        if result.fatal is None:
+            result.fatal = f"lost the Dask scheduler at {result.cluster}; stopped"
+        return False
 
     def fill() -> None:
         nonlocal held, submitted
@@ -633,7 +648,19 @@ def _run(
         if not isinstance(value, _Outcome):
             # the task never returned: its workers died (KilledWorker) or it was lost
             count(None, "failed")
-            fail(task, f"{task.src}: lost on the cluster: {_cluster_reason(fut, value)}")
+            if not connected():
+                fail(task, "", quiet=True)
+                return
+            why = _cluster_reason(fut, value)
+            if _ENVIRONMENT_RE.search(why):
+                # every file would fail the same way: say it once, and stop
+                result.fatal = (
+                    f"the Dask cluster at {result.cluster} cannot run convcli's tasks ({why}); "
+                    "install this convcli version where the scheduler and workers run"
+                )
+                fail(task, "", quiet=True)
+                return
+            fail(task, f"{task.src}: lost on the cluster: {why}")
             return
         for key in stage_keys:
             timings[key] += value.timings.get(key, 0.0)
@@ -713,6 +740,8 @@ def _run(
         try:
             fill()
             while (flight or writes) and not stop.is_set() and result.fatal is None:
+                if not connected():
+                    break
                 got = take()
                 drain_writes(block_over=cap)
                 fill()
@@ -726,7 +755,7 @@ def _run(
             # of theirs was published); results already back are published, each whole
             if result.fatal is None:
                 take()
-            if flight:
+            if flight and client.status == "running":
                 client.cancel(list(flight))
                 flight.clear()
             drain_writes(block_over=0)
