@@ -290,6 +290,24 @@ def test_stop_then_resume(client, tmp_path):
     assert_same_outputs(local, merged)
 
 
+def test_a_full_disk_on_the_client_stops_the_run(client, tmp_path, monkeypatch):
+    """Publishing fails for every file alike: one fatal reason, nothing partial."""
+    import errno
+
+    from convcli.errors import InputError
+
+    tasks = plan(tmp_path, "out", 8)
+
+    def full(path, data, **kw):
+        raise InputError(f"{path}: cannot write") from OSError(errno.ENOSPC, "no space")
+
+    monkeypatch.setattr(dask_batch, "write_bytes", full)
+    res = dask_batch.run_tasks(tasks, BOX3, cluster=client)
+    assert res.fatal is not None and "no space left" in res.fatal
+    assert not res.done and 1 <= len(res.failed) < 8 + 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 class _MaxTasks(distributed.diagnostics.plugin.SchedulerPlugin):
     """Counts the batch's tasks the scheduler holds at once."""
 
