@@ -200,21 +200,23 @@ def connect(cluster: Cluster | str | None, *, timeout: float = CONNECT_TIMEOUT_S
     import dask.config
 
     if cluster.address is None:
-        # worker logs (a restarted worker, a lost connection) would break the one-line
-        # output; what matters reaches the result as a failure or a fatal reason
-        with (
-            dask.config.set(_LOCAL_CLUSTER_CONFIG),
-            distributed.LocalCluster(
-                n_workers=cluster.n_workers or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",  # 8787 may be taken: no warning
-                silence_logs=logging.CRITICAL,
-            ) as local,
-            distributed.Client(local) as client,
-        ):
-            yield client
+        with dask.config.set(_LOCAL_CLUSTER_CONFIG):
+            try:
+                # worker logs (a restarted worker, a lost connection) would break the
+                # one-line output; what matters reaches the result as a failure or a
+                # fatal reason
+                local = distributed.LocalCluster(
+                    n_workers=cluster.n_workers or os.cpu_count() or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",  # 8787 may be taken: no warning
+                    silence_logs=logging.CRITICAL,
+                )
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                raise ClusterError(f"cannot start a local Dask cluster: {_one_line(exc)}") from None
+            with local, distributed.Client(local) as client:
+                yield client
         return
     try:
         client = distributed.Client(cluster.address, timeout=timeout)
