@@ -212,6 +212,9 @@ def connect(cluster: Cluster | str | None, *, timeout: float = CONNECT_TIMEOUT_S
                     host="127.0.0.1",
                     dashboard_address="127.0.0.1:0",  # 8787 may be taken: no warning
                     silence_logs=logging.CRITICAL,
+                    # imported as each worker starts, as the client's own convcli is
+                    # before its batch starts (not during the first file)
+                    preload=["convcli.dask_batch"],
                 )
             except (OSError, RuntimeError, TimeoutError) as exc:
                 raise ClusterError(f"cannot start a local Dask cluster: {_one_line(exc)}") from None
