@@ -2,8 +2,9 @@
 
 The client plans as a local batch does (:func:`convcli.batch.plan_batch`: the same
 inputs, refusals and outputs) and decides about existing outputs before anything is
-sent. Each file is then one Dask task that runs the local per-file path
-(:func:`convcli.batch.run_tasks` on that one file) on a worker:
+sent. Files then go to the cluster as Dask tasks of one file, or a few while there is
+plenty of work (a task costs Dask about as much CPU as a small file), and a worker runs
+the local per-file path (:func:`convcli.batch.run_tasks` on one file) on each:
 
 - by default the task gets the input's bytes, not its path: the worker writes them into
   a private temporary folder, converts them there, and returns the encoded output's
@@ -18,8 +19,9 @@ sent. Each file is then one Dask task that runs the local per-file path
 A worker that dies takes no file with it: the scheduler runs its tasks elsewhere (and
 ``retries`` reruns a task that raised), and a file that fails on a worker is a failure
 line in the result, as it is locally. The client keeps a bounded number of files in
-flight (twice the cluster's threads by default, and a cap on the input bytes held), so a
-folder of 100,000 files never sits in the scheduler at once. Stopping (``stop``) cancels
+flight (twice the cluster's threads in tasks of at most :data:`GROUP_FILES` files, and
+a cap on the input bytes held), so a folder of 100,000 files never sits in the scheduler
+at once. Stopping (``stop``) cancels
 the files in flight: only complete files are ever published, and a rerun with
 ``existing='skip'`` completes the rest.
 """
@@ -56,11 +58,16 @@ LOCAL = "local"
 # reruns of a task that raised (a worker that dies is handled by the scheduler itself)
 DEFAULT_RETRIES = 2
 CONNECT_TIMEOUT_S = 10.0
-# files in flight per worker thread: one running, one waiting on the worker
+# tasks in flight per worker thread: one running, one waiting on the worker
 IN_FLIGHT_PER_THREAD = 2
 # input bytes held in flight (default mode), beyond which no further file is sent
 # while another is on its way (one file always goes, however large)
 IN_FLIGHT_BYTES = 1 << 30
+# files per Dask task at most (see group_size in run_tasks), and their input bytes
+GROUP_FILES = 4
+GROUP_BYTES = 64 << 20
+# groups only while more than this many tasks per thread are left to send
+GROUP_SPREAD = 8
 # how often the client asks the scheduler how many threads the cluster has (it grows
 # and shrinks under adaptive deployments)
 _THREADS_EVERY_S = 1.0
@@ -348,6 +355,11 @@ def _work(job: _Job, setup: _Setup) -> _Outcome:
     return outcome
 
 
+def _work_group(jobs: tuple[_Job, ...], setup: _Setup) -> list[_Outcome]:
+    """:func:`_work` on each of a few files, in one Dask task."""
+    return [_work(job, setup) for job in jobs]
+
+
 def _convert(task: cbatch.Task, setup: _Setup, existing: cbatch.Existing) -> _Outcome:
     events: list[cbatch.Event] = []
     result = cbatch.run_tasks(
@@ -414,13 +426,15 @@ class WorkerCount:
 
 @dataclass
 class ClusterResult(cbatch.BatchResult):
-    """A :class:`convcli.batch.BatchResult` with the cluster's part: where it ran, the
-    seconds it took to start or reach (not in ``timings['total']``), and per-worker
-    counts (keyed by worker address; a restarted worker has a new one)."""
+    """A :class:`convcli.batch.BatchResult` with the cluster's part: where it ran, its
+    threads, the Dask tasks sent (files go one to a few a task), the seconds it took to
+    start or reach (not in ``timings['total']``), and per-worker counts (keyed by worker
+    address; a restarted worker has a new one)."""
 
     cluster: str = ""
     start_s: float = 0.0
     threads: int = 0
+    tasks: int = 0
     workers: dict[str, WorkerCount] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
@@ -428,6 +442,7 @@ class ClusterResult(cbatch.BatchResult):
         record["cluster"] = {
             "scheduler": self.cluster,
             "threads": self.threads,
+            "tasks": self.tasks,
             "start_s": round(self.start_s, 6),
         }
         record["workers"] = {name: c.record() for name, c in sorted(self.workers.items())}
@@ -506,7 +521,8 @@ def run_tasks(
         Workers read the inputs and publish the outputs themselves (they must see the
         same paths); by default bytes travel and the client publishes.
     in_flight : int, optional
-        Files sent to the cluster and not yet back (default: twice its threads).
+        Files sent to the cluster and not yet back, one per task (default: twice its
+        threads in tasks, each of up to :data:`GROUP_FILES` files).
     retries : int
         Reruns of a task that raised on a worker.
     timeout : float, optional
@@ -635,27 +651,47 @@ def _run(
             result.fatal = f"lost the Dask scheduler at {result.cluster}; stopped"
         return False
 
+    def group_size() -> int:
+        """Files per task: up to GROUP_FILES while there is work for every thread many
+        times over (a task costs Dask milliseconds of CPU on the client and the worker;
+        a file about as much as the task), one at a time at the end, so that no thread
+        waits on another's last group."""
+        if in_flight is not None:
+            return 1  # the caller counts files
+        spread = GROUP_SPREAD * max(1, result.threads)
+        return max(1, min(GROUP_FILES, len(pending) // spread))
+
     def fill() -> None:
         nonlocal held, submitted
         refresh_cap()
         while pending and len(flight) < cap and not stop.is_set() and result.fatal is None:
             if flight and held >= IN_FLIGHT_BYTES:
                 return
-            task = pending.popleft()
-            if should_skip(task):
+            group: list[cbatch.Task] = []
+            jobs: list[_Job] = []
+            size, most = 0, group_size()
+            while pending and len(group) < most and size < GROUP_BYTES:
+                task = pending.popleft()
+                if should_skip(task):
+                    continue
+                try:
+                    job = _job(task, shared_fs)
+                except InputError as exc:
+                    fail(task, str(exc))
+                    continue
+                group.append(task)
+                jobs.append(job)
+                size += len(job.data or b"")
+            if not group:
                 continue
-            try:
-                job = _job(task, shared_fs)
-            except InputError as exc:
-                fail(task, str(exc))
-                continue
-            size = len(job.data or b"")
             fut = client.submit(
-                _work, job, setup, key=f"convcli-{run_id}-{submitted}", retries=retries
-            )
+                _work_group, tuple(jobs), setup, key=f"convcli-{run_id}-{submitted}",
+                retries=retries,
+            )  # fmt: skip
             submitted += 1
+            result.tasks = submitted
             held += size
-            flight[fut] = (task, size)
+            flight[fut] = (group, size)
             ac.add(fut)
 
     def mend(outcome: _Outcome, task: cbatch.Task, text: str) -> str:
@@ -667,8 +703,16 @@ def _run(
 
     def finished(fut: Any, value: Any) -> None:
         nonlocal held
-        task, size = flight.pop(fut)
+        group, size = flight.pop(fut)
         held -= size
+        if isinstance(value, list) and len(value) == len(group):
+            for task, outcome in zip(group, value, strict=True):
+                finished_file(fut, task, outcome)
+        else:
+            for task in group:
+                finished_file(fut, task, value)
+
+    def finished_file(fut: Any, task: cbatch.Task, value: Any) -> None:
         if not isinstance(value, _Outcome):
             # the task never returned: its workers died (KilledWorker) or it was lost
             count(None, "failed")

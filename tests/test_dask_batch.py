@@ -169,6 +169,16 @@ def test_same_results_as_a_local_batch(client, tmp_path):
     assert no_temp_files(tmp_path / "dask")
 
 
+def test_files_in_groups_are_the_same(client, tmp_path):
+    """Many small files go a few per task; each is still its own result."""
+    tasks = plan(tmp_path, "dask", 60)
+    remote = dask_batch.run_tasks(tasks, BOX3, cluster=client)
+    local = cbatch.run_tasks(plan(tmp_path, "local"), BOX3)
+    assert remote.tasks < 60 and remote.summary()["cluster"]["tasks"] == remote.tasks
+    assert_same_outputs(local, remote)
+    assert sum(w["done"] for w in remote.summary()["workers"].values()) == 60
+
+
 def test_shared_fs_mode_is_the_same(client, tmp_path):
     make_tree(tmp_path / "in")
     local = cbatch.run_tasks(plan(tmp_path, "local"), BOX3, engine=cbatch.Engine("numpy"))
@@ -242,9 +252,11 @@ def test_jobs_do_not_carry_the_clients_paths(tmp_path):
 
 
 # ---------------------------------------------------------------------------- failures
-def test_a_killed_worker_loses_no_file(client, tmp_path):
+def test_a_killed_worker_loses_no_file(client, tmp_path, monkeypatch):
     """SIGKILL a worker process while it runs a file: its files run elsewhere, every
-    output is written whole and equals the local result."""
+    output is written whole and equals the local result. Files go in groups, so that a
+    lost task holds several."""
+    monkeypatch.setattr(dask_batch, "GROUP_SPREAD", 1)
     tasks = plan(tmp_path, "dask", 12)
     for t in tasks:  # about 0.1 s a file: the batch is still running when the kill lands
         cio.write_image(t.src, real_image(int(t.src.stem), (3, 120, 150)))
@@ -263,6 +275,7 @@ def test_a_killed_worker_loses_no_file(client, tmp_path):
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it (for the next tests)
     after = set(client.run(os.getpid).values())
     assert killed and killed[0] not in after
+    assert res.tasks < len(tasks)
     assert not res.failed and names(res.done) == names(tasks), [f.line() for f in res.failed]
     local = cbatch.run_tasks(plan(tmp_path, "local"), slow, engine=engine)
     assert_same_outputs(local, res)
