@@ -21,9 +21,8 @@ A worker that dies takes no file with it: the scheduler runs its tasks elsewhere
 line in the result, as it is locally. The client keeps a bounded number of files in
 flight (twice the cluster's threads in tasks of at most :data:`GROUP_FILES` files, and
 a cap on the input bytes held), so a folder of 100,000 files never sits in the scheduler
-at once. Stopping (``stop``) cancels
-the files in flight: only complete files are ever published, and a rerun with
-``existing='skip'`` completes the rest.
+at once. Stopping (``stop``) cancels the files in flight: only complete files are ever
+published, and a rerun with ``existing='skip'`` completes the rest.
 """
 
 from __future__ import annotations
@@ -78,10 +77,9 @@ _FATAL_ERRNOS = frozenset(
 # schemes distributed's comm layer knows; HOST:PORT alone means tcp
 _SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 # A LocalCluster started for one batch shows no dashboard, and its workers run one file
-# at a time each. Dask's diagnostics (the workers' statistical profiler, sampling every
-# thread 100 times a second; a tick every 20 ms in every process; system and memory
-# monitors) and work stealing then cost CPU the files need: measured on 4 idle workers,
-# 160 ms of CPU a second with Dask's defaults, 29 ms with these.
+# at a time each: Dask's diagnostics (the workers' statistical profiler sampling every
+# thread, a tick in every process, system and memory monitors) and work stealing would
+# take CPU the files need, on the machine the files run on.
 _LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.scheduler.work-stealing": False,
@@ -90,7 +88,7 @@ _LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.memory.monitor-interval": "1s",
     # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers to hand memory back often; setting
     # it also stops glibc from raising its mmap threshold, so every image-sized array
-    # was mapped and faulted in afresh: 20 ms of system time a 1-megapixel file
+    # would be mapped and faulted in afresh (system time on every file)
     "distributed.nanny.pre-spawn-environ": {
         "OMP_NUM_THREADS": 1,
         "MKL_NUM_THREADS": 1,
@@ -339,19 +337,31 @@ def _work(job: _Job, setup: _Setup) -> _Outcome:
         assert job.src is not None and job.dst is not None
         outcome = _convert(cbatch.Task(Path(job.src), Path(job.dst)), setup, setup.existing)
     else:
-        # a private folder per task: two tasks of one worker never share a name
         scratch = _scratch(len(job.data))
-        with tempfile.TemporaryDirectory(prefix="convcli-dask-", dir=scratch) as tmp:
-            src = Path(tmp, "in", job.name)
-            dst = Path(tmp, "out", job.out_name)
-            src.parent.mkdir()
-            dst.parent.mkdir()
-            src.write_bytes(job.data)
-            outcome = _convert(cbatch.Task(src, dst), setup, "fail")
-            if outcome.kind == "done":
-                outcome.data = dst.read_bytes()
-            outcome.names = (str(src), str(dst))
+        try:
+            outcome = _in_folder(job, setup, scratch) if scratch is not None else None
+        except OSError:
+            outcome = None
+        if outcome is None or outcome.fatal is not None:
+            # no room in memory (or an output far larger than its input): on disk
+            outcome = _in_folder(job, setup, None)
     outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _in_folder(job: _Job, setup: _Setup, scratch: str | None) -> _Outcome:
+    # a private folder per file: two files of one worker never share a name
+    assert job.data is not None
+    with tempfile.TemporaryDirectory(prefix="convcli-dask-", dir=scratch) as tmp:
+        src = Path(tmp, "in", job.name)
+        dst = Path(tmp, "out", job.out_name)
+        src.parent.mkdir()
+        dst.parent.mkdir()
+        src.write_bytes(job.data)
+        outcome = _convert(cbatch.Task(src, dst), setup, "fail")
+        if outcome.kind == "done":
+            outcome.data = dst.read_bytes()
+        outcome.names = (str(src), str(dst))
     return outcome
 
 
