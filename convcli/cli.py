@@ -9,6 +9,7 @@ stdout; progress, notices, the timing summary and errors to stderr. ``click`` an
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -1039,9 +1040,11 @@ def _run(
                 f"{PROG}: {safe_text(text)}", markup=False, highlight=False, soft_wrap=True
             )
 
+        # a batch on Dask runs the same tasks through convcli.dask_batch (see batch())
+        run_tasks = opts.get("run_tasks") or cbatch.run_tasks
         try:
             with _signals(stop, received, notify):
-                result = cbatch.run_tasks(
+                result = run_tasks(
                     plan.tasks,
                     filt,
                     engine=engine,
@@ -1293,6 +1296,22 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
     help="Write counts and every failure (file + reason) as JSON (a new file; --overwrite "
     "replaces one).",
 )
+@click.option(
+    "--dask",
+    "dask_at",
+    is_flag=False,
+    flag_value="",
+    metavar="ADDRESS",
+    help="Run on a Dask cluster: its scheduler (tcp://HOST:PORT), or local[:N] to start N "
+    "worker processes here (default: one per CPU); bare --dask (last, or as --dask=) takes "
+    "DASK_SCHEDULER_ADDRESS. Needs convcli[dask].",
+)
+@click.option(
+    "--shared-fs",
+    is_flag=True,
+    help="With --dask: workers read inputs and write outputs themselves (they see the same "
+    "paths); by default the bytes travel and outputs are written here.",
+)
 @_kernel_options
 @click.pass_context
 def batch(
@@ -1304,6 +1323,8 @@ def batch(
     skip_existing: bool,
     overwrite: bool,
     report: str | None,
+    dask_at: str | None,
+    shared_fs: bool,
     **opts,
 ):
     """Convolve every image in IN_DIR into OUT_DIR (same kernel options as apply).
@@ -1315,6 +1336,7 @@ def batch(
     rest.
     """
     existing = _existing_policy(skip_existing, overwrite)
+    opts["run_tasks"] = _dask_runner(dask_at, shared_fs)
     if glob is not None:
         try:
             cbatch.check_pattern(glob)
@@ -1369,7 +1391,29 @@ def batch(
         line += "; interrupted during the last image, which was finished"
     if not opts["quiet"] or not result.ok or signum is not None:
         _err(line, "summary")
+    if not opts["quiet"]:  # a batch on Dask: what each worker did
+        for worker in getattr(result, "worker_lines", list)():
+            _err(worker, "summary")
     return _exit_code(result, signum)
+
+
+def _dask_runner(address: str | None, shared_fs: bool) -> Callable[..., Any] | None:
+    """``run_tasks`` for ``batch --dask`` (None: the local one); the address and Dask's
+    presence are checked before any file is read."""
+    if address is None:
+        if shared_fs:
+            raise click.UsageError("--shared-fs goes with --dask")
+        return None
+    import logging
+
+    from convcli import dask_batch
+
+    cluster = dask_batch.parse_cluster(address)
+    dask_batch.require_dask()
+    # Dask logs a lost connection or a restarted worker with tracebacks; what matters
+    # reaches the result (a failure line, a fatal reason), one line each
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    return functools.partial(dask_batch.run_tasks, cluster=cluster, shared_fs=shared_fs)
 
 
 # ---------------------------------------------------------------------------- presets
