@@ -385,10 +385,34 @@ def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> s
     started = started_opencl(device)
     if started is False:
         return "numpy"
-    built = started is not None and _program_built(started, plan)
     per_strip = estimate_seconds(plan, "opencl", built=True)
-    once = (0.0 if built else CL_BUILD_SECONDS) + (CL_START_SECONDS if started is None else 0.0)
+    once = _opencl_once(plan, device, started)
     return "opencl" if per_strip + once / max(1, strips) < numpy_s else "numpy"
+
+
+def _opencl_once(plan: _Plan, device: str | None, started: Any) -> float:
+    """What OpenCL costs once before this plan's first strip: starting it (unless this
+    process has), and the program: nothing when the started backend holds it, a load
+    from the driver's cache when the build index has its marker, else a compile (as
+    :mod:`convcli.backends.choice` prices conv2d's programs)."""
+    from convcli.backends import build_index, choice
+
+    if started is not None and _program_built(started, plan):
+        return 0.0
+    record = build_index.load_device(device)
+    startup = 0.0
+    if started is None:
+        known = record is not None and record.startup_s is not None
+        startup = record.startup_s if known else CL_START_SECONDS
+    fingerprint = started.fingerprint if started is not None else None
+    if fingerprint is None and record is not None:
+        fingerprint = record.fingerprint or None
+    if fingerprint is not None and not build_index.driver_cache_off():
+        from convcli.backends.opencl_backend import program_key
+
+        if build_index.is_built(program_key(fingerprint, "native_filter", _defines(plan))):
+            return startup + choice.CACHED_BUILD_S
+    return startup + CL_BUILD_SECONDS
 
 
 # ---------------------------------------------------------------------------------------

@@ -281,3 +281,19 @@ def test_shared_kernel_accepts_only_one_kernel_for_every_channel():
     assert native.shared_kernel(np.ones((4, 4, 3, 3)), None, 1, 4) is None  # dense
     assert native.shared_kernel(k, np.array([0.0, 1.0, 0.0]), None, 3) is None  # biases
     assert native.shared_kernel(k, None, 1, 3) is None  # 2-D kernel but groups 1
+
+
+def test_auto_prices_a_program_the_build_index_has_as_a_cache_load(monkeypatch):
+    """Before OpenCL starts, a program with a marker in the build index costs a load
+    from the driver's cache, one without it a compile (as conv2d's choice prices)."""
+    from convcli.backends import build_index, choice
+
+    record = build_index.DeviceRecord("fp", "", True, 65536, 0.25)
+    monkeypatch.setattr(build_index, "load_device", lambda device: record)
+    monkeypatch.setattr(build_index, "driver_cache_off", lambda: False)
+    plan = native._plan(np.zeros((262, 3006, 3), np.uint8), 255.0, np.outer(_g, _g), (1, 1),
+                        (1, 1), 0.0, 1.0, 0.0, "clip", 255, None)  # fmt: skip
+    monkeypatch.setattr(build_index, "is_built", lambda key: True)
+    assert native._opencl_once(plan, None, None) == pytest.approx(0.25 + choice.CACHED_BUILD_S)
+    monkeypatch.setattr(build_index, "is_built", lambda key: False)
+    assert native._opencl_once(plan, None, None) == pytest.approx(0.25 + native.CL_BUILD_SECONDS)
