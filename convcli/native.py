@@ -385,16 +385,20 @@ def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> s
     started = started_opencl(device)
     if started is False:
         return "numpy"
-    per_strip = estimate_seconds(plan, "opencl", built=True)
-    once = _opencl_once(plan, device, started)
-    return "opencl" if per_strip + once / max(1, strips) < numpy_s else "numpy"
+    gain = (numpy_s - estimate_seconds(plan, "opencl", built=True)) * max(1, strips)
+    if gain <= 0:
+        return "numpy"
+    once = _opencl_once(plan, device, started, most=gain)
+    return "opencl" if once < gain else "numpy"
 
 
-def _opencl_once(plan: _Plan, device: str | None, started: Any) -> float:
+def _opencl_once(plan: _Plan, device: str | None, started: Any, most: float = math.inf) -> float:
     """What OpenCL costs once before this plan's first strip: starting it (unless this
     process has), and the program: nothing when the started backend holds it, a load
     from the driver's cache when the build index has its marker, else a compile (as
-    :mod:`convcli.backends.choice` prices conv2d's programs)."""
+    :mod:`convcli.backends.choice` prices conv2d's programs). A start-up of ``most``
+    seconds or more is returned without looking at the program (no OpenCL module is
+    imported for a job NumPy finishes first)."""
     from convcli.backends import build_index, choice
 
     if started is not None and _program_built(started, plan):
@@ -404,6 +408,8 @@ def _opencl_once(plan: _Plan, device: str | None, started: Any) -> float:
     if started is None:
         known = record is not None and record.startup_s is not None
         startup = record.startup_s if known else CL_START_SECONDS
+    if startup >= most:
+        return startup
     fingerprint = started.fingerprint if started is not None else None
     if fingerprint is None and record is not None:
         fingerprint = record.fingerprint or None
