@@ -283,8 +283,12 @@ def read_pixels(path: Path) -> np.ndarray:
     else:
         from PIL import Image
 
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "I;16") else im)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own test images
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "I;16") else im)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     return a[..., None] if a.ndim == 2 else a
 
 
