@@ -609,7 +609,10 @@ class ImageJob:
         backend = be_name
         align = strip_alignment(spec, be_name, algo)
         least = strip_least(spec, be_name, algo)
-        rows = strip_rows(spec, align=align, least=least, rows=self.strip_request)
+        # a native strip holds 1-2 bytes a sample, not float32's 4: as many bytes hold
+        # four times the rows (fewer calls, the same memory)
+        target = 4 * STRIP_BYTES if self.native is not None else None
+        rows = strip_rows(spec, align=align, least=least, target=target, rows=self.strip_request)
         geo = plan_geometry(spec, rows)
         src_info = self.source.info
         channels = src_info.channels
@@ -633,9 +636,14 @@ class ImageJob:
                         buf = self.stop.get(free)
                         t0 = time.perf_counter()
                         p0, p1 = geo.padded_rows(r0, r1)
-                        x = buf[: channels * (p1 - p0) * geo.padded_width].reshape(
-                            channels, p1 - p0, geo.padded_width
-                        )
+                        used = buf[: channels * (p1 - p0) * geo.padded_width]
+                        if step is not None:
+                            # channels last, as the native step takes it (x is a view)
+                            x = np.moveaxis(
+                                used.reshape(p1 - p0, geo.padded_width, channels), -1, 0
+                            )
+                        else:
+                            x = used.reshape(channels, p1 - p0, geo.padded_width)
                         reader.strip(k, x)
                         if step is not None:  # native samples, no alpha
                             self.run.read += time.perf_counter() - t0
@@ -739,7 +747,7 @@ class ImageJob:
         from convcli import native
 
         spec = self.spec
-        strip = np.ascontiguousarray(np.moveaxis(x, 0, -1))
+        strip = np.moveaxis(x, 0, -1)  # the buffer, channels last (no copy)
         samples = native.filter_strip(
             strip, top=top,
             kernel=step.kernel, stride=spec.stride, dilation=spec.dilation, bias=step.bias,
