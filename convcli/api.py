@@ -16,7 +16,14 @@ import numpy as np
 
 from convcli import backends
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
-from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
+from convcli.budget import (
+    SMALL_NEED,
+    call_need,
+    check_call,
+    conv_need,
+    memory_budget,
+    output_bytes,
+)
 from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
 from convcli.plan import frozen_copy
@@ -87,6 +94,35 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
             while len(_SPECS) > SPEC_CACHE_SIZE:
                 _SPECS.popitem(last=False)
     return spec
+
+
+# (spec, backend, algo) of calls that ran in one piece with no memory to check: small
+# for every algorithm (budget.SMALL_NEED), no max_memory, no progress callback. Their
+# repeats skip the memory checks and the planning, which only decide the tiling (a warm
+# small layer's call spent a fifth of its time there).
+_UNTILED: set[tuple] = set()
+_UNTILED_SIZE = 1024
+
+
+def _untiled_key(spec: ConvSpec, be: object, algo: str, max_memory, progress) -> tuple | None:
+    """The :data:`_UNTILED` key of a call, or None when its checks cannot be skipped."""
+    if max_memory is not None or progress is not None:
+        return None
+    return (spec, be, algo)
+
+
+def _remember_untiled(key: tuple | None, spec: ConvSpec, be: object) -> None:
+    """Add ``key`` when the call it names runs untiled whatever the weights (the plan may
+    depend on their values: the dearest algorithm's need decides)."""
+    if key is None or call_need(spec, "auto", be.name).total > SMALL_NEED:
+        return
+    alloc = getattr(be, "max_alloc_bytes", None)
+    piece = conv_need(spec, "auto", be.name, rows=spec.h_out, images=spec.n, tiled=False)
+    if alloc and piece.largest()[1] > alloc:
+        return
+    if len(_UNTILED) >= _UNTILED_SIZE:
+        _UNTILED.clear()
+    _UNTILED.add(key)
 
 
 def _select_backend(name: str, device: str | None, spec: ConvSpec, info: RunInfo):
@@ -341,6 +377,10 @@ def conv2d(
     bias = None if bias is None else np.ascontiguousarray(bias)
 
     def attempt(be: object) -> np.ndarray:
+        key = _untiled_key(spec, be, algo, max_memory, progress)
+        if key is not None and key in _UNTILED:
+            info.tiles += 1
+            return be.run(xb, weight, bias, spec, algo=algo, info=info)
         # the output and the index maps are needed whatever the algorithm: a padding of
         # 10**9 is refused here, before the cost model prices FFT sizes for it
         least = call_need(spec, None, be.name).total
@@ -358,7 +398,9 @@ def conv2d(
             return budget is None or output_bytes(spec) + piece.total <= budget
 
         tracker = None if progress is None else _Tracker(spec.n * spec.h_out, progress)
-        return _run_tiled(be, xb, weight, bias, spec, algo, planned, fits, info, tracker)
+        out = _run_tiled(be, xb, weight, bias, spec, algo, planned, fits, info, tracker)
+        _remember_untiled(key, spec, be)
+        return out
 
     try:
         out = attempt(be)

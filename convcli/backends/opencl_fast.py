@@ -355,6 +355,45 @@ def choose(
     return None, None
 
 
+# choose()'s answers that do not depend on the weights' values, per (spec, algo, cpu,
+# tuning): plan_algo and run ask at every call (twice a warm small layer's 5 us).
+_PLANS: dict[tuple, tuple[Plan | None, None]] = {}
+
+
+def _tuning() -> tuple:
+    """The module values choose() reads (tests and A/B runs patch them)."""
+    from convcli.backends import opencl_fft
+
+    return (
+        WINOGRAD,
+        WINO_MIN_RATIO,
+        POINTWISE_MIN_CIN,
+        POINTWISE_MIN_PIXELS,
+        DW_CHANNELS_MIN_COUT,
+        DW_CHANNELS_MAX_WO,
+        opencl_fft.TILES,
+    )
+
+
+def planned(
+    spec: ConvSpec, weight: np.ndarray, algo: str = "auto", *, cpu: bool = True
+) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`choose`, remembered where the weights' values cannot change the answer:
+    choose() reads them only for depthwise layers under 'auto' or 'separable' (rank-1
+    and FFT tests), and not at all for the layers dw_channels takes."""
+    key = (spec, algo, cpu, _tuning())
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit
+    plan, factors = choose(spec, weight, algo, cpu=cpu)
+    reads = spec.cin_g == 1 and algo in ("auto", "separable")
+    if not reads or (plan is not None and plan.kernel == "dw_channels"):
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        _PLANS[key] = (plan, None)
+    return plan, factors
+
+
 def _too_wide_for_tiles(spec: ConvSpec) -> bool:
     """Whether only the kernel's extent keeps the device's FFT tiles from ``spec``."""
     from convcli.backends import opencl_fft
@@ -1086,7 +1125,7 @@ def run(
     ndarray or None
         ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
     """
-    plan, factors = choose(spec, weight, algo, cpu=backend.is_cpu)
+    plan, factors = planned(spec, weight, algo, cpu=backend.is_cpu)
     if plan is None:
         return None
     import pyopencl as cl
