@@ -54,7 +54,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from convcli.errors import ConvValueError
 from convcli.plan import separable_factors
@@ -589,11 +589,49 @@ def _lead(length: int, itemsize: int) -> int:
     return -(-length // (2 * line)) * 2 * line + line
 
 
+def _patches_apply(spec: ConvSpec) -> bool:
+    """Kernel as large as its stride, no dilation, no padding: every input pixel feeds
+    one output (convnext's 4x4/4 stem, its 2x2/2 downsampling layers)."""
+    return (
+        (spec.kh, spec.kw) == spec.stride
+        and spec.kh * spec.kw > 1
+        and spec.dilation == (1, 1)
+        and spec.pad == (0, 0, 0, 0)
+    )
+
+
+def _patches(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
+    """Non-overlapping patches: the column matrix is one transposed copy of the input,
+    its rows in the weight's own (channel, row, column) order, so the weight matrix is a
+    view (the phase split would reorder a 384->768 2x2 layer's 4.7 MB of weights at every
+    call and run its one GEMM on a single thread). Jobs split the output channels among
+    the threads when there are fewer images than threads."""
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    n, ho, wo, kh, kw = spec.n, spec.h_out, spec.w_out, spec.kh, spec.kw
+    wm = weight.reshape(g, cout_g, cin_g * kh * kw)
+    out = np.empty((n, g, cout_g, ho * wo), dtype=work)
+    threads = _gemm_threads(spec)
+    parts = max(1, min(cout_g // 8, -(-threads // n)))
+    step = -(-cout_g // parts)
+
+    def job(i: int, o0: int) -> None:
+        # the patches of image i: (C, kh, kw, Ho, Wo); each job copies its own
+        v = x[i, :, : ho * kh, : wo * kw].reshape(spec.c_in, ho, kh, wo, kw)
+        cols = v.transpose(0, 2, 4, 1, 3).reshape(g, cin_g * kh * kw, ho * wo)
+        o1 = min(cout_g, o0 + step)
+        np.matmul(wm[:, o0:o1], cols, out=out[i, :, o0:o1])
+
+    _run_jobs(job, [(i, o0) for i in range(n) for o0 in range(0, cout_g, step)], threads, spec)
+    return out.reshape(n, spec.c_out, ho, wo)
+
+
 def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
         return _pointwise(x, weight, spec, work)
+    if _patches_apply(spec):
+        return _patches(x, weight, spec, work)
     if _shared_rows(spec):
         return _gemm_shared_rows(x, weight, spec, work)
     threads = _gemm_threads(spec)
@@ -903,9 +941,90 @@ def _depthwise_channels_last(
     return out
 
 
+# Depthwise layers (one channel per group, zero padding, real dtypes) with at least this
+# many kernel taps and multiply-adds run as GEMMs over row blocks (see _depthwise_gemm);
+# None in DW_GEMM: that rule, True/False force it where it applies (tests, A/B runs).
+# ms against the channels-last tap loop (min of 7, 2 cores): 7x7 kernels 96ch 56^2 2.6
+# vs 7.8, 192ch 28^2 1.7 vs 3.5, N=8 384ch 14^2 6.9 vs 20.1, N=8 768ch 7^2 3.3 vs 7.9;
+# 5x5 N=8 672ch 14^2 s2 2.9 vs 4.6, 240ch 14^2 0.49 vs 0.56, but 576ch 7^2 0.43 vs 0.36
+# (under a million multiply-adds: the band set-up weighs); 3x3 within noise.
+DW_GEMM: bool | None = None
+DW_GEMM_MIN_TAPS = 25
+DW_GEMM_MIN_MACS = 10**6
+# output columns per block (the GEMM's N)
+DW_GEMM_BLOCK = 8
+
+
+def _depthwise_gemm_applies(spec: ConvSpec) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.padding_mode == "zeros"
+        and min(spec.pad) >= 0
+        and np.dtype(spec.dtype).kind == "f"
+    )
+
+
+def _depthwise_gemm_pays(spec: ConvSpec) -> bool:
+    if not _depthwise_gemm_applies(spec):
+        return False
+    if DW_GEMM is not None:
+        return DW_GEMM
+    return spec.kh * spec.kw >= DW_GEMM_MIN_TAPS and spec.macs >= DW_GEMM_MIN_MACS
+
+
+def _depthwise_gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype):
+    """Depthwise taps as one small GEMM per channel over blocks of output columns.
+
+    A block of B = DW_GEMM_BLOCK output columns of one output row reads kH input rows of
+    ``span`` columns; with those kH x span values as a row of a matrix (one row per
+    block), the block's outputs are that row times a ``(kH*span, B)`` banded matrix of
+    the channel's taps (zeros off the band). The tap loop passes over the whole output
+    twice per tap (a multiply, an add); the GEMM reads each block's values once and runs
+    at BLAS speed, computing ``span / kW`` times the products (the zeros of the band).
+    Channels run in chunks whose row matrix stays in L2, on the gemm path's threads.
+    """
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    b = DW_GEMM_BLOCK
+    nb = -(-wo // b)
+    span = (b - 1) * sw + (kw - 1) * dw + 1
+    item = work.itemsize
+    wp = max(w + left + right, (nb - 1) * b * sw + span)
+    xp = np.zeros((c, n, h + top + bottom, wp), dtype=work)
+    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+    band = np.zeros((c, kh, span, b), dtype=work)
+    taps = weight.reshape(c, kh, kw)
+    for j in range(kw):
+        for q in range(b):
+            band[:, :, j * dw + q * sw, q] = taps[:, :, j]
+    band = band.reshape(c, kh * span, b)
+    s = xp.strides
+    rows = as_strided(
+        xp, (c, n, ho, nb, kh, span), (s[0], s[1], s[2] * sh, b * sw * item, s[2] * dh, item)
+    )
+    out = np.empty((n, c, ho, wo), dtype=work)
+    step = max(1, GEMM_BYTES // (n * ho * nb * kh * span * item))
+
+    def chunk(c0: int) -> None:
+        c1 = min(c, c0 + step)
+        mat = rows[c0:c1].reshape(c1 - c0, n * ho * nb, kh * span)  # the one copy
+        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, ho, nb * b)
+        out[:, c0:c1] = y[..., :wo].transpose(1, 0, 2, 3)
+
+    _run_jobs(chunk, [(c0,) for c0 in range(0, c, step)], _gemm_threads(spec), spec)
+    return out
+
+
 def _direct_depthwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype
 ) -> np.ndarray:
+    if _depthwise_gemm_pays(spec):
+        return _depthwise_gemm(x, weight, spec, work)
     if _channels_last_pays(spec):
         return _depthwise_channels_last(x, weight, spec, work)
     g, cout_g = spec.groups, spec.cout_g
