@@ -644,6 +644,7 @@ class OpenCLBackend:
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
         self._kernels: dict[tuple, Any] = {}
+        self._fits: dict[tuple, tuple[int, ...]] = {}  # local_size() by (limit, wanted)
         self._launched: set[int] = set()
         self._weights: OrderedDict[tuple, Any] = OrderedDict()
         self._scratch: dict[str, Any] = {}
@@ -821,7 +822,12 @@ class OpenCLBackend:
         :func:`fit_local_size`): ``CL_KERNEL_WORK_GROUP_SIZE`` (a register-hungry kernel
         can be limited below the device maximum on GPUs), the device's work-item sizes,
         and any smaller size a refused launch of this kernel has taught."""
-        return fit_local_size(wanted, self._group_limit(kernel), self.limits.max_work_item_sizes)
+        key = (self._group_limit(kernel), tuple(wanted))
+        fit = self._fits.get(key)
+        if fit is None:  # a pure function of the key, asked at every launch
+            fit = fit_local_size(key[1], key[0], self.limits.max_work_item_sizes)
+            self._fits[key] = fit
+        return fit
 
     def _group_limit(self, kernel: cl.Kernel) -> int:
         key = ("wg", id(kernel))
