@@ -111,13 +111,19 @@ def _untiled_key(spec: ConvSpec, be: object, algo: str, max_memory, progress) ->
     return (spec, be, algo)
 
 
-def _remember_untiled(key: tuple | None, spec: ConvSpec, be: object) -> None:
-    """Add ``key`` when the call it names runs untiled whatever the weights (the plan may
-    depend on their values: the dearest algorithm's need decides)."""
-    if key is None or call_need(spec, "auto", be.name).total > SMALL_NEED:
+def _remember_untiled(key: tuple | None, spec: ConvSpec, be: object, algo: str) -> None:
+    """Add ``key`` when the call it names runs untiled whatever the weights: the need of
+    the algorithm that runs, where the backend's plan cannot depend on the weights'
+    values (``fixed_plan``), else of the dearest."""
+    if key is None:
+        return
+    if algo == "auto":
+        fixed = getattr(be, "fixed_plan", None)
+        algo = (fixed(spec) if fixed is not None else None) or "auto"
+    if call_need(spec, algo, be.name).total > SMALL_NEED:
         return
     alloc = getattr(be, "max_alloc_bytes", None)
-    piece = conv_need(spec, "auto", be.name, rows=spec.h_out, images=spec.n, tiled=False)
+    piece = conv_need(spec, algo, be.name, rows=spec.h_out, images=spec.n, tiled=False)
     if alloc and piece.largest()[1] > alloc:
         return
     if len(_UNTILED) >= _UNTILED_SIZE:
@@ -399,7 +405,7 @@ def conv2d(
 
         tracker = None if progress is None else _Tracker(spec.n * spec.h_out, progress)
         out = _run_tiled(be, xb, weight, bias, spec, algo, planned, fits, info, tracker)
-        _remember_untiled(key, spec, be)
+        _remember_untiled(key, spec, be, algo)
         return out
 
     try:

@@ -166,3 +166,23 @@ def test_opencl_plan_follows_the_weights_values():
         assert info.algo == algo
         ref = naive_conv2d(x, w, None, (1, 1), (2, 2, 2, 2), (1, 1), 3)
         assert_close(y, ref)
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_repeated_depthwise_call_skips_the_planning(monkeypatch):
+    # a depthwise layer's FFT would need a large workspace, but the plan that runs it
+    # (dw_channels) does not depend on the weights: its repeats skip the checks too
+    from convcli import backends
+
+    be = backends.get_backend("opencl")
+    planned = []
+    plan_algo = be.plan_algo
+    monkeypatch.setattr(be, "plan_algo", lambda spec, w: planned.append(spec) or plan_algo(spec, w))
+    monkeypatch.setattr(api, "_UNTILED", set())
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 96, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((96, 1, 7, 7)).astype(np.float32)
+    for _ in range(3):
+        y = convcli.conv2d(x, w, padding=3, groups=96, backend="opencl")
+    assert len(planned) == 1
+    assert_close(y, naive_conv2d(x, w, None, (1, 1), (3, 3, 3, 3), (1, 1), 96))

@@ -953,6 +953,7 @@ DW_GEMM_MIN_TAPS = 25
 DW_GEMM_MIN_MACS = 10**6
 # output columns per block (the GEMM's N)
 DW_GEMM_BLOCK = 8
+DW_GEMM_MIN_JOB_BYTES = 128 * 1024
 
 
 def _depthwise_gemm_applies(spec: ConvSpec) -> bool:
@@ -1008,15 +1009,23 @@ def _depthwise_gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.
         xp, (c, n, ho, nb, kh, span), (s[0], s[1], s[2] * sh, b * sw * item, s[2] * dh, item)
     )
     out = np.empty((n, c, ho, wo), dtype=work)
-    step = max(1, GEMM_BYTES // (n * ho * nb * kh * span * item))
+    # a job's row matrix: in L2, and at most a quarter of a large input (the padded copy
+    # is another), so that the call stays within what budget.conv_need prices for it;
+    # small inputs take 128 KiB (each job costs ~10 us of calls: 768 channels of a 7x7
+    # map in 59 jobs ran 1.5x slower than in 9)
+    limit = min(GEMM_BYTES, max(x.size * item // 4, DW_GEMM_MIN_JOB_BYTES))
+    per_row = n * nb * kh * span * item  # one output row of one channel
+    nr = max(1, min(ho, limit // per_row))
+    step = max(1, limit // (per_row * ho)) if nr == ho else 1
 
-    def chunk(c0: int) -> None:
-        c1 = min(c, c0 + step)
-        mat = rows[c0:c1].reshape(c1 - c0, n * ho * nb, kh * span)  # the one copy
-        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, ho, nb * b)
-        out[:, c0:c1] = y[..., :wo].transpose(1, 0, 2, 3)
+    def chunk(c0: int, r0: int) -> None:
+        c1, r1 = min(c, c0 + step), min(ho, r0 + nr)
+        mat = rows[c0:c1, :, r0:r1].reshape(c1 - c0, n * (r1 - r0) * nb, kh * span)  # a copy
+        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, r1 - r0, nb * b)
+        out[:, c0:c1, r0:r1] = y[..., :wo].transpose(1, 0, 2, 3)
 
-    _run_jobs(chunk, [(c0,) for c0 in range(0, c, step)], _gemm_threads(spec), spec)
+    jobs = [(c0, r0) for c0 in range(0, c, step) for r0 in range(0, ho, nr)]
+    _run_jobs(chunk, jobs, _gemm_threads(spec), spec)
     return out
 
 
@@ -1440,6 +1449,14 @@ class NumpyBackend:
     def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
         return "direct" if spec.n == 0 else choose_algo(spec, weight)[0]
+
+    def fixed_plan(self, spec: ConvSpec) -> str | None:
+        """What :meth:`plan_algo` answers for ``spec`` whatever the weights' values, or
+        None where a rank-1 test of the weights decides."""
+        if spec.n == 0:
+            return "direct"
+        best, separable = _cheapest(spec, _tuning())
+        return None if separable else best
 
     def run(
         self,

@@ -707,6 +707,15 @@ class OpenCLBackend:
         plan = fast.planned(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
         return "direct" if plan is None else plan.algo
 
+    def fixed_plan(self, spec: ConvSpec) -> str | None:
+        """What :meth:`plan_algo` answered for ``spec`` if that answer cannot depend on
+        the weights' values, else None (also when it has not been asked yet)."""
+        fast = _fast_module()
+        found = fast.remembered(spec, "auto", self.is_cpu) if fast is not None else None
+        if found is None:
+            return None
+        return "direct" if found[0] is None else found[0].algo
+
     # ---- programs and kernels -------------------------------------------------
     def current(self, info: RunInfo | None) -> _Current:
         """Account builds without an explicit ``info`` to ``info`` inside the block."""

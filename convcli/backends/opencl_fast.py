@@ -375,6 +375,11 @@ def _tuning() -> tuple:
     )
 
 
+def remembered(spec: ConvSpec, algo: str, cpu: bool) -> tuple[Plan | None, None] | None:
+    """:func:`planned`'s remembered answer (a weight-independent one), or None."""
+    return _PLANS.get((spec, algo, cpu, _tuning()))
+
+
 def planned(
     spec: ConvSpec, weight: np.ndarray, algo: str = "auto", *, cpu: bool = True
 ) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
