@@ -6,7 +6,9 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     Every output from the kernel taps, no transform of the kernel. Dense layers use
     :func:`conv2d_direct`, the reference im2col + matmul per group (the column matrix is
     a gathered ``(pixels, C_in/groups*kH*kW)`` copy). Depthwise layers (``C_in/groups ==
-    1``: image filters) accumulate ``weight[tap] * shifted input`` in cache-sized pieces.
+    1``: image filters) accumulate ``weight[tap] * shifted input`` in cache-sized pieces
+    (channels innermost for many channels); those with 5x5 kernels and larger run as
+    small GEMMs against banded tap matrices (:func:`_depthwise_gemm`).
 ``gemm``
     The convolution as one matrix product over (channels x taps) per group, without the
     reference's gather: the padded input is split into ``stride`` phases and flattened.
@@ -18,7 +20,10 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     channels (W9) instead keep each input row once per column tap and run one GEMM per
     output row over rows the output rows share (:func:`_gemm_shared_rows`): kH times
     fewer copies. A 1x1 kernel with stride 1 and no
-    padding is a single matmul over channels with no copy. Layers of 0.1 GFLOP or more
+    padding is a single matmul over channels with no copy; a kernel as large as its
+    stride (non-overlapping patches: convnext's stem and downsampling layers) is one
+    transposed copy per image and a GEMM with the weight as a view (:func:`_patches`).
+    Layers of 0.1 GFLOP or more
     run as chunks of bands on a small thread pool, each thread on its own CPU for the
     call, with BLAS held at one thread (through ``threadpoolctl``; see
     :class:`_OneThreadBlas` and :func:`_spread_plan`); smaller ones leave the threading

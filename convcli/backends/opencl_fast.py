@@ -12,7 +12,10 @@ Algorithms (``info.algo``):
   (``sep_boxsum.cl``).
 * ``direct``: ``dw_direct.cl``, float8 along the output width, several output rows per
   work-item sharing loaded input rows; depthwise layers and image filters (and forced
-  ``direct`` on any layer).
+  ``direct`` on any layer). On CPU devices, depthwise layers with many channels on
+  small maps (CNN layers: at least 32 channels, outputs at most 32 wide, zero padding)
+  run ``dw_channels.cl`` instead: float8 across 8 output channels, one launch for all
+  channels, the taps packed as aligned float8 (:func:`_dw_channels_pays`).
 * ``gemm``: ``dense_gemm.cl``, an implicit GEMM with a register tile of float8
   output-channel vectors x output columns and weights packed on the host; multi-channel
   layers, 1x1 included. Wide 1x1 layers with stride 1 and no padding run
