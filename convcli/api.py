@@ -97,9 +97,9 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
 
 
 # (spec, backend, algo) of calls that ran in one piece with no memory to check: small
-# for every algorithm (budget.SMALL_NEED), no max_memory, no progress callback. Their
-# repeats skip the memory checks and the planning, which only decide the tiling (a warm
-# small layer's call spent a fifth of its time there).
+# (budget.SMALL_NEED) for the algorithm that runs whatever the weights, no max_memory,
+# no progress callback. Their repeats skip the memory checks and the planning, which
+# only decide the tiling (a warm small layer's call spent a fifth of its time there).
 _UNTILED: set[tuple] = set()
 _UNTILED_SIZE = 1024
 
