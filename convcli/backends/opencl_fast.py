@@ -374,6 +374,8 @@ def _tuning() -> tuple:
         POINTWISE_MIN_PIXELS,
         DW_CHANNELS_MIN_COUT,
         DW_CHANNELS_MAX_WO,
+        DW_MAX_TAPS,
+        DENSE_MAX_TAPS,
         opencl_fft.TILES,
     )
 
