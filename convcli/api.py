@@ -17,7 +17,14 @@ import numpy as np
 from convcli import backends
 from convcli.backends import choice
 from convcli.backends.numpy_backend import compute_dtype, gather_rows
-from convcli.budget import call_need, check_call, conv_need, memory_budget, output_bytes
+from convcli.budget import (
+    SMALL_NEED,
+    call_need,
+    check_call,
+    conv_need,
+    memory_budget,
+    output_bytes,
+)
 from convcli.dask_array import is_dask_array
 from convcli.errors import BackendError, ConvTypeError, ConvValueError, InputError
 from convcli.names import ALGOS
@@ -88,6 +95,41 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
             while len(_SPECS) > SPEC_CACHE_SIZE:
                 _SPECS.popitem(last=False)
     return spec
+
+
+# (spec, backend, algo) of calls that ran in one piece with no memory to check: small
+# (budget.SMALL_NEED) for the algorithm that runs whatever the weights, no max_memory,
+# no progress callback. Their repeats skip the memory checks and the planning, which
+# only decide the tiling (a warm small layer's call spent a fifth of its time there).
+_UNTILED: set[tuple] = set()
+_UNTILED_SIZE = 1024
+
+
+def _untiled_key(spec: ConvSpec, be: object, algo: str, max_memory, progress) -> tuple | None:
+    """The :data:`_UNTILED` key of a call, or None when its checks cannot be skipped."""
+    if max_memory is not None or progress is not None:
+        return None
+    return (spec, be, algo)
+
+
+def _remember_untiled(key: tuple | None, spec: ConvSpec, be: object, algo: str) -> None:
+    """Add ``key`` when the call it names runs untiled whatever the weights: the need of
+    the algorithm that runs, where the backend's plan cannot depend on the weights'
+    values (``fixed_plan``), else of the dearest."""
+    if key is None:
+        return
+    if algo == "auto":
+        fixed = getattr(be, "fixed_plan", None)
+        algo = (fixed(spec) if fixed is not None else None) or "auto"
+    if call_need(spec, algo, be.name).total > SMALL_NEED:
+        return
+    alloc = getattr(be, "max_alloc_bytes", None)
+    piece = conv_need(spec, algo, be.name, rows=spec.h_out, images=spec.n, tiled=False)
+    if alloc and piece.largest()[1] > alloc:
+        return
+    if len(_UNTILED) >= _UNTILED_SIZE:
+        _UNTILED.clear()
+    _UNTILED.add(key)
 
 
 def _select_backend(
@@ -373,6 +415,10 @@ def conv2d(
     bias = None if bias is None else np.ascontiguousarray(bias)
 
     def attempt(be: object) -> np.ndarray:
+        key = _untiled_key(spec, be, algo, max_memory, progress)
+        if key is not None and key in _UNTILED:
+            info.tiles += 1
+            return be.run(xb, weight, bias, spec, algo=algo, info=info)
         # the output and the index maps are needed whatever the algorithm: a padding of
         # 10**9 is refused here, before the cost model prices FFT sizes for it
         least = call_need(spec, None, be.name).total
@@ -390,7 +436,9 @@ def conv2d(
             return budget is None or output_bytes(spec) + piece.total <= budget
 
         tracker = None if progress is None else _Tracker(spec.n * spec.h_out, progress)
-        return _run_tiled(be, xb, weight, bias, spec, algo, planned, fits, info, tracker)
+        out = _run_tiled(be, xb, weight, bias, spec, algo, planned, fits, info, tracker)
+        _remember_untiled(key, spec, be, algo)
+        return out
 
     try:
         out = attempt(be)

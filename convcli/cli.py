@@ -1676,6 +1676,13 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (text or "").split(",") if v.strip())
 
 
+def _cnn_networks() -> list[str]:
+    """The networks of the cnn suite's shipped layer file."""
+    from convcli import bench_cnn
+
+    return list(bench_cnn.load_networks()[0])
+
+
 @cli.command()
 @click.option(
     "--suite",
@@ -1726,7 +1733,10 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     help="files suite: keep inputs and outputs here instead of a temporary folder.",
 )
 @click.option(
-    "--only", metavar="IDS", help="files suite: workloads to run, e.g. F3,F4 (default: all)."
+    "--only",
+    metavar="IDS",
+    help="files suite: workloads to run, e.g. F3,F4; cnn suite: networks, e.g. "
+    "resnet18,convnext_tiny (default: all).",
 )
 @click.option(
     "--json", "json_file", metavar="FILE", callback=_not_empty,
@@ -1785,9 +1795,9 @@ def bench(
     if files:
         sizes = cbench.Sizes().scaled(tiled_mp=tiled_mp, photo_mp=_megapixels(photo_mp))
     if only is not None:
-        if not files:
-            raise click.UsageError("--only picks workloads of --suite files")
-        known = [wl.id for wl in cbench.workloads(sizes)]
+        if not files and suite != "cnn":
+            raise click.UsageError("--only picks workloads of --suite files or cnn")
+        known = _cnn_networks() if suite == "cnn" else [wl.id for wl in cbench.workloads(sizes)]
         unknown = [i for i in _csv_list(only) if i not in known]
         if unknown or not _csv_list(only):
             # an unknown ID ran nothing and exited 0 with an empty table
@@ -1817,6 +1827,7 @@ def bench(
             progress,
             out,
             write=lambda target, text: _write_text(target, text, overwrite=overwrite),
+            networks=_csv_list(only) if only is not None else None,
         )
     if files:
         rows = cbench.run_files_suite(

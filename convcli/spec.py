@@ -19,6 +19,7 @@ Semantics written down (and tested in ``tests/test_spec.py``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -80,13 +81,15 @@ class ConvSpec:
         """Output channels per group."""
         return self.c_out // self.groups
 
-    @property
+    # cached: the warm path reads them a dozen times per call (the instance's __dict__
+    # takes the value; equality, hashing and replace() see only the fields)
+    @functools.cached_property
     def h_out(self) -> int:
         return out_size(
             self.h, self.pad[0] + self.pad[1], self.dilation[0], self.kh, self.stride[0]
         )
 
-    @property
+    @functools.cached_property
     def w_out(self) -> int:
         return out_size(
             self.w, self.pad[2] + self.pad[3], self.dilation[1], self.kw, self.stride[1]

@@ -553,3 +553,81 @@ def test_depthwise_channels_last(monkeypatch, band, dtype, xs, k, stride, pad, d
     monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
     last = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
     assert np.array_equal(planar, last)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize(
+    "xs, k, stride, pad, dilation",
+    [
+        ((2, 5, 7, 7), (7, 7), (1, 1), (3, 3), (1, 1)),  # convnext's 7x7 on a 7x7 map
+        ((1, 6, 11, 19), (5, 3), (2, 1), (2, 1), (1, 2)),  # strides, dilation, 3 blocks
+        ((3, 4, 6, 8), (7, 7), (2, 2), (3, 3), (1, 1)),  # kernel larger than half the map
+        ((1, 3, 5, 30), (1, 9), (1, 3), (0, 4), (1, 1)),  # one row, a block-crossing stride
+        ((1, 2, 9, 9), (3, 3), (1, 1), (0, 0), (2, 3)),  # no padding, dilated
+    ],
+)
+def test_depthwise_gemm(monkeypatch, dtype, xs, k, stride, pad, dilation):
+    """Depthwise taps as GEMMs against banded tap matrices, forced on small layers."""
+    monkeypatch.setattr(nb, "DW_GEMM", True)
+    rng = np.random.default_rng(sum(xs) + len(dtype) + 7)
+    c = xs[1]
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert nb._depthwise_gemm_pays(spec)
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+
+
+@pytest.mark.parametrize(
+    "c, hw, k, mult, mode, pays",
+    [
+        (96, 56, 7, 1, "zeros", True),  # convnext's depthwise layers
+        (768, 7, 7, 1, "zeros", True),
+        (96, 56, 3, 1, "zeros", False),  # 3x3: the tap loop is as fast
+        (96, 56, 7, 1, "reflect", False),  # padding maps: the tap loops gather them
+        (48, 56, 7, 2, "zeros", False),  # a channel multiplier
+        (8, 9, 7, 1, "zeros", False),  # too small for the band's set-up to pay
+    ],
+)
+def test_depthwise_gemm_only_where_it_applies_and_pays(c, hw, k, mult, mode, pays):
+    x = np.ones((1, c, hw, hw), np.float32)
+    w = np.ones((c * mult, 1, k, k), np.float32)
+    spec = make_spec(x, w, None, padding=k // 2, groups=c, padding_mode=mode)
+    assert nb._depthwise_gemm_pays(spec) is pays
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
+@pytest.mark.parametrize(
+    "xs, ws, k, groups",
+    [
+        ((1, 3, 16, 20), (8, 3, 4, 4), (4, 4), 1),  # convnext's stem, 4x4 / 4
+        ((3, 8, 15, 9), (16, 8, 2, 2), (2, 2), 1),  # odd sizes: the last row/column unused
+        ((2, 12, 10, 10), (6, 4, 2, 3), (2, 3), 3),  # groups, a 2x3 patch
+        ((1, 40, 4, 4), (64, 40, 2, 2), (2, 2), 1),  # enough channels to split among threads
+    ],
+)
+def test_patches(dtype, xs, ws, k, groups):
+    """Kernels as large as their stride (non-overlapping patches) run as one transposed
+    copy and a GEMM per image."""
+    rng = np.random.default_rng(sum(xs) + len(dtype))
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, ws, dtype), _rand(rng, ws[:1], dtype)
+    spec = make_spec(x, w, b, stride=k, groups=groups)
+    assert nb._patches_apply(spec)
+    _check(x, w, b, k, (0, 0), (1, 1), groups, "zeros", "gemm", dtype)
+
+
+@pytest.mark.parametrize(
+    "k, stride, padding, dilation, applies",
+    [
+        (2, 2, 0, 1, True),
+        (4, 4, 0, 1, True),
+        (3, 2, 0, 1, False),  # overlapping patches
+        (2, 2, 1, 1, False),  # padded
+        (2, 2, 0, 2, False),  # dilated
+        (1, 1, 0, 1, False),  # 1x1: the pointwise path
+    ],
+)
+def test_patches_only_where_they_apply(k, stride, padding, dilation, applies):
+    x = np.ones((1, 4, 12, 12), np.float32)
+    w = np.ones((8, 4, k, k), np.float32)
+    spec = make_spec(x, w, None, stride=stride, padding=padding, dilation=dilation)
+    assert nb._patches_apply(spec) is applies

@@ -185,3 +185,19 @@ def test_cli_renders_the_suite(monkeypatch, tiny):
     res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--json", "-", "-q"])
     assert res.exit_code == 0
     assert math.isclose(json.loads(res.output)["totals"][0]["median_ms"], tiny.totals[0].median_ms)
+
+
+def test_cli_only_picks_networks(monkeypatch, tiny):
+    calls = []
+
+    def fake(networks=None, **kwargs):
+        calls.append(networks)
+        return tiny
+
+    monkeypatch.setattr(bench_cnn, "run_cnn_suite", fake)
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--only", "resnet18", "-q"])
+    assert res.exit_code == 0, res.output
+    assert calls == [("resnet18",)]
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--only", "lenet", "-q"])
+    assert res.exit_code == 2 and "lenet not in" in res.output and "resnet18" in res.output
+    assert calls == [("resnet18",)]  # nothing ran

@@ -131,6 +131,74 @@ def test_forced_direct_on_grouped_layers(ocl, groups, cin, cout):
     assert_close(out, ref, "float32")
 
 
+# ---------------------------------------------------------------- dw_channels
+
+
+def _dw_channels_cases(count: int) -> list[tuple]:
+    """Random CNN depthwise layers (seeded): channels 96-1152 (some not a multiple of
+    8), maps 7-56, kernels 3/5/7, stride 1/2, channel multipliers, bias or none; every
+    one with an output at most DW_CHANNELS_MAX_WO wide, so that dw_channels runs."""
+    rng = np.random.default_rng(15)
+    cases = []
+    while len(cases) < count:
+        c = int(rng.integers(96, 1153))
+        hw = int(rng.integers(7, 57))
+        k = int(rng.choice([3, 5, 7]))
+        stride = int(rng.choice([1, 2]))
+        mult = int(rng.choice([1, 1, 2]))
+        if (hw + 2 * (k // 2) - k) // stride + 1 > 32 or c * mult * hw * hw > 1_500_000:
+            continue
+        cases.append((c, hw, k, stride, mult, bool(rng.integers(2)), int(rng.integers(1, 3))))
+    return cases
+
+
+@pytest.mark.parametrize("c, hw, k, stride, mult, bias, n", _dw_channels_cases(8))
+def test_dw_channels_matches_naive(ocl, c, hw, k, stride, mult, bias, n):
+    x, w, b = rng_arrays(c + hw, (n, c, hw, hw + 1), (c * mult, 1, k, k), bias=bias)
+    out, ref, info = fast(ocl, x, w, b, stride=stride, padding=k // 2, groups=c)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "c, mult, hw, k, stride, dilation, padding",
+    [
+        (36, 1, (7, 9), (3, 3), 1, 1, 1),  # 4 lanes of the last block past C_OUT
+        (45, 3, (10, 10), (5, 5), 2, 1, 2),  # multiplier 3: blocks straddle input planes
+        (64, 1, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3)),  # asymmetric everything
+        (96, 1, (1, 1), (3, 3), 1, 1, 1),  # a 1x1 map: every tap but one in the padding
+        (128, 1, (16, 40), (7, 7), 1, 2, 0),  # 40 columns: segments of 7 (last one short)
+    ],
+)
+def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
+    from convcli.backends import opencl_fast
+
+    x, w, b = rng_arrays(c, (2, c, *hw), (c * mult, 1, *k))
+    spec = make_spec(x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
+    assert opencl_fast.choose(spec, w, cpu=True)[0].kernel == "dw_channels"
+    out, ref, _ = fast(ocl, x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "c, hw, mode, cpu, kernel",
+    [
+        (96, 14, "zeros", True, "dw_channels"),
+        (96, 14, "zeros", False, "dw_direct"),  # GPUs keep their kernels
+        (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
+        (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
+        (96, 56, "zeros", True, "dw_direct"),  # wide rows: float8 along the width
+    ],
+)
+def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
+    from convcli.backends import opencl_fast
+
+    x = np.ones((1, c, hw, hw), np.float32)
+    w = np.random.default_rng(0).standard_normal((c, 1, 3, 3)).astype(np.float32)
+    spec = make_spec(x, w, None, padding=1, groups=c, padding_mode=mode)
+    assert opencl_fast.choose(spec, w, cpu=cpu)[0].kernel == kernel
+
+
 # ---------------------------------------------------------------- separable
 
 

@@ -119,3 +119,70 @@ def test_conv2d_layer_keeps_its_packed_weights():
     w.flags.writeable = True
     w[...] *= -1
     assert_close(layer(x, backend="opencl"), _ref(x, w, layer.bias), "float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_small_call_skips_the_planning_but_not_under_max_memory(backend, monkeypatch):
+    from convcli import backends
+
+    be = backends.get_backend(backend)
+    planned = []
+    plan_algo = be.plan_algo
+    monkeypatch.setattr(be, "plan_algo", lambda spec, w: planned.append(spec) or plan_algo(spec, w))
+    monkeypatch.setattr(api, "_UNTILED", set())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 5, 11, 13)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    first = convcli.conv2d(x, w, padding=1, backend=backend)
+    again = convcli.conv2d(x, w, padding=1, backend=backend)
+    assert len(planned) == 1  # the repeat skipped the memory checks and the plan
+    assert_close(again, _ref(x, w))
+    np.testing.assert_array_equal(again, first)
+    convcli.conv2d(x, w, padding=1, backend=backend, max_memory=2**30)
+    assert len(planned) == 2  # a memory limit is checked at every call
+    w2 = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    assert_close(convcli.conv2d(x, w2, padding=1, backend=backend), _ref(x, w2))
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_opencl_plan_follows_the_weights_values():
+    # a depthwise 5x5 layer is separable or not by its values: the plans remembered per
+    # shape must not keep the first one
+    from convcli.runinfo import RunInfo
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 3, 40, 48)).astype(np.float32)
+    t = np.exp(-((np.arange(5) - 2.0) ** 2) / 2)
+    gauss = np.tile(np.outer(t, t)[None, None], (3, 1, 1, 1)).astype(np.float32)
+    noise = rng.standard_normal((3, 1, 5, 5)).astype(np.float32)
+    for w, algo in [
+        (gauss, "separable"),
+        (gauss, "separable"),
+        (noise, "direct"),
+        (gauss, "separable"),
+    ]:
+        info = RunInfo()
+        y = convcli.conv2d(x, w, padding=2, groups=3, backend="opencl", info=info)
+        assert info.algo == algo
+        ref = naive_conv2d(x, w, None, (1, 1), (2, 2, 2, 2), (1, 1), 3)
+        assert_close(y, ref)
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_repeated_depthwise_call_skips_the_planning(monkeypatch):
+    # a depthwise layer's FFT would need a large workspace, but the plan that runs it
+    # (dw_channels) does not depend on the weights: its repeats skip the checks too
+    from convcli import backends
+
+    be = backends.get_backend("opencl")
+    planned = []
+    plan_algo = be.plan_algo
+    monkeypatch.setattr(be, "plan_algo", lambda spec, w: planned.append(spec) or plan_algo(spec, w))
+    monkeypatch.setattr(api, "_UNTILED", set())
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 96, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((96, 1, 7, 7)).astype(np.float32)
+    for _ in range(3):
+        y = convcli.conv2d(x, w, padding=3, groups=96, backend="opencl")
+    assert len(planned) == 1
+    assert_close(y, naive_conv2d(x, w, None, (1, 1), (3, 3, 3, 3), (1, 1), 96))

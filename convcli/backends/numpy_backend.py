@@ -6,7 +6,9 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     Every output from the kernel taps, no transform of the kernel. Dense layers use
     :func:`conv2d_direct`, the reference im2col + matmul per group (the column matrix is
     a gathered ``(pixels, C_in/groups*kH*kW)`` copy). Depthwise layers (``C_in/groups ==
-    1``: image filters) accumulate ``weight[tap] * shifted input`` in cache-sized pieces.
+    1``: image filters) accumulate ``weight[tap] * shifted input`` in cache-sized pieces
+    (channels innermost for many channels); those with 5x5 kernels and larger run as
+    small GEMMs against banded tap matrices (:func:`_depthwise_gemm`).
 ``gemm``
     The convolution as one matrix product over (channels x taps) per group, without the
     reference's gather: the padded input is split into ``stride`` phases and flattened.
@@ -18,7 +20,10 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`choose_algo`'s cost mode
     channels (W9) instead keep each input row once per column tap and run one GEMM per
     output row over rows the output rows share (:func:`_gemm_shared_rows`): kH times
     fewer copies. A 1x1 kernel with stride 1 and no
-    padding is a single matmul over channels with no copy. Layers of 0.1 GFLOP or more
+    padding is a single matmul over channels with no copy; a kernel as large as its
+    stride (non-overlapping patches: convnext's stem and downsampling layers) is one
+    transposed copy per image and a GEMM with the weight as a view (:func:`_patches`).
+    Layers of 0.1 GFLOP or more
     run as chunks of bands on a small thread pool, each thread on its own CPU for the
     call, with BLAS held at one thread (through ``threadpoolctl``; see
     :class:`_OneThreadBlas` and :func:`_spread_plan`); smaller ones leave the threading
@@ -54,7 +59,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from convcli.errors import ConvValueError
 from convcli.plan import separable_factors
@@ -589,11 +594,49 @@ def _lead(length: int, itemsize: int) -> int:
     return -(-length // (2 * line)) * 2 * line + line
 
 
+def _patches_apply(spec: ConvSpec) -> bool:
+    """Kernel as large as its stride, no dilation, no padding: every input pixel feeds
+    one output (convnext's 4x4/4 stem, its 2x2/2 downsampling layers)."""
+    return (
+        (spec.kh, spec.kw) == spec.stride
+        and spec.kh * spec.kw > 1
+        and spec.dilation == (1, 1)
+        and spec.pad == (0, 0, 0, 0)
+    )
+
+
+def _patches(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
+    """Non-overlapping patches: the column matrix is one transposed copy of the input,
+    its rows in the weight's own (channel, row, column) order, so the weight matrix is a
+    view (the phase split would reorder a 384->768 2x2 layer's 4.7 MB of weights at every
+    call and run its one GEMM on a single thread). Jobs split the output channels among
+    the threads when there are fewer images than threads."""
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    n, ho, wo, kh, kw = spec.n, spec.h_out, spec.w_out, spec.kh, spec.kw
+    wm = weight.reshape(g, cout_g, cin_g * kh * kw)
+    out = np.empty((n, g, cout_g, ho * wo), dtype=work)
+    threads = _gemm_threads(spec)
+    parts = max(1, min(cout_g // 8, -(-threads // n)))
+    step = -(-cout_g // parts)
+
+    def job(i: int, o0: int) -> None:
+        # the patches of image i: (C, kh, kw, Ho, Wo); each job copies its own
+        v = x[i, :, : ho * kh, : wo * kw].reshape(spec.c_in, ho, kh, wo, kw)
+        cols = v.transpose(0, 2, 4, 1, 3).reshape(g, cin_g * kh * kw, ho * wo)
+        o1 = min(cout_g, o0 + step)
+        np.matmul(wm[:, o0:o1], cols, out=out[i, :, o0:o1])
+
+    _run_jobs(job, [(i, o0) for i in range(n) for o0 in range(0, cout_g, step)], threads, spec)
+    return out.reshape(n, spec.c_out, ho, wo)
+
+
 def _gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype) -> np.ndarray:
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
         return _pointwise(x, weight, spec, work)
+    if _patches_apply(spec):
+        return _patches(x, weight, spec, work)
     if _shared_rows(spec):
         return _gemm_shared_rows(x, weight, spec, work)
     threads = _gemm_threads(spec)
@@ -903,9 +946,99 @@ def _depthwise_channels_last(
     return out
 
 
+# Depthwise layers (one channel per group, zero padding, real dtypes) with at least this
+# many kernel taps and multiply-adds run as GEMMs over row blocks (see _depthwise_gemm);
+# None in DW_GEMM: that rule, True/False force it where it applies (tests, A/B runs).
+# ms against the channels-last tap loop (min of 7, 2 cores): 7x7 kernels 96ch 56^2 2.6
+# vs 7.8, 192ch 28^2 1.7 vs 3.5, N=8 384ch 14^2 6.9 vs 20.1, N=8 768ch 7^2 3.3 vs 7.9;
+# 5x5 N=8 672ch 14^2 s2 2.9 vs 4.6, 240ch 14^2 0.49 vs 0.56, but 576ch 7^2 0.43 vs 0.36
+# (under a million multiply-adds: the band set-up weighs); 3x3 within noise.
+DW_GEMM: bool | None = None
+DW_GEMM_MIN_TAPS = 25
+DW_GEMM_MIN_MACS = 10**6
+# output columns per block (the GEMM's N)
+DW_GEMM_BLOCK = 8
+DW_GEMM_MIN_JOB_BYTES = 128 * 1024
+
+
+def _depthwise_gemm_applies(spec: ConvSpec) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.padding_mode == "zeros"
+        and min(spec.pad) >= 0
+        and np.dtype(spec.dtype).kind == "f"
+    )
+
+
+def _depthwise_gemm_pays(spec: ConvSpec) -> bool:
+    if not _depthwise_gemm_applies(spec):
+        return False
+    if DW_GEMM is not None:
+        return DW_GEMM
+    return spec.kh * spec.kw >= DW_GEMM_MIN_TAPS and spec.macs >= DW_GEMM_MIN_MACS
+
+
+def _depthwise_gemm(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype):
+    """Depthwise taps as one small GEMM per channel over blocks of output columns.
+
+    A block of B = DW_GEMM_BLOCK output columns of one output row reads kH input rows of
+    ``span`` columns; with those kH x span values as a row of a matrix (one row per
+    block), the block's outputs are that row times a ``(kH*span, B)`` banded matrix of
+    the channel's taps (zeros off the band). The tap loop passes over the whole output
+    twice per tap (a multiply, an add); the GEMM reads each block's values once and runs
+    at BLAS speed, computing ``span / kW`` times the products (the zeros of the band).
+    Channels run in chunks whose row matrix stays in L2, on the gemm path's threads.
+    """
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    b = DW_GEMM_BLOCK
+    nb = -(-wo // b)
+    span = (b - 1) * sw + (kw - 1) * dw + 1
+    item = work.itemsize
+    wp = max(w + left + right, (nb - 1) * b * sw + span)
+    xp = np.zeros((c, n, h + top + bottom, wp), dtype=work)
+    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+    band = np.zeros((c, kh, span, b), dtype=work)
+    taps = weight.reshape(c, kh, kw)
+    for j in range(kw):
+        for q in range(b):
+            band[:, :, j * dw + q * sw, q] = taps[:, :, j]
+    band = band.reshape(c, kh * span, b)
+    s = xp.strides
+    rows = as_strided(
+        xp, (c, n, ho, nb, kh, span), (s[0], s[1], s[2] * sh, b * sw * item, s[2] * dh, item)
+    )
+    out = np.empty((n, c, ho, wo), dtype=work)
+    # a job's row matrix: in L2, and at most a quarter of a large input (the padded copy
+    # is another), so that the call stays within what budget.conv_need prices for it;
+    # small inputs take 128 KiB (each job costs ~10 us of calls: 768 channels of a 7x7
+    # map in 59 jobs ran 1.5x slower than in 9)
+    limit = min(GEMM_BYTES, max(x.size * item // 4, DW_GEMM_MIN_JOB_BYTES))
+    per_row = n * nb * kh * span * item  # one output row of one channel
+    nr = max(1, min(ho, limit // per_row))
+    step = max(1, limit // (per_row * ho)) if nr == ho else 1
+
+    def chunk(c0: int, r0: int) -> None:
+        c1, r1 = min(c, c0 + step), min(ho, r0 + nr)
+        mat = rows[c0:c1, :, r0:r1].reshape(c1 - c0, n * (r1 - r0) * nb, kh * span)  # a copy
+        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, r1 - r0, nb * b)
+        out[:, c0:c1, r0:r1] = y[..., :wo].transpose(1, 0, 2, 3)
+
+    jobs = [(c0, r0) for c0 in range(0, c, step) for r0 in range(0, ho, nr)]
+    _run_jobs(chunk, jobs, _gemm_threads(spec), spec)
+    return out
+
+
 def _direct_depthwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype
 ) -> np.ndarray:
+    if _depthwise_gemm_pays(spec):
+        return _depthwise_gemm(x, weight, spec, work)
     if _channels_last_pays(spec):
         return _depthwise_channels_last(x, weight, spec, work)
     g, cout_g = spec.groups, spec.cout_g
@@ -1321,6 +1454,14 @@ class NumpyBackend:
     def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
         return "direct" if spec.n == 0 else choose_algo(spec, weight)[0]
+
+    def fixed_plan(self, spec: ConvSpec) -> str | None:
+        """What :meth:`plan_algo` answers for ``spec`` whatever the weights' values, or
+        None where a rank-1 test of the weights decides."""
+        if spec.n == 0:
+            return "direct"
+        best, separable = _cheapest(spec, _tuning())
+        return None if separable else best
 
     def run(
         self,

@@ -240,6 +240,8 @@ def inject_fault(step: str) -> None:
 
     ``run`` and ``lost`` are both checked by the ``"run"`` step (kernel launches).
     """
+    if not os.environ.get(FAULT_ENV):  # every launch and buffer asks: the usual answer first
+        return
     steps = _fault_steps()
     names = [step] + (["lost"] if step == "run" else [])
     for name in names:
@@ -251,14 +253,27 @@ def inject_fault(step: str) -> None:
             raise getattr(cl, kind)(record)
 
 
-@contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn pyopencl errors and MemoryError inside the block into one-line BackendError."""
-    cl = _import_cl()
-    try:
-        yield
-    except (cl.Error, MemoryError) as exc:
-        raise BackendError(f"{what}: {_error_line(exc)}") from exc
+class translate_errors:
+    """Turn pyopencl errors and MemoryError inside the block into one-line BackendError.
+
+    A class rather than a generator-based context manager: a warm call enters several,
+    and each generator-based one cost about 2 us.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, MemoryError | _import_cl().Error):
+            raise BackendError(f"{self.what}: {_error_line(exc)}") from exc
+        return False
 
 
 # ------------------------------------------------------------------------ devices
@@ -609,6 +624,23 @@ def _compiler_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+class _Current:
+    """:meth:`OpenCLBackend.current`'s context manager (a class: see translate_errors)."""
+
+    __slots__ = ("backend", "info", "previous")
+
+    def __init__(self, backend: OpenCLBackend, info: RunInfo | None) -> None:
+        self.backend, self.info = backend, info
+
+    def __enter__(self) -> None:
+        self.backend._lock.acquire()
+        self.previous, self.backend._info = self.backend._info, self.info
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend._info = self.previous
+        self.backend._lock.release()
+
+
 class OpenCLBackend:
     """Runs convolutions on one OpenCL device (one context and one profiling queue).
 
@@ -639,6 +671,7 @@ class OpenCLBackend:
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
         self._kernels: dict[tuple, Any] = {}
+        self._fits: dict[tuple, tuple[int, ...]] = {}  # local_size() by (limit, wanted)
         self._launched: set[tuple] = set()  # (kernel, local size) launched once
         self._weights: OrderedDict[tuple, Any] = OrderedDict()
         self._scratch: dict[str, Any] = {}
@@ -716,7 +749,21 @@ class OpenCLBackend:
     def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
         fast = _fast_module()
-        plan = fast.choose(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
+        plan = fast.planned(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
+        if plan is not None:
+            from convcli.backends import opencl_gpu
+
+            plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
+        return "direct" if plan is None else plan.algo
+
+    def fixed_plan(self, spec: ConvSpec) -> str | None:
+        """What :meth:`plan_algo` answered for ``spec`` if that answer cannot depend on
+        the weights' values, else None (also when it has not been asked yet)."""
+        fast = _fast_module()
+        found = fast.remembered(spec, "auto", self.is_cpu) if fast is not None else None
+        if found is None:
+            return None
+        plan = found[0]
         if plan is not None:
             from convcli.backends import opencl_gpu
 
@@ -724,15 +771,9 @@ class OpenCLBackend:
         return "direct" if plan is None else plan.algo
 
     # ---- programs and kernels -------------------------------------------------
-    @contextlib.contextmanager
-    def current(self, info: RunInfo | None) -> Iterator[None]:
+    def current(self, info: RunInfo | None) -> _Current:
         """Account builds without an explicit ``info`` to ``info`` inside the block."""
-        with self._lock:
-            previous, self._info = self._info, info
-            try:
-                yield
-            finally:
-                self._info = previous
+        return _Current(self, info)
 
     def _add(self, info: RunInfo | None, key: str, seconds: float) -> None:
         info = info if info is not None else self._info
@@ -857,7 +898,12 @@ class OpenCLBackend:
         :func:`fit_local_size`): ``CL_KERNEL_WORK_GROUP_SIZE`` (a register-hungry kernel
         can be limited below the device maximum on GPUs), the device's work-item sizes,
         and any smaller size a refused launch of this kernel has taught."""
-        return fit_local_size(wanted, self._group_limit(kernel), self.limits.max_work_item_sizes)
+        key = (self._group_limit(kernel), tuple(wanted))
+        fit = self._fits.get(key)
+        if fit is None:  # a pure function of the key, asked at every launch
+            fit = fit_local_size(key[1], key[0], self.limits.max_work_item_sizes)
+            self._fits[key] = fit
+        return fit
 
     def _group_limit(self, kernel: cl.Kernel) -> int:
         key = ("wg", id(kernel))

@@ -12,7 +12,10 @@ Algorithms (``info.algo``):
   (``sep_boxsum.cl``).
 * ``direct``: ``dw_direct.cl``, float8 along the output width, several output rows per
   work-item sharing loaded input rows; depthwise layers and image filters (and forced
-  ``direct`` on any layer).
+  ``direct`` on any layer). On CPU devices, depthwise layers with many channels on
+  small maps (CNN layers: at least 32 channels, outputs at most 32 wide, zero padding)
+  run ``dw_channels.cl`` instead: float8 across 8 output channels, one launch for all
+  channels, the taps packed as aligned float8 (:func:`_dw_channels_pays`).
 * ``gemm``: ``dense_gemm.cl``, an implicit GEMM with a register tile of float8
   output-channel vectors x output columns and weights packed on the host; multi-channel
   layers, 1x1 included. Wide 1x1 layers with stride 1 and no padding run
@@ -307,6 +310,8 @@ def choose(
         return None, None
     depthwise = spec.cin_g == 1
     taps = spec.kh * spec.kw
+    if algo in ("auto", "direct") and _dw_channels_pays(spec, cpu):
+        return Plan("direct", "dw_channels"), None
     if algo == "separable":
         if not depthwise:
             raise ConvValueError(
@@ -351,6 +356,52 @@ def choose(
         # Forced 'direct', or few output channels per group: vectorise along the width.
         return Plan("direct", "dw_direct"), None
     return None, None
+
+
+# choose()'s answers that do not depend on the weights' values, per (spec, algo, cpu,
+# tuning): plan_algo and run ask at every call (twice a warm small layer's 5 us).
+_PLANS: dict[tuple, tuple[Plan | None, None]] = {}
+
+
+def _tuning() -> tuple:
+    """The module values choose() reads (tests and A/B runs patch them)."""
+    from convcli.backends import opencl_fft
+
+    return (
+        WINOGRAD,
+        WINO_MIN_RATIO,
+        POINTWISE_MIN_CIN,
+        POINTWISE_MIN_PIXELS,
+        DW_CHANNELS_MIN_COUT,
+        DW_CHANNELS_MAX_WO,
+        DW_MAX_TAPS,
+        DENSE_MAX_TAPS,
+        opencl_fft.TILES,
+    )
+
+
+def remembered(spec: ConvSpec, algo: str, cpu: bool) -> tuple[Plan | None, None] | None:
+    """:func:`planned`'s remembered answer (a weight-independent one), or None."""
+    return _PLANS.get((spec, algo, cpu, _tuning()))
+
+
+def planned(
+    spec: ConvSpec, weight: np.ndarray, algo: str = "auto", *, cpu: bool = True
+) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`choose`, remembered where the weights' values cannot change the answer:
+    choose() reads them only for depthwise layers under 'auto' or 'separable' (rank-1
+    and FFT tests), and not at all for the layers dw_channels takes."""
+    key = (spec, algo, cpu, _tuning())
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit
+    plan, factors = choose(spec, weight, algo, cpu=cpu)
+    reads = spec.cin_g == 1 and algo in ("auto", "separable")
+    if not reads or (plan is not None and plan.kernel == "dw_channels"):
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        _PLANS[key] = (plan, None)
+    return plan, factors
 
 
 def _too_wide_for_tiles(spec: ConvSpec) -> bool:
@@ -877,6 +928,91 @@ def _run_winograd(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -
     return out
 
 
+# dw_channels (float8 across output channels, see its header) for depthwise layers on
+# CPU devices with at least this many output channels and output rows at most this wide.
+DW_CHANNELS_MIN_COUT = 32
+DW_CHANNELS_MAX_WO = 32
+# Output columns per dw_channels item at most (accumulators: XB float8 registers).
+DW_CHANNELS_XB = 8
+# Items per work-group wanted: each item is short (one row segment of 8 channels).
+DW_CHANNELS_ITEMS = 16
+
+
+def _dw_channels_pays(spec: ConvSpec, cpu: bool) -> bool:
+    """Depthwise layers with many channels on small maps run dw_channels: their rows are
+    too short for dw_direct's float8 along the width (a 7-wide row runs 7 of 8 lanes
+    through the padded border path, one channel plane per item). CPU devices only: the
+    layouts and work-group sizes were chosen on PoCL, GPUs keep their own kernels."""
+    return (
+        cpu
+        and spec.cin_g == 1
+        and spec.c_out >= DW_CHANNELS_MIN_COUT
+        and spec.w_out <= DW_CHANNELS_MAX_WO
+        and spec.padding_mode == "zeros"
+        and spec.kh * spec.kw <= DENSE_MAX_TAPS
+    )
+
+
+def _dw_channels_segments(w_out: int) -> tuple[int, int]:
+    """(XB output columns per item, NSEG items per row): the fewest equal segments of
+    at most DW_CHANNELS_XB columns (a 28-wide row: 4 of 7, not 3 of 8 and one of 4)."""
+    nseg = -(-w_out // DW_CHANNELS_XB)
+    xb = -(-w_out // nseg)
+    return xb, -(-w_out // xb)
+
+
+def _pack_dw_channels(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Taps as dw_channels reads them: ``(NCB, CSUM, KH, KW, 8)``; bias ``(NCB, 8)``."""
+    ncb = -(-spec.c_out // step)
+    w = np.zeros((ncb * step, spec.cin_g, spec.kh, spec.kw), np.float32)
+    w[: spec.c_out] = weight
+    b = np.zeros(ncb * step, np.float32)
+    if bias is not None:
+        b[: spec.c_out] = bias
+    packed = w.reshape(ncb, step, spec.cin_g, spec.kh, spec.kw).transpose(0, 2, 3, 4, 1)
+    return np.ascontiguousarray(packed), b
+
+
+def _run_dw_channels(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    xb, nseg = _dw_channels_segments(spec.w_out)
+    ncb = -(-spec.c_out // 8)
+    defines = {
+        "C_IN": spec.c_in,
+        "C_OUT": spec.c_out,
+        "CSUM": spec.cin_g,
+        "CMULT": spec.cout_g,
+        "KH": spec.kh,
+        "KW": spec.kw,
+        "SH": spec.stride[0],
+        "SW": spec.stride[1],
+        "DH": spec.dilation[0],
+        "DW": spec.dilation[1],
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+        "N": spec.n,
+        "H": spec.h,
+        "W": spec.w,
+        "HO": spec.h_out,
+        "WO": spec.w_out,
+        "XB": xb,
+        "NSEG": nseg,
+        "HAS_BIAS": int(bias is not None),
+    }
+    kernel = _kernel(backend, "dw_channels", defines, info)
+    xbuf = backend.input_buffer(x, info)
+    t0 = time.perf_counter()
+    wbuf, bbuf = _packed_weights(cl, backend, weight, bias, spec, 8, _pack_dw_channels)
+    info.timings["upload"] = info.timings.get("upload", 0.0) + time.perf_counter() - t0
+    out, obuf = backend.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    gsize = (nseg, spec.h_out, spec.n * ncb)
+    ev = _launch(cl, backend, kernel, gsize, [xbuf, wbuf, bbuf, obuf], fill_to=DW_CHANNELS_ITEMS)
+    backend.fetch(out, obuf, info)  # the one blocking call: waits for the kernel
+    _add_compute(info, [ev])
+    return out
+
+
 def _run_direct(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     xbuf = backend.input_buffer(x, info)
     out_shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
@@ -1108,7 +1244,7 @@ def run(
     """
     from convcli.backends import opencl_gpu
 
-    plan, factors = choose(spec, weight, algo, cpu=backend.is_cpu)
+    plan, factors = planned(spec, weight, algo, cpu=backend.is_cpu)
     plan = opencl_gpu.device_plan(plan, spec, algo, backend.is_cpu)
     if plan is None:
         return None
@@ -1153,6 +1289,8 @@ def run(
                 out = _run_dense(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "pointwise":
                 out = _run_pointwise(cl, backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_channels":
+                out = _run_dw_channels(cl, backend, xf, wf, bf, spec, info)
             else:
                 out = _run_direct(cl, backend, xf, wf, bf, spec, info)
         except opencl_gpu.NoFit:
