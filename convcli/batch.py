@@ -1310,6 +1310,9 @@ def run_tasks(
                     continue
                 job = _job(task, filt, engine, output, max_pixels)
                 job.strip_request = strip_rows
+                # images of this batch still to come, this one included: what a
+                # backend started for this image serves too
+                job.images_ahead = len(pending) + 1
                 job.start()
                 reads.append((task, job))
 

@@ -519,6 +519,9 @@ class ImageJob:
         #: set before convolve_strips: strips go through the fused native-depth step
         #: and on_strip gets the rounded samples (no result, no kept alpha)
         self.native: NativeStep | None = None
+        #: images of the run still to come, this one included (the native step's
+        #: ``auto`` spreads OpenCL's start-up over all of them, not one image's strips)
+        self.images_ahead = 1
 
     # ---- opening (in a reader thread, ahead of the convolution)
     def start(self) -> None:
@@ -698,7 +701,7 @@ class ImageJob:
                         step,
                         native_backend,
                         engine.device,
-                        len(geo.strips()),
+                        len(geo.strips()) * max(1, self.images_ahead),
                         part,
                     )
                     self.run.info.add(part)

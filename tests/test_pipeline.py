@@ -580,3 +580,28 @@ def test_native_depth_step_gives_the_float_path_within_one_level(tmp_path, backe
             assert diff.max() <= 1 and (diff > 0).mean() < 0.03, (i, (diff > 0).mean())
         checked += 1
     assert checked == 10
+
+
+def test_a_batch_spreads_opencls_start_over_the_images_still_to_come(tmp_path, monkeypatch):
+    """The native step's auto weighs OpenCL's start-up against every image of the batch
+    still to come (a folder of small photos pays it once), not one image's strips."""
+    from convcli import native
+
+    seen = []
+    real = native.choose_backend
+
+    def spy(plan, device=None, strips=1):
+        seen.append(strips)
+        return real(plan, device, strips)
+
+    monkeypatch.setattr(native, "choose_backend", spy)
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        cio.write_image(src / f"{i}.png", rng.random((3, 20, 30)).astype(np.float32))
+    plan = cbatch.plan_batch(src, tmp_path / "out")
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    res = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine("auto"), workers=1)
+    assert len(res.done) == 3
+    assert seen[:3] == [3, 2, 1]  # one strip each: the images still to come
