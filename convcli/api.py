@@ -22,6 +22,7 @@ from convcli.budget import (
     call_need,
     check_call,
     conv_need,
+    largest_fit,
     memory_budget,
     output_bytes,
 )
@@ -189,20 +190,6 @@ def _halo_rows(spec: ConvSpec) -> int:
     return max(1, -(-max(0, ekh - spec.stride[0]) // spec.stride[0]))
 
 
-def _largest(fits: Callable[[int], bool], most: int) -> int:
-    """The largest ``k`` in ``1..most`` with ``fits(k)`` (monotone), or 0."""
-    if most < 1 or not fits(1):
-        return 0
-    lo, hi = 1, most
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _run_tiled(
     backend: object,
     x: np.ndarray,
@@ -242,7 +229,7 @@ def _run_tiled(
             report(spec.n * spec.h_out)
         return out
     rows = spec.h_out
-    per = _largest(lambda k: fits(k, spec.h_out, False), spec.n)
+    per = largest_fit(lambda k: fits(k, spec.h_out, False), spec.n)
     if steps is not None:
         if spec.n >= steps:
             per = min(per, -(-spec.n // steps))
@@ -251,7 +238,7 @@ def _run_tiled(
             rows = max(-(-spec.n * spec.h_out // steps), _halo_rows(spec))
     if per == 0 or rows < spec.h_out:
         per = 1
-        rows = min(rows, _largest(lambda r: fits(1, r, True), spec.h_out) or 1)
+        rows = min(rows, largest_fit(lambda r: fits(1, r, True), spec.h_out) or 1)
         # bands start at even output rows where they can: OpenCL's Winograd path
         # computes 2x2 output tiles, so a band starting at an odd row would round
         # differently

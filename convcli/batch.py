@@ -58,6 +58,7 @@ from convcli.budget import (
     conv_need,
     file_need,
     format_bytes,
+    largest_fit,
     memory_budget,
     opencl_reserve,
     process_bytes,
@@ -838,7 +839,7 @@ def check_file(
         rows = most
         if engine.max_memory is not None and peak_of(most) > room:
             # shorter strips: the largest multiple of the alignment that fits
-            steps = _largest_fit(lambda k: peak_of(k * align) <= room, max(1, most // align))
+            steps = largest_fit(lambda k: peak_of(k * align) <= room, max(1, most // align))
             rows = steps * align if steps else least
         peak = peak_of(rows)
         if peak > room:
@@ -884,20 +885,6 @@ def check_file(
     strip_in, strip_out = _strip_bytes(spec, rows)
     others = held + weight + sink[0] + STRIP_INPUTS * strip_in + STRIP_RESULTS * strip_out
     return FileBudget(room - reserve - others, backend, note, rows)
-
-
-def _largest_fit(fits: Callable[[int], bool], most: int) -> int:
-    """The largest ``k`` in ``1..most`` with ``fits(k)`` (monotone), or 0."""
-    if most < 1 or not fits(1):
-        return 0
-    lo, hi = 1, most
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _write_notes(

@@ -542,3 +542,18 @@ def file_need(
         "convolve": held + strips + conv.total + sink[0],
         "encode": sink[1] + STRIP_RESULTS * strip_out,
     }
+
+
+def largest_fit(fits: Callable[[int], bool], most: int) -> int:
+    """The largest ``k`` in ``1..most`` with ``fits(k)`` (monotone), or 0: the most
+    images, rows or strips a memory budget holds."""
+    if most < 1 or not fits(1):
+        return 0
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
