@@ -358,9 +358,10 @@ def _probe_header(path: Path) -> FileShape | None:
         return None
 
 
-def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int]:
-    """A ``.npy`` image and its bit depth: uint8/uint16 arrays are scaled like image
-    samples (/255, /65535), every other real dtype is taken as float values."""
+def open_npy_image(path: Path) -> np.ndarray:
+    """A ``.npy`` image memory-mapped as ``(C, H, W)`` (a 2-D array gets one channel),
+    after the checks every reader of it makes: readable, a real dtype, 2-D or 3-D, not
+    empty. Raises InputError naming the file."""
     name = name_of(path)
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -376,6 +377,14 @@ def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int
         )
     if 0 in arr.shape:
         raise InputError(f"{name}: .npy image is empty (shape {tuple(arr.shape)})")
+    return arr
+
+
+def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int]:
+    """A ``.npy`` image and its bit depth: uint8/uint16 arrays are scaled like image
+    samples (/255, /65535), every other real dtype is taken as float values."""
+    name = name_of(path)
+    arr = open_npy_image(path)
     _check_pixels(name, int(arr.shape[1]) * int(arr.shape[2]), max_pixels)
     try:
         data = np.ascontiguousarray(arr, dtype=np.float32)

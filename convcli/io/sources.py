@@ -410,20 +410,7 @@ def _open_npy(path: Path) -> NpySource:
     samples divided by 255 / 65535, every other real type taken as float32 values),
     the NaN check strip by strip."""
     name = name_of(path)
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")
-    except Exception as exc:  # numpy raises ValueError/OSError/EOFError/UnpicklingError
-        raise InputError(f"{name}: not a readable .npy array ({reason(exc)})") from None
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"{name}: .npy dtype {arr.dtype} is not a real number type")
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise InputError(
-            f"{name}: .npy image must be (C, H, W) or (H, W), got shape {tuple(arr.shape)}"
-        )
-    if 0 in arr.shape:
-        raise InputError(f"{name}: .npy image is empty (shape {tuple(arr.shape)})")
+    arr = _im.open_npy_image(path)
     channels, height, width = map(int, arr.shape)
     if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):
         depth, top = 8 * arr.dtype.itemsize, float(256**arr.dtype.itemsize - 1)
