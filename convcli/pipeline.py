@@ -54,7 +54,7 @@ from convcli.filters import Filter
 from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
-from convcli.io.images import WRITE_FORMATS
+from convcli.io.images import output_format, stored_channels
 from convcli.io.publish import publish
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, source_index
@@ -391,12 +391,7 @@ def target_for(
     bits it is rounded to (0: float32 samples), and whether its last channel (alpha) is
     dropped; raises InputError as :func:`convcli.io.write_image` does."""
     name = name_of(dst)
-    fmt = WRITE_FORMATS.get(dst.suffix.lower())
-    if fmt is None:
-        raise InputError(
-            f"{name}: unknown output format {dst.suffix or '(no suffix)'!r}; use one of "
-            f"{', '.join(sorted(WRITE_FORMATS))}"
-        )
+    fmt = output_format(dst)
     if 0 in (channels, height, width):
         raise InputError(
             f"{name}: cannot write an array of shape {(channels, height, width)} as an image"
@@ -405,24 +400,12 @@ def target_for(
         return stream.Target(fmt, height, width, channels, np.dtype(np.float32), False), 0, False
     if bit_depth not in (8, 16, 32):
         raise InputError(f"{name}: bit depth must be 8, 16 or 32, got {bit_depth}")
-    drop = False
     if fmt == "TIFF":
         bits = 0 if bit_depth == 32 else bit_depth
         dtype = np.float32 if bits == 0 else np.uint8 if bits == 8 else np.uint16
         target = stream.Target(fmt, height, width, channels, np.dtype(dtype), channels in (2, 4))
         return target, bits, False
-    if fmt in ("JPEG", "BMP"):
-        if channels in (2, 4):
-            drop = True
-            channels -= 1
-        if channels not in (1, 3):
-            raise InputError(
-                f"{name}: {channels} channels cannot be stored as {fmt}; write .npy or .tif instead"
-            )
-    elif channels > 4:
-        raise InputError(
-            f"{name}: {channels} channels fit no {fmt} image mode; write .npy or .tif instead"
-        )
+    channels, drop = stored_channels(name, fmt, channels)
     bits = 16 if fmt == "PNG" and bit_depth in (16, 32) else 8
     dtype = np.uint8 if bits == 8 else np.uint16
     has_alpha = channels in (2, 4)

@@ -809,6 +809,47 @@ def _tiff_cmyk(chw: np.ndarray, bits: int, extra: tuple[int, ...]) -> Native:
 # ------------------------------------------------------------------------ writing
 
 
+def output_format(path: Path) -> str:
+    """The format (a value of :data:`WRITE_FORMATS`) ``path``'s suffix names; InputError
+    naming the file for a suffix convcli does not write."""
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"{name_of(path)}: unknown output format {path.suffix or '(no suffix)'!r}; use "
+            f"one of {', '.join(sorted(WRITE_FORMATS))}"
+        )
+    return fmt
+
+
+def stored_channels(
+    name: str, fmt: str, channels: int, has_alpha: bool | None = None
+) -> tuple[int, bool]:
+    """The channels a PNG, JPEG, WebP or BMP file stores of ``channels``, and whether the
+    last one (alpha) is dropped: JPEG has no alpha, and BMP's is not read back by most
+    programs (Pillow too). ``has_alpha`` None or True: 2 and 4 channels end in alpha.
+
+    Raises InputError for a count no image mode of ``fmt`` holds."""
+    drop = False
+    if fmt in ("JPEG", "BMP"):
+        if channels in (2, 4) and has_alpha is not False:
+            drop = True
+            channels -= 1
+        if channels not in (1, 3):
+            raise InputError(
+                f"{name}: {channels} channels cannot be stored as {fmt}; write .npy or .tif instead"
+            )
+    elif channels > 4:
+        raise InputError(
+            f"{name}: {channels} channels fit no {fmt} image mode; write .npy or .tif instead"
+        )
+    if has_alpha is False and channels in (2, 4):
+        raise InputError(
+            f"{name}: {channels} channels without alpha fit no {fmt} image mode; "
+            "write .npy or .tif instead"
+        )
+    return channels, drop
+
+
 def write_image(
     path: str | os.PathLike[str],
     data: np.ndarray,
@@ -851,13 +892,7 @@ def write_image(
     """
     path = Path(path)
     name = name_of(path)
-    suffix = path.suffix.lower()
-    fmt = WRITE_FORMATS.get(suffix)
-    if fmt is None:
-        raise InputError(
-            f"{name}: unknown output format {path.suffix or '(no suffix)'!r}; use one of "
-            f"{', '.join(sorted(WRITE_FORMATS))}"
-        )
+    fmt = output_format(path)
     mode: PublishMode = "replace" if overwrite else "create"
     if not overwrite and os.path.lexists(path):  # before the encoding work
         raise OutputExistsError(f"{name}: already exists")
@@ -877,24 +912,9 @@ def write_image(
     if fmt == "TIFF":
         tiff_alpha = has_alpha if has_alpha is not None else channels in (2, 4)
         return publish(path, lambda fh: _write_tiff(fh, arr, bit_depth, tiff_alpha), mode=mode)
-    if fmt in ("JPEG", "BMP"):
-        if channels in (2, 4) and has_alpha is not False:
-            # JPEG has no alpha; BMP alpha is not read back by most programs (Pillow too)
-            arr = arr[:-1]
-            channels -= 1
-        if channels not in (1, 3):
-            raise InputError(
-                f"{name}: {channels} channels cannot be stored as {fmt}; write .npy or .tif instead"
-            )
-    elif channels > 4:
-        raise InputError(
-            f"{name}: {channels} channels fit no {fmt} image mode; write .npy or .tif instead"
-        )
-    if has_alpha is False and channels in (2, 4):
-        raise InputError(
-            f"{name}: {channels} channels without alpha fit no {fmt} image mode; "
-            "write .npy or .tif instead"
-        )
+    channels, drop = stored_channels(name, fmt, channels, has_alpha)
+    if drop:
+        arr = arr[:-1]
     if fmt == "PNG":
         samples = quantize(arr, 16 if bit_depth in (16, 32) else 8)
         return publish(path, lambda fh: _write_png(fh, samples), mode=mode)

@@ -190,21 +190,10 @@ def _gather(blocks: Iterator[np.ndarray], target: Target) -> np.ndarray:
 
 def _encode_whole(fh: BinaryIO, samples: np.ndarray, target: Target, name: str) -> None:
     fmt, channels = target.fmt, samples.shape[-1]
-    if fmt in ("JPEG", "BMP") and channels not in (1, 3):
-        raise InputError(
-            f"{name_of(name)}: {channels} channels cannot be stored as {fmt}; "
-            "write .npy or .tif instead"
-        )
-    if channels > 4:
-        raise InputError(
-            f"{name_of(name)}: {channels} channels fit no {fmt} image mode; "
-            "write .npy or .tif instead"
-        )
-    if fmt in ("PNG", "WEBP") and channels in (2, 4) and not target.has_alpha:
-        raise InputError(
-            f"{name_of(name)}: {channels} channels without alpha fit no {fmt} image mode; "
-            "write .npy or .tif instead"
-        )
+    # the samples are stored as given: a JPEG or BMP gets no alpha dropped here (the
+    # caller drops it), so its samples count as having none
+    has_alpha = False if fmt in ("JPEG", "BMP") else target.has_alpha
+    _im.stored_channels(name_of(name), fmt, channels, has_alpha)
     if fmt != "PNG" and samples.dtype != np.uint8:
         raise InputError(f"{name_of(name)}: {fmt} holds 8-bit samples, not {samples.dtype}")
     if fmt == "PNG":
