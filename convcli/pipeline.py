@@ -54,7 +54,7 @@ from convcli.filters import Filter
 from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
-from convcli.io.images import output_format, stored_channels
+from convcli.io.images import output_format, scaled, stored_channels
 from convcli.io.publish import publish
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, source_index
@@ -302,15 +302,13 @@ class RowReader:
 
 
 def _convert(native: np.ndarray, top: float | None, out: np.ndarray) -> None:
-    """``(n, W, C)`` native samples into ``out`` ``(C, n, W)`` float32 in one pass: integer
-    samples divided by ``top`` as :func:`convcli.io.images._scaled` does (float32 up to
-    16 bits, float64 for wider ones), float samples cast."""
-    chw = np.moveaxis(native, -1, 0)
+    """``(n, W, C)`` native samples into ``out`` ``(C, n, W)`` in one pass: integer
+    samples divided by ``top`` into float32 by :func:`convcli.io.images.scaled` (the
+    whole-image readers' division), float samples cast, a native strip copied."""
     if top is None or out.dtype == native.dtype:  # float samples; a native strip
-        np.copyto(out, chw, casting="same_kind")
+        np.copyto(out, np.moveaxis(native, -1, 0), casting="same_kind")
         return
-    loop = np.float32 if chw.dtype.itemsize <= 2 else np.float64
-    np.divide(chw, top, out=out, dtype=loop, casting="same_kind")
+    scaled(native, top, out=out)
 
 
 def _pad_columns(out: np.ndarray, geo: Geometry) -> None:

@@ -179,7 +179,7 @@ class Native:
         """The ``(C, H, W)`` float32 data :func:`read_image` returns."""
         if self.top is None:
             return np.ascontiguousarray(np.moveaxis(self.samples, -1, 0), dtype=np.float32)
-        return _scaled(self.samples, self.top)
+        return scaled(self.samples, self.top)
 
 
 def _native(
@@ -204,7 +204,7 @@ def _native(
     elif not samples.dtype.isnative:
         samples = samples.astype(samples.dtype.newbyteorder("="))
     if samples.dtype not in _NATIVE_INTS:
-        data = _scaled(samples, top)
+        data = scaled(samples, top)
         return Native(np.moveaxis(data, 0, -1), None, mode, bit_depth, has_alpha)
     return Native(samples, float(top), mode, bit_depth, has_alpha)
 
@@ -399,15 +399,23 @@ def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int
     return data, 32
 
 
-def _scaled(samples: np.ndarray, top: float, *, channels_last: bool = True) -> np.ndarray:
+def scaled(
+    samples: np.ndarray,
+    top: float,
+    *,
+    channels_last: bool = True,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Integer samples ``(H, W)``, ``(H, W, C)`` (or ``(C, H, W)``) -> ``(C, H, W)``
-    float32 divided by ``top``, in one pass. Up to 16 bits the division is float32, so
-    level k becomes the float32 nearest to k / top; wider integers divide in float64."""
+    float32 divided by ``top``, in one pass (into ``out`` when given: a strip's reused
+    buffer). Up to 16 bits the division is float32, so level k becomes the float32
+    nearest to k / top; wider integers divide in float64."""
     if samples.ndim == 2:
         chw = samples[None]
     else:
         chw = np.moveaxis(samples, -1, 0) if channels_last else samples
-    out = np.empty(chw.shape, np.float32)
+    if out is None:
+        out = np.empty(chw.shape, np.float32)
     # dtype= fixes the loop: NumPy < 2 would pick one from the divisor's value (float16).
     loop = np.float32 if chw.dtype.itemsize <= 2 else np.float64
     np.divide(chw, top, out=out, dtype=loop, casting="same_kind")
@@ -754,7 +762,7 @@ def _tiff_native(page: Any, samples: np.ndarray, name: str) -> Native:
     if has_alpha and extra and extra[0] == 1:
         # Associated (premultiplied) alpha: store straight colour like Pillow does
         # (float results: no stored depth holds them).
-        data = _scaled(chw, top, channels_last=False)
+        data = scaled(chw, top, channels_last=False)
         alpha = data[-1:]
         data[:-1] = np.where(alpha > 0, data[:-1] / np.maximum(alpha, 1e-30), 0)
         return _native(data, None, mode, depth, has_alpha, channels_last=False)
