@@ -493,7 +493,7 @@ def check_call(
 class FileShape:
     """What a file's header says: enough to price it before decoding.
 
-    ``kind`` is the reader that will decode it (``'pil'``, ``'png16'``, ``'tiff'``,
+    ``kind`` is the reader that will decode it (``'pil'``, ``'png'``, ``'tiff'``,
     ``'npy'``); ``sample_bytes`` the bytes per decoded native sample.
     """
 

@@ -6,11 +6,12 @@ divided by 255, 16-bit samples by 65535 (other integer TIFF depths by 2**bits - 
 float TIFF/``.npy`` data is kept as it is. Writing rounds ``[0, 1]`` data to the
 requested bit depth (8 or 16; 32 = float TIFF).
 
-Codecs: Pillow truncates 16-bit colour PNG and TIFF to 8 bits and cannot write them, so
-16-bit PNG is decoded and every PNG encoded by libpng (through ``imagecodecs``), and
-TIFF is read and written by ``tifffile`` (every compression through ``imagecodecs``;
-any channel count; strips or tiles, chunky or planar). Pillow reads everything else
-(8-bit PNG, JPEG, WebP, BMP, GIF...), writes JPEG, WebP and BMP, and parses EXIF.
+Codecs: Pillow truncates 16-bit colour PNG and TIFF to 8 bits and cannot write them,
+and fills the rows of a PNG whose image data ends early with zeros without a word, so
+every PNG is decoded and encoded by libpng (through ``imagecodecs``), and TIFF is read
+and written by ``tifffile`` (every compression through ``imagecodecs``; any channel
+count; strips or tiles, chunky or planar). Pillow reads everything else (JPEG, WebP,
+BMP, GIF...), writes JPEG, WebP and BMP, and parses EXIF.
 
 Every problem with a user's file raises :class:`convcli.errors.InputError` with one line
 that starts with the file name; no codec exception escapes for bad input, and what the
@@ -286,8 +287,8 @@ def _read_native(path: Path, max_pixels: int | None) -> Native:
             head = fh.read(32)
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {reason(exc)}") from None
-    if head.startswith(_PNG_SIG) and len(head) > 24 and head[24] == 16:
-        return _read_png16(path, max_pixels)
+    if head.startswith(_PNG_SIG):
+        return _read_png(path, max_pixels)
     if head[:4] in _TIFF_MAGIC:
         native = _read_tiff(path, max_pixels)
         if native is not None:
@@ -327,8 +328,7 @@ def _probe_header(path: Path) -> FileShape | None:
             width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
             depth, colour = head[24], head[25]
             channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)
-            kind = "png16" if depth == 16 else "pil"
-            return FileShape(channels, height, width, 2 if depth == 16 else 1, kind, size)
+            return FileShape(channels, height, width, 2 if depth == 16 else 1, "png", size)
         if head[:4] in _TIFF_MAGIC:
             import tifffile
 
@@ -570,12 +570,45 @@ def _orient_native(native: Native, orientation: int) -> Native:
     return native
 
 
-# ---------------------------------------------------------------------- 16-bit PNG
+# ----------------------------------------------------------------------------- PNG
 
 
-def _read_png16(path: Path, max_pixels: int | None) -> Native:
-    """16-bit PNG (gray, gray + alpha, RGB, RGBA; interlaced or not) through libpng:
-    Pillow would truncate colour to 8 bits. A tRNS colour key becomes an alpha channel."""
+def _png_header(blob: bytes) -> tuple[int, int, bool, int, bool]:
+    """From the chunks before the first IDAT: the bit depth, colour type, whether a tRNS
+    chunk is there, the frames an animated PNG holds (1 for a still one) and whether its
+    first frame is the default image (IDAT); (-1, -1, False, 1, True) for a broken
+    chunk list (libpng then says what is wrong)."""
+    depth = colour = -1
+    trns, frames, default_is_frame = False, 1, True
+    pos = 8
+    while pos + 8 <= len(blob):
+        size, kind = int.from_bytes(blob[pos : pos + 4], "big"), blob[pos + 4 : pos + 8]
+        body = blob[pos + 8 : pos + 8 + size]
+        if kind == b"IHDR" and len(body) >= 10:
+            depth, colour = body[8], body[9]
+        elif kind == b"tRNS":
+            trns = True
+        elif kind == b"acTL" and len(body) >= 4:
+            frames = max(int.from_bytes(body[:4], "big"), 1)
+            default_is_frame = False
+        elif kind == b"fcTL":
+            default_is_frame = True  # a frame control before IDAT: IDAT is frame 0
+        elif kind == b"IDAT":
+            break
+        pos += 12 + size
+    # Pillow's count: the default image is a frame of its own when it is not the first
+    return depth, colour, trns, frames + (frames > 1 and not default_is_frame), default_is_frame
+
+
+def _read_png(path: Path, max_pixels: int | None) -> Native:
+    """Any PNG (1- to 16-bit gray, gray + alpha, RGB, RGBA, palette; interlaced or not;
+    an animated PNG's default image) through libpng, which reports image data that ends
+    before the last row: Pillow fills the missing rows with zeros, without a word, when
+    the IDAT stream ends early. Pillow would also truncate 16-bit colour to 8 bits.
+
+    Palette images become RGB, or RGBA with a tRNS chunk; gray below 8 bits is scaled to
+    0-255, as Pillow does. A tRNS colour key becomes an alpha channel at 16 bits; at 8
+    bits and below it is ignored, as Pillow leaves it."""
     import imagecodecs
 
     name = name_of(path)
@@ -586,6 +619,7 @@ def _read_png16(path: Path, max_pixels: int | None) -> Native:
     if blob[12:16] == b"IHDR":  # the header's size, before anything is decoded
         width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
         _check_pixels(name, width * height, max_pixels)
+    depth, colour, trns, frames, _ = _png_header(blob)
     notes: list[str] = []
     try:
         with _codec_notes(notes):
@@ -597,29 +631,38 @@ def _read_png16(path: Path, max_pixels: int | None) -> Native:
         if "too small" in text or "not enough image data" in text.lower():
             raise InputError(f"{name}: truncated image data") from None
         raise InputError(f"{name}: cannot decode image ({codec_reason(exc)})") from None
-    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    if trns and depth <= 8 and colour in (0, 2):
+        samples = samples[..., :-1]  # libpng's alpha from the colour key (see above)
+    channels = samples.shape[2]
+    if channels not in (1, 2, 3, 4) or samples.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{name}: unsupported PNG layout ({samples.dtype}, {channels} channels)")
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    native = _native(samples, 65535, mode, 16, channels in (2, 4))
+    bits = 16 if samples.dtype == np.uint16 else 8
+    native = _native(samples, 65535 if bits == 16 else 255, mode, bits, channels in (2, 4))
     native.notes = notes
-    if b"eXIf" in blob:
-        _orient_native(native, _png_exif_orientation(blob, notes))
-    return native
+    if frames > 1:
+        native.notes.append(_frames_note(frames, "frames"))
+    return _orient_native(native, _png_exif_orientation(blob, notes))
 
 
 def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
-    """The orientation in a PNG's eXIf chunk. Pillow parses the chunks before the first
-    IDAT (where eXIf belongs) when it opens the file; no pixels are decoded."""
+    """The orientation Pillow's ``exif_transpose`` finds in a PNG: an eXIf chunk, else
+    ImageMagick's "Raw profile type exif" text, else an XMP ``tiff:Orientation``, from
+    the chunks before the first IDAT (which Pillow parses when it opens the file; no
+    pixels are decoded). 1 when there is none, or a value out of 1-8."""
+    if not any(tag in blob for tag in (b"eXIf", b"Raw profile type exif", b"tiff:Orientation")):
+        return 1
     from PIL import Image as PILImage
 
     try:
         with _pil_no_bomb_limit():
             opened = PILImage.open(_stdio.BytesIO(blob), formats=["PNG"])
         with opened as im:  # warnings become notes (read_image collects them)
-            raw = im.info.get("exif")
-            exif = PILImage.Exif()
-            if raw:
-                exif.load(raw)
-        return int(exif.get(0x0112, 1))
+            # the base class's getexif: the PNG plugin's would decode the pixels first
+            value = int(PILImage.Image.getexif(im).get(0x0112, 1))
+        return value if 1 <= value <= 8 else 1
     except Exception as exc:  # a broken EXIF block must not lose the pixels
         notes.append(f"EXIF orientation ignored ({reason(exc)})")
         return 1

@@ -133,7 +133,7 @@ def source_bytes(shape: FileShape) -> tuple[int, int]:
     native = shape.height * row
     if shape.kind == "pil":
         return 2 * native, native  # Pillow's image and its samples as an array
-    if shape.kind == "png16":
+    if shape.kind == "png":  # libpng: the file in memory and the samples
         return shape.file_bytes + native, native
     return native, native
 

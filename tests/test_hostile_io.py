@@ -1,0 +1,186 @@
+"""Hostile image files: data that ends early behind a valid header (a forged IDAT, a
+JPEG cut short with an EOI marker put back, a JPEG strip of a TIFF cut short) is an
+error naming the file, for whole-image and streamed reads, never zero- or grey-filled
+pixels. And the readers that replaced Pillow for PNG give Pillow's pixels."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from convcli import io as cio
+from convcli.errors import InputError
+from convcli.io.stream import open_source
+
+try:
+    import pyvips  # noqa: F401
+
+    HAVE_VIPS = True
+except Exception:
+    HAVE_VIPS = False
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png(
+    rows: np.ndarray, w: int, depth: int, colour: int, *, keep: float = 1.0, extra: bytes = b""
+) -> bytes:
+    """A PNG ``w`` pixels wide of ``rows`` (samples, or packed bytes below 8 bits;
+    filter 0) whose IDAT holds only the first ``keep`` of its rows in a complete zlib
+    stream: every chunk and CRC is valid."""
+    h = rows.shape[0]
+    big = rows.astype(">u2" if depth == 16 else np.uint8)
+    raw = b"".join(b"\x00" + big[y].tobytes() for y in range(int(h * keep)))
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + extra
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def read_all(path: Path) -> np.ndarray:
+    src = open_source(path, max_pixels=None)
+    try:
+        return src.read_rows(0, src.info.height)
+    finally:
+        src.close()
+
+
+READERS = {"whole": cio.read_image, "streamed": read_all}
+
+
+# ------------------------------------------------------------------------ PNG
+
+
+@pytest.mark.parametrize("how", sorted(READERS))
+@pytest.mark.parametrize(
+    "depth,colour", [(8, 0), (8, 2), (8, 4), (8, 6), (16, 2), (16, 6), (8, 3), (4, 0)]
+)
+def test_png_with_rows_missing_from_its_idat(tmp_path, how, depth, colour):
+    """Pillow returned such a file with the missing rows zero-filled, without a word."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
+    rng = np.random.default_rng(depth + colour)
+    w = 24
+    if depth < 8:  # packed samples: bytes of 8 // depth pixels each
+        rows = rng.integers(0, 256, (32, w * channels * depth // 8))
+    else:
+        rows = rng.integers(0, 2**depth, (32, w * channels))
+    extra = chunk(b"PLTE", bytes(range(256)) * 3) if colour == 3 else b""
+    path = tmp_path / "forged.png"
+    path.write_bytes(png(rows, w, depth, colour, keep=0.5, extra=extra))
+    with pytest.raises(InputError, match=rf"^{path}: truncated image data$"):
+        READERS[how](path)
+    # the same file with every row: read, the rows as written
+    path.write_bytes(png(rows, w, depth, colour, extra=extra))
+    if depth >= 8 and colour != 3:
+        im = cio.read_image(path)
+        top = 2**depth - 1
+        expect = rows.reshape(32, w, channels).transpose(2, 0, 1) / top
+        np.testing.assert_array_equal(im.data, expect.astype(np.float32))
+
+
+def _pil_png() -> PILImage.Image:
+    rgb = np.random.default_rng(7).integers(0, 256, (21, 29, 3), dtype=np.uint8)
+    return PILImage.fromarray(rgb)
+
+
+def _xmp(orientation: int) -> bytes:
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+        b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
+        b' tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>' % orientation
+    )
+
+
+def _layouts() -> dict[str, tuple[PILImage.Image, dict]]:
+    from PIL import PngImagePlugin
+
+    base = _pil_png()
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    raw_profile = PngImagePlugin.PngInfo()
+    body = exif.tobytes()
+    raw_profile.add_text("Raw profile type exif", f"\nexif\n{len(body)}\n{body.hex()}\n")
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", _xmp(8).decode())
+    return {
+        "L": (base.convert("L"), {}),
+        "LA": (base.convert("LA"), {}),
+        "RGB": (base, {}),
+        "RGBA": (base.convert("RGBA"), {}),
+        "1-bit": (base.convert("1"), {}),
+        "P": (base.convert("P"), {}),
+        "P-4bit": (base.convert("P", palette=PILImage.ADAPTIVE, colors=16), {"bits": 4}),
+        "P-tRNS": (base.convert("P"), {"transparency": 3}),
+        "L-key": (base.convert("L"), {"transparency": 7}),
+        "RGB-key": (base, {"transparency": (1, 2, 3)}),
+        "eXIf-6": (base, {"exif": exif}),
+        "raw-profile-6": (base, {"pnginfo": raw_profile}),
+        "xmp-8": (base, {"pnginfo": xmp}),
+        "animated": (base, {"save_all": True, "append_images": [base.convert("L").convert("RGB")]}),
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(_layouts()))
+def test_png_reads_as_pillow_decodes_it(tmp_path, layout):
+    """libpng replaced Pillow for 8-bit PNG: the same samples (EXIF/XMP orientation
+    applied, palettes expanded, colour keys ignored) and the same frame count."""
+    pim, options = _layouts()[layout]
+    path = tmp_path / "x.png"
+    pim.save(path, **options)
+    with PILImage.open(path) as ref:
+        frames = getattr(ref, "n_frames", 1)
+        ref.load()
+        expect = ImageOps.exif_transpose(ref)
+        if expect.mode in ("1", "P"):
+            has_alpha = "transparency" in expect.info and expect.mode == "P"
+            expect = expect.convert("RGBA" if has_alpha else "RGB" if expect.mode == "P" else "L")
+    im = cio.read_image(path)
+    a = np.asarray(expect)
+    a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+    assert im.mode == expect.mode and im.bit_depth == 8
+    np.testing.assert_array_equal(im.data, a.astype(np.float32) / 255)
+    assert any("2 frames" in n for n in im.notes) == (frames == 2)
+    assert (layout == "animated") == (frames == 2)
+
+
+def test_interlaced_8bit_png_reads_as_pillow(tmp_path):
+    a = np.random.default_rng(3).integers(0, 256, (19, 23, 3), dtype=np.uint8)
+    path = tmp_path / "i.png"
+    # Pillow writes no interlaced PNG: libpng through imagecodecs does not either, so
+    # the file is built here (Adam7 passes, filter 0)
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4)]
+    passes += [(1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = b""
+    for x0, y0, dx, dy in passes:
+        sub = a[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    ihdr = struct.pack(">IIBBBBB", 23, 19, 8, 2, 0, 0, 1)
+    blob = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+    path.write_bytes(blob + chunk(b"IEND", b""))
+    with PILImage.open(path) as ref:
+        expect = np.asarray(ref.convert("RGB"))
+    np.testing.assert_array_equal(expect, a)  # the encoder above is right
+    im = cio.read_image(path)
+    np.testing.assert_array_equal(im.data, np.moveaxis(a, -1, 0).astype(np.float32) / 255)
+    cut = raw[: len(raw) * 3 // 4]
+    blob = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(cut))
+    path.write_bytes(blob + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match=rf"^{path}: truncated image data$"):
+        cio.read_image(path)
+    # libvips' reason for an interlaced file is vaguer
+    with pytest.raises(InputError, match=rf"^{path}: (truncated image data|cannot decode image)"):
+        read_all(path)
