@@ -184,3 +184,43 @@ def test_interlaced_8bit_png_reads_as_pillow(tmp_path):
     # libvips' reason for an interlaced file is vaguer
     with pytest.raises(InputError, match=rf"^{path}: (truncated image data|cannot decode image)"):
         read_all(path)
+
+
+# ----------------------------------------------------------------------- JPEG
+
+
+def _jpeg(progressive: bool, size=(96, 80)) -> bytes:
+    rgb = np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, "JPEG", quality=90, progressive=progressive)
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(not HAVE_VIPS, reason="Pillow hides libjpeg's warnings; libvips reports them")
+@pytest.mark.parametrize("how", sorted(READERS))
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_jpeg_cut_short_with_its_eoi_put_back(tmp_path, how, progressive, keep):
+    """libjpeg warns 'premature end of data segment' and fills the rest grey; Pillow
+    and a default libvips load return that grey as the image."""
+    blob = _jpeg(progressive)
+    sos = blob.index(b"\xff\xda")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(blob[: sos + int((len(blob) - 2 - sos) * keep)] + b"\xff\xd9")
+    with pytest.raises(InputError, match=rf"^{path}: truncated image data$"):
+        READERS[how](path)
+
+
+@pytest.mark.parametrize("how", sorted(READERS))
+def test_jpeg_padded_between_scans_reads_as_pillow(tmp_path, how):
+    """Bytes between two scans of a progressive JPEG: libjpeg warns ('extraneous bytes
+    before marker') and loses nothing; the file reads, Pillow's pixels."""
+    blob = _jpeg(True)
+    second = blob.index(b"\xff\xda", blob.index(b"\xff\xda") + 2)
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(blob[:second] + b"\x00\x00\x00" + blob[second:])
+    with PILImage.open(path) as ref:
+        expect = np.asarray(ref.convert("RGB"))
+    got = READERS[how](path)
+    got = np.moveaxis(got.data, 0, -1) * 255 if how == "whole" else got
+    np.testing.assert_array_equal(np.rint(got), expect)

@@ -92,6 +92,7 @@ PIL_FORMATS: tuple[str, ...] = (
 _PIL_LOCK = threading.Lock()
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIG = b"\xff\xd8\xff"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 # PNG encoding: zlib level 2, every row Up-filtered. On 2048x1536 RGB photos (8- and
@@ -289,11 +290,37 @@ def _read_native(path: Path, max_pixels: int | None) -> Native:
         raise InputError(f"{name}: cannot read: {reason(exc)}") from None
     if head.startswith(_PNG_SIG):
         return _read_png(path, max_pixels)
+    if head.startswith(_JPEG_SIG):
+        native = _read_jpeg_vips(path, max_pixels)
+        if native is not None:
+            return native
     if head[:4] in _TIFF_MAGIC:
         native = _read_tiff(path, max_pixels)
         if native is not None:
             return native
     return _read_with_pil(path, max_pixels)
+
+
+def _read_jpeg_vips(path: Path, max_pixels: int | None) -> Native | None:
+    """A JPEG decoded whole by libvips, which fails on what libjpeg warns about while it
+    decodes: Pillow hides libjpeg's warnings, so a JPEG cut short with an EOI marker put
+    back reads there as an image whose missing part is grey. The same samples as Pillow
+    (the same libjpeg-turbo and settings). None where libvips is missing or leaves the
+    file to Pillow (CMYK, a warning in the header), and for a multi-picture (MPO) file,
+    whose frames Pillow counts."""
+    from convcli.io import sources
+
+    try:
+        with open(path, "rb") as fh:
+            if b"MPF\x00" in fh.read(1 << 16):
+                return None
+    except OSError:
+        return None  # Pillow's read says why
+    source = sources._open_vips(path, "jpeg", max_pixels, whole=True)
+    if source is None:
+        return None
+    info = source.info
+    return Native(source.samples, info.top, info.mode, info.bit_depth, info.has_alpha, info.notes)
 
 
 def probe_image(path: str | os.PathLike[str]) -> FileShape | None:

@@ -228,6 +228,9 @@ class VipsSource:
     for are kept for the next call."""
 
     sequential = True
+    #: a JPEG opened to fail on libjpeg's warnings: opens it again to fail only on
+    #: errors, for a file whose warnings all lose nothing (see _HARMLESS_JPEG)
+    _lenient: Any = None
 
     def __init__(self, image: Any, info: ImageInfo, name: str, mirror: bool) -> None:
         self._image = image
@@ -246,6 +249,11 @@ class VipsSource:
             with _noted(info.notes):
                 data = self._image.crop(0, y0, info.width, y1 - y0).write_to_memory()
         except pyvips.Error as exc:
+            if self._lenient is not None and _harmless_jpeg(exc):
+                # the same rows (libjpeg skips what it warned about), decoded again
+                # from the top by a load that does not stop at the warning
+                self._image, self._lenient = self._lenient(), None
+                return self._decode(y0, y1)
             raise InputError(f"{self._name}: {_vips_problem(exc)}") from None
         except MemoryError:
             raise InputError(f"{self._name}: not enough memory to decode this image") from None
@@ -279,6 +287,22 @@ class VipsSource:
     def close(self) -> None:
         self._image = None
         self._carry = self._carry[:0]
+
+
+# libjpeg warnings after which every pixel is still decoded: bytes between markers (some
+# encoders pad between the scans of a progressive file), odd header fields.
+_HARMLESS_JPEG = (
+    "extraneous bytes before marker",
+    "unknown jfif revision",
+    "invalid sos parameters for sequential jpeg",
+    "unknown adobe color transform",
+)
+
+
+def _harmless_jpeg(exc: Any) -> bool:
+    lines = [ln.lower() for ln in str(getattr(exc, "detail", "") or "").splitlines()]
+    warned = [ln for ln in lines if "vipsjpeg:" in ln]
+    return bool(warned) and all(any(h in ln for h in _HARMLESS_JPEG) for ln in warned)
 
 
 def _vips_problem(exc: Any) -> str:
@@ -331,7 +355,13 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
     notes: list[str] = []
     try:
         with _noted(notes):
-            image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
+            # JPEG: fail on libjpeg's warnings too. Data that ends early behind an EOI
+            # marker (a cut file 'repaired' by appending one) is only a warning ("Corrupt
+            # JPEG data: premature end of data segment") after which libjpeg fills the
+            # rest grey; a warning in the header (an odd JFIF version) makes this open
+            # fail, and the whole-image reader reads the file as Pillow does.
+            fail_on = "warning" if kind == "jpeg" else "truncated"
+            image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on=fail_on)
             fields = set(image.get_fields())
             orientation = _vips_orientation(image, fields)
             if "exif-data" in fields:
@@ -364,17 +394,21 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
         bands in (2, 4),
         notes,
     )
+    source = VipsSource(image, info, name, orientation == 2)
+    if fail_on == "warning":
+        source._lenient = lambda: pyvips.Image.new_from_file(
+            str(path), access="sequential", fail_on="truncated"
+        )
     if kind == "webp" or whole or orientation not in (1, 2):
         # decoded whole (WebP always is; a rotation needs every row): held to
         # max_pixels like the other whole-image decodes
         _im._check_pixels(name, image.width * image.height, max_pixels)
-        source = VipsSource(image, info, name, orientation == 2)
         samples = source.read_rows(0, image.height)
         source.close()
         samples = _im._oriented(samples, orientation if orientation != 2 else 1)
         native = _im.Native(samples, info.top, info.mode, depth, info.has_alpha, notes)
         return _array_source(native)
-    return VipsSource(image, info, name, orientation == 2)
+    return source
 
 
 # --------------------------------------------------------------------------- .npy
