@@ -224,3 +224,27 @@ def test_jpeg_padded_between_scans_reads_as_pillow(tmp_path, how):
     got = READERS[how](path)
     got = np.moveaxis(got.data, 0, -1) * 255 if how == "whole" else got
     np.testing.assert_array_equal(np.rint(got), expect)
+
+
+# ----------------------------------------------------------------------- TIFF
+
+
+@pytest.mark.parametrize("how", sorted(READERS))
+@pytest.mark.parametrize("layout", ["strips", "tiles"])
+def test_jpeg_tiff_segment_cut_short(tmp_path, how, layout):
+    """A JPEG-compressed strip or tile whose byte count stops before its end (the file
+    is whole, its table says less): libjpeg through imagecodecs filled the rest grey."""
+    tifffile = pytest.importorskip("tifffile")
+    rgb = np.random.default_rng(9).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    path = tmp_path / "j.tif"
+    options = {"rowsperstrip": 16} if layout == "strips" else {"tile": (16, 16)}
+    tifffile.imwrite(path, rgb, photometric="rgb", compression="jpeg", **options)
+    good = READERS[how](path)  # read whole: every segment ends in its EOI
+    assert (good.data.shape if how == "whole" else good.shape)[-2:] in ((64, 48), (48, 3))
+    tag = "StripByteCounts" if layout == "strips" else "TileByteCounts"
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[0].tags[tag].value)
+        counts[-1] //= 2
+        tif.pages[0].tags[tag].overwrite(counts)
+    with pytest.raises(InputError, match=rf"^{path}: truncated image data$"):
+        READERS[how](path)

@@ -726,8 +726,10 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Native | None:
             if not _tiff_for_tifffile(page):
                 return None
             size = tif.filehandle.size
-            extents = zip(page.dataoffsets, page.databytecounts, strict=False)
+            extents = list(zip(page.dataoffsets, page.databytecounts, strict=False))
             if any(offset + count > size for offset, count in extents):
+                raise InputError(f"{name}: truncated image data")
+            if int(page.compression) == _JPEG and not _jpeg_segments_end(tif, extents):
                 raise InputError(f"{name}: truncated image data")
             samples = page.asarray()
             native = _tiff_native(page, samples, name)
@@ -742,6 +744,24 @@ def _read_tiff(path: Path, max_pixels: int | None) -> Native | None:
         native.notes.append(_frames_note(frames, "pages"))
     tag = page.tags.get(_ORIENTATION)
     return _orient_native(native, int(tag.value) if tag is not None else 1)
+
+
+def jpeg_complete(segment: bytes) -> bool:
+    """Whether a JPEG stream (a JPEG-compressed TIFF's strip or tile) ends in its EOI
+    marker, zero padding allowed. libjpeg decodes one that was cut short as far as it
+    goes and fills the rest grey, with only a warning that imagecodecs keeps to itself."""
+    return bytes(segment[-4096:]).rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _jpeg_segments_end(tif: Any, extents: list[tuple[int, int]]) -> bool:
+    """:func:`jpeg_complete` for every segment of a page, reading only their ends."""
+    fh = tif.filehandle
+    for offset, count in extents:
+        if offset and count:  # an empty segment reads as 0, as tifffile fills it
+            fh.seek(offset + max(count - 4096, 0))
+            if not jpeg_complete(fh.read(min(count, 4096))):
+                return False
+    return True
 
 
 def _tiff_frames(tif: Any) -> int:

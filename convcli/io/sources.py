@@ -506,9 +506,12 @@ class TiffSource:
                 fh.seek(offset)
                 chunks.append(fh.read(count))
         tables = page.jpegtables
+        jpeg = int(page.compression) == _im._JPEG
 
         def place(item: tuple[tuple[int, ...], bytes]) -> None:
             (k, p, j, index, _, _), data = item
+            if jpeg and not _im.jpeg_complete(data):
+                raise InputError(f"{self._name}: truncated image data")
             segment = page.decode(data, index, jpegtables=tables)[0]
             if segment is None:
                 return
