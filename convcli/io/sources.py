@@ -22,6 +22,7 @@ pyvips, tifffile and imagecodecs are imported when a file needs them.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -120,7 +121,7 @@ def streamed_rows(path: str | Path) -> int:
         pyvips = _pyvips()
         if pyvips is None:
             return 0
-        image = pyvips.Image.new_from_file(str(path), access="sequential")
+        image = _vips_load(pyvips, path, access="sequential")
         fields = set(image.get_fields())
         if "interlaced" in fields and image.get("interlaced"):
             return 0
@@ -168,6 +169,30 @@ def _pyvips() -> Any | None:
         pyvips.cache_set_max(0)
         _pyvips.configured = True  # type: ignore[attr-defined]
     return pyvips
+
+
+def _vips_load(pyvips: Any, path: Path, **options: Any) -> Any:
+    """``pyvips.Image.new_from_file`` for any file name. libvips takes a name as UTF-8
+    text and reads load options from one that ends in ``[...]``: a name that is not
+    UTF-8 (bytes that are no text, on Linux) failed to encode, and ``a.jpg[shrink=2]``
+    loaded ``a.jpg`` at half size. Such names are opened here and handed to libvips
+    as a descriptor (which libvips duplicates, so ours is closed at once)."""
+    name = os.fspath(path)
+    try:
+        plain = not name.endswith("]") and bool(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        return pyvips.Image.new_from_file(name, **options)
+    try:  # the callers turn a pyvips.Error into their own message
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise pyvips.Error("cannot open", reason(exc)) from None
+    try:
+        source = pyvips.Source.new_from_descriptor(fd)
+    finally:
+        os.close(fd)
+    return pyvips.Image.new_from_source(source, "", **options)
 
 
 def _png_layout(path: Path) -> tuple[int, int, bool, bool, bool] | None:
@@ -361,7 +386,7 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
             # rest grey; a warning in the header (an odd JFIF version) makes this open
             # fail, and the whole-image reader reads the file as Pillow does.
             fail_on = "warning" if kind == "jpeg" else "truncated"
-            image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on=fail_on)
+            image = _vips_load(pyvips, path, access="sequential", fail_on=fail_on)
             fields = set(image.get_fields())
             orientation = _vips_orientation(image, fields)
             if "exif-data" in fields:
@@ -396,9 +421,7 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
     )
     source = VipsSource(image, info, name, orientation == 2)
     if fail_on == "warning":
-        source._lenient = lambda: pyvips.Image.new_from_file(
-            str(path), access="sequential", fail_on="truncated"
-        )
+        source._lenient = lambda: _vips_load(pyvips, path, access="sequential", fail_on="truncated")
     if kind == "webp" or whole or orientation not in (1, 2):
         # decoded whole (WebP always is; a rotation needs every row): held to
         # max_pixels like the other whole-image decodes

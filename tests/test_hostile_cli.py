@@ -1,0 +1,109 @@
+"""``convcli batch`` on hostile inputs: forged image files fail one by one, named, and
+the run goes on; file names that are not UTF-8 are read, written and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_hostile_io import HAVE_VIPS, _jpeg, png
+
+from convcli import io as cio
+from convcli.cli import cli
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [os.fspath(a) for a in args], catch_exceptions=False)
+
+
+def errors_of(res) -> list[str]:
+    return [ln for ln in res.stderr.splitlines() if ln.startswith("convcli: error:")]
+
+
+def forged_tree(root: Path) -> tuple[list[str], list[str]]:
+    """Good files and forged ones (valid headers, data that ends early)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    cio.write_image(root / "good.png", rng.random((3, 20, 24)))
+    cio.write_image(root / "good.jpg", rng.random((3, 20, 24)))
+    rows = rng.integers(0, 256, (20, 24 * 3))
+    (root / "forged.png").write_bytes(png(rows, 24, 8, 2, keep=0.5))
+    forged = ["forged.png"]
+    if HAVE_VIPS:
+        blob = _jpeg(False)
+        sos = blob.index(b"\xff\xda")
+        (root / "forged.jpg").write_bytes(blob[: sos + (len(blob) - sos) // 2] + b"\xff\xd9")
+        forged.append("forged.jpg")
+    return ["good.jpg", "good.png"], sorted(forged)
+
+
+def test_batch_reports_forged_files_and_goes_on(tmp_path):
+    good, forged = forged_tree(tmp_path / "in")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    res = run("batch", tmp_path / "in", out, "--preset", "box", "--backend", "numpy",
+              "--report", report)  # fmt: skip
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    assert sorted(errors_of(res)) == [
+        f"convcli: error: {tmp_path / 'in' / name}: truncated image data" for name in forged
+    ]
+    # the good files are written, nothing of the forged ones (no partial or temp file)
+    assert sorted(p.name for p in out.iterdir()) == good
+    data = json.loads(report.read_text())
+    assert data["done"] == len(good) and data["failed"] == len(forged)
+    assert sorted(Path(f["file"]).name for f in data["failures"]) == forged
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="names that are not UTF-8: Linux")
+def test_batch_with_names_that_are_not_utf8(tmp_path):
+    """b'\\xff.png' decodes to a lone surrogate in Python. libvips takes names as UTF-8,
+    so such a file failed with "'utf-8' codec can't encode character '\\udcff'"; it is
+    read, written under the same bytes, and the report keeps the exact name."""
+    src, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
+    src.mkdir()
+    x = np.random.default_rng(4).random((3, 12, 16))
+    raw = [b"\xff.png", b"caf\xe9.jpg", b"ok.png"]
+    names = [os.fsdecode(n) for n in raw]
+    for name in names:
+        cio.write_image(src / name, x)
+    (src / os.fsdecode(b"bad\xfe.png")).write_bytes(b"not a png")
+    res = run("batch", src, out, "--preset", "box", "--backend", "numpy", "--report", report)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    # stderr: one line, the undecodable byte escaped
+    assert errors_of(res) == [
+        f"convcli: error: {tmp_path}/in/bad\\xfe.png: not an image file (or a format "
+        "Pillow cannot read)"
+    ]
+    assert sorted(os.listdir(os.fsencode(out))) == sorted(raw)
+    for name in names:
+        expect = cio.read_image(src / name).data.shape
+        assert cio.read_image(out / name).data.shape == expect
+    # the report: ASCII JSON, the names as Python's surrogateescape spells them, so
+    # that os.fsencode gives the exact bytes back
+    text = report.read_bytes()
+    assert text.isascii()
+    data = json.loads(text)
+    assert data["done"] == len(raw) and data["failed"] == 1
+    assert sorted(os.fsencode(Path(p).name) for p in data["outputs"]) == sorted(raw)
+    assert os.fsencode(data["failures"][0]["file"]) == os.fsencode(src) + b"/bad\xfe.png"
+
+
+def test_apply_reads_the_file_named_not_a_libvips_option(tmp_path):
+    """libvips reads load options from a name ending in [...]: ``a.jpg[shrink=2]`` was
+    read as a.jpg, another file, at half size."""
+    rng = np.random.default_rng(6)
+    cio.write_image(tmp_path / "a.jpg", rng.random((3, 10, 12)))
+    named = tmp_path / "a.jpg[shrink=2]"
+    cio.write_image(tmp_path / "b.jpg", rng.random((3, 40, 30)))
+    (tmp_path / "b.jpg").rename(named)
+    res = run("apply", named, "--preset", "box", "--backend", "numpy", "-q",
+              "-o", tmp_path / "o.png")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert cio.read_image(tmp_path / "o.png").data.shape == (3, 40, 30)
+    assert cio.read_image(named).data.shape == (3, 40, 30)
