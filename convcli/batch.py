@@ -109,7 +109,8 @@ class Engine:
 def _alpha_taps(filt: Filter, channels: int) -> float | None:
     """Sum of the taps and bias of the filter making the last output channel (the
     alpha) of a ``channels``-channel image; None when the filter does not fit the image
-    (the convolution then says why)."""
+    (the convolution then says why). A 2-D kernel's bias goes to the colour only
+    (:meth:`Filter.split_bias`); a 4-D weight's last bias value is alpha's."""
     w = filt.weight
     if filt.depthwise:
         groups = filt.groups if filt.groups is not None else channels
@@ -120,7 +121,7 @@ def _alpha_taps(filt: Filter, channels: int) -> float | None:
     else:
         c_out = int(w.shape[0])
         total = float(w[-1].sum(dtype=np.float64))
-    if filt.bias is not None:
+    if filt.bias is not None and not filt.depthwise:  # a 2-D kernel's bias: colour only
         b = np.asarray(filt.bias, dtype=np.float64).ravel()
         if b.size not in (1, c_out):
             return None
@@ -785,7 +786,8 @@ def check_file(
     if shape is None:
         return FileBudget()
     try:
-        spec = filt.spec_for((shape.channels, shape.height, shape.width))
+        # the bias changes no size (its count is checked when the file is opened)
+        spec = replace(filt, bias=None).spec_for((shape.channels, shape.height, shape.width))
     except (ConvcliError, ValueError, TypeError):
         return FileBudget()  # e.g. channels the weight does not take: conv2d says so
     reserve = own = 0
@@ -1036,7 +1038,9 @@ def _process(
     overflow = [0, 0]  # values that are inf or NaN, values
 
     def finish(result: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
-        return pixels.finish_alpha(result, kept, alpha, has_alpha=has_alpha)
+        return pixels.finish_alpha(
+            result, kept, alpha, has_alpha=has_alpha, colour_bias=job.colour_bias
+        )
 
     def count(result: np.ndarray) -> None:
         overflow[1] += result.size

@@ -832,7 +832,7 @@ def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
 _CONV_MESSAGES = (
     (re.compile(r"groups=\d+ does not divide the image's"), ("groups",)),
     (re.compile(r"the weight (takes groups x|with groups=\d+ takes)"), ("groups",)),
-    (re.compile(r"bias has \d+ values but the convolution has"), ("bias",)),
+    (re.compile(r"bias has \d+ values but the (convolution|image) has"), ("bias",)),
     (re.compile(r"Given groups=\d+, expected weight"), ("groups",)),
     (re.compile(r"Given groups=\d+, weight of size"), ("groups",)),
     (re.compile(r"Given weight of size .* expected bias"), ("bias",)),

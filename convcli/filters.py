@@ -328,6 +328,50 @@ class Filter:
                 )
         return weight, bias, groups
 
+    def split_bias(self, channels: int, alpha: str) -> tuple[Filter, np.ndarray | None]:
+        """The filter to convolve an image with alpha with, and the bias to add to its
+        colour once alpha is divided out (None: the bias stays in the convolution).
+
+        Under ``premultiply`` (and ``premultiply-keep``) the convolution sees colour x
+        alpha, and its colour is divided by the result's alpha: a bias added there would
+        come out divided by alpha (ten times larger where alpha is 0.1) and, for a
+        2-D kernel, shift alpha itself. So the bias goes to the colour channels, added
+        after the division, as ``keep`` and ``drop`` add it:
+
+        - a 2-D kernel: one value, or one per colour channel (``channels - 1``);
+          alpha gets none (it is filtered when the kernel sums to 1, else kept);
+        - a 4-D weight whose last output channel makes alpha: one value per output
+          channel, as for any weight (or one for all); the colour ones are added after
+          the division, alpha's stays in the filter that makes alpha.
+
+        ``channels`` counts alpha; other modes and filters without a bias are
+        returned as they are.
+
+        Raises
+        ------
+        ConvValueError
+            A bias whose count fits neither rule (the message says which counts fit).
+        """
+        if self.bias is None or channels < 2 or alpha not in ("premultiply", "premultiply-keep"):
+            return self, None
+        b = np.asarray(self.bias, dtype=np.float32).ravel()
+        colour = channels - 1
+        if self.depthwise:
+            if b.size not in (1, colour):
+                raise ConvValueError(
+                    f"bias has {b.size} values but the image has {colour} colour channels "
+                    f"and alpha, which takes no bias: give 1 or {colour} values, or "
+                    "alpha='filter' to make alpha a plain channel that takes one"
+                )
+            return replace(self, bias=None), np.broadcast_to(b, (colour,)).copy()
+        c_out = int(self.weight.shape[0])
+        if c_out != channels or b.size not in (1, c_out):
+            return self, None  # not an alpha-making weight; for_channels checks the count
+        full = np.broadcast_to(b, (c_out,))
+        conv_bias = np.zeros(c_out, np.float32)
+        conv_bias[-1] = full[-1]
+        return replace(self, bias=conv_bias), full[:-1].copy()
+
     def spec_for(self, shape: tuple[int, ...]) -> ConvSpec:
         """The validated :class:`ConvSpec` of this filter on a ``(C, H, W)`` image shape.
 

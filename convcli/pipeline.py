@@ -503,6 +503,8 @@ class ImageJob:
         #: images of the run still to come, this one included (the native step's
         #: ``auto`` spreads OpenCL's start-up over all of them, not one image's strips)
         self.images_ahead = 1
+        #: set by prepare: the bias added to the colour once alpha is divided out
+        self.colour_bias: np.ndarray | None = None
 
     # ---- opening (in a reader thread, ahead of the convolution)
     def start(self) -> None:
@@ -560,7 +562,11 @@ class ImageJob:
         pixels.split_alpha(np.empty((0, 0, 0), np.float32), alpha, has_alpha=False)  # checks
         set_aside = info.has_alpha and info.channels >= 2 and alpha in ("keep", "drop")
         self.conv_channels = info.channels - 1 if set_aside else info.channels
-        self.weight, self.bias, groups = self.filt.for_channels(self.conv_channels)
+        # premultiplied colour takes its bias after alpha is divided out (finish_alpha)
+        filt, self.colour_bias = self.filt, None
+        if info.has_alpha:
+            filt, self.colour_bias = filt.split_bias(info.channels, alpha)
+        self.weight, self.bias, groups = filt.for_channels(self.conv_channels)
         self.options = self.filt.conv_options(groups)
         self.spec = make_spec(
             np.broadcast_to(np.float32(0), (self.conv_channels, info.height, info.width)),

@@ -111,8 +111,20 @@ def _unpremultiply(colour: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.where(a > 0, colour / safe, 0).astype(colour.dtype, copy=False)
 
 
+def _biased(colour: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """``colour`` (a fresh array) plus one bias value per channel, in place."""
+    if bias is not None:
+        colour += np.asarray(bias, colour.dtype).reshape(-1, 1, 1)
+    return colour
+
+
 def finish_alpha(
-    result: np.ndarray, kept_alpha: np.ndarray | None, alpha: str, *, has_alpha: bool
+    result: np.ndarray,
+    kept_alpha: np.ndarray | None,
+    alpha: str,
+    *,
+    has_alpha: bool,
+    colour_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Undo :func:`prepare_alpha` on a convolution result.
 
@@ -121,6 +133,8 @@ def finish_alpha(
     the colour divided by it, so the premultiplied colour a viewer shows is the filtered
     premultiplied colour, over the original coverage.
     ``keep``: append the original alpha.
+    ``colour_bias`` (premultiply modes, see :meth:`convcli.filters.Filter.split_bias`):
+    one value per colour channel, added to the colour once alpha is divided out.
     Both ``kept_alpha`` must have the result's height and width (the caller samples it
     at the output pixels when stride or padding change the size); else
     :class:`InputError`.
@@ -131,7 +145,8 @@ def finish_alpha(
         if result.shape[0] < 2:
             return result
         colour, a = result[:-1], result[-1:]
-        return np.concatenate([_unpremultiply(colour, a), a]).astype(result.dtype, copy=False)
+        colour = _biased(_unpremultiply(colour, a), colour_bias)
+        return np.concatenate([colour, a]).astype(result.dtype, copy=False)
     if alpha in ("keep", "premultiply-keep"):
         if kept_alpha is None:
             return result
@@ -143,7 +158,7 @@ def finish_alpha(
         a = kept_alpha.astype(result.dtype, copy=False)
         if alpha == "keep":
             return np.concatenate([result, a])
-        colour = _unpremultiply(result[:-1], a)
+        colour = _biased(_unpremultiply(result[:-1], a), colour_bias)
         return np.concatenate([colour, a]).astype(result.dtype, copy=False)
     raise InputError(f"alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}")
 

@@ -473,9 +473,9 @@ def test_alpha_rule_for_2d_kernels_and_explicit_modes():
     box = cbatch.Filter(weight=BOX3.astype(np.float32))
     assert cbatch.alpha_rule(box, 4, "premultiply") == ("premultiply", None)
     assert cbatch.alpha_rule(box, 2, "premultiply") == ("premultiply", None)
-    # a bias counts: box + 0.5 maps an opaque area to 1.5
+    # a 2-D kernel's bias is the colour's (alpha takes none): box + 0.5 filters alpha
     biased = cbatch.Filter(weight=BOX3.astype(np.float32), bias=np.float32(0.5))
-    assert cbatch.alpha_rule(biased, 4, "premultiply")[0] == "premultiply-keep"
+    assert cbatch.alpha_rule(biased, 4, "premultiply") == ("premultiply", None)
     # groups=1: every output sums the 4 channels, so the alpha's filter sums to 4
     assert cbatch.alpha_rule(replace(box, groups=1), 4, "premultiply") == (
         "premultiply-keep",

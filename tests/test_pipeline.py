@@ -48,13 +48,17 @@ def old_path(src: Path, dst: Path, filt, engine, out: cbatch.Output) -> None:
     image, alpha, mapping, write_image."""
     image = cio.read_image(src, max_pixels=None)
     alpha = out.alpha
+    conv_filt, colour_bias = filt, None
     if image.has_alpha:
         alpha, _ = cbatch.alpha_rule(filt, image.channels, alpha)
+        conv_filt, colour_bias = filt.split_bias(image.channels, alpha)  # the colour's bias
     channels, kept = pixels.prepare_alpha(image, alpha)
-    result = cbatch.apply_filter(np.ascontiguousarray(channels, np.float32), filt, engine)
+    result = cbatch.apply_filter(np.ascontiguousarray(channels, np.float32), conv_filt, engine)
     if kept is not None:
         kept = cbatch.sample_alpha(kept, filt)
-    data = pixels.finish_alpha(result, kept, alpha, has_alpha=image.has_alpha)
+    data = pixels.finish_alpha(
+        result, kept, alpha, has_alpha=image.has_alpha, colour_bias=colour_bias
+    )
     suffix = dst.suffix.lower()
     plain = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
     if (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain):
