@@ -54,7 +54,7 @@ from convcli.filters import Filter
 from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
-from convcli.io.images import output_format, scaled, stored_channels
+from convcli.io.images import check_bit_depth, output_format, scaled, stored_channels
 from convcli.io.publish import publish
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, source_index
@@ -396,15 +396,14 @@ def target_for(
         )
     if fmt == "NPY":
         return stream.Target(fmt, height, width, channels, np.dtype(np.float32), False), 0, False
-    if bit_depth not in (8, 16, 32):
-        raise InputError(f"{name}: bit depth must be 8, 16 or 32, got {bit_depth}")
+    check_bit_depth(name, fmt, bit_depth)
     if fmt == "TIFF":
         bits = 0 if bit_depth == 32 else bit_depth
         dtype = np.float32 if bits == 0 else np.uint8 if bits == 8 else np.uint16
         target = stream.Target(fmt, height, width, channels, np.dtype(dtype), channels in (2, 4))
         return target, bits, False
     channels, drop = stored_channels(name, fmt, channels)
-    bits = 16 if fmt == "PNG" and bit_depth in (16, 32) else 8
+    bits = 16 if fmt == "PNG" and bit_depth == 16 else 8
     dtype = np.uint8 if bits == 8 else np.uint16
     has_alpha = channels in (2, 4)
     target = stream.Target(fmt, height, width, channels, np.dtype(dtype), has_alpha, quality)

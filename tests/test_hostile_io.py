@@ -248,3 +248,33 @@ def test_jpeg_tiff_segment_cut_short(tmp_path, how, layout):
         tif.pages[0].tags[tag].overwrite(counts)
     with pytest.raises(InputError, match=rf"^{path}: truncated image data$"):
         READERS[how](path)
+
+
+# -------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".bmp"])
+def test_library_refuses_float32_into_an_integer_format(tmp_path, suffix):
+    """write_image(bit_depth=32) into a PNG wrote 16-bit samples without a word (only
+    the command line refused); the library refuses, naming the file and the formats
+    that hold float32, and no file is left."""
+    x = np.random.default_rng(1).random((3, 8, 9))
+    path = tmp_path / f"x{suffix}"
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}[suffix]
+    with pytest.raises(InputError, match=rf"^{path}: {fmt} holds .*integer samples, not 32-bit "
+                       r"float ones: write \.tif or \.npy for float32") as err:  # fmt: skip
+        cio.write_image(path, x, bit_depth=32)
+    assert "--" not in str(err.value)  # no command-line flag in a library message
+    assert list(tmp_path.iterdir()) == []
+    # float32 where the format holds it; 16 bits in a PNG as before
+    tif = cio.write_image(tmp_path / "x.tif", x, bit_depth=32)
+    np.testing.assert_array_equal(cio.read_image(tif).data, x.astype(np.float32))
+    png16 = cio.read_image(cio.write_image(tmp_path / "x16.png", x, bit_depth=16))
+    assert png16.bit_depth == 16
+
+
+def test_pipeline_target_refuses_float32_png(tmp_path):
+    from convcli.pipeline import target_for
+
+    with pytest.raises(InputError, match=r"PNG holds 8- or 16-bit integer samples"):
+        target_for(tmp_path / "o.png", 3, 4, 5, 32, 95)

@@ -948,6 +948,22 @@ def stored_channels(
     return channels, drop
 
 
+def check_bit_depth(name: str, fmt: str, bit_depth: int) -> None:
+    """Refuse a bit depth ``fmt`` (a value of :data:`WRITE_FORMATS`) cannot store, as
+    InputError naming the file: anything but 8, 16 or 32, and 32 (float32 samples)
+    for the formats of integer samples. 16 for JPEG, WebP and BMP is stored at 8 bits
+    (lossy or 8-bit formats by choice), as 32 in PNG was stored at 16 without a word:
+    float32 is another kind of sample, not a finer integer depth."""
+    if bit_depth not in (8, 16, 32):
+        raise InputError(f"{name}: bit depth must be 8, 16 or 32, got {bit_depth}")
+    if bit_depth == 32 and fmt not in ("TIFF", "NPY"):
+        deepest = "8- or 16-bit" if fmt == "PNG" else "8-bit"
+        raise InputError(
+            f"{name}: {fmt} holds {deepest} integer samples, not 32-bit float ones: "
+            f"write .tif or .npy for float32, or a bit depth of {16 if fmt == 'PNG' else 8}"
+        )
+
+
 def write_image(
     path: str | os.PathLike[str],
     data: np.ndarray,
@@ -969,8 +985,9 @@ def write_image(
         NaN becomes 0. 1 channel = gray, 2 = gray + alpha, 3 = RGB, 4 = RGBA. TIFF and
         ``.npy`` hold any number of channels.
     bit_depth : {8, 16, 32}
-        16 for PNG and TIFF (gray and colour); 32 writes float32 TIFF (16-bit PNG).
-        JPEG, WebP and BMP are always 8-bit.
+        16 for PNG and TIFF (gray and colour); 32 writes float32 TIFF. JPEG, WebP
+        and BMP are always 8-bit (16 is stored at 8). 32 for PNG, JPEG, WebP or BMP is
+        refused (InputError): they hold no float samples.
     overwrite : bool
         True: replace an existing ``path`` in one step. False: create ``path`` only
         if it does not exist, in one step: when another process creates it meanwhile,
@@ -1004,8 +1021,7 @@ def write_image(
     if fmt == "NPY":
         out = np.ascontiguousarray(arr, np.float32)
         return publish(path, lambda fh: _save_npy(fh, out), mode=mode)
-    if bit_depth not in (8, 16, 32):
-        raise InputError(f"{name}: bit depth must be 8, 16 or 32, got {bit_depth}")
+    check_bit_depth(name, fmt, bit_depth)
     channels = arr.shape[0]
     if fmt == "TIFF":
         tiff_alpha = has_alpha if has_alpha is not None else channels in (2, 4)
@@ -1014,7 +1030,7 @@ def write_image(
     if drop:
         arr = arr[:-1]
     if fmt == "PNG":
-        samples = quantize(arr, 16 if bit_depth in (16, 32) else 8)
+        samples = quantize(arr, bit_depth)
         return publish(path, lambda fh: _write_png(fh, samples), mode=mode)
     q8 = quantize(arr, 8)
 
