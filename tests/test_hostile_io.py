@@ -278,3 +278,21 @@ def test_pipeline_target_refuses_float32_png(tmp_path):
 
     with pytest.raises(InputError, match=r"PNG holds 8- or 16-bit integer samples"):
         target_for(tmp_path / "o.png", 3, 4, 5, 32, 95)
+
+
+@pytest.mark.parametrize("default_is_frame", [True, False])
+@pytest.mark.parametrize("frames", [1, 3])
+def test_apng_frame_count_as_pillow_counts_it(tmp_path, frames, default_is_frame):
+    """acTL with or without an fcTL before IDAT (the default image a frame of the
+    animation, or one of its own): the note counts the frames Pillow counts."""
+    rgb = np.random.default_rng(8).integers(0, 256, (6, 5 * 3))
+    still = png(rgb, 5, 8, 2)
+    head, rest = still[:33], still[33:]  # signature + IHDR, then IDAT and IEND
+    actl = chunk(b"acTL", struct.pack(">II", frames, 0))
+    fctl = chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 5, 6, 0, 0, 1, 1, 0, 0))
+    path = tmp_path / "a.png"
+    path.write_bytes(head + actl + (fctl if default_is_frame else b"") + rest)
+    with PILImage.open(path) as ref:
+        expect = ref.n_frames
+    notes = cio.read_image(path).notes
+    assert any(f"{expect} frames" in n for n in notes) == (expect > 1), (expect, notes)

@@ -600,31 +600,32 @@ def _orient_native(native: Native, orientation: int) -> Native:
 # ----------------------------------------------------------------------------- PNG
 
 
-def _png_header(blob: bytes) -> tuple[int, int, bool, int, bool]:
+def _png_header(blob: bytes) -> tuple[int, int, bool, int]:
     """From the chunks before the first IDAT: the bit depth, colour type, whether a tRNS
-    chunk is there, the frames an animated PNG holds (1 for a still one) and whether its
-    first frame is the default image (IDAT); (-1, -1, False, 1, True) for a broken
-    chunk list (libpng then says what is wrong)."""
+    chunk is there, and the frames Pillow counts (1 for a still PNG; an APNG's acTL
+    count, plus the default image when no fcTL comes before IDAT, which is then a
+    frame of its own). (-1, -1, False, 1) for a broken chunk list (libpng then says
+    what is wrong)."""
     depth = colour = -1
-    trns, frames, default_is_frame = False, 1, True
+    trns, frames, control_first = False, None, False
     pos = 8
     while pos + 8 <= len(blob):
         size, kind = int.from_bytes(blob[pos : pos + 4], "big"), blob[pos + 4 : pos + 8]
-        body = blob[pos + 8 : pos + 8 + size]
-        if kind == b"IHDR" and len(body) >= 10:
-            depth, colour = body[8], body[9]
+        if kind == b"IDAT":
+            break
+        if kind == b"IHDR" and size >= 13:
+            depth, colour = blob[pos + 16], blob[pos + 17]
         elif kind == b"tRNS":
             trns = True
-        elif kind == b"acTL" and len(body) >= 4:
-            frames = max(int.from_bytes(body[:4], "big"), 1)
-            default_is_frame = False
+        elif kind == b"acTL" and size >= 8:
+            count = int.from_bytes(blob[pos + 8 : pos + 12], "big")
+            frames = count if 0 < count <= 0x80000000 else None  # Pillow ignores others
         elif kind == b"fcTL":
-            default_is_frame = True  # a frame control before IDAT: IDAT is frame 0
-        elif kind == b"IDAT":
-            break
+            control_first = True
         pos += 12 + size
-    # Pillow's count: the default image is a frame of its own when it is not the first
-    return depth, colour, trns, frames + (frames > 1 and not default_is_frame), default_is_frame
+    if frames is None:
+        return depth, colour, trns, 1
+    return depth, colour, trns, frames + (not control_first)
 
 
 def _read_png(path: Path, max_pixels: int | None) -> Native:
@@ -646,7 +647,7 @@ def _read_png(path: Path, max_pixels: int | None) -> Native:
     if blob[12:16] == b"IHDR":  # the header's size, before anything is decoded
         width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
         _check_pixels(name, width * height, max_pixels)
-    depth, colour, trns, frames, _ = _png_header(blob)
+    depth, colour, trns, frames = _png_header(blob)
     notes: list[str] = []
     try:
         with _codec_notes(notes):
