@@ -17,6 +17,13 @@ Method:
 * per layer, the systems take turns in ``rounds`` rounds (a slow spell of the machine
   then falls on every system alike); each round is one untimed warm-up call and then
   timed calls; a row gives the median and the minimum of all timed calls;
+* before its turn a worker waits until the other workers' threads are idle (none of
+  them, read from ``/proc``, has run or waited to run for :data:`IDLE_WINDOW_S`):
+  torch's OpenMP threads spin for about 10 ms after its calls return. Each
+  row then states what could still have disturbed its timed calls: ``others_cpu_ms``,
+  the CPU time the other workers used while they ran (0 when the systems kept out of
+  each other's way), and ``queued_pct``, how long the worker's own threads waited for a
+  CPU (the load of everything else on the machine);
 * every worker writes its first result of a layer to a scratch file; the parent compares
   it with torch's (or, without torch, with convcli's NumPy ``direct`` reference computed
   in the parent): ``max_rel_err = max|y - ref| / max|ref|``, ``ok`` within
@@ -53,10 +60,13 @@ from convcli.errors import BackendError, ConvValueError
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
 SYSTEMS = ("torch", "convcli-opencl", "convcli-numpy")
 REFERENCE = "torch"
-# Seconds of quiet before each system's turn on a layer: the pools of the system that ran
-# before go back to sleep (they spin for a while after their last call) before the next
-# system's warm-up call.
-SETTLE_S = 0.01
+# The most seconds a worker waits, before its turn on a layer, for the other workers'
+# threads to go idle (torch's OpenMP threads spin for ~10 ms after a call, OpenBLAS's for
+# ~0.1 s); where their CPU time cannot be read (no /proc), it waits this long.
+SETTLE_S = 0.1
+# The other workers count as idle once none of their threads ran or waited to run for
+# this long.
+IDLE_WINDOW_S = 0.005
 # issue 15's targets on every network's conv-layer total: (system, minimum torch/ours)
 TARGETS: dict[str, float] = {"convcli-opencl": 1.0, "convcli-numpy": 0.5}
 
@@ -183,6 +193,10 @@ class CnnRow:
     max_rel_err: float | None
     ok: bool
     note: str = ""
+    # CPU ms the other systems' workers used while this row's calls were timed
+    others_cpu_ms: float | None = None
+    # the worker's threads' wait for a CPU during the timed calls, % of their wall time
+    queued_pct: float | None = None
 
 
 @dataclass
@@ -258,6 +272,79 @@ class CnnResult:
 
 # ---------------------------------------------------------------------------------------
 # the workers: one process per system
+
+
+def _cpu_ns(pids: Sequence[int]) -> int | None:
+    """CPU time of the processes ``pids`` (all their threads), ns, read from their CPU
+    clocks (exact at any moment, unlike /proc's figures, which a running thread updates
+    only at the scheduler's tick); None where the system has no such clocks."""
+    if not sys.platform.startswith("linux"):
+        return None
+    total = 0
+    for pid in pids:
+        try:  # Linux's clock id of a process's CPU clock (CPUCLOCK_SCHED)
+            total += time.clock_gettime_ns(((~pid) << 3) | 2)
+        except (OSError, OverflowError, AttributeError):
+            return None
+    return total
+
+
+def _queued_ns(pid: int) -> int | None:
+    """Time the threads of ``pid`` have spent runnable but waiting for a CPU, ns (the
+    second field of ``/proc/PID/task/TID/schedstat``); None without it."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
+                total += int(fh.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def _busy(pids: Sequence[int]) -> bool | None:
+    """Whether a thread of ``pids`` is running or waiting for a CPU (state R: a spinning
+    thread that the scheduler put aside is still busy) or in an uninterruptible wait;
+    None where ``/proc`` cannot tell."""
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return None
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                    state = fh.read().rpartition(b")")[2].split()[0]
+            except (OSError, IndexError):
+                continue  # a thread that ended meanwhile
+            if state in (b"R", b"D"):
+                return True
+    return False
+
+
+def _wait_idle(pids: Sequence[int], limit: float) -> float:
+    """Wait until the threads of ``pids`` have been idle (see :func:`_busy`) for
+    :data:`IDLE_WINDOW_S`, at most ``limit`` seconds; where ``/proc`` cannot tell, wait
+    ``limit``. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    if limit <= 0 or not pids:
+        return 0.0
+    quiet_since = t0
+    while (now := time.perf_counter()) - t0 < limit:
+        busy = _busy(pids)
+        if busy is None:
+            time.sleep(max(0.0, limit - (now - t0)))
+            break
+        if busy:
+            quiet_since = now
+        elif now - quiet_since >= IDLE_WINDOW_S:
+            break
+        time.sleep(0.0005)
+    return time.perf_counter() - t0
 
 
 class _Worker:
@@ -378,17 +465,25 @@ def _worker_main(argv: Sequence[str]) -> int:
         if cache is None or cache[0] != (layer.key, batch):
             cache = ((layer.key, batch), *layer.arrays(batch))
         _, x, w, b = cache
-        time.sleep(float(req.get("settle", 0.0)))
+        others = [int(p) for p in req.get("others", ())]
+        _wait_idle(others, float(req.get("settle", 0.0)))
         try:
             y, note = run(x, w, b, layer)  # warm-up
             times = []
+            cpu0, queued0 = _cpu_ns(others), _queued_ns(os.getpid())
             for _ in range(int(req["runs"])):
                 t0 = time.perf_counter()
                 y, note = run(x, w, b, layer)
                 times.append(time.perf_counter() - t0)
+            cpu1, queued1 = _cpu_ns(others), _queued_ns(os.getpid())
             if req.get("save"):
                 np.save(req["save"], y)
-            reply({"times": times, "note": note})
+            got: dict[str, Any] = {"times": times, "note": note}
+            if cpu0 is not None and cpu1 is not None:
+                got["others_cpu"] = max(0, cpu1 - cpu0) / 1e9
+            if queued0 is not None and queued1 is not None:
+                got["queued"] = (queued1 - queued0) / 1e9
+            reply(got)
         except Exception as exc:  # one layer's failure is reported in its row
             reply({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
     return 0
@@ -401,6 +496,14 @@ def _worker_main(argv: Sequence[str]) -> int:
 def _split(repeat: int, rounds: int) -> list[int]:
     rounds = max(1, min(repeat, rounds))
     return [repeat // rounds + (1 if i < repeat % rounds else 0) for i in range(rounds)]
+
+
+def _weighted(pairs: Sequence[tuple[float | None, float]]) -> float | None:
+    """The mean of the values weighted by the weights; None if a value is missing."""
+    if not pairs or any(v is None or w != w for v, w in pairs):
+        return None
+    weight = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / weight if weight else None  # type: ignore[operator]
 
 
 def _reference(layer: CnnLayer, batch: int) -> np.ndarray:
@@ -438,7 +541,8 @@ def run_cnn_suite(
     torch_threads : int or None
         ``torch.set_num_threads`` in torch's worker (None: torch's default).
     settle : float
-        Seconds each worker waits before its turn on a layer.
+        The most seconds a worker waits, before its turn on a layer, for the other
+        workers' threads to go idle (where their CPU time cannot be read: the pause).
     progress : callable, optional
         Called with one-line messages as the suite runs.
 
@@ -481,6 +585,8 @@ def run_cnn_suite(
     skipped: dict[str, str] = {}
     # (key, batch) -> system -> (times, note, err or None)
     timed: dict[tuple, dict[str, tuple[list[float], str, float | None]]] = {}
+    # (key, batch) -> system -> [others' CPU s, own queued s] over its timed calls
+    disturbed: dict[tuple, dict[str, list[float | None]]] = {}
     plan = _split(repeat, rounds)
     try:
         for system in dict.fromkeys(systems):
@@ -499,6 +605,7 @@ def run_cnn_suite(
                 results: dict[str, tuple[list[float], str, float | None]] = {}
                 files: dict[str, str] = {}
                 errors: dict[str, str] = {}
+                seen: dict[str, list[float | None]] = {}
                 for k, runs in enumerate(plan):
                     for system, wk in workers.items():
                         if system in errors:
@@ -511,6 +618,7 @@ def run_cnn_suite(
                                 "runs": runs,
                                 "save": save,
                                 "settle": settle,
+                                "others": [w.pid for w in workers.values() if w is not wk],
                             }
                         )
                         if "error" in reply:
@@ -520,6 +628,10 @@ def run_cnn_suite(
                         results[system] = (times + reply["times"], reply["note"], None)
                         if save:
                             files[system] = save
+                        acc = seen.setdefault(system, [0.0, 0.0])
+                        for j, name in enumerate(("others_cpu", "queued")):
+                            got = reply.get(name)
+                            acc[j] = None if got is None or acc[j] is None else acc[j] + got
                 ref = (
                     np.load(files[REFERENCE]).astype(np.float64)
                     if REFERENCE in files
@@ -533,6 +645,7 @@ def run_cnn_suite(
                 for path in files.values():
                     os.unlink(path)
                 timed[(key, batch)] = results
+                disturbed[(key, batch)] = seen
     finally:
         for wk in workers.values():
             wk.close()
@@ -549,9 +662,13 @@ def run_cnn_suite(
                     ok = bool(times) and err is not None and err <= TOLERANCE
                     med = statistics.median(times) * 1e3 if times else math.nan
                     low = min(times) * 1e3 if times else math.nan
+                    others, queued = disturbed[(layer.key, batch)].get(system, (None, None))
                     mine.append(
                         CnnRow(name, batch, index, layer.describe(), count, system, med, low,
-                               None, err, ok, note)
+                               None, err, ok, note,
+                               None if others is None else others * 1e3,
+                               None if queued is None or not times else
+                               100 * queued / sum(times))
                     )  # fmt: skip
             by = {(r.layer, r.system): r for r in mine}
             for r in mine:
@@ -566,10 +683,14 @@ def run_cnn_suite(
                 errs = [r.max_rel_err for r in sel if r.max_rel_err is not None]
                 ok = all(r.ok for r in sel)
                 n_layers = sum(r.count for r in sel)
+                others = [r.others_cpu_ms for r in sel]
+                queued = [(r.queued_pct, r.median_ms * r.count) for r in sel]
                 totals.append(
                     CnnRow(name, batch, None, f"{n_layers} conv layers", n_layers, system, tot,
                            low, None, max(errs) if errs else None, ok,
-                           "" if ok else "some layers failed")
+                           "" if ok else "some layers failed",
+                           None if None in others else sum(others),  # type: ignore[arg-type]
+                           _weighted(queued))
                 )  # fmt: skip
             tby = {t.system: t for t in totals if (t.network, t.batch) == (name, batch)}
             for system, t in tby.items():

@@ -52,6 +52,27 @@ def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _disturbance(result: Any, systems: Sequence[str]) -> list[str]:
+    """What could have disturbed the timed calls: the other workers' CPU time (the
+    systems' own interference) and the share of time each worker's threads waited for a
+    CPU (the machine's other load)."""
+    others = [r.others_cpu_ms for r in result.rows if r.others_cpu_ms is not None]
+    notes = []
+    if others:
+        notes.append(
+            f"CPU the other workers used during a layer's timed calls: at most {max(others):.2f} ms"
+        )
+    queued = []
+    for s in systems:
+        mine = [(t.queued_pct, t.median_ms) for t in result.totals if t.system == s]
+        if mine and all(q is not None for q, _ in mine):
+            weight = sum(m for _, m in mine) or 1.0
+            queued.append(f"{s} {sum(q * m for q, m in mine) / weight:.0f}%")
+    if queued:
+        notes.append("time a worker's threads waited for a CPU: " + ", ".join(queued))
+    return notes
+
+
 def _print_result(result: Any, console: Any) -> None:
     """Tables on ``console`` (a rich Console on stdout)."""
     from rich.table import Table
@@ -83,6 +104,7 @@ def _print_result(result: Any, console: Any) -> None:
     notes = [f"layers: {result.source}", "workers: " + ", ".join(
         f"{s} pid {p}" for s, p in result.workers.items())]  # fmt: skip
     notes += [f"{s} skipped: {why}" for s, why in result.skipped.items()]
+    notes += _disturbance(result, systems)
     totals.caption = "; ".join(notes)
     totals.caption_justify = "left"
     console.print(totals)

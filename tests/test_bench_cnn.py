@@ -11,6 +11,9 @@ import io
 import json
 import math
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +48,6 @@ def tiny() -> bench_cnn.CnnResult:
         systems=_systems(),
         repeat=3,
         rounds=2,
-        settle=0.0,
         progress=messages.append,
     )
     assert messages
@@ -111,6 +113,69 @@ def test_every_system_ran_in_a_process_of_its_own(tiny):
     for pid in pids:  # and the workers have ended
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_the_systems_kept_out_of_each_others_way(tiny):
+    """Each worker waited for the others' threads to go idle: while a system's calls were
+    timed, the other workers used (next to) no CPU; and every row says how long its
+    worker's threads waited for a CPU."""
+    for r in [*tiny.rows, *tiny.totals]:
+        assert r.others_cpu_ms is not None and 0 <= r.others_cpu_ms < 0.5, r
+        assert r.queued_pct is not None and r.queued_pct >= 0, r
+
+
+def _spinner(seconds: float) -> subprocess.Popen:
+    """A process that burns one CPU for ``seconds`` once it reads a line, then sleeps."""
+    code = (
+        "import sys, time\n"
+        "sys.stdin.readline()\n"
+        f"t = time.perf_counter() + {seconds}\n"
+        "while time.perf_counter() < t: pass\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
+    time.sleep(0.2)  # started and waiting
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+    assert proc.stdin is not None
+    proc.stdin.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_wait_idle_waits_for_a_busy_process_and_not_longer():
+    proc = _spinner(0.3)
+    try:
+        cpu0 = bench_cnn._cpu_ns([proc.pid])
+        # idle: the wait ends after the quiet window
+        assert bench_cnn._wait_idle([proc.pid], 2.0) < 0.15
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        waited = bench_cnn._wait_idle([proc.pid], 2.0)
+        burnt = bench_cnn._cpu_ns([proc.pid]) - cpu0
+        # it waited through the (wall-clock) spin, which the CPU clock saw, and then the
+        # process was idle
+        assert 0.25 <= waited < 1.5 and burnt / 1e9 >= 0.02, (waited, burnt)
+        cpu1 = bench_cnn._cpu_ns([proc.pid])
+        time.sleep(0.05)
+        assert bench_cnn._cpu_ns([proc.pid]) - cpu1 < 1e6
+        # a limit is a limit; no pids, no wait
+        proc2 = _spinner(1.0)
+        try:
+            assert proc2.stdin is not None
+            proc2.stdin.write("go\n")
+            proc2.stdin.flush()
+            assert 0.1 <= bench_cnn._wait_idle([proc2.pid], 0.1) < 0.3
+        finally:
+            _stop(proc2)
+        assert bench_cnn._wait_idle([], 1.0) == 0.0
+    finally:
+        _stop(proc)
 
 
 def test_results_are_exact(tiny):

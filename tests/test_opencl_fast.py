@@ -187,7 +187,8 @@ def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
         (96, 14, "zeros", False, "dw_direct"),  # GPUs keep their kernels
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
         (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
-        (96, 56, "zeros", True, "dw_direct"),  # wide rows: float8 along the width
+        (96, 56, "zeros", True, "dw_wide"),  # wide rows: float8 along the width, padded
+        (96, 112, "zeros", True, "dw_direct"),  # wider: the padded copy costs more
     ],
 )
 def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):

@@ -288,7 +288,7 @@ def choose(
     ConvValueError when ``algo`` is forced to something no OpenCL path can do. ``cpu``:
     the device is a CPU (``auto`` runs FFT tiles only there: one tile per work-item).
     """
-    from convcli.backends import opencl_fft  # it uses this module's buffers
+    from convcli.backends import opencl_dw_wide, opencl_fft  # they use this module's buffers
 
     if algo not in ("auto", "direct", "separable", "gemm", "fft"):
         raise ConvValueError(f"unknown algo='{algo}'")
@@ -343,6 +343,8 @@ def choose(
                 return Plan("fft", "fft_conv"), None
         if algo == "auto" and _host_fft_pays(spec):
             return Plan("fft", "host_fft"), None
+        if taps <= DW_MAX_TAPS and opencl_dw_wide.pays(spec, cpu):
+            return Plan("direct", "dw_wide"), None
         if taps <= DW_MAX_TAPS:
             return Plan("direct", "dw_direct"), None
         return None, None
@@ -1198,6 +1200,10 @@ def programs(
         return [first, second]
     if plan.kernel == "winograd":
         return None
+    if plan.kernel == "dw_wide":
+        from convcli.backends import opencl_dw_wide
+
+        return opencl_dw_wide.programs(spec)
     if plan.kernel == "dense_gemm":
         return [("dense_gemm", _dense_defines(spec, cpu))]
     if plan.kernel == "pointwise":
@@ -1291,6 +1297,10 @@ def run(
                 out = _run_pointwise(cl, backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_channels":
                 out = _run_dw_channels(cl, backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_wide":
+                from convcli.backends import opencl_dw_wide
+
+                out = opencl_dw_wide.run(cl, backend, xf, wf, bf, spec, info)
             else:
                 out = _run_direct(cl, backend, xf, wf, bf, spec, info)
         except opencl_gpu.NoFit:
