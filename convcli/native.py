@@ -182,6 +182,67 @@ def filter_strip(
     return result
 
 
+def prepare(
+    strip: np.ndarray,
+    *,
+    top: float,
+    kernel: np.ndarray,
+    stride: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+    bias: float = 0.0,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    out_map: str = "clip",
+    out_top: int = 255,
+    backend: NativeBackend = "auto",
+    device: str | None = None,
+    strips: int = 1,
+    info: RunInfo | None = None,
+) -> str | None:
+    """Pay OpenCL's one-off costs for :func:`filter_strip` calls on strips like
+    ``strip`` before the first one arrives (a caller runs this on a thread of its own
+    while the strips are decoded).
+
+    ``strip`` only gives the shape and dtype (a broadcast array will do). Where
+    ``backend`` is ``"opencl"``, or ``"auto"`` and :func:`choose_backend` picks OpenCL
+    for ``strips`` such strips, OpenCL is started, the program built and its kernels
+    launched once on a strip of a few rows, so that the first real strip finds them
+    ready and ``auto`` then chooses OpenCL for it as it did here. Returns the backend
+    the strips will take (``"numpy"`` where OpenCL failed: ``info`` gets the notice a
+    strip would have given), or None for a call :func:`filter_strip` does not cover.
+    """
+    plan = _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, out_top,
+                 None)  # fmt: skip
+    if plan is None:
+        return None
+    chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
+    if chosen != "opencl":
+        return chosen
+    # a strip of a few output rows and one work-group's columns: the same program, the
+    # same launch sizes (PoCL compiles a kernel for its work-group size at first launch)
+    ekh, ekw = plan.dh * (plan.kh - 1) + 1, plan.dw * (plan.kw - 1) + 1
+    rows_in = min(strip.shape[0], ekh + plan.sh * (CL_ROWS_V - 1))
+    w_in = min(strip.shape[1], ekw + plan.sw * (CL_LOCAL[0] * 8 // plan.c))
+    small = np.zeros((rows_in, w_in, plan.c), strip.dtype)
+    part = RunInfo()
+    try:
+        _run_opencl(_plan(small, top, kernel, stride, dilation, bias, scale, offset, out_map,
+                          out_top, None), device, part)  # fmt: skip
+    except BackendError as exc:
+        if backend != "auto":
+            raise
+        part = RunInfo()
+        part.notices.append(f"OpenCL failed ({exc}); using NumPy")
+        chosen = "numpy"
+    if info is not None:
+        # what the start paid (the program's build); not the throwaway strip's work
+        kept = RunInfo(notices=part.notices)
+        if "build" in part.timings:
+            kept.timings["build"] = part.timings["build"]
+        info.add(kept)
+    return chosen
+
+
 def shared_kernel(
     weight: np.ndarray, bias: np.ndarray | float | None, groups: int | None, channels: int
 ) -> tuple[np.ndarray, float] | None:

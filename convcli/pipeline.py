@@ -48,6 +48,7 @@ import numpy as np
 from convcli import notes as cnotes
 from convcli import pixels
 from convcli.api import conv2d, plan_call
+from convcli.backends import started_opencl
 from convcli.budget import STRIP_INPUTS
 from convcli.errors import BackendError, InputError, OutputExistsError
 from convcli.filters import Filter
@@ -581,16 +582,22 @@ class ImageJob:
         """Every strip through the convolution, in order: ``on_strip(r0, r1, result,
         kept_alpha)`` in the caller's thread."""
         spec = self.spec
-        info = RunInfo()
-        be_name, algo = plan_call(
-            spec, self.weight, backend=backend, device=engine.device, algo=engine.algo, info=info
-        )
-        self.run.info.add(info)
-        # every strip on the whole image's backend (a cost model could send a short
-        # strip elsewhere, with other rounding); auto still falls back below
+        step = self.native
         fallback = backend == "auto"
         native_backend = backend  # the native step chooses for itself under auto
-        backend = be_name
+        if step is None:
+            info = RunInfo()
+            be_name, algo = plan_call(spec, self.weight, backend=backend, device=engine.device,
+                                      algo=engine.algo, info=info)  # fmt: skip
+            self.run.info.add(info)
+            # every strip on the whole image's backend (a cost model could send a short
+            # strip elsewhere, with other rounding); auto still falls back below
+            backend = be_name
+        else:
+            # the native step computes each output row alone on OpenCL; NumPy's rank-1
+            # pass works in blocks of rows, kept where the whole image has them. No
+            # float-path plan: it would start OpenCL before the first strip is read.
+            be_name, algo = "numpy", "separable"
         align = strip_alignment(spec, be_name, algo)
         least = strip_least(spec, be_name, algo)
         # a native strip holds 1-2 bytes a sample, not float32's 4: as many bytes hold
@@ -601,7 +608,6 @@ class ImageJob:
         src_info = self.source.info
         channels = src_info.channels
         flat = channels * geo.padded_rows(0, min(rows, spec.h_out))[1] * geo.padded_width
-        step = self.native
         free: queue.Queue = queue.Queue()
         for _ in range(BUFFERS):
             free.put(np.empty(flat, src_info.dtype if step is not None else np.float32))
@@ -659,6 +665,11 @@ class ImageJob:
 
         producer = threading.Thread(target=produce, name="convcli-strips", daemon=True)
         producer.start()
+        warm = None
+        if step is not None and native_backend != "numpy" and started_opencl(engine.device) is None:
+            shape = (geo.padded_rows(0, min(rows, spec.h_out))[1], geo.padded_width, channels)
+            warm = _Warm(self, step, shape, native_backend, engine.device,
+                         len(geo.strips()) * max(1, self.images_ahead))  # fmt: skip
         try:
             while True:
                 item = self.stop.get(ready)
@@ -676,6 +687,9 @@ class ImageJob:
                         on_rows(r0 + done, spec.h_out)
 
                 if step is not None:
+                    if warm is not None:  # OpenCL started beside the first strip's read
+                        warm.join(self.run.info)
+                        warm = None
                     result, native_backend = self._native_strip(
                         conv_in,
                         src_info.top,
@@ -715,6 +729,8 @@ class ImageJob:
             raise
         finally:
             producer.join()
+            if warm is not None:
+                warm.thread.join()
 
     def _native_strip(
         self,
@@ -752,6 +768,42 @@ class ImageJob:
         self.close()
         self.source = self._reopen()
         self.run.read += time.perf_counter() - t0
+
+
+class _Warm:
+    """:func:`convcli.native.prepare` on a thread of its own: OpenCL's start-up and
+    program build overlap the decoding of the first strip (a fresh process spent about
+    0.25 s on them before reading a row)."""
+
+    def __init__(self, job: ImageJob, step: NativeStep, shape: tuple[int, int, int],
+                 backend: str, device: str | None, strips: int) -> None:  # fmt: skip
+        self.info = RunInfo()
+        self.error: BaseException | None = None
+        spec, src = job.spec, job.source.info
+        strip = np.broadcast_to(np.zeros((), src.dtype), shape)
+
+        def run() -> None:
+            from convcli import native
+
+            try:
+                native.prepare(
+                    strip, top=src.top,
+                    kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
+                    bias=step.bias, scale=step.scale, offset=step.offset, out_map=step.out_map,
+                    out_top=step.out_top, backend=backend, device=device, strips=strips,
+                    info=self.info,
+                )  # fmt: skip
+            except BaseException as exc:  # the first strip's error, in the caller's thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="convcli-opencl", daemon=True)
+        self.thread.start()
+
+    def join(self, info: RunInfo) -> None:
+        self.thread.join()
+        info.add(self.info)
+        if self.error is not None:
+            raise self.error
 
 
 def _no_padding(options: dict[str, object]) -> dict[str, object]:
