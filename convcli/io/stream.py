@@ -140,9 +140,9 @@ def source_bytes(shape: FileShape) -> tuple[int, int]:
 
 def sink_bytes(target: Target) -> tuple[int, int]:
     """Bytes :func:`write_rows` holds besides the block it is given: (while blocks
-    come in, at its end). TIFF and ``.npy`` are written by strips (a few encoded strips
-    in flight); PNG, JPEG, WebP and BMP gather the samples, then hold them and the
-    encoded file (at most about the samples' size again)."""
+    come in, at its end). TIFF, ``.npy`` and JPEG are written by strips or bands (a
+    few raw and encoded ones in flight); PNG, WebP and BMP gather the samples, then
+    hold them and the encoded file (at most about the samples' size again)."""
     row = target.width * target.channels * np.dtype(target.dtype).itemsize
     samples = target.height * row
     if target.fmt in ("TIFF", "NPY"):
@@ -150,6 +150,15 @@ def sink_bytes(target: Target) -> tuple[int, int]:
 
         strips = 4 * max(_STRIP_BYTES, row)  # raw and encoded strips on the codec pool
         return strips, strips
+    if target.fmt == "JPEG":
+        from convcli.io.sinks import _jpeg_bands, codec_pool
+
+        bands = _jpeg_bands(target)
+        if bands is not None:
+            # the band being filled, the ones on the codec threads and one waiting
+            # for its turn, each with its encoded data (smaller than the raw band)
+            held = 2 * (codec_pool()._max_workers + 2) * bands[0] * row
+            return held, held
     return samples, 2 * samples
 
 
@@ -170,11 +179,12 @@ def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name
     """Encode ``rows`` (``(n, W, C)`` blocks of ``target.dtype``, top to bottom,
     ``target.height`` rows in all) into ``fh`` as ``target.fmt``.
 
-    ``.npy`` is written as the ``(C, H, W)`` array of the samples. TIFF and ``.npy``
-    are written as the blocks arrive (memory: a strip); PNG, JPEG, WebP and BMP gather
-    the rows into one buffer of the stored samples, then encode it. The files are the
-    ones :func:`convcli.io.write_image` writes for the same samples (a JPEG: the same
-    encoder settings).
+    ``.npy`` is written as the ``(C, H, W)`` array of the samples. TIFF, ``.npy`` and
+    JPEG are written as the blocks arrive (memory: a strip, or a few JPEG bands); PNG,
+    WebP and BMP gather the rows into one buffer of the stored samples, then encode it.
+    The files are the ones :func:`convcli.io.write_image` writes for the same samples;
+    a JPEG has the same encoder settings and decodes to the same pixels (its bands are
+    joined by restart markers).
 
     Raises
     ------
