@@ -470,8 +470,10 @@ class ImageJob:
         Output rows per strip (rounded up to the algorithm's alignment); default from
         :data:`STRIP_BYTES`.
     check : callable, optional
-        Called before the file is opened (its result is :attr:`allowed`); what it
-        raises is the open's error.
+        ``check(source)`` prices the file before any pixel is decoded (its result is
+        :attr:`allowed`; what it raises is the open's error): ``source`` is the file
+        opened for reading by strips (headers read only), or None for a file that is
+        decoded whole, which is opened after the check.
     """
 
     def __init__(
@@ -484,7 +486,7 @@ class ImageJob:
         alpha_rule: Callable[[Filter, int, str], tuple[str, str | None]],
         max_pixels: int | None,
         strip: int | None = None,
-        check: Callable[[], object] | None = None,
+        check: Callable[[stream.Source | None], object] | None = None,
     ) -> None:
         self.src, self.dst, self.filt = src, dst, filt
         self.check = check
@@ -517,9 +519,19 @@ class ImageJob:
         caught: list = []
         try:
             with cnotes.collect(caught):
-                if self.check is not None:  # refuse from the header, before decoding
-                    self.allowed = self.check()
-                self.source = stream.open_source(self.src, max_pixels=self.max_pixels)
+                # the file is opened once: a reader by strips reads its headers here;
+                # one decoded whole is priced from its header before it is decoded
+                source = stream.open_source(self.src, max_pixels=self.max_pixels, whole=False)
+                try:
+                    if self.check is not None:  # refuse before decoding
+                        self.allowed = self.check(source)
+                    if source is None:
+                        source = stream.open_source(self.src, max_pixels=self.max_pixels)
+                except BaseException:
+                    if source is not None:
+                        source.close()
+                    raise
+                self.source = source
         except BaseException as exc:  # handed to the caller's thread
             self.open_error = exc
         finally:

@@ -672,3 +672,68 @@ def test_an_opencl_start_that_fails_on_its_thread_leaves_numpy_and_says_so(tmp_p
                            engine=cbatch.Engine("opencl"), output=out)  # fmt: skip
     assert [f.reason for f in res.failed] and "no device" in res.failed[0].reason
     assert not (tmp_path / "cl.png").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_a_file_read_by_strips_is_opened_once(tmp_path, monkeypatch, suffix):
+    """The budget prices the opened source (its headers read once, what it holds): no
+    header probe through Pillow, no second opening to learn whether it streams."""
+    import pyvips
+    import tifffile
+    from PIL import Image as PILImage
+
+    src = tmp_path / f"in{suffix}"
+    x = np.random.default_rng(5).random((3, 50, 40)).astype(np.float32)
+    cio.write_image(src, x, bit_depth=8)
+    counts = {"vips": 0, "pil": 0, "tiff": 0}
+    real_vips, real_pil, real_tiff = (
+        pyvips.Image.new_from_file, PILImage.open, tifffile.TiffFile.__init__
+    )  # fmt: skip
+
+    def vips(*a, **k):
+        counts["vips"] += 1
+        return real_vips(*a, **k)
+
+    def pil(*a, **k):
+        counts["pil"] += 1
+        return real_pil(*a, **k)
+
+    def tiff(self, *a, **k):
+        counts["tiff"] += 1
+        real_tiff(self, *a, **k)
+
+    monkeypatch.setattr(pyvips.Image, "new_from_file", vips)
+    monkeypatch.setattr(PILImage, "open", pil)
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", tiff)
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    engine = cbatch.Engine("numpy", max_memory=2**30)  # the budget is checked
+    _new(src, tmp_path / "out.png", filt, engine, cbatch.Output())
+    want = (
+        {"vips": 0, "pil": 0, "tiff": 1} if suffix == ".tif" else {"vips": 1, "pil": 0, "tiff": 0}
+    )
+    assert counts == want
+
+
+def test_a_file_decoded_whole_is_priced_before_it_is_decoded(tmp_path, monkeypatch):
+    """A BMP has no reader by strips: its header prices it (no source yet), then it is
+    decoded, once."""
+    from convcli.io import images
+
+    src = tmp_path / "in.bmp"
+    cio.write_image(src, np.random.default_rng(6).random((3, 30, 40)).astype(np.float32))
+    events = []
+    real_read, real_check = images.read_native, cbatch.check_file
+
+    def read(*a, **k):
+        events.append("decode")
+        return real_read(*a, **k)
+
+    def check(*a, **k):
+        events.append(("check", a[5] if len(a) > 5 else k.get("source")))
+        return real_check(*a, **k)
+
+    monkeypatch.setattr(images, "read_native", read)
+    monkeypatch.setattr(cbatch, "check_file", check)
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    _new(src, tmp_path / "out.png", filt, cbatch.Engine("numpy"), cbatch.Output())
+    assert events == [("check", None), "decode"]

@@ -67,6 +67,10 @@ class Source(Protocol):
     #: (a decoder that runs once from top to bottom); the caller keeps the rows it
     #: needs again (a kernel's halo).
     sequential: bool
+    #: Bytes the source holds while rows are read (a few runs of rows for a reader
+    #: by strips, the samples for an image decoded whole): what a budget prices. A
+    #: source without it is priced as holding the whole image.
+    held_bytes: int
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0 <= y < y1`` as a ``(y1 - y0, W, C)`` array of ``info.dtype``.
@@ -90,6 +94,7 @@ class ArraySource:
             samples = samples[..., None]
         self.samples = samples
         self.info = info
+        self.held_bytes = samples.nbytes
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         return self.samples[y0:y1]
@@ -98,7 +103,7 @@ class ArraySource:
         self.samples = None  # type: ignore[assignment]
 
 
-def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
+def open_source(path: str | Path, *, max_pixels: int | None, whole: bool = True) -> Source | None:
     """Open an image file for reading by rows.
 
     JPEG, 8/16-bit PNG and WebP are read through libvips when ``pyvips`` loads
@@ -110,6 +115,10 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     progressive JPEG and interlaced PNG, a TIFF's strip or row of tiles; a streamed
     image may have any size.
 
+    With ``whole=False`` a file that would be decoded whole is left unread: None is
+    returned (a caller prices it from its header first, then opens it again). A file
+    read by strips is opened once either way, reading its header only.
+
     Raises
     ------
     InputError
@@ -118,18 +127,34 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     """
     from convcli.io.sources import open_source as _open
 
-    return _open(path, max_pixels=max_pixels)
+    return _open(path, max_pixels=max_pixels, whole=whole)
+
+
+def source_shape(source: Source, path: str | Path) -> FileShape:
+    """What an opened source tells a budget (:func:`source_bytes`): its size, samples
+    and the bytes it holds."""
+    from convcli.budget import FileShape
+
+    info = source.info
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        size = 0
+    held = getattr(source, "held_bytes", None)
+    if held is None:
+        held = info.height * info.width * info.channels * info.dtype.itemsize
+    return FileShape(info.channels, info.height, info.width, info.dtype.itemsize, "stream",
+                     size, held=held)  # fmt: skip
 
 
 def source_bytes(shape: FileShape) -> tuple[int, int]:
-    """Bytes :func:`open_source` takes for a file of this header: (its peak while
-    opening, what the source holds while rows are read). A reader that decodes by strips
-    holds a few of them (``shape.streamed_rows``); one that decodes whole holds the
-    native samples."""
+    """Bytes :func:`open_source` takes for a file: (its peak while opening, what the
+    source holds while rows are read). An opened source says what it holds
+    (``shape.held``: a few strips for a reader by strips); a file priced from its
+    header is decoded whole and holds the native samples."""
+    if shape.held is not None:
+        return shape.held, shape.held
     row = shape.channels * shape.width * shape.sample_bytes
-    if shape.streamed_rows:
-        held = shape.streamed_rows * row
-        return held, held
     native = shape.height * row
     if shape.kind == "pil":
         return 2 * native, native  # Pillow's image and its samples as an array
