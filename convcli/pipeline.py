@@ -783,9 +783,8 @@ class ImageJob:
 
 
 class _Warm:
-    """:func:`convcli.native.prepare` on a thread of its own: OpenCL's start-up and
-    program build overlap the decoding of the first strip (a fresh process spent about
-    0.25 s on them before reading a row)."""
+    """:func:`convcli.native.prepare` on a thread of its own: OpenCL's start-up and the
+    program's build overlap the decoding of the first strips instead of preceding it."""
 
     def __init__(self, job: ImageJob, step: NativeStep, shape: tuple[int, int, int],
                  backend: str, device: str | None, strips: int) -> None:  # fmt: skip
