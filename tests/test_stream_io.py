@@ -572,6 +572,18 @@ def test_jpeg_in_bands_decodes_as_the_whole_image(tmp_path, monkeypatch, quality
     np.testing.assert_array_equal(decoded.reshape(expect.shape), expect)
 
 
+def test_jpeg_bands_only_where_a_restart_interval_and_the_format_allow():
+    def bands(height, width, channels=3, dtype=np.uint8, quality=95):
+        return sinks._jpeg_bands(Target("JPEG", height, width, channels, np.dtype(dtype),
+                                        channels in (2, 4), quality))  # fmt: skip
+
+    assert bands(4000, 6000) == (56, 750 * 7)  # 7 MCU rows of 750 MCUs, about 1 MB
+    assert bands(4000, 6000, quality=80)[0] % 16 == 0  # 4:2:0: MCUs of 16 rows
+    assert bands(10, 65000) is not None and bands(10, 65000)[1] <= 65535
+    assert bands(70000, 10) is None and bands(10, 70000) is None  # too large for JPEG
+    assert bands(10, 10, dtype=np.uint16) is None and bands(10, 10, channels=5) is None
+
+
 def test_a_jpeg_that_fails_mid_stream_leaves_no_file(tmp_path, monkeypatch):
     """Bands already written to the temporary file are thrown away with it."""
     monkeypatch.setattr(sinks, "_JPEG_BAND_BYTES", 1)

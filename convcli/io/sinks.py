@@ -183,8 +183,9 @@ def _write_npy_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target, 
 # Raw bytes of one JPEG band: a few dozen bands for a large photo (each band's encoder
 # set-up is a fraction of a millisecond), a few in flight on the codec threads.
 _JPEG_BAND_BYTES = 2**20
-# A restart interval counts MCUs in 16 bits.
+# A restart interval counts MCUs in 16 bits; libjpeg's largest image side.
 _JPEG_MAX_INTERVAL = 65535
+_JPEG_MAX_SIDE = 65500
 
 
 def _jpeg_settings(quality: int) -> tuple[int, str]:
@@ -201,6 +202,8 @@ def _jpeg_bands(target: Target) -> tuple[int, int] | None:
     channels = target.channels - (1 if target.has_alpha and target.channels in (2, 4) else 0)
     if channels not in (1, 3) or np.dtype(target.dtype) != np.uint8:
         return None
+    if max(target.height, target.width) > _JPEG_MAX_SIDE:
+        return None  # the whole-image encoder says it cannot
     try:
         import imagecodecs
 
