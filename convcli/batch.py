@@ -759,9 +759,11 @@ def check_file(
     engine: Engine,
     output: Output,
     max_pixels: int | None,
+    source: stream.Source | None = None,
 ) -> FileBudget:
     """Refuse a file, from its header, before decoding it; returns what the convolution
-    may use.
+    may use. ``source``: the file opened for reading by strips (priced from what it
+    holds), or None for a file decoded whole (priced from its header).
 
     Under ``engine.max_memory`` the whole process counts: the bytes it holds already
     (:func:`convcli.budget.process_bytes`: interpreter, modules, a started runtime) and
@@ -782,7 +784,10 @@ def check_file(
         Naming the file and the argument to change.
     """
     name = str(task.src)
-    shape = cio.probe_image(task.src)
+    if source is not None:
+        shape = stream.source_shape(source, task.src)
+    else:
+        shape = cio.probe_image(task.src)
     if shape is None:
         return FileBudget()
     try:
@@ -964,7 +969,7 @@ def _job(
         alpha=output.alpha,
         alpha_rule=alpha_rule,
         max_pixels=max_pixels,
-        check=lambda: check_file(task, filt, engine, output, max_pixels),
+        check=lambda source: check_file(task, filt, engine, output, max_pixels, source),
     )
 
 

@@ -503,8 +503,9 @@ class FileShape:
     sample_bytes: int
     kind: str
     file_bytes: int = 0
-    #: rows the reader holds at once when it reads by strips; 0: it decodes whole
-    streamed_rows: int = 0
+    #: bytes an opened source holds (:attr:`convcli.io.stream.Source.held_bytes`);
+    #: None for a file priced from its header, which is decoded whole
+    held: int | None = None
 
 
 # Strips in flight in the file pipeline (convcli.pipeline): float32 input buffers being

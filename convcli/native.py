@@ -53,13 +53,10 @@ NUMPY_TILE_VALUES = 4096
 NUMPY_BLOCK_ROWS = 32
 # Rough costs for backend="auto" (seconds), fitted to strips of 16x64 to 256x6000 RGB
 # pixels on the 2-core project machine (filter_strip timed per backend, medians of
-# interleaved runs): the program's build plus its first launches with a
-# cold PoCL cache (1.1 + 1.3 s under load; 0.15 s from PoCL's disk cache, which we
-# cannot see), and opening OpenCL; per output value: NumPy's direct taps (per nonzero
-# tap), NumPy's Toeplitz GEMMs (per Toeplitz column of both passes), OpenCL (per tap
-# of its passes); and each backend's fixed cost per strip.
-CL_BUILD_SECONDS = 2.5
-CL_START_SECONDS = 0.6
+# interleaved runs): per output value, NumPy's direct taps (per nonzero tap), NumPy's
+# Toeplitz GEMMs (per Toeplitz column of both passes), OpenCL (per tap of its passes);
+# and each backend's fixed cost per strip. OpenCL's start-up and the program's build
+# are priced as conv2d's are (:func:`convcli.backends.choice.opencl_once`).
 NUMPY_SECONDS_PER_VALUE = 0.5e-9
 NUMPY_SECONDS_PER_TAP = 0.7e-9
 NUMPY_SEPARABLE_PER_VALUE = 3.3e-9
@@ -180,6 +177,67 @@ def filter_strip(
         out[...] = result
         return out
     return result
+
+
+def prepare(
+    strip: np.ndarray,
+    *,
+    top: float,
+    kernel: np.ndarray,
+    stride: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+    bias: float = 0.0,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    out_map: str = "clip",
+    out_top: int = 255,
+    backend: NativeBackend = "auto",
+    device: str | None = None,
+    strips: int = 1,
+    info: RunInfo | None = None,
+) -> str | None:
+    """Pay OpenCL's one-off costs for :func:`filter_strip` calls on strips like
+    ``strip`` before the first one arrives (a caller runs this on a thread of its own
+    while the strips are decoded).
+
+    ``strip`` only gives the shape and dtype (a broadcast array will do). Where
+    ``backend`` is ``"opencl"``, or ``"auto"`` and :func:`choose_backend` picks OpenCL
+    for ``strips`` such strips, OpenCL is started, the program built and its kernels
+    launched once on a strip of a few rows, so that the first real strip finds them
+    ready and ``auto`` then chooses OpenCL for it as it did here. Returns the backend
+    the strips will take (``"numpy"`` where OpenCL failed: ``info`` gets the notice a
+    strip would have given), or None for a call :func:`filter_strip` does not cover.
+    """
+    plan = _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, out_top,
+                 None)  # fmt: skip
+    if plan is None:
+        return None
+    chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
+    if chosen != "opencl":
+        return chosen
+    # a strip of a few output rows and one work-group's columns: the same program, the
+    # same launch sizes (PoCL compiles a kernel for its work-group size at first launch)
+    ekh, ekw = plan.dh * (plan.kh - 1) + 1, plan.dw * (plan.kw - 1) + 1
+    rows_in = min(strip.shape[0], ekh + plan.sh * (CL_ROWS_V - 1))
+    w_in = min(strip.shape[1], ekw + plan.sw * (CL_LOCAL[0] * 8 // plan.c))
+    small = np.zeros((rows_in, w_in, plan.c), strip.dtype)
+    part = RunInfo()
+    try:
+        _run_opencl(_plan(small, top, kernel, stride, dilation, bias, scale, offset, out_map,
+                          out_top, None), device, part)  # fmt: skip
+    except BackendError as exc:
+        if backend != "auto":
+            raise
+        part = RunInfo()
+        part.notices.append(f"OpenCL failed ({exc}); using NumPy")
+        chosen = "numpy"
+    if info is not None:
+        # what the start paid (the program's build); not the throwaway strip's work
+        kept = RunInfo(notices=part.notices)
+        if "build" in part.timings:
+            kept.timings["build"] = part.timings["build"]
+        info.add(kept)
+    return chosen
 
 
 def shared_kernel(
@@ -345,8 +403,9 @@ def _cl_separable(plan: _Plan) -> bool:
     return plan.separable and plan.taps > 2 * (plan.kh + plan.kw)
 
 
-def estimate_seconds(plan: _Plan, backend: str, built: bool = True) -> float:
-    """Rough time of one strip on ``backend`` (comparable between the two only)."""
+def estimate_seconds(plan: _Plan, backend: str) -> float:
+    """Rough time of one strip on ``backend`` once it runs (comparable between the two
+    only; OpenCL's one-off costs are :func:`_opencl_once`'s)."""
     if backend == "numpy":
         if plan.separable:
             per = NUMPY_SEPARABLE_PER_VALUE + NUMPY_SEPARABLE_PER_COLUMN * _toeplitz_columns(plan)
@@ -355,8 +414,7 @@ def estimate_seconds(plan: _Plan, backend: str, built: bool = True) -> float:
             per = NUMPY_SECONDS_PER_VALUE + NUMPY_SECONDS_PER_TAP * taps
         return NUMPY_CALL_SECONDS + plan.values * per
     taps = plan.kh + plan.kw if _cl_separable(plan) else plan.taps
-    seconds = CL_LAUNCH_SECONDS + plan.values * (CL_SECONDS_PER_VALUE + CL_SECONDS_PER_TAP * taps)
-    return seconds if built else seconds + CL_BUILD_SECONDS
+    return CL_LAUNCH_SECONDS + plan.values * (CL_SECONDS_PER_VALUE + CL_SECONDS_PER_TAP * taps)
 
 
 def _toeplitz_columns(plan: _Plan) -> int:
@@ -385,7 +443,7 @@ def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> s
     started = started_opencl(device)
     if started is False:
         return "numpy"
-    gain = (numpy_s - estimate_seconds(plan, "opencl", built=True)) * max(1, strips)
+    gain = (numpy_s - estimate_seconds(plan, "opencl")) * max(1, strips)
     if gain <= 0:
         return "numpy"
     once = _opencl_once(plan, device, started, most=gain)
@@ -394,31 +452,13 @@ def choose_backend(plan: _Plan, device: str | None = None, strips: int = 1) -> s
 
 def _opencl_once(plan: _Plan, device: str | None, started: Any, most: float = math.inf) -> float:
     """What OpenCL costs once before this plan's first strip: starting it (unless this
-    process has), and the program: nothing when the started backend holds it, a load
-    from the driver's cache when the build index has its marker, else a compile (as
-    :mod:`convcli.backends.choice` prices conv2d's programs). A start-up of ``most``
-    seconds or more is returned without looking at the program (no OpenCL module is
-    imported for a job NumPy finishes first)."""
-    from convcli.backends import build_index, choice
+    process has) and the program, priced as conv2d's are
+    (:func:`convcli.backends.choice.opencl_once`)."""
+    from convcli.backends import choice
 
     if started is not None and _program_built(started, plan):
-        return 0.0
-    record = build_index.load_device(device)
-    startup = 0.0
-    if started is None:
-        known = record is not None and record.startup_s is not None
-        startup = record.startup_s if known else CL_START_SECONDS
-    if startup >= most:
-        return startup
-    fingerprint = started.fingerprint if started is not None else None
-    if fingerprint is None and record is not None:
-        fingerprint = record.fingerprint or None
-    if fingerprint is not None and not build_index.driver_cache_off():
-        from convcli.backends.opencl_backend import program_key
-
-        if build_index.is_built(program_key(fingerprint, "native_filter", _defines(plan))):
-            return startup + choice.CACHED_BUILD_S
-    return startup + CL_BUILD_SECONDS
+        return 0.0  # without the pricing's lookups: every strip of a run asks
+    return choice.opencl_once([("native_filter", _defines(plan))], device, started or None, most)
 
 
 # ---------------------------------------------------------------------------------------

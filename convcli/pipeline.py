@@ -48,6 +48,7 @@ import numpy as np
 from convcli import notes as cnotes
 from convcli import pixels
 from convcli.api import conv2d, plan_call
+from convcli.backends import started_opencl
 from convcli.budget import STRIP_INPUTS
 from convcli.errors import BackendError, InputError, OutputExistsError
 from convcli.filters import Filter
@@ -468,8 +469,10 @@ class ImageJob:
         Output rows per strip (rounded up to the algorithm's alignment); default from
         :data:`STRIP_BYTES`.
     check : callable, optional
-        Called before the file is opened (its result is :attr:`allowed`); what it
-        raises is the open's error.
+        ``check(source)`` prices the file before any pixel is decoded (its result is
+        :attr:`allowed`; what it raises is the open's error): ``source`` is the file
+        opened for reading by strips (headers read only), or None for a file that is
+        decoded whole, which is opened after the check.
     """
 
     def __init__(
@@ -482,7 +485,7 @@ class ImageJob:
         alpha_rule: Callable[[Filter, int, str], tuple[str, str | None]],
         max_pixels: int | None,
         strip: int | None = None,
-        check: Callable[[], object] | None = None,
+        check: Callable[[stream.Source | None], object] | None = None,
     ) -> None:
         self.src, self.dst, self.filt = src, dst, filt
         self.check = check
@@ -517,9 +520,19 @@ class ImageJob:
         caught: list = []
         try:
             with cnotes.collect(caught):
-                if self.check is not None:  # refuse from the header, before decoding
-                    self.allowed = self.check()
-                self.source = stream.open_source(self.src, max_pixels=self.max_pixels)
+                # the file is opened once: a reader by strips reads its headers here;
+                # one decoded whole is priced from its header before it is decoded
+                source = stream.open_source(self.src, max_pixels=self.max_pixels, whole=False)
+                try:
+                    if self.check is not None:  # refuse before decoding
+                        self.allowed = self.check(source)
+                    if source is None:
+                        source = stream.open_source(self.src, max_pixels=self.max_pixels)
+                except BaseException:
+                    if source is not None:
+                        source.close()
+                    raise
+                self.source = source
         except BaseException as exc:  # handed to the caller's thread
             self.open_error = exc
         finally:
@@ -586,16 +599,22 @@ class ImageJob:
         """Every strip through the convolution, in order: ``on_strip(r0, r1, result,
         kept_alpha)`` in the caller's thread."""
         spec = self.spec
-        info = RunInfo()
-        be_name, algo = plan_call(
-            spec, self.weight, backend=backend, device=engine.device, algo=engine.algo, info=info
-        )
-        self.run.info.add(info)
-        # every strip on the whole image's backend (a cost model could send a short
-        # strip elsewhere, with other rounding); auto still falls back below
+        step = self.native
         fallback = backend == "auto"
         native_backend = backend  # the native step chooses for itself under auto
-        backend = be_name
+        if step is None:
+            info = RunInfo()
+            be_name, algo = plan_call(spec, self.weight, backend=backend, device=engine.device,
+                                      algo=engine.algo, info=info)  # fmt: skip
+            self.run.info.add(info)
+            # every strip on the whole image's backend (a cost model could send a short
+            # strip elsewhere, with other rounding); auto still falls back below
+            backend = be_name
+        else:
+            # the native step computes each output row alone on OpenCL; NumPy's rank-1
+            # pass works in blocks of rows, kept where the whole image has them. No
+            # float-path plan: it would start OpenCL before the first strip is read.
+            be_name, algo = "numpy", "separable"
         align = strip_alignment(spec, be_name, algo)
         least = strip_least(spec, be_name, algo)
         # a native strip holds 1-2 bytes a sample, not float32's 4: as many bytes hold
@@ -606,7 +625,6 @@ class ImageJob:
         src_info = self.source.info
         channels = src_info.channels
         flat = channels * geo.padded_rows(0, min(rows, spec.h_out))[1] * geo.padded_width
-        step = self.native
         free: queue.Queue = queue.Queue()
         for _ in range(BUFFERS):
             free.put(np.empty(flat, src_info.dtype if step is not None else np.float32))
@@ -664,6 +682,11 @@ class ImageJob:
 
         producer = threading.Thread(target=produce, name="convcli-strips", daemon=True)
         producer.start()
+        warm = None
+        if step is not None and native_backend != "numpy" and started_opencl(engine.device) is None:
+            shape = (geo.padded_rows(0, min(rows, spec.h_out))[1], geo.padded_width, channels)
+            warm = _Warm(self, step, shape, native_backend, engine.device,
+                         len(geo.strips()) * max(1, self.images_ahead))  # fmt: skip
         try:
             while True:
                 item = self.stop.get(ready)
@@ -681,6 +704,9 @@ class ImageJob:
                         on_rows(r0 + done, spec.h_out)
 
                 if step is not None:
+                    if warm is not None:  # OpenCL started beside the first strip's read
+                        warm.join(self.run.info)
+                        warm = None
                     result, native_backend = self._native_strip(
                         conv_in,
                         src_info.top,
@@ -720,6 +746,8 @@ class ImageJob:
             raise
         finally:
             producer.join()
+            if warm is not None:
+                warm.thread.join()
 
     def _native_strip(
         self,
@@ -757,6 +785,41 @@ class ImageJob:
         self.close()
         self.source = self._reopen()
         self.run.read += time.perf_counter() - t0
+
+
+class _Warm:
+    """:func:`convcli.native.prepare` on a thread of its own: OpenCL's start-up and the
+    program's build overlap the decoding of the first strips instead of preceding it."""
+
+    def __init__(self, job: ImageJob, step: NativeStep, shape: tuple[int, int, int],
+                 backend: str, device: str | None, strips: int) -> None:  # fmt: skip
+        self.info = RunInfo()
+        self.error: BaseException | None = None
+        spec, src = job.spec, job.source.info
+        strip = np.broadcast_to(np.zeros((), src.dtype), shape)
+
+        def run() -> None:
+            from convcli import native
+
+            try:
+                native.prepare(
+                    strip, top=src.top,
+                    kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
+                    bias=step.bias, scale=step.scale, offset=step.offset, out_map=step.out_map,
+                    out_top=step.out_top, backend=backend, device=device, strips=strips,
+                    info=self.info,
+                )  # fmt: skip
+            except BaseException as exc:  # the first strip's error, in the caller's thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="convcli-opencl", daemon=True)
+        self.thread.start()
+
+    def join(self, info: RunInfo) -> None:
+        self.thread.join()
+        info.add(self.info)
+        if self.error is not None:
+            raise self.error
 
 
 def _no_padding(options: dict[str, object]) -> dict[str, object]:

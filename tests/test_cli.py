@@ -665,7 +665,8 @@ def test_read_notes_show_as_warnings_even_with_quiet(tmp_path, monkeypatch):
 
     def open_with_note(path, **kw):
         source = real_open(path, **kw)
-        source.info.notes.append("interlaced 16-bit colour PNG:\n read with 8-bit precision")
+        if source is not None:  # None: a file decoded whole, opened after its pricing
+            source.info.notes.append("interlaced 16-bit colour PNG:\n read with 8-bit precision")
         return source
 
     monkeypatch.setattr(stream, "open_source", open_with_note)

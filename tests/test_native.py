@@ -296,4 +296,11 @@ def test_auto_prices_a_program_the_build_index_has_as_a_cache_load(monkeypatch):
     monkeypatch.setattr(build_index, "is_built", lambda key: True)
     assert native._opencl_once(plan, None, None) == pytest.approx(0.25 + choice.CACHED_BUILD_S)
     monkeypatch.setattr(build_index, "is_built", lambda key: False)
-    assert native._opencl_once(plan, None, None) == pytest.approx(0.25 + native.CL_BUILD_SECONDS)
+    # without a marker: a compile with the chance the device's record has seen, else a
+    # load from the driver's cache (the pricing of conv2d's programs, one function)
+    record = build_index.DeviceRecord("fp", "", True, 65536, 0.25, 0.8, 1, 8, 2)  # chance 3/10
+    compile_ = 0.3 * 0.8 + 0.7 * choice.CACHED_BUILD_S
+    assert native._opencl_once(plan, None, None) == pytest.approx(0.25 + compile_)
+    needed = [("native_filter", native._defines(plan))]
+    assert choice.opencl_once(needed, None, None) == pytest.approx(0.25 + compile_)
+    assert choice.opencl_once(needed, None, None, most=0.2) == pytest.approx(0.25)

@@ -608,4 +608,136 @@ def test_a_batch_spreads_opencls_start_over_the_images_still_to_come(tmp_path, m
     filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
     res = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine("auto"), workers=1)
     assert len(res.done) == 3
-    assert seen[:3] == [3, 2, 1]  # one strip each: the images still to come
+    # one strip each: the images still to come (each image is priced once on the thread
+    # that would start OpenCL beside its read, then again by its strip: the same count)
+    assert list(dict.fromkeys(seen)) == [3, 2, 1], seen
+
+
+def _warm_case(tmp_path: Path, monkeypatch) -> tuple[Path, cbatch.Filter]:
+    """A 16-bit photo read in strips, a Gaussian through the native step, and ``auto``
+    as in a fresh process with a job worth OpenCL's start-up."""
+    src = _photo(tmp_path / "in.png", h=60, w=40)
+    filt = cbatch.Filter(weight=np.asarray(get_preset("gaussian:sigma=1.5").kernel, np.float32))
+    monkeypatch.setattr(pipeline, "started_opencl", lambda device=None: None)
+    from convcli import native
+
+    monkeypatch.setattr(native, "choose_backend", lambda plan, device=None, strips=1: "opencl")
+    return src, filt
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_opencl_starts_on_a_thread_while_the_first_strips_are_read(tmp_path, monkeypatch):
+    """The native step's OpenCL start-up and program build run beside the reading of the
+    first strips (they no longer hold the reader back), and change no result."""
+    from convcli import native
+
+    src, filt = _warm_case(tmp_path, monkeypatch)
+    read = threading.Event()
+    seen = []
+    real_strip, real_prepare = pipeline.RowReader.strip, native.prepare
+
+    def strip(self, k, out):
+        real_strip(self, k, out)
+        read.set()
+
+    def prepare(*a, **k):
+        seen.append(threading.current_thread().name)
+        # the start-up waits here for the reader: it cannot come first any more
+        seen.append(read.wait(10))
+        return real_prepare(*a, **k)
+
+    monkeypatch.setattr(pipeline.RowReader, "strip", strip)
+    monkeypatch.setattr(native, "prepare", prepare)
+    out = cbatch.Output(bit_depth=16)
+    res = _new(src, tmp_path / "new.png", filt, cbatch.Engine("auto"), out, strip_rows=16)
+    assert seen == ["convcli-opencl", True]
+    assert res.info.backend == "opencl" and res.info.algo == "native-separable"
+    _new(src, tmp_path / "cl.png", filt, cbatch.Engine("opencl"), out, strip_rows=16)
+    assert (tmp_path / "new.png").read_bytes() == (tmp_path / "cl.png").read_bytes()
+
+
+def test_an_opencl_start_that_fails_on_its_thread_leaves_numpy_and_says_so(tmp_path, monkeypatch):
+    from convcli import native
+
+    src, filt = _warm_case(tmp_path, monkeypatch)
+
+    def broken(*a, **k):
+        raise pipeline.BackendError("no device")
+
+    monkeypatch.setattr(native, "_run_opencl", broken)
+    out = cbatch.Output(bit_depth=16)
+    res = _new(src, tmp_path / "new.png", filt, cbatch.Engine("auto"), out, strip_rows=16)
+    assert "OpenCL failed (no device); using NumPy" in res.info.notices
+    assert res.info.backend == "numpy"
+    _new(src, tmp_path / "np.png", filt, cbatch.Engine("numpy"), out, strip_rows=16)
+    assert (tmp_path / "new.png").read_bytes() == (tmp_path / "np.png").read_bytes()
+    # asked for by name, the failure is the file's error
+    res = cbatch.run_tasks([cbatch.Task(src, tmp_path / "cl.png")], filt,
+                           engine=cbatch.Engine("opencl"), output=out)  # fmt: skip
+    assert [f.reason for f in res.failed] and "no device" in res.failed[0].reason
+    assert not (tmp_path / "cl.png").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_a_file_read_by_strips_is_opened_once(tmp_path, monkeypatch, suffix):
+    """The budget prices the opened source (its headers read once, what it holds): no
+    header probe through Pillow, no second opening to learn whether it streams."""
+    import pyvips
+    import tifffile
+    from PIL import Image as PILImage
+
+    src = tmp_path / f"in{suffix}"
+    x = np.random.default_rng(5).random((3, 50, 40)).astype(np.float32)
+    cio.write_image(src, x, bit_depth=8)
+    counts = {"vips": 0, "pil": 0, "tiff": 0}
+    real_vips, real_pil, real_tiff = (
+        pyvips.Image.new_from_file, PILImage.open, tifffile.TiffFile.__init__
+    )  # fmt: skip
+
+    def vips(*a, **k):
+        counts["vips"] += 1
+        return real_vips(*a, **k)
+
+    def pil(*a, **k):
+        counts["pil"] += 1
+        return real_pil(*a, **k)
+
+    def tiff(self, *a, **k):
+        counts["tiff"] += 1
+        real_tiff(self, *a, **k)
+
+    monkeypatch.setattr(pyvips.Image, "new_from_file", vips)
+    monkeypatch.setattr(PILImage, "open", pil)
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", tiff)
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    engine = cbatch.Engine("numpy", max_memory=2**30)  # the budget is checked
+    _new(src, tmp_path / "out.png", filt, engine, cbatch.Output())
+    want = (
+        {"vips": 0, "pil": 0, "tiff": 1} if suffix == ".tif" else {"vips": 1, "pil": 0, "tiff": 0}
+    )
+    assert counts == want
+
+
+def test_a_file_decoded_whole_is_priced_before_it_is_decoded(tmp_path, monkeypatch):
+    """A BMP has no reader by strips: its header prices it (no source yet), then it is
+    decoded, once."""
+    from convcli.io import images
+
+    src = tmp_path / "in.bmp"
+    cio.write_image(src, np.random.default_rng(6).random((3, 30, 40)).astype(np.float32))
+    events = []
+    real_read, real_check = images.read_native, cbatch.check_file
+
+    def read(*a, **k):
+        events.append("decode")
+        return real_read(*a, **k)
+
+    def check(*a, **k):
+        events.append(("check", a[5] if len(a) > 5 else k.get("source")))
+        return real_check(*a, **k)
+
+    monkeypatch.setattr(images, "read_native", read)
+    monkeypatch.setattr(cbatch, "check_file", check)
+    filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
+    _new(src, tmp_path / "out.png", filt, cbatch.Engine("numpy"), cbatch.Output())
+    assert events == [("check", None), "decode"]

@@ -9,6 +9,7 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,7 @@ from convcli.errors import InputError
 from convcli.io import images as cimages
 from convcli.io import sinks
 from convcli.io.publish import publish
-from convcli.io.stream import ArraySource, Target, open_source, write_rows
+from convcli.io.stream import ArraySource, Target, open_source, sink_bytes, write_rows
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -547,6 +548,57 @@ def test_jpeg_decodes_as_write_image(tmp_path, quality, channels):
     )
 
 
+@pytest.mark.parametrize("quality", [95, 60])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("band_bytes", [1, 3000])
+def test_jpeg_in_bands_decodes_as_the_whole_image(tmp_path, monkeypatch, quality, channels,
+                                                  band_bytes):  # fmt: skip
+    """Bands of one MCU row (8 rows at 4:4:4, 16 at 4:2:0) or several, a short last one,
+    a width that is no multiple of the MCU, blocks that straddle the bands: joined by
+    restart markers, the pixels of the whole image's encoding decode back."""
+    monkeypatch.setattr(sinks, "_JPEG_BAND_BYTES", band_bytes)
+    x = np.moveaxis(np.asarray(crop("astronaut.png", 83, 75, "RGBA"), np.float32) / 255, -1, 0)
+    x = x[:channels] if channels != 4 else x
+    ref = cio.write_image(tmp_path / "ref.jpg", x, quality=quality)
+    q = cimages.quantize(x, 8)
+    target = Target("JPEG", 75, 83, channels, np.dtype(np.uint8), channels == 4, quality)
+    rows, _ = sinks._jpeg_bands(target)
+    assert rows < 75 and rows % (16 if quality < 90 and channels > 1 else 8) == 0
+    data = written(target, q, step=7)
+    assert b"\xff\xdd" in data and b"\xff\xd0" in data  # a restart interval, its markers
+    expect = np.asarray(PILImage.open(ref))
+    np.testing.assert_array_equal(np.asarray(PILImage.open(io.BytesIO(data))), expect)
+    decoded = imagecodecs.jpeg8_decode(data)  # libjpeg-turbo, not through Pillow
+    np.testing.assert_array_equal(decoded.reshape(expect.shape), expect)
+
+
+def test_jpeg_bands_only_where_a_restart_interval_and_the_format_allow():
+    def bands(height, width, channels=3, dtype=np.uint8, quality=95):
+        return sinks._jpeg_bands(Target("JPEG", height, width, channels, np.dtype(dtype),
+                                        channels in (2, 4), quality))  # fmt: skip
+
+    assert bands(4000, 6000) == (56, 750 * 7)  # 7 MCU rows of 750 MCUs, about 1 MB
+    assert bands(4000, 6000, quality=80)[0] % 16 == 0  # 4:2:0: MCUs of 16 rows
+    assert bands(10, 65000) is not None and bands(10, 65000)[1] <= 65535
+    assert bands(70000, 10) is None and bands(10, 70000) is None  # too large for JPEG
+    assert bands(10, 10, dtype=np.uint16) is None and bands(10, 10, channels=5) is None
+
+
+def test_a_jpeg_that_fails_mid_stream_leaves_no_file(tmp_path, monkeypatch):
+    """Bands already written to the temporary file are thrown away with it."""
+    monkeypatch.setattr(sinks, "_JPEG_BAND_BYTES", 1)
+    a = np.random.default_rng(4).integers(0, 256, (200, 40, 3), dtype=np.uint8)
+
+    def blocks():
+        yield from blocks_of(a[:150], 10)
+        raise OSError(28, "No space left on device")
+
+    target = Target("JPEG", 200, 40, 3, np.dtype(np.uint8), False)
+    with pytest.raises(InputError, match=r"o\.jpg: cannot write: no space left"):
+        publish(tmp_path / "o.jpg", lambda fh: write_rows(fh, blocks(), target, name="o.jpg"))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("fmt", ["WEBP", "BMP"])
 def test_webp_bmp_written_as_write_image(tmp_path, fmt):
     x = np.random.default_rng(2).random((3, 20, 24)).astype(np.float32)
@@ -574,13 +626,13 @@ def test_wrong_rows_refused():
         written(Target("NPY", 3, 4, 1, np.dtype(np.uint8), False), np.zeros((3, 4, 1), np.uint8))
 
 
-@pytest.mark.parametrize("fmt", ["TIFF", "NPY"])
+@pytest.mark.parametrize("fmt", ["TIFF", "NPY", "JPEG"])
 def test_streamed_writer_memory_is_a_strip(tmp_path, fmt):
     """A 24 MB image written from 16-row blocks made on the fly: the writer holds about
     a strip (tracemalloc counts NumPy buffers and the encoded strips)."""
     height, width = 4000, 2000
-    dtype = np.dtype(np.uint8 if fmt == "TIFF" else np.float32)
-    channels = 3 if fmt == "TIFF" else 1
+    dtype = np.dtype(np.float32 if fmt == "NPY" else np.uint8)
+    channels = 1 if fmt == "NPY" else 3
     size = height * width * channels * dtype.itemsize
 
     ramp = np.arange(16)[:, None, None] * 7 + np.arange(width)[None, :, None] * 3
@@ -599,7 +651,15 @@ def test_streamed_writer_memory_is_a_strip(tmp_path, fmt):
     finally:
         tracemalloc.stop()
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte image"
+    if fmt == "JPEG":  # the budget's price of the bands (budget.file_need takes it)
+        assert peak <= max(sink_bytes(target)) + 4 * pattern.nbytes < size / 2
     expect = np.concatenate(list(blocks()))
+    if fmt == "JPEG":  # lossy: near the samples, and the whole image's pixels exactly
+        back = np.asarray(PILImage.open(path))
+        assert np.abs(back.astype(int) - expect).mean() < 2
+        whole = cio.write_image(tmp_path / "whole.jpg", np.moveaxis(expect, -1, 0) / 255)
+        np.testing.assert_array_equal(back, np.asarray(PILImage.open(whole)))
+        return
     back = tifffile.imread(path) if fmt == "TIFF" else np.moveaxis(np.load(path), 0, -1)
     np.testing.assert_array_equal(back.reshape(expect.shape), expect)
 

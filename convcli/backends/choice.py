@@ -28,7 +28,9 @@ device) and runs with ``CONVCLI_FAULT`` set (fault injection exercises OpenCL).
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -70,25 +72,36 @@ def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> float | Non
     return nb.estimate_seconds(spec, algo) * NUMPY_SCALE
 
 
-def _build_seconds(
-    spec: ConvSpec,
-    weight: np.ndarray,
-    algo: str,
+def startup_seconds(record: build_index.DeviceRecord | None) -> float:
+    """Seconds to start OpenCL in this process: as measured on the device's first start
+    (the build index keeps it), else :data:`STARTUP_S`."""
+    return STARTUP_S if record is None or record.startup_s is None else record.startup_s
+
+
+def _device(
+    backend: Any | None, record: build_index.DeviceRecord | None
+) -> tuple[bool, int | None, str | None]:
+    """(is a CPU, local memory, fingerprint) of the started ``backend``, else of the
+    device's record; else the most common device, nothing known of it."""
+    if backend is not None:
+        return backend.is_cpu, backend.limits.local_mem_bytes, backend.fingerprint
+    if record is not None:
+        return record.is_cpu, record.local_mem, record.fingerprint
+    return True, None, None
+
+
+def program_seconds(
+    needed: list[tuple[str, dict[str, int | str]]],
     *,
-    backend: object | None,
+    backend: Any | None,
     record: build_index.DeviceRecord | None,
 ) -> tuple[float, float, list[str]]:
     """(seconds of cached programs, seconds of uncached builds, the uncached keys) of the
-    programs an OpenCL run of ``spec`` needs that ``backend`` does not hold."""
-    from convcli.backends import opencl_backend, opencl_fast
+    programs ``needed`` (kernel file, build defines) that ``backend`` (the started
+    backend, or None) does not hold."""
+    from convcli.backends import opencl_backend
 
-    if backend is not None:
-        cpu, fingerprint = backend.is_cpu, backend.fingerprint
-        local_mem = backend.limits.local_mem_bytes
-    elif record is not None:
-        cpu, local_mem, fingerprint = record.is_cpu, record.local_mem, record.fingerprint
-    else:  # never started here: the most common device, nothing known to be built
-        cpu, local_mem, fingerprint = True, None, None
+    cpu, local_mem, fingerprint = _device(backend, record)
     if record is None or record.fingerprint != fingerprint:
         record = build_index.DeviceRecord(fingerprint or "", "", cpu, local_mem or 0, STARTUP_S)
     # a program without a marker: compiled with the chance seen on this device, else
@@ -96,9 +109,6 @@ def _build_seconds(
     chance = 1.0 if build_index.driver_cache_off() else record.compile_chance()
     build_s = BUILD_S if record.build_s is None else record.build_s
     unmarked = chance * build_s + (1 - chance) * CACHED_BUILD_S
-    needed = opencl_fast.programs(spec, weight, algo, cpu=cpu, local_mem=local_mem)
-    if needed is None:
-        return 0.0, 0.0, []
     cached = uncached = 0.0
     keys = []
     for name, defines in needed:
@@ -113,6 +123,43 @@ def _build_seconds(
             uncached += unmarked
             keys.append(key or name)
     return cached, uncached, keys
+
+
+def _build_seconds(
+    spec: ConvSpec,
+    weight: np.ndarray,
+    algo: str,
+    *,
+    backend: Any | None,
+    record: build_index.DeviceRecord | None,
+) -> tuple[float, float, list[str]]:
+    """:func:`program_seconds` of the programs an OpenCL run of ``spec`` needs."""
+    from convcli.backends import opencl_fast
+
+    cpu, local_mem, _ = _device(backend, record)
+    needed = opencl_fast.programs(spec, weight, algo, cpu=cpu, local_mem=local_mem)
+    if needed is None:
+        return 0.0, 0.0, []
+    return program_seconds(needed, backend=backend, record=record)
+
+
+def opencl_once(
+    needed: list[tuple[str, dict[str, int | str]]],
+    device: str | None,
+    started: Any | None,
+    most: float = math.inf,
+) -> float:
+    """What OpenCL costs once before a job that needs the programs ``needed``: starting
+    it (unless ``started``, this process's backend, is given) and the programs it does
+    not hold, as :func:`numpy_first` prices conv2d's. A start-up of ``most`` seconds or
+    more is returned without looking at the programs (no OpenCL module is imported for
+    a job NumPy finishes first)."""
+    record = build_index.load_device(device)
+    startup = 0.0 if started is not None else startup_seconds(record)
+    if startup >= most:
+        return startup
+    cached, uncached, _ = program_seconds(needed, backend=started, record=record)
+    return startup + cached + uncached
 
 
 def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: str) -> bool:
@@ -134,7 +181,7 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
     record = build_index.load_device(device)
     startup = 0.0
     if started is None:
-        startup = STARTUP_S if record is None or record.startup_s is None else record.startup_s
+        startup = startup_seconds(record)
         if gain <= startup:
             return True  # decided before any OpenCL module is imported
         if record is None:

@@ -21,7 +21,6 @@ codecs log about odd but readable files becomes :attr:`Image.notes`, not stderr 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io as _stdio
 import logging
 import os
@@ -327,15 +326,11 @@ def probe_image(path: str | os.PathLike[str]) -> FileShape | None:
     """What the header of an image file says, read without decoding its pixels.
 
     Returns the channels, size, native sample size and the reader :func:`read_image`
-    will use (for :func:`convcli.budget.file_need`), or None when the header cannot be
-    read (:func:`read_image` then says why).
+    will use (for :func:`convcli.budget.file_need`: a file decoded whole), or None when
+    the header cannot be read (:func:`read_image` then says why). A file read by strips
+    is priced from its opened source instead (:func:`convcli.io.stream.source_shape`).
     """
-    shape = _probe_header(Path(path))
-    if shape is None:
-        return None
-    from convcli.io.sources import streamed_rows
-
-    return dataclasses.replace(shape, streamed_rows=streamed_rows(path))
+    return _probe_header(Path(path))
 
 
 def _probe_header(path: Path) -> FileShape | None:

@@ -6,11 +6,17 @@
   BigTIFF when the samples could make the file pass 4 GB.
 - ``.npy``: the header, then each block's rows stored into the ``(C, H, W)`` planes
   where they belong: memory is one block.
-- PNG, JPEG, WebP, BMP: encoders of whole images; the rows are gathered into one
-  buffer of the output's samples (no list of blocks, no concatenated copy), then
-  encoded once. PNG through libpng (imagecodecs), JPEG through libvips where pyvips
-  loads (faster than Pillow; the same libjpeg-turbo with the same quantisation and
-  sampling: the same pixels decode back), else Pillow; WebP and BMP through Pillow.
+- JPEG: bands of whole MCU rows encoded on the codec threads as they arrive
+  (libjpeg-turbo through imagecodecs) and joined by restart markers into one baseline
+  image: memory is a few bands, the encoding overlaps the filter and runs on every
+  core, and the pixels decode to those of the whole image's encoding (see
+  :func:`_write_jpeg_rows`).
+- PNG, WebP, BMP (and JPEG where imagecodecs lacks libjpeg-turbo): encoders of whole
+  images; the rows are gathered into one buffer of the output's samples (no list of
+  blocks, no concatenated copy), then encoded once. PNG through libpng (imagecodecs),
+  JPEG through libvips where pyvips loads (faster than Pillow; the same libjpeg-turbo
+  with the same quantisation and sampling: the same pixels decode back), else Pillow;
+  WebP and BMP through Pillow.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name
         _write_tiff_rows(fh, blocks, target)
     elif target.fmt == "NPY":
         _write_npy_rows(fh, blocks, target, name)
+    elif target.fmt == "JPEG" and _jpeg_bands(target) is not None:
+        _write_jpeg_rows(fh, blocks, target, name)
     elif target.fmt in ("PNG", "JPEG", "WEBP", "BMP"):
         samples = _gather(blocks, target)
         _encode_whole(fh, samples, target, name)
@@ -169,6 +177,148 @@ def _write_npy_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target, 
             fh.write(memoryview(np.ascontiguousarray(block[..., c])).cast("B"))
         y += n
     fh.seek(start + channels * plane)
+
+
+# ---------------------------------------------------------------------------- JPEG
+# Raw bytes of one JPEG band: a few dozen bands for a large photo (each band's encoder
+# set-up is a fraction of a millisecond), a few in flight on the codec threads.
+_JPEG_BAND_BYTES = 2**20
+# A restart interval counts MCUs in 16 bits; libjpeg's largest image side.
+_JPEG_MAX_INTERVAL = 65535
+_JPEG_MAX_SIDE = 65500
+
+
+def _jpeg_settings(quality: int) -> tuple[int, str]:
+    """:func:`_jpeg_vips`'s and :func:`convcli.io.images._save_pil`'s settings: quality
+    clamped to 1-100, no chroma subsampling from 90 up, 4:2:0 below."""
+    quality = int(min(max(quality, 1), 100))
+    return quality, "444" if quality >= 90 else "420"
+
+
+def _jpeg_bands(target: Target) -> tuple[int, int] | None:
+    """(rows per band, MCUs per band) for a JPEG written in bands, or None where it is
+    encoded whole: imagecodecs' libjpeg-turbo missing, samples JPEG cannot store (the
+    whole-image encoder says why), or a row of MCUs too wide for a restart interval."""
+    channels = target.channels - (1 if target.has_alpha and target.channels in (2, 4) else 0)
+    if channels not in (1, 3) or np.dtype(target.dtype) != np.uint8:
+        return None
+    if max(target.height, target.width) > _JPEG_MAX_SIDE:
+        return None  # the whole-image encoder says it cannot
+    try:
+        import imagecodecs
+
+        if not imagecodecs.JPEG8.available:
+            return None
+    except Exception:  # ImportError, or a build without the codec
+        return None
+    _, subsampling = _jpeg_settings(target.quality)
+    mcu = 16 if channels == 3 and subsampling == "420" else 8
+    per_row = -(-target.width // mcu)  # MCUs across the image
+    most = _JPEG_MAX_INTERVAL // per_row  # MCU rows a restart interval may hold
+    if most < 1:
+        return None
+    want = _JPEG_BAND_BYTES // max(1, target.width * channels * mcu)
+    mcu_rows = max(1, min(most, want, -(-target.height // mcu)))
+    return mcu_rows * mcu, mcu_rows * per_row
+
+
+def _jpeg_segments(data: bytes) -> tuple[list[tuple[int, bytes]], memoryview]:
+    """A baseline JPEG's marker segments up to and including SOS, and its entropy-coded
+    data (between the SOS header and EOI)."""
+    view = memoryview(data)
+    if bytes(view[:2]) != b"\xff\xd8" or bytes(view[-2:]) != b"\xff\xd9":
+        raise ValueError("the JPEG encoder returned no complete image")
+    at, segments = 2, []
+    while True:
+        marker, size = view[at + 1], int.from_bytes(view[at + 2 : at + 4], "big")
+        segments.append((marker, bytes(view[at + 4 : at + 2 + size])))
+        at += 2 + size
+        if marker == 0xDA:
+            return segments, view[at:-2]
+
+
+def _write_jpeg_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target, name: str) -> None:
+    """A baseline JPEG encoded in bands of whole MCU rows on the codec threads as the
+    rows arrive, joined by restart markers into one image.
+
+    Each band is a JPEG of its own with the settings of :func:`_jpeg_vips` (the same
+    libjpeg-turbo, quantisation tables, sampling and standard Huffman tables): its
+    entropy-coded data starts from zero DC predictions and ends on a byte boundary, as
+    the data after a restart marker does, so the bands' data joined by ``RSTn`` markers
+    under one header (the full height, ``DRI`` = the MCUs of a band) decode to the very
+    pixels the whole image's encoding decodes to. Memory: a few bands."""
+    import imagecodecs
+
+    rows, interval = _jpeg_bands(target)  # type: ignore[misc]
+    quality, subsampling = _jpeg_settings(target.quality)
+    channels = target.channels - (1 if target.has_alpha and target.channels in (2, 4) else 0)
+
+    def bands() -> Iterator[np.ndarray]:
+        band = np.empty((rows, target.width, channels), np.uint8)
+        filled = 0
+        for block in blocks:
+            at = 0
+            while at < block.shape[0]:
+                n = min(rows - filled, block.shape[0] - at)
+                band[filled : filled + n] = block[at : at + n, :, :channels]
+                filled += n
+                at += n
+                if filled == rows:
+                    yield band
+                    band = np.empty_like(band)  # the last one may still be encoding
+                    filled = 0
+        if filled:
+            yield band[:filled]
+
+    def encode(band: np.ndarray) -> bytes:
+        data = band[..., 0] if channels == 1 else band
+        return imagecodecs.jpeg8_encode(data, level=quality, subsampling=subsampling,
+                                        optimize=False)  # fmt: skip
+
+    def header(first: bytes) -> tuple[bytes, bytes]:
+        """The whole image's header from the first band's, and the band header the
+        others must have (their tables are the first one's)."""
+        segments, _ = _jpeg_segments(first)
+        parts, same = [b"\xff\xd8"], []
+        for marker, body in segments:
+            if marker == 0xC0:  # SOF0: precision, height, width, components
+                body = body[:1] + target.height.to_bytes(2, "big") + body[3:]
+            else:
+                same.append(bytes([marker]) + body)
+            if marker == 0xDA:
+                parts.append(b"\xff\xdd\x00\x04" + interval.to_bytes(2, "big"))
+            parts.append(bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body)
+        return b"".join(parts), b"".join(same)
+
+    pool = codec_pool()
+    ahead = pool._max_workers + 1
+    pending: deque[Future[bytes]] = deque()
+    done = [0]
+    tables = [b""]
+
+    def put(data: bytes) -> None:
+        segments, entropy = _jpeg_segments(data)
+        if done[0] == 0:
+            head, tables[0] = header(data)
+            fh.write(head)
+        else:
+            if b"".join(bytes([m]) + b for m, b in segments if m != 0xC0) != tables[0]:
+                raise ValueError("JPEG bands were encoded with different tables")
+            fh.write(bytes([0xFF, 0xD0 + (done[0] - 1) % 8]))
+        fh.write(entropy)
+        done[0] += 1
+
+    try:
+        for band in bands():
+            pending.append(pool.submit(encode, band))
+            if len(pending) >= ahead:
+                put(pending.popleft().result())
+        while pending:
+            put(pending.popleft().result())
+    finally:
+        for future in pending:
+            future.cancel()
+    fh.write(b"\xff\xd9")
 
 
 # ------------------------------------------------------------- whole-image encoders

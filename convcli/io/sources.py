@@ -53,7 +53,7 @@ def _noted(notes: list[str]) -> Iterator[None]:
         notes.extend(cnotes.text(w) for w in caught)
 
 
-def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
+def open_source(path: str | Path, *, max_pixels: int | None, whole: bool = True) -> Source | None:
     """See :func:`convcli.io.stream.open_source`."""
     path = Path(path)
     name = name_of(path)
@@ -69,12 +69,12 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     if head[:4] in _im._TIFF_MAGIC:
         source = _open_tiff(path, max_pixels)
     elif head.startswith(_JPEG_SIG):
-        source = _open_vips(path, "jpeg", max_pixels)
+        source = _open_vips(path, "jpeg", max_pixels, decode=whole)
     elif head.startswith(_im._PNG_SIG):
-        source = _open_png(path, max_pixels)
+        source = _open_png(path, max_pixels, whole)
     elif head[:4] == _WEBP[0] and head[8:12] == _WEBP[1]:
-        source = _open_vips(path, "webp", max_pixels)
-    if source is not None:
+        source = _open_vips(path, "webp", max_pixels, decode=whole)
+    if source is not None or not whole:
         return source
     native = _im.read_native(path, max_pixels=max_pixels)
     return _array_source(native)
@@ -94,63 +94,6 @@ def _array_source(native: _im.Native) -> ArraySource:
         native.notes,
     )
     return ArraySource(native.samples, info)
-
-
-def streamed_rows(path: str | Path) -> int:
-    """About how many rows :func:`open_source` holds at once for this file: a few
-    runs of rows for a file it reads by strips, 0 for one it decodes whole (for
-    :func:`convcli.io.stream.source_bytes`). Reads headers only."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        return 1  # a memory map: pages of the file, not memory of ours
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-        if head[:4] in _im._TIFF_MAGIC:
-            return _tiff_band_rows(path)
-        if head.startswith(_im._PNG_SIG):
-            layout = _png_layout(path)
-            if layout is None:
-                return 0
-            depth, colour, trns, interlaced, animated = layout
-            plain = colour == 3 or (depth in (8, 16) and not trns and colour in (0, 2, 4, 6))
-            if animated or interlaced or not plain:
-                return 0
-        elif not head.startswith(_JPEG_SIG):
-            return 0  # WebP and the rest are decoded whole
-        pyvips = _pyvips()
-        if pyvips is None:
-            return 0
-        image = _vips_load(pyvips, path, access="sequential")
-        fields = set(image.get_fields())
-        if "interlaced" in fields and image.get("interlaced"):
-            return 0
-        if _vips_orientation(image, fields) not in (1, 2):
-            return 0
-        # the run being decoded, the one kept, and the carried rows joined to them
-        return 3 * _VIPS_ALIGN
-    except Exception:  # the reader says what is wrong with the file
-        return 0
-
-
-def _tiff_band_rows(path: Path) -> int:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        tag = page.tags.get(_im._ORIENTATION)
-        extra = tuple(int(e) for e in page.extrasamples)
-        photometric = int(page.photometric)
-        if (
-            (tag is not None and int(tag.value) != 1)
-            or int(page.compression) == _OJPEG
-            or (extra and extra[0] == 1)
-            or photometric not in (_im._MINISBLACK, _im._MINISWHITE, _im._RGB, _im._YCBCR)
-        ):
-            return 0
-        band = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip)
-        # the band being decoded and the one kept for the next strip's halo
-        return 2 * min(max(band, 1), int(page.imagelength))
 
 
 # ------------------------------------------------------------------------- libvips
@@ -224,7 +167,7 @@ def _png_layout(path: Path) -> tuple[int, int, bool, bool, bool] | None:
         return None
 
 
-def _open_png(path: Path, max_pixels: int | None) -> Source | None:
+def _open_png(path: Path, max_pixels: int | None, decode: bool) -> Source | None:
     layout = _png_layout(path)
     if layout is None:
         return None
@@ -236,7 +179,7 @@ def _open_png(path: Path, max_pixels: int | None) -> Source | None:
     elif depth not in (8, 16) or trns or colour not in (0, 2, 4, 6):
         return None  # low bit depths, colour keys: the whole-image readers' rules
     # an interlaced PNG is decoded whole, and held to max_pixels like the others
-    return _open_vips(path, "png", max_pixels, whole=interlaced)
+    return _open_vips(path, "png", max_pixels, whole=interlaced, decode=decode)
 
 
 # A sequential libvips load decodes in strips of a fixed height (16 rows by default) and
@@ -257,12 +200,19 @@ class VipsSource:
     #: errors, for a file whose warnings all lose nothing (see _HARMLESS_JPEG)
     _lenient: Any = None
 
-    def __init__(self, image: Any, info: ImageInfo, name: str, mirror: bool) -> None:
+    def __init__(
+        self, image: Any, info: ImageInfo, name: str, mirror: bool, interlaced: bool = False
+    ) -> None:
         self._image = image
         self.info = info
         self._name = name
         self._mirror = mirror
         self._next = 0  # the first row the caller may still ask for
+        row = info.width * info.channels * info.dtype.itemsize
+        # the run being decoded, the one kept, and the carried rows joined to them; a
+        # progressive JPEG's decoder holds the whole image's coefficients
+        rows = info.height if interlaced else min(info.height, 3 * _VIPS_ALIGN)
+        self.held_bytes = rows * row
         self._carry = np.empty((0, info.width, info.channels), info.dtype)
         self._carry_y0 = 0  # the row self._carry starts at; it ends at the decoded row
 
@@ -369,10 +319,14 @@ def _vips_orientation(image: Any, fields: set[str]) -> int:
     return 1
 
 
-def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = False):
+def _open_vips(
+    path: Path, kind: str, max_pixels: int | None, *, whole: bool = False, decode: bool = True
+):
     """A :class:`VipsSource` for a JPEG, PNG or WebP file; None where libvips is missing
     or cannot open the file, or for layouts whose reading the whole-image readers
-    define (CMYK JPEG, animated WebP), which then read it."""
+    define (CMYK JPEG, animated WebP), which then read it. An image libvips decodes
+    whole (WebP, ``whole``, a rotation) becomes an :class:`ArraySource`, or None
+    without ``decode``."""
     pyvips = _pyvips()
     if pyvips is None:
         return None
@@ -419,12 +373,14 @@ def _open_vips(path: Path, kind: str, max_pixels: int | None, *, whole: bool = F
         bands in (2, 4),
         notes,
     )
-    source = VipsSource(image, info, name, orientation == 2)
+    source = VipsSource(image, info, name, orientation == 2, interlaced)
     if fail_on == "warning":
         source._lenient = lambda: _vips_load(pyvips, path, access="sequential", fail_on="truncated")
     if kind == "webp" or whole or orientation not in (1, 2):
         # decoded whole (WebP always is; a rotation needs every row): held to
         # max_pixels like the other whole-image decodes
+        if not decode:
+            return None
         _im._check_pixels(name, image.width * image.height, max_pixels)
         samples = source.read_rows(0, image.height)
         source.close()
@@ -446,6 +402,8 @@ class NpySource:
         self._arr = arr
         self.info = info
         self._name = name
+        # a memory map: pages of the file, not memory of ours, and one block's copy
+        self.held_bytes = info.width * info.channels * info.dtype.itemsize
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         block = np.moveaxis(self._arr[:, y0:y1], 0, -1)
@@ -502,6 +460,9 @@ class TiffSource:
         else:
             self._band_h, self._tile_w = min(int(page.rowsperstrip), info.height), info.width
         self._across = -(-info.width // self._tile_w)
+        # the band being decoded and the one kept for the next strip's halo
+        row = info.width * info.channels * np.dtype(page.dtype).itemsize
+        self.held_bytes = 2 * min(self._band_h, info.height) * row
         self._down = -(-info.height // self._band_h)
         self._stored = np.dtype(page.dtype)
         self._cache: dict[int, np.ndarray] = {}

@@ -67,6 +67,10 @@ class Source(Protocol):
     #: (a decoder that runs once from top to bottom); the caller keeps the rows it
     #: needs again (a kernel's halo).
     sequential: bool
+    #: Bytes the source holds while rows are read (a few runs of rows for a reader
+    #: by strips, the samples for an image decoded whole): what a budget prices. A
+    #: source without it is priced as holding the whole image.
+    held_bytes: int
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0 <= y < y1`` as a ``(y1 - y0, W, C)`` array of ``info.dtype``.
@@ -90,6 +94,7 @@ class ArraySource:
             samples = samples[..., None]
         self.samples = samples
         self.info = info
+        self.held_bytes = samples.nbytes
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         return self.samples[y0:y1]
@@ -98,7 +103,7 @@ class ArraySource:
         self.samples = None  # type: ignore[assignment]
 
 
-def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
+def open_source(path: str | Path, *, max_pixels: int | None, whole: bool = True) -> Source | None:
     """Open an image file for reading by rows.
 
     JPEG, 8/16-bit PNG and WebP are read through libvips when ``pyvips`` loads
@@ -110,6 +115,10 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     progressive JPEG and interlaced PNG, a TIFF's strip or row of tiles; a streamed
     image may have any size.
 
+    With ``whole=False`` a file that would be decoded whole is left unread: None is
+    returned (a caller prices it from its header first, then opens it again). A file
+    read by strips is opened once either way, reading its header only.
+
     Raises
     ------
     InputError
@@ -118,18 +127,34 @@ def open_source(path: str | Path, *, max_pixels: int | None) -> Source:
     """
     from convcli.io.sources import open_source as _open
 
-    return _open(path, max_pixels=max_pixels)
+    return _open(path, max_pixels=max_pixels, whole=whole)
+
+
+def source_shape(source: Source, path: str | Path) -> FileShape:
+    """What an opened source tells a budget (:func:`source_bytes`): its size, samples
+    and the bytes it holds."""
+    from convcli.budget import FileShape
+
+    info = source.info
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        size = 0
+    held = getattr(source, "held_bytes", None)
+    if held is None:
+        held = info.height * info.width * info.channels * info.dtype.itemsize
+    return FileShape(info.channels, info.height, info.width, info.dtype.itemsize, "stream",
+                     size, held=held)  # fmt: skip
 
 
 def source_bytes(shape: FileShape) -> tuple[int, int]:
-    """Bytes :func:`open_source` takes for a file of this header: (its peak while
-    opening, what the source holds while rows are read). A reader that decodes by strips
-    holds a few of them (``shape.streamed_rows``); one that decodes whole holds the
-    native samples."""
+    """Bytes :func:`open_source` takes for a file: (its peak while opening, what the
+    source holds while rows are read). An opened source says what it holds
+    (``shape.held``: a few strips for a reader by strips); a file priced from its
+    header is decoded whole and holds the native samples."""
+    if shape.held is not None:
+        return shape.held, shape.held
     row = shape.channels * shape.width * shape.sample_bytes
-    if shape.streamed_rows:
-        held = shape.streamed_rows * row
-        return held, held
     native = shape.height * row
     if shape.kind == "pil":
         return 2 * native, native  # Pillow's image and its samples as an array
@@ -140,9 +165,9 @@ def source_bytes(shape: FileShape) -> tuple[int, int]:
 
 def sink_bytes(target: Target) -> tuple[int, int]:
     """Bytes :func:`write_rows` holds besides the block it is given: (while blocks
-    come in, at its end). TIFF and ``.npy`` are written by strips (a few encoded strips
-    in flight); PNG, JPEG, WebP and BMP gather the samples, then hold them and the
-    encoded file (at most about the samples' size again)."""
+    come in, at its end). TIFF, ``.npy`` and JPEG are written by strips or bands (a
+    few raw and encoded ones in flight); PNG, WebP and BMP gather the samples, then
+    hold them and the encoded file (at most about the samples' size again)."""
     row = target.width * target.channels * np.dtype(target.dtype).itemsize
     samples = target.height * row
     if target.fmt in ("TIFF", "NPY"):
@@ -150,6 +175,15 @@ def sink_bytes(target: Target) -> tuple[int, int]:
 
         strips = 4 * max(_STRIP_BYTES, row)  # raw and encoded strips on the codec pool
         return strips, strips
+    if target.fmt == "JPEG":
+        from convcli.io.sinks import _jpeg_bands, codec_pool
+
+        bands = _jpeg_bands(target)
+        if bands is not None:
+            # the band being filled, the ones on the codec threads and one waiting
+            # for its turn, each with its encoded data (smaller than the raw band)
+            held = 2 * (codec_pool()._max_workers + 2) * bands[0] * row
+            return held, held
     return samples, 2 * samples
 
 
@@ -170,11 +204,12 @@ def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name
     """Encode ``rows`` (``(n, W, C)`` blocks of ``target.dtype``, top to bottom,
     ``target.height`` rows in all) into ``fh`` as ``target.fmt``.
 
-    ``.npy`` is written as the ``(C, H, W)`` array of the samples. TIFF and ``.npy``
-    are written as the blocks arrive (memory: a strip); PNG, JPEG, WebP and BMP gather
-    the rows into one buffer of the stored samples, then encode it. The files are the
-    ones :func:`convcli.io.write_image` writes for the same samples (a JPEG: the same
-    encoder settings).
+    ``.npy`` is written as the ``(C, H, W)`` array of the samples. TIFF, ``.npy`` and
+    JPEG are written as the blocks arrive (memory: a strip, or a few JPEG bands); PNG,
+    WebP and BMP gather the rows into one buffer of the stored samples, then encode it.
+    The files are the ones :func:`convcli.io.write_image` writes for the same samples;
+    a JPEG has the same encoder settings and decodes to the same pixels (its bands are
+    joined by restart markers).
 
     Raises
     ------
