@@ -1,4 +1,4 @@
-"""Micro-benchmark of the fast OpenCL paths (convcli.backends.opencl_fast) vs the peers.
+"""Micro-benchmark of the fast OpenCL paths (convcli.backends.opencl.plan) vs the peers.
 
 Usage::
 
@@ -10,7 +10,7 @@ kernel time from profiling events) and the peers: torch CPU (NCHW) for the CNN l
 W5-W9 and OpenCV's best per channel (filter2D / sepFilter2D) for the image filters
 W1-W4. Every result is checked against the NumPy backend. ``--standin`` uses a minimal
 stand-in for the OpenCL backend (own context and program cache) instead of
-``convcli.backends.opencl_backend``; ``--api`` times ``convcli.conv2d(...,
+``convcli.backends.opencl.backend``; ``--api`` times ``convcli.conv2d(...,
 backend="opencl")`` instead of the fast path alone.
 """
 
@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convcli import conv2d
-from convcli.backends import opencl_fast
 from convcli.backends.numpy_backend import conv2d_direct
+from convcli.backends.opencl import plan as opencl_fast
 from convcli.resources import data_dir
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec

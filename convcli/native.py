@@ -414,7 +414,7 @@ def _opencl_once(plan: _Plan, device: str | None, started: Any, most: float = ma
     if fingerprint is None and record is not None:
         fingerprint = record.fingerprint or None
     if fingerprint is not None and not build_index.driver_cache_off():
-        from convcli.backends.opencl_backend import program_key
+        from convcli.backends.opencl.backend import program_key
 
         if build_index.is_built(program_key(fingerprint, "native_filter", _defines(plan))):
             return startup + choice.CACHED_BUILD_S
@@ -466,7 +466,7 @@ def _run_opencl(plan: _Plan, device: str | None, info: RunInfo) -> np.ndarray | 
 
 
 def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
-    from convcli.backends.opencl_backend import translate_errors
+    from convcli.backends.opencl.backend import translate_errors
 
     strip = np.ascontiguousarray(plan.strip)
     rows_in, w_in, c = strip.shape

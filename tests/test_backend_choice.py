@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _opencl_device() -> bool:
     try:
-        from convcli.backends.opencl_backend import list_devices
+        from convcli.backends.opencl.backend import list_devices
     except ImportError:
         return False
     return bool(list_devices())
@@ -180,8 +180,8 @@ def test_startup_alone_decides_small_jobs_before_importing_opencl_modules(monkey
     ],
 )
 def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel, groups, dtype):
-    from convcli.backends import opencl_fast
-    from convcli.backends.opencl_backend import OpenCLBackend, _defines_key
+    from convcli.backends.opencl import plan as opencl_fast
+    from convcli.backends.opencl.backend import OpenCLBackend, _defines_key
     from convcli.runinfo import RunInfo
 
     rng = np.random.default_rng(3)
@@ -240,7 +240,7 @@ def test_a_kernels_first_launch_with_a_new_work_group_size_counts_as_build(monke
     # PoCL compiles a kernel for each work-group size at its first launch with it: a
     # narrow image (16 items a row) and then a wide one (64) share dw_direct's program
     # (sizes are runtime arguments above 256x256 pixels) but not the compile
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
     from convcli.runinfo import RunInfo
 
     backend = OpenCLBackend.create(None)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _module():
     # imported on demand: pyopencl loads only when the OpenCL tests run
-    return importlib.import_module("convcli.backends.opencl_backend")
+    return importlib.import_module("convcli.backends.opencl.backend")
 
 
 MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
@@ -41,7 +41,7 @@ DTYPES = ["float32", "float64", "complex64", "complex128", "float16"]
 
 @pytest.fixture(scope="module")
 def ocl():
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     return OpenCLBackend.create(None)
 
@@ -296,7 +296,7 @@ def test_direct_read_only_input_and_reused_weights(ocl):
 
 def test_direct_copy_path_as_on_gpus(ocl):
     """Non-CPU devices copy through reusable scratch buffers and run one row per item."""
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     other = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     other.is_cpu = False
@@ -354,7 +354,7 @@ def test_forced_separable_on_rank2_kernel_is_a_value_error():
 
 
 def test_list_devices_marks_the_default(ocl):
-    from convcli.backends.opencl_backend import list_devices
+    from convcli.backends.opencl.backend import list_devices
 
     devices = list_devices()
     assert devices, "an OpenCL device exists, so list_devices must list it"
@@ -373,7 +373,7 @@ def test_list_devices_marks_the_default(ocl):
 
 
 def test_device_by_index_substring_and_type(ocl):
-    from convcli.backends.opencl_backend import OpenCLBackend, list_devices
+    from convcli.backends.opencl.backend import OpenCLBackend, list_devices
 
     default = next(d for d in list_devices() if d.default)
     by_index = OpenCLBackend.create(default.index)
@@ -388,7 +388,7 @@ def test_device_by_index_substring_and_type(ocl):
 
 
 def test_device_from_environment(ocl, monkeypatch):
-    from convcli.backends.opencl_backend import OpenCLBackend, list_devices
+    from convcli.backends.opencl.backend import OpenCLBackend, list_devices
 
     default = next(d for d in list_devices() if d.default)
     monkeypatch.setenv("CONVCLI_DEVICE", default.index)
@@ -410,7 +410,7 @@ def test_device_from_environment(ocl, monkeypatch):
 
 @pytest.mark.parametrize("spec", ["9:9", "42", "no-such-device-xyz"])
 def test_bad_device_spec(spec):
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     with pytest.raises(BackendUnavailable) as err:
         OpenCLBackend.create(spec)
@@ -473,7 +473,7 @@ def test_pin_pocl_threads_only_when_free_to(monkeypatch):
 def test_pocl_workers_are_pinned_in_a_fresh_process():
     code = (
         "import glob, os, convcli\n"
-        "from convcli.backends.opencl_backend import OpenCLBackend\n"
+        "from convcli.backends.opencl.backend import OpenCLBackend\n"
         "b = OpenCLBackend.create(None)\n"
         "print(b.platform.name, b.device.max_compute_units, os.environ.get('POCL_AFFINITY'))\n"
         "for t in glob.glob(f'/proc/{os.getpid()}/task/*/status'):\n"
@@ -495,7 +495,7 @@ def test_pocl_workers_are_pinned_in_a_fresh_process():
 
 
 def test_supports_reports_missing_fp64(ocl):
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     other = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     other.has_fp64 = False
@@ -532,7 +532,7 @@ def test_program_and_kernel_cached_in_process(ocl):
 def test_generic_kernel_builds_once_for_every_image_size(dtype):
     # conv2d_direct takes image sizes as arguments: portrait, landscape and another
     # batch size reuse one build (a fresh backend, so the count is this test's alone)
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     require_device(dtype=dtype)
     be = OpenCLBackend.create(None)
@@ -553,7 +553,7 @@ def test_program_without_kernels_is_rebuilt(ocl, monkeypatch):
     """A cache hit with no kernels (seen with PoCL) is rebuilt under other options."""
     from types import SimpleNamespace
 
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     fresh = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     real = fresh._build_once
@@ -585,7 +585,7 @@ _CHILD = """
 import json, sys
 import numpy as np
 from convcli import RunInfo
-from convcli.backends.opencl_backend import OpenCLBackend, _direct_config
+from convcli.backends.opencl.backend import OpenCLBackend, _direct_config
 from convcli.spec import make_spec
 dtype = sys.argv[1]
 rng = np.random.default_rng(11)
@@ -689,7 +689,7 @@ def test_fault_injection_generic_kernel_steps(ocl, monkeypatch, fault):
 
 
 def test_fault_injection_init(monkeypatch):
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     monkeypatch.setattr(backends, "_OPENCL", {})
     monkeypatch.setenv("CONVCLI_FAULT", "init")
@@ -704,7 +704,7 @@ def test_fault_injection_init(monkeypatch):
 
 
 def test_output_is_page_aligned_on_cpu(ocl):
-    from convcli.backends.opencl_backend import SMALL_OUTPUT_BYTES
+    from convcli.backends.opencl.backend import SMALL_OUTPUT_BYTES
 
     shape = (2, 3, 64, SMALL_OUTPUT_BYTES // 256)  # past the small outputs' size
     out, _ = ocl.output(shape, np.float32)

@@ -1,6 +1,6 @@
 """The fast OpenCL paths (separable, dw_direct, dense_gemm) against the naive reference.
 
-Each test calls :func:`convcli.backends.opencl_fast.run` directly, so it knows which
+Each test calls :func:`convcli.backends.opencl.plan.run` directly, so it knows which
 path ran (``info.algo``) and cannot pass through the generic kernel by accident; a few
 go through :func:`convcli.conv2d` end to end. Runs on whatever OpenCL device exists
 (PoCL's CPU device in CI); skips only where there is none.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def cpu_shaped_kernels(monkeypatch):
     """This file tests the CPU-shaped kernels, on every device: GPU-type devices (Oclgrind
     in CI) would otherwise run the GPU-shaped ones (tests/test_opencl_gpu.py)."""
-    from convcli.backends import opencl_gpu
+    from convcli.backends.opencl import gpu as opencl_gpu
 
     monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", False)
 
@@ -44,7 +44,7 @@ def ocl():
 
 def fast(ocl, x, w, b=None, *, algo="auto", **opts):
     """Run the fast path; returns (result, reference, info)."""
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     spec = make_spec(x, w, b, **opts)
     info = RunInfo()
@@ -62,7 +62,7 @@ def gaussian(k: int, sigma: float) -> np.ndarray:
 @pytest.fixture(params=["runtime sizes", "fixed sizes"])
 def dw_sizes(request, monkeypatch):
     """Run dw_direct with image sizes as kernel arguments, then as build defines."""
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     limit = 0 if request.param == "runtime sizes" else 1 << 62
     monkeypatch.setattr(opencl_fast, "DW_FIXED_PIXELS", limit)
@@ -171,7 +171,7 @@ def test_dw_channels_matches_naive(ocl, c, hw, k, stride, mult, bias, n):
     ],
 )
 def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x, w, b = rng_arrays(c, (2, c, *hw), (c * mult, 1, *k))
     spec = make_spec(x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
@@ -191,7 +191,7 @@ def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
     ],
 )
 def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x = np.ones((1, c, hw, hw), np.float32)
     w = np.random.default_rng(0).standard_normal((c, 1, 3, 3)).astype(np.float32)
@@ -257,7 +257,7 @@ def test_box_running_sums(ocl, dw_sizes, mode, hw, k, stride):
 
 def test_box_running_sums_in_several_strips(ocl, monkeypatch):
     # images wider than one item's strip (4096 columns) split into strips; force it small
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     monkeypatch.setattr(opencl_fast, "BOX_MAX_XV", 2)
     monkeypatch.setattr(opencl_fast, "BOX_ROWS", 5)
@@ -285,8 +285,8 @@ def test_image_sizes_share_one_build(k2d, algo, programs, mode, monkeypatch):
     # Image sizes are kernel arguments, not build defines: portrait, landscape and a
     # batch of another size reuse the first image's programs (a fresh backend, so the
     # count is this test's alone). Small planes as large ones, to keep the test fast.
-    from convcli.backends import opencl_fast
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl import plan as opencl_fast
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     monkeypatch.setattr(opencl_fast, "DW_FIXED_PIXELS", 0)
 
@@ -312,8 +312,8 @@ def test_image_sizes_share_one_build(k2d, algo, programs, mode, monkeypatch):
 def test_photo_sizes_share_one_build_by_default():
     # Planes over DW_FIXED_PIXELS (photos) take sizes as arguments; smaller ones (CNN
     # feature maps, sizes repeat) get a build per size with constant sizes.
-    from convcli.backends import opencl_fast
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl import plan as opencl_fast
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     try:
         be = OpenCLBackend.create()
@@ -358,7 +358,7 @@ def test_separable_depth_multiplier_and_single_channel(ocl):
 def test_dense_gemm_matches_naive(
     ocl, monkeypatch, mode, cin, cout, groups, k, stride, dilation, padding
 ):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     monkeypatch.setattr(opencl_fast, "WINOGRAD", False)  # the direct GEMM, not its Winograd form
     x, w, b = rng_arrays(7, (2, cin, 15, 19), (cout, cin // groups, *k))
@@ -392,7 +392,7 @@ def test_dense_gemm_strips_and_channel_chunks(
 ):
     # layers whose weights exceed L1 run in strips of column groups and channel chunks;
     # force them on small layers (strip of 3 groups, chunks of a few channels)
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     monkeypatch.setattr(opencl_fast, "WINOGRAD", False)
     monkeypatch.setattr(opencl_fast, "DENSE_STRIP", 3)
@@ -424,7 +424,7 @@ def test_dense_gemm_tiny_images(ocl, hw):
 @pytest.mark.parametrize("wino", [False, True])
 def test_weights_edited_in_place_are_not_served_stale(ocl, monkeypatch, wino):
     # packed weights are cached on the device while the caller passes equal weights
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     monkeypatch.setattr(opencl_fast, "WINOGRAD", wino)
     x, w, b = rng_arrays(16, (1, 8, 9, 9), (16, 8, 3, 3))
@@ -467,7 +467,7 @@ def test_dense_1x1_no_bias(ocl):
 @pytest.fixture
 def pointwise(monkeypatch):
     """Run every 1x1 stride-1 unpadded layer on pointwise.cl, small ones included."""
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_CIN", 1)
     monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_PIXELS", 1)
@@ -476,7 +476,7 @@ def pointwise(monkeypatch):
 
 def misaligned(x: np.ndarray, floats: int) -> np.ndarray:
     """A contiguous copy of ``x`` starting ``floats`` float32s past a 64-byte boundary."""
-    from convcli.backends.opencl_backend import aligned_empty
+    from convcli.backends.opencl.backend import aligned_empty
 
     raw = aligned_empty((x.size + floats,), np.float32, align=64)
     out = raw[floats:].reshape(x.shape)
@@ -551,7 +551,7 @@ def test_pointwise_results_held_are_not_reused(pointwise, ocl):
     ],
 )
 def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kernel):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x = np.ones((1, cin, *hw), np.float32)
     w = np.ones((64, cin, 1, 1), np.float32)
@@ -567,7 +567,7 @@ def winograd(request, monkeypatch):
     """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation:
     input transform, GEMMs and output transform as three kernels, as two (GEMMs and
     output fused), then as one (winograd_fused)."""
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
     monkeypatch.setattr(opencl_fast, "WINO_FUSED", request.param == "fused")
@@ -631,7 +631,7 @@ def test_winograd_row_bands_from_even_rows_are_bit_identical(winograd, ocl):
 
 def test_winograd_wide_layer_is_accurate(ocl):
     # the layer kind auto runs as Winograd (W6's channels): well inside the tolerance
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x, w, b = rng_arrays(24, (1, 256, 12, 10), (256, 256, 3, 3))
     spec = make_spec(x, w, b, padding=1)
@@ -656,7 +656,7 @@ def test_winograd_wide_layer_is_accurate(ocl):
     ],
 )
 def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout, groups, kernel):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x = np.ones((1, cin, 12, 12), np.float32)
     w = np.ones((cout, cin // groups, *k), np.float32)
@@ -675,7 +675,7 @@ def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout,
     ],
 )
 def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, on_cpu, elsewhere):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x = np.ones((1, cin, 12, 12), np.float32)
     w = np.ones((cout, cin // groups, 3, 3), np.float32)
@@ -687,7 +687,7 @@ def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, on_cpu
 @pytest.mark.parametrize("cin, on_cpu", [(16, True), (32, True), (64, False)])
 def test_winograd_gemm_and_output_fused_on_cpus_only(cin, on_cpu):
     # the fused kernel's ~6 KB of private GEMM results per item would spill on a GPU
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     spec = make_spec(
         np.ones((1, cin, 8, 8), np.float32), np.ones((32, cin, 3, 3), np.float32), None
@@ -699,7 +699,7 @@ def test_winograd_gemm_and_output_fused_on_cpus_only(cin, on_cpu):
 def test_dense_strips_of_partial_sums_on_cpus_only():
     # 256 input channels of 3x3 weights exceed L1: a strip of column groups on CPUs,
     # none on GPUs (the strip's partial sums would be private memory)
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     spec = make_spec(
         np.ones((1, 256, 8, 64), np.float32), np.ones((32, 256, 3, 3), np.float32), None
@@ -721,7 +721,7 @@ def test_float16_computed_in_float32(ocl):
 
 
 def test_other_dtypes_fall_back(ocl):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x, w, b = rng_arrays(12, (1, 3, 10, 10), (3, 1, 3, 3), dtype=np.float64)
     spec = make_spec(x, w, b, padding=1, groups=3)
@@ -739,7 +739,7 @@ def test_other_dtypes_fall_back(ocl):
     ],
 )
 def test_forced_algo_errors(ocl, algo, groups, weight, message):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x = np.ones((1, 3, 8, 8), np.float32)
     spec = make_spec(x, weight, None, padding=1, groups=groups)
@@ -748,7 +748,7 @@ def test_forced_algo_errors(ocl, algo, groups, weight, message):
 
 
 def test_forced_separable_float64_is_an_error(ocl):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     x = np.ones((1, 3, 8, 8))
     w = np.ones((3, 1, 3, 3))
@@ -760,7 +760,7 @@ def test_forced_separable_float64_is_an_error(ocl):
 def test_a_fast_kernel_that_does_not_build_falls_back(ocl, monkeypatch):
     # a device whose compiler rejects a fast kernel still runs 'auto' (generic kernel)
     # and reports the failure for a forced algorithm
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     def broken(name, defines, info=None):
         raise BackendError(f"building OpenCL program {name}: CL_BUILD_PROGRAM_FAILURE")
@@ -806,7 +806,7 @@ _SCRIPT = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, {root!r})
     from convcli import backends
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
     from convcli.runinfo import RunInfo
     from convcli.spec import make_spec
     from tests.naive import naive_conv2d, naive_for_spec

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convcli import backends, conv2d
-from convcli.backends import opencl_fft
+from convcli.backends.opencl import fft as opencl_fft
 from convcli.errors import BackendError, ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec

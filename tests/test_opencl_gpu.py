@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from convcli import RunInfo, conv2d
-from convcli.backends import opencl_backend as ob
-from convcli.backends import opencl_fast, opencl_gpu
+from convcli.backends.opencl import backend as ob
+from convcli.backends.opencl import gpu as opencl_gpu
+from convcli.backends.opencl import plan as opencl_fast
 from convcli.errors import ConvValueError
 from convcli.spec import PADDING_MODES, make_spec
 from tests.conftest import assert_close, opencl_available

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from convcli import RunInfo, conv2d
-from convcli.backends import opencl_backend as ob
+from convcli.backends.opencl import backend as ob
 from tests.conftest import assert_close, opencl_available
 from tests.naive import naive_conv2d
 
@@ -150,7 +150,7 @@ def _cases():
     "group, items", [(32, (32, 32, 32)), (16, (8, 16, 4))], ids=["oclgrind32", "narrow"]
 )
 def test_every_path_launches_within_the_devices_limits(ocl, monkeypatch, case, group, items):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     name, x, w, opts = _cases()[case]
     if name == "pointwise":
@@ -226,7 +226,7 @@ def test_a_launch_refused_at_one_item_is_an_error(ocl):
 
 
 def test_a_fast_path_refused_at_one_item_runs_the_generic_kernel(ocl, monkeypatch):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_fast
 
     real = ob.OpenCLBackend.enqueue
 
@@ -329,7 +329,8 @@ def test_devices_check_renders_the_library_result(monkeypatch):
 def test_first_launches_of_fast_kernels_count_as_build(ocl, monkeypatch):
     # the driver's compile at a kernel's first launch (PoCL JIT-compiles then) is build
     # time: one entry per program build and one per kernel's first launch, none again
-    from convcli.backends import opencl_fast, opencl_gpu
+    from convcli.backends.opencl import gpu as opencl_gpu
+    from convcli.backends.opencl import plan as opencl_fast
     from convcli.spec import make_spec
 
     monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", False)  # Winograd's three kernels

@@ -9,7 +9,7 @@ on NumPy without importing pyopencl at all, and a large one still goes to OpenCL
 
 The choice compares NumPy's estimated seconds (:func:`convcli.backends.numpy_backend.
 estimate_seconds`) with what OpenCL would add: the start-up when this process has not
-started it, and each program the run needs (:func:`convcli.backends.opencl_fast.programs`)
+started it, and each program the run needs (:func:`convcli.backends.opencl.plan.programs`)
 that the backend does not hold, priced by whether the build index says the driver has
 cached it (:mod:`convcli.backends.build_index`); a program the index has no marker for
 costs a compile times the chance that such a program was compiled before on this device
@@ -80,7 +80,8 @@ def _build_seconds(
 ) -> tuple[float, float, list[str]]:
     """(seconds of cached programs, seconds of uncached builds, the uncached keys) of the
     programs an OpenCL run of ``spec`` needs that ``backend`` does not hold."""
-    from convcli.backends import opencl_backend, opencl_fast
+    from convcli.backends.opencl import backend as opencl_backend
+    from convcli.backends.opencl import plan as opencl_fast
 
     if backend is not None:
         cpu, fingerprint = backend.is_cpu, backend.fingerprint

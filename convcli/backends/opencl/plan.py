@@ -28,7 +28,7 @@ Algorithms (``info.algo``):
   channels per group ``winograd_gemm_out.cl`` does the GEMMs and the output transform
   in one item, so M never goes to memory. Still reported as ``gemm``: it is the same
   GEMM, reassociated.
-* ``fft``: :mod:`convcli.backends.opencl_fft` (``fft_conv.cl``), overlap-save FFT tiles
+* ``fft``: :mod:`convcli.backends.opencl.fft` (``fft_conv.cl``), overlap-save FFT tiles
   for large depthwise kernels that are not separable; ``auto`` picks it on CPU devices
   when its estimate beats direct taps (one SVD decides both this and ``separable``).
   Kernels wider than the tiles hold (over 128 pixels across) go to NumPy's FFT on the
@@ -48,7 +48,7 @@ by a padded copy of the input.
 On CPU devices the input is wrapped with ``USE_HOST_PTR`` and the output is a
 page-aligned array wrapped the same way and mapped, so no host copies are made; output
 arrays are recycled from a small pool once the caller has dropped them (the backend's
-:meth:`~convcli.backends.opencl_backend.OpenCLBackend.output`, shared with the generic
+:meth:`~convcli.backends.opencl.backend.OpenCLBackend.output`, shared with the generic
 kernel).
 """
 
@@ -288,7 +288,7 @@ def choose(
     ConvValueError when ``algo`` is forced to something no OpenCL path can do. ``cpu``:
     the device is a CPU (``auto`` runs FFT tiles only there: one tile per work-item).
     """
-    from convcli.backends import opencl_fft  # it uses this module's buffers
+    from convcli.backends.opencl import fft as opencl_fft  # it uses this module's buffers
 
     if algo not in ("auto", "direct", "separable", "gemm", "fft"):
         raise ConvValueError(f"unknown algo='{algo}'")
@@ -365,7 +365,7 @@ _PLANS: dict[tuple, tuple[Plan | None, None]] = {}
 
 def _tuning() -> tuple:
     """The module values choose() reads (tests and A/B runs patch them)."""
-    from convcli.backends import opencl_fft
+    from convcli.backends.opencl import fft as opencl_fft
 
     return (
         WINOGRAD,
@@ -406,7 +406,7 @@ def planned(
 
 def _too_wide_for_tiles(spec: ConvSpec) -> bool:
     """Whether only the kernel's extent keeps the device's FFT tiles from ``spec``."""
-    from convcli.backends import opencl_fft
+    from convcli.backends.opencl import fft as opencl_fft
 
     point = replace(spec, kh=1, kw=1, dilation=(1, 1))
     return opencl_fft.why_not(spec) is not None and opencl_fft.why_not(point) is None
@@ -415,7 +415,8 @@ def _too_wide_for_tiles(spec: ConvSpec) -> bool:
 def _host_fft_pays(spec: ConvSpec) -> bool:
     """Whether ``auto`` should run NumPy's FFT on the host: the kernel is too wide for the
     device's FFT tiles, and the host's FFT is estimated well below the direct taps."""
-    from convcli.backends import numpy_backend, opencl_fft
+    from convcli.backends import numpy_backend
+    from convcli.backends.opencl import fft as opencl_fft
 
     if spec.kh * spec.kw < 64 or not _too_wide_for_tiles(spec):
         return False
@@ -1153,10 +1154,10 @@ def programs(
 
     ``cpu`` and ``local_mem`` describe the device (from its record when it is not
     started). None when this cannot be told (Winograd paths, the GPU kernels of
-    :mod:`convcli.backends.opencl_gpu`, an ``algo`` that no path here runs): the caller
+    :mod:`convcli.backends.opencl.gpu`, an ``algo`` that no path here runs): the caller
     then assumes nothing is built.
     """
-    from convcli.backends import opencl_gpu
+    from convcli.backends.opencl import gpu as opencl_gpu
 
     try:
         plan, factors = choose(spec, weight, algo, cpu=cpu)
@@ -1168,13 +1169,13 @@ def programs(
     if plan is not None and plan.kernel in ("direct_local", "gemm_local"):
         return None  # the GPU kernels' builds are not predicted
     if plan is None:
-        from convcli.backends.opencl_backend import _direct_config
+        from convcli.backends.opencl.backend import _direct_config
 
         return [("conv2d_direct", _direct_config(spec, np.dtype(spec.dtype), cpu).defines)]
     if plan.kernel == "host_fft":
         return []
     if plan.algo == "fft":
-        from convcli.backends import opencl_fft
+        from convcli.backends.opencl import fft as opencl_fft
 
         return [("fft_conv", opencl_fft.build_defines(spec, local_mem, spec.has_bias))]
     dims = (spec.n, spec.c_in, spec.h, spec.w)
@@ -1242,7 +1243,7 @@ def run(
     ndarray or None
         ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
     """
-    from convcli.backends import opencl_gpu
+    from convcli.backends.opencl import gpu as opencl_gpu
 
     plan, factors = planned(spec, weight, algo, cpu=backend.is_cpu)
     plan = opencl_gpu.device_plan(plan, spec, algo, backend.is_cpu)
@@ -1270,7 +1271,7 @@ def run(
     with _LOCK:
         try:
             if plan.algo == "fft":
-                from convcli.backends import opencl_fft
+                from convcli.backends.opencl import fft as opencl_fft
 
                 return opencl_fft.run(backend, xf, wf, bf, spec, info=info)
             if plan.kernel == "direct_local" and plan.algo == "separable":
@@ -1300,7 +1301,7 @@ def run(
                 return None  # the generic kernel can run this
             raise exc.__cause__ from None
         except cl.Error as exc:
-            from convcli.backends.opencl_backend import launch_refused
+            from convcli.backends.opencl.backend import launch_refused
 
             if algo in ("auto", "direct") and launch_refused(exc):
                 # refused even with one item per group: the generic kernel may fit

@@ -39,7 +39,7 @@ driver would fail them, checked at every call:
 
 ``init``
     device/context creation fails (``clCreateContext``, ``DEVICE_NOT_AVAILABLE``);
-    :func:`convcli.backends.opencl_backend` remembers that failure for the process.
+    :func:`convcli.backends.opencl.backend` remembers that failure for the process.
 ``build``
     every program request fails (``clBuildProgram``, ``BUILD_PROGRAM_FAILURE``), cached
     programs included.
@@ -53,7 +53,7 @@ driver would fail them, checked at every call:
 ``alloc``, ``run`` and ``lost`` are also checked when :meth:`OpenCLBackend.run` starts,
 so they hit every algorithm, whichever helpers its path uses.
 
-The specialised kernels of :mod:`convcli.backends.opencl_fast` use this object's
+The specialised kernels of :mod:`convcli.backends.opencl.plan` use this object's
 helpers (:meth:`OpenCLBackend.kernel`, :meth:`~OpenCLBackend.input_buffer`,
 :meth:`~OpenCLBackend.output`, :meth:`~OpenCLBackend.launch`, ...), so timings and fault
 injection cover them too.
@@ -751,7 +751,7 @@ class OpenCLBackend:
         fast = _fast_module()
         plan = fast.planned(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
         if plan is not None:
-            from convcli.backends import opencl_gpu
+            from convcli.backends.opencl import gpu as opencl_gpu
 
             plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
         return "direct" if plan is None else plan.algo
@@ -765,7 +765,7 @@ class OpenCLBackend:
             return None
         plan = found[0]
         if plan is not None:
-            from convcli.backends import opencl_gpu
+            from convcli.backends.opencl import gpu as opencl_gpu
 
             plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
         return "direct" if plan is None else plan.algo
@@ -1155,7 +1155,7 @@ class OpenCLBackend:
     ) -> np.ndarray:
         """Convolve batched ``x``; returns ``(N, C_out, Ho, Wo)`` in the compute dtype.
 
-        Tries :mod:`convcli.backends.opencl_fast` first; when no fast path applies, runs
+        Tries :mod:`convcli.backends.opencl.plan` first; when no fast path applies, runs
         the generic direct kernel. Raises ConvValueError for a forced ``algo`` that
         cannot run this convolution, BackendError for device failures.
         """
@@ -1312,11 +1312,11 @@ def _pack_bias(bias: np.ndarray, spec: ConvSpec, cb: int, work: np.dtype) -> np.
 
 
 def _fast_module() -> Any:
-    """``convcli.backends.opencl_fast`` when it exists, else None."""
+    """``convcli.backends.opencl.plan`` when it exists, else None."""
     try:
-        from convcli.backends import opencl_fast
+        from convcli.backends.opencl import plan as opencl_fast
     except ModuleNotFoundError as exc:
-        if exc.name != "convcli.backends.opencl_fast":
+        if exc.name != "convcli.backends.opencl.plan":
             raise
         return None
     return opencl_fast
@@ -1382,7 +1382,7 @@ def _check_cases(limits: DeviceLimits) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _fft_fits(limits: DeviceLimits) -> bool:
-    from convcli.backends import opencl_fft
+    from convcli.backends.opencl import fft as opencl_fft
 
     return bool(opencl_fft._tiles(limits.local_mem_bytes))
 

@@ -1,6 +1,6 @@
 """The GPU-shaped OpenCL path: direct convolution tiled through local memory.
 
-:mod:`convcli.backends.opencl_fast`'s kernels are shaped for a CPU device (float8
+:mod:`convcli.backends.opencl.plan`'s kernels are shaped for a CPU device (float8
 vectors, register tiles of up to 96 floats per item, a Winograd form whose items keep
 kilobytes of private results, no ``__local`` memory: a CPU's caches did better than
 explicit tiles there). On a GPU those private arrays spill, and a work-group that does
@@ -173,7 +173,7 @@ def _static_local(backend, kernel) -> int:
 def _pack(weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int):
     """Weights as direct_local reads them: ``(G, NBLK, CIN_G, KH*KW, COB)``; bias
     ``(G, NBLK*COB)``."""
-    from convcli.backends.opencl_fast import _channel_blocks
+    from convcli.backends.opencl.plan import _channel_blocks
 
     wp, b = _channel_blocks(weight.reshape(spec.c_out, spec.cin_g, -1), bias, spec, cob)
     return np.ascontiguousarray(wp), b
@@ -181,7 +181,7 @@ def _pack(weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int)
 
 def run_local(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """``direct_local.cl`` over the whole batch (float32 ``x``, weights and bias)."""
-    from convcli.backends import opencl_fast as fast
+    from convcli.backends.opencl import plan as fast
 
     xbuf = backend.input_buffer(x, info)
     out, obuf = backend.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
@@ -197,7 +197,7 @@ def run_separable(cl, backend, x, bias, spec: ConvSpec, factors, info: RunInfo) 
     rows and columns separately, so each pass pads its own axis. In place of the CPU
     passes (dw_direct's float8 rows; sep_boxsum's running sums keep ``float8 s[512]``,
     16 KB of private memory per item)."""
-    from convcli.backends import opencl_fast as fast
+    from convcli.backends.opencl import plan as fast
 
     col, row = factors  # (C_out, 1, KH), (C_out, 1, KW)
     sh, sw = spec.stride
@@ -231,7 +231,7 @@ def run_separable(cl, backend, x, bias, spec: ConvSpec, factors, info: RunInfo) 
 def _launch_local(cl, backend, xbuf, weight, bias, spec: ConvSpec, obuf, info: RunInfo):
     """Enqueue ``direct_local.cl`` from ``xbuf`` into ``obuf`` (both laid out as
     ``spec`` says); returns its event. Raises NoFit before anything is enqueued."""
-    from convcli.backends import opencl_fast as fast
+    from convcli.backends.opencl import plan as fast
 
     cob, nblk, rx = blocking(spec)
     defines = {
@@ -276,7 +276,7 @@ def gemm_bytes(local: tuple[int, ...]) -> int:
 
 def run_gemm(cl, backend, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """``gemm_local.cl`` over the whole batch (see :func:`gemm_applies`)."""
-    from convcli.backends import opencl_fast as fast
+    from convcli.backends.opencl import plan as fast
 
     defines = {"TK": GEMM_TK, "RM": GEMM_RM, "RN": GEMM_RN, "HAS_BIAS": int(bias is not None)}
     kernel = fast._kernel(backend, "gemm_local", defines, info)

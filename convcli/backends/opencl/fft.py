@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convcli.backends import opencl_fast as fast
+from convcli.backends.opencl import plan as fast
 from convcli.errors import ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec
