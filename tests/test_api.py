@@ -224,14 +224,14 @@ def test_opencl_tiles_of_a_winograd_layer_are_bit_identical():
     if not opencl_available():
         pytest.skip("no OpenCL device")
     from convcli.backends import get_backend
-    from convcli.backends.opencl import plan as opencl_fast
+    from convcli.backends.opencl import plan as opencl_plan
     from convcli.spec import make_spec
 
     rng = np.random.default_rng(9)
     x = rng.random((1, 32, 41, 30)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     spec = make_spec(x, w, None, padding=1)
-    assert opencl_fast.choose(spec, w)[0].kernel == "winograd"
+    assert opencl_plan.choose(spec, w)[0].kernel == "winograd"
     assert get_backend("opencl").plan_algo(spec, w) == "gemm"
     whole = conv2d(x, w, padding=1, backend="opencl")
     for rows in (3, 5, 7):  # limits that give bands of this many rows, before rounding

@@ -330,10 +330,10 @@ def test_api_zero_batch():
     assert y.shape == (0, 4, 8, 8) and y.dtype == np.float32
 
 
-def test_run_uses_generic_kernel_without_fast_module(ocl, monkeypatch):
-    opencl_backend = _module()
+def test_run_uses_generic_kernel_when_no_fast_path_applies(ocl, monkeypatch):
+    from convcli.backends.opencl import plan
 
-    monkeypatch.setattr(opencl_backend, "_fast_module", lambda: None)
+    monkeypatch.setattr(plan, "run", lambda *args, **kwargs: None)
     x, w, b, spec, ref = _problem(hw=(10, 12), pad=(1, 1, 1, 1))
     info = RunInfo()
     assert_close(ocl.run(x, w, b, spec, info=info), ref, "float32")
@@ -354,7 +354,7 @@ def test_forced_separable_on_rank2_kernel_is_a_value_error():
 
 
 def test_list_devices_marks_the_default(ocl):
-    from convcli.backends.opencl.backend import list_devices
+    from convcli.backends.opencl.device import list_devices
 
     devices = list_devices()
     assert devices, "an OpenCL device exists, so list_devices must list it"
@@ -373,7 +373,8 @@ def test_list_devices_marks_the_default(ocl):
 
 
 def test_device_by_index_substring_and_type(ocl):
-    from convcli.backends.opencl.backend import OpenCLBackend, list_devices
+    from convcli.backends.opencl.backend import OpenCLBackend
+    from convcli.backends.opencl.device import list_devices
 
     default = next(d for d in list_devices() if d.default)
     by_index = OpenCLBackend.create(default.index)
@@ -388,7 +389,8 @@ def test_device_by_index_substring_and_type(ocl):
 
 
 def test_device_from_environment(ocl, monkeypatch):
-    from convcli.backends.opencl.backend import OpenCLBackend, list_devices
+    from convcli.backends.opencl.backend import OpenCLBackend
+    from convcli.backends.opencl.device import list_devices
 
     default = next(d for d in list_devices() if d.default)
     monkeypatch.setenv("CONVCLI_DEVICE", default.index)
@@ -432,9 +434,10 @@ def test_bad_device_through_api(monkeypatch):
 
 def test_without_pyopencl(monkeypatch):
     opencl_backend = _module()
+    from convcli.backends.opencl import device
 
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # import raises ImportError
-    assert opencl_backend.list_devices() == []
+    assert device.list_devices() == []
     with pytest.raises(BackendUnavailable, match="pyopencl is not importable"):
         opencl_backend.OpenCLBackend.create(None)
 
@@ -449,7 +452,8 @@ def test_import_convcli_does_not_import_pyopencl():
 
 
 def test_pin_pocl_threads_only_when_free_to(monkeypatch):
-    opencl_backend = _module()
+    from convcli.backends.opencl import device as opencl_backend
+
     every = set(range(os.cpu_count() or 1))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: every, raising=False)
     env: dict[str, str] = {}
@@ -585,7 +589,8 @@ _CHILD = """
 import json, sys
 import numpy as np
 from convcli import RunInfo
-from convcli.backends.opencl.backend import OpenCLBackend, _direct_config
+from convcli.backends.opencl.backend import OpenCLBackend
+from convcli.backends.opencl.direct import _direct_config
 from convcli.spec import make_spec
 dtype = sys.argv[1]
 rng = np.random.default_rng(11)
@@ -704,7 +709,7 @@ def test_fault_injection_init(monkeypatch):
 
 
 def test_output_is_page_aligned_on_cpu(ocl):
-    from convcli.backends.opencl.backend import SMALL_OUTPUT_BYTES
+    from convcli.backends.opencl.runtime import SMALL_OUTPUT_BYTES
 
     shape = (2, 3, 64, SMALL_OUTPUT_BYTES // 256)  # past the small outputs' size
     out, _ = ocl.output(shape, np.float32)

@@ -80,12 +80,15 @@ def _build_seconds(
 ) -> tuple[float, float, list[str]]:
     """(seconds of cached programs, seconds of uncached builds, the uncached keys) of the
     programs an OpenCL run of ``spec`` needs that ``backend`` does not hold."""
-    from convcli.backends.opencl import backend as opencl_backend
-    from convcli.backends.opencl import plan as opencl_fast
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.backends.opencl import runtime
+    from convcli.backends.opencl.settings import DEFAULT
 
+    settings = DEFAULT
     if backend is not None:
         cpu, fingerprint = backend.is_cpu, backend.fingerprint
         local_mem = backend.limits.local_mem_bytes
+        settings = backend.settings
     elif record is not None:
         cpu, local_mem, fingerprint = record.is_cpu, record.local_mem, record.fingerprint
     else:  # never started here: the most common device, nothing known to be built
@@ -97,7 +100,9 @@ def _build_seconds(
     chance = 1.0 if build_index.driver_cache_off() else record.compile_chance()
     build_s = BUILD_S if record.build_s is None else record.build_s
     unmarked = chance * build_s + (1 - chance) * CACHED_BUILD_S
-    needed = opencl_fast.programs(spec, weight, algo, cpu=cpu, local_mem=local_mem)
+    needed = opencl_plan.programs(
+        spec, weight, algo, cpu=cpu, local_mem=local_mem, settings=settings
+    )
     if needed is None:
         return 0.0, 0.0, []
     cached = uncached = 0.0
@@ -107,7 +112,7 @@ def _build_seconds(
             continue
         key = None
         if fingerprint is not None:
-            key = opencl_backend.program_key(fingerprint, name, defines)
+            key = runtime.program_key(fingerprint, name, defines)
         if key is not None and build_index.is_built(key):
             cached += CACHED_BUILD_S
         else:
