@@ -15,6 +15,7 @@ output channels, one launch for all channels, the taps packed as aligned float8.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from typing import Any
@@ -45,9 +46,10 @@ def _sizes(p: ConvSpec) -> list[int]:
     return [p.n, p.h, p.w, p.h_out, p.w_out, hp, wp]
 
 
+@functools.lru_cache(maxsize=256)  # 7 us to build, asked at every launch
 def defines(p: ConvSpec, s: Settings) -> dict[str, int]:
     """The build defines of dw_direct for the pass ``p`` (``p.cin_g`` input channels and
-    ``p.cout_g`` output channels per group)."""
+    ``p.cout_g`` output channels per group). Shared: callers must not change it."""
     found = {
         "C_IN": p.c_in,
         "C_OUT": p.c_out,

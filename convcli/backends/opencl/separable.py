@@ -7,6 +7,7 @@ pass by running sums (``sep_boxsum.cl``). The GPU-shaped kernels run the same tw
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from typing import Any
@@ -19,6 +20,7 @@ from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec
 
 
+@functools.lru_cache(maxsize=256)  # two ConvSpecs cost 20 us, a warm call asks each time
 def passes(spec: ConvSpec) -> tuple[ConvSpec, ConvSpec]:
     """The vertical pass ``(N, C_in, H, W) -> (N, C_out, H_out, W)`` (no bias) and the
     horizontal pass ``-> (N, C_out, H_out, W_out)`` (the bias), each a depthwise
