@@ -652,6 +652,42 @@ def test_a_missing_define_is_a_build_error_naming_it(ocl, name):
         ocl.program("no_such_kernel_file", {})
 
 
+def _geometry_programs() -> list[tuple[str, dict]]:
+    """Every kernel that includes geometry.clh, with every define it requires, built
+    by the functions the backend builds them with."""
+    from convcli.backends.opencl import depthwise, gemm
+    from convcli.backends.opencl.runtime import geometry_defines
+    from convcli.backends.opencl.settings import DEFAULT
+
+    x = np.zeros((1, 4, 9, 10), np.float32)
+    dw = make_spec(x, np.zeros((4, 1, 3, 3), np.float32), None, padding=1, groups=4)
+    dense = make_spec(x, np.zeros((8, 4, 3, 3), np.float32), None, padding=1)
+    geometry = geometry_defines(3, 3, (1, 1), (1, 1))
+    native = dict(IN_T="uchar", OUT_T="uchar", C=1, ABS=0, ROWS=4, XV=2, SEPARABLE=0)
+    return [
+        ("conv2d_direct", _direct_defines()),
+        ("dw_direct", depthwise.defines(dw, DEFAULT)),
+        ("dw_channels", depthwise.channels_defines(dw, False, DEFAULT)),
+        ("dense_gemm", gemm.dense_defines(dense, True, DEFAULT)),
+        ("direct_local", dict(geometry, COB=4, RX=1, HAS_BIAS=0)),
+        ("native_filter", dict(geometry, **native)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_geometry_header_stops_a_build_without_its_define(ocl, case):
+    # the shared guards (kernels_cl/geometry.clh) reach every kernel that takes the
+    # geometry: without one of KH..DW (a different one per kernel) the build stops
+    # with the #error naming it, not a compile error elsewhere or a default shape
+    name, defines = _geometry_programs()[case]
+    missing = ("KH", "KW", "SH", "SW", "DH", "DW")[case]
+    assert missing in defines
+    ocl.program(name, defines)  # complete: builds
+    partial = {k: v for k, v in defines.items() if k != missing}
+    with pytest.raises(BackendError, match=rf"BUILD_PROGRAM_FAILURE.*-D {missing}=\.\.\. is"):
+        ocl.program(name, partial)
+
+
 @pytest.mark.parametrize(
     ("fault", "status"),
     [
