@@ -405,6 +405,35 @@ def test_dense_gemm_tiny_images(ocl, hw):
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])
+@pytest.mark.parametrize(
+    "kernel, w_shape, opts",
+    [
+        ("dense_gemm", (12, 6, 3, 3), dict(padding=1, stride=(2, 1), padding_mode="reflect")),
+        ("pointwise", (10, 6, 1, 1), {}),
+    ],
+)
+def test_gemm_image_and_batch_sizes_share_one_build(tune, kernel, w_shape, opts, fixed):
+    # With sizes as kernel arguments (the default) every image and batch size of a
+    # layer runs one program (row bands of a tiled call, a last short batch); with them
+    # as defines (the A/B alternative) each size builds its own. Both compute the same.
+    be = fresh_backend(tune, winograd=False, pointwise_min_cin=1, pointwise_min_pixels=1)
+    tune(be, dense_fixed_sizes=fixed, pointwise_fixed_sizes=fixed)
+    rng = np.random.default_rng(41)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    shapes = [(1, 13, 17), (2, 13, 17), (1, 9, 30), (3, 21, 8)]
+    seen = set()  # the sizes a build with size defines is made for
+    for n, h, wd in shapes:
+        seen.add((n, h, wd) if kernel == "dense_gemm" else h * wd)
+        x = rng.standard_normal((n, w_shape[1], h, wd)).astype(np.float32)
+        spec = make_spec(x, w, b, **opts)
+        assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == kernel
+        out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+        assert len(be._programs) == (len(seen) if fixed else 1)
+
+
 @pytest.mark.parametrize("wino", [False, True])
 def test_weights_edited_in_place_are_not_served_stale(ocl, tune, wino):
     # packed weights are cached on the device while the caller passes equal weights

@@ -1,11 +1,12 @@
 """GEMM kernels for multi-channel layers: ``dense_gemm.cl`` and ``pointwise.cl``.
 
 ``dense_gemm``: an implicit GEMM with a register tile of float8 output-channel vectors x
-output columns and weights packed on the host; multi-channel layers, 1x1 included (its
-layers repeat one size, so it bakes image sizes into the build). Wide 1x1 layers with
-stride 1 and no padding run ``pointwise`` instead: a plain GEMM whose float8 vectors run
-along the contiguous pixels. Both read weights in blocks of output channels
-(:func:`channel_blocks`), as :mod:`.winograd` and :mod:`.gpu` do.
+output columns and weights packed on the host; multi-channel layers, 1x1 included. Wide
+1x1 layers with stride 1 and no padding run ``pointwise`` instead: a plain GEMM whose
+float8 vectors run along the contiguous pixels. Both take image sizes as kernel arguments (one build per
+layer, whatever the image or batch size; ``settings.dense_fixed_sizes`` and
+``pointwise_fixed_sizes`` bake them in instead) and read weights in blocks of output
+channels (:func:`channel_blocks`), as :mod:`.winograd` and :mod:`.gpu` do.
 """
 
 from __future__ import annotations
@@ -88,20 +89,25 @@ def _pack_dense(
     return np.ascontiguousarray(wp), b
 
 
+def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
+    """The image sizes of dense_gemm: N, H, W, HO, WO, WP."""
+    wp = spec.w + spec.pad[2] + spec.pad[3]
+    return (spec.n, spec.h, spec.w, spec.h_out, spec.w_out, wp)
+
+
 def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     """The build defines of dense_gemm for ``spec``."""
     cob, xb = dense_blocking(spec.cout_g, s)
     strip, chunk = dense_strip(spec, cob, xb, cpu, s)
+    sizes = {}
+    if s.dense_fixed_sizes:
+        names = ("N", "H", "W", "HO", "WO", "WP")
+        sizes = {"FIXED_SIZES": 1, **dict(zip(names, _dense_sizes(spec), strict=True))}
     return {
-        "N": spec.n,
+        **sizes,
         "G": spec.groups,
         "CIN_G": spec.cin_g,
         "COUT_G": spec.cout_g,
-        "H": spec.h,
-        "W": spec.w,
-        "HO": spec.h_out,
-        "WO": spec.w_out,
-        "WP": spec.w + spec.pad[2] + spec.pad[3],
         **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
         "PADT": spec.pad[0],
         "PADL": spec.pad[2],
@@ -123,7 +129,8 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     rmap, cmap = rt.index_maps(spec, info)
     out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
     gsize = (math.ceil(spec.w_out / (xb * strip)), spec.h_out, spec.n * spec.groups * nblk)
-    ev = rt.enqueue_rows(kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf])
+    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *map(np.int32, _dense_sizes(spec))]
+    ev = rt.enqueue_rows(kernel, gsize, args)
     return rt.collect(out, obuf, [ev], info)
 
 
@@ -153,11 +160,12 @@ def pointwise_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
     """The build defines of pointwise for ``spec``."""
     cot, pv = s.pointwise_tile
     cot = min(cot, spec.cout_g)
+    sizes = {"FIXED_SIZES": 1, "P": spec.h * spec.w} if s.pointwise_fixed_sizes else {}
     return {
+        **sizes,
         "G": spec.groups,
         "CIN_G": spec.cin_g,
         "COUT_G": spec.cout_g,
-        "P": spec.h * spec.w,
         "COT": cot,
         "PV": pv,
         "NCB": math.ceil(spec.cout_g / cot),
@@ -184,6 +192,6 @@ def run_pointwise(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
     out, obuf = rt.output((spec.n, spec.c_out, spec.h, spec.w), np.float32, offset)
     lead = offset // 4
     gsize = (ncb, math.ceil((plane + lead) / (8 * pv)), spec.n * spec.groups)
-    args = [xbuf, wbuf, bbuf, obuf, np.int32(lead)]
+    args = [xbuf, wbuf, bbuf, obuf, np.int32(lead), np.int32(plane)]
     ev = rt.enqueue_rows(kernel, gsize, args, fill_to=rt.settings.pointwise_items)
     return rt.collect(out, obuf, [ev], info, offset)

@@ -72,6 +72,11 @@ class Settings:
     dense_l1_bytes: int = 16 * 1024
     # Column groups per dense_gemm item when weights do not fit L1 (None = choose).
     dense_strip: int | None = None
+    # Image sizes as build defines (a build per image and batch size: every row band
+    # of a tiled call, every last short batch) rather than kernel arguments. Arguments
+    # cost no kernel time measurably: medians within -9..+4 % of the defines' on six
+    # layers (1x1, 3x3, 5x5, strided, N=1 and 8; A/B alternating, 31 rounds).
+    dense_fixed_sizes: bool = False
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
@@ -86,6 +91,9 @@ class Settings:
     # stays in L1 while each block reads it), and more pixel groups while that is under
     # 64; 16 and 256 timed within noise of 64.
     pointwise_items: int = 64
+    # The plane size as a build define (a build per image size) rather than an argument:
+    # medians within -3..+2 % of each other on four layers (W8 included), so arguments.
+    pointwise_fixed_sizes: bool = False
 
     # ---- Winograd F(2x2, 3x3)
     # Override for A/B experiments and tests: None = the cost model.
