@@ -405,33 +405,44 @@ def test_dense_gemm_tiny_images(ocl, hw):
     assert_close(out, ref, "float32")
 
 
+# a layer of each family with image sizes as arguments; (n, h, w) -> what its build
+# still depends on with the sizes as arguments, and with them as defines
+_SIZE_CASES = {
+    "dense_gemm": ((12, 6, 3, 3), dict(padding=1, stride=(2, 1), padding_mode="reflect"),
+                   lambda n, h, w: (), lambda n, h, w: (n, h, w)),
+    "pointwise": ((10, 6, 1, 1), {}, lambda n, h, w: (), lambda n, h, w: h * w),
+    "dw_channels": ((64, 1, 3, 3), dict(padding=1, groups=64),
+                    lambda n, h, w: w, lambda n, h, w: (n, h, w)),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])
-@pytest.mark.parametrize(
-    "kernel, w_shape, opts",
-    [
-        ("dense_gemm", (12, 6, 3, 3), dict(padding=1, stride=(2, 1), padding_mode="reflect")),
-        ("pointwise", (10, 6, 1, 1), {}),
-    ],
-)
-def test_gemm_image_and_batch_sizes_share_one_build(tune, kernel, w_shape, opts, fixed):
-    # With sizes as kernel arguments (the default) every image and batch size of a
-    # layer runs one program (row bands of a tiled call, a last short batch); with them
-    # as defines (the A/B alternative) each size builds its own. Both compute the same.
+@pytest.mark.parametrize("kernel", list(_SIZE_CASES))
+def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
+    # With sizes as kernel arguments (the default) the image and batch sizes of a layer
+    # share its program (row bands of a tiled call, a last short batch; dw_channels
+    # keeps the widths as defines); with them as defines (the A/B alternative) each
+    # size builds its own. Both compute the same.
+    w_shape, opts, by_args, by_defines = _SIZE_CASES[kernel]
     be = fresh_backend(tune, winograd=False, pointwise_min_cin=1, pointwise_min_pixels=1)
-    tune(be, dense_fixed_sizes=fixed, pointwise_fixed_sizes=fixed)
+    fixed_sizes = dict.fromkeys(
+        ("dense_fixed_sizes", "pointwise_fixed_sizes", "dw_channels_fixed_sizes"), fixed
+    )
+    tune(be, **fixed_sizes)
     rng = np.random.default_rng(41)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
-    shapes = [(1, 13, 17), (2, 13, 17), (1, 9, 30), (3, 21, 8)]
-    seen = set()  # the sizes a build with size defines is made for
+    shapes = [(1, 13, 17), (2, 13, 17), (1, 9, 17), (1, 9, 30), (3, 21, 8)]
+    seen = set()  # what the builds so far were made for
     for n, h, wd in shapes:
-        seen.add((n, h, wd) if kernel == "dense_gemm" else h * wd)
-        x = rng.standard_normal((n, w_shape[1], h, wd)).astype(np.float32)
+        seen.add((by_defines if fixed else by_args)(n, h, wd))
+        c_in = w_shape[1] * opts.get("groups", 1)
+        x = rng.standard_normal((n, c_in, h, wd)).astype(np.float32)
         spec = make_spec(x, w, b, **opts)
         assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == kernel
         out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
         assert_close(out, naive_for_spec(x, w, b, spec), "float32")
-        assert len(be._programs) == (len(seen) if fixed else 1)
+        assert len(be._programs) == len(seen)
 
 
 @pytest.mark.parametrize("wino", [False, True])

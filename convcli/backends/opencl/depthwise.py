@@ -137,7 +137,11 @@ def _pack_channels(
 def channels_defines(spec: ConvSpec, has_bias: bool, s: Settings) -> dict[str, int]:
     """The build defines of dw_channels for ``spec``."""
     xb, nseg = _segments(spec.w_out, s)
+    sizes = {}
+    if s.dw_channels_fixed_sizes:
+        sizes = {"FIXED_SIZES": 1, "N": spec.n, "H": spec.h, "HO": spec.h_out}
     return {
+        **sizes,
         "C_IN": spec.c_in,
         "C_OUT": spec.c_out,
         "CSUM": spec.cin_g,
@@ -145,10 +149,7 @@ def channels_defines(spec: ConvSpec, has_bias: bool, s: Settings) -> dict[str, i
         **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
         "PADT": spec.pad[0],
         "PADL": spec.pad[2],
-        "N": spec.n,
-        "H": spec.h,
         "W": spec.w,
-        "HO": spec.h_out,
         "WO": spec.w_out,
         "XB": xb,
         "NSEG": nseg,
@@ -166,6 +167,6 @@ def run_channels(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.
     wbuf, bbuf = rt.packed_weights(_pack_channels, weight, bias, spec, 8, info)
     out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
     gsize = (nseg, spec.h_out, spec.n * ncb)
-    args = [xbuf, wbuf, bbuf, obuf]
+    args = [xbuf, wbuf, bbuf, obuf, *map(np.int32, (spec.n, spec.h, spec.h_out))]
     ev = rt.enqueue_rows(kernel, gsize, args, fill_to=s.dw_channels_items)
     return rt.collect(out, obuf, [ev], info)

@@ -3,10 +3,11 @@
 ``dense_gemm``: an implicit GEMM with a register tile of float8 output-channel vectors x
 output columns and weights packed on the host; multi-channel layers, 1x1 included. Wide
 1x1 layers with stride 1 and no padding run ``pointwise`` instead: a plain GEMM whose
-float8 vectors run along the contiguous pixels. Both take image sizes as kernel arguments (one build per
-layer, whatever the image or batch size; ``settings.dense_fixed_sizes`` and
-``pointwise_fixed_sizes`` bake them in instead) and read weights in blocks of output
-channels (:func:`channel_blocks`), as :mod:`.winograd` and :mod:`.gpu` do.
+float8 vectors run along the contiguous pixels. Both take image sizes as kernel
+arguments (one build per layer, whatever the image or batch size;
+``settings.dense_fixed_sizes`` and ``pointwise_fixed_sizes`` bake them in instead) and
+read weights in blocks of output channels (:func:`channel_blocks`), as :mod:`.winograd`
+and :mod:`.gpu` do.
 """
 
 from __future__ import annotations

@@ -55,6 +55,9 @@ class Settings:
     dw_channels_xb: int = 8
     # Items per work-group wanted: each item is short (one row segment of 8 channels).
     dw_channels_items: int = 16
+    # The batch size and the heights as build defines (a build per row band and batch
+    # size) rather than arguments; the widths are defines either way.
+    dw_channels_fixed_sizes: bool = False
 
     # ---- separable box filters (sep_boxsum)
     # Rows per item (the running sum restarts every box_rows rows) and at most this many
