@@ -6,7 +6,7 @@ short batch). For each kernel family with both forms (``settings.*_fixed_sizes``
 few layers, runs both forms alternately in one process (A, B, B, A, ...) and prints the
 median and minimum kernel time (profiling events) of each and their ratio::
 
-    python benchmarks/opencl_size_args.py [--rounds 31] [dense pointwise dw_channels]
+    python benchmarks/opencl_size_args.py [--rounds 31] [dense pointwise dw_channels winograd]
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ FAMILIES = {
         ("N8 dw 64 5x5 14^2", (8, 64, 14, 14), (64, 1, 5, 5), dict(padding=2, groups=64)),
         ("dw 32x2 3x3 32^2", (1, 32, 32, 32), (64, 1, 3, 3), dict(padding=1, groups=32)),
     ]),
+    "winograd": ("wino_whole_fixed_sizes", "winograd", [
+        ("16->32 3x3 112^2", (1, 16, 112, 112), (32, 16, 3, 3), dict(padding=1)),
+        ("32->32 3x3 56^2", (1, 32, 56, 56), (32, 32, 3, 3), dict(padding=1)),
+        ("N8 64->64 3x3 28^2", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1)),
+        ("48->48 3x3 40^2", (1, 48, 40, 40), (48, 48, 3, 3), dict(padding=1)),
+    ]),
 }  # fmt: skip
 
 
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         base = common
         if family == "pointwise":  # from any size
             base = dataclasses.replace(common, pointwise_min_cin=1, pointwise_min_pixels=1)
+        if family == "winograd":  # its one-launch form, winograd_fused
+            base = dataclasses.replace(common, winograd=True, wino_whole=True)
         for name, xs, ws, opts in layers:
             x = rng.standard_normal(xs).astype(np.float32)
             w = rng.standard_normal(ws).astype(np.float32)

@@ -413,6 +413,8 @@ _SIZE_CASES = {
     "pointwise": ((10, 6, 1, 1), {}, lambda n, h, w: (), lambda n, h, w: h * w),
     "dw_channels": ((64, 1, 3, 3), dict(padding=1, groups=64),
                     lambda n, h, w: w, lambda n, h, w: (n, h, w)),
+    "winograd": ((8, 6, 3, 3), dict(padding=1, padding_mode="reflect"),
+                 lambda n, h, w: w, lambda n, h, w: (n, h, w)),
 }  # fmt: skip
 
 
@@ -420,14 +422,14 @@ _SIZE_CASES = {
 @pytest.mark.parametrize("kernel", list(_SIZE_CASES))
 def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
     # With sizes as kernel arguments (the default) the image and batch sizes of a layer
-    # share its program (row bands of a tiled call, a last short batch; dw_channels
-    # keeps the widths as defines); with them as defines (the A/B alternative) each
+    # share its program (row bands of a tiled call, a last short batch; dw_channels and
+    # winograd_fused keep the widths as defines); with them as defines (the A/B alternative) each
     # size builds its own. Both compute the same.
     w_shape, opts, by_args, by_defines = _SIZE_CASES[kernel]
-    be = fresh_backend(tune, winograd=False, pointwise_min_cin=1, pointwise_min_pixels=1)
-    fixed_sizes = dict.fromkeys(
-        ("dense_fixed_sizes", "pointwise_fixed_sizes", "dw_channels_fixed_sizes"), fixed
-    )
+    wino = dict(winograd=kernel == "winograd", wino_whole=True)  # winograd_fused
+    be = fresh_backend(tune, pointwise_min_cin=1, pointwise_min_pixels=1, **wino)
+    names = ("dense", "pointwise", "dw_channels", "wino_whole")
+    fixed_sizes = {f"{name}_fixed_sizes": fixed for name in names}
     tune(be, **fixed_sizes)
     rng = np.random.default_rng(41)
     w = rng.standard_normal(w_shape).astype(np.float32)

@@ -139,6 +139,9 @@ class Settings:
     # Items per work-group: each item is heavy (16 tiles x every output channel), and
     # 64-item groups left one of two cores idle on small layers (a 56^2 layer had one).
     wino_whole_local: int = 4
+    # The batch size and heights of winograd_fused as build defines (a build per row
+    # band and batch size) rather than arguments; the widths are defines either way.
+    wino_whole_fixed_sizes: bool = False
 
     # ---- FFT tiles (fft_conv)
     # Tile sides the kernel is built for: T/8 vectors per row must be a power of two,

@@ -110,9 +110,11 @@ def run_whole(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     nblk = math.ceil(spec.cout_g / kb)
     ho, wo = spec.h_out, spec.w_out
     th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
-    defines = {"N": spec.n, "G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
-    defines.update({"H": spec.h, "W": spec.w, "HO": ho, "WO": wo, "TH": th, "TW": tw})
-    defines.update({"KB": kb, "XV": xv, "NBLK": nblk})
+    heights = (spec.n, spec.h, ho, th)
+    defines = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
+    defines.update({"W": spec.w, "WO": wo, "TW": tw, "KB": kb, "XV": xv, "NBLK": nblk})
+    if s.wino_whole_fixed_sizes:
+        defines.update(FIXED_SIZES=1, **dict(zip(("N", "H", "HO", "TH"), heights, strict=True)))
     kernel = rt.kernel("winograd_fused", defines, info)
     xbuf = rt.input_buffer(x, info)
     vrow, vcol = _virtual_maps(rt, spec, th, tw, info)
@@ -120,7 +122,7 @@ def run_whole(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     out, obuf = rt.output((spec.n, spec.c_out, ho, wo), np.float32)
     nvec = spec.n * th * math.ceil(tw / 8)
     items = math.ceil(nvec / xv)
-    args = [xbuf, vrow, vcol, ubuf, bbuf, obuf]
+    args = [xbuf, vrow, vcol, ubuf, bbuf, obuf, *map(np.int32, heights)]
     ev = rt.enqueue(kernel, (items, spec.groups, 1), (s.wino_whole_local, 1, 1), args)
     return rt.collect(out, obuf, [ev], info)
 
