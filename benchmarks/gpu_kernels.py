@@ -7,7 +7,7 @@ Usage::
 
 For each workload of ``convcli.bench``'s suite (its inputs and filters) it runs the
 backend with
-``opencl_gpu.GPU_KERNELS`` False (the CPU-shaped plan) and True (the GPU-shaped plan),
+``settings.gpu_kernels`` False (the CPU-shaped plan) and True (the GPU-shaped plan),
 checks both against the NumPy backend, and prints the median kernel time (profiling
 events) and the median wall time of ``OpenCLBackend.run`` after a warm-up call. On a CPU
 device (PoCL) this measures what the GPU kernels cost there, not what they do on a GPU.
@@ -16,6 +16,7 @@ device (PoCL) this measures what the GPU kernels cost there, not what they do on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -26,7 +27,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convcli import backends
-from convcli.backends import opencl_gpu
 from convcli.backends.numpy_backend import NumpyBackend
 from convcli.bench import SUITES
 from convcli.runinfo import RunInfo
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     be = backends.get_backend("opencl")
+    default = be.settings
     print(f"device: {be.device_name} ({be.limits.type})")
     print(f"{'id':4} {'workload':44} {'plan':>14} {'kernel ms':>10} {'wall ms':>9}  error")
     rng = np.random.default_rng(0)
@@ -64,7 +65,7 @@ def main() -> None:
         spec = make_spec(x, w, b, **wl.options())
         ref = NumpyBackend().run(x, w, b, spec, algo="auto", info=RunInfo())
         for gpu in (False, True):
-            opencl_gpu.GPU_KERNELS = gpu
+            be.settings = dataclasses.replace(default, gpu_kernels=gpu)
             kernel, wall, algo, y = _time(be, x, w, b, spec, args.repeat)
             err = float(np.abs(y - ref).max() / np.abs(ref).max())
             plan = ("gpu " if gpu else "cpu ") + algo
@@ -73,7 +74,7 @@ def main() -> None:
                 f"{wall * 1e3:9.2f}  {err:.1e}",
                 flush=True,
             )
-    opencl_gpu.GPU_KERNELS = None
+    be.settings = default
 
 
 if __name__ == "__main__":

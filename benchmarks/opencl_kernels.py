@@ -1,22 +1,21 @@
-"""Micro-benchmark of the fast OpenCL paths (convcli.backends.opencl_fast) vs the peers.
+"""Micro-benchmark of the fast OpenCL paths (convcli.backends.opencl.plan) vs the peers.
 
 Usage::
 
-    python benchmarks/opencl_kernels.py [W1 W2 ...] [--repeat 7] [--standin]
+    python benchmarks/opencl_kernels.py [W1 W2 ...] [--repeat 7]
         [--api] [--winograd auto|on|off]
 
-Times, side by side in one run, ``opencl_fast.run`` end to end (buffers, kernel, map;
+Times, side by side in one run, ``plan.run`` end to end (buffers, kernel, map;
 kernel time from profiling events) and the peers: torch CPU (NCHW) for the CNN layers
 W5-W9 and OpenCV's best per channel (filter2D / sepFilter2D) for the image filters
-W1-W4. Every result is checked against the NumPy backend. ``--standin`` uses a minimal
-stand-in for the OpenCL backend (own context and program cache) instead of
-``convcli.backends.opencl_backend``; ``--api`` times ``convcli.conv2d(...,
-backend="opencl")`` instead of the fast path alone.
+W1-W4. Every result is checked against the NumPy backend. ``--api`` times
+``convcli.conv2d(..., backend="opencl")`` instead of the fast path alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -27,40 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convcli import conv2d
-from convcli.backends import opencl_fast
 from convcli.backends.numpy_backend import conv2d_direct
-from convcli.resources import data_dir
+from convcli.backends.opencl import plan as opencl_plan
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
-
-
-class StandIn:
-    """The attributes of OpenCLBackend that opencl_fast uses, on the first device."""
-
-    def __init__(self) -> None:
-        import pyopencl as cl
-
-        self.cl = cl
-        self.device = cl.get_platforms()[0].get_devices()[0]
-        self.ctx = cl.Context([self.device])
-        self.queue = cl.CommandQueue(
-            self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE
-        )
-        self.is_cpu = bool(self.device.type & cl.device_type.CPU)
-        self.has_fp64 = bool(self.device.double_fp_config)
-        self.max_alloc_bytes = int(self.device.max_mem_alloc_size)
-        self._programs: dict = {}
-
-    def program(self, name: str, defines: dict, info: RunInfo | None = None):
-        key = (name, tuple(sorted(defines.items())))
-        if key not in self._programs:
-            t0 = time.perf_counter()
-            src = (data_dir("kernels_cl") / f"{name}.cl").read_text()
-            opts = [f"-D{k}={v}" for k, v in sorted(defines.items())]
-            self._programs[key] = self.cl.Program(self.ctx, src).build(options=opts)
-            if info is not None:
-                info.timings["build"] = info.timings.get("build", 0.0) + time.perf_counter() - t0
-        return self._programs[key]
 
 
 def gaussian(k: int, sigma: float) -> np.ndarray:
@@ -170,7 +139,6 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("ids", nargs="*")
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--standin", action="store_true")
     ap.add_argument("--algo", default="auto")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--api", action="store_true", help="time convcli.conv2d end to end")
@@ -181,13 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         help="Winograd F(2x2,3x3) for eligible 3x3 layers: cost model, forced, or never",
     )
     args = ap.parse_args(argv)
-    opencl_fast.WINOGRAD = {"auto": None, "on": True, "off": False}[args.winograd]
-    if args.standin:
-        backend = StandIn()
-    else:
-        from convcli.backends import get_backend
+    from convcli.backends import get_backend
 
-        backend = get_backend("opencl")
+    backend = get_backend("opencl")
+    winograd = {"auto": None, "on": True, "off": False}[args.winograd]
+    backend.settings = dataclasses.replace(backend.settings, winograd=winograd)
     gf, gb = calibrate(backend)
     print(f"device now: float8 FMA kernel {gf:.0f} GFLOP/s, copy kernel {gb:.1f} GB/s", flush=True)
     rng = np.random.default_rng(0)
@@ -196,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         x, w, b, opts = suite[wid]
         spec = make_spec(x, w, b, **opts)
         info = RunInfo()
-        out = opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=info)
+        out = opencl_plan.run(backend, x, w, b, spec, algo=args.algo, info=info)
         if out is None:
             print(f"{wid}: no fast path")
             continue
@@ -210,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.api:  # as a user calls it: validation, backend wrapper, fast path
                 conv2d(x, w, b, **opts, backend="opencl", algo=args.algo, info=i)
             else:
-                opencl_fast.run(backend, x, w, b, spec, algo=args.algo, info=i)
+                opencl_plan.run(backend, x, w, b, spec, algo=args.algo, info=i)
             infos.append(i)
 
         # torch's OpenMP workers spin for a while after each call and would steal the
@@ -242,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         # Winograd, which does 2.25x fewer: comparable across algorithms and peers
         gflops = 2 * spec.macs / (ms * 1e-3) / 1e9
         kernel_gflops = 2 * spec.macs / (kern * 1e-3) / 1e9
-        kernel = opencl_fast.choose(spec, w, args.algo)[0].kernel
+        kernel = opencl_plan.choose(spec, w, args.algo, settings=backend.settings)[0].kernel
         print(
             f"{wid}: algo={info.algo:9s} ({kernel:10s}) e2e {ms:8.2f} ms  kernel {kern:8.2f} ms"
             f"  {gflops:6.1f} / {kernel_gflops:6.1f} GFLOP/s (e2e / kernel)  {peer} "

@@ -1578,7 +1578,7 @@ def devices(as_json: bool, check: bool) -> int:
     family, compared with NumPy); the exit code is 1 when any device fails it.
     """
     try:
-        from convcli.backends.opencl_backend import check_devices, list_devices
+        from convcli.backends.opencl.device import check_devices, list_devices
 
         found = list_devices()
     except ImportError as exc:

@@ -469,16 +469,13 @@ _CL_LOCK = threading.Lock()
 
 
 def _defines(plan: _Plan) -> dict[str, int | str]:
+    from convcli.backends.opencl.runtime import geometry_defines
+
     return {
         "IN_T": "uchar" if plan.strip.dtype == np.uint8 else "ushort",
         "OUT_T": "uchar" if plan.out_dtype == np.uint8 else "ushort",
         "C": plan.c,
-        "KH": plan.kh,
-        "KW": plan.kw,
-        "SH": plan.sh,
-        "SW": plan.sw,
-        "DH": plan.dh,
-        "DW": plan.dw,
+        **geometry_defines(plan.kh, plan.kw, (plan.sh, plan.sw), (plan.dh, plan.dw)),
         "ABS": int(plan.abs),
         "ROWS": CL_ROWS_V if _cl_separable(plan) else CL_ROWS,
         "XV": CL_XV,
@@ -506,7 +503,7 @@ def _run_opencl(plan: _Plan, device: str | None, info: RunInfo) -> np.ndarray | 
 
 
 def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
-    from convcli.backends.opencl_backend import translate_errors
+    from convcli.backends.opencl.runtime import translate_errors
 
     strip = np.ascontiguousarray(plan.strip)
     rows_in, w_in, c = strip.shape

@@ -112,9 +112,10 @@ def strip_alignment(spec: ConvSpec, backend: str, algo: str) -> int:
     row as it does on the whole image (its internal blocks stay where they are)."""
     align = 2 if backend == "opencl" else 1  # OpenCL's Winograd tiles of 2x2 outputs
     if algo == "separable" and backend == "opencl":
-        from convcli.backends.opencl_fast import BOX_ROWS
+        from convcli.backends.opencl.settings import DEFAULT
 
-        align = math.lcm(align, BOX_ROWS)  # a box's running sums restart every BOX_ROWS
+        # a box's running sums restart every box_rows rows
+        align = math.lcm(align, DEFAULT.box_rows)
     elif algo == "separable" and backend == "numpy":
         from convcli.backends.numpy_backend import _block
 

@@ -44,24 +44,7 @@
 #ifndef COMPLEX
 #error "-D COMPLEX=... is required (set by the host)"
 #endif
-#ifndef KH
-#error "-D KH=... is required (set by the host)"
-#endif
-#ifndef KW
-#error "-D KW=... is required (set by the host)"
-#endif
-#ifndef SH
-#error "-D SH=... is required (set by the host)"
-#endif
-#ifndef SW
-#error "-D SW=... is required (set by the host)"
-#endif
-#ifndef DH
-#error "-D DH=... is required (set by the host)"
-#endif
-#ifndef DW
-#error "-D DW=... is required (set by the host)"
-#endif
+#include "geometry.clh"
 #ifndef MODE
 #error "-D MODE=... is required (set by the host)"
 #endif

@@ -14,6 +14,8 @@
  *   rmap  (HP,) int   padded row -> source row, -1 = zero (every padding mode)
  *   cmap  (WP,) int   padded column -> source column, -1 = zero
  *   out   (N, G*COUT_G, HO, WO)
+ * The image sizes N, H, W, HO, WO, WP are kernel arguments (one build serves every
+ * image and batch size of a layer), or build defines with FIXED_SIZES.
  * Work-item (gx, gy, gz): output columns XB*gx.., output row gy, and
  * gz = (n*G + g)*NBLK + blk, the block of COB*8 output channels of group g.
  * Items whose window lies inside the image address the input directly; border items
@@ -23,9 +25,6 @@
  * and `acc += a * b` is fused by the compiler.
  */
 
-#ifndef N
-#error "-D N=... is required (set by the host)"
-#endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
 #endif
@@ -35,39 +34,36 @@
 #ifndef COUT_G
 #error "-D COUT_G=... is required (set by the host)"
 #endif
+/* Image sizes: the arguments n_arg..wp_arg, or with FIXED_SIZES the defines N, H, W,
+ * HO, WO, WP (constants let the compiler fold the plane strides). */
+#ifdef FIXED_SIZES
+#ifndef N
+#error "-D N=... is required with FIXED_SIZES (set by the host)"
+#endif
 #ifndef H
-#error "-D H=... is required (set by the host)"
+#error "-D H=... is required with FIXED_SIZES (set by the host)"
 #endif
 #ifndef W
-#error "-D W=... is required (set by the host)"
+#error "-D W=... is required with FIXED_SIZES (set by the host)"
 #endif
 #ifndef HO
-#error "-D HO=... is required (set by the host)"
+#error "-D HO=... is required with FIXED_SIZES (set by the host)"
 #endif
 #ifndef WO
-#error "-D WO=... is required (set by the host)"
+#error "-D WO=... is required with FIXED_SIZES (set by the host)"
 #endif
 #ifndef WP
-#error "-D WP=... is required (set by the host)"
+#error "-D WP=... is required with FIXED_SIZES (set by the host)"
 #endif
-#ifndef KH
-#error "-D KH=... is required (set by the host)"
+#else
+#define N n_arg
+#define H h_arg
+#define W w_arg
+#define HO ho_arg
+#define WO wo_arg
+#define WP wp_arg
 #endif
-#ifndef KW
-#error "-D KW=... is required (set by the host)"
-#endif
-#ifndef SH
-#error "-D SH=... is required (set by the host)"
-#endif
-#ifndef SW
-#error "-D SW=... is required (set by the host)"
-#endif
-#ifndef DH
-#error "-D DH=... is required (set by the host)"
-#endif
-#ifndef DW
-#error "-D DW=... is required (set by the host)"
-#endif
+#include "geometry.clh"
 #ifndef PADT
 #error "-D PADT=... is required (set by the host)"
 #endif
@@ -95,7 +91,9 @@
 
 __kernel void dense_gemm(__global const float *restrict x, __global const float *restrict wp,
                          __global const float *restrict bp, __global const int *restrict rmap,
-                         __global const int *restrict cmap, __global float *restrict out) {
+                         __global const int *restrict cmap, __global float *restrict out,
+                         const int n_arg, const int h_arg, const int w_arg, const int ho_arg,
+                         const int wo_arg, const int wp_arg) {
     const int xs0 = get_global_id(0) * (XB * STRIP);
     const int yo = get_global_id(1);
     const int gz = get_global_id(2);

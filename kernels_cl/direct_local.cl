@@ -32,24 +32,7 @@
  * return at once (the local size along z is 1).
  */
 
-#ifndef KH
-#error "-D KH=... is required (set by the host)"
-#endif
-#ifndef KW
-#error "-D KW=... is required (set by the host)"
-#endif
-#ifndef SH
-#error "-D SH=... is required (set by the host)"
-#endif
-#ifndef SW
-#error "-D SW=... is required (set by the host)"
-#endif
-#ifndef DH
-#error "-D DH=... is required (set by the host)"
-#endif
-#ifndef DW
-#error "-D DW=... is required (set by the host)"
-#endif
+#include "geometry.clh"
 #ifndef COB
 #error "-D COB=... is required (set by the host)"
 #endif

@@ -3,9 +3,10 @@
  * where dw_direct's float8 along the width would run mostly through its padded border
  * path with 1-item work-groups per channel plane.
  *
- * Every size is a -D define (CNN feature maps repeat their sizes, so one build per layer
- * shape costs little, and the column loops then unroll with their bounds checks
- * resolved at compile time where the item's first column is known).
+ * The widths are -D defines (the column loops then unroll with their bounds checks
+ * resolved at compile time where the item's first column is known); the batch size and
+ * the heights are kernel arguments (row bands of a tiled call and other batch sizes
+ * share the build), or defines with FIXED_SIZES.
  *
  * Layouts (row-major, contiguous):
  *   x     (N, C_IN, H, W)                    input planes (NCHW, as the caller gave them)
@@ -43,41 +44,33 @@
 #ifndef CMULT
 #error "-D CMULT=... is required (set by the host)"
 #endif
-#ifndef KH
-#error "-D KH=... is required (set by the host)"
-#endif
-#ifndef KW
-#error "-D KW=... is required (set by the host)"
-#endif
-#ifndef SH
-#error "-D SH=... is required (set by the host)"
-#endif
-#ifndef SW
-#error "-D SW=... is required (set by the host)"
-#endif
-#ifndef DH
-#error "-D DH=... is required (set by the host)"
-#endif
-#ifndef DW
-#error "-D DW=... is required (set by the host)"
-#endif
+#include "geometry.clh"
 #ifndef PADT
 #error "-D PADT=... is required (set by the host)"
 #endif
 #ifndef PADL
 #error "-D PADL=... is required (set by the host)"
 #endif
+/* The batch size and the input and output heights: the arguments n_arg, h_arg, ho_arg,
+ * or with FIXED_SIZES the defines N, H, HO. The widths W, WO stay defines: they shape
+ * the unrolled column loops (with XB and NSEG). */
+#ifdef FIXED_SIZES
 #ifndef N
-#error "-D N=... is required (set by the host)"
+#error "-D N=... is required with FIXED_SIZES (set by the host)"
 #endif
 #ifndef H
-#error "-D H=... is required (set by the host)"
+#error "-D H=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef HO
+#error "-D HO=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define N n_arg
+#define H h_arg
+#define HO ho_arg
 #endif
 #ifndef W
 #error "-D W=... is required (set by the host)"
-#endif
-#ifndef HO
-#error "-D HO=... is required (set by the host)"
 #endif
 #ifndef WO
 #error "-D WO=... is required (set by the host)"
@@ -104,7 +97,8 @@
     if (8 * cb + (l) < C_OUT) out[obase + (l) * (HO * WO)] = v.s;
 
 __kernel void dw_channels(__global const float *restrict x, __global const float8 *restrict wt,
-                          __global const float8 *restrict bias, __global float *restrict out) {
+                          __global const float8 *restrict bias, __global float *restrict out,
+                          const int n_arg, const int h_arg, const int ho_arg) {
     const int seg = get_global_id(0);
     const int y = get_global_id(1);
     const int z = get_global_id(2);

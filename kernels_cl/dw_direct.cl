@@ -46,24 +46,7 @@ typedef float f8u __attribute__((ext_vector_type(8), aligned(4)));
 #ifndef CMULT
 #error "-D CMULT=... is required (set by the host)"
 #endif
-#ifndef KH
-#error "-D KH=... is required (set by the host)"
-#endif
-#ifndef KW
-#error "-D KW=... is required (set by the host)"
-#endif
-#ifndef SH
-#error "-D SH=... is required (set by the host)"
-#endif
-#ifndef SW
-#error "-D SW=... is required (set by the host)"
-#endif
-#ifndef DH
-#error "-D DH=... is required (set by the host)"
-#endif
-#ifndef DW
-#error "-D DW=... is required (set by the host)"
-#endif
+#include "geometry.clh"
 #ifndef PADL
 #error "-D PADL=... is required (set by the host)"
 #endif

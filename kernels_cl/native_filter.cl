@@ -52,24 +52,7 @@
 #ifndef C
 #error "-D C=... (channels) is required (set by the host)"
 #endif
-#ifndef KH
-#error "-D KH=... is required (set by the host)"
-#endif
-#ifndef KW
-#error "-D KW=... is required (set by the host)"
-#endif
-#ifndef SH
-#error "-D SH=... is required (set by the host)"
-#endif
-#ifndef SW
-#error "-D SW=... is required (set by the host)"
-#endif
-#ifndef DH
-#error "-D DH=... is required (set by the host)"
-#endif
-#ifndef DW
-#error "-D DW=... is required (set by the host)"
-#endif
+#include "geometry.clh"
 #ifndef ABS
 #error "-D ABS=0|1 is required (set by the host)"
 #endif

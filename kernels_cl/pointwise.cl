@@ -15,6 +15,8 @@
  *   wp    (G, NCB, CIN_G, COT)   weights packed on the host, zero past COUT_G
  *   bp    (G, NCB*COT)           bias packed likewise (zeros without bias)
  *   out   (N, G*COUT_G, P)
+ * P is a kernel argument (one build serves every image size of a layer), or a build
+ * define with FIXED_SIZES.
  * Work-item (cb, pg, ng): channels cb*COT.. of group g = ng % G of image n = ng / G,
  * pixels pg*PV*8 - lead... The channel blocks vary fastest, so a work-group runs every
  * block over the same pixels while they sit in L1. Vectors are gathered from and stored
@@ -35,8 +37,13 @@
 #ifndef COUT_G
 #error "-D COUT_G=... is required (set by the host)"
 #endif
+/* The plane size: the argument p_arg, or with FIXED_SIZES the define P. */
+#ifdef FIXED_SIZES
 #ifndef P
-#error "-D P=... is required (set by the host)"
+#error "-D P=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define P p_arg
 #endif
 #ifndef COT
 #error "-D COT=... is required (set by the host)"
@@ -59,7 +66,7 @@
 
 __kernel void pointwise(__global const float *restrict x, __global const float *restrict wp,
                         __global const float *restrict bp, __global float *restrict out,
-                        const int lead) {
+                        const int lead, const int p_arg) {
     const int cb = get_global_id(0);
     const int p0 = get_global_id(1) * (PV * 8) - lead;
     const int ng = get_global_id(2);

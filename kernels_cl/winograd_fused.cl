@@ -17,12 +17,33 @@
  *   u     (G*16, NBLK, CIN_G, KB) transformed weights, zero past COUT_G
  *   bias  (G*COUT_G,)            zeros without bias
  *   out   (N, G*COUT_G, HO, WO)
+ * The batch size and the heights are kernel arguments (row bands of a tiled call and
+ * other batch sizes share the build), or defines with FIXED_SIZES.
  * Work-item (j, g): vectors j*XV.. of the N*TH*TXG vectors (tile row q = n*TH + ty, 8
  * tiles from tx0 = 8*(vector % TXG)) of group g.
  */
 
+/* The batch size and the heights: the arguments n_arg, h_arg, ho_arg, th_arg, or with
+ * FIXED_SIZES the defines N, H, HO, TH. The widths W, WO, TW stay defines: they shape
+ * the lanes' column handling. */
+#ifdef FIXED_SIZES
 #ifndef N
-#error "-D N=... is required (set by the host)"
+#error "-D N=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef H
+#error "-D H=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef HO
+#error "-D HO=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TH
+#error "-D TH=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define N n_arg
+#define H h_arg
+#define HO ho_arg
+#define TH th_arg
 #endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
@@ -33,20 +54,11 @@
 #ifndef COUT_G
 #error "-D COUT_G=... is required (set by the host)"
 #endif
-#ifndef H
-#error "-D H=... is required (set by the host)"
-#endif
 #ifndef W
 #error "-D W=... is required (set by the host)"
 #endif
-#ifndef HO
-#error "-D HO=... is required (set by the host)"
-#endif
 #ifndef WO
 #error "-D WO=... is required (set by the host)"
-#endif
-#ifndef TH
-#error "-D TH=... is required (set by the host)"
 #endif
 #ifndef TW
 #error "-D TW=... is required (set by the host)"
@@ -69,7 +81,9 @@
 
 __kernel void winograd_fused(__global const float *restrict x, __global const int *restrict vrow,
                              __global const int *restrict vcol, __global const float *restrict u,
-                             __global const float *restrict bias, __global float *restrict out) {
+                             __global const float *restrict bias, __global float *restrict out,
+                             const int n_arg, const int h_arg, const int ho_arg,
+                             const int th_arg) {
     const int j0 = get_global_id(0) * XV;
     const int g = get_global_id(1);
     if (j0 >= NVEC || g >= G) return;
@@ -124,7 +138,8 @@ __kernel void winograd_fused(__global const float *restrict x, __global const in
                 float8 mt[16];
 #pragma unroll
                 for (int xi = 0; xi < 16; ++xi) mt[xi] = m[xi][k][t];
-                wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, 0, p0 + min(TX, TW - tx0));
+                wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, 0, p0 + min(TX, TW - tx0), TH,
+                                  HO);
             }
         }
     }

@@ -92,7 +92,7 @@ __kernel void winograd_gemm_out(__global const float *restrict u,
             float8 mt[16];
 #pragma unroll
             for (int xi = 0; xi < 16; ++xi) mt[xi] = m[xi][k][t];
-            wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, row0, ntiles);
+            wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, row0, ntiles, TH, HO);
         }
     }
 }

@@ -58,5 +58,5 @@ __kernel void winograd_output(__global const float8 *restrict m, __global const 
 #pragma unroll
     for (int xi = 0; xi < 16; ++xi) mt[xi] = src[(size_t)xi * KP * PV];
     __global float *plane = out + (size_t)g * COUT_G * (HO * WO) + (size_t)k * (HO * WO);
-    wino_output_store(mt, bias[g * COUT_G + k], plane, p0, row0, ntiles);
+    wino_output_store(mt, bias[g * COUT_G + k], plane, p0, row0, ntiles, TH, HO);
 }

@@ -98,6 +98,28 @@ def require_device(
         pytest.skip(f"needs a CPU device, the OpenCL device is a {limits.type}")
 
 
+@pytest.fixture
+def tune():
+    """Change an OpenCL backend's tuning for one test: ``tune(be, winograd=True)`` (``be``
+    None: the default device's backend, as ``conv2d(..., backend="opencl")`` uses)
+    replaces ``be.settings`` with ``dataclasses.replace(be.settings, ...)`` and returns
+    ``be``; every change is undone after the test."""
+    import dataclasses
+
+    changed = []
+
+    def apply(be=None, **changes):
+        if be is None:
+            be = backends.get_backend("opencl")
+        changed.append((be, be.settings))
+        be.settings = dataclasses.replace(be.settings, **changes)
+        return be
+
+    yield apply
+    for be, settings in reversed(changed):
+        be.settings = settings
+
+
 @pytest.fixture(params=["numpy", "opencl"])
 def backend(request) -> str:
     """Every backend; OpenCL tests skip only where no OpenCL device exists."""

@@ -159,7 +159,7 @@ def test_backend_registry_survives_submodule_imports(backend):
     # the registry function is not named like a submodule: importing the submodules
     # (as the backends themselves do) must not shadow it
     import convcli.backends.numpy_backend
-    import convcli.backends.opencl_backend  # noqa: F401
+    import convcli.backends.opencl.backend  # noqa: F401
     from convcli import backends
 
     first = backends.get_backend(backend)
@@ -223,14 +223,15 @@ def test_opencl_tiles_of_a_winograd_layer_are_bit_identical():
 
     if not opencl_available():
         pytest.skip("no OpenCL device")
-    from convcli.backends import get_backend, opencl_fast
+    from convcli.backends import get_backend
+    from convcli.backends.opencl import plan as opencl_plan
     from convcli.spec import make_spec
 
     rng = np.random.default_rng(9)
     x = rng.random((1, 32, 41, 30)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     spec = make_spec(x, w, None, padding=1)
-    assert opencl_fast.choose(spec, w)[0].kernel == "winograd"
+    assert opencl_plan.choose(spec, w)[0].kernel == "winograd"
     assert get_backend("opencl").plan_algo(spec, w) == "gemm"
     whole = conv2d(x, w, padding=1, backend="opencl")
     for rows in (3, 5, 7):  # limits that give bands of this many rows, before rounding

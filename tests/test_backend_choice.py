@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _opencl_device() -> bool:
     try:
-        from convcli.backends.opencl_backend import list_devices
+        from convcli.backends.opencl.device import list_devices
     except ImportError:
         return False
     return bool(list_devices())
@@ -180,8 +180,9 @@ def test_startup_alone_decides_small_jobs_before_importing_opencl_modules(monkey
     ],
 )
 def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel, groups, dtype):
-    from convcli.backends import opencl_fast
-    from convcli.backends.opencl_backend import OpenCLBackend, _defines_key
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.backends.opencl.backend import OpenCLBackend
+    from convcli.backends.opencl.runtime import _defines_key
     from convcli.runinfo import RunInfo
 
     rng = np.random.default_rng(3)
@@ -208,7 +209,7 @@ def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel
         return real(self, name, defines)
 
     monkeypatch.setattr(OpenCLBackend, "_build", record)
-    predicted = opencl_fast.programs(spec, w, "auto", cpu=backend.is_cpu,
+    predicted = opencl_plan.programs(spec, w, "auto", cpu=backend.is_cpu,
                                      local_mem=backend.limits.local_mem_bytes)  # fmt: skip
     y = backend.run(x, w, None, spec, info=RunInfo())
     assert sorted(built) == sorted((n, _defines_key(d)) for n, d in predicted)
@@ -240,7 +241,7 @@ def test_a_kernels_first_launch_with_a_new_work_group_size_counts_as_build(monke
     # PoCL compiles a kernel for each work-group size at its first launch with it: a
     # narrow image (16 items a row) and then a wide one (64) share dw_direct's program
     # (sizes are runtime arguments above 256x256 pixels) but not the compile
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
     from convcli.runinfo import RunInfo
 
     backend = OpenCLBackend.create(None)

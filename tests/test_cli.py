@@ -703,7 +703,7 @@ def test_broken_user_preset_files_are_reported(tmp_path, monkeypatch):
 @pytest.mark.parametrize("step", ["build", "alloc", "run"])
 def test_opencl_fault_falls_back_under_auto_and_fails_under_opencl(tmp_path, monkeypatch, step):
     pytest.importorskip("pyopencl")
-    from convcli.backends.opencl_backend import list_devices
+    from convcli.backends.opencl.device import list_devices
 
     if not list_devices():
         pytest.skip("no OpenCL device")

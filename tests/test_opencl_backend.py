@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _module():
     # imported on demand: pyopencl loads only when the OpenCL tests run
-    return importlib.import_module("convcli.backends.opencl_backend")
+    return importlib.import_module("convcli.backends.opencl.backend")
 
 
 MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
@@ -41,7 +41,7 @@ DTYPES = ["float32", "float64", "complex64", "complex128", "float16"]
 
 @pytest.fixture(scope="module")
 def ocl():
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     return OpenCLBackend.create(None)
 
@@ -296,7 +296,7 @@ def test_direct_read_only_input_and_reused_weights(ocl):
 
 def test_direct_copy_path_as_on_gpus(ocl):
     """Non-CPU devices copy through reusable scratch buffers and run one row per item."""
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     other = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     other.is_cpu = False
@@ -330,10 +330,10 @@ def test_api_zero_batch():
     assert y.shape == (0, 4, 8, 8) and y.dtype == np.float32
 
 
-def test_run_uses_generic_kernel_without_fast_module(ocl, monkeypatch):
-    opencl_backend = _module()
+def test_run_uses_generic_kernel_when_no_fast_path_applies(ocl, monkeypatch):
+    from convcli.backends.opencl import plan
 
-    monkeypatch.setattr(opencl_backend, "_fast_module", lambda: None)
+    monkeypatch.setattr(plan, "run", lambda *args, **kwargs: None)
     x, w, b, spec, ref = _problem(hw=(10, 12), pad=(1, 1, 1, 1))
     info = RunInfo()
     assert_close(ocl.run(x, w, b, spec, info=info), ref, "float32")
@@ -354,7 +354,7 @@ def test_forced_separable_on_rank2_kernel_is_a_value_error():
 
 
 def test_list_devices_marks_the_default(ocl):
-    from convcli.backends.opencl_backend import list_devices
+    from convcli.backends.opencl.device import list_devices
 
     devices = list_devices()
     assert devices, "an OpenCL device exists, so list_devices must list it"
@@ -373,7 +373,8 @@ def test_list_devices_marks_the_default(ocl):
 
 
 def test_device_by_index_substring_and_type(ocl):
-    from convcli.backends.opencl_backend import OpenCLBackend, list_devices
+    from convcli.backends.opencl.backend import OpenCLBackend
+    from convcli.backends.opencl.device import list_devices
 
     default = next(d for d in list_devices() if d.default)
     by_index = OpenCLBackend.create(default.index)
@@ -388,7 +389,8 @@ def test_device_by_index_substring_and_type(ocl):
 
 
 def test_device_from_environment(ocl, monkeypatch):
-    from convcli.backends.opencl_backend import OpenCLBackend, list_devices
+    from convcli.backends.opencl.backend import OpenCLBackend
+    from convcli.backends.opencl.device import list_devices
 
     default = next(d for d in list_devices() if d.default)
     monkeypatch.setenv("CONVCLI_DEVICE", default.index)
@@ -410,7 +412,7 @@ def test_device_from_environment(ocl, monkeypatch):
 
 @pytest.mark.parametrize("spec", ["9:9", "42", "no-such-device-xyz"])
 def test_bad_device_spec(spec):
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     with pytest.raises(BackendUnavailable) as err:
         OpenCLBackend.create(spec)
@@ -432,9 +434,10 @@ def test_bad_device_through_api(monkeypatch):
 
 def test_without_pyopencl(monkeypatch):
     opencl_backend = _module()
+    from convcli.backends.opencl import device
 
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # import raises ImportError
-    assert opencl_backend.list_devices() == []
+    assert device.list_devices() == []
     with pytest.raises(BackendUnavailable, match="pyopencl is not importable"):
         opencl_backend.OpenCLBackend.create(None)
 
@@ -449,7 +452,8 @@ def test_import_convcli_does_not_import_pyopencl():
 
 
 def test_pin_pocl_threads_only_when_free_to(monkeypatch):
-    opencl_backend = _module()
+    from convcli.backends.opencl import device as opencl_backend
+
     every = set(range(os.cpu_count() or 1))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: every, raising=False)
     env: dict[str, str] = {}
@@ -473,7 +477,7 @@ def test_pin_pocl_threads_only_when_free_to(monkeypatch):
 def test_pocl_workers_are_pinned_in_a_fresh_process():
     code = (
         "import glob, os, convcli\n"
-        "from convcli.backends.opencl_backend import OpenCLBackend\n"
+        "from convcli.backends.opencl.backend import OpenCLBackend\n"
         "b = OpenCLBackend.create(None)\n"
         "print(b.platform.name, b.device.max_compute_units, os.environ.get('POCL_AFFINITY'))\n"
         "for t in glob.glob(f'/proc/{os.getpid()}/task/*/status'):\n"
@@ -495,7 +499,7 @@ def test_pocl_workers_are_pinned_in_a_fresh_process():
 
 
 def test_supports_reports_missing_fp64(ocl):
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     other = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     other.has_fp64 = False
@@ -532,7 +536,7 @@ def test_program_and_kernel_cached_in_process(ocl):
 def test_generic_kernel_builds_once_for_every_image_size(dtype):
     # conv2d_direct takes image sizes as arguments: portrait, landscape and another
     # batch size reuse one build (a fresh backend, so the count is this test's alone)
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     require_device(dtype=dtype)
     be = OpenCLBackend.create(None)
@@ -553,7 +557,7 @@ def test_program_without_kernels_is_rebuilt(ocl, monkeypatch):
     """A cache hit with no kernels (seen with PoCL) is rebuilt under other options."""
     from types import SimpleNamespace
 
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     fresh = OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     real = fresh._build_once
@@ -585,7 +589,8 @@ _CHILD = """
 import json, sys
 import numpy as np
 from convcli import RunInfo
-from convcli.backends.opencl_backend import OpenCLBackend, _direct_config
+from convcli.backends.opencl.backend import OpenCLBackend
+from convcli.backends.opencl.direct import _direct_config
 from convcli.spec import make_spec
 dtype = sys.argv[1]
 rng = np.random.default_rng(11)
@@ -647,6 +652,42 @@ def test_a_missing_define_is_a_build_error_naming_it(ocl, name):
         ocl.program("no_such_kernel_file", {})
 
 
+def _geometry_programs() -> list[tuple[str, dict]]:
+    """Every kernel that includes geometry.clh, with every define it requires, built
+    by the functions the backend builds them with."""
+    from convcli.backends.opencl import depthwise, gemm
+    from convcli.backends.opencl.runtime import geometry_defines
+    from convcli.backends.opencl.settings import DEFAULT
+
+    x = np.zeros((1, 4, 9, 10), np.float32)
+    dw = make_spec(x, np.zeros((4, 1, 3, 3), np.float32), None, padding=1, groups=4)
+    dense = make_spec(x, np.zeros((8, 4, 3, 3), np.float32), None, padding=1)
+    geometry = geometry_defines(3, 3, (1, 1), (1, 1))
+    native = dict(IN_T="uchar", OUT_T="uchar", C=1, ABS=0, ROWS=4, XV=2, SEPARABLE=0)
+    return [
+        ("conv2d_direct", _direct_defines()),
+        ("dw_direct", depthwise.defines(dw, DEFAULT)),
+        ("dw_channels", depthwise.channels_defines(dw, False, DEFAULT)),
+        ("dense_gemm", gemm.dense_defines(dense, True, DEFAULT)),
+        ("direct_local", dict(geometry, COB=4, RX=1, HAS_BIAS=0)),
+        ("native_filter", dict(geometry, **native)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_geometry_header_stops_a_build_without_its_define(ocl, case):
+    # the shared guards (kernels_cl/geometry.clh) reach every kernel that takes the
+    # geometry: without one of KH..DW (a different one per kernel) the build stops
+    # with the #error naming it, not a compile error elsewhere or a default shape
+    name, defines = _geometry_programs()[case]
+    missing = ("KH", "KW", "SH", "SW", "DH", "DW")[case]
+    assert missing in defines
+    ocl.program(name, defines)  # complete: builds
+    partial = {k: v for k, v in defines.items() if k != missing}
+    with pytest.raises(BackendError, match=rf"BUILD_PROGRAM_FAILURE.*-D {missing}=\.\.\. is"):
+        ocl.program(name, partial)
+
+
 @pytest.mark.parametrize(
     ("fault", "status"),
     [
@@ -689,7 +730,7 @@ def test_fault_injection_generic_kernel_steps(ocl, monkeypatch, fault):
 
 
 def test_fault_injection_init(monkeypatch):
-    from convcli.backends.opencl_backend import OpenCLBackend
+    from convcli.backends.opencl.backend import OpenCLBackend
 
     monkeypatch.setattr(backends, "_OPENCL", {})
     monkeypatch.setenv("CONVCLI_FAULT", "init")
@@ -704,7 +745,7 @@ def test_fault_injection_init(monkeypatch):
 
 
 def test_output_is_page_aligned_on_cpu(ocl):
-    from convcli.backends.opencl_backend import SMALL_OUTPUT_BYTES
+    from convcli.backends.opencl.runtime import SMALL_OUTPUT_BYTES
 
     shape = (2, 3, 64, SMALL_OUTPUT_BYTES // 256)  # past the small outputs' size
     out, _ = ocl.output(shape, np.float32)

@@ -1,4 +1,4 @@
-"""Depthwise layers on 48-64-column maps (``opencl_dw_wide``: dw_pad, then dw_direct
+"""Depthwise layers on 48-64-column maps (``dw_wide``: dw_pad, then dw_direct
 with no padding) against the naive reference, and where the planner sends them."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from convcli import backends, conv2d
-from convcli.backends import opencl_dw_wide, opencl_fast
+from convcli.backends.opencl import depthwise, plan
+from convcli.backends.opencl.settings import DEFAULT
 from convcli.errors import BackendError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
@@ -55,9 +56,9 @@ def test_dw_wide_matches_naive(ocl, c, mult, hw, k, dilation, padding, bias, n):
     w = rng.standard_normal((c * mult, 1, *k)).astype(np.float32)
     b = rng.standard_normal(c * mult).astype(np.float32) if bias else None
     spec = make_spec(x, w, b, padding=padding, dilation=dilation, groups=c)
-    assert opencl_fast.choose(spec, w, cpu=True)[0].kernel == "dw_wide", spec
+    assert plan.choose(spec, w, cpu=True)[0].kernel == "dw_wide", spec
     info = RunInfo()
-    out = opencl_fast.run(ocl, x, w, b, spec, algo="auto", info=info)
+    out = plan.run(ocl, x, w, b, spec, algo="auto", info=info)
     assert info.algo == "direct" and out.shape == (n, c * mult, spec.h_out, spec.w_out)
     assert_close(out, naive_for_spec(x, w, b, spec), "float32")
 
@@ -93,15 +94,16 @@ def test_dw_wide_only_where_it_pays(w_out_cols, stride, mode, cpu, dtype, wide):
     x = np.ones((1, 8, 20, w_out_cols * stride), dtype)
     w = np.ones((8, 1, 3, 3), dtype)
     spec = make_spec(x, w, None, padding=1, stride=stride, groups=8, padding_mode=mode)
-    assert opencl_dw_wide.pays(spec, cpu) == wide
+    assert depthwise.wide_pays(spec, cpu, DEFAULT) == wide
     if cpu and dtype == np.float32:
-        kernel = opencl_fast.choose(spec, w, cpu=cpu)[0].kernel
+        kernel = plan.choose(spec, w, cpu=cpu)[0].kernel
         assert (kernel == "dw_wide") == wide, kernel
 
 
 def test_the_cost_model_predicts_its_builds(monkeypatch, ocl):
-    """opencl_fast.programs() names the two programs a dw_wide run builds."""
-    from convcli.backends.opencl_backend import OpenCLBackend, _defines_key
+    """plan.programs() names the two programs a dw_wide run builds."""
+    from convcli.backends.opencl.backend import OpenCLBackend
+    from convcli.backends.opencl.runtime import _defines_key
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 21, 56)).astype(np.float32)
@@ -116,7 +118,7 @@ def test_the_cost_model_predicts_its_builds(monkeypatch, ocl):
         return real(self, name, defines)
 
     monkeypatch.setattr(OpenCLBackend, "_build", record)
-    predicted = opencl_fast.programs(spec, w, "auto", cpu=True,
+    predicted = plan.programs(spec, w, "auto", cpu=True,
                                      local_mem=backend.limits.local_mem_bytes)  # fmt: skip
     assert [n for n, _ in predicted] == ["dw_pad", "dw_direct"]
     y = backend.run(x, w, None, spec, info=RunInfo())

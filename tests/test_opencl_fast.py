@@ -1,6 +1,6 @@
 """The fast OpenCL paths (separable, dw_direct, dense_gemm) against the naive reference.
 
-Each test calls :func:`convcli.backends.opencl_fast.run` directly, so it knows which
+Each test calls :func:`convcli.backends.opencl.plan.run` directly, so it knows which
 path ran (``info.algo``) and cannot pass through the generic kernel by accident; a few
 go through :func:`convcli.conv2d` end to end. Runs on whatever OpenCL device exists
 (PoCL's CPU device in CI); skips only where there is none.
@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 from convcli import backends, conv2d
+from convcli.backends.opencl import gemm
+from convcli.backends.opencl import plan as opencl_plan
+from convcli.backends.opencl import winograd as opencl_winograd
+from convcli.backends.opencl.settings import DEFAULT
 from convcli.errors import BackendError, ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
@@ -25,30 +29,38 @@ MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def cpu_shaped_kernels(monkeypatch):
-    """This file tests the CPU-shaped kernels, on every device: GPU-type devices (Oclgrind
-    in CI) would otherwise run the GPU-shaped ones (tests/test_opencl_gpu.py)."""
-    from convcli.backends import opencl_gpu
-
-    monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", False)
-
-
 @pytest.fixture(scope="module")
-def ocl():
+def default_backend():
     try:
         return backends.get_backend("opencl")
     except (BackendError, ImportError):
         pytest.skip("no OpenCL device")
 
 
+@pytest.fixture
+def ocl(default_backend, tune):
+    """The default device's backend on its CPU-shaped kernels, on every device: GPU-type
+    devices (Oclgrind in CI) would otherwise run the GPU-shaped ones
+    (tests/test_opencl_gpu.py)."""
+    return tune(default_backend, gpu_kernels=False)
+
+
+def fresh_backend(tune, **changes):
+    """A new backend on the default device (its own caches), CPU-shaped kernels."""
+    from convcli.backends.opencl.backend import OpenCLBackend
+
+    try:
+        be = OpenCLBackend.create()
+    except (BackendError, ImportError):
+        pytest.skip("no OpenCL device")
+    return tune(be, gpu_kernels=False, **changes)
+
+
 def fast(ocl, x, w, b=None, *, algo="auto", **opts):
     """Run the fast path; returns (result, reference, info)."""
-    from convcli.backends import opencl_fast
-
     spec = make_spec(x, w, b, **opts)
     info = RunInfo()
-    out = opencl_fast.run(ocl, x, w, b, spec, algo=algo, info=info)
+    out = opencl_plan.run(ocl, x, w, b, spec, algo=algo, info=info)
     ref = naive_for_spec(x, w, b, spec)
     return out, ref, info
 
@@ -60,12 +72,10 @@ def gaussian(k: int, sigma: float) -> np.ndarray:
 
 
 @pytest.fixture(params=["runtime sizes", "fixed sizes"])
-def dw_sizes(request, monkeypatch):
+def dw_sizes(request, ocl, tune):
     """Run dw_direct with image sizes as kernel arguments, then as build defines."""
-    from convcli.backends import opencl_fast
-
     limit = 0 if request.param == "runtime sizes" else 1 << 62
-    monkeypatch.setattr(opencl_fast, "DW_FIXED_PIXELS", limit)
+    tune(ocl, dw_fixed_pixels=limit)
     return request.param
 
 
@@ -171,11 +181,9 @@ def test_dw_channels_matches_naive(ocl, c, hw, k, stride, mult, bias, n):
     ],
 )
 def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
-    from convcli.backends import opencl_fast
-
     x, w, b = rng_arrays(c, (2, c, *hw), (c * mult, 1, *k))
     spec = make_spec(x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
-    assert opencl_fast.choose(spec, w, cpu=True)[0].kernel == "dw_channels"
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_channels"
     out, ref, _ = fast(ocl, x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
     assert_close(out, ref, "float32")
 
@@ -192,12 +200,10 @@ def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
     ],
 )
 def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
-    from convcli.backends import opencl_fast
-
     x = np.ones((1, c, hw, hw), np.float32)
     w = np.random.default_rng(0).standard_normal((c, 1, 3, 3)).astype(np.float32)
     spec = make_spec(x, w, None, padding=1, groups=c, padding_mode=mode)
-    assert opencl_fast.choose(spec, w, cpu=cpu)[0].kernel == kernel
+    assert opencl_plan.choose(spec, w, cpu=cpu)[0].kernel == kernel
 
 
 # ---------------------------------------------------------------- separable
@@ -256,12 +262,9 @@ def test_box_running_sums(ocl, dw_sizes, mode, hw, k, stride):
     assert_close(out, ref, "float32")
 
 
-def test_box_running_sums_in_several_strips(ocl, monkeypatch):
+def test_box_running_sums_in_several_strips(ocl, tune):
     # images wider than one item's strip (4096 columns) split into strips; force it small
-    from convcli.backends import opencl_fast
-
-    monkeypatch.setattr(opencl_fast, "BOX_MAX_XV", 2)
-    monkeypatch.setattr(opencl_fast, "BOX_ROWS", 5)
+    tune(ocl, box_max_xv=2, box_rows=5)
     rng = np.random.default_rng(17)
     x = rng.standard_normal((2, 3, 23, 37)).astype(np.float32)
     w = np.full((3, 1, 7, 3), 0.25, np.float32)
@@ -282,19 +285,11 @@ def test_box_running_sums_in_several_strips(ocl, monkeypatch):
     ],
 )
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
-def test_image_sizes_share_one_build(k2d, algo, programs, mode, monkeypatch):
+def test_image_sizes_share_one_build(k2d, algo, programs, mode, tune):
     # Image sizes are kernel arguments, not build defines: portrait, landscape and a
     # batch of another size reuse the first image's programs (a fresh backend, so the
     # count is this test's alone). Small planes as large ones, to keep the test fast.
-    from convcli.backends import opencl_fast
-    from convcli.backends.opencl_backend import OpenCLBackend
-
-    monkeypatch.setattr(opencl_fast, "DW_FIXED_PIXELS", 0)
-
-    try:
-        be = OpenCLBackend.create()
-    except (BackendError, ImportError):
-        pytest.skip("no OpenCL device")
+    be = fresh_backend(tune, dw_fixed_pixels=0)
     rng = np.random.default_rng(23)
     w = np.repeat(np.asarray(k2d, np.float32)[None, None], 3, axis=0)
     for i, shape in enumerate([(1, 37, 70), (1, 70, 37), (2, 53, 91), (1, 9, 4100)]):
@@ -302,32 +297,29 @@ def test_image_sizes_share_one_build(k2d, algo, programs, mode, monkeypatch):
         x = rng.random((n, 3, h, wd), dtype=np.float32)
         spec = make_spec(x, w, None, padding="same", groups=3, padding_mode=mode)
         info = RunInfo()
-        out = opencl_fast.run(be, x, w, None, spec, algo="auto", info=info)
+        launched = len(be._launched)
+        out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=info)
         assert info.algo == algo
         assert len(be._programs) == programs
-        assert (info.timings.get("build", 0.0) > 0) == (i == 0)
+        # later sizes build nothing, but a new work-group size is a first-launch compile
+        new_local_size = len(be._launched) > launched
+        assert (info.timings.get("build", 0.0) > 0) == (i == 0 or new_local_size)
         ref = naive_conv2d(x, w, None, pad=spec.pad, groups=3, padding_mode=mode)
         assert_close(out, ref, "float32")
 
 
-def test_photo_sizes_share_one_build_by_default():
-    # Planes over DW_FIXED_PIXELS (photos) take sizes as arguments; smaller ones (CNN
+def test_photo_sizes_share_one_build_by_default(tune):
+    # Planes over dw_fixed_pixels (photos) take sizes as arguments; smaller ones (CNN
     # feature maps, sizes repeat) get a build per size with constant sizes.
-    from convcli.backends import opencl_fast
-    from convcli.backends.opencl_backend import OpenCLBackend
-
-    try:
-        be = OpenCLBackend.create()
-    except (BackendError, ImportError):
-        pytest.skip("no OpenCL device")
+    be = fresh_backend(tune)
     rng = np.random.default_rng(31)
     w = np.repeat(gaussian(5, 1.1)[None, None], 3, axis=0).astype(np.float32)
-    side = int(opencl_fast.DW_FIXED_PIXELS**0.5)
+    side = int(be.settings.dw_fixed_pixels**0.5)
     shapes = [(side + 9, side + 40), (side + 40, side + 9), (20, 30), (30, 20)]
     for shape, count in zip(shapes, [2, 2, 4, 6], strict=True):
         x = rng.random((1, 3, *shape), dtype=np.float32)
         spec = make_spec(x, w, None, padding="same", groups=3, padding_mode="reflect")
-        out = opencl_fast.run(be, x, w, None, spec, algo="auto", info=RunInfo())
+        out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
         assert len(be._programs) == count
         ref = conv2d(x, w, padding="same", groups=3, padding_mode="reflect", backend="numpy")
         assert_close(out, ref, "float32")
@@ -356,12 +348,8 @@ def test_separable_depth_multiplier_and_single_channel(ocl):
         (12, 24, 3, (1, 1), 1, 1, 0),  # 1x1 with groups
     ],
 )
-def test_dense_gemm_matches_naive(
-    ocl, monkeypatch, mode, cin, cout, groups, k, stride, dilation, padding
-):
-    from convcli.backends import opencl_fast
-
-    monkeypatch.setattr(opencl_fast, "WINOGRAD", False)  # the direct GEMM, not its Winograd form
+def test_dense_gemm_matches_naive(ocl, tune, mode, cin, cout, groups, k, stride, dilation, padding):
+    tune(ocl, winograd=False)  # the direct GEMM, not its Winograd form
     x, w, b = rng_arrays(7, (2, cin, 15, 19), (cout, cin // groups, *k))
     out, ref, info = fast(
         ocl,
@@ -389,15 +377,11 @@ def test_dense_gemm_matches_naive(
     ],
 )
 def test_dense_gemm_strips_and_channel_chunks(
-    ocl, monkeypatch, mode, cin, cout, groups, k, stride, dilation, padding, wd
+    ocl, tune, mode, cin, cout, groups, k, stride, dilation, padding, wd
 ):
     # layers whose weights exceed L1 run in strips of column groups and channel chunks;
     # force them on small layers (strip of 3 groups, chunks of a few channels)
-    from convcli.backends import opencl_fast
-
-    monkeypatch.setattr(opencl_fast, "WINOGRAD", False)
-    monkeypatch.setattr(opencl_fast, "DENSE_STRIP", 3)
-    monkeypatch.setattr(opencl_fast, "DENSE_L1_BYTES", 4 * 1024)
+    tune(ocl, winograd=False, dense_strip=3, dense_l1_bytes=4 * 1024)
     x, w, b = rng_arrays(19, (2, cin, 11, wd), (cout, cin // groups, *k))
     out, ref, info = fast(
         ocl,
@@ -422,12 +406,52 @@ def test_dense_gemm_tiny_images(ocl, hw):
     assert_close(out, ref, "float32")
 
 
-@pytest.mark.parametrize("wino", [False, True])
-def test_weights_edited_in_place_are_not_served_stale(ocl, monkeypatch, wino):
-    # packed weights are cached on the device while the caller passes equal weights
-    from convcli.backends import opencl_fast
+# a layer of each family with image sizes as arguments; (n, h, w) -> what its build
+# still depends on with the sizes as arguments, and with them as defines
+_SIZE_CASES = {
+    "dense_gemm": ((12, 6, 3, 3), dict(padding=1, stride=(2, 1), padding_mode="reflect"),
+                   lambda n, h, w: (), lambda n, h, w: (n, h, w)),
+    "pointwise": ((10, 6, 1, 1), {}, lambda n, h, w: (), lambda n, h, w: h * w),
+    "dw_channels": ((64, 1, 3, 3), dict(padding=1, groups=64),
+                    lambda n, h, w: w, lambda n, h, w: (n, h, w)),
+    "winograd": ((8, 6, 3, 3), dict(padding=1, padding_mode="reflect"),
+                 lambda n, h, w: w, lambda n, h, w: (n, h, w)),
+}  # fmt: skip
 
-    monkeypatch.setattr(opencl_fast, "WINOGRAD", wino)
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])
+@pytest.mark.parametrize("kernel", list(_SIZE_CASES))
+def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
+    # With sizes as kernel arguments (the default) the image and batch sizes of a layer
+    # share its program (row bands of a tiled call, a last short batch; dw_channels and
+    # winograd_fused keep the widths as defines); with them as defines (the A/B alternative) each
+    # size builds its own. Both compute the same.
+    w_shape, opts, by_args, by_defines = _SIZE_CASES[kernel]
+    wino = dict(winograd=kernel == "winograd", wino_whole=True)  # winograd_fused
+    be = fresh_backend(tune, pointwise_min_cin=1, pointwise_min_pixels=1, **wino)
+    names = ("dense", "pointwise", "dw_channels", "wino_whole")
+    fixed_sizes = {f"{name}_fixed_sizes": fixed for name in names}
+    tune(be, **fixed_sizes)
+    rng = np.random.default_rng(41)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    shapes = [(1, 13, 17), (2, 13, 17), (1, 9, 17), (1, 9, 30), (3, 21, 8)]
+    seen = set()  # what the builds so far were made for
+    for n, h, wd in shapes:
+        seen.add((by_defines if fixed else by_args)(n, h, wd))
+        c_in = w_shape[1] * opts.get("groups", 1)
+        x = rng.standard_normal((n, c_in, h, wd)).astype(np.float32)
+        spec = make_spec(x, w, b, **opts)
+        assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == kernel
+        out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+        assert len(be._programs) == len(seen)
+
+
+@pytest.mark.parametrize("wino", [False, True])
+def test_weights_edited_in_place_are_not_served_stale(ocl, tune, wino):
+    # packed weights are cached on the device while the caller passes equal weights
+    tune(ocl, winograd=wino)
     x, w, b = rng_arrays(16, (1, 8, 9, 9), (16, 8, 3, 3))
     first, ref, _ = fast(ocl, x, w, b, padding=1)
     assert_close(first, ref, "float32")
@@ -466,18 +490,14 @@ def test_dense_1x1_no_bias(ocl):
 
 
 @pytest.fixture
-def pointwise(monkeypatch):
+def pointwise(ocl, tune):
     """Run every 1x1 stride-1 unpadded layer on pointwise.cl, small ones included."""
-    from convcli.backends import opencl_fast
-
-    monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_CIN", 1)
-    monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_PIXELS", 1)
-    return opencl_fast
+    tune(ocl, pointwise_min_cin=1, pointwise_min_pixels=1)
 
 
 def misaligned(x: np.ndarray, floats: int) -> np.ndarray:
     """A contiguous copy of ``x`` starting ``floats`` float32s past a 64-byte boundary."""
-    from convcli.backends.opencl_backend import aligned_empty
+    from convcli.backends.opencl.runtime import aligned_empty
 
     raw = aligned_empty((x.size + floats,), np.float32, align=64)
     out = raw[floats:].reshape(x.shape)
@@ -502,7 +522,7 @@ def test_pointwise_matches_naive(pointwise, ocl, n, cin, cout, groups, hw, float
     x, w, b = rng_arrays(21, (n, cin, *hw), (cout, cin // groups, 1, 1))
     x = misaligned(x, floats)
     spec = make_spec(x, w, b, groups=groups)
-    assert pointwise.choose(spec, w)[0].kernel == "pointwise"
+    assert opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel == "pointwise"
     out, ref, info = fast(ocl, x, w, b, groups=groups)
     assert info.algo == "gemm"
     assert_close(out, ref, "float32")
@@ -515,7 +535,7 @@ def test_pointwise_ignores_dilation(pointwise, ocl, dilation):
     # a 1x1 kernel has one tap: dilation changes nothing, and the layer stays pointwise
     x, w, b = rng_arrays(24, (2, 16, 9, 11), (20, 16, 1, 1))
     spec = make_spec(x, w, b, dilation=dilation)
-    assert pointwise.choose(spec, w)[0].kernel == "pointwise"
+    assert opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel == "pointwise"
     out, ref, _ = fast(ocl, x, w, b, dilation=dilation)
     assert_close(out, ref, "float32")
 
@@ -552,28 +572,22 @@ def test_pointwise_results_held_are_not_reused(pointwise, ocl):
     ],
 )
 def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kernel):
-    from convcli.backends import opencl_fast
-
     x = np.ones((1, cin, *hw), np.float32)
     w = np.ones((64, cin, 1, 1), np.float32)
     spec = make_spec(x, w, None, stride=stride, padding=padding)
-    assert opencl_fast.choose(spec, w)[0].kernel == kernel
+    assert opencl_plan.choose(spec, w)[0].kernel == kernel
 
 
 # ---------------------------------------------------------------- winograd (3x3 gemm)
 
 
 @pytest.fixture(params=["split", "fused", "whole"])
-def winograd(request, monkeypatch):
+def winograd(request, ocl, tune):
     """Force Winograd F(2x2, 3x3) for every 3x3 layer whose stride equals its dilation:
     input transform, GEMMs and output transform as three kernels, as two (GEMMs and
     output fused), then as one (winograd_fused)."""
-    from convcli.backends import opencl_fast
-
-    monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
-    monkeypatch.setattr(opencl_fast, "WINO_FUSED", request.param == "fused")
-    monkeypatch.setattr(opencl_fast, "WINO_WHOLE", request.param == "whole")
-    return opencl_fast
+    fused, whole = request.param == "fused", request.param == "whole"
+    tune(ocl, winograd=True, wino_fused=fused, wino_whole=whole)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -594,7 +608,8 @@ def winograd(request, monkeypatch):
 def test_winograd_matches_naive(winograd, ocl, mode, n, cin, cout, groups, hw, sd, padding):
     x, w, b = rng_arrays(21, (n, cin, *hw), (cout, cin // groups, 3, 3))
     opts = dict(stride=sd, dilation=sd, padding=padding, groups=groups, padding_mode=mode)
-    assert winograd.choose(make_spec(x, w, b, **opts), w)[0].kernel == "winograd"
+    spec = make_spec(x, w, b, **opts)
+    assert opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel == "winograd"
     out, ref, info = fast(ocl, x, w, b, **opts)
     assert info.algo == "gemm"
     assert_close(out, ref, "float32")
@@ -607,11 +622,11 @@ def test_winograd_tiny_images(winograd, ocl, hw):
     assert_close(out, ref, "float32")
 
 
-def test_winograd_chunks_are_bit_identical(winograd, ocl, monkeypatch):
+def test_winograd_chunks_are_bit_identical(winograd, ocl, tune):
     # large images run in chunks of tile rows; each tile is computed the same way
     x, w, b = rng_arrays(23, (3, 8, 13, 21), (16, 8, 3, 3))
     whole, ref, _ = fast(ocl, x, w, b, padding=1, padding_mode="reflect")
-    monkeypatch.setattr(winograd, "WINO_CHUNK_BYTES", 1)  # one tile row per chunk
+    tune(ocl, wino_chunk_bytes=1)  # one tile row per chunk
     rows, _, _ = fast(ocl, x, w, b, padding=1, padding_mode="reflect")
     assert_close(whole, ref, "float32")
     np.testing.assert_array_equal(rows, whole)
@@ -632,11 +647,9 @@ def test_winograd_row_bands_from_even_rows_are_bit_identical(winograd, ocl):
 
 def test_winograd_wide_layer_is_accurate(ocl):
     # the layer kind auto runs as Winograd (W6's channels): well inside the tolerance
-    from convcli.backends import opencl_fast
-
     x, w, b = rng_arrays(24, (1, 256, 12, 10), (256, 256, 3, 3))
     spec = make_spec(x, w, b, padding=1)
-    assert opencl_fast.choose(spec, w)[0].kernel == "winograd"
+    assert opencl_plan.choose(spec, w)[0].kernel == "winograd"
     out, ref, info = fast(ocl, x, w, b, padding=1)
     assert info.algo == "gemm"
     err = np.abs(out - ref).max() / np.abs(ref).max()
@@ -657,12 +670,10 @@ def test_winograd_wide_layer_is_accurate(ocl):
     ],
 )
 def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout, groups, kernel):
-    from convcli.backends import opencl_fast
-
     x = np.ones((1, cin, 12, 12), np.float32)
     w = np.ones((cout, cin // groups, *k), np.float32)
     spec = make_spec(x, w, None, padding=1, stride=stride, dilation=dilation, groups=groups)
-    assert opencl_fast.choose(spec, w)[0].kernel == kernel
+    assert opencl_plan.choose(spec, w)[0].kernel == kernel
 
 
 @pytest.mark.parametrize(
@@ -676,38 +687,32 @@ def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout,
     ],
 )
 def test_winograd_in_one_launch_for_few_input_channels(cin, cout, groups, on_cpu, elsewhere):
-    from convcli.backends import opencl_fast
-
     x = np.ones((1, cin, 12, 12), np.float32)
     w = np.ones((cout, cin // groups, 3, 3), np.float32)
     spec = make_spec(x, w, None, padding=1, groups=groups)
-    assert opencl_fast._wino_whole(spec, cpu=True) is on_cpu
-    assert opencl_fast._wino_whole(spec, cpu=False) is elsewhere
+    assert opencl_winograd.whole(spec, True, DEFAULT) is on_cpu
+    assert opencl_winograd.whole(spec, False, DEFAULT) is elsewhere
 
 
 @pytest.mark.parametrize("cin, on_cpu", [(16, True), (32, True), (64, False)])
 def test_winograd_gemm_and_output_fused_on_cpus_only(cin, on_cpu):
     # the fused kernel's ~6 KB of private GEMM results per item would spill on a GPU
-    from convcli.backends import opencl_fast
-
     spec = make_spec(
         np.ones((1, cin, 8, 8), np.float32), np.ones((32, cin, 3, 3), np.float32), None
     )
-    assert opencl_fast._wino_fused(spec, cpu=True) is on_cpu
-    assert opencl_fast._wino_fused(spec, cpu=False) is False
+    assert opencl_winograd.fused(spec, True, DEFAULT) is on_cpu
+    assert opencl_winograd.fused(spec, False, DEFAULT) is False
 
 
 def test_dense_strips_of_partial_sums_on_cpus_only():
     # 256 input channels of 3x3 weights exceed L1: a strip of column groups on CPUs,
     # none on GPUs (the strip's partial sums would be private memory)
-    from convcli.backends import opencl_fast
-
     spec = make_spec(
         np.ones((1, 256, 8, 64), np.float32), np.ones((32, 256, 3, 3), np.float32), None
     )
-    strip, chunk = opencl_fast._dense_strip(spec, 4, 2, cpu=True)
+    strip, chunk = gemm.dense_strip(spec, 4, 2, True, DEFAULT)
     assert strip > 1 and chunk < 256
-    assert opencl_fast._dense_strip(spec, 4, 2, cpu=False) == (1, 256)
+    assert gemm.dense_strip(spec, 4, 2, False, DEFAULT) == (1, 256)
 
 
 # ---------------------------------------------------------------- dtypes and choices
@@ -722,12 +727,10 @@ def test_float16_computed_in_float32(ocl):
 
 
 def test_other_dtypes_fall_back(ocl):
-    from convcli.backends import opencl_fast
-
     x, w, b = rng_arrays(12, (1, 3, 10, 10), (3, 1, 3, 3), dtype=np.float64)
     spec = make_spec(x, w, b, padding=1, groups=3)
-    assert opencl_fast.run(ocl, x, w, b, spec, algo="auto", info=RunInfo()) is None
-    assert opencl_fast.run(ocl, x, w, b, spec, algo="direct", info=RunInfo()) is None
+    assert opencl_plan.run(ocl, x, w, b, spec, algo="auto", info=RunInfo()) is None
+    assert opencl_plan.run(ocl, x, w, b, spec, algo="direct", info=RunInfo()) is None
 
 
 @pytest.mark.parametrize(
@@ -740,38 +743,32 @@ def test_other_dtypes_fall_back(ocl):
     ],
 )
 def test_forced_algo_errors(ocl, algo, groups, weight, message):
-    from convcli.backends import opencl_fast
-
     x = np.ones((1, 3, 8, 8), np.float32)
     spec = make_spec(x, weight, None, padding=1, groups=groups)
     with pytest.raises(ConvValueError, match=message):
-        opencl_fast.run(ocl, x, weight, None, spec, algo=algo, info=RunInfo())
+        opencl_plan.run(ocl, x, weight, None, spec, algo=algo, info=RunInfo())
 
 
 def test_forced_separable_float64_is_an_error(ocl):
-    from convcli.backends import opencl_fast
-
     x = np.ones((1, 3, 8, 8))
     w = np.ones((3, 1, 3, 3))
     spec = make_spec(x, w, None, padding=1, groups=3)
     with pytest.raises(ConvValueError, match="float32"):
-        opencl_fast.run(ocl, x, w, None, spec, algo="separable", info=RunInfo())
+        opencl_plan.run(ocl, x, w, None, spec, algo="separable", info=RunInfo())
 
 
 def test_a_fast_kernel_that_does_not_build_falls_back(ocl, monkeypatch):
     # a device whose compiler rejects a fast kernel still runs 'auto' (generic kernel)
     # and reports the failure for a forced algorithm
-    from convcli.backends import opencl_fast
-
     def broken(name, defines, info=None):
         raise BackendError(f"building OpenCL program {name}: CL_BUILD_PROGRAM_FAILURE")
 
     monkeypatch.setattr(ocl, "program", broken)
     x, w, b = rng_arrays(18, (1, 3, 9, 10), (3, 1, 3, 3))
     spec = make_spec(x, w, b, padding=1, groups=3)
-    assert opencl_fast.run(ocl, x, w, b, spec, algo="auto", info=RunInfo()) is None
+    assert opencl_plan.run(ocl, x, w, b, spec, algo="auto", info=RunInfo()) is None
     with pytest.raises(BackendError, match="BUILD_PROGRAM_FAILURE"):
-        opencl_fast.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+        opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
 
 
 def test_through_conv2d_reports_algo_and_timings(ocl):
@@ -803,11 +800,13 @@ def test_results_held_by_the_caller_are_not_reused(ocl):
 
 _SCRIPT = textwrap.dedent(
     """
+    import dataclasses
     import sys
     import numpy as np
     sys.path.insert(0, {root!r})
     from convcli import backends
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.backends.opencl.settings import DEFAULT
     from convcli.runinfo import RunInfo
     from convcli.spec import make_spec
     from tests.naive import naive_conv2d, naive_for_spec
@@ -828,17 +827,17 @@ _SCRIPT = textwrap.dedent(
     cases.append((rng.random((2, 8, 9, 16), dtype=np.float32),
                   rng.standard_normal((12, 8, 1, 1)).astype(np.float32), dict(), "pointwise"))
     for x, w, opts, *kind in cases:
-        opencl_fast.WINOGRAD = kind not in ([], ["pointwise"])
-        opencl_fast.WINO_FUSED = kind == ["fused"]
-        opencl_fast.WINO_WHOLE = kind == ["whole"]
-        opencl_fast.POINTWISE_MIN_CIN = opencl_fast.POINTWISE_MIN_PIXELS = 1
+        ocl.settings = dataclasses.replace(
+            DEFAULT, winograd=kind not in ([], ["pointwise"]), wino_fused=kind == ["fused"],
+            wino_whole=kind == ["whole"], pointwise_min_cin=1, pointwise_min_pixels=1,
+        )
         spec = make_spec(x, w, None, **opts)
         info = RunInfo()
-        out = opencl_fast.run(ocl, x, w, None, spec, algo="auto", info=info)
+        out = opencl_plan.run(ocl, x, w, None, spec, algo="auto", info=info)
         ref = naive_conv2d(x, w, pad=spec.pad, groups=spec.groups,
                            padding_mode=spec.padding_mode)
         err = float(np.abs(out - ref).max() / np.abs(ref).max())
-        kernel = opencl_fast.choose(spec, w)[0].kernel
+        kernel = opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel
         print(info.algo + "/" + kernel, "%.3e" % err, "%.6f" % float(out.astype(np.float64).sum()))
     """
 )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convcli import backends, conv2d
-from convcli.backends import opencl_fft
+from convcli.backends.opencl import fft as opencl_fft
 from convcli.errors import BackendError, ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec
@@ -65,9 +65,9 @@ def disk(k: int) -> np.ndarray:
         ((1, 1, 9, 11), (5, 5), (1, 1), (1, 1), 64),  # image smaller than a tile
     ],
 )
-def test_matches_reference(ocl, monkeypatch, mode, shape, k, stride, dilation, tile):
+def test_matches_reference(ocl, tune, mode, shape, k, stride, dilation, tile):
     require_device(local_mem=opencl_fft._tile_bytes(tile))
-    monkeypatch.setattr(opencl_fft, "TILES", (tile,))
+    tune(ocl, fft_tiles=(tile,))
     rng = np.random.default_rng(sum(shape) + k[0])
     x = rng.standard_normal(shape).astype(np.float32)
     c = shape[1]
@@ -82,20 +82,20 @@ def test_matches_reference(ocl, monkeypatch, mode, shape, k, stride, dilation, t
 
 
 @pytest.mark.parametrize("tile", [32, 64, 128, 256])
-def test_every_tile_side(ocl, monkeypatch, tile):
+def test_every_tile_side(ocl, tune, tile):
     require_device(local_mem=opencl_fft._tile_bytes(tile))  # 512 KB for 256: not on GPUs
     # one tile side per build: each transform length (T/8 vectors per row) is exercised
-    monkeypatch.setattr(opencl_fft, "TILES", (tile,))
+    tune(ocl, fft_tiles=(tile,))
     rng = np.random.default_rng(tile)
     x = rng.random((1, 2, tile + 37, tile + 5)).astype(np.float32)
     w = rng.standard_normal((2, 1, 9, 9)).astype(np.float32)
     out, ref, spec = fft(ocl, x, w, padding=4, groups=2)
-    assert opencl_fft.plan(spec).t == tile
+    assert opencl_fft.plan(spec, None, ocl.settings).t == tile
     assert_close(out, ref, "float32")
 
 
-def test_channel_multiplier_bias_and_asymmetric_padding(ocl, monkeypatch):
-    monkeypatch.setattr(opencl_fft, "TILES", (32,))
+def test_channel_multiplier_bias_and_asymmetric_padding(ocl, tune):
+    tune(ocl, fft_tiles=(32,))
     rng = np.random.default_rng(3)
     x = rng.random((2, 2, 41, 35)).astype(np.float32)
     w = rng.standard_normal((6, 1, 6, 5)).astype(np.float32)  # 3 outputs per input

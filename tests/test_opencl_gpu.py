@@ -1,7 +1,7 @@
-"""The GPU-shaped path (``direct_local.cl``, :mod:`convcli.backends.opencl_gpu`) against
+"""The GPU-shaped path (``direct_local.cl``, :mod:`convcli.backends.opencl.gpu`) against
 the naive reference.
 
-On a CPU device (PoCL in CI) the kernels are forced with ``opencl_gpu.GPU_KERNELS``;
+On a CPU device (PoCL in CI) the kernels are forced with ``settings.gpu_kernels``;
 on a GPU-type device (Oclgrind in ``.ci/opencl``, with a GPU's work-group and local
 memory limits and its race and access checks) they are what ``algo='auto'`` runs. Shapes
 are tiny: Oclgrind simulates every work-item.
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from convcli import RunInfo, conv2d
-from convcli.backends import opencl_backend as ob
-from convcli.backends import opencl_fast, opencl_gpu
+from convcli.backends.opencl import backend as ob
+from convcli.backends.opencl import gpu as opencl_gpu
+from convcli.backends.opencl import plan as opencl_fast
+from convcli.backends.opencl.settings import Settings
 from convcli.errors import ConvValueError
 from convcli.spec import PADDING_MODES, make_spec
 from tests.conftest import assert_close, opencl_available
@@ -33,9 +35,10 @@ def ocl():
 
 
 @pytest.fixture
-def gpu(monkeypatch):
-    """The GPU-shaped kernels on whatever device the tests run on."""
-    monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", True)
+def gpu(ocl, tune):
+    """The GPU-shaped kernels on whatever device the tests run on (the default backend's
+    settings; :func:`_backend` copies them)."""
+    tune(ocl, gpu_kernels=True)
 
 
 def _backend(ocl, launched: list, **limits):
@@ -43,6 +46,7 @@ def _backend(ocl, launched: list, **limits):
     (a smaller GPU's), recording (kernel name, local size, local memory bytes) of every
     launch."""
     other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    other.settings = ocl.settings
     other.limits = dataclasses.replace(ocl.limits, **limits)
     real = other.enqueue
 
@@ -279,8 +283,7 @@ def test_the_switch_and_environment_choose_the_kernels(monkeypatch):
     assert opencl_gpu.gpu_kernels(cpu=True)
     monkeypatch.setenv(opencl_gpu.GPU_KERNELS_ENV, "0")
     assert not opencl_gpu.gpu_kernels(cpu=False)
-    monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", True)
-    assert opencl_gpu.gpu_kernels(cpu=True)
+    assert opencl_gpu.gpu_kernels(cpu=True, s=Settings(gpu_kernels=True))
 
 
 def test_plan_algo_reports_what_runs(ocl, gpu):
@@ -294,6 +297,7 @@ def test_each_new_local_size_counts_its_first_launch_as_build(ocl, gpu, monkeypa
     # drivers compile per kernel and work-group size at first launch (PoCL does): one
     # build entry for the program, one per new local size, none on a repeat
     other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    other.settings = ocl.settings
     added: list = []
     real = other._add
 

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from convcli import RunInfo, conv2d
-from convcli.backends import opencl_backend as ob
+from convcli.backends.opencl import backend as ob
+from convcli.backends.opencl import device as dev
+from convcli.backends.opencl import runtime
 from tests.conftest import assert_close, opencl_available
 from tests.naive import naive_conv2d
 
@@ -38,11 +40,11 @@ from tests.naive import naive_conv2d
     ],
 )
 def test_build_log_error_reads_every_compilers_format(log, expected):
-    assert ob.build_log_error(log).startswith(expected)
+    assert runtime.build_log_error(log).startswith(expected)
 
 
 def test_build_log_without_an_error_line():
-    assert ob.build_log_error("warning: x\n1 warning generated.") is None
+    assert runtime.build_log_error("warning: x\n1 warning generated.") is None
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def test_build_log_without_an_error_line():
     ],
 )
 def test_fit_local_size(wanted, limit, items, expected):
-    local = ob.fit_local_size(wanted, limit, items)
+    local = runtime.fit_local_size(wanted, limit, items)
     assert local == expected
     assert np.prod(local) <= limit and all(v <= c for v, c in zip(local, items, strict=False))
 
@@ -83,8 +85,8 @@ def test_device_ranking_prefers_real_gpus_and_puts_simulators_last():
     found = []
     for i, (name, kind, plat, unified) in enumerate(specs):
         device, platform = _fake(name, kind, plat, unified)
-        found.append(ob._Found(i, 0, platform, device))
-    order = [f.device.name for f in ob._preferred(found)]
+        found.append(dev._Found(i, 0, platform, device))
+    order = [f.device.name for f in dev._preferred(found)]
     assert order == [
         "NVIDIA H100",
         "Intel(R) UHD Graphics",
@@ -93,9 +95,9 @@ def test_device_ranking_prefers_real_gpus_and_puts_simulators_last():
         "llvmpipe (LLVM 15.0.6, 256 bits)",
     ]
     # named, a simulator is still chosen
-    assert ob._pick(found, "oclgrind", "test").device.name == "Oclgrind Simulator"
+    assert dev._pick(found, "oclgrind", "test").device.name == "Oclgrind Simulator"
     # alone, it is the default
-    assert ob._select(found[:2], None).device.name == "Oclgrind Simulator"
+    assert dev._select(found[:2], None).device.name == "Oclgrind Simulator"
 
 
 # ------------------------------------------------------------- launches on the device
@@ -149,17 +151,14 @@ def _cases():
 @pytest.mark.parametrize(
     "group, items", [(32, (32, 32, 32)), (16, (8, 16, 4))], ids=["oclgrind32", "narrow"]
 )
-def test_every_path_launches_within_the_devices_limits(ocl, monkeypatch, case, group, items):
-    from convcli.backends import opencl_fast
-
+def test_every_path_launches_within_the_devices_limits(ocl, tune, case, group, items):
     name, x, w, opts = _cases()[case]
-    if name == "pointwise":
-        monkeypatch.setattr(opencl_fast, "POINTWISE_MIN_CIN", 1)
-    if name == "winograd":
-        monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
-        monkeypatch.setattr(opencl_fast, "WINO_WHOLE", True)
     sizes: list = []
     small = _small(ocl, group, items, sizes)
+    if name == "pointwise":
+        tune(small, pointwise_min_cin=1)
+    if name == "winograd":
+        tune(small, winograd=True, wino_whole=True)
     info = RunInfo()
     pad = (w.shape[2] // 2, w.shape[3] // 2)
     spec_kw = dict(padding=pad, **opts)
@@ -222,11 +221,11 @@ def test_a_launch_refused_at_one_item_is_an_error(ocl):
     other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
     with pytest.raises(ocl._cl.Error) as err:
         other.enqueue(_Refusing(ocl, 0, "OUT_OF_RESOURCES"), (10,), (4,), [])
-    assert ob.launch_refused(err.value)
+    assert runtime.launch_refused(err.value)
 
 
 def test_a_fast_path_refused_at_one_item_runs_the_generic_kernel(ocl, monkeypatch):
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_plan
 
     real = ob.OpenCLBackend.enqueue
 
@@ -248,7 +247,7 @@ def test_a_fast_path_refused_at_one_item_runs_the_generic_kernel(ocl, monkeypatc
     assert info.algo == "direct"
     assert_close(y, naive_conv2d(x, w, None, pad=(1, 1, 1, 1), groups=3), "float32")
     with pytest.raises(Exception, match="OUT_OF_RESOURCES"):
-        opencl_fast.run(other, x, w, None, spec, algo="gemm", info=RunInfo())
+        opencl_plan.run(other, x, w, None, spec, algo="gemm", info=RunInfo())
 
 
 def test_conv2d_through_the_api_on_the_default_device(ocl):
@@ -265,11 +264,11 @@ def test_conv2d_through_the_api_on_the_default_device(ocl):
 
 
 def test_check_device_passes_on_the_default_device(ocl):
-    default = next(d for d in ob.list_devices() if d.default)
-    check = ob.check_device(default.index)
+    default = next(d for d in dev.list_devices() if d.default)
+    check = dev.check_device(default.index)
     assert check.ok, check.failures
     # one case per kernel family; FFT where local memory allows, float64 with fp64
-    expected = 6 + ob._fft_fits(ocl.limits) + ocl.limits.fp64
+    expected = 6 + dev._fft_fits(ocl.limits) + ocl.limits.fp64
     assert check.total == check.passed == expected
     assert 0 <= check.build_seconds <= check.seconds
 
@@ -286,8 +285,8 @@ def test_check_device_reports_wrong_results_and_errors(ocl, monkeypatch):
         return y * 1.001 if spec.c_in == 128 else y
 
     monkeypatch.setattr(ob.OpenCLBackend, "run", broken)
-    default = next(d for d in ob.list_devices() if d.default)
-    check = ob.check_device(default.index)
+    default = next(d for d in dev.list_devices() if d.default)
+    check = dev.check_device(default.index)
     assert not check.ok and check.passed == check.total - 3
     text = "\n".join(check.failures)
     assert "depthwise 3x3: OpenCL: clEnqueueNDRangeKernel failed: OUT_OF_RESOURCES" in text
@@ -302,17 +301,17 @@ def test_devices_check_renders_the_library_result(monkeypatch):
     from convcli.cli import cli
 
     found = [
-        ob.DeviceInfo("0:0", "P", "Good GPU", "GPU", 8, 1 << 30, 1 << 28, False, False, True,
+        dev.DeviceInfo("0:0", "P", "Good GPU", "GPU", 8, 1 << 30, 1 << 28, False, False, True,
                       65536, 256, (256, 256, 64), "discrete"),
-        ob.DeviceInfo("0:1", "P", "Bad CPU", "CPU", 2, 1 << 30, 1 << 28, True, False, False,
+        dev.DeviceInfo("0:1", "P", "Bad CPU", "CPU", 2, 1 << 30, 1 << 28, True, False, False,
                       32768, 8192, (8192, 8192, 8192), ""),
     ]  # fmt: skip
     checks = [
-        ob.DeviceCheck("0:0", "Good GPU", 7, 7, 1.25, 2.0, ()),
-        ob.DeviceCheck("0:1", "Bad CPU", 7, 8, 0.5, 1.0, ("dense 3x3: error 0.5",)),
+        dev.DeviceCheck("0:0", "Good GPU", 7, 7, 1.25, 2.0, ()),
+        dev.DeviceCheck("0:1", "Bad CPU", 7, 8, 0.5, 1.0, ("dense 3x3: error 0.5",)),
     ]
-    monkeypatch.setattr(ob, "list_devices", lambda: found)
-    monkeypatch.setattr(ob, "check_devices", lambda: checks)
+    monkeypatch.setattr(dev, "list_devices", lambda: found)
+    monkeypatch.setattr(dev, "check_devices", lambda: checks)
     res = CliRunner().invoke(cli, ["devices", "--check"])
     assert res.exit_code == 1
     assert "pass 7/7" in res.stdout and "FAIL 7/8" in res.stdout and "1.2" in res.stdout
@@ -322,21 +321,18 @@ def test_devices_check_renders_the_library_result(monkeypatch):
     data = json.loads(res.stdout)
     assert res.exit_code == 1 and [d["check"]["ok"] for d in data] == [True, False]
     assert data[0]["local_mem_bytes"] == 65536 and data[0]["max_work_item_sizes"] == [256, 256, 64]
-    monkeypatch.setattr(ob, "check_devices", lambda: checks[:1])
+    monkeypatch.setattr(dev, "check_devices", lambda: checks[:1])
     assert CliRunner().invoke(cli, ["devices", "--check"]).exit_code == 0
 
 
-def test_first_launches_of_fast_kernels_count_as_build(ocl, monkeypatch):
+def test_first_launches_of_fast_kernels_count_as_build(ocl, monkeypatch, tune):
     # the driver's compile at a kernel's first launch (PoCL JIT-compiles then) is build
     # time: one entry per program build and one per kernel's first launch, none again
-    from convcli.backends import opencl_fast, opencl_gpu
     from convcli.spec import make_spec
 
-    monkeypatch.setattr(opencl_gpu, "GPU_KERNELS", False)  # Winograd's three kernels
-    monkeypatch.setattr(opencl_fast, "WINOGRAD", True)
-    monkeypatch.setattr(opencl_fast, "WINO_WHOLE", False)
-    monkeypatch.setattr(opencl_fast, "WINO_FUSED", False)
     other = ob.OpenCLBackend(ocl._cl, ocl.platform, ocl.device, ocl.ctx, ocl.queue)
+    # Winograd's three kernels
+    tune(other, gpu_kernels=False, winograd=True, wino_whole=False, wino_fused=False)
     added: list = []
     real = other._add
 

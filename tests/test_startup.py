@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _CLI = """
 import atexit, json, runpy, sys
 LAZY = ("pyopencl", "rich", "tifffile", "scipy", "torch", "zarr", "dask",
-        "convcli.backends.opencl_backend", "convcli.backends.opencl_fast")
+        "convcli.backends.opencl.backend", "convcli.backends.opencl.plan",
+        "convcli.backends.opencl.runtime")
 atexit.register(lambda: print(json.dumps([m for m in LAZY if m in sys.modules])))
 sys.argv = ["convcli", *sys.argv[1:]]
 runpy.run_module("convcli", run_name="__main__")

@@ -109,12 +109,13 @@ def test_conv2d_layer_weights_are_frozen_and_assignment_is_seen(backend):
 def test_conv2d_layer_keeps_its_packed_weights():
     """The packed-weight cache holds the layer's frozen weight itself (no copy to compare
     with); a thawed and changed weight is packed again."""
-    from convcli.backends import opencl_fast
+    from convcli import backends
 
     layer = convcli.Conv2d(32, 32, 3, padding=1, seed=4)
     x = np.random.default_rng(1).standard_normal((1, 32, 8, 8)).astype(np.float32)
     layer(x, backend="opencl")
-    assert any(entry[1] is layer.weight for entry in opencl_fast._PACKED)
+    packed = backends.get_backend("opencl")._packed
+    assert any(entry[1] is layer.weight for entry in packed)
     w = layer.weight
     w.flags.writeable = True
     w[...] *= -1

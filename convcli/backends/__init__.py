@@ -44,7 +44,7 @@ def get_backend(name: str, device: str | None = None):
     if name != "opencl":
         raise ValueError(f"unknown backend {name!r}")
     if device not in _OPENCL:
-        from convcli.backends.opencl_backend import OpenCLBackend
+        from convcli.backends.opencl.backend import OpenCLBackend
 
         try:
             _OPENCL[device] = OpenCLBackend.create(device)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CACHE_ENV = "CONVCLI_CACHE_DIR"
-# what picks the device when none is named (see opencl_backend's device choice) and
+# what picks the device when none is named (see convcli.backends.opencl.device) and
 # which drivers are visible
 _REQUEST_ENV = ("CONVCLI_DEVICE", "PYOPENCL_CTX", "OCL_ICD_VENDORS", "OCL_ICD_FILENAMES")
 _VERSION = "1"  # bump when the meaning of a key changes

@@ -9,7 +9,7 @@ on NumPy without importing pyopencl at all, and a large one still goes to OpenCL
 
 The choice compares NumPy's estimated seconds (:func:`convcli.backends.numpy_backend.
 estimate_seconds`) with what OpenCL would add: the start-up when this process has not
-started it, and each program the run needs (:func:`convcli.backends.opencl_fast.programs`)
+started it, and each program the run needs (:func:`convcli.backends.opencl.plan.programs`)
 that the backend does not hold, priced by whether the build index says the driver has
 cached it (:mod:`convcli.backends.build_index`); a program the index has no marker for
 costs a compile times the chance that such a program was compiled before on this device
@@ -99,7 +99,7 @@ def program_seconds(
     """(seconds of cached programs, seconds of uncached builds, the uncached keys) of the
     programs ``needed`` (kernel file, build defines) that ``backend`` (the started
     backend, or None) does not hold."""
-    from convcli.backends import opencl_backend
+    from convcli.backends.opencl import runtime
 
     cpu, local_mem, fingerprint = _device(backend, record)
     if record is None or record.fingerprint != fingerprint:
@@ -116,7 +116,7 @@ def program_seconds(
             continue
         key = None
         if fingerprint is not None:
-            key = opencl_backend.program_key(fingerprint, name, defines)
+            key = runtime.program_key(fingerprint, name, defines)
         if key is not None and build_index.is_built(key):
             cached += CACHED_BUILD_S
         else:
@@ -134,10 +134,14 @@ def _build_seconds(
     record: build_index.DeviceRecord | None,
 ) -> tuple[float, float, list[str]]:
     """:func:`program_seconds` of the programs an OpenCL run of ``spec`` needs."""
-    from convcli.backends import opencl_fast
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.backends.opencl.settings import DEFAULT
 
     cpu, local_mem, _ = _device(backend, record)
-    needed = opencl_fast.programs(spec, weight, algo, cpu=cpu, local_mem=local_mem)
+    settings = DEFAULT if backend is None else backend.settings
+    needed = opencl_plan.programs(
+        spec, weight, algo, cpu=cpu, local_mem=local_mem, settings=settings
+    )
     if needed is None:
         return 0.0, 0.0, []
     return program_seconds(needed, backend=backend, record=record)

@@ -22,14 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convcli.backends import opencl_fast as fast
+from convcli.backends.opencl.settings import DEFAULT, Settings
 from convcli.errors import ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec
 
-# Tile sides the kernel is built for: T/8 vectors per row must be a power of two, and a
-# tile pair (T*T complex float32) must fit a work-group's local memory.
-TILES = (32, 64, 128, 256)
 # Seconds per tile pair and T*T*log2(T): 0.75-0.88 ns for every T from 32 to 256
 # (kernel time on PoCL, 2 vCPUs of a Zen 4, RGB 2048^2, 9x9 and 25x25 kernels).
 _PAIR_COST = 0.8e-9
@@ -55,7 +52,7 @@ class FFTPlan:
         return math.ceil(self.tiles_y * self.tiles_x / 2)
 
 
-def why_not(spec: ConvSpec, local_mem: int | None = None) -> str | None:
+def why_not(spec: ConvSpec, local_mem: int | None = None, s: Settings = DEFAULT) -> str | None:
     """Why the FFT path cannot run ``spec`` on a device with ``local_mem`` bytes of
     local memory (None: any tile fits), or None when it can."""
     if spec.dtype not in ("float32", "float16"):
@@ -64,17 +61,19 @@ def why_not(spec: ConvSpec, local_mem: int | None = None) -> str | None:
         return "needs a depthwise convolution (one input channel per group)"
     if min(spec.pad) < 0:
         return "does not support negative padding"
-    tiles = _tiles(local_mem)
+    tiles = _tiles(local_mem, s)
     if not tiles:
-        return f"needs {_tile_bytes(TILES[0])} bytes of local memory, the device has {local_mem}"
+        return (
+            f"needs {_tile_bytes(s.fft_tiles[0])} bytes of local memory, the device has {local_mem}"
+        )
     if max(_extent(spec)) > tiles[-1] // 2:
         return f"supports dilated kernels up to {tiles[-1] // 2} pixels across on this device"
     return None
 
 
-def _tiles(local_mem: int | None) -> list[int]:
-    """Tile sides whose complex tile fits ``local_mem`` bytes."""
-    return [t for t in TILES if local_mem is None or _tile_bytes(t) <= local_mem]
+def _tiles(local_mem: int | None, s: Settings = DEFAULT) -> list[int]:
+    """Tile sides (``settings.fft_tiles``) whose complex tile fits ``local_mem`` bytes."""
+    return [t for t in s.fft_tiles if local_mem is None or _tile_bytes(t) <= local_mem]
 
 
 def _extent(spec: ConvSpec) -> tuple[int, int]:
@@ -98,24 +97,24 @@ def _cost(spec: ConvSpec, t: int) -> float:
     return pairs * t * t * math.log2(t) * _PAIR_COST
 
 
-def _pick_tile(spec: ConvSpec, local_mem: int | None = None) -> int:
+def _pick_tile(spec: ConvSpec, local_mem: int | None = None, s: Settings = DEFAULT) -> int:
     """The cheapest tile side by the cost model (at least twice the kernel's extent)."""
     ke = max(_extent(spec))
-    fits = [t for t in _tiles(local_mem) if t >= 2 * ke]
+    fits = [t for t in _tiles(local_mem, s) if t >= 2 * ke]
     return min(fits, key=lambda t: _cost(spec, t))
 
 
-def plan(spec: ConvSpec, local_mem: int | None = None) -> FFTPlan:
+def plan(spec: ConvSpec, local_mem: int | None = None, s: Settings = DEFAULT) -> FFTPlan:
     """The tile side and grid for ``spec`` (which :func:`why_not` accepted)."""
-    t = _pick_tile(spec, local_mem)
+    t = _pick_tile(spec, local_mem, s)
     keh, kew = _extent(spec)
     ty, tx = _grid(spec, t)
     return FFTPlan(t, keh, kew, ty, tx)
 
 
-def estimate_seconds(spec: ConvSpec) -> float:
+def estimate_seconds(spec: ConvSpec, s: Settings = DEFAULT) -> float:
     """Rough run time of the FFT path (for the choice against direct taps)."""
-    return _cost(spec, _pick_tile(spec))
+    return _cost(spec, _pick_tile(spec, None, s))
 
 
 def direct_seconds(spec: ConvSpec) -> float:
@@ -123,11 +122,11 @@ def direct_seconds(spec: ConvSpec) -> float:
     return spec.n * spec.c_out * spec.h_out * spec.w_out * spec.kh * spec.kw * _DIRECT_COST
 
 
-def pays(spec: ConvSpec) -> bool:
+def pays(spec: ConvSpec, s: Settings = DEFAULT) -> bool:
     """Whether ``algo="auto"`` should run ``spec`` by FFT rather than by direct taps."""
-    if why_not(spec) is not None or spec.kh * spec.kw < 64:
+    if why_not(spec, None, s) is not None or spec.kh * spec.kw < 64:
         return False
-    return estimate_seconds(spec) < _MARGIN * direct_seconds(spec)
+    return estimate_seconds(spec, s) < _MARGIN * direct_seconds(spec)
 
 
 # --------------------------------------------------------------------------- tables
@@ -178,9 +177,11 @@ def spectra(weight: np.ndarray, spec: ConvSpec, t: int) -> np.ndarray:
 # --------------------------------------------------------------------------- running
 
 
-def build_defines(spec: ConvSpec, local_mem: int | None, has_bias: bool) -> dict[str, int]:
+def build_defines(
+    spec: ConvSpec, local_mem: int | None, has_bias: bool, s: Settings = DEFAULT
+) -> dict[str, int]:
     """The build defines of fft_conv for ``spec`` on a device with ``local_mem``."""
-    p = plan(spec, local_mem)
+    p = plan(spec, local_mem, s)
     return {
         "T": p.t,
         "C_IN": spec.c_in,
@@ -194,8 +195,18 @@ def build_defines(spec: ConvSpec, local_mem: int | None, has_bias: bool) -> dict
     }
 
 
+def _pack(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, block: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' spectra for tiles of side ``block[0]`` (:func:`spectra`; the block
+    names the dilation too, which the weights do not show) and the bias (one zero
+    without bias)."""
+    b = np.zeros(1, np.float32) if bias is None else np.asarray(bias, dtype=np.float32)
+    return spectra(weight, spec, block[0]), b
+
+
 def run(
-    backend,
+    rt,
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
@@ -203,41 +214,34 @@ def run(
     *,
     info: RunInfo,
 ) -> np.ndarray:
-    """Convolve by FFT tiles; ``(N, C_out, H_out, W_out)`` float32.
+    """Convolve by FFT tiles on the runtime ``rt``; ``(N, C_out, H_out, W_out)`` float32.
 
     Raises ConvValueError when :func:`why_not` gives a reason.
     """
-    local_mem = int(backend.device.local_mem_size)
-    reason = why_not(spec, local_mem)
+    s = rt.settings
+    local_mem = int(rt.device.local_mem_size)
+    reason = why_not(spec, local_mem, s)
     if reason is not None:
         raise ConvValueError(f"algo='fft' is not available on the OpenCL backend: it {reason}")
     info.algo = "fft"
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
     if spec.n == 0 or 0 in shape:
         return np.zeros(shape, dtype=np.float32)
-    p = plan(spec, local_mem)
-    defines = build_defines(spec, local_mem, bias is not None)
-    import pyopencl as cl
-
-    kernel = backend.kernel("fft_conv", defines, info)
+    p = plan(spec, local_mem, s)
+    kernel = rt.kernel("fft_conv", build_defines(spec, local_mem, bias is not None, s), info)
     xf = np.ascontiguousarray(x, dtype=np.float32)
     wf = np.ascontiguousarray(weight, dtype=np.float32)
-    xbuf = backend.input_buffer(xf, info)
-    key = ("fft-spec", p.t, spec.dilation, backend.content_key(wf))
-    sbuf = backend.constant_buffer(key, lambda: spectra(wf, spec, p.t), info)
+    xbuf = rt.input_buffer(xf, info)
+    sbuf, bbuf = rt.packed_weights(_pack, wf, bias, spec, (p.t, spec.dilation), info)
     tw, twr = _twiddles(p.t)
-    twbuf = backend.constant_buffer(("fft-tw", p.t), lambda: tw, info)
-    twrbuf = backend.constant_buffer(("fft-twr", p.t), lambda: twr, info)
-    b = np.zeros(1, np.float32) if bias is None else np.asarray(bias, dtype=np.float32)
-    bbuf = backend.constant_buffer(("fft-bias", backend.content_key(b)), lambda: b, info)
+    twbuf = rt.constant_buffer(("fft-tw", p.t), lambda: tw, info)
+    twrbuf = rt.constant_buffer(("fft-twr", p.t), lambda: twr, info)
     hp = spec.h + spec.pad[0] + spec.pad[1]
     wp = spec.w + spec.pad[2] + spec.pad[3]
-    # the fast paths' index maps, and the backend's pooled, page-aligned outputs
-    rmap = fast.index_map(cl, backend, spec.h, spec.pad[0], spec.pad[1], spec.padding_mode)
-    cmap = fast.index_map(cl, backend, spec.w, spec.pad[2], spec.pad[3], spec.padding_mode)
-    out, obuf = backend.output(shape, np.float32)
+    rmap, cmap = rt.index_maps(spec, info)
+    out, obuf = rt.output(shape, np.float32)
     sizes = (spec.h, spec.w, hp, wp, spec.pad[2], spec.h_out, spec.w_out, p.tiles_x)
     args = [xbuf, sbuf, twrbuf, twbuf, bbuf, rmap, cmap, obuf, *map(np.int32, sizes)]
     args.append(np.int32(p.tiles_y * p.tiles_x))
-    backend.launch(kernel, (p.pairs, spec.n * spec.c_out), (1, 1), args, info)
-    return backend.fetch(out, obuf, info)
+    rt.launch(kernel, (p.pairs, spec.n * spec.c_out), (1, 1), args, info)
+    return rt.fetch(out, obuf, info)

@@ -1,0 +1,1 @@
+"""The OpenCL backend (pyopencl, imported lazily inside its modules)."""

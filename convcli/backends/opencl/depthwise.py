@@ -1,0 +1,235 @@
+"""Direct kernels along the width and across channels: ``dw_direct.cl`` and
+``dw_channels.cl``.
+
+``dw_direct``: float8 along the output width, several output rows per work-item sharing
+loaded input rows; depthwise layers and image filters, each pass of a separable filter
+(:mod:`.separable`), and forced ``direct`` on any layer (CSUM input channels per group).
+Image sizes are kernel arguments, so every image size with the same filter shares one
+build (a folder of mixed sizes built each size anew, 0.3-1.5 s); small planes (CNN
+feature maps: sizes repeat) get them as constants too (``settings.dw_fixed_pixels``).
+
+``dw_channels`` (CPU devices): depthwise layers with many channels on small maps (CNN
+layers: at least 32 channels, outputs at most 32 wide, zero padding), float8 across 8
+output channels, one launch for all channels, the taps packed as aligned float8.
+
+``dw_wide`` (CPU devices): depthwise layers on 48-64-column maps (56x56 CNN layers, any
+batch): ``dw_pad.cl`` copies the input into zero-padded planes once, then ``dw_direct``
+runs with no padding, so every item takes its plain addressing path. With padding,
+dw_direct sends the items at a plane's border through its index maps (a gathered float8
+per load): on 56x56 maps 2 of 7 column items and 2 of 14 row items, and most of the time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from convcli.backends.opencl.runtime import geometry_defines
+from convcli.backends.opencl.settings import Settings
+from convcli.runinfo import RunInfo
+from convcli.spec import ConvSpec
+
+
+def rows(kh: int, kw: int, s: Settings) -> int:
+    """Output rows per dw_direct work-item (independent chains sharing loaded rows).
+
+    Vertical passes (kw == 1) reuse each loaded row for up to 8 outputs: 8 rows were
+    1.3-1.5x faster than 4 there; 2-D kernels keep 4 (accumulators + taps in registers).
+    """
+    for count in (8, 4, 2) if kw == 1 else (4, 2):
+        if count * kh * kw <= s.dw_max_body:
+            return count
+    return 1
+
+
+def _sizes(p: ConvSpec) -> list[int]:
+    """The image sizes dw_direct takes (as arguments, or as defines on small planes)."""
+    hp, wp = p.h + p.pad[0] + p.pad[1], p.w + p.pad[2] + p.pad[3]
+    return [p.n, p.h, p.w, p.h_out, p.w_out, hp, wp]
+
+
+@functools.lru_cache(maxsize=256)  # 7 us to build, asked at every launch
+def defines(p: ConvSpec, s: Settings) -> dict[str, int]:
+    """The build defines of dw_direct for the pass ``p`` (``p.cin_g`` input channels and
+    ``p.cout_g`` output channels per group). Shared: callers must not change it."""
+    found = {
+        "C_IN": p.c_in,
+        "C_OUT": p.c_out,
+        "CSUM": p.cin_g,
+        "CMULT": p.cout_g,
+        **geometry_defines(p.kh, p.kw, p.stride, p.dilation),
+        "PADT": p.pad[0],
+        "PADL": p.pad[2],
+        "HAS_BIAS": 1 if p.has_bias else 0,
+        "ROWS": rows(p.kh, p.kw, s),
+    }
+    if p.h * p.w <= s.dw_fixed_pixels:
+        found["FIXED_SIZES"] = 1
+        found.update(zip(("N", "H", "W", "HO", "WO", "HP", "WP"), _sizes(p), strict=True))
+    return found
+
+
+def enqueue(
+    rt: Any, xbuf: Any, p: ConvSpec, taps: np.ndarray, bias: np.ndarray | None, obuf: Any,
+    info: RunInfo,
+) -> Any:  # fmt: skip
+    """Enqueue one dw_direct launch of the pass ``p`` from ``xbuf`` into ``obuf`` (laid out
+    as ``p`` says), ``taps`` ``(C_out, KH*KW*CSUM)``; returns its event."""
+    s = rt.settings
+    if p.has_bias != (bias is not None):
+        p = replace(p, has_bias=bias is not None)
+    kernel = rt.kernel("dw_direct", defines(p, s), info)
+    rmap, cmap = rt.index_maps(p, info)
+    wbuf = rt.upload(taps)
+    bbuf = rt.upload(bias if bias is not None else np.zeros(1, np.float32))
+    gsize = (math.ceil(p.w_out / 8), math.ceil(p.h_out / rows(p.kh, p.kw, s)), p.n * p.c_out)
+    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *(np.int32(v) for v in _sizes(p))]
+    fixed_from = 0 if p.h * p.w <= s.dw_fixed_pixels else s.dw_fixed_items
+    return rt.enqueue_rows(kernel, gsize, args, fixed_from=fixed_from)
+
+
+def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dw_direct over the whole batch (float32 ``x``, weights and bias)."""
+    xbuf = rt.input_buffer(x, info)
+    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    ev = enqueue(rt, xbuf, spec, weight.reshape(spec.c_out, -1), bias, obuf, info)
+    return rt.collect(out, obuf, [ev], info)
+
+
+# ---------------------------------------------------------------------------- dw_wide
+
+
+def wide_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """Whether ``spec`` runs as dw_wide: a zero-padded stride-1 float32 depthwise layer
+    on a CPU device whose output rows are ``dw_wide_min_wo..dw_wide_max_wo`` wide, in
+    whole float8 vectors (a partial last vector would still take the border path)."""
+    return (
+        cpu
+        and spec.cin_g == 1
+        and spec.dtype == "float32"
+        and spec.padding_mode == "zeros"
+        and spec.stride == (1, 1)
+        and any(spec.pad)
+        and min(spec.pad) >= 0
+        and s.dw_wide_min_wo <= spec.w_out <= s.dw_wide_max_wo
+        and spec.w_out % 8 == 0
+    )
+
+
+def _unpadded(spec: ConvSpec) -> ConvSpec:
+    """dw_direct's pass over the padded planes: the same layer with no padding."""
+    hp, wp = spec.h + spec.pad[0] + spec.pad[1], spec.w + spec.pad[2] + spec.pad[3]
+    return replace(spec, h=hp, w=wp, pad=(0, 0, 0, 0))
+
+
+def pad_defines(spec: ConvSpec) -> dict[str, int]:
+    """dw_pad's build defines (CNN feature maps repeat their sizes)."""
+    p = _unpadded(spec)
+    return {
+        "PLANES": spec.n * spec.c_in,
+        "H": spec.h,
+        "W": spec.w,
+        "HP": p.h,
+        "WP": p.w,
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+    }
+
+
+def wide_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, int]]]:
+    """The programs a dw_wide run of ``spec`` builds (kernel file, build defines)."""
+    return [("dw_pad", pad_defines(spec)), ("dw_direct", defines(_unpadded(spec), s))]
+
+
+def run_wide(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dw_pad, then dw_direct without padding (float32 ``x``, weights and bias)."""
+    p = _unpadded(spec)
+    xbuf = rt.input_buffer(x, info)
+    pbuf = rt.scratch("dw_wide_padded", 4 * spec.n * spec.c_in * p.h * p.w)
+    pad = rt.kernel("dw_pad", pad_defines(spec), info)
+    ev_pad = rt.enqueue_rows(pad, (p.h, spec.n * spec.c_in, 1), [xbuf, pbuf])
+    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    ev = enqueue(rt, pbuf, p, weight.reshape(spec.c_out, -1), bias, obuf, info)
+    return rt.collect(out, obuf, [ev_pad, ev], info)
+
+
+# ------------------------------------------------------------------------ dw_channels
+
+
+def channels_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """Depthwise layers with many channels on small maps run dw_channels: their rows are
+    too short for dw_direct's float8 along the width (a 7-wide row runs 7 of 8 lanes
+    through the padded border path, one channel plane per item). CPU devices only: the
+    layouts and work-group sizes were chosen on PoCL, GPUs keep their own kernels."""
+    return (
+        cpu
+        and spec.cin_g == 1
+        and spec.c_out >= s.dw_channels_min_cout
+        and spec.w_out <= s.dw_channels_max_wo
+        and spec.padding_mode == "zeros"
+        and spec.kh * spec.kw <= s.dense_max_taps
+    )
+
+
+def _segments(w_out: int, s: Settings) -> tuple[int, int]:
+    """(XB output columns per item, NSEG items per row): the fewest equal segments of
+    at most dw_channels_xb columns (a 28-wide row: 4 of 7, not 3 of 8 and one of 4)."""
+    nseg = -(-w_out // s.dw_channels_xb)
+    xb = -(-w_out // nseg)
+    return xb, -(-w_out // xb)
+
+
+def _pack_channels(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Taps as dw_channels reads them: ``(NCB, CSUM, KH, KW, 8)``; bias ``(NCB, 8)``."""
+    ncb = -(-spec.c_out // step)
+    w = np.zeros((ncb * step, spec.cin_g, spec.kh, spec.kw), np.float32)
+    w[: spec.c_out] = weight
+    b = np.zeros(ncb * step, np.float32)
+    if bias is not None:
+        b[: spec.c_out] = bias
+    packed = w.reshape(ncb, step, spec.cin_g, spec.kh, spec.kw).transpose(0, 2, 3, 4, 1)
+    return np.ascontiguousarray(packed), b
+
+
+def channels_defines(spec: ConvSpec, has_bias: bool, s: Settings) -> dict[str, int]:
+    """The build defines of dw_channels for ``spec``."""
+    xb, nseg = _segments(spec.w_out, s)
+    sizes = {}
+    if s.dw_channels_fixed_sizes:
+        sizes = {"FIXED_SIZES": 1, "N": spec.n, "H": spec.h, "HO": spec.h_out}
+    return {
+        **sizes,
+        "C_IN": spec.c_in,
+        "C_OUT": spec.c_out,
+        "CSUM": spec.cin_g,
+        "CMULT": spec.cout_g,
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+        "W": spec.w,
+        "WO": spec.w_out,
+        "XB": xb,
+        "NSEG": nseg,
+        "HAS_BIAS": int(has_bias),
+    }
+
+
+def run_channels(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dw_channels over the whole batch (float32 ``x``, weights and bias)."""
+    s = rt.settings
+    _, nseg = _segments(spec.w_out, s)
+    ncb = -(-spec.c_out // 8)
+    kernel = rt.kernel("dw_channels", channels_defines(spec, bias is not None, s), info)
+    xbuf = rt.input_buffer(x, info)
+    wbuf, bbuf = rt.packed_weights(_pack_channels, weight, bias, spec, 8, info)
+    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    gsize = (nseg, spec.h_out, spec.n * ncb)
+    args = [xbuf, wbuf, bbuf, obuf, *map(np.int32, (spec.n, spec.h, spec.h_out))]
+    ev = rt.enqueue_rows(kernel, gsize, args, fill_to=s.dw_channels_items)
+    return rt.collect(out, obuf, [ev], info)

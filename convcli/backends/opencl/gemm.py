@@ -1,0 +1,198 @@
+"""GEMM kernels for multi-channel layers: ``dense_gemm.cl`` and ``pointwise.cl``.
+
+``dense_gemm``: an implicit GEMM with a register tile of float8 output-channel vectors x
+output columns and weights packed on the host; multi-channel layers, 1x1 included. Wide
+1x1 layers with stride 1 and no padding run ``pointwise`` instead: a plain GEMM whose
+float8 vectors run along the contiguous pixels. Both take image sizes as kernel
+arguments (one build per layer, whatever the image or batch size;
+``settings.dense_fixed_sizes`` and ``pointwise_fixed_sizes`` bake them in instead) and
+read weights in blocks of output channels (:func:`channel_blocks`), as :mod:`.winograd`
+and :mod:`.gpu` do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from convcli.backends.opencl.runtime import geometry_defines
+from convcli.backends.opencl.settings import Settings
+from convcli.runinfo import RunInfo
+from convcli.spec import ConvSpec
+
+
+def channel_blocks(w: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: int):
+    """Per-group taps ``w`` ``(C_out, CIN_G, T)`` in blocks of ``step`` output channels.
+
+    Returns ``(G, NBLK, CIN_G, T, step)`` float32 (zeros past C_out/groups, so every
+    block is full) and the bias as ``(G, NBLK*step)`` (zeros without bias).
+    """
+    g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
+    nblk = math.ceil(cout_g / step)
+    taps = w.shape[-1]
+    blocks = np.zeros((g, nblk * step, cin_g, taps), dtype=np.float32)
+    blocks[:, :cout_g] = w.reshape(g, cout_g, cin_g, taps)
+    b = np.zeros((g, nblk * step), dtype=np.float32)
+    if bias is not None:
+        b[:, :cout_g] = bias.astype(np.float32).reshape(g, cout_g)
+    # (G, NBLK, STEP, CIN_G, T) -> (G, NBLK, CIN_G, T, STEP)
+    return blocks.reshape(g, nblk, step, cin_g, taps).transpose(0, 1, 3, 4, 2), b
+
+
+# ------------------------------------------------------------------------ dense_gemm
+
+
+def dense_blocking(cout_g: int, s: Settings) -> tuple[int, int]:
+    """(COB float8 channel vectors, XB columns) per work-item for dense_gemm.
+
+    4 x 2 was the best tile for wide layers on PoCL/AVX2 (14 of 16 ymm registers);
+    narrow groups trade channel vectors for columns to keep the tile as large.
+    """
+    if s.dense_tile is not None:
+        return s.dense_tile
+    vecs = math.ceil(cout_g / 8)
+    if vecs >= 4:
+        return 4, 2
+    if vecs == 3:
+        return 3, 3
+    if vecs == 2:
+        return 2, 4
+    return 1, 6
+
+
+def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tuple[int, int]:
+    """(STRIP column groups per item, CI_CHUNK input channels per weight chunk).
+
+    A block's weights (C_in/groups x taps x COB float8) stream from L2 once per item;
+    when they exceed L1, an item takes a strip of column groups and walks the input
+    channels in chunks whose weights stay in L1 for the whole strip. CPUs only (``cpu``):
+    the strip's partial sums (``part[STRIP][COB][XB]``, up to 2 KB per item) are private
+    memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
+    """
+    per_ci = spec.kh * spec.kw * cob * 32
+    chunks = math.ceil(spec.cin_g * per_ci / s.dense_l1_bytes)
+    groups = math.ceil(spec.w_out / xb)
+    wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
+    strip = s.dense_strip if s.dense_strip is not None else wanted
+    if strip <= 1:
+        return 1, spec.cin_g
+    return strip, math.ceil(spec.cin_g / chunks)
+
+
+def _pack_dense(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cob: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights as dense_gemm reads them: ``(G, NBLK, CIN_G, KH*KW, COB*8)``."""
+    w = weight.reshape(spec.c_out, spec.cin_g, -1)
+    wp, b = channel_blocks(w, bias, spec, cob * 8)
+    return np.ascontiguousarray(wp), b
+
+
+def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
+    """The image sizes of dense_gemm: N, H, W, HO, WO, WP."""
+    wp = spec.w + spec.pad[2] + spec.pad[3]
+    return (spec.n, spec.h, spec.w, spec.h_out, spec.w_out, wp)
+
+
+def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
+    """The build defines of dense_gemm for ``spec``."""
+    cob, xb = dense_blocking(spec.cout_g, s)
+    strip, chunk = dense_strip(spec, cob, xb, cpu, s)
+    sizes = {}
+    if s.dense_fixed_sizes:
+        names = ("N", "H", "W", "HO", "WO", "WP")
+        sizes = {"FIXED_SIZES": 1, **dict(zip(names, _dense_sizes(spec), strict=True))}
+    return {
+        **sizes,
+        "G": spec.groups,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+        "COB": cob,
+        "XB": xb,
+        "NBLK": math.ceil(spec.cout_g / (cob * 8)),
+        "STRIP": strip,
+        "CI_CHUNK": chunk,
+    }
+
+
+def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dense_gemm over the whole batch (float32 ``x``, weights and bias)."""
+    defines = dense_defines(spec, rt.is_cpu, rt.settings)
+    cob, xb, strip, nblk = (defines[k] for k in ("COB", "XB", "STRIP", "NBLK"))
+    kernel = rt.kernel("dense_gemm", defines, info)
+    xbuf = rt.input_buffer(x, info)
+    wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
+    rmap, cmap = rt.index_maps(spec, info)
+    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    gsize = (math.ceil(spec.w_out / (xb * strip)), spec.h_out, spec.n * spec.groups * nblk)
+    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *map(np.int32, _dense_sizes(spec))]
+    ev = rt.enqueue_rows(kernel, gsize, args)
+    return rt.collect(out, obuf, [ev], info)
+
+
+# ------------------------------------------------------------------------ pointwise
+
+
+def pointwise_applies(spec: ConvSpec, s: Settings) -> bool:
+    """1x1, stride 1, no padding, enough input channels and pixels: a plain GEMM over
+    contiguous pixels (pointwise.cl)."""
+    return (
+        (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1))
+        and not any(spec.pad)
+        and spec.cin_g >= s.pointwise_min_cin
+        and spec.h * spec.w >= s.pointwise_min_pixels
+    )
+
+
+def _pack_pointwise(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, cot: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights as pointwise.cl reads them: ``(G, NCB, CIN_G, COT)``."""
+    wp, b = channel_blocks(weight.reshape(spec.c_out, spec.cin_g, 1), bias, spec, cot)
+    return np.ascontiguousarray(wp), b
+
+
+def pointwise_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
+    """The build defines of pointwise for ``spec``."""
+    cot, pv = s.pointwise_tile
+    cot = min(cot, spec.cout_g)
+    sizes = {"FIXED_SIZES": 1, "P": spec.h * spec.w} if s.pointwise_fixed_sizes else {}
+    return {
+        **sizes,
+        "G": spec.groups,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        "COT": cot,
+        "PV": pv,
+        "NCB": math.ceil(spec.cout_g / cot),
+    }
+
+
+def run_pointwise(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """pointwise over the whole batch (float32 ``x``, weights and bias)."""
+    defines = pointwise_defines(spec, rt.settings)
+    cot, pv, ncb = (defines[k] for k in ("COT", "PV", "NCB"))
+    plane = spec.h * spec.w
+    kernel = rt.kernel("pointwise", defines, info)
+    xbuf = rt.input_buffer(x, info)
+    wbuf, bbuf = rt.packed_weights(_pack_pointwise, weight, bias, spec, cot, info)
+    # Pixel groups start on the input's cache lines, and the output array is given the
+    # input's alignment, so no load or store straddles two lines (stores shared by two
+    # items would bounce between cores): 9.9-11.1 ms on W8 against 11.2-12.1 with the
+    # input 16 bytes off its lines, as NumPy leaves large arrays.
+    # (planes that are not whole float8 vectors, or an input not aligned to its floats,
+    # leave no lead that serves every plane)
+    offset = rt.wrapped_offset(x)
+    if plane % 8 or offset % 4:
+        offset = 0
+    out, obuf = rt.output((spec.n, spec.c_out, spec.h, spec.w), np.float32, offset)
+    lead = offset // 4
+    gsize = (ncb, math.ceil((plane + lead) / (8 * pv)), spec.n * spec.groups)
+    args = [xbuf, wbuf, bbuf, obuf, np.int32(lead), np.int32(plane)]
+    ev = rt.enqueue_rows(kernel, gsize, args, fill_to=rt.settings.pointwise_items)
+    return rt.collect(out, obuf, [ev], info, offset)

@@ -1,0 +1,364 @@
+"""Which OpenCL kernel family runs a convolution, and running it.
+
+:func:`run` is called by the backend before its generic direct kernel
+(:mod:`.direct`). It picks an algorithm by a small cost model (:func:`choose`, or honours
+a forced one), runs it on its family's module and returns the result, or returns None
+when no fast path applies so that the generic kernel runs.
+
+Algorithms (``info.algo``) and the families that run them:
+
+* ``separable``: rank-1 depthwise kernels (Gaussian, box, Sobel...) as a vertical and a
+  horizontal pass (:mod:`.separable`).
+* ``direct``: ``dw_direct`` (:mod:`.depthwise`) for depthwise layers and image filters
+  (and forced ``direct`` on any layer); ``dw_channels`` on CPU devices for depthwise
+  layers with many channels on small maps.
+* ``gemm``: ``dense_gemm`` or ``pointwise`` (:mod:`.gemm`) for multi-channel layers, and
+  the Winograd forms of 3x3 layers when the cost model says so (:mod:`.winograd`).
+* ``fft``: overlap-save FFT tiles (:mod:`.fft`) for large depthwise kernels that are not
+  separable; ``auto`` picks it on CPU devices when its estimate beats direct taps (one
+  SVD decides both this and ``separable``). Kernels wider than the tiles hold (over 128
+  pixels across) go to NumPy's FFT on the host, with a notice: under ``auto`` when it is
+  estimated well below the direct taps (a 1001x1001 kernel: seconds instead of minutes),
+  and always under a forced ``fft``.
+
+On GPU-type devices :func:`convcli.backends.opencl.gpu.device_plan` swaps the
+CPU-shaped kernels for the GPU-shaped ones (:mod:`.gpu`).
+
+The CPU-shaped kernels follow what was measured on PoCL (see the ``.cl`` headers):
+float8 vectors written by hand, taps fully unrolled with the kernel geometry as ``-D``
+defines, no ``fma()``, ``vload8()`` or ``vstore8()`` builtins (PoCL leaves them as
+out-of-line calls), no ``float16`` vectors, no ``__local`` tiling, no fast-math. Padding
+modes are applied inside the kernels through index maps built by
+:func:`convcli.spec.source_index`, never by a padded copy of the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from convcli.backends.opencl import depthwise, direct, fft, gemm, gpu, separable, winograd
+from convcli.backends.opencl.runtime import BuildFailed, NoFit, launch_refused
+from convcli.backends.opencl.settings import DEFAULT, Settings
+from convcli.errors import ConvValueError
+from convcli.plan import separable_factors
+from convcli.runinfo import RunInfo
+from convcli.spec import ConvSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`run` will do for a spec: the algorithm and the kernel that runs it."""
+
+    algo: str
+    kernel: str
+
+
+def _gemm_kernel(spec: ConvSpec, s: Settings) -> str:
+    if gemm.pointwise_applies(spec, s):
+        return "pointwise"
+    return "winograd" if winograd.pays(spec, s) else "dense_gemm"
+
+
+def choose(
+    spec: ConvSpec,
+    weight: np.ndarray,
+    algo: str = "auto",
+    *,
+    cpu: bool = True,
+    settings: Settings = DEFAULT,
+) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Pick the fast path for ``spec`` (and the separable factors when it is used).
+
+    Returns ``(None, None)`` when the generic direct kernel should run. Raises
+    ConvValueError when ``algo`` is forced to something no OpenCL path can do. ``cpu``:
+    the device is a CPU (``auto`` runs FFT tiles only there: one tile per work-item).
+    """
+    s = settings
+    if algo not in ("auto", "direct", "separable", "gemm", "fft"):
+        raise ConvValueError(f"unknown algo='{algo}'")
+    if algo == "fft":
+        reason = fft.why_not(spec, None, s)
+        if reason is not None and _too_wide_for_tiles(spec, s):
+            return Plan("fft", "host_fft"), None
+        if reason is not None:
+            raise ConvValueError(f"algo='fft' is not available on the OpenCL backend: it {reason}")
+        return Plan("fft", "fft_conv"), None
+    why_not = None
+    if spec.dtype not in ("float32", "float16"):
+        why_not = f"supports float32 and float16 only, got {spec.dtype}"
+    elif min(spec.pad) < 0:
+        why_not = "does not support negative padding"
+    if why_not is not None:
+        if algo in ("separable", "gemm"):
+            raise ConvValueError(f"algo='{algo}' on the OpenCL backend {why_not}")
+        return None, None
+    one_channel = spec.cin_g == 1
+    taps = spec.kh * spec.kw
+    if algo in ("auto", "direct") and depthwise.channels_pays(spec, cpu, s):
+        return Plan("direct", "dw_channels"), None
+    if algo == "separable":
+        if not one_channel:
+            raise ConvValueError(
+                "algo='separable' needs a depthwise convolution (one input channel per group)"
+            )
+        if max(spec.kh, spec.kw) > s.dw_max_taps:
+            raise ConvValueError(f"algo='separable' supports kernels up to {s.dw_max_taps} taps")
+        factors = separable_factors(weight)
+        if factors is None:
+            raise ConvValueError("algo='separable' needs a rank-1 kernel")
+        return Plan("separable", "dw_direct"), factors
+    if algo == "gemm":
+        if taps > s.dense_max_taps:
+            raise ConvValueError(
+                f"algo='gemm' on the OpenCL backend supports kernels up to {s.dense_max_taps} taps"
+            )
+        return Plan("gemm", _gemm_kernel(spec, s)), None
+    if one_channel:
+        # Separable passes cost ~kh+kw taps plus a round trip of the intermediate
+        # through the caches; they pay from 5x5 on (3x3: direct is faster). FFT tiles
+        # pay for large kernels that are not separable.
+        pays = taps >= 16 and min(spec.kh, spec.kw) > 1 and max(spec.kh, spec.kw) <= s.dw_max_taps
+        by_fft = algo == "auto" and cpu and fft.pays(spec, s)
+        if algo == "auto" and (pays or by_fft):
+            factors = separable_factors(weight)  # once, for both choices
+            if pays and factors is not None:
+                return Plan("separable", "dw_direct"), factors
+            if by_fft and factors is None:
+                return Plan("fft", "fft_conv"), None
+        if algo == "auto" and _host_fft_pays(spec, s):
+            return Plan("fft", "host_fft"), None
+        if taps <= s.dw_max_taps and depthwise.wide_pays(spec, cpu, s):
+            return Plan("direct", "dw_wide"), None
+        if taps <= s.dw_max_taps:
+            return Plan("direct", "dw_direct"), None
+        return None, None
+    if algo == "auto" and _host_fft_pays(spec, s):
+        return Plan("fft", "host_fft"), None
+    if algo == "auto" and spec.cout_g >= 4 and taps <= s.dense_max_taps:
+        # Channel-heavy layers: implicit GEMM with a register tile of channel vectors,
+        # its Winograd form for wide 3x3 layers, or a plain GEMM for pointwise layers.
+        return Plan("gemm", _gemm_kernel(spec, s)), None
+    if taps <= s.dw_max_taps:
+        # Forced 'direct', or few output channels per group: vectorise along the width.
+        return Plan("direct", "dw_direct"), None
+    return None, None
+
+
+# choose()'s answers that do not depend on the weights' values, per (spec, algo, cpu,
+# settings): plan_algo and run ask at every call (twice a warm small layer's 5 us).
+_PLANS: dict[tuple, tuple[Plan | None, None]] = {}
+
+
+def remembered(
+    spec: ConvSpec, algo: str, cpu: bool, settings: Settings = DEFAULT
+) -> tuple[Plan | None, None] | None:
+    """:func:`planned`'s remembered answer (a weight-independent one), or None."""
+    return _PLANS.get((spec, algo, cpu, settings))
+
+
+def planned(
+    spec: ConvSpec,
+    weight: np.ndarray,
+    algo: str = "auto",
+    *,
+    cpu: bool = True,
+    settings: Settings = DEFAULT,
+) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`choose`, remembered where the weights' values cannot change the answer:
+    choose() reads them only for depthwise layers under 'auto' or 'separable' (rank-1
+    and FFT tests), and not at all for the layers dw_channels takes."""
+    key = (spec, algo, cpu, settings)
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit
+    plan, factors = choose(spec, weight, algo, cpu=cpu, settings=settings)
+    reads = spec.cin_g == 1 and algo in ("auto", "separable")
+    if not reads or (plan is not None and plan.kernel == "dw_channels"):
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        _PLANS[key] = (plan, None)
+    return plan, factors
+
+
+def for_device(
+    spec: ConvSpec,
+    weight: np.ndarray,
+    algo: str = "auto",
+    *,
+    cpu: bool = True,
+    settings: Settings = DEFAULT,
+) -> tuple[Plan | None, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`planned`, with the GPU-shaped kernels in place of the CPU-shaped ones where
+    the device wants them (:func:`convcli.backends.opencl.gpu.device_plan`)."""
+    plan, factors = planned(spec, weight, algo, cpu=cpu, settings=settings)
+    return gpu.device_plan(plan, spec, algo, cpu, settings), factors
+
+
+def _too_wide_for_tiles(spec: ConvSpec, s: Settings) -> bool:
+    """Whether only the kernel's extent keeps the device's FFT tiles from ``spec``."""
+    point = replace(spec, kh=1, kw=1, dilation=(1, 1))
+    return fft.why_not(spec, None, s) is not None and fft.why_not(point, None, s) is None
+
+
+def _host_fft_pays(spec: ConvSpec, s: Settings) -> bool:
+    """Whether ``auto`` should run NumPy's FFT on the host: the kernel is too wide for the
+    device's FFT tiles, and the host's FFT is estimated well below the direct taps."""
+    from convcli.backends import numpy_backend
+
+    if spec.kh * spec.kw < 64 or not _too_wide_for_tiles(spec, s):
+        return False
+    if numpy_backend.algo_reason(spec, "fft") is not None:
+        return False
+    direct_s = fft.direct_seconds(spec) * spec.cin_g
+    return numpy_backend.estimate_seconds(spec, "fft") < fft._MARGIN * direct_s
+
+
+def programs(
+    spec: ConvSpec,
+    weight: np.ndarray,
+    algo: str,
+    *,
+    cpu: bool,
+    local_mem: int | None,
+    settings: Settings = DEFAULT,
+) -> list[tuple[str, dict[str, int | str]]] | None:
+    """The programs (kernel file, build defines) a run of ``spec`` builds on a device,
+    found without the device: what the cost model prices before starting OpenCL.
+
+    ``cpu`` and ``local_mem`` describe the device (from its record when it is not
+    started). None when this cannot be told (Winograd paths, the GPU kernels of
+    :mod:`convcli.backends.opencl.gpu`, an ``algo`` that no path here runs): the caller
+    then assumes nothing is built.
+    """
+    s = settings
+    try:
+        plan, factors = choose(spec, weight, algo, cpu=cpu, settings=s)
+        plan = gpu.device_plan(plan, spec, algo, cpu, s)
+    except ConvValueError:
+        return None
+    if spec.n == 0:
+        return []
+    if plan is not None and plan.kernel in ("direct_local", "gemm_local"):
+        return None  # the GPU kernels' builds are not predicted
+    if plan is None:
+        return [("conv2d_direct", direct._direct_config(spec, np.dtype(spec.dtype), cpu).defines)]
+    if plan.kernel == "host_fft":
+        return []
+    if plan.algo == "fft":
+        return [("fft_conv", fft.build_defines(spec, local_mem, spec.has_bias, s))]
+    if plan.algo == "separable":
+        col = factors[0].reshape(spec.c_out, spec.kh).astype(np.float32)
+        vertical, horizontal = separable.passes(spec)
+        if separable.runs_boxsum(spec, col):
+            first = ("sep_boxsum", separable.boxsum_defines(spec, s))
+        else:
+            first = ("dw_direct", depthwise.defines(vertical, s))
+        return [first, ("dw_direct", depthwise.defines(horizontal, s))]
+    if plan.kernel == "winograd":
+        return None
+    if plan.kernel == "dw_wide":
+        return depthwise.wide_programs(spec, s)
+    if plan.kernel == "dense_gemm":
+        return [("dense_gemm", gemm.dense_defines(spec, cpu, s))]
+    if plan.kernel == "pointwise":
+        return [("pointwise", gemm.pointwise_defines(spec, s))]
+    return [("dw_direct", depthwise.defines(spec, s))]
+
+
+def run(
+    backend,
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    *,
+    algo: str,
+    info: RunInfo,
+) -> np.ndarray | None:
+    """Run ``spec`` on a fast OpenCL path, or return None for the generic kernel.
+
+    Parameters
+    ----------
+    backend : OpenCLBackend
+        The runtime the kernels run on; its ``settings`` tune them.
+    x : ndarray
+        Batched ``(N, C_in, H, W)`` input, contiguous, of ``spec.dtype``.
+    weight, bias : ndarray
+        As given to :func:`convcli.conv2d`.
+    spec : ConvSpec
+        The validated problem.
+    algo : {'auto', 'direct', 'separable', 'gemm', 'fft'}
+        ``'auto'`` chooses by a cost model; a forced algorithm no path here can do
+        raises ConvValueError (``'direct'`` then returns None for the generic kernel).
+    info : RunInfo
+        ``algo`` is set; seconds are added under ``build``, ``upload``, ``compute``
+        (profiling events) and ``download``.
+
+    Returns
+    -------
+    ndarray or None
+        ``(N, C_out, H_out, W_out)`` in float32, or None when no fast path applies.
+    """
+    s = backend.settings
+    plan, factors = for_device(spec, weight, algo, cpu=backend.is_cpu, settings=s)
+    if plan is None:
+        return None
+    if spec.n == 0:
+        info.algo = plan.algo
+        return np.zeros((0, spec.c_out, spec.h_out, spec.w_out), dtype=np.float32)
+    if plan.kernel == "host_fft":
+        from convcli.backends.numpy_backend import NumpyBackend
+
+        note = (
+            f"a {spec.kh}x{spec.kw} kernel is too wide for the device's FFT tiles: "
+            "its FFT ran on the host (NumPy)"
+        )
+        if note not in info.notices:
+            info.notices.append(note)
+        return NumpyBackend().run(x, weight, bias, spec, algo="fft", info=info)
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    wf = np.ascontiguousarray(weight, dtype=np.float32)
+    bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    # One call at a time: kernel objects (set_args) and the pools are shared.
+    with backend.current(info):
+        if plan.algo == "fft":
+            # its build failures are reported, not passed to the generic kernel
+            return fft.run(backend, xf, wf, bf, spec, info=info)
+        try:
+            if plan.kernel == "direct_local" and plan.algo == "separable":
+                out = gpu.run_separable(backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "direct_local":
+                out = gpu.run_local(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "gemm_local":
+                out = gpu.run_gemm(backend, xf, wf, bf, spec, info)
+            elif plan.algo == "separable":
+                out = separable.run(backend, xf, bf, spec, factors, info)
+            elif plan.kernel == "winograd" and winograd.whole(spec, backend.is_cpu, s):
+                out = winograd.run_whole(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "winograd":
+                out = winograd.run(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dense_gemm":
+                out = gemm.run_dense(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "pointwise":
+                out = gemm.run_pointwise(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_channels":
+                out = depthwise.run_channels(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_wide":
+                out = depthwise.run_wide(backend, xf, wf, bf, spec, info)
+            else:
+                out = depthwise.run(backend, xf, wf, bf, spec, info)
+        except NoFit:
+            return None  # auto or direct (all it serves): the generic kernel runs it
+        except BuildFailed:
+            if algo in ("auto", "direct"):
+                return None  # the generic kernel can run this
+            raise
+        except backend._cl.Error as exc:
+            if algo in ("auto", "direct") and launch_refused(exc):
+                # refused even with one item per group: the generic kernel may fit
+                return None
+            raise
+    info.algo = plan.algo
+    return out

@@ -1,0 +1,194 @@
+"""The OpenCL backend's tuning values: one frozen :class:`Settings` per backend.
+
+Every launch shape, block size and cost-model threshold of the kernel families lives
+here rather than in module globals, so that a test or an A/B run changes them for one
+backend (``backend.settings = dataclasses.replace(backend.settings, winograd=True)``)
+without patching modules, and so that remembered plans are keyed by the values they
+were made with. The defaults were measured on PoCL's CPU device unless a comment says
+otherwise; the GPU-shaped kernels' values follow the usual GPU rules, not a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tuning of the OpenCL kernel families (see each field's comment)."""
+
+    # ---- the generic direct kernel (conv2d_direct)
+    # One local size for every launch: PoCL JIT-compiles each new local size at first
+    # launch, and on CPUs the size barely matters.
+    direct_local: tuple[int, int, int] = (8, 4, 1)
+
+    # ---- launches along output rows (Runtime.enqueue_rows)
+    # Work-items per work-group wanted along the width (the runtime shrinks it to what
+    # the device and kernel allow): 64, or the next power of two above the row's item
+    # count when a row has fewer (no groups of mostly idle items: 64 on a 7x7 depthwise
+    # layer ran 2.4x slower than 1). dw_direct with runtime sizes builds once for every
+    # image size, and PoCL JIT-compiles each new local size at first launch (0.4 s per
+    # pass, measured), so it uses 64 from dw_fixed_items items per row on. PoCL's
+    # per-group overhead made 8 items per group 2.5x slower than 64 on a memory-bound
+    # kernel.
+    local_x: int = 64
+    dw_fixed_items: int = 17
+
+    # ---- depthwise (dw_direct)
+    # dw_direct bakes image sizes into the build for input planes up to this many
+    # pixels: CNN feature maps, whose sizes repeat, ran 3-15% faster with constant sizes
+    # (A/B in one process, 7x7 to 136x136 depthwise 3x3). Larger planes (photos, whose
+    # sizes vary) take sizes as arguments, within noise of constants on 2048x2048.
+    dw_fixed_pixels: int = 256 * 256
+    # Kernel taps are fully unrolled (accumulators in registers): beyond these sizes the
+    # unrolled bodies take seconds to compile and the generic kernel runs instead.
+    dw_max_taps: int = 256
+    # Unrolled multiply-adds per dw_direct item: rows output rows share loaded input rows.
+    dw_max_body: int = 1024
+
+    # ---- depthwise across channels (dw_channels), CPU devices
+    # For depthwise layers with at least this many output channels and output rows at
+    # most this wide.
+    dw_channels_min_cout: int = 32
+    dw_channels_max_wo: int = 32
+    # Output columns per item at most (accumulators: XB float8 registers).
+    dw_channels_xb: int = 8
+    # Items per work-group wanted: each item is short (one row segment of 8 channels).
+    dw_channels_items: int = 16
+    # The batch size and the heights as build defines (a build per row band and batch
+    # size) rather than arguments; the widths are defines either way.
+    dw_channels_fixed_sizes: bool = False
+
+    # ---- depthwise on wide maps (dw_pad, then dw_direct without padding), CPU devices
+    # Output widths that pay for the padded copy: at 56 columns (7 float8 items a row, 2 of
+    # them on dw_direct's border path) a 7x7 layer ran 2.7x faster (N=8, 96 channels), 3x3
+    # 1.4x; at 112 (2 of 14) and with stride 2 the copy cost more than it saved
+    # (benchmarks/dw_wide_ab.py).
+    dw_wide_min_wo: int = 48
+    dw_wide_max_wo: int = 64
+
+    # ---- separable box filters (sep_boxsum)
+    # Rows per item (the running sum restarts every box_rows rows) and at most this many
+    # float8 vectors per item along the width. Each item walks down its rows, so it takes
+    # whole rows (up to 4096 columns): three sequential streams. Strips of 8-128 columns
+    # ran 2-3x slower (a 2048-wide image, A/B in one process).
+    box_rows: int = 32
+    box_max_xv: int = 512
+
+    # ---- implicit GEMM (dense_gemm)
+    # (COB, XB) override for A/B experiments; None = the measured defaults.
+    dense_tile: tuple[int, int] | None = None
+    dense_max_taps: int = 64
+    # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1).
+    dense_l1_bytes: int = 16 * 1024
+    # Column groups per dense_gemm item when weights do not fit L1 (None = choose).
+    dense_strip: int | None = None
+    # Image sizes as build defines (a build per image and batch size: every row band
+    # of a tiled call, every last short batch) rather than kernel arguments. Arguments
+    # cost no kernel time measurably: medians within -9..+4 % of the defines' on six
+    # layers (1x1, 3x3, 5x5, strided, N=1 and 8; A/B alternating, 31 rounds).
+    dense_fixed_sizes: bool = False
+
+    # ---- pointwise GEMM (pointwise)
+    # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
+    # group ran 1.7-2.1 ms against 1.5-1.7 (N=8 64->64 56x56), and 14x14 planes
+    # 1.27-1.39 ms against 1.12-1.14 (N=8 256->256 and 512->128).
+    pointwise_min_cin: int = 128
+    pointwise_min_pixels: int = 1024
+    # Output channels x float8 pixel vectors per item: 6 x 2 (12 accumulators of 16 ymm
+    # registers) ran W8 in 8.8-9.4 ms; 4 x 2 in 9.6-11.1, 8 x 1 in 10.3, 4 x 3 in 13.7.
+    pointwise_tile: tuple[int, int] = (6, 2)
+    # Items per work-group: every channel block of a pixel group (so the group's input
+    # stays in L1 while each block reads it), and more pixel groups while that is under
+    # 64; 16 and 256 timed within noise of 64.
+    pointwise_items: int = 64
+    # The plane size as a build define (a build per image size) rather than an argument:
+    # medians within -3..+2 % of each other on four layers (W8 included), so arguments.
+    pointwise_fixed_sizes: bool = False
+
+    # ---- Winograd F(2x2, 3x3)
+    # Override for A/B experiments and tests: None = the cost model.
+    winograd: bool | None = None
+    # Winograd cuts multiply-adds 2.25x (saving ~ CIN_G*COUT_G per tile and group) but
+    # writes and reads 16 transformed values per tile and input or output channel (cost
+    # ~ CIN_G + COUT_G). Kernel time ratios dense/Winograd measured on PoCL (in->out per
+    # group): 16->16 0.87, 32->8 0.65, 8->16 0.31, 16->32 1.27, W7's 16->32 stride 2
+    # 1.1, 32->32 1.33, 64->64 1.47, 256->256 1.66. It runs when
+    # CIN_G*COUT_G/(CIN_G+COUT_G) reaches this (16->32: 10.7, 16->16: 8).
+    wino_min_ratio: float = 10.0
+    # Bytes of transformed input and GEMM output planes per chunk of tile rows.
+    wino_chunk_bytes: int = 8 << 20
+    # (KB output channels, XV float8 vectors of 8 tiles) per GEMM work-item; None =
+    # the rule in winograd._tile.
+    wino_tile: tuple[int, int] | None = None
+    # GEMMs and output transform in one kernel (winograd_gemm_out) for layers with few
+    # input channels per group, whose 16 GEMM results per tile and output channel are
+    # traffic rather than work; None = the rule in winograd.fused.
+    wino_fused: bool | None = None
+    wino_fused_max_cin: int = 32
+    # Weights of at least this size are checked against the cache while the device runs
+    # the first input transform (W6's 2.4 MB: 0.3 ms with cold caches); smaller before.
+    wino_overlap_bytes: int = 1 << 20
+    # V per chunk for the fused kernel, which reads it back in its own, slower walk: W7
+    # ran 2 chunks of 2 MB at 1.82-1.85 ms CPU per call against 1.93-1.95 for one of 4 MB.
+    wino_fused_chunk_bytes: int = 2 << 20
+    # The whole layer as one winograd_fused launch (input transform into private memory,
+    # GEMMs, output transform) for up to wino_whole_max_cin input channels per group, on
+    # CPU devices only: 16 x CIN_G x 2 float8 of transformed input per item (16 KB at 16
+    # channels, 64 KB at 64) would spill on a GPU, and one item per 16 tiles and group
+    # gives W7 256 items, far too few for a GPU. Wall time against the two- or
+    # three-kernel forms (ms, PoCL, 2 cores, A/B in one process): W7 0.86 vs 1.24, N1
+    # 16->64 112^2 0.99 vs 1.19, N1 32->32 56^2 0.64 vs 0.70, N2 48->48 40^2 0.92 vs
+    # 1.14, W5 (64->64) 7.7 vs 8.6 and 10.5 vs 12.0, N1 64->128 28^2 0.70 vs 0.80; but
+    # N1 128->128 28^2 1.41 vs 1.29 (W6, 256 channels, was within 5 %). None = that
+    # rule; True/False force it for tests and A/B runs.
+    wino_whole: bool | None = None
+    wino_whole_max_cin: int = 64
+    # Items per work-group: each item is heavy (16 tiles x every output channel), and
+    # 64-item groups left one of two cores idle on small layers (a 56^2 layer had one).
+    wino_whole_local: int = 4
+    # The batch size and heights of winograd_fused as build defines (a build per row
+    # band and batch size) rather than arguments; the widths are defines either way.
+    wino_whole_fixed_sizes: bool = False
+
+    # ---- FFT tiles (fft_conv)
+    # Tile sides the kernel is built for: T/8 vectors per row must be a power of two,
+    # and a tile pair (T*T complex float32) must fit a work-group's local memory.
+    fft_tiles: tuple[int, ...] = (32, 64, 128, 256)
+
+    # ---- GPU-shaped kernels (direct_local, gemm_local)
+    # None: GPU-type devices only; True/False: every device / none (tests, A/B runs).
+    gpu_kernels: bool | None = None
+    # Items per work-group wanted (the runtime shrinks it to the device's and the
+    # kernel's limits): 256, a common GPU size, 16 along a row (64 output columns with
+    # RX = 4).
+    gpu_local_items: int = 256
+    gpu_local_x: int = 16
+    # Output channels per work-group block: dense layers take up to 8 (8 x RX = 32
+    # accumulators per item), depthwise multipliers up to 8 too (their tile is loaded
+    # once).
+    gpu_local_cob: int = 8
+    # Taps are looped, not unrolled into one body, but the generic kernel still takes
+    # the very large kernels (as dw_direct's limit).
+    gpu_max_taps: int = 256
+    # gemm_local (1x1 layers, stride 1, no padding, from gpu_gemm_min_cin input channels
+    # per group): a TM x TN output tile per work-group, K in chunks of gpu_gemm_tk
+    # through local memory, RM x RN accumulators per item. Below gpu_gemm_min_cin
+    # channels direct_local runs them (one barrier pair per channel is cheap there).
+    gpu_gemm_tk: int = 16
+    gpu_gemm_rm: int = 4
+    gpu_gemm_rn: int = 4
+    gpu_gemm_min_cin: int = 16
+
+    # the hash, computed once: remembered plans are looked up by it at every call
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        values = tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+        object.__setattr__(self, "_hash", hash(values))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+DEFAULT = Settings()
