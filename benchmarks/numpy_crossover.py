@@ -12,7 +12,7 @@ for layers also the gemm path's threads (1: BLAS threads its GEMMs) and plan (co
 row width, images and rows per GEMM, rows per chunk). ``--threads`` sets the gemm
 path's thread count (default: the CPUs this process may use); ``--layers`` skips the
 image filters. The crossover points are written next to the constants in
-``convcli/backends/numpy_backend.py``.
+``convcli/backends/numpy/``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convcli import RunInfo, conv2d
-from convcli.backends import numpy_backend
+from convcli.backends.numpy import backend as numpy_backend
 from convcli.errors import ConvValueError
 from convcli.spec import make_spec
 

@@ -269,7 +269,7 @@ def output_bytes(spec: ConvSpec) -> int:
 
 def _fft_workspace(spec: ConvSpec, images: int, rows: int, cols_in: int) -> int:
     """NumPy's overlap-save FFT: band, spectra of band and kernel, products, inverse."""
-    from convcli.backends.numpy_backend import _fft_plan
+    from convcli.backends.numpy.backend import _fft_plan
 
     it = _itemsize(spec)
     cplx = np.dtype(spec.dtype).kind == "c"

@@ -361,7 +361,7 @@ def estimate_seconds(plan: _Plan, backend: str, built: bool = True) -> float:
 
 def _toeplitz_columns(plan: _Plan) -> int:
     """Multiply-adds per output value of NumPy's two Toeplitz passes (see _SeparableJob)."""
-    from convcli.backends.numpy_backend import _block
+    from convcli.backends.numpy.backend import _block
 
     ekh = plan.dh * (plan.kh - 1) + 1
     ekw = (plan.kw - 1) * plan.dw * plan.c + 1
@@ -564,7 +564,7 @@ def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _run_numpy(plan: _Plan, info: RunInfo) -> np.ndarray | None:
-    from convcli.backends import numpy_backend as nb
+    from convcli.backends.numpy import backend as nb
 
     if not plan.separable and plan.taps > NUMPY_DIRECT_MAX_TAPS:
         return None
@@ -658,7 +658,7 @@ class _SeparableJob:
     with dilation ``dw * C``, so no transposition is needed."""
 
     def __init__(self, plan: _Plan, result: np.ndarray) -> None:
-        from convcli.backends.numpy_backend import _block, _slabs
+        from convcli.backends.numpy.backend import _block, _slabs
 
         self.plan = plan
         self.result = result

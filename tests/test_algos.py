@@ -15,7 +15,7 @@ from conftest import assert_close
 from naive import naive_conv2d
 
 from convcli import ConvValueError, RunInfo, conv2d
-from convcli.backends import numpy_backend as nb
+from convcli.backends.numpy import backend as nb
 from convcli.spec import PADDING_MODES, make_spec
 
 ALGOS = ("direct", "gemm", "separable", "fft")

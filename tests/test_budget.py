@@ -18,7 +18,7 @@ from conftest import RTOL, opencl_available
 from convcli import RunInfo, conv2d
 from convcli import batch as cbatch
 from convcli import io as cio
-from convcli.backends import numpy_backend
+from convcli.backends.numpy import backend as numpy_backend
 from convcli.batch import Filter
 from convcli.budget import (
     MAX_KERNEL_SIDE,

@@ -7,7 +7,7 @@ import pytest
 from conftest import opencl_available, run_twice_with_one_pocl_cache
 
 from convcli import native
-from convcli.backends import numpy_backend
+from convcli.backends.numpy import backend as numpy_backend
 from convcli.native import filter_strip
 
 # Levels may differ from the float64 result by one where the float32 value lies within

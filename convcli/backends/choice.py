@@ -7,7 +7,7 @@ it is not there, compiled (:data:`BUILD_S`: about 1.5 s a kernel on PoCL, 10 s a
 Mesa's rusticl). A 512x512 image is blurred by NumPy in about 15 ms, so a small job runs
 on NumPy without importing pyopencl at all, and a large one still goes to OpenCL.
 
-The choice compares NumPy's estimated seconds (:func:`convcli.backends.numpy_backend.
+The choice compares NumPy's estimated seconds (:func:`convcli.backends.numpy.backend.
 estimate_seconds`) with what OpenCL would add: the start-up when this process has not
 started it, and each program the run needs (:func:`convcli.backends.opencl_fast.programs`)
 that the backend does not hold, priced by whether the build index says the driver has
@@ -59,7 +59,7 @@ _HELD: set[tuple] = set()
 
 
 def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> float | None:
-    from convcli.backends import numpy_backend as nb
+    from convcli.backends.numpy import backend as nb
 
     if spec.n == 0:
         return 0.0

@@ -415,7 +415,8 @@ def _too_wide_for_tiles(spec: ConvSpec) -> bool:
 def _host_fft_pays(spec: ConvSpec) -> bool:
     """Whether ``auto`` should run NumPy's FFT on the host: the kernel is too wide for the
     device's FFT tiles, and the host's FFT is estimated well below the direct taps."""
-    from convcli.backends import numpy_backend, opencl_fft
+    from convcli.backends import opencl_fft
+    from convcli.backends.numpy import backend as numpy_backend
 
     if spec.kh * spec.kw < 64 or not _too_wide_for_tiles(spec):
         return False
@@ -1254,7 +1255,7 @@ def run(
         info.algo = plan.algo
         return np.zeros((0, spec.c_out, spec.h_out, spec.w_out), dtype=np.float32)
     if plan.kernel == "host_fft":
-        from convcli.backends.numpy_backend import NumpyBackend
+        from convcli.backends.numpy.backend import NumpyBackend
 
         note = (
             f"a {spec.kh}x{spec.kw} kernel is too wide for the device's FFT tiles: "
