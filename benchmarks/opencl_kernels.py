@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convcli import conv2d
 from convcli.backends import opencl_fast
-from convcli.backends.numpy.backend import conv2d_direct
+from convcli.backends.numpy import conv2d_direct
 from convcli.resources import data_dir
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec

@@ -115,13 +115,13 @@ def strip_alignment(spec: ConvSpec, backend: str, algo: str) -> int:
 
         align = math.lcm(align, BOX_ROWS)  # a box's running sums restart every BOX_ROWS
     elif algo == "separable" and backend == "numpy":
-        from convcli.backends.numpy.backend import _block
+        from convcli.backends.numpy.separable import toeplitz_block
 
-        align = math.lcm(align, _block(spec.dilation[0] * (spec.kh - 1) + 1))
+        align = math.lcm(align, toeplitz_block(spec.dilation[0] * (spec.kh - 1) + 1))
     elif algo == "fft" and backend == "numpy":
-        from convcli.backends.numpy.backend import _fft_plan
+        from convcli.backends.numpy.fft import fft_plan
 
-        align = math.lcm(align, _fft_plan(spec)[0])
+        align = math.lcm(align, fft_plan(spec)[0])
     return align
 
 

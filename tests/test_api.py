@@ -159,6 +159,7 @@ def test_backend_registry_survives_submodule_imports(backend):
     # the registry function is not named like a submodule: importing the submodules
     # (as the backends themselves do) must not shadow it
     import convcli.backends.numpy.backend
+    import convcli.backends.numpy.gemm
     import convcli.backends.opencl_backend  # noqa: F401
     from convcli import backends
 

@@ -415,15 +415,15 @@ def _too_wide_for_tiles(spec: ConvSpec) -> bool:
 def _host_fft_pays(spec: ConvSpec) -> bool:
     """Whether ``auto`` should run NumPy's FFT on the host: the kernel is too wide for the
     device's FFT tiles, and the host's FFT is estimated well below the direct taps."""
-    from convcli.backends import opencl_fft
-    from convcli.backends.numpy import backend as numpy_backend
+    from convcli.backends import get_backend, opencl_fft
 
     if spec.kh * spec.kw < 64 or not _too_wide_for_tiles(spec):
         return False
-    if numpy_backend.algo_reason(spec, "fft") is not None:
+    numpy = get_backend("numpy")
+    if numpy.algo_reason(spec, "fft") is not None:
         return False
     direct = opencl_fft.direct_seconds(spec) * spec.cin_g
-    return numpy_backend.estimate_seconds(spec, "fft") < opencl_fft._MARGIN * direct
+    return numpy.estimate_seconds(spec, "fft") < opencl_fft._MARGIN * direct
 
 
 # --------------------------------------------------------------------------- buffers
@@ -1255,7 +1255,7 @@ def run(
         info.algo = plan.algo
         return np.zeros((0, spec.c_out, spec.h_out, spec.w_out), dtype=np.float32)
     if plan.kernel == "host_fft":
-        from convcli.backends.numpy.backend import NumpyBackend
+        from convcli.backends.numpy import NumpyBackend
 
         note = (
             f"a {spec.kh}x{spec.kw} kernel is too wide for the device's FFT tiles: "

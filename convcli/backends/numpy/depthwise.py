@@ -1,0 +1,184 @@
+"""Depthwise layers (``C_in/groups == 1``: image filters, mobile networks' depthwise
+convolutions) under ``direct``: the taps accumulated as ``weight[tap] * shifted input``.
+
+Three loops: small GEMMs against banded tap matrices for 5x5 kernels and larger
+(:func:`_depthwise_gemm`), multiply-adds with the channels innermost for many channels
+(:func:`_depthwise_channels_last`), and the planar loop over stride phases in
+cache-sized pieces for the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from convcli.backends.numpy.gather import band_rows, phases
+from convcli.backends.numpy.settings import Settings
+from convcli.backends.numpy.threads import gemm_threads, run_jobs
+from convcli.spec import ConvSpec
+
+
+def _channels_last_pays(spec: ConvSpec, settings: Settings) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.c_out >= settings.channels_last_min
+        and spec.padding_mode == "zeros"
+    )
+
+
+def _depthwise_channels_last(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """Depthwise taps with the channels innermost: each tap is one multiply-add over
+    ``(rows, W_out, C)``, whose rows of ``W_out * C`` contiguous values vectorise well
+    whatever the map size (planar loops ran ``W_out``-long rows: 7 values on a 7x7 map).
+    The taps accumulate in the same order as :func:`direct_depthwise`'s."""
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=work)
+    xp[:, top : top + h, left : left + w, :] = x.transpose(0, 2, 3, 1)
+    taps = np.ascontiguousarray(weight.reshape(c, kh * kw).T.astype(work, copy=False))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    rows = max(1, min(ho, settings.channels_last_band // max(1, wo * c * work.itemsize)))
+    acc = np.empty((rows, wo, c), dtype=work)
+    tmp = np.empty_like(acc)
+    for b in range(n):
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            a, t = acc[: r1 - r0], tmp[: r1 - r0]
+            for i in range(kh):
+                y0 = r0 * sh + i * dh
+                for j in range(kw):
+                    x0 = j * dw
+                    src = xp[
+                        b, y0 : y0 + (r1 - r0 - 1) * sh + 1 : sh, x0 : x0 + (wo - 1) * sw + 1 : sw
+                    ]
+                    if i == j == 0:
+                        np.multiply(src, taps[0], out=a)
+                    else:
+                        np.multiply(src, taps[i * kw + j], out=t)
+                        a += t
+            out[b, :, r0:r1] = a.transpose(2, 0, 1)
+    return out
+
+
+def _depthwise_gemm_applies(spec: ConvSpec) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.padding_mode == "zeros"
+        and min(spec.pad) >= 0
+        and np.dtype(spec.dtype).kind == "f"
+    )
+
+
+def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
+    if not _depthwise_gemm_applies(spec):
+        return False
+    if settings.dw_gemm is not None:
+        return settings.dw_gemm
+    return spec.kh * spec.kw >= settings.dw_gemm_min_taps and spec.macs >= settings.dw_gemm_min_macs
+
+
+def _depthwise_gemm(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """Depthwise taps as one small GEMM per channel over blocks of output columns.
+
+    A block of B = ``settings.dw_gemm_block`` output columns of one output row reads kH
+    input rows of ``span`` columns; with those kH x span values as a row of a matrix
+    (one row per block), the block's outputs are that row times a ``(kH*span, B)``
+    banded matrix of the channel's taps (zeros off the band). The tap loop passes over
+    the whole output twice per tap (a multiply, an add); the GEMM reads each block's
+    values once and runs at BLAS speed, computing ``span / kW`` times the products (the
+    zeros of the band). Channels run in chunks whose row matrix stays in L2, on the gemm
+    path's threads.
+    """
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    b = settings.dw_gemm_block
+    nb = -(-wo // b)
+    span = (b - 1) * sw + (kw - 1) * dw + 1
+    item = work.itemsize
+    wp = max(w + left + right, (nb - 1) * b * sw + span)
+    xp = np.zeros((c, n, h + top + bottom, wp), dtype=work)
+    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+    band = np.zeros((c, kh, span, b), dtype=work)
+    taps = weight.reshape(c, kh, kw)
+    for j in range(kw):
+        for q in range(b):
+            band[:, :, j * dw + q * sw, q] = taps[:, :, j]
+    band = band.reshape(c, kh * span, b)
+    s = xp.strides
+    rows = as_strided(
+        xp, (c, n, ho, nb, kh, span), (s[0], s[1], s[2] * sh, b * sw * item, s[2] * dh, item)
+    )
+    out = np.empty((n, c, ho, wo), dtype=work)
+    # a job's row matrix: in L2, and at most a quarter of a large input (the padded copy
+    # is another), so that the call stays within what budget.conv_need prices for it;
+    # small inputs take 128 KiB (each job costs ~10 us of calls: 768 channels of a 7x7
+    # map in 59 jobs ran 1.5x slower than in 9)
+    limit = min(settings.gemm_bytes, max(x.size * item // 4, settings.dw_gemm_min_job_bytes))
+    per_row = n * nb * kh * span * item  # one output row of one channel
+    nr = max(1, min(ho, limit // per_row))
+    step = max(1, limit // (per_row * ho)) if nr == ho else 1
+
+    def chunk(c0: int, r0: int) -> None:
+        c1, r1 = min(c, c0 + step), min(ho, r0 + nr)
+        mat = rows[c0:c1, :, r0:r1].reshape(c1 - c0, n * (r1 - r0) * nb, kh * span)  # a copy
+        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, r1 - r0, nb * b)
+        out[:, c0:c1, r0:r1] = y[..., :wo].transpose(1, 0, 2, 3)
+
+    jobs = [(c0, r0) for c0 in range(0, c, step) for r0 in range(0, ho, nr)]
+    run_jobs(chunk, jobs, gemm_threads(spec, settings), settings, spec)
+    return out
+
+
+def direct_depthwise(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """The ``direct`` algorithm for depthwise layers (``C_in/groups == 1``): the taps
+    accumulated, by the fastest of the three loops that applies."""
+    if _depthwise_gemm_pays(spec, settings):
+        return _depthwise_gemm(x, weight, spec, work, settings)
+    if _channels_last_pays(spec, settings):
+        return _depthwise_channels_last(x, weight, spec, work, settings)
+    g, cout_g = spec.groups, spec.cout_g
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    ph = phases(spec)
+    wt = weight.reshape(g, cout_g, 1, len(ph.taps))
+    out = np.empty((n, spec.c_out, ho, wo), dtype=work)
+    per_row = spec.c_in * len(ph.phases) * ph.wq * work.itemsize
+    rows = band_rows(spec, per_row, settings.chunk_bytes // 4)
+    # pieces of flat positions small enough for the accumulator to stay in L2
+    piece = max(256, settings.tap_piece // max(1, spec.c_out))
+    for b in range(n):
+        xb = x[b : b + 1]
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            flat = ph.gather(xb, r0, r1, work)[0].reshape(g, 1, len(ph.phases), -1)
+            length = (r1 - r0) * ph.wq
+            acc = np.empty((g, cout_g, length), dtype=work)
+            tmp = np.empty((g, cout_g, min(piece, length)), dtype=work)
+            for q0 in range(0, length, piece):
+                q1 = min(length, q0 + piece)
+                a = acc[:, :, q0:q1]
+                tm = tmp[:, :, : q1 - q0]
+                for t, (p, off) in enumerate(ph.taps):
+                    src = flat[:, :, p, off + q0 : off + q1]
+                    if t == 0:
+                        np.multiply(src, wt[:, :, :, 0], out=a)
+                    else:
+                        np.multiply(src, wt[:, :, :, t], out=tm)
+                        a += tm
+            out[b, :, r0:r1] = acc.reshape(spec.c_out, r1 - r0, ph.wq)[..., :wo]
+    return out
