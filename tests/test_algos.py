@@ -17,11 +17,12 @@ from naive import naive_conv2d
 
 from convcli import ConvValueError, RunInfo, conv2d
 from convcli.backends import get_backend
-from convcli.backends.numpy import depthwise, gemm
+from convcli.backends.numpy import depthwise, gemm, packed
 from convcli.backends.numpy import threads as numpy_threads
 from convcli.backends.numpy.fft import fft_plan
 from convcli.backends.numpy.gather import Phases, band_rows
 from convcli.backends.numpy.settings import DEFAULTS
+from convcli.plan import frozen_copy
 from convcli.spec import PADDING_MODES, make_spec
 
 ALGOS = ("direct", "gemm", "separable", "fft")
@@ -648,3 +649,56 @@ def test_settings_are_frozen_and_using_gives_them_back():
         assert changed.gemm_bytes == before.gemm_bytes and be.threads() == 1
         raise RuntimeError
     assert be.settings is before
+
+
+# ---------------------------------------------------------------------------------------
+# weights prepared once per weight array (backends/numpy/packed.py)
+
+
+def test_prepared_is_reused_only_while_the_values_stay():
+    packed.clear()
+    made = []
+
+    def make():
+        made.append(1)
+        return np.arange(3.0)
+
+    w = np.ones((4, 2, 3, 3), np.float32)
+    first = packed.prepared(("k",), w, make)
+    assert packed.prepared(("k",), w, make) is first and len(made) == 1
+    assert packed.prepared(("k",), w.copy(), make) is first and len(made) == 1  # equal values
+    assert not first.flags.writeable  # shared between calls: nobody may write it
+    packed.prepared(("other",), w, make)
+    assert len(made) == 2
+    w[1, 1, 2, 2] = 5  # in place: the kept copy no longer matches
+    packed.prepared(("k",), w, make)
+    assert len(made) == 3
+    frozen = frozen_copy(w + 1)  # Conv2d's weights: kept as they are, not copied
+    packed.prepared(("k",), frozen, make)
+    assert packed.prepared(("k",), frozen, make) is not first and len(made) == 4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "xs, ws, stride, groups, changes",
+    [
+        ((1, 6, 13, 12), (8, 6, 3, 3), 2, 1, {}),  # stride phases: reordered weights
+        ((1, 4, 12, 11), (6, 2, 3, 5), 1, 2, {"shared_rows": True}),  # shared rows
+        ((1, 5, 11, 11), (5, 1, 7, 7), 1, 5, {"dw_gemm": True}),  # depthwise bands
+    ],
+)
+def test_prepared_weights_follow_in_place_changes(
+    numpy_settings, dtype, xs, ws, stride, groups, changes
+):
+    """A weight array changed in place between two calls gives the new result, not the
+    one prepared from its old values."""
+    numpy_settings(**changes)
+    packed.clear()
+    rng = np.random.default_rng(sum(ws))
+    x, w = _rand(rng, xs, dtype), _rand(rng, ws, dtype)
+    pad = (ws[2] // 2, ws[3] // 2)
+    algo = "direct" if groups == xs[1] else "gemm"
+    for _ in range(2):  # the second call takes the prepared weights
+        _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)
+    w[0] += 1
+    _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from convcli.backends.numpy.gather import band_rows, phases
+from convcli.backends.numpy.packed import prepared
 from convcli.backends.numpy.settings import Settings
 from convcli.backends.numpy.threads import gemm_threads, run_jobs
 from convcli.spec import ConvSpec
@@ -85,6 +86,17 @@ def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
     return spec.kh * spec.kw >= settings.dw_gemm_min_taps and spec.macs >= settings.dw_gemm_min_macs
 
 
+def _band(weight: np.ndarray, b: int, span: int, sw: int, dw: int, work: np.dtype) -> np.ndarray:
+    """``(C, kH*span, b)``: each channel's taps on the band of a block of ``b`` outputs."""
+    c, _, kh, kw = weight.shape
+    band = np.zeros((c, kh, span, b), dtype=work)
+    taps = weight.reshape(c, kh, kw)
+    for j in range(kw):
+        for q in range(b):
+            band[:, :, j * dw + q * sw, q] = taps[:, :, j]
+    return band.reshape(c, kh * span, b)
+
+
 def _depthwise_gemm(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
@@ -112,12 +124,9 @@ def _depthwise_gemm(
     wp = max(w + left + right, (nb - 1) * b * sw + span)
     xp = np.zeros((c, n, h + top + bottom, wp), dtype=work)
     xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
-    band = np.zeros((c, kh, span, b), dtype=work)
-    taps = weight.reshape(c, kh, kw)
-    for j in range(kw):
-        for q in range(b):
-            band[:, :, j * dw + q * sw, q] = taps[:, :, j]
-    band = band.reshape(c, kh * span, b)
+    band = prepared(
+        ("depthwise_band", work, b, sw, dw), weight, lambda: _band(weight, b, span, sw, dw, work)
+    )
     s = xp.strides
     rows = as_strided(
         xp, (c, n, ho, nb, kh, span), (s[0], s[1], s[2] * sh, b * sw * item, s[2] * dh, item)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from convcli.backends.numpy.gather import axis_grids, band_rows, gather2d, phases
+from convcli.backends.numpy.packed import prepared
 from convcli.backends.numpy.settings import Settings
 from convcli.backends.numpy.threads import gemm_threads, quiet_blas, run_jobs, scratch
 from convcli.spec import ConvSpec
@@ -135,7 +136,11 @@ def gemm(
     ph = phases(spec)
     k_all = cin_g * spec.kh * spec.kw
     # weight columns in the order the phase grids lay out the column matrix
-    wm = ph.weights(weight)
+    if ph.order is None:
+        wm = ph.weights(weight)  # a view
+    else:
+        key = ("phases", work, spec.stride, spec.dilation, spec.groups)
+        wm = prepared(key, weight, lambda: ph.weights(weight))
     lw, m, rows, crows = _gemm_plan(spec, work.itemsize, threads, settings)
     junk = lw != wo
     out = np.empty((n, spec.c_out, ho, wo), dtype=work)
@@ -271,7 +276,11 @@ def _gemm_shared_rows(
     kc = cin_g * spec.kw
     # (G, 1, C_out/G, K) with K in (kernel row, channel, column tap) order
     w5 = weight.reshape(g, cout_g, cin_g, spec.kh, spec.kw)
-    wm = np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).reshape(g, 1, 1, cout_g, -1)
+    wm = prepared(
+        ("shared_rows", work, g),
+        weight,
+        lambda: np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).reshape(g, 1, 1, cout_g, -1),
+    )
     # column taps by stride phase: a phase's taps are every `jstep`-th kernel column and
     # read the phase's columns `cstep` apart from `c0` on
     grids = axis_grids(spec.kw, sw, dw)
