@@ -570,9 +570,23 @@ def test_depthwise_channels_last(numpy_settings, band, dtype, xs, k, stride, pad
         ((1, 2, 9, 9), (3, 3), (1, 1), (0, 0), (2, 3)),  # no padding, dilated
     ],
 )
-def test_depthwise_gemm(numpy_settings, dtype, xs, k, stride, pad, dilation):
-    """Depthwise taps as GEMMs against banded tap matrices, forced on small layers."""
-    settings = numpy_settings(dw_gemm=True)
+@pytest.mark.parametrize(
+    "block, job_bytes, threads",
+    [(16, 2**17, 1), (8, 1, 2), (3, 2**17, 2)],  # whole layers; a row per job; odd blocks
+)
+def test_depthwise_gemm(
+    numpy_settings, dtype, xs, k, stride, pad, dilation, block, job_bytes, threads
+):
+    """Depthwise taps as GEMMs against banded tap matrices, forced on small layers: full
+    and partial blocks, jobs of whole channels or single rows, on 1-2 threads."""
+    settings = numpy_settings(
+        dw_gemm=True,
+        dw_gemm_block=block,
+        dw_gemm_job_bytes=job_bytes,
+        dw_gemm_min_job_bytes=job_bytes,
+        threads=threads,
+        threaded_min_flops=0,
+    )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 7)
     c = xs[1]
     x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)

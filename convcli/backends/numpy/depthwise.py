@@ -10,7 +10,6 @@ cache-sized pieces for the rest.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from convcli.backends.numpy.gather import band_rows, phases
 from convcli.backends.numpy.packed import prepared
@@ -102,14 +101,19 @@ def _depthwise_gemm(
 ) -> np.ndarray:
     """Depthwise taps as one small GEMM per channel over blocks of output columns.
 
-    A block of B = ``settings.dw_gemm_block`` output columns of one output row reads kH
-    input rows of ``span`` columns; with those kH x span values as a row of a matrix
-    (one row per block), the block's outputs are that row times a ``(kH*span, B)``
-    banded matrix of the channel's taps (zeros off the band). The tap loop passes over
-    the whole output twice per tap (a multiply, an add); the GEMM reads each block's
-    values once and runs at BLAS speed, computing ``span / kW`` times the products (the
-    zeros of the band). Channels run in chunks whose row matrix stays in L2, on the gemm
-    path's threads.
+    A block of ``b`` output columns of one output row reads kH input rows of ``span``
+    columns; with those kH x span values as a row of a matrix (one row per block), the
+    block's outputs are that row times a ``(kH*span, b)`` banded matrix of the channel's
+    taps (zeros off the band, kept between calls: see :mod:`.packed`). The tap loop
+    passes over the whole output twice per tap (a multiply, an add); the GEMM reads each
+    block's values once and runs at BLAS speed, computing ``span / kW`` times the
+    products (the zeros of the band).
+
+    The row matrix is copied in two steps: first each block's column strip (``span``
+    columns of every input row the job needs), then the matrix, whose rows are then
+    runs of ``kH*span`` consecutive strip values (with dilation 1), not kH runs of
+    ``span``. Channels (and rows, for large maps) run in jobs whose row matrix stays in
+    L2, on the gemm path's threads.
     """
     n, c, h, w = x.shape
     kh, kw = spec.kh, spec.kw
@@ -117,7 +121,9 @@ def _depthwise_gemm(
     dh, dw = spec.dilation
     top, bottom, left, right = spec.pad
     ho, wo = spec.h_out, spec.w_out
-    b = settings.dw_gemm_block
+    # a block no wider than the output needs (in steps of 8): a 7-wide map's 16-wide
+    # block would compute 9 junk columns
+    b = max(1, min(settings.dw_gemm_block, -(-wo // 8) * 8))
     nb = -(-wo // b)
     span = (b - 1) * sw + (kw - 1) * dw + 1
     item = work.itemsize
@@ -128,24 +134,44 @@ def _depthwise_gemm(
         ("depthwise_band", work, b, sw, dw), weight, lambda: _band(weight, b, span, sw, dw, work)
     )
     s = xp.strides
-    rows = as_strided(
-        xp, (c, n, ho, nb, kh, span), (s[0], s[1], s[2] * sh, b * sw * item, s[2] * dh, item)
-    )
     out = np.empty((n, c, ho, wo), dtype=work)
+    full, rest = divmod(wo, b)
     # a job's row matrix: in L2, and at most a quarter of a large input (the padded copy
     # is another), so that the call stays within what budget.conv_need prices for it;
-    # small inputs take 128 KiB (each job costs ~10 us of calls: 768 channels of a 7x7
-    # map in 59 jobs ran 1.5x slower than in 9)
-    limit = min(settings.gemm_bytes, max(x.size * item // 4, settings.dw_gemm_min_job_bytes))
+    # small inputs take dw_gemm_min_job_bytes (each job costs some 10 us of calls)
+    limit = min(settings.dw_gemm_job_bytes, max(x.size * item // 4, settings.dw_gemm_min_job_bytes))
     per_row = n * nb * kh * span * item  # one output row of one channel
     nr = max(1, min(ho, limit // per_row))
     step = max(1, limit // (per_row * ho)) if nr == ho else 1
 
     def chunk(c0: int, r0: int) -> None:
         c1, r1 = min(c, c0 + step), min(ho, r0 + nr)
-        mat = rows[c0:c1, :, r0:r1].reshape(c1 - c0, n * (r1 - r0) * nb, kh * span)  # a copy
-        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, r1 - r0, nb * b)
-        out[:, c0:c1, r0:r1] = y[..., :wo].transpose(1, 0, 2, 3)
+        cc, rr = c1 - c0, r1 - r0
+        rows_in = (rr - 1) * sh + (kh - 1) * dh + 1
+        # the blocks' column strips of the rows this job reads: (cc, n, nb, rows_in, span)
+        # (np.ndarray over the buffer: as_strided took 7 us a call)
+        strips = np.ndarray(
+            (cc, n, nb, rows_in, span),
+            dtype=work,
+            buffer=xp,
+            offset=c0 * s[0] + r0 * sh * s[2],
+            strides=(s[0], s[1], b * sw * item, s[2], item),
+        ).copy()
+        z = strips.strides
+        mat = np.ndarray(
+            (cc, n, nb, rr, kh, span),
+            dtype=work,
+            buffer=strips,
+            strides=(z[0], z[1], z[2], sh * z[3], dh * z[3], item),
+        ).reshape(cc, n * nb * rr, kh * span)  # a copy
+        y = np.matmul(mat, band[c0:c1]).reshape(cc, n, nb, rr, b)
+        dst = out[:, c0:c1, r0:r1]  # (n, cc, rr, wo); splitting its last axis is a view
+        if full:
+            dst[..., : full * b].reshape(n, cc, rr, full, b)[...] = y[:, :, :full].transpose(
+                1, 0, 3, 2, 4
+            )
+        if rest:
+            dst[..., full * b :] = y[:, :, full, :, :rest].transpose(1, 0, 2, 3)
 
     jobs = [(c0, r0) for c0 in range(0, c, step) for r0 in range(0, ho, nr)]
     run_jobs(chunk, jobs, gemm_threads(spec, settings), settings, spec)

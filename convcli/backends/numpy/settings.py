@@ -91,8 +91,10 @@ class Settings:
     dw_gemm: bool | None = None
     dw_gemm_min_taps: int = 25
     dw_gemm_min_macs: int = 10**6
-    # output columns per block (the GEMM's N)
-    dw_gemm_block: int = 8
+    # output columns per block (the GEMM's N; narrower on narrower outputs)
+    dw_gemm_block: int = 16
+    # a job's row matrix, at most (and at least; see depthwise._depthwise_gemm)
+    dw_gemm_job_bytes: int = 2 * 2**20
     dw_gemm_min_job_bytes: int = 128 * 1024
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
