@@ -600,7 +600,11 @@ def test_depthwise_gemm(
     [
         (96, 56, 7, 1, "zeros", True),  # convnext's depthwise layers
         (768, 7, 7, 1, "zeros", True),
-        (96, 56, 3, 1, "zeros", False),  # 3x3: the tap loop is as fast
+        (96, 56, 3, 1, "zeros", True),  # 3x3 on wide rows and many channels
+        (3, 224, 3, 1, "zeros", False),  # an image filter's 3x3 on RGB: the planar loop
+        (480, 14, 3, 1, "zeros", False),  # short rows: the channels-last loop
+        (1152, 7, 5, 1, "zeros", False),
+        (3, 224, 5, 1, "zeros", True),  # 5x5 and larger on few channels too
         (96, 56, 7, 1, "reflect", False),  # padding maps: the tap loops gather them
         (48, 56, 7, 2, "zeros", False),  # a channel multiplier
         (8, 9, 7, 1, "zeros", False),  # too small for the band's set-up to pay

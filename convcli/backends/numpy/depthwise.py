@@ -82,7 +82,13 @@ def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
         return False
     if settings.dw_gemm is not None:
         return settings.dw_gemm
-    return spec.kh * spec.kw >= settings.dw_gemm_min_taps and spec.macs >= settings.dw_gemm_min_macs
+    s, taps = settings, spec.kh * spec.kw
+    return (
+        taps >= s.dw_gemm_min_taps
+        and spec.w_out * spec.kw >= s.dw_gemm_min_row_taps
+        and spec.macs >= s.dw_gemm_min_macs
+        and (taps >= s.dw_gemm_many_taps or spec.c_out >= s.dw_gemm_min_channels)
+    )
 
 
 def _band(weight: np.ndarray, b: int, span: int, sw: int, dw: int, work: np.dtype) -> np.ndarray:

@@ -80,17 +80,24 @@ class Settings:
     channels_last_min: int = 64
     # bytes of one band's accumulator in the channels-last loop (stays in L2)
     channels_last_band: int = 256 * 1024
-    # Depthwise layers (one channel per group, zero padding, real dtypes) with at least
-    # dw_gemm_min_taps kernel taps and dw_gemm_min_macs multiply-adds run as GEMMs over
-    # row blocks (depthwise.depthwise_gemm); dw_gemm None: that rule, True/False force it
-    # where it applies (tests, A/B runs). ms against the channels-last tap loop (min of
-    # 7): 7x7 kernels 96ch 56^2 2.6 vs 7.8, 192ch 28^2 1.7 vs 3.5, N=8 384ch 14^2 6.9 vs
-    # 20.1, N=8 768ch 7^2 3.3 vs 7.9; 5x5 N=8 672ch 14^2 s2 2.9 vs 4.6, 240ch 14^2 0.49
-    # vs 0.56, but 576ch 7^2 0.43 vs 0.36 (under a million multiply-adds: the band set-up
-    # weighs); 3x3 within noise.
+    # Depthwise layers (one channel per group, zero padding, real dtypes) run as GEMMs
+    # over row blocks (depthwise._depthwise_gemm) where the kernel has at least
+    # dw_gemm_min_taps taps, an output row at least dw_gemm_min_row_taps column taps
+    # (W_out * kW), the layer at least dw_gemm_min_macs multiply-adds, and, for kernels
+    # under dw_gemm_many_taps taps, at least dw_gemm_min_channels channels (image
+    # filters' 3x3 on RGB: the planar loop, 9.4 ms against 13.6 on 1024^2). dw_gemm
+    # None: that rule; True/False force it where it applies (tests, A/B runs). CPU ms,
+    # one thread, against the better tap loop: 7x7 96ch 56^2 2.1 vs 7.1, 768ch 7^2 0.64
+    # vs 0.87; 5x5 144ch 14^2 0.26 vs 0.36, 96ch 28^2 s2 0.28 vs 0.31; 3x3 32ch 112^2
+    # 1.1 vs 2.5, 96ch 112^2 s2 2.0 vs 2.8, 88ch 28^2 0.30 vs 0.42; but 3x3 480ch 14^2
+    # 0.48 vs 0.35 and 5x5 1152ch 7^2 0.63 vs 0.53 (rows of 42 and 35 column taps),
+    # 16ch 112^2 s2 0.37 vs 0.33.
     dw_gemm: bool | None = None
-    dw_gemm_min_taps: int = 25
-    dw_gemm_min_macs: int = 10**6
+    dw_gemm_min_taps: int = 9
+    dw_gemm_min_row_taps: int = 48
+    dw_gemm_min_macs: int = 10**5
+    dw_gemm_many_taps: int = 25
+    dw_gemm_min_channels: int = 20
     # output columns per block (the GEMM's N; narrower on narrower outputs)
     dw_gemm_block: int = 16
     # a job's row matrix, at most (and at least; see depthwise._depthwise_gemm)
