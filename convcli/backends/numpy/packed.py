@@ -21,8 +21,9 @@ from convcli.plan import is_frozen, kept_record, same_values
 T = TypeVar("T")
 
 # at most this many entries, holding at most this many bytes (kept copies included):
-# a network's worth of small layers, a few of the largest
-_SIZE = 16
+# a network's layers (called in turn, so that fewer entries than layers would drop each
+# before its next use), or a few of the largest
+_SIZE = 64
 _BYTES = 64 * 2**20
 _ENTRIES: list[tuple[Hashable, np.ndarray, object]] = []
 _LOCK = threading.Lock()
