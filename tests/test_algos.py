@@ -571,17 +571,20 @@ def test_depthwise_channels_last(numpy_settings, band, dtype, xs, k, stride, pad
     ],
 )
 @pytest.mark.parametrize(
-    "block, job_bytes, threads",
-    [(16, 2**17, 1), (8, 1, 2), (3, 2**17, 2)],  # whole layers; a row per job; odd blocks
+    "block, rows, job_bytes, threads",
+    # whole layers, two rows a block; a row per job; three rows of two columns a block
+    [(16, 2, 2**17, 1), (8, 1, 1, 2), (6, 3, 2**17, 2)],
 )
 def test_depthwise_gemm(
-    numpy_settings, dtype, xs, k, stride, pad, dilation, block, job_bytes, threads
+    numpy_settings, dtype, xs, k, stride, pad, dilation, block, rows, job_bytes, threads
 ):
     """Depthwise taps as GEMMs against banded tap matrices, forced on small layers: full
-    and partial blocks, jobs of whole channels or single rows, on 1-2 threads."""
+    and partial blocks of 1-3 rows, jobs of whole channels or single rows (or row
+    groups), on 1-2 threads."""
     settings = numpy_settings(
         dw_gemm=True,
         dw_gemm_block=block,
+        dw_gemm_rows=rows,
         dw_gemm_job_bytes=job_bytes,
         dw_gemm_min_job_bytes=job_bytes,
         threads=threads,

@@ -98,8 +98,10 @@ class Settings:
     dw_gemm_min_macs: int = 10**5
     dw_gemm_many_taps: int = 25
     dw_gemm_min_channels: int = 20
-    # output columns per block (the GEMM's N; narrower on narrower outputs)
+    # outputs per block (the GEMM's N): dw_gemm_rows output rows (without dilation along
+    # the rows) of dw_gemm_block / dw_gemm_rows columns (fewer on narrower outputs)
     dw_gemm_block: int = 16
+    dw_gemm_rows: int = 2
     # a job's row matrix, at most (and at least; see depthwise._depthwise_gemm)
     dw_gemm_job_bytes: int = 2 * 2**20
     dw_gemm_min_job_bytes: int = 128 * 1024
