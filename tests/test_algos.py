@@ -606,7 +606,8 @@ def test_depthwise_gemm(
         (96, 56, 3, 1, "zeros", True),  # 3x3 on wide rows and many channels
         (3, 224, 3, 1, "zeros", False),  # an image filter's 3x3 on RGB: the planar loop
         (480, 14, 3, 1, "zeros", False),  # short rows: the channels-last loop
-        (1152, 7, 5, 1, "zeros", False),
+        (1152, 7, 3, 1, "zeros", False),
+        (576, 7, 5, 1, "zeros", True),
         (3, 224, 5, 1, "zeros", True),  # 5x5 and larger on few channels too
         (96, 56, 7, 1, "reflect", False),  # padding maps: the tap loops gather them
         (48, 56, 7, 2, "zeros", False),  # a channel multiplier

@@ -85,7 +85,7 @@ def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
     s, taps = settings, spec.kh * spec.kw
     return (
         taps >= s.dw_gemm_min_taps
-        and spec.w_out * spec.kw >= s.dw_gemm_min_row_taps
+        and spec.w_out * taps >= s.dw_gemm_min_row_taps * spec.stride[1]
         and spec.macs >= s.dw_gemm_min_macs
         and (taps >= s.dw_gemm_many_taps or spec.c_out >= s.dw_gemm_min_channels)
     )

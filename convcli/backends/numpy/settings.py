@@ -82,19 +82,20 @@ class Settings:
     channels_last_band: int = 256 * 1024
     # Depthwise layers (one channel per group, zero padding, real dtypes) run as GEMMs
     # over row blocks (depthwise._depthwise_gemm) where the kernel has at least
-    # dw_gemm_min_taps taps, an output row at least dw_gemm_min_row_taps column taps
-    # (W_out * kW), the layer at least dw_gemm_min_macs multiply-adds, and, for kernels
-    # under dw_gemm_many_taps taps, at least dw_gemm_min_channels channels (image
-    # filters' 3x3 on RGB: the planar loop, 9.4 ms against 13.6 on 1024^2). dw_gemm
-    # None: that rule; True/False force it where it applies (tests, A/B runs). CPU ms,
-    # one thread, against the better tap loop: 7x7 96ch 56^2 2.1 vs 7.1, 768ch 7^2 0.64
-    # vs 0.87; 5x5 144ch 14^2 0.26 vs 0.36, 96ch 28^2 s2 0.28 vs 0.31; 3x3 32ch 112^2
-    # 1.1 vs 2.5, 96ch 112^2 s2 2.0 vs 2.8, 88ch 28^2 0.30 vs 0.42; but 3x3 480ch 14^2
-    # 0.48 vs 0.35 and 5x5 1152ch 7^2 0.63 vs 0.53 (rows of 42 and 35 column taps),
-    # 16ch 112^2 s2 0.37 vs 0.33.
+    # dw_gemm_min_taps taps, an output row at least dw_gemm_min_row_taps taps per column
+    # of stride (W_out * kH * kW / stride), the layer at least dw_gemm_min_macs
+    # multiply-adds, and, for kernels under dw_gemm_many_taps taps, at least
+    # dw_gemm_min_channels channels (image filters' 3x3 on RGB: the planar loop, 9.4 ms
+    # against 13.6 on 1024^2). dw_gemm None: that rule; True/False force it where it
+    # applies (tests, A/B runs). CPU ms, one thread, against the better tap loop: 7x7
+    # 96ch 56^2 1.8 vs 7.1 (8.2), 768ch 7^2 0.50 vs 0.87; 5x5 144ch 14^2 0.21 vs 0.35,
+    # 576ch 7^2 0.30 vs 0.36, 96ch 28^2 s2 0.23 vs 0.31; 3x3 32ch 112^2 1.3 vs 2.9, 96ch
+    # 112^2 s2 2.2 vs 3.6, 88ch 28^2 0.32 vs 0.40; but 3x3 480ch 14^2 0.44 vs 0.35,
+    # 1152ch 7^2 0.35 vs 0.24 and 5x5 672ch 14^2 s2 0.56 vs 0.48 (rows of 126, 63 and 87
+    # taps per column of stride).
     dw_gemm: bool | None = None
     dw_gemm_min_taps: int = 9
-    dw_gemm_min_row_taps: int = 48
+    dw_gemm_min_row_taps: int = 150
     dw_gemm_min_macs: int = 10**5
     dw_gemm_many_taps: int = 25
     dw_gemm_min_channels: int = 20
