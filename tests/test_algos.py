@@ -315,6 +315,8 @@ def test_gemm_shared_rows_other_dtypes(numpy_settings, dtype):
     [
         ((1, 3, 1024, 1024), (16, 3, 7, 7), 2, 1, True),  # W9: wide, few output channels
         ((1, 3, 540, 960), (16, 3, 3, 3), 1, 1, True),
+        ((1, 3, 224, 224), (16, 3, 3, 3), 2, 1, True),  # mobile stems: 112 wide
+        ((1, 3, 224, 224), (64, 3, 7, 7), 2, 1, False),  # resnet's: 64 output channels
         ((1, 64, 224, 224), (64, 64, 3, 3), 1, 1, False),  # copies are cheap beside GEMMs
         ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, False),  # W5: narrow rows, small GEMMs
         ((1, 3, 1024, 1024), (16, 3, 3, 3), 1, 2, False),  # dilation 2 does not divide 1

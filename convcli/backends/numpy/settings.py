@@ -59,9 +59,11 @@ class Settings:
     # rows are wide (each output row is one GEMM of N = W_out columns). Measured against
     # the column matrix of every tap: W9 12.2-15.2 vs 14.9-16.9, 3->16 3x3 on 960x540
     # 8.4 vs 9.1, 16->16 5x5 on 512^2 31.1 vs 34.3; but 64->64 3x3 on 224^2 26.0 vs 25.1,
-    # a 3->64 7x7 stem (112 wide) 2.7 vs 2.3, W5 (56 wide) 14.9 vs 13.7.
+    # a 3->64 7x7 stem (112 wide) 2.7 vs 2.3, W5 (56 wide) 14.9 vs 13.7. Mobile
+    # networks' 3->16 and 3->32 3x3 s2 stems (112 wide, one thread): 0.28 vs 0.40 and
+    # 0.38 vs 0.52.
     shared_rows: bool | None = None
-    shared_rows_min_width: int = 128
+    shared_rows_min_width: int = 96
     shared_rows_max_cout: int = 32
     # column bytes per band (per thread): W9 took 14.5, 13.4, 12.2, 12.6 and 14.2 ms with
     # 0.5, 1, 2, 4 and 8 MiB
