@@ -726,3 +726,15 @@ def test_prepared_weights_follow_in_place_changes(
         _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)
     w[0] += 1
     _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)
+
+
+def test_depthwise_gemm_counts_the_rows_of_every_image():
+    """Short rows with many channels: the tap loop for one image, the GEMM for eight
+    (more rows per channel amortise its per-channel calls)."""
+
+    def pays(n: int) -> bool:
+        x, w = np.ones((n, 480, 14, 14), np.float32), np.ones((480, 1, 3, 3), np.float32)
+        spec = make_spec(x, w, None, padding=1, groups=480)
+        return depthwise._depthwise_gemm_pays(spec, DEFAULTS)
+
+    assert not pays(1) and pays(8)

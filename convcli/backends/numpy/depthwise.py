@@ -1,10 +1,10 @@
 """Depthwise layers (``C_in/groups == 1``: image filters, mobile networks' depthwise
 convolutions) under ``direct``: the taps accumulated as ``weight[tap] * shifted input``.
 
-Three loops: small GEMMs against banded tap matrices for 5x5 kernels and larger
-(:func:`_depthwise_gemm`), multiply-adds with the channels innermost for many channels
-(:func:`_depthwise_channels_last`), and the planar loop over stride phases in
-cache-sized pieces for the rest.
+Three loops: small GEMMs against banded tap matrices where output rows are long enough
+(:func:`_depthwise_gemm`, the rule in :class:`~.settings.Settings`), multiply-adds with
+the channels innermost for many channels (:func:`_depthwise_channels_last`), and the
+planar loop over stride phases in cache-sized pieces for the rest.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
     s, taps = settings, spec.kh * spec.kw
     return (
         taps >= s.dw_gemm_min_taps
-        and spec.w_out * taps >= s.dw_gemm_min_row_taps * spec.stride[1]
+        and spec.n * spec.w_out * taps >= s.dw_gemm_min_row_taps * spec.stride[1]
         and spec.macs >= s.dw_gemm_min_macs
         and (taps >= s.dw_gemm_many_taps or spec.c_out >= s.dw_gemm_min_channels)
     )

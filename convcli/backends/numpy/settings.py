@@ -84,8 +84,9 @@ class Settings:
     channels_last_band: int = 256 * 1024
     # Depthwise layers (one channel per group, zero padding, real dtypes) run as GEMMs
     # over row blocks (depthwise._depthwise_gemm) where the kernel has at least
-    # dw_gemm_min_taps taps, an output row at least dw_gemm_min_row_taps taps per column
-    # of stride (W_out * kH * kW / stride), the layer at least dw_gemm_min_macs
+    # dw_gemm_min_taps taps, an output row of all images at least dw_gemm_min_row_taps
+    # taps per column of stride (N * W_out * kH * kW / stride: more images amortise the
+    # per-channel calls), the layer at least dw_gemm_min_macs
     # multiply-adds, and, for kernels under dw_gemm_many_taps taps, at least
     # dw_gemm_min_channels channels (image filters' 3x3 on RGB: the planar loop, 9.4 ms
     # against 13.6 on 1024^2). dw_gemm None: that rule; True/False force it where it
@@ -94,7 +95,9 @@ class Settings:
     # 576ch 7^2 0.30 vs 0.36, 96ch 28^2 s2 0.23 vs 0.31; 3x3 32ch 112^2 1.3 vs 2.9, 96ch
     # 112^2 s2 2.2 vs 3.6, 88ch 28^2 0.32 vs 0.40; but 3x3 480ch 14^2 0.44 vs 0.35,
     # 1152ch 7^2 0.35 vs 0.24 and 5x5 672ch 14^2 s2 0.56 vs 0.48 (rows of 126, 63 and 87
-    # taps per column of stride).
+    # taps per column of stride). At N=8 the GEMM also wins there: 5x5 288ch 14^2 s2
+    # 1.2 vs 2.1, 3x3 116ch 14^2 0.74 vs 0.92, 232ch 7^2 0.43 vs 0.53, but 58ch 56^2 s2
+    # 3.9 vs 3.1.
     dw_gemm: bool | None = None
     dw_gemm_min_taps: int = 9
     dw_gemm_min_row_taps: int = 150
