@@ -590,7 +590,7 @@ def test_depthwise_gemm(
         dw_gemm_job_bytes=job_bytes,
         dw_gemm_min_job_bytes=job_bytes,
         threads=threads,
-        threaded_min_flops=0,
+        dw_gemm_threaded_min_macs=0,
     )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 7)
     c = xs[1]
@@ -738,3 +738,22 @@ def test_depthwise_gemm_counts_the_rows_of_every_image():
         return depthwise._depthwise_gemm_pays(spec, DEFAULTS)
 
     assert not pays(1) and pays(8)
+
+
+def test_depthwise_gemm_threads_only_large_layers(monkeypatch, numpy_settings):
+    """Our threads for a depthwise GEMM of 16M multiply-adds, not for one of 4M (waking
+    them costs more than they save there)."""
+    seen = []
+    real = depthwise.run_jobs
+
+    def spy(job, args, threads, *rest):
+        seen.append(threads)
+        return real(job, args, threads, *rest)
+
+    monkeypatch.setattr(depthwise, "run_jobs", spy)
+    numpy_settings(threads=2)
+    rng = np.random.default_rng(40)
+    for c, hw, k in [(32, 112, 3), (240, 14, 5)]:
+        x, w = _rand(rng, (1, c, hw, hw), "float32"), _rand(rng, (c, 1, k, k), "float32")
+        _check(x, w, None, (1, 1), (k // 2, k // 2), (1, 1), c, "zeros", "direct", "float32")
+    assert seen == [2 if numpy_threads.ONE_THREAD_BLAS.available else 1, 1]

@@ -191,7 +191,10 @@ def _depthwise_gemm(
             dst[..., full * b :] = y[:, :, full, :, :rest].transpose(1, 0, 2, 3)
 
     jobs = [(c0, g0) for c0 in range(0, c, step) for g0 in range(0, groups, ng)]
-    run_jobs(chunk, jobs, gemm_threads(spec, settings), settings, spec)
+    # the GEMMs' multiply-adds, zeros of the band included: what the work grows with
+    band_macs = n * c * groups * nb * kr * span * r * b
+    large = band_macs >= settings.dw_gemm_threaded_min_macs
+    run_jobs(chunk, jobs, gemm_threads(spec, settings, large=large), settings, spec)
     return out
 
 

@@ -111,6 +111,12 @@ class Settings:
     # a job's row matrix, at most (and at least; see depthwise._depthwise_gemm)
     dw_gemm_job_bytes: int = 2 * 2**20
     dw_gemm_min_job_bytes: int = 128 * 1024
+    # from this many multiply-adds of its GEMMs (the band's zeros included) a depthwise
+    # GEMM runs on our threads: wall ms, N=1, min of 45 on a busy machine, one thread
+    # against two: 7x7 96ch 56^2 (34M) 1.61 vs 1.09; 3x3 32ch 112^2 (16M) 1.20 vs 0.78,
+    # 96ch 112^2 s2 (26M) 1.99 vs 1.30; 7x7 192ch 28^2 (19M) 0.98 vs 0.84; but 7x7
+    # 384ch 14^2 (9.6M) 0.61 vs 0.73, 5x5 240ch 14^2 (3.9M) 0.33 vs 0.50
+    dw_gemm_threaded_min_macs: int = 12 * 10**6
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to

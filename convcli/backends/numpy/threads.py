@@ -197,16 +197,19 @@ def on_own_cpu(work: Callable[[int], None], k: int, place: set[int] | None) -> N
     work(k)
 
 
-def gemm_threads(spec: ConvSpec, settings: Settings) -> int:
+def gemm_threads(spec: ConvSpec, settings: Settings, *, large: bool | None = None) -> int:
     """Our threads for the gemm path; 1 leaves the threading to BLAS.
 
-    Below ``settings.threaded_min_flops`` BLAS's own threads win: waking ours costs about 0.25
-    ms. Above it ours win now that each keeps its own CPU for the call (see
+    Below ``settings.threaded_min_flops`` BLAS's own threads win: waking ours costs about
+    0.25 ms. Above it ours win now that each keeps its own CPU for the call (see
     :func:`spread_plan`): as the bench times them (0.5 s of idle, a warm-up, one run),
     W6 took 6.4-7.0 ms on our threads against 8.1-9.6 on BLAS's, W7 2.5-2.95 against
     3.5-4.1, because BLAS's threads, woken after idle, shared a CPU with the caller.
+    ``large`` overrides that size rule for paths whose work is not the layer's flops.
     """
-    if not ONE_THREAD_BLAS.available or 2 * spec.macs < settings.threaded_min_flops:
+    if large is None:
+        large = 2 * spec.macs >= settings.threaded_min_flops
+    if not ONE_THREAD_BLAS.available or not large:
         return 1
     if settings.threads is None:
         # a process that limited BLAS's threads (OPENBLAS_NUM_THREADS=1) gets no more here
