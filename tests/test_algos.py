@@ -757,3 +757,23 @@ def test_depthwise_gemm_threads_only_large_layers(monkeypatch, numpy_settings):
         x, w = _rand(rng, (1, c, hw, hw), "float32"), _rand(rng, (c, 1, k, k), "float32")
         _check(x, w, None, (1, 1), (k // 2, k // 2), (1, 1), c, "zeros", "direct", "float32")
     assert seen == [2 if numpy_threads.ONE_THREAD_BLAS.available else 1, 1]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("junk_below", [0, 10**6])
+@pytest.mark.parametrize("case", range(len(GRID_CASES)))
+def test_gemm_threads_share_the_output_channels(numpy_settings, threads, junk_below, case):
+    """One band (a small map) on several threads: each thread takes a part of every
+    group's output channels, with and without junk columns."""
+    numpy_settings(
+        threads=threads,
+        threaded_min_flops=0,
+        junk_below=junk_below,
+        gemm_min_pixels=10**6,  # every image one band
+        gemm_min_part_cout=1,
+        shared_rows=False,
+    )
+    xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
+    rng = np.random.default_rng(50 + case)
+    x, w, b = _rand(rng, xs[1:], "float32")[None], _rand(rng, ws, "float32"), None
+    _check(x, w, b, stride, pad, dilation, groups, "replicate", "gemm", "float32")

@@ -162,8 +162,9 @@ def gemm(
         )
         return flat, cols, res
 
-    def chunk(n0: int, t0: int) -> None:
-        """Images ``n0..n0+m``, output rows ``t0..t0+crows``: gather, then the GEMMs."""
+    def chunk(n0: int, t0: int, o0: int, o1: int) -> None:
+        """Images ``n0..n0+m``, output rows ``t0..t0+crows``, output channels ``o0..o1``
+        of each group: gather, then the GEMMs."""
         flat, cols, res = buffers()
         mm, t1 = min(m, n - n0), min(ho, t0 + crows)
         ph.fill(x[n0 : n0 + mm], t0, flat[:mm, :, :, : ph.rows_needed(t1 - t0)])
@@ -186,13 +187,24 @@ def gemm(
                 cols[:mm, :, k0 : k0 + kk, : nr * lw].reshape(shape)[...] = src
                 k0 += kk
             c = cols[:mm, :, :, : nr * lw]
+            w_part = wm[:, o0:o1]
             if junk:
-                r = np.matmul(wm, c, out=res[:mm, :, :, : nr * lw])
-                out[n0 : n0 + mm, :, r0 : r0 + nr] = r.reshape(mm, spec.c_out, nr, lw)[..., :wo]
+                r = np.matmul(w_part, c, out=res[:mm, :, o0:o1, : nr * lw])
+                dst = out[n0 : n0 + mm].reshape(mm, g, cout_g, ho, wo)[:, :, o0:o1, r0 : r0 + nr]
+                dst[...] = r.reshape(mm, g, o1 - o0, nr, lw)[..., :wo]
             else:
-                np.matmul(wm, c, out=out_g[n0 : n0 + mm, :, :, r0 * wo : (r0 + nr) * wo])
+                dst = out_g[n0 : n0 + mm, :, o0:o1, r0 * wo : (r0 + nr) * wo]
+                np.matmul(w_part, c, out=dst)
 
     jobs = [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)]
+    # fewer bands than threads (small maps: a GEMM needs gemm_min_pixels columns): the
+    # threads share the output channels, each gathering the band's columns itself
+    # (resnet's 256->256 3x3 on 14^2 was one GEMM, as slow on two threads as on one)
+    parts = max(1, min(-(-threads // len(jobs)), cout_g // settings.gemm_min_part_cout))
+    step = -(-cout_g // parts)
+    jobs = [
+        (n0, t0, o0, min(cout_g, o0 + step)) for n0, t0 in jobs for o0 in range(0, cout_g, step)
+    ]
     run_jobs(chunk, jobs, threads, settings, spec)
     return out
 

@@ -52,6 +52,9 @@ class Settings:
     # without; W5, 64: 13.9 and 13.5)
     junk_below: int = 64
     junk_max_cout: int = 64
+    # fewer bands than threads: each thread takes a part of the output channels of at
+    # least this many (gemm.gemm)
+    gemm_min_part_cout: int = 32
 
     # -- gemm over shared rows (gemm.gemm_shared_rows) ----------------------------------
     # None: the rule below; True/False force it where it applies (tests, A/B runs).
