@@ -6,9 +6,10 @@ Algorithms (``algo=``; ``"auto"`` picks one with :func:`.cost.choose_algo`'s cos
     Every output from the kernel taps, no transform of the kernel. Dense layers use
     :func:`.reference.conv2d_direct`, the reference im2col + matmul per group (the
     column matrix is a gathered ``(pixels, C_in/groups*kH*kW)`` copy). Depthwise layers
-    (``C_in/groups == 1``: image filters) accumulate ``weight[tap] * shifted input`` in
-    cache-sized pieces (channels innermost for many channels); those with 5x5 kernels
-    and larger run as small GEMMs against banded tap matrices (:mod:`.depthwise`).
+    (``C_in/groups == 1``: image filters, mobile networks) run as small GEMMs against
+    banded tap matrices where output rows are long enough, else accumulate ``weight[tap]
+    * shifted input`` in cache-sized pieces (channels innermost for many channels); see
+    :mod:`.depthwise`.
 ``gemm``
     The convolution as one matrix product over (channels x taps) per group, without the
     reference's gather (:mod:`.gemm`: stride phases, strided tap views, shared rows for
@@ -37,8 +38,10 @@ behaviour); complex inputs use the weight as is (no conjugation).
 
 Files: ``reference`` (the im2col reference), ``gather`` (padding by index maps, stride
 phases), ``threads`` (pool, CPU placement, one-thread BLAS, scratch), ``gemm``,
-``depthwise``, ``separable``, ``fft``, ``cost`` (estimates and choice), ``settings``
-(tuning values, held by the backend as ``backend.settings``) and ``backend``.
+``depthwise``, ``separable``, ``fft``, ``cost`` (estimates and choice), ``packed``
+(weights prepared for a path, kept while the weight array holds the same values),
+``settings`` (tuning values, held by the backend as ``backend.settings``) and
+``backend``.
 """
 
 from __future__ import annotations
