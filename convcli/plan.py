@@ -124,4 +124,9 @@ def same_values(kept: np.ndarray, given: np.ndarray) -> bool:
         return False
     if kept.nbytes <= 1 << 16:
         return kept.tobytes() == given.tobytes()  # one memcmp: 2 us, not array_equal's 7
+    # a sample first: a cache holding several weights of one shape compares each
+    flat_kept, flat_given = kept.reshape(-1), given.reshape(-1)
+    step = flat_kept.size // 64
+    if not np.array_equal(flat_kept[::step], flat_given[::step]):
+        return False
     return bool(np.array_equal(kept, given))

@@ -697,9 +697,16 @@ def test_prepared_is_reused_only_while_the_values_stay():
     w[1, 1, 2, 2] = 5  # in place: the kept copy no longer matches
     packed.prepared(("k",), w, make)
     assert len(made) == 3
+    big = np.ones((64, 64, 5, 5), np.float32)  # 400 KiB: sampled, then compared in full
+    packed.prepared(("k",), big, make)
+    packed.prepared(("k",), big.copy(), make)
+    assert len(made) == 4
+    big[0, 0, 0, 1] = 2  # off the sample's grid
+    packed.prepared(("k",), big, make)
+    assert len(made) == 5
     frozen = frozen_copy(w + 1)  # Conv2d's weights: kept as they are, not copied
     packed.prepared(("k",), frozen, make)
-    assert packed.prepared(("k",), frozen, make) is not first and len(made) == 4
+    assert packed.prepared(("k",), frozen, make) is not first and len(made) == 6
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
