@@ -21,7 +21,7 @@ from convcli.backends.numpy import depthwise, gemm, packed
 from convcli.backends.numpy import threads as numpy_threads
 from convcli.backends.numpy.fft import fft_plan
 from convcli.backends.numpy.gather import Phases, band_rows
-from convcli.backends.numpy.settings import DEFAULTS
+from convcli.backends.numpy.settings import DEFAULT
 from convcli.plan import frozen_copy
 from convcli.spec import PADDING_MODES, make_spec
 
@@ -222,7 +222,7 @@ def test_large_kernel_on_large_image_is_bounded():
     band_bytes = spec.c_in * fh * (fw // 2 + 1) * 8
     assert rows < spec.h_out and band_bytes < 64 * 2**20 and kbytes < 64 * 2**20
     per_row = spec.c_in * (4096 + 30) * 4
-    assert band_rows(spec, per_row, DEFAULTS.chunk_bytes // 4) < spec.h_out
+    assert band_rows(spec, per_row, DEFAULT.chunk_bytes // 4) < spec.h_out
 
 
 @pytest.mark.parametrize("mode", PADDING_MODES)
@@ -326,16 +326,16 @@ def test_gemm_shared_rows_other_dtypes(numpy_settings, dtype):
 def test_shared_rows_where_it_pays(xs, ws, stride, dilation, shared):
     x, w = np.empty(xs, np.float32), np.empty(ws, np.float32)
     spec = make_spec(x, w, None, stride=stride, dilation=dilation, padding=1)
-    assert gemm._shared_rows(spec, DEFAULTS) is shared
+    assert gemm._shared_rows(spec, DEFAULT) is shared
 
 
 def test_gemm_plan_splits_work_over_threads():
     """About two chunks per thread, each a whole number of GEMM bands."""
     x = np.empty((1, 3, 1024, 1024), np.float32)
     spec = make_spec(x, np.empty((16, 3, 7, 7), np.float32), None, stride=2, padding=3)
-    lw, m, rows, crows = gemm._gemm_plan(spec, 4, 2, DEFAULTS)
+    lw, m, rows, crows = gemm._gemm_plan(spec, 4, 2, DEFAULT)
     assert lw == spec.w_out and m == 1
-    limit = max(DEFAULTS.gemm_bytes, DEFAULTS.gemm_min_pixels * 4 * 147)
+    limit = max(DEFAULT.gemm_bytes, DEFAULT.gemm_min_pixels * 4 * 147)
     assert spec.c_in * 49 * lw * rows * 4 <= limit
     assert crows % rows == 0 and -(-spec.h_out // crows) == 4
     # W7: one image per chunk, narrow outputs computed with junk columns
@@ -344,7 +344,7 @@ def test_gemm_plan_splits_work_over_threads():
         x, np.empty((128, 16, 3, 3), np.float32), None, stride=2, padding=2, dilation=2, groups=4
     )
     assert len(Phases(spec).phases) == 1
-    lw, m, rows, crows = gemm._gemm_plan(spec, 4, 2, DEFAULTS)
+    lw, m, rows, crows = gemm._gemm_plan(spec, 4, 2, DEFAULT)
     assert lw == spec.w_out + 2 and m == 1 and crows >= spec.h_out
 
 
@@ -476,7 +476,7 @@ def test_gemm_several_images_per_product(numpy_settings, threads, junk_below):
 )
 def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk):
     spec = make_spec(np.empty(xs, np.float32), np.empty(ws, np.float32), None, groups=groups)
-    lw = gemm._gemm_plan(spec, 4, 1, DEFAULTS)[0]
+    lw = gemm._gemm_plan(spec, 4, 1, DEFAULT)[0]
     assert lw == (spec.w_out + 2 if junk else spec.w_out)
 
 
@@ -620,7 +620,7 @@ def test_depthwise_gemm_only_where_it_applies_and_pays(c, hw, k, mult, mode, pay
     x = np.ones((1, c, hw, hw), np.float32)
     w = np.ones((c * mult, 1, k, k), np.float32)
     spec = make_spec(x, w, None, padding=k // 2, groups=c, padding_mode=mode)
-    assert depthwise._depthwise_gemm_pays(spec, DEFAULTS) is pays
+    assert depthwise._depthwise_gemm_pays(spec, DEFAULT) is pays
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
@@ -742,7 +742,7 @@ def test_depthwise_gemm_counts_the_rows_of_every_image():
     def pays(n: int) -> bool:
         x, w = np.ones((n, 480, 14, 14), np.float32), np.ones((480, 1, 3, 3), np.float32)
         spec = make_spec(x, w, None, padding=1, groups=480)
-        return depthwise._depthwise_gemm_pays(spec, DEFAULTS)
+        return depthwise._depthwise_gemm_pays(spec, DEFAULT)
 
     assert not pays(1) and pays(8)
 

@@ -49,10 +49,10 @@ from __future__ import annotations
 from convcli.backends.numpy.backend import NumpyBackend
 from convcli.backends.numpy.gather import compute_dtype, gather_padded, gather_rows
 from convcli.backends.numpy.reference import conv2d_direct
-from convcli.backends.numpy.settings import DEFAULTS, Settings
+from convcli.backends.numpy.settings import DEFAULT, Settings
 
 __all__ = [
-    "DEFAULTS",
+    "DEFAULT",
     "NumpyBackend",
     "Settings",
     "compute_dtype",

@@ -16,7 +16,7 @@ from convcli.backends.numpy.gather import compute_dtype
 from convcli.backends.numpy.gemm import gemm
 from convcli.backends.numpy.reference import conv2d_direct
 from convcli.backends.numpy.separable import separable
-from convcli.backends.numpy.settings import DEFAULTS, Settings
+from convcli.backends.numpy.settings import DEFAULT, Settings
 from convcli.backends.numpy.threads import worker_count
 from convcli.errors import ConvValueError
 from convcli.plan import separable_factors
@@ -36,7 +36,7 @@ class NumpyBackend:
     name = "numpy"
     device_name = "host CPU (NumPy)"
 
-    def __init__(self, settings: Settings = DEFAULTS) -> None:
+    def __init__(self, settings: Settings = DEFAULT) -> None:
         self.settings = settings
 
     @contextlib.contextmanager

@@ -6,7 +6,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from convcli.backends.numpy.gather import compute_dtype, gather_padded
-from convcli.backends.numpy.settings import DEFAULTS, Settings
+from convcli.backends.numpy.settings import DEFAULT, Settings
 from convcli.spec import ConvSpec
 
 
@@ -21,7 +21,7 @@ def conv2d_direct(
     bias: np.ndarray | None,
     spec: ConvSpec,
     *,
-    settings: Settings = DEFAULTS,
+    settings: Settings = DEFAULT,
 ) -> np.ndarray:
     """Direct convolution of batched ``x`` ``(N, C, H, W)``; returns ``(N, C_out, Ho, Wo)``.
 

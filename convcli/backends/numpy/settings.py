@@ -145,4 +145,4 @@ class Settings:
     svd_flops: float = 4e9
 
 
-DEFAULTS = Settings()
+DEFAULT = Settings()
