@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convcli import backends
-from convcli.backends.numpy_backend import NumpyBackend
+from convcli.backends.numpy import NumpyBackend
 from convcli.bench import SUITES
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec

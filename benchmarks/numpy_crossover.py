@@ -12,12 +12,13 @@ for layers also the gemm path's threads (1: BLAS threads its GEMMs) and plan (co
 row width, images and rows per GEMM, rows per chunk). ``--threads`` sets the gemm
 path's thread count (default: the CPUs this process may use); ``--layers`` skips the
 image filters. The crossover points are written next to the constants in
-``convcli/backends/numpy_backend.py``.
+``convcli/backends/numpy/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -29,7 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convcli import RunInfo, conv2d
-from convcli.backends import numpy_backend
+from convcli.backends import get_backend
+from convcli.backends.numpy import gemm as numpy_gemm
+from convcli.backends.numpy.threads import gemm_threads
 from convcli.errors import ConvValueError
 from convcli.spec import make_spec
 
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--layers", action="store_true")
     args = ap.parse_args(argv)
-    numpy_backend.THREADS = args.threads
+    numpy = get_backend("numpy")
+    numpy.settings = dataclasses.replace(numpy.settings, threads=args.threads)
     rng = np.random.default_rng(0)
     x = rng.random((1, 3, args.side, args.side), dtype=np.float32)
     for k in () if args.layers else (3, 5, 7, 9, 11, 15, 21, 31):
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         xl = rng.random(xs, dtype=np.float32)
         wl = rng.standard_normal(ws).astype(np.float32)
         spec = make_spec(xl, wl, None, **opts)
-        threads = numpy_backend._gemm_threads(spec)
-        plan = numpy_backend._gemm_plan(spec, 4, threads)
+        threads = gemm_threads(spec, numpy.settings)
+        plan = numpy_gemm._gemm_plan(spec, 4, threads, numpy.settings)
         line = _line(f"{xs}x{ws}", xl, wl, args.repeat, **opts)
         print(f"{line} gemm threads={threads} plan={plan}", flush=True)
     return 0

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convcli import conv2d
-from convcli.backends.numpy_backend import conv2d_direct
+from convcli.backends.numpy import conv2d_direct
 from convcli.backends.opencl import plan as opencl_plan
 from convcli.runinfo import RunInfo
 from convcli.spec import make_spec

@@ -16,7 +16,7 @@ import numpy as np
 
 from convcli import backends
 from convcli.backends import choice
-from convcli.backends.numpy_backend import compute_dtype, gather_rows
+from convcli.backends.numpy import compute_dtype, gather_rows
 from convcli.budget import (
     SMALL_NEED,
     call_need,

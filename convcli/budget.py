@@ -47,8 +47,8 @@ from convcli.spec import ConvSpec, resolve_padding
 MAX_KERNEL_SIDE = 1001
 MAX_WEIGHT_ELEMENTS = 1 << 26
 
-# Work arrays the NumPy paths bound by themselves (numpy_backend's CHUNK_BYTES and
-# BLAS_GEMM_BYTES), counted per worker thread.
+# Work arrays the NumPy paths bound by themselves (the NumPy backend's settings
+# chunk_bytes and blas_gemm_bytes), counted per worker thread.
 _NUMPY_CHUNK = 64 * 2**20
 _NUMPY_GEMM = 6 * 2**20
 # index maps and position arrays per padded row/column (int64 positions, bool masks,
@@ -269,11 +269,11 @@ def output_bytes(spec: ConvSpec) -> int:
 
 def _fft_workspace(spec: ConvSpec, images: int, rows: int, cols_in: int) -> int:
     """NumPy's overlap-save FFT: band, spectra of band and kernel, products, inverse."""
-    from convcli.backends.numpy_backend import _fft_plan
+    from convcli.backends.numpy.fft import fft_plan
 
     it = _itemsize(spec)
     cplx = np.dtype(spec.dtype).kind == "c"
-    fft_rows, fh, fw, kbytes = _fft_plan(spec)
+    fft_rows, fh, fw, kbytes = fft_plan(spec)
     r = min(rows, fft_rows)
     sh = spec.stride[0]
     ekh, ekw = _extent(spec)

@@ -419,11 +419,11 @@ def estimate_seconds(plan: _Plan, backend: str) -> float:
 
 def _toeplitz_columns(plan: _Plan) -> int:
     """Multiply-adds per output value of NumPy's two Toeplitz passes (see _SeparableJob)."""
-    from convcli.backends.numpy_backend import _block
+    from convcli.backends.numpy.separable import toeplitz_block
 
     ekh = plan.dh * (plan.kh - 1) + 1
     ekw = (plan.kw - 1) * plan.dw * plan.c + 1
-    bv, bh = _block(ekh), _block(ekw)
+    bv, bh = toeplitz_block(ekh), toeplitz_block(ekw)
     mv = -(-((bv - 1) * plan.sh + ekh) // (bv * plan.sh))
     mh = -(-(bh - 1 + ekw) // bh)
     return mv * bv * plan.sh + mh * bh * plan.sw
@@ -601,7 +601,8 @@ def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _run_numpy(plan: _Plan, info: RunInfo) -> np.ndarray | None:
-    from convcli.backends import numpy_backend as nb
+    from convcli.backends import get_backend
+    from convcli.backends.numpy.threads import ONE_THREAD_BLAS, run_jobs
 
     if not plan.separable and plan.taps > NUMPY_DIRECT_MAX_TAPS:
         return None
@@ -610,12 +611,13 @@ def _run_numpy(plan: _Plan, info: RunInfo) -> np.ndarray | None:
         result = np.empty((plan.rows_out, plan.w_out, plan.c), plan.out_dtype)
     job = _SeparableJob(plan, result) if plan.separable else _DirectJob(plan, result)
     jobs = job.jobs()
-    threads = nb._threads() if plan.values * (plan.kh + plan.kw) >= 2_000_000 else 1
+    numpy = get_backend("numpy")
+    threads = numpy.threads() if plan.values * (plan.kh + plan.kw) >= 2_000_000 else 1
     # BLAS on one thread also when we run on one: OpenBLAS's own threads on these small
     # GEMMs spun against each other (a 256x6000 strip: 0.55 s against 0.13 s)
     t0 = time.perf_counter()
-    with nb._ONE_THREAD_BLAS:
-        nb._run_jobs(job, jobs, threads)
+    with ONE_THREAD_BLAS:
+        run_jobs(job, jobs, threads, numpy.settings)
     info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
     info.backend, info.device = "numpy", "host CPU (NumPy)"
     info.algo = "native-separable" if plan.separable else "native-direct"
@@ -695,21 +697,21 @@ class _SeparableJob:
     with dilation ``dw * C``, so no transposition is needed."""
 
     def __init__(self, plan: _Plan, result: np.ndarray) -> None:
-        from convcli.backends.numpy_backend import _block, _slabs
+        from convcli.backends.numpy.separable import toeplitz_block, toeplitz_slabs
 
         self.plan = plan
         self.result = result
         p = plan
         f32 = np.dtype(np.float32)
         self.ekh = p.dh * (p.kh - 1) + 1
-        self.bv = _block(self.ekh)
+        self.bv = toeplitz_block(self.ekh)
         # the vertical pass carries the gain (scale and both tops)
-        self.tv, self.mv = _slabs(p.col * p.gain, self.bv, p.sh, p.dh, f32)
+        self.tv, self.mv = toeplitz_slabs(p.col * p.gain, self.bv, p.sh, p.dh, f32)
         self.pv = self.bv * p.sh
         # horizontal: stride 1 along the flat row; a stride > 1 keeps every sw-th pixel
         ekw_flat = (p.kw - 1) * p.dw * p.c + 1
-        self.bh = _block(ekw_flat)
-        stack, self.mh = _slabs(p.row, self.bh, 1, p.dw * p.c, f32)
+        self.bh = toeplitz_block(ekw_flat)
+        stack, self.mh = toeplitz_slabs(p.row, self.bh, 1, p.dw * p.c, f32)
         self.th = np.ascontiguousarray(stack.T)  # (bh, mh*bh)
         self.ekw = p.dw * (p.kw - 1) + 1
 

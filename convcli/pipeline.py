@@ -117,13 +117,13 @@ def strip_alignment(spec: ConvSpec, backend: str, algo: str) -> int:
         # a box's running sums restart every box_rows rows
         align = math.lcm(align, DEFAULT.box_rows)
     elif algo == "separable" and backend == "numpy":
-        from convcli.backends.numpy_backend import _block
+        from convcli.backends.numpy.separable import toeplitz_block
 
-        align = math.lcm(align, _block(spec.dilation[0] * (spec.kh - 1) + 1))
+        align = math.lcm(align, toeplitz_block(spec.dilation[0] * (spec.kh - 1) + 1))
     elif algo == "fft" and backend == "numpy":
-        from convcli.backends.numpy_backend import _fft_plan
+        from convcli.backends.numpy.fft import fft_plan
 
-        align = math.lcm(align, _fft_plan(spec)[0])
+        align = math.lcm(align, fft_plan(spec)[0])
     return align
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -118,6 +119,20 @@ def tune():
     yield apply
     for be, settings in reversed(changed):
         be.settings = settings
+
+
+@pytest.fixture
+def numpy_settings(monkeypatch):
+    """Changes the NumPy backend's tuning for one test: ``numpy_settings(threads=2)``
+    replaces ``backend.settings`` by a ``dataclasses.replace`` copy and returns it; the
+    backend's own settings come back after the test."""
+    be = backends.get_backend("numpy")
+
+    def change(**changes):
+        monkeypatch.setattr(be, "settings", dataclasses.replace(be.settings, **changes))
+        return be.settings
+
+    return change
 
 
 @pytest.fixture(params=["numpy", "opencl"])

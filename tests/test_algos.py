@@ -7,6 +7,7 @@ forced algorithms that cannot apply. No timing here: speed lives in ``convcli be
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -15,7 +16,13 @@ from conftest import assert_close
 from naive import naive_conv2d
 
 from convcli import ConvValueError, RunInfo, conv2d
-from convcli.backends import numpy_backend as nb
+from convcli.backends import get_backend
+from convcli.backends.numpy import depthwise, gemm, packed
+from convcli.backends.numpy import threads as numpy_threads
+from convcli.backends.numpy.fft import fft_plan
+from convcli.backends.numpy.gather import Phases, band_rows
+from convcli.backends.numpy.settings import DEFAULT
+from convcli.plan import frozen_copy
 from convcli.spec import PADDING_MODES, make_spec
 
 ALGOS = ("direct", "gemm", "separable", "fft")
@@ -142,11 +149,9 @@ def test_unbatched_same_padding(algo):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_bands_cover_the_image(monkeypatch, algo):
+def test_bands_cover_the_image(numpy_settings, algo):
     """Tiny band budgets force many bands: seams must not show."""
-    monkeypatch.setattr(nb, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(nb, "GEMM_BYTES", 2048)
-    monkeypatch.setattr(nb, "TAP_PIECE", 100)
+    numpy_settings(chunk_bytes=4096, gemm_bytes=2048, tap_piece=100)
     rng = np.random.default_rng(4)
     x = _rand(rng, (2, 2, 70, 33), "float32")
     shape = (4, 1, 7, 5)
@@ -168,8 +173,8 @@ def test_separable_rejects_rank2_kernel():
         conv2d(x, w, backend="numpy", algo="separable")
 
 
-def test_fft_rejects_huge_spectra(monkeypatch):
-    monkeypatch.setattr(nb, "FFT_KERNEL_BYTES", 1000)
+def test_fft_rejects_huge_spectra(numpy_settings):
+    numpy_settings(fft_kernel_bytes=1000)
     x = np.ones((1, 8, 16, 16), np.float32)
     w = np.ones((8, 8, 3, 3), np.float32)
     with pytest.raises(ConvValueError, match="kernel spectra"):
@@ -213,19 +218,19 @@ def test_large_kernel_on_large_image_is_bounded():
         padding=15,
         groups=3,
     )
-    rows, fh, fw, kbytes = nb._fft_plan(spec)
+    rows, fh, fw, kbytes = fft_plan(spec)
     band_bytes = spec.c_in * fh * (fw // 2 + 1) * 8
     assert rows < spec.h_out and band_bytes < 64 * 2**20 and kbytes < 64 * 2**20
     per_row = spec.c_in * (4096 + 30) * 4
-    assert nb._band_rows(spec, per_row, nb.CHUNK_BYTES // 4) < spec.h_out
+    assert band_rows(spec, per_row, DEFAULT.chunk_bytes // 4) < spec.h_out
 
 
 @pytest.mark.parametrize("mode", PADDING_MODES)
 @pytest.mark.parametrize("small_bands", [False, True])
-def test_separable_one_kernel_for_every_channel(monkeypatch, mode, small_bands):
+def test_separable_one_kernel_for_every_channel(numpy_settings, mode, small_bands):
     """Image filters (the same kernel on every channel) take the side-by-side path."""
     if small_bands:
-        monkeypatch.setattr(nb, "CHUNK_BYTES", 4096)
+        numpy_settings(chunk_bytes=4096)
     rng = np.random.default_rng(8)
     x = _rand(rng, (2, 3, 41, 37), "float32")
     k = _rank1(rng, (1, 1, 5, 7), "float32")
@@ -250,14 +255,16 @@ GRID_CASES = [
 @pytest.mark.parametrize("junk_below", [0, 10**6])
 @pytest.mark.parametrize("case", range(len(GRID_CASES)))
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
-def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
+def test_gemm_tasks_and_grids(numpy_settings, threads, junk_below, case, mode):
     """Many tasks and gather chunks on 1-3 threads, with and without junk columns."""
-    monkeypatch.setattr(nb, "THREADS", threads)
-    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
-    monkeypatch.setattr(nb, "JUNK_BELOW", junk_below)
-    monkeypatch.setattr(nb, "GEMM_BYTES", 3000)
-    monkeypatch.setattr(nb, "GEMM_MIN_PIXELS", 1)
-    monkeypatch.setattr(nb, "CHUNK_BYTES", 40000)
+    numpy_settings(
+        threads=threads,
+        threaded_min_flops=0,
+        junk_below=junk_below,
+        gemm_bytes=3000,
+        gemm_min_pixels=1,
+        chunk_bytes=40000,
+    )
     xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
     rng = np.random.default_rng(10 + case)
     x = _rand(rng, xs, "float32")
@@ -270,27 +277,28 @@ def test_gemm_tasks_and_grids(monkeypatch, threads, junk_below, case, mode):
 @pytest.mark.parametrize("band_bytes, piece", [(1, 3), (2**20, 256)])
 @pytest.mark.parametrize("case", [0, 1, 3])
 @pytest.mark.parametrize("mode", PADDING_MODES)
-def test_gemm_shared_rows(monkeypatch, threads, band_bytes, piece, case, mode):
+def test_gemm_shared_rows(numpy_settings, threads, band_bytes, piece, case, mode):
     """GEMMs per output row (in pieces of columns, and a rest) over columns the rows
     share: one-row bands to whole images, 1-2 threads, stride phases along the
     columns, dilation dividing the stride."""
-    monkeypatch.setattr(nb, "SHARED_ROWS", True)
-    monkeypatch.setattr(nb, "SHARED_ROWS_BYTES", band_bytes)
-    monkeypatch.setattr(nb, "SHARED_ROWS_PIECE", piece)
-    monkeypatch.setattr(nb, "THREADS", threads)
-    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    settings = numpy_settings(
+        shared_rows=True,
+        shared_rows_bytes=band_bytes,
+        shared_rows_piece=piece,
+        threads=threads,
+        threaded_min_flops=0,
+    )
     xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
     rng = np.random.default_rng(20 + case)
     x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")
     spec = make_spec(x, w, None, stride=stride, padding=pad, dilation=dilation, groups=groups)
-    assert nb._shared_rows(spec)
+    assert gemm._shared_rows(spec, settings)
     _check(x, w, b, stride, pad, dilation, groups, mode, "gemm", "float32")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "complex64", "float16"])
-def test_gemm_shared_rows_other_dtypes(monkeypatch, dtype):
-    monkeypatch.setattr(nb, "SHARED_ROWS", True)
-    monkeypatch.setattr(nb, "SHARED_ROWS_PIECE", 4)
+def test_gemm_shared_rows_other_dtypes(numpy_settings, dtype):
+    numpy_settings(shared_rows=True, shared_rows_piece=4)
     rng = np.random.default_rng(30)
     x, w = _rand(rng, (2, 4, 12, 11), dtype), _rand(rng, (6, 2, 3, 5), dtype)
     if dtype == "float16":
@@ -307,6 +315,8 @@ def test_gemm_shared_rows_other_dtypes(monkeypatch, dtype):
     [
         ((1, 3, 1024, 1024), (16, 3, 7, 7), 2, 1, True),  # W9: wide, few output channels
         ((1, 3, 540, 960), (16, 3, 3, 3), 1, 1, True),
+        ((1, 3, 224, 224), (16, 3, 3, 3), 2, 1, True),  # mobile stems: 112 wide
+        ((1, 3, 224, 224), (64, 3, 7, 7), 2, 1, False),  # resnet's: 64 output channels
         ((1, 64, 224, 224), (64, 64, 3, 3), 1, 1, False),  # copies are cheap beside GEMMs
         ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, False),  # W5: narrow rows, small GEMMs
         ((1, 3, 1024, 1024), (16, 3, 3, 3), 1, 2, False),  # dilation 2 does not divide 1
@@ -316,49 +326,50 @@ def test_gemm_shared_rows_other_dtypes(monkeypatch, dtype):
 def test_shared_rows_where_it_pays(xs, ws, stride, dilation, shared):
     x, w = np.empty(xs, np.float32), np.empty(ws, np.float32)
     spec = make_spec(x, w, None, stride=stride, dilation=dilation, padding=1)
-    assert nb._shared_rows(spec) is shared
+    assert gemm._shared_rows(spec, DEFAULT) is shared
 
 
 def test_gemm_plan_splits_work_over_threads():
     """About two chunks per thread, each a whole number of GEMM bands."""
     x = np.empty((1, 3, 1024, 1024), np.float32)
     spec = make_spec(x, np.empty((16, 3, 7, 7), np.float32), None, stride=2, padding=3)
-    lw, m, rows, crows = nb._gemm_plan(spec, 4, 2)
+    lw, m, rows, crows = gemm._gemm_plan(spec, 4, 2, DEFAULT)
     assert lw == spec.w_out and m == 1
-    assert spec.c_in * 49 * lw * rows * 4 <= max(nb.GEMM_BYTES, nb.GEMM_MIN_PIXELS * 4 * 147)
+    limit = max(DEFAULT.gemm_bytes, DEFAULT.gemm_min_pixels * 4 * 147)
+    assert spec.c_in * 49 * lw * rows * 4 <= limit
     assert crows % rows == 0 and -(-spec.h_out // crows) == 4
     # W7: one image per chunk, narrow outputs computed with junk columns
     x = np.empty((4, 64, 64, 64), np.float32)
     spec = make_spec(
         x, np.empty((128, 16, 3, 3), np.float32), None, stride=2, padding=2, dilation=2, groups=4
     )
-    assert len(nb._Phases(spec).phases) == 1
-    lw, m, rows, crows = nb._gemm_plan(spec, 4, 2)
+    assert len(Phases(spec).phases) == 1
+    lw, m, rows, crows = gemm._gemm_plan(spec, 4, 2, DEFAULT)
     assert lw == spec.w_out + 2 and m == 1 and crows >= spec.h_out
 
 
-def test_small_problems_leave_threads_to_blas(monkeypatch):
-    monkeypatch.setattr(nb, "THREADS", 2)
+def test_small_problems_leave_threads_to_blas(numpy_settings):
+    settings = numpy_settings(threads=2)
     small = make_spec(
         np.empty((1, 8, 16, 16), np.float32), np.empty((8, 8, 3, 3), np.float32), None
     )
-    assert nb._gemm_threads(small) == 1
+    assert numpy_threads.gemm_threads(small, settings) == 1
     big = make_spec(
         np.empty((1, 3, 1024, 1024), np.float32), np.empty((16, 3, 7, 7), np.float32), None
     )
-    assert nb._gemm_threads(big) == (2 if nb._ONE_THREAD_BLAS.available else 1)
-    if nb._ONE_THREAD_BLAS.available:
-        # without THREADS, a process that limited BLAS to one thread gets one here too
-        monkeypatch.setattr(nb, "THREADS", None)
-        blas = nb._ONE_THREAD_BLAS
+    blas = numpy_threads.ONE_THREAD_BLAS
+    assert numpy_threads.gemm_threads(big, settings) == (2 if blas.available else 1)
+    if blas.available:
+        # without a thread count, a process that limited BLAS to one thread gets one too
+        settings = numpy_settings(threads=None)
         before = blas.get()
         blas.put(1)
         try:
-            assert nb._gemm_threads(big) == 1
+            assert numpy_threads.gemm_threads(big, settings) == 1
         finally:
             blas.put(before)
     # one thread: fewer, larger GEMMs (BLAS threads each)
-    assert nb._gemm_plan(big, 4, 1)[2] > nb._gemm_plan(big, 4, 2)[2]
+    assert gemm._gemm_plan(big, 4, 1, settings)[2] > gemm._gemm_plan(big, 4, 2, settings)[2]
 
 
 @pytest.mark.skipif(
@@ -370,7 +381,7 @@ def test_parallel_work_keeps_each_thread_on_its_own_cpu():
     afterwards the caller's own affinity is back as it was."""
     import ctypes
 
-    if nb._current_cpu() is None:
+    if numpy_threads.current_cpu() is None:
         pytest.skip("no sched_getcpu (not glibc): workers are not spread")
     getcpu = ctypes.CDLL(None).sched_getcpu
     before = os.sched_getaffinity(0)
@@ -379,7 +390,7 @@ def test_parallel_work_keeps_each_thread_on_its_own_cpu():
     def work(k: int) -> None:
         seen[k] = (os.sched_getaffinity(0), getcpu())
 
-    nb._run_parallel(work, 2)
+    numpy_threads.run_parallel(work, 2)
     assert os.sched_getaffinity(0) == before
     (mask0, cpu0), (mask1, cpu1) = seen[0], seen[1]
     assert len(mask0) == len(mask1) == 1 and mask0 != mask1
@@ -389,7 +400,7 @@ def test_parallel_work_keeps_each_thread_on_its_own_cpu():
     os.sched_setaffinity(0, {only})
     try:
         seen.clear()
-        nb._run_parallel(work, 2)
+        numpy_threads.run_parallel(work, 2)
         # ...and its workers may not leave its CPUs either
         assert os.sched_getaffinity(0) == {only} and seen[0][0] == seen[1][0] == {only}
     finally:
@@ -399,14 +410,14 @@ def test_parallel_work_keeps_each_thread_on_its_own_cpu():
 @pytest.mark.parametrize("itemsize", [4, 8, 16])
 def test_lead_is_an_odd_number_of_cache_lines(itemsize):
     for length in [1, 15, 16, 512, 1024, 1536, 3000, 4096]:
-        lead = nb._lead(length, itemsize)
+        lead = gemm._lead(length, itemsize)
         assert lead >= length
         assert (lead * itemsize) % 128 == 64
 
 
 def test_one_thread_blas_is_restored():
     """BLAS runs one thread inside the gemm path and gets the caller's setting back."""
-    blas = nb._ONE_THREAD_BLAS
+    blas = numpy_threads.ONE_THREAD_BLAS
     if not blas.available:
         pytest.skip("threadpoolctl finds no BLAS library")
     get = blas.get
@@ -419,17 +430,16 @@ def test_one_thread_blas_is_restored():
     assert get() == before
 
 
-def test_gemm_from_concurrent_threads(monkeypatch):
+def test_gemm_from_concurrent_threads(numpy_settings):
     """Two user threads in the gemm path at once: right results, BLAS setting restored."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(nb, "THREADS", 2)
-    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    numpy_settings(threads=2, threaded_min_flops=0)
     rng = np.random.default_rng(12)
     x = _rand(rng, (2, 8, 40, 36), "float32")
     w = _rand(rng, (8, 8, 3, 3), "float32")
     ref = naive_conv2d(x, w, None, (2, 2), (1, 1, 1, 1), (1, 1), 1, "zeros")
-    blas = nb._ONE_THREAD_BLAS
+    blas = numpy_threads.ONE_THREAD_BLAS
     before = blas.get() if blas.available else None
 
     def call(_):
@@ -445,16 +455,14 @@ def test_gemm_from_concurrent_threads(monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("junk_below", [0, 10**6])
-def test_gemm_several_images_per_product(monkeypatch, threads, junk_below):
+def test_gemm_several_images_per_product(numpy_settings, threads, junk_below):
     """Several images per GEMM task (one batched product), threaded and not."""
-    monkeypatch.setattr(nb, "THREADS", threads)
-    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
-    monkeypatch.setattr(nb, "JUNK_BELOW", junk_below)
+    settings = numpy_settings(threads=threads, threaded_min_flops=0, junk_below=junk_below)
     rng = np.random.default_rng(13)
     x = _rand(rng, (9, 6, 11, 13), "float32")
     w = _rand(rng, (8, 3, 3, 2), "float32")
     spec = make_spec(x, w, None, stride=(2, 1), padding=1, groups=2)
-    assert nb._gemm_plan(spec, 4, threads)[1] > 1
+    assert gemm._gemm_plan(spec, 4, threads, settings)[1] > 1
     _check(x, w, None, (2, 1), (1, 1), (1, 1), 2, "replicate", "gemm", "float32")
 
 
@@ -468,7 +476,7 @@ def test_gemm_several_images_per_product(monkeypatch, threads, junk_below):
 )
 def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk):
     spec = make_spec(np.empty(xs, np.float32), np.empty(ws, np.float32), None, groups=groups)
-    lw = nb._gemm_plan(spec, 4, 1)[0]
+    lw = gemm._gemm_plan(spec, 4, 1, DEFAULT)[0]
     assert lw == (spec.w_out + 2 if junk else spec.w_out)
 
 
@@ -481,10 +489,9 @@ def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk)
         ((2, 6, 17, 16), (3, 6, 1, 1), 1),
     ],
 )
-def test_pointwise_pieces_on_threads(monkeypatch, threads, xs, ws, groups):
+def test_pointwise_pieces_on_threads(numpy_settings, threads, xs, ws, groups):
     """1x1 layers: matmuls straight on the input, in pieces of images and pixels."""
-    monkeypatch.setattr(nb, "THREADS", threads)
-    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 0)
+    numpy_settings(threads=threads, threaded_min_flops=0)
     rng = np.random.default_rng(sum(xs))
     x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")
     _check(x, w, b, (1, 1), (0, 0), (1, 1), groups, "zeros", "gemm", "float32")
@@ -510,13 +517,13 @@ class _Recorder:
         ((1, 16, 24, 24), (16, 16, 3, 3), 1),  # the gemm path's single thread
     ],
 )
-def test_single_threaded_calls_keep_blas_on_one_thread(monkeypatch, xs, ws, pad):
+def test_single_threaded_calls_keep_blas_on_one_thread(monkeypatch, numpy_settings, xs, ws, pad):
     """OpenBLAS's threads spin for about 0.1 s after a threaded GEMM, taxing whatever the
     caller runs next: a call whose GEMMs run on one of our threads puts BLAS on one
     thread for the call, except tiny ones (which OpenBLAS keeps on one thread anyway)."""
     recorder = _Recorder()
-    monkeypatch.setattr(nb, "_ONE_THREAD_BLAS", recorder)
-    monkeypatch.setattr(nb, "THREADED_MIN_FLOPS", 10**12)  # one thread of ours
+    monkeypatch.setattr(numpy_threads, "ONE_THREAD_BLAS", recorder)
+    numpy_settings(threaded_min_flops=10**12)  # one thread of ours
     rng = np.random.default_rng(3)
     x, w = _rand(rng, xs, "float32"), _rand(rng, ws, "float32")
     y = conv2d(x, w, padding=pad, backend="numpy", algo="gemm")
@@ -536,21 +543,20 @@ def test_single_threaded_calls_keep_blas_on_one_thread(monkeypatch, xs, ws, pad)
         ((3, 4, 6, 8), (7, 7), (1, 1), (3, 3), (1, 1)),  # kernel larger than half the map
     ],
 )
-def test_depthwise_channels_last(monkeypatch, band, dtype, xs, k, stride, pad, dilation):
+def test_depthwise_channels_last(numpy_settings, band, dtype, xs, k, stride, pad, dilation):
     """Many-channel depthwise layers run with the channels innermost (forced here on a
     few channels): the same taps in the same order as the planar loop."""
-    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
-    monkeypatch.setattr(nb, "CHANNELS_LAST_BAND", band)
+    settings = numpy_settings(channels_last_min=1, channels_last_band=band)
     rng = np.random.default_rng(sum(xs) + len(dtype))
     c = xs[1]
     x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
     spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
-    assert nb._channels_last_pays(spec)
+    assert depthwise._channels_last_pays(spec, settings)
     _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
     # bit for bit what the planar loop gives
-    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 10**9)
+    numpy_settings(channels_last_min=10**9)
     planar = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
-    monkeypatch.setattr(nb, "CHANNELS_LAST_MIN", 1)
+    numpy_settings(channels_last_min=1)
     last = conv2d(x, w, b, stride, pad, dilation, c, backend="numpy", algo="direct")
     assert np.array_equal(planar, last)
 
@@ -566,14 +572,31 @@ def test_depthwise_channels_last(monkeypatch, band, dtype, xs, k, stride, pad, d
         ((1, 2, 9, 9), (3, 3), (1, 1), (0, 0), (2, 3)),  # no padding, dilated
     ],
 )
-def test_depthwise_gemm(monkeypatch, dtype, xs, k, stride, pad, dilation):
-    """Depthwise taps as GEMMs against banded tap matrices, forced on small layers."""
-    monkeypatch.setattr(nb, "DW_GEMM", True)
+@pytest.mark.parametrize(
+    "block, rows, job_bytes, threads",
+    # whole layers, two rows a block; a row per job; three rows of two columns a block
+    [(16, 2, 2**17, 1), (8, 1, 1, 2), (6, 3, 2**17, 2)],
+)
+def test_depthwise_gemm(
+    numpy_settings, dtype, xs, k, stride, pad, dilation, block, rows, job_bytes, threads
+):
+    """Depthwise taps as GEMMs against banded tap matrices, forced on small layers: full
+    and partial blocks of 1-3 rows, jobs of whole channels or single rows (or row
+    groups), on 1-2 threads."""
+    settings = numpy_settings(
+        dw_gemm=True,
+        dw_gemm_block=block,
+        dw_gemm_rows=rows,
+        dw_gemm_job_bytes=job_bytes,
+        dw_gemm_min_job_bytes=job_bytes,
+        threads=threads,
+        dw_gemm_threaded_min_macs=0,
+    )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 7)
     c = xs[1]
     x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
     spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
-    assert nb._depthwise_gemm_pays(spec)
+    assert depthwise._depthwise_gemm_pays(spec, settings)
     _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
 
 
@@ -582,7 +605,12 @@ def test_depthwise_gemm(monkeypatch, dtype, xs, k, stride, pad, dilation):
     [
         (96, 56, 7, 1, "zeros", True),  # convnext's depthwise layers
         (768, 7, 7, 1, "zeros", True),
-        (96, 56, 3, 1, "zeros", False),  # 3x3: the tap loop is as fast
+        (96, 56, 3, 1, "zeros", True),  # 3x3 on wide rows and many channels
+        (3, 224, 3, 1, "zeros", False),  # an image filter's 3x3 on RGB: the planar loop
+        (480, 14, 3, 1, "zeros", False),  # short rows: the channels-last loop
+        (1152, 7, 3, 1, "zeros", False),
+        (576, 7, 5, 1, "zeros", True),
+        (3, 224, 5, 1, "zeros", True),  # 5x5 and larger on few channels too
         (96, 56, 7, 1, "reflect", False),  # padding maps: the tap loops gather them
         (48, 56, 7, 2, "zeros", False),  # a channel multiplier
         (8, 9, 7, 1, "zeros", False),  # too small for the band's set-up to pay
@@ -592,7 +620,7 @@ def test_depthwise_gemm_only_where_it_applies_and_pays(c, hw, k, mult, mode, pay
     x = np.ones((1, c, hw, hw), np.float32)
     w = np.ones((c * mult, 1, k, k), np.float32)
     spec = make_spec(x, w, None, padding=k // 2, groups=c, padding_mode=mode)
-    assert nb._depthwise_gemm_pays(spec) is pays
+    assert depthwise._depthwise_gemm_pays(spec, DEFAULT) is pays
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
@@ -611,7 +639,7 @@ def test_patches(dtype, xs, ws, k, groups):
     rng = np.random.default_rng(sum(xs) + len(dtype))
     x, w, b = _rand(rng, xs, dtype), _rand(rng, ws, dtype), _rand(rng, ws[:1], dtype)
     spec = make_spec(x, w, b, stride=k, groups=groups)
-    assert nb._patches_apply(spec)
+    assert gemm._patches_apply(spec)
     _check(x, w, b, k, (0, 0), (1, 1), groups, "zeros", "gemm", dtype)
 
 
@@ -630,4 +658,129 @@ def test_patches_only_where_they_apply(k, stride, padding, dilation, applies):
     x = np.ones((1, 4, 12, 12), np.float32)
     w = np.ones((8, 4, k, k), np.float32)
     spec = make_spec(x, w, None, stride=stride, padding=padding, dilation=dilation)
-    assert nb._patches_apply(spec) is applies
+    assert gemm._patches_apply(spec) is applies
+
+
+def test_settings_are_frozen_and_using_gives_them_back():
+    """Tuning lives in one frozen object the backend holds; ``using`` swaps in a changed
+    copy for a block and puts the backend's own back, also after an error."""
+    be = get_backend("numpy")
+    before = be.settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        before.chunk_bytes = 1
+    with pytest.raises(RuntimeError), be.using(chunk_bytes=4096, threads=1) as changed:
+        assert be.settings is changed and changed.chunk_bytes == 4096
+        assert changed.gemm_bytes == before.gemm_bytes and be.threads() == 1
+        raise RuntimeError
+    assert be.settings is before
+
+
+# ---------------------------------------------------------------------------------------
+# weights prepared once per weight array (backends/numpy/packed.py)
+
+
+def test_prepared_is_reused_only_while_the_values_stay():
+    packed.clear()
+    made = []
+
+    def make():
+        made.append(1)
+        return np.arange(3.0)
+
+    w = np.ones((4, 2, 3, 3), np.float32)
+    first = packed.prepared(("k",), w, make)
+    assert packed.prepared(("k",), w, make) is first and len(made) == 1
+    assert packed.prepared(("k",), w.copy(), make) is first and len(made) == 1  # equal values
+    assert not first.flags.writeable  # shared between calls: nobody may write it
+    packed.prepared(("other",), w, make)
+    assert len(made) == 2
+    w[1, 1, 2, 2] = 5  # in place: the kept copy no longer matches
+    packed.prepared(("k",), w, make)
+    assert len(made) == 3
+    big = np.ones((64, 64, 5, 5), np.float32)  # 400 KiB: sampled, then compared in full
+    packed.prepared(("k",), big, make)
+    packed.prepared(("k",), big.copy(), make)
+    assert len(made) == 4
+    big[0, 0, 0, 1] = 2  # off the sample's grid
+    packed.prepared(("k",), big, make)
+    assert len(made) == 5
+    frozen = frozen_copy(w + 1)  # Conv2d's weights: kept as they are, not copied
+    packed.prepared(("k",), frozen, make)
+    assert packed.prepared(("k",), frozen, make) is not first and len(made) == 6
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "xs, ws, stride, groups, changes",
+    [
+        ((1, 6, 13, 12), (8, 6, 3, 3), 2, 1, {}),  # stride phases: reordered weights
+        ((1, 4, 12, 11), (6, 2, 3, 5), 1, 2, {"shared_rows": True}),  # shared rows
+        ((1, 5, 11, 11), (5, 1, 7, 7), 1, 5, {"dw_gemm": True}),  # depthwise bands
+    ],
+)
+def test_prepared_weights_follow_in_place_changes(
+    numpy_settings, dtype, xs, ws, stride, groups, changes
+):
+    """A weight array changed in place between two calls gives the new result, not the
+    one prepared from its old values."""
+    numpy_settings(**changes)
+    packed.clear()
+    rng = np.random.default_rng(sum(ws))
+    x, w = _rand(rng, xs, dtype), _rand(rng, ws, dtype)
+    pad = (ws[2] // 2, ws[3] // 2)
+    algo = "direct" if groups == xs[1] else "gemm"
+    for _ in range(2):  # the second call takes the prepared weights
+        _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)
+    w[0] += 1
+    _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)
+
+
+def test_depthwise_gemm_counts_the_rows_of_every_image():
+    """Short rows with many channels: the tap loop for one image, the GEMM for eight
+    (more rows per channel amortise its per-channel calls)."""
+
+    def pays(n: int) -> bool:
+        x, w = np.ones((n, 480, 14, 14), np.float32), np.ones((480, 1, 3, 3), np.float32)
+        spec = make_spec(x, w, None, padding=1, groups=480)
+        return depthwise._depthwise_gemm_pays(spec, DEFAULT)
+
+    assert not pays(1) and pays(8)
+
+
+def test_depthwise_gemm_threads_only_large_layers(monkeypatch, numpy_settings):
+    """Our threads for a depthwise GEMM of 16M multiply-adds, not for one of 4M (waking
+    them costs more than they save there)."""
+    seen = []
+    real = depthwise.run_jobs
+
+    def spy(job, args, threads, *rest):
+        seen.append(threads)
+        return real(job, args, threads, *rest)
+
+    monkeypatch.setattr(depthwise, "run_jobs", spy)
+    numpy_settings(threads=2)
+    rng = np.random.default_rng(40)
+    for c, hw, k in [(32, 112, 3), (240, 14, 5)]:
+        x, w = _rand(rng, (1, c, hw, hw), "float32"), _rand(rng, (c, 1, k, k), "float32")
+        _check(x, w, None, (1, 1), (k // 2, k // 2), (1, 1), c, "zeros", "direct", "float32")
+    assert seen == [2 if numpy_threads.ONE_THREAD_BLAS.available else 1, 1]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("junk_below", [0, 10**6])
+@pytest.mark.parametrize("case", range(len(GRID_CASES)))
+def test_gemm_threads_share_the_output_channels(numpy_settings, threads, junk_below, case):
+    """One band (a small map) on several threads: each thread takes a part of every
+    group's output channels, with and without junk columns."""
+    numpy_settings(
+        threads=threads,
+        threaded_min_flops=0,
+        junk_below=junk_below,
+        gemm_min_pixels=10**6,  # every image one band
+        gemm_min_part_cout=1,
+        shared_rows=False,
+    )
+    xs, ws, stride, pad, dilation, groups = GRID_CASES[case]
+    rng = np.random.default_rng(50 + case)
+    x, w, b = _rand(rng, xs[1:], "float32")[None], _rand(rng, ws, "float32"), None
+    _check(x, w, b, stride, pad, dilation, groups, "replicate", "gemm", "float32")

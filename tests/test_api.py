@@ -158,7 +158,8 @@ def test_tiled_equals_untiled(backend, mode):
 def test_backend_registry_survives_submodule_imports(backend):
     # the registry function is not named like a submodule: importing the submodules
     # (as the backends themselves do) must not shadow it
-    import convcli.backends.numpy_backend
+    import convcli.backends.numpy.backend
+    import convcli.backends.numpy.gemm
     import convcli.backends.opencl.backend  # noqa: F401
     from convcli import backends
 

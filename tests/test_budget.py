@@ -18,7 +18,7 @@ from conftest import RTOL, opencl_available
 from convcli import RunInfo, conv2d
 from convcli import batch as cbatch
 from convcli import io as cio
-from convcli.backends import numpy_backend
+from convcli.backends.numpy import threads as numpy_threads
 from convcli.batch import Filter
 from convcli.budget import (
     MAX_KERNEL_SIDE,
@@ -264,7 +264,7 @@ def test_estimate_bounds_what_numpy_allocates(x_shape, w_shape, options, algo):
     x = rng.random(x_shape).astype(np.float32)
     w = np.ones(w_shape, np.float32) if algo == "separable" else rng.random(w_shape, np.float32)
     spec = make_spec(x, w, None, **options)
-    numpy_backend._SCRATCH.__dict__.clear()  # buffers kept from earlier calls hide allocations
+    numpy_threads.clear_scratch()  # buffers kept from earlier calls hide allocations
     tracemalloc.start()
     try:
         conv2d(x, w, **options, backend="numpy", algo=algo)
@@ -281,7 +281,7 @@ def test_tiles_fit_the_budget_they_were_cut_for():
     w = rng.random((3, 1, 15, 15)).astype(np.float32)
     spec = make_spec(x, w, None, padding=7, groups=3)
     budget = smallest_need(spec, "direct", "numpy").total * 2
-    numpy_backend._SCRATCH.__dict__.clear()
+    numpy_threads.clear_scratch()
     info = RunInfo()
     tracemalloc.start()
     try:

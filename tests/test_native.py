@@ -7,7 +7,6 @@ import pytest
 from conftest import opencl_available, run_twice_with_one_pocl_cache
 
 from convcli import native
-from convcli.backends import numpy_backend
 from convcli.native import filter_strip
 
 # Levels may differ from the float64 result by one where the float32 value lies within
@@ -182,11 +181,11 @@ def test_numpy_leaves_large_non_separable_kernels():
     assert filter_strip(strip, top=255.0, kernel=np.ones((9, 9)) / 81, backend="numpy") is not None
 
 
-def test_numpy_threads_give_the_same_levels(monkeypatch):
+def test_numpy_threads_give_the_same_levels(numpy_settings):
     strip, top = _strip((150, 700, 3), np.uint8, seed=6)
     results = []
     for threads in (1, 2):
-        monkeypatch.setattr(numpy_backend, "THREADS", threads)
+        numpy_settings(threads=threads)
         results.append(filter_strip(strip, top=top, kernel=KERNELS["gaussian"], backend="numpy"))
     np.testing.assert_array_equal(results[0], results[1])
     check(results[1], reference(strip, top, KERNELS["gaussian"]), 255)

@@ -259,7 +259,7 @@ def test_direct_random_configurations(ocl, seed):
 @pytest.mark.parametrize("pad", [(-1, 2, 1, -2), (-2, -1, -3, 0), (2, -2, 0, 3)])
 def test_direct_negative_padding_crops(ocl, mode, pad):
     """Negative padding (torch crops, in the non-zero modes) gives the NumPy backend's map."""
-    from convcli.backends.numpy_backend import conv2d_direct
+    from convcli.backends.numpy import conv2d_direct
 
     x, w, b, spec, _ = _problem(hw=(9, 21), pad=(0, 0, 0, 0), mode=mode, groups=2)
     spec = dataclasses.replace(spec, pad=pad)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from convcli.backends.numpy_backend import NumpyBackend
+from convcli.backends.numpy import NumpyBackend
 from convcli.errors import BackendError
 
 BackendName = Literal["auto", "opencl", "numpy"]

@@ -7,8 +7,8 @@ it is not there, compiled (:data:`BUILD_S`: about 1.5 s a kernel on PoCL, 10 s a
 Mesa's rusticl). A 512x512 image is blurred by NumPy in about 15 ms, so a small job runs
 on NumPy without importing pyopencl at all, and a large one still goes to OpenCL.
 
-The choice compares NumPy's estimated seconds (:func:`convcli.backends.numpy_backend.
-estimate_seconds`) with what OpenCL would add: the start-up when this process has not
+The choice compares NumPy's estimated seconds (:meth:`convcli.backends.numpy.
+NumpyBackend.estimate_seconds`) with what OpenCL would add: the start-up when this process has not
 started it, and each program the run needs (:func:`convcli.backends.opencl.plan.programs`)
 that the backend does not hold, priced by whether the build index says the driver has
 cached it (:mod:`convcli.backends.build_index`); a program the index has no marker for
@@ -61,15 +61,16 @@ _HELD: set[tuple] = set()
 
 
 def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> float | None:
-    from convcli.backends import numpy_backend as nb
+    from convcli.backends import get_backend
 
+    numpy = get_backend("numpy")
     if spec.n == 0:
         return 0.0
     if algo == "auto":
-        algo, _ = nb.choose_algo(spec, weight)
-    elif nb.algo_reason(spec, algo) is not None:
+        algo, _ = numpy.choose_algo(spec, weight)
+    elif numpy.algo_reason(spec, algo) is not None:
         return None
-    return nb.estimate_seconds(spec, algo) * NUMPY_SCALE
+    return numpy.estimate_seconds(spec, algo) * NUMPY_SCALE
 
 
 def startup_seconds(record: build_index.DeviceRecord | None) -> float:

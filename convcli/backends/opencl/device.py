@@ -372,7 +372,7 @@ def check_device(index: str) -> DeviceCheck:
     with the NumPy backend: one per kernel family (generic, depthwise, separable, dense,
     Winograd, pointwise, FFT where local memory allows, float64 where the device has
     it). Never raises for a device failure: it is reported in ``failures``."""
-    from convcli.backends.numpy_backend import NumpyBackend
+    from convcli.backends.numpy import NumpyBackend
     from convcli.backends.opencl.backend import OpenCLBackend
     from convcli.spec import make_spec
 

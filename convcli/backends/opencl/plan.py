@@ -205,14 +205,15 @@ def _too_wide_for_tiles(spec: ConvSpec, s: Settings) -> bool:
 def _host_fft_pays(spec: ConvSpec, s: Settings) -> bool:
     """Whether ``auto`` should run NumPy's FFT on the host: the kernel is too wide for the
     device's FFT tiles, and the host's FFT is estimated well below the direct taps."""
-    from convcli.backends import numpy_backend
+    from convcli.backends import get_backend
 
     if spec.kh * spec.kw < 64 or not _too_wide_for_tiles(spec, s):
         return False
-    if numpy_backend.algo_reason(spec, "fft") is not None:
+    numpy = get_backend("numpy")
+    if numpy.algo_reason(spec, "fft") is not None:
         return False
     direct_s = fft.direct_seconds(spec) * spec.cin_g
-    return numpy_backend.estimate_seconds(spec, "fft") < fft._MARGIN * direct_s
+    return numpy.estimate_seconds(spec, "fft") < fft._MARGIN * direct_s
 
 
 def programs(
@@ -309,7 +310,7 @@ def run(
         info.algo = plan.algo
         return np.zeros((0, spec.c_out, spec.h_out, spec.w_out), dtype=np.float32)
     if plan.kernel == "host_fft":
-        from convcli.backends.numpy_backend import NumpyBackend
+        from convcli.backends.numpy import NumpyBackend
 
         note = (
             f"a {spec.kh}x{spec.kw} kernel is too wide for the device's FFT tiles: "

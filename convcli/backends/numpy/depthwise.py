@@ -1,0 +1,239 @@
+"""Depthwise layers (``C_in/groups == 1``: image filters, mobile networks' depthwise
+convolutions) under ``direct``: the taps accumulated as ``weight[tap] * shifted input``.
+
+Three loops: small GEMMs against banded tap matrices where output rows are long enough
+(:func:`_depthwise_gemm`, the rule in :class:`~.settings.Settings`), multiply-adds with
+the channels innermost for many channels (:func:`_depthwise_channels_last`), and the
+planar loop over stride phases in cache-sized pieces for the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convcli.backends.numpy.gather import band_rows, phases
+from convcli.backends.numpy.packed import prepared
+from convcli.backends.numpy.settings import Settings
+from convcli.backends.numpy.threads import gemm_threads, run_jobs
+from convcli.spec import ConvSpec
+
+
+def _channels_last_pays(spec: ConvSpec, settings: Settings) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.c_out >= settings.channels_last_min
+        and spec.padding_mode == "zeros"
+    )
+
+
+def _depthwise_channels_last(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """Depthwise taps with the channels innermost: each tap is one multiply-add over
+    ``(rows, W_out, C)``, whose rows of ``W_out * C`` contiguous values vectorise well
+    whatever the map size (planar loops ran ``W_out``-long rows: 7 values on a 7x7 map).
+    The taps accumulate in the same order as :func:`direct_depthwise`'s."""
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=work)
+    xp[:, top : top + h, left : left + w, :] = x.transpose(0, 2, 3, 1)
+    taps = np.ascontiguousarray(weight.reshape(c, kh * kw).T.astype(work, copy=False))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    rows = max(1, min(ho, settings.channels_last_band // max(1, wo * c * work.itemsize)))
+    acc = np.empty((rows, wo, c), dtype=work)
+    tmp = np.empty_like(acc)
+    for b in range(n):
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            a, t = acc[: r1 - r0], tmp[: r1 - r0]
+            for i in range(kh):
+                y0 = r0 * sh + i * dh
+                for j in range(kw):
+                    x0 = j * dw
+                    src = xp[
+                        b, y0 : y0 + (r1 - r0 - 1) * sh + 1 : sh, x0 : x0 + (wo - 1) * sw + 1 : sw
+                    ]
+                    if i == j == 0:
+                        np.multiply(src, taps[0], out=a)
+                    else:
+                        np.multiply(src, taps[i * kw + j], out=t)
+                        a += t
+            out[b, :, r0:r1] = a.transpose(2, 0, 1)
+    return out
+
+
+def _depthwise_gemm_applies(spec: ConvSpec) -> bool:
+    return (
+        spec.cin_g == 1
+        and spec.cout_g == 1
+        and spec.padding_mode == "zeros"
+        and min(spec.pad) >= 0
+        and np.dtype(spec.dtype).kind == "f"
+    )
+
+
+def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
+    if not _depthwise_gemm_applies(spec):
+        return False
+    if settings.dw_gemm is not None:
+        return settings.dw_gemm
+    s, taps = settings, spec.kh * spec.kw
+    return (
+        taps >= s.dw_gemm_min_taps
+        and spec.n * spec.w_out * taps >= s.dw_gemm_min_row_taps * spec.stride[1]
+        and spec.macs >= s.dw_gemm_min_macs
+        and (taps >= s.dw_gemm_many_taps or spec.c_out >= s.dw_gemm_min_channels)
+    )
+
+
+def _band(weight: np.ndarray, b: int, span: int, r: int, spec: ConvSpec, work: np.dtype):
+    """``(C, kr*span, r*b)``: each channel's taps on the band of ``r`` output rows of a
+    block of ``b`` outputs, which read ``kr = (r-1)*sh + (kH-1)*dh + 1`` input rows."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    c, _, kh, kw = weight.shape
+    kr = (r - 1) * sh + (kh - 1) * dh + 1
+    band = np.zeros((c, kr, span, r, b), dtype=work)
+    j, q = np.arange(kw)[:, None], np.arange(b)[None, :]
+    taps = weight.reshape(c, kh, kw, 1)
+    for t in range(r):
+        band[:, t * sh : t * sh + (kh - 1) * dh + 1 : dh, j * dw + q * sw, t, q] = taps
+    return band.reshape(c, kr * span, r * b)
+
+
+def _depthwise_gemm(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """Depthwise taps as one small GEMM per channel over blocks of output columns.
+
+    A block of ``b`` output columns of ``r`` output rows reads ``kr`` input rows of
+    ``span`` columns; with those kr x span values as a row of a matrix (one row per
+    block), the block's outputs are that row times a ``(kr*span, r*b)`` banded matrix of
+    the channel's taps (zeros off the band, kept between calls: see :mod:`.packed`).
+    The tap loop passes over the whole output twice per tap (a multiply, an add); the
+    GEMM reads each block's values once and runs at BLAS speed, computing ``kr*span /
+    (kH*kW)`` times the products (the zeros of the band). Two output rows per block
+    (``settings.dw_gemm_rows``, rows without dilation) share kH-1 of their input rows:
+    with ``b = 8`` a 7x7 kernel computes 2.3x the products, against 3.1x for one row of
+    16 outputs, the GEMM being as wide (N = 16) and the matrix 27 % smaller.
+
+    The row matrix is copied in two steps: first each block's column strip (``span``
+    columns of every input row the job needs), then the matrix, whose rows are then
+    runs of ``kr*span`` consecutive strip values, not kr runs of ``span``. Channels
+    (and rows, for large maps) run in jobs whose row matrix stays in L2, on the gemm
+    path's threads.
+    """
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    top, bottom, left, right = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    r = settings.dw_gemm_rows if dh == 1 and ho > 1 else 1
+    # a block no wider than the output needs (in steps of 8): a 7-wide map's 16-wide
+    # block would compute 9 junk columns
+    b = max(1, min(settings.dw_gemm_block // r, -(-wo // 8) * 8))
+    nb = -(-wo // b)
+    span = (b - 1) * sw + (kw - 1) * dw + 1
+    kr = (r - 1) * sh + (kh - 1) * dh + 1
+    item = work.itemsize
+    wp = max(w + left + right, (nb - 1) * b * sw + span)
+    # a last group of r rows may run past the output: (r-1)*sh rows more of zeros
+    xp = np.zeros((c, n, h + top + bottom + (r - 1) * sh, wp), dtype=work)
+    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+    key = ("depthwise_band", work, b, r, spec.stride, spec.dilation)
+    band = prepared(key, weight, lambda: _band(weight, b, span, r, spec, work))
+    s = xp.strides
+    out = np.empty((n, c, ho, wo), dtype=work)
+    full, rest = divmod(wo, b)
+    # a job's row matrix: in L2, and at most a third of the padded copy, so that the
+    # call stays within what budget.conv_need prices for it (two padded bands: the copy,
+    # and the jobs' matrices, strips and products on two threads); small inputs take
+    # dw_gemm_min_job_bytes (each job costs some 15 us of calls)
+    limit = min(settings.dw_gemm_job_bytes, max(xp.nbytes // 3, settings.dw_gemm_min_job_bytes))
+    per_group = n * nb * kr * span * item  # r output rows of one channel
+    groups = -(-ho // r)
+    ng = max(1, min(groups, limit // per_group))  # row groups per job
+    step = max(1, limit // (per_group * groups)) if ng == groups else 1
+
+    def chunk(c0: int, g0: int) -> None:
+        c1, g1 = min(c, c0 + step), min(groups, g0 + ng)
+        cc, gg = c1 - c0, g1 - g0
+        r0, r1 = g0 * r, min(ho, g1 * r)
+        rows_in = (gg - 1) * r * sh + kr
+        # the blocks' column strips of the rows this job reads: (cc, n, nb, rows_in, span)
+        # (np.ndarray over the buffer: as_strided took 7 us a call)
+        strips = np.ndarray(
+            (cc, n, nb, rows_in, span),
+            dtype=work,
+            buffer=xp,
+            offset=c0 * s[0] + r0 * sh * s[2],
+            strides=(s[0], s[1], b * sw * item, s[2], item),
+        ).copy()
+        z = strips.strides
+        mat = np.ndarray(
+            (cc, n, nb, gg, kr, span),
+            dtype=work,
+            buffer=strips,
+            strides=(z[0], z[1], z[2], r * sh * z[3], z[3], item),
+        ).reshape(cc, n * nb * gg, kr * span)  # a copy
+        y = np.matmul(mat, band[c0:c1]).reshape(cc, n, nb, gg * r, b)[:, :, :, : r1 - r0]
+        dst = out[:, c0:c1, r0:r1]  # (n, cc, rows, wo); splitting its last axis is a view
+        if full:
+            dst[..., : full * b].reshape(n, cc, r1 - r0, full, b)[...] = y[:, :, :full].transpose(
+                1, 0, 3, 2, 4
+            )
+        if rest:
+            dst[..., full * b :] = y[:, :, full, :, :rest].transpose(1, 0, 2, 3)
+
+    jobs = [(c0, g0) for c0 in range(0, c, step) for g0 in range(0, groups, ng)]
+    # the GEMMs' multiply-adds, zeros of the band included: what the work grows with
+    band_macs = n * c * groups * nb * kr * span * r * b
+    large = band_macs >= settings.dw_gemm_threaded_min_macs
+    run_jobs(chunk, jobs, gemm_threads(spec, settings, large=large), settings, spec)
+    return out
+
+
+def direct_depthwise(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """The ``direct`` algorithm for depthwise layers (``C_in/groups == 1``): the taps
+    accumulated, by the fastest of the three loops that applies."""
+    if _depthwise_gemm_pays(spec, settings):
+        return _depthwise_gemm(x, weight, spec, work, settings)
+    if _channels_last_pays(spec, settings):
+        return _depthwise_channels_last(x, weight, spec, work, settings)
+    g, cout_g = spec.groups, spec.cout_g
+    n, ho, wo = spec.n, spec.h_out, spec.w_out
+    ph = phases(spec)
+    wt = weight.reshape(g, cout_g, 1, len(ph.taps))
+    out = np.empty((n, spec.c_out, ho, wo), dtype=work)
+    per_row = spec.c_in * len(ph.phases) * ph.wq * work.itemsize
+    rows = band_rows(spec, per_row, settings.chunk_bytes // 4)
+    # pieces of flat positions small enough for the accumulator to stay in L2
+    piece = max(256, settings.tap_piece // max(1, spec.c_out))
+    for b in range(n):
+        xb = x[b : b + 1]
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            flat = ph.gather(xb, r0, r1, work)[0].reshape(g, 1, len(ph.phases), -1)
+            length = (r1 - r0) * ph.wq
+            acc = np.empty((g, cout_g, length), dtype=work)
+            tmp = np.empty((g, cout_g, min(piece, length)), dtype=work)
+            for q0 in range(0, length, piece):
+                q1 = min(length, q0 + piece)
+                a = acc[:, :, q0:q1]
+                tm = tmp[:, :, : q1 - q0]
+                for t, (p, off) in enumerate(ph.taps):
+                    src = flat[:, :, p, off + q0 : off + q1]
+                    if t == 0:
+                        np.multiply(src, wt[:, :, :, 0], out=a)
+                    else:
+                        np.multiply(src, wt[:, :, :, t], out=tm)
+                        a += tm
+            out[b, :, r0:r1] = acc.reshape(spec.c_out, r1 - r0, ph.wq)[..., :wo]
+    return out

@@ -1,0 +1,148 @@
+"""The NumPy backend's tuning values, as one frozen object the backend holds.
+
+A backend reads ``backend.settings``; tests and A/B runs swap in a changed copy
+(:meth:`NumpyBackend.using <convcli.backends.numpy.backend.NumpyBackend.using>` or
+``dataclasses.replace``) instead of patching module globals. Budgets are bytes, rates
+are per second. The measurements behind the values are in the field comments (ms on
+this machine's 2 cores unless said otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tuning values of the NumPy backend (see the module docstring)."""
+
+    # -- memory budgets ---------------------------------------------------------------
+    # work arrays of one band of the reference and the tap loops
+    chunk_bytes: int = 64 * 2**20
+    # column matrix per GEMM: in L2 when bands run on our threads, larger when BLAS
+    # threads it (W7 with 2, 3, 6 and 16 MiB: 2.42, 1.92, 1.83 and 2.18 ms; W6 within
+    # noise)
+    gemm_bytes: int = 2**20
+    blas_gemm_bytes: int = 6 * 2**20
+    # largest per-thread work array the gemm path keeps between calls (threads.scratch)
+    scratch_keep: int = 32 * 2**20
+    # flat positions per piece of the planar depthwise tap loop (x channels): stays in L2
+    tap_piece: int = 48 * 1024
+
+    # -- threads ----------------------------------------------------------------------
+    # worker threads of the gemm path; None: the CPUs this process may run on
+    threads: int | None = None
+    # move each worker of the gemm path to a CPU other than the caller's
+    # (threads.spread_plan)
+    spread_workers: bool = True
+    # problems smaller than this (flops) run on one thread (threads.gemm_threads)
+    threaded_min_flops: int = 10**8
+    # From this many multiply-adds on, a call that runs its GEMMs on one thread puts BLAS
+    # on one thread too (threads.quiet_blas). OpenBLAS runs GEMMs below 2**18 M*N*K on one
+    # thread anyway, and the switch costs about 16 us.
+    quiet_blas_macs: int = 2**18
+
+    # -- gemm -------------------------------------------------------------------------
+    # at least this many output pixels per gemm task (the GEMM's N)
+    gemm_min_pixels: int = 512
+    # outputs narrower than this compute junk columns instead of short copies
+    # (gemm.gemm_plan), when they have fewer output channels per group than
+    # junk_max_cout: junk columns save copy work per column but cost GEMM work per output
+    # channel (W7, 32 channels: 1.79 ms with junk, 2.10 without; W6, 256: 6.22 with, 5.80
+    # without; W5, 64: 13.9 and 13.5)
+    junk_below: int = 64
+    junk_max_cout: int = 64
+    # fewer bands than threads: each thread takes a part of the output channels of at
+    # least this many (gemm.gemm)
+    gemm_min_part_cout: int = 32
+
+    # -- gemm over shared rows (gemm.gemm_shared_rows) ----------------------------------
+    # None: the rule below; True/False force it where it applies (tests, A/B runs).
+    # It pays where copies weigh against the GEMMs (few output channels per group) and
+    # rows are wide (each output row is one GEMM of N = W_out columns). Measured against
+    # the column matrix of every tap: W9 12.2-15.2 vs 14.9-16.9, 3->16 3x3 on 960x540
+    # 8.4 vs 9.1, 16->16 5x5 on 512^2 31.1 vs 34.3; but 64->64 3x3 on 224^2 26.0 vs 25.1,
+    # a 3->64 7x7 stem (112 wide) 2.7 vs 2.3, W5 (56 wide) 14.9 vs 13.7. Mobile
+    # networks' 3->16 and 3->32 3x3 s2 stems (112 wide, one thread): 0.28 vs 0.40 and
+    # 0.38 vs 0.52.
+    shared_rows: bool | None = None
+    shared_rows_min_width: int = 96
+    shared_rows_max_cout: int = 32
+    # column bytes per band (per thread): W9 took 14.5, 13.4, 12.2, 12.6 and 14.2 ms with
+    # 0.5, 1, 2, 4 and 8 MiB
+    shared_rows_bytes: int = 2 * 2**20
+    # output columns per GEMM: OpenBLAS ran (16 x 147) x (147 x N) at 108, 94, 101, 77
+    # and 67 GFLOP/s per thread for N = 64, 128, 256, 512 and 1024; W9 took 12.9, 10.7,
+    # 10.7 and 11.1 ms with pieces of 512, 256, 128 and 64
+    shared_rows_piece: int = 256
+
+    # -- depthwise --------------------------------------------------------------------
+    # Depthwise layers with this many channels or more (one per group, zero padding) run
+    # channels-last (depthwise.channels_last): CPU ms against the planar tap loop, 1152
+    # channels 7x7 5x5 0.70 vs 2.11, 768 7x7 7x7 0.90 vs 2.92, N=8 384 14x14 7x7 15.0 vs
+    # 37.4, 96 56x56 7x7 7.2 vs 12.3, 32 112x112 3x3 3.1 vs 3.9; N=8 58 56x56 3x3 s2 4.1
+    # vs 3.4.
+    channels_last_min: int = 64
+    # bytes of one band's accumulator in the channels-last loop (stays in L2)
+    channels_last_band: int = 256 * 1024
+    # Depthwise layers (one channel per group, zero padding, real dtypes) run as GEMMs
+    # over row blocks (depthwise._depthwise_gemm) where the kernel has at least
+    # dw_gemm_min_taps taps, an output row of all images at least dw_gemm_min_row_taps
+    # taps per column of stride (N * W_out * kH * kW / stride: more images amortise the
+    # per-channel calls), the layer at least dw_gemm_min_macs
+    # multiply-adds, and, for kernels under dw_gemm_many_taps taps, at least
+    # dw_gemm_min_channels channels (image filters' 3x3 on RGB: the planar loop, 9.4 ms
+    # against 13.6 on 1024^2). dw_gemm None: that rule; True/False force it where it
+    # applies (tests, A/B runs). CPU ms, one thread, against the better tap loop: 7x7
+    # 96ch 56^2 1.8 vs 7.1 (8.2), 768ch 7^2 0.50 vs 0.87; 5x5 144ch 14^2 0.21 vs 0.35,
+    # 576ch 7^2 0.30 vs 0.36, 96ch 28^2 s2 0.23 vs 0.31; 3x3 32ch 112^2 1.3 vs 2.9, 96ch
+    # 112^2 s2 2.2 vs 3.6, 88ch 28^2 0.32 vs 0.40; but 3x3 480ch 14^2 0.44 vs 0.35,
+    # 1152ch 7^2 0.35 vs 0.24 and 5x5 672ch 14^2 s2 0.56 vs 0.48 (rows of 126, 63 and 87
+    # taps per column of stride). At N=8 the GEMM also wins there: 5x5 288ch 14^2 s2
+    # 1.2 vs 2.1, 3x3 116ch 14^2 0.74 vs 0.92, 232ch 7^2 0.43 vs 0.53, but 58ch 56^2 s2
+    # 3.9 vs 3.1.
+    dw_gemm: bool | None = None
+    dw_gemm_min_taps: int = 9
+    dw_gemm_min_row_taps: int = 150
+    dw_gemm_min_macs: int = 10**5
+    dw_gemm_many_taps: int = 25
+    dw_gemm_min_channels: int = 20
+    # outputs per block (the GEMM's N): dw_gemm_rows output rows (without dilation along
+    # the rows) of dw_gemm_block / dw_gemm_rows columns (fewer on narrower outputs)
+    dw_gemm_block: int = 16
+    dw_gemm_rows: int = 2
+    # a job's row matrix, at most (and at least; see depthwise._depthwise_gemm)
+    dw_gemm_job_bytes: int = 2 * 2**20
+    dw_gemm_min_job_bytes: int = 128 * 1024
+    # from this many multiply-adds of its GEMMs (the band's zeros included) a depthwise
+    # GEMM runs on our threads: wall ms, N=1, min of 45 on a busy machine, one thread
+    # against two: 7x7 96ch 56^2 (34M) 1.61 vs 1.09; 3x3 32ch 112^2 (16M) 1.20 vs 0.78,
+    # 96ch 112^2 s2 (26M) 1.99 vs 1.30; 7x7 192ch 28^2 (19M) 0.98 vs 0.84; but 7x7
+    # 384ch 14^2 (9.6M) 0.61 vs 0.73, 5x5 240ch 14^2 (3.9M) 0.33 vs 0.50
+    dw_gemm_threaded_min_macs: int = 12 * 10**6
+
+    # -- cost model (cost.estimate_seconds) ---------------------------------------------
+    # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
+    # benchmarks/numpy_crossover.py (RGB 1024^2, one BLAS thread because the machine was
+    # shared; only the ratios matter). They include each path's overheads, hence low
+    # values. Measured crossovers (ms, direct / separable / fft): rank-1 kernels 3x3
+    # 61/95/310, 5x5 71/71/243, 7x7 160/87/347, 21x21 725/65/156 -> separable from 5x5
+    # up; rank-2 kernels 9x9 159/-/227, 11x11 344/-/142, 15x15 257/-/140 -> fft from
+    # about 11x11. Dense layers: gemm beat the reference im2col on all of W5-W9
+    # (1.2-2.4x).
+    gemm_flops: float = 100e9  # sgemm with K >= 64: 90-150 GFLOP/s
+    toeplitz_flops: float = 40e9  # the banded matmuls of the separable passes
+    separable_passes: int = 20  # memory passes over each channel plane
+    tap_elems: float = 3e9  # tap loop: multiply + add per output element and tap, in cache
+    copy_bytes: float = 8e9  # slice copies into the column matrix (read + write)
+    gather_elems: float = 0.25e9  # the reference im2col's 6-D transpose gather
+    fft_elems: float = 0.75e9  # complex64 rfft2+irfft2: elements * log2(size) per second
+    fft_mac_flops: float = 5e9  # complex multiply-accumulate of spectra over channels
+    # largest kernel spectra algo='fft' may hold
+    fft_kernel_bytes: int = 256 * 2**20
+    # LAPACK's SVD (the rank-1 check of a kernel that passed plan's quick test): about
+    # 22 k^3 flops for a k x k kernel at ~4 GFLOP/s (three 1001x1001 kernels took 18 s).
+    svd_flops: float = 4e9
+
+
+DEFAULT = Settings()
