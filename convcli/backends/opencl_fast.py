@@ -1165,6 +1165,10 @@ def programs(
         return None
     if spec.n == 0:
         return []
+    if plan is not None and plan.kernel == "fft_local":
+        from convcli.backends import opencl_fft_local
+
+        return opencl_fft_local.programs(spec, local_mem)
     if plan is not None and plan.kernel in ("direct_local", "gemm_local"):
         return None  # the GPU kernels' builds are not predicted
     if plan is None:
@@ -1269,6 +1273,10 @@ def run(
     # One call at a time: kernel objects (set_args) and the pools are shared.
     with _LOCK:
         try:
+            if plan.kernel == "fft_local":
+                from convcli.backends import opencl_fft_local
+
+                return opencl_fft_local.run(backend, xf, wf, bf, spec, algo=algo, info=info)
             if plan.algo == "fft":
                 from convcli.backends import opencl_fft
 

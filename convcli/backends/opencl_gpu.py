@@ -85,7 +85,14 @@ def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool):
     under ``auto`` or ``gemm`` (so the row bands of a tiled call, which force the whole's
     algorithm, run it too); the CPU-shaped direct kernel and, under ``auto``, the rest
     of the GEMM family run ``direct_local``; separable plans run their two passes with
-    it (:func:`run_separable`)."""
+    it (:func:`run_separable`); FFT tiles run a work-group per tile pair
+    (:func:`convcli.backends.opencl_fft_local.device_plan`)."""
+    if gpu_kernels(cpu):
+        from convcli.backends import opencl_fft_local
+
+        fft = opencl_fft_local.device_plan(plan, spec, algo)
+        if fft is not None:
+            return fft
     if plan is None or not gpu_kernels(cpu) or plan.kernel not in _CPU_SHAPED:
         return plan
     if plan.algo == "separable":
