@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from convcli.backends import opencl_fft
+from convcli.errors import ConvValueError
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec
 
@@ -146,6 +147,9 @@ def run(
         info.algo = "fft"
         return out
     if algo != "auto":
+        reason = opencl_fft.why_not(spec, backend.limits.local_mem_bytes)
+        if reason is not None:
+            raise ConvValueError(f"algo='fft' is not available on the OpenCL backend: it {reason}")
         return opencl_fft.run(backend, x, weight, bias, spec, info=info)
     if spec.kh * spec.kw > opencl_gpu.LOCAL_MAX_TAPS:
         raise opencl_gpu.NoFit("no FFT tile fits the device")
