@@ -339,12 +339,24 @@ def test_auto_keeps_direct_taps_past_the_largest_tile():
 
 
 def test_plan_algo_and_programs_report_what_runs(ocl, gpu):
-    w = np.repeat(disk(25)[None, None], 3, 0)
-    spec, w = _spec(w, padding=12)
-    assert ocl.plan_algo(spec, w) == "fft"
-    mem = ocl.limits.local_mem_bytes
-    found = opencl_fast.programs(spec, w, "auto", cpu=ocl.is_cpu, local_mem=mem)
-    assert found == [("fft_local", {"T": opencl_fft_local.tiles(spec, mem)[0]})]
+    # a GPU-type device: its plan for a 25x25 disk before the GPU kernels is no fast
+    # kernel at all (too many taps for dw_direct), FFT tiles after
+    launched: list = []
+    be = _backend(ocl, launched)
+    be.is_cpu = False
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 1, 48, 48)).astype(np.float32)
+    w = disk(25)[None, None]
+    spec = make_spec(x, w, None, padding=12)
+    assert opencl_fast.choose(spec, w, "auto", cpu=False)[0] is None
+    assert be.plan_algo(spec, w) == "fft"
+    mem = be.limits.local_mem_bytes
+    found = opencl_fast.programs(spec, w, "auto", cpu=False, local_mem=mem)
+    side = opencl_fft_local.tiles(spec, mem)[0]
+    assert found == [("fft_local", {"T": side})]
+    y, info = _run(be, x, w, None, spec, "auto")
+    assert_close(y, naive_for_spec(x, w, None, spec), "float32")
+    assert info.algo == "fft" and [(n, t) for n, t, _ in launched] == [("fft_local", side)]
 
 
 def test_spectrum_order_matches_a_transform_in_numpy():

@@ -749,11 +749,13 @@ class OpenCLBackend:
     def plan_algo(self, spec: ConvSpec, weight: np.ndarray) -> str:
         """The algorithm ``algo="auto"`` runs for ``spec`` (tiles reuse the whole's)."""
         fast = _fast_module()
-        plan = fast.planned(spec, weight, "auto", cpu=self.is_cpu)[0] if fast is not None else None
-        if plan is not None:
-            from convcli.backends import opencl_gpu
+        if fast is None:
+            return "direct"
+        from convcli.backends import opencl_gpu
 
-            plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
+        plan = fast.planned(spec, weight, "auto", cpu=self.is_cpu)[0]
+        # after no fast plan too: a GPU device runs FFT tiles where the CPU plan has none
+        plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
         return "direct" if plan is None else plan.algo
 
     def fixed_plan(self, spec: ConvSpec) -> str | None:
@@ -763,11 +765,9 @@ class OpenCLBackend:
         found = fast.remembered(spec, "auto", self.is_cpu) if fast is not None else None
         if found is None:
             return None
-        plan = found[0]
-        if plan is not None:
-            from convcli.backends import opencl_gpu
+        from convcli.backends import opencl_gpu
 
-            plan = opencl_gpu.device_plan(plan, spec, "auto", self.is_cpu)
+        plan = opencl_gpu.device_plan(found[0], spec, "auto", self.is_cpu)
         return "direct" if plan is None else plan.algo
 
     # ---- programs and kernels -------------------------------------------------
