@@ -14,7 +14,9 @@
  * same local memory per output pixel).
  *
  * Layout in local memory: buf[r * T + c], float2 (re = tile A, im = tile B), T*T*8 bytes
- * (8 KiB for T = 32, 32 KiB for T = 64), plus the T/2 twiddles. Steps, all in place:
+ * and nothing else (8 KiB for T = 32, exactly 32 KiB for T = 64, the local memory of many
+ * GPUs; the T/2 twiddles are read from global memory, where they stay cached). Steps,
+ * all in place:
  *   load      item i of the group takes elements i, i + nl, ...: consecutive items read
  *             consecutive columns (coalesced), through the padding index maps;
  *   rows      radix-2 DIF over each row, log2(T) stages: butterfly b of T*T/2 goes to row
@@ -111,7 +113,6 @@ __kernel void fft_local(__global const float *restrict x, __global const float2 
                         const int kew, const int sh, const int sw, const int tiles_x,
                         const int tiles, const int pairs) {
     __local float2 buf[AREA];
-    __local float2 tws[HALF];
     const int pair = get_group_id(0);
     if (pair >= pairs) return; /* the whole work-group: the local size along y is 1 */
     const int lid = get_local_id(0);
@@ -127,7 +128,6 @@ __kernel void fft_local(__global const float *restrict x, __global const float2 
     const int rb = (tb / tiles_x) * vh, cb = (tb % tiles_x) * vw;
     __global const float *src = x + ((size_t)n * c_in + o / cmult) * h * w;
 
-    for (int i = lid; i < HALF; i += nl) tws[i] = tw[i];
     for (int i = lid; i < AREA; i += nl) {
         const int r = i / T, c = i % T;
         const float a = texel(src, rmap, cmap, ra + r, ca + c, hp, wpad, w);
@@ -145,7 +145,7 @@ __kernel void fft_local(__global const float *restrict x, __global const float2 
             const int p = (b / HALF) * T + 2 * (j - k) + k;
             const float2 u = buf[p], v = buf[p + hh];
             buf[p] = u + v;
-            buf[p + hh] = cmul(u - v, tws[k * ts]);
+            buf[p + hh] = cmul(u - v, tw[k * ts]);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
@@ -159,7 +159,7 @@ __kernel void fft_local(__global const float *restrict x, __global const float2 
             const int p = (2 * (j - k) + k) * T + b % T;
             const float2 u = buf[p], v = buf[p + hh * T];
             buf[p] = u + v;
-            buf[p + hh * T] = cmul(u - v, tws[k * ts]);
+            buf[p + hh * T] = cmul(u - v, tw[k * ts]);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
@@ -184,7 +184,7 @@ __kernel void fft_local(__global const float *restrict x, __global const float2 
             const int j = b / T;
             const int k = j & (hh - 1);
             const int p = (2 * (j - k) + k) * T + b % T;
-            const float2 u = buf[p], v = cmulc(buf[p + hh * T], tws[k * ts]);
+            const float2 u = buf[p], v = cmulc(buf[p + hh * T], tw[k * ts]);
             buf[p] = u + v;
             buf[p + hh * T] = u - v;
         }
@@ -198,7 +198,7 @@ __kernel void fft_local(__global const float *restrict x, __global const float2 
             const int j = b % HALF;
             const int k = j & (hh - 1);
             const int p = (b / HALF) * T + 2 * (j - k) + k;
-            const float2 u = buf[p], v = cmulc(buf[p + hh], tws[k * ts]);
+            const float2 u = buf[p], v = cmulc(buf[p + hh], tw[k * ts]);
             buf[p] = u + v;
             buf[p + hh] = u - v;
         }
