@@ -246,6 +246,23 @@ def test_too_little_local_memory_for_any_fft(ocl, gpu):
     assert info.algo == "direct" and launched == [("direct_local", None, launched[0][2])]
 
 
+def test_auto_runs_direct_taps_where_only_small_tiles_fit(ocl, gpu):
+    # a 25x25 disk: 64 tiles pay against direct taps, but 20 KB of local memory holds only
+    # 32 tiles (8 valid rows of 32), which do not; a forced FFT runs them all the same
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((1, 1, 40, 40)).astype(np.float32)
+    w = disk(25)[None, None]
+    spec = make_spec(x, w, None, padding=12)
+    assert opencl_fft.pays(spec) and opencl_fft_local.tiles(spec, 20000) == [32]
+    for algo, kernel in (("auto", "conv2d_direct"), ("fft", "fft_local")):
+        launched: list = []
+        y, info = _run(_backend(ocl, launched, local_mem_bytes=20000), x, w, None, spec, algo)
+        assert_close(y, naive_for_spec(x, w, None, spec), "float32")
+        assert [n for n, _, _ in launched] == [kernel] and info.algo == algo.replace(
+            "auto", "direct"
+        )
+
+
 def test_float16_is_computed_in_float32(ocl, gpu):
     rng = np.random.default_rng(10)
     x = rng.standard_normal((1, 2, 30, 20)).astype(np.float16)

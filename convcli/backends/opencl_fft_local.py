@@ -121,7 +121,8 @@ def run(
     float32 (``x``, ``weight``, ``bias`` float32).
 
     Tile sides are tried cheapest first among those whose tile fits the device's local
-    memory; a side whose launch is refused even with one item per group gives way to the
+    memory (under ``auto`` none when the cheapest is estimated no faster than direct
+    taps); a side whose launch is refused even with one item per group gives way to the
     next. With none left a forced ``fft`` runs ``fft_conv`` (raising ConvValueError when
     that cannot run either), ``auto`` runs ``direct_local`` (raising
     :class:`~convcli.backends.opencl_gpu.NoFit`, for the generic kernel, where that does
@@ -135,7 +136,10 @@ def run(
         info.algo = "fft"
         return np.zeros(shape, dtype=np.float32)
     cl = backend._cl
-    for t in tiles(spec, backend.limits.local_mem_bytes):
+    found = tiles(spec, backend.limits.local_mem_bytes)
+    if algo == "auto" and found and not _pays(spec, found[0]):
+        found = []  # the device's local memory holds only tiles too small to pay
+    for t in found:
         try:
             out = _run_tile(cl, backend, x, weight, bias, spec, t, info)
         except cl.Error as exc:
@@ -154,6 +158,12 @@ def run(
     out = opencl_gpu.run_local(cl, backend, x, weight, bias, spec, info)
     info.algo = "direct"
     return out
+
+
+def _pays(spec: ConvSpec, t: int) -> bool:
+    """:func:`convcli.backends.opencl_fft.pays` for tiles of side ``t`` (it assumes the
+    cheapest side of any size; a small local memory may hold only far smaller ones)."""
+    return opencl_fft._cost(spec, t) < opencl_fft._MARGIN * opencl_fft.direct_seconds(spec)
 
 
 def _run_tile(cl, backend, x, weight, bias, spec: ConvSpec, t: int, info: RunInfo) -> np.ndarray:
