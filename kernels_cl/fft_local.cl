@@ -33,7 +33,7 @@
  * to natural order, so no data is ever permuted. The spectrum is the conjugate of the
  * dilated kernel's FFT (correlation, not convolution), scaled by 1/T^2.
  *
- * Define (it sizes the local arrays and the loops): T, the tile side, a power of two.
+ * Define (it sizes the local array and the loops): T, the tile side, a power of two.
  * Everything else is a runtime argument, so one build per tile side serves every kernel
  * extent, stride, channel count and image size; the work-group size is any size the
  * launch gets (items loop over the work), so a launch the driver shrinks still runs.
@@ -46,8 +46,8 @@
  *   rmap  (hp,) int, cmap (wp,) int   padded index -> source index, -1 = zero
  *   out   (n, c_out, ho, wo)
  *   keh, kew  the dilated kernel extent; sh, sw the stride; cmult: output plane o reads
- *             input plane o / cmult; tiles_x x tiles: the tile grid of a plane, pairs of
- *             them (2p, 2p+1 in row-major order) per work-group.
+ *             input plane o / cmult; tiles_x, tiles: tiles per row and per plane, in
+ *             pairs (2p, 2p+1 in row-major order), `pairs` of them, one per work-group.
  * Work-group (gx, gy) of nl x 1 items: pair gx of plane gy = n * c_out + o; groups past
  * the last pair (a launch the driver shrank) return at once, all their items together.
  * Tile t = (ty, tx) computes the stride-1 outputs at padded rows ty*VH .. ty*VH+VH-1
