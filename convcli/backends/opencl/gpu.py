@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from convcli.backends.opencl import separable
+from convcli.backends.opencl import fft_local, separable
 from convcli.backends.opencl.gemm import channel_blocks
 from convcli.backends.opencl.runtime import geometry_defines
 from convcli.backends.opencl.settings import DEFAULT, Settings
@@ -63,7 +63,12 @@ def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool, s: Settings = DEFAUL
     under ``auto`` or ``gemm`` (so the row bands of a tiled call, which force the whole's
     algorithm, run it too); the CPU-shaped direct kernel and, under ``auto``, the rest
     of the GEMM family run ``direct_local``; separable plans run their two passes with
-    it (:func:`run_separable`)."""
+    it (:func:`run_separable`); FFT tiles run a work-group per tile pair
+    (:func:`convcli.backends.opencl.fft_local.device_plan`)."""
+    if gpu_kernels(cpu, s):
+        fft = fft_local.device_plan(plan, spec, algo, s)
+        if fft is not None:
+            return fft
     if plan is None or not gpu_kernels(cpu, s) or plan.kernel not in _CPU_SHAPED:
         return plan
     if plan.algo == "separable":
