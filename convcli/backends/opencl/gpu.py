@@ -12,11 +12,12 @@ from there, each item keeping RX x COB scalar accumulators (at most 32). Depthwi
 layers and channel multipliers are the same kernel with one input channel per group and
 the multiplier as the channel block, so each input tile is loaded once.
 
-1x1 layers run ``gemm_local.cl`` instead: a GEMM tile through local memory. Algorithm
-choices are kept: rank-1 image filters still run as two separable passes (each a
-``direct_local`` launch), the FFT and the host FFT where the planner picks them, and a
-forced ``algo='gemm'`` on a KxK layer still runs the CPU-shaped GEMMs (no GPU GEMM does
-those).
+1x1 layers run ``gemm_local.cl`` instead: a GEMM tile through local memory, and FFT
+tiles ``fft_local.cl`` (:mod:`.fft_local`), a work-group per tile pair, also where FFT
+tiles pay but the CPU plan took direct taps. Other algorithm choices are kept: rank-1
+image filters still run as two separable passes (each a ``direct_local`` launch), the
+host FFT where the planner picks it, and a forced ``algo='gemm'`` on a KxK layer still
+runs the CPU-shaped GEMMs (no GPU GEMM does those).
 
 Which devices get it: GPU-type devices (Oclgrind included, which reports a GPU), or
 every device when ``settings.gpu_kernels`` (tests, A/B runs) or the environment variable
