@@ -12,11 +12,12 @@ from there, each item keeping RX x COB scalar accumulators (at most 32). Depthwi
 layers and channel multipliers are the same kernel with one input channel per group and
 the multiplier as the channel block, so each input tile is loaded once.
 
-1x1 layers run ``gemm_local.cl`` instead: a GEMM tile through local memory. Algorithm
-choices are kept: rank-1 image filters still run as two separable passes (each a
-``direct_local`` launch), the FFT and the host FFT where the planner picks them, and a
-forced ``algo='gemm'`` on a KxK layer still runs the CPU-shaped GEMMs (no GPU GEMM does
-those).
+1x1 layers run ``gemm_local.cl`` instead: a GEMM tile through local memory, and FFT
+tiles ``fft_local.cl`` (:mod:`.fft_local`), a work-group per tile pair, also where FFT
+tiles pay but the CPU plan took direct taps. Other algorithm choices are kept: rank-1
+image filters still run as two separable passes (each a ``direct_local`` launch), the
+host FFT where the planner picks it, and a forced ``algo='gemm'`` on a KxK layer still
+runs the CPU-shaped GEMMs (no GPU GEMM does those).
 
 Which devices get it: GPU-type devices (Oclgrind included, which reports a GPU), or
 every device when ``settings.gpu_kernels`` (tests, A/B runs) or the environment variable
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from convcli.backends.opencl import separable
+from convcli.backends.opencl import fft_local, separable
 from convcli.backends.opencl.gemm import channel_blocks
 from convcli.backends.opencl.runtime import geometry_defines
 from convcli.backends.opencl.settings import DEFAULT, Settings
@@ -63,7 +64,12 @@ def device_plan(plan, spec: ConvSpec, algo: str, cpu: bool, s: Settings = DEFAUL
     under ``auto`` or ``gemm`` (so the row bands of a tiled call, which force the whole's
     algorithm, run it too); the CPU-shaped direct kernel and, under ``auto``, the rest
     of the GEMM family run ``direct_local``; separable plans run their two passes with
-    it (:func:`run_separable`)."""
+    it (:func:`run_separable`); FFT tiles run a work-group per tile pair
+    (:func:`convcli.backends.opencl.fft_local.device_plan`)."""
+    if gpu_kernels(cpu, s):
+        fft = fft_local.device_plan(plan, spec, algo, s)
+        if fft is not None:
+            return fft
     if plan is None or not gpu_kernels(cpu, s) or plan.kernel not in _CPU_SHAPED:
         return plan
     if plan.algo == "separable":

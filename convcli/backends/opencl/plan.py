@@ -22,7 +22,8 @@ Algorithms (``info.algo``) and the families that run them:
   and always under a forced ``fft``.
 
 On GPU-type devices :func:`convcli.backends.opencl.gpu.device_plan` swaps the
-CPU-shaped kernels for the GPU-shaped ones (:mod:`.gpu`).
+CPU-shaped kernels for the GPU-shaped ones (:mod:`.gpu`; FFT tiles with a work-group per
+tile pair, :mod:`.fft_local`).
 
 The CPU-shaped kernels follow what was measured on PoCL (see the ``.cl`` headers):
 float8 vectors written by hand, taps fully unrolled with the kernel geometry as ``-D``
@@ -38,7 +39,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from convcli.backends.opencl import depthwise, direct, fft, gemm, gpu, separable, winograd
+from convcli.backends.opencl import (
+    depthwise,
+    direct,
+    fft,
+    fft_local,
+    gemm,
+    gpu,
+    separable,
+    winograd,
+)
 from convcli.backends.opencl.runtime import BuildFailed, NoFit, launch_refused
 from convcli.backends.opencl.settings import DEFAULT, Settings
 from convcli.errors import ConvValueError
@@ -241,6 +251,8 @@ def programs(
         return None
     if spec.n == 0:
         return []
+    if plan is not None and plan.kernel == "fft_local":
+        return fft_local.programs(spec, local_mem, s)
     if plan is not None and plan.kernel in ("direct_local", "gemm_local"):
         return None  # the GPU kernels' builds are not predicted
     if plan is None:
@@ -324,10 +336,13 @@ def run(
     bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     # One call at a time: kernel objects (set_args) and the pools are shared.
     with backend.current(info):
-        if plan.algo == "fft":
+        if plan.algo == "fft" and plan.kernel != "fft_local":
             # its build failures are reported, not passed to the generic kernel
             return fft.run(backend, xf, wf, bf, spec, info=info)
         try:
+            if plan.kernel == "fft_local":
+                # sets info.algo itself: "direct" where it fell back to direct taps
+                return fft_local.run(backend, xf, wf, bf, spec, algo=algo, info=info)
             if plan.kernel == "direct_local" and plan.algo == "separable":
                 out = gpu.run_separable(backend, xf, bf, spec, factors, info)
             elif plan.kernel == "direct_local":

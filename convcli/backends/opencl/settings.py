@@ -156,7 +156,18 @@ class Settings:
     # and a tile pair (T*T complex float32) must fit a work-group's local memory.
     fft_tiles: tuple[int, ...] = (32, 64, 128, 256)
 
-    # ---- GPU-shaped kernels (direct_local, gemm_local)
+    # ---- FFT tiles with a work-group per tile pair (fft_local), GPU-shaped devices
+    # Tile sides built (one build each, every other size a runtime argument): a T x T
+    # complex float32 tile takes 8*T*T bytes of local memory, 32 KiB for T = 64, what
+    # GPUs' 32-64 KiB hold; T = 128 would need 128 KiB. 16 serves small kernels and small
+    # local memories.
+    fft_local_tiles: tuple[int, ...] = (16, 32, 64)
+    # Items per work-group wanted (the runtime shrinks it to the device's and the
+    # kernel's limits): 256, a common GPU size; a T = 16 tile has only 128 butterflies
+    # per stage.
+    fft_local_items: int = 256
+
+    # ---- GPU-shaped kernels (direct_local, gemm_local; fft_local above)
     # None: GPU-type devices only; True/False: every device / none (tests, A/B runs).
     gpu_kernels: bool | None = None
     # Items per work-group wanted (the runtime shrinks it to the device's and the
