@@ -606,8 +606,8 @@ def _png_header(blob: bytes) -> tuple[int, int, bool, int]:
     pos = 8
     while pos + 8 <= len(blob):
         size, kind = int.from_bytes(blob[pos : pos + 4], "big"), blob[pos + 4 : pos + 8]
-        if kind == b"IDAT":
-            break
+        if kind == b"IDAT" or pos + 12 + size > len(blob):
+            break  # image data, or a chunk cut short (libpng says so)
         if kind == b"IHDR" and size >= 13:
             depth, colour = blob[pos + 16], blob[pos + 17]
         elif kind == b"tRNS":
