@@ -469,7 +469,7 @@ _CL_LOCK = threading.Lock()
 
 
 def _defines(plan: _Plan) -> dict[str, int | str]:
-    from convcli.backends.opencl.runtime import geometry_defines
+    from convcli.backends.opencl.geometry import geometry_defines
 
     return {
         "IN_T": "uchar" if plan.strip.dtype == np.uint8 else "ushort",

@@ -656,7 +656,7 @@ def _geometry_programs() -> list[tuple[str, dict]]:
     """Every kernel that includes geometry.clh, with every define it requires, built
     by the functions the backend builds them with."""
     from convcli.backends.opencl import depthwise, gemm
-    from convcli.backends.opencl.runtime import geometry_defines
+    from convcli.backends.opencl.geometry import geometry_defines
     from convcli.backends.opencl.settings import DEFAULT
 
     x = np.zeros((1, 4, 9, 10), np.float32)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from convcli.backends.opencl.runtime import geometry_defines
+from convcli.backends.opencl.geometry import geometry_defines
 from convcli.backends.opencl.settings import Settings
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec

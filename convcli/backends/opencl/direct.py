@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from convcli.backends.opencl.geometry import geometry_defines
 from convcli.backends.opencl.runtime import (
     aligned_empty,
     ceil_div,
     compute_dtype,
-    geometry_defines,
     real_dtype,
     translate_errors,
 )

@@ -36,7 +36,7 @@ import numpy as np
 
 from convcli.backends.opencl import fft_local, separable
 from convcli.backends.opencl.gemm import channel_blocks
-from convcli.backends.opencl.runtime import geometry_defines
+from convcli.backends.opencl.geometry import geometry_defines
 from convcli.backends.opencl.settings import DEFAULT, Settings
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec

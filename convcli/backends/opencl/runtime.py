@@ -6,7 +6,7 @@ Programs are built from ``data_dir("kernels_cl") / f"{name}.cl"`` (``#include "x
 lines pasted in, see :func:`kernel_source`) with ``-D NAME=VALUE`` options (never
 fast-math), cached per context and ``(name, sorted defines)`` in-process; PoCL
 additionally keeps compiled binaries on disk, so a second process builds quickly. A
-kernel's geometry defines come from :func:`geometry_defines`, and
+kernel's geometry defines come from :mod:`convcli.backends.opencl.geometry`, and
 ``kernels_cl/geometry.clh`` stops a build that lacks one with ``#error``.
 
 Launch sizes come from the device and the kernel (:func:`fit_local_size`): a wanted
@@ -249,21 +249,6 @@ def kernel_source(path: Path) -> str:
             raise BuildFailed(f"OpenCL kernel source {p} cannot be read ({exc})") from exc
 
     return _INCLUDE.sub(lambda m: read(path.parent / m.group(1)), read(path))
-
-
-def geometry_defines(
-    kh: int, kw: int, stride: Sequence[int], dilation: Sequence[int]
-) -> dict[str, int]:
-    """The kernel-geometry build defines every direct kernel takes (``KH``, ``KW``,
-    ``SH``, ``SW``, ``DH``, ``DW``; ``kernels_cl/geometry.clh`` requires them)."""
-    return {
-        "KH": kh,
-        "KW": kw,
-        "SH": stride[0],
-        "SW": stride[1],
-        "DH": dilation[0],
-        "DW": dilation[1],
-    }
 
 
 # ------------------------------------------------------------------------ helpers
