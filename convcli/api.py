@@ -54,11 +54,17 @@ _SPECS: OrderedDict[tuple, ConvSpec] = OrderedDict()
 _SPECS_LOCK = threading.Lock()
 
 
-def _plain(value: object) -> bool:
-    """An int, a str or a tuple of ints, exactly: the values whose equality means the
-    same validation (True == 1 and np.int64(1) == 1, but bools are rejected)."""
-    kind = type(value)
-    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+def _all_plain(values: tuple) -> bool:
+    """Whether every value is an int, a str or a tuple of ints, exactly: the values
+    whose equality means the same validation (True == 1 and np.int64(1) == 1, but
+    bools are rejected). A loop, not a generator per value: a warm call asks it."""
+    for v in values:
+        kind = type(v)
+        if kind is int or kind is str:
+            continue
+        if kind is not tuple or tuple(map(type, v)) != (int,) * len(v):
+            return False
+    return True
 
 
 def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
@@ -70,11 +76,12 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
     integers) is validated afresh.
     """
     key = None
+    values = tuple(options.values())
     if (
         type(x) is np.ndarray
         and type(weight) is np.ndarray
         and (bias is None or type(bias) is np.ndarray)
-        and all(_plain(v) for v in options.values())
+        and _all_plain(values)
     ):
         key = (
             x.shape,
@@ -82,7 +89,7 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
             weight.shape,
             weight.dtype,
             None if bias is None else (bias.shape, bias.dtype),
-            *options.values(),
+            values,
         )
         with _SPECS_LOCK:
             spec = _SPECS.get(key)
@@ -358,7 +365,7 @@ def conv2d(
             [26., 30., 34.],
             [42., 46., 50.]]], dtype=float32)
     """
-    if is_dask_array(x):
+    if type(x) is not np.ndarray and is_dask_array(x):
         if info is not None or progress is not None:
             raise ConvValueError(
                 "info and progress report an eager run; a dask array's blocks run when "

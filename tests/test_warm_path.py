@@ -187,3 +187,60 @@ def test_repeated_depthwise_call_skips_the_planning(monkeypatch):
         y = convcli.conv2d(x, w, padding=3, groups=96, backend="opencl")
     assert len(planned) == 1
     assert_close(y, naive_conv2d(x, w, None, (1, 1), (3, 3, 3, 3), (1, 1), 96))
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_last_value_of_a_large_weight_changed_in_place_is_seen():
+    # over the size compared with bytes: the whole weight is compared, to its last value
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 64, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    assert w.nbytes > 1 << 16
+    y0 = convcli.conv2d(x, w, padding=1, backend="opencl")
+    w[-1, -1, -1, -1] += 3.0
+    y1 = convcli.conv2d(x, w, padding=1, backend="opencl")
+    assert_close(y1, _ref(x, w), "float32")
+    assert not np.allclose(y0[0, -1], y1[0, -1])
+    # a new array with the old values, and the old one changed back: both seen
+    w2 = w.copy()
+    w[-1, -1, -1, -1] -= 3.0
+    assert_close(convcli.conv2d(x, w2, padding=1, backend="opencl"), y1, "float32")
+    assert_close(convcli.conv2d(x, w, padding=1, backend="opencl"), y0, "float32")
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("groups", [1, 16])  # dense_gemm, and a depthwise kernel
+def test_one_kernel_launched_with_other_sizes_in_turn(groups):
+    # the image sizes are kernel arguments whose types are told once per kernel: each
+    # launch must still get its own values, and no shape reuses another's plan
+    from convcli.runinfo import RunInfo
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((16, 16 // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    shapes = [(1, 16, 7, 7), (2, 16, 9, 5), (1, 16, 7, 7), (3, 16, 4, 11), (2, 16, 9, 5)]
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        info = RunInfo()
+        y = convcli.conv2d(x, w, b, padding=1, groups=groups, backend="opencl", info=info)
+        ref = naive_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), groups)
+        assert y.shape == ref.shape
+        assert_close(y, ref, "float32")
+        assert info.backend == "opencl" and info.algo
+        assert info.timings["compute"] > 0 and info.timings["download"] >= 0
+
+
+def test_spec_hash_is_remembered_but_not_pickled():
+    import pickle
+
+    opts = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    spec = convcli.spec.make_spec(x, w, None, **opts)
+    again = convcli.spec.make_spec(x, w, None, **opts)
+    assert spec == again and hash(spec) == hash(again)
+    assert hash(spec) == hash(tuple(getattr(spec, f) for f in convcli.spec._FIELDS))
+    copy = pickle.loads(pickle.dumps(spec))
+    assert "_hash" not in copy.__dict__  # another process hashes its strings otherwise
+    assert copy == spec and hash(copy) == hash(spec)
+    assert spec.with_batch(2) != spec and hash(spec.with_batch(2)) != hash(spec)
