@@ -244,3 +244,47 @@ def test_spec_hash_is_remembered_but_not_pickled():
     assert "_hash" not in copy.__dict__  # another process hashes its strings otherwise
     assert copy == spec and hash(copy) == hash(spec)
     assert spec.with_batch(2) != spec and hash(spec.with_batch(2)) != hash(spec)
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_a_warm_opencl_run_replays_its_launch_and_a_failed_replay_is_dropped(monkeypatch):
+    from convcli import backends
+    from convcli.backends.opencl import gemm
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.errors import BackendError
+    from convcli.runinfo import RunInfo
+
+    be = backends.get_backend("opencl")
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((1, 8, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    spec = convcli.spec.make_spec(x, w, None, padding=1)
+    assert opencl_plan.for_device(spec, w, cpu=be.is_cpu, settings=be.settings)[0].kernel == (
+        "dense_gemm"
+    )
+    planned = []
+    real = gemm.dense_defines
+    monkeypatch.setattr(gemm, "dense_defines", lambda *a: planned.append(1) or real(*a))
+    be.replays.pop((spec, "auto"), None)
+    y0 = be.run(x, w, None, spec, info=RunInfo())
+    assert len(planned) == 1 and (spec, "auto") in be.replays
+    info = RunInfo()
+    w2 = -w
+    y1 = be.run(x, w2, None, spec, info=info)
+    assert len(planned) == 1  # replayed: nothing planned, the new weights packed
+    assert info.algo == "gemm" and info.timings["compute"] > 0
+    assert_close(y0, _ref(x, w), "float32")
+    assert_close(y1, _ref(x, w2), "float32")
+    # a run in float16 converts the arrays first: it plans, and keeps no launch for them
+    h = x.astype(np.float16), w.astype(np.float16)
+    spec16 = convcli.spec.make_spec(*h, None, padding=1)
+    be.run(*h, None, spec16, info=RunInfo())
+    assert (spec16, "auto") not in be.replays
+    # a replay that fails is dropped (the next run plans afresh) and the error passes
+    monkeypatch.setenv("CONVCLI_FAULT", "build")
+    with pytest.raises(BackendError, match="BUILD_PROGRAM_FAILURE"):
+        be.run(x, w, None, spec, info=RunInfo())
+    assert (spec, "auto") not in be.replays
+    monkeypatch.delenv("CONVCLI_FAULT")
+    assert_close(be.run(x, w, None, spec, info=RunInfo()), y0, "float32")
+    assert (spec, "auto") in be.replays
