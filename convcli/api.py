@@ -140,6 +140,10 @@ def _remember_untiled(key: tuple | None, spec: ConvSpec, be: object, algo: str) 
     _UNTILED.add(key)
 
 
+# (OpenCL backend, spec) pairs its supports() accepted: a pure function of the two
+_SUPPORTED: set[tuple] = set()
+
+
 def _select_backend(
     name: str,
     device: str | None,
@@ -159,9 +163,14 @@ def _select_backend(
         return backends.get_backend("numpy")
     try:
         cl = backends.get_backend("opencl", device)
+        if (cl, spec) in _SUPPORTED:
+            return cl
         reason = cl.supports(spec)
         if reason is not None:
             raise BackendError(reason)
+        if len(_SUPPORTED) >= _UNTILED_SIZE:
+            _SUPPORTED.clear()
+        _SUPPORTED.add((cl, spec))
         return cl
     except BackendError as exc:
         if name == "opencl":
