@@ -326,7 +326,11 @@ def conv2d(
         values (see :func:`convcli.dask_array.conv2d`; ``info`` and ``progress`` do not
         apply).
     weight : ndarray
-        ``(C_out, C_in/groups, kH, kW)``, same dtype as ``x``. Not flipped.
+        ``(C_out, C_in/groups, kH, kW)``, same dtype as ``x``. Not flipped. It may be
+        changed in place between calls: the OpenCL backend keeps its packed copy only
+        while a full comparison with the values it was packed from says they are the
+        same (a memcmp, about 25-45 us per MB of weights each call; a :class:`Conv2d`
+        layer's read-only weights skip it).
     bias : ndarray, optional
         ``(C_out,)``, same dtype as ``x``.
     stride, dilation : int or (int, int)
