@@ -288,3 +288,21 @@ def test_a_warm_opencl_run_replays_its_launch_and_a_failed_replay_is_dropped(mon
     monkeypatch.delenv("CONVCLI_FAULT")
     assert_close(be.run(x, w, None, spec, info=RunInfo()), y0, "float32")
     assert (spec, "auto") in be.replays
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_kept_output_buffers_are_bounded_and_results_right(monkeypatch):
+    # outputs up to SMALL_OUTPUT_BYTES are copied out of a device buffer kept per size;
+    # past SMALL_KEPT_BYTES the least recently used go, and every result stays right
+    from convcli import backends
+    from convcli.backends.opencl import runtime
+
+    be = backends.get_backend("opencl")
+    monkeypatch.setattr(runtime, "SMALL_KEPT_BYTES", 40_000)
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    for hw in [(30, 31), (12, 9), (33, 40), (30, 31), (5, 70), (12, 9)]:
+        x = rng.standard_normal((1, 4, *hw)).astype(np.float32)
+        y = convcli.conv2d(x, w, padding=1, backend="opencl")
+        assert_close(y, _ref(x, w), "float32")
+        assert sum(be._small) <= 40_000 or len(be._small) == 1
