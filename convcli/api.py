@@ -54,11 +54,17 @@ _SPECS: OrderedDict[tuple, ConvSpec] = OrderedDict()
 _SPECS_LOCK = threading.Lock()
 
 
-def _plain(value: object) -> bool:
-    """An int, a str or a tuple of ints, exactly: the values whose equality means the
-    same validation (True == 1 and np.int64(1) == 1, but bools are rejected)."""
-    kind = type(value)
-    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+def _all_plain(values: tuple) -> bool:
+    """Whether every value is an int, a str or a tuple of ints, exactly: the values
+    whose equality means the same validation (True == 1 and np.int64(1) == 1, but
+    bools are rejected). A loop, not a generator per value: a warm call asks it."""
+    for v in values:
+        kind = type(v)
+        if kind is int or kind is str:
+            continue
+        if kind is not tuple or tuple(map(type, v)) != (int,) * len(v):
+            return False
+    return True
 
 
 def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
@@ -70,11 +76,12 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
     integers) is validated afresh.
     """
     key = None
+    values = tuple(options.values())
     if (
         type(x) is np.ndarray
         and type(weight) is np.ndarray
         and (bias is None or type(bias) is np.ndarray)
-        and all(_plain(v) for v in options.values())
+        and _all_plain(values)
     ):
         key = (
             x.shape,
@@ -82,7 +89,7 @@ def _cached_spec(x, weight, bias, options: dict[str, object]) -> ConvSpec:
             weight.shape,
             weight.dtype,
             None if bias is None else (bias.shape, bias.dtype),
-            *options.values(),
+            values,
         )
         with _SPECS_LOCK:
             spec = _SPECS.get(key)
@@ -133,6 +140,10 @@ def _remember_untiled(key: tuple | None, spec: ConvSpec, be: object, algo: str) 
     _UNTILED.add(key)
 
 
+# (OpenCL backend, spec) pairs its supports() accepted: a pure function of the two
+_SUPPORTED: set[tuple] = set()
+
+
 def _select_backend(
     name: str,
     device: str | None,
@@ -152,9 +163,14 @@ def _select_backend(
         return backends.get_backend("numpy")
     try:
         cl = backends.get_backend("opencl", device)
+        if (cl, spec) in _SUPPORTED:
+            return cl
         reason = cl.supports(spec)
         if reason is not None:
             raise BackendError(reason)
+        if len(_SUPPORTED) >= _UNTILED_SIZE:
+            _SUPPORTED.clear()
+        _SUPPORTED.add((cl, spec))
         return cl
     except BackendError as exc:
         if name == "opencl":
@@ -310,7 +326,11 @@ def conv2d(
         values (see :func:`convcli.dask_array.conv2d`; ``info`` and ``progress`` do not
         apply).
     weight : ndarray
-        ``(C_out, C_in/groups, kH, kW)``, same dtype as ``x``. Not flipped.
+        ``(C_out, C_in/groups, kH, kW)``, same dtype as ``x``. Not flipped. It may be
+        changed in place between calls: the OpenCL backend keeps its packed copy only
+        while a full comparison with the values it was packed from says they are the
+        same (a memcmp, about 25-45 us per MB of weights each call; a :class:`Conv2d`
+        layer's read-only weights skip it).
     bias : ndarray, optional
         ``(C_out,)``, same dtype as ``x``.
     stride, dilation : int or (int, int)
@@ -358,7 +378,7 @@ def conv2d(
             [26., 30., 34.],
             [42., 46., 50.]]], dtype=float32)
     """
-    if is_dask_array(x):
+    if type(x) is not np.ndarray and is_dask_array(x):
         if info is not None or progress is not None:
             raise ConvValueError(
                 "info and progress report an eager run; a dask array's blocks run when "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -71,6 +71,19 @@ class ConvSpec:
     dtype: str
     batched: bool
 
+    def __hash__(self) -> int:
+        # remembered: a warm call hashes its spec several times (the caches of the
+        # untiled calls, of plans, of the backend choice), each a 15-field tuple's hash
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash(tuple(getattr(self, f) for f in _FIELDS))
+            self.__dict__["_hash"] = found
+        return found
+
+    def __getstate__(self) -> dict:
+        # a str's hash differs between processes: a pickled spec hashes afresh
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @property
     def cin_g(self) -> int:
         """Input channels per group."""
@@ -117,6 +130,9 @@ class ConvSpec:
 
     def with_batch(self, n: int) -> ConvSpec:
         return _replace(self, n=n)
+
+
+_FIELDS = tuple(f.name for f in fields(ConvSpec))
 
 
 def _replace(spec: ConvSpec, **changes: object) -> ConvSpec:

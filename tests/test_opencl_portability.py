@@ -186,7 +186,8 @@ class _Refusing:
 
     def __init__(self, ocl, limit: int, code: str = "INVALID_WORK_GROUP_SIZE"):
         self.cl, self.limit, self.code, self.calls = ocl._cl, limit, code, []
-        self.event = SimpleNamespace(wait=lambda: None, profile=SimpleNamespace(start=0, end=0))
+        # a finished event: profiling counters read by number, as Runtime.event_seconds does
+        self.event = SimpleNamespace(wait=lambda: None, get_profiling_info=lambda what: 0)
 
     def __call__(self, queue, gsize, local, *args):
         self.calls.append((gsize, local))
@@ -199,6 +200,9 @@ class _Refusing:
 
     def get_work_group_info(self, what, device):
         return 256
+
+    def set_scalar_arg_dtypes(self, dtypes):
+        pass
 
 
 @pytest.mark.parametrize(

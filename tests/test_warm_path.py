@@ -187,3 +187,122 @@ def test_repeated_depthwise_call_skips_the_planning(monkeypatch):
         y = convcli.conv2d(x, w, padding=3, groups=96, backend="opencl")
     assert len(planned) == 1
     assert_close(y, naive_conv2d(x, w, None, (1, 1), (3, 3, 3, 3), (1, 1), 96))
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_last_value_of_a_large_weight_changed_in_place_is_seen():
+    # over the size compared with bytes: the whole weight is compared, to its last value
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 64, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    assert w.nbytes > 1 << 16
+    y0 = convcli.conv2d(x, w, padding=1, backend="opencl")
+    w[-1, -1, -1, -1] += 3.0
+    y1 = convcli.conv2d(x, w, padding=1, backend="opencl")
+    assert_close(y1, _ref(x, w), "float32")
+    assert not np.allclose(y0[0, -1], y1[0, -1])
+    # a new array with the old values, and the old one changed back: both seen
+    w2 = w.copy()
+    w[-1, -1, -1, -1] -= 3.0
+    assert_close(convcli.conv2d(x, w2, padding=1, backend="opencl"), y1, "float32")
+    assert_close(convcli.conv2d(x, w, padding=1, backend="opencl"), y0, "float32")
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("groups", [1, 16])  # dense_gemm, and a depthwise kernel
+def test_one_kernel_launched_with_other_sizes_in_turn(groups):
+    # the image sizes are kernel arguments whose types are told once per kernel: each
+    # launch must still get its own values, and no shape reuses another's plan
+    from convcli.runinfo import RunInfo
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((16, 16 // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    shapes = [(1, 16, 7, 7), (2, 16, 9, 5), (1, 16, 7, 7), (3, 16, 4, 11), (2, 16, 9, 5)]
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        info = RunInfo()
+        y = convcli.conv2d(x, w, b, padding=1, groups=groups, backend="opencl", info=info)
+        ref = naive_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), groups)
+        assert y.shape == ref.shape
+        assert_close(y, ref, "float32")
+        assert info.backend == "opencl" and info.algo
+        assert info.timings["compute"] > 0 and info.timings["download"] >= 0
+
+
+def test_spec_hash_is_remembered_but_not_pickled():
+    import pickle
+
+    opts = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    spec = convcli.spec.make_spec(x, w, None, **opts)
+    again = convcli.spec.make_spec(x, w, None, **opts)
+    assert spec == again and hash(spec) == hash(again)
+    assert hash(spec) == hash(tuple(getattr(spec, f) for f in convcli.spec._FIELDS))
+    copy = pickle.loads(pickle.dumps(spec))
+    assert "_hash" not in copy.__dict__  # another process hashes its strings otherwise
+    assert copy == spec and hash(copy) == hash(spec)
+    assert spec.with_batch(2) != spec and hash(spec.with_batch(2)) != hash(spec)
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_a_warm_opencl_run_replays_its_launch_and_a_failed_replay_is_dropped(monkeypatch):
+    from convcli import backends
+    from convcli.backends.opencl import gemm
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.errors import BackendError
+    from convcli.runinfo import RunInfo
+
+    be = backends.get_backend("opencl")
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((1, 8, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    spec = convcli.spec.make_spec(x, w, None, padding=1)
+    assert opencl_plan.for_device(spec, w, cpu=be.is_cpu, settings=be.settings)[0].kernel == (
+        "dense_gemm"
+    )
+    planned = []
+    real = gemm.dense_defines
+    monkeypatch.setattr(gemm, "dense_defines", lambda *a: planned.append(1) or real(*a))
+    be.replays.pop((spec, "auto"), None)
+    y0 = be.run(x, w, None, spec, info=RunInfo())
+    assert len(planned) == 1 and (spec, "auto") in be.replays
+    info = RunInfo()
+    w2 = -w
+    y1 = be.run(x, w2, None, spec, info=info)
+    assert len(planned) == 1  # replayed: nothing planned, the new weights packed
+    assert info.algo == "gemm" and info.timings["compute"] > 0
+    assert_close(y0, _ref(x, w), "float32")
+    assert_close(y1, _ref(x, w2), "float32")
+    # a run in float16 converts the arrays first: it plans, and keeps no launch for them
+    h = x.astype(np.float16), w.astype(np.float16)
+    spec16 = convcli.spec.make_spec(*h, None, padding=1)
+    be.run(*h, None, spec16, info=RunInfo())
+    assert (spec16, "auto") not in be.replays
+    # a replay that fails is dropped (the next run plans afresh) and the error passes
+    monkeypatch.setenv("CONVCLI_FAULT", "build")
+    with pytest.raises(BackendError, match="BUILD_PROGRAM_FAILURE"):
+        be.run(x, w, None, spec, info=RunInfo())
+    assert (spec, "auto") not in be.replays
+    monkeypatch.delenv("CONVCLI_FAULT")
+    assert_close(be.run(x, w, None, spec, info=RunInfo()), y0, "float32")
+    assert (spec, "auto") in be.replays
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_kept_output_buffers_are_bounded_and_results_right(monkeypatch):
+    # outputs up to SMALL_OUTPUT_BYTES are copied out of a device buffer kept per size;
+    # past SMALL_KEPT_BYTES the least recently used go, and every result stays right
+    from convcli import backends
+    from convcli.backends.opencl import runtime
+
+    be = backends.get_backend("opencl")
+    monkeypatch.setattr(runtime, "SMALL_KEPT_BYTES", 40_000)
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    for hw in [(30, 31), (12, 9), (33, 40), (30, 31), (5, 70), (12, 9)]:
+        x = rng.standard_normal((1, 4, *hw)).astype(np.float32)
+        y = convcli.conv2d(x, w, padding=1, backend="opencl")
+        assert_close(y, _ref(x, w), "float32")
+        assert sum(be._small) <= 40_000 or len(be._small) == 1

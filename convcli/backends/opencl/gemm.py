@@ -125,14 +125,19 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     defines = dense_defines(spec, rt.is_cpu, rt.settings)
     cob, xb, strip, nblk = (defines[k] for k in ("COB", "XB", "STRIP", "NBLK"))
     kernel = rt.kernel("dense_gemm", defines, info)
-    xbuf = rt.input_buffer(x, info)
-    wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
     rmap, cmap = rt.index_maps(spec, info)
-    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
+    shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
     gsize = (math.ceil(spec.w_out / (xb * strip)), spec.h_out, spec.n * spec.groups * nblk)
-    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *map(np.int32, _dense_sizes(spec))]
-    ev = rt.enqueue_rows(kernel, gsize, args)
-    return rt.collect(out, obuf, [ev], info)
+    sizes = [*map(np.int32, _dense_sizes(spec))]
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
+        out, obuf = rt.output(shape, np.float32)
+        ev = rt.enqueue_rows(kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes])
+        return rt.collect(out, obuf, [ev], info)
+
+    return rt.offer_replay(launch)(x, weight, bias, info)
 
 
 # ------------------------------------------------------------------------ pointwise
@@ -179,20 +184,26 @@ def run_pointwise(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
     cot, pv, ncb = (defines[k] for k in ("COT", "PV", "NCB"))
     plane = spec.h * spec.w
     kernel = rt.kernel("pointwise", defines, info)
-    xbuf = rt.input_buffer(x, info)
-    wbuf, bbuf = rt.packed_weights(_pack_pointwise, weight, bias, spec, cot, info)
-    # Pixel groups start on the input's cache lines, and the output array is given the
-    # input's alignment, so no load or store straddles two lines (stores shared by two
-    # items would bounce between cores): 9.9-11.1 ms on W8 against 11.2-12.1 with the
-    # input 16 bytes off its lines, as NumPy leaves large arrays.
-    # (planes that are not whole float8 vectors, or an input not aligned to its floats,
-    # leave no lead that serves every plane)
-    offset = rt.wrapped_offset(x)
-    if plane % 8 or offset % 4:
-        offset = 0
-    out, obuf = rt.output((spec.n, spec.c_out, spec.h, spec.w), np.float32, offset)
-    lead = offset // 4
-    gsize = (ncb, math.ceil((plane + lead) / (8 * pv)), spec.n * spec.groups)
-    args = [xbuf, wbuf, bbuf, obuf, np.int32(lead), np.int32(plane)]
-    ev = rt.enqueue_rows(kernel, gsize, args, fill_to=rt.settings.pointwise_items)
-    return rt.collect(out, obuf, [ev], info, offset)
+    shape = (spec.n, spec.c_out, spec.h, spec.w)
+    items = rt.settings.pointwise_items
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        wbuf, bbuf = rt.packed_weights(_pack_pointwise, weight, bias, spec, cot, info)
+        # Pixel groups start on the input's cache lines, and the output array is given
+        # the input's alignment, so no load or store straddles two lines (stores shared
+        # by two items would bounce between cores): 9.9-11.1 ms on W8 against 11.2-12.1
+        # with the input 16 bytes off its lines, as NumPy leaves large arrays.
+        # (planes that are not whole float8 vectors, or an input not aligned to its
+        # floats, leave no lead that serves every plane)
+        offset = rt.wrapped_offset(x)
+        if plane % 8 or offset % 4:
+            offset = 0
+        out, obuf = rt.output(shape, np.float32, offset)
+        lead = offset // 4
+        gsize = (ncb, math.ceil((plane + lead) / (8 * pv)), spec.n * spec.groups)
+        args = [xbuf, wbuf, bbuf, obuf, np.int32(lead), np.int32(plane)]
+        ev = rt.enqueue_rows(kernel, gsize, args, fill_to=items)
+        return rt.collect(out, obuf, [ev], info, offset)
+
+    return rt.offer_replay(launch)(x, weight, bias, info)

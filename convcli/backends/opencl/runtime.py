@@ -81,12 +81,18 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; pyopencl is imported lazily
     import pyopencl as cl
 
 FAULT_ENV = "CONVCLI_FAULT"
+# CL_PROFILING_COMMAND_START and _END (cl.h)
+_PROFILE_START, _PROFILE_END = 0x1282, 0x1283
 _PAGE = 4096
 # outputs this large are pooled (see Runtime.output), this many per runtime
 POOL_MIN_BYTES = 1 << 20
 POOL_SIZE = 3
-# outputs up to this size are copied out of a kept device buffer (Runtime.output)
-SMALL_OUTPUT_BYTES = 64 * 1024
+# outputs up to this size are copied out of a kept device buffer (Runtime.output): a
+# fresh wrapped array, mapped and unmapped, cost 30 us more than copying 200 KB (a
+# mobilenet layer's 1x1 output) and as much as copying 800 KB
+SMALL_OUTPUT_BYTES = 512 * 1024
+# those kept buffers, one per size, the least recently used dropped past this many bytes
+SMALL_KEPT_BYTES = 16 << 20
 # a program build slower than this was a compile, not a load from the driver's cache
 REAL_BUILD_S = 0.25
 # buffers of named constants (index maps, FFT twiddles, a native filter's taps) kept
@@ -153,6 +159,19 @@ def build_log_error(log: str) -> str | None:
     return None
 
 
+# os.environ's own mapping, read without its key encoding (0.8 us a lookup, five a
+# warm call); it is what setting and deleting os.environ's items change
+_ENVIRON = getattr(os.environ, "_data", None)
+_FAULT_KEY = os.environ.encodekey(FAULT_ENV) if hasattr(os.environ, "encodekey") else None
+
+
+def _fault_env() -> object:
+    """The (encoded) value of ``CONVCLI_FAULT``, or None."""
+    if _ENVIRON is not None and _FAULT_KEY is not None:
+        return _ENVIRON.get(_FAULT_KEY)
+    return os.environ.get(FAULT_ENV)
+
+
 def _fault_steps() -> set[str]:
     return {s.strip().lower() for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
 
@@ -185,7 +204,7 @@ def inject_fault(step: str) -> None:
 
     ``run`` and ``lost`` are both checked by the ``"run"`` step (kernel launches).
     """
-    if not os.environ.get(FAULT_ENV):  # every launch and buffer asks: the usual answer first
+    if not _fault_env():  # every launch and buffer asks: the usual answer first
         return
     steps = _fault_steps()
     names = [step] + (["lost"] if step == "run" else [])
@@ -412,6 +431,7 @@ class Runtime:
         self._kernels: dict[tuple, Any] = {}
         self._fits: dict[tuple, tuple[int, ...]] = {}  # local_size() by (limit, wanted)
         self._launched: set[tuple] = set()  # (kernel, local size) launched once
+        self._typed: set[int] = set()  # kernels whose scalar arguments' dtypes are set
         self.settings: Settings = DEFAULT
         self._constants: OrderedDict[tuple, Any] = OrderedDict()
         # packed weights: (key, weight record, bias record, weight buffer, bias buffer)
@@ -420,9 +440,12 @@ class Runtime:
         # pooled outputs: [owner array, device buffer, references to owner while idle]
         self._pool: list[list[Any]] = []
         # small outputs' device buffers by size (see output)
-        self._small: dict[int, Any] = {}
+        self._small: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.RLock()
         self._info: RunInfo | None = None
+        # warm launches (see offer_replay): (spec, algo) -> (algo run, settings, replay)
+        self.replays: dict[tuple, tuple[str, Settings, Callable[..., np.ndarray]]] = {}
+        self.offered: Callable[..., np.ndarray] | None = None
 
     # ---- programs and kernels -------------------------------------------------
     def current(self, info: RunInfo | None) -> _Current:
@@ -433,6 +456,24 @@ class Runtime:
         info = info if info is not None else self._info
         if info is not None:
             info.timings[key] = info.timings.get(key, 0.0) + seconds
+
+    def offer_replay(self, launch: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        """Offer ``launch(x, weight, bias, info) -> out``: a kernel family's launch of a
+        spec with everything that depends only on the spec (kernel, index maps, launch
+        sizes, size arguments) bound, for :func:`~convcli.backends.opencl.plan.run` to
+        keep and call on later runs of the spec instead of planning and building the
+        launch again (a warm small layer's call spent 15-20 us there). Returns it.
+
+        The arrays are passed anew at every call, so weights still go through
+        :meth:`packed_weights`' check; the ``build`` fault is still injected at each.
+        """
+
+        def replay(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, info: RunInfo):
+            inject_fault("build")  # a program request at every call, as program() does
+            return launch(x, weight, bias, info)
+
+        self.offered = replay
+        return replay
 
     def built_any(self) -> bool:
         """Whether this backend has built (or loaded) a program: the runtime's compiler
@@ -606,6 +647,8 @@ class Runtime:
         current run).
         """
         inject_fault("run")
+        if id(kernel) not in self._typed:
+            self._type_scalars(kernel, args)
         wanted = tuple(int(v) for v in (wanted_local or (1,) * len(global_size)))
         while True:
             local = self.local_size(kernel, wanted)
@@ -629,6 +672,24 @@ class Runtime:
                     raise
                 with self._lock:
                     self._kernels[("wg", id(kernel))] = max(1, items // 2)
+
+    def _type_scalars(self, kernel: cl.Kernel, args: Sequence[Any]) -> None:
+        """Tell pyopencl the dtypes of ``kernel``'s scalar arguments (numpy scalars in
+        ``args``; the positions of buffers and local memory get None), once per kernel.
+
+        Without them pyopencl sets each scalar through its generic path, 6 us apiece on
+        PoCL: a dense_gemm launch's six sizes cost 38 us of a 120 us call; with them it
+        packs them with ``struct`` (well under a microsecond). A kernel's arguments have
+        the same kinds at every launch (its signature), so the first launch's tell.
+        """
+        with self._lock:
+            if id(kernel) in self._typed:
+                return
+            dtypes = [a.dtype if isinstance(a, np.generic) else None for a in args]
+            if any(d is not None for d in dtypes):
+                with translate_errors("setting OpenCL kernel arguments"):
+                    kernel.set_scalar_arg_dtypes(dtypes)
+            self._typed.add(id(kernel))
 
     def enqueue_rows(
         self,
@@ -685,8 +746,15 @@ class Runtime:
 
     @staticmethod
     def event_seconds(event: Any) -> float:
-        """Run time of a finished event from its profiling counters."""
-        return (event.profile.end - event.profile.start) * 1e-9
+        """Run time of a finished event from its profiling counters.
+
+        Asked directly by the standard's numbers (``CL_PROFILING_COMMAND_START``/``END``):
+        pyopencl's ``event.profile.end`` looks the name up at every read, 4 us a call's
+        two events.
+        """
+        return (
+            event.get_profiling_info(_PROFILE_END) - event.get_profiling_info(_PROFILE_START)
+        ) * 1e-9
 
     def add_compute(self, info: RunInfo | None, events: Sequence[Any]) -> None:
         """Kernel seconds of ``events`` to ``timings["compute"]`` (complete by the time
@@ -892,6 +960,11 @@ class Runtime:
                     with translate_errors("allocating OpenCL output"):
                         buf = self._buffer(self._cl.mem_flags.READ_WRITE, size=nbytes)
                     self._small[nbytes] = buf
+                    kept = sum(self._small)  # the keys are the sizes
+                    while kept > SMALL_KEPT_BYTES and len(self._small) > 1:
+                        kept -= self._small.popitem(last=False)[0]
+                else:
+                    self._small.move_to_end(nbytes)
             # the array keeps the offset's place in a cache line, as a wrapped one would
             size = math.prod(shape) * dtype.itemsize
             owner = np.empty(size + 64, dtype=np.uint8)
@@ -976,7 +1049,33 @@ def _same(kept: np.ndarray | None, given: np.ndarray | None) -> bool:
         return False
     if kept.nbytes <= 1 << 16:
         return kept.tobytes() == given.tobytes()  # one memcmp: 2 us, not array_equal's 7
+    memcmp = _libc_memcmp()
+    if memcmp is not None and given.flags.c_contiguous:
+        # libc's memcmp reads both once: 250 us for a 512x512x3x3 layer's 9.4 MB against
+        # array_equal's 430 (which writes a bool array and reads it again)
+        return memcmp(kept.ctypes.data, given.ctypes.data, kept.nbytes) == 0
     return bool(np.array_equal(kept, given))
+
+
+_MEMCMP: list = []
+
+
+def _libc_memcmp() -> Callable[[int, int, int], int] | None:
+    """The C library's ``memcmp`` through ctypes (looked up once), or None where it
+    cannot be found."""
+    if not _MEMCMP:
+        memcmp = None
+        try:
+            import ctypes
+
+            lib = ctypes.cdll.msvcrt if os.name == "nt" else ctypes.CDLL(None)
+            memcmp = lib.memcmp
+            memcmp.restype = ctypes.c_int
+            memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        except (OSError, AttributeError, TypeError):
+            memcmp = None
+        _MEMCMP.append(memcmp)
+    return _MEMCMP[0]
 
 
 def _kept(a: np.ndarray | None) -> np.ndarray | None:
