@@ -1139,6 +1139,190 @@ def _process(
 _STRIPS_END = object()
 
 
+# ------------------------------------------------------------------------ small images
+@dataclass
+class _SmallOutcome:
+    """What :func:`_small_one` did with one image, for the calling thread to report.
+
+    ``job`` set: the image did not take the small path (too large, or a filter or
+    mapping the fused step does not cover); the strip pipeline runs ``job`` (its source
+    already decoded when ``job.source`` is set). Else one of ``read_error`` (the file
+    could not be read), ``conv_error`` (the convolution failed) or ``write`` (a done
+    future of the encode and publish, as ``finish_write`` takes it)."""
+
+    run: pipeline.ImageRun
+    job: pipeline.ImageJob | None = None
+    read_error: BaseException | None = None
+    conv_error: BaseException | None = None
+    reason_job: pipeline.ImageJob | None = None
+    write: Future | None = None
+    megapixels: float = 0.0
+    notes: tuple[str, ...] = ()
+    cancelled: bool = False
+
+
+class _SmallPath:
+    """Images small enough to be decoded whole (:mod:`convcli.small`) run from decode
+    to publish in one worker thread each, ``workers`` images at once.
+
+    OpenCL starts once: the first image that wants it starts it; under ``auto`` the
+    images filtered while it starts run on NumPy instead of waiting."""
+
+    def __init__(
+        self,
+        filt: Filter,
+        engine: Engine,
+        output: Output,
+        existing: Existing,
+        max_pixels: int | None,
+        stop: threading.Event,
+        limit: int,
+    ) -> None:
+        self.filt, self.engine, self.output = filt, engine, output
+        self.limit = limit
+        self.existing, self.max_pixels, self.stop = existing, max_pixels, stop
+        #: set when the run stops for good (a full disk): images not written yet are
+        #: dropped, as the strip pipeline drops the reads it has not used
+        self.halt = threading.Event()
+        self._starting = threading.Lock()
+
+    def run(self, task: Task, images_ahead: int) -> _SmallOutcome:
+        from convcli import small
+
+        if self.stop.is_set() or self.halt.is_set():
+            return _SmallOutcome(pipeline.ImageRun(), cancelled=True)
+        filt, engine, out, max_pixels = self.filt, self.engine, self.output, self.max_pixels
+        job = _job(task, filt, engine, out, max_pixels)
+        job.images_ahead = images_ahead
+        run = job.run
+        t0 = time.perf_counter()
+        caught: list = []
+        try:
+            with cnotes.collect(caught):
+                source = small.read_small(task.src, max_pixels=max_pixels, limit=self.limit)
+        except Exception as exc:  # the file's report line
+            return _SmallOutcome(run, read_error=exc)
+        finally:
+            run.read += time.perf_counter() - t0
+            read_notes = [cnotes.text(w) for w in caught]
+            run.read_notes.extend(read_notes)
+        if source is None:  # too large, or a header the strip pipeline's reader words
+            return _SmallOutcome(run, job=job)
+        job.adopt(source)
+        info = source.info
+
+        def declined() -> _SmallOutcome:
+            # the strip pipeline, on the samples decoded here (a fresh job: it prepares
+            # the image again, notes and all)
+            fresh = _job(task, filt, engine, out, max_pixels)
+            fresh.images_ahead = images_ahead
+            fresh.adopt(source)
+            fresh.run.read = run.read
+            fresh.run.read_notes.extend(read_notes)
+            return _SmallOutcome(pipeline.ImageRun(), job=fresh)
+
+        t1 = time.perf_counter()
+        conv_caught: list = []
+        try:
+            job.prepare()
+            spec = job.spec
+            if spec.h_out * spec.w_out > info.height * info.width:
+                # a result larger than its input: check_file weighs it before decoding
+                return _SmallOutcome(pipeline.ImageRun(), job=_job(task, filt, engine, out,
+                                                                   max_pixels))  # fmt: skip
+            suffix = task.dst.suffix.lower()
+            alpha, has_alpha = job.alpha, info.has_alpha
+            channels = _result_channels(spec.c_out, info.channels, has_alpha, alpha)
+            depth = out.bit_depth or default_bit_depth(info.bit_depth, suffix)
+            plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
+            map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
+            target, bits, drop = pipeline.target_for(
+                task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
+            )
+            if drop or (map_it and out.out_map == "normalize"):
+                return declined()
+            step = pipeline.native_step(
+                job,
+                out_map=out.out_map if map_it else "clip",
+                scale=out.scale if map_it else 1.0,
+                offset=out.offset if map_it else 0.0,
+                bits=bits,
+                algo=engine.algo,
+            )
+            if step is None:
+                return declined()
+            padded = small.pad(source.samples, spec)
+            part = RunInfo()
+            with cnotes.collect(conv_caught):
+                samples = self._filter(padded, info.top, step, spec, images_ahead, part)
+            if samples is None:
+                return declined()
+            part.tiles += 1
+            run.info.add(part)
+        except Exception as exc:  # reported as the strip pipeline's convolution would be
+            return _SmallOutcome(run, conv_error=exc, reason_job=job)
+        finally:
+            run.convolve += time.perf_counter() - t1
+        del padded
+        job.close()
+        notes = list(run.read_notes)
+        notes.extend(_convolve_notes(0, 0, conv_caught))
+        notes.extend(_write_notes(task, out, alpha, spec.c_out, info.channels, has_alpha))
+        if self.halt.is_set():
+            return _SmallOutcome(pipeline.ImageRun(), cancelled=True)
+        write: Future = Future()
+        t2 = time.perf_counter()
+        written: list = []
+        try:
+            with cnotes.collect(written):
+                _make_folder(task.dst.parent)
+                small.encode(task.dst, target, samples, replace=self.existing == "replace")
+        except Exception as exc:  # finish_write reports it
+            write.set_exception(exc)
+        else:
+            seconds = time.perf_counter() - t2
+            write.set_result((seconds, list(dict.fromkeys(cnotes.text(w) for w in written))))
+        mp = info.height * info.width / 1e6
+        return _SmallOutcome(run, write=write, megapixels=mp, notes=tuple(notes))
+
+    def _filter(
+        self,
+        padded: np.ndarray,
+        top: float,
+        step: pipeline.NativeStep,
+        spec,
+        images_ahead: int,
+        part: RunInfo,
+    ) -> np.ndarray | None:
+        """The fused native step on the whole padded image (see
+        :func:`convcli.native.filter_strip`)."""
+        from convcli import native
+        from convcli.backends import started_opencl
+
+        backend = self.engine.backend
+        device = self.engine.device
+
+        def call(backend: str) -> np.ndarray | None:
+            return native.filter_strip(
+                padded, top=top,
+                kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
+                bias=step.bias, scale=step.scale, offset=step.offset, out_map=step.out_map,
+                out_top=step.out_top, backend=backend, device=device, strips=images_ahead,
+                info=part,
+            )  # fmt: skip
+
+        if backend == "numpy" or started_opencl(device) is not None:
+            return call(backend)
+        # OpenCL not started yet: one image starts it (get_backend is not for two
+        # threads at once); under auto the others run on NumPy meanwhile
+        if self._starting.acquire(blocking=backend != "auto"):
+            try:
+                return call(backend)
+            finally:
+                self._starting.release()
+        return call("numpy")
+
+
 def _timed(items: Iterator[np.ndarray], wait: list[float]) -> Iterator[np.ndarray]:
     """``items``, adding the time spent waiting for each to ``wait[0]`` (what a stage
     waits for another is not its own work)."""
@@ -1172,6 +1356,7 @@ def run_tasks(
     on_event: Callable[[Event], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
     strip_rows: int | None = None,
+    small_bytes: int | None = None,
 ) -> BatchResult:
     """Read, convolve and write every task; failures are recorded, not raised.
 
@@ -1203,6 +1388,12 @@ def run_tasks(
         algorithm needs to give the whole image's values). Default: about
         :data:`convcli.pipeline.STRIP_BYTES` of input per strip, shorter where
         ``engine.max_memory`` needs it.
+    small_bytes : int, optional
+        Images whose native samples take at most this many bytes (default
+        :data:`convcli.small.SMALL_BYTES`) and that the fused native-depth step filters
+        run whole, each in one worker thread from decode to publish, ``workers + 1`` at
+        once (:mod:`convcli.small`); 0 sends every image through the strips, as do
+        ``strip_rows`` and ``engine.max_memory``.
 
     Returns
     -------
@@ -1288,60 +1479,133 @@ def run_tasks(
         while writes and (len(writes) > block_over or writes[0][1].done()):
             finish_write(*writes.popleft())
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers:
+    # Small images run whole, one per worker thread (see _SmallPath); under a memory
+    # cap, or with strips asked for, every image goes through the strips.
+    small_path = None
+    if small_bytes is None:
+        from convcli.small import SMALL_BYTES as small_bytes
+    if not sequential and strip_rows is None and small_bytes > 0:
+        small_path = _SmallPath(filt, engine, output, existing, max_pixels, stop, small_bytes)
+        lookahead = workers + 2  # every worker busy, one image queued
+
+    def take_small(task: Task, outcome: _SmallOutcome) -> pipeline.ImageJob | None:
+        """Report a small image's outcome; the job to run through the strips when it
+        did not take the small path."""
+        if outcome.cancelled:
+            return None
+        run = outcome.run
+        timings["read"] += run.read
+        timings["convolve"] += run.convolve
+        result.info.add(run.info)
+        if outcome.job is not None:
+            return outcome.job
+        if outcome.read_error is not None:
+            fail(task, outcome.read_error)
+            return None
+        exc = outcome.conv_error
+        if isinstance(exc, BackendError):
+            result.fatal = _reason(exc)
+            fail(task, exc, quiet=True)
+            return None
+        if isinstance(exc, ConvcliError | ValueError | MemoryError):
+            fail(task, _conv_reason(exc, outcome.reason_job, engine))
+            return None
+        if exc is not None:
+            raise exc
+        writes.append((task, outcome.write, outcome.megapixels, outcome.notes))
+        drain_writes(block_over=workers)
+        return None
+
+    def run_job(task: Task, job: pipeline.ImageJob) -> None:
+        """One image through the strips (the calling thread convolves it)."""
+        try:
+            job.wait_open()
+        except Exception as exc:  # a bad file is a report line
+            timings["read"] += job.run.read
+            fail(task, exc)
+            return
+        try:
+            write = _process(task, job, filt, engine, output, existing, writers, on_rows)
+        except BackendError as exc:
+            # the device is gone or refused: every later file would fail the same way
+            result.fatal = _reason(exc)
+            fail(task, exc, quiet=True)
+            return
+        except (ConvcliError, ValueError, MemoryError) as exc:
+            fail(task, _conv_reason(exc, job, engine))
+            return
+        finally:
+            job.close()
+            timings["read"] += job.run.read
+            timings["convolve"] += job.run.convolve
+            result.info.add(job.run.info)
+        writes.append(write)
+        drain_writes(block_over=0 if sequential else workers)
+        if sequential:
+            release_freed_memory()
+
+    small_pool = (
+        # one more thread than cores: a thread waiting for its file to reach the disk
+        # (publish's fsync) or for the OpenCL queue leaves its core to another
+        ThreadPoolExecutor(workers + 1, thread_name_prefix="convcli-small")
+        if small_path is not None
+        else contextlib.nullcontext()
+    )
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers,
+        small_pool as smalls,
+    ):
 
         def fill() -> None:
             while pending and len(reads) < lookahead and not stop.is_set() and not result.fatal:
                 task = pending.popleft()
                 if should_skip(task):
                     continue
-                job = _job(task, filt, engine, output, max_pixels)
-                job.strip_request = strip_rows
                 # images of this batch still to come, this one included: what a
                 # backend started for this image serves too
-                job.images_ahead = len(pending) + 1
+                ahead = len(pending) + 1
+                if small_path is not None:
+                    reads.append((task, smalls.submit(small_path.run, task, ahead)))
+                    continue
+                job = _job(task, filt, engine, output, max_pixels)
+                job.strip_request = strip_rows
+                job.images_ahead = ahead
                 job.start()
                 reads.append((task, job))
 
         try:
             fill()
             while reads and not stop.is_set() and result.fatal is None:
-                task, job = reads.popleft()
-                if not sequential:
-                    fill()
-                try:
-                    job.wait_open()
-                except Exception as exc:  # a bad file is a report line
-                    timings["read"] += job.run.read
-                    fail(task, exc)
-                    fill()
-                    continue
-                try:
-                    write = _process(task, job, filt, engine, output, existing, writers, on_rows)
-                except BackendError as exc:
-                    # the device is gone or refused: every later file would fail the same way
-                    result.fatal = _reason(exc)
-                    fail(task, exc, quiet=True)
-                    break
-                except (ConvcliError, ValueError, MemoryError) as exc:
-                    fail(task, _conv_reason(exc, job, engine))
-                    fill()
-                    continue
-                finally:
-                    job.close()
-                    timings["read"] += job.run.read
-                    timings["convolve"] += job.run.convolve
-                    result.info.add(job.run.info)
-                writes.append(write)
-                drain_writes(block_over=0 if sequential else workers)
-                if sequential:
-                    release_freed_memory()
+                task, item = reads.popleft()
+                if not sequential and not isinstance(item, Future):
+                    fill()  # the next reads overlap this image's convolution
+                if isinstance(item, Future):
+                    job = take_small(task, item.result())
+                    if result.fatal is not None:
+                        small_path.halt.set()
+                    if job is None:
+                        fill()
+                        continue
+                    job.strip_request = strip_rows
+                else:
+                    job = item
+                run_job(task, job)
+                if result.fatal is not None and small_path is not None:
+                    small_path.halt.set()
                 fill()
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and
-            # finish the writes of results already computed (each is atomic).
-            for _, job in reads:
-                job.cancel()
+            # finish the writes of results already computed (each is atomic). A small
+            # image already running finishes, and is reported.
+            if small_path is not None and result.fatal is not None:
+                small_path.halt.set()
+            for task, item in reads:
+                if not isinstance(item, Future):
+                    item.cancel()
+                elif not item.cancel():
+                    job = take_small(task, item.result())
+                    if job is not None:
+                        job.close()
             drain_writes(block_over=0)
     # interrupted = stopped with work left (a stop after the last image changes nothing)
     finished = len(result.done) + len(result.skipped) + len(result.failed)
