@@ -76,6 +76,7 @@ from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
 from convcli.runinfo import RunInfo
 from convcli.spec import (
+    ConvSpec,
     source_index,
 )
 
@@ -1189,6 +1190,22 @@ class _SmallOutcome:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class _SmallPlan:
+    """What the images of one size and format share on the small path."""
+
+    spec: ConvSpec
+    step: pipeline.NativeStep
+    target: stream.Target
+    alpha: str
+
+
+_STRIPS = object()  # the strip pipeline takes the image, decoded already
+# marks (and is taken off) the info of an image filtered on NumPy while OpenCL started
+_MEANTIME = "filtered on NumPy while OpenCL started"
+_FRESH = object()  # the strip pipeline takes the image from its file (check_file first)
+
+
 class _SmallPath:
     """Images small enough to be decoded whole (:mod:`convcli.small`) run from decode
     to publish in one worker thread each, ``workers`` images at once.
@@ -1213,6 +1230,7 @@ class _SmallPath:
         #: dropped, as the strip pipeline drops the reads it has not used
         self.halt = threading.Event()
         self._starting = threading.Lock()
+        self._plans: dict[tuple, object] = {}
 
     def run(self, task: Task, images_ahead: int) -> _SmallOutcome:
         from convcli import small
@@ -1252,33 +1270,15 @@ class _SmallPath:
         t1 = time.perf_counter()
         conv_caught: list = []
         try:
-            job.prepare()
-            spec = job.spec
-            if spec.h_out * spec.w_out > info.height * info.width:
+            plan = self._plan(job, task, info)
+            if plan is _FRESH:
                 # a result larger than its input: check_file weighs it before decoding
-                return _SmallOutcome(pipeline.ImageRun(), job=_job(task, filt, engine, out,
-                                                                   max_pixels))  # fmt: skip
-            suffix = task.dst.suffix.lower()
-            alpha, has_alpha = job.alpha, info.has_alpha
-            channels = _result_channels(spec.c_out, info.channels, has_alpha, alpha)
-            depth = out.bit_depth or default_bit_depth(info.bit_depth, suffix)
-            plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
-            map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
-            target, bits, drop = pipeline.target_for(
-                task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
-            )
-            if drop or (map_it and out.out_map == "normalize"):
+                fresh = _job(task, filt, engine, out, max_pixels)
+                fresh.images_ahead = images_ahead
+                return _SmallOutcome(pipeline.ImageRun(), job=fresh)
+            if plan is _STRIPS:
                 return declined()
-            step = pipeline.native_step(
-                job,
-                out_map=out.out_map if map_it else "clip",
-                scale=out.scale if map_it else 1.0,
-                offset=out.offset if map_it else 0.0,
-                bits=bits,
-                algo=engine.algo,
-            )
-            if step is None:
-                return declined()
+            spec, step, target, alpha = plan.spec, plan.step, plan.target, plan.alpha
             padded = small.pad(source.samples, spec)
             part = RunInfo()
             with cnotes.collect(conv_caught):
@@ -1293,9 +1293,10 @@ class _SmallPath:
             run.convolve += time.perf_counter() - t1
         del padded
         job.close()
-        notes = list(run.read_notes)
+        # what the reader noted, as ImageJob.prepare puts it (the plan may be a kept one)
+        notes = [" ".join(str(n).split()) for n in info.notes] + read_notes
         notes.extend(_convolve_notes(0, 0, conv_caught))
-        notes.extend(_write_notes(task, out, alpha, spec.c_out, info.channels, has_alpha))
+        notes.extend(_write_notes(task, out, alpha, spec.c_out, info.channels, False))
         if self.halt.is_set():
             return _SmallOutcome(pipeline.ImageRun(), cancelled=True)
         write: Future = Future()
@@ -1312,6 +1313,45 @@ class _SmallPath:
             write.set_result((seconds, list(dict.fromkeys(cnotes.text(w) for w in written))))
         mp = info.height * info.width / 1e6
         return _SmallOutcome(run, write=write, megapixels=mp, notes=tuple(notes))
+
+    def _plan(self, job: pipeline.ImageJob, task: Task, info: stream.ImageInfo) -> object:
+        """How this image is filtered and written: a :class:`_SmallPlan`, or
+        :data:`_STRIPS` / :data:`_FRESH` where the strip pipeline takes it. The same
+        for every image of the same size, format and output suffix: worked out once."""
+        out = self.output
+        suffix = task.dst.suffix.lower()
+        key = (info.height, info.width, info.channels, info.dtype.str, info.top,
+               info.bit_depth, info.has_alpha, suffix)  # fmt: skip
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        job.prepare()
+        spec = job.spec
+        if info.has_alpha:  # the fused step takes no alpha
+            return _STRIPS
+        if spec.h_out * spec.w_out > info.height * info.width:
+            return _FRESH
+        channels = _result_channels(spec.c_out, info.channels, False, job.alpha)
+        depth = out.bit_depth or default_bit_depth(info.bit_depth, suffix)
+        plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
+        map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
+        # raises (a format that cannot hold the result) for every file: not kept
+        target, bits, drop = pipeline.target_for(
+            task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
+        )
+        step = None
+        if not drop and not (map_it and out.out_map == "normalize"):
+            step = pipeline.native_step(
+                job,
+                out_map=out.out_map if map_it else "clip",
+                scale=out.scale if map_it else 1.0,
+                offset=out.offset if map_it else 0.0,
+                bits=bits,
+                algo=self.engine.algo,
+            )
+        plan = _STRIPS if step is None else _SmallPlan(spec, step, target, job.alpha)
+        self._plans[key] = plan
+        return plan
 
     def _filter(
         self,
@@ -1348,6 +1388,7 @@ class _SmallPath:
                 return call(backend)
             finally:
                 self._starting.release()
+        part.notices.append(_MEANTIME)
         return call("numpy")
 
 
@@ -1510,6 +1551,7 @@ def run_tasks(
     # Small images run whole, one per worker thread (see _SmallPath); under a memory
     # cap, or with strips asked for, every image goes through the strips.
     small_path = None
+    meantime: list[RunInfo] = []
     if small_bytes is None:
         from convcli.small import SMALL_BYTES as small_bytes
     if not sequential and strip_rows is None and small_bytes > 0:
@@ -1524,7 +1566,14 @@ def run_tasks(
         run = outcome.run
         timings["read"] += run.read
         timings["convolve"] += run.convolve
-        result.info.add(run.info)
+        info = run.info
+        if _MEANTIME in info.notices:
+            # the batch's backend is the one that runs it once started, not NumPy's
+            # stand-in for its first images
+            info.notices.remove(_MEANTIME)
+            meantime.append(info)
+            info = replace(info, backend="", device="", algo="")
+        result.info.add(info)
         if outcome.job is not None:
             return outcome.job
         if outcome.read_error is not None:
@@ -1635,6 +1684,10 @@ def run_tasks(
                     if job is not None:
                         job.close()
             drain_writes(block_over=0)
+    if not result.info.backend and meantime:  # OpenCL never ran after all
+        first = meantime[0]
+        result.info.backend, result.info.device = first.backend, first.device
+        result.info.algo = first.algo
     # interrupted = stopped with work left (a stop after the last image changes nothing)
     finished = len(result.done) + len(result.skipped) + len(result.failed)
     result.interrupted = stop.is_set() and finished < len(tasks)

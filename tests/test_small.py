@@ -351,3 +351,78 @@ def test_the_summary_counts_the_small_images(tmp_path):
     assert summary["tiles"] == len(files)
     assert summary["megapixels"] == pytest.approx(len(files) * 37 * 53 / 1e6)
     assert sorted(summary["outputs"]) == sorted(str(t.dst) for t in plan.tasks)
+
+
+def test_every_image_keeps_its_notes(tmp_path, monkeypatch):
+    """What the reader notes reaches each image's done event and the summary, also for
+    the images after the first of a size (whose plan is kept)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        cio.write_image(root / f"{i}.png", np.moveaxis(_photo(i), -1, 0) / np.float32(255))
+    real_open = stream.open_source
+
+    def open_with_note(path, **kw):
+        source = real_open(path, **kw)
+        source.info.notes.append(f"odd header in\n {Path(path).name}")
+        return source
+
+    monkeypatch.setattr(stream, "open_source", open_with_note)
+    events: list[cbatch.Event] = []
+    plan = cbatch.plan_batch(root, tmp_path / "out", fmt="jpg")
+    res = cbatch.run_tasks(plan.tasks, cbatch.Filter(weight=BINOMIAL),
+                           engine=cbatch.Engine("numpy"), on_event=events.append,
+                           output=cbatch.Output(bit_depth=16))  # fmt: skip
+    assert res.ok
+    for event in events:
+        name = event.task.src.name
+        assert event.notes == (
+            f"odd header in {name}",
+            "JPEG holds 8 bits per channel: written at 8 bits, not 16",
+        ), event.notes
+    assert len(res.notes) == 6
+
+
+def test_images_run_on_numpy_while_opencl_starts(tmp_path, monkeypatch):
+    """Under auto, one image starts OpenCL; the others are filtered on NumPy meanwhile
+    instead of waiting, and the batch reports the backend that ran once started."""
+    import time
+
+    from convcli import native
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(8):
+        _save_jpeg(root / f"{i}.jpg", _photo(i, h=16, w=20))
+    started: list[object] = []
+    monkeypatch.setattr("convcli.backends.started_opencl", lambda device=None: started[-1:] or None)
+    real = native.filter_strip
+    calls: list[str] = []
+
+    def fake(strip, *, backend, info, **kw):
+        calls.append(backend)
+        result = real(strip, backend="numpy", info=info, **kw)
+        if backend == "auto":  # "OpenCL": its first call starts it
+            if not started:
+                time.sleep(0.5)
+                started.append(object())
+            info.backend, info.device = "opencl", "a fake device"
+        return result
+
+    monkeypatch.setattr(native, "filter_strip", fake)
+    real_read = small.read_small
+
+    def read(path, **kw):  # the first image is filtered while another starts OpenCL
+        if path.name == "0.jpg":
+            time.sleep(0.2)
+        return real_read(path, **kw)
+
+    monkeypatch.setattr(small, "read_small", read)
+    plan = cbatch.plan_batch(root, tmp_path / "out")
+    res = cbatch.run_tasks(plan.tasks, cbatch.Filter(weight=BINOMIAL), engine=cbatch.Engine(),
+                           workers=2)  # fmt: skip
+    assert res.ok and len(res.done) == 8
+    assert calls[0] == "auto" and "numpy" in calls and calls.count("numpy") < 8
+    summary = res.summary()
+    assert summary["backend"] == "opencl" and summary["device"] == "a fake device"
+    assert summary["notices"] == [] and summary["tiles"] == 8
