@@ -3,11 +3,15 @@
 This is the library side of ``convcli apply`` and ``convcli batch``. It prints nothing:
 it returns a :class:`BatchResult` and reports progress through an optional callback.
 
-Pipeline: each image flows through :mod:`convcli.pipeline` in strips of rows (decoded,
-convolved and encoded on three threads, a few strips in memory); the next images are
-opened (and, for formats decoded whole, decoded) ahead while the calling thread
-convolves the current one, and a pool of writers finishes encoding results while the
-next image is convolved. Every output is published atomically
+Pipeline: a small image (:data:`convcli.small.SMALL_BYTES` of samples at most) that the
+fused native-depth step filters runs whole, decode to publish in one worker thread, as
+many images at once as there are cores plus one (:mod:`convcli.small`). Every other
+image flows through :mod:`convcli.pipeline` in strips of rows (decoded, convolved and
+encoded on three threads, a few strips in memory); the next images are opened (and, for
+formats decoded whole, decoded) ahead while the calling thread convolves the current
+one, and a pool of writers finishes encoding results while the next image is convolved.
+Outcomes are reported in the calling thread, in order. Every output is published
+atomically
 (:func:`convcli.io.publish.publish`), so an error or an interrupt never leaves a
 partial file.
 
@@ -1442,7 +1446,7 @@ def run_tasks(
     workers : int, optional
         Writer threads; default: CPU count, at least 2. ``workers + 1`` images are
         opened ahead, each in a thread of its own (one when ``engine.max_memory`` is
-        set: one file at a time).
+        set: one file at a time); small images run ``workers + 1`` at once.
     stop : threading.Event, optional
         Set it (e.g. from a signal handler) to stop after the image being convolved:
         reads not yet used are dropped, results already computed are written, and the
