@@ -1311,6 +1311,8 @@ class _SmallPath:
                 _make_folder(task.dst.parent)
                 small.encode(task.dst, target, samples, replace=self.existing == "replace")
         except Exception as exc:  # finish_write reports it
+            if _fatal_errno(exc) is not None:
+                self.halt.set()  # a full disk: the images after this one write nothing
             write.set_exception(exc)
         else:
             seconds = time.perf_counter() - t2
@@ -1560,7 +1562,10 @@ def run_tasks(
         from convcli.small import SMALL_BYTES as small_bytes
     if not sequential and strip_rows is None and small_bytes > 0:
         small_path = _SmallPath(filt, engine, output, existing, max_pixels, stop, small_bytes)
-        lookahead = workers + 2  # every worker busy, one image queued
+        # images queued for the workers: enough to keep them busy while an image ahead
+        # of them takes long (the one starting OpenCL); an outcome holds no samples
+        # unless the strips take the image over
+        lookahead = 4 * (workers + 1)
 
     def take_small(task: Task, outcome: _SmallOutcome) -> pipeline.ImageJob | None:
         """Report a small image's outcome; the job to run through the strips when it
