@@ -11,9 +11,8 @@ encoded on three threads, a few strips in memory); the next images are opened (a
 formats decoded whole, decoded) ahead while the calling thread convolves the current
 one, and a pool of writers finishes encoding results while the next image is convolved.
 Outcomes are reported in the calling thread, in order. Every output is published
-atomically
-(:func:`convcli.io.publish.publish`), so an error or an interrupt never leaves a
-partial file.
+atomically (:func:`convcli.io.publish.publish`), so an error or an interrupt never
+leaves a partial file.
 
 Rules that keep data safe (see README "Safety rules"):
 
@@ -1175,7 +1174,7 @@ _STRIPS_END = object()
 # ------------------------------------------------------------------------ small images
 @dataclass
 class _SmallOutcome:
-    """What :func:`_small_one` did with one image, for the calling thread to report.
+    """What :meth:`_SmallPath.run` did with one image, for the calling thread to report.
 
     ``job`` set: the image did not take the small path (too large, or a filter or
     mapping the fused step does not cover); the strip pipeline runs ``job`` (its source
@@ -1212,7 +1211,8 @@ _FRESH = object()  # the strip pipeline takes the image from its file (check_fil
 
 class _SmallPath:
     """Images small enough to be decoded whole (:mod:`convcli.small`) run from decode
-    to publish in one worker thread each, ``workers`` images at once.
+    to publish in one worker thread each, several images at once (``run_tasks`` runs
+    :meth:`run` on a pool of ``workers + 1`` threads).
 
     OpenCL starts once: the first image that wants it starts it; under ``auto`` the
     images filtered while it starts run on NumPy instead of waiting."""
@@ -1257,7 +1257,9 @@ class _SmallPath:
             read_notes = [cnotes.text(w) for w in caught]
             run.read_notes.extend(read_notes)
         if source is None:  # too large, or a header the strip pipeline's reader words
-            return _SmallOutcome(run, job=job)
+            fresh = _job(task, filt, engine, out, max_pixels)
+            fresh.images_ahead = images_ahead
+            return _SmallOutcome(pipeline.ImageRun(), job=fresh)
         job.adopt(source)
         info = source.info
 
@@ -1331,10 +1333,11 @@ class _SmallPath:
         plan = self._plans.get(key)
         if plan is not None:
             return plan
+        if info.has_alpha:  # the fused step takes no alpha
+            self._plans[key] = _STRIPS
+            return _STRIPS
         job.prepare()
         spec = job.spec
-        if info.has_alpha:  # the fused step takes no alpha
-            return _STRIPS
         if spec.h_out * spec.w_out > info.height * info.width:
             return _FRESH
         channels = _result_channels(spec.c_out, info.channels, False, job.alpha)
