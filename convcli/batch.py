@@ -1234,6 +1234,7 @@ class _SmallPath:
         #: dropped, as the strip pipeline drops the reads it has not used
         self.halt = threading.Event()
         self._starting = threading.Lock()
+        self._numpy = threading.Lock()
         self._plans: dict[tuple, object] = {}
 
     def run(self, task: Task, images_ahead: int) -> _SmallOutcome:
@@ -1288,7 +1289,8 @@ class _SmallPath:
             padded = small.pad(source.samples, spec)
             part = RunInfo()
             with cnotes.collect(conv_caught):
-                samples = self._filter(padded, info.top, step, spec, images_ahead, part)
+                samples = self._filter(padded, info.top, step, spec, images_ahead, part,
+                                       conv_caught)  # fmt: skip
             if samples is None:
                 return declined()
             part.tiles += 1
@@ -1370,9 +1372,14 @@ class _SmallPath:
         spec,
         images_ahead: int,
         part: RunInfo,
+        caught: list,
     ) -> np.ndarray | None:
         """The fused native step on the whole padded image (see
-        :func:`convcli.native.filter_strip`)."""
+        :func:`convcli.native.filter_strip`); what it warns about goes to ``caught``.
+
+        NumPy filters an image on helper threads, whose warnings (an overflow) only a
+        collector for every thread receives: one image at a time runs where NumPy may
+        (it takes every core anyway), under such a collector."""
         from convcli import native
         from convcli.backends import started_opencl
 
@@ -1388,8 +1395,12 @@ class _SmallPath:
                 info=part,
             )  # fmt: skip
 
+        def one_at_a_time(backend: str) -> np.ndarray | None:
+            with self._numpy, cnotes.collect(caught, every_thread=True):
+                return call(backend)
+
         if backend == "numpy" or started_opencl(device) is not None:
-            return call(backend)
+            return one_at_a_time(backend)
         # OpenCL not started yet: one image starts it (get_backend is not for two
         # threads at once); under auto the others run on NumPy meanwhile
         if self._starting.acquire(blocking=backend != "auto"):
@@ -1398,7 +1409,7 @@ class _SmallPath:
             finally:
                 self._starting.release()
         part.notices.append(_MEANTIME)
-        return call("numpy")
+        return one_at_a_time("numpy")
 
 
 def _timed(items: Iterator[np.ndarray], wait: list[float]) -> Iterator[np.ndarray]:

@@ -15,6 +15,7 @@ from PIL import Image as PILImage
 
 from convcli import batch as cbatch
 from convcli import io as cio
+from convcli import notes as cnotes
 from convcli import pipeline, small
 from convcli.errors import InputError
 from convcli.io import stream
@@ -426,3 +427,24 @@ def test_images_run_on_numpy_while_opencl_starts(tmp_path, monkeypatch):
     summary = res.summary()
     assert summary["backend"] == "opencl" and summary["device"] == "a fake device"
     assert summary["notices"] == [] and summary["tiles"] == 8
+
+
+def test_warnings_from_numpys_threads_name_their_image(tmp_path):
+    """NumPy filters an image on helper threads: what they warn about (an overflow of a
+    huge scale) is a note of that image, not of another one running beside it."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(4):  # large enough for NumPy's threads (values x taps >= 2e6)
+        _save_jpeg(root / f"{i}.jpg", _photo(i, h=160, w=440))
+    (root / "tame.jpg").write_bytes((root / "0.jpg").read_bytes())
+    events: list[cbatch.Event] = []
+    plan = cbatch.plan_batch(root, tmp_path / "out")
+    stray: list = []
+    with cnotes.collect(stray, every_thread=True):  # as the CLI collects what is left
+        res = cbatch.run_tasks(plan.tasks, cbatch.Filter(weight=BINOMIAL),
+                               engine=cbatch.Engine("numpy"), output=cbatch.Output(scale=1e38),
+                               on_event=events.append, workers=2)  # fmt: skip
+    assert res.ok and len(events) == 5
+    for event in events:
+        assert any("overflow" in n for n in event.notes), (event.task.src.name, event.notes)
+    assert [str(w.message) for w in stray] == []
