@@ -448,3 +448,36 @@ def test_warnings_from_numpys_threads_name_their_image(tmp_path):
     for event in events:
         assert any("overflow" in n for n in event.notes), (event.task.src.name, event.notes)
     assert [str(w.message) for w in stray] == []
+
+
+def test_blas_stays_at_one_thread_while_numpy_filters_and_is_given_back(tmp_path, monkeypatch):
+    """Several images filtered on NumPy at once: BLAS is held at one thread for the run
+    (flipping it per call made its threads spin), and given back afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from convcli import native
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]  # fmt: skip
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(4):
+        _save_jpeg(root / f"{i}.jpg", _photo(i, h=16, w=20))
+    seen: list[list[int]] = []
+    real = native.filter_strip
+
+    def spy(*a, **k):
+        seen.append(blas_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(native, "filter_strip", spy)
+    plan = cbatch.plan_batch(root, tmp_path / "out")
+    res = cbatch.run_tasks(plan.tasks, cbatch.Filter(weight=BINOMIAL),
+                           engine=cbatch.Engine("numpy"))  # fmt: skip
+    assert res.ok and len(seen) == 4
+    assert all(threads == [1] * len(before) for threads in seen), seen
+    assert blas_threads() == before
