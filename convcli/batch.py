@@ -3,13 +3,16 @@
 This is the library side of ``convcli apply`` and ``convcli batch``. It prints nothing:
 it returns a :class:`BatchResult` and reports progress through an optional callback.
 
-Pipeline: each image flows through :mod:`convcli.pipeline` in strips of rows (decoded,
-convolved and encoded on three threads, a few strips in memory); the next images are
-opened (and, for formats decoded whole, decoded) ahead while the calling thread
-convolves the current one, and a pool of writers finishes encoding results while the
-next image is convolved. Every output is published atomically
-(:func:`convcli.io.publish.publish`), so an error or an interrupt never leaves a
-partial file.
+Pipeline: a small image (:data:`convcli.small.SMALL_BYTES` of samples at most) that the
+fused native-depth step filters runs whole, decode to publish in one worker thread, as
+many images at once as there are cores plus one (:mod:`convcli.small`). Every other
+image flows through :mod:`convcli.pipeline` in strips of rows (decoded, convolved and
+encoded on three threads, a few strips in memory); the next images are opened (and, for
+formats decoded whole, decoded) ahead while the calling thread convolves the current
+one, and a pool of writers finishes encoding results while the next image is convolved.
+Outcomes are reported in the calling thread, in order. Every output is published
+atomically (:func:`convcli.io.publish.publish`), so an error or an interrupt never
+leaves a partial file.
 
 Rules that keep data safe (see README "Safety rules"):
 
@@ -76,6 +79,7 @@ from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
 from convcli.runinfo import RunInfo
 from convcli.spec import (
+    ConvSpec,
     source_index,
 )
 
@@ -352,8 +356,28 @@ def _is_within(path: Path, folder: Path) -> bool:
     return True
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
+class _Resolver:
+    """``Path.resolve()`` for many files in a few folders: each folder is resolved once
+    (resolve walks every component of every path: planning 200 files cost 600 walks),
+    and a file's own name is followed only where it is a symbolic link."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, Path] = {}
+
+    def __call__(self, path: Path) -> Path:
+        name = path.name
+        if name in ("", ".", ".."):
+            return path.resolve()
+        folder = self._folders.get(path.parent)
+        if folder is None:
+            folder = self._folders[path.parent] = path.parent.resolve()
+        full = folder / name
+        return full.resolve() if os.path.islink(full) else full
+
+
+def _same_file(a: Path, b: Path, resolve: _Resolver | None = None) -> bool:
+    resolve = resolve or _Resolver()
+    if resolve(a) == resolve(b):
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -361,17 +385,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _file_key(path: Path) -> object:
+def _file_key(path: Path, resolve: _Resolver) -> object:
     """What identifies a file: device and inode when it exists (hard links, symbolic
     links and other spellings agree), else its resolved path."""
     try:
         st = os.stat(path)
     except OSError:
-        return path.resolve()
+        return resolve(path)
     return (st.st_dev, st.st_ino)
 
 
-def _dedupe(tasks: Iterable[Task], plan: Plan, *, flattened: bool = False) -> None:
+def _dedupe(
+    tasks: Iterable[Task],
+    plan: Plan,
+    *,
+    flattened: bool = False,
+    resolve: _Resolver | None = None,
+) -> None:
     """Refuse an output that is another input of the run, a second input that would
     write the same output as an earlier one, and outputs in a format we cannot write
     (before any time is spent on them). ``flattened``: sub-folders' files were put in
@@ -379,10 +409,11 @@ def _dedupe(tasks: Iterable[Task], plan: Plan, *, flattened: bool = False) -> No
     files from different folders then points to."""
     claimed: dict[Path, Path] = {}
     tasks = list(tasks)
-    inputs = {_file_key(task.src): task.src for task in tasks}
+    resolve = resolve or _Resolver()
+    inputs = {_file_key(task.src, resolve): task.src for task in tasks}
     for task in tasks:
-        other = inputs.get(_file_key(task.dst))
-        if other is not None and _file_key(other) != _file_key(task.src):
+        other = inputs.get(_file_key(task.dst, resolve))
+        if other is not None and _file_key(other, resolve) != _file_key(task.src, resolve):
             # another input of this run (apply a/sub/x.png a/x.png -o a, or a batch into
             # a parent of IN_DIR): replacing it would lose that input, whatever --overwrite
             plan.refused.append(
@@ -399,7 +430,7 @@ def _dedupe(tasks: Iterable[Task], plan: Plan, *, flattened: bool = False) -> No
                 )
             )
             continue
-        key = task.dst.resolve()
+        key = resolve(task.dst)
         if key in claimed:
             hint = ""
             if flattened and claimed[key].parent != task.src.parent:
@@ -560,14 +591,15 @@ def plan_batch(
         src_root, recursive=recursive, glob=glob, exclude=[dst_root], errors=plan.refused
     )
     tasks = []
+    resolve = _Resolver()
     for src in inputs:
         rel = src.relative_to(src_root) if recursive else Path(src.name)
         dst = dst_root / rel.with_suffix(_suffix_for(src, fmt))
-        if _same_file(src, dst):
+        if _same_file(src, dst, resolve):
             plan.refused.append(Failure(src, "output would replace the input; not written"))
             continue
         tasks.append(Task(src, dst))
-    _dedupe(tasks, plan, flattened=not recursive)
+    _dedupe(tasks, plan, flattened=not recursive, resolve=resolve)
     return plan
 
 
@@ -1148,6 +1180,279 @@ def _process(
 _STRIPS_END = object()
 
 
+# ------------------------------------------------------------------------ small images
+@dataclass
+class _SmallOutcome:
+    """What :meth:`_SmallPath.run` did with one image, for the calling thread to report.
+
+    ``job`` set: the image did not take the small path (too large, or a filter or
+    mapping the fused step does not cover); the strip pipeline runs ``job`` (its source
+    already decoded when ``job.source`` is set). Else one of ``read_error`` (the file
+    could not be read), ``conv_error`` (the convolution failed) or ``write`` (a done
+    future of the encode and publish, as ``finish_write`` takes it)."""
+
+    run: pipeline.ImageRun
+    job: pipeline.ImageJob | None = None
+    read_error: BaseException | None = None
+    conv_error: BaseException | None = None
+    reason_job: pipeline.ImageJob | None = None
+    write: Future | None = None
+    megapixels: float = 0.0
+    notes: tuple[str, ...] = ()
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class _SmallPlan:
+    """What the images of one size and format share on the small path."""
+
+    spec: ConvSpec
+    step: pipeline.NativeStep
+    target: stream.Target
+    alpha: str
+
+
+_STRIPS = object()  # the strip pipeline takes the image, decoded already
+# marks (and is taken off) the info of an image filtered on NumPy while OpenCL started
+_MEANTIME = "filtered on NumPy while OpenCL started"
+_FRESH = object()  # the strip pipeline takes the image from its file (check_file first)
+
+
+class _SmallPath:
+    """Images small enough to be decoded whole (:mod:`convcli.small`) run from decode
+    to publish in one worker thread each, several images at once (``run_tasks`` runs
+    :meth:`run` on a pool of ``workers + 1`` threads).
+
+    OpenCL starts once: the first image that wants it starts it; under ``auto`` the
+    images filtered while it starts run on NumPy instead of waiting."""
+
+    def __init__(
+        self,
+        filt: Filter,
+        engine: Engine,
+        output: Output,
+        existing: Existing,
+        max_pixels: int | None,
+        stop: threading.Event,
+        limit: int,
+    ) -> None:
+        self.filt, self.engine, self.output = filt, engine, output
+        self.limit = limit
+        self.existing, self.max_pixels, self.stop = existing, max_pixels, stop
+        #: set when the run stops for good (a full disk): images not written yet are
+        #: dropped, as the strip pipeline drops the reads it has not used
+        self.halt = threading.Event()
+        self._starting = threading.Lock()
+        self._plans: dict[tuple, object] = {}
+        self._blas = contextlib.ExitStack()
+        self._blas_lock = threading.Lock()
+        self._blas_held = engine.backend == "opencl"  # no NumPy filtering to guard
+
+    def close(self) -> None:
+        """Give BLAS its threads back (see :meth:`_one_thread_blas`)."""
+        self._blas.close()
+
+    def _one_thread_blas(self) -> None:
+        """Hold BLAS at one thread until :meth:`close`, once NumPy may filter.
+
+        Why: NumPy's filter holds BLAS at one thread while a call runs and gives its
+        threads back when the last concurrent call leaves; with several images filtered
+        on NumPy at once, BLAS flipped between one thread and all of them, and its
+        threads spun: 200 one-megapixel images took 5-67 s (CPU 6-59 s) against a
+        steady 3.6 s with BLAS held at one thread for the run."""
+        if self._blas_held:
+            return
+        with self._blas_lock:
+            if self._blas_held:
+                return
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:  # a dependency, but the batch must work without it
+                self._blas_held = True
+                return
+            self._blas.enter_context(threadpool_limits(1, user_api="blas"))
+            self._blas_held = True  # only now: the others must not filter before it
+
+    def run(self, task: Task, images_ahead: int) -> _SmallOutcome:
+        from convcli import small
+
+        if self.stop.is_set() or self.halt.is_set():
+            return _SmallOutcome(pipeline.ImageRun(), cancelled=True)
+        filt, engine, out, max_pixels = self.filt, self.engine, self.output, self.max_pixels
+        job = _job(task, filt, engine, out, max_pixels)
+        job.images_ahead = images_ahead
+        run = job.run
+        t0 = time.perf_counter()
+        caught: list = []
+        try:
+            with cnotes.collect(caught):
+                source = small.read_small(task.src, max_pixels=max_pixels, limit=self.limit)
+        except Exception as exc:  # the file's report line
+            return _SmallOutcome(run, read_error=exc)
+        finally:
+            run.read += time.perf_counter() - t0
+            read_notes = [cnotes.text(w) for w in caught]
+            run.read_notes.extend(read_notes)
+        if source is None:  # too large, or a header the strip pipeline's reader words
+            fresh = _job(task, filt, engine, out, max_pixels)
+            fresh.images_ahead = images_ahead
+            return _SmallOutcome(pipeline.ImageRun(), job=fresh)
+        job.adopt(source)
+        info = source.info
+
+        def declined() -> _SmallOutcome:
+            # the strip pipeline, on the samples decoded here (a fresh job: it prepares
+            # the image again, notes and all)
+            fresh = _job(task, filt, engine, out, max_pixels)
+            fresh.images_ahead = images_ahead
+            fresh.adopt(source)
+            fresh.run.read = run.read
+            fresh.run.read_notes.extend(read_notes)
+            return _SmallOutcome(pipeline.ImageRun(), job=fresh)
+
+        t1 = time.perf_counter()
+        conv_caught: list = []
+        try:
+            plan = self._plan(job, task, info)
+            if plan is _FRESH:
+                # a result larger than its input: check_file weighs it before decoding
+                fresh = _job(task, filt, engine, out, max_pixels)
+                fresh.images_ahead = images_ahead
+                return _SmallOutcome(pipeline.ImageRun(), job=fresh)
+            if plan is _STRIPS:
+                return declined()
+            spec, step, target, alpha = plan.spec, plan.step, plan.target, plan.alpha
+            padded = small.pad(source.samples, spec)
+            part = RunInfo()
+            with cnotes.collect(conv_caught):
+                samples = self._filter(padded, info.top, step, spec, images_ahead, part,
+                                       conv_caught)  # fmt: skip
+            if samples is None:
+                return declined()
+            part.tiles += 1
+            run.info.add(part)
+        except Exception as exc:  # reported as the strip pipeline's convolution would be
+            return _SmallOutcome(run, conv_error=exc, reason_job=job)
+        finally:
+            run.convolve += time.perf_counter() - t1
+        del padded
+        job.close()
+        # what the reader noted, as ImageJob.prepare puts it (the plan may be a kept one)
+        notes = [" ".join(str(n).split()) for n in info.notes] + read_notes
+        notes.extend(_convolve_notes(0, 0, conv_caught))
+        notes.extend(_write_notes(task, out, alpha, spec.c_out, info.channels, False))
+        if self.halt.is_set():
+            return _SmallOutcome(pipeline.ImageRun(), cancelled=True)
+        write: Future = Future()
+        t2 = time.perf_counter()
+        written: list = []
+        try:
+            with cnotes.collect(written):
+                _make_folder(task.dst.parent)
+                small.encode(task.dst, target, samples, replace=self.existing == "replace")
+        except Exception as exc:  # finish_write reports it
+            if _fatal_errno(exc) is not None:
+                self.halt.set()  # a full disk: the images after this one write nothing
+            write.set_exception(exc)
+        else:
+            seconds = time.perf_counter() - t2
+            write.set_result((seconds, list(dict.fromkeys(cnotes.text(w) for w in written))))
+        mp = info.height * info.width / 1e6
+        return _SmallOutcome(run, write=write, megapixels=mp, notes=tuple(notes))
+
+    def _plan(self, job: pipeline.ImageJob, task: Task, info: stream.ImageInfo) -> object:
+        """How this image is filtered and written: a :class:`_SmallPlan`, or
+        :data:`_STRIPS` / :data:`_FRESH` where the strip pipeline takes it. The same
+        for every image of the same size, format and output suffix: worked out once."""
+        out = self.output
+        suffix = task.dst.suffix.lower()
+        key = (info.height, info.width, info.channels, info.dtype.str, info.top,
+               info.bit_depth, info.has_alpha, suffix)  # fmt: skip
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        if info.has_alpha:  # the fused step takes no alpha
+            self._plans[key] = _STRIPS
+            return _STRIPS
+        job.prepare()
+        spec = job.spec
+        if spec.h_out * spec.w_out > info.height * info.width:
+            return _FRESH
+        channels = _result_channels(spec.c_out, info.channels, False, job.alpha)
+        depth = out.bit_depth or default_bit_depth(info.bit_depth, suffix)
+        plain_clip = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
+        map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
+        # raises (a format that cannot hold the result) for every file: not kept
+        target, bits, drop = pipeline.target_for(
+            task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
+        )
+        step = None
+        if not drop and not (map_it and out.out_map == "normalize"):
+            step = pipeline.native_step(
+                job,
+                out_map=out.out_map if map_it else "clip",
+                scale=out.scale if map_it else 1.0,
+                offset=out.offset if map_it else 0.0,
+                bits=bits,
+                algo=self.engine.algo,
+            )
+        plan = _STRIPS if step is None else _SmallPlan(spec, step, target, job.alpha)
+        self._plans[key] = plan
+        return plan
+
+    def _filter(
+        self,
+        padded: np.ndarray,
+        top: float,
+        step: pipeline.NativeStep,
+        spec,
+        images_ahead: int,
+        part: RunInfo,
+        caught: list,
+    ) -> np.ndarray | None:
+        """The fused native step on the whole padded image (see
+        :func:`convcli.native.filter_strip`); what it warns about goes to ``caught``.
+
+        NumPy filters an image on helper threads, whose warnings (an overflow) only a
+        collector for every thread receives: a call sent to NumPy runs under one, so
+        nothing reaches the run's catch-all without a file name. Two images on NumPy at
+        once may swap such warnings (their own thread's stay theirs); taking them one at
+        a time cost 10 % more CPU under auto and 5x the time on NumPy alone."""
+        from convcli import native
+        from convcli.backends import started_opencl
+
+        backend = self.engine.backend
+        device = self.engine.device
+        self._one_thread_blas()
+
+        def call(backend: str) -> np.ndarray | None:
+            return native.filter_strip(
+                padded, top=top,
+                kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
+                bias=step.bias, scale=step.scale, offset=step.offset, out_map=step.out_map,
+                out_top=step.out_top, backend=backend, device=device, strips=images_ahead,
+                info=part,
+            )  # fmt: skip
+
+        def on_numpy(backend: str) -> np.ndarray | None:
+            with cnotes.collect(caught, every_thread=True):
+                return call(backend)
+
+        if backend == "numpy":
+            return on_numpy(backend)
+        if started_opencl(device) is not None:
+            return call(backend)
+        # OpenCL not started yet: one image starts it (get_backend is not for two
+        # threads at once); under auto the others run on NumPy meanwhile
+        if self._starting.acquire(blocking=backend != "auto"):
+            try:
+                return call(backend)
+            finally:
+                self._starting.release()
+        part.notices.append(_MEANTIME)
+        return on_numpy("numpy")
+
+
 def _timed(items: Iterator[np.ndarray], wait: list[float]) -> Iterator[np.ndarray]:
     """``items``, adding the time spent waiting for each to ``wait[0]`` (what a stage
     waits for another is not its own work)."""
@@ -1181,6 +1486,7 @@ def run_tasks(
     on_event: Callable[[Event], None] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
     strip_rows: int | None = None,
+    small_bytes: int | None = None,
 ) -> BatchResult:
     """Read, convolve and write every task; failures are recorded, not raised.
 
@@ -1197,7 +1503,7 @@ def run_tasks(
     workers : int, optional
         Writer threads; default: CPU count, at least 2. ``workers + 1`` images are
         opened ahead, each in a thread of its own (one when ``engine.max_memory`` is
-        set: one file at a time).
+        set: one file at a time); small images run ``workers + 1`` at once.
     stop : threading.Event, optional
         Set it (e.g. from a signal handler) to stop after the image being convolved:
         reads not yet used are dropped, results already computed are written, and the
@@ -1212,6 +1518,12 @@ def run_tasks(
         algorithm needs to give the whole image's values). Default: about
         :data:`convcli.pipeline.STRIP_BYTES` of input per strip, shorter where
         ``engine.max_memory`` needs it.
+    small_bytes : int, optional
+        Images whose native samples take at most this many bytes (default
+        :data:`convcli.small.SMALL_BYTES`) and that the fused native-depth step filters
+        run whole, each in one worker thread from decode to publish, ``workers + 1`` at
+        once (:mod:`convcli.small`); 0 sends every image through the strips, as do
+        ``strip_rows`` and ``engine.max_memory``.
 
     Returns
     -------
@@ -1297,61 +1609,151 @@ def run_tasks(
         while writes and (len(writes) > block_over or writes[0][1].done()):
             finish_write(*writes.popleft())
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers:
+    # Small images run whole, one per worker thread (see _SmallPath); under a memory
+    # cap, or with strips asked for, every image goes through the strips.
+    small_path = None
+    meantime: list[RunInfo] = []
+    if small_bytes is None:
+        from convcli.small import SMALL_BYTES as small_bytes
+    if not sequential and strip_rows is None and small_bytes > 0:
+        small_path = _SmallPath(filt, engine, output, existing, max_pixels, stop, small_bytes)
+        # images queued for the workers: enough to keep them busy while an image ahead
+        # of them takes long (the one starting OpenCL); an outcome holds no samples
+        # unless the strips take the image over
+        lookahead = 4 * (workers + 1)
+
+    def take_small(task: Task, outcome: _SmallOutcome) -> pipeline.ImageJob | None:
+        """Report a small image's outcome; the job to run through the strips when it
+        did not take the small path."""
+        if outcome.cancelled:
+            return None
+        run = outcome.run
+        timings["read"] += run.read
+        timings["convolve"] += run.convolve
+        info = run.info
+        if _MEANTIME in info.notices:
+            # the batch's backend is the one that runs it once started, not NumPy's
+            # stand-in for its first images
+            info.notices.remove(_MEANTIME)
+            meantime.append(info)
+            info = replace(info, backend="", device="", algo="")
+        result.info.add(info)
+        if outcome.job is not None:
+            return outcome.job
+        if outcome.read_error is not None:
+            fail(task, outcome.read_error)
+            return None
+        exc = outcome.conv_error
+        if isinstance(exc, BackendError):
+            result.fatal = _reason(exc)
+            fail(task, exc, quiet=True)
+            return None
+        if isinstance(exc, ConvcliError | ValueError | MemoryError):
+            fail(task, _conv_reason(exc, outcome.reason_job, engine))
+            return None
+        if exc is not None:
+            raise exc
+        writes.append((task, outcome.write, outcome.megapixels, outcome.notes))
+        drain_writes(block_over=workers)
+        return None
+
+    def run_job(task: Task, job: pipeline.ImageJob) -> None:
+        """One image through the strips (the calling thread convolves it)."""
+        try:
+            job.wait_open()
+        except Exception as exc:  # a bad file is a report line
+            timings["read"] += job.run.read
+            fail(task, exc)
+            return
+        try:
+            write = _process(task, job, filt, engine, output, existing, writers, on_rows)
+        except BackendError as exc:
+            # the device is gone or refused: every later file would fail the same way
+            result.fatal = _reason(exc)
+            fail(task, exc, quiet=True)
+            return
+        except (ConvcliError, ValueError, MemoryError) as exc:
+            fail(task, _conv_reason(exc, job, engine))
+            return
+        finally:
+            job.close()
+            timings["read"] += job.run.read
+            timings["convolve"] += job.run.convolve
+            result.info.add(job.run.info)
+        writes.append(write)
+        drain_writes(block_over=0 if sequential else workers)
+        if sequential:
+            release_freed_memory()
+
+    small_pool = (
+        # one more thread than cores: a thread waiting for its file to reach the disk
+        # (publish's fsync) or for the OpenCL queue leaves its core to another
+        ThreadPoolExecutor(workers + 1, thread_name_prefix="convcli-small")
+        if small_path is not None
+        else contextlib.nullcontext()
+    )
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="convcli-write") as writers,
+        small_pool as smalls,
+    ):
 
         def fill() -> None:
             while pending and len(reads) < lookahead and not stop.is_set() and not result.fatal:
                 task = pending.popleft()
                 if should_skip(task):
                     continue
-                job = _job(task, filt, engine, output, max_pixels)
-                job.strip_request = strip_rows
                 # images of this batch still to come, this one included: what a
                 # backend started for this image serves too
-                job.images_ahead = len(pending) + 1
+                ahead = len(pending) + 1
+                if small_path is not None:
+                    reads.append((task, smalls.submit(small_path.run, task, ahead)))
+                    continue
+                job = _job(task, filt, engine, output, max_pixels)
+                job.strip_request = strip_rows
+                job.images_ahead = ahead
                 job.start()
                 reads.append((task, job))
 
         try:
             fill()
             while reads and not stop.is_set() and result.fatal is None:
-                task, job = reads.popleft()
-                if not sequential:
-                    fill()
-                try:
-                    job.wait_open()
-                except Exception as exc:  # a bad file is a report line
-                    timings["read"] += job.run.read
-                    fail(task, exc)
-                    fill()
-                    continue
-                try:
-                    write = _process(task, job, filt, engine, output, existing, writers, on_rows)
-                except BackendError as exc:
-                    # the device is gone or refused: every later file would fail the same way
-                    result.fatal = _reason(exc)
-                    fail(task, exc, quiet=True)
-                    break
-                except (ConvcliError, ValueError, MemoryError) as exc:
-                    fail(task, _conv_reason(exc, job, engine))
-                    fill()
-                    continue
-                finally:
-                    job.close()
-                    timings["read"] += job.run.read
-                    timings["convolve"] += job.run.convolve
-                    result.info.add(job.run.info)
-                writes.append(write)
-                drain_writes(block_over=0 if sequential else workers)
-                if sequential:
-                    release_freed_memory()
+                task, item = reads.popleft()
+                if not sequential and not isinstance(item, Future):
+                    fill()  # the next reads overlap this image's convolution
+                if isinstance(item, Future):
+                    job = take_small(task, item.result())
+                    if result.fatal is not None:
+                        small_path.halt.set()
+                    if job is None:
+                        fill()
+                        continue
+                    job.strip_request = strip_rows
+                else:
+                    job = item
+                run_job(task, job)
+                if result.fatal is not None and small_path is not None:
+                    small_path.halt.set()
                 fill()
         finally:
             # Interrupted or stopped: drop reads not yet used (they wrote nothing) and
-            # finish the writes of results already computed (each is atomic).
-            for _, job in reads:
-                job.cancel()
+            # finish the writes of results already computed (each is atomic). A small
+            # image already running finishes, and is reported.
+            if small_path is not None and result.fatal is not None:
+                small_path.halt.set()
+            for task, item in reads:
+                if not isinstance(item, Future):
+                    item.cancel()
+                elif not item.cancel():
+                    job = take_small(task, item.result())
+                    if job is not None:
+                        job.close()
             drain_writes(block_over=0)
+    if small_path is not None:
+        small_path.close()
+    if not result.info.backend and meantime:  # OpenCL never ran after all
+        first = meantime[0]
+        result.info.backend, result.info.device = first.backend, first.device
+        result.info.algo = first.algo
     # interrupted = stopped with work left (a stop after the last image changes nothing)
     finished = len(result.done) + len(result.skipped) + len(result.failed)
     result.interrupted = stop.is_set() and finished < len(tasks)

@@ -541,8 +541,14 @@ class ImageJob:
             self.run.read_notes.extend(cnotes.text(w) for w in caught)
             self.opened.set()
 
+    def adopt(self, source: stream.Source) -> None:
+        """Take a source opened elsewhere (a batch's small-image path decoded it) instead
+        of opening the file; :meth:`start` and :meth:`wait_open` then open nothing."""
+        self.source = source
+        self.opened.set()
+
     def wait_open(self) -> stream.Source:
-        if self._thread is None:
+        if self._thread is None and not self.opened.is_set():
             self._open()
         self.opened.wait()
         if self.open_error is not None:

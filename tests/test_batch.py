@@ -20,7 +20,7 @@ from naive import naive_conv2d
 
 from convcli import batch as cbatch
 from convcli import io as cio
-from convcli import pipeline
+from convcli import pipeline, small
 from convcli.cli import cli
 from convcli.errors import ConvValueError, InputError
 
@@ -302,6 +302,7 @@ def test_full_disk_stops_the_batch(tmp_path, monkeypatch):
         return real_publish(path, write, **kw)
 
     monkeypatch.setattr(pipeline, "publish", failing_publish)
+    monkeypatch.setattr(small, "publish", failing_publish)  # whole small images
     filt = cbatch.Filter(weight=BOX3.astype(np.float32))
     result = cbatch.run_tasks(tasks, filt, engine=cbatch.Engine(backend="numpy"), workers=2)
     assert result.fatal is not None and "no space left" in result.fatal
@@ -382,6 +383,7 @@ def test_full_disk_message_through_the_cli(tmp_path, monkeypatch):
         raise InputError(f"{path}: cannot write: no space left on device")
 
     monkeypatch.setattr(pipeline, "publish", no_space)
+    monkeypatch.setattr(small, "publish", no_space)
     res = run("batch", tmp_path / "in", tmp_path / "out", "--preset", "box", "--backend",
               "numpy", "--workers", "2")  # fmt: skip
     assert res.exit_code == 1

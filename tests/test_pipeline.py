@@ -74,6 +74,7 @@ def _stored(path: Path) -> np.ndarray:
 
 
 def _new(src, dst, filt, engine, out, **kw) -> cbatch.BatchResult:
+    kw.setdefault("small_bytes", 0)  # through the strips (small images run whole)
     res = cbatch.run_tasks([cbatch.Task(src, dst)], filt, engine=engine, output=out, **kw)
     assert res.ok, [f.reason for f in res.failed]
     return res
@@ -186,7 +187,8 @@ def test_random_cases_give_the_whole_image_files(tmp_path, seed):
         try:
             old_path(src, old, filt, engine, out)
         except ValueError:  # a result the format cannot hold: the new path says so too
-            res = cbatch.run_tasks([cbatch.Task(src, new)], filt, engine=engine, output=out)
+            res = cbatch.run_tasks([cbatch.Task(src, new)], filt, engine=engine, output=out,
+                                   small_bytes=0)  # fmt: skip
             assert res.failed and not new.exists()
             continue
         rows = int(rng.choice([1, 2, 3, 5, 100]))
@@ -606,7 +608,8 @@ def test_a_batch_spreads_opencls_start_over_the_images_still_to_come(tmp_path, m
         cio.write_image(src / f"{i}.png", rng.random((3, 20, 30)).astype(np.float32))
     plan = cbatch.plan_batch(src, tmp_path / "out")
     filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
-    res = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine("auto"), workers=1)
+    res = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine("auto"), workers=1,
+                           small_bytes=0)  # fmt: skip
     assert len(res.done) == 3
     # one strip each: the images still to come (each image is priced once on the thread
     # that would start OpenCL beside its read, then again by its strip: the same count)
