@@ -11,7 +11,7 @@ decodes to the pixels of imagecodecs' file::
     python benchmarks/small_jpeg.py                # 40 images of 1000x1000
     python benchmarks/small_jpeg.py --size 2000x1500 --count 10
 
-Libraries that are not installed are left out (OpenCV, simplejpeg are not dependencies).
+Libraries that are not installed are left out (OpenCV is not a dependency).
 """
 
 from __future__ import annotations

@@ -11,9 +11,12 @@ This module holds the steps of that path that differ from the strip pipeline's:
 - :func:`read_small`: the file decoded whole, or None for an image too large for this
   path (the strip pipeline reads it). A plain JPEG (baseline or progressive, 8-bit grey
   or YCbCr, no EXIF or XMP rotation, complete up to its end marker) is decoded from its
-  bytes by libjpeg-turbo through imagecodecs, the same decoder libvips and Pillow run
-  with the same settings (the same samples, bit for bit); everything else goes through
-  :func:`convcli.io.stream.open_source`, read whole.
+  bytes by libjpeg-turbo through simplejpeg, the same decoder libvips and Pillow run
+  with the same settings (the same samples, bit for bit), which stops on libjpeg's
+  warnings: data that ends early behind a restored end marker is refused, not filled
+  grey (imagecodecs' decoder fills it without a word); such a file, and everything
+  else, goes through :func:`convcli.io.stream.open_source`, read whole, whose reader
+  says what is wrong.
 - :func:`pad`: the padded native samples the fused filter step takes.
 - :func:`encode`: the samples published atomically; JPEG through imagecodecs with the
   settings of the strip pipeline's encoder (quality, no chroma subsampling from 90 up,
@@ -217,11 +220,17 @@ def read_small(
 
 
 def _decode_jpeg(blob: bytes, head: JpegHeader) -> stream.ArraySource | None:
-    import imagecodecs
-
     try:
-        samples = imagecodecs.jpeg8_decode(blob)
-    except Exception:  # the general reader words the failure
+        import simplejpeg
+    except ImportError:
+        return None  # the general reader decodes it
+    try:
+        # strict: a libjpeg warning ("premature end of data segment": a cut file given
+        # its end marker back) is an error, as the general reader's libvips load makes it
+        samples = simplejpeg.decode_jpeg(
+            blob, colorspace="GRAY" if head.channels == 1 else "RGB", strict=True
+        )
+    except Exception:  # the general reader words the failure (or reads harmless warnings)
         return None
     if samples.ndim == 2:
         samples = samples[..., None]
