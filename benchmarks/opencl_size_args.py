@@ -6,7 +6,8 @@ short batch). For each kernel family with both forms (``settings.*_fixed_sizes``
 few layers, runs both forms alternately in one process (A, B, B, A, ...) and prints the
 median and minimum kernel time (profiling events) of each and their ratio::
 
-    python benchmarks/opencl_size_args.py [--rounds 31] [dense pointwise dw_channels winograd]
+    python benchmarks/opencl_size_args.py [--rounds 31] [dense pointwise dw_channels winograd
+        wino_gemm_out wino_split]
 """
 
 from __future__ import annotations
@@ -28,33 +29,74 @@ from convcli.spec import make_spec
 
 # family -> (settings field, kernel, [(name, x shape, w shape, options)])
 FAMILIES = {
-    "dense": ("dense_fixed_sizes", "dense_gemm", [
-        ("32->64 3x3 s2 56^2", (1, 32, 56, 56), (64, 32, 3, 3), dict(stride=2, padding=1)),
-        ("16->32 5x5 64^2", (1, 16, 64, 64), (32, 16, 5, 5), dict(padding=2)),
-        ("64->64 1x1 28^2", (1, 64, 28, 28), (64, 64, 1, 1), {}),
-        ("N8 64->128 3x3 s2 28^2", (8, 64, 28, 28), (128, 64, 3, 3), dict(stride=2, padding=1)),
-        ("3->16 3x3 112^2", (1, 3, 112, 112), (16, 3, 3, 3), dict(padding=1)),
-        ("128->128 3x3 14^2", (1, 128, 14, 14), (128, 128, 3, 3), dict(padding=1)),
-    ]),
-    "pointwise": ("pointwise_fixed_sizes", "pointwise", [
-        ("W8 N8 128->256 56^2", (8, 128, 56, 56), (256, 128, 1, 1), {}),
-        ("N8 256->256 14^2", (8, 256, 14, 14), (256, 256, 1, 1), {}),
-        ("128->128 28^2", (1, 128, 28, 28), (128, 128, 1, 1), {}),
-        ("512->128 14^2", (1, 512, 14, 14), (128, 512, 1, 1), {}),
-    ]),
-    "dw_channels": ("dw_channels_fixed_sizes", "dw_channels", [
-        ("dw 96 3x3 28^2", (1, 96, 28, 28), (96, 1, 3, 3), dict(padding=1, groups=96)),
-        ("dw 144 3x3 s2 56^2", (1, 144, 56, 56), (144, 1, 3, 3),
-         dict(stride=2, padding=1, groups=144)),
-        ("N8 dw 64 5x5 14^2", (8, 64, 14, 14), (64, 1, 5, 5), dict(padding=2, groups=64)),
-        ("dw 32x2 3x3 32^2", (1, 32, 32, 32), (64, 1, 3, 3), dict(padding=1, groups=32)),
-    ]),
-    "winograd": ("wino_whole_fixed_sizes", "winograd", [
-        ("16->32 3x3 112^2", (1, 16, 112, 112), (32, 16, 3, 3), dict(padding=1)),
-        ("32->32 3x3 56^2", (1, 32, 56, 56), (32, 32, 3, 3), dict(padding=1)),
-        ("N8 64->64 3x3 28^2", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1)),
-        ("48->48 3x3 40^2", (1, 48, 40, 40), (48, 48, 3, 3), dict(padding=1)),
-    ]),
+    "dense": (
+        "dense_fixed_sizes",
+        "dense_gemm",
+        [
+            ("32->64 3x3 s2 56^2", (1, 32, 56, 56), (64, 32, 3, 3), dict(stride=2, padding=1)),
+            ("16->32 5x5 64^2", (1, 16, 64, 64), (32, 16, 5, 5), dict(padding=2)),
+            ("64->64 1x1 28^2", (1, 64, 28, 28), (64, 64, 1, 1), {}),
+            ("N8 64->128 3x3 s2 28^2", (8, 64, 28, 28), (128, 64, 3, 3), dict(stride=2, padding=1)),
+            ("3->16 3x3 112^2", (1, 3, 112, 112), (16, 3, 3, 3), dict(padding=1)),
+            ("128->128 3x3 14^2", (1, 128, 14, 14), (128, 128, 3, 3), dict(padding=1)),
+        ],
+    ),
+    "pointwise": (
+        "pointwise_fixed_sizes",
+        "pointwise",
+        [
+            ("W8 N8 128->256 56^2", (8, 128, 56, 56), (256, 128, 1, 1), {}),
+            ("N8 256->256 14^2", (8, 256, 14, 14), (256, 256, 1, 1), {}),
+            ("128->128 28^2", (1, 128, 28, 28), (128, 128, 1, 1), {}),
+            ("512->128 14^2", (1, 512, 14, 14), (128, 512, 1, 1), {}),
+        ],
+    ),
+    "dw_channels": (
+        "dw_channels_fixed_sizes",
+        "dw_channels",
+        [
+            ("dw 96 3x3 28^2", (1, 96, 28, 28), (96, 1, 3, 3), dict(padding=1, groups=96)),
+            (
+                "dw 144 3x3 s2 56^2",
+                (1, 144, 56, 56),
+                (144, 1, 3, 3),
+                dict(stride=2, padding=1, groups=144),
+            ),
+            ("N8 dw 64 5x5 14^2", (8, 64, 14, 14), (64, 1, 5, 5), dict(padding=2, groups=64)),
+            ("dw 32x2 3x3 32^2", (1, 32, 32, 32), (64, 1, 3, 3), dict(padding=1, groups=32)),
+        ],
+    ),
+    "winograd": (
+        "wino_whole_fixed_sizes",
+        "winograd",
+        [
+            ("16->32 3x3 112^2", (1, 16, 112, 112), (32, 16, 3, 3), dict(padding=1)),
+            ("32->32 3x3 56^2", (1, 32, 56, 56), (32, 32, 3, 3), dict(padding=1)),
+            ("N8 64->64 3x3 28^2", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1)),
+            ("48->48 3x3 40^2", (1, 48, 40, 40), (48, 48, 3, 3), dict(padding=1)),
+        ],
+    ),
+}
+# the split Winograd kernels, per kernel: winograd_input + winograd_gemm_out
+# (wino_fused=True) or winograd_input + winograd_gemm + winograd_output
+_SPLIT_LAYERS = [
+    ("16->32 3x3 112^2", (1, 16, 112, 112), (32, 16, 3, 3), dict(padding=1)),
+    ("64->64 3x3 56^2", (1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+    ("N8 64->64 3x3 28^2", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1)),
+    (
+        "128->128 3x3 s2 28^2",
+        (1, 128, 28, 28),
+        (128, 128, 3, 3),
+        dict(padding=2, stride=2, dilation=2),
+    ),
+    ("256->256 3x3 14^2", (1, 256, 14, 14), (256, 256, 3, 3), dict(padding=1)),
+]
+FAMILIES["wino_gemm_out"] = ("wino_split_fixed_sizes", "winograd", _SPLIT_LAYERS)
+FAMILIES["wino_split"] = ("wino_split_fixed_sizes", "winograd", _SPLIT_LAYERS)
+# launches of one chunk, in order: a run's events are these, chunk after chunk
+SPLIT_KERNELS = {
+    "wino_gemm_out": ("winograd_input", "winograd_gemm_out"),
+    "wino_split": ("winograd_input", "winograd_gemm", "winograd_output"),
 }  # fmt: skip
 
 
@@ -68,6 +110,17 @@ def main(argv: list[str] | None = None) -> None:
     # every layer on its family's kernel: no Winograd form, the CPU-shaped kernels
     common = dataclasses.replace(be.settings, winograd=False, gpu_kernels=False)
     rng = np.random.default_rng(0)
+    # every launch's kernel seconds, by its place in a chunk's launches
+    seconds: list[float] = []
+    add_compute = be.add_compute
+
+    def recording(info, events):
+        for i, ev in enumerate(events if seconds else ()):  # not while warming up
+            ev.wait()
+            seconds[i % len(seconds)] += be.event_seconds(ev)
+        add_compute(info, events)
+
+    be.add_compute = recording
     print(f"device: {be.device_name}; kernel ms, arguments against defines")
     for family in args.families:
         field, kernel, layers = FAMILIES[family]
@@ -76,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
             base = dataclasses.replace(common, pointwise_min_cin=1, pointwise_min_pixels=1)
         if family == "winograd":  # its one-launch form, winograd_fused
             base = dataclasses.replace(common, winograd=True, wino_whole=True)
+        names = SPLIT_KERNELS.get(family, (kernel,))
+        if family in SPLIT_KERNELS:
+            one = family == "wino_gemm_out"
+            base = dataclasses.replace(common, winograd=True, wino_whole=False, wino_fused=one)
         for name, xs, ws, opts in layers:
             x = rng.standard_normal(xs).astype(np.float32)
             w = rng.standard_normal(ws).astype(np.float32)
@@ -86,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
                                  settings=base)[0]  # fmt: skip
             assert chosen is not None and chosen.kernel == kernel, (name, chosen)
             algo = chosen.algo
-            times: dict[bool, list[float]] = {True: [], False: []}
+            # kernel seconds per launch of a chunk (the events in order)
+            times: dict[bool, list[list[float]]] = {True: [], False: []}
+            seconds.clear()
             for fixed in (True, False):  # builds and first launches
                 be.settings = settings[fixed]
                 for _ in range(3):
@@ -94,18 +153,21 @@ def main(argv: list[str] | None = None) -> None:
             for r in range(args.rounds):
                 for fixed in (True, False) if r % 2 == 0 else (False, True):
                     be.settings = settings[fixed]
-                    info = RunInfo()
-                    be.run(x, w, b, spec, algo=algo, info=info)
-                    times[fixed].append(info.timings["compute"])
-            med = {f: statistics.median(t) for f, t in times.items()}
-            low = {f: min(t) for f, t in times.items()}
-            print(
-                f"{kernel:12} {name:24} args {med[False] * 1e3:8.3f} (min {low[False] * 1e3:8.3f})"
-                f"  defines {med[True] * 1e3:8.3f} (min {low[True] * 1e3:8.3f})"
-                f"  ratio {med[False] / med[True]:5.2f} (min {low[False] / low[True]:5.2f})",
-                flush=True,
-            )
+                    seconds[:] = [0.0] * len(names)
+                    be.run(x, w, b, spec, algo=algo, info=RunInfo())
+                    times[fixed].append(list(seconds))
+            for i, kname in enumerate(names):
+                med = {f: statistics.median(t[i] for t in ts) for f, ts in times.items()}
+                low = {f: min(t[i] for t in ts) for f, ts in times.items()}
+                print(
+                    f"{kname:17} {name:22}"
+                    f" args {med[False] * 1e3:7.3f} (min {low[False] * 1e3:7.3f})"
+                    f"  defines {med[True] * 1e3:8.3f} (min {low[True] * 1e3:8.3f})"
+                    f"  ratio {med[False] / med[True]:5.2f} (min {low[False] / low[True]:5.2f})",
+                    flush=True,
+                )
     be.settings = original
+    del be.add_compute
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ __kernel void winograd_fused(__global const float *restrict x, __global const in
         __global const float *plane = x + ((size_t)(q / TH) * (G * CIN_G) + g * CIN_G) * (H * W);
         for (int ci = 0; ci < CIN_G; ++ci) {
             float8 vv[16];
-            wino_input_tiles(plane + (size_t)ci * (H * W), vrow, vcol, q % TH, (j % TXG) * TX, vv);
+            wino_input_tiles(plane + (size_t)ci * (H * W), vrow, vcol, q % TH, (j % TXG) * TX, vv, W);
 #pragma unroll
             for (int xi = 0; xi < 16; ++xi) v[xi][ci][t] = vv[xi];
         }
@@ -139,7 +139,7 @@ __kernel void winograd_fused(__global const float *restrict x, __global const in
 #pragma unroll
                 for (int xi = 0; xi < 16; ++xi) mt[xi] = m[xi][k][t];
                 wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, 0, p0 + min(TX, TW - tx0), TH,
-                                  HO);
+                                  HO, TW, WO);
             }
         }
     }

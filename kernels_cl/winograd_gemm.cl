@@ -26,8 +26,14 @@
 #ifndef CIN_G
 #error "-D CIN_G=... is required (set by the host)"
 #endif
+/* The row stride PP of v and m (a chunk's tiles rounded up to 8*XV): the argument
+ * pp_arg (every chunk shares the build), or with FIXED_SIZES the define. */
+#ifdef FIXED_SIZES
 #ifndef PP
-#error "-D PP=... is required (set by the host)"
+#error "-D PP=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define PP pp_arg
 #endif
 #ifndef KB
 #error "-D KB=... is required (set by the host)"
@@ -44,7 +50,7 @@
 #include "winograd_common.clh"
 
 __kernel void winograd_gemm(__global const float *restrict u, __global const float8 *restrict v,
-                            __global float8 *restrict m) {
+                            __global float8 *restrict m, const int pp_arg) {
     const int pv0 = get_global_id(0) * XV;
     const int blk = get_global_id(1);
     const int z = get_global_id(2);
@@ -52,7 +58,7 @@ __kernel void winograd_gemm(__global const float *restrict u, __global const flo
     __global const float *up = u + ((size_t)z * NBLK + blk) * (CIN_G * KB);
     __global const float8 *vp = v + (size_t)z * CIN_G * PV + pv0;
     float8 acc[KB][XV];
-    wino_gemm_tile(up, vp, acc);
+    wino_gemm_tile(up, vp, acc, PV);
     __global float8 *dst = m + ((size_t)z * (NBLK * KB) + blk * KB) * PV + pv0;
 #pragma unroll
     for (int k = 0; k < KB; ++k) {

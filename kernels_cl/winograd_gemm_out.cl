@@ -19,8 +19,32 @@
  * the chunk starting at tile row row0.
  */
 
-#ifndef N
-#error "-D N=... is required (set by the host)"
+/* The output sizes and the chunk's row stride PP: the arguments ho_arg .. pp_arg
+ * (every image size, batch size and chunk of a layer shares the build), or with
+ * FIXED_SIZES the defines HO, WO, TH, TW, PP. The batch size is not needed: a tile
+ * row q is image q / TH. */
+#ifdef FIXED_SIZES
+#ifndef HO
+#error "-D HO=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef WO
+#error "-D WO=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TH
+#error "-D TH=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TW
+#error "-D TW=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef PP
+#error "-D PP=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define HO ho_arg
+#define WO wo_arg
+#define TH th_arg
+#define TW tw_arg
+#define PP pp_arg
 #endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
@@ -30,21 +54,6 @@
 #endif
 #ifndef COUT_G
 #error "-D COUT_G=... is required (set by the host)"
-#endif
-#ifndef HO
-#error "-D HO=... is required (set by the host)"
-#endif
-#ifndef WO
-#error "-D WO=... is required (set by the host)"
-#endif
-#ifndef TH
-#error "-D TH=... is required (set by the host)"
-#endif
-#ifndef TW
-#error "-D TW=... is required (set by the host)"
-#endif
-#ifndef PP
-#error "-D PP=... is required (set by the host)"
 #endif
 #ifndef KB
 #error "-D KB=... is required (set by the host)"
@@ -64,7 +73,9 @@
 __kernel void winograd_gemm_out(__global const float *restrict u,
                                 __global const float8 *restrict v,
                                 __global const float *restrict bias, __global float *restrict out,
-                                const int row0, const int ntiles) {
+                                const int row0, const int ntiles, const int ho_arg,
+                                const int wo_arg, const int th_arg, const int tw_arg,
+                                const int pp_arg) {
     const int blk = get_global_id(0);
     const int pv0 = get_global_id(1) * XV;
     const int g = get_global_id(2);
@@ -75,7 +86,7 @@ __kernel void winograd_gemm_out(__global const float *restrict u,
         __global const float *up = u + ((size_t)z * NBLK + blk) * (CIN_G * KB);
         __global const float8 *vp = v + (size_t)z * CIN_G * PV + pv0;
         float8 acc[KB][XV];
-        wino_gemm_tile(up, vp, acc);
+        wino_gemm_tile(up, vp, acc, PV);
 #pragma unroll
         for (int k = 0; k < KB; ++k) {
 #pragma unroll
@@ -92,7 +103,7 @@ __kernel void winograd_gemm_out(__global const float *restrict u,
             float8 mt[16];
 #pragma unroll
             for (int xi = 0; xi < 16; ++xi) mt[xi] = m[xi][k][t];
-            wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, row0, ntiles, TH, HO);
+            wino_output_store(mt, bias[g * COUT_G + ch], plane, p0, row0, ntiles, TH, HO, TW, WO);
         }
     }
 }

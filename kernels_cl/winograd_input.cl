@@ -26,8 +26,35 @@
  * tiles past an odd edge cost nothing but zeros.
  */
 
+/* The image sizes and the chunk's row stride PP: the arguments n_arg .. pp_arg (every
+ * image size, batch size and chunk of a layer shares the build), or with FIXED_SIZES
+ * the defines N, H, W, TH, TW, PP. */
+#ifdef FIXED_SIZES
 #ifndef N
-#error "-D N=... is required (set by the host)"
+#error "-D N=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef H
+#error "-D H=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef W
+#error "-D W=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TH
+#error "-D TH=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TW
+#error "-D TW=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef PP
+#error "-D PP=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define N n_arg
+#define H h_arg
+#define W w_arg
+#define TH th_arg
+#define TW tw_arg
+#define PP pp_arg
 #endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
@@ -35,28 +62,15 @@
 #ifndef CIN_G
 #error "-D CIN_G=... is required (set by the host)"
 #endif
-#ifndef H
-#error "-D H=... is required (set by the host)"
-#endif
-#ifndef W
-#error "-D W=... is required (set by the host)"
-#endif
-#ifndef TH
-#error "-D TH=... is required (set by the host)"
-#endif
-#ifndef TW
-#error "-D TW=... is required (set by the host)"
-#endif
-#ifndef PP
-#error "-D PP=... is required (set by the host)"
-#endif
 
 #define WINO_INPUT
 #include "winograd_common.clh"
 
 __kernel void winograd_input(__global const float *restrict x, __global const int *restrict vrow,
                              __global const int *restrict vcol, __global float *restrict v,
-                             const int row0, const int rows) {
+                             const int row0, const int rows, const int n_arg, const int h_arg,
+                             const int w_arg, const int th_arg, const int tw_arg,
+                             const int pp_arg) {
     /* x runs over (tile row of the chunk, group of 8 tiles): enough items for full
      * work-groups even when a row has one or two groups (tiny work-groups cost PoCL
      * far more than idle items) */
@@ -67,7 +81,7 @@ __kernel void winograd_input(__global const float *restrict x, __global const in
     const int n = q / TH;
     __global const float *plane = x + ((size_t)n * (G * CIN_G) + c) * (H * W);
     float8 vv[16];
-    wino_input_tiles(plane, vrow, vcol, q % TH, tx0, vv);
+    wino_input_tiles(plane, vrow, vcol, q % TH, tx0, vv, W);
     __global float *dst = v + ((size_t)(c / CIN_G) * 16 * CIN_G + (c % CIN_G)) * PP +
                           (q - row0) * TW + tx0;
     if (tx0 + TX <= TW) {

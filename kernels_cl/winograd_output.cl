@@ -14,29 +14,38 @@
  * output channel k of group g.
  */
 
-#ifndef N
-#error "-D N=... is required (set by the host)"
+/* The output sizes and the chunk's row stride PP: the arguments ho_arg .. pp_arg
+ * (every image size, batch size and chunk of a layer shares the build), or with
+ * FIXED_SIZES the defines HO, WO, TH, TW, PP. The batch size is not needed: a tile
+ * row q is image q / TH. */
+#ifdef FIXED_SIZES
+#ifndef HO
+#error "-D HO=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef WO
+#error "-D WO=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TH
+#error "-D TH=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef TW
+#error "-D TW=... is required with FIXED_SIZES (set by the host)"
+#endif
+#ifndef PP
+#error "-D PP=... is required with FIXED_SIZES (set by the host)"
+#endif
+#else
+#define HO ho_arg
+#define WO wo_arg
+#define TH th_arg
+#define TW tw_arg
+#define PP pp_arg
 #endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
 #endif
 #ifndef COUT_G
 #error "-D COUT_G=... is required (set by the host)"
-#endif
-#ifndef HO
-#error "-D HO=... is required (set by the host)"
-#endif
-#ifndef WO
-#error "-D WO=... is required (set by the host)"
-#endif
-#ifndef TH
-#error "-D TH=... is required (set by the host)"
-#endif
-#ifndef TW
-#error "-D TW=... is required (set by the host)"
-#endif
-#ifndef PP
-#error "-D PP=... is required (set by the host)"
 #endif
 #ifndef KP
 #error "-D KP=... is required (set by the host)"
@@ -47,7 +56,8 @@
 #include "winograd_common.clh"
 
 __kernel void winograd_output(__global const float8 *restrict m, __global const float *restrict bias,
-                              __global float *restrict out, const int row0, const int ntiles) {
+                              __global float *restrict out, const int row0, const int ntiles, const int ho_arg, const int wo_arg,
+                              const int th_arg, const int tw_arg, const int pp_arg) {
     const int pv = get_global_id(0);
     const int k = get_global_id(1);
     const int g = get_global_id(2);
@@ -58,5 +68,5 @@ __kernel void winograd_output(__global const float8 *restrict m, __global const 
 #pragma unroll
     for (int xi = 0; xi < 16; ++xi) mt[xi] = src[(size_t)xi * KP * PV];
     __global float *plane = out + (size_t)g * COUT_G * (HO * WO) + (size_t)k * (HO * WO);
-    wino_output_store(mt, bias[g * COUT_G + k], plane, p0, row0, ntiles, TH, HO);
+    wino_output_store(mt, bias[g * COUT_G + k], plane, p0, row0, ntiles, TH, HO, TW, WO);
 }

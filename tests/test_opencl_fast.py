@@ -9,6 +9,7 @@ go through :func:`convcli.conv2d` end to end. Runs on whatever OpenCL device exi
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +447,39 @@ def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
         out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
         assert_close(out, naive_for_spec(x, w, b, spec), "float32")
         assert len(be._programs) == len(seen)
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])
+@pytest.mark.parametrize("one", [True, False], ids=["winograd_gemm_out", "winograd_output"])
+def test_split_winograd_sizes_share_one_build(tune, one, fixed):
+    # The split Winograd kernels (resnet-like 3x3 layers, winograd_fused off) take the
+    # image sizes and the chunk's row stride as arguments: every image size, batch size
+    # and chunking of a layer runs one build of each kernel. With the sizes as defines
+    # (the A/B alternative) each image size builds its own input and output kernels.
+    # Small chunk budgets split the larger images into several chunks.
+    be = fresh_backend(tune, winograd=True, wino_whole=False, wino_fused=one)
+    tune(be, wino_split_fixed_sizes=fixed, wino_chunk_bytes=20000, wino_fused_chunk_bytes=20000)
+    kernels = ["winograd_input", "winograd_gemm_out" if one else "winograd_output"]
+    rng = np.random.default_rng(43)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    shapes = [(1, 28, 28), (2, 28, 28), (1, 14, 14), (3, 15, 33), (1, 40, 9)]
+    for i, (n, h, wd) in enumerate(shapes[:3] if fixed else shapes):  # builds are slow
+        for padding_mode, stride in (("zeros", 1), ("reflect", 2)):
+            x = rng.standard_normal((n, 16, h, wd)).astype(np.float32)
+            spec = make_spec(x, w, b, padding=stride, stride=stride, dilation=stride,
+                             padding_mode=padding_mode)  # fmt: skip
+            assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "winograd"
+            out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+            assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+        built = Counter(name for name, _ in be._programs)
+        assert set(built) == set(kernels) | ({"winograd_gemm"} if not one else set())
+        if not fixed:
+            assert set(built.values()) == {1}, built
+        else:  # every image size (stride 1 and 2 at each) builds the input transform
+            assert built["winograd_input"] == 2 * (i + 1), built
+    if fixed:  # and the output kernel for several (it does not depend on N)
+        assert built[kernels[1]] > 1, built
 
 
 @pytest.mark.parametrize("wino", [False, True])

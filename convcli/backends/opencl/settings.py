@@ -150,6 +150,10 @@ class Settings:
     # The batch size and heights of winograd_fused as build defines (a build per row
     # band and batch size) rather than arguments; the widths are defines either way.
     wino_whole_fixed_sizes: bool = False
+    # The image sizes and the chunk's row stride PP of the split kernels (winograd_input,
+    # winograd_gemm, winograd_output, winograd_gemm_out) as build defines (a build per
+    # image size, batch size and chunk) rather than arguments.
+    wino_split_fixed_sizes: bool = False
 
     # ---- FFT tiles (fft_conv)
     # Tile sides the kernel is built for: T/8 vectors per row must be a power of two,

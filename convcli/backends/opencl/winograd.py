@@ -155,18 +155,28 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     budget = min(s.wino_chunk_bytes, s.wino_fused_chunk_bytes) if one else s.wino_chunk_bytes
     chunk = max(1, min(rows_total, budget // row_bytes))
     pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
-    common = {"N": spec.n, "G": spec.groups, "PP": pp, "TH": th, "TW": tw}
-    defs = {**common, "CIN_G": spec.cin_g, "H": spec.h, "W": spec.w}
-    k_in = rt.kernel("winograd_input", defs, info)
+    # the image sizes and the chunk's row stride: arguments, or build defines with
+    # settings.wino_split_fixed_sizes (a build per image size, batch size and chunk)
+    in_sizes = {"N": spec.n, "H": spec.h, "W": spec.w, "TH": th, "TW": tw, "PP": pp}
+    out_sizes = {"HO": ho, "WO": wo, "TH": th, "TW": tw, "PP": pp}
+
+    def sized(defines: dict, sizes: dict) -> dict:
+        return {**defines, "FIXED_SIZES": 1, **sizes} if s.wino_split_fixed_sizes else defines
+
+    in_args = [*map(np.int32, in_sizes.values())]
+    out_args = [*map(np.int32, out_sizes.values())]
+    k_in = rt.kernel(
+        "winograd_input", sized({"G": spec.groups, "CIN_G": spec.cin_g}, in_sizes), info
+    )
     if one:
-        defs = {**common, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g, "HO": ho, "WO": wo}
+        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
         defs.update({"KB": kb, "XV": xv, "NBLK": nblk})
-        k_fused = rt.kernel("winograd_gemm_out", defs, info)
+        k_fused = rt.kernel("winograd_gemm_out", sized(defs, out_sizes), info)
     else:
-        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "PP": pp, "KB": kb, "XV": xv}
-        k_mm = rt.kernel("winograd_gemm", {**defs, "NBLK": nblk}, info)
-        defs = {**common, "COUT_G": spec.cout_g, "HO": ho, "WO": wo, "KP": kp}
-        k_out = rt.kernel("winograd_output", defs, info)
+        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "KB": kb, "XV": xv, "NBLK": nblk}
+        k_mm = rt.kernel("winograd_gemm", sized(defs, {"PP": pp}), info)
+        defs = {"G": spec.groups, "COUT_G": spec.cout_g, "KP": kp}
+        k_out = rt.kernel("winograd_output", sized(defs, out_sizes), info)
     xbuf = rt.input_buffer(x, info)
     vrow, vcol = _virtual_maps(rt, spec, th, tw, info)
     vbuf = rt.scratch("winograd_v", 4 * 16 * spec.c_in * pp)
@@ -188,18 +198,18 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
         gin = (math.ceil(tw / 8) * rows, spec.c_in, 1)
         gmm = (math.ceil(tiles / (8 * xv)), nblk, 16 * spec.groups)
         gout = (math.ceil(tiles / 8), spec.cout_g, spec.groups)
-        args = [xbuf, vrow, vcol, vbuf, r0, np.int32(rows)]
+        args = [xbuf, vrow, vcol, vbuf, r0, np.int32(rows), *in_args]
         events.append(rt.enqueue_rows(k_in, gin, args))
         if ubuf is None:
             # the exact weight check (a read of the weights and of their copy) runs
             # while the device transforms the first chunk's input
             ubuf, bbuf = rt.packed_weights(_pack, weight, bias, spec, kb, info)
         if one:
-            args = [ubuf, vbuf, bbuf, obuf, r0, np.int32(tiles)]
+            args = [ubuf, vbuf, bbuf, obuf, r0, np.int32(tiles), *out_args]
             gs = (nblk, math.ceil(tiles / (8 * xv)), spec.groups)
             events.append(rt.enqueue_rows(k_fused, gs, args))
             continue
-        events.append(rt.enqueue_rows(k_mm, gmm, [ubuf, vbuf, mbuf]))
-        args = [mbuf, bbuf, obuf, r0, np.int32(tiles)]
+        events.append(rt.enqueue_rows(k_mm, gmm, [ubuf, vbuf, mbuf, np.int32(pp)]))
+        args = [mbuf, bbuf, obuf, r0, np.int32(tiles), *out_args]
         events.append(rt.enqueue_rows(k_out, gout, args))
     return rt.collect(out, obuf, events, info)
