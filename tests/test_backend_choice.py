@@ -177,6 +177,8 @@ def test_startup_alone_decides_small_jobs_before_importing_opencl_modules(monkey
         ((4, 32, 40), "dense5", 1, "float32"),  # implicit GEMM
         ((2, 20, 24), "rand3", 1, "float64"),  # the generic kernel
         ((3, 96, 96), "rand11", 3, "float32"),  # FFT tiles
+        ((32, 20, 24), "dense3", 1, "float32"),  # Winograd, one launch on a CPU
+        ((80, 36, 40), "dense3", 1, "float32"),  # split Winograd (input, GEMM, output)
     ],
 )
 def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel, groups, dtype):
@@ -195,6 +197,8 @@ def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel
     }.get(kernel)
     if kernel == "dense5":
         w = rng.random((8, c, 5, 5), np.float32)
+    elif kernel == "dense3":
+        w = rng.random((c, c, 3, 3), np.float32) / c
     else:
         w = _depthwise(k, c) if groups > 1 else k[None, None].repeat(c, 1) / c
     x = rng.random((1, *shape)).astype(dtype)

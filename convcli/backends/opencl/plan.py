@@ -239,7 +239,7 @@ def programs(
     found without the device: what the cost model prices before starting OpenCL.
 
     ``cpu`` and ``local_mem`` describe the device (from its record when it is not
-    started). None when this cannot be told (Winograd paths, the GPU kernels of
+    started). None when this cannot be told (the GPU kernels of
     :mod:`convcli.backends.opencl.gpu`, an ``algo`` that no path here runs): the caller
     then assumes nothing is built.
     """
@@ -270,7 +270,7 @@ def programs(
             first = ("dw_direct", depthwise.defines(vertical, s))
         return [first, ("dw_direct", depthwise.defines(horizontal, s))]
     if plan.kernel == "winograd":
-        return None
+        return winograd.programs(spec, cpu, s)
     if plan.kernel == "dw_wide":
         return depthwise.wide_programs(spec, s)
     if plan.kernel == "dense_gemm":

@@ -102,19 +102,75 @@ def _virtual_maps(rt: Any, spec: ConvSpec, th: int, tw: int, info: RunInfo):
     return vrow, vcol
 
 
+def _whole_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
+    """winograd_fused's build defines (with the batch size and heights under
+    ``settings.wino_whole_fixed_sizes``)."""
+    kb, _ = tile(spec.cout_g, s)
+    ho, wo = spec.h_out, spec.w_out
+    th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
+    defines = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
+    defines.update({"W": spec.w, "WO": wo, "TW": tw, "KB": kb, "XV": 2})
+    defines["NBLK"] = math.ceil(spec.cout_g / kb)
+    if s.wino_whole_fixed_sizes:
+        defines.update(FIXED_SIZES=1, N=spec.n, H=spec.h, HO=ho, TH=th)
+    return defines
+
+
+def _split(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[dict[str, int], list]:
+    """The split form's geometry (kb, xv, nblk, kp, th, tw, one, chunk, pp, the image
+    sizes) and its programs (kernel file, build defines) in launch order."""
+    kb, xv = tile(spec.cout_g, s)
+    nblk = math.ceil(spec.cout_g / kb)
+    kp = nblk * kb
+    ho, wo = spec.h_out, spec.w_out
+    th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
+    one = fused(spec, cpu, s)
+    # V, and M unless fused, per tile row
+    row_bytes = 16 * 4 * tw * (spec.c_in + (0 if one else spec.groups * kp))
+    budget = min(s.wino_chunk_bytes, s.wino_fused_chunk_bytes) if one else s.wino_chunk_bytes
+    chunk = max(1, min(spec.n * th, budget // row_bytes))
+    pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
+    # the image sizes and the chunk's row stride: arguments, or build defines with
+    # settings.wino_split_fixed_sizes (a build per image size, batch size and chunk)
+    in_sizes = {"N": spec.n, "H": spec.h, "W": spec.w, "TH": th, "TW": tw, "PP": pp}
+    out_sizes = {"HO": ho, "WO": wo, "TH": th, "TW": tw, "PP": pp}
+
+    def sized(defines: dict, sizes: dict) -> dict:
+        return {**defines, "FIXED_SIZES": 1, **sizes} if s.wino_split_fixed_sizes else defines
+
+    progs = [("winograd_input", sized({"G": spec.groups, "CIN_G": spec.cin_g}, in_sizes))]
+    if one:
+        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
+        defs.update({"KB": kb, "XV": xv, "NBLK": nblk})
+        progs.append(("winograd_gemm_out", sized(defs, out_sizes)))
+    else:
+        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "KB": kb, "XV": xv, "NBLK": nblk}
+        progs.append(("winograd_gemm", sized(defs, {"PP": pp})))
+        defs = {"G": spec.groups, "COUT_G": spec.cout_g, "KP": kp}
+        progs.append(("winograd_output", sized(defs, out_sizes)))
+    geometry = dict(kb=kb, xv=xv, nblk=nblk, kp=kp, th=th, tw=tw, one=one, chunk=chunk, pp=pp)
+    geometry.update(in_args=[*map(np.int32, in_sizes.values())])
+    geometry.update(out_args=[*map(np.int32, out_sizes.values())])
+    return geometry, progs
+
+
+def programs(spec: ConvSpec, cpu: bool, s: Settings) -> list[tuple[str, dict[str, int]]]:
+    """The programs (kernel file, build defines) a Winograd run of ``spec`` builds on a
+    CPU (``cpu``) or other device (plan.programs)."""
+    if whole(spec, cpu, s):
+        return [("winograd_fused", _whole_defines(spec, s))]
+    return _split(spec, cpu, s)[1]
+
+
 def run_whole(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """Winograd F(2x2, 3x3) as one launch of winograd_fused (see :func:`whole`)."""
     s = rt.settings
-    kb, _ = tile(spec.cout_g, s)
     xv = 2
-    nblk = math.ceil(spec.cout_g / kb)
     ho, wo = spec.h_out, spec.w_out
     th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
     heights = (spec.n, spec.h, ho, th)
-    defines = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
-    defines.update({"W": spec.w, "WO": wo, "TW": tw, "KB": kb, "XV": xv, "NBLK": nblk})
-    if s.wino_whole_fixed_sizes:
-        defines.update(FIXED_SIZES=1, **dict(zip(("N", "H", "HO", "TH"), heights, strict=True)))
+    defines = _whole_defines(spec, s)
+    kb = defines["KB"]
     kernel = rt.kernel("winograd_fused", defines, info)
     vrow, vcol = _virtual_maps(rt, spec, th, tw, info)
     shape = (spec.n, spec.c_out, ho, wo)
@@ -143,40 +199,18 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     the same way whatever the chunking.
     """
     s = rt.settings
-    kb, xv = tile(spec.cout_g, s)
-    nblk = math.ceil(spec.cout_g / kb)
-    kp = nblk * kb
-    ho, wo = spec.h_out, spec.w_out
-    th, tw = math.ceil(ho / 2), math.ceil(wo / 2)
-    rows_total = spec.n * th
-    one = fused(spec, rt.is_cpu, s)
-    # V, and M unless fused, per tile row
-    row_bytes = 16 * 4 * tw * (spec.c_in + (0 if one else spec.groups * kp))
-    budget = min(s.wino_chunk_bytes, s.wino_fused_chunk_bytes) if one else s.wino_chunk_bytes
-    chunk = max(1, min(rows_total, budget // row_bytes))
-    pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
-    # the image sizes and the chunk's row stride: arguments, or build defines with
-    # settings.wino_split_fixed_sizes (a build per image size, batch size and chunk)
-    in_sizes = {"N": spec.n, "H": spec.h, "W": spec.w, "TH": th, "TW": tw, "PP": pp}
-    out_sizes = {"HO": ho, "WO": wo, "TH": th, "TW": tw, "PP": pp}
-
-    def sized(defines: dict, sizes: dict) -> dict:
-        return {**defines, "FIXED_SIZES": 1, **sizes} if s.wino_split_fixed_sizes else defines
-
-    in_args = [*map(np.int32, in_sizes.values())]
-    out_args = [*map(np.int32, out_sizes.values())]
-    k_in = rt.kernel(
-        "winograd_input", sized({"G": spec.groups, "CIN_G": spec.cin_g}, in_sizes), info
+    geo, progs = _split(spec, rt.is_cpu, s)
+    kb, xv, nblk, kp, th, tw = (geo[k] for k in ("kb", "xv", "nblk", "kp", "th", "tw"))
+    one, chunk, pp, in_args, out_args = (
+        geo[k] for k in ("one", "chunk", "pp", "in_args", "out_args")
     )
+    ho, wo = spec.h_out, spec.w_out
+    rows_total = spec.n * th
+    kernels = [rt.kernel(name, defines, info) for name, defines in progs]
     if one:
-        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
-        defs.update({"KB": kb, "XV": xv, "NBLK": nblk})
-        k_fused = rt.kernel("winograd_gemm_out", sized(defs, out_sizes), info)
+        k_in, k_fused = kernels
     else:
-        defs = {"G": spec.groups, "CIN_G": spec.cin_g, "KB": kb, "XV": xv, "NBLK": nblk}
-        k_mm = rt.kernel("winograd_gemm", sized(defs, {"PP": pp}), info)
-        defs = {"G": spec.groups, "COUT_G": spec.cout_g, "KP": kp}
-        k_out = rt.kernel("winograd_output", sized(defs, out_sizes), info)
+        k_in, k_mm, k_out = kernels
     xbuf = rt.input_buffer(x, info)
     vrow, vcol = _virtual_maps(rt, spec, th, tw, info)
     vbuf = rt.scratch("winograd_v", 4 * 16 * spec.c_in * pp)
