@@ -14,32 +14,30 @@
  * output channel k of group g.
  */
 
-/* The output sizes and the chunk's row stride PP: the arguments ho_arg .. pp_arg
- * (every image size, batch size and chunk of a layer shares the build), or with
- * FIXED_SIZES the defines HO, WO, TH, TW, PP. The batch size is not needed: a tile
- * row q is image q / TH. */
+/* The output heights and the chunk's row stride PP: the arguments ho_arg, th_arg,
+ * pp_arg (row bands, batch sizes and chunks of a layer share the build), or with
+ * FIXED_SIZES the defines HO, TH, PP. The batch size is not needed (tile row q is
+ * image q / TH); the widths WO and TW stay defines (they place the lanes' stores). */
 #ifdef FIXED_SIZES
 #ifndef HO
 #error "-D HO=... is required with FIXED_SIZES (set by the host)"
 #endif
-#ifndef WO
-#error "-D WO=... is required with FIXED_SIZES (set by the host)"
-#endif
 #ifndef TH
 #error "-D TH=... is required with FIXED_SIZES (set by the host)"
-#endif
-#ifndef TW
-#error "-D TW=... is required with FIXED_SIZES (set by the host)"
 #endif
 #ifndef PP
 #error "-D PP=... is required with FIXED_SIZES (set by the host)"
 #endif
 #else
 #define HO ho_arg
-#define WO wo_arg
 #define TH th_arg
-#define TW tw_arg
 #define PP pp_arg
+#endif
+#ifndef WO
+#error "-D WO=... is required (set by the host)"
+#endif
+#ifndef TW
+#error "-D TW=... is required (set by the host)"
 #endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
@@ -56,8 +54,8 @@
 #include "winograd_common.clh"
 
 __kernel void winograd_output(__global const float8 *restrict m, __global const float *restrict bias,
-                              __global float *restrict out, const int row0, const int ntiles, const int ho_arg, const int wo_arg,
-                              const int th_arg, const int tw_arg, const int pp_arg) {
+                              __global float *restrict out, const int row0, const int ntiles,
+                              const int ho_arg, const int th_arg, const int pp_arg) {
     const int pv = get_global_id(0);
     const int k = get_global_id(1);
     const int g = get_global_id(2);

@@ -132,21 +132,23 @@ def _split(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[dict[str, int], list
     pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
     # the image sizes and the chunk's row stride: arguments, or build defines with
     # settings.wino_split_fixed_sizes (a build per image size, batch size and chunk)
-    in_sizes = {"N": spec.n, "H": spec.h, "W": spec.w, "TH": th, "TW": tw, "PP": pp}
-    out_sizes = {"HO": ho, "WO": wo, "TH": th, "TW": tw, "PP": pp}
+    # (the widths stay defines: see winograd_input.cl)
+    in_sizes = {"N": spec.n, "H": spec.h, "TH": th, "PP": pp}
+    out_sizes = {"HO": ho, "TH": th, "PP": pp}
 
     def sized(defines: dict, sizes: dict) -> dict:
         return {**defines, "FIXED_SIZES": 1, **sizes} if s.wino_split_fixed_sizes else defines
 
-    progs = [("winograd_input", sized({"G": spec.groups, "CIN_G": spec.cin_g}, in_sizes))]
+    defs = {"G": spec.groups, "CIN_G": spec.cin_g, "W": spec.w, "TW": tw}
+    progs = [("winograd_input", sized(defs, in_sizes))]
     if one:
         defs = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
-        defs.update({"KB": kb, "XV": xv, "NBLK": nblk})
+        defs.update({"WO": wo, "TW": tw, "KB": kb, "XV": xv, "NBLK": nblk})
         progs.append(("winograd_gemm_out", sized(defs, out_sizes)))
     else:
         defs = {"G": spec.groups, "CIN_G": spec.cin_g, "KB": kb, "XV": xv, "NBLK": nblk}
         progs.append(("winograd_gemm", sized(defs, {"PP": pp})))
-        defs = {"G": spec.groups, "COUT_G": spec.cout_g, "KP": kp}
+        defs = {"G": spec.groups, "COUT_G": spec.cout_g, "WO": wo, "TW": tw, "KP": kp}
         progs.append(("winograd_output", sized(defs, out_sizes)))
     geometry = dict(kb=kb, xv=xv, nblk=nblk, kp=kp, th=th, tw=tw, one=one, chunk=chunk, pp=pp)
     geometry.update(in_args=[*map(np.int32, in_sizes.values())])
