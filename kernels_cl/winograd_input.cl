@@ -26,10 +26,12 @@
  * tiles past an odd edge cost nothing but zeros.
  */
 
-/* The batch size, the heights and the chunk's row stride PP: the arguments n_arg ..
- * pp_arg (row bands, batch sizes and chunks of a layer share the build), or with
- * FIXED_SIZES the defines N, H, TH, PP. The widths W and TW stay defines: as arguments
- * (divisions by TW per item, W per row) this kernel ran 6-45 % slower. */
+/* The batch size and the heights: the arguments n_arg, h_arg, th_arg (row bands and
+ * batch sizes of a layer share the build when it runs in chunks of the same size), or
+ * with FIXED_SIZES the defines N, H, TH. The widths W, TW and the chunk's row stride PP
+ * stay defines: with them as arguments this kernel ran 6-45 % slower (W, TW) and
+ * 10-35 % slower on small layers (PP: the 16 strided stores per item); see
+ * benchmarks/opencl_size_args.py. */
 #ifdef FIXED_SIZES
 #ifndef N
 #error "-D N=... is required with FIXED_SIZES (set by the host)"
@@ -40,20 +42,19 @@
 #ifndef TH
 #error "-D TH=... is required with FIXED_SIZES (set by the host)"
 #endif
-#ifndef PP
-#error "-D PP=... is required with FIXED_SIZES (set by the host)"
-#endif
 #else
 #define N n_arg
 #define H h_arg
 #define TH th_arg
-#define PP pp_arg
 #endif
 #ifndef W
 #error "-D W=... is required (set by the host)"
 #endif
 #ifndef TW
 #error "-D TW=... is required (set by the host)"
+#endif
+#ifndef PP
+#error "-D PP=... is required (set by the host)"
 #endif
 #ifndef G
 #error "-D G=... is required (set by the host)"
@@ -68,7 +69,7 @@
 __kernel void winograd_input(__global const float *restrict x, __global const int *restrict vrow,
                              __global const int *restrict vcol, __global float *restrict v,
                              const int row0, const int rows, const int n_arg, const int h_arg,
-                             const int th_arg, const int pp_arg) {
+                             const int th_arg) {
     /* x runs over (tile row of the chunk, group of 8 tiles): enough items for full
      * work-groups even when a row has one or two groups (tiny work-groups cost PoCL
      * far more than idle items) */

@@ -453,11 +453,12 @@ def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
 @pytest.mark.parametrize("one", [True, False], ids=["winograd_gemm_out", "winograd_output"])
 def test_split_winograd_sizes_share_one_build(tune, one, fixed):
     # The split Winograd kernels (resnet-like 3x3 layers, winograd_fused off) take the
-    # batch size, the heights and the chunk's row stride as arguments: the row bands,
-    # batch sizes and chunkings of a layer run one build of each kernel (per width: the
-    # widths stay defines, and stride 1 and 2 give two). With the sizes as defines (the
-    # A/B alternative) each size builds its own input and output kernels. Small chunk
-    # budgets split the larger images into several chunks.
+    # batch size and the heights as arguments (the GEMM and output kernels the chunk's
+    # row stride too): the row bands and batch sizes of a layer run one build of each
+    # kernel (per width: the widths stay defines, and stride 1 and 2 give two). The
+    # small chunk budget runs every image here in one-tile-row chunks, so the input
+    # transform's row stride (a define) is the same for all. With the sizes as defines
+    # (the A/B alternative) each size builds its own input and output kernels.
     be = fresh_backend(tune, winograd=True, wino_whole=False, wino_fused=one)
     tune(be, wino_split_fixed_sizes=fixed, wino_chunk_bytes=20000, wino_fused_chunk_bytes=20000)
     kernels = ["winograd_input", "winograd_gemm_out" if one else "winograd_output"]

@@ -132,14 +132,14 @@ def _split(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[dict[str, int], list
     pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
     # the image sizes and the chunk's row stride: arguments, or build defines with
     # settings.wino_split_fixed_sizes (a build per image size, batch size and chunk)
-    # (the widths stay defines: see winograd_input.cl)
-    in_sizes = {"N": spec.n, "H": spec.h, "TH": th, "PP": pp}
+    # (the widths stay defines, and winograd_input's PP: see winograd_input.cl)
+    in_sizes = {"N": spec.n, "H": spec.h, "TH": th}
     out_sizes = {"HO": ho, "TH": th, "PP": pp}
 
     def sized(defines: dict, sizes: dict) -> dict:
         return {**defines, "FIXED_SIZES": 1, **sizes} if s.wino_split_fixed_sizes else defines
 
-    defs = {"G": spec.groups, "CIN_G": spec.cin_g, "W": spec.w, "TW": tw}
+    defs = {"G": spec.groups, "CIN_G": spec.cin_g, "W": spec.w, "TW": tw, "PP": pp}
     progs = [("winograd_input", sized(defs, in_sizes))]
     if one:
         defs = {"G": spec.groups, "CIN_G": spec.cin_g, "COUT_G": spec.cout_g}
