@@ -306,3 +306,60 @@ def test_kept_output_buffers_are_bounded_and_results_right(monkeypatch):
         y = convcli.conv2d(x, w, padding=1, backend="opencl")
         assert_close(y, _ref(x, w), "float32")
         assert sum(be._small) <= 40_000 or len(be._small) == 1
+
+
+def test_auto_keeps_its_numpy_first_decision_until_the_index_changes(tmp_path, monkeypatch):
+    from convcli import backends
+    from convcli.backends import build_index, choice
+    from convcli.spec import make_spec
+
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.delenv("CONVCLI_FAULT", raising=False)
+    monkeypatch.setattr(backends, "started_opencl", lambda device=None: None)
+    monkeypatch.setattr(choice, "_DECIDED", {})
+    x = np.zeros((1, 8, 7, 7), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    spec = make_spec(x, w, None, padding=1)
+    priced = []
+    real = choice._numpy_seconds
+
+    def counted(*args):
+        priced.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(choice, "_numpy_seconds", counted)
+    # a tiny layer: NumPy finishes before OpenCL would have started (no index: 0.3 s)
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert len(priced) == 1  # the second call was answered by the kept decision
+    # another index folder: priced afresh
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path / "b"))
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert len(priced) == 2
+    # a write to the index (a start-up measured at 0 s): priced afresh (still NumPy:
+    # the layer's programs cost more to fetch than OpenCL would save)
+    build_index._store(None, build_index.DeviceRecord("dev", "dev", True, 65536, 0.0))
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert len(priced) == 3
+    # injected faults still go to OpenCL, whatever was kept
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("CONVCLI_FAULT", "build")
+    assert not choice.numpy_first(spec, w, None, "auto")
+
+
+def test_auto_does_not_keep_a_decision_that_read_the_weights(tmp_path, monkeypatch):
+    from convcli import backends
+    from convcli.backends import choice
+    from convcli.spec import make_spec
+
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CONVCLI_FAULT", raising=False)
+    monkeypatch.setattr(backends, "started_opencl", lambda device=None: None)
+    monkeypatch.setattr(choice, "_DECIDED", {})
+    # a 7x7 depthwise layer on a large map: NumPy's choice looks for rank-1 kernels
+    x = np.zeros((1, 4, 64, 64), np.float32)
+    w = np.ones((4, 1, 7, 7), np.float32)
+    spec = make_spec(x, w, None, padding=3, groups=4)
+    assert choice._numpy_seconds(spec, w, "auto")[1]
+    choice.numpy_first(spec, w, None, "auto")
+    assert choice._DECIDED == {}
