@@ -363,3 +363,44 @@ def test_auto_does_not_keep_a_decision_that_read_the_weights(tmp_path, monkeypat
     assert choice._numpy_seconds(spec, w, "auto")[1]
     choice.numpy_first(spec, w, None, "auto")
     assert choice._DECIDED == {}
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize(
+    ("shape", "k", "kernel", "replayed"),
+    [
+        ((1, 4, 12, 40), 3, "dw_direct", True),  # 9 taps: the plan never reads values
+        ((2, 4, 10, 56), 3, "dw_wide", True),
+        ((1, 4, 12, 40), 5, "dw_direct", False),  # 25 taps: the rank-1 test decides
+    ],
+)
+def test_a_depthwise_launch_is_replayed_where_its_plan_ignores_the_values(
+    shape, k, kernel, replayed
+):
+    from convcli import backends
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.runinfo import RunInfo
+
+    be = backends.get_backend("opencl")
+    if not be.is_cpu:
+        pytest.skip("dw_wide runs on CPU devices")
+    rng = np.random.default_rng(11)
+    c, pad = shape[1], k // 2
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    spec = convcli.spec.make_spec(x, w, b, padding=pad, groups=c)
+    plan = opencl_plan.for_device(spec, w, cpu=True, settings=be.settings)[0]
+    assert plan.kernel == kernel
+    be.replays.pop((spec, "auto"), None)
+
+    def ref(w):
+        return naive_conv2d(x, w, b, (1, 1), (pad,) * 4, (1, 1), c)
+
+    assert_close(be.run(x, w, b, spec, info=RunInfo()), ref(w), "float32")
+    assert ((spec, "auto") in be.replays) == replayed
+    # the weights changed in place: the replay packs them again
+    w *= -0.5
+    info = RunInfo()
+    assert_close(be.run(x, w, b, spec, info=info), ref(w), "float32")
+    assert info.algo == "direct" and info.timings["compute"] > 0

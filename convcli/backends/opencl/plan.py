@@ -184,12 +184,29 @@ def planned(
     if hit is not None:
         return hit
     plan, factors = choose(spec, weight, algo, cpu=cpu, settings=settings)
-    reads = spec.cin_g == 1 and algo in ("auto", "separable")
-    if not reads or (plan is not None and plan.kernel == "dw_channels"):
+    if not _reads_values(spec, algo, cpu, settings) or (
+        plan is not None and plan.kernel == "dw_channels"
+    ):
         if len(_PLANS) > 1024:
             _PLANS.clear()
         _PLANS[key] = (plan, None)
     return plan, factors
+
+
+def _reads_values(spec: ConvSpec, algo: str, cpu: bool, s: Settings) -> bool:
+    """Whether :func:`choose` reads the weights' values for ``spec``: 'separable' on a
+    depthwise layer, and 'auto' where a separable run or FFT tiles could pay (the rank-1
+    test). A 3x3 depthwise layer's plan (9 taps: never separable-eligible) does not."""
+    if spec.cin_g != 1 or algo not in ("auto", "separable"):
+        return False
+    if algo == "separable":
+        return True
+    pays = (
+        spec.kh * spec.kw >= 16
+        and min(spec.kh, spec.kw) > 1
+        and max(spec.kh, spec.kw) <= s.dw_max_taps
+    )
+    return pays or (cpu and fft.pays(spec, s))
 
 
 def for_device(
