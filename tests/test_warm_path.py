@@ -404,3 +404,26 @@ def test_a_depthwise_launch_is_replayed_where_its_plan_ignores_the_values(
     info = RunInfo()
     assert_close(be.run(x, w, b, spec, info=info), ref(w), "float32")
     assert info.algo == "direct" and info.timings["compute"] > 0
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("n", [1, 8])
+def test_a_one_pixel_1x1_layer_runs_as_a_host_matrix_product(n):
+    # squeeze-and-excitation's fully connected layers: a launch costs more than them
+    from convcli.runinfo import RunInfo
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((n, 144, 1, 1)).astype(np.float32)
+    layer = convcli.Conv2d(144, 576, 1, seed=3)
+    info = RunInfo()
+    y = layer(x, backend="opencl", info=info)
+    assert info.backend == "opencl" and "matrix product on the host" in info.notices[0]
+    assert "compute" in info.timings
+    want = naive_conv2d(x, np.array(layer.weight), np.array(layer.bias), (1, 1), (0,) * 4)
+    assert_close(y, want, "float32")
+    # a 1x1 layer on a larger map, or padded, stays on the device
+    for shape, pad in (((n, 144, 2, 1), 0), ((n, 144, 1, 1), 1)):
+        info = RunInfo()
+        xs = rng.standard_normal(shape).astype(np.float32)
+        convcli.conv2d(xs, layer.weight, layer.bias, padding=pad, backend="opencl", info=info)
+        assert not info.notices and info.timings["compute"] > 0
