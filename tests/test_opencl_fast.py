@@ -528,8 +528,9 @@ def test_dense_1x1_no_bias(ocl):
 
 @pytest.fixture
 def pointwise(ocl, tune):
-    """Run every 1x1 stride-1 unpadded layer on pointwise.cl, small ones included."""
-    tune(ocl, pointwise_min_cin=1, pointwise_min_pixels=1)
+    """Run every 1x1 stride-1 unpadded layer on pointwise.cl, small ones included (one-
+    pixel maps too: not on the host)."""
+    tune(ocl, pointwise_min_cin=1, pointwise_min_pixels=1, host_fc_max_macs=0)
 
 
 def misaligned(x: np.ndarray, floats: int) -> np.ndarray:

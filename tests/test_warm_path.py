@@ -306,3 +306,124 @@ def test_kept_output_buffers_are_bounded_and_results_right(monkeypatch):
         y = convcli.conv2d(x, w, padding=1, backend="opencl")
         assert_close(y, _ref(x, w), "float32")
         assert sum(be._small) <= 40_000 or len(be._small) == 1
+
+
+def test_auto_keeps_its_numpy_first_decision_until_the_index_changes(tmp_path, monkeypatch):
+    from convcli import backends
+    from convcli.backends import build_index, choice
+    from convcli.spec import make_spec
+
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.delenv("CONVCLI_FAULT", raising=False)
+    monkeypatch.setattr(backends, "started_opencl", lambda device=None: None)
+    monkeypatch.setattr(choice, "_DECIDED", {})
+    x = np.zeros((1, 8, 7, 7), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    spec = make_spec(x, w, None, padding=1)
+    priced = []
+    real = choice._numpy_seconds
+
+    def counted(*args):
+        priced.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(choice, "_numpy_seconds", counted)
+    # a tiny layer: NumPy finishes before OpenCL would have started (no index: 0.3 s)
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert len(priced) == 1  # the second call was answered by the kept decision
+    # another index folder: priced afresh
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path / "b"))
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert len(priced) == 2
+    # a write to the index (a start-up measured at 0 s): priced afresh (still NumPy:
+    # the layer's programs cost more to fetch than OpenCL would save)
+    build_index._store(None, build_index.DeviceRecord("dev", "dev", True, 65536, 0.0))
+    assert choice.numpy_first(spec, w, None, "auto")
+    assert len(priced) == 3
+    # injected faults still go to OpenCL, whatever was kept
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("CONVCLI_FAULT", "build")
+    assert not choice.numpy_first(spec, w, None, "auto")
+
+
+def test_auto_does_not_keep_a_decision_that_read_the_weights(tmp_path, monkeypatch):
+    from convcli import backends
+    from convcli.backends import choice
+    from convcli.spec import make_spec
+
+    monkeypatch.setenv("CONVCLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CONVCLI_FAULT", raising=False)
+    monkeypatch.setattr(backends, "started_opencl", lambda device=None: None)
+    monkeypatch.setattr(choice, "_DECIDED", {})
+    # a 7x7 depthwise layer on a large map: NumPy's choice looks for rank-1 kernels
+    x = np.zeros((1, 4, 64, 64), np.float32)
+    w = np.ones((4, 1, 7, 7), np.float32)
+    spec = make_spec(x, w, None, padding=3, groups=4)
+    assert choice._numpy_seconds(spec, w, "auto")[1]
+    choice.numpy_first(spec, w, None, "auto")
+    assert choice._DECIDED == {}
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize(
+    ("shape", "k", "kernel", "replayed"),
+    [
+        ((1, 4, 12, 40), 3, "dw_direct", True),  # 9 taps: the plan never reads values
+        ((2, 4, 10, 56), 3, "dw_wide", True),
+        ((1, 4, 12, 40), 5, "dw_direct", False),  # 25 taps: the rank-1 test decides
+    ],
+)
+def test_a_depthwise_launch_is_replayed_where_its_plan_ignores_the_values(
+    shape, k, kernel, replayed
+):
+    from convcli import backends
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.runinfo import RunInfo
+
+    be = backends.get_backend("opencl")
+    if not be.is_cpu:
+        pytest.skip("dw_wide runs on CPU devices")
+    rng = np.random.default_rng(11)
+    c, pad = shape[1], k // 2
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    spec = convcli.spec.make_spec(x, w, b, padding=pad, groups=c)
+    plan = opencl_plan.for_device(spec, w, cpu=True, settings=be.settings)[0]
+    assert plan.kernel == kernel
+    be.replays.pop((spec, "auto"), None)
+
+    def ref(w):
+        return naive_conv2d(x, w, b, (1, 1), (pad,) * 4, (1, 1), c)
+
+    assert_close(be.run(x, w, b, spec, info=RunInfo()), ref(w), "float32")
+    assert ((spec, "auto") in be.replays) == replayed
+    # the weights changed in place: the replay packs them again
+    w *= -0.5
+    info = RunInfo()
+    assert_close(be.run(x, w, b, spec, info=info), ref(w), "float32")
+    assert info.algo == "direct" and info.timings["compute"] > 0
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("n", [1, 8])
+def test_a_one_pixel_1x1_layer_runs_as_a_host_matrix_product(n):
+    # squeeze-and-excitation's fully connected layers: a launch costs more than them
+    from convcli.runinfo import RunInfo
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((n, 144, 1, 1)).astype(np.float32)
+    layer = convcli.Conv2d(144, 576, 1, seed=3)
+    info = RunInfo()
+    y = layer(x, backend="opencl", info=info)
+    assert info.backend == "opencl" and "matrix product on the host" in info.notices[0]
+    assert "compute" in info.timings
+    want = naive_conv2d(x, np.array(layer.weight), np.array(layer.bias), (1, 1), (0,) * 4)
+    assert_close(y, want, "float32")
+    # a 1x1 layer on a larger map, or padded, stays on the device
+    for shape, pad in (((n, 144, 2, 1), 0), ((n, 144, 1, 1), 1)):
+        info = RunInfo()
+        xs = rng.standard_normal(shape).astype(np.float32)
+        convcli.conv2d(xs, layer.weight, layer.bias, padding=pad, backend="opencl", info=info)
+        assert not info.notices and info.timings["compute"] > 0

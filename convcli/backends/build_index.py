@@ -38,6 +38,30 @@ CACHE_ENV = "CONVCLI_CACHE_DIR"
 # which drivers are visible
 _REQUEST_ENV = ("CONVCLI_DEVICE", "PYOPENCL_CTX", "OCL_ICD_VENDORS", "OCL_ICD_FILENAMES")
 _VERSION = "1"  # bump when the meaning of a key changes
+# what the index's answers in this process depend on: the environment that picks its
+# folder and the device, and a count of this process's writes (see :func:`state`)
+_STATE_ENV = ("CONVCLI_CACHE_DIR", "XDG_CACHE_HOME", "HOME", *_REQUEST_ENV)
+_writes = 0
+# os.environ.get of an unset name raises and catches a KeyError inside (5 us for the
+# seven names); CPython's environ keeps its encoded items in a plain dict, read directly
+# where it is there (writes through os.environ, monkeypatch's included, update it)
+_ENV_ITEMS = getattr(os.environ, "_data", None)
+_ENV_KEYS = None
+if isinstance(_ENV_ITEMS, dict) and hasattr(os.environ, "encodekey"):
+    _ENV_KEYS = tuple(os.environ.encodekey(k) for k in _STATE_ENV)
+
+
+def state() -> tuple:
+    """What this process's answers from the index depend on: equal states give equal
+    answers (a decision made from them can be kept), a write here changes the state."""
+    if _ENV_KEYS is not None:
+        return (_writes, *map(_ENV_ITEMS.get, _ENV_KEYS))
+    return (_writes, *map(os.environ.get, _STATE_ENV))
+
+
+def _wrote() -> None:
+    global _writes
+    _writes += 1
 
 
 def cache_dir() -> Path:
@@ -111,6 +135,7 @@ def load_device(device: str | None) -> DeviceRecord | None:
 def _store(device: str | None, record: DeviceRecord) -> None:
     request = request_key(device)
     _READ[(cache_dir(), request)] = record
+    _wrote()
     _write_atomic(_device_path(request), json.dumps(asdict(record)))
 
 
@@ -174,6 +199,7 @@ def is_built(key: str) -> bool:
 def mark_built(key: str) -> None:
     """Record that the program ``key`` was built (its binary is in the driver's cache)."""
     path = _marker(key)
+    _wrote()
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()

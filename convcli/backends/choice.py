@@ -58,19 +58,31 @@ FAULT_ENV = "CONVCLI_FAULT"
 # calls whose programs the started backend holds: OpenCL without pricing again (a warm
 # call of a small layer spent 100 us on the pricing)
 _HELD: set[tuple] = set()
+# NumPy-first decisions made before OpenCL started, by (spec, algo, the build index's
+# state): the NumPy settings they were made with. Such a decision reads only the spec,
+# NumPy's settings and the index's start-up time (found through the environment; a
+# write to the index changes its state), unless NumPy's estimate read the weights'
+# values (then it is not kept). Pricing it again took about 20 us a call.
+_DECIDED: dict[tuple, object] = {}
 
 
-def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> float | None:
+def _numpy_seconds(spec: ConvSpec, weight: np.ndarray, algo: str) -> tuple[float | None, bool]:
+    """(NumPy's estimated seconds, or None when ``algo`` cannot run there; whether the
+    estimate read the weights' values: only where a separable run could win)."""
     from convcli.backends import get_backend
+    from convcli.backends.numpy import cost
 
     numpy = get_backend("numpy")
     if spec.n == 0:
-        return 0.0
+        return 0.0, False
+    by_values = False
     if algo == "auto":
-        algo, _ = numpy.choose_algo(spec, weight)
+        algo, by_values = cost.cheapest(spec, numpy.settings, cost.worker_count(numpy.settings))
+        if by_values:
+            algo, _ = numpy.choose_algo(spec, weight)
     elif numpy.algo_reason(spec, algo) is not None:
-        return None
-    return numpy.estimate_seconds(spec, algo) * NUMPY_SCALE
+        return None, False
+    return numpy.estimate_seconds(spec, algo) * NUMPY_SCALE, by_values
 
 
 def startup_seconds(record: build_index.DeviceRecord | None) -> float:
@@ -179,7 +191,13 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
     held = (spec, algo, device, id(weight), id(started))
     if started is not None and held in _HELD:
         return False  # the started backend holds every program this needs
-    numpy_s = _numpy_seconds(spec, weight, algo)
+    known = None
+    if started is None:
+        known = (spec, algo, build_index.state())
+        made_with = _DECIDED.get(known)
+        if made_with is not None and made_with is backends.get_backend("numpy").settings:
+            return True
+    numpy_s, by_values = _numpy_seconds(spec, weight, algo)
     if numpy_s is None:
         return False
     gain = numpy_s * (1.0 - 1.0 / OPENCL_SPEEDUP)  # what OpenCL's faster kernels save
@@ -188,7 +206,12 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
     if started is None:
         startup = startup_seconds(record)
         if gain <= startup:
-            return True  # decided before any OpenCL module is imported
+            # decided before any OpenCL module is imported
+            if not by_values:
+                if len(_DECIDED) >= 4096:
+                    _DECIDED.clear()
+                _DECIDED[known] = backends.get_backend("numpy").settings
+            return True
         if record is None:
             # never started with this index: nothing known of the device or its
             # cache; the first job worth the start-up starts it, and the index learns

@@ -73,31 +73,69 @@ def defines(p: ConvSpec, s: Settings) -> dict[str, int]:
     return found
 
 
+def _bound(rt: Any, p: ConvSpec, has_bias: bool, info: RunInfo) -> tuple:
+    """What a dw_direct launch of the pass ``p`` binds before its buffers: (kernel, index
+    maps, global size, size arguments, ``fixed_from``)."""
+    s = rt.settings
+    if p.has_bias != has_bias:
+        p = replace(p, has_bias=has_bias)
+    kernel = rt.kernel("dw_direct", defines(p, s), info)
+    rmap, cmap = rt.index_maps(p, info)
+    gsize = (math.ceil(p.w_out / 8), math.ceil(p.h_out / rows(p.kh, p.kw, s)), p.n * p.c_out)
+    sizes = [np.int32(v) for v in _sizes(p)]
+    fixed_from = 0 if p.h * p.w <= s.dw_fixed_pixels else s.dw_fixed_items
+    return kernel, rmap, cmap, gsize, sizes, fixed_from
+
+
 def enqueue(
     rt: Any, xbuf: Any, p: ConvSpec, taps: np.ndarray, bias: np.ndarray | None, obuf: Any,
     info: RunInfo,
 ) -> Any:  # fmt: skip
     """Enqueue one dw_direct launch of the pass ``p`` from ``xbuf`` into ``obuf`` (laid out
     as ``p`` says), ``taps`` ``(C_out, KH*KW*CSUM)``; returns its event."""
-    s = rt.settings
-    if p.has_bias != (bias is not None):
-        p = replace(p, has_bias=bias is not None)
-    kernel = rt.kernel("dw_direct", defines(p, s), info)
-    rmap, cmap = rt.index_maps(p, info)
+    kernel, rmap, cmap, gsize, sizes, fixed_from = _bound(rt, p, bias is not None, info)
     wbuf = rt.upload(taps)
     bbuf = rt.upload(bias if bias is not None else np.zeros(1, np.float32))
-    gsize = (math.ceil(p.w_out / 8), math.ceil(p.h_out / rows(p.kh, p.kw, s)), p.n * p.c_out)
-    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *(np.int32(v) for v in _sizes(p))]
-    fixed_from = 0 if p.h * p.w <= s.dw_fixed_pixels else s.dw_fixed_items
+    args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes]
     return rt.enqueue_rows(kernel, gsize, args, fixed_from=fixed_from)
+
+
+def _pack_taps(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, block: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """Taps as dw_direct reads them, ``(C_out, KH*KW*CSUM)``, and the bias (one zero
+    when there is none)."""
+    taps = np.ascontiguousarray(weight.reshape(spec.c_out, -1), dtype=np.float32)
+    b = np.zeros(1, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    return taps, b
+
+
+def _launch(rt: Any, spec: ConvSpec, p: ConvSpec, has_bias: bool, info: RunInfo, pad=None):
+    """dw_direct's launch of the layer ``spec`` as the pass ``p`` (``pad``: dw_wide's
+    padding launch first, (kernel, global size, scratch bytes)), offered for replay."""
+    kernel, rmap, cmap, gsize, sizes, fixed_from = _bound(rt, p, has_bias, info)
+    shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        events = []
+        if pad is not None:
+            # asked at every call: another layer may take a larger scratch buffer
+            pbuf = rt.scratch("dw_wide_padded", pad[2])
+            events.append(rt.enqueue_rows(pad[0], pad[1], [xbuf, pbuf]))
+            xbuf = pbuf
+        wbuf, bbuf = rt.packed_weights(_pack_taps, weight, bias, spec, None, info)
+        out, obuf = rt.output(shape, np.float32)
+        args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes]
+        events.append(rt.enqueue_rows(kernel, gsize, args, fixed_from=fixed_from))
+        return rt.collect(out, obuf, events, info)
+
+    return rt.offer_replay(launch)
 
 
 def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """dw_direct over the whole batch (float32 ``x``, weights and bias)."""
-    xbuf = rt.input_buffer(x, info)
-    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
-    ev = enqueue(rt, xbuf, spec, weight.reshape(spec.c_out, -1), bias, obuf, info)
-    return rt.collect(out, obuf, [ev], info)
+    return _launch(rt, spec, spec, bias is not None, info)(x, weight, bias, info)
 
 
 # ---------------------------------------------------------------------------- dw_wide
@@ -148,13 +186,9 @@ def wide_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, int]
 def run_wide(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """dw_pad, then dw_direct without padding (float32 ``x``, weights and bias)."""
     p = _unpadded(spec)
-    xbuf = rt.input_buffer(x, info)
-    pbuf = rt.scratch("dw_wide_padded", 4 * spec.n * spec.c_in * p.h * p.w)
     pad = rt.kernel("dw_pad", pad_defines(spec), info)
-    ev_pad = rt.enqueue_rows(pad, (p.h, spec.n * spec.c_in, 1), [xbuf, pbuf])
-    out, obuf = rt.output((spec.n, spec.c_out, spec.h_out, spec.w_out), np.float32)
-    ev = enqueue(rt, pbuf, p, weight.reshape(spec.c_out, -1), bias, obuf, info)
-    return rt.collect(out, obuf, [ev_pad, ev], info)
+    sizes = (pad, (p.h, spec.n * spec.c_in, 1), 4 * spec.n * spec.c_in * p.h * p.w)
+    return _launch(rt, spec, p, bias is not None, info, sizes)(x, weight, bias, info)
 
 
 # ------------------------------------------------------------------------ dw_channels

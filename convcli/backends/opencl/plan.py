@@ -104,6 +104,8 @@ def choose(
         if algo in ("separable", "gemm"):
             raise ConvValueError(f"algo='{algo}' on the OpenCL backend {why_not}")
         return None, None
+    if algo == "auto" and _host_fc_pays(spec, s):
+        return Plan("gemm", "host_gemm"), None
     one_channel = spec.cin_g == 1
     taps = spec.kh * spec.kw
     if algo in ("auto", "direct") and depthwise.channels_pays(spec, cpu, s):
@@ -184,12 +186,29 @@ def planned(
     if hit is not None:
         return hit
     plan, factors = choose(spec, weight, algo, cpu=cpu, settings=settings)
-    reads = spec.cin_g == 1 and algo in ("auto", "separable")
-    if not reads or (plan is not None and plan.kernel == "dw_channels"):
+    if not _reads_values(spec, algo, cpu, settings) or (
+        plan is not None and plan.kernel == "dw_channels"
+    ):
         if len(_PLANS) > 1024:
             _PLANS.clear()
         _PLANS[key] = (plan, None)
     return plan, factors
+
+
+def _reads_values(spec: ConvSpec, algo: str, cpu: bool, s: Settings) -> bool:
+    """Whether :func:`choose` reads the weights' values for ``spec``: 'separable' on a
+    depthwise layer, and 'auto' where a separable run or FFT tiles could pay (the rank-1
+    test). A 3x3 depthwise layer's plan (9 taps: never separable-eligible) does not."""
+    if spec.cin_g != 1 or algo not in ("auto", "separable"):
+        return False
+    if algo == "separable":
+        return True
+    pays = (
+        spec.kh * spec.kw >= 16
+        and min(spec.kh, spec.kw) > 1
+        and max(spec.kh, spec.kw) <= s.dw_max_taps
+    )
+    return pays or (cpu and fft.pays(spec, s))
 
 
 def for_device(
@@ -204,6 +223,17 @@ def for_device(
     the device wants them (:func:`convcli.backends.opencl.gpu.device_plan`)."""
     plan, factors = planned(spec, weight, algo, cpu=cpu, settings=settings)
     return gpu.device_plan(plan, spec, algo, cpu, settings), factors
+
+
+def _host_fc_pays(spec: ConvSpec, s: Settings) -> bool:
+    """Whether ``auto`` runs ``spec`` on the host: a 1x1 layer on 1x1 maps (a matrix
+    product) of at most ``settings.host_fc_max_macs`` multiply-adds."""
+    return (
+        s.host_fc_max_macs > 0
+        and spec.h == spec.w == spec.kh == spec.kw == 1
+        and not any(spec.pad)
+        and spec.macs <= s.host_fc_max_macs
+    )
 
 
 def _too_wide_for_tiles(spec: ConvSpec, s: Settings) -> bool:
@@ -257,7 +287,7 @@ def programs(
         return None  # the GPU kernels' builds are not predicted
     if plan is None:
         return [("conv2d_direct", direct._direct_config(spec, np.dtype(spec.dtype), cpu).defines)]
-    if plan.kernel == "host_fft":
+    if plan.kernel in ("host_fft", "host_gemm"):
         return []
     if plan.algo == "fft":
         return [("fft_conv", fft.build_defines(spec, local_mem, spec.has_bias, s))]
@@ -341,6 +371,14 @@ def run(
         if note not in info.notices:
             info.notices.append(note)
         return NumpyBackend().run(x, weight, bias, spec, algo="fft", info=info)
+    if plan.kernel == "host_gemm":
+        from convcli.backends import get_backend
+
+        note = "a 1x1 layer on 1x1 maps ran as a matrix product on the host (NumPy)"
+        if note not in info.notices:
+            info.notices.append(note)
+        # 1x1 taps: NumPy's choice never reads the weights' values
+        return get_backend("numpy").run(x, weight, bias, spec, algo="auto", info=info)
     xf = np.ascontiguousarray(x, dtype=np.float32)
     wf = np.ascontiguousarray(weight, dtype=np.float32)
     bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)

@@ -75,6 +75,13 @@ class Settings:
     box_rows: int = 32
     box_max_xv: int = 512
 
+    # ---- one-pixel layers on the host
+    # Under 'auto', a 1x1 layer on 1x1 maps (squeeze-and-excitation's fully connected
+    # layers) of at most this many multiply-adds runs NumPy's matrix product on the host:
+    # a launch and its wait cost more than the product (144->576 at N=1: OpenCL 156-214 us
+    # a call, NumPy 21-25 us, on a busy 2-core machine). 0: never.
+    host_fc_max_macs: int = 1 << 20
+
     # ---- implicit GEMM (dense_gemm)
     # (COB, XB) override for A/B experiments; None = the measured defaults.
     dense_tile: tuple[int, int] | None = None
