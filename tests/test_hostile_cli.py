@@ -107,3 +107,30 @@ def test_apply_reads_the_file_named_not_a_libvips_option(tmp_path):
     assert res.exit_code == 0, res.output
     assert cio.read_image(tmp_path / "o.png").data.shape == (3, 40, 30)
     assert cio.read_image(named).data.shape == (3, 40, 30)
+
+
+@pytest.mark.skipif(not HAVE_VIPS, reason="libvips reads these by strips")
+@pytest.mark.parametrize("name", ["forged.jpg", "forged.png"])
+def test_a_lost_libvips_message_is_asked_again(tmp_path, name):
+    """libvips keeps its error messages in one buffer for the process: a call on
+    another thread can take a failing read's, leaving 'unable to write to memory'. The
+    reader then asks the file's codec on its own thread and still says the data ends
+    early."""
+    import pyvips
+
+    from convcli.errors import InputError
+    from convcli.io import stream
+
+    forged_tree(tmp_path / "in")
+    source = stream.open_source(tmp_path / "in" / name, max_pixels=None)
+
+    class Lost:
+        def crop(self, *args):
+            return self
+
+        def write_to_memory(self):
+            raise pyvips.Error("unable to write to memory", "unable to write to memory")
+
+    source._image, source._lenient = Lost(), None
+    with pytest.raises(InputError, match=f"{name}: truncated image data"):
+        source.read_rows(0, source.info.height)

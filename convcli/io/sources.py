@@ -199,6 +199,9 @@ class VipsSource:
     #: a JPEG opened to fail on libjpeg's warnings: opens it again to fail only on
     #: errors, for a file whose warnings all lose nothing (see _HARMLESS_JPEG)
     _lenient: Any = None
+    #: (kind, path) of a JPEG or PNG, to ask its codec again where libvips' message
+    #: is lost (see _decode)
+    _recheck: tuple[str, Path] | None = None
 
     def __init__(
         self, image: Any, info: ImageInfo, name: str, mirror: bool, interlaced: bool = False
@@ -224,12 +227,28 @@ class VipsSource:
             with _noted(info.notes):
                 data = self._image.crop(0, y0, info.width, y1 - y0).write_to_memory()
         except pyvips.Error as exc:
-            if self._lenient is not None and _harmless_jpeg(exc):
+            problem = _vips_problem(exc)
+            harmless = self._lenient is not None and _harmless_jpeg(exc)
+            detail = str(getattr(exc, "detail", "") or "").lower()
+            if self._recheck is not None and not any(t in detail for t in ("jpeg", "png")):
+                # libvips keeps its messages in one buffer for the whole process: a
+                # call on another thread (a batch decodes several files at once) can
+                # take this one's, leaving "unable to write to memory"; the codec says
+                # again, here, what is wrong
+                kind, path = self._recheck
+                if kind == "jpeg":
+                    warning = _jpeg_warning(path)
+                    if warning is not None:
+                        harmless = any(h in warning.lower() for h in _HARMLESS_JPEG)
+                        problem = _problem_of(warning)
+                elif info.height * info.width <= _RECHECK_PIXELS:
+                    problem = _png_problem(path) or problem
+            if self._lenient is not None and harmless:
                 # the same rows (libjpeg skips what it warned about), decoded again
                 # from the top by a load that does not stop at the warning
                 self._image, self._lenient = self._lenient(), None
                 return self._decode(y0, y1)
-            raise InputError(f"{self._name}: {_vips_problem(exc)}") from None
+            raise InputError(f"{self._name}: {problem}") from None
         except MemoryError:
             raise InputError(f"{self._name}: not enough memory to decode this image") from None
         return np.frombuffer(data, info.dtype).reshape(y1 - y0, info.width, info.channels)
@@ -280,12 +299,56 @@ def _harmless_jpeg(exc: Any) -> bool:
     return bool(warned) and all(any(h in ln for h in _HARMLESS_JPEG) for ln in warned)
 
 
-def _vips_problem(exc: Any) -> str:
-    detail = " ".join(str(getattr(exc, "detail", "") or exc).split())
+def _problem_of(detail: str) -> str:
+    """A decoder's message as the one-line problem a reader reports."""
+    detail = " ".join(detail.split())
     low = detail.lower()
     if any(w in low for w in ("premature", "truncated", "end of", "read error", "out of data")):
         return "truncated image data"
-    return f"cannot decode image ({detail[:200] or reason(exc)})"
+    return f"cannot decode image ({detail[:200]})"
+
+
+def _vips_problem(exc: Any) -> str:
+    detail = " ".join(str(getattr(exc, "detail", "") or exc).split())
+    return _problem_of(detail) if detail else f"cannot decode image ({reason(exc)})"
+
+
+# a PNG whose libvips message was lost is decoded whole again by libpng to learn why,
+# up to this many pixels (on the error path of a file priced for strips; beyond it the
+# message stays libvips' own)
+_RECHECK_PIXELS = 2**26
+
+
+def _png_problem(path: Path) -> str | None:
+    """What libpng (the whole-image reader) says is wrong with the PNG at ``path``, or
+    None when it reads it."""
+    try:
+        _im._read_png(path, None)
+    except InputError as exc:
+        text = str(exc)
+        return text.split(": ", 1)[1] if ": " in text else text
+    except Exception:
+        return None
+    return None
+
+
+def _jpeg_warning(path: Path) -> str | None:
+    """libjpeg's first warning or error on the JPEG at ``path`` (its entropy-coded data
+    decoded at 1/8 scale, which reads all of it), or None when it has none or cannot
+    be asked (simplejpeg missing, the file unreadable)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        simplejpeg.decode_jpeg(blob, colorspace="GRAY", min_factor=8, strict=True)
+    except Exception as exc:  # the message is what we want
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _check_exif(blob: bytes, notes: list[str]) -> None:
@@ -374,6 +437,8 @@ def _open_vips(
         notes,
     )
     source = VipsSource(image, info, name, orientation == 2, interlaced)
+    if kind in ("jpeg", "png"):
+        source._recheck = (kind, path)
     if fail_on == "warning":
         source._lenient = lambda: _vips_load(pyvips, path, access="sequential", fail_on="truncated")
     if kind == "webp" or whole or orientation not in (1, 2):
