@@ -72,7 +72,7 @@ from convcli.backends import build_index
 from convcli.backends.opencl.device import DeviceLimits, import_cl
 from convcli.backends.opencl.settings import DEFAULT, Settings
 from convcli.errors import BackendError
-from convcli.plan import is_frozen
+from convcli.plan import kept_record, same_values
 from convcli.resources import data_dir
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, source_index
@@ -1036,52 +1036,14 @@ class Runtime:
 
 
 def _same(kept: np.ndarray | None, given: np.ndarray | None) -> bool:
-    """Whether ``given`` holds what ``kept`` (see :func:`_kept`) held when it was kept.
-
-    A frozen array is its own record and needs no comparison while it stays frozen; any
-    other array is compared in full with the copy.
-    """
+    """:func:`convcli.plan.same_values`, for a bias that may be None."""
     if kept is None or given is None:
         return kept is given
-    if kept is given:
-        return is_frozen(given)
-    if kept.shape != given.shape or kept.dtype != given.dtype:
-        return False
-    if kept.nbytes <= 1 << 16:
-        return kept.tobytes() == given.tobytes()  # one memcmp: 2 us, not array_equal's 7
-    memcmp = _libc_memcmp()
-    if memcmp is not None and given.flags.c_contiguous:
-        # libc's memcmp reads both once: 250 us for a 512x512x3x3 layer's 9.4 MB against
-        # array_equal's 430 (which writes a bool array and reads it again)
-        return memcmp(kept.ctypes.data, given.ctypes.data, kept.nbytes) == 0
-    return bool(np.array_equal(kept, given))
-
-
-_MEMCMP: list = []
-
-
-def _libc_memcmp() -> Callable[[int, int, int], int] | None:
-    """The C library's ``memcmp`` through ctypes (looked up once), or None where it
-    cannot be found."""
-    if not _MEMCMP:
-        memcmp = None
-        try:
-            import ctypes
-
-            lib = ctypes.cdll.msvcrt if os.name == "nt" else ctypes.CDLL(None)
-            memcmp = lib.memcmp
-            memcmp.restype = ctypes.c_int
-            memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-        except (OSError, AttributeError, TypeError):
-            memcmp = None
-        _MEMCMP.append(memcmp)
-    return _MEMCMP[0]
+    return same_values(kept, given)
 
 
 def _kept(a: np.ndarray | None) -> np.ndarray | None:
-    """What :func:`_same` compares with later: a frozen array itself, else a copy."""
-    if a is None or is_frozen(a):
-        return a
-    return a.copy()
+    """:func:`convcli.plan.kept_record`, for a bias that may be None."""
+    return None if a is None else kept_record(a)
 
     # ---- running --------------------------------------------------------------
