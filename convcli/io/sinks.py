@@ -93,6 +93,29 @@ def tiff_bigtiff(height: int, width: int, channels: int, itemsize: int) -> bool:
     return height * width * channels * itemsize > _BIGTIFF_BYTES
 
 
+def _rebanded(
+    blocks: Iterator[np.ndarray], rows: int, width: int, channels: int, dtype: np.dtype
+) -> Iterator[np.ndarray]:
+    """The rows of ``blocks`` (any heights) regrouped into bands of ``rows`` rows (the
+    last one shorter) of their first ``channels`` channels, each band a new array: the
+    one before may still be encoding."""
+    band = np.empty((rows, width, channels), dtype)
+    filled = 0
+    for block in blocks:
+        at = 0
+        while at < block.shape[0]:
+            n = min(rows - filled, block.shape[0] - at)
+            band[filled : filled + n] = block[at : at + n, :, :channels]
+            filled += n
+            at += n
+            if filled == rows:
+                yield band
+                band = np.empty_like(band)
+                filled = 0
+    if filled:
+        yield band[:filled]
+
+
 def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target) -> None:
     import tifffile
 
@@ -101,23 +124,6 @@ def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target)
     predictor_tag = 3 if dtype.kind == "f" else 2
     predict = tifffile.TIFF.PREDICTORS[predictor_tag]
     compress = tifffile.TIFF.COMPRESSORS[8]  # Deflate (zlib)
-
-    def strips() -> Iterator[np.ndarray]:
-        strip = np.empty((rps, target.width, target.channels), dtype)
-        filled = 0
-        for block in blocks:
-            at = 0
-            while at < block.shape[0]:
-                n = min(rps - filled, block.shape[0] - at)
-                strip[filled : filled + n] = block[at : at + n]
-                filled += n
-                at += n
-                if filled == rps:
-                    yield strip
-                    strip = np.empty_like(strip)  # the last one may still be encoding
-                    filled = 0
-        if filled:
-            yield strip[:filled]
 
     def encode(strip: np.ndarray) -> bytes:
         return compress(predict(strip, axis=-2), level=_im._TIFF_DEFLATE_LEVEL)
@@ -128,7 +134,7 @@ def _write_tiff_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target)
         ahead = pool._max_workers + 1
         pending: deque[Future[bytes]] = deque()
         try:
-            for strip in strips():
+            for strip in _rebanded(blocks, rps, target.width, target.channels, dtype):
                 pending.append(pool.submit(encode, strip))
                 if len(pending) >= ahead:
                     yield pending.popleft().result()
@@ -253,23 +259,6 @@ def _write_jpeg_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target,
     quality, subsampling = _jpeg_settings(target.quality)
     channels = target.channels - (1 if target.has_alpha and target.channels in (2, 4) else 0)
 
-    def bands() -> Iterator[np.ndarray]:
-        band = np.empty((rows, target.width, channels), np.uint8)
-        filled = 0
-        for block in blocks:
-            at = 0
-            while at < block.shape[0]:
-                n = min(rows - filled, block.shape[0] - at)
-                band[filled : filled + n] = block[at : at + n, :, :channels]
-                filled += n
-                at += n
-                if filled == rows:
-                    yield band
-                    band = np.empty_like(band)  # the last one may still be encoding
-                    filled = 0
-        if filled:
-            yield band[:filled]
-
     def encode(band: np.ndarray) -> bytes:
         data = band[..., 0] if channels == 1 else band
         return imagecodecs.jpeg8_encode(data, level=quality, subsampling=subsampling,
@@ -309,7 +298,7 @@ def _write_jpeg_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target,
         done[0] += 1
 
     try:
-        for band in bands():
+        for band in _rebanded(blocks, rows, target.width, channels, np.uint8):
             pending.append(pool.submit(encode, band))
             if len(pending) >= ahead:
                 put(pending.popleft().result())
