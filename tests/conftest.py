@@ -99,6 +99,23 @@ def require_device(
         pytest.skip(f"needs a CPU device, the OpenCL device is a {limits.type}")
 
 
+@pytest.fixture(scope="module")
+def ocl():
+    """The default OpenCL device's backend (as ``backend="opencl"`` uses); skips where
+    there is no OpenCL device. A test file may define its own (another instance, a CPU
+    device only)."""
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    return backends.get_backend("opencl")
+
+
+@pytest.fixture
+def gpu(ocl, tune):
+    """The GPU-shaped kernels on whatever device the tests run on (the default backend's
+    settings, changed for one test)."""
+    tune(ocl, gpu_kernels=True)
+
+
 @pytest.fixture
 def tune():
     """Change an OpenCL backend's tuning for one test: ``tune(be, winograd=True)`` (``be``

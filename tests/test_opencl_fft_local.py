@@ -24,24 +24,8 @@ from convcli.backends.opencl import gpu as opencl_gpu
 from convcli.backends.opencl import plan as opencl_fast
 from convcli.errors import ConvValueError
 from convcli.spec import PADDING_MODES, make_spec
-from tests.conftest import assert_close, band_budget, opencl_available, require_device
+from tests.conftest import assert_close, band_budget, require_device
 from tests.naive import naive_for_spec
-
-
-@pytest.fixture(scope="module")
-def ocl():
-    if not opencl_available():
-        pytest.skip("no OpenCL device")
-    from convcli import backends
-
-    return backends.get_backend("opencl")
-
-
-@pytest.fixture
-def gpu(ocl, tune):
-    """The GPU-shaped kernels on whatever device the tests run on (the default backend's
-    settings; :func:`_backend` copies them)."""
-    tune(ocl, gpu_kernels=True)
 
 
 def _backend(ocl, launched: list, refuse=(), **limits):

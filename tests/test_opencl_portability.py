@@ -103,15 +103,6 @@ def test_device_ranking_prefers_real_gpus_and_puts_simulators_last():
 # ------------------------------------------------------------- launches on the device
 
 
-@pytest.fixture(scope="module")
-def ocl():
-    if not opencl_available():
-        pytest.skip("no OpenCL device")
-    from convcli import backends
-
-    return backends.get_backend("opencl")
-
-
 def _small(ocl, group: int, items: tuple[int, int, int], sizes: list):
     """A backend on the same device whose limits are a small GPU's; every local size
     it launches with is recorded in ``sizes``."""
