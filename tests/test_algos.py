@@ -591,13 +591,72 @@ def test_depthwise_gemm(
         dw_gemm_min_job_bytes=job_bytes,
         threads=threads,
         dw_gemm_threaded_min_macs=0,
+        dw_rows=False,
     )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 7)
     c = xs[1]
     x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
     spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
     assert depthwise._depthwise_gemm_pays(spec, settings)
+    assert depthwise._rows_layout(spec, settings) is None
     _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize(
+    "xs, k, stride, pad, dilation, whole",
+    [
+        ((2, 5, 7, 7), (7, 7), (1, 1), (3, 3), (1, 1), True),  # convnext's 7x7 on 7^2
+        ((3, 4, 14, 14), (7, 7), (1, 1), (3, 3), (1, 1), False),  # ... on 14^2
+        ((1, 6, 11, 13), (5, 3), (2, 1), (2, 1), (1, 2), False),  # strides, dilation
+        ((2, 3, 9, 10), (3, 3), (2, 2), (1, 0), (1, 1), False),  # odd rows: a part group
+        ((1, 3, 6, 8), (7, 7), (2, 2), (3, 3), (1, 1), True),  # kernel wider than the map
+        ((2, 2, 5, 6), (3, 5), (1, 1), (0, 2), (2, 1), True),  # no vertical padding
+    ],
+)
+@pytest.mark.parametrize("rows, threads", [(2, 1), (1, 2), (3, 2)])
+def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, whole, rows, threads):
+    """Depthwise GEMMs over whole rows (or the whole map) with the padding left out of
+    the band, forced on small layers: groups of 1-3 rows, one channel a job on 2
+    threads."""
+    settings = numpy_settings(
+        dw_gemm=True,
+        dw_rows=True,
+        dw_gemm_rows=rows,
+        dw_gemm_job_bytes=1,
+        threads=threads,
+        dw_gemm_threaded_min_macs=0,
+        dw_rows_whole_bytes=2**20 if whole else 0,
+    )
+    rng = np.random.default_rng(sum(xs) + len(dtype) + 11)
+    c = xs[1]
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+    layout = depthwise._rows_layout(spec, settings)
+    assert layout is not None and layout[1] is whole
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+
+
+@pytest.mark.parametrize(
+    "n, c, hw, k, layout",
+    [
+        (1, 768, 7, 7, (7, True)),  # convnext's last stage: the whole map, read in place
+        (8, 384, 14, 7, (2, False)),  # its third: pairs of whole rows
+        (1, 96, 56, 7, None),  # its first: blocks of columns
+        (1, 672, 14, 5, (2, False)),  # efficientnet's 5x5 on 14^2
+        (1, 1152, 7, 3, None),  # 3x3 on 7^2: not a GEMM (the channels-last loop)
+    ],
+)
+def test_depthwise_rows_where_rows_are_short(n, c, hw, k, layout):
+    x = np.ones((n, c, hw, hw), np.float32)
+    w = np.ones((c, 1, k, k), np.float32)
+    spec = make_spec(x, w, None, padding=k // 2, groups=c)
+    got = (
+        depthwise._rows_layout(spec, DEFAULT)
+        if depthwise._depthwise_gemm_pays(spec, DEFAULT)
+        else None
+    )
+    assert got == layout
 
 
 @pytest.mark.parametrize(

@@ -198,12 +198,130 @@ def _depthwise_gemm(
     return out
 
 
+def _rows_layout(spec: ConvSpec, settings: Settings) -> tuple[int, bool] | None:
+    """``(r, whole)`` where the GEMMs should take whole rows rather than blocks of
+    columns (:func:`_depthwise_rows`), or None.
+
+    Short rows: a block of columns reads ``span`` padded columns, and where the unpadded
+    row is hardly wider (``settings.dw_rows_slack``) a whole row costs as many products
+    per output, with the horizontal padding left out of the band, twice the outputs per
+    GEMM row (a wider GEMM) and no column strips to copy. ``whole``: maps whose rows all
+    fit in one group of ``r`` output rows take the whole map as the GEMM's row (the
+    vertical padding left out too, the input read in place: no copies at all)."""
+    if settings.dw_rows is False:
+        return None
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    r = settings.dw_gemm_rows if dh == 1 and spec.h_out > 1 else 1
+    b = max(1, min(settings.dw_gemm_block // r, -(-spec.w_out // 8) * 8))
+    span = (b - 1) * sw + (spec.kw - 1) * dw + 1
+    if settings.dw_rows is None and spec.w > settings.dw_rows_slack * span:
+        return None
+    kr = (r - 1) * sh + (spec.kh - 1) * dh + 1
+    # the whole map as one row of the GEMM where it has at most dw_rows_whole_extra rows
+    # more than a group of r rows reads (a few more products, no copies: 5x5 576ch 7^2,
+    # N=8, 0.33 ms against 0.63), with a band of at most dw_rows_whole_bytes a channel
+    whole_band = spec.h * spec.w * spec.h_out * spec.w_out * np.dtype(spec.dtype).itemsize
+    if spec.h <= kr + settings.dw_rows_whole_extra and whole_band <= settings.dw_rows_whole_bytes:
+        return spec.h_out, True
+    return r, False
+
+
+def _row_band(weight: np.ndarray, spec: ConvSpec, r: int, whole: bool, work: np.dtype):
+    """``(C, rows*W, r*W_out)``: each channel's taps for ``r`` output rows of whole rows,
+    read from ``rows`` input rows of ``W`` unpadded columns (the taps that fall on the
+    horizontal padding left out; with ``whole``, on the vertical padding too)."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    c, _, kh, kw = weight.shape
+    top, left = spec.pad[0], spec.pad[2]
+    h, w, wo = spec.h, spec.w, spec.w_out
+    rows = h if whole else (r - 1) * sh + (kh - 1) * dh + 1
+    band = np.zeros((c, rows, w, r, wo), dtype=work)
+    q = np.arange(wo)
+    for t in range(r):
+        for i in range(kh):
+            y = t * sh + i * dh - (top if whole else 0)
+            if not 0 <= y < rows:
+                continue
+            for j in range(kw):
+                cols = q * sw + j * dw - left
+                ok = (cols >= 0) & (cols < w)
+                band[:, y, cols[ok], t, q[ok]] = weight[:, 0, i, j][:, None]
+    return band.reshape(c, rows * w, r * wo)
+
+
+def _depthwise_rows(
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    r: int,
+    whole: bool,
+) -> np.ndarray:
+    """Depthwise taps as one GEMM per channel over groups of ``r`` whole output rows
+    (see :func:`_rows_layout`): a group's row of the GEMM is the ``kr`` input rows it
+    reads, one run of ``kr*W`` values of the vertically padded input, times the
+    channel's ``(kr*W, r*W_out)`` band. With ``whole`` the row is the whole map, read in
+    place, and the products land in the output in place."""
+    n, c, h, w = x.shape
+    sh = spec.stride[0]
+    ho, wo = spec.h_out, spec.w_out
+    item = work.itemsize
+    key = ("depthwise_rows", work, r, whole, spec.stride, spec.dilation, spec.pad, h, w)
+    band = prepared(key, weight, lambda: _row_band(weight, spec, r, whole, work))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    k, m = band.shape[1], band.shape[2]
+    if whole:
+        xv = x.reshape(n, c, h * w).transpose(1, 0, 2)
+        ov = out.reshape(n, c, ho * wo).transpose(1, 0, 2)
+        per_channel = n * (k + m) * item
+    else:
+        top = spec.pad[0]
+        groups = -(-ho // r)
+        kr = k // w
+        rows = max(top + h, (groups - 1) * r * sh + kr)
+        xp = np.zeros((c, n, rows, w), dtype=work)
+        xp[:, :, top : top + h] = x.transpose(1, 0, 2, 3)
+        s = xp.strides
+        per_channel = n * groups * (k + m) * item
+    # channels per job: its matrices in L2 and (as in _depthwise_gemm) at most a third of
+    # the padded copy, and at least two jobs a thread
+    threads = gemm_threads(
+        spec, settings, large=n * c * k * m >= settings.dw_gemm_threaded_min_macs
+    )
+    limit = settings.dw_gemm_job_bytes
+    if not whole:
+        limit = min(limit, max(xp.nbytes // 3, settings.dw_gemm_min_job_bytes))
+    step = max(1, min(limit // per_channel, -(-c // (2 * threads))))
+
+    def chunk(c0: int) -> None:
+        c1 = min(c, c0 + step)
+        if whole:
+            np.matmul(xv[c0:c1], band[c0:c1], out=ov[c0:c1])
+            return
+        mat = np.ndarray(
+            (c1 - c0, n, groups, k),
+            dtype=work,
+            buffer=xp,
+            offset=c0 * s[0],
+            strides=(s[0], s[1], r * sh * s[2], item),
+        ).reshape(c1 - c0, n * groups, k)  # a copy
+        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, groups * r, wo)
+        out[:, c0:c1] = y[:, :, :ho].transpose(1, 0, 2, 3)
+
+    run_jobs(chunk, [(c0,) for c0 in range(0, c, step)], threads, settings, spec)
+    return out
+
+
 def direct_depthwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """The ``direct`` algorithm for depthwise layers (``C_in/groups == 1``): the taps
     accumulated, by the fastest of the three loops that applies."""
     if _depthwise_gemm_pays(spec, settings):
+        layout = _rows_layout(spec, settings)
+        if layout is not None:
+            return _depthwise_rows(x, weight, spec, work, settings, *layout)
         return _depthwise_gemm(x, weight, spec, work, settings)
     if _channels_last_pays(spec, settings):
         return _depthwise_channels_last(x, weight, spec, work, settings)

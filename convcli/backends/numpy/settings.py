@@ -120,6 +120,17 @@ class Settings:
     # 96ch 112^2 s2 (26M) 1.99 vs 1.30; 7x7 192ch 28^2 (19M) 0.98 vs 0.84; but 7x7
     # 384ch 14^2 (9.6M) 0.61 vs 0.73, 5x5 240ch 14^2 (3.9M) 0.33 vs 0.50
     dw_gemm_threaded_min_macs: int = 12 * 10**6
+    # Whole rows instead of blocks of columns (depthwise._rows_layout) where the unpadded
+    # row is at most dw_rows_slack times a block's span; the whole map where it has at
+    # most dw_rows_whole_extra rows more than one group of rows reads and its band takes
+    # at most dw_rows_whole_bytes per channel. dw_rows None: that rule; True/False force
+    # it where the GEMM runs (tests, A/B runs). Min ms, busy machine, blocks vs rows:
+    # 7x7 384ch 14^2 N=8 4.06 vs 2.88, N=1 0.75 vs 0.52; 768ch 7^2 (whole) N=8 1.97 vs
+    # 0.91, N=1 0.63 vs 0.40.
+    dw_rows: bool | None = None
+    dw_rows_slack: float = 1.25
+    dw_rows_whole_extra: int = 2
+    dw_rows_whole_bytes: int = 16 * 1024
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
