@@ -622,7 +622,7 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
     settings = numpy_settings(
         dw_gemm=True,
         dw_rows=True,
-        dw_gemm_rows=rows,
+        dw_rows_group=rows,
         dw_gemm_job_bytes=1,
         threads=threads,
         dw_gemm_threaded_min_macs=0,

@@ -223,7 +223,7 @@ def _rows_layout(spec: ConvSpec, settings: Settings) -> tuple[int, bool] | None:
     whole_band = spec.h * spec.w * spec.h_out * spec.w_out * np.dtype(spec.dtype).itemsize
     if spec.h <= kr + settings.dw_rows_whole_extra and whole_band <= settings.dw_rows_whole_bytes:
         return spec.h_out, True
-    return r, False
+    return settings.dw_rows_group if dh == 1 and spec.h_out > 1 else 1, False
 
 
 def _row_band(weight: np.ndarray, spec: ConvSpec, r: int, whole: bool, work: np.dtype):
@@ -286,9 +286,8 @@ def _depthwise_rows(
         per_channel = n * groups * (k + m) * item
     # channels per job: its matrices in L2 and (as in _depthwise_gemm) at most a third of
     # the padded copy, and at least two jobs a thread
-    threads = gemm_threads(
-        spec, settings, large=n * c * k * m >= settings.dw_gemm_threaded_min_macs
-    )
+    band_macs = n * c * (1 if whole else groups) * k * m
+    threads = gemm_threads(spec, settings, large=band_macs >= settings.dw_rows_threaded_min_macs)
     limit = settings.dw_gemm_job_bytes
     if not whole:
         limit = min(limit, max(xp.nbytes // 3, settings.dw_gemm_min_job_bytes))

@@ -131,6 +131,10 @@ class Settings:
     dw_rows_slack: float = 1.25
     dw_rows_whole_extra: int = 2
     dw_rows_whole_bytes: int = 16 * 1024
+    # output rows per row of a whole-row GEMM
+    dw_rows_group: int = 2
+    # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads
+    dw_rows_threaded_min_macs: int = 12 * 10**6
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
