@@ -133,8 +133,12 @@ class Settings:
     dw_rows_whole_bytes: int = 16 * 1024
     # output rows per row of a whole-row GEMM
     dw_rows_group: int = 2
-    # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads
-    dw_rows_threaded_min_macs: int = 12 * 10**6
+    # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads (its
+    # jobs are a few runs of channels, cheaper to share than the column blocks' jobs):
+    # wall ms, N=1, load 3.9 on 2 cores, median/min, one thread against two: 7x7 384ch
+    # 14^2 (8.4M) 0.60/0.50 vs 0.54/0.37; 5x5 672ch 14^2 (11M) 0.66/0.62 vs 0.51/0.43,
+    # 480ch (7.9M) 0.87/0.47 vs 0.75/0.36; 240ch (4.0M) 0.24/0.23 both
+    dw_rows_threaded_min_macs: int = 4 * 10**6
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
