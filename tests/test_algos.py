@@ -410,7 +410,7 @@ def test_parallel_work_keeps_each_thread_on_its_own_cpu():
 @pytest.mark.parametrize("itemsize", [4, 8, 16])
 def test_lead_is_an_odd_number_of_cache_lines(itemsize):
     for length in [1, 15, 16, 512, 1024, 1536, 3000, 4096]:
-        lead = gemm._lead(length, itemsize)
+        lead = gemm.row_lead(length, itemsize)
         assert lead >= length
         assert (lead * itemsize) % 128 == 64
 
@@ -592,6 +592,7 @@ def test_depthwise_gemm(
         threads=threads,
         dw_gemm_threaded_min_macs=0,
         dw_rows=False,
+        dw_shifted=False,
     )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 7)
     c = xs[1]
@@ -637,26 +638,66 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
     _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize(
-    "n, c, hw, k, layout",
+    "xs, k, stride, pad, dilation",
     [
-        (1, 768, 7, 7, (7, True)),  # convnext's last stage: the whole map, read in place
-        (8, 384, 14, 7, (2, False)),  # its third: pairs of whole rows
-        (1, 96, 56, 7, None),  # its first: blocks of columns
-        (1, 672, 14, 5, (2, False)),  # efficientnet's 5x5 on 14^2
-        (1, 1152, 7, 3, None),  # 3x3 on 7^2: not a GEMM (the channels-last loop)
+        ((2, 5, 19, 17), (7, 7), (1, 1), (3, 3), (1, 1)),  # convnext's 7x7, a part group
+        ((1, 6, 21, 22), (5, 3), (2, 3), (2, 1), (1, 2)),  # strides, column dilation
+        ((3, 4, 9, 16), (3, 3), (1, 1), (0, 1), (1, 1)),  # no vertical padding
+        ((1, 3, 17, 18), (5, 5), (3, 1), (4, 0), (1, 1)),  # stride past the kernel's rows
     ],
 )
-def test_depthwise_rows_where_rows_are_short(n, c, hw, k, layout):
+@pytest.mark.parametrize("rows, job_bytes, threads", [(4, 2**20, 1), (1, 1, 2), (3, 1, 2)])
+def test_depthwise_shifted(
+    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads
+):
+    """Depthwise GEMMs over column-shifted copies of the input rows, forced on small
+    layers: groups of 1-4 output rows with a last part group, jobs of one channel on 2
+    threads."""
+    settings = numpy_settings(
+        dw_gemm=True,
+        dw_rows=False,
+        dw_shifted=True,
+        dw_shifted_rows=rows,
+        dw_shifted_job_bytes=job_bytes,
+        threads=threads,
+        dw_gemm_threaded_min_macs=0,
+    )
+    rng = np.random.default_rng(sum(xs) + len(dtype) + 13)
+    c = xs[1]
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert depthwise._depthwise_gemm_pays(spec, settings)
+    assert depthwise._shifted_pays(spec, settings)
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+
+
+@pytest.mark.parametrize(
+    "n, c, hw, k, stride, path",
+    [
+        (1, 768, 7, 7, 1, "whole"),  # convnext's last stage: the whole map, in place
+        (8, 384, 14, 7, 1, "rows"),  # its third: pairs of whole rows
+        (1, 96, 56, 7, 1, "shifted"),  # its first: column-shifted rows
+        (8, 192, 28, 7, 1, "shifted"),
+        (1, 672, 14, 5, 1, "rows"),  # efficientnet's 5x5 on 14^2
+        (1, 672, 28, 5, 2, "blocks"),  # ... with stride 2: 14 output columns
+        (1, 1152, 7, 3, 1, "taps"),  # 3x3 on 7^2: the channels-last loop
+        (8, 96, 112, 3, 2, "shifted"),  # a 3x3 stride 2 on 112^2
+    ],
+)
+def test_depthwise_path_by_shape(n, c, hw, k, stride, path):
     x = np.ones((n, c, hw, hw), np.float32)
     w = np.ones((c, 1, k, k), np.float32)
-    spec = make_spec(x, w, None, padding=k // 2, groups=c)
-    got = (
-        depthwise._rows_layout(spec, DEFAULT)
-        if depthwise._depthwise_gemm_pays(spec, DEFAULT)
-        else None
-    )
-    assert got == layout
+    spec = make_spec(x, w, None, padding=k // 2, stride=stride, groups=c)
+    got = "taps"
+    if depthwise._depthwise_gemm_pays(spec, DEFAULT):
+        layout = depthwise._rows_layout(spec, DEFAULT)
+        if layout is not None:
+            got = "whole" if layout[1] else "rows"
+        else:
+            got = "shifted" if depthwise._shifted_pays(spec, DEFAULT) else "blocks"
+    assert got == path
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """Depthwise layers (``C_in/groups == 1``: image filters, mobile networks' depthwise
 convolutions) under ``direct``: the taps accumulated as ``weight[tap] * shifted input``.
 
-Three loops: small GEMMs against banded tap matrices where output rows are long enough
-(:func:`_depthwise_gemm`, the rule in :class:`~.settings.Settings`), multiply-adds with
-the channels innermost for many channels (:func:`_depthwise_channels_last`), and the
-planar loop over stride phases in cache-sized pieces for the rest.
+Where the layer is large enough for GEMMs (the rule in :class:`~.settings.Settings`),
+small GEMMs per channel against tap matrices, in one of three layouts by the shape:
+whole rows (or the whole map) on short rows (:func:`_depthwise_rows`), column-shifted
+copies of the input rows on wide ones (:func:`_depthwise_shifted`), and banded blocks
+of columns for the rest (:func:`_depthwise_gemm`). Otherwise multiply-adds with the
+channels innermost for many channels (:func:`_depthwise_channels_last`), and the planar
+loop over stride phases in cache-sized pieces for the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from convcli.backends.numpy.gather import band_rows, phases
+from convcli.backends.numpy.gemm import row_lead
 from convcli.backends.numpy.packed import prepared
 from convcli.backends.numpy.settings import Settings
-from convcli.backends.numpy.threads import gemm_threads, run_jobs
+from convcli.backends.numpy.threads import gemm_threads, run_jobs, scratch
 from convcli.spec import ConvSpec
 
 
@@ -312,6 +316,98 @@ def _depthwise_rows(
     return out
 
 
+def _shifted_pays(spec: ConvSpec, settings: Settings) -> bool:
+    """Where :func:`_depthwise_shifted` runs instead of the column blocks: rows without
+    dilation, wide enough outputs (``settings.dw_shifted_min_width``)."""
+    if spec.dilation[0] != 1 or settings.dw_shifted is False:
+        return False
+    return settings.dw_shifted is True or spec.w_out >= settings.dw_shifted_min_width
+
+
+def _shifted_band(weight: np.ndarray, spec: ConvSpec, r: int, work: np.dtype) -> np.ndarray:
+    """``(C, r, K)``: row ``t`` holds the channel's taps at ``(t*sH + i)*kW + j``."""
+    c, _, kh, kw = weight.shape
+    sh = spec.stride[0]
+    band = np.zeros((c, r, ((r - 1) * sh + kh) * kw), dtype=work)
+    for t in range(r):
+        band[:, t, t * sh * kw : (t * sh + kh) * kw] = weight.reshape(c, kh * kw)
+    return band
+
+
+def _depthwise_shifted(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+) -> np.ndarray:
+    """Depthwise taps as GEMMs over column-shifted copies of the input rows.
+
+    Per channel and image, ``cols[u, j, :]`` holds padded row ``u`` from column tap
+    ``j`` on (``W_out`` values, rows ``lead`` apart): kW copies of the input, long runs.
+    Output row ``r`` needs rows ``r*sH + i``, i.e. the ``kH*kW`` consecutive rows of
+    ``cols`` from ``r*sH*kW`` on, so a group of ``r`` output rows is the ``(r, K)``
+    band of the channel's taps (row ``t`` shifted ``t*sH*kW`` columns) times an ordinary
+    strided ``(K, W_out)`` view of ``cols``, written straight into the output: no
+    column strips, no scattered copy of the products, and ``K = ((r-1)*sH + kH)*kW``
+    products per output (7x7, 8 rows: 98, against the column blocks' 112).
+    """
+    n, c, h, w = x.shape
+    kh, kw = spec.kh, spec.kw
+    sh, sw = spec.stride
+    dw = spec.dilation[1]
+    top, _, left, _ = spec.pad
+    ho, wo = spec.h_out, spec.w_out
+    item = work.itemsize
+    r = max(1, min(settings.dw_shifted_rows, ho))
+    full, rest = divmod(ho, r)
+    nu = (-(-ho // r) * r - 1) * sh + kh  # padded rows the groups read
+    k = ((r - 1) * sh + kh) * kw
+    lead = row_lead(wo, item)
+    wp = (wo - 1) * sw + (kw - 1) * dw + 1
+    xp = np.zeros((c, n, max(nu, top + h), max(wp, left + w)), dtype=work)
+    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
+    s = xp.strides
+    key = ("depthwise_shifted", work, r, sh)
+    band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    per_channel = nu * kw * lead * item
+    step = max(1, min(c, settings.dw_shifted_job_bytes // per_channel))
+
+    def chunk(c0: int, i: int) -> None:
+        c1 = min(c, c0 + step)
+        cc = c1 - c0
+        cols = scratch("dw_shifted", (cc, nu, kw, lead), work, settings.scratch_keep)
+        cols[..., :wo] = np.ndarray(
+            (cc, nu, kw, wo),
+            dtype=work,
+            buffer=xp,
+            offset=c0 * s[0] + i * s[1],
+            strides=(s[0], s[2], dw * item, sw * item),
+        )
+        z = cols.strides
+        if full:
+            b_view = np.ndarray(
+                (cc, full, k, wo),
+                dtype=work,
+                buffer=cols,
+                strides=(z[0], r * sh * z[1], z[2], item),
+            )
+            dst = out[i, c0:c1, : full * r].reshape(cc, full, r, wo)
+            np.matmul(band[c0:c1, None], b_view, out=dst)
+        if rest:
+            b_view = np.ndarray(
+                (cc, k, wo),
+                dtype=work,
+                buffer=cols,
+                offset=full * r * sh * z[1],
+                strides=(z[0], z[2], item),
+            )
+            np.matmul(band[c0:c1, :rest], b_view, out=out[i, c0:c1, full * r :])
+
+    jobs = [(c0, i) for c0 in range(0, c, step) for i in range(n)]
+    band_macs = n * c * (full + (rest > 0)) * r * k * wo
+    large = band_macs >= settings.dw_shifted_threaded_min_macs
+    run_jobs(chunk, jobs, gemm_threads(spec, settings, large=large), settings, spec)
+    return out
+
+
 def direct_depthwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
@@ -321,6 +417,8 @@ def direct_depthwise(
         layout = _rows_layout(spec, settings)
         if layout is not None:
             return _depthwise_rows(x, weight, spec, work, settings, *layout)
+        if _shifted_pays(spec, settings):
+            return _depthwise_shifted(x, weight, spec, work, settings)
         return _depthwise_gemm(x, weight, spec, work, settings)
     if _channels_last_pays(spec, settings):
         return _depthwise_channels_last(x, weight, spec, work, settings)

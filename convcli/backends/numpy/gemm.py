@@ -69,7 +69,7 @@ def _gemm_plan(
     return lw, m, rows, min(fits, -(-share // rows) * rows, -(-ho // rows) * rows)
 
 
-def _lead(length: int, itemsize: int) -> int:
+def row_lead(length: int, itemsize: int) -> int:
     """A row stride >= ``length`` that is an odd number of cache lines (64 B).
 
     Rows a multiple of 2-4 KiB apart share L1 sets: measured with one BLAS thread, a
@@ -155,7 +155,7 @@ def gemm(
             settings.scratch_keep,
         )
         cols = scratch(
-            "cols", (m, g, k_all, _lead(rows * lw, work.itemsize)), work, settings.scratch_keep
+            "cols", (m, g, k_all, row_lead(rows * lw, work.itemsize)), work, settings.scratch_keep
         )
         res = (
             scratch("res", (m, g, cout_g, rows * lw), work, settings.scratch_keep) if junk else None
@@ -284,7 +284,7 @@ def _gemm_shared_rows(
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     step = sh // dh  # grid rows between consecutive output rows
     item = work.itemsize
-    lead = _lead(wo, item)
+    lead = row_lead(wo, item)
     kc = cin_g * spec.kw
     # (G, 1, C_out/G, K) with K in (kernel row, channel, column tap) order
     w5 = weight.reshape(g, cout_g, cin_g, spec.kh, spec.kw)

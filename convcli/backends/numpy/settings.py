@@ -139,6 +139,23 @@ class Settings:
     # 14^2 (8.4M) 0.60/0.50 vs 0.54/0.37; 5x5 672ch 14^2 (11M) 0.66/0.62 vs 0.51/0.43,
     # 480ch (7.9M) 0.87/0.47 vs 0.75/0.36; 240ch (4.0M) 0.24/0.23 both
     dw_rows_threaded_min_macs: int = 4 * 10**6
+    # Wider outputs: GEMMs over column-shifted copies of the input rows
+    # (depthwise._depthwise_shifted) from dw_shifted_min_width output columns, in groups
+    # of dw_shifted_rows output rows, jobs of one image and the channels whose copies
+    # take dw_shifted_job_bytes, on our threads from dw_shifted_threaded_min_macs
+    # multiply-adds of the GEMMs (about 0.7 ms of one thread's work, where the column
+    # blocks' 12M put it). dw_shifted None: that rule; True/False force it. CPU ms of one
+    # thread, median/min, load 4.7 on 2 cores, column blocks vs shifted rows: 7x7 96ch
+    # 56^2 N=1 1.73/1.63 vs 1.44/1.34, N=8 18.4/16.0 vs 14.0/12.1; 192ch 28^2 N=1
+    # 1.40/1.14 vs 1.13/0.95, N=8 9.0/7.8 vs 9.0/8.1; 3x3 144ch 56^2 N=8 15.0/14.0 vs
+    # 8.7/8.4; 96ch 112^2 s2 N=8 30.6/29.1 vs 17.0/16.0; but on 14 columns 3x3 116ch 14^2
+    # N=8 0.75/0.72 vs 0.86/0.84, 5x5 672ch 28^2 s2 N=1 2.5/2.0 vs 2.9/2.6 (rows of 4
+    # against 6 and 8: 4 was best or even; jobs of 1 MiB against 0.125-2).
+    dw_shifted: bool | None = None
+    dw_shifted_min_width: int = 16
+    dw_shifted_rows: int = 4
+    dw_shifted_job_bytes: int = 2**20
+    dw_shifted_threaded_min_macs: int = 6 * 10**6
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
