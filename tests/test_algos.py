@@ -648,13 +648,15 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
         ((1, 3, 17, 18), (5, 5), (3, 1), (4, 0), (1, 1)),  # stride past the kernel's rows
     ],
 )
-@pytest.mark.parametrize("rows, job_bytes, threads", [(4, 2**20, 1), (1, 1, 2), (3, 1, 2)])
+@pytest.mark.parametrize(
+    "rows, job_bytes, threads", [(4, 2**20, 1), (1, 1, 2), (3, 1, 2), (2, 16000, 2)]
+)
 def test_depthwise_shifted(
     numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads
 ):
     """Depthwise GEMMs over column-shifted copies of the input rows, forced on small
-    layers: groups of 1-4 output rows with a last part group, jobs of one channel on 2
-    threads."""
+    layers: groups of 1-4 output rows with a last part group, jobs of whole channels,
+    of one group of rows or of a few, on 1-2 threads."""
     settings = numpy_settings(
         dw_gemm=True,
         dw_rows=False,
@@ -681,8 +683,10 @@ def test_depthwise_shifted(
         (1, 96, 56, 7, 1, "shifted"),  # its first: column-shifted rows
         (8, 192, 28, 7, 1, "shifted"),
         (1, 672, 14, 5, 1, "rows"),  # efficientnet's 5x5 on 14^2
-        (1, 672, 28, 5, 2, "blocks"),  # ... with stride 2: 14 output columns
-        (1, 1152, 7, 3, 1, "taps"),  # 3x3 on 7^2: the channels-last loop
+        (1, 672, 28, 5, 2, "rows"),  # ... with stride 2 on 28^2 (1.5 blocks' spans)
+        (1, 1152, 7, 3, 1, "rows"),  # 3x3 on 7^2
+        (8, 240, 28, 3, 2, "blocks"),  # 3x3 with stride 2 on 28^2: 14 output columns
+        (1, 240, 28, 3, 2, "taps"),  # ... of one image: the channels-last loop
         (8, 96, 112, 3, 2, "shifted"),  # a 3x3 stride 2 on 112^2
     ],
 )
@@ -701,25 +705,26 @@ def test_depthwise_path_by_shape(n, c, hw, k, stride, path):
 
 
 @pytest.mark.parametrize(
-    "c, hw, k, mult, mode, pays",
+    "c, hw, k, stride, mult, mode, pays",
     [
-        (96, 56, 7, 1, "zeros", True),  # convnext's depthwise layers
-        (768, 7, 7, 1, "zeros", True),
-        (96, 56, 3, 1, "zeros", True),  # 3x3 on wide rows and many channels
-        (3, 224, 3, 1, "zeros", False),  # an image filter's 3x3 on RGB: the planar loop
-        (480, 14, 3, 1, "zeros", False),  # short rows: the channels-last loop
-        (1152, 7, 3, 1, "zeros", False),
-        (576, 7, 5, 1, "zeros", True),
-        (3, 224, 5, 1, "zeros", True),  # 5x5 and larger on few channels too
-        (96, 56, 7, 1, "reflect", False),  # padding maps: the tap loops gather them
-        (48, 56, 7, 2, "zeros", False),  # a channel multiplier
-        (8, 9, 7, 1, "zeros", False),  # too small for the band's set-up to pay
+        (96, 56, 7, 1, 1, "zeros", True),  # convnext's depthwise layers
+        (768, 7, 7, 1, 1, "zeros", True),
+        (96, 56, 3, 1, 1, "zeros", True),  # 3x3 on wide rows and many channels
+        (3, 224, 3, 1, 1, "zeros", True),  # an image filter's 3x3 on RGB: shifted rows
+        (480, 14, 3, 1, 1, "zeros", True),  # short rows: whole rows
+        (1152, 7, 3, 1, 1, "zeros", True),
+        (576, 7, 5, 1, 1, "zeros", True),
+        (240, 28, 3, 2, 1, "zeros", False),  # 14 columns of stride 2: the tap loop
+        (96, 56, 7, 1, 1, "reflect", False),  # padding maps: the tap loops gather them
+        (48, 56, 7, 1, 2, "zeros", False),  # a channel multiplier
+        (8, 9, 7, 1, 1, "zeros", False),  # too small for the band's set-up to pay
+        (3, 40, 2, 1, 1, "zeros", False),  # too few taps
     ],
 )
-def test_depthwise_gemm_only_where_it_applies_and_pays(c, hw, k, mult, mode, pays):
+def test_depthwise_gemm_only_where_it_applies_and_pays(c, hw, k, stride, mult, mode, pays):
     x = np.ones((1, c, hw, hw), np.float32)
     w = np.ones((c * mult, 1, k, k), np.float32)
-    spec = make_spec(x, w, None, padding=k // 2, groups=c, padding_mode=mode)
+    spec = make_spec(x, w, None, padding=k // 2, stride=stride, groups=c, padding_mode=mode)
     assert depthwise._depthwise_gemm_pays(spec, DEFAULT) is pays
 
 
@@ -835,13 +840,26 @@ def test_prepared_weights_follow_in_place_changes(
     _check(x, w, None, (stride, stride), pad, (1, 1), groups, "zeros", algo, dtype)
 
 
+def test_depthwise_shifted_rows_only_where_their_copies_fit():
+    """A few rows cut to fit a memory budget take the column blocks: the shifted rows'
+    least job (kW copies of the rows one group reads) would outgrow what the budget
+    prices for the band."""
+
+    def shifted(rows: int) -> bool:
+        x, w = np.ones((1, 3, rows, 100), np.float32), np.ones((3, 1, 15, 15), np.float32)
+        return depthwise._shifted_pays(make_spec(x, w, None, padding=7, groups=3), DEFAULT)
+
+    assert shifted(400) and not shifted(15)
+
+
 def test_depthwise_gemm_counts_the_rows_of_every_image():
-    """Short rows with many channels: the tap loop for one image, the GEMM for eight
-    (more rows per channel amortise its per-channel calls)."""
+    """Short rows of column blocks with many channels: the tap loop for one image, the
+    GEMM for eight (more rows per channel amortise its per-channel calls)."""
 
     def pays(n: int) -> bool:
-        x, w = np.ones((n, 480, 14, 14), np.float32), np.ones((480, 1, 3, 3), np.float32)
-        spec = make_spec(x, w, None, padding=1, groups=480)
+        x, w = np.ones((n, 240, 28, 28), np.float32), np.ones((240, 1, 3, 3), np.float32)
+        spec = make_spec(x, w, None, padding=1, stride=2, groups=240)
+        assert depthwise._rows_layout(spec, DEFAULT) is None
         return depthwise._depthwise_gemm_pays(spec, DEFAULT)
 
     assert not pays(1) and pays(8)

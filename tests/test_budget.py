@@ -292,7 +292,9 @@ def test_tiles_fit_the_budget_they_were_cut_for():
         tracemalloc.stop()
     assert info.tiles > 4 and peak <= budget
     whole = conv2d(x, w, padding=7, groups=3, algo="direct", backend="numpy")
-    np.testing.assert_allclose(y, whole, rtol=0, atol=1e-5)
+    # the bands take the depthwise GEMM's column blocks, the whole its shifted rows (too
+    # large a copy for a band that fits): the 225 products summed in another order
+    np.testing.assert_allclose(y, whole, rtol=1e-6, atol=1e-5)
 
 
 # ------------------------------------------------------------------------ kernel cap

@@ -87,11 +87,12 @@ def _depthwise_gemm_pays(spec: ConvSpec, settings: Settings) -> bool:
     if settings.dw_gemm is not None:
         return settings.dw_gemm
     s, taps = settings, spec.kh * spec.kw
-    return (
-        taps >= s.dw_gemm_min_taps
-        and spec.n * spec.w_out * taps >= s.dw_gemm_min_row_taps * spec.stride[1]
-        and spec.macs >= s.dw_gemm_min_macs
-        and (taps >= s.dw_gemm_many_taps or spec.c_out >= s.dw_gemm_min_channels)
+    if taps < s.dw_gemm_min_taps or spec.macs < s.dw_gemm_min_macs:
+        return False
+    if _rows_layout(spec, s) is not None or _shifted_pays(spec, s):
+        return True  # no per-block copies: these beat the tap loops from 3x3 on
+    return spec.n * spec.w_out * taps >= s.dw_gemm_min_row_taps * spec.stride[1] and (
+        taps >= s.dw_gemm_many_taps or spec.c_out >= s.dw_gemm_min_channels
     )
 
 
@@ -318,10 +319,22 @@ def _depthwise_rows(
 
 def _shifted_pays(spec: ConvSpec, settings: Settings) -> bool:
     """Where :func:`_depthwise_shifted` runs instead of the column blocks: rows without
-    dilation, wide enough outputs (``settings.dw_shifted_min_width``)."""
-    if spec.dilation[0] != 1 or settings.dw_shifted is False:
+    dilation, wide enough outputs (``settings.dw_shifted_min_width``), and a padded
+    input of at least three times the copies of one group of rows of one channel (its
+    least job; a band of a few rows cut to fit a memory budget has less: see
+    :func:`_depthwise_shifted`)."""
+    if spec.dilation[0] != 1:
         return False
-    return settings.dw_shifted is True or spec.w_out >= settings.dw_shifted_min_width
+    if settings.dw_shifted is not None:
+        return settings.dw_shifted
+    if spec.w_out < settings.dw_shifted_min_width:
+        return False
+    top, bottom, left, right = spec.pad
+    item = np.dtype(spec.dtype).itemsize
+    padded = spec.n * spec.c_in * (spec.h + top + bottom) * (spec.w + left + right) * item
+    r = max(1, min(settings.dw_shifted_rows, spec.h_out))
+    least = ((r - 1) * spec.stride[0] + spec.kh) * spec.kw * row_lead(spec.w_out, item) * item
+    return 3 * least <= padded
 
 
 def _shifted_band(weight: np.ndarray, spec: ConvSpec, r: int, work: np.dtype) -> np.ndarray:
@@ -367,42 +380,51 @@ def _depthwise_shifted(
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
     out = np.empty((n, c, ho, wo), dtype=work)
-    per_channel = nu * kw * lead * item
-    step = max(1, min(c, settings.dw_shifted_job_bytes // per_channel))
+    # a job: one image, the channels (or one channel's groups of rows) whose copies take
+    # dw_shifted_job_bytes, and (as in _depthwise_gemm) at most a third of the padded
+    # copy, so that the call stays within what budget.conv_need prices for it
+    groups = full + (rest > 0)
+    limit = min(settings.dw_shifted_job_bytes, xp.nbytes // 3)
+    per_row = kw * lead * item
+    step = max(1, min(c, limit // (nu * per_row)))
+    ng = groups if step > 1 else max(1, min(groups, (limit // per_row - kh) // (r * sh) + 1))
 
-    def chunk(c0: int, i: int) -> None:
-        c1 = min(c, c0 + step)
-        cc = c1 - c0
-        cols = scratch("dw_shifted", (cc, nu, kw, lead), work, settings.scratch_keep)
+    def chunk(c0: int, i: int, g0: int) -> None:
+        c1, g1 = min(c, c0 + step), min(groups, g0 + ng)
+        cc, whole = c1 - c0, min(g1, full) - g0  # whole: groups of r rows in the job
+        rows = ((g1 - g0) * r - 1) * sh + kh
+        cols = scratch("dw_shifted", (cc, rows, kw, lead), work, settings.scratch_keep)
         cols[..., :wo] = np.ndarray(
-            (cc, nu, kw, wo),
+            (cc, rows, kw, wo),
             dtype=work,
             buffer=xp,
-            offset=c0 * s[0] + i * s[1],
+            offset=c0 * s[0] + i * s[1] + g0 * r * sh * s[2],
             strides=(s[0], s[2], dw * item, sw * item),
         )
         z = cols.strides
-        if full:
+        if whole > 0:
             b_view = np.ndarray(
-                (cc, full, k, wo),
+                (cc, whole, k, wo),
                 dtype=work,
                 buffer=cols,
                 strides=(z[0], r * sh * z[1], z[2], item),
             )
-            dst = out[i, c0:c1, : full * r].reshape(cc, full, r, wo)
+            dst = out[i, c0:c1, g0 * r : (g0 + whole) * r].reshape(cc, whole, r, wo)
             np.matmul(band[c0:c1, None], b_view, out=dst)
-        if rest:
+        if g1 > full:  # the last group, of rest < r rows
             b_view = np.ndarray(
                 (cc, k, wo),
                 dtype=work,
                 buffer=cols,
-                offset=full * r * sh * z[1],
+                offset=whole * r * sh * z[1],
                 strides=(z[0], z[2], item),
             )
             np.matmul(band[c0:c1, :rest], b_view, out=out[i, c0:c1, full * r :])
 
-    jobs = [(c0, i) for c0 in range(0, c, step) for i in range(n)]
-    band_macs = n * c * (full + (rest > 0)) * r * k * wo
+    jobs = [
+        (c0, i, g0) for c0 in range(0, c, step) for i in range(n) for g0 in range(0, groups, ng)
+    ]
+    band_macs = n * c * groups * r * k * wo
     large = band_macs >= settings.dw_shifted_threaded_min_macs
     run_jobs(chunk, jobs, gemm_threads(spec, settings, large=large), settings, spec)
     return out

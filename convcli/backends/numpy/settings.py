@@ -86,14 +86,20 @@ class Settings:
     # bytes of one band's accumulator in the channels-last loop (stays in L2)
     channels_last_band: int = 256 * 1024
     # Depthwise layers (one channel per group, zero padding, real dtypes) run as GEMMs
-    # over row blocks (depthwise._depthwise_gemm) where the kernel has at least
+    # where the kernel has at least dw_gemm_min_taps taps and the layer at least
+    # dw_gemm_min_macs multiply-adds and the GEMMs take whole rows or shifted rows (see
+    # below; one-thread CPU ms, busy machine, min, tap loops vs GEMM: 3x3 on RGB 224^2
+    # 1.41 vs 0.65, 1024^2 14.9 vs 9.6; 3x3 s2 16ch 112^2 0.33 vs 0.26, 72ch 56^2 0.43
+    # vs 0.32; 3x3 1152ch 7^2 0.24 vs 0.22; 5x5 s2 288ch 14^2 0.23 vs 0.17; even: 3x3
+    # 480ch 14^2 0.37 vs 0.37, 232ch 14^2 s2 0.099 vs 0.113). The banded blocks of
+    # columns (depthwise._depthwise_gemm), for the rest, run where the kernel has at least
     # dw_gemm_min_taps taps, an output row of all images at least dw_gemm_min_row_taps
     # taps per column of stride (N * W_out * kH * kW / stride: more images amortise the
     # per-channel calls), the layer at least dw_gemm_min_macs
     # multiply-adds, and, for kernels under dw_gemm_many_taps taps, at least
-    # dw_gemm_min_channels channels (image filters' 3x3 on RGB: the planar loop, 9.4 ms
-    # against 13.6 on 1024^2). dw_gemm None: that rule; True/False force it where it
-    # applies (tests, A/B runs). CPU ms, one thread, against the better tap loop: 7x7
+    # dw_gemm_min_channels channels. dw_gemm None: that rule; True/False force it where
+    # it applies (tests, A/B runs). Measured before the other layouts, CPU ms, one
+    # thread, against the better tap loop: 7x7
     # 96ch 56^2 1.8 vs 7.1 (8.2), 768ch 7^2 0.50 vs 0.87; 5x5 144ch 14^2 0.21 vs 0.35,
     # 576ch 7^2 0.30 vs 0.36, 96ch 28^2 s2 0.23 vs 0.31; 3x3 32ch 112^2 1.3 vs 2.9, 96ch
     # 112^2 s2 2.2 vs 3.6, 88ch 28^2 0.32 vs 0.40; but 3x3 480ch 14^2 0.44 vs 0.35,
@@ -126,9 +132,9 @@ class Settings:
     # at most dw_rows_whole_bytes per channel. dw_rows None: that rule; True/False force
     # it where the GEMM runs (tests, A/B runs). Min ms, busy machine, blocks vs rows:
     # 7x7 384ch 14^2 N=8 4.06 vs 2.88, N=1 0.75 vs 0.52; 768ch 7^2 (whole) N=8 1.97 vs
-    # 0.91, N=1 0.63 vs 0.40.
+    # 0.91, N=1 0.63 vs 0.40; 3x3 116ch 14^2 (1.4 spans) N=8 1.04 vs 0.57.
     dw_rows: bool | None = None
-    dw_rows_slack: float = 1.25
+    dw_rows_slack: float = 1.5
     dw_rows_whole_extra: int = 2
     dw_rows_whole_bytes: int = 16 * 1024
     # output rows per row of a whole-row GEMM
