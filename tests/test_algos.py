@@ -649,20 +649,22 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
     ],
 )
 @pytest.mark.parametrize(
-    "rows, job_bytes, threads", [(4, 2**20, 1), (1, 1, 2), (3, 1, 2), (2, 16000, 2)]
+    "rows, job_bytes, threads, width",
+    [(4, 2**20, 1, 128), (1, 1, 2, 1), (3, 1, 2, 40), (2, 16000, 2, 128)],
 )
 def test_depthwise_shifted(
-    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads
+    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads, width
 ):
     """Depthwise GEMMs over column-shifted copies of the input rows, forced on small
     layers: groups of 1-4 output rows with a last part group, jobs of whole channels,
-    of one group of rows or of a few, on 1-2 threads."""
+    of one group of rows or of a few, of one image, two or all, on 1-2 threads."""
     settings = numpy_settings(
         dw_gemm=True,
         dw_rows=False,
         dw_shifted=True,
         dw_shifted_rows=rows,
         dw_shifted_job_bytes=job_bytes,
+        dw_shifted_width=width,
         threads=threads,
         dw_gemm_threaded_min_macs=0,
     )

@@ -352,14 +352,16 @@ def _depthwise_shifted(
 ) -> np.ndarray:
     """Depthwise taps as GEMMs over column-shifted copies of the input rows.
 
-    Per channel and image, ``cols[u, j, :]`` holds padded row ``u`` from column tap
-    ``j`` on (``W_out`` values, rows ``lead`` apart): kW copies of the input, long runs.
-    Output row ``r`` needs rows ``r*sH + i``, i.e. the ``kH*kW`` consecutive rows of
-    ``cols`` from ``r*sH*kW`` on, so a group of ``r`` output rows is the ``(r, K)``
-    band of the channel's taps (row ``t`` shifted ``t*sH*kW`` columns) times an ordinary
-    strided ``(K, W_out)`` view of ``cols``, written straight into the output: no
-    column strips, no scattered copy of the products, and ``K = ((r-1)*sH + kH)*kW``
-    products per output (7x7, 8 rows: 98, against the column blocks' 112).
+    Per channel, ``cols[u, j, :]`` holds padded row ``u`` of ``m`` images from column
+    tap ``j`` on (``m*W_out`` values, rows ``lead`` apart): kW copies of the input, long
+    runs. Output row ``r`` needs rows ``r*sH + i``, i.e. the ``kH*kW`` consecutive rows
+    of ``cols`` from ``r*sH*kW`` on, so a group of ``r`` output rows of all images is
+    the ``(r, K)`` band of the channel's taps (row ``t`` shifted ``t*sH*kW`` columns)
+    times an ordinary strided ``(K, m*W_out)`` view of ``cols``: no column strips, no
+    scattered copy of the products (one image's are written straight into the output,
+    several images' copied there while in cache), and ``K = ((r-1)*sH + kH)*kW``
+    products per output (7x7, 4 rows: 70, against the column blocks' 112). Images side
+    by side (``settings.dw_shifted_width``) make the GEMMs wider: 8 of 28 columns, 224.
     """
     n, c, h, w = x.shape
     kh, kw = spec.kh, spec.kw
@@ -370,9 +372,12 @@ def _depthwise_shifted(
     item = work.itemsize
     r = max(1, min(settings.dw_shifted_rows, ho))
     full, rest = divmod(ho, r)
-    nu = (-(-ho // r) * r - 1) * sh + kh  # padded rows the groups read
+    groups = full + (rest > 0)
+    nu = (groups * r - 1) * sh + kh  # padded rows the groups read
     k = ((r - 1) * sh + kh) * kw
-    lead = row_lead(wo, item)
+    # images side by side in a GEMM's columns, up to dw_shifted_width of them
+    m = max(1, min(n, settings.dw_shifted_width // wo))
+    lead = row_lead(m * wo, item)
     wp = (wo - 1) * sw + (kw - 1) * dw + 1
     xp = np.zeros((c, n, max(nu, top + h), max(wp, left + w)), dtype=work)
     xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
@@ -380,49 +385,62 @@ def _depthwise_shifted(
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
     out = np.empty((n, c, ho, wo), dtype=work)
-    # a job: one image, the channels (or one channel's groups of rows) whose copies take
+    # the output as (C, H_out, N, W_out): one image's rows of products are its rows
+    res = out.transpose(1, 2, 0, 3)
+    # a job: the channels (or one channel's groups of rows) whose copies take
     # dw_shifted_job_bytes, and (as in _depthwise_gemm) at most a third of the padded
     # copy, so that the call stays within what budget.conv_need prices for it
-    groups = full + (rest > 0)
     limit = min(settings.dw_shifted_job_bytes, xp.nbytes // 3)
     per_row = kw * lead * item
     step = max(1, min(c, limit // (nu * per_row)))
     ng = groups if step > 1 else max(1, min(groups, (limit // per_row - kh) // (r * sh) + 1))
 
-    def chunk(c0: int, i: int, g0: int) -> None:
-        c1, g1 = min(c, c0 + step), min(groups, g0 + ng)
-        cc, whole = c1 - c0, min(g1, full) - g0  # whole: groups of r rows in the job
+    def chunk(c0: int, i0: int, g0: int) -> None:
+        c1, i1, g1 = min(c, c0 + step), min(n, i0 + m), min(groups, g0 + ng)
+        cc, mm, whole = c1 - c0, i1 - i0, min(g1, full) - g0  # whole: groups of r rows
         rows = ((g1 - g0) * r - 1) * sh + kh
         cols = scratch("dw_shifted", (cc, rows, kw, lead), work, settings.scratch_keep)
-        cols[..., :wo] = np.ndarray(
-            (cc, rows, kw, wo),
+        cols[..., : mm * wo].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(
+            (cc, rows, kw, mm, wo),
             dtype=work,
             buffer=xp,
-            offset=c0 * s[0] + i * s[1] + g0 * r * sh * s[2],
-            strides=(s[0], s[2], dw * item, sw * item),
+            offset=c0 * s[0] + i0 * s[1] + g0 * r * sh * s[2],
+            strides=(s[0], s[2], dw * item, s[1], sw * item),
         )
         z = cols.strides
+        part = res[c0:c1, :, i0:i1]  # (cc, H_out, mm, W_out)
         if whole > 0:
             b_view = np.ndarray(
-                (cc, whole, k, wo),
+                (cc, whole, k, mm * wo),
                 dtype=work,
                 buffer=cols,
                 strides=(z[0], r * sh * z[1], z[2], item),
             )
-            dst = out[i, c0:c1, g0 * r : (g0 + whole) * r].reshape(cc, whole, r, wo)
-            np.matmul(band[c0:c1, None], b_view, out=dst)
+            dst = part[:, g0 * r : (g0 + whole) * r]
+            if mm == 1:  # the output's rows: written in place
+                np.matmul(band[c0:c1, None], b_view, out=dst.reshape(cc, whole, r, wo))
+            else:  # several images' rows: copied out while in cache
+                y = np.matmul(band[c0:c1, None], b_view)
+                dst[...] = y.reshape(cc, whole * r, mm, wo)
         if g1 > full:  # the last group, of rest < r rows
             b_view = np.ndarray(
-                (cc, k, wo),
+                (cc, k, mm * wo),
                 dtype=work,
                 buffer=cols,
                 offset=whole * r * sh * z[1],
                 strides=(z[0], z[2], item),
             )
-            np.matmul(band[c0:c1, :rest], b_view, out=out[i, c0:c1, full * r :])
+            dst = part[:, full * r :]
+            if mm == 1:
+                np.matmul(band[c0:c1, :rest], b_view, out=dst.reshape(cc, rest, wo))
+            else:
+                dst[...] = np.matmul(band[c0:c1, :rest], b_view).reshape(cc, rest, mm, wo)
 
     jobs = [
-        (c0, i, g0) for c0 in range(0, c, step) for i in range(n) for g0 in range(0, groups, ng)
+        (c0, i0, g0)
+        for c0 in range(0, c, step)
+        for i0 in range(0, n, m)
+        for g0 in range(0, groups, ng)
     ]
     band_macs = n * c * groups * r * k * wo
     large = band_macs >= settings.dw_shifted_threaded_min_macs

@@ -162,6 +162,11 @@ class Settings:
     dw_shifted_rows: int = 4
     dw_shifted_job_bytes: int = 2**20
     dw_shifted_threaded_min_macs: int = 6 * 10**6
+    # images side by side in a GEMM's columns, at most this many columns of them: CPU ms
+    # of one thread, N=8, median/min, one image against 256 columns: 7x7 96ch 56^2
+    # 14.9/13.9 vs 11.6/10.3, 192ch 28^2 8.6/8.5 vs 7.3/6.9; 3x3 144ch 56^2 9.9/8.8 vs
+    # 8.0/7.8 (128: 9.2/8.6, 200: 10.6/8.7, 512: as 256)
+    dw_shifted_width: int = 256
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
