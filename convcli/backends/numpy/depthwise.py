@@ -309,7 +309,7 @@ def _depthwise_rows(
             buffer=xp,
             offset=c0 * s[0],
             strides=(s[0], s[1], r * sh * s[2], item),
-        ).reshape(c1 - c0, n * groups, k)  # a copy
+        ).reshape(c1 - c0, n * groups, k)  # a copy (one image: a view matmul copies)
         y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, groups * r, wo)
         out[:, c0:c1] = y[:, :, :ho].transpose(1, 0, 2, 3)
 
@@ -452,7 +452,7 @@ def direct_depthwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """The ``direct`` algorithm for depthwise layers (``C_in/groups == 1``): the taps
-    accumulated, by the fastest of the three loops that applies."""
+    accumulated, by the fastest of the paths that applies (see the module docstring)."""
     if _depthwise_gemm_pays(spec, settings):
         layout = _rows_layout(spec, settings)
         if layout is not None:

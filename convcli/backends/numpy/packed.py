@@ -22,8 +22,10 @@ T = TypeVar("T")
 
 # at most this many entries, holding at most this many bytes (kept copies included):
 # a network's layers (called in turn, so that fewer entries than layers would drop each
-# before its next use), or a few of the largest. convnext_tiny's 18 depthwise layers
-# keep 72 MB of tap bands (whole-map bands of 768 channels on 7x7: 7.4 MB each)
+# before its next use), or a few of the largest. A network's prepared weights: 65 MB
+# for convnext_tiny (its depthwise layers' whole-row bands: 4.8 MB each for 384
+# channels on 14x14, 7.4 MB for 768 on 7x7), 60 MB for efficientnet_b0, 21 MB for
+# mobilenet_v3_small
 _SIZE = 64
 _BYTES = 96 * 2**20
 _ENTRIES: list[tuple[Hashable, np.ndarray, object]] = []
