@@ -624,6 +624,12 @@ class ImageJob:
             be_name, algo = "numpy", "separable"
         align = strip_alignment(spec, be_name, algo)
         least = strip_least(spec, be_name, algo)
+        if step is not None and not _numpy_runs_native(native_backend, engine.device):
+            # NumPy's blocks stay where they are (a strip that falls back to NumPy gives
+            # the whole image's values), but OpenCL needs no tall strips: its cost per
+            # pixel is the same from 32 rows to 256, and each row more in every strip in
+            # flight is memory (a gigapixel TIFF held 100 MiB more at 128 rows than 64)
+            least = 1
         # a native strip holds 1-2 bytes a sample, not float32's 4: as many bytes hold
         # four times the rows (fewer calls, the same memory)
         target = 4 * STRIP_BYTES if self.native is not None else None
@@ -827,6 +833,18 @@ class _Warm:
         info.add(self.info)
         if self.error is not None:
             raise self.error
+
+
+def _numpy_runs_native(backend: str, device: str | None) -> bool:
+    """Whether the native step's strips will run on NumPy, as far as is known before
+    OpenCL is asked: NumPy named, or OpenCL absent or failed in this process."""
+    if backend == "numpy" or started_opencl(device) is False:
+        return True
+    if backend == "opencl":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("pyopencl") is None
 
 
 def _no_padding(options: dict[str, object]) -> dict[str, object]:
