@@ -752,9 +752,11 @@ def test_a_file_decoded_whole_is_priced_before_it_is_decoded(tmp_path, monkeypat
 @pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
 def test_native_strips_on_opencl_are_not_held_to_numpys_block_count(tmp_path, monkeypatch):
     """NumPy's rank-1 pass wants strips of 8 blocks (here 8 x 16 rows); OpenCL computes
-    each row alone, so its native strips follow the byte target and hold less in
-    flight. Both keep NumPy's block alignment; the files agree within a level."""
+    each row alone, so its native strips are shorter (NATIVE_OPENCL_ROWS, above the
+    byte target here) and hold less in flight. Both keep NumPy's block alignment; the
+    files agree within a level."""
     monkeypatch.setattr(pipeline, "STRIP_BYTES", 2**12)  # a few rows of this width
+    monkeypatch.setattr(pipeline, "NATIVE_OPENCL_ROWS", 40)  # not a whole number of blocks
     src = _photo(tmp_path / "in.png", h=300, w=90)
     filt = cbatch.Filter(weight=np.full((9, 9), 1 / 81, np.float32))
     heights = {}
@@ -768,7 +770,7 @@ def test_native_strips_on_opencl_are_not_held_to_numpys_block_count(tmp_path, mo
         monkeypatch.setattr(pipeline, "plan_geometry", spy)
         _new(src, tmp_path / f"{backend}.png", filt, cbatch.Engine(backend), cbatch.Output())
     assert heights["numpy"] == 128
-    assert heights["opencl"] == heights["auto"] == 32  # 4 x the 8-row halo, 16-row blocks
+    assert heights["opencl"] == heights["auto"] == 48  # 40 rows, rounded up to 16-row blocks
     want = _stored(tmp_path / "numpy.png").astype(int)
     for backend in ("opencl", "auto"):  # auto: NumPy may run this small image
         assert np.abs(_stored(tmp_path / f"{backend}.png") - want).max() <= 1
