@@ -69,6 +69,12 @@ BUFFERS = STRIP_INPUTS
 RESULTS_QUEUED = 1  # (convcli.budget.STRIP_RESULTS counts them and the ones being mapped)
 # Strips are at least this many times the rows they share with the next (the halo).
 HALO_FACTOR = 4
+# The fewest output rows of a native strip that OpenCL filters: below this, reading,
+# queueing and regrouping rows for the encoder cost more CPU (tiled TIFFs: 250 MP, 6.4
+# CPU s at 48 rows, 6.0 at 64, 5.9 at 128; 1000 MP, about 23 at 32 rows, 22 at 64 and
+# 128), while every row more in each strip in flight is memory (the gigapixel TIFF
+# peaked at 260 MiB with 32-row strips, 289 with 64, 358 with 128).
+NATIVE_OPENCL_ROWS = 64
 # How long a blocked queue waits before it looks whether the other side has failed.
 _POLL_S = 0.1
 
@@ -624,6 +630,12 @@ class ImageJob:
             be_name, algo = "numpy", "separable"
         align = strip_alignment(spec, be_name, algo)
         least = strip_least(spec, be_name, algo)
+        if step is not None and not _numpy_runs_native(native_backend, engine.device):
+            # NumPy's blocks stay where they are (a strip that falls back to NumPy gives
+            # the whole image's values), but OpenCL's filter costs the same per pixel
+            # from 32 rows to 256: only the work around each strip asks for height, and
+            # each row more in every strip in flight is memory
+            least = NATIVE_OPENCL_ROWS
         # a native strip holds 1-2 bytes a sample, not float32's 4: as many bytes hold
         # four times the rows (fewer calls, the same memory)
         target = 4 * STRIP_BYTES if self.native is not None else None
@@ -827,6 +839,18 @@ class _Warm:
         info.add(self.info)
         if self.error is not None:
             raise self.error
+
+
+def _numpy_runs_native(backend: str, device: str | None) -> bool:
+    """Whether the native step's strips will run on NumPy, as far as is known before
+    OpenCL is asked: NumPy named, or OpenCL absent or failed in this process."""
+    if backend == "numpy" or started_opencl(device) is False:
+        return True
+    if backend == "opencl":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("pyopencl") is None
 
 
 def _no_padding(options: dict[str, object]) -> dict[str, object]:

@@ -747,3 +747,30 @@ def test_a_file_decoded_whole_is_priced_before_it_is_decoded(tmp_path, monkeypat
     filt = cbatch.Filter(weight=np.full((3, 3), 1 / 9, np.float32))
     _new(src, tmp_path / "out.png", filt, cbatch.Engine("numpy"), cbatch.Output())
     assert events == [("check", None), "decode"]
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_native_strips_on_opencl_are_not_held_to_numpys_block_count(tmp_path, monkeypatch):
+    """NumPy's rank-1 pass wants strips of 8 blocks (here 8 x 16 rows); OpenCL computes
+    each row alone, so its native strips are shorter (NATIVE_OPENCL_ROWS, above the
+    byte target here) and hold less in flight. Both keep NumPy's block alignment; the
+    files agree within a level."""
+    monkeypatch.setattr(pipeline, "STRIP_BYTES", 2**12)  # a few rows of this width
+    monkeypatch.setattr(pipeline, "NATIVE_OPENCL_ROWS", 40)  # not a whole number of blocks
+    src = _photo(tmp_path / "in.png", h=300, w=90)
+    filt = cbatch.Filter(weight=np.full((9, 9), 1 / 81, np.float32))
+    heights = {}
+    real = pipeline.plan_geometry
+    for backend in ("opencl", "numpy", "auto"):
+
+        def spy(spec, rows, backend=backend):
+            heights[backend] = rows
+            return real(spec, rows)
+
+        monkeypatch.setattr(pipeline, "plan_geometry", spy)
+        _new(src, tmp_path / f"{backend}.png", filt, cbatch.Engine(backend), cbatch.Output())
+    assert heights["numpy"] == 128
+    assert heights["opencl"] == heights["auto"] == 48  # 40 rows, rounded up to 16-row blocks
+    want = _stored(tmp_path / "numpy.png").astype(int)
+    for backend in ("opencl", "auto"):  # auto: NumPy may run this small image
+        assert np.abs(_stored(tmp_path / f"{backend}.png") - want).max() <= 1

@@ -71,3 +71,37 @@ def test_a_builtin_preset_is_found_without_parsing_files_and_as_the_files_would(
             quick += 1
             assert found is presets._lookup(name, presets._builtin_families()), name
     assert presets._python_family("gaussian") is not None and quick >= len(presets._FAMILIES)
+
+
+_ENDS = """
+import atexit, sys, threading, time
+from convcli.cli import main
+atexit.register(lambda: print("atexit ran"))
+def late():
+    time.sleep(0.3)
+    print("thread done", flush=False)
+threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+main(sys.argv[1:])
+"""
+
+
+def test_the_process_ends_as_a_normal_exit_would():
+    """The entry point ends the process without the interpreter's teardown, but only
+    after what a normal exit does: non-daemon threads joined, atexit handlers run,
+    buffered stdout written out; the command's exit code kept."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _ENDS, "presets", "list"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert out[-2:] == ["thread done", "atexit ran"]
+    assert "gaussian" in "\n".join(out[:-2])  # the table, before what the exit printed
+    bad = subprocess.run([sys.executable, "-c", _ENDS, "apply", "missing.png", "-o", "o.png",
+                          "--preset", "box"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == ["convcli: error: missing.png: no such file"]
+    assert bad.stdout.splitlines() == ["thread done", "atexit ran"]
+    usage = subprocess.run([sys.executable, "-c", _ENDS, "apply", "--bogus"], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert usage.returncode == 2
