@@ -19,7 +19,7 @@ This module holds the steps of that path that differ from the strip pipeline's:
   says what is wrong.
 - :func:`pad`: the padded native samples the fused filter step takes.
 - :func:`encode`: the samples published atomically; JPEG through imagecodecs with the
-  settings of the strip pipeline's encoder (quality, no chroma subsampling from 90 up,
+  settings of the strip pipeline's encoder (quality, the target's chroma subsampling,
   baseline, standard Huffman tables), which decode back to the same pixels.
 
 The batch (:func:`convcli.batch.run_tasks`) decides which images take this path.
@@ -69,6 +69,8 @@ class JpegHeader:
     exif: bytes | None  # the APP1 Exif payload (TIFF header on), if any
     xmp: bytes | None
     adobe: bool  # an APP14 Adobe marker (colour transform flags)
+    #: the chroma subsampling (:func:`convcli.io.images.frame_subsampling`), or None
+    subsampling: str | None = None
 
 
 def jpeg_header(blob: bytes) -> JpegHeader | None:
@@ -80,6 +82,7 @@ def jpeg_header(blob: bytes) -> JpegHeader | None:
     exif = xmp = None
     adobe = False
     frame: tuple[int, int, int, int, int] | None = None
+    sof = b""
     while pos + 4 <= size:
         if blob[pos] != 0xFF:
             return None
@@ -101,6 +104,7 @@ def jpeg_header(blob: bytes) -> JpegHeader | None:
                 return None
             precision, height, width, channels = struct.unpack_from(">BHHB", body)
             frame = (height, width, channels, precision, marker)
+            sof = body
         elif marker == 0xE1 and body.startswith(_EXIF):
             exif = bytes(body[len(_EXIF) :])
         elif marker == 0xE1 and body.startswith(_XMP):
@@ -112,8 +116,11 @@ def jpeg_header(blob: bytes) -> JpegHeader | None:
         return None
     if frame is None:
         return None
+    from convcli.io.images import frame_subsampling
+
     height, width, channels, precision, marker = frame
-    return JpegHeader(height, width, channels, precision, marker, exif, xmp, adobe)
+    return JpegHeader(height, width, channels, precision, marker, exif, xmp, adobe,
+                      frame_subsampling(sof))  # fmt: skip
 
 
 def _orientation(head: JpegHeader) -> int | None:
@@ -303,14 +310,16 @@ def _jpeg(samples: np.ndarray, target: stream.Target) -> bytes | None:
         return None
     import imagecodecs
 
-    quality = int(min(max(target.quality, 1), 100))
+    from convcli.io.sinks import jpeg_settings
+
+    quality, subsampling = jpeg_settings(target)
     image = samples[..., 0] if samples.shape[2] == 1 else samples
     try:
         return bytes(
             imagecodecs.jpeg8_encode(
                 np.ascontiguousarray(image),
                 level=quality,
-                subsampling="444" if quality >= 90 else "420",
+                subsampling=subsampling,
                 optimize=False,
             )
         )
