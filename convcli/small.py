@@ -69,8 +69,6 @@ class JpegHeader:
     exif: bytes | None  # the APP1 Exif payload (TIFF header on), if any
     xmp: bytes | None
     adobe: bool  # an APP14 Adobe marker (colour transform flags)
-    #: the chroma subsampling (:func:`convcli.io.images.frame_subsampling`), or None
-    subsampling: str | None = None
 
 
 def jpeg_header(blob: bytes) -> JpegHeader | None:
@@ -82,7 +80,6 @@ def jpeg_header(blob: bytes) -> JpegHeader | None:
     exif = xmp = None
     adobe = False
     frame: tuple[int, int, int, int, int] | None = None
-    sof = b""
     while pos + 4 <= size:
         if blob[pos] != 0xFF:
             return None
@@ -104,7 +101,6 @@ def jpeg_header(blob: bytes) -> JpegHeader | None:
                 return None
             precision, height, width, channels = struct.unpack_from(">BHHB", body)
             frame = (height, width, channels, precision, marker)
-            sof = body
         elif marker == 0xE1 and body.startswith(_EXIF):
             exif = bytes(body[len(_EXIF) :])
         elif marker == 0xE1 and body.startswith(_XMP):
@@ -116,11 +112,8 @@ def jpeg_header(blob: bytes) -> JpegHeader | None:
         return None
     if frame is None:
         return None
-    from convcli.io.images import frame_subsampling
-
     height, width, channels, precision, marker = frame
-    return JpegHeader(height, width, channels, precision, marker, exif, xmp, adobe,
-                      frame_subsampling(sof))  # fmt: skip
+    return JpegHeader(height, width, channels, precision, marker, exif, xmp, adobe)
 
 
 def _orientation(head: JpegHeader) -> int | None:
