@@ -1996,18 +1996,22 @@ _RAN_HERE = [False]
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point.
 
-    After a file command that ran here, the process ends with ``os._exit`` once stdout
-    and stderr are flushed: every output, report and timings file is published and
-    closed by then, and what the interpreter's teardown would still do (free every
-    module's objects, stop the OpenCL runtime's threads) takes 0.05-0.2 s with
-    nothing to show for it. Any other command, and a flush that fails, exit as usual.
+    After a file command that ran here, the process ends with ``os._exit`` once the
+    ``atexit`` handlers ran and stdout and stderr are flushed: every output, report and
+    timings file is published and closed by then, and what the interpreter's teardown
+    would still do (free every module's objects, stop the OpenCL runtime's threads)
+    takes 0.05-0.2 s with nothing to show for it. Any other command, and a flush that
+    fails, exit as usual.
     """
     try:
         cli.main(args=argv, prog_name=PROG)
     except SystemExit as exc:
         code = exc.code
         if _RAN_HERE[0] and (code is None or isinstance(code, int)):
+            import atexit
+
             try:
+                atexit._run_exitfuncs()  # what libraries (and tools) registered
                 sys.stdout.flush()
                 sys.stderr.flush()
             except Exception:  # a closed pipe: the usual exit says what it says

@@ -1,9 +1,9 @@
 """After ``apply`` or ``batch`` ran its files here, the process skips the interpreter's
-teardown (``os._exit`` in :func:`convcli.cli.main`): every output, the report, the
-timings file, stdout and stderr must be complete all the same, and the exit code the
-one the command returned. The child registers an ``atexit`` handler that prints a
-marker: its absence shows the fast exit was taken, so these tests check that path and
-not the usual one."""
+teardown (``os._exit`` in :func:`convcli.cli.main`, after the ``atexit`` handlers):
+every output, the report, the timings file, stdout and stderr must be complete all the
+same, and the exit code the one the command returned. The child holds an object whose
+finaliser prints a marker when the interpreter tears its modules down: its absence
+shows the fast exit was taken, so these tests check that path and not the usual one."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ from PIL import Image as PILImage
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-# the console script's main(), with a marker that only a normal exit prints
+# the console script's main(), with a marker only the interpreter's teardown prints,
+# and one the atexit handlers print (they still run)
 SCRIPT = (
     "import atexit, sys\n"
-    "atexit.register(lambda: sys.stderr.write('TEARDOWN\\n'))\n"
+    "class Marker:\n"
+    "    def __del__(self):\n"
+    "        sys.stderr.write('TEARDOWN\\n')\n"
+    "marker = Marker()\n"
+    "atexit.register(lambda: sys.stderr.write('ATEXIT\\n'))\n"
     "from convcli.cli import main\n"
     "main(sys.argv[1:])\n"
 )
@@ -53,6 +58,7 @@ def test_a_batch_ends_at_once_with_everything_written(tmp_path):
     assert "TEARDOWN" not in r.stderr  # the fast exit was taken
     assert r.returncode == 1  # one file failed
     lines = r.stderr.strip().splitlines()
+    assert lines.pop() == "ATEXIT"  # after everything the command printed
     assert any(ln.startswith("convcli: error: ") and "bad.png" in ln for ln in lines), lines
     assert "12 done, 0 skipped, 1 failed" in lines[-1]
     report = json.loads((tmp_path / "r.json").read_text())
@@ -69,7 +75,7 @@ def test_apply_prints_every_output_before_it_ends(tmp_path):
     inputs = _images(tmp_path / "in", 30)
     r = _convcli("apply", *inputs, "-o", "out/", "--preset", "box", "--backend", "numpy",
                  cwd=tmp_path)  # fmt: skip
-    assert "TEARDOWN" not in r.stderr
+    assert "TEARDOWN" not in r.stderr and r.stderr.endswith("ATEXIT\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [str(Path("out") / p.name) for p in inputs]
 
