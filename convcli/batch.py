@@ -70,6 +70,7 @@ from convcli.budget import (
 from convcli.errors import (
     BackendError,
     ConvcliError,
+    ConvValueError,
     InputError,
     LimitError,
     OutputExistsError,
@@ -287,6 +288,10 @@ class Output:
     ``out_map`` / ``scale`` / ``offset`` go to :func:`convcli.io.map_output`; for ``.npy``
     outputs they apply only when ``raw_npy`` is False (the raw float result is written by
     default). ``bit_depth`` None keeps the input's where the format holds it.
+    ``subsampling`` is a colour JPEG output's chroma subsampling: ``"auto"`` keeps a
+    JPEG input's (4:4:4, 4:2:2 or 4:2:0) as ImageMagick does, and otherwise writes none
+    from ``quality`` 90 up and 4:2:0 below; ``"444"``, ``"422"`` or ``"420"`` for
+    every output.
     """
 
     out_map: str = "clip"
@@ -296,6 +301,23 @@ class Output:
     quality: int = 95
     alpha: str = "premultiply"
     raw_npy: bool = True
+    subsampling: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.subsampling not in ("auto", *cio.JPEG_SUBSAMPLINGS):
+            raise ConvValueError(
+                f"subsampling must be 'auto' or one of {list(cio.JPEG_SUBSAMPLINGS)}, "
+                f"got {self.subsampling!r}"
+            )
+
+    def subsampling_for(self, src: Path, dst: Path) -> str | None:
+        """The chroma subsampling of ``dst`` written from the image at ``src`` (None:
+        by quality, or no JPEG output)."""
+        if cio.WRITE_FORMATS.get(dst.suffix.lower()) != "JPEG":
+            return None
+        if self.subsampling != "auto":
+            return self.subsampling
+        return cio.read_jpeg_subsampling(src)
 
 
 def default_bit_depth(input_depth: int, suffix: str) -> int:
@@ -856,6 +878,8 @@ def check_file(
             spec.c_out,
             np.dtype({1: np.uint8, 2: np.uint16}.get(sample, np.float32)),
             False,
+            output.quality,
+            output.subsampling_for(task.src, task.dst),  # a JPEG's bands: 8 or 16 rows
         )
         sink = stream.sink_bytes(target)
         align = pipeline.strip_alignment(spec, "numpy", "separable")
@@ -1070,7 +1094,13 @@ def _process(
     map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
     alpha_in_result = has_alpha and alpha in _ALPHA_KEPT_OR_FILTERED
     target, bits, drop = pipeline.target_for(
-        task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
+        task.dst,
+        channels,
+        spec.h_out,
+        spec.w_out,
+        depth,
+        out.quality,
+        out.subsampling_for(task.src, task.dst),
     )
     overflow = [0, 0]  # values that are inf or NaN, values
 
@@ -1366,8 +1396,9 @@ class _SmallPath:
         for every image of the same size, format and output suffix: worked out once."""
         out = self.output
         suffix = task.dst.suffix.lower()
+        sampling = out.subsampling_for(task.src, task.dst)
         key = (info.height, info.width, info.channels, info.dtype.str, info.top,
-               info.bit_depth, info.has_alpha, suffix)  # fmt: skip
+               info.bit_depth, info.has_alpha, suffix, sampling)  # fmt: skip
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -1384,7 +1415,7 @@ class _SmallPath:
         map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
         # raises (a format that cannot hold the result) for every file: not kept
         target, bits, drop = pipeline.target_for(
-            task.dst, channels, spec.h_out, spec.w_out, depth, out.quality
+            task.dst, channels, spec.h_out, spec.w_out, depth, out.quality, sampling
         )
         step = None
         if not drop and not (map_it and out.out_map == "normalize"):

@@ -21,10 +21,12 @@ maximum over all runs. Peers are optional and found at run time; none is a depen
 Exactness: every convcli output is compared with a float64 reference of the same kernel
 (``same`` size, replicate border, clipped, at the output's depth): ``max_err`` must be at
 most ``EXACT_LEVELS``. Lossy outputs (JPEG) are checked through one extra untimed run
-that writes TIFF instead. Peers use their own approximations of the filters (OpenCV's and
-libvips' Gaussians are shorter, libvips rounds to integers on 8-bit input) and their JPEG
-encoders; their outputs are compared roughly (``mean_err`` at most ``PEER_MEAN_LEVELS``
-means "the same kind of blur", nothing more).
+that writes TIFF instead (for a folder: the whole folder, as timed, so that the batch
+takes the same paths; its first, middle and last images are compared). Peers use their
+own approximations of the filters (OpenCV's and libvips' Gaussians are shorter, libvips
+rounds to integers on 8-bit input) and their JPEG encoders; their outputs are compared
+roughly (``mean_err`` at most ``PEER_MEAN_LEVELS`` means "the same kind of blur", nothing
+more).
 
 A library module: it prints nothing; progress goes to an optional callback.
 """
@@ -604,23 +606,26 @@ def _outputs(system: _System) -> list[Path]:
 def _check(
     wl: FilesWorkload, system: _System, src: Path, kernel: np.ndarray, work: Path
 ) -> tuple[float | None, float | None, str]:
-    """(max_err, mean_err, note) of one system's output (the first image of a folder);
-    convcli's lossy outputs go through an untimed run writing TIFF."""
+    """(max_err, mean_err, note) of one system's output (a folder's first, middle and
+    last images); convcli's lossy outputs go through an untimed run writing TIFF (a
+    folder's run on the whole folder, so that it takes the timed run's paths)."""
     outs = _outputs(system)
     if not outs:
         return None, None, "no output"
-    first_src = sorted(src.iterdir())[0] if src.is_dir() else src
-    target = outs[0]
+    sources = sorted(src.iterdir()) if src.is_dir() else [src]
+    # a folder: its first image, one from the middle and its last (a batch may filter its
+    # first images on NumPy while OpenCL starts, and the rest on OpenCL)
+    picks = sorted({0, len(sources) // 2, len(sources) - 1})
+    targets = [outs[0]] if len(outs) == 1 else [outs[i] for i in picks if i < len(outs)]
     note = ""
-    if system.name.startswith("convcli") and target.suffix == ".jpg":
+    if system.name.startswith("convcli") and targets[0].suffix == ".jpg":
         check = work / f"{wl.id}-check-{system.name}"
         shutil.rmtree(check, ignore_errors=True)
         if wl.kind == "folder":
-            check_in = work / f"{wl.id}-check-in"
-            check_in.mkdir(exist_ok=True)
-            shutil.copy(first_src, check_in / first_src.name)
+            # the whole folder, as timed: the batch takes the same paths (backend, small
+            # path) for the same number of images
             dst = check
-            argv = _convcli_argv(wl, check_in, dst, _backend_of(system), lossless_check=True)
+            argv = _convcli_argv(wl, src, dst, _backend_of(system), lossless_check=True)
         else:
             check.mkdir()
             dst = check / "out.tif"
@@ -628,12 +633,14 @@ def _check(
         proc = subprocess.run(argv, capture_output=True, text=True, env=system.env, check=False)
         if proc.returncode != 0:
             return None, None, f"check run failed: {proc.stderr.strip()[-200:]}"
-        target = dst if dst.is_file() else sorted(dst.iterdir())[0]
+        written = [dst] if dst.is_file() else sorted(dst.iterdir())
+        targets = [written[0]] if len(written) == 1 else [written[i] for i in picks]
         note = "checked on a TIFF run"
-    src_px = read_pixels(first_src)
-    out_px = read_pixels(target)
-    worst, mean = compare_to_reference(out_px, src_px, kernel)
-    return worst, mean, note
+    worst, total = 0.0, 0.0
+    for i, target in zip(picks, targets, strict=False):
+        err, mean = compare_to_reference(read_pixels(target), read_pixels(sources[i]), kernel)
+        worst, total = max(worst, err), total + mean
+    return worst, total / len(targets), note
 
 
 def _backend_of(system: _System) -> str:

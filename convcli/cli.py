@@ -686,6 +686,14 @@ def _kernel_options(f: Callable) -> Callable:
             help="JPEG/WebP quality.",
         ),
         click.option(
+            "--subsampling",
+            type=click.Choice(["auto", "444", "422", "420"]),
+            default="auto",
+            show_default=True,
+            help="JPEG chroma subsampling. auto: a JPEG input's own (4:4:4, 4:2:2 or "
+            "4:2:0), else none from quality 90 up and 4:2:0 below.",
+        ),
+        click.option(
             "--workers",
             type=click.IntRange(min=1),
             help="Threads reading and writing images (default: CPU count, min 2).",
@@ -792,6 +800,7 @@ def _setup(opts: dict[str, Any], ctx: click.Context):
         offset=opts["offset"],
         bit_depth=int(opts["bit_depth"]) if opts["bit_depth"] else None,
         quality=opts["quality"],
+        subsampling=opts["subsampling"],
         alpha=opts["alpha"],
         raw_npy=not explicit_map,
     )
@@ -1228,7 +1237,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
 
 # options about image files that have no meaning for a zarr store (written as float32)
 _IMAGE_ONLY = ("alpha", "fmt", "bit_depth", "out_map", "scale", "offset", "quality")
-_IMAGE_ONLY += ("max_pixels", "timings")
+_IMAGE_ONLY += ("max_pixels", "timings", "subsampling")
 
 
 def _is_zarr(path: str) -> bool:
@@ -2002,6 +2011,8 @@ def _leave(code: object) -> None:
         code = 0
     if not isinstance(code, int) or isinstance(code, bool):
         return  # a message to print: the usual exit prints it
+    if "distributed" in sys.modules:
+        return  # a Dask cluster's processes and connections close in the usual exit
     shutdown = getattr(threading, "_shutdown", None)
     run_exitfuncs = getattr(__import__("atexit"), "_run_exitfuncs", None)
     if shutdown is None or run_exitfuncs is None:

@@ -391,11 +391,18 @@ class ImageRun:
 
 
 def target_for(
-    dst: Path, channels: int, height: int, width: int, bit_depth: int, quality: int
+    dst: Path,
+    channels: int,
+    height: int,
+    width: int,
+    bit_depth: int,
+    quality: int,
+    subsampling: str | None = None,
 ) -> tuple[stream.Target, int, bool]:
     """The sink's :class:`~convcli.io.stream.Target` for a result of ``channels``, the
     bits it is rounded to (0: float32 samples), and whether its last channel (alpha) is
-    dropped; raises InputError as :func:`convcli.io.write_image` does."""
+    dropped; raises InputError as :func:`convcli.io.write_image` does. ``subsampling``:
+    a colour JPEG's chroma subsampling (None: by quality)."""
     name = name_of(dst)
     fmt = output_format(dst)
     if 0 in (channels, height, width):
@@ -414,7 +421,9 @@ def target_for(
     bits = 16 if fmt == "PNG" and bit_depth == 16 else 8
     dtype = np.uint8 if bits == 8 else np.uint16
     has_alpha = channels in (2, 4)
-    target = stream.Target(fmt, height, width, channels, np.dtype(dtype), has_alpha, quality)
+    target = stream.Target(
+        fmt, height, width, channels, np.dtype(dtype), has_alpha, quality, subsampling
+    )
     return target, bits, drop
 
 

@@ -19,7 +19,7 @@ This module holds the steps of that path that differ from the strip pipeline's:
   says what is wrong.
 - :func:`pad`: the padded native samples the fused filter step takes.
 - :func:`encode`: the samples published atomically; JPEG through imagecodecs with the
-  settings of the strip pipeline's encoder (quality, no chroma subsampling from 90 up,
+  settings of the strip pipeline's encoder (quality, the target's chroma subsampling,
   baseline, standard Huffman tables), which decode back to the same pixels.
 
 The batch (:func:`convcli.batch.run_tasks`) decides which images take this path.
@@ -303,14 +303,16 @@ def _jpeg(samples: np.ndarray, target: stream.Target) -> bytes | None:
         return None
     import imagecodecs
 
-    quality = int(min(max(target.quality, 1), 100))
+    from convcli.io.sinks import jpeg_settings
+
+    quality, subsampling = jpeg_settings(target)
     image = samples[..., 0] if samples.shape[2] == 1 else samples
     try:
         return bytes(
             imagecodecs.jpeg8_encode(
                 np.ascontiguousarray(image),
                 level=quality,
-                subsampling="444" if quality >= 90 else "420",
+                subsampling=subsampling,
                 optimize=False,
             )
         )

@@ -298,3 +298,45 @@ def test_photo_mp_rejects_a_bad_item():
     r = CliRunner().invoke(cli, ["bench", "--suite", "files", "--photo-mp", "24,big"])
     assert r.exit_code == 2
     assert "'big' is not a size in megapixels" in r.output
+
+
+def test_a_folders_check_runs_the_whole_folder_and_compares_three_images(tmp_path, monkeypatch):
+    """The check run filters the whole folder, as timed (a batch of one image may take
+    another backend than one of 200), and compares its first, middle and last images
+    against their own sources; a wrong middle image fails the check."""
+    sizes = dataclasses.replace(bf.TINY, folder_count=5)
+    wl = next(w for w in bf.workloads(sizes) if w.kind == "folder")
+    src = bf.make_inputs(wl, tmp_path)
+    systems, _ = bf._systems(wl, src, tmp_path, ["numpy"], [])
+    (system,) = systems
+    bf._run_once(system)
+    assert not system.error and len(list(system.output.iterdir())) == 5
+    seen = []
+    real = bf.compare_to_reference
+
+    def spy(out, ref_src, kernel, strip=256):
+        seen.append(ref_src)
+        return real(out, ref_src, kernel, strip)
+
+    monkeypatch.setattr(bf, "compare_to_reference", spy)
+    kernel = get_preset(wl.preset).kernel
+    worst, mean, note = bf._check(wl, system, src, kernel, tmp_path)
+    assert note == "checked on a TIFF run" and worst <= bf.EXACT_LEVELS and mean < 1
+    names = sorted(src.iterdir())
+    assert len(seen) == 3
+    for got, i in zip(seen, (0, 2, 4), strict=True):
+        np.testing.assert_array_equal(got, bf.read_pixels(names[i]))
+    assert len(list((tmp_path / f"{wl.id}-check-{system.name}").iterdir())) == 5
+    # a middle output that is not its image's result is caught
+    outs = sorted((tmp_path / f"{wl.id}-check-{system.name}").iterdir())
+    real_run = bf.subprocess.run
+
+    def spoiled(*a, **k):
+        done = real_run(*a, **k)
+        tif = sorted((tmp_path / f"{wl.id}-check-{system.name}").iterdir())[2]
+        tif.write_bytes(outs[0].read_bytes())  # the first image's result
+        return done
+
+    monkeypatch.setattr(bf.subprocess, "run", spoiled)
+    worst, _, _ = bf._check(wl, system, src, kernel, tmp_path)
+    assert worst > bf.EXACT_LEVELS

@@ -7,11 +7,13 @@ from __future__ import annotations
 from convcli.io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
+    JPEG_SUBSAMPLINGS,
     PIL_FORMATS,
     WRITE_FORMATS,
     Image,
     probe_image,
     read_image,
+    read_jpeg_subsampling,
     write_image,
 )
 from convcli.io.weights import load_weights
@@ -32,6 +34,7 @@ __all__ = [
     "ALPHA_STEPS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "JPEG_SUBSAMPLINGS",
     "OUT_MAPS",
     "PIL_FORMATS",
     "WRITE_FORMATS",
@@ -45,5 +48,6 @@ __all__ = [
     "prepare_alpha",
     "probe_image",
     "read_image",
+    "read_jpeg_subsampling",
     "write_image",
 ]

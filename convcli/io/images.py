@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from convcli import notes as cnotes
-from convcli.errors import InputError, OutputExistsError
+from convcli.errors import ConvValueError, InputError, OutputExistsError
 from convcli.io._common import check_file, codec_reason, name_of, one_line, reason
 from convcli.io.publish import PublishMode, publish
 from convcli.names import DEFAULT_MAX_PIXELS
@@ -944,6 +944,73 @@ def stored_channels(
     return channels, drop
 
 
+# Chroma subsamplings a JPEG is written with: 4:4:4 (none), 4:2:2 (half the columns),
+# 4:2:0 (half the columns and rows); "auto" keeps a JPEG input's.
+JPEG_SUBSAMPLINGS: tuple[str, ...] = ("444", "422", "420")
+# the luma component's sampling factors (h, v) when both chroma components have 1x1
+_LUMA_FACTORS = {(1, 1): "444", (2, 1): "422", (2, 2): "420"}
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_subsampling(quality: int, subsampling: str | None = None) -> str:
+    """The chroma subsampling a colour JPEG of ``quality`` is written with:
+    ``subsampling`` where given (one of :data:`JPEG_SUBSAMPLINGS`), else none (4:4:4)
+    from quality 90 up and 4:2:0 below, ImageMagick's rule for an image that was not a
+    JPEG (``coders/jpeg.c``; a JPEG input keeps its own, see
+    :func:`read_jpeg_subsampling`).
+
+    >>> jpeg_subsampling(95), jpeg_subsampling(75), jpeg_subsampling(95, "420")
+    ('444', '420', '420')
+    """
+    if subsampling is None:
+        return "444" if quality >= 90 else "420"
+    if subsampling not in JPEG_SUBSAMPLINGS:
+        raise ConvValueError(
+            f"subsampling must be one of {list(JPEG_SUBSAMPLINGS)}, got {subsampling!r}"
+        )
+    return subsampling
+
+
+def frame_subsampling(sof: bytes) -> str | None:
+    """The chroma subsampling a JPEG frame header (an SOF segment's body) describes:
+    ``"444"``, ``"422"`` or ``"420"`` for three components whose chroma components are
+    sampled 1x1, else None (grey, CMYK, 4:4:0, 4:1:1 and other factors)."""
+    if len(sof) < 6 or sof[5] != 3 or len(sof) < 6 + 3 * 3:
+        return None
+    factors = [(sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(3)]
+    if factors[1] != (1, 1) or factors[2] != (1, 1):
+        return None
+    return _LUMA_FACTORS.get(factors[0])
+
+
+def read_jpeg_subsampling(path: str | os.PathLike[str]) -> str | None:
+    """The chroma subsampling of the JPEG at ``path`` (:func:`frame_subsampling` of its
+    frame header), or None where ``path`` is no colour JPEG with one of those samplings
+    or its markers cannot be read up to the frame header (the reader says what is
+    wrong with it). Reads the markers only, skipping their contents."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\xff\xd8":
+                return None
+            while True:
+                head = fh.read(4)
+                while len(head) >= 2 and head[0] == 0xFF and head[1] == 0xFF:  # fill
+                    head = head[1:] + fh.read(1)
+                if len(head) < 4 or head[0] != 0xFF or head[1] in (0xD9, 0xDA):
+                    return None  # the end, or a scan before any frame header
+                if 0xD0 <= head[1] <= 0xD7 or head[1] == 0x01:  # no length
+                    fh.seek(-2, os.SEEK_CUR)
+                    continue
+                length = int.from_bytes(head[2:4], "big")
+                if length < 2:
+                    return None
+                if head[1] in _SOF_MARKERS:
+                    return frame_subsampling(fh.read(length - 2))
+                fh.seek(length - 2, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
 def check_bit_depth(name: str, fmt: str, bit_depth: int) -> None:
     """Refuse a bit depth ``fmt`` (a value of :data:`WRITE_FORMATS`) cannot store, as
     InputError naming the file: anything but 8, 16 or 32, and 32 (float32 samples)
@@ -967,6 +1034,7 @@ def write_image(
     bit_depth: int = 8,
     overwrite: bool = True,
     quality: int = 95,
+    subsampling: str | None = None,
     has_alpha: bool | None = None,
 ) -> Path:
     """Write a ``(C, H, W)`` (or ``(H, W)``) float array in [0, 1] as an image.
@@ -990,6 +1058,9 @@ def write_image(
         that file is kept and :class:`~convcli.errors.OutputExistsError` is raised.
     quality : int
         JPEG/WebP quality (1-100).
+    subsampling : {"444", "422", "420"}, optional
+        A colour JPEG's chroma subsampling (default: none from quality 90 up, 4:2:0
+        below; see :func:`jpeg_subsampling`).
     has_alpha : bool or None
         Whether the last channel of a 2- or 4-channel array is alpha (default: yes).
         JPEG and BMP do not keep alpha: it is dropped.
@@ -1029,10 +1100,11 @@ def write_image(
         samples = quantize(arr, bit_depth)
         return publish(path, lambda fh: _write_png(fh, samples), mode=mode)
     q8 = quantize(arr, 8)
+    sampling = jpeg_subsampling(quality, subsampling)  # a bad value: before any file
 
     def save(fh: BinaryIO) -> None:
         try:
-            _save_pil(fh, q8, fmt, quality)
+            _save_pil(fh, q8, fmt, quality, sampling)
         except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
             raise InputError(f"{name}: cannot write: {reason(exc)}") from None
 
@@ -1121,8 +1193,11 @@ def _tiff_tags(channels: int, has_alpha: bool) -> dict[str, Any]:
     }
 
 
-def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:
-    """JPEG, WebP or BMP from ``(H, W, C)`` uint8 samples through Pillow."""
+def _save_pil(
+    fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int, subsampling: str | None = None
+) -> None:
+    """JPEG, WebP or BMP from ``(H, W, C)`` uint8 samples through Pillow (a JPEG's
+    chroma subsampling: :func:`jpeg_subsampling`)."""
     from PIL import Image as PILImage
 
     if fmt == "WEBP" and q8.shape[-1] == 2:  # WebP has no gray + alpha mode
@@ -1132,6 +1207,7 @@ def _save_pil(fh: BinaryIO, q8: np.ndarray, fmt: str, quality: int) -> None:
     options: dict[str, Any] = {}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = int(min(max(quality, 1), 100))
-    if fmt == "JPEG" and quality >= 90:
-        options["subsampling"] = 0  # 4:4:4 at high quality, as ImageMagick does
+    if fmt == "JPEG":
+        sampling = jpeg_subsampling(quality, subsampling)
+        options["subsampling"] = {"444": 0, "422": 1, "420": 2}[sampling]
     im.save(fh, format=fmt, **options)

@@ -194,11 +194,16 @@ _JPEG_MAX_INTERVAL = 65535
 _JPEG_MAX_SIDE = 65500
 
 
-def _jpeg_settings(quality: int) -> tuple[int, str]:
-    """:func:`_jpeg_vips`'s and :func:`convcli.io.images._save_pil`'s settings: quality
-    clamped to 1-100, no chroma subsampling from 90 up, 4:2:0 below."""
-    quality = int(min(max(quality, 1), 100))
-    return quality, "444" if quality >= 90 else "420"
+def jpeg_settings(target: Target) -> tuple[int, str]:
+    """The quality (clamped to 1-100) and chroma subsampling (``target.subsampling``,
+    else by quality: :func:`convcli.io.images.jpeg_subsampling`) every JPEG encoder
+    here writes ``target`` with."""
+    quality = int(min(max(target.quality, 1), 100))
+    return quality, _im.jpeg_subsampling(quality, target.subsampling)
+
+
+# a colour MCU's (columns, rows) by chroma subsampling; grey and 4:4:4 MCUs are 8x8
+_MCU = {"444": (8, 8), "422": (16, 8), "420": (16, 16)}
 
 
 def _jpeg_bands(target: Target) -> tuple[int, int] | None:
@@ -217,15 +222,15 @@ def _jpeg_bands(target: Target) -> tuple[int, int] | None:
             return None
     except Exception:  # ImportError, or a build without the codec
         return None
-    _, subsampling = _jpeg_settings(target.quality)
-    mcu = 16 if channels == 3 and subsampling == "420" else 8
-    per_row = -(-target.width // mcu)  # MCUs across the image
+    _, subsampling = jpeg_settings(target)
+    mcu_w, mcu_h = _MCU[subsampling] if channels == 3 else (8, 8)
+    per_row = -(-target.width // mcu_w)  # MCUs across the image
     most = _JPEG_MAX_INTERVAL // per_row  # MCU rows a restart interval may hold
     if most < 1:
         return None
-    want = _JPEG_BAND_BYTES // max(1, target.width * channels * mcu)
-    mcu_rows = max(1, min(most, want, -(-target.height // mcu)))
-    return mcu_rows * mcu, mcu_rows * per_row
+    want = _JPEG_BAND_BYTES // max(1, target.width * channels * mcu_h)
+    mcu_rows = max(1, min(most, want, -(-target.height // mcu_h)))
+    return mcu_rows * mcu_h, mcu_rows * per_row
 
 
 def _jpeg_segments(data: bytes) -> tuple[list[tuple[int, bytes]], memoryview]:
@@ -256,7 +261,7 @@ def _write_jpeg_rows(fh: BinaryIO, blocks: Iterator[np.ndarray], target: Target,
     import imagecodecs
 
     rows, interval = _jpeg_bands(target)  # type: ignore[misc]
-    quality, subsampling = _jpeg_settings(target.quality)
+    quality, subsampling = jpeg_settings(target)
     channels = target.channels - (1 if target.has_alpha and target.channels in (2, 4) else 0)
 
     def encode(band: np.ndarray) -> bytes:
@@ -338,32 +343,34 @@ def _encode_whole(fh: BinaryIO, samples: np.ndarray, target: Target, name: str) 
     if fmt == "PNG":
         _im._write_png(fh, samples)
         return
-    if fmt == "JPEG" and _jpeg_vips(fh, samples, target.quality):
+    quality, subsampling = jpeg_settings(target)
+    if fmt == "JPEG" and _jpeg_vips(fh, samples, quality, subsampling):
         return
     try:
-        _im._save_pil(fh, samples, fmt, target.quality)
+        _im._save_pil(fh, samples, fmt, quality, subsampling)
     except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
         raise InputError(f"{name_of(name)}: cannot write: {reason(exc)}") from None
 
 
-def _jpeg_vips(fh: BinaryIO, q8: np.ndarray, quality: int) -> bool:
+def _jpeg_vips(fh: BinaryIO, q8: np.ndarray, quality: int, subsampling: str) -> bool:
     """JPEG through libvips with :func:`convcli.io.images._save_pil`'s settings
-    (quality clamped to 1-100, no chroma subsampling from 90 up, 4:2:0 below; baseline,
-    standard Huffman tables); False where pyvips does not load."""
+    (``quality`` 1-100, chroma ``subsampling``; baseline, standard Huffman tables);
+    False where pyvips does not load, or for 4:2:2, which libvips does not write."""
     from convcli.io.sources import _pyvips
 
+    if subsampling not in ("444", "420"):
+        return False
     pyvips: Any = _pyvips()
     if pyvips is None:
         return False
     q8 = np.ascontiguousarray(q8)
     height, width, bands = q8.shape
     image = pyvips.Image.new_from_memory(q8.data, width, height, bands, "uchar")
-    quality = int(min(max(quality, 1), 100))
     try:
         data = image.write_to_buffer(
             ".jpg",
             Q=quality,
-            subsample_mode="off" if quality >= 90 else "on",
+            subsample_mode="off" if subsampling == "444" else "on",
             optimize_coding=False,
             interlace=False,
             keep="none",

@@ -198,6 +198,9 @@ class Target:
     dtype: np.dtype  # uint8, uint16 or float32 (NPY and 32-bit TIFF)
     has_alpha: bool
     quality: int = 95
+    #: a colour JPEG's chroma subsampling ("444", "422", "420"); None: by quality
+    #: (:func:`convcli.io.images.jpeg_subsampling`)
+    subsampling: str | None = None
 
 
 def write_rows(fh: BinaryIO, rows: Iterable[np.ndarray], target: Target, *, name: str) -> None:
