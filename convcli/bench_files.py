@@ -758,7 +758,8 @@ def run_files_suite(
     work_dir : path, optional
         Where inputs and outputs go (a temporary folder, removed afterwards, if None).
     only : sequence of str
-        Workload ids to run (all if empty).
+        Workloads to run, by id (``F3``) or kind (``photo``, ``tiff16``, ``tiled``,
+        ``folder``, ``png``: ids move with the number of photo sizes); all if empty.
     progress : callable, optional
         Called with one-line messages as the suite runs.
 
@@ -777,7 +778,7 @@ def run_files_suite(
         if p not in PEERS:
             raise ValueError(f"unknown peer {p!r}; peers are {list(PEERS)}")
     say = progress or (lambda *args: None)
-    chosen = [wl for wl in workloads(sizes) if not only or wl.id in only]
+    chosen = [wl for wl in workloads(sizes) if not only or {wl.id, wl.kind} & set(only)]
     if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="convcli-bench-files-") as tmp:
             return _run_all(chosen, Path(tmp), backends, compare, repeat, say)

@@ -1744,8 +1744,8 @@ def _cnn_networks() -> list[str]:
 @click.option(
     "--only",
     metavar="IDS",
-    help="files suite: workloads to run, e.g. F3,F4; cnn suite: networks, e.g. "
-    "resnet18,convnext_tiny (default: all).",
+    help="files suite: workloads to run by id or kind, e.g. F3,folder,png; cnn suite: "
+    "networks, e.g. resnet18,convnext_tiny (default: all).",
 )
 @click.option(
     "--json", "json_file", metavar="FILE", callback=_not_empty,
@@ -1806,7 +1806,11 @@ def bench(
     if only is not None:
         if not files and suite != "cnn":
             raise click.UsageError("--only picks workloads of --suite files or cnn")
-        known = _cnn_networks() if suite == "cnn" else [wl.id for wl in cbench.workloads(sizes)]
+        if suite == "cnn":
+            known = _cnn_networks()
+        else:
+            wls = cbench.workloads(sizes)
+            known = [wl.id for wl in wls] + list(dict.fromkeys(wl.kind for wl in wls))
         unknown = [i for i in _csv_list(only) if i not in known]
         if unknown or not _csv_list(only):
             # an unknown ID ran nothing and exited 0 with an empty table
