@@ -172,27 +172,55 @@ def test_dw_channels_matches_naive(ocl, c, hw, k, stride, mult, bias, n):
 
 
 @pytest.mark.parametrize(
-    "c, mult, hw, k, stride, dilation, padding",
+    "c, mult, hw, k, stride, dilation, padding, kernel",
     [
-        (36, 1, (7, 9), (3, 3), 1, 1, 1),  # 4 lanes of the last block past C_OUT
-        (45, 3, (10, 10), (5, 5), 2, 1, 2),  # multiplier 3: blocks straddle input planes
-        (64, 1, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3)),  # asymmetric everything
-        (96, 1, (1, 1), (3, 3), 1, 1, 1),  # a 1x1 map: every tap but one in the padding
-        (128, 1, (16, 40), (7, 7), 1, 2, 0),  # 40 columns: segments of 7 (last one short)
+        # 4 lanes of the last block past C_OUT
+        (36, 1, (7, 9), (3, 3), 1, 1, 1, "dw_blocks"),
+        (36, 1, (7, 9), (3, 3), 2, 1, 1, "dw_channels"),  # 3x3 s2: no copy
+        (45, 3, (10, 10), (5, 5), 2, 1, 2, "dw_channels"),  # multiplier 3: blocks straddle
+        # asymmetric everything
+        (64, 1, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3), "dw_blocks"),
+        (64, 1, (13, 11), (3, 3), 2, (2, 1), (2, 3), "dw_channels"),
+        (96, 1, (1, 1), (3, 3), 1, 1, 1, "dw_blocks"),  # a 1x1 map: all but one tap padding
+        # 40 columns: segments of 7, the last one short (the copy pads past the plane)
+        (128, 1, (16, 40), (7, 7), 1, 2, 0, "dw_blocks"),
+        (44, 1, (9, 13), (7, 7), 1, 1, (3, 1), "dw_blocks"),  # more padding than rows
     ],
 )
-def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
+def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding, kernel):
     x, w, b = rng_arrays(c, (2, c, *hw), (c * mult, 1, *k))
     spec = make_spec(x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
-    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_channels"
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
     out, ref, _ = fast(ocl, x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
+def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
+    """The blocked copy's scratch buffer is shared: a smaller layer after a larger one
+    reads only its own blocks, and a layer without bias adds nothing."""
+    for c, hw, bias in ((192, 28, True), (40, 7, False), (384, 14, True)):
+        x, w, b = rng_arrays(c + hw, (2, c, hw, hw), (c, 1, 7, 7), bias=bias)
+        out, ref, _ = fast(ocl, x, w, b, padding=3, groups=c)
+        assert opencl_plan.choose(make_spec(x, w, b, padding=3, groups=c), w)[0].kernel == (
+            "dw_blocks"
+        )
+        assert_close(out, ref, "float32")
+
+
+def test_dw_blocks_off_runs_dw_channels(ocl, tune):
+    x, w, b = rng_arrays(3, (1, 64, 14, 14), (64, 1, 5, 5))
+    spec = make_spec(x, w, b, padding=2, groups=64)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    tune(ocl, dw_blocks=False)
+    assert opencl_plan.choose(spec, w, cpu=True, settings=ocl.settings)[0].kernel == ("dw_channels")
+    out, ref, _ = fast(ocl, x, w, b, padding=2, groups=64)
     assert_close(out, ref, "float32")
 
 
 @pytest.mark.parametrize(
     "c, hw, mode, cpu, kernel",
     [
-        (96, 14, "zeros", True, "dw_channels"),
+        (96, 14, "zeros", True, "dw_blocks"),
         (96, 14, "zeros", False, "dw_direct"),  # GPUs keep their kernels
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
         (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
@@ -413,7 +441,7 @@ _SIZE_CASES = {
     "dense_gemm": ((12, 6, 3, 3), dict(padding=1, stride=(2, 1), padding_mode="reflect"),
                    lambda n, h, w: (), lambda n, h, w: (n, h, w)),
     "pointwise": ((10, 6, 1, 1), {}, lambda n, h, w: (), lambda n, h, w: h * w),
-    "dw_channels": ((64, 1, 3, 3), dict(padding=1, groups=64),
+    "dw_channels": ((128, 1, 3, 3), dict(padding=1, groups=64),
                     lambda n, h, w: w, lambda n, h, w: (n, h, w)),
     "winograd": ((8, 6, 3, 3), dict(padding=1, padding_mode="reflect"),
                  lambda n, h, w: w, lambda n, h, w: (n, h, w)),
@@ -447,6 +475,21 @@ def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
         out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
         assert_close(out, naive_for_spec(x, w, b, spec), "float32")
         assert len(be._programs) == len(seen)
+
+
+def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune):
+    # dw_to_blocks and dw_blocks take the batch size and the heights as arguments: row
+    # bands and a last short batch of a layer run its two builds (the widths are defines)
+    be = fresh_backend(tune)
+    rng = np.random.default_rng(43)
+    w = rng.standard_normal((40, 1, 5, 5)).astype(np.float32)
+    for n, h in ((1, 13), (2, 13), (3, 9), (1, 20)):
+        x = rng.standard_normal((n, 40, h, 17)).astype(np.float32)
+        spec = make_spec(x, w, None, padding=2, groups=40)
+        assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "dw_blocks"
+        out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, None, spec), "float32")
+        assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])

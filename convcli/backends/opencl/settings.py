@@ -58,6 +58,15 @@ class Settings:
     # The batch size and the heights as build defines (a build per row band and batch
     # size) rather than arguments; the widths are defines either way.
     dw_channels_fixed_sizes: bool = False
+    # Plain depthwise layers among those (one channel per group) as dw_to_blocks +
+    # dw_blocks: the input copied once into zero-padded blocks of 8 channels. Against
+    # dw_channels (ms, N=8, min of 30, one process, busy machine): 7x7 on 28^2 1.35 vs
+    # 3.16, 14^2 0.76 vs 1.35, 7^2 0.40 vs 0.54; 5x5 on 28^2 1.11 vs 2.78, 14^2 1.48 vs
+    # 2.92, 5x5 s2 0.47 vs 0.67; 3x3 on 14^2 0.43 vs 0.77 (480 channels) and even (116);
+    # but 3x3 s2 on 14^2 0.30 vs 0.28, its copy four times its output. From this many
+    # taps per input pixel (taps / (stride_h * stride_w)): 3x3 s2 has 2.25.
+    dw_blocks: bool = True
+    dw_blocks_min_taps: float = 4.0
 
     # ---- depthwise on wide maps (dw_pad, then dw_direct without padding), CPU devices
     # Output widths that pay for the padded copy: at 56 columns (7 float8 items a row, 2 of
