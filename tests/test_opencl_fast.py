@@ -796,6 +796,41 @@ def test_dense_strips_of_partial_sums_on_cpus_only():
     assert gemm.dense_strip(spec, 4, 2, False, DEFAULT) == (1, 256)
 
 
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize(
+    "n, cin, cout, hw, groups",
+    [
+        (3, 40, 72, (7, 7), 1),
+        (2, 48, 40, (5, 9), 2),
+        (1, 512, 40, (7, 7), 1),
+        (2, 16, 8, (3, 1), 1),
+    ],
+)
+def test_dense_gemm_1x1_as_one_row_per_plane(ocl, tune, flat, n, cin, cout, hw, groups):
+    # 1x1 layers with stride 1 and no padding run as one row of H*W pixels per plane
+    # (the last column group of a 7-wide row no longer mostly idle), column groups
+    # straddling the rows of the map; the same results as row by row
+    tune(ocl, dense_flat_1x1=flat, pointwise_min_cin=1 << 20)
+    x, w, b = rng_arrays(cin + cout, (n, cin, *hw), (cout, cin // groups, 1, 1))
+    spec = make_spec(x, w, b, groups=groups)
+    view = gemm.dense_view(spec, ocl.settings)
+    assert (view.h, view.w) == ((1, hw[0] * hw[1]) if flat and hw[0] > 1 else hw)
+    out, ref, info = fast(ocl, x, w, b, groups=groups)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+def test_dense_gemm_keeps_rows_where_it_must():
+    # padding, a stride or a kernel wider than 1 need the rows
+    s = DEFAULT
+    for opts, wshape in ((dict(padding=1), (8, 8, 1, 1)), (dict(stride=2), (8, 8, 1, 1)),
+                         ({}, (8, 8, 3, 1))):  # fmt: skip
+        spec = make_spec(
+            np.ones((1, 8, 7, 7), np.float32), np.ones(wshape, np.float32), None, **opts
+        )
+        assert gemm.dense_view(spec, s) is spec
+
+
 # ---------------------------------------------------------------- dtypes and choices
 
 

@@ -104,6 +104,9 @@ class Settings:
     # cost no kernel time measurably: medians within -9..+4 % of the defines' on six
     # layers (1x1, 3x3, 5x5, strided, N=1 and 8; A/B alternating, 31 rounds).
     dense_fixed_sizes: bool = False
+    # 1x1 layers (stride 1, no padding) as one row of H*W pixels per plane
+    # (gemm.dense_view); False: row by row.
+    dense_flat_1x1: bool = True
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
