@@ -67,14 +67,49 @@ def dense_blocking(cout_g: int, s: Settings) -> tuple[int, int]:
     return 1, 4
 
 
+def plain_columns(spec: ConvSpec, s: Settings) -> bool:
+    """Whether dense_gemm runs ``spec`` on a copy of its columns (``im2col_plain.cl``):
+    no padding, a stride other than 1, windows that do not overlap (so the copy is no
+    larger than the input), at most ``settings.dense_columns_max_taps`` taps (1x1
+    layers with stride 2, by default) and at least ``dense_columns_min_cout`` output
+    channels per group (the copy's cost against the GEMM's falls with them)."""
+    ext_h = (spec.kh - 1) * spec.dilation[0] + 1
+    ext_w = (spec.kw - 1) * spec.dilation[1] + 1
+    return (
+        spec.stride != (1, 1)
+        and not any(spec.pad)
+        and spec.stride[0] >= ext_h
+        and spec.stride[1] >= ext_w
+        and spec.kh * spec.kw <= s.dense_columns_max_taps
+        and spec.cout_g >= s.dense_columns_min_cout
+    )
+
+
 def dense_view(spec: ConvSpec, s: Settings) -> ConvSpec:
     """The problem dense_gemm runs for ``spec``: 1x1 layers with stride 1 and no padding
     as one row of H*W pixels per plane (the same memory), so that the last column
-    group of each row is not mostly idle (a 7-wide row in groups of 2 computed 8)."""
+    group of each row is not mostly idle (a 7-wide row in groups of 2 computed 8); the
+    layers of :func:`plain_columns` as that 1x1 layer on their column copy."""
+    if plain_columns(spec, s):
+        taps = spec.kh * spec.kw
+        spec = replace(
+            spec, c_in=spec.c_in * taps, h=spec.h_out, w=spec.w_out, kh=1, kw=1,
+            stride=(1, 1), dilation=(1, 1),
+        )  # fmt: skip
     flat = (spec.kh, spec.kw, spec.stride, spec.pad) == (1, 1, (1, 1), (0, 0, 0, 0))
     if s.dense_flat_1x1 and flat and spec.h > 1:
         return replace(spec, h=1, w=spec.h * spec.w)
     return spec
+
+
+def columns_defines(spec: ConvSpec) -> dict[str, int]:
+    """The build defines of im2col_plain for ``spec``."""
+    return {
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "C": spec.c_in,
+        "W": spec.w,
+        "WO": spec.w_out,
+    }
 
 
 def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tuple[int, int]:
@@ -136,12 +171,28 @@ def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     }
 
 
+def dense_programs(spec: ConvSpec, cpu: bool, s: Settings) -> list[tuple[str, dict[str, int]]]:
+    """The programs a dense_gemm run of ``spec`` builds (kernel file, build defines)."""
+    found = [("dense_gemm", dense_defines(spec, cpu, s))]
+    if plain_columns(spec, s):
+        found.insert(0, ("im2col_plain", columns_defines(spec)))
+    return found
+
+
 def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """dense_gemm over the whole batch (float32 ``x``, weights and bias)."""
     defines = dense_defines(spec, rt.is_cpu, rt.settings)
     cob, xb, strip, nblk = (defines[k] for k in ("COB", "XB", "STRIP", "NBLK"))
     kernel = rt.kernel("dense_gemm", defines, info)
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    columns = None
+    if plain_columns(spec, rt.settings):
+        columns = (
+            rt.kernel("im2col_plain", columns_defines(spec), info),
+            (spec.h_out, spec.n * spec.c_in),
+            [np.int32(spec.n), np.int32(spec.h), np.int32(spec.h_out)],
+            4 * spec.n * spec.c_in * spec.kh * spec.kw * spec.h_out * spec.w_out,
+        )
     spec = dense_view(spec, rt.settings)  # the packed weights' layout is the same either way
     rmap, cmap = rt.index_maps(spec, info)
     gsize = (math.ceil(spec.w_out / (xb * strip)), spec.h_out, spec.n * spec.groups * nblk)
@@ -149,10 +200,18 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
         xbuf = rt.input_buffer(x, info)
+        events = []
+        if columns is not None:
+            to_columns, csize, csizes, nbytes = columns
+            # asked at every call: another layer may take a larger scratch buffer
+            cbuf = rt.scratch("im2col_plain", nbytes)
+            events.append(rt.enqueue(to_columns, csize, (8, 8), [xbuf, cbuf, *csizes]))
+            xbuf = cbuf
         wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
         out, obuf = rt.output(shape, np.float32)
-        ev = rt.enqueue_rows(kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes])
-        return rt.collect(out, obuf, [ev], info)
+        args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes]
+        events.append(rt.enqueue_rows(kernel, gsize, args))
+        return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)
 

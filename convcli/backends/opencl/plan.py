@@ -310,7 +310,7 @@ def programs(
     if plan.kernel == "dw_blocks":
         return depthwise.blocks_programs(spec, s)
     if plan.kernel == "dense_gemm":
-        return [("dense_gemm", gemm.dense_defines(spec, cpu, s))]
+        return gemm.dense_programs(spec, cpu, s)
     if plan.kernel == "pointwise":
         return [("pointwise", gemm.pointwise_defines(spec, s))]
     return [("dw_direct", depthwise.defines(spec, s))]
