@@ -822,58 +822,59 @@ def test_dense_gemm_1x1_as_one_row_per_plane(ocl, tune, flat, n, cin, cout, hw, 
 
 
 @pytest.mark.parametrize("copy", [True, False])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
 @pytest.mark.parametrize(
-    "n, cin, cout, hw, k, stride, dilation, groups",
+    "n, cin, cout, hw, k, stride, dilation, padding, groups",
     [
-        (2, 24, 40, (14, 13), (1, 1), 2, 1, 1),  # resnet's 1x1 stride 2, odd width
-        (1, 16, 24, (9, 12), (1, 1), (2, 3), 1, 2),  # grouped, uneven strides
-        (2, 12, 32, (15, 14), (2, 2), 2, 1, 1),  # convnext's downsampling, a row left over
-        (1, 3, 16, (17, 16), (4, 4), 4, 1, 1),  # a patch embedding
-        (1, 8, 16, (11, 11), (2, 3), (3, 5), (2, 2), 1),  # dilated, still no overlap
+        (2, 24, 40, (14, 13), (1, 1), 2, 1, 0, 1),  # resnet's 1x1 stride 2, odd width
+        (1, 16, 24, (9, 12), (1, 1), (2, 3), 1, 0, 2),  # grouped, uneven strides
+        (1, 16, 24, (9, 12), (1, 1), 2, 1, 1, 1),  # padded 1x1: rows and columns of pad
+        (2, 12, 32, (15, 14), (2, 2), 2, 1, 0, 1),  # convnext's downsampling, a row over
+        (1, 3, 16, (17, 16), (4, 4), 4, 1, 0, 1),  # a patch embedding
+        (2, 16, 24, (13, 14), (3, 3), 2, 1, 1, 1),  # resnet's 3x3 stride 2 (9/4 the input)
+        (1, 8, 16, (11, 11), (2, 3), (3, 5), (2, 2), (1, 2), 1),  # dilated, padded
     ],
 )
 def test_dense_gemm_on_copied_columns(
-    ocl, tune, copy, n, cin, cout, hw, k, stride, dilation, groups
+    ocl, tune, copy, mode, n, cin, cout, hw, k, stride, dilation, padding, groups
 ):
-    # layers without padding whose windows do not overlap run as a 1x1 layer on a copy
-    # of their columns (im2col_plain); the same results as the strided implicit GEMM
-    tune(ocl, dense_columns_max_taps=64 if copy else 0, dense_columns_min_cout=1, winograd=False)
+    # strided layers run as a 1x1 layer on a copy of their columns (im2col_copy), any
+    # padding mode through the index maps; the same results as the strided implicit GEMM
+    kernels = ((1, 1), (2, 2), (3, 3), (4, 4), (2, 3)) if copy else ()
+    tune(ocl, dense_columns_kernels=kernels, dense_columns_max_growth=4.0, winograd=False)
+    tune(ocl, dense_columns_min_cout=1)
     x, w, b = rng_arrays(cin * cout, (n, cin, *hw), (cout, cin // groups, *k))
-    opts = dict(stride=stride, dilation=dilation, groups=groups)
-    spec = make_spec(x, w, b, **opts)
-    assert gemm.plain_columns(spec, ocl.settings) == copy
-    out, ref, info = fast(ocl, x, w, b, **opts)
+    opts = dict(stride=stride, dilation=dilation, padding=padding, groups=groups)
+    spec = make_spec(x, w, b, padding_mode=mode, **opts)
+    assert gemm.copied_columns(spec, ocl.settings) == copy
+    out, ref, info = fast(ocl, x, w, b, padding_mode=mode, **opts)
     assert info.algo == "gemm"
     assert_close(out, ref, "float32")
 
 
-def test_dense_gemm_copies_no_overlapping_windows():
-    # a copy of overlapping windows (3x3 stride 2) or padded ones would be larger than
-    # the input: those keep the implicit GEMM (and by default 2x2 windows too)
-    s = replace(DEFAULT, dense_columns_max_taps=64, dense_columns_min_cout=1)
-    x = np.ones((1, 8, 14, 14), np.float32)
-    for k, opts, copied in (
-        (1, dict(stride=2), True),
-        (2, dict(stride=2), True),
-        (3, dict(stride=2), False),
-        (2, dict(stride=2, dilation=2), False),
-        (1, dict(stride=2, padding=1), False),
-        (1, {}, False),
-    ):
-        spec = make_spec(x, np.ones((8, 8, k, k), np.float32), None, **opts)
-        assert gemm.plain_columns(spec, s) == copied, (k, opts)
-
-
 def test_dense_gemm_copies_columns_by_default_for_wide_1x1_layers_only():
+    # 1x1 with stride 2 from 64 output channels per group; 2x2 and 3x3 with stride 2
+    # ran faster on the implicit GEMM, and a stride-1 layer has nothing to gain
     x = np.ones((1, 64, 14, 14), np.float32)
-    for k, cout, copied in ((1, 64, True), (1, 48, False), (2, 64, False)):
-        spec = make_spec(x, np.ones((cout, 64, k, k), np.float32), None, stride=2)
-        assert gemm.plain_columns(spec, DEFAULT) == copied, (k, cout)
+    for k, cout, stride, copied in (
+        (1, 64, 2, True),
+        (1, 48, 2, False),
+        (2, 64, 2, False),
+        (3, 64, 2, False),
+        (1, 64, 1, False),
+    ):
+        w = np.ones((cout, 64, k, k), np.float32)
+        spec = make_spec(x, w, None, stride=stride, padding=k // 2)
+        assert gemm.copied_columns(spec, DEFAULT) == copied, (k, cout, stride)
+    # a copy larger than max_growth times the input is never made: 3x3 stride 1
+    s = replace(DEFAULT, dense_columns_kernels=((3, 3),), dense_columns_min_cout=1)
+    spec = make_spec(x, np.ones((8, 64, 3, 3), np.float32), None, stride=(2, 1), padding=1)
+    assert not gemm.copied_columns(spec, s)  # 9/2 the input
 
 
 def test_dense_gemm_keeps_rows_where_it_must():
     # padding, a stride (without the column copy) or a kernel taller than 1 need the rows
-    s = replace(DEFAULT, dense_columns_max_taps=0)
+    s = replace(DEFAULT, dense_columns_kernels=())
     for opts, wshape in ((dict(padding=1), (8, 8, 1, 1)), (dict(stride=2), (8, 8, 1, 1)),
                          ({}, (8, 8, 3, 1))):  # fmt: skip
         spec = make_spec(

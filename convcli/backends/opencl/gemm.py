@@ -67,20 +67,18 @@ def dense_blocking(cout_g: int, s: Settings) -> tuple[int, int]:
     return 1, 4
 
 
-def plain_columns(spec: ConvSpec, s: Settings) -> bool:
-    """Whether dense_gemm runs ``spec`` on a copy of its columns (``im2col_plain.cl``):
-    no padding, a stride other than 1, windows that do not overlap (so the copy is no
-    larger than the input), at most ``settings.dense_columns_max_taps`` taps (1x1
-    layers with stride 2, by default) and at least ``dense_columns_min_cout`` output
-    channels per group (the copy's cost against the GEMM's falls with them)."""
-    ext_h = (spec.kh - 1) * spec.dilation[0] + 1
-    ext_w = (spec.kw - 1) * spec.dilation[1] + 1
+def copied_columns(spec: ConvSpec, s: Settings) -> bool:
+    """Whether dense_gemm runs ``spec`` on a copy of its columns (``im2col_copy.cl``): a
+    stride other than 1, a copy at most ``settings.dense_columns_max_growth`` times the
+    input (taps over the stride's area: 1x1 with stride 2 a quarter, 3x3 with stride 2
+    9/4), kernels of ``dense_columns_kernels`` (1x1 by default), and at least
+    ``dense_columns_min_cout`` output channels per group (the copy's cost against the
+    GEMM's falls with them)."""
+    growth = spec.kh * spec.kw / (spec.stride[0] * spec.stride[1])
     return (
         spec.stride != (1, 1)
-        and not any(spec.pad)
-        and spec.stride[0] >= ext_h
-        and spec.stride[1] >= ext_w
-        and spec.kh * spec.kw <= s.dense_columns_max_taps
+        and growth <= s.dense_columns_max_growth
+        and (spec.kh, spec.kw) in s.dense_columns_kernels
         and spec.cout_g >= s.dense_columns_min_cout
     )
 
@@ -89,12 +87,12 @@ def dense_view(spec: ConvSpec, s: Settings) -> ConvSpec:
     """The problem dense_gemm runs for ``spec``: 1x1 layers with stride 1 and no padding
     as one row of H*W pixels per plane (the same memory), so that the last column
     group of each row is not mostly idle (a 7-wide row in groups of 2 computed 8); the
-    layers of :func:`plain_columns` as that 1x1 layer on their column copy."""
-    if plain_columns(spec, s):
+    layers of :func:`copied_columns` as that 1x1 layer on their column copy."""
+    if copied_columns(spec, s):
         taps = spec.kh * spec.kw
         spec = replace(
             spec, c_in=spec.c_in * taps, h=spec.h_out, w=spec.w_out, kh=1, kw=1,
-            stride=(1, 1), dilation=(1, 1),
+            stride=(1, 1), dilation=(1, 1), pad=(0, 0, 0, 0), padding_mode="zeros",
         )  # fmt: skip
     flat = (spec.kh, spec.kw, spec.stride, spec.pad) == (1, 1, (1, 1), (0, 0, 0, 0))
     if s.dense_flat_1x1 and flat and spec.h > 1:
@@ -103,7 +101,7 @@ def dense_view(spec: ConvSpec, s: Settings) -> ConvSpec:
 
 
 def columns_defines(spec: ConvSpec) -> dict[str, int]:
-    """The build defines of im2col_plain for ``spec``."""
+    """The build defines of im2col_copy for ``spec``."""
     return {
         **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
         "C": spec.c_in,
@@ -174,8 +172,8 @@ def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
 def dense_programs(spec: ConvSpec, cpu: bool, s: Settings) -> list[tuple[str, dict[str, int]]]:
     """The programs a dense_gemm run of ``spec`` builds (kernel file, build defines)."""
     found = [("dense_gemm", dense_defines(spec, cpu, s))]
-    if plain_columns(spec, s):
-        found.insert(0, ("im2col_plain", columns_defines(spec)))
+    if copied_columns(spec, s):
+        found.insert(0, ("im2col_copy", columns_defines(spec)))
     return found
 
 
@@ -186,10 +184,11 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     kernel = rt.kernel("dense_gemm", defines, info)
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
     columns = None
-    if plain_columns(spec, rt.settings):
+    if copied_columns(spec, rt.settings):
         columns = (
-            rt.kernel("im2col_plain", columns_defines(spec), info),
+            rt.kernel("im2col_copy", columns_defines(spec), info),
             (spec.h_out, spec.n * spec.c_in),
+            rt.index_maps(spec, info),
             [np.int32(spec.n), np.int32(spec.h), np.int32(spec.h_out)],
             4 * spec.n * spec.c_in * spec.kh * spec.kw * spec.h_out * spec.w_out,
         )
@@ -202,10 +201,11 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
         xbuf = rt.input_buffer(x, info)
         events = []
         if columns is not None:
-            to_columns, csize, csizes, nbytes = columns
+            to_columns, csize, maps, csizes, nbytes = columns
             # asked at every call: another layer may take a larger scratch buffer
-            cbuf = rt.scratch("im2col_plain", nbytes)
-            events.append(rt.enqueue(to_columns, csize, (8, 8), [xbuf, cbuf, *csizes]))
+            cbuf = rt.scratch("im2col_copy", nbytes)
+            args = [xbuf, *maps, cbuf, *csizes]
+            events.append(rt.enqueue(to_columns, csize, (8, 8), args))
             xbuf = cbuf
         wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
         out, obuf = rt.output(shape, np.float32)

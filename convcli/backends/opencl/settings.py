@@ -107,16 +107,17 @@ class Settings:
     # 1x1 layers (stride 1, no padding) as one row of H*W pixels per plane
     # (gemm.dense_view); False: row by row.
     dense_flat_1x1: bool = True
-    # Layers without padding whose windows do not overlap (1x1 stride 2, 2x2 stride 2)
-    # as a copy of their columns (im2col_plain), then a 1x1 dense_gemm on one row of
-    # pixels per plane (gemm.plain_columns): for up to this many taps (0: never) and
-    # from this many output channels per group. CPU ms per call against the strided
-    # implicit GEMM (N=8, min of 24, one process alternating): resnet50's 1x1 s2
-    # 1024->2048 14^2 22.2 vs 29.3, 512->1024 28^2 20.9 vs 25.2, 256->512 56^2 23.1 vs
-    # 24.3, regnet 104->208 1.31 vs 1.64; but regnet 32->48 112^2 3.2 vs 2.4, and
-    # convnext's 2x2 s2 layers 13.0-14.3 vs 11.5-12.8 (the implicit GEMM reads 2x2
-    # windows well): 1x1 only, from 64 output channels.
-    dense_columns_max_taps: int = 1
+    # Strided layers as a copy of their columns (im2col_copy), then a 1x1 dense_gemm
+    # on one row of pixels per plane (gemm.copied_columns): kernels of these sizes,
+    # copies at most this many times the input (taps / stride area), from this many
+    # output channels per group. CPU ms per call against the strided implicit GEMM
+    # (N=8, min of 24, one process alternating): resnet50's 1x1 s2 1024->2048 14^2
+    # 22.2 vs 29.3, 512->1024 28^2 20.9 vs 25.2, 256->512 56^2 23.1 vs 24.3, regnet
+    # 104->208 1.31 vs 1.64; but regnet 32->48 112^2 3.2 vs 2.4, and convnext's 2x2 s2
+    # layers 13.0-14.3 vs 11.5-12.8 (the implicit GEMM reads 2x2 windows well), and
+    # resnet's 3x3 s2 p1 layers 1.1-1.6x slower (their copy is 9/4 of the input).
+    dense_columns_kernels: tuple[tuple[int, int], ...] = ((1, 1),)
+    dense_columns_max_growth: float = 2.25
     dense_columns_min_cout: int = 64
 
     # ---- pointwise GEMM (pointwise)
