@@ -852,16 +852,16 @@ def test_dense_gemm_on_copied_columns(
     assert_close(out, ref, "float32")
 
 
-def test_dense_gemm_copies_columns_by_default_for_wide_1x1_layers_only():
-    # 1x1 with stride 2 from 64 output channels per group; 2x2 and 3x3 with stride 2
+def test_dense_gemm_copies_columns_by_default_for_wide_1x1_strided_layers_only():
+    # 1x1 with stride 2 from 256 output channels per group; 2x2 and 3x3 with stride 2
     # ran faster on the implicit GEMM, and a stride-1 layer has nothing to gain
     x = np.ones((1, 64, 14, 14), np.float32)
     for k, cout, stride, copied in (
-        (1, 64, 2, True),
-        (1, 48, 2, False),
-        (2, 64, 2, False),
-        (3, 64, 2, False),
-        (1, 64, 1, False),
+        (1, 256, 2, True),
+        (1, 128, 2, False),
+        (2, 256, 2, False),
+        (3, 256, 2, False),
+        (1, 256, 1, False),
     ):
         w = np.ones((cout, 64, k, k), np.float32)
         spec = make_spec(x, w, None, stride=stride, padding=k // 2)

@@ -113,12 +113,14 @@ class Settings:
     # output channels per group. CPU ms per call against the strided implicit GEMM
     # (N=8, min of 24, one process alternating): resnet50's 1x1 s2 1024->2048 14^2
     # 22.2 vs 29.3, 512->1024 28^2 20.9 vs 25.2, 256->512 56^2 23.1 vs 24.3, regnet
-    # 104->208 1.31 vs 1.64; but regnet 32->48 112^2 3.2 vs 2.4, and convnext's 2x2 s2
-    # layers 13.0-14.3 vs 11.5-12.8 (the implicit GEMM reads 2x2 windows well), and
-    # resnet's 3x3 s2 p1 layers 1.1-1.6x slower (their copy is 9/4 of the input).
+    # 208->440 1.02 vs 1.12; but narrower layers lost or tied: regnet 32->48 112^2 3.2
+    # vs 2.4, 104->208 1.31 vs 1.64 in one run and 1.06 vs 0.99 in another, resnet18
+    # 64->128 2.4 vs 1.6 and 128->256 1.8 vs 1.3; convnext's 2x2 s2 layers 13.0-14.3
+    # vs 11.5-12.8 (the implicit GEMM reads 2x2 windows well), and resnet's 3x3 s2 p1
+    # layers 1.1-1.6x slower (their copy is 9/4 of the input).
     dense_columns_kernels: tuple[tuple[int, int], ...] = ((1, 1),)
     dense_columns_max_growth: float = 2.25
-    dense_columns_min_cout: int = 64
+    dense_columns_min_cout: int = 256
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
