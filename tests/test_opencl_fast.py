@@ -177,11 +177,12 @@ def test_dw_channels_matches_naive(ocl, c, hw, k, stride, mult, bias, n):
     [
         # 4 lanes of the last block past C_OUT
         (36, 1, (7, 9), (3, 3), 1, 1, 1, "dw_blocks"),
-        (36, 1, (7, 9), (3, 3), 2, 1, 1, "dw_channels"),  # 3x3 s2: no copy
+        (36, 1, (7, 9), (3, 3), 2, 1, 1, "dw_blocks"),  # 3x3 s2
+        (36, 1, (7, 9), (2, 2), 2, 1, 0, "dw_channels"),  # 2x2 s2: one tap per pixel
         (45, 3, (10, 10), (5, 5), 2, 1, 2, "dw_channels"),  # multiplier 3: blocks straddle
         # asymmetric everything
         (64, 1, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3), "dw_blocks"),
-        (64, 1, (13, 11), (3, 3), 2, (2, 1), (2, 3), "dw_channels"),
+        (64, 1, (13, 11), (3, 3), (2, 3), (2, 1), (2, 3), "dw_channels"),
         (96, 1, (1, 1), (3, 3), 1, 1, 1, "dw_blocks"),  # a 1x1 map: all but one tap padding
         # 40 columns: segments of 7, the last one short (the copy pads past the plane)
         (128, 1, (16, 40), (7, 7), 1, 2, 0, "dw_blocks"),
@@ -208,6 +209,19 @@ def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
         assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize(
+    "k, hw, kernel",
+    [(7, 56, "dw_blocks"), (7, 70, "dw_direct"), (5, 56, "dw_blocks"), (3, 56, "dw_wide")],
+)
+def test_dw_blocks_takes_wide_rows_for_large_kernels(ocl, k, hw, kernel):
+    # 5x5 and larger kernels on rows up to 64 wide: dw_blocks, not dw_wide
+    x, w, b = rng_arrays(k, (1, 40, hw, hw), (40, 1, k, k))
+    spec = make_spec(x, w, b, padding=k // 2, groups=40)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
+    out, ref, _ = fast(ocl, x, w, b, padding=k // 2, groups=40)
+    assert_close(out, ref, "float32")
+
+
 def test_dw_blocks_off_runs_dw_channels(ocl, tune):
     x, w, b = rng_arrays(3, (1, 64, 14, 14), (64, 1, 5, 5))
     spec = make_spec(x, w, b, padding=2, groups=64)
@@ -226,6 +240,7 @@ def test_dw_blocks_off_runs_dw_channels(ocl, tune):
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
         (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
         (96, 56, "zeros", True, "dw_wide"),  # wide rows: float8 along the width, padded
+        (96, 57, "zeros", True, "dw_direct"),  # wide rows, not whole float8 vectors
         (96, 112, "zeros", True, "dw_direct"),  # wider: the padded copy costs more
     ],
 )

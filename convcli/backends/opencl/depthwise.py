@@ -204,11 +204,15 @@ def channels_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     too short for dw_direct's float8 along the width (a 7-wide row runs 7 of 8 lanes
     through the padded border path, one channel plane per item). CPU devices only: the
     layouts and work-group sizes were chosen on PoCL, GPUs keep their own kernels."""
+    return _many_channels(spec, cpu, s) and spec.w_out <= s.dw_channels_max_wo
+
+
+def _many_channels(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """dw_channels' and dw_blocks' layers but for the width of their output rows."""
     return (
         cpu
         and spec.cin_g == 1
         and spec.c_out >= s.dw_channels_min_cout
-        and spec.w_out <= s.dw_channels_max_wo
         and spec.padding_mode == "zeros"
         and spec.kh * spec.kw <= s.dense_max_taps
     )
@@ -290,13 +294,16 @@ def blocks_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     zero-padded blocks of 8 channels, so that the taps read whole aligned float8 values
     instead of gathering 8 scalars from 8 planes per input column and kernel row. The
     copy pays where the taps per input pixel (taps over the stride's area) reach
-    ``settings.dw_blocks_min_taps``: not for 3x3 with stride 2."""
-    taps = spec.kh * spec.kw / (spec.stride[0] * spec.stride[1])
+    ``settings.dw_blocks_min_taps``, and kernels of ``dw_blocks_wide_taps`` taps or more
+    take output rows up to ``dw_blocks_wide_max_wo`` wide too (dw_wide's range)."""
+    taps = spec.kh * spec.kw
+    wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo
     return (
         s.dw_blocks
         and spec.cout_g == 1
-        and taps >= s.dw_blocks_min_taps
-        and channels_pays(spec, cpu, s)
+        and taps / (spec.stride[0] * spec.stride[1]) >= s.dw_blocks_min_taps
+        and _many_channels(spec, cpu, s)
+        and (wide or spec.w_out <= s.dw_channels_max_wo)
     )
 
 

@@ -63,10 +63,16 @@ class Settings:
     # dw_channels (ms, N=8, min of 30, one process, busy machine): 7x7 on 28^2 1.35 vs
     # 3.16, 14^2 0.76 vs 1.35, 7^2 0.40 vs 0.54; 5x5 on 28^2 1.11 vs 2.78, 14^2 1.48 vs
     # 2.92, 5x5 s2 0.47 vs 0.67; 3x3 on 14^2 0.43 vs 0.77 (480 channels) and even (116);
-    # but 3x3 s2 on 14^2 0.30 vs 0.28, its copy four times its output. From this many
-    # taps per input pixel (taps / (stride_h * stride_w)): 3x3 s2 has 2.25.
+    # and 3x3 s2 (CPU ms, min of 32): 72 channels on 56^2 0.74 vs 1.37, 116 on 28^2
+    # 0.37 vs 0.59, 240 on 28^2 0.77 vs 1.12, 232 on 14^2 0.20 vs 0.25; 2x2 s2 (one
+    # tap per input pixel) is untested. From this many taps per input pixel (taps /
+    # (stride_h * stride_w)). Kernels of at least dw_blocks_wide_taps taps also take
+    # rows up to dw_blocks_wide_max_wo wide from dw_wide: 7x7 on 56^2 (96 channels)
+    # 4.5 vs 4.9 CPU ms, kernel 2.10 vs 2.29; but 3x3 on 56^2 lost (3.97 vs 2.73).
     dw_blocks: bool = True
-    dw_blocks_min_taps: float = 4.0
+    dw_blocks_min_taps: float = 2.0
+    dw_blocks_wide_taps: int = 25
+    dw_blocks_wide_max_wo: int = 64
 
     # ---- depthwise on wide maps (dw_pad, then dw_direct without padding), CPU devices
     # Output widths that pay for the padded copy: at 56 columns (7 float8 items a row, 2 of
