@@ -196,6 +196,8 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     rmap, cmap = rt.index_maps(spec, info)
     gsize = (math.ceil(spec.w_out / (xb * strip)), spec.h_out, spec.n * spec.groups * nblk)
     sizes = [*map(np.int32, _dense_sizes(spec))]
+    # one channel vector per item (narrow groups) is little work: rows share a group
+    fill = rt.settings.dense_narrow_items if cob == 1 else 0
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
         xbuf = rt.input_buffer(x, info)
@@ -210,7 +212,7 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
         wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
         out, obuf = rt.output(shape, np.float32)
         args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes]
-        events.append(rt.enqueue_rows(kernel, gsize, args))
+        events.append(rt.enqueue_rows(kernel, gsize, args, fill_to=fill))
         return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)

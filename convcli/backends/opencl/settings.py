@@ -108,6 +108,13 @@ class Settings:
     # vs 11.1, 512->128 28^2 9.7 vs 10.3, regnet 440->440 7^2 1.88 vs 1.92; 2x2 s2 and
     # 3x3 s2 layers within -5..+5 %.
     dense_l1_bytes: int = 8 * 1024
+    # Items per work-group wanted for dense_gemm items of one channel vector (grouped
+    # layers of 8 channels per group: 4 columns x 8 channels, a few thousand
+    # multiply-adds each), several rows per group (Runtime.enqueue_rows' fill_to);
+    # wider items keep one row's items per group. regnet's 3x3 layers, CPU ms, min of
+    # 32: g55 7^2 0.87 vs 1.00, g26 14^2 1.20 vs 1.30, g13 28^2 1.92 vs 1.97; on 1x1
+    # layers of 4 channel vectors it was within noise or slower (0.72 vs 0.64).
+    dense_narrow_items: int = 64
     # Column groups per dense_gemm item when weights do not fit L1 (None = choose).
     dense_strip: int | None = None
     # Image sizes as build defines (a build per image and batch size: every row band
