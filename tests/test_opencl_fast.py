@@ -426,7 +426,7 @@ def test_dense_gemm_strips_and_channel_chunks(
 ):
     # layers whose weights exceed L1 run in strips of column groups and channel chunks;
     # force them on small layers (strip of 3 groups, chunks of a few channels)
-    tune(ocl, winograd=False, dense_strip=3, dense_l1_bytes=4 * 1024)
+    tune(ocl, winograd=False, dense_strip=3, dense_l1_bytes=4 * 1024, dense_l1_bytes_1x1=4 * 1024)
     x, w, b = rng_arrays(19, (2, cin, 11, wd), (cout, cin // groups, *k))
     out, ref, info = fast(
         ocl,

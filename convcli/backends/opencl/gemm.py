@@ -120,7 +120,8 @@ def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tu
     memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
     """
     per_ci = spec.kh * spec.kw * cob * 32
-    chunks = math.ceil(spec.cin_g * per_ci / s.dense_l1_bytes)
+    l1 = s.dense_l1_bytes_1x1 if spec.kh * spec.kw == 1 else s.dense_l1_bytes
+    chunks = math.ceil(spec.cin_g * per_ci / l1)
     groups = math.ceil(spec.w_out / xb)
     wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
     strip = s.dense_strip if s.dense_strip is not None else wanted

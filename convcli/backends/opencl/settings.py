@@ -101,13 +101,15 @@ class Settings:
     # (COB, XB) override for A/B experiments; None = the measured defaults.
     dense_tile: tuple[int, int] | None = None
     dense_max_taps: int = 64
-    # Bytes of packed weights an input-channel chunk may take (a quarter of a 32 KB L1:
-    # the strip's inputs and partial sums share it). Against 16 KB (CPU ms per call,
-    # N=8, min of 30, one process alternating): resnet50's 1x1 layers 256->1024 14^2
-    # 10.1 vs 10.6, 1024->256 9.5 vs 10.9, 512->2048 7^2 10.8 vs 10.9, 2048->512 10.5
-    # vs 11.1, 512->128 28^2 9.7 vs 10.3, regnet 440->440 7^2 1.88 vs 1.92; 2x2 s2 and
-    # 3x3 s2 layers within -5..+5 %.
-    dense_l1_bytes: int = 8 * 1024
+    # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
+    # for 1x1 layers a quarter (the strip's inputs and partial sums share L1). 8 KB
+    # against 16 on 1x1 layers (CPU ms per call, N=8, min of 30, one process
+    # alternating): resnet50's 256->1024 14^2 10.1 vs 10.6, 1024->256 9.5 vs 10.9,
+    # 512->2048 7^2 10.8 vs 10.9, 2048->512 10.5 vs 11.1, 512->128 28^2 9.7 vs 10.3,
+    # regnet 440->440 7^2 1.88 vs 1.92; on 3x3 stride-2 layers with many channels it
+    # lost (512->512 14^2 26.4 vs 25.2; resnet18's 256->512 12.8 vs 11.4 in processes).
+    dense_l1_bytes: int = 16 * 1024
+    dense_l1_bytes_1x1: int = 8 * 1024
     # Items per work-group wanted for dense_gemm items of one channel vector (grouped
     # layers of 8 channels per group: 4 columns x 8 channels, a few thousand
     # multiply-adds each), several rows per group (Runtime.enqueue_rows' fill_to);
