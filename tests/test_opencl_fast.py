@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,31 +173,74 @@ def test_dw_channels_matches_naive(ocl, c, hw, k, stride, mult, bias, n):
 
 
 @pytest.mark.parametrize(
-    "c, mult, hw, k, stride, dilation, padding",
+    "c, mult, hw, k, stride, dilation, padding, kernel",
     [
-        (36, 1, (7, 9), (3, 3), 1, 1, 1),  # 4 lanes of the last block past C_OUT
-        (45, 3, (10, 10), (5, 5), 2, 1, 2),  # multiplier 3: blocks straddle input planes
-        (64, 1, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3)),  # asymmetric everything
-        (96, 1, (1, 1), (3, 3), 1, 1, 1),  # a 1x1 map: every tap but one in the padding
-        (128, 1, (16, 40), (7, 7), 1, 2, 0),  # 40 columns: segments of 7 (last one short)
+        # 4 lanes of the last block past C_OUT
+        (36, 1, (7, 9), (3, 3), 1, 1, 1, "dw_blocks"),
+        (36, 1, (7, 9), (3, 3), 2, 1, 1, "dw_blocks"),  # 3x3 s2
+        (36, 1, (7, 9), (2, 2), 2, 1, 0, "dw_channels"),  # 2x2 s2: one tap per pixel
+        (45, 3, (10, 10), (5, 5), 2, 1, 2, "dw_channels"),  # multiplier 3: blocks straddle
+        # asymmetric everything
+        (64, 1, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3), "dw_blocks"),
+        (64, 1, (13, 11), (3, 3), (2, 3), (2, 1), (2, 3), "dw_channels"),
+        (96, 1, (1, 1), (3, 3), 1, 1, 1, "dw_blocks"),  # a 1x1 map: all but one tap padding
+        # 40 columns: segments of 7, the last one short (the copy pads past the plane)
+        (128, 1, (16, 40), (7, 7), 1, 2, 0, "dw_blocks"),
+        (44, 1, (9, 13), (7, 7), 1, 1, (3, 1), "dw_blocks"),  # more padding than rows
     ],
 )
-def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding):
+def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding, kernel):
     x, w, b = rng_arrays(c, (2, c, *hw), (c * mult, 1, *k))
     spec = make_spec(x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
-    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_channels"
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
     out, ref, _ = fast(ocl, x, w, b, stride=stride, dilation=dilation, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
+def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
+    """The blocked copy's scratch buffer is shared: a smaller layer after a larger one
+    reads only its own blocks, and a layer without bias adds nothing."""
+    for c, hw, bias in ((192, 28, True), (40, 7, False), (384, 14, True)):
+        x, w, b = rng_arrays(c + hw, (2, c, hw, hw), (c, 1, 7, 7), bias=bias)
+        out, ref, _ = fast(ocl, x, w, b, padding=3, groups=c)
+        assert opencl_plan.choose(make_spec(x, w, b, padding=3, groups=c), w)[0].kernel == (
+            "dw_blocks"
+        )
+        assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "k, hw, kernel",
+    [(7, 56, "dw_blocks"), (7, 70, "dw_direct"), (5, 56, "dw_blocks"), (3, 56, "dw_wide")],
+)
+def test_dw_blocks_takes_wide_rows_for_large_kernels(ocl, k, hw, kernel):
+    # 5x5 and larger kernels on rows up to 64 wide: dw_blocks, not dw_wide
+    x, w, b = rng_arrays(k, (1, 40, hw, hw), (40, 1, k, k))
+    spec = make_spec(x, w, b, padding=k // 2, groups=40)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
+    out, ref, _ = fast(ocl, x, w, b, padding=k // 2, groups=40)
+    assert_close(out, ref, "float32")
+
+
+def test_dw_blocks_off_runs_dw_channels(ocl, tune):
+    x, w, b = rng_arrays(3, (1, 64, 14, 14), (64, 1, 5, 5))
+    spec = make_spec(x, w, b, padding=2, groups=64)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    tune(ocl, dw_blocks=False)
+    assert opencl_plan.choose(spec, w, cpu=True, settings=ocl.settings)[0].kernel == ("dw_channels")
+    out, ref, _ = fast(ocl, x, w, b, padding=2, groups=64)
     assert_close(out, ref, "float32")
 
 
 @pytest.mark.parametrize(
     "c, hw, mode, cpu, kernel",
     [
-        (96, 14, "zeros", True, "dw_channels"),
+        (96, 14, "zeros", True, "dw_blocks"),
         (96, 14, "zeros", False, "dw_direct"),  # GPUs keep their kernels
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
         (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
         (96, 56, "zeros", True, "dw_wide"),  # wide rows: float8 along the width, padded
+        (96, 57, "zeros", True, "dw_direct"),  # wide rows, not whole float8 vectors
         (96, 112, "zeros", True, "dw_direct"),  # wider: the padded copy costs more
     ],
 )
@@ -382,7 +426,7 @@ def test_dense_gemm_strips_and_channel_chunks(
 ):
     # layers whose weights exceed L1 run in strips of column groups and channel chunks;
     # force them on small layers (strip of 3 groups, chunks of a few channels)
-    tune(ocl, winograd=False, dense_strip=3, dense_l1_bytes=4 * 1024)
+    tune(ocl, winograd=False, dense_strip=3, dense_l1_bytes=4 * 1024, dense_l1_bytes_1x1=4 * 1024)
     x, w, b = rng_arrays(19, (2, cin, 11, wd), (cout, cin // groups, *k))
     out, ref, info = fast(
         ocl,
@@ -413,7 +457,7 @@ _SIZE_CASES = {
     "dense_gemm": ((12, 6, 3, 3), dict(padding=1, stride=(2, 1), padding_mode="reflect"),
                    lambda n, h, w: (), lambda n, h, w: (n, h, w)),
     "pointwise": ((10, 6, 1, 1), {}, lambda n, h, w: (), lambda n, h, w: h * w),
-    "dw_channels": ((64, 1, 3, 3), dict(padding=1, groups=64),
+    "dw_channels": ((128, 1, 3, 3), dict(padding=1, groups=64),
                     lambda n, h, w: w, lambda n, h, w: (n, h, w)),
     "winograd": ((8, 6, 3, 3), dict(padding=1, padding_mode="reflect"),
                  lambda n, h, w: w, lambda n, h, w: (n, h, w)),
@@ -447,6 +491,21 @@ def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
         out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
         assert_close(out, naive_for_spec(x, w, b, spec), "float32")
         assert len(be._programs) == len(seen)
+
+
+def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune):
+    # dw_to_blocks and dw_blocks take the batch size and the heights as arguments: row
+    # bands and a last short batch of a layer run its two builds (the widths are defines)
+    be = fresh_backend(tune)
+    rng = np.random.default_rng(43)
+    w = rng.standard_normal((40, 1, 5, 5)).astype(np.float32)
+    for n, h in ((1, 13), (2, 13), (3, 9), (1, 20)):
+        x = rng.standard_normal((n, 40, h, 17)).astype(np.float32)
+        spec = make_spec(x, w, None, padding=2, groups=40)
+        assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "dw_blocks"
+        out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, None, spec), "float32")
+        assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])
@@ -751,6 +810,92 @@ def test_dense_strips_of_partial_sums_on_cpus_only():
     strip, chunk = gemm.dense_strip(spec, 4, 2, True, DEFAULT)
     assert strip > 1 and chunk < 256
     assert gemm.dense_strip(spec, 4, 2, False, DEFAULT) == (1, 256)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize(
+    "n, cin, cout, hw, groups",
+    [
+        (3, 40, 72, (7, 7), 1),
+        (2, 48, 40, (5, 9), 2),
+        (1, 512, 40, (7, 7), 1),
+        (2, 16, 8, (3, 1), 1),
+    ],
+)
+def test_dense_gemm_1x1_as_one_row_per_plane(ocl, tune, flat, n, cin, cout, hw, groups):
+    # 1x1 layers with stride 1 and no padding run as one row of H*W pixels per plane
+    # (the last column group of a 7-wide row no longer mostly idle), column groups
+    # straddling the rows of the map; the same results as row by row
+    tune(ocl, dense_flat_1x1=flat, pointwise_min_cin=1 << 20)
+    x, w, b = rng_arrays(cin + cout, (n, cin, *hw), (cout, cin // groups, 1, 1))
+    spec = make_spec(x, w, b, groups=groups)
+    view = gemm.dense_view(spec, ocl.settings)
+    assert (view.h, view.w) == ((1, hw[0] * hw[1]) if flat and hw[0] > 1 else hw)
+    out, ref, info = fast(ocl, x, w, b, groups=groups)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize("copy", [True, False])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize(
+    "n, cin, cout, hw, k, stride, dilation, padding, groups",
+    [
+        (2, 24, 40, (14, 13), (1, 1), 2, 1, 0, 1),  # resnet's 1x1 stride 2, odd width
+        (1, 16, 24, (9, 12), (1, 1), (2, 3), 1, 0, 2),  # grouped, uneven strides
+        (1, 16, 24, (9, 12), (1, 1), 2, 1, 1, 1),  # padded 1x1: rows and columns of pad
+        (2, 12, 32, (15, 14), (2, 2), 2, 1, 0, 1),  # convnext's downsampling, a row over
+        (1, 3, 16, (17, 16), (4, 4), 4, 1, 0, 1),  # a patch embedding
+        (2, 16, 24, (13, 14), (3, 3), 2, 1, 1, 1),  # resnet's 3x3 stride 2 (9/4 the input)
+        (1, 8, 16, (11, 11), (2, 3), (3, 5), (2, 2), (1, 2), 1),  # dilated, padded
+    ],
+)
+def test_dense_gemm_on_copied_columns(
+    ocl, tune, copy, mode, n, cin, cout, hw, k, stride, dilation, padding, groups
+):
+    # strided layers run as a 1x1 layer on a copy of their columns (im2col_copy), any
+    # padding mode through the index maps; the same results as the strided implicit GEMM
+    kernels = ((1, 1), (2, 2), (3, 3), (4, 4), (2, 3)) if copy else ()
+    tune(ocl, dense_columns_kernels=kernels, dense_columns_max_growth=4.0, winograd=False)
+    tune(ocl, dense_columns_min_cout=1)
+    x, w, b = rng_arrays(cin * cout, (n, cin, *hw), (cout, cin // groups, *k))
+    opts = dict(stride=stride, dilation=dilation, padding=padding, groups=groups)
+    spec = make_spec(x, w, b, padding_mode=mode, **opts)
+    assert gemm.copied_columns(spec, ocl.settings) == copy
+    out, ref, info = fast(ocl, x, w, b, padding_mode=mode, **opts)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
+def test_dense_gemm_copies_columns_by_default_for_wide_1x1_strided_layers_only():
+    # 1x1 with stride 2 from 256 output channels per group; 2x2 and 3x3 with stride 2
+    # ran faster on the implicit GEMM, and a stride-1 layer has nothing to gain
+    x = np.ones((1, 64, 14, 14), np.float32)
+    for k, cout, stride, copied in (
+        (1, 256, 2, True),
+        (1, 128, 2, False),
+        (2, 256, 2, False),
+        (3, 256, 2, False),
+        (1, 256, 1, False),
+    ):
+        w = np.ones((cout, 64, k, k), np.float32)
+        spec = make_spec(x, w, None, stride=stride, padding=k // 2)
+        assert gemm.copied_columns(spec, DEFAULT) == copied, (k, cout, stride)
+    # a copy larger than max_growth times the input is never made: 3x3 stride 1
+    s = replace(DEFAULT, dense_columns_kernels=((3, 3),), dense_columns_min_cout=1)
+    spec = make_spec(x, np.ones((8, 64, 3, 3), np.float32), None, stride=(2, 1), padding=1)
+    assert not gemm.copied_columns(spec, s)  # 9/2 the input
+
+
+def test_dense_gemm_keeps_rows_where_it_must():
+    # padding, a stride (without the column copy) or a kernel taller than 1 need the rows
+    s = replace(DEFAULT, dense_columns_kernels=())
+    for opts, wshape in ((dict(padding=1), (8, 8, 1, 1)), (dict(stride=2), (8, 8, 1, 1)),
+                         ({}, (8, 8, 3, 1))):  # fmt: skip
+        spec = make_spec(
+            np.ones((1, 8, 7, 7), np.float32), np.ones(wshape, np.float32), None, **opts
+        )
+        assert gemm.dense_view(spec, s) is spec
 
 
 # ---------------------------------------------------------------- dtypes and choices

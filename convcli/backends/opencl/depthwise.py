@@ -12,6 +12,11 @@ feature maps: sizes repeat) get them as constants too (``settings.dw_fixed_pixel
 layers: at least 32 channels, outputs at most 32 wide, zero padding), float8 across 8
 output channels, one launch for all channels, the taps packed as aligned float8.
 
+``dw_blocks`` (CPU devices): the plain depthwise layers among dw_channels' (one
+channel per group, 3x3 with stride 1 and larger kernels): ``dw_to_blocks.cl`` copies the
+input once into column-padded blocks of 8 channels, then ``dw_blocks.cl`` reads each
+input value as one aligned float8.
+
 ``dw_wide`` (CPU devices): depthwise layers on 48-64-column maps (56x56 CNN layers, any
 batch): ``dw_pad.cl`` copies the input into zero-padded planes once, then ``dw_direct``
 runs with no padding, so every item takes its plain addressing path. With padding,
@@ -199,11 +204,15 @@ def channels_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     too short for dw_direct's float8 along the width (a 7-wide row runs 7 of 8 lanes
     through the padded border path, one channel plane per item). CPU devices only: the
     layouts and work-group sizes were chosen on PoCL, GPUs keep their own kernels."""
+    return _many_channels(spec, cpu, s) and spec.w_out <= s.dw_channels_max_wo
+
+
+def _many_channels(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """dw_channels' and dw_blocks' layers but for the width of their output rows."""
     return (
         cpu
         and spec.cin_g == 1
         and spec.c_out >= s.dw_channels_min_cout
-        and spec.w_out <= s.dw_channels_max_wo
         and spec.padding_mode == "zeros"
         and spec.kh * spec.kw <= s.dense_max_taps
     )
@@ -272,5 +281,87 @@ def run_channels(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.
         args = [xbuf, wbuf, bbuf, obuf, *sizes]
         ev = rt.enqueue_rows(kernel, gsize, args, fill_to=items)
         return rt.collect(out, obuf, [ev], info)
+
+    return rt.offer_replay(launch)(x, weight, bias, info)
+
+
+# -------------------------------------------------------------------------- dw_blocks
+
+
+def blocks_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """Plain depthwise layers that dw_channels would take (one input and one output
+    channel per group) run as dw_to_blocks + dw_blocks: the input copied once into
+    zero-padded blocks of 8 channels, so that the taps read whole aligned float8 values
+    instead of gathering 8 scalars from 8 planes per input column and kernel row. The
+    copy pays where the taps per input pixel (taps over the stride's area) reach
+    ``settings.dw_blocks_min_taps``, and kernels of ``dw_blocks_wide_taps`` taps or more
+    take output rows up to ``dw_blocks_wide_max_wo`` wide too (dw_wide's range)."""
+    taps = spec.kh * spec.kw
+    wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo
+    return (
+        s.dw_blocks
+        and spec.cout_g == 1
+        and taps / (spec.stride[0] * spec.stride[1]) >= s.dw_blocks_min_taps
+        and _many_channels(spec, cpu, s)
+        and (wide or spec.w_out <= s.dw_channels_max_wo)
+    )
+
+
+def _blocks_width(spec: ConvSpec, s: Settings) -> int:
+    """WP: the padded width, wide enough for every segment's input columns."""
+    xb, nseg = _segments(spec.w_out, s)
+    reach = (nseg * xb - 1) * spec.stride[1] + (spec.kw - 1) * spec.dilation[1] + 1
+    return max(spec.w + spec.pad[2] + spec.pad[3], reach)
+
+
+def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, int]]]:
+    """The programs a dw_blocks run of ``spec`` builds (kernel file, build defines)."""
+    xb, nseg = _segments(spec.w_out, s)
+    wp = _blocks_width(spec, s)
+    to_blocks = {"C": spec.c_in, "W": spec.w, "WP": wp, "PADL": spec.pad[2]}
+    blocks = {
+        "C": spec.c_out,
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "PADT": spec.pad[0],
+        "WP": wp,
+        "WO": spec.w_out,
+        "XB": xb,
+        "NSEG": nseg,
+    }
+    return [("dw_to_blocks", to_blocks), ("dw_blocks", blocks)]
+
+
+def _pack_blocks(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Taps as dw_blocks reads them: ``(NCB, KH, KW, 8)``; bias ``(NCB, 8)``."""
+    return _pack_channels(weight, bias, spec, step)  # CSUM = 1: the same layout
+
+
+def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dw_to_blocks, then dw_blocks, over the whole batch (float32 ``x``, weights, bias)."""
+    s = rt.settings
+    (to_name, to_defines), (name, defines) = blocks_programs(spec, s)
+    to_blocks = rt.kernel(to_name, to_defines, info)
+    kernel = rt.kernel(name, defines, info)
+    ncb = -(-spec.c_out // 8)
+    nbytes = spec.n * ncb * spec.h * defines["WP"] * 32
+    shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    to_size = (spec.h, spec.n * ncb)
+    gsize = (defines["NSEG"], spec.h_out, spec.n * ncb)
+    sizes = [*map(np.int32, (spec.n, spec.h))]
+    out_sizes = [*map(np.int32, (spec.n, spec.h, spec.h_out))]
+    items = s.dw_channels_items
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        # asked at every call: another layer may take a larger scratch buffer
+        blocks = rt.scratch("dw_blocks", nbytes)
+        events = [rt.enqueue(to_blocks, to_size, (8, 8), [xbuf, blocks, *sizes])]
+        wbuf, bbuf = rt.packed_weights(_pack_blocks, weight, bias, spec, 8, info)
+        out, obuf = rt.output(shape, np.float32)
+        args = [blocks, wbuf, bbuf, obuf, *out_sizes]
+        events.append(rt.enqueue_rows(kernel, gsize, args, fill_to=items))
+        return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)

@@ -13,6 +13,7 @@ and :mod:`.gpu` do.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,12 @@ def channel_blocks(w: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step:
 def dense_blocking(cout_g: int, s: Settings) -> tuple[int, int]:
     """(COB float8 channel vectors, XB columns) per work-item for dense_gemm.
 
-    4 x 2 was the best tile for wide layers on PoCL/AVX2 (14 of 16 ymm registers);
-    narrow groups trade channel vectors for columns to keep the tile as large.
+    4 x 2 was the best tile for wide layers on PoCL/AVX2 (14 of 16 ymm registers); two
+    and three channel vectors take 4 and 3 columns. One channel vector (grouped layers
+    of 8 channels or fewer per group) takes 4 columns: on regnet's 8-channel groups (N=8,
+    3x3, 7^2 to 112^2 maps, stride 1 and 2) 4 ran as fast as the best of 4-8 on every
+    layer, up to 1.25x faster than the 6 it had (which computed 12 columns for a 7-wide
+    row).
     """
     if s.dense_tile is not None:
         return s.dense_tile
@@ -59,7 +64,50 @@ def dense_blocking(cout_g: int, s: Settings) -> tuple[int, int]:
         return 3, 3
     if vecs == 2:
         return 2, 4
-    return 1, 6
+    return 1, 4
+
+
+def copied_columns(spec: ConvSpec, s: Settings) -> bool:
+    """Whether dense_gemm runs ``spec`` on a copy of its columns (``im2col_copy.cl``): a
+    stride other than 1, a copy at most ``settings.dense_columns_max_growth`` times the
+    input (taps over the stride's area: 1x1 with stride 2 a quarter, 3x3 with stride 2
+    9/4), kernels of ``dense_columns_kernels`` (1x1 by default), and at least
+    ``dense_columns_min_cout`` output channels per group (the copy's cost against the
+    GEMM's falls with them)."""
+    growth = spec.kh * spec.kw / (spec.stride[0] * spec.stride[1])
+    return (
+        spec.stride != (1, 1)
+        and growth <= s.dense_columns_max_growth
+        and (spec.kh, spec.kw) in s.dense_columns_kernels
+        and spec.cout_g >= s.dense_columns_min_cout
+    )
+
+
+def dense_view(spec: ConvSpec, s: Settings) -> ConvSpec:
+    """The problem dense_gemm runs for ``spec``: 1x1 layers with stride 1 and no padding
+    as one row of H*W pixels per plane (the same memory), so that the last column
+    group of each row is not mostly idle (a 7-wide row in groups of 2 computed 8); the
+    layers of :func:`copied_columns` as that 1x1 layer on their column copy."""
+    if copied_columns(spec, s):
+        taps = spec.kh * spec.kw
+        spec = replace(
+            spec, c_in=spec.c_in * taps, h=spec.h_out, w=spec.w_out, kh=1, kw=1,
+            stride=(1, 1), dilation=(1, 1), pad=(0, 0, 0, 0), padding_mode="zeros",
+        )  # fmt: skip
+    flat = (spec.kh, spec.kw, spec.stride, spec.pad) == (1, 1, (1, 1), (0, 0, 0, 0))
+    if s.dense_flat_1x1 and flat and spec.h > 1:
+        return replace(spec, h=1, w=spec.h * spec.w)
+    return spec
+
+
+def columns_defines(spec: ConvSpec) -> dict[str, int]:
+    """The build defines of im2col_copy for ``spec``."""
+    return {
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "C": spec.c_in,
+        "W": spec.w,
+        "WO": spec.w_out,
+    }
 
 
 def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tuple[int, int]:
@@ -72,7 +120,8 @@ def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tu
     memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
     """
     per_ci = spec.kh * spec.kw * cob * 32
-    chunks = math.ceil(spec.cin_g * per_ci / s.dense_l1_bytes)
+    l1 = s.dense_l1_bytes_1x1 if spec.kh * spec.kw == 1 else s.dense_l1_bytes
+    chunks = math.ceil(spec.cin_g * per_ci / l1)
     groups = math.ceil(spec.w_out / xb)
     wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
     strip = s.dense_strip if s.dense_strip is not None else wanted
@@ -98,6 +147,7 @@ def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
 
 def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     """The build defines of dense_gemm for ``spec``."""
+    spec = dense_view(spec, s)
     cob, xb = dense_blocking(spec.cout_g, s)
     strip, chunk = dense_strip(spec, cob, xb, cpu, s)
     sizes = {}
@@ -120,22 +170,51 @@ def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     }
 
 
+def dense_programs(spec: ConvSpec, cpu: bool, s: Settings) -> list[tuple[str, dict[str, int]]]:
+    """The programs a dense_gemm run of ``spec`` builds (kernel file, build defines)."""
+    found = [("dense_gemm", dense_defines(spec, cpu, s))]
+    if copied_columns(spec, s):
+        found.insert(0, ("im2col_copy", columns_defines(spec)))
+    return found
+
+
 def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """dense_gemm over the whole batch (float32 ``x``, weights and bias)."""
     defines = dense_defines(spec, rt.is_cpu, rt.settings)
     cob, xb, strip, nblk = (defines[k] for k in ("COB", "XB", "STRIP", "NBLK"))
     kernel = rt.kernel("dense_gemm", defines, info)
-    rmap, cmap = rt.index_maps(spec, info)
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    columns = None
+    if copied_columns(spec, rt.settings):
+        columns = (
+            rt.kernel("im2col_copy", columns_defines(spec), info),
+            (spec.h_out, spec.n * spec.c_in),
+            rt.index_maps(spec, info),
+            [np.int32(spec.n), np.int32(spec.h), np.int32(spec.h_out)],
+            4 * spec.n * spec.c_in * spec.kh * spec.kw * spec.h_out * spec.w_out,
+        )
+    spec = dense_view(spec, rt.settings)  # the packed weights' layout is the same either way
+    rmap, cmap = rt.index_maps(spec, info)
     gsize = (math.ceil(spec.w_out / (xb * strip)), spec.h_out, spec.n * spec.groups * nblk)
     sizes = [*map(np.int32, _dense_sizes(spec))]
+    # one channel vector per item (narrow groups) is little work: rows share a group
+    fill = rt.settings.dense_narrow_items if cob == 1 else 0
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
         xbuf = rt.input_buffer(x, info)
+        events = []
+        if columns is not None:
+            to_columns, csize, maps, csizes, nbytes = columns
+            # asked at every call: another layer may take a larger scratch buffer
+            cbuf = rt.scratch("im2col_copy", nbytes)
+            args = [xbuf, *maps, cbuf, *csizes]
+            events.append(rt.enqueue(to_columns, csize, (8, 8), args))
+            xbuf = cbuf
         wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
         out, obuf = rt.output(shape, np.float32)
-        ev = rt.enqueue_rows(kernel, gsize, [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes])
-        return rt.collect(out, obuf, [ev], info)
+        args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes]
+        events.append(rt.enqueue_rows(kernel, gsize, args, fill_to=fill))
+        return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)
 

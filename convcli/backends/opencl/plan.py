@@ -11,7 +11,9 @@ Algorithms (``info.algo``) and the families that run them:
   horizontal pass (:mod:`.separable`).
 * ``direct``: ``dw_direct`` (:mod:`.depthwise`) for depthwise layers and image filters
   (and forced ``direct`` on any layer); ``dw_channels`` on CPU devices for depthwise
-  layers with many channels on small maps.
+  layers with many channels on small maps, or ``dw_blocks`` (the input copied into
+  padded blocks of 8 channels first) where the layer has one channel per group and
+  enough taps per input pixel.
 * ``gemm``: ``dense_gemm`` or ``pointwise`` (:mod:`.gemm`) for multi-channel layers, and
   the Winograd forms of 3x3 layers when the cost model says so (:mod:`.winograd`).
 * ``fft``: overlap-save FFT tiles (:mod:`.fft`) for large depthwise kernels that are not
@@ -108,6 +110,8 @@ def choose(
         return Plan("gemm", "host_gemm"), None
     one_channel = spec.cin_g == 1
     taps = spec.kh * spec.kw
+    if algo in ("auto", "direct") and depthwise.blocks_pays(spec, cpu, s):
+        return Plan("direct", "dw_blocks"), None
     if algo in ("auto", "direct") and depthwise.channels_pays(spec, cpu, s):
         return Plan("direct", "dw_channels"), None
     if algo == "separable":
@@ -187,7 +191,7 @@ def planned(
         return hit
     plan, factors = choose(spec, weight, algo, cpu=cpu, settings=settings)
     if not _reads_values(spec, algo, cpu, settings) or (
-        plan is not None and plan.kernel == "dw_channels"
+        plan is not None and plan.kernel in ("dw_channels", "dw_blocks")
     ):
         if len(_PLANS) > 1024:
             _PLANS.clear()
@@ -303,8 +307,10 @@ def programs(
         return winograd.programs(spec, cpu, s)
     if plan.kernel == "dw_wide":
         return depthwise.wide_programs(spec, s)
+    if plan.kernel == "dw_blocks":
+        return depthwise.blocks_programs(spec, s)
     if plan.kernel == "dense_gemm":
-        return [("dense_gemm", gemm.dense_defines(spec, cpu, s))]
+        return gemm.dense_programs(spec, cpu, s)
     if plan.kernel == "pointwise":
         return [("pointwise", gemm.pointwise_defines(spec, s))]
     return [("dw_direct", depthwise.defines(spec, s))]
@@ -410,6 +416,8 @@ def run(
                 out = gemm.run_pointwise(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_channels":
                 out = depthwise.run_channels(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_blocks":
+                out = depthwise.run_blocks(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_wide":
                 out = depthwise.run_wide(backend, xf, wf, bf, spec, info)
             else:

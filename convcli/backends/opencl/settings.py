@@ -58,6 +58,21 @@ class Settings:
     # The batch size and the heights as build defines (a build per row band and batch
     # size) rather than arguments; the widths are defines either way.
     dw_channels_fixed_sizes: bool = False
+    # Plain depthwise layers among those (one channel per group) as dw_to_blocks +
+    # dw_blocks: the input copied once into zero-padded blocks of 8 channels. Against
+    # dw_channels (ms, N=8, min of 30, one process, busy machine): 7x7 on 28^2 1.35 vs
+    # 3.16, 14^2 0.76 vs 1.35, 7^2 0.40 vs 0.54; 5x5 on 28^2 1.11 vs 2.78, 14^2 1.48 vs
+    # 2.92, 5x5 s2 0.47 vs 0.67; 3x3 on 14^2 0.43 vs 0.77 (480 channels) and even (116);
+    # and 3x3 s2 (CPU ms, min of 32): 72 channels on 56^2 0.74 vs 1.37, 116 on 28^2
+    # 0.37 vs 0.59, 240 on 28^2 0.77 vs 1.12, 232 on 14^2 0.20 vs 0.25; 2x2 s2 (one
+    # tap per input pixel) is untested. From this many taps per input pixel (taps /
+    # (stride_h * stride_w)). Kernels of at least dw_blocks_wide_taps taps also take
+    # rows up to dw_blocks_wide_max_wo wide from dw_wide: 7x7 on 56^2 (96 channels)
+    # 4.5 vs 4.9 CPU ms, kernel 2.10 vs 2.29; but 3x3 on 56^2 lost (3.97 vs 2.73).
+    dw_blocks: bool = True
+    dw_blocks_min_taps: float = 2.0
+    dw_blocks_wide_taps: int = 25
+    dw_blocks_wide_max_wo: int = 64
 
     # ---- depthwise on wide maps (dw_pad, then dw_direct without padding), CPU devices
     # Output widths that pay for the padded copy: at 56 columns (7 float8 items a row, 2 of
@@ -86,8 +101,22 @@ class Settings:
     # (COB, XB) override for A/B experiments; None = the measured defaults.
     dense_tile: tuple[int, int] | None = None
     dense_max_taps: int = 64
-    # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1).
+    # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
+    # for 1x1 layers a quarter (the strip's inputs and partial sums share L1). 8 KB
+    # against 16 on 1x1 layers (CPU ms per call, N=8, min of 30, one process
+    # alternating): resnet50's 256->1024 14^2 10.1 vs 10.6, 1024->256 9.5 vs 10.9,
+    # 512->2048 7^2 10.8 vs 10.9, 2048->512 10.5 vs 11.1, 512->128 28^2 9.7 vs 10.3,
+    # regnet 440->440 7^2 1.88 vs 1.92; on 3x3 stride-2 layers with many channels it
+    # lost (512->512 14^2 26.4 vs 25.2; resnet18's 256->512 12.8 vs 11.4 in processes).
     dense_l1_bytes: int = 16 * 1024
+    dense_l1_bytes_1x1: int = 8 * 1024
+    # Items per work-group wanted for dense_gemm items of one channel vector (grouped
+    # layers of 8 channels per group: 4 columns x 8 channels, a few thousand
+    # multiply-adds each), several rows per group (Runtime.enqueue_rows' fill_to);
+    # wider items keep one row's items per group. regnet's 3x3 layers, CPU ms, min of
+    # 32: g55 7^2 0.87 vs 1.00, g26 14^2 1.20 vs 1.30, g13 28^2 1.92 vs 1.97; on 1x1
+    # layers of 4 channel vectors it was within noise or slower (0.72 vs 0.64).
+    dense_narrow_items: int = 64
     # Column groups per dense_gemm item when weights do not fit L1 (None = choose).
     dense_strip: int | None = None
     # Image sizes as build defines (a build per image and batch size: every row band
@@ -95,6 +124,23 @@ class Settings:
     # cost no kernel time measurably: medians within -9..+4 % of the defines' on six
     # layers (1x1, 3x3, 5x5, strided, N=1 and 8; A/B alternating, 31 rounds).
     dense_fixed_sizes: bool = False
+    # 1x1 layers (stride 1, no padding) as one row of H*W pixels per plane
+    # (gemm.dense_view); False: row by row.
+    dense_flat_1x1: bool = True
+    # Strided layers as a copy of their columns (im2col_copy), then a 1x1 dense_gemm
+    # on one row of pixels per plane (gemm.copied_columns): kernels of these sizes,
+    # copies at most this many times the input (taps / stride area), from this many
+    # output channels per group. CPU ms per call against the strided implicit GEMM
+    # (N=8, min of 24, one process alternating): resnet50's 1x1 s2 1024->2048 14^2
+    # 22.2 vs 29.3, 512->1024 28^2 20.9 vs 25.2, 256->512 56^2 23.1 vs 24.3, regnet
+    # 208->440 1.02 vs 1.12; but narrower layers lost or tied: regnet 32->48 112^2 3.2
+    # vs 2.4, 104->208 1.31 vs 1.64 in one run and 1.06 vs 0.99 in another, resnet18
+    # 64->128 2.4 vs 1.6 and 128->256 1.8 vs 1.3; convnext's 2x2 s2 layers 13.0-14.3
+    # vs 11.5-12.8 (the implicit GEMM reads 2x2 windows well), and resnet's 3x3 s2 p1
+    # layers 1.1-1.6x slower (their copy is 9/4 of the input).
+    dense_columns_kernels: tuple[tuple[int, int], ...] = ((1, 1),)
+    dense_columns_max_growth: float = 2.25
+    dense_columns_min_cout: int = 256
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per

@@ -1,0 +1,102 @@
+/* dw_blocks: depthwise convolutions (one input and one output channel per group) on
+ * input that dw_to_blocks laid out in zero-padded blocks of 8 channels: float8 across 8
+ * channels, every input value an aligned float8 load with no bounds check. For layers
+ * with many channels on small maps (7x7 to 32x32 outputs), where dw_channels gathered
+ * each float8 from 8 planes (8 scalar loads) once per input column and kernel row.
+ *
+ * The widths, the geometry and the column segments are -D defines (the tap loops unroll
+ * with every index known at compile time); the batch size and the heights are
+ * arguments (row bands of a tiled call and other batch sizes share the build).
+ *
+ * Layouts (row-major, contiguous):
+ *   xb    (N, NCB, H, WP, 8)       from dw_to_blocks (column padding included, WP covers
+ *                                  every segment's columns, those past the plane are
+ *                                  zeros; rows outside the plane are skipped here)
+ *   wt    (NCB, KH, KW, 8)         taps of 8 channels side by side, packed on the host,
+ *                                  zeros past C
+ *   bias  (NCB, 8)                 zeros past C (and without bias)
+ *   out   (N, C, HO, WO)
+ *
+ * Work-item (seg, y, z): output columns x0 = seg * XB .. x0 + XB - 1 (columns past WO
+ * computed, not stored), output row y, block z = n * NCB + cb (channels 8*cb..; lanes
+ * past C not stored). A work-group takes the segments of neighbouring rows of one
+ * block, whose input rows it shares in L1. No fma()/vload8()/vstore8() builtins (PoCL
+ * leaves them as out-of-line calls).
+ */
+
+#ifndef C
+#error "-D C=... is required (set by the host)"
+#endif
+#include "geometry.clh"
+#ifndef PADT
+#error "-D PADT=... is required (set by the host)"
+#endif
+#ifndef WP
+#error "-D WP=... is required (set by the host)"
+#endif
+#ifndef WO
+#error "-D WO=... is required (set by the host)"
+#endif
+#ifndef XB
+#error "-D XB=... is required (set by the host)"
+#endif
+#ifndef NSEG
+#error "-D NSEG=... is required (set by the host)"
+#endif
+
+#define NCB ((C + 7) / 8)
+/* input columns one item reads for its XB output columns */
+#define SPAN ((XB - 1) * SW + (KW - 1) * DW + 1)
+
+#define STORE_LANE(l, s)                                                                   \
+    if (8 * cb + (l) < C) out[obase + (l) * (ho * WO)] = v.s;
+
+__kernel void dw_blocks(__global const float8 *restrict xb, __global const float8 *restrict wt,
+                        __global const float8 *restrict bias, __global float *restrict out,
+                        const int n, const int h, const int ho) {
+    const int seg = get_global_id(0);
+    const int y = get_global_id(1);
+    const int z = get_global_id(2);
+    if (seg >= NSEG || y >= ho || z >= n * NCB) return;
+    const int nn = z / NCB;
+    const int cb = z - nn * NCB;
+    const int x0 = seg * XB;
+
+    float8 acc[XB];
+#pragma unroll
+    for (int k = 0; k < XB; ++k) acc[k] = bias[cb];
+    __global const float8 *xz = xb + (size_t)z * h * WP + x0 * SW;
+    __global const float8 *wc = wt + cb * (KH * KW);
+    /* A loop, not unrolled: a kernel body without loops was vectorised across
+     * work-items by PoCL, 2.5x slower. */
+    for (int i = 0; i < KH; ++i) {
+        const int r = y * SH - PADT + i * DH;
+        if (r < 0 || r >= h) continue;
+        __global const float8 *xr = xz + r * WP;
+#pragma unroll
+        for (int t = 0; t < SPAN; ++t) {
+            const float8 v = xr[t];
+#pragma unroll
+            for (int k = 0; k < XB; ++k) {
+                const int d = t - k * SW;
+                if (d >= 0 && d % DW == 0 && d / DW < KW) acc[k] += v * wc[i * KW + d / DW];
+            }
+        }
+    }
+    const size_t obase0 = ((size_t)nn * C + 8 * cb) * (ho * WO) + y * WO + x0;
+#pragma unroll
+    for (int k = 0; k < XB; ++k) {
+        if (x0 + k < WO) {
+            const float8 v = acc[k];
+            const size_t obase = obase0 + k;
+            STORE_LANE(0, s0)
+            STORE_LANE(1, s1)
+            STORE_LANE(2, s2)
+            STORE_LANE(3, s3)
+            STORE_LANE(4, s4)
+            STORE_LANE(5, s5)
+            STORE_LANE(6, s6)
+            STORE_LANE(7, s7)
+        }
+    }
+}
