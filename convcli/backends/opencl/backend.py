@@ -91,11 +91,17 @@ class OpenCLBackend(Runtime):
     _inline_limit: tuple | None = None  # (settings, multiply-adds) it was worked out for
 
     def inline_max_macs(self) -> int:
-        """The largest layer (multiply-adds over the batch) :meth:`runtime_for` runs on
-        the inline device: ``settings.inline_max_macs``, or by default 12M over the
-        threaded device's compute units (a wider machine's threads pay sooner). On 2
-        cores (6M): mobilenet_v3_small's and shufflenet's layers up to 5.4M ran 0.9-2.5x
-        faster inline (median 1.25x; 100-300 us layers by 30-80 us), 8-23M ones 0.75-0.97x."""
+        """The largest layer :meth:`runtime_for` runs on the inline device, in
+        multiply-adds over the batch (a depthwise layer's count 3x: its kernels do 3-4x
+        fewer a second): ``settings.inline_max_macs``, or by default 12M over the
+        threaded device's compute units (a wider machine's threads pay sooner).
+
+        Measured on 2 cores (6M), per layer of mobilenet_v3_small, shufflenet and
+        efficientnet_b0 at batch 1 (the minimum of 9 calls, busy machine): dense and 1x1
+        layers up to 2-5M multiply-adds, depthwise ones up to ~2M, ran as fast or faster
+        inline (100-250 us layers by 10-80 us); above, the threaded device's two threads
+        won by up to 1.4x (a 96-channel depthwise 3x3 on 112x112: 465 against 593 us).
+        """
         s = self.settings
         kept = self._inline_limit
         if kept is not None and kept[0] is s:
@@ -108,11 +114,13 @@ class OpenCLBackend(Runtime):
         return limit
 
     def runtime_for(self, spec: ConvSpec) -> Runtime:
-        """The runtime that runs ``spec``: this device's, or for a small layer the
-        inline device's (PoCL's basic device, which runs kernels in the calling thread:
-        no worker thread to wake, none left running after the call). Falls back to this
-        device's when the inline one cannot be opened."""
-        if self._inline_device is None or spec.macs > self.inline_max_macs():
+        """The runtime that runs ``spec``: this device's, or for a small layer (see
+        :meth:`inline_max_macs`) the inline device's (PoCL's basic device, which runs
+        kernels in the calling thread: no worker thread to wake, none left running after
+        the call). Falls back to this device's when the inline one cannot be opened."""
+        if self._inline_device is None:
+            return self
+        if spec.macs * (3 if spec.cin_g == 1 else 1) > self.inline_max_macs():
             return self
         rt = self._inline
         if rt is None:

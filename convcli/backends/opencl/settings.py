@@ -83,8 +83,8 @@ class Settings:
     host_fc_max_macs: int = 1 << 20
 
     # ---- PoCL's inline (basic) device beside its threaded one (OpenCLBackend.runtime_for)
-    # Layers of at most this many multiply-adds (over the batch) run on it; None: 12M
-    # over the threaded device's compute units; 0: never.
+    # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
+    # count 3x) run on it; None: 12M over the threaded device's compute units; 0: never.
     inline_max_macs: int | None = None
 
     # ---- implicit GEMM (dense_gemm)
