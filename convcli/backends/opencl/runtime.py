@@ -972,8 +972,11 @@ class Runtime:
                         kept -= size
                 else:
                     self._small.move_to_end(nbytes)
-            # the kernels write the device buffer: the array is only copied into
-            return np.empty(shape, dtype), buf
+            # the array keeps the offset's place in a cache line, as a wrapped one would
+            size = math.prod(shape) * dtype.itemsize
+            owner = np.empty(size + 64, dtype=np.uint8)
+            start = (offset - owner.ctypes.data) % 64
+            return owner[start : start + size].view(dtype).reshape(shape), buf
         with self._lock:
             for entry in self._pool:
                 # entry[0] is not bound to a local name here: idle means exactly entry[2]
