@@ -4,7 +4,6 @@ caller's environment is left as it was."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -106,6 +105,7 @@ def _inline_or_skip(ocl):
 
 def test_small_layers_run_inline_with_the_threaded_devices_values(ocl, tune):
     _inline_or_skip(ocl)
+    tune(ocl, inline_max_macs=4_000_000)  # whatever the machine's CPU count
     rng = np.random.default_rng(5)
     cases = [
         ((1, 16, 14, 14), (32, 16, 3, 3), 1),  # dense_gemm
@@ -132,7 +132,7 @@ def test_small_layers_run_inline_with_the_threaded_devices_values(ocl, tune):
         threaded = conv2d(x, w, b, padding=pad, groups=groups, backend="opencl")
         # the same compiler and kernel: the same values
         np.testing.assert_array_equal(inline, threaded)
-        ocl.settings = dataclasses.replace(ocl.settings, inline_max_macs=None)
+        tune(ocl, inline_max_macs=4_000_000)
 
 
 def test_large_layers_stay_on_the_threaded_device(ocl):

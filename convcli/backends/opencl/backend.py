@@ -92,15 +92,18 @@ class OpenCLBackend(Runtime):
 
     def inline_max_macs(self) -> int:
         """The largest layer :meth:`runtime_for` runs on the inline device, in
-        multiply-adds over the batch (a depthwise layer's count 3x: its kernels do 3-4x
-        fewer a second): ``settings.inline_max_macs``, or by default 12M over the
+        multiply-adds over the batch (a depthwise layer's count 2x: its kernels do 2-4x
+        fewer a second): ``settings.inline_max_macs``, or by default 6M over the
         threaded device's compute units (a wider machine's threads pay sooner).
 
-        Measured on 2 cores (6M), per layer of mobilenet_v3_small, shufflenet and
-        efficientnet_b0 at batch 1 (the minimum of 9 calls, busy machine): dense and 1x1
-        layers up to 2-5M multiply-adds, depthwise ones up to ~2M, ran as fast or faster
-        inline (100-250 us layers by 10-80 us); above, the threaded device's two threads
-        won by up to 1.4x (a 96-channel depthwise 3x3 on 112x112: 465 against 593 us).
+        Measured on 2 cores (3M), per layer of mobilenet_v3_small, shufflenet,
+        efficientnet_b0 and regnet_y_400mf at batch 1 (the minimum of 9 calls, alternating,
+        on a busy machine): dense and 1x1 layers up to ~3M multiply-adds and depthwise
+        ones up to ~1.5M ran as fast or faster inline (100-250 us layers by 10-80 us);
+        above, the threaded device's two threads won by up to 1.4x (regnet's 104-channel
+        3x3 with 13 groups on 28x28, 5.9M: 286 against 398 us; a 96-channel depthwise 3x3
+        on 112x112: 465 against 593 us). Under load the inline device won more often (a
+        busy second core delays the threaded device's second thread).
         """
         s = self.settings
         kept = self._inline_limit
@@ -109,7 +112,7 @@ class OpenCLBackend(Runtime):
         if s.inline_max_macs is not None:
             limit = s.inline_max_macs
         else:
-            limit = 12_000_000 // max(1, int(self.device.max_compute_units))
+            limit = 6_000_000 // max(1, int(self.device.max_compute_units))
         self._inline_limit = (s, limit)
         return limit
 
@@ -120,7 +123,7 @@ class OpenCLBackend(Runtime):
         the call). Falls back to this device's when the inline one cannot be opened."""
         if self._inline_device is None:
             return self
-        if spec.macs * (3 if spec.cin_g == 1 else 1) > self.inline_max_macs():
+        if spec.macs * (2 if spec.cin_g == 1 else 1) > self.inline_max_macs():
             return self
         rt = self._inline
         if rt is None:

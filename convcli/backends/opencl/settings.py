@@ -84,7 +84,7 @@ class Settings:
 
     # ---- PoCL's inline (basic) device beside its threaded one (OpenCLBackend.runtime_for)
     # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
-    # count 3x) run on it; None: 12M over the threaded device's compute units; 0: never.
+    # count 2x) run on it; None: 6M over the threaded device's compute units; 0: never.
     inline_max_macs: int | None = None
 
     # ---- implicit GEMM (dense_gemm)
