@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -184,7 +185,7 @@ def test_startup_alone_decides_small_jobs_before_importing_opencl_modules(monkey
 def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel, groups, dtype):
     from convcli.backends.opencl import plan as opencl_plan
     from convcli.backends.opencl.backend import OpenCLBackend
-    from convcli.backends.opencl.runtime import _defines_key
+    from convcli.backends.opencl.runtime import Runtime, _defines_key
     from convcli.runinfo import RunInfo
 
     rng = np.random.default_rng(3)
@@ -206,13 +207,13 @@ def test_predicted_programs_are_the_ones_a_run_builds(monkeypatch, shape, kernel
     spec = make_spec(x, w, None, padding="same", groups=groups, padding_mode="replicate")
     backend = OpenCLBackend.create(None)  # holds nothing yet
     built = []
-    real = OpenCLBackend._build
+    real = Runtime._build  # the inline device's builds too
 
     def record(self, name, defines):
         built.append((name, defines))
         return real(self, name, defines)
 
-    monkeypatch.setattr(OpenCLBackend, "_build", record)
+    monkeypatch.setattr(Runtime, "_build", record)
     predicted = opencl_plan.programs(spec, w, "auto", cpu=backend.is_cpu,
                                      local_mem=backend.limits.local_mem_bytes)  # fmt: skip
     y = backend.run(x, w, None, spec, info=RunInfo())
@@ -249,6 +250,8 @@ def test_a_kernels_first_launch_with_a_new_work_group_size_counts_as_build(monke
     from convcli.runinfo import RunInfo
 
     backend = OpenCLBackend.create(None)
+    # one device throughout (small images would run on the inline one, a large on this)
+    backend.settings = dataclasses.replace(backend.settings, inline_max_macs=0)
     rng = np.random.default_rng(4)
     w = _depthwise(rng.random((3, 3), np.float32), 2)
     seen = []

@@ -103,7 +103,7 @@ def test_dw_wide_only_where_it_pays(w_out_cols, stride, mode, cpu, dtype, wide):
 def test_the_cost_model_predicts_its_builds(monkeypatch, ocl):
     """plan.programs() names the two programs a dw_wide run builds."""
     from convcli.backends.opencl.backend import OpenCLBackend
-    from convcli.backends.opencl.runtime import _defines_key
+    from convcli.backends.opencl.runtime import Runtime, _defines_key
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 21, 56)).astype(np.float32)
@@ -111,13 +111,13 @@ def test_the_cost_model_predicts_its_builds(monkeypatch, ocl):
     spec = make_spec(x, w, None, padding=2, groups=6)
     backend = OpenCLBackend.create(None)
     built = []
-    real = OpenCLBackend._build
+    real = Runtime._build  # the inline device's builds too
 
     def record(self, name, defines):
         built.append((name, defines))
         return real(self, name, defines)
 
-    monkeypatch.setattr(OpenCLBackend, "_build", record)
+    monkeypatch.setattr(Runtime, "_build", record)
     predicted = plan.programs(spec, w, "auto", cpu=True,
                                      local_mem=backend.limits.local_mem_bytes)  # fmt: skip
     assert [n for n, _ in predicted] == ["dw_pad", "dw_direct"]

@@ -114,7 +114,8 @@ def test_conv2d_layer_keeps_its_packed_weights():
     layer = convcli.Conv2d(32, 32, 3, padding=1, seed=4)
     x = np.random.default_rng(1).standard_normal((1, 32, 8, 8)).astype(np.float32)
     layer(x, backend="opencl")
-    packed = backends.get_backend("opencl")._packed
+    spec = convcli.spec.make_spec(x, layer.weight, layer.bias, padding=1)
+    packed = backends.get_backend("opencl").runtime_for(spec)._packed
     assert any(entry[1] is layer.weight for entry in packed)
     w = layer.weight
     w.flags.writeable = True
@@ -265,9 +266,10 @@ def test_a_warm_opencl_run_replays_its_launch_and_a_failed_replay_is_dropped(mon
     planned = []
     real = gemm.dense_defines
     monkeypatch.setattr(gemm, "dense_defines", lambda *a: planned.append(1) or real(*a))
-    be.replays.pop((spec, "auto"), None)
+    rt = be.runtime_for(spec)  # this device's, or the inline one for a small layer
+    rt.replays.pop((spec, "auto"), None)
     y0 = be.run(x, w, None, spec, info=RunInfo())
-    assert len(planned) == 1 and (spec, "auto") in be.replays
+    assert len(planned) == 1 and (spec, "auto") in rt.replays
     info = RunInfo()
     w2 = -w
     y1 = be.run(x, w2, None, spec, info=info)
@@ -279,15 +281,15 @@ def test_a_warm_opencl_run_replays_its_launch_and_a_failed_replay_is_dropped(mon
     h = x.astype(np.float16), w.astype(np.float16)
     spec16 = convcli.spec.make_spec(*h, None, padding=1)
     be.run(*h, None, spec16, info=RunInfo())
-    assert (spec16, "auto") not in be.replays
+    assert (spec16, "auto") not in be.runtime_for(spec16).replays
     # a replay that fails is dropped (the next run plans afresh) and the error passes
     monkeypatch.setenv("CONVCLI_FAULT", "build")
     with pytest.raises(BackendError, match="BUILD_PROGRAM_FAILURE"):
         be.run(x, w, None, spec, info=RunInfo())
-    assert (spec, "auto") not in be.replays
+    assert (spec, "auto") not in rt.replays
     monkeypatch.delenv("CONVCLI_FAULT")
     assert_close(be.run(x, w, None, spec, info=RunInfo()), y0, "float32")
-    assert (spec, "auto") in be.replays
+    assert (spec, "auto") in rt.replays
 
 
 @pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
@@ -305,7 +307,8 @@ def test_kept_output_buffers_are_bounded_and_results_right(monkeypatch):
         x = rng.standard_normal((1, 4, *hw)).astype(np.float32)
         y = convcli.conv2d(x, w, padding=1, backend="opencl")
         assert_close(y, _ref(x, w), "float32")
-        assert sum(be._small) <= 40_000 or len(be._small) == 1
+        rt = be.runtime_for(convcli.spec.make_spec(x, w, None, padding=1))
+        assert rt._small and (sum(rt._small) <= 40_000 or len(rt._small) == 1)
 
 
 def test_auto_keeps_its_numpy_first_decision_until_the_index_changes(tmp_path, monkeypatch):
@@ -392,13 +395,14 @@ def test_a_depthwise_launch_is_replayed_where_its_plan_ignores_the_values(
     spec = convcli.spec.make_spec(x, w, b, padding=pad, groups=c)
     plan = opencl_plan.for_device(spec, w, cpu=True, settings=be.settings)[0]
     assert plan.kernel == kernel
-    be.replays.pop((spec, "auto"), None)
+    rt = be.runtime_for(spec)
+    rt.replays.pop((spec, "auto"), None)
 
     def ref(w):
         return naive_conv2d(x, w, b, (1, 1), (pad,) * 4, (1, 1), c)
 
     assert_close(be.run(x, w, b, spec, info=RunInfo()), ref(w), "float32")
-    assert ((spec, "auto") in be.replays) == replayed
+    assert ((spec, "auto") in rt.replays) == replayed
     # the weights changed in place: the replay packs them again
     w *= -0.5
     info = RunInfo()

@@ -21,7 +21,7 @@ import numpy as np
 
 from convcli.backends import build_index
 from convcli.backends.opencl import direct, gpu, plan
-from convcli.backends.opencl.device import _all_devices, _select, import_cl
+from convcli.backends.opencl.device import _all_devices, _select, import_cl, inline_device
 from convcli.backends.opencl.runtime import Runtime, _error_line, inject_fault, translate_errors
 from convcli.errors import BackendError, BackendUnavailable, ConvValueError
 from convcli.runinfo import RunInfo
@@ -68,6 +68,7 @@ class OpenCLBackend(Runtime):
             ) from exc
         backend = cls(cl, chosen.platform, chosen.device, ctx, queue)
         backend.request = device
+        backend._inline_device = inline_device(chosen.platform, chosen.device)
         # what the next process's cost model needs before it starts OpenCL
         build_index.save_device(
             device,
@@ -83,6 +84,83 @@ class OpenCLBackend(Runtime):
 
     def __repr__(self) -> str:
         return f"OpenCLBackend({self.device_name!r})"
+
+    # ---- the inline device ----------------------------------------------------
+    _inline_device: object = None  # PoCL's hidden basic device beside this one, if any
+    _inline: Runtime | None = None
+    _inline_limit: tuple | None = None  # (settings, multiply-adds) it was worked out for
+
+    def inline_max_macs(self) -> int:
+        """The largest layer :meth:`runtime_for` runs on the inline device, in
+        multiply-adds over the batch (a depthwise layer's count 2x: its kernels do 2-4x
+        fewer a second): ``settings.inline_max_macs``, or by default 6M over the
+        threaded device's compute units (a wider machine's threads pay sooner).
+
+        Measured on 2 cores (3M), per layer of mobilenet_v3_small, shufflenet,
+        efficientnet_b0 and regnet_y_400mf at batch 1 (the minimum of 9 calls, alternating,
+        on a busy machine): dense and 1x1 layers up to ~3M multiply-adds and depthwise
+        ones up to ~1.5M ran as fast or faster inline (100-250 us layers by 10-80 us);
+        above, the threaded device's two threads won by up to 1.4x (regnet's 104-channel
+        3x3 with 13 groups on 28x28, 5.9M: 286 against 398 us; a 96-channel depthwise 3x3
+        on 112x112: 465 against 593 us). Under load the inline device won more often (a
+        busy second core delays the threaded device's second thread).
+        """
+        s = self.settings
+        kept = self._inline_limit
+        if kept is not None and kept[0] is s:
+            return kept[1]
+        if s.inline_max_macs is not None:
+            limit = s.inline_max_macs
+        else:
+            limit = 6_000_000 // max(1, int(self.device.max_compute_units))
+        self._inline_limit = (s, limit)
+        return limit
+
+    def runtime_for(self, spec: ConvSpec) -> Runtime:
+        """The runtime that runs ``spec``: this device's, or for a small layer (see
+        :meth:`inline_max_macs`) the inline device's (PoCL's basic device, which runs
+        kernels in the calling thread: no worker thread to wake, none left running after
+        the call). Falls back to this device's when the inline one cannot be opened."""
+        if self._inline_device is None:
+            return self
+        if spec.macs * (2 if spec.cin_g == 1 else 1) > self.inline_max_macs():
+            return self
+        rt = self._inline
+        if rt is None:
+            rt = self._open_inline()
+            if rt is None:
+                return self
+        rt.settings = self.settings
+        return rt
+
+    def has_program(self, name: str, defines: dict[str, int | float | str]) -> bool:
+        """Whether this device or the inline one holds the program already."""
+        inline = self._inline
+        return super().has_program(name, defines) or (
+            inline is not None and inline.has_program(name, defines)
+        )
+
+    def built_any(self) -> bool:
+        inline = self._inline
+        return super().built_any() or (inline is not None and inline.built_any())
+
+    def _open_inline(self) -> Runtime | None:
+        cl = self._cl
+        try:
+            ctx = cl.Context([self._inline_device])
+            queue = cl.CommandQueue(
+                ctx, self._inline_device, properties=cl.command_queue_properties.PROFILING_ENABLE
+            )
+        except (cl.Error, MemoryError):
+            self._inline_device = None  # not again: the threaded device runs everything
+            return None
+        rt = Runtime(cl, self.platform, self._inline_device, ctx, queue)
+        # the same compiler and binaries (PoCL keys its cache by the CPU, not the
+        # driver): the build index's records stay this device's
+        rt.fingerprint, rt.request = self.fingerprint, self.request
+        rt.device_name = self.device_name
+        self._inline = rt
+        return rt
 
     # ---- capability -----------------------------------------------------------
     def supports(self, spec: ConvSpec) -> str | None:
@@ -137,7 +215,8 @@ class OpenCLBackend(Runtime):
             # the fault switches act on every run, whichever path allocates and launches
             inject_fault("alloc")
             inject_fault("run")
-            out = plan.run(self, x, weight, bias, spec, algo=algo, info=info)
+            rt = self.runtime_for(spec)
+            out = plan.run(rt, x, weight, bias, spec, algo=algo, info=info)
             if out is None:
                 if algo not in ("auto", "direct"):
                     raise ConvValueError(
@@ -145,7 +224,10 @@ class OpenCLBackend(Runtime):
                         f"convolution (kernel {spec.kh}x{spec.kw}, groups={spec.groups}, "
                         f"dtype {spec.dtype})"
                     )
-                out = self.run_direct(x, weight, bias, spec, info=info)
+                reason = self.supports(spec)
+                if reason is not None:
+                    raise BackendError(reason)
+                out = direct.run(rt, x, weight, bias, spec, info=info)
             return out
 
     def run_direct(

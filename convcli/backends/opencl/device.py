@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -160,21 +160,100 @@ def _type_name(device: Any) -> str:
     return "OTHER"
 
 
-def _all_devices() -> list[_Found]:
-    """Every device of every platform; [] when there is no platform (no ICD)."""
-    cl = import_cl()
-    try:
-        platforms = cl.get_platforms()
-    except cl.Error:
-        return []
-    found = []
-    for pi, plat in enumerate(platforms):
+# PoCL's "basic" CPU device runs each command in the thread that waits for it: no worker
+# thread to wake and none to wake the caller back. A warm small layer's call (a launch
+# and its wait) took 2-7 us of driver time there against 30-50 us (median; 10-15 min) on
+# PoCL's threaded "pthread" device, and on 2 cores every mobilenet_v3_small and
+# shufflenet layer up to ~5M multiply-adds ran as fast or faster on it. Added beside
+# the threaded device (POCL_DEVICES) when PoCL starts, where the user has not chosen
+# PoCL's devices and no PoCL but pyopencl's own (a CPU-only build) is registered (a
+# system PoCL may have GPU drivers that a device list would hide); the environment is
+# restored once PoCL has read it. Hidden from listing, ranking and device indices: the
+# backend of the threaded device runs small layers on it (OpenCLBackend.runtime_for).
+POCL_DEVICES_ENV = "POCL_DEVICES"
+INLINE_DEVICES = "pthread basic"
+_INLINE_PREFIX = "basic-"
+_inline: dict[str, Any] = {"asked": False, "set": False, "devices": {}}
+
+
+def _only_bundled_pocl(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    """Whether no OpenCL vendor file but pyopencl's own names a PoCL library: the ICD
+    loader's ``OCL_ICD_VENDORS`` (a folder, an ``.icd`` file or a library) or the
+    system's ``/etc/OpenCL/vendors``."""
+    where = environ.get("OCL_ICD_VENDORS", "").strip() or "/etc/OpenCL/vendors"
+    if "pocl" in os.path.basename(where).lower():
+        return False
+    files = []
+    if os.path.isdir(where):
         try:
-            devices = plat.get_devices()
-        except cl.Error:  # a platform without devices raises DEVICE_NOT_FOUND
+            files = [os.path.join(where, n) for n in os.listdir(where) if n.endswith(".icd")]
+        except OSError:
+            return False
+    elif where.endswith(".icd"):
+        files = [where]
+    for name in files:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                if "pocl" in (name + f.read(4096)).lower():
+                    return False
+        except OSError:
             continue
-        found += [_Found(pi, di, plat, dev) for di, dev in enumerate(devices)]
-    return found
+    return True
+
+
+def _ask_inline_device() -> bool:
+    """Set ``POCL_DEVICES`` for the first platform query (see INLINE_DEVICES); whether
+    it was set (and must be restored by :func:`_restore_env`)."""
+    if _inline["asked"]:
+        return False
+    _inline["asked"] = True
+    if POCL_DEVICES_ENV in os.environ or not _only_bundled_pocl():
+        return False
+    os.environ[POCL_DEVICES_ENV] = INLINE_DEVICES
+    _inline["set"] = True
+    return True
+
+
+def _hidden(plat: Any, dev: Any) -> bool:
+    """Whether ``dev`` is the basic device convcli added (see INLINE_DEVICES), kept as
+    the companion of its platform's threaded CPU device."""
+    if not _inline["set"] or not dev.name.startswith(_INLINE_PREFIX):
+        return False
+    if "portable computing language" not in plat.name.lower():
+        return False
+    _inline["devices"].setdefault(plat.int_ptr, dev)
+    return True
+
+
+def inline_device(platform: Any, device: Any) -> Any | None:
+    """The hidden basic device beside ``device`` (PoCL's threaded CPU device), or None."""
+    if not device.name.startswith("pthread-"):
+        return None
+    return _inline["devices"].get(platform.int_ptr)
+
+
+def _all_devices() -> list[_Found]:
+    """Every device of every platform; [] when there is no platform (no ICD). The basic
+    device convcli adds beside PoCL's threaded one (INLINE_DEVICES) is left out."""
+    cl = import_cl()
+    asked = _ask_inline_device()
+    try:
+        try:
+            platforms = cl.get_platforms()
+        except cl.Error:
+            return []
+        found = []
+        for pi, plat in enumerate(platforms):
+            try:
+                devices = plat.get_devices()
+            except cl.Error:  # a platform without devices raises DEVICE_NOT_FOUND
+                continue
+            shown = [dev for dev in devices if not _hidden(plat, dev)]
+            found += [_Found(pi, di, plat, dev) for di, dev in enumerate(shown)]
+        return found
+    finally:
+        if asked:  # PoCL has read it: the caller's environment (and children's) as it was
+            os.environ.pop(POCL_DEVICES_ENV, None)
 
 
 def _kind(device: Any, platform: Any) -> str:
@@ -381,6 +460,8 @@ def check_device(index: str) -> DeviceCheck:
         be = OpenCLBackend.create(index)
     except BackendError as exc:
         return DeviceCheck(index, "?", 0, 1, 0.0, time.perf_counter() - t_start, (str(exc),))
+    # the device named, not the inline one beside it that small layers use
+    be.settings = replace(be.settings, inline_max_macs=0)
     numpy_be = NumpyBackend()
     rng = np.random.default_rng(0)
     passed, build, failures = 0, 0.0, []

@@ -97,6 +97,11 @@ class Settings:
     # a call, NumPy 21-25 us, on a busy 2-core machine). 0: never.
     host_fc_max_macs: int = 1 << 20
 
+    # ---- PoCL's inline (basic) device beside its threaded one (OpenCLBackend.runtime_for)
+    # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
+    # count 2x) run on it; None: 6M over the threaded device's compute units; 0: never.
+    inline_max_macs: int | None = None
+
     # ---- implicit GEMM (dense_gemm)
     # (COB, XB) override for A/B experiments; None = the measured defaults.
     dense_tile: tuple[int, int] | None = None

@@ -1,0 +1,148 @@
+"""PoCL's basic device beside its threaded one: small layers run in the calling thread
+(``OpenCLBackend.runtime_for``), the device stays out of listings and indices, and the
+caller's environment is left as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convcli import RunInfo, conv2d
+from convcli.backends.opencl import device as dev
+from convcli.spec import make_spec
+from tests.conftest import assert_close
+from tests.naive import naive_conv2d
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _vendors(tmp_path: Path, **files: str) -> str:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return str(tmp_path)
+
+
+def test_a_pocl_registered_beside_pyopencls_own_keeps_its_devices(tmp_path):
+    # a system PoCL may have GPU drivers that a device list would hide
+    with_pocl = _vendors(tmp_path, **{"mesa.icd": "libMesaOpenCL.so.1", "p.icd": "libpocl.so.2"})
+    assert not dev._only_bundled_pocl({"OCL_ICD_VENDORS": with_pocl})
+    assert not dev._only_bundled_pocl({"OCL_ICD_VENDORS": "/usr/lib/libpocl.so.2"})
+    assert not dev._only_bundled_pocl({"OCL_ICD_VENDORS": str(tmp_path / "p.icd")})
+
+
+def test_other_vendors_leave_the_inline_device_in(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    folder = _vendors(other, **{"mesa.icd": "libMesaOpenCL.so.1", "r.icd": "libRusticl.so.1"})
+    assert dev._only_bundled_pocl({"OCL_ICD_VENDORS": folder})
+    assert dev._only_bundled_pocl({"OCL_ICD_VENDORS": str(tmp_path / "none")})
+
+
+_CHILD = """
+import json, os, subprocess, sys
+import numpy as np
+from convcli import conv2d
+from convcli.backends import get_backend
+from convcli.backends.opencl.device import list_devices
+be = get_backend("opencl")
+x = np.ones((1, 8, 7, 7), np.float32)
+w = np.ones((8, 8, 3, 3), np.float32)
+y = conv2d(x, w, padding=1, backend="opencl")
+child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('POCL_DEVICES'))"],
+                       capture_output=True, text=True).stdout.strip()
+print(json.dumps({
+    "devices": [(d.index, d.name) for d in list_devices()],
+    "env": os.environ.get("POCL_DEVICES"), "child": child,
+    "inline": None if be._inline is None else be._inline.device.name,
+    "centre": float(y[0, 0, 3, 3]),
+}))
+"""
+
+
+def _child(env_changes: dict[str, str | None]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for k, v in env_changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _bundled_pocl_only() -> bool:
+    return dev._only_bundled_pocl() and "POCL_DEVICES" not in os.environ
+
+
+@pytest.mark.skipif(not _bundled_pocl_only(), reason="PoCL's devices chosen or a system PoCL")
+def test_the_inline_device_is_hidden_and_the_environment_restored(ocl):
+    if "Portable Computing Language" not in ocl.platform.name:
+        pytest.skip("not PoCL")
+    seen = _child({"POCL_DEVICES": None})
+    names = [name for _, name in seen["devices"]]
+    assert not any(n.startswith("basic-") for n in names), names
+    assert seen["env"] is None and seen["child"] == "None"
+    assert seen["inline"] is not None and seen["inline"].startswith("basic-")
+    assert seen["centre"] == 72.0  # 8 channels x 9 taps of ones
+    # the user's choice of PoCL's devices is theirs: nothing added, nothing hidden
+    chosen = _child({"POCL_DEVICES": "pthread"})
+    assert chosen["inline"] is None and chosen["env"] == "pthread" == chosen["child"]
+
+
+def _inline_or_skip(ocl):
+    if ocl._inline_device is None:
+        pytest.skip("no inline device (not PoCL's bundled CPU device, or POCL_DEVICES set)")
+
+
+def test_small_layers_run_inline_with_the_threaded_devices_values(ocl, tune):
+    _inline_or_skip(ocl)
+    tune(ocl, inline_max_macs=4_000_000)  # whatever the machine's CPU count
+    rng = np.random.default_rng(5)
+    cases = [
+        ((1, 16, 14, 14), (32, 16, 3, 3), 1),  # dense_gemm
+        ((1, 96, 14, 14), (96, 1, 5, 5), 96),  # depthwise across channels
+        ((1, 24, 28, 28), (24, 1, 3, 3), 24),  # depthwise direct taps
+        ((1, 128, 32, 32), (16, 128, 1, 1), 1),  # pointwise
+    ]
+    for xs, ws, groups in cases:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        b = rng.standard_normal(ws[0]).astype(np.float32)
+        pad = ws[2] // 2
+        spec = make_spec(x, w, b, padding=pad, groups=groups)
+        assert spec.macs <= ocl.inline_max_macs()
+        rt = ocl.runtime_for(spec)
+        assert rt is not ocl and rt.device.name.startswith("basic-")
+        assert rt.settings is ocl.settings
+        info = RunInfo()
+        inline = conv2d(x, w, b, padding=pad, groups=groups, backend="opencl", info=info)
+        assert info.device == ocl.device_name and info.timings["compute"] > 0
+        assert_close(inline, naive_conv2d(x, w, b, pad=(pad,) * 4, groups=groups), "float32")
+        tune(ocl, inline_max_macs=0)
+        assert ocl.runtime_for(spec) is ocl
+        threaded = conv2d(x, w, b, padding=pad, groups=groups, backend="opencl")
+        # the same compiler and kernel: the same values
+        np.testing.assert_array_equal(inline, threaded)
+        tune(ocl, inline_max_macs=4_000_000)
+
+
+def test_large_layers_stay_on_the_threaded_device(ocl):
+    _inline_or_skip(ocl)
+    limit = ocl.inline_max_macs()
+    x = np.zeros((1, 64, 56, 56), np.float32)
+    w = np.zeros((64, 64, 3, 3), np.float32)
+    spec = make_spec(x, w, None, padding=1)
+    assert spec.macs > limit
+    assert ocl.runtime_for(spec) is ocl
+    assert ocl.runtime_for(spec.with_batch(1)) is ocl
+    small = make_spec(x[:, :8, :8, :8], w[:8, :8], None, padding=1)
+    assert ocl.runtime_for(small) is not ocl
