@@ -128,8 +128,11 @@ ALWAYS_INLINE void store_levels(__global OUT_T *dst, float8 acc, const float bia
     if (full) {
         *(__global out8 *)dst = v;
     } else {
+        /* at most 8: a vector that is not full only for a stride > 1 (or one of h's
+         * first XV - 1) has more values after it, which are another vector's */
         const OUT_T t[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
-        for (int k = 0; k < n_out - q; ++k) dst[k] = t[k];
+        const int m = n_out - q < 8 ? n_out - q : 8;
+        for (int k = 0; k < m; ++k) dst[k] = t[k];
     }
 }
 
