@@ -1352,11 +1352,10 @@ class _SmallPath:
             if plan is _STRIPS:
                 return declined()
             spec, step, target, alpha = plan.spec, plan.step, plan.target, plan.alpha
-            padded = small.pad(source.samples, spec)
             part = RunInfo()
             with cnotes.collect(conv_caught):
-                samples = self._filter(padded, info.top, step, spec, images_ahead, part,
-                                       conv_caught)  # fmt: skip
+                samples = self._filter(source.samples, info.top, step, spec, images_ahead,
+                                       part, conv_caught)  # fmt: skip
             if samples is None:
                 return declined()
             part.tiles += 1
@@ -1365,7 +1364,6 @@ class _SmallPath:
             return _SmallOutcome(run, conv_error=exc, reason_job=job)
         finally:
             run.convolve += time.perf_counter() - t1
-        del padded
         job.close()
         # what the reader noted, as ImageJob.prepare puts it (the plan may be a kept one)
         notes = [" ".join(str(n).split()) for n in info.notes] + read_notes
@@ -1433,7 +1431,7 @@ class _SmallPath:
 
     def _filter(
         self,
-        padded: np.ndarray,
+        image: np.ndarray,
         top: float,
         step: pipeline.NativeStep,
         spec,
@@ -1441,8 +1439,10 @@ class _SmallPath:
         part: RunInfo,
         caught: list,
     ) -> np.ndarray | None:
-        """The fused native step on the whole padded image (see
-        :func:`convcli.native.filter_strip`); what it warns about goes to ``caught``.
+        """The fused native step on the whole image, padded as ``spec`` says (see
+        :func:`convcli.native.filter_strip`: OpenCL's two-pass kernels read the image
+        through the padding's maps, without a padded copy); what it warns about goes to
+        ``caught``.
 
         NumPy filters an image on helper threads, whose warnings (an overflow) only a
         collector for every thread receives: a call sent to NumPy runs under one, so
@@ -1458,7 +1458,7 @@ class _SmallPath:
 
         def call(backend: str) -> np.ndarray | None:
             return native.filter_strip(
-                padded, top=top,
+                image, pad=spec.pad, padding_mode=spec.padding_mode, top=top,
                 kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
                 bias=step.bias, scale=step.scale, offset=step.offset, out_map=step.out_map,
                 out_top=step.out_top, backend=backend, device=device, strips=images_ahead,

@@ -80,6 +80,8 @@ def filter_strip(
     out_map: str = "clip",
     out_top: int = 255,
     out: np.ndarray | None = None,
+    pad: tuple[int, int, int, int] | None = None,
+    padding_mode: str = "zeros",
     backend: NativeBackend = "auto",
     device: str | None = None,
     strips: int = 1,
@@ -97,7 +99,8 @@ def filter_strip(
     ----------
     strip : ndarray
         ``(rows_in, W_in, C)`` uint8 or uint16 samples, channels last, already padded on
-        all four sides (the rows and columns the kernel needs around the output).
+        all four sides (the rows and columns the kernel needs around the output); or,
+        with ``pad``, the unpadded ``(H, W, C)`` image.
     top : float
         The input's largest level (255, 65535, or ``2**bits - 1``): samples are divided
         by it.
@@ -110,6 +113,13 @@ def filter_strip(
         Output levels: uint8 or uint16 results.
     out : ndarray, optional
         ``(rows_out, W_out, C)`` array of the output dtype to write into.
+    pad : (int, int, int, int), optional
+        ``(top, bottom, left, right)``: ``strip`` is the unpadded image, padded as
+        :func:`pad_samples` pads it with ``padding_mode`` (the result is the same as
+        filtering that padded copy). OpenCL's two-pass kernels read the image through
+        the padding's row and column maps and make no padded copy; the other paths pad
+        on the host.
+    padding_mode : {"zeros", "reflect", "replicate", "circular", "symmetric"}
     backend : {"auto", "opencl", "numpy"}
         ``auto`` takes the one :func:`choose_backend` expects to be faster, counting
         the OpenCL build when the program is not built yet in this process.
@@ -144,9 +154,21 @@ def filter_strip(
     ...              backend="numpy")[..., 0].tolist()
     [[200]]
     """
+    source = None
+    if pad is not None:
+        pads = _pads(pad, padding_mode)
+        if any(pads) and isinstance(strip, np.ndarray) and strip.ndim == 3:
+            if 0 in strip.shape[:2]:
+                return None
+            # plan on the padded shape; the samples stay unpadded until a path needs them
+            source = strip
+            rows, cols = strip.shape[0] + pads[0] + pads[1], strip.shape[1] + pads[2] + pads[3]
+            strip = np.broadcast_to(np.zeros((), strip.dtype), (rows, cols, strip.shape[2]))
     plan = _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, out_top, out)
     if plan is None:
         return None
+    if source is not None:
+        plan.source, plan.pads, plan.padding_mode = source, pads, padding_mode
     if backend not in ("auto", "opencl", "numpy"):
         raise ValueError(f"backend must be 'auto', 'opencl' or 'numpy', got {backend!r}")
     chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
@@ -304,6 +326,11 @@ class _Plan:
     out_top: int
     abs: bool
     out_dtype: np.dtype
+    # with padding to apply: ``strip`` is a broadcast view of the padded shape until
+    # :func:`_padded` pads ``source`` (the unpadded samples) on the host
+    source: np.ndarray | None = None
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    padding_mode: str = "zeros"
 
     @property
     def taps(self) -> int:
@@ -317,6 +344,59 @@ class _Plan:
     @property
     def separable(self) -> bool:
         return self.col is not None
+
+
+def _pads(pad: object, mode: str) -> tuple[int, int, int, int]:
+    from convcli.names import PADDING_MODES
+
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {list(PADDING_MODES)}, got {mode!r}")
+    try:
+        pads = tuple(int(v) for v in pad)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        pads = ()
+    if len(pads) != 4 or min(pads) < 0:
+        raise ValueError(f"pad must be (top, bottom, left, right), all >= 0, got {pad!r}")
+    return pads  # type: ignore[return-value]
+
+
+def pad_samples(samples: np.ndarray, pad: tuple[int, int, int, int], mode: str) -> np.ndarray:
+    """``(H, W, C)`` samples padded by ``pad`` = ``(top, bottom, left, right)`` as the
+    padding mode's row and column maps say (:func:`convcli.spec.source_index`; zeros
+    where zero padding applies): what :func:`filter_strip` with ``pad`` filters.
+
+    >>> pad_samples(np.arange(3, dtype=np.uint8).reshape(1, 3, 1), (0, 0, 2, 1),
+    ...             "reflect")[0, :, 0].tolist()
+    [2, 1, 0, 1, 2, 1]
+    """
+    from convcli.spec import source_index
+
+    top, bottom, left, right = _pads(pad, mode)
+    if not (top or bottom or left or right):
+        return np.ascontiguousarray(samples)
+    h, w = samples.shape[:2]
+    ridx, rvalid = source_index(h, top, bottom, mode)
+    cidx, cvalid = source_index(w, left, right, mode)
+    out = np.empty((len(ridx), len(cidx), samples.shape[2]), samples.dtype)
+    inner = out[top : top + h, left : left + w]
+    inner[...] = samples
+    # the borders from the inner copy: rows first (every column of them), then columns
+    for j in (*range(top), *range(top + h, len(ridx))):
+        out[j, left : left + w] = samples[ridx[j]] if rvalid[j] else 0
+    cols = np.r_[0:left, left + w : len(cidx)].astype(np.intp)
+    if cols.size:
+        out[:, cols] = out[:, left + cidx[cols]]
+        zero = cols[~cvalid[cols]]
+        if zero.size:
+            out[:, zero] = 0
+    return out
+
+
+def _padded(plan: _Plan) -> None:
+    """Give ``plan`` its padded strip on the host (a path that reads padded samples)."""
+    if plan.source is not None:
+        plan.strip = pad_samples(plan.source, plan.pads, plan.padding_mode)
+        plan.source = None
 
 
 def _pair(v: object) -> tuple[int, int] | None:
@@ -505,8 +585,13 @@ def _run_opencl(plan: _Plan, device: str | None, info: RunInfo) -> np.ndarray | 
 def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
     from convcli.backends.opencl.runtime import translate_errors
 
-    strip = np.ascontiguousarray(plan.strip)
-    rows_in, w_in, c = strip.shape
+    # the two-pass kernels read unpadded samples through the padding's maps; the
+    # direct kernel reads a padded copy
+    mapped = plan.source is not None and _cl_separable(plan)
+    if not mapped:
+        _padded(plan)
+    strip = np.ascontiguousarray(plan.source if mapped else plan.strip)
+    rows_in, w_in, c = plan.strip.shape
     n_out = plan.w_out * c
     defines = _defines(plan)
     i32, f32 = np.int32, np.float32
@@ -518,23 +603,35 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
         rows = defines["ROWS"]
         groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
         if _cl_separable(plan):
-            kv_ = be.kernel("native_filter", defines, info, kernel_name="native_filter_v")
+            v_name = "native_filter_vmap" if mapped else "native_filter_v"
+            kv_ = be.kernel("native_filter", defines, info, kernel_name=v_name)
             kh_ = be.kernel("native_filter", defines, info, kernel_name="native_filter_h")
-            # vertical results: one float row per output row, every input column, the
-            # pitch rounded to whole float8 vectors
+            # vertical results: one float row per output row, every (padded) input
+            # column, the pitch rounded to whole float8 vectors
             n_in = w_in * c
             t_pitch = -(-n_in // 8) * 8
             tmp = be.scratch("native_filter_tmp", 4 * plan.rows_out * t_pitch)
             vbuf = _taps_buffer(be, (plan.col * plan.gain).astype(f32))
             hbuf = _taps_buffer(be, plan.row.astype(f32))
+            if mapped:
+                # the padding's maps, cached on the device for each geometry
+                h, w = strip.shape[:2]
+                top_, bottom, left, right = plan.pads
+                rmap = be.index_map(h, top_, bottom, plan.padding_mode, info=info)
+                cmap = be.index_map(w, left, right, plan.padding_mode, info=info)
+                v_args = [xbuf, vbuf, tmp, rmap, cmap, i32(rows_in), i32(plan.rows_out),
+                          i32(w * c), i32(n_in), i32(t_pitch), i32(left * c),
+                          i32((left + w) * c), i32(top_), i32(h)]  # fmt: skip
+            else:
+                v_args = [xbuf, vbuf, tmp, i32(rows_in), i32(plan.rows_out), i32(n_in),
+                          i32(n_in), i32(t_pitch)]  # fmt: skip
             ev1 = be.enqueue(
                 kv_,
                 (math.ceil(n_in / 8), math.ceil(plan.rows_out / rows)),
                 CL_LOCAL,
-                [xbuf, vbuf, tmp, i32(rows_in), i32(plan.rows_out), i32(n_in), i32(n_in),
-                 i32(t_pitch)],
+                v_args,
                 info,
-            )  # fmt: skip
+            )
             ev2 = be.enqueue(
                 kh_,
                 (math.ceil(n_out / (8 * CL_XV)), plan.rows_out),
@@ -606,6 +703,7 @@ def _run_numpy(plan: _Plan, info: RunInfo) -> np.ndarray | None:
 
     if not plan.separable and plan.taps > NUMPY_DIRECT_MAX_TAPS:
         return None
+    _padded(plan)
     result = plan.out
     if result is None:
         result = np.empty((plan.rows_out, plan.w_out, plan.c), plan.out_dtype)

@@ -17,7 +17,8 @@ This module holds the steps of that path that differ from the strip pipeline's:
   grey (imagecodecs' decoder fills it without a word); such a file, and everything
   else, goes through :func:`convcli.io.stream.open_source`, read whole, whose reader
   says what is wrong.
-- :func:`pad`: the padded native samples the fused filter step takes.
+- :func:`pad`: the padded native samples (the fused filter step pads on its own, on
+  OpenCL without a padded copy).
 - :func:`encode`: the samples published atomically; JPEG through imagecodecs with the
   settings of the strip pipeline's encoder (quality, the target's chroma subsampling,
   baseline, standard Huffman tables), which decode back to the same pixels.
@@ -41,7 +42,7 @@ from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
 from convcli.io.publish import publish
-from convcli.spec import ConvSpec, source_index
+from convcli.spec import ConvSpec
 
 # Native samples of an image this path takes (decoded whole in each worker thread, with
 # its padded copy and its result): a few megapixels.
@@ -253,25 +254,11 @@ def _decode_jpeg(blob: bytes, head: JpegHeader) -> stream.ArraySource | None:
 def pad(samples: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """``(H, W, C)`` native samples padded as ``spec`` says (its padding mode's row and
     column maps, :func:`convcli.spec.source_index`; zeros where zero padding applies):
-    the input of :func:`convcli.native.filter_strip`."""
-    top, bottom, left, right = spec.pad
-    if not (top or bottom or left or right):
-        return np.ascontiguousarray(samples)
-    ridx, rvalid = source_index(spec.h, top, bottom, spec.padding_mode)
-    cidx, cvalid = source_index(spec.w, left, right, spec.padding_mode)
-    out = np.empty((len(ridx), len(cidx), samples.shape[2]), samples.dtype)
-    inner = out[top : top + spec.h, left : left + spec.w]
-    inner[...] = samples
-    # the borders from the inner copy: rows first (every column of them), then columns
-    for j in (*range(top), *range(top + spec.h, len(ridx))):
-        out[j, left : left + spec.w] = samples[ridx[j]] if rvalid[j] else 0
-    cols = np.r_[0:left, left + spec.w : len(cidx)].astype(np.intp)
-    if cols.size:
-        out[:, cols] = out[:, left + cidx[cols]]
-        zero = cols[~cvalid[cols]]
-        if zero.size:
-            out[:, zero] = 0
-    return out
+    what :func:`convcli.native.filter_strip` filters when given the image and
+    ``pad=spec.pad`` (see :func:`convcli.native.pad_samples`)."""
+    from convcli.native import pad_samples
+
+    return pad_samples(samples, spec.pad, spec.padding_mode)
 
 
 def encode(dst: Path, target: stream.Target, samples: np.ndarray, *, replace: bool) -> None:

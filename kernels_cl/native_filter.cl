@@ -3,10 +3,12 @@
  * cross-correlation (one 2-D kernel for every channel), the output mapping and the
  * rounding all happen here, so the host moves 1-2 bytes per sample each way.
  *
- * Three kernels; SEPARABLE=1 builds the first two, SEPARABLE=0 the third (a build
+ * Four kernels; SEPARABLE=1 builds the first three, SEPARABLE=0 the fourth (a build
  * compiles only what it runs: the unrolled direct kernel of a 23x23 Gaussian alone
  * took seconds to compile):
  *   native_filter_v       vertical pass of a rank-1 kernel: native in -> float tmp
+ *   native_filter_vmap    the same from the unpadded image through the padding's row
+ *                         and column maps (no padded copy on the host)
  *   native_filter_h       horizontal pass of a rank-1 kernel: float tmp -> native out
  *   native_filter_direct  every tap of a 2-D kernel: native in -> native out
  * The vertical pass goes first: each converted input vector then serves up to ROWS
@@ -15,6 +17,7 @@
  * Layouts (row-major rows with a pitch in elements; channels last):
  *   x     (rows_in, x_pitch)   IN_T   the strip, already padded on all four sides:
  *                                     row r, pixel p, channel c at x[r*x_pitch + p*C + c]
+ *                                     (vmap: the unpadded (H, W*C) image, and the maps)
  *   tmp   (rows_out, t_pitch)  float  vertical results: n_in = W_in * C values a row
  *   out   (rows_out, o_pitch)  OUT_T  n_out = W_out * C values a row
  *   taps  float: KH (v), KW (h) or KH * KW (direct, row-major) values. The host folds
@@ -125,22 +128,35 @@ ALWAYS_INLINE void store_levels(__global OUT_T *dst, float8 acc, const float bia
     if (full) {
         *(__global out8 *)dst = v;
     } else {
+        /* at most 8: a vector that is not full only for a stride > 1 (or one of h's
+         * first XV - 1) has more values after it, which are another vector's */
         const OUT_T t[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
-        for (int k = 0; k < n_out - q; ++k) dst[k] = t[k];
+        const int m = n_out - q < 8 ? n_out - q : 8;
+        for (int k = 0; k < m; ++k) dst[k] = t[k];
     }
 }
 
 #if SEPARABLE
 
-/* ROWS vertical sums of values q .. q+7 from rows y0*SH.. (full: 8 whole values). */
+/* Input row s of an item adds tap (s - p*SH)/DH to output row p, where it has one. */
+ALWAYS_INLINE void accumulate_v(float8 *acc, const float *t, const int s, const float8 v) {
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) {
+        const int d = s - p * SH;
+        if (d >= 0 && d % DH == 0 && d / DH < KH) acc[p] += t[d / DH] * v;
+    }
+}
+
+/* ROWS vertical sums of values q .. q+7 from rows y0*SH.. (full: 8 whole values); row
+ * r of x is row r + r0 of the padded input. */
 ALWAYS_INLINE void vertical(float8 *acc, __global const IN_T *x, const float *t, int y0,
                             int q, const int rows_in, const int x_pitch, const int n_in,
-                            const bool full) {
+                            const int r0, const bool full) {
 #pragma unroll
     for (int s = 0; s < TROWS; ++s) {
         int r = y0 * SH + s;
         r = r < rows_in ? r : rows_in - 1; /* rows of outputs past rows_out: discarded */
-        __global const IN_T *xr = x + (size_t)r * x_pitch;
+        __global const IN_T *xr = x + (size_t)(r - r0) * x_pitch;
         float8 v;
         if (full) {
             v = LDIN(xr + q);
@@ -150,10 +166,62 @@ ALWAYS_INLINE void vertical(float8 *acc, __global const IN_T *x, const float *t,
             for (int k = 0; k < 8; ++k) u[k] = (float)xr[q + k < n_in ? q + k : n_in - 1];
             v = (float8)(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7]);
         }
+        accumulate_v(acc, t, s, v);
+    }
+}
+
+/* vertical()'s sums over unpadded samples: padded row r is source row rmap[r] and padded
+ * pixel column p source column cmap[p] (-1: a zero of zero padding). Values q .. q+7
+ * of a padded row lie at q - lo of the source row where lo <= q and q + 8 <= hi (inner:
+ * one vector load); elsewhere (the padded columns, the ragged end) they are gathered
+ * one by one through cmap. The sums are vertical()'s on the padded copy, bit for bit:
+ * the same values, the same operations in the same order. */
+ALWAYS_INLINE void vertical_mapped(float8 *acc, __global const IN_T *x,
+                                   __global const int *rmap, __global const int *cmap,
+                                   const float *t, int y0, int q, const int rows_in,
+                                   const int x_pitch, const int n_in, const int lo,
+                                   const bool inner) {
 #pragma unroll
-        for (int p = 0; p < ROWS; ++p) {
-            const int d = s - p * SH;
-            if (d >= 0 && d % DH == 0 && d / DH < KH) acc[p] += t[d / DH] * v;
+    for (int s = 0; s < TROWS; ++s) {
+        int r = y0 * SH + s;
+        r = r < rows_in ? r : rows_in - 1; /* rows of outputs past rows_out: discarded */
+        const int src = rmap[r];
+        /* a zero row reads row 0 and drops it: no branch around the loads */
+        __global const IN_T *xr = x + (size_t)(src < 0 ? 0 : src) * x_pitch;
+        float8 v;
+        if (inner) {
+            v = LDIN(xr + (q - lo));
+        } else {
+            float u[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const int qq = q + k < n_in ? q + k : n_in - 1;
+                const int p = qq / C;
+                const int cs = cmap[p];
+                u[k] = cs < 0 ? 0.0f : (float)xr[cs * C + (qq - p * C)];
+            }
+            v = (float8)(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7]);
+        }
+        v = src < 0 ? (float8)(0.0f) : v;
+        accumulate_v(acc, t, s, v);
+    }
+}
+
+/* Store ROWS vertical sums of values q .. q+7 (full: 8 whole values). */
+ALWAYS_INLINE void store_v(__global float *tmp, const float8 *acc, int y0, int q,
+                           const int rows_out, const int n_in, const int t_pitch,
+                           const bool full) {
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) {
+        if (y0 + p < rows_out) {
+            __global float *dst = tmp + (size_t)(y0 + p) * t_pitch + q;
+            if (full) {
+                *(__global f8u *)dst = acc[p];
+            } else {
+                const float8 a = acc[p];
+                const float u[8] = {a.s0, a.s1, a.s2, a.s3, a.s4, a.s5, a.s6, a.s7};
+                for (int k = 0; k < n_in - q; ++k) dst[k] = u[k];
+            }
         }
     }
 }
@@ -173,22 +241,51 @@ __kernel void native_filter_v(__global const IN_T *restrict x, __global const fl
 #pragma unroll
     for (int p = 0; p < ROWS; ++p) acc[p] = (float8)(0.0f);
     if (full)
-        vertical(acc, x, t, y0, q, rows_in, x_pitch, n_in, true);
+        vertical(acc, x, t, y0, q, rows_in, x_pitch, n_in, 0, true);
     else
-        vertical(acc, x, t, y0, q, rows_in, x_pitch, n_in, false);
+        vertical(acc, x, t, y0, q, rows_in, x_pitch, n_in, 0, false);
+    if (full)
+        store_v(tmp, acc, y0, q, rows_out, n_in, t_pitch, true);
+    else
+        store_v(tmp, acc, y0, q, rows_out, n_in, t_pitch, false);
+}
+
+/* native_filter_v on the unpadded image: x is (H, x_pitch) with x_pitch = W * C; rmap
+ * (rows_in entries) and cmap (W_in entries) map padded rows and pixel columns to source
+ * ones, -1 for a zero; [lo, hi) = [left * C, (left + W) * C) are the flat values of a
+ * padded row inside the image. tmp gets what native_filter_v writes from the padded
+ * copy, so native_filter_h runs unchanged. */
+__kernel void native_filter_vmap(__global const IN_T *restrict x,
+                                 __global const float *restrict taps,
+                                 __global float *restrict tmp, __global const int *restrict rmap,
+                                 __global const int *restrict cmap, const int rows_in,
+                                 const int rows_out, const int x_pitch, const int n_in,
+                                 const int t_pitch, const int lo, const int hi, const int top,
+                                 const int h) {
+    const int q = get_global_id(0) * 8;
+    const int y0 = get_global_id(1) * ROWS;
+    if (q >= n_in || y0 >= rows_out) return;
+    const bool full = q + 8 <= n_in;
+    float t[KH];
 #pragma unroll
-    for (int p = 0; p < ROWS; ++p) {
-        if (y0 + p < rows_out) {
-            __global float *dst = tmp + (size_t)(y0 + p) * t_pitch + q;
-            if (full) {
-                *(__global f8u *)dst = acc[p];
-            } else {
-                const float8 a = acc[p];
-                const float u[8] = {a.s0, a.s1, a.s2, a.s3, a.s4, a.s5, a.s6, a.s7};
-                for (int k = 0; k < n_in - q; ++k) dst[k] = u[k];
-            }
-        }
+    for (int i = 0; i < KH; ++i) t[i] = taps[i];
+    float8 acc[ROWS];
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) acc[p] = (float8)(0.0f);
+    const bool inner = q >= lo && q + 8 <= hi;
+    if (inner && y0 * SH >= top && y0 * SH + TROWS <= top + h) {
+        /* the image's own rows and columns: native_filter_v's loads, no map (a map
+         * lookup per row cost this pass 20 %) */
+        vertical(acc, x, t, y0, q - lo, rows_in, x_pitch, n_in, top, true);
+    } else if (inner) {
+        vertical_mapped(acc, x, rmap, cmap, t, y0, q, rows_in, x_pitch, n_in, lo, true);
+    } else {
+        vertical_mapped(acc, x, rmap, cmap, t, y0, q, rows_in, x_pitch, n_in, lo, false);
     }
+    if (full)
+        store_v(tmp, acc, y0, q, rows_out, n_in, t_pitch, true);
+    else
+        store_v(tmp, acc, y0, q, rows_out, n_in, t_pitch, false);
 }
 
 /* Horizontal sum of output values q .. q+7 (full: stride 1 and 8 whole values). */

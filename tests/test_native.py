@@ -303,3 +303,102 @@ def test_auto_prices_a_program_the_build_index_has_as_a_cache_load(monkeypatch):
     needed = [("native_filter", native._defines(plan))]
     assert choice.opencl_once(needed, None, None) == pytest.approx(0.25 + compile_)
     assert choice.opencl_once(needed, None, None, most=0.2) == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------ padding inside the step
+PAD_MODES = ["zeros", "reflect", "replicate", "circular", "symmetric"]
+
+
+def _kernel_names(monkeypatch, be: str) -> list[str]:
+    """The OpenCL kernels filter_strip fetches from now on (none on NumPy)."""
+    names: list[str] = []
+    if be == "opencl":
+        from convcli import backends
+
+        ocl = backends.get_backend("opencl")
+        real = ocl.kernel
+
+        def spy(*args, **kwargs):
+            names.append(kwargs.get("kernel_name"))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ocl, "kernel", spy)
+    return names
+
+
+@pytest.mark.parametrize("mode", PAD_MODES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pad_gives_the_padded_copys_levels_exactly(be, monkeypatch, mode, dtype, channels):
+    """filter_strip(image, pad=...) against filter_strip(pad_samples(image)): the same
+    levels, bit for bit, for kernel sizes 1..9 (rank 1: OpenCL's two-pass kernels,
+    which read the image through the padding's maps), symmetric and lopsided padding,
+    odd sizes and images smaller than the padding."""
+    rng = np.random.default_rng(channels * 7 + len(mode))
+    names = _kernel_names(monkeypatch, be)
+    top = float(np.iinfo(dtype).max)
+    mapped = 0
+    for h, w in [(1, 1), (2, 3), (6, 5), (19, 43)]:
+        image = rng.integers(0, int(top) + 1, (h, w, channels)).astype(dtype)
+        for kh, kw in [(1, 3), (3, 1), (5, 5), (7, 3), (3, 9), (9, 9)]:
+            k = np.outer(rng.uniform(0.1, 1, kh), rng.uniform(0.1, 1, kw))
+            k /= k.sum()
+            for pad in [(kh // 2, (kh - 1) // 2, kw // 2, (kw - 1) // 2),
+                        (kh - 1, 0, 0, kw - 1), (4, 1, 2, 6)]:  # fmt: skip
+                want = filter_strip(native.pad_samples(image, pad, mode), top=top, kernel=k,
+                                    backend=be)  # fmt: skip
+                names.clear()
+                got = filter_strip(image, pad=pad, padding_mode=mode, top=top, kernel=k,
+                                   backend=be)  # fmt: skip
+                assert (got is None) == (want is None), (h, w, kh, kw, pad)
+                if want is None:
+                    continue
+                assert got.dtype == want.dtype
+                assert np.array_equal(got, want), (h, w, kh, kw, pad)
+                # the maps did the padding wherever OpenCL's two-pass kernels ran
+                two_pass = be == "opencl" and kh > 1 and kw > 1 and kh * kw > 2 * (kh + kw)
+                assert ("native_filter_vmap" in names) == two_pass, (h, w, kh, kw, pad)
+                mapped += two_pass
+    assert mapped >= (0 if be == "numpy" else 30)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
+def test_pad_with_stride_dilation_and_mappings(be, mode):
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (23, 37, 4)).astype(np.uint8)
+    k = np.outer(rng.normal(size=5), rng.normal(size=4))
+    # (each geometry and mapping is a program build: two of them)
+    for stride, dilation, (out_map, scale, offset) in [
+        ((2, 3), (1, 2), ("abs", 2.0, 0.1)),
+        ((3, 1), (2, 1), ("offset", 1.5, -0.2)),
+    ]:
+        args = dict(top=255.0, kernel=k, stride=stride, dilation=dilation, bias=0.05,
+                    scale=scale, offset=offset, out_map=out_map, out_top=65535,
+                    backend=be)  # fmt: skip
+        pad = (3, 5, 0, 4)
+        want = filter_strip(native.pad_samples(image, pad, mode), **args)
+        got = filter_strip(image, pad=pad, padding_mode=mode, **args)
+        assert np.array_equal(got, want), (stride, dilation, out_map)
+        # and the float64 reference of the padded image
+        ref = reference(native.pad_samples(image, pad, mode), 255.0, k, stride, dilation,
+                        0.05, scale, offset, out_map, 65535)  # fmt: skip
+        check(got, ref, 65535)
+
+
+def test_pad_samples_follows_numpys_pad():
+    x = np.arange(4 * 6 * 2, dtype=np.uint16).reshape(4, 6, 2)
+    for mode, np_mode in [("zeros", "constant"), ("reflect", "reflect"),
+                          ("replicate", "edge"), ("circular", "wrap"),
+                          ("symmetric", "symmetric")]:  # fmt: skip
+        want = np.pad(x, ((2, 3), (5, 1), (0, 0)), mode=np_mode)
+        np.testing.assert_array_equal(native.pad_samples(x, (2, 3, 5, 1), mode), want)
+
+
+def test_pad_refuses_bad_arguments():
+    image = np.zeros((5, 5, 1), np.uint8)
+    k = np.ones((3, 3)) / 9
+    with pytest.raises(ValueError, match="padding_mode"):
+        filter_strip(image, pad=(1, 1, 1, 1), padding_mode="mirror", top=255.0, kernel=k)
+    for pad in [(1, 1, 1), (1, -1, 1, 1), "abcd"]:
+        with pytest.raises(ValueError, match="pad must be"):
+            filter_strip(image, pad=pad, top=255.0, kernel=k)

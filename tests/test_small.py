@@ -152,6 +152,49 @@ def test_pad_follows_the_padding_mode(mode):
 
 
 # ---------------------------------------------------------------------------- the batch
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_opencl_pads_through_maps_with_the_padded_copys_levels(tmp_path, monkeypatch, mode):
+    """On OpenCL the small path makes no padded copy (the two-pass kernels read the
+    image through the padding's maps) and writes, bit for bit, the levels of filtering
+    the padded copy; within one level of the float64 result. An even kernel side pads
+    lopsidedly ('same': the odd pixel right and bottom)."""
+    from conftest import opencl_available
+
+    from convcli import native
+
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    root = tmp_path / "in"
+    root.mkdir()
+    files = [_save_jpeg(root / "rgb.jpg", _photo(0, h=29, w=41)),
+             _save_jpeg(root / "grey.jpg", _photo(1, h=23, w=37, channels=1))]  # fmt: skip
+    cio.write_image(root / "c16.png", np.moveaxis(_photo(2, h=17, w=31), -1, 0) / np.float32(255),
+                    bit_depth=16)  # fmt: skip
+    files.append(root / "c16.png")
+    kernel = np.outer(BINOMIAL[:, 0], [1, 3, 3, 1]).astype(np.float32)
+    kernel /= kernel.sum()  # 5x4, rank 1: two passes on OpenCL
+    filt = cbatch.Filter(weight=kernel, padding_mode=mode)
+    copies: list = []
+    real = native.pad_samples
+    monkeypatch.setattr(native, "pad_samples", lambda *a: copies.append(a) or real(*a))
+    plan = cbatch.plan_batch(root, tmp_path / "out", fmt="png")
+    res = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine("opencl"))
+    assert res.ok and len(res.done) == 3, res.failed
+    assert copies == []
+    for src in files:
+        decoded = small.read_small(src, max_pixels=None)
+        samples, top = decoded.samples, decoded.info.top
+        spec = filt.spec_for((samples.shape[2], *samples.shape[:2]))
+        assert spec.pad == (2, 2, 1, 2)
+        out_top = 65535 if samples.dtype == np.uint16 else 255
+        want = native.filter_strip(real(samples, spec.pad, mode), top=top, kernel=kernel,
+                                   out_top=out_top, backend="opencl")  # fmt: skip
+        got = _levels(tmp_path / "out" / (src.stem + ".png"))
+        np.testing.assert_array_equal(got, np.moveaxis(want, -1, 0), err_msg=src.name)
+        ref = np.rint(_reference(src, kernel, mode) * out_top)
+        assert np.abs(got - ref).max() <= 1, src.name
+
+
 def _spy(monkeypatch) -> list[Path]:
     """The sources of the images the strip pipeline convolved."""
     seen: list[Path] = []
