@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convcli.cli import main
+from convcli.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

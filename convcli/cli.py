@@ -1992,10 +1992,16 @@ def _targets_table(checks: list[Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); ends in ``SystemExit``
+    with the exit code, as click's commands do."""
+    cli.main(args=argv, prog_name=PROG)
+
+
+def console_main() -> None:
     """Console-script entry point (``convcli`` and ``python -m convcli``): the process
     ends with the command (see :func:`_leave`)."""
     try:
-        cli.main(args=argv, prog_name=PROG)
+        main()
     except SystemExit as exc:
         _leave(exc.code)
         raise
@@ -2011,6 +2017,8 @@ def _leave(code: object) -> None:
     object and the C libraries' own teardown (PoCL's, libvips', OpenBLAS'), which
     nobody sees: 0.1-0.2 s after a large image was written. Where any step is
     missing or fails, the caller's ``raise`` exits the usual way."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # joining every other thread would wait for this one
     if code is None:
         code = 0
     if not isinstance(code, int) or isinstance(code, bool):

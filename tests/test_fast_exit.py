@@ -1,5 +1,5 @@
 """After ``apply`` or ``batch`` ran its files here, the process skips the interpreter's
-teardown (``os._exit`` in :func:`convcli.cli.main`, after the ``atexit`` handlers):
+teardown (``os._exit`` in :func:`convcli.cli.console_main`, after the ``atexit`` handlers):
 every output, the report, the timings file, stdout and stderr must be complete all the
 same, and the exit code the one the command returned. The child holds an object whose
 finaliser prints a marker when the interpreter tears its modules down: its absence
@@ -27,8 +27,8 @@ SCRIPT = (
     "        sys.stderr.write('TEARDOWN\\n')\n"
     "marker = Marker()\n"
     "atexit.register(lambda: sys.stderr.write('ATEXIT\\n'))\n"
-    "from convcli.cli import main\n"
-    "main(sys.argv[1:])\n"
+    "from convcli.cli import console_main\n"
+    "console_main()\n"
 )
 
 

@@ -75,13 +75,13 @@ def test_a_builtin_preset_is_found_without_parsing_files_and_as_the_files_would(
 
 _ENDS = """
 import atexit, sys, threading, time
-from convcli.cli import main
+from convcli.cli import console_main
 atexit.register(lambda: print("atexit ran"))
 def late():
     time.sleep(0.3)
     print("thread done", flush=False)
 threading.Thread(target=late).start()  # not a daemon: the exit waits for it
-main(sys.argv[1:])
+console_main()
 """
 
 
@@ -105,3 +105,32 @@ def test_the_process_ends_as_a_normal_exit_would():
     usage = subprocess.run([sys.executable, "-c", _ENDS, "apply", "--bogus"], env=env,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert usage.returncode == 2
+
+
+_CALLER = """
+import sys, threading
+from convcli.cli import main
+
+def call(where):
+    try:
+        main(["presets", "list"])
+    except SystemExit as exc:
+        print(where, "caught", exc.code, flush=True)
+
+call("main thread")
+t = threading.Thread(target=call, args=("other thread",))
+t.start()
+t.join()
+print("after", flush=True)
+"""
+
+
+def test_main_called_from_code_raises_systemexit_and_returns():
+    """``main()`` is the library's way to run a command line: it ends in SystemExit
+    like any click command, in any thread; only the console script ends the process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _CALLER], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [x for x in done.stdout.splitlines() if x.endswith(("caught 0", "after"))]
+    assert lines == ["main thread caught 0", "other thread caught 0", "after"]
