@@ -34,6 +34,16 @@ def test_a_pocl_registered_beside_pyopencls_own_keeps_its_devices(tmp_path):
     assert not dev._only_bundled_pocl({"OCL_ICD_VENDORS": with_pocl})
     assert not dev._only_bundled_pocl({"OCL_ICD_VENDORS": "/usr/lib/libpocl.so.2"})
     assert not dev._only_bundled_pocl({"OCL_ICD_VENDORS": str(tmp_path / "p.icd")})
+    # the loader told of a library by name (another PoCL, maybe)
+    assert not dev._only_bundled_pocl({"OCL_ICD_FILENAMES": "/opt/pocl/lib/libpocl.so"})
+
+
+def test_only_pocl_releases_whose_device_names_are_known_get_it(monkeypatch):
+    monkeypatch.setattr(dev, "_inline", {"asked": False, "set": False, "devices": {}})
+    monkeypatch.delenv("POCL_DEVICES", raising=False)
+    monkeypatch.setattr(dev, "_only_bundled_pocl", lambda: True)
+    monkeypatch.setattr(dev, "_bundled_pocl_major", lambda: "6")  # "cpu-minimal" names
+    assert not dev._ask_inline_device() and "POCL_DEVICES" not in os.environ
 
 
 def test_other_vendors_leave_the_inline_device_in(tmp_path):

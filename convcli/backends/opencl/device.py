@@ -172,7 +172,11 @@ def _type_name(device: Any) -> str:
 # backend of the threaded device runs small layers on it (OpenCLBackend.runtime_for).
 POCL_DEVICES_ENV = "POCL_DEVICES"
 INLINE_DEVICES = "pthread basic"
+# PoCL 3's device names; PoCL 4 renamed its drivers ("cpu", "cpu-minimal"), so the
+# device is only asked of the PoCL releases whose names this knows (INLINE_POCL_MAJORS)
 _INLINE_PREFIX = "basic-"
+_THREADED_PREFIX = "pthread-"
+INLINE_POCL_MAJORS = ("3",)
 _inline: dict[str, Any] = {"asked": False, "set": False, "devices": {}}
 
 
@@ -180,6 +184,8 @@ def _only_bundled_pocl(environ: dict[str, str] | os._Environ = os.environ) -> bo
     """Whether no OpenCL vendor file but pyopencl's own names a PoCL library: the ICD
     loader's ``OCL_ICD_VENDORS`` (a folder, an ``.icd`` file or a library) or the
     system's ``/etc/OpenCL/vendors``."""
+    if environ.get("OCL_ICD_FILENAMES", "").strip():
+        return False  # the loader is told of other libraries, maybe another PoCL
     where = environ.get("OCL_ICD_VENDORS", "").strip() or "/etc/OpenCL/vendors"
     if "pocl" in os.path.basename(where).lower():
         return False
@@ -201,13 +207,26 @@ def _only_bundled_pocl(environ: dict[str, str] | os._Environ = os.environ) -> bo
     return True
 
 
+def _bundled_pocl_major() -> str:
+    """The major version of pyopencl's bundled PoCL (``pocl-binary-distribution``), or
+    "" where it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pocl-binary-distribution").split(".")[0]
+    except metadata.PackageNotFoundError:
+        return ""
+
+
 def _ask_inline_device() -> bool:
     """Set ``POCL_DEVICES`` for the first platform query (see INLINE_DEVICES); whether
-    it was set (and must be restored by :func:`_restore_env`)."""
+    it was set (and must be removed once PoCL has read it: :func:`_all_devices`)."""
     if _inline["asked"]:
         return False
     _inline["asked"] = True
     if POCL_DEVICES_ENV in os.environ or not _only_bundled_pocl():
+        return False
+    if _bundled_pocl_major() not in INLINE_POCL_MAJORS:
         return False
     os.environ[POCL_DEVICES_ENV] = INLINE_DEVICES
     _inline["set"] = True
@@ -227,7 +246,7 @@ def _hidden(plat: Any, dev: Any) -> bool:
 
 def inline_device(platform: Any, device: Any) -> Any | None:
     """The hidden basic device beside ``device`` (PoCL's threaded CPU device), or None."""
-    if not device.name.startswith("pthread-"):
+    if not device.name.startswith(_THREADED_PREFIX):
         return None
     return _inline["devices"].get(platform.int_ptr)
 
