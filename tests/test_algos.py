@@ -904,3 +904,14 @@ def test_gemm_threads_share_the_output_channels(numpy_settings, threads, junk_be
     rng = np.random.default_rng(50 + case)
     x, w, b = _rand(rng, xs[1:], "float32")[None], _rand(rng, ws, "float32"), None
     _check(x, w, b, stride, pad, dilation, groups, "replicate", "gemm", "float32")
+
+
+def test_depthwise_rows_band_of_a_far_reaching_kernel_stays_small():
+    # a review found dilation 150 on a 1000^2 map building (and keeping) a 1 GB band
+    x = np.zeros((1, 3, 1000, 1000), np.float32)
+    w = np.ones((3, 1, 7, 7), np.float32)
+    spec = make_spec(x, w, None, dilation=150, groups=3)
+    forced = dataclasses.replace(DEFAULT, dw_rows=True)
+    assert depthwise._rows_layout(spec, forced) is None
+    near = make_spec(x[..., :40, :40], w, None, groups=3)
+    assert depthwise._rows_layout(near, forced) is not None  # the same rule keeps small ones

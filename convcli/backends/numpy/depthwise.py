@@ -228,7 +228,11 @@ def _rows_layout(spec: ConvSpec, settings: Settings) -> tuple[int, bool] | None:
     whole_band = spec.h * spec.w * spec.h_out * spec.w_out * np.dtype(spec.dtype).itemsize
     if spec.h <= kr + settings.dw_rows_whole_extra and whole_band <= settings.dw_rows_whole_bytes:
         return spec.h_out, True
-    return settings.dw_rows_group if dh == 1 and spec.h_out > 1 else 1, False
+    r = settings.dw_rows_group if dh == 1 and spec.h_out > 1 else 1
+    rows = (r - 1) * sh + (spec.kh - 1) * dh + 1
+    if rows * spec.w * r * spec.w_out * np.dtype(spec.dtype).itemsize > settings.dw_rows_band_bytes:
+        return None  # the column blocks' band stays small
+    return r, False
 
 
 def _row_band(weight: np.ndarray, spec: ConvSpec, r: int, whole: bool, work: np.dtype):

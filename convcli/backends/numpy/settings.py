@@ -137,6 +137,9 @@ class Settings:
     dw_rows_slack: float = 1.5
     dw_rows_whole_extra: int = 2
     dw_rows_whole_bytes: int = 16 * 1024
+    # the band of a group of rows at most this a channel (a dilated kernel's reaches
+    # far: dilation 150 on 1000^2 made a 1 GB band)
+    dw_rows_band_bytes: int = 256 * 1024
     # output rows per row of a whole-row GEMM
     dw_rows_group: int = 2
     # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads (its
