@@ -117,8 +117,8 @@ def test_a_forced_subsampling_applies_to_every_colour_output(tmp_path, strips, f
 def test_a_bad_subsampling_is_refused():
     with pytest.raises(ConvValueError, match=r"subsampling must be 'auto' or one of"):
         cbatch.Output(subsampling="411")
-    with pytest.raises(ConvValueError, match=r"subsampling must be one of"):
-        cio.write_image("never.jpg", np.zeros((3, 4, 4), np.float32), subsampling="auto")
+    with pytest.raises(ConvValueError, match=r"subsampling must be 'auto' or one of"):
+        cio.write_image("never.jpg", np.zeros((3, 4, 4), np.float32), subsampling="411")
     assert not Path("never.jpg").exists()
 
 
@@ -164,3 +164,22 @@ def test_the_cli_option(tmp_path):
     assert _sampling(tmp_path / "out" / "plain.jpg") == 1
     res = runner.invoke(cli, [*args, "--subsampling", "411", "--overwrite"])
     assert res.exit_code == 2 and "--subsampling" in res.output
+
+
+def test_write_image_takes_auto_as_output_does(tmp_path):
+    from convcli.io.images import write_image
+
+    rgb = np.random.default_rng(5).random((3, 16, 16), np.float32)
+    write_image(tmp_path / "a.jpg", rgb, quality=95, subsampling="auto")
+    assert cio.read_jpeg_subsampling(tmp_path / "a.jpg") == "444"
+
+
+def test_a_forged_header_of_endless_fill_is_not_read_to_its_end(tmp_path):
+    # fill bytes are read one at a time: a forged file of megabytes of them cost seconds,
+    # so the reader gives up (None: the quality rule) after a bounded number
+    sof = b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    near, far = tmp_path / "near.jpg", tmp_path / "far.jpg"
+    near.write_bytes(b"\xff\xd8" + b"\xff" * 10 + sof)
+    far.write_bytes(b"\xff\xd8" + b"\xff" * 100_000 + sof)
+    assert cio.read_jpeg_subsampling(near) == "420"
+    assert cio.read_jpeg_subsampling(far) is None

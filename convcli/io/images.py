@@ -954,19 +954,19 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 def jpeg_subsampling(quality: int, subsampling: str | None = None) -> str:
     """The chroma subsampling a colour JPEG of ``quality`` is written with:
-    ``subsampling`` where given (one of :data:`JPEG_SUBSAMPLINGS`), else none (4:4:4)
-    from quality 90 up and 4:2:0 below, ImageMagick's rule for an image that was not a
-    JPEG (``coders/jpeg.c``; a JPEG input keeps its own, see
-    :func:`read_jpeg_subsampling`).
+    ``subsampling`` where given (one of :data:`JPEG_SUBSAMPLINGS`), else (None or
+    ``"auto"``, as :class:`convcli.batch.Output` says it) none (4:4:4) from quality 90
+    up and 4:2:0 below, ImageMagick's rule for an image that was not a JPEG
+    (``coders/jpeg.c``; a JPEG input keeps its own, see :func:`read_jpeg_subsampling`).
 
-    >>> jpeg_subsampling(95), jpeg_subsampling(75), jpeg_subsampling(95, "420")
+    >>> jpeg_subsampling(95), jpeg_subsampling(75, "auto"), jpeg_subsampling(95, "420")
     ('444', '420', '420')
     """
-    if subsampling is None:
+    if subsampling is None or subsampling == "auto":
         return "444" if quality >= 90 else "420"
     if subsampling not in JPEG_SUBSAMPLINGS:
         raise ConvValueError(
-            f"subsampling must be one of {list(JPEG_SUBSAMPLINGS)}, got {subsampling!r}"
+            f"subsampling must be 'auto' or one of {list(JPEG_SUBSAMPLINGS)}, got {subsampling!r}"
         )
     return subsampling
 
@@ -983,6 +983,10 @@ def frame_subsampling(sof: bytes) -> str | None:
     return _LUMA_FACTORS.get(factors[0])
 
 
+# markers read before the frame header at most (a camera file has a dozen or two)
+_JPEG_MARKERS_READ = 1000
+
+
 def read_jpeg_subsampling(path: str | os.PathLike[str]) -> str | None:
     """The chroma subsampling of the JPEG at ``path`` (:func:`frame_subsampling` of its
     frame header), or None where ``path`` is no colour JPEG with one of those samplings
@@ -992,11 +996,13 @@ def read_jpeg_subsampling(path: str | os.PathLike[str]) -> str | None:
         with open(path, "rb") as fh:
             if fh.read(2) != b"\xff\xd8":
                 return None
-            while True:
+            for _ in range(_JPEG_MARKERS_READ):  # a forged file's endless fill or markers
                 head = fh.read(4)
-                while len(head) >= 2 and head[0] == 0xFF and head[1] == 0xFF:  # fill
+                for _ in range(_JPEG_MARKERS_READ):  # fill bytes before a marker
+                    if len(head) < 2 or head[0] != 0xFF or head[1] != 0xFF:
+                        break
                     head = head[1:] + fh.read(1)
-                if len(head) < 4 or head[0] != 0xFF or head[1] in (0xD9, 0xDA):
+                if len(head) < 4 or head[0] != 0xFF or head[1] in (0xD9, 0xDA, 0xFF):
                     return None  # the end, or a scan before any frame header
                 if 0xD0 <= head[1] <= 0xD7 or head[1] == 0x01:  # no length
                     fh.seek(-2, os.SEEK_CUR)
@@ -1058,9 +1064,9 @@ def write_image(
         that file is kept and :class:`~convcli.errors.OutputExistsError` is raised.
     quality : int
         JPEG/WebP quality (1-100).
-    subsampling : {"444", "422", "420"}, optional
-        A colour JPEG's chroma subsampling (default: none from quality 90 up, 4:2:0
-        below; see :func:`jpeg_subsampling`).
+    subsampling : {"auto", "444", "422", "420"}, optional
+        A colour JPEG's chroma subsampling (default, or ``"auto"``: none from quality
+        90 up, 4:2:0 below; see :func:`jpeg_subsampling`).
     has_alpha : bool or None
         Whether the last channel of a 2- or 4-channel array is alpha (default: yes).
         JPEG and BMP do not keep alpha: it is dropped.
