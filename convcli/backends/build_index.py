@@ -17,10 +17,7 @@ reads it:
 - ``built/<key>``: an empty marker per program built on a device, keyed by the device's
   fingerprint, the program's complete source and its build options, so a marker is
   found exactly when the driver's cache holds that binary (unless the driver's cache was
-  emptied or is off: then one build happens that the model did not count, once);
-- ``binaries/<key>``: the device binary of each program built, under the same key: the
-  runtime builds from it first (PoCL took 45-60 ms a program to build a source it had
-  cached, 8-20 ms from the binary); not read or written while the driver's cache is off.
+  emptied or is off: then one build happens that the model did not count, once).
 
 The folder is ``$CONVCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/convcli``, else
 ``~/.cache/convcli``. Nothing here imports pyopencl; every failure to read or write the
