@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,40 +203,6 @@ def mark_built(key: str) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-
-
-def _binary_path(key: str) -> Path:
-    return cache_dir() / "binaries" / key[:2] / key[2:]
-
-
-def load_binary(key: str) -> bytes | None:
-    """The device binary kept for the program ``key`` (:func:`save_binary`), or None
-    (none kept, unreadable, or the driver's cache switched off: nothing is reused)."""
-    if driver_cache_off():
-        return None
-    try:
-        return _binary_path(key).read_bytes() or None
-    except OSError:
-        return None
-
-
-def save_binary(key: str, blob: bytes) -> None:
-    """Keep the device binary of the program ``key`` (written atomically; silent on
-    failure). PoCL loads its own cached build of a source in 45-60 ms a program, its
-    binary in 8-20 ms."""
-    if driver_cache_off() or not blob:
-        return
-    path = _binary_path(key)  # not a write the cost model reads: no _wrote()
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
-
-
-def drop_binary(key: str) -> None:
-    with contextlib.suppress(OSError):
-        _binary_path(key).unlink()
 
 
 def regret_key(keys: list[str]) -> str:

@@ -525,9 +525,6 @@ class Runtime:
         source = kernel_source(data_dir("kernels_cl") / f"{name}.cl")
         options = _build_options(defines)
         key = build_index.program_key(self.fingerprint, source, options)
-        prg = self._from_binary(key, options)
-        if prg is not None:
-            return prg
         cached = build_index.is_built(key)
         t0 = time.perf_counter()
         prg = self._build_once(source, options)
@@ -545,36 +542,7 @@ class Runtime:
             # real compiles teach the build time
             compiled = seconds > REAL_BUILD_S
             build_index.note_build(self.request, self.fingerprint, seconds, compiled)
-        self._keep_binary(key, prg)
         return prg
-
-    def _from_binary(self, key: str, options: list[str]) -> Any:
-        """The program ``key`` from the binary a process kept of it
-        (:func:`build_index.save_binary`), or None: PoCL's build of a source it has
-        cached took 45-60 ms a program, of its binary 8-20 ms. A binary the driver
-        refuses, or one without kernels, is dropped and the source is built."""
-        blob = build_index.load_binary(key)
-        if blob is None:
-            return None
-        cl = self._cl
-        try:
-            with warnings.catch_warnings(), _compiler_stderr():
-                warnings.simplefilter("ignore", cl.CompilerWarning)
-                prg = cl.Program(self.ctx, [self.device], [blob]).build(options=options)
-            if prg.kernel_names.strip():
-                return prg
-        except Exception:  # a stale or damaged file: the source builds as before
-            pass
-        build_index.drop_binary(key)
-        return None
-
-    def _keep_binary(self, key: str, prg: Any) -> None:
-        try:
-            blobs = prg.binaries
-        except Exception:  # a driver that gives no binaries: nothing to keep
-            return
-        if len(blobs) == 1:
-            build_index.save_binary(key, bytes(blobs[0]))
 
     def _build_once(self, source: str, options: list[str]) -> Any:
         cl = self._cl
