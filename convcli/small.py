@@ -17,8 +17,6 @@ This module holds the steps of that path that differ from the strip pipeline's:
   grey (imagecodecs' decoder fills it without a word); such a file, and everything
   else, goes through :func:`convcli.io.stream.open_source`, read whole, whose reader
   says what is wrong.
-- :func:`pad`: the padded native samples (the fused filter step pads on its own, on
-  OpenCL without a padded copy).
 - :func:`encode`: the samples published atomically; JPEG through imagecodecs with the
   settings of the strip pipeline's encoder (quality, the target's chroma subsampling,
   baseline, standard Huffman tables), which decode back to the same pixels.
@@ -42,7 +40,6 @@ from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
 from convcli.io.publish import publish
-from convcli.spec import ConvSpec
 
 # Native samples of an image this path takes (decoded whole in each worker thread, with
 # its padded copy and its result): a few megapixels.
@@ -249,16 +246,6 @@ def _decode_jpeg(blob: bytes, head: JpegHeader) -> stream.ArraySource | None:
         [],
     )
     return stream.ArraySource(samples, info)
-
-
-def pad(samples: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """``(H, W, C)`` native samples padded as ``spec`` says (its padding mode's row and
-    column maps, :func:`convcli.spec.source_index`; zeros where zero padding applies):
-    what :func:`convcli.native.filter_strip` filters when given the image and
-    ``pad=spec.pad`` (see :func:`convcli.native.pad_samples`)."""
-    from convcli.native import pad_samples
-
-    return pad_samples(samples, spec.pad, spec.padding_mode)
 
 
 def encode(dst: Path, target: stream.Target, samples: np.ndarray, *, replace: bool) -> None:

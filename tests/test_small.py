@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 
 from convcli import batch as cbatch
 from convcli import io as cio
+from convcli import native, pipeline, small
 from convcli import notes as cnotes
-from convcli import pipeline, small
 from convcli.errors import InputError
 from convcli.io import stream
 from convcli.presets import get_preset
@@ -148,7 +148,7 @@ def test_pad_follows_the_padding_mode(mode):
     spec = filt.spec_for((2, 5, 7))
     np_mode = {"zeros": "constant", "replicate": "edge", "circular": "wrap"}.get(mode, mode)
     want = np.pad(x, ((1, 1), (2, 2), (0, 0)), mode=np_mode)
-    np.testing.assert_array_equal(small.pad(x, spec), want)
+    np.testing.assert_array_equal(native.pad_samples(x, spec.pad, spec.padding_mode), want)
 
 
 # ---------------------------------------------------------------------------- the batch
@@ -159,8 +159,6 @@ def test_opencl_pads_through_maps_with_the_padded_copys_levels(tmp_path, monkeyp
     the padded copy; within one level of the float64 result. An even kernel side pads
     lopsidedly ('same': the odd pixel right and bottom)."""
     from conftest import opencl_available
-
-    from convcli import native
 
     if not opencl_available():
         pytest.skip("no OpenCL device")
@@ -432,8 +430,6 @@ def test_images_run_on_numpy_while_opencl_starts(tmp_path, monkeypatch):
     instead of waiting, and the batch reports the backend that ran once started."""
     import time
 
-    from convcli import native
-
     root = tmp_path / "in"
     root.mkdir()
     for i in range(8):
@@ -497,7 +493,6 @@ def test_blas_stays_at_one_thread_while_numpy_filters_and_is_given_back(tmp_path
     """Several images filtered on NumPy at once: BLAS is held at one thread for the run
     (flipping it per call made its threads spin), and given back afterwards."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from convcli import native
 
     def blas_threads() -> list[int]:
         return [i["num_threads"] for i in threadpoolctl.threadpool_info()
