@@ -77,8 +77,10 @@ _ENDS = """
 import atexit, sys, threading, time
 from convcli.cli import console_main
 atexit.register(lambda: print("atexit ran"))
-def late():
-    time.sleep(0.3)
+def late():  # outlives the command: runs until the exit has begun, so it must be joined
+    while threading.main_thread().is_alive():
+        time.sleep(0.01)
+    time.sleep(0.05)
     print("thread done", flush=False)
 threading.Thread(target=late).start()  # not a daemon: the exit waits for it
 console_main()
