@@ -739,7 +739,7 @@ def test_progress_bars_have_an_eta_for_one_image_and_for_many(monkeypatch):
         TimeRemainingColumn,
     )
 
-    from convcli.cli import _progress
+    from convcli.cli.run import _progress
 
     one = {type(c) for c in _progress(1, quiet=False).columns}
     many = {type(c) for c in _progress(5, quiet=False).columns}
