@@ -868,7 +868,7 @@ def test_library_messages_name_no_command_line_flag():
 
     flag_like = re.compile(r"(?<![\w-])--[a-z]")
     cli_package = ROOT / "convcli" / "cli"
-    skip = {"cli_cnn.py", "bench_files.py"}
+    skip = {"bench_files.py"}
     found = []
     for path in sorted((ROOT / "convcli").rglob("*.py")):
         if path.name in skip or path.is_relative_to(cli_package):
