@@ -162,7 +162,8 @@ def _run(
     """Run the plan with progress, signals and the summary; returns (result, signal).
 
     ``overwrite``: an existing ``--timings`` file may be replaced (checked before by
-    :func:`_check_side_files`; the write itself creates the file only if it is absent).
+    :func:`~convcli.cli.sidefiles._check_side_files`; the write itself creates the file
+    only if it is absent).
     """
     quiet = opts["quiet"]
     stop = threading.Event()
@@ -219,7 +220,7 @@ def _run(
                 f"{PROG}: {safe_text(text)}", markup=False, highlight=False, soft_wrap=True
             )
 
-        # a batch on Dask runs the same tasks through convcli.dask_batch (see batch())
+        # a batch on Dask runs the same tasks through convcli.dask_batch (see apply.batch)
         run_tasks = opts.get("run_tasks") or cbatch.run_tasks
         try:
             with _signals(stop, received, notify):
