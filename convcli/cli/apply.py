@@ -126,8 +126,6 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
 
 # options about image files that have no meaning for a zarr store (written as float32)
 _IMAGE_ONLY = ("alpha", "fmt", "bit_depth", "out_map", "scale", "offset", "quality")
-
-
 _IMAGE_ONLY += ("max_pixels", "timings", "subsampling")
 
 

@@ -18,8 +18,6 @@ from convcli.cli.messages import PROG, _err, _one_line, _print_warning
 from convcli.errors import ConvcliError
 
 _DEBUG_HINT = " (set CONVCLI_DEBUG=1 to see the traceback)"
-
-
 # click >= 8.2 raises this usage error for a group called without a command
 _NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 

@@ -43,8 +43,6 @@ def _console(stdout: bool = False):
 # Unicode line/paragraph separators, and the lone surrogates that stand for the bytes of
 # a file name that is not valid UTF-8 (which would also fail to encode).
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -74,12 +72,8 @@ _KEYWORD = re.compile(
     r"\b(overwrite|skip_existing|existing|alpha|out_map|key|max_pixels|max_memory|recursive)"
     r"(?:=('[^'\s]*'|True|[A-Z_]+)|\b)"
 )
-
-
 # library arguments whose flag is not their name with dashes (--name-like-this)
 _FLAG_NAMES = {"fmt": "--format"}
-
-
 # existing= takes values that are flags of their own
 _EXISTING_FLAGS = {"'replace'": "--overwrite", "'skip'": "--skip-existing"}
 

@@ -37,14 +37,8 @@ else:
 
 
 ALPHA_MODES = ("premultiply", "keep", "filter", "drop")
-
-
 OUT_MAPS = ("clip", "abs", "normalize", "offset")
-
-
 FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp", "npy")
-
-
 DEFAULT_PADDING_MODE = "replicate"
 
 

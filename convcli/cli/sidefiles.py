@@ -37,8 +37,6 @@ def _write_json(path: str | Path, data: object, *, overwrite: bool) -> None:
 
 # keys every --report and --timings record holds (BatchResult.summary, _timings_record)
 _RECORD_KEYS = frozenset({"done", "failed", "timings_s"})
-
-
 _RECORD_MAX_BYTES = 64 * 2**20
 
 
