@@ -1,7 +1,5 @@
 """``convcli bench --suite cnn``: runs :func:`convcli.bench_cnn.run_cnn_suite` and renders
 its result (network totals, issue 15's targets, the layers that lose most against torch).
-
-Part of the CLI layer: the only place besides :mod:`convcli.cli` that imports rich.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from typing import Any
 import click
 
 
-def bench_cnn(
+def run(
     backends: Sequence[str],
     peers: Sequence[str],
     repeat: int,
