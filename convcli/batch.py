@@ -78,6 +78,7 @@ from convcli.errors import (
 from convcli.filters import Filter, check_out_pixels
 from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
+from convcli.io.jpeg import JpegHeader
 from convcli.runinfo import RunInfo
 from convcli.spec import (
     ConvSpec,
@@ -310,13 +311,16 @@ class Output:
                 f"got {self.subsampling!r}"
             )
 
-    def subsampling_for(self, src: Path, dst: Path) -> str | None:
+    def subsampling_for(self, src: Path, dst: Path, header: JpegHeader | None = None) -> str | None:
         """The chroma subsampling of ``dst`` written from the image at ``src`` (None:
-        by quality, or no JPEG output)."""
+        by quality, or no JPEG output); ``header``, where the reader parsed ``src``'s
+        JPEG header already, saves reading it again."""
         if cio.WRITE_FORMATS.get(dst.suffix.lower()) != "JPEG":
             return None
         if self.subsampling != "auto":
             return self.subsampling
+        if header is not None:
+            return header.subsampling
         return cio.read_jpeg_subsampling(src)
 
 
@@ -1100,7 +1104,7 @@ def _process(
         spec.w_out,
         depth,
         out.quality,
-        out.subsampling_for(task.src, task.dst),
+        out.subsampling_for(task.src, task.dst, info.jpeg),
     )
     overflow = [0, 0]  # values that are inf or NaN, values
 
@@ -1394,7 +1398,7 @@ class _SmallPath:
         for every image of the same size, format and output suffix: worked out once."""
         out = self.output
         suffix = task.dst.suffix.lower()
-        sampling = out.subsampling_for(task.src, task.dst)
+        sampling = out.subsampling_for(task.src, task.dst, info.jpeg)
         key = (info.height, info.width, info.channels, info.dtype.str, info.top,
                info.bit_depth, info.has_alpha, suffix, sampling)  # fmt: skip
         plan = self._plans.get(key)

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +37,7 @@ from convcli.errors import InputError, OutputExistsError
 from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
+from convcli.io.jpeg import JpegHeader, read_header
 from convcli.io.publish import publish
 
 # Native samples of an image this path takes (decoded whole in each worker thread, with
@@ -49,69 +48,7 @@ _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 # Huffman-coded frames libjpeg decodes at 8 bits: baseline, extended, progressive
 _PLAIN_SOF = frozenset({0xC0, 0xC1, 0xC2})
-_ANY_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_EXIF = b"Exif\x00\x00"
-_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    """What a JPEG's markers say, up to its first scan."""
-
-    height: int
-    width: int
-    channels: int
-    precision: int
-    frame: int  # the SOF marker's second byte (0xC0 baseline, 0xC2 progressive, ...)
-    exif: bytes | None  # the APP1 Exif payload (TIFF header on), if any
-    xmp: bytes | None
-    adobe: bool  # an APP14 Adobe marker (colour transform flags)
-
-
-def jpeg_header(blob: bytes) -> JpegHeader | None:
-    """The frame header and metadata markers of a JPEG, or None where the bytes are not
-    a JPEG this module can read (no SOI, a marker cut short, no frame before the scan)."""
-    if not blob.startswith(_JPEG_SOI):
-        return None
-    pos, size = 2, len(blob)
-    exif = xmp = None
-    adobe = False
-    frame: tuple[int, int, int, int, int] | None = None
-    while pos + 4 <= size:
-        if blob[pos] != 0xFF:
-            return None
-        marker = blob[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
-            pos += 2
-            continue
-        (length,) = struct.unpack_from(">H", blob, pos + 2)
-        body = blob[pos + 4 : pos + 2 + length]
-        if length < 2 or len(body) != length - 2:
-            return None
-        if marker == 0xDA:  # start of scan: the header is complete
-            break
-        if marker in _ANY_SOF:
-            if len(body) < 6:
-                return None
-            precision, height, width, channels = struct.unpack_from(">BHHB", body)
-            frame = (height, width, channels, precision, marker)
-        elif marker == 0xE1 and body.startswith(_EXIF):
-            exif = bytes(body[len(_EXIF) :])
-        elif marker == 0xE1 and body.startswith(_XMP):
-            xmp = bytes(body[len(_XMP) :])
-        elif marker == 0xEE and body.startswith(b"Adobe"):
-            adobe = True
-        pos += 2 + length
-    else:
-        return None
-    if frame is None:
-        return None
-    height, width, channels, precision, marker = frame
-    return JpegHeader(height, width, channels, precision, marker, exif, xmp, adobe)
 
 
 def _orientation(head: JpegHeader) -> int | None:
@@ -148,7 +85,7 @@ def _orientation(head: JpegHeader) -> int | None:
 
 def _plain_jpeg(blob: bytes, max_pixels: int | None) -> JpegHeader | None:
     """The header of a JPEG imagecodecs decodes as the general reader would, else None."""
-    head = jpeg_header(blob)
+    head = read_header(blob)
     if head is None or head.frame not in _PLAIN_SOF or head.precision != 8:
         return None
     if head.channels not in (1, 3) or 0 in (head.height, head.width):
@@ -244,6 +181,7 @@ def _decode_jpeg(blob: bytes, head: JpegHeader) -> stream.ArraySource | None:
         "RGB" if head.channels == 3 else "L",
         False,
         [],
+        head,
     )
     return stream.ArraySource(samples, info)
 

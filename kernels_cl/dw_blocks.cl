@@ -45,8 +45,6 @@
 #endif
 
 #define NCB ((C + 7) / 8)
-/* input columns one item reads for its XB output columns */
-#define SPAN ((XB - 1) * SW + (KW - 1) * DW + 1)
 
 #define STORE_LANE(l, s)                                                                   \
     if (8 * cb + (l) < C) out[obase + (l) * (ho * WO)] = v.s;
@@ -76,11 +74,7 @@ __kernel void dw_blocks(__global const float8 *restrict xb, __global const float
 #pragma unroll
         for (int t = 0; t < SPAN; ++t) {
             const float8 v = xr[t];
-#pragma unroll
-            for (int k = 0; k < XB; ++k) {
-                const int d = t - k * SW;
-                if (d >= 0 && d % DW == 0 && d / DW < KW) acc[k] += v * wc[i * KW + d / DW];
-            }
+            ADD_SPAN_COLUMN(acc, v, wc, i, t)
         }
     }
     const size_t obase0 = ((size_t)nn * C + 8 * cb) * (ho * WO) + y * WO + x0;

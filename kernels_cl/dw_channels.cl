@@ -86,8 +86,6 @@
 #endif
 
 #define NCB ((C_OUT + 7) / 8)
-/* input columns one item reads for its XB output columns */
-#define SPAN ((XB - 1) * SW + (KW - 1) * DW + 1)
 
 #define GATHER8(p, a)                                                                      \
     ((float8)((p)[off0 + (a)], (p)[off1 + (a)], (p)[off2 + (a)], (p)[off3 + (a)],          \
@@ -141,11 +139,7 @@ __kernel void dw_channels(__global const float *restrict x, __global const float
                 const int u = u0 + t;
                 if (u < 0 || u >= W) continue;
                 const float8 v = GATHER8(xr, u);
-#pragma unroll
-                for (int k = 0; k < XB; ++k) {
-                    const int d = t - k * SW;
-                    if (d >= 0 && d % DW == 0 && d / DW < KW) acc[k] += v * wc[i * KW + d / DW];
-                }
+                ADD_SPAN_COLUMN(acc, v, wc, i, t)
             }
         }
     }

@@ -36,6 +36,7 @@ import numpy as np
 from convcli import notes as cnotes
 from convcli.errors import ConvValueError, InputError, OutputExistsError
 from convcli.io._common import check_file, codec_reason, name_of, one_line, reason
+from convcli.io.jpeg import read_header
 from convcli.io.publish import PublishMode, publish
 from convcli.names import DEFAULT_MAX_PIXELS
 from convcli.pixels import quantize
@@ -947,9 +948,6 @@ def stored_channels(
 # Chroma subsamplings a JPEG is written with: 4:4:4 (none), 4:2:2 (half the columns),
 # 4:2:0 (half the columns and rows); "auto" keeps a JPEG input's.
 JPEG_SUBSAMPLINGS: tuple[str, ...] = ("444", "422", "420")
-# the luma component's sampling factors (h, v) when both chroma components have 1x1
-_LUMA_FACTORS = {(1, 1): "444", (2, 1): "422", (2, 2): "420"}
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def jpeg_subsampling(quality: int, subsampling: str | None = None) -> str:
@@ -971,50 +969,18 @@ def jpeg_subsampling(quality: int, subsampling: str | None = None) -> str:
     return subsampling
 
 
-def frame_subsampling(sof: bytes) -> str | None:
-    """The chroma subsampling a JPEG frame header (an SOF segment's body) describes:
-    ``"444"``, ``"422"`` or ``"420"`` for three components whose chroma components are
-    sampled 1x1, else None (grey, CMYK, 4:4:0, 4:1:1 and other factors)."""
-    if len(sof) < 6 or sof[5] != 3 or len(sof) < 6 + 3 * 3:
-        return None
-    factors = [(sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(3)]
-    if factors[1] != (1, 1) or factors[2] != (1, 1):
-        return None
-    return _LUMA_FACTORS.get(factors[0])
-
-
-# markers read before the frame header at most (a camera file has a dozen or two)
-_JPEG_MARKERS_READ = 1000
-
-
 def read_jpeg_subsampling(path: str | os.PathLike[str]) -> str | None:
-    """The chroma subsampling of the JPEG at ``path`` (:func:`frame_subsampling` of its
-    frame header), or None where ``path`` is no colour JPEG with one of those samplings
-    or its markers cannot be read up to the frame header (the reader says what is
-    wrong with it). Reads the markers only, skipping their contents."""
+    """The chroma subsampling of the JPEG at ``path`` (as
+    :attr:`convcli.io.jpeg.JpegHeader.subsampling` says it), or None where ``path`` is
+    no colour JPEG with one of those samplings or its markers cannot be read up to the
+    frame header (the reader says what is wrong with it). Reads the markers only,
+    skipping their contents."""
     try:
         with open(path, "rb") as fh:
-            if fh.read(2) != b"\xff\xd8":
-                return None
-            for _ in range(_JPEG_MARKERS_READ):  # a forged file's endless fill or markers
-                head = fh.read(4)
-                for _ in range(_JPEG_MARKERS_READ):  # fill bytes before a marker
-                    if len(head) < 2 or head[0] != 0xFF or head[1] != 0xFF:
-                        break
-                    head = head[1:] + fh.read(1)
-                if len(head) < 4 or head[0] != 0xFF or head[1] in (0xD9, 0xDA, 0xFF):
-                    return None  # the end, or a scan before any frame header
-                if 0xD0 <= head[1] <= 0xD7 or head[1] == 0x01:  # no length
-                    fh.seek(-2, os.SEEK_CUR)
-                    continue
-                length = int.from_bytes(head[2:4], "big")
-                if length < 2:
-                    return None
-                if head[1] in _SOF_MARKERS:
-                    return frame_subsampling(fh.read(length - 2))
-                fh.seek(length - 2, os.SEEK_CUR)
+            head = read_header(fh, until="frame")
     except OSError:
         return None
+    return None if head is None else head.subsampling
 
 
 def check_bit_depth(name: str, fmt: str, bit_depth: int) -> None:

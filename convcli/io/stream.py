@@ -21,6 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from convcli.budget import FileShape
+    from convcli.io.jpeg import JpegHeader
 
 
 @dataclass
@@ -46,6 +47,10 @@ class ImageInfo:
         Whether the last channel is alpha.
     notes : list of str
         What the decoder warned about that did not stop the read.
+    jpeg : JpegHeader or None
+        A JPEG's header where the reader parsed it (its chroma subsampling then needs
+        no second read of the file), else None; not compared (the same samples are
+        the same image however they were read).
     """
 
     height: int
@@ -57,6 +62,7 @@ class ImageInfo:
     mode: str
     has_alpha: bool
     notes: list[str] = field(default_factory=list)
+    jpeg: JpegHeader | None = field(default=None, compare=False)
 
 
 class Source(Protocol):
