@@ -1,6 +1,6 @@
 """``convcli apply`` (images or one zarr store) and ``convcli batch`` (a folder of
 images, locally or on Dask): each plans the files, checks the side files, then runs
-the plan (:func:`convcli.cli.run._run`).
+the plan (:func:`convcli.cli.run.run_plan`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from convcli.cli.group import cli
-from convcli.cli.messages import _conv_hint, _err, _limit_line, flag_for, safe_text
-from convcli.cli.options import _kernel_options, _not_empty, _setup
-from convcli.cli.run import _exit_code, _run
-from convcli.cli.sidefiles import _check_side_files, _kernel_files, _write_record
+from convcli.cli.messages import conv_hint, echo_line, flag_for, limit_line, safe_text
+from convcli.cli.options import build_run, kernel_options, not_empty
+from convcli.cli.run import exit_code_of, run_plan
+from convcli.cli.sidefiles import check_side_files, kernel_files, write_record_file
 from convcli.errors import ConvValueError, InputError, LimitError
 
 if TYPE_CHECKING:
@@ -58,13 +58,13 @@ def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", callback=_not_empty)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", callback=not_empty)
 @click.option(
     "-o",
     "--output",
     required=True,
     metavar="OUTPUT",
-    callback=_not_empty,
+    callback=not_empty,
     help="Output file for one input; a folder for several (created).",
 )
 @click.option(
@@ -73,7 +73,7 @@ def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
     help="Allow OUTPUT to be the input file itself (replaced atomically), and replace "
     "an existing --timings file.",
 )
-@_kernel_options
+@kernel_options
 @click.pass_context
 def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: bool, **opts):
     """Convolve INPUT image(s) and write OUTPUT.
@@ -84,14 +84,14 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     A zarr store as the one INPUT is convolved into a zarr store (-o NAME.zarr) as
     float32, chunk by chunk (needs convcli[dask]).
     """
-    filt, engine, out = _setup(opts, ctx)
+    filt, engine, out = build_run(opts, ctx)
     if len(inputs) == 1 and _is_zarr(inputs[0]):
         try:
             return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
         except LimitError as exc:
-            raise click.ClickException(_limit_line(exc, opts)) from None
+            raise click.ClickException(limit_line(exc, opts)) from None
         except ConvValueError as exc:
-            raise click.ClickException(str(exc) + _conv_hint(str(exc), opts)) from None
+            raise click.ClickException(str(exc) + conv_hint(str(exc), opts)) from None
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
@@ -105,23 +105,23 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
         )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
     _check_float_output(plan, opts["bit_depth"])
-    _check_side_files(
+    check_side_files(
         {"--timings": opts["timings"]},
-        inputs=[*inputs, *_kernel_files(opts)],
+        inputs=[*inputs, *kernel_files(opts)],
         outputs=[task.dst for task in plan.tasks],
         overwrite=overwrite,
         records=("--timings",),
     )
     label = Path(inputs[0]).name if len(inputs) == 1 else "images"
-    result, signum = _run(
+    result, signum = run_plan(
         plan, filt, engine, out, opts, existing="replace", label=label, overwrite=overwrite
     )
     for task in result.done:
         if not opts["quiet"]:
             click.echo(safe_text(task.dst))
     if result.interrupted or signum is not None:
-        _err(f"interrupted; {len(result.done)} of {len(inputs)} outputs written", "summary")
-    return _exit_code(result, signum)
+        echo_line(f"interrupted; {len(result.done)} of {len(inputs)} outputs written", "summary")
+    return exit_code_of(result, signum)
 
 
 # options about image files that have no meaning for a zarr store (written as float32)
@@ -170,8 +170,8 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
 
 
 @cli.command()
-@click.argument("in_dir", metavar="IN_DIR", callback=_not_empty)
-@click.argument("out_dir", metavar="OUT_DIR", callback=_not_empty)
+@click.argument("in_dir", metavar="IN_DIR", callback=not_empty)
+@click.argument("out_dir", metavar="OUT_DIR", callback=not_empty)
 @click.option("--recursive", "-r", is_flag=True, help="Include sub-folders, mirrored in OUT_DIR.")
 @click.option(
     "--glob", metavar="PAT", help="Input file pattern, e.g. '*.jpg' (default: every image suffix)."
@@ -190,7 +190,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
 @click.option(
     "--report",
     metavar="FILE.json",
-    callback=_not_empty,
+    callback=not_empty,
     help="Write counts and every failure (file + reason) as JSON (a new file; --overwrite "
     "replaces one).",
 )
@@ -210,7 +210,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
     help="With --dask: workers read inputs and write outputs themselves (they see the same "
     "paths); by default the bytes travel and outputs are written here.",
 )
-@_kernel_options
+@kernel_options
 @click.pass_context
 def batch(
     ctx: click.Context,
@@ -240,15 +240,15 @@ def batch(
             cbatch.check_pattern(glob)
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint="'--glob'") from None
-    filt, engine, out = _setup(opts, ctx)
+    filt, engine, out = build_run(opts, ctx)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
     _check_float_output(plan, opts["bit_depth"])
-    _check_side_files(
+    check_side_files(
         {"--report": report, "--timings": opts["timings"]},
         inputs=[
             *(task.src for task in plan.tasks),
             *(failure.path for failure in plan.refused),
-            *_kernel_files(opts),
+            *kernel_files(opts),
         ],
         outputs=[task.dst for task in plan.tasks],
         folders={"input folder": in_dir, "output folder": out_dir},
@@ -262,17 +262,17 @@ def batch(
         what = f"no files matching {glob!r}" if glob else "no images"
         deeper = not recursive and any(p.is_dir() for p in Path(in_dir).iterdir())
         hint = " (sub-folders are read with --recursive)" if deeper else ""
-        _err(f"{what} found in {in_dir}{hint}", "notice")
+        echo_line(f"{what} found in {in_dir}{hint}", "notice")
         if report:
-            _write_record(report, cbatch.BatchResult().summary(), overwrite=overwrite)
+            write_record_file(report, cbatch.BatchResult().summary(), overwrite=overwrite)
         return 0
-    result, signum = _run(
+    result, signum = run_plan(
         plan, filt, engine, out, opts, existing=existing, label="batch", overwrite=overwrite
     )
     result.notes[:0] = ctx.meta.get("convcli.notes", [])
     summary = result.summary()
     if report:
-        _write_record(report, summary, overwrite=overwrite)
+        write_record_file(report, summary, overwrite=overwrite)
     total = result.timings.get("total", 0.0)
     rate = len(result.done) / total if total > 0 else 0.0
     line = (
@@ -288,11 +288,11 @@ def batch(
     elif signum is not None:  # the signal came during the last image, which was finished
         line += "; interrupted during the last image, which was finished"
     if not opts["quiet"] or not result.ok or signum is not None:
-        _err(line, "summary")
+        echo_line(line, "summary")
     if not opts["quiet"]:  # a batch on Dask: what each worker did
         for worker in getattr(result, "worker_lines", list)():
-            _err(worker, "summary")
-    return _exit_code(result, signum)
+            echo_line(worker, "summary")
+    return exit_code_of(result, signum)
 
 
 def _dask_runner(address: str | None, shared_fs: bool) -> Callable[..., Any] | None:

@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from convcli.cli.group import cli
-from convcli.cli.messages import _console
-from convcli.cli.options import _not_empty
-from convcli.cli.sidefiles import _check_side_files, _write_text
+from convcli.cli.messages import rich_console
+from convcli.cli.options import not_empty
+from convcli.cli.sidefiles import check_side_files, write_text_file
 
 
 def _megapixels(text: str) -> list[float]:
@@ -96,11 +96,11 @@ def _cnn_networks() -> list[str]:
     "networks, e.g. resnet18,convnext_tiny (default: all).",
 )
 @click.option(
-    "--json", "json_file", metavar="FILE", callback=_not_empty,
+    "--json", "json_file", metavar="FILE", callback=not_empty,
     help="Write rows as JSON ('-': stdout).",
 )  # fmt: skip
 @click.option(
-    "--csv", "csv_file", metavar="FILE", callback=_not_empty,
+    "--csv", "csv_file", metavar="FILE", callback=not_empty,
     help="Write rows as CSV ('-': stdout).",
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace --json/--csv files that exist.")
@@ -166,10 +166,10 @@ def bench(
                 f"{', '.join(unknown) or repr(only)} not in {', '.join(known)}",
                 param_hint="--only",
             )
-    _check_side_files(
+    check_side_files(
         {"--json": json_file, "--csv": csv_file}, overwrite=overwrite, dash_is_stdout=True
     )
-    console = _console()
+    console = rich_console()
 
     def progress(*args: Any) -> None:
         if not quiet:
@@ -178,7 +178,7 @@ def bench(
     if suite == "cnn":
         from convcli.cli import bench_cnn
 
-        out = _console(stdout=True)
+        out = rich_console(stdout=True)
         return bench_cnn.run(
             backends,
             peers,
@@ -187,7 +187,7 @@ def bench(
             csv_file,
             progress,
             out,
-            write=lambda target, text: _write_text(target, text, overwrite=overwrite),
+            write=lambda target, text: write_text_file(target, text, overwrite=overwrite),
             networks=_csv_list(only) if only is not None else None,
         )
     if files:
@@ -212,7 +212,7 @@ def bench(
         if target == "-":
             click.echo(render(rows))
         elif target:
-            _write_text(target, render(rows), overwrite=overwrite)
+            write_text_file(target, render(rows), overwrite=overwrite)
     if "-" not in (json_file, csv_file):
         if files:
             _files_table(rows)
@@ -258,7 +258,7 @@ def _files_table(rows: list[Any]) -> None:
         "float64 result (peers: their own filters and encoders, a rough check)."
     )
     table.caption_justify = "left"
-    _console(stdout=True).print(table)
+    rich_console(stdout=True).print(table)
 
 
 def _files_targets_table(checks: list[Any]) -> None:
@@ -278,7 +278,7 @@ def _files_targets_table(checks: list[Any]) -> None:
             f"{c.value:.2f}",
             "yes" if c.met else "no",
         )
-    _console(stdout=True).print(table)
+    rich_console(stdout=True).print(table)
 
 
 def _bench_table(rows: list[Any]) -> None:
@@ -313,7 +313,7 @@ def _bench_table(rows: list[Any]) -> None:
         )
     table.caption = "; ".join(f"{w}: {d}" for w, d in described.items())
     table.caption_justify = "left"
-    _console(stdout=True).print(table)
+    rich_console(stdout=True).print(table)
 
 
 def _targets_table(checks: list[Any]) -> None:
@@ -336,4 +336,4 @@ def _targets_table(checks: list[Any]) -> None:
             f"{c.ratio_of_mins:.2f}",
             "yes" if c.met else "no",
         )
-    _console(stdout=True).print(table)
+    rich_console(stdout=True).print(table)

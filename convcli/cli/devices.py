@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from convcli.cli.group import cli
-from convcli.cli.messages import _console, _err
+from convcli.cli.messages import echo_line, rich_console
 
 
 @cli.command()
@@ -39,7 +39,7 @@ def devices(as_json: bool, check: bool) -> int:
         click.echo(json.dumps(records, indent=2))
         return _checks_exit(checks)
     if not found:
-        _err(f"{why}; convcli uses the NumPy backend", "notice")
+        echo_line(f"{why}; convcli uses the NumPy backend", "notice")
         return 0
     from rich.table import Table
 
@@ -70,10 +70,10 @@ def devices(as_json: bool, check: bool) -> int:
             verdict = "pass" if c.ok else "FAIL"
             row += [f"{verdict} {c.passed}/{c.total}", f"{c.build_seconds:.1f}"]
         table.add_row(*row)
-    _console(stdout=True).print(table)
+    rich_console(stdout=True).print(table)
     for c in checks.values():
         for failure in c.failures:
-            _err(f"device {c.index}: {failure}", "notice")
+            echo_line(f"device {c.index}: {failure}", "notice")
     return _checks_exit(checks)
 
 

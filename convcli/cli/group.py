@@ -14,7 +14,7 @@ import click
 
 from convcli import __version__
 from convcli import notes as cnotes
-from convcli.cli.messages import PROG, _err, _one_line, _print_warning
+from convcli.cli.messages import PROG, echo_line, one_line, report_warning
 from convcli.errors import ConvcliError
 
 _DEBUG_HINT = " (set CONVCLI_DEBUG=1 to see the traceback)"
@@ -29,26 +29,26 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            with cnotes.collect(_print_warning, every_thread=True):
+            with cnotes.collect(report_warning, every_thread=True):
                 rv = super().main(args, prog_name or PROG, complete_var, False, **extra)
         except _NO_ARGS_IS_HELP as exc:  # bare `convcli` / `convcli presets`: the help
             click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
             sys.exit(0)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            _err(_one_line(exc.format_message()) + hint)
+            echo_line(one_line(exc.format_message()) + hint)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            _err(_one_line(exc.format_message()))
+            echo_line(one_line(exc.format_message()))
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
-            _err("aborted")
+            echo_line("aborted")
             sys.exit(130)
-        except ConvcliError as exc:  # one line: _err escapes a newline in a file name
-            _err(str(exc).strip())
+        except ConvcliError as exc:  # one line: echo_line escapes a newline in a file name
+            echo_line(str(exc).strip())
             sys.exit(1)
         except KeyboardInterrupt:
-            _err("interrupted")
+            echo_line("interrupted")
             sys.exit(130)
         except BrokenPipeError:  # `convcli presets list | head`: the reader left, no fuss
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -56,12 +56,12 @@ class _Group(click.Group):
             sys.exit(1)
         except OSError as exc:  # e.g. --timings into a folder we cannot write
             name = f"{exc.filename}: " if exc.filename else ""
-            _err(f"{name}{_one_line(exc.strerror or exc)}")
+            echo_line(f"{name}{one_line(exc.strerror or exc)}")
             sys.exit(1)
         except Exception as exc:  # a bug: still one line, the traceback on request
             if os.environ.get("CONVCLI_DEBUG"):
                 raise
-            _err(_one_line(f"internal error: {type(exc).__name__}: {exc}") + _DEBUG_HINT)
+            echo_line(one_line(f"internal error: {type(exc).__name__}: {exc}") + _DEBUG_HINT)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -25,7 +25,7 @@ else:
 PROG = "convcli"
 
 
-def _console(stdout: bool = False):
+def rich_console(stdout: bool = False):
     """A rich console on stderr or stdout, looked up at call time (CliRunner swaps them).
 
     Piped output gets a wide virtual terminal so tables are not folded at 80 columns.
@@ -62,7 +62,7 @@ def safe_text(text: object) -> str:
     return _UNSAFE.sub(_escape, str(text))
 
 
-def _line(message: object, kind: str = "error") -> str:
+def message_line(message: object, kind: str = "error") -> str:
     return f"{PROG}: {kind}: {safe_text(cli_words(str(message)))}"
 
 
@@ -109,25 +109,25 @@ def cli_words(text: str) -> str:
     return _KEYWORD.sub(spell, text)
 
 
-def _err(message: object, kind: str = "error") -> None:
-    click.echo(_line(message, kind), err=True)
+def echo_line(message: object, kind: str = "error") -> None:
+    click.echo(message_line(message, kind), err=True)
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _print_warning(w: Any) -> None:
+def report_warning(w: Any) -> None:
     """A library warning raised outside any file's collector: still one convcli line."""
-    _err(cnotes.text(w), "warning")
+    echo_line(cnotes.text(w), "warning")
 
 
-def _preset_warnings(kind: str = "warning") -> None:
+def report_preset_warnings(kind: str = "warning") -> None:
     """One line per user preset file (CONVCLI_PRESET_PATH) that could not be loaded."""
     from convcli import presets as cpresets
 
     for line in cpresets.preset_errors():
-        _err(_one_line(line) + " (left out of the presets)", kind)
+        echo_line(one_line(line) + " (left out of the presets)", kind)
 
 
 def _size_text(n: int) -> str:
@@ -151,7 +151,7 @@ def _option_text(argument: str, opts: dict[str, Any], fallback: object = None) -
     return flag_for(argument, value if value is not None else fallback)
 
 
-def _limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
+def limit_line(exc: LimitError, opts: dict[str, Any]) -> str:
     """A library limit refusal with the option to change spelled as a flag."""
     if exc.argument is None:
         return exc.render()
@@ -177,7 +177,7 @@ _CONV_MESSAGES = (
 )
 
 
-def _conv_hint(message: str, opts: dict[str, Any]) -> str:
+def conv_hint(message: str, opts: dict[str, Any]) -> str:
     """`` (--groups 3)``: the options a convolution's refusal (:data:`_CONV_MESSAGES`) is
     about, as given (``(see --groups)`` when none was); empty for other messages."""
     for pattern, arguments in _CONV_MESSAGES:

@@ -1,6 +1,6 @@
 """The options the commands share and what they turn into: the value parsers
 (``parse_bytes`` and peers, as click callbacks), the kernel and output options of
-``apply`` and ``batch`` (one decorator), and :func:`_setup`, which builds the
+``apply`` and ``batch`` (one decorator), and :func:`build_run`, which builds the
 filter, engine and output of a run before any file is read.
 """
 
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from convcli.cli.messages import (
-    _conv_hint,
-    _err,
-    _limit_line,
-    _preset_warnings,
+    conv_hint,
+    echo_line,
+    limit_line,
+    report_preset_warnings,
 )
 from convcli.errors import ConvValueError, LimitError
 from convcli.names import ALGOS, DEFAULT_MAX_PIXELS, PADDING_MODES
@@ -42,7 +42,7 @@ FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp", "npy")
 DEFAULT_PADDING_MODE = "replicate"
 
 
-def _not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+def not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Refuse an empty path: Path('') is '.', so `-o ""` wrote into the current folder
     and `batch "" out` filtered every image there."""
     for v in value if isinstance(value, tuple) else (value,):
@@ -176,7 +176,7 @@ def build_filter(
     return cfilters.Filter.from_file(weights, key=key, notes=notes, **options)
 
 
-def _kernel_options(f: Callable) -> Callable:
+def kernel_options(f: Callable) -> Callable:
     options = [
         click.option(
             "--preset",
@@ -193,7 +193,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--weights",
             metavar="FILE",
-            callback=_not_empty,
+            callback=not_empty,
             help="Weight file: .npy, .npz (weight, bias), .safetensors, .pt, text or "
             "JSON. 2-D = one kernel for every channel; 4-D = torch layout.",
         ),
@@ -364,7 +364,7 @@ def _kernel_options(f: Callable) -> Callable:
         click.option(
             "--timings",
             metavar="FILE.json",
-            callback=_not_empty,
+            callback=not_empty,
             help="Write the timing summary as JSON (a new file; --overwrite replaces one).",
         ),
         click.option(
@@ -397,23 +397,23 @@ _FILTER_KEYS = (
 )
 
 
-def _setup(opts: dict[str, Any], ctx: click.Context):
+def build_run(opts: dict[str, Any], ctx: click.Context):
     """Options -> (Filter, Engine, Output); argument mistakes fail before any file is read."""
     notes: list[str] = []
     filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS}, notes=notes)
     # (file, note) pairs for --report; shown now, even with -q, like a file's notes
     ctx.meta["convcli.notes"] = [(Path(opts["weights"]), n) for n in notes]
     for note in notes:
-        _err(f"{opts['weights']}: {note}", "warning")
+        echo_line(f"{opts['weights']}: {note}", "warning")
     try:
         filt.check(max_memory=opts["max_memory"], max_pixels=opts["max_pixels"], budget=True)
     except LimitError as exc:
-        raise click.ClickException(_limit_line(exc, opts)) from None
+        raise click.ClickException(limit_line(exc, opts)) from None
     except ConvValueError as exc:
-        raise click.ClickException(str(exc) + _conv_hint(str(exc), opts)) from None
+        raise click.ClickException(str(exc) + conv_hint(str(exc), opts)) from None
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
-        _preset_warnings("notice")
+        report_preset_warnings("notice")
     engine = cbatch.Engine(
         backend=opts["backend"],
         device=opts["device"],

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from convcli.cli.group import cli
-from convcli.cli.messages import _console, _preset_warnings, cli_words, safe_text
-from convcli.cli.options import _not_empty
-from convcli.cli.sidefiles import _check_side_files, _preset_file, _write_json, _write_text
+from convcli.cli.messages import cli_words, report_preset_warnings, rich_console, safe_text
+from convcli.cli.options import not_empty
+from convcli.cli.sidefiles import check_side_files, preset_file_of, write_json_file, write_text_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,7 +42,7 @@ def presets_list(as_json: bool) -> None:
     from convcli import presets as cpresets
 
     items = cpresets.list_presets()
-    _preset_warnings()
+    report_preset_warnings()
     if as_json:
         click.echo(json.dumps([_preset_record(p) for p in items], indent=2))
         return
@@ -54,7 +54,7 @@ def presets_list(as_json: bool) -> None:
     for p in items:
         rec = _preset_record(p)
         table.add_row(rec["name"], rec["size"], _params_text(p.params), rec["description"])
-    _console(stdout=True).print(table)
+    rich_console(stdout=True).print(table)
 
 
 def _params_text(params: Any) -> str:
@@ -141,7 +141,7 @@ def presets_show(spec: str, as_json: bool) -> None:
     "--output",
     required=True,
     metavar="FILE",
-    callback=_not_empty,
+    callback=not_empty,
     help="weights.npy (2-D float32), .npz (weight), .json or .txt.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
@@ -151,8 +151,8 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".json", ".txt"):
         raise click.UsageError(f"{output}: use a .npy, .npz, .json or .txt file")
-    preset_file = _preset_file(spec)
-    _check_side_files(
+    preset_file = preset_file_of(spec)
+    check_side_files(
         {"-o": output}, inputs=[preset_file] if preset_file else [], overwrite=overwrite
     )
     # the kernel --preset uses, refused as --preset refuses it (a value past float32
@@ -169,8 +169,8 @@ def presets_export(spec: str, output: str, overwrite: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         cpublish.publish(path, save, mode="replace" if overwrite else "create")
     elif suffix == ".json":
-        _write_json(path, k.astype(np.float64).tolist(), overwrite=overwrite)
+        write_json_file(path, k.astype(np.float64).tolist(), overwrite=overwrite)
     else:
         text = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in k) + "\n"
-        _write_text(path, text, overwrite=overwrite)
+        write_text_file(path, text, overwrite=overwrite)
     click.echo(safe_text(path))

@@ -18,15 +18,15 @@ import click
 
 from convcli.cli.messages import (
     PROG,
-    _console,
-    _conv_hint,
-    _err,
-    _limit_line,
-    _line,
-    _one_line,
+    conv_hint,
+    echo_line,
+    limit_line,
+    message_line,
+    one_line,
+    rich_console,
     safe_text,
 )
-from convcli.cli.sidefiles import _write_record
+from convcli.cli.sidefiles import write_record_file
 from convcli.errors import ConvValueError, LimitError
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class _PlainConsole:
 
 class _NoProgress:
     """A progress bar that is never shown (``-q``, or stderr is not a terminal): the
-    interface :func:`_run` uses, without importing rich (about 40 ms of start-up)."""
+    interface :func:`run_plan` uses, without importing rich (about 40 ms of start-up)."""
 
     console = _PlainConsole()
 
@@ -128,7 +128,7 @@ def _progress(total: int, quiet: bool):
         TimeRemainingColumn,
     )
 
-    console = _console()
+    console = rich_console()
     # One image: the bar counts output rows, which conv2d reports as the tiles of a
     # large image finish (a small image is one step); several: the bar counts images.
     columns = [
@@ -148,7 +148,7 @@ def _progress(total: int, quiet: bool):
     )
 
 
-def _run(
+def run_plan(
     plan: cbatch.Plan,
     filt: cbatch.Filter,
     engine: cbatch.Engine,
@@ -162,7 +162,7 @@ def _run(
     """Run the plan with progress, signals and the summary; returns (result, signal).
 
     ``overwrite``: an existing ``--timings`` file may be replaced (checked before by
-    :func:`~convcli.cli.sidefiles._check_side_files`; the write itself creates the file
+    :func:`~convcli.cli.sidefiles.check_side_files`; the write itself creates the file
     only if it is absent).
     """
     quiet = opts["quiet"]
@@ -171,7 +171,7 @@ def _run(
     progress = _progress(len(plan.tasks), quiet)
     single = len(plan.tasks) == 1
     for failure in plan.refused:
-        _err(failure.line())
+        echo_line(failure.line())
     repeats: dict[str, int] = {}  # note text -> files that had it
     with progress:
         bar = progress.add_task(label, total=len(plan.tasks))
@@ -181,26 +181,26 @@ def _run(
             if event.kind == "failed" and event.reason:
                 reason = event.reason
                 if isinstance(event.error, LimitError):
-                    reason = _limit_line(event.error, opts)
+                    reason = limit_line(event.error, opts)
                     if event.error.name is None:
                         reason = f"{event.task.src}: {reason}"
                 elif event.error is None or isinstance(event.error, ConvValueError):
                     # run_tasks reports a failed convolution by its reason text alone
-                    reason += _conv_hint(reason, opts)
+                    reason += conv_hint(reason, opts)
                 progress.console.print(
-                    _line(reason), markup=False, highlight=False, emoji=False, soft_wrap=True
+                    message_line(reason), markup=False, highlight=False, emoji=False, soft_wrap=True
                 )
             # remarks about a file's result (read at 8 bits, alpha dropped) show even
             # with -q: the output differs from what the user may expect. A remark that
             # recurs (the same kernel on every RGBA file) prints for the first few
             # files, then is counted; the --report keeps every file's notes.
             for note in event.notes:
-                text = _one_line(note)
+                text = one_line(note)
                 repeats[text] = repeats.get(text, 0) + 1
                 if repeats[text] > _NOTE_REPEATS:
                     continue
                 progress.console.print(
-                    _line(f"{event.task.src}: {text}", "warning"),
+                    message_line(f"{event.task.src}: {text}", "warning"),
                     markup=False,
                     emoji=False,
                     highlight=False,
@@ -238,7 +238,7 @@ def _run(
                 )
         except KeyboardInterrupt:  # a second signal: stop now (writes are atomic)
             progress.stop()
-            _err(
+            echo_line(
                 "aborted; outputs already written are complete, no partial file "
                 "(rerun with --skip-existing to finish)",
                 "summary",
@@ -250,18 +250,18 @@ def _run(
         if count > _NOTE_REPEATS:
             more = count - _NOTE_REPEATS
             files = "file" if more == 1 else "files"
-            _err(f"the same for {more} more {files}: {text}", "warning")
+            echo_line(f"the same for {more} more {files}: {text}", "warning")
     # notices say the run went differently than asked (an OpenCL fault, NumPy used):
     # shown even with -q, which silences only what the user asked to see
     for note in result.info.notices:
-        _err(_one_line(note), "notice")
+        echo_line(one_line(note), "notice")
     if result.fatal:
-        _err(result.fatal)
+        echo_line(result.fatal)
     # the table is for runs that did something; an error stays the only line
     if not quiet and result.done and (len(plan.tasks) > 1 or not result.failed):
         _timing_table(result)
     if opts["timings"]:
-        _write_record(opts["timings"], _timings_record(result), overwrite=overwrite)
+        write_record_file(opts["timings"], _timings_record(result), overwrite=overwrite)
     return result, (received[0] if received else None)
 
 
@@ -305,14 +305,14 @@ def _timing_table(result: cbatch.BatchResult) -> None:
     table.add_row("GFLOP/s", "-" if gfs is None else f"{gfs:.2f}")
     if result.info.tiles > max(1, len(result.done)):
         table.add_row("tiles", str(result.info.tiles))
-    console = _console()
+    console = rich_console()
     console.print(table)
     # long device names go below the table so the numbers stay in a narrow column
     where = f"backend {s['backend'] or '-'}, device {s['device'] or '-'}, algo {s['algo'] or '-'}"
     console.print(f" {where}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _exit_code(result: cbatch.BatchResult, signum: int | None) -> int:
+def exit_code_of(result: cbatch.BatchResult, signum: int | None) -> int:
     """128 + the signal when SIGINT/SIGTERM/SIGHUP arrived, even during the last image (which
     is still finished and written): the caller asked to stop and must be able to tell."""
     if signum is not None:

@@ -1,7 +1,7 @@
 """Side files: the ``--report``, ``--timings``, ``--json``/``--csv`` and kernel
 (``presets export -o``) files a command writes beside its outputs. They follow the
-outputs' rules, checked before any work (:func:`_check_side_files`), and are published
-in one step (:func:`_write_text`), so a refusal or a failure leaves no half-written or
+outputs' rules, checked before any work (:func:`check_side_files`), and are published
+in one step (:func:`write_text_file`), so a refusal or a failure leaves no half-written or
 clobbered file.
 """
 
@@ -23,7 +23,7 @@ else:
     cpublish = OnFirstUse("convcli.io.publish")
 
 
-def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
+def write_text_file(path: str | Path, text: str, *, overwrite: bool) -> None:
     """Publish a side file (report, timings, rows, kernel) in one step: created when
     absent, replaced only with ``overwrite`` (see :func:`convcli.io.publish.publish`)."""
     path = Path(path)
@@ -31,8 +31,8 @@ def _write_text(path: str | Path, text: str, *, overwrite: bool) -> None:
     cpublish.write_bytes(path, text.encode("utf-8"), mode="replace" if overwrite else "create")
 
 
-def _write_json(path: str | Path, data: object, *, overwrite: bool) -> None:
-    _write_text(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
+def write_json_file(path: str | Path, data: object, *, overwrite: bool) -> None:
+    write_text_file(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
 
 
 # keys every --report and --timings record holds (BatchResult.summary, _timings_record)
@@ -56,19 +56,19 @@ def _is_own_record(path: str | Path) -> bool:
     return isinstance(data, dict) and data.keys() >= _RECORD_KEYS
 
 
-def _write_record(path: str | Path, data: object, *, overwrite: bool) -> None:
-    """A --report or --timings record: replaces an earlier record, else as _write_json."""
-    _write_json(path, data, overwrite=overwrite or _is_own_record(path))
+def write_record_file(path: str | Path, data: object, *, overwrite: bool) -> None:
+    """A --report or --timings record: replaces an earlier record, else as write_json_file."""
+    write_json_file(path, data, overwrite=overwrite or _is_own_record(path))
 
 
-def _kernel_files(opts: dict[str, Any]) -> list[Path]:
+def kernel_files(opts: dict[str, Any]) -> list[Path]:
     """The files the kernel options read (inputs of the run, like the images)."""
     files = [Path(opts["weights"])] if opts.get("weights") else []
-    preset_file = _preset_file(opts.get("preset"))
+    preset_file = preset_file_of(opts.get("preset"))
     return files + ([preset_file] if preset_file else [])
 
 
-def _preset_file(spec: str | None) -> Path | None:
+def preset_file_of(spec: str | None) -> Path | None:
     """The TOML file a ``--preset`` reads, if any (the rule of presets.get_preset)."""
     if not spec:
         return None
@@ -78,7 +78,7 @@ def _preset_file(spec: str | None) -> Path | None:
     return None
 
 
-def _check_side_files(
+def check_side_files(
     files: dict[str, str | None],
     *,
     inputs: Iterable[str | os.PathLike[str]] = (),
