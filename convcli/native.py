@@ -50,9 +50,10 @@ CL_LOCAL = (64, 1)
 # Rank-1 kernels at stride 1 along rows run both passes in one launch through local
 # memory (native_filter_fused): the two-launch path's float intermediate, 12 MB for a
 # megapixel RGB image, went out to memory and back (2.9 -> 1.9 ms of CPU for a 5x5
-# binomial on 1000x1000x3). False: the two launches (kept for comparison and for
-# strides > 1).
+# binomial on 1000x1000x3). False: the two launches (kept for comparison, and for
+# column strides > 1 and halos whose rows of sums exceed CL_FUSED_LOCAL_BYTES).
 CL_FUSED = True
+CL_FUSED_LOCAL_BYTES = 32 * 1024
 # Float values per row of a NumPy block (x channels: the staging rows of one column
 # tile) and output rows per block: a block's float32 staging stays within L2.
 NUMPY_TILE_VALUES = 4096
@@ -566,6 +567,7 @@ def _defines(plan: _Plan) -> dict[str, int | str]:
         "ROWS": CL_ROWS_V if _cl_separable(plan) else CL_ROWS,
         "XV": CL_XV,
         "SEPARABLE": int(_cl_separable(plan)),
+        "FUSED": int(_cl_fused(plan)),
         "LX": CL_LOCAL[0],
     }
 
@@ -609,7 +611,7 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
         bias_top = f32(plan.bias_top)
         rows = defines["ROWS"]
         groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
-        if _cl_fused(plan, be.limits.local_mem_bytes):
+        if _cl_fused(plan):
             events = [_enqueue_fused(be, plan, defines, strip, mapped, xbuf, obuf, info)]
         elif _cl_separable(plan):
             v_name = "native_filter_vmap" if mapped else "native_filter_v"
@@ -688,15 +690,16 @@ def _fused_local_bytes(plan: _Plan) -> int:
     return 4 * CL_ROWS_V * (8 * CL_LOCAL[0] + 8 * -(-halo // 8))
 
 
-def _cl_fused(plan: _Plan, local_mem_bytes: int) -> bool:
+def _cl_fused(plan: _Plan) -> bool:
     """Both passes of a two-pass plan in one launch: stride 1 along rows (the horizontal
     sums of a tile are then the tile's own vertical sums and a halo after them) and a
-    work-group's rows of sums within the device's local memory."""
+    work-group's rows of sums within the 32 KiB of local memory every OpenCL device has
+    (so the program's defines need no device)."""
     return (
         CL_FUSED
         and _cl_separable(plan)
         and plan.sw == 1
-        and _fused_local_bytes(plan) <= local_mem_bytes
+        and _fused_local_bytes(plan) <= CL_FUSED_LOCAL_BYTES
     )
 
 

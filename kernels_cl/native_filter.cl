@@ -3,9 +3,12 @@
  * cross-correlation (one 2-D kernel for every channel), the output mapping and the
  * rounding all happen here, so the host moves 1-2 bytes per sample each way.
  *
- * Four kernels; SEPARABLE=1 builds the first three, SEPARABLE=0 the fourth (a build
- * compiles only what it runs: the unrolled direct kernel of a 23x23 Gaussian alone
- * took seconds to compile):
+ * Five kernels; a build compiles only what it runs (the unrolled direct kernel of a
+ * 23x23 Gaussian alone took seconds to compile; each kernel more costs PoCL's cached
+ * build time in every process): SEPARABLE=1 FUSED=1 builds the first, SEPARABLE=1
+ * FUSED=0 the next three, SEPARABLE=0 the last:
+ *   native_filter_fused   both passes of a rank-1 kernel in one launch (stride 1 along
+ *                         rows), through local memory, reading like native_filter_vmap
  *   native_filter_v       vertical pass of a rank-1 kernel: native in -> float tmp
  *   native_filter_vmap    the same from the unpadded image through the padding's row
  *                         and column maps (no padded copy on the host)
@@ -67,6 +70,9 @@
 #endif
 #ifndef SEPARABLE
 #error "-D SEPARABLE=0|1 is required (set by the host)"
+#endif
+#ifndef FUSED
+#error "-D FUSED=0|1 is required (set by the host)"
 #endif
 
 typedef IN_T in8 __attribute__((ext_vector_type(8), aligned(1)));
@@ -207,6 +213,8 @@ ALWAYS_INLINE void vertical_mapped(float8 *acc, __global const IN_T *x,
     }
 }
 
+#if !FUSED
+
 /* Store ROWS vertical sums of values q .. q+7 (full: 8 whole values). */
 ALWAYS_INLINE void store_v(__global float *tmp, const float8 *acc, int y0, int q,
                            const int rows_out, const int n_in, const int t_pitch,
@@ -288,6 +296,54 @@ __kernel void native_filter_vmap(__global const IN_T *restrict x,
         store_v(tmp, acc, y0, q, rows_out, n_in, t_pitch, false);
 }
 
+/* Horizontal sum of output values q .. q+7 (full: stride 1 and 8 whole values). */
+ALWAYS_INLINE float8 horizontal(__global const float *tr, const float *t, int q,
+                                const int n_out, const bool full) {
+    float8 acc = (float8)(0.0f);
+#pragma unroll
+    for (int j = 0; j < KW; ++j)
+        acc += t[j] * (full ? LDF(tr + q + j * TAPSTEP) : gather_f(tr, q, j * TAPSTEP, n_out));
+    return acc;
+}
+
+__kernel void native_filter_h(__global const float *restrict tmp, __global const float *restrict taps,
+                              __global OUT_T *restrict out, const int rows_out,
+                              const int t_pitch, const int n_out, const int o_pitch,
+                              const float bias_top, const float top) {
+    const int q0 = get_global_id(0) * (8 * XV);
+    const int r = get_global_id(1);
+    if (q0 >= n_out || r >= rows_out) return;
+    __global const float *tr = tmp + (size_t)r * t_pitch;
+    __global OUT_T *orow = out + (size_t)r * o_pitch;
+    float t[KW];
+#pragma unroll
+    for (int j = 0; j < KW; ++j) t[j] = taps[j];
+    if (SW == 1 && q0 + 8 * XV <= n_out) {
+        /* XV independent chains: one chain of KW dependent multiply-adds ran at the
+         * adder's latency, half the speed */
+        float8 acc[XV];
+#pragma unroll
+        for (int v = 0; v < XV; ++v) acc[v] = (float8)(0.0f);
+#pragma unroll
+        for (int j = 0; j < KW; ++j) {
+#pragma unroll
+            for (int v = 0; v < XV; ++v) acc[v] += t[j] * LDF(tr + q0 + 8 * v + j * TAPSTEP);
+        }
+#pragma unroll
+        for (int v = 0; v < XV; ++v)
+            store_levels(orow + q0 + 8 * v, acc[v], bias_top, top, q0 + 8 * v, n_out, true);
+        return;
+    }
+    for (int v = 0; v < XV; ++v) {
+        const int q = q0 + 8 * v;
+        if (q >= n_out) break;
+        store_levels(orow + q, horizontal(tr, t, q, n_out, false), bias_top, top, q, n_out,
+                     false);
+    }
+}
+
+#else /* FUSED */
+
 /* Both passes in one launch (stride 1 along rows only): a work-group of LX items takes
  * TILE = 8 * LX output values of ROWS output rows. Each item puts the vertical sums of
  * its 8 values (and the first HALO_V items those of the HALO values after the tile that
@@ -297,6 +353,9 @@ __kernel void native_filter_vmap(__global const IN_T *restrict x,
  * megapixel 12 MB, beyond L2, most of the filter's time). The sums are those of
  * native_filter_vmap then native_filter_h, bit for bit (the same operations in the same
  * order). x and its maps as for native_filter_vmap (a padded strip: identity maps). */
+#ifndef LX
+#error "-D LX=... (the work-group size wanted) is required (set by the host)"
+#endif
 #define TILE (8 * LX)
 #define HALO ((KW - 1) * TAPSTEP)
 #define HALO_V ((HALO + 7) / 8)
@@ -381,51 +440,7 @@ __kernel void native_filter_fused(__global const IN_T *restrict x,
     }
 }
 
-/* Horizontal sum of output values q .. q+7 (full: stride 1 and 8 whole values). */
-ALWAYS_INLINE float8 horizontal(__global const float *tr, const float *t, int q,
-                                const int n_out, const bool full) {
-    float8 acc = (float8)(0.0f);
-#pragma unroll
-    for (int j = 0; j < KW; ++j)
-        acc += t[j] * (full ? LDF(tr + q + j * TAPSTEP) : gather_f(tr, q, j * TAPSTEP, n_out));
-    return acc;
-}
-
-__kernel void native_filter_h(__global const float *restrict tmp, __global const float *restrict taps,
-                              __global OUT_T *restrict out, const int rows_out,
-                              const int t_pitch, const int n_out, const int o_pitch,
-                              const float bias_top, const float top) {
-    const int q0 = get_global_id(0) * (8 * XV);
-    const int r = get_global_id(1);
-    if (q0 >= n_out || r >= rows_out) return;
-    __global const float *tr = tmp + (size_t)r * t_pitch;
-    __global OUT_T *orow = out + (size_t)r * o_pitch;
-    float t[KW];
-#pragma unroll
-    for (int j = 0; j < KW; ++j) t[j] = taps[j];
-    if (SW == 1 && q0 + 8 * XV <= n_out) {
-        /* XV independent chains: one chain of KW dependent multiply-adds ran at the
-         * adder's latency, half the speed */
-        float8 acc[XV];
-#pragma unroll
-        for (int v = 0; v < XV; ++v) acc[v] = (float8)(0.0f);
-#pragma unroll
-        for (int j = 0; j < KW; ++j) {
-#pragma unroll
-            for (int v = 0; v < XV; ++v) acc[v] += t[j] * LDF(tr + q0 + 8 * v + j * TAPSTEP);
-        }
-#pragma unroll
-        for (int v = 0; v < XV; ++v)
-            store_levels(orow + q0 + 8 * v, acc[v], bias_top, top, q0 + 8 * v, n_out, true);
-        return;
-    }
-    for (int v = 0; v < XV; ++v) {
-        const int q = q0 + 8 * v;
-        if (q >= n_out) break;
-        store_levels(orow + q, horizontal(tr, t, q, n_out, false), bias_top, top, q, n_out,
-                     false);
-    }
-}
+#endif /* FUSED */
 
 #else /* SEPARABLE */
 

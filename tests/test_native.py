@@ -411,24 +411,26 @@ def test_fused_two_pass_matches_two_launches_and_float64(monkeypatch, dtype):
     """native_filter_fused (both passes in one launch, the vertical sums in local
     memory) gives the two-launch path's levels bit for bit and the float64 result's
     within one level: padded strips and unpadded images read through the maps, ragged
-    ends, images narrower than a work-group's tile or than the kernel's halo, a halo of
-    more vectors than a work-group has items (23 taps at dilation 8 on 4 channels: 88),
-    row strides and dilations, and every output map."""
+    ends, images narrower than a work-group's tile or than the kernel's halo, the
+    largest halo that fits (17 taps at dilation 8 on 4 channels: 64 vectors, as many as
+    a work-group has items) and one past it (the two launches then), row strides and
+    dilations, and every output map."""
     names = _kernel_names(monkeypatch, "opencl")
     top = float(np.iinfo(dtype).max)
     rng = np.random.default_rng(11)
     k7 = KERNELS["gaussian"]
-    k23 = np.outer(np.hanning(25)[1:-1], np.hanning(25)[1:-1] * 0.5)
-    k23 /= k23.sum()
+    k17 = np.outer(np.hanning(19)[1:-1], np.hanning(19)[1:-1] * 0.5)
+    k17 /= k17.sum()
     cases = [
-        # (rows, cols, channels), kernel, stride, dilation, map, pad
-        ((40, 700, 3), k7, (1, 1), (1, 1), "clip", (3, 3, 3, 3)),
-        ((9, 5, 1), k7, (1, 1), (1, 1), "clip", (3, 3, 3, 3)),
-        ((33, 171, 4), KERNELS["box"], (2, 1), (1, 2), "abs", (4, 0, 1, 7)),
-        ((17, 180, 4), k23, (1, 1), (1, 8), "offset", (11, 11, 88, 88)),
-        ((30, 64, 2), k7, (3, 1), (2, 1), "clip", None),
+        # (rows, cols, channels), kernel, stride, dilation, map, pad, fused
+        ((40, 700, 3), k7, (1, 1), (1, 1), "clip", (3, 3, 3, 3), True),
+        ((9, 5, 1), k7, (1, 1), (1, 1), "clip", (3, 3, 3, 3), True),
+        ((33, 171, 4), KERNELS["box"], (2, 1), (1, 2), "abs", (4, 0, 1, 7), True),
+        ((17, 150, 4), k17, (1, 1), (1, 8), "offset", (8, 8, 64, 64), True),
+        ((9, 150, 4), k17, (1, 1), (1, 9), "clip", (8, 8, 72, 72), False),
+        ((30, 64, 2), k7, (3, 1), (2, 1), "clip", None, True),
     ]
-    for shape, kernel, stride, dilation, out_map, pad in cases:
+    for shape, kernel, stride, dilation, out_map, pad, fusable in cases:
         image, _ = _strip(shape, dtype, seed=int(rng.integers(1000)))
         scale, bias = (1.5, -0.3) if out_map == "abs" else (1.0, 0.0)
         kw = dict(top=top, kernel=kernel, stride=stride, dilation=dilation, out_map=out_map,
@@ -444,7 +446,7 @@ def test_fused_two_pass_matches_two_launches_and_float64(monkeypatch, dtype):
                 got = filter_strip(padded, **kw)
             else:
                 got = filter_strip(image, pad=pad, padding_mode="reflect", **kw)
-            assert ("native_filter_fused" in names) == fused, (shape, names)
+            assert ("native_filter_fused" in names) == (fused and fusable), (shape, names)
             check(got, want, int(top))
             runs.append(got)
         assert np.array_equal(runs[0], runs[1]), shape
