@@ -47,6 +47,13 @@ CL_ROWS_V = 8
 CL_ROWS = 4
 CL_XV = 4
 CL_LOCAL = (64, 1)
+# Rank-1 kernels at stride 1 along rows run both passes in one launch through local
+# memory (native_filter_fused): the two-launch path's float intermediate, 12 MB for a
+# megapixel RGB image, went out to memory and back (2.9 -> 1.9 ms of CPU for a 5x5
+# binomial on 1000x1000x3). False: the two launches (kept for comparison, and for
+# column strides > 1 and halos whose rows of sums exceed CL_FUSED_LOCAL_BYTES).
+CL_FUSED = True
+CL_FUSED_LOCAL_BYTES = 32 * 1024
 # Float values per row of a NumPy block (x channels: the staging rows of one column
 # tile) and output rows per block: a block's float32 staging stays within L2.
 NUMPY_TILE_VALUES = 4096
@@ -560,6 +567,8 @@ def _defines(plan: _Plan) -> dict[str, int | str]:
         "ROWS": CL_ROWS_V if _cl_separable(plan) else CL_ROWS,
         "XV": CL_XV,
         "SEPARABLE": int(_cl_separable(plan)),
+        "FUSED": int(_cl_fused(plan)),
+        "LX": CL_LOCAL[0],
     }
 
 
@@ -602,7 +611,9 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
         bias_top = f32(plan.bias_top)
         rows = defines["ROWS"]
         groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
-        if _cl_separable(plan):
+        if _cl_fused(plan):
+            events = [_enqueue_fused(be, plan, defines, strip, mapped, xbuf, obuf, info)]
+        elif _cl_separable(plan):
             v_name = "native_filter_vmap" if mapped else "native_filter_v"
             kv_ = be.kernel("native_filter", defines, info, kernel_name=v_name)
             kh_ = be.kernel("native_filter", defines, info, kernel_name="native_filter_h")
@@ -670,6 +681,62 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
             info.timings["compute"] = info.timings.get("compute", 0.0) + be.event_seconds(ev)
     del strip  # the wrapped input must outlive the kernels: it did, fetch waited
     return result
+
+
+def _fused_local_bytes(plan: _Plan) -> int:
+    """Local memory of a native_filter_fused work-group: ROWS rows of vertical sums, a
+    tile of 8 * LX values and the horizontal taps' reach after it in whole float8s."""
+    halo = (plan.kw - 1) * plan.dw * plan.c
+    return 4 * CL_ROWS_V * (8 * CL_LOCAL[0] + 8 * -(-halo // 8))
+
+
+def _cl_fused(plan: _Plan) -> bool:
+    """Both passes of a two-pass plan in one launch: stride 1 along rows (the horizontal
+    sums of a tile are then the tile's own vertical sums and a halo after them) and a
+    work-group's rows of sums within the 32 KiB of local memory every OpenCL device has
+    (so the program's defines need no device)."""
+    return (
+        CL_FUSED
+        and _cl_separable(plan)
+        and plan.sw == 1
+        and _fused_local_bytes(plan) <= CL_FUSED_LOCAL_BYTES
+    )
+
+
+def _enqueue_fused(
+    be: Any,
+    plan: _Plan,
+    defines: dict,
+    strip: np.ndarray,
+    mapped: bool,
+    xbuf: Any,
+    obuf: Any,
+    info: RunInfo,
+) -> Any:
+    """Launch native_filter_fused on ``strip`` (the unpadded image when ``mapped``, else
+    the padded strip, read through identity maps); returns its event."""
+    i32, f32 = np.int32, np.float32
+    kf = be.kernel("native_filter", defines, info, kernel_name="native_filter_fused")
+    h, w = strip.shape[:2]
+    top, bottom, left, right = plan.pads if mapped else (0, 0, 0, 0)
+    c = plan.c
+    rmap = be.index_map(h, top, bottom, plan.padding_mode, info=info)
+    cmap = be.index_map(w, left, right, plan.padding_mode, info=info)
+    n_in = plan.strip.shape[1] * c
+    n_out = plan.w_out * c
+    lx = CL_LOCAL[0]
+    vbuf = _taps_buffer(be, (plan.col * plan.gain).astype(f32))
+    hbuf = _taps_buffer(be, plan.row.astype(f32))
+    # one work-group of LX items per 8 * LX output values of CL_ROWS_V output rows
+    return be.enqueue(
+        kf,
+        (math.ceil(n_out / (8 * lx)) * lx, math.ceil(plan.rows_out / CL_ROWS_V)),
+        CL_LOCAL,
+        [xbuf, vbuf, hbuf, obuf, rmap, cmap, i32(plan.strip.shape[0]), i32(plan.rows_out),
+         i32(w * c), i32(n_in), i32(n_out), i32(n_out), i32(left * c), i32((left + w) * c),
+         i32(top), i32(h), f32(plan.bias_top), f32(plan.out_top)],
+        info,
+    )  # fmt: skip
 
 
 def _taps_buffer(be: Any, taps: np.ndarray) -> Any:

@@ -3,9 +3,12 @@
  * cross-correlation (one 2-D kernel for every channel), the output mapping and the
  * rounding all happen here, so the host moves 1-2 bytes per sample each way.
  *
- * Four kernels; SEPARABLE=1 builds the first three, SEPARABLE=0 the fourth (a build
- * compiles only what it runs: the unrolled direct kernel of a 23x23 Gaussian alone
- * took seconds to compile):
+ * Five kernels; a build compiles only what it runs (the unrolled direct kernel of a
+ * 23x23 Gaussian alone took seconds to compile; each kernel more costs PoCL's cached
+ * build time in every process): SEPARABLE=1 FUSED=1 builds the first, SEPARABLE=1
+ * FUSED=0 the next three, SEPARABLE=0 the last:
+ *   native_filter_fused   both passes of a rank-1 kernel in one launch (stride 1 along
+ *                         rows), through local memory, reading like native_filter_vmap
  *   native_filter_v       vertical pass of a rank-1 kernel: native in -> float tmp
  *   native_filter_vmap    the same from the unpadded image through the padding's row
  *                         and column maps (no padded copy on the host)
@@ -67,6 +70,9 @@
 #endif
 #ifndef SEPARABLE
 #error "-D SEPARABLE=0|1 is required (set by the host)"
+#endif
+#ifndef FUSED
+#error "-D FUSED=0|1 is required (set by the host)"
 #endif
 
 typedef IN_T in8 __attribute__((ext_vector_type(8), aligned(1)));
@@ -207,6 +213,8 @@ ALWAYS_INLINE void vertical_mapped(float8 *acc, __global const IN_T *x,
     }
 }
 
+#if !FUSED
+
 /* Store ROWS vertical sums of values q .. q+7 (full: 8 whole values). */
 ALWAYS_INLINE void store_v(__global float *tmp, const float8 *acc, int y0, int q,
                            const int rows_out, const int n_in, const int t_pitch,
@@ -333,6 +341,106 @@ __kernel void native_filter_h(__global const float *restrict tmp, __global const
                      false);
     }
 }
+
+#else /* FUSED */
+
+/* Both passes in one launch (stride 1 along rows only): a work-group of LX items takes
+ * TILE = 8 * LX output values of ROWS output rows. Each item puts the vertical sums of
+ * its 8 values (and the first HALO_V items those of the HALO values after the tile that
+ * the horizontal taps reach) into local memory, then sums its 8 values horizontally
+ * from there: the float intermediate never leaves the core's cache (the two-launch
+ * path wrote and read 4 bytes a value of a float image between the passes: at a
+ * megapixel 12 MB, beyond L2, most of the filter's time). The sums are those of
+ * native_filter_vmap then native_filter_h, bit for bit (the same operations in the same
+ * order). x and its maps as for native_filter_vmap (a padded strip: identity maps). */
+#ifndef LX
+#error "-D LX=... (the work-group size wanted) is required (set by the host)"
+#endif
+#define TILE (8 * LX)
+#define HALO ((KW - 1) * TAPSTEP)
+#define HALO_V ((HALO + 7) / 8)
+#define LPITCH (TILE + 8 * HALO_V)
+
+typedef float f8l __attribute__((ext_vector_type(8), aligned(4)));
+
+/* vertical sums of values q .. q+7 of output rows y0 .. y0+ROWS-1 into ``dst`` rows */
+ALWAYS_INLINE void vertical_to_local(__local float *dst, __global const IN_T *x,
+                                     __global const int *rmap, __global const int *cmap,
+                                     const float *t, const int y0, const int q,
+                                     const int rows_in, const int x_pitch, const int n_in,
+                                     const int lo, const int hi, const int top, const int h) {
+    float8 acc[ROWS];
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) acc[p] = (float8)(0.0f);
+    const bool inner = q >= lo && q + 8 <= hi;
+    if (inner && y0 * SH >= top && y0 * SH + TROWS <= top + h)
+        vertical(acc, x, t, y0, q - lo, rows_in, x_pitch, n_in, top, true);
+    else if (inner)
+        vertical_mapped(acc, x, rmap, cmap, t, y0, q, rows_in, x_pitch, n_in, lo, true);
+    else
+        vertical_mapped(acc, x, rmap, cmap, t, y0, q, rows_in, x_pitch, n_in, lo, false);
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) *(__local f8l *)(dst + p * LPITCH) = acc[p];
+}
+
+__kernel void native_filter_fused(__global const IN_T *restrict x,
+                                  __global const float *restrict vtaps,
+                                  __global const float *restrict htaps,
+                                  __global OUT_T *restrict out, __global const int *restrict rmap,
+                                  __global const int *restrict cmap, const int rows_in,
+                                  const int rows_out, const int x_pitch, const int n_in,
+                                  const int n_out, const int o_pitch, const int lo,
+                                  const int hi, const int top, const int h,
+                                  const float bias_top, const float top_level) {
+    __local float tile[ROWS * LPITCH];
+    const int lx = get_local_id(0);
+    /* LX items, or fewer where the host had to launch smaller groups */
+    const int span = 8 * (int)get_local_size(0);
+    const int g0 = get_group_id(0) * span;
+    const int y0 = get_global_id(1) * ROWS;
+    const bool rows_ok = y0 < rows_out;
+    {
+        float t[KH];
+#pragma unroll
+        for (int i = 0; i < KH; ++i) t[i] = vtaps[i];
+        /* the item's own 8 values, then its share of the halo's vectors */
+        for (int v = 8 * lx; v < span + 8 * HALO_V; v += span) {
+            const int q = g0 + v;
+            if (rows_ok && q < n_in)
+                vertical_to_local(tile + v, x, rmap, cmap, t, y0, q, rows_in, x_pitch, n_in,
+                                  lo, hi, top, h);
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int q = g0 + 8 * lx;
+    if (!rows_ok || q >= n_out) return;
+    float t[KW];
+#pragma unroll
+    for (int j = 0; j < KW; ++j) t[j] = htaps[j];
+    /* lanes past n_out read sums past n_in (never written): their results are dropped */
+    float8 acc[ROWS];
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) acc[p] = (float8)(0.0f);
+#pragma unroll
+    for (int j = 0; j < KW; ++j) {
+#pragma unroll
+        for (int p = 0; p < ROWS; ++p)
+            acc[p] += t[j] * *(__local const f8l *)(tile + p * LPITCH + 8 * lx + j * TAPSTEP);
+    }
+    const bool full = q + 8 <= n_out;
+#pragma unroll
+    for (int p = 0; p < ROWS; ++p) {
+        if (y0 + p < rows_out) {
+            __global OUT_T *dst = out + (size_t)(y0 + p) * o_pitch + q;
+            if (full)
+                store_levels(dst, acc[p], bias_top, top_level, q, n_out, true);
+            else
+                store_levels(dst, acc[p], bias_top, top_level, q, n_out, false);
+        }
+    }
+}
+
+#endif /* FUSED */
 
 #else /* SEPARABLE */
 

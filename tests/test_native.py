@@ -355,9 +355,10 @@ def test_pad_gives_the_padded_copys_levels_exactly(be, monkeypatch, mode, dtype,
                     continue
                 assert got.dtype == want.dtype
                 assert np.array_equal(got, want), (h, w, kh, kw, pad)
-                # the maps did the padding wherever OpenCL's two-pass kernels ran
+                # the maps did the padding wherever OpenCL's two-pass kernels ran (in one
+                # launch, the fused kernel: stride 1 here)
                 two_pass = be == "opencl" and kh > 1 and kw > 1 and kh * kw > 2 * (kh + kw)
-                assert ("native_filter_vmap" in names) == two_pass, (h, w, kh, kw, pad)
+                assert ("native_filter_fused" in names) == two_pass, (h, w, kh, kw, pad)
                 mapped += two_pass
     assert mapped >= (0 if be == "numpy" else 30)
 
@@ -402,3 +403,50 @@ def test_pad_refuses_bad_arguments():
     for pad in [(1, 1, 1), (1, -1, 1, 1), "abcd"]:
         with pytest.raises(ValueError, match="pad must be"):
             filter_strip(image, pad=pad, top=255.0, kernel=k)
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_fused_two_pass_matches_two_launches_and_float64(monkeypatch, dtype):
+    """native_filter_fused (both passes in one launch, the vertical sums in local
+    memory) gives the two-launch path's levels bit for bit and the float64 result's
+    within one level: padded strips and unpadded images read through the maps, ragged
+    ends, images narrower than a work-group's tile or than the kernel's halo, the
+    largest halo that fits (17 taps at dilation 8 on 4 channels: 64 vectors, as many as
+    a work-group has items) and one past it (the two launches then), row strides and
+    dilations, and every output map."""
+    names = _kernel_names(monkeypatch, "opencl")
+    top = float(np.iinfo(dtype).max)
+    rng = np.random.default_rng(11)
+    k7 = KERNELS["gaussian"]
+    k17 = np.outer(np.hanning(19)[1:-1], np.hanning(19)[1:-1] * 0.5)
+    k17 /= k17.sum()
+    cases = [
+        # (rows, cols, channels), kernel, stride, dilation, map, pad, fused
+        ((40, 700, 3), k7, (1, 1), (1, 1), "clip", (3, 3, 3, 3), True),
+        ((9, 5, 1), k7, (1, 1), (1, 1), "clip", (3, 3, 3, 3), True),
+        ((33, 171, 4), KERNELS["box"], (2, 1), (1, 2), "abs", (4, 0, 1, 7), True),
+        ((17, 150, 4), k17, (1, 1), (1, 8), "offset", (8, 8, 64, 64), True),
+        ((9, 150, 4), k17, (1, 1), (1, 9), "clip", (8, 8, 72, 72), False),
+        ((30, 64, 2), k7, (3, 1), (2, 1), "clip", None, True),
+    ]
+    for shape, kernel, stride, dilation, out_map, pad, fusable in cases:
+        image, _ = _strip(shape, dtype, seed=int(rng.integers(1000)))
+        scale, bias = (1.5, -0.3) if out_map == "abs" else (1.0, 0.0)
+        kw = dict(top=top, kernel=kernel, stride=stride, dilation=dilation, out_map=out_map,
+                  scale=scale, bias=bias, out_top=int(top), backend="opencl")  # fmt: skip
+        padded = image if pad is None else native.pad_samples(image, pad, "reflect")
+        want = reference(padded, top, kernel, stride, dilation, bias, scale, 0.0, out_map,
+                         int(top))  # fmt: skip
+        runs = []
+        for fused in (True, False):
+            monkeypatch.setattr(native, "CL_FUSED", fused)
+            names.clear()
+            if pad is None:
+                got = filter_strip(padded, **kw)
+            else:
+                got = filter_strip(image, pad=pad, padding_mode="reflect", **kw)
+            assert ("native_filter_fused" in names) == (fused and fusable), (shape, names)
+            check(got, want, int(top))
+            runs.append(got)
+        assert np.array_equal(runs[0], runs[1]), shape
