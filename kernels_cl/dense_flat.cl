@@ -20,7 +20,9 @@
  * Output pixel q = n*HO*WO + yo*WO + xo reads xp[n, g*CIN_G + ci, yo*SH + i*DH,
  * xo*SW + j*DW]. The image sizes are kernel arguments.
  * Work-item (gx, gz): pixels XB*STRIP*gx .. of block gz = g*NBLK + blk (COB*8 output
- * channels of group g). The global size is rounded up to a fixed local size.
+ * channels of group g); with BLOCKS_INNER defined, (gz, gx): the host then makes a
+ * work-group of every block of one pixel chunk, whose input stays in L2 from one block
+ * to the next. The global size is rounded up to a fixed local size.
  * No fma()/vload8() builtins and `acc += a * b` (see dense_gemm.cl).
  */
 
@@ -57,8 +59,13 @@ __kernel void dense_flat(__global const float *restrict xp, __global const float
                          __global const float *restrict bp, __global float *restrict out,
                          const int n, const int hp, const int wpad, const int ho,
                          const int wo) {
+#ifdef BLOCKS_INNER
+    const int gz = get_global_id(0);
+    const int q0 = get_global_id(1) * (XB * STRIP);
+#else
     const int q0 = get_global_id(0) * (XB * STRIP);
     const int gz = get_global_id(1);
+#endif
     const int plane = ho * wo;
     const int total = n * plane;
     if (q0 >= total || gz >= G * NBLK) return;

@@ -78,10 +78,13 @@ def test_dense_flat_matches_naive(
 
 @pytest.mark.parametrize("tile", [(2, 6), (4, 2), (1, 4), (3, 3)])
 @pytest.mark.parametrize("l1", [1024, 1 << 20])
-def test_dense_flat_tiles_strips_and_chunks(ocl, tune, flat_runs, tile, l1):
+@pytest.mark.parametrize("inner", [True, False])
+def test_dense_flat_tiles_strips_and_chunks(ocl, tune, flat_runs, tile, l1, inner):
     # a pixel list that no strip divides (2*25 pixels), input channels in uneven weight
-    # chunks (a small L1 budget), blocks of channels past C_out, each tile shape
+    # chunks (a small L1 budget), blocks of channels past C_out, each tile shape, either
+    # launch order
     tune(ocl, dense_flat=True, dense_tile=tile, dense_l1_bytes=l1)
+    tune(ocl, dense_flat_blocks_inner=inner)
     x, w, b = arrays(7, (2, 13, 10, 9), (44, 13, 3, 3))
     spec = make_spec(x, w, b, stride=2, padding=1)
     d = dense_flat.defines(spec, ocl.settings)
@@ -95,7 +98,7 @@ def test_dense_flat_tiles_strips_and_chunks(ocl, tune, flat_runs, tile, l1):
 
 def test_dense_flat_by_default_through_conv2d(ocl, flat_runs):
     # resnet's 3x3 stride-2 layer on a 7^2 output map takes the route under 'auto'
-    x, w, b = arrays(3, (2, 24, 14, 14), (64, 24, 3, 3))
+    x, w, b = arrays(3, (2, 32, 14, 14), (64, 32, 3, 3))
     out = conv2d(x, w, b, stride=2, padding=1, backend="opencl")
     assert len(flat_runs) == 1
     spec = make_spec(x, w, b, stride=2, padding=1)
@@ -112,10 +115,12 @@ def test_dense_flat_rule():
         spec(256, 512, 3, 2, 14, 1),  # resnet's stride-2 3x3 onto 7^2
         spec(512, 512, 3, 2, 14, 1),
         spec(384, 768, 2, 2, 14),  # convnext's downsampling onto 7^2
+        spec(96, 192, 2, 2, 56),  # and onto 28^2: windows that do not overlap
     ]
     left = [
         spec(256, 256, 3, 2, 28, 1),  # 14^2 outputs: dense_gemm ran as fast or faster
-        spec(3, 64, 7, 2, 224, 3),  # the stem
+        spec(3, 64, 7, 2, 224, 3),  # the stems
+        spec(3, 96, 4, 4, 224),
         spec(512, 512, 3, 1, 7, 1),  # stride 1 (Winograd's)
         spec(1024, 2048, 1, 2, 14),  # 1x1 stride 2 (the column copy's)
         spec(64, 32, 3, 2, 14, 1),  # few output channels
@@ -136,7 +141,7 @@ def test_dense_flat_programs_are_predicted(ocl, monkeypatch, padding):
     from convcli.backends.opencl.backend import OpenCLBackend
     from convcli.backends.opencl.runtime import Runtime, _defines_key
 
-    x, w, b = arrays(5, (1, 16, 14, 14), (64, 16, 3 - padding, 3 - padding))
+    x, w, b = arrays(5, (1, 32, 14, 14), (64, 32, 3 - padding, 3 - padding))
     spec = make_spec(x, w, b, stride=2, padding=padding)
     backend = OpenCLBackend.create(None)  # holds nothing yet
     built = []

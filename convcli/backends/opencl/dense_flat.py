@@ -47,7 +47,10 @@ def pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     """Whether dense_gemm's layer ``spec`` runs as dense_flat (``settings.dense_flat``;
     None: CPU devices, a stride other than 1, a kernel larger than 1x1 (1x1 strided
     layers have :func:`.gemm.copied_columns` or read few values), at least
-    ``dense_flat_min_cout`` output channels per group, and offsets within int32)."""
+    ``dense_flat_min_cin`` input and ``dense_flat_min_cout`` output channels per group,
+    and an output map of at most ``dense_flat_max_pixels`` pixels or windows that do not
+    overlap (no padding, a kernel no larger than the stride: convnext's 2x2 stride 2);
+    offsets within int32 in every case)."""
     padded = _padded(spec)
     if spec.n * spec.c_in * padded.h_out * padded.w_out >= 1 << 31:
         return False
@@ -55,12 +58,14 @@ def pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
         return False
     if s.dense_flat is not None:
         return s.dense_flat
+    patches = not any(spec.pad) and spec.kh <= spec.stride[0] and spec.kw <= spec.stride[1]
     return (
         cpu
         and spec.stride != (1, 1)
         and spec.kh * spec.kw > 1
+        and spec.cin_g >= s.dense_flat_min_cin
         and spec.cout_g >= s.dense_flat_min_cout
-        and spec.h_out * spec.w_out <= s.dense_flat_max_pixels
+        and (spec.h_out * spec.w_out <= s.dense_flat_max_pixels or patches)
     )
 
 
@@ -82,7 +87,9 @@ def defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
     """The build defines of dense_flat for ``spec``."""
     cob, xb = blocking(spec, s)
     strip, chunk = _strip(spec, cob, xb, s)
+    inner = {"BLOCKS_INNER": 1} if s.dense_flat_blocks_inner else {}
     return {
+        **inner,
         "G": spec.groups,
         "CIN_G": spec.cin_g,
         "COUT_G": spec.cout_g,
@@ -122,6 +129,9 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
     total = spec.n * spec.h_out * spec.w_out
     gsize = (math.ceil(total / (xb * strip)), spec.groups * nblk, 1)
+    inner = rt.settings.dense_flat_blocks_inner
+    if inner:
+        gsize = (gsize[1], gsize[0], 1)
     sizes = [np.int32(v) for v in (spec.n, hp, wp, spec.h_out, spec.w_out)]
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
@@ -136,7 +146,10 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
         wbuf, bbuf = rt.packed_weights(gemm._pack_dense, weight, bias, spec, cob, info)
         out, obuf = rt.output(shape, np.float32)
         args = [xbuf, wbuf, bbuf, obuf, *sizes]
-        events.append(rt.enqueue_rows(kernel, gsize, args))
+        if inner:
+            events.append(rt.enqueue(kernel, gsize, (min(gsize[0], 64), 1, 1), args))
+        else:
+            events.append(rt.enqueue_rows(kernel, gsize, args))
         return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)
