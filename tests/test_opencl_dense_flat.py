@@ -84,11 +84,12 @@ def test_dense_flat_tiles_strips_and_chunks(ocl, tune, flat_runs, tile, l1, inne
     # chunks (a small L1 budget), blocks of channels past C_out, each tile shape, either
     # launch order
     tune(ocl, dense_flat=True, dense_tile=tile, dense_l1_bytes=l1)
-    tune(ocl, dense_flat_blocks_inner=inner)
+    tune(ocl, dense_flat_inner_bytes=0 if inner else 1 << 62)
     x, w, b = arrays(7, (2, 13, 10, 9), (44, 13, 3, 3))
     spec = make_spec(x, w, b, stride=2, padding=1)
     d = dense_flat.defines(spec, ocl.settings)
     assert (d["COB"], d["XB"]) == tile
+    assert ("BLOCKS_INNER" in d) == inner
     if l1 == 1024:
         assert d["STRIP"] > 1 and d["CI_CHUNK"] < 13
     out = opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())

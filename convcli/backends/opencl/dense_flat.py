@@ -76,18 +76,27 @@ def _strip(spec: ConvSpec, cob: int, xb: int, s: Settings) -> tuple[int, int]:
     l1 = s.dense_l1_bytes_1x1 if spec.kh * spec.kw == 1 else s.dense_l1_bytes
     chunks = math.ceil(spec.cin_g * per_ci / l1)
     groups = math.ceil(spec.n * spec.h_out * spec.w_out / xb)
-    wanted = 1 if chunks <= 1 else min(8, groups)
+    # at most 8 groups an item, spread evenly (49 pixels in groups of 6: 5 + 4, not 8 + 1)
+    wanted = 1 if chunks <= 1 else math.ceil(groups / math.ceil(groups / 8))
     strip = s.dense_strip if s.dense_strip is not None else wanted
     if strip <= 1:
         return 1, spec.cin_g
     return strip, math.ceil(spec.cin_g / chunks)
 
 
+def blocks_inner(spec: ConvSpec, s: Settings) -> bool:
+    """Whether a work-group takes every channel block of one pixel chunk (the input
+    read by the launch at least ``settings.dense_flat_inner_bytes``) rather than many
+    chunks of one block."""
+    padded = _padded(spec)
+    return 4 * spec.n * spec.c_in * padded.h_out * padded.w_out >= s.dense_flat_inner_bytes
+
+
 def defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
     """The build defines of dense_flat for ``spec``."""
     cob, xb = blocking(spec, s)
     strip, chunk = _strip(spec, cob, xb, s)
-    inner = {"BLOCKS_INNER": 1} if s.dense_flat_blocks_inner else {}
+    inner = {"BLOCKS_INNER": 1} if blocks_inner(spec, s) else {}
     return {
         **inner,
         "G": spec.groups,
@@ -129,7 +138,7 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
     total = spec.n * spec.h_out * spec.w_out
     gsize = (math.ceil(total / (xb * strip)), spec.groups * nblk, 1)
-    inner = rt.settings.dense_flat_blocks_inner
+    inner = blocks_inner(spec, rt.settings)
     if inner:
         gsize = (gsize[1], gsize[0], 1)
     sizes = [np.int32(v) for v in (spec.n, hp, wp, spec.h_out, spec.w_out)]

@@ -169,11 +169,12 @@ class Settings:
     # 14^2, N=8, CPU ms: 10.6 vs 11.2 (3 x 4 10.8, 2 x 4 11.1, 1 x 12 13.8).
     dense_flat_tile: tuple[int, int] = (2, 6)
     # Work-groups of every channel block of a pixel chunk (the blocks along dimension 0)
-    # rather than of many chunks of one block: an item's input then stays in L2 for
-    # the next block, where a block's pass over the whole batch (a 56^2 map's 3-7 MB)
-    # did not. 96->192 2x2 s2 56^2 11.7 vs 22.7 ms, 128->128 3x3 s2 56^2 22.6 vs 28.5;
-    # on 7^2 outputs, where the batch fits the caches, the same (11.2 vs 11.3).
-    dense_flat_blocks_inner: bool = True
+    # rather than of many chunks of one block, from this many bytes of (padded) input:
+    # an item's input then stays in L2 for the next block, where a block's pass over
+    # the whole batch (a 56^2 map's 3-7 MB) did not: 96->192 2x2 s2 56^2 11.7 vs 22.7
+    # ms, 128->128 3x3 s2 56^2 22.6 vs 28.5; on 7^2 outputs at N=8 (2 MB) the same,
+    # 11.2 vs 11.3. Below it the blocks give the small launches their work-groups.
+    dense_flat_inner_bytes: int = 1 << 20
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
