@@ -172,6 +172,10 @@ def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
 
 def dense_programs(spec: ConvSpec, cpu: bool, s: Settings) -> list[tuple[str, dict[str, int]]]:
     """The programs a dense_gemm run of ``spec`` builds (kernel file, build defines)."""
+    from convcli.backends.opencl import dense_flat  # it imports this module
+
+    if dense_flat.pays(spec, cpu, s):
+        return dense_flat.programs(spec, s)
     found = [("dense_gemm", dense_defines(spec, cpu, s))]
     if copied_columns(spec, s):
         found.insert(0, ("im2col_copy", columns_defines(spec)))
@@ -180,6 +184,10 @@ def dense_programs(spec: ConvSpec, cpu: bool, s: Settings) -> list[tuple[str, di
 
 def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     """dense_gemm over the whole batch (float32 ``x``, weights and bias)."""
+    from convcli.backends.opencl import dense_flat  # it imports this module
+
+    if dense_flat.pays(spec, rt.is_cpu, rt.settings):
+        return dense_flat.run(rt, x, weight, bias, spec, info)
     defines = dense_defines(spec, rt.is_cpu, rt.settings)
     cob, xb, strip, nblk = (defines[k] for k in ("COB", "XB", "STRIP", "NBLK"))
     kernel = rt.kernel("dense_gemm", defines, info)

@@ -146,6 +146,35 @@ class Settings:
     dense_columns_kernels: tuple[tuple[int, int], ...] = ((1, 1),)
     dense_columns_max_growth: float = 2.25
     dense_columns_min_cout: int = 256
+    # Strided layers larger than 1x1 as dense_flat (the output pixels of the whole batch
+    # as one list, the input padded by a copy): None = CPU devices, from
+    # dense_flat_min_cin input and dense_flat_min_cout output channels per group, on
+    # output maps of at most dense_flat_max_pixels pixels or with windows that do not
+    # overlap (no padding, kernel <= stride); True/False force it for tests and A/B
+    # runs. CPU ms per call against dense_gemm (N=8, medians of 16-24, one process
+    # alternating, busy machine): on 7^2 outputs resnet's 512->512 3x3 s2 14^2 21.8 vs
+    # 29.8, 256->512 11.2 vs 14.0, convnext's 384->768 2x2 s2 14^2 12.0 vs 14.8; its
+    # 96->192 2x2 s2 56^2 11.7 vs 12.3-12.6, 192->384 28^2 11.2 vs 11.5; on larger
+    # outputs of overlapping windows it tied or lost: 3x3 s2 256->256 28^2 20.4 vs
+    # 21.0, 128->256 28^2 11.7 vs 11.4, 64->128 56^2 12.2 vs 11.0, 128->128 56^2 22.6 vs
+    # 21.3, and so did the 3-channel stems (7x7 s2 36.4 vs 26.4, 4x4 s4 7.1 vs 6.3).
+    # Stride-1 3x3 layers on 7^2 stay Winograd (512->512 N=8 15.7 against dense_flat's
+    # 20.1 and dense_gemm's 29.4).
+    dense_flat: bool | None = None
+    dense_flat_min_cin: int = 32
+    dense_flat_min_cout: int = 64
+    dense_flat_max_pixels: int = 64
+    # (COB, XB) of dense_flat for layers of at least COB channel vectors (narrower ones
+    # take dense_gemm's tile): 2 x 6 against 4 x 2 (dense_gemm's) on 256->512 3x3 s2
+    # 14^2, N=8, CPU ms: 10.6 vs 11.2 (3 x 4 10.8, 2 x 4 11.1, 1 x 12 13.8).
+    dense_flat_tile: tuple[int, int] = (2, 6)
+    # Work-groups of every channel block of a pixel chunk (the blocks along dimension 0)
+    # rather than of many chunks of one block, from this many bytes of (padded) input:
+    # an item's input then stays in L2 for the next block, where a block's pass over
+    # the whole batch (a 56^2 map's 3-7 MB) did not: 96->192 2x2 s2 56^2 11.7 vs 22.7
+    # ms, 128->128 3x3 s2 56^2 22.6 vs 28.5; on 7^2 outputs at N=8 (2 MB) the same,
+    # 11.2 vs 11.3. Below it the blocks give the small launches their work-groups.
+    dense_flat_inner_bytes: int = 1 << 20
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
