@@ -12,18 +12,17 @@
  *     block's weights are read from L2/L3 once per strip (dense_gemm's strips of 8
  *     groups read a 14^2 map's weights 13 times per image);
  *   - the items after one another (a work-group's and the next groups') share a
- *     block's weights in L2 (the strips vary fastest), or with BLOCKS_FAST a strip's
- *     inputs (the blocks vary fastest: for layers whose weights fit L2 but whose
- *     input does not).
+ *     block's weights in L2 (the strips vary fastest), or with blocks_fast a strip's
+ *     inputs (the blocks vary fastest), whichever saves more traffic.
  *
  * Layouts (row-major, contiguous):
  *   x     (N, G*CIN_G, P)
  *   wp    (G, NBLK, CIN_G, COB*8)   weights packed on the host, zero past COUT_G
  *   bp    (G, NBLK, COB*8)          bias packed likewise (zeros without bias)
  *   out   (N, G*COUT_G, P)
- * N, P and the strip's column groups (at most STRIP) are kernel arguments: one build
- * serves every batch and image size.
- * Work-item (gx, gy): columns gx*strip*XB.., block gy = g*NBLK + blk; with BLOCKS_FAST
+ * N, P, the strip's column groups (at most STRIP) and the order are kernel arguments:
+ * one build serves every batch and image size.
+ * Work-item (gx, gy): columns gx*strip*XB.., block gy = g*NBLK + blk; with blocks_fast
  * (gx, gy) are (block, strip).
  * No fma()/vload8() builtins (see dense_gemm.cl); packed weights are 32-byte aligned.
  */
@@ -57,16 +56,13 @@
 
 __kernel void gemm_1x1(__global const float *restrict x, __global const float *restrict wp,
                        __global const float *restrict bp, __global float *restrict out,
-                       const int n_arg, const int p_arg, const int strip_arg) {
+                       const int n_arg, const int p_arg, const int strip_arg,
+                       const int blocks_fast) {
     const int P = p_arg;
     const int cols = n_arg * P;
-#ifdef BLOCKS_FAST
-    const int s0 = get_global_id(1) * (XB * strip_arg);
-    const int gz = get_global_id(0); /* g*NBLK + blk */
-#else
-    const int s0 = get_global_id(0) * (XB * strip_arg);
-    const int gz = get_global_id(1);
-#endif
+    const int i0 = get_global_id(0), i1 = get_global_id(1); /* (a constant dimension) */
+    const int s0 = (blocks_fast ? i1 : i0) * (XB * strip_arg);
+    const int gz = blocks_fast ? i0 : i1; /* g*NBLK + blk */
     if (s0 >= cols || gz >= G * NBLK) return;
     const int g = gz / NBLK;
     const int blk = gz % NBLK;

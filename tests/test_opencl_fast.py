@@ -622,7 +622,8 @@ def test_gemm_1x1_matches_naive(ocl, tune, n, cin, cout, groups, hw, tile, block
 def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
     # tiny L1 budget and strips: many input-channel chunks, each strip a column group
     # or two, partial sums carried across the chunks
-    tune(ocl, gemm1x1_l1_bytes=512, gemm1x1_strip_cols=8, gemm1x1_min_items=64)
+    tune(ocl, gemm1x1_l1_bytes=512, gemm1x1_strip_cols=8, gemm1x1_whole_cols=8)
+    tune(ocl, gemm1x1_min_items=64)
     if not ocl.is_cpu:
         pytest.skip("gemm_1x1 runs on CPU devices")
     x, w, b = rng_arrays(52, (2, 150, 6, 7), (50, 150, 1, 1))
@@ -631,6 +632,28 @@ def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
     assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
     out, ref, _ = fast(ocl, x, w, b)
     assert_close(out, ref, "float32")
+
+
+def test_gemm_1x1_batches_share_one_build(tune):
+    # the batch decides the strips and the work order (kernel arguments): a single
+    # image runs as one strip a block, a batch of 5 in strips of 24 columns (blocks
+    # first); one program serves both
+    be = fresh_backend(tune)
+    if not be.is_cpu:
+        pytest.skip("gemm_1x1 runs on CPU devices")
+    rng = np.random.default_rng(53)
+    w = rng.standard_normal((240, 96, 1, 1)).astype(np.float32)  # 10 blocks of 24
+    strips = []
+    for n in (1, 5, 2):
+        x = rng.standard_normal((n, 96, 7, 7)).astype(np.float32)
+        spec = make_spec(x, w, None)
+        assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "gemm_1x1"
+        assert gemm.gemm1x1_defines(spec, be.settings)["XB"] == 4
+        strips.append(gemm.gemm1x1_strip(spec, 4, 10, be.settings))
+        out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, None, spec), "float32")
+    assert strips == [13, 6, 5]  # 49 columns whole; 245 and 98 in strips of 24 or less
+    assert len(be._programs) == 1
 
 
 def test_gemm_1x1_route():
@@ -645,7 +668,11 @@ def test_gemm_1x1_route():
 
     assert kernel(7) == "gemm_1x1"
     assert kernel(8) == "gemm_1x1"
-    assert kernel(14) == "dense_gemm"
+    assert kernel(14) == "dense_gemm"  # 64 channels: both pad none
+    w = np.zeros((40, 32, 1, 1), np.float32)  # dense_gemm 64, gemm_1x1 48: larger maps
+    assert kernel(28) == "gemm_1x1"
+    assert kernel(29) == "dense_gemm"
+    w = np.zeros((64, 32, 1, 1), np.float32)
     assert kernel(7, stride=2) == "dense_gemm"
     assert kernel(7, padding=1) == "dense_gemm"
     assert kernel(7, cpu=False) != "gemm_1x1"
