@@ -626,7 +626,7 @@ def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
     tune(ocl, gemm1x1_min_items=64)
     if not ocl.is_cpu:
         pytest.skip("gemm_1x1 runs on CPU devices")
-    x, w, b = rng_arrays(52, (2, 150, 6, 7), (50, 150, 1, 1))
+    x, w, b = rng_arrays(52, (2, 150, 5, 7), (50, 150, 1, 1))  # 35-pixel planes
     defines = gemm.gemm1x1_defines(make_spec(x, w, b), ocl.settings)
     assert defines["CI_CHUNK"] < 150 and defines["STRIP"] <= 2
     assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
