@@ -582,6 +582,123 @@ def test_dense_1x1_no_bias(ocl):
     assert_close(out, ref, "float32")
 
 
+# ---------------------------------------------------------------- gemm_1x1 (small maps)
+
+
+def _gemm1x1_plan(ocl, x, w, b, **opts):
+    spec = make_spec(x, w, b, **opts)
+    return opencl_plan.choose(spec, w, cpu=True, settings=ocl.settings)[0].kernel
+
+
+@pytest.mark.parametrize(
+    "n, cin, cout, groups, hw, tile",
+    [
+        (1, 440, 440, 1, (7, 7), None),  # 440 = 18 blocks of 24 + 8: a part block
+        (3, 58, 58, 1, (7, 7), None),  # 2 x 6 tile; columns of one item span images
+        (2, 116, 232, 1, (5, 5), None),
+        (5, 232, 116, 1, (7, 7), (3, 4)),  # strip of 14 column groups, 245 columns
+        (2, 24, 30, 3, (3, 5), None),  # groups of 8 -> 10; 15-pixel planes
+        (3, 12, 20, 4, (7, 7), (2, 6)),  # groups, a part block in each
+        (1, 8, 4, 1, (2, 3), None),  # fewer columns than one column group
+        (7, 33, 7, 1, (1, 1), (3, 4)),  # one-pixel planes: every column another image
+        (4, 64, 96, 1, (8, 8), (4, 2)),
+    ],
+)
+@pytest.mark.parametrize("blocks_fast", [None, True, False])
+def test_gemm_1x1_matches_naive(ocl, tune, n, cin, cout, groups, hw, tile, blocks_fast):
+    # columns run through the batch, so a column group or a strip may span two images;
+    # partial channel blocks store only their real channels; both work orders
+    tune(ocl, gemm1x1_tile=tile, gemm1x1_blocks_fast=blocks_fast, host_fc_max_macs=0)
+    x, w, b = rng_arrays(51, (n, cin, *hw), (cout, cin // groups, 1, 1))
+    if not ocl.is_cpu:
+        pytest.skip("gemm_1x1 runs on CPU devices")
+    assert _gemm1x1_plan(ocl, x, w, b, groups=groups) == "gemm_1x1"
+    for bias in (b, None):
+        out, ref, info = fast(ocl, x, w, bias, groups=groups)
+        assert info.algo == "gemm"
+        assert_close(out, ref, "float32")
+
+
+def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
+    # tiny L1 budget and strips: many input-channel chunks, each strip a column group
+    # or two, partial sums carried across the chunks
+    tune(ocl, gemm1x1_l1_bytes=512, gemm1x1_strip_cols=8, gemm1x1_whole_cols=8)
+    tune(ocl, gemm1x1_min_items=64)
+    if not ocl.is_cpu:
+        pytest.skip("gemm_1x1 runs on CPU devices")
+    x, w, b = rng_arrays(52, (2, 150, 5, 7), (50, 150, 1, 1))  # 35-pixel planes
+    defines = gemm.gemm1x1_defines(make_spec(x, w, b), ocl.settings)
+    assert defines["CI_CHUNK"] < 150 and defines["STRIP"] <= 2
+    assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
+    out, ref, _ = fast(ocl, x, w, b)
+    assert_close(out, ref, "float32")
+
+
+def test_gemm_1x1_batches_share_one_build(tune):
+    # the batch decides the strips and the work order (kernel arguments): a single
+    # image runs as one strip a block, a batch of 5 in strips of 24 columns (blocks
+    # first); one program serves both
+    be = fresh_backend(tune)
+    if not be.is_cpu:
+        pytest.skip("gemm_1x1 runs on CPU devices")
+    rng = np.random.default_rng(53)
+    w = rng.standard_normal((240, 96, 1, 1)).astype(np.float32)  # 10 blocks of 24
+    strips = []
+    for n in (1, 5, 2):
+        x = rng.standard_normal((n, 96, 7, 7)).astype(np.float32)
+        spec = make_spec(x, w, None)
+        assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "gemm_1x1"
+        assert gemm.gemm1x1_defines(spec, be.settings)["XB"] == 4
+        strips.append(gemm.gemm1x1_strip(spec, 4, 10, be.settings))
+        out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, None, spec), "float32")
+    assert strips == [13, 6, 5]  # 49 columns whole; 245 and 98 in strips of 24 or less
+    assert len(be._programs) == 1
+
+
+def test_gemm_1x1_route():
+    # 1x1 stride-1 unpadded layers on maps up to gemm1x1_max_pixels on CPU devices;
+    # larger maps, strides, padding and GPU-shaped devices keep their kernels
+    s = DEFAULT
+    w = np.zeros((64, 32, 1, 1), np.float32)
+
+    def kernel(hw, cpu=True, **opts):
+        x = np.zeros((1, 32, hw, hw), np.float32)
+        return opencl_plan.choose(make_spec(x, w, None, **opts), w, cpu=cpu, settings=s)[0].kernel
+
+    assert kernel(7) == "gemm_1x1"
+    assert kernel(8) == "gemm_1x1"
+    assert kernel(14) == "dense_gemm"  # 64 channels: both pad none
+    w = np.zeros((40, 32, 1, 1), np.float32)  # dense_gemm 64, gemm_1x1 48: larger maps
+    assert kernel(28) == "gemm_1x1"
+    assert kernel(29) == "dense_gemm"
+    w = np.zeros((64, 32, 1, 1), np.float32)
+    assert kernel(7, stride=2) == "dense_gemm"
+    assert kernel(7, padding=1) == "dense_gemm"
+    assert kernel(7, cpu=False) != "gemm_1x1"
+    assert opencl_plan.choose(
+        make_spec(np.zeros((1, 32, 7, 7), np.float32), w, None), w,
+        settings=replace(s, gemm1x1=False),
+    )[0].kernel == "dense_gemm"  # fmt: skip
+
+
+def test_gemm_1x1_tile_choice():
+    # 3 x 4 unless it pads the output channels 8 % more than 2 x 6 would
+    s = DEFAULT
+
+    def tile(cout):
+        x = np.zeros((1, 16, 7, 7), np.float32)
+        w = np.zeros((cout, 16, 1, 1), np.float32)
+        d = gemm.gemm1x1_defines(make_spec(x, w, None), s)
+        return d["COB"], d["XB"]
+
+    assert tile(440) == (3, 4)  # 456 against 448
+    assert tile(512) == (3, 4)  # 528 against 512: 3 %
+    assert tile(128) == (2, 6)  # 144 against 128
+    assert tile(58) == (2, 6)  # 72 against 64
+    assert tile(96) == (3, 4)
+
+
 # ---------------------------------------------------------------- pointwise (1x1 gemm)
 
 

@@ -234,7 +234,7 @@ def test_gpu_devices_run_direct_local_in_place_of_cpu_shaped_kernels(x, w, opts,
     "x, w, opts, cpu_kernel",
     [
         ((1, 128, 32, 32), np.ones((16, 128, 1, 1)), {}, "pointwise"),
-        ((1, 32, 8, 8), np.ones((64, 16, 1, 1)), dict(groups=2), "dense_gemm"),
+        ((1, 32, 8, 8), np.ones((64, 16, 1, 1)), dict(groups=2), "gemm_1x1"),
         ((1, 16, 8, 8), np.ones((2, 16, 1, 1)), {}, "dw_direct"),
     ],
 )

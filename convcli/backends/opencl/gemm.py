@@ -1,9 +1,12 @@
-"""GEMM kernels for multi-channel layers: ``dense_gemm.cl`` and ``pointwise.cl``.
+"""GEMM kernels for multi-channel layers: ``dense_gemm.cl``, ``pointwise.cl`` and
+``gemm_1x1.cl``.
 
 ``dense_gemm``: an implicit GEMM with a register tile of float8 output-channel vectors x
 output columns and weights packed on the host; multi-channel layers, 1x1 included. Wide
 1x1 layers with stride 1 and no padding run ``pointwise`` instead: a plain GEMM whose
-float8 vectors run along the contiguous pixels. Both take image sizes as kernel
+float8 vectors run along the contiguous pixels; 1x1 layers on small maps (7x7) run
+``gemm_1x1`` on CPU devices: dense_gemm's kind of tile, with columns that run through
+the whole batch. All take image sizes as kernel
 arguments (one build per layer, whatever the image or batch size;
 ``settings.dense_fixed_sizes`` and ``pointwise_fixed_sizes`` bake them in instead) and
 read weights in blocks of output channels (:func:`channel_blocks`), as :mod:`.winograd`
@@ -292,5 +295,127 @@ def run_pointwise(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
         args = [xbuf, wbuf, bbuf, obuf, np.int32(lead), np.int32(plane)]
         ev = rt.enqueue_rows(kernel, gsize, args, fill_to=items)
         return rt.collect(out, obuf, [ev], info, offset)
+
+    return rt.offer_replay(launch)(x, weight, bias, info)
+
+
+# ------------------------------------------------------------------------ gemm_1x1
+
+
+def gemm1x1_applies(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """1x1, stride 1, no padding (CPU devices), on maps of at most
+    ``settings.gemm1x1_max_pixels`` pixels, or of at most ``gemm1x1_narrow_pixels``
+    where dense_gemm's channel blocks would pad the output channels
+    ``gemm1x1_narrow_ratio`` times as much as gemm_1x1's (40 channels: 64 against 48):
+    a GEMM whose columns run through the batch (``gemm_1x1.cl``)."""
+    if not (
+        cpu
+        and s.gemm1x1
+        and (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1))
+        and not any(spec.pad)
+    ):
+        return False
+    pixels = spec.h * spec.w
+    if pixels <= s.gemm1x1_max_pixels:
+        return True
+    if pixels > s.gemm1x1_narrow_pixels:
+        return False
+    cob = gemm1x1_blocking(spec, s)[0]
+    dense = dense_blocking(spec.cout_g, s)[0] * 8
+    padded = math.ceil(spec.cout_g / dense) * dense
+    return padded >= s.gemm1x1_narrow_ratio * math.ceil(spec.cout_g / (cob * 8)) * cob * 8
+
+
+def gemm1x1_blocking(spec: ConvSpec, s: Settings) -> tuple[int, int, int, int]:
+    """(COB channel vectors, XB columns, STRIP most column groups, CI_CHUNK input
+    channels) of gemm_1x1.
+
+    The tile is 3 x 4 (12 accumulators of 16 ymm registers, 3 weight vectors and one
+    broadcast), or 2 x 6 where 3 x 4 pads the output channels by
+    ``settings.gemm1x1_pad_ratio`` more (128 channels: 144 against 128); 3 x 4 ran
+    3-10 % faster than 2 x 6 elsewhere. STRIP takes ``settings.gemm1x1_whole_cols``
+    columns (a batch of that many columns runs as one strip a block, see
+    :func:`gemm1x1_strip`), and a chunk as many input channels as keep its packed
+    weights and such a strip's inputs within ``settings.gemm1x1_l1_bytes``.
+    """
+    if s.gemm1x1_tile is not None:
+        cob, xb = s.gemm1x1_tile
+    else:
+        pad34 = math.ceil(spec.cout_g / 24) * 24
+        pad26 = math.ceil(spec.cout_g / 16) * 16
+        cob, xb = (2, 6) if pad26 * s.gemm1x1_pad_ratio < pad34 else (3, 4)
+    strip = max(1, math.ceil(max(s.gemm1x1_whole_cols, s.gemm1x1_strip_cols) / xb))
+    per_ci = cob * 32 + strip * xb * 4
+    chunks = math.ceil(spec.cin_g * per_ci / s.gemm1x1_l1_bytes)
+    return cob, xb, strip, math.ceil(spec.cin_g / chunks)
+
+
+def gemm1x1_blocks_fast(spec: ConvSpec, cob: int, xb: int, strip: int, s: Settings) -> bool:
+    """Whether gemm_1x1's channel blocks vary fastest (the items after one another share
+    a strip's inputs, and the weights stream past) rather than its strips (they share a
+    block's weights, and the inputs stream past): whichever streams fewer bytes, the
+    packed weights once per strip or the input once per block, unless
+    ``settings.gemm1x1_blocks_fast`` says. A kernel argument: the batch decides it."""
+    if s.gemm1x1_blocks_fast is not None:
+        return s.gemm1x1_blocks_fast
+    nblk = spec.groups * math.ceil(spec.cout_g / (cob * 8))
+    cols = spec.n * spec.h * spec.w
+    weights = nblk * spec.cin_g * cob * 32 * math.ceil(cols / (xb * strip))
+    inputs = 4 * spec.c_in * cols * math.ceil(spec.cout_g / (cob * 8))
+    return weights < inputs
+
+
+def gemm1x1_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
+    """The build defines of gemm_1x1 for ``spec`` (none depends on the batch or the
+    map's size: the strip's length is an argument, STRIP its most)."""
+    cob, xb, strip, chunk = gemm1x1_blocking(spec, s)
+    return {
+        "G": spec.groups,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        "COB": cob,
+        "XB": xb,
+        "NBLK": math.ceil(spec.cout_g / (cob * 8)),
+        "STRIP": strip,
+        "CI_CHUNK": chunk,
+    }
+
+
+def gemm1x1_strip(spec: ConvSpec, xb: int, blocks: int, s: Settings) -> int:
+    """Column groups per gemm_1x1 item: the batch's columns as one strip where they are
+    at most ``settings.gemm1x1_whole_cols`` (a 7x7 map's 49 at batch 1: a block's
+    weights are read once), else in strips of at most ``gemm1x1_strip_cols``; but at
+    least ``settings.gemm1x1_min_items`` items in all where the columns allow (a layer
+    of few channel blocks would leave a core idle)."""
+    cols = spec.n * spec.h * spec.w
+    groups = math.ceil(cols / xb)
+    most = s.gemm1x1_whole_cols if cols <= s.gemm1x1_whole_cols else s.gemm1x1_strip_cols
+    per_block = math.ceil(groups / max(1, most // xb))
+    want = math.ceil(s.gemm1x1_min_items / blocks)
+    per_block = min(groups, max(per_block, want))
+    return math.ceil(groups / per_block)
+
+
+def run_gemm1x1(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """gemm_1x1 over the whole batch (float32 ``x``, weights and bias)."""
+    defines = gemm1x1_defines(spec, rt.settings)
+    cob, xb, nblk = (defines[k] for k in ("COB", "XB", "NBLK"))
+    kernel = rt.kernel("gemm_1x1", defines, info)
+    shape = (spec.n, spec.c_out, spec.h, spec.w)
+    blocks = spec.groups * nblk
+    strip = gemm1x1_strip(spec, xb, blocks, rt.settings)
+    plane = spec.h * spec.w
+    gx = math.ceil(spec.n * plane / (xb * strip))
+    fast = gemm1x1_blocks_fast(spec, cob, xb, strip, rt.settings)
+    sizes = [np.int32(spec.n), np.int32(plane), np.int32(strip), np.int32(fast)]
+    gsize = (blocks, gx, 1) if fast else (gx, blocks, 1)
+    local = (rt.settings.gemm1x1_local, 1, 1)
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
+        out, obuf = rt.output(shape, np.float32)
+        ev = rt.enqueue(kernel, gsize, local, [xbuf, wbuf, bbuf, obuf, *sizes])
+        return rt.collect(out, obuf, [ev], info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)

@@ -43,7 +43,7 @@ from convcli.spec import ConvSpec
 
 GPU_KERNELS_ENV = "CONVCLI_GPU_KERNELS"
 
-_CPU_SHAPED = ("dw_direct", "dense_gemm", "winograd", "pointwise")
+_CPU_SHAPED = ("dw_direct", "dense_gemm", "winograd", "pointwise", "gemm_1x1")
 
 
 def gpu_kernels(cpu: bool, s: Settings = DEFAULT) -> bool:

@@ -14,7 +14,8 @@ Algorithms (``info.algo``) and the families that run them:
   layers with many channels on small maps, or ``dw_blocks`` (the input copied into
   padded blocks of 8 channels first) where the layer has one channel per group and
   enough taps per input pixel.
-* ``gemm``: ``dense_gemm`` or ``pointwise`` (:mod:`.gemm`) for multi-channel layers, and
+* ``gemm``: ``dense_gemm``, ``pointwise`` or ``gemm_1x1`` (:mod:`.gemm`) for
+  multi-channel layers, and
   the Winograd forms of 3x3 layers when the cost model says so (:mod:`.winograd`).
 * ``fft``: overlap-save FFT tiles (:mod:`.fft`) for large depthwise kernels that are not
   separable; ``auto`` picks it on CPU devices when its estimate beats direct taps (one
@@ -67,9 +68,11 @@ class Plan:
     kernel: str
 
 
-def _gemm_kernel(spec: ConvSpec, s: Settings) -> str:
+def _gemm_kernel(spec: ConvSpec, s: Settings, cpu: bool) -> str:
     if gemm.pointwise_applies(spec, s):
         return "pointwise"
+    if gemm.gemm1x1_applies(spec, cpu, s):
+        return "gemm_1x1"
     return "winograd" if winograd.pays(spec, s) else "dense_gemm"
 
 
@@ -130,7 +133,7 @@ def choose(
             raise ConvValueError(
                 f"algo='gemm' on the OpenCL backend supports kernels up to {s.dense_max_taps} taps"
             )
-        return Plan("gemm", _gemm_kernel(spec, s)), None
+        return Plan("gemm", _gemm_kernel(spec, s, cpu)), None
     if one_channel:
         # Separable passes cost ~kh+kw taps plus a round trip of the intermediate
         # through the caches; they pay from 5x5 on (3x3: direct is faster). FFT tiles
@@ -155,7 +158,7 @@ def choose(
     if algo == "auto" and spec.cout_g >= 4 and taps <= s.dense_max_taps:
         # Channel-heavy layers: implicit GEMM with a register tile of channel vectors,
         # its Winograd form for wide 3x3 layers, or a plain GEMM for pointwise layers.
-        return Plan("gemm", _gemm_kernel(spec, s)), None
+        return Plan("gemm", _gemm_kernel(spec, s, cpu)), None
     if taps <= s.dw_max_taps:
         # Forced 'direct', or few output channels per group: vectorise along the width.
         return Plan("direct", "dw_direct"), None
@@ -313,6 +316,8 @@ def programs(
         return gemm.dense_programs(spec, cpu, s)
     if plan.kernel == "pointwise":
         return [("pointwise", gemm.pointwise_defines(spec, s))]
+    if plan.kernel == "gemm_1x1":
+        return [("gemm_1x1", gemm.gemm1x1_defines(spec, s))]
     return [("dw_direct", depthwise.defines(spec, s))]
 
 
@@ -414,6 +419,8 @@ def run(
                 out = gemm.run_dense(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "pointwise":
                 out = gemm.run_pointwise(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "gemm_1x1":
+                out = gemm.run_gemm1x1(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_channels":
                 out = depthwise.run_channels(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_blocks":

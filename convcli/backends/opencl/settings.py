@@ -193,6 +193,56 @@ class Settings:
     # medians within -3..+2 % of each other on four layers (W8 included), so arguments.
     pointwise_fixed_sizes: bool = False
 
+    # ---- 1x1 GEMM on small maps (gemm_1x1), CPU devices
+    # 1x1 layers (stride 1, no padding) on maps of at most gemm1x1_max_pixels run
+    # gemm_1x1 (columns through the batch, long strips, a 3 x 4 tile) instead of
+    # dense_gemm. Process CPU time, min of 30 calls, N=8, A/B in alternating processes
+    # (benchmarks/cnn_checkouts_ab.py, busy machine), every 1x1 layer on 7^2 maps of
+    # five networks: resnet50 53.9 -> 48.2 ms, regnet_y_400mf 21.1 -> 19.0,
+    # efficientnet_b0 23.9 -> 22.1, mobilenet_v3_small 3.4 -> 3.2, shufflenet 9.5 ->
+    # 9.2. On 14^2 and 28^2 maps it tied or lost (resnet50's 256->1024 14^2 9.5 vs
+    # 10.7, 128->512 28^2 10.8 vs 11.3; regnet's 208->208 14^2 1.69 vs 1.66).
+    gemm1x1: bool = True
+    gemm1x1_max_pixels: int = 64
+    # Larger maps up to gemm1x1_narrow_pixels where dense_gemm's blocks of 32 channels
+    # pad the output channels this many times as much as gemm_1x1's blocks of 24 or
+    # 16 (40 and 48 channels: 64 against 48). Process CPU ms, min of 30, N=8:
+    # efficientnet_b0's 144->40 28^2 1.36 -> 1.07, 240->40 28^2 2.17 -> 1.70,
+    # mobilenet_v3_small's 240->40 14^2 0.60 -> 0.47, 120->48 0.38 -> 0.28, 144->48
+    # 0.41 -> 0.33, 96->40 0.35 -> 0.25 (where both pad alike the wider maps tied
+    # or lost, see above).
+    gemm1x1_narrow_pixels: int = 28 * 28
+    gemm1x1_narrow_ratio: float = 1.1
+    # (COB, XB) override; None = gemm.gemm1x1_blocking's choice.
+    gemm1x1_tile: tuple[int, int] | None = None
+    # Bytes of packed weights and strip inputs an input-channel chunk may take.
+    gemm1x1_l1_bytes: int = 24 * 1024
+    # Columns per item at most (the private partial sums: STRIP x COB x XB float8).
+    # One thread's CPU ms, N=8, min of 12, 24 against 56: 2048->512 7^2 10.2 vs 10.7,
+    # 192->1152 7^2 2.19 vs 2.26, 232->232 7^2 0.57 vs 0.63, 440->440 7^2 1.91 vs
+    # 1.85; 256->1024 14^2 10.3 vs 10.9, 112->672 14^2 3.39 vs 4.02 (the strip's
+    # inputs, partial sums and weights then fit L1); N=1 7^2 within noise.
+    gemm1x1_strip_cols: int = 24
+    # A batch of at most this many columns runs as one strip a block (resnet50's
+    # 512->2048 and 2048->512 on 7^2 at N=1 read their 4 MB of weights once, not
+    # three times: 24-column strips cost them 5.1 -> 5.6 ms, min of 30).
+    gemm1x1_whole_cols: int = 56
+    # The 2 x 6 tile where 3 x 4 pads the output channels this much more. One thread's
+    # CPU ms (N=8, min of 12): 3 x 4 against 2 x 6 on 440->440 7^2 1.89 vs 1.94,
+    # 232->232 7^2 0.58 vs 0.63, 2048->512 7^2 10.6 vs 10.7, 208->208 14^2 1.79 vs
+    # 2.00; 4 x 2 (dense_gemm's tile) 2.07, 0.62, 12.1, 2.05.
+    gemm1x1_pad_ratio: float = 1.08
+    # The channel blocks vary fastest (True) or the strips (False); None: the one
+    # that streams fewer bytes (gemm.gemm1x1_blocks_fast). Strips first streamed the
+    # input once per block: 512->128 28^2 (N=8) took 21 ms of one thread against 10.6.
+    gemm1x1_blocks_fast: bool | None = None
+    # Items wanted at least (the strips shorten for layers of few channel blocks): 8,
+    # 16 and 32 within noise of each other at N=1 on six 7^2 layers.
+    gemm1x1_min_items: int = 8
+    # Items per work-group: 1, 4 and 16 within noise (N=8 440->440 and 232->232 7^2,
+    # 240->40 28^2; N=1 440->440 and 1152->192 7^2; CPU ms, min of 18-30).
+    gemm1x1_local: int = 1
+
     # ---- Winograd F(2x2, 3x3)
     # Override for A/B experiments and tests: None = the cost model.
     winograd: bool | None = None
