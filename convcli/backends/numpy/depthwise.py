@@ -12,6 +12,8 @@ loop over stride phases in cache-sized pieces for the rest.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from convcli.backends.numpy.gather import band_rows, phases
@@ -366,6 +368,12 @@ def _depthwise_shifted(
     several images' copied there while in cache), and ``K = ((r-1)*sH + kH)*kW``
     products per output (7x7, 4 rows: 70, against the column blocks' 112). Images side
     by side (``settings.dw_shifted_width``) make the GEMMs wider: 8 of 28 columns, 224.
+
+    Each job pads its own rows: the rows its channels and images read are copied into
+    a small padded buffer of the thread (zeros where the rows and columns fall on the
+    padding), from which ``cols`` is copied while both are in cache. A padded copy of
+    the whole input (fresh zeroed pages, written and read back from memory, on one
+    thread) cost as much as half the GEMMs (96 channels on 56^2, N=8).
     """
     n, c, h, w = x.shape
     kh, kw = spec.kh, spec.kw
@@ -382,34 +390,58 @@ def _depthwise_shifted(
     # images side by side in a GEMM's columns, up to dw_shifted_width of them
     m = max(1, min(n, settings.dw_shifted_width // wo))
     lead = row_lead(m * wo, item)
-    wp = (wo - 1) * sw + (kw - 1) * dw + 1
-    xp = np.zeros((c, n, max(nu, top + h), max(wp, left + w)), dtype=work)
-    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
-    s = xp.strides
+    wp = (wo - 1) * sw + (kw - 1) * dw + 1  # padded columns read
+    wc = max(0, min(w, wp - left))  # input columns read
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
     out = np.empty((n, c, ho, wo), dtype=work)
     # the output as (C, H_out, N, W_out): one image's rows of products are its rows
     res = out.transpose(1, 2, 0, 3)
+    xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
+    band_macs = n * c * groups * r * k * wo
+    large = band_macs >= settings.dw_shifted_threaded_min_macs
+    threads = gemm_threads(spec, settings, large=large)
     # a job: the channels (or one channel's groups of rows) whose copies take
-    # dw_shifted_job_bytes, and (as in _depthwise_gemm) at most a third of the padded
-    # copy, so that the call stays within what budget.conv_need prices for it
-    limit = min(settings.dw_shifted_job_bytes, xp.nbytes // 3)
+    # dw_shifted_job_bytes (few large jobs: each costs some 15 us of calls, and its
+    # copies need not stay in L2), and whose threads' copies take at most twice what
+    # the input would take padded (what budget.conv_need prices for the call)
+    padded = c * n * nu * wp * item
+    limit = min(settings.dw_shifted_job_bytes, max(1, 2 * padded // max(2, threads)))
     per_row = kw * lead * item
     step = max(1, min(c, limit // (nu * per_row)))
     ng = groups if step > 1 else max(1, min(groups, (limit // per_row - kh) // (r * sh) + 1))
+    pad_shape = (min(c, step), min(n, m), (min(groups, ng) * r - 1) * sh + kh, wp)
+    zeroed: set[int] = set()  # threads whose padded buffer was zeroed in this call
 
     def chunk(c0: int, i0: int, g0: int) -> None:
         c1, i1, g1 = min(c, c0 + step), min(n, i0 + m), min(groups, g0 + ng)
         cc, mm, whole = c1 - c0, i1 - i0, min(g1, full) - g0  # whole: groups of r rows
         rows = ((g1 - g0) * r - 1) * sh + kh
+        # the padded rows y0 .. y0 + rows of the job's channels and images
+        kept = scratch("dw_shifted_pad", pad_shape, work, settings.scratch_keep)
+        if threading.get_ident() not in zeroed:  # the thread's first job of the call
+            # the padding stays zero: no job writes its columns, nor (where every job
+            # reads all rows) its rows
+            kept[...] = 0
+            if kept.nbytes <= settings.scratch_keep:  # else a new buffer each job
+                zeroed.add(threading.get_ident())
+        pad = kept[:cc, :mm, :rows]  # starts where kept does
+        y0 = g0 * r * sh
+        u0, u1 = max(0, top - y0), max(0, min(rows, top + h - y0))
+        if ng < groups:  # jobs of a few groups of rows: another job's rows may be here
+            pad[:, :, :u0] = 0
+            pad[:, :, max(u0, u1) :] = 0
+        if u1 > u0:
+            pad[:, :, u0:u1, left : left + wc] = xt[
+                c0:c1, i0:i1, y0 + u0 - top : y0 + u1 - top, :wc
+            ]
+        p = kept.strides
         cols = scratch("dw_shifted", (cc, rows, kw, lead), work, settings.scratch_keep)
         cols[..., : mm * wo].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(
             (cc, rows, kw, mm, wo),
             dtype=work,
-            buffer=xp,
-            offset=c0 * s[0] + i0 * s[1] + g0 * r * sh * s[2],
-            strides=(s[0], s[2], dw * item, s[1], sw * item),
+            buffer=kept,
+            strides=(p[0], p[2], dw * item, p[1], sw * item),
         )
         z = cols.strides
         part = res[c0:c1, :, i0:i1]  # (cc, H_out, mm, W_out)
@@ -446,9 +478,7 @@ def _depthwise_shifted(
         for i0 in range(0, n, m)
         for g0 in range(0, groups, ng)
     ]
-    band_macs = n * c * groups * r * k * wo
-    large = band_macs >= settings.dw_shifted_threaded_min_macs
-    run_jobs(chunk, jobs, gemm_threads(spec, settings, large=large), settings, spec)
+    run_jobs(chunk, jobs, threads, settings, spec)
     return out
 
 

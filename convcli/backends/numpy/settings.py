@@ -159,11 +159,14 @@ class Settings:
     # 1.40/1.14 vs 1.13/0.95, N=8 9.0/7.8 vs 9.0/8.1; 3x3 144ch 56^2 N=8 15.0/14.0 vs
     # 8.7/8.4; 96ch 112^2 s2 N=8 30.6/29.1 vs 17.0/16.0; but on 14 columns 3x3 116ch 14^2
     # N=8 0.75/0.72 vs 0.86/0.84, 5x5 672ch 28^2 s2 N=1 2.5/2.0 vs 2.9/2.6 (rows of 4
-    # against 6 and 8: 4 was best or even; jobs of 1 MiB against 0.125-2).
+    # against 6 and 8: 4 was best or even). Jobs of 2 MiB of copies since each job pads
+    # its own rows (CPU ms of one thread, median/min, 1 against 2 and 4 MiB: 96ch 56^2
+    # N=8 10.7/10.3, 9.9/9.2, 9.9/9.7; 192ch 28^2 N=8 6.5/6.3, 6.2/5.8, 6.5/6.4; N=1
+    # 96ch 1.74/1.41, 1.68/1.38, 1.49/1.35; fewer jobs, fewer calls: some 15 us a job).
     dw_shifted: bool | None = None
     dw_shifted_min_width: int = 16
     dw_shifted_rows: int = 4
-    dw_shifted_job_bytes: int = 2**20
+    dw_shifted_job_bytes: int = 2 * 2**20
     dw_shifted_threaded_min_macs: int = 6 * 10**6
     # images side by side in a GEMM's columns, at most this many columns of them: CPU ms
     # of one thread, N=8, median/min, one image against 256 columns: 7x7 96ch 56^2
