@@ -608,6 +608,7 @@ def test_depthwise_gemm(
     "xs, k, stride, pad, dilation, whole",
     [
         ((2, 5, 7, 7), (7, 7), (1, 1), (3, 3), (1, 1), True),  # convnext's 7x7 on 7^2
+        ((1, 5, 7, 7), (7, 7), (1, 1), (3, 3), (1, 1), False),  # ... pairs of its rows
         ((3, 4, 14, 14), (7, 7), (1, 1), (3, 3), (1, 1), False),  # ... on 14^2
         ((1, 6, 11, 13), (5, 3), (2, 1), (2, 1), (1, 2), False),  # strides, dilation
         ((2, 3, 9, 10), (3, 3), (2, 2), (1, 0), (1, 1), False),  # odd rows: a part group
@@ -628,6 +629,7 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
         threads=threads,
         dw_gemm_threaded_min_macs=0,
         dw_rows_whole_bytes=2**20 if whole else 0,
+        dw_rows_whole_min_images=1,
     )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 11)
     c = xs[1]
@@ -704,7 +706,8 @@ def test_depthwise_shifted_padding_is_zero_after_other_calls(numpy_settings, thr
 @pytest.mark.parametrize(
     "n, c, hw, k, stride, path",
     [
-        (1, 768, 7, 7, 1, "whole"),  # convnext's last stage: the whole map, in place
+        (8, 768, 7, 7, 1, "whole"),  # convnext's last stage: the whole map, in place
+        (1, 768, 7, 7, 1, "rows"),  # ... but for one image, pairs of rows
         (8, 384, 14, 7, 1, "rows"),  # its third: pairs of whole rows
         (1, 96, 56, 7, 1, "shifted"),  # its first: column-shifted rows
         (8, 192, 28, 7, 1, "shifted"),

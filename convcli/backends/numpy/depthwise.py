@@ -226,9 +226,14 @@ def _rows_layout(spec: ConvSpec, settings: Settings) -> tuple[int, bool] | None:
     kr = (r - 1) * sh + (spec.kh - 1) * dh + 1
     # the whole map as one row of the GEMM where it has at most dw_rows_whole_extra rows
     # more than a group of r rows reads (a few more products, no copies: 5x5 576ch 7^2,
-    # N=8, 0.33 ms against 0.63), with a band of at most dw_rows_whole_bytes a channel
+    # N=8, 0.33 ms against 0.63), with a band of at most dw_rows_whole_bytes a channel,
+    # for dw_rows_whole_min_images images or more (one image: a matrix-vector product)
     whole_band = spec.h * spec.w * spec.h_out * spec.w_out * np.dtype(spec.dtype).itemsize
-    if spec.h <= kr + settings.dw_rows_whole_extra and whole_band <= settings.dw_rows_whole_bytes:
+    if (
+        spec.h <= kr + settings.dw_rows_whole_extra
+        and whole_band <= settings.dw_rows_whole_bytes
+        and spec.n >= settings.dw_rows_whole_min_images
+    ):
         return spec.h_out, True
     r = settings.dw_rows_group if dh == 1 and spec.h_out > 1 else 1
     rows = (r - 1) * sh + (spec.kh - 1) * dh + 1

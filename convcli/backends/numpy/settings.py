@@ -137,6 +137,13 @@ class Settings:
     dw_rows_slack: float = 1.5
     dw_rows_whole_extra: int = 2
     dw_rows_whole_bytes: int = 16 * 1024
+    # ... and the call has at least this many images: one image's whole-map GEMM is a
+    # matrix-vector product that reads its channel's band for one row of products. CPU
+    # ms of one thread, median, whole map vs pairs of rows, caches warm / flushed: N=1
+    # 7x7 768ch 7^2 0.36/0.72 vs 0.28/0.58, 5x5 1152ch 7^2 0.63/0.72 vs 0.36/0.47, 576ch
+    # 0.30/0.39 vs 0.18/0.27; N=2 7x7 768ch 0.35/0.89 vs 0.38/0.86, 5x5 1152ch 0.59/0.71
+    # vs 0.56/0.71; N=4 768ch 0.51/0.94 vs 0.61/1.08; N=8 0.64/1.02 vs 1.19/1.54
+    dw_rows_whole_min_images: int = 2
     # the band of a group of rows at most this a channel (a dilated kernel's reaches
     # far: dilation 150 on 1000^2 made a 1 GB band)
     dw_rows_band_bytes: int = 256 * 1024
