@@ -630,6 +630,7 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
         dw_gemm_threaded_min_macs=0,
         dw_rows_whole_bytes=2**20 if whole else 0,
         dw_rows_whole_min_images=1,
+        dw_rows_single_min_rows=10**6,
     )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 11)
     c = xs[1]
@@ -704,11 +705,29 @@ def test_depthwise_shifted_padding_is_zero_after_other_calls(numpy_settings, thr
 
 
 @pytest.mark.parametrize(
+    "n, c, hw, k, stride, layout",
+    [
+        (1, 384, 14, 7, 1, (1, False)),  # one image of 14 rows: single rows
+        (8, 384, 14, 7, 1, (2, False)),  # eight: pairs
+        (1, 768, 7, 7, 1, (2, False)),  # one image of 7 rows: pairs
+        (2, 768, 7, 7, 1, (7, True)),  # two: the whole map
+        (1, 672, 28, 5, 2, (1, False)),  # 14 rows of stride 2: single rows too
+    ],
+)
+def test_depthwise_rows_group_by_images_and_rows(n, c, hw, k, stride, layout):
+    x = np.ones((n, c, hw, hw), np.float32)
+    w = np.ones((c, 1, k, k), np.float32)
+    spec = make_spec(x, w, None, padding=k // 2, stride=stride, groups=c)
+    assert depthwise._rows_layout(spec, DEFAULT) == layout
+
+
+@pytest.mark.parametrize(
     "n, c, hw, k, stride, path",
     [
         (8, 768, 7, 7, 1, "whole"),  # convnext's last stage: the whole map, in place
         (1, 768, 7, 7, 1, "rows"),  # ... but for one image, pairs of rows
         (8, 384, 14, 7, 1, "rows"),  # its third: pairs of whole rows
+        (1, 384, 14, 7, 1, "rows"),  # ... single rows
         (1, 96, 56, 7, 1, "shifted"),  # its first: column-shifted rows
         (8, 192, 28, 7, 1, "shifted"),
         (1, 672, 14, 5, 1, "rows"),  # efficientnet's 5x5 on 14^2

@@ -236,6 +236,8 @@ def _rows_layout(spec: ConvSpec, settings: Settings) -> tuple[int, bool] | None:
     ):
         return spec.h_out, True
     r = settings.dw_rows_group if dh == 1 and spec.h_out > 1 else 1
+    if spec.n == 1 and spec.h_out >= settings.dw_rows_single_min_rows:
+        r = 1  # one image of many rows: single rows (a smaller band, more GEMM rows)
     rows = (r - 1) * sh + (spec.kh - 1) * dh + 1
     if rows * spec.w * r * spec.w_out * np.dtype(spec.dtype).itemsize > settings.dw_rows_band_bytes:
         return None  # the column blocks' band stays small

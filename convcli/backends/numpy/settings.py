@@ -147,8 +147,14 @@ class Settings:
     # the band of a group of rows at most this a channel (a dilated kernel's reaches
     # far: dilation 150 on 1000^2 made a 1 GB band)
     dw_rows_band_bytes: int = 256 * 1024
-    # output rows per row of a whole-row GEMM
+    # output rows per row of a whole-row GEMM; one row for one image of at least
+    # dw_rows_single_min_rows output rows. CPU ms of one thread, N=1, median, pairs vs
+    # single rows: 7x7 384ch 14^2 0.70 vs 0.61, 5x5 672ch 14^2 1.38 vs 1.32, 480ch 0.66
+    # vs 0.60 (caches flushed: 1.25 vs 0.99, 1.32 vs 1.14); but 7^2 outputs 768ch 0.36
+    # vs 0.44, 5x5 1152ch 0.57 vs 0.80, 672ch 14^2 s2 0.39 vs 0.49; N=8 even (14^2
+    # 384ch 3.47 vs 3.21, 672ch 4.18 vs 4.19, 7^2 1152ch 1.16 vs 1.22)
     dw_rows_group: int = 2
+    dw_rows_single_min_rows: int = 12
     # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads (its
     # jobs are a few runs of channels, cheaper to share than the column blocks' jobs):
     # wall ms, N=1, load 3.9 on 2 cores, median/min, one thread against two: 7x7 384ch
