@@ -316,13 +316,18 @@ def _depthwise_rows(
         if whole:
             np.matmul(xv[c0:c1], band[c0:c1], out=ov[c0:c1])
             return
-        mat = np.ndarray(
-            (c1 - c0, n, groups, k),
-            dtype=work,
-            buffer=xp,
-            offset=c0 * s[0],
-            strides=(s[0], s[1], r * sh * s[2], item),
-        ).reshape(c1 - c0, n * groups, k)  # a copy (one image: a view matmul copies)
+        # a copy: one image's rows would reshape to a view of overlapping rows, which
+        # matmul multiplies without BLAS (7x7 384ch 14^2: 0.38 ms against 0.26 with
+        # the copy)
+        mat = np.ascontiguousarray(
+            np.ndarray(
+                (c1 - c0, n, groups, k),
+                dtype=work,
+                buffer=xp,
+                offset=c0 * s[0],
+                strides=(s[0], s[1], r * sh * s[2], item),
+            ).reshape(c1 - c0, n * groups, k)
+        )
         y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, groups * r, wo)
         out[:, c0:c1] = y[:, :, :ho].transpose(1, 0, 2, 3)
 
