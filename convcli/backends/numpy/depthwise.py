@@ -302,13 +302,14 @@ def _depthwise_rows(
         xp[:, :, top : top + h] = x.transpose(1, 0, 2, 3)
         s = xp.strides
         per_channel = n * groups * (k + m) * item
-    # channels per job: its matrices in L2 and (as in _depthwise_gemm) at most a third of
-    # the padded copy, and at least two jobs a thread
+    # channels per job: its matrices within dw_gemm_job_bytes and (as in _depthwise_gemm)
+    # at most a third of the padded copy, but at least dw_rows_min_job_bytes (few jobs:
+    # each costs calls), and at least two jobs a thread
     band_macs = n * c * (1 if whole else groups) * k * m
     threads = gemm_threads(spec, settings, large=band_macs >= settings.dw_rows_threaded_min_macs)
     limit = settings.dw_gemm_job_bytes
     if not whole:
-        limit = min(limit, max(xp.nbytes // 3, settings.dw_gemm_min_job_bytes))
+        limit = min(limit, max(xp.nbytes // 3, settings.dw_rows_min_job_bytes))
     step = max(1, min(limit // per_channel, -(-c // (2 * threads))))
 
     def chunk(c0: int) -> None:

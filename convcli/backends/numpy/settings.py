@@ -155,6 +155,12 @@ class Settings:
     # 384ch 3.47 vs 3.21, 672ch 4.18 vs 4.19, 7^2 1152ch 1.16 vs 1.22)
     dw_rows_group: int = 2
     dw_rows_single_min_rows: int = 12
+    # a job's matrices at least this (where a third of the padded copy is less): CPU ms
+    # of one thread, N=1, median, 128 KiB vs 512 KiB vs 2 MiB: 7x7 384ch 14^2 0.44 vs
+    # 0.41 vs 0.38, 768ch 7^2 0.26 vs 0.23 vs 0.24; 5x5 672ch 14^2 0.65 vs 0.55 vs
+    # 0.57, 1152ch 7^2 0.41 vs 0.34 vs 0.31; 3x3 480ch 14^2 0.28 vs 0.25 vs 0.24 (the
+    # call's peak stays within budget.conv_need's price: 1.9 MB against 2.2 for 384ch)
+    dw_rows_min_job_bytes: int = 2 * 2**20
     # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads (its
     # jobs are a few runs of channels, cheaper to share than the column blocks' jobs):
     # wall ms, N=1, load 3.9 on 2 cores, median/min, one thread against two: 7x7 384ch
