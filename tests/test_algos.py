@@ -680,6 +680,62 @@ def test_depthwise_shifted(
     _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
 
 
+@pytest.mark.parametrize(
+    "xs, k, stride, pad, dilation",
+    [
+        ((1, 5, 24, 19), (7, 7), (1, 1), (3, 3), (1, 1)),  # 2-12 parts of 24 rows
+        ((1, 4, 30, 20), (3, 5), (2, 1), (1, 2), (1, 2)),  # stride 2, column dilation
+        ((1, 3, 28, 17), (5, 5), (1, 2), (0, 2), (1, 1)),  # no vertical padding: 24 rows
+    ],
+)
+@pytest.mark.parametrize(
+    "part_rows, rows, job_bytes, threads", [(2, 1, 2**20, 1), (2, 3, 1, 2), (5, 1, 3000, 2)]
+)
+def test_depthwise_shifted_parts_of_one_image(
+    numpy_settings, xs, k, stride, pad, dilation, part_rows, rows, job_bytes, threads
+):
+    """One image's output rows in parts side by side, as if images: the parts' own
+    rows of the input (the first and last part's padding included), jobs of all rows
+    or of a few groups of rows, on 1-2 threads."""
+    settings = numpy_settings(
+        dw_gemm=True,
+        dw_rows=False,
+        dw_shifted=True,
+        dw_shifted_rows=rows,
+        dw_shifted_part_rows=part_rows,
+        dw_shifted_part_min_taps=1,
+        dw_shifted_job_bytes=job_bytes,
+        threads=threads,
+        dw_gemm_threaded_min_macs=0,
+        dw_shifted_threaded_min_macs=0,
+    )
+    rng = np.random.default_rng(sum(xs) + part_rows)
+    c = xs[1]
+    x, w = _rand(rng, xs, "float32"), _rand(rng, (c, 1, *k), "float32")
+    spec = make_spec(x, w, None, stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert depthwise._shifted_pays(spec, settings)
+    assert depthwise._shifted_parts(spec, settings, rows) > 1
+    _check(x, w, None, stride, pad, dilation, c, "zeros", "direct", "float32")
+
+
+@pytest.mark.parametrize(
+    "n, hw, k, stride, parts",
+    [
+        (1, 56, 7, 1, 2),  # convnext's 56^2: 2 parts of 28 rows (7 groups of 4), 112 columns
+        (1, 28, 7, 1, 1),  # 28^2: 2 parts of 14 would leave groups of 2 rows
+        (1, 112, 7, 2, 2),  # stride 2: 56 rows
+        (1, 112, 3, 1, 1),  # 3x3: copies outweigh the GEMMs
+        (1, 23, 7, 1, 1),  # 23 rows: no parts
+        (2, 56, 7, 1, 1),  # images side by side instead
+    ],
+)
+def test_depthwise_shifted_parts_by_shape(n, hw, k, stride, parts):
+    x = np.ones((n, 8, hw, hw), np.float32)
+    w = np.ones((8, 1, k, k), np.float32)
+    spec = make_spec(x, w, None, padding=k // 2, stride=stride, groups=8)
+    assert depthwise._shifted_parts(spec, DEFAULT, DEFAULT.dw_shifted_rows) == parts
+
+
 @pytest.mark.parametrize("threads, keep", [(1, 32 * 2**20), (2, 32 * 2**20), (2, 0)])
 def test_depthwise_shifted_padding_is_zero_after_other_calls(numpy_settings, threads, keep):
     """The shifted rows pad each job's rows in a buffer the thread keeps between calls:

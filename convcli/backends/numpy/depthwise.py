@@ -356,6 +356,21 @@ def _shifted_pays(spec: ConvSpec, settings: Settings) -> bool:
     return 3 * least <= padded
 
 
+def _shifted_parts(spec: ConvSpec, settings: Settings, r: int) -> int:
+    """Parts of one image's output rows that :func:`_depthwise_shifted` puts side by
+    side: the most that fit ``settings.dw_shifted_width`` columns and split the rows
+    into whole groups of ``r`` rows, at least ``settings.dw_shifted_part_rows`` a part
+    (1: none). Only for kernels of ``settings.dw_shifted_part_min_taps`` taps or more,
+    whose GEMMs outweigh the copies (the parts' copies out of the products and of the
+    rows read twice)."""
+    if spec.n != 1 or spec.kh * spec.kw < settings.dw_shifted_part_min_taps:
+        return 1
+    ho = spec.h_out
+    most = min(settings.dw_shifted_width // spec.w_out, ho // settings.dw_shifted_part_rows)
+    fits = [p for p in range(1, most + 1) if ho % p == 0 and ho // p % r == 0]
+    return max(fits, default=1)
+
+
 def _shifted_band(weight: np.ndarray, spec: ConvSpec, r: int, work: np.dtype) -> np.ndarray:
     """``(C, r, K)``: row ``t`` holds the channel's taps at ``(t*sH + i)*kW + j``."""
     c, _, kh, kw = weight.shape
@@ -396,6 +411,18 @@ def _depthwise_shifted(
     ho, wo = spec.h_out, spec.w_out
     item = work.itemsize
     r = max(1, min(settings.dw_shifted_rows, ho))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    # one image: its rows in `parts` parts side by side as if images (each reading the
+    # kH - sH rows past its own again), for wider GEMMs
+    parts = _shifted_parts(spec, settings, r)
+    if parts > 1:
+        n, ho = parts, ho // parts
+        res = out.reshape(c, n, ho, wo).transpose(0, 2, 1, 3)  # (C, H_out, parts, W_out)
+        xt = x[0]  # (C, H, W)
+    else:
+        # the output as (C, H_out, N, W_out): one image's rows of products are its rows
+        res = out.transpose(1, 2, 0, 3)
+        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
     full, rest = divmod(ho, r)
     groups = full + (rest > 0)
     nu = (groups * r - 1) * sh + kh  # padded rows the groups read
@@ -407,10 +434,6 @@ def _depthwise_shifted(
     wc = max(0, min(w, wp - left))  # input columns read
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
-    out = np.empty((n, c, ho, wo), dtype=work)
-    # the output as (C, H_out, N, W_out): one image's rows of products are its rows
-    res = out.transpose(1, 2, 0, 3)
-    xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
     band_macs = n * c * groups * r * k * wo
     large = band_macs >= settings.dw_shifted_threaded_min_macs
     threads = gemm_threads(spec, settings, large=large)
@@ -439,15 +462,16 @@ def _depthwise_shifted(
             if kept.nbytes <= settings.scratch_keep:  # else a new buffer each job
                 zeroed.add(threading.get_ident())
         pad = kept[:cc, :mm, :rows]  # starts where kept does
-        y0 = g0 * r * sh
-        u0, u1 = max(0, top - y0), max(0, min(rows, top + h - y0))
-        if ng < groups:  # jobs of a few groups of rows: another job's rows may be here
-            pad[:, :, :u0] = 0
-            pad[:, :, max(u0, u1) :] = 0
-        if u1 > u0:
-            pad[:, :, u0:u1, left : left + wc] = xt[
-                c0:c1, i0:i1, y0 + u0 - top : y0 + u1 - top, :wc
-            ]
+        # images: the same rows of each; parts: each its own rows of the one image
+        for q, i in [(slice(None), slice(i0, i1))] if parts == 1 else enumerate(range(i0, i1)):
+            y0 = (g0 * r + (i * ho if parts > 1 else 0)) * sh
+            u0, u1 = max(0, top - y0), max(0, min(rows, top + h - y0))
+            if ng < groups or parts > 1:  # another job's (or part's) rows may be here
+                pad[:, q, :u0] = 0
+                pad[:, q, max(u0, u1) :] = 0
+            if u1 > u0:
+                src = xt[c0:c1, i] if parts == 1 else xt[c0:c1]  # (cc, [mm,] H, W)
+                pad[:, q, u0:u1, left : left + wc] = src[..., y0 + u0 - top : y0 + u1 - top, :wc]
         p = kept.strides
         cols = scratch("dw_shifted", (cc, rows, kw, lead), work, settings.scratch_keep)
         cols[..., : mm * wo].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(

@@ -192,6 +192,13 @@ class Settings:
     # 14.9/13.9 vs 11.6/10.3, 192ch 28^2 8.6/8.5 vs 7.3/6.9; 3x3 144ch 56^2 9.9/8.8 vs
     # 8.0/7.8 (128: 9.2/8.6, 200: 10.6/8.7, 512: as 256)
     dw_shifted_width: int = 256
+    # one image's output rows in parts of at least this many side by side (each part
+    # reads kH - sH rows of the next again), for kernels of at least
+    # dw_shifted_part_min_taps taps. CPU ms of one thread, N=1, median/min, whole rows
+    # vs 2 parts: 7x7 96ch 56^2 1.54/1.42 vs 1.41/1.31; but 3x3 32ch 112^2 0.87/0.51 vs
+    # 0.98/0.59, 96ch s2 1.48/1.41 vs 1.58/1.46, 144ch 56^2 0.84/0.80 vs 0.84/0.79
+    dw_shifted_part_rows: int = 12
+    dw_shifted_part_min_taps: int = 25
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
