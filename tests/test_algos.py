@@ -691,8 +691,9 @@ def test_depthwise_shifted(
 @pytest.mark.parametrize(
     "part_rows, rows, job_bytes, threads", [(2, 1, 2**20, 1), (2, 3, 1, 2), (5, 1, 3000, 2)]
 )
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_depthwise_shifted_parts_of_one_image(
-    numpy_settings, xs, k, stride, pad, dilation, part_rows, rows, job_bytes, threads
+    numpy_settings, dtype, xs, k, stride, pad, dilation, part_rows, rows, job_bytes, threads
 ):
     """One image's output rows in parts side by side, as if images: the parts' own
     rows of the input (the first and last part's padding included), jobs of all rows
@@ -711,11 +712,11 @@ def test_depthwise_shifted_parts_of_one_image(
     )
     rng = np.random.default_rng(sum(xs) + part_rows)
     c = xs[1]
-    x, w = _rand(rng, xs, "float32"), _rand(rng, (c, 1, *k), "float32")
-    spec = make_spec(x, w, None, stride=stride, padding=pad, dilation=dilation, groups=c)
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
     assert depthwise._shifted_pays(spec, settings)
     assert depthwise._shifted_parts(spec, settings, rows) > 1
-    _check(x, w, None, stride, pad, dilation, c, "zeros", "direct", "float32")
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
 
 
 @pytest.mark.parametrize(
