@@ -429,9 +429,12 @@ def _depthwise_shifted(
     k = ((r - 1) * sh + kh) * kw
     # images side by side in a GEMM's columns, up to dw_shifted_width of them
     m = max(1, min(n, settings.dw_shifted_width // wo))
-    lead = row_lead(m * wo, item)
     wp = (wo - 1) * sw + (kw - 1) * dw + 1  # padded columns read
     wc = max(0, min(w, wp - left))  # input columns read
+    # several images without stride along the rows: whole padded rows side by side, so
+    # that a row of cols is one run (the GEMM computes wp - wo junk columns an image)
+    flat = m > 1 and sw == 1
+    lead = row_lead(m * (wp if flat else wo), item)
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
     band_macs = n * c * groups * r * k * wo
@@ -446,7 +449,11 @@ def _depthwise_shifted(
     per_row = kw * lead * item
     step = max(1, min(c, limit // (nu * per_row)))
     ng = groups if step > 1 else max(1, min(groups, (limit // per_row - kh) // (r * sh) + 1))
-    pad_shape = (min(c, step), min(n, m), (min(groups, ng) * r - 1) * sh + kh, wp)
+    rows_max = (min(groups, ng) * r - 1) * sh + kh
+    if flat:  # (C, rows, images' padded rows and the kW - 1 columns the last reads past)
+        pad_shape: tuple[int, ...] = (min(c, step), rows_max, m * wp + (kw - 1) * dw)
+    else:
+        pad_shape = (min(c, step), m, rows_max, wp)
     zeroed: set[int] = set()  # threads whose padded buffer was zeroed in this call
 
     def chunk(c0: int, i0: int, g0: int) -> None:
@@ -461,7 +468,10 @@ def _depthwise_shifted(
             kept[...] = 0
             if kept.nbytes <= settings.scratch_keep:  # else a new buffer each job
                 zeroed.add(threading.get_ident())
-        pad = kept[:cc, :mm, :rows]  # starts where kept does
+        if flat:  # as (cc, mm, rows, wp), starting where kept does
+            pad = kept[:cc, :rows, : mm * wp].reshape(cc, rows, mm, wp).transpose(0, 2, 1, 3)
+        else:
+            pad = kept[:cc, :mm, :rows]
         # images: the same rows of each; parts: each its own rows of the one image
         for q, i in [(slice(None), slice(i0, i1))] if parts == 1 else enumerate(range(i0, i1)):
             y0 = (g0 * r + (i * ho if parts > 1 else 0)) * sh
@@ -474,40 +484,47 @@ def _depthwise_shifted(
                 pad[:, q, u0:u1, left : left + wc] = src[..., y0 + u0 - top : y0 + u1 - top, :wc]
         p = kept.strides
         cols = scratch("dw_shifted", (cc, rows, kw, lead), work, settings.scratch_keep)
-        cols[..., : mm * wo].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(
-            (cc, rows, kw, mm, wo),
-            dtype=work,
-            buffer=kept,
-            strides=(p[0], p[2], dw * item, p[1], sw * item),
-        )
+        nc = mm * (wp if flat else wo)  # the GEMMs' columns
+        if flat:  # cols[.., u, j, :] = padded row u from column j*dW on: one run
+            cols[..., :nc] = np.ndarray(
+                (cc, rows, kw, nc), dtype=work, buffer=kept, strides=(p[0], p[1], dw * item, item)
+            )
+        else:
+            cols[..., :nc].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(
+                (cc, rows, kw, mm, wo),
+                dtype=work,
+                buffer=kept,
+                strides=(p[0], p[2], dw * item, p[1], sw * item),
+            )
         z = cols.strides
         part = res[c0:c1, :, i0:i1]  # (cc, H_out, mm, W_out)
         if whole > 0:
             b_view = np.ndarray(
-                (cc, whole, k, mm * wo),
+                (cc, whole, k, nc),
                 dtype=work,
                 buffer=cols,
                 strides=(z[0], r * sh * z[1], z[2], item),
             )
             dst = part[:, g0 * r : (g0 + whole) * r]
-            if mm == 1:  # the output's rows: written in place
+            if not flat and mm == 1:  # the output's rows: written in place
                 np.matmul(band[c0:c1, None], b_view, out=dst.reshape(cc, whole, r, wo))
             else:  # several images' rows: copied out while in cache
                 y = np.matmul(band[c0:c1, None], b_view)
-                dst[...] = y.reshape(cc, whole * r, mm, wo)
+                dst[...] = y.reshape(cc, whole * r, mm, nc // mm)[..., :wo]
         if g1 > full:  # the last group, of rest < r rows
             b_view = np.ndarray(
-                (cc, k, mm * wo),
+                (cc, k, nc),
                 dtype=work,
                 buffer=cols,
                 offset=whole * r * sh * z[1],
                 strides=(z[0], z[2], item),
             )
             dst = part[:, full * r :]
-            if mm == 1:
+            if not flat and mm == 1:
                 np.matmul(band[c0:c1, :rest], b_view, out=dst.reshape(cc, rest, wo))
             else:
-                dst[...] = np.matmul(band[c0:c1, :rest], b_view).reshape(cc, rest, mm, wo)
+                y = np.matmul(band[c0:c1, :rest], b_view)
+                dst[...] = y.reshape(cc, rest, mm, nc // mm)[..., :wo]
 
     jobs = [
         (c0, i0, g0)
