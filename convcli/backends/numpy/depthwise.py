@@ -401,7 +401,12 @@ def _depthwise_shifted(
     a small padded buffer of the thread (zeros where the rows and columns fall on the
     padding), from which ``cols`` is copied while both are in cache. A padded copy of
     the whole input (fresh zeroed pages, written and read back from memory, on one
-    thread) cost as much as half the GEMMs (96 channels on 56^2, N=8).
+    thread) cost as much as half the GEMMs (96 channels on 56^2, N=8). With several
+    images and no stride along the rows, that buffer holds the images' padded rows side
+    by side, so that a row of ``cols`` is one run of ``m*wp`` values (the GEMMs compute
+    the ``wp - W_out`` columns between images too, cropped as the products are copied
+    out). One image of large kernels runs as ``parts`` images of its rows
+    (:func:`_shifted_parts`) for wider GEMMs.
     """
     n, c, h, w = x.shape
     kh, kw = spec.kh, spec.kw
