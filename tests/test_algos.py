@@ -652,15 +652,16 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
     ],
 )
 @pytest.mark.parametrize(
-    "rows, job_bytes, threads, width",
-    [(4, 2**20, 1, 128), (1, 1, 2, 1), (3, 1, 2, 40), (2, 16000, 2, 128)],
+    "rows, job_bytes, threads, width, slack",
+    [(4, 2**20, 1, 128, 2), (1, 1, 2, 1, 2), (3, 1, 2, 40, 2), (2, 16000, 2, 128, 1)],
 )
 def test_depthwise_shifted(
-    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads, width
+    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads, width, slack
 ):
     """Depthwise GEMMs over column-shifted copies of the input rows, forced on small
     layers: groups of 1-4 output rows with a last part group, jobs of whole channels,
-    of one group of rows or of a few, of one image, two or all, on 1-2 threads."""
+    of one group of rows or of a few, of one image, two or all, on 1-2 threads, the
+    images' padded rows side by side (slack 2) or their output's columns (slack 1)."""
     settings = numpy_settings(
         dw_gemm=True,
         dw_rows=False,
@@ -668,6 +669,7 @@ def test_depthwise_shifted(
         dw_shifted_rows=rows,
         dw_shifted_job_bytes=job_bytes,
         dw_shifted_width=width,
+        dw_shifted_flat_slack=slack,
         threads=threads,
         dw_gemm_threaded_min_macs=0,
     )
@@ -689,15 +691,17 @@ def test_depthwise_shifted(
     ],
 )
 @pytest.mark.parametrize(
-    "part_rows, rows, job_bytes, threads", [(2, 1, 2**20, 1), (2, 3, 1, 2), (5, 1, 3000, 2)]
+    "part_rows, rows, job_bytes, threads, slack",
+    [(2, 1, 2**20, 1, 2), (2, 3, 1, 2, 2), (5, 1, 3000, 2, 1)],
 )
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_depthwise_shifted_parts_of_one_image(
-    numpy_settings, dtype, xs, k, stride, pad, dilation, part_rows, rows, job_bytes, threads
+    numpy_settings, dtype, xs, k, stride, pad, dilation, part_rows, rows, job_bytes, threads, slack
 ):
     """One image's output rows in parts side by side, as if images: the parts' own
     rows of the input (the first and last part's padding included), jobs of all rows
-    or of a few groups of rows, on 1-2 threads."""
+    or of a few groups of rows, on 1-2 threads, the parts' padded rows side by side
+    (slack 2) or their output's columns (slack 1)."""
     settings = numpy_settings(
         dw_gemm=True,
         dw_rows=False,
@@ -705,6 +709,7 @@ def test_depthwise_shifted_parts_of_one_image(
         dw_shifted_rows=rows,
         dw_shifted_part_rows=part_rows,
         dw_shifted_part_min_taps=1,
+        dw_shifted_flat_slack=slack,
         dw_shifted_job_bytes=job_bytes,
         threads=threads,
         dw_gemm_threaded_min_macs=0,

@@ -437,8 +437,9 @@ def _depthwise_shifted(
     wp = (wo - 1) * sw + (kw - 1) * dw + 1  # padded columns read
     wc = max(0, min(w, wp - left))  # input columns read
     # several images without stride along the rows: whole padded rows side by side, so
-    # that a row of cols is one run (the GEMM computes wp - wo junk columns an image)
-    flat = m > 1 and sw == 1
+    # that a row of cols is one run (the GEMM computes wp - wo junk columns an image,
+    # at most dw_shifted_flat_slack - 1 of its columns)
+    flat = m > 1 and sw == 1 and wp <= settings.dw_shifted_flat_slack * wo
     lead = row_lead(m * (wp if flat else wo), item)
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))

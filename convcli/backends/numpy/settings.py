@@ -192,6 +192,12 @@ class Settings:
     # 14.9/13.9 vs 11.6/10.3, 192ch 28^2 8.6/8.5 vs 7.3/6.9; 3x3 144ch 56^2 9.9/8.8 vs
     # 8.0/7.8 (128: 9.2/8.6, 200: 10.6/8.7, 512: as 256)
     dw_shifted_width: int = 256
+    # several images' padded rows side by side where they are at most this many times
+    # the output's (the GEMMs compute the columns between them too): CPU ms of one
+    # thread, N=8, median, runs of W_out vs whole padded rows: 7x7 192ch 28^2 (34/28
+    # columns) 5.60 vs 4.76, 96ch 56^2 9.76 vs 9.15; 5x5 240ch 28^2 6.57 vs 4.90; 3x3
+    # 88ch 28^2 1.39 vs 1.13, 32ch 112^2 5.27 vs 4.78
+    dw_shifted_flat_slack: float = 1.25
     # one image's output rows in parts of at least this many side by side (each part
     # reads kH - sH rows of the next again), for kernels of at least
     # dw_shifted_part_min_taps taps. CPU ms of one thread, N=1, median/min, whole rows
