@@ -14,12 +14,15 @@ is a lower bound, comparable between checkouts (run each with its own ``PYTHONPA
     PYTHONPATH=. python benchmarks/numpy_critical_path.py --net convnext_tiny --batch 8
     PYTHONPATH=/tmp/base python /tmp/base/benchmarks/numpy_critical_path.py ...
 
-``--only dw`` times the depthwise layers only.
+``--only dw`` times the depthwise layers only; ``--settings '{"dw_rows_group": 1}'``
+changes the backend's settings for the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -30,7 +33,7 @@ from pathlib import Path
 if "PYTHONPATH" not in os.environ:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from convcli import conv2d
+from convcli import backends, conv2d
 from convcli.backends.numpy import depthwise, gemm
 from convcli.bench_cnn import load_networks
 
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--only", choices=["dw"], help="dw: depthwise layers only")
+    ap.add_argument("--settings", default="{}", help="JSON: NumPy backend settings to change")
     args = ap.parse_args(argv)
+    backend = backends.get_backend("numpy")
+    backend.settings = dataclasses.replace(backend.settings, **json.loads(args.settings))
     for module in (depthwise, gemm):
         module.run_jobs = _counting(module.run_jobs)
     networks, _ = load_networks()
