@@ -742,27 +742,39 @@ def test_depthwise_shifted_parts_by_shape(n, hw, k, stride, parts):
     assert depthwise._shifted_parts(spec, DEFAULT, DEFAULT.dw_shifted_rows) == parts
 
 
+DEFAULT_ROWS = dataclasses.replace(DEFAULT, dw_rows=True, dw_rows_whole_bytes=0)
+NO_ROWS = dataclasses.replace(DEFAULT, dw_rows=False)
+
+
+@pytest.mark.parametrize("path", ["shifted", "rows"])
 @pytest.mark.parametrize("threads, keep", [(1, 32 * 2**20), (2, 32 * 2**20), (2, 0)])
-def test_depthwise_shifted_padding_is_zero_after_other_calls(numpy_settings, threads, keep):
-    """The shifted rows pad each job's rows in a buffer the thread keeps between calls:
-    a call after one of another shape, whose rows were large values where this one's
-    padding lies, still reads zeros there (and so does every job where the buffer is
-    not kept, ``scratch_keep`` 0)."""
+def test_depthwise_padding_is_zero_after_other_calls(numpy_settings, path, threads, keep):
+    """The shifted and whole-row GEMMs pad each job's rows in a buffer the thread keeps
+    between calls: a call after one of another shape, whose rows were large values where
+    this one's padding lies, still reads zeros there (and so does every job where the
+    buffer is not kept, ``scratch_keep`` 0)."""
     numpy_settings(
         dw_gemm=True,
-        dw_rows=False,
-        dw_shifted=True,
+        dw_rows=path == "rows",
+        dw_rows_whole_bytes=0,
+        dw_shifted=path == "shifted",
         dw_shifted_job_bytes=2**20,
+        dw_gemm_job_bytes=2**14,
+        dw_rows_min_job_bytes=0,
         threads=threads,
         scratch_keep=keep,
         dw_gemm_threaded_min_macs=0,
         dw_shifted_threaded_min_macs=0,
+        dw_rows_threaded_min_macs=0,
     )
     rng = np.random.default_rng(5)
     big = np.full((2, 6, 30, 31), 1e6, np.float32)
     conv2d(big, np.ones((6, 1, 3, 3), np.float32), groups=6, backend="numpy", algo="direct")
-    for xs, k, pad in [((2, 6, 23, 19), 7, 3), ((3, 5, 17, 20), 5, 2)]:
+    for xs, k, pad in [((2, 6, 23, 19), 7, 3), ((3, 5, 17, 20), 5, 2), ((1, 7, 9, 11), 5, 2)]:
         x, w = _rand(rng, xs, "float32"), _rand(rng, (xs[1], 1, k, k), "float32")
+        spec = make_spec(x, w, None, padding=pad, groups=xs[1])
+        layout = depthwise._rows_layout(spec, DEFAULT_ROWS if path == "rows" else NO_ROWS)
+        assert (layout is not None and not layout[1]) is (path == "rows")
         _check(x, w, None, (1, 1), (pad, pad), (1, 1), xs[1], "zeros", "direct", "float32")
 
 

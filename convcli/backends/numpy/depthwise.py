@@ -298,9 +298,8 @@ def _depthwise_rows(
         groups = -(-ho // r)
         kr = k // w
         rows = max(top + h, (groups - 1) * r * sh + kr)
-        xp = np.zeros((c, n, rows, w), dtype=work)
-        xp[:, :, top : top + h] = x.transpose(1, 0, 2, 3)
-        s = xp.strides
+        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
+        padded = c * n * rows * w * item  # the input padded along the rows
         per_channel = n * groups * (k + m) * item
     # channels per job: its matrices within dw_gemm_job_bytes and (as in _depthwise_gemm)
     # at most a third of the padded copy, but at least dw_rows_min_job_bytes (few jobs:
@@ -309,27 +308,40 @@ def _depthwise_rows(
     threads = gemm_threads(spec, settings, large=band_macs >= settings.dw_rows_threaded_min_macs)
     limit = settings.dw_gemm_job_bytes
     if not whole:
-        limit = min(limit, max(xp.nbytes // 3, settings.dw_rows_min_job_bytes))
+        limit = min(limit, max(padded // 3, settings.dw_rows_min_job_bytes))
     step = max(1, min(limit // per_channel, -(-c // (2 * threads))))
+    zeroed: set[int] = set()  # threads whose padded buffer was zeroed in this call
 
     def chunk(c0: int) -> None:
         c1 = min(c, c0 + step)
         if whole:
             np.matmul(xv[c0:c1], band[c0:c1], out=ov[c0:c1])
             return
-        # a copy: one image's rows would reshape to a view of overlapping rows, which
-        # matmul multiplies without BLAS (7x7 384ch 14^2: 0.38 ms against 0.26 with
-        # the copy)
-        mat = np.ascontiguousarray(
-            np.ndarray(
-                (c1 - c0, n, groups, k),
-                dtype=work,
-                buffer=xp,
-                offset=c0 * s[0],
-                strides=(s[0], s[1], r * sh * s[2], item),
-            ).reshape(c1 - c0, n * groups, k)
+        # the job's channels padded along the rows, in a buffer of the thread whose
+        # padding rows no job writes (a padded copy of the whole input, fresh zeroed
+        # pages, ran on the calling thread before the jobs)
+        kept = scratch("dw_rows_pad", (min(c, step), n, rows, w), work, settings.scratch_keep)
+        if threading.get_ident() not in zeroed:
+            kept[...] = 0
+            if kept.nbytes <= settings.scratch_keep:  # else a new buffer each job
+                zeroed.add(threading.get_ident())
+        kept[: c1 - c0, :, top : top + h] = xt[c0:c1]
+        s = kept.strides
+        # a copy (one image's rows as a view of overlapping rows: matmul multiplies
+        # those without BLAS, 7x7 384ch 14^2 0.38 ms against 0.26 with the copy), in
+        # buffers the thread keeps, as is the product: each job's 1-2 MB of fresh
+        # pages, where the allocator handed them back, cost as much as the GEMMs (one
+        # run: 384ch 14^2 N=8 6.8 ms against 2.6)
+        mat = scratch("dw_rows_mat", (c1 - c0, n * groups, k), work, settings.scratch_keep)
+        mat.reshape(c1 - c0, n, groups, k)[...] = np.ndarray(
+            (c1 - c0, n, groups, k),
+            dtype=work,
+            buffer=kept,
+            strides=(s[0], s[1], r * sh * s[2], item),
         )
-        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, groups * r, wo)
+        y = scratch("dw_rows_y", (c1 - c0, n * groups, m), work, settings.scratch_keep)
+        np.matmul(mat, band[c0:c1], out=y)
+        y = y.reshape(c1 - c0, n, groups * r, wo)
         out[:, c0:c1] = y[:, :, :ho].transpose(1, 0, 2, 3)
 
     run_jobs(chunk, [(c0,) for c0 in range(0, c, step)], threads, settings, spec)
