@@ -608,6 +608,7 @@ def test_depthwise_gemm(
     "xs, k, stride, pad, dilation, whole",
     [
         ((2, 5, 7, 7), (7, 7), (1, 1), (3, 3), (1, 1), True),  # convnext's 7x7 on 7^2
+        ((1, 5, 7, 7), (7, 7), (1, 1), (3, 3), (1, 1), False),  # ... pairs of its rows
         ((3, 4, 14, 14), (7, 7), (1, 1), (3, 3), (1, 1), False),  # ... on 14^2
         ((1, 6, 11, 13), (5, 3), (2, 1), (2, 1), (1, 2), False),  # strides, dilation
         ((2, 3, 9, 10), (3, 3), (2, 2), (1, 0), (1, 1), False),  # odd rows: a part group
@@ -628,6 +629,8 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
         threads=threads,
         dw_gemm_threaded_min_macs=0,
         dw_rows_whole_bytes=2**20 if whole else 0,
+        dw_rows_whole_min_images=1,
+        dw_rows_single_min_rows=10**6,
     )
     rng = np.random.default_rng(sum(xs) + len(dtype) + 11)
     c = xs[1]
@@ -649,15 +652,16 @@ def test_depthwise_rows(numpy_settings, dtype, xs, k, stride, pad, dilation, who
     ],
 )
 @pytest.mark.parametrize(
-    "rows, job_bytes, threads, width",
-    [(4, 2**20, 1, 128), (1, 1, 2, 1), (3, 1, 2, 40), (2, 16000, 2, 128)],
+    "rows, job_bytes, threads, width, slack",
+    [(4, 2**20, 1, 128, 2), (1, 1, 2, 1, 2), (3, 1, 2, 40, 2), (2, 16000, 2, 128, 1)],
 )
 def test_depthwise_shifted(
-    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads, width
+    numpy_settings, dtype, xs, k, stride, pad, dilation, rows, job_bytes, threads, width, slack
 ):
     """Depthwise GEMMs over column-shifted copies of the input rows, forced on small
     layers: groups of 1-4 output rows with a last part group, jobs of whole channels,
-    of one group of rows or of a few, of one image, two or all, on 1-2 threads."""
+    of one group of rows or of a few, of one image, two or all, on 1-2 threads, the
+    images' padded rows side by side (slack 2) or their output's columns (slack 1)."""
     settings = numpy_settings(
         dw_gemm=True,
         dw_rows=False,
@@ -665,6 +669,7 @@ def test_depthwise_shifted(
         dw_shifted_rows=rows,
         dw_shifted_job_bytes=job_bytes,
         dw_shifted_width=width,
+        dw_shifted_flat_slack=slack,
         threads=threads,
         dw_gemm_threaded_min_macs=0,
     )
@@ -678,10 +683,125 @@ def test_depthwise_shifted(
 
 
 @pytest.mark.parametrize(
+    "xs, k, stride, pad, dilation",
+    [
+        ((1, 5, 24, 19), (7, 7), (1, 1), (3, 3), (1, 1)),  # 2-12 parts of 24 rows
+        ((1, 4, 30, 20), (3, 5), (2, 1), (1, 2), (1, 2)),  # stride 2, column dilation
+        ((1, 3, 28, 17), (5, 5), (1, 2), (0, 2), (1, 1)),  # no vertical padding: 24 rows
+    ],
+)
+@pytest.mark.parametrize(
+    "part_rows, rows, job_bytes, threads, slack",
+    [(2, 1, 2**20, 1, 2), (2, 3, 1, 2, 2), (5, 1, 3000, 2, 1)],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_depthwise_shifted_parts_of_one_image(
+    numpy_settings, dtype, xs, k, stride, pad, dilation, part_rows, rows, job_bytes, threads, slack
+):
+    """One image's output rows in parts side by side, as if images: the parts' own
+    rows of the input (the first and last part's padding included), jobs of all rows
+    or of a few groups of rows, on 1-2 threads, the parts' padded rows side by side
+    (slack 2) or their output's columns (slack 1)."""
+    settings = numpy_settings(
+        dw_gemm=True,
+        dw_rows=False,
+        dw_shifted=True,
+        dw_shifted_rows=rows,
+        dw_shifted_part_rows=part_rows,
+        dw_shifted_part_min_taps=1,
+        dw_shifted_flat_slack=slack,
+        dw_shifted_job_bytes=job_bytes,
+        threads=threads,
+        dw_gemm_threaded_min_macs=0,
+        dw_shifted_threaded_min_macs=0,
+    )
+    rng = np.random.default_rng(sum(xs) + part_rows)
+    c = xs[1]
+    x, w, b = _rand(rng, xs, dtype), _rand(rng, (c, 1, *k), dtype), _rand(rng, (c,), dtype)
+    spec = make_spec(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+    assert depthwise._shifted_pays(spec, settings)
+    assert depthwise._shifted_parts(spec, settings, rows) > 1
+    _check(x, w, b, stride, pad, dilation, c, "zeros", "direct", dtype)
+
+
+@pytest.mark.parametrize(
+    "n, hw, k, stride, parts",
+    [
+        (1, 56, 7, 1, 2),  # convnext's 56^2: 2 parts of 28 rows (7 groups of 4), 112 columns
+        (1, 28, 7, 1, 1),  # 28^2: 2 parts of 14 would leave groups of 2 rows
+        (1, 112, 7, 2, 2),  # stride 2: 56 rows
+        (1, 112, 3, 1, 1),  # 3x3: copies outweigh the GEMMs
+        (1, 23, 7, 1, 1),  # 23 rows: no parts
+        (2, 56, 7, 1, 1),  # images side by side instead
+    ],
+)
+def test_depthwise_shifted_parts_by_shape(n, hw, k, stride, parts):
+    x = np.ones((n, 8, hw, hw), np.float32)
+    w = np.ones((8, 1, k, k), np.float32)
+    spec = make_spec(x, w, None, padding=k // 2, stride=stride, groups=8)
+    assert depthwise._shifted_parts(spec, DEFAULT, DEFAULT.dw_shifted_rows) == parts
+
+
+DEFAULT_ROWS = dataclasses.replace(DEFAULT, dw_rows=True, dw_rows_whole_bytes=0)
+NO_ROWS = dataclasses.replace(DEFAULT, dw_rows=False)
+
+
+@pytest.mark.parametrize("path", ["shifted", "rows"])
+@pytest.mark.parametrize("threads, keep", [(1, 32 * 2**20), (2, 32 * 2**20), (2, 0)])
+def test_depthwise_padding_is_zero_after_other_calls(numpy_settings, path, threads, keep):
+    """The shifted and whole-row GEMMs pad each job's rows in a buffer the thread keeps
+    between calls: a call after one of another shape, whose rows were large values where
+    this one's padding lies, still reads zeros there (and so does every job where the
+    buffer is not kept, ``scratch_keep`` 0)."""
+    numpy_settings(
+        dw_gemm=True,
+        dw_rows=path == "rows",
+        dw_rows_whole_bytes=0,
+        dw_shifted=path == "shifted",
+        dw_shifted_job_bytes=2**20,
+        dw_gemm_job_bytes=2**14,
+        dw_rows_min_job_bytes=0,
+        threads=threads,
+        scratch_keep=keep,
+        dw_gemm_threaded_min_macs=0,
+        dw_shifted_threaded_min_macs=0,
+        dw_rows_threaded_min_macs=0,
+    )
+    rng = np.random.default_rng(5)
+    big = np.full((2, 6, 30, 31), 1e6, np.float32)
+    conv2d(big, np.ones((6, 1, 3, 3), np.float32), groups=6, backend="numpy", algo="direct")
+    for xs, k, pad in [((2, 6, 23, 19), 7, 3), ((3, 5, 17, 20), 5, 2), ((1, 7, 9, 11), 5, 2)]:
+        x, w = _rand(rng, xs, "float32"), _rand(rng, (xs[1], 1, k, k), "float32")
+        spec = make_spec(x, w, None, padding=pad, groups=xs[1])
+        layout = depthwise._rows_layout(spec, DEFAULT_ROWS if path == "rows" else NO_ROWS)
+        assert (layout is not None and not layout[1]) is (path == "rows")
+        _check(x, w, None, (1, 1), (pad, pad), (1, 1), xs[1], "zeros", "direct", "float32")
+
+
+@pytest.mark.parametrize(
+    "n, c, hw, k, stride, layout",
+    [
+        (1, 384, 14, 7, 1, (1, False)),  # one image of 14 rows: single rows
+        (8, 384, 14, 7, 1, (2, False)),  # eight: pairs
+        (1, 768, 7, 7, 1, (2, False)),  # one image of 7 rows: pairs
+        (2, 768, 7, 7, 1, (7, True)),  # two: the whole map
+        (1, 672, 28, 5, 2, (1, False)),  # 14 rows of stride 2: single rows too
+    ],
+)
+def test_depthwise_rows_group_by_images_and_rows(n, c, hw, k, stride, layout):
+    x = np.ones((n, c, hw, hw), np.float32)
+    w = np.ones((c, 1, k, k), np.float32)
+    spec = make_spec(x, w, None, padding=k // 2, stride=stride, groups=c)
+    assert depthwise._rows_layout(spec, DEFAULT) == layout
+
+
+@pytest.mark.parametrize(
     "n, c, hw, k, stride, path",
     [
-        (1, 768, 7, 7, 1, "whole"),  # convnext's last stage: the whole map, in place
+        (8, 768, 7, 7, 1, "whole"),  # convnext's last stage: the whole map, in place
+        (1, 768, 7, 7, 1, "rows"),  # ... but for one image, pairs of rows
         (8, 384, 14, 7, 1, "rows"),  # its third: pairs of whole rows
+        (1, 384, 14, 7, 1, "rows"),  # ... single rows
         (1, 96, 56, 7, 1, "shifted"),  # its first: column-shifted rows
         (8, 192, 28, 7, 1, "shifted"),
         (1, 672, 14, 5, 1, "rows"),  # efficientnet's 5x5 on 14^2

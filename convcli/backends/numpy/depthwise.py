@@ -12,6 +12,8 @@ loop over stride phases in cache-sized pieces for the rest.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from convcli.backends.numpy.gather import band_rows, phases
@@ -224,11 +226,18 @@ def _rows_layout(spec: ConvSpec, settings: Settings) -> tuple[int, bool] | None:
     kr = (r - 1) * sh + (spec.kh - 1) * dh + 1
     # the whole map as one row of the GEMM where it has at most dw_rows_whole_extra rows
     # more than a group of r rows reads (a few more products, no copies: 5x5 576ch 7^2,
-    # N=8, 0.33 ms against 0.63), with a band of at most dw_rows_whole_bytes a channel
+    # N=8, 0.33 ms against 0.63), with a band of at most dw_rows_whole_bytes a channel,
+    # for dw_rows_whole_min_images images or more (one image: a matrix-vector product)
     whole_band = spec.h * spec.w * spec.h_out * spec.w_out * np.dtype(spec.dtype).itemsize
-    if spec.h <= kr + settings.dw_rows_whole_extra and whole_band <= settings.dw_rows_whole_bytes:
+    if (
+        spec.h <= kr + settings.dw_rows_whole_extra
+        and whole_band <= settings.dw_rows_whole_bytes
+        and spec.n >= settings.dw_rows_whole_min_images
+    ):
         return spec.h_out, True
     r = settings.dw_rows_group if dh == 1 and spec.h_out > 1 else 1
+    if spec.n == 1 and spec.h_out >= settings.dw_rows_single_min_rows:
+        r = 1  # one image of many rows: single rows (a smaller band, more GEMM rows)
     rows = (r - 1) * sh + (spec.kh - 1) * dh + 1
     if rows * spec.w * r * spec.w_out * np.dtype(spec.dtype).itemsize > settings.dw_rows_band_bytes:
         return None  # the column blocks' band stays small
@@ -289,32 +298,50 @@ def _depthwise_rows(
         groups = -(-ho // r)
         kr = k // w
         rows = max(top + h, (groups - 1) * r * sh + kr)
-        xp = np.zeros((c, n, rows, w), dtype=work)
-        xp[:, :, top : top + h] = x.transpose(1, 0, 2, 3)
-        s = xp.strides
+        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
+        padded = c * n * rows * w * item  # the input padded along the rows
         per_channel = n * groups * (k + m) * item
-    # channels per job: its matrices in L2 and (as in _depthwise_gemm) at most a third of
-    # the padded copy, and at least two jobs a thread
+    # channels per job: its matrices within dw_gemm_job_bytes and (as in _depthwise_gemm)
+    # at most a third of the padded copy, but at least dw_rows_min_job_bytes (few jobs:
+    # each costs calls), and at least two jobs a thread
     band_macs = n * c * (1 if whole else groups) * k * m
     threads = gemm_threads(spec, settings, large=band_macs >= settings.dw_rows_threaded_min_macs)
     limit = settings.dw_gemm_job_bytes
     if not whole:
-        limit = min(limit, max(xp.nbytes // 3, settings.dw_gemm_min_job_bytes))
+        limit = min(limit, max(padded // 3, settings.dw_rows_min_job_bytes))
     step = max(1, min(limit // per_channel, -(-c // (2 * threads))))
+    zeroed: set[int] = set()  # threads whose padded buffer was zeroed in this call
 
     def chunk(c0: int) -> None:
         c1 = min(c, c0 + step)
         if whole:
             np.matmul(xv[c0:c1], band[c0:c1], out=ov[c0:c1])
             return
-        mat = np.ndarray(
+        # the job's channels padded along the rows, in a buffer of the thread whose
+        # padding rows no job writes (a padded copy of the whole input, fresh zeroed
+        # pages, ran on the calling thread before the jobs)
+        kept = scratch("dw_rows_pad", (min(c, step), n, rows, w), work, settings.scratch_keep)
+        if threading.get_ident() not in zeroed:
+            kept[...] = 0
+            if kept.nbytes <= settings.scratch_keep:  # else a new buffer each job
+                zeroed.add(threading.get_ident())
+        kept[: c1 - c0, :, top : top + h] = xt[c0:c1]
+        s = kept.strides
+        # a copy (one image's rows as a view of overlapping rows: matmul multiplies
+        # those without BLAS, 7x7 384ch 14^2 0.38 ms against 0.26 with the copy), in
+        # buffers the thread keeps, as is the product: each job's 1-2 MB of fresh
+        # pages, where the allocator handed them back, cost as much as the GEMMs (one
+        # run: 384ch 14^2 N=8 6.8 ms against 2.6)
+        mat = scratch("dw_rows_mat", (c1 - c0, n * groups, k), work, settings.scratch_keep)
+        mat.reshape(c1 - c0, n, groups, k)[...] = np.ndarray(
             (c1 - c0, n, groups, k),
             dtype=work,
-            buffer=xp,
-            offset=c0 * s[0],
+            buffer=kept,
             strides=(s[0], s[1], r * sh * s[2], item),
-        ).reshape(c1 - c0, n * groups, k)  # a copy (one image: a view matmul copies)
-        y = np.matmul(mat, band[c0:c1]).reshape(c1 - c0, n, groups * r, wo)
+        )
+        y = scratch("dw_rows_y", (c1 - c0, n * groups, m), work, settings.scratch_keep)
+        np.matmul(mat, band[c0:c1], out=y)
+        y = y.reshape(c1 - c0, n, groups * r, wo)
         out[:, c0:c1] = y[:, :, :ho].transpose(1, 0, 2, 3)
 
     run_jobs(chunk, [(c0,) for c0 in range(0, c, step)], threads, settings, spec)
@@ -339,6 +366,21 @@ def _shifted_pays(spec: ConvSpec, settings: Settings) -> bool:
     r = max(1, min(settings.dw_shifted_rows, spec.h_out))
     least = ((r - 1) * spec.stride[0] + spec.kh) * spec.kw * row_lead(spec.w_out, item) * item
     return 3 * least <= padded
+
+
+def _shifted_parts(spec: ConvSpec, settings: Settings, r: int) -> int:
+    """Parts of one image's output rows that :func:`_depthwise_shifted` puts side by
+    side: the most that fit ``settings.dw_shifted_width`` columns and split the rows
+    into whole groups of ``r`` rows, at least ``settings.dw_shifted_part_rows`` a part
+    (1: none). Only for kernels of ``settings.dw_shifted_part_min_taps`` taps or more,
+    whose GEMMs outweigh the copies (the parts' copies out of the products and of the
+    rows read twice)."""
+    if spec.n != 1 or spec.kh * spec.kw < settings.dw_shifted_part_min_taps:
+        return 1
+    ho = spec.h_out
+    most = min(settings.dw_shifted_width // spec.w_out, ho // settings.dw_shifted_part_rows)
+    fits = [p for p in range(1, most + 1) if ho % p == 0 and ho // p % r == 0]
+    return max(fits, default=1)
 
 
 def _shifted_band(weight: np.ndarray, spec: ConvSpec, r: int, work: np.dtype) -> np.ndarray:
@@ -366,6 +408,17 @@ def _depthwise_shifted(
     several images' copied there while in cache), and ``K = ((r-1)*sH + kH)*kW``
     products per output (7x7, 4 rows: 70, against the column blocks' 112). Images side
     by side (``settings.dw_shifted_width``) make the GEMMs wider: 8 of 28 columns, 224.
+
+    Each job pads its own rows: the rows its channels and images read are copied into
+    a small padded buffer of the thread (zeros where the rows and columns fall on the
+    padding), from which ``cols`` is copied while both are in cache. A padded copy of
+    the whole input (fresh zeroed pages, written and read back from memory, on one
+    thread) cost as much as half the GEMMs (96 channels on 56^2, N=8). With several
+    images and no stride along the rows, that buffer holds the images' padded rows side
+    by side, so that a row of ``cols`` is one run of ``m*wp`` values (the GEMMs compute
+    the ``wp - W_out`` columns between images too, cropped as the products are copied
+    out). One image of large kernels runs as ``parts`` images of its rows
+    (:func:`_shifted_parts`) for wider GEMMs.
     """
     n, c, h, w = x.shape
     kh, kw = spec.kh, spec.kw
@@ -375,70 +428,121 @@ def _depthwise_shifted(
     ho, wo = spec.h_out, spec.w_out
     item = work.itemsize
     r = max(1, min(settings.dw_shifted_rows, ho))
+    out = np.empty((n, c, ho, wo), dtype=work)
+    # one image: its rows in `parts` parts side by side as if images (each reading the
+    # kH - sH rows past its own again), for wider GEMMs
+    parts = _shifted_parts(spec, settings, r)
+    if parts > 1:
+        n, ho = parts, ho // parts
+        res = out.reshape(c, n, ho, wo).transpose(0, 2, 1, 3)  # (C, H_out, parts, W_out)
+        xt = x[0]  # (C, H, W)
+    else:
+        # the output as (C, H_out, N, W_out): one image's rows of products are its rows
+        res = out.transpose(1, 2, 0, 3)
+        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
     full, rest = divmod(ho, r)
     groups = full + (rest > 0)
     nu = (groups * r - 1) * sh + kh  # padded rows the groups read
     k = ((r - 1) * sh + kh) * kw
     # images side by side in a GEMM's columns, up to dw_shifted_width of them
     m = max(1, min(n, settings.dw_shifted_width // wo))
-    lead = row_lead(m * wo, item)
-    wp = (wo - 1) * sw + (kw - 1) * dw + 1
-    xp = np.zeros((c, n, max(nu, top + h), max(wp, left + w)), dtype=work)
-    xp[:, :, top : top + h, left : left + w] = x.transpose(1, 0, 2, 3)
-    s = xp.strides
+    wp = (wo - 1) * sw + (kw - 1) * dw + 1  # padded columns read
+    wc = max(0, min(w, wp - left))  # input columns read
+    # several images without stride along the rows: whole padded rows side by side, so
+    # that a row of cols is one run (the GEMM computes wp - wo junk columns an image,
+    # at most dw_shifted_flat_slack - 1 of its columns)
+    flat = m > 1 and sw == 1 and wp <= settings.dw_shifted_flat_slack * wo
+    lead = row_lead(m * (wp if flat else wo), item)
     key = ("depthwise_shifted", work, r, sh)
     band = prepared(key, weight, lambda: _shifted_band(weight, spec, r, work))
-    out = np.empty((n, c, ho, wo), dtype=work)
-    # the output as (C, H_out, N, W_out): one image's rows of products are its rows
-    res = out.transpose(1, 2, 0, 3)
+    band_macs = n * c * groups * r * k * wo
+    large = band_macs >= settings.dw_shifted_threaded_min_macs
+    threads = gemm_threads(spec, settings, large=large)
     # a job: the channels (or one channel's groups of rows) whose copies take
-    # dw_shifted_job_bytes, and (as in _depthwise_gemm) at most a third of the padded
-    # copy, so that the call stays within what budget.conv_need prices for it
-    limit = min(settings.dw_shifted_job_bytes, xp.nbytes // 3)
+    # dw_shifted_job_bytes (few large jobs: each costs some 15 us of calls, and its
+    # copies need not stay in L2), and whose threads' copies take at most twice what
+    # the input would take padded (what budget.conv_need prices for the call)
+    padded = c * n * nu * wp * item
+    limit = min(settings.dw_shifted_job_bytes, max(1, 2 * padded // max(2, threads)))
     per_row = kw * lead * item
     step = max(1, min(c, limit // (nu * per_row)))
     ng = groups if step > 1 else max(1, min(groups, (limit // per_row - kh) // (r * sh) + 1))
+    rows_max = (min(groups, ng) * r - 1) * sh + kh
+    if flat:  # (C, rows, images' padded rows and the kW - 1 columns the last reads past)
+        pad_shape: tuple[int, ...] = (min(c, step), rows_max, m * wp + (kw - 1) * dw)
+    else:
+        pad_shape = (min(c, step), m, rows_max, wp)
+    zeroed: set[int] = set()  # threads whose padded buffer was zeroed in this call
 
     def chunk(c0: int, i0: int, g0: int) -> None:
         c1, i1, g1 = min(c, c0 + step), min(n, i0 + m), min(groups, g0 + ng)
         cc, mm, whole = c1 - c0, i1 - i0, min(g1, full) - g0  # whole: groups of r rows
         rows = ((g1 - g0) * r - 1) * sh + kh
+        # the padded rows y0 .. y0 + rows of the job's channels and images
+        kept = scratch("dw_shifted_pad", pad_shape, work, settings.scratch_keep)
+        if threading.get_ident() not in zeroed:  # the thread's first job of the call
+            # the padding stays zero: no job writes its columns, nor (where every job
+            # reads all rows) its rows
+            kept[...] = 0
+            if kept.nbytes <= settings.scratch_keep:  # else a new buffer each job
+                zeroed.add(threading.get_ident())
+        if flat:  # as (cc, mm, rows, wp), starting where kept does
+            pad = kept[:cc, :rows, : mm * wp].reshape(cc, rows, mm, wp).transpose(0, 2, 1, 3)
+        else:
+            pad = kept[:cc, :mm, :rows]
+        # images: the same rows of each; parts: each its own rows of the one image
+        for q, i in [(slice(None), slice(i0, i1))] if parts == 1 else enumerate(range(i0, i1)):
+            y0 = (g0 * r + (i * ho if parts > 1 else 0)) * sh
+            u0, u1 = max(0, top - y0), max(0, min(rows, top + h - y0))
+            if ng < groups or parts > 1:  # another job's (or part's) rows may be here
+                pad[:, q, :u0] = 0
+                pad[:, q, max(u0, u1) :] = 0
+            if u1 > u0:
+                src = xt[c0:c1, i] if parts == 1 else xt[c0:c1]  # (cc, [mm,] H, W)
+                pad[:, q, u0:u1, left : left + wc] = src[..., y0 + u0 - top : y0 + u1 - top, :wc]
+        p = kept.strides
         cols = scratch("dw_shifted", (cc, rows, kw, lead), work, settings.scratch_keep)
-        cols[..., : mm * wo].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(
-            (cc, rows, kw, mm, wo),
-            dtype=work,
-            buffer=xp,
-            offset=c0 * s[0] + i0 * s[1] + g0 * r * sh * s[2],
-            strides=(s[0], s[2], dw * item, s[1], sw * item),
-        )
+        nc = mm * (wp if flat else wo)  # the GEMMs' columns
+        if flat:  # cols[.., u, j, :] = padded row u from column j*dW on: one run
+            cols[..., :nc] = np.ndarray(
+                (cc, rows, kw, nc), dtype=work, buffer=kept, strides=(p[0], p[1], dw * item, item)
+            )
+        else:
+            cols[..., :nc].reshape(cc, rows, kw, mm, wo)[...] = np.ndarray(
+                (cc, rows, kw, mm, wo),
+                dtype=work,
+                buffer=kept,
+                strides=(p[0], p[2], dw * item, p[1], sw * item),
+            )
         z = cols.strides
         part = res[c0:c1, :, i0:i1]  # (cc, H_out, mm, W_out)
         if whole > 0:
             b_view = np.ndarray(
-                (cc, whole, k, mm * wo),
+                (cc, whole, k, nc),
                 dtype=work,
                 buffer=cols,
                 strides=(z[0], r * sh * z[1], z[2], item),
             )
             dst = part[:, g0 * r : (g0 + whole) * r]
-            if mm == 1:  # the output's rows: written in place
+            if not flat and mm == 1:  # the output's rows: written in place
                 np.matmul(band[c0:c1, None], b_view, out=dst.reshape(cc, whole, r, wo))
             else:  # several images' rows: copied out while in cache
                 y = np.matmul(band[c0:c1, None], b_view)
-                dst[...] = y.reshape(cc, whole * r, mm, wo)
+                dst[...] = y.reshape(cc, whole * r, mm, nc // mm)[..., :wo]
         if g1 > full:  # the last group, of rest < r rows
             b_view = np.ndarray(
-                (cc, k, mm * wo),
+                (cc, k, nc),
                 dtype=work,
                 buffer=cols,
                 offset=whole * r * sh * z[1],
                 strides=(z[0], z[2], item),
             )
             dst = part[:, full * r :]
-            if mm == 1:
+            if not flat and mm == 1:
                 np.matmul(band[c0:c1, :rest], b_view, out=dst.reshape(cc, rest, wo))
             else:
-                dst[...] = np.matmul(band[c0:c1, :rest], b_view).reshape(cc, rest, mm, wo)
+                y = np.matmul(band[c0:c1, :rest], b_view)
+                dst[...] = y.reshape(cc, rest, mm, nc // mm)[..., :wo]
 
     jobs = [
         (c0, i0, g0)
@@ -446,9 +550,7 @@ def _depthwise_shifted(
         for i0 in range(0, n, m)
         for g0 in range(0, groups, ng)
     ]
-    band_macs = n * c * groups * r * k * wo
-    large = band_macs >= settings.dw_shifted_threaded_min_macs
-    run_jobs(chunk, jobs, gemm_threads(spec, settings, large=large), settings, spec)
+    run_jobs(chunk, jobs, threads, settings, spec)
     return out
 
 

@@ -137,11 +137,30 @@ class Settings:
     dw_rows_slack: float = 1.5
     dw_rows_whole_extra: int = 2
     dw_rows_whole_bytes: int = 16 * 1024
+    # ... and the call has at least this many images: one image's whole-map GEMM is a
+    # matrix-vector product that reads its channel's band for one row of products. CPU
+    # ms of one thread, median, whole map vs pairs of rows, caches warm / flushed: N=1
+    # 7x7 768ch 7^2 0.36/0.72 vs 0.28/0.58, 5x5 1152ch 7^2 0.63/0.72 vs 0.36/0.47, 576ch
+    # 0.30/0.39 vs 0.18/0.27; N=2 7x7 768ch 0.35/0.89 vs 0.38/0.86, 5x5 1152ch 0.59/0.71
+    # vs 0.56/0.71; N=4 768ch 0.51/0.94 vs 0.61/1.08; N=8 0.64/1.02 vs 1.19/1.54
+    dw_rows_whole_min_images: int = 2
     # the band of a group of rows at most this a channel (a dilated kernel's reaches
     # far: dilation 150 on 1000^2 made a 1 GB band)
     dw_rows_band_bytes: int = 256 * 1024
-    # output rows per row of a whole-row GEMM
+    # output rows per row of a whole-row GEMM; one row for one image of at least
+    # dw_rows_single_min_rows output rows. CPU ms of one thread, N=1, median, pairs vs
+    # single rows: 7x7 384ch 14^2 0.70 vs 0.61, 5x5 672ch 14^2 1.38 vs 1.32, 480ch 0.66
+    # vs 0.60 (caches flushed: 1.25 vs 0.99, 1.32 vs 1.14); but 7^2 outputs 768ch 0.36
+    # vs 0.44, 5x5 1152ch 0.57 vs 0.80, 672ch 14^2 s2 0.39 vs 0.49; N=8 even (14^2
+    # 384ch 3.47 vs 3.21, 672ch 4.18 vs 4.19, 7^2 1152ch 1.16 vs 1.22)
     dw_rows_group: int = 2
+    dw_rows_single_min_rows: int = 12
+    # a job's matrices at least this (where a third of the padded copy is less): CPU ms
+    # of one thread, N=1, median, 128 KiB vs 512 KiB vs 2 MiB: 7x7 384ch 14^2 0.44 vs
+    # 0.41 vs 0.38, 768ch 7^2 0.26 vs 0.23 vs 0.24; 5x5 672ch 14^2 0.65 vs 0.55 vs
+    # 0.57, 1152ch 7^2 0.41 vs 0.34 vs 0.31; 3x3 480ch 14^2 0.28 vs 0.25 vs 0.24 (the
+    # call's peak stays within budget.conv_need's price: 1.9 MB against 2.2 for 384ch)
+    dw_rows_min_job_bytes: int = 2 * 2**20
     # from this many multiply-adds of its GEMMs a whole-row GEMM runs on our threads (its
     # jobs are a few runs of channels, cheaper to share than the column blocks' jobs):
     # wall ms, N=1, load 3.9 on 2 cores, median/min, one thread against two: 7x7 384ch
@@ -159,17 +178,33 @@ class Settings:
     # 1.40/1.14 vs 1.13/0.95, N=8 9.0/7.8 vs 9.0/8.1; 3x3 144ch 56^2 N=8 15.0/14.0 vs
     # 8.7/8.4; 96ch 112^2 s2 N=8 30.6/29.1 vs 17.0/16.0; but on 14 columns 3x3 116ch 14^2
     # N=8 0.75/0.72 vs 0.86/0.84, 5x5 672ch 28^2 s2 N=1 2.5/2.0 vs 2.9/2.6 (rows of 4
-    # against 6 and 8: 4 was best or even; jobs of 1 MiB against 0.125-2).
+    # against 6 and 8: 4 was best or even). Jobs of 2 MiB of copies since each job pads
+    # its own rows (CPU ms of one thread, median/min, 1 against 2 and 4 MiB: 96ch 56^2
+    # N=8 10.7/10.3, 9.9/9.2, 9.9/9.7; 192ch 28^2 N=8 6.5/6.3, 6.2/5.8, 6.5/6.4; N=1
+    # 96ch 1.74/1.41, 1.68/1.38, 1.49/1.35; fewer jobs, fewer calls: some 15 us a job).
     dw_shifted: bool | None = None
     dw_shifted_min_width: int = 16
     dw_shifted_rows: int = 4
-    dw_shifted_job_bytes: int = 2**20
+    dw_shifted_job_bytes: int = 2 * 2**20
     dw_shifted_threaded_min_macs: int = 6 * 10**6
     # images side by side in a GEMM's columns, at most this many columns of them: CPU ms
     # of one thread, N=8, median/min, one image against 256 columns: 7x7 96ch 56^2
     # 14.9/13.9 vs 11.6/10.3, 192ch 28^2 8.6/8.5 vs 7.3/6.9; 3x3 144ch 56^2 9.9/8.8 vs
     # 8.0/7.8 (128: 9.2/8.6, 200: 10.6/8.7, 512: as 256)
     dw_shifted_width: int = 256
+    # several images' padded rows side by side where they are at most this many times
+    # the output's (the GEMMs compute the columns between them too): CPU ms of one
+    # thread, N=8, median, runs of W_out vs whole padded rows: 7x7 192ch 28^2 (34/28
+    # columns) 5.60 vs 4.76, 96ch 56^2 9.76 vs 9.15; 5x5 240ch 28^2 6.57 vs 4.90; 3x3
+    # 88ch 28^2 1.39 vs 1.13, 32ch 112^2 5.27 vs 4.78
+    dw_shifted_flat_slack: float = 1.25
+    # one image's output rows in parts of at least this many side by side (each part
+    # reads kH - sH rows of the next again), for kernels of at least
+    # dw_shifted_part_min_taps taps. CPU ms of one thread, N=1, median/min, whole rows
+    # vs 2 parts: 7x7 96ch 56^2 1.54/1.42 vs 1.41/1.31; but 3x3 32ch 112^2 0.87/0.51 vs
+    # 0.98/0.59, 96ch s2 1.48/1.41 vs 1.58/1.46, 144ch 56^2 0.84/0.80 vs 0.84/0.79
+    dw_shifted_part_rows: int = 12
+    dw_shifted_part_min_taps: int = 25
 
     # -- cost model (cost.estimate_seconds) ---------------------------------------------
     # Effective throughputs of this machine's NumPy (OpenBLAS, 2 Zen 4 cores), fitted to
