@@ -663,7 +663,7 @@ def _geometry_programs() -> list[tuple[str, dict]]:
     dw = make_spec(x, np.zeros((4, 1, 3, 3), np.float32), None, padding=1, groups=4)
     dense = make_spec(x, np.zeros((8, 4, 3, 3), np.float32), None, padding=1)
     geometry = geometry_defines(3, 3, (1, 1), (1, 1))
-    native = dict(IN_T="uchar", OUT_T="uchar", C=1, ABS=0, ROWS=4, XV=2, SEPARABLE=0)
+    native = dict(IN_T="uchar", OUT_T="uchar", C=1, ABS=0, ROWS=4, XV=2, SEPARABLE=0, FUSED=0)
     return [
         ("conv2d_direct", _direct_defines()),
         ("dw_direct", depthwise.defines(dw, DEFAULT)),
