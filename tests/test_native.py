@@ -450,3 +450,27 @@ def test_fused_two_pass_matches_two_launches_and_float64(monkeypatch, dtype):
             check(got, want, int(top))
             runs.append(got)
         assert np.array_equal(runs[0], runs[1]), shape
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_fused_only_where_the_devices_local_memory_holds_its_tile(monkeypatch):
+    """native_filter_fused's tile is a static local array (16.5 KiB for a 7x7 Gaussian on
+    one channel): a device with less local memory (an embedded profile; Oclgrind with a
+    GPU's 16 KiB in CI) refuses every launch of it at any work-group size, so there the
+    two launches run, and give the same levels."""
+    from dataclasses import replace
+
+    from convcli import backends
+
+    ocl = backends.get_backend("opencl")
+    names = _kernel_names(monkeypatch, "opencl")
+    strip, top = _strip((12, 30, 1), np.uint8, seed=4)
+    k = KERNELS["gaussian"]
+    want = reference(strip, top, k)
+    for local_mem, fused in ((1 << 16, True), (16384, False)):
+        monkeypatch.setattr(ocl, "limits", replace(ocl.limits, local_mem_bytes=local_mem))
+        names.clear()
+        got = filter_strip(strip, top=top, kernel=k, backend="opencl")
+        assert ("native_filter_fused" in names) == fused, (local_mem, names)
+        assert ("native_filter_h" in names) == (not fused), (local_mem, names)
+        check(got, want, 255)
