@@ -467,7 +467,10 @@ def test_fused_only_where_the_devices_local_memory_holds_its_tile(monkeypatch):
     strip, top = _strip((12, 30, 1), np.uint8, seed=4)
     k = KERNELS["gaussian"]
     want = reference(strip, top, k)
-    for local_mem, fused in ((1 << 16, True), (16384, False)):
+    # ROWS rows of 8 * LX values and one vector of halo (6 values): 16640 bytes
+    need = 4 * native.CL_ROWS_V * (8 * native.CL_LOCAL[0] + 8)
+    real = ocl.limits.local_mem_bytes
+    for local_mem, fused in ((real, real >= need), (need - 1, False)):
         monkeypatch.setattr(ocl, "limits", replace(ocl.limits, local_mem_bytes=local_mem))
         names.clear()
         got = filter_strip(strip, top=top, kernel=k, backend="opencl")
