@@ -682,6 +682,17 @@ def test_gemm_1x1_route():
     )[0].kernel == "dense_gemm"  # fmt: skip
 
 
+def test_gemm_1x1_leaves_batches_beyond_32_bit_offsets():
+    # gemm_1x1 indexes the batch's input with 32-bit ints: a batch of 2**31 input
+    # floats or more (1024 channels of 7x7: 42800 images, 8 GiB) keeps dense_gemm,
+    # which offsets each image with size_t
+    w = np.zeros((64, 1024, 1, 1), np.float32)
+    spec = make_spec(np.zeros((1, 1024, 7, 7), np.float32), w, None)
+    most = (2**31 - 1) // (1024 * 49)
+    assert gemm.gemm1x1_applies(replace(spec, n=most), True, DEFAULT)
+    assert not gemm.gemm1x1_applies(replace(spec, n=most + 1), True, DEFAULT)
+
+
 def test_gemm_1x1_tile_choice():
     # 3 x 4 unless it pads the output channels 8 % more than 2 x 6 would
     s = DEFAULT
