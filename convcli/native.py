@@ -545,7 +545,8 @@ def _opencl_once(plan: _Plan, device: str | None, started: Any, most: float = ma
 
     if started is not None and _program_built(started, plan):
         return 0.0  # without the pricing's lookups: every strip of a run asks
-    return choice.opencl_once([("native_filter", _defines(plan))], device, started or None, most)
+    needed = [("native_filter", _defines(plan, _local_mem(started)))]
+    return choice.opencl_once(needed, device, started or None, most)
 
 
 # ---------------------------------------------------------------------------------------
@@ -574,9 +575,13 @@ def _defines(plan: _Plan, local_mem: int | None = None) -> dict[str, int | str]:
     }
 
 
+def _local_mem(backend: Any) -> int | None:
+    """A started backend's local memory (None: no device open yet)."""
+    return getattr(getattr(backend, "limits", None), "local_mem_bytes", None)
+
+
 def _program_built(backend: Any, plan: _Plan) -> bool:
-    limits = getattr(backend, "limits", None)
-    key = ("native_filter", *_defines(plan, getattr(limits, "local_mem_bytes", None)).items())
+    key = ("native_filter", *_defines(plan, _local_mem(backend)).items())
     return key in getattr(backend, "_given", {})
 
 
