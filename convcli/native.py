@@ -545,7 +545,8 @@ def _opencl_once(plan: _Plan, device: str | None, started: Any, most: float = ma
 
     if started is not None and _program_built(started, plan):
         return 0.0  # without the pricing's lookups: every strip of a run asks
-    return choice.opencl_once([("native_filter", _defines(plan))], device, started or None, most)
+    needed = [("native_filter", _defines(plan, _local_mem(started)))]
+    return choice.opencl_once(needed, device, started or None, most)
 
 
 # ---------------------------------------------------------------------------------------
@@ -555,7 +556,9 @@ def _opencl_once(plan: _Plan, device: str | None, started: Any, most: float = ma
 _CL_LOCK = threading.Lock()
 
 
-def _defines(plan: _Plan) -> dict[str, int | str]:
+def _defines(plan: _Plan, local_mem: int | None = None) -> dict[str, int | str]:
+    """The program's build defines; ``local_mem``: the device's local memory, where
+    known (see :func:`_cl_fused`)."""
     from convcli.backends.opencl.geometry import geometry_defines
 
     return {
@@ -567,13 +570,18 @@ def _defines(plan: _Plan) -> dict[str, int | str]:
         "ROWS": CL_ROWS_V if _cl_separable(plan) else CL_ROWS,
         "XV": CL_XV,
         "SEPARABLE": int(_cl_separable(plan)),
-        "FUSED": int(_cl_fused(plan)),
+        "FUSED": int(_cl_fused(plan, local_mem)),
         "LX": CL_LOCAL[0],
     }
 
 
+def _local_mem(backend: Any) -> int | None:
+    """A started backend's local memory (None: no device open yet)."""
+    return getattr(getattr(backend, "limits", None), "local_mem_bytes", None)
+
+
 def _program_built(backend: Any, plan: _Plan) -> bool:
-    key = ("native_filter", *_defines(plan).items())
+    key = ("native_filter", *_defines(plan, _local_mem(backend)).items())
     return key in getattr(backend, "_given", {})
 
 
@@ -602,7 +610,8 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
     strip = np.ascontiguousarray(plan.source if mapped else plan.strip)
     rows_in, w_in, c = plan.strip.shape
     n_out = plan.w_out * c
-    defines = _defines(plan)
+    local_mem = be.limits.local_mem_bytes
+    defines = _defines(plan, local_mem)
     i32, f32 = np.int32, np.float32
     with translate_errors("native filter on OpenCL"):
         xbuf = be.input_buffer(strip, info)
@@ -611,7 +620,7 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
         bias_top = f32(plan.bias_top)
         rows = defines["ROWS"]
         groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
-        if _cl_fused(plan):
+        if _cl_fused(plan, local_mem):
             events = [_enqueue_fused(be, plan, defines, strip, mapped, xbuf, obuf, info)]
         elif _cl_separable(plan):
             v_name = "native_filter_vmap" if mapped else "native_filter_v"
@@ -690,16 +699,21 @@ def _fused_local_bytes(plan: _Plan) -> int:
     return 4 * CL_ROWS_V * (8 * CL_LOCAL[0] + 8 * -(-halo // 8))
 
 
-def _cl_fused(plan: _Plan) -> bool:
+def _cl_fused(plan: _Plan, local_mem: int | None = None) -> bool:
     """Both passes of a two-pass plan in one launch: stride 1 along rows (the horizontal
     sums of a tile are then the tile's own vertical sums and a halo after them) and a
-    work-group's rows of sums within the 32 KiB of local memory every OpenCL device has
-    (so the program's defines need no device)."""
+    work-group's rows of sums within CL_FUSED_LOCAL_BYTES and the device's local memory
+    ``local_mem`` (None, for pricing before a device is open: the 32 KiB of a full
+    profile device). The tile is a static array: a device with less (an embedded
+    profile, Oclgrind with a GPU's 16 KiB) refuses every launch of it, at any
+    work-group size, so the two launches run there."""
+    need = _fused_local_bytes(plan)
     return (
         CL_FUSED
         and _cl_separable(plan)
         and plan.sw == 1
-        and _fused_local_bytes(plan) <= CL_FUSED_LOCAL_BYTES
+        and need <= CL_FUSED_LOCAL_BYTES
+        and (local_mem is None or need <= local_mem)
     )
 
 

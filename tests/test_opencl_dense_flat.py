@@ -101,7 +101,8 @@ def test_dense_flat_by_default_through_conv2d(ocl, flat_runs):
     # resnet's 3x3 stride-2 layer on a 7^2 output map takes the route under 'auto'
     x, w, b = arrays(3, (2, 32, 14, 14), (64, 32, 3, 3))
     out = conv2d(x, w, b, stride=2, padding=1, backend="opencl")
-    assert len(flat_runs) == 1
+    # on CPU devices only (a GPU-type device, Oclgrind in CI, runs dense_gemm)
+    assert len(flat_runs) == (1 if backends.get_backend("opencl").is_cpu else 0)
     spec = make_spec(x, w, b, stride=2, padding=1)
     assert_close(out, naive_for_spec(x, w, b, spec), "float32")
 
@@ -145,6 +146,8 @@ def test_dense_flat_programs_are_predicted(ocl, monkeypatch, padding):
     x, w, b = arrays(5, (1, 32, 14, 14), (64, 32, 3 - padding, 3 - padding))
     spec = make_spec(x, w, b, stride=2, padding=padding)
     backend = OpenCLBackend.create(None)  # holds nothing yet
+    if not backend.is_cpu:
+        pytest.skip("dense_flat's route is for CPU devices")
     built = []
     real = Runtime._build
 

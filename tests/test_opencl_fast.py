@@ -590,6 +590,18 @@ def _gemm1x1_plan(ocl, x, w, b, **opts):
     return opencl_plan.choose(spec, w, cpu=True, settings=ocl.settings)[0].kernel
 
 
+def _gemm1x1_run(ocl, x, w, b, **opts):
+    """The fast path on a CPU device (gemm_1x1's route); elsewhere (the route is
+    CPU-only) gemm_1x1 itself, so that GPU-shaped drivers (Oclgrind in CI, with its
+    checks) run the kernel too. Returns (result, reference, info)."""
+    if ocl.is_cpu:
+        return fast(ocl, x, w, b, **opts)
+    spec = make_spec(x, w, b, **opts)
+    info = RunInfo()
+    out = gemm.run_gemm1x1(ocl, x, w, b, spec, info)
+    return out, naive_for_spec(x, w, b, spec), info
+
+
 @pytest.mark.parametrize(
     "n, cin, cout, groups, hw, tile",
     [
@@ -610,12 +622,10 @@ def test_gemm_1x1_matches_naive(ocl, tune, n, cin, cout, groups, hw, tile, block
     # partial channel blocks store only their real channels; both work orders
     tune(ocl, gemm1x1_tile=tile, gemm1x1_blocks_fast=blocks_fast, host_fc_max_macs=0)
     x, w, b = rng_arrays(51, (n, cin, *hw), (cout, cin // groups, 1, 1))
-    if not ocl.is_cpu:
-        pytest.skip("gemm_1x1 runs on CPU devices")
     assert _gemm1x1_plan(ocl, x, w, b, groups=groups) == "gemm_1x1"
     for bias in (b, None):
-        out, ref, info = fast(ocl, x, w, bias, groups=groups)
-        assert info.algo == "gemm"
+        out, ref, info = _gemm1x1_run(ocl, x, w, bias, groups=groups)
+        assert info.algo == ("gemm" if ocl.is_cpu else "")
         assert_close(out, ref, "float32")
 
 
@@ -624,13 +634,11 @@ def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
     # or two, partial sums carried across the chunks
     tune(ocl, gemm1x1_l1_bytes=512, gemm1x1_strip_cols=8, gemm1x1_whole_cols=8)
     tune(ocl, gemm1x1_min_items=64)
-    if not ocl.is_cpu:
-        pytest.skip("gemm_1x1 runs on CPU devices")
     x, w, b = rng_arrays(52, (2, 150, 5, 7), (50, 150, 1, 1))  # 35-pixel planes
     defines = gemm.gemm1x1_defines(make_spec(x, w, b), ocl.settings)
     assert defines["CI_CHUNK"] < 150 and defines["STRIP"] <= 2
     assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
-    out, ref, _ = fast(ocl, x, w, b)
+    out, ref, _ = _gemm1x1_run(ocl, x, w, b)
     assert_close(out, ref, "float32")
 
 
@@ -680,6 +688,17 @@ def test_gemm_1x1_route():
         make_spec(np.zeros((1, 32, 7, 7), np.float32), w, None), w,
         settings=replace(s, gemm1x1=False),
     )[0].kernel == "dense_gemm"  # fmt: skip
+
+
+def test_gemm_1x1_leaves_batches_beyond_32_bit_offsets():
+    # gemm_1x1 indexes the batch's input with 32-bit ints: a batch of 2**31 input
+    # floats or more (1024 channels of 7x7: 42800 images, 8 GiB) keeps dense_gemm,
+    # which offsets each image with size_t
+    w = np.zeros((64, 1024, 1, 1), np.float32)
+    spec = make_spec(np.zeros((1, 1024, 7, 7), np.float32), w, None)
+    most = (2**31 - 1) // (1024 * 49)
+    assert gemm.gemm1x1_applies(replace(spec, n=most), True, DEFAULT)
+    assert not gemm.gemm1x1_applies(replace(spec, n=most + 1), True, DEFAULT)
 
 
 def test_gemm_1x1_tile_choice():

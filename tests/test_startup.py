@@ -136,3 +136,15 @@ def test_main_called_from_code_raises_systemexit_and_returns():
     assert done.returncode == 0, done.stderr
     lines = [x for x in done.stdout.splitlines() if x.endswith(("caught 0", "after"))]
     assert lines == ["main thread caught 0", "other thread caught 0", "after"]
+
+
+def test_python_m_convcli_cli_still_runs_the_command():
+    # the CLI was the module convcli/cli.py, runnable as `python -m convcli.cli`; the
+    # package keeps that entry point (and the same one-line usage error)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args, code in ((["--help"], 0), (["apply"], 2)):
+        done = subprocess.run([sys.executable, "-m", "convcli.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == code, done.stderr
+    assert done.stderr.startswith("convcli: error: Missing argument"), done.stderr
+    assert len(done.stderr.splitlines()) == 1

@@ -307,7 +307,8 @@ def gemm1x1_applies(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     ``settings.gemm1x1_max_pixels`` pixels, or of at most ``gemm1x1_narrow_pixels``
     where dense_gemm's channel blocks would pad the output channels
     ``gemm1x1_narrow_ratio`` times as much as gemm_1x1's (40 channels: 64 against 48):
-    a GEMM whose columns run through the batch (``gemm_1x1.cl``)."""
+    a GEMM whose columns run through the batch (``gemm_1x1.cl``). Not where the batch's
+    input takes 2**31 floats or more: the kernel's input offsets are 32-bit ints."""
     if not (
         cpu
         and s.gemm1x1
@@ -316,6 +317,8 @@ def gemm1x1_applies(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     ):
         return False
     pixels = spec.h * spec.w
+    if spec.n * spec.c_in * pixels >= 1 << 31:
+        return False
     if pixels <= s.gemm1x1_max_pixels:
         return True
     if pixels > s.gemm1x1_narrow_pixels:
