@@ -92,7 +92,12 @@ def _patches_apply(spec: ConvSpec) -> bool:
 
 
 def _patches(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Non-overlapping patches: the column matrix is one transposed copy of the input,
     its rows in the weight's own (channel, row, column) order, so the weight matrix is a
@@ -113,6 +118,8 @@ def _patches(
         cols = v.transpose(0, 2, 4, 1, 3).reshape(g, cin_g * kh * kw, ho * wo)
         o1 = min(cout_g, o0 + step)
         np.matmul(wm[:, o0:o1], cols, out=out[i, :, o0:o1])
+        if bias is not None:
+            out[i, :, o0:o1] += bias.reshape(g, cout_g, 1)[:, o0:o1]
 
     jobs = [(i, o0) for i in range(n) for o0 in range(0, cout_g, step)]
     run_jobs(job, jobs, threads, settings, spec)
@@ -120,18 +127,25 @@ def _patches(
 
 
 def gemm(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``gemm`` algorithm: the convolution as matrix products over (channels x taps)
-    per group (see the package docstring for the formulations)."""
+    per group (see the package docstring for the formulations), plus ``bias`` (``(C_out,)``
+    in ``work``), added by each job to the part of the output it wrote."""
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-        return _pointwise(x, weight, spec, work, settings)
+        return _pointwise(x, weight, spec, work, settings, bias)
     if _patches_apply(spec):
-        return _patches(x, weight, spec, work, settings)
+        return _patches(x, weight, spec, work, settings, bias)
     if _shared_rows(spec, settings):
-        return _gemm_shared_rows(x, weight, spec, work, settings)
+        return _gemm_shared_rows(x, weight, spec, work, settings, bias)
+    bias_g = None if bias is None else bias.reshape(g, cout_g, 1)
     threads = gemm_threads(spec, settings)
     ph = phases(spec)
     k_all = cin_g * spec.kh * spec.kw
@@ -191,10 +205,16 @@ def gemm(
             if junk:
                 r = np.matmul(w_part, c, out=res[:mm, :, o0:o1, : nr * lw])
                 dst = out[n0 : n0 + mm].reshape(mm, g, cout_g, ho, wo)[:, :, o0:o1, r0 : r0 + nr]
-                dst[...] = r.reshape(mm, g, o1 - o0, nr, lw)[..., :wo]
+                r = r.reshape(mm, g, o1 - o0, nr, lw)[..., :wo]
+                if bias_g is None:
+                    dst[...] = r
+                else:
+                    np.add(r, bias_g[:, o0:o1, :, None], out=dst)
             else:
                 dst = out_g[n0 : n0 + mm, :, o0:o1, r0 * wo : (r0 + nr) * wo]
                 np.matmul(w_part, c, out=dst)
+                if bias_g is not None:
+                    dst += bias_g[:, o0:o1]
 
     jobs = [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)]
     # fewer bands than threads (small maps: a GEMM needs gemm_min_pixels columns): the
@@ -210,7 +230,12 @@ def gemm(
 
 
 def _pointwise(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """1x1, stride 1, no padding: matmuls over channels straight on the input (no copy),
     in pieces of images and pixels on our threads (each GEMM on one BLAS thread)."""
@@ -225,12 +250,18 @@ def _pointwise(
     step = -(-hw // pieces)
     step = min(hw, -(-step // 16) * 16)
 
+    bias_g = None if bias is None else bias.reshape(g, cout_g, 1)
+
     def piece(i: int, p0: int) -> None:
         np.matmul(wm, xs[i, :, :, p0 : p0 + step], out=out[i, :, :, p0 : p0 + step])
+        if bias_g is not None:
+            out[i, :, :, p0 : p0 + step] += bias_g
 
     if threads == 1:
         with quiet_blas(spec, settings):
             np.matmul(wm, xs, out=out)
+        if bias_g is not None:
+            out += bias_g
     else:
         jobs = [(i, p0) for i in range(n) for p0 in range(0, hw, step)]
         run_jobs(piece, jobs, threads, settings)
@@ -265,7 +296,12 @@ def _pieces(width: int, piece: int) -> list[tuple[int, int, int]]:
 
 
 def _gemm_shared_rows(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """The gemm path with one column matrix per band that every output row shares.
 
@@ -343,6 +379,8 @@ def _gemm_shared_rows(
                 strides=(cout_g * ho * wo * item, wo * item, width * item, ho * wo * item, item),
             )
             np.matmul(wm, b_view, out=o_view)
+        if bias is not None:  # the band's output rows, while in cache
+            out[i, :, r0 : r0 + nr] += bias[:, None, None]
 
     jobs = [(i, r0) for i in range(n) for r0 in range(0, ho, rows)]
     run_jobs(band, jobs, gemm_threads(spec, settings), settings, spec)
