@@ -55,6 +55,13 @@ class Settings:
     # fewer bands than threads: each thread takes a part of the output channels of at
     # least this many (gemm.gemm)
     gemm_min_part_cout: int = 32
+    # non-overlapping patches (gemm._patches), fewer images than threads: the threads
+    # split each image's output rows where the weight matrix is at most this, else its
+    # output channels. CPU us of one of two jobs, one BLAS thread, median/min, channels
+    # vs rows: convnext's 96->192 2x2 s2 on 56^2 (0.3 MB of weights) 672/665 vs
+    # 715/617, 192->384 on 28^2 (1.2 MB) 761/682 vs 683/627; but 384->768 on 14^2
+    # (4.7 MB) 708/694 vs 798/765
+    patches_rows_weight_bytes: int = 2 * 2**20
 
     # -- gemm over shared rows (gemm.gemm_shared_rows) ----------------------------------
     # None: the rule below; True/False force it where it applies (tests, A/B runs).
