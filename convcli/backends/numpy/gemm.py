@@ -110,7 +110,8 @@ def _patches(
     n, ho, wo, kh, kw = spec.n, spec.h_out, spec.w_out, spec.kh, spec.kw
     wm = weight.reshape(g, cout_g, cin_g * kh * kw)
     out = np.empty((n, g, cout_g, ho * wo), dtype=work)
-    threads = gemm_threads(spec, settings)
+    large = 2 * spec.macs >= settings.patches_threaded_min_flops
+    threads = gemm_threads(spec, settings, large=large)
     parts = -(-threads // n)
     by_rows = wm.nbytes <= settings.patches_rows_weight_bytes
     if by_rows:

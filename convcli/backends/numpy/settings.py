@@ -62,6 +62,12 @@ class Settings:
     # 715/617, 192->384 on 28^2 (1.2 MB) 761/682 vs 683/627; but 384->768 on 14^2
     # (4.7 MB) 708/694 vs 798/765
     patches_rows_weight_bytes: int = 2 * 2**20
+    # ... and they run on our threads from this many flops (below threaded_min_flops:
+    # one transposed copy and one GEMM, split in two jobs by rows). Wall ms of 100 calls
+    # alternating, busy machine, median/min, one thread vs two: convnext's 3->96 4x4 s4
+    # stem on 224^2 (29 MFLOP) 0.45-0.47/0.435-0.44 vs 0.43-0.58/0.35-0.36 (the minima,
+    # the other CPU free, are what an idle machine gives)
+    patches_threaded_min_flops: int = 2 * 10**7
 
     # -- gemm over shared rows (gemm.gemm_shared_rows) ----------------------------------
     # None: the rule below; True/False force it where it applies (tests, A/B runs).
