@@ -57,11 +57,14 @@ class Settings:
     gemm_min_part_cout: int = 32
     # non-overlapping patches (gemm._patches), fewer images than threads: the threads
     # split each image's output rows where the weight matrix is at most this, else its
-    # output channels. CPU us of one of two jobs, one BLAS thread, median/min, channels
-    # vs rows: convnext's 96->192 2x2 s2 on 56^2 (0.3 MB of weights) 672/665 vs
-    # 715/617, 192->384 on 28^2 (1.2 MB) 761/682 vs 683/627; but 384->768 on 14^2
-    # (4.7 MB) 708/694 vs 798/765
-    patches_rows_weight_bytes: int = 2 * 2**20
+    # output channels. Wall ms of 100 calls, N=1, two threads, alternating processes,
+    # nice -15 on the busy machine, median/min, three runs, channels vs rows:
+    # convnext's stem (18 KB of weights) 0.424/0.358 vs 0.416/0.352, 0.405/0.358 vs
+    # 0.401/0.346, 0.409/0.353 vs 0.389/0.349; but 192->384 2x2 s2 on 28^2 (1.2 MB)
+    # 1.24/0.82 vs 1.68/0.93, 1.07/0.79 vs 1.45/0.84, 1.08/0.76 vs 1.43/0.82 and
+    # 96->192 on 56^2 (0.3 MB) even or worse (one job's CPU, one BLAS thread, had
+    # favoured rows on both: 761/682 vs 683/627 us on 28^2)
+    patches_rows_weight_bytes: int = 64 * 1024
     # ... and they run on our threads from this many flops (below threaded_min_flops:
     # one transposed copy and one GEMM, split in two jobs by rows). Wall ms of 100 calls
     # alternating, busy machine, median/min, one thread vs two: convnext's 3->96 4x4 s4
