@@ -114,30 +114,25 @@ class NumpyBackend:
             reason = self.algo_reason(spec, algo, factors)
             if reason is not None:
                 raise ConvValueError(reason)
-        b = None if bias is None else np.asarray(bias, dtype=work)
-        out, added = self._run(x, weight, spec, algo, work, factors, b)
-        if b is not None and not added:
-            out += b[None, :, None, None]
+        out = self._run(x, weight, spec, algo, work, factors)
+        if bias is not None:
+            out += np.asarray(bias, dtype=work)[None, :, None, None]
         info.algo = algo
         info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
         return out
 
-    def _run(self, x, weight, spec, algo, work, factors, bias) -> tuple[np.ndarray, bool]:
-        """(the output, whether ``bias`` is added to it already). The depthwise and gemm
-        paths add it in their jobs, to each part of the output as they write it (while
-        in cache, on the jobs' threads): a pass over the output afterwards took 14-52 us
-        a layer of convnext_tiny at N=1, on the calling thread."""
+    def _run(self, x, weight, spec, algo, work, factors) -> np.ndarray:
         settings = self.settings
         if spec.n == 0:
-            return np.empty((0, spec.c_out, spec.h_out, spec.w_out), dtype=work), False
+            return np.empty((0, spec.c_out, spec.h_out, spec.w_out), dtype=work)
         xw = np.asarray(x, dtype=work)
         ww = np.asarray(weight, dtype=work)
         if algo == "direct":
             if spec.cin_g == 1:
-                return direct_depthwise(xw, ww, spec, work, settings, bias), True
-            return conv2d_direct(xw, ww, None, spec, settings=settings), False
+                return direct_depthwise(xw, ww, spec, work, settings)
+            return conv2d_direct(xw, ww, None, spec, settings=settings)
         if algo == "gemm":
-            return gemm(xw, ww, spec, work, settings, bias), True
+            return gemm(xw, ww, spec, work, settings)
         if algo == "separable":
-            return separable(xw, ww, spec, work, factors, settings), False
-        return fft_conv(xw, ww, spec, work), False
+            return separable(xw, ww, spec, work, factors, settings)
+        return fft_conv(xw, ww, spec, work)

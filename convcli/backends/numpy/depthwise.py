@@ -113,12 +113,7 @@ def _band(weight: np.ndarray, b: int, span: int, r: int, spec: ConvSpec, work: n
 
 
 def _depthwise_gemm(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """Depthwise taps as one small GEMM per channel over blocks of output columns.
 
@@ -201,8 +196,6 @@ def _depthwise_gemm(
             )
         if rest:
             dst[..., full * b :] = y[:, :, full, :, :rest].transpose(1, 0, 2, 3)
-        if bias is not None:
-            dst += bias[c0:c1, None, None]
 
     jobs = [(c0, g0) for c0 in range(0, c, step) for g0 in range(0, groups, ng)]
     # the GEMMs' multiply-adds, zeros of the band included: what the work grows with
@@ -282,7 +275,6 @@ def _depthwise_rows(
     settings: Settings,
     r: int,
     whole: bool,
-    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Depthwise taps as one GEMM per channel over groups of ``r`` whole output rows
     (see :func:`_rows_layout`): a group's row of the GEMM is the ``kr`` input rows it
@@ -324,8 +316,6 @@ def _depthwise_rows(
         c1 = min(c, c0 + step)
         if whole:
             np.matmul(xv[c0:c1], band[c0:c1], out=ov[c0:c1])
-            if bias is not None:
-                ov[c0:c1] += bias[c0:c1, None, None]
             return
         # the job's channels padded along the rows, in a buffer of the thread whose
         # padding rows no job writes (a padded copy of the whole input, fresh zeroed
@@ -351,11 +341,8 @@ def _depthwise_rows(
         )
         y = scratch("dw_rows_y", (c1 - c0, n * groups, m), work, settings.scratch_keep)
         np.matmul(mat, band[c0:c1], out=y)
-        y = y.reshape(c1 - c0, n, groups * r, wo)[:, :, :ho].transpose(1, 0, 2, 3)
-        if bias is None:
-            out[:, c0:c1] = y
-        else:  # added as the products are copied out
-            np.add(y, bias[c0:c1, None, None], out=out[:, c0:c1])
+        y = y.reshape(c1 - c0, n, groups * r, wo)
+        out[:, c0:c1] = y[:, :, :ho].transpose(1, 0, 2, 3)
 
     run_jobs(chunk, [(c0,) for c0 in range(0, c, step)], threads, settings, spec)
     return out
@@ -407,12 +394,7 @@ def _shifted_band(weight: np.ndarray, spec: ConvSpec, r: int, work: np.dtype) ->
 
 
 def _depthwise_shifted(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """Depthwise taps as GEMMs over column-shifted copies of the input rows.
 
@@ -534,9 +516,6 @@ def _depthwise_shifted(
             )
         z = cols.strides
         part = res[c0:c1, :, i0:i1]  # (cc, H_out, mm, W_out)
-        # the job's channels' bias, added as the products are copied out (or where the
-        # GEMM wrote them in place, just after, while they are in cache)
-        b4 = None if bias is None else bias[c0:c1, None, None, None]
         if whole > 0:
             b_view = np.ndarray(
                 (cc, whole, k, nc),
@@ -547,15 +526,9 @@ def _depthwise_shifted(
             dst = part[:, g0 * r : (g0 + whole) * r]
             if not flat and mm == 1:  # the output's rows: written in place
                 np.matmul(band[c0:c1, None], b_view, out=dst.reshape(cc, whole, r, wo))
-                if b4 is not None:
-                    dst += b4
             else:  # several images' rows: copied out while in cache
                 y = np.matmul(band[c0:c1, None], b_view)
-                y = y.reshape(cc, whole * r, mm, nc // mm)[..., :wo]
-                if b4 is None:
-                    dst[...] = y
-                else:
-                    np.add(y, b4, out=dst)
+                dst[...] = y.reshape(cc, whole * r, mm, nc // mm)[..., :wo]
         if g1 > full:  # the last group, of rest < r rows
             b_view = np.ndarray(
                 (cc, k, nc),
@@ -567,15 +540,9 @@ def _depthwise_shifted(
             dst = part[:, full * r :]
             if not flat and mm == 1:
                 np.matmul(band[c0:c1, :rest], b_view, out=dst.reshape(cc, rest, wo))
-                if b4 is not None:
-                    dst += b4
             else:
                 y = np.matmul(band[c0:c1, :rest], b_view)
-                y = y.reshape(cc, rest, mm, nc // mm)[..., :wo]
-                if b4 is None:
-                    dst[...] = y
-                else:
-                    np.add(y, b4, out=dst)
+                dst[...] = y.reshape(cc, rest, mm, nc // mm)[..., :wo]
 
     jobs = [
         (c0, i0, g0)
@@ -588,33 +555,17 @@ def _depthwise_shifted(
 
 
 def direct_depthwise(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """The ``direct`` algorithm for depthwise layers (``C_in/groups == 1``): the taps
-    accumulated, by the fastest of the paths that applies (see the module docstring),
-    plus ``bias`` (``(C,)`` in ``work``; the GEMM paths add it in their jobs)."""
+    accumulated, by the fastest of the paths that applies (see the module docstring)."""
     if _depthwise_gemm_pays(spec, settings):
         layout = _rows_layout(spec, settings)
         if layout is not None:
-            return _depthwise_rows(x, weight, spec, work, settings, *layout, bias=bias)
+            return _depthwise_rows(x, weight, spec, work, settings, *layout)
         if _shifted_pays(spec, settings):
-            return _depthwise_shifted(x, weight, spec, work, settings, bias)
-        return _depthwise_gemm(x, weight, spec, work, settings, bias)
-    out = _depthwise_taps(x, weight, spec, work, settings)
-    if bias is not None:
-        out += bias[None, :, None, None]
-    return out
-
-
-def _depthwise_taps(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
-) -> np.ndarray:
-    """The tap loops: channels-last for many channels, else planar."""
+            return _depthwise_shifted(x, weight, spec, work, settings)
+        return _depthwise_gemm(x, weight, spec, work, settings)
     if _channels_last_pays(spec, settings):
         return _depthwise_channels_last(x, weight, spec, work, settings)
     g, cout_g = spec.groups, spec.cout_g

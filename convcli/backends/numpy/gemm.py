@@ -92,12 +92,7 @@ def _patches_apply(spec: ConvSpec) -> bool:
 
 
 def _patches(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """Non-overlapping patches: the column matrix is one transposed copy of the input,
     its rows in the weight's own (channel, row, column) order, so the weight matrix is a
@@ -120,17 +115,13 @@ def _patches(
     else:
         parts = max(1, min(cout_g // 8, parts))
         rstep, step = ho, -(-cout_g // parts)
-    bias_g = None if bias is None else bias.reshape(g, cout_g, 1)
 
     def job(i: int, r0: int, o0: int) -> None:
         # the patches of image i's output rows r0..r1: (C, kh, kw, rows, Wo)
         r1, o1 = min(ho, r0 + rstep), min(cout_g, o0 + step)
         v = x[i, :, r0 * kh : r1 * kh, : wo * kw].reshape(spec.c_in, r1 - r0, kh, wo, kw)
         cols = v.transpose(0, 2, 4, 1, 3).reshape(g, cin_g * kh * kw, (r1 - r0) * wo)
-        dst = out[i, :, o0:o1, r0 * wo : r1 * wo]
-        np.matmul(wm[:, o0:o1], cols, out=dst)
-        if bias_g is not None:
-            dst += bias_g[:, o0:o1]
+        np.matmul(wm[:, o0:o1], cols, out=out[i, :, o0:o1, r0 * wo : r1 * wo])
 
     jobs = [
         (i, r0, o0) for i in range(n) for r0 in range(0, ho, rstep) for o0 in range(0, cout_g, step)
@@ -140,25 +131,18 @@ def _patches(
 
 
 def gemm(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """The ``gemm`` algorithm: the convolution as matrix products over (channels x taps)
-    per group (see the package docstring for the formulations), plus ``bias`` (``(C_out,)``
-    in ``work``), added by each job to the part of the output it wrote."""
+    per group (see the package docstring for the formulations)."""
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-        return _pointwise(x, weight, spec, work, settings, bias)
+        return _pointwise(x, weight, spec, work, settings)
     if _patches_apply(spec):
-        return _patches(x, weight, spec, work, settings, bias)
+        return _patches(x, weight, spec, work, settings)
     if _shared_rows(spec, settings):
-        return _gemm_shared_rows(x, weight, spec, work, settings, bias)
-    bias_g = None if bias is None else bias.reshape(g, cout_g, 1)
+        return _gemm_shared_rows(x, weight, spec, work, settings)
     threads = gemm_threads(spec, settings)
     ph = phases(spec)
     k_all = cin_g * spec.kh * spec.kw
@@ -218,16 +202,10 @@ def gemm(
             if junk:
                 r = np.matmul(w_part, c, out=res[:mm, :, o0:o1, : nr * lw])
                 dst = out[n0 : n0 + mm].reshape(mm, g, cout_g, ho, wo)[:, :, o0:o1, r0 : r0 + nr]
-                r = r.reshape(mm, g, o1 - o0, nr, lw)[..., :wo]
-                if bias_g is None:
-                    dst[...] = r
-                else:
-                    np.add(r, bias_g[:, o0:o1, :, None], out=dst)
+                dst[...] = r.reshape(mm, g, o1 - o0, nr, lw)[..., :wo]
             else:
                 dst = out_g[n0 : n0 + mm, :, o0:o1, r0 * wo : (r0 + nr) * wo]
                 np.matmul(w_part, c, out=dst)
-                if bias_g is not None:
-                    dst += bias_g[:, o0:o1]
 
     jobs = [(n0, t0) for n0 in range(0, n, m) for t0 in range(0, ho, crows)]
     # fewer bands than threads (small maps: a GEMM needs gemm_min_pixels columns): the
@@ -243,12 +221,7 @@ def gemm(
 
 
 def _pointwise(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """1x1, stride 1, no padding: matmuls over channels straight on the input (no copy),
     in pieces of images and pixels on our threads (each GEMM on one BLAS thread)."""
@@ -263,18 +236,12 @@ def _pointwise(
     step = -(-hw // pieces)
     step = min(hw, -(-step // 16) * 16)
 
-    bias_g = None if bias is None else bias.reshape(g, cout_g, 1)
-
     def piece(i: int, p0: int) -> None:
         np.matmul(wm, xs[i, :, :, p0 : p0 + step], out=out[i, :, :, p0 : p0 + step])
-        if bias_g is not None:
-            out[i, :, :, p0 : p0 + step] += bias_g
 
     if threads == 1:
         with quiet_blas(spec, settings):
             np.matmul(wm, xs, out=out)
-        if bias_g is not None:
-            out += bias_g
     else:
         jobs = [(i, p0) for i in range(n) for p0 in range(0, hw, step)]
         run_jobs(piece, jobs, threads, settings)
@@ -309,12 +276,7 @@ def _pieces(width: int, piece: int) -> list[tuple[int, int, int]]:
 
 
 def _gemm_shared_rows(
-    x: np.ndarray,
-    weight: np.ndarray,
-    spec: ConvSpec,
-    work: np.dtype,
-    settings: Settings,
-    bias: np.ndarray | None = None,
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """The gemm path with one column matrix per band that every output row shares.
 
@@ -392,8 +354,6 @@ def _gemm_shared_rows(
                 strides=(cout_g * ho * wo * item, wo * item, width * item, ho * wo * item, item),
             )
             np.matmul(wm, b_view, out=o_view)
-        if bias is not None:  # the band's output rows, while in cache
-            out[i, :, r0 : r0 + nr] += bias[:, None, None]
 
     jobs = [(i, r0) for i in range(n) for r0 in range(0, ho, rows)]
     run_jobs(band, jobs, gemm_threads(spec, settings), settings, spec)
