@@ -143,7 +143,8 @@ def gemm_adds_bias(spec: ConvSpec) -> bool:
     the rows of products they wrote (long rows, in cache, on the jobs' threads). A pass
     over the whole output after the call, on the calling thread, read the part another
     thread wrote from that thread's cache: convnext's stem on two threads took 0.53-0.59
-    ms (median) that way against 0.39 with the jobs adding it. Elsewhere the pass stays:
+    ms (median) that way against 0.40-0.49 with the jobs adding it (0.44-0.47 on one
+    thread, which it had run on before). Elsewhere the pass stays:
     added to the depthwise paths' short rows of products (7-56 values), it was slower
     than the pass (768ch 7x7 on 7^2: 0.240-0.244 ms against 0.235-0.241)."""
     return _patches_apply(spec)
