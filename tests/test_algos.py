@@ -870,6 +870,30 @@ def test_patches(dtype, xs, ws, k, groups):
     _check(x, w, b, k, (0, 0), (1, 1), groups, "zeros", "gemm", dtype)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("rows_weight_bytes", [0, 2**30])
+@pytest.mark.parametrize(
+    "xs, ws, k, groups",
+    [
+        ((1, 3, 20, 16), (8, 3, 4, 4), (4, 4), 1),  # the stem: 5 output rows in 2-3 jobs
+        ((1, 12, 10, 11), (18, 4, 2, 2), (2, 2), 3),  # groups, odd width
+        ((2, 16, 7, 9), (24, 16, 2, 3), (2, 3), 1),  # two images on 3 threads
+    ],
+)
+def test_patches_jobs_split_rows_or_channels(
+    numpy_settings, threads, rows_weight_bytes, xs, ws, k, groups
+):
+    """Fewer images than threads: the jobs split each image's output rows (each copying
+    its rows' patches) or its output channels, the bias added by each job to its part."""
+    numpy_settings(
+        threads=threads, threaded_min_flops=0, patches_rows_weight_bytes=rows_weight_bytes
+    )
+    rng = np.random.default_rng(sum(xs) + threads)
+    x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, ws[:1], "float32")
+    assert gemm._patches_apply(make_spec(x, w, b, stride=k, groups=groups))
+    _check(x, w, b, k, (0, 0), (1, 1), groups, "zeros", "gemm", "float32")
+
+
 @pytest.mark.parametrize(
     "k, stride, padding, dilation, applies",
     [

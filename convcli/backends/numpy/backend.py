@@ -13,7 +13,7 @@ from convcli.backends.numpy import cost
 from convcli.backends.numpy.depthwise import direct_depthwise
 from convcli.backends.numpy.fft import fft_conv
 from convcli.backends.numpy.gather import compute_dtype
-from convcli.backends.numpy.gemm import gemm
+from convcli.backends.numpy.gemm import gemm, gemm_adds_bias
 from convcli.backends.numpy.reference import conv2d_direct
 from convcli.backends.numpy.separable import separable
 from convcli.backends.numpy.settings import DEFAULT, Settings
@@ -114,9 +114,20 @@ class NumpyBackend:
             reason = self.algo_reason(spec, algo, factors)
             if reason is not None:
                 raise ConvValueError(reason)
-        out = self._run(x, weight, spec, algo, work, factors)
-        if bias is not None:
-            out += np.asarray(bias, dtype=work)[None, :, None, None]
+        b = None if bias is None else np.asarray(bias, dtype=work)
+        if algo == "gemm" and spec.n > 0 and gemm_adds_bias(spec):
+            out = gemm(
+                np.asarray(x, dtype=work),
+                np.asarray(weight, dtype=work),
+                spec,
+                work,
+                self.settings,
+                b,
+            )
+        else:
+            out = self._run(x, weight, spec, algo, work, factors)
+            if b is not None:
+                out += b[None, :, None, None]
         info.algo = algo
         info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
         return out

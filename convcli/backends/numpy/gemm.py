@@ -92,44 +92,81 @@ def _patches_apply(spec: ConvSpec) -> bool:
 
 
 def _patches(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Non-overlapping patches: the column matrix is one transposed copy of the input,
     its rows in the weight's own (channel, row, column) order, so the weight matrix is a
     view (the phase split would reorder a 384->768 2x2 layer's 4.7 MB of weights at every
-    call and run its one GEMM on a single thread). Jobs split the output channels among
-    the threads when there are fewer images than threads."""
+    call and run its one GEMM on a single thread). Where there are fewer images than
+    threads, the jobs split each image's output rows (each copying only its rows'
+    patches) while the weight matrix is at most ``settings.patches_rows_weight_bytes``,
+    else its output channels (each reading only its part of the weights)."""
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo, kh, kw = spec.n, spec.h_out, spec.w_out, spec.kh, spec.kw
     wm = weight.reshape(g, cout_g, cin_g * kh * kw)
     out = np.empty((n, g, cout_g, ho * wo), dtype=work)
-    threads = gemm_threads(spec, settings)
-    parts = max(1, min(cout_g // 8, -(-threads // n)))
-    step = -(-cout_g // parts)
+    large = 2 * spec.macs >= settings.patches_threaded_min_flops
+    threads = gemm_threads(spec, settings, large=large)
+    parts = -(-threads // n)
+    by_rows = wm.nbytes <= settings.patches_rows_weight_bytes
+    if by_rows:
+        parts = max(1, min(ho, parts))
+        rstep, step = -(-ho // parts), cout_g
+    else:
+        parts = max(1, min(cout_g // 8, parts))
+        rstep, step = ho, -(-cout_g // parts)
 
-    def job(i: int, o0: int) -> None:
-        # the patches of image i: (C, kh, kw, Ho, Wo); each job copies its own
-        v = x[i, :, : ho * kh, : wo * kw].reshape(spec.c_in, ho, kh, wo, kw)
-        cols = v.transpose(0, 2, 4, 1, 3).reshape(g, cin_g * kh * kw, ho * wo)
-        o1 = min(cout_g, o0 + step)
-        np.matmul(wm[:, o0:o1], cols, out=out[i, :, o0:o1])
+    def job(i: int, r0: int, o0: int) -> None:
+        # the patches of image i's output rows r0..r1: (C, kh, kw, rows, Wo)
+        r1, o1 = min(ho, r0 + rstep), min(cout_g, o0 + step)
+        v = x[i, :, r0 * kh : r1 * kh, : wo * kw].reshape(spec.c_in, r1 - r0, kh, wo, kw)
+        cols = v.transpose(0, 2, 4, 1, 3).reshape(g, cin_g * kh * kw, (r1 - r0) * wo)
+        dst = out[i, :, o0:o1, r0 * wo : r1 * wo]
+        np.matmul(wm[:, o0:o1], cols, out=dst)
+        if bias is not None:
+            dst += bias.reshape(g, cout_g, 1)[:, o0:o1]
 
-    jobs = [(i, o0) for i in range(n) for o0 in range(0, cout_g, step)]
+    jobs = [
+        (i, r0, o0) for i in range(n) for r0 in range(0, ho, rstep) for o0 in range(0, cout_g, step)
+    ]
     run_jobs(job, jobs, threads, settings, spec)
     return out.reshape(n, spec.c_out, ho, wo)
 
 
+def gemm_adds_bias(spec: ConvSpec) -> bool:
+    """Whether :func:`gemm` adds a bias itself: on the patches path, whose jobs add it to
+    the rows of products they wrote (long rows, in cache, on the jobs' threads). A pass
+    over the whole output after the call, on the calling thread, read the part another
+    thread wrote from that thread's cache: convnext's stem on two threads took 0.53-0.59
+    ms (median) that way against 0.40-0.49 with the jobs adding it (0.44-0.47 on one
+    thread, which it had run on before). Elsewhere the pass stays:
+    added to the depthwise paths' short rows of products (7-56 values), it was slower
+    than the pass (768ch 7x7 on 7^2: 0.240-0.244 ms against 0.235-0.241)."""
+    return _patches_apply(spec)
+
+
 def gemm(
-    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
+    x: np.ndarray,
+    weight: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    settings: Settings,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``gemm`` algorithm: the convolution as matrix products over (channels x taps)
-    per group (see the package docstring for the formulations)."""
+    per group (see the package docstring for the formulations). ``bias`` (``(C_out,)``
+    in ``work``) only where :func:`gemm_adds_bias`."""
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
         return _pointwise(x, weight, spec, work, settings)
     if _patches_apply(spec):
-        return _patches(x, weight, spec, work, settings)
+        return _patches(x, weight, spec, work, settings, bias)
     if _shared_rows(spec, settings):
         return _gemm_shared_rows(x, weight, spec, work, settings)
     threads = gemm_threads(spec, settings)

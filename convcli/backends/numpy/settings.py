@@ -55,6 +55,22 @@ class Settings:
     # fewer bands than threads: each thread takes a part of the output channels of at
     # least this many (gemm.gemm)
     gemm_min_part_cout: int = 32
+    # non-overlapping patches (gemm._patches), fewer images than threads: the threads
+    # split each image's output rows where the weight matrix is at most this, else its
+    # output channels. Wall ms of 100 calls, N=1, two threads, alternating processes,
+    # nice -15 on the busy machine, median/min, three runs, channels vs rows:
+    # convnext's stem (18 KB of weights) 0.424/0.358 vs 0.416/0.352, 0.405/0.358 vs
+    # 0.401/0.346, 0.409/0.353 vs 0.389/0.349; but 192->384 2x2 s2 on 28^2 (1.2 MB)
+    # 1.24/0.82 vs 1.68/0.93, 1.07/0.79 vs 1.45/0.84, 1.08/0.76 vs 1.43/0.82 and
+    # 96->192 on 56^2 (0.3 MB) even or worse (one job's CPU, one BLAS thread, had
+    # favoured rows on both: 761/682 vs 683/627 us on 28^2)
+    patches_rows_weight_bytes: int = 64 * 1024
+    # ... and they run on our threads from this many flops (below threaded_min_flops:
+    # one transposed copy and one GEMM, split in two jobs by rows). Wall ms of 100 calls
+    # alternating, busy machine, median/min, one thread vs two: convnext's 3->96 4x4 s4
+    # stem on 224^2 (29 MFLOP) 0.45-0.47/0.435-0.44 vs 0.43-0.58/0.35-0.36 (the minima,
+    # the other CPU free, are what an idle machine gives)
+    patches_threaded_min_flops: int = 2 * 10**7
 
     # -- gemm over shared rows (gemm.gemm_shared_rows) ----------------------------------
     # None: the rule below; True/False force it where it applies (tests, A/B runs).
