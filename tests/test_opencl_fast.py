@@ -251,6 +251,70 @@ def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
     assert opencl_plan.choose(spec, w, cpu=cpu)[0].kernel == kernel
 
 
+# ---------------------------------------------------------------- dw_groups
+
+
+@pytest.mark.parametrize(
+    "c, n, hw, stride, dilation, padding, bias",
+    [
+        (208, 2, (14, 14), 1, 1, 1, True),  # regnet: two segments of 7
+        (440, 1, (7, 7), 1, 1, 1, False),  # one segment
+        (208, 3, (28, 28), 2, 1, 1, True),  # stride 2, 14 wide
+        (104, 2, (28, 28), 1, 1, 1, False),  # four segments: the middle ones unchecked
+        (48, 2, (23, 19), 2, 1, 1, True),  # odd sizes, stride 2, a short last segment
+        (16, 2, (9, 31), 1, 2, 2, False),  # dilation, 31 columns: 4 segments of 8
+        (16, 1, (5, 8), 1, 1, (1, 9), True),  # middle segments in the padding (checked)
+        (24, 2, (6, 11), (2, 3), (1, 2), (2, 0), True),  # asymmetric everything
+        (32, 1, (1, 1), 1, 1, 1, True),  # a 1x1 map: all but one tap padding
+        (16, 1, (4, 5), 1, 1, 3, False),  # more padding than rows
+    ],
+)
+def test_dw_groups_matches_naive(ocl, c, n, hw, stride, dilation, padding, bias):
+    # grouped layers of 8 input and 8 output channels a group (regnet's)
+    x, w, b = rng_arrays(c + hw[1], (n, c, *hw), (c, 8, 3, 3), bias=bias)
+    opts = dict(stride=stride, dilation=dilation, padding=padding, groups=c // 8)
+    spec = make_spec(x, w, b, **opts)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_groups"
+    out, ref, info = fast(ocl, x, w, b, **opts)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
+
+
+def test_dw_groups_other_kernel_sizes_and_a_second_layer(ocl):
+    """5x5 and 1x3 kernels; a smaller layer after a larger one (a new build)."""
+    for c, hw, k, pad in ((64, 12, (5, 5), 2), (24, 9, (1, 3), (0, 1))):
+        x, w, b = rng_arrays(c, (2, c, hw, hw + 3), (c, 8, *k))
+        out, ref, info = fast(ocl, x, w, b, padding=pad, groups=c // 8)
+        assert info.algo == "direct"
+        assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "cin_g, cout_g, hw, mode, cpu, kernel",
+    [
+        (8, 8, 14, "zeros", True, "dw_groups"),
+        (8, 8, 14, "zeros", False, "dense_gemm"),  # GPUs keep their kernels
+        (8, 8, 14, "reflect", True, "dense_gemm"),  # padding maps: dense_gemm's
+        (8, 8, 56, "zeros", True, "dense_gemm"),  # wide rows: dense_gemm
+        (8, 16, 14, "zeros", True, "dense_gemm"),  # not 8 and 8
+        (16, 16, 14, "zeros", True, "dense_gemm"),
+    ],
+)
+def test_dw_groups_only_where_it_pays(cin_g, cout_g, hw, mode, cpu, kernel):
+    x = np.ones((1, 8 * cin_g, hw, hw), np.float32)
+    w = np.ones((8 * cout_g, cin_g, 3, 3), np.float32)
+    spec = make_spec(x, w, None, stride=2, padding=1, groups=8, padding_mode=mode)
+    assert opencl_plan.choose(spec, w, cpu=cpu)[0].kernel == kernel
+
+
+def test_dw_groups_off_runs_dense_gemm(ocl, tune):
+    x, w, b = rng_arrays(5, (1, 64, 14, 14), (64, 8, 3, 3))
+    tune(ocl, dw_groups=False)
+    out, ref, info = fast(ocl, x, w, b, padding=1, groups=8)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
 # ---------------------------------------------------------------- separable
 
 

@@ -365,3 +365,84 @@ def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nd
         return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)
+
+
+# -------------------------------------------------------------------------- dw_groups
+
+
+def groups_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """Grouped layers of 8 input and 8 output channels a group (regnet's) run as
+    dw_groups on CPU devices: one block-diagonal layer, a float8 across a group's output
+    channels, reading the input planes in place; border segments built with their
+    columns as constants. dense_gemm ran them as an implicit GEMM of one channel
+    vector whose items on 7- to 28-wide maps mostly took its index-map border path.
+    Input rows up to ``dw_groups_max_w`` wide: on 56- and 112-wide stride-2 layers
+    dense_gemm's copied columns stayed faster."""
+    return (
+        cpu
+        and s.dw_groups
+        and spec.w <= s.dw_groups_max_w
+        and spec.groups > 1
+        and spec.cin_g == 8
+        and spec.cout_g == 8
+        and spec.padding_mode == "zeros"
+        and spec.kh * spec.kw <= s.dense_max_taps
+    )
+
+
+def _group_segments(spec: ConvSpec, s: Settings) -> tuple[int, int]:
+    """(XB, NSEG) for dw_groups: the fewest equal segments of at most dw_groups_xb."""
+    nseg = -(-spec.w_out // s.dw_groups_xb)
+    xb = -(-spec.w_out // nseg)
+    return xb, -(-spec.w_out // xb)
+
+
+def groups_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
+    """The build defines of dw_groups for ``spec``: MID_CHECK 0 where the segments
+    between the first and the last read only columns inside the plane."""
+    xb, nseg = _group_segments(spec, s)
+    sw, reach = spec.stride[1], (spec.kw - 1) * spec.dilation[1]
+    first = xb * sw - spec.pad[2]  # the second segment's first input column
+    last = ((nseg - 1) * xb - 1) * sw - spec.pad[2] + reach  # the last middle column
+    return {
+        "C": spec.c_out,
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+        "W": spec.w,
+        "WO": spec.w_out,
+        "XB": xb,
+        "NSEG": nseg,
+        "MID_CHECK": int(nseg > 2 and (first < 0 or last >= spec.w)),
+    }
+
+
+def _pack_groups(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """Taps as dw_groups reads them: ``(G, KH, KW, 8 inputs, 8 outputs)``; bias
+    ``(G, 8)`` (zeros without bias)."""
+    w = weight.reshape(spec.groups, 8, 8, spec.kh, spec.kw).transpose(0, 3, 4, 2, 1)
+    b = np.zeros(spec.c_out, np.float32) if bias is None else bias
+    return np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)
+
+
+def run_groups(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dw_groups over the whole batch (float32 ``x``, weights and bias)."""
+    s = rt.settings
+    defines = groups_defines(spec, s)
+    kernel = rt.kernel("dw_groups", defines, info)
+    shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    gsize = (defines["NSEG"], spec.h_out, spec.n * spec.groups)
+    sizes = [*map(np.int32, (spec.n, spec.h, spec.h_out))]
+    items = s.dw_groups_items
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        wbuf, bbuf = rt.packed_weights(_pack_groups, weight, bias, spec, None, info)
+        out, obuf = rt.output(shape, np.float32)
+        args = [xbuf, wbuf, bbuf, obuf, *sizes]
+        ev = rt.enqueue_rows(kernel, gsize, args, fill_to=items)
+        return rt.collect(out, obuf, [ev], info)
+
+    return rt.offer_replay(launch)(x, weight, bias, info)

@@ -114,6 +114,8 @@ def choose(
         return Plan("direct", "dw_blocks"), None
     if algo in ("auto", "direct") and depthwise.channels_pays(spec, cpu, s):
         return Plan("direct", "dw_channels"), None
+    if algo in ("auto", "direct") and depthwise.groups_pays(spec, cpu, s):
+        return Plan("direct", "dw_groups"), None
     if algo == "separable":
         if not one_channel:
             raise ConvValueError(
@@ -191,7 +193,7 @@ def planned(
         return hit
     plan, factors = choose(spec, weight, algo, cpu=cpu, settings=settings)
     if not _reads_values(spec, algo, cpu, settings) or (
-        plan is not None and plan.kernel in ("dw_channels", "dw_blocks")
+        plan is not None and plan.kernel in ("dw_channels", "dw_blocks", "dw_groups")
     ):
         if len(_PLANS) > 1024:
             _PLANS.clear()
@@ -309,6 +311,8 @@ def programs(
         return depthwise.wide_programs(spec, s)
     if plan.kernel == "dw_blocks":
         return depthwise.blocks_programs(spec, s)
+    if plan.kernel == "dw_groups":
+        return [("dw_groups", depthwise.groups_defines(spec, s))]
     if plan.kernel == "dense_gemm":
         return gemm.dense_programs(spec, cpu, s)
     if plan.kernel == "pointwise":
@@ -418,6 +422,8 @@ def run(
                 out = depthwise.run_channels(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_blocks":
                 out = depthwise.run_blocks(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_groups":
+                out = depthwise.run_groups(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_wide":
                 out = depthwise.run_wide(backend, xf, wf, bf, spec, info)
             else:

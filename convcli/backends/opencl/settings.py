@@ -74,6 +74,19 @@ class Settings:
     dw_blocks_wide_taps: int = 25
     dw_blocks_wide_max_wo: int = 64
 
+    # ---- grouped layers of 8 channels a group (dw_groups), CPU devices
+    # Against dense_gemm (kernel ms, N=8, min of 32, one process alternating, busy
+    # machine): regnet's g26 3x3 14^2 0.29 vs 0.54, g55 7^2 0.15 vs 0.32, g26 s2 28^2
+    # 0.34 vs 0.61, g55 s2 14^2 0.20 vs 0.48, g13 28^2 0.81 vs 0.90; N=1 (wall, inline
+    # device) 0.13 vs 0.18 on g26 14^2. The 56- and 112-wide stride-2 layers lost
+    # (1.57 vs 1.18, 2.38 vs 1.74): dw_groups takes input rows up to dw_groups_max_w.
+    dw_groups: bool = True
+    dw_groups_max_w: int = 32
+    # Output columns per item at most (a row in the fewest equal segments).
+    dw_groups_xb: int = 8
+    # Items per work-group wanted (several rows' segments of one group).
+    dw_groups_items: int = 16
+
     # ---- depthwise on wide maps (dw_pad, then dw_direct without padding), CPU devices
     # Output widths that pay for the padded copy: at 56 columns (7 float8 items a row, 2 of
     # them on dw_direct's border path) a 7x7 layer ran 2.7x faster (N=8, 96 channels), 3x3

@@ -1,0 +1,131 @@
+/* dw_groups: grouped convolutions with 8 input and 8 output channels a group (regnet's
+ * 3x3 layers), as one block-diagonal layer: every output value of a group is a float8
+ * across its 8 output channels, the sum over taps and the group's 8 input channels of
+ * a broadcast input value times a float8 of weights (an 8x8 weight block a tap).
+ *
+ * The input is read where the caller left it (NCHW planes, no copy): each input value
+ * is one broadcast scalar load. Rows outside the plane are skipped; columns are
+ * checked at compile time: the first and the last column segment of a row take bodies
+ * built with their first column as a constant (their padding taps vanish from the
+ * code), the segments between take one body with no checks (MID_CHECK 0, the host
+ * checked that their columns lie inside the plane) or with checks (MID_CHECK 1).
+ *
+ * The geometry, C, W, WO and the column segments are -D defines (the tap loops unroll
+ * with every index known at compile time); the batch size and the heights are arguments.
+ *
+ * Layouts (row-major, contiguous):
+ *   x     (N, C, H, W)             input planes, as the caller gave them
+ *   wt    (G, KH, KW, 8, 8)        per group and tap: 8 float8 (one per input channel,
+ *                                  lanes = the group's 8 output channels), packed on
+ *                                  the host
+ *   bias  (G, 8)                   zeros without bias
+ *   out   (N, C, HO, WO)
+ * with G = C / 8.
+ *
+ * Work-item (seg, y, z): output columns x0 = seg * XB .. x0 + XB - 1 (columns past WO
+ * computed, not stored), output row y, z = n * G + g. No fma()/vload8()/vstore8()
+ * builtins (PoCL leaves them as out-of-line calls).
+ */
+
+#ifndef C
+#error "-D C=... is required (set by the host)"
+#endif
+#include "geometry.clh"
+#ifndef PADT
+#error "-D PADT=... is required (set by the host)"
+#endif
+#ifndef PADL
+#error "-D PADL=... is required (set by the host)"
+#endif
+#ifndef W
+#error "-D W=... is required (set by the host)"
+#endif
+#ifndef WO
+#error "-D WO=... is required (set by the host)"
+#endif
+#ifndef XB
+#error "-D XB=... is required (set by the host)"
+#endif
+#ifndef NSEG
+#error "-D NSEG=... is required (set by the host)"
+#endif
+#ifndef MID_CHECK
+#error "-D MID_CHECK=... is required (set by the host)"
+#endif
+
+#define G (C / 8)
+
+/* The taps of one input row (xr: its column 0 in the group's first plane; wr: the
+ * row's KW x 8 weight vectors) for the segment whose first output column is X0: per
+ * tap column and input channel one weight vector, used by the XB outputs. The compiler
+ * keeps the broadcast input values that several taps share (on the stack when the
+ * registers run out: still one load an FMA). */
+#define ROW_TAPS(X0, CHECK)                                                                \
+    _Pragma("unroll") for (int j = 0; j < KW; ++j) {                                       \
+        _Pragma("unroll") for (int l = 0; l < 8; ++l) {                                    \
+            const float8 wv = wr[j * 8 + l];                                               \
+            _Pragma("unroll") for (int k = 0; k < XB; ++k) {                               \
+                const int u = ((X0) + k) * SW - PADL + j * DW;                             \
+                if (!(CHECK) || (u >= 0 && u < W)) acc[k] += xr[l * plane + u] * wv;       \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+#define STORE_LANE(l, s)                                                                   \
+    out[obase + (l) * (ho * WO)] = v.s;
+
+__kernel void dw_groups(__global const float *restrict x, __global const float8 *restrict wt,
+                        __global const float8 *restrict bias, __global float *restrict out,
+                        const int n, const int h, const int ho) {
+    const int seg = get_global_id(0);
+    const int y = get_global_id(1);
+    const int z = get_global_id(2);
+    if (seg >= NSEG || y >= ho || z >= n * G) return;
+    const int nn = z / G;
+    const int g = z - nn * G;
+    const int x0 = seg * XB;
+    const int plane = h * W;
+
+    float8 acc[XB];
+#pragma unroll
+    for (int k = 0; k < XB; ++k) acc[k] = bias[g];
+    __global const float *xz = x + (size_t)z * 8 * plane;
+    __global const float8 *wc = wt + g * (KH * KW * 8);
+    /* A loop, not unrolled: a kernel body without loops was vectorised across
+     * work-items by PoCL (dw_blocks: 2.5x slower). */
+    for (int i = 0; i < KH; ++i) {
+        const int r = y * SH - PADT + i * DH;
+        if (r < 0 || r >= h) continue;
+        __global const float *xr = xz + r * W;
+        __global const float8 *wr = wc + i * (KW * 8);
+        if (seg == 0) {
+            ROW_TAPS(0, 1)
+        }
+#if NSEG > 1
+        else if (seg == NSEG - 1) {
+            ROW_TAPS((NSEG - 1) * XB, 1)
+        }
+#endif
+#if NSEG > 2
+        else {
+            ROW_TAPS(x0, MID_CHECK)
+        }
+#endif
+    }
+    const size_t obase0 = ((size_t)nn * C + 8 * g) * (ho * WO) + y * WO + x0;
+#pragma unroll
+    for (int k = 0; k < XB; ++k) {
+        if (x0 + k < WO) {
+            const float8 v = acc[k];
+            const size_t obase = obase0 + k;
+            STORE_LANE(0, s0)
+            STORE_LANE(1, s1)
+            STORE_LANE(2, s2)
+            STORE_LANE(3, s3)
+            STORE_LANE(4, s4)
+            STORE_LANE(5, s5)
+            STORE_LANE(6, s6)
+            STORE_LANE(7, s7)
+        }
+    }
+}
