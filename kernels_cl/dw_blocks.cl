@@ -20,7 +20,9 @@
  * Work-item (seg, y, z): output columns x0 = seg * XB .. x0 + XB - 1 (columns past WO
  * computed, not stored), output row y, block z = n * NCB + cb (channels 8*cb..; lanes
  * past C not stored). A work-group takes the segments of neighbouring rows of one
- * block, whose input rows it shares in L1. No fma()/vload8()/vstore8() builtins (PoCL
+ * block, whose input rows it shares in L1. A segment inside the row stores its XB x 8
+ * results transposed (blocks8.clh): per channel one row of XB columns in vector
+ * stores, not 8 * XB scalar stores (3x3 layers: as many stores as multiply-adds). No fma()/vload8()/vstore8() builtins (PoCL
  * leaves them as out-of-line calls).
  */
 
@@ -28,6 +30,7 @@
 #error "-D C=... is required (set by the host)"
 #endif
 #include "geometry.clh"
+#include "blocks8.clh"
 #ifndef PADT
 #error "-D PADT=... is required (set by the host)"
 #endif
@@ -84,6 +87,20 @@ __kernel void dw_blocks(__global const float8 *restrict xb, __global const float
         }
     }
     const size_t obase0 = ((size_t)nn * C + 8 * cb) * (ho * WO) + y * WO + x0;
+    /* a whole segment inside the row: the XB x 8 tile transposed into 8 rows of XB
+     * columns, one per channel, stored as vectors */
+    if (x0 + XB <= WO) {
+        float8 a[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) a[k] = k < XB ? acc[k < XB ? k : 0] : (float8)(0.0f);
+        float8 r[8];
+        TRANSPOSE8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], r[0], r[1], r[2], r[3],
+                   r[4], r[5], r[6], r[7]);
+#pragma unroll
+        for (int l = 0; l < 8; ++l)
+            if (8 * cb + l < C) STORE_ROW(out + obase0 + l * (ho * WO), r[l], XB);
+        return;
+    }
 #pragma unroll
     for (int k = 0; k < XB; ++k) {
         if (x0 + k < WO) {

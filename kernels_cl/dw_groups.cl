@@ -23,14 +23,16 @@
  * with G = C / 8.
  *
  * Work-item (seg, y, z): output columns x0 = seg * XB .. x0 + XB - 1 (columns past WO
- * computed, not stored), output row y, z = n * G + g. No fma()/vload8()/vstore8()
- * builtins (PoCL leaves them as out-of-line calls).
+ * computed, not stored), output row y, z = n * G + g; a segment inside the row stores
+ * its XB x 8 results transposed (blocks8.clh), one row of XB columns a channel. No
+ * fma()/vload8()/vstore8() builtins (PoCL leaves them as out-of-line calls).
  */
 
 #ifndef C
 #error "-D C=... is required (set by the host)"
 #endif
 #include "geometry.clh"
+#include "blocks8.clh"
 #ifndef PADT
 #error "-D PADT=... is required (set by the host)"
 #endif
@@ -113,6 +115,19 @@ __kernel void dw_groups(__global const float *restrict x, __global const float8 
 #endif
     }
     const size_t obase0 = ((size_t)nn * C + 8 * g) * (ho * WO) + y * WO + x0;
+    /* a whole segment inside the row: the XB x 8 tile transposed into 8 rows of XB
+     * columns, one per output channel, stored as vectors */
+    if (x0 + XB <= WO) {
+        float8 a[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) a[k] = k < XB ? acc[k < XB ? k : 0] : (float8)(0.0f);
+        float8 r[8];
+        TRANSPOSE8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], r[0], r[1], r[2], r[3],
+                   r[4], r[5], r[6], r[7]);
+#pragma unroll
+        for (int l = 0; l < 8; ++l) STORE_ROW(out + obase0 + l * (ho * WO), r[l], XB);
+        return;
+    }
 #pragma unroll
     for (int k = 0; k < XB; ++k) {
         if (x0 + k < WO) {

@@ -197,6 +197,22 @@ def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding, kerne
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("wd", [1, 2, 3, 5, 6, 8, 11, 16, 17])
+def test_dw_blocks_and_dw_groups_row_widths(ocl, wd):
+    """Every segment width's vector stores (1 to 8 columns, in float4/float2/float
+    pieces), a partial last segment (17 columns), the copy's 8-column groups with and
+    without an overlapping last one, and lanes past C (44 channels)."""
+    for c, cin_g in ((44, 1), (24, 8)):
+        x, w, b = rng_arrays(wd + c, (2, c, 5, wd), (c, cin_g, 3, 3))
+        groups = c // cin_g
+        spec = make_spec(x, w, b, padding=1, groups=groups)
+        assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == (
+            "dw_blocks" if cin_g == 1 else "dw_groups"
+        )
+        out, ref, _ = fast(ocl, x, w, b, padding=1, groups=groups)
+        assert_close(out, ref, "float32")
+
+
 def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
     """The blocked copy's scratch buffer is shared: a smaller layer after a larger one
     reads only its own blocks, and a layer without bias adds nothing."""

@@ -318,7 +318,13 @@ def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, in
     """The programs a dw_blocks run of ``spec`` builds (kernel file, build defines)."""
     xb, nseg = _segments(spec.w_out, s)
     wp = _blocks_width(spec, s)
-    to_blocks = {"C": spec.c_in, "W": spec.w, "WP": wp, "PADL": spec.pad[2]}
+    to_blocks = {
+        "C": spec.c_in,
+        "W": spec.w,
+        "WP": wp,
+        "PADL": spec.pad[2],
+        "TRANSPOSE": int(spec.w >= 8),
+    }
     blocks = {
         "C": spec.c_out,
         **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
