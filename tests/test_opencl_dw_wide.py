@@ -30,11 +30,12 @@ def ocl():
 def _cases(count: int) -> list[tuple]:
     """Random depthwise layers (seeded) that dw_wide takes: 48-64-column outputs (whole
     float8 vectors), kernels 3-7 (some not square, some dilated), asymmetric padding,
-    multipliers, bias or none, batch 1-3."""
+    multipliers, bias or none, batch 1-3; fewer than 8 channels (from 8 on, kernels of
+    25+ taps run dw_blocks)."""
     rng = np.random.default_rng(150)
     cases = []
     while len(cases) < count:
-        c = int(rng.integers(1, 24))
+        c = int(rng.integers(1, 8))
         kh, kw = (int(v) for v in rng.choice([3, 5, 7], 2))
         dh, dw = (int(v) for v in rng.choice([1, 1, 2], 2))
         pad = (int(rng.integers(0, kh)), int(rng.integers(1, kw)))

@@ -238,6 +238,34 @@ def test_dw_blocks_takes_wide_rows_for_large_kernels(ocl, k, hw, kernel):
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize(
+    "c, n, hw, k, stride, padding",
+    [
+        (8, 2, (9, 13), (3, 3), 1, 1),  # one block
+        (13, 1, (7, 12), (5, 5), 1, 2),  # one block and 5 lanes
+        (16, 2, (20, 111), (3, 3), 2, 1),  # stride 2, a 56-wide output row
+        (24, 1, (9, 100), (3, 3), (1, 2), (1, 0)),  # strided along the row only
+    ],
+)
+def test_dw_blocks_few_channels_and_wide_strided_rows(ocl, c, n, hw, k, stride, padding):
+    x, w, b = rng_arrays(c + hw[1], (n, c, *hw), (c, 1, *k))
+    spec = make_spec(x, w, b, stride=stride, padding=padding, groups=c)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    out, ref, _ = fast(ocl, x, w, b, stride=stride, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
+def test_dw_blocks_not_for_large_strided_inputs(tune, ocl):
+    # a strided layer whose input is larger than dw_blocks_strided_max_bytes keeps
+    # dw_direct on rows over dw_channels_max_wo (the copy would leave the caches)
+    x = np.zeros((2, 16, 30, 111), np.float32)
+    w = np.zeros((16, 1, 3, 3), np.float32)
+    spec = make_spec(x, w, None, stride=2, padding=1, groups=16)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    small = tune(ocl, dw_blocks_strided_max_bytes=x.nbytes - 1).settings
+    assert opencl_plan.choose(spec, w, cpu=True, settings=small)[0].kernel == "dw_direct"
+
+
 def test_dw_blocks_off_runs_dw_channels(ocl, tune):
     x, w, b = rng_arrays(3, (1, 64, 14, 14), (64, 1, 5, 5))
     spec = make_spec(x, w, b, padding=2, groups=64)
@@ -254,7 +282,8 @@ def test_dw_blocks_off_runs_dw_channels(ocl, tune):
         (96, 14, "zeros", True, "dw_blocks"),
         (96, 14, "zeros", False, "dw_direct"),  # GPUs keep their kernels
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
-        (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
+        (16, 14, "zeros", True, "dw_blocks"),  # 8 channels or more: blocks of 8
+        (4, 14, "zeros", True, "dw_direct"),  # fewer: float8 along the width
         (96, 56, "zeros", True, "dw_wide"),  # wide rows: float8 along the width, padded
         (96, 57, "zeros", True, "dw_direct"),  # wide rows, not whole float8 vectors
         (96, 112, "zeros", True, "dw_direct"),  # wider: the padded copy costs more

@@ -73,6 +73,16 @@ class Settings:
     dw_blocks_min_taps: float = 2.0
     dw_blocks_wide_taps: int = 25
     dw_blocks_wide_max_wo: int = 64
+    # From 8 channels (one block) on, not dw_channels' 32: against dw_direct (wall ms,
+    # min of 45, one process alternating, busy machine) 3x3 N=8 8 channels on 14^2 0.042
+    # vs 0.110, 16 on 28^2 0.11 vs 0.39, 24 on 14^2 0.058 vs 0.163, 5x5 12 on 28^2 0.14
+    # vs 0.29; N=1 16 on 28^2 0.040 vs 0.054. Strided layers also take rows up to
+    # dw_blocks_wide_max_wo wide (inputs up to dw_blocks_strided_max_bytes): 3x3 s2 N=8
+    # 24 channels on 56^2 0.20 vs 0.47, 16 on 112^2 0.46 vs 0.50, 8 on 56^2 0.09 vs
+    # 0.18; N=1 16 on 112^2 0.09 vs 0.13, 96 on 112^2 0.36 vs 0.40 (N=8 96 on 112^2, a
+    # 38 MB input: 4.6 vs 3.1 kernel ms, the copy leaves the caches).
+    dw_blocks_min_cout: int = 8
+    dw_blocks_strided_max_bytes: int = 8 << 20
 
     # ---- grouped layers of 8 channels a group (dw_groups), CPU devices
     # Against dense_gemm (kernel ms, N=8, min of 32, one process alternating, busy
