@@ -312,6 +312,7 @@ def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
         (24, 2, (6, 11), (2, 3), (1, 2), (2, 0), True),  # asymmetric everything
         (32, 1, (1, 1), 1, 1, 1, True),  # a 1x1 map: all but one tap padding
         (16, 1, (4, 5), 1, 1, 3, False),  # more padding than rows
+        (16, 2, (6, 111), 2, 1, 1, True),  # a 56-wide output row: 7 segments
     ],
 )
 def test_dw_groups_matches_naive(ocl, c, n, hw, stride, dilation, padding, bias):
@@ -340,7 +341,7 @@ def test_dw_groups_other_kernel_sizes_and_a_second_layer(ocl):
         (8, 8, 14, "zeros", True, "dw_groups"),
         (8, 8, 14, "zeros", False, "dense_gemm"),  # GPUs keep their kernels
         (8, 8, 14, "reflect", True, "dense_gemm"),  # padding maps: dense_gemm's
-        (8, 8, 56, "zeros", True, "dense_gemm"),  # wide rows: dense_gemm
+        (8, 8, 120, "zeros", True, "dense_gemm"),  # rows over 112: dense_gemm
         (8, 16, 14, "zeros", True, "dense_gemm"),  # not 8 and 8
         (16, 16, 14, "zeros", True, "dense_gemm"),
     ],

@@ -1,5 +1,5 @@
-"""Direct kernels along the width and across channels: ``dw_direct.cl`` and
-``dw_channels.cl``.
+"""Direct kernels along the width and across channels: ``dw_direct.cl``,
+``dw_channels.cl``, ``dw_blocks.cl`` and ``dw_groups.cl``.
 
 ``dw_direct``: float8 along the output width, several output rows per work-item sharing
 loaded input rows; depthwise layers and image filters, each pass of a separable filter
@@ -12,10 +12,14 @@ feature maps: sizes repeat) get them as constants too (``settings.dw_fixed_pixel
 layers: at least 32 channels, outputs at most 32 wide, zero padding), float8 across 8
 output channels, one launch for all channels, the taps packed as aligned float8.
 
-``dw_blocks`` (CPU devices): the plain depthwise layers among dw_channels' (one
-channel per group, 3x3 with stride 1 and larger kernels): ``dw_to_blocks.cl`` copies the
-input once into column-padded blocks of 8 channels, then ``dw_blocks.cl`` reads each
-input value as one aligned float8.
+``dw_blocks`` (CPU devices): plain depthwise layers (one channel per group, 8 channels
+or more, 2+ taps per input pixel) on small maps: ``dw_to_blocks.cl`` copies the input
+once into column-padded blocks of 8 channels, then ``dw_blocks.cl`` reads each input
+value as one aligned float8.
+
+``dw_groups`` (CPU devices): grouped layers of 8 input and 8 output channels a group
+(regnet's), as one block-diagonal layer: a float8 across a group's output channels, 8
+broadcast input values times 8 weight vectors a tap, the input planes read in place.
 
 ``dw_wide`` (CPU devices): depthwise layers on 48-64-column maps (56x56 CNN layers, any
 batch): ``dw_pad.cl`` copies the input into zero-padded planes once, then ``dw_direct``
@@ -390,8 +394,7 @@ def groups_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     channels, reading the input planes in place; border segments built with their
     columns as constants. dense_gemm ran them as an implicit GEMM of one channel
     vector whose items on 7- to 28-wide maps mostly took its index-map border path.
-    Input rows up to ``dw_groups_max_w`` wide: on 56- and 112-wide stride-2 layers
-    dense_gemm's copied columns stayed faster."""
+    Input rows up to ``dw_groups_max_w`` wide (measured up to regnet's 112)."""
     return (
         cpu
         and s.dw_groups

@@ -85,13 +85,14 @@ class Settings:
     dw_blocks_strided_max_bytes: int = 8 << 20
 
     # ---- grouped layers of 8 channels a group (dw_groups), CPU devices
-    # Against dense_gemm (kernel ms, N=8, min of 32, one process alternating, busy
-    # machine): regnet's g26 3x3 14^2 0.29 vs 0.54, g55 7^2 0.15 vs 0.32, g26 s2 28^2
-    # 0.34 vs 0.61, g55 s2 14^2 0.20 vs 0.48, g13 28^2 0.81 vs 0.90; N=1 (wall, inline
-    # device) 0.13 vs 0.18 on g26 14^2. The 56- and 112-wide stride-2 layers lost
-    # (1.57 vs 1.18, 2.38 vs 1.74): dw_groups takes input rows up to dw_groups_max_w.
+    # Against dense_gemm (kernel ms, N=8, min of 20-40, one process alternating, busy
+    # machine): regnet's g26 3x3 14^2 0.24 vs 0.54, g55 7^2 0.12 vs 0.32, g26 s2 28^2
+    # 0.28-0.29 vs 0.61, g55 s2 14^2 0.15-0.16 vs 0.48, g13 28^2 0.49 vs 0.90, g13 s2
+    # 56^2 0.59-0.72 vs 0.91, g6 s2 112^2 1.14-1.16 vs 1.73; N=1 (wall, inline device)
+    # g26 14^2 0.10 vs 0.18, g13 28^2 0.16 vs 0.20-0.23, g6 s2 112^2 0.25-0.35 vs
+    # 0.32-0.41. Input rows up to dw_groups_max_w wide (no wider layer was measured).
     dw_groups: bool = True
-    dw_groups_max_w: int = 32
+    dw_groups_max_w: int = 112
     # Output columns per item at most (a row in the fewest equal segments).
     dw_groups_xb: int = 8
     # Items per work-group wanted (several rows' segments of one group).
