@@ -28,8 +28,17 @@
  * fma()/vload8()/vstore8() builtins (PoCL leaves them as out-of-line calls).
  */
 
-#ifndef C
-#error "-D C=... is required (set by the host)"
+#ifndef C_IN
+#error "-D C_IN=... is required (set by the host)"
+#endif
+#ifndef C_OUT
+#error "-D C_OUT=... is required (set by the host)"
+#endif
+#ifndef CIN_G
+#error "-D CIN_G=... is required (set by the host)"
+#endif
+#ifndef COUT_G
+#error "-D COUT_G=... is required (set by the host)"
 #endif
 #include "geometry.clh"
 #include "blocks8.clh"
@@ -55,7 +64,9 @@
 #error "-D MID_CHECK=... is required (set by the host)"
 #endif
 
-#define G (C / 8)
+/* blocks of 8 output channels: in all, and in a group */
+#define NB (C_OUT / 8)
+#define NBG (COUT_G / 8)
 
 /* The taps of one input row (xr: its column 0 in the group's first plane; wr: the
  * row's KW x 8 weight vectors) for the segment whose first output column is X0: per
@@ -65,9 +76,9 @@
  * third of the multiply-adds); a loop leaves it a body small enough for the registers
  * (28^2 layers 1.6x faster, 14^2 and 7^2 1.1x). */
 #define ROW_TAPS(X0, CHECK)                                                                \
-    _Pragma("unroll 1") for (int l = 0; l < 8; ++l) {                                      \
+    _Pragma("unroll 1") for (int l = 0; l < CIN_G; ++l) {                                  \
         _Pragma("unroll") for (int j = 0; j < KW; ++j) {                                   \
-            const float8 wv = wr[j * 8 + l];                                               \
+            const float8 wv = wr[j * CIN_G + l];                                           \
             _Pragma("unroll") for (int k = 0; k < XB; ++k) {                               \
                 const int u = ((X0) + k) * SW - PADL + j * DW;                             \
                 if (!(CHECK) || (u >= 0 && u < W)) acc[k] += xr[l * plane + u] * wv;       \
@@ -84,24 +95,25 @@ __kernel void dw_groups(__global const float *restrict x, __global const float8 
     const int seg = get_global_id(0);
     const int y = get_global_id(1);
     const int z = get_global_id(2);
-    if (seg >= NSEG || y >= ho || z >= n * G) return;
-    const int nn = z / G;
-    const int g = z - nn * G;
+    if (seg >= NSEG || y >= ho || z >= n * NB) return;
+    const int nn = z / NB;
+    const int b = z - nn * NB;
+    const int g = b / NBG;
     const int x0 = seg * XB;
     const int plane = h * W;
 
     float8 acc[XB];
 #pragma unroll
-    for (int k = 0; k < XB; ++k) acc[k] = bias[g];
-    __global const float *xz = x + (size_t)z * 8 * plane;
-    __global const float8 *wc = wt + g * (KH * KW * 8);
+    for (int k = 0; k < XB; ++k) acc[k] = bias[b];
+    __global const float *xz = x + ((size_t)nn * C_IN + g * CIN_G) * plane;
+    __global const float8 *wc = wt + b * (KH * KW * CIN_G);
     /* A loop, not unrolled: a kernel body without loops was vectorised across
      * work-items by PoCL (dw_blocks: 2.5x slower). */
     for (int i = 0; i < KH; ++i) {
         const int r = y * SH - PADT + i * DH;
         if (r < 0 || r >= h) continue;
         __global const float *xr = xz + r * W;
-        __global const float8 *wr = wc + i * (KW * 8);
+        __global const float8 *wr = wc + i * (KW * CIN_G);
         if (seg == 0) {
             ROW_TAPS(0, 1)
         }
@@ -116,7 +128,7 @@ __kernel void dw_groups(__global const float *restrict x, __global const float8 
         }
 #endif
     }
-    const size_t obase0 = ((size_t)nn * C + 8 * g) * (ho * WO) + y * WO + x0;
+    const size_t obase0 = ((size_t)nn * C_OUT + 8 * b) * (ho * WO) + y * WO + x0;
     /* a whole segment inside the row: the XB x 8 tile transposed into 8 rows of XB
      * columns, one per output channel, stored as vectors */
     if (x0 + XB <= WO) {

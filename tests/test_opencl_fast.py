@@ -326,13 +326,25 @@ def test_dw_groups_matches_naive(ocl, c, n, hw, stride, dilation, padding, bias)
     assert_close(out, ref, "float32")
 
 
-def test_dw_groups_other_kernel_sizes_and_a_second_layer(ocl):
-    """5x5 and 1x3 kernels; a smaller layer after a larger one (a new build)."""
-    for c, hw, k, pad in ((64, 12, (5, 5), 2), (24, 9, (1, 3), (0, 1))):
-        x, w, b = rng_arrays(c, (2, c, hw, hw + 3), (c, 8, *k))
-        out, ref, info = fast(ocl, x, w, b, padding=pad, groups=c // 8)
-        assert info.algo == "direct"
-        assert_close(out, ref, "float32")
+@pytest.mark.parametrize(
+    "c, cin_g, hw, k, stride, padding",
+    [
+        (64, 8, 12, (5, 5), 1, 2),
+        (24, 8, 9, (1, 3), 1, (0, 1)),
+        (48, 16, 11, (3, 3), 1, 1),  # 16 channels a group: two output blocks each
+        (64, 32, 10, (3, 3), 2, 1),  # 7-wide output, 32 a group
+        (128, 64, 4, (3, 3), 1, 1),
+    ],
+)
+def test_dw_groups_kernel_sizes_and_wider_groups(ocl, c, cin_g, hw, k, stride, padding):
+    """Other kernel sizes, and groups of 16-64 channels (several blocks of 8 outputs
+    a group, every one reading all of the group's input channels)."""
+    x, w, b = rng_arrays(c + hw, (2, c, hw, hw + 3), (c, cin_g, *k))
+    spec = make_spec(x, w, b, stride=stride, padding=padding, groups=c // cin_g)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_groups"
+    out, ref, info = fast(ocl, x, w, b, stride=stride, padding=padding, groups=c // cin_g)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
 
 
 @pytest.mark.parametrize(
@@ -342,8 +354,13 @@ def test_dw_groups_other_kernel_sizes_and_a_second_layer(ocl):
         (8, 8, 14, "zeros", False, "dense_gemm"),  # GPUs keep their kernels
         (8, 8, 14, "reflect", True, "dense_gemm"),  # padding maps: dense_gemm's
         (8, 8, 120, "zeros", True, "dense_gemm"),  # rows over 112: dense_gemm
-        (8, 16, 14, "zeros", True, "dense_gemm"),  # not 8 and 8
-        (16, 16, 14, "zeros", True, "dense_gemm"),
+        (8, 16, 14, "zeros", True, "dense_gemm"),  # not as many in as out
+        (4, 4, 14, "zeros", True, "dense_gemm"),  # not a multiple of 8
+        (16, 16, 56, "zeros", True, "dw_groups"),
+        (32, 32, 14, "zeros", True, "dw_groups"),  # 7-wide outputs: up to 64 a group
+        (64, 64, 14, "zeros", True, "dw_groups"),
+        (32, 32, 28, "zeros", True, "dense_gemm"),  # wider: dense_gemm's tiles
+        (128, 128, 14, "zeros", True, "dense_gemm"),
     ],
 )
 def test_dw_groups_only_where_it_pays(cin_g, cout_g, hw, mode, cpu, kernel):

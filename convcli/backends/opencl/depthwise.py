@@ -389,19 +389,25 @@ def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nd
 
 
 def groups_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
-    """Grouped layers of 8 input and 8 output channels a group (regnet's) run as
-    dw_groups on CPU devices: one block-diagonal layer, a float8 across a group's output
-    channels, reading the input planes in place; border segments built with their
-    columns as constants. dense_gemm ran them as an implicit GEMM of one channel
-    vector whose items on 7- to 28-wide maps mostly took its index-map border path.
-    Input rows up to ``dw_groups_max_w`` wide (measured up to regnet's 112)."""
+    """Grouped layers of as many input as output channels a group, a multiple of 8
+    (regnet's 8, 16, 24...), run as dw_groups on CPU devices: block-diagonal layers, a
+    float8 across 8 of a group's output channels, reading the input planes in place;
+    border segments built with their columns as constants. dense_gemm ran them as an
+    implicit GEMM whose items on small maps mostly took its index-map border path.
+    Up to ``dw_groups_max_cin`` channels a group, and up to ``dw_groups_max_cin_7``
+    where output rows are at most 7 wide (against dense_gemm's register tiles, wider
+    groups lost on larger maps); input rows up to ``dw_groups_max_w`` wide (measured
+    up to regnet's 112)."""
+    narrow = spec.cin_g <= s.dw_groups_max_cin
+    small_map = spec.cin_g <= s.dw_groups_max_cin_7 and spec.w_out <= 7
     return (
         cpu
         and s.dw_groups
         and spec.w <= s.dw_groups_max_w
         and spec.groups > 1
-        and spec.cin_g == 8
-        and spec.cout_g == 8
+        and spec.cin_g == spec.cout_g
+        and spec.cout_g % 8 == 0
+        and (narrow or small_map)
         and spec.padding_mode == "zeros"
         and spec.kh * spec.kw <= s.dense_max_taps
     )
@@ -422,7 +428,10 @@ def groups_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
     first = xb * sw - spec.pad[2]  # the second segment's first input column
     last = ((nseg - 1) * xb - 1) * sw - spec.pad[2] + reach  # the last middle column
     return {
-        "C": spec.c_out,
+        "C_IN": spec.c_in,
+        "C_OUT": spec.c_out,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
         **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
         "PADT": spec.pad[0],
         "PADL": spec.pad[2],
@@ -437,9 +446,10 @@ def groups_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
 def _pack_groups(
     weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: object
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Taps as dw_groups reads them: ``(G, KH, KW, 8 inputs, 8 outputs)``; bias
-    ``(G, 8)`` (zeros without bias)."""
-    w = weight.reshape(spec.groups, 8, 8, spec.kh, spec.kw).transpose(0, 3, 4, 2, 1)
+    """Taps as dw_groups reads them: ``(NB, KH, KW, CIN_G, 8)`` for the NB blocks of 8
+    output channels; bias ``(NB, 8)`` (zeros without bias)."""
+    nb = spec.c_out // 8
+    w = weight.reshape(nb, 8, spec.cin_g, spec.kh, spec.kw).transpose(0, 3, 4, 2, 1)
     b = np.zeros(spec.c_out, np.float32) if bias is None else bias
     return np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)
 
@@ -450,7 +460,7 @@ def run_groups(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nd
     defines = groups_defines(spec, s)
     kernel = rt.kernel("dw_groups", defines, info)
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
-    gsize = (defines["NSEG"], spec.h_out, spec.n * spec.groups)
+    gsize = (defines["NSEG"], spec.h_out, spec.n * spec.c_out // 8)
     sizes = [*map(np.int32, (spec.n, spec.h, spec.h_out))]
     items = s.dw_groups_items
 

@@ -93,6 +93,15 @@ class Settings:
     # 0.32-0.41. Input rows up to dw_groups_max_w wide (no wider layer was measured).
     dw_groups: bool = True
     dw_groups_max_w: int = 112
+    # Wider groups (N=8, 3x3, ms events, one process alternating, busy machine): 16
+    # channels a group 320 g20 14^2 0.81 vs 1.25, 144 g9 28^2 1.45 vs 1.81, 256 g16
+    # 56^2 8.8 vs 11.1, 128 g8 s2 56^2 1.38 vs 1.61; N=1 320 g20 14^2 0.27 vs 0.34
+    # wall. On 7-wide outputs up to 64 (1024 g32 7^2 1.15 vs 2.12, 1024 g16 7^2 2.17 vs
+    # 3.85, 896 g28 s2 14^2 1.22 vs 1.59); wider outputs of 32+ lost (256 g8 s2 28^2
+    # 1.45 vs 1.33, 512 g8 14^2 4.7 vs 3.6, 448 g14 s2 56^2 11.4 vs 9.1), 24 on 28^2
+    # tied (2.45 vs 2.39).
+    dw_groups_max_cin: int = 16
+    dw_groups_max_cin_7: int = 64
     # Output columns per item at most (a row in the fewest equal segments).
     dw_groups_xb: int = 8
     # Items per work-group wanted (several rows' segments of one group).
