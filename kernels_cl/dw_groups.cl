@@ -1,7 +1,8 @@
-/* dw_groups: grouped convolutions with 8 input and 8 output channels a group (regnet's
- * 3x3 layers), as one block-diagonal layer: every output value of a group is a float8
- * across its 8 output channels, the sum over taps and the group's 8 input channels of
- * a broadcast input value times a float8 of weights (an 8x8 weight block a tap).
+/* dw_groups: grouped convolutions with as many input as output channels a group, a
+ * multiple of 8 (regnet's 3x3 layers: 8 a group), as block-diagonal layers: a
+ * work-item's output value is a float8 across 8 of a group's output channels, the sum
+ * over taps and the group's CIN_G input channels of a broadcast input value times a
+ * float8 of weights (with 8 channels a group: an 8x8 weight block a tap).
  *
  * The input is read where the caller left it (NCHW planes, no copy): each input value
  * is one broadcast scalar load. Rows outside the plane are skipped; columns are
@@ -10,22 +11,23 @@
  * code), the segments between take one body with no checks (MID_CHECK 0, the host
  * checked that their columns lie inside the plane) or with checks (MID_CHECK 1).
  *
- * The geometry, C, W, WO and the column segments are -D defines (the tap loops unroll
- * with every index known at compile time); the batch size and the heights are arguments.
+ * The geometry, the channel counts, W, WO and the column segments are -D defines (the
+ * tap loops unroll with every index known at compile time); the batch size and the
+ * heights are arguments.
  *
  * Layouts (row-major, contiguous):
- *   x     (N, C, H, W)             input planes, as the caller gave them
- *   wt    (G, KH, KW, 8, 8)        per group and tap: 8 float8 (one per input channel,
- *                                  lanes = the group's 8 output channels), packed on
- *                                  the host
- *   bias  (G, 8)                   zeros without bias
- *   out   (N, C, HO, WO)
- * with G = C / 8.
+ *   x     (N, C_IN, H, W)          input planes, as the caller gave them
+ *   wt    (NB, KH, KW, CIN_G, 8)   per block of 8 output channels and tap: CIN_G float8
+ *                                  (one per input channel of the group, lanes = the
+ *                                  block's output channels), packed on the host
+ *   bias  (NB, 8)                  zeros without bias
+ *   out   (N, C_OUT, HO, WO)
+ * with NB = C_OUT / 8 blocks, COUT_G / 8 of them a group.
  *
  * Work-item (seg, y, z): output columns x0 = seg * XB .. x0 + XB - 1 (columns past WO
- * computed, not stored), output row y, z = n * G + g; a segment inside the row stores
- * its XB x 8 results transposed (blocks8.clh), one row of XB columns a channel. No
- * fma()/vload8()/vstore8() builtins (PoCL leaves them as out-of-line calls).
+ * computed, not stored), output row y, z = n * NB + block; a segment inside the row
+ * stores its XB x 8 results transposed (blocks8.clh), one row of XB columns a channel.
+ * No fma()/vload8()/vstore8() builtins (PoCL leaves them as out-of-line calls).
  */
 
 #ifndef C_IN

@@ -17,9 +17,10 @@ or more, 2+ taps per input pixel) on small maps: ``dw_to_blocks.cl`` copies the 
 once into column-padded blocks of 8 channels, then ``dw_blocks.cl`` reads each input
 value as one aligned float8.
 
-``dw_groups`` (CPU devices): grouped layers of 8 input and 8 output channels a group
-(regnet's), as one block-diagonal layer: a float8 across a group's output channels, 8
-broadcast input values times 8 weight vectors a tap, the input planes read in place.
+``dw_groups`` (CPU devices): grouped layers of as many input as output channels a
+group, a multiple of 8 (regnet's), as block-diagonal layers: a float8 across 8 of a
+group's output channels, a broadcast input value times a weight vector per input
+channel and tap, the input planes read in place.
 
 ``dw_wide`` (CPU devices): depthwise layers on 48-64-column maps (56x56 CNN layers, any
 batch): ``dw_pad.cl`` copies the input into zero-padded planes once, then ``dw_direct``

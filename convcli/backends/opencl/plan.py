@@ -13,8 +13,8 @@ Algorithms (``info.algo``) and the families that run them:
   (and forced ``direct`` on any layer); ``dw_channels`` on CPU devices for depthwise
   layers with many channels on small maps, or ``dw_blocks`` (the input copied into
   padded blocks of 8 channels first) where the layer has one channel per group and
-  enough taps per input pixel; ``dw_groups`` on CPU devices for grouped layers of 8
-  input and 8 output channels a group (one block-diagonal layer).
+  enough taps per input pixel; ``dw_groups`` on CPU devices for grouped layers of as
+  many input as output channels a group, a multiple of 8 (block-diagonal layers).
 * ``gemm``: ``dense_gemm`` or ``pointwise`` (:mod:`.gemm`) for multi-channel layers, and
   the Winograd forms of 3x3 layers when the cost model says so (:mod:`.winograd`).
 * ``fft``: overlap-save FFT tiles (:mod:`.fft`) for large depthwise kernels that are not

@@ -84,7 +84,7 @@ class Settings:
     dw_blocks_min_cout: int = 8
     dw_blocks_strided_max_bytes: int = 8 << 20
 
-    # ---- grouped layers of 8 channels a group (dw_groups), CPU devices
+    # ---- grouped layers of 8, 16... channels a group (dw_groups), CPU devices
     # Against dense_gemm (kernel ms, N=8, min of 20-40, one process alternating, busy
     # machine): regnet's g26 3x3 14^2 0.24 vs 0.54, g55 7^2 0.12 vs 0.32, g26 s2 28^2
     # 0.28-0.29 vs 0.61, g55 s2 14^2 0.15-0.16 vs 0.48, g13 28^2 0.49 vs 0.90, g13 s2
