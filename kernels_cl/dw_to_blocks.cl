@@ -11,9 +11,10 @@
  *                                  channel C - 1 (finite values: dw_blocks multiplies
  *                                  them by zero taps and does not store them).
  * W, WP, PADL and C are -D defines; the batch size and the height are arguments.
- * TRANSPOSE (1 where W >= 8): the row in groups of 8 columns, 8 vector loads (one per
+ * TRANSPOSE 1 (W >= 8): the row in groups of 8 columns, 8 vector loads (one per
  * plane) and an 8x8 transpose in registers each (blocks8.clh), against 8 scalar loads
- * gathered into every float8 (TRANSPOSE 0, rows narrower than a group).
+ * gathered into every float8 (TRANSPOSE 0); TRANSPOSE 2 (W < 8, PADL + 8 <= WP): one
+ * such group from the row's first column where the plane holds 8 more values.
  *
  * Work-item (r, z): row r of block z = n * NCB + cb, written whole (a loop with
  * constant bounds). Reads 8 input rows, one per channel plane, sequentially.
@@ -54,22 +55,34 @@ __kernel void dw_to_blocks(__global const float *restrict x, __global float8 *re
         src[l] = x + (((size_t)nn * C + c) * h + row) * W;
     }
     for (int u = 0; u < PADL; ++u) dst[u] = (float8)(0.0f);
-#if TRANSPOSE
+#define LOAD8(p, o)                                                                        \
+    ((float8)((p)[(o)], (p)[(o) + 1], (p)[(o) + 2], (p)[(o) + 3], (p)[(o) + 4], (p)[(o) + 5], \
+              (p)[(o) + 6], (p)[(o) + 7]))
+#define COPY8(u0)                                                                          \
+    do {                                                                                   \
+        const int o_ = (u0);                                                               \
+        __global float8 *d = dst + PADL + o_;                                              \
+        TRANSPOSE8(LOAD8(src[0], o_), LOAD8(src[1], o_), LOAD8(src[2], o_),                \
+                   LOAD8(src[3], o_), LOAD8(src[4], o_), LOAD8(src[5], o_),                \
+                   LOAD8(src[6], o_), LOAD8(src[7], o_), d[0], d[1], d[2], d[3], d[4],     \
+                   d[5], d[6], d[7]);                                                      \
+    } while (0)
+#if TRANSPOSE == 1
     /* the last group overlaps the one before it when W is not a multiple of 8 (those
      * columns are written twice, with the same values) */
-#define LOAD8(p, o) ((float8)((p)[o], (p)[o + 1], (p)[o + 2], (p)[o + 3], (p)[o + 4],        \
-                              (p)[o + 5], (p)[o + 6], (p)[o + 7]))
-    for (int g = 0; g < (W + 7) / 8; ++g) {
-        const int u0 = 8 * g + 8 <= W ? 8 * g : W - 8;
-        __global float8 *d = dst + PADL + u0;
-        TRANSPOSE8(LOAD8(src[0], u0), LOAD8(src[1], u0), LOAD8(src[2], u0), LOAD8(src[3], u0),
-                   LOAD8(src[4], u0), LOAD8(src[5], u0), LOAD8(src[6], u0), LOAD8(src[7], u0),
-                   d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]);
-    }
+    for (int g = 0; g < (W + 7) / 8; ++g) COPY8(8 * g + 8 <= W ? 8 * g : W - 8);
 #else
-    for (int u = 0; u < W; ++u)
-        dst[PADL + u] = (float8)(src[0][u], src[1][u], src[2][u], src[3][u], src[4][u],
-                                 src[5][u], src[6][u], src[7][u]);
+#if TRANSPOSE == 2
+    /* rows narrower than 8: one group that reads on into the plane's next rows and
+     * writes past the row into its padding columns (zeroed below), where the plane has
+     * 8 values left from this row on */
+    if ((h - row) * W >= 8) {
+        COPY8(0);
+    } else
+#endif
+        for (int u = 0; u < W; ++u)
+            dst[PADL + u] = (float8)(src[0][u], src[1][u], src[2][u], src[3][u], src[4][u],
+                                     src[5][u], src[6][u], src[7][u]);
 #endif
     for (int u = PADL + W; u < WP; ++u) dst[u] = (float8)(0.0f);
 }

@@ -213,6 +213,29 @@ def test_dw_blocks_and_dw_groups_row_widths(ocl, wd):
         assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize(
+    "c, hw, k, padding, transpose",
+    [
+        (40, (7, 7), 3, 1, 2),  # 7-wide rows: 8 values read on into the next row
+        (24, (6, 5), 7, 3, 2),  # 5-wide: the last row (2 values left) gathers
+        (16, (1, 7), 3, 1, 2),  # one row: fewer than 8 values, gathered
+        (16, (5, 6), 3, 1, 0),  # no room for 8 columns in the padded row
+        (16, (3, 13), 3, 1, 1),
+    ],
+)
+def test_dw_to_blocks_narrow_rows(ocl, c, hw, k, padding, transpose):
+    """The blocked copy of rows narrower than 8: one transposed group of 8 columns
+    where the plane holds 8 more values and the padded row has room, else gathers."""
+    from convcli.backends.opencl import depthwise
+
+    x, w, b = rng_arrays(c + hw[1], (2, c, *hw), (c, 1, k, k))
+    spec = make_spec(x, w, b, padding=padding, groups=c)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    assert depthwise.blocks_programs(spec, DEFAULT)[0][1]["TRANSPOSE"] == transpose
+    out, ref, _ = fast(ocl, x, w, b, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
 def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
     """The blocked copy's scratch buffer is shared: a smaller layer after a larger one
     reads only its own blocks, and a layer without bias adds nothing."""

@@ -336,7 +336,7 @@ def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, in
         "W": spec.w,
         "WP": wp,
         "PADL": spec.pad[2],
-        "TRANSPOSE": int(spec.w >= 8),
+        "TRANSPOSE": 1 if spec.w >= 8 else 2 if spec.pad[2] + 8 <= wp else 0,
     }
     blocks = {
         "C": spec.c_out,
