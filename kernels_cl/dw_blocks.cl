@@ -54,6 +54,47 @@
 #define STORE_LANE(l, s)                                                                   \
     if (8 * cb + (l) < C) out[obase + (l) * (ho * WO)] = v.s;
 
+#ifdef FUSED
+/* FUSED: a work-group takes output rows y0.. of one block z (the host asks for all of
+ * a block's rows), first copies the input rows they reach into local memory as
+ * blocked rows (COPY_ROW, the layout dw_to_blocks writes), then reads them there: one
+ * launch, and no blocked copy written to and read back from memory. Items past the
+ * rows or blocks take part in the copy and the barrier, and store nothing. */
+__kernel void dw_blocks(__global const float *restrict x, __global const float8 *restrict wt,
+                        __global const float8 *restrict bias, __global float *restrict out,
+                        __local float8 *restrict tile, const int n, const int h,
+                        const int ho) {
+    const int seg = get_global_id(0);
+    const int y = get_global_id(1);
+    const int z = get_global_id(2);
+    const int zc = z < n * NCB ? z : n * NCB - 1;
+    const int nn = zc / NCB;
+    const int cb = zc - nn * NCB;
+    /* the input rows this group's output rows reach */
+    const int y0 = get_group_id(1) * get_local_size(1);
+    const int y1 = min(y0 + (int)get_local_size(1), ho) - 1;
+    const int rlo = max(y0 * SH - PADT, 0);
+    const int rhi = min(y1 * SH - PADT + (KH - 1) * DH, h - 1);
+    {
+        const int lid = get_local_id(1) * get_local_size(0) + get_local_id(0);
+        const int count = get_local_size(0) * get_local_size(1);
+        for (int row = rlo + lid; row <= rhi; row += count) {
+            __global const float *src[8];
+#pragma unroll
+            for (int l = 0; l < 8; ++l) {
+                const int c = 8 * cb + l < C ? 8 * cb + l : C - 1;
+                src[l] = x + (((size_t)nn * C + c) * h + row) * W;
+            }
+            __local float8 *dst = tile + (row - rlo) * WP;
+            COPY_ROW(dst, src, (h - row) * W);
+        }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (seg >= NSEG || y >= ho || z >= n * NCB) return;
+    const int x0 = seg * XB;
+    __local const float8 *xz = tile - rlo * WP + x0 * SW;
+#define XSPACE __local
+#else
 __kernel void dw_blocks(__global const float8 *restrict xb, __global const float8 *restrict wt,
                         __global const float8 *restrict bias, __global float *restrict out,
                         const int n, const int h, const int ho) {
@@ -64,18 +105,20 @@ __kernel void dw_blocks(__global const float8 *restrict xb, __global const float
     const int nn = z / NCB;
     const int cb = z - nn * NCB;
     const int x0 = seg * XB;
+    __global const float8 *xz = xb + (size_t)z * h * WP + x0 * SW;
+#define XSPACE __global
+#endif
 
     float8 acc[XB];
 #pragma unroll
     for (int k = 0; k < XB; ++k) acc[k] = bias[cb];
-    __global const float8 *xz = xb + (size_t)z * h * WP + x0 * SW;
     __global const float8 *wc = wt + cb * (KH * KW);
     /* A loop, not unrolled: a kernel body without loops was vectorised across
      * work-items by PoCL, 2.5x slower. */
     for (int i = 0; i < KH; ++i) {
         const int r = y * SH - PADT + i * DH;
         if (r < 0 || r >= h) continue;
-        __global const float8 *xr = xz + r * WP;
+        XSPACE const float8 *xr = xz + r * WP;
 #pragma unroll
         for (int t = 0; t < SPAN; ++t) {
             const float8 v = xr[t];

@@ -54,35 +54,5 @@ __kernel void dw_to_blocks(__global const float *restrict x, __global float8 *re
         const int c = 8 * cb + l < C ? 8 * cb + l : C - 1;
         src[l] = x + (((size_t)nn * C + c) * h + row) * W;
     }
-    for (int u = 0; u < PADL; ++u) dst[u] = (float8)(0.0f);
-#define LOAD8(p, o)                                                                        \
-    ((float8)((p)[(o)], (p)[(o) + 1], (p)[(o) + 2], (p)[(o) + 3], (p)[(o) + 4], (p)[(o) + 5], \
-              (p)[(o) + 6], (p)[(o) + 7]))
-#define COPY8(u0)                                                                          \
-    do {                                                                                   \
-        const int o_ = (u0);                                                               \
-        __global float8 *d = dst + PADL + o_;                                              \
-        TRANSPOSE8(LOAD8(src[0], o_), LOAD8(src[1], o_), LOAD8(src[2], o_),                \
-                   LOAD8(src[3], o_), LOAD8(src[4], o_), LOAD8(src[5], o_),                \
-                   LOAD8(src[6], o_), LOAD8(src[7], o_), d[0], d[1], d[2], d[3], d[4],     \
-                   d[5], d[6], d[7]);                                                      \
-    } while (0)
-#if TRANSPOSE == 1
-    /* the last group overlaps the one before it when W is not a multiple of 8 (those
-     * columns are written twice, with the same values) */
-    for (int g = 0; g < (W + 7) / 8; ++g) COPY8(8 * g + 8 <= W ? 8 * g : W - 8);
-#else
-#if TRANSPOSE == 2
-    /* rows narrower than 8: one group that reads on into the plane's next rows and
-     * writes past the row into its padding columns (zeroed below), where the plane has
-     * 8 values left from this row on */
-    if ((h - row) * W >= 8) {
-        COPY8(0);
-    } else
-#endif
-        for (int u = 0; u < W; ++u)
-            dst[PADL + u] = (float8)(src[0][u], src[1][u], src[2][u], src[3][u], src[4][u],
-                                     src[5][u], src[6][u], src[7][u]);
-#endif
-    for (int u = PADL + W; u < WP; ++u) dst[u] = (float8)(0.0f);
+    COPY_ROW(dst, src, (h - row) * W);
 }

@@ -643,10 +643,12 @@ def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
         assert len(be._programs) == len(seen)
 
 
-def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune):
-    # dw_to_blocks and dw_blocks take the batch size and the heights as arguments: row
-    # bands and a last short batch of a layer run its two builds (the widths are defines)
-    be = fresh_backend(tune)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "dw_to_blocks"])
+def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune, fused):
+    # dw_blocks (and dw_to_blocks) take the batch size and the heights as arguments:
+    # row bands and a last short batch of a layer run its builds (the widths are
+    # defines); fused, one program copies into local memory sized per call
+    be = fresh_backend(tune, dw_blocks_fused=fused)
     rng = np.random.default_rng(43)
     w = rng.standard_normal((40, 1, 5, 5)).astype(np.float32)
     for n, h in ((1, 13), (2, 13), (3, 9), (1, 20)):
@@ -655,7 +657,39 @@ def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune):
         assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "dw_blocks"
         out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
         assert_close(out, naive_for_spec(x, w, None, spec), "float32")
-        assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
+        names = sorted(name for name, _ in be._programs)
+        assert names == (["dw_blocks"] if fused else ["dw_blocks", "dw_to_blocks"])
+
+
+@pytest.mark.parametrize(
+    "c, n, hw, k, stride, dilation, padding",
+    [
+        (40, 2, (14, 14), 3, 1, 1, 1),
+        (36, 1, (7, 9), 3, 2, 1, 1),  # lanes past C, stride 2
+        (64, 2, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3)),
+        (44, 1, (9, 13), 7, 1, 1, (3, 1)),  # more padding than rows
+        (24, 2, (6, 5), 7, 1, 1, 3),  # 5-wide rows
+        (16, 1, (30, 111), 3, 2, 1, 1),  # 56-wide output rows, 7 segments
+    ],
+)
+def test_dw_blocks_with_and_without_its_copy_launch(
+    ocl, tune, c, n, hw, k, stride, dilation, padding
+):
+    """The copy into local memory (fused) and the dw_to_blocks launch both give the
+    exact result; a block over dw_blocks_fused_max_bytes takes dw_to_blocks."""
+    from convcli.backends.opencl import depthwise
+
+    k = (k, k) if isinstance(k, int) else k
+    x, w, b = rng_arrays(c + hw[1], (n, c, *hw), (c, 1, *k))
+    opts = dict(stride=stride, dilation=dilation, padding=padding, groups=c)
+    spec = make_spec(x, w, b, **opts)
+    assert depthwise.fused(spec, ocl.settings)
+    assert not depthwise.fused(spec, replace(ocl.settings, dw_blocks_fused_max_bytes=1024))
+    for fused in (True, False):
+        settings = tune(ocl, dw_blocks_fused=fused).settings
+        assert opencl_plan.choose(spec, w, cpu=True, settings=settings)[0].kernel == "dw_blocks"
+        out, ref, _ = fast(ocl, x, w, b, **opts)
+        assert_close(out, ref, "float32")
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])

@@ -327,6 +327,20 @@ def _blocks_width(spec: ConvSpec, s: Settings) -> int:
     return max(spec.w + spec.pad[2] + spec.pad[3], reach)
 
 
+def _tile_rows(spec: ConvSpec) -> int:
+    """Input rows a fused dw_blocks work-group copies: those all output rows reach."""
+    reach = (spec.h_out - 1) * spec.stride[0] + (spec.kh - 1) * spec.dilation[0] + 1
+    return max(1, min(spec.h, reach))
+
+
+def fused(spec: ConvSpec, s: Settings) -> bool:
+    """Whether dw_blocks copies its input into local memory itself (one launch, a
+    work-group a block of 8 channels) instead of after a dw_to_blocks launch: where a
+    block's blocked rows take at most ``settings.dw_blocks_fused_max_bytes``."""
+    tile = 32 * _blocks_width(spec, s) * _tile_rows(spec)
+    return s.dw_blocks_fused and tile <= s.dw_blocks_fused_max_bytes
+
+
 def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, int]]]:
     """The programs a dw_blocks run of ``spec`` builds (kernel file, build defines)."""
     xb, nseg = _segments(spec.w_out, s)
@@ -347,6 +361,8 @@ def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, in
         "XB": xb,
         "NSEG": nseg,
     }
+    if fused(spec, s):
+        return [("dw_blocks", {**blocks, **to_blocks, "FUSED": 1})]
     return [("dw_to_blocks", to_blocks), ("dw_blocks", blocks)]
 
 
@@ -358,18 +374,34 @@ def _pack_blocks(
 
 
 def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
-    """dw_to_blocks, then dw_blocks, over the whole batch (float32 ``x``, weights, bias)."""
+    """dw_to_blocks, then dw_blocks, over the whole batch (float32 ``x``, weights, bias);
+    or dw_blocks alone, copying into local memory (:func:`fused`)."""
     s = rt.settings
-    (to_name, to_defines), (name, defines) = blocks_programs(spec, s)
-    to_blocks = rt.kernel(to_name, to_defines, info)
+    found = blocks_programs(spec, s)
+    name, defines = found[-1]
     kernel = rt.kernel(name, defines, info)
     ncb = -(-spec.c_out // 8)
-    nbytes = spec.n * ncb * spec.h * defines["WP"] * 32
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
-    to_size = (spec.h, spec.n * ncb)
     gsize = (defines["NSEG"], spec.h_out, spec.n * ncb)
-    sizes = [*map(np.int32, (spec.n, spec.h))]
     out_sizes = [*map(np.int32, (spec.n, spec.h, spec.h_out))]
+    if len(found) == 1:
+        # a work-group a block: every output row, and the input rows they reach
+        tile = rt._cl.LocalMemory(32 * defines["WP"] * _tile_rows(spec))
+        local = (defines["NSEG"], spec.h_out, 1)
+
+        def fused_launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+            xbuf = rt.input_buffer(x, info)
+            wbuf, bbuf = rt.packed_weights(_pack_blocks, weight, bias, spec, 8, info)
+            out, obuf = rt.output(shape, np.float32)
+            args = [xbuf, wbuf, bbuf, obuf, tile, *out_sizes]
+            ev = rt.enqueue(kernel, gsize, local, args)
+            return rt.collect(out, obuf, [ev], info)
+
+        return rt.offer_replay(fused_launch)(x, weight, bias, info)
+    to_blocks = rt.kernel(*found[0], info)
+    nbytes = spec.n * ncb * spec.h * defines["WP"] * 32
+    to_size = (spec.h, spec.n * ncb)
+    sizes = [*map(np.int32, (spec.n, spec.h))]
     items = s.dw_channels_items
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
