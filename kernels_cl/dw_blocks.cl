@@ -6,7 +6,9 @@
  *
  * The widths, the geometry and the column segments are -D defines (the tap loops unroll
  * with every index known at compile time); the batch size and the heights are
- * arguments (row bands of a tiled call and other batch sizes share the build).
+ * arguments (row bands of a tiled call and other batch sizes share the build). With
+ * FUSED (and dw_to_blocks' defines W, PADL, TRANSPOSE) the kernel reads the NCHW input
+ * and makes the blocked rows itself, in local memory (see the FUSED kernel below).
  *
  * Layouts (row-major, contiguous):
  *   xb    (N, NCB, H, WP, 8)       from dw_to_blocks (column padding included, WP covers

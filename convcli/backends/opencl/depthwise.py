@@ -13,9 +13,10 @@ layers: at least 32 channels, outputs at most 32 wide, zero padding), float8 acr
 output channels, one launch for all channels, the taps packed as aligned float8.
 
 ``dw_blocks`` (CPU devices): plain depthwise layers (one channel per group, 8 channels
-or more, 2+ taps per input pixel) on small maps: ``dw_to_blocks.cl`` copies the input
-once into column-padded blocks of 8 channels, then ``dw_blocks.cl`` reads each input
-value as one aligned float8.
+or more, 2+ taps per input pixel) on small maps: the input copied into column-padded
+blocks of 8 channels, from which ``dw_blocks.cl`` reads each input value as one aligned
+float8; a work-group makes its block's copy in local memory (:func:`fused`), or
+``dw_to_blocks.cl`` makes it first, in a launch of its own.
 
 ``dw_groups`` (CPU devices): grouped layers of as many input as output channels a
 group, a multiple of 8 (regnet's), as block-diagonal layers: a float8 across 8 of a
