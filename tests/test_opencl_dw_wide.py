@@ -92,9 +92,10 @@ def test_dw_wide_twice_and_after_a_larger_layer(ocl):
     ],
 )
 def test_dw_wide_only_where_it_pays(w_out_cols, stride, mode, cpu, dtype, wide):
-    x = np.ones((1, 8, 20, w_out_cols * stride), dtype)
-    w = np.ones((8, 1, 3, 3), dtype)
-    spec = make_spec(x, w, None, padding=1, stride=stride, groups=8, padding_mode=mode)
+    # 4 channels: from 8 on, dw_blocks takes these rows
+    x = np.ones((1, 4, 20, w_out_cols * stride), dtype)
+    w = np.ones((4, 1, 3, 3), dtype)
+    spec = make_spec(x, w, None, padding=1, stride=stride, groups=4, padding_mode=mode)
     assert depthwise.wide_pays(spec, cpu, DEFAULT) == wide
     if cpu and dtype == np.float32:
         kernel = plan.choose(spec, w, cpu=cpu)[0].kernel

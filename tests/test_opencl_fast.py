@@ -250,10 +250,10 @@ def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
 
 @pytest.mark.parametrize(
     "k, hw, kernel",
-    [(7, 56, "dw_blocks"), (7, 70, "dw_direct"), (5, 56, "dw_blocks"), (3, 56, "dw_wide")],
+    [(7, 56, "dw_blocks"), (7, 70, "dw_direct"), (5, 56, "dw_blocks"), (3, 56, "dw_blocks")],
 )
 def test_dw_blocks_takes_wide_rows_for_large_kernels(ocl, k, hw, kernel):
-    # 5x5 and larger kernels on rows up to 64 wide: dw_blocks, not dw_wide
+    # 3x3 and larger kernels on rows up to 64 wide: dw_blocks, not dw_wide
     x, w, b = rng_arrays(k, (1, 40, hw, hw), (40, 1, k, k))
     spec = make_spec(x, w, b, padding=k // 2, groups=40)
     assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
@@ -307,9 +307,9 @@ def test_dw_blocks_off_runs_dw_channels(ocl, tune):
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
         (16, 14, "zeros", True, "dw_blocks"),  # 8 channels or more: blocks of 8
         (4, 14, "zeros", True, "dw_direct"),  # fewer: float8 along the width
-        (96, 56, "zeros", True, "dw_wide"),  # wide rows: float8 along the width, padded
-        (96, 57, "zeros", True, "dw_direct"),  # wide rows, not whole float8 vectors
-        (96, 112, "zeros", True, "dw_direct"),  # wider: the padded copy costs more
+        (96, 56, "zeros", True, "dw_blocks"),  # rows up to 64 wide: blocks too
+        (96, 57, "zeros", True, "dw_blocks"),
+        (96, 112, "zeros", True, "dw_direct"),  # wider: the copy costs more
     ],
 )
 def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):

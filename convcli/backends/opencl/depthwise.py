@@ -291,23 +291,21 @@ def run_channels(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.
 
 
 def blocks_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
-    """Plain depthwise layers that dw_channels would take (one input and one output
-    channel per group) run as dw_to_blocks + dw_blocks: the input copied once into
+    """Plain depthwise layers (one input and one output channel per group) from
+    ``settings.dw_blocks_min_cout`` channels run as dw_blocks: the input copied into
     zero-padded blocks of 8 channels, so that the taps read whole aligned float8 values
-    instead of gathering 8 scalars from 8 planes per input column and kernel row. The
-    copy pays where the taps per input pixel (taps over the stride's area) reach
-    ``settings.dw_blocks_min_taps``, and kernels of ``dw_blocks_wide_taps`` taps or more
-    and strided layers (inputs up to ``dw_blocks_strided_max_bytes``) take output rows
-    up to ``dw_blocks_wide_max_wo`` wide too (dw_wide's range; dw_direct gathers a
-    strided row's columns). From ``dw_blocks_min_cout`` channels: one block of 8 beat
-    dw_direct's float8 along the width on rows up to 56 wide."""
+    (not gathering 8 scalars from 8 planes, not float8 along a row with its border
+    path). The copy pays where the taps per input pixel (taps over the stride's area)
+    reach ``dw_blocks_min_taps``; output rows up to ``dw_channels_max_wo`` wide, and up
+    to ``dw_blocks_wide_max_wo`` for kernels of ``dw_blocks_wide_taps`` taps or more
+    (dw_wide's range; strided layers with inputs up to ``dw_blocks_strided_max_bytes``)."""
     taps = spec.kh * spec.kw
-    # the copy of a large input leaves the caches: N=8 96 channels at 112^2 4.6 ms
-    # against dw_direct's 3.1 (1 image: 0.24 against 0.28)
-    strided = spec.stride[0] * spec.stride[1] > 1 and (
-        4 * spec.n * spec.c_in * spec.h * spec.w <= s.dw_blocks_strided_max_bytes
+    # the copy of a large strided input leaves the caches: N=8 96 channels at 112^2
+    # 4.6 ms against dw_direct's 3.1 (1 image: 0.24 against 0.28)
+    large = spec.stride[0] * spec.stride[1] > 1 and (
+        4 * spec.n * spec.c_in * spec.h * spec.w > s.dw_blocks_strided_max_bytes
     )
-    wide = (taps >= s.dw_blocks_wide_taps or strided) and spec.w_out <= s.dw_blocks_wide_max_wo
+    wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo and not large
     return (
         s.dw_blocks
         and cpu
