@@ -280,13 +280,30 @@ def test_dw_blocks_few_channels_and_wide_strided_rows(ocl, c, n, hw, k, stride, 
 
 def test_dw_blocks_not_for_large_strided_inputs(tune, ocl):
     # a strided layer whose input is larger than dw_blocks_strided_max_bytes keeps
-    # dw_direct on rows over dw_channels_max_wo (the copy would leave the caches)
+    # dw_direct on rows over dw_channels_max_wo where dw_to_blocks would copy it (the
+    # copy would leave the caches); a fused dw_blocks copies in local memory
     x = np.zeros((2, 16, 30, 111), np.float32)
     w = np.zeros((16, 1, 3, 3), np.float32)
     spec = make_spec(x, w, None, stride=2, padding=1, groups=16)
     assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
     small = tune(ocl, dw_blocks_strided_max_bytes=x.nbytes - 1).settings
-    assert opencl_plan.choose(spec, w, cpu=True, settings=small)[0].kernel == "dw_direct"
+    assert opencl_plan.choose(spec, w, cpu=True, settings=small)[0].kernel == "dw_blocks"
+    unfused = tune(ocl, dw_blocks_fused=False).settings
+    assert opencl_plan.choose(spec, w, cpu=True, settings=unfused)[0].kernel == "dw_direct"
+
+
+def test_dw_blocks_over_the_local_memory_copies_first(ocl, tune, monkeypatch):
+    """A block whose rows need more local memory than the device has runs dw_to_blocks
+    first (the fused build is not asked for)."""
+    from dataclasses import replace as dc_replace
+
+    be = fresh_backend(tune, inline_max_macs=0)
+    x, w, b = rng_arrays(5, (2, 24, 20, 30), (24, 1, 3, 3))
+    spec = make_spec(x, w, b, padding=1, groups=24)
+    monkeypatch.setattr(be, "limits", dc_replace(be.limits, local_mem_bytes=1024))
+    out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+    assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
 
 
 def test_dw_blocks_off_runs_dw_channels(ocl, tune):

@@ -298,12 +298,15 @@ def blocks_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     path). The copy pays where the taps per input pixel (taps over the stride's area)
     reach ``dw_blocks_min_taps``; output rows up to ``dw_channels_max_wo`` wide, and up
     to ``dw_blocks_wide_max_wo`` for kernels of ``dw_blocks_wide_taps`` taps or more
-    (dw_wide's range; strided layers with inputs up to ``dw_blocks_strided_max_bytes``)."""
+    (dw_wide's range; strided layers with inputs up to ``dw_blocks_strided_max_bytes``
+    unless :func:`fused`)."""
     taps = spec.kh * spec.kw
-    # the copy of a large strided input leaves the caches: N=8 96 channels at 112^2
-    # 4.6 ms against dw_direct's 3.1 (1 image: 0.24 against 0.28)
-    large = spec.stride[0] * spec.stride[1] > 1 and (
-        4 * spec.n * spec.c_in * spec.h * spec.w > s.dw_blocks_strided_max_bytes
+    # dw_to_blocks' copy of a large strided input leaves the caches: N=8 96 channels at
+    # 112^2 4.6 ms against dw_direct's 3.1 (fused, in local memory: 1.65 against 3.6)
+    large = (
+        spec.stride[0] * spec.stride[1] > 1
+        and 4 * spec.n * spec.c_in * spec.h * spec.w > s.dw_blocks_strided_max_bytes
+        and not fused(spec, s)
     )
     wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo and not large
     return (
@@ -377,6 +380,9 @@ def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nd
     or dw_blocks alone, copying into local memory (:func:`fused`)."""
     s = rt.settings
     found = blocks_programs(spec, s)
+    if len(found) == 1 and 32 * found[0][1]["WP"] * _tile_rows(spec) > rt.limits.local_mem_bytes:
+        # more than this device's local memory: dw_to_blocks first
+        found = blocks_programs(spec, replace(s, dw_blocks_fused=False))
     name, defines = found[-1]
     kernel = rt.kernel(name, defines, info)
     ncb = -(-spec.c_out // 8)

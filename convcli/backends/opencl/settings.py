@@ -88,16 +88,19 @@ class Settings:
     dw_blocks_min_cout: int = 8
     dw_blocks_strided_max_bytes: int = 8 << 20
     # dw_blocks copies its input into local memory itself (one launch) where a block's
-    # blocked rows take at most dw_blocks_fused_max_bytes (56x56 maps: 111 KB), rather
-    # than after a dw_to_blocks launch. Wall ms, N=8, min of 40, one process
-    # alternating, busy machine, fused vs two launches: 3x3 s2 58 channels on 56^2
-    # 0.26-0.29 vs 0.48-0.49, 72 on 56^2 0.29-0.34 vs 0.71-0.72, 116 on 28^2 0.23 vs
-    # 0.33, 16 on 112^2 0.25-0.27 vs 0.50-0.65; 5x5 s2 144 on 56^2 0.74-0.86 vs
-    # 1.5-1.7, 96 on 28^2 0.24 vs 0.34; 5x5 240 on 14^2 0.27-0.29 vs 0.39, 3x3 88 on
-    # 28^2 0.27-0.30 vs 0.37; 7x7 96 on 56^2 1.75 vs 1.97-2.02, 384 on 14^2 0.49-0.51
-    # vs 0.52; N=1 as fast or faster on every mobilenet/shufflenet/convnext layer.
+    # blocked rows take at most dw_blocks_fused_max_bytes (56x56 maps: 111 KB, 112x112 ones
+    # 408 KB; and the device's local memory), rather than after a dw_to_blocks launch. 3x3
+    # s2 on 112^2, 256 KB -> 512 KB: 16 channels N=8 0.24-0.26 vs 0.45-0.47, 96 channels N=1
+    # 0.21-0.23 vs 0.34-0.35, N=8 1.65 vs 3.5-3.7 (the 38 MB input had stayed on dw_direct,
+    # dw_blocks_strided_max_bytes). Wall ms, N=8, min of 40, one process alternating, busy
+    # machine, fused vs two launches: 3x3 s2 58 channels on 56^2 0.26-0.29 vs 0.48-0.49, 72
+    # on 56^2 0.29-0.34 vs 0.71-0.72, 116 on 28^2 0.23 vs 0.33, 16 on 112^2 0.25-0.27 vs
+    # 0.50-0.65; 5x5 s2 144 on 56^2 0.74-0.86 vs 1.5-1.7, 96 on 28^2 0.24 vs 0.34; 5x5 240
+    # on 14^2 0.27-0.29 vs 0.39, 3x3 88 on 28^2 0.27-0.30 vs 0.37; 7x7 96 on 56^2 1.75 vs
+    # 1.97-2.02, 384 on 14^2 0.49-0.51 vs 0.52; N=1 as fast or faster on every
+    # mobilenet/shufflenet/convnext layer.
     dw_blocks_fused: bool = True
-    dw_blocks_fused_max_bytes: int = 256 << 10
+    dw_blocks_fused_max_bytes: int = 512 << 10
 
     # ---- grouped layers of 8, 16... channels a group (dw_groups), CPU devices
     # Against dense_gemm (kernel ms, N=8, min of 20-40, one process alternating, busy
