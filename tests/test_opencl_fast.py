@@ -250,10 +250,18 @@ def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
 
 @pytest.mark.parametrize(
     "k, hw, kernel",
-    [(7, 56, "dw_blocks"), (7, 70, "dw_direct"), (5, 56, "dw_blocks"), (3, 56, "dw_blocks")],
+    [
+        (7, 56, "dw_blocks"),
+        (7, 70, "dw_blocks"),
+        (7, 120, "dw_direct"),
+        (5, 56, "dw_blocks"),
+        (3, 56, "dw_blocks"),
+        (3, 112, "dw_blocks"),
+    ],
 )
 def test_dw_blocks_takes_wide_rows_for_large_kernels(ocl, k, hw, kernel):
-    # 3x3 and larger kernels on rows up to 64 wide: dw_blocks, not dw_wide
+    # 3x3 and larger kernels on rows up to 112 wide (copied in local memory): dw_blocks,
+    # not dw_wide or dw_direct
     x, w, b = rng_arrays(k, (1, 40, hw, hw), (40, 1, k, k))
     spec = make_spec(x, w, b, padding=k // 2, groups=40)
     assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
@@ -324,9 +332,10 @@ def test_dw_blocks_off_runs_dw_channels(ocl, tune):
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
         (16, 14, "zeros", True, "dw_blocks"),  # 8 channels or more: blocks of 8
         (4, 14, "zeros", True, "dw_direct"),  # fewer: float8 along the width
-        (96, 56, "zeros", True, "dw_blocks"),  # rows up to 64 wide: blocks too
+        (96, 56, "zeros", True, "dw_blocks"),  # rows up to 112 wide: blocks too
         (96, 57, "zeros", True, "dw_blocks"),
-        (96, 112, "zeros", True, "dw_direct"),  # wider: the copy costs more
+        (96, 112, "zeros", True, "dw_blocks"),
+        (96, 120, "zeros", True, "dw_direct"),  # wider: dw_direct
     ],
 )
 def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
@@ -703,7 +712,8 @@ def test_dw_blocks_with_and_without_its_copy_launch(
     assert depthwise.fused(spec, ocl.settings)
     assert not depthwise.fused(spec, replace(ocl.settings, dw_blocks_fused_max_bytes=1024))
     for fused in (True, False):
-        settings = tune(ocl, dw_blocks_fused=fused).settings
+        # (3x3 on wide rows takes dw_to_blocks only when told to)
+        settings = tune(ocl, dw_blocks_fused=fused, dw_blocks_wide_taps=9).settings
         assert opencl_plan.choose(spec, w, cpu=True, settings=settings)[0].kernel == "dw_blocks"
         out, ref, _ = fast(ocl, x, w, b, **opts)
         assert_close(out, ref, "float32")

@@ -296,19 +296,22 @@ def blocks_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     zero-padded blocks of 8 channels, so that the taps read whole aligned float8 values
     (not gathering 8 scalars from 8 planes, not float8 along a row with its border
     path). The copy pays where the taps per input pixel (taps over the stride's area)
-    reach ``dw_blocks_min_taps``; output rows up to ``dw_channels_max_wo`` wide, and up
-    to ``dw_blocks_wide_max_wo`` for kernels of ``dw_blocks_wide_taps`` taps or more
-    (dw_wide's range; strided layers with inputs up to ``dw_blocks_strided_max_bytes``
-    unless :func:`fused`)."""
+    reach ``dw_blocks_min_taps``, on output rows up to ``dw_channels_max_wo`` wide; and
+    wider: made in local memory (:func:`fused`), up to ``dw_blocks_fused_max_wo`` from
+    ``dw_blocks_fused_wide_taps`` taps on; by dw_to_blocks, up to
+    ``dw_blocks_wide_max_wo`` from ``dw_blocks_wide_taps`` taps on (strided layers
+    with inputs up to ``dw_blocks_strided_max_bytes``)."""
     taps = spec.kh * spec.kw
-    # dw_to_blocks' copy of a large strided input leaves the caches: N=8 96 channels at
-    # 112^2 4.6 ms against dw_direct's 3.1 (fused, in local memory: 1.65 against 3.6)
-    large = (
-        spec.stride[0] * spec.stride[1] > 1
-        and 4 * spec.n * spec.c_in * spec.h * spec.w > s.dw_blocks_strided_max_bytes
-        and not fused(spec, s)
-    )
-    wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo and not large
+    if fused(spec, s):
+        wide = taps >= s.dw_blocks_fused_wide_taps and spec.w_out <= s.dw_blocks_fused_max_wo
+    else:
+        # dw_to_blocks' copy of a large strided input leaves the caches: N=8 96 channels
+        # at 112^2 4.6 ms against dw_direct's 3.1 (fused: 1.65 against 3.6)
+        large = spec.stride[0] * spec.stride[1] > 1 and (
+            4 * spec.n * spec.c_in * spec.h * spec.w > s.dw_blocks_strided_max_bytes
+        )
+        wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo
+        wide = wide and not large
     return (
         s.dw_blocks
         and cpu

@@ -69,13 +69,18 @@ class Settings:
     # (stride_h * stride_w)). Kernels of at least dw_blocks_wide_taps taps also take
     # rows up to dw_blocks_wide_max_wo wide from dw_wide: 7x7 on 56^2 (96 channels)
     # 4.5 vs 4.9 CPU ms, kernel 2.10 vs 2.29. 3x3 on 56^2 lost (3.97 vs 2.73) until
-    # dw_blocks made its copy in local memory (dw_blocks_fused); since then (wall ms,
-    # min of 45, one process alternating, busy machine) 144 channels N=8 1.06-1.09 vs
-    # 1.54-1.66, 64 N=8 0.40-0.42 vs 0.58, 32 on 48^2 N=8 0.20-0.21 vs 0.26-0.28, 96
-    # N=1 0.17 vs 0.20-0.21: from 9 taps on.
+    # dw_blocks made its copy in local memory (dw_blocks_fused); fused, from
+    # dw_blocks_fused_wide_taps on rows up to dw_blocks_fused_max_wo (wall ms, min of
+    # 10-45, one process alternating, busy machine): 3x3 on 56^2 144 channels N=8
+    # 1.06-1.09 vs 1.54-1.66 (dw_wide), 64 N=8 0.40-0.42 vs 0.58, 32 on 48^2 N=8
+    # 0.20-0.21 vs 0.26-0.28, 96 N=1 0.17 vs 0.20-0.21; on 112^2 (dw_direct) 32 channels
+    # N=8 0.91-1.16 vs 1.63-3.16, N=1 0.19-0.20 vs 0.27, 16 N=8 0.43 vs 0.75; 5x5 64 on
+    # 80^2 N=8 1.38 vs 3.62, 48 on 112^2 N=1 0.30 vs 0.63.
     dw_blocks: bool = True
     dw_blocks_min_taps: float = 2.0
-    dw_blocks_wide_taps: int = 9
+    dw_blocks_wide_taps: int = 25
+    dw_blocks_fused_wide_taps: int = 9
+    dw_blocks_fused_max_wo: int = 112
     dw_blocks_wide_max_wo: int = 64
     # From 8 channels (one block) on, not dw_channels' 32: against dw_direct (wall ms,
     # min of 45, one process alternating, busy machine) 3x3 N=8 8 channels on 14^2 0.042
