@@ -314,6 +314,23 @@ def test_dw_blocks_over_the_local_memory_copies_first(ocl, tune, monkeypatch):
     assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
 
 
+@pytest.mark.parametrize("limit", [1, 5, 16])
+def test_dw_blocks_fused_in_smaller_work_groups(tune, monkeypatch, limit):
+    """A device that runs fewer items a group than a block's rows and segments: each
+    group copies the rows its own output rows reach (and items past the last row or
+    segment still meet the barrier)."""
+    from convcli.backends.opencl.runtime import Runtime
+
+    be = fresh_backend(tune, inline_max_macs=0)
+    monkeypatch.setattr(Runtime, "_group_limit", lambda self, kernel: limit)
+    for c, hw, k, stride in ((24, (14, 14), 3, 1), (16, (15, 23), 5, 2)):
+        x, w, b = rng_arrays(c + limit, (2, c, *hw), (c, 1, k, k))
+        spec = make_spec(x, w, b, stride=stride, padding=k // 2, groups=c)
+        out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+    assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_blocks"]
+
+
 def test_dw_blocks_off_runs_dw_channels(ocl, tune):
     x, w, b = rng_arrays(3, (1, 64, 14, 14), (64, 1, 5, 5))
     spec = make_spec(x, w, b, padding=2, groups=64)
