@@ -11,6 +11,10 @@
  *                                  channel C - 1 (finite values: dw_blocks multiplies
  *                                  them by zero taps and does not store them).
  * W, WP, PADL and C are -D defines; the batch size and the height are arguments.
+ * TRANSPOSE 1 (W >= 8): the row in groups of 8 columns, 8 vector loads (one per
+ * plane) and an 8x8 transpose in registers each (blocks8.clh), against 8 scalar loads
+ * gathered into every float8 (TRANSPOSE 0); TRANSPOSE 2 (W < 8, PADL + 8 <= WP): one
+ * such group from the row's first column where the plane holds 8 more values.
  *
  * Work-item (r, z): row r of block z = n * NCB + cb, written whole (a loop with
  * constant bounds). Reads 8 input rows, one per channel plane, sequentially.
@@ -29,6 +33,11 @@
 #error "-D PADL=... is required (set by the host)"
 #endif
 
+#ifndef TRANSPOSE
+#error "-D TRANSPOSE=... is required (set by the host)"
+#endif
+#include "blocks8.clh"
+
 #define NCB ((C + 7) / 8)
 
 __kernel void dw_to_blocks(__global const float *restrict x, __global float8 *restrict xb,
@@ -45,9 +54,5 @@ __kernel void dw_to_blocks(__global const float *restrict x, __global float8 *re
         const int c = 8 * cb + l < C ? 8 * cb + l : C - 1;
         src[l] = x + (((size_t)nn * C + c) * h + row) * W;
     }
-    for (int u = 0; u < PADL; ++u) dst[u] = (float8)(0.0f);
-    for (int u = 0; u < W; ++u)
-        dst[PADL + u] = (float8)(src[0][u], src[1][u], src[2][u], src[3][u], src[4][u],
-                                 src[5][u], src[6][u], src[7][u]);
-    for (int u = PADL + W; u < WP; ++u) dst[u] = (float8)(0.0f);
+    COPY_ROW(dst, src, (h - row) * W);
 }

@@ -641,7 +641,17 @@ def test_build_error_is_one_line_backend_error(ocl):
 
 
 @pytest.mark.parametrize(
-    "name", ["conv2d_direct", "dw_direct", "dense_gemm", "pointwise", "winograd_input"]
+    "name",
+    [
+        "conv2d_direct",
+        "dw_direct",
+        "dense_gemm",
+        "pointwise",
+        "winograd_input",
+        "dw_to_blocks",
+        "dw_blocks",
+        "dw_groups",
+    ],
 )
 def test_a_missing_define_is_a_build_error_naming_it(ocl, name):
     # no silent default geometry: a host that forgets a define gets an error, not a

@@ -197,6 +197,45 @@ def test_dw_channels_edges(ocl, c, mult, hw, k, stride, dilation, padding, kerne
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("wd", [1, 2, 3, 5, 6, 8, 11, 16, 17])
+def test_dw_blocks_and_dw_groups_row_widths(ocl, wd):
+    """Every segment width's vector stores (1 to 8 columns, in float4/float2/float
+    pieces), a partial last segment (17 columns), the copy's 8-column groups with and
+    without an overlapping last one, and lanes past C (44 channels)."""
+    for c, cin_g in ((44, 1), (24, 8)):
+        x, w, b = rng_arrays(wd + c, (2, c, 5, wd), (c, cin_g, 3, 3))
+        groups = c // cin_g
+        spec = make_spec(x, w, b, padding=1, groups=groups)
+        assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == (
+            "dw_blocks" if cin_g == 1 else "dw_groups"
+        )
+        out, ref, _ = fast(ocl, x, w, b, padding=1, groups=groups)
+        assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "c, hw, k, padding, transpose",
+    [
+        (40, (7, 7), 3, 1, 2),  # 7-wide rows: 8 values read on into the next row
+        (24, (6, 5), 7, 3, 2),  # 5-wide: the last row (2 values left) gathers
+        (16, (1, 7), 3, 1, 2),  # one row: fewer than 8 values, gathered
+        (16, (5, 6), 3, 1, 0),  # no room for 8 columns in the padded row
+        (16, (3, 13), 3, 1, 1),
+    ],
+)
+def test_dw_to_blocks_narrow_rows(ocl, c, hw, k, padding, transpose):
+    """The blocked copy of rows narrower than 8: one transposed group of 8 columns
+    where the plane holds 8 more values and the padded row has room, else gathers."""
+    from convcli.backends.opencl import depthwise
+
+    x, w, b = rng_arrays(c + hw[1], (2, c, *hw), (c, 1, k, k))
+    spec = make_spec(x, w, b, padding=padding, groups=c)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    assert depthwise.blocks_programs(spec, DEFAULT)[0][1]["TRANSPOSE"] == transpose
+    out, ref, _ = fast(ocl, x, w, b, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
 def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
     """The blocked copy's scratch buffer is shared: a smaller layer after a larger one
     reads only its own blocks, and a layer without bias adds nothing."""
@@ -211,15 +250,85 @@ def test_dw_blocks_after_a_larger_layer_and_without_bias(ocl):
 
 @pytest.mark.parametrize(
     "k, hw, kernel",
-    [(7, 56, "dw_blocks"), (7, 70, "dw_direct"), (5, 56, "dw_blocks"), (3, 56, "dw_wide")],
+    [
+        (7, 56, "dw_blocks"),
+        (7, 70, "dw_blocks"),
+        (7, 120, "dw_direct"),
+        (5, 56, "dw_blocks"),
+        (3, 56, "dw_blocks"),
+        (3, 112, "dw_blocks"),
+    ],
 )
 def test_dw_blocks_takes_wide_rows_for_large_kernels(ocl, k, hw, kernel):
-    # 5x5 and larger kernels on rows up to 64 wide: dw_blocks, not dw_wide
+    # 3x3 and larger kernels on rows up to 112 wide (copied in local memory): dw_blocks,
+    # not dw_wide or dw_direct
     x, w, b = rng_arrays(k, (1, 40, hw, hw), (40, 1, k, k))
     spec = make_spec(x, w, b, padding=k // 2, groups=40)
     assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == kernel
     out, ref, _ = fast(ocl, x, w, b, padding=k // 2, groups=40)
     assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "c, n, hw, k, stride, padding",
+    [
+        (8, 2, (9, 13), (3, 3), 1, 1),  # one block
+        (13, 1, (7, 12), (5, 5), 1, 2),  # one block and 5 lanes
+        (16, 2, (20, 111), (3, 3), 2, 1),  # stride 2, a 56-wide output row
+        (24, 1, (9, 100), (3, 3), (1, 2), (1, 0)),  # strided along the row only
+    ],
+)
+def test_dw_blocks_few_channels_and_wide_strided_rows(ocl, c, n, hw, k, stride, padding):
+    x, w, b = rng_arrays(c + hw[1], (n, c, *hw), (c, 1, *k))
+    spec = make_spec(x, w, b, stride=stride, padding=padding, groups=c)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    out, ref, _ = fast(ocl, x, w, b, stride=stride, padding=padding, groups=c)
+    assert_close(out, ref, "float32")
+
+
+def test_dw_blocks_not_for_large_strided_inputs(tune, ocl):
+    # a strided layer whose input is larger than dw_blocks_strided_max_bytes keeps
+    # dw_direct on rows over dw_channels_max_wo where dw_to_blocks would copy it (the
+    # copy would leave the caches); a fused dw_blocks copies in local memory
+    x = np.zeros((2, 16, 30, 111), np.float32)
+    w = np.zeros((16, 1, 3, 3), np.float32)
+    spec = make_spec(x, w, None, stride=2, padding=1, groups=16)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_blocks"
+    small = tune(ocl, dw_blocks_strided_max_bytes=x.nbytes - 1).settings
+    assert opencl_plan.choose(spec, w, cpu=True, settings=small)[0].kernel == "dw_blocks"
+    unfused = tune(ocl, dw_blocks_fused=False).settings
+    assert opencl_plan.choose(spec, w, cpu=True, settings=unfused)[0].kernel == "dw_direct"
+
+
+def test_dw_blocks_over_the_local_memory_copies_first(ocl, tune, monkeypatch):
+    """A block whose rows need more local memory than the device has runs dw_to_blocks
+    first (the fused build is not asked for)."""
+    from dataclasses import replace as dc_replace
+
+    be = fresh_backend(tune, inline_max_macs=0)
+    x, w, b = rng_arrays(5, (2, 24, 20, 30), (24, 1, 3, 3))
+    spec = make_spec(x, w, b, padding=1, groups=24)
+    monkeypatch.setattr(be, "limits", dc_replace(be.limits, local_mem_bytes=1024))
+    out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+    assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
+
+
+@pytest.mark.parametrize("limit", [1, 5, 16])
+def test_dw_blocks_fused_in_smaller_work_groups(tune, monkeypatch, limit):
+    """A device that runs fewer items a group than a block's rows and segments: each
+    group copies the rows its own output rows reach (and items past the last row or
+    segment still meet the barrier)."""
+    from convcli.backends.opencl.runtime import Runtime
+
+    be = fresh_backend(tune, inline_max_macs=0)
+    monkeypatch.setattr(Runtime, "_group_limit", lambda self, kernel: limit)
+    for c, hw, k, stride in ((24, (14, 14), 3, 1), (16, (15, 23), 5, 2)):
+        x, w, b = rng_arrays(c + limit, (2, c, *hw), (c, 1, k, k))
+        spec = make_spec(x, w, b, stride=stride, padding=k // 2, groups=c)
+        out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
+        assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+    assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_blocks"]
 
 
 def test_dw_blocks_off_runs_dw_channels(ocl, tune):
@@ -238,10 +347,12 @@ def test_dw_blocks_off_runs_dw_channels(ocl, tune):
         (96, 14, "zeros", True, "dw_blocks"),
         (96, 14, "zeros", False, "dw_direct"),  # GPUs keep their kernels
         (96, 14, "reflect", True, "dw_direct"),  # padding maps: dw_direct's index maps
-        (16, 14, "zeros", True, "dw_direct"),  # few channels: float8 along the width
-        (96, 56, "zeros", True, "dw_wide"),  # wide rows: float8 along the width, padded
-        (96, 57, "zeros", True, "dw_direct"),  # wide rows, not whole float8 vectors
-        (96, 112, "zeros", True, "dw_direct"),  # wider: the padded copy costs more
+        (16, 14, "zeros", True, "dw_blocks"),  # 8 channels or more: blocks of 8
+        (4, 14, "zeros", True, "dw_direct"),  # fewer: float8 along the width
+        (96, 56, "zeros", True, "dw_blocks"),  # rows up to 112 wide: blocks too
+        (96, 57, "zeros", True, "dw_blocks"),
+        (96, 112, "zeros", True, "dw_blocks"),
+        (96, 120, "zeros", True, "dw_direct"),  # wider: dw_direct
     ],
 )
 def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
@@ -249,6 +360,88 @@ def test_dw_channels_only_where_it_pays(c, hw, mode, cpu, kernel):
     w = np.random.default_rng(0).standard_normal((c, 1, 3, 3)).astype(np.float32)
     spec = make_spec(x, w, None, padding=1, groups=c, padding_mode=mode)
     assert opencl_plan.choose(spec, w, cpu=cpu)[0].kernel == kernel
+
+
+# ---------------------------------------------------------------- dw_groups
+
+
+@pytest.mark.parametrize(
+    "c, n, hw, stride, dilation, padding, bias",
+    [
+        (208, 2, (14, 14), 1, 1, 1, True),  # regnet: two segments of 7
+        (440, 1, (7, 7), 1, 1, 1, False),  # one segment
+        (208, 3, (28, 28), 2, 1, 1, True),  # stride 2, 14 wide
+        (104, 2, (28, 28), 1, 1, 1, False),  # four segments: the middle ones unchecked
+        (48, 2, (23, 19), 2, 1, 1, True),  # odd sizes, stride 2, a short last segment
+        (16, 2, (9, 31), 1, 2, 2, False),  # dilation, 31 columns: 4 segments of 8
+        (16, 1, (5, 8), 1, 1, (1, 9), True),  # middle segments in the padding (checked)
+        (24, 2, (6, 11), (2, 3), (1, 2), (2, 0), True),  # asymmetric everything
+        (32, 1, (1, 1), 1, 1, 1, True),  # a 1x1 map: all but one tap padding
+        (16, 1, (4, 5), 1, 1, 3, False),  # more padding than rows
+        (16, 2, (6, 111), 2, 1, 1, True),  # a 56-wide output row: 7 segments
+    ],
+)
+def test_dw_groups_matches_naive(ocl, c, n, hw, stride, dilation, padding, bias):
+    # grouped layers of 8 input and 8 output channels a group (regnet's)
+    x, w, b = rng_arrays(c + hw[1], (n, c, *hw), (c, 8, 3, 3), bias=bias)
+    opts = dict(stride=stride, dilation=dilation, padding=padding, groups=c // 8)
+    spec = make_spec(x, w, b, **opts)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_groups"
+    out, ref, info = fast(ocl, x, w, b, **opts)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "c, cin_g, hw, k, stride, padding",
+    [
+        (64, 8, 12, (5, 5), 1, 2),
+        (24, 8, 9, (1, 3), 1, (0, 1)),
+        (48, 16, 11, (3, 3), 1, 1),  # 16 channels a group: two output blocks each
+        (64, 32, 10, (3, 3), 2, 1),  # 7-wide output, 32 a group
+        (128, 64, 4, (3, 3), 1, 1),
+    ],
+)
+def test_dw_groups_kernel_sizes_and_wider_groups(ocl, c, cin_g, hw, k, stride, padding):
+    """Other kernel sizes, and groups of 16-64 channels (several blocks of 8 outputs
+    a group, every one reading all of the group's input channels)."""
+    x, w, b = rng_arrays(c + hw, (2, c, hw, hw + 3), (c, cin_g, *k))
+    spec = make_spec(x, w, b, stride=stride, padding=padding, groups=c // cin_g)
+    assert opencl_plan.choose(spec, w, cpu=True)[0].kernel == "dw_groups"
+    out, ref, info = fast(ocl, x, w, b, stride=stride, padding=padding, groups=c // cin_g)
+    assert info.algo == "direct"
+    assert_close(out, ref, "float32")
+
+
+@pytest.mark.parametrize(
+    "cin_g, cout_g, hw, mode, cpu, kernel",
+    [
+        (8, 8, 14, "zeros", True, "dw_groups"),
+        (8, 8, 14, "zeros", False, "dense_gemm"),  # GPUs keep their kernels
+        (8, 8, 14, "reflect", True, "dense_gemm"),  # padding maps: dense_gemm's
+        (8, 8, 120, "zeros", True, "dense_gemm"),  # rows over 112: dense_gemm
+        (8, 16, 14, "zeros", True, "dense_gemm"),  # not as many in as out
+        (4, 4, 14, "zeros", True, "dense_gemm"),  # not a multiple of 8
+        (16, 16, 56, "zeros", True, "dw_groups"),
+        (32, 32, 14, "zeros", True, "dw_groups"),  # 7-wide outputs: up to 64 a group
+        (64, 64, 14, "zeros", True, "dw_groups"),
+        (32, 32, 28, "zeros", True, "dense_gemm"),  # wider: dense_gemm's tiles
+        (128, 128, 14, "zeros", True, "dense_gemm"),
+    ],
+)
+def test_dw_groups_only_where_it_pays(cin_g, cout_g, hw, mode, cpu, kernel):
+    x = np.ones((1, 8 * cin_g, hw, hw), np.float32)
+    w = np.ones((8 * cout_g, cin_g, 3, 3), np.float32)
+    spec = make_spec(x, w, None, stride=2, padding=1, groups=8, padding_mode=mode)
+    assert opencl_plan.choose(spec, w, cpu=cpu)[0].kernel == kernel
+
+
+def test_dw_groups_off_runs_dense_gemm(ocl, tune):
+    x, w, b = rng_arrays(5, (1, 64, 14, 14), (64, 8, 3, 3))
+    tune(ocl, dw_groups=False)
+    out, ref, info = fast(ocl, x, w, b, padding=1, groups=8)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
 
 
 # ---------------------------------------------------------------- separable
@@ -493,10 +686,12 @@ def test_image_and_batch_sizes_share_one_build(tune, kernel, fixed):
         assert len(be._programs) == len(seen)
 
 
-def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune):
-    # dw_to_blocks and dw_blocks take the batch size and the heights as arguments: row
-    # bands and a last short batch of a layer run its two builds (the widths are defines)
-    be = fresh_backend(tune)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "dw_to_blocks"])
+def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune, fused):
+    # dw_blocks (and dw_to_blocks) take the batch size and the heights as arguments:
+    # row bands and a last short batch of a layer run its builds (the widths are
+    # defines); fused, one program copies into local memory sized per call
+    be = fresh_backend(tune, dw_blocks_fused=fused)
     rng = np.random.default_rng(43)
     w = rng.standard_normal((40, 1, 5, 5)).astype(np.float32)
     for n, h in ((1, 13), (2, 13), (3, 9), (1, 20)):
@@ -505,7 +700,40 @@ def test_dw_blocks_heights_and_batch_sizes_share_its_builds(tune):
         assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "dw_blocks"
         out = opencl_plan.run(be, x, w, None, spec, algo="auto", info=RunInfo())
         assert_close(out, naive_for_spec(x, w, None, spec), "float32")
-        assert sorted(name for name, _ in be._programs) == ["dw_blocks", "dw_to_blocks"]
+        names = sorted(name for name, _ in be._programs)
+        assert names == (["dw_blocks"] if fused else ["dw_blocks", "dw_to_blocks"])
+
+
+@pytest.mark.parametrize(
+    "c, n, hw, k, stride, dilation, padding",
+    [
+        (40, 2, (14, 14), 3, 1, 1, 1),
+        (36, 1, (7, 9), 3, 2, 1, 1),  # lanes past C, stride 2
+        (64, 2, (13, 11), (3, 5), (2, 1), (2, 1), (2, 3)),
+        (44, 1, (9, 13), 7, 1, 1, (3, 1)),  # more padding than rows
+        (24, 2, (6, 5), 7, 1, 1, 3),  # 5-wide rows
+        (16, 1, (30, 111), 3, 2, 1, 1),  # 56-wide output rows, 7 segments
+    ],
+)
+def test_dw_blocks_with_and_without_its_copy_launch(
+    ocl, tune, c, n, hw, k, stride, dilation, padding
+):
+    """The copy into local memory (fused) and the dw_to_blocks launch both give the
+    exact result; a block over dw_blocks_fused_max_bytes takes dw_to_blocks."""
+    from convcli.backends.opencl import depthwise
+
+    k = (k, k) if isinstance(k, int) else k
+    x, w, b = rng_arrays(c + hw[1], (n, c, *hw), (c, 1, *k))
+    opts = dict(stride=stride, dilation=dilation, padding=padding, groups=c)
+    spec = make_spec(x, w, b, **opts)
+    assert depthwise.fused(spec, ocl.settings)
+    assert not depthwise.fused(spec, replace(ocl.settings, dw_blocks_fused_max_bytes=1024))
+    for fused in (True, False):
+        # (3x3 on wide rows takes dw_to_blocks only when told to)
+        settings = tune(ocl, dw_blocks_fused=fused, dw_blocks_wide_taps=9).settings
+        assert opencl_plan.choose(spec, w, cpu=True, settings=settings)[0].kernel == "dw_blocks"
+        out, ref, _ = fast(ocl, x, w, b, **opts)
+        assert_close(out, ref, "float32")
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["size arguments", "size defines"])

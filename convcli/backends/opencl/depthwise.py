@@ -1,5 +1,5 @@
-"""Direct kernels along the width and across channels: ``dw_direct.cl`` and
-``dw_channels.cl``.
+"""Direct kernels along the width and across channels: ``dw_direct.cl``,
+``dw_channels.cl``, ``dw_blocks.cl`` and ``dw_groups.cl``.
 
 ``dw_direct``: float8 along the output width, several output rows per work-item sharing
 loaded input rows; depthwise layers and image filters, each pass of a separable filter
@@ -12,10 +12,16 @@ feature maps: sizes repeat) get them as constants too (``settings.dw_fixed_pixel
 layers: at least 32 channels, outputs at most 32 wide, zero padding), float8 across 8
 output channels, one launch for all channels, the taps packed as aligned float8.
 
-``dw_blocks`` (CPU devices): the plain depthwise layers among dw_channels' (one
-channel per group, 3x3 with stride 1 and larger kernels): ``dw_to_blocks.cl`` copies the
-input once into column-padded blocks of 8 channels, then ``dw_blocks.cl`` reads each
-input value as one aligned float8.
+``dw_blocks`` (CPU devices): plain depthwise layers (one channel per group, 8 channels
+or more, 2+ taps per input pixel) on small maps: the input copied into column-padded
+blocks of 8 channels, from which ``dw_blocks.cl`` reads each input value as one aligned
+float8; a work-group makes its block's copy in local memory (:func:`fused`), or
+``dw_to_blocks.cl`` makes it first, in a launch of its own.
+
+``dw_groups`` (CPU devices): grouped layers of as many input as output channels a
+group, a multiple of 8 (regnet's), as block-diagonal layers: a float8 across 8 of a
+group's output channels, a broadcast input value times a weight vector per input
+channel and tap, the input planes read in place.
 
 ``dw_wide`` (CPU devices): depthwise layers on 48-64-column maps (56x56 CNN layers, any
 batch): ``dw_pad.cl`` copies the input into zero-padded planes once, then ``dw_direct``
@@ -204,17 +210,13 @@ def channels_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     too short for dw_direct's float8 along the width (a 7-wide row runs 7 of 8 lanes
     through the padded border path, one channel plane per item). CPU devices only: the
     layouts and work-group sizes were chosen on PoCL, GPUs keep their own kernels."""
-    return _many_channels(spec, cpu, s) and spec.w_out <= s.dw_channels_max_wo
-
-
-def _many_channels(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
-    """dw_channels' and dw_blocks' layers but for the width of their output rows."""
     return (
         cpu
         and spec.cin_g == 1
         and spec.c_out >= s.dw_channels_min_cout
         and spec.padding_mode == "zeros"
         and spec.kh * spec.kw <= s.dense_max_taps
+        and spec.w_out <= s.dw_channels_max_wo
     )
 
 
@@ -289,20 +291,36 @@ def run_channels(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.
 
 
 def blocks_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
-    """Plain depthwise layers that dw_channels would take (one input and one output
-    channel per group) run as dw_to_blocks + dw_blocks: the input copied once into
+    """Plain depthwise layers (one input and one output channel per group) from
+    ``settings.dw_blocks_min_cout`` channels run as dw_blocks: the input copied into
     zero-padded blocks of 8 channels, so that the taps read whole aligned float8 values
-    instead of gathering 8 scalars from 8 planes per input column and kernel row. The
-    copy pays where the taps per input pixel (taps over the stride's area) reach
-    ``settings.dw_blocks_min_taps``, and kernels of ``dw_blocks_wide_taps`` taps or more
-    take output rows up to ``dw_blocks_wide_max_wo`` wide too (dw_wide's range)."""
+    (not gathering 8 scalars from 8 planes, not float8 along a row with its border
+    path). The copy pays where the taps per input pixel (taps over the stride's area)
+    reach ``dw_blocks_min_taps``, on output rows up to ``dw_channels_max_wo`` wide; and
+    wider: made in local memory (:func:`fused`), up to ``dw_blocks_fused_max_wo`` from
+    ``dw_blocks_fused_wide_taps`` taps on; by dw_to_blocks, up to
+    ``dw_blocks_wide_max_wo`` from ``dw_blocks_wide_taps`` taps on (strided layers
+    with inputs up to ``dw_blocks_strided_max_bytes``)."""
     taps = spec.kh * spec.kw
-    wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo
+    if fused(spec, s):
+        wide = taps >= s.dw_blocks_fused_wide_taps and spec.w_out <= s.dw_blocks_fused_max_wo
+    else:
+        # dw_to_blocks' copy of a large strided input leaves the caches: N=8 96 channels
+        # at 112^2 4.6 ms against dw_direct's 3.1 (fused: 1.65 against 3.6)
+        large = spec.stride[0] * spec.stride[1] > 1 and (
+            4 * spec.n * spec.c_in * spec.h * spec.w > s.dw_blocks_strided_max_bytes
+        )
+        wide = taps >= s.dw_blocks_wide_taps and spec.w_out <= s.dw_blocks_wide_max_wo
+        wide = wide and not large
     return (
         s.dw_blocks
+        and cpu
+        and spec.cin_g == 1
         and spec.cout_g == 1
+        and spec.c_out >= s.dw_blocks_min_cout
+        and spec.padding_mode == "zeros"
+        and taps <= s.dense_max_taps
         and taps / (spec.stride[0] * spec.stride[1]) >= s.dw_blocks_min_taps
-        and _many_channels(spec, cpu, s)
         and (wide or spec.w_out <= s.dw_channels_max_wo)
     )
 
@@ -314,11 +332,31 @@ def _blocks_width(spec: ConvSpec, s: Settings) -> int:
     return max(spec.w + spec.pad[2] + spec.pad[3], reach)
 
 
+def _tile_rows(spec: ConvSpec) -> int:
+    """Input rows a fused dw_blocks work-group copies: those all output rows reach."""
+    reach = (spec.h_out - 1) * spec.stride[0] + (spec.kh - 1) * spec.dilation[0] + 1
+    return max(1, min(spec.h, reach))
+
+
+def fused(spec: ConvSpec, s: Settings) -> bool:
+    """Whether dw_blocks copies its input into local memory itself (one launch, a
+    work-group a block of 8 channels) instead of after a dw_to_blocks launch: where a
+    block's blocked rows take at most ``settings.dw_blocks_fused_max_bytes``."""
+    tile = 32 * _blocks_width(spec, s) * _tile_rows(spec)
+    return s.dw_blocks_fused and tile <= s.dw_blocks_fused_max_bytes
+
+
 def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, int]]]:
     """The programs a dw_blocks run of ``spec`` builds (kernel file, build defines)."""
     xb, nseg = _segments(spec.w_out, s)
     wp = _blocks_width(spec, s)
-    to_blocks = {"C": spec.c_in, "W": spec.w, "WP": wp, "PADL": spec.pad[2]}
+    to_blocks = {
+        "C": spec.c_in,
+        "W": spec.w,
+        "WP": wp,
+        "PADL": spec.pad[2],
+        "TRANSPOSE": 1 if spec.w >= 8 else 2 if spec.pad[2] + 8 <= wp else 0,
+    }
     blocks = {
         "C": spec.c_out,
         **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
@@ -328,6 +366,8 @@ def blocks_programs(spec: ConvSpec, s: Settings) -> list[tuple[str, dict[str, in
         "XB": xb,
         "NSEG": nseg,
     }
+    if fused(spec, s):
+        return [("dw_blocks", {**blocks, **to_blocks, "FUSED": 1})]
     return [("dw_to_blocks", to_blocks), ("dw_blocks", blocks)]
 
 
@@ -339,18 +379,37 @@ def _pack_blocks(
 
 
 def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
-    """dw_to_blocks, then dw_blocks, over the whole batch (float32 ``x``, weights, bias)."""
+    """dw_to_blocks, then dw_blocks, over the whole batch (float32 ``x``, weights, bias);
+    or dw_blocks alone, copying into local memory (:func:`fused`)."""
     s = rt.settings
-    (to_name, to_defines), (name, defines) = blocks_programs(spec, s)
-    to_blocks = rt.kernel(to_name, to_defines, info)
+    found = blocks_programs(spec, s)
+    if len(found) == 1 and 32 * found[0][1]["WP"] * _tile_rows(spec) > rt.limits.local_mem_bytes:
+        # more than this device's local memory: dw_to_blocks first
+        found = blocks_programs(spec, replace(s, dw_blocks_fused=False))
+    name, defines = found[-1]
     kernel = rt.kernel(name, defines, info)
     ncb = -(-spec.c_out // 8)
-    nbytes = spec.n * ncb * spec.h * defines["WP"] * 32
     shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
-    to_size = (spec.h, spec.n * ncb)
     gsize = (defines["NSEG"], spec.h_out, spec.n * ncb)
-    sizes = [*map(np.int32, (spec.n, spec.h))]
     out_sizes = [*map(np.int32, (spec.n, spec.h, spec.h_out))]
+    if len(found) == 1:
+        # a work-group a block: every output row, and the input rows they reach
+        tile = rt._cl.LocalMemory(32 * defines["WP"] * _tile_rows(spec))
+        local = (defines["NSEG"], spec.h_out, 1)
+
+        def fused_launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+            xbuf = rt.input_buffer(x, info)
+            wbuf, bbuf = rt.packed_weights(_pack_blocks, weight, bias, spec, 8, info)
+            out, obuf = rt.output(shape, np.float32)
+            args = [xbuf, wbuf, bbuf, obuf, tile, *out_sizes]
+            ev = rt.enqueue(kernel, gsize, local, args)
+            return rt.collect(out, obuf, [ev], info)
+
+        return rt.offer_replay(fused_launch)(x, weight, bias, info)
+    to_blocks = rt.kernel(*found[0], info)
+    nbytes = spec.n * ncb * spec.h * defines["WP"] * 32
+    to_size = (spec.h, spec.n * ncb)
+    sizes = [*map(np.int32, (spec.n, spec.h))]
     items = s.dw_channels_items
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
@@ -363,5 +422,95 @@ def run_blocks(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nd
         args = [blocks, wbuf, bbuf, obuf, *out_sizes]
         events.append(rt.enqueue_rows(kernel, gsize, args, fill_to=items))
         return rt.collect(out, obuf, events, info)
+
+    return rt.offer_replay(launch)(x, weight, bias, info)
+
+
+# -------------------------------------------------------------------------- dw_groups
+
+
+def groups_pays(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
+    """Grouped layers of as many input as output channels a group, a multiple of 8
+    (regnet's 8, 16, 24...), run as dw_groups on CPU devices: block-diagonal layers, a
+    float8 across 8 of a group's output channels, reading the input planes in place;
+    border segments built with their columns as constants. dense_gemm ran them as an
+    implicit GEMM whose items on small maps mostly took its index-map border path.
+    Up to ``dw_groups_max_cin`` channels a group, and up to ``dw_groups_max_cin_7``
+    where output rows are at most 7 wide (against dense_gemm's register tiles, wider
+    groups lost on larger maps); input rows up to ``dw_groups_max_w`` wide (measured
+    up to regnet's 112)."""
+    narrow = spec.cin_g <= s.dw_groups_max_cin
+    small_map = spec.cin_g <= s.dw_groups_max_cin_7 and spec.w_out <= 7
+    return (
+        cpu
+        and s.dw_groups
+        and spec.w <= s.dw_groups_max_w
+        and spec.groups > 1
+        and spec.cin_g == spec.cout_g
+        and spec.cout_g % 8 == 0
+        and (narrow or small_map)
+        and spec.padding_mode == "zeros"
+        and spec.kh * spec.kw <= s.dense_max_taps
+    )
+
+
+def _group_segments(spec: ConvSpec, s: Settings) -> tuple[int, int]:
+    """(XB, NSEG) for dw_groups: the fewest equal segments of at most dw_groups_xb."""
+    nseg = -(-spec.w_out // s.dw_groups_xb)
+    xb = -(-spec.w_out // nseg)
+    return xb, -(-spec.w_out // xb)
+
+
+def groups_defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
+    """The build defines of dw_groups for ``spec``: MID_CHECK 0 where the segments
+    between the first and the last read only columns inside the plane."""
+    xb, nseg = _group_segments(spec, s)
+    sw, reach = spec.stride[1], (spec.kw - 1) * spec.dilation[1]
+    first = xb * sw - spec.pad[2]  # the second segment's first input column
+    last = ((nseg - 1) * xb - 1) * sw - spec.pad[2] + reach  # the last middle column
+    return {
+        "C_IN": spec.c_in,
+        "C_OUT": spec.c_out,
+        "CIN_G": spec.cin_g,
+        "COUT_G": spec.cout_g,
+        **geometry_defines(spec.kh, spec.kw, spec.stride, spec.dilation),
+        "PADT": spec.pad[0],
+        "PADL": spec.pad[2],
+        "W": spec.w,
+        "WO": spec.w_out,
+        "XB": xb,
+        "NSEG": nseg,
+        "MID_CHECK": int(nseg > 2 and (first < 0 or last >= spec.w)),
+    }
+
+
+def _pack_groups(
+    weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, step: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """Taps as dw_groups reads them: ``(NB, KH, KW, CIN_G, 8)`` for the NB blocks of 8
+    output channels; bias ``(NB, 8)`` (zeros without bias)."""
+    nb = spec.c_out // 8
+    w = weight.reshape(nb, 8, spec.cin_g, spec.kh, spec.kw).transpose(0, 3, 4, 2, 1)
+    b = np.zeros(spec.c_out, np.float32) if bias is None else bias
+    return np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)
+
+
+def run_groups(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """dw_groups over the whole batch (float32 ``x``, weights and bias)."""
+    s = rt.settings
+    defines = groups_defines(spec, s)
+    kernel = rt.kernel("dw_groups", defines, info)
+    shape = (spec.n, spec.c_out, spec.h_out, spec.w_out)
+    gsize = (defines["NSEG"], spec.h_out, spec.n * spec.c_out // 8)
+    sizes = [*map(np.int32, (spec.n, spec.h, spec.h_out))]
+    items = s.dw_groups_items
+
+    def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
+        xbuf = rt.input_buffer(x, info)
+        wbuf, bbuf = rt.packed_weights(_pack_groups, weight, bias, spec, None, info)
+        out, obuf = rt.output(shape, np.float32)
+        args = [xbuf, wbuf, bbuf, obuf, *sizes]
+        ev = rt.enqueue_rows(kernel, gsize, args, fill_to=items)
+        return rt.collect(out, obuf, [ev], info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)

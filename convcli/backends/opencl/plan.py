@@ -13,9 +13,10 @@ Algorithms (``info.algo``) and the families that run them:
   (and forced ``direct`` on any layer); ``dw_channels`` on CPU devices for depthwise
   layers with many channels on small maps, or ``dw_blocks`` (the input copied into
   padded blocks of 8 channels first) where the layer has one channel per group and
-  enough taps per input pixel.
-* ``gemm``: ``dense_gemm``, ``pointwise`` or ``gemm_1x1`` (:mod:`.gemm`) for
-  multi-channel layers, and
+  enough taps per input pixel; ``dw_groups`` on CPU devices for grouped layers of as
+  many input as output channels a group, a multiple of 8 (block-diagonal layers).
+* ``gemm``: ``dense_gemm``, ``pointwise``, ``gemm_1x1`` (:mod:`.gemm`) or ``dense_flat``
+  (:mod:`.dense_flat`) for multi-channel layers, and
   the Winograd forms of 3x3 layers when the cost model says so (:mod:`.winograd`).
 * ``fft``: overlap-save FFT tiles (:mod:`.fft`) for large depthwise kernels that are not
   separable; ``auto`` picks it on CPU devices when its estimate beats direct taps (one
@@ -117,6 +118,8 @@ def choose(
         return Plan("direct", "dw_blocks"), None
     if algo in ("auto", "direct") and depthwise.channels_pays(spec, cpu, s):
         return Plan("direct", "dw_channels"), None
+    if algo in ("auto", "direct") and depthwise.groups_pays(spec, cpu, s):
+        return Plan("direct", "dw_groups"), None
     if algo == "separable":
         if not one_channel:
             raise ConvValueError(
@@ -194,7 +197,7 @@ def planned(
         return hit
     plan, factors = choose(spec, weight, algo, cpu=cpu, settings=settings)
     if not _reads_values(spec, algo, cpu, settings) or (
-        plan is not None and plan.kernel in ("dw_channels", "dw_blocks")
+        plan is not None and plan.kernel in ("dw_channels", "dw_blocks", "dw_groups")
     ):
         if len(_PLANS) > 1024:
             _PLANS.clear()
@@ -312,6 +315,8 @@ def programs(
         return depthwise.wide_programs(spec, s)
     if plan.kernel == "dw_blocks":
         return depthwise.blocks_programs(spec, s)
+    if plan.kernel == "dw_groups":
+        return [("dw_groups", depthwise.groups_defines(spec, s))]
     if plan.kernel == "dense_gemm":
         return gemm.dense_programs(spec, cpu, s)
     if plan.kernel == "pointwise":
@@ -425,6 +430,8 @@ def run(
                 out = depthwise.run_channels(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_blocks":
                 out = depthwise.run_blocks(backend, xf, wf, bf, spec, info)
+            elif plan.kernel == "dw_groups":
+                out = depthwise.run_groups(backend, xf, wf, bf, spec, info)
             elif plan.kernel == "dw_wide":
                 out = depthwise.run_wide(backend, xf, wf, bf, spec, info)
             else:

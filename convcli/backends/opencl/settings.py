@@ -68,11 +68,67 @@ class Settings:
     # tap per input pixel) is untested. From this many taps per input pixel (taps /
     # (stride_h * stride_w)). Kernels of at least dw_blocks_wide_taps taps also take
     # rows up to dw_blocks_wide_max_wo wide from dw_wide: 7x7 on 56^2 (96 channels)
-    # 4.5 vs 4.9 CPU ms, kernel 2.10 vs 2.29; but 3x3 on 56^2 lost (3.97 vs 2.73).
+    # 4.5 vs 4.9 CPU ms, kernel 2.10 vs 2.29. 3x3 on 56^2 lost (3.97 vs 2.73) until
+    # dw_blocks made its copy in local memory (dw_blocks_fused); fused, from
+    # dw_blocks_fused_wide_taps on rows up to dw_blocks_fused_max_wo (wall ms, min of
+    # 10-45, one process alternating, busy machine): 3x3 on 56^2 144 channels N=8
+    # 1.06-1.09 vs 1.54-1.66 (dw_wide), 64 N=8 0.40-0.42 vs 0.58, 32 on 48^2 N=8
+    # 0.20-0.21 vs 0.26-0.28, 96 N=1 0.17 vs 0.20-0.21; on 112^2 (dw_direct) 32 channels
+    # N=8 0.91-1.16 vs 1.63-3.16, N=1 0.19-0.20 vs 0.27, 16 N=8 0.43 vs 0.75; 5x5 64 on
+    # 80^2 N=8 1.38 vs 3.62, 48 on 112^2 N=1 0.30 vs 0.63.
     dw_blocks: bool = True
     dw_blocks_min_taps: float = 2.0
     dw_blocks_wide_taps: int = 25
+    dw_blocks_fused_wide_taps: int = 9
+    dw_blocks_fused_max_wo: int = 112
     dw_blocks_wide_max_wo: int = 64
+    # From 8 channels (one block) on, not dw_channels' 32: against dw_direct (wall ms,
+    # min of 45, one process alternating, busy machine) 3x3 N=8 8 channels on 14^2 0.042
+    # vs 0.110, 16 on 28^2 0.11 vs 0.39, 24 on 14^2 0.058 vs 0.163, 5x5 12 on 28^2 0.14
+    # vs 0.29; N=1 16 on 28^2 0.040 vs 0.054. Strided layers also take rows up to
+    # dw_blocks_wide_max_wo wide (inputs up to dw_blocks_strided_max_bytes): 3x3 s2 N=8
+    # 24 channels on 56^2 0.20 vs 0.47, 16 on 112^2 0.46 vs 0.50, 8 on 56^2 0.09 vs
+    # 0.18; N=1 16 on 112^2 0.09 vs 0.13, 96 on 112^2 0.36 vs 0.40 (N=8 96 on 112^2, a
+    # 38 MB input: 4.6 vs 3.1 kernel ms, the copy leaves the caches).
+    dw_blocks_min_cout: int = 8
+    dw_blocks_strided_max_bytes: int = 8 << 20
+    # dw_blocks copies its input into local memory itself (one launch) where a block's
+    # blocked rows take at most dw_blocks_fused_max_bytes (56x56 maps: 111 KB, 112x112 ones
+    # 408 KB; and the device's local memory), rather than after a dw_to_blocks launch. 3x3
+    # s2 on 112^2, 256 KB -> 512 KB: 16 channels N=8 0.24-0.26 vs 0.45-0.47, 96 channels N=1
+    # 0.21-0.23 vs 0.34-0.35, N=8 1.65 vs 3.5-3.7 (the 38 MB input had stayed on dw_direct,
+    # dw_blocks_strided_max_bytes). Wall ms, N=8, min of 40, one process alternating, busy
+    # machine, fused vs two launches: 3x3 s2 58 channels on 56^2 0.26-0.29 vs 0.48-0.49, 72
+    # on 56^2 0.29-0.34 vs 0.71-0.72, 116 on 28^2 0.23 vs 0.33, 16 on 112^2 0.25-0.27 vs
+    # 0.50-0.65; 5x5 s2 144 on 56^2 0.74-0.86 vs 1.5-1.7, 96 on 28^2 0.24 vs 0.34; 5x5 240
+    # on 14^2 0.27-0.29 vs 0.39, 3x3 88 on 28^2 0.27-0.30 vs 0.37; 7x7 96 on 56^2 1.75 vs
+    # 1.97-2.02, 384 on 14^2 0.49-0.51 vs 0.52; N=1 as fast or faster on every
+    # mobilenet/shufflenet/convnext layer.
+    dw_blocks_fused: bool = True
+    dw_blocks_fused_max_bytes: int = 512 << 10
+
+    # ---- grouped layers of 8, 16... channels a group (dw_groups), CPU devices
+    # Against dense_gemm (kernel ms, N=8, min of 20-40, one process alternating, busy
+    # machine): regnet's g26 3x3 14^2 0.24 vs 0.54, g55 7^2 0.12 vs 0.32, g26 s2 28^2
+    # 0.28-0.29 vs 0.61, g55 s2 14^2 0.15-0.16 vs 0.48, g13 28^2 0.49 vs 0.90, g13 s2
+    # 56^2 0.59-0.72 vs 0.91, g6 s2 112^2 1.14-1.16 vs 1.73; N=1 (wall, inline device)
+    # g26 14^2 0.10 vs 0.18, g13 28^2 0.16 vs 0.20-0.23, g6 s2 112^2 0.25-0.35 vs
+    # 0.32-0.41. Input rows up to dw_groups_max_w wide (no wider layer was measured).
+    dw_groups: bool = True
+    dw_groups_max_w: int = 112
+    # Wider groups (N=8, 3x3, ms events, one process alternating, busy machine): 16
+    # channels a group 320 g20 14^2 0.81 vs 1.25, 144 g9 28^2 1.45 vs 1.81, 256 g16
+    # 56^2 8.8 vs 11.1, 128 g8 s2 56^2 1.38 vs 1.61; N=1 320 g20 14^2 0.27 vs 0.34
+    # wall. On 7-wide outputs up to 64 (1024 g32 7^2 1.15 vs 2.12, 1024 g16 7^2 2.17 vs
+    # 3.85, 896 g28 s2 14^2 1.22 vs 1.59); wider outputs of 32+ lost (256 g8 s2 28^2
+    # 1.45 vs 1.33, 512 g8 14^2 4.7 vs 3.6, 448 g14 s2 56^2 11.4 vs 9.1), 24 on 28^2
+    # tied (2.45 vs 2.39).
+    dw_groups_max_cin: int = 16
+    dw_groups_max_cin_7: int = 64
+    # Output columns per item at most (a row in the fewest equal segments).
+    dw_groups_xb: int = 8
+    # Items per work-group wanted (several rows' segments of one group).
+    dw_groups_items: int = 16
 
     # ---- depthwise on wide maps (dw_pad, then dw_direct without padding), CPU devices
     # Output widths that pay for the padded copy: at 56 columns (7 float8 items a row, 2 of
