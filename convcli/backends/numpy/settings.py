@@ -181,8 +181,14 @@ class Settings:
     # jobs are a few runs of channels, cheaper to share than the column blocks' jobs):
     # wall ms, N=1, load 3.9 on 2 cores, median/min, one thread against two: 7x7 384ch
     # 14^2 (8.4M) 0.60/0.50 vs 0.54/0.37; 5x5 672ch 14^2 (11M) 0.66/0.62 vs 0.51/0.43,
-    # 480ch (7.9M) 0.87/0.47 vs 0.75/0.36; 240ch (4.0M) 0.24/0.23 both
-    dw_rows_threaded_min_macs: int = 4 * 10**6
+    # 480ch (7.9M) 0.87/0.47 vs 0.75/0.36; 240ch (4.0M) 0.24/0.23 both. Since its jobs
+    # pad their own rows (one thread's share 0.38 ms) a threaded call's 55-155 us of
+    # waking and waiting is what two threads add: on the idle machine (06:00 UTC,
+    # `benchmarks/numpy_settings_ab.py --batch 1 --rounds 12`, wall ms median/min) 4M
+    # vs 12M: 7x7 384ch 14^2 0.606/0.506 vs 0.425/0.412, convnext_tiny N=1 total
+    # 16.26/13.97 vs 14.45/13.22; efficientnet_b0 18.35 vs 18.18, mobilenet_v3_small
+    # 4.42 vs 4.39, shufflenet 7.08 vs 6.79; at N=8 even (convnext 58.3 vs 57.5)
+    dw_rows_threaded_min_macs: int = 12 * 10**6
     # Wider outputs: GEMMs over column-shifted copies of the input rows
     # (depthwise._depthwise_shifted) from dw_shifted_min_width output columns, in groups
     # of dw_shifted_rows output rows, jobs of one image and the channels whose copies
