@@ -156,3 +156,29 @@ def test_large_layers_stay_on_the_threaded_device(ocl):
     assert ocl.runtime_for(spec.with_batch(1)) is ocl
     small = make_spec(x[:, :8, :8, :8], w[:8, :8], None, padding=1)
     assert ocl.runtime_for(small) is not ocl
+
+
+def test_depthwise_layers_count_inline_dw_weight_times_against_the_limit(ocl, tune):
+    # shufflenet's 116-channel 3x3 on 14^2 at N=8 (1.64M multiply-adds) ran faster inline
+    # than threaded; depthwise layers count 1.5x, not 2x, against inline_max_macs
+    _inline_or_skip(ocl)
+    assert ocl.settings.inline_dw_weight == 1.5
+    rng = np.random.default_rng(11)
+    # odd sizes, stride 2, bias: the fused dw_blocks route
+    x = rng.standard_normal((3, 20, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((20, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    spec = make_spec(x, w, b, stride=2, padding=1, groups=20)
+    tune(ocl, inline_max_macs=int(spec.macs * 1.75))
+    rt = ocl.runtime_for(spec)
+    assert rt is not ocl and rt.device.name.startswith("basic-")
+    inline = conv2d(x, w, b, stride=2, padding=1, groups=20, backend="opencl")
+    assert_close(inline, naive_conv2d(x, w, b, stride=(2, 2), pad=(1,) * 4, groups=20), "float32")
+    tune(ocl, inline_dw_weight=2.0)  # the old count: over the limit
+    assert ocl.runtime_for(spec) is ocl
+    threaded = conv2d(x, w, b, stride=2, padding=1, groups=20, backend="opencl")
+    np.testing.assert_array_equal(inline, threaded)
+    # a dense layer of as many multiply-adds counts them once
+    dense = make_spec(x[:, :4], w[:5].repeat(4, axis=1), None, stride=2, padding=1)
+    assert dense.macs == spec.macs
+    assert ocl.runtime_for(dense) is not ocl

@@ -92,9 +92,10 @@ class OpenCLBackend(Runtime):
 
     def inline_max_macs(self) -> int:
         """The largest layer :meth:`runtime_for` runs on the inline device, in
-        multiply-adds over the batch (a depthwise layer's count 2x: its kernels do 2-4x
-        fewer a second): ``settings.inline_max_macs``, or by default 6M over the
-        threaded device's compute units (a wider machine's threads pay sooner).
+        multiply-adds over the batch (a depthwise layer's count
+        ``settings.inline_dw_weight`` times: its kernels do fewer a second):
+        ``settings.inline_max_macs``, or by default 6M over the threaded device's compute
+        units (a wider machine's threads pay sooner).
 
         Measured on 2 cores (3M), per layer of mobilenet_v3_small, shufflenet,
         efficientnet_b0 and regnet_y_400mf at batch 1 (the minimum of 9 calls, alternating,
@@ -123,7 +124,8 @@ class OpenCLBackend(Runtime):
         the call). Falls back to this device's when the inline one cannot be opened."""
         if self._inline_device is None:
             return self
-        if spec.macs * (2 if spec.cin_g == 1 else 1) > self.inline_max_macs():
+        weight = self.settings.inline_dw_weight if spec.cin_g == 1 else 1
+        if spec.macs * weight > self.inline_max_macs():
             return self
         rt = self._inline
         if rt is None:

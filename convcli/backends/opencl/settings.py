@@ -155,8 +155,15 @@ class Settings:
 
     # ---- PoCL's inline (basic) device beside its threaded one (OpenCLBackend.runtime_for)
     # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
-    # count 2x) run on it; None: 6M over the threaded device's compute units; 0: never.
+    # count inline_dw_weight times) run on it; None: 6M over the threaded device's
+    # compute units; 0: never.
     inline_max_macs: int | None = None
+    # A depthwise layer's multiply-adds count 1.5x against inline_max_macs (2x before):
+    # the threaded device's launch and wake-up cost 150-180 us a call against 60-90 us
+    # inline, worth the second thread from ~0.2 ms of inline kernel on. shufflenet's
+    # 116-channel 3x3 on 14^2 at N=8 (1.64M) ran in 0.15 ms inline against 0.23-0.25 ms
+    # threaded (wall medians, alternating, busy 2-core machine; kernel 0.09 vs 0.06 ms).
+    inline_dw_weight: float = 1.5
 
     # ---- implicit GEMM (dense_gemm)
     # (COB, XB) override for A/B experiments; None = the measured defaults.
