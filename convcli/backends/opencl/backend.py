@@ -116,6 +116,15 @@ class OpenCLBackend(Runtime):
         self._inline_limit = (s, limit)
         return limit
 
+    def _inline_macs(self, spec: ConvSpec) -> float:
+        """``spec``'s multiply-adds as :meth:`inline_max_macs` counts them: a depthwise
+        layer's 2x, a 1x1 GEMM's (stride 1, no padding) ``settings.inline_1x1_share``."""
+        if spec.cin_g == 1:
+            return spec.macs * 2
+        if (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad):
+            return spec.macs * self.settings.inline_1x1_share
+        return spec.macs
+
     def runtime_for(self, spec: ConvSpec) -> Runtime:
         """The runtime that runs ``spec``: this device's, or for a small layer (see
         :meth:`inline_max_macs`) the inline device's (PoCL's basic device, which runs
@@ -123,7 +132,7 @@ class OpenCLBackend(Runtime):
         the call). Falls back to this device's when the inline one cannot be opened."""
         if self._inline_device is None:
             return self
-        if spec.macs * (2 if spec.cin_g == 1 else 1) > self.inline_max_macs():
+        if self._inline_macs(spec) > self.inline_max_macs():
             return self
         rt = self._inline
         if rt is None:

@@ -157,6 +157,20 @@ class Settings:
     # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
     # count 2x) run on it; None: 6M over the threaded device's compute units; 0: never.
     inline_max_macs: int | None = None
+    # A 1x1 layer with stride 1 and no padding (a GEMM: pointwise, gemm_1x1 or
+    # dense_gemm's 1x1 form, which do more multiply-adds a second than the others)
+    # counts this much of its multiply-adds against that limit: 3M on 2 cores takes
+    # such layers up to 8M. N=1, min of 18 calls, one process alternating, busy
+    # machine, ms: efficientnet_b0's 80->480 14^2 (7.5M) 0.33 -> 0.25, 240->80 14^2
+    # 0.17 -> 0.14, 144->40 28^2 0.20 -> 0.17, 40->240 28^2 0.28 -> 0.27, 480->80
+    # 14^2 0.20 -> 0.21; above 8M the threaded device won (104->104 28^2, 8.5M: 0.22
+    # against 0.29 inline; 112->672 14^2 0.31 against 0.41). Checkouts A/B
+    # (benchmarks/cnn_checkouts_ab.py, N=1, 6 rounds of 5, every 1x1 layer): wall
+    # medians 144->40 28^2 0.29 -> 0.20, 240->80 14^2 0.25 -> 0.16, 80->480 14^2
+    # 0.45 -> 0.35, 480->80 0.44 -> 0.31, 672->192 7^2 0.30 -> 0.23 (wall minima
+    # alike; the process's CPU minima 10-45 % lower: no second thread spinning);
+    # efficientnet_b0's 1x1 layers 15.4 -> 13.6 ms, CPU min 13.6 -> 12.1.
+    inline_1x1_share: float = 0.375
 
     # ---- implicit GEMM (dense_gemm)
     # (COB, XB) override for A/B experiments; None = the measured defaults.
