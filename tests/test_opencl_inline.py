@@ -161,10 +161,11 @@ def test_large_layers_stay_on_the_threaded_device(ocl):
 def test_1x1_layers_count_a_share_of_their_multiply_adds(ocl, tune):
     """A 1x1 GEMM (stride 1, no padding) counts ``inline_1x1_share`` of its multiply-adds
     against the inline limit; a 3x3 layer or a strided or padded 1x1 one of as many
-    counts them all. Inline, a grouped 1x1 layer with bias and odd channel counts at
+    counts them all, and so does a 1x1 layer on a map larger than ``inline_1x1_pixels``.
+    Inline, a grouped 1x1 layer with bias and odd channel counts at
     batch 2 gives the reference's values."""
     _inline_or_skip(ocl)
-    tune(ocl, inline_max_macs=1_000_000, inline_1x1_share=0.5)
+    tune(ocl, inline_max_macs=1_000_000, inline_1x1_share=0.5, inline_1x1_pixels=40 * 45)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 42, 39, 45)).astype(np.float32)  # 6 groups of 7
     w = rng.standard_normal((66, 7, 1, 1)).astype(np.float32)  # 11 outputs a group
@@ -186,6 +187,11 @@ def test_1x1_layers_count_a_share_of_their_multiply_adds(ocl, tune):
     dense = make_spec(x3, w3, None, padding=1)
     assert 1_000_000 < dense.macs <= 2_000_000
     assert ocl.runtime_for(dense) is ocl
+    # a map larger than inline_1x1_pixels counts them all
+    tune(ocl, inline_1x1_pixels=39 * 45 - 1)
+    assert ocl.runtime_for(spec) is ocl
+    tune(ocl, inline_1x1_pixels=39 * 45)
+    assert ocl.runtime_for(spec) is not ocl
     # share 1: the 1x1 layer goes back to the threaded device
     tune(ocl, inline_1x1_share=1.0)
     assert ocl.runtime_for(spec) is ocl

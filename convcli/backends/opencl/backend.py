@@ -118,11 +118,14 @@ class OpenCLBackend(Runtime):
 
     def _inline_macs(self, spec: ConvSpec) -> float:
         """``spec``'s multiply-adds as :meth:`inline_max_macs` counts them: a depthwise
-        layer's 2x, a 1x1 GEMM's (stride 1, no padding) ``settings.inline_1x1_share``."""
+        layer's 2x, a 1x1 GEMM's (stride 1, no padding) on a map of at most
+        ``settings.inline_1x1_pixels`` ``settings.inline_1x1_share``."""
         if spec.cin_g == 1:
             return spec.macs * 2
-        if (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad):
-            return spec.macs * self.settings.inline_1x1_share
+        s = self.settings
+        flat = (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad)
+        if flat and spec.h * spec.w <= s.inline_1x1_pixels:
+            return spec.macs * s.inline_1x1_share
         return spec.macs
 
     def runtime_for(self, spec: ConvSpec) -> Runtime:

@@ -157,10 +157,11 @@ class Settings:
     # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
     # count 2x) run on it; None: 6M over the threaded device's compute units; 0: never.
     inline_max_macs: int | None = None
-    # A 1x1 layer with stride 1 and no padding (a GEMM: pointwise, gemm_1x1 or
-    # dense_gemm's 1x1 form, which do more multiply-adds a second than the others)
-    # counts this much of its multiply-adds against that limit: 3M on 2 cores takes
-    # such layers up to 8M. N=1, min of 18 calls, one process alternating, busy
+    # A 1x1 layer with stride 1 and no padding on a map of at most inline_1x1_pixels
+    # (a GEMM, gemm_1x1 or dense_gemm's 1x1 form, which do more multiply-adds a second
+    # than the others, and whose threaded runs are short enough for the threads'
+    # wake-up to count) counts this much of its multiply-adds against that limit: 3M
+    # on 2 cores takes such layers up to 8M. N=1, min of 18 calls, one process alternating, busy
     # machine, ms: efficientnet_b0's 80->480 14^2 (7.5M) 0.33 -> 0.25, 240->80 14^2
     # 0.17 -> 0.14, 144->40 28^2 0.20 -> 0.17, 40->240 28^2 0.28 -> 0.27, 480->80
     # 14^2 0.20 -> 0.21; above 8M the threaded device won (104->104 28^2, 8.5M: 0.22
@@ -170,7 +171,11 @@ class Settings:
     # 0.45 -> 0.35, 480->80 0.44 -> 0.31, 672->192 7^2 0.30 -> 0.23 (wall minima
     # alike; the process's CPU minima 10-45 % lower: no second thread spinning);
     # efficientnet_b0's 1x1 layers 15.4 -> 13.6 ms, CPU min 13.6 -> 12.1.
+    # On larger maps (pointwise's, from 32^2) the wall minima rose inline, medians
+    # mixed (N=1: regnet's 48->48 56^2 min 0.26 -> 0.31 ms, mobilenet_v3_small's
+    # 16->72 56^2 median 0.30 -> 0.35; shufflenet's 24->58 56^2 0.35 -> 0.24).
     inline_1x1_share: float = 0.375
+    inline_1x1_pixels: int = 28 * 28
 
     # ---- implicit GEMM (dense_gemm)
     # (COB, XB) override for A/B experiments; None = the measured defaults.
