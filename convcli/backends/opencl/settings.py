@@ -181,6 +181,20 @@ class Settings:
     # (COB, XB) override for A/B experiments; None = the measured defaults.
     dense_tile: tuple[int, int] | None = None
     dense_max_taps: int = 64
+    # 1x1 layers (stride 1, no padding) on maps of at most dense_1x1_pad_pixels with
+    # at least dense_1x1_pad_min_cout output channels per group take the 2 x 4 tile
+    # (blocks of 16 channels) where the 4 x 2 tile's blocks of 32 pad the output
+    # channels this many times as much (gemm.dense_1x1_blocking), CPU devices. Process
+    # CPU ms, N=8, min of 18-30, one process alternating and checkouts A/B (busy
+    # machine; three runs each): regnet_y_400mf's 208->208 14^2 1.70/2.02/1.69 ->
+    # 1.58/1.68/1.55, 104->104 28^2 2.57/2.03 -> 2.49/1.88, 104->208 28^2 4.23/3.83
+    # -> 3.92/3.48; efficientnet_b0's 672->112 14^2 3.15/3.90/3.28 -> 2.86/3.38/2.65,
+    # 480->112 2.23/2.12/2.16 -> 1.95/1.86/2.06. Not on 80 channels (480->80 14^2
+    # 1.36/1.35 -> 1.49/1.40; 240->80 a tie) nor at 6.7 % (240 and 480 channels:
+    # 80->480 14^2 1.51 -> 1.56, 40->240 28^2 1.77 -> 1.83).
+    dense_1x1_pad_ratio: float = 1.07
+    dense_1x1_pad_pixels: int = 28 * 28
+    dense_1x1_pad_min_cout: int = 96
     # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
     # for 1x1 layers a quarter (the strip's inputs and partial sums share L1). 8 KB
     # against 16 on 1x1 layers (CPU ms per call, N=8, min of 30, one process
