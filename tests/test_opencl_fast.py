@@ -1200,6 +1200,58 @@ def test_dense_gemm_1x1_as_one_row_per_plane(ocl, tune, flat, n, cin, cout, hw, 
     assert_close(out, ref, "float32")
 
 
+def test_dense_gemm_1x1_tile_choice():
+    # 1x1 layers on maps up to 28^2 of 96 channels or more (CPU): 2 x 4 where 4 x 2's
+    # blocks of 32 channels pad the output channels 7 % more than blocks of 16; else,
+    # and elsewhere, 4 x 2
+    s = DEFAULT
+
+    def tile(cout, hw=14, cpu=True, cin=16, **opts):
+        x = np.zeros((1, cin, hw, hw), np.float32)
+        w = np.zeros((cout, cin, 1, 1), np.float32)
+        d = gemm.dense_defines(make_spec(x, w, None, **opts), cpu, s)
+        return d["COB"], d["XB"]
+
+    assert tile(208) == (2, 4)  # 224 against 208
+    assert tile(112) == (2, 4)  # 128 against 112
+    assert tile(100) == (2, 4)  # 128 against 112
+    assert tile(77) == (4, 2)  # 96 against 80, but fewer than 96 channels
+    assert tile(240) == (4, 2)  # 256 against 240: 6.7 %
+    assert tile(256) == (4, 2)
+    assert tile(116) == (4, 2)  # 128 against 128
+    assert tile(208, hw=28) == (2, 4)
+    assert tile(208, hw=29) == (4, 2)  # a larger map
+    assert tile(208, cpu=False) == (4, 2)
+    assert tile(208, padding=1) == (4, 2)
+    assert tile(208, stride=2) == (4, 2)
+    assert tile(24) == (3, 3)  # narrow layers keep their tile
+    x, w = np.zeros((1, 16, 3, 3), np.float32), np.zeros((208, 16, 3, 3), np.float32)
+    assert gemm.dense_defines(make_spec(x, w, None), True, s)["COB"] == 4  # 3x3
+
+
+@pytest.mark.parametrize(
+    "n, cin, cout, hw, groups, bias",
+    [
+        (3, 13, 100, (9, 11), 1, True),  # odd counts, a batch
+        (2, 26, 202, (7, 5), 2, True),  # groups of 13 -> 101
+        (1, 40, 208, (14, 14), 1, False),  # regnet's width, no bias
+        (2, 18, 66, (3, 17), 3, True),  # 22 outputs a group: dense_blocking's 3 x 3
+    ],
+)
+def test_dense_gemm_1x1_blocks_of_16_match_naive(ocl, tune, n, cin, cout, hw, groups, bias):
+    # the 2 x 4 tile of dense_gemm's 1x1 form (channel blocks of 16, the last one
+    # partly padding) gives the reference's values
+    tune(ocl, gemm1x1=False, pointwise_min_cin=1 << 20)
+    x, w, b = rng_arrays(cin + cout, (n, cin, *hw), (cout, cin // groups, 1, 1))
+    b = b if bias else None
+    spec = make_spec(x, w, b, groups=groups)
+    d = gemm.dense_defines(spec, True, ocl.settings)
+    assert (d["COB"], d["XB"]) == ((3, 3) if cout // groups == 22 else (2, 4))
+    out, ref, info = fast(ocl, x, w, b, groups=groups)
+    assert info.algo == "gemm"
+    assert_close(out, ref, "float32")
+
+
 @pytest.mark.parametrize("copy", [True, False])
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 @pytest.mark.parametrize(

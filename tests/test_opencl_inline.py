@@ -182,3 +182,42 @@ def test_depthwise_layers_count_inline_dw_weight_times_against_the_limit(ocl, tu
     dense = make_spec(x[:, :4], w[:5].repeat(4, axis=1), None, stride=2, padding=1)
     assert dense.macs == spec.macs
     assert ocl.runtime_for(dense) is not ocl
+
+
+def test_1x1_layers_count_a_share_of_their_multiply_adds(ocl, tune):
+    """A 1x1 GEMM (stride 1, no padding) counts ``inline_1x1_share`` of its multiply-adds
+    against the inline limit; a 3x3 layer or a strided or padded 1x1 one of as many
+    counts them all, and so does a 1x1 layer on a map larger than ``inline_1x1_pixels``.
+    Inline, a grouped 1x1 layer with bias and odd channel counts at
+    batch 2 gives the reference's values."""
+    _inline_or_skip(ocl)
+    tune(ocl, inline_max_macs=1_000_000, inline_1x1_share=0.5, inline_1x1_pixels=40 * 45)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 42, 39, 45)).astype(np.float32)  # 6 groups of 7
+    w = rng.standard_normal((66, 7, 1, 1)).astype(np.float32)  # 11 outputs a group
+    b = rng.standard_normal(66).astype(np.float32)
+    spec = make_spec(x, w, b, groups=6)
+    assert 1_000_000 < spec.macs <= 2_000_000
+    rt = ocl.runtime_for(spec)
+    assert rt is not ocl and rt.device.name.startswith("basic-")
+    got = conv2d(x, w, b, groups=6, backend="opencl")
+    assert_close(got, naive_conv2d(x, w, b, pad=(0,) * 4, groups=6), "float32")
+    # padded or strided 1x1 layers, and 3x3 ones, count every multiply-add
+    padded = make_spec(x, w, b, groups=6, padding=1)
+    assert padded.macs > 1_000_000 and ocl.runtime_for(padded) is ocl
+    x2 = rng.standard_normal((2, 42, 78, 90)).astype(np.float32)
+    strided = make_spec(x2, w, b, groups=6, stride=2)
+    assert strided.macs > 1_000_000 and ocl.runtime_for(strided) is ocl
+    x3 = rng.standard_normal((1, 16, 24, 24)).astype(np.float32)
+    w3 = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dense = make_spec(x3, w3, None, padding=1)
+    assert 1_000_000 < dense.macs <= 2_000_000
+    assert ocl.runtime_for(dense) is ocl
+    # a map larger than inline_1x1_pixels counts them all
+    tune(ocl, inline_1x1_pixels=39 * 45 - 1)
+    assert ocl.runtime_for(spec) is ocl
+    tune(ocl, inline_1x1_pixels=39 * 45)
+    assert ocl.runtime_for(spec) is not ocl
+    # share 1: the 1x1 layer goes back to the threaded device
+    tune(ocl, inline_1x1_share=1.0)
+    assert ocl.runtime_for(spec) is ocl

@@ -117,6 +117,19 @@ class OpenCLBackend(Runtime):
         self._inline_limit = (s, limit)
         return limit
 
+    def _inline_macs(self, spec: ConvSpec) -> float:
+        """``spec``'s multiply-adds as :meth:`inline_max_macs` counts them: a depthwise
+        layer's ``settings.inline_dw_weight`` times, a 1x1 GEMM's (stride 1, no padding)
+        on a map of at most ``settings.inline_1x1_pixels`` ``settings.inline_1x1_share``
+        times."""
+        if spec.cin_g == 1:
+            return spec.macs * self.settings.inline_dw_weight
+        s = self.settings
+        flat = (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad)
+        if flat and spec.h * spec.w <= s.inline_1x1_pixels:
+            return spec.macs * s.inline_1x1_share
+        return spec.macs
+
     def runtime_for(self, spec: ConvSpec) -> Runtime:
         """The runtime that runs ``spec``: this device's, or for a small layer (see
         :meth:`inline_max_macs`) the inline device's (PoCL's basic device, which runs
@@ -124,8 +137,7 @@ class OpenCLBackend(Runtime):
         the call). Falls back to this device's when the inline one cannot be opened."""
         if self._inline_device is None:
             return self
-        weight = self.settings.inline_dw_weight if spec.cin_g == 1 else 1
-        if spec.macs * weight > self.inline_max_macs():
+        if self._inline_macs(spec) > self.inline_max_macs():
             return self
         rt = self._inline
         if rt is None:

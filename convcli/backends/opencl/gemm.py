@@ -70,6 +70,26 @@ def dense_blocking(cout_g: int, s: Settings) -> tuple[int, int]:
     return 1, 4
 
 
+def dense_1x1_blocking(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[int, int]:
+    """dense_gemm's tile for ``spec``: :func:`dense_blocking`'s, but on CPU devices, for
+    1x1 layers with stride 1 and no padding on maps of at most
+    ``settings.dense_1x1_pad_pixels`` pixels and of at least ``dense_1x1_pad_min_cout``
+    output channels per group, 2 x 4 (blocks of 16 channels) where 4 x 2's blocks of 32
+    pad the output channels ``settings.dense_1x1_pad_ratio`` times as much or more (208
+    channels: 224 against 208; 112: 128 against 112). The padded channels are wasted
+    work; but each block reads the input again, which cost as much on few channels
+    (480->80 14^2: 3 blocks against 5)."""
+    cob, xb = dense_blocking(spec.cout_g, s)
+    flat = (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad)
+    if not (cpu and flat and s.dense_tile is None and cob == 4):
+        return cob, xb
+    if spec.h * spec.w > s.dense_1x1_pad_pixels or spec.cout_g < s.dense_1x1_pad_min_cout:
+        return cob, xb
+    pad32 = math.ceil(spec.cout_g / 32) * 32
+    pad16 = math.ceil(spec.cout_g / 16) * 16
+    return (2, 4) if pad32 >= s.dense_1x1_pad_ratio * pad16 else (cob, xb)
+
+
 def copied_columns(spec: ConvSpec, s: Settings) -> bool:
     """Whether dense_gemm runs ``spec`` on a copy of its columns (``im2col_copy.cl``): a
     stride other than 1, a copy at most ``settings.dense_columns_max_growth`` times the
@@ -150,8 +170,8 @@ def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
 
 def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     """The build defines of dense_gemm for ``spec``."""
+    cob, xb = dense_1x1_blocking(spec, cpu, s)
     spec = dense_view(spec, s)
-    cob, xb = dense_blocking(spec.cout_g, s)
     strip, chunk = dense_strip(spec, cob, xb, cpu, s)
     sizes = {}
     if s.dense_fixed_sizes:

@@ -164,11 +164,44 @@ class Settings:
     # 116-channel 3x3 on 14^2 at N=8 (1.64M) ran in 0.15 ms inline against 0.23-0.25 ms
     # threaded (wall medians, alternating, busy 2-core machine; kernel 0.09 vs 0.06 ms).
     inline_dw_weight: float = 1.5
+    # A 1x1 layer with stride 1 and no padding on a map of at most inline_1x1_pixels
+    # (a GEMM, gemm_1x1 or dense_gemm's 1x1 form, which do more multiply-adds a second
+    # than the others, and whose threaded runs are short enough for the threads'
+    # wake-up to count) counts this much of its multiply-adds against that limit: 3M
+    # on 2 cores takes such layers up to 8M. N=1, min of 18 calls, one process alternating, busy
+    # machine, ms: efficientnet_b0's 80->480 14^2 (7.5M) 0.33 -> 0.25, 240->80 14^2
+    # 0.17 -> 0.14, 144->40 28^2 0.20 -> 0.17, 40->240 28^2 0.28 -> 0.27, 480->80
+    # 14^2 0.20 -> 0.21; above 8M the threaded device won (104->104 28^2, 8.5M: 0.22
+    # against 0.29 inline; 112->672 14^2 0.31 against 0.41). Checkouts A/B
+    # (benchmarks/cnn_checkouts_ab.py, N=1, 6 rounds of 5, every 1x1 layer): wall
+    # medians 144->40 28^2 0.29 -> 0.20, 240->80 14^2 0.25 -> 0.16, 80->480 14^2
+    # 0.45 -> 0.35, 480->80 0.44 -> 0.31, 672->192 7^2 0.30 -> 0.23 (wall minima
+    # alike; the process's CPU minima 10-45 % lower: no second thread spinning);
+    # efficientnet_b0's 1x1 layers 15.4 -> 13.6 ms, CPU min 13.6 -> 12.1.
+    # On larger maps (pointwise's, from 32^2) the wall minima rose inline, medians
+    # mixed (N=1: regnet's 48->48 56^2 min 0.26 -> 0.31 ms, mobilenet_v3_small's
+    # 16->72 56^2 median 0.30 -> 0.35; shufflenet's 24->58 56^2 0.35 -> 0.24).
+    inline_1x1_share: float = 0.375
+    inline_1x1_pixels: int = 28 * 28
 
     # ---- implicit GEMM (dense_gemm)
     # (COB, XB) override for A/B experiments; None = the measured defaults.
     dense_tile: tuple[int, int] | None = None
     dense_max_taps: int = 64
+    # 1x1 layers (stride 1, no padding) on maps of at most dense_1x1_pad_pixels with
+    # at least dense_1x1_pad_min_cout output channels per group take the 2 x 4 tile
+    # (blocks of 16 channels) where the 4 x 2 tile's blocks of 32 pad the output
+    # channels this many times as much (gemm.dense_1x1_blocking), CPU devices. Process
+    # CPU ms, N=8, min of 18-30, one process alternating and checkouts A/B (busy
+    # machine; three runs each): regnet_y_400mf's 208->208 14^2 1.70/2.02/1.69 ->
+    # 1.58/1.68/1.55, 104->104 28^2 2.57/2.03 -> 2.49/1.88, 104->208 28^2 4.23/3.83
+    # -> 3.92/3.48; efficientnet_b0's 672->112 14^2 3.15/3.90/3.28 -> 2.86/3.38/2.65,
+    # 480->112 2.23/2.12/2.16 -> 1.95/1.86/2.06. Not on 80 channels (480->80 14^2
+    # 1.36/1.35 -> 1.49/1.40; 240->80 a tie) nor at 6.7 % (240 and 480 channels:
+    # 80->480 14^2 1.51 -> 1.56, 40->240 28^2 1.77 -> 1.83).
+    dense_1x1_pad_ratio: float = 1.07
+    dense_1x1_pad_pixels: int = 28 * 28
+    dense_1x1_pad_min_cout: int = 96
     # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
     # for 1x1 layers a quarter (the strip's inputs and partial sums share L1). 8 KB
     # against 16 on 1x1 layers (CPU ms per call, N=8, min of 30, one process
