@@ -1522,8 +1522,8 @@ class _SmallPath:
         from convcli import native
 
         began = self._start_began
-        if began is None:
-            return 0.0
+        if began is None:  # the image that holds the start has not noted its time yet
+            began = time.perf_counter()
         key = (image.shape, image.dtype.str, top, id(step))
         expected = self._start_expected.get(key)
         if expected is None:
