@@ -1285,6 +1285,7 @@ class _SmallPath:
         self._starting = threading.Lock()
         self._start_began: float | None = None  # when the first image began the start
         self._start_expected: dict[tuple, float] = {}  # -1: auto takes NumPy
+        self._pricing = threading.Lock()
         self._plans: dict[tuple, object] = {}
         self._blas = contextlib.ExitStack()
         self._blas_lock = threading.Lock()
@@ -1525,16 +1526,20 @@ class _SmallPath:
         if began is None:  # the image that holds the start has not noted its time yet
             began = time.perf_counter()
         key = (image.shape, image.dtype.str, top, id(step))
-        expected = self._start_expected.get(key)
-        if expected is None:
-            found = native.opencl_start_seconds(
-                image, pad=spec.pad, padding_mode=spec.padding_mode, top=top,
-                kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
-                bias=step.bias, scale=step.scale, offset=step.offset, out_map=step.out_map,
-                out_top=step.out_top, device=self.engine.device, strips=images_ahead,
-            )  # fmt: skip
-            expected = -1.0 if found is None else found
-            self._start_expected[key] = expected
+        # priced by one image, the others waiting for it: each pricing holds the
+        # interpreter lock some 15 ms that the start is waiting for
+        with self._pricing:
+            expected = self._start_expected.get(key)
+            if expected is None:
+                found = native.opencl_start_seconds(
+                    image, pad=spec.pad, padding_mode=spec.padding_mode, top=top,
+                    kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
+                    bias=step.bias, scale=step.scale, offset=step.offset,
+                    out_map=step.out_map, out_top=step.out_top, device=self.engine.device,
+                    strips=images_ahead,
+                )  # fmt: skip
+                expected = -1.0 if found is None else found
+                self._start_expected[key] = expected
         if expected < 0 or expected > START_WAIT_EXPECTED:
             return 0.0
         return max(0.0, began + START_WAIT_MOST - time.perf_counter())
