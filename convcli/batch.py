@@ -1264,7 +1264,8 @@ class _SmallPath:
     :meth:`run` on a pool of ``workers + 1`` threads).
 
     OpenCL starts once: the first image that wants it starts it; under ``auto`` the
-    images filtered while it starts run on NumPy instead of waiting."""
+    images filtered while it starts wait for it when the start is expected to be short
+    (a cached program), else run on NumPy meanwhile (see :meth:`_start_wait`)."""
 
     def __init__(
         self,
@@ -1517,9 +1518,10 @@ class _SmallPath:
         Why wait: the start (pyopencl's import, device discovery, a cached program) is
         mostly Python holding the interpreter lock, and an image filtered on NumPy
         meanwhile (15-28 ms of CPU a megapixel against 2-3 ms on OpenCL) slows it down:
-        200 one-megapixel JPEGs took 2.29-2.39 s of CPU waiting against 2.44-2.62 s
-        filtering the first images on NumPy. A start expected to be long (a program to
-        build) is not waited for, nor one running past its expected time."""
+        200 one-megapixel JPEGs took 2.70 s of CPU waiting (median of 10 runs on 2 busy
+        cores; 2.78 s wall) against 2.88 s (2.91 s) filtering the first images on NumPy.
+        A start expected to be long (a program to build) is not waited for, nor one
+        running past START_WAIT_MOST."""
         from convcli import native
 
         began = self._start_began
