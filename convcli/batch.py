@@ -1246,6 +1246,12 @@ class _SmallPlan:
     alpha: str
 
 
+# Under auto, images wait for an OpenCL start the cost model expects to take at most
+# START_WAIT_EXPECTED seconds (a cached program), up to START_WAIT_MOST seconds after it
+# began (measured: 0.45-0.75 s for 1 MP images on 2 busy cores, priced at about 0.2 s)
+START_WAIT_EXPECTED = 0.5
+START_WAIT_MOST = 1.5
+
 _STRIPS = object()  # the strip pipeline takes the image, decoded already
 # marks (and is taken off) the info of an image filtered on NumPy while OpenCL started
 _MEANTIME = "filtered on NumPy while OpenCL started"
@@ -1258,7 +1264,8 @@ class _SmallPath:
     :meth:`run` on a pool of ``workers + 1`` threads).
 
     OpenCL starts once: the first image that wants it starts it; under ``auto`` the
-    images filtered while it starts run on NumPy instead of waiting."""
+    images filtered while it starts wait for it when the start is expected to be short
+    (a cached program), else run on NumPy meanwhile (see :meth:`_start_wait`)."""
 
     def __init__(
         self,
@@ -1277,6 +1284,9 @@ class _SmallPath:
         #: dropped, as the strip pipeline drops the reads it has not used
         self.halt = threading.Event()
         self._starting = threading.Lock()
+        self._start_began: float | None = None  # when the first image began the start
+        self._start_expected: dict[tuple, float] = {}  # -1: auto takes NumPy
+        self._pricing = threading.Lock()
         self._plans: dict[tuple, object] = {}
         self._blas = contextlib.ExitStack()
         self._blas_lock = threading.Lock()
@@ -1478,14 +1488,63 @@ class _SmallPath:
         if started_opencl(device) is not None:
             return call(backend)
         # OpenCL not started yet: one image starts it (get_backend is not for two
-        # threads at once); under auto the others run on NumPy meanwhile
-        if self._starting.acquire(blocking=backend != "auto"):
+        # threads at once); the others wait for it, or under auto run on NumPy meanwhile
+        # where the start is expected to be long
+        got = self._starting.acquire(blocking=False)
+        if not got:
+            wait = -1.0
+            if backend == "auto":
+                wait = self._start_wait(image, top, step, spec, images_ahead)
+            got = wait != 0.0 and self._starting.acquire(timeout=wait)
+        if got:
+            if started_opencl(device) is not None:  # it started (or failed) meanwhile
+                self._starting.release()
+                return call(backend)
             try:
+                if self._start_began is None:
+                    self._start_began = time.perf_counter()
                 return call(backend)
             finally:
                 self._starting.release()
         part.notices.append(_MEANTIME)
         return on_numpy("numpy")
+
+    def _start_wait(
+        self, image: np.ndarray, top: float, step: pipeline.NativeStep, spec, images_ahead: int
+    ) -> float:
+        """How long an image waits under auto for the OpenCL start another image began
+        (0: it runs on NumPy now).
+
+        Why wait: the start (pyopencl's import, device discovery, a cached program) is
+        mostly Python holding the interpreter lock, and an image filtered on NumPy
+        meanwhile (15-28 ms of CPU a megapixel against 2-3 ms on OpenCL) slows it down:
+        200 one-megapixel JPEGs took 2.70 s of CPU waiting (median of 10 runs on 2 busy
+        cores; 2.78 s wall) against 2.88 s (2.91 s) filtering the first images on NumPy.
+        A start expected to be long (a program to build) is not waited for, nor one
+        running past START_WAIT_MOST."""
+        from convcli import native
+
+        began = self._start_began
+        if began is None:  # the image that holds the start has not noted its time yet
+            began = time.perf_counter()
+        key = (image.shape, image.dtype.str, top, id(step))
+        # priced by one image, the others waiting for it: each pricing holds the
+        # interpreter lock some 15 ms that the start is waiting for
+        with self._pricing:
+            expected = self._start_expected.get(key)
+            if expected is None:
+                found = native.opencl_start_seconds(
+                    image, pad=spec.pad, padding_mode=spec.padding_mode, top=top,
+                    kernel=step.kernel, stride=spec.stride, dilation=spec.dilation,
+                    bias=step.bias, scale=step.scale, offset=step.offset,
+                    out_map=step.out_map, out_top=step.out_top, device=self.engine.device,
+                    strips=images_ahead,
+                )  # fmt: skip
+                expected = -1.0 if found is None else found
+                self._start_expected[key] = expected
+        if expected < 0 or expected > START_WAIT_EXPECTED:
+            return 0.0
+        return max(0.0, began + START_WAIT_MOST - time.perf_counter())
 
 
 def _timed(items: Iterator[np.ndarray], wait: list[float]) -> Iterator[np.ndarray]:

@@ -161,21 +161,10 @@ def filter_strip(
     ...              backend="numpy")[..., 0].tolist()
     [[200]]
     """
-    source = None
-    if pad is not None:
-        pads = _pads(pad, padding_mode)
-        if any(pads) and isinstance(strip, np.ndarray) and strip.ndim == 3:
-            if 0 in strip.shape[:2]:
-                return None
-            # plan on the padded shape; the samples stay unpadded until a path needs them
-            source = strip
-            rows, cols = strip.shape[0] + pads[0] + pads[1], strip.shape[1] + pads[2] + pads[3]
-            strip = np.broadcast_to(np.zeros((), strip.dtype), (rows, cols, strip.shape[2]))
-    plan = _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, out_top, out)
+    plan = _padded_plan(strip, pad, padding_mode, top, kernel, stride, dilation, bias,
+                        scale, offset, out_map, out_top, out)  # fmt: skip
     if plan is None:
         return None
-    if source is not None:
-        plan.source, plan.pads, plan.padding_mode = source, pads, padding_mode
     if backend not in ("auto", "opencl", "numpy"):
         raise ValueError(f"backend must be 'auto', 'opencl' or 'numpy', got {backend!r}")
     chosen = choose_backend(plan, device, strips) if backend == "auto" else backend
@@ -206,6 +195,55 @@ def filter_strip(
         out[...] = result
         return out
     return result
+
+
+def _padded_plan(strip, pad, padding_mode, top, kernel, stride, dilation, bias, scale, offset,
+                 out_map, out_top, out) -> _Plan | None:  # fmt: skip
+    """:func:`filter_strip`'s plan (``pad``: ``strip`` is the unpadded image)."""
+    source = None
+    if pad is not None:
+        pads = _pads(pad, padding_mode)
+        if any(pads) and isinstance(strip, np.ndarray) and strip.ndim == 3:
+            if 0 in strip.shape[:2]:
+                return None
+            # plan on the padded shape; the samples stay unpadded until a path needs them
+            source = strip
+            rows, cols = strip.shape[0] + pads[0] + pads[1], strip.shape[1] + pads[2] + pads[3]
+            strip = np.broadcast_to(np.zeros((), strip.dtype), (rows, cols, strip.shape[2]))
+    plan = _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, out_top, out)
+    if plan is not None and source is not None:
+        plan.source, plan.pads, plan.padding_mode = source, pads, padding_mode
+    return plan
+
+
+def opencl_start_seconds(
+    strip: np.ndarray,
+    *,
+    top: float,
+    kernel: np.ndarray,
+    stride: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+    bias: float = 0.0,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    out_map: str = "clip",
+    out_top: int = 255,
+    pad: tuple[int, int, int, int] | None = None,
+    padding_mode: str = "zeros",
+    device: str | None = None,
+    strips: int = 1,
+) -> float | None:
+    """What OpenCL is expected to cost once (starting it, unless this process has, and
+    its program) before :func:`filter_strip` with ``backend="auto"`` and the same
+    arguments filters on it; None where ``auto`` takes NumPy (or nothing covers the
+    case). Nothing is started here."""
+    from convcli.backends import started_opencl
+
+    plan = _padded_plan(strip, pad, padding_mode, top, kernel, stride, dilation, bias,
+                        scale, offset, out_map, out_top, None)  # fmt: skip
+    if plan is None or choose_backend(plan, device, strips) != "opencl":
+        return None
+    return _opencl_once(plan, device, started_opencl(device) or None)
 
 
 def prepare(

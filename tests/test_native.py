@@ -485,3 +485,17 @@ def test_fused_only_where_the_devices_local_memory_holds_its_tile(monkeypatch):
         assert ("native_filter_fused" in names) == fused, (local_mem, names)
         assert ("native_filter_h" in names) == (not fused), (local_mem, names)
         check(got, want, 255)
+
+
+def test_opencl_start_seconds_is_none_where_auto_takes_numpy():
+    """No OpenCL start is priced for a case auto filters on NumPy (a tiny image once) or
+    that the fused step does not cover (float samples); nothing is started."""
+    from convcli.backends import started_opencl
+
+    before = started_opencl(None)
+    kernel = np.full((3, 3), 1 / 9, np.float32)
+    tiny = np.full((3, 3, 1), 7, np.uint8)
+    assert native.opencl_start_seconds(tiny, top=255.0, kernel=kernel, strips=1) is None
+    floats = np.zeros((40, 40, 1), np.float32)
+    assert native.opencl_start_seconds(floats, top=1.0, kernel=kernel, strips=100) is None
+    assert started_opencl(None) is before

@@ -425,10 +425,30 @@ def test_every_image_keeps_its_notes(tmp_path, monkeypatch):
     assert len(res.notes) == 6
 
 
-def test_images_run_on_numpy_while_opencl_starts(tmp_path, monkeypatch):
-    """Under auto, one image starts OpenCL; the others are filtered on NumPy meanwhile
-    instead of waiting, and the batch reports the backend that ran once started."""
+@pytest.mark.parametrize(
+    "expected, most, waits",
+    [
+        (None, None, False),  # auto would not start OpenCL for these images
+        (5.0, None, False),  # a long start expected (a program to build)
+        (0.05, None, True),  # a short start: the others wait for it
+        (0.05, 0.1, False),  # ... but not past START_WAIT_MOST after it began
+    ],
+)
+def test_images_run_on_numpy_while_opencl_starts(tmp_path, monkeypatch, expected, most, waits):
+    """Under auto, one image starts OpenCL; the others wait for it where the cost model
+    expects a short start, else are filtered on NumPy meanwhile, and the batch reports
+    the backend that ran once started."""
     import time
+
+    asked: list[int] = []
+
+    def start_seconds(strip, **kw):
+        asked.append(kw["strips"])
+        return expected
+
+    monkeypatch.setattr(native, "opencl_start_seconds", start_seconds)
+    if most is not None:
+        monkeypatch.setattr(cbatch, "START_WAIT_MOST", most)
 
     root = tmp_path / "in"
     root.mkdir()
@@ -462,7 +482,11 @@ def test_images_run_on_numpy_while_opencl_starts(tmp_path, monkeypatch):
     res = cbatch.run_tasks(plan.tasks, cbatch.Filter(weight=BINOMIAL), engine=cbatch.Engine(),
                            workers=2)  # fmt: skip
     assert res.ok and len(res.done) == 8
-    assert calls[0] == "auto" and "numpy" in calls and calls.count("numpy") < 8
+    if waits:
+        assert calls == ["auto"] * 8
+    else:
+        assert calls[0] == "auto" and "numpy" in calls and calls.count("numpy") < 8
+    assert asked and all(n >= 1 for n in asked)  # priced once per plan, for the images ahead
     summary = res.summary()
     assert summary["backend"] == "opencl" and summary["device"] == "a fake device"
     assert summary["notices"] == [] and summary["tiles"] == 8
