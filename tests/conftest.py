@@ -33,6 +33,12 @@ def pytest_addoption(parser) -> None:
         help="run the OpenCL tests on this implementation only: an .icd file or a driver "
         "library (sets OCL_ICD_VENDORS, which pyopencl's bundled loader honours)",
     )
+    parser.addoption(
+        "--opencl-as-cpu",
+        action="store_true",
+        help="count every OpenCL device as a CPU, so that the CPU-only routes (dw_blocks, "
+        "dw_groups, ...) run on a GPU-type device such as Oclgrind",
+    )
 
 
 def pytest_configure(config) -> None:
@@ -47,6 +53,10 @@ def pytest_configure(config) -> None:
         # before pyopencl is first imported (convcli imports it lazily); child processes
         # of the tests inherit it
         os.environ["OCL_ICD_VENDORS"] = str(Path(icd).resolve())
+    if config.getoption("--opencl-as-cpu"):
+        from convcli.backends.opencl import device
+
+        device.DeviceLimits.is_cpu = property(lambda self: True)
 
 
 def pytest_report_header(config) -> str:
