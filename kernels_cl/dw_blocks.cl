@@ -51,9 +51,6 @@
 
 #define NCB ((C + 7) / 8)
 
-#define STORE_LANE(l, s)                                                                   \
-    if (8 * cb + (l) < C) out[obase + (l) * (ho * WO)] = v.s;
-
 #ifdef FUSED
 /* FUSED: a work-group takes output rows y0.. of one block z (the host asks for all of
  * a block's rows), first copies the input rows they reach into local memory as
@@ -126,33 +123,5 @@ __kernel void dw_blocks(__global const float8 *restrict xb, __global const float
         }
     }
     const size_t obase0 = ((size_t)nn * C + 8 * cb) * (ho * WO) + y * WO + x0;
-    /* a whole segment inside the row: the XB x 8 tile transposed into 8 rows of XB
-     * columns, one per channel, stored as vectors */
-    if (x0 + XB <= WO) {
-        float8 a[8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) a[k] = k < XB ? acc[k < XB ? k : 0] : (float8)(0.0f);
-        float8 r[8];
-        TRANSPOSE8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], r[0], r[1], r[2], r[3],
-                   r[4], r[5], r[6], r[7]);
-#pragma unroll
-        for (int l = 0; l < 8; ++l)
-            if (8 * cb + l < C) STORE_ROW(out + obase0 + l * (ho * WO), r[l], XB);
-        return;
-    }
-#pragma unroll
-    for (int k = 0; k < XB; ++k) {
-        if (x0 + k < WO) {
-            const float8 v = acc[k];
-            const size_t obase = obase0 + k;
-            STORE_LANE(0, s0)
-            STORE_LANE(1, s1)
-            STORE_LANE(2, s2)
-            STORE_LANE(3, s3)
-            STORE_LANE(4, s4)
-            STORE_LANE(5, s5)
-            STORE_LANE(6, s6)
-            STORE_LANE(7, s7)
-        }
-    }
+    STORE_TILE(acc, out, obase0, ho * WO, x0, C - 8 * cb);
 }

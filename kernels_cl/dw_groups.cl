@@ -88,9 +88,6 @@
         }                                                                                  \
     }
 
-#define STORE_LANE(l, s)                                                                   \
-    out[obase + (l) * (ho * WO)] = v.s;
-
 __kernel void dw_groups(__global const float *restrict x, __global const float8 *restrict wt,
                         __global const float8 *restrict bias, __global float *restrict out,
                         const int n, const int h, const int ho) {
@@ -131,32 +128,5 @@ __kernel void dw_groups(__global const float *restrict x, __global const float8 
 #endif
     }
     const size_t obase0 = ((size_t)nn * C_OUT + 8 * b) * (ho * WO) + y * WO + x0;
-    /* a whole segment inside the row: the XB x 8 tile transposed into 8 rows of XB
-     * columns, one per output channel, stored as vectors */
-    if (x0 + XB <= WO) {
-        float8 a[8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) a[k] = k < XB ? acc[k < XB ? k : 0] : (float8)(0.0f);
-        float8 r[8];
-        TRANSPOSE8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], r[0], r[1], r[2], r[3],
-                   r[4], r[5], r[6], r[7]);
-#pragma unroll
-        for (int l = 0; l < 8; ++l) STORE_ROW(out + obase0 + l * (ho * WO), r[l], XB);
-        return;
-    }
-#pragma unroll
-    for (int k = 0; k < XB; ++k) {
-        if (x0 + k < WO) {
-            const float8 v = acc[k];
-            const size_t obase = obase0 + k;
-            STORE_LANE(0, s0)
-            STORE_LANE(1, s1)
-            STORE_LANE(2, s2)
-            STORE_LANE(3, s3)
-            STORE_LANE(4, s4)
-            STORE_LANE(5, s5)
-            STORE_LANE(6, s6)
-            STORE_LANE(7, s7)
-        }
-    }
+    STORE_TILE(acc, out, obase0, ho * WO, x0, 8);
 }
