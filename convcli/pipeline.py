@@ -14,7 +14,9 @@ samples).
 
 Three threads overlap per image: one gathers and converts strip i+1, the caller's
 convolves strip i, and one maps and encodes strip i-1; bounded queues (and a pool of
-:data:`BUFFERS` input buffers) keep at most a few strips in flight. The output is
+:data:`BUFFERS` input buffers) keep at most a few strips in flight. While OpenCL starts
+on a thread of its own (the native step's first use in the process), a source that
+decodes ahead goes on decoding, up to :data:`READ_AHEAD_BYTES`. The output is
 published atomically (:func:`convcli.io.publish.publish`): an error or an interrupt in
 any stage leaves no file.
 
