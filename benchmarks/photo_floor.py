@@ -10,7 +10,8 @@ convcli's run costs on this machine, measured on its own, and the floor they add
   ``vips copy`` (decode + JPEG encode), the peers and convcli itself;
 - one thread in this process: a libvips decode in strips (convcli's reader), a whole
   decode by simplejpeg (same samples), a JPEG encode at convcli's settings (quality 95,
-  4:4:4), the native-depth filter on OpenCL (started, program built) and on NumPy;
+  the input's chroma subsampling, as convcli keeps it), the native-depth filter on
+  OpenCL (started, program built) and on NumPy;
 - OpenCL's start in a fresh process (pyopencl's import, the context, the cached program).
 
 The floor, from CPU times (a busy machine stretches wall times, hardly CPU times): the
@@ -46,13 +47,6 @@ _RUN_IMPORTS = (
     "import convcli.cli, convcli.batch, convcli.pipeline, convcli.io.sources, "
     "convcli.io.sinks, convcli.native, convcli.presets, pyvips, imagecodecs"
 )
-_SPAWN = """
-import os, sys, time
-t0 = time.perf_counter()
-pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ)
-_, status, usage = os.wait4(pid, 0)
-print(time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status))
-"""
 _OPENCL_START = """
 import sys, time, resource
 import numpy as np
@@ -75,14 +69,23 @@ def _cpu() -> float:
 
 
 def _spawned(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", _SPAWN, *argv], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          check=False)  # fmt: skip
-    lines = done.stdout.split("\n")
-    wall, cpu, code = lines[-2].split() if len(lines) >= 2 else ("nan", "nan", "1")
-    if int(code) != 0:
-        raise SystemExit(f"failed: {' '.join(argv)}")
-    return float(wall), float(cpu)
+    """(wall seconds, CPU seconds: user + system) of ``argv`` run to completion.
+
+    Spawned from this process and reaped with ``wait4`` (its CPU alone; no wrapper
+    interpreter: one started with ``-I -S`` to skip the site hooks found no
+    site-packages on some interpreters, and a child's failure then said nothing)."""
+    with tempfile.TemporaryFile() as err:
+        actions = [(os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+                   (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]  # fmt: skip
+        t0 = time.perf_counter()
+        pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            raise SystemExit(f"failed: {' '.join(argv)}: {lines[-1] if lines else 'no message'}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def _inproc(fn, rounds: int) -> tuple[float, float]:
@@ -159,6 +162,7 @@ def main() -> None:
     import simplejpeg
 
     from convcli import native
+    from convcli.io import read_jpeg_subsampling
     from convcli.runinfo import RunInfo
 
     pyvips.cache_set_max(0)
@@ -170,6 +174,7 @@ def main() -> None:
             im.crop(0, y, im.width, min(256, im.height - y)).write_to_memory()
 
     samples = simplejpeg.decode_jpeg(blob)
+    sub = read_jpeg_subsampling(src) or "444"  # what convcli writes: the input's
     g = np.exp(-0.5 * (np.arange(-11, 12) / 3.0) ** 2)
     k = (np.outer(g, g) / np.outer(g, g).sum()).astype(np.float32)
     strip = np.ascontiguousarray(np.pad(samples[: 96 + 22], ((0, 0), (11, 11), (0, 0)), "edge"))
@@ -184,8 +189,8 @@ def main() -> None:
         "decode: simplejpeg whole (same samples)": _inproc(
             lambda: simplejpeg.decode_jpeg(blob), args.rounds
         ),
-        "encode: libjpeg-turbo q95 4:4:4 whole": _inproc(
-            lambda: imagecodecs.jpeg8_encode(samples, level=95, subsampling="444", optimize=False),
+        f"encode: libjpeg-turbo q95 {sub} whole": _inproc(
+            lambda: imagecodecs.jpeg8_encode(samples, level=95, subsampling=sub, optimize=False),
             args.rounds,
         ),
     }
@@ -209,7 +214,7 @@ def main() -> None:
     # time (a busy machine stretches the wall time, not the CPU time)
     prefix = cpu("convcli's imports before decoding")
     decode = parts["decode: libvips in 256-row strips"][1]
-    encode = parts["encode: libjpeg-turbo q95 4:4:4 whole"][1]
+    encode = parts[f"encode: libjpeg-turbo q95 {sub} whole"][1]
     ocl = float(start[1]) + parts[f"filter: native opencl, {strips} strips of 96 rows"][1]
     npy = parts[f"filter: native numpy, {strips} strips of 96 rows"][1]
     rest = decode + encode + min(ocl, npy)

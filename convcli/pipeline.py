@@ -14,7 +14,9 @@ samples).
 
 Three threads overlap per image: one gathers and converts strip i+1, the caller's
 convolves strip i, and one maps and encodes strip i-1; bounded queues (and a pool of
-:data:`BUFFERS` input buffers) keep at most a few strips in flight. The output is
+:data:`BUFFERS` input buffers) keep at most a few strips in flight. While OpenCL starts
+on a thread of its own (the native step's first use in the process), a source that
+decodes ahead goes on decoding, up to :data:`READ_AHEAD_BYTES`. The output is
 published atomically (:func:`convcli.io.publish.publish`): an error or an interrupt in
 any stage leaves no file.
 
@@ -75,6 +77,13 @@ HALO_FACTOR = 4
 # 128), while every row more in each strip in flight is memory (the gigapixel TIFF
 # peaked at 260 MiB with 32-row strips, 289 with 64, 358 with 128).
 NATIVE_OPENCL_ROWS = 64
+# While OpenCL starts beside the first strips (the native step's start-up on a thread
+# of its own: a few tenths of a second with nothing to filter yet), a source that can
+# decode ahead (:meth:`convcli.io.sources.VipsSource.read_ahead`) goes on decoding into
+# up to this many bytes of rows instead of waiting for a strip buffer to come back, so
+# that the decode overlaps the start instead of following it. Only without a memory
+# limit (the budget prices the source's held_bytes).
+READ_AHEAD_BYTES = 96 * 2**20
 # How long a blocked queue waits before it looks whether the other side has failed.
 _POLL_S = 0.1
 
@@ -455,7 +464,17 @@ class _Stop:
             except queue.Full:
                 continue
 
-    def get(self, q: queue.Queue) -> object:
+    def get(self, q: queue.Queue, idle: Callable[[], bool] | None = None) -> object:
+        """The next item of ``q``; while there is none, ``idle()`` is called as long as
+        it returns True (it did some work), then the wait begins."""
+        while idle is not None:
+            if self.event.is_set():
+                raise Aborted()
+            try:
+                return q.get_nowait()
+            except queue.Empty:
+                if not idle():
+                    break
         while True:
             if self.event.is_set():
                 raise Aborted()
@@ -657,6 +676,24 @@ class ImageJob:
         for _ in range(BUFFERS):
             free.put(np.empty(flat, src_info.dtype if step is not None else np.float32))
         ready: queue.Queue = queue.Queue(BUFFERS)
+        # OpenCL starts on a thread of its own (below): the source decodes ahead meanwhile
+        warming = (
+            step is not None and native_backend != "numpy" and started_opencl(engine.device) is None
+        )
+        ahead = threading.Event()
+        read_ahead = getattr(self.source, "read_ahead", None)
+        if warming and conv_memory is None and read_ahead is not None:
+            ahead.set()
+
+        def decode_ahead() -> bool:
+            if not ahead.is_set():
+                return False
+            t0 = time.perf_counter()
+            try:
+                return read_ahead(READ_AHEAD_BYTES)
+            finally:
+                self.run.read += time.perf_counter() - t0
+
         reader = RowReader(self.source, geo, self._reopen, name_of(self.src))
         kh, kw = spec.kh, spec.kw
         dh, dw = spec.dilation
@@ -668,7 +705,7 @@ class ImageJob:
             try:
                 with cnotes.collect(caught):
                     for k, (r0, r1) in enumerate(geo.strips()):
-                        buf = self.stop.get(free)
+                        buf = self.stop.get(free, decode_ahead)
                         t0 = time.perf_counter()
                         p0, p1 = geo.padded_rows(r0, r1)
                         used = buf[: channels * (p1 - p0) * geo.padded_width]
@@ -711,7 +748,7 @@ class ImageJob:
         producer = threading.Thread(target=produce, name="convcli-strips", daemon=True)
         producer.start()
         warm = None
-        if step is not None and native_backend != "numpy" and started_opencl(engine.device) is None:
+        if warming:
             shape = (geo.padded_rows(0, min(rows, spec.h_out))[1], geo.padded_width, channels)
             warm = _Warm(self, step, shape, native_backend, engine.device,
                          len(geo.strips()) * max(1, self.images_ahead))  # fmt: skip
@@ -733,7 +770,10 @@ class ImageJob:
 
                 if step is not None:
                     if warm is not None:  # OpenCL started beside the first strip's read
-                        warm.join(self.run.info)
+                        try:
+                            warm.join(self.run.info)
+                        finally:
+                            ahead.clear()
                         warm = None
                     result, native_backend = self._native_strip(
                         conv_in,

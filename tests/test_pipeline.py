@@ -774,3 +774,48 @@ def test_native_strips_on_opencl_are_not_held_to_numpys_block_count(tmp_path, mo
     want = _stored(tmp_path / "numpy.png").astype(int)
     for backend in ("opencl", "auto"):  # auto: NumPy may run this small image
         assert np.abs(_stored(tmp_path / f"{backend}.png") - want).max() <= 1
+
+
+@pytest.mark.parametrize("limited", [False, True])
+def test_the_source_decodes_ahead_while_opencl_starts(tmp_path, monkeypatch, limited):
+    """While OpenCL starts on its thread, a sequential source goes on decoding (within
+    pipeline.READ_AHEAD_BYTES) instead of waiting for the strip buffers to come back;
+    not under a memory limit (the budget prices a few runs of rows). The file is the
+    one the same filter writes without any start to wait for."""
+    from convcli import native
+    from convcli.io import sources
+
+    if sources._pyvips() is None:
+        pytest.skip("pyvips does not load here")
+    src = _photo(tmp_path / "in.png", h=3 * sources._VIPS_ALIGN + 40, w=20)
+    filt = cbatch.Filter(weight=np.asarray(get_preset("gaussian:sigma=1.5").kernel, np.float32))
+    monkeypatch.setattr(pipeline, "started_opencl", lambda device=None: None)
+    monkeypatch.setattr(native, "choose_backend", lambda plan, device=None, strips=1: "numpy")
+    ahead = []
+    real_ahead = sources.VipsSource.read_ahead
+
+    def read_ahead(self, most_bytes):
+        done = real_ahead(self, most_bytes)
+        ahead.append(self._decoded)
+        return done
+
+    def prepare(*a, **k):  # OpenCL's start: done once the reader has gone ahead
+        for _ in range(200):
+            if ahead and ahead[-1] == src_h:
+                break
+            threading.Event().wait(0.01)
+        return "numpy"
+
+    src_h = 3 * sources._VIPS_ALIGN + 40
+    monkeypatch.setattr(sources.VipsSource, "read_ahead", read_ahead)
+    monkeypatch.setattr(native, "prepare", prepare)
+    out = cbatch.Output(bit_depth=16)
+    engine = cbatch.Engine("auto", max_memory=2**30 if limited else None)
+    _new(src, tmp_path / "new.png", filt, engine, out, strip_rows=16)
+    if limited:
+        assert ahead == []
+    else:
+        assert ahead and ahead[-1] == src_h  # every row decoded while the start ran
+    monkeypatch.undo()
+    _new(src, tmp_path / "np.png", filt, cbatch.Engine("numpy"), out, strip_rows=16)
+    assert (tmp_path / "new.png").read_bytes() == (tmp_path / "np.png").read_bytes()

@@ -148,3 +148,28 @@ def test_python_m_convcli_cli_still_runs_the_command():
         assert done.returncode == code, done.stderr
     assert done.stderr.startswith("convcli: error: Missing argument"), done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_the_command_shortens_openblas_spin_unless_set():
+    """OpenBLAS (loaded with NumPy) reads OPENBLAS_THREAD_TIMEOUT when it starts its
+    threads: the command sets it before anything imports NumPy, and a value the user
+    set stays."""
+    script = (
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'),"
+        " 'numpy' in sys.modules))\n"
+        "sys.argv = ['convcli', 'presets', 'list']\n"
+        "from convcli.cli import console_main\n"
+        "console_main()\n"
+    )
+    from convcli.cli.group import BLAS_SPIN
+
+    for given, want in ((None, BLAS_SPIN[1]), ("28", "28")):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+        if given is not None:
+            env["OPENBLAS_THREAD_TIMEOUT"] = given
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1].split() == [want, "True"]

@@ -255,6 +255,41 @@ def test_sequential_contract(opened, tmp_path):
 
 
 @vips_only
+@pytest.mark.parametrize("orientation", [1, 2])
+def test_rows_decoded_ahead_are_the_rows_read(opened, tmp_path, orientation):
+    """read_ahead between reads (several runs of rows held, within the byte bound it is
+    given) changes no row read_rows returns, within a run or across runs, and forward
+    skips still work."""
+    from convcli.io import sources
+
+    h, w = 3 * sources._VIPS_ALIGN + 77, 24
+    rng = np.random.default_rng(3)
+    base = PILImage.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "tall.jpg"
+    base.save(path, quality=90, exif=exif)
+    want = cio.read_image(path, max_pixels=None).data
+    run = sources._VIPS_ALIGN * w * 3
+    src = opened(path)
+    assert type(src).__name__ == "VipsSource"
+    got = [src.read_rows(0, 5)]
+    assert src.read_ahead(2 * run)  # rows 256-511, the first run held as well
+    assert not src.read_ahead(2 * run)  # no room for a third
+    assert sum(r.nbytes for _, r in src._runs) <= 2 * run
+    got.append(src.read_rows(5, 300))  # across the two runs
+    assert src.read_ahead(10 * run)  # the rest
+    assert not src.read_ahead(10 * run)  # nothing left to decode
+    got.append(src.read_rows(300, 310))
+    got.append(np.zeros((520 - 310, w, 3), np.uint8))  # skipped
+    got.append(src.read_rows(520, h))
+    rows = np.concatenate(got).astype(np.float64) / 255
+    values = np.moveaxis(rows.astype(np.float32), -1, 0)
+    np.testing.assert_array_equal(values[:, :310], want[:, :310])
+    np.testing.assert_array_equal(values[:, 520:], want[:, 520:])
+
+
+@vips_only
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_truncated_mid_stream(opened, tmp_path, suffix):
     """The header is fine, the data stops: read_rows says so, naming the file."""

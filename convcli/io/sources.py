@@ -25,6 +25,7 @@ import contextlib
 import os
 import re
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,10 @@ def _open_png(path: Path, max_pixels: int | None, decode: bool) -> Source | None
 # refuses a request that starts inside a strip it has passed; requests that start on a
 # multiple of this (a multiple of every such height) never do.
 _VIPS_ALIGN = 256
+# Runs :meth:`VipsSource.read_ahead` decodes at most in one call: each call is Python
+# around libvips, and while OpenCL starts beside it (what reading ahead is for) every
+# return to Python waits for the other thread's hold on the interpreter lock.
+_AHEAD_RUNS = 4
 
 
 class VipsSource:
@@ -193,7 +198,9 @@ class VipsSource:
 
     Rows are decoded in runs that start on multiples of ``_VIPS_ALIGN`` (``crop`` +
     ``write_to_memory``, on libvips' threads); the rows of a run beyond the ones asked
-    for are kept for the next call."""
+    for are kept for the next call, in the run's own buffer: rows within one run are
+    handed out as a view, rows across runs as one copy of those rows.
+    :meth:`read_ahead` decodes the next run before it is asked for."""
 
     sequential = True
     #: a JPEG opened to fail on libjpeg's warnings: opens it again to fail only on
@@ -216,8 +223,10 @@ class VipsSource:
         # progressive JPEG's decoder holds the whole image's coefficients
         rows = info.height if interlaced else min(info.height, 3 * _VIPS_ALIGN)
         self.held_bytes = rows * row
-        self._carry = np.empty((0, info.width, info.channels), info.dtype)
-        self._carry_y0 = 0  # the row self._carry starts at; it ends at the decoded row
+        self._row_bytes = row
+        # decoded runs not given out whole yet: (first row, rows), in order, contiguous
+        self._runs: deque[tuple[int, np.ndarray]] = deque()
+        self._decoded = 0  # the row after the last one decoded
 
     def _decode(self, y0: int, y1: int) -> np.ndarray:
         import pyvips
@@ -262,25 +271,51 @@ class VipsSource:
                 f"sequential source: rows {y0}:{y1} asked for after row {self._next} "
                 "(keep the rows needed again)"
             )
-        carry, c0 = self._carry, self._carry_y0
-        decoded = c0 + carry.shape[0]
-        if y1 > decoded:
-            start = max(decoded, y0 - y0 % _VIPS_ALIGN)  # skip whole runs not asked for
+        runs = self._runs
+        if y1 > self._decoded:
+            start = max(self._decoded, y0 - y0 % _VIPS_ALIGN)  # skip whole runs not asked for
             end = min(-(-y1 // _VIPS_ALIGN) * _VIPS_ALIGN, info.height)
-            fresh = self._decode(start, end)
-            kept = carry[max(y0 - c0, 0) :] if start == decoded else carry[:0]
-            if kept.shape[0]:
-                carry, c0 = np.concatenate([kept, fresh]), max(y0, c0)
-            else:
-                carry, c0 = fresh, start
-        rows = carry[y0 - c0 : y1 - c0]
-        self._carry, self._carry_y0 = carry[y1 - c0 :], y1
+            if start > self._decoded:
+                runs.clear()
+            runs.append((start, self._decode(start, end)))
+            self._decoded = end
+        while runs and runs[0][0] + runs[0][1].shape[0] <= y0:
+            runs.popleft()
+        pieces = []
+        for r0, run in runs:
+            if r0 >= y1:
+                break
+            pieces.append(run[max(y0 - r0, 0) : y1 - r0])
+        while runs and runs[0][0] + runs[0][1].shape[0] <= y1:
+            runs.popleft()
         self._next = y1
+        if len(pieces) == 1:
+            rows = pieces[0]
+        elif pieces:
+            rows = np.concatenate(pieces)
+        else:
+            rows = np.empty((0, info.width, info.channels), info.dtype)
         return rows[:, ::-1] if self._mirror else rows
+
+    def read_ahead(self, most_bytes: int) -> bool:
+        """Decode the next runs of rows (a few) now, before they are asked for, as far
+        as the runs held stay within ``most_bytes``; False where there is none left to
+        decode or no room."""
+        info = self.info
+        if self._image is None or self._decoded >= info.height:
+            return False
+        held = sum(run.nbytes for _, run in self._runs)
+        runs = min(_AHEAD_RUNS, (most_bytes - held) // (_VIPS_ALIGN * self._row_bytes))
+        if runs < 1:
+            return False
+        end = min(self._decoded + runs * _VIPS_ALIGN, info.height)
+        self._runs.append((self._decoded, self._decode(self._decoded, end)))
+        self._decoded = end
+        return True
 
     def close(self) -> None:
         self._image = None
-        self._carry = self._carry[:0]
+        self._runs.clear()
 
 
 # libjpeg warnings after which every pixel is still decoded: bytes between markers (some
