@@ -271,6 +271,17 @@ class Settings:
     # ms, 128->128 3x3 s2 56^2 22.6 vs 28.5; on 7^2 outputs at N=8 (2 MB) the same,
     # 11.2 vs 11.3. Below it the blocks give the small launches their work-groups.
     dense_flat_inner_bytes: int = 1 << 20
+    # In that order, work-groups wanted per compute unit at least: a chunk's blocks are
+    # split over several work-groups where the chunks alone are fewer (dense_flat.
+    # inner_local). Nine chunks of 32 blocks (resnet50's 512->512 3x3 s2 14^2 at N=8)
+    # left one of two threads idle for the ninth: kernel ms, min of 30, one process
+    # alternating, busy machine, blocks a work-group 32 (one chunk) against 16: that
+    # layer 11.06 vs 10.01 (8: 10.00, 4: 9.94), resnet18's 256->512 3x3 s2 5.32 vs
+    # 4.76 (8: 4.78), convnext's 384->768 2x2 s2 (48 blocks) 5.64 vs 5.10 (24: 5.05,
+    # 12: 4.99, 8: 4.91); process CPU time within noise.
+    dense_flat_inner_groups: int = 8
+    # Blocks a work-group in that order, overriding the split (None: choose).
+    dense_flat_inner_items: int | None = None
 
     # ---- pointwise GEMM (pointwise)
     # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
