@@ -1093,6 +1093,29 @@ def test_winograd_chunks_are_bit_identical(winograd, ocl, tune):
     np.testing.assert_array_equal(rows, whole)
 
 
+@pytest.mark.parametrize("budget, even", [(8, 7), (15, 11)])
+def test_winograd_even_chunks(ocl, tune, budget, even):
+    # chunks of equal row counts, as many as full ones of the budget would be (3 images
+    # of 7 tile rows: 21 rows in chunks of 8 -> 3 chunks of 7; of 15 -> 2 of 11 and 10);
+    # each tile is computed as in one chunk, and as the naive reference
+    from convcli.backends.opencl import winograd as wino
+
+    tune(ocl, winograd=True, wino_whole=False, wino_fused=False)
+    x, w, b = rng_arrays(24, (3, 8, 13, 21), (16, 8, 3, 3))
+    whole, ref, _ = fast(ocl, x, w, b, padding=1)
+    assert_close(whole, ref, "float32")
+    spec = make_spec(x, w, b, padding=1)
+    geo = wino._split(spec, ocl.is_cpu, ocl.settings)[0]
+    assert geo["chunk"] == 21
+    row_bytes = 16 * 4 * geo["tw"] * (spec.c_in + geo["kp"])
+    tune(ocl, wino_chunk_bytes=budget * row_bytes)
+    full = replace(ocl.settings, wino_even_chunks=False)
+    assert wino._split(spec, ocl.is_cpu, full)[0]["chunk"] == budget
+    assert wino._split(spec, ocl.is_cpu, ocl.settings)[0]["chunk"] == even
+    chunked, _, _ = fast(ocl, x, w, b, padding=1)
+    np.testing.assert_array_equal(chunked, whole)
+
+
 def test_winograd_row_bands_from_even_rows_are_bit_identical(winograd, ocl):
     # a band of output rows that starts at an even row (its input rows and halo passed
     # as a smaller image, as tiled calls do) computes every 2x2 tile exactly as the

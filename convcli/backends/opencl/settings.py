@@ -362,6 +362,9 @@ class Settings:
     wino_min_ratio: float = 10.0
     # Bytes of transformed input and GEMM output planes per chunk of tile rows.
     wino_chunk_bytes: int = 8 << 20
+    # Chunks of equal row counts (as many as the budget needs) rather than full ones
+    # and a short last one.
+    wino_even_chunks: bool = True
     # (KB output channels, XV float8 vectors of 8 tiles) per GEMM work-item; None =
     # the rule in winograd._tile.
     wino_tile: tuple[int, int] | None = None
