@@ -284,10 +284,14 @@ class Settings:
     dense_flat_inner_items: int | None = None
 
     # ---- pointwise GEMM (pointwise)
-    # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
-    # group ran 1.7-2.1 ms against 1.5-1.7 (N=8 64->64 56x56), and 14x14 planes
-    # 1.27-1.39 ms against 1.12-1.14 (N=8 256->256 and 512->128).
-    pointwise_min_cin: int = 128
+    # From these sizes on. Below them dense_gemm measured faster: 14x14 planes 1.27-1.39
+    # ms against 1.12-1.14 (N=8 256->256 and 512->128). From 64 input channels (was
+    # 128: 64->64 56^2 at N=8 ran 1.7-2.1 ms against 1.5-1.7 then): kernel ms, min of
+    # 30-42, one process alternating, dense_gemm against pointwise, N=8: resnet50's
+    # 64->256 56^2 5.40 vs 4.42 (CPU 11.2 vs 9.2; busier runs 5.68 vs 5.38, 5.86 vs
+    # 5.59), 64->64 56^2 1.34 vs 1.33, 1.32 vs 1.15 (CPU 2.76 vs 2.47); efficientnet_b0's
+    # 96->24 56^2 0.83 vs 0.65; N=1 64->256 0.65 vs 0.52, 64->64 0.16 vs 0.14.
+    pointwise_min_cin: int = 64
     pointwise_min_pixels: int = 1024
     # Output channels x float8 pixel vectors per item: 6 x 2 (12 accumulators of 16 ymm
     # registers) ran W8 in 8.8-9.4 ms; 4 x 2 in 9.6-11.1, 8 x 1 in 10.3, 4 x 3 in 13.7.
