@@ -604,6 +604,25 @@ def test_dense_gemm_matches_naive(ocl, tune, mode, cin, cout, groups, k, stride,
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("unchunked", [4, 0])
+def test_dense_gemm_stem_in_one_chunk(ocl, tune, unchunked):
+    # a stem (3 input channels, 7x7 s2 p3, 40 output channels: blocks of 32 whose
+    # 19 KB of weights exceed the L1 budget) runs without input-channel chunks and
+    # strips, or (for the comparison) in chunks of 2 and 1 channels
+    from convcli.backends.opencl import gemm as dense
+
+    tune(ocl, winograd=False, dense_flat=False, dense_unchunked_max_cin=unchunked)
+    x, w, b = rng_arrays(8, (2, 3, 23, 21), (40, 3, 7, 7))
+    spec = make_spec(x, w, b, stride=2, padding=3)
+    d = dense.dense_defines(spec, ocl.is_cpu, ocl.settings)
+    if unchunked or not ocl.is_cpu:
+        assert (d["STRIP"], d["CI_CHUNK"]) == (1, 3)
+    else:
+        assert (d["STRIP"], d["CI_CHUNK"]) == (6, 2)
+    out = opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+
+
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 @pytest.mark.parametrize(
     "cin, cout, groups, k, stride, dilation, padding, wd",

@@ -138,13 +138,16 @@ def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tu
 
     A block's weights (C_in/groups x taps x COB float8) stream from L2 once per item;
     when they exceed L1, an item takes a strip of column groups and walks the input
-    channels in chunks whose weights stay in L1 for the whole strip. CPUs only (``cpu``):
+    channels in chunks whose weights stay in L1 for the whole strip (not for layers of
+    at most ``settings.dense_unchunked_max_cin`` input channels). CPUs only (``cpu``):
     the strip's partial sums (``part[STRIP][COB][XB]``, up to 2 KB per item) are private
     memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
     """
     per_ci = spec.kh * spec.kw * cob * 32
     l1 = s.dense_l1_bytes_1x1 if spec.kh * spec.kw == 1 else s.dense_l1_bytes
     chunks = math.ceil(spec.cin_g * per_ci / l1)
+    if spec.cin_g <= s.dense_unchunked_max_cin:
+        chunks = 1  # an image's few channels (a stem): see the setting
     groups = math.ceil(spec.w_out / xb)
     wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
     strip = s.dense_strip if s.dense_strip is not None else wanted

@@ -211,6 +211,12 @@ class Settings:
     # lost (512->512 14^2 26.4 vs 25.2; resnet18's 256->512 12.8 vs 11.4 in processes).
     dense_l1_bytes: int = 16 * 1024
     dense_l1_bytes_1x1: int = 8 * 1024
+    # Layers of at most this many input channels per group (an image's: the stems) are
+    # not split into chunks however large their kernel: resnet's 3->64 7x7 s2 stem (19
+    # KB of weights a block) ran in chunks of 2 and 1 channels with strips of 8 column
+    # pairs, each chunk's partial sums stored and reloaded. One thread's CPU ms at N=8,
+    # min of 18: 23.6 -> 21.1 (two threads: 23.7 -> 22.4).
+    dense_unchunked_max_cin: int = 4
     # Items per work-group wanted for dense_gemm items of one channel vector (grouped
     # layers of 8 channels per group: 4 columns x 8 channels, a few thousand
     # multiply-adds each), several rows per group (Runtime.enqueue_rows' fill_to);
