@@ -22,6 +22,12 @@ class Settings:
     # launch, and on CPUs the size barely matters.
     direct_local: tuple[int, int, int] = (8, 4, 1)
 
+    # ---- packed weights met again (Runtime.packed_weights)
+    # Served on a 64-value sample's match, the full comparison with their record run
+    # while the kernels run (Runtime.defer_weight_checks; the run is done again if it
+    # finds a change) rather than before the launches, with the device idle.
+    late_weight_checks: bool = True
+
     # ---- launches along output rows (Runtime.enqueue_rows)
     # Work-items per work-group wanted along the width (the runtime shrinks it to what
     # the device and kernel allow): 64, or the next power of two above the row's item
