@@ -1059,6 +1059,38 @@ def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kern
     assert opencl_plan.choose(spec, w)[0].kernel == kernel
 
 
+@pytest.mark.parametrize(
+    "cin, cout, hw, tile",
+    [
+        (96, 120, (13, 11), (3, 4)),  # blocks of 24 pad 120 channels least
+        (256, 1024, (14, 14), (3, 4)),  # resnet50's
+        (512, 128, (28, 28), (4, 2)),  # 144 against 128: 4 x 2 stays
+        (112, 112, (14, 14), (2, 4)),  # blocks of 16 (120 against 112)
+        (48, 288, (14, 14), (4, 2)),  # few input channels
+    ],
+)
+def test_dense_1x1_tile(ocl, cin, cout, hw, tile):
+    x = np.ones((8, cin, *hw), np.float32)
+    w = np.ones((cout, cin, 1, 1), np.float32)
+    spec = make_spec(x, w, None)
+    assert gemm.dense_1x1_blocking(spec, True, ocl.settings) == tile
+    assert gemm.dense_1x1_blocking(spec, False, ocl.settings) == gemm.dense_blocking(cout, DEFAULT)
+
+
+def test_dense_1x1_in_blocks_of_24(ocl, tune):
+    # the 3 x 4 tile on the flat 1x1 form: 3 images whose columns are not a multiple of
+    # 4, 120 output channels in five blocks of 24, input channels in chunks
+    tune(ocl, gemm1x1=False, dense_l1_bytes_1x1=2048)
+    x, w, b = rng_arrays(31, (3, 96, 13, 11), (120, 96, 1, 1))
+    spec = make_spec(x, w, b)
+    assert opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel == "dense_gemm"
+    d = gemm.dense_defines(spec, ocl.is_cpu, ocl.settings)
+    if ocl.is_cpu:
+        assert (d["COB"], d["XB"], d["NBLK"]) == (3, 4, 5) and d["CI_CHUNK"] < 96
+    out = opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+
+
 # ---------------------------------------------------------------- winograd (3x3 gemm)
 
 

@@ -78,16 +78,24 @@ def dense_1x1_blocking(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[int, int
     pad the output channels ``settings.dense_1x1_pad_ratio`` times as much or more (208
     channels: 224 against 208; 112: 128 against 112). The padded channels are wasted
     work; but each block reads the input again, which cost as much on few channels
-    (480->80 14^2: 3 blocks against 5)."""
+    (480->80 14^2: 3 blocks against 5). Before that, ``settings.dense_1x1_tile`` (3 x 4:
+    blocks of 24) replaces 4 x 2 where it pads the channels less than that ratio more
+    (256 channels: 264 against 256; not 128: 144), from ``dense_1x1_tile_min_cin``
+    input channels."""
     cob, xb = dense_blocking(spec.cout_g, s)
     flat = (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad)
     if not (cpu and flat and s.dense_tile is None and cob == 4):
         return cob, xb
     if spec.h * spec.w > s.dense_1x1_pad_pixels or spec.cout_g < s.dense_1x1_pad_min_cout:
         return cob, xb
-    pad32 = math.ceil(spec.cout_g / 32) * 32
+    padded = math.ceil(spec.cout_g / 32) * 32
+    if s.dense_1x1_tile is not None and spec.cin_g >= s.dense_1x1_tile_min_cin:
+        block = s.dense_1x1_tile[0] * 8
+        tiled = math.ceil(spec.cout_g / block) * block
+        if tiled < s.dense_1x1_pad_ratio * padded:
+            (cob, xb), padded = s.dense_1x1_tile, tiled
     pad16 = math.ceil(spec.cout_g / 16) * 16
-    return (2, 4) if pad32 >= s.dense_1x1_pad_ratio * pad16 else (cob, xb)
+    return (2, 4) if padded >= s.dense_1x1_pad_ratio * pad16 else (cob, xb)
 
 
 def copied_columns(spec: ConvSpec, s: Settings) -> bool:

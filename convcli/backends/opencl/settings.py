@@ -206,6 +206,19 @@ class Settings:
     # 1.36/1.35 -> 1.49/1.40; 240->80 a tie) nor at 6.7 % (240 and 480 channels:
     # 80->480 14^2 1.51 -> 1.56, 40->240 28^2 1.77 -> 1.83).
     dense_1x1_pad_ratio: float = 1.07
+    # Those layers' tile in place of 4 x 2 where its blocks pad the output channels
+    # less than dense_1x1_pad_ratio times as much (None: 4 x 2): 3 x 4, 12 accumulators
+    # with 3 weight loads and 4 broadcasts a step against 8 with 4 and 2. CPU ms, N=8,
+    # min of 15, one process alternating (busy machine), 4 x 2 against 3 x 4, one thread
+    # / two: resnet50's 256->1024 14^2 9.47 / 9.66 vs 8.46 / 9.18, 1024->256 8.93 /
+    # 9.03 vs 8.61 / 8.82, 1024->512 18.4 / 18.2 vs 17.1 / 17.5, 512->256 28^2 18.8 /
+    # 19.2 vs 18.5 / 18.2.
+    dense_1x1_tile: tuple[int, int] | None = (3, 4)
+    # From this many input channels per group: on 24-48 (mobilenet_v3_small's 24->96
+    # 28^2, 40->240 and 48->288 14^2) 3 x 4 lost 5-10 %; from 80 it tied or won
+    # (efficientnet_b0's 80->480 and 112->672 14^2 ties; shufflenet's 232->232 14^2
+    # 2.18 vs 1.92, regnet's 208->440 14^2 3.36 vs 3.17 ms CPU at N=8); N=1 within noise.
+    dense_1x1_tile_min_cin: int = 64
     dense_1x1_pad_pixels: int = 28 * 28
     dense_1x1_pad_min_cout: int = 96
     # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
