@@ -1062,7 +1062,8 @@ def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kern
 @pytest.mark.parametrize(
     "cin, cout, hw, tile",
     [
-        (96, 120, (13, 11), (3, 4)),  # blocks of 24 pad 120 channels least
+        (96, 120, (13, 17), (3, 4)),  # blocks of 24 pad 120 channels least
+        (96, 120, (13, 11), (4, 2)),  # a smaller map
         (256, 1024, (14, 14), (3, 4)),  # resnet50's
         (512, 128, (28, 28), (4, 2)),  # 144 against 128: 4 x 2 stays
         (112, 112, (14, 14), (2, 4)),  # blocks of 16 (120 against 112)
@@ -1077,11 +1078,24 @@ def test_dense_1x1_tile(ocl, cin, cout, hw, tile):
     assert gemm.dense_1x1_blocking(spec, False, ocl.settings) == gemm.dense_blocking(cout, DEFAULT)
 
 
+def test_dense_1x1_tile_on_column_copies():
+    # a 1x1 stride-2 layer's column copy takes the 1x1 layers' tile by the copy's map
+    def cob(cin, cout, hw):
+        x = np.ones((8, cin, hw, hw), np.float32)
+        w = np.ones((cout, cin, 1, 1), np.float32)
+        spec = make_spec(x, w, None, stride=2)
+        assert gemm.copied_columns(spec, DEFAULT)
+        return gemm.dense_defines(spec, True, DEFAULT)["COB"]
+
+    assert cob(512, 1024, 28) == 3  # onto 14^2
+    assert cob(1024, 2048, 14) == 4  # onto 7^2: 4 x 2 stays
+
+
 def test_dense_1x1_in_blocks_of_24(ocl, tune):
     # the 3 x 4 tile on the flat 1x1 form: 3 images whose columns are not a multiple of
     # 4, 120 output channels in five blocks of 24, input channels in chunks
     tune(ocl, gemm1x1=False, dense_l1_bytes_1x1=2048)
-    x, w, b = rng_arrays(31, (3, 96, 13, 11), (120, 96, 1, 1))
+    x, w, b = rng_arrays(31, (3, 96, 13, 17), (120, 96, 1, 1))
     spec = make_spec(x, w, b)
     assert opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel == "dense_gemm"
     d = gemm.dense_defines(spec, ocl.is_cpu, ocl.settings)

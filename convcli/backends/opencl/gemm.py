@@ -81,7 +81,7 @@ def dense_1x1_blocking(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[int, int
     (480->80 14^2: 3 blocks against 5). Before that, ``settings.dense_1x1_tile`` (3 x 4:
     blocks of 24) replaces 4 x 2 where it pads the channels less than that ratio more
     (256 channels: 264 against 256; not 128: 144), from ``dense_1x1_tile_min_cin``
-    input channels."""
+    input channels and ``dense_1x1_tile_min_pixels`` pixels a map."""
     cob, xb = dense_blocking(spec.cout_g, s)
     flat = (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad)
     if not (cpu and flat and s.dense_tile is None and cob == 4):
@@ -89,7 +89,8 @@ def dense_1x1_blocking(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[int, int
     if spec.h * spec.w > s.dense_1x1_pad_pixels or spec.cout_g < s.dense_1x1_pad_min_cout:
         return cob, xb
     padded = math.ceil(spec.cout_g / 32) * 32
-    if s.dense_1x1_tile is not None and spec.cin_g >= s.dense_1x1_tile_min_cin:
+    big = spec.cin_g >= s.dense_1x1_tile_min_cin and spec.h * spec.w >= s.dense_1x1_tile_min_pixels
+    if s.dense_1x1_tile is not None and big:
         block = s.dense_1x1_tile[0] * 8
         tiled = math.ceil(spec.cout_g / block) * block
         if tiled < s.dense_1x1_pad_ratio * padded:
@@ -181,7 +182,8 @@ def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
 
 def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     """The build defines of dense_gemm for ``spec``."""
-    cob, xb = dense_1x1_blocking(spec, cpu, s)
+    # a strided layer's column copy is a 1x1 layer: its tile is chosen as theirs
+    cob, xb = dense_1x1_blocking(dense_view(spec, s) if copied_columns(spec, s) else spec, cpu, s)
     spec = dense_view(spec, s)
     strip, chunk = dense_strip(spec, cob, xb, cpu, s)
     sizes = {}

@@ -219,6 +219,11 @@ class Settings:
     # (efficientnet_b0's 80->480 and 112->672 14^2 ties; shufflenet's 232->232 14^2
     # 2.18 vs 1.92, regnet's 208->440 14^2 3.36 vs 3.17 ms CPU at N=8); N=1 within noise.
     dense_1x1_tile_min_cin: int = 64
+    # and from this many pixels a map: the column copies of resnet's 1x1 stride-2
+    # layers (gemm.copied_columns) onto 28^2 and 14^2 took it (256->512 s2 56^2 CPU ms
+    # 24.6 -> 23.4, 512->1024 s2 28^2 20.8 -> 20.1 at N=8), those onto 7^2 lost
+    # (1024->2048 s2 14^2 21.1 -> 21.8, resnet18's 256->512 s2 14^2 1.56 -> 1.66).
+    dense_1x1_tile_min_pixels: int = 14 * 14
     dense_1x1_pad_pixels: int = 28 * 28
     dense_1x1_pad_min_cout: int = 96
     # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
