@@ -461,21 +461,20 @@ def _checked(rt, run, x, weight, bias, info: RunInfo, *more):
     """``run(rt, x, weight, bias, *more, info)`` (or a kept launch, ``run(x, weight,
     bias, info)``, without ``more``) with the packed weights' full comparison deferred
     until the kernels are queued (:meth:`Runtime.defer_weight_checks`), and run again
-    with fresh weights when it finds them changed."""
-    call = (
-        (lambda: run(rt, x, weight, bias, *more, info))
-        if more
-        else (lambda: run(x, weight, bias, info))
-    )
+    with fresh weights when it finds them changed. Weights of 64 KB or less (compared
+    in microseconds) run as they are."""
+    args = (rt, x, weight, bias, *more, info) if more else (x, weight, bias, info)
+    if weight.nbytes <= 1 << 16 or not rt.settings.late_weight_checks:
+        return run(*args)
     rt.defer_weight_checks()
     try:
-        out = call()
+        out = run(*args)
     except BaseException:
         rt.deferred_checks_held()
         raise
     if rt.deferred_checks_held():
         return out
-    return call()  # the weights changed in place since they were packed
+    return run(*args)  # the weights changed in place since they were packed
 
 
 def _replayable(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> bool:
