@@ -126,9 +126,7 @@ def same_values(kept: np.ndarray, given: np.ndarray) -> bool:
     if kept.nbytes <= 1 << 16:
         return kept.tobytes() == given.tobytes()  # one memcmp: 2 us, not array_equal's 7
     # a sample first: a cache holding several weights of one shape compares each
-    flat_kept, flat_given = kept.reshape(-1), given.reshape(-1)
-    step = flat_kept.size // 64
-    if not np.array_equal(flat_kept[::step], flat_given[::step]):
+    if not _sample_equal(kept, given):
         return False
     memcmp = _libc_memcmp()
     if memcmp is not None and kept.flags.c_contiguous and given.flags.c_contiguous:
@@ -136,6 +134,26 @@ def same_values(kept: np.ndarray, given: np.ndarray) -> bool:
         # array_equal's 430 (which writes a bool array and reads it again)
         return memcmp(kept.ctypes.data, given.ctypes.data, kept.nbytes) == 0
     return bool(np.array_equal(kept, given))
+
+
+def _sample_equal(kept: np.ndarray, given: np.ndarray) -> bool:
+    flat_kept, flat_given = kept.reshape(-1), given.reshape(-1)
+    step = max(1, flat_kept.size // 64)
+    return bool(np.array_equal(flat_kept[::step], flat_given[::step]))
+
+
+def sample_matches(kept: np.ndarray, given: np.ndarray) -> bool:
+    """Whether :func:`same_values` would compare ``kept`` and ``given`` in full (large
+    arrays of one shape and dtype, ``kept`` a copy) and 64 values spread over them
+    agree: a cache may then use what it derived from ``kept`` at once, provided it
+    calls :func:`same_values` before the result leaves it."""
+    return (
+        kept is not given
+        and kept.shape == given.shape
+        and kept.dtype == given.dtype
+        and kept.nbytes > 1 << 16
+        and _sample_equal(kept, given)
+    )
 
 
 _MEMCMP: list = []

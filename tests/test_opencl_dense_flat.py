@@ -163,3 +163,31 @@ def test_dense_flat_programs_are_predicted(ocl, monkeypatch, padding):
     out = backend.run(x, w, b, spec, info=RunInfo())
     assert sorted(built) == sorted((n, _defines_key(d)) for n, d in predicted)
     assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+
+
+@pytest.mark.parametrize("items", [1, 3, 5, None])
+def test_dense_flat_blocks_split_over_work_groups(ocl, tune, flat_runs, items):
+    # a pixel chunk's channel blocks over several work-groups (blocks first): splits that
+    # do not divide the 6 blocks (5: one work-group of 1), one block each, the rule's
+    # own; an odd pixel list (3 images of 5x4 outputs), uneven input-channel chunks
+    tune(ocl, dense_flat=True, dense_tile=(1, 4), dense_l1_bytes=1024)
+    tune(ocl, dense_flat_inner_bytes=0, dense_flat_inner_items=items)
+    x, w, b = arrays(11, (3, 9, 9, 8), (43, 9, 3, 3))
+    spec = make_spec(x, w, b, stride=2, padding=1)
+    assert "BLOCKS_INNER" in dense_flat.defines(spec, ocl.settings)
+    out = opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+    assert len(flat_runs) == 1
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+
+
+def test_dense_flat_inner_split_rule():
+    # resnet50's 512->512 3x3 s2 14^2 at N=8: 9 pixel chunks of 32 blocks on 2 compute
+    # units: 18 work-groups of 16 blocks, not 9 of 32; many chunks keep whole ones
+    assert dense_flat.inner_local(32, 9, 2, DEFAULT) == 16
+    assert dense_flat.inner_local(48, 9, 2, DEFAULT) == 24  # convnext's 384->768
+    assert dense_flat.inner_local(24, 33, 2, DEFAULT) == 24  # 192->384 2x2 s2 28^2
+    assert dense_flat.inner_local(128, 40, 1, DEFAULT) == 64  # at most 64
+    assert dense_flat.inner_local(3, 1, 16, DEFAULT) == 1  # no fewer than one block
+    forced = replace(DEFAULT, dense_flat_inner_items=5)
+    assert dense_flat.inner_local(32, 9, 2, forced) == 5
+    assert dense_flat.inner_local(3, 9, 2, forced) == 3

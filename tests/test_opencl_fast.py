@@ -604,6 +604,25 @@ def test_dense_gemm_matches_naive(ocl, tune, mode, cin, cout, groups, k, stride,
     assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("unchunked", [4, 0])
+def test_dense_gemm_stem_in_one_chunk(ocl, tune, unchunked):
+    # a stem (3 input channels, 7x7 s2 p3, 40 output channels: blocks of 32 whose
+    # 19 KB of weights exceed the L1 budget) runs without input-channel chunks and
+    # strips, or (for the comparison) in chunks of 2 and 1 channels
+    from convcli.backends.opencl import gemm as dense
+
+    tune(ocl, winograd=False, dense_flat=False, dense_unchunked_max_cin=unchunked)
+    x, w, b = rng_arrays(8, (2, 3, 23, 21), (40, 3, 7, 7))
+    spec = make_spec(x, w, b, stride=2, padding=3)
+    d = dense.dense_defines(spec, ocl.is_cpu, ocl.settings)
+    if unchunked or not ocl.is_cpu:
+        assert (d["STRIP"], d["CI_CHUNK"]) == (1, 3)
+    else:
+        assert (d["STRIP"], d["CI_CHUNK"]) == (6, 2)
+    out = opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+
+
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 @pytest.mark.parametrize(
     "cin, cout, groups, k, stride, dilation, padding, wd",
@@ -1026,7 +1045,8 @@ def test_pointwise_results_held_are_not_reused(pointwise, ocl):
     [
         (128, (56, 56), 1, 0, "pointwise"),  # W8
         (256, (32, 32), 1, 0, "pointwise"),
-        (64, (56, 56), 1, 0, "dense_gemm"),  # too few input channels to pay
+        (64, (56, 56), 1, 0, "pointwise"),  # resnet50's 64->256 56^2
+        (32, (56, 56), 1, 0, "dense_gemm"),  # too few input channels to pay
         (256, (14, 14), 1, 0, "dense_gemm"),  # too few pixels
         (128, (56, 56), 2, 0, "dense_gemm"),  # strided
         (128, (56, 56), 1, 1, "dense_gemm"),  # padded
@@ -1037,6 +1057,52 @@ def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kern
     w = np.ones((64, cin, 1, 1), np.float32)
     spec = make_spec(x, w, None, stride=stride, padding=padding)
     assert opencl_plan.choose(spec, w)[0].kernel == kernel
+
+
+@pytest.mark.parametrize(
+    "cin, cout, hw, tile",
+    [
+        (96, 120, (13, 17), (3, 4)),  # blocks of 24 pad 120 channels least
+        (96, 120, (13, 11), (4, 2)),  # a smaller map
+        (256, 1024, (14, 14), (3, 4)),  # resnet50's
+        (512, 128, (28, 28), (4, 2)),  # 144 against 128: 4 x 2 stays
+        (112, 112, (14, 14), (2, 4)),  # blocks of 16 (120 against 112)
+        (48, 288, (14, 14), (4, 2)),  # few input channels
+    ],
+)
+def test_dense_1x1_tile(ocl, cin, cout, hw, tile):
+    x = np.ones((8, cin, *hw), np.float32)
+    w = np.ones((cout, cin, 1, 1), np.float32)
+    spec = make_spec(x, w, None)
+    assert gemm.dense_1x1_blocking(spec, True, ocl.settings) == tile
+    assert gemm.dense_1x1_blocking(spec, False, ocl.settings) == gemm.dense_blocking(cout, DEFAULT)
+
+
+def test_dense_1x1_tile_on_column_copies():
+    # a 1x1 stride-2 layer's column copy takes the 1x1 layers' tile by the copy's map
+    def cob(cin, cout, hw):
+        x = np.ones((8, cin, hw, hw), np.float32)
+        w = np.ones((cout, cin, 1, 1), np.float32)
+        spec = make_spec(x, w, None, stride=2)
+        assert gemm.copied_columns(spec, DEFAULT)
+        return gemm.dense_defines(spec, True, DEFAULT)["COB"]
+
+    assert cob(512, 1024, 28) == 3  # onto 14^2
+    assert cob(1024, 2048, 14) == 4  # onto 7^2: 4 x 2 stays
+
+
+def test_dense_1x1_in_blocks_of_24(ocl, tune):
+    # the 3 x 4 tile on the flat 1x1 form: 3 images whose columns are not a multiple of
+    # 4, 120 output channels in five blocks of 24, input channels in chunks
+    tune(ocl, gemm1x1=False, dense_l1_bytes_1x1=2048)
+    x, w, b = rng_arrays(31, (3, 96, 13, 17), (120, 96, 1, 1))
+    spec = make_spec(x, w, b)
+    assert opencl_plan.choose(spec, w, settings=ocl.settings)[0].kernel == "dense_gemm"
+    d = gemm.dense_defines(spec, ocl.is_cpu, ocl.settings)
+    if ocl.is_cpu:
+        assert (d["COB"], d["XB"], d["NBLK"]) == (3, 4, 5) and d["CI_CHUNK"] < 96
+    out = opencl_plan.run(ocl, x, w, b, spec, algo="gemm", info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
 
 
 # ---------------------------------------------------------------- winograd (3x3 gemm)
@@ -1091,6 +1157,29 @@ def test_winograd_chunks_are_bit_identical(winograd, ocl, tune):
     rows, _, _ = fast(ocl, x, w, b, padding=1, padding_mode="reflect")
     assert_close(whole, ref, "float32")
     np.testing.assert_array_equal(rows, whole)
+
+
+@pytest.mark.parametrize("budget, even", [(8, 7), (15, 11)])
+def test_winograd_even_chunks(ocl, tune, budget, even):
+    # chunks of equal row counts, as many as full ones of the budget would be (3 images
+    # of 7 tile rows: 21 rows in chunks of 8 -> 3 chunks of 7; of 15 -> 2 of 11 and 10);
+    # each tile is computed as in one chunk, and as the naive reference
+    from convcli.backends.opencl import winograd as wino
+
+    tune(ocl, winograd=True, wino_whole=False, wino_fused=False)
+    x, w, b = rng_arrays(24, (3, 8, 13, 21), (16, 8, 3, 3))
+    whole, ref, _ = fast(ocl, x, w, b, padding=1)
+    assert_close(whole, ref, "float32")
+    spec = make_spec(x, w, b, padding=1)
+    geo = wino._split(spec, ocl.is_cpu, ocl.settings)[0]
+    assert geo["chunk"] == 21
+    row_bytes = 16 * 4 * geo["tw"] * (spec.c_in + geo["kp"])
+    tune(ocl, wino_chunk_bytes=budget * row_bytes)
+    full = replace(ocl.settings, wino_even_chunks=False)
+    assert wino._split(spec, ocl.is_cpu, full)[0]["chunk"] == budget
+    assert wino._split(spec, ocl.is_cpu, ocl.settings)[0]["chunk"] == even
+    chunked, _, _ = fast(ocl, x, w, b, padding=1)
+    np.testing.assert_array_equal(chunked, whole)
 
 
 def test_winograd_row_bands_from_even_rows_are_bit_identical(winograd, ocl):

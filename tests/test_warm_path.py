@@ -431,3 +431,45 @@ def test_a_one_pixel_1x1_layer_runs_as_a_host_matrix_product(n):
         xs = rng.standard_normal(shape).astype(np.float32)
         convcli.conv2d(xs, layer.weight, layer.bias, padding=pad, backend="opencl", info=info)
         assert not info.notices and info.timings["compute"] > 0
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("shape", [(48, 48, 3, 3), (160, 128, 1, 1)])
+def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
+    # large weights met again are served on a sample's match and compared in full
+    # while the kernels run (after the last launch is queued); a change the sample
+    # misses is still seen: the run is done again with the weights packed afresh
+    from convcli.backends.opencl import runtime
+
+    rng = np.random.default_rng(7)
+    _, cin, k, _ = shape
+    x = rng.standard_normal((2, cin, 9, 11)).astype(np.float32)
+    w = rng.standard_normal(shape).astype(np.float32)
+    pad = k // 2
+    assert w.nbytes > 1 << 16
+    convcli.conv2d(x, w, padding=pad, backend="opencl")
+    order = []
+    real_enqueue, real_same = runtime.Runtime.enqueue, runtime.same_values
+
+    def enqueue(self, *args, **kwargs):
+        order.append("launch")
+        return real_enqueue(self, *args, **kwargs)
+
+    def same(kept, given):
+        order.append("compare")
+        return real_same(kept, given)
+
+    monkeypatch.setattr(runtime.Runtime, "enqueue", enqueue)
+    monkeypatch.setattr(runtime, "same_values", same)
+    out = convcli.conv2d(x, w, padding=pad, backend="opencl")
+    assert_close(out, _ref(x, w, pad=pad), "float32")
+    assert "launch" in order and order[-1] == "compare" and order.count("compare") == 1
+    # one value that the 64-value sample skips (index 1), in place
+    w.reshape(-1)[1] += 3.0
+    order.clear()
+    out = convcli.conv2d(x, w, padding=pad, backend="opencl")
+    assert_close(out, _ref(x, w, pad=pad), "float32")
+    launches = order.count("launch")
+    assert launches >= 2 and launches % 2 == 0  # the run, then the run again
+    again = convcli.conv2d(x, w, padding=pad, backend="opencl")
+    np.testing.assert_array_equal(again, out)

@@ -92,6 +92,19 @@ def blocks_inner(spec: ConvSpec, s: Settings) -> bool:
     return 4 * spec.n * spec.c_in * padded.h_out * padded.w_out >= s.dense_flat_inner_bytes
 
 
+def inner_local(blocks: int, chunks: int, units: int, s: Settings) -> int:
+    """Channel blocks per work-group where a work-group takes the blocks of one pixel
+    chunk (:func:`blocks_inner`): at most 64, and few enough that the ``chunks`` x
+    blocks split give ``settings.dense_flat_inner_groups`` work-groups per compute unit
+    (``units``) where the blocks allow (``settings.dense_flat_inner_items`` overrides).
+    A work-group runs on one thread: nine of them on two threads left one thread idle
+    for a ninth of the kernel."""
+    if s.dense_flat_inner_items is not None:
+        return max(1, min(blocks, s.dense_flat_inner_items))
+    split = max(1, min(blocks, math.ceil(s.dense_flat_inner_groups * units / chunks)))
+    return min(64, math.ceil(blocks / split))
+
+
 def defines(spec: ConvSpec, s: Settings) -> dict[str, int]:
     """The build defines of dense_flat for ``spec``."""
     cob, xb = blocking(spec, s)
@@ -141,6 +154,8 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
     inner = blocks_inner(spec, rt.settings)
     if inner:
         gsize = (gsize[1], gsize[0], 1)
+        units = int(rt.device.max_compute_units)
+        local = (inner_local(gsize[0], gsize[1], units, rt.settings), 1, 1)
     sizes = [np.int32(v) for v in (spec.n, hp, wp, spec.h_out, spec.w_out)]
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
@@ -156,7 +171,7 @@ def run(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
         out, obuf = rt.output(shape, np.float32)
         args = [xbuf, wbuf, bbuf, obuf, *sizes]
         if inner:
-            events.append(rt.enqueue(kernel, gsize, (min(gsize[0], 64), 1, 1), args))
+            events.append(rt.enqueue(kernel, gsize, local, args))
         else:
             events.append(rt.enqueue_rows(kernel, gsize, args))
         return rt.collect(out, obuf, events, info)

@@ -78,16 +78,25 @@ def dense_1x1_blocking(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[int, int
     pad the output channels ``settings.dense_1x1_pad_ratio`` times as much or more (208
     channels: 224 against 208; 112: 128 against 112). The padded channels are wasted
     work; but each block reads the input again, which cost as much on few channels
-    (480->80 14^2: 3 blocks against 5)."""
+    (480->80 14^2: 3 blocks against 5). Before that, ``settings.dense_1x1_tile`` (3 x 4:
+    blocks of 24) replaces 4 x 2 where it pads the channels less than that ratio more
+    (256 channels: 264 against 256; not 128: 144), from ``dense_1x1_tile_min_cin``
+    input channels and ``dense_1x1_tile_min_pixels`` pixels a map."""
     cob, xb = dense_blocking(spec.cout_g, s)
     flat = (spec.kh, spec.kw, spec.stride) == (1, 1, (1, 1)) and not any(spec.pad)
     if not (cpu and flat and s.dense_tile is None and cob == 4):
         return cob, xb
     if spec.h * spec.w > s.dense_1x1_pad_pixels or spec.cout_g < s.dense_1x1_pad_min_cout:
         return cob, xb
-    pad32 = math.ceil(spec.cout_g / 32) * 32
+    padded = math.ceil(spec.cout_g / 32) * 32
+    big = spec.cin_g >= s.dense_1x1_tile_min_cin and spec.h * spec.w >= s.dense_1x1_tile_min_pixels
+    if s.dense_1x1_tile is not None and big:
+        block = s.dense_1x1_tile[0] * 8
+        tiled = math.ceil(spec.cout_g / block) * block
+        if tiled < s.dense_1x1_pad_ratio * padded:
+            (cob, xb), padded = s.dense_1x1_tile, tiled
     pad16 = math.ceil(spec.cout_g / 16) * 16
-    return (2, 4) if pad32 >= s.dense_1x1_pad_ratio * pad16 else (cob, xb)
+    return (2, 4) if padded >= s.dense_1x1_pad_ratio * pad16 else (cob, xb)
 
 
 def copied_columns(spec: ConvSpec, s: Settings) -> bool:
@@ -138,13 +147,16 @@ def dense_strip(spec: ConvSpec, cob: int, xb: int, cpu: bool, s: Settings) -> tu
 
     A block's weights (C_in/groups x taps x COB float8) stream from L2 once per item;
     when they exceed L1, an item takes a strip of column groups and walks the input
-    channels in chunks whose weights stay in L1 for the whole strip. CPUs only (``cpu``):
+    channels in chunks whose weights stay in L1 for the whole strip (not for layers of
+    at most ``settings.dense_unchunked_max_cin`` input channels). CPUs only (``cpu``):
     the strip's partial sums (``part[STRIP][COB][XB]``, up to 2 KB per item) are private
     memory, which spills to slow memory on GPUs, and their caches are not a CPU's L1.
     """
     per_ci = spec.kh * spec.kw * cob * 32
     l1 = s.dense_l1_bytes_1x1 if spec.kh * spec.kw == 1 else s.dense_l1_bytes
     chunks = math.ceil(spec.cin_g * per_ci / l1)
+    if spec.cin_g <= s.dense_unchunked_max_cin:
+        chunks = 1  # an image's few channels (a stem): see the setting
     groups = math.ceil(spec.w_out / xb)
     wanted = 1 if chunks <= 1 or not cpu else min(8, groups)
     strip = s.dense_strip if s.dense_strip is not None else wanted
@@ -170,7 +182,8 @@ def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
 
 def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     """The build defines of dense_gemm for ``spec``."""
-    cob, xb = dense_1x1_blocking(spec, cpu, s)
+    # a strided layer's column copy is a 1x1 layer: its tile is chosen as theirs
+    cob, xb = dense_1x1_blocking(dense_view(spec, s) if copied_columns(spec, s) else spec, cpu, s)
     spec = dense_view(spec, s)
     strip, chunk = dense_strip(spec, cob, xb, cpu, s)
     sizes = {}

@@ -365,7 +365,7 @@ def run(
     if hit is not None and hit[1] is s and _replayable(x, weight, bias):
         with backend.current(info):
             try:
-                out = hit[2](x, weight, bias, info)
+                out = _checked(backend, hit[2], x, weight, bias, info)
             except BaseException:
                 backend.replays.pop((spec, algo), None)  # the next run plans afresh
                 raise
@@ -408,34 +408,7 @@ def run(
             if plan.kernel == "fft_local":
                 # sets info.algo itself: "direct" where it fell back to direct taps
                 return fft_local.run(backend, xf, wf, bf, spec, algo=algo, info=info)
-            if plan.kernel == "direct_local" and plan.algo == "separable":
-                out = gpu.run_separable(backend, xf, bf, spec, factors, info)
-            elif plan.kernel == "direct_local":
-                out = gpu.run_local(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "gemm_local":
-                out = gpu.run_gemm(backend, xf, wf, bf, spec, info)
-            elif plan.algo == "separable":
-                out = separable.run(backend, xf, bf, spec, factors, info)
-            elif plan.kernel == "winograd" and winograd.whole(spec, backend.is_cpu, s):
-                out = winograd.run_whole(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "winograd":
-                out = winograd.run(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "dense_gemm":
-                out = gemm.run_dense(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "pointwise":
-                out = gemm.run_pointwise(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "gemm_1x1":
-                out = gemm.run_gemm1x1(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "dw_channels":
-                out = depthwise.run_channels(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "dw_blocks":
-                out = depthwise.run_blocks(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "dw_groups":
-                out = depthwise.run_groups(backend, xf, wf, bf, spec, info)
-            elif plan.kernel == "dw_wide":
-                out = depthwise.run_wide(backend, xf, wf, bf, spec, info)
-            else:
-                out = depthwise.run(backend, xf, wf, bf, spec, info)
+            out = _checked(backend, _family(plan), xf, wf, bf, info, spec, factors)
         except NoFit:
             return None  # auto or direct (all it serves): the generic kernel runs it
         except BuildFailed:
@@ -450,6 +423,58 @@ def run(
     info.algo = plan.algo
     _keep_replay(backend, spec, algo, plan, xf is x and wf is weight and bf is bias)
     return out
+
+
+def _family(plan: Plan):
+    """The run of ``plan``'s kernel family: ``f(rt, x, weight, bias, spec, factors,
+    info)``."""
+    kernel, algo = plan.kernel, plan.algo
+    if kernel == "direct_local" and algo == "separable":
+        return lambda rt, x, w, b, spec, factors, info: gpu.run_separable(
+            rt, x, b, spec, factors, info
+        )
+    if algo == "separable":
+        return lambda rt, x, w, b, spec, factors, info: separable.run(rt, x, b, spec, factors, info)
+    if kernel == "winograd":
+
+        def run_winograd(rt, x, w, b, spec, factors, info):
+            if winograd.whole(spec, rt.is_cpu, rt.settings):
+                return winograd.run_whole(rt, x, w, b, spec, info)
+            return winograd.run(rt, x, w, b, spec, info)
+
+        return run_winograd
+    run = {
+        "direct_local": gpu.run_local,
+        "gemm_local": gpu.run_gemm,
+        "dense_gemm": gemm.run_dense,
+        "pointwise": gemm.run_pointwise,
+        "gemm_1x1": gemm.run_gemm1x1,
+        "dw_channels": depthwise.run_channels,
+        "dw_blocks": depthwise.run_blocks,
+        "dw_groups": depthwise.run_groups,
+        "dw_wide": depthwise.run_wide,
+    }.get(kernel, depthwise.run)
+    return lambda rt, x, w, b, spec, factors, info: run(rt, x, w, b, spec, info)
+
+
+def _checked(rt, run, x, weight, bias, info: RunInfo, *more):
+    """``run(rt, x, weight, bias, *more, info)`` (or a kept launch, ``run(x, weight,
+    bias, info)``, without ``more``) with the packed weights' full comparison deferred
+    until the kernels are queued (:meth:`Runtime.defer_weight_checks`), and run again
+    with fresh weights when it finds them changed. Weights of 64 KB or less (compared
+    in microseconds) run as they are."""
+    args = (rt, x, weight, bias, *more, info) if more else (x, weight, bias, info)
+    if weight.nbytes <= 1 << 16 or not rt.settings.late_weight_checks:
+        return run(*args)
+    rt.defer_weight_checks()
+    try:
+        out = run(*args)
+    except BaseException:
+        rt.deferred_checks_held()
+        raise
+    if rt.deferred_checks_held():
+        return out
+    return run(*args)  # the weights changed in place since they were packed
 
 
 def _replayable(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> bool:

@@ -22,6 +22,12 @@ class Settings:
     # launch, and on CPUs the size barely matters.
     direct_local: tuple[int, int, int] = (8, 4, 1)
 
+    # ---- packed weights met again (Runtime.packed_weights)
+    # Served on a 64-value sample's match, the full comparison with their record run
+    # while the kernels run (Runtime.defer_weight_checks; the run is done again if it
+    # finds a change) rather than before the launches, with the device idle.
+    late_weight_checks: bool = True
+
     # ---- launches along output rows (Runtime.enqueue_rows)
     # Work-items per work-group wanted along the width (the runtime shrinks it to what
     # the device and kernel allow): 64, or the next power of two above the row's item
@@ -200,6 +206,24 @@ class Settings:
     # 1.36/1.35 -> 1.49/1.40; 240->80 a tie) nor at 6.7 % (240 and 480 channels:
     # 80->480 14^2 1.51 -> 1.56, 40->240 28^2 1.77 -> 1.83).
     dense_1x1_pad_ratio: float = 1.07
+    # Those layers' tile in place of 4 x 2 where its blocks pad the output channels
+    # less than dense_1x1_pad_ratio times as much (None: 4 x 2): 3 x 4, 12 accumulators
+    # with 3 weight loads and 4 broadcasts a step against 8 with 4 and 2. CPU ms, N=8,
+    # min of 15, one process alternating (busy machine), 4 x 2 against 3 x 4, one thread
+    # / two: resnet50's 256->1024 14^2 9.47 / 9.66 vs 8.46 / 9.18, 1024->256 8.93 /
+    # 9.03 vs 8.61 / 8.82, 1024->512 18.4 / 18.2 vs 17.1 / 17.5, 512->256 28^2 18.8 /
+    # 19.2 vs 18.5 / 18.2.
+    dense_1x1_tile: tuple[int, int] | None = (3, 4)
+    # From this many input channels per group: on 24-48 (mobilenet_v3_small's 24->96
+    # 28^2, 40->240 and 48->288 14^2) 3 x 4 lost 5-10 %; from 80 it tied or won
+    # (efficientnet_b0's 80->480 and 112->672 14^2 ties; shufflenet's 232->232 14^2
+    # 2.18 vs 1.92, regnet's 208->440 14^2 3.36 vs 3.17 ms CPU at N=8); N=1 within noise.
+    dense_1x1_tile_min_cin: int = 64
+    # and from this many pixels a map: the column copies of resnet's 1x1 stride-2
+    # layers (gemm.copied_columns) onto 28^2 and 14^2 took it (256->512 s2 56^2 CPU ms
+    # 24.6 -> 23.4, 512->1024 s2 28^2 20.8 -> 20.1 at N=8), those onto 7^2 lost
+    # (1024->2048 s2 14^2 21.1 -> 21.8, resnet18's 256->512 s2 14^2 1.56 -> 1.66).
+    dense_1x1_tile_min_pixels: int = 14 * 14
     dense_1x1_pad_pixels: int = 28 * 28
     dense_1x1_pad_min_cout: int = 96
     # Bytes of packed weights an input-channel chunk may take (half of a 32 KB L1), and
@@ -211,6 +235,12 @@ class Settings:
     # lost (512->512 14^2 26.4 vs 25.2; resnet18's 256->512 12.8 vs 11.4 in processes).
     dense_l1_bytes: int = 16 * 1024
     dense_l1_bytes_1x1: int = 8 * 1024
+    # Layers of at most this many input channels per group (an image's: the stems) are
+    # not split into chunks however large their kernel: resnet's 3->64 7x7 s2 stem (19
+    # KB of weights a block) ran in chunks of 2 and 1 channels with strips of 8 column
+    # pairs, each chunk's partial sums stored and reloaded. One thread's CPU ms at N=8,
+    # min of 18: 23.6 -> 21.1 (two threads: 23.7 -> 22.4).
+    dense_unchunked_max_cin: int = 4
     # Items per work-group wanted for dense_gemm items of one channel vector (grouped
     # layers of 8 channels per group: 4 columns x 8 channels, a few thousand
     # multiply-adds each), several rows per group (Runtime.enqueue_rows' fill_to);
@@ -271,12 +301,27 @@ class Settings:
     # ms, 128->128 3x3 s2 56^2 22.6 vs 28.5; on 7^2 outputs at N=8 (2 MB) the same,
     # 11.2 vs 11.3. Below it the blocks give the small launches their work-groups.
     dense_flat_inner_bytes: int = 1 << 20
+    # In that order, work-groups wanted per compute unit at least: a chunk's blocks are
+    # split over several work-groups where the chunks alone are fewer (dense_flat.
+    # inner_local). Nine chunks of 32 blocks (resnet50's 512->512 3x3 s2 14^2 at N=8)
+    # left one of two threads idle for the ninth: kernel ms, min of 30, one process
+    # alternating, busy machine, blocks a work-group 32 (one chunk) against 16: that
+    # layer 11.06 vs 10.01 (8: 10.00, 4: 9.94), resnet18's 256->512 3x3 s2 5.32 vs
+    # 4.76 (8: 4.78), convnext's 384->768 2x2 s2 (48 blocks) 5.64 vs 5.10 (24: 5.05,
+    # 12: 4.99, 8: 4.91); process CPU time within noise.
+    dense_flat_inner_groups: int = 8
+    # Blocks a work-group in that order, overriding the split (None: choose).
+    dense_flat_inner_items: int | None = None
 
     # ---- pointwise GEMM (pointwise)
-    # From these sizes on. Below them dense_gemm measured faster: 64 input channels per
-    # group ran 1.7-2.1 ms against 1.5-1.7 (N=8 64->64 56x56), and 14x14 planes
-    # 1.27-1.39 ms against 1.12-1.14 (N=8 256->256 and 512->128).
-    pointwise_min_cin: int = 128
+    # From these sizes on. Below them dense_gemm measured faster: 14x14 planes 1.27-1.39
+    # ms against 1.12-1.14 (N=8 256->256 and 512->128). From 64 input channels (was
+    # 128: 64->64 56^2 at N=8 ran 1.7-2.1 ms against 1.5-1.7 then): kernel ms, min of
+    # 30-42, one process alternating, dense_gemm against pointwise, N=8: resnet50's
+    # 64->256 56^2 5.40 vs 4.42 (CPU 11.2 vs 9.2; busier runs 5.68 vs 5.38, 5.86 vs
+    # 5.59), 64->64 56^2 1.34 vs 1.33, 1.32 vs 1.15 (CPU 2.76 vs 2.47); efficientnet_b0's
+    # 96->24 56^2 0.83 vs 0.65; N=1 64->256 0.65 vs 0.52, 64->64 0.16 vs 0.14.
+    pointwise_min_cin: int = 64
     pointwise_min_pixels: int = 1024
     # Output channels x float8 pixel vectors per item: 6 x 2 (12 accumulators of 16 ymm
     # registers) ran W8 in 8.8-9.4 ms; 4 x 2 in 9.6-11.1, 8 x 1 in 10.3, 4 x 3 in 13.7.
@@ -351,6 +396,9 @@ class Settings:
     wino_min_ratio: float = 10.0
     # Bytes of transformed input and GEMM output planes per chunk of tile rows.
     wino_chunk_bytes: int = 8 << 20
+    # Chunks of equal row counts (as many as the budget needs) rather than full ones
+    # and a short last one.
+    wino_even_chunks: bool = True
     # (KB output channels, XV float8 vectors of 8 tiles) per GEMM work-item; None =
     # the rule in winograd._tile.
     wino_tile: tuple[int, int] | None = None

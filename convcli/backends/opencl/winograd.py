@@ -129,6 +129,10 @@ def _split(spec: ConvSpec, cpu: bool, s: Settings) -> tuple[dict[str, int], list
     row_bytes = 16 * 4 * tw * (spec.c_in + (0 if one else spec.groups * kp))
     budget = min(s.wino_chunk_bytes, s.wino_fused_chunk_bytes) if one else s.wino_chunk_bytes
     chunk = max(1, min(spec.n * th, budget // row_bytes))
+    if s.wino_even_chunks:
+        # as many chunks, of even size: no short last chunk whose three launches keep
+        # few items for the device's threads
+        chunk = math.ceil(spec.n * th / math.ceil(spec.n * th / chunk))
     pp = math.ceil(chunk * tw / (8 * xv)) * 8 * xv
     # the image sizes and the chunk's row stride: arguments, or build defines with
     # settings.wino_split_fixed_sizes (a build per image size, batch size and chunk)
