@@ -857,6 +857,22 @@ def test_gemm_1x1_matches_naive(ocl, tune, n, cin, cout, groups, hw, tile, block
         assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("n, hw", [(1, (31, 41)), (2, (57, 29))])
+def test_gemm_1x1_takes_narrow_layers_on_larger_maps(ocl, n, hw):
+    # 40 output channels: dense_gemm's blocks of 32 pad them to 64, gemm_1x1's of 24 to
+    # 48; on maps up to 112^2 (odd sizes, columns of a strip across two images) the
+    # narrow layer runs gemm_1x1, exactly as the reference
+    from convcli.backends.numpy.reference import conv2d_direct
+
+    x, w, b = rng_arrays(54, (n, 24, *hw), (40, 24, 1, 1))
+    spec = make_spec(x, w, b)
+    assert spec.h * spec.w > 28 * 28
+    assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
+    out, _, info = _gemm1x1_run(ocl, x, w, b)
+    assert info.algo == ("gemm" if ocl.is_cpu else "")
+    assert_close(out, conv2d_direct(x, w, b, spec), "float32")
+
+
 def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
     # tiny L1 budget and strips: many input-channel chunks, each strip a column group
     # or two, partial sums carried across the chunks
@@ -907,7 +923,8 @@ def test_gemm_1x1_route():
     assert kernel(14) == "dense_gemm"  # 64 channels: both pad none
     w = np.zeros((40, 32, 1, 1), np.float32)  # dense_gemm 64, gemm_1x1 48: larger maps
     assert kernel(28) == "gemm_1x1"
-    assert kernel(29) == "dense_gemm"
+    assert kernel(112) == "gemm_1x1"
+    assert kernel(113) == "dense_gemm"
     w = np.zeros((64, 32, 1, 1), np.float32)
     assert kernel(7, stride=2) == "dense_gemm"
     assert kernel(7, padding=1) == "dense_gemm"

@@ -312,8 +312,13 @@ class Settings:
     # efficientnet_b0's 144->40 28^2 1.36 -> 1.07, 240->40 28^2 2.17 -> 1.70,
     # mobilenet_v3_small's 240->40 14^2 0.60 -> 0.47, 120->48 0.38 -> 0.28, 144->48
     # 0.41 -> 0.33, 96->40 0.35 -> 0.25 (where both pad alike the wider maps tied
-    # or lost, see above).
-    gemm1x1_narrow_pixels: int = 28 * 28
+    # or lost, see above). Up to 112^2 (it was 28^2): the four such layers of the cnn
+    # suite, N=1, wall median / process CPU min ms, 20 rounds alternating in one
+    # process (busy machine): mobilenet_v3_small's 16->72 56^2 0.44/0.37 -> 0.34/0.33,
+    # efficientnet_b0's 24->144 56^2 0.65/0.56 -> 0.58/0.55, regnet_y_400mf's 32->48
+    # 112^2 0.99/0.96 -> 0.80/0.79 and 48->48 56^2 0.46/0.50 -> 0.37/0.41; N=8 (8
+    # rounds) CPU min 1.73 -> 1.59, 4.24 -> 4.22, 7.05 -> 6.60, 2.38 -> 2.17.
+    gemm1x1_narrow_pixels: int = 112 * 112
     gemm1x1_narrow_ratio: float = 1.1
     # (COB, XB) override; None = gemm.gemm1x1_blocking's choice.
     gemm1x1_tile: tuple[int, int] | None = None
