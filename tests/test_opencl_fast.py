@@ -1497,32 +1497,3 @@ def test_second_process_uses_pocl_cache(ocl, tmp_path):
     assert all(float(err) < 2e-5 for _, err, _ in lines)
     if ocl.device.platform.name.startswith("Portable"):
         assert any((tmp_path / "kcache").rglob("*")), "PoCL wrote no cache entries"
-
-
-@pytest.mark.parametrize("min_groups", [0, 16])
-def test_dense_gemm_small_launch_takes_smaller_groups(tune, min_groups):
-    # a 1x1 layer's flat view of an odd map: 223 items an image in groups of 64 made 8
-    # groups for two images on the threaded device's threads; with dense_min_groups they
-    # shrink to 16 items (28 groups), and every output is the reference's
-    from convcli.backends.numpy.reference import conv2d_direct
-
-    be = fresh_backend(tune, inline_max_macs=0, dense_min_groups=min_groups)
-    if not be.is_cpu:
-        pytest.skip("the smaller groups are for CPU devices")
-    x, w, b = rng_arrays(61, (2, 40, 23, 29), (20, 40, 1, 1))
-    spec = make_spec(x, w, b)
-    assert opencl_plan.choose(spec, w, settings=be.settings)[0].kernel == "dense_gemm"
-    assert be.runtime_for(spec) is be
-    locals_seen = []
-    enqueue = be.enqueue
-
-    def spy(kernel, gsize, local, args, info=None):
-        locals_seen.append((kernel.function_name, tuple(gsize), tuple(local)))
-        return enqueue(kernel, gsize, local, args, info)
-
-    be.enqueue = spy
-    out = opencl_plan.run(be, x, w, b, spec, algo="auto", info=RunInfo())
-    assert_close(out, conv2d_direct(x, w, b, spec), "float32")
-    ((name, gsize, local),) = locals_seen
-    assert name == "dense_gemm" and gsize == (223, 1, 2)
-    assert local[0] == (16 if min_groups else 64)

@@ -173,7 +173,6 @@ class OpenCLBackend(Runtime):
         # driver): the build index's records stay this device's
         rt.fingerprint, rt.request = self.fingerprint, self.request
         rt.device_name = self.device_name
-        rt.inline = True
         self._inline = rt
         return rt
 

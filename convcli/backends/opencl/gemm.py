@@ -230,8 +230,6 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
     sizes = [*map(np.int32, _dense_sizes(spec))]
     # one channel vector per item (narrow groups) is little work: rows share a group
     fill = rt.settings.dense_narrow_items if cob == 1 else 0
-    # (the inline device runs every group on one thread: nothing to balance)
-    few = rt.settings.dense_min_groups if rt.is_cpu and not rt.inline else 0
 
     def launch(x, weight, bias, info: RunInfo) -> np.ndarray:
         xbuf = rt.input_buffer(x, info)
@@ -246,7 +244,7 @@ def run_dense(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.nda
         wbuf, bbuf = rt.packed_weights(_pack_dense, weight, bias, spec, cob, info)
         out, obuf = rt.output(shape, np.float32)
         args = [xbuf, wbuf, bbuf, rmap, cmap, obuf, *sizes]
-        events.append(rt.enqueue_rows(kernel, gsize, args, fill_to=fill, min_groups=few))
+        events.append(rt.enqueue_rows(kernel, gsize, args, fill_to=fill))
         return rt.collect(out, obuf, events, info)
 
     return rt.offer_replay(launch)(x, weight, bias, info)

@@ -426,8 +426,6 @@ class Runtime:
             for v in (platform.name, platform.version, device.name, device.driver_version)
         )
         self.request: str | None = None  # the device argument it was created for
-        # PoCL's basic device beside a threaded one (runs kernels in the calling thread)
-        self.inline = False
         self._programs: dict[tuple, Any] = {}
         self._given: dict[tuple, Any] = {}  # program() by its arguments as given
         self._kernels: dict[tuple, Any] = {}
@@ -705,25 +703,19 @@ class Runtime:
         *,
         fixed_from: int = 0,
         fill_to: int = 0,
-        min_groups: int = 0,
     ) -> cl.Event:
         """:meth:`enqueue` a kernel whose dimension 0 runs along output rows: the
         work-group wanted is ``settings.local_x`` items along a row, or the next power
         of two above a row's item count when a row has fewer (from ``fixed_from`` items
         per row on, always ``local_x``: each new local size is a first-launch compile).
         With ``fill_to``, a work-group also takes several rows (dimension 1) until it has
-        about that many items. With ``min_groups`` (and no ``fill_to``), the groups along
-        a row shrink (to 8 items at least) until the launch has that many groups."""
+        about that many items."""
         items = global_size[0]
         local_x = self.settings.local_x
         if fixed_from and items >= fixed_from:
             lx = local_x
         else:
             lx = min(local_x, 1 << max(0, items - 1).bit_length())
-        if min_groups and not fill_to:
-            others = global_size[1] * global_size[2]
-            while lx > 8 and ceil_div(items, lx) * others < min_groups:
-                lx //= 2
         ly = max(1, fill_to // lx)
         return self.enqueue(kernel, global_size, (lx, ly, 1), args)
 

@@ -33,12 +33,6 @@ class Settings:
     # kernel.
     local_x: int = 64
     dw_fixed_items: int = 17
-    # dense_gemm launches of fewer work-groups than this (a 1x1 layer's flat view of a
-    # whole map, items of 8 column strips: 96->24 on 56^2 at N=1 had 131 items, three
-    # groups of 64 for two threads) take smaller groups until they have as many (at
-    # least 8 items a group). The threaded device's kernel, N=1 96->24 1x1 56^2, median
-    # of 12 alternating: 0.187 ms with groups of 64, 0.142 of 16, 0.118 of 8. 0: off.
-    dense_min_groups: int = 16
 
     # ---- depthwise (dw_direct)
     # dw_direct bakes image sizes into the build for input planes up to this many
