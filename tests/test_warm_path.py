@@ -434,7 +434,10 @@ def test_a_one_pixel_1x1_layer_runs_as_a_host_matrix_product(n):
 
 
 @pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
-@pytest.mark.parametrize("n, cin, cout, groups, bias", [(1, 96, 24, 1, True), (3, 10, 6, 2, False)])
+@pytest.mark.parametrize(
+    "n, cin, cout, groups, bias",
+    [(1, 96, 24, 1, True), (3, 10, 6, 2, False), (8, 440, 110, 1, True)],  # N=8: BLAS on one
+)
 def test_a_host_matrix_product_is_replayed_exactly(numpy_settings, n, cin, cout, groups, bias):
     # a 1x1 layer on 1x1 maps keeps its host matrix product as the warm replay: the same
     # bits as NumPy's backend, in-place changes of the weights and bias seen, NumPy's
@@ -470,5 +473,5 @@ def test_a_host_matrix_product_is_replayed_exactly(numpy_settings, n, cin, cout,
     if b is not None:
         b[0] -= 1.0
     check()
-    numpy_settings(quiet_blas_macs=0)  # NumPy's own path again (its BLAS switch)
+    numpy_settings(quiet_blas_macs=0)  # NumPy's own path again (another BLAS switch)
     check()

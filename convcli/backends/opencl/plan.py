@@ -466,13 +466,13 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
     """Keep, as the replay of ``(spec, algo)``, the matrix product NumPy's backend just
     ran for a 1x1 layer on 1x1 maps (``host_gemm``), without its planning: the same
     ``np.matmul`` on the same views and the same bias pass (bit-identical), where that
-    was its one-thread ``gemm`` path with BLAS left as it is (tiny layers, see
-    ``quiet_blas``). The squeeze-and-excitation layers of efficientnet, regnet and
+    was its one-thread ``gemm`` path (BLAS on one thread where NumPy's backend puts
+    it there, see ``quiet_blas``). The squeeze-and-excitation layers of efficientnet, regnet and
     mobilenet (32 a network) spent 24 us a warm call there, half of it choosing and
     dispatching. The replay checks that NumPy's settings and threads are the ones the
     choice was made for, else runs NumPy's backend as before."""
     from convcli.backends.numpy import gemm as np_gemm
-    from convcli.backends.numpy.threads import gemm_threads
+    from convcli.backends.numpy.threads import gemm_threads, quiet_blas
 
     nset = numpy.settings
     if (
@@ -480,7 +480,6 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
         or spec.dtype != "float32"
         or not _replayable(x, weight, bias)
         or (spec.kh, spec.kw, spec.stride, spec.pad) != (1, 1, (1, 1), (0, 0, 0, 0))
-        or spec.macs >= nset.quiet_blas_macs
         or gemm_threads(spec, nset) != 1
         or np_gemm.gemm_adds_bias(spec)
         or remembered(spec, algo, backend.is_cpu, backend.settings) is None
@@ -498,7 +497,8 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
         n = x.shape[0]
         # as gemm._pointwise on one thread, then NumpyBackend.run's bias pass
         out = np.empty((n, g, cout_g, 1), dtype=f32)
-        np.matmul(weight.reshape(g, cout_g, cin_g), x.reshape(n, g, cin_g, 1), out=out)
+        with quiet_blas(spec, nset):
+            np.matmul(weight.reshape(g, cout_g, cin_g), x.reshape(n, g, cin_g, 1), out=out)
         out = out.reshape(n, c_out, 1, 1)
         if bias is not None:
             out += bias[None, :, None, None]
