@@ -123,16 +123,21 @@ def same_values(kept: np.ndarray, given: np.ndarray) -> bool:
         return is_frozen(given)
     if kept.shape != given.shape or kept.dtype != given.dtype:
         return False
-    if kept.nbytes <= 1 << 16:
+    if kept.nbytes <= 1 << 12:
         return kept.tobytes() == given.tobytes()  # one memcmp: 2 us, not array_equal's 7
-    # a sample first: a cache holding several weights of one shape compares each
-    if not _sample_equal(kept, given):
-        return False
     memcmp = _libc_memcmp()
     if memcmp is not None and kept.flags.c_contiguous and given.flags.c_contiguous:
         # libc's memcmp reads both once: 250 us for a 512x512x3x3 layer's 9.4 MB against
-        # array_equal's 430 (which writes a bool array and reads it again)
+        # array_equal's 430 (which writes a bool array and reads it again), and stops at
+        # the first difference (a cache holding several weights of one shape compares
+        # each: another layer's weights differ in their first bytes). 4.7 us for 110 KB
+        # against 14 with tobytes() (two copies) or a sample by array_equal first.
         return memcmp(kept.ctypes.data, given.ctypes.data, kept.nbytes) == 0
+    # a sample first: a cache holding several weights of one shape compares each
+    flat_kept, flat_given = kept.reshape(-1), given.reshape(-1)
+    step = max(1, flat_kept.size // 64)
+    if not np.array_equal(flat_kept[::step], flat_given[::step]):
+        return False
     return bool(np.array_equal(kept, given))
 
 

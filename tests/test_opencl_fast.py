@@ -876,6 +876,37 @@ def test_gemm_1x1_matches_naive(ocl, tune, n, cin, cout, groups, hw, tile, block
         assert_close(out, ref, "float32")
 
 
+@pytest.mark.parametrize("cout", [64, 200])
+def test_gemm_1x1_takes_a_single_images_larger_map(ocl, cout):
+    # N=1: 64 and 200 output channels (no narrow padding) on an odd 47x33 map
+    from convcli.backends.numpy.reference import conv2d_direct
+
+    x, w, b = rng_arrays(55, (1, 36, 47, 33), (cout, 36, 1, 1))
+    spec = make_spec(x, w, b)
+    assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
+    assert _gemm1x1_plan(ocl, np.concatenate([x, x]), w, b) == "dense_gemm"
+    for bias in (b, None):
+        out, _, info = _gemm1x1_run(ocl, x, w, bias)
+        assert info.algo == ("gemm" if ocl.is_cpu else "")
+        assert_close(out, conv2d_direct(x, w, bias, spec), "float32")
+
+
+@pytest.mark.parametrize("n, hw", [(1, (31, 41)), (2, (57, 29))])
+def test_gemm_1x1_takes_narrow_layers_on_larger_maps(ocl, n, hw):
+    # 40 output channels: dense_gemm's blocks of 32 pad them to 64, gemm_1x1's of 24 to
+    # 48; on maps up to 112^2 (odd sizes, columns of a strip across two images) the
+    # narrow layer runs gemm_1x1, exactly as the reference
+    from convcli.backends.numpy.reference import conv2d_direct
+
+    x, w, b = rng_arrays(54, (n, 24, *hw), (40, 24, 1, 1))
+    spec = make_spec(x, w, b)
+    assert spec.h * spec.w > 28 * 28
+    assert _gemm1x1_plan(ocl, x, w, b) == "gemm_1x1"
+    out, _, info = _gemm1x1_run(ocl, x, w, b)
+    assert info.algo == ("gemm" if ocl.is_cpu else "")
+    assert_close(out, conv2d_direct(x, w, b, spec), "float32")
+
+
 def test_gemm_1x1_short_strips_and_chunks(ocl, tune):
     # tiny L1 budget and strips: many input-channel chunks, each strip a column group
     # or two, partial sums carried across the chunks
@@ -917,16 +948,19 @@ def test_gemm_1x1_route():
     s = DEFAULT
     w = np.zeros((64, 32, 1, 1), np.float32)
 
-    def kernel(hw, cpu=True, **opts):
-        x = np.zeros((1, 32, hw, hw), np.float32)
+    def kernel(hw, cpu=True, n=1, **opts):
+        x = np.zeros((n, 32, hw, hw), np.float32)
         return opencl_plan.choose(make_spec(x, w, None, **opts), w, cpu=cpu, settings=s)[0].kernel
 
     assert kernel(7) == "gemm_1x1"
     assert kernel(8) == "gemm_1x1"
-    assert kernel(14) == "dense_gemm"  # 64 channels: both pad none
+    assert kernel(14, n=2) == "dense_gemm"  # 64 channels: both pad none
+    assert kernel(14) == kernel(112) == "gemm_1x1"  # a single image's map up to 112^2
+    assert kernel(113) == "dense_gemm"
     w = np.zeros((40, 32, 1, 1), np.float32)  # dense_gemm 64, gemm_1x1 48: larger maps
-    assert kernel(28) == "gemm_1x1"
-    assert kernel(29) == "dense_gemm"
+    assert kernel(28, n=2) == "gemm_1x1"
+    assert kernel(112, n=2) == "gemm_1x1"
+    assert kernel(113, n=2) == "dense_gemm"
     w = np.zeros((64, 32, 1, 1), np.float32)
     assert kernel(7, stride=2) == "dense_gemm"
     assert kernel(7, padding=1) == "dense_gemm"
@@ -1053,7 +1087,9 @@ def test_pointwise_results_held_are_not_reused(pointwise, ocl):
     ],
 )
 def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kernel):
-    x = np.ones((1, cin, *hw), np.float32)
+    # two images: a single image's unstrided 1x1 layers go to gemm_1x1 where pointwise
+    # does not apply (test_gemm_1x1_route)
+    x = np.ones((2, cin, *hw), np.float32)
     w = np.ones((64, cin, 1, 1), np.float32)
     spec = make_spec(x, w, None, stride=stride, padding=padding)
     assert opencl_plan.choose(spec, w)[0].kernel == kernel

@@ -473,3 +473,47 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
     assert launches >= 2 and launches % 2 == 0  # the run, then the run again
     again = convcli.conv2d(x, w, padding=pad, backend="opencl")
     np.testing.assert_array_equal(again, out)
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize(
+    "n, cin, cout, groups, bias",
+    [(1, 96, 24, 1, True), (3, 10, 6, 2, False), (8, 440, 110, 1, True)],  # N=8: BLAS on one
+)
+def test_a_host_matrix_product_is_replayed_exactly(numpy_settings, n, cin, cout, groups, bias):
+    # a 1x1 layer on 1x1 maps keeps its host matrix product as the warm replay: the same
+    # bits as NumPy's backend, in-place changes of the weights and bias seen, NumPy's
+    # settings honoured
+    from convcli import backends
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.runinfo import RunInfo
+
+    be = backends.get_backend("opencl")
+    rng = np.random.default_rng(n + cin)
+    x = rng.standard_normal((n, cin, 1, 1)).astype(np.float32)
+    w = rng.standard_normal((cout, cin // groups, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    spec = convcli.spec.make_spec(x, w, b, groups=groups)
+    assert opencl_plan.for_device(spec, w, settings=be.settings)[0].kernel == "host_gemm"
+    rt = be.runtime_for(spec)
+    rt.replays.pop((spec, "auto"), None)
+
+    def check():
+        info = RunInfo()
+        y = convcli.conv2d(x, w, b, groups=groups, backend="opencl", info=info)
+        want = convcli.conv2d(x, w, b, groups=groups, backend="numpy")
+        assert y.dtype == np.float32 and y.shape == (n, cout, 1, 1)
+        assert np.array_equal(y, want)  # the same matmul: the same bits
+        assert_close(y, naive_conv2d(x, w, b, (1, 1), (0,) * 4, (1, 1), groups), "float32")
+        assert info.algo == "gemm" and "matrix product on the host" in info.notices[0]
+        assert info.timings["compute"] > 0
+
+    check()
+    assert (spec, "auto") in rt.replays  # kept by the first call
+    check()  # the replay
+    w[-1, 0, 0, 0] += 1.5  # in place
+    if b is not None:
+        b[0] -= 1.0
+    check()
+    numpy_settings(quiet_blas_macs=0)  # NumPy's own path again (another BLAS switch)
+    check()

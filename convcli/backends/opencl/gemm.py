@@ -337,7 +337,8 @@ def run_pointwise(rt: Any, x, weight, bias, spec: ConvSpec, info: RunInfo) -> np
 
 def gemm1x1_applies(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     """1x1, stride 1, no padding (CPU devices), on maps of at most
-    ``settings.gemm1x1_max_pixels`` pixels, or of at most ``gemm1x1_narrow_pixels``
+    ``settings.gemm1x1_max_pixels`` pixels (a single image's: ``gemm1x1_single_pixels``),
+    or of at most ``gemm1x1_narrow_pixels``
     where dense_gemm's channel blocks would pad the output channels
     ``gemm1x1_narrow_ratio`` times as much as gemm_1x1's (40 channels: 64 against 48):
     a GEMM whose columns run through the batch (``gemm_1x1.cl``). Not where the batch's
@@ -352,7 +353,7 @@ def gemm1x1_applies(spec: ConvSpec, cpu: bool, s: Settings) -> bool:
     pixels = spec.h * spec.w
     if spec.n * spec.c_in * pixels >= 1 << 31:
         return False
-    if pixels <= s.gemm1x1_max_pixels:
+    if pixels <= s.gemm1x1_max_pixels or (spec.n == 1 and pixels <= s.gemm1x1_single_pixels):
         return True
     if pixels > s.gemm1x1_narrow_pixels:
         return False

@@ -39,6 +39,7 @@ modes are applied inside the kernels through index maps built by
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -390,11 +391,12 @@ def run(
     if plan.kernel == "host_gemm":
         from convcli.backends import get_backend
 
-        note = "a 1x1 layer on 1x1 maps ran as a matrix product on the host (NumPy)"
-        if note not in info.notices:
-            info.notices.append(note)
+        _note_host_fc(info)
+        numpy = get_backend("numpy")
         # 1x1 taps: NumPy's choice never reads the weights' values
-        return get_backend("numpy").run(x, weight, bias, spec, algo="auto", info=info)
+        out = numpy.run(x, weight, bias, spec, algo="auto", info=info)
+        _keep_host_fc(backend, spec, algo, numpy, info.algo, x, weight, bias)
+        return out
     xf = np.ascontiguousarray(x, dtype=np.float32)
     wf = np.ascontiguousarray(weight, dtype=np.float32)
     bf = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
@@ -475,6 +477,62 @@ def _checked(rt, run, x, weight, bias, info: RunInfo, *more):
     if rt.deferred_checks_held():
         return out
     return run(*args)  # the weights changed in place since they were packed
+
+
+_HOST_FC_NOTE = "a 1x1 layer on 1x1 maps ran as a matrix product on the host (NumPy)"
+
+
+def _note_host_fc(info: RunInfo) -> None:
+    if _HOST_FC_NOTE not in info.notices:
+        info.notices.append(_HOST_FC_NOTE)
+
+
+def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight, bias) -> None:
+    """Keep, as the replay of ``(spec, algo)``, the matrix product NumPy's backend just
+    ran for a 1x1 layer on 1x1 maps (``host_gemm``), without its planning: the same
+    ``np.matmul`` on the same views and the same bias pass (bit-identical), where that
+    was its one-thread ``gemm`` path (BLAS on one thread where NumPy's backend puts
+    it there, see ``quiet_blas``). The squeeze-and-excitation layers of efficientnet, regnet and
+    mobilenet (32 a network) spent 24 us a warm call there, half of it choosing and
+    dispatching. The replay checks that NumPy's settings and threads are the ones the
+    choice was made for, else runs NumPy's backend as before."""
+    from convcli.backends.numpy import gemm as np_gemm
+    from convcli.backends.numpy.threads import gemm_threads, quiet_blas
+
+    nset = numpy.settings
+    if (
+        ran != "gemm"
+        or spec.dtype != "float32"
+        or not _replayable(x, weight, bias)
+        or (spec.kh, spec.kw, spec.stride, spec.pad) != (1, 1, (1, 1), (0, 0, 0, 0))
+        or gemm_threads(spec, nset) != 1
+        or np_gemm.gemm_adds_bias(spec)
+        or remembered(spec, algo, backend.is_cpu, backend.settings) is None
+    ):
+        return
+    threads = numpy.threads()
+    g, cin_g, cout_g, c_out = spec.groups, spec.cin_g, spec.cout_g, spec.c_out
+    f32 = np.dtype(np.float32)
+
+    def replay(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, info: RunInfo):
+        _note_host_fc(info)
+        if numpy.settings is not nset or numpy.threads() != threads:
+            return numpy.run(x, weight, bias, spec, algo="auto", info=info)
+        t0 = time.perf_counter()
+        n = x.shape[0]
+        # as gemm._pointwise on one thread, then NumpyBackend.run's bias pass
+        out = np.empty((n, g, cout_g, 1), dtype=f32)
+        with quiet_blas(spec, nset):
+            np.matmul(weight.reshape(g, cout_g, cin_g), x.reshape(n, g, cin_g, 1), out=out)
+        out = out.reshape(n, c_out, 1, 1)
+        if bias is not None:
+            out += bias[None, :, None, None]
+        info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
+        return out
+
+    if len(backend.replays) >= 1024:
+        backend.replays.clear()
+    backend.replays[(spec, algo)] = ("gemm", backend.settings, replay)
 
 
 def _replayable(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> bool:

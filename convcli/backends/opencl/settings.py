@@ -345,14 +345,34 @@ class Settings:
     # 10.7, 128->512 28^2 10.8 vs 11.3; regnet's 208->208 14^2 1.69 vs 1.66).
     gemm1x1: bool = True
     gemm1x1_max_pixels: int = 64
+    # A single image's 1x1 layer (N=1) on a map of at most this many pixels runs
+    # gemm_1x1 too (wider layers on 14^2-112^2, whose columns then number 196-12544).
+    # N=1, wall median / process CPU min ms, 12-16 rounds alternating in one process,
+    # busy machine: efficientnet_b0's 80->480 14^2 0.34/0.33 -> 0.31/0.31, 480->112
+    # 0.35/0.46 -> 0.30/0.41, 112->672 0.43/0.62 -> 0.39/0.59, 672->112 0.41/0.52 ->
+    # 0.35/0.50; regnet_y_400mf's 208->208 14^2 0.32/0.39 -> 0.29/0.37, 104->104 28^2
+    # 0.45/0.50 -> 0.37/0.46; mobilenet_v3_small's 24->96 28^2 0.24/0.21 -> 0.19/0.18,
+    # 16->16 56^2 0.19/0.17 -> 0.15/0.15; 16->96 112^2 0.86/1.29 -> 0.73/1.11, 96->24
+    # 56^2 0.34/0.42 -> 0.29/0.38; shufflenet's 232->232 14^2 0.37/0.48 -> 0.30/0.42,
+    # 116->116 28^2 0.47/0.56 -> 0.41/0.53; resnet50's 512->128 28^2 0.99/1.52 ->
+    # 0.84/1.33, 1024->256 14^2 1.36/1.41 -> 1.14/1.36; ties: 104->208 28^2, 40->240
+    # 28^2, 128->512 28^2, 256->1024 14^2, 64->256 56^2 (median 1.52 -> 0.97, CPU min
+    # 1.50 -> 1.64). Batches stay as they were: at N=8 on 14^2 and 28^2 gemm_1x1 tied
+    # or lost (above). Wide inputs on larger maps stay pointwise's (it is asked first).
+    gemm1x1_single_pixels: int = 112 * 112
     # Larger maps up to gemm1x1_narrow_pixels where dense_gemm's blocks of 32 channels
     # pad the output channels this many times as much as gemm_1x1's blocks of 24 or
     # 16 (40 and 48 channels: 64 against 48). Process CPU ms, min of 30, N=8:
     # efficientnet_b0's 144->40 28^2 1.36 -> 1.07, 240->40 28^2 2.17 -> 1.70,
     # mobilenet_v3_small's 240->40 14^2 0.60 -> 0.47, 120->48 0.38 -> 0.28, 144->48
     # 0.41 -> 0.33, 96->40 0.35 -> 0.25 (where both pad alike the wider maps tied
-    # or lost, see above).
-    gemm1x1_narrow_pixels: int = 28 * 28
+    # or lost, see above). Up to 112^2 (it was 28^2): the four such layers of the cnn
+    # suite, N=1, wall median / process CPU min ms, 20 rounds alternating in one
+    # process (busy machine): mobilenet_v3_small's 16->72 56^2 0.44/0.37 -> 0.34/0.33,
+    # efficientnet_b0's 24->144 56^2 0.65/0.56 -> 0.58/0.55, regnet_y_400mf's 32->48
+    # 112^2 0.99/0.96 -> 0.80/0.79 and 48->48 56^2 0.46/0.50 -> 0.37/0.41; N=8 (8
+    # rounds) CPU min 1.73 -> 1.59, 4.24 -> 4.22, 7.05 -> 6.60, 2.38 -> 2.17.
+    gemm1x1_narrow_pixels: int = 112 * 112
     gemm1x1_narrow_ratio: float = 1.1
     # (COB, XB) override; None = gemm.gemm1x1_blocking's choice.
     gemm1x1_tile: tuple[int, int] | None = None
