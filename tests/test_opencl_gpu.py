@@ -220,7 +220,7 @@ def _plan(x, w, cpu: bool, algo: str = "auto", **opts):
         ((1, 3, 64, 64), np.ones((3, 1, 3, 3)), dict(groups=3), "auto", "dw_direct"),
         ((1, 16, 28, 28), np.ones((16, 16, 3, 3)), {}, "auto", "dense_gemm"),
         ((1, 64, 28, 28), np.ones((64, 64, 3, 3)), {}, "auto", "winograd"),
-        ((1, 8, 32, 32), np.ones((16, 8, 1, 1)), {}, "auto", "dense_gemm"),
+        ((1, 8, 32, 32), np.ones((16, 8, 1, 1)), {}, "auto", "gemm_1x1"),
         ((1, 16, 28, 28), np.ones((16, 16, 3, 3)), {}, "direct", "dw_direct"),
         ((1, 32, 28, 28), np.ones((16, 32, 1, 1)), {}, "direct", "dw_direct"),
     ],

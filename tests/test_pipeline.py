@@ -810,7 +810,11 @@ def test_the_source_decodes_ahead_while_opencl_starts(tmp_path, monkeypatch, lim
     monkeypatch.setattr(sources.VipsSource, "read_ahead", read_ahead)
     monkeypatch.setattr(native, "prepare", prepare)
     out = cbatch.Output(bit_depth=16)
-    engine = cbatch.Engine("auto", max_memory=2**30 if limited else None)
+    from convcli.budget import process_bytes
+
+    # a limit this process (the whole test session's, perhaps) does not already exceed
+    limit = process_bytes() + 2**30 if limited else None
+    engine = cbatch.Engine("auto", max_memory=limit)
     _new(src, tmp_path / "new.png", filt, engine, out, strip_rows=16)
     if limited:
         assert ahead == []
