@@ -517,3 +517,62 @@ def test_a_host_matrix_product_is_replayed_exactly(numpy_settings, n, cin, cout,
     check()
     numpy_settings(quiet_blas_macs=0)  # NumPy's own path again (another BLAS switch)
     check()
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_a_fetch_on_another_thread_leaves_the_deferred_check_to_its_run(monkeypatch):
+    # a native strip fetches from the same runtime outside the lock a conv2d run holds
+    # (convcli.native._opencl_strip): while that run has large weights served on a
+    # sample's match, the strip's fetch must not take the run's pending comparison
+    # (the run's own check then found none left and returned the stale result)
+    import threading
+    import time
+
+    from convcli.backends import get_backend
+    from convcli.backends.opencl import runtime
+
+    be = get_backend("opencl")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 128, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
+    convcli.conv2d(x, w, padding=1, backend="opencl")  # packs w
+    w.reshape(-1)[1] += 3.0  # in place, where the 64-value sample does not look
+    queued, fetched = threading.Event(), threading.Event()
+    real_enqueue, real_same = runtime.Runtime.enqueue, runtime.same_values
+
+    def enqueue(self, *args, **kwargs):
+        event = real_enqueue(self, *args, **kwargs)
+        if threading.current_thread().name == "layer" and not queued.is_set():
+            queued.set()
+            fetched.wait(10)  # the strip's fetch happens now, mid-run
+        return event
+
+    def same(kept, given):
+        if threading.current_thread().name == "strip":
+            fetched.set()
+            time.sleep(0.3)  # the comparison still under way when the run checks
+        return real_same(kept, given)
+
+    monkeypatch.setattr(runtime.Runtime, "enqueue", enqueue)
+    monkeypatch.setattr(runtime, "same_values", same)
+    strip_out, strip_buf = be.output((64, 64), np.float32)
+    got = {}
+
+    def strip():
+        try:
+            queued.wait(10)
+            be.fetch(strip_out, strip_buf)
+        finally:
+            fetched.set()
+
+    def layer():
+        got["out"] = convcli.conv2d(x, w, padding=1, backend="opencl")
+
+    threads = [threading.Thread(target=strip, name="strip"),
+               threading.Thread(target=layer, name="layer")]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert queued.is_set()
+    assert_close(got["out"], _ref(x, w), "float32")

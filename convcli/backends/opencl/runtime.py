@@ -437,9 +437,11 @@ class Runtime:
         # packed weights: (key, weight record, bias record, weight buffer, bias buffer)
         self._packed: list[tuple] = []
         # packed weights served before their full comparison (see defer_weight_checks):
-        # (weight record, given weight) pairs still to compare, and whether one differed
+        # (weight record, given weight) pairs still to compare, whether one differed,
+        # and the thread whose run they belong to (native strips fetch outside the lock)
         self._pending: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._stale = False
+        self._pending_thread = 0
         self._scratch: dict[str, Any] = {}
         # pooled outputs: [owner array, device buffer, references to owner while idle]
         self._pool: list[list[Any]] = []
@@ -915,7 +917,7 @@ class Runtime:
         """
         t0 = time.perf_counter()
         key = (pack, weight.shape, spec.groups, spec.dtype, block)
-        pending = self._pending
+        pending = self._deferred()
         with self._lock:
             for i, entry in enumerate(self._packed):
                 k, w_copy, b_copy, wbuf, bbuf = entry
@@ -946,8 +948,19 @@ class Runtime:
         the full comparison (a read of both: 0.25 ms for 9.4 MB, with the device idle
         when done before the launches) to :meth:`fetch`, which runs it while the
         kernels run."""
+        self._pending_thread = threading.get_ident()
         self._pending = [] if self.settings.late_weight_checks else None
         self._stale = False
+
+    def _deferred(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The calling thread's pending comparisons, or None: a thread that did not
+        defer them (a native strip's :meth:`fetch`, which runs outside the lock held by
+        the deferring run) neither adds to them nor runs them, else the run's own check
+        could find them taken while they are still being compared."""
+        pending = self._pending
+        if pending is None or self._pending_thread != threading.get_ident():
+            return None
+        return pending
 
     def _check_pending(self) -> None:
         """The deferred full comparisons; a kept entry that differs is dropped."""
@@ -1054,7 +1067,7 @@ class Runtime:
         copy command's own time from its profiling event, not the wait for the kernels.
         """
         cl = self._cl
-        if self._pending:
+        if self._pending and self._deferred():
             self._check_pending()  # the device runs the kernels meanwhile
         if out.size == 0:
             return out
