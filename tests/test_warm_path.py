@@ -439,6 +439,7 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
     # large weights met again are served on a sample's match and compared in full
     # while the kernels run (after the last launch is queued); a change the sample
     # misses is still seen: the run is done again with the weights packed afresh
+    from convcli.backends import get_backend
     from convcli.backends.opencl import runtime
 
     rng = np.random.default_rng(7)
@@ -447,6 +448,8 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
     w = rng.standard_normal(shape).astype(np.float32)
     pad = k // 2
     assert w.nbytes > 1 << 16
+    rt = get_backend("opencl").runtime_for(convcli.spec.make_spec(x, w, None, padding=pad))
+    monkeypatch.setattr(rt, "_compare_first", set())  # no earlier test's failed check
     convcli.conv2d(x, w, padding=pad, backend="opencl")
     order = []
     real_enqueue, real_same = runtime.Runtime.enqueue, runtime.same_values
@@ -532,10 +535,11 @@ def test_a_fetch_on_another_thread_leaves_the_deferred_check_to_its_run(monkeypa
     from convcli.backends.opencl import runtime
 
     be = get_backend("opencl")
-    monkeypatch.setattr(be, "_compare_first", set())  # leaves no key compared first
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 128, 9, 11)).astype(np.float32)
     w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
+    rt = be.runtime_for(convcli.spec.make_spec(x, w, None, padding=1))
+    monkeypatch.setattr(rt, "_compare_first", set())  # no key compared first, none left
     convcli.conv2d(x, w, padding=1, backend="opencl")  # packs w
     w.reshape(-1)[1] += 3.0  # in place, where the 64-value sample does not look
     queued, fetched = threading.Event(), threading.Event()
@@ -589,10 +593,11 @@ def test_weights_the_sample_cannot_tell_apart_run_once_a_call(monkeypatch):
     from convcli.backends.opencl import runtime
 
     be = get_backend("opencl")
-    monkeypatch.setattr(be, "_compare_first", set())
     rng = np.random.default_rng(12)
     x = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
     w1 = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    rt = be.runtime_for(convcli.spec.make_spec(x, w1, None, padding=1))
+    monkeypatch.setattr(rt, "_compare_first", set())  # no key compared first, none left
     w2 = w1.copy()
     w2.reshape(-1)[1::2] *= -1
     launches = []
