@@ -439,6 +439,7 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
     # large weights met again are served on a sample's match and compared in full
     # while the kernels run (after the last launch is queued); a change the sample
     # misses is still seen: the run is done again with the weights packed afresh
+    from convcli.backends import get_backend
     from convcli.backends.opencl import runtime
 
     rng = np.random.default_rng(7)
@@ -447,6 +448,8 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
     w = rng.standard_normal(shape).astype(np.float32)
     pad = k // 2
     assert w.nbytes > 1 << 16
+    rt = get_backend("opencl").runtime_for(convcli.spec.make_spec(x, w, None, padding=pad))
+    monkeypatch.setattr(rt, "_compare_first", set())  # no earlier test's failed check
     convcli.conv2d(x, w, padding=pad, backend="opencl")
     order = []
     real_enqueue, real_same = runtime.Runtime.enqueue, runtime.same_values
@@ -517,3 +520,101 @@ def test_a_host_matrix_product_is_replayed_exactly(numpy_settings, n, cin, cout,
     check()
     numpy_settings(quiet_blas_macs=0)  # NumPy's own path again (another BLAS switch)
     check()
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_a_fetch_on_another_thread_leaves_the_deferred_check_to_its_run(monkeypatch):
+    # a native strip fetches from the same runtime outside the lock a conv2d run holds
+    # (convcli.native._opencl_strip): while that run has large weights served on a
+    # sample's match, the strip's fetch must not take the run's pending comparison
+    # (the run's own check then found none left and returned the stale result)
+    import threading
+    import time
+
+    from convcli.backends import get_backend
+    from convcli.backends.opencl import runtime
+
+    be = get_backend("opencl")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 128, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
+    rt = be.runtime_for(convcli.spec.make_spec(x, w, None, padding=1))
+    monkeypatch.setattr(rt, "_compare_first", set())  # no key compared first, none left
+    convcli.conv2d(x, w, padding=1, backend="opencl")  # packs w
+    w.reshape(-1)[1] += 3.0  # in place, where the 64-value sample does not look
+    queued, fetched = threading.Event(), threading.Event()
+    real_enqueue, real_same = runtime.Runtime.enqueue, runtime.same_values
+
+    def enqueue(self, *args, **kwargs):
+        event = real_enqueue(self, *args, **kwargs)
+        if threading.current_thread().name == "layer" and not queued.is_set():
+            queued.set()
+            fetched.wait(10)  # the strip's fetch happens now, mid-run
+        return event
+
+    def same(kept, given):
+        if threading.current_thread().name == "strip":
+            fetched.set()
+            time.sleep(0.3)  # the comparison still under way when the run checks
+        return real_same(kept, given)
+
+    monkeypatch.setattr(runtime.Runtime, "enqueue", enqueue)
+    monkeypatch.setattr(runtime, "same_values", same)
+    strip_out, strip_buf = be.output((64, 64), np.float32)
+    got = {}
+
+    def strip():
+        try:
+            queued.wait(10)
+            be.fetch(strip_out, strip_buf)
+        finally:
+            fetched.set()
+
+    def layer():
+        got["out"] = convcli.conv2d(x, w, padding=1, backend="opencl")
+
+    threads = [threading.Thread(target=strip, name="strip"),
+               threading.Thread(target=layer, name="layer")]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert queued.is_set()
+    assert_close(got["out"], _ref(x, w), "float32")
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_weights_the_sample_cannot_tell_apart_run_once_a_call(monkeypatch):
+    # two weights of one shape that agree on the 64 sampled values (they differ at
+    # every odd index): once a late comparison has found one served for the other,
+    # that shape's weights are compared in full before the launches, not run twice
+    # (and packed afresh) at every call
+    from convcli.backends import get_backend
+    from convcli.backends.opencl import runtime
+
+    be = get_backend("opencl")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    w1 = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    rt = be.runtime_for(convcli.spec.make_spec(x, w1, None, padding=1))
+    monkeypatch.setattr(rt, "_compare_first", set())  # no key compared first, none left
+    w2 = w1.copy()
+    w2.reshape(-1)[1::2] *= -1
+    launches = []
+    real_enqueue = runtime.Runtime.enqueue
+
+    def enqueue(self, *args, **kwargs):
+        launches.append(1)
+        return real_enqueue(self, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.Runtime, "enqueue", enqueue)
+    convcli.conv2d(x, w1, padding=1, backend="opencl")
+    once = len(launches)
+    per_call = []
+    for w in (w2, w1, w2, w1, w2):
+        launches.clear()
+        out = convcli.conv2d(x, w, padding=1, backend="opencl")
+        assert_close(out, _ref(x, w), "float32")
+        per_call.append(len(launches))
+    # the first w2 call: served w1's buffers on the sample, found them stale, ran again
+    assert per_call == [2 * once] + [once] * 4

@@ -437,9 +437,15 @@ class Runtime:
         # packed weights: (key, weight record, bias record, weight buffer, bias buffer)
         self._packed: list[tuple] = []
         # packed weights served before their full comparison (see defer_weight_checks):
-        # (weight record, given weight) pairs still to compare, and whether one differed
-        self._pending: list[tuple[np.ndarray, np.ndarray]] | None = None
+        # (key, weight record, given weight) still to compare, whether one differed,
+        # and the thread whose run they belong to (native strips fetch outside the lock)
+        self._pending: list[tuple[tuple, np.ndarray, np.ndarray]] | None = None
         self._stale = False
+        self._pending_thread = 0
+        # keys whose late comparison once failed: compared in full before the launches
+        # from then on (weights changed in place again, or another array of the shape
+        # that the sample cannot tell apart, would run every call twice and repack)
+        self._compare_first: set[tuple] = set()
         self._scratch: dict[str, Any] = {}
         # pooled outputs: [owner array, device buffer, references to owner while idle]
         self._pool: list[list[Any]] = []
@@ -915,15 +921,19 @@ class Runtime:
         """
         t0 = time.perf_counter()
         key = (pack, weight.shape, spec.groups, spec.dtype, block)
-        pending = self._pending
+        pending = self._deferred()
         with self._lock:
             for i, entry in enumerate(self._packed):
                 k, w_copy, b_copy, wbuf, bbuf = entry
                 if k != key or not _same(b_copy, bias):
                     continue
-                if pending is not None and sample_matches(w_copy, weight):
+                if (
+                    pending is not None
+                    and key not in self._compare_first
+                    and sample_matches(w_copy, weight)
+                ):
                     # compared in full by fetch(), while the kernels run
-                    pending.append((w_copy, weight))
+                    pending.append((key, w_copy, weight))
                     self._packed.insert(0, self._packed.pop(i))
                     self._add(info, "upload", time.perf_counter() - t0)
                     return wbuf, bbuf
@@ -946,18 +956,32 @@ class Runtime:
         the full comparison (a read of both: 0.25 ms for 9.4 MB, with the device idle
         when done before the launches) to :meth:`fetch`, which runs it while the
         kernels run."""
+        self._pending_thread = threading.get_ident()
         self._pending = [] if self.settings.late_weight_checks else None
         self._stale = False
+
+    def _deferred(self) -> list[tuple[tuple, np.ndarray, np.ndarray]] | None:
+        """The calling thread's pending comparisons, or None: a thread that did not
+        defer them (a native strip's :meth:`fetch`, which runs outside the lock held by
+        the deferring run) neither adds to them nor runs them, else the run's own check
+        could find them taken while they are still being compared."""
+        pending = self._pending
+        if pending is None or self._pending_thread != threading.get_ident():
+            return None
+        return pending
 
     def _check_pending(self) -> None:
         """The deferred full comparisons; a kept entry that differs is dropped."""
         pending = self._pending
         while pending:
-            kept, given = pending.pop()
+            key, kept, given = pending.pop()
             if not same_values(kept, given):
                 self._stale = True
                 with self._lock:
                     self._packed = [e for e in self._packed if e[1] is not kept]
+                    if len(self._compare_first) >= 1024:
+                        self._compare_first.clear()
+                    self._compare_first.add(key)
 
     def deferred_checks_held(self) -> bool:
         """End :meth:`defer_weight_checks`: run the comparisons still pending and
@@ -1054,7 +1078,7 @@ class Runtime:
         copy command's own time from its profiling event, not the wait for the kernels.
         """
         cl = self._cl
-        if self._pending:
+        if self._pending and self._deferred():
             self._check_pending()  # the device runs the kernels meanwhile
         if out.size == 0:
             return out
