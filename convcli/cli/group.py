@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import MutableMapping
 
 import click
 
@@ -92,16 +91,10 @@ def main(argv: list[str] | None = None) -> None:
 BLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "23")
 
 
-def quiet_blas_spin(environ: MutableMapping[str, str]) -> None:
-    """Shorten OpenBLAS's spin (:data:`BLAS_SPIN`) in ``environ`` unless it is set;
-    OpenBLAS reads it when NumPy is first imported."""
-    environ.setdefault(*BLAS_SPIN)
-
-
 def console_main() -> None:
     """Console-script entry point (``convcli`` and ``python -m convcli``): the process
     ends with the command (see :func:`_leave`)."""
-    quiet_blas_spin(os.environ)
+    os.environ.setdefault(*BLAS_SPIN)  # read by OpenBLAS when NumPy is first imported
     try:
         main()
     except SystemExit as exc:

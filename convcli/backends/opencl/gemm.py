@@ -182,9 +182,9 @@ def _dense_sizes(spec: ConvSpec) -> tuple[int, ...]:
 
 def dense_defines(spec: ConvSpec, cpu: bool, s: Settings) -> dict[str, int]:
     """The build defines of dense_gemm for ``spec``."""
-    # a strided layer's column copy is a 1x1 layer: its tile is chosen as theirs
-    cob, xb = dense_1x1_blocking(dense_view(spec, s) if copied_columns(spec, s) else spec, cpu, s)
+    # on the view: a strided layer's column copy is a 1x1 layer, its tile chosen as theirs
     spec = dense_view(spec, s)
+    cob, xb = dense_1x1_blocking(spec, cpu, s)
     strip, chunk = dense_strip(spec, cob, xb, cpu, s)
     sizes = {}
     if s.dense_fixed_sizes:
