@@ -648,8 +648,7 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
     strip = np.ascontiguousarray(plan.source if mapped else plan.strip)
     rows_in, w_in, c = plan.strip.shape
     n_out = plan.w_out * c
-    local_mem = be.limits.local_mem_bytes
-    defines = _defines(plan, local_mem)
+    defines = _defines(plan, be.limits.local_mem_bytes)
     i32, f32 = np.int32, np.float32
     with translate_errors("native filter on OpenCL"):
         xbuf = be.input_buffer(strip, info)
@@ -658,7 +657,7 @@ def _opencl_strip(be: Any, plan: _Plan, info: RunInfo) -> np.ndarray:
         bias_top = f32(plan.bias_top)
         rows = defines["ROWS"]
         groups_v = (math.ceil(n_out / 8), math.ceil(plan.rows_out / rows))
-        if _cl_fused(plan, local_mem):
+        if defines["FUSED"]:  # the program built, as _cl_fused decided
             events = [_enqueue_fused(be, plan, defines, strip, mapped, xbuf, obuf, info)]
         elif _cl_separable(plan):
             v_name = "native_filter_vmap" if mapped else "native_filter_v"
