@@ -58,6 +58,11 @@ from convcli.bench import TOLERANCE, _max_rel_err, rows_to_csv
 from convcli.errors import BackendError, ConvValueError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
+# a layer the OpenCL backend ran on the host (its notices say "on the host (NumPy)":
+# squeeze-and-excitation's products, a single image's 1x1 layers on a CPU device, the
+# widest FFTs); its row's note and its network's total say so
+HOST_MARK = "on the host (NumPy)"
+HOST_NOTE = "on host"
 SYSTEMS = ("torch", "convcli-opencl", "convcli-numpy")
 REFERENCE = "torch"
 # The most seconds a worker waits, before its turn on a layer, for the other workers'
@@ -434,7 +439,10 @@ def _system_runner(system: str, torch_threads: int | None):
     def run_convcli(x, w, b, layer: CnnLayer):
         info = RunInfo()
         y = conv2d(x, w, b, backend=backend, info=info, **layer.options())
-        return y, f"algo={info.algo}" if info.algo else ""
+        note = f"algo={info.algo}" if info.algo else ""
+        if backend == "opencl" and any(HOST_MARK in n for n in info.notices):
+            note += " " + HOST_NOTE  # the OpenCL backend ran it on the host
+        return y, note
 
     return run_convcli
 
@@ -683,10 +691,12 @@ def run_cnn_suite(
                 errs = [r.max_rel_err for r in sel if r.max_rel_err is not None]
                 ok = all(r.ok for r in sel)
                 n_layers = sum(r.count for r in sel)
+                on_host = sum(r.count for r in sel if HOST_NOTE in r.note)
+                what = f"{n_layers} conv layers" + (f", {on_host} on the host" if on_host else "")
                 others = [r.others_cpu_ms for r in sel]
                 queued = [(r.queued_pct, r.median_ms * r.count) for r in sel]
                 totals.append(
-                    CnnRow(name, batch, None, f"{n_layers} conv layers", n_layers, system, tot,
+                    CnnRow(name, batch, None, what, n_layers, system, tot,
                            low, None, max(errs) if errs else None, ok,
                            "" if ok else "some layers failed",
                            None if None in others else sum(others),  # type: ignore[arg-type]

@@ -122,8 +122,9 @@ def ocl():
 @pytest.fixture
 def gpu(ocl, tune):
     """The GPU-shaped kernels on whatever device the tests run on (the default backend's
-    settings, changed for one test)."""
-    tune(ocl, gpu_kernels=True)
+    settings, changed for one test); 1x1 layers of one image stay on the device on a CPU
+    too (not the host's matrix product)."""
+    tune(ocl, gpu_kernels=True, host_pointwise_max_batch=0)
 
 
 @pytest.fixture

@@ -43,19 +43,21 @@ def default_backend():
 def ocl(default_backend, tune):
     """The default device's backend on its CPU-shaped kernels, on every device: GPU-type
     devices (Oclgrind in CI) would otherwise run the GPU-shaped ones
-    (tests/test_opencl_gpu.py)."""
-    return tune(default_backend, gpu_kernels=False)
+    (tests/test_opencl_gpu.py). A 1x1 layer of one image runs the device's kernels, not
+    the host's matrix product (``host_pointwise_max_batch``)."""
+    return tune(default_backend, gpu_kernels=False, host_pointwise_max_batch=0)
 
 
 def fresh_backend(tune, **changes):
-    """A new backend on the default device (its own caches), CPU-shaped kernels."""
+    """A new backend on the default device (its own caches), CPU-shaped kernels, 1x1
+    layers on the device."""
     from convcli.backends.opencl.backend import OpenCLBackend
 
     try:
         be = OpenCLBackend.create()
     except (BackendError, ImportError):
         pytest.skip("no OpenCL device")
-    return tune(be, gpu_kernels=False, **changes)
+    return tune(be, gpu_kernels=False, host_pointwise_max_batch=0, **changes)
 
 
 def fast(ocl, x, w, b=None, *, algo="auto", **opts):
@@ -944,8 +946,9 @@ def test_gemm_1x1_batches_share_one_build(tune):
 
 def test_gemm_1x1_route():
     # 1x1 stride-1 unpadded layers on maps up to gemm1x1_max_pixels on CPU devices;
-    # larger maps, strides, padding and GPU-shaped devices keep their kernels
-    s = DEFAULT
+    # larger maps, strides, padding and GPU-shaped devices keep their kernels (a single
+    # image's 1x1 layers on the device: see test_single_images_1x1_layers_run_on_the_host)
+    s = replace(DEFAULT, host_pointwise_max_batch=0)
     w = np.zeros((64, 32, 1, 1), np.float32)
 
     def kernel(hw, cpu=True, n=1, **opts):
@@ -969,6 +972,70 @@ def test_gemm_1x1_route():
         make_spec(np.zeros((1, 32, 7, 7), np.float32), w, None), w,
         settings=replace(s, gemm1x1=False),
     )[0].kernel == "dense_gemm"  # fmt: skip
+
+
+def test_single_images_1x1_layers_route_to_the_host():
+    # CPU devices: a 1x1 layer of one image without padding or groups, float32, any
+    # stride; batches, groups, padding, float16, GPU-shaped devices and 0 stay put
+    s = DEFAULT
+    w = np.zeros((64, 32, 1, 1), np.float32)
+
+    def kernel(n=1, hw=14, cpu=True, settings=s, dtype=np.float32, **opts):
+        x = np.zeros((n, 32, hw, hw), dtype)
+        spec = make_spec(x, w.astype(dtype), None, **opts)
+        return opencl_plan.choose(spec, w, cpu=cpu, settings=settings)[0].kernel
+
+    assert kernel() == kernel(hw=112) == kernel(hw=300) == "host_gemm"
+    assert kernel(stride=2) == kernel(dilation=3) == "host_gemm"
+    assert kernel(n=2) == kernel(padding=1) == "dense_gemm"
+    assert kernel(dtype=np.float16) == "gemm_1x1"
+    assert kernel(cpu=False) != "host_gemm"
+    assert kernel(settings=replace(s, host_pointwise_max_batch=0)) == "gemm_1x1"
+    assert kernel(n=2, settings=replace(s, host_pointwise_max_batch=2)) == "host_gemm"
+    wg = np.zeros((64, 16, 1, 1), np.float32)
+    spec = make_spec(np.zeros((1, 32, 14, 14), np.float32), wg, None, groups=2)
+    assert opencl_plan.choose(spec, wg, cpu=True, settings=s)[0].kernel == "gemm_1x1"
+    wk = np.zeros((64, 32, 3, 3), np.float32)
+    spec = make_spec(np.zeros((1, 32, 14, 14), np.float32), wk, None, padding=1)
+    assert opencl_plan.choose(spec, wk, cpu=True, settings=s)[0].kernel != "host_gemm"
+
+
+@pytest.mark.parametrize(
+    "shape, opts",
+    [
+        ((1, 36, 47, 33), {}),  # one BLAS thread's product, replayed
+        ((1, 256, 28, 28), {}),  # large enough for NumPy's own threads
+        ((1, 24, 29, 31), {"stride": 2}),
+        ((1, 24, 16, 16), {"stride": (1, 3), "dilation": 2}),
+    ],
+)
+def test_single_images_1x1_layers_run_on_the_host(default_backend, tune, shape, opts):
+    # on a CPU device they run NumPy's matrix product: its result bit for bit (the
+    # replay too, and after the weights change in place), within float32 of the naive
+    # reference, with a notice; the device's kernels are not built for them
+    be = tune(default_backend, gpu_kernels=False)
+    if not be.is_cpu:
+        pytest.skip("the host route is for CPU devices")
+    rng = np.random.default_rng(57)
+    cin = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((48 + cin % 5, cin, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(w.shape[0]).astype(np.float32)
+    spec = make_spec(x, w, b, **opts)
+    numpy = backends.get_backend("numpy")
+    built = len(be._programs)
+    for bias in (b, None, b):
+        want = numpy.run(x, w, bias, make_spec(x, w, bias, **opts), info=RunInfo())
+        for _ in range(2):  # planned, then replayed where it is kept
+            info = RunInfo()
+            out = be.run(x, w, bias, make_spec(x, w, bias, **opts), info=info)
+            assert np.array_equal(out, want)
+            assert info.algo == "gemm" and "on the host (NumPy)" in info.notices[0]
+        assert_close(out, naive_for_spec(x, w, bias, spec), "float32")
+    w *= -0.5  # changed in place: the next call reads the new values
+    out = be.run(x, w, b, spec, info=RunInfo())
+    assert_close(out, naive_for_spec(x, w, b, spec), "float32")
+    assert len(be._programs) == built
 
 
 def test_gemm_1x1_leaves_batches_beyond_32_bit_offsets():

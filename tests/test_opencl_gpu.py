@@ -210,8 +210,9 @@ def test_float16_input_runs_in_float32(ocl, gpu):
 
 def _plan(x, w, cpu: bool, algo: str = "auto", **opts):
     spec = make_spec(np.zeros(x, np.float32), np.asarray(w, np.float32), None, **opts)
-    plan, _ = opencl_fast.choose(spec, w, algo, cpu=cpu)
-    return opencl_gpu.device_plan(plan, spec, algo, cpu)
+    s = Settings(host_pointwise_max_batch=0)  # 1x1 layers of one image on the device
+    plan, _ = opencl_fast.choose(spec, w, algo, cpu=cpu, settings=s)
+    return opencl_gpu.device_plan(plan, spec, algo, cpu, s)
 
 
 @pytest.mark.parametrize(

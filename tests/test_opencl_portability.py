@@ -147,7 +147,7 @@ def test_every_path_launches_within_the_devices_limits(ocl, tune, case, group, i
     sizes: list = []
     small = _small(ocl, group, items, sizes)
     if name == "pointwise":
-        tune(small, pointwise_min_cin=1)
+        tune(small, pointwise_min_cin=1, host_pointwise_max_batch=0)
     if name == "winograd":
         tune(small, winograd=True, wino_whole=True)
     info = RunInfo()

@@ -75,6 +75,8 @@ def _print_result(result: Any, console: Any) -> None:
     """Tables on ``console`` (a rich Console on stdout)."""
     from rich.table import Table
 
+    from convcli import bench_cnn as cnn
+
     systems = list(result.workers)
     totals = Table(
         title="convcli bench --suite cnn: conv-layer totals per network (ms, sum of per-layer "
@@ -88,6 +90,9 @@ def _print_result(result: Any, console: Any) -> None:
         totals.add_column(s, justify="right")
         if s != "torch":
             totals.add_column("ratio", justify="right")
+    ocl = "convcli-opencl"
+    if ocl in systems:
+        totals.add_column("OpenCL's on host", justify="right")
     by = {(t.network, t.batch, t.system): t for t in result.totals}
     for net, batch in dict.fromkeys((t.network, t.batch) for t in result.totals):
         cells = [net, str(batch)]
@@ -98,11 +103,22 @@ def _print_result(result: Any, console: Any) -> None:
             cells.append(_ms(t.median_ms) + ("" if t.ok else " FAILED"))
             if s != "torch":
                 cells.append(_ratio(t.ratio))
+        if ocl in systems:
+            cells.append(str(sum(
+                r.count for r in result.rows
+                if (r.network, r.batch, r.system) == (net, batch, ocl) and cnn.HOST_NOTE in r.note
+            )))  # fmt: skip
         totals.add_row(*cells)
     notes = [f"layers: {result.source}", "workers: " + ", ".join(
         f"{s} pid {p}" for s, p in result.workers.items())]  # fmt: skip
     notes += [f"{s} skipped: {why}" for s, why in result.skipped.items()]
     notes += _disturbance(result, systems)
+    if ocl in systems:
+        notes.append(
+            "OpenCL's on host: layers the OpenCL backend ran as NumPy on the host, where "
+            "that needs no launch on a CPU device (squeeze-and-excitation products, a single "
+            "image's 1x1 layers)"
+        )
     totals.caption = "; ".join(notes)
     totals.caption_justify = "left"
     console.print(totals)

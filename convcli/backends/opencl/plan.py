@@ -111,7 +111,7 @@ def choose(
         if algo in ("separable", "gemm"):
             raise ConvValueError(f"algo='{algo}' on the OpenCL backend {why_not}")
         return None, None
-    if algo == "auto" and _host_fc_pays(spec, s):
+    if algo == "auto" and (_host_fc_pays(spec, s) or (cpu and _host_pointwise_pays(spec, s))):
         return Plan("gemm", "host_gemm"), None
     one_channel = spec.cin_g == 1
     taps = spec.kh * spec.kw
@@ -244,6 +244,19 @@ def _host_fc_pays(spec: ConvSpec, s: Settings) -> bool:
         and spec.h == spec.w == spec.kh == spec.kw == 1
         and not any(spec.pad)
         and spec.macs <= s.host_fc_max_macs
+    )
+
+
+def _host_pointwise_pays(spec: ConvSpec, s: Settings) -> bool:
+    """Whether ``auto`` on a CPU device runs ``spec`` on the host: a 1x1 layer without
+    padding or groups, float32, of at most ``settings.host_pointwise_max_batch`` images
+    (one matrix product an image; see the setting for what was measured)."""
+    return (
+        0 < spec.n <= s.host_pointwise_max_batch
+        and spec.kh == spec.kw == 1
+        and spec.groups == 1
+        and spec.dtype == "float32"
+        and not any(spec.pad)
     )
 
 
@@ -391,7 +404,7 @@ def run(
     if plan.kernel == "host_gemm":
         from convcli.backends import get_backend
 
-        _note_host_fc(info)
+        _note_host_fc(info, spec)
         numpy = get_backend("numpy")
         # 1x1 taps: NumPy's choice never reads the weights' values
         out = numpy.run(x, weight, bias, spec, algo="auto", info=info)
@@ -479,23 +492,28 @@ def _checked(rt, run, x, weight, bias, info: RunInfo, *more):
     return run(*args)  # the weights changed in place since they were packed
 
 
-_HOST_FC_NOTE = "a 1x1 layer on 1x1 maps ran as a matrix product on the host (NumPy)"
+_HOST_NOTES = (
+    "a 1x1 layer on 1x1 maps ran as a matrix product on the host (NumPy)",
+    "a 1x1 layer ran as a matrix product on the host (NumPy): on a CPU device it needs no launch",
+)
 
 
-def _note_host_fc(info: RunInfo) -> None:
-    if _HOST_FC_NOTE not in info.notices:
-        info.notices.append(_HOST_FC_NOTE)
+def _note_host_fc(info: RunInfo, spec: ConvSpec) -> None:
+    note = _HOST_NOTES[spec.h * spec.w > 1]
+    if note not in info.notices:
+        info.notices.append(note)
 
 
 def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight, bias) -> None:
     """Keep, as the replay of ``(spec, algo)``, the matrix product NumPy's backend just
-    ran for a 1x1 layer on 1x1 maps (``host_gemm``), without its planning: the same
-    ``np.matmul`` on the same views and the same bias pass (bit-identical), where that
-    was its one-thread ``gemm`` path (BLAS on one thread where NumPy's backend puts
-    it there, see ``quiet_blas``). The squeeze-and-excitation layers of efficientnet, regnet and
+    ran for a 1x1 layer (``host_gemm``), without its planning: the same ``np.matmul`` on
+    the same views and the same bias pass (bit-identical), where that was its one-thread
+    ``gemm`` path for stride 1 (BLAS on one thread where NumPy's backend puts it there,
+    see ``quiet_blas``). The squeeze-and-excitation layers of efficientnet, regnet and
     mobilenet (32 a network) spent 24 us a warm call there, half of it choosing and
     dispatching. The replay checks that NumPy's settings and threads are the ones the
-    choice was made for, else runs NumPy's backend as before."""
+    choice was made for, else runs NumPy's backend as before. Strided layers and those
+    NumPy splits over its threads run NumPy's backend at every call."""
     from convcli.backends.numpy import gemm as np_gemm
     from convcli.backends.numpy.threads import gemm_threads, quiet_blas
 
@@ -512,19 +530,20 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
         return
     threads = numpy.threads()
     g, cin_g, cout_g, c_out = spec.groups, spec.cin_g, spec.cout_g, spec.c_out
+    h, w = spec.h, spec.w
     f32 = np.dtype(np.float32)
 
     def replay(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, info: RunInfo):
-        _note_host_fc(info)
+        _note_host_fc(info, spec)
         if numpy.settings is not nset or numpy.threads() != threads:
             return numpy.run(x, weight, bias, spec, algo="auto", info=info)
         t0 = time.perf_counter()
         n = x.shape[0]
         # as gemm._pointwise on one thread, then NumpyBackend.run's bias pass
-        out = np.empty((n, g, cout_g, 1), dtype=f32)
+        out = np.empty((n, g, cout_g, h * w), dtype=f32)
         with quiet_blas(spec, nset):
-            np.matmul(weight.reshape(g, cout_g, cin_g), x.reshape(n, g, cin_g, 1), out=out)
-        out = out.reshape(n, c_out, 1, 1)
+            np.matmul(weight.reshape(g, cout_g, cin_g), x.reshape(n, g, cin_g, h * w), out=out)
+        out = out.reshape(n, c_out, h, w)
         if bias is not None:
             out += bias[None, :, None, None]
         info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0

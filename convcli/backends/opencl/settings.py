@@ -158,6 +158,15 @@ class Settings:
     # a launch and its wait cost more than the product (144->576 at N=1: OpenCL 156-214 us
     # a call, NumPy 21-25 us, on a busy 2-core machine). 0: never.
     host_fc_max_macs: int = 1 << 20
+    # Under 'auto' on a CPU device, a 1x1 layer without padding and groups (any map,
+    # any stride) of at most this many images runs NumPy's matrix product on the host:
+    # the device's cores are the host's, and BLAS needs no launch, no wake-up of the
+    # device's threads and no wait for its queue. The 1x1 layers of the seven networks
+    # of ``convcli bench --suite cnn`` at N=1 (four idle-machine runs, medians): NumPy
+    # was faster on 104 of 116 (16->72 56^2 0.19 against 0.31 ms, 256->1024 14^2 0.87
+    # against 1.23), OpenCL's 12 by at most 10 %. At N=8 OpenCL won where the map is
+    # large (16->96 112^2: 4.7 against 24 ms), so batches stay on the device. 0: never.
+    host_pointwise_max_batch: int = 1
 
     # ---- PoCL's inline (basic) device beside its threaded one (OpenCLBackend.runtime_for)
     # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
