@@ -59,7 +59,7 @@ from convcli.errors import BackendError, ConvValueError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
 # a layer the OpenCL backend ran on the host (its notices say "on the host (NumPy)":
-# squeeze-and-excitation's products, a single image's 1x1 layers on a CPU device, the
+# squeeze-and-excitation's products, small batches' 1x1 layers on a CPU device, the
 # widest FFTs); its row's note and its network's total say so
 HOST_MARK = "on the host (NumPy)"
 HOST_NOTE = "on host"

@@ -947,7 +947,7 @@ def test_gemm_1x1_batches_share_one_build(tune):
 def test_gemm_1x1_route():
     # 1x1 stride-1 unpadded layers on maps up to gemm1x1_max_pixels on CPU devices;
     # larger maps, strides, padding and GPU-shaped devices keep their kernels (a single
-    # image's 1x1 layers on the device: see test_single_images_1x1_layers_run_on_the_host)
+    # image's 1x1 layers on the device: see test_small_batches_1x1_layers_run_on_the_host)
     s = replace(DEFAULT, host_pointwise_max_batch=0)
     w = np.zeros((64, 32, 1, 1), np.float32)
 
@@ -974,9 +974,10 @@ def test_gemm_1x1_route():
     )[0].kernel == "dense_gemm"  # fmt: skip
 
 
-def test_single_images_1x1_layers_route_to_the_host():
-    # CPU devices: a 1x1 layer of one image without padding or groups, float32, any
-    # stride; batches, groups, padding, float16, GPU-shaped devices and 0 stay put
+def test_small_batches_1x1_layers_route_to_the_host():
+    # CPU devices: a 1x1 layer without padding or groups, float32, of up to 8 images
+    # (strided: one) and 16 MiB of output; larger batches and outputs, groups, padding,
+    # float16, GPU-shaped devices and 0 stay put
     s = DEFAULT
     w = np.zeros((64, 32, 1, 1), np.float32)
 
@@ -985,13 +986,16 @@ def test_single_images_1x1_layers_route_to_the_host():
         spec = make_spec(x, w.astype(dtype), None, **opts)
         return opencl_plan.choose(spec, w, cpu=cpu, settings=settings)[0].kernel
 
-    assert kernel() == kernel(hw=112) == kernel(hw=300) == "host_gemm"
+    assert kernel() == kernel(hw=112) == "host_gemm"
     assert kernel(stride=2) == kernel(dilation=3) == "host_gemm"
-    assert kernel(n=2) == kernel(padding=1) == "dense_gemm"
+    assert kernel(n=2) == kernel(n=8) == kernel(n=8, dilation=2) == "host_gemm"
+    assert kernel(n=9) == kernel(n=2, stride=2) == kernel(padding=1) == "dense_gemm"
+    assert kernel(hw=256) == kernel(n=2, hw=181) == "host_gemm"  # up to 16 MiB of output
+    assert kernel(hw=257) == kernel(n=2, hw=182) == "dense_gemm"
     assert kernel(dtype=np.float16) == "gemm_1x1"
     assert kernel(cpu=False) != "host_gemm"
     assert kernel(settings=replace(s, host_pointwise_max_batch=0)) == "gemm_1x1"
-    assert kernel(n=2, settings=replace(s, host_pointwise_max_batch=2)) == "host_gemm"
+    assert kernel(n=9, settings=replace(s, host_pointwise_max_batch=9)) == "host_gemm"
     wg = np.zeros((64, 16, 1, 1), np.float32)
     spec = make_spec(np.zeros((1, 32, 14, 14), np.float32), wg, None, groups=2)
     assert opencl_plan.choose(spec, wg, cpu=True, settings=s)[0].kernel == "gemm_1x1"
@@ -1007,9 +1011,11 @@ def test_single_images_1x1_layers_route_to_the_host():
         ((1, 256, 28, 28), {}),  # large enough for NumPy's own threads
         ((1, 24, 29, 31), {"stride": 2}),
         ((1, 24, 16, 16), {"stride": (1, 3), "dilation": 2}),
+        ((3, 40, 13, 9), {}),
+        ((8, 16, 7, 7), {"dilation": 3}),
     ],
 )
-def test_single_images_1x1_layers_run_on_the_host(default_backend, tune, shape, opts):
+def test_small_batches_1x1_layers_run_on_the_host(default_backend, tune, shape, opts):
     # on a CPU device they run NumPy's matrix product: its result bit for bit (the
     # replay too, and after the weights change in place), within float32 of the naive
     # reference, with a notice; the device's kernels are not built for them
@@ -1155,11 +1161,12 @@ def test_pointwise_results_held_are_not_reused(pointwise, ocl):
 )
 def test_pointwise_only_where_it_applies_and_pays(cin, hw, stride, padding, kernel):
     # two images: a single image's unstrided 1x1 layers go to gemm_1x1 where pointwise
-    # does not apply (test_gemm_1x1_route)
+    # does not apply (test_gemm_1x1_route); on the device, not the host's BLAS
     x = np.ones((2, cin, *hw), np.float32)
     w = np.ones((64, cin, 1, 1), np.float32)
     spec = make_spec(x, w, None, stride=stride, padding=padding)
-    assert opencl_plan.choose(spec, w)[0].kernel == kernel
+    s = replace(DEFAULT, host_pointwise_max_batch=0)
+    assert opencl_plan.choose(spec, w, settings=s)[0].kernel == kernel
 
 
 @pytest.mark.parametrize(
@@ -1621,6 +1628,7 @@ _SCRIPT = textwrap.dedent(
         ocl.settings = dataclasses.replace(
             DEFAULT, winograd=kind not in ([], ["pointwise"]), wino_fused=kind == ["fused"],
             wino_whole=kind == ["whole"], pointwise_min_cin=1, pointwise_min_pixels=1,
+            host_pointwise_max_batch=0,
         )
         spec = make_spec(x, w, None, **opts)
         info = RunInfo()

@@ -425,11 +425,11 @@ def test_a_one_pixel_1x1_layer_runs_as_a_host_matrix_product(n):
     assert "compute" in info.timings
     want = naive_conv2d(x, np.array(layer.weight), np.array(layer.bias), (1, 1), (0,) * 4)
     assert_close(y, want, "float32")
-    # a 1x1 layer on a larger map stays on the device, but for a single image on a CPU
-    # device (host_pointwise_max_batch); padded, it stays on the device
+    # a 1x1 layer on a larger map stays on the device, but on a CPU device (up to 8
+    # images: host_pointwise_max_batch); padded, it stays on the device
     from convcli import backends
 
-    host = n == 1 and backends.get_backend("opencl").is_cpu
+    host = backends.get_backend("opencl").is_cpu
     for shape, pad, on_host in (((n, 144, 2, 1), 0, host), ((n, 144, 1, 1), 1, False)):
         info = RunInfo()
         xs = rng.standard_normal(shape).astype(np.float32)
@@ -450,7 +450,8 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
 
     rng = np.random.default_rng(7)
     _, cin, k, _ = shape
-    x = rng.standard_normal((2, cin, 9, 11)).astype(np.float32)
+    n = 9 if k == 1 else 2  # a 1x1 layer of up to 8 images runs on the host on a CPU
+    x = rng.standard_normal((n, cin, 9, 11)).astype(np.float32)
     w = rng.standard_normal(shape).astype(np.float32)
     pad = k // 2
     assert w.nbytes > 1 << 16

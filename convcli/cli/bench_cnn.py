@@ -116,8 +116,8 @@ def _print_result(result: Any, console: Any) -> None:
     if ocl in systems:
         notes.append(
             "OpenCL's on host: layers the OpenCL backend ran as NumPy on the host, where "
-            "that needs no launch on a CPU device (squeeze-and-excitation products, a single "
-            "image's 1x1 layers)"
+            "that needs no launch on a CPU device (squeeze-and-excitation products, the 1x1 "
+            "layers of up to 8 images)"
         )
     totals.caption = "; ".join(notes)
     totals.caption_justify = "left"
