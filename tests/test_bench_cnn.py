@@ -124,6 +124,10 @@ def test_layers_the_opencl_backend_ran_on_the_host_are_counted():
     assert bench_cnn.HOST_NOTE in notes[1] and bench_cnn.HOST_NOTE not in notes[9]
     described = {t.batch: t.description for t in result.totals}
     assert described == {1: "1 conv layers, 1 on the host", 9: "1 conv layers"}
+    from convcli.cli.bench_cnn import _on_host  # the totals table's column
+
+    assert _on_host(result.rows, "one", 1, "convcli-opencl") == "1 (100%)"
+    assert _on_host(result.rows, "one", 9, "convcli-opencl") == "0"
     assert all(r.ok for r in result.rows)
 
 

@@ -50,6 +50,20 @@ def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _on_host(rows: Sequence[Any], net: str, batch: int, system: str) -> str:
+    """How many of the network's layers ``system`` ran on the host, and their share of
+    its total time: ``"40 (64%)"``."""
+    from convcli import bench_cnn as cnn
+
+    mine = [r for r in rows if (r.network, r.batch, r.system) == (net, batch, system)]
+    total = sum(r.median_ms * r.count for r in mine)
+    host = [r for r in mine if cnn.HOST_NOTE in r.note]
+    if not host:
+        return "0"
+    share = sum(r.median_ms * r.count for r in host) / total if total > 0 else float("nan")
+    return f"{sum(r.count for r in host)} ({share:.0%})"
+
+
 def _disturbance(result: Any, systems: Sequence[str]) -> list[str]:
     """What could have disturbed the timed calls: the other workers' CPU time (the
     systems' own interference) and the share of time each worker's threads waited for a
@@ -74,8 +88,6 @@ def _disturbance(result: Any, systems: Sequence[str]) -> list[str]:
 def _print_result(result: Any, console: Any) -> None:
     """Tables on ``console`` (a rich Console on stdout)."""
     from rich.table import Table
-
-    from convcli import bench_cnn as cnn
 
     systems = list(result.workers)
     totals = Table(
@@ -104,10 +116,7 @@ def _print_result(result: Any, console: Any) -> None:
             if s != "torch":
                 cells.append(_ratio(t.ratio))
         if ocl in systems:
-            cells.append(str(sum(
-                r.count for r in result.rows
-                if (r.network, r.batch, r.system) == (net, batch, ocl) and cnn.HOST_NOTE in r.note
-            )))  # fmt: skip
+            cells.append(_on_host(result.rows, net, batch, ocl))
         totals.add_row(*cells)
     notes = [f"layers: {result.source}", "workers: " + ", ".join(
         f"{s} pid {p}" for s, p in result.workers.items())]  # fmt: skip
@@ -117,7 +126,7 @@ def _print_result(result: Any, console: Any) -> None:
         notes.append(
             "OpenCL's on host: layers the OpenCL backend ran as NumPy on the host, where "
             "that needs no launch on a CPU device (squeeze-and-excitation products, the 1x1 "
-            "layers of up to 8 images)"
+            "layers of up to 8 images), and their share of its total"
         )
     totals.caption = "; ".join(notes)
     totals.caption_justify = "left"
