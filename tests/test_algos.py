@@ -487,10 +487,14 @@ def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk)
         ((1, 12, 9, 11), (10, 12, 1, 1), 1),  # one image: pieces of pixels
         ((5, 8, 4, 6), (6, 4, 1, 1), 2),  # images, groups; a plane under one piece
         ((2, 6, 17, 16), (3, 6, 1, 1), 1),
+        ((1, 12, 3, 3), (40, 12, 1, 1), 1),  # fewer pixels than channels: channel pieces
+        ((1, 16, 2, 3), (50, 8, 1, 1), 2),  # ... 25 a group, the last piece short
+        ((3, 20, 4, 4), (36, 20, 1, 1), 1),  # three images, channel pieces at 3 threads
     ],
 )
 def test_pointwise_pieces_on_threads(numpy_settings, threads, xs, ws, groups):
-    """1x1 layers: matmuls straight on the input, in pieces of images and pixels."""
+    """1x1 layers: matmuls straight on the input, in pieces of images and of pixels or
+    output channels."""
     numpy_settings(threads=threads, threaded_min_flops=0)
     rng = np.random.default_rng(sum(xs))
     x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")

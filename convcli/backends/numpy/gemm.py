@@ -250,27 +250,41 @@ def _pointwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """1x1, stride 1, no padding: matmuls over channels straight on the input (no copy),
-    in pieces of images and pixels on our threads (each GEMM on one BLAS thread)."""
+    in pieces of images and of pixels or output channels on our threads (each GEMM on
+    one BLAS thread).
+
+    Every piece's GEMM packs the rows of the weights it takes and the columns of the input
+    it takes, so a piece of pixels packs all the weights again: where an image's pixels
+    are fewer than its output channels (resnet's 512->2048 on 7^2), the pieces take
+    output channels instead. One image, two threads, ms (median, one process): 512->2048
+    7^2 0.89 in pieces of pixels against 0.69 of channels, 256->1024 14^2 0.96 against
+    0.64; 64->256 56^2 (more pixels than channels) 0.68 against 0.77.
+    """
     g, cin_g, cout_g, n = spec.groups, spec.cin_g, spec.cout_g, spec.n
     hw = spec.h * spec.w
     wm = weight.reshape(g, cout_g, cin_g)
     xs = x.reshape(n, g, cin_g, hw)
     out = np.empty((n, g, cout_g, hw), dtype=work)
     threads = gemm_threads(spec, settings)
-    # about two pieces per thread, whole images where there are enough of them
-    pieces = max(1, -(-2 * threads // n)) if threads > 1 else 1
-    step = -(-hw // pieces)
-    step = min(hw, -(-step // 16) * 16)
-
-    def piece(i: int, p0: int) -> None:
-        np.matmul(wm, xs[i, :, :, p0 : p0 + step], out=out[i, :, :, p0 : p0 + step])
-
     if threads == 1:
         with quiet_blas(spec, settings):
             np.matmul(wm, xs, out=out)
-    else:
-        jobs = [(i, p0) for i in range(n) for p0 in range(0, hw, step)]
-        run_jobs(piece, jobs, threads, settings)
+        return out.reshape(n, spec.c_out, spec.h, spec.w)
+    # about two pieces per thread, whole images where there are enough of them
+    pieces = max(1, -(-2 * threads // n))
+    by_channels = pieces > 1 and hw < cout_g
+    extent = cout_g if by_channels else hw
+    step = -(-extent // pieces)
+    step = min(extent, -(-step // 16) * 16)
+
+    def piece(i: int, p0: int) -> None:
+        if by_channels:
+            np.matmul(wm[:, p0 : p0 + step], xs[i], out=out[i, :, p0 : p0 + step])
+        else:
+            np.matmul(wm, xs[i, :, :, p0 : p0 + step], out=out[i, :, :, p0 : p0 + step])
+
+    jobs = [(i, p0) for i in range(n) for p0 in range(0, extent, step)]
+    run_jobs(piece, jobs, threads, settings)
     return out.reshape(n, spec.c_out, spec.h, spec.w)
 
 
