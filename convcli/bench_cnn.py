@@ -54,15 +54,13 @@ from typing import Any
 
 import numpy as np
 
-from convcli.bench import TOLERANCE, _max_rel_err, rows_to_csv
+from convcli.bench import HOST_MARK, HOST_NOTE, TOLERANCE, _max_rel_err, rows_to_csv
 from convcli.errors import BackendError, ConvValueError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
-# a layer the OpenCL backend ran on the host (its notices say "on the host (NumPy)":
-# squeeze-and-excitation's products, small batches' 1x1 layers on a CPU device, the
-# widest FFTs); its row's note and its network's total say so
-HOST_MARK = "on the host (NumPy)"
-HOST_NOTE = "on host"
+# a layer the OpenCL backend ran on the host (its notices say HOST_MARK: squeeze-and-
+# excitation's products, small batches' 1x1 layers on a CPU device, the widest FFTs):
+# its row's note and its network's total say so (HOST_NOTE)
 SYSTEMS = ("torch", "convcli-opencl", "convcli-numpy")
 REFERENCE = "torch"
 # The most seconds a worker waits, before its turn on a layer, for the other workers'

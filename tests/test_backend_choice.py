@@ -274,3 +274,21 @@ def test_a_kernels_first_launch_with_a_new_work_group_size_counts_as_build(monke
         else:
             assert info.timings["build"] > 0.0, shape  # a new work-group size
     assert seen[0] != seen[1] == seen[2]
+
+
+def test_auto_starts_no_opencl_for_a_layer_it_would_hand_to_numpy(monkeypatch):
+    # a 1x1 layer of one image runs NumPy's product on a CPU device's OpenCL backend:
+    # however long NumPy takes, starting OpenCL for it buys nothing; a GPU device runs
+    # it in its kernels and is started as before
+    x = np.empty((1, 2048, 44, 44), np.float32)
+    w = np.zeros((2048, 2048, 1, 1), np.float32)
+    spec = make_spec(x, w, None)
+    monkeypatch.setattr(backends, "started_opencl", lambda device=None: None)
+    monkeypatch.setattr(build_index, "is_built", lambda key: True)
+    monkeypatch.setattr(build_index, "load_device", lambda device=None: _record(is_cpu=True))
+    assert choice.numpy_first(spec, w, None, "auto")
+    monkeypatch.setattr(build_index, "load_device", lambda device=None: _record(is_cpu=False))
+    assert not choice.numpy_first(spec, w, None, "auto")
+    # a forced algorithm runs the device's GEMM kernels: OpenCL as before
+    monkeypatch.setattr(build_index, "load_device", lambda device=None: _record(is_cpu=True))
+    assert not choice.numpy_first(spec, w, None, "gemm")

@@ -200,3 +200,26 @@ def test_systems_take_turns_in_rounds(monkeypatch):
     monkeypatch.setattr(bench, "ROUNDS", 7)
     assert bench._rounds(7) == [1] * 7 and bench._rounds(9) == [2, 2, 1, 1, 1, 1, 1]
     assert [r.system for r in rows] == ["convcli-numpy", "torch"]
+
+
+def test_opencl_rows_run_on_the_host_say_so(monkeypatch):
+    # a 1x1 layer of a few images runs NumPy's product on a CPU device: the OpenCL row's
+    # note says so and no "kernel" row claims OpenCL profiling events for it; a layer
+    # on the device keeps its kernel row
+    from conftest import opencl_available
+
+    from convcli import backends
+
+    if not opencl_available() or not backends.get_backend("opencl").is_cpu:
+        pytest.skip("the host route is for CPU OpenCL devices")
+    suite = [
+        bench.Workload("P1", "N=2 16->24 12^2 1x1", (2, 16, 12, 12), (24, 16, 1, 1)),
+        bench.Workload("D3", "N=2 8->8 12^2 3x3", (2, 8, 12, 12), (8, 8, 3, 3), padding=1),
+    ]
+    monkeypatch.setattr(bench, "SUITES", {"quick": suite})
+    rows = bench.run_suite("quick", backends=("opencl",), compare=(), repeat=1)
+    by = {(r.workload, r.mode): r for r in rows}
+    assert by[("P1", "end-to-end")].note.endswith(bench.HOST_NOTE)
+    assert ("P1", "kernel") not in by
+    assert bench.HOST_NOTE not in by[("D3", "end-to-end")].note and ("D3", "kernel") in by
+    assert all(r.ok for r in rows)

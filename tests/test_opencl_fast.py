@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from convcli import backends, conv2d
+from convcli.backends.numpy.threads import gemm_threads
 from convcli.backends.opencl import gemm
 from convcli.backends.opencl import plan as opencl_plan
 from convcli.backends.opencl import winograd as opencl_winograd
@@ -1008,7 +1009,8 @@ def test_small_batches_1x1_layers_route_to_the_host():
     "shape, opts",
     [
         ((1, 36, 47, 33), {}),  # one BLAS thread's product, replayed
-        ((1, 256, 28, 28), {}),  # large enough for NumPy's own threads
+        ((1, 256, 28, 28), {}),  # 19.7 MFLOP: one BLAS thread's product too, replayed
+        ((2, 256, 48, 48), {}),  # 116 MFLOP: NumPy's own threads (two CPUs), not replayed
         ((1, 24, 29, 31), {"stride": 2}),
         ((1, 24, 16, 16), {"stride": (1, 3), "dilation": 2}),
         ((3, 40, 13, 9), {}),
@@ -1029,19 +1031,29 @@ def test_small_batches_1x1_layers_run_on_the_host(default_backend, tune, shape, 
     b = rng.standard_normal(w.shape[0]).astype(np.float32)
     spec = make_spec(x, w, b, **opts)
     numpy = backends.get_backend("numpy")
-    built = len(be._programs)
+    rt = be.runtime_for(spec)  # the inline device's for the smaller ones
+
+    def built():
+        return len(be._programs) + len(rt._programs)
+
+    before = built()
+    # the unstrided product NumPy runs on one thread of ours is kept as the replay
+    replayed = spec.stride == (1, 1) and gemm_threads(spec, numpy.settings) == 1
     for bias in (b, None, b):
-        want = numpy.run(x, w, bias, make_spec(x, w, bias, **opts), info=RunInfo())
+        one = make_spec(x, w, bias, **opts)
+        rt.replays.pop((one, "auto"), None)
+        want = numpy.run(x, w, bias, one, info=RunInfo())
         for _ in range(2):  # planned, then replayed where it is kept
             info = RunInfo()
-            out = be.run(x, w, bias, make_spec(x, w, bias, **opts), info=info)
+            out = be.run(x, w, bias, one, info=info)
             assert np.array_equal(out, want)
             assert info.algo == "gemm" and "on the host (NumPy)" in info.notices[0]
+            assert ((one, "auto") in rt.replays) == replayed
         assert_close(out, naive_for_spec(x, w, bias, spec), "float32")
     w *= -0.5  # changed in place: the next call reads the new values
     out = be.run(x, w, b, spec, info=RunInfo())
     assert_close(out, naive_for_spec(x, w, b, spec), "float32")
-    assert len(be._programs) == built
+    assert built() == before
 
 
 def test_gemm_1x1_leaves_batches_beyond_32_bit_offsets():

@@ -115,7 +115,9 @@ def _inline_or_skip(ocl):
 
 def test_small_layers_run_inline_with_the_threaded_devices_values(ocl, tune):
     _inline_or_skip(ocl)
-    tune(ocl, inline_max_macs=4_000_000)  # whatever the machine's CPU count
+    # whatever the machine's CPU count; the 1x1 layer on the device, not the host's
+    # matrix product (host_pointwise_max_batch)
+    tune(ocl, inline_max_macs=4_000_000, host_pointwise_max_batch=0)
     rng = np.random.default_rng(5)
     cases = [
         ((1, 16, 14, 14), (32, 16, 3, 3), 1),  # dense_gemm
@@ -136,6 +138,7 @@ def test_small_layers_run_inline_with_the_threaded_devices_values(ocl, tune):
         info = RunInfo()
         inline = conv2d(x, w, b, padding=pad, groups=groups, backend="opencl", info=info)
         assert info.device == ocl.device_name and info.timings["compute"] > 0
+        assert not info.notices  # the device's kernels, not a host route
         assert_close(inline, naive_conv2d(x, w, b, pad=(pad,) * 4, groups=groups), "float32")
         tune(ocl, inline_max_macs=0)
         assert ocl.runtime_for(spec) is ocl

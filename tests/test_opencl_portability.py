@@ -258,9 +258,15 @@ def test_conv2d_through_the_api_on_the_default_device(ocl):
 # ------------------------------------------------------------------ device self-test
 
 
-def test_check_device_passes_on_the_default_device(ocl):
+def test_check_device_passes_on_the_default_device(ocl, monkeypatch):
+    from convcli.backends.opencl import plan as opencl_plan
+
+    # every case on the device: none handed to a host route (a CPU device's 1x1 layers)
+    hosted = []
+    monkeypatch.setattr(opencl_plan, "_note_host_fc", lambda info, spec: hosted.append(spec))
     default = next(d for d in dev.list_devices() if d.default)
     check = dev.check_device(default.index)
+    assert not hosted
     assert check.ok, check.failures
     # one case per kernel family; FFT where local memory allows, float64 with fp64
     expected = 6 + dev._fft_fits(ocl.limits) + ocl.limits.fp64

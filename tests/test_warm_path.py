@@ -625,3 +625,48 @@ def test_weights_the_sample_cannot_tell_apart_run_once_a_call(monkeypatch):
         per_call.append(len(launches))
     # the first w2 call: served w1's buffers on the sample, found them stale, ran again
     assert per_call == [2 * once] + [once] * 4
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_a_host_products_replay_follows_blas_threads(numpy_settings, monkeypatch):
+    # a 1x1 layer large enough for NumPy's threads, kept as a one-thread replay while
+    # BLAS was held at one thread (a caller's threadpool_limits), runs NumPy's threaded
+    # path once BLAS has its threads back, as NumPy's backend would
+    import os
+
+    from convcli import backends
+    from convcli.backends.numpy import threads as np_threads
+    from convcli.runinfo import RunInfo
+
+    be = backends.get_backend("opencl")
+    if not be.is_cpu or not np_threads.ONE_THREAD_BLAS.available:
+        pytest.skip("the host route is for CPU devices; NumPy's threads need threadpoolctl")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("NumPy's backend runs one thread here")
+    numpy_settings(threads=None, threaded_min_flops=1)  # this small layer is "large"
+    numpy = backends.get_backend("numpy")
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 24, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
+    spec = convcli.spec.make_spec(x, w, None)
+    rt = be.runtime_for(spec)
+    rt.replays.pop((spec, "auto"), None)
+    monkeypatch.setattr(np_threads.ONE_THREAD_BLAS, "threads", lambda: 1)
+    assert np_threads.gemm_threads(spec, numpy.settings) == 1
+    convcli.conv2d(x, w, backend="opencl")
+    assert (spec, "auto") in rt.replays  # kept: NumPy ran one matmul
+    monkeypatch.setattr(np_threads.ONE_THREAD_BLAS, "threads", lambda: 2)
+    assert np_threads.gemm_threads(spec, numpy.settings) == 2
+    jobs = []
+    real = np_threads.run_jobs
+
+    def counted(job, args, threads, settings, spec=None):
+        jobs.append(threads)
+        return real(job, args, threads, settings, spec)
+
+    monkeypatch.setattr("convcli.backends.numpy.gemm.run_jobs", counted)
+    info = RunInfo()
+    y = convcli.conv2d(x, w, backend="opencl", info=info)
+    assert jobs == [2]  # NumPy's pieces on two threads, not the kept one-thread matmul
+    assert "on the host (NumPy)" in info.notices[0]
+    assert_close(y, naive_conv2d(x, w, None, (1, 1), (0,) * 4), "float32")

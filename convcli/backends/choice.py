@@ -160,6 +160,24 @@ def _build_seconds(
     return program_seconds(needed, backend=backend, record=record)
 
 
+def _runs_on_the_host(
+    spec: ConvSpec, weight: np.ndarray, algo: str, record: build_index.DeviceRecord
+) -> bool:
+    """Whether the OpenCL backend, once started on the recorded device with its default
+    settings, would run ``spec`` as NumPy on the host (a CPU device's 1x1 layers of a
+    few images, squeeze-and-excitation products, the widest FFTs): OpenCL's speed-up
+    is then not had, and its start is paid for nothing."""
+    from convcli.backends.opencl import plan as opencl_plan
+    from convcli.backends.opencl.settings import DEFAULT
+    from convcli.errors import ConvValueError
+
+    try:
+        plan, _ = opencl_plan.planned(spec, weight, algo, cpu=record.is_cpu, settings=DEFAULT)
+    except ConvValueError:
+        return False
+    return plan is not None and plan.kernel in ("host_gemm", "host_fft")
+
+
 def opencl_once(
     needed: list[tuple[str, dict[str, int | str]]],
     device: str | None,
@@ -216,6 +234,8 @@ def numpy_first(spec: ConvSpec, weight: np.ndarray, device: str | None, algo: st
             # never started with this index: nothing known of the device or its
             # cache; the first job worth the start-up starts it, and the index learns
             return False
+    if started is None and _runs_on_the_host(spec, weight, algo, record):
+        return True  # started, OpenCL would hand it to NumPy: a start for nothing
     cached, uncached, keys = _build_seconds(
         spec, weight, algo, backend=started or None, record=record
     )

@@ -538,7 +538,13 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
 
     def replay(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, info: RunInfo):
         _note_host_fc(info, spec)
-        if numpy.settings is not nset or numpy.threads() != threads:
+        # gemm_threads also follows BLAS's thread count (a caller's threadpool_limits
+        # that has ended): a layer large enough for NumPy's threads takes them again
+        if (
+            numpy.settings is not nset
+            or numpy.threads() != threads
+            or (gemm_threads(spec, nset) != 1)
+        ):
             return numpy.run(x, weight, bias, spec, algo="auto", info=info)
         t0 = time.perf_counter()
         n = x.shape[0]
