@@ -4,7 +4,8 @@ device's kernels, in one process, alternating: the data behind the settings
 
 Every distinct unpadded, ungrouped 1x1 layer of the cnn suite's networks (on maps larger
 than 1x1), at the batch given, runs ``rounds`` rounds of one warm-up and ``calls`` timed
-``conv2d(..., backend="opencl")`` calls with the route on, then off. Prints the medians
+``conv2d(..., backend="opencl")`` calls with the route on for every batch, stride and
+output size (``host``), then off (``device``). Prints the medians
 per layer (host / device below 1: the host is faster) and the 1x1 totals per network.
 
     python benchmarks/host_pointwise_ab.py --batch 8
@@ -21,6 +22,7 @@ from collections import defaultdict
 import convcli
 from convcli import bench_cnn
 from convcli.backends import get_backend
+from convcli.spec import make_spec
 
 
 def main() -> None:
@@ -35,7 +37,10 @@ def main() -> None:
     base = be.settings
     modes = {
         "host": dataclasses.replace(
-            base, host_pointwise_max_batch=1 << 30, host_pointwise_max_out_bytes=1 << 62
+            base,
+            host_pointwise_max_batch=1 << 30,
+            host_pointwise_strided_max_batch=1 << 30,
+            host_pointwise_max_out_bytes=1 << 62,
         ),
         "device": dataclasses.replace(base, host_pointwise_max_batch=0),
     }
@@ -62,7 +67,8 @@ def main() -> None:
                         times[mode].append(time.perf_counter() - t0)
             h, d = (statistics.median(times[m]) * 1e3 for m in ("host", "device"))
             medians[key] = (h, d)
-            out_mb = args.batch * layer.c_out * (layer.h // layer.stride[0]) ** 2 * 4 / 2**20
+            spec = make_spec(x, w, b, **layer.options())
+            out_mb = 4 * spec.n * spec.c_out * spec.h_out * spec.w_out / 2**20
             print(
                 f"{layer.describe():28s} out {out_mb:6.1f} MiB  host {h:7.3f} ms  "
                 f"device {d:7.3f} ms  host/device {h / d:.2f}",

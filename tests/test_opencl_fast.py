@@ -997,6 +997,8 @@ def test_small_batches_1x1_layers_route_to_the_host():
     assert kernel(cpu=False) != "host_gemm"
     assert kernel(settings=replace(s, host_pointwise_max_batch=0)) == "gemm_1x1"
     assert kernel(n=9, settings=replace(s, host_pointwise_max_batch=9)) == "host_gemm"
+    wider = replace(s, host_pointwise_strided_max_batch=2)
+    assert kernel(n=2, stride=2, settings=wider) == "host_gemm"
     wg = np.zeros((64, 16, 1, 1), np.float32)
     spec = make_spec(np.zeros((1, 32, 14, 14), np.float32), wg, None, groups=2)
     assert opencl_plan.choose(spec, wg, cpu=True, settings=s)[0].kernel == "gemm_1x1"

@@ -125,8 +125,9 @@ def _print_result(result: Any, console: Any) -> None:
     if ocl in systems:
         notes.append(
             "OpenCL's on host: layers the OpenCL backend ran as NumPy on the host, where "
-            "that needs no launch on a CPU device (squeeze-and-excitation products, the 1x1 "
-            "layers of up to 8 images), and their share of its total"
+            "that needs no launch on a CPU device (squeeze-and-excitation products, unpadded "
+            "ungrouped 1x1 layers of up to 8 images and 16 MiB of output, one image when "
+            "strided; FFTs too wide for its tiles), and their share of its total"
         )
     totals.caption = "; ".join(notes)
     totals.caption_justify = "left"

@@ -250,11 +250,12 @@ def _host_fc_pays(spec: ConvSpec, s: Settings) -> bool:
 def _host_pointwise_pays(spec: ConvSpec, s: Settings) -> bool:
     """Whether ``auto`` on a CPU device runs ``spec`` on the host: a 1x1 layer without
     padding or groups, float32, of at most ``settings.host_pointwise_max_batch`` images
-    (one when strided) and ``settings.host_pointwise_max_out_bytes`` of output (see the
-    settings for what was measured)."""
+    (``host_pointwise_strided_max_batch`` when strided) and
+    ``settings.host_pointwise_max_out_bytes`` of output (see the settings for what was
+    measured)."""
     return (
         0 < spec.n <= s.host_pointwise_max_batch
-        and (spec.n == 1 or spec.stride == (1, 1))
+        and (spec.stride == (1, 1) or spec.n <= s.host_pointwise_strided_max_batch)
         and spec.kh == spec.kw == 1
         and spec.groups == 1
         and spec.dtype == "float32"

@@ -159,8 +159,9 @@ class Settings:
     # a call, NumPy 21-25 us, on a busy 2-core machine). 0: never.
     host_fc_max_macs: int = 1 << 20
     # Under 'auto' on a CPU device, a 1x1 layer without padding or groups, float32, of
-    # at most host_pointwise_max_batch images and host_pointwise_max_out_bytes of output
-    # runs NumPy's matrix products on the host: the device's cores are the host's, and
+    # at most host_pointwise_max_batch images (host_pointwise_strided_max_batch when
+    # strided) and host_pointwise_max_out_bytes of output runs NumPy's matrix products on
+    # the host: the device's cores are the host's, and
     # BLAS needs no launch, no wake-up of the device's threads and no wait for its queue.
     # A strided one only for a single image (NumPy gathers its columns with a copy
     # first). Measured on the 1x1 layers of the seven networks of ``convcli bench
@@ -179,6 +180,8 @@ class Settings:
     #   device. 0: never.
     host_pointwise_max_batch: int = 8
     host_pointwise_max_out_bytes: int = 16 << 20
+    # ... of at most this many images when strided
+    host_pointwise_strided_max_batch: int = 1
 
     # ---- PoCL's inline (basic) device beside its threaded one (OpenCLBackend.runtime_for)
     # Layers of at most this many multiply-adds (over the batch; a depthwise layer's
