@@ -256,9 +256,8 @@ def _pointwise(
     Every piece's GEMM packs the rows of the weights it takes and the columns of the input
     it takes, so a piece of pixels packs all the weights again: where an image's pixels
     are fewer than its output channels (resnet's 512->2048 on 7^2), the pieces take
-    output channels instead. One image, two threads, ms (median, one process): 512->2048
-    7^2 0.89 in pieces of pixels against 0.69 of channels, 256->1024 14^2 0.96 against
-    0.64; 64->256 56^2 (more pixels than channels) 0.68 against 0.77.
+    output channels instead, and elsewhere pixels (the measurements are in commit
+    ff58907 and docs/PERFORMANCE.md).
     """
     g, cin_g, cout_g, n = spec.groups, spec.cin_g, spec.cout_g, spec.n
     hw = spec.h * spec.w

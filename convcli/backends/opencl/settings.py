@@ -161,23 +161,12 @@ class Settings:
     # Under 'auto' on a CPU device, a 1x1 layer without padding or groups, float32, of
     # at most host_pointwise_max_batch images (host_pointwise_strided_max_batch when
     # strided) and host_pointwise_max_out_bytes of output runs NumPy's matrix products on
-    # the host: the device's cores are the host's, and
-    # BLAS needs no launch, no wake-up of the device's threads and no wait for its queue.
-    # A strided one only for a single image (NumPy gathers its columns with a copy
-    # first). Measured on the 1x1 layers of the seven networks of ``convcli bench
-    # --suite cnn``:
-    # * N=1 (four idle-machine bench runs, medians): NumPy faster on 104 of 116
-    #   (16->72 56^2 0.19 against 0.31 ms, 256->1024 14^2 0.87 against 1.23, strided
-    #   128->256 s2 28^2 0.29 against 0.42), the device's 12 by at most 10 %;
-    # * N=8 (one process alternating host and device, 3 rounds of 5 calls, medians;
-    #   benchmarks/host_pointwise_ab.py --batch 8): the host faster on most unstrided layers
-    #   (resnet50's 1x1 layers 249 against 302 ms, shufflenet's 26 against 31,
-    #   mobilenet's 8.5 against 9.6), the device on every strided one (1.06-1.87x),
-    #   on 144->24 56^2 (2.1 against 3.0 ms) and on 16->96 112^2 (36.8 MB of output,
-    #   6.2 against 22 ms: a fresh allocation that large is mapped afresh by the C
-    #   library at every call, and every page faults);
-    # * N=16 and 32 (116->116 14^2: 0.72 against 0.92, 1.27 against 1.46 ms): the
-    #   device. 0: never.
+    # the host: the device's cores are the host's, and BLAS needs no launch, no wake-up
+    # of the device's threads and no wait for its queue. The device keeps strided layers
+    # of several images (NumPy gathers their columns with a copy first), larger batches,
+    # and outputs so large that a fresh one is mapped afresh, every page faulting, at
+    # each call. docs/PERFORMANCE.md has the measurements behind each limit
+    # (benchmarks/host_pointwise_ab.py --batch N). 0: never.
     host_pointwise_max_batch: int = 8
     host_pointwise_max_out_bytes: int = 16 << 20
     # ... of at most this many images when strided
