@@ -9,7 +9,7 @@ ones are written straight into the output. Wide outputs with few output channels
 instead keep each input row once per column tap and run one GEMM per output row over
 rows the output rows share (:func:`_gemm_shared_rows`): kH times fewer copies. A 1x1
 kernel with stride 1 and no padding is a single matmul over channels with no copy
-(:func:`_pointwise`); a kernel as large as its stride (non-overlapping patches:
+(:func:`pointwise`); a kernel as large as its stride (non-overlapping patches:
 convnext's stem and downsampling layers) is one transposed copy per image and a GEMM
 with the weight as a view (:func:`_patches`). Large layers run as chunks on the
 threads of :mod:`convcli.backends.numpy.threads`.
@@ -164,7 +164,7 @@ def gemm(
     g, cin_g, cout_g = spec.groups, spec.cin_g, spec.cout_g
     n, ho, wo = spec.n, spec.h_out, spec.w_out
     if spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.pad == (0, 0, 0, 0):
-        return _pointwise(x, weight, spec, work, settings)
+        return pointwise(x, weight, spec, work, settings)
     if _patches_apply(spec):
         return _patches(x, weight, spec, work, settings, bias)
     if _shared_rows(spec, settings):
@@ -246,7 +246,7 @@ def gemm(
     return out
 
 
-def _pointwise(
+def pointwise(
     x: np.ndarray, weight: np.ndarray, spec: ConvSpec, work: np.dtype, settings: Settings
 ) -> np.ndarray:
     """1x1, stride 1, no padding: matmuls over channels straight on the input (no copy),

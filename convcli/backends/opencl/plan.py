@@ -510,16 +510,15 @@ def _note_host_fc(info: RunInfo, spec: ConvSpec) -> None:
 
 def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight, bias) -> None:
     """Keep, as the replay of ``(spec, algo)``, the matrix product NumPy's backend just
-    ran for a 1x1 layer (``host_gemm``), without its planning: the same ``np.matmul`` on
-    the same views and the same bias pass (bit-identical), where that was its one-thread
-    ``gemm`` path for stride 1 (BLAS on one thread where NumPy's backend puts it there,
-    see ``quiet_blas``). The squeeze-and-excitation layers of efficientnet, regnet and
+    ran for a 1x1 layer (``host_gemm``), without its planning: its own ``pointwise``
+    and the same bias pass (bit-identical), where that was its one-thread ``gemm`` path
+    for stride 1. The squeeze-and-excitation layers of efficientnet, regnet and
     mobilenet (32 a network) spent 24 us a warm call there, half of it choosing and
     dispatching. The replay checks that NumPy's settings and threads are the ones the
     choice was made for, else runs NumPy's backend as before. Strided layers and those
     NumPy splits over its threads run NumPy's backend at every call."""
     from convcli.backends.numpy import gemm as np_gemm
-    from convcli.backends.numpy.threads import gemm_threads, quiet_blas
+    from convcli.backends.numpy.threads import gemm_threads
 
     nset = numpy.settings
     if (
@@ -533,8 +532,6 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
     ):
         return
     threads = numpy.threads()
-    g, cin_g, cout_g, c_out = spec.groups, spec.cin_g, spec.cout_g, spec.c_out
-    h, w = spec.h, spec.w
     f32 = np.dtype(np.float32)
 
     def replay(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, info: RunInfo):
@@ -548,12 +545,8 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
         ):
             return numpy.run(x, weight, bias, spec, algo="auto", info=info)
         t0 = time.perf_counter()
-        n = x.shape[0]
-        # as gemm._pointwise on one thread, then NumpyBackend.run's bias pass
-        out = np.empty((n, g, cout_g, h * w), dtype=f32)
-        with quiet_blas(spec, nset):
-            np.matmul(weight.reshape(g, cout_g, cin_g), x.reshape(n, g, cin_g, h * w), out=out)
-        out = out.reshape(n, c_out, h, w)
+        # NumPy's gemm path for these layers, then NumpyBackend.run's bias pass
+        out = np_gemm.pointwise(x, weight, spec, f32, nset)
         if bias is not None:
             out += bias[None, :, None, None]
         info.timings["compute"] = info.timings.get("compute", 0.0) + time.perf_counter() - t0
