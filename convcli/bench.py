@@ -67,6 +67,13 @@ ROUNDS = 7
 HOST_MARK = "on the host (NumPy)"
 HOST_NOTE = "on host"
 
+
+def ran_on_host(backend: str, info: Any) -> bool:
+    """Whether ``backend``'s run that filled ``info`` (a RunInfo) was the OpenCL backend
+    handing the layer to NumPy on the host (its notice says :data:`HOST_MARK`)."""
+    return backend == "opencl" and any(HOST_MARK in n for n in info.notices)
+
+
 SYSTEMS = ("convcli-opencl", "convcli-numpy", "torch", "opencv", "scipy")
 PEERS = ("torch", "opencv", "scipy")
 
@@ -456,7 +463,7 @@ def _run_workload(
             say(f"{wl.id} {system}: skipped ({exc})")
             continue
         algos[system] = f"algo={probe.algo}" if probe.algo else ""
-        if backend == "opencl" and any(HOST_MARK in n for n in probe.notices):
+        if ran_on_host(backend, probe):
             # the OpenCL backend handed it to NumPy (a CPU device's 1x1 layers, the
             # widest FFTs): its times are the host's, and no profiling events are had
             hosted.add(system)

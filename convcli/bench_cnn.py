@@ -54,13 +54,10 @@ from typing import Any
 
 import numpy as np
 
-from convcli.bench import HOST_MARK, HOST_NOTE, TOLERANCE, _max_rel_err, rows_to_csv
+from convcli.bench import HOST_NOTE, TOLERANCE, _max_rel_err, ran_on_host, rows_to_csv
 from convcli.errors import BackendError, ConvValueError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
-# a layer the OpenCL backend ran on the host (its notices say HOST_MARK: squeeze-and-
-# excitation's products, small batches' 1x1 layers on a CPU device, the widest FFTs):
-# its row's note and its network's total say so (HOST_NOTE)
 SYSTEMS = ("torch", "convcli-opencl", "convcli-numpy")
 REFERENCE = "torch"
 # The most seconds a worker waits, before its turn on a layer, for the other workers'
@@ -438,8 +435,9 @@ def _system_runner(system: str, torch_threads: int | None):
         info = RunInfo()
         y = conv2d(x, w, b, backend=backend, info=info, **layer.options())
         note = f"algo={info.algo}" if info.algo else ""
-        if backend == "opencl" and any(HOST_MARK in n for n in info.notices):
-            note += " " + HOST_NOTE  # the OpenCL backend ran it on the host
+        if ran_on_host(backend, info):
+            # its row's note and its network's total say so
+            note += " " + HOST_NOTE
         return y, note
 
     return run_convcli

@@ -53,11 +53,11 @@ def _ratio(v: float | None) -> str:
 def _on_host(rows: Sequence[Any], net: str, batch: int, system: str) -> str:
     """How many of the network's layers ``system`` ran on the host, and their share of
     its total time: ``"40 (64%)"``."""
-    from convcli import bench_cnn as cnn
+    from convcli.bench import HOST_NOTE
 
     mine = [r for r in rows if (r.network, r.batch, r.system) == (net, batch, system)]
     total = sum(r.median_ms * r.count for r in mine)
-    host = [r for r in mine if cnn.HOST_NOTE in r.note]
+    host = [r for r in mine if HOST_NOTE in r.note]
     if not host:
         return "0"
     share = sum(r.median_ms * r.count for r in host) / total if total > 0 else float("nan")
