@@ -24,6 +24,20 @@ def _ref(x, w, b=None, pad=1):
     return naive_conv2d(x, w, b, (1, 1), (pad, pad, pad, pad))
 
 
+def _late_check_layer(monkeypatch, seed, x_shape, w_shape, pad):
+    """Random float32 ``(x, w)`` of these shapes, with the OpenCL runtime that runs them
+    comparing no key first (an earlier test's failed late check would make it compare
+    before the launches)."""
+    from convcli.backends import get_backend
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    rt = get_backend("opencl").runtime_for(convcli.spec.make_spec(x, w, None, padding=pad))
+    monkeypatch.setattr(rt, "_compare_first", set())
+    return x, w
+
+
 def test_cached_spec_still_rejects_what_validation_rejects():
     x = np.zeros((1, 2, 5, 5), np.float32)
     w = np.zeros((3, 2, 3, 3), np.float32)
@@ -445,18 +459,13 @@ def test_weights_compared_in_full_after_the_launches(monkeypatch, shape):
     # large weights met again are served on a sample's match and compared in full
     # while the kernels run (after the last launch is queued); a change the sample
     # misses is still seen: the run is done again with the weights packed afresh
-    from convcli.backends import get_backend
     from convcli.backends.opencl import runtime
 
-    rng = np.random.default_rng(7)
     _, cin, k, _ = shape
     n = 9 if k == 1 else 2  # a 1x1 layer of up to 8 images runs on the host on a CPU
-    x = rng.standard_normal((n, cin, 9, 11)).astype(np.float32)
-    w = rng.standard_normal(shape).astype(np.float32)
     pad = k // 2
+    x, w = _late_check_layer(monkeypatch, 7, (n, cin, 9, 11), shape, pad)
     assert w.nbytes > 1 << 16
-    rt = get_backend("opencl").runtime_for(convcli.spec.make_spec(x, w, None, padding=pad))
-    monkeypatch.setattr(rt, "_compare_first", set())  # no earlier test's failed check
     convcli.conv2d(x, w, padding=pad, backend="opencl")
     order = []
     real_enqueue, real_same = runtime.Runtime.enqueue, runtime.same_values
@@ -542,11 +551,7 @@ def test_a_fetch_on_another_thread_leaves_the_deferred_check_to_its_run(monkeypa
     from convcli.backends.opencl import runtime
 
     be = get_backend("opencl")
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((2, 128, 9, 11)).astype(np.float32)
-    w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
-    rt = be.runtime_for(convcli.spec.make_spec(x, w, None, padding=1))
-    monkeypatch.setattr(rt, "_compare_first", set())  # no key compared first, none left
+    x, w = _late_check_layer(monkeypatch, 11, (2, 128, 9, 11), (128, 128, 3, 3), 1)
     convcli.conv2d(x, w, padding=1, backend="opencl")  # packs w
     w.reshape(-1)[1] += 3.0  # in place, where the 64-value sample does not look
     queued, fetched = threading.Event(), threading.Event()
@@ -596,15 +601,9 @@ def test_weights_the_sample_cannot_tell_apart_run_once_a_call(monkeypatch):
     # every odd index): once a late comparison has found one served for the other,
     # that shape's weights are compared in full before the launches, not run twice
     # (and packed afresh) at every call
-    from convcli.backends import get_backend
     from convcli.backends.opencl import runtime
 
-    be = get_backend("opencl")
-    rng = np.random.default_rng(12)
-    x = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
-    w1 = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
-    rt = be.runtime_for(convcli.spec.make_spec(x, w1, None, padding=1))
-    monkeypatch.setattr(rt, "_compare_first", set())  # no key compared first, none left
+    x, w1 = _late_check_layer(monkeypatch, 12, (1, 64, 8, 8), (64, 64, 3, 3), 1)
     w2 = w1.copy()
     w2.reshape(-1)[1::2] *= -1
     launches = []
