@@ -166,10 +166,22 @@ def _short(p: tuple[int, int]) -> str:
 
 
 def load_networks(path: str | Path | None = None) -> tuple[dict[str, list[CnnLayer]], str]:
-    """The networks of the layer file (default: the one shipped with convcli) and its
-    ``source`` line (which torchvision and torch made it)."""
-    data = json.loads(Path(path or DATA_FILE).read_text())
-    nets = {n: [CnnLayer.from_dict(d) for d in v] for n, v in data["networks"].items()}
+    """The networks of a layer file made by ``tools/make_cnn_layers.py`` (default: the
+    one shipped with convcli) and its ``source`` line (which torchvision and torch made
+    it). Raises ConvValueError naming the file when it cannot be read as one."""
+    where = Path(path or DATA_FILE)
+    try:
+        data = json.loads(where.read_text())
+        nets = {n: [CnnLayer.from_dict(d) for d in v] for n, v in data["networks"].items()}
+    except OSError as exc:
+        raise ConvValueError(f"{where}: cannot read the layer file: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise ConvValueError(
+            f"{where}: not a layer file of tools/make_cnn_layers.py ({what})"
+        ) from exc
+    if not nets or any(not layers for layers in nets.values()):
+        raise ConvValueError(f"{where}: the layer file lists no network or an empty one")
     return nets, str(data.get("source", ""))
 
 
@@ -526,6 +538,7 @@ def run_cnn_suite(
     torch_threads: int | None = 2,
     settle: float = SETTLE_S,
     progress: Progress | None = None,
+    layer_file: str | Path | None = None,
 ) -> CnnResult:
     """Time the conv layers of ``networks`` on each system, each in a process of its own.
 
@@ -549,6 +562,9 @@ def run_cnn_suite(
         workers' threads to go idle (where their CPU time cannot be read: the pause).
     progress : callable, optional
         Called with one-line messages as the suite runs.
+    layer_file : str or Path, optional
+        Where named ``networks`` come from: a file made by ``tools/make_cnn_layers.py``
+        (other networks than the shipped ones); default: the shipped file.
 
     Returns
     -------
@@ -564,7 +580,7 @@ def run_cnn_suite(
     say = progress or (lambda *args: None)
     source = "given layers"
     if networks is None or not isinstance(networks, Mapping):
-        shipped, source = load_networks()
+        shipped, source = load_networks(layer_file)
         names = list(shipped) if networks is None else list(networks)
         unknown = [n for n in names if n not in shipped]
         if unknown:

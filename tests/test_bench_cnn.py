@@ -290,3 +290,73 @@ def test_cli_only_picks_networks(monkeypatch, tiny):
     res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--only", "lenet", "-q"])
     assert res.exit_code == 2 and "lenet not in" in res.output and "resnet18" in res.output
     assert calls == [("resnet18",)]  # nothing ran
+
+
+def _layer_file(path, networks):
+    body = {n: [layer.to_dict() for layer in layers] for n, layers in networks.items()}
+    path.write_text(json.dumps({"source": "made in a test", "networks": body}))
+    return path
+
+
+def test_a_layer_file_of_other_networks_is_loaded_and_run(tmp_path):
+    path = _layer_file(tmp_path / "other.json", {"tiny": TINY, "pair": TINY[:2]})
+    nets, source = bench_cnn.load_networks(path)
+    assert source == "made in a test" and list(nets) == ["tiny", "pair"]
+    assert nets["pair"] == TINY[:2]
+    result = bench_cnn.run_cnn_suite(
+        ["pair"], batches=(1,), systems=("convcli-numpy",), repeat=1, layer_file=path
+    )
+    assert {r.network for r in result.rows} == {"pair"}
+    assert result.totals[0].description == "2 conv layers" and result.source == "made in a test"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "not a layer file"),
+        ('{"networks": 3}', "not a layer file"),
+        ('{"nets": {}}', "make_cnn_layers.py (no 'networks')"),
+        ('{"networks": {"a": [{"c_in": 3}]}}', "make_cnn_layers.py (no 'c_out')"),
+        ('{"networks": {}}', "lists no network"),
+        ('{"networks": {"a": []}}', "or an empty one"),
+    ],
+)
+def test_a_bad_layer_file_is_named_with_its_problem(tmp_path, text, problem):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"^.*bad\.json: ") as err:
+        bench_cnn.load_networks(path)
+    assert problem in str(err.value)
+    with pytest.raises(ValueError, match="cannot read the layer file"):
+        bench_cnn.load_networks(tmp_path / "missing.json")
+
+
+def test_cli_layers_runs_the_networks_of_a_file(monkeypatch, tiny, tmp_path):
+    calls = []
+
+    def fake(networks=None, layer_file=None, **kwargs):
+        calls.append((networks, layer_file))
+        return tiny
+
+    monkeypatch.setattr(bench_cnn, "run_cnn_suite", fake)
+    path = str(_layer_file(tmp_path / "other.json", {"tiny": TINY, "pair": TINY[:2]}))
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", path, "-q"])
+    assert res.exit_code == 0, res.output
+    assert calls == [(["tiny", "pair"], path)]
+    res = CliRunner().invoke(
+        cli, ["bench", "--suite", "cnn", "--layers", path, "--only", "pair", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    assert calls[-1] == (("pair",), path)
+    res = CliRunner().invoke(
+        cli, ["bench", "--suite", "cnn", "--layers", path, "--only", "resnet18", "-q"]
+    )
+    assert res.exit_code == 2 and "resnet18 not in tiny, pair" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", str(bad), "-q"])
+    assert res.exit_code == 2 and "bad.json: not a layer file" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["bench", "--suite", "files", "--layers", path, "-q"])
+    assert res.exit_code == 2 and "--layers gives the networks of --suite cnn" in res.output
+    assert len(calls) == 2  # nothing else ran

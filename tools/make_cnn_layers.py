@@ -121,13 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         "--torchvision", metavar="WHEEL_OR_DIR", help="torchvision wheel or unpacked folder"
     )
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--networks",
+        default=",".join(NETWORKS),
+        help="torchvision model names, comma-separated (default: the shipped seven); "
+        "other networks go to another --out, for `convcli bench --suite cnn --layers`",
+    )
     args = parser.parse_args(argv)
     import torch
 
     models, tv_version = _torchvision_models(args.torchvision)
     torch.manual_seed(0)
     networks = {}
-    for name in NETWORKS:
+    for name in args.networks.split(","):
         layers = _layers(getattr(models, name)(weights=None), torch)
         networks[name] = layers
         print(f"{name}: {len(layers)} conv layers", file=sys.stderr)

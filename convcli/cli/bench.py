@@ -33,11 +33,15 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (text or "").split(",") if v.strip())
 
 
-def _cnn_networks() -> list[str]:
-    """The networks of the cnn suite's shipped layer file."""
+def _cnn_networks(layers: str | None) -> list[str]:
+    """The networks of the cnn suite's layer file (``--layers``, else the shipped one)."""
     from convcli import bench_cnn
+    from convcli.errors import ConvValueError
 
-    return list(bench_cnn.load_networks()[0])
+    try:
+        return list(bench_cnn.load_networks(layers)[0])
+    except ConvValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--layers") from exc
 
 
 @cli.command()
@@ -96,6 +100,14 @@ def _cnn_networks() -> list[str]:
     "networks, e.g. resnet18,convnext_tiny (default: all).",
 )
 @click.option(
+    "--layers",
+    "layer_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="cnn suite: the networks of this layer file (made by tools/make_cnn_layers.py "
+    "--networks ...) instead of the shipped ones.",
+)
+@click.option(
     "--json", "json_file", metavar="FILE", callback=not_empty,
     help="Write rows as JSON ('-': stdout).",
 )  # fmt: skip
@@ -114,6 +126,7 @@ def bench(
     photo_mp: str,
     workdir: str | None,
     only: str | None,
+    layer_file: str | None,
     json_file: str | None,
     csv_file: str | None,
     overwrite: bool,
@@ -148,6 +161,8 @@ def bench(
     if json_file == "-" and csv_file == "-":
         # both on stdout: JSON then CSV, which no reader of either can parse
         raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
+    if layer_file is not None and suite != "cnn":
+        raise click.UsageError("--layers gives the networks of --suite cnn")
     sizes = None
     if files:
         sizes = cbench.Sizes().scaled(tiled_mp=tiled_mp, photo_mp=_megapixels(photo_mp))
@@ -155,7 +170,7 @@ def bench(
         if not files and suite != "cnn":
             raise click.UsageError("--only picks workloads of --suite files or cnn")
         if suite == "cnn":
-            known = _cnn_networks()
+            known = _cnn_networks(layer_file)
         else:
             wls = cbench.workloads(sizes)
             known = [wl.id for wl in wls] + list(dict.fromkeys(wl.kind for wl in wls))
@@ -188,7 +203,8 @@ def bench(
             progress,
             out,
             write=lambda target, text: write_text_file(target, text, overwrite=overwrite),
-            networks=_csv_list(only) if only is not None else None,
+            networks=_csv_list(only) if only is not None else _cnn_networks(layer_file),
+            layer_file=layer_file,
         )
     if files:
         rows = cbench.run_files_suite(

@@ -20,18 +20,25 @@ def run(
     console: Any,
     write: Callable[[str, str], None],
     networks: Sequence[str] | None = None,
+    layer_file: str | None = None,
 ) -> int:
     """Run the suite with the bench command's options; returns the exit code.
 
     ``write(path, text)`` publishes a ``--json``/``--csv`` file under the side-file rules
     the bench command checked before the run; ``networks`` (default: all) come from
-    ``--only``."""
+    ``--only``, from ``layer_file`` (``--layers``; default: the shipped file)."""
     from convcli import bench_cnn as cnn
 
     systems = [f"convcli-{b}" for b in backends]
     if "torch" in peers:
         systems.insert(0, "torch")
-    result = cnn.run_cnn_suite(networks=networks, systems=systems, repeat=repeat, progress=progress)
+    result = cnn.run_cnn_suite(
+        networks=networks,
+        systems=systems,
+        repeat=repeat,
+        progress=progress,
+        layer_file=layer_file,
+    )
     for target, render in ((json_file, result.to_json), (csv_file, result.to_csv)):
         if target == "-":
             click.echo(render())
