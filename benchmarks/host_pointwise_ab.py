@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
-from collections import defaultdict
 
-import convcli
+import settings_ab
+
 from convcli import bench_cnn
 from convcli.backends import get_backend
 from convcli.spec import make_spec
@@ -53,36 +51,20 @@ def main() -> None:
             ):
                 layers.setdefault(layer.key, layer)
     medians = {}
-    try:
-        for key, layer in layers.items():
-            x, w, b = layer.arrays(args.batch)
-            times = defaultdict(list)
-            for _ in range(args.rounds):
-                for mode, settings in modes.items():
-                    be.settings = settings
-                    convcli.conv2d(x, w, b, backend="opencl", **layer.options())
-                    for _ in range(args.calls):
-                        t0 = time.perf_counter()
-                        convcli.conv2d(x, w, b, backend="opencl", **layer.options())
-                        times[mode].append(time.perf_counter() - t0)
-            h, d = (statistics.median(times[m]) * 1e3 for m in ("host", "device"))
-            medians[key] = (h, d)
-            spec = make_spec(x, w, b, **layer.options())
-            out_mb = 4 * spec.n * spec.c_out * spec.h_out * spec.w_out / 2**20
-            print(
-                f"{layer.describe():28s} out {out_mb:6.1f} MiB  host {h:7.3f} ms  "
-                f"device {d:7.3f} ms  host/device {h / d:.2f}",
-                flush=True,
-            )
-    finally:
-        be.settings = base
-    for name, layers_of in nets.items():
-        tot = [0.0, 0.0]
-        for layer in layers_of:
-            if layer.key in medians:
-                for i in (0, 1):
-                    tot[i] += medians[layer.key][i]
-        print(f"{name}: 1x1 layers host {tot[0]:.2f} ms, device {tot[1]:.2f} ms")
+    for key, layer in layers.items():
+        got = settings_ab.alternate(be, modes, layer, args.batch, args.rounds, args.calls)
+        h, d = got["host"], got["device"]
+        medians[key] = (h, d)
+        x, w, b = layer.arrays(args.batch)
+        spec = make_spec(x, w, b, **layer.options())
+        out_mb = 4 * spec.n * spec.c_out * spec.h_out * spec.w_out / 2**20
+        print(
+            f"{layer.describe():28s} out {out_mb:6.1f} MiB  host {h:7.3f} ms  "
+            f"device {d:7.3f} ms  host/device {h / d:.2f}",
+            flush=True,
+        )
+    for name, (h, d) in settings_ab.network_totals(nets, medians).items():
+        print(f"{name}: 1x1 layers host {h:.2f} ms, device {d:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -1341,6 +1341,10 @@ def test_winograd_wide_layer_is_accurate(ocl):
         ((3, 3), 1, 1, 16, 16, 1, "dense_gemm"),  # too few channels to pay
         ((3, 3), 1, 1, 3, 64, 1, "dense_gemm"),
         ((3, 3), 1, 1, 32, 32, 8, "dense_gemm"),
+        ((3, 3), 1, 1, 128, 32, 1, "dense_gemm"),  # densenet: many inputs, few outputs
+        ((3, 3), 1, 1, 80, 40, 1, "dense_gemm"),
+        ((3, 3), 1, 1, 96, 48, 1, "winograd"),
+        ((3, 3), 1, 1, 64, 32, 1, "winograd"),  # up to 64 inputs: its fused forms
     ],
 )
 def test_winograd_only_where_it_applies_and_pays(k, stride, dilation, cin, cout, groups, kernel):

@@ -427,6 +427,17 @@ class Settings:
     # 1.1, 32->32 1.33, 64->64 1.47, 256->256 1.66. It runs when
     # CIN_G*COUT_G/(CIN_G+COUT_G) reaches this (16->32: 10.7, 16->16: 8).
     wino_min_ratio: float = 10.0
+    # ... and from more than wino_whole_max_cin input channels per group (on CPU devices
+    # the split form, whose 16 transformed values per input channel and tile go through
+    # memory and serve only COUT_G outputs each) at least this many output channels.
+    # Wall ms per call, Winograd vs dense, N=1 (python benchmarks/winograd_ab.py, one
+    # process alternating): densenet121's 128->32 on 28^2 0.55 vs 0.47, 14^2 0.42 vs
+    # 0.27, 7^2 0.18 vs 0.11 (56^2: 1.37 vs 1.41; N=8 3.27 vs 3.22 down to 0.69 vs
+    # 0.52); 80->32 28^2 0.38 vs 0.29, 72->24 0.37 vs 0.27; but 96->48 28^2 0.48 vs
+    # 0.59 and 256->48 14^2 0.44 vs 0.47, and every layer of 96 or more outputs won or
+    # tied as often as it lost (64 and 96 outputs: by map size, which a rule on
+    # channels alone cannot see).
+    wino_wide_in_min_cout: int = 48
     # Bytes of transformed input and GEMM output planes per chunk of tile rows.
     wino_chunk_bytes: int = 8 << 20
     # Chunks of equal row counts (as many as the budget needs) rather than full ones

@@ -42,11 +42,16 @@ def applies(spec: ConvSpec) -> bool:
 
 
 def pays(spec: ConvSpec, s: Settings) -> bool:
-    """Whether a 'gemm' layer runs as Winograd (``settings.wino_min_ratio``)."""
+    """Whether a 'gemm' layer runs as Winograd (``settings.wino_min_ratio``, and
+    ``wino_wide_in_min_cout`` for layers of more than ``wino_whole_max_cin`` input
+    channels per group). Channels only: the bands and batch pieces of a tiled call must
+    choose as the whole did."""
     if not applies(spec):
         return False
     if s.winograd is not None:
         return s.winograd
+    if spec.cin_g > s.wino_whole_max_cin and spec.cout_g < s.wino_wide_in_min_cout:
+        return False
     return spec.cin_g * spec.cout_g >= s.wino_min_ratio * (spec.cin_g + spec.cout_g)
 
 

@@ -1,0 +1,53 @@
+"""Shared by the ``*_ab.py`` scripts: one layer timed under two or more OpenCL
+settings in one process, alternating, and the per-network sums of such medians.
+
+Not a script: ``python benchmarks/winograd_ab.py`` and its kind import it from beside
+them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import convcli
+
+
+def alternate(
+    be: Any, modes: Mapping[str, Any], layer: Any, batch: int, rounds: int, calls: int
+) -> dict[str, float]:
+    """Median ms per call of ``layer`` at ``batch`` under each of ``modes`` (name ->
+    settings of backend ``be``), the modes taking turns ``rounds`` times, each turn a
+    warm-up and ``calls`` timed calls; ``be.settings`` is restored after."""
+    x, w, b = layer.arrays(batch)
+    times: dict[str, list[float]] = defaultdict(list)
+    base = be.settings
+    try:
+        for _ in range(rounds):
+            for mode, settings in modes.items():
+                be.settings = settings
+                convcli.conv2d(x, w, b, backend="opencl", **layer.options())
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    convcli.conv2d(x, w, b, backend="opencl", **layer.options())
+                    times[mode].append(time.perf_counter() - t0)
+    finally:
+        be.settings = base
+    return {mode: statistics.median(times[mode]) * 1e3 for mode in modes}
+
+
+def network_totals(
+    nets: Mapping[str, Sequence[Any]], medians: Mapping[tuple, Sequence[float]]
+) -> dict[str, list[float]]:
+    """Per network, the sums of the layers' ``medians`` (by layer key, one value per
+    mode), each layer counted as often as the network runs it; networks none of whose
+    layers were timed are left out."""
+    totals = {}
+    for name, layers in nets.items():
+        timed = [medians[layer.key] for layer in layers if layer.key in medians]
+        if timed:
+            totals[name] = [sum(values) for values in zip(*timed, strict=True)]
+    return totals
