@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--layers", default=None, help="a layer file (default: the shipped one)")
     args = ap.parse_args()
     be = get_backend("opencl")
     if not be.is_cpu:
@@ -42,7 +43,7 @@ def main() -> None:
         ),
         "device": dataclasses.replace(base, host_pointwise_max_batch=0),
     }
-    nets, _ = bench_cnn.load_networks()
+    nets, _ = bench_cnn.load_networks(args.layers)
     layers = {}
     for layers_of in nets.values():
         for layer in layers_of:

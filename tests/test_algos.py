@@ -480,6 +480,24 @@ def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk)
     assert lw == (spec.w_out + 2 if junk else spec.w_out)
 
 
+def test_1x1_layers_take_threads_from_their_own_size(numpy_settings):
+    """Products of ``pointwise_threaded_min_flops`` or more run on our threads; the
+    gathering paths keep ``threaded_min_flops``."""
+    from convcli.backends.numpy.gemm import pointwise_threads
+    from convcli.backends.numpy.threads import ONE_THREAD_BLAS, gemm_threads
+
+    if not ONE_THREAD_BLAS.available or ONE_THREAD_BLAS.threads() < 2:
+        pytest.skip("NumPy's threads need threadpoolctl and BLAS on two threads")
+    settings = numpy_settings(threads=2, threaded_min_flops=10**8)
+    assert settings.pointwise_threaded_min_flops < settings.threaded_min_flops
+    x = np.zeros((1, 832, 14, 14), np.float32)
+    mid = make_spec(x, np.zeros((128, 832, 1, 1), np.float32), None)  # 41.8 MFLOP
+    small = make_spec(x, np.zeros((64, 832, 1, 1), np.float32), None)  # 20.9 MFLOP
+    assert 2 * small.macs < settings.pointwise_threaded_min_flops <= 2 * mid.macs
+    assert pointwise_threads(mid, settings) == 2 and gemm_threads(mid, settings) == 1
+    assert pointwise_threads(small, settings) == 1
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(
     "xs, ws, groups",
@@ -495,7 +513,7 @@ def test_junk_columns_for_narrow_outputs_with_few_channels(xs, ws, groups, junk)
 def test_pointwise_pieces_on_threads(numpy_settings, threads, xs, ws, groups):
     """1x1 layers: matmuls straight on the input, in pieces of images and of pixels or
     output channels."""
-    numpy_settings(threads=threads, threaded_min_flops=0)
+    numpy_settings(threads=threads, threaded_min_flops=0, pointwise_threaded_min_flops=0)
     rng = np.random.default_rng(sum(xs))
     x, w, b = _rand(rng, xs, "float32"), _rand(rng, ws, "float32"), _rand(rng, (ws[0],), "float32")
     _check(x, w, b, (1, 1), (0, 0), (1, 1), groups, "zeros", "gemm", "float32")

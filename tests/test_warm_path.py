@@ -634,6 +634,7 @@ def test_a_host_products_replay_follows_blas_threads(numpy_settings, monkeypatch
     import os
 
     from convcli import backends
+    from convcli.backends.numpy import gemm as np_gemm
     from convcli.backends.numpy import threads as np_threads
     from convcli.runinfo import RunInfo
 
@@ -642,7 +643,8 @@ def test_a_host_products_replay_follows_blas_threads(numpy_settings, monkeypatch
         pytest.skip("the host route is for CPU devices; NumPy's threads need threadpoolctl")
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("NumPy's backend runs one thread here")
-    numpy_settings(threads=None, threaded_min_flops=1)  # this small layer is "large"
+    # this small layer is "large"
+    numpy_settings(threads=None, threaded_min_flops=1, pointwise_threaded_min_flops=1)
     numpy = backends.get_backend("numpy")
     rng = np.random.default_rng(31)
     x = rng.standard_normal((2, 24, 9, 7)).astype(np.float32)
@@ -651,11 +653,11 @@ def test_a_host_products_replay_follows_blas_threads(numpy_settings, monkeypatch
     rt = be.runtime_for(spec)
     rt.replays.pop((spec, "auto"), None)
     monkeypatch.setattr(np_threads.ONE_THREAD_BLAS, "threads", lambda: 1)
-    assert np_threads.gemm_threads(spec, numpy.settings) == 1
+    assert np_gemm.pointwise_threads(spec, numpy.settings) == 1
     convcli.conv2d(x, w, backend="opencl")
     assert (spec, "auto") in rt.replays  # kept: NumPy ran one matmul
     monkeypatch.setattr(np_threads.ONE_THREAD_BLAS, "threads", lambda: 2)
-    assert np_threads.gemm_threads(spec, numpy.settings) == 2
+    assert np_gemm.pointwise_threads(spec, numpy.settings) == 2
     jobs = []
     real = np_threads.run_jobs
 

@@ -264,7 +264,7 @@ def pointwise(
     wm = weight.reshape(g, cout_g, cin_g)
     xs = x.reshape(n, g, cin_g, hw)
     out = np.empty((n, g, cout_g, hw), dtype=work)
-    threads = gemm_threads(spec, settings)
+    threads = pointwise_threads(spec, settings)
     if threads == 1:
         with quiet_blas(spec, settings):
             np.matmul(wm, xs, out=out)
@@ -285,6 +285,14 @@ def pointwise(
     jobs = [(i, p0) for i in range(n) for p0 in range(0, extent, step)]
     run_jobs(piece, jobs, threads, settings)
     return out.reshape(n, spec.c_out, spec.h, spec.w)
+
+
+def pointwise_threads(spec: ConvSpec, settings: Settings) -> int:
+    """Our threads for :func:`pointwise`: from ``settings.pointwise_threaded_min_flops``
+    on (a plain matrix product pays for waking a thread sooner than the gathering
+    paths do)."""
+    large = 2 * spec.macs >= settings.pointwise_threaded_min_flops
+    return gemm_threads(spec, settings, large=large)
 
 
 def _shared_rows_apply(spec: ConvSpec) -> bool:

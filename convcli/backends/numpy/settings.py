@@ -37,6 +37,15 @@ class Settings:
     spread_workers: bool = True
     # problems smaller than this (flops) run on one thread (threads.gemm_threads)
     threaded_min_flops: int = 10**8
+    # ... 1x1 layers (gemm.pointwise) from this many. Wall ms per call through the
+    # OpenCL backend's host route, N=1, medians of 15 alternating with 10**8 (77 layers
+    # of 20-100 MFLOP of the shipped and benchmarks/cnn_layers_more.json networks):
+    # from about 35 MFLOP two threads won nearly always (densenet's 832->128 14^2, 42
+    # MFLOP: 0.42 vs 0.51; 320->784 14^2 0.72 vs 1.03; 448->128 28^2 0.63 vs 0.94);
+    # from 20 to 33 MFLOP they tied (416->128 14^2 0.246 vs 0.239, 144->144 28^2 0.358
+    # vs 0.353). The gathering paths keep threaded_min_flops: a 3->64 3x3 s2 stem of 43
+    # MFLOP ran 1.32x slower on two threads.
+    pointwise_threaded_min_flops: int = 35 * 10**6
     # From this many multiply-adds on, a call that runs its GEMMs on one thread puts BLAS
     # on one thread too (threads.quiet_blas). OpenBLAS runs GEMMs below 2**18 M*N*K on one
     # thread anyway, and the switch costs about 16 us.

@@ -518,7 +518,6 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
     choice was made for, else runs NumPy's backend as before. Strided layers and those
     NumPy splits over its threads run NumPy's backend at every call."""
     from convcli.backends.numpy import gemm as np_gemm
-    from convcli.backends.numpy.threads import gemm_threads
 
     nset = numpy.settings
     if (
@@ -526,7 +525,7 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
         or spec.dtype != "float32"
         or not _replayable(x, weight, bias)
         or (spec.kh, spec.kw, spec.stride, spec.pad) != (1, 1, (1, 1), (0, 0, 0, 0))
-        or gemm_threads(spec, nset) != 1
+        or np_gemm.pointwise_threads(spec, nset) != 1
         or np_gemm.gemm_adds_bias(spec)
         or remembered(spec, algo, backend.is_cpu, backend.settings) is None
     ):
@@ -536,12 +535,12 @@ def _keep_host_fc(backend, spec: ConvSpec, algo: str, numpy, ran: str, x, weight
 
     def replay(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, info: RunInfo):
         _note_host_fc(info, spec)
-        # gemm_threads also follows BLAS's thread count (a caller's threadpool_limits
+        # the thread rule also follows BLAS's thread count (a caller's threadpool_limits
         # that has ended): a layer large enough for NumPy's threads takes them again
         if (
             numpy.settings is not nset
             or numpy.threads() != threads
-            or (gemm_threads(spec, nset) != 1)
+            or np_gemm.pointwise_threads(spec, nset) != 1
         ):
             return numpy.run(x, weight, bias, spec, algo="auto", info=info)
         t0 = time.perf_counter()
