@@ -360,3 +360,40 @@ def test_cli_layers_runs_the_networks_of_a_file(monkeypatch, tiny, tmp_path):
     res = CliRunner().invoke(cli, ["bench", "--suite", "files", "--layers", path, "-q"])
     assert res.exit_code == 2 and "--layers gives the networks of --suite cnn" in res.output
     assert len(calls) == 2  # nothing else ran
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"h": -8}, "h must be at least 1, got -8"),
+        ({"c_out": 0}, "c_out must be at least 1, got 0"),
+        ({"stride": [0, 1]}, "non-positive stride is not supported"),
+        ({"dilation": [1, 0]}, "dilation should be greater than zero"),
+        ({"padding": [-1, 0]}, "negative padding is not supported"),
+        ({"groups": 3}, "c_in 8 is not divisible by groups 3"),
+        ({"groups": 8}, "expected weight to be divisible by 8"),  # c_out 4
+        ({"kh": 11, "padding": [0, 0]}, "Kernel size can't be greater than actual input size"),
+    ],
+)
+def test_a_layer_conv2d_refuses_is_named_when_the_file_is_read(
+    monkeypatch, tmp_path, change, problem
+):
+    """Checked before any worker starts: such a layer used to stop the suite after the
+    layers before it had been timed (a negative size: 'the convcli-numpy benchmark worker
+    stopped: ValueError: negative dimensions are not allowed', naming neither the file
+    nor the layer)."""
+    bad = {**TINY[0].to_dict(), "c_in": 8, "c_out": 4, **change}
+    path = _layer_file(tmp_path / "odd.json", {"tiny": TINY})
+    data = json.loads(path.read_text())
+    data["networks"]["tiny"].insert(1, bad)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"odd\.json: tiny layer 1 \(conv1\): ") as err:
+        bench_cnn.load_networks(path)
+    assert problem in str(err.value)
+    with pytest.raises(ValueError, match="tiny layer 1"):
+        bench_cnn.run_cnn_suite(["tiny"], systems=("convcli-numpy",), layer_file=path)
+
+    monkeypatch.setattr(bench_cnn, "_Worker", None)  # nothing may start
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", str(path), "-q"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "odd.json: tiny layer 1 (conv1): " in res.output and problem in res.output
