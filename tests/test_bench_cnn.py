@@ -397,3 +397,41 @@ def test_a_layer_conv2d_refuses_is_named_when_the_file_is_read(
     res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", str(path), "-q"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "odd.json: tiny layer 1 (conv1): " in res.output and problem in res.output
+
+
+def _tool():
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "tools" / "make_cnn_layers.py"
+    spec = importlib.util.spec_from_file_location("make_cnn_layers", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the tool imports torch")
+def test_make_cnn_layers_checks_its_networks_before_building_any(monkeypatch, tmp_path, capsys):
+    """An unknown name was a traceback (AttributeError) after the names before it had
+    been built; other networks without --out replaced the shipped layer file."""
+    import types
+
+    tool = _tool()
+    built = []
+
+    def resnet18(weights=None):
+        built.append("resnet18")
+        raise AssertionError("no model may be built")
+
+    models = types.SimpleNamespace(list_models=lambda module=None: ["resnet18"], resnet18=resnet18)
+    monkeypatch.setattr(tool, "_torchvision_models", lambda source: (models, "0.0"))
+    out = tmp_path / "other.json"
+    with pytest.raises(SystemExit) as err:
+        tool.main(["--networks", "resnet18,nosuchnet", "--out", str(out)])
+    assert "nosuchnet not among torchvision 0.0's classification models: resnet18" in str(
+        err.value.code
+    )
+    shipped = tool.OUT.read_bytes()
+    with pytest.raises(SystemExit) as err:
+        tool.main(["--networks", "resnet18"])  # the default --out: the shipped file
+    assert err.value.code == 2 and "need an --out other than" in capsys.readouterr().err
+    assert built == [] and not out.exists() and tool.OUT.read_bytes() == shipped
