@@ -317,6 +317,8 @@ def test_a_layer_file_of_other_networks_is_loaded_and_run(tmp_path):
         ('{"networks": 3}', "not a layer file"),
         ('{"nets": {}}', "make_cnn_layers.py (no 'networks')"),
         ('{"networks": {"a": [{"c_in": 3}]}}', "make_cnn_layers.py (no 'c_out')"),
+        # JSON's 1e400 is float infinity: int() raises OverflowError
+        ('{"networks": {"a": [{"c_in": 1e400}]}}', "(cannot convert float infinity"),
         ('{"networks": {}}', "lists no network"),
         ('{"networks": {"a": []}}', "or an empty one"),
     ],
