@@ -191,7 +191,7 @@ def load_networks(path: str | Path | None = None) -> tuple[dict[str, list[CnnLay
     """The networks of a layer file made by ``tools/make_cnn_layers.py`` (default: the
     one shipped with convcli) and its ``source`` line (which torchvision and torch made
     it). Raises ConvValueError naming the file when it cannot be read as one."""
-    where = Path(path or DATA_FILE)
+    where = DATA_FILE if path is None else Path(path)  # '' is not the shipped file
     try:
         data = json.loads(where.read_text())
         nets = {n: [CnnLayer.from_dict(d) for d in v] for n, v in data["networks"].items()}

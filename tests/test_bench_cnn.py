@@ -361,7 +361,12 @@ def test_cli_layers_runs_the_networks_of_a_file(monkeypatch, tiny, tmp_path):
     assert "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["bench", "--suite", "files", "--layers", path, "-q"])
     assert res.exit_code == 2 and "--layers gives the networks of --suite cnn" in res.output
+    # an empty name (an unset variable) ran the shipped networks as if none was given
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", "", "-q"])
+    assert res.exit_code == 2 and "--layers" in res.output and "empty path" in res.output
     assert len(calls) == 2  # nothing else ran
+    with pytest.raises(ValueError, match="cannot read the layer file"):
+        bench_cnn.load_networks("")
 
 
 @pytest.mark.parametrize(
