@@ -442,3 +442,18 @@ def test_make_cnn_layers_checks_its_networks_before_building_any(monkeypatch, tm
         tool.main(["--networks", "resnet18"])  # the default --out: the shipped file
     assert err.value.code == 2 and "need an --out other than" in capsys.readouterr().err
     assert built == [] and not out.exists() and tool.OUT.read_bytes() == shipped
+
+
+def test_winograd_ab_refuses_an_unknown_network():
+    """``--only`` with a misspelt name timed no layer and exited 0 ("0 of 0")."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    script = root / "benchmarks" / "winograd_ab.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--only", "resnet18,resnet81"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--only: resnet81 not in mobilenet_v3_small" in res.stderr
