@@ -31,15 +31,19 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="a layer file (default: the shipped one)")
     ap.add_argument("--only", default="", help="networks, comma-separated (default: all)")
     args = ap.parse_args()
+    nets, _ = bench_cnn.load_networks(args.layers)
+    if args.only:
+        only = args.only.split(",")
+        unknown = [n for n in only if n not in nets]
+        if unknown:  # a misspelt name timed nothing: "0 of 0"
+            ap.error(f"--only: {', '.join(unknown)} not in {', '.join(nets)}")
+        nets = {k: v for k, v in nets.items() if k in only}
     be = get_backend("opencl")
     base = be.settings
     modes = {
         "wino": dataclasses.replace(base, winograd=True),
         "dense": dataclasses.replace(base, winograd=False),
     }
-    nets, _ = bench_cnn.load_networks(args.layers)
-    if args.only:
-        nets = {k: v for k, v in nets.items() if k in args.only.split(",")}
     layers = {}
     for layers_of in nets.values():
         for layer in layers_of:

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from convcli.bench import HOST_NOTE, TOLERANCE, _max_rel_err, ran_on_host, rows_to_csv
-from convcli.errors import BackendError, ConvValueError
+from convcli.errors import BackendError, ConvTypeError, ConvValueError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "cnn_layers.json"
 SYSTEMS = ("torch", "convcli-opencl", "convcli-numpy")
@@ -136,6 +136,28 @@ class CnnLayer:
         b = rng.uniform(-bound, bound, self.c_out).astype(np.float32) if self.bias else None
         return x, w, b
 
+    def problem(self) -> str | None:
+        """Why ``conv2d`` would refuse this layer (torch's wording), or None: checked
+        where a layer file is read, not after the suite has timed the layers before it
+        (a negative size stopped a worker with no word of the file or the layer)."""
+        from convcli.spec import make_spec
+
+        sizes = {"c_in": self.c_in, "c_out": self.c_out, "kh": self.kh, "kw": self.kw}
+        sizes.update(groups=self.groups, h=self.h, w=self.w)
+        for what, value in sizes.items():
+            if value < 1:
+                return f"{what} must be at least 1, got {value}"
+        if self.c_in % self.groups:
+            return f"c_in {self.c_in} is not divisible by groups {self.groups}"
+        # arrays of the layer's shapes without their memory: only the shapes are read
+        x = np.broadcast_to(np.float32(0), (1, self.c_in, self.h, self.w))
+        w = np.broadcast_to(np.float32(0), self.w_shape())
+        try:
+            make_spec(x, w, None, **self.options())
+        except (ConvValueError, ConvTypeError) as exc:
+            return str(exc)
+        return None
+
     def describe(self) -> str:
         """``96->96 dw 5x5 s2 p2 14^2``-style summary."""
         kind = ""
@@ -169,19 +191,25 @@ def load_networks(path: str | Path | None = None) -> tuple[dict[str, list[CnnLay
     """The networks of a layer file made by ``tools/make_cnn_layers.py`` (default: the
     one shipped with convcli) and its ``source`` line (which torchvision and torch made
     it). Raises ConvValueError naming the file when it cannot be read as one."""
-    where = Path(path or DATA_FILE)
+    where = DATA_FILE if path is None else Path(path)  # '' is not the shipped file
     try:
         data = json.loads(where.read_text())
         nets = {n: [CnnLayer.from_dict(d) for d in v] for n, v in data["networks"].items()}
     except OSError as exc:
         raise ConvValueError(f"{where}: cannot read the layer file: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         raise ConvValueError(
             f"{where}: not a layer file of tools/make_cnn_layers.py ({what})"
         ) from exc
     if not nets or any(not layers for layers in nets.values()):
         raise ConvValueError(f"{where}: the layer file lists no network or an empty one")
+    for name, layers in nets.items():
+        for i, layer in enumerate(layers):
+            problem = layer.problem()
+            if problem is not None:
+                what = f" ({layer.name})" if layer.name else ""
+                raise ConvValueError(f"{where}: {name} layer {i}{what}: {problem}")
     return nets, str(data.get("source", ""))
 
 

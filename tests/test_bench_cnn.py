@@ -317,6 +317,8 @@ def test_a_layer_file_of_other_networks_is_loaded_and_run(tmp_path):
         ('{"networks": 3}', "not a layer file"),
         ('{"nets": {}}', "make_cnn_layers.py (no 'networks')"),
         ('{"networks": {"a": [{"c_in": 3}]}}', "make_cnn_layers.py (no 'c_out')"),
+        # JSON's 1e400 is float infinity: int() raises OverflowError
+        ('{"networks": {"a": [{"c_in": 1e400}]}}', "(cannot convert float infinity"),
         ('{"networks": {}}', "lists no network"),
         ('{"networks": {"a": []}}', "or an empty one"),
     ],
@@ -359,4 +361,99 @@ def test_cli_layers_runs_the_networks_of_a_file(monkeypatch, tiny, tmp_path):
     assert "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["bench", "--suite", "files", "--layers", path, "-q"])
     assert res.exit_code == 2 and "--layers gives the networks of --suite cnn" in res.output
+    # an empty name (an unset variable) ran the shipped networks as if none was given
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", "", "-q"])
+    assert res.exit_code == 2 and "--layers" in res.output and "empty path" in res.output
     assert len(calls) == 2  # nothing else ran
+    with pytest.raises(ValueError, match="cannot read the layer file"):
+        bench_cnn.load_networks("")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"h": -8}, "h must be at least 1, got -8"),
+        ({"c_out": 0}, "c_out must be at least 1, got 0"),
+        ({"stride": [0, 1]}, "non-positive stride is not supported"),
+        ({"dilation": [1, 0]}, "dilation should be greater than zero"),
+        ({"padding": [-1, 0]}, "negative padding is not supported"),
+        ({"groups": 3}, "c_in 8 is not divisible by groups 3"),
+        ({"groups": 8}, "expected weight to be divisible by 8"),  # c_out 4
+        ({"kh": 11, "padding": [0, 0]}, "Kernel size can't be greater than actual input size"),
+    ],
+)
+def test_a_layer_conv2d_refuses_is_named_when_the_file_is_read(
+    monkeypatch, tmp_path, change, problem
+):
+    """Checked before any worker starts: such a layer used to stop the suite after the
+    layers before it had been timed (a negative size: 'the convcli-numpy benchmark worker
+    stopped: ValueError: negative dimensions are not allowed', naming neither the file
+    nor the layer)."""
+    bad = {**TINY[0].to_dict(), "c_in": 8, "c_out": 4, **change}
+    path = _layer_file(tmp_path / "odd.json", {"tiny": TINY})
+    data = json.loads(path.read_text())
+    data["networks"]["tiny"].insert(1, bad)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"odd\.json: tiny layer 1 \(conv1\): ") as err:
+        bench_cnn.load_networks(path)
+    assert problem in str(err.value)
+    with pytest.raises(ValueError, match="tiny layer 1"):
+        bench_cnn.run_cnn_suite(["tiny"], systems=("convcli-numpy",), layer_file=path)
+
+    monkeypatch.setattr(bench_cnn, "_Worker", None)  # nothing may start
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", str(path), "-q"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "odd.json: tiny layer 1 (conv1): " in res.output and problem in res.output
+
+
+def _tool():
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "tools" / "make_cnn_layers.py"
+    spec = importlib.util.spec_from_file_location("make_cnn_layers", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the tool imports torch")
+def test_make_cnn_layers_checks_its_networks_before_building_any(monkeypatch, tmp_path, capsys):
+    """An unknown name was a traceback (AttributeError) after the names before it had
+    been built; other networks without --out replaced the shipped layer file."""
+    import types
+
+    tool = _tool()
+    built = []
+
+    def resnet18(weights=None):
+        built.append("resnet18")
+        raise AssertionError("no model may be built")
+
+    models = types.SimpleNamespace(list_models=lambda module=None: ["resnet18"], resnet18=resnet18)
+    monkeypatch.setattr(tool, "_torchvision_models", lambda source: (models, "0.0"))
+    out = tmp_path / "other.json"
+    with pytest.raises(SystemExit) as err:
+        tool.main(["--networks", "resnet18,nosuchnet", "--out", str(out)])
+    assert "nosuchnet not among torchvision 0.0's classification models: resnet18" in str(
+        err.value.code
+    )
+    shipped = tool.OUT.read_bytes()
+    with pytest.raises(SystemExit) as err:
+        tool.main(["--networks", "resnet18"])  # the default --out: the shipped file
+    assert err.value.code == 2 and "need an --out other than" in capsys.readouterr().err
+    assert built == [] and not out.exists() and tool.OUT.read_bytes() == shipped
+
+
+def test_winograd_ab_refuses_an_unknown_network():
+    """``--only`` with a misspelt name timed no layer and exited 0 ("0 of 0")."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    script = root / "benchmarks" / "winograd_ab.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--only", "resnet18,resnet81"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--only: resnet81 not in mobilenet_v3_small" in res.stderr

@@ -671,3 +671,44 @@ def test_a_host_products_replay_follows_blas_threads(numpy_settings, monkeypatch
     assert jobs == [2]  # NumPy's pieces on two threads, not the kept one-thread matmul
     assert "on the host (NumPy)" in info.notices[0]
     assert_close(y, naive_conv2d(x, w, None, (1, 1), (0,) * 4), "float32")
+
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("pointwise_threaded", [True, False])
+def test_a_host_products_replay_asks_pointwise_thread_rule(
+    numpy_settings, monkeypatch, pointwise_threaded
+):
+    # NumPy's 1x1 products take its threads by their own threshold
+    # (pointwise_threaded_min_flops), not the gathering paths' (threaded_min_flops): the
+    # host route keeps its one-thread replay exactly where that rule gives one thread
+    import os
+
+    from convcli import backends
+    from convcli.backends.numpy import gemm as np_gemm
+    from convcli.backends.numpy import threads as np_threads
+
+    be = backends.get_backend("opencl")
+    if not be.is_cpu or not np_threads.ONE_THREAD_BLAS.available:
+        pytest.skip("the host route is for CPU devices; NumPy's threads need threadpoolctl")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("NumPy's backend runs one thread here")
+    big = 10**15
+    numpy_settings(
+        threads=None,
+        threaded_min_flops=big if pointwise_threaded else 1,
+        pointwise_threaded_min_flops=1 if pointwise_threaded else big,
+    )
+    monkeypatch.setattr(np_threads.ONE_THREAD_BLAS, "threads", lambda: 2)
+    numpy = backends.get_backend("numpy")
+    rng = np.random.default_rng(37)
+    x = rng.standard_normal((2, 24, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
+    spec = convcli.spec.make_spec(x, w, None)
+    assert np_gemm.pointwise_threads(spec, numpy.settings) == (2 if pointwise_threaded else 1)
+    assert np_threads.gemm_threads(spec, numpy.settings) == (1 if pointwise_threaded else 2)
+    rt = be.runtime_for(spec)
+    rt.replays.pop((spec, "auto"), None)
+    for _ in range(2):
+        y = convcli.conv2d(x, w, backend="opencl")
+        assert_close(y, naive_conv2d(x, w, None, (1, 1), (0,) * 4), "float32")
+    assert ((spec, "auto") in rt.replays) == (not pointwise_threaded)

@@ -128,12 +128,27 @@ def main(argv: list[str] | None = None) -> int:
         "other networks go to another --out, for `convcli bench --suite cnn --layers`",
     )
     args = parser.parse_args(argv)
+    names = list(dict.fromkeys(n.strip() for n in args.networks.split(",") if n.strip()))
+    if not names:
+        parser.error("--networks names no network")
+    if tuple(names) != NETWORKS and args.out == OUT:
+        # the shipped file is the cnn suite's default and the tests' subject
+        parser.error(f"--networks other than the shipped seven need an --out other than {OUT}")
     import torch
 
     models, tv_version = _torchvision_models(args.torchvision)
+    # all names checked before any model is built (a misspelt last one was a traceback
+    # after the others had been built); only classification models take a 224^2 image
+    known = models.list_models(module=models)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(
+            f"--networks: {', '.join(unknown)} not among torchvision {tv_version}'s "
+            f"classification models: {', '.join(known)}"
+        )
     torch.manual_seed(0)
     networks = {}
-    for name in args.networks.split(","):
+    for name in names:
         layers = _layers(getattr(models, name)(weights=None), torch)
         networks[name] = layers
         print(f"{name}: {len(layers)} conv layers", file=sys.stderr)

@@ -104,6 +104,7 @@ def _cnn_networks(layers: str | None) -> list[str]:
     "layer_file",
     metavar="FILE",
     type=click.Path(dir_okay=False),
+    callback=not_empty,
     help="cnn suite: the networks of this layer file (made by tools/make_cnn_layers.py "
     "--networks ...) instead of the shipped ones.",
 )
