@@ -39,7 +39,8 @@ class Settings:
     threaded_min_flops: int = 10**8
     # ... 1x1 layers (gemm.pointwise) from this many. Wall ms per call through the
     # OpenCL backend's host route, N=1, medians of 15 alternating with 10**8 (77 layers
-    # of 20-100 MFLOP of the shipped and benchmarks/cnn_layers_more.json networks):
+    # of 20-100 MFLOP of the shipped and benchmarks/cnn_layers_more.json networks;
+    # benchmarks/pointwise_threads_ab.py, whose later run gave 35.3 against 36.8 ms):
     # from about 35 MFLOP two threads won nearly always (densenet's 832->128 14^2, 42
     # MFLOP: 0.42 vs 0.51; 320->784 14^2 0.72 vs 1.03; 448->128 28^2 0.63 vs 0.94);
     # from 20 to 33 MFLOP they tied (416->128 14^2 0.246 vs 0.239, 144->144 28^2 0.358
