@@ -609,6 +609,8 @@ def run_cnn_suite(
     source = "given layers"
     if networks is None or not isinstance(networks, Mapping):
         shipped, source = load_networks(layer_file)
+        if layer_file is not None:  # the results say which file their networks came from
+            source = f"{source} ({Path(layer_file).name})" if source else Path(layer_file).name
         names = list(shipped) if networks is None else list(networks)
         unknown = [n for n in names if n not in shipped]
         if unknown:

@@ -307,7 +307,8 @@ def test_a_layer_file_of_other_networks_is_loaded_and_run(tmp_path):
         ["pair"], batches=(1,), systems=("convcli-numpy",), repeat=1, layer_file=path
     )
     assert {r.network for r in result.rows} == {"pair"}
-    assert result.totals[0].description == "2 conv layers" and result.source == "made in a test"
+    assert result.totals[0].description == "2 conv layers"
+    assert result.source == "made in a test (other.json)"  # which file, in the results
 
 
 @pytest.mark.parametrize(
