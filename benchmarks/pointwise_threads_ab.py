@@ -13,23 +13,17 @@ line the totals and on how many layers ``--low`` was faster::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import statistics
-import time
-from collections import defaultdict
 
-import convcli
+import settings_ab
+
 from convcli import bench_cnn
 from convcli.backends import get_backend
 from convcli.spec import make_spec
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--calls", type=int, default=5)
+    ap = settings_ab.parser(__doc__, batch=1)
     ap.add_argument("--low", type=float, default=30.0, help="MFLOP (default 30)")
     ap.add_argument("--high", type=float, default=100.0, help="MFLOP (default 100)")
     ap.add_argument("--min-mflop", type=float, default=20.0)
@@ -60,29 +54,19 @@ def main() -> None:
                     layers.setdefault(layer.key, (layer, mflop))
     totals = [0.0, 0.0]
     wins = 0
-    try:
-        for layer, mflop in layers.values():
-            x, w, b = layer.arrays(args.batch)
-            times = defaultdict(list)
-            for _ in range(args.rounds):
-                for mode, settings in modes.items():
-                    numpy.settings = settings
-                    convcli.conv2d(x, w, b, backend=args.backend, **layer.options())
-                    for _ in range(args.calls):
-                        t0 = time.perf_counter()
-                        convcli.conv2d(x, w, b, backend=args.backend, **layer.options())
-                        times[mode].append(time.perf_counter() - t0)
-            low, high = (statistics.median(times[m]) * 1e3 for m in modes)
-            totals[0] += low
-            totals[1] += high
-            wins += low < high
-            print(
-                f"{layer.describe():28s} {mflop:6.1f} MFLOP  low {low:.3f} ms  "
-                f"high {high:.3f} ms  low/high {low / high:.2f}",
-                flush=True,
-            )
-    finally:
-        numpy.settings = base
+    for layer, mflop in layers.values():
+        got = settings_ab.alternate(
+            numpy, modes, layer, args.batch, args.rounds, args.calls, backend=args.backend
+        )
+        low, high = got["low"], got["high"]
+        totals[0] += low
+        totals[1] += high
+        wins += low < high
+        print(
+            f"{layer.describe():28s} {mflop:6.1f} MFLOP  low {low:.3f} ms  "
+            f"high {high:.3f} ms  low/high {low / high:.2f}",
+            flush=True,
+        )
     print(
         f"{len(layers)} layers: low {totals[0]:.2f} ms, high {totals[1]:.2f} ms; "
         f"low faster on {wins}"

@@ -12,7 +12,6 @@ the faster::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import settings_ab
@@ -24,10 +23,7 @@ from convcli.spec import make_spec
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--calls", type=int, default=5)
+    ap = settings_ab.parser(__doc__, batch=1)
     ap.add_argument("--layers", default=None, help="a layer file (default: the shipped one)")
     ap.add_argument("--only", default="", help="networks, comma-separated (default: all)")
     args = ap.parse_args()
