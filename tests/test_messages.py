@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
@@ -213,7 +214,7 @@ def test_bad_glob_is_a_usage_error_not_an_internal_error(tmp_path, pattern, need
 
 
 # ---------------------------------------------------------------- item 6: signals
-def _slow_apply(tmp_path: Path, inputs: list[Path], out: str) -> subprocess.Popen:
+def _slow_apply(tmp_path: Path, inputs: list[Path], out: str, **popen) -> subprocess.Popen:
     """``convcli apply`` in a child that writes START to stderr as each convolution (of
     a strip; these images are one strip each) begins and then waits 0.5 s inside it, so
     a signal sent on START lands while that image is being convolved, however fast the
@@ -234,7 +235,8 @@ def _slow_apply(tmp_path: Path, inputs: list[Path], out: str) -> subprocess.Pope
     args = ["apply", *map(str, inputs), "-o", out, "--weights", "k.npy", "--backend", "numpy",
             "--algo", "direct", "-q"]  # fmt: skip
     return subprocess.Popen([sys.executable, "-c", script, *args], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)  # fmt: skip
 
 
 def _wait_for_start(proc: subprocess.Popen, starts: int = 1) -> list[str]:
@@ -270,6 +272,24 @@ def test_signal_during_the_only_image_exits_128_plus_signal(tmp_path, signum, co
     pad = np.pad(data[0].astype(np.float64), 15, mode="edge")
     for y, x in ((0, 0), (299, 17), (599, 599), (40, 550)):
         assert res[0, y, x] == pytest.approx((pad[y : y + 31, x : x + 31] * k).sum(), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path, signum):
+    """`nohup convcli batch ...` ignores SIGHUP, a shell's background job SIGINT: the
+    run was asked to go on through them. It stopped (exit 129) when the terminal closed."""
+    big = tmp_path / "big.npy"
+    data = np.random.default_rng(0).random((1, 200, 200), dtype=np.float32)
+    np.save(big, data)
+    ignore = functools.partial(signal.signal, signum, signal.SIG_IGN)
+    proc = _slow_apply(tmp_path, [big], "o.npy", preexec_fn=ignore)
+    _wait_for_start(proc)
+    proc.send_signal(signum)
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 0, rest
+    assert [ln for ln in lines(rest) if ln != "START"] == []
+    assert np.load(tmp_path / "o.npy").shape == data.shape
 
 
 @pytest.mark.slow
