@@ -79,6 +79,7 @@ from convcli.filters import Filter, check_out_pixels
 from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
 from convcli.io.jpeg import JpegHeader
+from convcli.io.publish import special_kind
 from convcli.runinfo import RunInfo
 from convcli.spec import (
     ConvSpec,
@@ -642,9 +643,18 @@ def plan_files(
     or when it ends with a path separator. A file output's format comes from its suffix
     (``fmt`` is used when it has none). An output equal to its input is refused unless
     ``overwrite`` is True.
+
+    Raises
+    ------
+    InputError
+        If ``output`` is a FIFO, a device or a socket (``/dev/null``).
     """
     out = Path(output)
     text = str(output)
+    kind = special_kind(out, follow_symlinks=True)
+    if kind is not None:
+        # /dev/null has no suffix: the image would go to a new /dev/null.png
+        raise InputError(f"{out}: is {kind}, not an image file or a folder; nothing was written")
     as_folder = len(inputs) > 1 or out.is_dir() or text.endswith(("/", os.sep))
     tasks = []
     plan = Plan()

@@ -160,6 +160,10 @@ def check_side_files(
             refuse(f"{flag} names a folder this run writes into")
         if os.path.isdir(path):
             refuse(f"{flag} names a folder")
+        kind = cpublish.special_kind(path, follow_symlinks=True)
+        if kind is not None:  # /dev/null, /dev/stdout: never replaced by a file
+            stdout = " ('-' is stdout)" if dash_is_stdout else ""
+            refuse(f"{flag} names {kind}, not a regular file{stdout}")
         blocker = next((a for a in path.absolute().parents if os.path.exists(a)), None)
         if blocker is not None and not os.path.isdir(blocker):
             refuse(f"{flag} cannot be created: {blocker} is a file, not a folder")
