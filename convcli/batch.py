@@ -1577,6 +1577,22 @@ def _wait_quietly(fut: Future) -> None:
         fut.result()
 
 
+def file_filter_problem(filt: Filter) -> str | None:
+    """Why no image file can be filtered with ``filt`` (None: files can).
+
+    A negative padding crops under padding modes other than zeros (torch's ``F.pad``);
+    :func:`convcli.conv2d` and zarr stores do that, the strips of image files do not.
+    (Under zero padding :meth:`Filter.check` and conv2d refuse it, as torch does.)
+    """
+    pad = filt.resolved_padding()
+    if isinstance(pad, str) or min(np.ravel(pad)) >= 0:
+        return None
+    return (
+        "negative padding is not supported for image files (it crops arrays and zarr "
+        "stores under padding modes other than zeros)"
+    )
+
+
 def run_tasks(
     tasks: Sequence[Task],
     filt: Filter,
@@ -1683,6 +1699,12 @@ def run_tasks(
             )
             return True
         return False
+
+    problem = file_filter_problem(filt)
+    if problem is not None:  # no image file can take this filter: each fails, named
+        for task in pending:
+            fail(task, problem)
+        pending.clear()
 
     def finish_write(task: Task, fut: Future, mp: float, notes: tuple[str, ...]) -> None:
         try:

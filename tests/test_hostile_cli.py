@@ -134,3 +134,36 @@ def test_a_lost_libvips_message_is_asked_again(tmp_path, name):
     source._image, source._lenient = Lost(), None
     with pytest.raises(InputError, match=f"{name}: truncated image data"):
         source.read_rows(0, source.info.height)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".npy"])
+def test_negative_padding_on_image_files_is_one_clear_refusal(tmp_path, suffix):
+    """conv2d crops with a negative padding under replicate/reflect (as torch does), the
+    strips of image files cannot: a PNG said "pad must be (top, bottom, left, right),
+    all >= 0", a .npy NumPy's "non-broadcastable output operand", once per file."""
+    src = tmp_path / "a.png"
+    cio.write_image(src, np.random.default_rng(5).random((3, 12, 16)))
+    out = tmp_path / f"o{suffix}"
+    for padding, mode in (("-1", "replicate"), ("-1,0", "reflect")):
+        res = run("apply", src, "-o", out, "--preset", "box", f"--padding={padding}",
+                  "--padding-mode", mode, "--backend", "numpy")  # fmt: skip
+        assert res.exit_code == 1
+        assert errors_of(res) == [
+            "convcli: error: negative padding is not supported for image files (it crops "
+            "arrays and zarr stores under padding modes other than zeros) "
+            f"(--padding {padding})"
+        ]
+        assert res.stderr.count("\n") == 1
+    res = run("batch", tmp_path, tmp_path / "out", "--preset", "box", "--padding=-1")
+    assert res.exit_code == 1 and len(errors_of(res)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+    # the library: every task fails with that reason, nothing is written
+    from convcli import batch as cbatch
+    from convcli.filters import Filter
+
+    filt = Filter.from_preset("box", padding=(0, -1), padding_mode="circular")
+    plan = cbatch.plan_files([src], out)
+    result = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine(backend="numpy"))
+    assert [f.reason for f in result.failed] == [cbatch.file_filter_problem(filt)]
+    assert "negative padding" in result.failed[0].reason and not result.done
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]

@@ -51,6 +51,13 @@ def _check_float_output(plan: cbatch.Plan, bit_depth: str | None) -> None:
             )
 
 
+def _check_file_filter(filt: cbatch.Filter, opts: dict[str, Any]) -> None:
+    """Refuse, once and before any file is read, a filter no image file can take."""
+    problem = cbatch.file_filter_problem(filt)
+    if problem is not None:
+        raise click.ClickException(problem + conv_hint(problem, opts))
+
+
 def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
     if skip_existing and overwrite:
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
@@ -92,6 +99,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             raise click.ClickException(limit_line(exc, opts)) from None
         except ConvValueError as exc:
             raise click.ClickException(str(exc) + conv_hint(str(exc), opts)) from None
+    _check_file_filter(filt, opts)
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
@@ -241,6 +249,7 @@ def batch(
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint="'--glob'") from None
     filt, engine, out = build_run(opts, ctx)
+    _check_file_filter(filt, opts)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
     _check_float_output(plan, opts["bit_depth"])
     check_side_files(
