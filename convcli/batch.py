@@ -40,6 +40,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -1004,6 +1005,10 @@ def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
     )
 
 
+def _is_overflow(w: warnings.WarningMessage) -> bool:
+    return issubclass(w.category, RuntimeWarning) and "overflow" in str(w.message)
+
+
 def _overflow_note(bad: int, size: int) -> str | None:
     """A note when ``bad`` of the result's ``size`` values are inf or NaN: inputs and
     weights are finite, so the sums overflowed float32."""
@@ -1017,8 +1022,15 @@ def _overflow_note(bad: int, size: int) -> str | None:
 
 def _convolve_notes(bad: int, size: int, caught: list) -> list[str]:
     """Notes about one convolution: an overflow, and what the backend warned about
-    (NumPy's own overflow warnings say less than the overflow note)."""
+    (NumPy's own overflow warnings say less than the overflow note). Where the values
+    were not counted (``size`` 0: the fused native-depth step writes samples, not
+    floats), NumPy's overflow warning still becomes the overflow note, without counts."""
     note = _overflow_note(bad, size)
+    if note is None and not size and any(_is_overflow(w) for w in caught):
+        note = (
+            "the result overflowed float32: some values are inf or NaN (image formats "
+            "clip them, .npy keeps them); scale the kernel down"
+        )
     notes = [note] if note else []
     for w in caught:
         if note and issubclass(w.category, RuntimeWarning):

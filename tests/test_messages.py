@@ -478,6 +478,24 @@ def test_overflowing_kernel_says_so_once(tmp_path, backend):
     assert np.isinf(np.load(tmp_path / "out" / "a.npy")).all()
 
 
+def test_overflow_into_an_image_format_is_the_overflow_note(tmp_path):
+    """A small image into PNG goes through the fused native-depth step, which writes
+    samples, not floats: NumPy's raw "overflow encountered in matmul" was printed instead
+    of the overflow note (the .npy output above counts the values)."""
+    src = image(tmp_path / "a.png")
+    r = subprocess.run([*CONVCLI, "apply", str(src), "-o", "o.png", "--kernel",
+                        "3e38,3e38;3e38,3e38", "--backend", "numpy", "-q"],
+                       env=ENV, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert lines(r.stderr) == [
+        f"convcli: warning: {src}: the result overflowed float32: some values are inf or NaN "
+        "(image formats clip them, .npy keeps them); scale the kernel down"
+    ]
+    out = cio.read_image(tmp_path / "o.png")
+    assert out.data.max() == 1.0  # clipped, as the note says
+
+
 def test_weight_file_warnings_are_warning_lines_and_report_notes(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     real_load = torch.load
