@@ -850,6 +850,18 @@ def test_a_convolution_refusal_names_the_options_it_is_about(tmp_path, args, wei
     assert one_error_line(res) == "convcli: error: " + line.format(src=src)
 
 
+def test_a_bias_from_the_weight_file_is_not_blamed_on_bias(tmp_path):
+    """A .npz's own bias of the wrong size said "(see --bias)", an option not given."""
+    src, out, w = sample(tmp_path), tmp_path / "o.png", tmp_path / "w.npz"
+    np.savez(w, weight=np.ones((3, 3), np.float32) / 9, bias=np.zeros(5, np.float32))
+    res = run("apply", src, "--weights", w, "-o", out, "--backend", "numpy", ok=False)
+    assert res.exit_code == 1 and not out.exists()
+    assert one_error_line(res) == (
+        f"convcli: error: {src}: bias has 5 values but the convolution has 3 output channels "
+        f"(the bias in --weights {w})"
+    )
+
+
 def test_flags_are_the_library_words_with_dashes():
     from convcli.cli import flag_for
 
