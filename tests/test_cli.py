@@ -950,3 +950,25 @@ def test_a_flattening_glob_never_lets_two_files_write_one_output(tmp_path):
     run("batch", src, tmp_path / "mirrored", "--glob", "**/*.png", "-r", "--kernel", "1",
         "--backend", "numpy", "-q")  # fmt: skip
     assert len(list((tmp_path / "mirrored").rglob("*.png"))) == 4
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path):
+    """`--key` on a .npy or text kernel and `--device` with `--backend numpy` were
+    dropped without a word: a key meant for a .pt file, a device that never ran."""
+    src, out = sample(tmp_path), tmp_path / "o.png"
+    np.save(tmp_path / "k.npy", np.ones((3, 3), np.float32) / 9)
+    (tmp_path / "k.txt").write_text("1 1\n1 1\n")
+    for name in ("k.npy", "k.txt"):
+        res = run("apply", src, "-o", out, "--weights", tmp_path / name, "--key", "conv1",
+                  "--backend", "numpy", ok=False)  # fmt: skip
+        assert res.exit_code == 1
+        suffix = name[1:]
+        assert one_error_line(res) == (
+            f"convcli: error: {tmp_path / name}: a {suffix} file holds one unnamed kernel; "
+            "--key conv1 picks a tensor in .npz, .safetensors, .pt or .json files"
+        )
+    for command in (["apply", src, "-o", out], ["batch", tmp_path, tmp_path / "out"]):
+        res = run(*command, "--preset", "box", "--backend", "numpy", "--device", "0", ok=False)
+        assert res.exit_code == 2
+        assert "--device picks an OpenCL device; --backend numpy uses none" in res.stderr
+    assert not out.exists() and not (tmp_path / "out").exists()
