@@ -6,6 +6,7 @@ the plan (:func:`convcli.cli.run.run_plan`).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,9 +155,21 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
             )
     if Path(output).suffix.lower() != ".zarr":
         raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
-    same = Path(output).resolve() == Path(src).resolve()
+    src_real, out_real = Path(src).resolve(), Path(output).resolve()
+    same = out_real == src_real
     if same and not overwrite:
         raise InputError(f"{output}: the output would replace its own input (add --overwrite)")
+    # a store is a folder: replacing one that holds the input deletes the input, and
+    # writing into the input's folder changes the input store
+    if not same and src_real.is_relative_to(out_real):
+        raise InputError(
+            f"{output}: the output store holds the input {src}; replacing it would delete the input"
+        )
+    if not same and out_real.is_relative_to(src_real):
+        raise InputError(f"{output}: the output would be written inside the input store {src}")
+    if not same and os.path.lexists(output) and not _is_zarr(output):
+        # apply replaces an earlier result, not a folder (or file) that holds other data
+        raise InputError(f"{output}: exists and is not a zarr store; not replaced")
     x, _, _ = open_image(src)
     weight, bias, groups = filt.for_channels(x.shape[0])
     zarr_conv2d(
