@@ -434,3 +434,29 @@ def test_outputs_and_side_files_never_replace_a_fifo_or_a_stream_link(tmp_path):
     assert res.exit_code == 1
     assert f"{out / photo.name}: cannot write: it is a FIFO (named pipe)" in res.stderr
     assert sorted(os.listdir(out)) == [photo.name] and not (out / photo.name).is_file()
+
+
+def test_an_output_never_replaces_the_weight_file(tmp_path):
+    """`apply a.png -o k.npy --weights k.npy` wrote the result over the weight file, an
+    input of the run, exit 0 and without --overwrite; a batch into the weight file's
+    folder did the same for an image named like it."""
+    (photo,) = make_inputs(tmp_path / "in", 1)
+    kernel = tmp_path / "k.npy"
+    np.save(kernel, np.full((3, 3), 1 / 9, np.float32))
+    os.link(kernel, tmp_path / "hard.npy")
+    (tmp_path / "soft.npy").symlink_to(kernel)
+    before = snapshot(tmp_path)
+    for out in ("k.npy", "hard.npy", "soft.npy"):
+        for overwrite in ([], ["--overwrite"]):  # --overwrite never allows an input
+            res = run("apply", photo, "-o", tmp_path / out, "--weights", kernel,
+                      "--backend", "numpy", *overwrite)  # fmt: skip
+            assert res.exit_code == 2
+            error_line(res.stderr, f"{out}: the output would replace the --weights file")
+    (tmp_path / "in" / "k.png").write_bytes(photo.read_bytes())
+    res = run("batch", tmp_path / "in", tmp_path, "--weights", kernel, "--format", "npy",
+              "--overwrite", "--backend", "numpy")  # fmt: skip
+    assert res.exit_code == 2
+    error_line(res.stderr, "k.npy: the output would replace the --weights file")
+    after = snapshot(tmp_path)
+    del after["in/k.png"]
+    assert after == before

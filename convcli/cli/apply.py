@@ -17,7 +17,12 @@ from convcli.cli.group import cli
 from convcli.cli.messages import conv_hint, echo_line, flag_for, limit_line, safe_text
 from convcli.cli.options import build_run, kernel_options, not_empty
 from convcli.cli.run import exit_code_of, run_plan
-from convcli.cli.sidefiles import check_side_files, kernel_files, write_record_file
+from convcli.cli.sidefiles import (
+    check_kernel_outputs,
+    check_side_files,
+    kernel_files,
+    write_record_file,
+)
 from convcli.errors import ConvValueError, InputError, LimitError
 
 if TYPE_CHECKING:
@@ -113,6 +118,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             f"-o {output}: several inputs need an output folder (e.g. -o {Path(output).stem}/)"
         )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
+    check_kernel_outputs((task.dst for task in plan.tasks), opts)
     _check_float_output(plan, opts["bit_depth"])
     check_side_files(
         {"--timings": opts["timings"]},
@@ -264,6 +270,7 @@ def batch(
     filt, engine, out = build_run(opts, ctx)
     _check_file_filter(filt, opts)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
+    check_kernel_outputs((task.dst for task in plan.tasks), opts)
     _check_float_output(plan, opts["bit_depth"])
     check_side_files(
         {"--report": report, "--timings": opts["timings"]},
