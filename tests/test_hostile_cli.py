@@ -167,3 +167,34 @@ def test_negative_padding_on_image_files_is_one_clear_refusal(tmp_path, suffix):
     assert [f.reason for f in result.failed] == [cbatch.file_filter_problem(filt)]
     assert "negative padding" in result.failed[0].reason and not result.done
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
+def test_opencl_runs_where_home_cannot_hold_a_cache(tmp_path, ocl):
+    """HOME where no ~/.cache can be made (read-only, missing, a file): pyopencl's first
+    kernel call failed with "convcli: error: .../.cache: No such file or directory" (its
+    pytools invoker cache), even under --backend opencl with PoCL's cache elsewhere."""
+    import subprocess
+
+    src = tmp_path / "a.png"
+    x = np.random.default_rng(6).random((3, 12, 16))
+    cio.write_image(src, x)
+    (tmp_path / "file").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "PYOPENCL_NO_CACHE")}
+    env.update(
+        HOME=str(tmp_path / "file" / "home"),
+        POCL_CACHE_DIR=str(tmp_path / "pocl"),
+        CONVCLI_CACHE_DIR=str(tmp_path / "convcli"),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "convcli", "apply", str(src), "-o", str(tmp_path / "o.npy"),
+         "--preset", "box", "--backend", "opencl", "--algo", "direct", "-q"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    got = np.load(tmp_path / "o.npy")
+    ref = cio.read_image(src).data.astype(np.float64)  # as the file stores it
+    pad = np.pad(ref, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    want = sum(pad[:, i : i + 12, j : j + 16] for i in range(3) for j in range(3)) / 9
+    np.testing.assert_allclose(got, want, atol=1e-6)

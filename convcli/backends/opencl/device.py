@@ -79,7 +79,26 @@ def import_cl():
         import pyopencl as cl
     except ImportError as exc:  # also OSError-like failures surface as ImportError
         raise BackendUnavailable(f"pyopencl is not importable ({exc})") from exc
+    _cache_or_none(cl)
     return cl
+
+
+@functools.cache
+def _cache_or_none(cl: Any) -> None:
+    """Turn pyopencl's disk caches off where their folder cannot be made (a read-only
+    or missing HOME): its first kernel call otherwise fails with a FileNotFoundError
+    for ``~/.cache`` (pytools' invoker cache), a whole run lost to a cache."""
+    if getattr(cl, "_PYOPENCL_NO_CACHE", True):
+        return
+    try:
+        import platformdirs
+
+        for app in ("pytools", "pyopencl"):
+            os.makedirs(platformdirs.user_cache_dir(app, app), exist_ok=True)
+    except ImportError:
+        return
+    except OSError:
+        cl._PYOPENCL_NO_CACHE = True
 
 
 # ------------------------------------------------------------------------ devices
