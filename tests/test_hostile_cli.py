@@ -198,3 +198,26 @@ def test_opencl_runs_where_home_cannot_hold_a_cache(tmp_path, ocl):
     pad = np.pad(ref, ((0, 0), (1, 1), (1, 1)), mode="edge")
     want = sum(pad[:, i : i + 12, j : j + 16] for i in range(3) for j in range(3)) / 9
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_no_device_for_lack_of_a_pocl_cache_folder_says_so(tmp_path):
+    """PoCL lists no device when it cannot make its kernel cache folder; that was a bare
+    "no OpenCL platform or device found", with nothing to point at HOME."""
+    import subprocess
+
+    (tmp_path / "file").write_text("not a folder")
+    drop = ("XDG_CACHE_HOME", "POCL_CACHE_DIR", "CONVCLI_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(HOME=str(tmp_path / "file" / "home"), CONVCLI_CACHE_DIR=str(tmp_path / "c"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "convcli", "devices"], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    if "OpenCL devices" in res.stdout:
+        pytest.skip("a platform other than PoCL has devices here")
+    cache = tmp_path / "file" / "home" / ".cache" / "pocl" / "kcache"
+    assert res.returncode == 0 and res.stdout == ""
+    assert res.stderr == (
+        "convcli: notice: no OpenCL platform or device found (PoCL lists none when it "
+        f"cannot make its cache folder {cache}: set POCL_CACHE_DIR to a writable folder); "
+        "convcli uses the NumPy backend\n"
+    )
