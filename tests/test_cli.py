@@ -972,3 +972,20 @@ def test_options_that_would_be_ignored_are_refused(tmp_path):
         assert res.exit_code == 2
         assert "--device picks an OpenCL device; --backend numpy uses none" in res.stderr
     assert not out.exists() and not (tmp_path / "out").exists()
+
+
+def test_format_and_suffix_spellings_of_one_format_agree(tmp_path):
+    """`--format jpeg -o x.jpg` and `--format tif -o x.tiff` were refused as
+    disagreeing; a real disagreement still is."""
+    src = sample(tmp_path)
+    jpeg, tiff = b"\xff\xd8", b"II*\x00"
+    cases = (("jpeg", "x.jpg", jpeg), ("jpg", "y.jpeg", jpeg), ("tif", "z.tiff", tiff),
+             ("TIFF", "w.tif", tiff))  # fmt: skip
+    for fmt, name, magic in cases:
+        run("apply", src, "-o", tmp_path / name, "--format", fmt, "--preset", "box",
+            "--backend", "numpy", "-q")  # fmt: skip
+        assert (tmp_path / name).read_bytes()[:4].startswith(magic)
+    res = run("apply", src, "-o", tmp_path / "v.jpg", "--format", "png", "--preset", "box",
+              ok=False)  # fmt: skip
+    assert res.exit_code == 2 and "--format png disagrees with the output suffix" in res.stderr
+    assert not (tmp_path / "v.jpg").exists()

@@ -64,6 +64,12 @@ def _check_file_filter(filt: cbatch.Filter, opts: dict[str, Any]) -> None:
         raise click.ClickException(problem + conv_hint(problem, opts))
 
 
+def _same_format(name: str) -> str:
+    """A format's one name: ``jpeg`` is ``jpg``, ``tiff`` is ``tif`` (either suffix)."""
+    name = name.lower()
+    return {"jpeg": "jpg", "tiff": "tif"}.get(name, name)
+
+
 def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
     if skip_existing and overwrite:
         raise click.UsageError("--skip-existing and --overwrite exclude each other")
@@ -109,7 +115,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
-    if fmt and single_file and out_suffix != fmt.lower():
+    if fmt and single_file and _same_format(out_suffix) != _same_format(fmt):
         raise click.UsageError(f"--format {fmt} disagrees with the output suffix of {output}")
     several = len(inputs) > 1 and not Path(output).is_dir()
     if several and (Path(output).exists() or f".{out_suffix}" in cbatch.WRITABLE_SUFFIXES):
