@@ -221,3 +221,22 @@ def test_no_device_for_lack_of_a_pocl_cache_folder_says_so(tmp_path):
         f"cannot make its cache folder {cache}: set POCL_CACHE_DIR to a writable folder); "
         "convcli uses the NumPy backend\n"
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_or_device_as_input_says_what_it_is(tmp_path):
+    """A FIFO named like an image, /dev/zero or /dev/urandom as input was "empty file"
+    (their size is 0), a wrong lead; in a batch a FIFO is no input at all."""
+    fifo = tmp_path / "p.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "o.png"
+    for src, kind in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
+        if not src.exists():
+            continue
+        res = run("apply", src, "-o", out, "--preset", "box")
+        assert res.exit_code == 1
+        assert errors_of(res) == [f"convcli: error: {src}: is {kind}, not an image file"]
+        res = run("apply", tmp_path / "x.png", "-o", out, "--weights", src)
+        assert res.exit_code == 1
+        assert errors_of(res) == [f"convcli: error: {src}: is {kind}, not a weight file"]
+    assert sorted(os.listdir(tmp_path)) == ["p.png"]
