@@ -40,6 +40,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,6 +80,7 @@ from convcli.filters import Filter, check_out_pixels
 from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
 from convcli.io.jpeg import JpegHeader
+from convcli.io.publish import special_kind
 from convcli.runinfo import RunInfo
 from convcli.spec import (
     ConvSpec,
@@ -642,9 +644,18 @@ def plan_files(
     or when it ends with a path separator. A file output's format comes from its suffix
     (``fmt`` is used when it has none). An output equal to its input is refused unless
     ``overwrite`` is True.
+
+    Raises
+    ------
+    InputError
+        If ``output`` is a FIFO, a device or a socket (``/dev/null``).
     """
     out = Path(output)
     text = str(output)
+    kind = special_kind(out, follow_symlinks=True)
+    if kind is not None:
+        # /dev/null has no suffix: the image would go to a new /dev/null.png
+        raise InputError(f"{out}: is {kind}, not an image file or a folder; nothing was written")
     as_folder = len(inputs) > 1 or out.is_dir() or text.endswith(("/", os.sep))
     tasks = []
     plan = Plan()
@@ -994,6 +1005,10 @@ def _map(data: np.ndarray, out: Output, *, alpha: bool) -> np.ndarray:
     )
 
 
+def _is_overflow(w: warnings.WarningMessage) -> bool:
+    return issubclass(w.category, RuntimeWarning) and "overflow" in str(w.message)
+
+
 def _overflow_note(bad: int, size: int) -> str | None:
     """A note when ``bad`` of the result's ``size`` values are inf or NaN: inputs and
     weights are finite, so the sums overflowed float32."""
@@ -1007,8 +1022,15 @@ def _overflow_note(bad: int, size: int) -> str | None:
 
 def _convolve_notes(bad: int, size: int, caught: list) -> list[str]:
     """Notes about one convolution: an overflow, and what the backend warned about
-    (NumPy's own overflow warnings say less than the overflow note)."""
+    (NumPy's own overflow warnings say less than the overflow note). Where the values
+    were not counted (``size`` 0: the fused native-depth step writes samples, not
+    floats), NumPy's overflow warning still becomes the overflow note, without counts."""
     note = _overflow_note(bad, size)
+    if note is None and not size and any(_is_overflow(w) for w in caught):
+        note = (
+            "the result overflowed float32: some values are inf or NaN (image formats "
+            "clip them, .npy keeps them); scale the kernel down"
+        )
     notes = [note] if note else []
     for w in caught:
         if note and issubclass(w.category, RuntimeWarning):
@@ -1567,6 +1589,22 @@ def _wait_quietly(fut: Future) -> None:
         fut.result()
 
 
+def file_filter_problem(filt: Filter) -> str | None:
+    """Why no image file can be filtered with ``filt`` (None: files can).
+
+    A negative padding crops under padding modes other than zeros (torch's ``F.pad``);
+    :func:`convcli.conv2d` and zarr stores do that, the strips of image files do not.
+    (Under zero padding :meth:`Filter.check` and conv2d refuse it, as torch does.)
+    """
+    pad = filt.resolved_padding()
+    if isinstance(pad, str) or min(np.ravel(pad)) >= 0:
+        return None
+    return (
+        "negative padding is not supported for image files (it crops arrays and zarr "
+        "stores under padding modes other than zeros)"
+    )
+
+
 def run_tasks(
     tasks: Sequence[Task],
     filt: Filter,
@@ -1673,6 +1711,12 @@ def run_tasks(
             )
             return True
         return False
+
+    problem = file_filter_problem(filt)
+    if problem is not None:  # no image file can take this filter: each fails, named
+        for task in pending:
+            fail(task, problem)
+        pending.clear()
 
     def finish_write(task: Task, fut: Future, mp: float, notes: tuple[str, ...]) -> None:
         try:

@@ -197,7 +197,8 @@ def load_networks(path: str | Path | None = None) -> tuple[dict[str, list[CnnLay
         nets = {n: [CnnLayer.from_dict(d) for d in v] for n, v in data["networks"].items()}
     except OSError as exc:
         raise ConvValueError(f"{where}: cannot read the layer file: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser's recursion limit
         what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         raise ConvValueError(
             f"{where}: not a layer file of tools/make_cnn_layers.py ({what})"

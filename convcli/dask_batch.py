@@ -139,7 +139,8 @@ def parse_cluster(text: str | None) -> Cluster:
     Raises
     ------
     ClusterError
-        For a malformed address, a worker count below 1, or no address configured.
+        For a malformed address, a worker count below 1 or above 4 per CPU (at least
+        8), or no address configured.
     """
     text = (text or "").strip()
     if not text:
@@ -157,6 +158,14 @@ def parse_cluster(text: str | None) -> Cluster:
         if not count.isdigit() or int(count) < 1:
             raise ClusterError(
                 f"Dask cluster {text!r}: local:N takes a number of worker processes >= 1"
+            )
+        most = max(8, 4 * (os.cpu_count() or 1))
+        if int(count) > most:
+            # each worker is a Python process of its own (about 100 MB before any image):
+            # local:100000 would take the machine down before the first file
+            raise ClusterError(
+                f"Dask cluster {text!r}: local:N starts N worker processes on this machine; "
+                f"at most {most} (4 per CPU)"
             )
         return Cluster(n_workers=int(count))
     match = _ADDRESS_RE.fullmatch(text)

@@ -322,6 +322,10 @@ def test_a_layer_file_of_other_networks_is_loaded_and_run(tmp_path):
         ('{"networks": {"a": [{"c_in": 1e400}]}}', "(cannot convert float infinity"),
         ('{"networks": {}}', "lists no network"),
         ('{"networks": {"a": []}}', "or an empty one"),
+        # deeper than the parser's recursion limit: was "internal error: RecursionError"
+        pytest.param(
+            "[" * 100_000 + "]" * 100_000, "(maximum recursion depth exceeded", id="deeply-nested"
+        ),
     ],
 )
 def test_a_bad_layer_file_is_named_with_its_problem(tmp_path, text, problem):

@@ -301,6 +301,34 @@ def test_photo_mp_rejects_a_bad_item():
     assert "'big' is not a size in megapixels" in r.output
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0.05"])
+def test_tiled_mp_must_be_a_finite_size(value):
+    """inf passed click's FloatRange(min=0.1) and ended in "internal error:
+    OverflowError" deep in the suite; NaN passed every comparison."""
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    r = CliRunner().invoke(cli, ["bench", "--suite", "files", "--tiled-mp", value])
+    assert r.exit_code == 2
+    assert "is not a size in megapixels (0.1-100000)" in r.output
+    assert "internal error" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args", [["--tiled-mp", "5"], ["--photo-mp", "3"], ["--workdir", "/tmp/never-made"]]
+)
+def test_files_suite_options_with_another_suite_are_a_usage_error(args):
+    """They were dropped without a word: `bench --suite quick --tiled-mp 5` ran quick."""
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    r = CliRunner().invoke(cli, ["bench", "--suite", "quick", *args])
+    assert r.exit_code == 2
+    assert f"{args[0]} sets the files suite (--suite files)" in r.output
+
+
 def test_a_folders_check_runs_the_whole_folder_and_compares_three_images(tmp_path, monkeypatch):
     """The check run filters the whole folder, as timed (a batch of one image may take
     another backend than one of 200), and compares its first, middle and last images

@@ -850,6 +850,18 @@ def test_a_convolution_refusal_names_the_options_it_is_about(tmp_path, args, wei
     assert one_error_line(res) == "convcli: error: " + line.format(src=src)
 
 
+def test_a_bias_from_the_weight_file_is_not_blamed_on_bias(tmp_path):
+    """A .npz's own bias of the wrong size said "(see --bias)", an option not given."""
+    src, out, w = sample(tmp_path), tmp_path / "o.png", tmp_path / "w.npz"
+    np.savez(w, weight=np.ones((3, 3), np.float32) / 9, bias=np.zeros(5, np.float32))
+    res = run("apply", src, "--weights", w, "-o", out, "--backend", "numpy", ok=False)
+    assert res.exit_code == 1 and not out.exists()
+    assert one_error_line(res) == (
+        f"convcli: error: {src}: bias has 5 values but the convolution has 3 output channels "
+        f"(the bias in --weights {w})"
+    )
+
+
 def test_flags_are_the_library_words_with_dashes():
     from convcli.cli import flag_for
 
@@ -938,3 +950,42 @@ def test_a_flattening_glob_never_lets_two_files_write_one_output(tmp_path):
     run("batch", src, tmp_path / "mirrored", "--glob", "**/*.png", "-r", "--kernel", "1",
         "--backend", "numpy", "-q")  # fmt: skip
     assert len(list((tmp_path / "mirrored").rglob("*.png"))) == 4
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path):
+    """`--key` on a .npy or text kernel and `--device` with `--backend numpy` were
+    dropped without a word: a key meant for a .pt file, a device that never ran."""
+    src, out = sample(tmp_path), tmp_path / "o.png"
+    np.save(tmp_path / "k.npy", np.ones((3, 3), np.float32) / 9)
+    (tmp_path / "k.txt").write_text("1 1\n1 1\n")
+    for name in ("k.npy", "k.txt"):
+        res = run("apply", src, "-o", out, "--weights", tmp_path / name, "--key", "conv1",
+                  "--backend", "numpy", ok=False)  # fmt: skip
+        assert res.exit_code == 1
+        suffix = name[1:]
+        assert one_error_line(res) == (
+            f"convcli: error: {tmp_path / name}: a {suffix} file holds one unnamed kernel; "
+            "--key conv1 picks a tensor in .npz, .safetensors, .pt or .json files"
+        )
+    for command in (["apply", src, "-o", out], ["batch", tmp_path, tmp_path / "out"]):
+        res = run(*command, "--preset", "box", "--backend", "numpy", "--device", "0", ok=False)
+        assert res.exit_code == 2
+        assert "--device picks an OpenCL device; --backend numpy uses none" in res.stderr
+    assert not out.exists() and not (tmp_path / "out").exists()
+
+
+def test_format_and_suffix_spellings_of_one_format_agree(tmp_path):
+    """`--format jpeg -o x.jpg` and `--format tif -o x.tiff` were refused as
+    disagreeing; a real disagreement still is."""
+    src = sample(tmp_path)
+    jpeg, tiff = b"\xff\xd8", b"II*\x00"
+    cases = (("jpeg", "x.jpg", jpeg), ("jpg", "y.jpeg", jpeg), ("tif", "z.tiff", tiff),
+             ("TIFF", "w.tif", tiff))  # fmt: skip
+    for fmt, name, magic in cases:
+        run("apply", src, "-o", tmp_path / name, "--format", fmt, "--preset", "box",
+            "--backend", "numpy", "-q")  # fmt: skip
+        assert (tmp_path / name).read_bytes()[:4].startswith(magic)
+    res = run("apply", src, "-o", tmp_path / "v.jpg", "--format", "png", "--preset", "box",
+              ok=False)  # fmt: skip
+    assert res.exit_code == 2 and "--format png disagrees with the output suffix" in res.stderr
+    assert not (tmp_path / "v.jpg").exists()

@@ -394,3 +394,69 @@ def test_next_run_removes_temporary_files_of_a_killed_run(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in src.iterdir())
     for dst in out.glob("*.png"):
         assert matches(dst, src / dst.name, box)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_outputs_and_side_files_never_replace_a_fifo_or_a_stream_link(tmp_path):
+    """`-o /dev/null` (no suffix) wrote a new /dev/null.png; `--timings /dev/null
+    --overwrite` (as root) or a FIFO put a regular file in the special file's place, and
+    `--timings /dev/stdout --overwrite` replaced the /dev/stdout link for the machine.
+    A FIFO and a link into /proc stand in for them here."""
+    (photo,) = make_inputs(tmp_path / "in", 1)
+    fifo, link = tmp_path / "pipe", tmp_path / "stdout"
+    os.mkfifo(fifo)
+    link.symlink_to("/proc/self/fd/1")
+    before = snapshot(tmp_path)
+    for special, kind in ((fifo, "a FIFO"), (link, "a link to a process's open file")):
+        res = run("apply", photo, "--preset", "box", "-o", special, "--backend", "numpy")
+        assert res.exit_code == 1
+        error_line(res.stderr, f"{special}: is {kind}", "nothing was written")
+        res = run("apply", photo, "--preset", "box", "-o", tmp_path / "o.png",
+                  "--timings", special, "--overwrite", "--backend", "numpy")  # fmt: skip
+        assert res.exit_code == 2
+        error_line(res.stderr, f"--timings names {kind}")
+        res = run("bench", "--suite", "quick", "--json", special, "--overwrite")
+        assert res.exit_code == 2
+        error_line(res.stderr, f"--json names {kind}", "('-' is stdout)")
+    # the FIFO kept its place; a FIFO or a link into /proc among a batch's outputs
+    assert os.path.islink(link) and os.readlink(link) == "/proc/self/fd/1"
+    os.mkfifo(tmp_path / "x.png")
+    res = run("apply", photo, "--preset", "box", "-o", tmp_path / "x.png", "--backend", "numpy")
+    assert res.exit_code == 1
+    error_line(res.stderr, "x.png: is a FIFO")
+    assert sorted(os.listdir(tmp_path)) == ["in", "pipe", "stdout", "x.png"]
+    assert snapshot(tmp_path) == before
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / photo.name)
+    res = run("batch", tmp_path / "in", out, "--preset", "box", "--overwrite",
+              "--backend", "numpy")  # fmt: skip
+    assert res.exit_code == 1
+    assert f"{out / photo.name}: cannot write: it is a FIFO (named pipe)" in res.stderr
+    assert sorted(os.listdir(out)) == [photo.name] and not (out / photo.name).is_file()
+
+
+def test_an_output_never_replaces_the_weight_file(tmp_path):
+    """`apply a.png -o k.npy --weights k.npy` wrote the result over the weight file, an
+    input of the run, exit 0 and without --overwrite; a batch into the weight file's
+    folder did the same for an image named like it."""
+    (photo,) = make_inputs(tmp_path / "in", 1)
+    kernel = tmp_path / "k.npy"
+    np.save(kernel, np.full((3, 3), 1 / 9, np.float32))
+    os.link(kernel, tmp_path / "hard.npy")
+    (tmp_path / "soft.npy").symlink_to(kernel)
+    before = snapshot(tmp_path)
+    for out in ("k.npy", "hard.npy", "soft.npy"):
+        for overwrite in ([], ["--overwrite"]):  # --overwrite never allows an input
+            res = run("apply", photo, "-o", tmp_path / out, "--weights", kernel,
+                      "--backend", "numpy", *overwrite)  # fmt: skip
+            assert res.exit_code == 2
+            error_line(res.stderr, f"{out}: the output would replace the --weights file")
+    (tmp_path / "in" / "k.png").write_bytes(photo.read_bytes())
+    res = run("batch", tmp_path / "in", tmp_path, "--weights", kernel, "--format", "npy",
+              "--overwrite", "--backend", "numpy")  # fmt: skip
+    assert res.exit_code == 2
+    error_line(res.stderr, "k.npy: the output would replace the --weights file")
+    after = snapshot(tmp_path)
+    del after["in/k.png"]
+    assert after == before

@@ -125,6 +125,18 @@ def test_bad_cluster_addresses_are_refused(text):
         dask_batch.parse_cluster(text)
 
 
+def test_a_local_cluster_of_absurd_size_is_refused(monkeypatch):
+    """local:99999999999999999999 began starting worker processes (each a Python
+    interpreter) until killed; the count is capped at 4 per CPU, at least 8."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert dask_batch.parse_cluster("local:8") == dask_batch.Cluster(n_workers=8)
+    for text in ("local:9", "local:99999999999999999999"):
+        with pytest.raises(dask_batch.ClusterError, match=r"at most 8 \(4 per CPU\)"):
+            dask_batch.parse_cluster(text)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert dask_batch.parse_cluster("local:64") == dask_batch.Cluster(n_workers=64)
+
+
 def test_no_address_takes_the_one_dask_is_configured_with():
     import dask
 

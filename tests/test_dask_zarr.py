@@ -333,3 +333,31 @@ def test_cli_apply_zarr_refuses_image_options(tmp_path):
     r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "o.png", "--preset", "sharpen")
     assert r.exit_code == 2 and "writes a zarr store" in r.output
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_cli_apply_zarr_never_replaces_a_store_that_holds_its_input(tmp_path, rng):
+    """`apply outer.zarr/inner.zarr -o outer.zarr` replaced outer.zarr (apply replaces
+    its output) and with it the input, exit 0; an output inside the input store changed
+    the input, and a plain folder named *.zarr was deleted for the result."""
+    img = rng.random((3, 12, 10)).astype(np.float32)
+    outer = tmp_path / "outer.zarr"
+    zarr.open_group(str(outer), mode="w")
+    inner = outer / "inner.zarr"
+    _store(inner, img, (3, 6, 5))
+    plain = tmp_path / "plain.zarr"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cases = [
+        (outer, "the output store holds the input"),
+        (inner / "x.zarr", "the output would be written inside the input store"),
+        (plain, "exists and is not a zarr store; not replaced"),
+    ]
+    for out, needle in cases:
+        for extra in ([], ["--overwrite"]):
+            r = _cli("apply", inner, "-o", out, "--preset", "box", "--backend", "numpy", *extra)
+            assert r.exit_code == 1, r.output
+            assert r.output.count("\n") == 1 and needle in r.output, r.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    np.testing.assert_array_equal(_read(inner)[...], img)
+    assert (plain / "notes.txt").read_text() == "mine"

@@ -134,3 +134,109 @@ def test_a_lost_libvips_message_is_asked_again(tmp_path, name):
     source._image, source._lenient = Lost(), None
     with pytest.raises(InputError, match=f"{name}: truncated image data"):
         source.read_rows(0, source.info.height)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".npy"])
+def test_negative_padding_on_image_files_is_one_clear_refusal(tmp_path, suffix):
+    """conv2d crops with a negative padding under replicate/reflect (as torch does), the
+    strips of image files cannot: a PNG said "pad must be (top, bottom, left, right),
+    all >= 0", a .npy NumPy's "non-broadcastable output operand", once per file."""
+    src = tmp_path / "a.png"
+    cio.write_image(src, np.random.default_rng(5).random((3, 12, 16)))
+    out = tmp_path / f"o{suffix}"
+    for padding, mode in (("-1", "replicate"), ("-1,0", "reflect")):
+        res = run("apply", src, "-o", out, "--preset", "box", f"--padding={padding}",
+                  "--padding-mode", mode, "--backend", "numpy")  # fmt: skip
+        assert res.exit_code == 1
+        assert errors_of(res) == [
+            "convcli: error: negative padding is not supported for image files (it crops "
+            "arrays and zarr stores under padding modes other than zeros) "
+            f"(--padding {padding})"
+        ]
+        assert res.stderr.count("\n") == 1
+    res = run("batch", tmp_path, tmp_path / "out", "--preset", "box", "--padding=-1")
+    assert res.exit_code == 1 and len(errors_of(res)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+    # the library: every task fails with that reason, nothing is written
+    from convcli import batch as cbatch
+    from convcli.filters import Filter
+
+    filt = Filter.from_preset("box", padding=(0, -1), padding_mode="circular")
+    plan = cbatch.plan_files([src], out)
+    result = cbatch.run_tasks(plan.tasks, filt, engine=cbatch.Engine(backend="numpy"))
+    assert [f.reason for f in result.failed] == [cbatch.file_filter_problem(filt)]
+    assert "negative padding" in result.failed[0].reason and not result.done
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+
+
+def test_opencl_runs_where_home_cannot_hold_a_cache(tmp_path, ocl):
+    """HOME where no ~/.cache can be made (read-only, missing, a file): pyopencl's first
+    kernel call failed with "convcli: error: .../.cache: No such file or directory" (its
+    pytools invoker cache), even under --backend opencl with PoCL's cache elsewhere."""
+    import subprocess
+
+    src = tmp_path / "a.png"
+    x = np.random.default_rng(6).random((3, 12, 16))
+    cio.write_image(src, x)
+    (tmp_path / "file").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "PYOPENCL_NO_CACHE")}
+    env.update(
+        HOME=str(tmp_path / "file" / "home"),
+        POCL_CACHE_DIR=str(tmp_path / "pocl"),
+        CONVCLI_CACHE_DIR=str(tmp_path / "convcli"),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "convcli", "apply", str(src), "-o", str(tmp_path / "o.npy"),
+         "--preset", "box", "--backend", "opencl", "--algo", "direct", "-q"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    got = np.load(tmp_path / "o.npy")
+    ref = cio.read_image(src).data.astype(np.float64)  # as the file stores it
+    pad = np.pad(ref, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    want = sum(pad[:, i : i + 12, j : j + 16] for i in range(3) for j in range(3)) / 9
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_no_device_for_lack_of_a_pocl_cache_folder_says_so(tmp_path):
+    """PoCL lists no device when it cannot make its kernel cache folder; that was a bare
+    "no OpenCL platform or device found", with nothing to point at HOME."""
+    import subprocess
+
+    (tmp_path / "file").write_text("not a folder")
+    drop = ("XDG_CACHE_HOME", "POCL_CACHE_DIR", "CONVCLI_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(HOME=str(tmp_path / "file" / "home"), CONVCLI_CACHE_DIR=str(tmp_path / "c"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "convcli", "devices"], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    if "OpenCL devices" in res.stdout:
+        pytest.skip("a platform other than PoCL has devices here")
+    cache = tmp_path / "file" / "home" / ".cache" / "pocl" / "kcache"
+    assert res.returncode == 0 and res.stdout == ""
+    assert res.stderr == (
+        "convcli: notice: no OpenCL platform or device found (PoCL lists none when it "
+        f"cannot make its cache folder {cache}: set POCL_CACHE_DIR to a writable folder); "
+        "convcli uses the NumPy backend\n"
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_or_device_as_input_says_what_it_is(tmp_path):
+    """A FIFO named like an image, /dev/zero or /dev/urandom as input was "empty file"
+    (their size is 0), a wrong lead; in a batch a FIFO is no input at all."""
+    fifo = tmp_path / "p.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "o.png"
+    for src, kind in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
+        if not src.exists():
+            continue
+        res = run("apply", src, "-o", out, "--preset", "box")
+        assert res.exit_code == 1
+        assert errors_of(res) == [f"convcli: error: {src}: is {kind}, not an image file"]
+        res = run("apply", tmp_path / "x.png", "-o", out, "--weights", src)
+        assert res.exit_code == 1
+        assert errors_of(res) == [f"convcli: error: {src}: is {kind}, not a weight file"]
+    assert sorted(os.listdir(tmp_path)) == ["p.png"]

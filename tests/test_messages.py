@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
@@ -213,7 +214,7 @@ def test_bad_glob_is_a_usage_error_not_an_internal_error(tmp_path, pattern, need
 
 
 # ---------------------------------------------------------------- item 6: signals
-def _slow_apply(tmp_path: Path, inputs: list[Path], out: str) -> subprocess.Popen:
+def _slow_apply(tmp_path: Path, inputs: list[Path], out: str, **popen) -> subprocess.Popen:
     """``convcli apply`` in a child that writes START to stderr as each convolution (of
     a strip; these images are one strip each) begins and then waits 0.5 s inside it, so
     a signal sent on START lands while that image is being convolved, however fast the
@@ -234,7 +235,8 @@ def _slow_apply(tmp_path: Path, inputs: list[Path], out: str) -> subprocess.Pope
     args = ["apply", *map(str, inputs), "-o", out, "--weights", "k.npy", "--backend", "numpy",
             "--algo", "direct", "-q"]  # fmt: skip
     return subprocess.Popen([sys.executable, "-c", script, *args], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)  # fmt: skip
 
 
 def _wait_for_start(proc: subprocess.Popen, starts: int = 1) -> list[str]:
@@ -270,6 +272,24 @@ def test_signal_during_the_only_image_exits_128_plus_signal(tmp_path, signum, co
     pad = np.pad(data[0].astype(np.float64), 15, mode="edge")
     for y, x in ((0, 0), (299, 17), (599, 599), (40, 550)):
         assert res[0, y, x] == pytest.approx((pad[y : y + 31, x : x + 31] * k).sum(), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path, signum):
+    """`nohup convcli batch ...` ignores SIGHUP, a shell's background job SIGINT: the
+    run was asked to go on through them. It stopped (exit 129) when the terminal closed."""
+    big = tmp_path / "big.npy"
+    data = np.random.default_rng(0).random((1, 200, 200), dtype=np.float32)
+    np.save(big, data)
+    ignore = functools.partial(signal.signal, signum, signal.SIG_IGN)
+    proc = _slow_apply(tmp_path, [big], "o.npy", preexec_fn=ignore)
+    _wait_for_start(proc)
+    proc.send_signal(signum)
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 0, rest
+    assert [ln for ln in lines(rest) if ln != "START"] == []
+    assert np.load(tmp_path / "o.npy").shape == data.shape
 
 
 @pytest.mark.slow
@@ -456,6 +476,24 @@ def test_overflowing_kernel_says_so_once(tmp_path, backend):
         "the result overflowed float32"
     )
     assert np.isinf(np.load(tmp_path / "out" / "a.npy")).all()
+
+
+def test_overflow_into_an_image_format_is_the_overflow_note(tmp_path):
+    """A small image into PNG goes through the fused native-depth step, which writes
+    samples, not floats: NumPy's raw "overflow encountered in matmul" was printed instead
+    of the overflow note (the .npy output above counts the values)."""
+    src = image(tmp_path / "a.png")
+    r = subprocess.run([*CONVCLI, "apply", str(src), "-o", "o.png", "--kernel",
+                        "3e38,3e38;3e38,3e38", "--backend", "numpy", "-q"],
+                       env=ENV, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert lines(r.stderr) == [
+        f"convcli: warning: {src}: the result overflowed float32: some values are inf or NaN "
+        "(image formats clip them, .npy keeps them); scale the kernel down"
+    ]
+    out = cio.read_image(tmp_path / "o.png")
+    assert out.data.max() == 1.0  # clipped, as the note says
 
 
 def test_weight_file_warnings_are_warning_lines_and_report_notes(tmp_path, monkeypatch):

@@ -221,3 +221,19 @@ def test_written_file_mode_follows_umask(tmp_path, way):
     finally:
         os.umask(umask)
     assert (tmp_path / "m.bin").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_replace_never_puts_a_file_in_place_of_a_fifo_or_a_stream_link(tmp_path, way):
+    """A rename over a FIFO (or, as root, over /dev/null or the /dev/stdout link) would
+    put a regular file there for every process: refused, the special file left as it is."""
+    fifo, link = tmp_path / "pipe.json", tmp_path / "stdout.json"
+    os.mkfifo(fifo)
+    link.symlink_to("/proc/self/fd/1")
+    for path, kind in ((fifo, "a FIFO"), (link, "a link to a process's open file")):
+        with pytest.raises(InputError, match=f"it is {kind}.*not replaced"):
+            publish(path, lambda fh: fh.write(b"{}"), mode="replace")
+    assert cpub.special_kind(fifo) == "a FIFO (named pipe)"
+    assert os.readlink(link) == "/proc/self/fd/1"
+    assert names(tmp_path) == ["pipe.json", "stdout.json"]  # no temporary file left
+    assert cpub.special_kind(tmp_path) is None and cpub.special_kind(tmp_path / "x") is None

@@ -6,6 +6,7 @@ the plan (:func:`convcli.cli.run.run_plan`).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,12 @@ from convcli.cli.group import cli
 from convcli.cli.messages import conv_hint, echo_line, flag_for, limit_line, safe_text
 from convcli.cli.options import build_run, kernel_options, not_empty
 from convcli.cli.run import exit_code_of, run_plan
-from convcli.cli.sidefiles import check_side_files, kernel_files, write_record_file
+from convcli.cli.sidefiles import (
+    check_kernel_outputs,
+    check_side_files,
+    kernel_files,
+    write_record_file,
+)
 from convcli.errors import ConvValueError, InputError, LimitError
 
 if TYPE_CHECKING:
@@ -49,6 +55,19 @@ def _check_float_output(plan: cbatch.Plan, bit_depth: str | None) -> None:
                 f"--bit-depth 32 writes float32 samples, which {kind} cannot hold "
                 f"({safe_text(task.dst)}): write .tif or .npy, or pass --bit-depth {deepest}"
             )
+
+
+def _check_file_filter(filt: cbatch.Filter, opts: dict[str, Any]) -> None:
+    """Refuse, once and before any file is read, a filter no image file can take."""
+    problem = cbatch.file_filter_problem(filt)
+    if problem is not None:
+        raise click.ClickException(problem + conv_hint(problem, opts))
+
+
+def _same_format(name: str) -> str:
+    """A format's one name: ``jpeg`` is ``jpg``, ``tiff`` is ``tif`` (either suffix)."""
+    name = name.lower()
+    return {"jpeg": "jpg", "tiff": "tif"}.get(name, name)
 
 
 def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
@@ -92,10 +111,11 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             raise click.ClickException(limit_line(exc, opts)) from None
         except ConvValueError as exc:
             raise click.ClickException(str(exc) + conv_hint(str(exc), opts)) from None
+    _check_file_filter(filt, opts)
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
     single_file = len(inputs) == 1 and out_suffix and not Path(output).is_dir()
-    if fmt and single_file and out_suffix != fmt.lower():
+    if fmt and single_file and _same_format(out_suffix) != _same_format(fmt):
         raise click.UsageError(f"--format {fmt} disagrees with the output suffix of {output}")
     several = len(inputs) > 1 and not Path(output).is_dir()
     if several and (Path(output).exists() or f".{out_suffix}" in cbatch.WRITABLE_SUFFIXES):
@@ -104,6 +124,7 @@ def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: b
             f"-o {output}: several inputs need an output folder (e.g. -o {Path(output).stem}/)"
         )
     plan = cbatch.plan_files(inputs, output, fmt=fmt, overwrite=overwrite)
+    check_kernel_outputs((task.dst for task in plan.tasks), opts)
     _check_float_output(plan, opts["bit_depth"])
     check_side_files(
         {"--timings": opts["timings"]},
@@ -146,9 +167,21 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
             )
     if Path(output).suffix.lower() != ".zarr":
         raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
-    same = Path(output).resolve() == Path(src).resolve()
+    src_real, out_real = Path(src).resolve(), Path(output).resolve()
+    same = out_real == src_real
     if same and not overwrite:
         raise InputError(f"{output}: the output would replace its own input (add --overwrite)")
+    # a store is a folder: replacing one that holds the input deletes the input, and
+    # writing into the input's folder changes the input store
+    if not same and src_real.is_relative_to(out_real):
+        raise InputError(
+            f"{output}: the output store holds the input {src}; replacing it would delete the input"
+        )
+    if not same and out_real.is_relative_to(src_real):
+        raise InputError(f"{output}: the output would be written inside the input store {src}")
+    if not same and os.path.lexists(output) and not _is_zarr(output):
+        # apply replaces an earlier result, not a folder (or file) that holds other data
+        raise InputError(f"{output}: exists and is not a zarr store; not replaced")
     x, _, _ = open_image(src)
     weight, bias, groups = filt.for_channels(x.shape[0])
     zarr_conv2d(
@@ -241,7 +274,9 @@ def batch(
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint="'--glob'") from None
     filt, engine, out = build_run(opts, ctx)
+    _check_file_filter(filt, opts)
     plan = cbatch.plan_batch(in_dir, out_dir, recursive=recursive, glob=glob, fmt=opts["fmt"])
+    check_kernel_outputs((task.dst for task in plan.tasks), opts)
     _check_float_output(plan, opts["bit_depth"])
     check_side_files(
         {"--report": report, "--timings": opts["timings"]},

@@ -29,6 +29,18 @@ def _megapixels(text: str) -> list[float]:
     return values
 
 
+def _tiled_megapixels(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """``--tiled-mp``: finite, 0.1-100000 (inf reached an int() deep in the suite)."""
+    if not (0.1 <= value <= 100_000):  # also NaN
+        raise click.BadParameter(f"{value!r} is not a size in megapixels (0.1-100000)")
+    return value
+
+
+# options that only the files suite reads: given with another suite they would be
+# dropped without a word
+_FILES_ONLY = (("tiled_mp", "--tiled-mp"), ("photo_mp", "--photo-mp"), ("workdir", "--workdir"))
+
+
 def _csv_list(text: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (text or "").split(",") if v.strip())
 
@@ -76,7 +88,8 @@ def _cnn_networks(layers: str | None) -> list[str]:
 )
 @click.option(
     "--tiled-mp",
-    type=click.FloatRange(min=0.1),
+    type=float,
+    callback=_tiled_megapixels,
     default=100.0,
     show_default=True,
     help="files suite: megapixels of the tiled TIFF (e.g. 1000 for a gigapixel).",
@@ -118,7 +131,9 @@ def _cnn_networks(layers: str | None) -> list[str]:
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace --json/--csv files that exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.pass_context
 def bench(
+    ctx: click.Context,
     suite: str,
     backend: str | None,
     compare: str | None,
@@ -164,6 +179,12 @@ def bench(
         raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
     if layer_file is not None and suite != "cnn":
         raise click.UsageError("--layers gives the networks of --suite cnn")
+    for name, flag in _FILES_ONLY:
+        if not files and ctx.get_parameter_source(name) not in (
+            None,
+            click.core.ParameterSource.DEFAULT,
+        ):
+            raise click.UsageError(f"{flag} sets the files suite (--suite files)")
     sizes = None
     if files:
         sizes = cbench.Sizes().scaled(tiled_mp=tiled_mp, photo_mp=_megapixels(photo_mp))

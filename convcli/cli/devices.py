@@ -26,13 +26,13 @@ def devices(as_json: bool, check: bool) -> int:
     family, compared with NumPy); the exit code is 1 when any device fails it.
     """
     try:
-        from convcli.backends.opencl.device import check_devices, list_devices
+        from convcli.backends.opencl.device import check_devices, list_devices, no_device_reason
 
         found = list_devices()
     except ImportError as exc:
         found, why = [], f"pyopencl is not importable ({exc})"
     else:
-        why = "no OpenCL platform or device found"
+        why = no_device_reason()
     checks = {c.index: c for c in check_devices()} if check and found else {}
     if as_json:
         records = [_device_record(d, checks.get(d.index)) for d in found]

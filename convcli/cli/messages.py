@@ -182,6 +182,9 @@ def conv_hint(message: str, opts: dict[str, Any]) -> str:
     about, as given (``(see --groups)`` when none was); empty for other messages."""
     for pattern, arguments in _CONV_MESSAGES:
         if pattern.search(message):
+            if arguments == ("bias",) and opts.get("bias") is None and opts.get("weights"):
+                # no --bias: the bias came with the weight file (.npz, .pt, JSON)
+                return f" (the bias in {flag_for('weights', opts['weights'])})"
             given = [flag_for(a, opts[a]) for a in arguments if opts.get(a) is not None]
             if given:
                 return f" ({', '.join(given)})"

@@ -399,6 +399,8 @@ _FILTER_KEYS = (
 
 def build_run(opts: dict[str, Any], ctx: click.Context):
     """Options -> (Filter, Engine, Output); argument mistakes fail before any file is read."""
+    if opts["device"] is not None and opts["backend"] == "numpy":
+        raise click.UsageError("--device picks an OpenCL device; --backend numpy uses none")
     notes: list[str] = []
     filt = build_filter(**{k: opts[k] for k in _FILTER_KEYS}, notes=notes)
     # (file, note) pairs for --report; shown now, even with -q, like a file's notes

@@ -45,7 +45,7 @@ _STOP_SIGNALS = tuple(
 @contextmanager
 def _signals(stop: threading.Event, received: list[int], notify: Callable[[str], None]):
     """SIGINT/SIGTERM/SIGHUP set ``stop`` (finish the current image); a second one
-    aborts."""
+    aborts. One that the process ignores when the run starts (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -57,8 +57,12 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
         stop.set()
         notify("stopping after the current image (press Ctrl-C again to abort now)")
 
-    # SIGHUP too: a closed terminal or a dropped ssh session ends the run as cleanly
-    saved = {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
+    # SIGHUP too: a closed terminal or a dropped ssh session ends the run as cleanly.
+    # A signal ignored when we start stays ignored: `nohup convcli batch ...` (SIGHUP)
+    # and a shell's background job (SIGINT) were asked to run on through it.
+    saved = {
+        s: signal.signal(s, handler) for s in _STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN
+    }
     try:
         yield
     finally:

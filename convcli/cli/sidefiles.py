@@ -68,6 +68,33 @@ def kernel_files(opts: dict[str, Any]) -> list[Path]:
     return files + ([preset_file] if preset_file else [])
 
 
+def check_kernel_outputs(outputs: Iterable[str | os.PathLike[str]], opts: dict[str, Any]) -> None:
+    """Refuse, before any work, an output that is the kernel's own file (``--weights``,
+    a preset TOML): the result would replace an input of the run, which ``--overwrite``
+    never allows. Matched by real path, or by device and inode (a hard link)."""
+    kernels = kernel_files(opts)
+    if not kernels:
+        return
+
+    def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return (st.st_dev, st.st_ino)
+
+    real = {os.path.realpath(k): k for k in kernels}
+    ids = {i: k for k in kernels if (i := identity(k)) is not None}
+    flag = "--weights" if opts.get("weights") else "--preset"
+    for out in outputs:
+        kernel = real.get(os.path.realpath(out)) or ids.get(identity(out))  # type: ignore[arg-type]
+        if kernel is not None:
+            raise click.UsageError(
+                f"{out}: the output would replace the {flag} file of this run ({kernel}); "
+                "nothing was done"
+            )
+
+
 def preset_file_of(spec: str | None) -> Path | None:
     """The TOML file a ``--preset`` reads, if any (the rule of presets.get_preset)."""
     if not spec:
@@ -160,6 +187,10 @@ def check_side_files(
             refuse(f"{flag} names a folder this run writes into")
         if os.path.isdir(path):
             refuse(f"{flag} names a folder")
+        kind = cpublish.special_kind(path, follow_symlinks=True)
+        if kind is not None:  # /dev/null, /dev/stdout: never replaced by a file
+            stdout = " ('-' is stdout)" if dash_is_stdout else ""
+            refuse(f"{flag} names {kind}, not a regular file{stdout}")
         blocker = next((a for a in path.absolute().parents if os.path.exists(a)), None)
         if blocker is not None and not os.path.isdir(blocker):
             refuse(f"{flag} cannot be created: {blocker} is a file, not a folder")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,12 @@ def check_file(path: Path, what: str = "an image file") -> None:
         raise InputError(f"{name}: cannot read: {reason(exc)}") from None
     if path.is_dir():
         raise InputError(f"{name}: is a folder, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        # a FIFO or a device has no size: it was reported as an "empty file"
+        from convcli.io.publish import special_kind
+
+        kind = special_kind(path, follow_symlinks=True) or "not a regular file"
+        raise InputError(f"{name}: is {kind}, not {what}")
     if st.st_size == 0:
         raise InputError(f"{name}: empty file")
 

@@ -261,6 +261,31 @@ def _publish_named(path: Path, write: Callable[[BinaryIO], None], mode: str) -> 
             os.unlink(tmp)  # after link(); gone already after a rename
 
 
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_kind(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file, a folder nor a
+    symbolic link (``follow_symlinks``: the file a link points to): ``"a FIFO (named
+    pipe)"``, ``"a character device"`` (``/dev/null``), ... ; None otherwise.
+
+    A link into ``/proc`` (``/dev/stdout``, ``/dev/stderr``) is one too, whatever the
+    stream is now: replacing it with a file would break it for every process.
+    """
+    try:
+        mode = os.stat(path, follow_symlinks=follow_symlinks).st_mode
+        if os.path.islink(path) and os.readlink(path).startswith("/proc/"):
+            return "a link to a process's open file (a standard stream)"
+    except (OSError, ValueError):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), None)
+
+
 def publish(
     path: str | os.PathLike[str],
     write: Callable[[BinaryIO], None],
@@ -295,7 +320,8 @@ def publish(
         ``create`` and the name is taken (before the write, or by another process
         during it).
     InputError
-        The folder does not exist, or an OS error (full disk, read-only folder,
+        The folder does not exist, ``path`` is a FIFO, a device or a socket (never
+        replaced: :func:`special_kind`), or an OS error (full disk, read-only folder,
         permission) while writing; the message names ``path`` and the reason, and the
         ``OSError`` is chained as ``__cause__`` (its ``errno`` tells a full disk).
 
@@ -313,6 +339,11 @@ def publish(
         raise InputError(f"{name}: cannot write: folder {_name(folder)} does not exist")
     if mode == "create" and os.path.lexists(path):
         raise OutputExistsError(f"{name}: already exists")
+    kind = special_kind(path)
+    if kind is not None:
+        # a rename would put a regular file in place of /dev/null or a pipe a reader
+        # waits on (as root, for every process of the machine)
+        raise InputError(f"{name}: cannot write: it is {kind}, not a regular file; not replaced")
     _sweep_once(folder)
     try:
         if _tmpfile_usable():

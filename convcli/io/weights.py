@@ -65,6 +65,12 @@ def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray |
     name = name_of(path)
     check_file(path, "a weight file")
     suffix = path.suffix.lower()
+    if key and suffix in (".npy", ".txt", ".csv", ".tsv", ".kernel"):
+        # one unnamed kernel: a key meant for another file must not pass unnoticed
+        raise InputError(
+            f"{name}: a {suffix} file holds one unnamed kernel; key={key!r} picks a tensor "
+            "in .npz, .safetensors, .pt or .json files"
+        )
     if suffix == ".npy":
         weight, bias = _load_npy_weight(path), None
     elif suffix == ".npz":

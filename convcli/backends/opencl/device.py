@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,26 @@ def import_cl():
         import pyopencl as cl
     except ImportError as exc:  # also OSError-like failures surface as ImportError
         raise BackendUnavailable(f"pyopencl is not importable ({exc})") from exc
+    _cache_or_none(cl)
     return cl
+
+
+@functools.cache
+def _cache_or_none(cl: Any) -> None:
+    """Turn pyopencl's disk caches off where their folder cannot be made (a read-only
+    or missing HOME): its first kernel call otherwise fails with a FileNotFoundError
+    for ``~/.cache`` (pytools' invoker cache), a whole run lost to a cache."""
+    if getattr(cl, "_PYOPENCL_NO_CACHE", True):
+        return
+    try:
+        import platformdirs
+
+        for app in ("pytools", "pyopencl"):
+            os.makedirs(platformdirs.user_cache_dir(app, app), exist_ok=True)
+    except ImportError:
+        return
+    except OSError:
+        cl._PYOPENCL_NO_CACHE = True
 
 
 # ------------------------------------------------------------------------ devices
@@ -355,9 +375,27 @@ def _pick_pyopencl_ctx(found: Sequence[_Found], value: str) -> _Found:
     return hits[0]
 
 
+def no_device_reason() -> str:
+    """Why no device was found, with the one cause we can see: PoCL lists no device
+    when it cannot make its kernel cache folder (a read-only or missing HOME)."""
+    folder = os.environ.get("POCL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "pocl",
+        "kcache",
+    )
+    blocker = next((p for p in Path(folder).absolute().parents if p.exists()), None)
+    writable = blocker is not None and blocker.is_dir() and os.access(blocker, os.W_OK)
+    if Path(folder).is_dir() or writable:
+        return "no OpenCL platform or device found"
+    return (
+        "no OpenCL platform or device found (PoCL lists none when it cannot make its "
+        f"cache folder {folder}: set POCL_CACHE_DIR to a writable folder)"
+    )
+
+
 def _select(found: Sequence[_Found], device: str | None) -> _Found:
     if not found:
-        raise BackendUnavailable("no OpenCL platform or device found")
+        raise BackendUnavailable(no_device_reason())
     if device is not None and str(device).strip():
         return _pick(found, str(device), "device argument")
     env = os.environ.get(DEVICE_ENV, "").strip()
