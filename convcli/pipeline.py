@@ -57,7 +57,13 @@ from convcli.filters import Filter
 from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
-from convcli.io.images import check_bit_depth, output_format, scaled, stored_channels
+from convcli.io.images import (
+    check_bit_depth,
+    check_size,
+    output_format,
+    scaled,
+    stored_channels,
+)
 from convcli.io.publish import publish
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, source_index
@@ -421,6 +427,7 @@ def target_for(
     if fmt == "NPY":
         return stream.Target(fmt, height, width, channels, np.dtype(np.float32), False), 0, False
     check_bit_depth(name, fmt, bit_depth)
+    check_size(name, fmt, height, width)
     if fmt == "TIFF":
         bits = 0 if bit_depth == 32 else bit_depth
         dtype = np.float32 if bits == 0 else np.uint8 if bits == 8 else np.uint16
@@ -926,7 +933,9 @@ def encode(
     def write(fh) -> None:
         try:
             stream.write_rows(fh, strips, target, name=str(dst))
-        except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
+        except InputError:
+            raise  # names the file and says what is wrong already
+        except (ValueError, TypeError, KeyError) as exc:  # an encoder's own refusal
             raise InputError(f"{name}: cannot write: {one_line_reason(exc)}") from None
 
     publish(dst, write, mode="replace" if replace else "create")

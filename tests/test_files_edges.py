@@ -1,0 +1,89 @@
+"""Files in, files out at the edges the formats set: what an encoder cannot store is one
+error line naming the file, found before any work, and nothing is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+
+from convcli import io as cio
+from convcli import pipeline, small
+from convcli.errors import InputError
+from convcli.io import stream
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def convcli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "convcli", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_result_too_wide_for_jpeg_or_webp_is_one_error_line(tmp_path):
+    """A 70000-pixel-wide result as JPEG printed libjpeg's own line ("Maximum supported
+    image dimension is 65500 pixels") and then "cannot write: broken data stream when
+    writing image file", once the whole image was computed; as WebP the file's name and
+    "cannot write" came twice. Now both are refused before the work, in one line, and
+    an image that fits (the other file, a stride that halves the width) is written."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "wide.png").write_bytes(
+        imagecodecs.png_encode(rng.integers(0, 256, (2, 70000, 3), dtype=np.uint8))
+    )
+    (tmp_path / "in" / "small.png").write_bytes(
+        imagecodecs.png_encode(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8))
+    )
+    res = convcli("batch", "in", "out", "--kernel", "1", "--format", "jpg", "-q", cwd=tmp_path)
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert lines[0] == (
+        "convcli: error: out/wide.jpg: JPEG holds images of at most 65500 pixels a side, "
+        "not 70000x2; write .png or .tif instead"
+    ), res.stderr
+    assert len(lines) == 2 and lines[1].startswith("convcli: summary: 1 done, 0 skipped, 1 failed")
+    assert sorted(os.listdir(tmp_path / "out")) == ["small.jpg"]
+
+    res = convcli("apply", "in/wide.png", "-o", "w.webp", "--kernel", "1", "-q", cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr == (
+        "convcli: error: w.webp: WEBP holds images of at most 16383 pixels a side, "
+        "not 70000x2; write .png or .tif instead\n"
+    )
+    assert not (tmp_path / "w.webp").exists()
+    res = convcli("apply", "in/wide.png", "-o", "w.jpg", "--kernel", "1", "--stride", "2", "-q",
+                  cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert imagecodecs.jpeg8_decode((tmp_path / "w.jpg").read_bytes()).shape == (1, 35000, 3)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_write_image_refuses_a_side_the_format_cannot_hold(tmp_path, suffix):
+    most = cio.images.MAX_SIDE["JPEG" if suffix == ".jpg" else "WEBP"]
+    x = np.zeros((1, most + 1, 2), np.float32)
+    with pytest.raises(InputError, match=rf"at most {most} pixels a side, not 2x{most + 1}"):
+        cio.write_image(tmp_path / f"x{suffix}", x)
+    assert list(tmp_path.iterdir()) == []
+    cio.write_image(tmp_path / f"y{suffix}", x[:, :most])  # the largest side it holds
+
+
+@pytest.mark.parametrize("encode", [pipeline.encode, small.encode], ids=["strips", "small"])
+def test_an_encoder_refusal_names_the_file_once(tmp_path, encode):
+    """An InputError from the sink (it names the file already) was wrapped again:
+    "x.webp: cannot write: x.webp: WEBP holds 8-bit samples, not uint16"."""
+    dst = tmp_path / "x.webp"
+    target = stream.Target("WEBP", 3, 4, 3, np.dtype(np.uint16), False, 95)
+    samples = np.zeros((3, 4, 3), np.uint16)
+    arg = iter([samples]) if encode is pipeline.encode else samples
+    with pytest.raises(InputError) as err:
+        encode(dst, target, arg, replace=True)
+    assert str(err.value) == f"{dst}: WEBP holds 8-bit samples, not uint16"
+    assert list(tmp_path.iterdir()) == []
