@@ -450,8 +450,12 @@ def to_samples(data: np.ndarray, bits: int, drop_alpha: bool, fmt: str) -> np.nd
     if bits:
         return pixels.quantize(data, bits)
     samples = np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=np.float32)
-    if fmt == "TIFF":  # float TIFF: NaN and inf become 0 (.npy keeps them)
-        np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if fmt == "TIFF":
+        # float TIFF is an image format: clipped to [0, 1] as map_output clips (NaN and
+        # -inf to 0, inf to 1), also where no mapping ran (a plain clip, whose rounding
+        # the integer formats do); only .npy keeps the raw result
+        np.fmax(samples, 0, out=samples)
+        np.fmin(samples, 1, out=samples)
     return samples
 
 

@@ -87,3 +87,33 @@ def test_an_encoder_refusal_names_the_file_once(tmp_path, encode):
         encode(dst, target, arg, replace=True)
     assert str(err.value) == f"{dst}: WEBP holds 8-bit samples, not uint16"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("small_bytes", [None, 0], ids=["default", "strips"])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_float_tiff_output_is_clipped_like_every_image_format(tmp_path, small_bytes, alpha):
+    """The default mapping is a clip to [0, 1]; only .npy keeps the raw result. A float
+    TIFF out of a float input kept values from -0.5 to 1.5 under the default (a plain
+    clip skipped the mapping, as the integer formats' rounding clips) but clipped them
+    with --scale 1.0000001: two near-identical runs, two ranges."""
+    from convcli import Filter
+    from convcli import batch as cbatch
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((4 if alpha else 1, 9, 11)) * 2 - 0.5).astype(np.float32)
+    src = cio.write_image(tmp_path / "f.tif", x, bit_depth=32)
+    filt = Filter.from_text("1")
+    outs = {}
+    for name, output in [
+        ("plain.tif", cbatch.Output(alpha="filter")),
+        ("scaled.tif", cbatch.Output(alpha="filter", scale=1.0000001)),
+        ("raw.npy", cbatch.Output(alpha="filter")),
+    ]:
+        engine = cbatch.Engine(backend="numpy")
+        task = cbatch.Task(src, tmp_path / name)
+        res = cbatch.run_tasks([task], filt, output=output, engine=engine, small_bytes=small_bytes)
+        assert res.ok, [f.reason for f in res.failed]
+        outs[name] = cio.read_image(tmp_path / name, max_pixels=None).data
+    np.testing.assert_array_equal(outs["raw.npy"], x)
+    np.testing.assert_array_equal(outs["plain.tif"], np.clip(x, 0, 1))
+    np.testing.assert_allclose(outs["scaled.tif"], np.clip(x * 1.0000001, 0, 1), atol=1e-6)
