@@ -117,3 +117,26 @@ def test_float_tiff_output_is_clipped_like_every_image_format(tmp_path, small_by
     np.testing.assert_array_equal(outs["raw.npy"], x)
     np.testing.assert_array_equal(outs["plain.tif"], np.clip(x, 0, 1))
     np.testing.assert_allclose(outs["scaled.tif"], np.clip(x * 1.0000001, 0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "u1", ">i2", ">f4"])
+def test_npy_samples_read_alike_whole_and_streamed_in_either_byte_order(tmp_path, dtype):
+    """read_image divided a big-endian uint16 .npy by nothing (``dtype == np.uint16``
+    is False for '>u2') while the strip reader divided it by 65535: the library gave
+    values up to 65535 for what the command line read as [0, 1]."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256 if dtype == "u1" else 30000, (2, 5, 7)).astype(dtype)
+    np.save(tmp_path / "a.npy", arr)
+    top = {"<u2": 65535, ">u2": 65535, "u1": 255}.get(dtype, 1)
+    want = arr.astype(np.float64) / top
+    whole = cio.read_image(tmp_path / "a.npy")
+    np.testing.assert_allclose(whole.data, want, rtol=1e-6)
+    assert whole.bit_depth == {65535: 16, 255: 8}.get(top, 32)
+    src = stream.open_source(tmp_path / "a.npy", max_pixels=None)
+    try:
+        rows = src.read_rows(0, 5)
+        streamed = np.moveaxis(rows, -1, 0) / (src.info.top or 1)
+        assert src.info.bit_depth == whole.bit_depth
+    finally:
+        src.close()
+    np.testing.assert_array_equal(whole.data, streamed.astype(np.float32))

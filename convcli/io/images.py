@@ -415,10 +415,9 @@ def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int
         raise InputError(f"{name}: truncated .npy data ({reason(exc)})") from None
     if not np.isfinite(data).all():
         raise InputError(f"{name}: .npy image contains NaN or Inf")
-    if arr.dtype == np.uint8:
-        return data / np.float32(255), 8
-    if arr.dtype == np.uint16:
-        return data / np.float32(65535), 16
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # either byte order
+        depth = 8 * arr.dtype.itemsize
+        return data / np.float32((1 << depth) - 1), depth
     return data, 32
 
 
