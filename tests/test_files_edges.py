@@ -140,3 +140,53 @@ def test_npy_samples_read_alike_whole_and_streamed_in_either_byte_order(tmp_path
     finally:
         src.close()
     np.testing.assert_array_equal(whole.data, streamed.astype(np.float32))
+
+
+def _old_ome(path: Path, data: np.ndarray, axes: list | None) -> None:
+    """An OME-Zarr group of the versions before 0.4: no axes (0.1, 0.2) or axes as
+    names (0.3), no coordinate transformations."""
+    zarr = pytest.importorskip("zarr")
+    fmt = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+    group = zarr.open_group(str(path), mode="w", **fmt)
+    entry: dict = {"version": "0.2" if axes is None else "0.3", "datasets": [{"path": "0"}]}
+    if axes is not None:
+        entry["axes"] = axes
+    group.attrs["multiscales"] = [entry]
+    z = zarr.open_array(store=str(path), path="0", mode="w", shape=data.shape, chunks=(1, 8, 8),
+                        dtype=data.dtype, **fmt)  # fmt: skip
+    z[...] = data
+
+
+@pytest.mark.parametrize("axes", [None, ["c", "y", "x"]], ids=["0.2", "0.3"])
+def test_ome_zarr_without_axis_objects_is_convolved(tmp_path, axes):
+    """An OME-Zarr 0.1/0.2 group (no axes) failed once level 0 was convolved, writing
+    the output's metadata: "internal error: TypeError: 'NoneType' object is not
+    iterable"."""
+    pytest.importorskip("dask.array")
+    import zarr
+
+    import convcli
+
+    data = np.random.default_rng(0).random((2, 19, 23)).astype(np.float32)
+    _old_ome(tmp_path / "in.zarr", data, axes)
+    w = np.random.default_rng(1).random((2, 1, 3, 3)).astype(np.float32)
+    opts = dict(padding="same", groups=2, padding_mode="reflect")
+    convcli.zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, backend="numpy", **opts)
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    want = convcli.conv2d(data, w, backend="numpy", **opts)
+    np.testing.assert_allclose(group["0"][...], want, rtol=0, atol=2e-6)
+    entry = dict(group.attrs)["multiscales"][0]
+    assert [d["path"] for d in entry["datasets"]] == ["0"]
+    assert not entry["datasets"][0].get("coordinateTransformations")
+    assert entry.get("axes") == axes
+
+
+def test_ome_zarr_axes_that_do_not_match_level0_are_one_error(tmp_path):
+    pytest.importorskip("dask.array")
+    import convcli
+
+    _old_ome(tmp_path / "in.zarr", np.zeros((2, 9, 9), np.float32), ["y", "x"])
+    match = r"in\.zarr: OME-Zarr names 2 axes but level 0 \(0\) has 3$"
+    with pytest.raises(InputError, match=match):
+        convcli.zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", np.ones((1, 1, 1, 1)))
+    assert not (tmp_path / "out.zarr").exists()
