@@ -57,7 +57,13 @@ from convcli.filters import Filter
 from convcli.io import stream
 from convcli.io._common import name_of
 from convcli.io._common import reason as one_line_reason
-from convcli.io.images import check_bit_depth, output_format, scaled, stored_channels
+from convcli.io.images import (
+    check_bit_depth,
+    check_size,
+    output_format,
+    scaled,
+    stored_channels,
+)
 from convcli.io.publish import publish
 from convcli.runinfo import RunInfo
 from convcli.spec import ConvSpec, make_spec, source_index
@@ -421,6 +427,7 @@ def target_for(
     if fmt == "NPY":
         return stream.Target(fmt, height, width, channels, np.dtype(np.float32), False), 0, False
     check_bit_depth(name, fmt, bit_depth)
+    check_size(name, fmt, height, width)
     if fmt == "TIFF":
         bits = 0 if bit_depth == 32 else bit_depth
         dtype = np.float32 if bits == 0 else np.uint8 if bits == 8 else np.uint16
@@ -443,8 +450,12 @@ def to_samples(data: np.ndarray, bits: int, drop_alpha: bool, fmt: str) -> np.nd
     if bits:
         return pixels.quantize(data, bits)
     samples = np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=np.float32)
-    if fmt == "TIFF":  # float TIFF: NaN and inf become 0 (.npy keeps them)
-        np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if fmt == "TIFF":
+        # float TIFF is an image format: clipped to [0, 1] as map_output clips (NaN and
+        # -inf to 0, inf to 1), also where no mapping ran (a plain clip, whose rounding
+        # the integer formats do); only .npy keeps the raw result
+        np.fmax(samples, 0, out=samples)
+        np.fmin(samples, 1, out=samples)
     return samples
 
 
@@ -926,7 +937,9 @@ def encode(
     def write(fh) -> None:
         try:
             stream.write_rows(fh, strips, target, name=str(dst))
-        except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
+        except InputError:
+            raise  # names the file and says what is wrong already
+        except (ValueError, TypeError, KeyError) as exc:  # an encoder's own refusal
             raise InputError(f"{name}: cannot write: {one_line_reason(exc)}") from None
 
     publish(dst, write, mode="replace" if replace else "create")

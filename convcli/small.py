@@ -200,7 +200,9 @@ def encode(dst: Path, target: stream.Target, samples: np.ndarray, *, replace: bo
             return
         try:
             stream.write_rows(fh, [samples], target, name=str(dst))
-        except (ValueError, TypeError, KeyError) as exc:  # e.g. WebP's 16383 px limit
+        except InputError:
+            raise  # names the file and says what is wrong already
+        except (ValueError, TypeError, KeyError) as exc:  # an encoder's own refusal
             raise InputError(f"{name}: cannot write: {one_line_reason(exc)}") from None
 
     publish(dst, write, mode="replace" if replace else "create")

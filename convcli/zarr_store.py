@@ -110,8 +110,14 @@ def open_image(
             array = node[level0["path"]]
         except KeyError as exc:
             raise InputError(f"{src}: OME-Zarr level 0 ({level0['path']}) is missing") from exc
-        names = _axis_names(multiscales[0].get("axes"), array.ndim)
-        meta["ome"] = {"attrs": dict(node.attrs), "axes": multiscales[0].get("axes")}
+        axes = multiscales[0].get("axes") or None  # none before OME-Zarr 0.3
+        names = _axis_names(axes, array.ndim)
+        if axes is not None and names is None:
+            raise InputError(
+                f"{src}: OME-Zarr names {len(axes)} axes but level 0 "
+                f"({level0['path']}) has {array.ndim}"
+            )
+        meta["ome"] = {"attrs": dict(node.attrs), "axes": axes}
         meta["ome"]["level0"] = level0
     meta["zarr_format"] = _format_of(zarr, array)
     x = da.from_zarr(array, chunks=chunks)
@@ -355,6 +361,11 @@ def _ome_attrs(ome: dict, layout: str, stride: IntPair) -> dict:
     attrs = copy.deepcopy(ome["attrs"])
     multiscales, parent = _multiscales(attrs)
     entry = multiscales[0]
+    if ome["axes"] is None:
+        # OME-Zarr before 0.3 names no axes and has no transformations: one level "0"
+        entry["datasets"] = [{"path": "0"}]
+        parent["multiscales"] = [entry]
+        return attrs
     axes = list(ome["axes"])
     names = [_axis_name(a) for a in axes]
     kept = ["c", "y", "x"] if layout == "CHW" else ["y", "x"]

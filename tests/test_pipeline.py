@@ -63,6 +63,8 @@ def old_path(src: Path, dst: Path, filt, engine, out: cbatch.Output) -> None:
     plain = out.out_map == "clip" and out.scale == 1.0 and out.offset == 0.0
     if (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain):
         data = _old_map(data, out, alpha=image.has_alpha and alpha in _KEPT)
+    elif suffix != ".npy":  # a plain clip: write_image rounds, but keeps float32 as it is
+        data = np.clip(np.nan_to_num(data, nan=0.0), 0, 1)
     depth = out.bit_depth or cbatch.default_bit_depth(image.bit_depth, suffix)
     cio.write_image(dst, data, bit_depth=depth, quality=out.quality)
 

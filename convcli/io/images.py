@@ -415,10 +415,9 @@ def _read_npy_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int
         raise InputError(f"{name}: truncated .npy data ({reason(exc)})") from None
     if not np.isfinite(data).all():
         raise InputError(f"{name}: .npy image contains NaN or Inf")
-    if arr.dtype == np.uint8:
-        return data / np.float32(255), 8
-    if arr.dtype == np.uint16:
-        return data / np.float32(65535), 16
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # either byte order
+        depth = 8 * arr.dtype.itemsize
+        return data / np.float32((1 << depth) - 1), depth
     return data, 32
 
 
@@ -983,6 +982,24 @@ def read_jpeg_subsampling(path: str | os.PathLike[str]) -> str | None:
     return None if head is None else head.subsampling
 
 
+# The largest side each format's encoder writes (libjpeg's JPEG_MAX_DIMENSION, WebP's
+# 14-bit sizes); the others hold any size convcli makes.
+MAX_SIDE: dict[str, int] = {"JPEG": 65500, "WEBP": 16383}
+
+
+def check_size(name: str, fmt: str, height: int, width: int) -> None:
+    """Refuse a ``height`` x ``width`` image ``fmt`` cannot store, as InputError naming
+    the file, before any work: the encoders fail only once the whole result is
+    computed, libjpeg with a line of its own on stderr and Pillow's "broken data
+    stream"."""
+    most = MAX_SIDE.get(fmt)
+    if most is not None and max(height, width) > most:
+        raise InputError(
+            f"{name}: {fmt} holds images of at most {most} pixels a side, not "
+            f"{width}x{height}; write .png or .tif instead"
+        )
+
+
 def check_bit_depth(name: str, fmt: str, bit_depth: int) -> None:
     """Refuse a bit depth ``fmt`` (a value of :data:`WRITE_FORMATS`) cannot store, as
     InputError naming the file: anything but 8, 16 or 32, and 32 (float32 samples)
@@ -1061,6 +1078,7 @@ def write_image(
         out = np.ascontiguousarray(arr, np.float32)
         return publish(path, lambda fh: _save_npy(fh, out), mode=mode)
     check_bit_depth(name, fmt, bit_depth)
+    check_size(name, fmt, arr.shape[1], arr.shape[2])
     channels = arr.shape[0]
     if fmt == "TIFF":
         tiff_alpha = has_alpha if has_alpha is not None else channels in (2, 4)
