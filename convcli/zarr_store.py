@@ -233,7 +233,8 @@ def zarr_conv2d(
     Raises
     ------
     InputError
-        ``src`` is not a readable zarr image, or ``dst`` exists (without ``overwrite``).
+        ``src`` is not a readable zarr image, ``dst`` exists (without ``overwrite``), or
+        one store lies inside the other (replacing ``dst`` would delete ``src``).
     ConvValueError, ConvTypeError
         Invalid convolution arguments (before any work is done).
     """
@@ -241,6 +242,12 @@ def zarr_conv2d(
     from convcli.dask_array import conv2d
 
     src, dst = Path(src), Path(dst)
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if dst_real != src_real and src_real.is_relative_to(dst_real):
+        # replacing dst would delete the input with it, even with overwrite
+        raise InputError(f"{dst}: the output store holds the input {src}")
+    if dst_real != src_real and dst_real.is_relative_to(src_real):
+        raise InputError(f"{dst}: the output would be written inside the input store {src}")
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         if dst.resolve() == src.resolve():
             raise InputError(f"{dst}: the output would replace its own input")

@@ -361,3 +361,49 @@ def test_cli_apply_zarr_never_replaces_a_store_that_holds_its_input(tmp_path, rn
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     np.testing.assert_array_equal(_read(inner)[...], img)
     assert (plain / "notes.txt").read_text() == "mine"
+
+
+def test_library_never_replaces_a_store_that_holds_its_input(tmp_path, rng):
+    """zarr_conv2d(overwrite=True) into a store that holds its input replaced it (and the
+    input with it) once the result was complete; into the input store, it changed it."""
+    img = rng.random((2, 10, 9)).astype(np.float32)
+    outer = tmp_path / "outer.zarr"
+    zarr.open_group(str(outer), mode="w")
+    inner = outer / "inner.zarr"
+    _store(inner, img, (2, 5, 5))
+    w = np.ones((2, 1, 3, 3), np.float32)
+    for dst, needle in ((outer, "holds the input"), (inner / "x.zarr", "inside the input store")):
+        with pytest.raises(InputError, match=needle):
+            zarr_conv2d(inner, dst, w, groups=2, padding=1, overwrite=True, backend="numpy")
+    np.testing.assert_array_equal(_read(inner)[...], img)
+    assert not (inner / "x.zarr").exists() and _leftovers(outer) == []
+
+
+def test_cli_apply_zarr_on_a_local_dask_cluster(tmp_path, rng):
+    """`apply in.zarr -o out.zarr --dask local:1` (issue 14: zarr stores through the
+    cluster with --dask): the same values as the threads here, written by the workers."""
+    pytest.importorskip("distributed")
+    img = rng.random((19, 23)).astype(np.float32)
+    _store(tmp_path / "in.zarr", img, (8, 8))
+    out = tmp_path / "out.zarr"
+    r = _cli("apply", tmp_path / "in.zarr", "-o", out, "--kernel", "1,2,1;0,1,0;1,0,-3",
+             "--padding-mode", "zeros", "--backend", "numpy", "--dask", "local:1")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == str(out)
+    k = np.array([[1, 2, 1], [0, 1, 0], [1, 0, -3]], np.float64)
+    expected = naive_conv2d(img[None, None].astype(np.float64), k[None, None], pad=(1, 1, 1, 1))
+    assert_close(_read(out)[...], expected[0, 0], "float32")
+    assert _leftovers(tmp_path) == []
+
+
+def test_cli_apply_dask_needs_a_zarr_input_and_a_good_address(tmp_path):
+    _store(tmp_path / "in.zarr", np.zeros((8, 8), dtype="float32"), (4, 4))
+    (tmp_path / "a.npy").write_bytes(b"")
+    r = _cli("apply", tmp_path / "a.npy", "-o", tmp_path / "b.npy", "--preset", "box",
+             "--dask", "local:1")  # fmt: skip
+    assert r.exit_code == 2 and "one zarr store as the input" in r.output, r.output
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "o.zarr", "--preset", "box",
+             "--dask", "local:x")  # fmt: skip
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "local:N takes a number" in r.output
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "b.npy").exists()

@@ -76,6 +76,21 @@ def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
     return "skip" if skip_existing else "replace" if overwrite else "fail"
 
 
+def _dask_option(f):
+    """``--dask [ADDRESS]``: batch's folders and apply's zarr stores on a Dask cluster."""
+    return click.option(
+        "--dask",
+        "dask_at",
+        is_flag=False,
+        flag_value="",
+        metavar="ADDRESS",
+        help="Run on a Dask cluster: its scheduler (tcp://HOST:PORT), or local[:N] to start "
+        "N worker processes here (default: one per CPU); bare --dask (last, or as --dask=) "
+        "takes DASK_SCHEDULER_ADDRESS. apply: zarr stores only (the workers must see both "
+        "stores' paths). Needs convcli[dask].",
+    )(f)
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", callback=not_empty)
 @click.option(
@@ -92,25 +107,38 @@ def _existing_policy(skip_existing: bool, overwrite: bool) -> cbatch.Existing:
     help="Allow OUTPUT to be the input file itself (replaced atomically), and replace "
     "an existing --timings file.",
 )
+@_dask_option
 @kernel_options
 @click.pass_context
-def apply(ctx: click.Context, inputs: tuple[str, ...], output: str, overwrite: bool, **opts):
+def apply(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    output: str,
+    overwrite: bool,
+    dask_at: str | None,
+    **opts,
+):
     """Convolve INPUT image(s) and write OUTPUT.
 
     The kernel comes from exactly one of --preset, --kernel or --weights. A 2-D kernel is
     applied to every channel; the default padding keeps the image size ('same') and the
     border repeats the edge pixels (--padding-mode replicate). Output paths go to stdout.
     A zarr store as the one INPUT is convolved into a zarr store (-o NAME.zarr) as
-    float32, chunk by chunk (needs convcli[dask]).
+    float32, chunk by chunk (needs convcli[dask]), on a Dask cluster with --dask.
     """
     filt, engine, out = build_run(opts, ctx)
     if len(inputs) == 1 and _is_zarr(inputs[0]):
         try:
-            return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts)
+            return _apply_zarr(ctx, inputs[0], output, overwrite, filt, engine, opts, dask_at)
         except LimitError as exc:
             raise click.ClickException(limit_line(exc, opts)) from None
         except ConvValueError as exc:
             raise click.ClickException(str(exc) + conv_hint(str(exc), opts)) from None
+    if dask_at is not None:
+        raise click.UsageError(
+            "--dask with apply takes one zarr store as the input; for a folder of images "
+            "use convcli batch IN_DIR OUT_DIR --dask"
+        )
     _check_file_filter(filt, opts)
     fmt = opts["fmt"]
     out_suffix = Path(output).suffix.lower().lstrip(".")
@@ -155,9 +183,18 @@ def _is_zarr(path: str) -> bool:
     return p.is_dir() and any((p / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
 
 
-def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
-    """``apply in.zarr -o out.zarr``: the dask path, in bounded memory (convcli[dask])."""
+def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -> int:
+    """``apply in.zarr -o out.zarr``: the dask path, in bounded memory (convcli[dask]);
+    on the cluster ``dask_at`` names (see :func:`convcli.dask_batch.parse_cluster`)
+    unless None (threads here)."""
     from convcli.zarr_store import open_image, zarr_conv2d
+
+    cluster = None
+    if dask_at is not None:
+        from convcli import dask_batch
+
+        cluster = dask_batch.parse_cluster(dask_at)  # before any work
+        dask_batch.require_dask()
 
     for name in _IMAGE_ONLY:
         source = ctx.get_parameter_source(name)
@@ -184,9 +221,10 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
         raise InputError(f"{output}: exists and is not a zarr store; not replaced")
     x, _, _ = open_image(src)
     weight, bias, groups = filt.for_channels(x.shape[0])
-    zarr_conv2d(
-        src,
-        output,
+    run = functools.partial(
+        zarr_conv2d,
+        os.path.abspath(src),  # a cluster's workers need not share this folder
+        os.path.abspath(output),
         weight,
         bias,
         **filt.conv_options(groups),
@@ -195,8 +233,17 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
         device=engine.device,
         algo=engine.algo,
         max_memory=engine.max_memory,
-        num_workers=opts["workers"],
     )
+    if cluster is None:
+        run(num_workers=opts["workers"])
+    else:
+        import logging
+
+        # a lost connection or a restarted worker is logged with tracebacks; a failure
+        # that matters reaches the call as an exception (one line)
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        with dask_batch.connect(cluster) as client:
+            run(scheduler=client)
     if not opts["quiet"]:
         click.echo(output)
     return 0
@@ -227,16 +274,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts) -> int:
     help="Write counts and every failure (file + reason) as JSON (a new file; --overwrite "
     "replaces one).",
 )
-@click.option(
-    "--dask",
-    "dask_at",
-    is_flag=False,
-    flag_value="",
-    metavar="ADDRESS",
-    help="Run on a Dask cluster: its scheduler (tcp://HOST:PORT), or local[:N] to start N "
-    "worker processes here (default: one per CPU); bare --dask (last, or as --dask=) takes "
-    "DASK_SCHEDULER_ADDRESS. Needs convcli[dask].",
-)
+@_dask_option
 @click.option(
     "--shared-fs",
     is_flag=True,
