@@ -1605,6 +1605,12 @@ def file_filter_problem(filt: Filter) -> str | None:
     )
 
 
+def most_workers() -> int:
+    """The most threads :func:`run_tasks` takes: 4 per CPU, at least 8. Each holds an
+    image (read ahead, or a small image whole), so more only add memory."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
 def run_tasks(
     tasks: Sequence[Task],
     filt: Filter,
@@ -1633,9 +1639,10 @@ def run_tasks(
     existing : {'fail', 'skip', 'replace'}
         What to do with an output file that already exists.
     workers : int, optional
-        Writer threads; default: CPU count, at least 2. ``workers + 1`` images are
-        opened ahead, each in a thread of its own (one when ``engine.max_memory`` is
-        set: one file at a time); small images run ``workers + 1`` at once.
+        Writer threads; default: CPU count, at least 2; at most :func:`most_workers`.
+        ``workers + 1`` images are opened ahead, each in a thread of its own (one when
+        ``engine.max_memory`` is set: one file at a time); small images run
+        ``workers + 1`` at once.
     stop : threading.Event, optional
         Set it (e.g. from a signal handler) to stop after the image being convolved:
         reads not yet used are dropped, results already computed are written, and the
@@ -1665,7 +1672,7 @@ def run_tasks(
     """
     t_start = time.perf_counter()
     result = BatchResult()
-    workers = max(2, workers or os.cpu_count() or 2)
+    workers = min(max(2, workers or os.cpu_count() or 2), most_workers())
     stop = stop or threading.Event()
     timings = {"read": 0.0, "write": 0.0, "convolve": 0.0}
     # Decoded images waiting for the convolution. Under a memory cap (max_memory) one

@@ -51,6 +51,20 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _workers_at_most(ctx: click.Context, param: click.Parameter, value: int | None):
+    """Refuse more threads than the machine can use: each holds an image (read ahead,
+    small images whole), so ``--workers 100000`` over a large folder decoded every image
+    at once until memory ran out."""
+    from convcli.batch import most_workers
+
+    if value is not None and value > most_workers():
+        raise click.BadParameter(
+            f"{value} threads: at most {most_workers()} (4 per CPU); each one holds an "
+            "image in memory"
+        )
+    return value
+
+
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -359,7 +373,9 @@ def kernel_options(f: Callable) -> Callable:
         click.option(
             "--workers",
             type=click.IntRange(min=1),
-            help="Threads reading and writing images (default: CPU count, min 2).",
+            callback=_workers_at_most,
+            help="Threads reading and writing images (default: CPU count, min 2; at most 4 "
+            "per CPU).",
         ),
         click.option(
             "--timings",
