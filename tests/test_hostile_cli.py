@@ -240,3 +240,28 @@ def test_a_fifo_or_device_as_input_says_what_it_is(tmp_path):
         assert res.exit_code == 1
         assert errors_of(res) == [f"convcli: error: {src}: is {kind}, not a weight file"]
     assert sorted(os.listdir(tmp_path)) == ["p.png"]
+
+
+def test_workers_beyond_four_per_cpu_are_refused(tmp_path):
+    """`--workers 100000` over a large folder read that many images ahead at once, each
+    held whole, until memory ran out; the library keeps at most most_workers() threads."""
+    from convcli.batch import most_workers
+
+    assert most_workers() == max(8, 4 * (os.cpu_count() or 1))
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((4, 4), np.float32))
+    too_many = str(most_workers() + 1)
+    for args in (
+        ["batch", str(src), str(tmp_path / "out")],
+        ["apply", str(src / "a.npy"), "-o", str(tmp_path / "b.npy")],
+    ):
+        r = CliRunner().invoke(cli, [*args, "--preset", "box", "--workers", too_many])
+        assert r.exit_code == 2, r.output
+        assert f"at most {most_workers()} (4 per CPU)" in r.output
+        assert r.output.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "b.npy").exists()
+    args = ["batch", str(src), str(tmp_path / "out"), "--preset", "box", "--backend", "numpy"]
+    r = CliRunner().invoke(cli, [*args, "--workers", str(most_workers()), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "a.npy").exists()
