@@ -306,7 +306,7 @@ def kernel_options(f: Callable) -> Callable:
             callback=_callback(parse_count),
             help="Refuse images that must be decoded whole (a WebP, a progressive JPEG, "
             "a TIFF strip or row of tiles), and results larger than their input, with "
-            "more pixels (decompression bombs, absurd padding), e.g. 500M; 'none' for "
+            "more pixels (decompression bombs, absurd padding), e.g. 500M; 'none' (or 0) for "
             "no limit. Images read by strips stream whatever their size.",
         ),
         click.option(
