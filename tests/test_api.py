@@ -97,6 +97,8 @@ def test_zero_batch(backend):
         ({"padding": 8, "padding_mode": "reflect"}, "Padding size should be less than"),
         ({"padding": 9, "padding_mode": "circular"}, "wrapping around more than once"),
         ({"dilation": 5}, "Kernel size can't be greater than actual input size"),
+        # torch's int64 limit; NumPy's index arithmetic raised OverflowError past it
+        ({"stride": 2**63}, "stride 9223372036854775808 does not fit in a 64-bit integer"),
     ],
 )
 def test_validation_messages(kwargs, message):
