@@ -50,3 +50,51 @@ def test_nonfinite_rank1_kernel_gives_torchs_values(backend, bad):
     np.testing.assert_allclose(
         y[finite], ref[finite], rtol=0, atol=2e-5 * np.abs(ref[finite]).max()
     )
+
+
+def _torch_placement(y: np.ndarray, ref: np.ndarray) -> None:
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    finite = np.isfinite(ref)
+    scale = np.abs(ref[finite]).max()
+    np.testing.assert_allclose(y[finite], ref[finite], rtol=0, atol=2e-5 * scale)
+
+
+NONFINITE_INPUTS = [
+    # id, input shape, weight shape, groups, pad, algo: the paths whose arithmetic mixed
+    # values the direct sum keeps apart (FFT; banded matrices; Winograd tiles)
+    ("depthwise_direct", (1, 3, 40, 40), (3, 1, 5, 5), 3, 2, "direct"),
+    ("depthwise_separable", (1, 3, 30, 30), (3, 1, 5, 5), 3, 2, "separable"),
+    ("large_kernel_fft", (1, 1, 60, 60), (1, 1, 17, 17), 1, 0, "fft"),
+    ("dense_3x3", (1, 16, 20, 20), (32, 16, 3, 3), 1, 1, "gemm"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize(
+    ("xs", "ws", "groups", "pad", "algo"),
+    [case[1:] for case in NONFINITE_INPUTS],
+    ids=[case[0] for case in NONFINITE_INPUTS],
+)
+@pytest.mark.parametrize("forced", [False, True])
+def test_nan_and_inf_in_the_input_reach_only_their_windows(
+    backend, xs, ws, groups, pad, algo, forced
+):
+    """torch's sum puts a NaN (or an inf) of the input only in the outputs whose window
+    holds it; FFTs spread it to the whole image, banded matrices along their band and
+    Winograd through its tile (and inf became NaN there)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(xs).astype(np.float32)
+    x[0, 0, 7, 9] = np.nan
+    x[0, -1, xs[2] - 5, 4] = np.inf
+    w = rng.standard_normal(ws).astype(np.float32)
+    if algo == "separable":
+        w = np.einsum("ci,cj->cij", w[:, 0, :, 0], w[:, 0, 0, :])[:, None]
+    try:
+        y = conv2d(
+            x, w, groups=groups, padding=pad, backend=backend, algo=algo if forced else "auto"
+        )
+    except ValueError:
+        pytest.skip(f"{backend} has no forced {algo} for this layer")
+    ref = naive_conv2d(x, w, groups=groups, pad=(pad,) * 4)
+    _torch_placement(y, ref)
