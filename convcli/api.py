@@ -312,21 +312,27 @@ def _spreads_nonfinite(backend_name: str, algo: str, spec: ConvSpec) -> bool:
     )
 
 
+# ones to sum rows of 4096 values with (a matrix-vector product), per real dtype
+_ONES = {np.dtype(t): np.ones(4096, t) for t in ("float32", "float64")}
+
+
 def _all_finite(out: np.ndarray) -> bool:
-    """Whether ``out`` holds no NaN or inf, by a matrix-vector product with ones (a NaN
-    or inf makes its row's sum non-finite): a few ms for 24 MP, a quarter of
-    ``isfinite().all()``'s time. A finite sum overflowing only says no (then the caller
-    recomputes, with the same values)."""
+    """Whether ``out`` holds no NaN or inf, by sums of rows of 4096 values (a NaN or inf
+    makes its row's sum non-finite): a product with a vector of ones, a few ms for
+    24 MP (a quarter of ``isfinite().all()``'s time) and under a microsecond for a small
+    layer. A finite row overflowing says no too (then the caller recomputes the call,
+    with the same values)."""
     flat = out.reshape(-1)
     if flat.dtype.kind == "c":
         flat = flat.view(flat.real.dtype)
-    if flat.dtype not in (np.float32, np.float64):
+    ones = _ONES.get(flat.dtype)
+    if ones is None:
         return bool(np.isfinite(flat).all())
-    k = 4096
+    k = ones.size
     m = flat.size // k * k
-    if m and not np.isfinite(flat[:m].reshape(-1, k) @ np.ones(k, flat.dtype)).all():
+    if m and not np.isfinite(flat[:m].reshape(-1, k) @ ones).all():
         return False
-    return bool(np.isfinite(flat[m:]).all())
+    return math.isfinite(flat[m:].dot(ones[: flat.size - m]))
 
 
 class _Tracker:
@@ -488,23 +494,27 @@ def conv2d(
         _remember_untiled(key, spec, be, algo)
         return out
 
-    try:
-        out = attempt(be)
-    except BackendError as exc:
-        if backend != "auto" or be is backends.get_backend("numpy"):
-            raise
-        info.notices.append(f"OpenCL failed ({exc}); using NumPy")
-        be = backends.get_backend("numpy")
-        out = attempt(be)
-    if spec.n and _spreads_nonfinite(be.name, info.algo, spec) and not _all_finite(out):
-        # NaN/inf in the input or weights: torch's direct sum puts them exactly where
-        # their windows reach, which NumPy's reference (im2col + matmul) also does
-        out = conv2d_direct(xb, weight, bias, spec)
-        info.algo = "direct"
+    # NaN and inf are values like any other, as in torch: NumPy's "invalid value" and
+    # "overflow" warnings (an error under -W error) would stop a call torch completes
+    # (the NumPy backend's workers run in a copy of this context, so they are quiet too)
+    with np.errstate(all="ignore"):
+        try:
+            out = attempt(be)
+        except BackendError as exc:
+            if backend != "auto" or be is backends.get_backend("numpy"):
+                raise
+            info.notices.append(f"OpenCL failed ({exc}); using NumPy")
+            be = backends.get_backend("numpy")
+            out = attempt(be)
+        if spec.n and _spreads_nonfinite(be.name, info.algo, spec) and not _all_finite(out):
+            # NaN/inf in the input or weights: torch's direct sum puts them exactly where
+            # their windows reach, which NumPy's reference (im2col + matmul) also does
+            out = conv2d_direct(xb, weight, bias, spec)
+            info.algo = "direct"
+        out = out.astype(spec.dtype, copy=False)
     info.backend = be.name
     info.device = be.device_name
     info.flops += 2 * spec.macs
-    out = out.astype(spec.dtype, copy=False)
     if not spec.batched:
         out = out[0]
     info.timings["total"] = info.timings.get("total", 0.0) + time.perf_counter() - t0

@@ -16,6 +16,12 @@ from convcli import conv2d
 from convcli.plan import _separable_factors
 
 
+def _reference(x, w, **keywords) -> np.ndarray:
+    """The naive sum in float64, quietly (inf - inf is NaN, as in torch)."""
+    with np.errstate(all="ignore"):
+        return naive_conv2d(x.astype(np.float64), w.astype(np.float64), **keywords)
+
+
 def _rank1_depthwise(channels: int = 3, k: int = 5) -> np.ndarray:
     taps = np.arange(1, k + 1, dtype=np.float32)
     return np.outer(taps, taps)[None, None].repeat(channels, 0)
@@ -34,7 +40,6 @@ def test_rank1_test_of_a_nonfinite_kernel_returns(bad):
     assert found == [None]
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_rank1_kernel_gives_torchs_values(backend, bad):
     """A rank-1 5x5 depthwise kernel with one NaN or inf tap: auto takes the rank-1
@@ -43,7 +48,7 @@ def test_nonfinite_rank1_kernel_gives_torchs_values(backend, bad):
     w[0, 0, 2, 2] = bad
     x = np.random.default_rng(0).standard_normal((1, 3, 24, 24)).astype(np.float32)
     y = conv2d(x, w, groups=3, padding=2, backend=backend)
-    ref = naive_conv2d(x.astype(np.float64), w.astype(np.float64), groups=3, pad=(2, 2, 2, 2))
+    ref = _reference(x, w, groups=3, pad=(2, 2, 2, 2))
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
     finite = np.isfinite(ref)
@@ -70,7 +75,6 @@ NONFINITE_INPUTS = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(
     ("xs", "ws", "groups", "pad", "algo"),
     [case[1:] for case in NONFINITE_INPUTS],
@@ -96,5 +100,29 @@ def test_nan_and_inf_in_the_input_reach_only_their_windows(
         )
     except ValueError:
         pytest.skip(f"{backend} has no forced {algo} for this layer")
-    ref = naive_conv2d(x, w, groups=groups, pad=(pad,) * 4)
+    ref = _reference(x, w, groups=groups, pad=(pad,) * 4)
     _torch_placement(y, ref)
+
+
+@pytest.mark.parametrize("algo", ["gemm", "direct"])
+def test_inf_gives_no_numpy_warnings_on_the_worker_threads(numpy_settings, algo):
+    """NumPy warned "invalid value encountered" on an inf input (an error under
+    ``-W error``, as pytest runs here) where torch returns quietly: the calling thread's
+    errstate now reaches the backend's worker threads too."""
+    numpy_settings(threads=2, threaded_min_flops=0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 8, 24, 24)).astype(np.float32)
+    x[:, :, 5, 6] = np.inf  # in every image: each thread's share meets one
+    x[:, :, 20, 20] = -np.inf
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    y = conv2d(x, w, padding=1, backend="numpy", algo=algo)
+    _torch_placement(y, _reference(x, w, pad=(1, 1, 1, 1)))
+
+
+def test_float16_overflow_is_inf_without_a_warning(backend):
+    """float16 results past 65504 are inf, as torch's; the cast warned "overflow"."""
+    x = np.full((1, 1, 4, 4), 300, np.float16)
+    w = np.full((1, 1, 2, 2), 300, np.float16)
+    y = conv2d(x, w, backend=backend)
+    assert y.dtype == np.float16
+    assert np.isposinf(y).all()
