@@ -509,6 +509,7 @@ def conv2d(
         if spec.n and _spreads_nonfinite(be.name, info.algo, spec) and not _all_finite(out):
             # NaN/inf in the input or weights: torch's direct sum puts them exactly where
             # their windows reach, which NumPy's reference (im2col + matmul) also does
+            del out  # not held twice
             out = conv2d_direct(xb, weight, bias, spec)
             info.algo = "direct"
         out = out.astype(spec.dtype, copy=False)
