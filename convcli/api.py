@@ -6,6 +6,7 @@ A call goes validate (``spec.make_spec``) -> plan (backend, tiles) -> run.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from collections import OrderedDict
@@ -460,8 +461,12 @@ def conv2d(
     spec = _cached_spec(x, weight, bias, options)
     if algo not in ALGOS:
         raise ConvValueError(f"algo must be one of {list(ALGOS)}, but got algo='{algo}'")
-    if max_memory is not None and max_memory <= 0:
-        raise ConvValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real):
+            # a string ('1G') failed the comparison below with a bare TypeError
+            raise ConvTypeError(f"max_memory must be a number of bytes, got {max_memory!r}")
+        if not max_memory > 0:  # NaN too
+            raise ConvValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
     be = _select_backend(backend, device, spec, info, weight, algo)
     xb = x if spec.batched else x[None]
     xb = np.ascontiguousarray(xb)

@@ -108,6 +108,23 @@ def test_validation_messages(kwargs, message):
         conv2d(x, w, backend="numpy", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("max_memory", "error", "message"),
+    [
+        ("1G", ConvTypeError, "max_memory must be a number of bytes, got '1G'"),
+        (True, ConvTypeError, "max_memory must be a number of bytes, got True"),
+        (float("nan"), ConvValueError, "max_memory must be a positive number of bytes"),
+        (0, ConvValueError, "max_memory must be a positive number of bytes, got 0"),
+    ],
+)
+def test_max_memory_must_be_a_positive_number(max_memory, error, message):
+    """A string gave a bare TypeError from a comparison, NaN a refusal for 'nan YiB'."""
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(error, match=message):
+        conv2d(x, w, backend="numpy", max_memory=max_memory)
+
+
 def test_validation_types():
     x = np.zeros((3, 8, 8), np.float32)
     w = np.zeros((4, 3, 3, 3), np.float32)
