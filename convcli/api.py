@@ -301,8 +301,13 @@ def _spreads_nonfinite(backend_name: str, algo: str, spec: ConvSpec) -> bool:
     """Whether the algorithm that ran can put NaN or inf where torch's direct sum does
     not: an FFT mixes every value into every output; NumPy's separable and depthwise
     paths multiply banded matrices, whose zeros times a NaN or inf give NaN along a
-    band; OpenCL's Winograd transforms mix a tile (and turn inf into NaN)."""
+    band; OpenCL's Winograd transforms mix a tile (and turn inf into NaN); OpenCL's
+    complex products keep infinities that torch's turn into NaN."""
     if algo == "fft":
+        return True
+    if spec.dtype.startswith("complex") and backend_name != "numpy":
+        # OpenCL's complex product makes (inf+0j)*w a complex infinity; torch's complex
+        # convolution, like NumPy's reference, gives nan+nanj there
         return True
     if backend_name == "numpy":
         return algo == "separable" or (algo == "direct" and spec.cin_g == 1)

@@ -126,3 +126,19 @@ def test_float16_overflow_is_inf_without_a_warning(backend):
     y = conv2d(x, w, backend=backend)
     assert y.dtype == np.float16
     assert np.isposinf(y).all()
+
+
+def test_complex_inf_gives_torchs_nan(backend):
+    """torch's complex convolution gives nan+nanj where an inf of the input meets a
+    weight (so does NumPy's matmul); OpenCL's complex product gave a complex infinity."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((1, 4, 3, 3)) + 1j * rng.standard_normal((1, 4, 3, 3))).astype(
+        np.complex64
+    )
+    w = (rng.standard_normal((2, 4, 1, 1)) + 1j * rng.standard_normal((2, 4, 1, 1))).astype(
+        np.complex64
+    )
+    x[0, 1, 1, 1] = np.inf
+    y = conv2d(x, w, backend=backend)
+    assert np.isnan(y[0, :, 1, 1].real).all() and np.isnan(y[0, :, 1, 1].imag).all()
+    assert np.isfinite(np.delete(y.reshape(2, 9), 4, axis=1)).all()
