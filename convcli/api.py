@@ -430,6 +430,9 @@ def conv2d(
     -------
     ndarray or dask.array.Array
         Output of torch's shape and the input's dtype (a dask array for a dask input).
+        A NaN or inf in the input reaches the outputs whose window holds it, as in
+        torch's direct sum, whatever the algorithm (an FFT or Winograd result holding
+        one is recomputed by NumPy's gemm), and NumPy's floating-point warnings are off.
 
     Examples
     --------
