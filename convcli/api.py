@@ -6,6 +6,7 @@ A call goes validate (``spec.make_spec``) -> plan (backend, tiles) -> run.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +18,7 @@ import numpy as np
 from convcli import backends
 from convcli.backends import choice
 from convcli.backends.numpy import compute_dtype, gather_rows
+from convcli.backends.numpy.reference import conv2d_direct
 from convcli.budget import (
     SMALL_NEED,
     call_need,
@@ -295,6 +297,60 @@ def _run_tiled(
     return out
 
 
+def _spreads_nonfinite(backend_name: str, algo: str, spec: ConvSpec) -> bool:
+    """Whether the algorithm that ran can put NaN or inf where torch's direct sum does
+    not: an FFT mixes every value into every output; NumPy's separable and depthwise
+    paths multiply banded matrices, whose zeros times a NaN or inf give NaN along a
+    band; OpenCL's Winograd transforms mix a tile (and turn inf into NaN); OpenCL's
+    complex products keep infinities that torch's turn into NaN."""
+    if algo == "fft":
+        return True
+    if spec.dtype.startswith("complex") and backend_name != "numpy":
+        # OpenCL's complex product makes (inf+0j)*w a complex infinity; torch's complex
+        # convolution, like NumPy's reference, gives nan+nanj there
+        return True
+    if backend_name == "numpy":
+        return algo == "separable" or (algo == "direct" and spec.cin_g == 1)
+    return (
+        algo == "gemm"
+        and (spec.kh, spec.kw) == (3, 3)
+        and spec.stride == spec.dilation  # where OpenCL's Winograd applies
+    )
+
+
+# ones to sum rows of 4096 values with (a matrix-vector product), per real dtype
+_ONES = {np.dtype(t): np.ones(4096, t) for t in ("float32", "float64")}
+
+
+def _all_finite(out: np.ndarray) -> bool:
+    """Whether ``out`` holds no NaN or inf, by sums of rows of 4096 values (a NaN or inf
+    makes its row's sum non-finite): a product with a vector of ones, a few ms for
+    24 MP (a quarter of ``isfinite().all()``'s time) and under a microsecond for a small
+    layer. A finite row overflowing says no too (then the caller recomputes the call,
+    with the same values)."""
+    flat = out.reshape(-1)
+    if flat.dtype.kind == "c":
+        flat = flat.view(flat.real.dtype)
+    ones = _ONES.get(flat.dtype)
+    if ones is None:
+        return bool(np.isfinite(flat).all())
+    k = ones.size
+    m = flat.size // k * k
+    if m and not np.isfinite(flat[:m].reshape(-1, k) @ ones).all():
+        return False
+    return math.isfinite(flat[m:].dot(ones[: flat.size - m]))
+
+
+def _exact(x, weight, bias, spec: ConvSpec, info: RunInfo) -> np.ndarray:
+    """``spec`` by an algorithm that places NaN and inf as torch does: NumPy's gemm
+    (8-30x faster than the reference on an image filter), else its reference."""
+    numpy = backends.get_backend("numpy")
+    if numpy.algo_reason(spec, "gemm") is None:
+        return numpy.run(x, weight, bias, spec, algo="gemm", info=info)
+    info.algo = "direct"
+    return conv2d_direct(x, weight, bias, spec)
+
+
 class _Tracker:
     """Adds up the rows the pieces report and passes (done, total) to the callback."""
 
@@ -374,6 +430,9 @@ def conv2d(
     -------
     ndarray or dask.array.Array
         Output of torch's shape and the input's dtype (a dask array for a dask input).
+        A NaN or inf in the input reaches the outputs whose window holds it, as in
+        torch's direct sum, whatever the algorithm (an FFT or Winograd result holding
+        one is recomputed by NumPy's gemm), and NumPy's floating-point warnings are off.
 
     Examples
     --------
@@ -420,8 +479,12 @@ def conv2d(
     spec = _cached_spec(x, weight, bias, options)
     if algo not in ALGOS:
         raise ConvValueError(f"algo must be one of {list(ALGOS)}, but got algo='{algo}'")
-    if max_memory is not None and max_memory <= 0:
-        raise ConvValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real):
+            # a string ('1G') failed the comparison below with a bare TypeError
+            raise ConvTypeError(f"max_memory must be a number of bytes, got {max_memory!r}")
+        if not max_memory > 0:  # NaN too
+            raise ConvValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
     be = _select_backend(backend, device, spec, info, weight, algo)
     xb = x if spec.batched else x[None]
     xb = np.ascontiguousarray(xb)
@@ -454,18 +517,28 @@ def conv2d(
         _remember_untiled(key, spec, be, algo)
         return out
 
-    try:
-        out = attempt(be)
-    except BackendError as exc:
-        if backend != "auto" or be is backends.get_backend("numpy"):
-            raise
-        info.notices.append(f"OpenCL failed ({exc}); using NumPy")
-        be = backends.get_backend("numpy")
-        out = attempt(be)
+    # NaN and inf are values like any other, as in torch: NumPy's "invalid value" and
+    # "overflow" warnings (an error under -W error) would stop a call torch completes
+    # (the NumPy backend's workers run in a copy of this context, so they are quiet too)
+    with np.errstate(all="ignore"):
+        try:
+            out = attempt(be)
+        except BackendError as exc:
+            if backend != "auto" or be is backends.get_backend("numpy"):
+                raise
+            info.notices.append(f"OpenCL failed ({exc}); using NumPy")
+            be = backends.get_backend("numpy")
+            out = attempt(be)
+        if spec.n and _spreads_nonfinite(be.name, info.algo, spec) and not _all_finite(out):
+            # NaN/inf in the input or weights: torch's direct sum puts them exactly where
+            # their windows reach, as NumPy's gemm (gathered windows times the weights)
+            # and its reference (im2col + matmul) do
+            del out  # not held twice
+            out = _exact(xb, weight, bias, spec, info)
+        out = out.astype(spec.dtype, copy=False)
     info.backend = be.name
     info.device = be.device_name
     info.flops += 2 * spec.macs
-    out = out.astype(spec.dtype, copy=False)
     if not spec.batched:
         out = out[0]
     info.timings["total"] = info.timings.get("total", 0.0) + time.perf_counter() - t0

@@ -68,7 +68,9 @@ def _separable_factors(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | No
     w = np.asarray(weight)
     work = np.complex128 if np.iscomplexobj(w) else np.float64
     w = w.astype(work).reshape(-1, w.shape[2], w.shape[3])
-    if _clearly_not_rank1(w):
+    # NaN or inf: no factors (LAPACK's SVD raises on NaN and never returns on inf), and
+    # a separable run would spread them differently from the direct sum torch computes
+    if not np.isfinite(w).all() or _clearly_not_rank1(w):
         return None
     u, s, vh = np.linalg.svd(w, full_matrices=False)
     scale = np.sqrt(s[:, 0])[:, None]

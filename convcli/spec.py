@@ -146,6 +146,9 @@ def out_size(size: int, total_pad: int, dilation: int, k: int, stride: int) -> i
     return (size + total_pad - dilation * (k - 1) - 1) // stride + 1
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _pair(value: object, name: str, *, allow_zero: bool = False) -> tuple[int, int]:
     if isinstance(value, bool):
         raise ConvTypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -164,6 +167,10 @@ def _pair(value: object, name: str, *, allow_zero: bool = False) -> tuple[int, i
         pair = (int(items[0]), int(items[1]))
     else:
         raise ConvTypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if not all(_INT64_MIN <= v <= _INT64_MAX for v in pair):
+        # torch's own limit (its C++ takes int64); the backends' index arithmetic
+        # overflowed past it (an OverflowError from deep inside NumPy)
+        raise ConvValueError(f"{name} {value!r} does not fit in a 64-bit integer")
     return pair
 
 
@@ -193,6 +200,8 @@ def normalize_groups(groups: object) -> int:
         raise ConvTypeError(f"groups must be an int, got {groups!r}")
     if groups <= 0:
         raise ConvValueError("non-positive groups is not supported")
+    if groups > _INT64_MAX:
+        raise ConvValueError(f"groups {groups!r} does not fit in a 64-bit integer")
     return int(groups)
 
 

@@ -97,6 +97,8 @@ def test_zero_batch(backend):
         ({"padding": 8, "padding_mode": "reflect"}, "Padding size should be less than"),
         ({"padding": 9, "padding_mode": "circular"}, "wrapping around more than once"),
         ({"dilation": 5}, "Kernel size can't be greater than actual input size"),
+        # torch's int64 limit; NumPy's index arithmetic raised OverflowError past it
+        ({"stride": 2**63}, "stride 9223372036854775808 does not fit in a 64-bit integer"),
     ],
 )
 def test_validation_messages(kwargs, message):
@@ -104,6 +106,23 @@ def test_validation_messages(kwargs, message):
     w = np.zeros((4, 3, 3, 3), np.float32)
     with pytest.raises(ConvValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         conv2d(x, w, backend="numpy", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("max_memory", "error", "message"),
+    [
+        ("1G", ConvTypeError, "max_memory must be a number of bytes, got '1G'"),
+        (True, ConvTypeError, "max_memory must be a number of bytes, got True"),
+        (float("nan"), ConvValueError, "max_memory must be a positive number of bytes"),
+        (0, ConvValueError, "max_memory must be a positive number of bytes, got 0"),
+    ],
+)
+def test_max_memory_must_be_a_positive_number(max_memory, error, message):
+    """A string gave a bare TypeError from a comparison, NaN a refusal for 'nan YiB'."""
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(error, match=message):
+        conv2d(x, w, backend="numpy", max_memory=max_memory)
 
 
 def test_validation_types():

@@ -247,6 +247,16 @@ ERRORS = [
      "groups must be an int"),
     ("input_list", [[[0.0]]], _a(1, 1, 1, 1), None, {}, ConvTypeError,
      "input must be a numpy.ndarray"),
+    # torch's int64 limit: past it NumPy's index arithmetic raised OverflowError
+    ("stride_int64", _a(1, 1, 5, 5), _a(1, 1, 3, 3), None, {"stride": 2**63}, ConvValueError,
+     "stride 9223372036854775808 does not fit in a 64-bit integer"),
+    ("stride_pair_int64", _a(1, 1, 5, 5), _a(1, 1, 3, 3), None, {"stride": (1, 2**64)},
+     ConvValueError, "does not fit in a 64-bit integer"),
+    ("padding_int64", _a(1, 1, 5, 5), _a(1, 1, 3, 3), None,
+     {"padding": -(2**63) - 1, "padding_mode": "replicate"}, ConvValueError,
+     "does not fit in a 64-bit integer"),
+    ("dilation_int64", _a(1, 1, 5, 5), _a(1, 1, 3, 3), None, {"dilation": 2**63},
+     ConvValueError, "dilation 9223372036854775808 does not fit in a 64-bit integer"),
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ and :func:`spread_plan`); smaller ones leave the threading to BLAS.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import threading
@@ -130,7 +131,11 @@ def run_parallel(work: Callable[[int], None], threads: int, *, spread: bool = Tr
         # no spreading: the workers may run wherever the caller may
         places = [affinity()] * (threads - 1)
     try:
-        futures = [pool.submit(on_own_cpu, work, k, places[k - 1]) for k in range(1, threads)]
+        # each worker in a copy of the caller's context: NumPy's errstate lives there
+        futures = [
+            pool.submit(contextvars.copy_context().run, on_own_cpu, work, k, places[k - 1])
+            for k in range(1, threads)
+        ]
         try:
             work(0)
         finally:
