@@ -19,6 +19,7 @@ from convcli import backends
 from convcli.backends import choice
 from convcli.backends.numpy import compute_dtype, gather_rows
 from convcli.backends.numpy.reference import conv2d_direct
+from convcli.backends.numpy.threads import ONE_THREAD_BLAS
 from convcli.budget import (
     SMALL_NEED,
     call_need,
@@ -336,8 +337,14 @@ def _all_finite(out: np.ndarray) -> bool:
         return bool(np.isfinite(flat).all())
     k = ones.size
     m = flat.size // k * k
-    if m and not np.isfinite(flat[:m].reshape(-1, k) @ ones).all():
-        return False
+    if m:
+        # on one BLAS thread: OpenBLAS threads a product from ~9K values, and its idle
+        # threads then spin for ~0.1 s against the caller's next work (the NumPy
+        # backend's own threads: convnext's depthwise layers at N=8 ran 1.5 -> 4.2 ms)
+        with ONE_THREAD_BLAS:
+            sums = flat[:m].reshape(-1, k) @ ones
+        if not np.isfinite(sums).all():
+            return False
     return math.isfinite(flat[m:].dot(ones[: flat.size - m]))
 
 
