@@ -265,3 +265,25 @@ def test_workers_beyond_four_per_cpu_are_refused(tmp_path):
     r = CliRunner().invoke(cli, [*args, "--workers", str(most_workers()), "-q"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / "a.npy").exists()
+
+
+def test_a_device_that_does_not_exist_is_named_under_auto(tmp_path):
+    """Under --backend auto a small image that NumPy finishes first never started
+    OpenCL, so `--device nvidai` (a typo) ran on NumPy without a word; the named device
+    is now looked for first, and its absence is a notice before NumPy runs the job."""
+    from PIL import Image
+
+    src, out = tmp_path / "a.png", tmp_path / "b.png"
+    x = np.random.default_rng(0).integers(0, 256, (9, 11), dtype=np.uint8)
+    Image.fromarray(x).save(src)
+    args = ["apply", str(src), "-o", str(out), "--preset", "box", "-q"]
+    r = CliRunner().invoke(cli, [*args, "--device", "no-such-device-xyz"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convcli: notice: OpenCL unavailable")
+    assert "'no-such-device-xyz'" in lines[0] and lines[0].endswith("using NumPy")
+    # the box blur (3x3 mean, edges repeated), rounded to 8 bits
+    padded = np.pad(x.astype(np.float64), 1, mode="edge")
+    ref = sum(padded[i : i + 9, j : j + 11] for i in range(3) for j in range(3)) / 9
+    got = np.asarray(Image.open(out), dtype=np.float64)
+    assert np.abs(got - ref).max() <= 1

@@ -432,9 +432,21 @@ def build_run(opts: dict[str, Any], ctx: click.Context):
     # after the build: a broken file that is the preset asked for is the error itself
     if opts["preset"] is not None:
         report_preset_warnings("notice")
+    backend, device = opts["backend"], opts["device"]
+    if device is not None and backend == "auto":
+        # a job NumPy finishes first never starts OpenCL, so a mistyped device would pass
+        # unseen: the device the user named is looked for now (pyopencl's start, ~0.2 s)
+        from convcli.backends.opencl.device import find_device
+        from convcli.errors import BackendError
+
+        try:
+            find_device(device)
+        except BackendError as exc:
+            echo_line(f"OpenCL unavailable ({exc}); using NumPy", "notice")
+            backend, device = "numpy", None
     engine = cbatch.Engine(
-        backend=opts["backend"],
-        device=opts["device"],
+        backend=backend,
+        device=device,
         algo=opts["algo"],
         max_memory=opts["max_memory"],
     )

@@ -416,6 +416,18 @@ def _has_fp64(device: Any) -> bool:
         return False
 
 
+def find_device(device: str) -> str:
+    """The label (``P:D name``) of the OpenCL device ``device`` names (a ``P:D`` index or
+    a name substring, as ``conv2d``'s ``device`` argument), without starting it.
+
+    Raises
+    ------
+    BackendUnavailable
+        No device matches (the message lists those there are), or no OpenCL at all.
+    """
+    return _select(_all_devices(), device).label
+
+
 def list_devices() -> list[DeviceInfo]:
     """Every OpenCL device, with the one ``backend="auto"`` would pick marked ``default``.
 
