@@ -1219,6 +1219,9 @@ def get_preset(spec: str) -> Preset:
     cut = lowered.rfind(".toml")
     if cut >= 0 and (cut + 5 == len(spec) or spec[cut + 5] == ":"):
         file_path, args = Path(spec[: cut + 5]), spec[cut + 6 :]
+        if file_path.is_dir():
+            where = os.fspath(file_path)
+            raise InputError(f"preset {spec!r}: {where!r} is a folder, not a preset file")
         if not file_path.is_file():
             raise InputError(f"preset {spec!r}: no such preset file {os.fspath(file_path)!r}")
         fam = _family_from_toml(file_path, os.fspath(file_path))

@@ -519,6 +519,9 @@ def test_user_preset_errors(tmp_path, text, message):
     assert str(f) in str(info.value)
     with pytest.raises(InputError, match="no such preset file"):
         cp.get_preset(str(tmp_path / "missing.toml"))
+    (tmp_path / "folder.toml").mkdir(exist_ok=True)  # was "no such preset file" too
+    with pytest.raises(InputError, match=r"folder\.toml' is a folder, not a preset file"):
+        cp.get_preset(str(tmp_path / "folder.toml"))
 
 
 # ----------------------------------------------------------------- against ImageMagick
