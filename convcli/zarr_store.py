@@ -271,7 +271,12 @@ def zarr_conv2d(
     )
     out_layout = _out_layout(in_layout, y.shape[0])
     y = y[0] if out_layout == "HW" else y.transpose(["CHW".index(a) for a in out_layout])
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder of the path must be: one line
+        blocker = next((q for q in (dst.parent, *dst.parent.parents) if q.is_file()), None)
+        why = f"{blocker} is a file" if blocker is not None else (exc.strerror or str(exc))
+        raise InputError(f"{dst}: cannot create its folder {dst.parent}: {why}") from exc
     tmp = dst.with_name(f".{dst.name}.convcli-{uuid.uuid4().hex[:12]}.tmp")
     guard = None
     try:

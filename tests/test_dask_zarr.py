@@ -407,3 +407,13 @@ def test_cli_apply_dask_needs_a_zarr_input_and_a_good_address(tmp_path):
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert "local:N takes a number" in r.output
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "b.npy").exists()
+
+
+def test_a_file_where_the_destination_folder_must_be_is_one_error(tmp_path, rng):
+    """`-o a.png/x.zarr` with a.png a file said only "a.png: File exists"."""
+    _store(tmp_path / "in.zarr", rng.random((6, 5)).astype(np.float32), (3, 3))
+    (tmp_path / "a.png").write_bytes(b"not a folder")
+    w = np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(InputError, match=r"cannot create its folder .*a\.png is a file"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "a.png" / "x.zarr", w, backend="numpy")
+    assert (tmp_path / "a.png").read_bytes() == b"not a folder"
