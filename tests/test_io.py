@@ -645,6 +645,24 @@ def test_weights_rejected(tmp_path, name, content, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("3x3: 1,2\n", "3x3 needs 9 values, got 2"),
+        ("3x3+0+0: 1,2,3,4,5,6,7,8,9\n", "origin +0+0 is not the centre +1+1;"),
+        ("a: b\n", "'a:' is not a number"),
+    ],
+)
+def test_weights_text_error_keeps_the_parsers_reason_whole(tmp_path, content, reason):
+    # The parser's label quotes the kernel text; cutting it at the first ": " cut inside
+    # an ImageMagick "WxH: ..." text and left "1,2': 3x3 needs ..." after the file name.
+    path = tmp_path / "k.txt"
+    path.write_text(content)
+    with pytest.raises(InputError) as info:
+        cio.load_weights(path)
+    assert str(info.value).startswith(f"{path}: {reason}")
+
+
 def test_weights_json_that_cannot_be_read_is_not_called_invalid_json(tmp_path):
     # _read_text's InputError is a ValueError: it was reported as "not valid JSON (...)"
     path = tmp_path / "k.json"

@@ -319,7 +319,7 @@ def _read_text(path: Path) -> str:
 
 
 def _load_text(path: Path) -> np.ndarray:
-    from convcli.presets import parse_kernel_text
+    from convcli.presets import _label, parse_kernel_text
 
     name = name_of(path)
     lines = []
@@ -329,11 +329,14 @@ def _load_text(path: Path) -> np.ndarray:
             lines.append(line)
     if not lines:
         raise InputError(f"{name}: no numbers in the file")
+    text = "\n".join(lines)
     try:
-        return parse_kernel_text("\n".join(lines))
+        return parse_kernel_text(text)
     except InputError as exc:
-        # Re-label: the file name first, then the parser's reason.
-        reason = str(exc).split(": ", 1)[-1]
+        # Re-label: the file name first, then the parser's reason. Cut the parser's own
+        # label whole: the quoted kernel text may itself hold ": " ("3x3: 1,2").
+        message, label = str(exc), _label(text) + ": "
+        reason = message[len(label) :] if message.startswith(label) else message
         raise InputError(f"{name}: {reason}") from None
 
 
