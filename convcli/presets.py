@@ -272,8 +272,15 @@ def normalize_kernel(k: np.ndarray) -> np.ndarray:
     k = np.asarray(k, dtype=np.float64)
     if k.size == 0 or not np.isfinite(k).all():
         raise InputError("cannot normalise an empty kernel or one with NaN/Inf")
-    pos = float(k[k > 0].sum())
-    neg = float(-k[k < 0].sum())
+    with np.errstate(over="ignore"):
+        pos = float(k[k > 0].sum())
+        neg = float(-k[k < 0].sum())
+    if not math.isfinite(pos + neg):
+        # values near the float64 limit: their sum overflowed to Inf, which would scale
+        # every value to 0; the result does not depend on the kernel's scale
+        k = k / float(np.abs(k).max())
+        pos = float(k[k > 0].sum())
+        neg = float(-k[k < 0].sum())
     total = pos - neg
     if pos == 0 and neg == 0:
         raise InputError("cannot normalise a kernel whose values are all zero")

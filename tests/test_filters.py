@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import doctest
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,19 @@ def test_values_float32_cannot_hold_are_refused_naming_the_source(tmp_path, buil
 def test_normalisation_brings_large_values_into_range():
     # checked after the scaling, as the command line always did
     assert Filter.from_preset("unity:scale=1e39", normalize_kernel=True).weight.tolist() == [[1]]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1e308,1e308", [[0.5, 0.5]]), ("1e308,-1e308,1e308,-1e308", [[0.5, -0.5, 0.5, -0.5]])],
+)
+def test_normalising_values_whose_sum_overflows_keeps_their_ratios(text, expected):
+    # the sum of the values overflowed to Inf and every value was divided by it: an
+    # all-zero kernel, and NumPy's overflow warning printed by the library
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weight = Filter.from_text(text, normalize_kernel=True).weight
+    assert weight.tolist() == expected
 
 
 def test_a_kernel_that_cannot_be_normalised_names_its_source(tmp_path):
