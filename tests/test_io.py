@@ -663,6 +663,20 @@ def test_weights_text_error_keeps_the_parsers_reason_whole(tmp_path, content, re
     assert str(info.value).startswith(f"{path}: {reason}")
 
 
+def test_a_key_for_a_file_with_one_unnamed_kernel_is_refused(tmp_path):
+    # As for .npy: a JSON list or a bare torch tensor has nothing to pick, and a key
+    # meant for another file was silently ignored.
+    (tmp_path / "k.json").write_text("[[1, 2], [3, 4]]")
+    _check(cio.load_weights(tmp_path / "k.json"), [[1, 2], [3, 4]])
+    with pytest.raises(InputError, match=r"k\.json: holds one unnamed kernel.*key='conv1'"):
+        cio.load_weights(tmp_path / "k.json", key="conv1")
+    torch = pytest.importorskip("torch")
+    torch.save(torch.ones(3, 3), tmp_path / "t.pt")
+    _check(cio.load_weights(tmp_path / "t.pt"), np.ones((3, 3)))
+    with pytest.raises(InputError, match=r"t\.pt: holds one unnamed tensor.*key='conv1'"):
+        cio.load_weights(tmp_path / "t.pt", key="conv1")
+
+
 def test_weights_json_that_cannot_be_read_is_not_called_invalid_json(tmp_path):
     # _read_text's InputError is a ValueError: it was reported as "not valid JSON (...)"
     path = tmp_path / "k.json"

@@ -91,6 +91,14 @@ def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray |
     return _check_weight(weight, bias, name)
 
 
+def _unnamed_with_key(name: str, what: str, key: str) -> InputError:
+    """A key given for a file with nothing to pick: it must not pass unnoticed."""
+    return InputError(
+        f"{name}: holds one unnamed {what}; key={key!r} picks a named tensor in .npz, "
+        ".safetensors, .pt or .json files"
+    )
+
+
 def _as_real_array(value: Any, name: str, what: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
@@ -298,6 +306,8 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
             ) from None
 
     if isinstance(obj, torch.Tensor):
+        if key:
+            raise _unnamed_with_key(name, "tensor", key)
         return to_numpy(obj), None
     if isinstance(obj, dict):
         tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -354,6 +364,8 @@ def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
     if isinstance(obj, dict):
         return _pick(obj, key, name)
     if isinstance(obj, list):
+        if key:
+            raise _unnamed_with_key(name, "kernel (a JSON list)", key)
         return _json_array(obj, name), None
     raise InputError(f"{name}: JSON must be a nested list or an object with 'weight'")
 
