@@ -632,9 +632,9 @@ def _k_motion_blur(p: Mapping[str, Any]) -> np.ndarray:
     length = float(p["length"])
     theta = math.radians(float(p["angle"]))
     half = length / 2.0
-    r = math.ceil(half) + 1
-    if 2 * r + 1 > MAX_KERNEL_SIZE + 2:
+    if length > MAX_KERNEL_SIZE:
         raise InputError(f"length={length:g} is larger than {MAX_KERNEL_SIZE}")
+    r = math.ceil(half) + 1  # the working grid: the line and a pixel of margin around it
     v, u = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
     up = -v  # rows grow downwards, angles count upwards
     along = u * math.cos(theta) + up * math.sin(theta)
@@ -646,6 +646,8 @@ def _k_motion_blur(p: Mapping[str, Any]) -> np.ndarray:
         w = w[1:-1]
     while w.shape[1] > 1 and not w[:, 0].any() and not w[:, -1].any():
         w = w[:, 1:-1]
+    # the trimmed kernel is what must fit, not the grid (length=1001 at angle 0 is 1x1001)
+    check_kernel_shape(w.shape, f"length={length:g}, angle={float(p['angle']):g}")
     return w / w.sum()
 
 

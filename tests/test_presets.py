@@ -619,6 +619,18 @@ def test_matches_installed_imagemagick(ours, im_spec):
     np.testing.assert_allclose(k, ref, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize(("angle", "shape"), [(0, (1, 1001)), (90, (1001, 1))])
+def test_motion_blur_takes_the_longest_length_its_rule_states(angle, shape):
+    # the rule says 1..1001, but the working grid (one pixel of margin each side) was
+    # checked against the cap: "length=1001 is larger than 1001"
+    k = cp.get_preset(f"motion-blur:length=1001,angle={angle}").kernel
+    np.testing.assert_allclose(k, np.full(shape, 1 / 1001), rtol=1e-12)
+    assert (
+        k.shape[0] <= 1001
+        and cp.get_preset("motion-blur:length=1001,angle=45").kernel.shape[0] <= 1001
+    )
+
+
 @pytest.mark.parametrize(
     "spec",
     ["dog:sigma1=5.3489414707557125e+153", "gaussian:radius=3,sigma=1e200", "log:sigma=1e300"],
