@@ -129,7 +129,7 @@ class Preset:
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _IM_HEADER = re.compile(
-    r"^\s*(?P<w>\d+)(?:\s*x\s*(?P<h>\d+))?(?P<origin>\s*[+-]\s*\d+\s*[+-]\s*\d+)?\s*:(?P<rest>.*)$",
+    r"^\s*(?P<w>\d+)(?:\s*[xX]\s*(?P<h>\d+))?(?P<origin>\s*[+-]\s*\d+\s*[+-]\s*\d+)?\s*:(?P<rest>.*)$",
     re.S,
 )
 _MAX_TEXT_ELEMENTS = MAX_KERNEL_SIZE * MAX_KERNEL_SIZE
@@ -1154,8 +1154,8 @@ def _parse_args(spec: str, args: str, fam: _Family) -> dict[str, ParamValue]:
         number = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
         items = re.findall(number, args)
         leftover = re.sub(number, "", args)
-        if re.sub(r"[x,\s]", "", leftover):
-            items = [t for t in re.split(r"[,x]", args) if t.strip()]
+        if re.sub(r"[xX,\s]", "", leftover):  # ImageMagick takes "0X2" too
+            items = [t for t in re.split(r"[,xX]", args) if t.strip()]
         if len(items) > len(fam.params):
             raise InputError(
                 f"preset {spec!r}: {len(items)} values for {len(fam.params)} parameters; "

@@ -619,6 +619,17 @@ def test_matches_installed_imagemagick(ours, im_spec):
     np.testing.assert_allclose(k, ref, rtol=1e-9, atol=1e-15)
 
 
+def test_imagemagick_geometry_takes_a_capital_x_as_imagemagick_does():
+    # `convert -morphology Convolve "3X1: 1,2,3"` and "Gaussian:0X2" work in IM; here
+    # they were "'3X1:' is not a number" and "radius='0X2' is invalid"
+    assert cp.parse_kernel_text("3X1: 1,2,3").tolist() == [[1.0, 2.0, 3.0]]
+    assert cp.parse_kernel_text("1X2: 4 5").tolist() == [[4.0], [5.0]]
+    np.testing.assert_array_equal(
+        cp.get_preset("gaussian:0X2").kernel, cp.get_preset("gaussian:sigma=2").kernel
+    )
+    assert cp.get_preset("rectangle:5X3").kernel.shape == (3, 5)
+
+
 @pytest.mark.parametrize(("angle", "shape"), [(0, (1, 1001)), (90, (1001, 1))])
 def test_motion_blur_takes_the_longest_length_its_rule_states(angle, shape):
     # the rule says 1..1001, but the working grid (one pixel of margin each side) was
