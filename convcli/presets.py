@@ -971,6 +971,14 @@ def _toml_matrix(value: Any, where: str) -> np.ndarray:
     return arr
 
 
+def _scaled(k: np.ndarray, scale: float, where: str) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        k = k * float(scale)
+    if not np.isfinite(k).all():  # 1e308 x 10: refused here, not when the preset is used
+        raise InputError(f"{where}: kernel x scale overflows")
+    return k
+
+
 def _family_from_toml(path: Path, source: str) -> _Family:
     import tomllib  # only where a file is read: most runs name a built-in
 
@@ -992,8 +1000,14 @@ def _family_from_toml(path: Path, source: str) -> _Family:
     im_name = doc.get("imagemagick")
     if im_name is not None and (not isinstance(im_name, str) or not im_name.strip()):
         raise InputError(f"{where}: imagemagick must be the name of an ImageMagick kernel")
-    rotatable = bool(doc.get("rotatable", False))
-    aliases = tuple(str(a) for a in doc.get("aliases", ()))
+    rotatable = doc.get("rotatable", False)
+    if not isinstance(rotatable, bool):  # bool("no") is True
+        raise InputError(f"{where}: rotatable must be true or false")
+    aliases = doc.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        # tuple("abc") would be three one-letter aliases
+        raise InputError(f"{where}: aliases must be a list of names")
+    aliases = tuple(aliases)
     params: list[_Param] = []
     variants: dict[int, np.ndarray] = {}
     if "variants" in doc:
@@ -1010,15 +1024,20 @@ def _family_from_toml(path: Path, source: str) -> _Family:
                 s = entry.get("scale", 1.0)
                 if not isinstance(s, int | float) or not math.isfinite(s):
                     raise InputError(f"{where}: [variants.{key}] scale must be finite")
-                k = k * float(s)
+                k = _scaled(k, s, f"{where} [variants.{key}]")
             else:
                 k = _toml_matrix(entry, f"{where} [variants.{key}]")
-            variants[index] = k * float(scale)
-        default = int(doc.get("default_type", min(variants)))
+            variants[index] = _scaled(k, scale, f"{where} [variants.{key}]")
+        default = doc.get("default_type", min(variants))
+        if isinstance(default, bool) or not isinstance(default, int) or default not in variants:
+            raise InputError(
+                f"{where}: default_type must be one of the variants "
+                f"({', '.join(str(v) for v in sorted(variants))})"
+            )
         choices = tuple(sorted(variants))
         params.append(_Param("type", default, int, lambda v: v in variants, "", choices))
     elif "kernel" in doc:
-        base = _toml_matrix(doc["kernel"], where) * float(scale)
+        base = _scaled(_toml_matrix(doc["kernel"], where), scale, where)
     else:
         raise InputError(f"{where}: a preset needs 'kernel' or [variants]")
     if rotatable:

@@ -509,6 +509,15 @@ def test_user_preset_from_path_and_env(tmp_path, monkeypatch):
         ("description = 'x'", "needs 'kernel'"),
         ("kernel = [[1]", "not a valid preset TOML"),
         ('name = "other"\nkernel = [[1]]', "must equal the file stem"),
+        # these were internal errors (TypeError, ValueError, KeyError) or silently wrong
+        ("aliases = 5\nkernel = [[1]]", "aliases must be a list of names"),
+        ('aliases = "abc"\nkernel = [[1]]', "aliases must be a list of names"),
+        ('rotatable = "no"\nkernel = [[1]]', "rotatable must be true or false"),
+        ('default_type = "abc"\n[variants]\n1 = [[1]]', r"default_type must be one of .*\(1\)"),
+        ("default_type = 7\n[variants]\n1 = [[1]]", "default_type must be one of"),
+        ("default_type = 1.5\n[variants]\n1 = [[1]]", "default_type must be one of"),
+        ("scale = 1e308\nkernel = [[10]]", "kernel x scale overflows"),
+        ("[variants]\n1 = {scale = 1e308, kernel = [[10]]}", "kernel x scale overflows"),
     ],
 )
 def test_user_preset_errors(tmp_path, text, message):
@@ -522,6 +531,22 @@ def test_user_preset_errors(tmp_path, text, message):
     (tmp_path / "folder.toml").mkdir(exist_ok=True)  # was "no such preset file" too
     with pytest.raises(InputError, match=r"folder\.toml' is a folder, not a preset file"):
         cp.get_preset(str(tmp_path / "folder.toml"))
+
+
+def test_a_broken_user_preset_breaks_neither_the_list_nor_other_presets(tmp_path, monkeypatch):
+    # aliases = 5 raised TypeError while every user preset was loaded: every --preset
+    # (built-in ones too) and `presets list` failed with an internal error
+    (tmp_path / "bad.toml").write_text("aliases = 5\nkernel = [[1]]\n")
+    (tmp_path / "huge.toml").write_text("scale = 1e308\nkernel = [[10]]\n")
+    (tmp_path / "good.toml").write_text('aliases = ["fine"]\nkernel = [[2]]\n')
+    monkeypatch.setenv("CONVCLI_PRESET_PATH", str(tmp_path))
+    np.testing.assert_array_equal(cp.get_preset("box:size=1").kernel, [[1.0]])
+    assert cp.get_preset("fine").kernel.tolist() == [[2.0]]
+    names = {p.name for p in cp.list_presets()}
+    assert "good" in names and "bad" not in names and "huge" not in names
+    errors = cp.preset_errors()
+    assert any("bad.toml: aliases must be" in e for e in errors)
+    assert any("huge.toml: kernel x scale overflows" in e for e in errors)
 
 
 # ----------------------------------------------------------------- against ImageMagick
