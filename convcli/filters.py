@@ -144,13 +144,15 @@ class Filter:
         >>> f.weight.tolist()
         [[0.75, 0.25]]
         """
-        w = np.asarray(weight, dtype=np.float64)
+        w = _real_float64(weight, label)
         if w.ndim not in (2, 4):
             raise InputError(
                 f"{label}: a weight must be 2-D (kH, kW) or 4-D (C_out, C_in/groups, kH, kW), "
                 f"got shape {tuple(w.shape)}"
             )
         check_kernel_shape(w.shape, label)  # before any work on an absurd shape
+        if w.size == 0:
+            raise InputError(f"{label}: the weight is empty (shape {tuple(w.shape)})")
         if normalize_kernel:
             w = _normalized(w, label)
         if flip:  # true convolution = correlation with the kernel rotated by 180 degrees
@@ -502,6 +504,21 @@ class Filter:
             max_memory=max_memory,
             budget=max(0, room - weight - image),
         )
+
+
+def _real_float64(weight: Any, label: str) -> np.ndarray:
+    """``weight`` as float64, refusing what is not real numbers with one clear message
+    (as the weight files do): NumPy's own errors name no source, and a complex weight
+    would lose its imaginary part with only a warning."""
+    try:
+        arr = np.asarray(weight)
+        if arr.dtype.kind == "c":
+            raise InputError(f"{label}: the weight is complex; only real weights are supported")
+        return arr.astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{label}: the weight is not an array of numbers ({exc})") from None
 
 
 def _normalized(w: np.ndarray, label: str) -> np.ndarray:

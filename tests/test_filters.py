@@ -134,6 +134,25 @@ def test_a_weight_of_another_rank_is_refused():
         Filter.from_array([1.0, 2.0, 3.0])
 
 
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        (np.zeros((0, 3)), r"the weight is empty \(shape \(0, 3\)\)"),
+        (np.zeros((2, 0, 3, 3)), r"the weight is empty"),
+        ([[1.0, "a"]], "the weight is not an array of numbers"),
+        ([[1.0, 2.0], [3.0]], "the weight is not an array of numbers"),
+        (np.array([[1 + 1j]]), "the weight is complex; only real weights are supported"),
+    ],
+)
+def test_from_array_refuses_what_is_no_kernel_with_one_labelled_error(weight, message):
+    # these passed as an empty Filter, raised NumPy's own ValueError without the source,
+    # or dropped the imaginary part with a ComplexWarning (weight files refuse complex)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=rf"^mine: {message}"):
+            Filter.from_array(weight, label="mine")
+
+
 def test_an_unknown_conv_option_is_a_type_error():
     with pytest.raises(TypeError, match="padding_mod"):
         Filter.from_preset("box", padding_mod="reflect")
