@@ -95,6 +95,8 @@ class Filter:
         # meets the one size cap and the one value rule here
         check_kernel_shape(np.shape(self.weight), "weight")
         check_weight_values(self.weight, "weight")
+        if self.bias is not None:
+            _check_bias(self.bias)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -504,6 +506,26 @@ class Filter:
             max_memory=max_memory,
             budget=max(0, room - weight - image),
         )
+
+
+def _check_bias(bias: Any) -> None:
+    """One number or a 1-D array of real numbers that float32 holds: a NaN or a 1e39
+    bias would make every output pixel NaN or Inf without a word."""
+    try:
+        b = np.asarray(bias)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"bias: not an array of numbers ({exc})") from None
+    if b.dtype.kind not in "biuf" or b.ndim > 1:
+        raise InputError(
+            f"bias: must be one number or a 1-D array of real numbers, got "
+            f"{'shape ' + str(b.shape) if b.dtype.kind in 'biuf' else 'dtype ' + str(b.dtype)}"
+        )
+    if b.size:
+        lo, hi = float(b.min()), float(b.max())
+        if not (math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= _FLOAT32_MAX):
+            raise InputError(
+                f"bias: values must be finite float32 numbers (|v| <= {_FLOAT32_MAX:.4g})"
+            )
 
 
 def _real_float64(weight: Any, label: str) -> np.ndarray:

@@ -153,6 +153,24 @@ def test_from_array_refuses_what_is_no_kernel_with_one_labelled_error(weight, me
             Filter.from_array(weight, label="mine")
 
 
+@pytest.mark.parametrize(
+    ("bias", "message"),
+    [
+        ([np.nan], "values must be finite float32"),
+        ([1e39], "values must be finite float32"),
+        (["x"], "must be one number or a 1-D array of real numbers, got dtype"),
+        ([[1.0, 2.0]], r"must be one number or a 1-D array .* got shape \(1, 2\)"),
+        ([1 + 1j], "got dtype complex"),
+    ],
+)
+def test_a_bias_that_is_not_finite_real_numbers_is_refused(bias, message):
+    # the command line refuses these in --bias; the library took them, and a NaN bias
+    # made every output pixel NaN without a word
+    with pytest.raises(InputError, match=rf"^bias: {message}"):
+        Filter.from_preset("box", bias=bias)
+    assert Filter.from_preset("box", bias=[0.5, -1]).bias == [0.5, -1]
+
+
 def test_an_unknown_conv_option_is_a_type_error():
     with pytest.raises(TypeError, match="padding_mod"):
         Filter.from_preset("box", padding_mod="reflect")
