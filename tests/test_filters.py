@@ -160,7 +160,7 @@ def test_from_array_refuses_what_is_no_kernel_with_one_labelled_error(weight, me
         ([1e39], "values must be finite float32"),
         (["x"], "must be one number or a 1-D array of real numbers, got dtype"),
         ([[1.0, 2.0]], r"must be one number or a 1-D array .* got shape \(1, 2\)"),
-        ([1 + 1j], "got dtype complex"),
+        ([1 + 1j], "must be one number .* got dtype complex128"),
     ],
 )
 def test_a_bias_that_is_not_finite_real_numbers_is_refused(bias, message):
