@@ -133,6 +133,8 @@ _IM_HEADER = re.compile(
     re.S,
 )
 _MAX_TEXT_ELEMENTS = MAX_KERNEL_SIZE * MAX_KERNEL_SIZE
+# minus sign, hyphen, figure dash, en/em dash, small and full-width hyphen-minus
+_DASHES = "\u2212\u2010\u2011\u2012\u2013\u2014\ufe63\uff0d"
 
 
 def _shorten(text: str, width: int) -> str:
@@ -151,7 +153,11 @@ def _parse_number(token: str, text: str, *, missing_ok: bool) -> float:
         if low in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
             raise InputError(f"{_label(text)}: NaN/Inf value {token!r} is not allowed")
         # a token is the user's text: a 5000-character one is not echoed whole
-        raise InputError(f"{_label(text)}: {_shorten(token, 30)!r} is not a number")
+        hint = ""
+        dash = next((c for c in token if c in _DASHES), None)
+        if dash is not None:  # pasted from a web page or a word processor: looks like '-'
+            hint = f" (it holds U+{ord(dash):04X}, a dash that is not the ASCII minus '-')"
+        raise InputError(f"{_label(text)}: {_shorten(token, 30)!r} is not a number{hint}")
     value = float(token)
     if not math.isfinite(value):
         raise InputError(f"{_label(text)}: value {_shorten(token, 30)!r} overflows")

@@ -644,6 +644,13 @@ def test_matches_installed_imagemagick(ours, im_spec):
     np.testing.assert_allclose(k, ref, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize(("text", "code"), [("\u22121,0,1", "2212"), ("3x1: 1,0,\u20131", "2013")])
+def test_a_pasted_unicode_minus_is_named_in_the_error(text, code):
+    # "'−1' is not a number" shows the user a token that looks exactly like -1
+    with pytest.raises(InputError, match=rf"is not a number \(it holds U\+{code}, a dash"):
+        cp.parse_kernel_text(text)
+
+
 def test_imagemagick_geometry_takes_a_capital_x_as_imagemagick_does():
     # `convert -morphology Convolve "3X1: 1,2,3"` and "Gaussian:0X2" work in IM; here
     # they were "'3X1:' is not a number" and "radius='0X2' is invalid"
