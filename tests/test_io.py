@@ -565,6 +565,28 @@ def test_weights_safetensors_bf16(tmp_path, monkeypatch):
         cio.load_weights(path)
 
 
+def test_weights_safetensors_reads_only_the_tensors_it_picks(tmp_path, monkeypatch):
+    # Every tensor was read (and BF16 ones widened to float64) to pick one layer: a
+    # large BF16 checkpoint took 4x its size in memory, and without torch a float32
+    # layer next to a BF16 one could not be read at all.
+    pytest.importorskip("safetensors.numpy")
+    w = np.arange(9, dtype=np.float32).reshape(3, 3)
+    other = np.ones((4, 4), np.float32)
+    bits = (other.view(np.uint32) >> 16).astype("<u2")
+    header = {
+        "conv1.weight": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, w.nbytes]},
+        "big.weight": {"dtype": "BF16", "shape": [4, 4],
+                       "data_offsets": [w.nbytes, w.nbytes + bits.nbytes]},
+    }  # fmt: skip
+    head = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(head).to_bytes(8, "little") + head + w.tobytes() + bits.tobytes())
+    monkeypatch.setitem(sys.modules, "torch", None)  # the BF16 tensor cannot be read
+    _check(cio.load_weights(path, key="conv1"), w)
+    with pytest.raises(InputError, match=r"m\.safetensors: holds BF16 tensors, which NumPy "):
+        cio.load_weights(path, key="big")
+
+
 def test_weights_torch_quantized_and_meta(tmp_path):
     torch = pytest.importorskip("torch")
     with warnings.catch_warnings():

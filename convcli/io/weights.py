@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,58 +173,92 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{name_of(path)}: not a readable .npz archive ({reason(exc)})") from None
 
 
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+class _LazyTensors(Mapping[str, Any]):
+    """Tensors by name, each read only when asked for: picking one layer of a large
+    checkpoint must not read (and, for BF16, widen to float64) every other tensor."""
+
+    def __init__(self, names: list[str], read: Callable[[str], Any]) -> None:
+        self._names = names
+        self._known = set(names)
+        self._read = read
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
+        return name in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _load_safetensors(path: Path) -> Mapping[str, Any]:
+    name = name_of(path)
     try:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
     except ImportError:
         raise InputError(
-            f"{name_of(path)}: reading .safetensors needs the safetensors package "
+            f"{name}: reading .safetensors needs the safetensors package "
             "(pip install 'convcli[safetensors]')"
         ) from None
     try:
-        return dict(load_file(os.fspath(path)))
+        handle = safe_open(os.fspath(path), framework="numpy")
+        names = list(handle.keys())
     except Exception as exc:  # safetensors raises its own SafetensorError and others
-        odd = _safetensors_dtypes(path) & _NO_NUMPY_DTYPES
-        if not odd:
+        raise InputError(f"{name}: not a readable .safetensors file ({reason(exc)})") from None
+
+    def read(key: str) -> Any:
+        try:
+            return handle.get_tensor(key)
+        except Exception as exc:
+            odd = _safetensors_dtypes(path, key) & _NO_NUMPY_DTYPES
+            if not odd:
+                raise InputError(
+                    f"{name}: not a readable .safetensors file ({reason(exc)})"
+                ) from None
+        # BF16 (most published model weights) and FP8 have no NumPy dtype: torch reads them
+        kinds = ", ".join(sorted(odd))
+        try:
+            import torch
+        except ImportError:
             raise InputError(
-                f"{name_of(path)}: not a readable .safetensors file ({reason(exc)})"
+                f"{name}: holds {kinds} tensors, which NumPy cannot hold; install torch "
+                "to read them, or save the weights as float32"
             ) from None
-    # BF16 (most published model weights) and FP8 have no NumPy dtype: torch reads them
-    kinds = ", ".join(sorted(odd))
-    try:
-        import torch
-        from safetensors.torch import load_file as load_torch
-    except ImportError:
-        raise InputError(
-            f"{name_of(path)}: holds {kinds} tensors, which NumPy cannot hold; install torch "
-            "to read them, or save the weights as float32"
-        ) from None
-    try:
-        return {k: v.to(torch.float64).numpy() for k, v in load_torch(os.fspath(path)).items()}
-    except Exception as exc:
-        raise InputError(
-            f"{name_of(path)}: not a readable .safetensors file ({reason(exc)})"
-        ) from None
+        try:
+            with safe_open(os.fspath(path), framework="pt") as fh:
+                return fh.get_tensor(key).to(torch.float64).numpy()
+        except Exception as exc:
+            raise InputError(f"{name}: not a readable .safetensors file ({reason(exc)})") from None
+
+    return _LazyTensors(names, read)
 
 
 # safetensors dtypes that safetensors.numpy cannot load (no NumPy dtype)
 _NO_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"})
 
 
-def _safetensors_dtypes(path: Path) -> set[str]:
-    """The dtypes a .safetensors header names (empty when the header is unreadable)."""
+def _safetensors_dtypes(path: Path, key: str | None = None) -> set[str]:
+    """The dtypes a .safetensors header names, all or ``key``'s (empty when the header
+    is unreadable)."""
     try:
         with open(path, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
             if not 0 < size <= 100 * 2**20:
                 return set()
             header = json.loads(fh.read(size))
-        return {str(v.get("dtype")) for v in header.values() if isinstance(v, dict)}
+        entries = header.values() if key is None else [header.get(key)]
+        return {str(v.get("dtype")) for v in entries if isinstance(v, dict)}
     except (OSError, ValueError, AttributeError):
         return set()
 
 
-def _pick(tensors: dict[str, Any], key: str | None, name: str) -> tuple[Any, Any]:
+def _pick(tensors: Mapping[str, Any], key: str | None, name: str) -> tuple[Any, Any]:
     """Find weight and bias in a name -> tensor mapping (``key`` = name or prefix)."""
     available = ", ".join(sorted(tensors)[:12]) + (" ..." if len(tensors) > 12 else "")
     if key:
