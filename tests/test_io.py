@@ -587,6 +587,16 @@ def test_weights_safetensors_reads_only_the_tensors_it_picks(tmp_path, monkeypat
         cio.load_weights(path, key="big")
 
 
+def test_weights_npz_reads_only_the_arrays_it_picks(tmp_path):
+    # every array was read to pick one: an archive with an object array beside the
+    # weight could not be read at all (and a large archive was read whole)
+    path = tmp_path / "mix.npz"
+    np.savez(path, weight=K3, notes=np.array([None, "x"], dtype=object))
+    _check(cio.load_weights(path), K3)
+    with pytest.raises(InputError, match=r"mix\.npz: not a readable .npz archive \(Object"):
+        cio.load_weights(path, key="notes")
+
+
 def test_weights_torch_quantized_and_meta(tmp_path):
     torch = pytest.importorskip("torch")
     with warnings.catch_warnings():

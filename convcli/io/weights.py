@@ -165,12 +165,21 @@ def _load_npy_weight(path: Path) -> np.ndarray:
         raise InputError(f"{name_of(path)}: not a readable .npy array ({reason(exc)})") from None
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_npz(path: Path) -> Mapping[str, Any]:
+    name = name_of(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        archive = np.load(path, allow_pickle=False)
+        names = list(archive.files)
     except Exception as exc:
-        raise InputError(f"{name_of(path)}: not a readable .npz archive ({reason(exc)})") from None
+        raise InputError(f"{name}: not a readable .npz archive ({reason(exc)})") from None
+
+    def read(key: str) -> np.ndarray:  # only the picked arrays are read
+        try:
+            return archive[key]
+        except Exception as exc:
+            raise InputError(f"{name}: not a readable .npz archive ({reason(exc)})") from None
+
+    return _LazyTensors(names, read)
 
 
 class _LazyTensors(Mapping[str, Any]):
