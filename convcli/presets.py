@@ -1147,7 +1147,9 @@ def _describe_params(fam: _Family) -> str:
 
 def _convert(param: _Param, raw: str, spec: str, fam: _Family) -> ParamValue:
     text = raw.strip()
-    bad = f"preset {spec!r}: {param.name}={text!r} is invalid; {_describe_params(fam)}"
+    dash = next((c for c in text if c in _DASHES), None)
+    hint = "" if dash is None else f" (it holds U+{ord(dash):04X}, not the ASCII minus '-')"
+    bad = f"preset {spec!r}: {param.name}={text!r} is invalid{hint}; {_describe_params(fam)}"
     if param.kind is str:
         return text
     if not _NUMBER.match(text):

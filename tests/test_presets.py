@@ -651,6 +651,12 @@ def test_a_pasted_unicode_minus_is_named_in_the_error(text, code):
         cp.parse_kernel_text(text)
 
 
+@pytest.mark.parametrize("spec", ["sobel:angle=\u221245", "sobel:\u221245"])
+def test_a_unicode_minus_in_a_preset_parameter_is_named(spec):
+    with pytest.raises(InputError, match=r"angle='.45' is invalid \(it holds U\+2212, not"):
+        cp.get_preset(spec)
+
+
 def test_imagemagick_geometry_takes_a_capital_x_as_imagemagick_does():
     # `convert -morphology Convolve "3X1: 1,2,3"` and "Gaussian:0X2" work in IM; here
     # they were "'3X1:' is not a number" and "radius='0X2' is invalid"
