@@ -95,6 +95,8 @@ class Filter:
         # meets the one size cap and the one value rule here
         check_kernel_shape(np.shape(self.weight), "weight")
         check_weight_values(self.weight, "weight")
+        if self.bias is not None:
+            _check_bias(self.bias)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -144,13 +146,15 @@ class Filter:
         >>> f.weight.tolist()
         [[0.75, 0.25]]
         """
-        w = np.asarray(weight, dtype=np.float64)
+        w = _real_float64(weight, label)
         if w.ndim not in (2, 4):
             raise InputError(
                 f"{label}: a weight must be 2-D (kH, kW) or 4-D (C_out, C_in/groups, kH, kW), "
                 f"got shape {tuple(w.shape)}"
             )
         check_kernel_shape(w.shape, label)  # before any work on an absurd shape
+        if w.size == 0:
+            raise InputError(f"{label}: the weight is empty (shape {tuple(w.shape)})")
         if normalize_kernel:
             w = _normalized(w, label)
         if flip:  # true convolution = correlation with the kernel rotated by 180 degrees
@@ -502,6 +506,41 @@ class Filter:
             max_memory=max_memory,
             budget=max(0, room - weight - image),
         )
+
+
+def _check_bias(bias: Any) -> None:
+    """One number or a 1-D array of real numbers that float32 holds: a NaN or a 1e39
+    bias would make every output pixel NaN or Inf without a word."""
+    try:
+        b = np.asarray(bias)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"bias: not an array of numbers ({exc})") from None
+    if b.dtype.kind not in "biuf" or b.ndim > 1:
+        raise InputError(
+            f"bias: must be one number or a 1-D array of real numbers, got "
+            f"{'shape ' + str(b.shape) if b.dtype.kind in 'biuf' else 'dtype ' + str(b.dtype)}"
+        )
+    if b.size:
+        lo, hi = float(b.min()), float(b.max())
+        if not (math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= _FLOAT32_MAX):
+            raise InputError(
+                f"bias: values must be finite float32 numbers (|v| <= {_FLOAT32_MAX:.4g})"
+            )
+
+
+def _real_float64(weight: Any, label: str) -> np.ndarray:
+    """``weight`` as float64, refusing what is not real numbers with one clear message
+    (as the weight files do): NumPy's own errors name no source, and a complex weight
+    would lose its imaginary part with only a warning."""
+    try:
+        arr = np.asarray(weight)
+        if arr.dtype.kind == "c":
+            raise InputError(f"{label}: the weight is complex; only real weights are supported")
+        return arr.astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{label}: the weight is not an array of numbers ({exc})") from None
 
 
 def _normalized(w: np.ndarray, label: str) -> np.ndarray:

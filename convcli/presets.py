@@ -129,10 +129,12 @@ class Preset:
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _IM_HEADER = re.compile(
-    r"^\s*(?P<w>\d+)(?:\s*x\s*(?P<h>\d+))?(?P<origin>\s*[+-]\s*\d+\s*[+-]\s*\d+)?\s*:(?P<rest>.*)$",
+    r"^\s*(?P<w>\d+)(?:\s*[xX]\s*(?P<h>\d+))?(?P<origin>\s*[+-]\s*\d+\s*[+-]\s*\d+)?\s*:(?P<rest>.*)$",
     re.S,
 )
 _MAX_TEXT_ELEMENTS = MAX_KERNEL_SIZE * MAX_KERNEL_SIZE
+# minus sign, hyphen, figure dash, en/em dash, small and full-width hyphen-minus
+_DASHES = "\u2212\u2010\u2011\u2012\u2013\u2014\ufe63\uff0d"
 
 
 def _shorten(text: str, width: int) -> str:
@@ -151,7 +153,11 @@ def _parse_number(token: str, text: str, *, missing_ok: bool) -> float:
         if low in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
             raise InputError(f"{_label(text)}: NaN/Inf value {token!r} is not allowed")
         # a token is the user's text: a 5000-character one is not echoed whole
-        raise InputError(f"{_label(text)}: {_shorten(token, 30)!r} is not a number")
+        hint = ""
+        dash = next((c for c in token if c in _DASHES), None)
+        if dash is not None:  # pasted from a web page or a word processor: looks like '-'
+            hint = f" (it holds U+{ord(dash):04X}, a dash that is not the ASCII minus '-')"
+        raise InputError(f"{_label(text)}: {_shorten(token, 30)!r} is not a number{hint}")
     value = float(token)
     if not math.isfinite(value):
         raise InputError(f"{_label(text)}: value {_shorten(token, 30)!r} overflows")
@@ -272,8 +278,15 @@ def normalize_kernel(k: np.ndarray) -> np.ndarray:
     k = np.asarray(k, dtype=np.float64)
     if k.size == 0 or not np.isfinite(k).all():
         raise InputError("cannot normalise an empty kernel or one with NaN/Inf")
-    pos = float(k[k > 0].sum())
-    neg = float(-k[k < 0].sum())
+    with np.errstate(over="ignore"):
+        pos = float(k[k > 0].sum())
+        neg = float(-k[k < 0].sum())
+    if not math.isfinite(pos + neg):
+        # values near the float64 limit: their sum overflowed to Inf, which would scale
+        # every value to 0; the result does not depend on the kernel's scale
+        k = k / float(np.abs(k).max())
+        pos = float(k[k > 0].sum())
+        neg = float(-k[k < 0].sum())
     total = pos - neg
     if pos == 0 and neg == 0:
         raise InputError("cannot normalise a kernel whose values are all zero")
@@ -625,9 +638,9 @@ def _k_motion_blur(p: Mapping[str, Any]) -> np.ndarray:
     length = float(p["length"])
     theta = math.radians(float(p["angle"]))
     half = length / 2.0
-    r = math.ceil(half) + 1
-    if 2 * r + 1 > MAX_KERNEL_SIZE + 2:
+    if length > MAX_KERNEL_SIZE:
         raise InputError(f"length={length:g} is larger than {MAX_KERNEL_SIZE}")
+    r = math.ceil(half) + 1  # the working grid: the line and a pixel of margin around it
     v, u = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
     up = -v  # rows grow downwards, angles count upwards
     along = u * math.cos(theta) + up * math.sin(theta)
@@ -639,6 +652,8 @@ def _k_motion_blur(p: Mapping[str, Any]) -> np.ndarray:
         w = w[1:-1]
     while w.shape[1] > 1 and not w[:, 0].any() and not w[:, -1].any():
         w = w[:, 1:-1]
+    # the trimmed kernel is what must fit, not the grid (length=1001 at angle 0 is 1x1001)
+    check_kernel_shape(w.shape, f"length={length:g}, angle={float(p['angle']):g}")
     return w / w.sum()
 
 
@@ -962,6 +977,14 @@ def _toml_matrix(value: Any, where: str) -> np.ndarray:
     return arr
 
 
+def _scaled(k: np.ndarray, scale: float, where: str) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        k = k * float(scale)
+    if not np.isfinite(k).all():  # 1e308 x 10: refused here, not when the preset is used
+        raise InputError(f"{where}: kernel x scale overflows")
+    return k
+
+
 def _family_from_toml(path: Path, source: str) -> _Family:
     import tomllib  # only where a file is read: most runs name a built-in
 
@@ -983,8 +1006,14 @@ def _family_from_toml(path: Path, source: str) -> _Family:
     im_name = doc.get("imagemagick")
     if im_name is not None and (not isinstance(im_name, str) or not im_name.strip()):
         raise InputError(f"{where}: imagemagick must be the name of an ImageMagick kernel")
-    rotatable = bool(doc.get("rotatable", False))
-    aliases = tuple(str(a) for a in doc.get("aliases", ()))
+    rotatable = doc.get("rotatable", False)
+    if not isinstance(rotatable, bool):  # bool("no") is True
+        raise InputError(f"{where}: rotatable must be true or false")
+    aliases = doc.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        # tuple("abc") would be three one-letter aliases
+        raise InputError(f"{where}: aliases must be a list of names")
+    aliases = tuple(aliases)
     params: list[_Param] = []
     variants: dict[int, np.ndarray] = {}
     if "variants" in doc:
@@ -1001,15 +1030,20 @@ def _family_from_toml(path: Path, source: str) -> _Family:
                 s = entry.get("scale", 1.0)
                 if not isinstance(s, int | float) or not math.isfinite(s):
                     raise InputError(f"{where}: [variants.{key}] scale must be finite")
-                k = k * float(s)
+                k = _scaled(k, s, f"{where} [variants.{key}]")
             else:
                 k = _toml_matrix(entry, f"{where} [variants.{key}]")
-            variants[index] = k * float(scale)
-        default = int(doc.get("default_type", min(variants)))
+            variants[index] = _scaled(k, scale, f"{where} [variants.{key}]")
+        default = doc.get("default_type", min(variants))
+        if isinstance(default, bool) or not isinstance(default, int) or default not in variants:
+            raise InputError(
+                f"{where}: default_type must be one of the variants "
+                f"({', '.join(str(v) for v in sorted(variants))})"
+            )
         choices = tuple(sorted(variants))
         params.append(_Param("type", default, int, lambda v: v in variants, "", choices))
     elif "kernel" in doc:
-        base = _toml_matrix(doc["kernel"], where) * float(scale)
+        base = _scaled(_toml_matrix(doc["kernel"], where), scale, where)
     else:
         raise InputError(f"{where}: a preset needs 'kernel' or [variants]")
     if rotatable:
@@ -1113,7 +1147,9 @@ def _describe_params(fam: _Family) -> str:
 
 def _convert(param: _Param, raw: str, spec: str, fam: _Family) -> ParamValue:
     text = raw.strip()
-    bad = f"preset {spec!r}: {param.name}={text!r} is invalid; {_describe_params(fam)}"
+    dash = next((c for c in text if c in _DASHES), None)
+    hint = "" if dash is None else f" (it holds U+{ord(dash):04X}, not the ASCII minus '-')"
+    bad = f"preset {spec!r}: {param.name}={text!r} is invalid{hint}; {_describe_params(fam)}"
     if param.kind is str:
         return text
     if not _NUMBER.match(text):
@@ -1145,8 +1181,8 @@ def _parse_args(spec: str, args: str, fam: _Family) -> dict[str, ParamValue]:
         number = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
         items = re.findall(number, args)
         leftover = re.sub(number, "", args)
-        if re.sub(r"[x,\s]", "", leftover):
-            items = [t for t in re.split(r"[,x]", args) if t.strip()]
+        if re.sub(r"[xX,\s]", "", leftover):  # ImageMagick takes "0X2" too
+            items = [t for t in re.split(r"[,xX]", args) if t.strip()]
         if len(items) > len(fam.params):
             raise InputError(
                 f"preset {spec!r}: {len(items)} values for {len(fam.params)} parameters; "

@@ -329,6 +329,12 @@ def test_every_preset_applies_to_a_real_image(tmp_path):
         assert_image(out, reference(src, k))
 
 
+def test_show_of_a_preset_without_description_has_no_dangling_colon(tmp_path):
+    f = tmp_path / "plain.toml"
+    f.write_text("kernel = [[1, 2, 1]]\n")
+    assert run("presets", "show", str(f)).stdout.splitlines()[0] == "plain (3x1)"
+
+
 def test_preset_parameters_and_show(tmp_path):
     from convcli.presets import get_preset
 

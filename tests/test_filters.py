@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import doctest
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,19 @@ def test_normalisation_brings_large_values_into_range():
     assert Filter.from_preset("unity:scale=1e39", normalize_kernel=True).weight.tolist() == [[1]]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1e308,1e308", [[0.5, 0.5]]), ("1e308,-1e308,1e308,-1e308", [[0.5, -0.5, 0.5, -0.5]])],
+)
+def test_normalising_values_whose_sum_overflows_keeps_their_ratios(text, expected):
+    # the sum of the values overflowed to Inf and every value was divided by it: an
+    # all-zero kernel, and NumPy's overflow warning printed by the library
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weight = Filter.from_text(text, normalize_kernel=True).weight
+    assert weight.tolist() == expected
+
+
 def test_a_kernel_that_cannot_be_normalised_names_its_source(tmp_path):
     with pytest.raises(InputError, match=r"^preset 'unity:scale=0': cannot normalise .* zero"):
         Filter.from_preset("unity:scale=0", normalize_kernel=True)
@@ -118,6 +132,43 @@ def test_a_kernel_that_cannot_be_normalised_names_its_source(tmp_path):
 def test_a_weight_of_another_rank_is_refused():
     with pytest.raises(InputError, match=r"^weight: a weight must be 2-D .* got shape \(3,\)"):
         Filter.from_array([1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        (np.zeros((0, 3)), r"the weight is empty \(shape \(0, 3\)\)"),
+        (np.zeros((2, 0, 3, 3)), r"the weight is empty"),
+        ([[1.0, "a"]], "the weight is not an array of numbers"),
+        ([[1.0, 2.0], [3.0]], "the weight is not an array of numbers"),
+        (np.array([[1 + 1j]]), "the weight is complex; only real weights are supported"),
+    ],
+)
+def test_from_array_refuses_what_is_no_kernel_with_one_labelled_error(weight, message):
+    # these passed as an empty Filter, raised NumPy's own ValueError without the source,
+    # or dropped the imaginary part with a ComplexWarning (weight files refuse complex)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=rf"^mine: {message}"):
+            Filter.from_array(weight, label="mine")
+
+
+@pytest.mark.parametrize(
+    ("bias", "message"),
+    [
+        ([np.nan], "values must be finite float32"),
+        ([1e39], "values must be finite float32"),
+        (["x"], "must be one number or a 1-D array of real numbers, got dtype"),
+        ([[1.0, 2.0]], r"must be one number or a 1-D array .* got shape \(1, 2\)"),
+        ([1 + 1j], "must be one number .* got dtype complex128"),
+    ],
+)
+def test_a_bias_that_is_not_finite_real_numbers_is_refused(bias, message):
+    # the command line refuses these in --bias; the library took them, and a NaN bias
+    # made every output pixel NaN without a word
+    with pytest.raises(InputError, match=rf"^bias: {message}"):
+        Filter.from_preset("box", bias=bias)
+    assert Filter.from_preset("box", bias=[0.5, -1]).bias == [0.5, -1]
 
 
 def test_an_unknown_conv_option_is_a_type_error():

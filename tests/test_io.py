@@ -565,6 +565,38 @@ def test_weights_safetensors_bf16(tmp_path, monkeypatch):
         cio.load_weights(path)
 
 
+def test_weights_safetensors_reads_only_the_tensors_it_picks(tmp_path, monkeypatch):
+    # Every tensor was read (and BF16 ones widened to float64) to pick one layer: a
+    # large BF16 checkpoint took 4x its size in memory, and without torch a float32
+    # layer next to a BF16 one could not be read at all.
+    pytest.importorskip("safetensors.numpy")
+    w = np.arange(9, dtype=np.float32).reshape(3, 3)
+    other = np.ones((4, 4), np.float32)
+    bits = (other.view(np.uint32) >> 16).astype("<u2")
+    header = {
+        "conv1.weight": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, w.nbytes]},
+        "big.weight": {"dtype": "BF16", "shape": [4, 4],
+                       "data_offsets": [w.nbytes, w.nbytes + bits.nbytes]},
+    }  # fmt: skip
+    head = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(head).to_bytes(8, "little") + head + w.tobytes() + bits.tobytes())
+    monkeypatch.setitem(sys.modules, "torch", None)  # the BF16 tensor cannot be read
+    _check(cio.load_weights(path, key="conv1"), w)
+    with pytest.raises(InputError, match=r"m\.safetensors: holds BF16 tensors, which NumPy "):
+        cio.load_weights(path, key="big")
+
+
+def test_weights_npz_reads_only_the_arrays_it_picks(tmp_path):
+    # every array was read to pick one: an archive with an object array beside the
+    # weight could not be read at all (and a large archive was read whole)
+    path = tmp_path / "mix.npz"
+    np.savez(path, weight=K3, notes=np.array([None, "x"], dtype=object))
+    _check(cio.load_weights(path), K3)
+    with pytest.raises(InputError, match=r"mix\.npz: not a readable .npz archive \(Object"):
+        cio.load_weights(path, key="notes")
+
+
 def test_weights_torch_quantized_and_meta(tmp_path):
     torch = pytest.importorskip("torch")
     with warnings.catch_warnings():
@@ -643,6 +675,38 @@ def test_weights_rejected(tmp_path, name, content, message):
         cio.load_weights(path)
     assert str(info.value).startswith(str(path))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("3x3: 1,2\n", "3x3 needs 9 values, got 2"),
+        ("3x3+0+0: 1,2,3,4,5,6,7,8,9\n", "origin +0+0 is not the centre +1+1;"),
+        ("a: b\n", "'a:' is not a number"),
+    ],
+)
+def test_weights_text_error_keeps_the_parsers_reason_whole(tmp_path, content, reason):
+    # The parser's label quotes the kernel text; cutting it at the first ": " cut inside
+    # an ImageMagick "WxH: ..." text and left "1,2': 3x3 needs ..." after the file name.
+    path = tmp_path / "k.txt"
+    path.write_text(content)
+    with pytest.raises(InputError) as info:
+        cio.load_weights(path)
+    assert str(info.value).startswith(f"{path}: {reason}")
+
+
+def test_a_key_for_a_file_with_one_unnamed_kernel_is_refused(tmp_path):
+    # As for .npy: a JSON list or a bare torch tensor has nothing to pick, and a key
+    # meant for another file was silently ignored.
+    (tmp_path / "k.json").write_text("[[1, 2], [3, 4]]")
+    _check(cio.load_weights(tmp_path / "k.json"), [[1, 2], [3, 4]])
+    with pytest.raises(InputError, match=r"k\.json: holds one unnamed kernel.*key='conv1'"):
+        cio.load_weights(tmp_path / "k.json", key="conv1")
+    torch = pytest.importorskip("torch")
+    torch.save(torch.ones(3, 3), tmp_path / "t.pt")
+    _check(cio.load_weights(tmp_path / "t.pt"), np.ones((3, 3)))
+    with pytest.raises(InputError, match=r"t\.pt: holds one unnamed tensor.*key='conv1'"):
+        cio.load_weights(tmp_path / "t.pt", key="conv1")
 
 
 def test_weights_json_that_cannot_be_read_is_not_called_invalid_json(tmp_path):

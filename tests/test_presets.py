@@ -509,6 +509,15 @@ def test_user_preset_from_path_and_env(tmp_path, monkeypatch):
         ("description = 'x'", "needs 'kernel'"),
         ("kernel = [[1]", "not a valid preset TOML"),
         ('name = "other"\nkernel = [[1]]', "must equal the file stem"),
+        # these were internal errors (TypeError, ValueError, KeyError) or silently wrong
+        ("aliases = 5\nkernel = [[1]]", "aliases must be a list of names"),
+        ('aliases = "abc"\nkernel = [[1]]', "aliases must be a list of names"),
+        ('rotatable = "no"\nkernel = [[1]]', "rotatable must be true or false"),
+        ('default_type = "abc"\n[variants]\n1 = [[1]]', r"default_type must be one of .*\(1\)"),
+        ("default_type = 7\n[variants]\n1 = [[1]]", "default_type must be one of"),
+        ("default_type = 1.5\n[variants]\n1 = [[1]]", "default_type must be one of"),
+        ("scale = 1e308\nkernel = [[10]]", "kernel x scale overflows"),
+        ("[variants]\n1 = {scale = 1e308, kernel = [[10]]}", "kernel x scale overflows"),
     ],
 )
 def test_user_preset_errors(tmp_path, text, message):
@@ -522,6 +531,22 @@ def test_user_preset_errors(tmp_path, text, message):
     (tmp_path / "folder.toml").mkdir(exist_ok=True)  # was "no such preset file" too
     with pytest.raises(InputError, match=r"folder\.toml' is a folder, not a preset file"):
         cp.get_preset(str(tmp_path / "folder.toml"))
+
+
+def test_a_broken_user_preset_breaks_neither_the_list_nor_other_presets(tmp_path, monkeypatch):
+    # aliases = 5 raised TypeError while every user preset was loaded: every --preset
+    # (built-in ones too) and `presets list` failed with an internal error
+    (tmp_path / "bad.toml").write_text("aliases = 5\nkernel = [[1]]\n")
+    (tmp_path / "huge.toml").write_text("scale = 1e308\nkernel = [[10]]\n")
+    (tmp_path / "good.toml").write_text('aliases = ["fine"]\nkernel = [[2]]\n')
+    monkeypatch.setenv("CONVCLI_PRESET_PATH", str(tmp_path))
+    np.testing.assert_array_equal(cp.get_preset("box:size=1").kernel, [[1.0]])
+    assert cp.get_preset("fine").kernel.tolist() == [[2.0]]
+    names = {p.name for p in cp.list_presets()}
+    assert "good" in names and "bad" not in names and "huge" not in names
+    errors = cp.preset_errors()
+    assert any("bad.toml: aliases must be" in e for e in errors)
+    assert any("huge.toml: kernel x scale overflows" in e for e in errors)
 
 
 # ----------------------------------------------------------------- against ImageMagick
@@ -617,6 +642,42 @@ def test_matches_installed_imagemagick(ours, im_spec):
         ref = ref / ref.sum()  # our shapes and binomial are normalised on purpose
     assert k.shape == ref.shape
     np.testing.assert_allclose(k, ref, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize(("text", "code"), [("\u22121,0,1", "2212"), ("3x1: 1,0,\u20131", "2013")])
+def test_a_pasted_unicode_minus_is_named_in_the_error(text, code):
+    # "'−1' is not a number" shows the user a token that looks exactly like -1
+    with pytest.raises(InputError, match=rf"is not a number \(it holds U\+{code}, a dash"):
+        cp.parse_kernel_text(text)
+
+
+@pytest.mark.parametrize("spec", ["sobel:angle=\u221245", "sobel:\u221245"])
+def test_a_unicode_minus_in_a_preset_parameter_is_named(spec):
+    with pytest.raises(InputError, match=r"angle='.45' is invalid \(it holds U\+2212, not"):
+        cp.get_preset(spec)
+
+
+def test_imagemagick_geometry_takes_a_capital_x_as_imagemagick_does():
+    # `convert -morphology Convolve "3X1: 1,2,3"` and "Gaussian:0X2" work in IM; here
+    # they were "'3X1:' is not a number" and "radius='0X2' is invalid"
+    assert cp.parse_kernel_text("3X1: 1,2,3").tolist() == [[1.0, 2.0, 3.0]]
+    assert cp.parse_kernel_text("1X2: 4 5").tolist() == [[4.0], [5.0]]
+    np.testing.assert_array_equal(
+        cp.get_preset("gaussian:0X2").kernel, cp.get_preset("gaussian:sigma=2").kernel
+    )
+    assert cp.get_preset("rectangle:5X3").kernel.shape == (3, 5)
+
+
+@pytest.mark.parametrize(("angle", "shape"), [(0, (1, 1001)), (90, (1001, 1))])
+def test_motion_blur_takes_the_longest_length_its_rule_states(angle, shape):
+    # the rule says 1..1001, but the working grid (one pixel of margin each side) was
+    # checked against the cap: "length=1001 is larger than 1001"
+    k = cp.get_preset(f"motion-blur:length=1001,angle={angle}").kernel
+    np.testing.assert_allclose(k, np.full(shape, 1 / 1001), rtol=1e-12)
+    assert (
+        k.shape[0] <= 1001
+        and cp.get_preset("motion-blur:length=1001,angle=45").kernel.shape[0] <= 1001
+    )
 
 
 @pytest.mark.parametrize(

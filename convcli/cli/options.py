@@ -219,7 +219,8 @@ def kernel_options(f: Callable) -> Callable:
         click.option(
             "--normalize-kernel",
             is_flag=True,
-            help="Scale the kernel to sum 1 (zero-sum kernels: positives sum to 1).",
+            help="Divide the kernel by |its sum|: sum 1 (-1 for a negative sum); zero-sum "
+            "kernels: positives sum to 1, negatives to -1 (ImageMagick's '!').",
         ),
         click.option(
             "--flip",

@@ -111,7 +111,8 @@ def presets_show(spec: str, as_json: bool) -> None:
         rec |= {"kernel": k.tolist(), "separable": separable}
         click.echo(json.dumps(rec, indent=2))
         return
-    click.echo(f"{p.name} ({k.shape[1]}x{k.shape[0]}): {cli_words(p.description)}")
+    about = cli_words(p.description)  # a user preset may have none: no dangling ': '
+    click.echo(f"{p.name} ({k.shape[1]}x{k.shape[0]})" + (f": {about}" if about else ""))
     if p.params:
         click.echo(f"parameters: {_params_text(p.params)}")
     for line in _format_kernel(k):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,14 @@ def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray |
     return _check_weight(weight, bias, name)
 
 
+def _unnamed_with_key(name: str, what: str, key: str) -> InputError:
+    """A key given for a file with nothing to pick: it must not pass unnoticed."""
+    return InputError(
+        f"{name}: holds one unnamed {what}; key={key!r} picks a named tensor in .npz, "
+        ".safetensors, .pt or .json files"
+    )
+
+
 def _as_real_array(value: Any, name: str, what: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
@@ -156,66 +165,109 @@ def _load_npy_weight(path: Path) -> np.ndarray:
         raise InputError(f"{name_of(path)}: not a readable .npy array ({reason(exc)})") from None
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_npz(path: Path) -> Mapping[str, Any]:
+    name = name_of(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        archive = np.load(path, allow_pickle=False)
+        names = list(archive.files)
     except Exception as exc:
-        raise InputError(f"{name_of(path)}: not a readable .npz archive ({reason(exc)})") from None
+        raise InputError(f"{name}: not a readable .npz archive ({reason(exc)})") from None
+
+    def read(key: str) -> np.ndarray:  # only the picked arrays are read
+        try:
+            return archive[key]
+        except Exception as exc:
+            raise InputError(f"{name}: not a readable .npz archive ({reason(exc)})") from None
+
+    return _LazyTensors(names, read)
 
 
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+class _LazyTensors(Mapping[str, Any]):
+    """Tensors by name, each read only when asked for: picking one layer of a large
+    checkpoint must not read (and, for BF16, widen to float64) every other tensor."""
+
+    def __init__(self, names: list[str], read: Callable[[str], Any]) -> None:
+        self._names = names
+        self._known = set(names)
+        self._read = read
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
+        return name in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _load_safetensors(path: Path) -> Mapping[str, Any]:
+    name = name_of(path)
     try:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
     except ImportError:
         raise InputError(
-            f"{name_of(path)}: reading .safetensors needs the safetensors package "
+            f"{name}: reading .safetensors needs the safetensors package "
             "(pip install 'convcli[safetensors]')"
         ) from None
     try:
-        return dict(load_file(os.fspath(path)))
+        handle = safe_open(os.fspath(path), framework="numpy")
+        names = list(handle.keys())
     except Exception as exc:  # safetensors raises its own SafetensorError and others
-        odd = _safetensors_dtypes(path) & _NO_NUMPY_DTYPES
-        if not odd:
+        raise InputError(f"{name}: not a readable .safetensors file ({reason(exc)})") from None
+
+    def read(key: str) -> Any:
+        try:
+            return handle.get_tensor(key)
+        except Exception as exc:
+            odd = _safetensors_dtypes(path, key) & _NO_NUMPY_DTYPES
+            if not odd:
+                raise InputError(
+                    f"{name}: not a readable .safetensors file ({reason(exc)})"
+                ) from None
+        # BF16 (most published model weights) and FP8 have no NumPy dtype: torch reads them
+        kinds = ", ".join(sorted(odd))
+        try:
+            import torch
+        except ImportError:
             raise InputError(
-                f"{name_of(path)}: not a readable .safetensors file ({reason(exc)})"
+                f"{name}: holds {kinds} tensors, which NumPy cannot hold; install torch "
+                "to read them, or save the weights as float32"
             ) from None
-    # BF16 (most published model weights) and FP8 have no NumPy dtype: torch reads them
-    kinds = ", ".join(sorted(odd))
-    try:
-        import torch
-        from safetensors.torch import load_file as load_torch
-    except ImportError:
-        raise InputError(
-            f"{name_of(path)}: holds {kinds} tensors, which NumPy cannot hold; install torch "
-            "to read them, or save the weights as float32"
-        ) from None
-    try:
-        return {k: v.to(torch.float64).numpy() for k, v in load_torch(os.fspath(path)).items()}
-    except Exception as exc:
-        raise InputError(
-            f"{name_of(path)}: not a readable .safetensors file ({reason(exc)})"
-        ) from None
+        try:
+            with safe_open(os.fspath(path), framework="pt") as fh:
+                return fh.get_tensor(key).to(torch.float64).numpy()
+        except Exception as exc:
+            raise InputError(f"{name}: not a readable .safetensors file ({reason(exc)})") from None
+
+    return _LazyTensors(names, read)
 
 
 # safetensors dtypes that safetensors.numpy cannot load (no NumPy dtype)
 _NO_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"})
 
 
-def _safetensors_dtypes(path: Path) -> set[str]:
-    """The dtypes a .safetensors header names (empty when the header is unreadable)."""
+def _safetensors_dtypes(path: Path, key: str | None = None) -> set[str]:
+    """The dtypes a .safetensors header names, all or ``key``'s (empty when the header
+    is unreadable)."""
     try:
         with open(path, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
             if not 0 < size <= 100 * 2**20:
                 return set()
             header = json.loads(fh.read(size))
-        return {str(v.get("dtype")) for v in header.values() if isinstance(v, dict)}
+        entries = header.values() if key is None else [header.get(key)]
+        return {str(v.get("dtype")) for v in entries if isinstance(v, dict)}
     except (OSError, ValueError, AttributeError):
         return set()
 
 
-def _pick(tensors: dict[str, Any], key: str | None, name: str) -> tuple[Any, Any]:
+def _pick(tensors: Mapping[str, Any], key: str | None, name: str) -> tuple[Any, Any]:
     """Find weight and bias in a name -> tensor mapping (``key`` = name or prefix)."""
     available = ", ".join(sorted(tensors)[:12]) + (" ..." if len(tensors) > 12 else "")
     if key:
@@ -298,6 +350,8 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
             ) from None
 
     if isinstance(obj, torch.Tensor):
+        if key:
+            raise _unnamed_with_key(name, "tensor", key)
         return to_numpy(obj), None
     if isinstance(obj, dict):
         tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -319,7 +373,7 @@ def _read_text(path: Path) -> str:
 
 
 def _load_text(path: Path) -> np.ndarray:
-    from convcli.presets import parse_kernel_text
+    from convcli.presets import _label, parse_kernel_text
 
     name = name_of(path)
     lines = []
@@ -329,11 +383,14 @@ def _load_text(path: Path) -> np.ndarray:
             lines.append(line)
     if not lines:
         raise InputError(f"{name}: no numbers in the file")
+    text = "\n".join(lines)
     try:
-        return parse_kernel_text("\n".join(lines))
+        return parse_kernel_text(text)
     except InputError as exc:
-        # Re-label: the file name first, then the parser's reason.
-        reason = str(exc).split(": ", 1)[-1]
+        # Re-label: the file name first, then the parser's reason. Cut the parser's own
+        # label whole: the quoted kernel text may itself hold ": " ("3x3: 1,2").
+        message, label = str(exc), _label(text) + ": "
+        reason = message[len(label) :] if message.startswith(label) else message
         raise InputError(f"{name}: {reason}") from None
 
 
@@ -351,6 +408,8 @@ def _load_json(path: Path, key: str | None) -> tuple[Any, Any]:
     if isinstance(obj, dict):
         return _pick(obj, key, name)
     if isinstance(obj, list):
+        if key:
+            raise _unnamed_with_key(name, "kernel (a JSON list)", key)
         return _json_array(obj, name), None
     raise InputError(f"{name}: JSON must be a nested list or an object with 'weight'")
 
