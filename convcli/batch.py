@@ -307,6 +307,19 @@ class Output:
     subsampling: str = "auto"
 
     def __post_init__(self) -> None:
+        # checked here, once, so that a mistake is one exception, not a failure per file
+        if self.out_map not in cio.OUT_MAPS:
+            raise ConvValueError(
+                f"out_map must be one of {list(cio.OUT_MAPS)}, got {self.out_map!r}"
+            )
+        if self.alpha not in cio.ALPHA_MODES:
+            raise ConvValueError(
+                f"alpha must be one of {list(cio.ALPHA_MODES)}, got {self.alpha!r}"
+            )
+        if self.bit_depth not in (None, 8, 16, 32):
+            raise ConvValueError(f"bit_depth must be None, 8, 16 or 32, got {self.bit_depth!r}")
+        if not 1 <= self.quality <= 100:
+            raise ConvValueError(f"quality must be between 1 and 100, got {self.quality!r}")
         if self.subsampling not in ("auto", *cio.JPEG_SUBSAMPLINGS):
             raise ConvValueError(
                 f"subsampling must be 'auto' or one of {list(cio.JPEG_SUBSAMPLINGS)}, "
@@ -1670,6 +1683,10 @@ def run_tasks(
         Done, skipped and failed files, a fatal reason if the run stopped early, the
         summed :class:`RunInfo` and stage timings.
     """
+    if existing not in ("fail", "skip", "replace"):
+        raise ConvValueError(f"existing must be 'fail', 'skip' or 'replace', got {existing!r}")
+    if workers is not None and workers < 1:
+        raise ConvValueError(f"workers must be at least 1, got {workers!r}")
     t_start = time.perf_counter()
     result = BatchResult()
     workers = min(max(2, workers or os.cpu_count() or 2), most_workers())

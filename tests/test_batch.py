@@ -613,3 +613,35 @@ def test_run_tasks_reports_rows_of_a_large_single_image(tmp_path, monkeypatch):
     ref = naive_conv2d(rgb.transpose(2, 0, 1)[:, None] / 255.0, BOX3[None, None],
                        pad=(1, 1, 1, 1), padding_mode="replicate")[:, 0]  # fmt: skip
     assert np.abs(back - ref).max() <= LEVEL
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: cbatch.Output(out_map="clamp"),
+        lambda: cbatch.Output(alpha="premultiplied"),
+        lambda: cbatch.Output(bit_depth=12),
+        lambda: cbatch.Output(quality=0),
+        lambda: cbatch.Output(quality=500),
+    ],
+)
+def test_output_refuses_bad_values_at_once(make) -> None:
+    # a mistake in Output is one exception naming the argument, not a failure per file
+    # (quality=500 was written silently, Pillow clamping it)
+    with pytest.raises(ConvValueError, match=r"out_map|alpha|bit_depth|quality"):
+        make()
+
+
+@pytest.mark.parametrize("kw", [{"existing": "overwrite"}, {"workers": 0}, {"workers": -2}])
+def test_run_tasks_refuses_bad_arguments(tmp_path: Path, kw) -> None:
+    # existing='overwrite' used to run as 'fail', each file failing with "another run wrote
+    # it meanwhile", and workers=0 / -2 ran with the default: both are caller mistakes
+    src = tmp_path / "in.png"
+    cio.write_image(src, real_image(1))
+    (tmp_path / "out.png").write_bytes(b"mine")
+    plan = cbatch.plan_files([src], tmp_path / "out.png")
+    from convcli import Filter
+
+    with pytest.raises(ConvValueError, match=next(iter(kw))):
+        cbatch.run_tasks(plan.tasks, Filter.from_array(BOX3), **kw)
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
