@@ -299,6 +299,7 @@ def test_photo_mp_rejects_a_bad_item():
     r = CliRunner().invoke(cli, ["bench", "--suite", "files", "--photo-mp", "24,big"])
     assert r.exit_code == 2
     assert "'big' is not a size in megapixels" in r.output
+    assert "Invalid value for '--photo-mp'" in r.output  # the line names the flag
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0.05"])

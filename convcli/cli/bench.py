@@ -24,7 +24,10 @@ def _megapixels(text: str) -> list[float]:
         except ValueError:
             value = math.nan
         if not (0.01 <= value <= 10_000):
-            raise click.BadParameter(f"{item.strip()!r} is not a size in megapixels (0.01-10000)")
+            raise click.BadParameter(
+                f"{item.strip()!r} is not a size in megapixels (0.01-10000)",
+                param_hint="'--photo-mp'",  # parsed after click: it would not name the flag
+            )
         values.append(value)
     return values
 
