@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from naive import naive_conv2d
 
+import convcli
 from convcli import batch as cbatch
 from convcli import io as cio
 from convcli import pipeline, small
@@ -645,3 +646,29 @@ def test_run_tasks_refuses_bad_arguments(tmp_path: Path, kw) -> None:
     with pytest.raises(ConvValueError, match=next(iter(kw))):
         cbatch.run_tasks(plan.tasks, Filter.from_array(BOX3), **kw)
     assert (tmp_path / "out.png").read_bytes() == b"mine"
+
+
+def test_a_missing_device_is_one_notice(tmp_path: Path, monkeypatch, ocl) -> None:
+    # a device that does not exist: the small-image step said "OpenCL failed (...)" and
+    # conv2d "OpenCL unavailable (...)", two notice lines for one cause in one batch
+    # (auto's choice is forced: whether it starts OpenCL depends on the machine's load)
+    from convcli import native
+    from convcli.runinfo import RunInfo
+
+    monkeypatch.setattr(native, "choose_backend", lambda *a, **k: "opencl")
+    strip = np.random.default_rng(5).integers(0, 256, (12, 16, 3), np.uint8)
+    info = RunInfo()
+    got = native.filter_strip(strip, top=255.0, kernel=BOX3.astype(np.float32),
+                              backend="auto", device="9:9", info=info)  # fmt: skip
+    assert len(info.notices) == 1
+    assert info.notices[0].startswith("OpenCL unavailable (no OpenCL device matches '9:9'")
+    call = RunInfo()
+    convcli.conv2d(np.zeros((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32),
+                   backend="auto", device="9:9", algo="direct", info=call)  # fmt: skip
+    if call.notices:  # the same cause through conv2d: the same line, merged into one
+        assert call.notices == info.notices
+    x = (strip / 255.0).transpose(2, 0, 1)[None]
+    w = np.broadcast_to(BOX3, (3, 1, 3, 3))
+    ref = naive_conv2d(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 3, "zeros")[0].real
+    assert got is not None
+    assert np.abs(got.transpose(2, 0, 1) - np.round(ref * 255)).max() <= 1
