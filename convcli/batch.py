@@ -1625,7 +1625,7 @@ def most_workers() -> int:
 
 
 def run_tasks(
-    tasks: Sequence[Task],
+    tasks: Sequence[Task] | Plan,
     filt: Filter,
     *,
     engine: Engine = Engine(),
@@ -1643,8 +1643,10 @@ def run_tasks(
 
     Parameters
     ----------
-    tasks : sequence of Task
-        From :func:`plan_batch` or :func:`plan_files`.
+    tasks : Plan or sequence of Task
+        A :class:`Plan` from :func:`plan_batch` or :func:`plan_files` (its ``refused``
+        inputs lead ``failed``, as in ``batch``'s summary and report), or its ``tasks``
+        alone (then the caller reports ``refused``).
     filt, engine, output
         The convolution, where it runs, and how results become files.
     max_pixels : int, optional
@@ -1689,6 +1691,11 @@ def run_tasks(
         raise ConvValueError(f"workers must be at least 1, got {workers!r}")
     t_start = time.perf_counter()
     result = BatchResult()
+    if isinstance(tasks, Plan):
+        # an input the plan refused (its output is the input, two inputs for one output)
+        # is a failure of the run, not a file silently left out
+        result.failed.extend(tasks.refused)
+        tasks = tasks.tasks
     workers = min(max(2, workers or os.cpu_count() or 2), most_workers())
     stop = stop or threading.Event()
     timings = {"read": 0.0, "write": 0.0, "convolve": 0.0}

@@ -672,3 +672,35 @@ def test_a_missing_device_is_one_notice(tmp_path: Path, monkeypatch, ocl) -> Non
     ref = naive_conv2d(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 3, "zeros")[0].real
     assert got is not None
     assert np.abs(got.transpose(2, 0, 1) - np.round(ref * 255)).max() <= 1
+
+
+def test_run_tasks_on_a_plan_reports_its_refused_inputs(tmp_path: Path) -> None:
+    # README's library example passed plan.tasks: an input the plan refused (its output
+    # is the input; two inputs for one output) vanished, and result.ok was True
+    from convcli import Filter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cio.write_image(src / "a.png", real_image(2))
+    cio.write_image(src / "b.png", real_image(3))
+    cio.write_image(src / "b.tif", real_image(4))
+    filt = Filter.from_array(BOX3)
+    lib = cbatch.run_tasks(cbatch.plan_batch(src, tmp_path / "lib", fmt="png"), filt,
+                           existing="fail")  # fmt: skip
+    assert not lib.ok
+    assert [(f.path.name, "already written from" in f.reason) for f in lib.failed] == [
+        ("b.tif", True)
+    ]
+    res = run("batch", src, tmp_path / "cli", "--preset", "box:size=3", "--format", "png",
+              "--report", tmp_path / "r.json", "-q")  # fmt: skip
+    assert res.exit_code == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    got = lib.summary()
+    assert (got["done"], got["failed"]) == (report["done"], report["failed"]) == (2, 1)
+    same = [{**f, "reason": f["reason"].replace("/cli/", "/lib/")} for f in report["failures"]]
+    assert got["failures"] == same
+    for name in ("a.png", "b.png"):
+        check_output(src / name, tmp_path / "lib" / name)
+        assert (tmp_path / "lib" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    missing = cbatch.run_tasks(cbatch.plan_files([src / "a.png"], src / "a.png"), filt)
+    assert not missing.ok and "output is the input file" in missing.failed[0].reason
