@@ -636,7 +636,9 @@ def plan_batch(
     for src in inputs:
         rel = src.relative_to(src_root) if recursive else Path(src.name)
         dst = dst_root / rel.with_suffix(_suffix_for(src, fmt))
-        if _same_file(src, dst, resolve):
+        # a link where an output goes is never followed: replaced under existing='replace',
+        # kept under 'skip', a failure under 'fail'; the input it points to is not touched
+        if not dst.is_symlink() and _same_file(src, dst, resolve):
             plan.refused.append(Failure(src, "output would replace the input; not written"))
             continue
         tasks.append(Task(src, dst))

@@ -704,3 +704,30 @@ def test_run_tasks_on_a_plan_reports_its_refused_inputs(tmp_path: Path) -> None:
         assert (tmp_path / "lib" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
     missing = cbatch.run_tasks(cbatch.plan_files([src / "a.png"], src / "a.png"), filt)
     assert not missing.ok and "output is the input file" in missing.failed[0].reason
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip", "replace"])
+def test_a_link_to_the_input_where_its_output_goes_is_an_existing_output(tmp_path, mode):
+    # README: a link where an output goes counts as an existing file, never followed;
+    # --overwrite replaces the link itself. A link to the input's own file was refused as
+    # "output would replace the input", a failure even under --skip-existing (a resume
+    # never exited 0)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    cio.write_image(src / "a.png", real_image(6))
+    before = (src / "a.png").read_bytes()
+    (out / "a.png").symlink_to(src / "a.png")
+    flag = {"fail": [], "skip": ["--skip-existing"], "replace": ["--overwrite"]}[mode]
+    res = run("batch", src, out, "--preset", "box:size=3", "-q", *flag)
+    assert (src / "a.png").read_bytes() == before  # the input is never written
+    if mode == "fail":
+        assert res.exit_code == 1 and "exists" in res.stderr
+        assert (out / "a.png").is_symlink()
+    elif mode == "skip":
+        assert res.exit_code == 0, res.stderr
+        assert (out / "a.png").is_symlink()
+    else:
+        assert res.exit_code == 0, res.stderr
+        assert not (out / "a.png").is_symlink()
+        check_output(src / "a.png", out / "a.png")
