@@ -177,6 +177,9 @@ def bench(
             raise click.BadParameter(
                 f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
             )
+    if not backends and not peers:
+        # an empty table and exit 0 would read as a benchmark that ran
+        raise click.UsageError("--backend and --compare are both empty: nothing to time")
     if json_file == "-" and csv_file == "-":
         # both on stdout: JSON then CSV, which no reader of either can parse
         raise click.UsageError("--json - and --csv - both write to stdout; give one a file")
