@@ -307,6 +307,19 @@ class Output:
     subsampling: str = "auto"
 
     def __post_init__(self) -> None:
+        # checked here, once, so that a mistake is one exception, not a failure per file
+        if self.out_map not in cio.OUT_MAPS:
+            raise ConvValueError(
+                f"out_map must be one of {list(cio.OUT_MAPS)}, got {self.out_map!r}"
+            )
+        if self.alpha not in cio.ALPHA_MODES:
+            raise ConvValueError(
+                f"alpha must be one of {list(cio.ALPHA_MODES)}, got {self.alpha!r}"
+            )
+        if self.bit_depth not in (None, 8, 16, 32):
+            raise ConvValueError(f"bit_depth must be None, 8, 16 or 32, got {self.bit_depth!r}")
+        if not 1 <= self.quality <= 100:
+            raise ConvValueError(f"quality must be between 1 and 100, got {self.quality!r}")
         if self.subsampling not in ("auto", *cio.JPEG_SUBSAMPLINGS):
             raise ConvValueError(
                 f"subsampling must be 'auto' or one of {list(cio.JPEG_SUBSAMPLINGS)}, "
@@ -623,7 +636,9 @@ def plan_batch(
     for src in inputs:
         rel = src.relative_to(src_root) if recursive else Path(src.name)
         dst = dst_root / rel.with_suffix(_suffix_for(src, fmt))
-        if _same_file(src, dst, resolve):
+        # a link where an output goes is never followed: replaced under existing='replace',
+        # kept under 'skip', a failure under 'fail'; the input it points to is not touched
+        if not dst.is_symlink() and _same_file(src, dst, resolve):
             plan.refused.append(Failure(src, "output would replace the input; not written"))
             continue
         tasks.append(Task(src, dst))
@@ -1612,7 +1627,7 @@ def most_workers() -> int:
 
 
 def run_tasks(
-    tasks: Sequence[Task],
+    tasks: Sequence[Task] | Plan,
     filt: Filter,
     *,
     engine: Engine = Engine(),
@@ -1630,8 +1645,10 @@ def run_tasks(
 
     Parameters
     ----------
-    tasks : sequence of Task
-        From :func:`plan_batch` or :func:`plan_files`.
+    tasks : Plan or sequence of Task
+        A :class:`Plan` from :func:`plan_batch` or :func:`plan_files` (its ``refused``
+        inputs lead ``failed``, as in ``batch``'s summary and report), or its ``tasks``
+        alone (then the caller reports ``refused``).
     filt, engine, output
         The convolution, where it runs, and how results become files.
     max_pixels : int, optional
@@ -1670,8 +1687,17 @@ def run_tasks(
         Done, skipped and failed files, a fatal reason if the run stopped early, the
         summed :class:`RunInfo` and stage timings.
     """
+    if existing not in ("fail", "skip", "replace"):
+        raise ConvValueError(f"existing must be 'fail', 'skip' or 'replace', got {existing!r}")
+    if workers is not None and workers < 1:
+        raise ConvValueError(f"workers must be at least 1, got {workers!r}")
     t_start = time.perf_counter()
     result = BatchResult()
+    if isinstance(tasks, Plan):
+        # an input the plan refused (its output is the input, two inputs for one output)
+        # is a failure of the run, not a file silently left out
+        result.failed.extend(tasks.refused)
+        tasks = tasks.tasks
     workers = min(max(2, workers or os.cpu_count() or 2), most_workers())
     stop = stop or threading.Event()
     timings = {"read": 0.0, "write": 0.0, "convolve": 0.0}

@@ -29,7 +29,7 @@ import numpy as np
 
 from convcli.errors import BackendError
 from convcli.plan import separable_factors
-from convcli.runinfo import RunInfo
+from convcli.runinfo import RunInfo, fallback_notice
 
 NativeBackend = Literal["auto", "opencl", "numpy"]
 NATIVE_MAPS: tuple[str, ...] = ("clip", "offset", "abs")
@@ -180,7 +180,7 @@ def filter_strip(
             # auto: a device that failed (or a program that did not build) leaves NumPy,
             # and says so as conv2d does
             part = RunInfo()
-            part.notices.append(f"OpenCL failed ({exc}); using NumPy")
+            part.notices.append(fallback_notice(exc))
     if chosen == "numpy" or (result is None and backend == "auto"):
         notices = part.notices
         part = RunInfo()
@@ -296,7 +296,7 @@ def prepare(
         if backend != "auto":
             raise
         part = RunInfo()
-        part.notices.append(f"OpenCL failed ({exc}); using NumPy")
+        part.notices.append(fallback_notice(exc))
         chosen = "numpy"
     if info is not None:
         # what the start paid (the program's build); not the throwaway strip's work

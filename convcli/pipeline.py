@@ -65,7 +65,7 @@ from convcli.io.images import (
     stored_channels,
 )
 from convcli.io.publish import publish
-from convcli.runinfo import RunInfo
+from convcli.runinfo import RunInfo, fallback_notice
 from convcli.spec import ConvSpec, make_spec, source_index
 
 # Float32 input per strip: large enough that per-call overhead and the halo stay small,
@@ -810,7 +810,7 @@ class ImageJob:
                 except BackendError as exc:
                     if not fallback or backend == "numpy":
                         raise
-                    part.notices.append(f"OpenCL failed ({exc}); using NumPy")
+                    part.notices.append(fallback_notice(exc))
                     backend = "numpy"
                     result = conv2d(conv_in, self.weight, self.bias, **_no_padding(self.options),
                                     backend="numpy", algo=_numpy_algo(algo),

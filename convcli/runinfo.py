@@ -35,3 +35,15 @@ class RunInfo:
                 self.notices.append(note)
         for key, value in other.timings.items():
             self.timings[key] = self.timings.get(key, 0.0) + value
+
+
+def fallback_notice(exc: BaseException) -> str:
+    """The notice for an OpenCL call that went to NumPy under ``backend='auto'``.
+
+    One wording per cause, whichever path hit it (conv2d, the strips, the small-image
+    step), so that one missing device is one line, not "unavailable" and "failed" twice.
+    """
+    from convcli.errors import BackendUnavailable
+
+    what = "unavailable" if isinstance(exc, BackendUnavailable) else "failed"
+    return f"OpenCL {what} ({exc}); using NumPy"

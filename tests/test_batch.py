@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from naive import naive_conv2d
 
+import convcli
 from convcli import batch as cbatch
 from convcli import io as cio
 from convcli import pipeline, small
@@ -613,3 +614,120 @@ def test_run_tasks_reports_rows_of_a_large_single_image(tmp_path, monkeypatch):
     ref = naive_conv2d(rgb.transpose(2, 0, 1)[:, None] / 255.0, BOX3[None, None],
                        pad=(1, 1, 1, 1), padding_mode="replicate")[:, 0]  # fmt: skip
     assert np.abs(back - ref).max() <= LEVEL
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: cbatch.Output(out_map="clamp"),
+        lambda: cbatch.Output(alpha="premultiplied"),
+        lambda: cbatch.Output(bit_depth=12),
+        lambda: cbatch.Output(quality=0),
+        lambda: cbatch.Output(quality=500),
+    ],
+)
+def test_output_refuses_bad_values_at_once(make) -> None:
+    # a mistake in Output is one exception naming the argument, not a failure per file
+    # (quality=500 was written silently, Pillow clamping it)
+    with pytest.raises(ConvValueError, match=r"out_map|alpha|bit_depth|quality"):
+        make()
+
+
+@pytest.mark.parametrize("kw", [{"existing": "overwrite"}, {"workers": 0}, {"workers": -2}])
+def test_run_tasks_refuses_bad_arguments(tmp_path: Path, kw) -> None:
+    # existing='overwrite' used to run as 'fail', each file failing with "another run wrote
+    # it meanwhile", and workers=0 / -2 ran with the default: both are caller mistakes
+    src = tmp_path / "in.png"
+    cio.write_image(src, real_image(1))
+    (tmp_path / "out.png").write_bytes(b"mine")
+    plan = cbatch.plan_files([src], tmp_path / "out.png")
+    from convcli import Filter
+
+    with pytest.raises(ConvValueError, match=next(iter(kw))):
+        cbatch.run_tasks(plan.tasks, Filter.from_array(BOX3), **kw)
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
+
+
+def test_a_missing_device_is_one_notice(tmp_path: Path, monkeypatch, ocl) -> None:
+    # a device that does not exist: the small-image step said "OpenCL failed (...)" and
+    # conv2d "OpenCL unavailable (...)", two notice lines for one cause in one batch
+    # (auto's choice is forced: whether it starts OpenCL depends on the machine's load)
+    from convcli import native
+    from convcli.runinfo import RunInfo
+
+    monkeypatch.setattr(native, "choose_backend", lambda *a, **k: "opencl")
+    strip = np.random.default_rng(5).integers(0, 256, (12, 16, 3), np.uint8)
+    info = RunInfo()
+    got = native.filter_strip(strip, top=255.0, kernel=BOX3.astype(np.float32),
+                              backend="auto", device="9:9", info=info)  # fmt: skip
+    assert len(info.notices) == 1
+    assert info.notices[0].startswith("OpenCL unavailable (no OpenCL device matches '9:9'")
+    call = RunInfo()
+    convcli.conv2d(np.zeros((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32),
+                   backend="auto", device="9:9", algo="direct", info=call)  # fmt: skip
+    if call.notices:  # the same cause through conv2d: the same line, merged into one
+        assert call.notices == info.notices
+    x = (strip / 255.0).transpose(2, 0, 1)[None]
+    w = np.broadcast_to(BOX3, (3, 1, 3, 3))
+    ref = naive_conv2d(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 3, "zeros")[0].real
+    assert got is not None
+    assert np.abs(got.transpose(2, 0, 1) - np.round(ref * 255)).max() <= 1
+
+
+def test_run_tasks_on_a_plan_reports_its_refused_inputs(tmp_path: Path) -> None:
+    # README's library example passed plan.tasks: an input the plan refused (its output
+    # is the input; two inputs for one output) vanished, and result.ok was True
+    from convcli import Filter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cio.write_image(src / "a.png", real_image(2))
+    cio.write_image(src / "b.png", real_image(3))
+    cio.write_image(src / "b.tif", real_image(4))
+    filt = Filter.from_array(BOX3)
+    lib = cbatch.run_tasks(cbatch.plan_batch(src, tmp_path / "lib", fmt="png"), filt,
+                           existing="fail")  # fmt: skip
+    assert not lib.ok
+    assert [(f.path.name, "already written from" in f.reason) for f in lib.failed] == [
+        ("b.tif", True)
+    ]
+    res = run("batch", src, tmp_path / "cli", "--preset", "box:size=3", "--format", "png",
+              "--report", tmp_path / "r.json", "-q")  # fmt: skip
+    assert res.exit_code == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    got = lib.summary()
+    assert (got["done"], got["failed"]) == (report["done"], report["failed"]) == (2, 1)
+    same = [{**f, "reason": f["reason"].replace("/cli/", "/lib/")} for f in report["failures"]]
+    assert got["failures"] == same
+    for name in ("a.png", "b.png"):
+        check_output(src / name, tmp_path / "lib" / name)
+        assert (tmp_path / "lib" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    missing = cbatch.run_tasks(cbatch.plan_files([src / "a.png"], src / "a.png"), filt)
+    assert not missing.ok and "output is the input file" in missing.failed[0].reason
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip", "replace"])
+def test_a_link_to_the_input_where_its_output_goes_is_an_existing_output(tmp_path, mode):
+    # README: a link where an output goes counts as an existing file, never followed;
+    # --overwrite replaces the link itself. A link to the input's own file was refused as
+    # "output would replace the input", a failure even under --skip-existing (a resume
+    # never exited 0)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    cio.write_image(src / "a.png", real_image(6))
+    before = (src / "a.png").read_bytes()
+    (out / "a.png").symlink_to(src / "a.png")
+    flag = {"fail": [], "skip": ["--skip-existing"], "replace": ["--overwrite"]}[mode]
+    res = run("batch", src, out, "--preset", "box:size=3", "-q", *flag)
+    assert (src / "a.png").read_bytes() == before  # the input is never written
+    if mode == "fail":
+        assert res.exit_code == 1 and "exists" in res.stderr
+        assert (out / "a.png").is_symlink()
+    elif mode == "skip":
+        assert res.exit_code == 0, res.stderr
+        assert (out / "a.png").is_symlink()
+    else:
+        assert res.exit_code == 0, res.stderr
+        assert not (out / "a.png").is_symlink()
+        check_output(src / "a.png", out / "a.png")

@@ -299,6 +299,7 @@ def test_photo_mp_rejects_a_bad_item():
     r = CliRunner().invoke(cli, ["bench", "--suite", "files", "--photo-mp", "24,big"])
     assert r.exit_code == 2
     assert "'big' is not a size in megapixels" in r.output
+    assert "Invalid value for '--photo-mp'" in r.output  # the line names the flag
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0.05"])
@@ -369,3 +370,19 @@ def test_a_folders_check_runs_the_whole_folder_and_compares_three_images(tmp_pat
     monkeypatch.setattr(bf.subprocess, "run", spoiled)
     worst, _, _ = bf._check(wl, system, src, kernel, tmp_path)
     assert worst > bf.EXACT_LEVELS
+
+
+@pytest.mark.parametrize("suite", ["quick", "files", "cnn"])
+def test_bench_with_nothing_to_time_is_a_usage_error(suite, tmp_path):
+    # --backend '' --compare '' printed an empty table and exited 0 (and wrote the
+    # --json file): a benchmark that timed nothing
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    out = tmp_path / "rows.json"
+    argv = ["bench", "--suite", suite, "--backend", "", "--compare", "", "--json", str(out)]
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 2
+    assert "--backend and --compare are both empty: nothing to time" in r.output
+    assert not out.exists()

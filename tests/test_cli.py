@@ -490,6 +490,28 @@ def test_devices_lists_or_says_none():
         assert "NumPy" in res.stderr
 
 
+@pytest.mark.parametrize("env", [{"CONVCLI_DEVICE": "9:9"}, {"PYOPENCL_CTX": "7"}])
+def test_devices_says_why_none_is_marked(monkeypatch, env):
+    # a device setting that names no device: auto uses NumPy, and the table marked
+    # nothing without a word (as if auto's pick were not shown)
+    data = json.loads(run("devices", "--json").stdout)
+    if not data:
+        pytest.skip("no OpenCL device")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for args in (["devices"], ["devices", "--json"]):
+        res = run(*args)
+        assert res.exit_code == 0
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("convcli: notice: no OpenCL")
+        assert repr(next(iter(env.values())))[1:-1] in lines[0]
+        assert lines[0].endswith("; --backend auto uses NumPy")
+    assert not any(d["default"] for d in json.loads(res.stdout))
+    monkeypatch.delenv(next(iter(env)))
+    assert run("devices").stderr.strip() == ""
+
+
 def test_bench_renders_rows(monkeypatch, tmp_path):
     cbench = pytest.importorskip("convcli.bench")
 

@@ -24,7 +24,10 @@ def _megapixels(text: str) -> list[float]:
         except ValueError:
             value = math.nan
         if not (0.01 <= value <= 10_000):
-            raise click.BadParameter(f"{item.strip()!r} is not a size in megapixels (0.01-10000)")
+            raise click.BadParameter(
+                f"{item.strip()!r} is not a size in megapixels (0.01-10000)",
+                param_hint="'--photo-mp'",  # parsed after click: it would not name the flag
+            )
         values.append(value)
     return values
 
@@ -174,6 +177,9 @@ def bench(
             raise click.BadParameter(
                 f"{', '.join(unknown)} not in {', '.join(allowed)}", param_hint=option
             )
+    if not backends and not peers:
+        # an empty table and exit 0 would read as a benchmark that ran
+        raise click.UsageError("--backend and --compare are both empty: nothing to time")
     if json_file == "-" and csv_file == "-":
         # both on stdout: JSON then CSV, which no reader of either can parse
         raise click.UsageError("--json - and --csv - both write to stdout; give one a file")

@@ -34,9 +34,17 @@ def devices(as_json: bool, check: bool) -> int:
     else:
         why = no_device_reason()
     checks = {c.index: c for c in check_devices()} if check and found else {}
+    # a device setting that names none of the devices: nothing is marked, and says why
+    problem = None
+    if found and not any(d.default for d in found):
+        from convcli.backends.opencl.device import auto_device_problem
+
+        problem = auto_device_problem()
     if as_json:
         records = [_device_record(d, checks.get(d.index)) for d in found]
         click.echo(json.dumps(records, indent=2))
+        if problem:
+            echo_line(f"{problem}; --backend auto uses NumPy", "notice")
         return _checks_exit(checks)
     if not found:
         echo_line(f"{why}; convcli uses the NumPy backend", "notice")
@@ -71,6 +79,8 @@ def devices(as_json: bool, check: bool) -> int:
             row += [f"{verdict} {c.passed}/{c.total}", f"{c.build_seconds:.1f}"]
         table.add_row(*row)
     rich_console(stdout=True).print(table)
+    if problem:
+        echo_line(f"{problem}; --backend auto uses NumPy", "notice")
     for c in checks.values():
         for failure in c.failures:
             echo_line(f"device {c.index}: {failure}", "notice")

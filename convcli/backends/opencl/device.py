@@ -393,6 +393,18 @@ def no_device_reason() -> str:
     )
 
 
+def auto_device_problem() -> str | None:
+    """Why ``backend="auto"`` uses no listed device (``CONVCLI_DEVICE`` or
+    ``PYOPENCL_CTX`` naming none of them), or None when it picks one or none is listed."""
+    try:
+        found = _all_devices()
+        if found:
+            _select(found, None)
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
 def _select(found: Sequence[_Found], device: str | None) -> _Found:
     if not found:
         raise BackendUnavailable(no_device_reason())
