@@ -40,13 +40,12 @@ def main() -> None:
         "device": dataclasses.replace(base, host_pointwise_max_batch=0),
     }
     nets, _ = bench_cnn.load_networks(args.layers)
-    layers = {}
-    for layers_of in nets.values():
-        for layer in layers_of:
-            if (layer.kh, layer.kw, layer.groups, layer.padding) == (1, 1, 1, (0, 0)) and (
-                layer.h > 1
-            ):
-                layers.setdefault(layer.key, layer)
+    layers = settings_ab.distinct_layers(
+        nets,
+        lambda layer: (
+            (layer.kh, layer.kw, layer.groups, layer.padding) == (1, 1, 1, (0, 0)) and layer.h > 1
+        ),
+    )
     medians = {}
     for key, layer in layers.items():
         got = settings_ab.alternate(be, modes, layer, args.batch, args.rounds, args.calls)

@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import convcli
@@ -57,6 +57,19 @@ def alternate(
     finally:
         be.settings = base
     return {mode: statistics.median(times[mode]) * 1e3 for mode in modes}
+
+
+def distinct_layers(
+    nets: Mapping[str, Sequence[Any]], keep: Callable[[Any], bool]
+) -> dict[tuple, Any]:
+    """The layers of ``nets`` that ``keep`` accepts, one per layer key (the first met),
+    in the order the networks run them."""
+    found: dict[tuple, Any] = {}
+    for layers in nets.values():
+        for layer in layers:
+            if layer.key not in found and keep(layer):
+                found[layer.key] = layer
+    return found
 
 
 def network_totals(

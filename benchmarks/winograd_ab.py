@@ -40,13 +40,12 @@ def main() -> None:
         "wino": dataclasses.replace(base, winograd=True),
         "dense": dataclasses.replace(base, winograd=False),
     }
-    layers = {}
-    for layers_of in nets.values():
-        for layer in layers_of:
-            x, w, b = layer.arrays(1)
-            spec = make_spec(x, w, b, **layer.options())
-            if winograd.applies(spec) and spec.cin_g > 1:
-                layers.setdefault(layer.key, layer)
+
+    def multi_channel_winograd(layer) -> bool:
+        spec = make_spec(*layer.arrays(1), **layer.options())
+        return winograd.applies(spec) and spec.cin_g > 1
+
+    layers = settings_ab.distinct_layers(nets, multi_channel_winograd)
     medians = {}
     wrong = 0
     for key, layer in layers.items():
