@@ -245,7 +245,9 @@ def zarr_conv2d(
     src_real, dst_real = src.resolve(), dst.resolve()
     if dst_real != src_real and src_real.is_relative_to(dst_real):
         # replacing dst would delete the input with it, even with overwrite
-        raise InputError(f"{dst}: the output store holds the input {src}")
+        raise InputError(
+            f"{dst}: the output store holds the input {src}; replacing it would delete the input"
+        )
     if dst_real != src_real and dst_real.is_relative_to(src_real):
         raise InputError(f"{dst}: the output would be written inside the input store {src}")
     if (dst.exists() or dst.is_symlink()) and not overwrite:

@@ -204,27 +204,20 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
             )
     if Path(output).suffix.lower() != ".zarr":
         raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
-    src_real, out_real = Path(src).resolve(), Path(output).resolve()
-    same = out_real == src_real
+    same = Path(output).resolve() == Path(src).resolve()
     if same and not overwrite:
         raise InputError(f"{output}: the output would replace its own input (add --overwrite)")
-    # a store is a folder: replacing one that holds the input deletes the input, and
-    # writing into the input's folder changes the input store
-    if not same and src_real.is_relative_to(out_real):
-        raise InputError(
-            f"{output}: the output store holds the input {src}; replacing it would delete the input"
-        )
-    if not same and out_real.is_relative_to(src_real):
-        raise InputError(f"{output}: the output would be written inside the input store {src}")
+    # (a store that holds the input, or one inside it, zarr_conv2d refuses itself)
     if not same and os.path.lexists(output) and not _is_zarr(output):
         # apply replaces an earlier result, not a folder (or file) that holds other data
         raise InputError(f"{output}: exists and is not a zarr store; not replaced")
     x, _, _ = open_image(src)
     weight, bias, groups = filt.for_channels(x.shape[0])
+    # a cluster's workers need not share this process's folder: absolute paths for them
+    where = (src, output) if cluster is None else (os.path.abspath(src), os.path.abspath(output))
     run = functools.partial(
         zarr_conv2d,
-        os.path.abspath(src),  # a cluster's workers need not share this folder
-        os.path.abspath(output),
+        *where,
         weight,
         bias,
         **filt.conv_options(groups),
