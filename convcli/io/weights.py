@@ -75,9 +75,11 @@ def _load_weights(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray |
     if suffix == ".npy":
         weight, bias = _load_npy_weight(path), None
     elif suffix == ".npz":
-        weight, bias = _pick(_load_npz(path), key, name)
+        with _load_npz(path) as tensors:  # closes the archive, also on a refusal
+            weight, bias = _pick(tensors, key, name)
     elif suffix == ".safetensors":
-        weight, bias = _pick(_load_safetensors(path), key, name)
+        with _load_safetensors(path) as tensors:
+            weight, bias = _pick(tensors, key, name)
     elif suffix in (".pt", ".pth", ".bin"):
         weight, bias = _load_torch(path, key)
     elif suffix in (".txt", ".csv", ".tsv", ".kernel"):
@@ -165,12 +167,15 @@ def _load_npy_weight(path: Path) -> np.ndarray:
         raise InputError(f"{name_of(path)}: not a readable .npy array ({reason(exc)})") from None
 
 
-def _load_npz(path: Path) -> Mapping[str, Any]:
+def _load_npz(path: Path) -> _LazyTensors:
     name = name_of(path)
+    archive = None
     try:
         archive = np.load(path, allow_pickle=False)
         names = list(archive.files)
     except Exception as exc:
+        if archive is not None:
+            archive.close()
         raise InputError(f"{name}: not a readable .npz archive ({reason(exc)})") from None
 
     def read(key: str) -> np.ndarray:  # only the picked arrays are read
@@ -179,17 +184,28 @@ def _load_npz(path: Path) -> Mapping[str, Any]:
         except Exception as exc:
             raise InputError(f"{name}: not a readable .npz archive ({reason(exc)})") from None
 
-    return _LazyTensors(names, read)
+    return _LazyTensors(names, read, archive.close)
 
 
 class _LazyTensors(Mapping[str, Any]):
     """Tensors by name, each read only when asked for: picking one layer of a large
-    checkpoint must not read (and, for BF16, widen to float64) every other tensor."""
+    checkpoint must not read (and, for BF16, widen to float64) every other tensor.
+    Used as a context manager, it closes the file it reads from on leaving."""
 
-    def __init__(self, names: list[str], read: Callable[[str], Any]) -> None:
+    def __init__(
+        self, names: list[str], read: Callable[[str], Any], close: Callable[[], Any] | None = None
+    ) -> None:
         self._names = names
         self._known = set(names)
         self._read = read
+        self._close = close
+
+    def __enter__(self) -> _LazyTensors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._close is not None:
+            self._close()
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._known:
@@ -206,7 +222,7 @@ class _LazyTensors(Mapping[str, Any]):
         return len(self._names)
 
 
-def _load_safetensors(path: Path) -> Mapping[str, Any]:
+def _load_safetensors(path: Path) -> _LazyTensors:
     name = name_of(path)
     try:
         from safetensors import safe_open
