@@ -710,6 +710,18 @@ def _im_high_pass(p: Mapping[str, Any]) -> tuple[str, str | None]:
     return f"Gaussian:{_im_num(p['radius'])},{_im_num(p['sigma'])}", "-1,1"
 
 
+def _im_zeros(*names: str) -> Callable[[Mapping[str, ParamValue]], Mapping[str, ParamValue]]:
+    """``im_missing`` for parameters that ImageMagick's geometry form sets to 0 when
+    left out (``Gaussian:3`` is a 7x7 identity: sigma 0)."""
+    return lambda given: dict.fromkeys(names, 0.0)
+
+
+def _im_rectangle_missing(given: Mapping[str, ParamValue]) -> Mapping[str, ParamValue]:
+    # IM: "Rectangle:5" is 5x5 and "Rectangle:x4" 4x4 (a missing side is the other)
+    side = given.get("width", given.get("height"))
+    return {} if side is None else {"width": side, "height": side}
+
+
 @dataclass(frozen=True)
 class _Param:
     name: str
@@ -730,6 +742,10 @@ class _Family:
     aliases: tuple[str, ...] = ()
     source: str = "built-in"
     imagemagick: ImSpec | None = None
+    # ImageMagick's values for the parameters its geometry form ("gaussian:3") leaves
+    # out, where they differ from ours: IM takes 0 for a missing number (a sigma of 0 is
+    # its identity), and a missing rectangle side equal to the other
+    im_missing: Callable[[Mapping[str, ParamValue]], Mapping[str, ParamValue]] | None = None
 
 
 def _nonneg(v: float) -> bool:
@@ -774,6 +790,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_gaussian,
         True,
         imagemagick=_im("Gaussian", "radius", "sigma"),
+        im_missing=_im_zeros("sigma"),
     ),
     _Family(
         "blur",
@@ -786,6 +803,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_blur,
         True,
         imagemagick=_im("Blur", "radius", "sigma", "angle"),
+        im_missing=_im_zeros("sigma"),
     ),
     _Family(
         "comet",
@@ -797,6 +815,7 @@ _FAMILIES: tuple[_Family, ...] = (
         ),
         _k_comet,
         True,
+        im_missing=_im_zeros("sigma"),
     ),
     _Family(
         "dog",
@@ -810,6 +829,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_dog,
         False,
         imagemagick=_im("DoG", "radius", "sigma1", "sigma2"),
+        im_missing=_im_zeros("sigma1", "sigma2"),
     ),
     _Family(
         "log",
@@ -821,6 +841,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_log,
         False,
         imagemagick=_im("LoG", "radius", "sigma"),
+        im_missing=_im_zeros("sigma"),
     ),
     _Family(
         "binomial",
@@ -888,6 +909,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_rectangle,
         True,
         imagemagick=_im("Rectangle", "width", "height", scale="!", sep="x"),
+        im_missing=_im_rectangle_missing,
     ),
     _Family(
         "ring",
@@ -899,6 +921,7 @@ _FAMILIES: tuple[_Family, ...] = (
         _k_ring,
         True,
         imagemagick=_im("Ring", "radius1", "radius2", scale="!"),
+        im_missing=_im_zeros("radius2"),
     ),
     _Family(
         "box",
@@ -1177,19 +1200,29 @@ def _parse_args(spec: str, args: str, fam: _Family) -> dict[str, ParamValue]:
     by_key = {_key(p.name): p for p in fam.params}
     if "=" not in args:
         # ImageMagick geometry style: "gaussian:0x2", "laplacian:5", "dog:0,1,2",
-        # "blur:0x1+90" (IM's RxS+X+Y: values in the family's parameter order).
+        # "blur:0x1+90" (IM's RxS+X+Y: values in the family's parameter order), with
+        # IM's values for those left out ("gaussian:3": sigma 0; "gaussian:x2": no
+        # radius), so that the same string gives IM's kernel
         number = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
         items = re.findall(number, args)
         leftover = re.sub(number, "", args)
         if re.sub(r"[xX,\s]", "", leftover):  # ImageMagick takes "0X2" too
             items = [t for t in re.split(r"[,xX]", args) if t.strip()]
-        if len(items) > len(fam.params):
+        first = 1 if args.lstrip()[:1] in ("x", "X", ",") else 0  # no first value
+        if first + len(items) > len(fam.params):
             raise InputError(
-                f"preset {spec!r}: {len(items)} values for {len(fam.params)} parameters; "
-                f"{_describe_params(fam)}"
+                f"preset {spec!r}: {first + len(items)} values for {len(fam.params)} "
+                f"parameters; {_describe_params(fam)}"
             )
-        for param, raw in zip(fam.params, items, strict=False):
-            values[param.name] = _convert(param, raw, spec, fam)
+        given = {
+            param.name: _convert(param, raw, spec, fam)
+            for param, raw in zip(fam.params[first:], items, strict=False)
+        }
+        if fam.im_missing is not None:
+            for name, value in fam.im_missing(given).items():
+                if name not in given:
+                    values[name] = value
+        values.update(given)
         return values
     seen: set[str] = set()
     for item in args.split(","):
@@ -1236,7 +1269,9 @@ def get_preset(spec: str) -> Preset:
     """Build a preset from ``NAME[:key=value,...]`` (or a path to a user TOML file).
 
     ImageMagick's positional form is accepted too (``gaussian:0x2``, ``laplacian:5``,
-    ``sobel:90``), and names ignore case and separators (``FreiChen``, ``DoG``).
+    ``sobel:90``), with ImageMagick's meaning for the values it leaves out (0, so that
+    ``gaussian:3`` is IM's 7x7 identity, sigma 0; ``rectangle:5`` is 5x5), and names
+    ignore case and separators (``FreiChen``, ``DoG``).
 
     Raises
     ------

@@ -120,6 +120,33 @@ def test_imagemagick_command_gives_our_result(spec, noise16, tmp_path):
         assert np.abs(convolved - _ours(x, k)).max() > 0.05, spec
 
 
+_IM_NAMES = {"gaussian": "Gaussian", "blur": "Blur", "comet": "Comet", "dog": "DoG",
+             "log": "LoG", "rectangle": "Rectangle", "ring": "Ring"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["gaussian:3", "gaussian:2x0.8", "blur:3", "blur:4x1.5", "comet:3", "comet:4,1.5",
+     "dog:3", "dog:3,1", "dog:0,1", "log:3", "log:0,1", "rectangle:5", "rectangle:x4",
+     "rectangle:5x2", "ring:2", "ring:3,1.5"],
+)  # fmt: skip
+def test_imagemagick_geometry_string_gives_imagemagicks_kernel(spec, noise16, tmp_path):
+    """The string a user types in IM's geometry form, given to IM itself, gives our
+    result: parameters left out mean what IM takes for them."""
+    cmd = _need_im()
+    src, x = noise16
+    p = cp.get_preset(spec)
+    name, _, args = spec.partition(":")
+    # IM's own shape kernels sum their ones; ours average (IM's "!" scale, as above)
+    define = ["-define", "convolve:scale=!"] if name in ("rectangle", "ring") else []
+    im_args = [*define, "-morphology", "Correlate", f"{_IM_NAMES[name]}:{args}"]
+    got = _magick(cmd, src, im_args, tmp_path / "u.png")
+    want = _ours(x, p.kernel)
+    if got.shape[0] == 1:  # IM writes gray where the channels came out equal (dog:3: 0)
+        got = np.broadcast_to(got, want.shape)
+    np.testing.assert_allclose(got, want, atol=1e-4, err_msg=spec)
+
+
 @pytest.mark.parametrize("preset", ["sobel", "emboss", "comet"])
 def test_cli_matches_imagemagick_correlate_and_flip_matches_convolve(preset, tmp_path):
     """The user's view: `convcli apply` vs `convert ... -morphology Correlate NAME`

@@ -403,6 +403,32 @@ def test_spec_forms_and_names():
     with pytest.raises(InputError, match="is invalid"):
         cp.get_preset("gaussian:0xabc")
     assert cp.get_preset(" gaussian : sigma = 2 ").params["sigma"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "params"),
+    [
+        ("gaussian:3", {"radius": 3.0, "sigma": 0.0}),
+        ("gaussian:x2", {"radius": 0.0, "sigma": 2.0}),
+        ("blur:3", {"radius": 3.0, "sigma": 0.0, "angle": 0.0}),
+        ("comet:3", {"width": 3.0, "sigma": 0.0, "angle": 0.0}),
+        ("dog:3,1", {"radius": 3.0, "sigma1": 1.0, "sigma2": 0.0}),
+        ("log:3", {"radius": 3.0, "sigma": 0.0}),
+        ("rectangle:5", {"width": 5, "height": 5}),
+        ("rectangle:x4", {"width": 4, "height": 4}),
+        ("ring:2", {"radius1": 2.0, "radius2": 0.0}),
+        # the key=value form and the bare name keep convcli's defaults
+        ("gaussian:radius=3", {"radius": 3.0, "sigma": 1.0}),
+        ("rectangle:width=5", {"width": 5, "height": 3}),
+        ("ring", {"radius1": 2.5, "radius2": 3.5}),
+    ],
+)
+def test_imagemagick_geometry_leaves_out_what_imagemagick_does(spec, params):
+    """IM's geometry form gives a value left out IM's meaning (0; a rectangle's other
+    side), not convcli's default: ``gaussian:3`` took sigma 1 where IM's Gaussian:3 is
+    the identity, ``rectangle:5`` was 5x3 where IM's is 5x5 (test_imagemagick runs IM
+    on these strings)."""
+    assert cp.get_preset(spec).params == params
     p = cp.get_preset("motion-blur:length=15,angle=30")
     assert p.params == {"length": 15.0, "angle": 30.0} and p.normalized
 
