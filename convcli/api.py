@@ -440,6 +440,11 @@ def conv2d(
         A NaN or inf in the input reaches the outputs whose window holds it, as in
         torch's direct sum, whatever the algorithm (an FFT or Winograd result holding
         one is recomputed by NumPy's gemm), and NumPy's floating-point warnings are off.
+        A NaN or inf *weight* reaches every output its tap multiplies; where that tap
+        falls on zero padding (``0 * inf`` is NaN) torch itself answers by the kernel it
+        picks, multiplying the zeros on some shapes and skipping them on others, and so
+        do convcli's algorithms: those outputs may be NaN in one and finite or inf in
+        the other.
 
     Examples
     --------
