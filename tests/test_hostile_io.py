@@ -136,7 +136,8 @@ def _layouts() -> dict[str, tuple[PILImage.Image, dict]]:
 @pytest.mark.parametrize("layout", sorted(_layouts()))
 def test_png_reads_as_pillow_decodes_it(tmp_path, layout):
     """libpng replaced Pillow for 8-bit PNG: the same samples (EXIF/XMP orientation
-    applied, palettes expanded, colour keys ignored) and the same frame count."""
+    applied, palettes expanded, a gray or RGB colour key as the alpha Pillow's
+    conversion makes of it) and the same frame count."""
     pim, options = _layouts()[layout]
     path = tmp_path / "x.png"
     pim.save(path, **options)
@@ -147,6 +148,8 @@ def test_png_reads_as_pillow_decodes_it(tmp_path, layout):
         if expect.mode in ("1", "P"):
             has_alpha = "transparency" in expect.info and expect.mode == "P"
             expect = expect.convert("RGBA" if has_alpha else "RGB" if expect.mode == "P" else "L")
+        elif expect.info.get("transparency") is not None:  # a colour key: alpha 0 there
+            expect = expect.convert(expect.mode + "A")
     im = cio.read_image(path)
     a = np.asarray(expect)
     a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)

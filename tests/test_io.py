@@ -241,6 +241,38 @@ def test_palette_and_transparency(tmp_path):
     assert im.mode == "RGBA" and im.has_alpha
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_png_colour_key_is_alpha_at_every_depth(tmp_path, mode, bits):
+    """A tRNS colour key on gray or RGB is transparency, as libvips, OpenCV and
+    ImageMagick read it: at 8 bits it was dropped (16 bits kept it), so `apply` wrote
+    the keyed pixels opaque."""
+    rng = np.random.default_rng(5)
+    top = 255 if bits == 8 else 65535
+    dtype = np.uint8 if bits == 8 else np.uint16
+    shape = (6, 7) if mode == "L" else (6, 7, 3)
+    a = rng.integers(0, top + 1, shape).astype(dtype)
+    key = (9,) * (1 if mode == "L" else 3)
+    a[1, 2] = a[4, 5] = key[0] if mode == "L" else key
+    keyed = (a == np.array(key, dtype)).reshape(6, 7, -1).all(axis=2)
+    # the file written by libpng itself, with its tRNS chunk
+    import imagecodecs
+
+    blob = bytearray(imagecodecs.png_encode(a))
+    chunk = b"".join(int(v).to_bytes(2, "big") for v in key)
+    crc = zlib.crc32(b"tRNS" + chunk).to_bytes(4, "big")
+    at = blob.index(b"IDAT") - 4
+    blob[at:at] = len(chunk).to_bytes(4, "big") + b"tRNS" + chunk + crc
+    path = tmp_path / "k.png"
+    path.write_bytes(bytes(blob))
+    im = cio.read_image(path)
+    assert im.mode == mode + "A" and im.has_alpha and im.bit_depth == bits
+    np.testing.assert_array_equal(im.data[-1] == 0, keyed)
+    assert (im.data[-1][~keyed] == 1).all()
+    colours = a.reshape(6, 7, -1).transpose(2, 0, 1).astype(np.float32) / top
+    np.testing.assert_array_equal(im.data[:-1], colours)
+
+
 def test_cmyk_and_la(tmp_path):
     rgb = sample("coffee.png").convert("RGB")
     cmyk = rgb.convert("CMYK")

@@ -556,6 +556,8 @@ def _from_pil(im: Any, path: Path) -> Native:
         im = im.convert("RGBA" if has_alpha else "RGB")
     elif mode == "La":
         im = im.convert("LA")
+    elif mode in ("L", "RGB") and im.info.get("transparency") is not None:
+        im = im.convert(mode + "A")  # a colour key: alpha 0 where a pixel has its value
     elif mode in ("RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
         im = im.convert("RGBA" if mode == "RGBa" else "RGB")
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
@@ -595,32 +597,24 @@ def _orient_native(native: Native, orientation: int) -> Native:
 # ----------------------------------------------------------------------------- PNG
 
 
-def _png_header(blob: bytes) -> tuple[int, int, bool, int]:
-    """From the chunks before the first IDAT: the bit depth, colour type, whether a tRNS
-    chunk is there, and the frames Pillow counts (1 for a still PNG; an APNG's acTL
-    count, plus the default image when no fcTL comes before IDAT, which is then a
-    frame of its own). (-1, -1, False, 1) for a broken chunk list (libpng then says
-    what is wrong)."""
-    depth = colour = -1
-    trns, frames, control_first = False, None, False
+def _png_frames(blob: bytes) -> int:
+    """The frames Pillow counts, from the chunks before the first IDAT: 1 for a still
+    PNG; an APNG's acTL count, plus the default image when no fcTL comes before IDAT,
+    which is then a frame of its own. 1 for a broken chunk list (libpng then says what
+    is wrong)."""
+    frames, control_first = None, False
     pos = 8
     while pos + 8 <= len(blob):
         size, kind = int.from_bytes(blob[pos : pos + 4], "big"), blob[pos + 4 : pos + 8]
         if kind == b"IDAT" or pos + 12 + size > len(blob):
             break  # image data, or a chunk cut short (libpng says so)
-        if kind == b"IHDR" and size >= 13:
-            depth, colour = blob[pos + 16], blob[pos + 17]
-        elif kind == b"tRNS":
-            trns = True
-        elif kind == b"acTL" and size >= 8:
+        if kind == b"acTL" and size >= 8:
             count = int.from_bytes(blob[pos + 8 : pos + 12], "big")
             frames = count if 0 < count <= 0x80000000 else None  # Pillow ignores others
         elif kind == b"fcTL":
             control_first = True
         pos += 12 + size
-    if frames is None:
-        return depth, colour, trns, 1
-    return depth, colour, trns, frames + (not control_first)
+    return 1 if frames is None else frames + (not control_first)
 
 
 def _read_png(path: Path, max_pixels: int | None) -> Native:
@@ -630,8 +624,9 @@ def _read_png(path: Path, max_pixels: int | None) -> Native:
     the IDAT stream ends early. Pillow would also truncate 16-bit colour to 8 bits.
 
     Palette images become RGB, or RGBA with a tRNS chunk; gray below 8 bits is scaled to
-    0-255, as Pillow does. A tRNS colour key becomes an alpha channel at 16 bits; at 8
-    bits and below it is ignored, as Pillow leaves it."""
+    0-255, as Pillow does. A tRNS colour key on gray or RGB becomes an alpha channel (0
+    where a pixel has the key's value), at every bit depth, as libvips, OpenCV and
+    ImageMagick read it (Pillow leaves it in ``info`` and the pixels opaque)."""
     import imagecodecs
 
     name = name_of(path)
@@ -642,7 +637,7 @@ def _read_png(path: Path, max_pixels: int | None) -> Native:
     if blob[12:16] == b"IHDR":  # the header's size, before anything is decoded
         width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
         _check_pixels(name, width * height, max_pixels)
-    depth, colour, trns, frames = _png_header(blob)
+    frames = _png_frames(blob)
     notes: list[str] = []
     try:
         with _codec_notes(notes):
@@ -656,8 +651,6 @@ def _read_png(path: Path, max_pixels: int | None) -> Native:
         raise InputError(f"{name}: cannot decode image ({codec_reason(exc)})") from None
     if samples.ndim == 2:
         samples = samples[..., None]
-    if trns and depth <= 8 and colour in (0, 2):
-        samples = samples[..., :-1]  # libpng's alpha from the colour key (see above)
     channels = samples.shape[2]
     if channels not in (1, 2, 3, 4) or samples.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{name}: unsupported PNG layout ({samples.dtype}, {channels} channels)")

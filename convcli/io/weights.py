@@ -261,7 +261,7 @@ def _load_safetensors(path: Path) -> _LazyTensors:
         except Exception as exc:
             raise InputError(f"{name}: not a readable .safetensors file ({reason(exc)})") from None
 
-    return _LazyTensors(names, read)
+    return _LazyTensors(names, read, lambda: handle.__exit__(None, None, None))
 
 
 # safetensors dtypes that safetensors.numpy cannot load (no NumPy dtype)
