@@ -756,7 +756,13 @@ def run_files_suite(
     repeat : int
         Timed runs per system (after a warm-up run), the systems taking turns.
     work_dir : path, optional
-        Where inputs and outputs go (a temporary folder, removed afterwards, if None).
+        Where inputs and outputs go (a temporary folder, removed afterwards, if None):
+        a new or empty folder, or one an earlier run made (its inputs are reused).
+
+    Raises
+    ------
+    InputError
+        If ``work_dir`` holds files an earlier run did not make, or cannot be made.
     only : sequence of str
         Workloads to run, by id (``F3``) or kind (``photo``, ``tiff16``, ``tiled``,
         ``folder``, ``png``: ids move with the number of photo sizes); all if empty.
@@ -783,8 +789,31 @@ def run_files_suite(
         with tempfile.TemporaryDirectory(prefix="convcli-bench-files-") as tmp:
             return _run_all(chosen, Path(tmp), backends, compare, repeat, say)
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    _claim_work_dir(work)
     return _run_all(chosen, work, backends, compare, repeat, say)
+
+
+# names the suite itself writes in a work folder (inputs kept, outputs replaced and
+# removed): a folder it did not make may hold the user's files under the same names
+_WORK_MARK = ".convcli-bench-files"
+
+
+def _claim_work_dir(work: Path) -> None:
+    """Make ``work`` (or take one this suite made before, kept inputs and all); refuse
+    a folder with other files in it, whose names the suite's own could be."""
+    from convcli.errors import InputError
+
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        mark = work / _WORK_MARK
+        if not mark.is_file() and any(work.iterdir()):
+            raise InputError(
+                f"{work}: the work folder holds files this suite did not make (it writes "
+                "and removes files of its own names there); give a new or empty folder"
+            )
+        mark.touch()
+    except OSError as exc:
+        raise InputError(f"{work}: cannot use as the work folder ({exc.strerror})") from None
 
 
 def _run_all(

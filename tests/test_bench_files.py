@@ -386,3 +386,26 @@ def test_bench_with_nothing_to_time_is_a_usage_error(suite, tmp_path):
     assert r.exit_code == 2
     assert "--backend and --compare are both empty: nothing to time" in r.output
     assert not out.exists()
+
+
+def test_a_work_folder_with_the_users_files_is_refused_untouched(tmp_path):
+    """`--workdir DIR` wrote and deleted files of the suite's fixed names in whatever
+    folder it was given: a user's file of such a name was lost. A folder holding files
+    the suite did not make is refused before anything is written; a new folder, and one
+    a run made before, are taken."""
+    from convcli.errors import InputError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "F5-convcli.png").write_bytes(b"the user's own")
+    with pytest.raises(InputError, match="holds files this suite did not make"):
+        bf.run_files_suite(work_dir=mine, only=["png"], backends=("numpy",), compare=())
+    assert sorted(p.name for p in mine.iterdir()) == ["F5-convcli.png"]
+    assert (mine / "F5-convcli.png").read_bytes() == b"the user's own"
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # made, then taken again with its kept inputs
+        rows = bf.run_files_suite(
+            work_dir=fresh, only=["png"], backends=("numpy",), compare=(), repeat=1
+        )
+        assert rows and all(r.ok for r in rows)
+    assert (fresh / ".convcli-bench-files").is_file()

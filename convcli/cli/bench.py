@@ -107,7 +107,8 @@ def _cnn_networks(layers: str | None) -> list[str]:
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
-    help="files suite: keep inputs and outputs here instead of a temporary folder.",
+    help="files suite: keep inputs and outputs here instead of a temporary folder (a new "
+    "or empty folder, or one an earlier run made: its inputs are reused).",
 )
 @click.option(
     "--only",
