@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from convcli import bench
+from convcli.errors import InputError
 
 # A first run quicker than this is a warm-up (page cache, imports); a slower one counts.
 WARMUP_MAX_S = 5.0
@@ -758,11 +759,6 @@ def run_files_suite(
     work_dir : path, optional
         Where inputs and outputs go (a temporary folder, removed afterwards, if None):
         a new or empty folder, or one an earlier run made (its inputs are reused).
-
-    Raises
-    ------
-    InputError
-        If ``work_dir`` holds files an earlier run did not make, or cannot be made.
     only : sequence of str
         Workloads to run, by id (``F3``) or kind (``photo``, ``tiff16``, ``tiled``,
         ``folder``, ``png``: ids move with the number of photo sizes); all if empty.
@@ -774,6 +770,11 @@ def run_files_suite(
     list of FilesRow
         Per workload: convcli rows, then peers. ``ratio`` on convcli rows is the fastest
         correct peer's median time over ours (above 1 = convcli faster).
+
+    Raises
+    ------
+    InputError
+        If ``work_dir`` holds files an earlier run did not make, or cannot be made.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
@@ -801,8 +802,6 @@ _WORK_MARK = ".convcli-bench-files"
 def _claim_work_dir(work: Path) -> None:
     """Make ``work`` (or take one this suite made before, kept inputs and all); refuse
     a folder with other files in it, whose names the suite's own could be."""
-    from convcli.errors import InputError
-
     try:
         work.mkdir(parents=True, exist_ok=True)
         mark = work / _WORK_MARK

@@ -1219,10 +1219,8 @@ def _parse_args(spec: str, args: str, fam: _Family) -> dict[str, ParamValue]:
             for param, raw in zip(fam.params[first:], items, strict=False)
         }
         if fam.im_missing is not None:
-            for name, value in fam.im_missing(given).items():
-                if name not in given:
-                    values[name] = value
-        values.update(given)
+            values.update(fam.im_missing(given))
+        values.update(given)  # what was given wins over both defaults
         return values
     seen: set[str] = set()
     for item in args.split(","):

@@ -325,16 +325,16 @@ def _load_torch(path: Path, key: str | None) -> tuple[Any, Any]:
         ) from None
     import zipfile
 
+    is_zip = zipfile.is_zipfile(path)  # torch.save writes zip archives since 1.6
     try:
-        # a zip archive (torch.save's format since 1.6) is mapped, not read: picking one
-        # layer of a large checkpoint reads that layer's tensors only (a 528 MB file:
-        # 3.1 s and 725 MB peak read whole; mapped, see the commit); the legacy format
-        # cannot be mapped and is read whole
-        mapped = {"mmap": True} if zipfile.is_zipfile(path) and _torch_maps() else {}
+        # a zip archive is mapped, not read: picking one layer of a large checkpoint
+        # reads that layer's tensors only (a 528 MB file: 725 MB peak read whole, 221
+        # mapped); the legacy format cannot be mapped and is read whole
+        mapped = {"mmap": True} if is_zip and _torch_maps() else {}
         obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, **mapped)
     except Exception as exc:  # pickle, zip and torch errors of every kind
         text = reason(exc)
-        if not zipfile.is_zipfile(path):  # torch.save writes zip archives since 1.6
+        if not is_zip:
             raise InputError(f"{name}: not a readable torch file (not a zip archive)") from None
         if "unsupported operand" in str(exc).lower():  # e.g. FRAME (149) of protocol >= 4
             raise InputError(
