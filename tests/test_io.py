@@ -1130,6 +1130,22 @@ def test_miniswhite_tiff(tmp_path):
     np.testing.assert_array_equal(np.rint(im.data[1] * 65535), w[..., 1])
 
 
+@pytest.mark.parametrize("dtype", ["int16", "int32", "uint32", "float32", "float64"])
+def test_miniswhite_tiff_of_every_sample_type(tmp_path, dtype):
+    """0 is white for signed, wide and float samples too: each reads as the same file
+    stored MinIsBlack, inverted (the largest value of the type, or 1.0, minus it)."""
+    import tifffile
+
+    g = np.random.default_rng(5).random((9, 11))
+    a = g.astype(dtype) if dtype.startswith("f") else (g * np.iinfo(dtype).max).astype(dtype)
+    tifffile.imwrite(tmp_path / "w.tif", a, photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "b.tif", a, photometric="minisblack")
+    white, black = cio.read_image(tmp_path / "w.tif"), cio.read_image(tmp_path / "b.tif")
+    assert white.mode == black.mode and white.data.shape == (1, 9, 11)
+    np.testing.assert_allclose(white.data, 1 - black.data, rtol=0, atol=1e-6)
+    assert white.data.min() < 0.2 and white.data.max() > 0.8
+
+
 def test_palette_tiff(tmp_path):
     pal = sample("coffee.png").convert("RGB").quantize(16)
     pal.save(tmp_path / "p.tif")

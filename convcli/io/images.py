@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -663,6 +664,22 @@ def _read_png(path: Path, max_pixels: int | None) -> Native:
     return _orient_native(native, _png_exif_orientation(blob, notes))
 
 
+def png_head(path: Path) -> bytes:
+    """A PNG file's signature and chunks up to its first IDAT (what Pillow parses when
+    it opens the file), read without the image data, and then an empty IDAT chunk for
+    a parser to stop at; stops early at a broken chunk."""
+    parts = []
+    with open(path, "rb") as fh:
+        parts.append(fh.read(8))
+        while True:
+            head = fh.read(8)
+            if len(head) < 8 or head[4:8] == b"IDAT":
+                break
+            body = fh.read(int.from_bytes(head[:4], "big") + 4)  # data and CRC
+            parts += (head, body)
+    return b"".join(parts) + b"\0\0\0\0IDAT" + zlib.crc32(b"IDAT").to_bytes(4, "big")
+
+
 def _png_exif_orientation(blob: bytes, notes: list[str]) -> int:
     """The orientation Pillow's ``exif_transpose`` finds in a PNG: an eXIf chunk, else
     ImageMagick's "Raw profile type exif" text, else an XMP ``tiff:Orientation``, from
@@ -810,6 +827,9 @@ def _tiff_native(page: Any, samples: np.ndarray, name: str) -> Native:
             data = np.ascontiguousarray(chw, dtype=np.float32)
         if not np.isfinite(data).all():
             raise InputError(f"{name}: float image contains NaN or Inf")
+        if photometric == _MINISWHITE:  # 0 is white, 1 black (the gray channel only)
+            data = data if data.flags.writeable and data is not chw else data.copy()
+            data[0] = 1 - data[0]
         mode = "F" if channels == 1 else f"F{channels}"
         return _native(data, None, mode, 32, has_alpha, channels_last=False)
     if kind in "bu" and bits <= 16:
@@ -832,6 +852,9 @@ def _tiff_native(page: Any, samples: np.ndarray, name: str) -> Native:
             stated = int(np.max(np.atleast_1d(declared.value)))
             if 0 < stated < top:
                 top = float(stated)
+        if photometric == _MINISWHITE:  # 0 is white, top black (the gray channel only)
+            chw = chw.astype(np.float64)
+            chw[0] = top - chw[0]
         if bits > 16:
             mode = "F" if channels == 1 else f"F{channels}"
             return _native(chw, top, mode, 32, has_alpha, channels_last=False)
