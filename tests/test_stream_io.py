@@ -198,6 +198,38 @@ def test_png_exif_orientation(tmp_path):
 
 
 @vips_only
+@pytest.mark.parametrize("orientation", [3, 6])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_raw_profile_orientation(tmp_path, orientation, bits):
+    """ImageMagick's "Raw profile type exif" text holds the orientation Pillow applies:
+    the streaming reader (libvips, which reads no orientation there) turns the image as
+    the whole-image reader does."""
+    from PIL import PngImagePlugin
+
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(body):8d}\n{body.hex()}\n", zip=True)
+    a = np.random.default_rng(orientation).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = tmp_path / "o.png"
+    if bits == 8:
+        PILImage.fromarray(a).save(path, pnginfo=text)
+    else:  # Pillow writes no 16-bit colour: libpng's file, the text chunk put before IDAT
+        cio.write_image(path, np.moveaxis(a, -1, 0) / 255.0, bit_depth=16)
+        with PILImage.open(tmp_path / "o.png") as im:
+            im.save(tmp_path / "t.png", pnginfo=text)  # only to get the chunk's bytes
+        chunks = (tmp_path / "t.png").read_bytes()
+        start = chunks.index(b"zTXt") - 4
+        end = start + 12 + int.from_bytes(chunks[start : start + 4], "big")
+        blob = path.read_bytes()
+        at = blob.index(b"IDAT") - 4
+        path.write_bytes(blob[:at] + chunks[start:end] + blob[at:])
+    src = assert_same(path)
+    assert (src.info.height, src.info.width) == ((30, 20) if orientation >= 5 else (20, 30))
+
+
+@vips_only
 def test_png16_exif_orientation(tmp_path):
     """An eXIf chunk in a 16-bit PNG (read_image: libpng + Pillow's EXIF parser)."""
     path = cio.write_image(

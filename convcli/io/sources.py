@@ -440,7 +440,12 @@ def _open_vips(
             fail_on = "warning" if kind == "jpeg" else "truncated"
             image = _vips_load(pyvips, path, access="sequential", fail_on=fail_on)
             fields = set(image.get_fields())
-            orientation = _vips_orientation(image, fields)
+            if kind == "png":
+                # as the whole-image reader finds it (libvips reads no orientation from
+                # ImageMagick's "Raw profile type exif" text)
+                orientation = _im._png_exif_orientation(_im.png_head(path), notes)
+            else:
+                orientation = _vips_orientation(image, fields)
             if "exif-data" in fields:
                 # Pillow's parse of the same block: its warnings about a corrupt one
                 # become notes, as the whole-image reader gives them
