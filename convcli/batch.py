@@ -1077,6 +1077,20 @@ def _result_channels(c_out: int, channels: int, has_alpha: bool, alpha: str) -> 
     return c_out
 
 
+def _result_alpha(src: Path, info: stream.ImageInfo, c_out: int, alpha: str) -> bool | None:
+    """Whether the result's last channel is the image's alpha (``target_for``'s
+    ``alpha``): True where the input's alpha is carried into it; False where the result
+    is an image file's own channels and the reader found no alpha among them (a TIFF's
+    extra channel declared not alpha); None where nothing says (an .npy, or a layer
+    that makes other channels than it takes)."""
+    if info.has_alpha:
+        carried = alpha in _ALPHA_KEPT_OR_FILTERED
+        return True if carried or (alpha == "filter" and c_out == info.channels) else None
+    if c_out == info.channels and src.suffix.lower() != ".npy":
+        return False
+    return None
+
+
 def _conv_reason(exc: BaseException, job: pipeline.ImageJob, engine: Engine) -> str | BaseException:
     """What a failed convolution reports (the exception itself for a LimitError, so
     the front end can word it)."""
@@ -1142,6 +1156,7 @@ def _process(
         depth,
         out.quality,
         out.subsampling_for(task.src, task.dst, info.jpeg),
+        _result_alpha(task.src, info, spec.c_out, alpha),
     )
     overflow = [0, 0]  # values that are inf or NaN, values
 
@@ -1464,8 +1479,9 @@ class _SmallPath:
         map_it = (suffix == ".npy" and not out.raw_npy) or (suffix != ".npy" and not plain_clip)
         # raises (a format that cannot hold the result) for every file: not kept
         target, bits, drop = pipeline.target_for(
-            task.dst, channels, spec.h_out, spec.w_out, depth, out.quality, sampling
-        )
+            task.dst, channels, spec.h_out, spec.w_out, depth, out.quality, sampling,
+            _result_alpha(task.src, info, spec.c_out, job.alpha),
+        )  # fmt: skip
         step = None
         if not drop and not (map_it and out.out_map == "normalize"):
             step = pipeline.native_step(

@@ -413,11 +413,14 @@ def target_for(
     bit_depth: int,
     quality: int,
     subsampling: str | None = None,
+    alpha: bool | None = None,
 ) -> tuple[stream.Target, int, bool]:
     """The sink's :class:`~convcli.io.stream.Target` for a result of ``channels``, the
     bits it is rounded to (0: float32 samples), and whether its last channel (alpha) is
     dropped; raises InputError as :func:`convcli.io.write_image` does. ``subsampling``:
-    a colour JPEG's chroma subsampling (None: by quality)."""
+    a colour JPEG's chroma subsampling (None: by quality). ``alpha``: whether the
+    result's last channel is alpha (None: 2 and 4 channels end in alpha), as
+    ``write_image``'s ``has_alpha``."""
     name = name_of(dst)
     fmt = output_format(dst)
     if 0 in (channels, height, width):
@@ -431,9 +434,10 @@ def target_for(
     if fmt == "TIFF":
         bits = 0 if bit_depth == 32 else bit_depth
         dtype = np.float32 if bits == 0 else np.uint8 if bits == 8 else np.uint16
-        target = stream.Target(fmt, height, width, channels, np.dtype(dtype), channels in (2, 4))
+        has_alpha = channels in (2, 4) and alpha is not False
+        target = stream.Target(fmt, height, width, channels, np.dtype(dtype), has_alpha)
         return target, bits, False
-    channels, drop = stored_channels(name, fmt, channels)
+    channels, drop = stored_channels(name, fmt, channels, alpha)
     bits = 16 if fmt == "PNG" and bit_depth == 16 else 8
     dtype = np.uint8 if bits == 8 else np.uint16
     has_alpha = channels in (2, 4)

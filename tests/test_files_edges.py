@@ -190,3 +190,42 @@ def test_ome_zarr_axes_that_do_not_match_level0_are_one_error(tmp_path):
     with pytest.raises(InputError, match=match):
         convcli.zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", np.ones((1, 1, 1, 1)))
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("side", [24, 2400])  # the small-image path and the strip pipeline
+def test_a_tiff_channel_declared_not_alpha_is_not_written_as_alpha(tmp_path, side):
+    """RGB + an extra channel whose ExtraSamples says "unspecified" is read without
+    alpha and filtered as a channel, but was written as alpha: a PNG or WebP came out
+    transparent where that channel is 0, a TIFF's ExtraSamples became 2, a JPEG
+    dropped the channel without a word. A TIFF now keeps the declaration, and formats
+    that hold no such channel refuse it in one line, writing nothing."""
+    import tifffile
+
+    a = np.random.default_rng(side).integers(0, 256, (side, side + 7, 4), dtype=np.uint8)
+    a[..., 3] = 0
+    tifffile.imwrite(tmp_path / "rgbx.tif", a, photometric="rgb", extrasamples=[0])
+    res = convcli("apply", "rgbx.tif", "--kernel", "1", "-o", "out.tif", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert tuple(int(e) for e in tif.pages[0].extrasamples) == (0,)
+        np.testing.assert_array_equal(tif.asarray(), a)
+    for suffix, line in [
+        ("png", "4 channels without alpha fit no PNG image mode"),
+        ("webp", "4 channels without alpha fit no WEBP image mode"),
+        ("jpg", "4 channels cannot be stored as JPEG"),
+    ]:
+        res = convcli("apply", "rgbx.tif", "--kernel", "1", "-o", f"out.{suffix}", cwd=tmp_path)
+        assert res.returncode == 1
+        assert res.stderr == (
+            f"convcli: error: out.{suffix}: {line}; write .npy or .tif instead\n"
+        ), res.stderr
+        assert not (tmp_path / f"out.{suffix}").exists()
+    # an image with alpha, and an RGB image through a layer making 4 channels, keep
+    # ending in alpha
+    rgba = a.copy()
+    rgba[..., 3] = 200
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=[2])
+    res = convcli("apply", "rgba.tif", "--kernel", "1", "--alpha", "filter", "-o", "a.png",
+                  cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert cio.read_image(tmp_path / "a.png").mode == "RGBA"
