@@ -437,6 +437,8 @@ def target_for(
         has_alpha = channels in (2, 4) and alpha is not False
         target = stream.Target(fmt, height, width, channels, np.dtype(dtype), has_alpha)
         return target, bits, False
+    if alpha is None and fmt in ("JPEG", "BMP"):
+        alpha = False  # a channel no one called alpha is not dropped unasked: refused
     channels, drop = stored_channels(name, fmt, channels, alpha)
     bits = 16 if fmt == "PNG" and bit_depth == 16 else 8
     dtype = np.uint8 if bits == 8 else np.uint16

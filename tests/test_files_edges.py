@@ -229,3 +229,28 @@ def test_a_tiff_channel_declared_not_alpha_is_not_written_as_alpha(tmp_path, sid
                   cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert cio.read_image(tmp_path / "a.png").mode == "RGBA"
+
+
+@pytest.mark.parametrize("c_out", [2, 4])
+@pytest.mark.parametrize("suffix", ["jpg", "bmp"])
+def test_a_computed_channel_is_not_dropped_into_jpeg_or_bmp(tmp_path, c_out, suffix):
+    """A layer making 2 or 4 channels of an RGB image wrote a JPEG or BMP of 1 or 3,
+    the last computed channel dropped as if it were alpha, exit 0 and no word (a
+    5-channel result was refused). Now refused alike; PNG keeps taking such a last
+    channel as alpha (LA, RGBA), as write_image does."""
+    rng = np.random.default_rng(c_out)
+    (tmp_path / "a.png").write_bytes(
+        imagecodecs.png_encode(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    )
+    np.save(tmp_path / "w.npy", rng.random((c_out, 3, 3, 3)).astype(np.float32) / 27)
+    res = convcli("apply", "a.png", "--weights", "w.npy", "-o", f"o.{suffix}", cwd=tmp_path)
+    kind = "JPEG" if suffix == "jpg" else "BMP"
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"convcli: error: o.{suffix}: {c_out} channels cannot be stored as {kind}; "
+        "write .npy or .tif instead\n"
+    ), res.stderr
+    assert not (tmp_path / f"o.{suffix}").exists()
+    res = convcli("apply", "a.png", "--weights", "w.npy", "-o", "o.png", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert cio.read_image(tmp_path / "o.png").mode == ("LA" if c_out == 2 else "RGBA")
