@@ -79,6 +79,7 @@ from convcli.errors import (
 from convcli.filters import Filter, check_out_pixels
 from convcli.io import stream
 from convcli.io._common import reason as one_line_reason
+from convcli.io._common import resolved
 from convcli.io.jpeg import JpegHeader
 from convcli.io.publish import special_kind
 from convcli.runinfo import RunInfo
@@ -408,12 +409,12 @@ class _Resolver:
     def __call__(self, path: Path) -> Path:
         name = path.name
         if name in ("", ".", ".."):
-            return path.resolve()
+            return resolved(path)
         folder = self._folders.get(path.parent)
         if folder is None:
-            folder = self._folders[path.parent] = path.parent.resolve()
+            folder = self._folders[path.parent] = resolved(path.parent)
         full = folder / name
-        return full.resolve() if os.path.islink(full) else full
+        return resolved(full, path) if os.path.islink(full) else full
 
 
 def _same_file(a: Path, b: Path, resolve: _Resolver | None = None) -> bool:
@@ -558,8 +559,8 @@ def list_inputs(
     parts = tuple(p for p in parts if p != "**")
     # only what lies inside in_dir: an output folder that holds in_dir (batch photos .)
     # would otherwise exclude every input ("no images found", exit 0)
-    top = root.resolve()
-    excluded = [e for e in (Path(p).resolve() for p in exclude) if _is_within(e, top)]
+    top = resolved(root)
+    excluded = [e for e in (resolved(p) for p in exclude) if _is_within(e, top)]
     files: list[Path] = []
 
     def walk(folder: Path, rel: tuple[str, ...]) -> None:
@@ -585,14 +586,14 @@ def list_inputs(
                 continue
             if is_dir:
                 deeper = any_depth or len(sub) < len(parts)
-                if deeper and not any(_is_within(path.resolve(), ex) for ex in excluded):
+                if deeper and not any(_is_within(resolved(path), ex) for ex in excluded):
                     walk(path, sub)
                 continue
             if not is_file or not _matches(sub, parts, any_depth):
                 continue
             if glob is None and path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if excluded and any(_is_within(path.resolve(), ex) for ex in excluded):
+            if excluded and any(_is_within(resolved(path), ex) for ex in excluded):
                 continue
             files.append(path)
 
@@ -620,7 +621,7 @@ def plan_batch(
         If ``in_dir`` is not a folder or ``out_dir`` is the same folder.
     """
     src_root, dst_root = Path(in_dir), Path(out_dir)
-    if src_root.is_dir() and dst_root.resolve() == src_root.resolve():
+    if src_root.is_dir() and resolved(dst_root) == resolved(src_root):
         raise InputError(
             f"{dst_root}: the output folder must differ from the input folder "
             "(outputs would mix with inputs)"

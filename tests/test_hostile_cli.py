@@ -287,3 +287,29 @@ def test_a_device_that_does_not_exist_is_named_under_auto(tmp_path):
     ref = sum(padded[i : i + 9, j : j + 11] for i in range(3) for j in range(3)) / 9
     got = np.asarray(Image.open(out), dtype=np.float64)
     assert np.abs(got - ref).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["apply", "l1.png", "--preset", "box", "-o", "o.png"], "l1.png"),
+        (["apply", "a.png", "--preset", "box", "-o", "l1.png"], "l1.png"),
+        (["apply", "a.png", "--preset", "box", "-o", "d1/"], "d1"),
+        (["batch", "in", "d1", "--preset", "box"], "d1"),
+    ],
+)
+def test_a_symbolic_link_loop_is_named_not_an_internal_error(tmp_path, monkeypatch, args, named):
+    """Path.resolve() raises RuntimeError on a link loop (Python 3.11-3.12): the CLI
+    said "internal error: RuntimeError: Symlink loop from ...". Now one line naming the
+    path as given, exit 1, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    cio.write_image(tmp_path / "a.png", np.random.default_rng(0).random((3, 6, 5)))
+    cio.write_image(tmp_path / "in" / "b.png", np.random.default_rng(1).random((3, 6, 5)))
+    for a, b in [("l1.png", "l2.png"), ("l2.png", "l1.png"), ("d1", "d2"), ("d2", "d1")]:
+        os.symlink(b, tmp_path / a)
+    before = sorted(os.listdir(tmp_path))
+    res = run(*args, "-q")
+    assert res.exit_code == 1
+    assert errors_of(res) == [f"convcli: error: {named}: too many levels of symbolic links"]
+    assert sorted(os.listdir(tmp_path)) == before

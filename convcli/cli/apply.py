@@ -204,7 +204,9 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
             )
     if Path(output).suffix.lower() != ".zarr":
         raise click.UsageError(f"-o {output}: a zarr input writes a zarr store (-o NAME.zarr)")
-    same = Path(output).resolve() == Path(src).resolve()
+    from convcli.io._common import resolved
+
+    same = resolved(output) == resolved(src)
     if same and not overwrite:
         raise InputError(f"{output}: the output would replace its own input (add --overwrite)")
     # (a store that holds the input, or one inside it, zarr_conv2d refuses itself)

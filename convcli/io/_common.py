@@ -20,6 +20,19 @@ def name_of(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
+def resolved(path: str | os.PathLike[str], name: str | os.PathLike[str] | None = None) -> Path:
+    """``Path(path).resolve()``, raising InputError naming ``name`` (default ``path``)
+    where symbolic links loop (Python 3.11-3.12 raise RuntimeError there, later ones
+    OSError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        what = name_of(path if name is None else name)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise InputError(f"{what}: {reason(exc)}") from None
+        raise InputError(f"{what}: too many levels of symbolic links") from None
+
+
 def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
