@@ -483,6 +483,20 @@ def _dedupe(
             continue
         claimed[key] = task.src
         plan.tasks.append(task)
+    # an output that needs a folder where another output is a file (a.png from a.jpg,
+    # and a.png/b.png from the folder a.png): the file is written, this one refused
+    clashing = [t for t in plan.tasks if any(p in claimed for p in resolve(t.dst).parents)]
+    for task in clashing:
+        key = resolve(task.dst)
+        folder = next(p for p in key.parents if p in claimed)
+        plan.tasks.remove(task)
+        plan.refused.append(
+            Failure(
+                task.src,
+                f"output {task.dst} needs a folder where {claimed[folder]} writes a file; "
+                "not written",
+            )
+        )
 
 
 def check_pattern(glob: str) -> tuple[str, ...]:

@@ -731,3 +731,37 @@ def test_a_link_to_the_input_where_its_output_goes_is_an_existing_output(tmp_pat
         assert res.exit_code == 0, res.stderr
         assert not (out / "a.png").is_symlink()
         check_output(src / "a.png", out / "a.png")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_output_needing_a_folder_where_another_is_a_file_is_refused_when_planned(
+    tmp_path: Path, reverse: bool
+) -> None:
+    """in/a.jpg -> out/a.png and in/a.png/b.png -> out/a.png/b.png: one of the two
+    failed while running, which one depending on the threads, sometimes as "another run
+    wrote it meanwhile" (false). Now the plan refuses the one that needs the folder,
+    naming the input that writes the file, whatever order the inputs come in."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "a.png").mkdir(parents=True)
+    cio.write_image(src / "a.png" / "b.png", real_image(2))
+    cio.write_image(src / "a.jpg", real_image(3))
+    tasks = [
+        cbatch.Task(src / "a.jpg", out / "a.png"),
+        cbatch.Task(src / "a.png" / "b.png", out / "a.png" / "b.png"),
+    ]
+    plan = cbatch.Plan()
+    cbatch._dedupe(tasks[::-1] if reverse else tasks, plan)
+    assert plan.tasks == tasks[:1]
+    assert [(f.path, f.reason) for f in plan.refused] == [
+        (src / "a.png" / "b.png",
+         f"output {out / 'a.png' / 'b.png'} needs a folder where {src / 'a.jpg'} writes a "
+         "file; not written"),
+    ]  # fmt: skip
+    res = run("batch", src, tmp_path / "cli", "-r", "--preset", "box", "--format", "png", "-q")
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0] == (
+        f"convcli: error: {src / 'a.png' / 'b.png'}: output "
+        f"{tmp_path / 'cli' / 'a.png' / 'b.png'} needs a folder where {src / 'a.jpg'} "
+        "writes a file; not written"
+    )
+    assert (tmp_path / "cli" / "a.png").is_file()
