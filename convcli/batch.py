@@ -1786,7 +1786,7 @@ def run_tasks(
         try:
             seconds, write_notes = fut.result()
             timings["write"] += seconds
-            notes = (*notes, *write_notes)
+            notes = tuple(dict.fromkeys((*notes, *write_notes)))  # normalize maps twice
         except OutputExistsError:  # another process wrote it while we worked
             if existing == "skip":
                 result.skipped.append(task)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -197,10 +198,19 @@ def map_output(
     out = np.asarray(data)
     work = np.float64 if out.dtype == np.float64 else np.float32
     out = out.astype(work, copy=True)
-    if scale != 1.0:
-        out *= work(scale)
-    if offset != 0.0:
-        out += work(offset)
+    if scale != 1.0 or offset != 0.0:
+        with np.errstate(over="ignore"):
+            if scale != 1.0:
+                out *= work(scale)
+            if offset != 0.0:
+                out += work(offset)
+        if not np.isfinite(out).all() and np.isfinite(data).all():
+            warnings.warn(
+                f"scale {scale:g} and offset {offset:g} take some values past "
+                f"{np.dtype(work).name}'s range: they became inf or NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     if out_map == "abs":
         np.abs(out, out=out)
     elif out_map == "offset":

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from convcli import io as cio
-from convcli import pipeline, small
+from convcli import pipeline, pixels, small
 from convcli.errors import InputError
 from convcli.io import stream
 
@@ -254,3 +254,28 @@ def test_a_computed_channel_is_not_dropped_into_jpeg_or_bmp(tmp_path, c_out, suf
     res = convcli("apply", "a.png", "--weights", "w.npy", "-o", "o.png", "-q", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert cio.read_image(tmp_path / "o.png").mode == ("LA" if c_out == 2 else "RGBA")
+
+
+@pytest.mark.parametrize("out_map", ["clip", "normalize"])
+def test_a_scale_past_float32_is_one_warning_of_ours(tmp_path, out_map):
+    """--scale 1e38 on a result of ~1e38 printed NumPy's 'overflow encountered in
+    multiply' (twice under normalize, whose range is measured in a first pass); now one
+    line saying what overflowed, and the image is still written."""
+    (tmp_path / "a.png").write_bytes(
+        imagecodecs.png_encode(np.random.default_rng(1).integers(1, 256, (6, 7, 3), np.uint8))
+    )
+    res = convcli("apply", "a.png", "--kernel", "1e38", "--scale", "1e38", "--out-map", out_map,
+                  "-o", "n.png", "-q", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    ours = (  # (the fused 8-bit step of a plain clip counts it as the result's overflow)
+        "convcli: warning: a.png: the result overflowed float32: some values are inf or NaN "
+        "(image formats clip them, .npy keeps them); scale the kernel down\n"
+        if out_map == "clip"
+        else "convcli: warning: a.png: scale 1e+38 and offset 0 take some values past "
+        "float32's range: they became inf or NaN\n"
+    )
+    assert res.stderr == ours
+    assert (tmp_path / "n.png").exists()
+    with pytest.warns(RuntimeWarning, match="offset 3e\\+38 take some values past float32"):
+        got = pixels.map_output(np.ones((1, 2, 2), np.float32), scale=3e38, offset=3e38)
+    assert got.tolist() == [[[1.0, 1.0], [1.0, 1.0]]]
