@@ -324,7 +324,8 @@ def _im_rotate(k: np.ndarray, angle: float, kind: str = "") -> np.ndarray:
     if 22.5 < math.fmod(angle, 90.0) <= 67.5:
         if k.shape != (3, 3):
             raise InputError(
-                f"angle {angle:g}: kernels larger than 3x3 rotate in 90 degree steps only"
+                f"angle {angle:g}: only 3x3 kernels rotate in 45 degree steps, "
+                f"a {k.shape[0]}x{k.shape[1]} one in 90 degree steps"
             )
         # Each value moves one place clockwise around the centre.
         ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]

@@ -721,3 +721,11 @@ def test_largest_sigma_gives_a_flat_normalised_kernel():
     np.testing.assert_allclose(k, np.full((7, 7), 1 / 49), rtol=1e-9)
     with pytest.raises(InputError, match="larger than"):
         cp.get_preset("blur:sigma=2000")  # no radius: the derived width cannot fit
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (5, 5), (3, 5)])
+def test_a_45_degree_turn_of_a_kernel_not_3x3_names_its_size(shape):
+    """A 2x2 kernel was said to be 'larger than 3x3'."""
+    with pytest.raises(InputError, match=f"a {shape[0]}x{shape[1]} one in 90 degree steps"):
+        cp._im_rotate(np.ones(shape), 45)
+    assert cp._im_rotate(np.arange(4.0).reshape(2, 2), 90).shape == (2, 2)
