@@ -66,7 +66,13 @@ def old_path(src: Path, dst: Path, filt, engine, out: cbatch.Output) -> None:
     elif suffix != ".npy":  # a plain clip: write_image rounds, but keeps float32 as it is
         data = np.clip(np.nan_to_num(data, nan=0.0), 0, 1)
     depth = out.bit_depth or cbatch.default_bit_depth(image.bit_depth, suffix)
-    cio.write_image(dst, data, bit_depth=depth, quality=out.quality)
+    # the last channel is alpha where the input's is carried into the result; JPEG and
+    # BMP drop only that one, and refuse a last channel nothing calls alpha
+    carried = image.has_alpha and (
+        alpha in _KEPT or (alpha == "filter" and result.shape[0] == image.channels)
+    )
+    has_alpha = True if carried else False if suffix in (".jpg", ".bmp") else None
+    cio.write_image(dst, data, bit_depth=depth, quality=out.quality, has_alpha=has_alpha)
 
 
 def _stored(path: Path) -> np.ndarray:
