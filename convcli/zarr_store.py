@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from convcli.errors import ConvValueError, InputError
+from convcli.io._common import codec_reason, reason
 from convcli.spec import IntPair, Padding
 
 Layout = Literal["CHW", "HWC", "HW"]
@@ -66,8 +67,77 @@ def _multiscales(attrs: dict) -> tuple[list | None, dict | None]:
 def _axis_names(axes: list | None, ndim: int) -> list[str] | None:
     if not axes:
         return None
-    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+    names = [_axis_name(a) for a in axes]
     return names if len(names) == ndim else None
+
+
+def _level0(src: Path, multiscales: Any) -> tuple[dict, list | None]:
+    """The first multiscale image's level 0 dataset and its axes, checked, so that a
+    malformed ``multiscales`` is one clear error naming ``src`` (not a KeyError)."""
+    bad = f"{src}: malformed OME-Zarr multiscales metadata"
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise InputError(f"{bad} (expected a list of objects)")
+    entry = multiscales[0]
+    datasets = entry.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not isinstance(datasets[0], dict):
+        raise InputError(f"{bad} (no datasets)")
+    level0 = datasets[0]
+    path = level0.get("path")
+    if (
+        not isinstance(path, str)
+        or not path.strip("/")
+        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        # zarr itself refuses '..' with an error that names no store
+        raise InputError(f"{src}: OME-Zarr level 0 path {path!r} is not a path inside the group")
+    axes = entry.get("axes") or None  # none before OME-Zarr 0.3
+    if axes is not None and not (
+        isinstance(axes, list)
+        and all(
+            isinstance(a, str) or (isinstance(a, dict) and isinstance(a.get("name"), str))
+            for a in axes
+        )
+    ):
+        raise InputError(f"{bad} (axes must be names or objects with a name)")
+    for transforms in (
+        level0.get("coordinateTransformations"),
+        entry.get("coordinateTransformations"),
+    ):
+        if transforms is not None and not _transforms_ok(transforms):
+            raise InputError(f"{bad} (coordinateTransformations)")
+    return level0, axes
+
+
+def _transforms_ok(transforms: Any) -> bool:
+    """A list of objects whose scale and translation, if any, are lists of numbers."""
+    if not isinstance(transforms, list):
+        return False
+    for t in transforms:
+        if not isinstance(t, dict):
+            return False
+        for key in ("scale", "translation"):
+            values = t.get(key, [])
+            if not isinstance(values, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
+                return False
+    return True
+
+
+class _Reader:
+    """A zarr array whose read errors name the store (a corrupt chunk raised a bare
+    ``RuntimeError: Zstd decompression error``, which named no file)."""
+
+    def __init__(self, array: Any, src: Path) -> None:
+        self.array, self.src = array, src
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:  # codecs and stores raise many types
+            raise InputError(f"{self.src}: cannot read its chunks ({codec_reason(exc)})") from None
 
 
 def open_image(
@@ -83,8 +153,10 @@ def open_image(
     Raises
     ------
     InputError
-        Not a zarr array or group, a group without OME-Zarr multiscales, or axes that
-        cannot be read as an image.
+        Not a zarr array or group, a group without OME-Zarr multiscales (or with
+        malformed ones), axes that cannot be read as an image, samples that are not real
+        numbers (strings, dates, complex), or an empty image. A chunk that cannot be read
+        raises it too, when the array is computed.
     """
     da, zarr = _import()
     src = Path(src)
@@ -105,12 +177,17 @@ def open_image(
                 f"{src}: a zarr group without OME-Zarr multiscales metadata; "
                 "give the path of an array inside it"
             )
-        level0 = multiscales[0]["datasets"][0]
+        level0, axes = _level0(src, multiscales)
         try:
             array = node[level0["path"]]
         except KeyError as exc:
             raise InputError(f"{src}: OME-Zarr level 0 ({level0['path']}) is missing") from exc
-        axes = multiscales[0].get("axes") or None  # none before OME-Zarr 0.3
+        except Exception as exc:  # unreadable metadata below the group
+            raise InputError(
+                f"{src}: OME-Zarr level 0 ({level0['path']}) cannot be read ({reason(exc)})"
+            ) from exc
+        if not hasattr(array, "shape"):
+            raise InputError(f"{src}: OME-Zarr level 0 ({level0['path']}) is a group, not an array")
         names = _axis_names(axes, array.ndim)
         if axes is not None and names is None:
             raise InputError(
@@ -119,8 +196,19 @@ def open_image(
             )
         meta["ome"] = {"attrs": dict(node.attrs), "axes": axes}
         meta["ome"]["level0"] = level0
+    if array.dtype.kind not in "biuf":
+        # strings failed mid-run ("could not convert string to float"); dates and complex
+        # numbers were silently converted (complex: the imaginary part dropped), which
+        # .npy and TIFF images refuse too
+        raise InputError(f"{src}: zarr dtype {array.dtype} is not a real number type")
     meta["zarr_format"] = _format_of(zarr, array)
-    x = da.from_zarr(array, chunks=chunks)
+    x = da.from_array(
+        _Reader(array, src),
+        chunks=chunks if chunks is not None else array.chunks,
+        name="from-zarr-" + uuid.uuid4().hex,
+        asarray=True,
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
     if names is not None:
         if "y" not in names or "x" not in names:
             raise InputError(f"{src}: OME-Zarr axes {names} have no y and x")
@@ -153,6 +241,8 @@ def open_image(
     if len(layout) != x.ndim:
         raise InputError(f"{src}: a zarr array of shape {tuple(x.shape)} is not {layout}")
     x = x[None] if layout == "HW" else x.transpose([layout.index(a) for a in "CHW"])
+    if 0 in x.shape:
+        raise InputError(f"{src}: the image is empty (shape {tuple(array.shape)})")
     return x, layout, meta
 
 

@@ -4,6 +4,8 @@ Skipped where dask or zarr is not installed."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -417,3 +419,99 @@ def test_a_file_where_the_destination_folder_must_be_is_one_error(tmp_path, rng)
     with pytest.raises(InputError, match=r"cannot create its folder .*a\.png is a file"):
         zarr_conv2d(tmp_path / "in.zarr", tmp_path / "a.png" / "x.zarr", w, backend="numpy")
     assert (tmp_path / "a.png").read_bytes() == b"not a folder"
+
+
+def _bad_stores(root):
+    """Malformed stores the tester found (and their kin), with the message each must
+    give: an internal error, a message without the store's name, or (complex, dates) a
+    silent conversion before."""
+    import warnings
+
+    cases = []
+
+    def array(name, shape, dtype, **kw):
+        with warnings.catch_warnings():  # zarr 3 warns that '<U3' has no v3 spec
+            warnings.simplefilter("ignore")
+            z = zarr.open_array(str(root / name), mode="w", shape=shape, chunks=shape or (1,),
+                                dtype=dtype, **kw)  # fmt: skip
+        return z
+
+    def group(name, multiscales, level=None):
+        g = zarr.open_group(str(root / name), mode="w")
+        g.attrs["multiscales"] = multiscales
+        if level == "group":
+            g.create_group("0")
+        elif level:
+            array(f"{name}/0", (8, 8), "f4")
+        return g
+
+    for name, dtype in (("s", "U3"), ("str", str), ("c", "c8"), ("t", "M8[s]")):
+        array(f"{name}.zarr", (1, 8, 8), dtype)
+        cases.append((f"{name}.zarr", "is not a real number type"))
+    array("empty.zarr", (3, 0, 10), "f4")
+    cases.append(("empty.zarr", r"the image is empty \(shape \(3, 0, 10\)\)"))
+    array("d1.zarr", (8,), "f4")
+    array("d4.zarr", (1, 1, 8, 8), "f4")
+    cases += [("d1.zarr", "is not an image"), ("d4.zarr", "is not an image")]
+    malformed = "malformed OME-Zarr multiscales metadata"
+    for i, ms in enumerate(["oops", {"a": 1}, ["x"], [{}], [{"datasets": []}]]):
+        group(f"g{i}.zarr", ms)
+        cases.append((f"g{i}.zarr", malformed))
+    for i, path in enumerate(["../in.zarr", "/abs", None, 5, "a/../0"]):
+        group(f"p{i}.zarr", [{"datasets": [{"path": path}]}])
+        cases.append((f"p{i}.zarr", "is not a path inside the group"))
+    group("missing.zarr", [{"datasets": [{"path": "0"}]}])
+    cases.append(("missing.zarr", r"level 0 \(0\) is missing"))
+    group("sub.zarr", [{"datasets": [{"path": "0"}]}], level="group")
+    cases.append(("sub.zarr", r"level 0 \(0\) is a group, not an array"))
+    group("axes.zarr", [{"datasets": [{"path": "0"}], "axes": [{"nam": "y"}, "x"]}], level=True)
+    cases.append(("axes.zarr", malformed))
+    ct = [{"datasets": [{"path": "0", "coordinateTransformations": "x"}], "axes": ["y", "x"]}]
+    group("ct.zarr", ct, level=True)
+    cases.append(("ct.zarr", malformed))
+    for name, file, text in (
+        ("v3.zarr", "zarr.json", '{"zarr_format": 3, "node_type": "array"}'),
+        ("v2.zarr", ".zarray", "{}"),
+        ("json.zarr", "zarr.json", "{oops"),
+    ):
+        (root / name).mkdir()
+        (root / name / file).write_text(text)
+        cases.append((name, "not a zarr array or group"))
+    return cases
+
+
+def test_malformed_stores_are_one_error_naming_the_store(tmp_path):
+    """Each malformed store is an InputError naming it, before anything is written."""
+    cases = _bad_stores(tmp_path)
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    for name, needle in cases:
+        with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path / name))}: .*{needle}"):
+            zarr_conv2d(tmp_path / name, tmp_path / "out.zarr", w, backend="numpy")
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+def test_cli_malformed_stores_are_one_line_exit_1(tmp_path):
+    """`apply bad.zarr`: one line `bad.zarr: problem`, exit 1; no internal error, no
+    ComplexWarning and exit 0 for complex samples."""
+    cases = _bad_stores(tmp_path)
+    for name, needle in cases:
+        r = _cli("apply", tmp_path / name, "-o", tmp_path / "out.zarr", "--preset", "box",
+                 "--backend", "numpy")  # fmt: skip
+        assert r.exit_code == 1, (name, r.output)
+        assert r.output.count("\n") == 1, (name, r.output)
+        assert re.match(rf"convcli: error: {re.escape(str(tmp_path / name))}: .*{needle}",
+                        r.output), (name, r.output)  # fmt: skip
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_corrupt_chunk_is_one_error_naming_the_store(tmp_path, rng):
+    """A chunk that does not decode raised a bare RuntimeError (internal error)."""
+    _store(tmp_path / "in.zarr", rng.random((1, 8, 8)).astype("float32"), (1, 4, 4))
+    chunk = next(p for p in sorted((tmp_path / "in.zarr").rglob("*")) if p.is_file()
+                 and not p.name.startswith((".", "zarr.json")))  # fmt: skip
+    chunk.write_bytes(b"garbage")
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--preset", "box",
+             "--backend", "numpy")  # fmt: skip
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"{tmp_path / 'in.zarr'}: cannot read its chunks" in r.output
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
