@@ -14,8 +14,10 @@ zarr 2 (>= 2.16) and zarr 3 both work; the output is written in the input's zarr
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -369,7 +371,7 @@ def zarr_conv2d(
         blocker = next((q for q in (dst.parent, *dst.parent.parents) if q.is_file()), None)
         why = f"{blocker} is a file" if blocker is not None else (exc.strerror or str(exc))
         raise InputError(f"{dst}: cannot create its folder {dst.parent}: {why}") from exc
-    tmp = dst.with_name(f".{dst.name}.convcli-{uuid.uuid4().hex[:12]}.tmp")
+    tmp = _aside(dst, "tmp")
     guard = None
     try:
         target = _create(zarr, tmp, y, meta, out_layout, stride)
@@ -493,20 +495,44 @@ def _ome_attrs(ome: dict, layout: str, stride: IntPair) -> dict:
 
 
 def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move the finished store into place; an existing ``dst`` only with ``overwrite``."""
+    """Move the finished store into place; an existing ``dst`` only with ``overwrite``.
+
+    An exception at any point (a signal handler raising between two renames) leaves
+    either the old ``dst`` or the new one in place, never neither: the rollback looks
+    at what is on disk, not at how far the code got.
+    """
     if dst.exists() or dst.is_symlink():
         if not overwrite:
             raise InputError(f"{dst}: already exists")
-        old = dst.with_name(f".{dst.name}.convcli-{uuid.uuid4().hex[:12]}.old")
-        os.rename(dst, old)
+        old = _aside(dst, "old")
         try:
+            os.rename(dst, old)
             os.rename(tmp, dst)
+            _remove(old)
         except BaseException:
-            os.rename(old, dst)
+            if os.path.lexists(old):
+                if os.path.lexists(dst):  # the new store is in place: the old one goes
+                    _remove(old)
+                else:
+                    os.rename(old, dst)
             raise
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
         return
     os.rename(tmp, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _host_tag() -> str:
+    """8 hex digits for this machine: a pid in a name means something only on it."""
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _aside(dst: Path, kind: Literal["tmp", "old"]) -> Path:
+    """A hidden name beside ``dst`` that tells which process on which machine made it."""
+    tag = f"{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:12]}"
+    return dst.with_name(f".{dst.name}.convcli-{tag}.{kind}")

@@ -515,3 +515,69 @@ def test_a_corrupt_chunk_is_one_error_naming_the_store(tmp_path, rng):
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert f"{tmp_path / 'in.zarr'}: cannot read its chunks" in r.output
     assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_cli_stop_signal_removes_the_temporary_store(tmp_path, rng, signame):
+    """SIGTERM/SIGHUP during `apply in.zarr -o out.zarr` killed the process (exit
+    143/129, nothing said) and left `.out.zarr.convcli-*.tmp` behind; now the run stops,
+    removes it, keeps an existing output, says so in one line and exits 128 + signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sig = getattr(signal, signame)
+    _store(tmp_path / "in.zarr", rng.random((3, 2048, 2048), dtype="float32"), (3, 256, 256))
+    old = _store(tmp_path / "out.zarr", np.full((2, 2), 7, np.float32), (2, 2))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convcli", "apply", "in.zarr", "-o", "out.zarr", "--preset",
+         "gaussian:sigma=6", "--backend", "numpy", "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # blocks are being written
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert (
+        err
+        == "convcli: summary: interrupted; out.zarr not written (the existing one is unchanged)\n"
+    )
+    assert out == ""
+    assert _leftovers(tmp_path) == []
+    np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], old[...])
+
+
+def test_an_interrupt_while_publishing_keeps_one_whole_store(tmp_path, rng, monkeypatch):
+    """An interrupt between the two renames that replace an existing output left no
+    output at all (the old one moved aside, the new one removed): now the old one or
+    the new one is in place, whatever rename the interrupt follows, and nothing else."""
+    from convcli import zarr_store
+
+    img = rng.random((1, 6, 6)).astype(np.float32)
+    _store(tmp_path / "in.zarr", img, (1, 3, 3))
+    w = np.full((1, 1, 1, 1), 2, np.float32)
+    rename = zarr_store.os.rename
+    for n in (1, 2):
+        _store(tmp_path / "out.zarr", np.zeros((6, 6), np.float32), (3, 3))
+        calls = []
+
+        def interrupted_after(a, b, n=n, calls=calls):
+            rename(a, b)
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(zarr_store.os, "rename", interrupted_after)
+        with pytest.raises(KeyboardInterrupt):
+            zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, overwrite=True,
+                        backend="numpy", scheduler="sync")  # fmt: skip
+        monkeypatch.setattr(zarr_store.os, "rename", rename)
+        expected = np.zeros((6, 6)) if n == 1 else img * 2
+        np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], expected)
+        assert _leftovers(tmp_path) == []
