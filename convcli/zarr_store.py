@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 import shutil
 import socket
 import threading
@@ -342,6 +343,7 @@ def zarr_conv2d(
         )
     if dst_real != src_real and dst_real.is_relative_to(src_real):
         raise InputError(f"{dst}: the output would be written inside the input store {src}")
+    _sweep_stale(dst)  # before the checks: a killed run's moved-aside output is put back
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         if dst.resolve() == src.resolve():
             raise InputError(f"{dst}: the output would replace its own input")
@@ -536,3 +538,43 @@ def _aside(dst: Path, kind: Literal["tmp", "old"]) -> Path:
     """A hidden name beside ``dst`` that tells which process on which machine made it."""
     tag = f"{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:12]}"
     return dst.with_name(f".{dst.name}.convcli-{tag}.{kind}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
+        return True
+    return True
+
+
+def _sweep_stale(dst: Path) -> None:
+    """Remove what a killed run (SIGKILL, power loss) left beside ``dst``.
+
+    Only names of our own pattern for this ``dst`` (see :func:`_aside`), made on this
+    machine by a process that is gone: a run still going, here or on another machine
+    sharing the folder, is never touched. A ``.tmp`` store is partial and is removed;
+    an ``.old`` one is the previous output moved aside for the new one: removed when
+    ``dst`` exists, else put back (the run died between the two renames).
+    """
+    pattern = re.compile(
+        rf"\.{re.escape(dst.name)}\.convcli-(\d+)-{_host_tag()}-[0-9a-f]{{12}}\.(tmp|old)"
+    )
+    try:
+        entries = list(os.scandir(dst.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = Path(entry.path)
+        try:
+            if m.group(2) == "old" and not os.path.lexists(dst):
+                os.rename(path, dst)
+            else:
+                _remove(path)
+        except OSError:  # someone else's cleanup won, or no right to: not ours to fail on
+            pass

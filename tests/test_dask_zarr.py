@@ -581,3 +581,38 @@ def test_an_interrupt_while_publishing_keeps_one_whole_store(tmp_path, rng, monk
         expected = np.zeros((6, 6)) if n == 1 else img * 2
         np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], expected)
         assert _leftovers(tmp_path) == []
+
+
+def test_stale_temporary_stores_of_dead_runs_are_swept(tmp_path, rng):
+    """A run killed by SIGKILL left `.out.zarr.convcli-*.tmp` that no later run removed.
+    Now the next run into the same output removes those of processes gone on this
+    machine, and puts back an output moved aside; a live run's, another machine's and
+    another output's are kept."""
+    import os
+    import subprocess
+    import sys
+
+    from convcli.zarr_store import _host_tag
+
+    _store(tmp_path / "in.zarr", rng.random((1, 6, 6)).astype(np.float32), (1, 3, 3))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    host, mine = _host_tag(), os.getpid()
+    gone = [f".out.zarr.convcli-{dead}-{host}-{'a' * 12}.tmp"]
+    kept = [
+        f".out.zarr.convcli-{mine}-{host}-{'b' * 12}.tmp",  # a live process
+        f".out.zarr.convcli-{dead}-{'0' * 8 if host != '0' * 8 else '1' * 8}-{'c' * 12}.tmp",
+        f".other.zarr.convcli-{dead}-{host}-{'d' * 12}.tmp",  # another output
+        f".out.zarr.convcli-{dead}-{host}-{'e' * 11}.tmp",  # not our pattern
+    ]
+    for name in gone + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "zarr.json").write_text("{}")
+    # died between the renames: the previous output moved aside, none in place
+    _store(tmp_path / f".out.zarr.convcli-{dead}-{host}-{'f' * 12}.old",
+           np.full((2, 2), 5, np.float32), (2, 2))  # fmt: skip
+    w = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(InputError, match="already exists"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, backend="numpy")
+    np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], np.full((2, 2), 5))
+    assert _leftovers(tmp_path) == sorted(kept)
