@@ -14,8 +14,11 @@ zarr 2 (>= 2.16) and zarr 3 both work; the output is written in the input's zarr
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import re
 import shutil
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from convcli.errors import ConvValueError, InputError
+from convcli.io._common import codec_reason, reason
 from convcli.spec import IntPair, Padding
 
 Layout = Literal["CHW", "HWC", "HW"]
@@ -66,8 +70,77 @@ def _multiscales(attrs: dict) -> tuple[list | None, dict | None]:
 def _axis_names(axes: list | None, ndim: int) -> list[str] | None:
     if not axes:
         return None
-    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+    names = [_axis_name(a) for a in axes]
     return names if len(names) == ndim else None
+
+
+def _level0(src: Path, multiscales: Any) -> tuple[dict, list | None]:
+    """The first multiscale image's level 0 dataset and its axes, checked, so that a
+    malformed ``multiscales`` is one clear error naming ``src`` (not a KeyError)."""
+    bad = f"{src}: malformed OME-Zarr multiscales metadata"
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise InputError(f"{bad} (expected a list of objects)")
+    entry = multiscales[0]
+    datasets = entry.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not isinstance(datasets[0], dict):
+        raise InputError(f"{bad} (no datasets)")
+    level0 = datasets[0]
+    path = level0.get("path")
+    if (
+        not isinstance(path, str)
+        or not path.strip("/")
+        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        # zarr itself refuses '..' with an error that names no store
+        raise InputError(f"{src}: OME-Zarr level 0 path {path!r} is not a path inside the group")
+    axes = entry.get("axes") or None  # none before OME-Zarr 0.3
+    if axes is not None and not (
+        isinstance(axes, list)
+        and all(
+            isinstance(a, str) or (isinstance(a, dict) and isinstance(a.get("name"), str))
+            for a in axes
+        )
+    ):
+        raise InputError(f"{bad} (axes must be names or objects with a name)")
+    for transforms in (
+        level0.get("coordinateTransformations"),
+        entry.get("coordinateTransformations"),
+    ):
+        if transforms is not None and not _transforms_ok(transforms):
+            raise InputError(f"{bad} (coordinateTransformations)")
+    return level0, axes
+
+
+def _transforms_ok(transforms: Any) -> bool:
+    """A list of objects whose scale and translation, if any, are lists of numbers."""
+    if not isinstance(transforms, list):
+        return False
+    for t in transforms:
+        if not isinstance(t, dict):
+            return False
+        for key in ("scale", "translation"):
+            values = t.get(key, [])
+            if not isinstance(values, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
+                return False
+    return True
+
+
+class _Reader:
+    """A zarr array whose read errors name the store (a corrupt chunk raised a bare
+    ``RuntimeError: Zstd decompression error``, which named no file)."""
+
+    def __init__(self, array: Any, src: Path) -> None:
+        self.array, self.src = array, src
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:  # codecs and stores raise many types
+            raise InputError(f"{self.src}: cannot read its chunks ({codec_reason(exc)})") from None
 
 
 def open_image(
@@ -83,8 +156,10 @@ def open_image(
     Raises
     ------
     InputError
-        Not a zarr array or group, a group without OME-Zarr multiscales, or axes that
-        cannot be read as an image.
+        Not a zarr array or group, a group without OME-Zarr multiscales (or with
+        malformed ones), axes that cannot be read as an image, samples that are not real
+        numbers (strings, dates, complex), or an empty image. A chunk that cannot be read
+        raises it too, when the array is computed.
     """
     da, zarr = _import()
     src = Path(src)
@@ -105,12 +180,17 @@ def open_image(
                 f"{src}: a zarr group without OME-Zarr multiscales metadata; "
                 "give the path of an array inside it"
             )
-        level0 = multiscales[0]["datasets"][0]
+        level0, axes = _level0(src, multiscales)
         try:
             array = node[level0["path"]]
         except KeyError as exc:
             raise InputError(f"{src}: OME-Zarr level 0 ({level0['path']}) is missing") from exc
-        axes = multiscales[0].get("axes") or None  # none before OME-Zarr 0.3
+        except Exception as exc:  # unreadable metadata below the group
+            raise InputError(
+                f"{src}: OME-Zarr level 0 ({level0['path']}) cannot be read ({reason(exc)})"
+            ) from exc
+        if not hasattr(array, "shape"):
+            raise InputError(f"{src}: OME-Zarr level 0 ({level0['path']}) is a group, not an array")
         names = _axis_names(axes, array.ndim)
         if axes is not None and names is None:
             raise InputError(
@@ -119,8 +199,19 @@ def open_image(
             )
         meta["ome"] = {"attrs": dict(node.attrs), "axes": axes}
         meta["ome"]["level0"] = level0
+    if array.dtype.kind not in "biuf":
+        # strings failed mid-run ("could not convert string to float"); dates and complex
+        # numbers were silently converted (complex: the imaginary part dropped), which
+        # .npy and TIFF images refuse too
+        raise InputError(f"{src}: zarr dtype {array.dtype} is not a real number type")
     meta["zarr_format"] = _format_of(zarr, array)
-    x = da.from_zarr(array, chunks=chunks)
+    x = da.from_array(
+        _Reader(array, src),
+        chunks=chunks if chunks is not None else array.chunks,
+        name="from-zarr-" + uuid.uuid4().hex,
+        asarray=True,
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
     if names is not None:
         if "y" not in names or "x" not in names:
             raise InputError(f"{src}: OME-Zarr axes {names} have no y and x")
@@ -153,6 +244,8 @@ def open_image(
     if len(layout) != x.ndim:
         raise InputError(f"{src}: a zarr array of shape {tuple(x.shape)} is not {layout}")
     x = x[None] if layout == "HW" else x.transpose([layout.index(a) for a in "CHW"])
+    if 0 in x.shape:
+        raise InputError(f"{src}: the image is empty (shape {tuple(array.shape)})")
     return x, layout, meta
 
 
@@ -250,6 +343,7 @@ def zarr_conv2d(
         )
     if dst_real != src_real and dst_real.is_relative_to(src_real):
         raise InputError(f"{dst}: the output would be written inside the input store {src}")
+    _sweep_stale(dst)  # before the checks: a killed run's moved-aside output is put back
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         if dst.resolve() == src.resolve():
             raise InputError(f"{dst}: the output would replace its own input")
@@ -279,7 +373,7 @@ def zarr_conv2d(
         blocker = next((q for q in (dst.parent, *dst.parent.parents) if q.is_file()), None)
         why = f"{blocker} is a file" if blocker is not None else (exc.strerror or str(exc))
         raise InputError(f"{dst}: cannot create its folder {dst.parent}: {why}") from exc
-    tmp = dst.with_name(f".{dst.name}.convcli-{uuid.uuid4().hex[:12]}.tmp")
+    tmp = _aside(dst, "tmp")
     guard = None
     try:
         target = _create(zarr, tmp, y, meta, out_layout, stride)
@@ -403,20 +497,84 @@ def _ome_attrs(ome: dict, layout: str, stride: IntPair) -> dict:
 
 
 def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move the finished store into place; an existing ``dst`` only with ``overwrite``."""
+    """Move the finished store into place; an existing ``dst`` only with ``overwrite``.
+
+    An exception at any point (a signal handler raising between two renames) leaves
+    either the old ``dst`` or the new one in place, never neither: the rollback looks
+    at what is on disk, not at how far the code got.
+    """
     if dst.exists() or dst.is_symlink():
         if not overwrite:
             raise InputError(f"{dst}: already exists")
-        old = dst.with_name(f".{dst.name}.convcli-{uuid.uuid4().hex[:12]}.old")
-        os.rename(dst, old)
+        old = _aside(dst, "old")
         try:
+            os.rename(dst, old)
             os.rename(tmp, dst)
+            _remove(old)
         except BaseException:
-            os.rename(old, dst)
+            if os.path.lexists(old):
+                if os.path.lexists(dst):  # the new store is in place: the old one goes
+                    _remove(old)
+                else:
+                    os.rename(old, dst)
             raise
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
         return
     os.rename(tmp, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _host_tag() -> str:
+    """8 hex digits for this machine: a pid in a name means something only on it."""
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _aside(dst: Path, kind: Literal["tmp", "old"]) -> Path:
+    """A hidden name beside ``dst`` that tells which process on which machine made it."""
+    tag = f"{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:12]}"
+    return dst.with_name(f".{dst.name}.convcli-{tag}.{kind}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
+        return True
+    return True
+
+
+def _sweep_stale(dst: Path) -> None:
+    """Remove what a killed run (SIGKILL, power loss) left beside ``dst``.
+
+    Only names of our own pattern for this ``dst`` (see :func:`_aside`), made on this
+    machine by a process that is gone: a run still going, here or on another machine
+    sharing the folder, is never touched. A ``.tmp`` store is partial and is removed;
+    an ``.old`` one is the previous output moved aside for the new one: removed when
+    ``dst`` exists, else put back (the run died between the two renames).
+    """
+    pattern = re.compile(
+        rf"\.{re.escape(dst.name)}\.convcli-(\d+)-{_host_tag()}-[0-9a-f]{{12}}\.(tmp|old)"
+    )
+    try:
+        entries = list(os.scandir(dst.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = Path(entry.path)
+        try:
+            if m.group(2) == "old" and not os.path.lexists(dst):
+                os.rename(path, dst)
+            else:
+                _remove(path)
+        except OSError:  # someone else's cleanup won, or no right to: not ours to fail on
+            pass

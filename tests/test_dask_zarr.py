@@ -4,6 +4,8 @@ Skipped where dask or zarr is not installed."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -417,3 +419,200 @@ def test_a_file_where_the_destination_folder_must_be_is_one_error(tmp_path, rng)
     with pytest.raises(InputError, match=r"cannot create its folder .*a\.png is a file"):
         zarr_conv2d(tmp_path / "in.zarr", tmp_path / "a.png" / "x.zarr", w, backend="numpy")
     assert (tmp_path / "a.png").read_bytes() == b"not a folder"
+
+
+def _bad_stores(root):
+    """Malformed stores the tester found (and their kin), with the message each must
+    give: an internal error, a message without the store's name, or (complex, dates) a
+    silent conversion before."""
+    import warnings
+
+    cases = []
+
+    def array(name, shape, dtype, **kw):
+        with warnings.catch_warnings():  # zarr 3 warns that '<U3' has no v3 spec
+            warnings.simplefilter("ignore")
+            z = zarr.open_array(str(root / name), mode="w", shape=shape, chunks=shape or (1,),
+                                dtype=dtype, **kw)  # fmt: skip
+        return z
+
+    def group(name, multiscales, level=None):
+        g = zarr.open_group(str(root / name), mode="w")
+        g.attrs["multiscales"] = multiscales
+        if level == "group":
+            g.create_group("0")
+        elif level:
+            array(f"{name}/0", (8, 8), "f4")
+        return g
+
+    for name, dtype in (("s", "U3"), ("str", str), ("c", "c8"), ("t", "M8[s]")):
+        array(f"{name}.zarr", (1, 8, 8), dtype)
+        cases.append((f"{name}.zarr", "is not a real number type"))
+    array("empty.zarr", (3, 0, 10), "f4")
+    cases.append(("empty.zarr", r"the image is empty \(shape \(3, 0, 10\)\)"))
+    array("d1.zarr", (8,), "f4")
+    array("d4.zarr", (1, 1, 8, 8), "f4")
+    cases += [("d1.zarr", "is not an image"), ("d4.zarr", "is not an image")]
+    malformed = "malformed OME-Zarr multiscales metadata"
+    for i, ms in enumerate(["oops", {"a": 1}, ["x"], [{}], [{"datasets": []}]]):
+        group(f"g{i}.zarr", ms)
+        cases.append((f"g{i}.zarr", malformed))
+    for i, path in enumerate(["../in.zarr", "/abs", None, 5, "a/../0"]):
+        group(f"p{i}.zarr", [{"datasets": [{"path": path}]}])
+        cases.append((f"p{i}.zarr", "is not a path inside the group"))
+    group("missing.zarr", [{"datasets": [{"path": "0"}]}])
+    cases.append(("missing.zarr", r"level 0 \(0\) is missing"))
+    group("sub.zarr", [{"datasets": [{"path": "0"}]}], level="group")
+    cases.append(("sub.zarr", r"level 0 \(0\) is a group, not an array"))
+    group("axes.zarr", [{"datasets": [{"path": "0"}], "axes": [{"nam": "y"}, "x"]}], level=True)
+    cases.append(("axes.zarr", malformed))
+    ct = [{"datasets": [{"path": "0", "coordinateTransformations": "x"}], "axes": ["y", "x"]}]
+    group("ct.zarr", ct, level=True)
+    cases.append(("ct.zarr", malformed))
+    for name, file, text in (
+        ("v3.zarr", "zarr.json", '{"zarr_format": 3, "node_type": "array"}'),
+        ("v2.zarr", ".zarray", "{}"),
+        ("json.zarr", "zarr.json", "{oops"),
+    ):
+        (root / name).mkdir()
+        (root / name / file).write_text(text)
+        cases.append((name, "not a zarr array or group"))
+    return cases
+
+
+def test_malformed_stores_are_one_error_naming_the_store(tmp_path):
+    """Each malformed store is an InputError naming it, before anything is written."""
+    cases = _bad_stores(tmp_path)
+    w = np.ones((1, 1, 3, 3), dtype="float32")
+    for name, needle in cases:
+        with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path / name))}: .*{needle}"):
+            zarr_conv2d(tmp_path / name, tmp_path / "out.zarr", w, backend="numpy")
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+def test_cli_malformed_stores_are_one_line_exit_1(tmp_path):
+    """`apply bad.zarr`: one line `bad.zarr: problem`, exit 1; no internal error, no
+    ComplexWarning and exit 0 for complex samples."""
+    cases = _bad_stores(tmp_path)
+    for name, needle in cases:
+        r = _cli("apply", tmp_path / name, "-o", tmp_path / "out.zarr", "--preset", "box",
+                 "--backend", "numpy")  # fmt: skip
+        assert r.exit_code == 1, (name, r.output)
+        assert r.output.count("\n") == 1, (name, r.output)
+        assert re.match(rf"convcli: error: {re.escape(str(tmp_path / name))}: .*{needle}",
+                        r.output), (name, r.output)  # fmt: skip
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_corrupt_chunk_is_one_error_naming_the_store(tmp_path, rng):
+    """A chunk that does not decode raised a bare RuntimeError (internal error)."""
+    _store(tmp_path / "in.zarr", rng.random((1, 8, 8)).astype("float32"), (1, 4, 4))
+    chunk = next(p for p in sorted((tmp_path / "in.zarr").rglob("*")) if p.is_file()
+                 and not p.name.startswith((".", "zarr.json")))  # fmt: skip
+    chunk.write_bytes(b"garbage")
+    r = _cli("apply", tmp_path / "in.zarr", "-o", tmp_path / "out.zarr", "--preset", "box",
+             "--backend", "numpy")  # fmt: skip
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"{tmp_path / 'in.zarr'}: cannot read its chunks" in r.output
+    assert not (tmp_path / "out.zarr").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_cli_stop_signal_removes_the_temporary_store(tmp_path, rng, signame):
+    """SIGTERM/SIGHUP during `apply in.zarr -o out.zarr` killed the process (exit
+    143/129, nothing said) and left `.out.zarr.convcli-*.tmp` behind; now the run stops,
+    removes it, keeps an existing output, says so in one line and exits 128 + signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sig = getattr(signal, signame)
+    _store(tmp_path / "in.zarr", rng.random((3, 2048, 2048), dtype="float32"), (3, 256, 256))
+    old = _store(tmp_path / "out.zarr", np.full((2, 2), 7, np.float32), (2, 2))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convcli", "apply", "in.zarr", "-o", "out.zarr", "--preset",
+         "gaussian:sigma=6", "--backend", "numpy", "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # blocks are being written
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert (
+        err
+        == "convcli: summary: interrupted; out.zarr not written (the existing one is unchanged)\n"
+    )
+    assert out == ""
+    assert _leftovers(tmp_path) == []
+    np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], old[...])
+
+
+def test_an_interrupt_while_publishing_keeps_one_whole_store(tmp_path, rng, monkeypatch):
+    """An interrupt between the two renames that replace an existing output left no
+    output at all (the old one moved aside, the new one removed): now the old one or
+    the new one is in place, whatever rename the interrupt follows, and nothing else."""
+    from convcli import zarr_store
+
+    img = rng.random((1, 6, 6)).astype(np.float32)
+    _store(tmp_path / "in.zarr", img, (1, 3, 3))
+    w = np.full((1, 1, 1, 1), 2, np.float32)
+    rename = zarr_store.os.rename
+    for n in (1, 2):
+        _store(tmp_path / "out.zarr", np.zeros((6, 6), np.float32), (3, 3))
+        calls = []
+
+        def interrupted_after(a, b, n=n, calls=calls):
+            rename(a, b)
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(zarr_store.os, "rename", interrupted_after)
+        with pytest.raises(KeyboardInterrupt):
+            zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, overwrite=True,
+                        backend="numpy", scheduler="sync")  # fmt: skip
+        monkeypatch.setattr(zarr_store.os, "rename", rename)
+        expected = np.zeros((6, 6)) if n == 1 else img * 2
+        np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], expected)
+        assert _leftovers(tmp_path) == []
+
+
+def test_stale_temporary_stores_of_dead_runs_are_swept(tmp_path, rng):
+    """A run killed by SIGKILL left `.out.zarr.convcli-*.tmp` that no later run removed.
+    Now the next run into the same output removes those of processes gone on this
+    machine, and puts back an output moved aside; a live run's, another machine's and
+    another output's are kept."""
+    import os
+    import subprocess
+    import sys
+
+    from convcli.zarr_store import _host_tag
+
+    _store(tmp_path / "in.zarr", rng.random((1, 6, 6)).astype(np.float32), (1, 3, 3))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    host, mine = _host_tag(), os.getpid()
+    gone = [f".out.zarr.convcli-{dead}-{host}-{'a' * 12}.tmp"]
+    kept = [
+        f".out.zarr.convcli-{mine}-{host}-{'b' * 12}.tmp",  # a live process
+        f".out.zarr.convcli-{dead}-{'0' * 8 if host != '0' * 8 else '1' * 8}-{'c' * 12}.tmp",
+        f".other.zarr.convcli-{dead}-{host}-{'d' * 12}.tmp",  # another output
+        f".out.zarr.convcli-{dead}-{host}-{'e' * 11}.tmp",  # not our pattern
+    ]
+    for name in gone + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "zarr.json").write_text("{}")
+    # died between the renames: the previous output moved aside, none in place
+    _store(tmp_path / f".out.zarr.convcli-{dead}-{host}-{'f' * 12}.old",
+           np.full((2, 2), 5, np.float32), (2, 2))  # fmt: skip
+    w = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(InputError, match="already exists"):
+        zarr_conv2d(tmp_path / "in.zarr", tmp_path / "out.zarr", w, backend="numpy")
+    np.testing.assert_array_equal(_read(tmp_path / "out.zarr")[...], np.full((2, 2), 5))
+    assert _leftovers(tmp_path) == sorted(kept)

@@ -16,7 +16,7 @@ import click
 from convcli.cli.group import cli
 from convcli.cli.messages import conv_hint, echo_line, flag_for, limit_line, safe_text
 from convcli.cli.options import build_run, kernel_options, not_empty
-from convcli.cli.run import exit_code_of, run_plan
+from convcli.cli.run import exit_code_of, run_plan, stop_now_signals
 from convcli.cli.sidefiles import (
     check_kernel_outputs,
     check_side_files,
@@ -229,19 +229,46 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
         algo=engine.algo,
         max_memory=engine.max_memory,
     )
-    if cluster is None:
-        run(num_workers=opts["workers"])
-    else:
-        import logging
+    before = _identity(output)
+    received: list[int] = []
+    try:
+        with stop_now_signals(received):
+            if cluster is None:
+                run(num_workers=opts["workers"])
+            else:
+                import logging
 
-        # a lost connection or a restarted worker is logged with tracebacks; a failure
-        # that matters reaches the call as an exception (one line)
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
-        with dask_batch.connect(cluster) as client:
-            run(scheduler=client)
+                # a lost connection or a restarted worker is logged with tracebacks; a
+                # failure that matters reaches the call as an exception (one line)
+                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+                with dask_batch.connect(cluster) as client:
+                    run(scheduler=client)
+    except KeyboardInterrupt:
+        # zarr_conv2d has removed its temporary store and left an existing output as it
+        # was, unless the signal came once the new store was in place
+        if not received:
+            raise
+        after = _identity(output)
+        if after is None or after == before:
+            kept = "the existing one is unchanged" if before else "no partial store left"
+            echo_line(f"interrupted; {output} not written ({kept})", "summary")
+            return 128 + received[0]
     if not opts["quiet"]:
         click.echo(output)
+    if received:  # the signal came as the finished store was put in place
+        echo_line(f"interrupted; {output} was complete and is written", "summary")
+        return 128 + received[0]
     return 0
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """Which file or folder ``path`` is now (None: none): tells whether the new store
+    replaced the old one before an interrupt."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @cli.command()

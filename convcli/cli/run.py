@@ -72,6 +72,38 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
             signal.signal(s, signal.SIG_IGN if stop.is_set() else h)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by :func:`stop_now_signals`' handler."""
+
+
+@contextmanager
+def stop_now_signals(received: list[int]):
+    """SIGINT/SIGTERM/SIGHUP stop at once: the first raises :class:`Interrupted` in the
+    main thread (so the work's own cleanup runs, as for Ctrl-C); later ones are only
+    recorded, so that cleanup is never cut short. For one piece of work that cannot
+    stop between items (a zarr store): SIGTERM and SIGHUP killed the process and left
+    its temporary store behind. Signals ignored when the run starts stay ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            raise Interrupted
+
+    saved = {
+        s: signal.signal(s, handler) for s in _STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        # as _signals: once stopping, only the report is left; a late signal must not
+        # kill the process in the middle of it
+        for s, h in saved.items():
+            signal.signal(s, signal.SIG_IGN if received else h)
+
+
 class _PlainConsole:
     """What the run prints through a progress bar's console, without rich: one line at
     a time on stderr (a hidden bar draws nothing else)."""
