@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from convcli.errors import ConvValueError, InputError
-from convcli.io._common import codec_reason, reason
+from convcli.io._common import codec_reason, reason, resolved
 from convcli.spec import IntPair, Padding
 
 Layout = Literal["CHW", "HWC", "HW"]
@@ -335,7 +335,7 @@ def zarr_conv2d(
     from convcli.dask_array import conv2d
 
     src, dst = Path(src), Path(dst)
-    src_real, dst_real = src.resolve(), dst.resolve()
+    src_real, dst_real = resolved(src), resolved(dst)
     if dst_real != src_real and src_real.is_relative_to(dst_real):
         # replacing dst would delete the input with it, even with overwrite
         raise InputError(
@@ -345,7 +345,7 @@ def zarr_conv2d(
         raise InputError(f"{dst}: the output would be written inside the input store {src}")
     _sweep_stale(dst)  # before the checks: a killed run's moved-aside output is put back
     if (dst.exists() or dst.is_symlink()) and not overwrite:
-        if dst.resolve() == src.resolve():
+        if dst_real == src_real:
             raise InputError(f"{dst}: the output would replace its own input")
         raise InputError(f"{dst}: already exists")
     x, in_layout, meta = open_image(src, layout, chunks)
