@@ -1081,3 +1081,25 @@ def test_depthwise_rows_band_of_a_far_reaching_kernel_stays_small():
     assert depthwise._rows_layout(spec, forced) is None
     near = make_spec(x[..., :40, :40], w, None, groups=3)
     assert depthwise._rows_layout(near, forced) is not None  # the same rule keeps small ones
+
+
+def test_a_float64_kernel_nearly_rank_1_is_not_run_separable():
+    """A float64 kernel 1e-8 away from rank 1 passed the rank-1 test (1e-7 of max|w|,
+    a float32 margin), and 'auto' ran it separable: 1.8e-7 off the direct sum (torch's
+    float64 is exact to ~1e-15). Float64 kernels are now held to 1000 epsilons; exact
+    rank-1 ones and float32 ones keep the separable path."""
+    from convcli.plan import separable_factors
+
+    rng = np.random.default_rng(0)
+    exact = np.outer(rng.standard_normal(7), rng.standard_normal(7))[None, None]
+    near = exact + 1e-8 * rng.standard_normal((1, 1, 7, 7))
+    x = rng.standard_normal((1, 1, 40, 40))
+    assert separable_factors(near) is None
+    assert separable_factors(exact) is not None
+    assert separable_factors(near.astype(np.float32)) is not None
+    for w in (near, exact):
+        info = RunInfo()
+        got = conv2d(x, w, padding=3, backend="numpy", info=info)
+        want = conv2d(x, w, padding=3, backend="numpy", algo="direct")
+        assert info.algo == ("separable" if w is exact else "direct")
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
