@@ -566,9 +566,10 @@ class Conv2d:
 
     The layer keeps read-only copies of the arrays assigned to ``weight`` and ``bias``
     (:func:`convcli.plan.frozen_copy`): assign a new array to change them
-    (``layer.weight = w``); an in-place write raises ``ValueError``. Because they cannot
-    change in place, a backend keeps what it derived from them (packed OpenCL weights)
-    across calls without comparing them again.
+    (``layer.weight = w``); an in-place write raises ``ValueError``, and so does making
+    them writable (``flags.writeable = True``). Because they cannot change in place, a
+    backend keeps what it derived from them (packed OpenCL weights) across calls without
+    comparing them again.
 
     Examples
     --------

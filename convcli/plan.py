@@ -97,20 +97,21 @@ _FROZEN: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDiction
 def frozen_copy(array: np.ndarray) -> np.ndarray:
     """A read-only C-contiguous copy of ``array`` that :func:`is_frozen` recognises.
 
-    The copy is made read-only before anyone holds a view of it, so no writable view of
-    its memory exists: while it stays read-only its contents cannot change, and a cache
-    may keep what it derived from it (packed weights) without comparing contents again.
+    Its memory is an immutable ``bytes`` object, so the copy cannot be made writable
+    again (``flags.writeable = True`` raises ``ValueError``) and no writable view of it
+    exists: its contents never change, and a cache may keep what it derived from it
+    (packed weights) without comparing contents again. (A plain read-only array could be
+    made writable, changed and made read-only again between two calls, unseen.)
     ``Conv2d`` keeps its weights so.
     """
-    copy = np.array(array, copy=True, order="C")
-    copy.flags.writeable = False
+    a = np.asarray(array)
+    copy = np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype).reshape(a.shape)
     _FROZEN[id(copy)] = copy
     return copy
 
 
 def is_frozen(array: np.ndarray) -> bool:
-    """Whether ``array`` came from :func:`frozen_copy` and is still read-only (its owner
-    can make it writable again; then it is compared like any other array)."""
+    """Whether ``array`` is one that :func:`frozen_copy` made."""
     return not array.flags.writeable and _FROZEN.get(id(array)) is array
 
 

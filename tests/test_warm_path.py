@@ -95,8 +95,12 @@ def test_frozen_copies():
     with pytest.raises(ValueError, match="read-only"):
         f[0, 0] = 1
     assert not is_frozen(f[:1])  # a view is not the frozen array
-    f.flags.writeable = True  # its owner may thaw it: then it is compared as usual
-    assert not is_frozen(f)
+    # it cannot be thawed: made writable, changed and frozen again between two calls,
+    # a weight was used with the packed copy of its old values
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        f.flags.writeable = True
+    assert is_frozen(f) and f.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert is_frozen(frozen_copy(np.zeros((0, 3), np.complex64)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -122,7 +126,7 @@ def test_conv2d_layer_weights_are_frozen_and_assignment_is_seen(backend):
 @pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
 def test_conv2d_layer_keeps_its_packed_weights():
     """The packed-weight cache holds the layer's frozen weight itself (no copy to compare
-    with); a thawed and changed weight is packed again."""
+    with); the weight cannot be thawed, and an assigned one is packed again."""
     from convcli import backends
 
     layer = convcli.Conv2d(32, 32, 3, padding=1, seed=4)
@@ -132,9 +136,11 @@ def test_conv2d_layer_keeps_its_packed_weights():
     packed = backends.get_backend("opencl").runtime_for(spec)._packed
     assert any(entry[1] is layer.weight for entry in packed)
     w = layer.weight
-    w.flags.writeable = True
-    w[...] *= -1
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        w.flags.writeable = True
     assert_close(layer(x, backend="opencl"), _ref(x, w, layer.bias), "float32")
+    layer.weight = -w
+    assert_close(layer(x, backend="opencl"), _ref(x, -w, layer.bias), "float32")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
