@@ -460,10 +460,10 @@ def _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, ou
         return None
     if out_top not in (255, 65535):
         return None
-    k = np.asarray(kernel)
-    if k.ndim != 2 or k.size == 0 or k.dtype.kind not in "fiu":
+    given = np.asarray(kernel)
+    if given.ndim != 2 or given.size == 0 or given.dtype.kind not in "fiu":
         return None
-    k = k.astype(np.float64)
+    k = given.astype(np.float64)
     st, dl = _pair(stride), _pair(dilation)
     if st is None or dl is None:
         return None
@@ -496,7 +496,8 @@ def _plan(strip, top, kernel, stride, dilation, bias, scale, offset, out_map, ou
         return None
     col = row = None
     if kh > 1 and kw > 1:
-        factors = separable_factors(k.reshape(1, 1, kh, kw))
+        # rank 1 within the precision of the kernel's own dtype (a float32 blur's)
+        factors = separable_factors(given.reshape(1, 1, kh, kw))
         if factors is not None:
             col, row = factors[0].reshape(kh), factors[1].reshape(kw)
     return _Plan(

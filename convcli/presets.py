@@ -297,7 +297,7 @@ def normalize_kernel(k: np.ndarray) -> np.ndarray:
 
 def is_separable(k: np.ndarray) -> bool:
     """True when the 2-D kernel is an outer product (rank 1): two 1-D passes suffice."""
-    k = np.asarray(k, dtype=np.float64)
+    k = np.asarray(k)  # its own dtype: a float32 kernel is rank 1 within float32
     return separable_factors(k[None, None]) is not None
 
 

@@ -499,3 +499,19 @@ def test_opencl_start_seconds_is_none_where_auto_takes_numpy():
     floats = np.zeros((40, 40, 1), np.float32)
     assert native.opencl_start_seconds(floats, top=1.0, kernel=kernel, strips=100) is None
     assert started_opencl(None) is before
+
+
+@pytest.mark.parametrize("preset", ["gaussian:sigma=1", "gaussian:sigma=3", "box:size=11"])
+def test_a_float32_blur_keeps_the_separable_native_plan(preset):
+    """The fused step asked whether the kernel is rank 1 after converting it to float64,
+    so a float32 blur (rank 1 to ~6e-8) met float64's tolerance and lost its two 1-D
+    passes: kernels of more than 49 taps lost the fused step altogether."""
+    from convcli.filters import Filter
+    from convcli.presets import is_separable
+
+    weight = Filter.from_preset(preset).for_channels(3)[0]
+    kernel = np.asarray(weight)[0, 0]
+    assert kernel.dtype == np.float32 and is_separable(kernel)
+    strip = np.zeros((kernel.shape[0] + 4, kernel.shape[1] + 4, 3), np.uint8)
+    plan = native._plan(strip, 255, kernel, 1, 1, 0.0, 1.0, 0.0, "clip", 255, None)
+    assert plan is not None and plan.col is not None and plan.row is not None
