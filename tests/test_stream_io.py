@@ -782,3 +782,19 @@ def test_header_without_pixels(tmp_path):
         cio.read_image(path)
     with pytest.raises(InputError, match=r"z\.tif: the image has no pixels"):
         open_source(path, max_pixels=None)
+
+
+@vips_only
+def test_a_corrupt_png_exif_block_is_one_note_as_read_image_gives_it(tmp_path):
+    """The streaming reader parsed a PNG's eXIf block twice (for the orientation, then
+    for its warnings), and a corrupt one gave the same note twice."""
+    cio.write_image(tmp_path / "o.png", np.random.default_rng(3).random((3, 10, 16)))
+    blob = (tmp_path / "o.png").read_bytes()
+    body = b"MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03"  # 5 entries, 1 begun
+    chunk = len(body).to_bytes(4, "big") + b"eXIf" + body
+    chunk += zlib.crc32(b"eXIf" + body).to_bytes(4, "big")
+    at = blob.index(b"IDAT") - 4
+    (tmp_path / "r.png").write_bytes(blob[:at] + chunk + blob[at:])
+    ref = cio.read_image(tmp_path / "r.png")
+    assert len(ref.notes) == 1 and "EXIF" in ref.notes[0], ref.notes
+    assert_same(tmp_path / "r.png")  # the same notes, once

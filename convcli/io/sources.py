@@ -446,7 +446,7 @@ def _open_vips(
                 orientation = _im._png_exif_orientation(_im.png_head(path), notes)
             else:
                 orientation = _vips_orientation(image, fields)
-            if "exif-data" in fields:
+            if "exif-data" in fields and kind != "png":  # (a PNG's was parsed above)
                 # Pillow's parse of the same block: its warnings about a corrupt one
                 # become notes, as the whole-image reader gives them
                 _check_exif(bytes(image.get("exif-data")), notes)
