@@ -14,11 +14,9 @@ zarr 2 (>= 2.16) and zarr 3 both work; the output is written in the input's zarr
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import re
 import shutil
-import socket
 import threading
 import uuid
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 
 from convcli.errors import ConvValueError, InputError
 from convcli.io._common import codec_reason, reason, resolved
+from convcli.io.publish import _host_tag, _pid_alive  # as image outputs' temporary files
 from convcli.spec import IntPair, Padding
 
 Layout = Literal["CHW", "HWC", "HW"]
@@ -529,25 +528,10 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _host_tag() -> str:
-    """8 hex digits for this machine: a pid in a name means something only on it."""
-    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
-
-
 def _aside(dst: Path, kind: Literal["tmp", "old"]) -> Path:
     """A hidden name beside ``dst`` that tells which process on which machine made it."""
     tag = f"{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:12]}"
     return dst.with_name(f".{dst.name}.convcli-{tag}.{kind}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
-        return True
-    return True
 
 
 def _sweep_stale(dst: Path) -> None:

@@ -89,12 +89,15 @@ def _reason(exc: OSError) -> str:
 
 @functools.cache
 def _host_tag() -> str:
-    """Six hex digits naming this host and PID namespace: a PID in a temporary name is
-    only checked by a process that sees the same PIDs."""
-    namespace = ""
+    """Six hex digits naming this host, boot and PID namespace: a PID in a temporary
+    name is only checked by a process that sees the same PIDs (cloned machines share a
+    host name, and containers may share the host's with PIDs of their own)."""
+    namespace = boot = ""
     with contextlib.suppress(OSError):
         namespace = os.readlink("/proc/self/ns/pid")
-    text = f"{socket.gethostname()}\0{namespace}".encode(errors="surrogateescape")
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as fh:
+        boot = fh.read().strip()
+    text = f"{socket.gethostname()}\0{namespace}\0{boot}".encode(errors="surrogateescape")
     return hashlib.sha256(text).hexdigest()[:6]
 
 
