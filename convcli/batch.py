@@ -450,6 +450,7 @@ def _dedupe(
     one folder (a batch's ``**`` pattern without ``recursive``), which a collision of
     files from different folders then points to."""
     claimed: dict[Path, Path] = {}
+    keyed: list[tuple[Task, Path]] = []  # the tasks kept, with their resolved outputs
     tasks = list(tasks)
     resolve = resolve or _Resolver()
     inputs = {_file_key(task.src, resolve): task.src for task in tasks}
@@ -483,20 +484,28 @@ def _dedupe(
             continue
         claimed[key] = task.src
         plan.tasks.append(task)
+        keyed.append((task, key))
     # an output that needs a folder where another output is a file (a.png from a.jpg,
-    # and a.png/b.png from the folder a.png): the file is written, this one refused
-    clashing = [t for t in plan.tasks if any(p in claimed for p in resolve(t.dst).parents)]
-    for task in clashing:
-        key = resolve(task.dst)
-        folder = next(p for p in key.parents if p in claimed)
-        plan.tasks.remove(task)
-        plan.refused.append(
-            Failure(
-                task.src,
-                f"output {task.dst} needs a folder where {claimed[folder]} writes a file; "
-                "not written",
+    # and a.png/b.png from the folder a.png): the file is written, this one refused.
+    # Each distinct output folder is looked up once (a batch has many files, few folders).
+    blocked: dict[Path, Path | None] = {}
+    for folder in {key.parent for key in claimed}:
+        blocked[folder] = next((p for p in (folder, *folder.parents) if p in claimed), None)
+    if any(blocked.values()):
+        kept = []
+        for task, key in keyed:
+            file = blocked[key.parent]
+            if file is None:
+                kept.append(task)
+                continue
+            plan.refused.append(
+                Failure(
+                    task.src,
+                    f"output {task.dst} needs a folder where {claimed[file]} writes a file; "
+                    "not written",
+                )
             )
-        )
+        plan.tasks[len(plan.tasks) - len(keyed) :] = kept
 
 
 def check_pattern(glob: str) -> tuple[str, ...]:
