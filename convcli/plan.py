@@ -105,6 +105,10 @@ def frozen_copy(array: np.ndarray) -> np.ndarray:
     ``Conv2d`` keeps its weights so.
     """
     a = np.asarray(array)
+    if a.dtype.hasobject:  # no bytes hold it: a plain read-only copy, never trusted
+        copy = np.array(a, copy=True, order="C")
+        copy.flags.writeable = False
+        return copy  # (conv2d refuses its dtype)
     copy = np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype).reshape(a.shape)
     _FROZEN[id(copy)] = copy
     return copy

@@ -342,7 +342,7 @@ def zarr_conv2d(
         )
     if dst_real != src_real and dst_real.is_relative_to(src_real):
         raise InputError(f"{dst}: the output would be written inside the input store {src}")
-    _sweep_stale(dst)  # before the checks: a killed run's moved-aside output is put back
+    sweep_stale(dst)  # before the checks: a killed run's moved-aside output is put back
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         if dst_real == src_real:
             raise InputError(f"{dst}: the output would replace its own input")
@@ -534,7 +534,7 @@ def _aside(dst: Path, kind: Literal["tmp", "old"]) -> Path:
     return dst.with_name(f".{dst.name}.convcli-{tag}.{kind}")
 
 
-def _sweep_stale(dst: Path) -> None:
+def sweep_stale(dst: Path) -> None:
     """Remove what a killed run (SIGKILL, power loss) left beside ``dst``.
 
     Only names of our own pattern for this ``dst`` (see :func:`_aside`), made on this

@@ -101,6 +101,8 @@ def test_frozen_copies():
         f.flags.writeable = True
     assert is_frozen(f) and f.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert is_frozen(frozen_copy(np.zeros((0, 3), np.complex64)))
+    held = frozen_copy(np.zeros(2, object))  # no bytes hold objects: read-only, not frozen
+    assert not held.flags.writeable and not is_frozen(held)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -229,6 +229,9 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
         algo=engine.algo,
         max_memory=engine.max_memory,
     )
+    from convcli.zarr_store import sweep_stale
+
+    sweep_stale(Path(output))  # first: what it puts back is the output "before"
     before = _identity(output)
     received: list[int] = []
     try:
