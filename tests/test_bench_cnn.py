@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -462,3 +463,27 @@ def test_winograd_ab_refuses_an_unknown_network():
     )  # fmt: skip
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--only: resnet81 not in mobilenet_v3_small" in res.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+@pytest.mark.parametrize("through_link", [False, True])
+def test_a_result_file_that_is_the_layer_file_is_refused(tmp_path, monkeypatch, flag, through_link):
+    """--json/--csv with --overwrite replaced the --layers file it was reading (also
+    through a symbolic link): the layer file was lost. An input is never a side file."""
+    monkeypatch.chdir(tmp_path)
+    data = json.loads(Path(bench_cnn.DATA_FILE).read_text())
+    first = dict(next(iter(data["networks"].values()))[0], h=8, w=8)
+    data["networks"] = {"tiny": [first]}
+    layers = tmp_path / "t.json"
+    layers.write_text(json.dumps(data))
+    given = "t.json"
+    if through_link:
+        os.symlink("t.json", tmp_path / "link.json")
+        given = "link.json"
+    before = layers.read_bytes()
+    res = CliRunner().invoke(cli, ["bench", "--suite", "cnn", "--layers", given, flag, "t.json",
+                                   "--overwrite", "--repeat", "1", "--compare", "",
+                                   "--backend", "numpy", "-q"])  # fmt: skip
+    assert res.exit_code == 2
+    assert f"t.json: {flag} names an input of this run; nothing was done" in res.stderr
+    assert layers.read_bytes() == before

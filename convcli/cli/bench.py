@@ -211,7 +211,10 @@ def bench(
                 param_hint="--only",
             )
     check_side_files(
-        {"--json": json_file, "--csv": csv_file}, overwrite=overwrite, dash_is_stdout=True
+        {"--json": json_file, "--csv": csv_file},
+        inputs=[layer_file] if layer_file else (),  # the cnn suite's layer file
+        overwrite=overwrite,
+        dash_is_stdout=True,
     )
     console = rich_console()
 
