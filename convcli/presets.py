@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -1009,11 +1010,25 @@ def _scaled(k: np.ndarray, scale: float, where: str) -> np.ndarray:
     return k
 
 
+# A preset file's largest size: a 201x201 kernel written out in full is about 1 MB.
+PRESET_FILE_MAX_BYTES = 4 << 20
+
+
 def _family_from_toml(path: Path, source: str) -> _Family:
     import tomllib  # only where a file is read: most runs name a built-in
 
     where = os.fspath(path)
     try:
+        # a FIFO blocked every --preset for ever, and /dev/zero (or a huge file) was
+        # read until memory ran out: only regular files, of a preset's size
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{where}: not a regular file")
+        if st.st_size > PRESET_FILE_MAX_BYTES:
+            raise InputError(
+                f"{where}: {st.st_size} bytes, more than a preset file may hold "
+                f"({PRESET_FILE_MAX_BYTES})"
+            )
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
@@ -1140,9 +1155,14 @@ def preset_errors() -> list[str]:
 
 
 def _lookup(name: str, families: Mapping[str, _Family]) -> _Family:
+    """The family named ``name``, else the one with that alias: a preset's own name wins
+    over another's alias (a user's ``sharp`` over an alias ``sharp`` of theirs or ours)."""
     wanted = _key(name)
     for fam in families.values():
-        if _key(fam.name) == wanted or any(_key(a) == wanted for a in fam.aliases):
+        if _key(fam.name) == wanted:
+            return fam
+    for fam in families.values():
+        if any(_key(a) == wanted for a in fam.aliases):
             return fam
     import difflib
 
@@ -1318,6 +1338,8 @@ def _python_family(name: str) -> _Family | None:
     for fam in _FAMILIES:
         if stems is None:
             stems = {_key(p.stem) for p in data_dir("presets").glob("*.toml")}
+            if wanted in stems:
+                return None  # a file of that very name wins over any alias here
         if _key(fam.name) in stems:
             return None  # a file replaces this family, and with it maybe its aliases
         if _key(fam.name) == wanted or any(_key(a) == wanted for a in fam.aliases):

@@ -575,6 +575,40 @@ def test_a_broken_user_preset_breaks_neither_the_list_nor_other_presets(tmp_path
     assert any("huge.toml: kernel x scale overflows" in e for e in errors)
 
 
+def test_a_preset_file_that_is_no_regular_file_or_too_large_is_left_out(tmp_path, monkeypatch):
+    """A FIFO named *.toml in CONVCLI_PRESET_PATH blocked every --preset (built-in ones
+    too) for ever, and a link to /dev/zero read until memory ran out."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.toml")
+    os.symlink("/dev/zero", tmp_path / "zero.toml")
+    (tmp_path / "big.toml").write_text("kernel = [[1]]\n#" + "x" * cp.PRESET_FILE_MAX_BYTES)
+    (tmp_path / "good.toml").write_text("kernel = [[2]]\n")
+    monkeypatch.setenv("CONVCLI_PRESET_PATH", str(tmp_path))
+    assert cp.get_preset("good").kernel.tolist() == [[2.0]]
+    assert cp.get_preset("box:size=1").kernel.tolist() == [[1.0]]
+    errors = sorted(cp.preset_errors())
+    assert [e.split(": ", 1)[1] for e in errors] == [
+        f"{cp.PRESET_FILE_MAX_BYTES + 16} bytes, more than a preset file may hold "
+        f"({cp.PRESET_FILE_MAX_BYTES})",
+        "not a regular file",
+        "not a regular file",
+    ]
+
+
+def test_a_preset_name_wins_over_another_presets_alias(tmp_path, monkeypatch):
+    """A user preset's alias 'sharp' took the place of the user preset named 'sharp',
+    and a user 'outline' was listed but never reached (the built-in edge's alias)."""
+    (tmp_path / "alpha.toml").write_text('kernel = [[0, 0], [0, 1]]\naliases = ["sharp"]\n')
+    (tmp_path / "sharp.toml").write_text("kernel = [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]\n")
+    (tmp_path / "outline.toml").write_text("kernel = [[3]]\n")
+    monkeypatch.setenv("CONVCLI_PRESET_PATH", str(tmp_path))
+    assert cp.get_preset("sharp").kernel[1].tolist() == [-1.0, 5.0, -1.0]
+    assert cp.get_preset("outline").kernel.tolist() == [[3.0]]
+    monkeypatch.delenv("CONVCLI_PRESET_PATH")
+    assert cp.get_preset("outline").kernel.shape == (3, 3)  # the built-in edge's alias
+
+
 # ----------------------------------------------------------------- against ImageMagick
 
 
