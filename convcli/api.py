@@ -481,6 +481,8 @@ def conv2d(
     t0 = time.perf_counter()
     if info is None:
         info = RunInfo()
+    elif not isinstance(info, RunInfo):
+        raise ConvTypeError(f"info must be a convcli.RunInfo, got {type(info).__name__}")
     options = {
         "stride": stride,
         "padding": padding,

@@ -71,6 +71,7 @@ from convcli.budget import (
 from convcli.errors import (
     BackendError,
     ConvcliError,
+    ConvTypeError,
     ConvValueError,
     InputError,
     LimitError,
@@ -353,10 +354,18 @@ def default_bit_depth(input_depth: int, suffix: str) -> int:
 # ---------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class Task:
-    """One input file and the output it becomes."""
+    """One input file and the output it becomes (strings are taken as paths)."""
 
     src: Path
     dst: Path
+
+    def __post_init__(self) -> None:
+        for name in ("src", "dst"):
+            value = getattr(self, name)
+            if not isinstance(value, Path):
+                if not isinstance(value, str | os.PathLike):
+                    raise ConvTypeError(f"Task.{name} must be a path, got {value!r}")
+                object.__setattr__(self, name, Path(value))
 
 
 @dataclass(frozen=True)
@@ -689,6 +698,8 @@ def plan_files(
     InputError
         If ``output`` is a FIFO, a device or a socket (``/dev/null``).
     """
+    if isinstance(inputs, str | os.PathLike):  # each character became an input
+        raise ConvTypeError(f"inputs must be a list of paths, got one path {inputs!r}")
     out = Path(output)
     text = str(output)
     kind = special_kind(out, follow_symlinks=True)
@@ -1666,6 +1677,12 @@ def most_workers() -> int:
     return max(8, 4 * (os.cpu_count() or 1))
 
 
+def _task_list(tasks: object) -> list:
+    if isinstance(tasks, str | os.PathLike) or not isinstance(tasks, Iterable):
+        return [tasks]  # not a list of tasks: named by the check
+    return list(tasks)
+
+
 def run_tasks(
     tasks: Sequence[Task] | Plan,
     filt: Filter,
@@ -1729,6 +1746,17 @@ def run_tasks(
     """
     if existing not in ("fail", "skip", "replace"):
         raise ConvValueError(f"existing must be 'fail', 'skip' or 'replace', got {existing!r}")
+    if not isinstance(filt, Filter):
+        raise ConvTypeError(f"filt must be a convcli.Filter, got {type(filt).__name__}")
+    if not isinstance(tasks, Plan):
+        tasks = _task_list(tasks)  # (a generator is read once, here)
+    listed = tasks.tasks if isinstance(tasks, Plan) else tasks
+    wrong = next((t for t in listed if not isinstance(t, Task)), None)
+    if wrong is not None:
+        raise ConvTypeError(
+            f"tasks must be a Plan or Task objects (plan_batch, plan_files), got "
+            f"{type(wrong).__name__} {wrong!r}"
+        )
     if workers is not None and workers < 1:
         raise ConvValueError(f"workers must be at least 1, got {workers!r}")
     t_start = time.perf_counter()

@@ -280,7 +280,7 @@ def make_spec(
         With torch's wording, before any work is done.
     """
     for name, arr in (("input", x), ("weight", weight), ("bias", bias)):
-        if arr is not None and not isinstance(arr, np.ndarray):
+        if (arr is not None or name != "bias") and not isinstance(arr, np.ndarray):
             raise ConvTypeError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
     if x.ndim not in (3, 4):
         raise ConvValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -260,3 +261,32 @@ def test_opencl_tiles_of_a_winograd_layer_are_bit_identical():
         tiled = conv2d(x, w, padding=1, backend="opencl", max_memory=budget, info=info)
         assert info.tiles > 2
         np.testing.assert_array_equal(tiled, whole)
+
+
+def test_wrong_argument_types_are_named_not_internal_attribute_errors(tmp_path, monkeypatch):
+    """None for the input or weight, a dict for info, None for a batch's filter, a list
+    of file names for its tasks, one path string for plan_files' inputs: each raised a
+    bare AttributeError from deep inside (or, for the string, took each character as an
+    input). Each is now a ConvTypeError naming the argument; Task takes strings."""
+    import convcli
+    from convcli import batch as cb
+
+    x = np.zeros((1, 1, 5, 5), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    cases = [
+        (lambda: convcli.conv2d(None, w), "input must be a numpy.ndarray, got NoneType"),
+        (lambda: convcli.conv2d(x, None), "weight must be a numpy.ndarray, got NoneType"),
+        (lambda: convcli.Conv2d(1, 1, 3)(None), "input must be a numpy.ndarray"),
+        (lambda: convcli.conv2d(x, w, info={}), "info must be a convcli.RunInfo, got dict"),
+        (lambda: cb.plan_files("a.png", "o.png"), "inputs must be a list of paths"),
+        (lambda: cb.run_tasks([], None), "filt must be a convcli.Filter, got NoneType"),
+        (lambda: cb.run_tasks(["a.png"], convcli.Filter.from_array(w[0, 0])), "got str 'a.png'"),
+        (lambda: cb.Task(None, "o.png"), "Task.src must be a path, got None"),
+    ]
+    for call, words in cases:
+        with pytest.raises(ConvTypeError, match=re.escape(words)):
+            call()
+    monkeypatch.chdir(tmp_path)
+    convcli.io.write_image("a.png", np.random.default_rng(0).random((3, 6, 7)))
+    res = cb.run_tasks([cb.Task("a.png", "o.png")], convcli.Filter.from_array(w[0, 0] / 9))
+    assert res.ok and (tmp_path / "o.png").exists()
