@@ -46,9 +46,6 @@ _STOP_SIGNALS = tuple(
 def _signals(stop: threading.Event, received: list[int], notify: Callable[[str], None]):
     """SIGINT/SIGTERM/SIGHUP set ``stop`` (finish the current image); a second one
     aborts. One that the process ignores when the run starts (``nohup``) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         received.append(signum)
@@ -57,6 +54,18 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
         stop.set()
         notify("stopping after the current image (press Ctrl-C again to abort now)")
 
+    with _installed(handler, stop.is_set):
+        yield
+
+
+@contextmanager
+def _installed(handler: Callable, stopping: Callable[[], bool]):
+    """``handler`` for SIGINT, SIGTERM and SIGHUP while the block runs; after it, the
+    handlers before, or SIG_IGN where ``stopping()``. Only the main thread can set
+    handlers: elsewhere the block runs without them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     # SIGHUP too: a closed terminal or a dropped ssh session ends the run as cleanly.
     # A signal ignored when we start stays ignored: `nohup convcli batch ...` (SIGHUP)
     # and a shell's background job (SIGINT) were asked to run on through it.
@@ -67,9 +76,11 @@ def _signals(stop: threading.Event, received: list[int], notify: Callable[[str],
         yield
     finally:
         # once stopping, the run is over and we only report: a late second signal must
-        # not kill the process mid-summary (exit status -2 instead of 130)
+        # not kill the process mid-summary (exit status -2 instead of 130), nor cut a
+        # cleanup short
+        ignore = stopping()
         for s, h in saved.items():
-            signal.signal(s, signal.SIG_IGN if stop.is_set() else h)
+            signal.signal(s, signal.SIG_IGN if ignore else h)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -83,25 +94,14 @@ def stop_now_signals(received: list[int]):
     recorded, so that cleanup is never cut short. For one piece of work that cannot
     stop between items (a zarr store): SIGTERM and SIGHUP killed the process and left
     its temporary store behind. Signals ignored when the run starts stay ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         received.append(signum)
         if len(received) == 1:
             raise Interrupted
 
-    saved = {
-        s: signal.signal(s, handler) for s in _STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN
-    }
-    try:
+    with _installed(handler, lambda: bool(received)):
         yield
-    finally:
-        # as _signals: once stopping, only the report is left; a late signal must not
-        # kill the process in the middle of it
-        for s, h in saved.items():
-            signal.signal(s, signal.SIG_IGN if received else h)
 
 
 class _PlainConsole:
