@@ -20,6 +20,7 @@ from convcli.cli.run import exit_code_of, run_plan, stop_now_signals
 from convcli.cli.sidefiles import (
     check_kernel_outputs,
     check_side_files,
+    file_identity,
     kernel_files,
     write_record_file,
 )
@@ -232,7 +233,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
     from convcli.zarr_store import sweep_stale
 
     sweep_stale(Path(output))  # first: what it puts back is the output "before"
-    before = _identity(output)
+    before = file_identity(output)  # did the new store replace it?
     received: list[int] = []
     try:
         with stop_now_signals(received):
@@ -251,7 +252,7 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
         # was, unless the signal came once the new store was in place
         if not received:
             raise
-        after = _identity(output)
+        after = file_identity(output)
         if after is None or after == before:
             kept = "the existing one is unchanged" if before else "no partial store left"
             echo_line(f"interrupted; {output} not written ({kept})", "summary")
@@ -262,16 +263,6 @@ def _apply_zarr(ctx, src, output, overwrite, filt, engine, opts, dask_at=None) -
         echo_line(f"interrupted; {output} was complete and is written", "summary")
         return 128 + received[0]
     return 0
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """Which file or folder ``path`` is now (None: none): tells whether the new store
-    replaced the old one before an interrupt."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 @cli.command()

@@ -23,6 +23,16 @@ else:
     cpublish = OnFirstUse("convcli.io.publish")
 
 
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Which file ``path`` is (device, inode; links followed), None where there is none:
+    two spellings, links or hard links of one file agree."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def write_text_file(path: str | Path, text: str, *, overwrite: bool) -> None:
     """Publish a side file (report, timings, rows, kernel) in one step: created when
     absent, replaced only with ``overwrite`` (see :func:`convcli.io.publish.publish`)."""
@@ -76,18 +86,11 @@ def check_kernel_outputs(outputs: Iterable[str | os.PathLike[str]], opts: dict[s
     if not kernels:
         return
 
-    def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        return (st.st_dev, st.st_ino)
-
     real = {os.path.realpath(k): k for k in kernels}
-    ids = {i: k for k in kernels if (i := identity(k)) is not None}
+    ids = {i: k for k in kernels if (i := file_identity(k)) is not None}
     flag = "--weights" if opts.get("weights") else "--preset"
     for out in outputs:
-        kernel = real.get(os.path.realpath(out)) or ids.get(identity(out))  # type: ignore[arg-type]
+        kernel = real.get(os.path.realpath(out)) or ids.get(file_identity(out))  # type: ignore[arg-type]
         if kernel is not None:
             raise click.UsageError(
                 f"{out}: the output would replace the {flag} file of this run ({kernel}); "
@@ -135,13 +138,6 @@ def check_side_files(
     if not named:
         return
 
-    def identity(path: Path) -> tuple[int, int] | None:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        return (st.st_dev, st.st_ino)
-
     def matcher(paths: Iterable[str | os.PathLike[str]]) -> Callable[[str, Path], bool]:
         paths = list(paths)
         real = {os.path.realpath(p) for p in paths}
@@ -151,11 +147,11 @@ def check_side_files(
             nonlocal ids
             if key in real:
                 return True
-            ident = identity(path)
+            ident = file_identity(path)
             if ident is None:
                 return False
             if ids is None:  # hard links: compared only when the side file exists
-                ids = {i for i in map(identity, map(Path, paths)) if i is not None}
+                ids = {i for i in map(file_identity, paths) if i is not None}
             return ident in ids
 
         return hits
@@ -168,7 +164,7 @@ def check_side_files(
     folder_keys = {os.path.realpath(v): what for what, v in (folders or {}).items()}
     seen: list[tuple[str, tuple[int, int] | None, str]] = []
     for flag, path in named:
-        key, ident = os.path.realpath(path), identity(path)
+        key, ident = os.path.realpath(path), file_identity(path)
 
         def refuse(problem: str, path: Path = path) -> NoReturn:
             raise click.UsageError(f"{path}: {problem}; nothing was done")
