@@ -199,12 +199,13 @@ def map_output(
     work = np.float64 if out.dtype == np.float64 else np.float32
     out = out.astype(work, copy=True)
     if scale != 1.0 or offset != 0.0:
-        with np.errstate(over="ignore"):
+        overflowed: list = []  # NumPy calls this instead of warning (no pass to look)
+        with np.errstate(over="call", call=lambda *_: overflowed.append(True)):
             if scale != 1.0:
                 out *= work(scale)
             if offset != 0.0:
                 out += work(offset)
-        if not np.isfinite(out).all() and np.isfinite(data).all():
+        if overflowed and np.isfinite(data).all():
             warnings.warn(
                 f"scale {scale:g} and offset {offset:g} take some values past "
                 f"{np.dtype(work).name}'s range: they became inf or NaN",
